@@ -1,0 +1,51 @@
+/**
+ * Structured logging: one JSON object a line (pino) by default; a readable
+ * single-line form when stderr is a terminal or TORUS_LOG_FORMAT=pretty.
+ * Level from TORUS_LOG_LEVEL (default info).
+ *
+ * Logs go to stderr so that CLI output on stdout stays machine-readable.
+ */
+import { pino, type Logger, type DestinationStream } from 'pino';
+
+export type { Logger };
+
+const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+
+/** A tiny synchronous pretty printer: time level component msg key=value… */
+function prettyDestination(out: NodeJS.WriteStream): DestinationStream {
+  return {
+    write(line: string) {
+      let record: Record<string, unknown>;
+      try {
+        record = JSON.parse(line);
+      } catch {
+        out.write(line);
+        return;
+      }
+      const { time, level, msg, component, pid: _pid, hostname: _host, ...rest } = record;
+      const when = new Date(Number(time)).toISOString().slice(11, 23);
+      const fields = Object.entries(rest)
+        .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+        .join(' ');
+      out.write(`${when} ${(LEVEL_NAMES[Number(level)] ?? level).toString().padEnd(5)} ${component ? `[${component}] ` : ''}${msg ?? ''}${fields ? ' ' + fields : ''}\n`);
+    },
+  };
+}
+
+let root: Logger | undefined;
+
+export function rootLogger(): Logger {
+  if (root) return root;
+  const level = process.env.TORUS_LOG_LEVEL ?? 'info';
+  const format = process.env.TORUS_LOG_FORMAT ?? (process.stderr.isTTY ? 'pretty' : 'json');
+  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime };
+  root =
+    format === 'pretty'
+      ? pino(options, prettyDestination(process.stderr))
+      : pino(options, pino.destination({ fd: 2, sync: true }));
+  return root;
+}
+
+export function logger(component: string): Logger {
+  return rootLogger().child({ component });
+}
