@@ -1,0 +1,54 @@
+/**
+ * The slot table: one fixed-size record per slot of the local data file,
+ * stored in `slots` beside `data` and mirrored in a SharedArrayBuffer that the
+ * main thread and the pool workers both see.
+ *
+ * A record says which block a slot holds and how to check it, so the store's
+ * whole index (ref → slot, free list) is rebuilt from this file at start-up and
+ * nothing else needs to be made durable to allocate a slot.
+ *
+ * Layout (little-endian, 64 bytes):
+ *   0  u32  state         SLOT_FREE (0) or SLOT_USED
+ *   4  u32  volumeId
+ *   8  u32  generation    the volume version the block was written for
+ *  12  u32  flags         RECORD_SEALED, RECORD_MAP_PAGE
+ *  16  u32  index low     block index (or page id) within the volume
+ *  20  u32  index high
+ *  24  u32  hash low      xxh64 of the bytes stored in the slot
+ *  28  u32  hash high
+ *  32  12B  nonce         AEAD nonce when sealed
+ *  44  16B  tag           AEAD tag when sealed
+ *  60  u32  check         xxh32 of bytes 0..59: a torn record reads as free
+ */
+export const RECORD_SIZE = 64;
+export const SLOT_FREE = 0;
+export const SLOT_USED = 0x544f5253; // "TORS" read as little-endian u32: unlikely in garbage
+
+export const RECORD_SEALED = 1;
+export const RECORD_MAP_PAGE = 2;
+
+export const OFF_STATE = 0;
+export const OFF_VOLUME = 4;
+export const OFF_GENERATION = 8;
+export const OFF_FLAGS = 12;
+export const OFF_INDEX_LO = 16;
+export const OFF_INDEX_HI = 20;
+export const OFF_HASH_LO = 24;
+export const OFF_HASH_HI = 28;
+export const OFF_NONCE = 32;
+export const NONCE_SIZE = 12;
+export const OFF_TAG = 44;
+export const TAG_SIZE = 16;
+export const OFF_CHECK = 60;
+export const CHECKED_BYTES = 60;
+
+/** Split a safe integer (< 2^53) into the two u32 halves stored on disk. */
+export function lo32(n: number): number {
+  return n >>> 0;
+}
+export function hi32(n: number): number {
+  return Math.floor(n / 0x1_0000_0000) >>> 0;
+}
+export function join64(lo: number, hi: number): number {
+  return hi * 0x1_0000_0000 + lo;
+}

@@ -1,0 +1,302 @@
+/**
+ * LocalSlotStore: the node's local block store, a preallocated data file cut
+ * into fixed-size slots plus a slot table (see record.ts) beside it.
+ *
+ * Contract
+ * - Blocks are addressed by ref (ref.ts); a slot is where one lives locally.
+ * - Slots are allocated on the main thread only; pool workers write data and
+ *   records into slots they were handed (pool/worker.ts), main binds the ref
+ *   once the worker reports success.
+ * - Nothing written is durable until sync() resolves. Callers commit a volume
+ *   version only after sync(), and release superseded slots only after the
+ *   commit, so a crash at any point leaves the committed version intact; blocks
+ *   of an uncommitted version are found and freed by the start-up sweep.
+ * - A full store throws StoreFullError (ENOSPC); nothing is overwritten.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdir, open, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { StoreFullError } from '../../common/errors.js';
+import { hasher, type Hasher } from './hash.js';
+import {
+  OFF_FLAGS, OFF_GENERATION, OFF_HASH_HI, OFF_HASH_LO, OFF_INDEX_HI, OFF_INDEX_LO, OFF_STATE, OFF_VOLUME,
+  RECORD_SIZE, SLOT_FREE, SLOT_USED, hi32, join64, lo32,
+} from './record.js';
+import { refKey, type BlockRef } from './ref.js';
+
+export const STORE_FORMAT = 1;
+
+export interface StoreLayout {
+  format: number;
+  blockSize: number;
+  slotCount: number;
+  createdAt: string;
+}
+
+export interface StoreFiles {
+  dataPath: string;
+  slotsPath: string;
+}
+
+export class LocalSlotStore {
+  readonly blockSize: number;
+  readonly slotCount: number;
+  readonly dataPath: string;
+  readonly slotsPath: string;
+  /** The slot table, shared with pool workers. */
+  readonly records: SharedArrayBuffer;
+  private readonly recordView: DataView;
+  private readonly refToSlot = new Map<string, number>();
+  private readonly freeStack: Int32Array;
+  private freeTop = 0;
+  /** Released slots whose free record is not yet on disk: not reusable until it is (see release). */
+  private pendingRelease: number[] = [];
+  private releaseWrite: Promise<void> | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly dir: string,
+    layout: StoreLayout,
+    private readonly dataFile: FileHandle,
+    private readonly slotsFile: FileHandle,
+    records: SharedArrayBuffer,
+    private readonly hash: Hasher,
+  ) {
+    this.blockSize = layout.blockSize;
+    this.slotCount = layout.slotCount;
+    this.dataPath = join(dir, 'data');
+    this.slotsPath = join(dir, 'slots');
+    this.records = records;
+    this.recordView = new DataView(records);
+    this.freeStack = new Int32Array(layout.slotCount);
+  }
+
+  static layoutPath(dir: string): string {
+    return join(dir, 'store.json');
+  }
+
+  /** Create the files of a new store; capacity is rounded down to whole slots. */
+  static async create(dir: string, options: { blockSize: number; capacityBytes: number }): Promise<void> {
+    const { blockSize, capacityBytes } = options;
+    if (!Number.isInteger(blockSize) || blockSize < 4096 || (blockSize & (blockSize - 1)) !== 0) {
+      throw new RangeError(`block size must be a power of two of at least 4096 bytes, got ${blockSize}`);
+    }
+    const slotCount = Math.floor(capacityBytes / blockSize);
+    if (slotCount < 16) throw new RangeError(`capacity ${capacityBytes} holds fewer than 16 blocks of ${blockSize} bytes`);
+    await mkdir(dir, { recursive: true });
+    const dataPath = join(dir, 'data');
+    // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
+    // flush months later. fallocate(1) is util-linux, present on every Linux we
+    // target; where it is missing or the filesystem can't, fall back to a sparse file.
+    const file = await open(dataPath, 'w');
+    await file.close();
+    const fallocate = spawnSync('fallocate', ['-l', String(slotCount * blockSize), dataPath], { stdio: 'ignore' });
+    if (fallocate.status !== 0) {
+      const sparse = await open(dataPath, 'r+');
+      await sparse.truncate(slotCount * blockSize);
+      await sparse.close();
+    }
+    const slots = await open(join(dir, 'slots'), 'w');
+    await slots.truncate(slotCount * RECORD_SIZE);
+    await slots.sync();
+    await slots.close();
+    const layout: StoreLayout = { format: STORE_FORMAT, blockSize, slotCount, createdAt: new Date().toISOString() };
+    const tmp = join(dir, 'store.json.tmp');
+    await writeFile(tmp, JSON.stringify(layout, null, 2) + '\n');
+    const handle = await open(tmp, 'r');
+    await handle.sync();
+    await handle.close();
+    await rename(tmp, LocalSlotStore.layoutPath(dir));
+    const dirHandle = await open(dir, 'r');
+    await dirHandle.sync();
+    await dirHandle.close();
+  }
+
+  static async exists(dir: string): Promise<boolean> {
+    try {
+      await readFile(LocalSlotStore.layoutPath(dir));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Open an existing store and rebuild its index from the slot table. */
+  static async open(dir: string): Promise<LocalSlotStore> {
+    const layout = JSON.parse(await readFile(LocalSlotStore.layoutPath(dir), 'utf8')) as StoreLayout;
+    if (layout.format !== STORE_FORMAT) throw new Error(`${dir}: unsupported store format ${layout.format}`);
+    const dataFile = await open(join(dir, 'data'), 'r+');
+    const slotsFile = await open(join(dir, 'slots'), 'r+');
+    const records = new SharedArrayBuffer(layout.slotCount * RECORD_SIZE);
+    const bytes = new Uint8Array(records);
+    let done = 0;
+    while (done < bytes.length) {
+      const { bytesRead } = await slotsFile.read(bytes, done, bytes.length - done, done);
+      if (bytesRead === 0) break; // a short slots file reads as free slots
+      done += bytesRead;
+    }
+    const store = new LocalSlotStore(dir, layout, dataFile, slotsFile, records, await hasher());
+    store.rebuildIndex();
+    return store;
+  }
+
+  private rebuildIndex(): void {
+    for (let slot = this.slotCount - 1; slot >= 0; slot--) {
+      const record = this.record(slot);
+      if (record.getUint32(OFF_STATE, true) === SLOT_USED && this.hash.recordIsIntact(record)) {
+        const ref = this.refOf(slot);
+        const key = refKey(ref.volumeId, ref.generation, ref.index);
+        const previous = this.refToSlot.get(key);
+        // Two slots claiming one ref: a retried flush crashed before the older
+        // was released. Either copy is uncommitted or identical; keep one.
+        if (previous !== undefined) this.clearRecord(previous), (this.freeStack[this.freeTop++] = previous);
+        this.refToSlot.set(key, slot);
+      } else {
+        if (record.getUint32(OFF_STATE, true) !== SLOT_FREE) this.clearRecord(slot);
+        this.freeStack[this.freeTop++] = slot;
+      }
+    }
+  }
+
+  record(slot: number): DataView {
+    return new DataView(this.records, slot * RECORD_SIZE, RECORD_SIZE);
+  }
+
+  refOf(slot: number): BlockRef {
+    const base = slot * RECORD_SIZE;
+    const v = this.recordView;
+    return {
+      volumeId: v.getUint32(base + OFF_VOLUME, true),
+      generation: v.getUint32(base + OFF_GENERATION, true),
+      index: join64(v.getUint32(base + OFF_INDEX_LO, true), v.getUint32(base + OFF_INDEX_HI, true)),
+    };
+  }
+
+  get freeSlots(): number {
+    return this.freeTop + this.pendingRelease.length;
+  }
+
+  get usedSlots(): number {
+    return this.refToSlot.size;
+  }
+
+  /** Take a free slot; throws StoreFullError when none is left. */
+  allocate(): number {
+    if (this.freeTop === 0) {
+      throw new StoreFullError(
+        `local store ${this.dir} is full (${this.slotCount} blocks of ${this.blockSize} bytes in use or awaiting release)`,
+      );
+    }
+    return this.freeStack[--this.freeTop];
+  }
+
+  /** Give back a slot that was allocated but never bound (a failed write). */
+  unallocate(slot: number): void {
+    this.freeStack[this.freeTop++] = slot;
+  }
+
+  /** Record that slot now durably-to-be holds ref (after a worker wrote it). */
+  bind(slot: number, ref: BlockRef): void {
+    const key = refKey(ref.volumeId, ref.generation, ref.index);
+    const previous = this.refToSlot.get(key);
+    this.refToSlot.set(key, slot);
+    if (previous !== undefined && previous !== slot) this.releaseSlot(previous);
+  }
+
+  lookup(volumeId: number, generation: number, index: number): number | undefined {
+    return this.refToSlot.get(refKey(volumeId, generation, index));
+  }
+
+  /** Drop a block. Call only once no committed version references it. */
+  release(ref: BlockRef): void {
+    const key = refKey(ref.volumeId, ref.generation, ref.index);
+    const slot = this.refToSlot.get(key);
+    if (slot === undefined) return;
+    this.refToSlot.delete(key);
+    this.releaseSlot(slot);
+  }
+
+  /**
+   * Mark a slot free. The free record is written without fsync (losing it only
+   * leaks the slot until the next start-up sweep), but the slot is not handed
+   * out again until that write has happened: a racing write of the old record
+   * could otherwise land after the new owner's record and tear it.
+   */
+  private releaseSlot(slot: number): void {
+    this.clearRecord(slot);
+    this.pendingRelease.push(slot);
+    if (!this.releaseWrite) this.releaseWrite = this.writeReleased();
+  }
+
+  private clearRecord(slot: number): void {
+    new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE).fill(0);
+  }
+
+  private async writeReleased(): Promise<void> {
+    while (this.pendingRelease.length > 0 && !this.closed) {
+      const batch = this.pendingRelease;
+      this.pendingRelease = [];
+      try {
+        for (const slot of batch) {
+          await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
+        }
+      } finally {
+        for (const slot of batch) this.freeStack[this.freeTop++] = slot;
+      }
+    }
+    this.releaseWrite = undefined;
+  }
+
+  /** Iterate every bound block (for the start-up sweep and volume deletion). */
+  *blocks(): IterableIterator<[BlockRef, number]> {
+    for (const slot of this.refToSlot.values()) yield [this.refOf(slot), slot];
+  }
+
+  /**
+   * Write a block from the main thread (block-map pages; data blocks go
+   * through the pool). The hash is of the bytes as stored.
+   */
+  async writeBlock(slot: number, ref: BlockRef, bytes: Uint8Array, flags: number): Promise<{ lo: number; hi: number }> {
+    if (bytes.length !== this.blockSize) throw new RangeError(`block write of ${bytes.length} bytes, expected ${this.blockSize}`);
+    const digest = this.hash.hash64(bytes);
+    await this.dataFile.write(bytes, 0, bytes.length, slot * this.blockSize);
+    const record = this.record(slot);
+    record.setUint32(OFF_VOLUME, ref.volumeId, true);
+    record.setUint32(OFF_GENERATION, ref.generation, true);
+    record.setUint32(OFF_FLAGS, flags, true);
+    record.setUint32(OFF_INDEX_LO, lo32(ref.index), true);
+    record.setUint32(OFF_INDEX_HI, hi32(ref.index), true);
+    record.setUint32(OFF_HASH_LO, digest.lo, true);
+    record.setUint32(OFF_HASH_HI, digest.hi, true);
+    record.setUint32(OFF_STATE, SLOT_USED, true);
+    this.hash.stampRecord(record);
+    await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
+    this.bind(slot, ref);
+    return digest;
+  }
+
+  /** Read a block from the main thread into dest and return its hash. */
+  async readBlock(slot: number, dest: Uint8Array): Promise<{ lo: number; hi: number }> {
+    let done = 0;
+    while (done < this.blockSize) {
+      const { bytesRead } = await this.dataFile.read(dest, done, this.blockSize - done, slot * this.blockSize + done);
+      if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
+      done += bytesRead;
+    }
+    return this.hash.hash64(dest);
+  }
+
+  /** Make every write so far durable: data first, then the records that point at it. */
+  async sync(): Promise<void> {
+    await this.dataFile.datasync();
+    await this.slotsFile.datasync();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.releaseWrite;
+    this.closed = true;
+    await this.dataFile.close();
+    await this.slotsFile.close();
+  }
+}

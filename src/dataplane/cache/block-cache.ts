@@ -1,0 +1,149 @@
+/**
+ * BlockCache: fixed-size block slots in one SharedArrayBuffer, shared by the
+ * main thread (which copies NBD payloads in and out) and the pool workers
+ * (which hash, seal and write slots to disk, or read and verify into them).
+ *
+ * Ownership rule that makes this safe without locks: only the main thread
+ * changes a slot's state. A worker touches a slot's bytes only while main has
+ * it in LOADING (the worker fills it) or FLUSHING (the worker reads it), and
+ * main never writes the bytes of a slot in either state: a write to a
+ * FLUSHING block is redirected to a fresh slot (copy-on-write, see volume.ts).
+ * So every byte range has exactly one writer at a time, and the postMessage
+ * that starts and ends each task orders the accesses.
+ *
+ * Eviction is CLOCK over CLEAN slots; DIRTY, LOADING and FLUSHING slots are
+ * never evicted. When no slot can be had, acquire() returns -1 and the caller
+ * waits with whenSlotFreed() while its volume writes back.
+ */
+
+export const enum SlotState {
+  Free = 0,
+  Clean = 1,
+  Dirty = 2,
+  Loading = 3,
+  Flushing = 4,
+}
+
+/** Whoever maps block indexes to slots (a volume) is told when one is evicted. */
+export interface CacheOwner {
+  evicted(index: number, slot: number): void;
+}
+
+export class BlockCache {
+  readonly buffer: SharedArrayBuffer;
+  readonly slotCount: number;
+  readonly state: Uint8Array;
+  private readonly referenced: Uint8Array;
+  private readonly owners: (CacheOwner | undefined)[];
+  private readonly ownerIndex: Float64Array;
+  /** One Buffer view per slot, made once: hot paths never allocate a view. */
+  private readonly views: Buffer[];
+  private readonly freeList: Int32Array;
+  private freeCount: number;
+  private hand = 0;
+  private dirty = 0;
+  private spaceWaiters: (() => void)[] = [];
+  hits = 0;
+  misses = 0;
+  evictions = 0;
+
+  constructor(
+    readonly blockSize: number,
+    capacityBytes: number,
+  ) {
+    this.slotCount = Math.max(64, Math.floor(capacityBytes / blockSize));
+    this.buffer = new SharedArrayBuffer(this.slotCount * blockSize);
+    this.state = new Uint8Array(this.slotCount);
+    this.referenced = new Uint8Array(this.slotCount);
+    this.owners = new Array(this.slotCount).fill(undefined);
+    this.ownerIndex = new Float64Array(this.slotCount);
+    this.views = Array.from({ length: this.slotCount }, (_, slot) => Buffer.from(this.buffer, slot * blockSize, blockSize));
+    this.freeList = new Int32Array(this.slotCount);
+    for (let i = 0; i < this.slotCount; i++) this.freeList[i] = this.slotCount - 1 - i;
+    this.freeCount = this.slotCount;
+  }
+
+  view(slot: number): Buffer {
+    return this.views[slot];
+  }
+
+  get dirtySlots(): number {
+    return this.dirty;
+  }
+
+  get freeSlots(): number {
+    return this.freeCount;
+  }
+
+  /**
+   * A slot for (owner, index), in state `initial`, or -1 if every slot is
+   * dirty or busy. Evicts a clean slot if there is no free one.
+   */
+  acquire(owner: CacheOwner, index: number, initial: SlotState.Dirty | SlotState.Loading): number {
+    let slot: number;
+    if (this.freeCount > 0) {
+      slot = this.freeList[--this.freeCount];
+    } else {
+      slot = this.evictOne();
+      if (slot < 0) return -1;
+    }
+    this.owners[slot] = owner;
+    this.ownerIndex[slot] = index;
+    this.referenced[slot] = 1;
+    this.state[slot] = initial;
+    if (initial === SlotState.Dirty) this.dirty++;
+    return slot;
+  }
+
+  /** CLOCK: sweep at most two rounds for a clean slot not recently used. */
+  private evictOne(): number {
+    for (let step = 0; step < 2 * this.slotCount; step++) {
+      const slot = this.hand;
+      this.hand = this.hand + 1 === this.slotCount ? 0 : this.hand + 1;
+      if (this.state[slot] !== SlotState.Clean) continue;
+      if (this.referenced[slot]) {
+        this.referenced[slot] = 0;
+        continue;
+      }
+      this.owners[slot]!.evicted(this.ownerIndex[slot], slot);
+      this.owners[slot] = undefined;
+      this.evictions++;
+      return slot;
+    }
+    return -1;
+  }
+
+  touch(slot: number): void {
+    this.referenced[slot] = 1;
+  }
+
+  setState(slot: number, next: SlotState): void {
+    const previous = this.state[slot];
+    if (previous === next) return;
+    if (previous === SlotState.Dirty) this.dirty--;
+    if (next === SlotState.Dirty) this.dirty++;
+    this.state[slot] = next;
+    if (next === SlotState.Clean) this.wakeWaiters();
+  }
+
+  /** Return a slot to the free list (its owner already forgot it). */
+  free(slot: number): void {
+    if (this.state[slot] === SlotState.Dirty) this.dirty--;
+    this.state[slot] = SlotState.Free;
+    this.owners[slot] = undefined;
+    this.freeList[this.freeCount++] = slot;
+    this.wakeWaiters();
+  }
+
+  /** Resolves when a slot may have become available (freed or cleaned). */
+  whenSlotFreed(): Promise<void> {
+    return new Promise((resolve) => this.spaceWaiters.push(resolve));
+  }
+
+  wakeWaiters(): void {
+    if (this.spaceWaiters.length === 0) return;
+    const waiters = this.spaceWaiters;
+    this.spaceWaiters = [];
+    for (const wake of waiters) wake();
+  }
+}

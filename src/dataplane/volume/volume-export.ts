@@ -1,0 +1,77 @@
+/**
+ * VolumeExport: one NBD session's handle on a Volume. Every session on the
+ * same volume shares one Volume object, so a FLUSH on any of them commits the
+ * writes of all of them — which is what makes CAN_MULTI_CONN true.
+ */
+import type { NbdExport, WriteZeroesOptions, Extent } from '../nbd/export.js';
+import type { Volume } from './volume.js';
+
+/** Largest READ/WRITE payload we accept (the NBD spec's recommended ceiling). */
+export const MAX_PAYLOAD = 32 * 1024 * 1024;
+
+export class VolumeExport implements NbdExport {
+  readonly readOnly = false;
+  readonly canMultiConn = true;
+  readonly minimumBlockSize = 1;
+  readonly preferredBlockSize: number;
+  readonly maximumPayload = MAX_PAYLOAD;
+  private closed = false;
+
+  constructor(
+    private readonly volume: Volume,
+    readonly description: string,
+    private readonly onClose: () => void,
+  ) {
+    this.preferredBlockSize = volume.blockSize;
+    volume.openSessions++;
+  }
+
+  get name(): string {
+    return this.volume.name;
+  }
+
+  get size(): number {
+    return this.volume.size;
+  }
+
+  read(offset: number, dest: Buffer): Promise<void> {
+    return this.volume.read(offset, dest);
+  }
+
+  write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    return this.volume.write(offset, data, fua);
+  }
+
+  flush(): Promise<void> {
+    return this.volume.flush();
+  }
+
+  trim(offset: number, length: number, fua: boolean): Promise<void> {
+    return this.volume.zeroRange(offset, length, fua);
+  }
+
+  /**
+   * Zeroing is always fast here: whole blocks become holes (metadata only) and
+   * partial blocks are zeroed in the cache. NO_HOLE is honoured in what
+   * clients can observe (the range reads as zeros), but a thin store keeps no
+   * zero blocks, so the range may still report as a hole.
+   */
+  writeZeroes(offset: number, length: number, options: WriteZeroesOptions): Promise<void> {
+    return this.volume.zeroRange(offset, length, options.fua);
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    return this.volume.prefetch(offset, length);
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.volume.blockStatus(offset, length);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.volume.openSessions--;
+    this.onClose();
+  }
+}
