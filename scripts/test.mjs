@@ -1,0 +1,211 @@
+#!/usr/bin/env node
+/**
+ * `npm test`: make sure the third-party tools the tests drive are installed,
+ * build if the compiled output is missing or older than its source, then run
+ * every compiled test file under node's test runner with a time bound.
+ *
+ *   npm test [-- [NODE_TEST_FLAG...] [PATH_FRAGMENT...]]
+ *     e.g. npm test -- native-free              only files whose path contains it
+ *          npm test -- --test-name-pattern=trim
+ *
+ * Tools: as root, missing Debian packages are installed (apt-get update once,
+ * then apt-get install -y exactly those); otherwise the install line is
+ * printed and the tests needing a missing tool skip themselves.
+ *
+ * The runner's own summary (tests/pass/fail) is the last thing printed, and
+ * its exit status is ours. A watchdog kills the whole run after 15 minutes so
+ * CI never hangs on a wedged server or client.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { accessSync, constants, existsSync, readdirSync, statSync } from 'node:fs';
+import { delimiter, dirname, join, relative, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const PROJECT = join(dirname(fileURLToPath(import.meta.url)), '..');
+const SOURCE_DIRS = ['src', 'test', 'bench'];
+const RUN_LIMIT_MS = 15 * 60_000;
+// A test without its own timeout gets this long; whole-system tests set theirs.
+const PER_TEST_TIMEOUT_MS = 5 * 60_000;
+// Two cores: two test files at once keeps both busy while one waits on I/O,
+// without servers and clients of several files fighting over the CPU.
+const CONCURRENCY = 2;
+
+/** Executable → Debian package providing it. */
+const TOOLS = {
+  nbdinfo: 'libnbd-bin',
+  nbdcopy: 'libnbd-bin',
+  nbdsh: 'libnbd-bin',
+  nbdfuse: 'nbdfuse',
+  'qemu-io': 'qemu-utils',
+  'qemu-img': 'qemu-utils',
+  fio: 'fio',
+  fusermount3: 'fuse3',
+  'mkfs.ext4': 'e2fsprogs',
+  e2fsck: 'e2fsprogs',
+  fuse2fs: 'fuse2fs',
+  etcd: 'etcd-server',
+};
+const PYTHON_NBD_PACKAGE = 'python3-libnbd';
+
+// mkfs.ext4 and e2fsck live in sbin, which a non-root PATH often lacks; the
+// tests inherit this PATH so they find what we found.
+const SEARCH_PATH = [...new Set([...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/sbin', '/usr/sbin', '/sbin'])];
+
+function onPath(tool) {
+  return SEARCH_PATH.some((dir) => {
+    try {
+      accessSync(join(dir, tool), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+function pythonHasNbd() {
+  return spawnSync('python3', ['-c', 'import nbd'], { stdio: 'ignore', timeout: 30_000 }).status === 0;
+}
+
+/** Debian packages whose tools are absent, in a stable order. */
+function missingPackages() {
+  const packages = new Set();
+  for (const [tool, pkg] of Object.entries(TOOLS)) if (!onPath(tool)) packages.add(pkg);
+  if (!pythonHasNbd()) packages.add(PYTHON_NBD_PACKAGE);
+  return [...packages].sort();
+}
+
+function apt(args) {
+  console.log(`test: running apt-get ${args.join(' ')}`);
+  const r = spawnSync('apt-get', args, {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+    timeout: 10 * 60_000,
+  });
+  return r.status === 0;
+}
+
+function ensureTools() {
+  const missing = missingPackages();
+  if (missing.length === 0) {
+    console.log('test: all third-party test tools are installed');
+    return;
+  }
+  const installLine = `apt-get install -y ${missing.join(' ')}`;
+  if (process.getuid?.() !== 0) {
+    console.log(`test: missing test tools; tests needing them will skip. To install, as root:\n  ${installLine}`);
+    return;
+  }
+  console.log(`test: missing packages ${missing.join(' ')}; installing them`);
+  if (!(apt(['update']) && apt(['install', '-y', ...missing]))) {
+    console.log('test: apt-get failed; tests needing the missing tools will skip');
+  }
+  const still = missingPackages();
+  if (still.length > 0) console.log(`test: still missing after install: ${still.join(' ')}`);
+}
+
+function* walk(dir, accept) {
+  if (!existsSync(dir)) return;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) yield* walk(path, accept);
+    else if (accept(entry.name)) yield path;
+  }
+}
+
+const isSource = (name) => name.endsWith('.ts') && !name.endsWith('.d.ts');
+const outputOf = (source) => join(PROJECT, 'dist', relative(PROJECT, source)).replace(/\.ts$/, '.js');
+const sourceOf = (output) => join(PROJECT, relative(join(PROJECT, 'dist'), output)).replace(/\.js$/, '.ts');
+
+/** Why a build is needed, or undefined when every source has an output at least as new as it and the compiler settings. */
+function staleReason() {
+  const settingsTime = Math.max(statSync(join(PROJECT, 'tsconfig.json')).mtimeMs, statSync(join(PROJECT, 'package.json')).mtimeMs);
+  for (const dir of SOURCE_DIRS) {
+    for (const source of walk(join(PROJECT, dir), isSource)) {
+      const output = outputOf(source);
+      if (!existsSync(output)) return `${relative(PROJECT, output)} is missing`;
+      const builtAt = statSync(output).mtimeMs;
+      if (builtAt < statSync(source).mtimeMs) return `${relative(PROJECT, source)} changed since it was built`;
+      if (builtAt < settingsTime) return 'tsconfig.json or package.json changed since the last build';
+    }
+  }
+  return undefined;
+}
+
+function buildIfStale() {
+  const reason = staleReason();
+  if (!reason) return true;
+  console.log(`test: building (${reason})`);
+  const tsc = join(PROJECT, 'node_modules', 'typescript', 'bin', 'tsc');
+  const r = spawnSync(process.execPath, [tsc, '-p', join(PROJECT, 'tsconfig.json')], { cwd: PROJECT, stdio: ['ignore', 'inherit', 'inherit'] });
+  if (r.status !== 0) console.log(`test: build failed (tsc exit ${r.status}); not running the tests on a broken build`);
+  return r.status === 0;
+}
+
+/** Compiled test files that still have a source: output of a deleted or renamed test is stale and must not run. */
+function testFiles(fragments) {
+  const files = [];
+  for (const dir of SOURCE_DIRS) {
+    for (const output of walk(join(PROJECT, 'dist', dir), (name) => name.endsWith('.test.js'))) {
+      if (!existsSync(sourceOf(output))) continue;
+      const shown = relative(PROJECT, output);
+      if (fragments.length === 0 || fragments.some((f) => shown.includes(f))) files.push(output);
+    }
+  }
+  return files.sort();
+}
+
+function runTests(nodeFlags, files) {
+  const args = [
+    '--test',
+    `--test-concurrency=${CONCURRENCY}`,
+    `--test-timeout=${PER_TEST_TIMEOUT_MS}`,
+    ...nodeFlags,
+    ...files,
+  ];
+  console.log(`test: node --test over ${files.length} files (${CONCURRENCY} at a time, ${PER_TEST_TIMEOUT_MS / 60_000} min per test, ${RUN_LIMIT_MS / 60_000} min in all)`);
+  // Its own process group, so the watchdog and Ctrl-C reach every server and
+  // client a test started, not just the runner.
+  const runner = spawn(process.execPath, args, {
+    cwd: PROJECT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    detached: true,
+    env: { ...process.env, PATH: SEARCH_PATH.join(delimiter) },
+  });
+  const killGroup = (signal) => {
+    try {
+      process.kill(-runner.pid, signal);
+    } catch {
+      // already gone
+    }
+  };
+  let timedOut = false;
+  const watchdog = setTimeout(() => {
+    timedOut = true;
+    killGroup('SIGTERM');
+    setTimeout(() => killGroup('SIGKILL'), 5_000).unref();
+  }, RUN_LIMIT_MS);
+  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => killGroup(signal));
+  runner.on('exit', (code, signal) => {
+    clearTimeout(watchdog);
+    if (timedOut) {
+      console.log(`test: the whole run exceeded ${RUN_LIMIT_MS / 60_000} minutes and was killed; a test or a process it started hangs`);
+      process.exit(124);
+    }
+    process.exit(code ?? 128 + (signal === 'SIGINT' ? 2 : 15));
+  });
+}
+
+function main(argv) {
+  const nodeFlags = argv.filter((a) => a.startsWith('-'));
+  const fragments = argv.filter((a) => !a.startsWith('-')).map((f) => f.split('/').join(sep));
+  ensureTools();
+  if (!buildIfStale()) process.exit(1);
+  const files = testFiles(fragments);
+  if (files.length === 0) {
+    console.log(`test: no compiled test files${fragments.length ? ` matching ${fragments.join(', ')}` : ''} under dist/{${SOURCE_DIRS.join(',')}}`);
+    process.exit(1);
+  }
+  runTests(nodeFlags, files);
+}
+
+main(process.argv.slice(2));
