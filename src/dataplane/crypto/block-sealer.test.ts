@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
+import { Worker } from 'node:worker_threads';
 import type { WorkerSealer } from '../pool/sealing.js';
 import { BlockSealer, NONCE_BYTES, TAG_BYTES } from './block-sealer.js';
 import { BlockAuthError } from './errors.js';
@@ -187,6 +188,36 @@ test('works on views into a SharedArrayBuffer (shared cache and slot records)', 
   assert.deepEqual(Buffer.from(openedView), plain);
   sealedView[7] ^= 0x80;
   assert.throws(() => sealer.open(sealedView, openedView, nonce, tag, aad, 4), BlockAuthError);
+});
+
+test('a worker thread seals into shared memory and the main thread opens it', async () => {
+  const key = generateVolumeKey();
+  const shared = new SharedArrayBuffer(BLOCK * 2 + NONCE_BYTES + TAG_BYTES);
+  const plain = randomBytes(BLOCK);
+  new Uint8Array(shared, 0, BLOCK).set(plain);
+  const aad = identity(9, 8, 7);
+  // An eval'd worker is CommonJS, so it reaches this (ESM) module through import().
+  const source = `
+    const { workerData, parentPort } = require('node:worker_threads');
+    import(workerData.module).then(({ BlockSealer }) => {
+      const { shared, key, aad, block } = workerData;
+      new BlockSealer(key).seal(
+        new Uint8Array(shared, 0, block), new Uint8Array(shared, block, block),
+        new Uint8Array(shared, 2 * block, 12), new Uint8Array(shared, 2 * block + 12, 16), aad, 8);
+      parentPort.postMessage('sealed');
+    });`;
+  const worker = new Worker(source, { eval: true, workerData: { module: new URL('./block-sealer.js', import.meta.url).href, shared, key, aad, block: BLOCK } });
+  const message = await new Promise((resolve, reject) => {
+    worker.once('message', resolve);
+    worker.once('error', reject);
+  });
+  await worker.terminate();
+  assert.equal(message, 'sealed');
+  const out = new Uint8Array(BLOCK);
+  new BlockSealer(key).open(
+    new Uint8Array(shared, BLOCK, BLOCK), out,
+    new Uint8Array(shared, 2 * BLOCK, NONCE_BYTES), new Uint8Array(shared, 2 * BLOCK + NONCE_BYTES, TAG_BYTES), aad, 8);
+  assert.deepEqual(Buffer.from(out), plain);
 });
 
 test('throughput on 64 KiB blocks (printed, not asserted)', () => {
