@@ -1,0 +1,473 @@
+/**
+ * The transmission phase of one connection: decode requests, run them against
+ * the export, reply.
+ *
+ * Contract:
+ * - Pipelined: requests are decoded and started as they arrive; replies go out
+ *   as each settles, in any order.
+ * - Two tiers of error. A framing error (bad request magic, a WRITE too long
+ *   to skip, bytes left in a truncated header) closes this connection only. A
+ *   bad request (out of range, too long, unknown command or flag, zero
+ *   length, write to a read-only export, BLOCK_STATUS without a context) gets
+ *   an errno reply — a WRITE's payload is read past first — and the session
+ *   goes on. Export failures are answered with the errno of the IoError (EIO
+ *   for anything else); they never end the session.
+ * - Exports only ever see validated, in-range requests (see export.ts).
+ * - Backpressure: at most maxInflightRequests / maxInflightBytes are being
+ *   served at once, and reading stops while replies over maxQueuedReplyBytes
+ *   wait in the socket; reading resumes as they drain.
+ * - NBD_CMD_DISC, or the client half-closing, lets in-flight requests finish
+ *   and then closes. shutdown() (server closing) answers new requests with
+ *   ESHUTDOWN and closes once in-flight ones are answered.
+ * - export.close() is called exactly once, after the socket has closed and
+ *   every in-flight request has settled; `finished` resolves after it.
+ */
+import type { Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Logger } from '../../common/log.js';
+import { errnoOf, type Errno } from '../../common/errors.js';
+import type { Extent, NbdExport } from './export.js';
+import type { Negotiated } from './handshake.js';
+import type { Inbound } from './inbound.js';
+import {
+  NBD_CMD_BLOCK_STATUS,
+  NBD_CMD_CACHE,
+  NBD_CMD_DISC,
+  NBD_CMD_FLAG_DF,
+  NBD_CMD_FLAG_FAST_ZERO,
+  NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
+  NBD_CMD_FLUSH,
+  NBD_CMD_READ,
+  NBD_CMD_TRIM,
+  NBD_CMD_WRITE,
+  NBD_CMD_WRITE_ZEROES,
+  NBD_REPLY_FLAG_DONE,
+  NBD_REQUEST_MAGIC,
+  NbdFramingError,
+  REQUEST_HEADER_SIZE,
+  SIMPLE_READ_DATA_AT,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_READ_DATA_AT,
+  commandFlagNames,
+  commandName,
+  encodeBlockStatusChunk,
+  encodeErrorChunk,
+  encodeOffsetDataHeader,
+  encodeSimpleReply,
+  errnoToNbd,
+  requestCookieHigh,
+  requestCookieLow,
+  requestFlags,
+  requestLength,
+  requestMagic,
+  requestOffset,
+  requestType,
+} from './wire.js';
+
+export interface SessionLimits {
+  /** Requests being served at once before we stop reading. */
+  maxInflightRequests: number;
+  /** READ/WRITE payload bytes being served at once before we stop reading. */
+  maxInflightBytes: number;
+  /** Reply bytes queued in the socket before we stop reading. */
+  maxQueuedReplyBytes: number;
+}
+
+export const DEFAULT_SESSION_LIMITS: SessionLimits = {
+  maxInflightRequests: 128,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxQueuedReplyBytes: 16 * 1024 * 1024,
+};
+
+/** Never hold more than this of one WRITE in memory, whatever an export advertises. */
+export const MAX_BUFFERED_PAYLOAD = 64 * 1024 * 1024;
+/**
+ * A refused WRITE up to this long has its payload skipped so the stream stays
+ * in step (the spec says payloads ≤ 2^25 are never to be treated as an
+ * attack). Anything longer is a framing error: we hang up rather than read it.
+ */
+export const MAX_SKIPPABLE_WRITE = 64 * 1024 * 1024;
+/** How long a client may keep its side open after we have ended ours. */
+const CLOSE_GRACE_MS = 5000;
+
+/** End our side (queued replies still go out) and destroy the socket if the client never closes its side. */
+export function endGracefully(socket: Socket): void {
+  socket.end();
+  setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+}
+
+/** The spec's ceiling on descriptors in one block status chunk. */
+const MAX_EXTENTS = 1 << 20;
+
+/** Per-request observation for metrics. command is an NBD_CMD_* name (unknown ones collapse to NBD_CMD_UNKNOWN). */
+export type RequestObserver = (command: string, bytes: number, seconds: number, errno: Errno | undefined) => void;
+
+const COMMAND_FLAGS_ALLOWED: Record<number, number> = {
+  [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
+  [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
+};
+
+function commandLabel(type: number): string {
+  return type in COMMAND_FLAGS_ALLOWED ? commandName(type) : 'NBD_CMD_UNKNOWN';
+}
+
+type Phase = 'serving' | 'draining' | 'shutting-down' | 'closed';
+
+export class Session {
+  private readonly exp: NbdExport;
+  private readonly structured: boolean;
+  private readonly allocationContextId: number | undefined;
+  /** The largest READ/WRITE we accept: the export's limit, capped by what we will buffer. */
+  private readonly maxPayload: number;
+  private phase: Phase = 'serving';
+  private inflight = 0;
+  private inflightBytes = 0;
+  private readPaused = false;
+  private writeBlocked = false;
+  private corked = false;
+  private socketClosed = false;
+  private exportClosed = false;
+  private resolveFinished!: () => void;
+  /** Resolves once the socket is closed and the export has been closed. */
+  readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly inbound: Inbound,
+    negotiated: Negotiated,
+    private readonly log: Logger,
+    private readonly limits: SessionLimits,
+    private readonly observe: RequestObserver | undefined,
+  ) {
+    this.exp = negotiated.export;
+    this.structured = negotiated.structuredReplies;
+    this.allocationContextId = negotiated.allocationContextId;
+    this.maxPayload = Math.min(this.exp.maximumPayload, MAX_BUFFERED_PAYLOAD);
+  }
+
+  /** Begin serving: bytes already buffered after the handshake are parsed now. */
+  start(): void {
+    this.socket.on('end', this.onEnd);
+    this.socket.on('close', this.onClose);
+    this.socket.on('drain', this.onDrain);
+    this.inbound.onData = this.pump;
+    if (this.socket.destroyed) {
+      this.onClose();
+      return;
+    }
+    this.socket.resume();
+    this.pump();
+    if (this.socket.readableEnded) this.onEnd();
+  }
+
+  get inflightRequests(): number {
+    return this.inflight;
+  }
+
+  /** The server is closing: answer new requests with ESHUTDOWN, close once in-flight ones are answered. */
+  shutdown(): void {
+    if (this.phase !== 'serving') return;
+    this.phase = 'shutting-down';
+    this.endIfIdle();
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  /** Decode and start every complete request buffered, until a limit says stop. */
+  private readonly pump = (): void => {
+    const inbound = this.inbound;
+    while (this.phase === 'serving' || this.phase === 'shutting-down') {
+      if (this.inflight >= this.limits.maxInflightRequests || this.inflightBytes >= this.limits.maxInflightBytes || this.writeBlocked) {
+        if (!this.readPaused) {
+          this.readPaused = true;
+          this.socket.pause();
+        }
+        return;
+      }
+      if (inbound.available < REQUEST_HEADER_SIZE) break;
+      const { buf, at } = inbound.peek(REQUEST_HEADER_SIZE);
+      if (requestMagic(buf, at) !== NBD_REQUEST_MAGIC) {
+        this.framingError(`bad request magic 0x${requestMagic(buf, at).toString(16)}`);
+        return;
+      }
+      const flags = requestFlags(buf, at);
+      const type = requestType(buf, at);
+      const cookieHigh = requestCookieHigh(buf, at);
+      const cookieLow = requestCookieLow(buf, at);
+      const offset = requestOffset(buf, at);
+      const length = requestLength(buf, at);
+
+      if (type === NBD_CMD_DISC) {
+        inbound.take(REQUEST_HEADER_SIZE);
+        this.log.debug({ inflight: this.inflight }, 'NBD_CMD_DISC');
+        this.drain();
+        return;
+      }
+
+      const refusal = this.check(type, flags, offset, length);
+      if (type === NBD_CMD_WRITE) {
+        if (refusal !== undefined) {
+          if (length > MAX_SKIPPABLE_WRITE) {
+            this.framingError(`NBD_CMD_WRITE of ${length} bytes is too long to skip`);
+            return;
+          }
+          inbound.take(REQUEST_HEADER_SIZE);
+          inbound.discard(length);
+          this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
+          continue;
+        }
+        // Wait for the whole payload before starting the write.
+        if (inbound.available < REQUEST_HEADER_SIZE + length) break;
+        inbound.take(REQUEST_HEADER_SIZE);
+        void this.execute(type, flags, cookieHigh, cookieLow, offset, length, inbound.take(length));
+        continue;
+      }
+      inbound.take(REQUEST_HEADER_SIZE);
+      if (refusal !== undefined) this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
+      else void this.execute(type, flags, cookieHigh, cookieLow, offset, length, undefined);
+    }
+    if (this.readPaused && this.phase !== 'closed') {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+  };
+
+  /** Why a request is refused (errno and a message for the client), or undefined if it may run. */
+  private check(type: number, flags: number, offset: number, length: number): { errno: Errno; message: string } | undefined {
+    const allowed = COMMAND_FLAGS_ALLOWED[type];
+    if (allowed === undefined) return { errno: 'EINVAL', message: `unknown command ${type}` };
+    let effectiveAllowed = allowed;
+    if (!this.structured) effectiveAllowed &= ~NBD_CMD_FLAG_DF;
+    if (flags & ~effectiveAllowed) return { errno: 'EINVAL', message: `flags ${commandFlagNames(flags & ~effectiveAllowed)} not valid for ${commandName(type)}` };
+    if (this.phase === 'shutting-down') return { errno: 'ESHUTDOWN', message: 'server is shutting down' };
+    if (type === NBD_CMD_FLUSH) {
+      return offset === 0 && length === 0 ? undefined : { errno: 'EINVAL', message: 'NBD_CMD_FLUSH offset and length must be zero' };
+    }
+    if (type === NBD_CMD_BLOCK_STATUS && this.allocationContextId === undefined) {
+      return { errno: 'EINVAL', message: 'NBD_CMD_BLOCK_STATUS needs structured replies and the base:allocation context' };
+    }
+    const writes = type === NBD_CMD_WRITE || type === NBD_CMD_TRIM || type === NBD_CMD_WRITE_ZEROES;
+    if (writes && this.exp.readOnly) return { errno: 'EPERM', message: 'export is read-only' };
+    if (length === 0) return { errno: 'EINVAL', message: `zero-length ${commandName(type)}` };
+    if ((type === NBD_CMD_READ || type === NBD_CMD_WRITE) && length > this.maxPayload) {
+      return { errno: 'EINVAL', message: `${commandName(type)} of ${length} bytes exceeds the maximum payload of ${this.maxPayload}` };
+    }
+    const block = this.exp.minimumBlockSize;
+    if (block > 1 && (offset % block !== 0 || length % block !== 0)) {
+      return { errno: 'EINVAL', message: `request not aligned to the ${block}-byte minimum block size` };
+    }
+    if (offset + length > this.exp.size) {
+      const errno: Errno = type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? 'ENOSPC' : 'EINVAL';
+      return { errno, message: `${commandName(type)} of ${length} bytes at ${offset} runs past the end of the ${this.exp.size}-byte export` };
+    }
+    return undefined;
+  }
+
+  // --------------------------------------------------------------- serving
+
+  /** Run one validated request and send its reply; never rejects. */
+  private async execute(type: number, flags: number, cookieHigh: number, cookieLow: number, offset: number, length: number, payload: Buffer | undefined): Promise<void> {
+    const started = performance.now();
+    const cost = type === NBD_CMD_READ || type === NBD_CMD_WRITE ? length : 0;
+    this.inflight++;
+    this.inflightBytes += cost;
+    const exp = this.exp;
+    const fua = (flags & NBD_CMD_FLAG_FUA) !== 0;
+    let errno: Errno | undefined;
+    try {
+      switch (type) {
+        case NBD_CMD_READ:
+          errno = await this.read(cookieHigh, cookieLow, offset, length);
+          break;
+        case NBD_CMD_WRITE:
+          await exp.write(offset, payload!, fua);
+          break;
+        case NBD_CMD_FLUSH:
+          await exp.flush();
+          break;
+        case NBD_CMD_TRIM:
+          await exp.trim(offset, length, fua);
+          break;
+        case NBD_CMD_WRITE_ZEROES:
+          await exp.writeZeroes(offset, length, { fua, noHole: (flags & NBD_CMD_FLAG_NO_HOLE) !== 0, fastZero: (flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 });
+          break;
+        case NBD_CMD_CACHE:
+          await exp.cache(offset, length);
+          break;
+        case NBD_CMD_BLOCK_STATUS:
+          this.sendBlockStatus(cookieHigh, cookieLow, length, (flags & NBD_CMD_FLAG_REQ_ONE) !== 0, await exp.blockStatus(offset, length));
+          break;
+      }
+      if (type !== NBD_CMD_READ && type !== NBD_CMD_BLOCK_STATUS) this.sendSimple(0, cookieHigh, cookieLow);
+    } catch (err) {
+      errno = errnoOf(err);
+      this.exportFailed(type, offset, length, err, errno);
+      this.sendError(cookieHigh, cookieLow, errno, (err as Error)?.message ?? String(err), undefined);
+    } finally {
+      this.inflight--;
+      this.inflightBytes -= cost;
+      this.observe?.(commandName(type), errno === undefined ? cost : 0, (performance.now() - started) / 1000, errno);
+      this.settled();
+    }
+  }
+
+  /**
+   * One allocation per READ: reply header and data share a buffer, the export
+   * fills the data part in place, and one write sends it. Returns the errno
+   * when the export failed (the error reply is already sent).
+   */
+  private async read(cookieHigh: number, cookieLow: number, offset: number, length: number): Promise<Errno | undefined> {
+    const dataAt = this.structured ? STRUCTURED_READ_DATA_AT : SIMPLE_READ_DATA_AT;
+    const reply = Buffer.allocUnsafe(dataAt + length);
+    try {
+      await this.exp.read(offset, reply.subarray(dataAt));
+    } catch (err) {
+      const errno = errnoOf(err);
+      this.exportFailed(NBD_CMD_READ, offset, length, err, errno);
+      // Nothing was sent for this request yet, so the error is the whole reply;
+      // with structured replies it names the offset the failed range starts at.
+      this.sendError(cookieHigh, cookieLow, errno, (err as Error)?.message ?? String(err), offset);
+      return errno;
+    }
+    if (this.structured) encodeOffsetDataHeader(reply, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
+    else encodeSimpleReply(reply, 0, 0, cookieHigh, cookieLow);
+    this.send(reply);
+    return undefined;
+  }
+
+  /**
+   * Answer BLOCK_STATUS with one base:allocation chunk. The export may stop
+   * short; we also cut its answer to the requested range (so every length fits
+   * in 32 bits) and, for REQ_ONE, to a single extent.
+   */
+  private sendBlockStatus(cookieHigh: number, cookieLow: number, length: number, reqOne: boolean, extents: Extent[]): void {
+    const out: Extent[] = [];
+    let covered = 0;
+    for (const extent of extents) {
+      if (!(extent.length > 0)) break;
+      const take = Math.min(extent.length, length - covered);
+      out.push(take === extent.length ? extent : { length: take, flags: extent.flags });
+      covered += take;
+      if (covered >= length || reqOne || out.length >= MAX_EXTENTS) break;
+    }
+    if (out.length === 0) throw new Error('export returned no usable block status extent');
+    this.send(encodeBlockStatusChunk(NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, this.allocationContextId!, out));
+  }
+
+  private refuse(type: number, flags: number, cookieHigh: number, cookieLow: number, offset: number, length: number, refusal: { errno: Errno; message: string }): void {
+    this.log.debug({ command: commandName(type), flags: commandFlagNames(flags), offset, length, errno: refusal.errno, reason: refusal.message }, 'request refused');
+    this.sendError(cookieHigh, cookieLow, refusal.errno, refusal.message, undefined);
+    this.observe?.(commandLabel(type), 0, 0, refusal.errno);
+  }
+
+  private exportFailed(type: number, offset: number, length: number, err: unknown, errno: Errno): void {
+    this.log.warn({ command: commandName(type), export: this.exp.name, offset, length, errno, err }, 'request failed');
+  }
+
+  // ---------------------------------------------------------------- replies
+
+  private sendSimple(error: number, cookieHigh: number, cookieLow: number): void {
+    const reply = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    encodeSimpleReply(reply, 0, error, cookieHigh, cookieLow);
+    this.send(reply);
+  }
+
+  /** An error reply: a structured error chunk (with the message) when negotiated, else a simple reply. */
+  private sendError(cookieHigh: number, cookieLow: number, errno: Errno, message: string, offset: number | undefined): void {
+    const error = errnoToNbd(errno);
+    if (this.structured) this.send(encodeErrorChunk(NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, error, message, offset));
+    else this.sendSimple(error, cookieHigh, cookieLow);
+  }
+
+  /**
+   * Queue a reply. Replies settled in the same tick are corked together so a
+   * burst of small ones costs one syscall. Reading stops while too much waits
+   * in the socket.
+   */
+  private send(buf: Buffer): void {
+    const socket = this.socket;
+    if (this.socketClosed || !socket.writable) return;
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+      process.nextTick(this.uncork);
+    }
+    if (!socket.write(buf) && socket.writableLength >= this.limits.maxQueuedReplyBytes) this.writeBlocked = true;
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  private readonly onDrain = (): void => {
+    if (!this.writeBlocked) return;
+    this.writeBlocked = false;
+    this.pump();
+  };
+
+  // -------------------------------------------------------------- lifecycle
+
+  private settled(): void {
+    if (this.phase === 'serving' || this.phase === 'shutting-down') this.pump();
+    this.endIfIdle();
+    if (this.socketClosed && this.inflight === 0) void this.closeExport();
+  }
+
+  private framingError(reason: string): void {
+    this.log.warn({ export: this.exp.name, reason }, 'framing error: closing connection');
+    this.phase = 'closed';
+    this.inbound.onData = undefined;
+    this.socket.destroy();
+  }
+
+  /** Stop reading; close once every in-flight request has been answered. */
+  private drain(): void {
+    if (this.phase === 'closed' || this.phase === 'draining') return;
+    this.phase = 'draining';
+    this.inbound.onData = undefined;
+    this.endIfIdle();
+  }
+
+  private endIfIdle(): void {
+    if (this.inflight > 0 || this.socketClosed) return;
+    if (this.phase === 'draining' || this.phase === 'shutting-down') {
+      this.phase = 'closed';
+      endGracefully(this.socket);
+    }
+  }
+
+  /** The client half-closed: whatever it sent is all there is. */
+  private readonly onEnd = (): void => {
+    if (this.phase === 'serving' && this.inbound.available > 0 && this.inbound.discarding === 0) {
+      this.log.debug({ bytes: this.inbound.available }, 'client closed mid-request; the partial request is ignored');
+    }
+    this.drain();
+  };
+
+  private readonly onClose = (): void => {
+    if (this.socketClosed) return;
+    this.socketClosed = true;
+    this.phase = 'closed';
+    this.inbound.onData = undefined;
+    if (this.inflight === 0) void this.closeExport();
+  };
+
+  private async closeExport(): Promise<void> {
+    if (this.exportClosed) return;
+    this.exportClosed = true;
+    try {
+      await this.exp.close();
+    } catch (err) {
+      this.log.warn({ export: this.exp.name, err }, 'closing the export failed');
+    }
+    this.resolveFinished();
+  }
+}
