@@ -62,15 +62,19 @@ function onPath(tool) {
   });
 }
 
-function pythonHasNbd() {
-  return spawnSync('python3', ['-c', 'import nbd'], { stdio: 'ignore', timeout: 30_000 }).status === 0;
+// python3-libnbd installs into Debian's own interpreter; a python3 earlier on
+// PATH (pyenv, a venv) does not see it.
+const DEBIAN_PYTHON = '/usr/bin/python3';
+
+function pythonHasNbd(python) {
+  return spawnSync(python, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 30_000 }).status === 0;
 }
 
 /** Debian packages whose tools are absent, in a stable order. */
 function missingPackages() {
   const packages = new Set();
   for (const [tool, pkg] of Object.entries(TOOLS)) if (!onPath(tool)) packages.add(pkg);
-  if (!pythonHasNbd()) packages.add(PYTHON_NBD_PACKAGE);
+  if (!pythonHasNbd(existsSync(DEBIAN_PYTHON) ? DEBIAN_PYTHON : 'python3')) packages.add(PYTHON_NBD_PACKAGE);
   return [...packages].sort();
 }
 
@@ -86,6 +90,9 @@ function apt(args) {
 
 function ensureTools() {
   const missing = missingPackages();
+  if (!missing.includes(PYTHON_NBD_PACKAGE) && !pythonHasNbd('python3')) {
+    console.log(`test: note: the python3 first on PATH cannot import nbd; ${DEBIAN_PYTHON} can (tests should run that one)`);
+  }
   if (missing.length === 0) {
     console.log('test: all third-party test tools are installed');
     return;
