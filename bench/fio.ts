@@ -1,0 +1,169 @@
+/**
+ * The fio workloads, run through fio's userspace nbd engine (libnbd), so every
+ * server is measured through the same client with no kernel nbd module.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { onCleanup } from './cleanup.js';
+
+export interface JobSpec {
+  name: string;
+  rw: 'randread' | 'randwrite' | 'randrw' | 'read' | 'write';
+  blockSize: string;
+  iodepth: number;
+  /** fio processes, each with its own NBD connection */
+  connections: number;
+  extra: string[];
+}
+
+export const JOBS: readonly JobSpec[] = [
+  { name: 'randread-4k-qd32', rw: 'randread', blockSize: '4k', iodepth: 32, connections: 1, extra: [] },
+  { name: 'randwrite-4k-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32, connections: 1, extra: [] },
+  { name: 'randrw70-64k-qd16', rw: 'randrw', blockSize: '64k', iodepth: 16, connections: 1, extra: ['--rwmixread=70'] },
+  { name: 'seqwrite-1m-qd8', rw: 'write', blockSize: '1m', iodepth: 8, connections: 1, extra: [] },
+  { name: 'seqread-1m-qd8', rw: 'read', blockSize: '1m', iodepth: 8, connections: 1, extra: [] },
+  { name: 'randread-4k-qd32-4conn', rw: 'randread', blockSize: '4k', iodepth: 32, connections: 4, extra: [] },
+];
+
+export function readsData(job: JobSpec): boolean {
+  return job.rw === 'randread' || job.rw === 'read' || job.rw === 'randrw';
+}
+
+export interface FioSettings {
+  uri: string;
+  /** bytes of the export every job works in, from offset 0 */
+  regionBytes: number;
+  runtimeSeconds: number;
+  rampSeconds: number;
+  /** fio's JSON goes here */
+  outputFile: string;
+}
+
+/** fio's command line for one timed job. */
+export function fioArgs(job: JobSpec, s: FioSettings): string[] {
+  return [
+    `--name=${job.name}`,
+    '--ioengine=nbd',
+    `--uri=${s.uri}`,
+    `--size=${s.regionBytes}`,
+    `--rw=${job.rw}`,
+    `--bs=${job.blockSize}`,
+    `--iodepth=${job.iodepth}`,
+    `--numjobs=${job.connections}`,
+    ...job.extra,
+    '--time_based',
+    `--runtime=${s.runtimeSeconds}`,
+    `--ramp_time=${s.rampSeconds}`,
+    // Same random offsets for every server (fio's fixed seed), without the
+    // bookkeeping of a random map that a time-based run does not need.
+    '--randrepeat=1',
+    '--norandommap',
+    '--group_reporting',
+    '--output-format=json',
+    `--output=${s.outputFile}`,
+  ];
+}
+
+/** One sequential pass over the region so read jobs find data, not holes a server can answer without I/O. */
+export function prefillArgs(s: Omit<FioSettings, 'runtimeSeconds' | 'rampSeconds'>): string[] {
+  return [
+    '--name=prefill',
+    '--ioengine=nbd',
+    `--uri=${s.uri}`,
+    `--size=${s.regionBytes}`,
+    '--rw=write',
+    '--bs=1m',
+    '--iodepth=8',
+    '--output-format=json',
+    `--output=${s.outputFile}`,
+  ];
+}
+
+export interface FioResult {
+  iops: number;
+  readIops: number;
+  writeIops: number;
+  mibPerSecond: number;
+  /** 99th percentile completion latency in microseconds, the worse of read and write */
+  p99Micros: number;
+}
+
+interface FioDirection {
+  iops: number;
+  bw_bytes: number;
+  clat_ns?: { percentile?: Record<string, number> };
+}
+
+interface FioJson {
+  jobs: { error: number; read: FioDirection; write: FioDirection }[];
+}
+
+/** Sums a group-reported (or per-job) fio JSON result. fio may print warnings before the JSON. */
+export function parseFioJson(text: string): FioResult {
+  const start = text.indexOf('{');
+  if (start < 0) throw new Error('fio produced no JSON output');
+  const report = JSON.parse(text.slice(start)) as FioJson;
+  if (!Array.isArray(report.jobs) || report.jobs.length === 0) throw new Error('fio JSON has no jobs');
+  const failed = report.jobs.find((j) => j.error !== 0);
+  if (failed) throw new Error(`fio reported error ${failed.error}`);
+  let readIops = 0;
+  let writeIops = 0;
+  let bytesPerSecond = 0;
+  let p99Nanos = 0;
+  for (const j of report.jobs) {
+    readIops += j.read.iops;
+    writeIops += j.write.iops;
+    bytesPerSecond += j.read.bw_bytes + j.write.bw_bytes;
+    for (const direction of [j.read, j.write]) {
+      const p99 = direction.clat_ns?.percentile?.['99.000000'];
+      if (direction.iops > 0 && p99 !== undefined) p99Nanos = Math.max(p99Nanos, p99);
+    }
+  }
+  return { iops: readIops + writeIops, readIops, writeIops, mibPerSecond: bytesPerSecond / 2 ** 20, p99Micros: p99Nanos / 1000 };
+}
+
+/** Beyond ramp+runtime, how long a fio run may take before it counts as hung. */
+const FIO_SLACK_MS = 60_000;
+
+/** Run fio to completion (killed if it hangs); throws with fio's output on failure. */
+export function runFio(args: string[], timeoutMs: number): Promise<void> {
+  return new Promise((done, fail) => {
+    const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const forget = onCleanup(() => child.kill('SIGKILL'));
+    let output = '';
+    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const timer = setTimeout(() => {
+      output += `\n[fio killed after ${timeoutMs / 1000} s]`;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      forget();
+      fail(err);
+    });
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      forget();
+      if (code === 0) done();
+      else fail(new Error(`fio exited with ${code ?? signal}: ${output.trim().split('\n').slice(-5).join(' | ')}`));
+    });
+  });
+}
+
+export function fioTimeoutMs(s: Pick<FioSettings, 'runtimeSeconds' | 'rampSeconds'>): number {
+  return (s.runtimeSeconds + s.rampSeconds) * 1000 + FIO_SLACK_MS;
+}
+
+export function readFioResult(path: string): FioResult {
+  return parseFioJson(readFileSync(path, 'utf8'));
+}
+
+export function fioVersion(): string {
+  return spawnSync('fio', ['--version'], { encoding: 'utf8' }).stdout.trim();
+}
+
+/** Debian's fio has had the nbd engine since 3.20; a build without libnbd does not. */
+export function fioHasNbdEngine(): boolean {
+  return spawnSync('fio', ['--enghelp=nbd'], { stdio: 'ignore' }).status === 0;
+}

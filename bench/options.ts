@@ -1,0 +1,115 @@
+/**
+ * Command-line flags of `npm run bench`, checked up front so a typo fails in
+ * a second rather than after minutes of benchmarking.
+ */
+import { parseArgs } from 'node:util';
+import { parseSize } from '../src/common/size.js';
+import { JOBS, type JobSpec } from './fio.js';
+import { SERVER_NAMES, type ServerName } from './servers.js';
+
+/** Every server exports this much; the benchmark region lies inside it. */
+export const EXPORT_BYTES = 2 ** 30;
+
+export interface BenchOptions {
+  runtimeSeconds: number;
+  rampSeconds: number;
+  repeats: number;
+  jobs: JobSpec[];
+  servers: ServerName[];
+  regionBytes: number;
+  jsonFile?: string;
+  encrypt: boolean;
+  blockSize?: string;
+}
+
+export const USAGE = `usage: npm run bench -- [flags]
+
+Runs fio (nbd engine) against torus, nbd-server and nbdkit on this machine,
+alternating servers run by run, and prints per-job medians and ratios.
+
+  --runtime SECONDS    measured time per run (default 10)
+  --ramp SECONDS       warm-up per run, not measured (default 2)
+  --repeats N          runs per job and server (default 3)
+  --jobs A,B           jobs to run (default all): ${JOBS.map((j) => j.name).join(', ')}
+  --servers A,B        servers to compare (default all): ${SERVER_NAMES.join(', ')}
+  --region SIZE        part of the 1 GiB export the jobs touch, prefilled first (default 512MiB)
+  --json FILE          also write every run and the medians as JSON
+  --encrypt            create the torus volume encrypted
+  --block-size SIZE    torus store block size (passed to torusctl init)
+  -h, --help           this text`;
+
+export class UsageError extends Error {}
+
+function positiveInteger(flag: string, text: string, allowZero = false): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < (allowZero ? 0 : 1)) {
+    throw new UsageError(`--${flag}: expected a ${allowZero ? 'non-negative' : 'positive'} integer, got "${text}"`);
+  }
+  return value;
+}
+
+function pickList<T>(flag: string, text: string, known: readonly T[], nameOf: (item: T) => string): T[] {
+  const picked: T[] = [];
+  for (const name of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const item = known.find((k) => nameOf(k) === name);
+    if (!item) throw new UsageError(`--${flag}: unknown "${name}"; expected some of ${known.map(nameOf).join(', ')}`);
+    if (!picked.includes(item)) picked.push(item);
+  }
+  if (picked.length === 0) throw new UsageError(`--${flag}: empty list`);
+  return picked;
+}
+
+/** Parsed options, or undefined when help was asked for. Throws UsageError on bad flags. */
+export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        runtime: { type: 'string', default: '10' },
+        ramp: { type: 'string', default: '2' },
+        repeats: { type: 'string', default: '3' },
+        jobs: { type: 'string' },
+        servers: { type: 'string', default: SERVER_NAMES.join(',') },
+        region: { type: 'string', default: '512MiB' },
+        json: { type: 'string' },
+        encrypt: { type: 'boolean', default: false },
+        'block-size': { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) return undefined;
+  let regionBytes: number;
+  try {
+    regionBytes = parseSize(v.region!);
+  } catch (err) {
+    throw new UsageError(`--region: ${(err as Error).message}`);
+  }
+  if (regionBytes < 2 ** 20 || regionBytes > EXPORT_BYTES || regionBytes % 2 ** 20 !== 0) {
+    throw new UsageError(`--region: expected a whole number of MiB between 1MiB and 1GiB, got "${v.region}"`);
+  }
+  if (v['block-size'] !== undefined) {
+    try {
+      parseSize(v['block-size']);
+    } catch (err) {
+      throw new UsageError(`--block-size: ${(err as Error).message}`);
+    }
+  }
+  return {
+    runtimeSeconds: positiveInteger('runtime', v.runtime!),
+    rampSeconds: positiveInteger('ramp', v.ramp!, true),
+    repeats: positiveInteger('repeats', v.repeats!),
+    jobs: v.jobs === undefined ? [...JOBS] : pickList('jobs', v.jobs, JOBS, (j) => j.name),
+    servers: pickList('servers', v.servers!, SERVER_NAMES, (s) => s),
+    regionBytes,
+    jsonFile: v.json,
+    encrypt: v.encrypt!,
+    blockSize: v['block-size'],
+  };
+}

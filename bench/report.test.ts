@@ -1,0 +1,85 @@
+/**
+ * Medians, ratios and the printed table; and the bench's flags, which must
+ * reject a typo before any server starts.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { UsageError, parseBenchOptions } from './options.js';
+import { formatReport, median, ratios, summarize, type RunRecord } from './report.js';
+
+const result = (iops: number) => ({ iops, readIops: iops, writeIops: 0, mibPerSecond: iops / 256, p99Micros: 100, serverCpuPercent: 50, fioCpuPercent: 40 });
+
+describe('report', () => {
+  test('median of odd and even counts; NaN for nothing', () => {
+    assert.equal(median([3, 1, 2]), 2);
+    assert.equal(median([4, 1, 3, 2]), 2.5);
+    assert.ok(Number.isNaN(median([])));
+  });
+
+  test('medians per job and server skip failed runs but count them; ratios are torus over each peer', () => {
+    const runs: RunRecord[] = [
+      { job: 'j', server: 'torus', repeat: 0, result: result(100) },
+      { job: 'j', server: 'torus', repeat: 1, result: result(300) },
+      { job: 'j', server: 'torus', repeat: 2, error: 'fio exited with 1' },
+      { job: 'j', server: 'nbd-server', repeat: 0, result: result(400) },
+      { job: 'j', server: 'nbdkit', repeat: 0, result: result(800) },
+    ];
+    const summaries = summarize(runs, ['j'], ['torus', 'nbd-server', 'nbdkit']);
+    const torus = summaries.find((s) => s.server === 'torus')!;
+    assert.equal(torus.iops, 200);
+    assert.equal(torus.runs, 2);
+    assert.equal(torus.failures, 1);
+    assert.deepEqual(ratios(summaries), [
+      { job: 'j', peer: 'nbd-server', ratio: 0.5 },
+      { job: 'j', peer: 'nbdkit', ratio: 0.25 },
+    ]);
+    const text = formatReport(summaries, ratios(summaries), { torus: 64 * 2 ** 20 });
+    assert.match(text, /torus\/nbd-server 0\.50 {3}torus\/nbdkit 0\.25/);
+    assert.match(text, /2\+1err/);
+    assert.match(text, /peak RSS .*torus 64\.0 MiB/);
+  });
+
+  test('without torus there are no ratios, only the peers', () => {
+    const summaries = summarize([{ job: 'j', server: 'nbdkit', repeat: 0, result: result(10) }], ['j'], ['nbdkit']);
+    assert.deepEqual(ratios(summaries), []);
+  });
+});
+
+describe('bench flags', () => {
+  test('defaults: every job and server, 10 s runs after 2 s ramp, 3 repeats, 512 MiB region', () => {
+    const o = parseBenchOptions([])!;
+    assert.equal(o.runtimeSeconds, 10);
+    assert.equal(o.rampSeconds, 2);
+    assert.equal(o.repeats, 3);
+    assert.equal(o.jobs.length, 6);
+    assert.deepEqual(o.servers, ['torus', 'nbd-server', 'nbdkit']);
+    assert.equal(o.regionBytes, 512 * 2 ** 20);
+    assert.equal(o.encrypt, false);
+  });
+
+  test('lists pick jobs and servers in the order given', () => {
+    const o = parseBenchOptions(['--jobs', 'seqread-1m-qd8,randread-4k-qd32', '--servers', 'nbdkit,torus', '--encrypt', '--block-size', '4KiB', '--json', 'r.json'])!;
+    assert.deepEqual(o.jobs.map((j) => j.name), ['seqread-1m-qd8', 'randread-4k-qd32']);
+    assert.deepEqual(o.servers, ['nbdkit', 'torus']);
+    assert.equal(o.blockSize, '4KiB');
+    assert.equal(o.jsonFile, 'r.json');
+  });
+
+  test('help is not an error', () => {
+    assert.equal(parseBenchOptions(['--help']), undefined);
+  });
+
+  for (const [argv, expected] of [
+    [['--jobs', 'randread'], /--jobs: unknown "randread"/],
+    [['--servers', 'qemu-nbd'], /--servers: unknown "qemu-nbd"/],
+    [['--runtime', '0'], /--runtime: expected a positive integer/],
+    [['--repeats', 'x'], /--repeats/],
+    [['--region', '2GiB'], /--region: expected a whole number of MiB/],
+    [['--block-size', 'big'], /--block-size: not a size/],
+    [['--frobnicate'], /frobnicate/],
+  ] as [string[], RegExp][]) {
+    test(`rejects ${argv.join(' ')}`, () => {
+      assert.throws(() => parseBenchOptions(argv), (err: unknown) => err instanceof UsageError && expected.test(err.message));
+    });
+  }
+});

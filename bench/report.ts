@@ -1,0 +1,96 @@
+/**
+ * Turning individual runs into the figures people compare: per job and
+ * server the median of each measure (robust to one noisy run on a shared
+ * 2-core machine), and torus's median IOPS over each peer's.
+ */
+import type { FioResult } from './fio.js';
+import type { ServerName } from './servers.js';
+
+export interface RunRecord {
+  job: string;
+  server: ServerName;
+  repeat: number;
+  result?: FioResult & { serverCpuPercent: number; fioCpuPercent: number };
+  error?: string;
+}
+
+export interface JobSummary {
+  job: string;
+  server: ServerName;
+  runs: number;
+  failures: number;
+  iops: number;
+  mibPerSecond: number;
+  p99Micros: number;
+  serverCpuPercent: number;
+  fioCpuPercent: number;
+}
+
+export interface Ratio {
+  job: string;
+  peer: ServerName;
+  /** torus median IOPS / peer median IOPS */
+  ratio: number;
+}
+
+export function median(values: number[]): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+export function summarize(runs: RunRecord[], jobs: string[], servers: ServerName[]): JobSummary[] {
+  const summaries: JobSummary[] = [];
+  for (const job of jobs) {
+    for (const server of servers) {
+      const mine = runs.filter((r) => r.job === job && r.server === server);
+      const ok = mine.flatMap((r) => (r.result ? [r.result] : []));
+      const med = (pick: (r: (typeof ok)[number]) => number) => median(ok.map(pick));
+      summaries.push({
+        job,
+        server,
+        runs: ok.length,
+        failures: mine.length - ok.length,
+        iops: med((r) => r.iops),
+        mibPerSecond: med((r) => r.mibPerSecond),
+        p99Micros: med((r) => r.p99Micros),
+        serverCpuPercent: med((r) => r.serverCpuPercent),
+        fioCpuPercent: med((r) => r.fioCpuPercent),
+      });
+    }
+  }
+  return summaries;
+}
+
+export function ratios(summaries: JobSummary[]): Ratio[] {
+  const out: Ratio[] = [];
+  for (const ours of summaries.filter((s) => s.server === 'torus' && s.runs > 0)) {
+    for (const peer of summaries.filter((s) => s.job === ours.job && s.server !== 'torus' && s.runs > 0)) {
+      out.push({ job: ours.job, peer: peer.server, ratio: ours.iops / peer.iops });
+    }
+  }
+  return out;
+}
+
+const number = (value: number, digits = 0) => (Number.isFinite(value) ? value.toFixed(digits) : '-');
+
+export function formatReport(summaries: JobSummary[], ratioList: Ratio[], peakRss: Partial<Record<ServerName, number>>): string {
+  const lines: string[] = [];
+  const header = ['job', 'server', 'IOPS', 'MiB/s', 'p99 us', 'srv CPU%', 'fio CPU%', 'runs'];
+  const widths = [24, 11, 10, 9, 9, 9, 9, 6];
+  const row = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' ').trimEnd();
+  lines.push(row(header));
+  let lastJob = '';
+  for (const s of summaries) {
+    const runs = s.failures > 0 ? `${s.runs}+${s.failures}err` : String(s.runs);
+    lines.push(row([s.job === lastJob ? '' : s.job, s.server, number(s.iops), number(s.mibPerSecond, 1), number(s.p99Micros), number(s.serverCpuPercent), number(s.fioCpuPercent), runs]));
+    const mine = ratioList.filter((r) => r.job === s.job);
+    const lastOfJob = summaries.filter((x) => x.job === s.job).at(-1) === s;
+    if (lastOfJob && mine.length > 0) lines.push(`${''.padEnd(widths[0])} ${mine.map((r) => `torus/${r.peer} ${number(r.ratio, 2)}`).join('   ')}`);
+    lastJob = s.job;
+  }
+  const rss = Object.entries(peakRss).map(([server, bytes]) => `${server} ${number(bytes! / 2 ** 20, 1)} MiB`);
+  if (rss.length > 0) lines.push('', `peak RSS (server and its children): ${rss.join(', ')}`);
+  return lines.join('\n');
+}

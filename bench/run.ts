@@ -1,0 +1,179 @@
+/**
+ * `npm run bench`: torus against nbd-server and nbdkit, side by side on this
+ * machine through the same fio nbd client. All servers run for the whole
+ * benchmark; each job's runs alternate between servers (rotating which goes
+ * first) so drift in the machine's state hits every server alike. See
+ * docs/benchmarks.md for the procedure and reference figures.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, release } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cleanupAll, removeDirLater } from './cleanup.js';
+import { fioArgs, fioHasNbdEngine, fioTimeoutMs, fioVersion, prefillArgs, readFioResult, readsData, runFio, type FioSettings, type JobSpec } from './fio.js';
+import { EXPORT_BYTES, USAGE, UsageError, parseBenchOptions, type BenchOptions } from './options.js';
+import { CLOCK_TICKS_PER_SECOND, isAlive, ownReapedChildTicks, peakRssBytes, treeCpuTicks, treeRssBytes } from './processes.js';
+import { formatReport, ratios, summarize, type RunRecord } from './report.js';
+import { SERVER_TOOLS, startServer, type BenchServer, type ServerName } from './servers.js';
+
+/** How often memory is sampled during a run; a per-connection child lives only as long as fio's connection. */
+const RSS_SAMPLE_MS = 250;
+/** After fio exits, time for a forking server to reap its per-connection child so that child's CPU is counted. */
+const REAP_SETTLE_MS = 300;
+
+function missingTools(servers: ServerName[]): string[] {
+  const problems: string[] = [];
+  const have = (tool: string) => spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
+  if (!have('fio')) problems.push('fio not found: apt-get install fio');
+  else if (!fioHasNbdEngine()) problems.push(`this fio (${fioVersion()}) has no nbd engine: install Debian's fio (>= 3.20, built with libnbd)`);
+  for (const server of servers) {
+    for (const [tool, pkg] of Object.entries(SERVER_TOOLS[server])) {
+      if (!have(tool)) problems.push(`${tool} (for --servers ${server}) not found: apt-get install ${pkg}`);
+    }
+  }
+  return problems;
+}
+
+interface Tracker {
+  server: BenchServer;
+  peakTreeRss: number;
+}
+
+async function measure(job: JobSpec, tracker: Tracker, settings: FioSettings): Promise<RunRecord['result']> {
+  const { pid } = tracker.server;
+  const sample = () => (tracker.peakTreeRss = Math.max(tracker.peakTreeRss, treeRssBytes(pid)));
+  const ticksBefore = treeCpuTicks(pid);
+  const fioTicksBefore = ownReapedChildTicks();
+  const started = performance.now();
+  const sampler = setInterval(sample, RSS_SAMPLE_MS);
+  try {
+    await runFio(fioArgs(job, settings), fioTimeoutMs(settings));
+  } finally {
+    clearInterval(sampler);
+  }
+  const wallSeconds = (performance.now() - started) / 1000;
+  const fioCpuSeconds = (ownReapedChildTicks() - fioTicksBefore) / CLOCK_TICKS_PER_SECOND;
+  await sleep(REAP_SETTLE_MS);
+  if (!isAlive(pid)) throw new Error(`${tracker.server.name} died during the run`);
+  const serverCpuSeconds = (treeCpuTicks(pid) - ticksBefore) / CLOCK_TICKS_PER_SECOND;
+  return {
+    ...readFioResult(settings.outputFile),
+    serverCpuPercent: (100 * serverCpuSeconds) / wallSeconds,
+    fioCpuPercent: (100 * fioCpuSeconds) / wallSeconds,
+  };
+}
+
+async function benchmark(options: BenchOptions): Promise<number> {
+  const workRoot = mkdtempSync(join(tmpdir(), 'torus-bench-'));
+  removeDirLater(workRoot);
+  const version = fioVersion();
+  process.stderr.write(`bench: ${version}, ${options.runtimeSeconds} s + ${options.rampSeconds} s ramp per run, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, temp ${workRoot}\n`);
+
+  const trackers: Tracker[] = [];
+  try {
+    for (const name of options.servers) {
+      const workDir = join(workRoot, name);
+      mkdirSync(workDir);
+      const server = await startServer(name, { workDir, exportBytes: EXPORT_BYTES, encrypt: options.encrypt, blockSize: options.blockSize });
+      trackers.push({ server, peakTreeRss: 0 });
+      process.stderr.write(`bench: ${name} serving ${server.uri} (pid ${server.pid}): ${server.commandLine}\n`);
+    }
+  } catch (err) {
+    process.stderr.write(`bench: ${(err as Error).message}\n(compare the others with --servers, e.g. --servers nbd-server,nbdkit)\n`);
+    return 1;
+  }
+
+  if (options.jobs.some(readsData)) {
+    for (const { server } of trackers) {
+      process.stderr.write(`bench: prefilling ${options.regionBytes / 2 ** 20} MiB of ${server.name}\n`);
+      const outputFile = join(workRoot, `prefill-${server.name}.json`);
+      await runFio(prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }), fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }));
+    }
+  }
+
+  const runs: RunRecord[] = [];
+  const total = options.jobs.length * options.repeats * trackers.length;
+  for (const job of options.jobs) {
+    for (let repeat = 0; repeat < options.repeats; repeat++) {
+      const order = trackers.map((_, i) => trackers[(i + repeat) % trackers.length]);
+      for (const tracker of order) {
+        const { name, uri } = tracker.server;
+        const settings: FioSettings = {
+          uri,
+          regionBytes: options.regionBytes,
+          runtimeSeconds: options.runtimeSeconds,
+          rampSeconds: options.rampSeconds,
+          outputFile: join(workRoot, `${job.name}-${name}-${repeat}.json`),
+        };
+        const record: RunRecord = { job: job.name, server: name, repeat };
+        try {
+          record.result = await measure(job, tracker, settings);
+        } catch (err) {
+          record.error = (err as Error).message;
+        }
+        runs.push(record);
+        const r = record.result;
+        const line = r
+          ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, server CPU ${r.serverCpuPercent.toFixed(0)}%`
+          : `ERROR ${record.error}`;
+        process.stderr.write(`[${runs.length}/${total}] ${job.name} ${name} #${repeat + 1}: ${line}\n`);
+      }
+    }
+  }
+
+  const peakRss: Partial<Record<ServerName, number>> = {};
+  for (const t of trackers) peakRss[t.server.name] = Math.max(t.peakTreeRss, peakRssBytes(t.server.pid));
+  for (const { server } of trackers) await server.stop();
+
+  const summaries = summarize(runs, options.jobs.map((j) => j.name), options.servers);
+  const ratioList = ratios(summaries);
+  process.stdout.write(`\n# ${version}, runtime ${options.runtimeSeconds} s, ramp ${options.rampSeconds} s, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, ${cpus().length} CPUs, Linux ${release()}\n`);
+  process.stdout.write(`# medians over repeats; CPU% = user+sys of the server's (or fio's) processes over fio's wall time, 100 = one core\n`);
+  process.stdout.write(formatReport(summaries, ratioList, peakRss) + '\n');
+
+  if (options.jsonFile) {
+    const settings = { ...options, jobs: options.jobs.map((j) => j.name) };
+    const servers = trackers.map((t) => ({ name: t.server.name, commandLine: t.server.commandLine }));
+    writeFileSync(
+      options.jsonFile,
+      JSON.stringify({ date: new Date().toISOString(), fio: version, cpus: cpus().length, kernel: release(), settings, servers, runs, summaries, ratios: ratioList, peakRssBytes: peakRss }, null, 2) + '\n',
+    );
+    process.stderr.write(`bench: results written to ${options.jsonFile}\n`);
+  }
+  return runs.some((r) => r.error) ? 1 : 0;
+}
+
+async function main(argv: string[]): Promise<number> {
+  let options: BenchOptions | undefined;
+  try {
+    options = parseBenchOptions(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    process.stderr.write(`bench: ${err.message}\n\n${USAGE}\n`);
+    return 2;
+  }
+  if (!options) {
+    process.stdout.write(USAGE + '\n');
+    return 0;
+  }
+  const problems = missingTools(options.servers);
+  if (problems.length > 0) {
+    for (const p of problems) process.stderr.write(`bench: ${p}\n`);
+    return 1;
+  }
+  try {
+    return await benchmark(options);
+  } finally {
+    cleanupAll();
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => (process.exitCode = code),
+  (err) => {
+    process.stderr.write(`bench: ${err instanceof Error ? err.stack : String(err)}\n`);
+    cleanupAll();
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,206 @@
+/**
+ * The NBD servers a benchmark compares, each started on a free loopback port
+ * in its own temp dir, with one export of the same size, and stopped (every
+ * process of it) by stop() or, failing that, by the cleanup registry.
+ *
+ * torus       our torusd serving volume "bench" from a fresh data dir
+ * nbd-server  Debian's reference server exporting a preallocated file
+ * nbdkit      nbdkit's memory plugin: a RAM disk, the ceiling for the protocol path
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { openSync, closeSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { killQuietly, onCleanup } from './cleanup.js';
+import { LOOPBACK, freePort, isAlive, processTree, waitForListener } from './processes.js';
+
+export const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+export const SERVER_NAMES = ['torus', 'nbd-server', 'nbdkit'] as const;
+export type ServerName = (typeof SERVER_NAMES)[number];
+
+/** Executables each server needs, with the Debian package that provides them. */
+export const SERVER_TOOLS: Record<ServerName, Record<string, string>> = {
+  torus: {},
+  'nbd-server': { 'nbd-server': 'nbd-server', fallocate: 'util-linux' },
+  nbdkit: { nbdkit: 'nbdkit' },
+};
+
+export interface ServerOptions {
+  /** A fresh directory the server may fill; removed by the caller. */
+  workDir: string;
+  /** Size of the export every server offers. */
+  exportBytes: number;
+  /** torus only: create the volume encrypted. */
+  encrypt: boolean;
+  /** torus only: store block size (e.g. "64KiB"), passed through to torusctl init. */
+  blockSize?: string;
+}
+
+export interface BenchServer {
+  name: ServerName;
+  uri: string;
+  /** The process whose tree is measured. */
+  pid: number;
+  /** How it was started, for the report. */
+  commandLine: string;
+  stop(): Promise<void>;
+}
+
+const STARTUP_TIMEOUT_MS = 60_000;
+const STOP_GRACE_MS = 10_000;
+
+/** Signal a server's process group and every descendant (some servers leave their group). */
+function signalTree(pid: number, signal: NodeJS.Signals): void {
+  const members = processTree(pid);
+  killQuietly(-pid, signal);
+  for (const p of members) killQuietly(p.pid, signal);
+}
+
+async function stopTree(pid: number): Promise<void> {
+  signalTree(pid, 'SIGTERM');
+  const deadline = Date.now() + STOP_GRACE_MS;
+  while (isAlive(pid) && Date.now() < deadline) await sleep(100);
+  signalTree(pid, 'SIGKILL');
+}
+
+/**
+ * Run a foreground server in its own process group (so a terminal's Ctrl-C
+ * reaches us first and we stop it in order), output to a log file whose tail
+ * explains a failed start.
+ */
+async function launch(name: ServerName, argv: string[], port: number, uri: string, workDir: string): Promise<BenchServer> {
+  const logPath = join(workDir, `${name}.log`);
+  const log = openSync(logPath, 'a');
+  const child: ChildProcess = spawn(argv[0], argv.slice(1), { cwd: workDir, stdio: ['ignore', log, log], detached: true });
+  closeSync(log);
+  const pid = child.pid!;
+  const forget = onCleanup(() => signalTree(pid, 'SIGKILL'));
+  let exited: string | undefined;
+  child.once('exit', (code, signal) => (exited = `exited with ${code ?? signal}`));
+  child.once('error', (err) => (exited = err.message));
+  try {
+    await waitForListener(port, name, STARTUP_TIMEOUT_MS, () => exited && `${exited}; last output:\n${tail(logPath)}`);
+  } catch (err) {
+    forget();
+    throw err;
+  }
+  return {
+    name,
+    uri,
+    pid,
+    commandLine: argv.join(' '),
+    async stop() {
+      if (exited === undefined) await stopTree(pid);
+      forget();
+    },
+  };
+}
+
+function tail(path: string, lines = 20): string {
+  try {
+    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no output)';
+  }
+}
+
+function runToCompletion(argv: string[], what: string): void {
+  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  if (r.status !== 0) {
+    throw new Error(`${what} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`}): ${argv.join(' ')}\n${r.stdout}${r.stderr}`);
+  }
+}
+
+export const TORUS_VOLUME = 'bench';
+const TORUS_STORE_SIZE = '4GiB';
+
+/**
+ * Create the bench volume in a fresh data dir and return the torusd command
+ * line serving it. Kept apart from starting it so the profiler can run the
+ * same command under clinic; adjust here when the CLI changes.
+ */
+export function prepareTorus(options: ServerOptions, port: number): { argv: string[]; uri: string } {
+  const dataDir = join(options.workDir, 'torus-data');
+  mkdirSync(dataDir, { recursive: true });
+  const bin = (name: string) => [process.execPath, join(PROJECT, 'bin', name), '--data-dir', dataDir];
+  if (options.blockSize) runToCompletion([...bin('torusctl'), 'init', '--block-size', options.blockSize], 'torusctl init');
+  const create = [...bin('torusctl'), 'volume', 'create-block', TORUS_VOLUME, String(options.exportBytes)];
+  runToCompletion(options.encrypt ? [...create, '--encrypt'] : create, 'torusctl volume create-block');
+  return {
+    argv: [...bin('torusd'), '--size', TORUS_STORE_SIZE, '--nbd', `${LOOPBACK}:${port}`],
+    uri: `nbd://${LOOPBACK}:${port}/${TORUS_VOLUME}`,
+  };
+}
+
+async function startTorus(options: ServerOptions): Promise<BenchServer> {
+  const port = await freePort();
+  const { argv, uri } = prepareTorus(options, port);
+  return launch('torus', argv, port, uri, options.workDir);
+}
+
+/**
+ * nbd-server always daemonizes (its -d "do not fork" mode serves a single
+ * connection and drops fio's), so it runs as a daemon with a pid file and a
+ * config file of its own, which also keeps it off /etc/nbd-server/config.
+ */
+async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
+  const port = await freePort();
+  const image = join(options.workDir, 'export.img');
+  // Preallocated so writes measure the server, not the filesystem growing a sparse file.
+  runToCompletion(['fallocate', '-l', String(options.exportBytes), image], 'preallocating the nbd-server export');
+  const config = join(options.workDir, 'nbd-server.conf');
+  const pidFile = join(options.workDir, 'nbd-server.pid');
+  writeFileSync(
+    config,
+    ['[generic]', `port = ${port}`, `listenaddr = ${LOOPBACK}`, '', `[${TORUS_VOLUME}]`, `exportname = ${image}`, ''].join('\n'),
+  );
+  const argv = ['nbd-server', '-C', config, '-p', pidFile];
+  runToCompletion(argv, 'nbd-server');
+  let pid = 0;
+  const deadline = Date.now() + STARTUP_TIMEOUT_MS;
+  while (!pid) {
+    try {
+      pid = Number(readFileSync(pidFile, 'utf8').trim());
+    } catch {
+      if (Date.now() > deadline) throw new Error(`nbd-server wrote no pid file ${pidFile}`);
+      await sleep(50);
+    }
+  }
+  const daemon = pid;
+  const forget = onCleanup(() => signalTree(daemon, 'SIGKILL'));
+  try {
+    await waitForListener(port, 'nbd-server', STARTUP_TIMEOUT_MS, () => (isAlive(daemon) ? undefined : 'the daemon exited (see syslog)'));
+  } catch (err) {
+    forget();
+    throw err;
+  }
+  return {
+    name: 'nbd-server',
+    uri: `nbd://${LOOPBACK}:${port}/${TORUS_VOLUME}`,
+    pid: daemon,
+    commandLine: `${argv.join(' ')}   # config: [generic] port, listenaddr; [${TORUS_VOLUME}] exportname = preallocated file`,
+    async stop() {
+      await stopTree(daemon);
+      forget();
+    },
+  };
+}
+
+async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
+  const port = await freePort();
+  const argv = ['nbdkit', '--foreground', '--exit-with-parent', '--ipaddr', LOOPBACK, '--port', String(port), 'memory', `size=${options.exportBytes}`];
+  return launch('nbdkit', argv, port, `nbd://${LOOPBACK}:${port}/`, options.workDir);
+}
+
+export function startServer(name: ServerName, options: ServerOptions): Promise<BenchServer> {
+  switch (name) {
+    case 'torus':
+      return startTorus(options);
+    case 'nbd-server':
+      return startNbdServer(options);
+    case 'nbdkit':
+      return startNbdkit(options);
+  }
+}
