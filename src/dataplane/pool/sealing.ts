@@ -2,7 +2,7 @@
  * Per-worker cache of block sealers, one per encrypted volume, and the
  * associated data that binds a sealed block to its identity.
  */
-import { IoError } from '../../common/errors.js';
+import { BlockSealer } from '../crypto/block-sealer.js';
 
 export interface WorkerSealer {
   seal(plain: Uint8Array, out: Uint8Array, nonceOut: Uint8Array, tagOut: Uint8Array, aad: Uint8Array, generation: number): void;
@@ -21,6 +21,21 @@ export function refAad(volumeId: number, generation: number, index: number): Uin
   return aad;
 }
 
-export function blockSealerFor(_volumeId: number, _key: Uint8Array): WorkerSealer {
-  throw new IoError('ENOTSUP', 'encryption is not wired into the pool yet');
+/** Sealers live as long as the worker: deriving per-generation keys is the costly part. */
+const sealers = new Map<number, { key: Uint8Array; sealer: BlockSealer }>();
+
+function sameKey(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+export function blockSealerFor(volumeId: number, key: Uint8Array): WorkerSealer {
+  const cached = sealers.get(volumeId);
+  // Volume ids are never reused while a node runs, but a deleted and
+  // recreated id must not pick up a stale key: compare the key too.
+  if (cached && sameKey(cached.key, key)) return cached.sealer;
+  const sealer = new BlockSealer(key);
+  sealers.set(volumeId, { key: Uint8Array.from(key), sealer });
+  return sealer;
 }

@@ -1,0 +1,132 @@
+/**
+ * torusd: a storage node. Opens (or creates) the node's store in --data-dir,
+ * serves every volume over NBD by export name on --nbd and on a unix socket,
+ * answers torusctl on <data-dir>/torusd.sock, and, with --port, serves
+ * /metrics and /healthz over HTTP.
+ *
+ * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded),
+ * commit everything acknowledged, exit 0. A second signal exits at once.
+ */
+import type { Server } from 'node:http';
+import { join, resolve } from 'node:path';
+import { logger } from '../common/log.js';
+import { formatSize, parseSize } from '../common/size.js';
+import { NbdServer } from '../dataplane/nbd/server.js';
+import { startAdminApi } from '../node/admin-api.js';
+import { startHttpServer } from '../node/http-server.js';
+import { NodeMetrics } from '../node/metrics.js';
+import { nbdMetricsHooks } from '../node/nbd-metrics.js';
+import { DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, StorageNode } from '../node/storage-node.js';
+import { ArgumentError, helpText, parseCommand, runMain, type Address, type CommandSpec } from './args.js';
+import { DEFAULT_NBD_ADDR, dataDirFlag, keyFileFlag } from './common-flags.js';
+
+const spec: CommandSpec = {
+  usage: 'torusd [flags]',
+  summary: 'Run a Torus storage node: serve its volumes over NBD.',
+  flags: {
+    'data-dir': dataDirFlag,
+    size: { type: 'size', help: 'capacity of the local block store, preallocated at first start (e.g. 20GiB)', env: 'TORUS_SIZE' },
+    nbd: { type: 'address', help: 'NBD listen address HOST:PORT', default: DEFAULT_NBD_ADDR, env: 'TORUS_NBD_ADDR' },
+    'nbd-unix': { type: 'string', help: 'NBD unix socket path, for nbd+unix:// (default <data-dir>/nbd.sock; "" to disable)' },
+    host: { type: 'string', help: 'HTTP listen host for /metrics and /healthz', default: '127.0.0.1' },
+    port: { type: 'integer', help: 'HTTP listen port for /metrics and /healthz (off unless given)' },
+    'block-size': { type: 'size', help: `block size, fixed when the store is first created (default ${formatSize(DEFAULT_BLOCK_SIZE)})` },
+    'cache-size': { type: 'size', help: `shared block cache size (default ${formatSize(DEFAULT_CACHE_BYTES)})`, env: 'TORUS_CACHE_SIZE' },
+    workers: { type: 'integer', help: 'data-plane worker threads (default: one per core, at most 4)' },
+    'key-file': keyFileFlag,
+    'ensure-volume': { type: 'string', help: 'create volume NAME=SIZE at start if it does not exist (e.g. default=1GiB)' },
+  },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const args = parseCommand(spec, argv);
+  if (args.help) {
+    process.stdout.write(helpText(spec) + '\n');
+    return 0;
+  }
+  const v = args.values;
+  const dataDir = resolve(v['data-dir'] as string);
+  const nbdAddress = v.nbd as Address;
+  const ensure = parseEnsureVolume(v['ensure-volume'] as string | undefined);
+  const log = logger('torusd');
+  const metrics = new NodeMetrics();
+
+  const node = await StorageNode.open({
+    dataDir,
+    capacityBytes: v.size as number | undefined,
+    blockSize: v['block-size'] as number | undefined,
+    cacheBytes: v['cache-size'] as number | undefined,
+    workers: (v.workers as number | undefined) || undefined,
+    keyFile: v['key-file'] as string | undefined,
+    metrics,
+    log: logger('node'),
+  });
+  const closers: (() => Promise<void>)[] = [() => node.close()];
+  const closeAll = async () => {
+    for (const close of closers.reverse()) await close().catch((err) => log.error({ err: String(err) }, 'shutdown step failed'));
+  };
+  try {
+    if (ensure && !(await node.listVolumes()).some((vol) => vol.name === ensure.name)) {
+      await node.createVolume(ensure.name, ensure.size);
+    }
+    const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
+    closers.push(() => nbd.close({ drainMs: 3000 }));
+    const bound = await nbd.listenTcp(nbdAddress.host, nbdAddress.port);
+    const unixPath = v['nbd-unix'] === undefined ? join(dataDir, 'nbd.sock') : (v['nbd-unix'] as string);
+    if (unixPath) await nbd.listenUnix(unixPath);
+    const admin = await startAdminApi(node, join(dataDir, 'torusd.sock'));
+    closers.push(() => closeServer(admin));
+    let http: Server | undefined;
+    if (v.port !== undefined) {
+      http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({ ok: true, detail: node.status() }));
+      closers.push(() => closeServer(http!));
+    }
+    const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
+    const volumes = node.list();
+    log.info({ nbd: `${host}:${bound.port}`, unix: unixPath || undefined, http: v.port !== undefined ? `${v.host}:${v.port}` : undefined, volumes: volumes.map((e) => e.name) }, 'torusd serving');
+    process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
+    for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
+    if (volumes.length > 0) process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
+    else process.stdout.write(`no volumes yet: torusctl --data-dir ${dataDir} volume create-block NAME SIZE\n`);
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+
+  await new Promise<void>((done) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting without finishing shutdown');
+        process.exit(1);
+      }
+      stopping = true;
+      log.info({ signal }, 'shutting down: draining connections and committing acknowledged writes');
+      closeAll().then(done, done);
+    };
+    process.on('SIGTERM', () => stop('SIGTERM'));
+    process.on('SIGINT', () => stop('SIGINT'));
+  });
+  log.info('stopped');
+  return 0;
+}
+
+function parseEnsureVolume(text: string | undefined): { name: string; size: number } | undefined {
+  if (!text) return undefined;
+  const at = text.indexOf('=');
+  if (at <= 0) throw new ArgumentError(`--ensure-volume: expected NAME=SIZE (e.g. default=1GiB), got "${text}"`);
+  try {
+    return { name: text.slice(0, at), size: parseSize(text.slice(at + 1)) };
+  } catch {
+    throw new ArgumentError(`--ensure-volume: "${text.slice(at + 1)}" is not a size (e.g. 1GiB)`);
+  }
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections?.();
+  });
+}
+
+runMain('torusd', () => main(process.argv.slice(2)));

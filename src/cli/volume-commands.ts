@@ -1,0 +1,89 @@
+/** The volume commands, shared by torusctl and torusblk. */
+import { parseSize } from '../common/size.js';
+import { AdminClient } from './admin-client.js';
+import { ArgumentError, type Parsed } from './args.js';
+import { sizeCell, table, type Command } from './commands.js';
+import { dataDirFlag, keyFileFlag, outputFlag } from './common-flags.js';
+
+function client(args: Parsed): AdminClient {
+  return new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined);
+}
+
+function sizeArgument(text: string): number {
+  try {
+    return parseSize(text);
+  } catch {
+    throw new ArgumentError(`SIZE: expected a size like 10GiB, 512MiB or 1T, got "${text}"`);
+  }
+}
+
+function outputFormat(args: Parsed): 'table' | 'json' {
+  const format = args.values.output as string;
+  if (format !== 'table' && format !== 'json') throw new ArgumentError(`--output: expected table or json, got "${format}"`);
+  return format;
+}
+
+export function volumeCommands(createWord: string): Command[] {
+  return [
+    {
+      words: ['volume', createWord],
+      aliases: createWord === 'create-block' ? [['volume', 'create'], ['block', 'create']] : [['volume', 'create-block']],
+      spec: {
+        usage: `volume ${createWord} NAME SIZE [--encrypt]`,
+        summary: 'create a thin block volume (e.g. myVolume 10GiB)',
+        positionals: ['NAME', 'SIZE'],
+        flags: {
+          'data-dir': dataDirFlag,
+          encrypt: { type: 'boolean', help: 'encrypt the volume at rest (AES-256-GCM, key wrapped by the master key)' },
+          'key-file': keyFileFlag,
+          output: outputFlag,
+        },
+      },
+      async run(args) {
+        const [name, sizeText] = args.positionals;
+        const format = outputFormat(args);
+        const row = await client(args).createVolume(name, sizeArgument(sizeText), Boolean(args.values.encrypt));
+        if (format === 'json') process.stdout.write(JSON.stringify(row) + '\n');
+        else process.stdout.write(`created volume ${row.name} (${sizeCell(row.size)}${row.encrypted ? ', encrypted' : ''})\n`);
+      },
+    },
+    {
+      words: ['volume', 'list'],
+      aliases: [['volume', 'ls'], ['list-volumes']],
+      spec: {
+        usage: 'volume list [-o json]',
+        summary: 'list volumes with size, space used and open connections',
+        flags: { 'data-dir': dataDirFlag, output: outputFlag },
+      },
+      async run(args) {
+        const format = outputFormat(args);
+        const rows = await client(args).listVolumes();
+        if (format === 'json') {
+          process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
+          return;
+        }
+        process.stdout.write(
+          table(
+            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS'],
+            rows.map((r) => [r.name, sizeCell(r.size), sizeCell(r.used), r.encrypted ? 'yes' : 'no', String(r.generation), r.sessions === undefined ? '-' : String(r.sessions)]),
+          ),
+        );
+      },
+    },
+    {
+      words: ['volume', 'delete'],
+      aliases: [['volume', 'rm']],
+      spec: {
+        usage: 'volume delete NAME',
+        summary: 'delete a volume and free its blocks (refused while a client has it open)',
+        positionals: ['NAME'],
+        flags: { 'data-dir': dataDirFlag },
+      },
+      async run(args) {
+        const [name] = args.positionals;
+        const { online } = await client(args).deleteVolume(name);
+        process.stdout.write(`deleted volume ${name}${online ? '' : ' (its blocks are freed when torusd next starts)'}\n`);
+      },
+    },
+  ];
+}

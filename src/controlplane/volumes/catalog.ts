@@ -1,0 +1,138 @@
+/**
+ * VolumeCatalog: the volumes of a cluster as records in the metadata store.
+ *
+ * Keys
+ *   settings                 cluster settings (block size, …), written once by init
+ *   volumes/<name>           VolumeRecord (JSON): identity, key, committed version
+ *   volume-ids/<id>          <name>: makes ids unique across concurrent creators
+ *
+ * Every change is a compare-and-swap on the record's modRevision, so two
+ * writers can never both commit "the next" version of a volume: the loser
+ * gets ConflictError and must reload.
+ */
+import { randomInt } from 'node:crypto';
+import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
+import type { MapRoot } from '../../dataplane/volume/block-map.js';
+import type { MetadataStore } from '../metadata/store.js';
+
+export interface ClusterSettings {
+  blockSize: number;
+  createdAt: string;
+}
+
+export interface VolumeRecord {
+  id: number;
+  name: string;
+  size: number;
+  blockSize: number;
+  encrypted: boolean;
+  /** The volume's data key wrapped with the node master key (base64), when encrypted. */
+  wrappedKey?: string;
+  /** Fingerprint of the master key that wrapped it, to tell "wrong key" from corruption. */
+  masterKeyFingerprint?: string;
+  createdAt: string;
+  /** Last committed version; 0 for a new volume. */
+  generation: number;
+  root: MapRoot | null;
+}
+
+export interface VersionedRecord {
+  record: VolumeRecord;
+  modRevision: number;
+}
+
+const SETTINGS = 'settings';
+const VOLUMES = 'volumes/';
+const VOLUME_IDS = 'volume-ids/';
+
+/** Names usable as NBD export names, metadata keys and file names alike. */
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function checkVolumeName(name: string): void {
+  if (!VOLUME_NAME.test(name)) {
+    throw new UsageError(`invalid volume name "${name}": use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+}
+
+function encode(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value));
+}
+
+export class VolumeCatalog {
+  constructor(private readonly meta: MetadataStore) {}
+
+  async settings(): Promise<ClusterSettings | undefined> {
+    const kv = await this.meta.get(SETTINGS);
+    return kv ? (JSON.parse(kv.value.toString()) as ClusterSettings) : undefined;
+  }
+
+  /** Write cluster settings once; returns the settings in force (existing ones win). */
+  async initSettings(settings: ClusterSettings): Promise<ClusterSettings> {
+    const result = await this.meta.txn({
+      compare: [{ key: SETTINGS, target: 'modRevision', op: '==', value: 0 }],
+      success: [{ type: 'put', key: SETTINGS, value: encode(settings) }],
+    });
+    if (result.succeeded) return settings;
+    return (await this.settings())!;
+  }
+
+  async list(): Promise<VolumeRecord[]> {
+    const kvs = await this.meta.getPrefix(VOLUMES);
+    return kvs.map((kv) => JSON.parse(kv.value.toString()) as VolumeRecord);
+  }
+
+  async get(name: string): Promise<VersionedRecord> {
+    const kv = await this.meta.get(VOLUMES + name);
+    if (!kv) throw new NotFoundError(`no volume named "${name}"`);
+    return { record: JSON.parse(kv.value.toString()) as VolumeRecord, modRevision: kv.modRevision };
+  }
+
+  async create(fields: Omit<VolumeRecord, 'id' | 'createdAt' | 'generation' | 'root'>): Promise<VolumeRecord> {
+    checkVolumeName(fields.name);
+    for (let attempt = 0; attempt < 20; attempt++) {
+      // Random ids need no shared counter; the txn makes a collision harmless.
+      const id = randomInt(1, 0x7fff_ffff);
+      const record: VolumeRecord = { ...fields, id, createdAt: new Date().toISOString(), generation: 0, root: null };
+      const result = await this.meta.txn({
+        compare: [
+          { key: VOLUMES + fields.name, target: 'modRevision', op: '==', value: 0 },
+          { key: VOLUME_IDS + id, target: 'modRevision', op: '==', value: 0 },
+        ],
+        success: [
+          { type: 'put', key: VOLUMES + fields.name, value: encode(record) },
+          { type: 'put', key: VOLUME_IDS + id, value: Buffer.from(fields.name) },
+        ],
+      });
+      if (result.succeeded) return record;
+      if (await this.meta.get(VOLUMES + fields.name)) throw new ConflictError(`volume "${fields.name}" already exists`);
+    }
+    throw new ConflictError(`could not allocate an id for volume "${fields.name}"`);
+  }
+
+  /** Commit a new version; fails with ConflictError if the record moved since `expected`. */
+  async commitVersion(expected: VersionedRecord, generation: number, root: MapRoot | null): Promise<VersionedRecord> {
+    const record: VolumeRecord = { ...expected.record, generation, root };
+    const key = VOLUMES + record.name;
+    const result = await this.meta.txn({
+      compare: [{ key, target: 'modRevision', op: '==', value: expected.modRevision }],
+      success: [{ type: 'put', key, value: encode(record) }],
+    });
+    if (!result.succeeded) {
+      throw new ConflictError(`volume "${record.name}" was changed by another writer (expected revision ${expected.modRevision}); version ${generation} not committed`);
+    }
+    return { record, modRevision: result.revision };
+  }
+
+  async remove(name: string): Promise<VolumeRecord> {
+    const { record, modRevision } = await this.get(name);
+    const result = await this.meta.txn({
+      compare: [{ key: VOLUMES + name, target: 'modRevision', op: '==', value: modRevision }],
+      success: [
+        { type: 'delete', key: VOLUMES + name },
+        { type: 'delete', key: VOLUME_IDS + record.id },
+      ],
+    });
+    if (!result.succeeded) throw new ConflictError(`volume "${name}" changed while being deleted; try again`);
+    return record;
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * Prometheus metrics of a storage node (prom-client), served at /metrics.
+ * Names follow Prometheus conventions: torus_ prefix, base units, _total for
+ * counters.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class NodeMetrics {
+  readonly registry = new Registry();
+  readonly nbdRequests = new Counter({
+    name: 'torus_nbd_requests_total',
+    help: 'NBD requests served, by command and result',
+    labelNames: ['command', 'result'] as const,
+    registers: [this.registry],
+  });
+  readonly nbdBytes = new Counter({
+    name: 'torus_nbd_bytes_total',
+    help: 'Payload bytes moved by NBD reads and writes',
+    labelNames: ['command'] as const,
+    registers: [this.registry],
+  });
+  readonly nbdLatency = new Histogram({
+    name: 'torus_nbd_request_seconds',
+    help: 'NBD request latency from decode to reply',
+    labelNames: ['command'] as const,
+    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2],
+    registers: [this.registry],
+  });
+  readonly nbdConnections = new Gauge({
+    name: 'torus_nbd_connections',
+    help: 'Open NBD connections',
+    registers: [this.registry],
+  });
+  readonly checksumErrors = new Counter({
+    name: 'torus_checksum_errors_total',
+    help: 'Blocks whose stored checksum did not match; never served as data',
+    labelNames: ['volume'] as const,
+    registers: [this.registry],
+  });
+  readonly flushSeconds = new Histogram({
+    name: 'torus_flush_seconds',
+    help: 'Time to commit a volume version (write, sync, metadata commit)',
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+  readonly flushedBlocks = new Counter({
+    name: 'torus_flushed_blocks_total',
+    help: 'Blocks written to the local store by flushes',
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'torus_process_' });
+  }
+
+  /** Gauges read at scrape time from whoever owns the numbers. */
+  gauge(name: string, help: string, read: () => number): void {
+    new Gauge({
+      name,
+      help,
+      registers: [this.registry],
+      collect() {
+        this.set(read());
+      },
+    });
+  }
+}
