@@ -128,10 +128,11 @@ export class EmbeddedMetadataStore implements MetadataStore {
     const log = options.log ?? logger('metadata');
     const started = performance.now();
     const lock = await DirectoryLock.acquire(dir, log);
+    let store: EmbeddedMetadataStore | undefined;
     try {
       await unlink(pathIn(dir, SNAPSHOT_TEMP_FILE)).catch(() => undefined); // a compaction cut short
       const snapshot = await readSnapshot(dir);
-      const store = new EmbeddedMetadataStore(dir, lock, snapshot?.revision ?? 0, log, options);
+      store = new EmbeddedMetadataStore(dir, lock, snapshot?.revision ?? 0, log, options);
       for (const e of snapshot?.entries ?? []) {
         store.entries.set(e.key, { value: e.value, createRevision: e.createRevision, modRevision: e.modRevision, version: e.version, lease: e.lease });
       }
@@ -140,7 +141,8 @@ export class EmbeddedMetadataStore implements MetadataStore {
       // Built once here, not per replayed insert: opening stays O(n log n).
       store.sortedKeys = [...store.entries.keys()].sort(compareKeys);
       for (const [key, entry] of store.entries) if (entry.lease) store.attach(key, entry.lease);
-      store.wal = await WriteAheadLog.open(dir, replayed, (revision) => store.deliverDurable(revision));
+      const opened = store;
+      store.wal = await WriteAheadLog.open(dir, replayed, (revision) => opened.deliverDurable(revision));
       for (const name of replayed.obsoleteSegments) await unlink(pathIn(dir, name)).catch(() => undefined);
       if (replayed.obsoleteSegments.length > 0) await syncDirectory(dir);
       await store.dropLeasesOfPreviousProcess();
@@ -148,6 +150,7 @@ export class EmbeddedMetadataStore implements MetadataStore {
       store.maybeCompact();
       return store;
     } catch (err) {
+      await store?.wal?.close().catch(() => undefined);
       await lock.release();
       throw err;
     }
