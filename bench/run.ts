@@ -7,7 +7,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir, release } from 'node:os';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cleanupAll, removeDirLater } from './cleanup.js';
@@ -68,6 +68,8 @@ async function benchmark(options: BenchOptions): Promise<number> {
   const workRoot = mkdtempSync(join(tmpdir(), 'torus-bench-'));
   removeDirLater(workRoot);
   const version = fioVersion();
+  // Other work on the box skews every server; the load averages at start and end let a reader judge the figures.
+  const loadAtStart = loadavg()[0];
   process.stderr.write(`bench: ${version}, ${options.runtimeSeconds} s + ${options.rampSeconds} s ramp per run, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, temp ${workRoot}\n`);
 
   const trackers: Tracker[] = [];
@@ -128,7 +130,8 @@ async function benchmark(options: BenchOptions): Promise<number> {
 
   const summaries = summarize(runs, options.jobs.map((j) => j.name), options.servers);
   const ratioList = ratios(summaries);
-  process.stdout.write(`\n# ${version}, runtime ${options.runtimeSeconds} s, ramp ${options.rampSeconds} s, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, ${cpus().length} CPUs, Linux ${release()}\n`);
+  const load = { start: loadAtStart, end: loadavg()[0] };
+  process.stdout.write(`\n# ${version}, runtime ${options.runtimeSeconds} s, ramp ${options.rampSeconds} s, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, ${cpus().length} CPUs, Linux ${release()}, load average ${load.start.toFixed(1)} at start, ${load.end.toFixed(1)} at end\n`);
   process.stdout.write(`# medians over repeats; CPU% = user+sys of the server's (or fio's) processes over fio's wall time, 100 = one core\n`);
   process.stdout.write(formatReport(summaries, ratioList, peakRss) + '\n');
 
@@ -137,7 +140,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
     const servers = trackers.map((t) => ({ name: t.server.name, commandLine: t.server.commandLine }));
     writeFileSync(
       options.jsonFile,
-      JSON.stringify({ date: new Date().toISOString(), fio: version, cpus: cpus().length, kernel: release(), settings, servers, runs, summaries, ratios: ratioList, peakRssBytes: peakRss }, null, 2) + '\n',
+      JSON.stringify({ date: new Date().toISOString(), fio: version, cpus: cpus().length, kernel: release(), loadAverage: load, settings, servers, runs, summaries, ratios: ratioList, peakRssBytes: peakRss }, null, 2) + '\n',
     );
     process.stderr.write(`bench: results written to ${options.jsonFile}\n`);
   }
