@@ -7,11 +7,16 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 
 export class NodeMetrics {
   readonly registry = new Registry();
+  private readonly scrapeHooks: (() => void)[] = [];
+  /** Registered first, so its collect() runs the scrape hooks before any other metric is read. */
   readonly nbdRequests = new Counter({
     name: 'torus_nbd_requests_total',
     help: 'NBD requests served, by command and result',
     labelNames: ['command', 'result'] as const,
     registers: [this.registry],
+    collect: () => {
+      for (const hook of this.scrapeHooks) hook();
+    },
   });
   readonly nbdBytes = new Counter({
     name: 'torus_nbd_bytes_total',
@@ -19,13 +24,9 @@ export class NodeMetrics {
     labelNames: ['command'] as const,
     registers: [this.registry],
   });
-  readonly nbdLatency = new Histogram({
-    name: 'torus_nbd_request_seconds',
-    help: 'NBD request latency from decode to reply',
-    labelNames: ['command'] as const,
-    buckets: [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2],
-    registers: [this.registry],
-  });
+  readonly latencyBuckets = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2];
+  /** Latency per command, filled at scrape time from counts kept off the hot path. */
+  private latency = new Map<string, { buckets: Float64Array; sum: number; count: number }>();
   readonly nbdConnections = new Gauge({
     name: 'torus_nbd_connections',
     help: 'Open NBD connections',
@@ -51,6 +52,39 @@ export class NodeMetrics {
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'torus_process_' });
+    const self = this;
+    // A histogram assembled from buckets counted elsewhere: prom-client has no
+    // setter for bucket counts, so this collector renders them itself.
+    this.registry.registerMetric({
+      name: 'torus_nbd_request_seconds',
+      help: 'NBD request latency from decode to reply',
+      type: 'histogram',
+      aggregator: 'sum',
+      async get() {
+        const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+        for (const [command, h] of self.latency) {
+          let cumulative = 0;
+          self.latencyBuckets.forEach((le, i) => {
+            cumulative += h.buckets[i];
+            values.push({ labels: { command, le }, value: cumulative, metricName: 'torus_nbd_request_seconds_bucket' });
+          });
+          values.push({ labels: { command, le: '+Inf' }, value: h.count, metricName: 'torus_nbd_request_seconds_bucket' });
+          values.push({ labels: { command }, value: h.sum, metricName: 'torus_nbd_request_seconds_sum' });
+          values.push({ labels: { command }, value: h.count, metricName: 'torus_nbd_request_seconds_count' });
+        }
+        return { name: 'torus_nbd_request_seconds', help: 'NBD request latency from decode to reply', type: 'histogram', aggregator: 'sum', values };
+      },
+      reset() {},
+    } as never);
+  }
+
+  /** Run before every scrape, to copy hot-path counts into metrics. */
+  onScrape(hook: () => void): void {
+    this.scrapeHooks.push(hook);
+  }
+
+  setLatency(command: string, buckets: Float64Array, sum: number, count: number): void {
+    this.latency.set(command, { buckets, sum, count });
   }
 
   /** Gauges read at scrape time from whoever owns the numbers. */
