@@ -90,7 +90,12 @@ async function benchmark(options: BenchOptions): Promise<number> {
     for (const { server } of trackers) {
       process.stderr.write(`bench: prefilling ${options.regionBytes / 2 ** 20} MiB of ${server.name}\n`);
       const outputFile = join(workRoot, `prefill-${server.name}.json`);
-      await runFio(prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }), fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }));
+      try {
+        await runFio(prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }), fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }));
+      } catch (err) {
+        process.stderr.write(`bench: prefilling ${server.name} failed: ${(err as Error).message}\n`);
+        return 1;
+      }
     }
   }
 
