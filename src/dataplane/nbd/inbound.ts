@@ -47,7 +47,11 @@ export class Inbound {
     if (this.toDiscard > 0) {
       const dropped = Math.min(this.toDiscard, chunk.length);
       this.toDiscard -= dropped;
-      if (dropped === chunk.length) return;
+      if (dropped === chunk.length) {
+        // The consumer may be waiting for the discard to finish.
+        if (this.toDiscard === 0) this.onData?.();
+        return;
+      }
       chunk = chunk.subarray(dropped);
     }
     this.chunks.push(chunk);

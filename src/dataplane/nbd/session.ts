@@ -129,6 +129,8 @@ export class Session {
   private phase: Phase = 'serving';
   private inflight = 0;
   private inflightBytes = 0;
+  /** A WRITE refused while its payload is still being skipped; answered once the skip is done. */
+  private refusedWrite: { flags: number; cookieHigh: number; cookieLow: number; offset: number; length: number; refusal: { errno: Errno; message: string } } | undefined;
   private readPaused = false;
   private writeBlocked = false;
   private corked = false;
@@ -191,6 +193,14 @@ export class Session {
         }
         return;
       }
+      if (this.refusedWrite) {
+        // Answer a refused WRITE only once its payload is behind us: clients
+        // (libnbd) do not expect a reply to a request they are still sending.
+        if (inbound.discarding > 0) break;
+        const r = this.refusedWrite;
+        this.refusedWrite = undefined;
+        this.refuse(NBD_CMD_WRITE, r.flags, r.cookieHigh, r.cookieLow, r.offset, r.length, r.refusal);
+      }
       if (inbound.available < REQUEST_HEADER_SIZE) break;
       const { buf, at } = inbound.peek(REQUEST_HEADER_SIZE);
       if (requestMagic(buf, at) !== NBD_REQUEST_MAGIC) {
@@ -220,7 +230,7 @@ export class Session {
           }
           inbound.take(REQUEST_HEADER_SIZE);
           inbound.discard(length);
-          this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
+          this.refusedWrite = { flags, cookieHigh, cookieLow, offset, length, refusal };
           continue;
         }
         // Wait for the whole payload before starting the write.
@@ -368,7 +378,7 @@ export class Session {
   }
 
   private exportFailed(type: number, offset: number, length: number, err: unknown, errno: Errno): void {
-    this.log.warn({ command: commandName(type), export: this.exp.name, offset, length, errno, err }, 'request failed');
+    this.log.warn({ command: commandName(type), offset, length, errno, err }, 'request failed');
   }
 
   // ---------------------------------------------------------------- replies
@@ -422,7 +432,7 @@ export class Session {
   }
 
   private framingError(reason: string): void {
-    this.log.warn({ export: this.exp.name, reason }, 'framing error: closing connection');
+    this.log.warn({ reason }, 'framing error: closing connection');
     this.phase = 'closed';
     this.inbound.onData = undefined;
     this.socket.destroy();
@@ -466,7 +476,7 @@ export class Session {
     try {
       await this.exp.close();
     } catch (err) {
-      this.log.warn({ export: this.exp.name, err }, 'closing the export failed');
+      this.log.warn({ err }, 'closing the export failed');
     }
     this.resolveFinished();
   }
