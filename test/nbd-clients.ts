@@ -516,6 +516,8 @@ export function nbdClientSuite(label: string, start: () => Promise<NbdTarget>): 
       const out = await runOk('fio', [
         '--name=nbd-verify', '--ioengine=nbd', `--uri=${target.uri}`, '--rw=randwrite', '--bs=4k',
         '--offset=96M', '--size=16M', '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
+        // fio otherwise leaves a *-verify.state file in the working directory.
+        '--verify_state_save=0',
         '--output-format=json',
       ], 50_000);
       const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
