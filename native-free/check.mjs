@@ -12,10 +12,9 @@
  * way Node resolves them (nearest node_modules first, then each parent's).
  * Installed peer dependencies are walked too, since npm installs them.
  *
- * Exceptions live in native-free/allowed.json ({"name": "why"}). One is
- * honoured only where the package is reached as an optional dependency (its
- * parent works without it), and nothing beneath it is walked; reached as a
- * plain dependency, the same package fails. Every exception is printed.
+ * There are no exceptions. An optional dependency that is installed is
+ * checked like any other; the project's .npmrc (omit=optional) keeps
+ * piscina's optional @napi-rs/nice, a prebuilt addon, from being installed.
  *
  * Exit status: 0 all clean, 1 a native package (or a missing dependency), 2 usage.
  */
@@ -68,16 +67,10 @@ function nativeReasons(packageDir, manifest) {
   return reasons;
 }
 
-/** The exceptions file next to this script; the same list applies to any project dir (the tests' fixtures included). */
-export function loadAllowed(file = join(dirname(fileURLToPath(import.meta.url)), 'allowed.json')) {
-  return existsSync(file) ? new Map(Object.entries(JSON.parse(readFileSync(file, 'utf8')))) : new Map();
-}
-
-export function checkNativeFree(projectDir, allowed = loadAllowed()) {
+export function checkNativeFree(projectDir) {
   const root = realpathSync(resolve(projectDir));
   const rootManifest = readManifest(root);
   const failures = [];
-  const exceptions = new Map();
   const visited = new Set();
   // Each entry: a package to resolve, where to start looking, who asked, and whether its absence is an error.
   const queue = [];
@@ -91,10 +84,6 @@ export function checkNativeFree(projectDir, allowed = loadAllowed()) {
 
   while (queue.length > 0) {
     const { name, fromDir, requiredBy, required } = queue.shift();
-    if (!required && allowed.has(name)) {
-      exceptions.set(name, `${name} (optional for ${requiredBy}): ${allowed.get(name)}`);
-      continue;
-    }
     const found = resolvePackage(name, fromDir, root);
     if (!found) {
       if (required) failures.push(`${name} (needed by ${requiredBy}) is not installed: run "npm ci" first`);
@@ -108,7 +97,7 @@ export function checkNativeFree(projectDir, allowed = loadAllowed()) {
     for (const reason of nativeReasons(packageDir, manifest)) failures.push(`${label} is a native addon: ${reason}`);
     enqueue(manifest, packageDir, label);
   }
-  return { checked: visited.size, failures, exceptions: [...exceptions.values()], root };
+  return { checked: visited.size, failures, root };
 }
 
 function main(argv) {
@@ -121,13 +110,11 @@ function main(argv) {
     process.stderr.write(`native-free: no package.json in ${projectDir}\n`);
     return 2;
   }
-  const { checked, failures, exceptions, root } = checkNativeFree(projectDir);
+  const { checked, failures, root } = checkNativeFree(projectDir);
   const shown = (line) => line.split(root + sep).join('');
-  for (const exception of exceptions) process.stdout.write(`native-free: allowed exception ${exception}\n`);
   for (const failure of failures) process.stderr.write(`native-free: FAIL ${shown(failure)}\n`);
   if (failures.length > 0) return 1;
-  const excepted = exceptions.length > 0 ? ` apart from ${exceptions.length} allowed optional exception(s) listed above` : '';
-  process.stdout.write(`native-free: OK, ${checked} runtime packages checked, none is a native addon${excepted} (${relative(process.cwd(), root) || '.'})\n`);
+  process.stdout.write(`native-free: OK, ${checked} runtime packages checked, none is a native addon (${relative(process.cwd(), root) || '.'})\n`);
   return 0;
 }
 
