@@ -4,7 +4,7 @@ import { BlockCache, SlotState, type CacheOwner } from './block-cache.js';
 
 function owner(): CacheOwner & { evictions: number[] } {
   const evictions: number[] = [];
-  return { evictions, evicted: (index) => evictions.push(index) };
+  return { evictions, evicted: (index) => evictions.push(index), writeBack: () => undefined };
 }
 
 test('slots are views into one shared buffer', () => {

@@ -27,6 +27,8 @@ export const enum SlotState {
 /** Whoever maps block indexes to slots (a volume) is told when one is evicted. */
 export interface CacheOwner {
   evicted(index: number, slot: number): void;
+  /** Too much of the cache is dirty: write some of yours back. */
+  writeBack(): void;
 }
 
 export class BlockCache {
@@ -34,7 +36,7 @@ export class BlockCache {
   readonly slotCount: number;
   readonly state: Uint8Array;
   private readonly referenced: Uint8Array;
-  private readonly owners: (CacheOwner | undefined)[];
+  private readonly slotOwners: (CacheOwner | undefined)[];
   private readonly ownerIndex: Float64Array;
   /** One Buffer view per slot, made once: hot paths never allocate a view. */
   private readonly views: Buffer[];
@@ -43,6 +45,7 @@ export class BlockCache {
   private hand = 0;
   private dirty = 0;
   private spaceWaiters: (() => void)[] = [];
+  private readonly registered = new Set<CacheOwner>();
   hits = 0;
   misses = 0;
   evictions = 0;
@@ -55,7 +58,7 @@ export class BlockCache {
     this.buffer = new SharedArrayBuffer(this.slotCount * blockSize);
     this.state = new Uint8Array(this.slotCount);
     this.referenced = new Uint8Array(this.slotCount);
-    this.owners = new Array(this.slotCount).fill(undefined);
+    this.slotOwners = new Array(this.slotCount).fill(undefined);
     this.ownerIndex = new Float64Array(this.slotCount);
     this.views = Array.from({ length: this.slotCount }, (_, slot) => Buffer.from(this.buffer, slot * blockSize, blockSize));
     this.freeList = new Int32Array(this.slotCount);
@@ -87,7 +90,7 @@ export class BlockCache {
       slot = this.evictOne();
       if (slot < 0) return -1;
     }
-    this.owners[slot] = owner;
+    this.slotOwners[slot] = owner;
     this.ownerIndex[slot] = index;
     this.referenced[slot] = 1;
     this.state[slot] = initial;
@@ -105,8 +108,8 @@ export class BlockCache {
         this.referenced[slot] = 0;
         continue;
       }
-      this.owners[slot]!.evicted(this.ownerIndex[slot], slot);
-      this.owners[slot] = undefined;
+      this.slotOwners[slot]!.evicted(this.ownerIndex[slot], slot);
+      this.slotOwners[slot] = undefined;
       this.evictions++;
       return slot;
     }
@@ -130,9 +133,26 @@ export class BlockCache {
   free(slot: number): void {
     if (this.state[slot] === SlotState.Dirty) this.dirty--;
     this.state[slot] = SlotState.Free;
-    this.owners[slot] = undefined;
+    this.slotOwners[slot] = undefined;
     this.freeList[this.freeCount++] = slot;
     this.wakeWaiters();
+  }
+
+  addOwner(owner: CacheOwner): void {
+    this.registered.add(owner);
+  }
+
+  removeOwner(owner: CacheOwner): void {
+    this.registered.delete(owner);
+  }
+
+  /**
+   * Dirty data is crowding the cache: every owner writes some back. All of
+   * them, not just the one that noticed, or one busy volume's dirty blocks
+   * could starve another's reads of slots.
+   */
+  pressure(): void {
+    for (const owner of this.registered) owner.writeBack();
   }
 
   /** Resolves when a slot may have become available (freed or cleaned). */

@@ -174,6 +174,32 @@ describe('volume', { timeout: 60_000 }, () => {
     await closeRig(r);
   });
 
+  test('writes larger than the cache spill to the store, read back, and only a FLUSH commits them', async () => {
+    const dir = join(root, 'spill');
+    const r = await rig(dir, 64 * 1024 * 1024, 4 * 1024 * 1024); // a 64-slot cache
+    const big: VolumeIdentity = { ...identity, size: 1024 * BS };
+    const v = await Volume.open(big, 0, undefined, null, r.services);
+    const data = randomBytes(200 * BS);
+    for (let off = 0; off < data.length; off += 8 * BS) await v.write(off, data.subarray(off, off + 8 * BS), false);
+    assert.equal(r.committed.generation, 0, 'spilling is not committing');
+    assert.ok(r.store.usedSlots > 0, 'blocks went to the store');
+    await v.zeroRange(10 * BS, 2 * BS, false); // drop two blocks that were spilled
+    data.fill(0, 10 * BS, 12 * BS);
+    const back = Buffer.alloc(data.length);
+    await v.read(0, back);
+    assert.ok(back.equals(data), 'spilled and cached blocks read back before any commit');
+    await v.flush();
+    assert.equal(r.committed.generation, 1);
+    assert.equal(r.store.usedSlots, 198 + 1, '198 data blocks and one map page, the trimmed spills released');
+    await closeRig(r);
+    const again = await rig(dir, 64 * 1024 * 1024, 4 * 1024 * 1024);
+    const reopened = await Volume.open(big, r.committed.generation, r.committed.root, null, again.services);
+    const after = Buffer.alloc(data.length);
+    await reopened.read(0, after);
+    assert.ok(after.equals(data));
+    await closeRig(again);
+  });
+
   test('writes during a flush land in the next version', async () => {
     const r = await rig(join(root, 'concurrent'));
     const v = await Volume.open(identity, 0, undefined, null, r.services);

@@ -13,6 +13,13 @@
  * - Writes that arrive while a flush runs are not blocked: a block being
  *   flushed is copied to a fresh cache slot first (copy-on-write) and belongs
  *   to the next version.
+ * - Under cache pressure dirty blocks are *spilled*: written to the local
+ *   store for the next version without a sync or a commit, so their cache
+ *   slots can be reused. The next FLUSH commits them with everything else and
+ *   one fdatasync. A crash loses spilled blocks exactly as it loses cached
+ *   ones (the start-up sweep frees them); it never exposes them.
+ * - All store-writing work (spills and commits) runs one round at a time in
+ *   runRounds(); that serialisation is what the bookkeeping below relies on.
  */
 import { ChecksumError, IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
@@ -21,6 +28,7 @@ import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache, SlotState, type CacheOwner } from '../cache/block-cache.js';
 import { BATCH, type DataPool } from '../pool/data-pool.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
+import type { BlockRef } from '../blocks/ref.js';
 import type { Extent } from '../nbd/export.js';
 import { BlockMap, ENTRY_SEALED, pageIndex, type MapRoot } from './block-map.js';
 
@@ -44,10 +52,18 @@ export interface VolumeServices {
 }
 
 const DONE: Promise<void> = Promise.resolve();
-/** Write back on our own once this share of the cache is dirty. */
-const DIRTY_HIGH_WATER = 0.5;
-/** And at the latest this long after data first became dirty. */
-const WRITEBACK_DELAY_MS = 5_000;
+/** Spill dirty blocks to the store once this share of the cache is dirty… */
+export const DIRTY_HIGH_WATER = 0.25;
+/** …and keep spilling until it is below this. */
+const DIRTY_LOW_WATER = 0.125;
+/** Most blocks one spill round writes, so a FLUSH never waits long behind one. */
+const SPILL_ROUND_BLOCKS = 1024;
+/**
+ * Commit on our own at the latest this long after data first became dirty,
+ * so a client that never flushes loses at most this much on a crash — the
+ * kernel's own dirty-page expiry is 30 s for the same reason.
+ */
+export const COMMIT_INTERVAL_MS = 30_000;
 /** Most blocks one BLOCK_STATUS reply describes; clients ask again for the rest. */
 const STATUS_BLOCK_LIMIT = 65_536;
 /** Most blocks one CACHE request prefetches. */
@@ -71,16 +87,26 @@ export class Volume implements CacheOwner {
   private readonly table = new Map<number, number>();
   /** Blocks written since the last flush started. */
   private readonly dirty = new Set<number>();
-  /** Whole blocks trimmed or zeroed since the last flush started. */
+  /** Whole blocks trimmed or zeroed since the last commit started. */
   private readonly pendingHoles = new Set<number>();
+  /**
+   * Blocks spilled to the store for the next version (generation + 1) and not
+   * yet committed: their hashes, by index. Never holds an index that is also
+   * in pendingHoles.
+   */
+  private readonly spilled = new Map<number, { hashLo: number; hashHi: number }>();
+  /** Spilled blocks dropped while a round ran: released once it is over (see releaseOrphans). */
+  private orphans: BlockRef[] = [];
+  private roundRunning = false;
+  private spillRequested = false;
   /** In-flight cache fills, by block index. */
   private readonly loads = new Map<number, Promise<void>>();
   private flushTicket = 0;
   private flushedTicket = 0;
   private flushWaiters: FlushWaiter[] = [];
   private flushLoop: Promise<void> | undefined;
-  private writebackTimer: NodeJS.Timeout | undefined;
-  /** Why the last flush failed, until one succeeds: writers waiting for cache space see it. */
+  private commitTimer: NodeJS.Timeout | undefined;
+  /** Why the last round failed, until one succeeds: writers waiting for cache space see it. */
   private flushFailure: unknown;
   private closed = false;
   openSessions = 0;
@@ -99,6 +125,7 @@ export class Volume implements CacheOwner {
     this.blockCount = Math.ceil(identity.size / identity.blockSize);
     this.generation = generation;
     this.map = map;
+    services.cache.addOwner(this);
   }
 
   /** Load a committed version: read and verify every map page, top down. */
@@ -150,6 +177,11 @@ export class Volume implements CacheOwner {
     if (this.table.get(index) === slot) this.table.delete(index);
   }
 
+  /** Does the block read as zeros, going by what is not in the cache? */
+  private isHole(index: number): boolean {
+    return this.pendingHoles.has(index) || (!this.spilled.has(index) && !this.map.isPresent(index));
+  }
+
   // ---------------------------------------------------------------- reads
 
   read(offset: number, dest: Buffer): Promise<void> {
@@ -167,7 +199,7 @@ export class Volume implements CacheOwner {
         cache.view(slot).copy(dest, done, within, within + n);
         cache.touch(slot);
         cache.hits++;
-      } else if (slot === undefined && (this.pendingHoles.has(index) || !this.map.isPresent(index))) {
+      } else if (slot === undefined && this.isHole(index)) {
         dest.fill(0, done, done + n);
       } else {
         (pending ??= []).push(this.readSlow(index, within, dest, done, n));
@@ -196,9 +228,11 @@ export class Volume implements CacheOwner {
         await this.loads.get(index);
         continue;
       }
-      if (this.pendingHoles.has(index)) return -1;
-      const entry = this.map.lookup(index);
-      if (!entry) return -1;
+      if (this.isHole(index)) return -1;
+      const spilled = this.spilled.get(index);
+      const entry = spilled
+        ? { generation: this.generation + 1, flags: this.key ? ENTRY_SEALED : 0, hashLo: spilled.hashLo, hashHi: spilled.hashHi }
+        : this.map.lookup(index)!;
       const storeSlot = store.lookup(this.id, entry.generation, index);
       if (storeSlot === undefined) {
         throw new IoError('EIO', `volume ${this.name}: block ${index} (gen ${entry.generation}) is missing from the local store`);
@@ -287,7 +321,7 @@ export class Volume implements CacheOwner {
       }
     } else {
       const whole = within === 0 && n === this.blockSize;
-      const hole = this.pendingHoles.has(index) || !this.map.isPresent(index);
+      const hole = this.isHole(index);
       if (!whole && !hole) return false; // read-modify-write of a stored block
       slot = cache.acquire(this, index, SlotState.Dirty);
       if (slot < 0) return false;
@@ -304,7 +338,7 @@ export class Volume implements CacheOwner {
   private async writeSlow(index: number, within: number, data: Buffer, from: number, n: number): Promise<void> {
     for (;;) {
       const slot = this.table.get(index);
-      if (slot === undefined && !(within === 0 && n === this.blockSize) && !this.pendingHoles.has(index) && this.map.isPresent(index)) {
+      if (slot === undefined && !(within === 0 && n === this.blockSize) && !this.isHole(index)) {
         await this.loaded(index); // bring the stored block in, then modify it
       } else if (slot !== undefined && this.services.cache.state[slot] === SlotState.Loading) {
         await this.loads.get(index);
@@ -322,26 +356,29 @@ export class Volume implements CacheOwner {
     const { cache } = this.services;
     if (cache.freeSlots > 0) return;
     if (this.flushFailure && !this.flushLoop) throw this.flushFailure;
-    this.writeBack();
+    cache.pressure();
     await cache.whenSlotFreed();
   }
 
   private afterWrite(): void {
     const { cache } = this.services;
-    if (cache.dirtySlots > cache.slotCount * DIRTY_HIGH_WATER) this.writeBack();
-    else if (!this.writebackTimer && this.dirty.size > 0) {
-      this.writebackTimer = setTimeout(() => {
-        this.writebackTimer = undefined;
-        this.writeBack();
-      }, WRITEBACK_DELAY_MS);
-      this.writebackTimer.unref();
+    if (cache.dirtySlots > cache.slotCount * DIRTY_HIGH_WATER) cache.pressure();
+    if (!this.commitTimer && this.dirty.size > 0) {
+      this.commitTimer = setTimeout(() => {
+        this.commitTimer = undefined;
+        if (!this.closed) {
+          this.flush().catch((err) => this.services.log.warn({ volume: this.name, err: String(err) }, 'periodic commit failed; the data stays cached and is retried'));
+        }
+      }, COMMIT_INTERVAL_MS);
+      this.commitTimer.unref();
     }
   }
 
-  /** Start a flush nobody waits for; its failure is logged, the data stays dirty. */
-  private writeBack(): void {
-    if (this.flushLoop || this.closed) return;
-    this.flush().catch((err) => this.services.log.warn({ volume: this.name, err: String(err) }, 'background write-back failed; will retry'));
+  /** Cache pressure (from the cache, on behalf of any volume): spill dirty blocks. */
+  writeBack(): void {
+    if (this.closed || this.dirty.size === 0) return;
+    this.spillRequested = true;
+    this.flushLoop ??= this.runRounds();
   }
 
   // ------------------------------------------------------ trims and zeroes
@@ -377,6 +414,12 @@ export class Volume implements CacheOwner {
       if (cache.state[slot] !== SlotState.Flushing) cache.free(slot);
     }
     this.dirty.delete(index);
+    if (this.spilled.delete(index)) {
+      const ref = { volumeId: this.id, generation: this.generation + 1, index };
+      // A commit running now may be writing this entry into the new version.
+      if (this.roundRunning) this.orphans.push(ref);
+      else this.services.store.release(ref);
+    }
     if (this.map.isPresent(index)) this.pendingHoles.add(index);
   }
 
@@ -387,65 +430,147 @@ export class Volume implements CacheOwner {
     if (this.closed) return Promise.reject(new IoError('ESHUTDOWN', `volume ${this.name} is closed`));
     const ticket = ++this.flushTicket;
     const waiter = new Promise<void>((resolve, reject) => this.flushWaiters.push({ ticket, resolve, reject }));
-    this.flushLoop ??= this.runFlushes();
+    this.flushLoop ??= this.runRounds();
     return waiter;
   }
 
-  private async runFlushes(): Promise<void> {
-    while (this.flushedTicket < this.flushTicket) {
-      const covering = this.flushTicket;
-      let failure: unknown;
-      try {
-        await this.flushOnce();
-      } catch (err) {
-        failure = err;
-      }
-      this.flushedTicket = covering;
-      this.flushFailure = failure;
-      if (failure) this.services.cache.wakeWaiters();
-      const waiters = this.flushWaiters;
-      this.flushWaiters = [];
-      for (const w of waiters) {
-        if (w.ticket > covering) this.flushWaiters.push(w);
-        else if (failure) w.reject(failure);
-        else w.resolve();
+  /** One round at a time: commits (someone waits) before spills (memory waits). */
+  private async runRounds(): Promise<void> {
+    for (;;) {
+      if (this.flushedTicket < this.flushTicket) {
+        const covering = this.flushTicket;
+        const failure = await this.round(() => this.commitOnce());
+        this.flushedTicket = covering;
+        const waiters = this.flushWaiters;
+        this.flushWaiters = [];
+        for (const w of waiters) {
+          if (w.ticket > covering) this.flushWaiters.push(w);
+          else if (failure) w.reject(failure);
+          else w.resolve();
+        }
+      } else if (this.spillRequested) {
+        this.spillRequested = false;
+        let spilled = 0;
+        const failure = await this.round(async () => {
+          spilled = await this.spillOnce();
+        });
+        if (failure) this.services.log.warn({ volume: this.name, err: String(failure) }, 'spilling dirty blocks failed; they stay cached');
+        const { cache } = this.services;
+        if (!failure && spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER) this.spillRequested = true;
+      } else {
+        break;
       }
     }
     this.flushLoop = undefined;
   }
 
-  private async flushOnce(): Promise<void> {
-    if (this.dirty.size === 0 && this.pendingHoles.size === 0) return;
-    const started = process.hrtime.bigint();
+  private async round(work: () => Promise<void>): Promise<unknown> {
+    this.roundRunning = true;
+    let failure: unknown;
+    try {
+      await work();
+    } catch (err) {
+      failure = err;
+    }
+    this.roundRunning = false;
+    this.releaseOrphans();
+    this.flushFailure = failure;
+    // Writers waiting for cache space must hear about a failure, or retry.
+    this.services.cache.wakeWaiters();
+    return failure;
+  }
+
+  /** Release spilled blocks dropped during a round, unless the round committed them. */
+  private releaseOrphans(): void {
+    if (this.orphans.length === 0) return;
+    const orphans = this.orphans;
+    this.orphans = [];
+    for (const ref of orphans) {
+      if (this.map.lookup(ref.index)?.generation === ref.generation) continue; // now part of the committed version
+      if (ref.generation === this.generation + 1 && this.spilled.has(ref.index)) continue; // spilled again since
+      this.services.store.release(ref);
+    }
+  }
+
+  /** Spill up to one round's worth of dirty blocks; returns how many. */
+  private async spillOnce(): Promise<number> {
+    const indices: number[] = [];
+    for (const index of this.dirty) {
+      indices.push(index);
+      if (indices.length === SPILL_ROUND_BLOCKS) break;
+    }
+    await this.writeDirty(indices);
+    return indices.length;
+  }
+
+  /**
+   * Store the given dirty blocks for the next version (no sync): afterwards
+   * they are in `spilled` (or holes, if all zeros) and their cache slots clean.
+   * On failure they are dirty again and nothing was recorded.
+   */
+  private async writeDirty(indices: number[]): Promise<void> {
+    if (indices.length === 0) return;
     const { cache, store, pool } = this.services;
     const generation = this.generation + 1;
-    const indices = [...this.dirty];
-    const holes = [...this.pendingHoles];
-    this.dirty.clear();
-    this.pendingHoles.clear();
     const cacheSlots = indices.map((index) => this.table.get(index)!);
+    for (const index of indices) this.dirty.delete(index);
     for (const slot of cacheSlots) cache.setState(slot, SlotState.Flushing);
     const storeSlots: number[] = [];
-    const written: number[] = [];
-    const writtenPages: number[] = [];
+    let results;
     try {
       for (let i = 0; i < indices.length; i++) storeSlots.push(store.allocate());
-      const results = await pool.writeBlocks(this.id, generation, this.key, cacheSlots, storeSlots, indices);
-      const draft = this.map.draft(generation);
-      const flags = this.key ? ENTRY_SEALED : 0;
+      results = await pool.writeBlocks(this.id, generation, this.key, cacheSlots, storeSlots, indices);
+    } catch (err) {
+      for (const slot of storeSlots) store.unallocate(slot);
       for (let i = 0; i < indices.length; i++) {
-        const result = results[Math.floor(i / BATCH)];
-        const at = i % BATCH;
-        if (result.zero[at]) {
-          store.unallocate(storeSlots[i]);
-          draft.clearEntry(0, indices[i]);
+        if (this.table.get(indices[i]) === cacheSlots[i]) {
+          cache.setState(cacheSlots[i], SlotState.Dirty);
+          this.dirty.add(indices[i]);
         } else {
-          store.bind(storeSlots[i], { volumeId: this.id, generation, index: indices[i] });
-          written.push(indices[i]);
-          draft.setEntry(0, indices[i], flags, result.hashes[2 * at], result.hashes[2 * at + 1]);
+          cache.free(cacheSlots[i]);
         }
       }
-      storeSlots.length = 0; // now bound or given back
+      throw err;
+    }
+    for (let i = 0; i < indices.length; i++) {
+      const index = indices[i];
+      const result = results[Math.floor(i / BATCH)];
+      const at = i % BATCH;
+      const current = this.table.get(index) === cacheSlots[i];
+      const ref = { volumeId: this.id, generation, index };
+      if (result.zero[at]) {
+        store.unallocate(storeSlots[i]);
+        if (this.spilled.delete(index)) store.release(ref); // an earlier spill of this block
+        if (current && this.map.isPresent(index)) this.pendingHoles.add(index);
+      } else {
+        store.bind(storeSlots[i], ref); // replaces (and releases) an earlier spill of this block
+        if (this.pendingHoles.has(index)) {
+          store.release(ref); // trimmed while it was being written
+          this.spilled.delete(index);
+        } else {
+          this.spilled.set(index, { hashLo: result.hashes[2 * at], hashHi: result.hashes[2 * at + 1] });
+        }
+      }
+      if (current) cache.setState(cacheSlots[i], SlotState.Clean);
+      else cache.free(cacheSlots[i]); // rewritten or trimmed meanwhile
+    }
+  }
+
+  /** Commit a new version: spill what is dirty, write the map pages, sync, CAS the root. */
+  private async commitOnce(): Promise<void> {
+    await this.writeDirty([...this.dirty]);
+    if (this.spilled.size === 0 && this.pendingHoles.size === 0) return;
+    const started = process.hrtime.bigint();
+    const { store } = this.services;
+    const generation = this.generation + 1;
+    const entries = [...this.spilled];
+    const holes = [...this.pendingHoles];
+    this.pendingHoles.clear();
+    const writtenPages: number[] = [];
+    try {
+      const draft = this.map.draft(generation);
+      const flags = this.key ? ENTRY_SEALED : 0;
+      for (const [index, e] of entries) draft.setEntry(0, index, flags, e.hashLo, e.hashHi);
       for (const index of holes) draft.clearEntry(0, index);
       let root: MapRoot | undefined = this.map.root;
       for (let level = 0; level < this.map.height; level++) {
@@ -469,25 +594,12 @@ export class Volume implements CacheOwner {
       await this.services.commit(this.identity, generation, root);
       draft.commit(root);
       this.generation = generation;
+      for (const [index, e] of entries) if (this.spilled.get(index) === e) this.spilled.delete(index);
       for (const ref of superseded) store.release(ref);
-      for (let i = 0; i < indices.length; i++) {
-        if (this.table.get(indices[i]) === cacheSlots[i]) cache.setState(cacheSlots[i], SlotState.Clean);
-        else cache.free(cacheSlots[i]); // rewritten or trimmed meanwhile
-      }
-      this.services.onFlush?.(this.name, indices.length, Number(process.hrtime.bigint() - started) / 1e9);
+      this.services.onFlush?.(this.name, entries.length, Number(process.hrtime.bigint() - started) / 1e9);
     } catch (err) {
-      for (const slot of storeSlots) store.unallocate(slot);
-      for (const index of written) store.release({ volumeId: this.id, generation, index });
       for (const index of writtenPages) store.release({ volumeId: this.id, generation, index });
-      for (let i = 0; i < indices.length; i++) {
-        if (this.table.get(indices[i]) === cacheSlots[i]) {
-          cache.setState(cacheSlots[i], SlotState.Dirty);
-          this.dirty.add(indices[i]);
-        } else {
-          cache.free(cacheSlots[i]);
-        }
-      }
-      for (const index of holes) if (!this.table.has(index)) this.pendingHoles.add(index);
+      for (const index of holes) if (!this.table.has(index) && !this.spilled.has(index)) this.pendingHoles.add(index);
       throw err;
     }
   }
@@ -502,7 +614,7 @@ export class Volume implements CacheOwner {
     while (position < end) {
       const index = Math.floor(position / bs);
       const blockEnd = Math.min((index + 1) * bs, end);
-      const hole = !this.table.has(index) && (this.pendingHoles.has(index) || !this.map.isPresent(index));
+      const hole = !this.table.has(index) && this.isHole(index);
       const flags = hole ? 3 : 0; // NBD_STATE_HOLE | NBD_STATE_ZERO
       const last = extents[extents.length - 1];
       if (last && last.flags === flags) last.length += blockEnd - position;
@@ -523,9 +635,10 @@ export class Volume implements CacheOwner {
   /** Flush what is dirty, then drop this volume's cache slots. */
   async close(): Promise<void> {
     if (this.closed) return;
-    if (this.writebackTimer) clearTimeout(this.writebackTimer);
+    if (this.commitTimer) clearTimeout(this.commitTimer);
     await this.flush();
     this.closed = true;
+    this.services.cache.removeOwner(this);
     for (const slot of this.table.values()) this.services.cache.free(slot);
     this.table.clear();
   }
