@@ -46,6 +46,13 @@ export class BlockCache {
   private dirty = 0;
   private spaceWaiters: (() => void)[] = [];
   private readonly registered = new Set<CacheOwner>();
+  /**
+   * Pins: a slot's bytes are on their way out of a socket (zero-copy READ
+   * replies). A pinned slot is never evicted or reused; free() of a pinned
+   * slot takes effect when the last pin goes.
+   */
+  private readonly pins: Uint16Array;
+  private readonly freeWhenUnpinned: Uint8Array;
   hits = 0;
   misses = 0;
   evictions = 0;
@@ -58,6 +65,8 @@ export class BlockCache {
     this.buffer = new SharedArrayBuffer(this.slotCount * blockSize);
     this.state = new Uint8Array(this.slotCount);
     this.referenced = new Uint8Array(this.slotCount);
+    this.pins = new Uint16Array(this.slotCount);
+    this.freeWhenUnpinned = new Uint8Array(this.slotCount);
     this.slotOwners = new Array(this.slotCount).fill(undefined);
     this.ownerIndex = new Float64Array(this.slotCount);
     this.views = Array.from({ length: this.slotCount }, (_, slot) => Buffer.from(this.buffer, slot * blockSize, blockSize));
@@ -103,7 +112,7 @@ export class BlockCache {
     for (let step = 0; step < 2 * this.slotCount; step++) {
       const slot = this.hand;
       this.hand = this.hand + 1 === this.slotCount ? 0 : this.hand + 1;
-      if (this.state[slot] !== SlotState.Clean) continue;
+      if (this.state[slot] !== SlotState.Clean || this.pins[slot] !== 0) continue;
       if (this.referenced[slot]) {
         this.referenced[slot] = 0;
         continue;
@@ -129,13 +138,31 @@ export class BlockCache {
     if (next === SlotState.Clean) this.wakeWaiters();
   }
 
-  /** Return a slot to the free list (its owner already forgot it). */
+  /** Return a slot to the free list (its owner already forgot it); deferred while pinned. */
   free(slot: number): void {
     if (this.state[slot] === SlotState.Dirty) this.dirty--;
     this.state[slot] = SlotState.Free;
     this.slotOwners[slot] = undefined;
+    if (this.pins[slot] !== 0) {
+      this.freeWhenUnpinned[slot] = 1;
+      return;
+    }
     this.freeList[this.freeCount++] = slot;
     this.wakeWaiters();
+  }
+
+  pin(slot: number): void {
+    if (this.pins[slot] === 0xffff) throw new RangeError(`slot ${slot} pinned too many times`);
+    this.pins[slot]++;
+  }
+
+  unpin(slot: number): void {
+    if (this.pins[slot] === 0) throw new RangeError(`slot ${slot} is not pinned`);
+    if (--this.pins[slot] === 0 && this.freeWhenUnpinned[slot]) {
+      this.freeWhenUnpinned[slot] = 0;
+      this.freeList[this.freeCount++] = slot;
+      this.wakeWaiters();
+    }
   }
 
   addOwner(owner: CacheOwner): void {

@@ -23,6 +23,11 @@ export interface Extent {
   flags: number;
 }
 
+export interface ReadViews {
+  buffers: Buffer[];
+  release(): void;
+}
+
 export interface ExportInfo {
   name: string;
   description: string;
@@ -51,6 +56,14 @@ export interface NbdExport {
 
   /** Fill dest (length bytes) with the data at offset. dest belongs to the session. */
   read(offset: number, dest: Buffer): Promise<void>;
+  /**
+   * Optional zero-copy read: if the whole range can be had at once without
+   * waiting, return buffers that together hold it (views into the export's
+   * own memory, kept unchanged-in-place until release() is called); else
+   * undefined, and the session falls back to read(). The session calls
+   * release() exactly once, after the socket has taken every buffer.
+   */
+  readViews?(offset: number, length: number): ReadViews | undefined;
   /** Write data at offset. data is only valid until the promise settles: copy it, do not keep it. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** Make every completed write durable. */

@@ -12,6 +12,8 @@
  * `discard(n)` may cover bytes that have not arrived yet: they are dropped as
  * they come, never buffered (how a refused WRITE's payload is skipped).
  */
+import { replyBuffers } from './buffer-pool.js';
+
 const EMPTY = Buffer.alloc(0);
 
 export class Inbound {
@@ -126,7 +128,8 @@ export class Inbound {
 
   /** Copy the first `bytes` into one new buffer without consuming them. */
   private gather(bytes: number): Buffer {
-    const out = Buffer.allocUnsafe(bytes);
+    // Pooled: a large gathered WRITE payload is given back when the write settles (session.ts).
+    const out = replyBuffers.acquire(bytes);
     let filled = 0;
     let start = this.head;
     for (const chunk of this.chunks) {

@@ -29,6 +29,7 @@ import { errnoOf, type Errno } from '../../common/errors.js';
 import type { Extent, NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import type { Inbound } from './inbound.js';
+import { replyBuffers } from './buffer-pool.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
@@ -297,7 +298,14 @@ export class Session {
           errno = await this.read(cookieHigh, cookieLow, offset, length);
           break;
         case NBD_CMD_WRITE:
-          await exp.write(offset, payload!, fua);
+          try {
+            await exp.write(offset, payload!, fua);
+          } finally {
+            // The export is done with it (see export.ts). A payload gathered from
+            // several socket chunks came from the pool and goes back; one that is
+            // a slice of a socket chunk is not the pool's and is left alone.
+            replyBuffers.release(payload!);
+          }
           break;
         case NBD_CMD_FLUSH:
           await exp.flush();
@@ -335,10 +343,25 @@ export class Session {
    */
   private async read(cookieHigh: number, cookieLow: number, offset: number, length: number): Promise<Errno | undefined> {
     const dataAt = this.structured ? STRUCTURED_READ_DATA_AT : SIMPLE_READ_DATA_AT;
-    const reply = Buffer.allocUnsafe(dataAt + length);
+    // Zero copy when the export has the whole range at hand: a small header,
+    // then the export's own buffers (the socket gathers them into one writev).
+    const views = this.exp.readViews?.(offset, length);
+    if (views) {
+      const header = Buffer.allocUnsafe(dataAt);
+      if (this.structured) encodeOffsetDataHeader(header, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
+      else encodeSimpleReply(header, 0, 0, cookieHigh, cookieLow);
+      this.send(header);
+      const last = views.buffers.length - 1;
+      for (let i = 0; i < last; i++) this.send(views.buffers[i]);
+      // Callbacks run in write order, so the last one means all are taken.
+      if (!this.send(views.buffers[last], () => views.release())) views.release();
+      return undefined;
+    }
+    const reply = replyBuffers.acquire(dataAt + length);
     try {
       await this.exp.read(offset, reply.subarray(dataAt));
     } catch (err) {
+      replyBuffers.release(reply);
       const errno = errnoOf(err);
       this.exportFailed(NBD_CMD_READ, offset, length, err, errno);
       // Nothing was sent for this request yet, so the error is the whole reply;
@@ -348,7 +371,7 @@ export class Session {
     }
     if (this.structured) encodeOffsetDataHeader(reply, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
     else encodeSimpleReply(reply, 0, 0, cookieHigh, cookieLow);
-    this.send(reply);
+    this.send(reply, () => replyBuffers.release(reply));
     return undefined;
   }
 
@@ -401,15 +424,17 @@ export class Session {
    * burst of small ones costs one syscall. Reading stops while too much waits
    * in the socket.
    */
-  private send(buf: Buffer): void {
+  /** Returns false when the socket is gone and nothing was queued (`written` will not be called). */
+  private send(buf: Buffer, written?: (err?: Error | null) => void): boolean {
     const socket = this.socket;
-    if (this.socketClosed || !socket.writable) return;
+    if (this.socketClosed || !socket.writable) return false;
     if (!this.corked) {
       this.corked = true;
       socket.cork();
       process.nextTick(this.uncork);
     }
-    if (!socket.write(buf) && socket.writableLength >= this.limits.maxQueuedReplyBytes) this.writeBlocked = true;
+    if (!socket.write(buf, written) && socket.writableLength >= this.limits.maxQueuedReplyBytes) this.writeBlocked = true;
+    return true;
   }
 
   private readonly uncork = (): void => {

@@ -3,7 +3,7 @@
  * same volume shares one Volume object, so a FLUSH on any of them commits the
  * writes of all of them — which is what makes CAN_MULTI_CONN true.
  */
-import type { NbdExport, WriteZeroesOptions, Extent } from '../nbd/export.js';
+import type { NbdExport, ReadViews, WriteZeroesOptions, Extent } from '../nbd/export.js';
 import type { Volume } from './volume.js';
 
 /** Largest READ/WRITE payload we accept (the NBD spec's recommended ceiling). */
@@ -36,6 +36,10 @@ export class VolumeExport implements NbdExport {
 
   read(offset: number, dest: Buffer): Promise<void> {
     return this.volume.read(offset, dest);
+  }
+
+  readViews(offset: number, length: number): ReadViews | undefined {
+    return this.volume.readViews(offset, length);
   }
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {

@@ -29,7 +29,7 @@ import { BlockCache, SlotState, type CacheOwner } from '../cache/block-cache.js'
 import { BATCH, type DataPool } from '../pool/data-pool.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { BlockRef } from '../blocks/ref.js';
-import type { Extent } from '../nbd/export.js';
+import type { Extent, ReadViews } from '../nbd/export.js';
 import { BlockMap, ENTRY_SEALED, pageIndex, type MapRoot } from './block-map.js';
 
 export interface VolumeIdentity {
@@ -207,6 +207,48 @@ export class Volume implements CacheOwner {
       done += n;
     }
     return pending ? Promise.all(pending).then(() => undefined) : DONE;
+  }
+
+  /**
+   * Zero-copy read when every block of the range is cached or a hole: views
+   * of the cache slots, pinned until release() (see NbdExport.readViews). The
+   * bytes of a pinned slot may still be overwritten by a concurrent write
+   * (as any overlapping requests may race), but the slot is never reused for
+   * another block while pinned.
+   */
+  readViews(offset: number, length: number): ReadViews | undefined {
+    const bs = this.blockSize;
+    const { cache } = this.services;
+    const end = offset + length;
+    for (let position = offset; position < end; position = (Math.floor(position / bs) + 1) * bs) {
+      const index = Math.floor(position / bs);
+      const slot = this.table.get(index);
+      if (slot === undefined ? !this.isHole(index) : cache.state[slot] === SlotState.Loading) return undefined;
+    }
+    const buffers: Buffer[] = [];
+    const pinned: number[] = [];
+    for (let position = offset; position < end; ) {
+      const index = Math.floor(position / bs);
+      const within = position - index * bs;
+      const n = Math.min(bs - within, end - position);
+      const slot = this.table.get(index);
+      if (slot === undefined) {
+        buffers.push(zeroBuffer(n));
+      } else {
+        cache.pin(slot);
+        pinned.push(slot);
+        cache.touch(slot);
+        cache.hits++;
+        buffers.push(cache.view(slot).subarray(within, within + n));
+      }
+      position += n;
+    }
+    return {
+      buffers,
+      release: () => {
+        for (const slot of pinned) cache.unpin(slot);
+      },
+    };
   }
 
   private async readSlow(index: number, within: number, dest: Buffer, destOffset: number, n: number): Promise<void> {
