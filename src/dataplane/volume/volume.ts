@@ -53,9 +53,9 @@ export interface VolumeServices {
 
 const DONE: Promise<void> = Promise.resolve();
 /** Spill dirty blocks to the store once this share of the cache is dirty… */
-export const DIRTY_HIGH_WATER = 0.25;
+export const DIRTY_HIGH_WATER = 0.6;
 /** …and keep spilling until it is below this. */
-const DIRTY_LOW_WATER = 0.125;
+const DIRTY_LOW_WATER = 0.4;
 /** Most blocks one spill round writes, so a FLUSH never waits long behind one. */
 const SPILL_ROUND_BLOCKS = 1024;
 /**
