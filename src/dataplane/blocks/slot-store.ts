@@ -147,8 +147,9 @@ export class LocalSlotStore {
         const ref = this.refOf(slot);
         const key = refKey(ref.volumeId, ref.generation, ref.index);
         const previous = this.refToSlot.get(key);
-        // Two slots claiming one ref: a retried flush crashed before the older
-        // was released. Either copy is uncommitted or identical; keep one.
+        // Two slots claiming one ref: the same block spilled twice for a
+        // version that never committed (sync() writes free records before any
+        // commit), so neither is referenced; keep one, the sweep frees it.
         if (previous !== undefined) this.clearRecord(previous), (this.freeStack[this.freeTop++] = previous);
         this.refToSlot.set(key, slot);
       } else {
@@ -286,8 +287,16 @@ export class LocalSlotStore {
     return this.hash.hash64(dest);
   }
 
-  /** Make every write so far durable: data first, then the records that point at it. */
+  /**
+   * Make every write so far durable: data first, then the records that point
+   * at it — including the free records of slots released so far. That last
+   * part matters: a block spilled twice for the same version leaves its first
+   * slot released but still claiming the same ref on disk until that free
+   * record lands; if a commit became durable first, a crash would leave two
+   * slots claiming one committed ref, and the wrong one might be picked.
+   */
   async sync(): Promise<void> {
+    while (this.releaseWrite) await this.releaseWrite;
     await this.dataFile.datasync();
     await this.slotsFile.datasync();
   }

@@ -1,0 +1,134 @@
+/**
+ * Faults a user meets, against the real torusd: a store that fills up, a
+ * volume deleted while a client has it open, a thin volume far larger than
+ * the store, a block corrupted on disk. Each must give a clear error, lose
+ * nothing already acknowledged, and leave the server serving everyone else.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { open } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, test } from 'node:test';
+import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+import { SYSTEM_PYTHON, missing, python } from './tools.js';
+
+const skip = missing('nbdsh');
+
+describe('faults', { skip, timeout: 180_000 }, () => {
+  let dir: string;
+  let node: TorusdProcess | undefined;
+  before(async () => {
+    dir = await makeDataDir('faults');
+  });
+  after(async () => {
+    await node?.stop('SIGKILL');
+    await removeDir(dir);
+  });
+
+  test('a full store answers ENOSPC, keeps what was flushed, and keeps serving', async () => {
+    const data = join(dir, 'full');
+    // 4 MiB of store (64 blocks of 64 KiB) under a 64 MiB thin volume.
+    node = await startTorusd({ dataDir: data, size: '4MiB', args: ['--ensure-volume', 'v=64MiB'] });
+    const r = await python(`
+import nbd, os
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri('v'))})
+keep = os.urandom(1 << 20)
+h.pwrite(keep, 0)
+h.flush()
+try:
+    for i in range(1, 16):
+        h.pwrite(os.urandom(1 << 20), i << 20)
+    h.flush()
+    print("no error")
+except nbd.Error as e:
+    print("error", e.errno)
+assert h.pread(1 << 20, 0) == keep, "flushed data changed"
+h.trim(15 << 20, 1 << 20)
+g = nbd.NBD()
+g.connect_uri(${JSON.stringify(node.uri('v'))})
+assert g.pread(1 << 20, 0) == keep
+print("still serving")
+`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /error ENOSPC/);
+    assert.match(r.stdout, /still serving/);
+    assert.equal(await node.stop('SIGTERM'), 0, 'shuts down cleanly even with data it could not store');
+    node = undefined;
+  });
+
+  test('deleting a volume a client holds open is refused, naming it; a 1 TiB thin volume works in a small store', async () => {
+    const data = join(dir, 'busy');
+    node = await startTorusd({ dataDir: data, size: '64MiB', args: ['--ensure-volume', 'busy=16MiB'] });
+    const env = { TORUS_DATA_DIR: data };
+    const holder = spawn(SYSTEM_PYTHON, ['-c', `
+import nbd, sys, time
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri('busy'))})
+print("connected", flush=True)
+sys.stdin.read()
+`], { stdio: ['pipe', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => holder.stdout.on('data', (d: Buffer) => d.toString().includes('connected') && resolve()));
+    const refused = await runCli('torusctl', ['volume', 'delete', 'busy'], env);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /volume "busy" is in use/);
+    holder.stdin.end();
+    await new Promise((r) => holder.once('exit', r));
+    await sleep(200);
+    const deleted = await runCli('torusctl', ['volume', 'delete', 'busy'], env);
+    assert.equal(deleted.code, 0, deleted.stderr);
+
+    const huge = await runCli('torusctl', ['volume', 'create-block', 'huge', '1T'], env);
+    assert.equal(huge.code, 0, huge.stderr);
+    const r = await python(`
+import nbd
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri('huge'))})
+assert h.get_size() == 1 << 40
+end = (1 << 40) - 65536
+h.pwrite(b"\\x5a" * 65536, end)
+h.flush()
+assert h.pread(65536, end) == b"\\x5a" * 65536
+assert h.pread(4096, 1 << 39) == bytes(4096)
+print("ok")
+`);
+    assert.equal(r.code, 0, r.stderr);
+    await node.stop('SIGTERM');
+    node = undefined;
+  });
+
+  test('a block corrupted on disk reads as an error, never as data', async () => {
+    const data = join(dir, 'corrupt');
+    node = await startTorusd({ dataDir: data, size: '64MiB', args: ['--ensure-volume', 'c=16MiB'] });
+    const w = await python(`
+import nbd
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri('c'))})
+h.pwrite(b"\\x11" * (1 << 20), 0)
+h.flush()
+`);
+    assert.equal(w.code, 0, w.stderr);
+    assert.equal(await node.stop('SIGTERM'), 0);
+    // Flip a byte in every used data slot (the map page included: either way, no garbage).
+    const file = await open(join(data, 'blocks', 'data'), 'r+');
+    for (let slot = 0; slot < 32; slot++) await file.write(Buffer.from([0xee]), 0, 1, slot * 65536 + 4242);
+    await file.close();
+    node = await startTorusd({ dataDir: data, size: '64MiB' });
+    const r = await python(`
+import nbd
+h = nbd.NBD()
+try:
+    h.connect_uri(${JSON.stringify(node.uri('c'))})
+    h.pread(1 << 20, 0)
+    print("read garbage")
+except nbd.Error as e:
+    print("error", e.errno)
+`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stdout, /read garbage/);
+    assert.match(node.output(), /checksum|fails its checksum/);
+    await node.stop('SIGTERM');
+    node = undefined;
+  });
+});
