@@ -17,7 +17,7 @@
  * CI never hangs on a wedged server or client.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, readdirSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { delimiter, dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,21 +30,8 @@ const PER_TEST_TIMEOUT_MS = 5 * 60_000;
 // without servers and clients of several files fighting over the CPU.
 const CONCURRENCY = 2;
 
-/** Executable → Debian package providing it. */
-const TOOLS = {
-  nbdinfo: 'libnbd-bin',
-  nbdcopy: 'libnbd-bin',
-  nbdsh: 'libnbd-bin',
-  nbdfuse: 'nbdfuse',
-  'qemu-io': 'qemu-utils',
-  'qemu-img': 'qemu-utils',
-  fio: 'fio',
-  fusermount3: 'fuse3',
-  'mkfs.ext4': 'e2fsprogs',
-  e2fsck: 'e2fsprogs',
-  fuse2fs: 'fuse2fs',
-  etcd: 'etcd-server',
-};
+/** Executable → Debian package providing it (shared with test/tools.ts, which names them in skip messages). */
+const TOOLS = JSON.parse(readFileSync(join(PROJECT, 'scripts', 'test-tools.json'), 'utf8'));
 const PYTHON_NBD_PACKAGE = 'python3-libnbd';
 
 // mkfs.ext4 and e2fsck live in sbin, which a non-root PATH often lacks; the

@@ -3,22 +3,14 @@
  * a time bound, and skip (naming the Debian package) when one is missing.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export const PACKAGE_OF: Record<string, string> = {
-  nbdinfo: 'libnbd-bin',
-  nbdcopy: 'libnbd-bin',
-  nbdsh: 'libnbd-bin python3-libnbd',
-  nbdfuse: 'nbdfuse',
-  'qemu-io': 'qemu-utils',
-  'qemu-img': 'qemu-utils',
-  fio: 'fio',
-  fusermount3: 'fuse3',
-  'mkfs.ext4': 'e2fsprogs',
-  e2fsck: 'e2fsprogs',
-  fuse2fs: 'fuse2fs',
-  etcd: 'etcd-server',
-};
+/** Executable → Debian package, the same table npm test installs from. */
+export const PACKAGE_OF: Record<string, string> = JSON.parse(
+  readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'test-tools.json'), 'utf8'),
+);
 
 const found = new Map<string, boolean>();
 
@@ -34,8 +26,10 @@ export function have(tool: string): boolean {
 /** A skip reason naming what to install, or undefined when every tool is there. */
 export function missing(...tools: string[]): string | undefined {
   const absent = tools.filter((t) => !have(t));
+  // nbdsh and the python tests need Debian's python3 bindings as well.
+  if (tools.includes('nbdsh') && !absent.includes('nbdsh') && !pythonHasNbd()) absent.push('python3 nbd module');
   if (absent.length === 0) return undefined;
-  const packages = [...new Set(absent.map((t) => PACKAGE_OF[t] ?? t))];
+  const packages = [...new Set(absent.map((t) => PACKAGE_OF[t] ?? (t === 'python3 nbd module' ? 'python3-libnbd' : t)))];
   return `needs ${absent.join(', ')}: apt-get install ${packages.join(' ')}`;
 }
 
@@ -83,6 +77,12 @@ export async function runOk(command: string, args: string[], options: Parameters
  * finds first — so tests put /usr/bin first for nbdsh too (see toolEnv).
  */
 export const SYSTEM_PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+
+let pythonNbd: boolean | undefined;
+function pythonHasNbd(): boolean {
+  pythonNbd ??= spawnSync(SYSTEM_PYTHON, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status === 0;
+  return pythonNbd;
+}
 
 /** Environment for third-party tools: the system python3 first on PATH. */
 export const toolEnv = { PATH: `/usr/bin:${process.env.PATH ?? ''}` };
