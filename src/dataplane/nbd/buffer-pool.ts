@@ -21,7 +21,7 @@ export class BufferPool {
   private readonly made = new WeakSet<ArrayBufferLike>();
   private pooledBytes = 0;
 
-  constructor(private readonly maxPooledBytes = 64 * 1024 * 1024) {}
+  constructor(private readonly maxPooledBytes = 16 * 1024 * 1024) {}
 
   /** A buffer of exactly `size` bytes (uninitialised). Give it back with release(). */
   acquire(size: number): Buffer {
