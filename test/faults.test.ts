@@ -131,4 +131,51 @@ except nbd.Error as e:
     await node.stop('SIGTERM');
     node = undefined;
   });
+
+  test('an encrypted volume with a missing or wrong master key is not served, and no data is touched', async () => {
+    const data = join(dir, 'keys');
+    const env = { TORUS_DATA_DIR: data };
+    assert.equal((await runCli('torusctl', ['volume', 'create-block', 'secret', '16MiB', '--encrypt'], env)).code, 0);
+    node = await startTorusd({ dataDir: data, size: '64MiB' });
+    const w = await python(`
+import nbd
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri('secret'))})
+h.pwrite(b"\x42" * 65536, 0)
+h.flush()
+`);
+    assert.equal(w.code, 0, w.stderr);
+    assert.equal(await node.stop('SIGTERM'), 0);
+    const keyFile = join(data, 'master.key');
+    const { readFile, writeFile, rename } = await import('node:fs/promises');
+    const rightKey = await readFile(keyFile);
+    await writeFile(keyFile, 'ab'.repeat(32) + '\n', { mode: 0o600 });
+    node = await startTorusd({ dataDir: data, size: '64MiB' });
+    await sleep(200);
+    assert.match(node.output(), /wrong master key|master key/i);
+    const refused = await python(`
+import nbd
+h = nbd.NBD()
+try:
+    h.connect_uri(${JSON.stringify(node.uri('secret'))})
+    print("served")
+except nbd.Error as e:
+    print("refused")
+`);
+    assert.match(refused.stdout, /refused/);
+    assert.equal(await node.stop('SIGTERM'), 0);
+    await rename(keyFile, keyFile + '.wrong');
+    await writeFile(keyFile, rightKey, { mode: 0o600 });
+    node = await startTorusd({ dataDir: data, size: '64MiB' });
+    const r = await python(`
+import nbd
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri('secret'))})
+assert h.pread(65536, 0) == b"\x42" * 65536
+print("ok")
+`);
+    assert.equal(r.code, 0, r.stderr);
+    await node.stop('SIGTERM');
+    node = undefined;
+  });
 });
