@@ -31,8 +31,10 @@ export async function dispatch(program: string, summary: string, commands: Comma
     .sort((a, b) => b.w.length - a.w.length)[0];
   if (!match) {
     if (words.length === 0 || words[0] === 'help') {
-      process.stdout.write(overview(program, summary, commands));
-      return words.length === 0 && !argv.includes('--help') && !argv.includes('-h') ? 2 : 0;
+      const asked = words[0] === 'help' || argv.includes('--help') || argv.includes('-h');
+      // Asked for: stdout, status 0. No command at all is a usage error: stderr, status 2.
+      (asked ? process.stdout : process.stderr).write(overview(program, summary, commands));
+      return asked ? 0 : 2;
     }
     throw new ArgumentError(`unknown command "${words.slice(0, 2).join(' ')}" (see ${program} --help)`);
   }
