@@ -9,11 +9,21 @@
  * Every change is a compare-and-swap on the record's modRevision, so two
  * writers can never both commit "the next" version of a volume: the loser
  * gets ConflictError and must reload.
+ *
+ * Commits and deletes also respect the volume's write lock (../locks): made
+ * with the lock's fence they land only while that lock still holds
+ * (FencedError otherwise); made without one they land only while nobody
+ * holds the lock (VolumeLockedError, naming the holder, otherwise). Either
+ * way the lock is compared in the same txn as the write, so a refused write
+ * leaves nothing behind.
  */
 import { randomInt } from 'node:crypto';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import type { MapRoot } from '../../dataplane/volume/block-map.js';
-import type { MetadataStore } from '../metadata/store.js';
+import { FencedError, VolumeLockedError } from '../locks/errors.js';
+import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
+import { decodeLock, volumeLockKey } from '../locks/lock-record.js';
+import { keyAbsent, unchangedSince, type Compare, type KeyValue, type MetadataStore, type TxnOp, type TxnResult } from '../metadata/store.js';
 
 export interface ClusterSettings {
   blockSize: number;
@@ -52,6 +62,11 @@ export function checkVolumeName(name: string): void {
   if (!VOLUME_NAME.test(name)) {
     throw new UsageError(`invalid volume name "${name}": use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
+}
+
+/** The key of a volume's record. */
+export function volumeKey(name: string): string {
+  return VOLUMES + name;
 }
 
 function encode(value: unknown): Buffer {
@@ -109,29 +124,74 @@ export class VolumeCatalog {
     throw new ConflictError(`could not allocate an id for volume "${fields.name}"`);
   }
 
-  /** Commit a new version; fails with ConflictError if the record moved since `expected`. */
-  async commitVersion(expected: VersionedRecord, generation: number, root: MapRoot | null): Promise<VersionedRecord> {
+  /**
+   * Commit a new version. Fails with ConflictError if the record moved since
+   * `expected`, and then nothing is written.
+   *
+   * With `fence` (a held VolumeLock, or its `fence`), the commit lands only
+   * while that very lock still exists: otherwise FencedError, checked by the
+   * store in the commit's own txn — so a writer that lost its lock without
+   * knowing it is refused too. Without `fence`, the commit lands only while
+   * nobody holds the volume's lock: otherwise VolumeLockedError.
+   */
+  async commitVersion(expected: VersionedRecord, generation: number, root: MapRoot | null, fence?: VolumeFence): Promise<VersionedRecord> {
     const record: VolumeRecord = { ...expected.record, generation, root };
     const key = VOLUMES + record.name;
-    const result = await this.meta.txn({
-      compare: [{ key, target: 'modRevision', op: '==', value: expected.modRevision }],
-      success: [{ type: 'put', key, value: encode(record) }],
-    });
+    const refused = `version ${generation} not committed`;
+    const result = await this.lockedTxn(record.name, fence, refused, [unchangedSince(key, expected.modRevision)], [{ type: 'put', key, value: encode(record) }]);
     if (!result.succeeded) {
       throw new ConflictError(`volume "${record.name}" was changed by another writer (expected revision ${expected.modRevision}); version ${generation} not committed`);
     }
     return { record, modRevision: result.revision };
   }
 
-  async remove(name: string): Promise<VolumeRecord> {
-    const { record, modRevision } = await this.get(name);
+  /**
+   * A txn on `volume` that also holds the volume's lock to `fence` (or to
+   * "unlocked" without one). Throws the lock's refusal when that is what
+   * failed; a result with `succeeded: false` means the other compares failed.
+   */
+  private async lockedTxn(volume: string, fence: VolumeFence | undefined, refused: string, compare: Compare[], success: TxnOp[]): Promise<TxnResult> {
+    const lockKey = volumeLockKey(volume);
+    if (fence) {
+      // Programming error: a fence only ever guards the volume it was taken on.
+      if (fence.volume !== volume) throw new RangeError(`the fence is for volume "${fence.volume}", not "${volume}"`);
+      checkFenceLocally(fence, refused);
+    }
     const result = await this.meta.txn({
-      compare: [{ key: VOLUMES + name, target: 'modRevision', op: '==', value: modRevision }],
-      success: [
+      compare: [...compare, ...(fence ? fenceCompares(fence) : [keyAbsent(lockKey)])],
+      success,
+      failure: [{ type: 'get', key: lockKey }],
+    });
+    if (result.succeeded) return result;
+    const got = result.results[0];
+    const lock: KeyValue | undefined = got?.type === 'get' ? got.kvs[0] : undefined;
+    if (fence && !fenceHolds(fence, lock)) {
+      throw new FencedError(volume, fence.epoch, refused, { current: lock ? decodeLock(volume, lock) : undefined });
+    }
+    if (!fence && lock) throw new VolumeLockedError(decodeLock(volume, lock), refused);
+    return result;
+  }
+
+  /**
+   * Delete a volume's record. Refused with VolumeLockedError, naming the
+   * holder, while someone holds its write lock — unless `options.fence` is
+   * that lock (its holder deleting the volume), which is then deleted with
+   * the record (the lock emits 'lost'; release() it as usual).
+   */
+  async remove(name: string, options: { fence?: VolumeFence } = {}): Promise<VolumeRecord> {
+    const { record, modRevision } = await this.get(name);
+    const { fence } = options;
+    const result = await this.lockedTxn(
+      name,
+      fence,
+      'not deleted',
+      [unchangedSince(VOLUMES + name, modRevision)],
+      [
         { type: 'delete', key: VOLUMES + name },
         { type: 'delete', key: VOLUME_IDS + record.id },
+        ...(fence ? [{ type: 'delete' as const, key: volumeLockKey(name) }] : []),
       ],
-    });
+    );
     if (!result.succeeded) throw new ConflictError(`volume "${name}" changed while being deleted; try again`);
     return record;
   }
