@@ -1,13 +1,20 @@
 /**
- * Inbound: the bytes a client has sent and we have not consumed yet, kept as
- * the socket's own chunks (no copying on arrival).
+ * Inbound: the bytes a client has sent and we have not consumed yet.
  *
- * The handshake reads it with `await need(n)`; the transmission phase parses
- * it synchronously from an `onData` callback. Taking bytes that lie inside one
- * chunk returns a subarray of that chunk (zero copy); only a run that spans
- * chunks is gathered into one fresh buffer, so a WRITE payload is copied at
- * most once here. Chunks are never reused, so a subarray handed out stays
- * valid for as long as anyone holds it.
+ * Bytes arrive in one of two ways:
+ *   - owned chunks (a socket's 'data' events): kept as they are, and taking
+ *     bytes inside one chunk returns a subarray of it (zero copy);
+ *   - transient views of a per-connection read buffer that the socket
+ *     refills on its next read (server.ts reads that way: a warm 64 KiB
+ *     buffer costs about half the CPU per byte of a fresh one per read).
+ *     Whatever of a transient view is left unconsumed when push() returns is
+ *     copied into memory of our own, so nothing ever points into the read
+ *     buffer afterwards.
+ *
+ * The handshake reads with `await need(n)`; the transmission phase parses
+ * synchronously from the `onData` callback. A WRITE payload that has not
+ * fully arrived is collected with `fill(target)`: later bytes are copied
+ * straight into the target as they come, once each.
  *
  * `discard(n)` may cover bytes that have not arrived yet: they are dropped as
  * they come, never buffered (how a refused WRITE's payload is skipped).
@@ -15,6 +22,12 @@
 import { replyBuffers } from './buffer-pool.js';
 
 const EMPTY = Buffer.alloc(0);
+
+interface Sink {
+  target: Buffer;
+  filled: number;
+  onFull: () => void;
+}
 
 export class Inbound {
   /**
@@ -29,6 +42,9 @@ export class Inbound {
   private head = 0;
   private buffered = 0;
   private toDiscard = 0;
+  /** The transient view being pushed, while push() runs; always the last chunk if still held. */
+  private transient: Buffer | undefined;
+  private sink: Sink | undefined;
   private waiter: { bytes: number; resolve: () => void; reject: (err: Error) => void } | undefined;
   private failure: Error | undefined;
   /** Called after new bytes are buffered (transmission phase). */
@@ -45,7 +61,16 @@ export class Inbound {
     return this.toDiscard;
   }
 
-  push(chunk: Buffer): void {
+  /** Bytes a fill() still waits for (0 when none is active). */
+  get filling(): number {
+    return this.sink ? this.sink.target.length - this.sink.filled : 0;
+  }
+
+  /**
+   * New bytes from the socket. `transient`: `chunk` is only valid until this
+   * call returns (the socket reuses its memory for the next read).
+   */
+  push(chunk: Buffer, transient = false): void {
     if (this.toDiscard > 0) {
       const dropped = Math.min(this.toDiscard, chunk.length);
       this.toDiscard -= dropped;
@@ -56,15 +81,29 @@ export class Inbound {
       }
       chunk = chunk.subarray(dropped);
     }
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    if (this.waiter && this.buffered >= this.waiter.bytes) {
-      const { resolve } = this.waiter;
-      this.waiter = undefined;
-      resolve();
+    const sink = this.sink;
+    if (sink) {
+      const n = Math.min(sink.target.length - sink.filled, chunk.length);
+      chunk.copy(sink.target, sink.filled, 0, n);
+      sink.filled += n;
+      if (sink.filled < sink.target.length) return;
+      this.sink = undefined;
+      sink.onFull();
+      chunk = chunk.subarray(n);
+    }
+    if (chunk.length > 0) {
+      this.chunks.push(chunk);
+      this.buffered += chunk.length;
+      if (transient) this.transient = chunk;
+      if (this.waiter && this.buffered >= this.waiter.bytes) {
+        const { resolve } = this.waiter;
+        this.waiter = undefined;
+        resolve();
+      }
     }
     if (this.onData) this.onData();
     else if (this.buffered >= Inbound.PULL_BACKLOG_LIMIT && !this.waiter) this.source.pause();
+    if (this.transient) this.keepTransientRest();
   }
 
   /** No more bytes will come (socket ended, errored or timed out): fail any waiter. */
@@ -97,7 +136,11 @@ export class Inbound {
     if (first.length - this.head < bytes) {
       first = this.gather(bytes);
       this.skip(bytes);
-      if (this.head > 0) this.chunks[0] = this.chunks[0].subarray(this.head);
+      if (this.head > 0) {
+        const rest = this.chunks[0].subarray(this.head);
+        if (this.chunks[0] === this.transient) this.transient = rest;
+        this.chunks[0] = rest;
+      }
       this.chunks.unshift(first);
       this.head = 0;
       this.buffered += bytes;
@@ -105,7 +148,10 @@ export class Inbound {
     return { buf: first, at: this.head };
   }
 
-  /** Consume and return the first `bytes` (≤ available). */
+  /**
+   * Consume and return the first `bytes` (≤ available), valid only until
+   * control returns to the socket (it may lie in a transient view).
+   */
   take(bytes: number): Buffer {
     if (bytes === 0) return EMPTY;
     const first = this.chunks[0];
@@ -119,6 +165,34 @@ export class Inbound {
     return out;
   }
 
+  /**
+   * Consume the first `bytes` (≤ available) as a buffer the caller may keep:
+   * a subarray of an owned chunk, or else a copy from the pool (give it back
+   * with replyBuffers.release()).
+   */
+  takeToKeep(bytes: number): Buffer {
+    const first = this.chunks[0];
+    if (bytes > 0 && first !== this.transient && first.length - this.head >= bytes) return this.take(bytes);
+    const out = this.gather(bytes);
+    this.skip(bytes);
+    return out;
+  }
+
+  /**
+   * Collect the next `target.length` bytes into `target`: what is buffered
+   * now (all of it, which must be less than the target), then what arrives,
+   * copied straight in. `onFull` runs, from push(), once the target is full;
+   * bytes after it are buffered as usual.
+   */
+  fill(target: Buffer, onFull: () => void): void {
+    if (this.sink) throw new Error('Inbound.fill: a fill is already in progress');
+    if (this.buffered >= target.length) throw new Error('Inbound.fill: enough is buffered already; take it');
+    const filled = this.buffered;
+    this.copyOut(target, filled);
+    this.skip(filled);
+    this.sink = { target, filled, onFull };
+  }
+
   /** Drop `bytes`, including ones that have not arrived yet. */
   discard(bytes: number): void {
     const now = Math.min(bytes, this.buffered);
@@ -130,6 +204,11 @@ export class Inbound {
   private gather(bytes: number): Buffer {
     // Pooled: a large gathered WRITE payload is given back when the write settles (session.ts).
     const out = replyBuffers.acquire(bytes);
+    this.copyOut(out, bytes);
+    return out;
+  }
+
+  private copyOut(out: Buffer, bytes: number): void {
     let filled = 0;
     let start = this.head;
     for (const chunk of this.chunks) {
@@ -137,7 +216,17 @@ export class Inbound {
       filled += chunk.copy(out, filled, start, Math.min(chunk.length, start + bytes - filled));
       start = 0;
     }
-    return out;
+  }
+
+  /** The transient view is about to be reused: keep what is left of it in memory of our own. */
+  private keepTransientRest(): void {
+    const view = this.transient!;
+    this.transient = undefined;
+    const last = this.chunks.length - 1;
+    if (last < 0 || this.chunks[last] !== view) return; // consumed entirely
+    const from = last === 0 ? this.head : 0;
+    this.chunks[last] = Buffer.from(view.subarray(from));
+    if (last === 0) this.head = 0;
   }
 
   private skip(bytes: number): void {

@@ -14,6 +14,7 @@ import { logger, type Logger } from '../../common/log.js';
 import type { ExportProvider } from './export.js';
 import { negotiate } from './handshake.js';
 import { Inbound } from './inbound.js';
+import { adoptWithReadBuffer, READ_BUFFER_BYTES } from './read-buffer.js';
 import { DEFAULT_SESSION_LIMITS, Session, endGracefully, type SessionLimits } from './session.js';
 
 /** Hooks for metrics; each is optional and must not throw. */
@@ -133,7 +134,8 @@ export class NbdServer {
     if (this.closing) return Promise.reject(new Error('NBD server is closed'));
     // allowHalfOpen: a client's FIN must not close our side before the
     // replies to its in-flight requests are written; the session ends it.
-    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    // pauseOnConnect: nothing is read before accept() decides how to read.
+    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       start(server, () => {
@@ -145,7 +147,11 @@ export class NbdServer {
     });
   }
 
-  private accept(socket: Socket): void {
+  private accept(accepted: Socket): void {
+    let inbound!: Inbound;
+    const socket = adoptWithReadBuffer(accepted, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), (view) => inbound.push(view, true), { allowHalfOpen: true }) ?? accepted;
+    inbound = new Inbound(socket);
+    if (socket === accepted) socket.on('data', (chunk: Buffer) => inbound.push(chunk));
     const log = this.log.child({ conn: this.nextConnectionId++, peer: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix' });
     socket.on('error', (err) => log.debug({ err: err.message }, 'socket error'));
     if (this.closing || this.connections.size >= this.maxConnections) {
@@ -160,8 +166,6 @@ export class NbdServer {
     this.options.metrics?.onConnection?.(1);
     log.debug('connection accepted');
 
-    const inbound = new Inbound(socket);
-    socket.on('data', (chunk: Buffer) => inbound.push(chunk));
     socket.on('end', () => inbound.fail(new Error('client closed the connection')));
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     void closed.then(() => inbound.fail(new Error('connection closed')));

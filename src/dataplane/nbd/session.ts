@@ -234,11 +234,16 @@ export class Session {
           this.refusedWrite = { flags, cookieHigh, cookieLow, offset, length, refusal };
           continue;
         }
-        // Wait for the whole payload before starting the write.
-        if (inbound.available < REQUEST_HEADER_SIZE + length) break;
         inbound.take(REQUEST_HEADER_SIZE);
-        void this.execute(type, flags, cookieHigh, cookieLow, offset, length, inbound.take(length));
-        continue;
+        if (inbound.available >= length) {
+          void this.execute(type, flags, cookieHigh, cookieLow, offset, length, inbound.takeToKeep(length));
+          continue;
+        }
+        // The payload is still arriving: have it copied straight into its own
+        // buffer as it comes, and start the write once it is complete.
+        const payload = replyBuffers.acquire(length);
+        inbound.fill(payload, () => void this.execute(type, flags, cookieHigh, cookieLow, offset, length, payload));
+        break;
       }
       inbound.take(REQUEST_HEADER_SIZE);
       if (refusal !== undefined) this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
@@ -481,8 +486,9 @@ export class Session {
 
   /** The client half-closed: whatever it sent is all there is. */
   private readonly onEnd = (): void => {
-    if (this.phase === 'serving' && this.inbound.available > 0 && this.inbound.discarding === 0) {
-      this.log.debug({ bytes: this.inbound.available }, 'client closed mid-request; the partial request is ignored');
+    const partial = this.inbound.available + this.inbound.filling;
+    if (this.phase === 'serving' && partial > 0 && this.inbound.discarding === 0) {
+      this.log.debug({ bytes: partial }, 'client closed mid-request; the partial request is ignored');
     }
     this.drain();
   };

@@ -189,6 +189,68 @@ describe('nbd inbound buffer', () => {
     assert.equal(inbound.take(3).toString(), 'xyz');
   });
 
+  it('keeps what is left of a transient view once push() returns', () => {
+    const inbound = new Inbound(source);
+    const readBuffer = Buffer.from('HEAD0123');
+    inbound.onData = () => {
+      inbound.take(4);
+    };
+    inbound.push(readBuffer, true);
+    readBuffer.fill('#'); // the socket reuses its buffer for the next read
+    inbound.onData = undefined;
+    assert.equal(inbound.take(4).toString(), '0123');
+  });
+
+  it('keeps a transient rest that a straddling peek left behind', () => {
+    const inbound = new Inbound(source);
+    inbound.push(Buffer.from('ab'));
+    const readBuffer = Buffer.from('cdefgh');
+    inbound.onData = () => {
+      inbound.peek(4); // "ab" + "cd": gathered, and the read buffer's rest is re-sliced
+      inbound.take(4);
+    };
+    inbound.push(readBuffer, true);
+    readBuffer.fill('#');
+    inbound.onData = undefined;
+    assert.equal(inbound.take(4).toString(), 'efgh');
+  });
+
+  it('takeToKeep copies out of a transient view but not out of an owned chunk', () => {
+    const inbound = new Inbound(source);
+    const owned = Buffer.from('owned!');
+    inbound.push(owned);
+    assert.equal(inbound.takeToKeep(6).buffer, owned.buffer);
+    let kept: Buffer | undefined;
+    const readBuffer = Buffer.from('transient');
+    inbound.onData = () => {
+      kept = inbound.takeToKeep(9);
+    };
+    inbound.push(readBuffer, true);
+    readBuffer.fill('#');
+    assert.equal(kept!.toString(), 'transient');
+  });
+
+  it('fills a target from what is buffered and then straight from later pushes', () => {
+    const inbound = new Inbound(source);
+    inbound.push(Buffer.from('12'));
+    const target = Buffer.alloc(6);
+    let full = 0;
+    inbound.fill(target, () => full++);
+    assert.equal(inbound.available, 0);
+    assert.equal(inbound.filling, 4);
+    inbound.push(Buffer.from('34'), true);
+    assert.equal(full, 0);
+    inbound.push(Buffer.from('56NEXT'), true);
+    assert.equal(full, 1);
+    assert.equal(target.toString(), '123456');
+    assert.equal(inbound.filling, 0);
+    assert.equal(inbound.take(4).toString(), 'NEXT', 'bytes after the target are buffered as usual');
+    assert.throws(() => {
+      inbound.push(Buffer.from('xyz'));
+      inbound.fill(Buffer.alloc(2), () => undefined);
+    }, /enough is buffered/);
+  });
+
   it('resolves need() when enough arrives and rejects it when the stream fails', async () => {
     const inbound = new Inbound(source);
     const waiting = inbound.need(4);
