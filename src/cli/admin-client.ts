@@ -4,15 +4,25 @@
  * node's metadata store directly (which takes the data directory's lock, so
  * it can never race a torusd). Offline, deleting a volume only removes its
  * record: torusd frees the blocks at its next start.
+ *
+ * With an etcd configuration (-C) every operation goes to the cluster's
+ * catalog in etcd, never to a local socket or directory. A running torusd
+ * serves the volumes that existed when it started.
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { UsageError } from '../common/errors.js';
+import { ConflictError } from '../common/errors.js';
+import { readClusterBinding } from '../controlplane/membership/node-identity.js';
+import { DEFAULT_REPLICATION, initRing, type StoredRing } from '../controlplane/membership/ring-store.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
+import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
+import { openClusterStore } from './cluster-store.js';
+import type { EtcdConfig } from './common-flags.js';
 
 export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
   used?: number;
@@ -23,38 +33,67 @@ export class AdminClient {
   readonly dataDir: string;
   private readonly socket: string;
 
-  constructor(dataDir: string, private readonly keyFile?: string) {
+  constructor(
+    dataDir: string,
+    private readonly keyFile?: string,
+    readonly etcd?: EtcdConfig,
+  ) {
     this.dataDir = resolve(dataDir);
     this.socket = join(this.dataDir, 'torusd.sock');
   }
 
-  private async offline<T>(work: (catalog: VolumeCatalog) => Promise<T>): Promise<T> {
-    await mkdir(this.dataDir, { recursive: true });
-    const meta = await openEmbeddedMetadataStore(join(this.dataDir, 'meta'));
+  /** Where the metadata is, for messages: the etcd endpoints or the data directory. */
+  get where(): string {
+    return this.etcd ? `etcd ${this.etcd.endpoints}` : this.dataDir;
+  }
+
+  /** Through the running node's socket, unless we talk to a cluster's etcd. */
+  private online<T>(method: string, path: string, body?: unknown): Promise<T | undefined> {
+    return this.etcd ? Promise.resolve(undefined) : adminCall<T>(this.socket, method, path, body);
+  }
+
+  private async offline<T>(work: (catalog: VolumeCatalog, meta: MetadataStore) => Promise<T>): Promise<T> {
+    const meta = this.etcd ? await openClusterStore(this.etcd) : await this.openLocal();
     try {
-      return await work(new VolumeCatalog(meta));
+      return await work(new VolumeCatalog(meta), meta);
     } finally {
       await meta.close();
     }
   }
 
-  async init(blockSize: number | undefined): Promise<{ blockSize: number; created: boolean }> {
-    return this.offline(async (catalog) => {
+  private async openLocal(): Promise<MetadataStore> {
+    await mkdir(this.dataDir, { recursive: true });
+    const binding = await readClusterBinding(this.dataDir);
+    if (binding) {
+      throw new ConflictError(`data directory ${this.dataDir} belongs to a cluster: its volumes are in etcd; use -C ${binding.etcd}`);
+    }
+    return openEmbeddedMetadataStore(join(this.dataDir, 'meta'));
+  }
+
+  /**
+   * Write the settings (block size) once; on a cluster also the ring
+   * (version 1, ketama, no members, `replication` copies). Re-running
+   * completes a half-done init and changes nothing else.
+   */
+  async init(blockSize: number | undefined, replication?: number): Promise<{ blockSize: number; created: boolean; ring?: StoredRing }> {
+    return this.offline(async (catalog, meta) => {
       const wanted = blockSize ?? DEFAULT_BLOCK_SIZE;
       const existing = await catalog.settings();
-      if (existing) {
-        if (blockSize && existing.blockSize !== blockSize) {
-          throw new UsageError(`${this.dataDir} is already initialised with block size ${existing.blockSize}; it cannot change`);
-        }
-        return { blockSize: existing.blockSize, created: false };
+      if (existing && blockSize && existing.blockSize !== blockSize) {
+        throw new UsageError(`${this.where} is already initialised with block size ${existing.blockSize}; it cannot change`);
       }
-      await catalog.initSettings({ blockSize: wanted, createdAt: new Date().toISOString() });
-      return { blockSize: wanted, created: true };
+      const settings = existing ?? (await catalog.initSettings({ blockSize: wanted, createdAt: new Date().toISOString() }));
+      if (!this.etcd) return { blockSize: settings.blockSize, created: !existing };
+      const { ring, created: ringCreated } = await initRing(meta, { replication: replication ?? DEFAULT_REPLICATION });
+      if (!ringCreated && replication !== undefined && ring.description.replication !== replication) {
+        throw new UsageError(`${this.where} is already initialised with replication ${ring.description.replication}; change it with: torusctl ring set-replication ${replication}`);
+      }
+      return { blockSize: settings.blockSize, created: !existing || ringCreated, ring };
     });
   }
 
   async listVolumes(): Promise<VolumeRow[]> {
-    const online = await adminCall<VolumeStatus[]>(this.socket, 'GET', '/v1/volumes');
+    const online = await this.online<VolumeStatus[]>('GET', '/v1/volumes');
     if (online) return online;
     return this.offline(async (catalog) => (await catalog.list()).map(({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => row));
   }
@@ -63,7 +102,7 @@ export class AdminClient {
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) {
       throw new UsageError(`volume size must be a positive multiple of 4 KiB, got ${size} bytes`);
     }
-    const online = await adminCall<VolumeStatus>(this.socket, 'POST', '/v1/volumes', { name, size, encrypt });
+    const online = await this.online<VolumeStatus>('POST', '/v1/volumes', { name, size, encrypt });
     if (online) return online;
     return this.offline(async (catalog) => {
       const settings =
@@ -81,7 +120,7 @@ export class AdminClient {
   }
 
   async deleteVolume(name: string): Promise<{ online: boolean }> {
-    const online = await adminCall(this.socket, 'DELETE', `/v1/volumes/${encodeURIComponent(name)}`);
+    const online = await this.online('DELETE', `/v1/volumes/${encodeURIComponent(name)}`);
     if (online) return { online: true };
     await this.offline((catalog) => catalog.remove(name));
     return { online: false };
@@ -91,3 +130,4 @@ export class AdminClient {
     return adminCall(this.socket, 'GET', '/v1/status');
   }
 }
+

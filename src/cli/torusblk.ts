@@ -6,6 +6,7 @@
 import { UsageError } from '../common/errors.js';
 import { runMain } from './args.js';
 import { dispatch, type Command } from './commands.js';
+import { etcdFlags } from './common-flags.js';
 import { volumeCommands } from './volume-commands.js';
 
 const commands: Command[] = [
@@ -17,7 +18,7 @@ const commands: Command[] = [
       summary: 'attach a volume through the kernel NBD client',
       positionals: ['VOLUME', '[DEVICE]'],
       minPositionals: 1,
-      flags: {},
+      flags: { ...etcdFlags },
     },
     async run() {
       throw new UsageError('attaching through the kernel needs a cluster client (not in this release); meanwhile: nbd-client -N VOLUME 127.0.0.1 10809 /dev/nbd0, with torusd running');

@@ -1,29 +1,38 @@
-/** torusctl: administer a Torus node (volumes, cluster settings, status). */
+/** torusctl: administer Torus: volumes, cluster settings and membership, node status. */
 import { formatSize } from '../common/size.js';
 import { AdminClient } from './admin-client.js';
-import { runMain } from './args.js';
+import { ArgumentError, runMain } from './args.js';
+import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
-import { dataDirFlag } from './common-flags.js';
+import { dataDirFlag, etcdConfigOf, etcdFlags } from './common-flags.js';
 import { volumeCommands } from './volume-commands.js';
 
 const commands: Command[] = [
   {
     words: ['init'],
     spec: {
-      usage: 'init [--block-size SIZE]',
-      summary: 'initialise cluster settings (block size) in the metadata store',
+      usage: 'init [--block-size SIZE] [-C ETCD [--replication N]]',
+      summary: 'initialise settings: block size; with -C, the cluster in etcd and its ring (replication)',
       flags: {
         'data-dir': dataDirFlag,
         'block-size': { type: 'size', help: 'block size for every volume (default 64KiB)' },
+        replication: { type: 'integer', help: 'with -C: copies of each block the ring asks for (default 2)' },
+        ...etcdFlags,
       },
     },
     async run(args) {
-      const admin = new AdminClient(args.values['data-dir'] as string);
-      const { blockSize, created } = await admin.init(args.values['block-size'] as number | undefined);
-      process.stdout.write(`${created ? 'initialised' : 'already initialised'}: ${admin.dataDir} (block size ${formatSize(blockSize)})\n`);
+      const etcd = etcdConfigOf(args.values);
+      const replication = args.values.replication as number | undefined;
+      if (replication !== undefined && !etcd) throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
+      if (replication !== undefined && replication < 1) throw new ArgumentError(`--replication: expected a whole number ≥ 1, got ${replication}`);
+      const admin = new AdminClient(args.values['data-dir'] as string, undefined, etcd);
+      const { blockSize, created, ring } = await admin.init(args.values['block-size'] as number | undefined, replication);
+      const ringText = ring ? `, ${ring.description.type} ring version ${ring.description.version}, replication ${ring.description.replication}` : '';
+      process.stdout.write(`${created ? 'initialised' : 'already initialised'}: ${admin.where} (block size ${formatSize(blockSize)}${ringText})\n`);
     },
   },
   ...volumeCommands('create-block'),
+  ...clusterCommands(),
   {
     words: ['status'],
     spec: { usage: 'status', summary: 'show the running node\'s store, cache and volumes', flags: { 'data-dir': dataDirFlag } },

@@ -4,11 +4,22 @@
  * answers torusctl on <data-dir>/torusd.sock, and, with --port, serves
  * /metrics and /healthz over HTTP.
  *
+ * With --etcd (or TORUS_ETCD) the node is a cluster member: volume records
+ * live in etcd, and the node registers itself (uuid from the data dir,
+ * --peer-address), heartbeats under a lease and watches peers and the ring;
+ * --auto-join adds it to the ring. Without, the single-node store in
+ * <data-dir>/meta holds the metadata.
+ *
  * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded),
  * commit everything acknowledged, exit 0. A second signal exits at once.
  */
+import { readFileSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join, resolve } from 'node:path';
+import { DirectoryLock } from '../controlplane/metadata/embedded/dir-lock.js';
+import type { MetadataStore } from '../controlplane/metadata/store.js';
+import { ClusterMember, prepareClusterDataDir } from '../node/cluster-member.js';
 import { logger } from '../common/log.js';
 import { formatSize, parseSize } from '../common/size.js';
 import { NbdServer } from '../dataplane/nbd/server.js';
@@ -18,7 +29,8 @@ import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, StorageNode } from '../node/storage-node.js';
 import { ArgumentError, helpText, parseCommand, runMain, type Address, type CommandSpec } from './args.js';
-import { DEFAULT_NBD_ADDR, dataDirFlag, keyFileFlag } from './common-flags.js';
+import { openClusterStore } from './cluster-store.js';
+import { DEFAULT_NBD_ADDR, DEFAULT_PEER_ADDRESS, dataDirFlag, etcdConfigOf, etcdFlags, keyFileFlag, type EtcdConfig } from './common-flags.js';
 
 const spec: CommandSpec = {
   usage: 'torusd [flags]',
@@ -35,6 +47,14 @@ const spec: CommandSpec = {
     workers: { type: 'integer', help: 'data-plane worker threads (default: one per core, at most 4)' },
     'key-file': keyFileFlag,
     'ensure-volume': { type: 'string', help: 'create volume NAME=SIZE at start if it does not exist (e.g. default=1GiB)' },
+    ...etcdFlags,
+    'peer-address': {
+      type: 'string',
+      help: 'URL other nodes reach this node at, registered in etcd (needs --etcd; not listened on yet)',
+      default: DEFAULT_PEER_ADDRESS,
+      env: 'TORUS_PEER_ADDRESS',
+    },
+    'auto-join': { type: 'boolean', help: 'add this node to the ring at start if it is not a member (needs --etcd)' },
   },
 };
 
@@ -48,23 +68,37 @@ export async function main(argv: string[]): Promise<number> {
   const dataDir = resolve(v['data-dir'] as string);
   const nbdAddress = v.nbd as Address;
   const ensure = parseEnsureVolume(v['ensure-volume'] as string | undefined);
+  const etcd = etcdConfigOf(v);
+  const peerAddress = parsePeerAddress(v['peer-address'] as string);
+  if (v['auto-join'] && !etcd) throw new ArgumentError('--auto-join needs --etcd (a single node has no ring)');
   const log = logger('torusd');
   const metrics = new NodeMetrics();
 
-  const node = await StorageNode.open({
-    dataDir,
-    capacityBytes: v.size as number | undefined,
-    blockSize: v['block-size'] as number | undefined,
-    cacheBytes: v['cache-size'] as number | undefined,
-    workers: (v.workers as number | undefined) || undefined,
-    keyFile: v['key-file'] as string | undefined,
-    metrics,
-    log: logger('node'),
-  });
-  const closers: (() => Promise<void>)[] = [() => node.close()];
+  // Closed in reverse order: the cluster store and the directory lock last.
+  const closers: (() => Promise<void>)[] = [];
   const closeAll = async () => {
     for (const close of closers.reverse()) await close().catch((err) => log.error({ err: String(err) }, 'shutdown step failed'));
   };
+  let cluster: { meta: MetadataStore; uuid: string; newNode: boolean } | undefined;
+  let node: StorageNode;
+  try {
+    if (etcd) cluster = await openCluster(etcd, dataDir, closers);
+    node = await StorageNode.open({
+      dataDir,
+      capacityBytes: v.size as number | undefined,
+      blockSize: v['block-size'] as number | undefined,
+      cacheBytes: v['cache-size'] as number | undefined,
+      workers: (v.workers as number | undefined) || undefined,
+      keyFile: v['key-file'] as string | undefined,
+      metrics,
+      log: logger('node'),
+      meta: cluster?.meta,
+    });
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+  closers.push(() => node.close());
   try {
     if (ensure && !(await node.listVolumes()).some((vol) => vol.name === ensure.name)) {
       await node.createVolume(ensure.name, ensure.size);
@@ -81,13 +115,40 @@ export async function main(argv: string[]): Promise<number> {
       http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({ ok: true, detail: node.status() }));
       closers.push(() => closeServer(http!));
     }
+    let member: ClusterMember | undefined;
+    if (cluster && etcd) {
+      member = await ClusterMember.join({
+        meta: cluster.meta,
+        uuid: cluster.uuid,
+        address: peerAddress,
+        usage: () => {
+          const { capacity, used } = node.status();
+          return { capacity, used };
+        },
+        version: packageVersion(),
+        autoJoin: Boolean(v['auto-join']),
+        log: logger('membership'),
+      });
+      const joined = member;
+      closers.push(() => joined.stop()); // first to run: the node leaves the cluster before it drains
+      node.clusterStatus = () => ({ etcd: etcd.endpoints, ...joined.status() });
+    }
     const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
     const volumes = node.list();
     log.info({ nbd: `${host}:${bound.port}`, unix: unixPath || undefined, http: v.port !== undefined ? `${v.host}:${v.port}` : undefined, volumes: volumes.map((e) => e.name) }, 'torusd serving');
     process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
     for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
     if (volumes.length > 0) process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
-    else process.stdout.write(`no volumes yet: torusctl --data-dir ${dataDir} volume create-block NAME SIZE\n`);
+    else process.stdout.write(`no volumes yet: torusctl ${etcd ? `-C ${etcd.endpoints}` : `--data-dir ${dataDir}`} volume create-block NAME SIZE\n`);
+    if (member && etcd) {
+      const ring = member.ring();
+      process.stdout.write(
+        `node ${member.uuid}${cluster!.newNode ? ' (new)' : ''} registered as ${peerAddress} in etcd ${etcd.endpoints}; ` +
+          (member.memberStatus === 'OK'
+            ? `a member of ring version ${ring?.version}\n`
+            : `not in the ring (version ${ring?.version}) yet: torusctl -C ${etcd.endpoints} peer add ${member.uuid}\n`),
+      );
+    }
   } catch (err) {
     await closeAll();
     throw err;
@@ -109,6 +170,45 @@ export async function main(argv: string[]): Promise<number> {
   });
   log.info('stopped');
   return 0;
+}
+
+/**
+ * Connect to the cluster, lock the data directory (the same lock the
+ * single-node store takes, <data-dir>/meta/LOCK, so no two processes of
+ * either kind share a directory) and prepare it for membership.
+ */
+async function openCluster(etcd: EtcdConfig, dataDir: string, closers: (() => Promise<void>)[]) {
+  const meta = await openClusterStore(etcd);
+  closers.push(() => meta.close());
+  const lockDir = join(dataDir, 'meta');
+  await mkdir(lockDir, { recursive: true });
+  const lock = await DirectoryLock.acquire(lockDir, logger('torusd'));
+  closers.push(() => lock.release());
+  const prepared = await prepareClusterDataDir(meta, dataDir, etcd.endpoints);
+  return { meta, ...prepared };
+}
+
+/** http(s)://host[:port], as peers will dial it; exits 2 naming the flag otherwise. */
+function parsePeerAddress(text: string): string {
+  let url: URL | undefined;
+  try {
+    url = new URL(text);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname || (url.pathname !== '/' && url.pathname !== '') || url.search || url.username) {
+    throw new ArgumentError(`--peer-address: expected a URL like http://10.0.0.5:40000, got "${text}"`);
+  }
+  return url.origin;
+}
+
+function packageVersion(): string {
+  try {
+    // dist/src/cli/torusd.js → the project's package.json
+    return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
 }
 
 function parseEnsureVolume(text: string | undefined): { name: string; size: number } | undefined {

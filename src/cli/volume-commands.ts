@@ -3,10 +3,11 @@ import { parseSize } from '../common/size.js';
 import { AdminClient } from './admin-client.js';
 import { ArgumentError, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
-import { dataDirFlag, keyFileFlag, outputFlag } from './common-flags.js';
+import { dataDirFlag, etcdConfigOf, etcdFlags, keyFileFlag, outputFlag } from './common-flags.js';
 
+/** With -C/--etcd (or TORUS_ETCD) the cluster's catalog in etcd; otherwise the node in --data-dir. */
 function client(args: Parsed): AdminClient {
-  return new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined);
+  return new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined, etcdConfigOf(args.values));
 }
 
 function sizeArgument(text: string): number {
@@ -37,6 +38,7 @@ export function volumeCommands(createWord: string): Command[] {
           encrypt: { type: 'boolean', help: 'encrypt the volume at rest (AES-256-GCM, key wrapped by the master key)' },
           'key-file': keyFileFlag,
           output: outputFlag,
+          ...etcdFlags,
         },
       },
       async run(args) {
@@ -53,7 +55,7 @@ export function volumeCommands(createWord: string): Command[] {
       spec: {
         usage: 'volume list [-o json]',
         summary: 'list volumes with size, space used and open connections',
-        flags: { 'data-dir': dataDirFlag, output: outputFlag },
+        flags: { 'data-dir': dataDirFlag, output: outputFlag, ...etcdFlags },
       },
       async run(args) {
         const format = outputFormat(args);
@@ -77,7 +79,7 @@ export function volumeCommands(createWord: string): Command[] {
         usage: 'volume delete NAME',
         summary: 'delete a volume and free its blocks (refused while a client has it open)',
         positionals: ['NAME'],
-        flags: { 'data-dir': dataDirFlag },
+        flags: { 'data-dir': dataDirFlag, ...etcdFlags },
       },
       async run(args) {
         const [name] = args.positionals;

@@ -17,6 +17,7 @@ import { logger, type Logger } from '../common/log.js';
 import { formatSize } from '../common/size.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
+import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { refKey } from '../dataplane/blocks/ref.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
@@ -49,6 +50,11 @@ export interface StorageNodeOptions {
   keyFile?: string;
   metrics?: NodeMetrics;
   log?: Logger;
+  /**
+   * An open metadata store to use (a cluster's etcd) instead of the embedded
+   * one in <data-dir>/meta. The caller keeps it: close() leaves it open.
+   */
+  meta?: MetadataStore;
 }
 
 export interface VolumeStatus {
@@ -68,6 +74,8 @@ export class StorageNode implements ExportProvider {
   /** Volumes present in metadata that could not be loaded, and why. */
   private readonly unavailable = new Map<string, string>();
   private closing = false;
+  /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
+  clusterStatus: (() => Record<string, unknown>) | undefined;
 
   private constructor(
     readonly dataDir: string,
@@ -80,13 +88,15 @@ export class StorageNode implements ExportProvider {
     private readonly keys: KeyRing,
     private readonly metrics: NodeMetrics | undefined,
     private readonly log: Logger,
+    private readonly ownsMeta: boolean,
   ) {}
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
     const log = options.log ?? logger('node');
     await mkdir(options.dataDir, { recursive: true });
-    const meta = await openEmbeddedMetadataStore(join(options.dataDir, 'meta'));
+    const meta = options.meta ?? (await openEmbeddedMetadataStore(join(options.dataDir, 'meta')));
     try {
+      if (!options.meta) await refuseClusterDataDir(options.dataDir);
       const catalog = new VolumeCatalog(meta);
       const settings = await catalog.initSettings({
         blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE,
@@ -112,7 +122,7 @@ export class StorageNode implements ExportProvider {
         options.workers,
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
-      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log);
+      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta);
       await node.loadVolumes();
       node.registerGauges();
       log.info(
@@ -121,7 +131,7 @@ export class StorageNode implements ExportProvider {
       );
       return node;
     } catch (err) {
-      await meta.close();
+      if (!options.meta) await meta.close();
       throw err;
     }
   }
@@ -299,6 +309,7 @@ export class StorageNode implements ExportProvider {
       cache: { size: this.cache.slotCount * this.cache.blockSize, dirty: this.cache.dirtySlots * this.cache.blockSize, hits: this.cache.hits, misses: this.cache.misses },
       volumes: this.volumes.size,
       unavailable: Object.fromEntries(this.unavailable),
+      ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
     };
   }
 
@@ -324,6 +335,18 @@ export class StorageNode implements ExportProvider {
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
     await this.pool.close();
     await this.store.close();
-    await this.meta.close();
+    if (this.ownsMeta) await this.meta.close();
+  }
+}
+
+/**
+ * A directory that joined a cluster keeps its volumes' records in that
+ * cluster's etcd: opened on the single-node store, the start-up sweep would
+ * find none of them and free every block.
+ */
+async function refuseClusterDataDir(dataDir: string): Promise<void> {
+  const binding = await readClusterBinding(dataDir);
+  if (binding) {
+    throw new ConflictError(`data directory ${dataDir} belongs to a cluster (joined through etcd ${binding.etcd}): give --etcd ${binding.etcd}, or use another --data-dir for a single node`);
   }
 }

@@ -63,9 +63,9 @@ export function checkRing(ring: RingDescription): void {
     if (typeof m?.uuid !== 'string' || !UUID_PATTERN.test(m.uuid)) throw bad(`member uuid ${JSON.stringify(m?.uuid)} is not a uuid`);
     if (seen.has(m.uuid)) throw bad(`member ${m.uuid} appears twice`);
     seen.add(m.uuid);
-    if (!Number.isSafeInteger(m.weight) || m.weight < 1) throw bad(`member ${m.uuid} has weight ${m.weight}; expected a whole number ≥ 1`);
+    // Relative weights (../ring/ring.ts); this module writes whole byte counts.
+    if (typeof m.weight !== 'number' || !Number.isFinite(m.weight) || m.weight <= 0) throw bad(`member ${m.uuid} has weight ${m.weight}; expected a positive number`);
   }
-  if (ring.type === 'single' && ring.members.length > 1) throw bad(`a 'single' ring has at most one member, got ${ring.members.length}`);
 }
 
 export function checkReplication(replication: number): void {
