@@ -39,3 +39,14 @@ export function checkedCopy(description: RingDescription): RingDescription {
   });
   return Object.freeze({ version, type, replication, members: Object.freeze(copy) as RingDescription['members'] });
 }
+
+/**
+ * A block's placement inputs are non-negative safe integers (ref.ts): a
+ * fraction or a negative number is a caller's bug, and would otherwise be
+ * placed somewhere quietly (the hash reads whole u32 halves).
+ */
+export function checkBlock(volumeId: number, index: number): void {
+  if (!(Number.isSafeInteger(volumeId) && volumeId >= 0 && Number.isSafeInteger(index) && index >= 0)) {
+    throw new RangeError(`cannot place block ${index} of volume ${volumeId}: both must be non-negative integers`);
+  }
+}

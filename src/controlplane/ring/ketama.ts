@@ -44,12 +44,12 @@
  */
 import type { BlockRef } from '../../dataplane/blocks/ref.js';
 import { blockPoint, xxh32 } from './hash.js';
-import { checkedCopy } from './description.js';
+import { checkBlock, checkedCopy } from './description.js';
 import { RingDescriptionError, type IndexedRing, type RingDescription } from './ring.js';
 
 /** Points per `base` of weight: the smallest member gets 512–1023 (README.md: balance). */
 export const POINTS_PER_BASE = 512;
-/** At most this many points in a ring (about 6 bytes each, built in ~0.1 s per million). */
+/** At most this many points in a ring: 6 bytes each, 0.2–0.6 s to build at the cap (README.md). */
 export const MAX_POINTS = 1 << 20;
 /** Fewest points any member gets, however small its weight. */
 export const MIN_POINTS = 16;
@@ -173,6 +173,7 @@ export class KetamaRing implements IndexedRing {
     const want = Math.min(count, this.members.length);
     if (!(want >= 0) || !Number.isInteger(count)) throw new RangeError(`placement count must be a non-negative integer, not ${count}`);
     if (out.length < want) throw new RangeError(`placement of ${want} members into an array of ${out.length}`);
+    checkBlock(volumeId, index);
     if (want === 0) return 0;
     const total = this.points.length;
     let i = this.firstPointAtOrAfter(blockPoint(volumeId, index));

@@ -58,9 +58,9 @@ export interface IndexedRing extends Ring {
   /**
    * `placement` for block (volumeId, index) of any generation, as indexes
    * into `members`, most preferred first, written to `out[0..n)`; returns n =
-   * min(count, members.length). Throws RangeError if count is not a
-   * non-negative integer or `out` is shorter than n. Not reentrant per ring,
-   * which synchronous JavaScript cannot be anyway.
+   * min(count, members.length). Throws RangeError if count, volumeId or
+   * index is not a non-negative integer, or `out` is shorter than n. Not
+   * reentrant per ring, which synchronous JavaScript cannot be anyway.
    */
   placeInto(volumeId: number, index: number, count: number, out: Uint32Array): number;
 }

@@ -3,7 +3,7 @@
  * every block; there is nothing to hash.
  */
 import type { BlockRef } from '../../dataplane/blocks/ref.js';
-import { checkedCopy } from './description.js';
+import { checkBlock, checkedCopy } from './description.js';
 import { RingDescriptionError, type IndexedRing, type RingDescription } from './ring.js';
 
 export class SingleRing implements IndexedRing {
@@ -19,16 +19,18 @@ export class SingleRing implements IndexedRing {
     this.members = Object.freeze([this.description.members[0].uuid]);
   }
 
-  placeInto(_volumeId: number, _index: number, count: number, out: Uint32Array): number {
+  placeInto(volumeId: number, index: number, count: number, out: Uint32Array): number {
     if (!Number.isInteger(count) || count < 0) throw new RangeError(`placement count must be a non-negative integer, not ${count}`);
+    checkBlock(volumeId, index);
     if (count === 0) return 0;
     if (out.length < 1) throw new RangeError('placement of 1 member into an array of 0');
     out[0] = 0;
     return 1;
   }
 
-  placement(_ref: BlockRef, count: number): string[] {
+  placement(ref: BlockRef, count: number): string[] {
     if (!Number.isInteger(count) || count < 0) throw new RangeError(`placement count must be a non-negative integer, not ${count}`);
+    checkBlock(ref.volumeId, ref.index);
     return count === 0 ? [] : [this.members[0]];
   }
 }
