@@ -19,7 +19,7 @@ export type { IndexedRing, Ring, RingDescription, RingMember, RingType } from '.
  * The ring a description describes: 'ketama' for a cluster, 'single' for one
  * node. Throws RingDescriptionError for an unknown type or a description that
  * cannot be placed on (duplicate uuids, non-positive weights, a 'single' ring
- * without exactly one member, ...). The ring keeps a frozen copy of the
+ * with more than one member, ...). A ring without members places nowhere. The ring keeps a frozen copy of the
  * description; later changes to the argument do not affect it.
  */
 export function buildRing(description: RingDescription): IndexedRing {

@@ -344,7 +344,7 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
 });
 
 describe('buildRing', () => {
-  test("a 'single' ring puts everything on its one member", () => {
+  test("a 'single' ring puts everything on its one member (none before it joins; two is an error)", () => {
     const ring = buildRing({ version: 3, type: 'single', replication: 1, members: [{ uuid: 'only', weight: 2 ** 32 }] });
     assert.ok(ring instanceof SingleRing);
     assert.deepEqual(ring.placement({ volumeId: 1, generation: 2, index: 3 }, 3), ['only']);
@@ -352,9 +352,14 @@ describe('buildRing', () => {
     const out = new Uint32Array(1);
     assert.equal(ring.placeInto(9, 9, 2, out), 1);
     assert.equal(ring.members[out[0]], 'only');
-    for (const members of [[], [{ uuid: 'a', weight: 1 }, { uuid: 'b', weight: 1 }]]) {
-      assert.throws(() => buildRing({ version: 1, type: 'single', replication: 1, members }), RingDescriptionError);
-    }
+    const unjoined = buildRing({ version: 1, type: 'single', replication: 1, members: [] });
+    assert.deepEqual(unjoined.placement({ volumeId: 1, generation: 2, index: 3 }, 3), []);
+    assert.equal(unjoined.placeInto(1, 3, 3, out), 0);
+    const two = [
+      { uuid: 'a', weight: 1 },
+      { uuid: 'b', weight: 1 },
+    ];
+    assert.throws(() => buildRing({ version: 1, type: 'single', replication: 1, members: two }), /at most one member/);
   });
 
   test('rejects descriptions placement cannot use, naming the field', () => {
