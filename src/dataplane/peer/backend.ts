@@ -1,0 +1,79 @@
+/**
+ * The contract between the peer protocol and a node's storage. The server
+ * (server.ts, grpc.ts) validates and decodes; a backend only ever sees
+ * well-formed blocks and refs. PeerClient offers the same four block
+ * operations (PeerBlockStore) against a remote node, so a replication layer
+ * can treat a local store and a peer alike, and tests can stack a fault layer
+ * over either.
+ *
+ * Errors a backend throws are turned into wire statuses in one place
+ * (wire.ts statusOfError): ChecksumError → CHECKSUM, StoreFullError or
+ * ENOSPC → NO_SPACE, IoError EINVAL → BAD_REQUEST, IoError ESHUTDOWN →
+ * SHUTTING_DOWN, anything else → INTERNAL (logged with the peer's address).
+ */
+import type { BlockRef } from '../blocks/ref.js';
+import type { ListedBlock, WireBlock } from './wire.js';
+
+export type { ListedBlock, WireBlock };
+
+/** The block operations a node offers to its peers. */
+export interface PeerBlockStore {
+  /**
+   * Store a batch of blocks.
+   *
+   * - Every block's xxh64 is checked against `hashLo/hashHi` before it is
+   *   stored; a mismatch rejects with ChecksumError and that block is never
+   *   stored. (Where the hashing runs is the backend's choice: the on-disk
+   *   backend should do it in the pool workers, off the main thread.)
+   * - A rejected batch may have stored some of its other blocks (each one
+   *   whole and verified); the sender retries the batch. Storing a ref that
+   *   is already held replaces it: refs are never reused for other content,
+   *   so a replacement is a retry of the same bytes.
+   * - Resolving means stored as durably as the backend's own writes are
+   *   (the on-disk store: written, synced with its next sync()).
+   * - On the server, `nonce`, `tag` and `data` are views into the received
+   *   frame, whose memory is reused once the promise settles: copy what you
+   *   keep; do not hold them afterwards.
+   */
+  putBlocks(blocks: readonly WireBlock[]): Promise<void>;
+
+  /**
+   * The block, or undefined when it is not held. The bytes are sent as they
+   * are (no verification on the way out: the receiver checks the hash) and
+   * must not change until the reply has been written; a backend that reuses
+   * memory copies into a fresh buffer first.
+   */
+  getBlock(ref: BlockRef): Promise<WireBlock | undefined>;
+
+  /** One answer per ref, in order: is the block held. */
+  hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]>;
+
+  /** Drop the blocks (GC, rebalance); refs not held are ignored. Resolves with how many were dropped. */
+  deleteBlocks(refs: readonly BlockRef[]): Promise<number>;
+}
+
+/** What a node says about itself (gRPC Info). */
+export interface PeerNodeInfo {
+  /** The node's UUID, as in the ring. */
+  uuid: string;
+  capacityBytes: number;
+  usedBytes: number;
+  /** Blocks held. */
+  blocks: number;
+}
+
+export interface ListBlocksFilter {
+  /** Only blocks of this volume. */
+  volumeId?: number;
+}
+
+/** What a PeerServer serves from: the block operations, plus what only the local node can answer. */
+export interface PeerBlockBackend extends PeerBlockStore {
+  info(): PeerNodeInfo;
+  /**
+   * Every held block (or every block of one volume), for rebalance and GC.
+   * Blocks stored or dropped while the listing runs may or may not appear;
+   * each held block that stays held throughout appears exactly once.
+   */
+  listBlocks(filter: ListBlocksFilter): AsyncIterable<ListedBlock>;
+}

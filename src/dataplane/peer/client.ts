@@ -1,0 +1,552 @@
+/**
+ * PeerClient: one node's TBP connection to one peer.
+ *
+ * Contract:
+ * - Lazy: the first request connects (TCP, then HELLO with our cluster and
+ *   node id; the peer's answer is checked the same way). Requests made
+ *   meanwhile wait for it. A connection that is lost is re-made by the next
+ *   request; after a failed attempt, requests fail fast with
+ *   PeerUnavailableError until a backoff (50 ms doubling to 2 s) has passed,
+ *   so a down peer is not hammered with connection attempts.
+ * - Pipelined: every request is written at once, with an id; replies are
+ *   matched by id in whatever order they come.
+ * - Deadlines: every request has one (getTimeoutMs, putTimeoutMs,
+ *   timeoutMs, or its own); past it, the request rejects with
+ *   PeerTimeoutError and a late reply is dropped. A timeout alone does not
+ *   close the connection: a slow disk on the peer is not a dead peer. The
+ *   connection is closed (everything outstanding rejects with
+ *   PeerUnavailableError) only when it is clearly dead: a request has timed
+ *   out, and not one byte has come from the peer for deadAfterMs, although a
+ *   PING (answered by the peer without touching storage) was sent when the
+ *   first request timed out. A frozen peer (SIGSTOP, a hung host: no reset,
+ *   just silence) is found this way, by time, not by TCP.
+ * - Errors are PeerError subclasses (errors.ts) with a `retryable` marker.
+ *
+ * Hot path: small frames (GET, HAS, DELETE, PING, PUT descriptors) are
+ * encoded into the connection's outbound slab (outbound.ts), so a GET costs
+ * no buffer of its own and every request made in one tick leaves in one
+ * writev; block data is sent from the caller's buffers, never copied. The
+ * caller must not change a block's bytes until its put settles (if it does
+ * anyway, the peer's hash check refuses the block with CHECKSUM). Deadlines
+ * are checked by one timer per client, not one per request.
+ */
+import { connect, type Socket } from 'node:net';
+import { logger, type Logger } from '../../common/log.js';
+import type { BlockRef } from '../blocks/ref.js';
+import type { PeerBlockStore } from './backend.js';
+import {
+  PeerIdentityError,
+  PeerProtocolError,
+  PeerTimeoutError,
+  PeerUnavailableError,
+  PeerWrongClusterError,
+  type PeerError,
+  statusError,
+} from './errors.js';
+import { FrameReader } from './frame-reader.js';
+import { Outbound, SLAB_SIZE } from './outbound.js';
+import {
+  BLOCK_DESCRIPTOR_SIZE,
+  GET_BLOCK_FRAME_SIZE,
+  HEADER_SIZE,
+  MAX_BATCH_REFS,
+  OP_DELETE_BLOCKS,
+  OP_GET_BLOCK,
+  OP_HAS_BLOCKS,
+  OP_HELLO,
+  OP_PING,
+  OP_PUT_BLOCKS,
+  PUT_BLOCKS_HEAD_SIZE,
+  STATUS_NOT_FOUND,
+  STATUS_OK,
+  STATUS_WRONG_CLUSTER,
+  checkFrameHeader,
+  checkPutBatch,
+  decodeBitmapReply,
+  decodeBlockReply,
+  decodeCountReply,
+  decodeErrorMessage,
+  decodeHello,
+  encodeBlockDescriptor,
+  encodeEmptyFrame,
+  encodeGetBlock,
+  encodeHello,
+  encodePutBlocksHead,
+  encodeRefsFrame,
+  headerOpcode,
+  headerPayloadLength,
+  headerRequestId,
+  headerStatus,
+  opName,
+  type WireBlock,
+} from './wire.js';
+
+export interface PeerClientOptions {
+  host: string;
+  port: number;
+  /** Our cluster; the peer must say the same in its HELLO. */
+  clusterId: string;
+  /** Our node id, sent in HELLO. */
+  nodeId: string;
+  /** The peer's node id, if known (from the ring): a peer that says otherwise is refused (PeerIdentityError). */
+  expectedNodeId?: string;
+  /** TCP connect plus HELLO must finish within this. Default 1000 ms. */
+  connectTimeoutMs?: number;
+  /** Deadline of getBlock. Default 1000 ms. */
+  getTimeoutMs?: number;
+  /** Deadline of putBlocks (a batch may be 16 MiB). Default 5000 ms. */
+  putTimeoutMs?: number;
+  /** Deadline of hasBlocks, deleteBlocks, ping. Default 2000 ms. */
+  timeoutMs?: number;
+  /** Silence after a timed-out request that declares the connection dead. Default 2000 ms. */
+  deadAfterMs?: number;
+  /** Backoff after a failed connection attempt: first and longest wait. Default 50 and 2000 ms. */
+  reconnectBackoffMs?: { min: number; max: number };
+  log?: Logger;
+}
+
+export interface RequestOptions {
+  /** This request's deadline, replacing the default for its kind. */
+  timeoutMs?: number;
+}
+
+/** What the peer said in its HELLO. */
+export interface PeerIdentity {
+  clusterId: string;
+  nodeId: string;
+}
+
+interface Pending {
+  id: number;
+  op: number;
+  /** performance.now() by which a reply must have come. */
+  deadline: number;
+  timeoutMs: number;
+  /** When it was written (0 while queued for the connection). */
+  sentAt: number;
+  /** What to send: a ref, refs, blocks, or nothing. */
+  arg: unknown;
+  resolve: (value: never) => void;
+  reject: (err: Error) => void;
+}
+
+interface Connection {
+  socket: Socket;
+  out: Outbound;
+  reader: FrameReader;
+  ready: boolean;
+  helloId: number;
+  connectTimer: NodeJS.Timeout | undefined;
+}
+
+export class PeerClient implements PeerBlockStore {
+  /** host:port, as errors and logs name the peer. */
+  readonly peer: string;
+  private readonly log: Logger;
+  private readonly connectTimeoutMs: number;
+  private readonly getTimeoutMs: number;
+  private readonly putTimeoutMs: number;
+  private readonly timeoutMs: number;
+  private readonly deadAfterMs: number;
+  private readonly backoff: { min: number; max: number };
+  private readonly tickMs: number;
+
+  private conn: Connection | undefined;
+  /** Every request not yet answered, sent or still queued for the connection. */
+  private readonly pending = new Map<number, Pending>();
+  /** Requests made while connecting, in order. */
+  private queue: Pending[] = [];
+  private nextId = 1;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+
+  private backoffMs = 0;
+  private retryAt = 0;
+  private lastFailure = '';
+
+  private timer: NodeJS.Timeout | undefined;
+  private nextDeadline = Infinity;
+  private lastHeardAt = 0;
+  /** A request timed out with nothing heard since it was sent. */
+  private suspect = false;
+  private probeOut = false;
+
+  /** The peer's HELLO on the current connection. */
+  identity: PeerIdentity | undefined;
+  /** Replies that came after their request had timed out (dropped). */
+  lateReplies = 0;
+
+  constructor(private readonly options: PeerClientOptions) {
+    this.peer = `${options.host}:${options.port}`;
+    this.log = (options.log ?? logger('peer-client')).child({ peer: this.peer });
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 1000;
+    this.getTimeoutMs = options.getTimeoutMs ?? 1000;
+    this.putTimeoutMs = options.putTimeoutMs ?? 5000;
+    this.timeoutMs = options.timeoutMs ?? 2000;
+    this.deadAfterMs = options.deadAfterMs ?? 2000;
+    this.backoff = options.reconnectBackoffMs ?? { min: 50, max: 2000 };
+    // Deadline checks run this often while requests are outstanding: within
+    // 5% of the shortest default deadline, at most every 5 ms.
+    this.tickMs = Math.max(5, Math.min(50, Math.min(this.getTimeoutMs, this.putTimeoutMs, this.timeoutMs, this.connectTimeoutMs) / 20));
+  }
+
+  /** True while a connection is established and past HELLO. */
+  get connected(): boolean {
+    return this.conn?.ready === true;
+  }
+
+  /** Requests sent or queued and not yet answered. */
+  get outstanding(): number {
+    return this.pending.size;
+  }
+
+  // ------------------------------------------------------------- requests
+
+  putBlocks(blocks: readonly WireBlock[], options: RequestOptions = {}): Promise<void> {
+    if (blocks.length === 0) return Promise.resolve();
+    try {
+      checkPutBatch(blocks);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.request(OP_PUT_BLOCKS, blocks, options.timeoutMs ?? this.putTimeoutMs);
+  }
+
+  /** The block, or undefined when the peer does not hold it. Its bytes may be a view into a larger received buffer: copy them to keep them long. */
+  getBlock(ref: BlockRef, options: RequestOptions = {}): Promise<WireBlock | undefined> {
+    return this.request(OP_GET_BLOCK, ref, options.timeoutMs ?? this.getTimeoutMs);
+  }
+
+  hasBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<boolean[]> {
+    if (refs.length === 0) return Promise.resolve([]);
+    if (refs.length > MAX_BATCH_REFS) return Promise.reject(new RangeError(`hasBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`));
+    return this.request(OP_HAS_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
+  }
+
+  deleteBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<number> {
+    if (refs.length === 0) return Promise.resolve(0);
+    if (refs.length > MAX_BATCH_REFS) return Promise.reject(new RangeError(`deleteBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`));
+    return this.request(OP_DELETE_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
+  }
+
+  /** A round trip that touches no storage; resolves with its time in ms. */
+  async ping(options: RequestOptions = {}): Promise<number> {
+    const started = performance.now();
+    await this.request<void>(OP_PING, undefined, options.timeoutMs ?? this.timeoutMs);
+    return performance.now() - started;
+  }
+
+  /**
+   * No new requests; resolves once every outstanding one has settled (each
+   * has a deadline, so this is bounded) and the connection is closed.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      while (this.pending.size > 0) {
+        await Promise.allSettled([...this.pending.values()].map((p) => new Promise<void>((done) => {
+          const { resolve, reject } = p;
+          p.resolve = (v) => (resolve(v), done());
+          p.reject = (e) => (reject(e), done());
+        })));
+      }
+      this.stopTimer();
+      const conn = this.conn;
+      if (conn) {
+        this.conn = undefined;
+        clearTimeout(conn.connectTimer);
+        conn.out.flush();
+        conn.socket.end();
+        conn.socket.destroySoon();
+        setTimeout(() => conn.socket.destroy(), 1000).unref();
+      }
+    })();
+    return this.closing;
+  }
+
+  private request<T>(op: number, arg: unknown, timeoutMs: number): Promise<T> {
+    if (this.closed) return Promise.reject(new PeerUnavailableError(this.peer, 'client is closed'));
+    const now = performance.now();
+    let conn = this.conn;
+    if (!conn) {
+      if (now < this.retryAt) {
+        return Promise.reject(new PeerUnavailableError(this.peer, `not reconnecting for another ${Math.ceil(this.retryAt - now)} ms after: ${this.lastFailure}`));
+      }
+      conn = this.connect();
+    }
+    return new Promise<T>((resolve, reject) => {
+      const p: Pending = { id: this.allocateId(), op, deadline: now + timeoutMs, timeoutMs, sentAt: 0, arg, resolve: resolve as (v: never) => void, reject };
+      this.pending.set(p.id, p);
+      this.arm(p.deadline);
+      if (conn.ready) this.send(conn, p);
+      else this.queue.push(p);
+    });
+  }
+
+  private allocateId(): number {
+    let id = this.nextId;
+    // Ids wrap at 2^32; skip any still outstanding (in practice none is that old).
+    while (id === 0 || this.pending.has(id)) id = (id + 1) >>> 0;
+    this.nextId = (id + 1) >>> 0;
+    return id;
+  }
+
+  /** Encode and write one request. */
+  private send(conn: Connection, p: Pending): void {
+    p.sentAt = performance.now();
+    // Silence is measured from when we started waiting for something: an
+    // idle connection's last reply an hour ago says nothing about the peer
+    // now. Not while suspect: a probe or a retry must not reset the clock.
+    if (!this.suspect && this.pending.size === 1) this.lastHeardAt = p.sentAt;
+    const out = conn.out;
+    switch (p.op) {
+      case OP_GET_BLOCK: {
+        const at = out.claim(GET_BLOCK_FRAME_SIZE);
+        encodeGetBlock(out.slab, at, p.id, p.arg as BlockRef);
+        out.commit(GET_BLOCK_FRAME_SIZE);
+        break;
+      }
+      case OP_PUT_BLOCKS: {
+        const blocks = p.arg as WireBlock[];
+        // Checked whole when the request was made, so no encoder throws halfway through the frame.
+        const payload = checkPutBatch(blocks);
+        let at = out.claim(PUT_BLOCKS_HEAD_SIZE + BLOCK_DESCRIPTOR_SIZE);
+        encodePutBlocksHead(out.slab, at, p.id, blocks.length, payload);
+        out.commit(PUT_BLOCKS_HEAD_SIZE);
+        for (const block of blocks) {
+          at = out.claim(BLOCK_DESCRIPTOR_SIZE);
+          encodeBlockDescriptor(out.slab, at, block);
+          out.commit(BLOCK_DESCRIPTOR_SIZE);
+          out.write(block.data);
+        }
+        break;
+      }
+      case OP_HAS_BLOCKS:
+      case OP_DELETE_BLOCKS: {
+        const frame = encodeRefsFrame(p.op, p.id, p.arg as BlockRef[]);
+        if (frame.length <= SLAB_SIZE / 4) {
+          const at = out.claim(frame.length);
+          frame.copy(out.slab, at);
+          out.commit(frame.length);
+        } else {
+          out.write(frame);
+        }
+        break;
+      }
+      case OP_PING: {
+        const at = out.claim(HEADER_SIZE);
+        encodeEmptyFrame(out.slab, at, OP_PING, 0, p.id);
+        out.commit(HEADER_SIZE);
+        break;
+      }
+    }
+  }
+
+  // ----------------------------------------------------------- connection
+
+  private connect(): Connection {
+    const socket = connect({ host: this.options.host, port: this.options.port, noDelay: true });
+    const conn: Connection = {
+      socket,
+      out: new Outbound(socket),
+      reader: new FrameReader((size) => Buffer.allocUnsafe(size)),
+      ready: false,
+      helloId: this.allocateId(),
+      connectTimer: undefined,
+    };
+    this.conn = conn;
+    this.lastHeardAt = performance.now();
+    this.suspect = false;
+    this.probeOut = false;
+    conn.connectTimer = setTimeout(() => this.fail(conn, new PeerUnavailableError(this.peer, `no connection and HELLO within ${this.connectTimeoutMs} ms`)), this.connectTimeoutMs);
+    socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
+    socket.on('error', (err) => this.fail(conn, new PeerUnavailableError(this.peer, err.message, { cause: err })));
+    socket.on('close', () => this.fail(conn, new PeerUnavailableError(this.peer, 'connection closed')));
+    socket.on('end', () => this.fail(conn, new PeerUnavailableError(this.peer, 'peer ended the connection')));
+    // Written before the TCP handshake completes; the socket sends it once connected.
+    socket.write(encodeHello(conn.helloId, { clusterId: this.options.clusterId, nodeId: this.options.nodeId }));
+    return conn;
+  }
+
+  private onHello(conn: Connection, status: number, payload: Buffer): void {
+    if (status !== STATUS_OK) {
+      return this.fail(conn, statusError(this.peer, 'HELLO', status, decodeErrorMessage(payload)));
+    }
+    let hello: PeerIdentity;
+    try {
+      hello = decodeHello(payload);
+    } catch (err) {
+      return this.fail(conn, new PeerProtocolError(this.peer, `malformed HELLO reply: ${(err as Error).message}`));
+    }
+    if (hello.clusterId !== this.options.clusterId) {
+      return this.fail(conn, new PeerWrongClusterError(this.peer, 'HELLO', STATUS_WRONG_CLUSTER, `peer is in cluster ${hello.clusterId}, we are in ${this.options.clusterId}`));
+    }
+    if (this.options.expectedNodeId !== undefined && hello.nodeId !== this.options.expectedNodeId) {
+      return this.fail(conn, new PeerIdentityError(this.peer, `answered as node ${hello.nodeId}, expected ${this.options.expectedNodeId}`));
+    }
+    clearTimeout(conn.connectTimer);
+    conn.connectTimer = undefined;
+    conn.ready = true;
+    this.identity = hello;
+    this.backoffMs = 0;
+    this.log.debug({ peerNode: hello.nodeId }, 'connected to peer');
+    const queued = this.queue;
+    this.queue = [];
+    // Skip requests that timed out while we were connecting.
+    for (const p of queued) if (this.pending.get(p.id) === p) this.send(conn, p);
+  }
+
+  /**
+   * The connection is unusable: reject everything that depended on it. Only
+   * the first call for a connection counts (error, end and close all come).
+   */
+  private fail(conn: Connection, err: PeerError): void {
+    if (this.conn !== conn) return;
+    this.conn = undefined;
+    clearTimeout(conn.connectTimer);
+    conn.reader.clear();
+    conn.socket.destroy();
+    this.identity = undefined;
+    if (!conn.ready) {
+      // A failed attempt: back off before the next one.
+      this.backoffMs = Math.min(this.backoff.max, this.backoffMs === 0 ? this.backoff.min : this.backoffMs * 2);
+      this.retryAt = performance.now() + this.backoffMs;
+      this.lastFailure = err.message;
+    }
+    this.log.debug({ reason: err.message, outstanding: this.pending.size }, conn.ready ? 'peer connection lost' : 'peer connection attempt failed');
+    this.queue = [];
+    for (const p of this.pending.values()) {
+      p.reject(err);
+    }
+    this.pending.clear();
+    this.stopTimer();
+  }
+
+  // -------------------------------------------------------------- replies
+
+  private onData(conn: Connection, chunk: Buffer): void {
+    if (this.conn !== conn) return;
+    this.lastHeardAt = performance.now();
+    this.suspect = false;
+    const reader = conn.reader;
+    reader.push(chunk);
+    while (this.conn === conn && reader.peekHeader()) {
+      const h = reader.headerBuf;
+      const at = reader.headerAt;
+      const problem = checkFrameHeader(h, at, true);
+      if (problem) {
+        this.log.warn({ reason: problem }, 'framing error from peer: closing connection');
+        return this.fail(conn, new PeerProtocolError(this.peer, problem));
+      }
+      const length = headerPayloadLength(h, at);
+      if (reader.available < HEADER_SIZE + length) return;
+      const opcode = headerOpcode(h, at);
+      const status = headerStatus(h, at);
+      const id = headerRequestId(h, at);
+      const payload = reader.takeFrame(length);
+      if (!conn.ready) {
+        if (id !== conn.helloId || opcode !== OP_HELLO) return this.fail(conn, new PeerProtocolError(this.peer, `${opName(opcode)} reply before HELLO`));
+        this.onHello(conn, status, payload);
+        continue;
+      }
+      this.onReply(conn, opcode, status, id, payload);
+    }
+  }
+
+  private onReply(conn: Connection, opcode: number, status: number, id: number, payload: Buffer): void {
+    const p = this.pending.get(id);
+    if (!p) {
+      // Its request timed out (or it was our probe's, already settled): drop it.
+      this.lateReplies++;
+      return;
+    }
+    if (p.op !== opcode) return this.fail(conn, new PeerProtocolError(this.peer, `${opName(opcode)} reply to ${opName(p.op)} request ${id}`));
+    this.pending.delete(id);
+    if (status !== STATUS_OK) {
+      if (status === STATUS_NOT_FOUND && opcode === OP_GET_BLOCK) return p.resolve(undefined as never);
+      return p.reject(statusError(this.peer, opName(opcode), status, decodeErrorMessage(payload)));
+    }
+    let value: unknown;
+    try {
+      switch (opcode) {
+        case OP_GET_BLOCK: {
+          const block = decodeBlockReply(payload);
+          const ref = p.arg as BlockRef;
+          if (block.ref.volumeId !== ref.volumeId || block.ref.generation !== ref.generation || block.ref.index !== ref.index) {
+            throw new Error(`asked for ${ref.volumeId}/${ref.generation}/${ref.index}, got ${block.ref.volumeId}/${block.ref.generation}/${block.ref.index}`);
+          }
+          value = block;
+          break;
+        }
+        case OP_HAS_BLOCKS:
+          value = decodeBitmapReply(payload, (p.arg as BlockRef[]).length);
+          break;
+        case OP_DELETE_BLOCKS:
+          value = decodeCountReply(payload);
+          break;
+        case OP_PUT_BLOCKS:
+        case OP_PING:
+          if (payload.length !== 0) throw new Error(`${payload.length}-byte payload on an empty reply`);
+          value = undefined;
+          break;
+      }
+    } catch (err) {
+      const error = new PeerProtocolError(this.peer, `bad ${opName(opcode)} reply: ${(err as Error).message}`);
+      p.reject(error);
+      this.log.warn({ reason: error.message }, 'undecodable reply from peer: closing connection');
+      return this.fail(conn, error);
+    }
+    p.resolve(value as never);
+  }
+
+  // ------------------------------------------------------------ deadlines
+
+  private arm(deadline: number): void {
+    if (deadline < this.nextDeadline) this.nextDeadline = deadline;
+    this.timer ??= setInterval(this.sweep, this.tickMs);
+  }
+
+  private stopTimer(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.nextDeadline = Infinity;
+  }
+
+  /** Expire requests past their deadline; declare the connection dead when it is clearly so. */
+  private readonly sweep = (): void => {
+    if (this.pending.size === 0) return this.stopTimer();
+    const now = performance.now();
+    if (now >= this.nextDeadline) {
+      let next = Infinity;
+      for (const p of this.pending.values()) {
+        if (p.deadline > now) {
+          if (p.deadline < next) next = p.deadline;
+          continue;
+        }
+        this.pending.delete(p.id);
+        if (p.sentAt > 0 && p.sentAt >= this.lastHeardAt) this.suspect = true;
+        p.reject(new PeerTimeoutError(this.peer, opName(p.op), p.timeoutMs));
+      }
+      this.nextDeadline = next;
+    }
+    const conn = this.conn;
+    if (!conn?.ready || !this.suspect) return;
+    if (now - this.lastHeardAt >= this.deadAfterMs) {
+      this.log.warn({ silentMs: Math.round(now - this.lastHeardAt) }, 'peer silent after a timeout: closing the connection');
+      return this.fail(conn, new PeerUnavailableError(this.peer, `peer silent for ${Math.round(now - this.lastHeardAt)} ms`));
+    }
+    if (!this.probeOut) this.probe(conn);
+  };
+
+  /** One PING to tell a slow peer (answers it) from a dead one (does not). */
+  private probe(conn: Connection): void {
+    this.probeOut = true;
+    const settle = () => {
+      this.probeOut = false;
+    };
+    const p: Pending = { id: this.allocateId(), op: OP_PING, deadline: performance.now() + this.deadAfterMs, timeoutMs: this.deadAfterMs, sentAt: 0, arg: undefined, resolve: settle as (v: never) => void, reject: settle };
+    this.pending.set(p.id, p);
+    this.arm(p.deadline);
+    this.send(conn, p);
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Outbound: how frames leave a socket, for both ends of a connection.
+ *
+ * Small frames (a GET request, a PUT's OK, a reply head) are encoded straight
+ * into a slab that only ever grows forward: everything encoded in one tick
+ * goes to the socket as one view of the slab, and bytes once handed to the
+ * socket are never written again (the socket may still hold them). When the
+ * slab is used up a fresh one is taken and the old one is left to the socket
+ * and the GC. So a small frame costs no allocation of its own, and a burst of
+ * them costs one write.
+ *
+ * Large buffers (block data, big ref lists) are written as they are, in
+ * order with the slab's bytes; the socket is corked for the tick, so the
+ * whole burst leaves in one writev.
+ *
+ * Claim, encode, commit: an encoder that throws halfway leaves nothing
+ * behind, because only commit() makes claimed bytes part of the stream.
+ */
+import type { Socket } from 'node:net';
+
+/** Small frames larger than this are not worth a slab (they get their own buffer). */
+export const SLAB_SIZE = 64 * 1024;
+
+export class Outbound {
+  /** The current slab; encode into it at the offset claim() returned. */
+  slab: Buffer = Buffer.allocUnsafeSlow(SLAB_SIZE);
+  /** Start of the bytes committed but not yet handed to the socket. */
+  private start = 0;
+  /** End of the committed bytes. */
+  private end = 0;
+  private corked = false;
+
+  constructor(private readonly socket: Socket) {}
+
+  /** Room for `size` (≤ SLAB_SIZE) bytes; returns where in `slab` to encode them. */
+  claim(size: number): number {
+    if (this.end + size > this.slab.length) {
+      this.handOver();
+      this.slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+      this.start = this.end = 0;
+    }
+    this.begin();
+    return this.end;
+  }
+
+  /** Make the `size` bytes just encoded at claim()'s offset part of the stream. */
+  commit(size: number): void {
+    this.end += size;
+  }
+
+  /**
+   * Send `buf` as it is, after everything committed so far. The caller must
+   * not change it until `written` is called (or the socket is gone).
+   */
+  write(buf: Uint8Array, written?: (err?: Error | null) => void): void {
+    this.begin();
+    this.handOver();
+    this.socket.write(buf, written);
+  }
+
+  /** Hand everything committed to the socket now and uncork (before end(), or to cut latency). */
+  flush(): void {
+    this.handOver();
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+  }
+
+  private begin(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(this.flushTick);
+  }
+
+  private readonly flushTick = (): void => {
+    if (this.corked) this.flush();
+  };
+
+  private handOver(): void {
+    if (this.end === this.start) return;
+    if (!this.socket.destroyed) this.socket.write(this.slab.subarray(this.start, this.end));
+    this.start = this.end;
+  }
+}

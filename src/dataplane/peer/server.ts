@@ -1,0 +1,164 @@
+/**
+ * PeerServer: serves a node's blocks to its peers — the TBP hot path on one
+ * TCP port, and the gRPC service (grpc.ts) on another.
+ *
+ * Isolation: every socket has its own error handler and every promise a
+ * catch, so one hostile or broken peer only ever loses its own connection.
+ * Limits: a connection cap, a HELLO deadline (a connection that has not said
+ * who it is in time is closed, so idle garbage cannot hold slots), and the
+ * per-session backpressure limits (session.ts).
+ */
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { logger, type Logger } from '../../common/log.js';
+import { BufferPool } from '../nbd/buffer-pool.js';
+import type { PeerBlockBackend } from './backend.js';
+import { PeerGrpcService } from './grpc.js';
+import { DEFAULT_PEER_SESSION_LIMITS, PeerSession, type PeerRequestObserver, type PeerSessionLimits } from './session.js';
+
+export interface PeerServerOptions {
+  /** The cluster this node belongs to; peers of another are refused. */
+  clusterId: string;
+  /** This node's UUID, sent in HELLO replies. Default: backend.info().uuid. */
+  nodeId?: string;
+  log?: Logger;
+  /** Open TBP connections; more are accepted and closed at once. Default 1024. */
+  maxConnections?: number;
+  /** A connection that has not completed HELLO by then is closed. Default 10 s. */
+  helloTimeoutMs?: number;
+  /** Per-connection backpressure; defaults in session.ts. */
+  sessionLimits?: Partial<PeerSessionLimits>;
+  /** Called once per answered TBP request; must not throw. */
+  onRequest?: PeerRequestObserver;
+}
+
+interface Connection {
+  socket: Socket;
+  session: PeerSession;
+  done: Promise<void>;
+}
+
+/**
+ * Gathered payloads (frames that span socket chunks) come from this pool and
+ * go back to it when the request settles, so a busy node keeps reusing warm
+ * memory instead of faulting in fresh pages per batch.
+ */
+const peerBuffers = new BufferPool(64 * 1024 * 1024);
+
+export class PeerServer {
+  private readonly log: Logger;
+  private readonly nodeId: string;
+  private readonly maxConnections: number;
+  private readonly helloTimeoutMs: number;
+  private readonly limits: PeerSessionLimits;
+  private readonly listeners: Server[] = [];
+  private readonly connections = new Set<Connection>();
+  private grpc: PeerGrpcService | undefined;
+  private closing: Promise<void> | undefined;
+  private nextConnectionId = 1;
+
+  constructor(
+    private readonly backend: PeerBlockBackend,
+    private readonly options: PeerServerOptions,
+  ) {
+    this.log = options.log ?? logger('peer');
+    this.nodeId = options.nodeId ?? backend.info().uuid;
+    this.maxConnections = options.maxConnections ?? 1024;
+    this.helloTimeoutMs = options.helloTimeoutMs ?? 10_000;
+    this.limits = { ...DEFAULT_PEER_SESSION_LIMITS, ...options.sessionLimits };
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Serve TBP on host:port (0 picks a free port). Resolves with the bound address. */
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    if (this.closing) throw new Error('peer server is closed');
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port }, () => {
+        server.off('error', reject);
+        server.on('error', (err) => this.log.error({ err }, 'peer listener error'));
+        resolve();
+      });
+    });
+    this.listeners.push(server);
+    const address = server.address() as AddressInfo;
+    this.log.info({ host: address.address, port: address.port }, 'peer protocol (TBP) listening');
+    return address;
+  }
+
+  /** Serve the gRPC service on host:port (0 picks a free port). Resolves with the bound port. */
+  async listenGrpc(host: string, port: number): Promise<number> {
+    if (this.closing) throw new Error('peer server is closed');
+    this.grpc ??= new PeerGrpcService(this.backend, { clusterId: this.options.clusterId, nodeId: this.nodeId, log: this.log });
+    const bound = await this.grpc.listen(host, port);
+    this.log.info({ host, port: bound }, 'peer gRPC service listening');
+    return bound;
+  }
+
+  /**
+   * Stop accepting; let in-flight requests finish (new ones get
+   * SHUTTING_DOWN) for up to drainMs, then destroy what is left. Resolves when
+   * every listener and connection is closed.
+   */
+  close(options: { drainMs?: number } = {}): Promise<void> {
+    this.closing ??= this.shutdown(options.drainMs ?? 5000);
+    return this.closing;
+  }
+
+  private async shutdown(drainMs: number): Promise<void> {
+    const listenersClosed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const grpcClosed = this.grpc?.close(drainMs) ?? Promise.resolve();
+    for (const conn of this.connections) conn.session.shutdown();
+    const all = () => Promise.all([...this.connections].map((c) => c.done));
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainMs)));
+    await Promise.race([all(), deadline]);
+    clearTimeout(timer);
+    if (this.connections.size > 0) {
+      this.log.info({ connections: this.connections.size }, 'drain time over: closing remaining peer connections');
+      for (const conn of this.connections) conn.session.close('drain time over');
+    }
+    await all();
+    await listenersClosed;
+    await grpcClosed;
+    this.log.info('peer server closed');
+  }
+
+  private accept(socket: Socket): void {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const log = this.log.child({ conn: this.nextConnectionId++, remote });
+    socket.on('error', (err) => log.debug({ err: err.message }, 'peer socket error'));
+    if (this.closing || this.connections.size >= this.maxConnections) {
+      log.warn({ open: this.connections.size, max: this.maxConnections }, this.closing ? 'refusing peer connection: server closing' : 'refusing peer connection: too many open');
+      socket.destroy();
+      return;
+    }
+    const session = new PeerSession(
+      socket,
+      this.backend,
+      { clusterId: this.options.clusterId, nodeId: this.nodeId },
+      log,
+      this.limits,
+      peerBuffers,
+      this.options.onRequest,
+    );
+    const conn: Connection = { socket, session, done: session.finished };
+    this.connections.add(conn);
+    const helloTimer = setTimeout(() => {
+      if (!session.helloDone) {
+        log.info({ timeoutMs: this.helloTimeoutMs }, 'no HELLO in time: closing peer connection');
+        session.close('HELLO timeout');
+      }
+    }, this.helloTimeoutMs);
+    helloTimer.unref();
+    session.start();
+    void session.finished.then(() => {
+      clearTimeout(helloTimer);
+      this.connections.delete(conn);
+      log.debug({ peerNode: session.peerNodeId }, 'peer connection closed');
+    });
+  }
+}

@@ -1,0 +1,413 @@
+/**
+ * PeerSession: one inbound TBP connection on the server side.
+ *
+ * Contract:
+ * - The first frame must be HELLO; anything else first is a framing error. A
+ *   HELLO naming another cluster is answered WRONG_CLUSTER and the connection
+ *   is ended; nothing of that peer is served.
+ * - Pipelined: requests start as soon as their frame is complete; replies go
+ *   out as each settles, in any order, paired by request id.
+ * - Two tiers of error. A framing error (checkFrameHeader, a frame cut short
+ *   by the peer closing, a request before HELLO) is logged with the remote
+ *   address and closes this connection only. A bad request (unknown opcode or
+ *   flag, a payload that does not decode) gets BAD_REQUEST and the session
+ *   goes on: the header said how long the payload is, so the stream is still
+ *   in step. Backend failures get the status of their error (wire.ts
+ *   statusOfError); INTERNAL ones are logged.
+ * - Backpressure: while maxInflightRequests or maxInflightBytes (request
+ *   payloads being served) are reached, or more than maxQueuedReplyBytes of
+ *   replies wait in the socket, the socket is not read; reading resumes as
+ *   they settle or drain. Buffered but unparsed bytes are at most one frame
+ *   plus one socket chunk.
+ * - shutdown() (server closing): new requests are answered SHUTTING_DOWN,
+ *   in-flight ones finish, then the connection ends. `finished` resolves once
+ *   the socket is closed and nothing is in flight.
+ */
+import type { Socket } from 'node:net';
+import type { Logger } from '../../common/log.js';
+import type { BufferPool } from '../nbd/buffer-pool.js';
+import type { PeerBlockBackend } from './backend.js';
+import { FrameReader } from './frame-reader.js';
+import { Outbound, SLAB_SIZE } from './outbound.js';
+import {
+  BLOCK_REPLY_HEAD_SIZE,
+  COUNT_REPLY_SIZE,
+  FLAG_REPLY,
+  HEADER_SIZE,
+  OP_DELETE_BLOCKS,
+  OP_GET_BLOCK,
+  OP_HAS_BLOCKS,
+  OP_HELLO,
+  OP_PING,
+  OP_PUT_BLOCKS,
+  REQUEST_FLAGS_ALLOWED,
+  STATUS_BAD_REQUEST,
+  STATUS_INTERNAL,
+  STATUS_NOT_FOUND,
+  STATUS_OK,
+  STATUS_SHUTTING_DOWN,
+  STATUS_WRONG_CLUSTER,
+  TbpPayloadError,
+  checkFrameHeader,
+  decodeGetBlock,
+  decodeHello,
+  decodePutBlocks,
+  decodeRefs,
+  encodeBitmapReply,
+  encodeBlockReplyHead,
+  encodeCountReply,
+  encodeEmptyFrame,
+  encodeErrorReply,
+  encodeHelloReply,
+  headerFlags,
+  headerOpcode,
+  headerPayloadLength,
+  headerRequestId,
+  headerStatus,
+  isKnownOpcode,
+  opName,
+  statusName,
+  statusOfError,
+  type Hello,
+} from './wire.js';
+import { formatRef } from '../blocks/ref.js';
+
+export interface PeerSessionLimits {
+  /** Requests being served at once before we stop reading. */
+  maxInflightRequests: number;
+  /** Request payload bytes being served at once before we stop reading. */
+  maxInflightBytes: number;
+  /** Reply bytes queued in the socket before we stop reading. */
+  maxQueuedReplyBytes: number;
+}
+
+export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = {
+  maxInflightRequests: 1024,
+  maxInflightBytes: 64 * 1024 * 1024,
+  maxQueuedReplyBytes: 16 * 1024 * 1024,
+};
+
+/** How long a peer may keep its side open after we have ended ours. */
+const CLOSE_GRACE_MS = 5000;
+
+export function endGracefully(socket: Socket): void {
+  socket.end();
+  setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
+}
+
+/** Per-request observation for metrics: op name, payload bytes moved, seconds, status name. */
+export type PeerRequestObserver = (op: string, bytes: number, seconds: number, status: string) => void;
+
+type Phase = 'hello' | 'serving' | 'shutting-down' | 'draining' | 'closed';
+
+export class PeerSession {
+  private readonly reader: FrameReader;
+  private readonly out: Outbound;
+  private phase: Phase = 'hello';
+  private inflight = 0;
+  private inflightBytes = 0;
+  private readPaused = false;
+  private writeBlocked = false;
+  private socketClosed = false;
+  /** The peer's node id once HELLO succeeded. */
+  peerNodeId: string | undefined;
+  private resolveFinished!: () => void;
+  private finishedOnce = false;
+  /** Resolves once the socket is closed and every in-flight request has settled. */
+  readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly backend: PeerBlockBackend,
+    private readonly identity: Hello,
+    private readonly log: Logger,
+    private readonly limits: PeerSessionLimits,
+    private readonly pool: BufferPool,
+    private readonly observe: PeerRequestObserver | undefined,
+  ) {
+    this.reader = new FrameReader((size) => pool.acquire(size));
+    this.out = new Outbound(socket);
+  }
+
+  start(): void {
+    this.socket.on('data', this.onData);
+    this.socket.on('end', this.onEnd);
+    this.socket.on('close', this.onClose);
+    this.socket.on('drain', this.onDrain);
+    if (this.socket.destroyed) this.onClose();
+  }
+
+  get inflightRequests(): number {
+    return this.inflight;
+  }
+
+  get helloDone(): boolean {
+    return this.peerNodeId !== undefined;
+  }
+
+  /** The server is closing: answer new requests with SHUTTING_DOWN; end once in-flight ones are answered. */
+  shutdown(): void {
+    if (this.phase === 'hello') {
+      this.close('server closing before HELLO');
+      return;
+    }
+    if (this.phase !== 'serving') return;
+    this.phase = 'shutting-down';
+    this.endIfIdle();
+  }
+
+  /** Close at once (HELLO deadline, drain time over). */
+  close(reason: string): void {
+    if (this.phase === 'closed') return;
+    this.log.debug({ reason }, 'closing peer connection');
+    this.phase = 'closed';
+    this.reader.clear();
+    this.socket.destroy();
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.phase === 'closed' || this.phase === 'draining') return;
+    this.reader.push(chunk);
+    this.pump();
+  };
+
+  /** Decode and start every complete frame buffered, until a limit says stop. */
+  private pump(): void {
+    const reader = this.reader;
+    while (this.phase === 'hello' || this.phase === 'serving' || this.phase === 'shutting-down') {
+      if (this.inflight >= this.limits.maxInflightRequests || this.inflightBytes >= this.limits.maxInflightBytes || this.writeBlocked) {
+        if (!this.readPaused) {
+          this.readPaused = true;
+          this.socket.pause();
+        }
+        return;
+      }
+      if (!reader.peekHeader()) break;
+      const h = reader.headerBuf;
+      const at = reader.headerAt;
+      const problem = checkFrameHeader(h, at, false);
+      if (problem) return this.framingError(problem);
+      const length = headerPayloadLength(h, at);
+      if (reader.available < HEADER_SIZE + length) break;
+      const opcode = headerOpcode(h, at);
+      const flags = headerFlags(h, at);
+      const status = headerStatus(h, at);
+      const id = headerRequestId(h, at);
+      const payload = reader.takeFrame(length);
+      this.dispatch(opcode, flags, status, id, payload);
+    }
+    if (this.readPaused && this.phase !== 'closed') {
+      this.readPaused = false;
+      this.socket.resume();
+    }
+  }
+
+  private dispatch(opcode: number, flags: number, status: number, id: number, payload: Buffer): void {
+    if (this.phase === 'hello') {
+      if (opcode !== OP_HELLO) return this.framingError(`${opName(opcode)} before HELLO`);
+      return this.hello(id, payload);
+    }
+    if (!isKnownOpcode(opcode)) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `unknown opcode ${opcode}`);
+    if (flags & ~REQUEST_FLAGS_ALLOWED) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `unknown flags 0x${flags.toString(16)}`);
+    if (status !== STATUS_OK) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `status ${status} in a request`);
+    if (opcode === OP_HELLO) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'HELLO twice');
+    if (this.phase === 'shutting-down') return this.refuse(opcode, id, payload, STATUS_SHUTTING_DOWN, 'server is shutting down');
+    if (opcode === OP_PING) {
+      if (payload.length !== 0) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'PING with a payload');
+      const at = this.out.claim(HEADER_SIZE);
+      encodeEmptyFrame(this.out.slab, at, OP_PING, FLAG_REPLY, id);
+      this.out.commit(HEADER_SIZE);
+      return;
+    }
+    void this.execute(opcode, id, payload);
+  }
+
+  private hello(id: number, payload: Buffer): void {
+    let peer: Hello;
+    try {
+      peer = decodeHello(payload);
+    } catch (err) {
+      this.send(encodeErrorReply(OP_HELLO, id, STATUS_BAD_REQUEST, (err as Error).message));
+      return this.endNow(`malformed HELLO: ${(err as Error).message}`);
+    }
+    if (peer.clusterId !== this.identity.clusterId) {
+      this.log.warn({ peerNode: peer.nodeId, peerCluster: peer.clusterId, cluster: this.identity.clusterId }, 'refusing a peer of another cluster');
+      this.send(encodeErrorReply(OP_HELLO, id, STATUS_WRONG_CLUSTER, `this node belongs to cluster ${this.identity.clusterId}, not ${peer.clusterId}`));
+      return this.endNow('wrong cluster');
+    }
+    this.peerNodeId = peer.nodeId;
+    this.phase = 'serving';
+    this.log.debug({ peerNode: peer.nodeId }, 'peer said HELLO');
+    this.send(encodeHelloReply(id, this.identity));
+  }
+
+  // ---------------------------------------------------------------- serving
+
+  /** Run one request against the backend and send its reply; never rejects. */
+  private async execute(opcode: number, id: number, payload: Buffer): Promise<void> {
+    const started = this.observe ? performance.now() : 0;
+    const cost = payload.length;
+    this.inflight++;
+    this.inflightBytes += cost;
+    let status = STATUS_OK;
+    let moved = 0;
+    try {
+      switch (opcode) {
+        case OP_PUT_BLOCKS: {
+          await this.backend.putBlocks(decodePutBlocks(payload));
+          const at = this.out.claim(HEADER_SIZE);
+          encodeEmptyFrame(this.out.slab, at, OP_PUT_BLOCKS, FLAG_REPLY, id);
+          this.commitIfOpen(HEADER_SIZE);
+          moved = cost;
+          break;
+        }
+        case OP_GET_BLOCK: {
+          const ref = decodeGetBlock(payload);
+          const block = await this.backend.getBlock(ref);
+          if (!block) {
+            status = STATUS_NOT_FOUND;
+            this.send(encodeErrorReply(OP_GET_BLOCK, id, STATUS_NOT_FOUND, `${formatRef(ref)} not held`));
+            break;
+          }
+          if (block.ref.volumeId !== ref.volumeId || block.ref.generation !== ref.generation || block.ref.index !== ref.index) {
+            throw new Error(`backend answered ${formatRef(ref)} with ${formatRef(block.ref)}`);
+          }
+          if (!this.writable()) break;
+          const at = this.out.claim(BLOCK_REPLY_HEAD_SIZE);
+          encodeBlockReplyHead(this.out.slab, at, id, block);
+          this.out.commit(BLOCK_REPLY_HEAD_SIZE);
+          this.out.write(block.data);
+          this.noteQueued();
+          moved = block.data.length;
+          break;
+        }
+        case OP_HAS_BLOCKS: {
+          const refs = decodeRefs(payload);
+          const bits = await this.backend.hasBlocks(refs);
+          if (bits.length !== refs.length) throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
+          this.send(encodeBitmapReply(id, bits));
+          break;
+        }
+        case OP_DELETE_BLOCKS: {
+          const dropped = await this.backend.deleteBlocks(decodeRefs(payload));
+          const at = this.out.claim(COUNT_REPLY_SIZE);
+          encodeCountReply(this.out.slab, at, id, dropped);
+          this.commitIfOpen(COUNT_REPLY_SIZE);
+          break;
+        }
+      }
+    } catch (err) {
+      status = statusOfError(err);
+      const message = (err as Error)?.message ?? String(err);
+      if (status === STATUS_INTERNAL) this.log.warn({ op: opName(opcode), err }, 'request failed');
+      else this.log.debug({ op: opName(opcode), status: statusName(status), reason: message }, 'request refused');
+      this.send(encodeErrorReply(opcode, id, status, message));
+    } finally {
+      this.inflight--;
+      this.inflightBytes -= cost;
+      // The backend is done with the views (backend.ts); a gathered payload
+      // goes back to the pool, a view of a socket chunk is ignored by it.
+      this.pool.release(payload);
+      this.observe?.(opName(opcode), moved, (performance.now() - started) / 1000, statusName(status));
+      this.settled();
+    }
+  }
+
+  private refuse(opcode: number, id: number, payload: Buffer, status: number, message: string): void {
+    this.log.debug({ op: opName(opcode), status: statusName(status), reason: message }, 'request refused');
+    this.pool.release(payload);
+    this.send(encodeErrorReply(opcode, id, status, message));
+    this.observe?.(isKnownOpcode(opcode) ? opName(opcode) : 'OP_UNKNOWN', 0, 0, statusName(status));
+  }
+
+  // ---------------------------------------------------------------- replies
+
+  private writable(): boolean {
+    return !this.socketClosed && this.socket.writable && this.phase !== 'closed';
+  }
+
+  private send(buf: Buffer): void {
+    if (!this.writable()) return;
+    if (buf.length <= SLAB_SIZE / 4) {
+      const at = this.out.claim(buf.length);
+      buf.copy(this.out.slab, at);
+      this.out.commit(buf.length);
+    } else {
+      this.out.write(buf);
+    }
+    this.noteQueued();
+  }
+
+  /** Commit a reply encoded into the slab, unless the socket went away meanwhile. */
+  private commitIfOpen(size: number): void {
+    if (!this.writable()) return;
+    this.out.commit(size);
+    this.noteQueued();
+  }
+
+  private noteQueued(): void {
+    if (this.socket.writableLength >= this.limits.maxQueuedReplyBytes) this.writeBlocked = true;
+  }
+
+  private readonly onDrain = (): void => {
+    if (!this.writeBlocked) return;
+    this.writeBlocked = false;
+    this.pump();
+  };
+
+  // -------------------------------------------------------------- lifecycle
+
+  private settled(): void {
+    if (this.phase === 'serving' || this.phase === 'shutting-down') this.pump();
+    this.endIfIdle();
+    this.finishIfDone();
+  }
+
+  private framingError(reason: string): void {
+    this.log.warn({ reason, bytes: this.reader.available }, 'framing error: closing peer connection');
+    this.close(reason);
+  }
+
+  /** Reply queued (e.g. WRONG_CLUSTER): flush it, stop reading, end our side. */
+  private endNow(reason: string): void {
+    this.log.debug({ reason }, 'ending peer connection');
+    this.phase = 'closed';
+    this.reader.clear();
+    this.out.flush();
+    endGracefully(this.socket);
+  }
+
+  private endIfIdle(): void {
+    if (this.inflight > 0 || this.socketClosed) return;
+    if (this.phase === 'draining' || this.phase === 'shutting-down') {
+      this.phase = 'closed';
+      this.out.flush();
+      endGracefully(this.socket);
+    }
+  }
+
+  /** The peer half-closed: serve what is complete, then end. Bytes of an unfinished frame are a framing error. */
+  private readonly onEnd = (): void => {
+    if (this.phase === 'closed') return;
+    if (this.reader.available > 0) return this.framingError(`connection ended inside a frame (${this.reader.available} bytes of it received)`);
+    this.phase = 'draining';
+    this.endIfIdle();
+  };
+
+  private readonly onClose = (): void => {
+    if (this.socketClosed) return;
+    this.socketClosed = true;
+    this.phase = 'closed';
+    this.reader.clear();
+    this.finishIfDone();
+  };
+
+  private finishIfDone(): void {
+    if (this.socketClosed && this.inflight === 0 && !this.finishedOnce) {
+      this.finishedOnce = true;
+      this.resolveFinished();
+    }
+  }
+}
