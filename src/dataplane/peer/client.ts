@@ -43,7 +43,7 @@ import {
   type PeerError,
   statusError,
 } from './errors.js';
-import { FrameReader } from './frame-reader.js';
+import { FrameReader, READ_BUFFER_BYTES, slabAllocator } from './frame-reader.js';
 import { Outbound, SLAB_SIZE } from './outbound.js';
 import {
   BLOCK_DESCRIPTOR_SIZE,
@@ -163,6 +163,9 @@ export class PeerClient implements PeerBlockStore {
   private backoffMs = 0;
   private retryAt = 0;
   private lastFailure = '';
+
+  /** Memory for replies the caller keeps (blocks): small ones carved from slabs, large ones exact. */
+  private readonly allocate = slabAllocator((size) => Buffer.allocUnsafe(size));
 
   private timer: NodeJS.Timeout | undefined;
   private nextDeadline = Infinity;
@@ -345,11 +348,18 @@ export class PeerClient implements PeerBlockStore {
   // ----------------------------------------------------------- connection
 
   private connect(): Connection {
-    const socket = connect({ host: this.options.host, port: this.options.port, noDelay: true });
-    const conn: Connection = {
+    // Replies land in one reused read buffer (frame-reader.ts READ_BUFFER_BYTES), not a fresh one per read.
+    let conn!: Connection;
+    const socket = connect({
+      host: this.options.host,
+      port: this.options.port,
+      noDelay: true,
+      onread: { buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true) },
+    });
+    conn = {
       socket,
       out: new Outbound(socket),
-      reader: new FrameReader((size) => Buffer.allocUnsafe(size)),
+      reader: new FrameReader(this.allocate),
       ready: false,
       helloId: this.allocateId(),
       connectTimer: undefined,
@@ -359,7 +369,6 @@ export class PeerClient implements PeerBlockStore {
     this.suspect = false;
     this.probeOut = false;
     conn.connectTimer = setTimeout(() => this.fail(conn, new PeerUnavailableError(this.peer, `no connection and HELLO within ${this.connectTimeoutMs} ms`)), this.connectTimeoutMs);
-    socket.on('data', (chunk: Buffer) => this.onData(conn, chunk));
     socket.on('error', (err) => this.fail(conn, new PeerUnavailableError(this.peer, err.message, { cause: err })));
     socket.on('close', () => this.fail(conn, new PeerUnavailableError(this.peer, 'connection closed')));
     socket.on('end', () => this.fail(conn, new PeerUnavailableError(this.peer, 'peer ended the connection')));
@@ -424,12 +433,18 @@ export class PeerClient implements PeerBlockStore {
 
   // -------------------------------------------------------------- replies
 
-  private onData(conn: Connection, chunk: Buffer): void {
+  /** A read's bytes: a view of the reused read buffer, valid only during this call. */
+  private onRead(conn: Connection, view: Buffer): void {
     if (this.conn !== conn) return;
     this.lastHeardAt = performance.now();
     this.suspect = false;
+    conn.reader.push(view, true);
+    this.parse(conn);
+    conn.reader.settle();
+  }
+
+  private parse(conn: Connection): void {
     const reader = conn.reader;
-    reader.push(chunk);
     while (this.conn === conn && reader.peekHeader()) {
       const h = reader.headerBuf;
       const at = reader.headerAt;
@@ -443,7 +458,14 @@ export class PeerClient implements PeerBlockStore {
       const opcode = headerOpcode(h, at);
       const status = headerStatus(h, at);
       const id = headerRequestId(h, at);
-      const payload = reader.takeFrame(length);
+      let payload = reader.takeFrame(length);
+      // A block goes to the caller, who keeps it: it must not stay a view of the read buffer.
+      // (Other replies are decoded into numbers and booleans right here.)
+      if (reader.payloadTransient && opcode === OP_GET_BLOCK && status === STATUS_OK) {
+        const owned = this.allocate(length);
+        payload.copy(owned);
+        payload = owned;
+      }
       if (!conn.ready) {
         if (id !== conn.helloId || opcode !== OP_HELLO) return this.fail(conn, new PeerProtocolError(this.peer, `${opName(opcode)} reply before HELLO`));
         this.onHello(conn, status, payload);

@@ -50,12 +50,13 @@ export class Outbound {
 
   /**
    * Send `buf` as it is, after everything committed so far. The caller must
-   * not change it until `written` is called (or the socket is gone).
+   * not change it until the socket has taken it (or is gone).
    */
-  write(buf: Uint8Array, written?: (err?: Error | null) => void): void {
+  write(buf: Uint8Array): void {
+    if (this.socket.destroyed) return;
     this.begin();
     this.handOver();
-    this.socket.write(buf, written);
+    this.socket.write(buf);
   }
 
   /** Hand everything committed to the socket now and uncork (before end(), or to cut latency). */

@@ -85,6 +85,16 @@ describe('peer protocol: round trips', () => {
     assert.equal(backend.info().usedBytes, 4096);
   });
 
+  it('serves the same when reading the default way (reuseReadBuffer off)', { timeout: 10_000 }, async (t) => {
+    const backend = new MemoryPeerBackend({ uuid: 'node-a' });
+    const { port } = await startServer(t, backend, { reuseReadBuffer: false });
+    const c = client(t, port);
+    const blocks = await Promise.all([4096, 65536, 300_000].map((size, i) => makeBlock(ref(i), blockBytes(i, size))));
+    await Promise.all(blocks.map((b) => c.putBlocks([b])));
+    for (const b of blocks) assertSameBlock(await c.getBlock(b.ref), b);
+    await assert.rejects(c.putBlocks([{ ...blocks[0], hashLo: blocks[0].hashLo ^ 1 }]), PeerStatusError);
+  });
+
   it('moves a batch as big as a frame allows, and refuses a bigger one before sending', { timeout: 20_000 }, async (t) => {
     const backend = new MemoryPeerBackend({ uuid: 'node-a' });
     const { port } = await startServer(t, backend);

@@ -11,6 +11,8 @@
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { logger, type Logger } from '../../common/log.js';
 import { BufferPool } from '../nbd/buffer-pool.js';
+import { adoptWithReadBuffer } from '../nbd/read-buffer.js';
+import { READ_BUFFER_BYTES } from './frame-reader.js';
 import type { PeerBlockBackend } from './backend.js';
 import { PeerGrpcService } from './grpc.js';
 import { DEFAULT_PEER_SESSION_LIMITS, PeerSession, type PeerRequestObserver, type PeerSessionLimits } from './session.js';
@@ -29,6 +31,11 @@ export interface PeerServerOptions {
   sessionLimits?: Partial<PeerSessionLimits>;
   /** Called once per answered TBP request; must not throw. */
   onRequest?: PeerRequestObserver;
+  /**
+   * Read each connection into one reused buffer (default true). false reads
+   * the default way (a fresh buffer per read): slower, for debugging.
+   */
+  reuseReadBuffer?: boolean;
 }
 
 interface Connection {
@@ -74,7 +81,10 @@ export class PeerServer {
   /** Serve TBP on host:port (0 picks a free port). Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
     if (this.closing) throw new Error('peer server is closed');
-    const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => this.accept(socket));
+    // allowHalfOpen: a peer's FIN must not close our side before the replies
+    // to its in-flight requests are written. pauseOnConnect: nothing is read
+    // before accept() has chosen how to read.
+    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host, port }, () => {
@@ -127,7 +137,16 @@ export class PeerServer {
     this.log.info('peer server closed');
   }
 
-  private accept(socket: Socket): void {
+  private accept(accepted: Socket): void {
+    // Read into one reused buffer (see frame-reader.ts READ_BUFFER_BYTES);
+    // where this Node does not allow it, the socket is read the default way.
+    // The session does not exist yet when the socket is made, hence the box.
+    const box: { session?: PeerSession } = {};
+    const adopted =
+      this.options.reuseReadBuffer === false
+        ? undefined
+        : adoptWithReadBuffer(accepted, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), (view) => box.session?.onRead(view, true), { allowHalfOpen: true });
+    const socket = adopted ?? accepted;
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const log = this.log.child({ conn: this.nextConnectionId++, remote });
     socket.on('error', (err) => log.debug({ err: err.message }, 'peer socket error'));
@@ -145,6 +164,7 @@ export class PeerServer {
       peerBuffers,
       this.options.onRequest,
     );
+    box.session = session;
     const conn: Connection = { socket, session, done: session.finished };
     this.connections.add(conn);
     const helloTimer = setTimeout(() => {
@@ -154,7 +174,7 @@ export class PeerServer {
       }
     }, this.helloTimeoutMs);
     helloTimer.unref();
-    session.start();
+    session.start(adopted !== undefined);
     void session.finished.then(() => {
       clearTimeout(helloTimer);
       this.connections.delete(conn);

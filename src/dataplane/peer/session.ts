@@ -27,7 +27,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { BufferPool } from '../nbd/buffer-pool.js';
 import type { PeerBlockBackend } from './backend.js';
-import { FrameReader } from './frame-reader.js';
+import { FrameReader, slabAllocator } from './frame-reader.js';
 import { Outbound, SLAB_SIZE } from './outbound.js';
 import {
   BLOCK_REPLY_HEAD_SIZE,
@@ -102,6 +102,8 @@ type Phase = 'hello' | 'serving' | 'shutting-down' | 'draining' | 'closed';
 
 export class PeerSession {
   private readonly reader: FrameReader;
+  /** Memory for payloads we keep: small ones carved from slabs, large ones from the pool (given back when served). */
+  private readonly allocate: (size: number) => Buffer;
   private readonly out: Outbound;
   private phase: Phase = 'hello';
   private inflight = 0;
@@ -125,16 +127,24 @@ export class PeerSession {
     private readonly pool: BufferPool,
     private readonly observe: PeerRequestObserver | undefined,
   ) {
-    this.reader = new FrameReader((size) => pool.acquire(size));
+    this.allocate = slabAllocator((size) => pool.acquire(size));
+    this.reader = new FrameReader(this.allocate);
     this.out = new Outbound(socket);
   }
 
-  start(): void {
-    this.socket.on('data', this.onData);
+  /**
+   * Begin serving. With `transientReads` the owner feeds onRead() from the
+   * connection's reused read buffer (server.ts); otherwise socket 'data'
+   * chunks are read here.
+   */
+  start(transientReads: boolean): void {
+    if (!transientReads) this.socket.on('data', (chunk: Buffer) => this.onRead(chunk, false));
     this.socket.on('end', this.onEnd);
     this.socket.on('close', this.onClose);
     this.socket.on('drain', this.onDrain);
-    if (this.socket.destroyed) this.onClose();
+    if (this.socket.destroyed) return this.onClose();
+    // The listener accepts paused (pauseOnConnect), so nothing is read before this.
+    this.socket.resume();
   }
 
   get inflightRequests(): number {
@@ -167,11 +177,13 @@ export class PeerSession {
 
   // ---------------------------------------------------------------- reading
 
-  private readonly onData = (chunk: Buffer): void => {
+  /** Bytes received; `transient`: a view of the reused read buffer, valid only during this call. */
+  onRead(chunk: Buffer, transient: boolean): void {
     if (this.phase === 'closed' || this.phase === 'draining') return;
-    this.reader.push(chunk);
+    this.reader.push(chunk, transient);
     this.pump();
-  };
+    this.reader.settle();
+  }
 
   /** Decode and start every complete frame buffered, until a limit says stop. */
   private pump(): void {
@@ -195,7 +207,14 @@ export class PeerSession {
       const flags = headerFlags(h, at);
       const status = headerStatus(h, at);
       const id = headerRequestId(h, at);
-      const payload = reader.takeFrame(length);
+      let payload = reader.takeFrame(length);
+      // Every other request is decoded before its first await; a PUT's
+      // blocks are views the backend uses later, so they need memory of their own.
+      if (reader.payloadTransient && opcode === OP_PUT_BLOCKS) {
+        const owned = this.allocate(length);
+        payload.copy(owned);
+        payload = owned;
+      }
       this.dispatch(opcode, flags, status, id, payload);
     }
     if (this.readPaused && this.phase !== 'closed') {
@@ -366,7 +385,7 @@ export class PeerSession {
   }
 
   private framingError(reason: string): void {
-    this.log.warn({ reason, bytes: this.reader.available }, 'framing error: closing peer connection');
+    this.log.warn({ reason, bytes: this.reader.pending }, 'framing error: closing peer connection');
     this.close(reason);
   }
 
@@ -391,7 +410,7 @@ export class PeerSession {
   /** The peer half-closed: serve what is complete, then end. Bytes of an unfinished frame are a framing error. */
   private readonly onEnd = (): void => {
     if (this.phase === 'closed') return;
-    if (this.reader.available > 0) return this.framingError(`connection ended inside a frame (${this.reader.available} bytes of it received)`);
+    if (this.reader.pending > 0) return this.framingError(`connection ended inside a frame (${this.reader.pending} bytes of it received)`);
     this.phase = 'draining';
     this.endIfIdle();
   };

@@ -221,10 +221,10 @@ export interface ChildPeer {
   stop(): Promise<void>;
 }
 
-/** A PeerServer with a memory backend in its own process (peer-child.ts). */
-export async function startChildPeer(nodeId: string, clusterId = CLUSTER): Promise<ChildPeer> {
+/** A PeerServer with a memory backend in its own process (peer-child.ts); nodeArgs go to node (e.g. --cpu-prof). */
+export async function startChildPeer(nodeId: string, clusterId = CLUSTER, nodeArgs: string[] = []): Promise<ChildPeer> {
   const script = fileURLToPath(new URL('./peer-child.js', import.meta.url));
-  const child = spawn(process.execPath, [script, clusterId, nodeId], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TORUS_LOG_LEVEL: process.env.TORUS_LOG_LEVEL ?? 'warn' } });
+  const child = spawn(process.execPath, [...nodeArgs, script, clusterId, nodeId], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TORUS_LOG_LEVEL: process.env.TORUS_LOG_LEVEL ?? 'warn' } });
   let out = '';
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));

@@ -379,6 +379,88 @@ describe('peer frame reader', () => {
     }
   });
 
+  /**
+   * Feed `stream` through one reused read buffer, `readSize` bytes a read,
+   * scribbling over it after every read as the socket would. The consumer
+   * parses after each read unless stall(read) says it is held back (as by
+   * backpressure), and copies transient payloads as the server and client do.
+   */
+  function readThroughReusedBuffer(stream: Buffer, readSize: number, stall: (read: number) => boolean = () => false) {
+    const allocations: number[] = [];
+    const reader = new FrameReader((size) => (allocations.push(size), Buffer.alloc(size)));
+    const readBuf = Buffer.alloc(readSize);
+    const seen: [number, string][] = [];
+    const parse = () => {
+      while (reader.peekHeader()) {
+        const length = w.headerPayloadLength(reader.headerBuf, reader.headerAt);
+        if (reader.available < w.HEADER_SIZE + length) break;
+        const id = w.headerRequestId(reader.headerBuf, reader.headerAt);
+        const payload = reader.takeFrame(length);
+        seen.push([id, (reader.payloadTransient ? Buffer.from(payload) : payload).toString()]);
+      }
+    };
+    let read = 0;
+    for (let at = 0; at < stream.length; at += readSize, read++) {
+      const n = stream.copy(readBuf, 0, at, at + readSize);
+      reader.push(readBuf.subarray(0, n), true);
+      if (!stall(read)) parse();
+      reader.settle();
+      readBuf.fill(0xee);
+    }
+    parse();
+    return { seen, allocations, reader };
+  }
+
+  it('keeps nothing pointing into a reused read buffer, however the reads are cut', () => {
+    const frames = [frame(1, Buffer.from('hello')), frame(2, Buffer.alloc(0)), frame(3, Buffer.from('x'.repeat(40))), frame(4, Buffer.from('y'.repeat(100)))];
+    const stream = Buffer.concat(frames);
+    const want: [number, string][] = [[1, 'hello'], [2, ''], [3, 'x'.repeat(40)], [4, 'y'.repeat(100)]];
+    for (let readSize = 1; readSize <= stream.length; readSize++) {
+      const { seen, reader } = readThroughReusedBuffer(stream, readSize);
+      assert.deepEqual(seen, want, `reads of ${readSize}`);
+      assert.equal(reader.pending, 0);
+      // Held back on every other read: whole frames left over are kept too.
+      assert.deepEqual(readThroughReusedBuffer(stream, readSize, (r) => r % 2 === 0).seen, want, `stalled reads of ${readSize}`);
+    }
+  });
+
+  it('fills a frame that spans reads in place: one allocation of exactly its size', () => {
+    const payload = Buffer.alloc(200_000);
+    for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
+    const stream = Buffer.concat([frame(1, Buffer.from('ab')), frame(2, payload), frame(3, Buffer.from('cd'))]);
+    const allocations: number[] = [];
+    const reader = new FrameReader((size) => (allocations.push(size), Buffer.alloc(size)));
+    const readBuf = Buffer.alloc(65536);
+    const got: Buffer[] = [];
+    for (let at = 0; at < stream.length; at += readBuf.length) {
+      const n = stream.copy(readBuf, 0, at, at + readBuf.length);
+      reader.push(readBuf.subarray(0, n), true);
+      while (reader.peekHeader()) {
+        const length = w.headerPayloadLength(reader.headerBuf, reader.headerAt);
+        if (reader.available < w.HEADER_SIZE + length) break;
+        const p = reader.takeFrame(length);
+        got.push(reader.payloadTransient ? Buffer.from(p) : p);
+      }
+      reader.settle();
+      readBuf.fill(0xee);
+    }
+    assert.equal(got.length, 3);
+    assert.ok(got[1].equals(payload));
+    assert.deepEqual(allocations, [w.HEADER_SIZE + payload.length], 'the big frame, once, nothing else');
+    assert.equal(got[1].byteOffset, w.HEADER_SIZE, 'the payload is a view of that frame buffer');
+    assert.equal(got[2].toString(), 'cd');
+  });
+
+  it('does not allocate for a header that claims more than the limit', () => {
+    const reader = new FrameReader(() => assert.fail('must not allocate'));
+    const bad = Buffer.alloc(w.HEADER_SIZE + 10);
+    w.encodeHeader(bad, 0, w.OP_PUT_BLOCKS, 0, 0, 1, 0xffffffff);
+    reader.push(bad, true);
+    reader.settle();
+    assert.ok(reader.peekHeader());
+    assert.match(w.checkFrameHeader(reader.headerBuf, reader.headerAt, false)!, /exceeds/);
+  });
+
   it('hands out a payload inside one chunk as a view of that chunk', () => {
     const chunk = Buffer.concat([frame(1, Buffer.from('abc')), Buffer.from('tail')]);
     const reader = new FrameReader(() => assert.fail('must not gather'));
