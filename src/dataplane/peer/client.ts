@@ -294,8 +294,21 @@ export class PeerClient implements PeerBlockStore {
     return id;
   }
 
-  /** Encode and write one request. */
+  /**
+   * Encode and write one request. A request that cannot be encoded (blocks
+   * the caller changed while it waited for the connection) rejects alone:
+   * encoders only commit whole frames, so nothing of it reaches the stream.
+   */
   private send(conn: Connection, p: Pending): void {
+    try {
+      this.encode(conn, p);
+    } catch (err) {
+      this.pending.delete(p.id);
+      p.reject(err as Error);
+    }
+  }
+
+  private encode(conn: Connection, p: Pending): void {
     p.sentAt = performance.now();
     // Silence is measured from when we started waiting for something: an
     // idle connection's last reply an hour ago says nothing about the peer

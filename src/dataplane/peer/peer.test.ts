@@ -108,6 +108,20 @@ describe('peer protocol: round trips', () => {
     assert.equal(c.outstanding, 0);
   });
 
+  it('rejects alone a queued put whose blocks were spoiled before the connection was up', { timeout: 10_000 }, async (t) => {
+    const { port } = await startServer(t, new MemoryPeerBackend({ uuid: 'node-a' }));
+    const c = client(t, port);
+    const good = await makeBlock(ref(1), blockBytes(1, 4096));
+    const spoiled = await makeBlock(ref(2), blockBytes(2, 4096));
+    const first = c.putBlocks([good]); // connects; both wait for HELLO
+    const second = c.putBlocks([spoiled]);
+    spoiled.nonce = Buffer.alloc(3);
+    const refused = assert.rejects(second, RangeError);
+    await first;
+    await refused;
+    assert.deepEqual(await c.hasBlocks([ref(1), ref(2)]), [true, false]);
+  });
+
   it('pipelines 1000 outstanding requests and pairs replies that come back out of order', { timeout: 20_000 }, async (t) => {
     const memory = new MemoryPeerBackend({ uuid: 'node-a' });
     const blocks = await Promise.all(Array.from({ length: 1000 }, (_, i) => makeBlock(ref(i), blockBytes(i, 4096))));
