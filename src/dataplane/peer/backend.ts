@@ -1,8 +1,8 @@
 /**
  * The contract between the peer protocol and a node's storage. The server
  * (server.ts, grpc.ts) validates and decodes; a backend only ever sees
- * well-formed blocks and refs. PeerClient offers the same four block
- * operations (PeerBlockStore) against a remote node, so a replication layer
+ * well-formed blocks and refs. PeerClient offers the same block operations
+ * (PeerBlockStore) against a remote node, so a replication layer
  * can treat a local store and a peer alike, and tests can stack a fault layer
  * over either.
  *
@@ -50,6 +50,15 @@ export interface PeerBlockStore {
 
   /** Drop the blocks (GC, rebalance); refs not held are ignored. Resolves with how many were dropped. */
   deleteBlocks(refs: readonly BlockRef[]): Promise<number>;
+
+  /**
+   * Resolves once every block stored so far — every putBlocks that had
+   * resolved when sync() was called, whoever made it — is durable. A writer
+   * puts its blocks, then syncs, then commits the version that references
+   * them. May take long (an fdatasync of a busy disk): callers give it a
+   * generous deadline.
+   */
+  sync(): Promise<void>;
 }
 
 /** What a node says about itself (gRPC Info). */

@@ -11,7 +11,7 @@
  * - Pipelined: every request is written at once, with an id; replies are
  *   matched by id in whatever order they come.
  * - Deadlines: every request has one (getTimeoutMs, putTimeoutMs,
- *   timeoutMs, or its own); past it, the request rejects with
+ *   syncTimeoutMs, timeoutMs, or its own); past it, the request rejects with
  *   PeerTimeoutError and a late reply is dropped. A timeout alone does not
  *   close the connection: a slow disk on the peer is not a dead peer. The
  *   connection is closed (everything outstanding rejects with
@@ -56,6 +56,7 @@ import {
   OP_HELLO,
   OP_PING,
   OP_PUT_BLOCKS,
+  OP_SYNC,
   PUT_BLOCKS_HEAD_SIZE,
   STATUS_NOT_FOUND,
   STATUS_OK,
@@ -98,6 +99,8 @@ export interface PeerClientOptions {
   putTimeoutMs?: number;
   /** Deadline of hasBlocks, deleteBlocks, ping. Default 2000 ms. */
   timeoutMs?: number;
+  /** Deadline of sync (an fdatasync of a busy disk can take seconds). Default 10 000 ms. */
+  syncTimeoutMs?: number;
   /** Silence after a timed-out request that declares the connection dead. Default 2000 ms. */
   deadAfterMs?: number;
   /** Backoff after a failed connection attempt: first and longest wait. Default 50 and 2000 ms. */
@@ -147,6 +150,7 @@ export class PeerClient implements PeerBlockStore {
   private readonly getTimeoutMs: number;
   private readonly putTimeoutMs: number;
   private readonly timeoutMs: number;
+  private readonly syncTimeoutMs: number;
   private readonly deadAfterMs: number;
   private readonly backoff: { min: number; max: number };
   private readonly tickMs: number;
@@ -186,11 +190,12 @@ export class PeerClient implements PeerBlockStore {
     this.getTimeoutMs = options.getTimeoutMs ?? 1000;
     this.putTimeoutMs = options.putTimeoutMs ?? 5000;
     this.timeoutMs = options.timeoutMs ?? 2000;
+    this.syncTimeoutMs = options.syncTimeoutMs ?? 10_000;
     this.deadAfterMs = options.deadAfterMs ?? 2000;
     this.backoff = options.reconnectBackoffMs ?? { min: 50, max: 2000 };
     // Deadline checks run this often while requests are outstanding: within
     // 5% of the shortest default deadline, at most every 5 ms.
-    this.tickMs = Math.max(5, Math.min(50, Math.min(this.getTimeoutMs, this.putTimeoutMs, this.timeoutMs, this.connectTimeoutMs) / 20));
+    this.tickMs = Math.max(5, Math.min(50, Math.min(this.getTimeoutMs, this.putTimeoutMs, this.timeoutMs, this.syncTimeoutMs, this.connectTimeoutMs) / 20));
   }
 
   /** True while a connection is established and past HELLO. */
@@ -230,6 +235,17 @@ export class PeerClient implements PeerBlockStore {
     if (refs.length === 0) return Promise.resolve(0);
     if (refs.length > MAX_BATCH_REFS) return Promise.reject(new RangeError(`deleteBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`));
     return this.request(OP_DELETE_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
+  }
+
+  /**
+   * Resolves once everything the peer had stored when the request arrived is
+   * durable there — every put this client saw resolve, and those of any other
+   * connection (OP_SYNC). Its own deadline (syncTimeoutMs, default 10 s): an
+   * fdatasync can be slow, and a slow one is not a dead peer (the client's
+   * PING probe tells the two apart).
+   */
+  sync(options: RequestOptions = {}): Promise<void> {
+    return this.request(OP_SYNC, undefined, options.timeoutMs ?? this.syncTimeoutMs);
   }
 
   /** A round trip that touches no storage; resolves with its time in ms. */
@@ -349,9 +365,10 @@ export class PeerClient implements PeerBlockStore {
         }
         break;
       }
-      case OP_PING: {
+      case OP_PING:
+      case OP_SYNC: {
         const at = out.claim(HEADER_SIZE);
-        encodeEmptyFrame(out.slab, at, OP_PING, 0, p.id);
+        encodeEmptyFrame(out.slab, at, p.op, 0, p.id);
         out.commit(HEADER_SIZE);
         break;
       }
@@ -521,6 +538,7 @@ export class PeerClient implements PeerBlockStore {
           break;
         case OP_PUT_BLOCKS:
         case OP_PING:
+        case OP_SYNC:
           if (payload.length !== 0) throw new Error(`${payload.length}-byte payload on an empty reply`);
           value = undefined;
           break;

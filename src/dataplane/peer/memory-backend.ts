@@ -103,6 +103,9 @@ export class MemoryPeerBackend implements PeerBlockBackend {
     return dropped;
   }
 
+  /** Nothing to do: a put is as durable as RAM gets when it resolves. */
+  async sync(): Promise<void> {}
+
   async *listBlocks(filter: ListBlocksFilter): AsyncIterable<ListedBlock> {
     // Map iteration tolerates changes underneath: entries deleted before they
     // are reached are skipped, and one that stays is visited exactly once.

@@ -144,6 +144,78 @@ describe('peer protocol: round trips', () => {
   });
 });
 
+/** A memory backend whose sync() snapshots what it holds: which refs a SYNC made "durable". */
+class SyncRecorder extends MemoryPeerBackend {
+  syncs = 0;
+  durable = new Set<string>();
+  override async sync(): Promise<void> {
+    this.syncs++;
+    for await (const listed of this.listBlocks({})) this.durable.add(`${listed.ref.volumeId}/${listed.ref.generation}/${listed.ref.index}`);
+  }
+}
+
+describe('peer protocol: SYNC', () => {
+  it('answers once the backend has synced, covering puts made through any connection', { timeout: 10_000 }, async (t) => {
+    const backend = new SyncRecorder({ uuid: 'node-a' });
+    const layer = new FaultLayer(backend);
+    layer.delay = (op) => (op === 'sync' ? 150 : 0);
+    const { port } = await startServer(t, layer);
+    const writer = client(t, port);
+    const syncer = client(t, port);
+    await writer.putBlocks([await makeBlock(ref(1), blockBytes(1, 4096)), await makeBlock(ref(2), blockBytes(2, 4096))]);
+    assert.equal(backend.durable.size, 0);
+    const started = performance.now();
+    await syncer.sync();
+    assert.ok(performance.now() - started >= 140, 'the reply waited for the backend');
+    assert.equal(backend.syncs, 1);
+    assert.deepEqual([...backend.durable].sort(), ['1/1/1', '1/1/2'], "the other connection's puts are covered");
+  });
+
+  it('has its own deadline; a slow sync is not a dead peer', { timeout: 10_000 }, async (t) => {
+    const layer = new FaultLayer(new MemoryPeerBackend({ uuid: 'node-a' }));
+    layer.delay = (op) => (op === 'sync' ? 600 : 0);
+    const { port } = await startServer(t, layer);
+    // Shorter than the sync takes: only the explicit deadline may cut it, not deadAfterMs or the other defaults.
+    const c = client(t, port, { timeoutMs: 100, deadAfterMs: 200 });
+    await c.sync();
+    await assert.rejects(c.sync({ timeoutMs: 100 }), (err: Error) => err instanceof PeerTimeoutError && err.op === 'OP_SYNC');
+    await sleep(300); // past deadAfterMs: the PING probe was answered, so the connection stays
+    assert.equal(c.connected, true);
+    assert.equal(typeof (await c.ping()), 'number');
+  });
+
+  it('answers a SYNC with a payload BAD_REQUEST, a backend failure with its status, and goes on', { timeout: 10_000 }, async (t) => {
+    const layer = new FaultLayer(new MemoryPeerBackend({ uuid: 'node-a' }));
+    let failNext = false;
+    const inner = layer.inner;
+    layer.sync = async () => {
+      if (failNext) throw Object.assign(new Error('fdatasync failed'), { code: 'EIO' });
+      return inner.sync();
+    };
+    const { port } = await startServer(t, layer);
+    const raw = await RawPeer.connect(port);
+    t.after(() => raw.destroy());
+    raw.write(hello());
+    assert.equal((await raw.next()).status, w.STATUS_OK);
+    const withPayload = Buffer.alloc(w.HEADER_SIZE + 2);
+    w.encodeHeader(withPayload, 0, w.OP_SYNC, 0, 0, 2, 2);
+    const sync = Buffer.alloc(w.HEADER_SIZE);
+    w.encodeEmptyFrame(sync, 0, w.OP_SYNC, 0, 3);
+    raw.write(withPayload, sync);
+    const replies = new Map([await raw.next(), await raw.next()].map((r) => [r.id, r]));
+    assert.equal(replies.get(2)!.status, w.STATUS_BAD_REQUEST);
+    assert.match(replies.get(2)!.payload.toString(), /SYNC with a payload/);
+    assert.deepEqual([replies.get(3)!.opcode, replies.get(3)!.flags, replies.get(3)!.status, replies.get(3)!.payload.length], [w.OP_SYNC, w.FLAG_REPLY, w.STATUS_OK, 0]);
+
+    failNext = true;
+    const c = client(t, port);
+    await assert.rejects(c.sync(), (err: Error) => err instanceof PeerStatusError && err.status === w.STATUS_INTERNAL && err.retryable && /fdatasync failed/.test(err.message));
+    failNext = false;
+    await c.sync();
+    assert.equal(raw.closed, false);
+  });
+});
+
 describe('peer protocol: integrity and refusals', () => {
   it('refuses a put whose bytes do not match their hash with CHECKSUM, and stores nothing of it', { timeout: 10_000 }, async (t) => {
     const backend = new MemoryPeerBackend({ uuid: 'node-a' });

@@ -40,6 +40,7 @@ import {
   OP_HELLO,
   OP_PING,
   OP_PUT_BLOCKS,
+  OP_SYNC,
   REQUEST_FLAGS_ALLOWED,
   STATUS_BAD_REQUEST,
   STATUS_INTERNAL,
@@ -240,6 +241,7 @@ export class PeerSession {
       this.out.commit(HEADER_SIZE);
       return;
     }
+    if (opcode === OP_SYNC && payload.length !== 0) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'SYNC with a payload');
     void this.execute(opcode, id, payload);
   }
 
@@ -314,6 +316,15 @@ export class PeerSession {
           const at = this.out.claim(COUNT_REPLY_SIZE);
           encodeCountReply(this.out.slab, at, id, dropped);
           this.commitIfOpen(COUNT_REPLY_SIZE);
+          break;
+        }
+        case OP_SYNC: {
+          // Covers whatever any connection stored before now: the backend
+          // syncs its whole store, not this session's writes.
+          await this.backend.sync();
+          const at = this.out.claim(HEADER_SIZE);
+          encodeEmptyFrame(this.out.slab, at, OP_SYNC, FLAG_REPLY, id);
+          this.commitIfOpen(HEADER_SIZE);
           break;
         }
       }

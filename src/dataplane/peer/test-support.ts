@@ -100,6 +100,9 @@ export class FaultLayer implements PeerBlockBackend {
   deleteBlocks(refs: readonly BlockRef[]): Promise<number> {
     return this.enter('delete', refs[0], () => this.inner.deleteBlocks(refs));
   }
+  sync(): Promise<void> {
+    return this.enter('sync', undefined, () => this.inner.sync());
+  }
   info(): PeerNodeInfo {
     return this.inner.info();
   }

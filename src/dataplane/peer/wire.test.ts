@@ -73,12 +73,14 @@ describe('peer wire: header', () => {
   it('names opcodes and statuses, and unknown values readably', () => {
     assert.equal(w.opName(w.OP_GET_BLOCK), 'OP_GET_BLOCK');
     assert.equal(w.opName(w.OP_PUT_BLOCKS), 'OP_PUT_BLOCKS');
+    assert.equal(w.opName(w.OP_SYNC), 'OP_SYNC');
+    assert.equal(w.isKnownOpcode(w.OP_SYNC), true);
     assert.equal(w.opName(99), 'OP(99)');
     assert.equal(w.statusName(w.STATUS_CHECKSUM), 'STATUS_CHECKSUM');
     assert.equal(w.statusName(200), 'STATUS(200)');
     assert.deepEqual(
-      [w.OP_HELLO, w.OP_PUT_BLOCKS, w.OP_GET_BLOCK, w.OP_HAS_BLOCKS, w.OP_DELETE_BLOCKS, w.OP_PING],
-      [1, 2, 3, 4, 5, 6],
+      [w.OP_HELLO, w.OP_PUT_BLOCKS, w.OP_GET_BLOCK, w.OP_HAS_BLOCKS, w.OP_DELETE_BLOCKS, w.OP_PING, w.OP_SYNC],
+      [1, 2, 3, 4, 5, 6, 7],
     );
     assert.deepEqual(
       [w.STATUS_OK, w.STATUS_NOT_FOUND, w.STATUS_CHECKSUM, w.STATUS_NO_SPACE, w.STATUS_BAD_REQUEST, w.STATUS_INTERNAL, w.STATUS_WRONG_CLUSTER, w.STATUS_SHUTTING_DOWN],
@@ -285,7 +287,7 @@ describe('peer wire: GET_BLOCK', () => {
   });
 });
 
-describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING', () => {
+describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING, SYNC', () => {
   const r1 = { volumeId: 1, generation: 2, index: 3 };
   const r2 = { volumeId: 4, generation: 5, index: 2 ** 32 };
 
@@ -334,6 +336,18 @@ describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING', () => {
     assert.deepEqual(buf, hex('54425021 01 06 00 00 0000000b 00000000'));
     w.encodeEmptyFrame(buf, 0, w.OP_PUT_BLOCKS, w.FLAG_REPLY, 11);
     assert.deepEqual(buf, hex('54425021 01 02 01 00 0000000b 00000000'));
+  });
+
+  it('SYNC is a bare header both ways: opcode 7, no payload', () => {
+    const buf = Buffer.alloc(w.HEADER_SIZE + 4, 0xee);
+    w.encodeEmptyFrame(buf, 2, w.OP_SYNC, 0, 0x0102);
+    assert.deepEqual(buf, hex('eeee 54425021 01 07 00 00 00000102 00000000 eeee'));
+    assert.equal(w.checkFrameHeader(buf, 2, false), undefined, 'a request the server accepts');
+    w.encodeEmptyFrame(buf, 2, w.OP_SYNC, w.FLAG_REPLY, 0xfffffffe);
+    assert.deepEqual(buf, hex('eeee 54425021 01 07 01 00 fffffffe 00000000 eeee'));
+    assert.equal(w.checkFrameHeader(buf, 2, true), undefined, 'a reply the client accepts');
+    // A SYNC that failed on the peer (its fdatasync did) carries a message like any other error.
+    assert.deepEqual(w.encodeErrorReply(w.OP_SYNC, 3, w.STATUS_INTERNAL, 'EIO'), hex('54425021 01 07 01 05 00000003 00000003 45494f'));
   });
 });
 

@@ -79,6 +79,13 @@ export const OP_HAS_BLOCKS = 4;
 export const OP_DELETE_BLOCKS = 5;
 /** Empty both ways: a liveness probe the server answers without touching storage. */
 export const OP_PING = 6;
+/**
+ * Empty both ways: answered OK once every block the node had stored when the
+ * request arrived — put through any connection — is durable (on disk, the
+ * store's fdatasync). A put is covered when its OK reply came before the SYNC
+ * was sent; puts still in flight alongside it may or may not be.
+ */
+export const OP_SYNC = 7;
 
 // ---------------------------------------------------------------- statuses
 
@@ -114,7 +121,7 @@ function nameTable(entries: Record<string, number>): Map<number, string> {
   return new Map(Object.entries(entries).map(([name, value]) => [value, name]));
 }
 
-const OP_NAMES = nameTable({ OP_HELLO, OP_PUT_BLOCKS, OP_GET_BLOCK, OP_HAS_BLOCKS, OP_DELETE_BLOCKS, OP_PING });
+const OP_NAMES = nameTable({ OP_HELLO, OP_PUT_BLOCKS, OP_GET_BLOCK, OP_HAS_BLOCKS, OP_DELETE_BLOCKS, OP_PING, OP_SYNC });
 const STATUS_NAMES = nameTable({
   STATUS_OK, STATUS_NOT_FOUND, STATUS_CHECKSUM, STATUS_NO_SPACE, STATUS_BAD_REQUEST, STATUS_INTERNAL,
   STATUS_WRONG_CLUSTER, STATUS_SHUTTING_DOWN,
@@ -525,9 +532,9 @@ export function decodeCountReply(payload: Buffer): number {
   return payload.readUInt32BE(0);
 }
 
-// --------------------------------------------------------- PING, empty
+// --------------------------------------------------- PING, SYNC, empty
 
-/** A frame with no payload: a PING request, or the OK reply to PUT_BLOCKS or PING. */
+/** A frame with no payload: a PING or SYNC request, or the OK reply to PUT_BLOCKS, PING or SYNC. */
 export function encodeEmptyFrame(buf: Buffer, at: number, opcode: number, flags: number, requestId: number): void {
   encodeHeader(buf, at, opcode, flags, STATUS_OK, requestId, 0);
 }
