@@ -19,8 +19,8 @@ import { join } from 'node:path';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
-  OFF_FLAGS, OFF_GENERATION, OFF_HASH_HI, OFF_HASH_LO, OFF_INDEX_HI, OFF_INDEX_LO, OFF_STATE, OFF_VOLUME,
-  RECORD_SIZE, SLOT_FREE, SLOT_USED, hi32, join64, lo32,
+  NONCE_SIZE, OFF_FLAGS, OFF_GENERATION, OFF_HASH_HI, OFF_HASH_LO, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
+  OFF_VOLUME, RECORD_SEALED, RECORD_SIZE, SLOT_FREE, SLOT_USED, TAG_SIZE, hi32, join64, lo32,
 } from './record.js';
 import { refKey, type BlockRef } from './ref.js';
 
@@ -274,6 +274,61 @@ export class LocalSlotStore {
     await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
     this.bind(slot, ref);
     return digest;
+  }
+
+  /**
+   * Write a block received from a peer (replication, repair) into a slot
+   * from allocate(): its bytes as given, and a record with the hash, flags,
+   * and — when RECORD_SEALED — nonce and tag the sender gave; then bind the
+   * ref, releasing an earlier copy of it. Unlike writeBlock this does not
+   * hash: the caller has checked `hash` against `bytes` already (the
+   * receiving side's one verification). Nothing of `bytes`, `nonce` or `tag`
+   * is kept after it resolves, so views into a reused buffer are fine as long
+   * as they stay unchanged until then. Durable only after sync().
+   *
+   * On a failed write the slot is not bound and its in-memory record is
+   * cleared; the caller gives the slot back with unallocate().
+   */
+  async writeReceivedBlock(
+    slot: number,
+    ref: BlockRef,
+    bytes: Uint8Array,
+    flags: number,
+    hash: { lo: number; hi: number },
+    nonce: Uint8Array,
+    tag: Uint8Array,
+  ): Promise<void> {
+    if (bytes.length !== this.blockSize) throw new RangeError(`block write of ${bytes.length} bytes, expected ${this.blockSize}`);
+    if (nonce.length !== NONCE_SIZE || tag.length !== TAG_SIZE) throw new RangeError(`nonce/tag of ${nonce.length}/${tag.length} bytes, expected ${NONCE_SIZE}/${TAG_SIZE}`);
+    try {
+      await this.dataFile.write(bytes, 0, bytes.length, slot * this.blockSize);
+      // Record after data, as in writeBlock: the slot stays free in the table until its bytes are written.
+      const record = this.record(slot);
+      record.setUint32(OFF_VOLUME, ref.volumeId, true);
+      record.setUint32(OFF_GENERATION, ref.generation, true);
+      record.setUint32(OFF_FLAGS, flags, true);
+      record.setUint32(OFF_INDEX_LO, lo32(ref.index), true);
+      record.setUint32(OFF_INDEX_HI, hi32(ref.index), true);
+      record.setUint32(OFF_HASH_LO, hash.lo >>> 0, true);
+      record.setUint32(OFF_HASH_HI, hash.hi >>> 0, true);
+      const base = slot * RECORD_SIZE;
+      const nonceBytes = new Uint8Array(this.records, base + OFF_NONCE, NONCE_SIZE);
+      const tagBytes = new Uint8Array(this.records, base + OFF_TAG, TAG_SIZE);
+      if (flags & RECORD_SEALED) {
+        nonceBytes.set(nonce);
+        tagBytes.set(tag);
+      } else {
+        nonceBytes.fill(0);
+        tagBytes.fill(0);
+      }
+      record.setUint32(OFF_STATE, SLOT_USED, true);
+      this.hash.stampRecord(record);
+      await this.slotsFile.write(new Uint8Array(this.records, base, RECORD_SIZE), 0, RECORD_SIZE, base);
+    } catch (err) {
+      this.clearRecord(slot);
+      throw err;
+    }
+    this.bind(slot, ref);
   }
 
   /** Read a block from the main thread into dest and return its hash. */
