@@ -5,13 +5,15 @@
  * /metrics and /healthz over HTTP.
  *
  * With --etcd (or TORUS_ETCD) the node is a cluster member: volume records
- * live in etcd, and the node registers itself (uuid from the data dir,
- * --peer-address), heartbeats under a lease and watches peers and the ring;
+ * live in etcd; the node serves its local store to its peers over TBP on the
+ * host:port of --peer-address, then registers itself (uuid from the data dir,
+ * that address), heartbeats under a lease and watches peers and the ring;
  * --auto-join adds it to the ring. Without, the single-node store in
  * <data-dir>/meta holds the metadata.
  *
- * SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded),
- * commit everything acknowledged, exit 0. A second signal exits at once.
+ * SIGTERM/SIGINT: leave the cluster, stop accepting, let in-flight requests
+ * finish (bounded; the peer server before the store closes), commit
+ * everything acknowledged, exit 0. A second signal exits at once.
  */
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -50,7 +52,7 @@ const spec: CommandSpec = {
     ...etcdFlags,
     'peer-address': {
       type: 'string',
-      help: 'URL other nodes reach this node at, registered in etcd (needs --etcd; not listened on yet)',
+      help: 'where other nodes reach this node, http://HOST:PORT or HOST:PORT: registered in etcd and listened on for the peer protocol (needs --etcd)',
       default: DEFAULT_PEER_ADDRESS,
       env: 'TORUS_PEER_ADDRESS',
     },
@@ -79,7 +81,7 @@ export async function main(argv: string[]): Promise<number> {
   const closeAll = async () => {
     for (const close of closers.reverse()) await close().catch((err) => log.error({ err: String(err) }, 'shutdown step failed'));
   };
-  let cluster: { meta: MetadataStore; uuid: string; newNode: boolean } | undefined;
+  let cluster: { meta: MetadataStore; uuid: string; clusterId: string; newNode: boolean } | undefined;
   let node: StorageNode;
   try {
     if (etcd) cluster = await openCluster(etcd, dataDir, closers);
@@ -116,11 +118,16 @@ export async function main(argv: string[]): Promise<number> {
       closers.push(() => closeServer(http!));
     }
     let member: ClusterMember | undefined;
+    let peerListen: string | undefined;
     if (cluster && etcd) {
+      // Listening before registering: a peer that sees this node in etcd can reach it.
+      const peers = await servePeers(node, peerAddress, cluster);
+      closers.push(() => node.stopServingPeers()); // after leaving the cluster, before the store closes
+      peerListen = `${formatHost(peers.address.address)}:${peers.address.port}`;
       member = await ClusterMember.join({
         meta: cluster.meta,
         uuid: cluster.uuid,
-        address: peerAddress,
+        address: peerAddress.url,
         usage: () => {
           const { capacity, used } = node.status();
           return { capacity, used };
@@ -131,19 +138,20 @@ export async function main(argv: string[]): Promise<number> {
       });
       const joined = member;
       closers.push(() => joined.stop()); // first to run: the node leaves the cluster before it drains
-      node.clusterStatus = () => ({ etcd: etcd.endpoints, ...joined.status() });
+      node.clusterStatus = () => ({ etcd: etcd.endpoints, peerListen, ...joined.status() });
     }
-    const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
+    const host = formatHost(bound.address);
     const volumes = node.list();
-    log.info({ nbd: `${host}:${bound.port}`, unix: unixPath || undefined, http: v.port !== undefined ? `${v.host}:${v.port}` : undefined, volumes: volumes.map((e) => e.name) }, 'torusd serving');
+    log.info({ nbd: `${host}:${bound.port}`, unix: unixPath || undefined, http: v.port !== undefined ? `${v.host}:${v.port}` : undefined, peer: peerListen, volumes: volumes.map((e) => e.name) }, 'torusd serving');
     process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
     for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
     if (volumes.length > 0) process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
     else process.stdout.write(`no volumes yet: torusctl ${etcd ? `-C ${etcd.endpoints}` : `--data-dir ${dataDir}`} volume create-block NAME SIZE\n`);
     if (member && etcd) {
       const ring = member.ring();
+      process.stdout.write(`peer protocol (TBP) listening on ${peerListen} for cluster ${cluster!.clusterId}\n`);
       process.stdout.write(
-        `node ${member.uuid}${cluster!.newNode ? ' (new)' : ''} registered as ${peerAddress} in etcd ${etcd.endpoints}; ` +
+        `node ${member.uuid}${cluster!.newNode ? ' (new)' : ''} registered as ${peerAddress.url} in etcd ${etcd.endpoints}; ` +
           (member.memberStatus === 'OK'
             ? `a member of ring version ${ring?.version}\n`
             : `not in the ring (version ${ring?.version}) yet: torusctl -C ${etcd.endpoints} peer add ${member.uuid}\n`),
@@ -188,18 +196,61 @@ async function openCluster(etcd: EtcdConfig, dataDir: string, closers: (() => Pr
   return { meta, ...prepared };
 }
 
-/** http(s)://host[:port], as peers will dial it; exits 2 naming the flag otherwise. */
-function parsePeerAddress(text: string): string {
+interface PeerAddress {
+  /** http(s)://host:port, as registered in etcd and shown by list-peers. */
+  url: string;
+  /** Where the peer protocol listens: the same host (without IPv6 brackets) and port. */
+  host: string;
+  port: number;
+}
+
+/** A bare HOST:PORT (a name, an IPv4 address, or [IPv6]), which means http://HOST:PORT. */
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[^\s:/?#@[\]]+):(\d{1,5})$/;
+
+/**
+ * --peer-address, as peers will dial it: http(s)://host[:port] or HOST:PORT.
+ * Throws ArgumentError (exit 2) naming the flag otherwise. The scheme only
+ * says how it is written: TBP is plain TCP on that host and port.
+ */
+function parsePeerAddress(text: string): PeerAddress {
+  const spelled = !text.includes('://') && HOST_PORT.test(text) ? `http://${text}` : text;
   let url: URL | undefined;
   try {
-    url = new URL(text);
+    url = new URL(spelled);
   } catch {
     url = undefined;
   }
-  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname || (url.pathname !== '/' && url.pathname !== '') || url.search || url.username) {
-    throw new ArgumentError(`--peer-address: expected a URL like http://10.0.0.5:40000, got "${text}"`);
+  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname || (url.pathname !== '/' && url.pathname !== '') || url.search || url.hash || url.username) {
+    throw new ArgumentError(`--peer-address: expected a URL like http://10.0.0.5:40000 or HOST:PORT, got "${text}"`);
   }
-  return url.origin;
+  const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+  if (port === 0) throw new ArgumentError(`--peer-address: port 0 cannot be dialled by peers; give the port to listen on, got "${text}"`);
+  return { url: url.origin, host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port };
+}
+
+/**
+ * Start serving the node's store to its peers on --peer-address; a listen
+ * failure becomes an error naming the flag (exit 1).
+ */
+async function servePeers(node: StorageNode, address: PeerAddress, cluster: { uuid: string; clusterId: string }) {
+  try {
+    return await node.servePeers({ host: address.host, port: address.port, clusterId: cluster.clusterId, nodeId: cluster.uuid, log: logger('peer') });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why =
+      code === 'EADDRINUSE'
+        ? 'the port is already in use (another torusd or process listens there)'
+        : code === 'EADDRNOTAVAIL'
+          ? 'that address is not one of this host\'s (the node listens where peers dial it)'
+          : code === 'EACCES'
+            ? 'permission denied (ports below 1024 need privileges)'
+            : (err as Error).message;
+    throw new Error(`--peer-address ${address.url}: cannot listen on ${formatHost(address.host)}:${address.port} for the peer protocol: ${why}`, { cause: err });
+  }
+}
+
+function formatHost(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
 }
 
 function packageVersion(): string {

@@ -10,7 +10,9 @@
  *                          --auto-join add this node to the ring if absent.
  *
  * Nothing here moves data: a node's blocks stay in its local store until
- * replication between nodes exists. The peer table is what that work reads.
+ * replication between nodes exists. The peer table is what that work reads;
+ * torusd serves the store to peers (StorageNode.servePeers) on the
+ * registered address.
  */
 import { access } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -27,6 +29,8 @@ import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 
 export interface PreparedDataDir {
   uuid: string;
+  /** The cluster's id (its settings' creation time), as bound to the directory; peers say it in HELLO. */
+  clusterId: string;
   /** The directory got its uuid just now: a new member. */
   newNode: boolean;
 }
@@ -46,7 +50,7 @@ export async function prepareClusterDataDir(meta: MetadataStore, dataDir: string
   }
   await bindToCluster(dataDir, { clusterId: settings.createdAt, etcd });
   const { uuid, created } = await loadOrCreateNodeId(dataDir);
-  return { uuid, newNode: created };
+  return { uuid, clusterId: settings.createdAt, newNode: created };
 }
 
 async function exists(path: string): Promise<boolean> {

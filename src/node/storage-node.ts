@@ -9,8 +9,12 @@
  * them loaded are blocks no version references swept away. A volume that
  * can't be loaded (missing key, damaged map) disables the sweep rather than
  * letting it free that volume's blocks.
+ *
+ * In a cluster the node also serves its store to its peers (servePeers: a
+ * TBP PeerServer over a DiskPeerBackend); that stops first when it closes.
  */
 import { mkdir } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
 import { logger, type Logger } from '../common/log.js';
@@ -19,12 +23,15 @@ import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/ind
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
+import { hasher } from '../dataplane/blocks/hash.js';
 import { refKey } from '../dataplane/blocks/ref.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import type { ExportInfo, ExportProvider, NbdExport } from '../dataplane/nbd/export.js';
+import { PeerServer } from '../dataplane/peer/server.js';
 import { DataPool } from '../dataplane/pool/data-pool.js';
+import { DiskPeerBackend } from '../dataplane/replication/disk-backend.js';
 import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
 import { VolumeExport } from '../dataplane/volume/volume-export.js';
 import type { NodeMetrics } from './metrics.js';
@@ -57,6 +64,26 @@ export interface StorageNodeOptions {
   meta?: MetadataStore;
 }
 
+export interface PeerServiceOptions {
+  /** Where to listen for TBP (the host and port of --peer-address). */
+  host: string;
+  port: number;
+  /** The cluster's id (membership: its settings' creation time); peers of another are refused. */
+  clusterId: string;
+  /** This node's uuid, as registered and in the ring. */
+  nodeId: string;
+  log?: Logger;
+}
+
+/** The node's store as served to its peers. */
+export interface PeerService {
+  server: PeerServer;
+  /** What the server serves from; replication uses it for this node's own copy. */
+  backend: DiskPeerBackend;
+  /** Where it listens. */
+  address: AddressInfo;
+}
+
 export interface VolumeStatus {
   name: string;
   id: number;
@@ -74,6 +101,7 @@ export class StorageNode implements ExportProvider {
   /** Volumes present in metadata that could not be loaded, and why. */
   private readonly unavailable = new Map<string, string>();
   private closing = false;
+  private peers: PeerService | undefined;
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
 
@@ -328,9 +356,53 @@ export class StorageNode implements ExportProvider {
     );
   }
 
+  // ------------------------------------------------------------- peers
+
+  /**
+   * Serve this node's local store to the cluster's other nodes over TBP
+   * (cluster mode): a PeerServer on host:port over a DiskPeerBackend. Rejects
+   * with the listen error (EADDRINUSE, …), leaving nothing running.
+   */
+  async servePeers(options: PeerServiceOptions): Promise<PeerService> {
+    if (this.closing) throw new Error('storage node is closing');
+    if (this.peers) throw new Error(`already serving peers on port ${this.peers.address.port}`);
+    const log = options.log ?? this.log.child({ component: 'peer' });
+    const backend = new DiskPeerBackend(this.store, options.nodeId, log, await hasher());
+    const server = new PeerServer(backend, { clusterId: options.clusterId, nodeId: options.nodeId, log });
+    let address: AddressInfo;
+    try {
+      address = await server.listen(options.host, options.port);
+    } catch (err) {
+      await server.close({ drainMs: 0 });
+      await backend.close();
+      throw err;
+    }
+    this.peers = { server, backend, address };
+    return this.peers;
+  }
+
+  /** The running peer service (servePeers), if any: the PeerServer, its DiskPeerBackend and address. */
+  get peerService(): PeerService | undefined {
+    return this.peers;
+  }
+
+  /**
+   * Stop serving peers: the server drains (new requests get SHUTTING_DOWN)
+   * for up to drainMs, then the backend waits for what still runs on the
+   * store. Before the store closes; close() does it too.
+   */
+  async stopServingPeers(drainMs = 3000): Promise<void> {
+    const peers = this.peers;
+    if (!peers) return;
+    this.peers = undefined;
+    await peers.server.close({ drainMs });
+    await peers.backend.close();
+  }
+
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    await this.stopServingPeers();
     await this.flushAll();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
     await this.pool.close();
