@@ -8,7 +8,8 @@
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import type { ReadBatchResult, ReadBatchTask, WorkerSetup, WriteBatchResult, WriteBatchTask } from './tasks.js';
+import { MAX_TARGETS, SPARE_CANDIDATES, type PeerIdentityForTasks, type PeerTarget } from '../replication/placement.js';
+import type { ReadBatchResult, ReadBatchTask, RemoteTargets, WorkerSetup, WriteBatchResult, WriteBatchTask } from './tasks.js';
 
 export const BATCH = 16;
 
@@ -21,8 +22,27 @@ export interface ReadRequest {
   index: number;
   hashLo: number;
   hashHi: number;
+  /** Cluster: peers to fetch from when there is no good local copy (storeSlot -1 for none). */
+  remote?: ReadRemote;
   done(status: number, reason: string): void;
 }
+
+export interface ReadRemote {
+  identity: PeerIdentityForTasks;
+  /** The placement's peer table when the request was made; candidates index into it. */
+  peers: readonly PeerTarget[];
+  candidates: number[];
+}
+
+/** Cluster: where each block of a write also goes. */
+export interface WriteRemote {
+  identity: PeerIdentityForTasks;
+  peers: readonly PeerTarget[];
+  /** Per block (same order as the blocks), indexes into peers. */
+  targets: number[][];
+}
+
+const READ_STRIDE = MAX_TARGETS + SPARE_CANDIDATES;
 
 export class DataPool {
   private readonly pool: Piscina;
@@ -46,7 +66,7 @@ export class DataPool {
   }
 
   /** Write blocks, BATCH at a time in parallel tasks; results in input order. */
-  async writeBlocks(volumeId: number, generation: number, key: Uint8Array | null, cacheSlots: number[], storeSlots: number[], indices: number[]): Promise<WriteBatchResult[]> {
+  async writeBlocks(volumeId: number, generation: number, key: Uint8Array | null, cacheSlots: number[], storeSlots: number[], indices: number[], remote?: WriteRemote): Promise<WriteBatchResult[]> {
     const tasks: Promise<WriteBatchResult>[] = [];
     for (let start = 0; start < cacheSlots.length; start += BATCH) {
       const end = Math.min(start + BATCH, cacheSlots.length);
@@ -59,6 +79,7 @@ export class DataPool {
         storeSlots: Int32Array.from(storeSlots.slice(start, end)),
         indices: Float64Array.from(indices.slice(start, end)),
       };
+      if (remote) task.remote = remoteTargets(remote.identity, remote.peers, MAX_TARGETS, remote.targets.slice(start, end));
       tasks.push(this.pool.run(task));
     }
     return Promise.all(tasks);
@@ -77,11 +98,15 @@ export class DataPool {
     this.readScheduled = false;
     const all = this.pendingReads;
     this.pendingReads = [];
-    // A task serves one volume (one key); group, then cut into batches.
-    const byVolume = new Map<number, ReadRequest[]>();
+    // A task serves one volume (one key) and one peer table; group, then cut into batches.
+    const byVolume = new Map<unknown, ReadRequest[]>();
+    const tables = new Map<readonly PeerTarget[] | undefined, number>();
     for (const r of all) {
-      let list = byVolume.get(r.volumeId);
-      if (!list) byVolume.set(r.volumeId, (list = []));
+      const table = r.remote?.peers;
+      if (!tables.has(table)) tables.set(table, tables.size);
+      const group = `${r.volumeId}/${tables.get(table)}`;
+      let list = byVolume.get(group);
+      if (!list) byVolume.set(group, (list = []));
       list.push(r);
     }
     for (const list of byVolume.values()) {
@@ -110,6 +135,8 @@ export class DataPool {
       task.hashes[2 * i] = r.hashLo;
       task.hashes[2 * i + 1] = r.hashHi;
     }
+    const remote = batch[0].remote;
+    if (remote) task.remote = remoteTargets(remote.identity, remote.peers, READ_STRIDE, batch.map((r) => r.remote!.candidates));
     this.pool.run(task).then(
       (result: ReadBatchResult) => {
         for (let i = 0; i < n; i++) batch[i].done(result.status[i], result.reasons[i]);
@@ -123,4 +150,12 @@ export class DataPool {
   async close(): Promise<void> {
     await this.pool.close();
   }
+}
+
+function remoteTargets(identity: PeerIdentityForTasks, peers: readonly PeerTarget[], stride: number, perBlock: number[][]): RemoteTargets {
+  const targets = new Int16Array(perBlock.length * stride).fill(-1);
+  perBlock.forEach((list, i) => {
+    for (let t = 0; t < Math.min(stride, list.length); t++) targets[i * stride + t] = list[t];
+  });
+  return { identity, peers: peers as PeerTarget[], stride, targets };
 }

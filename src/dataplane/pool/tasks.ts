@@ -5,6 +5,8 @@
  * 64 KiB blocks in the time a single copy would take.
  */
 
+import type { PeerIdentityForTasks, PeerTarget } from '../replication/placement.js';
+
 export interface WorkerSetup {
   cache: SharedArrayBuffer;
   blockSize: number;
@@ -21,8 +23,22 @@ export interface WriteBatchTask {
   /** The volume's data key when it is encrypted. */
   key: Uint8Array | null;
   cacheSlots: Int32Array;
+  /** Local store slot per block, or -1 where this node keeps no copy (cluster). */
   storeSlots: Int32Array;
   indices: Float64Array;
+  /** Cluster: the peers that also get a copy of each block. */
+  remote?: RemoteTargets;
+}
+
+/**
+ * Peers for a batch: the table, and per block up to `stride` indexes into it
+ * (-1 padded). The table travels with the task, so a worker needs no ring.
+ */
+export interface RemoteTargets {
+  identity: PeerIdentityForTasks;
+  peers: PeerTarget[];
+  stride: number;
+  targets: Int16Array;
 }
 
 export interface WriteBatchResult {
@@ -30,6 +46,10 @@ export interface WriteBatchResult {
   zero: Uint8Array;
   /** xxh64 of each stored block as [lo, hi] pairs. */
   hashes: Uint32Array;
+  /** Per block, 1 for each remote target (same layout as RemoteTargets.targets) that stored it. */
+  acked?: Uint8Array;
+  /** One line per failed peer write, for the log. */
+  failures?: string[];
 }
 
 /** Read stored blocks into cache slots, verifying (and opening) each. */
@@ -43,6 +63,8 @@ export interface ReadBatchTask {
   indices: Float64Array;
   /** Expected xxh64 [lo, hi] pairs, from the volume's block map. */
   hashes: Uint32Array;
+  /** Cluster: peers to fetch from, in order, where the local slot is -1 or fails. */
+  remote?: RemoteTargets;
 }
 
 export const READ_OK = 0;

@@ -11,10 +11,12 @@ import {
   OFF_FLAGS, OFF_GENERATION, OFF_HASH_HI, OFF_HASH_LO, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
   OFF_VOLUME, NONCE_SIZE, RECORD_SEALED, RECORD_SIZE, SLOT_USED, TAG_SIZE, hi32, lo32,
 } from '../blocks/record.js';
+import type { WireBlock } from '../peer/wire.js';
+import { peerClient } from './peer-links.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import {
   READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK, READ_OPEN_FAILED,
-  type PoolTask, type ReadBatchResult, type ReadBatchTask, type WorkerSetup, type WriteBatchResult, type WriteBatchTask,
+  type PoolTask, type ReadBatchResult, type ReadBatchTask, type RemoteTargets, type WorkerSetup, type WriteBatchResult, type WriteBatchTask,
 } from './tasks.js';
 
 const setup = workerData as WorkerSetup;
@@ -28,9 +30,18 @@ const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 const hashOut = new Uint32Array(2);
+/**
+ * Sealed bytes, nonces and tags of a batch while its copies are in flight to
+ * peers (a task keeps the worker until they are answered, so one set per
+ * worker is enough; grown on demand).
+ */
+let stagedCiphertext = new Uint8Array(0);
+const stagedNonces = new Uint8Array(64 * NONCE_SIZE);
+const stagedTags = new Uint8Array(64 * TAG_SIZE);
 
-export default function handle(task: PoolTask): WriteBatchResult | ReadBatchResult {
-  return task.op === 'write' ? writeBatch(task) : readBatch(task);
+export default function handle(task: PoolTask): WriteBatchResult | ReadBatchResult | Promise<WriteBatchResult | ReadBatchResult> {
+  if (task.op === 'write') return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
+  return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);
 }
 
 function cacheBlock(slot: number): Uint8Array {
@@ -93,6 +104,135 @@ function writeBatch(task: WriteBatchTask): WriteBatchResult {
   return { zero, hashes };
 }
 
+/**
+ * writeBatch for a cluster: each block is sealed (if keyed) and hashed once,
+ * stored locally where its store slot is ≥ 0, and sent to its remote targets,
+ * one putBlocks per peer for the whole batch. `acked` says where each block
+ * landed; the volume decides what is enough.
+ */
+async function writeBatchReplicated(task: WriteBatchTask, remote: RemoteTargets): Promise<WriteBatchResult> {
+  const n = task.cacheSlots.length;
+  const zero = new Uint8Array(n);
+  const hashes = new Uint32Array(2 * n);
+  const acked = new Uint8Array(n * remote.stride);
+  const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
+  if (sealer && stagedCiphertext.length < n * blockSize) stagedCiphertext = new Uint8Array(n * blockSize);
+  /** Per peer: its blocks, and where each one's ack goes in `acked`. */
+  const perPeer = new Map<number, { blocks: WireBlock[]; items: number[] }>();
+  for (let i = 0; i < n; i++) {
+    const plain = cacheBlock(task.cacheSlots[i]);
+    if (isAllZero(plain)) {
+      zero[i] = 1;
+      continue;
+    }
+    const nonce = stagedNonces.subarray(i * NONCE_SIZE, (i + 1) * NONCE_SIZE);
+    const tag = stagedTags.subarray(i * TAG_SIZE, (i + 1) * TAG_SIZE);
+    let stored = plain;
+    if (sealer) {
+      stored = stagedCiphertext.subarray(i * blockSize, (i + 1) * blockSize);
+      sealer.seal(plain, stored, nonce, tag, refAad(task.volumeId, task.generation, task.indices[i]), task.generation);
+    }
+    hash.hash64Into(stored, hashes, 2 * i);
+    const slot = task.storeSlots[i];
+    if (slot >= 0) {
+      storeLocally(task, i, slot, stored, sealer !== undefined, hashes, nonce, tag);
+    }
+    const ref = { volumeId: task.volumeId, generation: task.generation, index: task.indices[i] };
+    for (let t = 0; t < remote.stride; t++) {
+      const peer = remote.targets[i * remote.stride + t];
+      if (peer < 0) break;
+      let batch = perPeer.get(peer);
+      if (!batch) perPeer.set(peer, (batch = { blocks: [], items: [] }));
+      batch.blocks.push({ ref, flags: sealer ? RECORD_SEALED : 0, hashLo: hashes[2 * i], hashHi: hashes[2 * i + 1], nonce, tag, data: stored });
+      batch.items.push(i * remote.stride + t);
+    }
+  }
+  const failures: string[] = [];
+  await Promise.all(
+    [...perPeer].map(async ([peer, batch]) => {
+      const target = remote.peers[peer];
+      try {
+        await peerClient(remote.identity, target).putBlocks(batch.blocks);
+        for (const at of batch.items) acked[at] = 1;
+      } catch (err) {
+        failures.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
+      }
+    }),
+  );
+  return { zero, hashes, acked, failures };
+}
+
+/** Write one block and its record to the local store (the slot is this task's). */
+function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uint8Array, sealed: boolean, hashes: Uint32Array, nonce: Uint8Array, tag: Uint8Array): void {
+  const base = slot * RECORD_SIZE;
+  pwriteAll(dataFd, stored, slot * blockSize);
+  const index = task.indices[i];
+  if (sealed) {
+    records.set(nonce, base + OFF_NONCE);
+    records.set(tag, base + OFF_TAG);
+  }
+  recordView.setUint32(base + OFF_VOLUME, task.volumeId, true);
+  recordView.setUint32(base + OFF_GENERATION, task.generation, true);
+  recordView.setUint32(base + OFF_FLAGS, sealed ? RECORD_SEALED : 0, true);
+  recordView.setUint32(base + OFF_INDEX_LO, lo32(index), true);
+  recordView.setUint32(base + OFF_INDEX_HI, hi32(index), true);
+  recordView.setUint32(base + OFF_HASH_LO, hashes[2 * i], true);
+  recordView.setUint32(base + OFF_HASH_HI, hashes[2 * i + 1], true);
+  recordView.setUint32(base + OFF_STATE, SLOT_USED, true);
+  hash.stampRecord(new DataView(setup.records, base, RECORD_SIZE));
+  pwriteAll(slotsFd, records.subarray(base, base + RECORD_SIZE), base);
+}
+
+/**
+ * readBatch for a cluster: the local copy first where there is one, then
+ * each remote candidate in order, each with its own deadline, until one
+ * copy passes its checksum (and opens, if sealed). A replica that is dead,
+ * frozen, missing the block or holding a bad copy only costs its deadline.
+ */
+async function readBatchReplicated(task: ReadBatchTask, remote: RemoteTargets): Promise<ReadBatchResult> {
+  const local = readBatch(task);
+  const n = task.cacheSlots.length;
+  const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
+  await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      if (local.status[i] === READ_OK) return;
+      const tried: string[] = task.storeSlots[i] >= 0 ? [`local: ${local.reasons[i]}`] : [];
+      const ref = { volumeId: task.volumeId, generation: task.generations[i], index: task.indices[i] };
+      const dest = cacheBlock(task.cacheSlots[i]);
+      for (let t = 0; t < remote.stride; t++) {
+        const peer = remote.targets[i * remote.stride + t];
+        if (peer < 0) break;
+        const target = remote.peers[peer];
+        try {
+          const block = await peerClient(remote.identity, target).getBlock(ref);
+          if (!block) {
+            tried.push(`${target.uuid}: not held`);
+            continue;
+          }
+          const got = new Uint32Array(2);
+          hash.hash64Into(block.data, got, 0);
+          if (got[0] !== task.hashes[2 * i] || got[1] !== task.hashes[2 * i + 1] || block.data.length !== blockSize) {
+            tried.push(`${target.uuid}: checksum mismatch`);
+            continue;
+          }
+          if (sealer) {
+            sealer.open(block.data, dest, block.nonce, block.tag, refAad(task.volumeId, task.generations[i], task.indices[i]), task.generations[i]);
+          } else {
+            dest.set(block.data);
+          }
+          local.status[i] = READ_OK;
+          local.reasons[i] = '';
+          return;
+        } catch (err) {
+          tried.push(`${target.uuid}: ${(err as Error).message}`);
+        }
+      }
+      if (tried.length > 0) local.reasons[i] = tried.join('; ');
+    }),
+  );
+  return local;
+}
+
 function readBatch(task: ReadBatchTask): ReadBatchResult {
   const n = task.cacheSlots.length;
   const status = new Uint8Array(n);
@@ -100,6 +240,11 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
   for (let i = 0; i < n; i++) {
     const slot = task.storeSlots[i];
+    if (slot < 0) {
+      status[i] = READ_IO_ERROR;
+      reasons[i] = 'no local copy';
+      continue;
+    }
     const dest = cacheBlock(task.cacheSlots[i]);
     const landing = sealer ? scratch : dest;
     try {

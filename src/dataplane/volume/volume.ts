@@ -26,7 +26,9 @@ import type { Logger } from '../../common/log.js';
 import { RECORD_MAP_PAGE } from '../blocks/record.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache, SlotState, type CacheOwner } from '../cache/block-cache.js';
-import { BATCH, type DataPool } from '../pool/data-pool.js';
+import { BATCH, type DataPool, type ReadRemote, type WriteRemote } from '../pool/data-pool.js';
+import type { ClusterBlocks } from '../replication/cluster-blocks.js';
+import { MAX_TARGETS } from '../replication/placement.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { BlockRef } from '../blocks/ref.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
@@ -45,6 +47,8 @@ export interface VolumeServices {
   cache: BlockCache;
   pool: DataPool;
   log: Logger;
+  /** On a cluster: placement and peers. Absent on a single node (every block is local). */
+  cluster?: ClusterBlocks;
   /** Commit a version's root to metadata (compare-and-swap on the previous generation). */
   commit(volume: VolumeIdentity, generation: number, root: MapRoot | undefined): Promise<void>;
   onChecksumError?(volume: string, block: number, reason: string): void;
@@ -68,6 +72,14 @@ export const COMMIT_INTERVAL_MS = 30_000;
 const STATUS_BLOCK_LIMIT = 65_536;
 /** Most blocks one CACHE request prefetches. */
 const PREFETCH_LIMIT = 256;
+
+interface SpilledBlock {
+  hashLo: number;
+  hashHi: number;
+  /** Cluster: whether this node's store has a copy, and which peers stored one. */
+  local?: boolean;
+  peers?: string[];
+}
 
 interface FlushWaiter {
   ticket: number;
@@ -94,7 +106,7 @@ export class Volume implements CacheOwner {
    * yet committed: their hashes, by index. Never holds an index that is also
    * in pendingHoles.
    */
-  private readonly spilled = new Map<number, { hashLo: number; hashHi: number }>();
+  private readonly spilled = new Map<number, SpilledBlock>();
   /** Spilled blocks dropped while a round ran: released once it is over (see releaseOrphans). */
   private orphans: BlockRef[] = [];
   private roundRunning = false;
@@ -140,8 +152,11 @@ export class Volume implements CacheOwner {
       const page = Buffer.allocUnsafe(identity.blockSize);
       const loadPage = async (level: number, pageNo: number, generation: number, hashLo: number, hashHi: number) => {
         const slot = store.lookup(identity.id, generation, pageIndex(level, pageNo));
-        if (slot === undefined) throw new IoError('EIO', `volume ${identity.name}: map page ${level}/${pageNo} (gen ${generation}) missing from the local store`);
-        const digest = await store.readBlock(slot, page);
+        if (slot === undefined) {
+          if (!services.cluster) throw new IoError('EIO', `volume ${identity.name}: map page ${level}/${pageNo} (gen ${generation}) missing from the local store`);
+          await services.cluster.getBlock({ volumeId: identity.id, generation, index: pageIndex(level, pageNo) }, hashLo, hashHi, page);
+        }
+        const digest = slot === undefined ? { lo: hashLo, hi: hashHi } : await store.readBlock(slot, page);
         if (digest.lo !== hashLo || digest.hi !== hashHi) {
           throw new ChecksumError(identity.name, -1, `volume ${identity.name}: map page ${level}/${pageNo} fails its checksum`);
         }
@@ -275,8 +290,14 @@ export class Volume implements CacheOwner {
       const entry = spilled
         ? { generation: this.generation + 1, flags: this.key ? ENTRY_SEALED : 0, hashLo: spilled.hashLo, hashHi: spilled.hashHi }
         : this.map.lookup(index)!;
-      const storeSlot = store.lookup(this.id, entry.generation, index);
-      if (storeSlot === undefined) {
+      const cluster = this.services.cluster;
+      let remote: ReadRemote | undefined;
+      if (cluster) {
+        const candidates = cluster.placement.readCandidates(this.id, index).remote;
+        if (candidates.length > 0) remote = { identity: cluster.placement.identity, peers: cluster.placement.peers, candidates };
+      }
+      const storeSlot = store.lookup(this.id, entry.generation, index) ?? -1;
+      if (storeSlot < 0 && !remote) {
         throw new IoError('EIO', `volume ${this.name}: block ${index} (gen ${entry.generation}) is missing from the local store`);
       }
       const cacheSlot = cache.acquire(this, index, SlotState.Loading);
@@ -296,6 +317,7 @@ export class Volume implements CacheOwner {
           index,
           hashLo: entry.hashLo,
           hashHi: entry.hashHi,
+          remote,
           done: (status, reason) => {
             this.loads.delete(index);
             if (status === READ_OK) {
@@ -558,12 +580,24 @@ export class Volume implements CacheOwner {
     for (const index of indices) this.dirty.delete(index);
     for (const slot of cacheSlots) cache.setState(slot, SlotState.Flushing);
     const storeSlots: number[] = [];
+    const cluster = this.services.cluster;
+    let remote: WriteRemote | undefined;
     let results;
     try {
-      for (let i = 0; i < indices.length; i++) storeSlots.push(store.allocate());
-      results = await pool.writeBlocks(this.id, generation, this.key, cacheSlots, storeSlots, indices);
+      if (cluster) {
+        // Targets and the peer table they index are taken together, in one tick.
+        remote = { identity: cluster.placement.identity, peers: cluster.placement.peers, targets: [] };
+        for (const index of indices) {
+          const where = cluster.placement.writeTargets(this.id, index);
+          storeSlots.push(where.local ? store.allocate() : -1);
+          remote.targets.push(where.remote);
+        }
+      } else {
+        for (let i = 0; i < indices.length; i++) storeSlots.push(store.allocate());
+      }
+      results = await pool.writeBlocks(this.id, generation, this.key, cacheSlots, storeSlots, indices, remote);
     } catch (err) {
-      for (const slot of storeSlots) store.unallocate(slot);
+      for (const slot of storeSlots) if (slot >= 0) store.unallocate(slot);
       for (let i = 0; i < indices.length; i++) {
         if (this.table.get(indices[i]) === cacheSlots[i]) {
           cache.setState(cacheSlots[i], SlotState.Dirty);
@@ -574,27 +608,55 @@ export class Volume implements CacheOwner {
       }
       throw err;
     }
+    const unstored: string[] = [];
     for (let i = 0; i < indices.length; i++) {
       const index = indices[i];
       const result = results[Math.floor(i / BATCH)];
       const at = i % BATCH;
       const current = this.table.get(index) === cacheSlots[i];
       const ref = { volumeId: this.id, generation, index };
+      const local = storeSlots[i] >= 0;
       if (result.zero[at]) {
-        store.unallocate(storeSlots[i]);
+        if (local) store.unallocate(storeSlots[i]);
         if (this.spilled.delete(index)) store.release(ref); // an earlier spill of this block
         if (current && this.map.isPresent(index)) this.pendingHoles.add(index);
       } else {
-        store.bind(storeSlots[i], ref); // replaces (and releases) an earlier spill of this block
+        const peers = remote ? ackedPeers(remote, i, result.acked!, at) : undefined;
+        if (!local && peers!.length === 0) {
+          // Not stored anywhere: the block stays dirty (or its newer data does) and the round fails below.
+          unstored.push(`block ${index}: ${result.failures?.join('; ') || 'no target'}`);
+          if (current) {
+            cache.setState(cacheSlots[i], SlotState.Dirty);
+            this.dirty.add(index);
+          } else {
+            cache.free(cacheSlots[i]);
+          }
+          continue;
+        }
+        if (local) store.bind(storeSlots[i], ref); // replaces (and releases) an earlier spill of this block
         if (this.pendingHoles.has(index)) {
           store.release(ref); // trimmed while it was being written
           this.spilled.delete(index);
         } else {
-          this.spilled.set(index, { hashLo: result.hashes[2 * at], hashHi: result.hashes[2 * at + 1] });
+          const entry: SpilledBlock = { hashLo: result.hashes[2 * at], hashHi: result.hashes[2 * at + 1] };
+          if (remote) {
+            entry.local = local;
+            entry.peers = peers;
+            if ((local ? 1 : 0) + peers!.length < cluster!.placement.replication) cluster!.stats.underReplicatedBlocks++;
+          }
+          this.spilled.set(index, entry);
         }
       }
       if (current) cache.setState(cacheSlots[i], SlotState.Clean);
       else cache.free(cacheSlots[i]); // rewritten or trimmed meanwhile
+    }
+    const failures = results.flatMap((r) => r.failures ?? []);
+    if (failures.length > 0) {
+      cluster!.stats.failedPeerWrites += failures.length;
+      this.services.log.warn({ volume: this.name, failures: failures.slice(0, 8), count: failures.length }, 'some copies were not stored on peers');
+    }
+    if (unstored.length > 0) {
+      throw new IoError('EIO', `volume ${this.name}: ${unstored.length} block(s) could not be stored on any node: ${unstored.slice(0, 4).join(' | ')}`);
     }
   }
 
@@ -609,6 +671,8 @@ export class Volume implements CacheOwner {
     const holes = [...this.pendingHoles];
     this.pendingHoles.clear();
     const writtenPages: number[] = [];
+    const cluster = this.services.cluster;
+    const pagePeers = new Set<string>();
     try {
       const draft = this.map.draft(generation);
       const flags = this.key ? ENTRY_SEALED : 0;
@@ -626,6 +690,7 @@ export class Volume implements CacheOwner {
             throw err;
           }
           writtenPages.push(page.ref.index);
+          if (cluster) for (const uuid of await cluster.putPage(page.ref, page.bytes, digest.lo, digest.hi, RECORD_MAP_PAGE)) pagePeers.add(uuid);
           const top = draft.pageWritten(level, page.pageNo, digest.lo, digest.hi);
           if (top) root = top;
         }
@@ -633,6 +698,7 @@ export class Volume implements CacheOwner {
       if (draft.rootCleared()) root = undefined;
       const superseded = draft.supersededRefs();
       await store.sync();
+      if (cluster) await this.syncCopies(cluster, entries, pagePeers);
       await this.services.commit(this.identity, generation, root);
       draft.commit(root);
       this.generation = generation;
@@ -643,6 +709,32 @@ export class Volume implements CacheOwner {
       for (const index of writtenPages) store.release({ volumeId: this.id, generation, index });
       for (const index of holes) if (!this.table.has(index) && !this.spilled.has(index)) this.pendingHoles.add(index);
       throw err;
+    }
+  }
+
+  /**
+   * Cluster: make the peers' copies of this version durable. A peer that
+   * cannot sync does not count; every block must keep at least one durable
+   * copy (here or on a peer that synced) or the commit fails.
+   */
+  private async syncCopies(cluster: ClusterBlocks, entries: [number, SpilledBlock][], pagePeers: Set<string>): Promise<void> {
+    const peers = new Set(pagePeers);
+    for (const [, e] of entries) for (const uuid of e.peers ?? []) peers.add(uuid);
+    if (peers.size === 0) return;
+    const failed = await cluster.syncPeers(peers);
+    if (failed.size === 0) return;
+    const lost: number[] = [];
+    for (const [index, e] of entries) {
+      const kept = e.peers?.filter((uuid) => !failed.has(uuid)) ?? [];
+      if (!e.local && kept.length === 0) {
+        lost.push(index);
+      } else if (e.peers && kept.length < e.peers.length) {
+        e.peers = kept; // the next commit does not wait on them again
+        cluster.stats.underReplicatedBlocks++;
+      }
+    }
+    if (lost.length > 0) {
+      throw new IoError('EIO', `volume ${this.name}: ${lost.length} block(s) have no durable copy (peers ${[...failed].join(', ')} failed to sync), first ${lost.slice(0, 8).join(', ')}`);
     }
   }
 
@@ -691,4 +783,14 @@ let zeros = Buffer.alloc(0);
 function zeroBuffer(n: number): Buffer {
   if (zeros.length < n) zeros = Buffer.alloc(Math.max(n, 1 << 20));
   return zeros.subarray(0, n);
+}
+
+/** The uuids of block i's remote targets that acked it (worker result `acked` at offset `at` within its batch). */
+function ackedPeers(remote: WriteRemote, i: number, acked: Uint8Array, at: number): string[] {
+  const out: string[] = [];
+  const targets = remote.targets[i];
+  for (let t = 0; t < Math.min(targets.length, MAX_TARGETS); t++) {
+    if (acked[at * MAX_TARGETS + t]) out.push(remote.peers[targets[t]].uuid);
+  }
+  return out;
 }

@@ -1,0 +1,41 @@
+/**
+ * A worker's own connections to peers, one PeerClient per peer address,
+ * opened on first use and kept: replication runs in the pool workers (the
+ * design card), so each worker talks to peers directly instead of funnelling
+ * block bytes back through the main thread.
+ */
+import { logger } from '../../common/log.js';
+import { PeerClient } from '../peer/client.js';
+import type { PeerIdentityForTasks, PeerTarget } from '../replication/placement.js';
+
+const clients = new Map<string, PeerClient>();
+const log = logger('pool-peer');
+
+/**
+ * Deadlines: a get waits at most GET_TIMEOUT_MS before the next replica is
+ * tried (so a frozen replica stalls a read by about that, within the 2 s the
+ * cluster promises); a put batch of up to 1 MiB may take PUT_TIMEOUT_MS.
+ */
+export const GET_TIMEOUT_MS = 600;
+export const PUT_TIMEOUT_MS = 5000;
+
+export function peerClient(identity: PeerIdentityForTasks, peer: PeerTarget): PeerClient {
+  const key = `${peer.uuid}@${peer.host}:${peer.port}`;
+  let client = clients.get(key);
+  if (!client) {
+    client = new PeerClient({
+      host: peer.host,
+      port: peer.port,
+      clusterId: identity.clusterId,
+      nodeId: identity.nodeId,
+      expectedNodeId: peer.uuid,
+      getTimeoutMs: GET_TIMEOUT_MS,
+      putTimeoutMs: PUT_TIMEOUT_MS,
+      connectTimeoutMs: 500,
+      deadAfterMs: 1000,
+      log,
+    });
+    clients.set(key, client);
+  }
+  return client;
+}

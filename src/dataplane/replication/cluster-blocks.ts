@@ -1,0 +1,126 @@
+/**
+ * ClusterBlocks: what a volume on a cluster node needs besides its local
+ * store — where blocks go (placement), copies of block-map pages to and from
+ * peers (pages are written on the main thread at commit, data blocks go
+ * through the pool workers), and making peers' copies durable at commit.
+ *
+ * The main thread keeps its own PeerClient per peer for these few requests;
+ * the bulk of replication traffic runs on the workers' connections.
+ */
+import { IoError } from '../../common/errors.js';
+import type { Logger } from '../../common/log.js';
+import type { Hasher } from '../blocks/hash.js';
+import { formatRef, type BlockRef } from '../blocks/ref.js';
+import { PeerClient } from '../peer/client.js';
+import { ClusterPlacement, type PeerTarget } from './placement.js';
+
+export interface ReplicationStats {
+  /** Blocks committed with fewer copies than the ring's replication. */
+  underReplicatedBlocks: number;
+  /** Peer writes that failed (each batch to each peer counts once). */
+  failedPeerWrites: number;
+  /** Blocks read from a peer because there was no good local copy. */
+  remoteReads: number;
+}
+
+export class ClusterBlocks {
+  private readonly clients = new Map<string, PeerClient>();
+  readonly stats: ReplicationStats = { underReplicatedBlocks: 0, failedPeerWrites: 0, remoteReads: 0 };
+
+  constructor(
+    readonly placement: ClusterPlacement,
+    private readonly hasher: Hasher,
+    private readonly log: Logger,
+  ) {}
+
+  private client(peer: PeerTarget): PeerClient {
+    const key = `${peer.uuid}@${peer.host}:${peer.port}`;
+    let client = this.clients.get(key);
+    if (!client) {
+      const { clusterId, nodeId } = this.placement.identity;
+      client = new PeerClient({ host: peer.host, port: peer.port, clusterId, nodeId, expectedNodeId: peer.uuid, getTimeoutMs: 600, connectTimeoutMs: 500, deadAfterMs: 1000, log: this.log });
+      this.clients.set(key, client);
+    }
+    return client;
+  }
+
+  /**
+   * Store a map page on the peers its placement names (besides this node,
+   * which keeps its own copy). Resolves with the uuids that stored it; never
+   * rejects — the caller decides whether the copies are enough.
+   */
+  async putPage(ref: BlockRef, bytes: Uint8Array, hashLo: number, hashHi: number, flags: number): Promise<string[]> {
+    const { remote } = this.placement.writeTargets(ref.volumeId, ref.index);
+    const peers = this.placement.peers;
+    const stored: string[] = [];
+    await Promise.all(
+      remote.map(async (at) => {
+        const peer = peers[at];
+        try {
+          await this.client(peer).putBlocks([{ ref, flags, hashLo, hashHi, nonce: new Uint8Array(12), tag: new Uint8Array(16), data: bytes }]);
+          stored.push(peer.uuid);
+        } catch (err) {
+          this.stats.failedPeerWrites++;
+          this.log.warn({ peer: peer.uuid, block: formatRef(ref), err: (err as Error).message }, 'map page not stored on peer');
+        }
+      }),
+    );
+    return stored;
+  }
+
+  /** Fetch a map page (or any block) from its candidates; verified against the expected hash. */
+  async getBlock(ref: BlockRef, hashLo: number, hashHi: number, dest: Uint8Array): Promise<void> {
+    const { remote } = this.placement.readCandidates(ref.volumeId, ref.index);
+    const peers = this.placement.peers;
+    const tried: string[] = [];
+    for (const at of remote) {
+      const peer = peers[at];
+      try {
+        const block = await this.client(peer).getBlock(ref);
+        if (!block) {
+          tried.push(`${peer.uuid}: not held`);
+          continue;
+        }
+        const digest = this.hasher.hash64(block.data);
+        if (digest.lo !== hashLo || digest.hi !== hashHi || block.data.length !== dest.length) {
+          tried.push(`${peer.uuid}: checksum mismatch`);
+          continue;
+        }
+        dest.set(block.data);
+        this.stats.remoteReads++;
+        return;
+      } catch (err) {
+        tried.push(`${peer.uuid}: ${(err as Error).message}`);
+      }
+    }
+    throw new IoError('EIO', `${formatRef(ref)}: no good copy on any replica (${tried.join('; ') || 'no candidates'})`);
+  }
+
+  /**
+   * Make every block the given peers stored so far durable on them. Resolves
+   * with the peers that could not (dead or failing): their copies do not
+   * count, and the caller checks every block still has one.
+   */
+  async syncPeers(uuids: Iterable<string>): Promise<Set<string>> {
+    const peers = this.placement.peers;
+    const failed = new Set<string>();
+    await Promise.all(
+      [...new Set(uuids)].map(async (uuid) => {
+        const at = this.placement.peerIndex(uuid);
+        try {
+          if (at === undefined) throw new Error('no longer known');
+          await this.client(peers[at]).sync();
+        } catch (err) {
+          failed.add(uuid);
+          this.log.warn({ peer: uuid, err: (err as Error).message }, 'peer could not make its copies durable; they are not counted');
+        }
+      }),
+    );
+    return failed;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.clients.values()].map((c) => c.close()));
+    this.clients.clear();
+  }
+}
