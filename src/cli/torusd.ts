@@ -95,6 +95,7 @@ export async function main(argv: string[]): Promise<number> {
       metrics,
       log: logger('node'),
       meta: cluster?.meta,
+      cluster: cluster ? { uuid: cluster.uuid, clusterId: cluster.clusterId } : undefined,
     });
   } catch (err) {
     await closeAll();
@@ -137,6 +138,7 @@ export async function main(argv: string[]): Promise<number> {
         log: logger('membership'),
       });
       const joined = member;
+      node.followMembership(joined.peers);
       closers.push(() => joined.stop()); // first to run: the node leaves the cluster before it drains
       node.clusterStatus = () => ({ etcd: etcd.endpoints, peerListen, ...joined.status() });
     }

@@ -24,6 +24,9 @@ import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { hasher } from '../dataplane/blocks/hash.js';
+import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
+import { ClusterPlacement } from '../dataplane/replication/placement.js';
+import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import { refKey } from '../dataplane/blocks/ref.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
@@ -62,6 +65,12 @@ export interface StorageNodeOptions {
    * one in <data-dir>/meta. The caller keeps it: close() leaves it open.
    */
   meta?: MetadataStore;
+  /**
+   * Cluster mode: this node's identity. Blocks are then placed by the ring
+   * and replicated to peers (src/dataplane/replication); without it every
+   * block is local.
+   */
+  cluster?: { uuid: string; clusterId: string };
 }
 
 export interface PeerServiceOptions {
@@ -102,6 +111,7 @@ export class StorageNode implements ExportProvider {
   private readonly unavailable = new Map<string, string>();
   private closing = false;
   private peers: PeerService | undefined;
+  private stopFollowing: (() => void) | undefined;
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
 
@@ -117,6 +127,8 @@ export class StorageNode implements ExportProvider {
     private readonly metrics: NodeMetrics | undefined,
     private readonly log: Logger,
     private readonly ownsMeta: boolean,
+    /** Cluster mode: placement and peer copies; undefined on a single node. */
+    readonly cluster: ClusterBlocks | undefined,
   ) {}
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
@@ -150,7 +162,8 @@ export class StorageNode implements ExportProvider {
         options.workers,
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
-      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta);
+      const cluster = options.cluster ? await clusterBlocks(meta, options.cluster, log) : undefined;
+      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta, cluster);
       await node.loadVolumes();
       node.registerGauges();
       log.info(
@@ -170,6 +183,7 @@ export class StorageNode implements ExportProvider {
       cache: this.cache,
       pool: this.pool,
       log: this.log,
+      cluster: this.cluster,
       commit: async (identity, generation, root) => {
         const current = this.records.get(identity.name);
         if (!current) throw new NotFoundError(`volume "${identity.name}" was deleted`);
@@ -210,6 +224,13 @@ export class StorageNode implements ExportProvider {
       this.log.warn({ volumes: [...this.unavailable.keys()] }, 'skipping the sweep of unreferenced blocks while some volumes are unavailable');
       return;
     }
+    if (this.cluster) {
+      // This store also holds copies for volumes other nodes write, including
+      // versions not committed yet: freeing by this node's view of committed
+      // maps could destroy them. Cluster GC is not built yet; leaking is safe.
+      this.log.info('cluster mode: the start-up sweep of unreferenced blocks is skipped (cluster GC is not built yet)');
+      return;
+    }
     this.sweep();
   }
 
@@ -239,6 +260,12 @@ export class StorageNode implements ExportProvider {
     m.gauge('torus_cache_hits_total', 'Block cache hits', () => this.cache.hits);
     m.gauge('torus_cache_misses_total', 'Block cache misses', () => this.cache.misses);
     m.gauge('torus_volumes', 'Volumes served by this node', () => this.volumes.size);
+    const stats = this.cluster?.stats;
+    if (stats) {
+      m.gauge('torus_replication_under_replicated_blocks_total', 'Blocks stored with fewer copies than the ring asks for', () => stats.underReplicatedBlocks);
+      m.gauge('torus_replication_failed_peer_writes_total', 'Batches of copies a peer failed to store', () => stats.failedPeerWrites);
+      m.gauge('torus_replication_remote_reads_total', 'Blocks read from a peer by the main thread (map pages)', () => stats.remoteReads);
+    }
   }
 
   // ------------------------------------------------------- ExportProvider
@@ -399,16 +426,39 @@ export class StorageNode implements ExportProvider {
     await peers.backend.close();
   }
 
+  /**
+   * Cluster mode: keep placement current with the watched ring and live
+   * nodes (a node that leaves or joins changes where new copies go).
+   */
+  followMembership(table: PeerTable): void {
+    const cluster = this.cluster;
+    if (!cluster) return;
+    const update = () => cluster.placement.update(table.ring(), table.peers());
+    update();
+    table.on('change', update);
+    this.stopFollowing = () => table.off('change', update);
+  }
+
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     await this.stopServingPeers();
     await this.flushAll();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
+    this.stopFollowing?.();
+    await this.cluster?.close();
     await this.pool.close();
     await this.store.close();
     if (this.ownsMeta) await this.meta.close();
   }
+}
+
+/** Placement seeded from the ring and registrations as they are now; followMembership() keeps it current. */
+async function clusterBlocks(meta: MetadataStore, self: { uuid: string; clusterId: string }, log: Logger): Promise<ClusterBlocks> {
+  const snapshot = await readMembership(meta, log);
+  const placement = new ClusterPlacement(self.uuid, { clusterId: self.clusterId, nodeId: self.uuid });
+  placement.update(snapshot.ring?.description, [...snapshot.peers.values()].map((p) => p.info));
+  return new ClusterBlocks(placement, await hasher(), log.child({ component: 'replication' }));
 }
 
 /**
