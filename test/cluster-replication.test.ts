@@ -3,7 +3,8 @@
  * nodes on loopback with replication 2, 128 MiB of random data written
  * through one node's NBD export with nbdcopy (flushed), one replica killed
  * with kill -9, and every byte read back through a node that joined after
- * the write and holds none of the data itself.
+ * the write and holds none of the data itself; and before that, a read with
+ * a replica frozen (SIGSTOP), where deadlines must bound the stall.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -93,17 +94,32 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
 
+    // A frozen replica (SIGSTOP: no reset, just silence, and its lease still
+    // looks alive for a few seconds) must cost a bounded stall, not a hang:
+    // a fresh reader asks C first for part of C's blocks.
+    process.kill(c.pid, 'SIGSTOP');
+    try {
+      const d = await startNode('repl-d');
+      const started = performance.now();
+      const frozenOut = join(dirs[0], 'frozen.bin');
+      await runOk('nbdcopy', [d.uri('vol'), frozenOut], { timeoutMs: 120_000, env: toolEnv });
+      const seconds = (performance.now() - started) / 1000;
+      assert.equal(sha256((await readFile(frozenOut)).subarray(0, DATA_BYTES)), sha256(data), 'intact with a replica frozen');
+      process.stdout.write(`# read 256 MiB through a new node with one replica frozen: ${seconds.toFixed(1)} s\n`);
+    } finally {
+      process.kill(c.pid, 'SIGCONT');
+    }
+
     // B held about a third of the copies; kill it without warning.
     await b.stop('SIGKILL');
 
-    // D joins after the write, not in the ring: every block it serves comes from A or C.
-    const d = await startNode('repl-d');
+    // E joins after the write, not in the ring: every block it serves comes from A or C.
+    const e = await startNode('repl-e');
     const output = join(dirs[0], 'output.bin');
-    await runOk('nbdcopy', [d.uri('vol'), output], { timeoutMs: 120_000, env: toolEnv });
+    await runOk('nbdcopy', [e.uri('vol'), output], { timeoutMs: 120_000, env: toolEnv });
     const back = await readFile(output);
     assert.equal(back.length, 256 * 1024 * 1024);
     assert.equal(sha256(back.subarray(0, DATA_BYTES)), sha256(data), 'every written byte reads back intact');
     assert.ok(back.subarray(DATA_BYTES).every((byte) => byte === 0), 'the unwritten rest reads as zeros');
-    void c;
   });
 });
