@@ -116,7 +116,9 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     // E joins after the write, not in the ring: every block it serves comes from A or C.
     const e = await startNode('repl-e');
     const output = join(dirs[0], 'output.bin');
+    const readStarted = performance.now();
     await runOk('nbdcopy', [e.uri('vol'), output], { timeoutMs: 120_000, env: toolEnv });
+    process.stdout.write(`# read 256 MiB through a new node with one replica killed: ${((performance.now() - readStarted) / 1000).toFixed(1)} s\n`);
     const back = await readFile(output);
     assert.equal(back.length, 256 * 1024 * 1024);
     assert.equal(sha256(back.subarray(0, DATA_BYTES)), sha256(data), 'every written byte reads back intact');
