@@ -84,6 +84,13 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     await writeFile(input, data);
     await runOk('nbdcopy', ['--flush', input, a.uri('vol')], { timeoutMs: 120_000, env: toolEnv });
 
+    // The first node to load the volume holds its write lock; `volume list` names it.
+    const aUuid = (await readFile(join(a.dataDir, 'node-id'), 'utf8')).trim();
+    const listed = await runCli('torusctl', ['-C', endpoint, 'volume', 'list']);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /WRITER/);
+    assert.match(listed.stdout, new RegExp(`vol .*node ${aUuid} \\(host `));
+
     // Copies went to every node (each reports its store's use every 2 s).
     const deadline = Date.now() + 8000;
     for (;;) {
@@ -100,6 +107,11 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     process.kill(c.pid, 'SIGSTOP');
     try {
       const d = await startNode('repl-d');
+      // A holds the volume's write lock: D serves it read-only and says who writes it.
+      const info = JSON.parse(await runOk('nbdinfo', ['--json', d.uri('vol')], { env: toolEnv }));
+      const described = info.exports[0];
+      assert.equal(described.is_read_only, true, 'a second node serves a locked volume read-only');
+      assert.match(described.description, /read-only: written by node [0-9a-f-]+ \(host .*\) \(lock epoch 1\)/);
       const started = performance.now();
       const frozenOut = join(dirs[0], 'frozen.bin');
       await runOk('nbdcopy', [d.uri('vol'), frozenOut], { timeoutMs: 120_000, env: toolEnv });

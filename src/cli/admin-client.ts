@@ -18,6 +18,7 @@ import { DEFAULT_REPLICATION, initRing, type StoredRing } from '../controlplane/
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js';
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
@@ -27,6 +28,8 @@ import type { EtcdConfig } from './common-flags.js';
 export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
   used?: number;
   sessions?: number;
+  /** Cluster: who holds the volume's write lock (node, host, pid), if anyone. */
+  lockedBy?: string;
 }
 
 export class AdminClient {
@@ -95,7 +98,13 @@ export class AdminClient {
   async listVolumes(): Promise<VolumeRow[]> {
     const online = await this.online<VolumeStatus[]>('GET', '/v1/volumes');
     if (online) return online;
-    return this.offline(async (catalog) => (await catalog.list()).map(({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => row));
+    return this.offline(async (catalog, meta) => {
+      const locks = this.etcd ? await listVolumeLocks(meta) : new Map();
+      return (await catalog.list()).map(({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => {
+        const lock = locks.get(row.name);
+        return lock ? { ...row, lockedBy: describeHolder(lock.holder) } : row;
+      });
+    });
   }
 
   async createVolume(name: string, size: number, encrypt: boolean): Promise<VolumeRow> {

@@ -54,7 +54,7 @@ export function volumeCommands(createWord: string): Command[] {
       aliases: [['volume', 'ls'], ['list-volumes']],
       spec: {
         usage: 'volume list [-o json]',
-        summary: 'list volumes with size, space used and open connections',
+        summary: 'list volumes with size, space used, open connections and (cluster) the node holding the write lock',
         flags: { 'data-dir': dataDirFlag, output: outputFlag, ...etcdFlags },
       },
       async run(args) {
@@ -64,10 +64,14 @@ export function volumeCommands(createWord: string): Command[] {
           process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
           return;
         }
+        const cluster = rows.some((r) => r.lockedBy !== undefined) || etcdConfigOf(args.values) !== undefined;
         process.stdout.write(
           table(
-            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS'],
-            rows.map((r) => [r.name, sizeCell(r.size), sizeCell(r.used), r.encrypted ? 'yes' : 'no', String(r.generation), r.sessions === undefined ? '-' : String(r.sessions)]),
+            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['WRITER'] : [])],
+            rows.map((r) => [
+              r.name, sizeCell(r.size), sizeCell(r.used), r.encrypted ? 'yes' : 'no', String(r.generation), r.sessions === undefined ? '-' : String(r.sessions),
+              ...(cluster ? [r.lockedBy ?? '-'] : []),
+            ]),
           ),
         );
       },

@@ -25,6 +25,7 @@ import { readClusterBinding } from '../controlplane/membership/node-identity.js'
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
+import { acquireVolumeLock, describeHolder, localHolder, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import { refKey } from '../dataplane/blocks/ref.js';
@@ -107,6 +108,12 @@ export interface VolumeStatus {
 export class StorageNode implements ExportProvider {
   private readonly volumes = new Map<string, Volume>();
   private readonly records = new Map<string, VersionedRecord>();
+  /**
+   * Cluster mode: the write locks this node holds, by volume. A volume whose
+   * lock another node holds is served read-only (readOnlyBecause says why).
+   */
+  private readonly locks = new Map<string, VolumeLock>();
+  private readonly readOnlyBecause = new Map<string, string>();
   /** Volumes present in metadata that could not be loaded, and why. */
   private readonly unavailable = new Map<string, string>();
   private closing = false;
@@ -187,7 +194,9 @@ export class StorageNode implements ExportProvider {
       commit: async (identity, generation, root) => {
         const current = this.records.get(identity.name);
         if (!current) throw new NotFoundError(`volume "${identity.name}" was deleted`);
-        this.records.set(identity.name, await this.catalog.commitVersion(current, generation, root ?? null));
+        // In a cluster the commit is fenced by this node's write lock: a node
+        // that lost it (partitioned, lease lapsed) has its commit refused whole.
+        this.records.set(identity.name, await this.catalog.commitVersion(current, generation, root ?? null, this.locks.get(identity.name)));
       },
       onChecksumError: (volume) => this.metrics?.checksumErrors.inc({ volume }),
       onFlush: (_volume, blocks, seconds) => {
@@ -199,6 +208,7 @@ export class StorageNode implements ExportProvider {
 
   private async openVolume(versioned: VersionedRecord): Promise<Volume> {
     const { record } = versioned;
+    if (this.cluster) await this.lockForWriting(record.name);
     const key = record.encrypted ? await this.keys.unwrap(record) : null;
     return Volume.open(
       { id: record.id, name: record.name, size: record.size, blockSize: record.blockSize, encrypted: record.encrypted },
@@ -232,6 +242,29 @@ export class StorageNode implements ExportProvider {
       return;
     }
     this.sweep();
+  }
+
+  /**
+   * Cluster mode: take the volume's write lock (its own 10 s lease, kept
+   * alive), or, when another node holds it, remember to serve the volume
+   * read-only and say who writes it.
+   */
+  private async lockForWriting(name: string): Promise<void> {
+    const uuid = this.cluster!.placement.localUuid;
+    try {
+      const lock = await acquireVolumeLock(this.meta, name, { holder: localHolder(uuid), ttlSeconds: 10 });
+      lock.once('lost', (err: Error) => {
+        if (this.locks.get(name) !== lock) return; // released or deleted on purpose
+        this.log.error({ volume: name, err: err.message }, 'lost the write lock: further commits of this volume are refused (fenced)');
+      });
+      this.locks.set(name, lock);
+      this.readOnlyBecause.delete(name);
+    } catch (err) {
+      if (!(err instanceof VolumeLockedError)) throw err;
+      const why = `written by ${describeHolder(err.lock.holder)} (lock epoch ${err.lock.epoch})`;
+      this.readOnlyBecause.set(name, why);
+      this.log.info({ volume: name, holder: err.lock.holder.node }, `volume is ${why}: served read-only here`);
+    }
   }
 
   /** Free every stored block no committed version references (crash leftovers, deleted volumes). */
@@ -275,13 +308,14 @@ export class StorageNode implements ExportProvider {
   }
 
   private describeVolume(volume: Volume): string {
-    return `torus volume ${volume.name} (${formatSize(volume.size)}${volume.identity.encrypted ? ', encrypted' : ''})`;
+    const readOnly = this.readOnlyBecause.get(volume.name);
+    return `torus volume ${volume.name} (${formatSize(volume.size)}${volume.identity.encrypted ? ', encrypted' : ''}${readOnly ? `; read-only: ${readOnly}` : ''})`;
   }
 
   async describe(name: string) {
     const volume = this.volumes.get(name);
     if (!volume) return undefined;
-    const probe = new VolumeExport(volume, this.describeVolume(volume), () => undefined);
+    const probe = new VolumeExport(volume, this.describeVolume(volume), () => undefined, this.readOnlyBecause.has(name));
     await probe.close();
     return probe;
   }
@@ -290,7 +324,7 @@ export class StorageNode implements ExportProvider {
     if (this.closing) return undefined;
     const volume = this.volumes.get(name);
     if (!volume) return undefined;
-    return new VolumeExport(volume, this.describeVolume(volume), () => undefined);
+    return new VolumeExport(volume, this.describeVolume(volume), () => undefined, this.readOnlyBecause.has(name));
   }
 
   // ----------------------------------------------------------- administration
@@ -320,7 +354,20 @@ export class StorageNode implements ExportProvider {
     if (volume && volume.openSessions > 0) {
       throw new ConflictError(`volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`);
     }
-    const record = await this.catalog.remove(name);
+    const lock = this.locks.get(name);
+    // Fenced by our lock if we hold it; refused naming the holder if another
+    // node does. The lock key goes with the record; out of `locks` first so
+    // its 'lost' notice is not logged as an error.
+    this.locks.delete(name);
+    let record;
+    try {
+      record = await this.catalog.remove(name, lock ? { fence: lock } : undefined);
+    } catch (err) {
+      if (lock) this.locks.set(name, lock);
+      throw err;
+    }
+    await lock?.release().catch(() => undefined); // ends its lease
+    this.readOnlyBecause.delete(name);
     this.volumes.delete(name);
     this.records.delete(name);
     this.unavailable.delete(name);
@@ -445,6 +492,9 @@ export class StorageNode implements ExportProvider {
     await this.stopServingPeers();
     await this.flushAll();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
+    // After the last commit: release, so another node may take over at once.
+    for (const lock of this.locks.values()) await lock.release().catch((err) => this.log.warn({ volume: lock.volume, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
+    this.locks.clear();
     this.stopFollowing?.();
     await this.cluster?.close();
     await this.pool.close();

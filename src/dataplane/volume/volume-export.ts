@@ -10,7 +10,8 @@ import type { Volume } from './volume.js';
 export const MAX_PAYLOAD = 32 * 1024 * 1024;
 
 export class VolumeExport implements NbdExport {
-  readonly readOnly = false;
+  /** True when another node holds the volume's write lock (cluster): reads only. */
+  readonly readOnly: boolean;
   readonly canMultiConn = true;
   readonly minimumBlockSize = 1;
   readonly preferredBlockSize: number;
@@ -21,7 +22,9 @@ export class VolumeExport implements NbdExport {
     private readonly volume: Volume,
     readonly description: string,
     private readonly onClose: () => void,
+    readOnly = false,
   ) {
+    this.readOnly = readOnly;
     this.preferredBlockSize = volume.blockSize;
     volume.openSessions++;
   }
