@@ -88,18 +88,8 @@ function writeBatch(task: WriteBatchTask): WriteBatchResult {
       stored = scratch;
     }
     hash.hash64Into(stored, hashes, 2 * i);
-    pwriteAll(dataFd, stored, slot * blockSize);
-    const index = task.indices[i];
-    recordView.setUint32(base + OFF_VOLUME, task.volumeId, true);
-    recordView.setUint32(base + OFF_GENERATION, task.generation, true);
-    recordView.setUint32(base + OFF_FLAGS, sealer ? RECORD_SEALED : 0, true);
-    recordView.setUint32(base + OFF_INDEX_LO, lo32(index), true);
-    recordView.setUint32(base + OFF_INDEX_HI, hi32(index), true);
-    recordView.setUint32(base + OFF_HASH_LO, hashes[2 * i], true);
-    recordView.setUint32(base + OFF_HASH_HI, hashes[2 * i + 1], true);
-    recordView.setUint32(base + OFF_STATE, SLOT_USED, true);
-    hash.stampRecord(new DataView(setup.records, base, RECORD_SIZE));
-    pwriteAll(slotsFd, records.subarray(base, base + RECORD_SIZE), base);
+    // The sealer wrote nonce and tag into the record already.
+    storeLocally(task, i, slot, stored, sealer !== undefined, hashes);
   }
   return { zero, hashes };
 }
@@ -162,12 +152,16 @@ async function writeBatchReplicated(task: WriteBatchTask, remote: RemoteTargets)
   return { zero, hashes, acked, failures };
 }
 
-/** Write one block and its record to the local store (the slot is this task's). */
-function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uint8Array, sealed: boolean, hashes: Uint32Array, nonce: Uint8Array, tag: Uint8Array): void {
+/**
+ * Write one block and its record to the local store (the slot is this
+ * task's). nonce and tag, when given, are copied into the record; without
+ * them a sealed block's record must hold them already.
+ */
+function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uint8Array, sealed: boolean, hashes: Uint32Array, nonce?: Uint8Array, tag?: Uint8Array): void {
   const base = slot * RECORD_SIZE;
   pwriteAll(dataFd, stored, slot * blockSize);
   const index = task.indices[i];
-  if (sealed) {
+  if (sealed && nonce && tag) {
     records.set(nonce, base + OFF_NONCE);
     records.set(tag, base + OFF_TAG);
   }
