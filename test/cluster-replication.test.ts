@@ -68,19 +68,25 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     }
   }
 
+  let a: TorusdProcess;
+  let c: TorusdProcess;
+  let bUuid: string;
+  let data: Buffer;
+
   test('128 MiB written through one node survives kill -9 of a replica, read back through a node that holds none of it', async () => {
     const init = await runCli('torusctl', ['-C', endpoint, 'init', '--replication', '2']);
     assert.equal(init.code, 0, init.stderr);
     const created = await runCli('torusctl', ['-C', endpoint, 'volume', 'create-block', 'vol', '256MiB']);
     assert.equal(created.code, 0, created.stderr);
 
-    const a = await startNode('repl-a', ['--auto-join']);
+    a = await startNode('repl-a', ['--auto-join']);
     const b = await startNode('repl-b', ['--auto-join']);
-    const c = await startNode('repl-c', ['--auto-join']);
+    c = await startNode('repl-c', ['--auto-join']);
+    bUuid = (await readFile(join(b.dataDir, 'node-id'), 'utf8')).trim();
     await waitForPeers(3);
 
     const input = join(dirs[0], 'input.bin');
-    const data = randomBytes(DATA_BYTES);
+    data = randomBytes(DATA_BYTES);
     await writeFile(input, data);
     await runOk('nbdcopy', ['--flush', input, a.uri('vol')], { timeoutMs: 120_000, env: toolEnv });
 
@@ -135,5 +141,35 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     assert.equal(back.length, 256 * 1024 * 1024);
     assert.equal(sha256(back.subarray(0, DATA_BYTES)), sha256(data), 'every written byte reads back intact');
     assert.ok(back.subarray(DATA_BYTES).every((byte) => byte === 0), 'the unwritten rest reads as zeros');
+  });
+
+  test('after the dead node is removed, the writer re-copies its blocks; then the writer itself is killed and every byte still reads back', async () => {
+    const removed = await runCli('torusctl', ['-C', endpoint, 'peer', 'remove', bUuid, '--force']);
+    assert.equal(removed.code, 0, removed.stderr);
+
+    // The writer's repair runs on every ring or liveness change; wait until a run after the removal is over.
+    const removedAt = Date.now();
+    const deadline = removedAt + 60_000;
+    let repair: { running: boolean; runs: number; copied: number; failed: number; lastStartedAt?: string; lastFailed?: number } | undefined;
+    for (;;) {
+      const r = await runCli('torusctl', ['status', '--data-dir', a.dataDir]);
+      assert.equal(r.code, 0, r.stderr);
+      repair = JSON.parse(r.stdout).replication?.repair;
+      if (repair && !repair.running && repair.lastStartedAt && Date.parse(repair.lastStartedAt) >= removedAt - 1000) break;
+      if (Date.now() > deadline) assert.fail(`no repair run finished after the removal: ${JSON.stringify(repair)}`);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    // Counted over every run: copies meant for C while it was frozen failed then, and were made once it was back.
+    assert.ok(repair.copied > 0, `the writer copied the blocks B held elsewhere (${JSON.stringify(repair)})`);
+    assert.equal(repair.lastFailed, 0, `the run after the removal made every copy it needed (${JSON.stringify(repair)})`);
+    process.stdout.write(`# repair runs so far (a frozen node, a killed node, a removal): ${repair.runs} runs, ${repair.copied} copies made, ${repair.failed} failed while a target was frozen\n`);
+
+    // Kill the writer: every block must now be on C alone among the living.
+    await a.stop('SIGKILL');
+    const f = await startNode('repl-f');
+    const output = join(dirs[0], 'after-repair.bin');
+    await runOk('nbdcopy', [f.uri('vol'), output], { timeoutMs: 120_000, env: toolEnv });
+    assert.equal(sha256((await readFile(output)).subarray(0, DATA_BYTES)), sha256(data), 'intact after losing two of three nodes, one at a time with repair between');
+    void c;
   });
 });

@@ -27,8 +27,9 @@ import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { acquireVolumeLock, describeHolder, localHolder, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
+import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
-import { refKey } from '../dataplane/blocks/ref.js';
+import { refKey, type BlockRef } from '../dataplane/blocks/ref.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
@@ -119,6 +120,8 @@ export class StorageNode implements ExportProvider {
   private closing = false;
   private peers: PeerService | undefined;
   private stopFollowing: (() => void) | undefined;
+  /** Cluster mode: re-copies blocks of the volumes this node writes when placement changes. */
+  private repair: ReplicaRepair | undefined;
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
 
@@ -412,6 +415,7 @@ export class StorageNode implements ExportProvider {
       volumes: this.volumes.size,
       unavailable: Object.fromEntries(this.unavailable),
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
+      ...(this.cluster ? { replication: { ...this.cluster.stats, repair: this.repair?.stats } } : {}),
     };
   }
 
@@ -480,10 +484,34 @@ export class StorageNode implements ExportProvider {
   followMembership(table: PeerTable): void {
     const cluster = this.cluster;
     if (!cluster) return;
-    const update = () => cluster.placement.update(table.ring(), table.peers());
+    const repair = new ReplicaRepair(cluster, this.peers?.backend, () => this.refsToKeepReplicated(), this.log.child({ component: 'repair' }));
+    this.repair = repair;
+    let ringVersion = table.ring()?.version;
+    let live = liveSet(table);
+    const update = () => {
+      cluster.placement.update(table.ring(), table.peers());
+      // Targets move when the ring or the set of live nodes does: check copies then.
+      const version = table.ring()?.version;
+      const now = liveSet(table);
+      if (version !== ringVersion || now !== live) repair.schedule();
+      ringVersion = version;
+      live = now;
+    };
     update();
+    repair.schedule(); // copies missed while this node was down or starting
     table.on('change', update);
     this.stopFollowing = () => table.off('change', update);
+  }
+
+  /** Every ref of the committed versions of the volumes this node writes (holds the lock of). */
+  private *refsToKeepReplicated(): IterableIterator<BlockRef> {
+    for (const [name, volume] of this.volumes) {
+      if (this.locks.has(name)) yield* volume.referencedRefs();
+    }
+  }
+
+  get repairStatus() {
+    return this.repair?.stats;
   }
 
   async close(): Promise<void> {
@@ -496,11 +524,21 @@ export class StorageNode implements ExportProvider {
     for (const lock of this.locks.values()) await lock.release().catch((err) => this.log.warn({ volume: lock.volume, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
     this.locks.clear();
     this.stopFollowing?.();
+    await this.repair?.close();
     await this.cluster?.close();
     await this.pool.close();
     await this.store.close();
     if (this.ownsMeta) await this.meta.close();
   }
+}
+
+/** The live nodes as one comparable string. */
+function liveSet(table: PeerTable): string {
+  return table
+    .peers()
+    .map((p) => p.uuid)
+    .sort()
+    .join(',');
 }
 
 /** Placement seeded from the ring and registrations as they are now; followMembership() keeps it current. */

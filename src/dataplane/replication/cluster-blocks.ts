@@ -33,7 +33,8 @@ export class ClusterBlocks {
     private readonly log: Logger,
   ) {}
 
-  private client(peer: PeerTarget): PeerClient {
+  /** The main thread's connection to a peer (opened on first use, kept). */
+  clientFor(peer: PeerTarget): PeerClient {
     const key = `${peer.uuid}@${peer.host}:${peer.port}`;
     let client = this.clients.get(key);
     if (!client) {
@@ -57,7 +58,7 @@ export class ClusterBlocks {
       remote.map(async (at) => {
         const peer = peers[at];
         try {
-          await this.client(peer).putBlocks([{ ref, flags, hashLo, hashHi, nonce: new Uint8Array(12), tag: new Uint8Array(16), data: bytes }]);
+          await this.clientFor(peer).putBlocks([{ ref, flags, hashLo, hashHi, nonce: new Uint8Array(12), tag: new Uint8Array(16), data: bytes }]);
           stored.push(peer.uuid);
         } catch (err) {
           this.stats.failedPeerWrites++;
@@ -76,7 +77,7 @@ export class ClusterBlocks {
     for (const at of remote) {
       const peer = peers[at];
       try {
-        const block = await this.client(peer).getBlock(ref);
+        const block = await this.clientFor(peer).getBlock(ref);
         if (!block) {
           tried.push(`${peer.uuid}: not held`);
           continue;
@@ -109,7 +110,7 @@ export class ClusterBlocks {
         const at = this.placement.peerIndex(uuid);
         try {
           if (at === undefined) throw new Error('no longer known');
-          await this.client(peers[at]).sync();
+          await this.clientFor(peers[at]).sync();
         } catch (err) {
           failed.add(uuid);
           this.log.warn({ peer: uuid, err: (err as Error).message }, 'peer could not make its copies durable; they are not counted');
