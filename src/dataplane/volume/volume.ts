@@ -672,7 +672,7 @@ export class Volume implements CacheOwner {
     this.pendingHoles.clear();
     const writtenPages: number[] = [];
     const cluster = this.services.cluster;
-    const pagePeers = new Set<string>();
+    const pagePuts: Promise<string[]>[] = [];
     try {
       const draft = this.map.draft(generation);
       const flags = this.key ? ENTRY_SEALED : 0;
@@ -690,15 +690,21 @@ export class Volume implements CacheOwner {
             throw err;
           }
           writtenPages.push(page.ref.index);
-          if (cluster) for (const uuid of await cluster.putPage(page.ref, page.bytes, digest.lo, digest.hi, RECORD_MAP_PAGE)) pagePeers.add(uuid);
+          // Sent without waiting: a written page never changes again in this draft.
+          if (cluster) pagePuts.push(cluster.putPage(page.ref, page.bytes, digest.lo, digest.hi, RECORD_MAP_PAGE));
           const top = draft.pageWritten(level, page.pageNo, digest.lo, digest.hi);
           if (top) root = top;
         }
       }
       if (draft.rootCleared()) root = undefined;
       const superseded = draft.supersededRefs();
-      await store.sync();
-      if (cluster) await this.syncCopies(cluster, entries, pagePeers);
+      if (cluster) {
+        // Pages must be on the peers before they sync; the local sync and the peers' run side by side.
+        const pagePeers = new Set((await Promise.all(pagePuts)).flat());
+        await Promise.all([store.sync(), this.syncCopies(cluster, entries, pagePeers)]);
+      } else {
+        await store.sync();
+      }
       await this.services.commit(this.identity, generation, root);
       draft.commit(root);
       this.generation = generation;
