@@ -171,4 +171,44 @@ describe('replication through the volume data path', { timeout: 60_000 }, () => 
     await volume.close();
     await stopNode(a);
   });
+
+  test('an encrypted volume is sealed once by the writer: peers hold only ciphertext, and a reader with the key opens it', async () => {
+    const members = [
+      { uuid: aUuid, address: '127.0.0.1:1' },
+      { uuid: b.uuid, address: b.address },
+      { uuid: c.uuid, address: c.address },
+    ];
+    const sealedIdentity: VolumeIdentity = { ...identity, id: 8, name: 'sealed', encrypted: true };
+    const key = randomBytes(32);
+    const a = await startNode(join(root, 'a3'), aUuid, ring, members);
+    const volume = await Volume.open(sealedIdentity, 0, undefined, key, a.services);
+    const data = Buffer.alloc(8 * BS, 'plaintext that must never reach a peer ');
+    await volume.write(0, data, false);
+    await volume.flush();
+    await volume.close();
+
+    const built = buildRing(ring);
+    let onPeers = 0;
+    for (let index = 0; index < 8; index++) {
+      const ref = { volumeId: sealedIdentity.id, generation: 1, index };
+      for (const peer of [b, c]) {
+        if (!built.placement(ref, 2).includes(peer.uuid)) continue;
+        const block = await peer.backend.getBlock(ref);
+        assert.ok(block, `block ${index} on its peer`);
+        assert.equal(block.flags & 1, 1, 'stored as sealed');
+        assert.equal(Buffer.from(block.data).indexOf('plaintext'), -1, 'no plaintext on the peer');
+        onPeers++;
+      }
+    }
+    assert.ok(onPeers > 0);
+
+    const d = await startNode(join(root, 'd3'), randomUUID(), ring, members);
+    const reader = await Volume.open(sealedIdentity, a.committed.generation, a.committed.root, key, d.services);
+    const back = Buffer.alloc(data.length);
+    await reader.read(0, back);
+    assert.ok(back.equals(data), 'the reader opens the peers\' ciphertext with the volume key');
+    await reader.close();
+    await stopNode(d);
+    await stopNode(a);
+  });
 });
