@@ -170,6 +170,7 @@ export class StorageNode implements ExportProvider {
       const pool = new DataPool(
         { cache: cache.buffer, blockSize: settings.blockSize, records: store.records, dataPath: store.dataPath, slotsPath: store.slotsPath },
         options.workers,
+        options.cluster ? 4 : 1,
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
       const cluster = options.cluster ? await clusterBlocks(meta, options.cluster, log) : undefined;

@@ -49,15 +49,19 @@ export class DataPool {
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
 
-  constructor(setup: WorkerSetup, threads = Math.max(1, Math.min(4, availableParallelism()))) {
+  /**
+   * tasksPerWorker: 1 on a single node (every task blocks its worker, and an
+   * idle worker should take the next one); more in a cluster, where
+   * replicated tasks wait on peers and several should share a worker.
+   */
+  constructor(setup: WorkerSetup, threads = Math.max(1, Math.min(4, availableParallelism())), tasksPerWorker = 1) {
     this.pool = new Piscina({
       filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
       workerData: setup,
       minThreads: threads,
       maxThreads: threads,
       idleTimeout: 60_000,
-      // Hand tasks straight to workers; their results come back by message.
-      concurrentTasksPerWorker: 1,
+      concurrentTasksPerWorker: tasksPerWorker,
     });
   }
 

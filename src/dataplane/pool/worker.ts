@@ -32,12 +32,21 @@ const scratch = new Uint8Array(blockSize);
 const hashOut = new Uint32Array(2);
 /**
  * Sealed bytes, nonces and tags of a batch while its copies are in flight to
- * peers (a task keeps the worker until they are answered, so one set per
- * worker is enough; grown on demand).
+ * peers. Replicated tasks wait on the network, so a worker runs several at
+ * once (DataPool's concurrentTasksPerWorker): each takes a set of its own
+ * from this free list and gives it back when its puts are answered.
  */
-let stagedCiphertext = new Uint8Array(0);
-const stagedNonces = new Uint8Array(64 * NONCE_SIZE);
-const stagedTags = new Uint8Array(64 * TAG_SIZE);
+interface Staging {
+  ciphertext: Uint8Array;
+  nonces: Uint8Array;
+  tags: Uint8Array;
+}
+const freeStaging: Staging[] = [];
+function takeStaging(blocks: number, sealed: boolean): Staging {
+  const staging = freeStaging.pop() ?? { ciphertext: new Uint8Array(0), nonces: new Uint8Array(64 * NONCE_SIZE), tags: new Uint8Array(64 * TAG_SIZE) };
+  if (sealed && staging.ciphertext.length < blocks * blockSize) staging.ciphertext = new Uint8Array(blocks * blockSize);
+  return staging;
+}
 
 export default function handle(task: PoolTask): WriteBatchResult | ReadBatchResult | Promise<WriteBatchResult | ReadBatchResult> {
   if (task.op === 'write') return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
@@ -101,12 +110,20 @@ function writeBatch(task: WriteBatchTask): WriteBatchResult {
  * landed; the volume decides what is enough.
  */
 async function writeBatchReplicated(task: WriteBatchTask, remote: RemoteTargets): Promise<WriteBatchResult> {
+  const staging = takeStaging(task.cacheSlots.length, task.key !== null);
+  try {
+    return await replicate(task, remote, staging);
+  } finally {
+    freeStaging.push(staging);
+  }
+}
+
+async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: Staging): Promise<WriteBatchResult> {
   const n = task.cacheSlots.length;
   const zero = new Uint8Array(n);
   const hashes = new Uint32Array(2 * n);
   const acked = new Uint8Array(n * remote.stride);
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
-  if (sealer && stagedCiphertext.length < n * blockSize) stagedCiphertext = new Uint8Array(n * blockSize);
   /** Per peer: its blocks, and where each one's ack goes in `acked`. */
   const perPeer = new Map<number, { blocks: WireBlock[]; items: number[] }>();
   for (let i = 0; i < n; i++) {
@@ -115,11 +132,11 @@ async function writeBatchReplicated(task: WriteBatchTask, remote: RemoteTargets)
       zero[i] = 1;
       continue;
     }
-    const nonce = stagedNonces.subarray(i * NONCE_SIZE, (i + 1) * NONCE_SIZE);
-    const tag = stagedTags.subarray(i * TAG_SIZE, (i + 1) * TAG_SIZE);
+    const nonce = staging.nonces.subarray(i * NONCE_SIZE, (i + 1) * NONCE_SIZE);
+    const tag = staging.tags.subarray(i * TAG_SIZE, (i + 1) * TAG_SIZE);
     let stored = plain;
     if (sealer) {
-      stored = stagedCiphertext.subarray(i * blockSize, (i + 1) * blockSize);
+      stored = staging.ciphertext.subarray(i * blockSize, (i + 1) * blockSize);
       sealer.seal(plain, stored, nonce, tag, refAad(task.volumeId, task.generation, task.indices[i]), task.generation);
     }
     hash.hash64Into(stored, hashes, 2 * i);
