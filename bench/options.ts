@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import { parseSize } from '../src/common/size.js';
 import { JOBS, type JobSpec } from './fio.js';
-import { SERVER_NAMES, type ServerName } from './servers.js';
+import { DEFAULT_SERVERS, SERVER_NAMES, type ServerName } from './servers.js';
 
 /** Every server exports this much; the benchmark region lies inside it. */
 export const EXPORT_BYTES = 2 ** 30;
@@ -31,7 +31,9 @@ alternating servers run by run, and prints per-job medians and ratios.
   --ramp SECONDS       warm-up per run, not measured (default 2)
   --repeats N          runs per job and server (default 3)
   --jobs A,B           jobs to run (default all): ${JOBS.map((j) => j.name).join(', ')}
-  --servers A,B        servers to compare (default all): ${SERVER_NAMES.join(', ')}
+  --servers A,B        servers to compare (default ${DEFAULT_SERVERS.join(',')}); any of ${SERVER_NAMES.join(', ')}.
+                       torus-cluster is the cluster mode: etcd and 3 torusd nodes, replication 2,
+                       fio through node 1 (e.g. --servers torus-cluster,nbd-server)
   --region SIZE        part of the 1 GiB export the jobs touch, prefilled first (default 512MiB)
   --json FILE          also write every run and the medians as JSON
   --encrypt            create the torus volume encrypted
@@ -72,7 +74,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
         ramp: { type: 'string', default: '2' },
         repeats: { type: 'string', default: '3' },
         jobs: { type: 'string' },
-        servers: { type: 'string', default: SERVER_NAMES.join(',') },
+        servers: { type: 'string', default: DEFAULT_SERVERS.join(',') },
         region: { type: 'string', default: '512MiB' },
         json: { type: 'string' },
         encrypt: { type: 'boolean', default: false },

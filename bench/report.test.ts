@@ -30,8 +30,8 @@ describe('report', () => {
     assert.equal(torus.runs, 2);
     assert.equal(torus.failures, 1);
     assert.deepEqual(ratios(summaries), [
-      { job: 'j', peer: 'nbd-server', ratio: 0.5 },
-      { job: 'j', peer: 'nbdkit', ratio: 0.25 },
+      { job: 'j', ours: 'torus', peer: 'nbd-server', ratio: 0.5 },
+      { job: 'j', ours: 'torus', peer: 'nbdkit', ratio: 0.25 },
     ]);
     const text = formatReport(summaries, ratios(summaries), { torus: 64 * 2 ** 20 });
     assert.match(text, /torus\/nbd-server 0\.50 {3}torus\/nbdkit 0\.25/);

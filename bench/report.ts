@@ -28,10 +28,14 @@ export interface JobSummary {
 
 export interface Ratio {
   job: string;
+  /** Which of ours: torus (one node) or torus-cluster. */
+  ours: ServerName;
   peer: ServerName;
-  /** torus median IOPS / peer median IOPS */
+  /** our median IOPS / peer median IOPS */
   ratio: number;
 }
+
+const isOurs = (server: ServerName) => server.startsWith('torus');
 
 export function median(values: number[]): number {
   if (values.length === 0) return NaN;
@@ -65,9 +69,9 @@ export function summarize(runs: RunRecord[], jobs: string[], servers: ServerName
 
 export function ratios(summaries: JobSummary[]): Ratio[] {
   const out: Ratio[] = [];
-  for (const ours of summaries.filter((s) => s.server === 'torus' && s.runs > 0)) {
-    for (const peer of summaries.filter((s) => s.job === ours.job && s.server !== 'torus' && s.runs > 0)) {
-      out.push({ job: ours.job, peer: peer.server, ratio: ours.iops / peer.iops });
+  for (const ours of summaries.filter((s) => isOurs(s.server) && s.runs > 0)) {
+    for (const peer of summaries.filter((s) => s.job === ours.job && !isOurs(s.server) && s.runs > 0)) {
+      out.push({ job: ours.job, ours: ours.server, peer: peer.server, ratio: ours.iops / peer.iops });
     }
   }
   return out;
@@ -78,7 +82,7 @@ const number = (value: number, digits = 0) => (Number.isFinite(value) ? value.to
 export function formatReport(summaries: JobSummary[], ratioList: Ratio[], peakRss: Partial<Record<ServerName, number>>): string {
   const lines: string[] = [];
   const header = ['job', 'server', 'IOPS', 'MiB/s', 'p99 us', 'srv CPU%', 'fio CPU%', 'runs'];
-  const widths = [24, 11, 10, 9, 9, 9, 9, 6];
+  const widths = [24, 13, 10, 9, 9, 9, 9, 6];
   const row = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' ').trimEnd();
   lines.push(row(header));
   let lastJob = '';
@@ -87,7 +91,7 @@ export function formatReport(summaries: JobSummary[], ratioList: Ratio[], peakRs
     lines.push(row([s.job === lastJob ? '' : s.job, s.server, number(s.iops), number(s.mibPerSecond, 1), number(s.p99Micros), number(s.serverCpuPercent), number(s.fioCpuPercent), runs]));
     const mine = ratioList.filter((r) => r.job === s.job);
     const lastOfJob = summaries.filter((x) => x.job === s.job).at(-1) === s;
-    if (lastOfJob && mine.length > 0) lines.push(`${''.padEnd(widths[0])} ${mine.map((r) => `torus/${r.peer} ${number(r.ratio, 2)}`).join('   ')}`);
+    if (lastOfJob && mine.length > 0) lines.push(`${''.padEnd(widths[0])} ${mine.map((r) => `${r.ours}/${r.peer} ${number(r.ratio, 2)}`).join('   ')}`);
     lastJob = s.job;
   }
   const rss = Object.entries(peakRss).map(([server, bytes]) => `${server} ${number(bytes! / 2 ** 20, 1)} MiB`);

@@ -6,6 +6,8 @@
  * torus       our torusd serving volume "bench" from a fresh data dir
  * nbd-server  Debian's reference server exporting a preallocated file
  * nbdkit      nbdkit's memory plugin: a RAM disk, the ceiling for the protocol path
+ * torus-cluster  etcd and three torusd nodes on loopback, replication 2, the
+ *             volume served (and written) through node 1: the cluster mode
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -17,12 +19,15 @@ import { LOOPBACK, freePort, isAlive, processTree, waitForListener } from './pro
 
 export const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-export const SERVER_NAMES = ['torus', 'nbd-server', 'nbdkit'] as const;
+export const SERVER_NAMES = ['torus', 'nbd-server', 'nbdkit', 'torus-cluster'] as const;
 export type ServerName = (typeof SERVER_NAMES)[number];
+/** What `npm run bench` compares unless told otherwise: the single node against the C peers. */
+export const DEFAULT_SERVERS: readonly ServerName[] = ['torus', 'nbd-server', 'nbdkit'];
 
 /** Executables each server needs, with the Debian package that provides them. */
 export const SERVER_TOOLS: Record<ServerName, Record<string, string>> = {
   torus: {},
+  'torus-cluster': { etcd: 'etcd-server' },
   'nbd-server': { 'nbd-server': 'nbd-server', fallocate: 'util-linux' },
   nbdkit: { nbdkit: 'nbdkit' },
 };
@@ -194,8 +199,43 @@ async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
   return launch('nbdkit', argv, port, `nbd://${LOOPBACK}:${port}/`, options.workDir);
 }
 
+/**
+ * The cluster in the issue's shape: etcd plus three storage nodes, ring
+ * replication 2, all children of one shell so the measured process tree
+ * (CPU, RSS) is the whole cluster. fio talks to node 1, which writes the
+ * volume; each block goes to the two nodes the ring names for it.
+ */
+async function startTorusCluster(options: ServerOptions): Promise<BenchServer> {
+  const [etcdClient, etcdPeer, nbd, ...peerPorts] = await Promise.all(Array.from({ length: 6 }, () => freePort()));
+  const endpoint = `${LOOPBACK}:${etcdClient}`;
+  const node = (name: string) => `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', name))}`;
+  const dir = options.workDir;
+  const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''}`;
+  const torusd = (i: number, nbdPort: string) =>
+    `${node('torusd')} --etcd ${endpoint} --data-dir ${JSON.stringify(join(dir, `node${i}`))} --size ${TORUS_STORE_SIZE} --nbd ${nbdPort} ` +
+    `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${options.encrypt ? ' --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''} > ${JSON.stringify(join(dir, `node${i}.log`))} 2>&1 &`;
+  const script = [
+    'set -e',
+    `etcd --name bench --data-dir ${JSON.stringify(join(dir, 'etcd'))} --listen-client-urls http://${endpoint} --advertise-client-urls http://${endpoint} ` +
+      `--listen-peer-urls http://${LOOPBACK}:${etcdPeer} --initial-advertise-peer-urls http://${LOOPBACK}:${etcdPeer} ` +
+      `--initial-cluster bench=http://${LOOPBACK}:${etcdPeer} > ${JSON.stringify(join(dir, 'etcd.log'))} 2>&1 &`,
+    `for i in $(seq 1 100); do ${node('torusctl')} -C ${endpoint} init --replication 2${options.blockSize ? ` --block-size ${options.blockSize}` : ''} > /dev/null 2>&1 && break; sleep 0.2; done`,
+    // Nodes 2 and 3 first and before the volume exists: they only store
+    // copies. Node 1 then loads the volume, takes its write lock and serves it.
+    torusd(2, `${LOOPBACK}:${await freePort()}`),
+    torusd(3, `${LOOPBACK}:${await freePort()}`),
+    `for i in $(seq 1 100); do [ "$(${node('torusctl')} -C ${endpoint} list-peers -o json | grep -o '"member": *"OK"' | wc -l)" -ge 2 ] && break; sleep 0.2; done`,
+    create,
+    torusd(1, `${LOOPBACK}:${nbd}`),
+    'wait',
+  ].join('\n');
+  return launch('torus-cluster', ['bash', '-c', script], nbd, `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`, options.workDir);
+}
+
 export function startServer(name: ServerName, options: ServerOptions): Promise<BenchServer> {
   switch (name) {
+    case 'torus-cluster':
+      return startTorusCluster(options);
     case 'torus':
       return startTorus(options);
     case 'nbd-server':
