@@ -52,3 +52,19 @@ export function hi32(n: number): number {
 export function join64(lo: number, hi: number): number {
   return hi * 0x1_0000_0000 + lo;
 }
+
+/**
+ * Fill a used record (everything but nonce, tag and check): which block the
+ * slot holds, how it is stored and its hash. `record` is the slot's 64-byte
+ * view; the caller sets nonce and tag when sealed, then stamps the check.
+ */
+export function fillRecord(record: DataView, ref: { volumeId: number; generation: number; index: number }, flags: number, hashLo: number, hashHi: number): void {
+  record.setUint32(OFF_VOLUME, ref.volumeId, true);
+  record.setUint32(OFF_GENERATION, ref.generation, true);
+  record.setUint32(OFF_FLAGS, flags, true);
+  record.setUint32(OFF_INDEX_LO, lo32(ref.index), true);
+  record.setUint32(OFF_INDEX_HI, hi32(ref.index), true);
+  record.setUint32(OFF_HASH_LO, hashLo >>> 0, true);
+  record.setUint32(OFF_HASH_HI, hashHi >>> 0, true);
+  record.setUint32(OFF_STATE, SLOT_USED, true);
+}

@@ -19,8 +19,8 @@ import { join } from 'node:path';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
-  NONCE_SIZE, OFF_FLAGS, OFF_GENERATION, OFF_HASH_HI, OFF_HASH_LO, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
-  OFF_VOLUME, RECORD_SEALED, RECORD_SIZE, SLOT_FREE, SLOT_USED, TAG_SIZE, hi32, join64, lo32,
+  fillRecord, NONCE_SIZE, OFF_GENERATION, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
+  OFF_VOLUME, RECORD_SEALED, RECORD_SIZE, SLOT_FREE, SLOT_USED, TAG_SIZE, join64,
 } from './record.js';
 import { refKey, type BlockRef } from './ref.js';
 
@@ -262,14 +262,7 @@ export class LocalSlotStore {
     const digest = this.hash.hash64(bytes);
     await this.dataFile.write(bytes, 0, bytes.length, slot * this.blockSize);
     const record = this.record(slot);
-    record.setUint32(OFF_VOLUME, ref.volumeId, true);
-    record.setUint32(OFF_GENERATION, ref.generation, true);
-    record.setUint32(OFF_FLAGS, flags, true);
-    record.setUint32(OFF_INDEX_LO, lo32(ref.index), true);
-    record.setUint32(OFF_INDEX_HI, hi32(ref.index), true);
-    record.setUint32(OFF_HASH_LO, digest.lo, true);
-    record.setUint32(OFF_HASH_HI, digest.hi, true);
-    record.setUint32(OFF_STATE, SLOT_USED, true);
+    fillRecord(record, ref, flags, digest.lo, digest.hi);
     this.hash.stampRecord(record);
     await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
     this.bind(slot, ref);
@@ -304,13 +297,7 @@ export class LocalSlotStore {
       await this.dataFile.write(bytes, 0, bytes.length, slot * this.blockSize);
       // Record after data, as in writeBlock: the slot stays free in the table until its bytes are written.
       const record = this.record(slot);
-      record.setUint32(OFF_VOLUME, ref.volumeId, true);
-      record.setUint32(OFF_GENERATION, ref.generation, true);
-      record.setUint32(OFF_FLAGS, flags, true);
-      record.setUint32(OFF_INDEX_LO, lo32(ref.index), true);
-      record.setUint32(OFF_INDEX_HI, hi32(ref.index), true);
-      record.setUint32(OFF_HASH_LO, hash.lo >>> 0, true);
-      record.setUint32(OFF_HASH_HI, hash.hi >>> 0, true);
+      fillRecord(record, ref, flags, hash.lo, hash.hi);
       const base = slot * RECORD_SIZE;
       const nonceBytes = new Uint8Array(this.records, base + OFF_NONCE, NONCE_SIZE);
       const tagBytes = new Uint8Array(this.records, base + OFF_TAG, TAG_SIZE);
@@ -321,7 +308,6 @@ export class LocalSlotStore {
         nonceBytes.fill(0);
         tagBytes.fill(0);
       }
-      record.setUint32(OFF_STATE, SLOT_USED, true);
       this.hash.stampRecord(record);
       await this.slotsFile.write(new Uint8Array(this.records, base, RECORD_SIZE), 0, RECORD_SIZE, base);
     } catch (err) {

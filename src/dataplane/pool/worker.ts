@@ -7,10 +7,7 @@ import { openSync, readSync, writeSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
 import { hasher } from '../blocks/hash.js';
 import { isAllZero } from '../blocks/hash.js';
-import {
-  OFF_FLAGS, OFF_GENERATION, OFF_HASH_HI, OFF_HASH_LO, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
-  OFF_VOLUME, NONCE_SIZE, RECORD_SEALED, RECORD_SIZE, SLOT_USED, TAG_SIZE, hi32, lo32,
-} from '../blocks/record.js';
+import { OFF_NONCE, OFF_TAG, NONCE_SIZE, RECORD_SEALED, RECORD_SIZE, TAG_SIZE, fillRecord } from '../blocks/record.js';
 import type { WireBlock } from '../peer/wire.js';
 import { peerClient } from './peer-links.js';
 import { blockSealerFor, refAad } from './sealing.js';
@@ -24,7 +21,6 @@ const hash = await hasher();
 const blockSize = setup.blockSize;
 const cache = new Uint8Array(setup.cache);
 const records = new Uint8Array(setup.records);
-const recordView = new DataView(setup.records);
 const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
@@ -177,20 +173,13 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
 function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uint8Array, sealed: boolean, hashes: Uint32Array, nonce?: Uint8Array, tag?: Uint8Array): void {
   const base = slot * RECORD_SIZE;
   pwriteAll(dataFd, stored, slot * blockSize);
-  const index = task.indices[i];
   if (sealed && nonce && tag) {
     records.set(nonce, base + OFF_NONCE);
     records.set(tag, base + OFF_TAG);
   }
-  recordView.setUint32(base + OFF_VOLUME, task.volumeId, true);
-  recordView.setUint32(base + OFF_GENERATION, task.generation, true);
-  recordView.setUint32(base + OFF_FLAGS, sealed ? RECORD_SEALED : 0, true);
-  recordView.setUint32(base + OFF_INDEX_LO, lo32(index), true);
-  recordView.setUint32(base + OFF_INDEX_HI, hi32(index), true);
-  recordView.setUint32(base + OFF_HASH_LO, hashes[2 * i], true);
-  recordView.setUint32(base + OFF_HASH_HI, hashes[2 * i + 1], true);
-  recordView.setUint32(base + OFF_STATE, SLOT_USED, true);
-  hash.stampRecord(new DataView(setup.records, base, RECORD_SIZE));
+  const record = new DataView(setup.records, base, RECORD_SIZE);
+  fillRecord(record, { volumeId: task.volumeId, generation: task.generation, index: task.indices[i] }, sealed ? RECORD_SEALED : 0, hashes[2 * i], hashes[2 * i + 1]);
+  hash.stampRecord(record);
   pwriteAll(slotsFd, records.subarray(base, base + RECORD_SIZE), base);
 }
 
