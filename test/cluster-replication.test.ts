@@ -79,7 +79,8 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     const created = await runCli('torusctl', ['-C', endpoint, 'volume', 'create-block', 'vol', '256MiB']);
     assert.equal(created.code, 0, created.stderr);
 
-    a = await startNode('repl-a', ['--auto-join']);
+    // A keeps the volume (and its write lock) open long after nbdcopy disconnects.
+    a = await startNode('repl-a', ['--auto-join', '--lock-linger', '600']);
     const b = await startNode('repl-b', ['--auto-join']);
     c = await startNode('repl-c', ['--auto-join']);
     bUuid = (await readFile(join(b.dataDir, 'node-id'), 'utf8')).trim();
@@ -90,7 +91,7 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     await writeFile(input, data);
     await runOk('nbdcopy', ['--flush', input, a.uri('vol')], { timeoutMs: 120_000, env: toolEnv });
 
-    // The first node to load the volume holds its write lock; `volume list` names it.
+    // The node whose client opened the volume first holds its write lock; `volume list` names it.
     const aUuid = (await readFile(join(a.dataDir, 'node-id'), 'utf8')).trim();
     const listed = await runCli('torusctl', ['-C', endpoint, 'volume', 'list']);
     assert.equal(listed.code, 0, listed.stderr);

@@ -56,6 +56,11 @@ const spec: CommandSpec = {
       default: DEFAULT_PEER_ADDRESS,
       env: 'TORUS_PEER_ADDRESS',
     },
+    'lock-linger': {
+      type: 'integer',
+      help: 'cluster: seconds a volume stays open here, holding its write lock, after its last NBD client disconnected (default 5; 0 lets go at once)',
+      env: 'TORUS_LOCK_LINGER',
+    },
     'auto-join': { type: 'boolean', help: 'add this node to the ring at start if it is not a member (needs --etcd)' },
   },
 };
@@ -96,6 +101,7 @@ export async function main(argv: string[]): Promise<number> {
       log: logger('node'),
       meta: cluster?.meta,
       cluster: cluster ? { uuid: cluster.uuid, clusterId: cluster.clusterId } : undefined,
+      lockLingerMs: v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
     });
   } catch (err) {
     await closeAll();
@@ -143,7 +149,7 @@ export async function main(argv: string[]): Promise<number> {
       node.clusterStatus = () => ({ etcd: etcd.endpoints, peerListen, ...joined.status() });
     }
     const host = formatHost(bound.address);
-    const volumes = node.list();
+    const volumes = await node.list();
     log.info({ nbd: `${host}:${bound.port}`, unix: unixPath || undefined, http: v.port !== undefined ? `${v.host}:${v.port}` : undefined, peer: peerListen, volumes: volumes.map((e) => e.name) }, 'torusd serving');
     process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
     for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);

@@ -12,6 +12,13 @@
  *
  * In a cluster the node also serves its store to its peers (servePeers: a
  * TBP PeerServer over a DiskPeerBackend); that stops first when it closes.
+ * Volumes are then opened on demand, when an NBD client asks for one (so a
+ * volume created anywhere after start is served too), and the volume's write
+ * lock is taken at that moment: the node whose client came first writes, every
+ * other node serves the volume read-only until the writer lets go. The lock
+ * is held while any session is open and for lockLingerMs after the last one
+ * closes (a reconnecting client keeps its warm cache), then the volume is
+ * committed, closed and the lock released.
  */
 import { mkdir } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
@@ -25,7 +32,7 @@ import { readClusterBinding } from '../controlplane/membership/node-identity.js'
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
-import { acquireVolumeLock, describeHolder, localHolder, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
+import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
@@ -38,7 +45,7 @@ import { PeerServer } from '../dataplane/peer/server.js';
 import { DataPool } from '../dataplane/pool/data-pool.js';
 import { DiskPeerBackend } from '../dataplane/replication/disk-backend.js';
 import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
-import { VolumeExport } from '../dataplane/volume/volume-export.js';
+import { MAX_PAYLOAD, VolumeExport } from '../dataplane/volume/volume-export.js';
 import type { NodeMetrics } from './metrics.js';
 
 /**
@@ -73,7 +80,14 @@ export interface StorageNodeOptions {
    * block is local.
    */
   cluster?: { uuid: string; clusterId: string };
+  /**
+   * Cluster mode: how long a volume stays open, with its write lock, after
+   * its last NBD session closed (default 5 s). 0 lets go at once.
+   */
+  lockLingerMs?: number;
 }
+
+export const DEFAULT_LOCK_LINGER_MS = 5000;
 
 export interface PeerServiceOptions {
   /** Where to listen for TBP (the host and port of --peer-address). */
@@ -118,6 +132,10 @@ export class StorageNode implements ExportProvider {
   /** Volumes present in metadata that could not be loaded, and why. */
   private readonly unavailable = new Map<string, string>();
   private closing = false;
+  /** Cluster mode: the tail of each volume's queue of opens and unloads (exclusive()). */
+  private readonly serial = new Map<string, Promise<void>>();
+  /** Cluster mode: volumes whose last session closed, waiting lockLingerMs before letting go. */
+  private readonly lingering = new Map<string, NodeJS.Timeout>();
   private peers: PeerService | undefined;
   private stopFollowing: (() => void) | undefined;
   /** Cluster mode: re-copies blocks of the volumes this node writes when placement changes. */
@@ -139,10 +157,13 @@ export class StorageNode implements ExportProvider {
     private readonly ownsMeta: boolean,
     /** Cluster mode: placement and peer copies; undefined on a single node. */
     readonly cluster: ClusterBlocks | undefined,
+    private readonly lockLingerMs: number,
   ) {}
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
     const log = options.log ?? logger('node');
+    const lockLingerMs = options.lockLingerMs ?? DEFAULT_LOCK_LINGER_MS;
+    if (!Number.isSafeInteger(lockLingerMs) || lockLingerMs < 0) throw new UsageError(`lock linger must be a whole number of milliseconds ≥ 0, got ${lockLingerMs}`);
     await mkdir(options.dataDir, { recursive: true });
     const meta = options.meta ?? (await openEmbeddedMetadataStore(join(options.dataDir, 'meta')));
     try {
@@ -174,7 +195,7 @@ export class StorageNode implements ExportProvider {
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
       const cluster = options.cluster ? await clusterBlocks(meta, options.cluster, log) : undefined;
-      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta, cluster);
+      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta, cluster, lockLingerMs);
       await node.loadVolumes();
       node.registerGauges();
       log.info(
@@ -212,7 +233,6 @@ export class StorageNode implements ExportProvider {
 
   private async openVolume(versioned: VersionedRecord): Promise<Volume> {
     const { record } = versioned;
-    if (this.cluster) await this.lockForWriting(record.name);
     const key = record.encrypted ? await this.keys.unwrap(record) : null;
     return Volume.open(
       { id: record.id, name: record.name, size: record.size, blockSize: record.blockSize, encrypted: record.encrypted },
@@ -224,6 +244,14 @@ export class StorageNode implements ExportProvider {
   }
 
   private async loadVolumes(): Promise<void> {
+    if (this.cluster) {
+      // Opened on demand (clusterVolume). This store also holds copies for
+      // volumes other nodes write, including versions not committed yet:
+      // freeing by one node's view of committed maps could destroy them, so
+      // there is no start-up sweep; cluster GC (replication/) does it safely.
+      this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
+      return;
+    }
     for (const record of await this.catalog.list()) {
       try {
         const versioned = await this.catalog.get(record.name);
@@ -236,13 +264,6 @@ export class StorageNode implements ExportProvider {
     }
     if (this.unavailable.size > 0) {
       this.log.warn({ volumes: [...this.unavailable.keys()] }, 'skipping the sweep of unreferenced blocks while some volumes are unavailable');
-      return;
-    }
-    if (this.cluster) {
-      // This store also holds copies for volumes other nodes write, including
-      // versions not committed yet: freeing by this node's view of committed
-      // maps could destroy them. Cluster GC is not built yet; leaking is safe.
-      this.log.info('cluster mode: the start-up sweep of unreferenced blocks is skipped (cluster GC is not built yet)');
       return;
     }
     this.sweep();
@@ -268,6 +289,116 @@ export class StorageNode implements ExportProvider {
       const why = `written by ${describeHolder(err.lock.holder)} (lock epoch ${err.lock.epoch})`;
       this.readOnlyBecause.set(name, why);
       this.log.info({ volume: name, holder: err.lock.holder.node }, `volume is ${why}: served read-only here`);
+    }
+  }
+
+  /**
+   * Run fn after every earlier call for the same volume settled, so opens and
+   * unloads of one volume never interleave (two clients connecting at once
+   * take the lock once and share one Volume).
+   */
+  private exclusive<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.serial.get(name) ?? Promise.resolve();
+    const run = before.then(fn);
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.serial.set(name, tail);
+    void tail.then(() => {
+      if (this.serial.get(name) === tail) this.serial.delete(name);
+    });
+    return run;
+  }
+
+  /**
+   * Cluster mode: the volume for a new NBD session. Joins the one already
+   * open here if it has sessions or is a lingering writer; otherwise reads
+   * the newest committed version from the catalog, tries the write lock, and
+   * opens it — writable with the lock, read-only (naming the writer) without.
+   * Undefined when there is no such volume.
+   */
+  private clusterVolume(name: string): Promise<Volume | undefined> {
+    return this.exclusive(name, async () => {
+      if (this.closing) return undefined;
+      const timer = this.lingering.get(name);
+      if (timer) clearTimeout(timer);
+      this.lingering.delete(name);
+      const loaded = this.volumes.get(name);
+      if (loaded) {
+        if (loaded.openSessions > 0 || this.locks.get(name)?.state === 'held') return loaded;
+        // An idle reader may be stale (the writer committed since) and the lock
+        // may be free by now; a writer whose lock was lost is fenced: reopen.
+        await this.unloadVolume(name);
+      }
+      let versioned: VersionedRecord;
+      try {
+        versioned = await this.catalog.get(name);
+      } catch (err) {
+        if (err instanceof NotFoundError) return undefined;
+        throw err;
+      }
+      await this.lockForWriting(name);
+      try {
+        // The last writer may have committed between our read and our lock.
+        if (this.locks.has(name)) versioned = await this.catalog.get(name);
+        this.records.set(name, versioned);
+        const volume = await this.openVolume(versioned);
+        this.volumes.set(name, volume);
+        this.unavailable.delete(name);
+        return volume;
+      } catch (err) {
+        this.records.delete(name);
+        this.readOnlyBecause.delete(name);
+        const lock = this.locks.get(name);
+        this.locks.delete(name);
+        await lock?.release().catch(() => undefined);
+        this.unavailable.set(name, (err as Error).message);
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * Cluster mode: a session of `volume` ended. When it was the last, commit
+   * what the sessions wrote now, and let go of the volume (and its lock)
+   * after lockLingerMs unless a new session arrives first.
+   */
+  private sessionEnded(name: string, volume: Volume): void {
+    if (!this.cluster || this.closing || volume.openSessions > 0 || this.volumes.get(name) !== volume) return;
+    if (this.locks.has(name)) {
+      volume.flush().catch((err) => this.log.warn({ volume: name, err: (err as Error).message }, 'commit after the last session closed failed'));
+    }
+    const timer = setTimeout(() => {
+      if (this.lingering.get(name) !== timer) return;
+      this.lingering.delete(name);
+      this.exclusive(name, async () => {
+        if (this.volumes.get(name) === volume && volume.openSessions === 0) await this.unloadVolume(name);
+      }).catch((err) => this.log.error({ volume: name, err: (err as Error).message }, 'could not close an idle volume'));
+    }, this.lockLingerMs);
+    timer.unref();
+    this.lingering.set(name, timer);
+  }
+
+  /**
+   * Cluster mode: close an idle volume — commit what is dirty (fenced by the
+   * lock), drop its cache, release the lock so another node may write it.
+   */
+  private async unloadVolume(name: string): Promise<void> {
+    const volume = this.volumes.get(name);
+    const lock = this.locks.get(name);
+    try {
+      await volume?.close();
+    } catch (err) {
+      this.log.error({ volume: name, err: (err as Error).message }, 'could not commit the volume before closing it: writes since its last FLUSH are lost');
+    }
+    this.volumes.delete(name);
+    this.records.delete(name);
+    this.readOnlyBecause.delete(name);
+    this.locks.delete(name); // before release: its 'lost' notice is not an error then
+    if (lock) {
+      await lock.release().catch((err) => this.log.warn({ volume: name, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
+      this.log.info({ volume: name }, 'volume idle: closed and its write lock released');
     }
   }
 
@@ -307,8 +438,13 @@ export class StorageNode implements ExportProvider {
 
   // ------------------------------------------------------- ExportProvider
 
-  list(): ExportInfo[] {
-    return [...this.volumes.values()].map((v) => ({ name: v.name, description: this.describeVolume(v) }));
+  async list(): Promise<ExportInfo[]> {
+    if (!this.cluster) return [...this.volumes.values()].map((v) => ({ name: v.name, description: this.describeVolume(v) }));
+    // Every volume of the cluster, open here or not.
+    return (await this.catalog.list()).map((record) => {
+      const volume = this.volumes.get(record.name);
+      return { name: record.name, description: volume ? this.describeVolume(volume) : `torus volume ${record.name} (${formatSize(record.size)}${record.encrypted ? ', encrypted' : ''})` };
+    });
   }
 
   private describeVolume(volume: Volume): string {
@@ -318,17 +454,40 @@ export class StorageNode implements ExportProvider {
 
   async describe(name: string) {
     const volume = this.volumes.get(name);
-    if (!volume) return undefined;
+    if (!volume) return this.cluster ? this.describeUnopened(name) : undefined;
     const probe = new VolumeExport(volume, this.describeVolume(volume), () => undefined, this.readOnlyBecause.has(name));
     await probe.close();
     return probe;
   }
 
+  /** NBD_OPT_INFO on a volume not open here: its record, and whether another node holds its write lock. */
+  private async describeUnopened(name: string) {
+    let record: VolumeRecord;
+    try {
+      record = (await this.catalog.get(name)).record;
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      throw err;
+    }
+    const lock = await readVolumeLock(this.meta, name);
+    const writer = lock && lock.holder.node !== this.cluster!.placement.localUuid ? `${describeHolder(lock.holder)} (lock epoch ${lock.epoch})` : undefined;
+    return {
+      name,
+      description: `torus volume ${name} (${formatSize(record.size)}${record.encrypted ? ', encrypted' : ''}${writer ? `; read-only: written by ${writer}` : ''})`,
+      size: record.size,
+      readOnly: writer !== undefined,
+      minimumBlockSize: 1,
+      preferredBlockSize: record.blockSize,
+      maximumPayload: MAX_PAYLOAD,
+      canMultiConn: true,
+    };
+  }
+
   async open(name: string): Promise<NbdExport | undefined> {
     if (this.closing) return undefined;
-    const volume = this.volumes.get(name);
+    const volume = this.cluster ? await this.clusterVolume(name) : this.volumes.get(name);
     if (!volume) return undefined;
-    return new VolumeExport(volume, this.describeVolume(volume), () => undefined, this.readOnlyBecause.has(name));
+    return new VolumeExport(volume, this.describeVolume(volume), () => this.sessionEnded(name, volume), this.readOnlyBecause.has(name));
   }
 
   // ----------------------------------------------------------- administration
@@ -345,19 +504,24 @@ export class StorageNode implements ExportProvider {
       encrypted: Boolean(options.encrypt),
       ...wrapped,
     });
-    const versioned = await this.catalog.get(name);
-    this.records.set(name, versioned);
-    this.volumes.set(name, await this.openVolume(versioned));
+    if (!this.cluster) {
+      const versioned = await this.catalog.get(name);
+      this.records.set(name, versioned);
+      this.volumes.set(name, await this.openVolume(versioned));
+    }
     this.log.info({ volume: name, size: formatSize(size), encrypted: record.encrypted }, 'volume created');
     return this.volumeStatus(record);
   }
 
   async deleteVolume(name: string): Promise<void> {
     const volume = this.volumes.get(name);
-    if (!volume && !this.unavailable.has(name)) throw new NotFoundError(`no volume named "${name}"`);
+    if (!volume && !this.unavailable.has(name) && !this.cluster) throw new NotFoundError(`no volume named "${name}"`);
     if (volume && volume.openSessions > 0) {
       throw new ConflictError(`volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`);
     }
+    const timer = this.lingering.get(name);
+    if (timer) clearTimeout(timer);
+    this.lingering.delete(name);
     const lock = this.locks.get(name);
     // Fenced by our lock if we hold it; refused naming the holder if another
     // node does. The lock key goes with the record; out of `locks` first so
@@ -518,6 +682,8 @@ export class StorageNode implements ExportProvider {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    for (const timer of this.lingering.values()) clearTimeout(timer);
+    this.lingering.clear();
     await this.stopServingPeers();
     await this.flushAll();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
