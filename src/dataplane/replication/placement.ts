@@ -61,6 +61,12 @@ export class ClusterPlacement {
   constructor(
     readonly localUuid: string,
     readonly identity: PeerIdentityForTasks,
+    /**
+     * False for a store-less client (torusblk nbdserve): its scratch store is
+     * not storage, so no block is ever placed on it, even when no ring node
+     * is live (the write then fails instead).
+     */
+    readonly holdsCopies = true,
   ) {}
 
   /** The ring or the set of live nodes changed. `addresses`: every node's peer address, live or not. */
@@ -117,7 +123,7 @@ export class ClusterPlacement {
     }
     // No live member at all (a node outside the ring, whose ring is all down):
     // keep the block here rather than nowhere.
-    if (chosen === 0) local = true;
+    if (chosen === 0 && this.holdsCopies) local = true;
     return { local, remote };
   }
 
