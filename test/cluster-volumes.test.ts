@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
@@ -14,7 +15,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
-import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+import { BIN, makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
 
@@ -125,4 +126,46 @@ describe('volume write locks follow NBD clients', { skip: etcdMissing() ?? missi
       holder.kill('SIGKILL');
     }
   });
+
+  test('torusblk nbdserve serves the cluster from a machine that stores nothing; what it flushed survives its kill -9', async () => {
+    const port = await freePort();
+    const scratchDir = await makeDataDir('nbdserve-scratch');
+    dirs.push(scratchDir);
+    const client = spawn(process.execPath, [join(BIN, 'torusblk'), '-C', etcd.endpoint, 'nbdserve', '-l', `127.0.0.1:${port}`, '--scratch-dir', scratchDir, '--cache-size', '16MiB', '--workers', '1'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    client.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    client.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    try {
+      await until('torusblk nbdserve to listen', async () => (output.includes('torusblk serving') ? true : undefined), 20_000);
+      assert.match(output, /serving nbd:\/\/127\.0\.0\.1:\d+\/late/, 'it lists the volumes of the cluster');
+      const uri = `nbd://127.0.0.1:${port}/late`;
+      const usedBefore = await storedBytes();
+      const data = randomBytes(32 * MiB);
+      await writeFile(join(scratchDir, 'in.bin'), data);
+      await runOk('nbdcopy', ['--flush', join(scratchDir, 'in.bin'), uri], { timeoutMs: 60_000, env: toolEnv });
+      client.kill('SIGKILL');
+      await new Promise((resolve) => client.once('exit', resolve));
+      // R=2 with two storage nodes: both hold a copy of everything.
+      await until('the copies to show in list-peers', async () => ((await storedBytes()) >= usedBefore + 2 * 32 * MiB ? true : undefined));
+      // The dead client's lock lapses with its lease (10 s); reading needs no lock.
+      await runOk('nbdcopy', [b.uri('late'), join(scratchDir, 'out.bin')], { timeoutMs: 60_000, env: toolEnv });
+      assert.equal(sha256((await readFile(join(scratchDir, 'out.bin'))).subarray(0, 32 * MiB)), sha256(data), 'what the client flushed reads back through a storage node');
+    } finally {
+      client.kill('SIGKILL');
+    }
+  });
+
+  test('torusblk nbd says plainly why it cannot attach on a kernel without the nbd module', { skip: existsSync('/sys/module/nbd') ? 'this kernel has nbd' : undefined }, async () => {
+    const r = await runCli('torusblk', ['-C', etcd.endpoint, 'nbd', 'late']);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /no nbd module/);
+    assert.match(r.stderr, /torusblk nbdserve/);
+  });
+
+  async function storedBytes(): Promise<number> {
+    const r = await runCli('torusctl', ['-C', etcd.endpoint, 'list-peers', '-o', 'json']);
+    return (JSON.parse(r.stdout).peers as { used: number }[]).reduce((sum, p) => sum + p.used, 0);
+  }
 });

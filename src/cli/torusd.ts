@@ -32,6 +32,7 @@ import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, StorageNode } from '../node/storage-node.js';
 import { ArgumentError, helpText, parseCommand, runMain, type Address, type CommandSpec } from './args.js';
 import { openClusterStore } from './cluster-store.js';
+import { Closers } from './shutdown.js';
 import { DEFAULT_NBD_ADDR, DEFAULT_PEER_ADDRESS, dataDirFlag, etcdConfigOf, etcdFlags, keyFileFlag, type EtcdConfig } from './common-flags.js';
 
 const spec: CommandSpec = {
@@ -82,10 +83,8 @@ export async function main(argv: string[]): Promise<number> {
   const metrics = new NodeMetrics();
 
   // Closed in reverse order: the cluster store and the directory lock last.
-  const closers: (() => Promise<void>)[] = [];
-  const closeAll = async () => {
-    for (const close of closers.reverse()) await close().catch((err) => log.error({ err: String(err) }, 'shutdown step failed'));
-  };
+  const closers = new Closers(log);
+  const closeAll = () => closers.closeAll();
   let cluster: { meta: MetadataStore; uuid: string; clusterId: string; newNode: boolean } | undefined;
   let node: StorageNode;
   try {
@@ -170,20 +169,7 @@ export async function main(argv: string[]): Promise<number> {
     throw err;
   }
 
-  await new Promise<void>((done) => {
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) {
-        log.warn({ signal }, 'second signal: exiting without finishing shutdown');
-        process.exit(1);
-      }
-      stopping = true;
-      log.info({ signal }, 'shutting down: draining connections and committing acknowledged writes');
-      closeAll().then(done, done);
-    };
-    process.on('SIGTERM', () => stop('SIGTERM'));
-    process.on('SIGINT', () => stop('SIGINT'));
-  });
+  await closers.untilSignalled();
   log.info('stopped');
   return 0;
 }
@@ -193,7 +179,7 @@ export async function main(argv: string[]): Promise<number> {
  * single-node store takes, <data-dir>/meta/LOCK, so no two processes of
  * either kind share a directory) and prepare it for membership.
  */
-async function openCluster(etcd: EtcdConfig, dataDir: string, closers: (() => Promise<void>)[]) {
+async function openCluster(etcd: EtcdConfig, dataDir: string, closers: Closers) {
   const meta = await openClusterStore(etcd);
   closers.push(() => meta.close());
   const lockDir = join(dataDir, 'meta');

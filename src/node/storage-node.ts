@@ -79,7 +79,15 @@ export interface StorageNodeOptions {
    * and replicated to peers (src/dataplane/replication); without it every
    * block is local.
    */
-  cluster?: { uuid: string; clusterId: string };
+  cluster?: {
+    uuid: string;
+    clusterId: string;
+    /**
+     * False for a store-less client (torusblk nbdserve): the local store is
+     * scratch for map pages, never a place for copies (default true).
+     */
+    holdsCopies?: boolean;
+  };
   /**
    * Cluster mode: how long a volume stays open, with its write lock, after
    * its last NBD session closed (default 5 s). 0 lets go at once.
@@ -709,9 +717,9 @@ function liveSet(table: PeerTable): string {
 }
 
 /** Placement seeded from the ring and registrations as they are now; followMembership() keeps it current. */
-async function clusterBlocks(meta: MetadataStore, self: { uuid: string; clusterId: string }, log: Logger): Promise<ClusterBlocks> {
+async function clusterBlocks(meta: MetadataStore, self: { uuid: string; clusterId: string; holdsCopies?: boolean }, log: Logger): Promise<ClusterBlocks> {
   const snapshot = await readMembership(meta, log);
-  const placement = new ClusterPlacement(self.uuid, { clusterId: self.clusterId, nodeId: self.uuid });
+  const placement = new ClusterPlacement(self.uuid, { clusterId: self.clusterId, nodeId: self.uuid }, self.holdsCopies ?? true);
   placement.update(snapshot.ring?.description, [...snapshot.peers.values()].map((p) => p.info));
   return new ClusterBlocks(placement, await hasher(), log.child({ component: 'replication' }));
 }

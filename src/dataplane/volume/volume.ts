@@ -700,8 +700,7 @@ export class Volume implements CacheOwner {
       const superseded = draft.supersededRefs();
       if (cluster) {
         // Pages must be on the peers before they sync; the local sync and the peers' run side by side.
-        const pagePeers = new Set((await Promise.all(pagePuts)).flat());
-        await Promise.all([store.sync(), this.syncCopies(cluster, entries, pagePeers)]);
+        await Promise.all([store.sync(), this.syncCopies(cluster, entries, await Promise.all(pagePuts))]);
       } else {
         await store.sync();
       }
@@ -721,13 +720,17 @@ export class Volume implements CacheOwner {
   /**
    * Cluster: make the peers' copies of this version durable. A peer that
    * cannot sync does not count; every block must keep at least one durable
-   * copy (here or on a peer that synced) or the commit fails.
+   * copy (here or on a peer that synced) or the commit fails. pageCopies: the
+   * peers that took each new map page; they count only on a store-less
+   * client, whose own copy of a page is scratch, not storage.
    */
-  private async syncCopies(cluster: ClusterBlocks, entries: [number, SpilledBlock][], pagePeers: Set<string>): Promise<void> {
-    const peers = new Set(pagePeers);
+  private async syncCopies(cluster: ClusterBlocks, entries: [number, SpilledBlock][], pageCopies: string[][]): Promise<void> {
+    const peers = new Set(pageCopies.flat());
     for (const [, e] of entries) for (const uuid of e.peers ?? []) peers.add(uuid);
-    if (peers.size === 0) return;
-    const failed = await cluster.syncPeers(peers);
+    const failed = peers.size === 0 ? new Set<string>() : await cluster.syncPeers(peers);
+    if (!cluster.placement.holdsCopies && pageCopies.some((copies) => copies.every((uuid) => failed.has(uuid)))) {
+      throw new IoError('EIO', `volume ${this.name}: a map page of the new version is on no storage node (peers ${[...failed].join(', ') || 'none'} failed); nothing was committed`);
+    }
     if (failed.size === 0) return;
     const lost: number[] = [];
     for (const [index, e] of entries) {

@@ -1,0 +1,112 @@
+/**
+ * torusblk nbdserve: serve every volume of a cluster over NBD from a machine
+ * that stores nothing itself — the original's client-node mode. It joins no
+ * ring and registers nowhere; it watches the ring and live nodes in etcd so
+ * it knows where blocks are, takes a volume's write lock when an NBD client
+ * opens it (like a storage node), and places every copy on storage nodes.
+ *
+ * It still needs a little local disk: a scratch store (default 256 MiB in
+ * the system temp dir, removed at exit) for the map pages it writes while
+ * committing; those pages also go to storage nodes, and a commit fails
+ * unless each one is durable on at least one of them.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { NotFoundError } from '../common/errors.js';
+import { logger } from '../common/log.js';
+import { formatSize } from '../common/size.js';
+import { PeerTable } from '../controlplane/membership/peer-table.js';
+import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import { NbdServer } from '../dataplane/nbd/server.js';
+import { startHttpServer } from '../node/http-server.js';
+import { NodeMetrics } from '../node/metrics.js';
+import { nbdMetricsHooks } from '../node/nbd-metrics.js';
+import { StorageNode } from '../node/storage-node.js';
+import type { Address, FlagSpec, Parsed } from './args.js';
+import { openClusterStore } from './cluster-store.js';
+import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from './common-flags.js';
+import { Closers } from './shutdown.js';
+
+export const nbdserveFlags: Record<string, FlagSpec> = {
+  listen: { type: 'address', short: 'l', help: 'NBD listen address HOST:PORT', default: DEFAULT_NBD_ADDR, env: 'TORUS_NBD_ADDR' },
+  unix: { type: 'string', help: 'also serve NBD on this unix socket (nbd+unix://; torusblk nbd uses one)' },
+  'cache-size': { type: 'size', help: 'block cache size', default: '256MiB' },
+  'scratch-size': { type: 'size', help: 'local scratch store for map pages being committed', default: '256MiB' },
+  'scratch-dir': { type: 'string', help: 'where the scratch store goes (removed at exit)', default: tmpdir() },
+  workers: { type: 'integer', help: 'data-plane worker threads (default: one per core, at most 4)' },
+  'key-file': keyFileFlag,
+  'lock-linger': { type: 'integer', help: 'seconds a volume stays open, holding its write lock, after its last client disconnected', default: '5' },
+  port: { type: 'integer', help: 'HTTP port for /metrics and /healthz (off unless given)' },
+  host: { type: 'string', help: 'HTTP listen host', default: '127.0.0.1' },
+  ...clusterEtcdFlags,
+};
+
+export interface ServingClient {
+  nbd: NbdServer;
+  /** Where NBD listens (TCP). */
+  address: { host: string; port: number };
+  closers: Closers;
+}
+
+/** Start serving; the caller waits for a signal and runs closers.closeAll(). */
+export async function startNbdServe(args: Parsed, options: { unixPath?: string } = {}): Promise<ServingClient> {
+  const v = args.values;
+  const etcd = etcdConfigOf(v)!;
+  const log = logger('torusblk');
+  const closers = new Closers(log);
+  try {
+    const meta = await openClusterStore(etcd);
+    closers.push(() => meta.close());
+    const settings = await new VolumeCatalog(meta).settings();
+    if (!settings) throw new NotFoundError(`the cluster in etcd ${etcd.endpoints} is not initialised: run torusctl -C ${etcd.endpoints} init first`);
+
+    const scratch = await mkdtemp(join(v['scratch-dir'] as string, 'torusblk-'));
+    closers.push(() => rm(scratch, { recursive: true, force: true }));
+    const metrics = new NodeMetrics();
+    const uuid = randomUUID();
+    const node = await StorageNode.open({
+      dataDir: scratch,
+      capacityBytes: v['scratch-size'] as number,
+      cacheBytes: v['cache-size'] as number,
+      workers: (v.workers as number | undefined) || undefined,
+      keyFile: v['key-file'] as string | undefined,
+      metrics,
+      log: logger('node'),
+      meta,
+      cluster: { uuid, clusterId: settings.createdAt, holdsCopies: false },
+      lockLingerMs: (v['lock-linger'] as number) * 1000,
+    });
+    closers.push(() => node.close());
+    const peers = await PeerTable.open(meta, { log: logger('membership') });
+    closers.push(() => peers.close());
+    node.followMembership(peers);
+
+    const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
+    closers.push(() => nbd.close({ drainMs: 3000 }));
+    const listen = v.listen as Address;
+    const bound = await nbd.listenTcp(listen.host, listen.port);
+    const unixPath = options.unixPath ?? (v.unix as string | undefined);
+    if (unixPath) await nbd.listenUnix(unixPath);
+    if (v.port !== undefined) {
+      const http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({ ok: true, detail: node.status() }));
+      closers.push(
+        () =>
+          new Promise<void>((resolve) => {
+            http.close(() => resolve());
+            http.closeAllConnections?.();
+          }),
+      );
+    }
+    const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
+    const volumes = await node.list();
+    log.info({ nbd: `${host}:${bound.port}`, unix: unixPath, etcd: etcd.endpoints, client: uuid, scratch: formatSize(v['scratch-size'] as number), volumes: volumes.map((e) => e.name) }, 'torusblk serving the cluster over NBD');
+    process.stdout.write(`torusblk serving the volumes of cluster ${settings.createdAt} (etcd ${etcd.endpoints}) on nbd://${host}:${bound.port}/VOLUME\n`);
+    for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
+    return { nbd, address: { host: bound.address, port: bound.port }, closers };
+  } catch (err) {
+    await closers.closeAll();
+    throw err;
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * The long-running binaries (torusd, torusblk nbdserve) stop the same way:
+ * the first SIGTERM/SIGINT runs the closers in reverse order of start (drain
+ * NBD, commit what was acknowledged, leave the cluster, close stores); a
+ * second signal exits at once.
+ */
+import type { Logger } from '../common/log.js';
+
+export class Closers {
+  private readonly steps: (() => Promise<void>)[] = [];
+
+  constructor(private readonly log: Logger) {}
+
+  /** Run `close` at shutdown, before everything pushed earlier. */
+  push(close: () => Promise<void>): void {
+    this.steps.push(close);
+  }
+
+  /** Every step, latest first; one failing does not stop the rest. */
+  async closeAll(): Promise<void> {
+    while (this.steps.length > 0) {
+      const close = this.steps.pop()!;
+      await close().catch((err) => this.log.error({ err: String(err) }, 'shutdown step failed'));
+    }
+  }
+
+  /** Resolve once a signal came and every step ran. */
+  untilSignalled(what = 'draining connections and committing acknowledged writes'): Promise<void> {
+    return new Promise<void>((done) => {
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) {
+          this.log.warn({ signal }, 'second signal: exiting without finishing shutdown');
+          process.exit(1);
+        }
+        stopping = true;
+        this.log.info({ signal }, `shutting down: ${what}`);
+        this.closeAll().then(done, done);
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    });
+  }
+}
