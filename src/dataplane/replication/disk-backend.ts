@@ -23,6 +23,7 @@ import type { LocalSlotStore } from '../blocks/slot-store.js';
 import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from '../peer/backend.js';
 import { formatHash } from '../peer/memory-backend.js';
 import type { ListedBlock, WireBlock } from '../peer/wire.js';
+import { RateMeter } from './rate.js';
 
 /** A read that finds its slot rebound this many times in a row gives up (INTERNAL); each retry is a fresh lookup. */
 const READ_ATTEMPTS = 3;
@@ -30,6 +31,11 @@ const READ_ATTEMPTS = 3;
 const LIST_SCAN_SLICE = 8192;
 
 export class DiskPeerBackend implements PeerBlockBackend {
+  /**
+   * Bytes of copies stored for peers (their writes replicated here, and
+   * copies rebalance or repair moved here): the node's replication rate.
+   */
+  readonly received = new RateMeter();
   /** The sync now running, and the one queued behind it for callers that came after it began. */
   private syncRunning: Promise<void> | undefined;
   private syncQueued: Promise<void> | undefined;
@@ -104,6 +110,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
         store.unallocate(slots[i]);
         failures.push(result.reason);
       }
+      this.received.add((blocks.length - failures.length) * store.blockSize);
       if (failures.length > 0) {
         const first = failures[0];
         this.log.warn({ err: (first as Error)?.message ?? String(first), failed: failures.length, of: blocks.length }, 'writing received blocks failed');
