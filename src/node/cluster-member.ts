@@ -22,7 +22,7 @@ import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { bindToCluster, loadOrCreateNodeId, readClusterBinding } from '../controlplane/membership/node-identity.js';
 import type { PeerInfo } from '../controlplane/membership/peer-info.js';
 import { PeerTable, type MemberStatus } from '../controlplane/membership/peer-table.js';
-import { NodeRegistration, type NodeUsage } from '../controlplane/membership/registration.js';
+import { NodeRegistration, type NodeRates, type NodeUsage } from '../controlplane/membership/registration.js';
 import { addMembers, casRing, readRing } from '../controlplane/membership/ring-store.js';
 import type { RingDescription } from '../controlplane/ring/ring.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
@@ -66,6 +66,8 @@ export interface ClusterMemberOptions {
   /** --peer-address */
   address: string;
   usage: () => NodeUsage;
+  /** Rebalance and replication rates, reported with usage (list-peers REB/REP DATA). */
+  rates?: () => NodeRates;
   version: string;
   /** Add this node to the ring (weight = capacity) if it is not a member. */
   autoJoin: boolean;
@@ -93,6 +95,7 @@ export class ClusterMember {
       uuid,
       address: options.address,
       usage: options.usage,
+      rates: options.rates,
       version: options.version,
       ttlSeconds: options.ttlSeconds,
       log,

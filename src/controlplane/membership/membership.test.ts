@@ -221,6 +221,22 @@ describe('registration', () => {
     await reg.stop();
   });
 
+  it('reports the rates its callback gives at each update (rounded, never negative)', async () => {
+    const meta = await store();
+    let rates = { rebalancing: true, rebalanceRate: 1234.6, replicationRate: -1, rebalancePending: 65536 };
+    const reg = await startRegistration(meta, { updateIntervalMs: 50, rates: () => rates });
+    const key = nodeKey(reg.uuid);
+    const first = decodePeerInfo((await meta.get(key))!);
+    assert.equal(first.rebalancing, true);
+    assert.equal(first.rebalanceRate, 1235);
+    assert.equal(first.replicationRate, 0);
+    assert.equal(first.rebalancePending, 65536);
+    rates = { rebalancing: false, rebalanceRate: 0, replicationRate: 5_000_000, rebalancePending: 0 };
+    await eventually('the new rates reported', async () => decodePeerInfo((await meta.get(key))!).replicationRate === 5_000_000);
+    assert.equal(decodePeerInfo((await meta.get(key))!).rebalancing, false);
+    await reg.stop();
+  });
+
   it('a lost lease is replaced and the node registered again', async () => {
     const meta = await store();
     const reg = await startRegistration(withoutKeepAlive(meta));

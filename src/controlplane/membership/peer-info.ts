@@ -26,10 +26,14 @@ export interface PeerInfo {
   /** ms since the epoch, by the node's clock: when it was started and when it last reported. */
   startedAt: number;
   lastSeen: number;
-  /** Rebalancing and replication are not built yet: false and 0 B/s until they are. */
+  /** The node's rebalancer found data to move in its current or last run (list-peers: "Balanced"). */
   rebalancing: boolean;
+  /** Bytes/s this node's rebalancer copies to peers, over the last few seconds. */
   rebalanceRate: number;
+  /** Bytes/s of copies this node stores for peers (replicated writes, moved blocks). */
   replicationRate: number;
+  /** Bytes this node's last finished rebalance run left to move; absent from nodes that do not say. */
+  rebalancePending?: number;
   /** torusd's version (package.json). */
   version: string;
 }
@@ -71,4 +75,5 @@ function checkPeerInfo(info: PeerInfo, where = 'registration'): void {
     if (!Number.isSafeInteger(info[field]) || info[field] < 0) throw bad(field);
   }
   if (typeof info.rebalancing !== 'boolean') throw bad('rebalancing');
+  if (info.rebalancePending !== undefined && (!Number.isSafeInteger(info.rebalancePending) || info.rebalancePending < 0)) throw bad('rebalancePending');
 }

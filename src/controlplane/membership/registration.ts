@@ -41,6 +41,16 @@ export interface NodeUsage {
   used: number;
 }
 
+/** Data this node moves, as list-peers shows it (REB/REP DATA, Balanced). */
+export interface NodeRates {
+  rebalancing: boolean;
+  /** Bytes/s. */
+  rebalanceRate: number;
+  replicationRate: number;
+  /** Bytes left to move, if known. */
+  rebalancePending?: number;
+}
+
 export interface NodeRegistrationOptions {
   meta: MetadataStore;
   uuid: string;
@@ -48,6 +58,8 @@ export interface NodeRegistrationOptions {
   address: string;
   /** Sampled at every update. */
   usage: () => NodeUsage;
+  /** Sampled at every update too; without it the node reports nothing moving. */
+  rates?: () => NodeRates;
   version: string;
   ttlSeconds?: number;
   updateIntervalMs?: number;
@@ -114,6 +126,8 @@ export class NodeRegistration extends EventEmitter {
 
   private sample(): PeerInfo {
     const { capacity, used } = this.options.usage();
+    const rates = this.options.rates?.();
+    const bytes = (n: number | undefined) => (Number.isFinite(n) ? Math.max(0, Math.round(n!)) : 0);
     return {
       uuid: this.uuid,
       address: this.options.address,
@@ -124,9 +138,10 @@ export class NodeRegistration extends EventEmitter {
       used,
       startedAt: this.startedAt,
       lastSeen: Date.now(),
-      rebalancing: false,
-      rebalanceRate: 0,
-      replicationRate: 0,
+      rebalancing: rates?.rebalancing ?? false,
+      rebalanceRate: bytes(rates?.rebalanceRate),
+      replicationRate: bytes(rates?.replicationRate),
+      ...(rates?.rebalancePending !== undefined ? { rebalancePending: bytes(rates.rebalancePending) } : {}),
       version: this.options.version,
     };
   }
