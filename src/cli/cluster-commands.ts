@@ -62,6 +62,10 @@ interface PeerListing {
   rows: MemberRow[];
   ring: RingDescription | undefined;
   balanced: boolean;
+  /** Live nodes whose rebalancer has data to move. */
+  rebalancing: number;
+  /** Bytes those nodes' last rebalance runs left to move (nodes that say). */
+  pending: number;
   capacity: number;
   used: number;
 }
@@ -72,6 +76,8 @@ function listing(snapshot: MembershipSnapshot): PeerListing {
     rows: memberRows(peers, snapshot.ring?.description),
     ring: snapshot.ring?.description,
     balanced: !peers.some((p) => p.rebalancing),
+    rebalancing: peers.filter((p) => p.rebalancing).length,
+    pending: peers.reduce((sum, p) => sum + (p.rebalancePending ?? 0), 0),
     capacity: peers.reduce((sum, p) => sum + p.capacity, 0),
     used: peers.reduce((sum, p) => sum + p.used, 0),
   };
@@ -81,16 +87,18 @@ function printListing(list: PeerListing, format: 'table' | 'json'): void {
   const now = Date.now();
   if (format === 'json') {
     const peers = list.rows.map((r) => ({ uuid: r.uuid, member: r.status, weight: r.weight, ...(r.peer ? { ...r.peer } : {}) }));
-    process.stdout.write(JSON.stringify({ peers, ringVersion: list.ring?.version, balanced: list.balanced, capacity: list.capacity, used: list.used }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ peers, ringVersion: list.ring?.version, balanced: list.balanced, pending: list.pending, capacity: list.capacity, used: list.used }, null, 2) + '\n');
     return;
   }
   const rows = list.rows.map((r) =>
     r.peer
-      ? [r.peer.address, r.uuid, formatSize(r.peer.capacity), formatSize(r.peer.used), r.status, ago(r.peer.lastSeen, now), rate(r.peer.rebalanceRate + r.peer.replicationRate)]
+      ? [r.peer.address, r.uuid, formatSize(r.peer.capacity), formatSize(r.peer.used), r.status, ago(r.peer.lastSeen, now), `${rate(r.peer.rebalanceRate)} / ${rate(r.peer.replicationRate)}`]
       : ['-', r.uuid, '-', '-', r.status, 'missing', '-'],
   );
   process.stdout.write(table(['ADDRESS', 'UUID', 'SIZE', 'USED', 'MEMBER', 'UPDATED', 'REB/REP DATA'], rows));
-  process.stdout.write(`Balanced: ${list.balanced}\n`);
+  // Pending is each node's last finished pass: a lower bound while a pass runs.
+  const moving = list.balanced ? '' : ` (${list.rebalancing} node${list.rebalancing === 1 ? '' : 's'} rebalancing${list.pending > 0 ? `, ${formatSize(list.pending)} left to move` : ''})`;
+  process.stdout.write(`Balanced: ${list.balanced}${moving}\n`);
   process.stdout.write(`Total: ${formatSize(list.used)} used of ${formatSize(list.capacity)} (${percent(list.used, list.capacity)})\n`);
   if (!list.ring) process.stderr.write('torusctl: the cluster is not initialised (no ring): run torusctl -C ETCD init\n');
 }
