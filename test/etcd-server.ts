@@ -16,13 +16,32 @@ import { join } from 'node:path';
 export interface EtcdServer {
   /** http://127.0.0.1:<port> */
   endpoint: string;
+  /** The client port, the same on every address it listens on. */
+  port: number;
+  /** Of the current process: changes with restart(). */
   pid: number;
   /** SIGSTOP: the process stays, its sockets stay open, nothing answers. */
   freeze(): void;
   /** SIGCONT after freeze(). */
   thaw(): void;
+  /** SIGKILL, keeping the data directory and ports for restart(). */
+  kill(): Promise<void>;
+  /**
+   * Start it again on the same data directory, name and ports (after kill());
+   * resolves once healthy again.
+   */
+  restart(options?: { readyTimeoutMs?: number }): Promise<void>;
   /** Kill it and remove its data directory. Idempotent. */
   stop(): Promise<void>;
+}
+
+export interface EtcdOptions {
+  readyTimeoutMs?: number;
+  /**
+   * Extra addresses to listen on for clients, besides 127.0.0.1 (e.g. a veth
+   * address reachable from another network namespace); same port on each.
+   */
+  extraHosts?: string[];
 }
 
 /** Undefined when etcd can be run; otherwise why not, naming the package. */
@@ -46,11 +65,11 @@ async function freePorts(count: number): Promise<number[]> {
   return ports;
 }
 
-export async function startEtcd(options: { readyTimeoutMs?: number } = {}): Promise<EtcdServer> {
+export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> {
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOnce(options.readyTimeoutMs ?? 15_000);
+      return await startOnce(options.readyTimeoutMs ?? 15_000, options.extraHosts ?? []);
     } catch (err) {
       lastError = err as Error;
     }
@@ -58,72 +77,96 @@ export async function startEtcd(options: { readyTimeoutMs?: number } = {}): Prom
   throw lastError;
 }
 
-async function startOnce(readyTimeoutMs: number): Promise<EtcdServer> {
+async function startOnce(readyTimeoutMs: number, extraHosts: string[]): Promise<EtcdServer> {
   const [clientPort, peerPort] = await freePorts(2);
   const dataDir = await mkdtemp(join(tmpdir(), 'torus-etcd-'));
   const client = `http://127.0.0.1:${clientPort}`;
+  const clients = [client, ...extraHosts.map((h) => `http://${h}:${clientPort}`)].join(',');
   const peer = `http://127.0.0.1:${peerPort}`;
-  const child: ChildProcess = spawn(
-    'etcd',
-    [
-      '--name', 'test',
-      '--data-dir', dataDir,
-      '--listen-client-urls', client,
-      '--advertise-client-urls', client,
-      '--listen-peer-urls', peer,
-      '--initial-advertise-peer-urls', peer,
-      '--initial-cluster', `test=${peer}`,
-      '--heartbeat-interval', '50',
-      '--election-timeout', '500',
-      '--logger', 'zap',
-      '--log-outputs', 'stderr',
-      '--log-level', 'error',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
+  let child: ChildProcess;
   let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr = (stderr + d.toString()).slice(-4000);
-  });
   let exited = false;
-  const exit = new Promise<void>((resolve) => child.once('exit', () => {
-    exited = true;
-    resolve();
-  }));
-  let stopped = false;
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
+  let exit: Promise<void> = Promise.resolve();
+  const spawnEtcd = () => {
+    stderr = '';
+    exited = false;
+    child = spawn(
+      'etcd',
+      [
+        '--name', 'test',
+        '--data-dir', dataDir,
+        '--listen-client-urls', clients,
+        '--advertise-client-urls', client,
+        '--listen-peer-urls', peer,
+        '--initial-advertise-peer-urls', peer,
+        '--initial-cluster', `test=${peer}`,
+        '--heartbeat-interval', '50',
+        '--election-timeout', '500',
+        '--logger', 'zap',
+        '--log-outputs', 'stderr',
+        '--log-level', 'error',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString()).slice(-4000);
+    });
+    exit = new Promise<void>((resolve) => child.once('exit', () => {
+      exited = true;
+      resolve();
+    }));
+  };
+  const kill = async () => {
     if (!exited) {
       child.kill('SIGCONT');
       child.kill('SIGKILL');
       await exit;
     }
+  };
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await kill();
     await rm(dataDir, { recursive: true, force: true });
   };
-  try {
-    const deadline = Date.now() + readyTimeoutMs;
+  const healthy = async (timeoutMs: number) => {
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (exited) throw new Error(`etcd exited during start-up: ${stderr}`);
-      if (Date.now() > deadline) throw new Error(`etcd did not become healthy within ${readyTimeoutMs} ms: ${stderr}`);
+      if (Date.now() > deadline) throw new Error(`etcd did not become healthy within ${timeoutMs} ms: ${stderr}`);
       try {
         const res = await fetch(`${client}/health`, { signal: AbortSignal.timeout(500) });
         const body = (await res.json()) as { health?: string };
-        if (body.health === 'true') break;
+        if (body.health === 'true') return;
       } catch {
         // not listening yet
       }
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
+  };
+  spawnEtcd();
+  try {
+    await healthy(readyTimeoutMs);
   } catch (err) {
     await stop();
     throw err;
   }
   return {
     endpoint: client,
-    pid: child.pid!,
+    port: clientPort,
+    get pid() {
+      return child.pid!;
+    },
     freeze: () => void child.kill('SIGSTOP'),
     thaw: () => void child.kill('SIGCONT'),
+    kill,
+    async restart(options = {}) {
+      if (stopped) throw new Error('etcd was stopped: its data directory is gone');
+      await kill();
+      spawnEtcd();
+      await healthy(options.readyTimeoutMs ?? 15_000);
+    },
     stop,
   };
 }

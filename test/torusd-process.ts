@@ -32,7 +32,14 @@ export async function removeDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
 
-export async function startTorusd(options: { dataDir: string; size?: string; args?: string[]; env?: Record<string, string> }): Promise<TorusdProcess> {
+export async function startTorusd(options: {
+  dataDir: string;
+  size?: string;
+  args?: string[];
+  env?: Record<string, string>;
+  /** Run through this command, e.g. ['ip', 'netns', 'exec', NAME] (it must exec, keeping the pid). */
+  prefix?: string[];
+}): Promise<TorusdProcess> {
   const args = [
     join(BIN, 'torusd'),
     '--data-dir', options.dataDir,
@@ -41,7 +48,8 @@ export async function startTorusd(options: { dataDir: string; size?: string; arg
     '--cache-size', '128MiB',
     ...(options.args ?? []),
   ];
-  const child = spawn(process.execPath, args, {
+  const [command, ...commandArgs] = [...(options.prefix ?? []), process.execPath, ...args];
+  const child = spawn(command, commandArgs, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TORUS_LOG_FORMAT: 'json', ...options.env },
   });

@@ -1,0 +1,249 @@
+/**
+ * A whole cluster for tests: a real etcd on free ports, N real torusd nodes
+ * (each with its own data directory, a free peer port and NBD on port 0),
+ * `torusctl init`, and optionally `peer add --all-peers`. Nodes can be
+ * killed and restarted on their own data directory (same uuid, same peer
+ * port). stop() kills every process and removes every directory, whatever
+ * state the test left them in; call it from after()/t.after().
+ *
+ * Sizes default small (64 MiB stores, 16 MiB caches, one worker) so that
+ * eight nodes fit beside the rest of the suite on a shared machine.
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { createServer, type AddressInfo, type Server } from 'node:net';
+import { join } from 'node:path';
+import { startEtcd, type EtcdOptions, type EtcdServer } from './etcd-server.js';
+import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+
+/** test/cluster-cli.test.ts owns these peer ports; never hand them out. */
+const RESERVED_PORTS = new Set([40000, 40001, 40002, 40003, 40004]);
+
+/** Distinct free TCP ports on 127.0.0.1 (held together, then released), none of the reserved ones. */
+export async function freePorts(count: number): Promise<number[]> {
+  const held: Server[] = [];
+  const ports: number[] = [];
+  try {
+    while (ports.length < count) {
+      const server = createServer();
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(0, '127.0.0.1', resolve);
+      });
+      held.push(server);
+      const { port } = server.address() as AddressInfo;
+      if (!RESERVED_PORTS.has(port)) ports.push(port);
+    }
+  } finally {
+    await Promise.all(held.map((s) => new Promise((resolve) => s.close(resolve))));
+  }
+  return ports;
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface PeerRow {
+  uuid: string;
+  member: 'OK' | 'Avail' | 'DOWN';
+  address?: string;
+  used?: number;
+}
+
+export interface NodeOptions {
+  /** Host of --peer-address (default 127.0.0.1); the node listens there for its peers. */
+  peerHost?: string;
+  /** Run torusd through this command (e.g. ['ip', 'netns', 'exec', NS]). */
+  prefix?: string[];
+  /** The etcd endpoint this node uses (default the cluster's loopback one). */
+  etcd?: string;
+  /** More torusd flags. */
+  args?: string[];
+  label?: string;
+}
+
+export class ClusterNode {
+  process: TorusdProcess | undefined;
+  uuid = '';
+
+  constructor(
+    private readonly cluster: Cluster,
+    readonly index: number,
+    readonly dataDir: string,
+    readonly peerPort: number,
+    readonly options: NodeOptions,
+  ) {}
+
+  get peerAddress(): string {
+    return `${this.options.peerHost ?? '127.0.0.1'}:${this.peerPort}`;
+  }
+
+  get alive(): boolean {
+    const child = this.process?.child;
+    return Boolean(child && child.exitCode === null && child.signalCode === null);
+  }
+
+  private get running(): TorusdProcess {
+    if (!this.process) throw new Error(`node ${this.index} is not running`);
+    return this.process;
+  }
+
+  /** nbd://127.0.0.1:PORT/NAME (only reachable from this namespace when the node runs in it). */
+  uri(volume: string): string {
+    return this.running.uri(volume);
+  }
+
+  /** nbd+unix:// through the node's socket in its data directory: reachable from any network namespace. */
+  unixUri(volume: string): string {
+    return this.running.unixUri(volume);
+  }
+
+  output(): string {
+    return this.process?.output() ?? '';
+  }
+
+  /** Start (or start again, on the same directory and peer port). */
+  async start(): Promise<void> {
+    if (this.alive) throw new Error(`node ${this.index} is already running`);
+    this.process = await startTorusd({
+      dataDir: this.dataDir,
+      size: this.cluster.options.size,
+      prefix: this.options.prefix,
+      args: [
+        '--cache-size', this.cluster.options.cacheSize,
+        '--workers', '1',
+        '--etcd', this.options.etcd ?? this.cluster.endpoint,
+        '--peer-address', this.peerAddress,
+        ...(this.cluster.options.args ?? []),
+        ...(this.options.args ?? []),
+      ],
+    });
+    this.uuid = (await readFile(join(this.dataDir, 'node-id'), 'utf8')).trim();
+  }
+
+  /** kill -9 (or another signal) and wait for the exit. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    await this.process?.stop(signal);
+  }
+}
+
+export interface ClusterOptions {
+  nodes: number;
+  replication?: number;
+  /** Each node's store (--size). */
+  size?: string;
+  /** Each node's --cache-size. */
+  cacheSize?: string;
+  /** `torusctl peer add --all-peers` once the nodes run (default true). */
+  join?: boolean;
+  /** More torusd flags for every node (before each node's own). */
+  args?: string[];
+  /** Passed to startEtcd (e.g. extra listen addresses). */
+  etcd?: EtcdOptions;
+  /** Options of the first `nodes` nodes. */
+  node?: (index: number) => NodeOptions;
+}
+
+export class Cluster {
+  readonly nodes: ClusterNode[] = [];
+  private readonly dirs: string[] = [];
+  readonly options: Required<Pick<ClusterOptions, 'size' | 'cacheSize'>> & ClusterOptions;
+
+  private constructor(
+    readonly etcd: EtcdServer,
+    options: ClusterOptions,
+  ) {
+    this.options = { size: '64MiB', cacheSize: '16MiB', ...options };
+  }
+
+  /** Start etcd, init (replication R), the nodes in parallel, and (unless join: false) add them all to the ring. */
+  static async start(options: ClusterOptions): Promise<Cluster> {
+    const etcd = await startEtcd(options.etcd);
+    const cluster = new Cluster(etcd, options);
+    try {
+      const init = await cluster.ctl('init', '--replication', String(options.replication ?? 2));
+      assert.equal(init.code, 0, init.stderr);
+      const ports = await freePorts(options.nodes);
+      for (let i = 0; i < options.nodes; i++) await cluster.addNode(options.node?.(i) ?? {}, ports[i]);
+      await Promise.all(cluster.nodes.map((n) => n.start()));
+      if (options.join ?? true) {
+        const added = await cluster.ctl('peer', 'add', '--all-peers');
+        assert.equal(added.code, 0, added.stderr);
+        await cluster.waitForMembers(options.nodes);
+      }
+    } catch (err) {
+      await cluster.stop();
+      throw err;
+    }
+    return cluster;
+  }
+
+  get endpoint(): string {
+    return this.etcd.endpoint;
+  }
+
+  /** A node with its own data directory and peer port, not started yet. */
+  async addNode(options: NodeOptions = {}, port?: number): Promise<ClusterNode> {
+    const dir = await makeDataDir(options.label ?? `c${this.nodes.length}`);
+    this.dirs.push(dir);
+    const node = new ClusterNode(this, this.nodes.length, dir, port ?? (await freePorts(1))[0], options);
+    this.nodes.push(node);
+    return node;
+  }
+
+  ctl(...args: string[]): Promise<CliResult> {
+    return runCli('torusctl', ['-C', this.endpoint, ...args]);
+  }
+
+  async peers(): Promise<PeerRow[]> {
+    const r = await this.ctl('list-peers', '-o', 'json');
+    assert.equal(r.code, 0, `list-peers: ${r.stderr}`);
+    return JSON.parse(r.stdout).peers as PeerRow[];
+  }
+
+  /** Wait until at least `count` ring members are OK (alive and in the ring). */
+  async waitForMembers(count: number, timeoutMs = 20_000): Promise<PeerRow[]> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const r = await this.ctl('list-peers', '-o', 'json');
+      const rows = r.code === 0 ? (JSON.parse(r.stdout).peers as PeerRow[]) : [];
+      if (rows.filter((p) => p.member === 'OK').length >= count) return rows;
+      if (Date.now() > deadline) assert.fail(`fewer than ${count} nodes OK in the ring after ${timeoutMs} ms: ${r.stdout}${r.stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
+  /** Wait until the node with this uuid is listed with this status. */
+  async waitForStatus(uuid: string, member: PeerRow['member'], timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const row = (await this.peers()).find((p) => p.uuid === uuid);
+      if (row?.member === member) return;
+      if (Date.now() > deadline) assert.fail(`node ${uuid} is ${row?.member ?? 'not listed'}, not ${member}, after ${timeoutMs} ms`);
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
+  /**
+   * For failure messages: each node's index, uuid, peer address, and its
+   * log lines at warn level or above (the last `perNode` of them).
+   */
+  diagnostics(perNode = 12): string {
+    return this.nodes
+      .map((n) => {
+        const lines = n.output().split('\n').filter((l) => /"level":(40|50|60)/.test(l));
+        return `--- node ${n.index} ${n.uuid} ${n.peerAddress} ${n.alive ? 'up' : 'down'}\n${lines.slice(-perNode).map((l) => l.slice(0, 600)).join('\n')}`;
+      })
+      .join('\n');
+  }
+
+  /** Every node killed, etcd stopped, every directory removed. Safe to call in any state, more than once. */
+  async stop(): Promise<void> {
+    await Promise.all(this.nodes.map((n) => n.kill('SIGKILL').catch(() => undefined)));
+    await this.etcd.stop();
+    await Promise.all(this.dirs.map(removeDir));
+  }
+}
