@@ -62,6 +62,15 @@ const spec: CommandSpec = {
       help: 'cluster: seconds a volume stays open here, holding its write lock, after its last NBD client disconnected (default 5; 0 lets go at once)',
       env: 'TORUS_LOCK_LINGER',
     },
+    'rebalance-rate': {
+      type: 'size',
+      help: 'cluster: bytes per second rebalance may copy to other nodes (default 100MiB)',
+      env: 'TORUS_REBALANCE_RATE',
+    },
+    'rebalance-interval': {
+      type: 'integer',
+      help: 'cluster: seconds between rebalance and GC runs, besides those on every ring or membership change (default 60; 0 only on changes)',
+    },
     'auto-join': { type: 'boolean', help: 'add this node to the ring at start if it is not a member (needs --etcd)' },
   },
 };
@@ -100,6 +109,8 @@ export async function main(argv: string[]): Promise<number> {
       log: logger('node'),
       meta: cluster?.meta,
       cluster: cluster ? { uuid: cluster.uuid, clusterId: cluster.clusterId } : undefined,
+      rebalanceRate: v['rebalance-rate'] as number | undefined,
+      rebalanceIntervalMs: v['rebalance-interval'] === undefined ? undefined : (v['rebalance-interval'] as number) * 1000,
       lockLingerMs: v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
     });
   } catch (err) {
@@ -138,6 +149,7 @@ export async function main(argv: string[]): Promise<number> {
           const { capacity, used } = node.status();
           return { capacity, used };
         },
+        rates: () => node.clusterRates(),
         version: packageVersion(),
         autoJoin: Boolean(v['auto-join']),
         log: logger('membership'),

@@ -35,7 +35,10 @@ import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
+import { Rebalancer } from '../dataplane/replication/rebalance.js';
+import { gcViewOf, type GcView, type GcVolume } from '../dataplane/replication/gc-view.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
+import type { NodeRates } from '../controlplane/membership/registration.js';
 import { refKey, type BlockRef } from '../dataplane/blocks/ref.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
@@ -93,6 +96,10 @@ export interface StorageNodeOptions {
    * its last NBD session closed (default 5 s). 0 lets go at once.
    */
   lockLingerMs?: number;
+  /** Cluster mode: bytes/s the rebalance may copy to peers (default 100 MiB/s). */
+  rebalanceRate?: number;
+  /** Cluster mode: a rebalance and GC run every this many ms besides those on ring changes (default 60 s; 0 none). */
+  rebalanceIntervalMs?: number;
 }
 
 export const DEFAULT_LOCK_LINGER_MS = 5000;
@@ -148,6 +155,8 @@ export class StorageNode implements ExportProvider {
   private stopFollowing: (() => void) | undefined;
   /** Cluster mode: re-copies blocks of the volumes this node writes when placement changes. */
   private repair: ReplicaRepair | undefined;
+  /** Cluster mode, storage nodes: moves this store's blocks where the ring wants them, drops surplus and garbage. */
+  private rebalancer: Rebalancer | undefined;
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
 
@@ -166,6 +175,7 @@ export class StorageNode implements ExportProvider {
     /** Cluster mode: placement and peer copies; undefined on a single node. */
     readonly cluster: ClusterBlocks | undefined,
     private readonly lockLingerMs: number,
+    private readonly rebalance: { rate?: number; intervalMs?: number },
   ) {}
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
@@ -203,7 +213,10 @@ export class StorageNode implements ExportProvider {
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
       const cluster = options.cluster ? await clusterBlocks(meta, options.cluster, log) : undefined;
-      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta, cluster, lockLingerMs);
+      const node = new StorageNode(options.dataDir, settings, meta, catalog, store, cache, pool, keys, options.metrics, log, !options.meta, cluster, lockLingerMs, {
+        rate: options.rebalanceRate,
+        intervalMs: options.rebalanceIntervalMs,
+      });
       await node.loadVolumes();
       node.registerGauges();
       log.info(
@@ -441,6 +454,13 @@ export class StorageNode implements ExportProvider {
       m.gauge('torus_replication_under_replicated_blocks_total', 'Blocks stored with fewer copies than the ring asks for', () => stats.underReplicatedBlocks);
       m.gauge('torus_replication_failed_peer_writes_total', 'Batches of copies a peer failed to store', () => stats.failedPeerWrites);
       m.gauge('torus_replication_remote_reads_total', 'Blocks read from a peer by the main thread (map pages)', () => stats.remoteReads);
+      m.gauge('torus_replication_received_bytes_per_second', 'Bytes/s of copies peers stored on this node', () => this.peers?.backend.received.rate() ?? 0);
+      m.gauge('torus_rebalance_bytes_per_second', 'Bytes/s this node\'s rebalance copies to peers', () => this.rebalancer?.rate() ?? 0);
+      m.gauge('torus_rebalance_copied_blocks_total', 'Blocks rebalance copied to the nodes the ring puts them on', () => this.rebalancer?.stats.copied ?? 0);
+      m.gauge('torus_rebalance_dropped_blocks_total', 'Surplus local copies released once their targets held them', () => this.rebalancer?.stats.dropped ?? 0);
+      m.gauge('torus_rebalance_failed_total', 'Copies rebalance could not check or make', () => this.rebalancer?.stats.failed ?? 0);
+      m.gauge('torus_rebalance_pending_blocks', 'Blocks left to move after the last rebalance run', () => this.rebalancer?.stats.pendingBlocks ?? 0);
+      m.gauge('torus_gc_freed_blocks_total', 'Local blocks freed as garbage (superseded or of deleted volumes)', () => this.rebalancer?.stats.garbageFreed ?? 0);
     }
   }
 
@@ -588,7 +608,7 @@ export class StorageNode implements ExportProvider {
       volumes: this.volumes.size,
       unavailable: Object.fromEntries(this.unavailable),
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
-      ...(this.cluster ? { replication: { ...this.cluster.stats, repair: this.repair?.stats } } : {}),
+      ...(this.cluster ? { replication: { ...this.cluster.stats, repair: this.repair?.stats, rebalance: this.rebalancer?.stats } } : {}),
     };
   }
 
@@ -659,6 +679,21 @@ export class StorageNode implements ExportProvider {
     if (!cluster) return;
     const repair = new ReplicaRepair(cluster, this.peers?.backend, () => this.refsToKeepReplicated(), this.log.child({ component: 'repair' }));
     this.repair = repair;
+    // A storage node (one serving its store to peers) moves its own blocks to
+    // where the ring puts them and frees its garbage; a store-less client has none.
+    const backend = this.peers?.backend;
+    const rebalancer = backend
+      ? new Rebalancer({
+          placement: cluster.placement,
+          peerStore: (peer) => cluster.clientFor(peer),
+          local: backend,
+          gcView: () => this.gcView(),
+          log: this.log.child({ component: 'rebalance' }),
+          rateBytesPerSecond: this.rebalance.rate,
+          intervalMs: this.rebalance.intervalMs,
+        })
+      : undefined;
+    this.rebalancer = rebalancer;
     let ringVersion = table.ring()?.version;
     let live = liveSet(table);
     const update = () => {
@@ -666,14 +701,45 @@ export class StorageNode implements ExportProvider {
       // Targets move when the ring or the set of live nodes does: check copies then.
       const version = table.ring()?.version;
       const now = liveSet(table);
-      if (version !== ringVersion || now !== live) repair.schedule();
+      if (version !== ringVersion || now !== live) {
+        repair.schedule();
+        rebalancer?.schedule();
+      }
       ringVersion = version;
       live = now;
     };
     update();
     repair.schedule(); // copies missed while this node was down or starting
+    rebalancer?.start();
     table.on('change', update);
     this.stopFollowing = () => table.off('change', update);
+  }
+
+  /**
+   * Cluster GC: the catalog as of now, and what each volume's committed
+   * version references (see replication/gc-view.ts for the contract). A
+   * volume open here at that version answers from memory; any other has its
+   * committed map loaded (from this store or peers). Undefined — free
+   * nothing this run — if any map cannot be loaded.
+   */
+  private async gcView(): Promise<GcView | undefined> {
+    const volumes: (GcVolume & { refs: Iterable<BlockRef> })[] = [];
+    for (const record of await this.catalog.list()) {
+      const open = this.volumes.get(record.name);
+      if (open && open.id === record.id && open.committedGeneration === record.generation) {
+        volumes.push({ id: record.id, generation: record.generation, refs: [...open.referencedRefs()] }); // now, before a commit moves it on
+        continue;
+      }
+      try {
+        const identity = { id: record.id, name: record.name, size: record.size, blockSize: record.blockSize, encrypted: record.encrypted };
+        const map = await Volume.loadMap(identity, record.root ?? undefined, { store: this.store, cluster: this.cluster });
+        volumes.push({ id: record.id, generation: record.generation, refs: map.referencedRefs() });
+      } catch (err) {
+        this.log.warn({ volume: record.name, err: (err as Error).message }, 'GC skipped this run: a volume\'s committed map could not be loaded');
+        return undefined;
+      }
+    }
+    return gcViewOf(volumes);
   }
 
   /** Every ref of the committed versions of the volumes this node writes (holds the lock of). */
@@ -685,6 +751,24 @@ export class StorageNode implements ExportProvider {
 
   get repairStatus() {
     return this.repair?.stats;
+  }
+
+  get rebalanceStatus() {
+    return this.rebalancer?.stats;
+  }
+
+  /**
+   * What this node reports with its registration (list-peers REB/REP DATA):
+   * bytes/s its rebalance copies out, bytes/s of copies peers store here.
+   */
+  clusterRates(): NodeRates {
+    const stats = this.rebalancer?.stats;
+    return {
+      rebalancing: this.rebalancer?.rebalancing ?? false,
+      rebalanceRate: this.rebalancer?.rate() ?? 0,
+      replicationRate: this.peers?.backend.received.rate() ?? 0,
+      ...(stats && !stats.running ? { rebalancePending: stats.pendingBlocks * this.store.blockSize } : {}),
+    };
   }
 
   async close(): Promise<void> {
@@ -699,6 +783,7 @@ export class StorageNode implements ExportProvider {
     for (const lock of this.locks.values()) await lock.release().catch((err) => this.log.warn({ volume: lock.volume, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
     this.locks.clear();
     this.stopFollowing?.();
+    await this.rebalancer?.close();
     await this.repair?.close();
     await this.cluster?.close();
     await this.pool.close();
