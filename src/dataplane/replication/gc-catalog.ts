@@ -1,0 +1,128 @@
+/**
+ * CatalogGcViews: the GcView (gc-view.ts) of a catalog listing, for a node
+ * whose Rebalancer frees garbage. For every listed volume it loads the block
+ * map of the committed version the record names — from this node's store, or
+ * its peers when not held here, every page checked against its parent's hash
+ * — and answers "is this ref referenced" from the loaded maps (no per-ref
+ * keys: the maps are what a Volume holds anyway).
+ *
+ * Maps are kept between runs and reloaded incrementally: a page whose parent
+ * entry (generation, hash) is unchanged is the very page loaded last time, so
+ * a new version costs the pages its commit wrote, not the whole map.
+ *
+ * Any volume whose map cannot be loaded (no copy of a page anywhere, a bad
+ * checksum) makes the whole view undefined: a run with it frees nothing.
+ */
+import type { Logger } from '../../common/log.js';
+import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import type { LocalSlotStore } from '../blocks/slot-store.js';
+import { BlockMap, pageIndex, type MapRoot } from '../volume/block-map.js';
+import type { ClusterBlocks } from './cluster-blocks.js';
+import type { GcView, GcVolume } from './gc-view.js';
+
+const LEVEL_SPAN = 2 ** 40;
+
+/** Where map pages come from: this node's store, else a peer (ClusterBlocks.getBlock verifies the hash). */
+export interface PageSource {
+  store: LocalSlotStore;
+  cluster: Pick<ClusterBlocks, 'getBlock'>;
+}
+
+interface Loaded {
+  generation: number;
+  root: MapRoot | null;
+  map: BlockMap;
+}
+
+export class CatalogGcViews {
+  private readonly maps = new Map<number, Loaded>();
+
+  constructor(
+    private readonly source: PageSource,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * The view of `records` (VolumeCatalog.list(), listed after the Rebalancer
+   * asked), or undefined if some volume's map could not be loaded.
+   */
+  async view(records: readonly VolumeRecord[]): Promise<GcView | undefined> {
+    const volumes = new Map<number, GcVolume>();
+    const maps = new Map<number, BlockMap>();
+    for (const record of records) {
+      try {
+        maps.set(record.id, await this.load(record));
+      } catch (err) {
+        this.log.warn({ volume: record.name, generation: record.generation, err: (err as Error).message }, 'cluster GC: volume map not loadable; nothing is freed this run');
+        return undefined;
+      }
+      volumes.set(record.id, { id: record.id, generation: record.generation });
+    }
+    // Forget volumes no longer listed.
+    for (const id of this.maps.keys()) if (!volumes.has(id)) this.maps.delete(id);
+    return { volumes, isReferenced: (ref) => references(maps.get(ref.volumeId), ref) };
+  }
+
+  private async load(record: VolumeRecord): Promise<BlockMap> {
+    const cached = this.maps.get(record.id);
+    if (cached && cached.generation === record.generation && sameRoot(cached.root, record.root)) return cached.map;
+    const blockCount = Math.ceil(record.size / record.blockSize);
+    const map = new BlockMap(record.id, record.blockSize, blockCount, record.root ?? undefined);
+    const previous = cached && cached.map.height === map.height && cached.map.blockSize === map.blockSize ? cached.map : undefined;
+    if (record.root) {
+      const page = new Uint8Array(record.blockSize);
+      const install = async (level: number, pageNo: number, generation: number, hashLo: number, hashHi: number, reuse: Uint32Array | undefined) => {
+        if (reuse) {
+          map.installPage(level, pageNo, reuse);
+          return;
+        }
+        await this.readPage({ volumeId: record.id, generation, index: pageIndex(level, pageNo) }, hashLo, hashHi, page);
+        const words = new Uint32Array(record.blockSize / 4);
+        new Uint8Array(words.buffer).set(page);
+        map.installPage(level, pageNo, words);
+      };
+      const top = map.height - 1;
+      const sameTop = previous?.root && previous.root.generation === record.root.generation && previous.root.hashLo === record.root.hashLo && previous.root.hashHi === record.root.hashHi;
+      await install(top, 0, record.root.generation, record.root.hashLo, record.root.hashHi, sameTop ? previous.committedPage(top, 0) : undefined);
+      for (let level = top; level > 0; level--) {
+        for (const child of map.childPages(level)) {
+          const entry = map.entryWords(level, child)!;
+          const old = previous?.entryWords(level, child);
+          const same = old && old[0] === entry[0] && old[2] === entry[2] && old[3] === entry[3];
+          await install(level - 1, child, entry[0], entry[2], entry[3], same ? previous!.committedPage(level - 1, child) : undefined);
+        }
+      }
+    }
+    this.maps.set(record.id, { generation: record.generation, root: record.root, map });
+    return map;
+  }
+
+  /** A page from the local store if held and intact (it may be dropped while read), else from a peer. */
+  private async readPage(ref: BlockRef, hashLo: number, hashHi: number, dest: Uint8Array): Promise<void> {
+    const { store, cluster } = this.source;
+    const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
+    if (slot !== undefined) {
+      const digest = await store.readBlock(slot, dest);
+      if (digest.lo === hashLo && digest.hi === hashHi) return;
+    }
+    await cluster.getBlock(ref, hashLo, hashHi, dest);
+  }
+}
+
+function sameRoot(a: MapRoot | null, b: MapRoot | null): boolean {
+  if (!a || !b) return a === b;
+  return a.generation === b.generation && a.hashLo === b.hashLo && a.hashHi === b.hashHi;
+}
+
+/** Does the loaded map reference `ref`: a data block whose entry has its generation, or a page whose parent's entry (or the root) does. */
+export function references(map: BlockMap | undefined, ref: BlockRef): boolean {
+  if (!map) return false;
+  if (ref.index < MAP_PAGE_BIT) return map.entryWords(0, ref.index)?.[0] === ref.generation;
+  const within = ref.index - MAP_PAGE_BIT;
+  const level = Math.floor(within / LEVEL_SPAN);
+  const pageNo = within - level * LEVEL_SPAN;
+  if (level === map.height - 1) return pageNo === 0 && map.root?.generation === ref.generation;
+  if (level >= map.height) return false;
+  return map.entryWords(level + 1, pageNo)?.[0] === ref.generation;
+}
