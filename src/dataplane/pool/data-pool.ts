@@ -8,7 +8,8 @@
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
-import { MAX_TARGETS, SPARE_CANDIDATES, type PeerIdentityForTasks, type PeerTarget } from '../replication/placement.js';
+import { logger } from '../../common/log.js';
+import { MAX_TARGETS, SPARE_CANDIDATES, writeSparesOf, type PeerIdentityForTasks, type PeerTarget } from '../replication/placement.js';
 import type { ReadBatchResult, ReadBatchTask, RemoteTargets, WorkerSetup, WriteBatchResult, WriteBatchTask } from './tasks.js';
 
 export const BATCH = 16;
@@ -38,9 +39,31 @@ export interface ReadRemote {
 export interface WriteRemote {
   identity: PeerIdentityForTasks;
   peers: readonly PeerTarget[];
-  /** Per block (same order as the blocks), indexes into peers. */
+  /**
+   * Per block (same order as the blocks), indexes into peers: the `remote`
+   * lists of ClusterPlacement.writeTargets. A list whose spares took copies
+   * (a target full, or this node full: its store slot -1 although placement
+   * chose it) gains those spares at its end, in place, with their acks at
+   * the same positions, so the caller reads every copy made from one list.
+   */
   targets: number[][];
 }
+
+/** Cluster counters of the data path, summed over every task (torus_replication_* material). */
+export interface PoolReplicationStats {
+  /** Blocks read from a peer (no good local copy). */
+  remoteReads: number;
+  /** Gets sent to a second (or third) replica because the first was slow to answer. */
+  hedgedReads: number;
+  /** Good copies sent to replicas that returned a block with the wrong checksum. */
+  replicaRepairs: number;
+  /** Copies placed on a spare candidate because a target (or this node) was full. */
+  placedElsewhere: number;
+  /** Peer puts refused with NO_SPACE. */
+  fullRefusals: number;
+}
+
+const log = logger('data-pool');
 
 const READ_STRIDE = MAX_TARGETS + SPARE_CANDIDATES;
 
@@ -48,6 +71,9 @@ export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
+  readonly replicationStats: PoolReplicationStats = { remoteReads: 0, hedgedReads: 0, replicaRepairs: 0, placedElsewhere: 0, fullRefusals: 0 };
+  /** Peers already logged as full (once per peer, not per block or batch). */
+  private readonly loggedFull = new Set<string>();
 
   /**
    * tasksPerWorker: 1 on a single node (every task blocks its worker, and an
@@ -83,12 +109,65 @@ export class DataPool {
         storeSlots: Int32Array.from(storeSlots.slice(start, end)),
         indices: Float64Array.from(indices.slice(start, end)),
       };
-      if (remote) task.remote = remoteTargets(remote.identity, remote.peers, MAX_TARGETS, remote.targets.slice(start, end));
-      tasks.push(this.pool.run(task));
+      if (remote) {
+        const lists = remote.targets.slice(start, end);
+        task.remote = remoteTargets(remote.identity, remote.peers, MAX_TARGETS, lists);
+        const promoted: number[] = [];
+        task.remote.spares = this.spares(lists, task.storeSlots, task.remote.targets, promoted);
+        const run: Promise<WriteBatchResult> = this.pool.run(task);
+        tasks.push(run.then((result) => this.afterWrite(result, lists, promoted)));
+      } else {
+        tasks.push(this.pool.run(task));
+      }
     }
     return Promise.all(tasks);
   }
 
+  /**
+   * Spares for a batch: per block, the next live ring candidates after its
+   * targets. A block placement wanted on this node whose store slot is -1
+   * (this node's store is full) takes its first spare as a target at once.
+   */
+  private spares(lists: number[][], storeSlots: Int32Array, targets: Int16Array, promoted: number[]): Int16Array {
+    const spares = new Int16Array(lists.length * SPARE_CANDIDATES).fill(-1);
+    lists.forEach((list, i) => {
+      const known = writeSparesOf(list);
+      if (!known) return;
+      let spare = known.spare;
+      if (known.local && storeSlots[i] < 0 && spare.length > 0 && list.length < MAX_TARGETS) {
+        promoted.push(i * MAX_TARGETS + list.length);
+        targets[i * MAX_TARGETS + list.length] = spare[0];
+        list.push(spare[0]);
+        spare = spare.slice(1);
+      }
+      for (let k = 0; k < Math.min(SPARE_CANDIDATES, spare.length); k++) spares[i * SPARE_CANDIDATES + k] = spare[k];
+    });
+    return spares;
+  }
+
+  /** Fold spares that took copies into the caller's lists (and acks); count and log full peers. */
+  private afterWrite(result: WriteBatchResult, lists: number[][], promoted: number[]): WriteBatchResult {
+    for (const at of promoted) if (result.acked![at]) this.replicationStats.placedElsewhere++;
+    const placed = result.placedOn;
+    if (placed) {
+      for (let i = 0; i < lists.length; i++) {
+        for (let k = 0; k < SPARE_CANDIDATES; k++) {
+          const peer = placed[i * SPARE_CANDIDATES + k];
+          if (peer < 0 || lists[i].length >= MAX_TARGETS) continue;
+          result.acked![i * MAX_TARGETS + lists[i].length] = 1;
+          lists[i].push(peer);
+          this.replicationStats.placedElsewhere++;
+        }
+      }
+    }
+    for (const uuid of result.fullPeers ?? []) {
+      this.replicationStats.fullRefusals++;
+      if (this.loggedFull.has(uuid)) continue;
+      this.loggedFull.add(uuid);
+      log.warn({ peer: uuid }, 'peer refused copies for lack of space: they go to the next node on the ring (logged once per peer)');
+    }
+    return result;
+  }
   /** Queue a cache-miss read; misses queued in the same tick share tasks. */
   read(request: ReadRequest): void {
     this.pendingReads.push(request);
@@ -143,6 +222,10 @@ export class DataPool {
     if (remote) task.remote = remoteTargets(remote.identity, remote.peers, READ_STRIDE, batch.map((r) => r.remote!.candidates));
     this.pool.run(task).then(
       (result: ReadBatchResult) => {
+        const stats = this.replicationStats;
+        stats.remoteReads += result.fromPeers ?? 0;
+        stats.hedgedReads += result.hedges ?? 0;
+        stats.replicaRepairs += result.repairs ?? 0;
         for (let i = 0; i < n; i++) batch[i].done(result.status[i], result.reasons[i]);
       },
       (err: Error) => {

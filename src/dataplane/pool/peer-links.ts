@@ -12,9 +12,10 @@ const clients = new Map<string, PeerClient>();
 const log = logger('pool-peer');
 
 /**
- * Deadlines: a get waits at most GET_TIMEOUT_MS before the next replica is
- * tried (so a frozen replica stalls a read by about that, within the 2 s the
- * cluster promises); a put batch of up to 1 MiB may take PUT_TIMEOUT_MS.
+ * Deadlines: a get is given up after GET_TIMEOUT_MS (reads do not wait that
+ * long for a slow replica: they hedge to the next one after a few times its
+ * usual latency, hedged-read.ts; the deadline bounds a block every replica
+ * of which is silent); a put batch of up to 1 MiB may take PUT_TIMEOUT_MS.
  */
 export const GET_TIMEOUT_MS = 600;
 export const PUT_TIMEOUT_MS = 5000;

@@ -39,6 +39,12 @@ export interface RemoteTargets {
   peers: PeerTarget[];
   stride: number;
   targets: Int16Array;
+  /**
+   * Writes: per block up to SPARE_CANDIDATES further ring candidates (-1
+   * padded), in order, for copies a target refuses with NO_SPACE: each such
+   * copy goes to the next spare instead.
+   */
+  spares?: Int16Array;
 }
 
 export interface WriteBatchResult {
@@ -48,8 +54,12 @@ export interface WriteBatchResult {
   hashes: Uint32Array;
   /** Per block, 1 for each remote target (same layout as RemoteTargets.targets) that stored it. */
   acked?: Uint8Array;
-  /** One line per failed peer write, for the log. */
+  /** One line per failed peer write, for the log (a copy placed on a spare instead is not a failure). */
   failures?: string[];
+  /** Per block, SPARE_CANDIDATES entries: the spare (peer index) that took a copy in a full target's place, else -1. */
+  placedOn?: Int16Array;
+  /** Peers that refused a put with NO_SPACE in this batch (uuids). */
+  fullPeers?: string[];
 }
 
 /** Read stored blocks into cache slots, verifying (and opening) each. */
@@ -76,6 +86,10 @@ export interface ReadBatchResult {
   status: Uint8Array;
   /** For failures: a short reason per item (empty string when OK). */
   reasons: string[];
+  /** Cluster reads: blocks served from a peer, gets sent as hedges, and bad replicas re-sent a good copy. */
+  fromPeers?: number;
+  hedges?: number;
+  repairs?: number;
 }
 
 export type PoolTask = WriteBatchTask | ReadBatchTask;

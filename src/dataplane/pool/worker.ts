@@ -8,8 +8,12 @@ import { workerData } from 'node:worker_threads';
 import { hasher } from '../blocks/hash.js';
 import { isAllZero } from '../blocks/hash.js';
 import { OFF_NONCE, OFF_TAG, NONCE_SIZE, RECORD_SEALED, RECORD_SIZE, TAG_SIZE, fillRecord } from '../blocks/record.js';
-import type { WireBlock } from '../peer/wire.js';
+import type { PeerStatusError } from '../peer/errors.js';
+import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
+import { logger } from '../../common/log.js';
+import { HedgedRead } from './hedged-read.js';
 import { peerClient } from './peer-links.js';
+import { healthOf } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import {
   READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK, READ_OPEN_FAILED,
@@ -17,6 +21,7 @@ import {
 } from './tasks.js';
 
 const setup = workerData as WorkerSetup;
+const log = logger('pool-worker');
 const hash = await hasher();
 const blockSize = setup.blockSize;
 const cache = new Uint8Array(setup.cache);
@@ -120,8 +125,14 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
   const hashes = new Uint32Array(2 * n);
   const acked = new Uint8Array(n * remote.stride);
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
-  /** Per peer: its blocks, and where each one's ack goes in `acked`. */
-  const perPeer = new Map<number, { blocks: WireBlock[]; items: number[] }>();
+  const spares = remote.spares;
+  const spareStride = spares ? spares.length / n : 0;
+  const now = performance.now();
+  /** Each block as sent, kept for a second round to a spare. */
+  const sent: (WireBlock | undefined)[] = new Array(n);
+  /** Per block: copies refused for lack of space (or meant for a peer known full) that a spare should take. */
+  const owed = new Uint8Array(n);
+  let perPeer: PerPeer = new Map();
   for (let i = 0; i < n; i++) {
     const plain = cacheBlock(task.cacheSlots[i]);
     if (isAllZero(plain)) {
@@ -141,28 +152,78 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
       storeLocally(task, i, slot, stored, sealer !== undefined, hashes, nonce, tag);
     }
     const ref = { volumeId: task.volumeId, generation: task.generation, index: task.indices[i] };
+    const block: WireBlock = { ref, flags: sealer ? RECORD_SEALED : 0, hashLo: hashes[2 * i], hashHi: hashes[2 * i + 1], nonce, tag, data: stored };
+    sent[i] = block;
     for (let t = 0; t < remote.stride; t++) {
       const peer = remote.targets[i * remote.stride + t];
       if (peer < 0) break;
-      let batch = perPeer.get(peer);
-      if (!batch) perPeer.set(peer, (batch = { blocks: [], items: [] }));
-      batch.blocks.push({ ref, flags: sealer ? RECORD_SEALED : 0, hashLo: hashes[2 * i], hashHi: hashes[2 * i + 1], nonce, tag, data: stored });
-      batch.items.push(i * remote.stride + t);
+      // A peer that said it is full a moment ago is not asked again: its copy goes straight to a spare.
+      if (spareStride > 0 && healthOf(remote.peers[peer]).full(now)) owed[i]++;
+      else addCopy(perPeer, peer, block, i * remote.stride + t);
     }
   }
   const failures: string[] = [];
-  await Promise.all(
-    [...perPeer].map(async ([peer, batch]) => {
-      const target = remote.peers[peer];
-      try {
-        await peerClient(remote.identity, target).putBlocks(batch.blocks);
-        for (const at of batch.items) acked[at] = 1;
-      } catch (err) {
-        failures.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
+  const fullPeers: string[] = [];
+  const placedOn = spares ? new Int16Array(spares.length).fill(-1) : undefined;
+  const nextSpare = new Uint8Array(n);
+  // Round 0 goes to the targets; each later round sends the copies refused for space to the blocks' next spares.
+  for (let round = 0; ; round++) {
+    await Promise.all(
+      [...perPeer].map(async ([peer, batch]) => {
+        const target = remote.peers[peer];
+        try {
+          await peerClient(remote.identity, target).putBlocks(batch.blocks);
+          for (const item of batch.items) {
+            if (item >= 0) acked[item] = 1;
+            else placedOn![-item - 1] = peer;
+          }
+        } catch (err) {
+          if (spareStride > 0 && (err as PeerStatusError).status === STATUS_NO_SPACE) {
+            // Nothing of the batch was stored there (a put takes slots for all its blocks or none).
+            healthOf(target).markFull(performance.now());
+            fullPeers.push(target.uuid);
+            for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
+          } else {
+            failures.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
+          }
+        }
+      }),
+    );
+    if (!spares || round >= spareStride) break;
+    perPeer = new Map();
+    const later = performance.now();
+    for (let i = 0; i < n; i++) {
+      while (owed[i] > 0 && nextSpare[i] < spareStride) {
+        const k = nextSpare[i]++;
+        const peer = spares[i * spareStride + k];
+        if (peer < 0) {
+          nextSpare[i] = spareStride;
+          break;
+        }
+        if (healthOf(remote.peers[peer]).full(later)) continue;
+        owed[i]--;
+        addCopy(perPeer, peer, sent[i]!, -(i * spareStride + k) - 1);
       }
-    }),
-  );
-  return { zero, hashes, acked, failures };
+    }
+    if (perPeer.size === 0) break;
+  }
+  let unplaced = 0;
+  for (let i = 0; i < n; i++) unplaced += owed[i];
+  if (unplaced > 0) failures.push(`${unplaced} cop${unplaced === 1 ? 'y' : 'ies'} refused for lack of space (full: ${[...new Set(fullPeers)].join(', ') || 'known full'}) and no further ring candidate could take ${unplaced === 1 ? 'it' : 'them'}`);
+  const result: WriteBatchResult = { zero, hashes, acked, failures };
+  if (placedOn) result.placedOn = placedOn;
+  if (fullPeers.length > 0) result.fullPeers = [...new Set(fullPeers)];
+  return result;
+}
+
+/** Per peer: its blocks, and where each one's ack goes (≥ 0: `acked`; < 0: -1 - position in `spares`). */
+type PerPeer = Map<number, { blocks: WireBlock[]; items: number[] }>;
+
+function addCopy(perPeer: PerPeer, peer: number, block: WireBlock, item: number): void {
+  let batch = perPeer.get(peer);
+  if (!batch) perPeer.set(peer, (batch = { blocks: [], items: [] }));
+  batch.blocks.push(block);
+  batch.items.push(item);
 }
 
 /**
@@ -185,52 +246,18 @@ function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uin
 
 /**
  * readBatch for a cluster: the local copy first where there is one, then
- * each remote candidate in order, each with its own deadline, until one
- * copy passes its checksum (and opens, if sealed). A replica that is dead,
- * frozen, missing the block or holding a bad copy only costs its deadline.
+ * the peers, hedged (hedged-read.ts): a dead, frozen or slow replica costs
+ * one hedge delay for the batch, and is tried last by the next batches.
  */
 async function readBatchReplicated(task: ReadBatchTask, remote: RemoteTargets): Promise<ReadBatchResult> {
-  const local = readBatch(task);
-  const n = task.cacheSlots.length;
+  const result = readBatch(task);
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
-  await Promise.all(
-    Array.from({ length: n }, async (_, i) => {
-      if (local.status[i] === READ_OK) return;
-      const tried: string[] = task.storeSlots[i] >= 0 ? [`local: ${local.reasons[i]}`] : [];
-      const ref = { volumeId: task.volumeId, generation: task.generations[i], index: task.indices[i] };
-      const dest = cacheBlock(task.cacheSlots[i]);
-      for (let t = 0; t < remote.stride; t++) {
-        const peer = remote.targets[i * remote.stride + t];
-        if (peer < 0) break;
-        const target = remote.peers[peer];
-        try {
-          const block = await peerClient(remote.identity, target).getBlock(ref);
-          if (!block) {
-            tried.push(`${target.uuid}: not held`);
-            continue;
-          }
-          const got = new Uint32Array(2);
-          hash.hash64Into(block.data, got, 0);
-          if (got[0] !== task.hashes[2 * i] || got[1] !== task.hashes[2 * i + 1] || block.data.length !== blockSize) {
-            tried.push(`${target.uuid}: checksum mismatch`);
-            continue;
-          }
-          if (sealer) {
-            sealer.open(block.data, dest, block.nonce, block.tag, refAad(task.volumeId, task.generations[i], task.indices[i]), task.generations[i]);
-          } else {
-            dest.set(block.data);
-          }
-          local.status[i] = READ_OK;
-          local.reasons[i] = '';
-          return;
-        } catch (err) {
-          tried.push(`${target.uuid}: ${(err as Error).message}`);
-        }
-      }
-      if (tried.length > 0) local.reasons[i] = tried.join('; ');
-    }),
-  );
-  return local;
+  const read = new HedgedRead(task, remote, result, { hash, blockSize, sealer, dest: (i) => cacheBlock(task.cacheSlots[i]), warn: (message) => log.warn(message) });
+  await read.run();
+  result.fromPeers = read.fromPeers;
+  result.hedges = read.hedges;
+  result.repairs = read.repairs;
+  return result;
 }
 
 function readBatch(task: ReadBatchTask): ReadBatchResult {

@@ -14,7 +14,11 @@
  *     lease says so).
  *   - Candidates are the first R + SPARE_CANDIDATES nodes of the ring: enough
  *     to find a block written while up to SPARE_CANDIDATES preferred nodes
- *     were down.
+ *     were down or full.
+ *   - A write also names its spares: the live nodes after the R chosen,
+ *     within those candidates. A target that refuses a copy for lack of
+ *     space (NO_SPACE) has it placed on the next spare instead (the pool
+ *     worker does that), where reads will look for it.
  *
  * Peers are numbered in `peers` (a table rebuilt when the ring or the live
  * set changes); tasks for the pool carry that table and per-block indexes
@@ -44,6 +48,27 @@ export interface BlockTargets {
   local: boolean;
   /** Remote peers, as indexes into `peers`, most preferred first. */
   remote: number[];
+}
+
+export interface WriteTargets extends BlockTargets {
+  /**
+   * Live remote candidates after the chosen ones, in ring order: where a copy
+   * goes when a target (or this node) is full.
+   */
+  spare: number[];
+}
+
+/**
+ * The spares (and whether this node was chosen) of a `remote` list that
+ * writeTargets returned. The volume's write path hands the pool only the
+ * `remote` lists; the pool finds their spares here, so a full peer's copies
+ * can go elsewhere without the volume carrying a second list. Weak: entries
+ * go with the lists.
+ */
+const sparesOfList = new WeakMap<readonly number[], { local: boolean; spare: number[] }>();
+
+export function writeSparesOf(remote: readonly number[]): { local: boolean; spare: readonly number[] } | undefined {
+  return sparesOfList.get(remote);
 }
 
 export class ClusterPlacement {
@@ -101,18 +126,24 @@ export class ClusterPlacement {
     return uuid === this.localUuid || this.live.has(uuid);
   }
 
-  /** Where a write of block (volumeId, index) goes: the first R live nodes of its ring candidates. */
-  writeTargets(volumeId: number, index: number): BlockTargets {
+  /** Where a write of block (volumeId, index) goes: the first R live nodes of its ring candidates; then its spares. */
+  writeTargets(volumeId: number, index: number): WriteTargets {
     const ring = this.ring;
-    if (!ring || ring.members.length === 0) return { local: true, remote: [] };
+    if (!ring || ring.members.length === 0) return { local: true, remote: [], spare: [] };
     const r = this.replication;
     const n = ring.placeInto(volumeId, index, Math.min(r + SPARE_CANDIDATES, this.scratch.length), this.scratch);
     let local = false;
     const remote: number[] = [];
+    const spare: number[] = [];
     let chosen = 0;
-    for (let i = 0; i < n && chosen < r; i++) {
+    for (let i = 0; i < n; i++) {
       const uuid = ring.members[this.scratch[i]];
       if (!this.isLive(uuid)) continue;
+      if (chosen >= r) {
+        const at = uuid === this.localUuid ? undefined : this.tableIndex.get(uuid);
+        if (at !== undefined) spare.push(at);
+        continue;
+      }
       chosen++;
       if (uuid === this.localUuid) local = true;
       else {
@@ -124,7 +155,8 @@ export class ClusterPlacement {
     // No live member at all (a node outside the ring, whose ring is all down):
     // keep the block here rather than nowhere.
     if (chosen === 0 && this.holdsCopies) local = true;
-    return { local, remote };
+    sparesOfList.set(remote, { local, spare });
+    return { local, remote, spare };
   }
 
   /** Where to look for block (volumeId, index): live candidates first, then the rest, in ring order. */

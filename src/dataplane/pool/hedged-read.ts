@@ -1,0 +1,300 @@
+/**
+ * Reading a batch's blocks from peers, in a pool worker: hedged, so a slow,
+ * dead or frozen replica costs one hedge delay, not a deadline per block.
+ *
+ * Per block that had no good local copy:
+ *   - Its candidates (ring order, live first, from the task) are reordered
+ *     by this worker's view of each peer (peer-health.ts): healthy ones
+ *     first, then those answering more than twice as slowly as the fastest,
+ *     then penalized ones (recent failures or hedges); ring order within each.
+ *   - One get goes to the first. If no good answer has come within that
+ *     peer's hedge delay, the next candidate is asked too (a hedge); a
+ *     failure (error, not held, bad checksum) asks the next one at once.
+ *     The first copy whose xxh64 matches the block map (and that opens, if
+ *     sealed) is taken; later answers are ignored (the TBP client drops
+ *     replies whose request settled; there is no cancel on the wire).
+ *   - A replica that sent bytes with the wrong checksum is sent the good copy
+ *     (a put of the same ref, which replaces its copy) once one is found;
+ *     the task ends when that put is answered (at most REPAIR_TIMEOUT_MS).
+ * Every get still has its own deadline (GET_TIMEOUT_MS), which bounds a
+ * block whose every candidate is silent.
+ *
+ * Allocation: typed arrays per batch, one closure pair per get; the bytes
+ * are hashed from the client's reply buffer and copied (or opened) straight
+ * into the cache slot.
+ */
+import type { Hasher } from '../blocks/hash.js';
+import type { BlockRef } from '../blocks/ref.js';
+import type { PeerError } from '../peer/errors.js';
+import type { WireBlock } from '../peer/wire.js';
+import type { PeerTarget } from '../replication/placement.js';
+import { GET_TIMEOUT_MS, peerClient } from './peer-links.js';
+import { healthOf, type PeerHealth } from './peer-health.js';
+import { refAad, type WorkerSealer } from './sealing.js';
+import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED, type ReadBatchResult, type ReadBatchTask, type RemoteTargets } from './tasks.js';
+
+export interface HedgedReadDeps {
+  hash: Hasher;
+  blockSize: number;
+  /** The cache slot's bytes for block i of the task. */
+  dest(i: number): Uint8Array;
+  sealer: WorkerSealer | undefined;
+  /** Where a failed repair is reported. */
+  warn(message: string): void;
+}
+
+const hashOut = new Uint32Array(2);
+/** A repair put's deadline: it holds up its batch, so it is short. */
+const REPAIR_TIMEOUT_MS = 1000;
+
+export class HedgedRead {
+  private readonly n: number;
+  private readonly stride: number;
+  /** Candidates per block, reordered by health: n x stride peer indexes, -1 padded. */
+  private readonly order: Int16Array;
+  /** Next position in `order` to ask, per block. */
+  private readonly next: Uint8Array;
+  private readonly inFlight: Uint8Array;
+  /** 1 once the block has a good copy or nobody left to ask. */
+  private readonly settled: Uint8Array;
+  /** When to hedge (performance.now() ms), per block with a get outstanding; Infinity otherwise. */
+  private readonly hedgeAt: Float64Array;
+  /** The peer asked last, per block (the one a hedge goes around). */
+  private readonly lastAsked: Int16Array;
+  private readonly health: PeerHealth[];
+  /** Per block, what went wrong where (only built for blocks that need it). */
+  private readonly tried: (string[] | undefined)[];
+  /** Per block, peers that sent a copy with the wrong checksum (repaired once a good copy is found). */
+  private readonly bad: (number[] | undefined)[];
+  /** Per block, the good copy taken (kept while the batch runs, to repair a bad copy that arrives late). */
+  private readonly good: (WireBlock | undefined)[];
+  private open = 0;
+  private readonly repairing: Promise<void>[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private timerAt = Infinity;
+  private finish: (() => void) | undefined;
+  fromPeers = 0;
+  hedges = 0;
+  /** Bad replicas sent the good copy (and that stored it). */
+  repairs = 0;
+
+  constructor(
+    private readonly task: ReadBatchTask,
+    private readonly remote: RemoteTargets,
+    private readonly result: ReadBatchResult,
+    private readonly deps: HedgedReadDeps,
+  ) {
+    this.n = task.cacheSlots.length;
+    this.stride = remote.stride;
+    this.order = new Int16Array(this.n * this.stride).fill(-1);
+    this.next = new Uint8Array(this.n);
+    this.inFlight = new Uint8Array(this.n);
+    this.settled = new Uint8Array(this.n);
+    this.hedgeAt = new Float64Array(this.n).fill(Infinity);
+    this.lastAsked = new Int16Array(this.n).fill(-1);
+    this.health = remote.peers.map((p) => healthOf(p));
+    this.tried = new Array(this.n);
+    this.bad = new Array(this.n);
+    this.good = new Array(this.n);
+  }
+
+  /** Resolves once every block the local store could not serve has a good copy or has run out of candidates, and repairs are done. */
+  run(): Promise<void> {
+    const now = performance.now();
+    const rank = this.ranks(now);
+    for (let i = 0; i < this.n; i++) {
+      if (this.result.status[i] === READ_OK) {
+        this.settled[i] = 1;
+        continue;
+      }
+      if (this.task.storeSlots[i] >= 0) this.note(i, `local: ${this.result.reasons[i]}`);
+      this.orderCandidates(i, rank);
+      this.open++;
+    }
+    if (this.open === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      this.finish = resolve;
+      for (let i = 0; i < this.n; i++) if (!this.settled[i]) this.askNext(i);
+      this.arm();
+    });
+  }
+
+  /** Per peer of the table: 0 healthy, 1 slow (over twice the fastest's latency), 2 penalized. */
+  private ranks(now: number): Uint8Array {
+    const rank = new Uint8Array(this.health.length);
+    let fastest = Infinity;
+    for (const h of this.health) if (!h.penalized(now) && h.srtt > 0 && h.srtt < fastest) fastest = h.srtt;
+    for (let p = 0; p < this.health.length; p++) {
+      const h = this.health[p];
+      rank[p] = h.penalized(now) ? 2 : h.srtt > 2 * fastest + 1 ? 1 : 0;
+    }
+    return rank;
+  }
+
+  private orderCandidates(i: number, rank: Uint8Array): void {
+    const base = i * this.stride;
+    let k = 0;
+    for (let r = 0; r <= 2; r++) {
+      for (let t = 0; t < this.stride; t++) {
+        const peer = this.remote.targets[base + t];
+        if (peer < 0) break;
+        if (rank[peer] === r) this.order[base + k++] = peer;
+      }
+    }
+  }
+
+  private note(i: number, what: string): void {
+    (this.tried[i] ??= []).push(what);
+  }
+
+  private ref(i: number): BlockRef {
+    return { volumeId: this.task.volumeId, generation: this.task.generations[i], index: this.task.indices[i] };
+  }
+
+  /** Ask block i's next candidate. False when there is none left. */
+  private askNext(i: number): boolean {
+    const pos = this.next[i];
+    if (pos >= this.stride) return false;
+    const peer = this.order[i * this.stride + pos];
+    if (peer < 0) return false;
+    this.next[i] = pos + 1;
+    this.inFlight[i]++;
+    this.lastAsked[i] = peer;
+    const target = this.remote.peers[peer];
+    const health = this.health[peer];
+    const sent = performance.now();
+    this.hedgeAt[i] = sent + health.hedgeDelay();
+    peerClient(this.remote.identity, target)
+      .getBlock(this.ref(i), { timeoutMs: GET_TIMEOUT_MS })
+      .then(
+        (block) => this.onAnswer(i, peer, sent, block),
+        (err: PeerError) => this.onFailure(i, peer, err),
+      );
+    return true;
+  }
+
+  private onAnswer(i: number, peer: number, sent: number, block: WireBlock | undefined): void {
+    this.inFlight[i]--;
+    this.health[peer].answered(performance.now() - sent);
+    const target = this.remote.peers[peer];
+    if (this.settled[i]) {
+      // A loser of the race. If it sent a bad copy and the batch is still running, it is repaired all the same.
+      const good = this.good[i];
+      if (block && good && this.open > 0 && !this.matches(i, block)) this.repair(i, peer, good);
+      return;
+    }
+    if (!block) {
+      this.note(i, `${target.uuid}: not held`);
+      return this.moveOn(i);
+    }
+    const sealer = this.deps.sealer;
+    if (!this.matches(i, block)) {
+      this.note(i, `${target.uuid}: checksum mismatch`);
+      (this.bad[i] ??= []).push(peer);
+      return this.moveOn(i);
+    }
+    const dest = this.deps.dest(i);
+    if (sealer) {
+      try {
+        const generation = this.task.generations[i];
+        sealer.open(block.data, dest, block.nonce, block.tag, refAad(this.task.volumeId, generation, this.task.indices[i]), generation);
+      } catch (err) {
+        this.note(i, `${target.uuid}: ${(err as Error).message}`);
+        this.result.status[i] = READ_OPEN_FAILED;
+        return this.moveOn(i);
+      }
+    } else {
+      dest.set(block.data);
+    }
+    this.result.status[i] = READ_OK;
+    this.result.reasons[i] = '';
+    this.fromPeers++;
+    const bad = this.bad[i];
+    if (bad) for (const p of bad) this.repair(i, p, block);
+    this.good[i] = block;
+    this.settle(i);
+  }
+
+  /** The copy is whole and hashes to what the block map says. */
+  private matches(i: number, block: WireBlock): boolean {
+    if (block.data.length !== this.deps.blockSize) return false;
+    this.deps.hash.hash64Into(block.data, hashOut, 0);
+    return hashOut[0] === this.task.hashes[2 * i] && hashOut[1] === this.task.hashes[2 * i + 1];
+  }
+
+  private onFailure(i: number, peer: number, err: PeerError): void {
+    this.inFlight[i]--;
+    this.health[peer].strike(performance.now(), 'failed');
+    if (this.settled[i]) return;
+    this.note(i, `${this.remote.peers[peer].uuid}: ${err.message}`);
+    this.moveOn(i);
+  }
+
+  /** That candidate failed: ask the next now; with nobody left and nothing outstanding, the block has failed. */
+  private moveOn(i: number): void {
+    if (this.askNext(i)) return this.arm();
+    if (this.inFlight[i] > 0) {
+      this.hedgeAt[i] = Infinity; // nobody left to hedge to; wait for what is outstanding
+      return;
+    }
+    const status = this.result.status;
+    if (this.bad[i] && status[i] !== READ_OPEN_FAILED) status[i] = READ_CHECKSUM_MISMATCH;
+    this.result.reasons[i] = this.tried[i]?.join('; ') ?? 'no candidates';
+    this.settle(i);
+  }
+
+  private settle(i: number): void {
+    this.settled[i] = 1;
+    this.hedgeAt[i] = Infinity;
+    if (--this.open === 0) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      if (this.repairing.length === 0) this.finish!();
+      else void Promise.all(this.repairing).then(this.finish);
+    }
+  }
+
+  /** One timer per batch, at the earliest hedge due. */
+  private arm(): void {
+    let at = Infinity;
+    for (let i = 0; i < this.n; i++) if (!this.settled[i] && this.hedgeAt[i] < at) at = this.hedgeAt[i];
+    if (at === Infinity || (this.timer && at >= this.timerAt)) return;
+    clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(this.onTimer, Math.max(0, at - performance.now()));
+  }
+
+  private readonly onTimer = (): void => {
+    this.timer = undefined;
+    this.timerAt = Infinity;
+    const now = performance.now();
+    for (let i = 0; i < this.n; i++) {
+      if (this.settled[i] || this.hedgeAt[i] > now) continue;
+      // The peer asked last is slow now: later batches try it last for a while.
+      const slow = this.lastAsked[i];
+      if (slow >= 0) this.health[slow].strike(now, 'slow');
+      if (this.askNext(i)) this.hedges++;
+      else this.hedgeAt[i] = Infinity;
+    }
+    this.arm();
+  };
+
+  /**
+   * Send block i's good copy to a peer that returned a bad one. Awaited
+   * before the task ends (a worker is paused between tasks, so nothing left
+   * running would get on): it costs the batch a put's round trip, only when
+   * a replica was found bad, and at most REPAIR_TIMEOUT_MS.
+   */
+  private repair(i: number, peer: number, good: WireBlock): void {
+    const target: PeerTarget = this.remote.peers[peer];
+    const copy: WireBlock = { ref: this.ref(i), flags: good.flags, hashLo: this.task.hashes[2 * i], hashHi: this.task.hashes[2 * i + 1], nonce: good.nonce, tag: good.tag, data: good.data };
+    this.repairing.push(
+      peerClient(this.remote.identity, target)
+        .putBlocks([copy], { timeoutMs: REPAIR_TIMEOUT_MS })
+        .then(
+          () => void this.repairs++,
+          (err: Error) => this.deps.warn(`repairing block ${this.task.volumeId}/${copy.ref.generation}/${copy.ref.index} on ${target.uuid} failed: ${err.message}`),
+        ),
+    );
+  }
+}
