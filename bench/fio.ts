@@ -25,6 +25,11 @@ export const JOBS: readonly JobSpec[] = [
   { name: 'randread-4k-qd32-4conn', rw: 'randread', blockSize: '4k', iodepth: 32, connections: 4, extra: [] },
 ];
 
+/** Reads only: what a degraded cluster is measured with. */
+export function readOnly(job: JobSpec): boolean {
+  return job.rw === 'randread' || job.rw === 'read';
+}
+
 export function readsData(job: JobSpec): boolean {
   return job.rw === 'randread' || job.rw === 'read' || job.rw === 'randrw';
 }

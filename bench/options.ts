@@ -33,7 +33,10 @@ alternating servers run by run, and prints per-job medians and ratios.
   --jobs A,B           jobs to run (default all): ${JOBS.map((j) => j.name).join(', ')}
   --servers A,B        servers to compare (default ${DEFAULT_SERVERS.join(',')}); any of ${SERVER_NAMES.join(', ')}.
                        torus-cluster is the cluster mode: etcd and 3 torusd nodes, replication 2,
-                       fio through node 1 (e.g. --servers torus-cluster,nbd-server)
+                       fio through node 1 (e.g. --servers torus-cluster,nbd-server);
+                       torus-cluster-cold: the same with 64 MiB caches, so reads go to stores and replicas;
+                       torus-cluster-degraded: cold, node 2 killed after the prefill, read jobs only,
+                       also reported as a ratio of torus-cluster-cold
   --region SIZE        part of the 1 GiB export the jobs touch, prefilled first (default 512MiB)
   --json FILE          also write every run and the medians as JSON
   --encrypt            create the torus volume encrypted

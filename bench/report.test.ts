@@ -39,6 +39,17 @@ describe('report', () => {
     assert.match(text, /peak RSS .*torus 64\.0 MiB/);
   });
 
+  test('a degraded cluster is also reported as a ratio of the healthy cold cluster', () => {
+    const runs: RunRecord[] = [
+      { job: 'j', server: 'torus-cluster-cold', repeat: 0, result: result(200) },
+      { job: 'j', server: 'torus-cluster-degraded', repeat: 0, result: result(150) },
+      { job: 'j', server: 'nbd-server', repeat: 0, result: result(100) },
+    ];
+    const r = ratios(summarize(runs, ['j'], ['torus-cluster-cold', 'torus-cluster-degraded', 'nbd-server']));
+    assert.deepEqual(r.find((x) => x.ours === 'torus-cluster-degraded' && x.peer === 'torus-cluster-cold')?.ratio, 0.75);
+    assert.equal(r.filter((x) => x.peer === 'nbd-server').length, 2);
+  });
+
   test('without torus there are no ratios, only the peers', () => {
     const summaries = summarize([{ job: 'j', server: 'nbdkit', repeat: 0, result: result(10) }], ['j'], ['nbdkit']);
     assert.deepEqual(ratios(summaries), []);

@@ -4,7 +4,7 @@
  * 2-core machine), and torus's median IOPS over each peer's.
  */
 import type { FioResult } from './fio.js';
-import type { ServerName } from './servers.js';
+import { BASELINE, type ServerName } from './servers.js';
 
 export interface RunRecord {
   job: string;
@@ -28,8 +28,9 @@ export interface JobSummary {
 
 export interface Ratio {
   job: string;
-  /** Which of ours: torus (one node) or torus-cluster. */
+  /** Which of ours: torus (one node) or a torus-cluster mode. */
   ours: ServerName;
+  /** A C server, or (for a degraded cluster) the healthy mode it is measured against. */
   peer: ServerName;
   /** our median IOPS / peer median IOPS */
   ratio: number;
@@ -73,6 +74,8 @@ export function ratios(summaries: JobSummary[]): Ratio[] {
     for (const peer of summaries.filter((s) => s.job === ours.job && !isOurs(s.server) && s.runs > 0)) {
       out.push({ job: ours.job, ours: ours.server, peer: peer.server, ratio: ours.iops / peer.iops });
     }
+    const healthy = summaries.find((s) => s.job === ours.job && s.server === BASELINE[ours.server] && s.runs > 0);
+    if (healthy) out.push({ job: ours.job, ours: ours.server, peer: healthy.server, ratio: ours.iops / healthy.iops });
   }
   return out;
 }
@@ -82,7 +85,7 @@ const number = (value: number, digits = 0) => (Number.isFinite(value) ? value.to
 export function formatReport(summaries: JobSummary[], ratioList: Ratio[], peakRss: Partial<Record<ServerName, number>>): string {
   const lines: string[] = [];
   const header = ['job', 'server', 'IOPS', 'MiB/s', 'p99 us', 'srv CPU%', 'fio CPU%', 'runs'];
-  const widths = [24, 13, 10, 9, 9, 9, 9, 6];
+  const widths = [24, 22, 10, 9, 9, 9, 9, 6];
   const row = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' ').trimEnd();
   lines.push(row(header));
   let lastJob = '';

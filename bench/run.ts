@@ -11,7 +11,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cleanupAll, removeDirLater } from './cleanup.js';
-import { fioArgs, fioHasNbdEngine, fioTimeoutMs, fioVersion, prefillArgs, readFioResult, readsData, runFio, type FioSettings, type JobSpec } from './fio.js';
+import { fioArgs, fioHasNbdEngine, fioTimeoutMs, fioVersion, prefillArgs, readFioResult, readOnly, readsData, runFio, type FioSettings, type JobSpec } from './fio.js';
 import { EXPORT_BYTES, USAGE, UsageError, parseBenchOptions, type BenchOptions } from './options.js';
 import { CLOCK_TICKS_PER_SECOND, isAlive, ownReapedChildTicks, peakRssBytes, treeCpuTicks, treeRssBytes } from './processes.js';
 import { formatReport, ratios, summarize, type RunRecord } from './report.js';
@@ -98,12 +98,22 @@ async function benchmark(options: BenchOptions): Promise<number> {
       }
     }
   }
+  for (const { server } of trackers) {
+    if (!server.afterPrefill) continue;
+    try {
+      process.stderr.write(`bench: ${server.name}: ${await server.afterPrefill()}\n`);
+    } catch (err) {
+      process.stderr.write(`bench: preparing ${server.name} failed: ${(err as Error).message}\n`);
+      return 1;
+    }
+  }
 
   const runs: RunRecord[] = [];
-  const total = options.jobs.length * options.repeats * trackers.length;
+  const runsOn = (job: JobSpec, t: Tracker) => !t.server.readJobsOnly || readOnly(job);
+  const total = options.repeats * options.jobs.reduce((sum, job) => sum + trackers.filter((t) => runsOn(job, t)).length, 0);
   for (const job of options.jobs) {
     for (let repeat = 0; repeat < options.repeats; repeat++) {
-      const order = trackers.map((_, i) => trackers[(i + repeat) % trackers.length]);
+      const order = trackers.map((_, i) => trackers[(i + repeat) % trackers.length]).filter((t) => runsOn(job, t));
       for (const tracker of order) {
         const { name, uri } = tracker.server;
         const settings: FioSettings = {
@@ -133,7 +143,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
   for (const t of trackers) peakRss[t.server.name] = Math.max(t.peakTreeRss, peakRssBytes(t.server.pid));
   for (const { server } of trackers) await server.stop();
 
-  const summaries = summarize(runs, options.jobs.map((j) => j.name), options.servers);
+  const summaries = summarize(runs, options.jobs.map((j) => j.name), options.servers).filter((s) => s.runs + s.failures > 0);
   const ratioList = ratios(summaries);
   const load = { start: loadAtStart, end: loadavg()[0] };
   process.stdout.write(`\n# ${version}, runtime ${options.runtimeSeconds} s, ramp ${options.rampSeconds} s, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, ${cpus().length} CPUs, Linux ${release()}, load average ${load.start.toFixed(1)} at start, ${load.end.toFixed(1)} at end\n`);

@@ -8,6 +8,12 @@
  * nbdkit      nbdkit's memory plugin: a RAM disk, the ceiling for the protocol path
  * torus-cluster  etcd and three torusd nodes on loopback, replication 2, the
  *             volume served (and written) through node 1: the cluster mode
+ * torus-cluster-cold  the same with every node's cache at CLUSTER_COLD_CACHE,
+ *             far below the region: reads really go to the stores and the
+ *             replicas, writes are spilled and replicated as they come
+ * torus-cluster-degraded  torus-cluster-cold with node 2 killed (SIGKILL)
+ *             once the region is prefilled: only read jobs run on it, and
+ *             its figures are reported against torus-cluster-cold's
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -19,7 +25,7 @@ import { LOOPBACK, freePort, isAlive, processTree, waitForListener } from './pro
 
 export const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-export const SERVER_NAMES = ['torus', 'nbd-server', 'nbdkit', 'torus-cluster'] as const;
+export const SERVER_NAMES = ['torus', 'nbd-server', 'nbdkit', 'torus-cluster', 'torus-cluster-cold', 'torus-cluster-degraded'] as const;
 export type ServerName = (typeof SERVER_NAMES)[number];
 /** What `npm run bench` compares unless told otherwise: the single node against the C peers. */
 export const DEFAULT_SERVERS: readonly ServerName[] = ['torus', 'nbd-server', 'nbdkit'];
@@ -28,6 +34,8 @@ export const DEFAULT_SERVERS: readonly ServerName[] = ['torus', 'nbd-server', 'n
 export const SERVER_TOOLS: Record<ServerName, Record<string, string>> = {
   torus: {},
   'torus-cluster': { etcd: 'etcd-server' },
+  'torus-cluster-cold': { etcd: 'etcd-server' },
+  'torus-cluster-degraded': { etcd: 'etcd-server' },
   'nbd-server': { 'nbd-server': 'nbd-server', fallocate: 'util-linux' },
   nbdkit: { nbdkit: 'nbdkit' },
 };
@@ -50,8 +58,18 @@ export interface BenchServer {
   pid: number;
   /** How it was started, for the report. */
   commandLine: string;
+  /** Runs once the region is prefilled, before any measured run; says what it did. */
+  afterPrefill?(): Promise<string>;
+  /** Only read-only jobs run on it (a degraded cluster is measured for reads). */
+  readJobsOnly?: boolean;
   stop(): Promise<void>;
 }
+
+/** The healthy server a degraded one is reported against. */
+export const BASELINE: Partial<Record<ServerName, ServerName>> = { 'torus-cluster-degraded': 'torus-cluster-cold' };
+
+/** Every node's --cache-size in the cold cluster modes: an eighth of the default 512 MiB region. */
+export const CLUSTER_COLD_CACHE = '64MiB';
 
 const STARTUP_TIMEOUT_MS = 60_000;
 const STOP_GRACE_MS = 10_000;
@@ -204,16 +222,19 @@ async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
  * replication 2, all children of one shell so the measured process tree
  * (CPU, RSS) is the whole cluster. fio talks to node 1, which writes the
  * volume; each block goes to the two nodes the ring names for it.
+ * cacheSize: every node's --cache-size (default: torusd's). killNode2: after
+ * the prefill, SIGKILL node 2 and wait until the cluster lists it DOWN.
  */
-async function startTorusCluster(options: ServerOptions): Promise<BenchServer> {
+async function startTorusCluster(name: ServerName, options: ServerOptions, variant: { cacheSize?: string; killNode2?: boolean } = {}): Promise<BenchServer> {
   const [etcdClient, etcdPeer, nbd, ...peerPorts] = await Promise.all(Array.from({ length: 6 }, () => freePort()));
   const endpoint = `${LOOPBACK}:${etcdClient}`;
-  const node = (name: string) => `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', name))}`;
+  const node = (bin: string) => `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
   const dir = options.workDir;
   const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''}`;
   const torusd = (i: number, nbdPort: string) =>
     `${node('torusd')} --etcd ${endpoint} --data-dir ${JSON.stringify(join(dir, `node${i}`))} --size ${TORUS_STORE_SIZE} --nbd ${nbdPort} ` +
-    `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${options.encrypt ? ' --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''} > ${JSON.stringify(join(dir, `node${i}.log`))} 2>&1 &`;
+    `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${variant.cacheSize ? ` --cache-size ${variant.cacheSize}` : ''}` +
+    `${options.encrypt ? ' --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''} > ${JSON.stringify(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${JSON.stringify(join(dir, `node${i}.pid`))}`;
   const script = [
     'set -e',
     `etcd --name bench --data-dir ${JSON.stringify(join(dir, 'etcd'))} --listen-client-urls http://${endpoint} --advertise-client-urls http://${endpoint} ` +
@@ -229,13 +250,35 @@ async function startTorusCluster(options: ServerOptions): Promise<BenchServer> {
     torusd(1, `${LOOPBACK}:${nbd}`),
     'wait',
   ].join('\n');
-  return launch('torus-cluster', ['bash', '-c', script], nbd, `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`, options.workDir);
+  const server = await launch(name, ['bash', '-c', script], nbd, `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`, options.workDir);
+  if (!variant.killNode2) return server;
+  return {
+    ...server,
+    readJobsOnly: true,
+    async afterPrefill() {
+      const pid = Number(readFileSync(join(dir, 'node2.pid'), 'utf8').trim());
+      process.kill(pid, 'SIGKILL');
+      const started = Date.now();
+      // Its lease lapses within about 5 s; until then it is a live node that refuses connections.
+      for (;;) {
+        const r = spawnSync(process.execPath, [join(PROJECT, 'bin', 'torusctl'), '-C', endpoint, 'list-peers', '-o', 'json'], { encoding: 'utf8', timeout: 10_000 });
+        if (/"member": *"DOWN"/.test(r.stdout ?? '')) break;
+        if (Date.now() - started > 30_000) throw new Error(`node 2 (pid ${pid}) killed but not listed DOWN within 30 s: ${r.stdout}${r.stderr}`);
+        await sleep(250);
+      }
+      return `node 2 (pid ${pid}) killed with SIGKILL, listed DOWN after ${((Date.now() - started) / 1000).toFixed(1)} s`;
+    },
+  };
 }
 
 export function startServer(name: ServerName, options: ServerOptions): Promise<BenchServer> {
   switch (name) {
     case 'torus-cluster':
-      return startTorusCluster(options);
+      return startTorusCluster(name, options);
+    case 'torus-cluster-cold':
+      return startTorusCluster(name, options, { cacheSize: CLUSTER_COLD_CACHE });
+    case 'torus-cluster-degraded':
+      return startTorusCluster(name, options, { cacheSize: CLUSTER_COLD_CACHE, killNode2: true });
     case 'torus':
       return startTorus(options);
     case 'nbd-server':
