@@ -25,8 +25,9 @@
  *
  * Output: one JSON line per event on stdout ({"ev": "flush", "t": epoch
  * seconds, "ok": bool, "err": ...}, "connect", "stall", ...), then a final
- * {"ev": "summary", ...}. Exit 0 when every unit checked out and the final
- * FLUSH succeeded.
+ * {"ev": "summary", ...}. The content is checked even when the final FLUSH
+ * failed (then its pending writes count as uncertain). Exit 0 when every
+ * unit checked out and the final FLUSH succeeded.
  */
 import { run, SYSTEM_PYTHON, type RunResult } from './tools.js';
 
@@ -224,6 +225,8 @@ while time.monotonic() < end:
         break
     time.sleep(0.5)
 emit("final", ok=final_ok)
+if not final_ok:
+    settle_lost()  # never acknowledged: whatever is pending may or may not have landed
 if h is not None:
     try:
         h.shutdown()
@@ -266,7 +269,7 @@ def check(uri):
         pass
     return {"uri": uri, "units": UNITS, "bad": bad[:40], "badCount": len(bad)}
 
-verified = [check(u) for u in read_uris] if final_ok else []
+verified = [check(u) for u in read_uris]
 emit("summary", finalFlushOk=final_ok, verified=verified, **stats)
 sys.exit(0 if final_ok and all(v["units"] and not v["bad"] for v in verified) else 1)
 `;
