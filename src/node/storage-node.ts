@@ -36,7 +36,7 @@ import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, VolumeL
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
-import { gcViewOf, type GcView, type GcVolume } from '../dataplane/replication/gc-view.js';
+import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
 import { refKey, type BlockRef } from '../dataplane/blocks/ref.js';
@@ -682,12 +682,14 @@ export class StorageNode implements ExportProvider {
     // A storage node (one serving its store to peers) moves its own blocks to
     // where the ring puts them and frees its garbage; a store-less client has none.
     const backend = this.peers?.backend;
+    // GC's view of the catalog: each volume's committed map, kept between runs and reloaded by changed pages.
+    const views = new CatalogGcViews({ store: this.store, cluster }, this.log.child({ component: 'gc' }));
     const rebalancer = backend
       ? new Rebalancer({
           placement: cluster.placement,
           peerStore: (peer) => cluster.clientFor(peer),
           local: backend,
-          gcView: () => this.gcView(),
+          gcView: async () => views.view(await this.catalog.list()),
           log: this.log.child({ component: 'rebalance' }),
           rateBytesPerSecond: this.rebalance.rate,
           intervalMs: this.rebalance.intervalMs,
@@ -713,33 +715,6 @@ export class StorageNode implements ExportProvider {
     rebalancer?.start();
     table.on('change', update);
     this.stopFollowing = () => table.off('change', update);
-  }
-
-  /**
-   * Cluster GC: the catalog as of now, and what each volume's committed
-   * version references (see replication/gc-view.ts for the contract). A
-   * volume open here at that version answers from memory; any other has its
-   * committed map loaded (from this store or peers). Undefined — free
-   * nothing this run — if any map cannot be loaded.
-   */
-  private async gcView(): Promise<GcView | undefined> {
-    const volumes: (GcVolume & { refs: Iterable<BlockRef> })[] = [];
-    for (const record of await this.catalog.list()) {
-      const open = this.volumes.get(record.name);
-      if (open && open.id === record.id && open.committedGeneration === record.generation) {
-        volumes.push({ id: record.id, generation: record.generation, refs: [...open.referencedRefs()] }); // now, before a commit moves it on
-        continue;
-      }
-      try {
-        const identity = { id: record.id, name: record.name, size: record.size, blockSize: record.blockSize, encrypted: record.encrypted };
-        const map = await Volume.loadMap(identity, record.root ?? undefined, { store: this.store, cluster: this.cluster });
-        volumes.push({ id: record.id, generation: record.generation, refs: map.referencedRefs() });
-      } catch (err) {
-        this.log.warn({ volume: record.name, err: (err as Error).message }, 'GC skipped this run: a volume\'s committed map could not be loaded');
-        return undefined;
-      }
-    }
-    return gcViewOf(volumes);
   }
 
   /** Every ref of the committed versions of the volumes this node writes (holds the lock of). */
@@ -776,15 +751,16 @@ export class StorageNode implements ExportProvider {
     this.closing = true;
     for (const timer of this.lingering.values()) clearTimeout(timer);
     this.lingering.clear();
+    // Background copying ends before the peer service it uses for this store does.
+    this.stopFollowing?.();
+    await this.rebalancer?.close();
+    await this.repair?.close();
     await this.stopServingPeers();
     await this.flushAll();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
     // After the last commit: release, so another node may take over at once.
     for (const lock of this.locks.values()) await lock.release().catch((err) => this.log.warn({ volume: lock.volume, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
     this.locks.clear();
-    this.stopFollowing?.();
-    await this.rebalancer?.close();
-    await this.repair?.close();
     await this.cluster?.close();
     await this.pool.close();
     await this.store.close();

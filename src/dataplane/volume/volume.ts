@@ -142,14 +142,6 @@ export class Volume implements CacheOwner {
 
   /** Load a committed version: read and verify every map page, top down. */
   static async open(identity: VolumeIdentity, generation: number, root: MapRoot | undefined, key: Uint8Array | null, services: VolumeServices): Promise<Volume> {
-    return new Volume(identity, generation, await Volume.loadMap(identity, root, services), key, services);
-  }
-
-  /**
-   * The map of a committed version alone, without opening the volume (GC
-   * asks what versions of volumes this node does not serve reference).
-   */
-  static async loadMap(identity: VolumeIdentity, root: MapRoot | undefined, services: Pick<VolumeServices, 'store' | 'cluster'>): Promise<BlockMap> {
     const { store } = services;
     if (store.blockSize !== identity.blockSize) {
       throw new Error(`volume ${identity.name} has block size ${identity.blockSize}, the store ${store.blockSize}`);
@@ -180,7 +172,7 @@ export class Volume implements CacheOwner {
         }
       }
     }
-    return map;
+    return new Volume(identity, generation, map, key, services);
   }
 
   get committedGeneration(): number {
