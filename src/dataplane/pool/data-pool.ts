@@ -88,6 +88,11 @@ export class DataPool {
       maxThreads: threads,
       idleTimeout: 60_000,
       concurrentTasksPerWorker: tasksPerWorker,
+      // Piscina's default ('sync') parks an idle worker in Atomics.wait, so its
+      // event loop stops between tasks. In a cluster the workers own peer
+      // connections: parked, they never see a restarted peer's FIN and the
+      // next PUT goes out on the dead socket. 'async' keeps the loop running.
+      atomics: tasksPerWorker > 1 ? 'async' : 'sync',
     });
   }
 
