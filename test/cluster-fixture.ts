@@ -58,8 +58,8 @@ export interface NodeOptions {
   peerHost?: string;
   /** Run torusd through this command (e.g. ['ip', 'netns', 'exec', NS]). */
   prefix?: string[];
-  /** The etcd endpoint this node uses (default the cluster's loopback one). */
-  etcd?: string;
+  /** The address this node reaches etcd at (default 127.0.0.1; etcd must listen there: ClusterOptions.etcd.extraHosts). */
+  etcdHost?: string;
   /** More torusd flags. */
   args?: string[];
   label?: string;
@@ -115,7 +115,7 @@ export class ClusterNode {
       args: [
         '--cache-size', this.cluster.options.cacheSize,
         '--workers', '1',
-        '--etcd', this.options.etcd ?? this.cluster.endpoint,
+        '--etcd', this.options.etcdHost ? `http://${this.options.etcdHost}:${this.cluster.etcd.port}` : this.cluster.endpoint,
         '--peer-address', this.peerAddress,
         ...(this.cluster.options.args ?? []),
         ...(this.options.args ?? []),
