@@ -1,6 +1,5 @@
 /** Opening a cluster's etcd for the binaries, with a message that names the endpoints. */
 import { MetadataUnavailableError } from '../controlplane/metadata/errors.js';
-import { openEtcdMetadataStore } from '../controlplane/metadata/etcd/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { openThreadedMetadataStore } from '../controlplane/thread/index.js';
 import type { EtcdConfig } from './common-flags.js';
@@ -22,7 +21,10 @@ export interface ClusterStoreOptions {
 export async function openClusterStore(etcd: EtcdConfig, options: ClusterStoreOptions = {}): Promise<MetadataStore> {
   const settings = { endpoints: etcd.endpoints, tls: etcd.tls };
   try {
-    return await (options.thread === false ? openEtcdMetadataStore(settings) : openThreadedMetadataStore(settings));
+    if (options.thread !== false) return await openThreadedMetadataStore(settings);
+    // Loaded only here: with the thread, etcd3 and its gRPC stack load in the worker and never on the main thread.
+    const { openEtcdMetadataStore } = await import('../controlplane/metadata/etcd/index.js');
+    return await openEtcdMetadataStore(settings);
   } catch (err) {
     if (err instanceof MetadataUnavailableError) throw new MetadataUnavailableError(`cannot reach etcd at ${etcd.endpoints}: ${err.message}`, { cause: err });
     throw err;
