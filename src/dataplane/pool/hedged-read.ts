@@ -281,9 +281,9 @@ export class HedgedRead {
 
   /**
    * Send block i's good copy to a peer that returned a bad one. Awaited
-   * before the task ends (a worker is paused between tasks, so nothing left
-   * running would get on): it costs the batch a put's round trip, only when
-   * a replica was found bad, and at most REPAIR_TIMEOUT_MS.
+   * before the task ends (the counts are then exact, and a pool that parks
+   * idle workers would otherwise strand it): it costs the batch a put's
+   * round trip, only when a replica was found bad, at most REPAIR_TIMEOUT_MS.
    */
   private repair(i: number, peer: number, good: WireBlock): void {
     const target: PeerTarget = this.remote.peers[peer];
