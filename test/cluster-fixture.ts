@@ -112,6 +112,8 @@ export class ClusterNode {
       dataDir: this.dataDir,
       size: this.cluster.options.size,
       prefix: this.options.prefix,
+      // Generous: eight nodes starting at once on a shared two-core machine.
+      startTimeoutMs: 60_000,
       args: [
         '--cache-size', this.cluster.options.cacheSize,
         '--workers', '1',
@@ -168,7 +170,8 @@ export class Cluster {
       assert.equal(init.code, 0, init.stderr);
       const ports = await freePorts(options.nodes);
       for (let i = 0; i < options.nodes; i++) await cluster.addNode(options.node?.(i) ?? {}, ports[i]);
-      await Promise.all(cluster.nodes.map((n) => n.start()));
+      // At most four starting at once: each start is CPU-bound for a moment.
+      for (let i = 0; i < cluster.nodes.length; i += 4) await Promise.all(cluster.nodes.slice(i, i + 4).map((n) => n.start()));
       if (options.join ?? true) {
         const added = await cluster.ctl('peer', 'add', '--all-peers');
         assert.equal(added.code, 0, added.stderr);
@@ -224,6 +227,34 @@ export class Cluster {
       if (row?.member === member) return;
       if (Date.now() > deadline) assert.fail(`node ${uuid} is ${row?.member ?? 'not listed'}, not ${member}, after ${timeoutMs} ms`);
       await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+  }
+
+  /**
+   * Wait until every running node has finished a rebalance run that started
+   * at or after `since` (ms since the epoch) without a failed copy
+   * (`torusctl status`: replication.rebalance). Not that nothing is pending:
+   * a run may keep surplus copies it could not yet drop. Returns the seconds
+   * waited and the nodes' pending block counts.
+   */
+  async waitForRebalance(since: number, timeoutMs = 30_000): Promise<{ seconds: number; pending: number[] }> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      const states = await Promise.all(
+        this.nodes
+          .filter((n) => n.alive)
+          .map(async (n) => {
+            const r = await runCli('torusctl', ['status', '--data-dir', n.dataDir]);
+            const rebalance = r.code === 0 ? JSON.parse(r.stdout).replication?.rebalance : undefined;
+            const done = rebalance && !rebalance.running && rebalance.lastStartedAt && Date.parse(rebalance.lastStartedAt) >= since && rebalance.last?.failed === 0;
+            return { index: n.index, done: Boolean(done), rebalance };
+          }),
+      );
+      if (states.every((s) => s.done)) return { seconds: (Date.now() - since) / 1000, pending: states.map((s) => s.rebalance.pendingBlocks as number) };
+      last = states.filter((s) => !s.done).map((s) => `node ${s.index}: ${JSON.stringify(s.rebalance)}`).join('\n');
+      if (Date.now() > deadline) assert.fail(`rebalance not finished on every node ${timeoutMs} ms after ${new Date(since).toISOString()}:\n${last}`);
+      await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }
 

@@ -17,7 +17,8 @@
  *     it may or may not have landed, so it joins the set;
  *   - writes not yet covered by a successful FLUSH are pending, and on a new
  *     connection they become uncertain (a client that lost its connection
- *     cannot know), so they join the set too.
+ *     cannot know), so they join the set too. Connections are dropped when
+ *     a request stalls, and (if asked) after FLUSHes kept failing.
  *
  * Anything outside the set — another write's bytes, a torn unit, stale data
  * older than an acknowledged FLUSH, zeros where a FLUSH acknowledged data —
@@ -32,7 +33,7 @@
 import { run, SYSTEM_PYTHON, type RunResult } from './tools.js';
 
 export interface WriterEvent {
-  ev: 'connect' | 'connect-failed' | 'flush' | 'write-failed' | 'stall' | 'dead' | 'read-only' | 'final' | 'summary';
+  ev: 'connect' | 'connect-failed' | 'flush' | 'write-failed' | 'stall' | 'dead' | 'read-only' | 'reconnect' | 'final' | 'summary';
   t: number;
   ok?: boolean;
   err?: string;
@@ -64,6 +65,7 @@ duration = args["seconds"]
 final_seconds = args["finalFlushSeconds"]
 op_timeout = args["opTimeoutSeconds"]
 pause = args["pauseSeconds"]
+reconnect_after = args.get("reconnectAfterFailedFlushes", 0)
 rng = random.Random(args["seed"])
 
 UNIT = 4096
@@ -165,10 +167,14 @@ def ensure_connected():
             h = None
     return h is not None
 
+failed_in_a_row = 0
+
 def do_flush():
+    global failed_in_a_row
     try:
         wait(h, h.aio_flush(), op_timeout)
         stats["flushesOk"] += 1
+        failed_in_a_row = 0
         settle_flushed()
         emit("flush", ok=True)
         return True
@@ -179,7 +185,13 @@ def do_flush():
         drop()
     except nbd.Error as e:
         stats["flushesFailed"] += 1
+        failed_in_a_row += 1
         emit("flush", ok=False, err=str(e))
+        if reconnect_after and failed_in_a_row >= reconnect_after:
+            # As a client told to reconnect when its writes keep failing would.
+            emit("reconnect", err="%d FLUSHes failed in a row" % failed_in_a_row)
+            failed_in_a_row = 0
+            drop()
     return False
 
 started = time.monotonic()
@@ -288,6 +300,8 @@ export interface WriterOptions {
   opTimeoutSeconds: number;
   /** Between rounds of 8 writes + FLUSH. */
   pauseSeconds: number;
+  /** Disconnect and connect again after this many FLUSHes failed in a row (0: never, as the kernel client). */
+  reconnectAfterFailedFlushes?: number;
   seed: number;
 }
 

@@ -39,7 +39,10 @@ export async function startTorusd(options: {
   env?: Record<string, string>;
   /** Run through this command, e.g. ['ip', 'netns', 'exec', NAME] (it must exec, keeping the pid). */
   prefix?: string[];
+  /** How long it may take to print that it listens (default 20 s). */
+  startTimeoutMs?: number;
 }): Promise<TorusdProcess> {
+  const startTimeoutMs = options.startTimeoutMs ?? 20_000;
   const args = [
     join(BIN, 'torusd'),
     '--data-dir', options.dataDir,
@@ -58,7 +61,10 @@ export async function startTorusd(options: {
   child.stderr!.on('data', (d: Buffer) => (text += d.toString()));
   const exited = new Promise<number | string>((done) => child.once('exit', (code, signal) => done(code ?? signal ?? -1)));
   const port = await new Promise<number>((done, fail) => {
-    const timer = setTimeout(() => fail(new Error(`torusd did not start within 20 s:\n${text}`)), 20_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      fail(new Error(`torusd did not start within ${startTimeoutMs / 1000} s:\n${text}`));
+    }, startTimeoutMs);
     const check = () => {
       const m = /torusd listening on nbd:\/\/[^:]+:(\d+)\//.exec(text);
       if (m) {
