@@ -103,6 +103,10 @@ export interface StorageNodeOptions {
 }
 
 export const DEFAULT_LOCK_LINGER_MS = 5000;
+/** A volume write lock's lease: how long a writer cut off from etcd keeps it. */
+const LOCK_TTL_SECONDS = 10;
+/** How often a writer that lost its lock tries to win it back. */
+const LOCK_RETRY_MS = 1000;
 
 export interface PeerServiceOptions {
   /** Where to listen for TBP (the host and port of --peer-address). */
@@ -298,12 +302,8 @@ export class StorageNode implements ExportProvider {
   private async lockForWriting(name: string): Promise<void> {
     const uuid = this.cluster!.placement.localUuid;
     try {
-      const lock = await acquireVolumeLock(this.meta, name, { holder: localHolder(uuid), ttlSeconds: 10 });
-      lock.once('lost', (err: Error) => {
-        if (this.locks.get(name) !== lock) return; // released or deleted on purpose
-        this.log.error({ volume: name, err: err.message }, 'lost the write lock: further commits of this volume are refused (fenced)');
-      });
-      this.locks.set(name, lock);
+      const lock = await acquireVolumeLock(this.meta, name, { holder: localHolder(uuid), ttlSeconds: LOCK_TTL_SECONDS });
+      this.holdLock(name, lock);
       this.readOnlyBecause.delete(name);
     } catch (err) {
       if (!(err instanceof VolumeLockedError)) throw err;
@@ -311,6 +311,72 @@ export class StorageNode implements ExportProvider {
       this.readOnlyBecause.set(name, why);
       this.log.info({ volume: name, holder: err.lock.holder.node }, `volume is ${why}: served read-only here`);
     }
+  }
+
+  /** Keep `lock` as the volume's write lock, and try to win it back if it is lost while the volume is open. */
+  private holdLock(name: string, lock: VolumeLock): void {
+    lock.once('lost', (err: Error) => {
+      if (this.locks.get(name) !== lock) return; // released or deleted on purpose
+      this.log.error({ volume: name, err: err.message }, 'lost the write lock: commits of this volume are refused (fenced) until it is won back');
+      void this.recoverLock(name, lock);
+    });
+    this.locks.set(name, lock);
+  }
+
+  /**
+   * The lock lapsed while the volume was open (etcd away longer than the
+   * lock's lease, or this node cut off from it). Take it again once etcd
+   * answers — but resume writing only if no one committed the volume
+   * meanwhile: every new writer commits once on taking the lock
+   * (reserveGeneration), so an unchanged record proves nobody else wrote,
+   * and the blocks this node wrote for its open version are still its own.
+   * Otherwise the volume stays fenced here until its clients reconnect.
+   */
+  private async recoverLock(name: string, lost: VolumeLock): Promise<void> {
+    const uuid = this.cluster!.placement.localUuid;
+    while (!this.closing) {
+      await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS).unref());
+      const done = await this.exclusive(name, async () => {
+        if (this.locks.get(name) !== lost || !this.volumes.has(name)) return true; // closed or replaced meanwhile
+        let lock: VolumeLock;
+        try {
+          lock = await acquireVolumeLock(this.meta, name, { holder: localHolder(uuid), ttlSeconds: LOCK_TTL_SECONDS });
+        } catch (err) {
+          if (!(err instanceof VolumeLockedError)) return false; // etcd still away: try again
+          this.log.error({ volume: name, holder: err.lock.holder.node }, 'another node took the write lock: this node stays fenced; its clients must reconnect');
+          return true;
+        }
+        try {
+          const current = await this.catalog.get(name);
+          if (current.modRevision !== this.records.get(name)?.modRevision) {
+            this.log.error({ volume: name }, 'the volume was committed by another writer while the lock was lost: this node stays fenced; its clients must reconnect');
+            await lock.release();
+            return true;
+          }
+        } catch (err) {
+          await lock.release().catch(() => undefined);
+          return false;
+        }
+        this.holdLock(name, lock);
+        this.log.warn({ volume: name, epoch: lock.epoch }, 'write lock won back and nobody else wrote meanwhile: commits resume');
+        return true;
+      }).catch(() => false);
+      if (done) return;
+    }
+  }
+
+  /**
+   * A new writer's first act: commit the volume's current version again, one
+   * generation up. Block refs are (volume, generation, index), so a writer
+   * that lost its lock but does not know it yet may still be storing blocks
+   * under the generation after the last commit; writing from the one after
+   * this reserved generation, the new writer's blocks can never be
+   * overwritten by those (coreos/torus#230). The old writer's orphans are
+   * garbage once this commit lands.
+   */
+  private async reserveGeneration(name: string, versioned: VersionedRecord, lock: VolumeLock): Promise<VersionedRecord> {
+    const { record } = versioned;
+    return this.catalog.commitVersion(versioned, record.generation + 1, record.root ?? null, lock);
   }
 
   /**
@@ -362,7 +428,8 @@ export class StorageNode implements ExportProvider {
       await this.lockForWriting(name);
       try {
         // The last writer may have committed between our read and our lock.
-        if (this.locks.has(name)) versioned = await this.catalog.get(name);
+        const lock = this.locks.get(name);
+        if (lock) versioned = await this.reserveGeneration(name, await this.catalog.get(name), lock);
         this.records.set(name, versioned);
         const volume = await this.openVolume(versioned);
         this.volumes.set(name, volume);
