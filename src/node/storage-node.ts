@@ -521,6 +521,11 @@ export class StorageNode implements ExportProvider {
       m.gauge('torus_replication_under_replicated_blocks_total', 'Blocks stored with fewer copies than the ring asks for', () => stats.underReplicatedBlocks);
       m.gauge('torus_replication_failed_peer_writes_total', 'Batches of copies a peer failed to store', () => stats.failedPeerWrites);
       m.gauge('torus_replication_remote_reads_total', 'Blocks read from a peer by the main thread (map pages)', () => stats.remoteReads);
+      const pool = this.pool.replicationStats;
+      m.gauge('torus_replication_hedged_reads_total', 'Replica reads that asked a second replica because the first was slow', () => pool.hedgedReads);
+      m.gauge('torus_replication_replica_repairs_total', 'Bad replica copies rewritten from a good one', () => pool.replicaRepairs);
+      m.gauge('torus_replication_placed_elsewhere_total', 'Copies placed on a spare node because a target was full', () => pool.placedElsewhere);
+      m.gauge('torus_replication_full_refusals_total', 'Copies a full peer refused', () => pool.fullRefusals);
       m.gauge('torus_replication_received_bytes_per_second', 'Bytes/s of copies peers stored on this node', () => this.peers?.backend.received.rate() ?? 0);
       m.gauge('torus_rebalance_bytes_per_second', 'Bytes/s this node\'s rebalance copies to peers', () => this.rebalancer?.rate() ?? 0);
       m.gauge('torus_rebalance_copied_blocks_total', 'Blocks rebalance copied to the nodes the ring puts them on', () => this.rebalancer?.stats.copied ?? 0);
@@ -675,7 +680,7 @@ export class StorageNode implements ExportProvider {
       volumes: this.volumes.size,
       unavailable: Object.fromEntries(this.unavailable),
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
-      ...(this.cluster ? { replication: { ...this.cluster.stats, repair: this.repair?.stats, rebalance: this.rebalancer?.stats } } : {}),
+      ...(this.cluster ? { replication: { ...this.cluster.stats, workers: this.pool.replicationStats, repair: this.repair?.stats, rebalance: this.rebalancer?.stats } } : {}),
     };
   }
 

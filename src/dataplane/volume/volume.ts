@@ -21,7 +21,7 @@
  * - All store-writing work (spills and commits) runs one round at a time in
  *   runRounds(); that serialisation is what the bookkeeping below relies on.
  */
-import { ChecksumError, IoError } from '../../common/errors.js';
+import { ChecksumError, IoError, StoreFullError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { RECORD_MAP_PAGE } from '../blocks/record.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
@@ -589,7 +589,7 @@ export class Volume implements CacheOwner {
         remote = { identity: cluster.placement.identity, peers: cluster.placement.peers, targets: [] };
         for (const index of indices) {
           const where = cluster.placement.writeTargets(this.id, index);
-          storeSlots.push(where.local ? store.allocate() : -1);
+          storeSlots.push(where.local ? allocateUnlessFull(store) : -1);
           remote.targets.push(where.remote);
         }
       } else {
@@ -784,6 +784,19 @@ export class Volume implements CacheOwner {
     this.services.cache.removeOwner(this);
     for (const slot of this.table.values()) this.services.cache.free(slot);
     this.table.clear();
+  }
+}
+
+/**
+ * Cluster: a slot for this node's copy, or -1 when the local store is full —
+ * the pool then gives the copy to the next live node of the ring instead.
+ */
+function allocateUnlessFull(store: LocalSlotStore): number {
+  try {
+    return store.allocate();
+  } catch (err) {
+    if (err instanceof StoreFullError) return -1;
+    throw err;
   }
 }
 
