@@ -214,13 +214,6 @@ describe('an 8-node cluster loses one node at a time (kill -9)', { skip: etcdMis
 
   test(
     'then each other node in turn, restarted before the next goes: every flushed byte reads back and writes go on',
-    {
-      todo:
-        'product: after a restarted node is back, not every node rebalances: in runs on 2026-11-23, nodes restarted earlier in the test ran no rebalance within 30 s ' +
-        'of the next node coming back (their last run was when it went DOWN), so copies that missed it while it was down or just killed are not made, and without ' +
-        'that wait the next single kill -9 lost acknowledged blocks (EIO: "not held" on every live candidate). Before 9f4d6f6, FLUSH also failed with EIO because ' +
-        'pool workers reused dead TBP connections to restarted peers ("peer ended the connection")',
-    },
     async () => {
       for (const victim of cluster.nodes.slice(1)) await round(victim, false);
       // And with every node back, one last full read through a random node.

@@ -32,7 +32,7 @@ import { readClusterBinding } from '../controlplane/membership/node-identity.js'
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
-import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
+import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, volumeLockKey, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
@@ -302,7 +302,7 @@ export class StorageNode implements ExportProvider {
   private async lockForWriting(name: string): Promise<void> {
     const uuid = this.cluster!.placement.localUuid;
     try {
-      const lock = await acquireVolumeLock(this.meta, name, { holder: localHolder(uuid), ttlSeconds: LOCK_TTL_SECONDS });
+      const lock = await this.acquireLock(name, uuid);
       this.holdLock(name, lock);
       this.readOnlyBecause.delete(name);
     } catch (err) {
@@ -310,6 +310,26 @@ export class StorageNode implements ExportProvider {
       const why = `written by ${describeHolder(err.lock.holder)} (lock epoch ${err.lock.epoch})`;
       this.readOnlyBecause.set(name, why);
       this.log.info({ volume: name, holder: err.lock.holder.node }, `volume is ${why}: served read-only here`);
+    }
+  }
+
+  /**
+   * Take the volume's write lock. A key this very process still holds in
+   * etcd but has given up on (its keepalives failed while etcd was away, and
+   * etcd, restarted, revived the lease) would refuse us until that lease
+   * lapses again; being ours, it is removed and the lock taken afresh.
+   */
+  private async acquireLock(name: string, uuid: string): Promise<VolumeLock> {
+    const options = { holder: localHolder(uuid), ttlSeconds: LOCK_TTL_SECONDS };
+    try {
+      return await acquireVolumeLock(this.meta, name, options);
+    } catch (err) {
+      const stale = err instanceof VolumeLockedError ? err.lock : undefined;
+      if (!stale || stale.holder.node !== uuid || stale.holder.pid !== process.pid || stale.holder.hostname !== options.holder.hostname) throw err;
+      const key = volumeLockKey(name);
+      await this.meta.txn({ compare: [{ key, target: 'createRevision', op: '==', value: stale.revision }], success: [{ type: 'delete', key }] });
+      this.log.warn({ volume: name, epoch: stale.epoch }, 'removed a write lock this process had given up on (etcd kept its lease)');
+      return acquireVolumeLock(this.meta, name, options);
     }
   }
 
@@ -340,7 +360,7 @@ export class StorageNode implements ExportProvider {
         if (this.locks.get(name) !== lost || !this.volumes.has(name)) return true; // closed or replaced meanwhile
         let lock: VolumeLock;
         try {
-          lock = await acquireVolumeLock(this.meta, name, { holder: localHolder(uuid), ttlSeconds: LOCK_TTL_SECONDS });
+          lock = await this.acquireLock(name, uuid);
         } catch (err) {
           if (!(err instanceof VolumeLockedError)) return false; // etcd still away: try again
           this.log.error({ volume: name, holder: err.lock.holder.node }, 'another node took the write lock: this node stays fenced; its clients must reconnect');
@@ -840,11 +860,15 @@ export class StorageNode implements ExportProvider {
   }
 }
 
-/** The live nodes as one comparable string. */
+/**
+ * The live nodes as one comparable string — by process, not just uuid: a
+ * node killed and restarted before its lease lapsed never shows as down, yet
+ * the copies it missed meanwhile must still be made.
+ */
 function liveSet(table: PeerTable): string {
   return table
     .peers()
-    .map((p) => p.uuid)
+    .map((p) => `${p.uuid}/${p.instance}`)
     .sort()
     .join(',');
 }

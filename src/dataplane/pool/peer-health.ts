@@ -27,6 +27,8 @@ const SLOW_PENALTY_MS = 250;
 const FAILED_PENALTY_MS = 1000;
 const PENALTY_MAX_MS = 4000;
 const FULL_RETRY_MS = 10_000;
+/** How long writes place copies elsewhere after a put to a peer went unanswered. */
+const UNREACHABLE_RETRY_MS = 2000;
 /** Smoothing as in TCP (RFC 6298): 1/8 for the mean, 1/4 for the deviation. */
 const ALPHA = 0.125;
 const BETA = 0.25;
@@ -38,6 +40,7 @@ export class PeerHealth {
   private strikes = 0;
   private penaltyUntil = 0;
   private fullUntil = 0;
+  private unreachableUntil = 0;
 
   hedgeDelay(): number {
     if (this.srtt === 0) return HEDGE_MIN_MS;
@@ -87,6 +90,20 @@ export class PeerHealth {
 
   full(now: number): boolean {
     return now < this.fullUntil;
+  }
+
+  /**
+   * A put to it failed for want of an answer (refused, reset, timed out).
+   * Writes skip it for UNREACHABLE_RETRY_MS: a killed node keeps looking
+   * alive in etcd until its lease lapses (5 s), and every batch meanwhile
+   * would otherwise wait on it again.
+   */
+  markUnreachable(now: number): void {
+    this.unreachableUntil = now + UNREACHABLE_RETRY_MS;
+  }
+
+  unreachable(now: number): boolean {
+    return now < this.unreachableUntil;
   }
 }
 

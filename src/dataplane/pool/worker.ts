@@ -8,12 +8,12 @@ import { workerData } from 'node:worker_threads';
 import { hasher } from '../blocks/hash.js';
 import { isAllZero } from '../blocks/hash.js';
 import { OFF_NONCE, OFF_TAG, NONCE_SIZE, RECORD_SEALED, RECORD_SIZE, TAG_SIZE, fillRecord } from '../blocks/record.js';
-import type { PeerStatusError } from '../peer/errors.js';
+import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '../peer/errors.js';
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { HedgedRead } from './hedged-read.js';
 import { peerClient } from './peer-links.js';
-import { healthOf } from './peer-health.js';
+import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import {
   READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK, READ_OPEN_FAILED,
@@ -157,13 +157,15 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
     for (let t = 0; t < remote.stride; t++) {
       const peer = remote.targets[i * remote.stride + t];
       if (peer < 0) break;
-      // A peer that said it is full a moment ago is not asked again: its copy goes straight to a spare.
-      if (spareStride > 0 && healthOf(remote.peers[peer]).full(now)) owed[i]++;
+      // A peer that said it is full, or could not be reached, a moment ago is
+      // not asked again: its copy goes straight to a spare.
+      if (spareStride > 0 && unwritable(healthOf(remote.peers[peer]), now)) owed[i]++;
       else addCopy(perPeer, peer, block, i * remote.stride + t);
     }
   }
   const failures: string[] = [];
   const fullPeers: string[] = [];
+  const unreachable: string[] = [];
   const placedOn = spares ? new Int16Array(spares.length).fill(-1) : undefined;
   const nextSpare = new Uint8Array(n);
   // Round 0 goes to the targets; each later round sends the copies refused for space to the blocks' next spares.
@@ -183,6 +185,12 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
             healthOf(target).markFull(performance.now());
             fullPeers.push(target.uuid);
             for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
+          } else if (spareStride > 0 && (err instanceof PeerUnavailableError || err instanceof PeerTimeoutError)) {
+            // Dead or silent (its lease may not have lapsed yet): the copies go
+            // to the next ring candidates rather than missing until a rebalance.
+            healthOf(target).markUnreachable(performance.now());
+            unreachable.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
+            for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
           } else {
             failures.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
           }
@@ -200,7 +208,7 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
           nextSpare[i] = spareStride;
           break;
         }
-        if (healthOf(remote.peers[peer]).full(later)) continue;
+        if (unwritable(healthOf(remote.peers[peer]), later)) continue;
         owed[i]--;
         addCopy(perPeer, peer, sent[i]!, -(i * spareStride + k) - 1);
       }
@@ -209,11 +217,21 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
   }
   let unplaced = 0;
   for (let i = 0; i < n; i++) unplaced += owed[i];
-  if (unplaced > 0) failures.push(`${unplaced} cop${unplaced === 1 ? 'y' : 'ies'} refused for lack of space (full: ${[...new Set(fullPeers)].join(', ') || 'known full'}) and no further ring candidate could take ${unplaced === 1 ? 'it' : 'them'}`);
+  if (unplaced > 0) {
+    failures.push(...unreachable);
+    failures.push(
+      `${unplaced} cop${unplaced === 1 ? 'y' : 'ies'} refused for lack of space or unreachable (full: ${[...new Set(fullPeers)].join(', ') || 'none known'}) and no further ring candidate could take ${unplaced === 1 ? 'it' : 'them'}`,
+    );
+  }
   const result: WriteBatchResult = { zero, hashes, acked, failures };
   if (placedOn) result.placedOn = placedOn;
   if (fullPeers.length > 0) result.fullPeers = [...new Set(fullPeers)];
   return result;
+}
+
+/** A peer this worker should not send copies to right now: full, or just failed to answer. */
+function unwritable(health: PeerHealth, now: number): boolean {
+  return health.full(now) || health.unreachable(now);
 }
 
 /** Per peer: its blocks, and where each one's ack goes (≥ 0: `acked`; < 0: -1 - position in `spares`). */
