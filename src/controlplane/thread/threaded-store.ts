@@ -11,7 +11,8 @@
  *   - if the worker dies, every pending call rejects with
  *     MetadataUnavailableError, every lease is lost, every watch ends through
  *     its onError, the exit is logged, and a new worker is started (at once
- *     the first time, then with a growing delay while it keeps dying young).
+ *     if the dead one had run 30 s or more, else after a delay that grows
+ *     while workers keep dying young).
  *
  * Deadlines are the worker's (callTimeoutMs per etcd call): a call here has
  * no timer of its own, so a worker that hangs without exiting would hang the
