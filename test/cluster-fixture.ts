@@ -12,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server } from 'node:net';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { startEtcd, type EtcdOptions, type EtcdServer } from './etcd-server.js';
 import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
@@ -38,6 +39,16 @@ export async function freePorts(count: number): Promise<number[]> {
     await Promise.all(held.map((s) => new Promise((resolve) => s.close(resolve))));
   }
   return ports;
+}
+
+/** One free port (see freePorts). */
+export async function freePort(): Promise<number> {
+  return (await freePorts(1))[0];
+}
+
+/** Hex SHA-256, for comparing what was written with what reads back. */
+export function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
 }
 
 export interface CliResult {

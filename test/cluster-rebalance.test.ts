@@ -5,27 +5,17 @@
  * a deleted volume's blocks are freed everywhere.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { freePort, sha256 } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { missing, runOk, toolEnv } from './tools.js';
 import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
 const DATA = 48 * MiB;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 interface PeerRow {
   uuid: string;

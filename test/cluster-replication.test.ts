@@ -7,26 +7,16 @@
  * a replica frozen (SIGSTOP), where deadlines must bound the stall.
  */
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { freePort, sha256 } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { missing, runOk, toolEnv } from './tools.js';
 import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const DATA_BYTES = 128 * 1024 * 1024;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('nbdcopy'), timeout: 180_000 }, () => {
   let etcd: EtcdServer;

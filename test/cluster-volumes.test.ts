@@ -8,26 +8,16 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { freePort, sha256 } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
 import { BIN, makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-const sha256 = (bytes: Buffer) => createHash('sha256').update(bytes).digest('hex');
 
 async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -102,8 +92,12 @@ describe('volume write locks follow NBD clients', { skip: etcdMissing() ?? missi
     });
     try {
       const opened = await new Promise<string>((resolve, reject) => {
-        holder.stdout!.once('data', (chunk: Buffer) => resolve(chunk.toString()));
-        holder.once('exit', (code) => reject(new Error(`nbdsh holder exited ${code}`)));
+        let said = '';
+        holder.stdout!.on('data', (chunk: Buffer) => {
+          said += chunk.toString();
+          if (said.includes('\n')) resolve(said);
+        });
+        holder.once('exit', (code) => reject(new Error(`nbdsh holder exited ${code}: ${said}`)));
       });
       assert.match(opened, /open False/, 'the first client on B gets a writable export');
       const bUuid = (await readFile(join(b.dataDir, 'node-id'), 'utf8')).trim();

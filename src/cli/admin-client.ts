@@ -56,7 +56,7 @@ export class AdminClient {
   }
 
   private async offline<T>(work: (catalog: VolumeCatalog, meta: MetadataStore) => Promise<T>): Promise<T> {
-    const meta = this.etcd ? await openClusterStore(this.etcd) : await this.openLocal();
+    const meta = this.etcd ? await openClusterStore(this.etcd, { thread: false }) : await this.openLocal();
     try {
       return await work(new VolumeCatalog(meta), meta);
     } finally {

@@ -49,6 +49,7 @@ import { DataPool } from '../dataplane/pool/data-pool.js';
 import { DiskPeerBackend } from '../dataplane/replication/disk-backend.js';
 import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
 import { MAX_PAYLOAD, VolumeExport } from '../dataplane/volume/volume-export.js';
+import type { MapRoot } from '../dataplane/volume/block-map.js';
 import type { NodeMetrics } from './metrics.js';
 
 /**
@@ -246,7 +247,15 @@ export class StorageNode implements ExportProvider {
         if (!current) throw new NotFoundError(`volume "${identity.name}" was deleted`);
         // In a cluster the commit is fenced by this node's write lock: a node
         // that lost it (partitioned, lease lapsed) has its commit refused whole.
-        this.records.set(identity.name, await this.catalog.commitVersion(current, generation, root ?? null, this.locks.get(identity.name)));
+        const lock = this.locks.get(identity.name);
+        try {
+          this.records.set(identity.name, await this.catalog.commitVersion(current, generation, root ?? null, lock));
+        } catch (err) {
+          const landed = lock ? await this.commitLanded(identity.name, current, generation, root ?? null, lock) : undefined;
+          if (!landed) throw err;
+          this.log.warn({ volume: identity.name, generation, err: (err as Error).message }, 'the commit\'s reply was lost but the commit landed: carrying on from it');
+          this.records.set(identity.name, landed);
+        }
       },
       onChecksumError: (volume) => this.metrics?.checksumErrors.inc({ volume }),
       onFlush: (_volume, blocks, seconds) => {
@@ -397,6 +406,28 @@ export class StorageNode implements ExportProvider {
   private async reserveGeneration(name: string, versioned: VersionedRecord, lock: VolumeLock): Promise<VersionedRecord> {
     const { record } = versioned;
     return this.catalog.commitVersion(versioned, record.generation + 1, record.root ?? null, lock);
+  }
+
+  /**
+   * After a commit failed: did it land anyway? A txn whose reply was lost
+   * (etcd died mid-call) may have been applied; not recognising our own
+   * commit would leave every later one conflicting on a stale revision. It
+   * landed if the record now holds exactly that generation and root and the
+   * lock is still ours at the same epoch (a new writer's reserving commit can
+   * look the same, but it takes the lock first).
+   */
+  private async commitLanded(name: string, before: VersionedRecord, generation: number, root: MapRoot | null, lock: VolumeLock): Promise<VersionedRecord | undefined> {
+    try {
+      const now = await this.catalog.get(name);
+      const held = await readVolumeLock(this.meta, name);
+      const was = now.record.root;
+      const sameRoot = was === null || root === null ? was === root : was.generation === root.generation && was.hashLo === root.hashLo && was.hashHi === root.hashHi;
+      const same = now.record.generation === generation && sameRoot;
+      if (same && now.modRevision > before.modRevision && held?.epoch === lock.epoch && held.holder.node === this.cluster?.placement.localUuid) return now;
+    } catch {
+      // Still unreachable: the caller reports the original failure.
+    }
+    return undefined;
   }
 
   /**
