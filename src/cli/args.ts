@@ -48,6 +48,8 @@ export interface Parsed {
   values: Record<string, ParsedValue>;
   positionals: string[];
   help: boolean;
+  /** Flags whose value is their default: given neither on the command line nor through their environment variable. */
+  defaulted?: ReadonlySet<string>;
 }
 
 export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
@@ -63,10 +65,14 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
   }
   if (raw.values.help) return { values: {}, positionals: raw.positionals, help: true };
   const values: Record<string, ParsedValue> = {};
+  const defaulted = new Set<string>();
   for (const [name, flag] of Object.entries(spec.flags)) {
     let text = raw.values[name] as string | boolean | undefined;
     if (text === undefined && flag.env && process.env[flag.env] !== undefined && process.env[flag.env] !== '') text = process.env[flag.env];
-    if (text === undefined) text = flag.default;
+    if (text === undefined) {
+      text = flag.default;
+      defaulted.add(name);
+    }
     if (text === undefined) continue;
     values[name] = convert(name, flag, text);
   }
@@ -80,7 +86,7 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
   if (!variadic && positionals.length > names.length) {
     throw new ArgumentError(`unexpected argument "${positionals[names.length]}" (usage: ${spec.usage})`);
   }
-  return { values, positionals, help: false };
+  return { values, positionals, help: false, defaulted };
 }
 
 function convert(name: string, flag: FlagSpec, text: string | boolean): ParsedValue {

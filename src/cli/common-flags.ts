@@ -1,6 +1,8 @@
 /** Flags shared by the binaries, so each means the same everywhere. */
 import { parseEndpoints, type EtcdTlsFiles } from '../controlplane/metadata/etcd/endpoints.js';
-import { ArgumentError, type FlagSpec, type ParsedValue } from './args.js';
+import { existsSync } from 'node:fs';
+import { connect } from 'node:net';
+import { ArgumentError, type FlagSpec, type Parsed, type ParsedValue } from './args.js';
 
 export const DEFAULT_DATA_DIR = './torus-data';
 export const DEFAULT_NBD_ADDR = '127.0.0.1:10809';
@@ -87,4 +89,33 @@ export function etcdConfigOf(values: Record<string, ParsedValue>): EtcdConfig | 
   if ((https || tlsGiven.length > 0) && !tls.caFile) throw new ArgumentError('--etcd-ca-file: TLS to etcd needs the CA certificate that signed its server certificate');
   if (Boolean(tls.certFile) !== Boolean(tls.keyFile)) throw new ArgumentError('--etcd-cert-file and --etcd-key-file go together');
   return tlsGiven.length > 0 ? { endpoints, tls } : { endpoints };
+}
+
+/**
+ * For the commands that act on a single node or on a cluster (init, the
+ * volume commands): -C/--etcd or TORUS_ETCD names the cluster. Without
+ * either, the original guide's default applies — etcd on 127.0.0.1:2379,
+ * when it answers — unless a single-node data directory is in play
+ * (--data-dir or TORUS_DATA_DIR given, or ./torus-data present); then, and
+ * when nothing answers there, the single node in --data-dir.
+ */
+export async function etcdOrSingleNode(args: Parsed): Promise<EtcdConfig | undefined> {
+  const given = etcdConfigOf(args.values);
+  if (given) return given;
+  if (!args.defaulted?.has('data-dir') || existsSync(args.values['data-dir'] as string)) return undefined;
+  return (await answers('127.0.0.1', 2379, 300)) ? { endpoints: DEFAULT_ETCD } : undefined;
+}
+
+/** Does something accept TCP connections at host:port within timeoutMs? */
+function answers(host: string, port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host, port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once('connect', () => done(true));
+    socket.once('error', () => done(false));
+  });
 }

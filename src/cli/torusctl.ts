@@ -4,7 +4,7 @@ import { AdminClient } from './admin-client.js';
 import { ArgumentError, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
-import { dataDirFlag, etcdConfigOf, etcdFlags } from './common-flags.js';
+import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
 import { volumeCommands } from './volume-commands.js';
 
 const commands: Command[] = [
@@ -21,7 +21,7 @@ const commands: Command[] = [
       },
     },
     async run(args) {
-      const etcd = etcdConfigOf(args.values);
+      const etcd = await etcdOrSingleNode(args);
       const replication = args.values.replication as number | undefined;
       if (replication !== undefined && !etcd) throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
       if (replication !== undefined && replication < 1) throw new ArgumentError(`--replication: expected a whole number ≥ 1, got ${replication}`);

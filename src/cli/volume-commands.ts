@@ -3,11 +3,11 @@ import { parseSize } from '../common/size.js';
 import { AdminClient } from './admin-client.js';
 import { ArgumentError, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
-import { dataDirFlag, etcdConfigOf, etcdFlags, keyFileFlag, outputFlag } from './common-flags.js';
+import { dataDirFlag, etcdFlags, etcdOrSingleNode, keyFileFlag, outputFlag } from './common-flags.js';
 
-/** With -C/--etcd (or TORUS_ETCD) the cluster's catalog in etcd; otherwise the node in --data-dir. */
-function client(args: Parsed): AdminClient {
-  return new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined, etcdConfigOf(args.values));
+/** The cluster's catalog in etcd, or the node in --data-dir (etcdOrSingleNode says which). */
+async function client(args: Parsed): Promise<AdminClient> {
+  return new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined, await etcdOrSingleNode(args));
 }
 
 function sizeArgument(text: string): number {
@@ -44,7 +44,7 @@ export function volumeCommands(createWord: string): Command[] {
       async run(args) {
         const [name, sizeText] = args.positionals;
         const format = outputFormat(args);
-        const row = await client(args).createVolume(name, sizeArgument(sizeText), Boolean(args.values.encrypt));
+        const row = await (await client(args)).createVolume(name, sizeArgument(sizeText), Boolean(args.values.encrypt));
         if (format === 'json') process.stdout.write(JSON.stringify(row) + '\n');
         else process.stdout.write(`created volume ${row.name} (${sizeCell(row.size)}${row.encrypted ? ', encrypted' : ''})\n`);
       },
@@ -59,12 +59,13 @@ export function volumeCommands(createWord: string): Command[] {
       },
       async run(args) {
         const format = outputFormat(args);
-        const rows = await client(args).listVolumes();
+        const etcd = await etcdOrSingleNode(args);
+        const rows = await new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined, etcd).listVolumes();
         if (format === 'json') {
           process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
           return;
         }
-        const cluster = rows.some((r) => r.lockedBy !== undefined) || etcdConfigOf(args.values) !== undefined;
+        const cluster = rows.some((r) => r.lockedBy !== undefined) || etcd !== undefined;
         process.stdout.write(
           table(
             ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['WRITER'] : [])],
@@ -87,7 +88,7 @@ export function volumeCommands(createWord: string): Command[] {
       },
       async run(args) {
         const [name] = args.positionals;
-        const { online } = await client(args).deleteVolume(name);
+        const { online } = await (await client(args)).deleteVolume(name);
         process.stdout.write(`deleted volume ${name}${online ? '' : ' (its blocks are freed when torusd next starts)'}\n`);
       },
     },
