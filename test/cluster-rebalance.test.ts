@@ -114,4 +114,21 @@ describe('rebalance and GC between torusd nodes', { skip: etcdMissing() ?? missi
     assert.equal(deleted.code, 0, deleted.stderr);
     await storedUntil('the deleted volume freed everywhere', (total) => total === 0);
   });
+
+  test('a volume with its own replication 3 keeps a copy on every node of a ring that says 2', async () => {
+    const refused = await runCli('torusctl', ['-C', etcd.endpoint, 'volume', 'create-block', 'triple', '64MiB', '--replication', '9']);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /replication must be a whole number from 1 to 8/);
+    const created = await runCli('torusctl', ['-C', etcd.endpoint, 'volume', 'create-block', 'triple', '64MiB', '--replication', '3']);
+    assert.equal(created.code, 0, created.stderr);
+    assert.match(created.stdout, /replication 3/);
+    const listed = await runCli('torusctl', ['-C', etcd.endpoint, 'volume', 'list']);
+    assert.match(listed.stdout, /REPLICATION/);
+    assert.match(listed.stdout, /triple .* 3 /);
+    const bytes = randomBytes(8 * MiB);
+    const input = join(dirs[0], 'triple.bin');
+    await writeFile(input, bytes);
+    await runOk('nbdcopy', ['--flush', input, a.uri('triple')], { timeoutMs: 60_000, env: toolEnv });
+    await storedUntil('a copy of every block on each of the three nodes', (_total, rows) => rows.length === 3 && rows.every((p) => p.used >= 8 * MiB));
+  });
 });

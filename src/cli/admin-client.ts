@@ -14,14 +14,14 @@ import { join, resolve } from 'node:path';
 import { UsageError } from '../common/errors.js';
 import { ConflictError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
-import { DEFAULT_REPLICATION, initRing, type StoredRing } from '../controlplane/membership/ring-store.js';
+import { DEFAULT_REPLICATION, initRing, readRing, type StoredRing } from '../controlplane/membership/ring-store.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js';
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
-import { DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
+import { checkReplication, DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
 import { openClusterStore } from './cluster-store.js';
 import type { EtcdConfig } from './common-flags.js';
 
@@ -100,18 +100,22 @@ export class AdminClient {
     if (online) return online;
     return this.offline(async (catalog, meta) => {
       const locks = this.etcd ? await listVolumeLocks(meta) : new Map();
+      // Cluster: a volume without its own replication has the ring's.
+      const ringReplication = this.etcd ? (await readRing(meta))?.description.replication : undefined;
       return (await catalog.list()).map(({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => {
         const lock = locks.get(row.name);
-        return lock ? { ...row, lockedBy: describeHolder(lock.holder) } : row;
+        const shown = this.etcd ? { ...row, replication: row.replication ?? ringReplication } : row;
+        return lock ? { ...shown, lockedBy: describeHolder(lock.holder) } : shown;
       });
     });
   }
 
-  async createVolume(name: string, size: number, encrypt: boolean): Promise<VolumeRow> {
+  async createVolume(name: string, size: number, encrypt: boolean, replication?: number): Promise<VolumeRow> {
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) {
       throw new UsageError(`volume size must be a positive multiple of 4 KiB, got ${size} bytes`);
     }
-    const online = await this.online<VolumeStatus>('POST', '/v1/volumes', { name, size, encrypt });
+    checkReplication(replication, this.etcd !== undefined);
+    const online = await this.online<VolumeStatus>('POST', '/v1/volumes', { name, size, encrypt, replication });
     if (online) return online;
     return this.offline(async (catalog) => {
       const settings =
@@ -122,6 +126,7 @@ export class AdminClient {
         size,
         blockSize: settings.blockSize,
         encrypted: encrypt,
+        ...(replication !== undefined ? { replication } : {}),
         ...wrapped,
       });
       return row;

@@ -30,12 +30,13 @@ export function volumeCommands(createWord: string): Command[] {
       words: ['volume', createWord],
       aliases: createWord === 'create-block' ? [['volume', 'create'], ['block', 'create']] : [['volume', 'create-block']],
       spec: {
-        usage: `volume ${createWord} NAME SIZE [--encrypt]`,
+        usage: `volume ${createWord} NAME SIZE [--encrypt] [--replication N]`,
         summary: 'create a thin block volume (e.g. myVolume 10GiB)',
         positionals: ['NAME', 'SIZE'],
         flags: {
           'data-dir': dataDirFlag,
           encrypt: { type: 'boolean', help: 'encrypt the volume at rest (AES-256-GCM, key wrapped by the master key)' },
+          replication: { type: 'integer', help: 'cluster: copies of each block of this volume (default: the ring\'s, see ring set-replication)' },
           'key-file': keyFileFlag,
           output: outputFlag,
           ...etcdFlags,
@@ -44,9 +45,9 @@ export function volumeCommands(createWord: string): Command[] {
       async run(args) {
         const [name, sizeText] = args.positionals;
         const format = outputFormat(args);
-        const row = await (await client(args)).createVolume(name, sizeArgument(sizeText), Boolean(args.values.encrypt));
+        const row = await (await client(args)).createVolume(name, sizeArgument(sizeText), Boolean(args.values.encrypt), args.values.replication as number | undefined);
         if (format === 'json') process.stdout.write(JSON.stringify(row) + '\n');
-        else process.stdout.write(`created volume ${row.name} (${sizeCell(row.size)}${row.encrypted ? ', encrypted' : ''})\n`);
+        else process.stdout.write(`created volume ${row.name} (${sizeCell(row.size)}${row.encrypted ? ', encrypted' : ''}${row.replication ? `, replication ${row.replication}` : ''})\n`);
       },
     },
     {
@@ -68,10 +69,10 @@ export function volumeCommands(createWord: string): Command[] {
         const cluster = rows.some((r) => r.lockedBy !== undefined) || etcd !== undefined;
         process.stdout.write(
           table(
-            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['WRITER'] : [])],
+            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['REPLICATION', 'WRITER'] : [])],
             rows.map((r) => [
               r.name, sizeCell(r.size), sizeCell(r.used), r.encrypted ? 'yes' : 'no', String(r.generation), r.sessions === undefined ? '-' : String(r.sessions),
-              ...(cluster ? [r.lockedBy ?? '-'] : []),
+              ...(cluster ? [r.replication === undefined ? '-' : String(r.replication), r.lockedBy ?? '-'] : []),
             ]),
           ),
         );

@@ -73,7 +73,7 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
     if (!name && req.method === 'POST') {
       const body = await readJson(req);
       if (typeof body.name !== 'string' || typeof body.size !== 'number') throw new UsageError('expected {"name": string, "size": bytes}');
-      return reply(res, 201, await node.createVolume(body.name, body.size, { encrypt: body.encrypt === true }));
+      return reply(res, 201, await node.createVolume(body.name, body.size, { encrypt: body.encrypt === true, replication: typeof body.replication === 'number' ? body.replication : undefined }));
     }
     if (name && !action && req.method === 'DELETE') {
       await node.deleteVolume(name);

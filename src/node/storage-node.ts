@@ -33,7 +33,7 @@ import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeR
 import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, volumeLockKey, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
-import { ClusterPlacement } from '../dataplane/replication/placement.js';
+import { ClusterPlacement, MAX_TARGETS } from '../dataplane/replication/placement.js';
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
 import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
@@ -135,6 +135,8 @@ export interface VolumeStatus {
   size: number;
   used: number;
   encrypted: boolean;
+  /** Cluster: the volume's own replication, when it has one. */
+  replication?: number;
   generation: number;
   sessions: number;
   createdAt: string;
@@ -267,6 +269,7 @@ export class StorageNode implements ExportProvider {
 
   private async openVolume(versioned: VersionedRecord): Promise<Volume> {
     const { record } = versioned;
+    this.cluster?.placement.setVolumeReplication(record.id, record.replication);
     const key = record.encrypted ? await this.keys.unwrap(record) : null;
     return Volume.open(
       { id: record.id, name: record.name, size: record.size, blockSize: record.blockSize, encrypted: record.encrypted },
@@ -643,16 +646,18 @@ export class StorageNode implements ExportProvider {
 
   // ----------------------------------------------------------- administration
 
-  async createVolume(name: string, size: number, options: { encrypt?: boolean } = {}): Promise<VolumeStatus> {
+  async createVolume(name: string, size: number, options: { encrypt?: boolean; replication?: number } = {}): Promise<VolumeStatus> {
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) {
       throw new UsageError(`volume size must be a positive multiple of 4 KiB, got ${size} bytes`);
     }
+    checkReplication(options.replication, Boolean(this.cluster));
     const wrapped = options.encrypt ? await this.keys.newWrappedKey() : undefined;
     const record = await this.catalog.create({
       name,
       size,
       blockSize: this.settings.blockSize,
       encrypted: Boolean(options.encrypt),
+      ...(options.replication !== undefined ? { replication: options.replication } : {}),
       ...wrapped,
     });
     if (!this.cluster) {
@@ -711,6 +716,7 @@ export class StorageNode implements ExportProvider {
       size: record.size,
       used: used * this.store.blockSize,
       encrypted: record.encrypted,
+      ...(record.replication !== undefined ? { replication: record.replication } : {}),
       generation: volume?.committedGeneration ?? record.generation,
       sessions: volume?.openSessions ?? 0,
       createdAt: record.createdAt,
@@ -812,7 +818,12 @@ export class StorageNode implements ExportProvider {
           placement: cluster.placement,
           peerStore: (peer) => cluster.clientFor(peer),
           local: backend,
-          gcView: async () => views.view(await this.catalog.list()),
+          gcView: async () => {
+            const records = await this.catalog.list();
+            // Every volume's own replication, before a run decides what is surplus.
+            for (const record of records) cluster.placement.setVolumeReplication(record.id, record.replication);
+            return views.view(records);
+          },
           log: this.log.child({ component: 'rebalance' }),
           rateBytesPerSecond: this.rebalance.rate,
           intervalMs: this.rebalance.intervalMs,
@@ -888,6 +899,15 @@ export class StorageNode implements ExportProvider {
     await this.pool.close();
     await this.store.close();
     if (this.ownsMeta) await this.meta.close();
+  }
+}
+
+/** A volume's own replication factor: a cluster's, 1 to MAX_TARGETS. */
+export function checkReplication(replication: number | undefined, cluster: boolean): void {
+  if (replication === undefined) return;
+  if (!cluster) throw new UsageError('--replication needs a cluster (-C/--etcd): a single node keeps one copy');
+  if (!Number.isSafeInteger(replication) || replication < 1 || replication > MAX_TARGETS) {
+    throw new UsageError(`replication must be a whole number from 1 to ${MAX_TARGETS}, got ${replication}`);
   }
 }
 

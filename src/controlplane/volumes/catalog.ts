@@ -43,6 +43,8 @@ export interface VolumeRecord {
   createdAt: string;
   /** Last committed version; 0 for a new volume. */
   generation: number;
+  /** Cluster: copies of each block; absent means the ring's replication (ring set-replication). */
+  replication?: number;
   root: MapRoot | null;
 }
 

@@ -80,6 +80,7 @@ export class ClusterPlacement {
   private table: PeerTarget[] = [];
   private tableIndex = new Map<string, number>();
   private readonly scratch = new Uint32Array(MAX_TARGETS + SPARE_CANDIDATES);
+  private readonly volumeReplication = new Map<number, number>();
   /** Bumped on every change: tasks built under an old version still work (the table travels with them). */
   version = 0;
 
@@ -114,8 +115,21 @@ export class ClusterPlacement {
     return this.table;
   }
 
+  /** The ring's replication: every volume's unless it has its own. */
   get replication(): number {
     return Math.min(this.description?.replication ?? 1, MAX_TARGETS);
+  }
+
+  /** A volume's own replication factor (its record's), or undefined for the ring's. */
+  setVolumeReplication(volumeId: number, replication: number | undefined): void {
+    if (replication === undefined) this.volumeReplication.delete(volumeId);
+    else this.volumeReplication.set(volumeId, replication);
+  }
+
+  /** Copies each block of this volume should have. */
+  replicationOf(volumeId: number): number {
+    const own = this.volumeReplication.get(volumeId);
+    return own === undefined ? this.replication : Math.min(own, MAX_TARGETS);
   }
 
   peerIndex(uuid: string): number | undefined {
@@ -130,7 +144,7 @@ export class ClusterPlacement {
   writeTargets(volumeId: number, index: number): WriteTargets {
     const ring = this.ring;
     if (!ring || ring.members.length === 0) return { local: true, remote: [], spare: [] };
-    const r = this.replication;
+    const r = this.replicationOf(volumeId);
     const n = ring.placeInto(volumeId, index, Math.min(r + SPARE_CANDIDATES, this.scratch.length), this.scratch);
     let local = false;
     const remote: number[] = [];
@@ -163,7 +177,7 @@ export class ClusterPlacement {
   readCandidates(volumeId: number, index: number): BlockTargets {
     const ring = this.ring;
     if (!ring || ring.members.length === 0) return { local: true, remote: [] };
-    const n = ring.placeInto(volumeId, index, Math.min(this.replication + SPARE_CANDIDATES, this.scratch.length), this.scratch);
+    const n = ring.placeInto(volumeId, index, Math.min(this.replicationOf(volumeId) + SPARE_CANDIDATES, this.scratch.length), this.scratch);
     let local = false;
     const alive: number[] = [];
     const down: number[] = [];

@@ -272,7 +272,6 @@ export class Rebalancer {
     const placement = this.placement;
     const version = placement.version;
     const peers = placement.peers;
-    const replication = placement.replication;
     const stats = this.stats;
     stats.scanned += refs.length;
     run.scanned += refs.length;
@@ -333,7 +332,7 @@ export class Rebalancer {
     // 4. Durable before anything counts on them: targets written to, and the
     // targets of blocks about to be dropped (a copy another node just put
     // there may not be synced yet).
-    const dropping = items.filter((item) => this.droppable(item, replication));
+    const dropping = items.filter((item) => this.droppable(item, placement.replicationOf(item.ref.volumeId)));
     const toSync = new Set(written);
     for (const item of dropping) for (const uuid of item.targets) if (item.confirmed.has(uuid)) toSync.add(uuid);
     await Promise.all(

@@ -642,7 +642,7 @@ export class Volume implements CacheOwner {
           if (remote) {
             entry.local = local;
             entry.peers = peers;
-            if ((local ? 1 : 0) + peers!.length < cluster!.placement.replication) cluster!.stats.underReplicatedBlocks++;
+            if ((local ? 1 : 0) + peers!.length < cluster!.placement.replicationOf(this.id)) cluster!.stats.underReplicatedBlocks++;
           }
           this.spilled.set(index, entry);
         }
