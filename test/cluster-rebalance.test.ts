@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { freePort, sha256 } from './cluster-fixture.js';
@@ -30,6 +30,7 @@ describe('rebalance and GC between torusd nodes', { skip: etcdMissing() ?? missi
   let a: TorusdProcess;
   let c: TorusdProcess;
   let data: Buffer;
+  let triple: Buffer;
 
   before(async () => {
     etcd = await startEtcd();
@@ -125,10 +126,32 @@ describe('rebalance and GC between torusd nodes', { skip: etcdMissing() ?? missi
     const listed = await runCli('torusctl', ['-C', etcd.endpoint, 'volume', 'list']);
     assert.match(listed.stdout, /REPLICATION/);
     assert.match(listed.stdout, /triple .* 3 /);
-    const bytes = randomBytes(8 * MiB);
+    triple = randomBytes(8 * MiB);
+    const bytes = triple;
     const input = join(dirs[0], 'triple.bin');
     await writeFile(input, bytes);
     await runOk('nbdcopy', ['--flush', input, a.uri('triple')], { timeoutMs: 60_000, env: toolEnv });
     await storedUntil('a copy of every block on each of the three nodes', (_total, rows) => rows.length === 3 && rows.every((p) => p.used >= 8 * MiB));
+  });
+
+  test('a node whose disk was wiped comes back as a new, empty member and is refilled', async () => {
+    const oldUuid = (await readFile(join(c.dataDir, 'node-id'), 'utf8')).trim();
+    await c.stop('SIGKILL');
+    await rm(c.dataDir, { recursive: true, force: true });
+    await mkdir(c.dataDir);
+    const fresh = await startTorusd({
+      dataDir: c.dataDir,
+      size: '512MiB',
+      args: ['--cache-size', '32MiB', '--workers', '1', '--etcd', etcd.endpoint, '--peer-address', `127.0.0.1:${await freePort()}`, '--lock-linger', '0', '--rebalance-interval', '2', '--auto-join'],
+    });
+    nodes.push(fresh);
+    const newUuid = (await readFile(join(c.dataDir, 'node-id'), 'utf8')).trim();
+    assert.notEqual(newUuid, oldUuid, 'a wiped data directory is a new member');
+    const removed = await runCli('torusctl', ['-C', etcd.endpoint, 'peer', 'remove', oldUuid, '--force']);
+    assert.equal(removed.code, 0, removed.stderr);
+    await storedUntil('the new member refilled with its copy of the replication-3 volume', (_total, rows) => rows.length === 3 && rows.every((p) => p.used >= 8 * MiB) && !rows.some((p) => p.uuid === oldUuid));
+    const out = join(dirs[0], 'triple-back.bin');
+    await runOk('nbdcopy', [fresh.uri('triple'), out], { timeoutMs: 60_000, env: toolEnv });
+    assert.equal(sha256((await readFile(out)).subarray(0, 8 * MiB)), sha256(triple), 'read back intact through the refilled node');
   });
 });
