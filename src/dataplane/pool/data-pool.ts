@@ -25,7 +25,8 @@ export interface ReadRequest {
   hashHi: number;
   /** Cluster: peers to fetch from when there is no good local copy (storeSlot -1 for none). */
   remote?: ReadRemote;
-  done(status: number, reason: string): void;
+  /** localBad: this node's copy failed its check and a peer's served instead (cluster). */
+  done(status: number, reason: string, localBad?: boolean): void;
 }
 
 export interface ReadRemote {
@@ -231,7 +232,7 @@ export class DataPool {
         stats.remoteReads += result.fromPeers ?? 0;
         stats.hedgedReads += result.hedges ?? 0;
         stats.replicaRepairs += result.repairs ?? 0;
-        for (let i = 0; i < n; i++) batch[i].done(result.status[i], result.reasons[i]);
+        for (let i = 0; i < n; i++) batch[i].done(result.status[i], result.reasons[i], result.localBad?.[i] === 1);
       },
       (err: Error) => {
         for (const r of batch) r.done(3, `pool task failed: ${err.message}`);

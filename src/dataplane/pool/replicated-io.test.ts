@@ -222,6 +222,41 @@ describe('pool workers: reads past slow or bad replicas, writes past full ones',
     }
   });
 
+  test('a local copy that fails its checksum is served from a replica and reported as bad', async () => {
+    const good = await startPeer();
+    await fill(good);
+    const index = 7;
+    const slot = store.allocate();
+    const junk = Buffer.from(data[index]);
+    junk[100] ^= 0x01; // as a disk's flipped bit would
+    await store.writeBlock(slot, { volumeId: VOLUME, generation: GENERATION, index }, junk, 0);
+    const pool = newPool();
+    try {
+      new Uint8Array(cache).fill(0);
+      const outcome = await new Promise<{ status: number; localBad?: boolean }>((resolve) =>
+        pool.read({
+          volumeId: VOLUME,
+          key: null,
+          cacheSlot: index,
+          storeSlot: slot,
+          generation: GENERATION,
+          index,
+          hashLo: hashes[index].lo,
+          hashHi: hashes[index].hi,
+          remote: { identity, peers: [good.target], candidates: [0] },
+          done: (status, _reason, localBad) => resolve({ status, localBad }),
+        }),
+      );
+      assert.equal(outcome.status, READ_OK, 'served from the replica');
+      assert.equal(outcome.localBad, true, 'the local copy is reported bad');
+      assert.ok(Buffer.from(cache).subarray(index * BS, (index + 1) * BS).equals(data[index]), 'the good bytes');
+    } finally {
+      store.release({ volumeId: VOLUME, generation: GENERATION, index });
+      await pool.close();
+      await good.server.close();
+    }
+  });
+
   test('copies a full peer refuses go to the next ring candidate, and so do copies this node has no room for', async () => {
     const full = await startPeer({ capacityBytes: 0 });
     const others = [await startPeer(), await startPeer(), await startPeer()];

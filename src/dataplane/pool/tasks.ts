@@ -90,6 +90,8 @@ export interface ReadBatchResult {
   fromPeers?: number;
   hedges?: number;
   repairs?: number;
+  /** Cluster reads: 1 where this node's own copy failed its check and a peer's good copy was served instead. */
+  localBad?: Uint8Array;
 }
 
 export type PoolTask = WriteBatchTask | ReadBatchTask;

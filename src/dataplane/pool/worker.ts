@@ -269,12 +269,21 @@ function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uin
  */
 async function readBatchReplicated(task: ReadBatchTask, remote: RemoteTargets): Promise<ReadBatchResult> {
   const result = readBatch(task);
+  // Local copies that failed their check: if a peer serves a good one, ours is bad.
+  let suspect: Uint8Array | undefined;
+  for (let i = 0; i < result.status.length; i++) {
+    if ((result.status[i] === READ_CHECKSUM_MISMATCH || result.status[i] === READ_OPEN_FAILED) && task.storeSlots[i] >= 0) (suspect ??= new Uint8Array(result.status.length))[i] = 1;
+  }
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
   const read = new HedgedRead(task, remote, result, { hash, blockSize, sealer, dest: (i) => cacheBlock(task.cacheSlots[i]), warn: (message) => log.warn(message) });
   await read.run();
   result.fromPeers = read.fromPeers;
   result.hedges = read.hedges;
   result.repairs = read.repairs;
+  if (suspect) {
+    for (let i = 0; i < suspect.length; i++) if (result.status[i] !== READ_OK) suspect[i] = 0;
+    result.localBad = suspect;
+  }
   return result;
 }
 

@@ -318,8 +318,9 @@ export class Volume implements CacheOwner {
           hashLo: entry.hashLo,
           hashHi: entry.hashHi,
           remote,
-          done: (status, reason) => {
+          done: (status, reason, localBad) => {
             this.loads.delete(index);
+            if (localBad && !spilled) this.dropBadLocalCopy(index, entry.generation, reason);
             if (status === READ_OK) {
               cache.setState(cacheSlot, SlotState.Clean);
               resolve();
@@ -773,6 +774,18 @@ export class Volume implements CacheOwner {
     const loads: Promise<number>[] = [];
     for (let index = first; index < last; index++) loads.push(this.loaded(index));
     await Promise.all(loads);
+  }
+
+  /**
+   * Cluster: this node's copy of a block failed its check and a replica's
+   * good one was served. Drop ours: a node holding a good copy finds this
+   * node lacking it at its next rebalance run and puts it back (rewriting
+   * the slot here, from a worker, could race with the slot's reuse).
+   */
+  private dropBadLocalCopy(index: number, generation: number, reason: string): void {
+    this.services.log.error({ volume: this.name, block: index, generation, reason }, 'local copy failed its checksum; served from a replica, dropping the bad copy for rebalance to replace');
+    this.services.onChecksumError?.(this.name, index, reason);
+    this.services.store.release({ volumeId: this.id, generation, index });
   }
 
   /** Flush what is dirty, then drop this volume's cache slots. */
