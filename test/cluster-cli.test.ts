@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { freePorts } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
@@ -27,12 +28,16 @@ interface PeerRow {
 describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), timeout: 60_000 }, () => {
   let etcd: EtcdServer;
   let hostPort: string;
+  /** Peer ports for nodes a–d (free ones: the guide's 40000+ may be taken on a shared machine). */
+  let port: { a: number; b: number; c: number; d: number };
   const dirs: string[] = [];
   const nodes: TorusdProcess[] = [];
 
   before(async () => {
     etcd = await startEtcd();
     hostPort = etcd.endpoint.replace(/^http:\/\//, '');
+    const [pa, pb, pc, pd] = await freePorts(4);
+    port = { a: pa, b: pb, c: pc, d: pd };
   });
 
   after(async () => {
@@ -103,17 +108,17 @@ describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), ti
 
   test('three nodes register and show as Avail', async () => {
     const [da, db, dc] = await Promise.all([newDir('a'), newDir('b'), newDir('c')]);
-    [a, b, c] = await Promise.all([startNode(da, 40001), startNode(db, 40002), startNode(dc, 40003)]);
+    [a, b, c] = await Promise.all([startNode(da, port.a), startNode(db, port.b), startNode(dc, port.c)]);
     ids = { a: await uuidOf(da), b: await uuidOf(db), c: await uuidOf(dc) };
     const rows = await peers();
     assert.deepEqual([ids.a, ids.b, ids.c].map((id) => rows.get(id)?.member), ['Avail', 'Avail', 'Avail']);
-    assert.equal(rows.get(ids.b)?.address, 'http://127.0.0.1:40002');
+    assert.equal(rows.get(ids.b)?.address, `http://127.0.0.1:${port.b}`);
     assert.equal(rows.get(ids.a)?.capacity, 256 * 2 ** 20);
 
     const table = await runCli('torusctl', ['list-peers'], { TORUS_ETCD: etcd.endpoint }); // the env spelling
     assert.equal(table.code, 0, table.stderr);
     assert.match(table.stdout, /^ADDRESS\s+UUID\s+SIZE\s+USED\s+MEMBER\s+UPDATED\s+REB\/REP DATA\n/);
-    assert.match(table.stdout, new RegExp(`http://127\\.0\\.0\\.1:40003\\s+${ids.c}\\s+256 MiB\\s+0 B\\s+Avail\\s+(now|\\d+ seconds? ago)\\s+0 B/sec`));
+    assert.match(table.stdout, new RegExp(`http://127\\.0\\.0\\.1:${port.c}\\s+${ids.c}\\s+256 MiB\\s+0 B\\s+Avail\\s+(now|\\d+ seconds? ago)\\s+0 B/sec`));
     assert.match(table.stdout, /\nBalanced: true\nTotal: 0 B used of 768 MiB \(0\.00%\)\n$/);
   });
 
@@ -124,9 +129,9 @@ describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), ti
     assert.equal(await ringVersion(), 2);
     assert.deepEqual([...(await peers()).values()].map((p) => p.member), ['OK', 'OK', 'OK']);
 
-    const again = await ctl('peer', 'add', 'http://127.0.0.1:40001');
+    const again = await ctl('peer', 'add', `http://127.0.0.1:${port.a}`);
     assert.equal(again.code, 0, again.stderr);
-    assert.match(again.stdout, /already in the ring: http:\/\/127\.0\.0\.1:40001/);
+    assert.match(again.stdout, new RegExp(`already in the ring: http://127\\.0\\.0\\.1:${port.a}`));
     assert.equal(await ringVersion(), 2, 'nothing to change: no new version');
 
     const bad = await ctl('ring', 'set-replication', 'three');
@@ -140,7 +145,7 @@ describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), ti
     assert.match(set.stdout, /replication 2 → 3; ring version 2 → 3/);
     const got = await ctl('ring', 'get');
     assert.match(got.stdout, /^Ring: ketama\nVersion: 3\nReplication: 3\nMembers: 3\n/);
-    assert.match(got.stdout, new RegExp(`${ids.b}\\s+http://127\\.0\\.0\\.1:40002\\s+256 MiB\\s+33\\.33%\\s+OK`));
+    assert.match(got.stdout, new RegExp(`${ids.b}\\s+http://127\\.0\\.0\\.1:${port.b}\\s+256 MiB\\s+33\\.33%\\s+OK`));
   });
 
   test('kill -9: the node stays listed until its lease runs out, then shows DOWN', async () => {
@@ -178,18 +183,18 @@ describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), ti
   });
 
   test('a restart keeps the uuid with the data directory; a wiped one is a new node', async () => {
-    b = await startNode(b.dataDir, 40002);
+    b = await startNode(b.dataDir, port.b);
     assert.equal(await uuidOf(b.dataDir), ids.b);
     assert.equal((await peers()).get(ids.b)?.member, 'OK', 'back as the same ring member');
 
     // kill -9 then start at once: the dead predecessor's registration is taken over, not waited out.
     await a.stop('SIGKILL');
-    a = await startNode(a.dataDir, 40001);
+    a = await startNode(a.dataDir, port.a);
     assert.equal(await uuidOf(a.dataDir), ids.a);
-    await printed(a, new RegExp(`node ${ids.a} registered as http://127\\.0\\.0\\.1:40001 .*a member of ring version 4`));
+    await printed(a, new RegExp(`node ${ids.a} registered as http://127\\.0\\.0\\.1:${port.a} .*a member of ring version 4`));
 
     await rm(c.dataDir, { recursive: true, force: true });
-    c = await startNode(c.dataDir, 40003);
+    c = await startNode(c.dataDir, port.c);
     const fresh = await uuidOf(c.dataDir);
     assert.notEqual(fresh, ids.c);
     const rows = await peers();
@@ -199,7 +204,7 @@ describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), ti
 
   test('--auto-join adds a new node to the ring at start', async () => {
     const before = await ringVersion();
-    const d = await startNode(await newDir('d'), 40004, ['--auto-join']);
+    const d = await startNode(await newDir('d'), port.d, ['--auto-join']);
     const id = await uuidOf(d.dataDir);
     assert.equal(await ringVersion(), before + 1);
     assert.equal((await peers()).get(id)?.member, 'OK');

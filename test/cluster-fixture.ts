@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { startEtcd, type EtcdOptions, type EtcdServer } from './etcd-server.js';
 import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
-/** test/cluster-cli.test.ts owns these peer ports; never hand them out. */
+/** The getting-started guide's peer ports: never handed out, so tests do not collide with someone walking the guide here. */
 const RESERVED_PORTS = new Set([40000, 40001, 40002, 40003, 40004]);
 
 /** Distinct free TCP ports on 127.0.0.1 (held together, then released), none of the reserved ones. */
