@@ -32,7 +32,7 @@ import { readClusterBinding } from '../controlplane/membership/node-identity.js'
 import { VolumeCatalog, type ClusterSettings, type VersionedRecord, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
-import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, volumeLockKey, VolumeLockedError, type VolumeLock } from '../controlplane/locks/index.js';
+import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, volumeLockKey, VolumeLockedError, type LockHolder, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement, MAX_TARGETS } from '../dataplane/replication/placement.js';
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
@@ -319,7 +319,7 @@ export class StorageNode implements ExportProvider {
       this.readOnlyBecause.delete(name);
     } catch (err) {
       if (!(err instanceof VolumeLockedError)) throw err;
-      const why = `written by ${describeHolder(err.lock.holder)} (lock epoch ${err.lock.epoch})`;
+      const why = writtenBy(err.lock);
       this.readOnlyBecause.set(name, why);
       this.log.info({ volume: name, holder: err.lock.holder.node }, `volume is ${why}: served read-only here`);
     }
@@ -597,13 +597,12 @@ export class StorageNode implements ExportProvider {
     // Every volume of the cluster, open here or not.
     return (await this.catalog.list()).map((record) => {
       const volume = this.volumes.get(record.name);
-      return { name: record.name, description: volume ? this.describeVolume(volume) : `torus volume ${record.name} (${formatSize(record.size)}${record.encrypted ? ', encrypted' : ''})` };
+      return { name: record.name, description: volume ? this.describeVolume(volume) : exportDescription(record.name, record.size, record.encrypted) };
     });
   }
 
   private describeVolume(volume: Volume): string {
-    const readOnly = this.readOnlyBecause.get(volume.name);
-    return `torus volume ${volume.name} (${formatSize(volume.size)}${volume.identity.encrypted ? ', encrypted' : ''}${readOnly ? `; read-only: ${readOnly}` : ''})`;
+    return exportDescription(volume.name, volume.size, volume.identity.encrypted, this.readOnlyBecause.get(volume.name));
   }
 
   async describe(name: string) {
@@ -624,12 +623,12 @@ export class StorageNode implements ExportProvider {
       throw err;
     }
     const lock = await readVolumeLock(this.meta, name);
-    const writer = lock && lock.holder.node !== this.cluster!.placement.localUuid ? `${describeHolder(lock.holder)} (lock epoch ${lock.epoch})` : undefined;
+    const readOnly = lock && lock.holder.node !== this.cluster!.placement.localUuid ? writtenBy(lock) : undefined;
     return {
       name,
-      description: `torus volume ${name} (${formatSize(record.size)}${record.encrypted ? ', encrypted' : ''}${writer ? `; read-only: written by ${writer}` : ''})`,
+      description: exportDescription(name, record.size, record.encrypted, readOnly),
       size: record.size,
-      readOnly: writer !== undefined,
+      readOnly: readOnly !== undefined,
       minimumBlockSize: 1,
       preferredBlockSize: record.blockSize,
       maximumPayload: MAX_PAYLOAD,
@@ -900,6 +899,16 @@ export class StorageNode implements ExportProvider {
     await this.store.close();
     if (this.ownsMeta) await this.meta.close();
   }
+}
+
+/** An export's NBD description: "torus volume NAME (SIZE[, encrypted][; read-only: WHY])". */
+function exportDescription(name: string, size: number, encrypted: boolean, readOnly?: string): string {
+  return `torus volume ${name} (${formatSize(size)}${encrypted ? ', encrypted' : ''}${readOnly ? `; read-only: ${readOnly}` : ''})`;
+}
+
+/** Why a node serves a volume read-only: "written by node … (host …) (lock epoch N)". */
+function writtenBy(lock: { holder: LockHolder; epoch: number }): string {
+  return `written by ${describeHolder(lock.holder)} (lock epoch ${lock.epoch})`;
 }
 
 /** A volume's own replication factor: a cluster's, 1 to MAX_TARGETS. */

@@ -25,6 +25,18 @@ export function formatHash(hi: number, lo: number): string {
   return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
 }
 
+/** A received copy must hash to what its sender said: ChecksumError (the sender is told) otherwise. */
+export function checkReceived(hash: Hasher, block: WireBlock): void {
+  const digest = hash.hash64(block.data);
+  if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
+    throw new ChecksumError(
+      String(block.ref.volumeId),
+      block.ref.index,
+      `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
+    );
+  }
+}
+
 export class MemoryPeerBackend implements PeerBlockBackend {
   readonly uuid: string;
   readonly capacityBytes: number;
@@ -50,14 +62,7 @@ export class MemoryPeerBackend implements PeerBlockBackend {
     // Verify the whole batch, and that it fits, before storing any of it.
     let growth = 0;
     for (const block of blocks) {
-      const digest = this.hash.hash64(block.data);
-      if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
-        throw new ChecksumError(
-          String(block.ref.volumeId),
-          block.ref.index,
-          `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
-        );
-      }
+      checkReceived(this.hash, block);
       growth += block.data.length - (this.blocks.get(key(block.ref))?.data.length ?? 0);
     }
     if (this.usedBytes + growth > this.capacityBytes) {

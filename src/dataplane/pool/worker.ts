@@ -180,19 +180,24 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
             else placedOn![-item - 1] = peer;
           }
         } catch (err) {
-          if (spareStride > 0 && (err as PeerStatusError).status === STATUS_NO_SPACE) {
-            // Nothing of the batch was stored there (a put takes slots for all its blocks or none).
-            healthOf(target).markFull(performance.now());
-            fullPeers.push(target.uuid);
-            for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
-          } else if (spareStride > 0 && (err instanceof PeerUnavailableError || err instanceof PeerTimeoutError)) {
-            // Dead or silent (its lease may not have lapsed yet): the copies go
-            // to the next ring candidates rather than missing until a rebalance.
-            healthOf(target).markUnreachable(performance.now());
-            unreachable.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
-            for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
+          const full = (err as PeerStatusError).status === STATUS_NO_SPACE;
+          // Full (nothing of the batch was stored: a put takes slots for all its
+          // blocks or none), or dead or silent (its lease may not have lapsed
+          // yet): the copies go to the next ring candidates, not missing until
+          // a rebalance. Anything else is a failure of those copies.
+          const redirect = spareStride > 0 && (full || err instanceof PeerUnavailableError || err instanceof PeerTimeoutError);
+          const what = `${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`;
+          if (!redirect) {
+            failures.push(what);
           } else {
-            failures.push(`${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`);
+            if (full) {
+              healthOf(target).markFull(performance.now());
+              fullPeers.push(target.uuid);
+            } else {
+              healthOf(target).markUnreachable(performance.now());
+              unreachable.push(what);
+            }
+            for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
           }
         }
       }),

@@ -14,14 +14,14 @@
  * Nothing is durable until sync() (one fdatasync of data and records, shared
  * by the callers that ask while it runs).
  */
-import { ChecksumError, IoError } from '../../common/errors.js';
+import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Hasher } from '../blocks/hash.js';
 import { NONCE_SIZE, OFF_FLAGS, OFF_HASH_HI, OFF_HASH_LO, OFF_NONCE, OFF_TAG, RECORD_SIZE, TAG_SIZE } from '../blocks/record.js';
 import { formatRef, type BlockRef } from '../blocks/ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from '../peer/backend.js';
-import { formatHash } from '../peer/memory-backend.js';
+import { checkReceived, formatHash } from '../peer/memory-backend.js';
 import type { ListedBlock, WireBlock } from '../peer/wire.js';
 import { RateMeter } from './rate.js';
 
@@ -79,14 +79,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
         // so a full 16 MiB batch holds the event loop ~3.6 ms. The plan is to
         // hand it to the data pool's workers, as volume writes do, once the
         // pool takes work from callers other than volumes.
-        const digest = this.hash.hash64(block.data);
-        if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
-          throw new ChecksumError(
-            String(block.ref.volumeId),
-            block.ref.index,
-            `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
-          );
-        }
+        checkReceived(this.hash, block);
       }
       const slots: number[] = [];
       try {
