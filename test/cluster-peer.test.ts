@@ -47,6 +47,7 @@ describe('torusd serves its store to peers over TBP', { skip: etcdMissing(), tim
   let one: TorusdProcess;
   let two: TorusdProcess;
   let uuids: string[];
+  let volumeId: number;
 
   before(async () => {
     etcd = await startEtcd();
@@ -54,6 +55,12 @@ describe('torusd serves its store to peers over TBP', { skip: etcdMissing(), tim
     const init = await runCli('torusctl', ['-C', hostPort, 'init']);
     assert.equal(init.code, 0, init.stderr);
     ports = await freePorts(2);
+    // Blocks put below belong to a real volume, as every peer put does: GC
+    // on the nodes frees blocks of volumes the catalog does not list (and
+    // keeps those of generations above the committed one, as here).
+    const created = await runCli('torusctl', ['-C', hostPort, 'volume', 'create-block', 'peer-put', '64MiB', '-o', 'json']);
+    assert.equal(created.code, 0, created.stderr);
+    volumeId = (JSON.parse(created.stdout) as { id: number }).id;
   });
 
   after(async () => {
@@ -114,11 +121,11 @@ describe('torusd serves its store to peers over TBP', { skip: etcdMissing(), tim
   test('a block put to node 1 reads back whole, is synced, and is on node 1 only', async () => {
     const c1 = client(ports[0], { expectedNodeId: uuids[0] });
     const c2 = client(ports[1], { expectedNodeId: uuids[1] });
-    const data = await makeBlock({ volumeId: 42, generation: 7, index: 3 }, blockBytes(3, BLOCK));
-    const sealed = await makeBlock({ volumeId: 42, generation: 7, index: 4 }, blockBytes(4, BLOCK), RECORD_SEALED);
+    const data = await makeBlock({ volumeId, generation: 7, index: 3 }, blockBytes(3, BLOCK));
+    const sealed = await makeBlock({ volumeId, generation: 7, index: 4 }, blockBytes(4, BLOCK), RECORD_SEALED);
     sealed.nonce = Buffer.from('twelve-bytes');
     sealed.tag = Buffer.from('sixteen-bytes-ok');
-    const page = await makeBlock({ volumeId: 42, generation: 7, index: MAP_PAGE_BIT + 1 }, blockBytes(5, BLOCK), RECORD_MAP_PAGE);
+    const page = await makeBlock({ volumeId, generation: 7, index: MAP_PAGE_BIT + 1 }, blockBytes(5, BLOCK), RECORD_MAP_PAGE);
     await c1.putBlocks([data, sealed, page]);
     await c1.sync();
 
@@ -135,7 +142,7 @@ describe('torusd serves its store to peers over TBP', { skip: etcdMissing(), tim
     await c2.sync();
 
     // A block of another size than the cluster's is a bad request; the connection goes on.
-    const small = await makeBlock({ volumeId: 42, generation: 7, index: 9 }, blockBytes(9, 4096));
+    const small = await makeBlock({ volumeId, generation: 7, index: 9 }, blockBytes(9, 4096));
     await assert.rejects(c1.putBlocks([small]), (err: Error) => err instanceof PeerStatusError && err.status === STATUS_BAD_REQUEST && !err.retryable);
     assert.deepEqual(await c1.hasBlocks([small.ref, data.ref]), [false, true]);
 
