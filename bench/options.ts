@@ -20,6 +20,8 @@ export interface BenchOptions {
   jsonFile?: string;
   encrypt: boolean;
   blockSize?: string;
+  /** Before each run, wait up to this long for every server to go quiet (0: don't). */
+  settleSeconds: number;
 }
 
 export const USAGE = `usage: npm run bench -- [flags]
@@ -41,6 +43,9 @@ alternating servers run by run, and prints per-job medians and ratios.
   --json FILE          also write every run and the medians as JSON
   --encrypt            create the torus volume encrypted
   --block-size SIZE    torus store block size (passed to torusctl init)
+  --settle SECONDS     before each run, sync and wait up to this long until no
+                       server uses more than 5% of a core (default 60; 0: don't),
+                       so one run's write-back is not billed to the next
   -h, --help           this text`;
 
 export class UsageError extends Error {}
@@ -82,6 +87,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
         json: { type: 'string' },
         encrypt: { type: 'boolean', default: false },
         'block-size': { type: 'string' },
+        settle: { type: 'string', default: '60' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -116,5 +122,6 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
     jsonFile: v.json,
     encrypt: v.encrypt!,
     blockSize: v['block-size'],
+    settleSeconds: positiveInteger('settle', v.settle!, true),
   };
 }

@@ -66,14 +66,16 @@ describe('bench flags', () => {
     assert.deepEqual(o.servers, ['torus', 'nbd-server', 'nbdkit']);
     assert.equal(o.regionBytes, 512 * 2 ** 20);
     assert.equal(o.encrypt, false);
+    assert.equal(o.settleSeconds, 60);
   });
 
   test('lists pick jobs and servers in the order given', () => {
-    const o = parseBenchOptions(['--jobs', 'seqread-1m-qd8,randread-4k-qd32', '--servers', 'nbdkit,torus', '--encrypt', '--block-size', '4KiB', '--json', 'r.json'])!;
+    const o = parseBenchOptions(['--jobs', 'seqread-1m-qd8,randread-4k-qd32', '--servers', 'nbdkit,torus', '--encrypt', '--block-size', '4KiB', '--json', 'r.json', '--settle', '0'])!;
     assert.deepEqual(o.jobs.map((j) => j.name), ['seqread-1m-qd8', 'randread-4k-qd32']);
     assert.deepEqual(o.servers, ['nbdkit', 'torus']);
     assert.equal(o.blockSize, '4KiB');
     assert.equal(o.jsonFile, 'r.json');
+    assert.equal(o.settleSeconds, 0);
   });
 
   test('help is not an error', () => {
@@ -87,6 +89,7 @@ describe('bench flags', () => {
     [['--repeats', 'x'], /--repeats/],
     [['--region', '2GiB'], /--region: expected a whole number of MiB/],
     [['--block-size', 'big'], /--block-size: not a size/],
+    [['--settle', '-1'], /--settle: expected a non-negative integer/],
     [['--frobnicate'], /frobnicate/],
   ] as [string[], RegExp][]) {
     test(`rejects ${argv.join(' ')}`, () => {

@@ -10,6 +10,8 @@ export interface RunRecord {
   job: string;
   server: ServerName;
   repeat: number;
+  /** Seconds spent waiting for the servers to go quiet before the run. */
+  settledSeconds?: number;
   result?: FioResult & { serverCpuPercent: number; fioCpuPercent: number };
   error?: string;
 }

@@ -21,6 +21,9 @@ import { SERVER_TOOLS, startServer, type BenchServer, type ServerName } from './
 const RSS_SAMPLE_MS = 250;
 /** After fio exits, time for a forking server to reap its per-connection child so that child's CPU is counted. */
 const REAP_SETTLE_MS = 300;
+/** Quiet means every server's process tree used less than this share of a core over one sample. */
+const QUIET_CORE_SHARE = 0.05;
+const QUIET_SAMPLE_MS = 500;
 
 function missingTools(servers: ServerName[]): string[] {
   const problems: string[] = [];
@@ -62,6 +65,29 @@ async function measure(job: JobSpec, tracker: Tracker, settings: FioSettings): P
     serverCpuPercent: (100 * serverCpuSeconds) / wallSeconds,
     fioCpuPercent: (100 * fioCpuSeconds) / wallSeconds,
   };
+}
+
+/**
+ * Before a run: flush the page cache (`sync`) and wait until every server is
+ * quiet, so work a previous run left behind — a cluster replicating and
+ * committing what the last write job wrote, nbd-server's file in kernel
+ * write-back — is not measured as part of the next run of whichever server
+ * comes next. Returns the seconds waited, and whether the limit was hit.
+ */
+async function settle(trackers: readonly Tracker[], limitSeconds: number): Promise<{ seconds: number; timedOut: boolean }> {
+  const started = performance.now();
+  if (limitSeconds === 0) return { seconds: 0, timedOut: false };
+  spawnSync('sync', { stdio: 'ignore' });
+  const busiest = async () => {
+    const before = trackers.map((t) => treeCpuTicks(t.server.pid));
+    await sleep(QUIET_SAMPLE_MS);
+    const shares = trackers.map((t, i) => (treeCpuTicks(t.server.pid) - before[i]) / CLOCK_TICKS_PER_SECOND / (QUIET_SAMPLE_MS / 1000));
+    return Math.max(0, ...shares);
+  };
+  while ((await busiest()) >= QUIET_CORE_SHARE) {
+    if (performance.now() - started > limitSeconds * 1000) return { seconds: (performance.now() - started) / 1000, timedOut: true };
+  }
+  return { seconds: (performance.now() - started) / 1000, timedOut: false };
 }
 
 async function benchmark(options: BenchOptions): Promise<number> {
@@ -124,6 +150,9 @@ async function benchmark(options: BenchOptions): Promise<number> {
           outputFile: join(workRoot, `${job.name}-${name}-${repeat}.json`),
         };
         const record: RunRecord = { job: job.name, server: name, repeat };
+        const settled = await settle(trackers, options.settleSeconds);
+        record.settledSeconds = Math.round(settled.seconds * 10) / 10;
+        if (settled.timedOut) process.stderr.write(`bench: servers still busy after --settle ${options.settleSeconds} s; running ${job.name} on ${name} anyway\n`);
         try {
           record.result = await measure(job, tracker, settings);
         } catch (err) {
@@ -134,7 +163,8 @@ async function benchmark(options: BenchOptions): Promise<number> {
         const line = r
           ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, server CPU ${r.serverCpuPercent.toFixed(0)}%`
           : `ERROR ${record.error}`;
-        process.stderr.write(`[${runs.length}/${total}] ${job.name} ${name} #${repeat + 1}: ${line}\n`);
+        const waited = record.settledSeconds! >= 1 ? ` (after ${record.settledSeconds} s settling)` : '';
+        process.stderr.write(`[${runs.length}/${total}] ${job.name} ${name} #${repeat + 1}: ${line}${waited}\n`);
       }
     }
   }

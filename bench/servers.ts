@@ -231,8 +231,13 @@ async function startTorusCluster(name: ServerName, options: ServerOptions, varia
   const node = (bin: string) => `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
   const dir = options.workDir;
   const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''}`;
+  // Node 1 keeps the volume (its write lock and cache) open between fio's
+  // connections, as it would for a client attached for days: with the default
+  // 5 s linger, whether a run found the cache warm depended on how long the
+  // other servers' runs took. It still commits each run's writes when the
+  // connection closes, while the bench waits for quiet (run.ts settle).
   const torusd = (i: number, nbdPort: string) =>
-    `${node('torusd')} --etcd ${endpoint} --data-dir ${JSON.stringify(join(dir, `node${i}`))} --size ${TORUS_STORE_SIZE} --nbd ${nbdPort} ` +
+    `${node('torusd')} --etcd ${endpoint} --data-dir ${JSON.stringify(join(dir, `node${i}`))} --size ${TORUS_STORE_SIZE} --nbd ${nbdPort}${i === 1 ? ' --lock-linger 3600' : ''} ` +
     `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${variant.cacheSize ? ` --cache-size ${variant.cacheSize}` : ''}` +
     `${options.encrypt ? ' --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''} > ${JSON.stringify(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${JSON.stringify(join(dir, `node${i}.pid`))}`;
   const script = [
