@@ -89,7 +89,7 @@ describe('bench flags', () => {
     [['--repeats', 'x'], /--repeats/],
     [['--region', '2GiB'], /--region: expected a whole number of MiB/],
     [['--block-size', 'big'], /--block-size: not a size/],
-    [['--settle', '-1'], /--settle: expected a non-negative integer/],
+    [['--settle', 'soon'], /--settle: expected a non-negative integer/],
     [['--frobnicate'], /frobnicate/],
   ] as [string[], RegExp][]) {
     test(`rejects ${argv.join(' ')}`, () => {
