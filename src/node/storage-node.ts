@@ -37,6 +37,7 @@ import { ClusterPlacement, MAX_TARGETS } from '../dataplane/replication/placemen
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
 import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
+import { listReadPins, pinCurrentVersion, type ReadPin } from '../controlplane/volumes/read-pins.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
 import { refKey, type BlockRef } from '../dataplane/blocks/ref.js';
@@ -151,6 +152,8 @@ export class StorageNode implements ExportProvider {
    */
   private readonly locks = new Map<string, VolumeLock>();
   private readonly readOnlyBecause = new Map<string, string>();
+  /** Cluster mode: the versions this node serves read-only, pinned so GC keeps them (read-pins.ts). */
+  private readonly readPins = new Map<string, ReadPin>();
   /** Volumes present in metadata that could not be loaded, and why. */
   private readonly unavailable = new Map<string, string>();
   private closing = false;
@@ -326,6 +329,30 @@ export class StorageNode implements ExportProvider {
   }
 
   /**
+   * Cluster mode, a volume another node writes: pin its committed version so
+   * cluster GC keeps that version's blocks while this node serves it (its
+   * clients see one consistent version, not the writer's commits under
+   * them), and return the record of the version pinned.
+   */
+  private async pinForReading(name: string): Promise<VersionedRecord> {
+    await this.releaseReadPin(name);
+    const { pin, versioned } = await pinCurrentVersion(this.meta, this.catalog, name, this.cluster!.placement.localUuid, {
+      ttlSeconds: LOCK_TTL_SECONDS,
+      log: this.log.child({ component: 'read-pin' }),
+    });
+    this.readPins.set(name, pin);
+    this.log.info({ volume: name, generation: versioned.record.generation }, 'serving a pinned version read-only');
+    return versioned;
+  }
+
+  private async releaseReadPin(name: string): Promise<void> {
+    const pin = this.readPins.get(name);
+    if (!pin) return;
+    this.readPins.delete(name);
+    await pin.release();
+  }
+
+  /**
    * Take the volume's write lock. A key this very process still holds in
    * etcd but has given up on (its keepalives failed while etcd was away, and
    * etcd, restarted, revived the lease) would refuse us until that lease
@@ -484,6 +511,7 @@ export class StorageNode implements ExportProvider {
         // The last writer may have committed between our read and our lock.
         const lock = this.locks.get(name);
         if (lock) versioned = await this.reserveGeneration(name, await this.catalog.get(name), lock);
+        else versioned = await this.pinForReading(name);
         this.records.set(name, versioned);
         const volume = await this.openVolume(versioned);
         this.volumes.set(name, volume);
@@ -495,6 +523,7 @@ export class StorageNode implements ExportProvider {
         const lock = this.locks.get(name);
         this.locks.delete(name);
         await lock?.release().catch(() => undefined);
+        await this.releaseReadPin(name);
         this.unavailable.set(name, (err as Error).message);
         throw err;
       }
@@ -537,6 +566,7 @@ export class StorageNode implements ExportProvider {
     this.volumes.delete(name);
     this.records.delete(name);
     this.readOnlyBecause.delete(name);
+    await this.releaseReadPin(name);
     this.locks.delete(name); // before release: its 'lost' notice is not an error then
     if (lock) {
       await lock.release().catch((err) => this.log.warn({ volume: name, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
@@ -690,6 +720,7 @@ export class StorageNode implements ExportProvider {
       throw err;
     }
     await lock?.release().catch(() => undefined); // ends its lease
+    await this.releaseReadPin(name);
     this.readOnlyBecause.delete(name);
     this.volumes.delete(name);
     this.records.delete(name);
@@ -819,9 +850,11 @@ export class StorageNode implements ExportProvider {
           local: backend,
           gcView: async () => {
             const records = await this.catalog.list();
+            // Pins after the catalog: the order read-pins.ts's protocol relies on.
+            const pins = await listReadPins(this.meta);
             // Every volume's own replication, before a run decides what is surplus.
             for (const record of records) cluster.placement.setVolumeReplication(record.id, record.replication);
-            return views.view(records);
+            return views.view(records, pins);
           },
           log: this.log.child({ component: 'rebalance' }),
           rateBytesPerSecond: this.rebalance.rate,
@@ -894,6 +927,7 @@ export class StorageNode implements ExportProvider {
     // After the last commit: release, so another node may take over at once.
     for (const lock of this.locks.values()) await lock.release().catch((err) => this.log.warn({ volume: lock.volume, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
     this.locks.clear();
+    for (const name of [...this.readPins.keys()]) await this.releaseReadPin(name);
     await this.cluster?.close();
     await this.pool.close();
     await this.store.close();

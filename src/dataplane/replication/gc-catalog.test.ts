@@ -2,7 +2,8 @@
  * CatalogGcViews against a real Volume's versions (local store, cache, pool):
  * the view references exactly what the committed version's map does, pages
  * included; a new version is picked up (incrementally) and what it replaced
- * is no longer referenced; a map that cannot be loaded yields no view.
+ * is no longer referenced; a version pinned by a reader stays referenced;
+ * a map that cannot be loaded yields no view.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -83,8 +84,14 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
 
       // Gen 3 touches one leaf: reloaded from the pages it wrote (that leaf and
       // the root) plus the cached rest.
+      const gen2 = new Set([...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)));
+      const record2 = record();
       await volume.write(299 * BS, randomBytes(BS), false);
+      // What gen 3 supersedes stays in the store, as copies on peers do while a reader pins gen 2.
+      const release = store.release.bind(store);
+      store.release = () => undefined;
       await volume.flush();
+      store.release = release;
       const readBlock = store.readBlock.bind(store);
       let pageReads = 0;
       store.readBlock = (slot, dest) => (pageReads++, readBlock(slot, dest));
@@ -92,6 +99,24 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
       store.readBlock = readBlock;
       assert.equal(pageReads, 2, 'the new root and the one leaf it changed');
       assert.equal(remoteAsks, 0, 'every page came from the local store');
+
+      // A node serving gen 2 read-only pins it: everything gen 2 or gen 3
+      // references is kept, gen 1's leftovers are not. Pins of other volumes
+      // (deleted ones) are ignored.
+      const pin = (r: VolumeRecord) => ({ node: 'reader', volume: r.name, id: r.id, generation: r.generation, root: r.root, size: r.size, blockSize: r.blockSize, since: '' });
+      pageReads = 0;
+      store.readBlock = (slot, dest) => (pageReads++, readBlock(slot, dest));
+      const pinnedView = await views.view([record()], [pin(record2), pin({ ...record2, id: 43 })]);
+      store.readBlock = readBlock;
+      assert.ok(pinnedView);
+      assert.equal(pageReads, 2, 'the pinned version shares all but its root and the leaf gen 3 changed');
+      const gen3 = new Set([...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)));
+      for (const key of [...gen1, ...gen2, ...gen3]) {
+        const [volumeId, generation, index] = key.split('/').map(Number);
+        assert.equal(pinnedView.isReferenced({ volumeId, generation, index }), gen2.has(key) || gen3.has(key), `ref ${key} with gen 2 pinned`);
+      }
+      assert.ok(pinnedView.isReferenced({ volumeId: identity.id, generation: 1, index: 299 }), 'rewritten in gen 3, still read through the pinned gen 2');
+      assert.ok(!(await views.view([record()]))!.isReferenced({ volumeId: identity.id, generation: 1, index: 299 }), 'and garbage once unpinned');
 
       // A page no node holds: no view, rather than one that frees by a partial map.
       const pageRef = [...volume.referencedRefs()].find((r) => r.index >= MAP_PAGE_BIT && r.index !== MAP_PAGE_BIT + 2 ** 40) as BlockRef;

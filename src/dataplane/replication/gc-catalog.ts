@@ -10,11 +10,18 @@
  * entry (generation, hash) is unchanged is the very page loaded last time, so
  * a new version costs the pages its commit wrote, not the whole map.
  *
- * Any volume whose map cannot be loaded (no copy of a page anywhere, a bad
- * checksum) makes the whole view undefined: a run with it frees nothing.
+ * Read pins (controlplane/volumes/read-pins.ts) add the versions nodes
+ * serve read-only: their maps are loaded the same way (sharing unchanged
+ * pages with the committed map) and their blocks count as referenced. Pins
+ * of volumes not listed are ignored: the volume is gone.
+ *
+ * Any volume or pinned version whose map cannot be loaded (no copy of a page
+ * anywhere, a bad checksum) makes the whole view undefined: a run with it
+ * frees nothing.
  */
 import type { Logger } from '../../common/log.js';
 import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
+import type { PinnedVersion } from '../../controlplane/volumes/read-pins.js';
 import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockMap, pageIndex, type MapRoot } from '../volume/block-map.js';
@@ -35,8 +42,13 @@ interface Loaded {
   map: BlockMap;
 }
 
+/** What loading a version's map takes: a record, or a pin's copy of one. */
+type Version = Pick<VolumeRecord, 'id' | 'size' | 'blockSize' | 'generation' | 'root'>;
+
 export class CatalogGcViews {
   private readonly maps = new Map<number, Loaded>();
+  /** Pinned versions' maps, by `id@generation`. */
+  private readonly pinnedMaps = new Map<string, Loaded>();
 
   constructor(
     private readonly source: PageSource,
@@ -45,9 +57,10 @@ export class CatalogGcViews {
 
   /**
    * The view of `records` (VolumeCatalog.list(), listed after the Rebalancer
-   * asked), or undefined if some volume's map could not be loaded.
+   * asked) and `pins` (listReadPins(), listed after the records), or
+   * undefined if some version's map could not be loaded.
    */
-  async view(records: readonly VolumeRecord[]): Promise<GcView | undefined> {
+  async view(records: readonly VolumeRecord[], pins: readonly PinnedVersion[] = []): Promise<GcView | undefined> {
     const volumes = new Map<number, GcVolume>();
     const maps = new Map<number, BlockMap>();
     for (const record of records) {
@@ -59,32 +72,68 @@ export class CatalogGcViews {
       }
       volumes.set(record.id, { id: record.id, generation: record.generation });
     }
-    // Forget volumes no longer listed.
+    const pinned = new Map<number, BlockMap[]>();
+    const pinsSeen = new Set<string>();
+    for (const pin of pins) {
+      const current = maps.get(pin.id);
+      if (!current || volumes.get(pin.id)!.generation === pin.generation) continue;
+      const key = `${pin.id}@${pin.generation}`;
+      pinsSeen.add(key);
+      try {
+        const map = await this.loadPinned(key, pin, current);
+        pinned.set(pin.id, [...(pinned.get(pin.id) ?? []), map]);
+      } catch (err) {
+        this.log.warn({ volume: pin.volume, generation: pin.generation, node: pin.node, err: (err as Error).message }, 'cluster GC: map of a version served read-only not loadable; nothing is freed this run');
+        return undefined;
+      }
+    }
+    // Forget volumes no longer listed, versions no longer pinned.
     for (const id of this.maps.keys()) if (!volumes.has(id)) this.maps.delete(id);
-    return { volumes, isReferenced: (ref) => references(maps.get(ref.volumeId), ref) };
+    for (const key of this.pinnedMaps.keys()) if (!pinsSeen.has(key)) this.pinnedMaps.delete(key);
+    return {
+      volumes,
+      isReferenced: (ref) => references(maps.get(ref.volumeId), ref) || (pinned.get(ref.volumeId)?.some((map) => references(map, ref)) ?? false),
+    };
   }
 
   private async load(record: VolumeRecord): Promise<BlockMap> {
     const cached = this.maps.get(record.id);
     if (cached && cached.generation === record.generation && sameRoot(cached.root, record.root)) return cached.map;
-    const blockCount = Math.ceil(record.size / record.blockSize);
-    const map = new BlockMap(record.id, record.blockSize, blockCount, record.root ?? undefined);
-    const previous = cached && cached.map.height === map.height && cached.map.blockSize === map.blockSize ? cached.map : undefined;
-    if (record.root) {
-      const page = new Uint8Array(record.blockSize);
+    const map = await this.build(record, cached?.map);
+    this.maps.set(record.id, { generation: record.generation, root: record.root, map });
+    return map;
+  }
+
+  /** A pinned version's map; unchanged pages are shared with the committed map `current`. */
+  private async loadPinned(key: string, pin: PinnedVersion, current: BlockMap): Promise<BlockMap> {
+    const cached = this.pinnedMaps.get(key);
+    if (cached && sameRoot(cached.root, pin.root)) return cached.map;
+    const map = await this.build(pin, current);
+    this.pinnedMaps.set(key, { generation: pin.generation, root: pin.root, map });
+    return map;
+  }
+
+  /** Load `version`'s map, page by page from its root, taking pages whose parent entry is unchanged from `previous`. */
+  private async build(version: Version, previousMap: BlockMap | undefined): Promise<BlockMap> {
+    const blockCount = Math.ceil(version.size / version.blockSize);
+    const map = new BlockMap(version.id, version.blockSize, blockCount, version.root ?? undefined);
+    const previous = previousMap && previousMap.height === map.height && previousMap.blockSize === map.blockSize ? previousMap : undefined;
+    if (version.root) {
+      const page = new Uint8Array(version.blockSize);
       const install = async (level: number, pageNo: number, generation: number, hashLo: number, hashHi: number, reuse: Uint32Array | undefined) => {
         if (reuse) {
           map.installPage(level, pageNo, reuse);
           return;
         }
-        await this.readPage({ volumeId: record.id, generation, index: pageIndex(level, pageNo) }, hashLo, hashHi, page);
-        const words = new Uint32Array(record.blockSize / 4);
+        await this.readPage({ volumeId: version.id, generation, index: pageIndex(level, pageNo) }, hashLo, hashHi, page);
+        const words = new Uint32Array(version.blockSize / 4);
         new Uint8Array(words.buffer).set(page);
         map.installPage(level, pageNo, words);
       };
       const top = map.height - 1;
-      const sameTop = previous?.root && previous.root.generation === record.root.generation && previous.root.hashLo === record.root.hashLo && previous.root.hashHi === record.root.hashHi;
-      await install(top, 0, record.root.generation, record.root.hashLo, record.root.hashHi, sameTop ? previous.committedPage(top, 0) : undefined);
+      const root = version.root;
+      const sameTop = previous?.root && previous.root.generation === root.generation && previous.root.hashLo === root.hashLo && previous.root.hashHi === root.hashHi;
+      await install(top, 0, root.generation, root.hashLo, root.hashHi, sameTop ? previous.committedPage(top, 0) : undefined);
       for (let level = top; level > 0; level--) {
         for (const child of map.childPages(level)) {
           const entry = map.entryWords(level, child)!;
@@ -94,7 +143,6 @@ export class CatalogGcViews {
         }
       }
     }
-    this.maps.set(record.id, { generation: record.generation, root: record.root, map });
     return map;
   }
 

@@ -37,11 +37,11 @@
  * version not committed yet) and are never garbage; nor are blocks of volumes
  * neither listed nor seen before the listing (created meanwhile).
  *
- * Not covered (the caller's to add to `isReferenced` when they exist): a
- * node serving a volume read-only keeps the version committed when it
- * opened it; blocks that version holds and later ones superseded are
- * garbage by these rules, and its reads of them fail once every copy is
- * freed.
+ * Versions still read: a node serving a volume read-only keeps the version
+ * committed when it opened it, and pins it (controlplane/volumes/
+ * read-pins.ts); the caller's `isReferenced` answers for pinned versions
+ * too (gc-catalog.ts), so their blocks are 'referenced' here. Snapshots,
+ * once they exist, are the same case.
  */
 import { refKey, type BlockRef } from '../blocks/ref.js';
 
