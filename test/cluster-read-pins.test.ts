@@ -75,6 +75,19 @@ describe('a read-only reader keeps its version through GC', { skip: etcdMissing(
     const pinnedState = await gcState();
     assert.ok(total(pinnedState, "garbageFreed") > gcBefore, `GC freed the versions between the pinned one and the latest (${gcBefore} → ${total(pinnedState, "garbageFreed")} blocks)\n${cluster.diagnostics()}`);
 
+    // Operators see the reader, and cannot delete the volume from under it.
+    const listed = await cluster.ctl('volume', 'list', '-o', 'json');
+    assert.equal(listed.code, 0, listed.stderr);
+    const row = (JSON.parse(listed.stdout) as { name: string; generation: number; readers: { node: string; generation: number }[] }[]).find((v) => v.name === 'pinned')!;
+    assert.deepEqual(row.readers.map((r) => r.node), [readerNode.uuid], `volume list names the reading node: ${listed.stdout}`);
+    assert.ok(row.readers[0].generation < row.generation, 'at an older version than the committed one');
+    const table = await cluster.ctl('volume', 'list');
+    assert.match(table.stdout, /READERS/);
+    assert.match(table.stdout, new RegExp(`1 \\(version ${row.readers[0].generation}\\)`));
+    const refused = await cluster.ctl('volume', 'delete', 'pinned');
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, new RegExp(`volume "pinned" is being read on node ${readerNode.uuid} \\(version ${row.readers[0].generation}, since .*\\); disconnect those clients first`));
+
     const back = await reader.read(0, DATA);
     assert.equal(sha256(back), sha256(first), 'the reader still reads the version it opened, every block intact');
     const fresh = await NbdSession.open(cluster.nodes[2].uri('pinned'));

@@ -11,13 +11,13 @@
  */
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { UsageError } from '../common/errors.js';
-import { ConflictError } from '../common/errors.js';
+import { ConflictError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import { DEFAULT_REPLICATION, initRing, readRing, type StoredRing } from '../controlplane/membership/ring-store.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import { assertNoReaders, listReadPins } from '../controlplane/volumes/read-pins.js';
 import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js';
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
@@ -30,6 +30,8 @@ export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
   sessions?: number;
   /** Cluster: who holds the volume's write lock (node, host, pid), if anyone. */
   lockedBy?: string;
+  /** Cluster: the nodes serving it read-only, each at the version it pinned. */
+  readers?: { node: string; generation: number; since: string }[];
 }
 
 export class AdminClient {
@@ -100,11 +102,13 @@ export class AdminClient {
     if (online) return online;
     return this.offline(async (catalog, meta) => {
       const locks = this.etcd ? await listVolumeLocks(meta) : new Map();
+      const pins = this.etcd ? await listReadPins(meta) : [];
       // Cluster: a volume without its own replication has the ring's.
       const ringReplication = this.etcd ? (await readRing(meta))?.description.replication : undefined;
       return (await catalog.list()).map(({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => {
         const lock = locks.get(row.name);
-        const shown = this.etcd ? { ...row, replication: row.replication ?? ringReplication } : row;
+        const readers = pins.filter((pin) => pin.volume === row.name).map(({ node, generation, since }) => ({ node, generation, since }));
+        const shown = this.etcd ? { ...row, replication: row.replication ?? ringReplication, readers } : row;
         return lock ? { ...shown, lockedBy: describeHolder(lock.holder) } : shown;
       });
     });
@@ -136,7 +140,10 @@ export class AdminClient {
   async deleteVolume(name: string): Promise<{ online: boolean }> {
     const online = await this.online('DELETE', `/v1/volumes/${encodeURIComponent(name)}`);
     if (online) return { online: true };
-    await this.offline((catalog) => catalog.remove(name));
+    await this.offline(async (catalog, meta) => {
+      if (this.etcd) await assertNoReaders(meta, name);
+      await catalog.remove(name);
+    });
     return { online: false };
   }
 

@@ -1,6 +1,6 @@
 /** The volume commands, shared by torusctl and torusblk. */
 import { parseSize } from '../common/size.js';
-import { AdminClient } from './admin-client.js';
+import { AdminClient, type VolumeRow } from './admin-client.js';
 import { ArgumentError, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode, keyFileFlag, outputFlag } from './common-flags.js';
@@ -22,6 +22,13 @@ function outputFormat(args: Parsed): 'table' | 'json' {
   const format = args.values.output as string;
   if (format !== 'table' && format !== 'json') throw new ArgumentError(`--output: expected table or json, got "${format}"`);
   return format;
+}
+
+/** "2 (versions 3, 5)": how many nodes serve the volume read-only, and at which versions. */
+function readersCell(readers: VolumeRow['readers']): string {
+  if (!readers || readers.length === 0) return '-';
+  const versions = [...new Set(readers.map((r) => r.generation))].sort((a, b) => a - b);
+  return `${readers.length} (version${versions.length > 1 ? 's' : ''} ${versions.join(', ')})`;
 }
 
 export function volumeCommands(createWord: string): Command[] {
@@ -69,10 +76,10 @@ export function volumeCommands(createWord: string): Command[] {
         const cluster = rows.some((r) => r.lockedBy !== undefined) || etcd !== undefined;
         process.stdout.write(
           table(
-            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['REPLICATION', 'WRITER'] : [])],
+            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['REPLICATION', 'WRITER', 'READERS'] : [])],
             rows.map((r) => [
               r.name, sizeCell(r.size), sizeCell(r.used), r.encrypted ? 'yes' : 'no', String(r.generation), r.sessions === undefined ? '-' : String(r.sessions),
-              ...(cluster ? [r.replication === undefined ? '-' : String(r.replication), r.lockedBy ?? '-'] : []),
+              ...(cluster ? [r.replication === undefined ? '-' : String(r.replication), r.lockedBy ?? '-', readersCell(r.readers)] : []),
             ]),
           ),
         );

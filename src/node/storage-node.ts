@@ -37,7 +37,7 @@ import { ClusterPlacement, MAX_TARGETS } from '../dataplane/replication/placemen
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
 import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
-import { listReadPins, pinCurrentVersion, type ReadPin } from '../controlplane/volumes/read-pins.js';
+import { assertNoReaders, listReadPins, pinCurrentVersion, type ReadPin } from '../controlplane/volumes/read-pins.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
 import { refKey, type BlockRef } from '../dataplane/blocks/ref.js';
@@ -704,6 +704,8 @@ export class StorageNode implements ExportProvider {
     if (volume && volume.openSessions > 0) {
       throw new ConflictError(`volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`);
     }
+    // Another node's read-only clients would lose the data under them.
+    if (this.cluster) await assertNoReaders(this.meta, name);
     const timer = this.lingering.get(name);
     if (timer) clearTimeout(timer);
     this.lingering.delete(name);

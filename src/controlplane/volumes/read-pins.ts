@@ -86,6 +86,24 @@ export async function listReadPins(meta: MetadataStore): Promise<PinnedVersion[]
   return pins;
 }
 
+/** The pins of one volume, by name. */
+export async function readPinsOf(meta: MetadataStore, name: string): Promise<PinnedVersion[]> {
+  return (await listReadPins(meta)).filter((pin) => pin.volume === name);
+}
+
+/**
+ * Refuse (ConflictError naming the nodes) to go on while some node serves
+ * volume `name` read-only: for `volume delete`, whose data would vanish from
+ * under those clients. A check, not a guarantee: a client connecting in the
+ * same instant finds the volume gone a moment later.
+ */
+export async function assertNoReaders(meta: MetadataStore, name: string): Promise<void> {
+  const pins = await readPinsOf(meta, name);
+  if (pins.length === 0) return;
+  const nodes = [...new Set(pins.map((pin) => `node ${pin.node} (version ${pin.generation}, since ${pin.since})`))];
+  throw new ConflictError(`volume "${name}" is being read on ${nodes.join(', ')}; disconnect those clients first`);
+}
+
 /**
  * Pin the committed version of volume `name` for `node`: put the pin, check
  * the record still names that version, else move the pin and check again.
