@@ -25,6 +25,20 @@ async function catalogWith(meta: MetadataStore, ...names: string[]): Promise<Vol
 
 for (const kind of testStores()) {
   describe(`volume catalog under write locks: ${kind.name}`, { skip: kind.skip, concurrency: true }, () => {
+    it('ids are handed out in order and never twice, skipping ids a catalog from before the counter took', { timeout: 10_000 }, withStore(kind, async (meta) => {
+      const catalog = new VolumeCatalog(meta);
+      const fields = (name: string) => ({ name, size: 1 << 20, blockSize: 64 * 1024, encrypted: false });
+      // A volume of the old scheme, whose id was random: here, the next one the counter would give.
+      await meta.put('volume-ids/2', Buffer.from('legacy'));
+      assert.equal((await catalog.create(fields('one'))).id, 1);
+      assert.equal((await catalog.create(fields('two'))).id, 3, 'id 2 is taken: skipped');
+      await catalog.remove('two');
+      assert.equal((await catalog.create(fields('two'))).id, 4, 'a deleted volume\'s id is not reused, even for its name');
+      const racing = await Promise.all(['a', 'b', 'c', 'd'].map((n) => catalog.create(fields(n))));
+      assert.deepEqual(racing.map((r) => r.id).sort((x, y) => x - y), [5, 6, 7, 8], 'racing creates get distinct ids');
+      await assert.rejects(catalog.create(fields('one')), ConflictError);
+    }));
+
     it('commits without a fence while unlocked (as before); refused naming the holder while locked', { timeout: 10_000 }, withStore(kind, async (meta) => {
       const catalog = await catalogWith(meta, 'vol');
       const v1 = await catalog.commitVersion(await catalog.get('vol'), 1, root(1));

@@ -17,7 +17,6 @@
  * way the lock is compared in the same txn as the write, so a refused write
  * leaves nothing behind.
  */
-import { randomInt } from 'node:crypto';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import type { MapRoot } from '../../dataplane/volume/block-map.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
@@ -56,6 +55,10 @@ export interface VersionedRecord {
 const SETTINGS = 'settings';
 const VOLUMES = 'volumes/';
 const VOLUME_IDS = 'volume-ids/';
+/** The last volume id handed out. */
+const VOLUME_ID_COUNTER = 'counters/volume-id';
+/** Ids fit a block ref's 31 bits. */
+const MAX_VOLUME_ID = 0x7fff_ffff;
 
 /** Names usable as NBD export names, metadata keys and file names alike. */
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -106,24 +109,41 @@ export class VolumeCatalog {
 
   async create(fields: Omit<VolumeRecord, 'id' | 'createdAt' | 'generation' | 'root'>): Promise<VolumeRecord> {
     checkVolumeName(fields.name);
-    for (let attempt = 0; attempt < 20; attempt++) {
-      // Random ids need no shared counter; the txn makes a collision harmless.
-      const id = randomInt(1, 0x7fff_ffff);
+    // Ids come from a counter and are never handed out twice, so blocks of a
+    // deleted volume can never be mistaken for a new volume's (GC relies on
+    // it). The txn checks the counter unchanged and the id unused; an id
+    // already taken (by a catalog from before the counter, whose ids were
+    // random) is skipped.
+    let skipPast = 0;
+    for (let attempt = 0; attempt < 64; attempt++) {
+      const counter = await this.meta.get(VOLUME_ID_COUNTER);
+      const last = counter ? Number(counter.value.toString()) : 0;
+      if (!Number.isSafeInteger(last) || last < 0) throw new Error(`${VOLUME_ID_COUNTER} holds ${JSON.stringify(counter!.value.toString().slice(0, 40))}, not an id; refusing to allocate one`);
+      const id = Math.max(last, skipPast) + 1;
+      if (id > MAX_VOLUME_ID) throw new ConflictError(`no volume ids left (the last was ${last})`);
       const record: VolumeRecord = { ...fields, id, createdAt: new Date().toISOString(), generation: 0, root: null };
       const result = await this.meta.txn({
         compare: [
           { key: VOLUMES + fields.name, target: 'modRevision', op: '==', value: 0 },
           { key: VOLUME_IDS + id, target: 'modRevision', op: '==', value: 0 },
+          { key: VOLUME_ID_COUNTER, target: 'modRevision', op: '==', value: counter?.modRevision ?? 0 },
         ],
         success: [
           { type: 'put', key: VOLUMES + fields.name, value: encode(record) },
           { type: 'put', key: VOLUME_IDS + id, value: Buffer.from(fields.name) },
+          { type: 'put', key: VOLUME_ID_COUNTER, value: Buffer.from(String(id)) },
+        ],
+        failure: [
+          { type: 'get', key: VOLUMES + fields.name },
+          { type: 'get', key: VOLUME_IDS + id },
         ],
       });
       if (result.succeeded) return record;
-      if (await this.meta.get(VOLUMES + fields.name)) throw new ConflictError(`volume "${fields.name}" already exists`);
+      const [byName, byId] = result.results.map((r) => (r.type === 'get' ? r.kvs.length > 0 : false));
+      if (byName) throw new ConflictError(`volume "${fields.name}" already exists`);
+      if (byId) skipPast = id;
     }
-    throw new ConflictError(`could not allocate an id for volume "${fields.name}"`);
+    throw new ConflictError(`could not allocate an id for volume "${fields.name}": the id counter kept moving`);
   }
 
   /**

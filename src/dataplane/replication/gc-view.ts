@@ -19,15 +19,13 @@
  *     listing was asked for (`presentBefore`); or
  *   - superseded: v is listed with committed generation G ≥ g.
  *
- * Why "presentBefore" and not "v ≤ the highest id allocated": volume ids are
- * random (VolumeCatalog.create draws them from [1, 2^31)), so an unlisted
- * id below the highest is as likely a volume created after the listing —
- * whose first blocks may already be arriving — as a deleted one. A volume's
- * blocks are only ever written after its record exists, so if this store held
- * blocks of v before the listing began, v existed then; absent from the
- * listing, it was deleted. (The one hole: a new volume drawing the id of a
- * just-deleted one, about 1 in 2^31 per creation; sequential ids in the
- * catalog would close it.)
+ * Why "presentBefore": a volume's blocks are only ever written after its
+ * record exists, so if this store held blocks of v before the listing
+ * began, v existed then; absent from the listing, it was deleted. An
+ * unlisted v whose blocks appeared only during the run may be a volume
+ * created after the listing, and is left alone. Volume ids come from a
+ * counter and are never handed out twice (VolumeCatalog.create), so blocks
+ * of a deleted volume are never taken for a new one's.
  *
  * Why superseded blocks never come back: a block is identified by the
  * generation it was written for, and version G+1's map is version G's plus
