@@ -33,6 +33,7 @@ describe('command line', { timeout: 120_000 }, () => {
       ['torusd', ['--size', 'lots'], /--size: expected a size/],
       ['torusd', ['--nbd', 'nowhere'], /--nbd: expected HOST:PORT/],
       ['torusd', ['--workers', '-3'], /--workers/],
+      ['torusd', ['--scrub-rate', '0'], /--scrub-rate: expected a rate above 0/],
       ['torusctl', ['volume', 'create-block', 'v', 'big'], /SIZE: expected a size/],
       ['torusctl', ['volume', 'create-block', 'v'], /missing SIZE/],
       ['torusctl', ['volume', 'frobnicate'], /unknown command/],

@@ -71,6 +71,16 @@ const spec: CommandSpec = {
       type: 'integer',
       help: 'cluster: seconds between rebalance and GC runs, besides those on every ring or membership change (default 60; 0 only on changes)',
     },
+    'scrub-rate': {
+      type: 'size',
+      help: 'bytes per second the background scrub re-reads the local store against its checksums (default 16MiB)',
+      env: 'TORUS_SCRUB_RATE',
+    },
+    'scrub-interval': {
+      type: 'integer',
+      help: 'seconds between scrub passes, the first this long after start (default 86400; 0 never)',
+      env: 'TORUS_SCRUB_INTERVAL',
+    },
     'auto-join': { type: 'boolean', help: 'add this node to the ring at start if it is not a member (needs --etcd)' },
   },
 };
@@ -88,6 +98,9 @@ export async function main(argv: string[]): Promise<number> {
   const etcd = etcdConfigOf(v);
   const peerAddress = parsePeerAddress(v['peer-address'] as string);
   if (v['auto-join'] && !etcd) throw new ArgumentError('--auto-join needs --etcd (a single node has no ring)');
+  for (const flag of ['rebalance-rate', 'scrub-rate'] as const) {
+    if (v[flag] !== undefined && !((v[flag] as number) > 0)) throw new ArgumentError(`--${flag}: expected a rate above 0 bytes per second (e.g. 16MiB), got ${v[flag]}`);
+  }
   const log = logger('torusd');
   const metrics = new NodeMetrics();
 
@@ -112,6 +125,8 @@ export async function main(argv: string[]): Promise<number> {
       rebalanceRate: v['rebalance-rate'] as number | undefined,
       rebalanceIntervalMs: v['rebalance-interval'] === undefined ? undefined : (v['rebalance-interval'] as number) * 1000,
       lockLingerMs: v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
+      scrubRate: v['scrub-rate'] as number | undefined,
+      scrubIntervalMs: v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
     });
   } catch (err) {
     await closeAll();

@@ -37,6 +37,7 @@ import { ClusterPlacement, MAX_TARGETS } from '../dataplane/replication/placemen
 import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
 import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
+import { Scrubber } from '../dataplane/blocks/scrub.js';
 import { assertNoReaders, listReadPins, pinCurrentVersion, type ReadPin } from '../controlplane/volumes/read-pins.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
@@ -102,7 +103,14 @@ export interface StorageNodeOptions {
   rebalanceRate?: number;
   /** Cluster mode: a rebalance and GC run every this many ms besides those on ring changes (default 60 s; 0 none). */
   rebalanceIntervalMs?: number;
+  /** Bytes/s a scrub pass reads from the local store (default 16 MiB/s). */
+  scrubRate?: number;
+  /** A scrub pass every this many ms, the first this long after start (default 24 h; 0 none). */
+  scrubIntervalMs?: number;
 }
+
+export const DEFAULT_SCRUB_RATE = 16 * 2 ** 20;
+export const DEFAULT_SCRUB_INTERVAL_MS = 24 * 3600 * 1000;
 
 export const DEFAULT_LOCK_LINGER_MS = 5000;
 /** A volume write lock's lease: how long a writer cut off from etcd keeps it. */
@@ -167,6 +175,8 @@ export class StorageNode implements ExportProvider {
   private repair: ReplicaRepair | undefined;
   /** Cluster mode, storage nodes: moves this store's blocks where the ring wants them, drops surplus and garbage. */
   private rebalancer: Rebalancer | undefined;
+  /** Re-reads the local store against its checksums in the background (set by open()). */
+  private scrubber: Scrubber | undefined;
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
 
@@ -228,6 +238,16 @@ export class StorageNode implements ExportProvider {
         intervalMs: options.rebalanceIntervalMs,
       });
       await node.loadVolumes();
+      // Every stored copy re-read against its checksum in the background; in
+      // a cluster a bad one is rewritten from a replica.
+      node.scrubber = new Scrubber({
+        store,
+        rateBytesPerSecond: options.scrubRate ?? DEFAULT_SCRUB_RATE,
+        intervalMs: options.scrubIntervalMs ?? DEFAULT_SCRUB_INTERVAL_MS,
+        fetchGood: cluster ? (ref, hashLo, hashHi, dest) => cluster.getBlock(ref, hashLo, hashHi, dest) : undefined,
+        log: log.child({ component: 'scrub' }),
+      });
+      node.scrubber.start();
       node.registerGauges();
       log.info(
         { dataDir: options.dataDir, capacity: formatSize(capacity), used: formatSize(store.usedSlots * store.blockSize), volumes: node.volumes.size, cache: formatSize(cache.slotCount * cache.blockSize), workers: pool.threads },
@@ -600,6 +620,10 @@ export class StorageNode implements ExportProvider {
     m.gauge('torus_cache_hits_total', 'Block cache hits', () => this.cache.hits);
     m.gauge('torus_cache_misses_total', 'Block cache misses', () => this.cache.misses);
     m.gauge('torus_volumes', 'Volumes served by this node', () => this.volumes.size);
+    m.gauge('torus_scrub_checked_bytes_total', 'Bytes of the local store the scrub re-read against their checksums', () => this.scrubber?.stats.checkedBytes ?? 0);
+    m.gauge('torus_scrub_bad_blocks_total', 'Stored copies the scrub found failing their checksum', () => this.scrubber?.stats.bad ?? 0);
+    m.gauge('torus_scrub_repaired_blocks_total', 'Bad copies the scrub rewrote from a good replica', () => this.scrubber?.stats.repaired ?? 0);
+    m.gauge('torus_scrub_passes_total', 'Scrub passes completed over the whole local store', () => this.scrubber?.stats.passes ?? 0);
     const stats = this.cluster?.stats;
     if (stats) {
       m.gauge('torus_replication_under_replicated_blocks_total', 'Blocks stored with fewer copies than the ring asks for', () => stats.underReplicatedBlocks);
@@ -768,6 +792,7 @@ export class StorageNode implements ExportProvider {
       cache: { size: this.cache.slotCount * this.cache.blockSize, dirty: this.cache.dirtySlots * this.cache.blockSize, hits: this.cache.hits, misses: this.cache.misses },
       volumes: this.volumes.size,
       unavailable: Object.fromEntries(this.unavailable),
+      ...(this.scrubber ? { scrub: this.scrubber.stats } : {}),
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
       ...(this.cluster ? { replication: { ...this.cluster.stats, workers: this.pool.replicationStats, repair: this.repair?.stats, rebalance: this.rebalancer?.stats } } : {}),
     };
@@ -920,6 +945,7 @@ export class StorageNode implements ExportProvider {
     for (const timer of this.lingering.values()) clearTimeout(timer);
     this.lingering.clear();
     // Background copying ends before the peer service it uses for this store does.
+    await this.scrubber?.close();
     this.stopFollowing?.();
     await this.rebalancer?.close();
     await this.repair?.close();

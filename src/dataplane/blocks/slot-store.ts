@@ -248,6 +248,13 @@ export class LocalSlotStore {
     this.releaseWrite = undefined;
   }
 
+  /** The block bound to `slot`, or undefined when the slot is free or allocated but not yet bound. */
+  boundRef(slot: number): BlockRef | undefined {
+    if (this.record(slot).getUint32(OFF_STATE, true) !== SLOT_USED) return undefined;
+    const ref = this.refOf(slot);
+    return this.lookup(ref.volumeId, ref.generation, ref.index) === slot ? ref : undefined;
+  }
+
   /** Iterate every bound block (for the start-up sweep and volume deletion). */
   *blocks(): IterableIterator<[BlockRef, number]> {
     for (const slot of this.refToSlot.values()) yield [this.refOf(slot), slot];
