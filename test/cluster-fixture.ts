@@ -51,6 +51,20 @@ export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
+/**
+ * Poll `probe` every 200 ms until it gives a value; fail naming `what` (and
+ * whatever `context` says, e.g. Cluster.diagnostics) after `timeoutMs`.
+ */
+export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000, context: () => string = () => ''): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}\n${context()}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
 export interface CliResult {
   code: number;
   stdout: string;

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Cluster, sha256 } from './cluster-fixture.js';
+import { Cluster, sha256, until } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { NbdSession } from './nbd-session.js';
 import { missing } from './tools.js';
@@ -49,16 +49,6 @@ describe('the scrub repairs rotten copies from replicas', { skip: etcdMissing() 
     return (JSON.parse(r.stdout) as { scrub: ScrubStats }).scrub;
   }
 
-  async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const value = await probe();
-      if (value !== undefined) return value;
-      if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}\n${cluster.diagnostics()}`);
-      await new Promise((resolve) => setTimeout(resolve, 250));
-    }
-  }
-
   test('every damaged copy on node 1 is found and rewritten; node 1 then reads the data intact', async () => {
     const data = randomBytes(8 * MiB);
     const writer = await NbdSession.open(cluster.nodes[0].uri('rot'));
@@ -84,7 +74,7 @@ describe('the scrub repairs rotten copies from replicas', { skip: etcdMissing() 
     const after = await until('a scrub pass of node 1 after the damage to find and repair it', async () => {
       const now = await scrubOf(1);
       return now.passes >= before.passes + 2 ? now : undefined;
-    });
+    }, 30_000, () => cluster.diagnostics());
     assert.equal(after.bad - before.bad, used.length, `each damaged copy found once: ${JSON.stringify(after)}`);
     assert.equal(after.repaired - before.repaired, used.length, 'and rewritten from its replica');
     assert.equal(after.unrepaired, 0);

@@ -12,22 +12,12 @@ import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { freePort, sha256 } from './cluster-fixture.js';
+import { freePort, sha256, until } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
 import { BIN, makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
-
-async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
 
 describe('volume write locks follow NBD clients', { skip: etcdMissing() ?? missing('nbdcopy', 'nbdinfo', 'nbdsh'), timeout: 150_000 }, () => {
   let etcd: EtcdServer;
