@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 export interface EtcdServer {
-  /** http://127.0.0.1:<port> */
+  /** http://127.0.0.1:<port> (https:// with EtcdOptions.tls) */
   endpoint: string;
   /** The client port, the same on every address it listens on. */
   port: number;
@@ -42,6 +42,11 @@ export interface EtcdOptions {
    * address reachable from another network namespace); same port on each.
    */
   extraHosts?: string[];
+  /**
+   * Serve clients over TLS only, requiring a client certificate signed by
+   * caFile (health is then checked on a separate plain-HTTP metrics port).
+   */
+  tls?: { certFile: string; keyFile: string; caFile: string };
 }
 
 /** Undefined when etcd can be run; otherwise why not, naming the package. */
@@ -69,7 +74,7 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOnce(options.readyTimeoutMs ?? 15_000, options.extraHosts ?? []);
+      return await startOnce(options.readyTimeoutMs ?? 15_000, options.extraHosts ?? [], options.tls);
     } catch (err) {
       lastError = err as Error;
     }
@@ -77,11 +82,16 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
   throw lastError;
 }
 
-async function startOnce(readyTimeoutMs: number, extraHosts: string[]): Promise<EtcdServer> {
-  const [clientPort, peerPort] = await freePorts(2);
+async function startOnce(readyTimeoutMs: number, extraHosts: string[], tls: EtcdOptions['tls']): Promise<EtcdServer> {
+  const [clientPort, peerPort, metricsPort] = await freePorts(3);
   const dataDir = await mkdtemp(join(tmpdir(), 'torus-etcd-'));
-  const client = `http://127.0.0.1:${clientPort}`;
-  const clients = [client, ...extraHosts.map((h) => `http://${h}:${clientPort}`)].join(',');
+  const scheme = tls ? 'https' : 'http';
+  const client = `${scheme}://127.0.0.1:${clientPort}`;
+  const clients = [client, ...extraHosts.map((h) => `${scheme}://${h}:${clientPort}`)].join(',');
+  const health = tls ? `http://127.0.0.1:${metricsPort}/health` : `${client}/health`;
+  const tlsArgs = tls
+    ? ['--cert-file', tls.certFile, '--key-file', tls.keyFile, '--trusted-ca-file', tls.caFile, '--client-cert-auth', '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`]
+    : [];
   const peer = `http://127.0.0.1:${peerPort}`;
   let child: ChildProcess;
   let stderr = '';
@@ -105,6 +115,7 @@ async function startOnce(readyTimeoutMs: number, extraHosts: string[]): Promise<
         '--logger', 'zap',
         '--log-outputs', 'stderr',
         '--log-level', 'error',
+        ...tlsArgs,
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
@@ -136,7 +147,7 @@ async function startOnce(readyTimeoutMs: number, extraHosts: string[]): Promise<
       if (exited) throw new Error(`etcd exited during start-up: ${stderr}`);
       if (Date.now() > deadline) throw new Error(`etcd did not become healthy within ${timeoutMs} ms: ${stderr}`);
       try {
-        const res = await fetch(`${client}/health`, { signal: AbortSignal.timeout(500) });
+        const res = await fetch(health, { signal: AbortSignal.timeout(500) });
         const body = (await res.json()) as { health?: string };
         if (body.health === 'true') return;
       } catch {

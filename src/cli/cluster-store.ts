@@ -26,9 +26,30 @@ export async function openClusterStore(etcd: EtcdConfig, options: ClusterStoreOp
     const { openEtcdMetadataStore } = await import('../controlplane/metadata/etcd/index.js');
     return await openEtcdMetadataStore(settings);
   } catch (err) {
-    if (err instanceof MetadataUnavailableError) throw new MetadataUnavailableError(`cannot reach etcd at ${etcd.endpoints}: ${err.message}`, { cause: err });
+    if (err instanceof MetadataUnavailableError) {
+      // gRPC appends a timestamp and an often empty "Resolution note:"; neither helps a reader.
+      const reason = err.message.replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/, '').replace(/\.?\s*Resolution note:\s*$/, '');
+      throw new MetadataUnavailableError(`cannot reach etcd at ${etcd.endpoints}: ${tlsHint(reason)}${reason}`, { cause: err });
+    }
     throw err;
   }
+}
+
+/**
+ * gRPC reports TLS failures as OpenSSL's words ("SSL alert number 42"); say
+ * which flag is the likely culprit first. Empty when it is not a TLS failure.
+ */
+export function tlsHint(message: string): string {
+  if (/alert (bad certificate|certificate required|unknown ca)|alert number (42|116|48)\b/i.test(message)) {
+    return 'etcd refused this client\'s certificate (give --etcd-cert-file and --etcd-key-file, signed by a CA etcd trusts): ';
+  }
+  if (/unable to (get local issuer|verify)|self[- ]signed certificate|certificate verify failed|CERT_/i.test(message)) {
+    return 'etcd\'s server certificate is not signed by --etcd-ca-file (or does not name this host): ';
+  }
+  if (/wrong version number|http_request|packet length too long/i.test(message)) {
+    return 'etcd and this client disagree about TLS (https:// endpoints for a TLS etcd, http:// for a plain one): ';
+  }
+  return '';
 }
 
 /**

@@ -46,6 +46,23 @@ import { loadTlsCredentials, parseEndpoints, type EtcdTlsFiles } from './endpoin
 import { EtcdLease } from './etcd-lease.js';
 import { EtcdWatcher } from './etcd-watcher.js';
 
+/**
+ * grpc-js gives the endpoint's host as the TLS server name even when it is
+ * an IP address (etcd certificates often name 127.0.0.1 or a pod IP), and
+ * Node then warns, on stderr, once per process (DEP0123). The server's
+ * certificate is checked against its IP SANs all the same; the warning only
+ * alarms operators, so that one warning is dropped. Installed where the etcd
+ * client is loaded: the main thread of torusctl, the control-plane thread of
+ * torusd.
+ */
+const emitWarning = process.emitWarning;
+process.emitWarning = function (warning: string | Error, ...rest: unknown[]): void {
+  const options = rest[0];
+  const code = typeof options === 'object' && options !== null ? (options as { code?: unknown }).code : rest[1];
+  if (code === 'DEP0123') return;
+  (emitWarning as (...args: unknown[]) => void).call(process, warning, ...rest);
+} as typeof process.emitWarning;
+
 export interface EtcdStoreOptions {
   /** `127.0.0.1:2379`, `http://a:2379,http://b:2379`, or an array of those. */
   endpoints: string | readonly string[];
