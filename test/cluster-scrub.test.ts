@@ -49,7 +49,7 @@ describe('the scrub repairs rotten copies from replicas', { skip: etcdMissing() 
     return (JSON.parse(r.stdout) as { scrub: ScrubStats }).scrub;
   }
 
-  test('every damaged copy on node 1 is found and rewritten; node 1 then reads the data intact', async () => {
+  test('every damaged copy on node 1 is found and rewritten; node 1 then reads the data intact', async (t) => {
     const data = randomBytes(8 * MiB);
     const writer = await NbdSession.open(cluster.nodes[0].uri('rot'));
     sessions.push(writer);
@@ -78,6 +78,7 @@ describe('the scrub repairs rotten copies from replicas', { skip: etcdMissing() 
     assert.equal(after.bad - before.bad, used.length, `each damaged copy found once: ${JSON.stringify(after)}`);
     assert.equal(after.repaired - before.repaired, used.length, 'and rewritten from its replica');
     assert.equal(after.unrepaired, 0);
+    t.diagnostic(`${used.length} copies damaged on node 1; scrub found ${after.bad - before.bad}, repaired ${after.repaired - before.repaired}`);
     assert.match(cluster.nodes[1].output(), /scrub: stored copy failed its checksum; rewritten from a good copy/);
     for (const other of [0, 2]) assert.equal((await scrubOf(other)).bad, 0, `node ${other}'s copies are fine`);
 

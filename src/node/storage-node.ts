@@ -728,8 +728,12 @@ export class StorageNode implements ExportProvider {
     if (volume && volume.openSessions > 0) {
       throw new ConflictError(`volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`);
     }
-    // Another node's read-only clients would lose the data under them.
-    if (this.cluster) await assertNoReaders(this.meta, name);
+    // Another node's read-only clients would lose the data under them. This
+    // node's own pin (an idle reader, lingering) goes first: it is no client.
+    if (this.cluster) {
+      await this.releaseReadPin(name);
+      await assertNoReaders(this.meta, name);
+    }
     const timer = this.lingering.get(name);
     if (timer) clearTimeout(timer);
     this.lingering.delete(name);

@@ -101,7 +101,7 @@ export async function assertNoReaders(meta: MetadataStore, name: string): Promis
   const pins = await readPinsOf(meta, name);
   if (pins.length === 0) return;
   const nodes = [...new Set(pins.map((pin) => `node ${pin.node} (version ${pin.generation}, since ${pin.since})`))];
-  throw new ConflictError(`volume "${name}" is being read on ${nodes.join(', ')}; disconnect those clients first`);
+  throw new ConflictError(`volume "${name}" is being read on ${nodes.join(', ')}; disconnect those clients first (a node keeps a volume --lock-linger seconds after its last client)`);
 }
 
 /**
