@@ -109,6 +109,28 @@ describe('Scrubber', { timeout: 30_000 }, () => {
     }
   });
 
+  test('an unreadable copy (EIO from the disk) counts as bad and is rewritten, and the pass goes on', async () => {
+    const { store, blocks } = await storeWithBlocks('eio', 6);
+    try {
+      const [badSlot, { ref, bytes }] = [...blocks][1];
+      const readBlock = store.readBlock.bind(store);
+      store.readBlock = async (slot, dest) => {
+        if (slot === badSlot) throw new IoError('EIO', 'read of a bad sector');
+        return readBlock(slot, dest);
+      };
+      const scrubber = new Scrubber({
+        store, rateBytesPerSecond: 100 * 2 ** 20, intervalMs: 0, log: quietLogger(),
+        fetchGood: async (_ref, _lo, _hi, dest) => dest.set(bytes),
+      });
+      await scrubber.scrubNow();
+      assert.deepEqual([scrubber.stats.bad, scrubber.stats.repaired, scrubber.stats.passes], [1, 1, 1]);
+      assert.ok(scrubber.stats.checked >= 6, 'every block of the pass was looked at');
+      assert.notEqual(store.lookup(ref.volumeId, ref.generation, ref.index), badSlot, 'moved off the unreadable slot');
+    } finally {
+      await store.close();
+    }
+  });
+
   test('a pass keeps to its rate, and close() ends it', async () => {
     const { store } = await storeWithBlocks('paced', 8);
     try {

@@ -126,17 +126,17 @@ export class Scrubber {
     const record = store.record(slot);
     const hashLo = record.getUint32(OFF_HASH_LO, true);
     const hashHi = record.getUint32(OFF_HASH_HI, true);
-    let digest: { lo: number; hi: number };
+    let digest: { lo: number; hi: number } | undefined;
     try {
       digest = await store.readBlock(slot, this.buffer);
     } catch (err) {
-      if (!this.stillHolds(slot, ref, hashLo, hashHi)) return false;
-      throw err; // the disk itself failing: the pass stops, logged
+      // An unreadable sector is a bad copy too; rewriting it moves it off that sector.
+      if (this.stillHolds(slot, ref, hashLo, hashHi)) this.options.log.error({ block: formatRef(ref), slot, err: (err as Error).message }, 'scrub: stored copy could not be read');
     }
     if (!this.stillHolds(slot, ref, hashLo, hashHi)) return false;
     this.stats.checked++;
     this.stats.checkedBytes += store.blockSize;
-    if (digest.lo === hashLo >>> 0 && digest.hi === hashHi >>> 0) return false;
+    if (digest && digest.lo === hashLo >>> 0 && digest.hi === hashHi >>> 0) return false;
     this.stats.bad++;
     await this.repair(slot, ref, hashLo, hashHi);
     return true;
