@@ -106,7 +106,7 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
       const pin = (r: VolumeRecord) => ({ node: 'reader', volume: r.name, id: r.id, generation: r.generation, root: r.root, size: r.size, blockSize: r.blockSize, since: '' });
       pageReads = 0;
       store.readBlock = (slot, dest) => (pageReads++, readBlock(slot, dest));
-      const pinnedView = await views.view([record()], [pin(record2), pin({ ...record2, id: 43 })]);
+      const pinnedView = await views.view([record()], [pin(record2), { ...pin(record2), node: 'another reader' }, pin({ ...record2, id: 43 })]);
       store.readBlock = readBlock;
       assert.ok(pinnedView);
       assert.equal(pageReads, 2, 'the pinned version shares all but its root and the leaf gen 3 changed');

@@ -78,6 +78,7 @@ export class CatalogGcViews {
       const current = maps.get(pin.id);
       if (!current || volumes.get(pin.id)!.generation === pin.generation) continue;
       const key = `${pin.id}@${pin.generation}`;
+      if (pinsSeen.has(key)) continue; // the same version read on another node
       pinsSeen.add(key);
       try {
         const map = await this.loadPinned(key, pin, current);
