@@ -25,7 +25,7 @@ interface PeerRow {
   lastSeen?: number;
 }
 
-describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), timeout: 60_000 }, () => {
+describe('cluster through etcd, as the guide runs it', { skip: etcdMissing(), timeout: 180_000 }, () => {
   let etcd: EtcdServer;
   let hostPort: string;
   /** Peer ports for nodes a–d (free ones: the guide's 40000+ may be taken on a shared machine). */

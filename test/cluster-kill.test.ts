@@ -50,7 +50,7 @@ print("ready", flush=True)
 sys.stdin.read()
 `;
 
-describe('an 8-node cluster loses one node at a time (kill -9)', { skip: etcdMissing() ?? missing('nbdcopy', 'nbdinfo', 'nbdsh'), timeout: 180_000 }, () => {
+describe('an 8-node cluster loses one node at a time (kill -9)', { skip: etcdMissing() ?? missing('nbdcopy', 'nbdinfo', 'nbdsh'), timeout: 360_000 }, () => {
   let cluster: Cluster;
   let work: string;
   /** What every byte of the volume must read as (all but the regions in `either`). */
