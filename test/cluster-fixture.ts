@@ -11,7 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { createServer, type AddressInfo, type Server } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { startEtcd, type EtcdOptions, type EtcdServer } from './etcd-server.js';
@@ -20,20 +20,37 @@ import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from 
 /** The getting-started guide's peer ports: never handed out, so tests do not collide with someone walking the guide here. */
 const RESERVED_PORTS = new Set([40000, 40001, 40002, 40003, 40004]);
 
-/** Distinct free TCP ports on 127.0.0.1 (held together, then released), none of the reserved ones. */
+/**
+ * Where test ports come from: below Linux's ephemeral range (32768-60999 by
+ * default). A port the kernel hands out for `listen(0)` or as the local end
+ * of an outgoing connection can be taken again between our release and the
+ * daemon's bind — seen on a loaded machine, where a torusd's own NBD
+ * listener on port 0 got the peer port picked for it a moment before.
+ */
+const TEST_PORT_LOW = 20_000;
+const TEST_PORT_HIGH = 32_000;
+
+function tryListen(port: number): Promise<Server | undefined> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once('error', () => resolve(undefined));
+    server.listen(port, '127.0.0.1', () => resolve(server));
+  });
+}
+
+/** Distinct free TCP ports on 127.0.0.1, outside the ephemeral range (held together, then released), none of the reserved ones. */
 export async function freePorts(count: number): Promise<number[]> {
   const held: Server[] = [];
   const ports: number[] = [];
   try {
-    while (ports.length < count) {
-      const server = createServer();
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(0, '127.0.0.1', resolve);
-      });
+    for (let attempt = 0; ports.length < count; attempt++) {
+      if (attempt > 1000) throw new Error(`no ${count} free ports between ${TEST_PORT_LOW} and ${TEST_PORT_HIGH}`);
+      const port = TEST_PORT_LOW + Math.floor(Math.random() * (TEST_PORT_HIGH - TEST_PORT_LOW));
+      if (RESERVED_PORTS.has(port) || ports.includes(port)) continue;
+      const server = await tryListen(port);
+      if (!server) continue;
       held.push(server);
-      const { port } = server.address() as AddressInfo;
-      if (!RESERVED_PORTS.has(port)) ports.push(port);
+      ports.push(port);
     }
   } finally {
     await Promise.all(held.map((s) => new Promise((resolve) => s.close(resolve))));

@@ -7,7 +7,6 @@
  */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
-import { createServer, type AddressInfo, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { MAP_PAGE_BIT } from '../src/dataplane/blocks/ref.js';
@@ -16,25 +15,12 @@ import { PeerClient } from '../src/dataplane/peer/client.js';
 import { PeerStatusError, PeerUnavailableError, PeerWrongClusterError } from '../src/dataplane/peer/errors.js';
 import { blockBytes, makeBlock, quietLogger } from '../src/dataplane/peer/test-support.js';
 import { STATUS_BAD_REQUEST } from '../src/dataplane/peer/wire.js';
+import { freePorts } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 /** The cluster's block size unless init says otherwise. */
 const BLOCK = 64 * 1024;
-
-/** Distinct free loopback ports: held open together, then released for torusd. */
-async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<Server>((resolve, reject) => {
-      const server = createServer();
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve(server));
-    })),
-  );
-  const ports = servers.map((s) => (s.address() as AddressInfo).port);
-  await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
-  return ports;
-}
 
 describe('torusd serves its store to peers over TBP', { skip: etcdMissing(), timeout: 90_000 }, () => {
   let etcd: EtcdServer;
