@@ -4,7 +4,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { onCleanup } from './cleanup.js';
+import { killQuietly, onCleanup } from './cleanup.js';
 
 export interface JobSpec {
   name: string;
@@ -133,14 +133,21 @@ const FIO_SLACK_MS = 60_000;
 /** Run fio to completion (killed if it hangs); throws with fio's output on failure. */
 export function runFio(args: string[], timeoutMs: number): Promise<void> {
   return new Promise((done, fail) => {
-    const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const forget = onCleanup(() => child.kill('SIGKILL'));
+    // Its own process group: fio forks a process per job, which a kill of
+    // fio alone leaves running (seen: a job process outliving Ctrl-C by its
+    // whole runtime). Killing the group takes them all.
+    const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    const killAll = () => {
+      if (child.pid !== undefined) killQuietly(-child.pid, 'SIGKILL');
+      child.kill('SIGKILL');
+    };
+    const forget = onCleanup(killAll);
     let output = '';
     child.stdout.on('data', (d: Buffer) => (output += d.toString()));
     child.stderr.on('data', (d: Buffer) => (output += d.toString()));
     const timer = setTimeout(() => {
       output += `\n[fio killed after ${timeoutMs / 1000} s]`;
-      child.kill('SIGKILL');
+      killAll();
     }, timeoutMs);
     child.once('error', (err) => {
       clearTimeout(timer);
