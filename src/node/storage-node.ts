@@ -51,7 +51,7 @@ import { DataPool } from '../dataplane/pool/data-pool.js';
 import { DiskPeerBackend } from '../dataplane/replication/disk-backend.js';
 import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
 import { MAX_PAYLOAD, VolumeExport } from '../dataplane/volume/volume-export.js';
-import type { MapRoot } from '../dataplane/volume/block-map.js';
+import { sameMapRoot, type MapRoot } from '../dataplane/volume/block-map.js';
 import type { NodeMetrics } from './metrics.js';
 
 /**
@@ -470,9 +470,7 @@ export class StorageNode implements ExportProvider {
     try {
       const now = await this.catalog.get(name);
       const held = await readVolumeLock(this.meta, name);
-      const was = now.record.root;
-      const sameRoot = was === null || root === null ? was === root : was.generation === root.generation && was.hashLo === root.hashLo && was.hashHi === root.hashHi;
-      const same = now.record.generation === generation && sameRoot;
+      const same = now.record.generation === generation && sameMapRoot(now.record.root, root);
       if (same && now.modRevision > before.modRevision && held?.epoch === lock.epoch && held.holder.node === this.cluster?.placement.localUuid) return now;
     } catch {
       // Still unreachable: the caller reports the original failure.

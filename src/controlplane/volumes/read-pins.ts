@@ -28,7 +28,7 @@ import { randomBytes } from 'node:crypto';
 import { ConflictError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Lease, MetadataStore } from '../metadata/store.js';
-import type { MapRoot } from '../../dataplane/volume/block-map.js';
+import { sameMapRoot, type MapRoot } from '../../dataplane/volume/block-map.js';
 import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js';
 
 const PINS = 'pins/volumes/';
@@ -67,9 +67,7 @@ function pinValue(node: string, record: VolumeRecord, since: string): Buffer {
 }
 
 function sameVersion(a: VolumeRecord, b: VolumeRecord): boolean {
-  if (a.id !== b.id || a.generation !== b.generation) return false;
-  if (!a.root || !b.root) return a.root === b.root;
-  return a.root.generation === b.root.generation && a.root.hashLo === b.root.hashLo && a.root.hashHi === b.root.hashHi;
+  return a.id === b.id && a.generation === b.generation && sameMapRoot(a.root, b.root);
 }
 
 /** Every read pin of the cluster. List them after the catalog (see the module comment). */

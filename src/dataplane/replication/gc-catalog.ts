@@ -24,7 +24,7 @@ import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
 import type { PinnedVersion } from '../../controlplane/volumes/read-pins.js';
 import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
-import { BlockMap, pageIndex, type MapRoot } from '../volume/block-map.js';
+import { BlockMap, pageIndex, sameMapRoot, type MapRoot } from '../volume/block-map.js';
 import type { ClusterBlocks } from './cluster-blocks.js';
 import type { GcView, GcVolume } from './gc-view.js';
 
@@ -99,7 +99,7 @@ export class CatalogGcViews {
 
   private async load(record: VolumeRecord): Promise<BlockMap> {
     const cached = this.maps.get(record.id);
-    if (cached && cached.generation === record.generation && sameRoot(cached.root, record.root)) return cached.map;
+    if (cached && cached.generation === record.generation && sameMapRoot(cached.root, record.root)) return cached.map;
     const map = await this.build(record, cached?.map);
     this.maps.set(record.id, { generation: record.generation, root: record.root, map });
     return map;
@@ -108,7 +108,7 @@ export class CatalogGcViews {
   /** A pinned version's map; unchanged pages are shared with the committed map `current`. */
   private async loadPinned(key: string, pin: PinnedVersion, current: BlockMap): Promise<BlockMap> {
     const cached = this.pinnedMaps.get(key);
-    if (cached && sameRoot(cached.root, pin.root)) return cached.map;
+    if (cached && sameMapRoot(cached.root, pin.root)) return cached.map;
     const map = await this.build(pin, current);
     this.pinnedMaps.set(key, { generation: pin.generation, root: pin.root, map });
     return map;
@@ -133,8 +133,7 @@ export class CatalogGcViews {
       };
       const top = map.height - 1;
       const root = version.root;
-      const sameTop = previous?.root && previous.root.generation === root.generation && previous.root.hashLo === root.hashLo && previous.root.hashHi === root.hashHi;
-      await install(top, 0, root.generation, root.hashLo, root.hashHi, sameTop ? previous.committedPage(top, 0) : undefined);
+      await install(top, 0, root.generation, root.hashLo, root.hashHi, previous && sameMapRoot(previous.root, root) ? previous.committedPage(top, 0) : undefined);
       for (let level = top; level > 0; level--) {
         for (const child of map.childPages(level)) {
           const entry = map.entryWords(level, child)!;
@@ -159,10 +158,6 @@ export class CatalogGcViews {
   }
 }
 
-function sameRoot(a: MapRoot | null, b: MapRoot | null): boolean {
-  if (!a || !b) return a === b;
-  return a.generation === b.generation && a.hashLo === b.hashLo && a.hashHi === b.hashHi;
-}
 
 /** Does the loaded map reference `ref`: a data block whose entry has its generation, or a page whose parent's entry (or the root) does. */
 export function references(map: BlockMap | undefined, ref: BlockRef): boolean {

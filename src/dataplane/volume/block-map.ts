@@ -43,6 +43,12 @@ export interface MapRoot {
   hashHi: number;
 }
 
+/** The same root (so the same map, page for page), with no root (an empty map) equal only to no root. */
+export function sameMapRoot(a: MapRoot | null | undefined, b: MapRoot | null | undefined): boolean {
+  if (!a || !b) return !a && !b;
+  return a.generation === b.generation && a.hashLo === b.hashLo && a.hashHi === b.hashHi;
+}
+
 /** A page that must be written for a draft to commit, bottom level first. */
 export interface PageWrite {
   level: number;
