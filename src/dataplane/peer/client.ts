@@ -43,7 +43,8 @@ import {
   type PeerError,
   statusError,
 } from './errors.js';
-import { FrameReader, READ_BUFFER_BYTES, slabAllocator } from './frame-reader.js';
+import { newReadBuffer } from '../transport/read-buffer.js';
+import { FrameReader, slabAllocator } from './frame-reader.js';
 import { Outbound, SLAB_SIZE } from './outbound.js';
 import {
   BLOCK_DESCRIPTOR_SIZE,
@@ -378,13 +379,13 @@ export class PeerClient implements PeerBlockStore {
   // ----------------------------------------------------------- connection
 
   private connect(): Connection {
-    // Replies land in one reused read buffer (frame-reader.ts READ_BUFFER_BYTES), not a fresh one per read.
+    // Replies land in one reused read buffer (transport/read-buffer.ts), not a fresh one per read.
     let conn!: Connection;
     const socket = connect({
       host: this.options.host,
       port: this.options.port,
       noDelay: true,
-      onread: { buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true) },
+      onread: { buffer: newReadBuffer(), callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true) },
     });
     conn = {
       socket,
