@@ -65,13 +65,7 @@ export class NbdServer {
     this.listeners = new Listeners({
       log: this.log,
       maxConnections: options.maxConnections ?? 1024,
-      messages: {
-        listenerError: 'NBD listener error',
-        refusedClosing: 'refusing connection: server closing',
-        refusedFull: 'refusing connection: too many open',
-        drainOver: 'drain time over: closing remaining NBD connections',
-        closed: 'NBD server is closed',
-      },
+      names: { server: 'NBD', connection: 'connection' },
       onSocket: (socket) => this.accept(socket),
     });
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
@@ -85,8 +79,7 @@ export class NbdServer {
 
   /** Listen on TCP; port 0 picks a free port. Resolves with the bound address. */
   async listenTcp(host: string, port: number): Promise<AddressInfo> {
-    const server = await this.listeners.listen((s, ready) => s.listen({ host, port }, ready));
-    const address = server.address() as AddressInfo;
+    const address = await this.listeners.listenTcp(host, port);
     this.log.info({ host: address.address, port: address.port }, 'NBD listening on TCP');
     return address;
   }

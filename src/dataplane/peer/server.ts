@@ -68,13 +68,7 @@ export class PeerServer {
     this.listeners = new Listeners({
       log: this.log,
       maxConnections: options.maxConnections ?? 1024,
-      messages: {
-        listenerError: 'peer listener error',
-        refusedClosing: 'refusing peer connection: server closing',
-        refusedFull: 'refusing peer connection: too many open',
-        drainOver: 'drain time over: closing remaining peer connections',
-        closed: 'peer server is closed',
-      },
+      names: { server: 'peer', connection: 'peer connection' },
       onSocket: (socket) => this.accept(socket),
     });
     this.helloTimeoutMs = options.helloTimeoutMs ?? 10_000;
@@ -87,8 +81,7 @@ export class PeerServer {
 
   /** Serve TBP on host:port (0 picks a free port). Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
-    const server = await this.listeners.listen((s, ready) => s.listen({ host, port }, ready));
-    const address = server.address() as AddressInfo;
+    const address = await this.listeners.listenTcp(host, port);
     this.log.info({ host: address.address, port: address.port }, 'peer protocol (TBP) listening');
     return address;
   }

@@ -28,6 +28,7 @@
 import { ChecksumError, IoError, NotFoundError, StoreFullError } from '../../common/errors.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED, NONCE_SIZE, TAG_SIZE, hi32, join64, lo32 } from '../blocks/record.js';
 import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { utf8Prefix } from '../transport/utf8-prefix.js';
 
 // ------------------------------------------------------------------ header
 
@@ -541,18 +542,9 @@ export function encodeEmptyFrame(buf: Buffer, at: number, opcode: number, flags:
 
 // ---------------------------------------------------------- error replies
 
-function messageBytes(message: string): Buffer {
-  const bytes = Buffer.from(message, 'utf8');
-  if (bytes.length <= MAX_MESSAGE_BYTES) return bytes;
-  // Cut on a character boundary: back off over UTF-8 continuation bytes.
-  let end = MAX_MESSAGE_BYTES;
-  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
-  return bytes.subarray(0, end);
-}
-
 /** A reply with a non-OK status: the payload is a UTF-8 message of at most MAX_MESSAGE_BYTES. */
 export function encodeErrorReply(opcode: number, requestId: number, status: number, message: string): Buffer {
-  const text = messageBytes(message);
+  const text = utf8Prefix(message, MAX_MESSAGE_BYTES);
   const buf = Buffer.allocUnsafe(HEADER_SIZE + text.length);
   encodeHeader(buf, 0, opcode, FLAG_REPLY, status, requestId, text.length);
   text.copy(buf, HEADER_SIZE);

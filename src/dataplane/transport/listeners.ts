@@ -15,7 +15,7 @@
  *   left are destroy()ed. Resolves once every connection's `done` and every
  *   listener has closed.
  */
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 
 /** What Listeners needs of one accepted connection. */
@@ -28,22 +28,12 @@ export interface ServedSocket {
   destroy(): void;
 }
 
-/** The log messages of one protocol's server (kept as each server always said them). */
-export interface ListenerMessages {
-  listenerError: string;
-  refusedClosing: string;
-  refusedFull: string;
-  /** Said with { connections } when drain time is over and some are still open. */
-  drainOver: string;
-  /** The error listening after close() rejects with. */
-  closed: string;
-}
-
 export interface ListenersOptions {
   log: Logger;
   /** Open connections across all listeners; more are accepted and closed at once. */
   maxConnections: number;
-  messages: ListenerMessages;
+  /** How log lines name the server ('NBD' → 'NBD listener error') and a connection ('peer connection'). */
+  names: { server: string; connection: string };
   /** Each accepted socket (paused); the server calls admit() on it. */
   onSocket: (socket: Socket) => void;
 }
@@ -54,8 +44,18 @@ export class Listeners<C extends ServedSocket> {
   private readonly servers: Server[] = [];
   private closing = false;
   private nextConnectionId = 1;
+  private readonly messages: { listenerError: string; refusedClosing: string; refusedFull: string; drainOver: string; closed: string };
 
-  constructor(private readonly options: ListenersOptions) {}
+  constructor(private readonly options: ListenersOptions) {
+    const { server, connection } = options.names;
+    this.messages = {
+      listenerError: `${server} listener error`,
+      refusedClosing: `refusing ${connection}: server closing`,
+      refusedFull: `refusing ${connection}: too many open`,
+      drainOver: `drain time over: closing remaining ${server} connections`,
+      closed: `${server} server is closed`,
+    };
+  }
 
   get isClosing(): boolean {
     return this.closing;
@@ -68,24 +68,30 @@ export class Listeners<C extends ServedSocket> {
 
   /** A new listener, started by `start` (server.listen(...) calling ready once bound). */
   listen(start: (server: Server, ready: () => void) => void): Promise<Server> {
-    if (this.closing) return Promise.reject(new Error(this.options.messages.closed));
+    if (this.closing) return Promise.reject(new Error(this.messages.closed));
     const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, this.options.onSocket);
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       start(server, () => {
         server.off('error', reject);
-        server.on('error', (err) => this.options.log.error({ err }, this.options.messages.listenerError));
+        server.on('error', (err) => this.options.log.error({ err }, this.messages.listenerError));
         this.servers.push(server);
         resolve(server);
       });
     });
   }
 
+  /** A TCP listener on host:port (0 picks a free port); resolves with the bound address. */
+  async listenTcp(host: string, port: number): Promise<AddressInfo> {
+    const server = await this.listen((s, ready) => s.listen({ host, port }, ready));
+    return server.address() as AddressInfo;
+  }
+
   /** False (and the socket destroyed) when closing or at the connection cap. */
   admit(socket: Socket, log: Logger): boolean {
-    const { maxConnections, messages } = this.options;
+    const { maxConnections } = this.options;
     if (!this.closing && this.connections.size < maxConnections) return true;
-    log.warn({ open: this.connections.size, max: maxConnections }, this.closing ? messages.refusedClosing : messages.refusedFull);
+    log.warn({ open: this.connections.size, max: maxConnections }, this.closing ? this.messages.refusedClosing : this.messages.refusedFull);
     socket.destroy();
     return false;
   }
@@ -101,7 +107,7 @@ export class Listeners<C extends ServedSocket> {
     await Promise.race([all(), deadline]);
     clearTimeout(timer);
     if (this.connections.size > 0) {
-      this.options.log.info({ connections: this.connections.size }, this.options.messages.drainOver);
+      this.options.log.info({ connections: this.connections.size }, this.messages.drainOver);
       for (const conn of this.connections) conn.destroy();
     }
     await all();
