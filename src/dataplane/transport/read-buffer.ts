@@ -39,7 +39,11 @@ interface HandleOwner {
  * to use from now on, or undefined if this Node does not allow it (then use
  * `accepted` as usual).
  */
-export function adoptWithReadBuffer(accepted: Socket, onRead: (view: Buffer) => void, options: { allowHalfOpen: boolean }): Socket | undefined {
+export function adoptWithReadBuffer(
+  accepted: Socket,
+  onRead: (view: Buffer) => void,
+  options: { allowHalfOpen: boolean },
+): Socket | undefined {
   const owner = accepted as unknown as HandleOwner;
   const handle = owner._handle;
   if (!handle || typeof handle.useUserBuffer !== 'function') return undefined;

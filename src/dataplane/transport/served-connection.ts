@@ -99,7 +99,8 @@ export abstract class ServedConnection {
 
   /** True (and the socket paused) while a limit says the pump must stop. */
   protected readingBlocked(): boolean {
-    if (this.inflight < this.limits.maxInflightRequests && this.inflightBytes < this.limits.maxInflightBytes && !this.writeBlocked) return false;
+    const limits = this.limits;
+    if (this.inflight < limits.maxInflightRequests && this.inflightBytes < limits.maxInflightBytes && !this.writeBlocked) return false;
     if (!this.readPaused) {
       this.readPaused = true;
       this.socket.pause();
