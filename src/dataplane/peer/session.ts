@@ -29,7 +29,7 @@ import type { BufferPool } from '../transport/buffer-pool.js';
 import { ServedConnection, endGracefully, type ConnectionLimits } from '../transport/served-connection.js';
 import type { PeerBlockBackend } from './backend.js';
 import { FrameReader, slabAllocator } from './frame-reader.js';
-import { Outbound, SLAB_SIZE } from './outbound.js';
+import { Outbound } from './outbound.js';
 import {
   BLOCK_REPLY_HEAD_SIZE,
   COUNT_REPLY_SIZE,
@@ -318,13 +318,7 @@ export class PeerSession extends ServedConnection {
 
   private send(buf: Buffer): void {
     if (!this.writable()) return;
-    if (buf.length <= SLAB_SIZE / 4) {
-      const at = this.out.claim(buf.length);
-      buf.copy(this.out.slab, at);
-      this.out.commit(buf.length);
-    } else {
-      this.out.write(buf);
-    }
+    this.out.writeFrame(buf);
     this.noteQueued();
   }
 
