@@ -18,8 +18,12 @@
  *
  * `discard(n)` may cover bytes that have not arrived yet: they are dropped as
  * they come, never buffered (how a refused WRITE's payload is skipped).
+ *
+ * The chunk list itself (positions, copying out, consuming) is the shared
+ * ByteQueue (transport/byte-queue.ts).
  */
-import { replyBuffers } from './buffer-pool.js';
+import { ByteQueue } from '../transport/byte-queue.js';
+import { replyBuffers } from './reply-buffers.js';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -29,7 +33,7 @@ interface Sink {
   onFull: () => void;
 }
 
-export class Inbound {
+export class Inbound extends ByteQueue {
   /**
    * While no onData consumer is set (the handshake), stop reading the socket
    * once this much is buffered, so a client that floods us before we asked
@@ -37,23 +41,15 @@ export class Inbound {
    */
   static readonly PULL_BACKLOG_LIMIT = 1024 * 1024;
 
-  private chunks: Buffer[] = [];
-  /** Read position inside chunks[0]. */
-  private head = 0;
-  private buffered = 0;
   private toDiscard = 0;
-  /** The transient view being pushed, while push() runs; always the last chunk if still held. */
-  private transient: Buffer | undefined;
   private sink: Sink | undefined;
   private waiter: { bytes: number; resolve: () => void; reject: (err: Error) => void } | undefined;
   private failure: Error | undefined;
   /** Called after new bytes are buffered (transmission phase). */
   onData: (() => void) | undefined;
 
-  constructor(private readonly source: { pause(): unknown; resume(): unknown }) {}
-
-  get available(): number {
-    return this.buffered;
+  constructor(private readonly source: { pause(): unknown; resume(): unknown }) {
+    super();
   }
 
   /** Bytes of a discard still to arrive. */
@@ -92,9 +88,7 @@ export class Inbound {
       chunk = chunk.subarray(n);
     }
     if (chunk.length > 0) {
-      this.chunks.push(chunk);
-      this.buffered += chunk.length;
-      if (transient) this.transient = chunk;
+      this.append(chunk, transient);
       if (this.waiter && this.buffered >= this.waiter.bytes) {
         const { resolve } = this.waiter;
         this.waiter = undefined;
@@ -208,16 +202,6 @@ export class Inbound {
     return out;
   }
 
-  private copyOut(out: Buffer, bytes: number): void {
-    let filled = 0;
-    let start = this.head;
-    for (const chunk of this.chunks) {
-      if (filled === bytes) break;
-      filled += chunk.copy(out, filled, start, Math.min(chunk.length, start + bytes - filled));
-      start = 0;
-    }
-  }
-
   /** The transient view is about to be reused: keep what is left of it in memory of our own. */
   private keepTransientRest(): void {
     const view = this.transient!;
@@ -227,23 +211,5 @@ export class Inbound {
     const from = last === 0 ? this.head : 0;
     this.chunks[last] = Buffer.from(view.subarray(from));
     if (last === 0) this.head = 0;
-  }
-
-  private skip(bytes: number): void {
-    this.buffered -= bytes;
-    while (bytes > 0) {
-      const left = this.chunks[0].length - this.head;
-      if (bytes < left) {
-        this.head += bytes;
-        return;
-      }
-      bytes -= left;
-      this.chunks.shift();
-      this.head = 0;
-    }
-    if (this.chunks.length > 0 && this.head === this.chunks[0].length) {
-      this.chunks.shift();
-      this.head = 0;
-    }
   }
 }

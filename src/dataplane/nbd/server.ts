@@ -5,17 +5,20 @@
  * Isolation: every socket has its error handler and every promise a catch, so
  * one hostile or broken client can only lose its own connection. Limits: a
  * connection cap across all listeners, a handshake deadline, and the
- * per-session in-flight caps (session.ts).
+ * per-session in-flight caps (session.ts). Listening, the cap and the
+ * draining close are the shared Listeners (transport/listeners.ts).
  */
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Errno } from '../../common/errors.js';
 import { logger, type Logger } from '../../common/log.js';
+import { Listeners, type ServedSocket } from '../transport/listeners.js';
+import { adoptWithReadBuffer } from '../transport/read-buffer.js';
+import { endGracefully } from '../transport/served-connection.js';
 import type { ExportProvider } from './export.js';
 import { negotiate } from './handshake.js';
 import { Inbound } from './inbound.js';
-import { adoptWithReadBuffer, READ_BUFFER_BYTES } from './read-buffer.js';
-import { DEFAULT_SESSION_LIMITS, Session, endGracefully, type SessionLimits } from './session.js';
+import { DEFAULT_SESSION_LIMITS, Session, type SessionLimits } from './session.js';
 
 /** Hooks for metrics; each is optional and must not throw. */
 export interface NbdMetricsHooks {
@@ -41,42 +44,42 @@ export interface NbdServerOptions {
   sessionLimits?: Partial<SessionLimits>;
 }
 
-interface Connection {
+/** `done` resolves once the socket is closed and any export it opened is closed. */
+interface Connection extends ServedSocket {
   socket: Socket;
   session: Session | undefined;
-  /** Resolves once the socket is closed and any export it opened is closed. */
-  done: Promise<void>;
 }
 
 export class NbdServer {
   private readonly log: Logger;
-  private readonly maxConnections: number;
   private readonly handshakeTimeoutMs: number;
   private readonly limits: SessionLimits;
-  private readonly listeners: Server[] = [];
-  private readonly connections = new Set<Connection>();
+  private readonly listeners: Listeners<Connection>;
   private closing: Promise<void> | undefined;
-  private nextConnectionId = 1;
 
   constructor(
     private readonly provider: ExportProvider,
     private readonly options: NbdServerOptions = {},
   ) {
     this.log = options.log ?? logger('nbd');
-    this.maxConnections = options.maxConnections ?? 1024;
+    this.listeners = new Listeners({
+      log: this.log,
+      maxConnections: options.maxConnections ?? 1024,
+      names: { server: 'NBD', connection: 'connection' },
+      onSocket: (socket) => this.accept(socket),
+    });
     this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
     this.limits = { ...DEFAULT_SESSION_LIMITS, ...options.sessionLimits };
   }
 
   /** Open connections (handshaking or transmitting). */
   get connectionCount(): number {
-    return this.connections.size;
+    return this.listeners.connections.size;
   }
 
   /** Listen on TCP; port 0 picks a free port. Resolves with the bound address. */
   async listenTcp(host: string, port: number): Promise<AddressInfo> {
-    const server = await this.listen((s, ready) => s.listen({ host, port }, ready));
-    const address = server.address() as AddressInfo;
+    const address = await this.listeners.listenTcp(host, port);
     this.log.info({ host: address.address, port: address.port }, 'NBD listening on TCP');
     return address;
   }
@@ -94,7 +97,7 @@ export class NbdServer {
       if (!existing.isSocket()) throw new Error(`refusing to replace ${path}: it exists and is not a socket`);
       await unlink(path);
     }
-    await this.listen((s, ready) => s.listen({ path }, ready));
+    await this.listeners.listen((s, ready) => s.listen({ path }, ready));
     this.log.info({ path }, 'NBD listening on unix socket');
     return path;
   }
@@ -110,59 +113,29 @@ export class NbdServer {
   }
 
   private async shutdown(drainMs: number): Promise<void> {
-    const listenersClosed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-    for (const conn of this.connections) {
-      // Handshaking clients have nothing in flight: drop them now.
-      if (conn.session) conn.session.shutdown();
-      else conn.socket.destroy();
-    }
-    const all = () => Promise.all([...this.connections].map((c) => c.done));
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainMs)));
-    await Promise.race([all(), deadline]);
-    clearTimeout(timer);
-    if (this.connections.size > 0) {
-      this.log.info({ connections: this.connections.size }, 'drain time over: closing remaining NBD connections');
-      for (const conn of this.connections) conn.socket.destroy();
-    }
-    await all();
-    await listenersClosed;
+    // Handshaking clients have nothing in flight: Connection.shutdown drops them at once.
+    await this.listeners.close(drainMs);
     this.log.info('NBD server closed');
-  }
-
-  private listen(start: (server: Server, ready: () => void) => void): Promise<Server> {
-    if (this.closing) return Promise.reject(new Error('NBD server is closed'));
-    // allowHalfOpen: a client's FIN must not close our side before the
-    // replies to its in-flight requests are written; the session ends it.
-    // pauseOnConnect: nothing is read before accept() decides how to read.
-    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      start(server, () => {
-        server.off('error', reject);
-        server.on('error', (err) => this.log.error({ err }, 'NBD listener error'));
-        this.listeners.push(server);
-        resolve(server);
-      });
-    });
   }
 
   private accept(accepted: Socket): void {
     let inbound!: Inbound;
-    const socket = adoptWithReadBuffer(accepted, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), (view) => inbound.push(view, true), { allowHalfOpen: true }) ?? accepted;
+    const socket = adoptWithReadBuffer(accepted, (view) => inbound.push(view, true), { allowHalfOpen: true }) ?? accepted;
     inbound = new Inbound(socket);
     if (socket === accepted) socket.on('data', (chunk: Buffer) => inbound.push(chunk));
-    const log = this.log.child({ conn: this.nextConnectionId++, peer: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix' });
+    const log = this.log.child({ conn: this.listeners.connectionId(), peer: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix' });
     socket.on('error', (err) => log.debug({ err: err.message }, 'socket error'));
-    if (this.closing || this.connections.size >= this.maxConnections) {
-      log.warn({ open: this.connections.size, max: this.maxConnections }, this.closing ? 'refusing connection: server closing' : 'refusing connection: too many open');
-      socket.destroy();
-      return;
-    }
+    if (!this.listeners.admit(socket, log)) return;
 
     let finished!: () => void;
-    const conn: Connection = { socket, session: undefined, done: new Promise((resolve) => (finished = resolve)) };
-    this.connections.add(conn);
+    const conn: Connection = {
+      socket,
+      session: undefined,
+      done: new Promise((resolve) => (finished = resolve)),
+      shutdown: () => (conn.session ? conn.session.shutdown() : socket.destroy()),
+      destroy: () => socket.destroy(),
+    };
+    this.listeners.connections.add(conn);
     this.options.metrics?.onConnection?.(1);
     log.debug('connection accepted');
 
@@ -193,7 +166,7 @@ export class NbdServer {
       const session = new Session(socket, inbound, negotiated, log.child({ export: negotiated.export.name }), this.limits, this.options.metrics?.onRequest?.bind(this.options.metrics));
       conn.session = session;
       session.start();
-      if (this.closing) session.shutdown();
+      if (this.listeners.isClosing) session.shutdown();
       await session.finished;
     };
 
@@ -204,7 +177,7 @@ export class NbdServer {
       })
       .then(() => closed)
       .then(() => {
-        this.connections.delete(conn);
+        this.listeners.connections.delete(conn);
         this.options.metrics?.onConnection?.(-1);
         log.debug('connection closed');
         finished();

@@ -21,6 +21,9 @@
  *   ESHUTDOWN and closes once in-flight ones are answered.
  * - export.close() is called exactly once, after the socket has closed and
  *   every in-flight request has settled; `finished` resolves after it.
+ *
+ * Backpressure, draining and ending are the shared ServedConnection
+ * (transport/served-connection.ts); this file is the NBD part.
  */
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
@@ -29,7 +32,8 @@ import { errnoOf, type Errno } from '../../common/errors.js';
 import type { Extent, NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import type { Inbound } from './inbound.js';
-import { replyBuffers } from './buffer-pool.js';
+import { replyBuffers } from './reply-buffers.js';
+import { ServedConnection, type ConnectionLimits } from '../transport/served-connection.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
@@ -67,14 +71,8 @@ import {
   requestType,
 } from './wire.js';
 
-export interface SessionLimits {
-  /** Requests being served at once before we stop reading. */
-  maxInflightRequests: number;
-  /** READ/WRITE payload bytes being served at once before we stop reading. */
-  maxInflightBytes: number;
-  /** Reply bytes queued in the socket before we stop reading. */
-  maxQueuedReplyBytes: number;
-}
+/** maxInflightBytes counts READ and WRITE payload bytes. */
+export type SessionLimits = ConnectionLimits;
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = {
   maxInflightRequests: 128,
@@ -90,15 +88,6 @@ export const MAX_BUFFERED_PAYLOAD = 64 * 1024 * 1024;
  * attack). Anything longer is a framing error: we hang up rather than read it.
  */
 export const MAX_SKIPPABLE_WRITE = 64 * 1024 * 1024;
-/** How long a client may keep its side open after we have ended ours. */
-const CLOSE_GRACE_MS = 5000;
-
-/** End our side (queued replies still go out) and destroy the socket if the client never closes its side. */
-export function endGracefully(socket: Socket): void {
-  socket.end();
-  setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
-}
-
 /** The spec's ceiling on descriptors in one block status chunk. */
 const MAX_EXTENTS = 1 << 20;
 
@@ -119,36 +108,27 @@ function commandLabel(type: number): string {
   return type in COMMAND_FLAGS_ALLOWED ? commandName(type) : 'NBD_CMD_UNKNOWN';
 }
 
-type Phase = 'serving' | 'draining' | 'shutting-down' | 'closed';
-
-export class Session {
+export class Session extends ServedConnection {
   private readonly exp: NbdExport;
   private readonly structured: boolean;
   private readonly allocationContextId: number | undefined;
   /** The largest READ/WRITE we accept: the export's limit, capped by what we will buffer. */
   private readonly maxPayload: number;
-  private phase: Phase = 'serving';
-  private inflight = 0;
-  private inflightBytes = 0;
   /** A WRITE refused while its payload is still being skipped; answered once the skip is done. */
   private refusedWrite: { flags: number; cookieHigh: number; cookieLow: number; offset: number; length: number; refusal: { errno: Errno; message: string } } | undefined;
-  private readPaused = false;
-  private writeBlocked = false;
   private corked = false;
-  private socketClosed = false;
   private exportClosed = false;
-  private resolveFinished!: () => void;
-  /** Resolves once the socket is closed and the export has been closed. */
-  readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
 
+  /** `finished` resolves once the socket is closed and the export has been closed. */
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly inbound: Inbound,
     negotiated: Negotiated,
     private readonly log: Logger,
-    private readonly limits: SessionLimits,
+    limits: SessionLimits,
     private readonly observe: RequestObserver | undefined,
   ) {
+    super(socket, limits, 'serving');
     this.exp = negotiated.export;
     this.structured = negotiated.structuredReplies;
     this.allocationContextId = negotiated.allocationContextId;
@@ -157,43 +137,21 @@ export class Session {
 
   /** Begin serving: bytes already buffered after the handshake are parsed now. */
   start(): void {
-    this.socket.on('end', this.onEnd);
-    this.socket.on('close', this.onClose);
-    this.socket.on('drain', this.onDrain);
     this.inbound.onData = this.pump;
-    if (this.socket.destroyed) {
-      this.onClose();
-      return;
-    }
-    this.socket.resume();
+    if (!this.attach()) return;
     this.pump();
     if (this.socket.readableEnded) this.onEnd();
   }
 
-  get inflightRequests(): number {
-    return this.inflight;
-  }
-
-  /** The server is closing: answer new requests with ESHUTDOWN, close once in-flight ones are answered. */
-  shutdown(): void {
-    if (this.phase !== 'serving') return;
-    this.phase = 'shutting-down';
-    this.endIfIdle();
-  }
+  // shutdown() (ServedConnection): the server is closing; new requests get ESHUTDOWN.
 
   // ---------------------------------------------------------------- reading
 
   /** Decode and start every complete request buffered, until a limit says stop. */
-  private readonly pump = (): void => {
+  protected readonly pump = (): void => {
     const inbound = this.inbound;
     while (this.phase === 'serving' || this.phase === 'shutting-down') {
-      if (this.inflight >= this.limits.maxInflightRequests || this.inflightBytes >= this.limits.maxInflightBytes || this.writeBlocked) {
-        if (!this.readPaused) {
-          this.readPaused = true;
-          this.socket.pause();
-        }
-        return;
-      }
+      if (this.readingBlocked()) return;
       if (this.refusedWrite) {
         // Answer a refused WRITE only once its payload is behind us: clients
         // (libnbd) do not expect a reply to a request they are still sending.
@@ -249,10 +207,7 @@ export class Session {
       if (refusal !== undefined) this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
       else void this.execute(type, flags, cookieHigh, cookieLow, offset, length, undefined);
     }
-    if (this.readPaused && this.phase !== 'closed') {
-      this.readPaused = false;
-      this.socket.resume();
-    }
+    this.resumeReading();
   };
 
   /** Why a request is refused (errno and a message for the client), or undefined if it may run. */
@@ -438,7 +393,7 @@ export class Session {
       socket.cork();
       process.nextTick(this.uncork);
     }
-    if (!socket.write(buf, written) && socket.writableLength >= this.limits.maxQueuedReplyBytes) this.writeBlocked = true;
+    if (!socket.write(buf, written)) this.noteQueued();
     return true;
   }
 
@@ -447,19 +402,7 @@ export class Session {
     this.socket.uncork();
   };
 
-  private readonly onDrain = (): void => {
-    if (!this.writeBlocked) return;
-    this.writeBlocked = false;
-    this.pump();
-  };
-
   // -------------------------------------------------------------- lifecycle
-
-  private settled(): void {
-    if (this.phase === 'serving' || this.phase === 'shutting-down') this.pump();
-    this.endIfIdle();
-    if (this.socketClosed && this.inflight === 0) void this.closeExport();
-  }
 
   private framingError(reason: string): void {
     this.log.warn({ reason }, 'framing error: closing connection');
@@ -476,16 +419,8 @@ export class Session {
     this.endIfIdle();
   }
 
-  private endIfIdle(): void {
-    if (this.inflight > 0 || this.socketClosed) return;
-    if (this.phase === 'draining' || this.phase === 'shutting-down') {
-      this.phase = 'closed';
-      endGracefully(this.socket);
-    }
-  }
-
   /** The client half-closed: whatever it sent is all there is. */
-  private readonly onEnd = (): void => {
+  protected readonly onEnd = (): void => {
     const partial = this.inbound.available + this.inbound.filling;
     if (this.phase === 'serving' && partial > 0 && this.inbound.discarding === 0) {
       this.log.debug({ bytes: partial }, 'client closed mid-request; the partial request is ignored');
@@ -493,13 +428,13 @@ export class Session {
     this.drain();
   };
 
-  private readonly onClose = (): void => {
-    if (this.socketClosed) return;
-    this.socketClosed = true;
-    this.phase = 'closed';
+  protected stopReading(): void {
     this.inbound.onData = undefined;
-    if (this.inflight === 0) void this.closeExport();
-  };
+  }
+
+  protected finish(): void {
+    void this.closeExport();
+  }
 
   private async closeExport(): Promise<void> {
     if (this.exportClosed) return;

@@ -15,6 +15,7 @@
  * opaque: it is carried as its two 32-bit halves and echoed back unchanged.
  */
 import type { Errno } from '../../common/errors.js';
+import { utf8Prefix } from '../transport/utf8-prefix.js';
 
 // ------------------------------------------------------------------ magics
 
@@ -399,22 +400,13 @@ export function encodeOffsetDataHeader(buf: Buffer, at: number, flags: number, c
 /** Longest error message we put in an error chunk (the spec's string limit is 4096 bytes). */
 export const MAX_ERROR_MESSAGE_BYTES = 1024;
 
-function messageBytes(message: string): Buffer {
-  const bytes = Buffer.from(message, 'utf8');
-  if (bytes.length <= MAX_ERROR_MESSAGE_BYTES) return bytes;
-  // Cut on a character boundary: drop trailing UTF-8 continuation bytes.
-  let end = MAX_ERROR_MESSAGE_BYTES;
-  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end--;
-  return bytes.subarray(0, end);
-}
-
 /**
  * A complete error chunk: NBD_REPLY_TYPE_ERROR, or NBD_REPLY_TYPE_ERROR_OFFSET
  * when offset is given. Payload: error u32, message length u16, message,
  * [offset u64].
  */
 export function encodeErrorChunk(flags: number, cookieHigh: number, cookieLow: number, error: number, message: string, offset?: number): Buffer {
-  const text = messageBytes(message);
+  const text = utf8Prefix(message, MAX_ERROR_MESSAGE_BYTES);
   const payload = 6 + text.length + (offset === undefined ? 0 : 8);
   const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + payload);
   const type = offset === undefined ? NBD_REPLY_TYPE_ERROR : NBD_REPLY_TYPE_ERROR_OFFSET;

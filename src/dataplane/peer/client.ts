@@ -23,7 +23,7 @@
  * - Errors are PeerError subclasses (errors.ts) with a `retryable` marker.
  *
  * Hot path: small frames (GET, HAS, DELETE, PING, PUT descriptors) are
- * encoded into the connection's outbound slab (outbound.ts), so a GET costs
+ * encoded into the connection's outbound slab (request-encoder.ts, outbound.ts), so a GET costs
  * no buffer of its own and every request made in one tick leaves in one
  * writev; block data is sent from the caller's buffers, never copied. The
  * caller must not change a block's bytes until its put settles (if it does
@@ -43,11 +43,11 @@ import {
   type PeerError,
   statusError,
 } from './errors.js';
-import { FrameReader, READ_BUFFER_BYTES, slabAllocator } from './frame-reader.js';
-import { Outbound, SLAB_SIZE } from './outbound.js';
+import { newReadBuffer } from '../transport/read-buffer.js';
+import { FrameReader, slabAllocator } from './frame-reader.js';
+import { encodeRequest } from './request-encoder.js';
+import { Outbound } from './outbound.js';
 import {
-  BLOCK_DESCRIPTOR_SIZE,
-  GET_BLOCK_FRAME_SIZE,
   HEADER_SIZE,
   MAX_BATCH_REFS,
   OP_DELETE_BLOCKS,
@@ -57,7 +57,6 @@ import {
   OP_PING,
   OP_PUT_BLOCKS,
   OP_SYNC,
-  PUT_BLOCKS_HEAD_SIZE,
   STATUS_NOT_FOUND,
   STATUS_OK,
   STATUS_WRONG_CLUSTER,
@@ -68,12 +67,7 @@ import {
   decodeCountReply,
   decodeErrorMessage,
   decodeHello,
-  encodeBlockDescriptor,
-  encodeEmptyFrame,
-  encodeGetBlock,
   encodeHello,
-  encodePutBlocksHead,
-  encodeRefsFrame,
   headerOpcode,
   headerPayloadLength,
   headerRequestId,
@@ -316,75 +310,29 @@ export class PeerClient implements PeerBlockStore {
    * encoders only commit whole frames, so nothing of it reaches the stream.
    */
   private send(conn: Connection, p: Pending): void {
+    p.sentAt = performance.now();
+    // Silence is measured from when we started waiting for something: an
+    // idle connection's last reply an hour ago says nothing about the peer
+    // now. Not while suspect: a probe or a retry must not reset the clock.
+    if (!this.suspect && this.pending.size === 1) this.lastHeardAt = p.sentAt;
     try {
-      this.encode(conn, p);
+      encodeRequest(conn.out, p.op, p.id, p.arg);
     } catch (err) {
       this.pending.delete(p.id);
       p.reject(err as Error);
     }
   }
 
-  private encode(conn: Connection, p: Pending): void {
-    p.sentAt = performance.now();
-    // Silence is measured from when we started waiting for something: an
-    // idle connection's last reply an hour ago says nothing about the peer
-    // now. Not while suspect: a probe or a retry must not reset the clock.
-    if (!this.suspect && this.pending.size === 1) this.lastHeardAt = p.sentAt;
-    const out = conn.out;
-    switch (p.op) {
-      case OP_GET_BLOCK: {
-        const at = out.claim(GET_BLOCK_FRAME_SIZE);
-        encodeGetBlock(out.slab, at, p.id, p.arg as BlockRef);
-        out.commit(GET_BLOCK_FRAME_SIZE);
-        break;
-      }
-      case OP_PUT_BLOCKS: {
-        const blocks = p.arg as WireBlock[];
-        // Checked whole when the request was made, so no encoder throws halfway through the frame.
-        const payload = checkPutBatch(blocks);
-        let at = out.claim(PUT_BLOCKS_HEAD_SIZE + BLOCK_DESCRIPTOR_SIZE);
-        encodePutBlocksHead(out.slab, at, p.id, blocks.length, payload);
-        out.commit(PUT_BLOCKS_HEAD_SIZE);
-        for (const block of blocks) {
-          at = out.claim(BLOCK_DESCRIPTOR_SIZE);
-          encodeBlockDescriptor(out.slab, at, block);
-          out.commit(BLOCK_DESCRIPTOR_SIZE);
-          out.write(block.data);
-        }
-        break;
-      }
-      case OP_HAS_BLOCKS:
-      case OP_DELETE_BLOCKS: {
-        const frame = encodeRefsFrame(p.op, p.id, p.arg as BlockRef[]);
-        if (frame.length <= SLAB_SIZE / 4) {
-          const at = out.claim(frame.length);
-          frame.copy(out.slab, at);
-          out.commit(frame.length);
-        } else {
-          out.write(frame);
-        }
-        break;
-      }
-      case OP_PING:
-      case OP_SYNC: {
-        const at = out.claim(HEADER_SIZE);
-        encodeEmptyFrame(out.slab, at, p.op, 0, p.id);
-        out.commit(HEADER_SIZE);
-        break;
-      }
-    }
-  }
-
   // ----------------------------------------------------------- connection
 
   private connect(): Connection {
-    // Replies land in one reused read buffer (frame-reader.ts READ_BUFFER_BYTES), not a fresh one per read.
+    // Replies land in one reused read buffer (transport/read-buffer.ts), not a fresh one per read.
     let conn!: Connection;
     const socket = connect({
       host: this.options.host,
       port: this.options.port,
       noDelay: true,
-      onread: { buffer: Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true) },
+      onread: { buffer: newReadBuffer(), callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true) },
     });
     conn = {
       socket,

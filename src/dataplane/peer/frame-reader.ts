@@ -2,10 +2,11 @@
  * FrameReader: the bytes received on one connection and not yet consumed,
  * cut into TBP frames.
  *
- * Two kinds of chunk come in. An owned chunk (a socket 'data' buffer) is kept
- * as it is and never written to, so views into it stay valid. A transient
- * chunk is a view of the connection's reused read buffer (see readBuffer
- * below), valid only until the owner calls settle() at the end of that read:
+ * The chunk list is the shared ByteQueue (transport/byte-queue.ts). Two kinds
+ * of chunk come in. An owned chunk (a socket 'data' buffer) is kept as it is
+ * and never written to, so views into it stay valid. A transient chunk is a
+ * view of the connection's reused read buffer (transport/read-buffer.ts),
+ * valid only until the owner calls settle() at the end of that read:
  * payloads found whole inside it are handed out as views and flagged
  * `payloadTransient` (copy what you keep past the read), and settle() copies
  * whatever was not consumed into memory of our own.
@@ -22,16 +23,11 @@
  * done. The reader never reads the socket itself: the owner pushes chunks
  * and decides when to pause.
  */
+import { ByteQueue } from '../transport/byte-queue.js';
 import { HEADER_SIZE, MAX_PAYLOAD_BYTES, headerPayloadLength } from './wire.js';
 
-export class FrameReader {
-  private chunks: Buffer[] = [];
-  /** Read position inside chunks[0]. */
-  private head = 0;
-  private buffered = 0;
+export class FrameReader extends ByteQueue {
   private readonly scratch = Buffer.allocUnsafe(HEADER_SIZE);
-  /** The transient chunk of the read in progress (until settle()). */
-  private transient: Buffer | undefined;
   /** A frame being filled in place (while set, chunks is empty), and how much of it has arrived. */
   private frame: Buffer | undefined;
   private filled = 0;
@@ -41,11 +37,8 @@ export class FrameReader {
   /** The payload takeFrame() just returned lies in a transient chunk: it is valid only until settle(). */
   payloadTransient = false;
 
-  constructor(private readonly allocate: (size: number) => Buffer) {}
-
-  /** Bytes received, not consumed, and available to parse (a frame still filling does not count). */
-  get available(): number {
-    return this.buffered;
+  constructor(private readonly allocate: (size: number) => Buffer) {
+    super();
   }
 
   /** Bytes held for a frame that has not fully arrived, plus those available. */
@@ -68,9 +61,7 @@ export class FrameReader {
       chunk = chunk.subarray(take);
     }
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-    if (transient) this.transient = chunk;
+    this.append(chunk, transient);
   }
 
   /**
@@ -149,49 +140,13 @@ export class FrameReader {
 
   /** Drop everything buffered (the connection is being closed). */
   clear(): void {
-    this.chunks = [];
-    this.head = 0;
-    this.buffered = 0;
-    this.transient = undefined;
+    this.clearChunks();
     this.frame = undefined;
     this.filled = 0;
-  }
-
-  /** Copy the first `bytes` (≤ available) into out without consuming them. */
-  private copyOut(out: Buffer, bytes: number): void {
-    let filled = 0;
-    let start = this.head;
-    for (const chunk of this.chunks) {
-      if (filled === bytes) break;
-      filled += chunk.copy(out, filled, start, Math.min(chunk.length, start + bytes - filled));
-      start = 0;
-    }
-  }
-
-  private skip(bytes: number): void {
-    this.buffered -= bytes;
-    while (bytes > 0) {
-      const left = this.chunks[0].length - this.head;
-      if (bytes < left) {
-        this.head += bytes;
-        return;
-      }
-      bytes -= left;
-      this.chunks.shift();
-      this.head = 0;
-    }
   }
 }
 
 const EMPTY = Buffer.alloc(0);
-
-/**
- * One reused read buffer per connection: 64 KiB, what the kernel hands over
- * per read on loopback at most. Node otherwise allocates a fresh 64 KiB
- * buffer for every read, which measured as a fifth of the CPU of a 64 KiB
- * block transfer (allocation plus the GC it drives).
- */
-export const READ_BUFFER_BYTES = 64 * 1024;
 
 /** Copies up to this size are carved from a slab; larger ones get memory of their own. */
 export const MAX_CARVED_BYTES = 16 * 1024;

@@ -59,6 +59,17 @@ export class Outbound {
     this.socket.write(buf);
   }
 
+  /** A whole encoded frame: copied into the slab when small (SLAB_SIZE / 4 at most), else written as it is. */
+  writeFrame(frame: Buffer): void {
+    if (frame.length <= SLAB_SIZE / 4) {
+      const at = this.claim(frame.length);
+      frame.copy(this.slab, at);
+      this.commit(frame.length);
+    } else {
+      this.write(frame);
+    }
+  }
+
   /** Hand everything committed to the socket now and uncork (before end(), or to cut latency). */
   flush(): void {
     this.handOver();

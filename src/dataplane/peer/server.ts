@@ -6,13 +6,14 @@
  * catch, so one hostile or broken peer only ever loses its own connection.
  * Limits: a connection cap, a HELLO deadline (a connection that has not said
  * who it is in time is closed, so idle garbage cannot hold slots), and the
- * per-session backpressure limits (session.ts).
+ * per-session backpressure limits (session.ts). Listening, the cap and the
+ * draining close are the shared Listeners (transport/listeners.ts).
  */
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { logger, type Logger } from '../../common/log.js';
-import { BufferPool } from '../nbd/buffer-pool.js';
-import { adoptWithReadBuffer } from '../nbd/read-buffer.js';
-import { READ_BUFFER_BYTES } from './frame-reader.js';
+import { BufferPool } from '../transport/buffer-pool.js';
+import { Listeners, type ServedSocket } from '../transport/listeners.js';
+import { adoptWithReadBuffer } from '../transport/read-buffer.js';
 import type { PeerBlockBackend } from './backend.js';
 import { PeerGrpcService } from './grpc.js';
 import { DEFAULT_PEER_SESSION_LIMITS, PeerSession, type PeerRequestObserver, type PeerSessionLimits } from './session.js';
@@ -38,10 +39,8 @@ export interface PeerServerOptions {
   reuseReadBuffer?: boolean;
 }
 
-interface Connection {
-  socket: Socket;
+interface Connection extends ServedSocket {
   session: PeerSession;
-  done: Promise<void>;
 }
 
 /**
@@ -54,14 +53,11 @@ const peerBuffers = new BufferPool(64 * 1024 * 1024);
 export class PeerServer {
   private readonly log: Logger;
   private readonly nodeId: string;
-  private readonly maxConnections: number;
   private readonly helloTimeoutMs: number;
   private readonly limits: PeerSessionLimits;
-  private readonly listeners: Server[] = [];
-  private readonly connections = new Set<Connection>();
+  private readonly listeners: Listeners<Connection>;
   private grpc: PeerGrpcService | undefined;
   private closing: Promise<void> | undefined;
-  private nextConnectionId = 1;
 
   constructor(
     private readonly backend: PeerBlockBackend,
@@ -69,32 +65,23 @@ export class PeerServer {
   ) {
     this.log = options.log ?? logger('peer');
     this.nodeId = options.nodeId ?? backend.info().uuid;
-    this.maxConnections = options.maxConnections ?? 1024;
+    this.listeners = new Listeners({
+      log: this.log,
+      maxConnections: options.maxConnections ?? 1024,
+      names: { server: 'peer', connection: 'peer connection' },
+      onSocket: (socket) => this.accept(socket),
+    });
     this.helloTimeoutMs = options.helloTimeoutMs ?? 10_000;
     this.limits = { ...DEFAULT_PEER_SESSION_LIMITS, ...options.sessionLimits };
   }
 
   get connectionCount(): number {
-    return this.connections.size;
+    return this.listeners.connections.size;
   }
 
   /** Serve TBP on host:port (0 picks a free port). Resolves with the bound address. */
   async listen(host: string, port: number): Promise<AddressInfo> {
-    if (this.closing) throw new Error('peer server is closed');
-    // allowHalfOpen: a peer's FIN must not close our side before the replies
-    // to its in-flight requests are written. pauseOnConnect: nothing is read
-    // before accept() has chosen how to read.
-    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host, port }, () => {
-        server.off('error', reject);
-        server.on('error', (err) => this.log.error({ err }, 'peer listener error'));
-        resolve();
-      });
-    });
-    this.listeners.push(server);
-    const address = server.address() as AddressInfo;
+    const address = await this.listeners.listenTcp(host, port);
     this.log.info({ host: address.address, port: address.port }, 'peer protocol (TBP) listening');
     return address;
   }
@@ -119,42 +106,26 @@ export class PeerServer {
   }
 
   private async shutdown(drainMs: number): Promise<void> {
-    const listenersClosed = Promise.all(this.listeners.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     const grpcClosed = this.grpc?.close(drainMs) ?? Promise.resolve();
-    for (const conn of this.connections) conn.session.shutdown();
-    const all = () => Promise.all([...this.connections].map((c) => c.done));
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainMs)));
-    await Promise.race([all(), deadline]);
-    clearTimeout(timer);
-    if (this.connections.size > 0) {
-      this.log.info({ connections: this.connections.size }, 'drain time over: closing remaining peer connections');
-      for (const conn of this.connections) conn.session.close('drain time over');
-    }
-    await all();
-    await listenersClosed;
+    await this.listeners.close(drainMs);
     await grpcClosed;
     this.log.info('peer server closed');
   }
 
   private accept(accepted: Socket): void {
-    // Read into one reused buffer (see frame-reader.ts READ_BUFFER_BYTES);
-    // where this Node does not allow it, the socket is read the default way.
+    // Read into one reused buffer (transport/read-buffer.ts); where this
+    // Node does not allow it, the socket is read the default way.
     // The session does not exist yet when the socket is made, hence the box.
     const box: { session?: PeerSession } = {};
     const adopted =
       this.options.reuseReadBuffer === false
         ? undefined
-        : adoptWithReadBuffer(accepted, Buffer.allocUnsafeSlow(READ_BUFFER_BYTES), (view) => box.session?.onRead(view, true), { allowHalfOpen: true });
+        : adoptWithReadBuffer(accepted, (view) => box.session?.onRead(view, true), { allowHalfOpen: true });
     const socket = adopted ?? accepted;
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
-    const log = this.log.child({ conn: this.nextConnectionId++, remote });
+    const log = this.log.child({ conn: this.listeners.connectionId(), remote });
     socket.on('error', (err) => log.debug({ err: err.message }, 'peer socket error'));
-    if (this.closing || this.connections.size >= this.maxConnections) {
-      log.warn({ open: this.connections.size, max: this.maxConnections }, this.closing ? 'refusing peer connection: server closing' : 'refusing peer connection: too many open');
-      socket.destroy();
-      return;
-    }
+    if (!this.listeners.admit(socket, log)) return;
     const session = new PeerSession(
       socket,
       this.backend,
@@ -165,8 +136,13 @@ export class PeerServer {
       this.options.onRequest,
     );
     box.session = session;
-    const conn: Connection = { socket, session, done: session.finished };
-    this.connections.add(conn);
+    const conn: Connection = {
+      session,
+      done: session.finished,
+      shutdown: () => session.shutdown(),
+      destroy: () => session.close('drain time over'),
+    };
+    this.listeners.connections.add(conn);
     const helloTimer = setTimeout(() => {
       if (!session.helloDone) {
         log.info({ timeoutMs: this.helloTimeoutMs }, 'no HELLO in time: closing peer connection');
@@ -177,7 +153,7 @@ export class PeerServer {
     session.start(adopted !== undefined);
     void session.finished.then(() => {
       clearTimeout(helloTimer);
-      this.connections.delete(conn);
+      this.listeners.connections.delete(conn);
       log.debug({ peerNode: session.peerNodeId }, 'peer connection closed');
     });
   }

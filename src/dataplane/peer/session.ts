@@ -25,10 +25,11 @@
  */
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
-import type { BufferPool } from '../nbd/buffer-pool.js';
+import type { BufferPool } from '../transport/buffer-pool.js';
+import { ServedConnection, endGracefully, type ConnectionLimits } from '../transport/served-connection.js';
 import type { PeerBlockBackend } from './backend.js';
 import { FrameReader, slabAllocator } from './frame-reader.js';
-import { Outbound, SLAB_SIZE } from './outbound.js';
+import { Outbound } from './outbound.js';
 import {
   BLOCK_REPLY_HEAD_SIZE,
   COUNT_REPLY_SIZE,
@@ -73,14 +74,8 @@ import {
 } from './wire.js';
 import { formatRef } from '../blocks/ref.js';
 
-export interface PeerSessionLimits {
-  /** Requests being served at once before we stop reading. */
-  maxInflightRequests: number;
-  /** Request payload bytes being served at once before we stop reading. */
-  maxInflightBytes: number;
-  /** Reply bytes queued in the socket before we stop reading. */
-  maxQueuedReplyBytes: number;
-}
+/** maxInflightBytes counts request payload bytes. */
+export type PeerSessionLimits = ConnectionLimits;
 
 export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = {
   maxInflightRequests: 1024,
@@ -88,46 +83,29 @@ export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = {
   maxQueuedReplyBytes: 16 * 1024 * 1024,
 };
 
-/** How long a peer may keep its side open after we have ended ours. */
-const CLOSE_GRACE_MS = 5000;
-
-export function endGracefully(socket: Socket): void {
-  socket.end();
-  setTimeout(() => socket.destroy(), CLOSE_GRACE_MS).unref();
-}
-
 /** Per-request observation for metrics: op name, payload bytes moved, seconds, status name. */
 export type PeerRequestObserver = (op: string, bytes: number, seconds: number, status: string) => void;
 
-type Phase = 'hello' | 'serving' | 'shutting-down' | 'draining' | 'closed';
-
-export class PeerSession {
+export class PeerSession extends ServedConnection {
   private readonly reader: FrameReader;
   /** Memory for payloads we keep: small ones carved from slabs, large ones from the pool (given back when served). */
   private readonly allocate: (size: number) => Buffer;
   private readonly out: Outbound;
-  private phase: Phase = 'hello';
-  private inflight = 0;
-  private inflightBytes = 0;
-  private readPaused = false;
-  private writeBlocked = false;
-  private socketClosed = false;
   /** The peer's node id once HELLO succeeded. */
   peerNodeId: string | undefined;
-  private resolveFinished!: () => void;
   private finishedOnce = false;
-  /** Resolves once the socket is closed and every in-flight request has settled. */
-  readonly finished = new Promise<void>((resolve) => (this.resolveFinished = resolve));
 
+  /** `finished` resolves once the socket is closed and every in-flight request has settled. */
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     private readonly backend: PeerBlockBackend,
     private readonly identity: Hello,
     private readonly log: Logger,
-    private readonly limits: PeerSessionLimits,
+    limits: PeerSessionLimits,
     private readonly pool: BufferPool,
     private readonly observe: PeerRequestObserver | undefined,
   ) {
+    super(socket, limits, 'hello');
     this.allocate = slabAllocator((size) => pool.acquire(size));
     this.reader = new FrameReader(this.allocate);
     this.out = new Outbound(socket);
@@ -140,16 +118,7 @@ export class PeerSession {
    */
   start(transientReads: boolean): void {
     if (!transientReads) this.socket.on('data', (chunk: Buffer) => this.onRead(chunk, false));
-    this.socket.on('end', this.onEnd);
-    this.socket.on('close', this.onClose);
-    this.socket.on('drain', this.onDrain);
-    if (this.socket.destroyed) return this.onClose();
-    // The listener accepts paused (pauseOnConnect), so nothing is read before this.
-    this.socket.resume();
-  }
-
-  get inflightRequests(): number {
-    return this.inflight;
+    this.attach();
   }
 
   get helloDone(): boolean {
@@ -157,14 +126,12 @@ export class PeerSession {
   }
 
   /** The server is closing: answer new requests with SHUTTING_DOWN; end once in-flight ones are answered. */
-  shutdown(): void {
+  override shutdown(): void {
     if (this.phase === 'hello') {
       this.close('server closing before HELLO');
       return;
     }
-    if (this.phase !== 'serving') return;
-    this.phase = 'shutting-down';
-    this.endIfIdle();
+    super.shutdown();
   }
 
   /** Close at once (HELLO deadline, drain time over). */
@@ -187,16 +154,10 @@ export class PeerSession {
   }
 
   /** Decode and start every complete frame buffered, until a limit says stop. */
-  private pump(): void {
+  protected readonly pump = (): void => {
     const reader = this.reader;
     while (this.phase === 'hello' || this.phase === 'serving' || this.phase === 'shutting-down') {
-      if (this.inflight >= this.limits.maxInflightRequests || this.inflightBytes >= this.limits.maxInflightBytes || this.writeBlocked) {
-        if (!this.readPaused) {
-          this.readPaused = true;
-          this.socket.pause();
-        }
-        return;
-      }
+      if (this.readingBlocked()) return;
       if (!reader.peekHeader()) break;
       const h = reader.headerBuf;
       const at = reader.headerAt;
@@ -218,11 +179,8 @@ export class PeerSession {
       }
       this.dispatch(opcode, flags, status, id, payload);
     }
-    if (this.readPaused && this.phase !== 'closed') {
-      this.readPaused = false;
-      this.socket.resume();
-    }
-  }
+    this.resumeReading();
+  };
 
   private dispatch(opcode: number, flags: number, status: number, id: number, payload: Buffer): void {
     if (this.phase === 'hello') {
@@ -360,13 +318,7 @@ export class PeerSession {
 
   private send(buf: Buffer): void {
     if (!this.writable()) return;
-    if (buf.length <= SLAB_SIZE / 4) {
-      const at = this.out.claim(buf.length);
-      buf.copy(this.out.slab, at);
-      this.out.commit(buf.length);
-    } else {
-      this.out.write(buf);
-    }
+    this.out.writeFrame(buf);
     this.noteQueued();
   }
 
@@ -377,23 +329,11 @@ export class PeerSession {
     this.noteQueued();
   }
 
-  private noteQueued(): void {
-    if (this.socket.writableLength >= this.limits.maxQueuedReplyBytes) this.writeBlocked = true;
+  protected override flushReplies(): void {
+    this.out.flush();
   }
-
-  private readonly onDrain = (): void => {
-    if (!this.writeBlocked) return;
-    this.writeBlocked = false;
-    this.pump();
-  };
 
   // -------------------------------------------------------------- lifecycle
-
-  private settled(): void {
-    if (this.phase === 'serving' || this.phase === 'shutting-down') this.pump();
-    this.endIfIdle();
-    this.finishIfDone();
-  }
 
   private framingError(reason: string): void {
     this.log.warn({ reason, bytes: this.reader.pending }, 'framing error: closing peer connection');
@@ -409,35 +349,21 @@ export class PeerSession {
     endGracefully(this.socket);
   }
 
-  private endIfIdle(): void {
-    if (this.inflight > 0 || this.socketClosed) return;
-    if (this.phase === 'draining' || this.phase === 'shutting-down') {
-      this.phase = 'closed';
-      this.out.flush();
-      endGracefully(this.socket);
-    }
-  }
-
   /** The peer half-closed: serve what is complete, then end. Bytes of an unfinished frame are a framing error. */
-  private readonly onEnd = (): void => {
+  protected readonly onEnd = (): void => {
     if (this.phase === 'closed') return;
     if (this.reader.pending > 0) return this.framingError(`connection ended inside a frame (${this.reader.pending} bytes of it received)`);
     this.phase = 'draining';
     this.endIfIdle();
   };
 
-  private readonly onClose = (): void => {
-    if (this.socketClosed) return;
-    this.socketClosed = true;
-    this.phase = 'closed';
+  protected stopReading(): void {
     this.reader.clear();
-    this.finishIfDone();
-  };
+  }
 
-  private finishIfDone(): void {
-    if (this.socketClosed && this.inflight === 0 && !this.finishedOnce) {
-      this.finishedOnce = true;
-      this.resolveFinished();
-    }
+  protected finish(): void {
+    if (this.finishedOnce) return;
+    this.finishedOnce = true;
+    this.resolveFinished();
   }
 }

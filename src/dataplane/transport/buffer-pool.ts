@@ -1,6 +1,7 @@
 /**
- * BufferPool: reusable large buffers for READ replies and gathered WRITE
- * payloads.
+ * BufferPool: reusable large buffers for what a server holds per request
+ * (NBD READ replies and gathered WRITE payloads, TBP frames that span socket
+ * reads).
  *
  * Why: a fresh 1 MiB Buffer is fresh mmap'd memory, and the first write to
  * each of its pages faults; profiling 1 MiB sequential reads showed the copy
@@ -49,6 +50,3 @@ export class BufferPool {
     this.pooledBytes += capacity;
   }
 }
-
-/** One pool per process: sessions come and go, warm memory should stay. */
-export const replyBuffers = new BufferPool();

@@ -1,0 +1,69 @@
+/**
+ * How PeerClient puts a request on the wire: the frame of each opcode,
+ * encoded into the connection's outbound slab (outbound.ts) where it is
+ * small, block data written from the caller's own buffers.
+ *
+ * Encoders only commit whole frames, so a request that cannot be encoded
+ * (a block the caller changed while it waited for the connection) throws
+ * and leaves nothing of itself in the stream.
+ */
+import type { BlockRef } from '../blocks/ref.js';
+import type { Outbound } from './outbound.js';
+import {
+  BLOCK_DESCRIPTOR_SIZE,
+  GET_BLOCK_FRAME_SIZE,
+  HEADER_SIZE,
+  OP_DELETE_BLOCKS,
+  OP_GET_BLOCK,
+  OP_HAS_BLOCKS,
+  OP_PING,
+  OP_PUT_BLOCKS,
+  OP_SYNC,
+  PUT_BLOCKS_HEAD_SIZE,
+  checkPutBatch,
+  encodeBlockDescriptor,
+  encodeEmptyFrame,
+  encodeGetBlock,
+  encodePutBlocksHead,
+  encodeRefsFrame,
+  type WireBlock,
+} from './wire.js';
+
+/** Encode request `id` of opcode `op` with its argument (a ref, refs, blocks, or nothing) into `out`. */
+export function encodeRequest(out: Outbound, op: number, id: number, arg: unknown): void {
+  switch (op) {
+    case OP_GET_BLOCK: {
+      const at = out.claim(GET_BLOCK_FRAME_SIZE);
+      encodeGetBlock(out.slab, at, id, arg as BlockRef);
+      out.commit(GET_BLOCK_FRAME_SIZE);
+      break;
+    }
+    case OP_PUT_BLOCKS: {
+      const blocks = arg as WireBlock[];
+      // Checked whole when the request was made, so no encoder throws halfway through the frame.
+      const payload = checkPutBatch(blocks);
+      let at = out.claim(PUT_BLOCKS_HEAD_SIZE + BLOCK_DESCRIPTOR_SIZE);
+      encodePutBlocksHead(out.slab, at, id, blocks.length, payload);
+      out.commit(PUT_BLOCKS_HEAD_SIZE);
+      for (const block of blocks) {
+        at = out.claim(BLOCK_DESCRIPTOR_SIZE);
+        encodeBlockDescriptor(out.slab, at, block);
+        out.commit(BLOCK_DESCRIPTOR_SIZE);
+        out.write(block.data);
+      }
+      break;
+    }
+    case OP_HAS_BLOCKS:
+    case OP_DELETE_BLOCKS: {
+      out.writeFrame(encodeRefsFrame(op, id, arg as BlockRef[]));
+      break;
+    }
+    case OP_PING:
+    case OP_SYNC: {
+      const at = out.claim(HEADER_SIZE);
+      encodeEmptyFrame(out.slab, at, op, 0, id);
+      out.commit(HEADER_SIZE);
+      break;
+    }
+  }
+}
