@@ -138,21 +138,21 @@ describe('replication between torusd nodes', { skip: etcdMissing() ?? missing('n
     const removed = await runCli('torusctl', ['-C', endpoint, 'peer', 'remove', bUuid, '--force']);
     assert.equal(removed.code, 0, removed.stderr);
 
-    // The writer's repair runs on every ring or liveness change; wait until a run after the removal is over.
+    // The writer's rebalance runs on every ring or liveness change; wait until a run after the removal is over.
     const removedAt = Date.now();
     const deadline = removedAt + 60_000;
-    let repair: { running: boolean; runs: number; copied: number; failed: number; lastStartedAt?: string; lastFailed?: number } | undefined;
+    let repair: { running: boolean; runs: number; copied: number; failed: number; lastStartedAt?: string; last?: { failed: number } } | undefined;
     for (;;) {
       const r = await runCli('torusctl', ['status', '--data-dir', a.dataDir]);
       assert.equal(r.code, 0, r.stderr);
-      repair = JSON.parse(r.stdout).replication?.repair;
+      repair = JSON.parse(r.stdout).replication?.rebalance;
       if (repair && !repair.running && repair.lastStartedAt && Date.parse(repair.lastStartedAt) >= removedAt - 1000) break;
       if (Date.now() > deadline) assert.fail(`no repair run finished after the removal: ${JSON.stringify(repair)}`);
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
     // Counted over every run: copies meant for C while it was frozen failed then, and were made once it was back.
     assert.ok(repair.copied > 0, `the writer copied the blocks B held elsewhere (${JSON.stringify(repair)})`);
-    assert.equal(repair.lastFailed, 0, `the run after the removal made every copy it needed (${JSON.stringify(repair)})`);
+    assert.equal(repair.last?.failed, 0, `the run after the removal made every copy it needed (${JSON.stringify(repair)})`);
     process.stdout.write(`# repair runs so far (a frozen node, a killed node, a removal): ${repair.runs} runs, ${repair.copied} copies made, ${repair.failed} failed while a target was frozen\n`);
 
     // Kill the writer: every block must now be on C alone among the living.

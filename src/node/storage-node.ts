@@ -34,14 +34,13 @@ import { hasher } from '../dataplane/blocks/hash.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, volumeLockKey, VolumeLockedError, type LockHolder, type VolumeLock } from '../controlplane/locks/index.js';
 import { ClusterPlacement, MAX_TARGETS } from '../dataplane/replication/placement.js';
-import { ReplicaRepair } from '../dataplane/replication/repair.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
 import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
 import { Scrubber } from '../dataplane/blocks/scrub.js';
 import { assertNoReaders, listReadPins, pinCurrentVersion, type ReadPin } from '../controlplane/volumes/read-pins.js';
 import { readMembership, type PeerTable } from '../controlplane/membership/peer-table.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
-import { refKey, type BlockRef } from '../dataplane/blocks/ref.js';
+import { refKey } from '../dataplane/blocks/ref.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
@@ -171,8 +170,6 @@ export class StorageNode implements ExportProvider {
   private readonly lingering = new Map<string, NodeJS.Timeout>();
   private peers: PeerService | undefined;
   private stopFollowing: (() => void) | undefined;
-  /** Cluster mode: re-copies blocks of the volumes this node writes when placement changes. */
-  private repair: ReplicaRepair | undefined;
   /** Cluster mode, storage nodes: moves this store's blocks where the ring wants them, drops surplus and garbage. */
   private rebalancer: Rebalancer | undefined;
   /** Re-reads the local store against its checksums in the background (set by open()). */
@@ -796,7 +793,7 @@ export class StorageNode implements ExportProvider {
       unavailable: Object.fromEntries(this.unavailable),
       ...(this.scrubber ? { scrub: this.scrubber.stats } : {}),
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
-      ...(this.cluster ? { replication: { ...this.cluster.stats, workers: this.pool.replicationStats, repair: this.repair?.stats, rebalance: this.rebalancer?.stats } } : {}),
+      ...(this.cluster ? { replication: { ...this.cluster.stats, workers: this.pool.replicationStats, rebalance: this.rebalancer?.stats } } : {}),
     };
   }
 
@@ -865,8 +862,6 @@ export class StorageNode implements ExportProvider {
   followMembership(table: PeerTable): void {
     const cluster = this.cluster;
     if (!cluster) return;
-    const repair = new ReplicaRepair(cluster, this.peers?.backend, () => this.refsToKeepReplicated(), this.log.child({ component: 'repair' }));
-    this.repair = repair;
     // A storage node (one serving its store to peers) moves its own blocks to
     // where the ring puts them and frees its garbage; a store-less client has none.
     const backend = this.peers?.backend;
@@ -899,28 +894,15 @@ export class StorageNode implements ExportProvider {
       const version = table.ring()?.version;
       const now = liveSet(table);
       if (version !== ringVersion || now !== live) {
-        repair.schedule();
         rebalancer?.schedule();
       }
       ringVersion = version;
       live = now;
     };
     update();
-    repair.schedule(); // copies missed while this node was down or starting
     rebalancer?.start();
     table.on('change', update);
     this.stopFollowing = () => table.off('change', update);
-  }
-
-  /** Every ref of the committed versions of the volumes this node writes (holds the lock of). */
-  private *refsToKeepReplicated(): IterableIterator<BlockRef> {
-    for (const [name, volume] of this.volumes) {
-      if (this.locks.has(name)) yield* volume.referencedRefs();
-    }
-  }
-
-  get repairStatus() {
-    return this.repair?.stats;
   }
 
   get rebalanceStatus() {
@@ -950,7 +932,6 @@ export class StorageNode implements ExportProvider {
     await this.scrubber?.close();
     this.stopFollowing?.();
     await this.rebalancer?.close();
-    await this.repair?.close();
     await this.stopServingPeers();
     await this.flushAll();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);

@@ -11,6 +11,11 @@
  * or away) it is counted and logged, and left in place: the read path
  * already answers EIO for it, and the next pass tries again.
  *
+ * When (a BackgroundJob, ../jobs): a pass intervalMs after start(), then
+ * intervalMs after each periodic pass ended, or at once with scrubNow();
+ * one at a time; reads paced by the job's token bucket (a burst of one
+ * block); close() ends a pass between blocks.
+ *
  * The store may change under a pass (writes, GC, rebalance): a slot is
  * checked only if it is still bound to the same ref with the same hash
  * after its bytes were read, so a block released or replaced meanwhile is
@@ -18,6 +23,7 @@
  */
 import type { Logger } from '../../common/log.js';
 import { StoreFullError } from '../../common/errors.js';
+import { BackgroundJob } from '../jobs/background-job.js';
 import { NONCE_SIZE, OFF_FLAGS, OFF_HASH_HI, OFF_HASH_LO, OFF_NONCE, OFF_TAG, TAG_SIZE } from './record.js';
 import { formatRef, type BlockRef } from './ref.js';
 import type { LocalSlotStore } from './slot-store.js';
@@ -26,7 +32,7 @@ export interface ScrubOptions {
   store: LocalSlotStore;
   /** Bytes per second a pass reads. */
   rateBytesPerSecond: number;
-  /** A pass starts this long after the last one started (and once, this long after start()); 0: only scrubNow(). */
+  /** A pass starts this long after the last periodic one ended (and once, this long after start()); 0: only scrubNow(). */
   intervalMs: number;
   /** Fill `dest` with a good copy of `ref` (its hash checked) from elsewhere, or reject. Absent: nowhere to repair from. */
   fetchGood?: (ref: BlockRef, hashLo: number, hashHi: number, dest: Uint8Array) => Promise<void>;
@@ -53,39 +59,40 @@ export interface ScrubStats {
 
 export class Scrubber {
   readonly stats: ScrubStats = { running: false, passes: 0, checked: 0, checkedBytes: 0, bad: 0, repaired: 0, unrepaired: 0, passSlot: 0 };
-  private timer: NodeJS.Timeout | undefined;
-  private pass: Promise<void> | undefined;
-  private closed = false;
+  /** When passes happen, and the pace of reads. */
+  private readonly job: BackgroundJob;
   private readonly buffer: Uint8Array;
 
   constructor(private readonly options: ScrubOptions) {
     if (!(options.rateBytesPerSecond > 0)) throw new RangeError(`scrub rate must be positive, got ${options.rateBytesPerSecond} bytes/s`);
     this.buffer = new Uint8Array(options.store.blockSize);
+    this.job = new BackgroundJob({
+      work: () => this.runPass(),
+      onError: (err) => this.options.log.error({ err: (err as Error).message }, 'scrub pass failed'),
+      intervalMs: options.intervalMs,
+      period: 'after-run',
+      // Never ahead of the rate: one block at a time, the first of a pass at once.
+      pace: { bytesPerSecond: options.rateBytesPerSecond, burstBytes: options.store.blockSize },
+    });
   }
 
   /** Schedule passes every intervalMs (the first one intervalMs from now). */
   start(): void {
-    if (this.options.intervalMs <= 0 || this.closed) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      void this.scrubNow().finally(() => this.start());
-    }, this.options.intervalMs);
-    this.timer.unref();
+    this.job.start();
   }
 
   /** Run a pass now (or join the one running). */
   scrubNow(): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    this.pass ??= this.runPass()
-      .catch((err) => this.options.log.error({ err: (err as Error).message }, 'scrub pass failed'))
-      .finally(() => (this.pass = undefined));
-    return this.pass;
+    return this.job.runNow();
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    if (this.timer) clearTimeout(this.timer);
-    await this.pass;
+  /** Ends a pass between blocks and waits for it. */
+  close(): Promise<void> {
+    return this.job.close();
+  }
+
+  private get closed(): boolean {
+    return this.job.closed;
   }
 
   private async runPass(): Promise<void> {
@@ -102,10 +109,7 @@ export class Scrubber {
         stats.passSlot = slot;
         const ref = store.boundRef(slot);
         if (!ref) continue;
-        // Pace: never ahead of rateBytesPerSecond since the pass began.
-        const dueMs = (bytes / this.options.rateBytesPerSecond) * 1000 - (performance.now() - started);
-        if (dueMs > 1) await new Promise((resolve) => setTimeout(resolve, dueMs));
-        if (this.closed) break;
+        if (!(await this.job.pace(store.blockSize)) || this.closed) break;
         if (await this.check(slot, ref)) bad++;
         bytes += store.blockSize;
       }

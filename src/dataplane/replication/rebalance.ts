@@ -22,15 +22,15 @@
  * confirmed copies elsewhere (fewer than R live nodes, a target that failed
  * to answer, store or sync). A failure costs a later run, never a copy.
  *
- * When: at start, after a ring or liveness change (debounced), and every
- * `intervalMs`. Runs never overlap; a trigger during a run makes one more
- * run after it. Copies go through a token bucket (bytes/s), and the walk
- * yields to the event loop between chunks, so NBD I/O keeps its turns.
+ * When (a BackgroundJob, ../jobs): at start, after a ring or liveness change
+ * (debounced), and every `intervalMs`. Runs never overlap; a trigger during
+ * a run makes one more run after it. Copies are paced by the job's token
+ * bucket (bytes/s), and the walk yields to the event loop between chunks,
+ * so NBD I/O keeps its turns.
  *
- * It overlaps with ReplicaRepair (repair.ts), which walks the committed refs
- * of the volumes this node writes and copies from any holder: that one also
- * finds blocks no node pushes (this node holds none). Both put the same
- * bytes, so running both costs traffic, not correctness.
+ * It is the cluster's only re-replication: a block any live storage node
+ * holds is pushed to its targets by that node, whoever wrote it (a
+ * store-less client's writes included), so no writer walks its volumes.
  *
  * Residual risk, by design: two nodes with different views of the ring at the
  * same moment could each find itself surplus and the other a target, and both
@@ -44,7 +44,8 @@ import type { LocalSlotStore } from '../blocks/slot-store.js';
 import type { PeerBlockStore, WireBlock } from '../peer/backend.js';
 import { classifyBlock, isGarbage, type BlockVerdict, type GcView } from './gc-view.js';
 import type { ClusterPlacement, PeerTarget } from './placement.js';
-import { RateMeter, TokenBucket } from './rate.js';
+import { BackgroundJob } from '../jobs/background-job.js';
+import { RateMeter } from './rate.js';
 
 export const DEFAULT_REBALANCE_RATE = 100 * 1024 * 1024;
 export const DEFAULT_REBALANCE_INTERVAL_MS = 60_000;
@@ -126,18 +127,12 @@ export class Rebalancer {
   };
   /** Bytes this node's rebalance copies to peers, per second. */
   readonly meter = new RateMeter();
-  private readonly bucket: TokenBucket;
+  /** When runs happen, and the pace of copies. */
+  private readonly job: BackgroundJob;
   private readonly placement: ClusterPlacement;
   private readonly local: LocalBlocks;
   private readonly log: Logger;
-  private readonly intervalMs: number;
-  private readonly settleMs: number;
   private readonly chunkBlocks: number;
-  private timer: NodeJS.Timeout | undefined;
-  private periodic: NodeJS.Timeout | undefined;
-  private again = false;
-  private current: Promise<void> | undefined;
-  private closed = false;
   /** Work seen by the run in progress (it sets `rebalancing` before the run ends). */
   private runFoundWork = false;
 
@@ -145,37 +140,28 @@ export class Rebalancer {
     this.placement = options.placement;
     this.local = options.local;
     this.log = options.log;
-    this.intervalMs = options.intervalMs ?? DEFAULT_REBALANCE_INTERVAL_MS;
-    this.settleMs = options.settleMs ?? SETTLE_MS;
     this.chunkBlocks = options.chunkBlocks ?? CHUNK_BLOCKS;
     const rate = options.rateBytesPerSecond ?? DEFAULT_REBALANCE_RATE;
-    // Burst: a tenth of a second's worth, but at least one full copy batch to one target.
-    this.bucket = new TokenBucket(rate, Math.max(rate / 10, COPY_BATCH * this.local.store.blockSize));
+    this.job = new BackgroundJob({
+      work: () => this.runOnce(),
+      onError: (err) => this.log.error({ err: String(err) }, 'rebalance run failed; it runs again on the next change or period'),
+      settleMs: options.settleMs ?? SETTLE_MS,
+      intervalMs: options.intervalMs ?? DEFAULT_REBALANCE_INTERVAL_MS,
+      period: 'fixed',
+      runAtStart: true,
+      // Burst: a tenth of a second's worth, but at least one full copy batch to one target.
+      pace: { bytesPerSecond: rate, burstBytes: Math.max(rate / 10, COPY_BATCH * this.local.store.blockSize) },
+    });
   }
 
   /** Run soon, then every intervalMs. */
   start(): void {
-    if (this.closed) return;
-    this.schedule();
-    if (this.intervalMs > 0 && !this.periodic) {
-      this.periodic = setInterval(() => this.schedule(), this.intervalMs);
-      this.periodic.unref();
-    }
+    this.job.start();
   }
 
   /** Something changed: run soon (once, however many changes arrive meanwhile). */
   schedule(): void {
-    if (this.closed) return;
-    if (this.current) {
-      this.again = true;
-      return;
-    }
-    if (this.timer) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      this.current = this.runLoop().finally(() => (this.current = undefined));
-    }, this.settleMs);
-    this.timer.unref();
+    this.job.schedule();
   }
 
   /** Bytes/s of copies over the last few seconds. */
@@ -189,26 +175,17 @@ export class Rebalancer {
   }
 
   /** Resolves once no run is going on or due (tests, shutdown). */
-  async idle(): Promise<void> {
-    while (this.current || this.timer) {
-      if (this.current) await this.current;
-      else await new Promise((resolve) => setTimeout(resolve, 20));
-    }
+  idle(): Promise<void> {
+    return this.job.idle();
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-    clearTimeout(this.timer);
-    clearInterval(this.periodic);
-    this.timer = this.periodic = undefined;
-    await this.current;
+  /** Ends a run in progress between batches (a throttled wait included) and waits for it. */
+  close(): Promise<void> {
+    return this.job.close();
   }
 
-  private async runLoop(): Promise<void> {
-    do {
-      this.again = false;
-      await this.runOnce().catch((err) => this.log.error({ err: String(err) }, 'rebalance run failed; it runs again on the next change or period'));
-    } while (this.again && !this.closed);
+  private get closed(): boolean {
+    return this.job.closed;
   }
 
   private async runOnce(): Promise<void> {
@@ -401,7 +378,7 @@ export class Rebalancer {
     const blockSize = this.local.store.blockSize;
     let bytes = 0;
     for (const entry of perTarget.values()) bytes += entry.blocks.length * blockSize;
-    if (bytes === 0 || !(await this.bucket.take(bytes, () => this.closed))) return;
+    if (bytes === 0 || !(await this.job.pace(bytes))) return;
     await Promise.all(
       [...perTarget].map(async ([uuid, entry]) => {
         try {
