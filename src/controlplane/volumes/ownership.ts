@@ -190,14 +190,21 @@ export class VolumeOwnership {
   }
 
   /**
-   * Delete the volume's record. Refused (ConflictError naming them) while
-   * another node serves it read-only; this node's own pin is no client and
-   * goes first. Fenced by this node's lock when it holds one, refused naming
-   * the holder when another node does. Resolves with the record deleted.
+   * Before a delete: refuse (ConflictError naming them) while another node
+   * serves the volume read-only. This node's own pin (an idle reader,
+   * lingering) goes first: it is no client.
    */
-  async remove(name: string): Promise<VolumeRecord> {
+  async assertNoReaders(name: string): Promise<void> {
     await this.releaseReadPin(name);
     await assertNoReaders(this.meta, name);
+  }
+
+  /**
+   * Delete the volume's record (after assertNoReaders): fenced by this
+   * node's lock when it holds one, refused naming the holder when another
+   * node does. Resolves with the record deleted.
+   */
+  async remove(name: string): Promise<VolumeRecord> {
     const lock = this.locks.get(name);
     // The lock key goes with the record; out of `locks` first so its 'lost'
     // notice is not logged as an error.
