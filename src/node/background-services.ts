@@ -72,7 +72,8 @@ export class BackgroundServices {
   followMembership(table: PeerTable): void {
     const { cluster, log } = this.parts;
     if (!cluster) return;
-    const repair = new ReplicaRepair(cluster, this.parts.peers.current?.backend, this.parts.refsToKeepReplicated, log.child({ component: 'repair' }));
+    const { peers, refsToKeepReplicated } = this.parts;
+    const repair = new ReplicaRepair(cluster, peers.current?.backend, refsToKeepReplicated, log.child({ component: 'repair' }));
     this.repair = repair;
     const rebalancer = this.rebalancerFor(cluster);
     this.rebalancer = rebalancer;
@@ -137,6 +138,11 @@ export class BackgroundServices {
     return this.rebalancer?.stats;
   }
 
+  /** For status(): repair's and rebalance's counts. */
+  get replicationStatus() {
+    return { repair: this.repair?.stats, rebalance: this.rebalancer?.stats };
+  }
+
   /**
    * What this node reports with its registration (list-peers REB/REP DATA):
    * bytes/s its rebalance copies out, bytes/s of copies peers store here.
@@ -160,20 +166,26 @@ export class BackgroundServices {
   }
 
   registerScrubGauges(metrics: NodeMetrics): void {
-    metrics.gauge('torus_scrub_checked_bytes_total', 'Bytes of the local store the scrub re-read against their checksums', () => this.scrubber.stats.checkedBytes);
+    metrics.gauge('torus_scrub_checked_bytes_total', 'Bytes of the local store the scrub re-read against their checksums',
+      () => this.scrubber.stats.checkedBytes);
     metrics.gauge('torus_scrub_bad_blocks_total', 'Stored copies the scrub found failing their checksum', () => this.scrubber.stats.bad);
-    metrics.gauge('torus_scrub_repaired_blocks_total', 'Bad copies the scrub rewrote from a good replica', () => this.scrubber.stats.repaired);
+    metrics.gauge('torus_scrub_repaired_blocks_total', 'Bad copies the scrub rewrote from a good replica',
+      () => this.scrubber.stats.repaired);
     metrics.gauge('torus_scrub_passes_total', 'Scrub passes completed over the whole local store', () => this.scrubber.stats.passes);
   }
 
   /** Cluster: the rebalance's and GC's gauges (0 until followMembership starts them). */
   registerRebalanceGauges(metrics: NodeMetrics): void {
     metrics.gauge('torus_rebalance_bytes_per_second', 'Bytes/s this node\'s rebalance copies to peers', () => this.rebalancer?.rate() ?? 0);
-    metrics.gauge('torus_rebalance_copied_blocks_total', 'Blocks rebalance copied to the nodes the ring puts them on', () => this.rebalancer?.stats.copied ?? 0);
-    metrics.gauge('torus_rebalance_dropped_blocks_total', 'Surplus local copies released once their targets held them', () => this.rebalancer?.stats.dropped ?? 0);
+    metrics.gauge('torus_rebalance_copied_blocks_total', 'Blocks rebalance copied to the nodes the ring puts them on',
+      () => this.rebalancer?.stats.copied ?? 0);
+    metrics.gauge('torus_rebalance_dropped_blocks_total', 'Surplus local copies released once their targets held them',
+      () => this.rebalancer?.stats.dropped ?? 0);
     metrics.gauge('torus_rebalance_failed_total', 'Copies rebalance could not check or make', () => this.rebalancer?.stats.failed ?? 0);
-    metrics.gauge('torus_rebalance_pending_blocks', 'Blocks left to move after the last rebalance run', () => this.rebalancer?.stats.pendingBlocks ?? 0);
-    metrics.gauge('torus_gc_freed_blocks_total', 'Local blocks freed as garbage (superseded or of deleted volumes)', () => this.rebalancer?.stats.garbageFreed ?? 0);
+    metrics.gauge('torus_rebalance_pending_blocks', 'Blocks left to move after the last rebalance run',
+      () => this.rebalancer?.stats.pendingBlocks ?? 0);
+    metrics.gauge('torus_gc_freed_blocks_total', 'Local blocks freed as garbage (superseded or of deleted volumes)',
+      () => this.rebalancer?.stats.garbageFreed ?? 0);
   }
 }
 

@@ -14,7 +14,12 @@ import type { NodeMetrics } from './metrics.js';
  * Open the local store, creating it when there is none yet (capacityBytes is
  * then required). An existing store keeps the capacity it was created with.
  */
-export async function openLocalStore(dataDir: string, blockSize: number, capacityBytes: number | undefined, log: Logger): Promise<LocalSlotStore> {
+export async function openLocalStore(
+  dataDir: string,
+  blockSize: number,
+  capacityBytes: number | undefined,
+  log: Logger,
+): Promise<LocalSlotStore> {
   const storeDir = join(dataDir, 'blocks');
   if (!(await LocalSlotStore.exists(storeDir))) {
     if (!capacityBytes) throw new UsageError(`no local store in ${storeDir} yet: give its capacity with --size (e.g. --size 20GiB)`);
@@ -23,7 +28,10 @@ export async function openLocalStore(dataDir: string, blockSize: number, capacit
   }
   const store = await LocalSlotStore.open(storeDir);
   if (capacityBytes && Math.floor(capacityBytes / store.blockSize) !== store.slotCount) {
-    log.warn({ requested: formatSize(capacityBytes), actual: formatSize(store.slotCount * store.blockSize) }, 'the local store keeps the capacity it was created with; --size ignored');
+    log.warn(
+      { requested: formatSize(capacityBytes), actual: formatSize(store.slotCount * store.blockSize) },
+      'the local store keeps the capacity it was created with; --size ignored',
+    );
   }
   return store;
 }

@@ -80,7 +80,10 @@ export class OnDemandHosting implements HostingMode {
     const { host } = this;
     if (host.closing || volume.openSessions > 0 || host.volumes.get(name) !== volume) return;
     if (host.ownership.writes(name)) {
-      volume.flush().catch((err) => this.log.warn({ volume: name, err: (err as Error).message }, 'commit after the last session closed failed'));
+      volume.flush().catch((err) => this.log.warn(
+        { volume: name, err: (err as Error).message },
+        'commit after the last session closed failed',
+      ));
     }
     const timer = setTimeout(() => {
       if (this.lingering.get(name) !== timer) return;

@@ -3,15 +3,7 @@
  * store, shared cache, worker pool and the volumes on top — and the
  * ExportProvider the NBD server serves from.
  *
- * The node is assembly; each concern is a module of its own:
- *   VolumeOwnership (controlplane/volumes/ownership.ts)  locks, read pins, commits
- *   VolumeHost (volume-host.ts)        the open volumes and the ExportProvider, with
- *     EveryVolumeHosting               single node: every volume opened at start, then the sweep
- *     OnDemandHosting                  cluster: opened when a client asks, under the write lock
- *   VolumeAdmin (volume-admin.ts)      create, delete, list, flush
- *   BackgroundServices                 scrub; on a cluster repair, rebalance and GC
- *   PeerServing (peer-service.ts)      the store served to peers over TBP
- *
+ * Assembly only: each concern is a module of its own (README.md lists them).
  * The metadata store is opened first (the embedded one holds the data
  * directory's lock, so nothing else can open the same store); the hosting
  * mode then starts (a single node loads every volume before anything is
@@ -152,9 +144,12 @@ export class StorageNode implements ExportProvider {
     const services = volumeServices({ store, cache, pool, log, cluster, ownership: this.ownership, metrics });
     // The one decision between a single node and a cluster member's hosting.
     this.host = new VolumeHost({ ownership: this.ownership, keys, services, log }, (host) =>
-      cluster ? new OnDemandHosting(host, catalog, cluster.placement, lockLingerMs, log) : new EveryVolumeHosting(host, catalog, store, log),
+      cluster
+        ? new OnDemandHosting(host, catalog, cluster.placement, lockLingerMs, log)
+        : new EveryVolumeHosting(host, catalog, store, log),
     );
-    this.admin = new VolumeAdmin({ catalog, settings: parts.settings, store, keys, host: this.host, clustered: cluster !== undefined, log });
+    const clustered = cluster !== undefined;
+    this.admin = new VolumeAdmin({ catalog, settings: parts.settings, store, keys, host: this.host, clustered, log });
     this.peers = new PeerServing(store, log);
   }
 
@@ -172,7 +167,10 @@ export class StorageNode implements ExportProvider {
         createdAt: new Date().toISOString(),
       });
       if (options.blockSize && options.blockSize !== settings.blockSize) {
-        log.warn({ requested: options.blockSize, inForce: settings.blockSize }, 'block size is fixed when the cluster is initialised; ignoring --block-size');
+        log.warn(
+          { requested: options.blockSize, inForce: settings.blockSize },
+          'block size is fixed when the cluster is initialised; ignoring --block-size',
+        );
       }
       const store = await openLocalStore(options.dataDir, settings.blockSize, options.capacityBytes, log);
       const cache = new BlockCache(settings.blockSize, options.cacheBytes ?? DEFAULT_CACHE_BYTES);
@@ -183,18 +181,28 @@ export class StorageNode implements ExportProvider {
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
       const cluster = options.cluster ? await openClusterBlocks(meta, options.cluster, log) : undefined;
-      const parts = { dataDir: options.dataDir, settings, meta, ownsMeta: !options.meta, catalog, store, cache, pool, keys, cluster, metrics: options.metrics, log };
-      const node = new StorageNode(parts, lockLingerMs);
+      const { dataDir, metrics } = options;
+      const ownsMeta = !options.meta;
+      const node = new StorageNode({ dataDir, settings, meta, ownsMeta, catalog, store, cache, pool, keys, cluster, metrics, log }, lockLingerMs);
       await node.host.start();
-      const background = { store, meta, catalog, cluster, peers: node.peers, log, refsToKeepReplicated: () => node.host.refsOfWrittenVolumes() };
       node.background = new BackgroundServices({
-        ...background,
+        store,
+        meta,
+        catalog,
+        cluster,
+        peers: node.peers,
+        log,
+        refsToKeepReplicated: () => node.host.refsOfWrittenVolumes(),
         scrub: { rate: options.scrubRate, intervalMs: options.scrubIntervalMs },
         rebalance: { rate: options.rebalanceRate, intervalMs: options.rebalanceIntervalMs },
       });
       if (options.metrics) node.registerGauges(options.metrics);
-      const ready = { dataDir: options.dataDir, capacity: formatSize(store.slotCount * store.blockSize), used: formatSize(store.usedSlots * store.blockSize) };
-      log.info({ ...ready, volumes: node.host.volumes.size, cache: formatSize(cache.slotCount * cache.blockSize), workers: pool.threads }, 'storage node ready');
+      const [capacity, used] = [formatSize(store.slotCount * store.blockSize), formatSize(store.usedSlots * store.blockSize)];
+      const volumes = node.host.volumes.size;
+      log.info(
+        { dataDir, capacity, used, volumes, cache: formatSize(cache.slotCount * cache.blockSize), workers: pool.threads },
+        'storage node ready',
+      );
       return node;
     } catch (err) {
       if (!options.meta) await meta.close();
@@ -260,9 +268,7 @@ export class StorageNode implements ExportProvider {
       unavailable: Object.fromEntries(host.unavailable),
       scrub: background.scrubStats,
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
-      ...(cluster
-        ? { replication: { ...cluster.stats, workers: this.parts.pool.replicationStats, repair: background.repairStatus, rebalance: background.rebalanceStatus } }
-        : {}),
+      ...(cluster ? { replication: { ...cluster.stats, workers: this.parts.pool.replicationStats, ...background.replicationStatus } } : {}),
     };
   }
 

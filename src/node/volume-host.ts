@@ -123,7 +123,10 @@ export class VolumeHost implements ExportProvider {
     try {
       await volume?.close();
     } catch (err) {
-      this.parts.log.error({ volume: name, err: (err as Error).message }, 'could not commit the volume before closing it: writes since its last FLUSH are lost');
+      this.parts.log.error(
+        { volume: name, err: (err as Error).message },
+        'could not commit the volume before closing it: writes since its last FLUSH are lost',
+      );
     }
     this.volumes.delete(name);
     await this.parts.ownership.release(name);

@@ -25,7 +25,9 @@ async function catalogWith(meta: MetadataStore, name: string): Promise<VolumeCat
   return catalog;
 }
 
-function ownership(meta: MetadataStore, catalog: VolumeCatalog, node: string, options: Partial<VolumeOwnershipOptions> = {}): VolumeOwnership {
+type Options = Partial<VolumeOwnershipOptions>;
+
+function ownership(meta: MetadataStore, catalog: VolumeCatalog, node: string, options: Options = {}): VolumeOwnership {
   return new VolumeOwnership(meta, catalog, { node, ttlSeconds: 5, retryMs: 60_000, log, ...options });
 }
 

@@ -24,7 +24,16 @@
 import { NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { sameMapRoot, type MapRoot } from '../../dataplane/volume/block-map.js';
-import { acquireVolumeLock, describeHolder, localHolder, readVolumeLock, volumeLockKey, VolumeLockedError, type LockHolder, type VolumeLock } from '../locks/index.js';
+import {
+  acquireVolumeLock,
+  describeHolder,
+  localHolder,
+  readVolumeLock,
+  volumeLockKey,
+  VolumeLockedError,
+  type LockHolder,
+  type VolumeLock,
+} from '../locks/index.js';
 import type { MetadataStore } from '../metadata/store.js';
 import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js';
 import { assertNoReaders, pinCurrentVersion, type ReadPin } from './read-pins.js';
@@ -158,7 +167,10 @@ export class VolumeOwnership {
     } catch (err) {
       const landed = lock ? await this.commitLanded(name, current, generation, root, lock) : undefined;
       if (!landed) throw err;
-      this.log.warn({ volume: name, generation, err: (err as Error).message }, 'the commit\'s reply was lost but the commit landed: carrying on from it');
+      this.log.warn(
+        { volume: name, generation, err: (err as Error).message },
+        'the commit\'s reply was lost but the commit landed: carrying on from it',
+      );
       this.records.set(name, landed);
     }
   }
@@ -174,7 +186,7 @@ export class VolumeOwnership {
     await this.releaseReadPin(name);
     this.locks.delete(name); // before release: its 'lost' notice is not an error then
     if (lock) {
-      await lock.release().catch((err) => this.log.warn({ volume: name, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
+      await lock.release().catch((err) => this.releaseFailed(name, err));
       this.log.info({ volume: name }, 'volume idle: closed and its write lock released');
     }
   }
@@ -231,9 +243,13 @@ export class VolumeOwnership {
   /** Release every lock and pin (after the last commits), so other nodes may take over at once. */
   async releaseAll(): Promise<void> {
     this.recovering = false;
-    for (const lock of this.locks.values()) await lock.release().catch((err) => this.log.warn({ volume: lock.volume, err: String(err) }, 'could not release a write lock; it lapses with its lease'));
+    for (const lock of this.locks.values()) await lock.release().catch((err) => this.releaseFailed(lock.volume, err));
     this.locks.clear();
     for (const name of [...this.readPins.keys()]) await this.releaseReadPin(name);
+  }
+
+  private releaseFailed(name: string, err: unknown): void {
+    this.log.warn({ volume: name, err: String(err) }, 'could not release a write lock; it lapses with its lease');
   }
 
   private nodeId(): string {
@@ -295,9 +311,14 @@ export class VolumeOwnership {
       return await acquireVolumeLock(this.meta, name, options);
     } catch (err) {
       const stale = err instanceof VolumeLockedError ? err.lock : undefined;
-      if (!stale || stale.holder.node !== node || stale.holder.pid !== process.pid || stale.holder.hostname !== options.holder.hostname) throw err;
+      const ours = stale?.holder.node === node && stale.holder.pid === process.pid && stale.holder.hostname === options.holder.hostname;
+      if (!stale || !ours) throw err;
       const key = volumeLockKey(name);
-      await this.meta.txn({ compare: [{ key, target: 'createRevision', op: '==', value: stale.revision }], success: [{ type: 'delete', key }] });
+      // Only that very key (its createRevision): never a lock taken since.
+      await this.meta.txn({
+        compare: [{ key, target: 'createRevision', op: '==', value: stale.revision }],
+        success: [{ type: 'delete', key }],
+      });
       this.log.warn({ volume: name, epoch: stale.epoch }, 'removed a write lock this process had given up on (etcd kept its lease)');
       return acquireVolumeLock(this.meta, name, options);
     }
@@ -307,7 +328,10 @@ export class VolumeOwnership {
   private holdLock(name: string, lock: VolumeLock): void {
     lock.once('lost', (err: Error) => {
       if (this.locks.get(name) !== lock) return; // released or deleted on purpose
-      this.log.error({ volume: name, err: err.message }, 'lost the write lock: commits of this volume are refused (fenced) until it is won back');
+      this.log.error(
+        { volume: name, err: err.message },
+        'lost the write lock: commits of this volume are refused (fenced) until it is won back',
+      );
       void this.recoverLock(name, lock);
     });
     this.locks.set(name, lock);
@@ -334,13 +358,19 @@ export class VolumeOwnership {
           lock = await this.acquireLock(name, node);
         } catch (err) {
           if (!(err instanceof VolumeLockedError)) return 'retry'; // etcd still away
-          this.log.error({ volume: name, holder: err.lock.holder.node }, 'another node took the write lock: this node stays fenced; its clients must reconnect');
+          this.log.error(
+            { volume: name, holder: err.lock.holder.node },
+            'another node took the write lock: this node stays fenced; its clients must reconnect',
+          );
           return 'fenced';
         }
         try {
           const current = await this.catalog.get(name);
           if (current.modRevision !== this.records.get(name)?.modRevision) {
-            this.log.error({ volume: name }, 'the volume was committed by another writer while the lock was lost: this node stays fenced; its clients must reconnect');
+            this.log.error(
+              { volume: name },
+              'the volume was committed by another writer while the lock was lost: this node stays fenced; its clients must reconnect',
+            );
             await lock.release();
             return 'fenced';
           }
@@ -380,7 +410,13 @@ export class VolumeOwnership {
    * lock is still ours at the same epoch (a new writer's reserving commit can
    * look the same, but it takes the lock first).
    */
-  private async commitLanded(name: string, before: VersionedRecord, generation: number, root: MapRoot | null, lock: VolumeLock): Promise<VersionedRecord | undefined> {
+  private async commitLanded(
+    name: string,
+    before: VersionedRecord,
+    generation: number,
+    root: MapRoot | null,
+    lock: VolumeLock,
+  ): Promise<VersionedRecord | undefined> {
     try {
       const now = await this.catalog.get(name);
       const held = await readVolumeLock(this.meta, name);
