@@ -6,6 +6,7 @@
  * lock this very process had given up on is removed.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { quietLogger } from '../../dataplane/peer/test-support.js';
 import { acquireVolumeLock, FencedError, localHolder, readVolumeLock, volumeLockKey, type VolumeLock } from '../locks/index.js';
@@ -149,6 +150,7 @@ for (const kind of testStores()) {
       const a = ownership(meta, catalog, 'node-a');
       const taken = await a.take('vol');
       assert.equal(taken?.readOnly, undefined, 'written here');
+      if (stale.state === 'held') await once(stale, 'lost'); // its watch tells it a moment later
       assert.equal(stale.state, 'lost');
       assert.equal((await readVolumeLock(meta, 'vol'))?.epoch, 2);
       await a.releaseAll();
