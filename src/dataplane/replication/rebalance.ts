@@ -411,20 +411,3 @@ export class Rebalancer {
     return this.options.peerStore(this.placement.peers[at]);
   }
 }
-
-/** The Prometheus gauges of a Rebalancer: name, help, read. */
-export function rebalanceGauges(rebalancer: Rebalancer): [string, string, () => number][] {
-  const s = rebalancer.stats;
-  return [
-    ['torus_rebalance_runs_total', 'Rebalance runs started', () => s.runs],
-    ['torus_rebalance_running', '1 while a rebalance run walks the local store', () => (s.running ? 1 : 0)],
-    ['torus_rebalance_scanned_blocks_total', 'Local blocks looked at by rebalance runs', () => s.scanned],
-    ['torus_rebalance_copied_blocks_total', 'Copies rebalance made on the blocks\' targets', () => s.copied],
-    ['torus_rebalance_copied_bytes_total', 'Bytes rebalance copied to targets', () => s.copiedBytes],
-    ['torus_rebalance_dropped_blocks_total', 'Surplus local copies released once their targets held them', () => s.dropped],
-    ['torus_rebalance_garbage_freed_blocks_total', 'Local blocks freed as garbage (deleted volumes, superseded versions)', () => s.garbageFreed],
-    ['torus_rebalance_failed_total', 'Copies rebalance could not check or make', () => s.failed],
-    ['torus_rebalance_pending_blocks', 'Blocks left to move after the last finished rebalance run', () => s.pendingBlocks],
-    ['torus_rebalance_bytes_per_second', 'Rebalance copy rate over the last few seconds', () => rebalancer.rate()],
-  ];
-}

@@ -1,0 +1,185 @@
+/**
+ * The node's background services and their wiring, in one place: the scrub
+ * of the local store (every node), and on a cluster the rebalance of its
+ * store to where the ring puts blocks (which is also how lost copies are
+ * made again), and GC (through the rebalancer, over the catalog's and
+ * the read pins' view of what is still referenced).
+ */
+import type { Logger } from '../common/log.js';
+import type { NodeRates } from '../controlplane/membership/registration.js';
+import type { PeerTable } from '../controlplane/membership/peer-table.js';
+import type { MetadataStore } from '../controlplane/metadata/store.js';
+import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import { listReadPins } from '../controlplane/volumes/read-pins.js';
+import { Scrubber } from '../dataplane/blocks/scrub.js';
+import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
+import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
+import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
+import { Rebalancer } from '../dataplane/replication/rebalance.js';
+import type { NodeMetrics } from './metrics.js';
+import type { PeerServing } from './peer-service.js';
+
+export const DEFAULT_SCRUB_RATE = 16 * 2 ** 20;
+export const DEFAULT_SCRUB_INTERVAL_MS = 24 * 3600 * 1000;
+
+export interface BackgroundServiceParts {
+  store: LocalSlotStore;
+  meta: MetadataStore;
+  catalog: VolumeCatalog;
+  /** Placement and peer copies; undefined on a single node (scrub only). */
+  cluster: ClusterBlocks | undefined;
+  peers: PeerServing;
+  log: Logger;
+  /** Bytes/s a scrub pass reads (default DEFAULT_SCRUB_RATE); ms between passes (default DEFAULT_SCRUB_INTERVAL_MS; 0 none). */
+  scrub: { rate?: number; intervalMs?: number };
+  /** Bytes/s the rebalance may copy to peers; a rebalance and GC run every intervalMs besides those on ring changes. */
+  rebalance: { rate?: number; intervalMs?: number };
+}
+
+export class BackgroundServices {
+  /** Re-reads the local store against its checksums. */
+  private readonly scrubber: Scrubber;
+  /** Cluster, storage nodes: moves this store's blocks where the ring wants them, drops surplus and garbage. */
+  private rebalancer: Rebalancer | undefined;
+  private stopFollowing: (() => void) | undefined;
+
+  /** Starts the scrub. */
+  constructor(private readonly parts: BackgroundServiceParts) {
+    const { cluster } = parts;
+    // Every stored copy re-read against its checksum in the background; in
+    // a cluster a bad one is rewritten from a replica.
+    this.scrubber = new Scrubber({
+      store: parts.store,
+      rateBytesPerSecond: parts.scrub.rate ?? DEFAULT_SCRUB_RATE,
+      intervalMs: parts.scrub.intervalMs ?? DEFAULT_SCRUB_INTERVAL_MS,
+      fetchGood: cluster ? (ref, hashLo, hashHi, dest) => cluster.getBlock(ref, hashLo, hashHi, dest) : undefined,
+      log: parts.log.child({ component: 'scrub' }),
+    });
+    this.scrubber.start();
+  }
+
+  /**
+   * Cluster mode: keep placement current with the watched ring and live
+   * nodes (a node that leaves or joins changes where new copies go), and
+   * start rebalance and GC. Call after servePeers, if at all.
+   */
+  followMembership(table: PeerTable): void {
+    const { cluster, log } = this.parts;
+    if (!cluster) return;
+    const rebalancer = this.rebalancerFor(cluster);
+    this.rebalancer = rebalancer;
+    let ringVersion = table.ring()?.version;
+    let live = liveSet(table);
+    const update = () => {
+      cluster.placement.update(table.ring(), table.peers());
+      // Targets move when the ring or the set of live nodes does: check copies then.
+      const version = table.ring()?.version;
+      const now = liveSet(table);
+      if (version !== ringVersion || now !== live) rebalancer?.schedule();
+      ringVersion = version;
+      live = now;
+    };
+    update();
+    rebalancer?.start();
+    table.on('change', update);
+    this.stopFollowing = () => table.off('change', update);
+  }
+
+  /**
+   * A storage node (one serving its store to peers) moves its own blocks to
+   * where the ring puts them and frees its garbage; a store-less client has none.
+   */
+  private rebalancerFor(cluster: ClusterBlocks): Rebalancer | undefined {
+    const { store, catalog, meta, log } = this.parts;
+    const backend = this.parts.peers.current?.backend;
+    if (!backend) return undefined;
+    // GC's view of the catalog: each volume's committed map, kept between runs and reloaded by changed pages.
+    const views = new CatalogGcViews({ store, cluster }, log.child({ component: 'gc' }));
+    return new Rebalancer({
+      placement: cluster.placement,
+      peerStore: (peer) => cluster.clientFor(peer),
+      local: backend,
+      gcView: async () => {
+        const records = await catalog.list();
+        // Pins after the catalog: the order read-pins.ts's protocol relies on.
+        const pins = await listReadPins(meta);
+        // Every volume's own replication, before a run decides what is surplus.
+        for (const record of records) cluster.placement.setVolumeReplication(record.id, record.replication);
+        return views.view(records, pins);
+      },
+      log: log.child({ component: 'rebalance' }),
+      rateBytesPerSecond: this.parts.rebalance.rate,
+      intervalMs: this.parts.rebalance.intervalMs,
+    });
+  }
+
+  get scrubStats() {
+    return this.scrubber.stats;
+  }
+
+  get rebalanceStatus() {
+    return this.rebalancer?.stats;
+  }
+
+  /** For status(): rebalance's counts. */
+  get replicationStatus() {
+    return { rebalance: this.rebalancer?.stats };
+  }
+
+  /**
+   * What this node reports with its registration (list-peers REB/REP DATA):
+   * bytes/s its rebalance copies out, bytes/s of copies peers store here.
+   */
+  clusterRates(): NodeRates {
+    const stats = this.rebalancer?.stats;
+    return {
+      rebalancing: this.rebalancer?.rebalancing ?? false,
+      rebalanceRate: this.rebalancer?.rate() ?? 0,
+      replicationRate: this.parts.peers.receivedRate(),
+      ...(stats && !stats.running ? { rebalancePending: stats.pendingBlocks * this.parts.store.blockSize } : {}),
+    };
+  }
+
+  /** Background copying ends before the peer service it uses for this store does: close this first. */
+  async close(): Promise<void> {
+    await this.scrubber.close();
+    this.stopFollowing?.();
+    await this.rebalancer?.close();
+  }
+
+  registerScrubGauges(metrics: NodeMetrics): void {
+    metrics.gauge('torus_scrub_checked_bytes_total', 'Bytes of the local store the scrub re-read against their checksums',
+      () => this.scrubber.stats.checkedBytes);
+    metrics.gauge('torus_scrub_bad_blocks_total', 'Stored copies the scrub found failing their checksum', () => this.scrubber.stats.bad);
+    metrics.gauge('torus_scrub_repaired_blocks_total', 'Bad copies the scrub rewrote from a good replica',
+      () => this.scrubber.stats.repaired);
+    metrics.gauge('torus_scrub_passes_total', 'Scrub passes completed over the whole local store', () => this.scrubber.stats.passes);
+  }
+
+  /** Cluster: the rebalance's and GC's gauges (0 until followMembership starts them). */
+  registerRebalanceGauges(metrics: NodeMetrics): void {
+    metrics.gauge('torus_rebalance_bytes_per_second', 'Bytes/s this node\'s rebalance copies to peers', () => this.rebalancer?.rate() ?? 0);
+    metrics.gauge('torus_rebalance_copied_blocks_total', 'Blocks rebalance copied to the nodes the ring puts them on',
+      () => this.rebalancer?.stats.copied ?? 0);
+    metrics.gauge('torus_rebalance_dropped_blocks_total', 'Surplus local copies released once their targets held them',
+      () => this.rebalancer?.stats.dropped ?? 0);
+    metrics.gauge('torus_rebalance_failed_total', 'Copies rebalance could not check or make', () => this.rebalancer?.stats.failed ?? 0);
+    metrics.gauge('torus_rebalance_pending_blocks', 'Blocks left to move after the last rebalance run',
+      () => this.rebalancer?.stats.pendingBlocks ?? 0);
+    metrics.gauge('torus_gc_freed_blocks_total', 'Local blocks freed as garbage (superseded or of deleted volumes)',
+      () => this.rebalancer?.stats.garbageFreed ?? 0);
+  }
+}
+
+/**
+ * The live nodes as one comparable string — by process, not just uuid: a
+ * node killed and restarted before its lease lapsed never shows as down, yet
+ * the copies it missed meanwhile must still be made.
+ */
+function liveSet(table: PeerTable): string {
+  return table
+    .peers()
+    .map((p) => `${p.uuid}/${p.instance}`)
+    .sort()
+    .join(',');
+}

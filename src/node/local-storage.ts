@@ -1,0 +1,46 @@
+/**
+ * The node's local block store in <data-dir>/blocks (created on first start
+ * with the capacity given), and the gauges of the store and the block cache.
+ */
+import { join } from 'node:path';
+import { UsageError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import { formatSize } from '../common/size.js';
+import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
+import type { BlockCache } from '../dataplane/cache/block-cache.js';
+import type { NodeMetrics } from './metrics.js';
+
+/**
+ * Open the local store, creating it when there is none yet (capacityBytes is
+ * then required). An existing store keeps the capacity it was created with.
+ */
+export async function openLocalStore(
+  dataDir: string,
+  blockSize: number,
+  capacityBytes: number | undefined,
+  log: Logger,
+): Promise<LocalSlotStore> {
+  const storeDir = join(dataDir, 'blocks');
+  if (!(await LocalSlotStore.exists(storeDir))) {
+    if (!capacityBytes) throw new UsageError(`no local store in ${storeDir} yet: give its capacity with --size (e.g. --size 20GiB)`);
+    log.info({ dir: storeDir, capacity: formatSize(capacityBytes), blockSize }, 'creating local block store');
+    await LocalSlotStore.create(storeDir, { blockSize, capacityBytes });
+  }
+  const store = await LocalSlotStore.open(storeDir);
+  if (capacityBytes && Math.floor(capacityBytes / store.blockSize) !== store.slotCount) {
+    log.warn(
+      { requested: formatSize(capacityBytes), actual: formatSize(store.slotCount * store.blockSize) },
+      'the local store keeps the capacity it was created with; --size ignored',
+    );
+  }
+  return store;
+}
+
+export function registerStorageGauges(metrics: NodeMetrics, store: LocalSlotStore, cache: BlockCache): void {
+  metrics.gauge('torus_store_capacity_bytes', 'Local block store capacity', () => store.slotCount * store.blockSize);
+  metrics.gauge('torus_store_used_bytes', 'Local block store bytes in use', () => store.usedSlots * store.blockSize);
+  metrics.gauge('torus_cache_bytes', 'Block cache size', () => cache.slotCount * cache.blockSize);
+  metrics.gauge('torus_cache_dirty_bytes', 'Block cache bytes written but not yet flushed', () => cache.dirtySlots * cache.blockSize);
+  metrics.gauge('torus_cache_hits_total', 'Block cache hits', () => cache.hits);
+  metrics.gauge('torus_cache_misses_total', 'Block cache misses', () => cache.misses);
+}

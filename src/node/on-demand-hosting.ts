@@ -1,0 +1,142 @@
+/**
+ * Cluster hosting: a volume is opened when an NBD client asks for it (so a
+ * volume created anywhere after start is served too), taken for this node
+ * at that moment (VolumeOwnership): the node whose client came first writes,
+ * every other node serves the volume read-only until the writer lets go.
+ * The volume stays open while any session is, and for lockLingerMs after the
+ * last one closes (a reconnecting client keeps its warm cache); then it is
+ * committed, closed and let go of.
+ *
+ * No start-up sweep: this store also holds copies for volumes other nodes
+ * write, including versions not committed yet, so freeing by one node's
+ * view of committed maps could destroy them; cluster GC (replication/) does
+ * it safely.
+ */
+import { NotFoundError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalog.js';
+import type { ExportInfo } from '../dataplane/nbd/export.js';
+import type { ClusterPlacement } from '../dataplane/replication/placement.js';
+import type { Volume } from '../dataplane/volume/volume.js';
+import { MAX_PAYLOAD } from '../dataplane/volume/volume-export.js';
+import { exportDescription, type ExportDescription, type HostingMode, type VolumeHost } from './volume-host.js';
+
+export class OnDemandHosting implements HostingMode {
+  /** Volumes whose last session closed, waiting lockLingerMs before letting go. */
+  private readonly lingering = new Map<string, NodeJS.Timeout>();
+
+  constructor(
+    private readonly host: VolumeHost,
+    private readonly catalog: VolumeCatalog,
+    private readonly placement: ClusterPlacement,
+    private readonly lockLingerMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
+  }
+
+  /**
+   * Joins the volume already open here if it has sessions or is a lingering
+   * writer; otherwise takes the newest committed version (writable with the
+   * lock, read-only naming the writer without) and opens it.
+   */
+  volumeFor(name: string): Promise<Volume | undefined> {
+    const { host } = this;
+    return host.exclusive(name, async () => {
+      if (host.closing) return undefined;
+      this.stopLingering(name);
+      const loaded = host.volumes.get(name);
+      if (loaded) {
+        if (loaded.openSessions > 0 || host.ownership.writing(name)) return loaded;
+        // An idle reader may be stale (the writer committed since) and the lock
+        // may be free by now; a writer whose lock was lost is fenced: reopen.
+        await host.unload(name);
+      }
+      try {
+        const taken = await host.ownership.take(name);
+        if (!taken) return undefined;
+        const { record } = taken.versioned;
+        this.placement.setVolumeReplication(record.id, record.replication);
+        const volume = await host.openVolume(taken.versioned);
+        host.volumes.set(name, volume);
+        host.unavailable.delete(name);
+        return volume;
+      } catch (err) {
+        await host.ownership.abandon(name);
+        host.unavailable.set(name, (err as Error).message);
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * A session of `volume` ended. When it was the last, commit what the
+   * sessions wrote now, and let go of the volume (and its lock) after
+   * lockLingerMs unless a new session arrives first.
+   */
+  sessionEnded(name: string, volume: Volume): void {
+    const { host } = this;
+    if (host.closing || volume.openSessions > 0 || host.volumes.get(name) !== volume) return;
+    if (host.ownership.writes(name)) {
+      volume.flush().catch((err) => this.log.warn(
+        { volume: name, err: (err as Error).message },
+        'commit after the last session closed failed',
+      ));
+    }
+    const timer = setTimeout(() => {
+      if (this.lingering.get(name) !== timer) return;
+      this.lingering.delete(name);
+      host
+        .exclusive(name, async () => {
+          if (host.volumes.get(name) === volume && volume.openSessions === 0) await host.unload(name);
+        })
+        .catch((err) => this.log.error({ volume: name, err: (err as Error).message }, 'could not close an idle volume'));
+    }, this.lockLingerMs);
+    timer.unref();
+    this.lingering.set(name, timer);
+  }
+
+  async created(): Promise<void> {
+    // Opened when a client asks for it.
+  }
+
+  /** Every volume of the cluster, open here or not. */
+  async exports(): Promise<ExportInfo[]> {
+    return (await this.catalog.list()).map((record) => {
+      const volume = this.host.volumes.get(record.name);
+      return { name: record.name, description: volume ? this.host.describeVolume(volume) : exportDescription(record.name, record.size, record.encrypted) };
+    });
+  }
+
+  /** NBD_OPT_INFO on a volume not open here: its record, and whether another node holds its write lock. */
+  async describeUnopened(name: string): Promise<ExportDescription | undefined> {
+    let record: VolumeRecord;
+    try {
+      record = (await this.catalog.get(name)).record;
+    } catch (err) {
+      if (err instanceof NotFoundError) return undefined;
+      throw err;
+    }
+    const readOnly = await this.host.ownership.writtenElsewhere(name);
+    return {
+      name,
+      description: exportDescription(name, record.size, record.encrypted, readOnly),
+      size: record.size,
+      readOnly: readOnly !== undefined,
+      minimumBlockSize: 1,
+      preferredBlockSize: record.blockSize,
+      maximumPayload: MAX_PAYLOAD,
+      canMultiConn: true,
+    };
+  }
+
+  stopLingering(name?: string): void {
+    for (const [volume, timer] of this.lingering) {
+      if (name !== undefined && volume !== name) continue;
+      clearTimeout(timer);
+      this.lingering.delete(volume);
+    }
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * What every Volume of a node is given: the node's store, cache and worker
+ * pool, cluster placement when there is one, its commits (through
+ * VolumeOwnership: fenced by the write lock in a cluster) and its metrics.
+ * Built in this one place, for every volume of the node alike.
+ */
+import type { Logger } from '../common/log.js';
+import type { VolumeOwnership } from '../controlplane/volumes/ownership.js';
+import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
+import type { BlockCache } from '../dataplane/cache/block-cache.js';
+import type { DataPool } from '../dataplane/pool/data-pool.js';
+import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
+import type { VolumeServices } from '../dataplane/volume/volume.js';
+import type { NodeMetrics } from './metrics.js';
+
+export interface VolumeServiceParts {
+  store: LocalSlotStore;
+  cache: BlockCache;
+  pool: DataPool;
+  log: Logger;
+  /** Placement and peer copies; undefined on a single node. */
+  cluster: ClusterBlocks | undefined;
+  ownership: VolumeOwnership;
+  metrics: NodeMetrics | undefined;
+}
+
+export function volumeServices(parts: VolumeServiceParts): VolumeServices {
+  const { ownership, metrics } = parts;
+  return {
+    store: parts.store,
+    cache: parts.cache,
+    pool: parts.pool,
+    log: parts.log,
+    cluster: parts.cluster,
+    commit: (identity, generation, root) => ownership.commit(identity.name, generation, root ?? null),
+    onChecksumError: (volume) => metrics?.checksumErrors.inc({ volume }),
+    onFlush: (_volume, blocks, seconds) => {
+      metrics?.flushSeconds.observe(seconds);
+      metrics?.flushedBlocks.inc(blocks);
+    },
+  };
+}
