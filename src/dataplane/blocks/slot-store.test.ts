@@ -92,16 +92,7 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     assert.equal(again.lookup(1, 1, 5), second, 'after sync the old slot no longer claims the ref');
     await again.close();
   });
-});
 
-describe('LocalSlotStore invariants', { timeout: 30_000 }, () => {
-  let root: string;
-  before(async () => {
-    root = await mkdtemp(join(tmpdir(), 'torus-slots-inv-'));
-  });
-  after(async () => {
-    await rm(root, { recursive: true, force: true });
-  });
   const broken = (pattern: RegExp) => (err: unknown) => err instanceof InvariantError && pattern.test(err.message);
 
   test('a slot is bound only once it is allocated, and only once', async () => {
