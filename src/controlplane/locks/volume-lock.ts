@@ -100,7 +100,8 @@ async function take(meta: MetadataStore, volume: string, holder: LockHolder, lea
     });
     if (result.succeeded) {
       // Paired with the compare: the take comes after the counter it read, and its epoch after every earlier one.
-      assert(result.revision > (counter?.modRevision ?? 0), () => `lock taken at revision ${result.revision}, not after the epoch counter's`);
+      const counted = counter?.modRevision ?? 0;
+      assert(result.revision > counted, () => `lock taken at revision ${result.revision}, not after the epoch counter's ${counted}`);
       let taken = lastEpochTaken.get(meta);
       if (!taken) lastEpochTaken.set(meta, (taken = new Map()));
       const last = taken.get(volume) ?? 0;

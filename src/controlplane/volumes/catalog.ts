@@ -162,7 +162,10 @@ export class VolumeCatalog {
     // commit at or below the committed generation would name blocks that an
     // earlier version (or a writer that lost its lock) may have stored.
     const committed = expected.record.generation;
-    assert(Number.isSafeInteger(generation) && generation > committed, () => `volume "${expected.record.name}": commit of generation ${generation} is not above the committed ${committed}`);
+    assert(
+      Number.isSafeInteger(generation) && generation > committed,
+      () => `volume "${expected.record.name}": commit of generation ${generation} is not above the committed ${committed}`,
+    );
     const record: VolumeRecord = { ...expected.record, generation, root };
     const key = VOLUMES + record.name;
     const refused = `version ${generation} not committed`;

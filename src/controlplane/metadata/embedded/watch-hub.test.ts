@@ -35,5 +35,6 @@ test('a revision applied at or below the last one is a broken invariant', () => 
   const hub = new WatchHub(10, 100, quiet);
   assert.throws(() => hub.replayed(put(10, 'x')), InvariantError);
   hub.applied(put(11, 'x'));
-  assert.throws(() => hub.applied(put(11, 'y')), (err: unknown) => err instanceof InvariantError && /revision 11 applied after 11/.test(err.message));
+  const outOfOrder = (err: unknown) => err instanceof InvariantError && /revision 11 applied after 11/.test(err.message);
+  assert.throws(() => hub.applied(put(11, 'y')), outOfOrder);
 });
