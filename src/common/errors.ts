@@ -6,6 +6,8 @@
  * layers below never know about the protocol.
  */
 
+import { InvariantError } from './assert.js';
+
 export type Errno = 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW' | 'ENOTSUP' | 'ESHUTDOWN';
 
 /** An I/O error that is answered to the client with an errno; the session goes on. */
@@ -47,9 +49,14 @@ export class ConflictError extends Error {
   override name = 'ConflictError';
 }
 
-/** Map any thrown value to the errno an NBD client should see. */
+/**
+ * Map any thrown value to the errno an NBD client should see. A broken
+ * invariant (InvariantError, see assert.ts) is EIO: that request fails, the
+ * session goes on.
+ */
 export function errnoOf(err: unknown): Errno {
   if (err instanceof IoError) return err.errno;
+  if (err instanceof InvariantError) return 'EIO';
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   switch (code) {
     case 'ENOSPC':

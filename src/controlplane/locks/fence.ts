@@ -9,6 +9,7 @@
  * long as the lock is held (it goes with the lease), so comparing it also
  * refuses a writer whose lock lapsed while nobody has taken a new one yet.
  */
+import { assert } from '../../common/assert.js';
 import type { Compare, KeyValue } from '../metadata/store.js';
 import { FencedError } from './errors.js';
 import { volumeLockKey } from './lock-record.js';
@@ -42,6 +43,8 @@ export interface VolumeFence {
  * all three.
  */
 export function fenceCompares(fence: VolumeFence): Compare[] {
+  // An absent key has revisions 0: a fence of revision 0 would pass two of the three compares on it.
+  assert(fence.revision >= 1 && fence.epoch >= 1, 'a fence names a lock taken at a revision ≥ 1 with an epoch ≥ 1');
   const key = volumeLockKey(fence.volume);
   return [
     { key, target: 'createRevision', op: '==', value: fence.revision },

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
+import { InvariantError } from '../../common/assert.js';
 import { ConflictError, NotFoundError } from '../../common/errors.js';
 import { LeaseNotFoundError } from '../metadata/errors.js';
 import type { MetadataStore } from '../metadata/store.js';
@@ -13,6 +14,7 @@ import { VolumeCatalog } from '../volumes/catalog.js';
 import {
   acquireVolumeLock,
   FencedError,
+  fenceCompares,
   listVolumeLocks,
   localHolder,
   readVolumeLock,
@@ -232,5 +234,17 @@ for (const kind of testStores()) {
       assert.equal(a.state, 'lost');
       await a.release(); // harmless on a closed store
     });
+
+    it('an epoch counter that went back is caught: a lock never repeats an epoch; a fence of revision 0 is refused', { timeout: 10_000 }, withStore(kind, async (meta) => {
+      await createVolume(meta, 'vol');
+      const first = await acquireVolumeLock(meta, 'vol', { holder: A, ttlSeconds: 10 });
+      assert.equal(first.epoch, 1);
+      await first.release();
+      await meta.delete('epochs/volumes/vol'); // never done by the lock module: the counter is never deleted
+      await assert.rejects(acquireVolumeLock(meta, 'vol', { holder: A, ttlSeconds: 10 }), (err: unknown) => {
+        return err instanceof InvariantError && /lock epoch 1 is not above 1/.test(err.message);
+      });
+      assert.throws(() => fenceCompares({ ...first.fence, revision: 0 }), InvariantError);
+    }));
   });
 }

@@ -22,6 +22,7 @@
  * own txn, so once the key is gone or another's, they are refused whole.
  */
 import { EventEmitter } from 'node:events';
+import { assert } from '../../common/assert.js';
 import { ConflictError, NotFoundError } from '../../common/errors.js';
 import { LeaseNotFoundError } from '../metadata/errors.js';
 import { keyAbsent, keyPresent, unchangedSince, type KeyValue, type Lease, type MetadataStore, type Watcher } from '../metadata/store.js';
@@ -46,6 +47,13 @@ export type AcquireVolumeLockOptions =
  * fresh read; this many in a row means the lock is churning absurdly fast.
  */
 const MAX_TAKE_ATTEMPTS = 16;
+
+/**
+ * The highest epoch this process has taken, per store and volume name: a lock
+ * with an epoch not above it means the epoch counter went backwards (it is
+ * never deleted), and fencing by epoch would no longer tell two lives apart.
+ */
+const lastEpochTaken = new WeakMap<MetadataStore, Map<string, number>>();
 
 interface Taken {
   epoch: number;
@@ -90,7 +98,17 @@ async function take(meta: MetadataStore, volume: string, holder: LockHolder, lea
         { type: 'get', key: lockKey },
       ],
     });
-    if (result.succeeded) return { epoch, value, revision: result.revision, acquiredAt };
+    if (result.succeeded) {
+      // Paired with the compare: the take comes after the counter it read, and its epoch after every earlier one.
+      const counted = counter?.modRevision ?? 0;
+      assert(result.revision > counted, () => `lock taken at revision ${result.revision}, not after the epoch counter's ${counted}`);
+      let taken = lastEpochTaken.get(meta);
+      if (!taken) lastEpochTaken.set(meta, (taken = new Map()));
+      const last = taken.get(volume) ?? 0;
+      assert(epoch > last, () => `volume "${volume}": lock epoch ${epoch} is not above ${last}, taken before; the epoch counter went back`);
+      taken.set(volume, epoch);
+      return { epoch, value, revision: result.revision, acquiredAt };
+    }
     const [record, lock] = [firstKv(result.results[0]), firstKv(result.results[1])];
     if (!record) throw new NotFoundError(`no volume named "${volume}"`);
     if (lock) throw new VolumeLockedError(decodeLock(volume, lock));

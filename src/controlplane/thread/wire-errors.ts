@@ -8,10 +8,11 @@
  * `retryable`, `leaseId`, `errno`… all hold as if it had been thrown here.
  *
  * Only classes listed in KNOWN are rebuilt as themselves: the typed errors of
- * the metadata layer and of src/common/errors.ts, and the built-in ones the
+ * the metadata layer, of src/common/errors.ts and assert.ts, and the built-in ones the
  * store throws for programmer errors (TypeError, RangeError). Anything else
  * arrives as an Error that keeps the original name.
  */
+import { InvariantError } from '../../common/assert.js';
 import { ChecksumError, ConflictError, IoError, NotFoundError, StoreFullError, UsageError } from '../../common/errors.js';
 import {
   LeaseLostError,
@@ -50,6 +51,7 @@ const KNOWN: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>(
       UsageError,
       NotFoundError,
       ConflictError,
+      InvariantError,
       Error,
       TypeError,
       RangeError,

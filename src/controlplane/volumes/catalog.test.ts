@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
+import { InvariantError } from '../../common/assert.js';
 import { ConflictError } from '../../common/errors.js';
 import { acquireVolumeLock, assertVolumeUnlocked, FencedError, readVolumeLock, VolumeLockedError, type LockHolder } from '../locks/index.js';
 import { testStores, withStore } from '../locks/test-stores.js';
@@ -143,6 +144,16 @@ for (const kind of testStores()) {
       const c = await acquireVolumeLock(meta, 'vol', { holder: A, ttlSeconds: 5 });
       assert.ok(c.epoch > b.epoch, `epoch ${c.epoch} after ${b.epoch}: a reused name never repeats an epoch`);
       await c.release();
+    }));
+
+    it('a commit whose generation is not above the committed one is a programming error', { timeout: 10_000 }, withStore(kind, async (meta) => {
+      const catalog = await catalogWith(meta, 'vol');
+      const v1 = await catalog.commitVersion(await catalog.get('vol'), 1, root(1));
+      const broken = (pattern: RegExp) => (err: unknown) => err instanceof InvariantError && pattern.test(err.message);
+      await assert.rejects(catalog.commitVersion(v1, 1, root(1)), broken(/generation 1 is not above the committed 1/));
+      await assert.rejects(catalog.commitVersion(v1, 0, null), broken(/generation 0 is not above/));
+      assert.deepEqual(await catalog.get('vol'), v1, 'nothing was written');
+      assert.equal((await catalog.commitVersion(v1, 2, root(2))).record.generation, 2);
     }));
   });
 }

@@ -17,6 +17,7 @@
  * way the lock is compared in the same txn as the write, so a refused write
  * leaves nothing behind.
  */
+import { assert } from '../../common/assert.js';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import type { MapRoot } from '../../dataplane/volume/block-map.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
@@ -157,6 +158,14 @@ export class VolumeCatalog {
    * nobody holds the volume's lock: otherwise VolumeLockedError.
    */
   async commitVersion(expected: VersionedRecord, generation: number, root: MapRoot | null, fence?: VolumeFence): Promise<VersionedRecord> {
+    // Generations only go up: block refs are (volume, generation, index), so a
+    // commit at or below the committed generation would name blocks that an
+    // earlier version (or a writer that lost its lock) may have stored.
+    const committed = expected.record.generation;
+    assert(
+      Number.isSafeInteger(generation) && generation > committed,
+      () => `volume "${expected.record.name}": commit of generation ${generation} is not above the committed ${committed}`,
+    );
     const record: VolumeRecord = { ...expected.record, generation, root };
     const key = VOLUMES + record.name;
     const refused = `version ${generation} not committed`;
@@ -164,6 +173,8 @@ export class VolumeCatalog {
     if (!result.succeeded) {
       throw new ConflictError(`volume "${record.name}" was changed by another writer (expected revision ${expected.modRevision}); version ${generation} not committed`);
     }
+    // Paired with the compare: the write that replaced revision `expected.modRevision` comes after it.
+    assert(result.revision > expected.modRevision, () => `commit landed at revision ${result.revision}, not after ${expected.modRevision}`);
     return { record, modRevision: result.revision };
   }
 

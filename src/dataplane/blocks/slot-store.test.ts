@@ -1,13 +1,15 @@
 /**
  * LocalSlotStore on its own: the allocator, ref binding, and rebuilding the
  * index from the slot table after a reopen (a restart), including a torn
- * record.
+ * record; and its invariants: a slot bound only when allocated, given back
+ * only when allocated and unbound.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { InvariantError } from '../../common/assert.js';
 import { StoreFullError } from '../../common/errors.js';
 import { RECORD_SIZE } from './record.js';
 import { LocalSlotStore } from './slot-store.js';
@@ -89,5 +91,44 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     const again = await LocalSlotStore.open(dir);
     assert.equal(again.lookup(1, 1, 5), second, 'after sync the old slot no longer claims the ref');
     await again.close();
+  });
+
+  const broken = (pattern: RegExp) => (err: unknown) => err instanceof InvariantError && pattern.test(err.message);
+
+  test('a slot is bound only once it is allocated, and only once', async () => {
+    const dir = join(root, 'bind');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
+    const store = await LocalSlotStore.open(dir);
+    const free = store.allocate();
+    store.unallocate(free);
+    assert.throws(() => store.bind(free, { volumeId: 1, generation: 1, index: 0 }), broken(/bind\(\) of slot \d+, which is free/));
+    const slot = store.allocate();
+    await store.writeBlock(slot, { volumeId: 1, generation: 1, index: 1 }, Buffer.alloc(BS, 1), 0);
+    assert.throws(() => store.bind(slot, { volumeId: 1, generation: 1, index: 2 }), broken(/which is bound, not allocated/));
+    assert.equal(store.lookup(1, 1, 1), slot, 'the refused bind changed nothing');
+    assert.equal(store.lookup(1, 1, 2), undefined);
+    assert.equal(store.usedSlots, 1);
+    assert.equal(store.freeSlots, 15);
+    await store.close();
+  });
+
+  test('only an allocated, unbound slot is given back; a released one comes back once its record is written', async () => {
+    const dir = join(root, 'unallocate');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
+    const store = await LocalSlotStore.open(dir);
+    const slot = store.allocate();
+    store.unallocate(slot);
+    assert.throws(() => store.unallocate(slot), broken(/unallocate\(\) of slot \d+, which is free/));
+    assert.equal(store.freeSlots, 16, 'given back once');
+    const bound = store.allocate();
+    const ref = { volumeId: 2, generation: 1, index: 0 };
+    await store.writeBlock(bound, ref, Buffer.alloc(BS, 2), 0);
+    assert.throws(() => store.unallocate(bound), broken(/which is bound/));
+    store.release(ref);
+    assert.throws(() => store.unallocate(bound), broken(/which is being released/));
+    await store.sync();
+    assert.equal(store.freeSlots, 16);
+    assert.equal(store.usedSlots, 0);
+    await store.close();
   });
 });

@@ -12,10 +12,18 @@
  *   commit, so a crash at any point leaves the committed version intact; blocks
  *   of an uncommitted version are found and freed by the start-up sweep.
  * - A full store throws StoreFullError (ENOSPC); nothing is overwritten.
+ *
+ * Invariants, asserted (src/common/assert.ts): each slot is in exactly one
+ * of four uses (SlotUse), and moves only free → allocated → bound →
+ * releasing → free, or allocated → free (unallocate); so a slot is never
+ * bound while in use, never given back twice, never on the free stack while
+ * anyone holds it. The counts of the four add up to slotCount, and every slot
+ * the ref index names is bound.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdir, open, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { invariantBroken } from '../../common/assert.js';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
@@ -25,6 +33,20 @@ import {
 import { refKey, type BlockRef } from './ref.js';
 
 export const STORE_FORMAT = 1;
+
+/** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
+const enum SlotUse {
+  /** On the free stack. */
+  Free = 0,
+  /** Handed out by allocate(); a worker may be writing it; not yet bound. */
+  Allocated = 1,
+  /** Holds a ref: the ref index names it. */
+  Bound = 2,
+  /** Released; its free record is being written, then it goes back on the free stack. */
+  Releasing = 3,
+}
+
+const USE_NAMES = ['free', 'allocated', 'bound', 'being released'];
 
 export interface StoreLayout {
   format: number;
@@ -49,6 +71,10 @@ export class LocalSlotStore {
   private readonly refToSlot = new Map<string, number>();
   private readonly freeStack: Int32Array;
   private freeTop = 0;
+  /** SlotUse of each slot, and how many are allocated and releasing (the rest are free or in refToSlot). */
+  private readonly uses: Uint8Array;
+  private allocatedCount = 0;
+  private releasingCount = 0;
   /** Released slots whose free record is not yet on disk: not reusable until it is (see release). */
   private pendingRelease: number[] = [];
   private releaseWrite: Promise<void> | undefined;
@@ -69,6 +95,7 @@ export class LocalSlotStore {
     this.records = records;
     this.recordView = new DataView(records);
     this.freeStack = new Int32Array(layout.slotCount);
+    this.uses = new Uint8Array(layout.slotCount);
   }
 
   static layoutPath(dir: string): string {
@@ -150,13 +177,36 @@ export class LocalSlotStore {
         // Two slots claiming one ref: the same block spilled twice for a
         // version that never committed (sync() writes free records before any
         // commit), so neither is referenced; keep one, the sweep frees it.
-        if (previous !== undefined) this.clearRecord(previous), (this.freeStack[this.freeTop++] = previous);
+        if (previous !== undefined) {
+          this.clearRecord(previous);
+          this.uses[previous] = SlotUse.Free;
+          this.freeStack[this.freeTop++] = previous;
+        }
         this.refToSlot.set(key, slot);
+        this.uses[slot] = SlotUse.Bound;
       } else {
         if (record.getUint32(OFF_STATE, true) !== SLOT_FREE) this.clearRecord(slot);
         this.freeStack[this.freeTop++] = slot;
       }
     }
+    this.assertAccounted();
+  }
+
+  /** Every slot is counted once: free, allocated, bound (in the ref index) or being released. */
+  private assertAccounted(): void {
+    if (this.freeTop + this.allocatedCount + this.refToSlot.size + this.releasingCount !== this.slotCount) {
+      invariantBroken(
+        `slot counts disagree: ${this.freeTop} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
+          `${this.releasingCount} releasing != ${this.slotCount}`,
+      );
+    }
+  }
+
+  /** Move `slot` from use `from` to `to`, or fail naming what `what` found. */
+  private moveUse(slot: number, from: SlotUse, to: SlotUse, what: string): void {
+    const use = this.uses[slot];
+    if (use !== from) invariantBroken(`${what} slot ${slot}, which is ${USE_NAMES[use] ?? 'out of range'}, not ${USE_NAMES[from]}`);
+    this.uses[slot] = to;
   }
 
   record(slot: number): DataView {
@@ -188,20 +238,29 @@ export class LocalSlotStore {
         `local store ${this.dir} is full (${this.slotCount} blocks of ${this.blockSize} bytes in use or awaiting release)`,
       );
     }
-    return this.freeStack[--this.freeTop];
+    const slot = this.freeStack[--this.freeTop];
+    this.moveUse(slot, SlotUse.Free, SlotUse.Allocated, 'the free stack held');
+    this.allocatedCount++;
+    return slot;
   }
 
   /** Give back a slot that was allocated but never bound (a failed write). */
   unallocate(slot: number): void {
+    this.moveUse(slot, SlotUse.Allocated, SlotUse.Free, 'unallocate() of');
+    this.allocatedCount--;
     this.freeStack[this.freeTop++] = slot;
+    this.assertAccounted();
   }
 
   /** Record that slot now durably-to-be holds ref (after a worker wrote it). */
   bind(slot: number, ref: BlockRef): void {
+    this.moveUse(slot, SlotUse.Allocated, SlotUse.Bound, 'bind() of');
+    this.allocatedCount--;
     const key = refKey(ref.volumeId, ref.generation, ref.index);
     const previous = this.refToSlot.get(key);
     this.refToSlot.set(key, slot);
     if (previous !== undefined && previous !== slot) this.releaseSlot(previous);
+    this.assertAccounted();
   }
 
   lookup(volumeId: number, generation: number, index: number): number | undefined {
@@ -215,6 +274,7 @@ export class LocalSlotStore {
     if (slot === undefined) return;
     this.refToSlot.delete(key);
     this.releaseSlot(slot);
+    this.assertAccounted();
   }
 
   /**
@@ -224,6 +284,8 @@ export class LocalSlotStore {
    * could otherwise land after the new owner's record and tear it.
    */
   private releaseSlot(slot: number): void {
+    this.moveUse(slot, SlotUse.Bound, SlotUse.Releasing, 'releasing');
+    this.releasingCount++;
     this.clearRecord(slot);
     this.pendingRelease.push(slot);
     if (!this.releaseWrite) this.releaseWrite = this.writeReleased();
@@ -242,7 +304,11 @@ export class LocalSlotStore {
           await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
         }
       } finally {
-        for (const slot of batch) this.freeStack[this.freeTop++] = slot;
+        for (const slot of batch) {
+          this.moveUse(slot, SlotUse.Releasing, SlotUse.Free, 'the release batch held');
+          this.releasingCount--;
+          this.freeStack[this.freeTop++] = slot;
+        }
       }
     }
     this.releaseWrite = undefined;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { InvariantError } from '../../common/assert.js';
 import { BlockCache, SlotState, type CacheOwner } from './block-cache.js';
 
 function owner(): CacheOwner & { evictions: number[] } {
@@ -41,4 +42,76 @@ test('waiters wake when a slot is freed or cleaned', async () => {
   await waiting;
   assert.equal(woke, true);
   assert.equal(cache.dirtySlots, 0);
+});
+
+const broken = (pattern: RegExp) => (err: unknown) => err instanceof InvariantError && pattern.test(err.message);
+
+test('the transitions volumes make are allowed, from every state a slot can be freed', () => {
+  const cache = new BlockCache(4096, 64 * 4096);
+  const o = owner();
+  const slot = cache.acquire(o, 0, SlotState.Loading);
+  for (const next of [SlotState.Clean, SlotState.Dirty, SlotState.Flushing, SlotState.Dirty, SlotState.Flushing, SlotState.Clean]) {
+    cache.setState(slot, next);
+  }
+  assert.equal(cache.dirtySlots, 0);
+  for (const state of [SlotState.Clean, SlotState.Dirty, SlotState.Loading, SlotState.Flushing]) {
+    const s = cache.acquire(o, 1, state === SlotState.Loading ? SlotState.Loading : SlotState.Dirty);
+    if (state === SlotState.Clean || state === SlotState.Flushing) cache.setState(s, state);
+    cache.free(s);
+  }
+  assert.equal(cache.dirtySlots, 0);
+  assert.equal(cache.freeSlots, 63);
+});
+
+test('a slot never leaves Loading except to Clean, never goes to Free or Loading by setState, never moves once free', () => {
+  const cache = new BlockCache(4096, 64 * 4096);
+  const o = owner();
+  const loading = cache.acquire(o, 0, SlotState.Loading);
+  assert.throws(() => cache.setState(loading, SlotState.Dirty), broken(/Loading to Dirty/));
+  assert.throws(() => cache.setState(loading, SlotState.Flushing), broken(/Loading to Flushing/));
+  assert.throws(() => cache.setState(loading, SlotState.Free), broken(/Loading to Free/));
+  const dirty = cache.acquire(o, 1, SlotState.Dirty);
+  assert.throws(() => cache.setState(dirty, SlotState.Loading), broken(/Dirty to Loading/));
+  assert.equal(cache.dirtySlots, 1, 'a refused transition changes nothing');
+  cache.free(dirty);
+  assert.throws(() => cache.setState(dirty, SlotState.Clean), broken(/Free to Clean/));
+  assert.equal(cache.dirtySlots, 0);
+});
+
+test('a slot freed twice is refused and the free list keeps it once', () => {
+  const cache = new BlockCache(4096, 64 * 4096);
+  const slot = cache.acquire(owner(), 0, SlotState.Dirty);
+  cache.free(slot);
+  assert.throws(() => cache.free(slot), broken(/freed twice/));
+  assert.equal(cache.freeSlots, 64);
+  // Pinned: the free is deferred, and a second one is still refused.
+  const pinned = cache.acquire(owner(), 0, SlotState.Dirty);
+  cache.pin(pinned);
+  cache.free(pinned);
+  assert.throws(() => cache.free(pinned), broken(/freed twice/));
+  cache.unpin(pinned);
+  assert.equal(cache.freeSlots, 64);
+});
+
+test('pin counts never go below zero', () => {
+  const cache = new BlockCache(4096, 64 * 4096);
+  const slot = cache.acquire(owner(), 0, SlotState.Dirty);
+  assert.throws(() => cache.unpin(slot), broken(/is not pinned/));
+  cache.pin(slot);
+  cache.unpin(slot);
+  assert.throws(() => cache.unpin(slot), broken(/is not pinned/));
+});
+
+test('a slot on the free list that is in use, and an owner that changes a slot it is told was evicted, are caught', () => {
+  const cache = new BlockCache(4096, 64 * 4096);
+  // Corrupt the state behind the cache's back: the next slot on the free list looks dirty.
+  const slot = cache.acquire(owner(), 0, SlotState.Dirty);
+  cache.free(slot);
+  cache.state[slot] = SlotState.Dirty;
+  assert.throws(() => cache.acquire(owner(), 1, SlotState.Dirty), broken(/free list is in use/));
+
+  const full = new BlockCache(4096, 64 * 4096);
+  const meddler: CacheOwner = { evicted: (_index, s) => full.setState(s, SlotState.Dirty), writeBack: () => undefined };
+  for (let i = 0; i < 64; i++) full.setState(full.acquire(meddler, i, SlotState.Loading), SlotState.Clean);
+  assert.throws(() => full.acquire(meddler, 99, SlotState.Dirty), broken(/evicted\(\) changed the slot/));
 });

@@ -14,7 +14,21 @@
  * Eviction is CLOCK over CLEAN slots; DIRTY, LOADING and FLUSHING slots are
  * never evicted. When no slot can be had, acquire() returns -1 and the caller
  * waits with whenSlotFreed() while its volume writes back.
+ *
+ * Invariants, asserted (src/common/assert.ts) because a slot in the wrong
+ * state means two writers on one byte range or a block lost from the cache:
+ * - setState() makes only the transitions in ALLOWED_NEXT; a slot becomes
+ *   Free only by free(), and Loading only by acquire();
+ * - a slot is freed once (a second free() would put it on the free list
+ *   twice and hand it to two owners);
+ * - a slot taken from the free list is Free and unpinned;
+ * - only a Clean, unpinned slot is evicted, and its owner's evicted() leaves
+ *   it so;
+ * - pin counts never go below zero (or past 0xffff).
+ * Each is an integer compare on the hot path: messages are constants, or
+ * built only once the check has failed.
  */
+import { assert, invariantBroken } from '../../common/assert.js';
 
 export const enum SlotState {
   Free = 0,
@@ -23,6 +37,26 @@ export const enum SlotState {
   Loading = 3,
   Flushing = 4,
 }
+
+/**
+ * Bit (1 << next) is set in ALLOWED_NEXT[previous] when setState() may move a
+ * slot from `previous` to `next`. Volumes use Loading → Clean (filled),
+ * Clean → Dirty (written), Dirty → Flushing (written back), Flushing → Dirty
+ * or Clean (write-back failed or stored); Dirty → Clean and Clean → Flushing
+ * are harmless and allowed. Never from Free (the slot has no owner), never to
+ * Free (free() keeps the free list) or Loading (only acquire() makes a
+ * worker's fill target), never from Loading to Dirty or Flushing (main would
+ * write bytes the worker is still filling).
+ */
+const ALLOWED_NEXT = Uint8Array.of(
+  0,
+  (1 << SlotState.Dirty) | (1 << SlotState.Flushing),
+  (1 << SlotState.Clean) | (1 << SlotState.Flushing),
+  1 << SlotState.Clean,
+  (1 << SlotState.Dirty) | (1 << SlotState.Clean),
+);
+
+const STATE_NAMES = ['Free', 'Clean', 'Dirty', 'Loading', 'Flushing'];
 
 /** Whoever maps block indexes to slots (a volume) is told when one is evicted. */
 export interface CacheOwner {
@@ -95,6 +129,7 @@ export class BlockCache {
     let slot: number;
     if (this.freeCount > 0) {
       slot = this.freeList[--this.freeCount];
+      assert(this.state[slot] === SlotState.Free && this.pins[slot] === 0, 'a slot on the free list is in use or pinned');
     } else {
       slot = this.evictOne();
       if (slot < 0) return -1;
@@ -117,7 +152,11 @@ export class BlockCache {
         this.referenced[slot] = 0;
         continue;
       }
-      this.slotOwners[slot]!.evicted(this.ownerIndex[slot], slot);
+      const owner = this.slotOwners[slot];
+      assert(owner !== undefined, 'a clean slot has no owner');
+      owner.evicted(this.ownerIndex[slot], slot);
+      // Paired with the test above: the owner forgets the slot, it does not change it.
+      assert(this.state[slot] === SlotState.Clean && this.pins[slot] === 0, "an owner's evicted() changed the slot");
       this.slotOwners[slot] = undefined;
       this.evictions++;
       return slot;
@@ -132,6 +171,9 @@ export class BlockCache {
   setState(slot: number, next: SlotState): void {
     const previous = this.state[slot];
     if (previous === next) return;
+    if ((ALLOWED_NEXT[previous] & (1 << next)) === 0) {
+      invariantBroken(`slot ${slot} may not go from ${STATE_NAMES[previous]} to ${STATE_NAMES[next]}`);
+    }
     if (previous === SlotState.Dirty) this.dirty--;
     if (next === SlotState.Dirty) this.dirty++;
     this.state[slot] = next;
@@ -140,7 +182,9 @@ export class BlockCache {
 
   /** Return a slot to the free list (its owner already forgot it); deferred while pinned. */
   free(slot: number): void {
-    if (this.state[slot] === SlotState.Dirty) this.dirty--;
+    const state = this.state[slot];
+    if (state === SlotState.Free) invariantBroken(`slot ${slot} freed twice`);
+    if (state === SlotState.Dirty) this.dirty--;
     this.state[slot] = SlotState.Free;
     this.slotOwners[slot] = undefined;
     if (this.pins[slot] !== 0) {
@@ -152,12 +196,12 @@ export class BlockCache {
   }
 
   pin(slot: number): void {
-    if (this.pins[slot] === 0xffff) throw new RangeError(`slot ${slot} pinned too many times`);
+    if (this.pins[slot] === 0xffff) invariantBroken(`slot ${slot} pinned too many times`);
     this.pins[slot]++;
   }
 
   unpin(slot: number): void {
-    if (this.pins[slot] === 0) throw new RangeError(`slot ${slot} is not pinned`);
+    if (this.pins[slot] === 0) invariantBroken(`slot ${slot} is not pinned`);
     if (--this.pins[slot] === 0 && this.freeWhenUnpinned[slot]) {
       this.freeWhenUnpinned[slot] = 0;
       this.freeList[this.freeCount++] = slot;

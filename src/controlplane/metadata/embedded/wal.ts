@@ -16,6 +16,7 @@
  * at revision R makes every segment before `wal-<R+1>.log` deletable.
  */
 import { open, readdir, readFile, truncate, type FileHandle } from 'node:fs/promises';
+import { assert } from '../../../common/assert.js';
 import type { Logger } from '../../../common/log.js';
 import { MetadataCorruptError, MetadataStorageError } from '../errors.js';
 import { pathIn, segmentFirstRevision, segmentName, syncDirectory } from './files.js';
@@ -139,6 +140,8 @@ export class WriteAheadLog {
   private flushing: Promise<void> | undefined;
   private failure: Error | undefined;
   private closed = false;
+  /** The revision of the last record queued (or replayed): the next one is exactly one above. */
+  private lastQueued: number;
   readonly stats: LogStats;
 
   private constructor(
@@ -153,6 +156,7 @@ export class WriteAheadLog {
     private readonly onDurable: (revision: number) => void,
   ) {
     this.stats = { syncs: 0, records: 0, bytesSinceSnapshot };
+    this.lastQueued = durableRevision;
   }
 
   static async open(dir: string, replayed: ReplayedLog, onDurable: (revision: number) => void): Promise<WriteAheadLog> {
@@ -172,6 +176,9 @@ export class WriteAheadLog {
   append(frame: Buffer, revision: number): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new Error('append after the log was closed'));
+    // Replay requires consecutive revisions; a gap or repeat here would make the log refuse to open.
+    assert(revision === this.lastQueued + 1, 'log records are appended in revision order, without gaps');
+    this.lastQueued = revision;
     return new Promise((resolve, reject) => {
       this.queue.push({ kind: 'append', frame, revision, resolve, reject });
       this.kick();
