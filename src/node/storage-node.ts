@@ -266,7 +266,7 @@ export class StorageNode implements ExportProvider {
       cache: this.cache,
       pool: this.pool,
       log: this.log,
-      cluster: this.cluster,
+      placement: this.cluster,
       commit: async (identity, generation, root) => {
         const current = this.records.get(identity.name);
         if (!current) throw new NotFoundError(`volume "${identity.name}" was deleted`);
