@@ -11,7 +11,9 @@ import { Piscina } from 'piscina';
 import { logger } from '../../common/log.js';
 import type { ReadRemote, WriteRemote } from '../replication/block-placement.js';
 import { MAX_TARGETS, SPARE_CANDIDATES, type PeerIdentityForTasks, type PeerTarget, type WriteTargets } from '../replication/placement.js';
-import { BATCH, type ReadBatchResult, type ReadBatchTask, type RemoteTargets, type WorkerSetup, type WriteBatchResult, type WriteBatchTask } from './tasks.js';
+import {
+  BATCH, type ReadBatchResult, type ReadBatchTask, type RemoteTargets, type WorkerSetup, type WriteBatchResult, type WriteBatchTask,
+} from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
 
 export interface ReadRequest {
@@ -121,7 +123,8 @@ export class DataPool {
 
   /** Count NO_SPACE refusals; log each full peer once (not per block or batch). */
   private noteFullPeers(uuids: readonly string[] | undefined): void {
-    for (const uuid of uuids ?? []) {
+    if (!uuids) return;
+    for (const uuid of uuids) {
       this.replicationStats.fullRefusals++;
       if (this.loggedFull.has(uuid)) continue;
       this.loggedFull.add(uuid);

@@ -118,7 +118,8 @@ describe('durability rule', () => {
     const placement = fakePlacement(['b'], { holdsCopies: false, pagePeers: ['b'] });
     const copies = new VersionCopies(placement, 'vol');
     copies.putPage(page, bytes, 1, 2, 0);
-    await assert.rejects(copies.sync(storeSpy(), [[0, { local: false, peers: ['c'] }]]), /a map page of the new version is on no storage node/);
+    const blocks: [number, BlockCopies][] = [[0, { local: false, peers: ['c'] }]];
+    await assert.rejects(copies.sync(storeSpy(), blocks), /a map page of the new version is on no storage node/);
   });
 
   test('a node that holds copies keeps its own map pages: peers failing them is not fatal', async () => {

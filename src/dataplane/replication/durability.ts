@@ -83,7 +83,8 @@ export class VersionCopies {
     for (const [, copies] of blocks) for (const uuid of copies.peers) peers.add(uuid);
     const failed = peers.size === 0 ? NONE_FAILED : await placement.syncPeers(peers);
     if (!placement.holdsCopies && pageCopies.some((copies) => copies.every((uuid) => failed.has(uuid)))) {
-      throw new IoError('EIO', `volume ${this.volume}: a map page of the new version is on no storage node (peers ${[...failed].join(', ') || 'none'} failed); nothing was committed`);
+      const peersFailed = [...failed].join(', ') || 'none';
+      throw new IoError('EIO', `volume ${this.volume}: a map page of the new version is on no storage node (peers ${peersFailed} failed); nothing was committed`);
     }
     if (failed.size === 0) return;
     const lost: number[] = [];
@@ -97,7 +98,8 @@ export class VersionCopies {
       }
     }
     if (lost.length > 0) {
-      throw new IoError('EIO', `volume ${this.volume}: ${lost.length} block(s) have no durable copy (peers ${[...failed].join(', ')} failed to sync), first ${lost.slice(0, 8).join(', ')}`);
+      const peersFailed = [...failed].join(', ');
+      throw new IoError('EIO', `volume ${this.volume}: ${lost.length} block(s) have no durable copy (peers ${peersFailed} failed to sync), first ${lost.slice(0, 8).join(', ')}`);
     }
   }
 }

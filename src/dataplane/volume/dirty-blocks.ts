@@ -79,6 +79,7 @@ export async function storeDirty(state: VolumeState, indices: number[]): Promise
   }
   notePeerWriteFailures(placement, state.services.log, state.name, written.failures);
   if (unstored.length > 0) {
-    throw new IoError('EIO', `volume ${state.name}: ${unstored.length} block(s) could not be stored on any node: ${unstored.slice(0, 4).join(' | ')}`);
+    const first = unstored.slice(0, 4).join(' | ');
+    throw new IoError('EIO', `volume ${state.name}: ${unstored.length} block(s) could not be stored on any node: ${first}`);
   }
 }

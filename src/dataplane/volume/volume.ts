@@ -105,8 +105,9 @@ export class Volume implements CacheOwner {
       const { placement } = state;
       const page = Buffer.allocUnsafe(identity.blockSize);
       const loadPage = async (level: number, pageNo: number, generation: number, hashLo: number, hashHi: number) => {
-        const slot = store.lookup(identity.id, generation, pageIndex(level, pageNo));
-        if (slot === undefined) await placement.getBlock({ volumeId: identity.id, generation, index: pageIndex(level, pageNo) }, hashLo, hashHi, page);
+        const ref = { volumeId: identity.id, generation, index: pageIndex(level, pageNo) };
+        const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
+        if (slot === undefined) await placement.getBlock(ref, hashLo, hashHi, page);
         const digest = slot === undefined ? { lo: hashLo, hi: hashHi } : await store.readBlock(slot, page);
         if (digest.lo !== hashLo || digest.hi !== hashHi) {
           throw new ChecksumError(identity.name, -1, `volume ${identity.name}: map page ${level}/${pageNo} fails its checksum`);

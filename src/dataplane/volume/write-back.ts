@@ -79,8 +79,8 @@ export class WriteBackRounds {
         const failure = await this.round(async () => {
           spilled = await this.spillOnce();
         });
-        if (failure) this.state.services.log.warn({ volume: this.state.name, err: String(failure) }, 'spilling dirty blocks failed; they stay cached');
-        const { cache } = this.state.services;
+        const { cache, log } = this.state.services;
+        if (failure) log.warn({ volume: this.state.name, err: String(failure) }, 'spilling dirty blocks failed; they stay cached');
         if (!failure && spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER) this.spillRequested = true;
       } else {
         break;
