@@ -10,6 +10,7 @@ import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { BlockCache } from '../dataplane/cache/block-cache.js';
 import type { DataPool } from '../dataplane/pool/data-pool.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
+import { SingleNodePlacement } from '../dataplane/replication/single-node.js';
 import type { VolumeServices } from '../dataplane/volume/volume.js';
 import type { NodeMetrics } from './metrics.js';
 
@@ -31,7 +32,8 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
     cache: parts.cache,
     pool: parts.pool,
     log: parts.log,
-    cluster: parts.cluster,
+    // A single node is the degenerate placement: every block here, no peers.
+    placement: parts.cluster ?? new SingleNodePlacement(),
     commit: (identity, generation, root) => ownership.commit(identity.name, generation, root ?? null),
     onChecksumError: (volume) => metrics?.checksumErrors.inc({ volume }),
     onFlush: (_volume, blocks, seconds) => {

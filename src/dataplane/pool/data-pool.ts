@@ -9,10 +9,12 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { logger } from '../../common/log.js';
-import { MAX_TARGETS, SPARE_CANDIDATES, writeSparesOf, type PeerIdentityForTasks, type PeerTarget } from '../replication/placement.js';
-import type { ReadBatchResult, ReadBatchTask, RemoteTargets, WorkerSetup, WriteBatchResult, WriteBatchTask } from './tasks.js';
-
-export const BATCH = 16;
+import type { ReadRemote, WriteRemote } from '../replication/block-placement.js';
+import { MAX_TARGETS, SPARE_CANDIDATES, type PeerIdentityForTasks, type PeerTarget, type WriteTargets } from '../replication/placement.js';
+import {
+  BATCH, type ReadBatchResult, type ReadBatchTask, type RemoteTargets, type WorkerSetup, type WriteBatchResult, type WriteBatchTask,
+} from './tasks.js';
+import { WrittenBlocks } from './written-blocks.js';
 
 export interface ReadRequest {
   volumeId: number;
@@ -23,31 +25,10 @@ export interface ReadRequest {
   index: number;
   hashLo: number;
   hashHi: number;
-  /** Cluster: peers to fetch from when there is no good local copy (storeSlot -1 for none). */
+  /** Peers to fetch from when there is no good local copy (storeSlot -1 for none); the placement's readRemote. */
   remote?: ReadRemote;
   /** localBad: this node's copy failed its check and a peer's served instead (cluster). */
   done(status: number, reason: string, localBad?: boolean): void;
-}
-
-export interface ReadRemote {
-  identity: PeerIdentityForTasks;
-  /** The placement's peer table when the request was made; candidates index into it. */
-  peers: readonly PeerTarget[];
-  candidates: number[];
-}
-
-/** Cluster: where each block of a write also goes. */
-export interface WriteRemote {
-  identity: PeerIdentityForTasks;
-  peers: readonly PeerTarget[];
-  /**
-   * Per block (same order as the blocks), indexes into peers: the `remote`
-   * lists of ClusterPlacement.writeTargets. A list whose spares took copies
-   * (a target full, or this node full: its store slot -1 although placement
-   * chose it) gains those spares at its end, in place, with their acks at
-   * the same positions, so the caller reads every copy made from one list.
-   */
-  targets: number[][];
 }
 
 /** Cluster counters of the data path, summed over every task (torus_replication_* material). */
@@ -101,9 +82,17 @@ export class DataPool {
     return this.pool.threads.length;
   }
 
-  /** Write blocks, BATCH at a time in parallel tasks; results in input order. */
-  async writeBlocks(volumeId: number, generation: number, key: Uint8Array | null, cacheSlots: number[], storeSlots: number[], indices: number[], remote?: WriteRemote): Promise<WriteBatchResult[]> {
-    const tasks: Promise<WriteBatchResult>[] = [];
+  /**
+   * Write blocks, BATCH at a time in parallel tasks. `storeSlots`: this
+   * node's slot per block (-1 for none); `remote`: where the blocks also go
+   * (the placement's placeWrites). The result is per block, in request order.
+   */
+  async writeBlocks(
+    volumeId: number, generation: number, key: Uint8Array | null,
+    cacheSlots: readonly number[], storeSlots: readonly number[], indices: readonly number[], remote?: WriteRemote,
+  ): Promise<WrittenBlocks> {
+    const tasks: WriteBatchTask[] = [];
+    const runs: Promise<WriteBatchResult>[] = [];
     for (let start = 0; start < cacheSlots.length; start += BATCH) {
       const end = Math.min(start + BATCH, cacheSlots.length);
       const task: WriteBatchTask = {
@@ -116,64 +105,33 @@ export class DataPool {
         indices: Float64Array.from(indices.slice(start, end)),
       };
       if (remote) {
-        const lists = remote.targets.slice(start, end);
-        task.remote = remoteTargets(remote.identity, remote.peers, MAX_TARGETS, lists);
-        const promoted: number[] = [];
-        task.remote.spares = this.spares(lists, task.storeSlots, task.remote.targets, promoted);
-        const run: Promise<WriteBatchResult> = this.pool.run(task);
-        tasks.push(run.then((result) => this.afterWrite(result, lists, promoted)));
-      } else {
-        tasks.push(this.pool.run(task));
+        const where = remote.targets.slice(start, end);
+        task.remote = remoteTargets(remote.identity, remote.peers, MAX_TARGETS, where.map((w) => w.remote));
+        task.remote.spares = sparesFor(where, task.storeSlots, task.remote.targets);
       }
+      tasks.push(task);
+      runs.push(this.pool.run(task));
     }
-    return Promise.all(tasks);
+    const results = await Promise.all(runs);
+    const written = new WrittenBlocks(cacheSlots.length, remote);
+    for (let b = 0; b < results.length; b++) {
+      this.replicationStats.placedElsewhere += written.record(b * BATCH, results[b], tasks[b].remote);
+      this.noteFullPeers(results[b].fullPeers);
+    }
+    return written;
   }
 
-  /**
-   * Spares for a batch: per block, the next live ring candidates after its
-   * targets. A block placement wanted on this node whose store slot is -1
-   * (this node's store is full) takes its first spare as a target at once.
-   */
-  private spares(lists: number[][], storeSlots: Int32Array, targets: Int16Array, promoted: number[]): Int16Array {
-    const spares = new Int16Array(lists.length * SPARE_CANDIDATES).fill(-1);
-    lists.forEach((list, i) => {
-      const known = writeSparesOf(list);
-      if (!known) return;
-      let spare = known.spare;
-      if (known.local && storeSlots[i] < 0 && spare.length > 0 && list.length < MAX_TARGETS) {
-        promoted.push(i * MAX_TARGETS + list.length);
-        targets[i * MAX_TARGETS + list.length] = spare[0];
-        list.push(spare[0]);
-        spare = spare.slice(1);
-      }
-      for (let k = 0; k < Math.min(SPARE_CANDIDATES, spare.length); k++) spares[i * SPARE_CANDIDATES + k] = spare[k];
-    });
-    return spares;
-  }
-
-  /** Fold spares that took copies into the caller's lists (and acks); count and log full peers. */
-  private afterWrite(result: WriteBatchResult, lists: number[][], promoted: number[]): WriteBatchResult {
-    for (const at of promoted) if (result.acked![at]) this.replicationStats.placedElsewhere++;
-    const placed = result.placedOn;
-    if (placed) {
-      for (let i = 0; i < lists.length; i++) {
-        for (let k = 0; k < SPARE_CANDIDATES; k++) {
-          const peer = placed[i * SPARE_CANDIDATES + k];
-          if (peer < 0 || lists[i].length >= MAX_TARGETS) continue;
-          result.acked![i * MAX_TARGETS + lists[i].length] = 1;
-          lists[i].push(peer);
-          this.replicationStats.placedElsewhere++;
-        }
-      }
-    }
-    for (const uuid of result.fullPeers ?? []) {
+  /** Count NO_SPACE refusals; log each full peer once (not per block or batch). */
+  private noteFullPeers(uuids: readonly string[] | undefined): void {
+    if (!uuids) return;
+    for (const uuid of uuids) {
       this.replicationStats.fullRefusals++;
       if (this.loggedFull.has(uuid)) continue;
       this.loggedFull.add(uuid);
       log.warn({ peer: uuid }, 'peer refused copies for lack of space: they go to the next node on the ring (logged once per peer)');
     }
-    return result;
   }
+
   /** Queue a cache-miss read; misses queued in the same tick share tasks. */
   read(request: ReadRequest): void {
     this.pendingReads.push(request);
@@ -245,10 +203,30 @@ export class DataPool {
   }
 }
 
-function remoteTargets(identity: PeerIdentityForTasks, peers: readonly PeerTarget[], stride: number, perBlock: number[][]): RemoteTargets {
+function remoteTargets(identity: PeerIdentityForTasks, peers: readonly PeerTarget[], stride: number, perBlock: readonly (readonly number[])[]): RemoteTargets {
   const targets = new Int16Array(perBlock.length * stride).fill(-1);
   perBlock.forEach((list, i) => {
     for (let t = 0; t < Math.min(stride, list.length); t++) targets[i * stride + t] = list[t];
   });
   return { identity, peers: peers as PeerTarget[], stride, targets };
+}
+
+/**
+ * Spares for a batch: per block, the next live ring candidates after its
+ * targets, SPARE_CANDIDATES a block (-1 padded). A block placement wanted on
+ * this node whose store slot is -1 (this node's store is full) takes its
+ * first spare as an extra target at once (written into `targets`).
+ */
+function sparesFor(where: readonly WriteTargets[], storeSlots: Int32Array, targets: Int16Array): Int16Array {
+  const spares = new Int16Array(where.length * SPARE_CANDIDATES).fill(-1);
+  for (let i = 0; i < where.length; i++) {
+    const { local, remote, spare } = where[i];
+    let from = 0;
+    if (local && storeSlots[i] < 0 && spare.length > 0 && remote.length < MAX_TARGETS) {
+      targets[i * MAX_TARGETS + remote.length] = spare[0];
+      from = 1;
+    }
+    for (let k = 0; k < Math.min(SPARE_CANDIDATES, spare.length - from); k++) spares[i * SPARE_CANDIDATES + k] = spare[from + k];
+  }
+  return spares;
 }

@@ -7,6 +7,9 @@
 
 import type { PeerIdentityForTasks, PeerTarget } from '../replication/placement.js';
 
+/** Most blocks one task carries: a pool round trip (25–75 µs) costs more than hashing one 64 KiB block. */
+export const BATCH = 16;
+
 export interface WorkerSetup {
   cache: SharedArrayBuffer;
   blockSize: number;

@@ -7,23 +7,18 @@
  * The main thread keeps its own PeerClient per peer for these few requests;
  * the bulk of replication traffic runs on the workers' connections.
  */
-import { IoError } from '../../common/errors.js';
+import { IoError, StoreFullError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Hasher } from '../blocks/hash.js';
 import { formatRef, type BlockRef } from '../blocks/ref.js';
+import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
-import { ClusterPlacement, type PeerTarget } from './placement.js';
+import type { BlockPlacement, ReadRemote, ReplicationStats, WriteRemote } from './block-placement.js';
+import { ClusterPlacement, type PeerTarget, type WriteTargets } from './placement.js';
 
-export interface ReplicationStats {
-  /** Blocks committed with fewer copies than the ring's replication. */
-  underReplicatedBlocks: number;
-  /** Peer writes that failed (each batch to each peer counts once). */
-  failedPeerWrites: number;
-  /** Blocks read from a peer because there was no good local copy. */
-  remoteReads: number;
-}
+export type { ReplicationStats } from './block-placement.js';
 
-export class ClusterBlocks {
+export class ClusterBlocks implements BlockPlacement {
   private readonly clients = new Map<string, PeerClient>();
   readonly stats: ReplicationStats = { underReplicatedBlocks: 0, failedPeerWrites: 0, remoteReads: 0 };
 
@@ -32,6 +27,34 @@ export class ClusterBlocks {
     private readonly hasher: Hasher,
     private readonly log: Logger,
   ) {}
+
+  get holdsCopies(): boolean {
+    return this.placement.holdsCopies;
+  }
+
+  replicationOf(volumeId: number): number {
+    return this.placement.replicationOf(volumeId);
+  }
+
+  readRemote(volumeId: number, index: number): ReadRemote | undefined {
+    const candidates = this.placement.readCandidates(volumeId, index).remote;
+    return candidates.length > 0 ? { identity: this.placement.identity, peers: this.placement.peers, candidates } : undefined;
+  }
+
+  /**
+   * The ring's targets per block. This node's copy gets a store slot, or -1
+   * when the store is full: the pool then gives it to the block's first spare.
+   */
+  placeWrites(store: LocalSlotStore, volumeId: number, indices: readonly number[], storeSlots: number[]): WriteRemote {
+    const targets: WriteTargets[] = [];
+    const remote: WriteRemote = { identity: this.placement.identity, peers: this.placement.peers, targets };
+    for (const index of indices) {
+      const where = this.placement.writeTargets(volumeId, index);
+      storeSlots.push(where.local ? allocateUnlessFull(store) : -1);
+      targets.push(where);
+    }
+    return remote;
+  }
 
   /** The main thread's connection to a peer (opened on first use, kept). */
   clientFor(peer: PeerTarget): PeerClient {
@@ -123,5 +146,15 @@ export class ClusterBlocks {
   async close(): Promise<void> {
     await Promise.all([...this.clients.values()].map((c) => c.close()));
     this.clients.clear();
+  }
+}
+
+/** A slot for this node's copy, or -1 when the local store is full. */
+function allocateUnlessFull(store: LocalSlotStore): number {
+  try {
+    return store.allocate();
+  } catch (err) {
+    if (err instanceof StoreFullError) return -1;
+    throw err;
   }
 }

@@ -5,6 +5,7 @@
  * is no longer referenced; a version pinned by a reader stays referenced;
  * a map that cannot be loaded yields no view.
  */
+import { SingleNodePlacement } from './single-node.js';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -44,6 +45,7 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
     const log = quietLogger();
     const services: VolumeServices = {
       store, cache, pool, log,
+      placement: new SingleNodePlacement(),
       async commit(_identity, generation, mapRoot) {
         committed.generation = generation;
         committed.root = mapRoot;

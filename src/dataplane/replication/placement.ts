@@ -58,19 +58,6 @@ export interface WriteTargets extends BlockTargets {
   spare: number[];
 }
 
-/**
- * The spares (and whether this node was chosen) of a `remote` list that
- * writeTargets returned. The volume's write path hands the pool only the
- * `remote` lists; the pool finds their spares here, so a full peer's copies
- * can go elsewhere without the volume carrying a second list. Weak: entries
- * go with the lists.
- */
-const sparesOfList = new WeakMap<readonly number[], { local: boolean; spare: number[] }>();
-
-export function writeSparesOf(remote: readonly number[]): { local: boolean; spare: readonly number[] } | undefined {
-  return sparesOfList.get(remote);
-}
-
 export class ClusterPlacement {
   private ring: IndexedRing | undefined;
   private description: RingDescription | undefined;
@@ -169,7 +156,6 @@ export class ClusterPlacement {
     // No live member at all (a node outside the ring, whose ring is all down):
     // keep the block here rather than nowhere.
     if (chosen === 0 && this.holdsCopies) local = true;
-    sparesOfList.set(remote, { local, spare });
     return { local, remote, spare };
   }
 

@@ -68,7 +68,7 @@ async function startNode(dir: string, uuid: string, ring: RingDescription, membe
     store,
     cache,
     pool,
-    cluster,
+    placement: cluster,
     log: quiet,
     async commit(_identity, generation, root) {
       committed.generation = generation;

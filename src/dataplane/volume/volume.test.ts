@@ -3,6 +3,7 @@
  * reads, flushes, reopen from the committed root (a restart), trims, a
  * corrupted block, a full store.
  */
+import { SingleNodePlacement } from '../replication/single-node.js';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm } from 'node:fs/promises';
@@ -38,6 +39,7 @@ async function rig(dir: string, capacity = 64 * 1024 * 1024, cacheBytes = 16 * 1
     store,
     cache,
     pool,
+    placement: new SingleNodePlacement(),
     log: logger('test'),
     async commit(_identity, generation, root) {
       committed.generation = generation;

@@ -1,0 +1,85 @@
+/**
+ * Storing dirty blocks for the next version, without a sync: a spill under
+ * cache pressure, or the first step of a commit. Placement says where each
+ * block goes, the pool writes it there, and the durability rule
+ * (replication/durability.ts) says whether what landed is enough.
+ */
+import { IoError } from '../../common/errors.js';
+import { SlotState } from '../cache/block-cache.js';
+import type { WrittenBlocks } from '../pool/written-blocks.js';
+import { countShortfall, notePeerWriteFailures, storedAnywhere } from '../replication/durability.js';
+import type { SpilledBlock, VolumeState } from './volume-state.js';
+
+/**
+ * Store the given dirty blocks for the next version: afterwards they are in
+ * `spilled` (or holes, if all zeros) and their cache slots clean. On failure
+ * they are dirty again and nothing was recorded; a block stored nowhere
+ * stays dirty and fails the call after the others are recorded.
+ */
+export async function storeDirty(state: VolumeState, indices: number[]): Promise<void> {
+  if (indices.length === 0) return;
+  const { cache, store, pool } = state.services;
+  const { placement } = state;
+  const generation = state.generation + 1;
+  const cacheSlots = indices.map((index) => state.table.get(index)!);
+  for (const index of indices) state.dirty.delete(index);
+  for (const slot of cacheSlots) cache.setState(slot, SlotState.Flushing);
+  const storeSlots: number[] = [];
+  let written: WrittenBlocks;
+  try {
+    const remote = placement.placeWrites(store, state.id, indices, storeSlots);
+    written = await pool.writeBlocks(state.id, generation, state.key, cacheSlots, storeSlots, indices, remote);
+  } catch (err) {
+    for (const slot of storeSlots) if (slot >= 0) store.unallocate(slot);
+    for (let i = 0; i < indices.length; i++) {
+      if (state.table.get(indices[i]) === cacheSlots[i]) {
+        cache.setState(cacheSlots[i], SlotState.Dirty);
+        state.dirty.add(indices[i]);
+      } else {
+        cache.free(cacheSlots[i]);
+      }
+    }
+    throw err;
+  }
+  const unstored: string[] = [];
+  for (let i = 0; i < indices.length; i++) {
+    const index = indices[i];
+    const current = state.table.get(index) === cacheSlots[i];
+    const ref = { volumeId: state.id, generation, index };
+    const local = storeSlots[i] >= 0;
+    if (written.isZero(i)) {
+      if (local) store.unallocate(storeSlots[i]);
+      if (state.spilled.delete(index)) store.release(ref); // an earlier spill of this block
+      if (current && state.map.isPresent(index)) state.pendingHoles.add(index);
+    } else {
+      const peers = written.peers(i);
+      if (!storedAnywhere(local, peers)) {
+        // Not stored anywhere: the block stays dirty (or its newer data does) and the round fails below.
+        unstored.push(`block ${index}: ${written.failuresOf(i).join('; ') || 'no target'}`);
+        if (current) {
+          cache.setState(cacheSlots[i], SlotState.Dirty);
+          state.dirty.add(index);
+        } else {
+          cache.free(cacheSlots[i]);
+        }
+        continue;
+      }
+      if (local) store.bind(storeSlots[i], ref); // replaces (and releases) an earlier spill of this block
+      if (state.pendingHoles.has(index)) {
+        store.release(ref); // trimmed while it was being written
+        state.spilled.delete(index);
+      } else {
+        const entry: SpilledBlock = { hashLo: written.hashLo(i), hashHi: written.hashHi(i), local, peers };
+        countShortfall(placement, state.id, entry);
+        state.spilled.set(index, entry);
+      }
+    }
+    if (current) cache.setState(cacheSlots[i], SlotState.Clean);
+    else cache.free(cacheSlots[i]); // rewritten or trimmed meanwhile
+  }
+  notePeerWriteFailures(placement, state.services.log, state.name, written.failures);
+  if (unstored.length > 0) {
+    const first = unstored.slice(0, 4).join(' | ');
+    throw new IoError('EIO', `volume ${state.name}: ${unstored.length} block(s) could not be stored on any node: ${first}`);
+  }
+}

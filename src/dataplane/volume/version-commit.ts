@@ -1,0 +1,61 @@
+/**
+ * Committing a new version: store what is still dirty, write the map pages
+ * on the changed paths, make every copy durable (durability.ts), then CAS the
+ * new root into metadata. Runs inside a write-back round (write-back.ts).
+ */
+import { RECORD_MAP_PAGE } from '../blocks/record.js';
+import { VersionCopies } from '../replication/durability.js';
+import { ENTRY_SEALED, type MapRoot } from './block-map.js';
+import { storeDirty } from './dirty-blocks.js';
+import type { VolumeState } from './volume-state.js';
+
+/** Commit a new version: spill what is dirty, write the map pages, sync, CAS the root. Nothing to commit: a no-op. */
+export async function commitVersion(state: VolumeState): Promise<void> {
+  await storeDirty(state, [...state.dirty]);
+  if (state.spilled.size === 0 && state.pendingHoles.size === 0) return;
+  const started = process.hrtime.bigint();
+  const { store } = state.services;
+  const { map } = state;
+  const generation = state.generation + 1;
+  const entries = [...state.spilled];
+  const holes = [...state.pendingHoles];
+  state.pendingHoles.clear();
+  const writtenPages: number[] = [];
+  const copies = new VersionCopies(state.placement, state.name);
+  try {
+    const draft = map.draft(generation);
+    const flags = state.key ? ENTRY_SEALED : 0;
+    for (const [index, e] of entries) draft.setEntry(0, index, flags, e.hashLo, e.hashHi);
+    for (const index of holes) draft.clearEntry(0, index);
+    let root: MapRoot | undefined = map.root;
+    for (let level = 0; level < map.height; level++) {
+      for (const page of draft.pagesToWrite(level)) {
+        const slot = store.allocate();
+        let digest;
+        try {
+          digest = await store.writeBlock(slot, page.ref, page.bytes, RECORD_MAP_PAGE);
+        } catch (err) {
+          store.unallocate(slot);
+          throw err;
+        }
+        writtenPages.push(page.ref.index);
+        copies.putPage(page.ref, page.bytes, digest.lo, digest.hi, RECORD_MAP_PAGE);
+        const top = draft.pageWritten(level, page.pageNo, digest.lo, digest.hi);
+        if (top) root = top;
+      }
+    }
+    if (draft.rootCleared()) root = undefined;
+    const superseded = draft.supersededRefs();
+    await copies.sync(store, entries);
+    await state.services.commit(state.identity, generation, root);
+    draft.commit(root);
+    state.generation = generation;
+    for (const [index, e] of entries) if (state.spilled.get(index) === e) state.spilled.delete(index);
+    for (const ref of superseded) store.release(ref);
+    state.services.onFlush?.(state.name, entries.length, Number(process.hrtime.bigint() - started) / 1e9);
+  } catch (err) {
+    for (const index of writtenPages) store.release({ volumeId: state.id, generation, index });
+    for (const index of holes) if (!state.table.has(index) && !state.spilled.has(index)) state.pendingHoles.add(index);
+    throw err;
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * VolumeState: one volume's block bookkeeping on this node — its committed
+ * map, which blocks are cached, dirty, spilled or trimmed — shared by its
+ * cache paths (volume.ts) and its write-back (write-back.ts, dirty-blocks.ts,
+ * version-commit.ts). The services a volume runs on are declared here too.
+ */
+import type { Logger } from '../../common/log.js';
+import type { LocalSlotStore } from '../blocks/slot-store.js';
+import type { BlockCache } from '../cache/block-cache.js';
+import type { DataPool } from '../pool/data-pool.js';
+import type { BlockPlacement } from '../replication/block-placement.js';
+import type { BlockCopies } from '../replication/durability.js';
+import type { BlockMap, MapRoot } from './block-map.js';
+
+export interface VolumeIdentity {
+  id: number;
+  name: string;
+  size: number;
+  blockSize: number;
+  encrypted: boolean;
+}
+
+export interface VolumeServices {
+  store: LocalSlotStore;
+  cache: BlockCache;
+  pool: DataPool;
+  log: Logger;
+  /**
+   * Where blocks go and where to read them: on a cluster its ClusterBlocks;
+   * a node alone has a SingleNodePlacement (every block in `store`).
+   */
+  placement: BlockPlacement;
+  /** Commit a version's root to metadata (compare-and-swap on the previous generation). */
+  commit(volume: VolumeIdentity, generation: number, root: MapRoot | undefined): Promise<void>;
+  onChecksumError?(volume: string, block: number, reason: string): void;
+  onFlush?(volume: string, blocks: number, seconds: number): void;
+}
+
+/** A block stored for the next version and not yet committed: its hash, and where its copies are. */
+export interface SpilledBlock extends BlockCopies {
+  hashLo: number;
+  hashHi: number;
+}
+
+export class VolumeState {
+  readonly id: number;
+  readonly name: string;
+  readonly blockSize: number;
+  readonly placement: BlockPlacement;
+  /** The committed version's generation; the next one is generation + 1. */
+  generation: number;
+  /** Block index → cache slot, for blocks of this volume in the cache. */
+  readonly table = new Map<number, number>();
+  /** Blocks written since the last flush started. */
+  readonly dirty = new Set<number>();
+  /** Whole blocks trimmed or zeroed since the last commit started. */
+  readonly pendingHoles = new Set<number>();
+  /**
+   * Blocks spilled to the store for the next version (generation + 1) and not
+   * yet committed, by index. Never holds an index that is also in pendingHoles.
+   */
+  readonly spilled = new Map<number, SpilledBlock>();
+
+  constructor(
+    readonly identity: VolumeIdentity,
+    generation: number,
+    readonly map: BlockMap,
+    /** The volume's data key when it is encrypted. */
+    readonly key: Uint8Array | null,
+    readonly services: VolumeServices,
+  ) {
+    this.id = identity.id;
+    this.name = identity.name;
+    this.blockSize = identity.blockSize;
+    this.generation = generation;
+    this.placement = services.placement;
+  }
+
+  /** Does the block read as zeros, going by what is not in the cache? */
+  isHole(index: number): boolean {
+    return this.pendingHoles.has(index) || (!this.spilled.has(index) && !this.map.isPresent(index));
+  }
+}
