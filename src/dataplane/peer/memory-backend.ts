@@ -7,10 +7,10 @@
  * A batch is all-or-nothing here (checked whole before any block is stored),
  * which the contract allows but does not require.
  */
-import { ChecksumError, StoreFullError } from '../../common/errors.js';
+import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from '../blocks/hash.js';
-import { formatRef, refKey, type BlockRef } from '../blocks/ref.js';
-import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from './backend.js';
+import { refKey, type BlockRef } from '../blocks/ref.js';
+import { checkReceived, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from './backend.js';
 import type { ListedBlock, WireBlock } from './wire.js';
 
 export interface MemoryPeerBackendOptions {
@@ -18,23 +18,6 @@ export interface MemoryPeerBackendOptions {
   uuid: string;
   /** Bytes of block data it will hold before refusing with StoreFullError. Default 1 GiB. */
   capacityBytes?: number;
-}
-
-/** xxh64 as 16 hex digits, high half first: how logs and messages show a hash. */
-export function formatHash(hi: number, lo: number): string {
-  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
-}
-
-/** A received copy must hash to what its sender said: ChecksumError (the sender is told) otherwise. */
-export function checkReceived(hash: Hasher, block: WireBlock): void {
-  const digest = hash.hash64(block.data);
-  if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
-    throw new ChecksumError(
-      String(block.ref.volumeId),
-      block.ref.index,
-      `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
-    );
-  }
 }
 
 export class MemoryPeerBackend implements PeerBlockBackend {
