@@ -9,7 +9,7 @@ import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { ConflictError } from '../../common/errors.js';
 import { acquireVolumeLock, assertVolumeUnlocked, FencedError, readVolumeLock, VolumeLockedError, type LockHolder } from '../locks/index.js';
-import { testStores, withStore } from '../locks/test-stores.js';
+import { testStores, withStore } from '../../../test/support/test-stores.js';
 import type { MetadataStore } from '../metadata/store.js';
 import { VolumeCatalog } from './catalog.js';
 

@@ -1,17 +1,17 @@
 /**
  * MemoryPeerBackend: a node's blocks in RAM, with the real semantics of the
- * contract (backend.ts): every put is verified against its xxh64 before
+ * contract (src/dataplane/peer/backend.ts): every put is verified against its xxh64 before
  * anything is stored, capacity is enforced, deletes count what they dropped.
  * Used by tests and as an in-memory node in multi-node tests; never a mock.
  *
  * A batch is all-or-nothing here (checked whole before any block is stored),
  * which the contract allows but does not require.
  */
-import { StoreFullError } from '../../common/errors.js';
-import { hasher, type Hasher } from '../blocks/hash.js';
-import { refKey, type BlockRef } from '../blocks/ref.js';
-import { checkReceived, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from './backend.js';
-import type { ListedBlock, WireBlock } from './wire.js';
+import { StoreFullError } from '../../src/common/errors.js';
+import { hasher, type Hasher } from '../../src/dataplane/blocks/hash.js';
+import { refKey, type BlockRef } from '../../src/dataplane/blocks/ref.js';
+import { checkReceived, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
+import type { ListedBlock, WireBlock } from '../../src/dataplane/peer/wire.js';
 
 export interface MemoryPeerBackendOptions {
   /** Node UUID reported by info(). */

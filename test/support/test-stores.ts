@@ -11,11 +11,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
-import { etcdMissing, startEtcd, type EtcdServer } from '../../../test/etcd-server.js';
-import { logger } from '../../common/log.js';
-import { openEmbeddedMetadataStore } from '../metadata/embedded/index.js';
-import { openEtcdMetadataStore } from '../metadata/etcd/index.js';
-import type { MetadataStore } from '../metadata/store.js';
+import { etcdMissing, startEtcd, type EtcdServer } from '../etcd-server.js';
+import { logger } from '../../src/common/log.js';
+import { openEmbeddedMetadataStore } from '../../src/controlplane/metadata/embedded/index.js';
+import { openEtcdMetadataStore } from '../../src/controlplane/metadata/etcd/index.js';
+import type { MetadataStore } from '../../src/controlplane/metadata/store.js';
 
 export interface TestStoreKind {
   name: 'embedded' | 'etcd';
