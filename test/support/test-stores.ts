@@ -34,10 +34,16 @@ export function testStores(): TestStoreKind[] {
   const dirs: string[] = [];
   const stores: MetadataStore[] = [];
 
+  // The embedded store's lease timers are unref'd (a lease alone never keeps a
+  // process up): with no etcd child to hold the event loop, a test that only
+  // waits for a lease to lapse would leave it empty and the file would end mid-test.
+  let holdLoop: NodeJS.Timeout | undefined;
   before(async () => {
+    holdLoop = setInterval(() => undefined, 60_000);
     if (!skipEtcd) etcd = await startEtcd();
   });
   after(async () => {
+    clearInterval(holdLoop);
     await Promise.all(stores.map((store) => store.close().catch(() => undefined)));
     await etcd?.stop();
     await Promise.all(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
