@@ -7,22 +7,9 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { createCluster, type InProcessCluster } from './support/inproc-cluster.js';
+import { createCluster, settles, type InProcessCluster } from './support/inproc-cluster.js';
 
 const MiB = 1024 * 1024;
-const SETTLE_MS = 20_000;
-
-/** Poll until `check` gives no complaint; fail with its last one after `timeoutMs`. */
-async function until(check: () => Promise<string | undefined>, timeoutMs = SETTLE_MS): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const complaint = await check();
-    if (complaint === undefined) return;
-    if (Date.now() > deadline) assert.fail(`after ${timeoutMs} ms: ${complaint}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-}
-
 /** Each node's block count for volume `id`, and the node indexes holding each of its blocks. */
 async function copiesOf(cluster: InProcessCluster, id: number) {
   const perNode = new Map<number, number>();
@@ -64,7 +51,7 @@ describe('in-process cluster: rebalance after a node joins', { timeout: 60_000 }
     await cluster.addNode();
     await cluster.converged();
     const uuidOf = new Map(cluster.nodes.map((n) => [n.index, n.uuid]));
-    await until(async () => {
+    await settles(async () => {
       const now = await copiesOf(cluster, id);
       if (!(now.perNode.get(2)! > 0)) return `the new node holds nothing (${now.shown})`;
       for (const [key, at] of now.holders) {
@@ -101,7 +88,7 @@ describe('in-process cluster: GC', { timeout: 60_000 }, () => {
     assert.ok(piled.total > once.total * 1.5, `overwrites store new copies first (${piled.shown}; ${once.total} after one write)`);
     // The superseded generations go: what is left is the newest version, 2 copies a block, no more than after one
     // write (its map may differ by a page).
-    await until(async () => {
+    await settles(async () => {
       const now = await copiesOf(cluster, id);
       if (now.total > once.total) return `${now.total} copies stored, ${once.total} after one write (${now.shown})`;
       const odd = [...now.holders].find(([, at]) => at.length !== 2);
@@ -109,7 +96,7 @@ describe('in-process cluster: GC', { timeout: 60_000 }, () => {
     });
 
     await cluster.nodes[0].node.deleteVolume('churn');
-    await until(async () => {
+    await settles(async () => {
       const now = await copiesOf(cluster, id);
       return now.total === 0 ? undefined : `the deleted volume still has ${now.total} copies (${now.shown})`;
     });

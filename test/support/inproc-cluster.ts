@@ -222,6 +222,20 @@ export function createCluster(nodes: number, options: InProcessClusterOptions = 
   return InProcessCluster.create(nodes, options);
 }
 
+/**
+ * Poll `check` (every 200 ms) until it has no complaint; fail with its last
+ * one after `timeoutMs`. For what background work settles (rebalance, GC).
+ */
+export async function settles(check: () => Promise<string | undefined>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const complaint = await check();
+    if (complaint === undefined) return;
+    if (Date.now() > deadline) throw new Error(`after ${timeoutMs} ms: ${complaint}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
 export function keyOf(ref: BlockRef): string {
   return refKey(ref.volumeId, ref.generation, ref.index);
 }
