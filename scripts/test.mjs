@@ -170,7 +170,8 @@ function runTests(nodeFlags, files, fast) {
     ...files,
   ];
   console.log(
-    `test: node --test over ${files.length} ${fast ? 'fast-tier ' : ''}files (${CONCURRENCY} at a time, ${PER_TEST_TIMEOUT_MS / 60_000} min per test, ${runLimitMs / 60_000} min in all)`,
+    `test: node --test over ${files.length} ${fast ? 'fast-tier ' : ''}files ` +
+      `(${CONCURRENCY} at a time, ${PER_TEST_TIMEOUT_MS / 60_000} min per test, ${runLimitMs / 60_000} min in all)`,
   );
   // Its own process group, so the watchdog and Ctrl-C reach every server and
   // client a test started, not just the runner.
@@ -212,7 +213,8 @@ function main(argv) {
   if (!buildIfStale()) process.exit(1);
   const files = testFiles(fragments, fast);
   if (files.length === 0) {
-    console.log(`test: no compiled ${fast ? 'fast-tier ' : ''}test files${fragments.length ? ` matching ${fragments.join(', ')}` : ''} under dist/{${SOURCE_DIRS.join(',')}}`);
+    const matching = fragments.length ? ` matching ${fragments.join(', ')}` : '';
+    console.log(`test: no compiled ${fast ? 'fast-tier ' : ''}test files${matching} under dist/{${SOURCE_DIRS.join(',')}}`);
     process.exit(1);
   }
   runTests(nodeFlags, files, fast);

@@ -57,7 +57,9 @@ describe('in-process cluster: rebalance after a node joins', { timeout: 60_000 }
       for (const [key, at] of now.holders) {
         const expected = (await cluster.placementOf(id, Number(key.split('/')[2]), 2)).sort();
         const actual = at.map((i) => uuidOf.get(i)!).sort();
-        if (actual.join() !== expected.join()) return `block ${key} is on ${actual.join(' ')}, the ring says ${expected.join(' ')} (${now.shown})`;
+        if (actual.join() !== expected.join()) {
+          return `block ${key} is on ${actual.join(' ')}, the ring says ${expected.join(' ')} (${now.shown})`;
+        }
       }
       return undefined;
     });

@@ -35,7 +35,8 @@ describe('in-process cluster: volume write lock', { timeout: 30_000 }, () => {
     assert.ok(reader);
     try {
       assert.equal(reader.readOnly, true);
-      assert.match(reader.description, new RegExp(`read-only: written by node ${first.uuid} \\(host [^,]+, pid ${process.pid}\\) \\(lock epoch \\d+\\)`));
+      const writtenBy = `read-only: written by node ${first.uuid} \\(host [^,]+, pid ${process.pid}\\) \\(lock epoch \\d+\\)`;
+      assert.match(reader.description, new RegExp(writtenBy));
       const seen = Buffer.alloc(data.length);
       await reader.read(0, seen);
       assert.ok(seen.equals(data), 'the reader sees the committed version');

@@ -75,7 +75,8 @@ export class InProcessCluster {
     let meta: MetadataStore | undefined;
     try {
       meta = await openEmbeddedMetadataStore(join(dir, 'meta'), { log });
-      const settings = await new VolumeCatalog(meta).initSettings({ blockSize: options.blockSize ?? 64 * 1024, createdAt: new Date().toISOString() });
+      const blockSize = options.blockSize ?? 64 * 1024;
+      const settings = await new VolumeCatalog(meta).initSettings({ blockSize, createdAt: new Date().toISOString() });
       await initRing(meta, { replication: options.replication ?? 2 });
       const cluster = new InProcessCluster(dir, meta, settings.createdAt, {
         replication: options.replication ?? 2,
@@ -99,7 +100,10 @@ export class InProcessCluster {
     }
   }
 
-  /** Start one more node; with autoJoin (default) it adds itself to the ring, as torusd --auto-join. Then converged() before a test relies on it. */
+  /**
+   * Start one more node; with autoJoin (default) it adds itself to the ring,
+   * as torusd --auto-join. Then converged() before a test relies on it.
+   */
   async addNode(options: { autoJoin?: boolean } = {}): Promise<InProcessNode> {
     if (this.closed) throw new Error('the in-process cluster is closed');
     const index = this.nodes.length;
@@ -155,7 +159,10 @@ export class InProcessCluster {
       const version = (await readRing(this.meta))?.description.version;
       const behind = this.nodes.filter((n) => n.member.ring()?.version !== version || n.member.peers.peers().length !== this.nodes.length);
       if (behind.length === 0) return;
-      if (Date.now() > deadline) throw new Error(`nodes ${behind.map((n) => n.index).join(', ')} did not see ring version ${version} and ${this.nodes.length} live nodes within ${timeoutMs} ms`);
+      if (Date.now() > deadline) {
+        const which = behind.map((n) => n.index).join(', ');
+        throw new Error(`nodes ${which} did not see ring version ${version} and ${this.nodes.length} live nodes within ${timeoutMs} ms`);
+      }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
   }
