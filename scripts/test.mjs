@@ -4,9 +4,16 @@
  * build if the compiled output is missing or older than its source, then run
  * every compiled test file under node's test runner with a time bound.
  *
- *   npm test [-- [NODE_TEST_FLAG...] [PATH_FRAGMENT...]]
+ *   npm test [-- [--fast] [NODE_TEST_FLAG...] [PATH_FRAGMENT...]]
  *     e.g. npm test -- native-free              only files whose path contains it
  *          npm test -- --test-name-pattern=trim
+ *          npm run test:fast                    (= npm test -- --fast)
+ *
+ * --fast: the fast tier — the unit tests beside the code (every *.test.ts under src)
+ * and the in-process cluster tests (test/inproc-*.test.ts), with
+ * TORUS_TEST_FAST=1 so that nothing starts etcd (its variants skip; see
+ * test/etcd-server.ts); no torusd process, no third-party client, so no tool
+ * check either. Under a minute on the 2-core dev machine.
  *
  * Tools: as root, missing Debian packages are installed (apt-get update once,
  * then apt-get install -y exactly those); otherwise the install line is
@@ -24,6 +31,10 @@ import { fileURLToPath } from 'node:url';
 const PROJECT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const SOURCE_DIRS = ['src', 'test', 'bench'];
 const RUN_LIMIT_MS = 15 * 60_000;
+const FAST_RUN_LIMIT_MS = 5 * 60_000;
+/** The fast tier's files, by compiled path relative to the project. */
+const FAST_TIER = [join('dist', 'src', ''), join('dist', 'test', 'inproc-')];
+const FAST_TIER_ENV = 'TORUS_TEST_FAST';
 // A test without its own timeout gets this long; whole-system tests set theirs.
 const PER_TEST_TIMEOUT_MS = 5 * 60_000;
 // Two cores: two test files at once keeps both busy while one waits on I/O,
@@ -136,19 +147,21 @@ function buildIfStale() {
 }
 
 /** Compiled test files that still have a source: output of a deleted or renamed test is stale and must not run. */
-function testFiles(fragments) {
+function testFiles(fragments, fast) {
   const files = [];
   for (const dir of SOURCE_DIRS) {
     for (const output of walk(join(PROJECT, 'dist', dir), (name) => name.endsWith('.test.js'))) {
       if (!existsSync(sourceOf(output))) continue;
       const shown = relative(PROJECT, output);
+      if (fast && !FAST_TIER.some((prefix) => shown.startsWith(prefix))) continue;
       if (fragments.length === 0 || fragments.some((f) => shown.includes(f))) files.push(output);
     }
   }
   return files.sort();
 }
 
-function runTests(nodeFlags, files) {
+function runTests(nodeFlags, files, fast) {
+  const runLimitMs = fast ? FAST_RUN_LIMIT_MS : RUN_LIMIT_MS;
   const args = [
     '--test',
     `--test-concurrency=${CONCURRENCY}`,
@@ -156,14 +169,17 @@ function runTests(nodeFlags, files) {
     ...nodeFlags,
     ...files,
   ];
-  console.log(`test: node --test over ${files.length} files (${CONCURRENCY} at a time, ${PER_TEST_TIMEOUT_MS / 60_000} min per test, ${RUN_LIMIT_MS / 60_000} min in all)`);
+  console.log(
+    `test: node --test over ${files.length} ${fast ? 'fast-tier ' : ''}files ` +
+      `(${CONCURRENCY} at a time, ${PER_TEST_TIMEOUT_MS / 60_000} min per test, ${runLimitMs / 60_000} min in all)`,
+  );
   // Its own process group, so the watchdog and Ctrl-C reach every server and
   // client a test started, not just the runner.
   const runner = spawn(process.execPath, args, {
     cwd: PROJECT,
     stdio: ['ignore', 'inherit', 'inherit'],
     detached: true,
-    env: { ...process.env, PATH: SEARCH_PATH.join(delimiter) },
+    env: { ...process.env, PATH: SEARCH_PATH.join(delimiter), ...(fast ? { [FAST_TIER_ENV]: '1' } : {}) },
   });
   const killGroup = (signal) => {
     try {
@@ -177,12 +193,12 @@ function runTests(nodeFlags, files) {
     timedOut = true;
     killGroup('SIGTERM');
     setTimeout(() => killGroup('SIGKILL'), 5_000).unref();
-  }, RUN_LIMIT_MS);
+  }, runLimitMs);
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => killGroup(signal));
   runner.on('exit', (code, signal) => {
     clearTimeout(watchdog);
     if (timedOut) {
-      console.log(`test: the whole run exceeded ${RUN_LIMIT_MS / 60_000} minutes and was killed; a test or a process it started hangs`);
+      console.log(`test: the whole run exceeded ${runLimitMs / 60_000} minutes and was killed; a test or a process it started hangs`);
       process.exit(124);
     }
     process.exit(code ?? 128 + (signal === 'SIGINT' ? 2 : 15));
@@ -190,16 +206,18 @@ function runTests(nodeFlags, files) {
 }
 
 function main(argv) {
-  const nodeFlags = argv.filter((a) => a.startsWith('-'));
+  const fast = argv.includes('--fast');
+  const nodeFlags = argv.filter((a) => a.startsWith('-') && a !== '--fast');
   const fragments = argv.filter((a) => !a.startsWith('-')).map((f) => f.split('/').join(sep));
-  ensureTools();
+  if (!fast) ensureTools();
   if (!buildIfStale()) process.exit(1);
-  const files = testFiles(fragments);
+  const files = testFiles(fragments, fast);
   if (files.length === 0) {
-    console.log(`test: no compiled test files${fragments.length ? ` matching ${fragments.join(', ')}` : ''} under dist/{${SOURCE_DIRS.join(',')}}`);
+    const matching = fragments.length ? ` matching ${fragments.join(', ')}` : '';
+    console.log(`test: no compiled ${fast ? 'fast-tier ' : ''}test files${matching} under dist/{${SOURCE_DIRS.join(',')}}`);
     process.exit(1);
   }
-  runTests(nodeFlags, files);
+  runTests(nodeFlags, files, fast);
 }
 
 main(process.argv.slice(2));

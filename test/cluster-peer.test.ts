@@ -13,7 +13,7 @@ import { MAP_PAGE_BIT } from '../src/dataplane/blocks/ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../src/dataplane/blocks/record.js';
 import { PeerClient } from '../src/dataplane/peer/client.js';
 import { PeerStatusError, PeerUnavailableError, PeerWrongClusterError } from '../src/dataplane/peer/errors.js';
-import { blockBytes, makeBlock, quietLogger } from '../src/dataplane/peer/test-support.js';
+import { blockBytes, makeBlock, quietLogger } from './support/peer-helpers.js';
 import { STATUS_BAD_REQUEST } from '../src/dataplane/peer/wire.js';
 import { freePorts } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';

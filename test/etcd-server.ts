@@ -49,8 +49,12 @@ export interface EtcdOptions {
   tls?: { certFile: string; keyFile: string; caFile: string };
 }
 
-/** Undefined when etcd can be run; otherwise why not, naming the package. */
+/** Set by `npm run test:fast` (scripts/test.mjs --fast): the fast tier starts no etcd, so its etcd variants skip. */
+export const FAST_TIER_ENV = 'TORUS_TEST_FAST';
+
+/** Undefined when etcd can be run; otherwise why not, naming the package (or the fast tier). */
 export function etcdMissing(): string | undefined {
+  if (process.env[FAST_TIER_ENV] === '1') return 'the fast tier (npm run test:fast) starts no etcd; npm test runs this';
   const found = spawnSync('sh', ['-c', 'command -v etcd'], { stdio: 'ignore' }).status === 0;
   return found ? undefined : 'etcd is not installed: apt-get install etcd-server';
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { pino } from 'pino';
 import { assert as invariant } from '../src/common/assert.js';
-import { MemoryExport, MemoryExportProvider } from '../src/dataplane/nbd/memory-export.js';
+import { MemoryExport, MemoryExportProvider } from './support/memory-export.js';
 import { NbdServer } from '../src/dataplane/nbd/server.js';
 import { NBD_CMD_FLUSH, NBD_CMD_READ, NBD_EIO } from '../src/dataplane/nbd/wire.js';
 import { RawClient } from './nbd-clients.js';

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { IoError, type Errno } from '../src/common/errors.js';
-import { MemoryExport, MemoryExportProvider } from '../src/dataplane/nbd/memory-export.js';
+import { MemoryExport, MemoryExportProvider } from './support/memory-export.js';
 import { NbdServer, type NbdServerOptions } from '../src/dataplane/nbd/server.js';
 import type { ExportProvider, NbdExport } from '../src/dataplane/nbd/export.js';
 import { RawClient, nbdClientSuite } from './nbd-clients.js';

@@ -23,7 +23,7 @@ import {
   type AcquireVolumeLockOptions,
   type VolumeLock,
 } from './index.js';
-import { testStores, withStore } from './test-stores.js';
+import { testStores, withStore } from '../../../test/support/test-stores.js';
 
 const A = localHolder('node-a-6f1c', '10.0.0.1:10809');
 const B = { node: 'node-b-93d2', hostname: 'storage-b', pid: 4242, address: '10.0.0.2:10809' };

@@ -15,7 +15,7 @@ import { ConflictError, NotFoundError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import { openEmbeddedMetadataStore } from '../metadata/embedded/index.js';
 import type { MetadataStore } from '../metadata/store.js';
-import { eventually } from '../metadata/store-suite.js';
+import { eventually } from '../../../test/support/store-suite.js';
 import { bindToCluster, loadOrCreateNodeId, readClusterBinding } from './node-identity.js';
 import { decodePeerInfo, nodeKey, type PeerInfo } from './peer-info.js';
 import { memberRows, PeerTable, readMembership } from './peer-table.js';

@@ -2,19 +2,18 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFile, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { ConflictError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import { openEmbeddedMetadataStore, type EmbeddedStoreOptions } from './embedded/index.js';
 import { MetadataCompactedError, MetadataCorruptError } from './errors.js';
-import { eventually, registerStoreSuite } from './store-suite.js';
+import { eventually, registerStoreSuite } from '../../../test/support/store-suite.js';
+import { childScript } from '../../../test/support/child-scripts.js';
 
 const quiet = logger('metadata').child({}, { level: 'error' });
-const here = dirname(fileURLToPath(import.meta.url));
-const WRITER = join(here, 'test-fixtures', 'embedded-writer.js');
+const WRITER = childScript('embedded-writer');
 const b = (s: string) => Buffer.from(s);
 
 const tempDirs: string[] = [];

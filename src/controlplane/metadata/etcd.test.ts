@@ -1,18 +1,16 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { UsageError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import { etcdMissing, startEtcd, type EtcdServer } from '../../../test/etcd-server.js';
 import { isRetryable, MetadataUnavailableError } from './errors.js';
 import { openEtcdMetadataStore, parseEndpoints, type EtcdStoreOptions } from './etcd/index.js';
 import type { WatchEvent } from './store.js';
-import { eventually, registerStoreSuite } from './store-suite.js';
+import { eventually, registerStoreSuite } from '../../../test/support/store-suite.js';
+import { childScript } from '../../../test/support/child-scripts.js';
 
 const quiet = logger('metadata').child({}, { level: 'error' });
-const here = dirname(fileURLToPath(import.meta.url));
 const skip = etcdMissing();
 const b = (s: string) => Buffer.from(s);
 
@@ -110,7 +108,7 @@ describe('etcd metadata store: faults', { skip, concurrency: true }, () => {
 
   it('close() revokes live leases and leaves nothing holding the process open', { timeout: 15_000 }, async () => {
     const prefix = uniquePrefix();
-    const child = spawn(process.execPath, [join(here, 'test-fixtures', 'etcd-close-exit.js'), shared!.endpoint, prefix], {
+    const child = spawn(process.execPath, [childScript('etcd-close-exit'), shared!.endpoint, prefix], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, TORUS_LOG_LEVEL: 'error' },
     });

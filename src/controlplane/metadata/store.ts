@@ -3,7 +3,7 @@
  *
  * Shaped after etcd's v3 API so that the two implementations — etcd/ for a
  * cluster and embedded/ for a single node — are interchangeable and tested by
- * one suite (store-suite.ts):
+ * one suite (test/support/store-suite.ts):
  *
  *   - string keys (compared as UTF-8 bytes), Buffer values;
  *   - one global revision counter that every write bumps by exactly one, no

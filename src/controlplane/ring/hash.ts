@@ -13,7 +13,7 @@
  * block ref's 16 bytes: 97 ns through xxhash-wasm `h32Raw`, 1.3 µs (md5) to
  * 2 µs (sha256) through node:crypto, 9 ns with `blockPoint` below.
  * Placement runs per block on the I/O path, so the plain function wins;
- * `ring-bench.ts` repeats the measurement.
+ * `bench/ring-bench.ts` repeats the measurement.
  */
 
 const P1 = 0x9e3779b1;

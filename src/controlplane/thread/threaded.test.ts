@@ -1,8 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { types } from 'node:util';
 import { pino } from 'pino';
 import { etcdMissing, startEtcd, type EtcdServer } from '../../../test/etcd-server.js';
@@ -17,13 +15,13 @@ import {
   MetadataUnavailableError,
 } from '../metadata/errors.js';
 import { openEtcdMetadataStore } from '../metadata/etcd/index.js';
-import { eventually, registerStoreSuite } from '../metadata/store-suite.js';
+import { eventually, registerStoreSuite } from '../../../test/support/store-suite.js';
+import { childScript } from '../../../test/support/child-scripts.js';
 import type { WatchEvent } from '../metadata/store.js';
 import { openThreadedMetadataStore, type ThreadedStoreOptions } from './threaded-store.js';
 import { fromWire, toWire } from './wire-errors.js';
 
 const quiet = logger('metadata').child({}, { level: 'error' });
-const here = dirname(fileURLToPath(import.meta.url));
 const skip = etcdMissing();
 const b = (s: string) => Buffer.from(s);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -234,7 +232,7 @@ describe('threaded metadata store', { skip }, () => {
 
   it('close() revokes leases, ends the thread and leaves nothing holding the process open', { timeout: 15_000 }, async () => {
     const prefix = uniquePrefix();
-    const child = spawn(process.execPath, [join(here, 'test-fixtures', 'close-exit.js'), shared!.endpoint, prefix], {
+    const child = spawn(process.execPath, [childScript('threaded-close-exit'), shared!.endpoint, prefix], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, TORUS_LOG_LEVEL: 'error' },
     });

@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
 import { ConflictError } from '../../common/errors.js';
 import { acquireVolumeLock, assertVolumeUnlocked, FencedError, readVolumeLock, VolumeLockedError, type LockHolder } from '../locks/index.js';
-import { testStores, withStore } from '../locks/test-stores.js';
+import { testStores, withStore } from '../../../test/support/test-stores.js';
 import type { MetadataStore } from '../metadata/store.js';
 import { VolumeCatalog } from './catalog.js';
 

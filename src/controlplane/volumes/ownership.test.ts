@@ -8,9 +8,9 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
-import { quietLogger } from '../../dataplane/peer/test-support.js';
+import { quietLogger } from '../../../test/support/peer-helpers.js';
 import { acquireVolumeLock, FencedError, localHolder, readVolumeLock, volumeLockKey, type VolumeLock } from '../locks/index.js';
-import { testStores, withStore } from '../locks/test-stores.js';
+import { testStores, withStore } from '../../../test/support/test-stores.js';
 import type { MetadataStore } from '../metadata/store.js';
 import { VolumeCatalog } from './catalog.js';
 import { VolumeOwnership, type LockRecovery, type VolumeOwnershipOptions } from './ownership.js';

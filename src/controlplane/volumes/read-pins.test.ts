@@ -5,8 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { quietLogger } from '../../dataplane/peer/test-support.js';
-import { testStores, withStore } from '../locks/test-stores.js';
+import { quietLogger } from '../../../test/support/peer-helpers.js';
+import { testStores, withStore } from '../../../test/support/test-stores.js';
 import { VolumeCatalog } from './catalog.js';
 import { listReadPins, pinCurrentVersion } from './read-pins.js';
 

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { IoError } from '../../common/errors.js';
-import { quietLogger } from '../peer/test-support.js';
+import { quietLogger } from '../../../test/support/peer-helpers.js';
 import { MAP_PAGE_BIT, type BlockRef } from './ref.js';
 import { Scrubber } from './scrub.js';
 import { LocalSlotStore } from './slot-store.js';

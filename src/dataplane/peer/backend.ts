@@ -11,10 +11,29 @@
  * ENOSPC → NO_SPACE, IoError EINVAL → BAD_REQUEST, IoError ESHUTDOWN →
  * SHUTTING_DOWN, anything else → INTERNAL (logged with the peer's address).
  */
-import type { BlockRef } from '../blocks/ref.js';
+import { ChecksumError } from '../../common/errors.js';
+import type { Hasher } from '../blocks/hash.js';
+import { formatRef, type BlockRef } from '../blocks/ref.js';
 import type { ListedBlock, WireBlock } from './wire.js';
 
 export type { ListedBlock, WireBlock };
+
+/** xxh64 as 16 hex digits, high half first: how logs and messages show a hash. */
+export function formatHash(hi: number, lo: number): string {
+  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
+}
+
+/** A received copy must hash to what its sender said: ChecksumError (the sender is told) otherwise. Every backend's put checks this. */
+export function checkReceived(hash: Hasher, block: WireBlock): void {
+  const digest = hash.hash64(block.data);
+  if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
+    throw new ChecksumError(
+      String(block.ref.volumeId),
+      block.ref.index,
+      `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
+    );
+  }
+}
 
 /** The block operations a node offers to its peers. */
 export interface PeerBlockStore {

@@ -9,9 +9,9 @@ import type { BlockRef } from '../blocks/ref.js';
 import type { PeerBlockBackend } from './backend.js';
 import { PeerStatusError, PeerTimeoutError, PeerWrongClusterError, PeerUnavailableError } from './errors.js';
 import { CLUSTER_METADATA_KEY, PEER_GRPC_DEFINITION, PeerGrpcClient, fromGrpcCode, toGrpcCode } from './grpc.js';
-import { MemoryPeerBackend } from './memory-backend.js';
+import { MemoryPeerBackend } from '../../../test/support/memory-peer-backend.js';
 import { PeerServer } from './server.js';
-import { CLUSTER, FaultLayer, blockBytes, closedPort, makeBlock, quietLogger } from './test-support.js';
+import { CLUSTER, FaultLayer, blockBytes, closedPort, makeBlock, quietLogger } from '../../../test/support/peer-helpers.js';
 import * as w from './wire.js';
 
 async function startGrpc(t: TestContext, backend: PeerBlockBackend): Promise<number> {

@@ -11,7 +11,7 @@ import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../blocks/record.js';
 import { PeerClient, type PeerClientOptions } from './client.js';
 import { PeerError, PeerStatusError, PeerTimeoutError, PeerUnavailableError, PeerWrongClusterError, PeerIdentityError } from './errors.js';
-import { MemoryPeerBackend } from './memory-backend.js';
+import { MemoryPeerBackend } from '../../../test/support/memory-peer-backend.js';
 import { PeerServer, type PeerServerOptions } from './server.js';
 import type { PeerBlockBackend } from './backend.js';
 import {
@@ -27,7 +27,7 @@ import {
   sleep,
   startChildPeer,
   until,
-} from './test-support.js';
+} from '../../../test/support/peer-helpers.js';
 import * as w from './wire.js';
 
 async function startServer(t: TestContext, backend: PeerBlockBackend, options: Partial<PeerServerOptions> = {}): Promise<{ server: PeerServer; port: number }> {

@@ -18,7 +18,7 @@ import { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
 import { PeerStatusError, PeerWrongClusterError } from '../peer/errors.js';
 import { PeerServer } from '../peer/server.js';
-import { CLUSTER, blockBytes, capturingLogger, makeBlock, quietLogger } from '../peer/test-support.js';
+import { CLUSTER, blockBytes, capturingLogger, makeBlock, quietLogger } from '../../../test/support/peer-helpers.js';
 import { STATUS_BAD_REQUEST, STATUS_CHECKSUM, STATUS_NO_SPACE, STATUS_SHUTTING_DOWN, statusOfError, type WireBlock } from '../peer/wire.js';
 import { DiskPeerBackend } from './disk-backend.js';
 

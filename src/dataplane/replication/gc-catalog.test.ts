@@ -17,7 +17,7 @@ import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
 import { MAP_PAGE_BIT, refKey, type BlockRef } from '../blocks/ref.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache } from '../cache/block-cache.js';
-import { quietLogger } from '../peer/test-support.js';
+import { quietLogger } from '../../../test/support/peer-helpers.js';
 import { DataPool } from '../pool/data-pool.js';
 import type { MapRoot } from '../volume/block-map.js';
 import { Volume, type VolumeIdentity, type VolumeServices } from '../volume/volume.js';

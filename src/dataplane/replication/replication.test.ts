@@ -17,7 +17,7 @@ import { buildRing, type RingDescription } from '../../controlplane/ring/index.j
 import { hasher } from '../blocks/hash.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache } from '../cache/block-cache.js';
-import { MemoryPeerBackend } from '../peer/memory-backend.js';
+import { MemoryPeerBackend } from '../../../test/support/memory-peer-backend.js';
 import { PeerServer } from '../peer/server.js';
 import { DataPool } from '../pool/data-pool.js';
 import type { MapRoot } from '../volume/block-map.js';

@@ -8,8 +8,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { LeaseNotFoundError, MetadataClosedError } from './errors.js';
-import { keyAbsent, unchangedSince, type Lease, type MetadataStore, type WatchEvent } from './store.js';
+import { LeaseNotFoundError, MetadataClosedError } from '../../src/controlplane/metadata/errors.js';
+import { keyAbsent, unchangedSince, type Lease, type MetadataStore, type WatchEvent } from '../../src/controlplane/metadata/store.js';
 
 export interface StoreFixture {
   /** A fresh store that no other test sees, and how to dispose of it after close(). */

@@ -2,14 +2,14 @@
  * A peer node in its own process, for tests that need to freeze one
  * (SIGSTOP) and for the benchmark (server and client on separate cores).
  *
- *   node dist/src/dataplane/peer/peer-child.js [CLUSTER_ID] [NODE_ID]
+ *   node dist/test/support/peer-child.js [CLUSTER_ID] [NODE_ID]
  *
  * Serves a MemoryPeerBackend over TBP and gRPC on 127.0.0.1, ports chosen by
  * the kernel, and prints one JSON line {"tbpPort":…,"grpcPort":…} on stdout
  * once both listen. SIGTERM or SIGINT closes it (draining) and exits 0.
  */
-import { MemoryPeerBackend } from './memory-backend.js';
-import { PeerServer } from './server.js';
+import { MemoryPeerBackend } from './memory-peer-backend.js';
+import { PeerServer } from '../../src/dataplane/peer/server.js';
 
 const [clusterId = 'test-cluster', nodeId = `child-${process.pid}`] = process.argv.slice(2);
 

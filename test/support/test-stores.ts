@@ -11,11 +11,11 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
-import { etcdMissing, startEtcd, type EtcdServer } from '../../../test/etcd-server.js';
-import { logger } from '../../common/log.js';
-import { openEmbeddedMetadataStore } from '../metadata/embedded/index.js';
-import { openEtcdMetadataStore } from '../metadata/etcd/index.js';
-import type { MetadataStore } from '../metadata/store.js';
+import { etcdMissing, startEtcd, type EtcdServer } from '../etcd-server.js';
+import { logger } from '../../src/common/log.js';
+import { openEmbeddedMetadataStore } from '../../src/controlplane/metadata/embedded/index.js';
+import { openEtcdMetadataStore } from '../../src/controlplane/metadata/etcd/index.js';
+import type { MetadataStore } from '../../src/controlplane/metadata/store.js';
 
 export interface TestStoreKind {
   name: 'embedded' | 'etcd';
@@ -34,10 +34,16 @@ export function testStores(): TestStoreKind[] {
   const dirs: string[] = [];
   const stores: MetadataStore[] = [];
 
+  // The embedded store's lease timers are unref'd (a lease alone never keeps a
+  // process up): with no etcd child to hold the event loop, a test that only
+  // waits for a lease to lapse would leave it empty and the file would end mid-test.
+  let holdLoop: NodeJS.Timeout | undefined;
   before(async () => {
+    holdLoop = setInterval(() => undefined, 60_000);
     if (!skipEtcd) etcd = await startEtcd();
   });
   after(async () => {
+    clearInterval(holdLoop);
     await Promise.all(stores.map((store) => store.close().catch(() => undefined)));
     await etcd?.stop();
     await Promise.all(dirs.map((dir) => rm(dir, { recursive: true, force: true })));

@@ -1,40 +1,23 @@
 /**
  * MemoryPeerBackend: a node's blocks in RAM, with the real semantics of the
- * contract (backend.ts): every put is verified against its xxh64 before
+ * contract (src/dataplane/peer/backend.ts): every put is verified against its xxh64 before
  * anything is stored, capacity is enforced, deletes count what they dropped.
  * Used by tests and as an in-memory node in multi-node tests; never a mock.
  *
  * A batch is all-or-nothing here (checked whole before any block is stored),
  * which the contract allows but does not require.
  */
-import { ChecksumError, StoreFullError } from '../../common/errors.js';
-import { hasher, type Hasher } from '../blocks/hash.js';
-import { formatRef, refKey, type BlockRef } from '../blocks/ref.js';
-import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from './backend.js';
-import type { ListedBlock, WireBlock } from './wire.js';
+import { StoreFullError } from '../../src/common/errors.js';
+import { hasher, type Hasher } from '../../src/dataplane/blocks/hash.js';
+import { refKey, type BlockRef } from '../../src/dataplane/blocks/ref.js';
+import { checkReceived, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
+import type { ListedBlock, WireBlock } from '../../src/dataplane/peer/wire.js';
 
 export interface MemoryPeerBackendOptions {
   /** Node UUID reported by info(). */
   uuid: string;
   /** Bytes of block data it will hold before refusing with StoreFullError. Default 1 GiB. */
   capacityBytes?: number;
-}
-
-/** xxh64 as 16 hex digits, high half first: how logs and messages show a hash. */
-export function formatHash(hi: number, lo: number): string {
-  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
-}
-
-/** A received copy must hash to what its sender said: ChecksumError (the sender is told) otherwise. */
-export function checkReceived(hash: Hasher, block: WireBlock): void {
-  const digest = hash.hash64(block.data);
-  if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
-    throw new ChecksumError(
-      String(block.ref.volumeId),
-      block.ref.index,
-      `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
-    );
-  }
 }
 
 export class MemoryPeerBackend implements PeerBlockBackend {

@@ -3,23 +3,23 @@
  * 4 KiB and 64 KiB blocks with 32 requests outstanding, through TBP and, for
  * comparison, through the gRPC fallback. Not a test.
  *
- *   npm run build && node dist/src/dataplane/peer/bench-peer.js [--seconds N] [--outstanding N] [--batch N] [--sizes 4096,65536] [--no-grpc] [--in-process] [--profile DIR]
+ *   npm run build && node dist/bench/bench-peer.js [--seconds N] [--outstanding N] [--batch N] [--sizes 4096,65536] [--no-grpc] [--in-process] [--profile DIR]
  *
  * The server (PeerServer + MemoryPeerBackend, which hashes every put) runs
- * in a child process (peer-child.ts) so client and server each have a core;
+ * in a child process (test/support/peer-child.ts) so client and server each have a core;
  * --in-process runs both on one thread. Refs cycle over a fixed set so the
  * memory backend stays small (a put of a held ref replaces it). --batch N
  * adds a run of N-block puts. --profile DIR writes the server's CPU profile
  * there (run the bench itself under node --cpu-prof for the client's).
  */
 import { performance } from 'node:perf_hooks';
-import { MemoryPeerBackend } from './memory-backend.js';
-import { PeerClient } from './client.js';
-import { PeerGrpcClient } from './grpc.js';
-import { PeerServer } from './server.js';
-import { CLUSTER, blockBytes, makeBlock, quietLogger, startChildPeer } from './test-support.js';
-import type { WireBlock } from './wire.js';
-import type { BlockRef } from '../blocks/ref.js';
+import { MemoryPeerBackend } from '../test/support/memory-peer-backend.js';
+import { PeerClient } from '../src/dataplane/peer/client.js';
+import { PeerGrpcClient } from '../src/dataplane/peer/grpc.js';
+import { PeerServer } from '../src/dataplane/peer/server.js';
+import { CLUSTER, blockBytes, makeBlock, quietLogger, startChildPeer } from '../test/support/peer-helpers.js';
+import type { WireBlock } from '../src/dataplane/peer/wire.js';
+import type { BlockRef } from '../src/dataplane/blocks/ref.js';
 
 interface Args {
   seconds: number;

@@ -3,7 +3,7 @@
  * balance and movement on 500 members. Not a test (nothing is asserted on
  * time); run after `npm run build`:
  *
- *   node dist/src/controlplane/ring/ring-bench.js [--blocks N]
+ *   node dist/bench/ring-bench.js [--blocks N]
  *
  * Times are the best of several rounds, each long enough (≥ 10^5 calls)
  * for the JIT to have settled: the best round is the one least disturbed by
@@ -11,9 +11,9 @@
  */
 import { createHash, hash as oneShotHash } from 'node:crypto';
 import xxhash from 'xxhash-wasm';
-import { blockPoint, xxh32 } from './hash.js';
-import { KetamaRing } from './ketama.js';
-import type { RingDescription } from './ring.js';
+import { blockPoint, xxh32 } from '../src/controlplane/ring/hash.js';
+import { KetamaRing } from '../src/controlplane/ring/ketama.js';
+import type { RingDescription } from '../src/controlplane/ring/ring.js';
 
 const MEMBERS = 500;
 const TIB = 2 ** 40;

@@ -9,9 +9,9 @@
  * (flags 0). Every session shares one store, so FLUSH (a no-op in RAM) covers
  * every connection and CAN_MULTI_CONN holds.
  */
-import { IoError } from '../../common/errors.js';
-import type { ExportInfo, ExportProvider, Extent, NbdExport, WriteZeroesOptions } from './export.js';
-import { NBD_STATE_HOLE, NBD_STATE_ZERO } from './wire.js';
+import { IoError } from '../../src/common/errors.js';
+import type { ExportInfo, ExportProvider, Extent, NbdExport, WriteZeroesOptions } from '../../src/dataplane/nbd/export.js';
+import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../../src/dataplane/nbd/wire.js';
 
 const CHUNK = 64 * 1024;
 

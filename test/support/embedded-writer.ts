@@ -10,7 +10,7 @@
  * Prints "ready <pid>" once the store is open. Never exits on its own: the
  * test kills it with SIGKILL, which is the point.
  */
-import { openEmbeddedMetadataStore } from '../embedded/index.js';
+import { openEmbeddedMetadataStore } from '../../src/controlplane/metadata/embedded/index.js';
 
 const [dir, mode] = process.argv.slice(2);
 const store = await openEmbeddedMetadataStore(dir);

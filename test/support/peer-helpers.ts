@@ -6,13 +6,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import type { Logger } from '../../common/log.js';
-import { hasher } from '../blocks/hash.js';
-import type { BlockRef } from '../blocks/ref.js';
-import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from './backend.js';
-import { FrameReader } from './frame-reader.js';
+import { childScript } from './child-scripts.js';
+import type { Logger } from '../../src/common/log.js';
+import { hasher } from '../../src/dataplane/blocks/hash.js';
+import type { BlockRef } from '../../src/dataplane/blocks/ref.js';
+import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
+import { FrameReader } from '../../src/dataplane/peer/frame-reader.js';
 import {
   HEADER_SIZE,
   checkFrameHeader,
@@ -23,7 +23,7 @@ import {
   headerStatus,
   type ListedBlock,
   type WireBlock,
-} from './wire.js';
+} from '../../src/dataplane/peer/wire.js';
 
 export const CLUSTER = 'test-cluster';
 
@@ -226,7 +226,7 @@ export interface ChildPeer {
 
 /** A PeerServer with a memory backend in its own process (peer-child.ts); nodeArgs go to node (e.g. --cpu-prof). */
 export async function startChildPeer(nodeId: string, clusterId = CLUSTER, nodeArgs: string[] = []): Promise<ChildPeer> {
-  const script = fileURLToPath(new URL('./peer-child.js', import.meta.url));
+  const script = childScript('peer-child');
   const child = spawn(process.execPath, [...nodeArgs, script, clusterId, nodeId], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TORUS_LOG_LEVEL: process.env.TORUS_LOG_LEVEL ?? 'warn' } });
   let out = '';
   let err = '';

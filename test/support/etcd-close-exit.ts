@@ -6,7 +6,7 @@
  *
  *   node etcd-close-exit.js <endpoint> <prefix>
  */
-import { openEtcdMetadataStore } from '../etcd/index.js';
+import { openEtcdMetadataStore } from '../../src/controlplane/metadata/etcd/index.js';
 
 const [endpoint, prefix] = process.argv.slice(2);
 const store = await openEtcdMetadataStore({ endpoints: endpoint, prefix, callTimeoutMs: 2000 });

@@ -4,9 +4,9 @@
  * simply returns. If the worker, its port or a timer were left behind the
  * process would not exit, and the test, which waits for the exit, fails.
  *
- *   node close-exit.js <endpoint> <prefix>
+ *   node threaded-close-exit.js <endpoint> <prefix>
  */
-import { openThreadedMetadataStore } from '../threaded-store.js';
+import { openThreadedMetadataStore } from '../../src/controlplane/thread/threaded-store.js';
 
 const [endpoint, prefix] = process.argv.slice(2);
 const store = await openThreadedMetadataStore({ endpoints: endpoint, prefix, callTimeoutMs: 2000 });
