@@ -19,7 +19,7 @@ import { PeerGrpcClient } from '../src/dataplane/peer/grpc.js';
 import { PeerServer } from '../src/dataplane/peer/server.js';
 import { CLUSTER, blockBytes, makeBlock, quietLogger, startChildPeer } from '../test/support/peer-helpers.js';
 import type { WireBlock } from '../src/dataplane/peer/wire.js';
-import type { BlockRef } from '../src/dataplane/blocks/ref.js';
+import type { BlockRef } from '../src/model/block-ref.js';
 
 interface Args {
   seconds: number;

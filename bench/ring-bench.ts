@@ -11,9 +11,9 @@
  */
 import { createHash, hash as oneShotHash } from 'node:crypto';
 import xxhash from 'xxhash-wasm';
-import { blockPoint, xxh32 } from '../src/controlplane/ring/hash.js';
-import { KetamaRing } from '../src/controlplane/ring/ketama.js';
-import type { RingDescription } from '../src/controlplane/ring/ring.js';
+import { blockPoint, xxh32 } from '../src/model/ring/hash.js';
+import { KetamaRing } from '../src/model/ring/ketama.js';
+import type { RingDescription } from '../src/model/ring/ring.js';
 
 const MEMBERS = 500;
 const TIB = 2 ** 40;

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { MAP_PAGE_BIT } from '../src/dataplane/blocks/ref.js';
+import { MAP_PAGE_BIT } from '../src/model/block-ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../src/dataplane/blocks/record.js';
 import { PeerClient } from '../src/dataplane/peer/client.js';
 import { PeerStatusError, PeerUnavailableError, PeerWrongClusterError } from '../src/dataplane/peer/errors.js';

@@ -19,7 +19,7 @@ import type { PeerInfo } from '../controlplane/membership/peer-info.js';
 import { memberRows, readMembership, type MemberRow, type MembershipSnapshot } from '../controlplane/membership/peer-table.js';
 import { addMembers, casRing, notInitialisedError, removeMembers, setReplication, type RingChange } from '../controlplane/membership/ring-store.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
-import type { RingDescription } from '../controlplane/ring/ring.js';
+import type { RingDescription } from '../model/ring/ring.js';
 import { ArgumentError, type Parsed } from './args.js';
 import { withClusterStore } from './cluster-store.js';
 import { table, type Command } from './commands.js';

@@ -24,7 +24,7 @@ import type { PeerInfo } from '../controlplane/membership/peer-info.js';
 import { PeerTable, type MemberStatus } from '../controlplane/membership/peer-table.js';
 import { NodeRegistration, type NodeRates, type NodeUsage } from '../controlplane/membership/registration.js';
 import { addMembers, casRing, readRing } from '../controlplane/membership/ring-store.js';
-import type { RingDescription } from '../controlplane/ring/ring.js';
+import type { RingDescription } from '../model/ring/ring.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 
 export interface PreparedDataDir {

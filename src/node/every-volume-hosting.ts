@@ -9,7 +9,7 @@
  */
 import type { Logger } from '../common/log.js';
 import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
-import { refKey } from '../dataplane/blocks/ref.js';
+import { refKey } from '../model/block-ref.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { Volume } from '../dataplane/volume/volume.js';

@@ -9,7 +9,7 @@
  */
 import { StoreFullError } from '../../src/common/errors.js';
 import { hasher, type Hasher } from '../../src/dataplane/blocks/hash.js';
-import { refKey, type BlockRef } from '../../src/dataplane/blocks/ref.js';
+import { refKey, type BlockRef } from '../../src/model/block-ref.js';
 import { checkReceived, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
 import type { ListedBlock, WireBlock } from '../../src/dataplane/peer/wire.js';
 

@@ -10,7 +10,7 @@ import { pino } from 'pino';
 import { childScript } from './child-scripts.js';
 import type { Logger } from '../../src/common/log.js';
 import { hasher } from '../../src/dataplane/blocks/hash.js';
-import type { BlockRef } from '../../src/dataplane/blocks/ref.js';
+import type { BlockRef } from '../../src/model/block-ref.js';
 import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
 import { FrameReader } from '../../src/dataplane/peer/frame-reader.js';
 import {

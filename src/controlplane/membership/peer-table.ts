@@ -18,7 +18,7 @@
 import { EventEmitter } from 'node:events';
 import { logger, type Logger } from '../../common/log.js';
 import type { MetadataStore, Watcher, WatchEvent } from '../metadata/store.js';
-import type { RingDescription } from '../ring/ring.js';
+import type { RingDescription } from '../../model/ring/ring.js';
 import { decodePeerInfo, NODES_PREFIX, type PeerInfo } from './peer-info.js';
 import { decodeRing, RING_KEY, type StoredRing } from './ring-store.js';
 

@@ -11,7 +11,7 @@
  */
 import { ConflictError, NotFoundError } from '../../common/errors.js';
 import type { MetadataStore } from '../metadata/store.js';
-import type { RingDescription, RingMember, RingType } from '../ring/ring.js';
+import type { RingDescription, RingMember, RingType } from '../../model/ring/ring.js';
 import { UUID_PATTERN } from './peer-info.js';
 
 export const RING_KEY = 'ring';

@@ -19,7 +19,7 @@
  */
 import { assert } from '../../common/assert.js';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
-import type { MapRoot } from '../../dataplane/volume/block-map.js';
+import type { MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
 import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
 import { decodeLock, volumeLockKey } from '../locks/lock-record.js';

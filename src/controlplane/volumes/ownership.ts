@@ -23,7 +23,7 @@
  */
 import { NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
-import { sameMapRoot, type MapRoot } from '../../dataplane/volume/block-map.js';
+import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import {
   acquireVolumeLock,
   describeHolder,

@@ -28,7 +28,7 @@ import { randomBytes } from 'node:crypto';
 import { ConflictError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Lease, MetadataStore } from '../metadata/store.js';
-import { sameMapRoot, type MapRoot } from '../../dataplane/volume/block-map.js';
+import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js';
 
 const PINS = 'pins/volumes/';

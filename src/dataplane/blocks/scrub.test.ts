@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { IoError } from '../../common/errors.js';
 import { quietLogger } from '../../../test/support/peer-helpers.js';
-import { MAP_PAGE_BIT, type BlockRef } from './ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { Scrubber } from './scrub.js';
 import { LocalSlotStore } from './slot-store.js';
 

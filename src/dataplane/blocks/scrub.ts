@@ -25,7 +25,7 @@ import type { Logger } from '../../common/log.js';
 import { StoreFullError } from '../../common/errors.js';
 import { BackgroundJob } from '../jobs/background-job.js';
 import { NONCE_SIZE, OFF_FLAGS, OFF_HASH_HI, OFF_HASH_LO, OFF_NONCE, OFF_TAG, TAG_SIZE } from './record.js';
-import { formatRef, type BlockRef } from './ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from './slot-store.js';
 
 export interface ScrubOptions {

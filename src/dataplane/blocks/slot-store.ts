@@ -30,7 +30,7 @@ import {
   fillRecord, NONCE_SIZE, OFF_GENERATION, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
   OFF_VOLUME, RECORD_SEALED, RECORD_SIZE, SLOT_FREE, SLOT_USED, TAG_SIZE, join64,
 } from './record.js';
-import { refKey, type BlockRef } from './ref.js';
+import { refKey, type BlockRef } from '../../model/block-ref.js';
 
 export const STORE_FORMAT = 1;
 

@@ -13,7 +13,7 @@
  */
 import { ChecksumError } from '../../common/errors.js';
 import type { Hasher } from '../blocks/hash.js';
-import { formatRef, type BlockRef } from '../blocks/ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { ListedBlock, WireBlock } from './wire.js';
 
 export type { ListedBlock, WireBlock };

@@ -32,7 +32,7 @@
  */
 import { connect, type Socket } from 'node:net';
 import { logger, type Logger } from '../../common/log.js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { PeerBlockStore } from './backend.js';
 import {
   PeerIdentityError,

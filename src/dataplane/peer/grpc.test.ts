@@ -5,7 +5,7 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { PeerBlockBackend } from './backend.js';
 import { PeerStatusError, PeerTimeoutError, PeerWrongClusterError, PeerUnavailableError } from './errors.js';
 import { CLUSTER_METADATA_KEY, PEER_GRPC_DEFINITION, PeerGrpcClient, fromGrpcCode, toGrpcCode } from './grpc.js';

@@ -27,7 +27,7 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../../common/log.js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from './backend.js';
 import {
   PeerError,

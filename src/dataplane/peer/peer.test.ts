@@ -7,7 +7,7 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { performance } from 'node:perf_hooks';
-import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../blocks/record.js';
 import { PeerClient, type PeerClientOptions } from './client.js';
 import { PeerError, PeerStatusError, PeerTimeoutError, PeerUnavailableError, PeerWrongClusterError, PeerIdentityError } from './errors.js';

@@ -7,7 +7,7 @@
  * (a block the caller changed while it waited for the connection) throws
  * and leaves nothing of itself in the stream.
  */
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { Outbound } from './outbound.js';
 import {
   BLOCK_DESCRIPTOR_SIZE,

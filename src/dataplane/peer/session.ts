@@ -72,7 +72,7 @@ import {
   statusOfError,
   type Hello,
 } from './wire.js';
-import { formatRef } from '../blocks/ref.js';
+import { formatRef } from '../../model/block-ref.js';
 
 /** maxInflightBytes counts request payload bytes. */
 export type PeerSessionLimits = ConnectionLimits;

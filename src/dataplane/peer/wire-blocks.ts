@@ -3,7 +3,7 @@
  * Part of wire.ts (see there for the protocol's rules); import from wire.ts.
  */
 import { RECORD_MAP_PAGE, RECORD_SEALED, NONCE_SIZE, TAG_SIZE, hi32, join64, lo32 } from '../blocks/record.js';
-import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { TbpPayloadError } from './wire-frame.js';
 
 // -------------------------------------------------------------------- refs

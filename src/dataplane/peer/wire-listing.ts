@@ -2,7 +2,7 @@
  * Block listings and frameless payloads for the gRPC service (grpc.ts).
  * Part of wire.ts (see there for the protocol's rules); import from wire.ts.
  */
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import { HEADER_SIZE, OP_HAS_BLOCKS, TbpPayloadError } from './wire-frame.js';
 import { decodeRef, encodeRef } from './wire-blocks.js';
 import { encodeBitmapReply, encodeRefsFrame } from './wire-messages.js';

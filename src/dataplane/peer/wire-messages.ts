@@ -3,7 +3,7 @@
  * HAS_BLOCKS / DELETE_BLOCKS, the empty frames, error replies.
  * Part of wire.ts (see there for the protocol's rules); import from wire.ts.
  */
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import { utf8Prefix } from '../transport/utf8-prefix.js';
 import {
   FLAG_REPLY,

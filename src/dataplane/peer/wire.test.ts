@@ -6,7 +6,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChecksumError, IoError, NotFoundError, StoreFullError } from '../../common/errors.js';
-import { MAP_PAGE_BIT } from '../blocks/ref.js';
+import { MAP_PAGE_BIT } from '../../model/block-ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../blocks/record.js';
 import { FrameReader } from './frame-reader.js';
 import * as w from './wire.js';

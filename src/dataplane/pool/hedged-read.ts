@@ -24,7 +24,7 @@
  * into the cache slot.
  */
 import type { Hasher } from '../blocks/hash.js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { PeerError } from '../peer/errors.js';
 import type { WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { logger } from '../../common/log.js';
-import type { RingDescription } from '../../controlplane/ring/index.js';
+import type { RingDescription } from '../../model/ring/index.js';
 import { hasher, type Hasher } from '../blocks/hash.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { MemoryPeerBackend } from '../../../test/support/memory-peer-backend.js';

@@ -9,7 +9,7 @@
  * What counts as a durable copy once the blocks are placed is durability.ts.
  */
 import type { LocalSlotStore } from '../blocks/slot-store.js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { PeerIdentityForTasks, PeerTarget, WriteTargets } from './placement.js';
 
 /** Counters of the copies a node made (torus_replication_* material; zero on a single node). */

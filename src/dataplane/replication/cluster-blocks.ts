@@ -10,7 +10,7 @@
 import { IoError, StoreFullError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Hasher } from '../blocks/hash.js';
-import { formatRef, type BlockRef } from '../blocks/ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
 import type { BlockPlacement, ReadRemote, ReplicationStats, WriteRemote } from './block-placement.js';

@@ -13,7 +13,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { ChecksumError, IoError, StoreFullError } from '../../common/errors.js';
 import { hasher } from '../blocks/hash.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../blocks/record.js';
-import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
 import { PeerStatusError, PeerWrongClusterError } from '../peer/errors.js';

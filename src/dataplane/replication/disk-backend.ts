@@ -18,7 +18,7 @@ import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Hasher } from '../blocks/hash.js';
 import { NONCE_SIZE, OFF_FLAGS, OFF_HASH_HI, OFF_HASH_LO, OFF_NONCE, OFF_TAG, RECORD_SIZE, TAG_SIZE } from '../blocks/record.js';
-import { formatRef, type BlockRef } from '../blocks/ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { checkReceived, formatHash, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from '../peer/backend.js';
 import type { ListedBlock, WireBlock } from '../peer/wire.js';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import { NO_PEERS } from './block-placement.js';
 import { countShortfall, notePeerWriteFailures, storedAnywhere, VersionCopies, type BlockCopies, type CopyKeeper } from './durability.js';
 import { SingleNodePlacement } from './single-node.js';

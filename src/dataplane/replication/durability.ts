@@ -21,7 +21,7 @@
  */
 import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import type { BlockPlacement } from './block-placement.js';
 
 const NONE_FAILED: ReadonlySet<string> = new Set();

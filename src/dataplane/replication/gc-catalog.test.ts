@@ -14,12 +14,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { IoError } from '../../common/errors.js';
 import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
-import { MAP_PAGE_BIT, refKey, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, refKey, type BlockRef } from '../../model/block-ref.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache } from '../cache/block-cache.js';
 import { quietLogger } from '../../../test/support/peer-helpers.js';
 import { DataPool } from '../pool/data-pool.js';
-import type { MapRoot } from '../volume/block-map.js';
+import type { MapRoot } from '../../model/map-root.js';
 import { Volume, type VolumeIdentity, type VolumeServices } from '../volume/volume.js';
 import { CatalogGcViews, references } from './gc-catalog.js';
 

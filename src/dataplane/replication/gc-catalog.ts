@@ -22,9 +22,10 @@
 import type { Logger } from '../../common/log.js';
 import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
 import type { PinnedVersion } from '../../controlplane/volumes/read-pins.js';
-import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
-import { BlockMap, pageIndex, sameMapRoot, type MapRoot } from '../volume/block-map.js';
+import { BlockMap, pageIndex } from '../volume/block-map.js';
+import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import type { ClusterBlocks } from './cluster-blocks.js';
 import type { GcView, GcVolume } from './gc-view.js';
 

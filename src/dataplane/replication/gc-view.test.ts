@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { classifyBlock, gcViewOf, isGarbage } from './gc-view.js';
 
 const ref = (volumeId: number, generation: number, index: number): BlockRef => ({ volumeId, generation, index });

@@ -41,7 +41,7 @@
  * too (gc-catalog.ts), so their blocks are 'referenced' here. Snapshots,
  * once they exist, are the same case.
  */
-import { refKey, type BlockRef } from '../blocks/ref.js';
+import { refKey, type BlockRef } from '../../model/block-ref.js';
 
 /** One volume of the catalog, as listed for a GC run. */
 export interface GcVolume {

@@ -24,7 +24,7 @@
  * set changes); tasks for the pool carry that table and per-block indexes
  * into it, so a worker can open its own connections without knowing the ring.
  */
-import { buildRing, type IndexedRing, type RingDescription } from '../../controlplane/ring/index.js';
+import { buildRing, type IndexedRing, type RingDescription } from '../../model/ring/index.js';
 
 /** Extra ring positions looked at beyond R, for writes while nodes were down. */
 export const SPARE_CANDIDATES = 2;

@@ -39,7 +39,7 @@
  * restores R; runs start 500 ms after a change, well after views converge.
  */
 import type { Logger } from '../../common/log.js';
-import { formatRef, type BlockRef } from '../blocks/ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import type { PeerBlockStore, WireBlock } from '../peer/backend.js';
 import { classifyBlock, isGarbage, type BlockVerdict, type GcView } from './gc-view.js';

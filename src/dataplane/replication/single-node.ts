@@ -7,7 +7,7 @@
  */
 import { IoError } from '../../common/errors.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
-import { formatRef, type BlockRef } from '../blocks/ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import { NO_PEERS, type BlockPlacement, type ReadRemote, type ReplicationStats, type WriteRemote } from './block-placement.js';
 
 const NOTHING_FAILED: Promise<ReadonlySet<string>> = Promise.resolve(new Set<string>());

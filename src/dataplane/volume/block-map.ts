@@ -17,7 +17,8 @@
  * Changes are made on a draft (copy-on-write pages) so a failed flush leaves
  * the committed map untouched.
  */
-import { MAP_PAGE_BIT, type BlockRef } from '../blocks/ref.js';
+import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
+import type { MapRoot } from '../../model/map-root.js';
 
 export const ENTRY_WORDS = 4;
 export const ENTRY_BYTES = ENTRY_WORDS * 4;
@@ -34,19 +35,6 @@ export interface MapEntry {
   flags: number;
   hashLo: number;
   hashHi: number;
-}
-
-/** What the metadata record stores about a version's tree. */
-export interface MapRoot {
-  generation: number;
-  hashLo: number;
-  hashHi: number;
-}
-
-/** The same root (so the same map, page for page), with no root (an empty map) equal only to no root. */
-export function sameMapRoot(a: MapRoot | null | undefined, b: MapRoot | null | undefined): boolean {
-  if (!a || !b) return !a && !b;
-  return a.generation === b.generation && a.hashLo === b.hashLo && a.hashHi === b.hashHi;
 }
 
 /** A page that must be written for a draft to commit, bottom level first. */

@@ -5,7 +5,8 @@
  */
 import { RECORD_MAP_PAGE } from '../blocks/record.js';
 import { VersionCopies } from '../replication/durability.js';
-import { ENTRY_SEALED, type MapRoot } from './block-map.js';
+import { ENTRY_SEALED } from './block-map.js';
+import { type MapRoot } from '../../model/map-root.js';
 import { storeDirty } from './dirty-blocks.js';
 import type { VolumeState } from './volume-state.js';
 

@@ -10,7 +10,8 @@ import type { BlockCache } from '../cache/block-cache.js';
 import type { DataPool } from '../pool/data-pool.js';
 import type { BlockPlacement } from '../replication/block-placement.js';
 import type { BlockCopies } from '../replication/durability.js';
-import type { BlockMap, MapRoot } from './block-map.js';
+import type { BlockMap } from './block-map.js';
+import type { MapRoot } from '../../model/map-root.js';
 
 export interface VolumeIdentity {
   id: number;

@@ -15,7 +15,7 @@ import { logger } from '../../common/log.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache } from '../cache/block-cache.js';
 import { DataPool } from '../pool/data-pool.js';
-import type { MapRoot } from './block-map.js';
+import type { MapRoot } from '../../model/map-root.js';
 import { Volume, type VolumeIdentity, type VolumeServices } from './volume.js';
 
 const BS = 64 * 1024;

@@ -29,7 +29,8 @@ import { ChecksumError, IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
-import { BlockMap, ENTRY_SEALED, pageIndex, type MapRoot } from './block-map.js';
+import { BlockMap, ENTRY_SEALED, pageIndex } from './block-map.js';
+import { type MapRoot } from '../../model/map-root.js';
 import { VolumeState, type SpilledBlock, type VolumeIdentity, type VolumeServices } from './volume-state.js';
 import { WriteBackRounds } from './write-back.js';
 

@@ -4,7 +4,7 @@
  * that serialisation is what the bookkeeping in VolumeState relies on.
  * Commits (someone waits) go before spills (memory waits).
  */
-import type { BlockRef } from '../blocks/ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import { storeDirty } from './dirty-blocks.js';
 import { commitVersion } from './version-commit.js';
 import type { VolumeState } from './volume-state.js';

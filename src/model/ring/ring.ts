@@ -10,7 +10,7 @@
  * This file is the contract between the control plane (which stores and
  * watches descriptions) and the data plane (which places blocks).
  */
-import type { BlockRef } from '../../dataplane/blocks/ref.js';
+import type { BlockRef } from '../block-ref.js';
 
 export type RingType = 'ketama' | 'single';
 

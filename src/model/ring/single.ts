@@ -4,7 +4,7 @@
  * cluster record created before its node joined) places nowhere, like an
  * empty ketama ring; more than one member is an error.
  */
-import type { BlockRef } from '../../dataplane/blocks/ref.js';
+import type { BlockRef } from '../block-ref.js';
 import { checkBlock, checkedCopy } from './description.js';
 import { RingDescriptionError, type IndexedRing, type RingDescription } from './ring.js';
 

@@ -5,7 +5,7 @@
  * metadata store's `ring` key) and swaps the result in; building is
  * synchronous and takes well under a second for 500 members (README.md).
  */
-import type { BlockRef } from '../../dataplane/blocks/ref.js';
+import type { BlockRef } from '../block-ref.js';
 import { KetamaRing } from './ketama.js';
 import { RingDescriptionError, type IndexedRing, type Ring, type RingDescription } from './ring.js';
 import { SingleRing } from './single.js';

@@ -42,7 +42,7 @@
  * every member is still placed on (it then takes more than its weight's
  * share).
  */
-import type { BlockRef } from '../../dataplane/blocks/ref.js';
+import type { BlockRef } from '../block-ref.js';
 import { blockPoint, xxh32 } from './hash.js';
 import { checkBlock, checkedCopy } from './description.js';
 import { RingDescriptionError, type IndexedRing, type RingDescription } from './ring.js';
