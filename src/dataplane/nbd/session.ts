@@ -247,8 +247,7 @@ export class Session extends ServedConnection {
   private async execute(type: number, flags: number, cookieHigh: number, cookieLow: number, offset: number, length: number, payload: Buffer | undefined): Promise<void> {
     const started = performance.now();
     const cost = type === NBD_CMD_READ || type === NBD_CMD_WRITE ? length : 0;
-    this.inflight++;
-    this.inflightBytes += cost;
+    this.begun(cost);
     const exp = this.exp;
     const fua = (flags & NBD_CMD_FLAG_FUA) !== 0;
     let errno: Errno | undefined;
@@ -289,8 +288,7 @@ export class Session extends ServedConnection {
       this.exportFailed(type, offset, length, err, errno);
       this.sendError(cookieHigh, cookieLow, errno, (err as Error)?.message ?? String(err), undefined);
     } finally {
-      this.inflight--;
-      this.inflightBytes -= cost;
+      this.ended(cost);
       this.observe?.(commandName(type), errno === undefined ? cost : 0, (performance.now() - started) / 1000, errno);
       this.settled();
     }

@@ -228,8 +228,7 @@ export class PeerSession extends ServedConnection {
   private async execute(opcode: number, id: number, payload: Buffer): Promise<void> {
     const started = this.observe ? performance.now() : 0;
     const cost = payload.length;
-    this.inflight++;
-    this.inflightBytes += cost;
+    this.begun(cost);
     let status = STATUS_OK;
     let moved = 0;
     try {
@@ -293,8 +292,7 @@ export class PeerSession extends ServedConnection {
       else this.log.debug({ op: opName(opcode), status: statusName(status), reason: message }, 'request refused');
       this.send(encodeErrorReply(opcode, id, status, message));
     } finally {
-      this.inflight--;
-      this.inflightBytes -= cost;
+      this.ended(cost);
       // The backend is done with the views (backend.ts); a gathered payload
       // goes back to the pool, a view of a socket chunk is ignored by it.
       this.pool.release(payload);

@@ -11,9 +11,10 @@
  *   the socket is paused (readingBlocked() says so to the pump, which stops);
  *   the pump resumes it (resumeReading()) once it gets through a pass, which
  *   happens as requests settle or the socket drains.
- * - A subclass counts a request with `inflight`/`inflightBytes` from its
- *   start to its settling and calls settled() after; it calls noteQueued()
- *   after queueing a reply on the socket.
+ * - A subclass counts a request from its start (begun(cost)) to its
+ *   settling (ended(cost), then settled()); it calls noteQueued() after
+ *   queueing a reply on the socket. The counts never go below zero
+ *   (asserted): a request ended twice would let the pump read past the limits.
  * - Phases: 'hello' (protocols with an in-band greeting, before it),
  *   'serving', 'shutting-down' (answer new requests with a refusal, end once
  *   idle), 'draining' (read nothing more, end once idle), 'closed'.
@@ -25,6 +26,7 @@
  * request, and the pump's checks are the fields it used to read itself.
  */
 import type { Socket } from 'node:net';
+import { assert } from '../../common/assert.js';
 
 export interface ConnectionLimits {
   /** Requests being served at once before we stop reading. */
@@ -126,6 +128,19 @@ export abstract class ServedConnection {
     this.writeBlocked = false;
     this.pump();
   };
+
+  /** A request starts: it counts against the limits until ended(). */
+  protected begun(cost: number): void {
+    this.inflight++;
+    this.inflightBytes += cost;
+  }
+
+  /** A request started with begun(cost) is over (call settled() after it has replied). */
+  protected ended(cost: number): void {
+    this.inflight--;
+    this.inflightBytes -= cost;
+    assert(this.inflight >= 0 && this.inflightBytes >= 0, 'a request ended that was never begun (in-flight count below zero)');
+  }
 
   /** A request has settled: read on, end if that was the last one of a drain, finish if the socket is gone. */
   protected settled(): void {

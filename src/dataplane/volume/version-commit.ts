@@ -3,6 +3,7 @@
  * on the changed paths, make every copy durable (durability.ts), then CAS the
  * new root into metadata. Runs inside a write-back round (write-back.ts).
  */
+import { invariantBroken } from '../../common/assert.js';
 import { RECORD_MAP_PAGE } from '../blocks/record.js';
 import { VersionCopies } from '../replication/durability.js';
 import { ENTRY_SEALED } from './block-map.js';
@@ -18,6 +19,12 @@ export async function commitVersion(state: VolumeState): Promise<void> {
   const { store } = state.services;
   const { map } = state;
   const generation = state.generation + 1;
+  // A block both set and cleared in one version would make its content
+  // depend on the order the draft applies them: the write and trim paths
+  // keep the two sets apart, checked here where they become a version.
+  for (const index of state.pendingHoles) {
+    if (state.spilled.has(index)) invariantBroken(`volume ${state.name}: block ${index} is both spilled and a pending hole`);
+  }
   const entries = [...state.spilled];
   const holes = [...state.pendingHoles];
   state.pendingHoles.clear();

@@ -10,6 +10,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { InvariantError } from '../../common/assert.js';
 import { ChecksumError, IoError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
@@ -216,6 +217,21 @@ describe('volume', { timeout: 60_000 }, () => {
     assert.deepEqual(back, second);
     await v.flush();
     assert.equal(r.committed.generation, 2);
+    await closeRig(r);
+  });
+  test('a block both spilled and pending as a hole stops the commit (InvariantError), committing nothing', async () => {
+    const r = await rig(join(root, 'invariant'));
+    const v = await Volume.open(identity, 0, undefined, null, r.services);
+    await v.write(0, randomBytes(BS), false);
+    await v.flush();
+    // Break the invariant the write and trim paths keep: reach into the state as a bug would.
+    const state = (v as unknown as { state: { spilled: Map<number, unknown>; pendingHoles: Set<number> } }).state;
+    state.spilled.set(0, { hashLo: 1, hashHi: 2, local: false, peers: [] });
+    state.pendingHoles.add(0);
+    await assert.rejects(v.flush(), InvariantError);
+    assert.equal(r.committed.generation, 1, 'no version was committed');
+    state.spilled.clear();
+    state.pendingHoles.clear();
     await closeRig(r);
   });
 });
