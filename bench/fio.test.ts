@@ -7,13 +7,26 @@ import { describe, test } from 'node:test';
 import { JOBS, fioArgs, parseFioJson, prefillArgs, readsData } from './fio.js';
 
 function direction(iops: number, bwBytes: number, p99Nanos?: number) {
-  return { iops, bw_bytes: bwBytes, clat_ns: p99Nanos === undefined ? {} : { percentile: { '50.000000': 1, '99.000000': p99Nanos } } };
+  return {
+    iops,
+    bw_bytes: bwBytes,
+    clat_ns:
+      p99Nanos === undefined ? {} : { percentile: { '50.000000': 1, '99.000000': p99Nanos } },
+  };
 }
 
 describe('fio results', () => {
   test('a mixed job sums both directions and takes the worse p99, ignoring warnings before the JSON', () => {
     const json = JSON.stringify({
-      jobs: [{ error: 0, read: direction(700, 700 * 65536, 2_000_000), write: direction(300, 300 * 65536, 5_000_000), usr_cpu: 1, sys_cpu: 2 }],
+      jobs: [
+        {
+          error: 0,
+          read: direction(700, 700 * 65536, 2_000_000),
+          write: direction(300, 300 * 65536, 5_000_000),
+          usr_cpu: 1,
+          sys_cpu: 2,
+        },
+      ],
     });
     const r = parseFioJson(`fio: some warning about the engine\n${json}`);
     assert.equal(r.iops, 1000);
@@ -24,7 +37,11 @@ describe('fio results', () => {
   });
 
   test('an idle direction does not contribute a latency', () => {
-    const json = JSON.stringify({ jobs: [{ error: 0, read: direction(100, 409600, 900_000), write: direction(0, 0, 99_000_000) }] });
+    const json = JSON.stringify({
+      jobs: [
+        { error: 0, read: direction(100, 409600, 900_000), write: direction(0, 0, 99_000_000) },
+      ],
+    });
     assert.equal(parseFioJson(json).p99Micros, 900);
   });
 
@@ -34,27 +51,63 @@ describe('fio results', () => {
   });
 
   test('fio errors and missing output are failures, not zeros', () => {
-    assert.throws(() => parseFioJson(JSON.stringify({ jobs: [{ error: 5, read: direction(0, 0), write: direction(0, 0) }] })), /fio reported error 5/);
+    assert.throws(
+      () =>
+        parseFioJson(
+          JSON.stringify({ jobs: [{ error: 5, read: direction(0, 0), write: direction(0, 0) }] }),
+        ),
+      /fio reported error 5/,
+    );
     assert.throws(() => parseFioJson('fio: engine nbd not loadable\n'), /no JSON/);
     assert.throws(() => parseFioJson('{"jobs": []}'), /no jobs/);
   });
 });
 
 describe('fio command lines', () => {
-  const settings = { uri: 'nbd://127.0.0.1:1/x', regionBytes: 2 ** 20, runtimeSeconds: 7, rampSeconds: 2, outputFile: '/tmp/out.json' };
+  const settings = {
+    uri: 'nbd://127.0.0.1:1/x',
+    regionBytes: 2 ** 20,
+    runtimeSeconds: 7,
+    rampSeconds: 2,
+    outputFile: '/tmp/out.json',
+  };
 
   test('the job table is the documented set, each name unique', () => {
     assert.deepEqual(
       JOBS.map((j) => j.name),
-      ['randread-4k-qd32', 'randwrite-4k-qd32', 'randrw70-64k-qd16', 'seqwrite-1m-qd8', 'seqread-1m-qd8', 'randread-4k-qd32-4conn'],
+      [
+        'randread-4k-qd32',
+        'randwrite-4k-qd32',
+        'randrw70-64k-qd16',
+        'seqwrite-1m-qd8',
+        'seqread-1m-qd8',
+        'randread-4k-qd32-4conn',
+      ],
     );
-    assert.deepEqual(JOBS.filter(readsData).map((j) => j.name), ['randread-4k-qd32', 'randrw70-64k-qd16', 'seqread-1m-qd8', 'randread-4k-qd32-4conn']);
+    assert.deepEqual(
+      JOBS.filter(readsData).map((j) => j.name),
+      ['randread-4k-qd32', 'randrw70-64k-qd16', 'seqread-1m-qd8', 'randread-4k-qd32-4conn'],
+    );
   });
 
   test('a timed job goes through the nbd engine with its own depth, connections and mix', () => {
     const job = JOBS.find((j) => j.name === 'randrw70-64k-qd16')!;
     const args = fioArgs(job, settings);
-    for (const expected of ['--ioengine=nbd', '--uri=nbd://127.0.0.1:1/x', '--size=1048576', '--rw=randrw', '--bs=64k', '--iodepth=16', '--numjobs=1', '--rwmixread=70', '--time_based', '--runtime=7', '--ramp_time=2', '--output-format=json', '--output=/tmp/out.json']) {
+    for (const expected of [
+      '--ioengine=nbd',
+      '--uri=nbd://127.0.0.1:1/x',
+      '--size=1048576',
+      '--rw=randrw',
+      '--bs=64k',
+      '--iodepth=16',
+      '--numjobs=1',
+      '--rwmixread=70',
+      '--time_based',
+      '--runtime=7',
+      '--ramp_time=2',
+      '--output-format=json',
+      '--output=/tmp/out.json',
+    ]) {
       assert.ok(args.includes(expected), `missing ${expected} in ${args.join(' ')}`);
     }
     assert.ok(fioArgs(JOBS.at(-1)!, settings).includes('--numjobs=4'));

@@ -17,12 +17,40 @@ export interface JobSpec {
 }
 
 export const JOBS: readonly JobSpec[] = [
-  { name: 'randread-4k-qd32', rw: 'randread', blockSize: '4k', iodepth: 32, connections: 1, extra: [] },
-  { name: 'randwrite-4k-qd32', rw: 'randwrite', blockSize: '4k', iodepth: 32, connections: 1, extra: [] },
-  { name: 'randrw70-64k-qd16', rw: 'randrw', blockSize: '64k', iodepth: 16, connections: 1, extra: ['--rwmixread=70'] },
+  {
+    name: 'randread-4k-qd32',
+    rw: 'randread',
+    blockSize: '4k',
+    iodepth: 32,
+    connections: 1,
+    extra: [],
+  },
+  {
+    name: 'randwrite-4k-qd32',
+    rw: 'randwrite',
+    blockSize: '4k',
+    iodepth: 32,
+    connections: 1,
+    extra: [],
+  },
+  {
+    name: 'randrw70-64k-qd16',
+    rw: 'randrw',
+    blockSize: '64k',
+    iodepth: 16,
+    connections: 1,
+    extra: ['--rwmixread=70'],
+  },
   { name: 'seqwrite-1m-qd8', rw: 'write', blockSize: '1m', iodepth: 8, connections: 1, extra: [] },
   { name: 'seqread-1m-qd8', rw: 'read', blockSize: '1m', iodepth: 8, connections: 1, extra: [] },
-  { name: 'randread-4k-qd32-4conn', rw: 'randread', blockSize: '4k', iodepth: 32, connections: 4, extra: [] },
+  {
+    name: 'randread-4k-qd32-4conn',
+    rw: 'randread',
+    blockSize: '4k',
+    iodepth: 32,
+    connections: 4,
+    extra: [],
+  },
 ];
 
 /** Reads only: what a degraded cluster is measured with. */
@@ -108,7 +136,8 @@ export function parseFioJson(text: string): FioResult {
   const start = text.indexOf('{');
   if (start < 0) throw new Error('fio produced no JSON output');
   const report = JSON.parse(text.slice(start)) as FioJson;
-  if (!Array.isArray(report.jobs) || report.jobs.length === 0) throw new Error('fio JSON has no jobs');
+  if (!Array.isArray(report.jobs) || report.jobs.length === 0)
+    throw new Error('fio JSON has no jobs');
   const failed = report.jobs.find((j) => j.error !== 0);
   if (failed) throw new Error(`fio reported error ${failed.error}`);
   let readIops = 0;
@@ -124,7 +153,13 @@ export function parseFioJson(text: string): FioResult {
       if (direction.iops > 0 && p99 !== undefined) p99Nanos = Math.max(p99Nanos, p99);
     }
   }
-  return { iops: readIops + writeIops, readIops, writeIops, mibPerSecond: bytesPerSecond / 2 ** 20, p99Micros: p99Nanos / 1000 };
+  return {
+    iops: readIops + writeIops,
+    readIops,
+    writeIops,
+    mibPerSecond: bytesPerSecond / 2 ** 20,
+    p99Micros: p99Nanos / 1000,
+  };
 }
 
 /** Beyond ramp+runtime, how long a fio run may take before it counts as hung. */
@@ -158,7 +193,12 @@ export function runFio(args: string[], timeoutMs: number): Promise<void> {
       clearTimeout(timer);
       forget();
       if (code === 0) done();
-      else fail(new Error(`fio exited with ${code ?? signal}: ${output.trim().split('\n').slice(-5).join(' | ')}`));
+      else
+        fail(
+          new Error(
+            `fio exited with ${code ?? signal}: ${output.trim().split('\n').slice(-5).join(' | ')}`,
+          ),
+        );
     });
   });
 }

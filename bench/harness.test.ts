@@ -16,10 +16,19 @@ import { freePort, waitForListener } from './processes.js';
 const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST_BENCH = join(PROJECT, 'dist', 'bench');
 
-const PACKAGES: Record<string, string> = { fio: 'fio', 'nbd-server': 'nbd-server', nbdkit: 'nbdkit', fallocate: 'util-linux' };
-const have = (tool: string) => spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
+const PACKAGES: Record<string, string> = {
+  fio: 'fio',
+  'nbd-server': 'nbd-server',
+  nbdkit: 'nbdkit',
+  fallocate: 'util-linux',
+};
+const have = (tool: string) =>
+  spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
 const absent = Object.keys(PACKAGES).filter((t) => !have(t));
-const skipReason = absent.length > 0 ? `needs ${absent.join(', ')}: apt-get install ${absent.map((t) => PACKAGES[t]).join(' ')}` : false;
+const skipReason =
+  absent.length > 0
+    ? `needs ${absent.join(', ')}: apt-get install ${absent.map((t) => PACKAGES[t]).join(' ')}`
+    : false;
 
 interface Finished {
   code: number | null;
@@ -30,12 +39,17 @@ interface Finished {
 
 /** Start a script; `finished` resolves at exit, `stderrSoFar` shows progress meanwhile. */
 function start(script: string, args: string[]) {
-  const child = spawn(process.execPath, [join(DIST_BENCH, script), ...args], { cwd: PROJECT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(DIST_BENCH, script), ...args], {
+    cwd: PROJECT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const finished = new Promise<Finished>((done) => child.once('exit', (code, signal) => done({ code, signal, stdout, stderr })));
+  const finished = new Promise<Finished>((done) =>
+    child.once('exit', (code, signal) => done({ code, signal, stdout, stderr })),
+  );
   return { child, finished, stderrSoFar: () => stderr };
 }
 
@@ -59,71 +73,134 @@ function tempDirOf(stderr: string): string {
   return match[1];
 }
 
-describe('bench harness against nbd-server and nbdkit', { skip: skipReason, timeout: 240_000 }, () => {
-  const scratch = mkdtempSync(join(tmpdir(), 'torus-bench-test-'));
-  after(() => rmSync(scratch, { recursive: true, force: true }));
+describe(
+  'bench harness against nbd-server and nbdkit',
+  { skip: skipReason, timeout: 240_000 },
+  () => {
+    const scratch = mkdtempSync(join(tmpdir(), 'torus-bench-test-'));
+    after(() => rmSync(scratch, { recursive: true, force: true }));
 
-  test('measures both servers, reports medians, saves JSON, cleans up', async () => {
-    const jsonFile = join(scratch, 'results.json');
-    const run = start('run.js', ['--servers', 'nbd-server,nbdkit', '--jobs', 'randread-4k-qd32,randwrite-4k-qd32', '--runtime', '1', '--ramp', '0', '--repeats', '1', '--region', '16MiB', '--json', jsonFile]);
-    const r = await run.finished;
-    assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /randread-4k-qd32\s+nbd-server\s+\d+/);
-    assert.match(r.stdout, /\s+nbdkit\s+\d+/);
-    assert.match(r.stdout, /peak RSS .*nbd-server [\d.]+ MiB, nbdkit [\d.]+ MiB/);
-    const saved = JSON.parse(readFileSync(jsonFile, 'utf8'));
-    assert.equal(saved.runs.length, 4);
-    for (const run of saved.runs) assert.ok(run.result.iops > 0 && run.result.serverCpuPercent > 0, JSON.stringify(run));
-    const temp = tempDirOf(r.stderr);
-    assert.ok(!existsSync(temp), `${temp} left behind`);
-    assert.deepEqual(processesMentioning(temp), []);
-  });
+    test('measures both servers, reports medians, saves JSON, cleans up', async () => {
+      const jsonFile = join(scratch, 'results.json');
+      const run = start('run.js', [
+        '--servers',
+        'nbd-server,nbdkit',
+        '--jobs',
+        'randread-4k-qd32,randwrite-4k-qd32',
+        '--runtime',
+        '1',
+        '--ramp',
+        '0',
+        '--repeats',
+        '1',
+        '--region',
+        '16MiB',
+        '--json',
+        jsonFile,
+      ]);
+      const r = await run.finished;
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /randread-4k-qd32\s+nbd-server\s+\d+/);
+      assert.match(r.stdout, /\s+nbdkit\s+\d+/);
+      assert.match(r.stdout, /peak RSS .*nbd-server [\d.]+ MiB, nbdkit [\d.]+ MiB/);
+      const saved = JSON.parse(readFileSync(jsonFile, 'utf8'));
+      assert.equal(saved.runs.length, 4);
+      for (const run of saved.runs)
+        assert.ok(run.result.iops > 0 && run.result.serverCpuPercent > 0, JSON.stringify(run));
+      const temp = tempDirOf(r.stderr);
+      assert.ok(!existsSync(temp), `${temp} left behind`);
+      assert.deepEqual(processesMentioning(temp), []);
+    });
 
-  test('Ctrl-C mid-run stops every server and fio and removes the temp dir', async () => {
-    const run = start('run.js', ['--servers', 'nbd-server,nbdkit', '--jobs', 'randread-4k-qd32', '--runtime', '60', '--ramp', '0', '--region', '16MiB']);
-    const deadline = Date.now() + 60_000;
-    while (!/prefilling 16 MiB of nbdkit/.test(run.stderrSoFar())) {
-      assert.ok(Date.now() < deadline, `never reached the runs:\n${run.stderrSoFar()}`);
-      await sleep(100);
-    }
-    await sleep(1500);
-    run.child.kill('SIGINT');
-    const r = await run.finished;
-    assert.equal(r.code, 130, r.stderr);
-    const temp = tempDirOf(r.stderr);
-    // Signalled children may take a moment to go on a loaded machine: gone within 10 s is the promise.
-    for (let waited = 0; waited < 10_000 && processesMentioning(temp).length > 0; waited += 250) await sleep(250);
-    assert.ok(!existsSync(temp), `${temp} left behind`);
-    assert.deepEqual(processesMentioning(temp), []);
-  });
+    test('Ctrl-C mid-run stops every server and fio and removes the temp dir', async () => {
+      const run = start('run.js', [
+        '--servers',
+        'nbd-server,nbdkit',
+        '--jobs',
+        'randread-4k-qd32',
+        '--runtime',
+        '60',
+        '--ramp',
+        '0',
+        '--region',
+        '16MiB',
+      ]);
+      const deadline = Date.now() + 60_000;
+      while (!/prefilling 16 MiB of nbdkit/.test(run.stderrSoFar())) {
+        assert.ok(Date.now() < deadline, `never reached the runs:\n${run.stderrSoFar()}`);
+        await sleep(100);
+      }
+      await sleep(1500);
+      run.child.kill('SIGINT');
+      const r = await run.finished;
+      assert.equal(r.code, 130, r.stderr);
+      const temp = tempDirOf(r.stderr);
+      // Signalled children may take a moment to go on a loaded machine: gone within 10 s is the promise.
+      for (let waited = 0; waited < 10_000 && processesMentioning(temp).length > 0; waited += 250)
+        await sleep(250);
+      assert.ok(!existsSync(temp), `${temp} left behind`);
+      assert.deepEqual(processesMentioning(temp), []);
+    });
 
-  test('a missing option value or unknown job fails fast with usage', async () => {
-    const r = await start('run.js', ['--jobs', 'nope']).finished;
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /--jobs: unknown "nope"/);
-  });
-});
+    test('a missing option value or unknown job fails fast with usage', async () => {
+      const r = await start('run.js', ['--jobs', 'nope']).finished;
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, /--jobs: unknown "nope"/);
+    });
+  },
+);
 
 const clinicInstalled = existsSync(join(PROJECT, 'node_modules', '.bin', 'clinic'));
 
-describe('profile script', { skip: skipReason || (!clinicInstalled && 'clinic is not installed: npm ci'), timeout: 240_000 }, () => {
-  test('profiles a node server under fio load and prints the flame graph path', async () => {
-    const dest = mkdtempSync(join(tmpdir(), 'torus-profile-test-'));
-    const nbdkitPort = await freePort();
-    // The stand-in server relays to nbdkit; --exit-with-parent ties nbdkit's life to this test process.
-    const nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', String(nbdkitPort), 'memory', 'size=64M'], { stdio: 'ignore' });
-    try {
-      await waitForListener(nbdkitPort, 'nbdkit', 30_000);
-      const run = start('profile.js', ['--runtime', '1', '--jobs', 'randwrite-4k-qd32', '--region', '16MiB', '--dest', dest, '--', process.execPath, join(DIST_BENCH, 'testing', 'tcp-proxy.js'), '{port}', String(nbdkitPort)]);
-      const r = await run.finished;
-      assert.equal(r.code, 0, r.stdout + r.stderr);
-      const match = /flame graph report: (\S+\.html)/.exec(r.stdout);
-      assert.ok(match, r.stdout);
-      assert.ok(existsSync(match[1]));
-      assert.deepEqual(processesMentioning('tcp-proxy.js'), []);
-    } finally {
-      nbdkit.kill('SIGKILL');
-      rmSync(dest, { recursive: true, force: true });
-    }
-  });
-});
+describe(
+  'profile script',
+  { skip: skipReason || (!clinicInstalled && 'clinic is not installed: npm ci'), timeout: 240_000 },
+  () => {
+    test('profiles a node server under fio load and prints the flame graph path', async () => {
+      const dest = mkdtempSync(join(tmpdir(), 'torus-profile-test-'));
+      const nbdkitPort = await freePort();
+      // The stand-in server relays to nbdkit; --exit-with-parent ties nbdkit's life to this test process.
+      const nbdkit = spawn(
+        'nbdkit',
+        [
+          '--foreground',
+          '--exit-with-parent',
+          '--ipaddr',
+          '127.0.0.1',
+          '--port',
+          String(nbdkitPort),
+          'memory',
+          'size=64M',
+        ],
+        { stdio: 'ignore' },
+      );
+      try {
+        await waitForListener(nbdkitPort, 'nbdkit', 30_000);
+        const run = start('profile.js', [
+          '--runtime',
+          '1',
+          '--jobs',
+          'randwrite-4k-qd32',
+          '--region',
+          '16MiB',
+          '--dest',
+          dest,
+          '--',
+          process.execPath,
+          join(DIST_BENCH, 'testing', 'tcp-proxy.js'),
+          '{port}',
+          String(nbdkitPort),
+        ]);
+        const r = await run.finished;
+        assert.equal(r.code, 0, r.stdout + r.stderr);
+        const match = /flame graph report: (\S+\.html)/.exec(r.stdout);
+        assert.ok(match, r.stdout);
+        assert.ok(existsSync(match[1]));
+        assert.deepEqual(processesMentioning('tcp-proxy.js'), []);
+      } finally {
+        nbdkit.kill('SIGKILL');
+        rmSync(dest, { recursive: true, force: true });
+      }
+    });
+  },
+);

@@ -53,16 +53,29 @@ export class UsageError extends Error {}
 function positiveInteger(flag: string, text: string, allowZero = false): number {
   const value = Number(text);
   if (!Number.isInteger(value) || value < (allowZero ? 0 : 1)) {
-    throw new UsageError(`--${flag}: expected a ${allowZero ? 'non-negative' : 'positive'} integer, got "${text}"`);
+    throw new UsageError(
+      `--${flag}: expected a ${allowZero ? 'non-negative' : 'positive'} integer, got "${text}"`,
+    );
   }
   return value;
 }
 
-function pickList<T>(flag: string, text: string, known: readonly T[], nameOf: (item: T) => string): T[] {
+function pickList<T>(
+  flag: string,
+  text: string,
+  known: readonly T[],
+  nameOf: (item: T) => string,
+): T[] {
   const picked: T[] = [];
-  for (const name of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const name of text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const item = known.find((k) => nameOf(k) === name);
-    if (!item) throw new UsageError(`--${flag}: unknown "${name}"; expected some of ${known.map(nameOf).join(', ')}`);
+    if (!item)
+      throw new UsageError(
+        `--${flag}: unknown "${name}"; expected some of ${known.map(nameOf).join(', ')}`,
+      );
     if (!picked.includes(item)) picked.push(item);
   }
   if (picked.length === 0) throw new UsageError(`--${flag}: empty list`);
@@ -103,7 +116,9 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
     throw new UsageError(`--region: ${(err as Error).message}`);
   }
   if (regionBytes < 2 ** 20 || regionBytes > EXPORT_BYTES || regionBytes % 2 ** 20 !== 0) {
-    throw new UsageError(`--region: expected a whole number of MiB between 1MiB and 1GiB, got "${v.region}"`);
+    throw new UsageError(
+      `--region: expected a whole number of MiB between 1MiB and 1GiB, got "${v.region}"`,
+    );
   }
   if (v['block-size'] !== undefined) {
     try {

@@ -18,7 +18,11 @@ export function freePort(): Promise<number> {
     probe.once('error', fail);
     probe.listen(0, LOOPBACK, () => {
       const address = probe.address();
-      probe.close(() => (typeof address === 'object' && address ? done(address.port) : fail(new Error('no port from listen(0)'))));
+      probe.close(() =>
+        typeof address === 'object' && address
+          ? done(address.port)
+          : fail(new Error('no port from listen(0)')),
+      );
     });
   });
 }
@@ -38,13 +42,21 @@ function canConnect(port: number): Promise<boolean> {
  * Wait until something accepts connections on the port. `stillStarting` lets
  * the caller give up early with its own reason (e.g. the server exited).
  */
-export async function waitForListener(port: number, what: string, timeoutMs: number, stillStarting: () => string | undefined = () => undefined): Promise<void> {
+export async function waitForListener(
+  port: number,
+  what: string,
+  timeoutMs: number,
+  stillStarting: () => string | undefined = () => undefined,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await canConnect(port)) return;
     const failure = stillStarting();
     if (failure) throw new Error(`${what} did not start: ${failure}`);
-    if (Date.now() > deadline) throw new Error(`${what} is not listening on ${LOOPBACK}:${port} after ${timeoutMs / 1000} s`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `${what} is not listening on ${LOOPBACK}:${port} after ${timeoutMs / 1000} s`,
+      );
     await sleep(100);
   }
 }
@@ -69,7 +81,13 @@ function readStat(pid: number): ProcStat | undefined {
   // The command name may contain spaces and parentheses; fields resume after the last ')'.
   const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
   // proc(5): state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17); f[0] is field 3.
-  return { pid, ppid: Number(f[1]), state: f[0], ownTicks: Number(f[11]) + Number(f[12]), reapedChildTicks: Number(f[13]) + Number(f[14]) };
+  return {
+    pid,
+    ppid: Number(f[1]),
+    state: f[0],
+    ownTicks: Number(f[11]) + Number(f[12]),
+    reapedChildTicks: Number(f[13]) + Number(f[14]),
+  };
 }
 
 /** The process and its live descendants, found by scanning /proc (no reliance on /proc/PID/task/TID/children). */
@@ -99,7 +117,8 @@ export function isAlive(pid: number): boolean {
  */
 export function treeCpuTicks(rootPid: number): number {
   let total = 0;
-  for (const p of processTree(rootPid)) total += p.ownTicks + (p.pid === rootPid ? p.reapedChildTicks : 0);
+  for (const p of processTree(rootPid))
+    total += p.ownTicks + (p.pid === rootPid ? p.reapedChildTicks : 0);
   return total;
 }
 
@@ -112,11 +131,14 @@ export function ownReapedChildTicks(): number {
   return readStat(process.pid)?.reapedChildTicks ?? 0;
 }
 
-export const CLOCK_TICKS_PER_SECOND = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+export const CLOCK_TICKS_PER_SECOND =
+  Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
 
 function statusKiB(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
-    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const match = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(
+      readFileSync(`/proc/${pid}/status`, 'utf8'),
+    );
     return match ? Number(match[1]) : 0;
   } catch {
     return 0;

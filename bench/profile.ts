@@ -18,7 +18,16 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseSize } from '../src/common/size.js';
 import { cleanupAll, killQuietly, onCleanup, removeDirLater } from './cleanup.js';
-import { JOBS, fioArgs, fioHasNbdEngine, fioTimeoutMs, prefillArgs, readFioResult, readsData, runFio } from './fio.js';
+import {
+  JOBS,
+  fioArgs,
+  fioHasNbdEngine,
+  fioTimeoutMs,
+  prefillArgs,
+  readFioResult,
+  readsData,
+  runFio,
+} from './fio.js';
 import { EXPORT_BYTES } from './options.js';
 import { LOOPBACK, freePort, waitForListener } from './processes.js';
 import { PROJECT, prepareTorus } from './servers.js';
@@ -76,7 +85,8 @@ async function main(argv: string[]): Promise<number> {
     if (!job) throw new Error(`--jobs: unknown job "${name}"`);
     return job;
   });
-  if (!Number.isInteger(runtimeSeconds) || runtimeSeconds < 1) throw new Error(`--runtime: expected a positive integer, got "${v.runtime}"`);
+  if (!Number.isInteger(runtimeSeconds) || runtimeSeconds < 1)
+    throw new Error(`--runtime: expected a positive integer, got "${v.runtime}"`);
   if (!fioHasNbdEngine()) {
     process.stderr.write('profile: fio with the nbd engine is needed: apt-get install fio\n');
     return 1;
@@ -89,8 +99,14 @@ async function main(argv: string[]): Promise<number> {
   const port = await freePort();
   const server =
     customServer.length > 0
-      ? { argv: customServer.map((arg) => arg.replaceAll('{port}', String(port))), uri: `nbd://${LOOPBACK}:${port}/${v.export}` }
-      : prepareTorus({ workDir, exportBytes: EXPORT_BYTES, encrypt: v.encrypt!, blockSize: v['block-size'] }, port);
+      ? {
+          argv: customServer.map((arg) => arg.replaceAll('{port}', String(port))),
+          uri: `nbd://${LOOPBACK}:${port}/${v.export}`,
+        }
+      : prepareTorus(
+          { workDir, exportBytes: EXPORT_BYTES, encrypt: v.encrypt!, blockSize: v['block-size'] },
+          port,
+        );
 
   const clinicArgs = ['clinic', 'flame', '--open=false', '--dest', dest, '--', ...server.argv];
   process.stderr.write(`profile: npx ${clinicArgs.join(' ')}\n`);
@@ -112,16 +128,29 @@ async function main(argv: string[]): Promise<number> {
     }),
   );
 
-  await waitForListener(port, 'the profiled server', STARTUP_TIMEOUT_MS, () => (exitCode === undefined ? undefined : `clinic exited with ${exitCode}`));
+  await waitForListener(port, 'the profiled server', STARTUP_TIMEOUT_MS, () =>
+    exitCode === undefined ? undefined : `clinic exited with ${exitCode}`,
+  );
   process.stderr.write(`profile: serving ${server.uri}\n`);
   if (jobs.some(readsData)) {
-    await runFio(prefillArgs({ uri: server.uri, regionBytes, outputFile: join(workDir, 'prefill.json') }), fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }));
+    await runFio(
+      prefillArgs({ uri: server.uri, regionBytes, outputFile: join(workDir, 'prefill.json') }),
+      fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }),
+    );
   }
   for (const job of jobs) {
-    const settings = { uri: server.uri, regionBytes, runtimeSeconds, rampSeconds: 0, outputFile: join(workDir, `${job.name}.json`) };
+    const settings = {
+      uri: server.uri,
+      regionBytes,
+      runtimeSeconds,
+      rampSeconds: 0,
+      outputFile: join(workDir, `${job.name}.json`),
+    };
     await runFio(fioArgs(job, settings), fioTimeoutMs(settings));
     const r = readFioResult(settings.outputFile);
-    process.stderr.write(`profile: ${job.name}: ${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us (under the profiler)\n`);
+    process.stderr.write(
+      `profile: ${job.name}: ${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us (under the profiler)\n`,
+    );
   }
 
   process.stderr.write('profile: stopping the server (SIGINT); clinic is writing its report\n');
@@ -134,7 +163,9 @@ async function main(argv: string[]): Promise<number> {
     });
   });
   if (!finished) {
-    process.stderr.write(`profile: clinic did not finish within ${REPORT_TIMEOUT_MS / 60_000} minutes\n`);
+    process.stderr.write(
+      `profile: clinic did not finish within ${REPORT_TIMEOUT_MS / 60_000} minutes\n`,
+    );
     return 1;
   }
   forget();

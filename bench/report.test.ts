@@ -7,7 +7,15 @@ import { describe, test } from 'node:test';
 import { UsageError, parseBenchOptions } from './options.js';
 import { formatReport, median, ratios, summarize, type RunRecord } from './report.js';
 
-const result = (iops: number) => ({ iops, readIops: iops, writeIops: 0, mibPerSecond: iops / 256, p99Micros: 100, serverCpuPercent: 50, fioCpuPercent: 40 });
+const result = (iops: number) => ({
+  iops,
+  readIops: iops,
+  writeIops: 0,
+  mibPerSecond: iops / 256,
+  p99Micros: 100,
+  serverCpuPercent: 50,
+  fioCpuPercent: 40,
+});
 
 describe('report', () => {
   test('median of odd and even counts; NaN for nothing', () => {
@@ -45,13 +53,22 @@ describe('report', () => {
       { job: 'j', server: 'torus-cluster-degraded', repeat: 0, result: result(150) },
       { job: 'j', server: 'nbd-server', repeat: 0, result: result(100) },
     ];
-    const r = ratios(summarize(runs, ['j'], ['torus-cluster-cold', 'torus-cluster-degraded', 'nbd-server']));
-    assert.deepEqual(r.find((x) => x.ours === 'torus-cluster-degraded' && x.peer === 'torus-cluster-cold')?.ratio, 0.75);
+    const r = ratios(
+      summarize(runs, ['j'], ['torus-cluster-cold', 'torus-cluster-degraded', 'nbd-server']),
+    );
+    assert.deepEqual(
+      r.find((x) => x.ours === 'torus-cluster-degraded' && x.peer === 'torus-cluster-cold')?.ratio,
+      0.75,
+    );
     assert.equal(r.filter((x) => x.peer === 'nbd-server').length, 2);
   });
 
   test('without torus there are no ratios, only the peers', () => {
-    const summaries = summarize([{ job: 'j', server: 'nbdkit', repeat: 0, result: result(10) }], ['j'], ['nbdkit']);
+    const summaries = summarize(
+      [{ job: 'j', server: 'nbdkit', repeat: 0, result: result(10) }],
+      ['j'],
+      ['nbdkit'],
+    );
     assert.deepEqual(ratios(summaries), []);
   });
 });
@@ -70,8 +87,23 @@ describe('bench flags', () => {
   });
 
   test('lists pick jobs and servers in the order given', () => {
-    const o = parseBenchOptions(['--jobs', 'seqread-1m-qd8,randread-4k-qd32', '--servers', 'nbdkit,torus', '--encrypt', '--block-size', '4KiB', '--json', 'r.json', '--settle', '0'])!;
-    assert.deepEqual(o.jobs.map((j) => j.name), ['seqread-1m-qd8', 'randread-4k-qd32']);
+    const o = parseBenchOptions([
+      '--jobs',
+      'seqread-1m-qd8,randread-4k-qd32',
+      '--servers',
+      'nbdkit,torus',
+      '--encrypt',
+      '--block-size',
+      '4KiB',
+      '--json',
+      'r.json',
+      '--settle',
+      '0',
+    ])!;
+    assert.deepEqual(
+      o.jobs.map((j) => j.name),
+      ['seqread-1m-qd8', 'randread-4k-qd32'],
+    );
     assert.deepEqual(o.servers, ['nbdkit', 'torus']);
     assert.equal(o.blockSize, '4KiB');
     assert.equal(o.jsonFile, 'r.json');
@@ -93,7 +125,10 @@ describe('bench flags', () => {
     [['--frobnicate'], /frobnicate/],
   ] as [string[], RegExp][]) {
     test(`rejects ${argv.join(' ')}`, () => {
-      assert.throws(() => parseBenchOptions(argv), (err: unknown) => err instanceof UsageError && expected.test(err.message));
+      assert.throws(
+        () => parseBenchOptions(argv),
+        (err: unknown) => err instanceof UsageError && expected.test(err.message),
+      );
     });
   }
 });

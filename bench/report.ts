@@ -73,33 +73,73 @@ export function summarize(runs: RunRecord[], jobs: string[], servers: ServerName
 export function ratios(summaries: JobSummary[]): Ratio[] {
   const out: Ratio[] = [];
   for (const ours of summaries.filter((s) => isOurs(s.server) && s.runs > 0)) {
-    for (const peer of summaries.filter((s) => s.job === ours.job && !isOurs(s.server) && s.runs > 0)) {
-      out.push({ job: ours.job, ours: ours.server, peer: peer.server, ratio: ours.iops / peer.iops });
+    for (const peer of summaries.filter(
+      (s) => s.job === ours.job && !isOurs(s.server) && s.runs > 0,
+    )) {
+      out.push({
+        job: ours.job,
+        ours: ours.server,
+        peer: peer.server,
+        ratio: ours.iops / peer.iops,
+      });
     }
-    const healthy = summaries.find((s) => s.job === ours.job && s.server === BASELINE[ours.server] && s.runs > 0);
-    if (healthy) out.push({ job: ours.job, ours: ours.server, peer: healthy.server, ratio: ours.iops / healthy.iops });
+    const healthy = summaries.find(
+      (s) => s.job === ours.job && s.server === BASELINE[ours.server] && s.runs > 0,
+    );
+    if (healthy)
+      out.push({
+        job: ours.job,
+        ours: ours.server,
+        peer: healthy.server,
+        ratio: ours.iops / healthy.iops,
+      });
   }
   return out;
 }
 
-const number = (value: number, digits = 0) => (Number.isFinite(value) ? value.toFixed(digits) : '-');
+const number = (value: number, digits = 0) =>
+  Number.isFinite(value) ? value.toFixed(digits) : '-';
 
-export function formatReport(summaries: JobSummary[], ratioList: Ratio[], peakRss: Partial<Record<ServerName, number>>): string {
+export function formatReport(
+  summaries: JobSummary[],
+  ratioList: Ratio[],
+  peakRss: Partial<Record<ServerName, number>>,
+): string {
   const lines: string[] = [];
   const header = ['job', 'server', 'IOPS', 'MiB/s', 'p99 us', 'srv CPU%', 'fio CPU%', 'runs'];
   const widths = [24, 22, 10, 9, 9, 9, 9, 6];
-  const row = (cells: string[]) => cells.map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join(' ').trimEnd();
+  const row = (cells: string[]) =>
+    cells
+      .map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
+      .join(' ')
+      .trimEnd();
   lines.push(row(header));
   let lastJob = '';
   for (const s of summaries) {
     const runs = s.failures > 0 ? `${s.runs}+${s.failures}err` : String(s.runs);
-    lines.push(row([s.job === lastJob ? '' : s.job, s.server, number(s.iops), number(s.mibPerSecond, 1), number(s.p99Micros), number(s.serverCpuPercent), number(s.fioCpuPercent), runs]));
+    lines.push(
+      row([
+        s.job === lastJob ? '' : s.job,
+        s.server,
+        number(s.iops),
+        number(s.mibPerSecond, 1),
+        number(s.p99Micros),
+        number(s.serverCpuPercent),
+        number(s.fioCpuPercent),
+        runs,
+      ]),
+    );
     const mine = ratioList.filter((r) => r.job === s.job);
     const lastOfJob = summaries.filter((x) => x.job === s.job).at(-1) === s;
-    if (lastOfJob && mine.length > 0) lines.push(`${''.padEnd(widths[0])} ${mine.map((r) => `${r.ours}/${r.peer} ${number(r.ratio, 2)}`).join('   ')}`);
+    if (lastOfJob && mine.length > 0)
+      lines.push(
+        `${''.padEnd(widths[0])} ${mine.map((r) => `${r.ours}/${r.peer} ${number(r.ratio, 2)}`).join('   ')}`,
+      );
     lastJob = s.job;
   }
-  const rss = Object.entries(peakRss).map(([server, bytes]) => `${server} ${number(bytes! / 2 ** 20, 1)} MiB`);
+  const rss = Object.entries(peakRss).map(
+    ([server, bytes]) => `${server} ${number(bytes! / 2 ** 20, 1)} MiB`,
+  );
   if (rss.length > 0) lines.push('', `peak RSS (server and its children): ${rss.join(', ')}`);
   return lines.join('\n');
 }

@@ -30,7 +30,12 @@ function uuidOf(i: number): string {
 }
 
 function description(n: number, weight: number, first = 0): RingDescription {
-  return { version: 1, type: 'ketama', replication: 3, members: Array.from({ length: n }, (_, i) => ({ uuid: uuidOf(first + i), weight })) };
+  return {
+    version: 1,
+    type: 'ketama',
+    replication: 3,
+    members: Array.from({ length: n }, (_, i) => ({ uuid: uuidOf(first + i), weight })),
+  };
 }
 
 function median(xs: number[]): number {
@@ -74,11 +79,21 @@ async function hashes(): Promise<void> {
     view.setUint32(8, x >>> 0, true);
     view.setUint32(12, Math.floor(x / 2 ** 32), true);
   };
-  const plain = nsPerCall(4_000_000, (i) => blockPoint(volumes[i & (REFS - 1)], indexes[i & (REFS - 1)]));
+  const plain = nsPerCall(4_000_000, (i) =>
+    blockPoint(volumes[i & (REFS - 1)], indexes[i & (REFS - 1)]),
+  );
   const wasm = nsPerCall(1_000_000, (i) => (encode(i), api.h32Raw(key, 0)));
-  const md5 = nsPerCall(100_000, (i) => (encode(i), oneShotHash('md5', key, 'buffer').readUInt32LE(0)));
-  const sha = nsPerCall(100_000, (i) => (encode(i), createHash('sha256').update(key).digest().readUInt32LE(0)));
-  console.log(`hash of a block key: blockPoint ${plain}, xxhash-wasm h32Raw ${wasm}, crypto.hash md5 ${md5}, createHash sha256 ${sha}`);
+  const md5 = nsPerCall(
+    100_000,
+    (i) => (encode(i), oneShotHash('md5', key, 'buffer').readUInt32LE(0)),
+  );
+  const sha = nsPerCall(
+    100_000,
+    (i) => (encode(i), createHash('sha256').update(key).digest().readUInt32LE(0)),
+  );
+  console.log(
+    `hash of a block key: blockPoint ${plain}, xxhash-wasm h32Raw ${wasm}, crypto.hash md5 ${md5}, createHash sha256 ${sha}`,
+  );
 }
 
 function build(): KetamaRing {
@@ -94,7 +109,9 @@ function build(): KetamaRing {
       times.push(performance.now() - start);
     }
     const ms = (x: number) => `${x.toFixed(1)} ms`;
-    console.log(`build ${MEMBERS} members, ${label}: ${ring!.pointCount} points, ${ms(Math.min(...times))} (median ${ms(median(times))}, first ${ms(times[0])})`);
+    console.log(
+      `build ${MEMBERS} members, ${label}: ${ring!.pointCount} points, ${ms(Math.min(...times))} (median ${ms(median(times))}, first ${ms(times[0])})`,
+    );
   }
   return new KetamaRing(description(MEMBERS, 4 * TIB));
 }
@@ -102,14 +119,18 @@ function build(): KetamaRing {
 function placementCost(ring: KetamaRing): void {
   const out = new Uint32Array(8);
   for (const count of [1, 2, 3]) {
-    const into = nsPerCall(2_000_000, (i) => ring.placeInto(volumes[i & (REFS - 1)], indexes[i & (REFS - 1)], count, out));
+    const into = nsPerCall(2_000_000, (i) =>
+      ring.placeInto(volumes[i & (REFS - 1)], indexes[i & (REFS - 1)], count, out),
+    );
     const ref = { volumeId: 0, generation: 1, index: 0 };
     const allocating = nsPerCall(2_000_000, (i) => {
       ref.volumeId = volumes[i & (REFS - 1)];
       ref.index = indexes[i & (REFS - 1)];
       return ring.placement(ref, count).length;
     });
-    console.log(`placement on ${MEMBERS} members, count ${count}: placeInto ${into}, placement() ${allocating}`);
+    console.log(
+      `placement on ${MEMBERS} members, count ${count}: placeInto ${into}, placement() ${allocating}`,
+    );
   }
 }
 
@@ -136,7 +157,10 @@ function movement(blocks: number): void {
   const count = 3;
   const base = new KetamaRing(description(MEMBERS, 4 * TIB));
   const grown = new KetamaRing(description(MEMBERS + 1, 4 * TIB));
-  const shrunk = new KetamaRing({ ...base.description, members: base.description.members.filter((_m, i) => i !== 123) });
+  const shrunk = new KetamaRing({
+    ...base.description,
+    members: base.description.members.filter((_m, i) => i !== 123),
+  });
   for (const [label, next, ideal] of [
     ['add 1 to 500', grown, 1 / (MEMBERS + 1)],
     ['remove 1 of 500', shrunk, 1 / MEMBERS],

@@ -11,9 +11,34 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cleanupAll, removeDirLater } from './cleanup.js';
-import { fioArgs, fioHasNbdEngine, fioTimeoutMs, fioVersion, prefillArgs, readFioResult, readOnly, readsData, runFio, type FioSettings, type JobSpec } from './fio.js';
-import { EXPORT_BYTES, USAGE, UsageError, parseBenchOptions, type BenchOptions } from './options.js';
-import { CLOCK_TICKS_PER_SECOND, isAlive, ownReapedChildTicks, peakRssBytes, treeCpuTicks, treeRssBytes } from './processes.js';
+import {
+  fioArgs,
+  fioHasNbdEngine,
+  fioTimeoutMs,
+  fioVersion,
+  prefillArgs,
+  readFioResult,
+  readOnly,
+  readsData,
+  runFio,
+  type FioSettings,
+  type JobSpec,
+} from './fio.js';
+import {
+  EXPORT_BYTES,
+  USAGE,
+  UsageError,
+  parseBenchOptions,
+  type BenchOptions,
+} from './options.js';
+import {
+  CLOCK_TICKS_PER_SECOND,
+  isAlive,
+  ownReapedChildTicks,
+  peakRssBytes,
+  treeCpuTicks,
+  treeRssBytes,
+} from './processes.js';
 import { formatReport, ratios, summarize, type RunRecord } from './report.js';
 import { SERVER_TOOLS, startServer, type BenchServer, type ServerName } from './servers.js';
 
@@ -27,12 +52,17 @@ const QUIET_SAMPLE_MS = 500;
 
 function missingTools(servers: ServerName[]): string[] {
   const problems: string[] = [];
-  const have = (tool: string) => spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
+  const have = (tool: string) =>
+    spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
   if (!have('fio')) problems.push('fio not found: apt-get install fio');
-  else if (!fioHasNbdEngine()) problems.push(`this fio (${fioVersion()}) has no nbd engine: install Debian's fio (>= 3.20, built with libnbd)`);
+  else if (!fioHasNbdEngine())
+    problems.push(
+      `this fio (${fioVersion()}) has no nbd engine: install Debian's fio (>= 3.20, built with libnbd)`,
+    );
   for (const server of servers) {
     for (const [tool, pkg] of Object.entries(SERVER_TOOLS[server])) {
-      if (!have(tool)) problems.push(`${tool} (for --servers ${server}) not found: apt-get install ${pkg}`);
+      if (!have(tool))
+        problems.push(`${tool} (for --servers ${server}) not found: apt-get install ${pkg}`);
     }
   }
   return problems;
@@ -43,7 +73,11 @@ interface Tracker {
   peakTreeRss: number;
 }
 
-async function measure(job: JobSpec, tracker: Tracker, settings: FioSettings): Promise<RunRecord['result']> {
+async function measure(
+  job: JobSpec,
+  tracker: Tracker,
+  settings: FioSettings,
+): Promise<RunRecord['result']> {
   const { pid } = tracker.server;
   const sample = () => (tracker.peakTreeRss = Math.max(tracker.peakTreeRss, treeRssBytes(pid)));
   const ticksBefore = treeCpuTicks(pid);
@@ -74,18 +108,27 @@ async function measure(job: JobSpec, tracker: Tracker, settings: FioSettings): P
  * write-back — is not measured as part of the next run of whichever server
  * comes next. Returns the seconds waited, and whether the limit was hit.
  */
-async function settle(trackers: readonly Tracker[], limitSeconds: number): Promise<{ seconds: number; timedOut: boolean }> {
+async function settle(
+  trackers: readonly Tracker[],
+  limitSeconds: number,
+): Promise<{ seconds: number; timedOut: boolean }> {
   const started = performance.now();
   if (limitSeconds === 0) return { seconds: 0, timedOut: false };
   spawnSync('sync', { stdio: 'ignore' });
   const busiest = async () => {
     const before = trackers.map((t) => treeCpuTicks(t.server.pid));
     await sleep(QUIET_SAMPLE_MS);
-    const shares = trackers.map((t, i) => (treeCpuTicks(t.server.pid) - before[i]) / CLOCK_TICKS_PER_SECOND / (QUIET_SAMPLE_MS / 1000));
+    const shares = trackers.map(
+      (t, i) =>
+        (treeCpuTicks(t.server.pid) - before[i]) /
+        CLOCK_TICKS_PER_SECOND /
+        (QUIET_SAMPLE_MS / 1000),
+    );
     return Math.max(0, ...shares);
   };
   while ((await busiest()) >= QUIET_CORE_SHARE) {
-    if (performance.now() - started > limitSeconds * 1000) return { seconds: (performance.now() - started) / 1000, timedOut: true };
+    if (performance.now() - started > limitSeconds * 1000)
+      return { seconds: (performance.now() - started) / 1000, timedOut: true };
   }
   return { seconds: (performance.now() - started) / 1000, timedOut: false };
 }
@@ -96,30 +139,48 @@ async function benchmark(options: BenchOptions): Promise<number> {
   const version = fioVersion();
   // Other work on the box skews every server; the load averages at start and end let a reader judge the figures.
   const loadAtStart = loadavg()[0];
-  process.stderr.write(`bench: ${version}, ${options.runtimeSeconds} s + ${options.rampSeconds} s ramp per run, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, temp ${workRoot}\n`);
+  process.stderr.write(
+    `bench: ${version}, ${options.runtimeSeconds} s + ${options.rampSeconds} s ramp per run, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, temp ${workRoot}\n`,
+  );
 
   const trackers: Tracker[] = [];
   try {
     for (const name of options.servers) {
       const workDir = join(workRoot, name);
       mkdirSync(workDir);
-      const server = await startServer(name, { workDir, exportBytes: EXPORT_BYTES, encrypt: options.encrypt, blockSize: options.blockSize });
+      const server = await startServer(name, {
+        workDir,
+        exportBytes: EXPORT_BYTES,
+        encrypt: options.encrypt,
+        blockSize: options.blockSize,
+      });
       trackers.push({ server, peakTreeRss: 0 });
-      process.stderr.write(`bench: ${name} serving ${server.uri} (pid ${server.pid}): ${server.commandLine}\n`);
+      process.stderr.write(
+        `bench: ${name} serving ${server.uri} (pid ${server.pid}): ${server.commandLine}\n`,
+      );
     }
   } catch (err) {
-    process.stderr.write(`bench: ${(err as Error).message}\n(compare the others with --servers, e.g. --servers nbd-server,nbdkit)\n`);
+    process.stderr.write(
+      `bench: ${(err as Error).message}\n(compare the others with --servers, e.g. --servers nbd-server,nbdkit)\n`,
+    );
     return 1;
   }
 
   if (options.jobs.some(readsData)) {
     for (const { server } of trackers) {
-      process.stderr.write(`bench: prefilling ${options.regionBytes / 2 ** 20} MiB of ${server.name}\n`);
+      process.stderr.write(
+        `bench: prefilling ${options.regionBytes / 2 ** 20} MiB of ${server.name}\n`,
+      );
       const outputFile = join(workRoot, `prefill-${server.name}.json`);
       try {
-        await runFio(prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }), fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }));
+        await runFio(
+          prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }),
+          fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }),
+        );
       } catch (err) {
-        process.stderr.write(`bench: prefilling ${server.name} failed: ${(err as Error).message}\n`);
+        process.stderr.write(
+          `bench: prefilling ${server.name} failed: ${(err as Error).message}\n`,
+        );
         return 1;
       }
     }
@@ -136,10 +197,14 @@ async function benchmark(options: BenchOptions): Promise<number> {
 
   const runs: RunRecord[] = [];
   const runsOn = (job: JobSpec, t: Tracker) => !t.server.readJobsOnly || readOnly(job);
-  const total = options.repeats * options.jobs.reduce((sum, job) => sum + trackers.filter((t) => runsOn(job, t)).length, 0);
+  const total =
+    options.repeats *
+    options.jobs.reduce((sum, job) => sum + trackers.filter((t) => runsOn(job, t)).length, 0);
   for (const job of options.jobs) {
     for (let repeat = 0; repeat < options.repeats; repeat++) {
-      const order = trackers.map((_, i) => trackers[(i + repeat) % trackers.length]).filter((t) => runsOn(job, t));
+      const order = trackers
+        .map((_, i) => trackers[(i + repeat) % trackers.length])
+        .filter((t) => runsOn(job, t));
       for (const tracker of order) {
         const { name, uri } = tracker.server;
         const settings: FioSettings = {
@@ -152,7 +217,10 @@ async function benchmark(options: BenchOptions): Promise<number> {
         const record: RunRecord = { job: job.name, server: name, repeat };
         const settled = await settle(trackers, options.settleSeconds);
         record.settledSeconds = Math.round(settled.seconds * 10) / 10;
-        if (settled.timedOut) process.stderr.write(`bench: servers still busy after --settle ${options.settleSeconds} s; running ${job.name} on ${name} anyway\n`);
+        if (settled.timedOut)
+          process.stderr.write(
+            `bench: servers still busy after --settle ${options.settleSeconds} s; running ${job.name} on ${name} anyway\n`,
+          );
         try {
           record.result = await measure(job, tracker, settings);
         } catch (err) {
@@ -163,29 +231,60 @@ async function benchmark(options: BenchOptions): Promise<number> {
         const line = r
           ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, server CPU ${r.serverCpuPercent.toFixed(0)}%`
           : `ERROR ${record.error}`;
-        const waited = record.settledSeconds! >= 1 ? ` (after ${record.settledSeconds} s settling)` : '';
-        process.stderr.write(`[${runs.length}/${total}] ${job.name} ${name} #${repeat + 1}: ${line}${waited}\n`);
+        const waited =
+          record.settledSeconds! >= 1 ? ` (after ${record.settledSeconds} s settling)` : '';
+        process.stderr.write(
+          `[${runs.length}/${total}] ${job.name} ${name} #${repeat + 1}: ${line}${waited}\n`,
+        );
       }
     }
   }
 
   const peakRss: Partial<Record<ServerName, number>> = {};
-  for (const t of trackers) peakRss[t.server.name] = Math.max(t.peakTreeRss, peakRssBytes(t.server.pid));
+  for (const t of trackers)
+    peakRss[t.server.name] = Math.max(t.peakTreeRss, peakRssBytes(t.server.pid));
   for (const { server } of trackers) await server.stop();
 
-  const summaries = summarize(runs, options.jobs.map((j) => j.name), options.servers).filter((s) => s.runs + s.failures > 0);
+  const summaries = summarize(
+    runs,
+    options.jobs.map((j) => j.name),
+    options.servers,
+  ).filter((s) => s.runs + s.failures > 0);
   const ratioList = ratios(summaries);
   const load = { start: loadAtStart, end: loadavg()[0] };
-  process.stdout.write(`\n# ${version}, runtime ${options.runtimeSeconds} s, ramp ${options.rampSeconds} s, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, ${cpus().length} CPUs, Linux ${release()}, load average ${load.start.toFixed(1)} at start, ${load.end.toFixed(1)} at end\n`);
-  process.stdout.write(`# medians over repeats; CPU% = user+sys of the server's (or fio's) processes over fio's wall time, 100 = one core\n`);
+  process.stdout.write(
+    `\n# ${version}, runtime ${options.runtimeSeconds} s, ramp ${options.rampSeconds} s, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, ${cpus().length} CPUs, Linux ${release()}, load average ${load.start.toFixed(1)} at start, ${load.end.toFixed(1)} at end\n`,
+  );
+  process.stdout.write(
+    `# medians over repeats; CPU% = user+sys of the server's (or fio's) processes over fio's wall time, 100 = one core\n`,
+  );
   process.stdout.write(formatReport(summaries, ratioList, peakRss) + '\n');
 
   if (options.jsonFile) {
     const settings = { ...options, jobs: options.jobs.map((j) => j.name) };
-    const servers = trackers.map((t) => ({ name: t.server.name, commandLine: t.server.commandLine }));
+    const servers = trackers.map((t) => ({
+      name: t.server.name,
+      commandLine: t.server.commandLine,
+    }));
     writeFileSync(
       options.jsonFile,
-      JSON.stringify({ date: new Date().toISOString(), fio: version, cpus: cpus().length, kernel: release(), loadAverage: load, settings, servers, runs, summaries, ratios: ratioList, peakRssBytes: peakRss }, null, 2) + '\n',
+      JSON.stringify(
+        {
+          date: new Date().toISOString(),
+          fio: version,
+          cpus: cpus().length,
+          kernel: release(),
+          loadAverage: load,
+          settings,
+          servers,
+          runs,
+          summaries,
+          ratios: ratioList,
+          peakRssBytes: peakRss,
+        },
+        null,
+        2,
+      ) + '\n',
     );
     process.stderr.write(`bench: results written to ${options.jsonFile}\n`);
   }

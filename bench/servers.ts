@@ -25,7 +25,14 @@ import { LOOPBACK, freePort, isAlive, processTree, waitForListener } from './pro
 
 export const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-export const SERVER_NAMES = ['torus', 'nbd-server', 'nbdkit', 'torus-cluster', 'torus-cluster-cold', 'torus-cluster-degraded'] as const;
+export const SERVER_NAMES = [
+  'torus',
+  'nbd-server',
+  'nbdkit',
+  'torus-cluster',
+  'torus-cluster-cold',
+  'torus-cluster-degraded',
+] as const;
 export type ServerName = (typeof SERVER_NAMES)[number];
 /** What `npm run bench` compares unless told otherwise: the single node against the C peers. */
 export const DEFAULT_SERVERS: readonly ServerName[] = ['torus', 'nbd-server', 'nbdkit'];
@@ -66,7 +73,9 @@ export interface BenchServer {
 }
 
 /** The healthy server a degraded one is reported against. */
-export const BASELINE: Partial<Record<ServerName, ServerName>> = { 'torus-cluster-degraded': 'torus-cluster-cold' };
+export const BASELINE: Partial<Record<ServerName, ServerName>> = {
+  'torus-cluster-degraded': 'torus-cluster-cold',
+};
 
 /** Every node's --cache-size in the cold cluster modes: an eighth of the default 512 MiB region. */
 export const CLUSTER_COLD_CACHE = '64MiB';
@@ -93,10 +102,20 @@ async function stopTree(pid: number): Promise<void> {
  * reaches us first and we stop it in order), output to a log file whose tail
  * explains a failed start.
  */
-async function launch(name: ServerName, argv: string[], port: number, uri: string, workDir: string): Promise<BenchServer> {
+async function launch(
+  name: ServerName,
+  argv: string[],
+  port: number,
+  uri: string,
+  workDir: string,
+): Promise<BenchServer> {
   const logPath = join(workDir, `${name}.log`);
   const log = openSync(logPath, 'a');
-  const child: ChildProcess = spawn(argv[0], argv.slice(1), { cwd: workDir, stdio: ['ignore', log, log], detached: true });
+  const child: ChildProcess = spawn(argv[0], argv.slice(1), {
+    cwd: workDir,
+    stdio: ['ignore', log, log],
+    detached: true,
+  });
   closeSync(log);
   const pid = child.pid!;
   const forget = onCleanup(() => signalTree(pid, 'SIGKILL'));
@@ -104,7 +123,12 @@ async function launch(name: ServerName, argv: string[], port: number, uri: strin
   child.once('exit', (code, signal) => (exited = `exited with ${code ?? signal}`));
   child.once('error', (err) => (exited = err.message));
   try {
-    await waitForListener(port, name, STARTUP_TIMEOUT_MS, () => exited && `${exited}; last output:\n${tail(logPath)}`);
+    await waitForListener(
+      port,
+      name,
+      STARTUP_TIMEOUT_MS,
+      () => exited && `${exited}; last output:\n${tail(logPath)}`,
+    );
   } catch (err) {
     forget();
     throw err;
@@ -130,9 +154,15 @@ function tail(path: string, lines = 20): string {
 }
 
 function runToCompletion(argv: string[], what: string): void {
-  const r = spawnSync(argv[0], argv.slice(1), { encoding: 'utf8', timeout: 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  const r = spawnSync(argv[0], argv.slice(1), {
+    encoding: 'utf8',
+    timeout: 120_000,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   if (r.status !== 0) {
-    throw new Error(`${what} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`}): ${argv.join(' ')}\n${r.stdout}${r.stderr}`);
+    throw new Error(
+      `${what} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`}): ${argv.join(' ')}\n${r.stdout}${r.stderr}`,
+    );
   }
 }
 
@@ -144,13 +174,34 @@ const TORUS_STORE_SIZE = '4GiB';
  * line serving it. Kept apart from starting it so the profiler can run the
  * same command under clinic; adjust here when the CLI changes.
  */
-export function prepareTorus(options: ServerOptions, port: number): { argv: string[]; uri: string } {
+export function prepareTorus(
+  options: ServerOptions,
+  port: number,
+): { argv: string[]; uri: string } {
   const dataDir = join(options.workDir, 'torus-data');
   mkdirSync(dataDir, { recursive: true });
-  const bin = (name: string) => [process.execPath, join(PROJECT, 'bin', name), '--data-dir', dataDir];
-  if (options.blockSize) runToCompletion([...bin('torusctl'), 'init', '--block-size', options.blockSize], 'torusctl init');
-  const create = [...bin('torusctl'), 'volume', 'create-block', TORUS_VOLUME, String(options.exportBytes)];
-  runToCompletion(options.encrypt ? [...create, '--encrypt'] : create, 'torusctl volume create-block');
+  const bin = (name: string) => [
+    process.execPath,
+    join(PROJECT, 'bin', name),
+    '--data-dir',
+    dataDir,
+  ];
+  if (options.blockSize)
+    runToCompletion(
+      [...bin('torusctl'), 'init', '--block-size', options.blockSize],
+      'torusctl init',
+    );
+  const create = [
+    ...bin('torusctl'),
+    'volume',
+    'create-block',
+    TORUS_VOLUME,
+    String(options.exportBytes),
+  ];
+  runToCompletion(
+    options.encrypt ? [...create, '--encrypt'] : create,
+    'torusctl volume create-block',
+  );
   return {
     argv: [...bin('torusd'), '--size', TORUS_STORE_SIZE, '--nbd', `${LOOPBACK}:${port}`],
     uri: `nbd://${LOOPBACK}:${port}/${TORUS_VOLUME}`,
@@ -172,12 +223,23 @@ async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
   const port = await freePort();
   const image = join(options.workDir, 'export.img');
   // Preallocated so writes measure the server, not the filesystem growing a sparse file.
-  runToCompletion(['fallocate', '-l', String(options.exportBytes), image], 'preallocating the nbd-server export');
+  runToCompletion(
+    ['fallocate', '-l', String(options.exportBytes), image],
+    'preallocating the nbd-server export',
+  );
   const config = join(options.workDir, 'nbd-server.conf');
   const pidFile = join(options.workDir, 'nbd-server.pid');
   writeFileSync(
     config,
-    ['[generic]', `port = ${port}`, `listenaddr = ${LOOPBACK}`, '', `[${TORUS_VOLUME}]`, `exportname = ${image}`, ''].join('\n'),
+    [
+      '[generic]',
+      `port = ${port}`,
+      `listenaddr = ${LOOPBACK}`,
+      '',
+      `[${TORUS_VOLUME}]`,
+      `exportname = ${image}`,
+      '',
+    ].join('\n'),
   );
   const argv = ['nbd-server', '-C', config, '-p', pidFile];
   runToCompletion(argv, 'nbd-server');
@@ -194,7 +256,9 @@ async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
   const daemon = pid;
   const forget = onCleanup(() => signalTree(daemon, 'SIGKILL'));
   try {
-    await waitForListener(port, 'nbd-server', STARTUP_TIMEOUT_MS, () => (isAlive(daemon) ? undefined : 'the daemon exited (see syslog)'));
+    await waitForListener(port, 'nbd-server', STARTUP_TIMEOUT_MS, () =>
+      isAlive(daemon) ? undefined : 'the daemon exited (see syslog)',
+    );
   } catch (err) {
     forget();
     throw err;
@@ -213,7 +277,17 @@ async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
 
 async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
   const port = await freePort();
-  const argv = ['nbdkit', '--foreground', '--exit-with-parent', '--ipaddr', LOOPBACK, '--port', String(port), 'memory', `size=${options.exportBytes}`];
+  const argv = [
+    'nbdkit',
+    '--foreground',
+    '--exit-with-parent',
+    '--ipaddr',
+    LOOPBACK,
+    '--port',
+    String(port),
+    'memory',
+    `size=${options.exportBytes}`,
+  ];
   return launch('nbdkit', argv, port, `nbd://${LOOPBACK}:${port}/`, options.workDir);
 }
 
@@ -225,10 +299,17 @@ async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
  * cacheSize: every node's --cache-size (default: torusd's). killNode2: after
  * the prefill, SIGKILL node 2 and wait until the cluster lists it DOWN.
  */
-async function startTorusCluster(name: ServerName, options: ServerOptions, variant: { cacheSize?: string; killNode2?: boolean } = {}): Promise<BenchServer> {
-  const [etcdClient, etcdPeer, nbd, ...peerPorts] = await Promise.all(Array.from({ length: 6 }, () => freePort()));
+async function startTorusCluster(
+  name: ServerName,
+  options: ServerOptions,
+  variant: { cacheSize?: string; killNode2?: boolean } = {},
+): Promise<BenchServer> {
+  const [etcdClient, etcdPeer, nbd, ...peerPorts] = await Promise.all(
+    Array.from({ length: 6 }, () => freePort()),
+  );
   const endpoint = `${LOOPBACK}:${etcdClient}`;
-  const node = (bin: string) => `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
+  const node = (bin: string) =>
+    `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
   const dir = options.workDir;
   const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''}`;
   // Node 1 keeps the volume (its write lock and cache) open between fio's
@@ -255,7 +336,13 @@ async function startTorusCluster(name: ServerName, options: ServerOptions, varia
     torusd(1, `${LOOPBACK}:${nbd}`),
     'wait',
   ].join('\n');
-  const server = await launch(name, ['bash', '-c', script], nbd, `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`, options.workDir);
+  const server = await launch(
+    name,
+    ['bash', '-c', script],
+    nbd,
+    `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`,
+    options.workDir,
+  );
   if (!variant.killNode2) return server;
   return {
     ...server,
@@ -266,9 +353,16 @@ async function startTorusCluster(name: ServerName, options: ServerOptions, varia
       const started = Date.now();
       // Its lease lapses within about 5 s; until then it is a live node that refuses connections.
       for (;;) {
-        const r = spawnSync(process.execPath, [join(PROJECT, 'bin', 'torusctl'), '-C', endpoint, 'list-peers', '-o', 'json'], { encoding: 'utf8', timeout: 10_000 });
+        const r = spawnSync(
+          process.execPath,
+          [join(PROJECT, 'bin', 'torusctl'), '-C', endpoint, 'list-peers', '-o', 'json'],
+          { encoding: 'utf8', timeout: 10_000 },
+        );
         if (/"member": *"DOWN"/.test(r.stdout ?? '')) break;
-        if (Date.now() - started > 30_000) throw new Error(`node 2 (pid ${pid}) killed but not listed DOWN within 30 s: ${r.stdout}${r.stderr}`);
+        if (Date.now() - started > 30_000)
+          throw new Error(
+            `node 2 (pid ${pid}) killed but not listed DOWN within 30 s: ${r.stdout}${r.stderr}`,
+          );
         await sleep(250);
       }
       return `node 2 (pid ${pid}) killed with SIGKILL, listed DOWN after ${((Date.now() - started) / 1000).toFixed(1)} s`;

@@ -23,7 +23,16 @@ import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /** Packages whose only purpose is building or loading a compiled addon. */
-const ADDON_TOOLING = new Set(['node-gyp-build', 'bindings', 'prebuild-install', 'node-addon-api', 'nan', 'node-gyp', 'node-pre-gyp', '@mapbox/node-pre-gyp']);
+const ADDON_TOOLING = new Set([
+  'node-gyp-build',
+  'bindings',
+  'prebuild-install',
+  'node-addon-api',
+  'nan',
+  'node-gyp',
+  'node-pre-gyp',
+  '@mapbox/node-pre-gyp',
+]);
 const INSTALL_HOOKS = ['preinstall', 'install', 'postinstall'];
 const BUILDS_ADDON = /\b(node-gyp|node-pre-gyp|prebuild(-install)?)\b/;
 
@@ -53,7 +62,8 @@ function* addonFiles(dir) {
 /** Why this package is a native addon, one reason per finding; empty when it is plain JavaScript. */
 function nativeReasons(packageDir, manifest) {
   const reasons = [];
-  if (manifest.gypfile === true) reasons.push(`"gypfile": true in ${join(packageDir, 'package.json')}`);
+  if (manifest.gypfile === true)
+    reasons.push(`"gypfile": true in ${join(packageDir, 'package.json')}`);
   for (const hook of INSTALL_HOOKS) {
     const script = manifest.scripts?.[hook];
     if (typeof script === 'string' && BUILDS_ADDON.test(script)) {
@@ -61,7 +71,8 @@ function nativeReasons(packageDir, manifest) {
     }
   }
   for (const dep of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) {
-    if (ADDON_TOOLING.has(dep)) reasons.push(`depends on ${dep} (${join(packageDir, 'package.json')})`);
+    if (ADDON_TOOLING.has(dep))
+      reasons.push(`depends on ${dep} (${join(packageDir, 'package.json')})`);
   }
   for (const file of addonFiles(packageDir)) reasons.push(`has ${file}`);
   return reasons;
@@ -75,8 +86,12 @@ export function checkNativeFree(projectDir) {
   // Each entry: a package to resolve, where to start looking, who asked, and whether its absence is an error.
   const queue = [];
   const enqueue = (manifest, fromDir, requiredBy) => {
-    for (const name of Object.keys(manifest.dependencies ?? {})) queue.push({ name, fromDir, requiredBy, required: true });
-    for (const name of Object.keys({ ...manifest.optionalDependencies, ...manifest.peerDependencies })) {
+    for (const name of Object.keys(manifest.dependencies ?? {}))
+      queue.push({ name, fromDir, requiredBy, required: true });
+    for (const name of Object.keys({
+      ...manifest.optionalDependencies,
+      ...manifest.peerDependencies,
+    })) {
       queue.push({ name, fromDir, requiredBy, required: false });
     }
   };
@@ -86,7 +101,8 @@ export function checkNativeFree(projectDir) {
     const { name, fromDir, requiredBy, required } = queue.shift();
     const found = resolvePackage(name, fromDir, root);
     if (!found) {
-      if (required) failures.push(`${name} (needed by ${requiredBy}) is not installed: run "npm ci" first`);
+      if (required)
+        failures.push(`${name} (needed by ${requiredBy}) is not installed: run "npm ci" first`);
       continue;
     }
     const packageDir = realpathSync(found);
@@ -94,7 +110,8 @@ export function checkNativeFree(projectDir) {
     visited.add(packageDir);
     const manifest = readManifest(packageDir);
     const label = `${manifest.name ?? name}@${manifest.version ?? '?'}`;
-    for (const reason of nativeReasons(packageDir, manifest)) failures.push(`${label} is a native addon: ${reason}`);
+    for (const reason of nativeReasons(packageDir, manifest))
+      failures.push(`${label} is a native addon: ${reason}`);
     enqueue(manifest, packageDir, label);
   }
   return { checked: visited.size, failures, root };
@@ -114,7 +131,9 @@ function main(argv) {
   const shown = (line) => line.split(root + sep).join('');
   for (const failure of failures) process.stderr.write(`native-free: FAIL ${shown(failure)}\n`);
   if (failures.length > 0) return 1;
-  process.stdout.write(`native-free: OK, ${checked} runtime packages checked, none is a native addon (${relative(process.cwd(), root) || '.'})\n`);
+  process.stdout.write(
+    `native-free: OK, ${checked} runtime packages checked, none is a native addon (${relative(process.cwd(), root) || '.'})\n`,
+  );
   return 0;
 }
 

@@ -47,7 +47,14 @@ const PYTHON_NBD_PACKAGE = 'python3-libnbd';
 
 // mkfs.ext4 and e2fsck live in sbin, which a non-root PATH often lacks; the
 // tests inherit this PATH so they find what we found.
-const SEARCH_PATH = [...new Set([...(process.env.PATH ?? '').split(delimiter).filter(Boolean), '/usr/local/sbin', '/usr/sbin', '/sbin'])];
+const SEARCH_PATH = [
+  ...new Set([
+    ...(process.env.PATH ?? '').split(delimiter).filter(Boolean),
+    '/usr/local/sbin',
+    '/usr/sbin',
+    '/sbin',
+  ]),
+];
 
 function onPath(tool) {
   return SEARCH_PATH.some((dir) => {
@@ -72,7 +79,8 @@ function pythonHasNbd(python) {
 function missingPackages() {
   const packages = new Set();
   for (const [tool, pkg] of Object.entries(TOOLS)) if (!onPath(tool)) packages.add(pkg);
-  if (!pythonHasNbd(existsSync(DEBIAN_PYTHON) ? DEBIAN_PYTHON : 'python3')) packages.add(PYTHON_NBD_PACKAGE);
+  if (!pythonHasNbd(existsSync(DEBIAN_PYTHON) ? DEBIAN_PYTHON : 'python3'))
+    packages.add(PYTHON_NBD_PACKAGE);
   return [...packages].sort();
 }
 
@@ -89,7 +97,9 @@ function apt(args) {
 function ensureTools() {
   const missing = missingPackages();
   if (!missing.includes(PYTHON_NBD_PACKAGE) && !pythonHasNbd('python3')) {
-    console.log(`test: note: the python3 first on PATH cannot import nbd; ${DEBIAN_PYTHON} can (tests should run that one)`);
+    console.log(
+      `test: note: the python3 first on PATH cannot import nbd; ${DEBIAN_PYTHON} can (tests should run that one)`,
+    );
   }
   if (missing.length === 0) {
     console.log('test: all third-party test tools are installed');
@@ -97,7 +107,9 @@ function ensureTools() {
   }
   const installLine = `apt-get install -y ${missing.join(' ')}`;
   if (process.getuid?.() !== 0) {
-    console.log(`test: missing test tools; tests needing them will skip. To install, as root:\n  ${installLine}`);
+    console.log(
+      `test: missing test tools; tests needing them will skip. To install, as root:\n  ${installLine}`,
+    );
     return;
   }
   console.log(`test: missing packages ${missing.join(' ')}; installing them`);
@@ -118,19 +130,26 @@ function* walk(dir, accept) {
 }
 
 const isSource = (name) => name.endsWith('.ts') && !name.endsWith('.d.ts');
-const outputOf = (source) => join(PROJECT, 'dist', relative(PROJECT, source)).replace(/\.ts$/, '.js');
-const sourceOf = (output) => join(PROJECT, relative(join(PROJECT, 'dist'), output)).replace(/\.js$/, '.ts');
+const outputOf = (source) =>
+  join(PROJECT, 'dist', relative(PROJECT, source)).replace(/\.ts$/, '.js');
+const sourceOf = (output) =>
+  join(PROJECT, relative(join(PROJECT, 'dist'), output)).replace(/\.js$/, '.ts');
 
 /** Why a build is needed, or undefined when every source has an output at least as new as it and the compiler settings. */
 function staleReason() {
-  const settingsTime = Math.max(statSync(join(PROJECT, 'tsconfig.json')).mtimeMs, statSync(join(PROJECT, 'package.json')).mtimeMs);
+  const settingsTime = Math.max(
+    statSync(join(PROJECT, 'tsconfig.json')).mtimeMs,
+    statSync(join(PROJECT, 'package.json')).mtimeMs,
+  );
   for (const dir of SOURCE_DIRS) {
     for (const source of walk(join(PROJECT, dir), isSource)) {
       const output = outputOf(source);
       if (!existsSync(output)) return `${relative(PROJECT, output)} is missing`;
       const builtAt = statSync(output).mtimeMs;
-      if (builtAt < statSync(source).mtimeMs) return `${relative(PROJECT, source)} changed since it was built`;
-      if (builtAt < settingsTime) return 'tsconfig.json or package.json changed since the last build';
+      if (builtAt < statSync(source).mtimeMs)
+        return `${relative(PROJECT, source)} changed since it was built`;
+      if (builtAt < settingsTime)
+        return 'tsconfig.json or package.json changed since the last build';
     }
   }
   return undefined;
@@ -141,8 +160,14 @@ function buildIfStale() {
   if (!reason) return true;
   console.log(`test: building (${reason})`);
   const tsc = join(PROJECT, 'node_modules', 'typescript', 'bin', 'tsc');
-  const r = spawnSync(process.execPath, [tsc, '-p', join(PROJECT, 'tsconfig.json')], { cwd: PROJECT, stdio: ['ignore', 'inherit', 'inherit'] });
-  if (r.status !== 0) console.log(`test: build failed (tsc exit ${r.status}); not running the tests on a broken build`);
+  const r = spawnSync(process.execPath, [tsc, '-p', join(PROJECT, 'tsconfig.json')], {
+    cwd: PROJECT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  if (r.status !== 0)
+    console.log(
+      `test: build failed (tsc exit ${r.status}); not running the tests on a broken build`,
+    );
   return r.status === 0;
 }
 
@@ -179,7 +204,11 @@ function runTests(nodeFlags, files, fast) {
     cwd: PROJECT,
     stdio: ['ignore', 'inherit', 'inherit'],
     detached: true,
-    env: { ...process.env, PATH: SEARCH_PATH.join(delimiter), ...(fast ? { [FAST_TIER_ENV]: '1' } : {}) },
+    env: {
+      ...process.env,
+      PATH: SEARCH_PATH.join(delimiter),
+      ...(fast ? { [FAST_TIER_ENV]: '1' } : {}),
+    },
   });
   const killGroup = (signal) => {
     try {
@@ -198,7 +227,9 @@ function runTests(nodeFlags, files, fast) {
   runner.on('exit', (code, signal) => {
     clearTimeout(watchdog);
     if (timedOut) {
-      console.log(`test: the whole run exceeded ${runLimitMs / 60_000} minutes and was killed; a test or a process it started hangs`);
+      console.log(
+        `test: the whole run exceeded ${runLimitMs / 60_000} minutes and was killed; a test or a process it started hangs`,
+      );
       process.exit(124);
     }
     process.exit(code ?? 128 + (signal === 'SIGINT' ? 2 : 15));
@@ -214,7 +245,9 @@ function main(argv) {
   const files = testFiles(fragments, fast);
   if (files.length === 0) {
     const matching = fragments.length ? ` matching ${fragments.join(', ')}` : '';
-    console.log(`test: no compiled ${fast ? 'fast-tier ' : ''}test files${matching} under dist/{${SOURCE_DIRS.join(',')}}`);
+    console.log(
+      `test: no compiled ${fast ? 'fast-tier ' : ''}test files${matching} under dist/{${SOURCE_DIRS.join(',')}}`,
+    );
     process.exit(1);
   }
   runTests(nodeFlags, files, fast);

@@ -5,7 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+import {
+  makeDataDir,
+  removeDir,
+  runCli,
+  startTorusd,
+  type TorusdProcess,
+} from './torusd-process.js';
 
 describe('command line', { timeout: 120_000 }, () => {
   let dir: string;
@@ -28,7 +34,7 @@ describe('command line', { timeout: 120_000 }, () => {
   });
 
   test('bad arguments exit 2 and name the flag and what it expected', async () => {
-    const cases: [('torusd' | 'torusctl' | 'torusblk'), string[], RegExp][] = [
+    const cases: ['torusd' | 'torusctl' | 'torusblk', string[], RegExp][] = [
       ['torusd', ['--sise', '1G'], /unknown flag --sise/],
       ['torusd', ['--size', 'lots'], /--size: expected a size/],
       ['torusd', ['--nbd', 'nowhere'], /--nbd: expected HOST:PORT/],
@@ -38,11 +44,16 @@ describe('command line', { timeout: 120_000 }, () => {
       ['torusctl', ['volume', 'create-block', 'v'], /missing SIZE/],
       ['torusctl', ['volume', 'frobnicate'], /unknown command/],
       ['torusctl', ['volume', 'list', '--output', 'xml'], /--output: expected table or json/],
-      ['torusblk', ['volume', 'create', 'bad name!', '1G', '--data-dir', '/nonexistent-never'], /invalid volume name|ENOENT|EACCES|permission/i],
+      [
+        'torusblk',
+        ['volume', 'create', 'bad name!', '1G', '--data-dir', '/nonexistent-never'],
+        /invalid volume name|ENOENT|EACCES|permission/i,
+      ],
     ];
     for (const [bin, args, message] of cases) {
       const r = await runCli(bin, args, { TORUS_DATA_DIR: dir });
-      if (!args.includes('bad name!')) assert.equal(r.code, 2, `${bin} ${args.join(' ')} → ${r.code}: ${r.stderr}`);
+      if (!args.includes('bad name!'))
+        assert.equal(r.code, 2, `${bin} ${args.join(' ')} → ${r.code}: ${r.stderr}`);
       else assert.notEqual(r.code, 0);
       assert.match(r.stderr, message);
     }
@@ -77,7 +88,11 @@ describe('command line', { timeout: 120_000 }, () => {
         },
         (err: Error) => err.message,
       );
-      assert.match(second ?? 'started twice!', /lock|in use|already open|held/i, 'a second torusd on the same data dir is refused');
+      assert.match(
+        second ?? 'started twice!',
+        /lock|in use|already open|held/i,
+        'a second torusd on the same data dir is refused',
+      );
 
       const online = await runCli('torusctl', ['volume', 'create-block', 'gamma', '16MiB'], env);
       assert.equal(online.code, 0, online.stderr);

@@ -15,7 +15,13 @@ import { createServer, type Server } from 'node:net';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { startEtcd, type EtcdOptions, type EtcdServer } from './etcd-server.js';
-import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+import {
+  makeDataDir,
+  removeDir,
+  runCli,
+  startTorusd,
+  type TorusdProcess,
+} from './torusd-process.js';
 
 /** The getting-started guide's peer ports: never handed out, so tests do not collide with someone walking the guide here. */
 const RESERVED_PORTS = new Set([40000, 40001, 40002, 40003, 40004]);
@@ -44,7 +50,8 @@ export async function freePorts(count: number): Promise<number[]> {
   const ports: number[] = [];
   try {
     for (let attempt = 0; ports.length < count; attempt++) {
-      if (attempt > 1000) throw new Error(`no ${count} free ports between ${TEST_PORT_LOW} and ${TEST_PORT_HIGH}`);
+      if (attempt > 1000)
+        throw new Error(`no ${count} free ports between ${TEST_PORT_LOW} and ${TEST_PORT_HIGH}`);
       const port = TEST_PORT_LOW + Math.floor(Math.random() * (TEST_PORT_HIGH - TEST_PORT_LOW));
       if (RESERVED_PORTS.has(port) || ports.includes(port)) continue;
       const server = await tryListen(port);
@@ -72,7 +79,12 @@ export function sha256(bytes: Uint8Array): string {
  * Poll `probe` every 200 ms until it gives a value; fail naming `what` (and
  * whatever `context` says, e.g. Cluster.diagnostics) after `timeoutMs`.
  */
-export async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 15_000, context: () => string = () => ''): Promise<T> {
+export async function until<T>(
+  what: string,
+  probe: () => Promise<T | undefined>,
+  timeoutMs = 15_000,
+  context: () => string = () => '',
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
@@ -157,10 +169,16 @@ export class ClusterNode {
       // Generous: eight nodes starting at once on a shared two-core machine.
       startTimeoutMs: 60_000,
       args: [
-        '--cache-size', this.cluster.options.cacheSize,
-        '--workers', '1',
-        '--etcd', this.options.etcdHost ? `http://${this.options.etcdHost}:${this.cluster.etcd.port}` : this.cluster.endpoint,
-        '--peer-address', this.peerAddress,
+        '--cache-size',
+        this.cluster.options.cacheSize,
+        '--workers',
+        '1',
+        '--etcd',
+        this.options.etcdHost
+          ? `http://${this.options.etcdHost}:${this.cluster.etcd.port}`
+          : this.cluster.endpoint,
+        '--peer-address',
+        this.peerAddress,
         ...(this.cluster.options.args ?? []),
         ...(this.options.args ?? []),
       ],
@@ -211,9 +229,11 @@ export class Cluster {
       const init = await cluster.ctl('init', '--replication', String(options.replication ?? 2));
       assert.equal(init.code, 0, init.stderr);
       const ports = await freePorts(options.nodes);
-      for (let i = 0; i < options.nodes; i++) await cluster.addNode(options.node?.(i) ?? {}, ports[i]);
+      for (let i = 0; i < options.nodes; i++)
+        await cluster.addNode(options.node?.(i) ?? {}, ports[i]);
       // At most four starting at once: each start is CPU-bound for a moment.
-      for (let i = 0; i < cluster.nodes.length; i += 4) await Promise.all(cluster.nodes.slice(i, i + 4).map((n) => n.start()));
+      for (let i = 0; i < cluster.nodes.length; i += 4)
+        await Promise.all(cluster.nodes.slice(i, i + 4).map((n) => n.start()));
       if (options.join ?? true) {
         const added = await cluster.ctl('peer', 'add', '--all-peers');
         assert.equal(added.code, 0, added.stderr);
@@ -234,7 +254,13 @@ export class Cluster {
   async addNode(options: NodeOptions = {}, port?: number): Promise<ClusterNode> {
     const dir = await makeDataDir(options.label ?? `c${this.nodes.length}`);
     this.dirs.push(dir);
-    const node = new ClusterNode(this, this.nodes.length, dir, port ?? (await freePorts(1))[0], options);
+    const node = new ClusterNode(
+      this,
+      this.nodes.length,
+      dir,
+      port ?? (await freePorts(1))[0],
+      options,
+    );
     this.nodes.push(node);
     return node;
   }
@@ -256,7 +282,10 @@ export class Cluster {
       const r = await this.ctl('list-peers', '-o', 'json');
       const rows = r.code === 0 ? (JSON.parse(r.stdout).peers as PeerRow[]) : [];
       if (rows.filter((p) => p.member === 'OK').length >= count) return rows;
-      if (Date.now() > deadline) assert.fail(`fewer than ${count} nodes OK in the ring after ${timeoutMs} ms: ${r.stdout}${r.stderr}`);
+      if (Date.now() > deadline)
+        assert.fail(
+          `fewer than ${count} nodes OK in the ring after ${timeoutMs} ms: ${r.stdout}${r.stderr}`,
+        );
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
   }
@@ -267,7 +296,10 @@ export class Cluster {
     for (;;) {
       const row = (await this.peers()).find((p) => p.uuid === uuid);
       if (row?.member === member) return;
-      if (Date.now() > deadline) assert.fail(`node ${uuid} is ${row?.member ?? 'not listed'}, not ${member}, after ${timeoutMs} ms`);
+      if (Date.now() > deadline)
+        assert.fail(
+          `node ${uuid} is ${row?.member ?? 'not listed'}, not ${member}, after ${timeoutMs} ms`,
+        );
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
   }
@@ -279,23 +311,42 @@ export class Cluster {
    * a run may keep surplus copies it could not yet drop. Returns the seconds
    * waited and the nodes' pending block counts.
    */
-  async waitForRebalance(since: number, timeoutMs = 30_000): Promise<{ seconds: number; pending: number[] }> {
+  async waitForRebalance(
+    since: number,
+    timeoutMs = 30_000,
+  ): Promise<{ seconds: number; pending: number[] }> {
     const deadline = Date.now() + timeoutMs;
-    let last = '';
+    let last: string;
     for (;;) {
       const states = await Promise.all(
         this.nodes
           .filter((n) => n.alive)
           .map(async (n) => {
             const r = await runCli('torusctl', ['status', '--data-dir', n.dataDir]);
-            const rebalance = r.code === 0 ? JSON.parse(r.stdout).replication?.rebalance : undefined;
-            const done = rebalance && !rebalance.running && rebalance.lastStartedAt && Date.parse(rebalance.lastStartedAt) >= since && rebalance.last?.failed === 0;
+            const rebalance =
+              r.code === 0 ? JSON.parse(r.stdout).replication?.rebalance : undefined;
+            const done =
+              rebalance &&
+              !rebalance.running &&
+              rebalance.lastStartedAt &&
+              Date.parse(rebalance.lastStartedAt) >= since &&
+              rebalance.last?.failed === 0;
             return { index: n.index, done: Boolean(done), rebalance };
           }),
       );
-      if (states.every((s) => s.done)) return { seconds: (Date.now() - since) / 1000, pending: states.map((s) => s.rebalance.pendingBlocks as number) };
-      last = states.filter((s) => !s.done).map((s) => `node ${s.index}: ${JSON.stringify(s.rebalance)}`).join('\n');
-      if (Date.now() > deadline) assert.fail(`rebalance not finished on every node ${timeoutMs} ms after ${new Date(since).toISOString()}:\n${last}`);
+      if (states.every((s) => s.done))
+        return {
+          seconds: (Date.now() - since) / 1000,
+          pending: states.map((s) => s.rebalance.pendingBlocks as number),
+        };
+      last = states
+        .filter((s) => !s.done)
+        .map((s) => `node ${s.index}: ${JSON.stringify(s.rebalance)}`)
+        .join('\n');
+      if (Date.now() > deadline)
+        assert.fail(
+          `rebalance not finished on every node ${timeoutMs} ms after ${new Date(since).toISOString()}:\n${last}`,
+        );
       await new Promise((resolve) => setTimeout(resolve, 500));
     }
   }
@@ -307,8 +358,14 @@ export class Cluster {
   diagnostics(perNode = 12): string {
     return this.nodes
       .map((n) => {
-        const lines = n.output().split('\n').filter((l) => /"level":(40|50|60)/.test(l));
-        return `--- node ${n.index} ${n.uuid} ${n.peerAddress} ${n.alive ? 'up' : 'down'}\n${lines.slice(-perNode).map((l) => l.slice(0, 600)).join('\n')}`;
+        const lines = n
+          .output()
+          .split('\n')
+          .filter((l) => /"level":(40|50|60)/.test(l));
+        return `--- node ${n.index} ${n.uuid} ${n.peerAddress} ${n.alive ? 'up' : 'down'}\n${lines
+          .slice(-perNode)
+          .map((l) => l.slice(0, 600))
+          .join('\n')}`;
       })
       .join('\n');
   }

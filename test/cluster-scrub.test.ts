@@ -29,62 +29,92 @@ interface ScrubStats {
   unrepaired: number;
 }
 
-describe('the scrub repairs rotten copies from replicas', { skip: etcdMissing() ?? missing('nbdsh'), timeout: 120_000 }, () => {
-  let cluster: Cluster;
-  const sessions: NbdSession[] = [];
+describe(
+  'the scrub repairs rotten copies from replicas',
+  { skip: etcdMissing() ?? missing('nbdsh'), timeout: 120_000 },
+  () => {
+    let cluster: Cluster;
+    const sessions: NbdSession[] = [];
 
-  before(async () => {
-    cluster = await Cluster.start({ nodes: 3, replication: 2, size: '64MiB', args: ['--scrub-interval', '2', '--lock-linger', '0'] });
-    const created = await cluster.ctl('volume', 'create-block', 'rot', '16MiB');
-    assert.equal(created.code, 0, created.stderr);
-  });
-  after(async () => {
-    await Promise.all(sessions.map((s) => s.kill()));
-    await cluster?.stop();
-  });
+    before(async () => {
+      cluster = await Cluster.start({
+        nodes: 3,
+        replication: 2,
+        size: '64MiB',
+        args: ['--scrub-interval', '2', '--lock-linger', '0'],
+      });
+      const created = await cluster.ctl('volume', 'create-block', 'rot', '16MiB');
+      assert.equal(created.code, 0, created.stderr);
+    });
+    after(async () => {
+      await Promise.all(sessions.map((s) => s.kill()));
+      await cluster?.stop();
+    });
 
-  async function scrubOf(index: number): Promise<ScrubStats> {
-    const r = await runCli('torusctl', ['status', '--data-dir', cluster.nodes[index].dataDir]);
-    assert.equal(r.code, 0, r.stderr);
-    return (JSON.parse(r.stdout) as { scrub: ScrubStats }).scrub;
-  }
-
-  test('every damaged copy on node 1 is found and rewritten; node 1 then reads the data intact', async (t) => {
-    const data = randomBytes(8 * MiB);
-    const writer = await NbdSession.open(cluster.nodes[0].uri('rot'));
-    sessions.push(writer);
-    assert.deepEqual(await writer.write(0, data), { ok: true });
-    assert.deepEqual(await writer.flush(), { ok: true });
-    await writer.close();
-
-    // Every block node 1 stores (its slot records say which), damaged on disk.
-    const store = join(cluster.nodes[1].dataDir, 'blocks');
-    const slots = await readFile(join(store, 'slots'));
-    const used: number[] = [];
-    for (let slot = 0; slot * RECORD < slots.length; slot++) if (slots.readUInt32LE(slot * RECORD) === SLOT_USED) used.push(slot);
-    assert.ok(used.length >= 32, `node 1 holds a share of the copies (${used.length} blocks)`);
-    const before = await scrubOf(1);
-    const file = await open(join(store, 'data'), 'r+');
-    try {
-      for (const slot of used) await file.write(Buffer.from('bit rot was here'), 0, 16, slot * BLOCK + 512);
-    } finally {
-      await file.close();
+    async function scrubOf(index: number): Promise<ScrubStats> {
+      const r = await runCli('torusctl', ['status', '--data-dir', cluster.nodes[index].dataDir]);
+      assert.equal(r.code, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { scrub: ScrubStats }).scrub;
     }
 
-    const after = await until('a scrub pass of node 1 after the damage to find and repair it', async () => {
-      const now = await scrubOf(1);
-      return now.passes >= before.passes + 2 ? now : undefined;
-    }, 30_000, () => cluster.diagnostics());
-    assert.equal(after.bad - before.bad, used.length, `each damaged copy found once: ${JSON.stringify(after)}`);
-    assert.equal(after.repaired - before.repaired, used.length, 'and rewritten from its replica');
-    assert.equal(after.unrepaired, 0);
-    t.diagnostic(`${used.length} copies damaged on node 1; scrub found ${after.bad - before.bad}, repaired ${after.repaired - before.repaired}`);
-    assert.match(cluster.nodes[1].output(), /scrub: stored copy failed its checksum; rewritten from a good copy/);
-    for (const other of [0, 2]) assert.equal((await scrubOf(other)).bad, 0, `node ${other}'s copies are fine`);
+    test('every damaged copy on node 1 is found and rewritten; node 1 then reads the data intact', async (t) => {
+      const data = randomBytes(8 * MiB);
+      const writer = await NbdSession.open(cluster.nodes[0].uri('rot'));
+      sessions.push(writer);
+      assert.deepEqual(await writer.write(0, data), { ok: true });
+      assert.deepEqual(await writer.flush(), { ok: true });
+      await writer.close();
 
-    const reader = await NbdSession.open(cluster.nodes[1].uri('rot'));
-    sessions.push(reader);
-    assert.equal(sha256(await reader.read(0, data.length)), sha256(data), 'node 1 reads the volume intact');
-    await reader.close();
-  });
-});
+      // Every block node 1 stores (its slot records say which), damaged on disk.
+      const store = join(cluster.nodes[1].dataDir, 'blocks');
+      const slots = await readFile(join(store, 'slots'));
+      const used: number[] = [];
+      for (let slot = 0; slot * RECORD < slots.length; slot++)
+        if (slots.readUInt32LE(slot * RECORD) === SLOT_USED) used.push(slot);
+      assert.ok(used.length >= 32, `node 1 holds a share of the copies (${used.length} blocks)`);
+      const before = await scrubOf(1);
+      const file = await open(join(store, 'data'), 'r+');
+      try {
+        for (const slot of used)
+          await file.write(Buffer.from('bit rot was here'), 0, 16, slot * BLOCK + 512);
+      } finally {
+        await file.close();
+      }
+
+      const after = await until(
+        'a scrub pass of node 1 after the damage to find and repair it',
+        async () => {
+          const now = await scrubOf(1);
+          return now.passes >= before.passes + 2 ? now : undefined;
+        },
+        30_000,
+        () => cluster.diagnostics(),
+      );
+      assert.equal(
+        after.bad - before.bad,
+        used.length,
+        `each damaged copy found once: ${JSON.stringify(after)}`,
+      );
+      assert.equal(after.repaired - before.repaired, used.length, 'and rewritten from its replica');
+      assert.equal(after.unrepaired, 0);
+      t.diagnostic(
+        `${used.length} copies damaged on node 1; scrub found ${after.bad - before.bad}, repaired ${after.repaired - before.repaired}`,
+      );
+      assert.match(
+        cluster.nodes[1].output(),
+        /scrub: stored copy failed its checksum; rewritten from a good copy/,
+      );
+      for (const other of [0, 2])
+        assert.equal((await scrubOf(other)).bad, 0, `node ${other}'s copies are fine`);
+
+      const reader = await NbdSession.open(cluster.nodes[1].uri('rot'));
+      sessions.push(reader);
+      assert.equal(
+        sha256(await reader.read(0, data.length)),
+        sha256(data),
+        'node 1 reads the volume intact',
+      );
+      await reader.close();
+    });
+  },
+);

@@ -5,10 +5,15 @@
  * restarts and serves every volume).
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+import {
+  makeDataDir,
+  removeDir,
+  runCli,
+  startTorusd,
+  type TorusdProcess,
+} from './torusd-process.js';
 import { SYSTEM_PYTHON, missing, python } from './tools.js';
 
 const skip = missing('nbdsh');
@@ -67,13 +72,20 @@ describe('durability under kill -9', { skip, timeout: 240_000 }, () => {
   test('flushed and FUA-written data survive kill -9 at random moments', async () => {
     let seed = 1;
     for (let round = 0; round < 4; round++, seed++) {
-      node = await startTorusd({ dataDir: dir, size: '1GiB', args: ['--ensure-volume', 'd=256MiB'] });
+      node = await startTorusd({
+        dataDir: dir,
+        size: '1GiB',
+        args: ['--ensure-volume', 'd=256MiB'],
+      });
       // Start writing, kill torusd at a random moment while the writer runs.
       const { spawn } = await import('node:child_process');
-      const writer = spawn(SYSTEM_PYTHON, ['-c', writerScript(node.uri('d'), seed, 150)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const writer = spawn(SYSTEM_PYTHON, ['-c', writerScript(node.uri('d'), seed, 150)], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       let acked = -1;
       writer.stdout.on('data', (d: Buffer) => {
-        for (const m of d.toString().matchAll(/acked (\d+)/g)) acked = Math.max(acked, Number(m[1]));
+        for (const m of d.toString().matchAll(/acked (\d+)/g))
+          acked = Math.max(acked, Number(m[1]));
       });
       const writerDone = new Promise((r) => writer.once('exit', r));
       await sleep(300 + Math.floor(Math.random() * 1200));
@@ -83,8 +95,14 @@ describe('durability under kill -9', { skip, timeout: 240_000 }, () => {
       node = await startTorusd({ dataDir: dir, size: '1GiB' });
       const check = await python(checkScript(node.uri('d'), seed, acked));
       assert.equal(check.code, 0, check.stderr);
-      assert.match(check.stdout, /bad \[\]/, `round ${round}: regions acknowledged before kill -9 (0..${acked}) must read back intact`);
-      const list = await runCli('torusctl', ['volume', 'list', '-o', 'json'], { TORUS_DATA_DIR: dir });
+      assert.match(
+        check.stdout,
+        /bad \[\]/,
+        `round ${round}: regions acknowledged before kill -9 (0..${acked}) must read back intact`,
+      );
+      const list = await runCli('torusctl', ['volume', 'list', '-o', 'json'], {
+        TORUS_DATA_DIR: dir,
+      });
       assert.equal(list.code, 0, list.stderr);
       await node.stop('SIGTERM');
       node = undefined;

@@ -54,7 +54,8 @@ export const FAST_TIER_ENV = 'TORUS_TEST_FAST';
 
 /** Undefined when etcd can be run; otherwise why not, naming the package (or the fast tier). */
 export function etcdMissing(): string | undefined {
-  if (process.env[FAST_TIER_ENV] === '1') return 'the fast tier (npm run test:fast) starts no etcd; npm test runs this';
+  if (process.env[FAST_TIER_ENV] === '1')
+    return 'the fast tier (npm run test:fast) starts no etcd; npm test runs this';
   const found = spawnSync('sh', ['-c', 'command -v etcd'], { stdio: 'ignore' }).status === 0;
   return found ? undefined : 'etcd is not installed: apt-get install etcd-server';
 }
@@ -63,11 +64,15 @@ async function freePorts(count: number): Promise<number[]> {
   // Held open together so the kernel hands out distinct ports, then released
   // for etcd; a port taken in between makes etcd exit, and start() retries.
   const servers = await Promise.all(
-    Array.from({ length: count }, () => new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
-      const server = createServer();
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve(server));
-    })),
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+          const server = createServer();
+          server.once('error', reject);
+          server.listen(0, '127.0.0.1', () => resolve(server));
+        }),
+    ),
   );
   const ports = servers.map((s) => (s.address() as AddressInfo).port);
   await Promise.all(servers.map((s) => new Promise((resolve) => s.close(resolve))));
@@ -78,7 +83,11 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOnce(options.readyTimeoutMs ?? 15_000, options.extraHosts ?? [], options.tls);
+      return await startOnce(
+        options.readyTimeoutMs ?? 15_000,
+        options.extraHosts ?? [],
+        options.tls,
+      );
     } catch (err) {
       lastError = err as Error;
     }
@@ -86,7 +95,11 @@ export async function startEtcd(options: EtcdOptions = {}): Promise<EtcdServer> 
   throw lastError;
 }
 
-async function startOnce(readyTimeoutMs: number, extraHosts: string[], tls: EtcdOptions['tls']): Promise<EtcdServer> {
+async function startOnce(
+  readyTimeoutMs: number,
+  extraHosts: string[],
+  tls: EtcdOptions['tls'],
+): Promise<EtcdServer> {
   const [clientPort, peerPort, metricsPort] = await freePorts(3);
   const dataDir = await mkdtemp(join(tmpdir(), 'torus-etcd-'));
   const scheme = tls ? 'https' : 'http';
@@ -94,7 +107,17 @@ async function startOnce(readyTimeoutMs: number, extraHosts: string[], tls: Etcd
   const clients = [client, ...extraHosts.map((h) => `${scheme}://${h}:${clientPort}`)].join(',');
   const health = tls ? `http://127.0.0.1:${metricsPort}/health` : `${client}/health`;
   const tlsArgs = tls
-    ? ['--cert-file', tls.certFile, '--key-file', tls.keyFile, '--trusted-ca-file', tls.caFile, '--client-cert-auth', '--listen-metrics-urls', `http://127.0.0.1:${metricsPort}`]
+    ? [
+        '--cert-file',
+        tls.certFile,
+        '--key-file',
+        tls.keyFile,
+        '--trusted-ca-file',
+        tls.caFile,
+        '--client-cert-auth',
+        '--listen-metrics-urls',
+        `http://127.0.0.1:${metricsPort}`,
+      ]
     : [];
   const peer = `http://127.0.0.1:${peerPort}`;
   let child: ChildProcess;
@@ -107,18 +130,30 @@ async function startOnce(readyTimeoutMs: number, extraHosts: string[], tls: Etcd
     child = spawn(
       'etcd',
       [
-        '--name', 'test',
-        '--data-dir', dataDir,
-        '--listen-client-urls', clients,
-        '--advertise-client-urls', client,
-        '--listen-peer-urls', peer,
-        '--initial-advertise-peer-urls', peer,
-        '--initial-cluster', `test=${peer}`,
-        '--heartbeat-interval', '50',
-        '--election-timeout', '500',
-        '--logger', 'zap',
-        '--log-outputs', 'stderr',
-        '--log-level', 'error',
+        '--name',
+        'test',
+        '--data-dir',
+        dataDir,
+        '--listen-client-urls',
+        clients,
+        '--advertise-client-urls',
+        client,
+        '--listen-peer-urls',
+        peer,
+        '--initial-advertise-peer-urls',
+        peer,
+        '--initial-cluster',
+        `test=${peer}`,
+        '--heartbeat-interval',
+        '50',
+        '--election-timeout',
+        '500',
+        '--logger',
+        'zap',
+        '--log-outputs',
+        'stderr',
+        '--log-level',
+        'error',
         ...tlsArgs,
       ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
@@ -126,10 +161,12 @@ async function startOnce(readyTimeoutMs: number, extraHosts: string[], tls: Etcd
     child.stderr!.on('data', (d: Buffer) => {
       stderr = (stderr + d.toString()).slice(-4000);
     });
-    exit = new Promise<void>((resolve) => child.once('exit', () => {
-      exited = true;
-      resolve();
-    }));
+    exit = new Promise<void>((resolve) =>
+      child.once('exit', () => {
+        exited = true;
+        resolve();
+      }),
+    );
   };
   const kill = async () => {
     if (!exited) {
@@ -149,7 +186,8 @@ async function startOnce(readyTimeoutMs: number, extraHosts: string[], tls: Etcd
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       if (exited) throw new Error(`etcd exited during start-up: ${stderr}`);
-      if (Date.now() > deadline) throw new Error(`etcd did not become healthy within ${timeoutMs} ms: ${stderr}`);
+      if (Date.now() > deadline)
+        throw new Error(`etcd did not become healthy within ${timeoutMs} ms: ${stderr}`);
       try {
         const res = await fetch(health, { signal: AbortSignal.timeout(500) });
         const body = (await res.json()) as { health?: string };

@@ -10,7 +10,13 @@ import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { makeDataDir, removeDir, runCli, startTorusd, type TorusdProcess } from './torusd-process.js';
+import {
+  makeDataDir,
+  removeDir,
+  runCli,
+  startTorusd,
+  type TorusdProcess,
+} from './torusd-process.js';
 import { SYSTEM_PYTHON, missing, python } from './tools.js';
 
 const skip = missing('nbdsh');
@@ -54,22 +60,39 @@ print("still serving")
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /error ENOSPC/);
     assert.match(r.stdout, /still serving/);
-    assert.equal(await node.stop('SIGTERM'), 0, 'shuts down cleanly even with data it could not store');
+    assert.equal(
+      await node.stop('SIGTERM'),
+      0,
+      'shuts down cleanly even with data it could not store',
+    );
     node = undefined;
   });
 
   test('deleting a volume a client holds open is refused, naming it; a 1 TiB thin volume works in a small store', async () => {
     const data = join(dir, 'busy');
-    node = await startTorusd({ dataDir: data, size: '64MiB', args: ['--ensure-volume', 'busy=16MiB'] });
+    node = await startTorusd({
+      dataDir: data,
+      size: '64MiB',
+      args: ['--ensure-volume', 'busy=16MiB'],
+    });
     const env = { TORUS_DATA_DIR: data };
-    const holder = spawn(SYSTEM_PYTHON, ['-c', `
+    const holder = spawn(
+      SYSTEM_PYTHON,
+      [
+        '-c',
+        `
 import nbd, sys, time
 h = nbd.NBD()
 h.connect_uri(${JSON.stringify(node.uri('busy'))})
 print("connected", flush=True)
 sys.stdin.read()
-`], { stdio: ['pipe', 'pipe', 'inherit'] });
-    await new Promise<void>((resolve) => holder.stdout.on('data', (d: Buffer) => d.toString().includes('connected') && resolve()));
+`,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve) =>
+      holder.stdout.on('data', (d: Buffer) => d.toString().includes('connected') && resolve()),
+    );
     const refused = await runCli('torusctl', ['volume', 'delete', 'busy'], env);
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /volume "busy" is in use/);
@@ -100,7 +123,11 @@ print("ok")
 
   test('a block corrupted on disk reads as an error, never as data', async () => {
     const data = join(dir, 'corrupt');
-    node = await startTorusd({ dataDir: data, size: '64MiB', args: ['--ensure-volume', 'c=16MiB'] });
+    node = await startTorusd({
+      dataDir: data,
+      size: '64MiB',
+      args: ['--ensure-volume', 'c=16MiB'],
+    });
     const w = await python(`
 import nbd
 h = nbd.NBD()
@@ -112,7 +139,8 @@ h.flush()
     assert.equal(await node.stop('SIGTERM'), 0);
     // Flip a byte in every used data slot (the map page included: either way, no garbage).
     const file = await open(join(data, 'blocks', 'data'), 'r+');
-    for (let slot = 0; slot < 32; slot++) await file.write(Buffer.from([0xee]), 0, 1, slot * 65536 + 4242);
+    for (let slot = 0; slot < 32; slot++)
+      await file.write(Buffer.from([0xee]), 0, 1, slot * 65536 + 4242);
     await file.close();
     node = await startTorusd({ dataDir: data, size: '64MiB' });
     const r = await python(`
@@ -135,7 +163,11 @@ except nbd.Error as e:
   test('an encrypted volume with a missing or wrong master key is not served, and no data is touched', async () => {
     const data = join(dir, 'keys');
     const env = { TORUS_DATA_DIR: data };
-    assert.equal((await runCli('torusctl', ['volume', 'create-block', 'secret', '16MiB', '--encrypt'], env)).code, 0);
+    assert.equal(
+      (await runCli('torusctl', ['volume', 'create-block', 'secret', '16MiB', '--encrypt'], env))
+        .code,
+      0,
+    );
     node = await startTorusd({ dataDir: data, size: '64MiB' });
     const w = await python(`
 import nbd

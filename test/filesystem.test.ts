@@ -16,7 +16,11 @@ import { missing, run, runOk } from './tools.js';
 
 const skip = missing('nbdfuse', 'mkfs.ext4', 'e2fsck', 'fuse2fs', 'fusermount3');
 
-async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
+async function waitFor(
+  check: () => Promise<boolean>,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
@@ -45,7 +49,10 @@ describe('filesystem on a volume', { skip, timeout: 180_000 }, () => {
   async function detach(): Promise<void> {
     if (await isMounted(mountDir())) await run('fusermount3', ['-u', mountDir()]);
     // fuse2fs writes back on unmount in its own process: wait for it to go.
-    await waitFor(async () => (await run('pgrep', ['-f', `fuse2fs ${image()}`])).code !== 0, 'fuse2fs to exit');
+    await waitFor(
+      async () => (await run('pgrep', ['-f', `fuse2fs ${image()}`])).code !== 0,
+      'fuse2fs to exit',
+    );
     if (await isMounted(fuseDir())) await run('fusermount3', ['-u', fuseDir()]);
     if (nbdfuse && nbdfuse.exitCode === null) {
       const exited = new Promise((r) => nbdfuse!.once('exit', r));
@@ -59,7 +66,10 @@ describe('filesystem on a volume', { skip, timeout: 180_000 }, () => {
     dir = await makeDataDir('fs');
     await mkdir(fuseDir());
     await mkdir(mountDir());
-    node = await startTorusd({ dataDir: join(dir, 'data'), args: ['--ensure-volume', 'fs=256MiB'] });
+    node = await startTorusd({
+      dataDir: join(dir, 'data'),
+      args: ['--ensure-volume', 'fs=256MiB'],
+    });
   });
 
   after(async () => {

@@ -33,7 +33,17 @@
 import { run, SYSTEM_PYTHON, type RunResult } from './tools.js';
 
 export interface WriterEvent {
-  ev: 'connect' | 'connect-failed' | 'flush' | 'write-failed' | 'stall' | 'dead' | 'read-only' | 'reconnect' | 'final' | 'summary';
+  ev:
+    | 'connect'
+    | 'connect-failed'
+    | 'flush'
+    | 'write-failed'
+    | 'stall'
+    | 'dead'
+    | 'read-only'
+    | 'reconnect'
+    | 'final'
+    | 'summary';
   t: number;
   ok?: boolean;
   err?: string;
@@ -313,8 +323,15 @@ export interface WriterRun {
 
 /** Run the writer to completion (bounded by its own timings plus a margin). */
 export async function runFlushTrackingWriter(options: WriterOptions): Promise<WriterRun> {
-  const limitMs = (options.seconds + options.finalFlushSeconds * (1 + options.readUris.length) + options.opTimeoutSeconds * 4 + 60) * 1000;
-  const result = await run(SYSTEM_PYTHON, ['-c', FLUSH_TRACKING_WRITER, JSON.stringify(options)], { timeoutMs: limitMs });
+  const limitMs =
+    (options.seconds +
+      options.finalFlushSeconds * (1 + options.readUris.length) +
+      options.opTimeoutSeconds * 4 +
+      60) *
+    1000;
+  const result = await run(SYSTEM_PYTHON, ['-c', FLUSH_TRACKING_WRITER, JSON.stringify(options)], {
+    timeoutMs: limitMs,
+  });
   const events: WriterEvent[] = [];
   for (const line of result.stdout.split('\n')) {
     if (!line.startsWith('{')) continue;

@@ -33,15 +33,21 @@ describe('in-process cluster: placement', { timeout: 30_000 }, () => {
     const misplaced = async (): Promise<string | undefined> => {
       const holders = new Map<string, number[]>();
       for (const [index, keys] of await cluster.holdings()) {
-        for (const key of keys) if (key.startsWith(`${volume.id}/`)) holders.set(key, [...(holders.get(key) ?? []), index]);
+        for (const key of keys)
+          if (key.startsWith(`${volume.id}/`))
+            holders.set(key, [...(holders.get(key) ?? []), index]);
       }
       // 2 MiB of 64 KiB blocks, plus the map's pages.
       if (holders.size < 32) return `only ${holders.size} blocks of the volume are stored anywhere`;
-      for (const [key, at] of holders) if (at.length < 2) return `block ${key} has ${at.length} copy after FLUSH`;
+      for (const [key, at] of holders)
+        if (at.length < 2) return `block ${key} has ${at.length} copy after FLUSH`;
       for (const [key, at] of holders) {
-        const expected = (await cluster.placementOf(volume.id, Number(key.split('/')[2]), 2)).sort();
+        const expected = (
+          await cluster.placementOf(volume.id, Number(key.split('/')[2]), 2)
+        ).sort();
         const actual = at.map((i) => uuidOf.get(i)!).sort();
-        if (actual.join() !== expected.join()) return `block ${key} is on ${actual.join(' ')}, the ring says ${expected.join(' ')}`;
+        if (actual.join() !== expected.join())
+          return `block ${key} is on ${actual.join(' ')}, the ring says ${expected.join(' ')}`;
       }
       return undefined;
     };

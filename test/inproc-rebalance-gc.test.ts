@@ -24,10 +24,19 @@ async function copiesOf(cluster: InProcessCluster, id: number) {
     perNode.set(index, count);
   }
   const total = [...perNode.values()].reduce((sum, n) => sum + n, 0);
-  return { perNode, holders, total, shown: [...perNode].map(([i, n]) => `node ${i}: ${n}`).join(', ') };
+  return {
+    perNode,
+    holders,
+    total,
+    shown: [...perNode].map(([i, n]) => `node ${i}: ${n}`).join(', '),
+  };
 }
 
-async function writeAndFlush(cluster: InProcessCluster, volume: string, data: Buffer): Promise<void> {
+async function writeAndFlush(
+  cluster: InProcessCluster,
+  volume: string,
+  data: Buffer,
+): Promise<void> {
   await cluster.withExport(cluster.nodes[0], volume, async (exp) => {
     await exp.write(0, data, false);
     await exp.flush();
@@ -46,7 +55,11 @@ describe('in-process cluster: rebalance after a node joins', { timeout: 60_000 }
     const data = randomBytes(4 * MiB);
     await writeAndFlush(cluster, 'moving', data);
     const before = await copiesOf(cluster, id);
-    assert.equal(before.perNode.get(0), before.perNode.get(1), `two nodes, replication 2: both hold everything (${before.shown})`);
+    assert.equal(
+      before.perNode.get(0),
+      before.perNode.get(1),
+      `two nodes, replication 2: both hold everything (${before.shown})`,
+    );
 
     await cluster.addNode();
     await cluster.converged();
@@ -85,14 +98,19 @@ describe('in-process cluster: GC', { timeout: 60_000 }, () => {
     const once = await copiesOf(cluster, id);
     assert.ok(once.total > 0);
 
-    for (let round = 0; round < 3; round++) await writeAndFlush(cluster, 'churn', randomBytes(2 * MiB));
+    for (let round = 0; round < 3; round++)
+      await writeAndFlush(cluster, 'churn', randomBytes(2 * MiB));
     const piled = await copiesOf(cluster, id);
-    assert.ok(piled.total > once.total * 1.5, `overwrites store new copies first (${piled.shown}; ${once.total} after one write)`);
+    assert.ok(
+      piled.total > once.total * 1.5,
+      `overwrites store new copies first (${piled.shown}; ${once.total} after one write)`,
+    );
     // The superseded generations go: what is left is the newest version, 2 copies a block, no more than after one
     // write (its map may differ by a page).
     await settles(async () => {
       const now = await copiesOf(cluster, id);
-      if (now.total > once.total) return `${now.total} copies stored, ${once.total} after one write (${now.shown})`;
+      if (now.total > once.total)
+        return `${now.total} copies stored, ${once.total} after one write (${now.shown})`;
       const odd = [...now.holders].find(([, at]) => at.length !== 2);
       return odd ? `block ${odd[0]} has ${odd[1].length} copies (${now.shown})` : undefined;
     });
@@ -100,7 +118,9 @@ describe('in-process cluster: GC', { timeout: 60_000 }, () => {
     await cluster.nodes[0].node.deleteVolume('churn');
     await settles(async () => {
       const now = await copiesOf(cluster, id);
-      return now.total === 0 ? undefined : `the deleted volume still has ${now.total} copies (${now.shown})`;
+      return now.total === 0
+        ? undefined
+        : `the deleted volume still has ${now.total} copies (${now.shown})`;
     });
   });
 });

@@ -54,7 +54,10 @@ describe('in-process cluster: volume write lock', { timeout: 30_000 }, () => {
       if (!exp.readOnly) taken = exp;
       else {
         await exp.close();
-        assert.ok(Date.now() < deadline, `the second node still serves read-only after 10 s: ${exp.description}`);
+        assert.ok(
+          Date.now() < deadline,
+          `the second node still serves read-only after 10 s: ${exp.description}`,
+        );
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     }

@@ -49,7 +49,9 @@ const onPath = new Map<string, boolean>();
 function have(tool: string): boolean {
   let found = onPath.get(tool);
   if (found === undefined) {
-    found = spawnSync('sh', ['-c', `command -v '${tool}'`], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+    found =
+      spawnSync('sh', ['-c', `command -v '${tool}'`], { stdio: 'ignore', timeout: 10_000 })
+        .status === 0;
     onPath.set(tool, found);
   }
   return found;
@@ -69,7 +71,10 @@ function nbdPython(): string | null {
   if (pythonWithNbd === undefined) {
     pythonWithNbd = null;
     for (const candidate of ['/usr/bin/python3', 'python3']) {
-      if (spawnSync(candidate, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status === 0) {
+      if (
+        spawnSync(candidate, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status ===
+        0
+      ) {
         pythonWithNbd = candidate;
         break;
       }
@@ -77,7 +82,8 @@ function nbdPython(): string | null {
   }
   return pythonWithNbd;
 }
-const needsPython = (): string | false => (nbdPython() ? false : 'python3 cannot import nbd: apt-get install python3-libnbd');
+const needsPython = (): string | false =>
+  nbdPython() ? false : 'python3 cannot import nbd: apt-get install python3-libnbd';
 
 interface RunResult {
   code: number | null;
@@ -86,7 +92,12 @@ interface RunResult {
 }
 
 /** Run a client to completion; SIGKILLed after timeoutMs (the failure then says so). */
-function run(command: string, args: string[], timeoutMs: number, input?: string): Promise<RunResult> {
+function run(
+  command: string,
+  args: string[],
+  timeoutMs: number,
+  input?: string,
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
@@ -110,24 +121,41 @@ function run(command: string, args: string[], timeoutMs: number, input?: string)
   });
 }
 
-async function runOk(command: string, args: string[], timeoutMs: number, input?: string): Promise<string> {
+async function runOk(
+  command: string,
+  args: string[],
+  timeoutMs: number,
+  input?: string,
+): Promise<string> {
   const r = await run(command, args, timeoutMs, input);
-  assert.equal(r.code, 0, `${command} ${args.join(' ')} exited ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
+  assert.equal(
+    r.code,
+    0,
+    `${command} ${args.join(' ')} exited ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`,
+  );
   return r.stdout;
 }
 
 async function sha256OfPrefix(path: string, bytes: number): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { start: 0, end: bytes - 1 })) hash.update(chunk as Buffer);
+  for await (const chunk of createReadStream(path, { start: 0, end: bytes - 1 }))
+    hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
 
 /** The export name and where to connect, from nbd:// or nbd+unix:// URIs. */
-function parseUri(uri: string): { name: string; tcp?: { host: string; port: number }; path?: string } {
+function parseUri(uri: string): {
+  name: string;
+  tcp?: { host: string; port: number };
+  path?: string;
+} {
   const url = new URL(uri);
   const name = decodeURIComponent(url.pathname.replace(/^\//, ''));
   if (url.protocol === 'nbd+unix:') return { name, path: url.searchParams.get('socket') ?? '' };
-  return { name, tcp: { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || 10809) } };
+  return {
+    name,
+    tcp: { host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || 10809) },
+  };
 }
 
 // ------------------------------------------------------- raw socket client
@@ -157,7 +185,9 @@ export class RawClient {
   static open(uri: string): Promise<RawClient> {
     const where = parseUri(uri);
     return new Promise((resolve, reject) => {
-      const socket = where.path ? connect({ path: where.path }) : connect({ host: where.tcp!.host, port: where.tcp!.port });
+      const socket = where.path
+        ? connect({ path: where.path })
+        : connect({ host: where.tcp!.host, port: where.tcp!.port });
       socket.once('connect', () => resolve(new RawClient(socket)));
       socket.once('error', reject);
     });
@@ -175,7 +205,8 @@ export class RawClient {
     let size = -1;
     for (;;) {
       const reply = await client.optionReply();
-      if (reply.type === w.NBD_REP_INFO && reply.data.readUInt16BE(0) === w.NBD_INFO_EXPORT) size = w.readU64(reply.data, 2);
+      if (reply.type === w.NBD_REP_INFO && reply.data.readUInt16BE(0) === w.NBD_INFO_EXPORT)
+        size = w.readU64(reply.data, 2);
       if (reply.type === w.NBD_REP_ACK) break;
       assert.ok(reply.type === w.NBD_REP_INFO, `NBD_OPT_GO answered ${w.replyName(reply.type)}`);
     }
@@ -184,7 +215,13 @@ export class RawClient {
 
   async recv(bytes: number, timeoutMs = 5000): Promise<Buffer> {
     let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no ${bytes}-byte answer within ${timeoutMs} ms`)), timeoutMs)));
+    const timeout = new Promise<never>(
+      (_, reject) =>
+        (timer = setTimeout(
+          () => reject(new Error(`no ${bytes}-byte answer within ${timeoutMs} ms`)),
+          timeoutMs,
+        )),
+    );
     try {
       await Promise.race([this.inbound.need(bytes), timeout]);
     } finally {
@@ -198,7 +235,9 @@ export class RawClient {
   }
 
   /** Read the greeting and answer FIXED_NEWSTYLE|NO_ZEROES. */
-  async greeting(clientFlags = w.NBD_FLAG_C_FIXED_NEWSTYLE | w.NBD_FLAG_C_NO_ZEROES): Promise<void> {
+  async greeting(
+    clientFlags = w.NBD_FLAG_C_FIXED_NEWSTYLE | w.NBD_FLAG_C_NO_ZEROES,
+  ): Promise<void> {
     const greeting = await this.recv(w.SERVER_GREETING_SIZE);
     assert.equal(greeting.toString('latin1', 0, 16), 'NBDMAGICIHAVEOPT');
     const flags = Buffer.alloc(4);
@@ -218,10 +257,21 @@ export class RawClient {
     const header = await this.recv(w.OPTION_REPLY_HEADER_SIZE);
     assert.equal(header.readBigUInt64BE(0), w.NBD_REP_MAGIC, 'option reply magic');
     const length = header.readUInt32BE(16);
-    return { option: header.readUInt32BE(8), type: header.readUInt32BE(12), data: await this.recv(length) };
+    return {
+      option: header.readUInt32BE(8),
+      type: header.readUInt32BE(12),
+      data: await this.recv(length),
+    };
   }
 
-  request(type: number, offset: number, length: number, cookie: number, flags = 0, payload?: Buffer): void {
+  request(
+    type: number,
+    offset: number,
+    length: number,
+    cookie: number,
+    flags = 0,
+    payload?: Buffer,
+  ): void {
     const header = Buffer.alloc(w.REQUEST_HEADER_SIZE);
     w.encodeRequest(header, 0, flags, type, 0, cookie, offset, length);
     this.send(payload ? Buffer.concat([header, payload]) : header);
@@ -240,7 +290,9 @@ export class RawClient {
   async closedWithin(timeoutMs: number): Promise<boolean> {
     if (this.closedFlag) return true;
     let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)));
+    const expired = new Promise<false>(
+      (resolve) => (timer = setTimeout(() => resolve(false), timeoutMs)),
+    );
     const result = await Promise.race([this.closedPromise.then(() => true as const), expired]);
     clearTimeout(timer);
     return result;
@@ -439,22 +491,41 @@ export function nbdClientSuite(label: string, start: () => Promise<NbdTarget>): 
       if (work) await rm(work, { recursive: true, force: true });
     });
 
-    it('nbdinfo --json reports size, flags, block sizes and base:allocation', { skip: needs('nbdinfo'), timeout: 30_000 }, async () => {
-      const info = JSON.parse(await runOk('nbdinfo', ['--json', target.uri], 20_000));
-      assert.equal(info.protocol, 'newstyle-fixed');
-      assert.equal(info.structured, true);
-      const [exp] = info.exports;
-      assert.ok(exp['export-size'] >= SUITE_MIN_EXPORT_SIZE, `export-size ${exp['export-size']}`);
-      assert.equal(exp.is_read_only, false);
-      for (const flag of ['can_flush', 'can_fua', 'can_trim', 'can_zero', 'can_fast_zero', 'can_cache']) assert.equal(exp[flag], true, flag);
-      assert.equal(typeof exp.can_multi_conn, 'boolean');
-      assert.ok(exp.contexts.includes('base:allocation'), `contexts ${exp.contexts}`);
-      const { block_size_minimum: min, block_size_preferred: preferred, block_size_maximum: max } = exp;
-      const powerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
-      assert.ok(powerOfTwo(min) && min <= 65536, `minimum block size ${min}`);
-      assert.ok(powerOfTwo(preferred) && preferred >= Math.max(min, 512), `preferred block size ${preferred}`);
-      assert.ok(max >= preferred, `maximum payload ${max}`);
-    });
+    it(
+      'nbdinfo --json reports size, flags, block sizes and base:allocation',
+      { skip: needs('nbdinfo'), timeout: 30_000 },
+      async () => {
+        const info = JSON.parse(await runOk('nbdinfo', ['--json', target.uri], 20_000));
+        assert.equal(info.protocol, 'newstyle-fixed');
+        assert.equal(info.structured, true);
+        const [exp] = info.exports;
+        assert.ok(exp['export-size'] >= SUITE_MIN_EXPORT_SIZE, `export-size ${exp['export-size']}`);
+        assert.equal(exp.is_read_only, false);
+        for (const flag of [
+          'can_flush',
+          'can_fua',
+          'can_trim',
+          'can_zero',
+          'can_fast_zero',
+          'can_cache',
+        ])
+          assert.equal(exp[flag], true, flag);
+        assert.equal(typeof exp.can_multi_conn, 'boolean');
+        assert.ok(exp.contexts.includes('base:allocation'), `contexts ${exp.contexts}`);
+        const {
+          block_size_minimum: min,
+          block_size_preferred: preferred,
+          block_size_maximum: max,
+        } = exp;
+        const powerOfTwo = (n: number) => Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+        assert.ok(powerOfTwo(min) && min <= 65536, `minimum block size ${min}`);
+        assert.ok(
+          powerOfTwo(preferred) && preferred >= Math.max(min, 512),
+          `preferred block size ${preferred}`,
+        );
+        assert.ok(max >= preferred, `maximum payload ${max}`);
+      },
+    );
 
     it('nbdinfo --list shows the export', { skip: needs('nbdinfo'), timeout: 30_000 }, async () => {
       const { name } = parseUri(target.uri);
@@ -469,62 +540,100 @@ export function nbdClientSuite(label: string, start: () => Promise<NbdTarget>): 
       assert.ok(info.exports[0]['export-size'] >= SUITE_MIN_EXPORT_SIZE);
     });
 
-    it('nbdcopy of 64 MiB in and back out keeps every byte', { skip: needs('nbdcopy'), timeout: 90_000 }, async () => {
-      const input = join(work, 'in.bin');
-      const output = join(work, 'out.bin');
-      await writeFile(input, randomBytes(64 * MiB));
-      await runOk('nbdcopy', ['--flush', input, target.uri], 60_000);
-      await runOk('nbdcopy', [target.uri, output], 60_000);
-      assert.equal(await sha256OfPrefix(output, 64 * MiB), await sha256OfPrefix(input, 64 * MiB));
-      await rm(output, { force: true });
-    });
+    it(
+      'nbdcopy of 64 MiB in and back out keeps every byte',
+      { skip: needs('nbdcopy'), timeout: 90_000 },
+      async () => {
+        const input = join(work, 'in.bin');
+        const output = join(work, 'out.bin');
+        await writeFile(input, randomBytes(64 * MiB));
+        await runOk('nbdcopy', ['--flush', input, target.uri], 60_000);
+        await runOk('nbdcopy', [target.uri, output], 60_000);
+        assert.equal(await sha256OfPrefix(output, 64 * MiB), await sha256OfPrefix(input, 64 * MiB));
+        await rm(output, { force: true });
+      },
+    );
 
-    it('libnbd edge cases: bounds, zero length, unaligned, trim/zero, structured reads, block status, FUA, multi-conn', { skip: needsPython(), timeout: 60_000 }, async () => {
-      const r = await run(nbdPython()!, ['-c', LIBNBD_EDGE_CASES, target.uri], 50_000);
-      assert.equal(r.code, 0, `libnbd script failed\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`);
-      assert.match(r.stdout, /^done$/m);
-    });
+    it(
+      'libnbd edge cases: bounds, zero length, unaligned, trim/zero, structured reads, block status, FUA, multi-conn',
+      { skip: needsPython(), timeout: 60_000 },
+      async () => {
+        const r = await run(nbdPython()!, ['-c', LIBNBD_EDGE_CASES, target.uri], 50_000);
+        assert.equal(
+          r.code,
+          0,
+          `libnbd script failed\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`,
+        );
+        assert.match(r.stdout, /^done$/m);
+      },
+    );
 
-    it('qemu-io pattern writes and reads verify', { skip: needs('qemu-io'), timeout: 30_000 }, async () => {
-      // qemu-io takes plain byte offsets (with k/M suffixes), no arithmetic.
-      const at = (mib: number, bytes = 0) => String(mib * MiB + bytes);
-      const commands = [
-        `write -P 0xa5 ${at(80)} 4M`,
-        `write -P 0x3c ${at(81)} 64k`,
-        `write -P 0x11 ${at(82, 513)} 1000`,
-        `aio_write -P 0x77 ${at(84)} 1M`,
-        'aio_flush',
-        `read -P 0xa5 ${at(80)} 1M`,
-        `read -P 0x3c ${at(81)} 64k`,
-        `read -P 0xa5 ${at(81, 65536)} 960k`,
-        `read -P 0x11 ${at(82, 513)} 1000`,
-        `read -P 0xa5 ${at(82, 1513)} 3000`,
-        `read -P 0x77 ${at(84)} 1M`,
-        `write -z ${at(83)} 64k`,
-        `read -P 0 ${at(83)} 64k`,
-        `discard ${at(83, 65536)} 64k`,
-        `read -P 0 ${at(83, 65536)} 64k`,
-        'flush',
-      ];
-      const out = await runOk('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), target.uri], 25_000);
-      assert.doesNotMatch(out, /failed|error/i, out);
-    });
+    it(
+      'qemu-io pattern writes and reads verify',
+      { skip: needs('qemu-io'), timeout: 30_000 },
+      async () => {
+        // qemu-io takes plain byte offsets (with k/M suffixes), no arithmetic.
+        const at = (mib: number, bytes = 0) => String(mib * MiB + bytes);
+        const commands = [
+          `write -P 0xa5 ${at(80)} 4M`,
+          `write -P 0x3c ${at(81)} 64k`,
+          `write -P 0x11 ${at(82, 513)} 1000`,
+          `aio_write -P 0x77 ${at(84)} 1M`,
+          'aio_flush',
+          `read -P 0xa5 ${at(80)} 1M`,
+          `read -P 0x3c ${at(81)} 64k`,
+          `read -P 0xa5 ${at(81, 65536)} 960k`,
+          `read -P 0x11 ${at(82, 513)} 1000`,
+          `read -P 0xa5 ${at(82, 1513)} 3000`,
+          `read -P 0x77 ${at(84)} 1M`,
+          `write -z ${at(83)} 64k`,
+          `read -P 0 ${at(83)} 64k`,
+          `discard ${at(83, 65536)} 64k`,
+          `read -P 0 ${at(83, 65536)} 64k`,
+          'flush',
+        ];
+        const out = await runOk(
+          'qemu-io',
+          ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), target.uri],
+          25_000,
+        );
+        assert.doesNotMatch(out, /failed|error/i, out);
+      },
+    );
 
-    it('fio random writes over the nbd engine verify', { skip: needs('fio'), timeout: 60_000 }, async (t) => {
-      const engines = await run('fio', ['--enghelp'], 10_000);
-      if (!/\bnbd\b/.test(engines.stdout)) return t.skip('this fio has no nbd ioengine (Debian fio has it)');
-      const out = await runOk('fio', [
-        '--name=nbd-verify', '--ioengine=nbd', `--uri=${target.uri}`, '--rw=randwrite', '--bs=4k',
-        '--offset=96M', '--size=16M', '--iodepth=16', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
-        // fio otherwise leaves a *-verify.state file in the working directory.
-        '--verify_state_save=0',
-        '--output-format=json',
-      ], 50_000);
-      const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
-      assert.equal(job.error, 0);
-      assert.ok(job.write.io_bytes >= 16 * MiB, `wrote ${job.write.io_bytes}`);
-      assert.ok(job.read.io_bytes >= 16 * MiB, `verified ${job.read.io_bytes}`);
-    });
+    it(
+      'fio random writes over the nbd engine verify',
+      { skip: needs('fio'), timeout: 60_000 },
+      async (t) => {
+        const engines = await run('fio', ['--enghelp'], 10_000);
+        if (!/\bnbd\b/.test(engines.stdout))
+          return t.skip('this fio has no nbd ioengine (Debian fio has it)');
+        const out = await runOk(
+          'fio',
+          [
+            '--name=nbd-verify',
+            '--ioengine=nbd',
+            `--uri=${target.uri}`,
+            '--rw=randwrite',
+            '--bs=4k',
+            '--offset=96M',
+            '--size=16M',
+            '--iodepth=16',
+            '--verify=crc32c',
+            '--do_verify=1',
+            '--verify_fatal=1',
+            // fio otherwise leaves a *-verify.state file in the working directory.
+            '--verify_state_save=0',
+            '--output-format=json',
+          ],
+          50_000,
+        );
+        const job = JSON.parse(out.slice(out.indexOf('{'))).jobs[0];
+        assert.equal(job.error, 0);
+        assert.ok(job.write.io_bytes >= 16 * MiB, `wrote ${job.write.io_bytes}`);
+        assert.ok(job.read.io_bytes >= 16 * MiB, `verified ${job.read.io_bytes}`);
+      },
+    );
 
     it('hostile raw clients lose only their own connection', { timeout: 60_000 }, async () => {
       const WITNESS = 112 * MiB;
@@ -569,7 +678,10 @@ export function nbdClientSuite(label: string, start: () => Promise<NbdTarget>): 
       c.option(0x4242);
       assert.equal((await c.optionReply()).type, w.NBD_REP_ERR_UNSUP);
       c.option(w.NBD_OPT_STARTTLS);
-      assert.ok((await c.optionReply()).type & 0x80000000, 'STARTTLS accepted by a server without TLS');
+      assert.ok(
+        (await c.optionReply()).type & 0x80000000,
+        'STARTTLS accepted by a server without TLS',
+      );
       c.close();
 
       // Transmission: a bad request gets an errno and the stream stays in step.

@@ -48,13 +48,19 @@ nbdClientSuite('NbdServer + MemoryExport', async () => {
   return { uri: s.uri('mem'), unixUri: s.unixUri('mem'), stop: s.stop };
 });
 
-const python = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status === 0);
+const python = ['/usr/bin/python3', 'python3'].find(
+  (p) => spawnSync(p, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status === 0,
+);
 const needsPython = python ? false : 'python3 cannot import nbd: apt-get install python3-libnbd';
 
 /** Run a libnbd python snippet (uri bound) without blocking this process's event loop, which serves it. */
 function libnbd(script: string, uri: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(python!, ['-c', `import errno, sys, nbd\nuri = sys.argv[1]\n${script}`, uri], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      python!,
+      ['-c', `import errno, sys, nbd\nuri = sys.argv[1]\n${script}`, uri],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
     child.stderr.setEncoding('utf8').on('data', (d: string) => (out += d));
@@ -94,24 +100,37 @@ function failing(exp: MemoryExport, errno: Errno): MemoryExportProvider & Export
 }
 
 describe('NbdServer promises', () => {
-  it('closes each opened export exactly once, after its clients leave', { skip: needsPython, timeout: 30_000 }, async () => {
-    const exp = new MemoryExport({ name: 'x', size: 16 * MiB });
-    const s = await serve(new MemoryExportProvider([exp]));
-    try {
-      await libnbd(`h = nbd.NBD(); h.connect_uri(uri); h.pwrite(b"a" * 4096, 0); h.shutdown()\ng = nbd.NBD(); g.connect_uri(uri); g.pread(4096, 0)`, s.uri('x'));
-      for (let i = 0; i < 50 && (exp.openSessions !== 0 || s.server.connectionCount !== 0); i++) await new Promise((r) => setTimeout(r, 20));
-      assert.equal(exp.openSessions, 0);
-      assert.equal(s.server.connectionCount, 0);
-    } finally {
-      await s.stop();
-    }
-  });
+  it(
+    'closes each opened export exactly once, after its clients leave',
+    { skip: needsPython, timeout: 30_000 },
+    async () => {
+      const exp = new MemoryExport({ name: 'x', size: 16 * MiB });
+      const s = await serve(new MemoryExportProvider([exp]));
+      try {
+        await libnbd(
+          `h = nbd.NBD(); h.connect_uri(uri); h.pwrite(b"a" * 4096, 0); h.shutdown()\ng = nbd.NBD(); g.connect_uri(uri); g.pread(4096, 0)`,
+          s.uri('x'),
+        );
+        for (let i = 0; i < 50 && (exp.openSessions !== 0 || s.server.connectionCount !== 0); i++)
+          await new Promise((r) => setTimeout(r, 20));
+        assert.equal(exp.openSessions, 0);
+        assert.equal(s.server.connectionCount, 0);
+      } finally {
+        await s.stop();
+      }
+    },
+  );
 
-  it('refuses writes to a read-only export with EPERM and does not offer trim or zero', { skip: needsPython, timeout: 30_000 }, async () => {
-    const s = await serve(new MemoryExportProvider([new MemoryExport({ name: 'ro', size: MiB, readOnly: true })]));
-    try {
-      const out = await libnbd(
-        `h = nbd.NBD(); h.connect_uri(uri); h.set_strict_mode(0)
+  it(
+    'refuses writes to a read-only export with EPERM and does not offer trim or zero',
+    { skip: needsPython, timeout: 30_000 },
+    async () => {
+      const s = await serve(
+        new MemoryExportProvider([new MemoryExport({ name: 'ro', size: MiB, readOnly: true })]),
+      );
+      try {
+        const out = await libnbd(
+          `h = nbd.NBD(); h.connect_uri(uri); h.set_strict_mode(0)
 assert h.is_read_only() and not h.can_trim() and not h.can_zero()
 try:
     h.pwrite(b"a" * 512, 0)
@@ -120,19 +139,23 @@ except nbd.Error as e:
     assert e.errnum == errno.EPERM, e.errno
 assert h.pread(512, 0) == bytes(512)
 print("ok")`,
-        s.uri('ro'),
-      );
-      assert.match(out, /ok/);
-    } finally {
-      await s.stop();
-    }
-  });
+          s.uri('ro'),
+        );
+        assert.match(out, /ok/);
+      } finally {
+        await s.stop();
+      }
+    },
+  );
 
-  it('answers export failures with their errno, as simple and as structured replies', { skip: needsPython, timeout: 30_000 }, async () => {
-    const s = await serve(failing(new MemoryExport({ name: 'bad', size: MiB }), 'EIO'));
-    try {
-      const out = await libnbd(
-        `for structured in (False, True):
+  it(
+    'answers export failures with their errno, as simple and as structured replies',
+    { skip: needsPython, timeout: 30_000 },
+    async () => {
+      const s = await serve(failing(new MemoryExport({ name: 'bad', size: MiB }), 'EIO'));
+      try {
+        const out = await libnbd(
+          `for structured in (False, True):
     h = nbd.NBD(); h.set_request_structured_replies(structured); h.connect_uri(uri)
     for op in (lambda: h.pread(4096, 0), lambda: h.pwrite(b"a" * 4096, 0)):
         try:
@@ -143,92 +166,116 @@ print("ok")`,
     h.flush()
     h.shutdown()
 print("ok")`,
-        s.uri('bad'),
-      );
-      assert.match(out, /ok/);
-    } finally {
-      await s.stop();
-    }
-  });
+          s.uri('bad'),
+        );
+        assert.match(out, /ok/);
+      } finally {
+        await s.stop();
+      }
+    },
+  );
 
-  it('reports each request to the metrics hooks and counts connections', { skip: needsPython, timeout: 30_000 }, async () => {
-    const requests: [string, number, Errno | undefined][] = [];
-    let connections = 0;
-    const s = await serve(new MemoryExportProvider([new MemoryExport({ name: 'm', size: MiB })]), {
-      metrics: {
-        onRequest: (command, bytes, seconds, errno) => {
-          assert.ok(seconds >= 0);
-          requests.push([command, bytes, errno]);
+  it(
+    'reports each request to the metrics hooks and counts connections',
+    { skip: needsPython, timeout: 30_000 },
+    async () => {
+      const requests: [string, number, Errno | undefined][] = [];
+      let connections = 0;
+      const s = await serve(
+        new MemoryExportProvider([new MemoryExport({ name: 'm', size: MiB })]),
+        {
+          metrics: {
+            onRequest: (command, bytes, seconds, errno) => {
+              assert.ok(seconds >= 0);
+              requests.push([command, bytes, errno]);
+            },
+            onConnection: (delta) => (connections += delta),
+          },
         },
-        onConnection: (delta) => (connections += delta),
-      },
-    });
-    try {
-      await libnbd(
-        `h = nbd.NBD(); h.connect_uri(uri); h.set_strict_mode(0); h.pwrite(b"a" * 4096, 0); h.pread(512, 0)
+      );
+      try {
+        await libnbd(
+          `h = nbd.NBD(); h.connect_uri(uri); h.set_strict_mode(0); h.pwrite(b"a" * 4096, 0); h.pread(512, 0)
 try:
     h.pread(512, 2 * 1024 * 1024)
 except nbd.Error:
     pass
 h.shutdown()`,
-        s.uri('m'),
+          s.uri('m'),
+        );
+        for (let i = 0; i < 50 && connections !== 0; i++)
+          await new Promise((r) => setTimeout(r, 20));
+        assert.deepEqual(requests, [
+          ['NBD_CMD_WRITE', 4096, undefined],
+          ['NBD_CMD_READ', 512, undefined],
+          ['NBD_CMD_READ', 0, 'EINVAL'],
+        ]);
+        assert.equal(connections, 0);
+      } finally {
+        await s.stop();
+      }
+    },
+  );
+
+  it(
+    'drops clients that stall in the handshake, and connections over the cap',
+    { timeout: 30_000 },
+    async () => {
+      const s = await serve(
+        new MemoryExportProvider([new MemoryExport({ name: 'm', size: MiB })]),
+        { handshakeTimeoutMs: 300, maxConnections: 2 },
       );
-      for (let i = 0; i < 50 && connections !== 0; i++) await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(requests, [
-        ['NBD_CMD_WRITE', 4096, undefined],
-        ['NBD_CMD_READ', 512, undefined],
-        ['NBD_CMD_READ', 0, 'EINVAL'],
-      ]);
-      assert.equal(connections, 0);
-    } finally {
-      await s.stop();
-    }
-  });
+      try {
+        const open = () =>
+          new Promise<{ closed: Promise<void> }>((resolve, reject) => {
+            const socket = connect({ host: '127.0.0.1', port: s.port });
+            socket.on('error', () => undefined);
+            socket.resume(); // 'close' only comes once the stream is read to its end
+            const closed = new Promise<void>((r) => socket.once('close', () => r()));
+            socket.once('connect', () => resolve({ closed }));
+            socket.once('error', reject);
+          });
+        const [a, b] = [await open(), await open()];
+        const third = await open();
+        await third.closed; // over the cap: closed at once
+        await Promise.all([a.closed, b.closed]); // silent: closed by the handshake deadline
+      } finally {
+        await s.stop();
+      }
+    },
+  );
 
-  it('drops clients that stall in the handshake, and connections over the cap', { timeout: 30_000 }, async () => {
-    const s = await serve(new MemoryExportProvider([new MemoryExport({ name: 'm', size: MiB })]), { handshakeTimeoutMs: 300, maxConnections: 2 });
-    try {
-      const open = () =>
-        new Promise<{ closed: Promise<void> }>((resolve, reject) => {
-          const socket = connect({ host: '127.0.0.1', port: s.port });
-          socket.on('error', () => undefined);
-          socket.resume(); // 'close' only comes once the stream is read to its end
-          const closed = new Promise<void>((r) => socket.once('close', () => r()));
-          socket.once('connect', () => resolve({ closed }));
-          socket.once('error', reject);
-        });
-      const [a, b] = [await open(), await open()];
-      const third = await open();
-      await third.closed; // over the cap: closed at once
-      await Promise.all([a.closed, b.closed]); // silent: closed by the handshake deadline
-    } finally {
+  it(
+    'close() lets an in-flight request finish, then closes the connection',
+    { timeout: 30_000 },
+    async () => {
+      const exp = new MemoryExport({ name: 'slow', size: MiB });
+      const provider = new MemoryExportProvider([exp]);
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      provider.open = async (name) => {
+        const opened = await MemoryExportProvider.prototype.open.call(provider, name);
+        return opened && delegate(opened, { flush: () => gate });
+      };
+      const s = await serve(provider);
+      const { client } = await RawClient.ready(s.uri('slow'));
+      client.request(NBD_CMD_FLUSH, 0, 0, 7);
+      await new Promise((r) => setTimeout(r, 50));
+      const closing = s.server.close({ drainMs: 5000 });
+      await new Promise((r) => setTimeout(r, 50));
+      // A request arriving while the server closes is refused, not served.
+      client.request(NBD_CMD_FLUSH, 0, 0, 8);
+      assert.deepEqual(await client.reply(), {
+        error: NBD_ESHUTDOWN,
+        cookie: 8,
+        data: Buffer.alloc(0),
+      });
+      release();
+      assert.deepEqual(await client.reply(), { error: 0, cookie: 7, data: Buffer.alloc(0) });
+      await closing;
+      assert.ok(await client.closedWithin(1000));
+      assert.equal(exp.openSessions, 0);
       await s.stop();
-    }
-  });
-
-  it('close() lets an in-flight request finish, then closes the connection', { timeout: 30_000 }, async () => {
-    const exp = new MemoryExport({ name: 'slow', size: MiB });
-    const provider = new MemoryExportProvider([exp]);
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    provider.open = async (name) => {
-      const opened = await MemoryExportProvider.prototype.open.call(provider, name);
-      return opened && delegate(opened, { flush: () => gate });
-    };
-    const s = await serve(provider);
-    const { client } = await RawClient.ready(s.uri('slow'));
-    client.request(NBD_CMD_FLUSH, 0, 0, 7);
-    await new Promise((r) => setTimeout(r, 50));
-    const closing = s.server.close({ drainMs: 5000 });
-    await new Promise((r) => setTimeout(r, 50));
-    // A request arriving while the server closes is refused, not served.
-    client.request(NBD_CMD_FLUSH, 0, 0, 8);
-    assert.deepEqual(await client.reply(), { error: NBD_ESHUTDOWN, cookie: 8, data: Buffer.alloc(0) });
-    release();
-    assert.deepEqual(await client.reply(), { error: 0, cookie: 7, data: Buffer.alloc(0) });
-    await closing;
-    assert.ok(await client.closedWithin(1000));
-    assert.equal(exp.openSessions, 0);
-    await s.stop();
-  });
+    },
+  );
 });

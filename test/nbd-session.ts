@@ -119,10 +119,14 @@ export class NbdSession {
         else this.lines.push(line);
       }
     });
-    child.stderr!.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
+    child.stderr!.on(
+      'data',
+      (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)),
+    );
     child.once('exit', () => {
       this.exited = true;
-      for (const waiter of this.waiting.splice(0)) waiter(JSON.stringify({ ok: false, err: `session process exited: ${this.stderr}` }));
+      for (const waiter of this.waiting.splice(0))
+        waiter(JSON.stringify({ ok: false, err: `session process exited: ${this.stderr}` }));
     });
     child.stdin!.on('error', () => undefined);
   }
@@ -134,9 +138,14 @@ export class NbdSession {
   /** Connect (the handshake bounded by connectTimeoutS); rejects with the reason when it fails. */
   static async open(uri: string, connectTimeoutS = 20): Promise<NbdSession> {
     const dir = await mkdtemp(join(tmpdir(), 'nbd-session-'));
-    const child = spawn(SYSTEM_PYTHON, ['-c', SESSION, uri, String(connectTimeoutS)], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...toolEnv } });
+    const child = spawn(SYSTEM_PYTHON, ['-c', SESSION, uri, String(connectTimeoutS)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, ...toolEnv },
+    });
     const session = new NbdSession(child, dir, uri);
-    const hello = JSON.parse(await session.nextLine((connectTimeoutS + 10) * 1000)) as SessionReply & { readOnly: boolean; description: string; size: number };
+    const hello = JSON.parse(
+      await session.nextLine((connectTimeoutS + 10) * 1000),
+    ) as SessionReply & { readOnly: boolean; description: string; size: number };
     if (!hello.ok) {
       await session.kill();
       throw new Error(`NBD session to ${uri} failed: ${hello.err ?? 'no reason'}`);
@@ -150,11 +159,20 @@ export class NbdSession {
   private nextLine(timeoutMs: number): Promise<string> {
     const line = this.lines.shift();
     if (line !== undefined) return Promise.resolve(line);
-    if (this.exited) return Promise.resolve(JSON.stringify({ ok: false, err: `session process exited: ${this.stderr}` }));
+    if (this.exited)
+      return Promise.resolve(
+        JSON.stringify({ ok: false, err: `session process exited: ${this.stderr}` }),
+      );
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.waiting = this.waiting.filter((w) => w !== done);
-        resolve(JSON.stringify({ ok: false, timeout: true, err: `the session process did not answer within ${timeoutMs} ms` }));
+        resolve(
+          JSON.stringify({
+            ok: false,
+            timeout: true,
+            err: `the session process did not answer within ${timeoutMs} ms`,
+          }),
+        );
       }, timeoutMs);
       const done = (l: string) => {
         clearTimeout(timer);
@@ -187,7 +205,10 @@ export class NbdSession {
   async read(offset: number, length: number, timeoutS = 60): Promise<Buffer> {
     const file = join(this.dir, `r-${randomBytes(4).toString('hex')}.bin`);
     const reply = await this.command({ op: 'read', offset, length, file }, timeoutS);
-    if (!reply.ok) throw new Error(`read of ${length} bytes at ${offset} through ${this.uri} failed: ${reply.err}`);
+    if (!reply.ok)
+      throw new Error(
+        `read of ${length} bytes at ${offset} through ${this.uri} failed: ${reply.err}`,
+      );
     try {
       return await readFile(file);
     } finally {

@@ -9,7 +9,10 @@ import { fileURLToPath } from 'node:url';
 
 /** Executable → Debian package, the same table npm test installs from. */
 export const PACKAGE_OF: Record<string, string> = JSON.parse(
-  readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'test-tools.json'), 'utf8'),
+  readFileSync(
+    join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'scripts', 'test-tools.json'),
+    'utf8',
+  ),
 );
 
 const found = new Map<string, boolean>();
@@ -27,9 +30,14 @@ export function have(tool: string): boolean {
 export function missing(...tools: string[]): string | undefined {
   const absent = tools.filter((t) => !have(t));
   // nbdsh and the python tests need Debian's python3 bindings as well.
-  if (tools.includes('nbdsh') && !absent.includes('nbdsh') && !pythonHasNbd()) absent.push('python3 nbd module');
+  if (tools.includes('nbdsh') && !absent.includes('nbdsh') && !pythonHasNbd())
+    absent.push('python3 nbd module');
   if (absent.length === 0) return undefined;
-  const packages = [...new Set(absent.map((t) => PACKAGE_OF[t] ?? (t === 'python3 nbd module' ? 'python3-libnbd' : t)))];
+  const packages = [
+    ...new Set(
+      absent.map((t) => PACKAGE_OF[t] ?? (t === 'python3 nbd module' ? 'python3-libnbd' : t)),
+    ),
+  ];
   return `needs ${absent.join(', ')}: apt-get install ${packages.join(' ')}`;
 }
 
@@ -40,9 +48,16 @@ export interface RunResult {
 }
 
 /** Run a command to completion, killed after timeoutMs. Never throws on exit status. */
-export function run(command: string, args: string[], options: { timeoutMs?: number; input?: string | Buffer; env?: Record<string, string> } = {}): Promise<RunResult> {
+export function run(
+  command: string,
+  args: string[],
+  options: { timeoutMs?: number; input?: string | Buffer; env?: Record<string, string> } = {},
+): Promise<RunResult> {
   return new Promise((done, fail) => {
-    const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ...toolEnv, ...options.env } });
+    const child = spawn(command, args, {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, ...toolEnv, ...options.env },
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -65,9 +80,14 @@ export function run(command: string, args: string[], options: { timeoutMs?: numb
 }
 
 /** Run and insist on exit status 0, with the output in the failure message. */
-export async function runOk(command: string, args: string[], options: Parameters<typeof run>[2] = {}): Promise<string> {
+export async function runOk(
+  command: string,
+  args: string[],
+  options: Parameters<typeof run>[2] = {},
+): Promise<string> {
   const r = await run(command, args, options);
-  if (r.code !== 0) throw new Error(`${command} ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
+  if (r.code !== 0)
+    throw new Error(`${command} ${args.join(' ')} exited ${r.code}:\n${r.stdout}\n${r.stderr}`);
   return r.stdout;
 }
 
@@ -80,7 +100,9 @@ export const SYSTEM_PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3'
 
 let pythonNbd: boolean | undefined;
 function pythonHasNbd(): boolean {
-  pythonNbd ??= spawnSync(SYSTEM_PYTHON, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status === 0;
+  pythonNbd ??=
+    spawnSync(SYSTEM_PYTHON, ['-c', 'import nbd'], { stdio: 'ignore', timeout: 20_000 }).status ===
+    0;
   return pythonNbd;
 }
 

@@ -8,7 +8,11 @@ import { nbdClientSuite } from './nbd-clients.js';
 
 nbdClientSuite('torusd', async () => {
   const dir = await makeDataDir('nbd');
-  const node = await startTorusd({ dataDir: dir, size: '1GiB', args: ['--ensure-volume', 'suite=256MiB'] });
+  const node = await startTorusd({
+    dataDir: dir,
+    size: '1GiB',
+    args: ['--ensure-volume', 'suite=256MiB'],
+  });
   return {
     uri: node.uri('suite'),
     unixUri: node.unixUri('suite'),

@@ -45,10 +45,14 @@ export async function startTorusd(options: {
   const startTimeoutMs = options.startTimeoutMs ?? 20_000;
   const args = [
     join(BIN, 'torusd'),
-    '--data-dir', options.dataDir,
-    '--size', options.size ?? '512MiB',
-    '--nbd', '127.0.0.1:0',
-    '--cache-size', '128MiB',
+    '--data-dir',
+    options.dataDir,
+    '--size',
+    options.size ?? '512MiB',
+    '--nbd',
+    '127.0.0.1:0',
+    '--cache-size',
+    '128MiB',
     ...(options.args ?? []),
   ];
   const [command, ...commandArgs] = [...(options.prefix ?? []), process.execPath, ...args];
@@ -59,7 +63,9 @@ export async function startTorusd(options: {
   let text = '';
   child.stdout!.on('data', (d: Buffer) => (text += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (text += d.toString()));
-  const exited = new Promise<number | string>((done) => child.once('exit', (code, signal) => done(code ?? signal ?? -1)));
+  const exited = new Promise<number | string>((done) =>
+    child.once('exit', (code, signal) => done(code ?? signal ?? -1)),
+  );
   const port = await new Promise<number>((done, fail) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -74,7 +80,7 @@ export async function startTorusd(options: {
       }
     };
     child.stdout!.on('data', check);
-    exited.then((code) => {
+    void exited.then((code) => {
       clearTimeout(timer);
       fail(new Error(`torusd exited (${code}) before listening:\n${text}`));
     });
@@ -99,9 +105,16 @@ export async function startTorusd(options: {
 }
 
 /** Run one of our CLIs to completion. */
-export function runCli(binary: 'torusctl' | 'torusblk' | 'torusd', args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+export function runCli(
+  binary: 'torusctl' | 'torusblk' | 'torusd',
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((done) => {
-    const child = spawn(process.execPath, [join(BIN, binary), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TORUS_LOG_FORMAT: 'json', ...env } });
+    const child = spawn(process.execPath, [join(BIN, binary), ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, TORUS_LOG_FORMAT: 'json', ...env },
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

@@ -20,4 +20,6 @@ const server = createServer((client) => {
   client.on('error', () => upstream.destroy());
   upstream.on('error', () => client.destroy());
 });
-server.listen(listenPort, '127.0.0.1', () => process.stdout.write(`relaying 127.0.0.1:${listenPort} to 127.0.0.1:${targetPort}\n`));
+server.listen(listenPort, '127.0.0.1', () =>
+  process.stdout.write(`relaying 127.0.0.1:${listenPort} to 127.0.0.1:${targetPort}\n`),
+);

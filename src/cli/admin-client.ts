@@ -13,7 +13,12 @@ import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ConflictError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
-import { DEFAULT_REPLICATION, initRing, readRing, type StoredRing } from '../controlplane/membership/ring-store.js';
+import {
+  DEFAULT_REPLICATION,
+  initRing,
+  readRing,
+  type StoredRing,
+} from '../controlplane/membership/ring-store.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
@@ -57,8 +62,12 @@ export class AdminClient {
     return this.etcd ? Promise.resolve(undefined) : adminCall<T>(this.socket, method, path, body);
   }
 
-  private async offline<T>(work: (catalog: VolumeCatalog, meta: MetadataStore) => Promise<T>): Promise<T> {
-    const meta = this.etcd ? await openClusterStore(this.etcd, { thread: false }) : await this.openLocal();
+  private async offline<T>(
+    work: (catalog: VolumeCatalog, meta: MetadataStore) => Promise<T>,
+  ): Promise<T> {
+    const meta = this.etcd
+      ? await openClusterStore(this.etcd, { thread: false })
+      : await this.openLocal();
     try {
       return await work(new VolumeCatalog(meta), meta);
     } finally {
@@ -70,7 +79,9 @@ export class AdminClient {
     await mkdir(this.dataDir, { recursive: true });
     const binding = await readClusterBinding(this.dataDir);
     if (binding) {
-      throw new ConflictError(`data directory ${this.dataDir} belongs to a cluster: its volumes are in etcd; use -C ${binding.etcd}`);
+      throw new ConflictError(
+        `data directory ${this.dataDir} belongs to a cluster: its volumes are in etcd; use -C ${binding.etcd}`,
+      );
     }
     return openEmbeddedMetadataStore(join(this.dataDir, 'meta'));
   }
@@ -80,18 +91,33 @@ export class AdminClient {
    * (version 1, ketama, no members, `replication` copies). Re-running
    * completes a half-done init and changes nothing else.
    */
-  async init(blockSize: number | undefined, replication?: number): Promise<{ blockSize: number; created: boolean; ring?: StoredRing }> {
+  async init(
+    blockSize: number | undefined,
+    replication?: number,
+  ): Promise<{ blockSize: number; created: boolean; ring?: StoredRing }> {
     return this.offline(async (catalog, meta) => {
       const wanted = blockSize ?? DEFAULT_BLOCK_SIZE;
       const existing = await catalog.settings();
       if (existing && blockSize && existing.blockSize !== blockSize) {
-        throw new UsageError(`${this.where} is already initialised with block size ${existing.blockSize}; it cannot change`);
+        throw new UsageError(
+          `${this.where} is already initialised with block size ${existing.blockSize}; it cannot change`,
+        );
       }
-      const settings = existing ?? (await catalog.initSettings({ blockSize: wanted, createdAt: new Date().toISOString() }));
+      const settings =
+        existing ??
+        (await catalog.initSettings({ blockSize: wanted, createdAt: new Date().toISOString() }));
       if (!this.etcd) return { blockSize: settings.blockSize, created: !existing };
-      const { ring, created: ringCreated } = await initRing(meta, { replication: replication ?? DEFAULT_REPLICATION });
-      if (!ringCreated && replication !== undefined && ring.description.replication !== replication) {
-        throw new UsageError(`${this.where} is already initialised with replication ${ring.description.replication}; change it with: torusctl ring set-replication ${replication}`);
+      const { ring, created: ringCreated } = await initRing(meta, {
+        replication: replication ?? DEFAULT_REPLICATION,
+      });
+      if (
+        !ringCreated &&
+        replication !== undefined &&
+        ring.description.replication !== replication
+      ) {
+        throw new UsageError(
+          `${this.where} is already initialised with replication ${ring.description.replication}; change it with: torusctl ring set-replication ${replication}`,
+        );
       }
       return { blockSize: settings.blockSize, created: !existing || ringCreated, ring };
     });
@@ -104,28 +130,58 @@ export class AdminClient {
       const locks = this.etcd ? await listVolumeLocks(meta) : new Map();
       const pins = this.etcd ? await listReadPins(meta) : [];
       // Cluster: a volume without its own replication has the ring's.
-      const ringReplication = this.etcd ? (await readRing(meta))?.description.replication : undefined;
-      return (await catalog.list()).map(({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => {
-        const lock = locks.get(row.name);
-        const readers = pins.filter((pin) => pin.volume === row.name).map(({ node, generation, since }) => ({ node, generation, since }));
-        const shown = this.etcd ? { ...row, replication: row.replication ?? ringReplication, readers } : row;
-        return lock ? { ...shown, lockedBy: describeHolder(lock.holder) } : shown;
-      });
+      const ringReplication = this.etcd
+        ? (await readRing(meta))?.description.replication
+        : undefined;
+      return (await catalog.list()).map(
+        ({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => {
+          const lock = locks.get(row.name);
+          const readers = pins
+            .filter((pin) => pin.volume === row.name)
+            .map(({ node, generation, since }) => ({ node, generation, since }));
+          const shown = this.etcd
+            ? { ...row, replication: row.replication ?? ringReplication, readers }
+            : row;
+          return lock ? { ...shown, lockedBy: describeHolder(lock.holder) } : shown;
+        },
+      );
     });
   }
 
-  async createVolume(name: string, size: number, encrypt: boolean, replication?: number): Promise<VolumeRow> {
+  async createVolume(
+    name: string,
+    size: number,
+    encrypt: boolean,
+    replication?: number,
+  ): Promise<VolumeRow> {
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) {
       throw new UsageError(`volume size must be a positive multiple of 4 KiB, got ${size} bytes`);
     }
     checkReplication(replication, this.etcd !== undefined);
-    const online = await this.online<VolumeStatus>('POST', '/v1/volumes', { name, size, encrypt, replication });
+    const online = await this.online<VolumeStatus>('POST', '/v1/volumes', {
+      name,
+      size,
+      encrypt,
+      replication,
+    });
     if (online) return online;
     return this.offline(async (catalog) => {
       const settings =
-        (await catalog.settings()) ?? (await catalog.initSettings({ blockSize: DEFAULT_BLOCK_SIZE, createdAt: new Date().toISOString() }));
-      const wrapped = encrypt ? await new KeyRing(this.keyFile ?? join(this.dataDir, 'master.key')).newWrappedKey() : undefined;
-      const { wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row } = await catalog.create({
+        (await catalog.settings()) ??
+        (await catalog.initSettings({
+          blockSize: DEFAULT_BLOCK_SIZE,
+          createdAt: new Date().toISOString(),
+        }));
+      const wrapped = encrypt
+        ? await new KeyRing(this.keyFile ?? join(this.dataDir, 'master.key')).newWrappedKey()
+        : undefined;
+      const {
+        wrappedKey: _k,
+        masterKeyFingerprint: _f,
+        root: _r,
+        blockSize: _b,
+        ...row
+      } = await catalog.create({
         name,
         size,
         blockSize: settings.blockSize,
@@ -151,4 +207,3 @@ export class AdminClient {
     return adminCall(this.socket, 'GET', '/v1/status');
   }
 }
-

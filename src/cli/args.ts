@@ -53,9 +53,14 @@ export interface Parsed {
 }
 
 export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean', short: 'h' } };
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
+    help: { type: 'boolean', short: 'h' },
+  };
   for (const [name, flag] of Object.entries(spec.flags)) {
-    options[name] = { type: flag.type === 'boolean' ? 'boolean' : 'string', ...(flag.short ? { short: flag.short } : {}) };
+    options[name] = {
+      type: flag.type === 'boolean' ? 'boolean' : 'string',
+      ...(flag.short ? { short: flag.short } : {}),
+    };
   }
   let raw;
   try {
@@ -68,7 +73,13 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
   const defaulted = new Set<string>();
   for (const [name, flag] of Object.entries(spec.flags)) {
     let text = raw.values[name] as string | boolean | undefined;
-    if (text === undefined && flag.env && process.env[flag.env] !== undefined && process.env[flag.env] !== '') text = process.env[flag.env];
+    if (
+      text === undefined &&
+      flag.env &&
+      process.env[flag.env] !== undefined &&
+      process.env[flag.env] !== ''
+    )
+      text = process.env[flag.env];
     if (text === undefined) {
       text = flag.default;
       defaulted.add(name);
@@ -81,16 +92,21 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
   const variadic = names[names.length - 1]?.endsWith('...');
   const min = spec.minPositionals ?? names.filter((n) => !n.startsWith('[')).length;
   if (positionals.length < min) {
-    throw new ArgumentError(`missing ${names.slice(positionals.length, min).join(' ')} (usage: ${spec.usage})`);
+    throw new ArgumentError(
+      `missing ${names.slice(positionals.length, min).join(' ')} (usage: ${spec.usage})`,
+    );
   }
   if (!variadic && positionals.length > names.length) {
-    throw new ArgumentError(`unexpected argument "${positionals[names.length]}" (usage: ${spec.usage})`);
+    throw new ArgumentError(
+      `unexpected argument "${positionals[names.length]}" (usage: ${spec.usage})`,
+    );
   }
   return { values, positionals, help: false, defaulted };
 }
 
 function convert(name: string, flag: FlagSpec, text: string | boolean): ParsedValue {
-  if (flag.type === 'boolean') return typeof text === 'boolean' ? text : text === 'true' || text === '1';
+  if (flag.type === 'boolean')
+    return typeof text === 'boolean' ? text : text === 'true' || text === '1';
   const value = String(text);
   switch (flag.type) {
     case 'string':
@@ -99,11 +115,14 @@ function convert(name: string, flag: FlagSpec, text: string | boolean): ParsedVa
       try {
         return parseSize(value);
       } catch {
-        throw new ArgumentError(`--${name}: expected a size like 20GiB, 512MiB or 1T, got "${value}"`);
+        throw new ArgumentError(
+          `--${name}: expected a size like 20GiB, 512MiB or 1T, got "${value}"`,
+        );
       }
     case 'integer': {
       const n = Number(value);
-      if (!Number.isSafeInteger(n) || n < 0) throw new ArgumentError(`--${name}: expected a non-negative whole number, got "${value}"`);
+      if (!Number.isSafeInteger(n) || n < 0)
+        throw new ArgumentError(`--${name}: expected a non-negative whole number, got "${value}"`);
       return n;
     }
     case 'address':
@@ -126,7 +145,12 @@ export function helpText(spec: CommandSpec): string {
   if (entries.length > 0) lines.push('flags:');
   for (const [name, flag] of entries) {
     const label = `${flag.short ? `-${flag.short}, ` : ''}--${name}${flag.type === 'boolean' ? '' : ' ' + flag.type.toUpperCase()}`;
-    const extra = [flag.default !== undefined ? `default ${flag.default}` : '', flag.env ? `env ${flag.env}` : ''].filter(Boolean).join('; ');
+    const extra = [
+      flag.default !== undefined ? `default ${flag.default}` : '',
+      flag.env ? `env ${flag.env}` : '',
+    ]
+      .filter(Boolean)
+      .join('; ');
     lines.push(`  ${label.padEnd(28)} ${flag.help}${extra ? ` (${extra})` : ''}`);
   }
   lines.push(`  ${'-h, --help'.padEnd(28)} show this help`);

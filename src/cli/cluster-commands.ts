@@ -16,8 +16,20 @@
 import { ConflictError, NotFoundError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
 import type { PeerInfo } from '../controlplane/membership/peer-info.js';
-import { memberRows, readMembership, type MemberRow, type MembershipSnapshot } from '../controlplane/membership/peer-table.js';
-import { addMembers, casRing, notInitialisedError, removeMembers, setReplication, type RingChange } from '../controlplane/membership/ring-store.js';
+import {
+  memberRows,
+  readMembership,
+  type MemberRow,
+  type MembershipSnapshot,
+} from '../controlplane/membership/peer-table.js';
+import {
+  addMembers,
+  casRing,
+  notInitialisedError,
+  removeMembers,
+  setReplication,
+  type RingChange,
+} from '../controlplane/membership/ring-store.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { RingDescription } from '../model/ring/ring.js';
 import { ArgumentError, type Parsed } from './args.js';
@@ -31,7 +43,8 @@ function withCluster<T>(args: Parsed, work: (meta: MetadataStore) => Promise<T>)
 
 function outputFormat(args: Parsed): 'table' | 'json' {
   const format = args.values.output as string;
-  if (format !== 'table' && format !== 'json') throw new ArgumentError(`--output: expected table or json, got "${format}"`);
+  if (format !== 'table' && format !== 'json')
+    throw new ArgumentError(`--output: expected table or json, got "${format}"`);
   return format;
 }
 
@@ -40,7 +53,12 @@ export function ago(then: number, now = Date.now()): string {
   const seconds = Math.round((now - then) / 1000);
   if (Math.abs(seconds) < 1) return 'now';
   if (seconds < 0) return `${-seconds} second${seconds === -1 ? '' : 's'} from now`;
-  const units: [number, string][] = [[86400, 'day'], [3600, 'hour'], [60, 'minute'], [1, 'second']];
+  const units: [number, string][] = [
+    [86400, 'day'],
+    [3600, 'hour'],
+    [60, 'minute'],
+    [1, 'second'],
+  ];
   for (const [size, name] of units) {
     if (seconds >= size) {
       const n = Math.floor(seconds / size);
@@ -86,21 +104,56 @@ function listing(snapshot: MembershipSnapshot): PeerListing {
 function printListing(list: PeerListing, format: 'table' | 'json'): void {
   const now = Date.now();
   if (format === 'json') {
-    const peers = list.rows.map((r) => ({ uuid: r.uuid, member: r.status, weight: r.weight, ...(r.peer ? { ...r.peer } : {}) }));
-    process.stdout.write(JSON.stringify({ peers, ringVersion: list.ring?.version, balanced: list.balanced, pending: list.pending, capacity: list.capacity, used: list.used }, null, 2) + '\n');
+    const peers = list.rows.map((r) => ({
+      uuid: r.uuid,
+      member: r.status,
+      weight: r.weight,
+      ...(r.peer ? { ...r.peer } : {}),
+    }));
+    process.stdout.write(
+      JSON.stringify(
+        {
+          peers,
+          ringVersion: list.ring?.version,
+          balanced: list.balanced,
+          pending: list.pending,
+          capacity: list.capacity,
+          used: list.used,
+        },
+        null,
+        2,
+      ) + '\n',
+    );
     return;
   }
   const rows = list.rows.map((r) =>
     r.peer
-      ? [r.peer.address, r.uuid, formatSize(r.peer.capacity), formatSize(r.peer.used), r.status, ago(r.peer.lastSeen, now), `${rate(r.peer.rebalanceRate)} / ${rate(r.peer.replicationRate)}`]
+      ? [
+          r.peer.address,
+          r.uuid,
+          formatSize(r.peer.capacity),
+          formatSize(r.peer.used),
+          r.status,
+          ago(r.peer.lastSeen, now),
+          `${rate(r.peer.rebalanceRate)} / ${rate(r.peer.replicationRate)}`,
+        ]
       : ['-', r.uuid, '-', '-', r.status, 'missing', '-'],
   );
-  process.stdout.write(table(['ADDRESS', 'UUID', 'SIZE', 'USED', 'MEMBER', 'UPDATED', 'REB/REP DATA'], rows));
+  process.stdout.write(
+    table(['ADDRESS', 'UUID', 'SIZE', 'USED', 'MEMBER', 'UPDATED', 'REB/REP DATA'], rows),
+  );
   // Pending is each node's last finished pass: a lower bound while a pass runs.
-  const moving = list.balanced ? '' : ` (${list.rebalancing} node${list.rebalancing === 1 ? '' : 's'} rebalancing${list.pending > 0 ? `, ${formatSize(list.pending)} left to move` : ''})`;
+  const moving = list.balanced
+    ? ''
+    : ` (${list.rebalancing} node${list.rebalancing === 1 ? '' : 's'} rebalancing${list.pending > 0 ? `, ${formatSize(list.pending)} left to move` : ''})`;
   process.stdout.write(`Balanced: ${list.balanced}${moving}\n`);
-  process.stdout.write(`Total: ${formatSize(list.used)} used of ${formatSize(list.capacity)} (${percent(list.used, list.capacity)})\n`);
-  if (!list.ring) process.stderr.write('torusctl: the cluster is not initialised (no ring): run torusctl -C ETCD init\n');
+  process.stdout.write(
+    `Total: ${formatSize(list.used)} used of ${formatSize(list.capacity)} (${percent(list.used, list.capacity)})\n`,
+  );
+  if (!list.ring)
+    process.stderr.write(
+      'torusctl: the cluster is not initialised (no ring): run torusctl -C ETCD init\n',
+    );
 }
 
 /** The live node an argument names, by peer address or uuid. */
@@ -110,7 +163,9 @@ function findLive(snapshot: MembershipSnapshot, arg: string): PeerInfo {
   if (byUuid) return byUuid;
   const byAddress = live.filter((p) => p.address === arg || p.address === arg.replace(/\/$/, ''));
   if (byAddress.length > 1) {
-    throw new ConflictError(`${byAddress.length} live nodes register address ${arg} (${byAddress.map((p) => p.uuid).join(', ')}): name one by uuid`);
+    throw new ConflictError(
+      `${byAddress.length} live nodes register address ${arg} (${byAddress.map((p) => p.uuid).join(', ')}): name one by uuid`,
+    );
   }
   if (byAddress.length === 1) return byAddress[0];
   throw new NotFoundError(`no live node has address or uuid ${arg} (see torusctl list-peers)`);
@@ -118,16 +173,31 @@ function findLive(snapshot: MembershipSnapshot, arg: string): PeerInfo {
 
 /** The ring member an argument names: a uuid, or the address of a live member. */
 function findMember(snapshot: MembershipSnapshot, ring: RingDescription, arg: string): MemberRow {
-  const rows = memberRows([...snapshot.peers.values()].map((p) => p.info), ring);
-  const row = rows.find((r) => r.uuid === arg) ?? rows.find((r) => r.peer && (r.peer.address === arg || r.peer.address === arg.replace(/\/$/, '')) && r.status === 'OK');
+  const rows = memberRows(
+    [...snapshot.peers.values()].map((p) => p.info),
+    ring,
+  );
+  const row =
+    rows.find((r) => r.uuid === arg) ??
+    rows.find(
+      (r) =>
+        r.peer &&
+        (r.peer.address === arg || r.peer.address === arg.replace(/\/$/, '')) &&
+        r.status === 'OK',
+    );
   if (row?.status === 'OK' || row?.status === 'DOWN') return row;
-  if (row) throw new ConflictError(`${arg} is not in the ring (it is ${row.status}); nothing to remove`);
-  throw new NotFoundError(`no ring member has uuid ${arg}, nor a live member that address (a DOWN member is named by its uuid; see torusctl list-peers)`);
+  if (row)
+    throw new ConflictError(`${arg} is not in the ring (it is ${row.status}); nothing to remove`);
+  throw new NotFoundError(
+    `no ring member has uuid ${arg}, nor a live member that address (a DOWN member is named by its uuid; see torusctl list-peers)`,
+  );
 }
 
 function describeChange(change: RingChange): string {
   const { previous, ring } = change;
-  return change.changed ? `ring version ${previous.version} → ${ring.description.version}` : `ring unchanged at version ${previous.version}`;
+  return change.changed
+    ? `ring version ${previous.version} → ${ring.description.version}`
+    : `ring unchanged at version ${previous.version}`;
 }
 
 function peerLabel(row: { uuid: string; peer?: PeerInfo }): string {
@@ -147,7 +217,8 @@ const peerAddSpec = {
 
 const peerRemoveSpec = {
   usage: 'peer remove PEER... [--force]',
-  summary: 'take nodes out of the ring (a DOWN node, or fewer members than replication, needs --force)',
+  summary:
+    'take nodes out of the ring (a DOWN node, or fewer members than replication, needs --force)',
   positionals: ['PEER...'],
   minPositionals: 1,
   flags: {
@@ -165,10 +236,14 @@ export function clusterCommands(): Command[] {
   return [
     {
       words: ['list-peers'],
-      aliases: [['peer', 'list'], ['peer', 'ls']],
+      aliases: [
+        ['peer', 'list'],
+        ['peer', 'ls'],
+      ],
       spec: {
         usage: 'list-peers [-o json]',
-        summary: 'show live nodes and ring members: OK (in the ring), Avail (not in it), DOWN (in it, not alive)',
+        summary:
+          'show live nodes and ring members: OK (in the ring), Avail (not in it), DOWN (in it, not alive)',
         flags: { output: outputFlag, ...clusterEtcdFlags },
       },
       async run(args) {
@@ -182,25 +257,47 @@ export function clusterCommands(): Command[] {
       spec: peerAddSpec,
       async run(args) {
         const all = Boolean(args.values['all-peers']);
-        if (all && args.positionals.length > 0) throw new ArgumentError('give peers or --all-peers, not both');
-        if (!all && args.positionals.length === 0) throw new ArgumentError(`missing PEER (an address or uuid), or --all-peers (usage: ${peerAddSpec.usage})`);
+        if (all && args.positionals.length > 0)
+          throw new ArgumentError('give peers or --all-peers, not both');
+        if (!all && args.positionals.length === 0)
+          throw new ArgumentError(
+            `missing PEER (an address or uuid), or --all-peers (usage: ${peerAddSpec.usage})`,
+          );
         await withCluster(args, async (meta) => {
           const snapshot = await readMembership(meta);
           if (!snapshot.ring) throw notInitialisedError();
           const members = new Set(snapshot.ring.description.members.map((m) => m.uuid));
           const chosen = all
             ? [...snapshot.peers.values()].map((p) => p.info).filter((p) => !members.has(p.uuid))
-            : [...new Map(args.positionals.map((arg) => findLive(snapshot, arg)).map((p) => [p.uuid, p])).values()];
+            : [
+                ...new Map(
+                  args.positionals.map((arg) => findLive(snapshot, arg)).map((p) => [p.uuid, p]),
+                ).values(),
+              ];
           const adding = chosen.filter((p) => !members.has(p.uuid));
-          for (const p of chosen) if (members.has(p.uuid)) process.stdout.write(`already in the ring: ${peerLabel({ uuid: p.uuid, peer: p })}\n`);
+          for (const p of chosen)
+            if (members.has(p.uuid))
+              process.stdout.write(
+                `already in the ring: ${peerLabel({ uuid: p.uuid, peer: p })}\n`,
+              );
           if (adding.length === 0) {
-            process.stdout.write(`${all ? 'no live node outside the ring; ' : ''}ring unchanged at version ${snapshot.ring.description.version}\n`);
+            process.stdout.write(
+              `${all ? 'no live node outside the ring; ' : ''}ring unchanged at version ${snapshot.ring.description.version}\n`,
+            );
             return;
           }
-          const change = await casRing(meta, undefined, addMembers(adding.map((p) => ({ uuid: p.uuid, weight: Math.max(1, p.capacity) }))));
+          const change = await casRing(
+            meta,
+            undefined,
+            addMembers(adding.map((p) => ({ uuid: p.uuid, weight: Math.max(1, p.capacity) }))),
+          );
           const added = new Set(change.ring.description.members.map((m) => m.uuid));
-          for (const p of adding) if (added.has(p.uuid)) process.stdout.write(`added ${peerLabel({ uuid: p.uuid, peer: p })}\n`);
-          process.stdout.write(`${describeChange(change)} (${change.ring.description.members.length} members)\n`);
+          for (const p of adding)
+            if (added.has(p.uuid))
+              process.stdout.write(`added ${peerLabel({ uuid: p.uuid, peer: p })}\n`);
+          process.stdout.write(
+            `${describeChange(change)} (${change.ring.description.members.length} members)\n`,
+          );
         });
       },
     },
@@ -214,7 +311,13 @@ export function clusterCommands(): Command[] {
           const snapshot = await readMembership(meta);
           if (!snapshot.ring) throw notInitialisedError();
           const ring = snapshot.ring.description;
-          const targets = [...new Map(args.positionals.map((arg) => findMember(snapshot, ring, arg)).map((r) => [r.uuid, r])).values()];
+          const targets = [
+            ...new Map(
+              args.positionals
+                .map((arg) => findMember(snapshot, ring, arg))
+                .map((r) => [r.uuid, r]),
+            ).values(),
+          ];
           const left = ring.members.length - targets.length;
           if (!force) {
             const down = targets.filter((t) => t.status === 'DOWN');
@@ -224,15 +327,29 @@ export function clusterCommands(): Command[] {
                   `(blocks survive only where other replicas are). If it is gone, repeat with --force`,
               );
             }
-            if (left === 0) throw new ConflictError('this would leave the ring with no members: nothing could store data. Repeat with --force if that is what you want');
+            if (left === 0)
+              throw new ConflictError(
+                'this would leave the ring with no members: nothing could store data. Repeat with --force if that is what you want',
+              );
             if (left < ring.replication) {
-              throw new ConflictError(`this would leave ${left} member${left === 1 ? '' : 's'} for replication ${ring.replication}: blocks would have fewer copies than asked. Lower it first (torusctl ring set-replication ${left}) or repeat with --force`);
+              throw new ConflictError(
+                `this would leave ${left} member${left === 1 ? '' : 's'} for replication ${ring.replication}: blocks would have fewer copies than asked. Lower it first (torusctl ring set-replication ${left}) or repeat with --force`,
+              );
             }
           }
           // Based on the version the checks saw: if the ring moved, they are stale.
-          const change = await casRing(meta, ring.version, removeMembers(targets.map((t) => t.uuid)));
-          for (const t of targets) process.stdout.write(`removed ${peerLabel(t)}${t.status === 'DOWN' ? ' (DOWN)' : ''}\n`);
-          process.stdout.write(`${describeChange(change)} (${change.ring.description.members.length} members)\n`);
+          const change = await casRing(
+            meta,
+            ring.version,
+            removeMembers(targets.map((t) => t.uuid)),
+          );
+          for (const t of targets)
+            process.stdout.write(
+              `removed ${peerLabel(t)}${t.status === 'DOWN' ? ' (DOWN)' : ''}\n`,
+            );
+          process.stdout.write(
+            `${describeChange(change)} (${change.ring.description.members.length} members)\n`,
+          );
         });
       },
     },
@@ -253,13 +370,21 @@ export function clusterCommands(): Command[] {
           return;
         }
         const total = ring.members.reduce((sum, m) => sum + m.weight, 0);
-        process.stdout.write(`Ring: ${ring.type}\nVersion: ${ring.version}\nReplication: ${ring.replication}\nMembers: ${ring.members.length}\n`);
+        process.stdout.write(
+          `Ring: ${ring.type}\nVersion: ${ring.version}\nReplication: ${ring.replication}\nMembers: ${ring.members.length}\n`,
+        );
         if (ring.members.length === 0) return;
         const rows = [...ring.members]
           .sort((a, b) => a.uuid.localeCompare(b.uuid))
           .map((m) => {
             const peer = snapshot.peers.get(m.uuid)?.info;
-            return [m.uuid, peer?.address ?? '-', formatSize(m.weight), percent(m.weight, total), peer ? 'OK' : 'DOWN'];
+            return [
+              m.uuid,
+              peer?.address ?? '-',
+              formatSize(m.weight),
+              percent(m.weight, total),
+              peer ? 'OK' : 'DOWN',
+            ];
           });
         process.stdout.write(table(['UUID', 'ADDRESS', 'WEIGHT', 'SHARE', 'STATUS'], rows));
       },
@@ -281,9 +406,13 @@ export function clusterCommands(): Command[] {
         await withCluster(args, async (meta) => {
           const change = await casRing(meta, undefined, setReplication(replication));
           const ring = change.ring.description;
-          process.stdout.write(`replication ${change.previous.replication} → ${ring.replication}; ${describeChange(change)}\n`);
+          process.stdout.write(
+            `replication ${change.previous.replication} → ${ring.replication}; ${describeChange(change)}\n`,
+          );
           if (ring.members.length < ring.replication) {
-            process.stdout.write(`note: the ring has ${ring.members.length} member${ring.members.length === 1 ? '' : 's'}; blocks get at most that many copies until more are added\n`);
+            process.stdout.write(
+              `note: the ring has ${ring.members.length} member${ring.members.length === 1 ? '' : 's'}; blocks get at most that many copies until more are added\n`,
+            );
           }
         });
       },

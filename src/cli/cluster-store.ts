@@ -18,7 +18,10 @@ export interface ClusterStoreOptions {
 }
 
 /** Connect and check etcd answers (within the store's call deadline, 5 s). */
-export async function openClusterStore(etcd: EtcdConfig, options: ClusterStoreOptions = {}): Promise<MetadataStore> {
+export async function openClusterStore(
+  etcd: EtcdConfig,
+  options: ClusterStoreOptions = {},
+): Promise<MetadataStore> {
   const settings = { endpoints: etcd.endpoints, tls: etcd.tls };
   try {
     if (options.thread !== false) return await openThreadedMetadataStore(settings);
@@ -28,8 +31,13 @@ export async function openClusterStore(etcd: EtcdConfig, options: ClusterStoreOp
   } catch (err) {
     if (err instanceof MetadataUnavailableError) {
       // gRPC appends a timestamp and an often empty "Resolution note:"; neither helps a reader.
-      const reason = err.message.replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/, '').replace(/\.?\s*Resolution note:\s*$/, '');
-      throw new MetadataUnavailableError(`cannot reach etcd at ${etcd.endpoints}: ${tlsHint(reason)}${reason}`, { cause: err });
+      const reason = err.message
+        .replace(/\s*\(\d{4}-\d\d-\d\dT[\d:.]+Z\)/, '')
+        .replace(/\.?\s*Resolution note:\s*$/, '');
+      throw new MetadataUnavailableError(
+        `cannot reach etcd at ${etcd.endpoints}: ${tlsHint(reason)}${reason}`,
+        { cause: err },
+      );
     }
     throw err;
   }
@@ -40,11 +48,19 @@ export async function openClusterStore(etcd: EtcdConfig, options: ClusterStoreOp
  * which flag is the likely culprit first. Empty when it is not a TLS failure.
  */
 export function tlsHint(message: string): string {
-  if (/alert (bad certificate|certificate required|unknown ca)|alert number (42|116|48)\b/i.test(message)) {
-    return 'etcd refused this client\'s certificate (give --etcd-cert-file and --etcd-key-file, signed by a CA etcd trusts): ';
+  if (
+    /alert (bad certificate|certificate required|unknown ca)|alert number (42|116|48)\b/i.test(
+      message,
+    )
+  ) {
+    return "etcd refused this client's certificate (give --etcd-cert-file and --etcd-key-file, signed by a CA etcd trusts): ";
   }
-  if (/unable to (get local issuer|verify)|self[- ]signed certificate|certificate verify failed|CERT_/i.test(message)) {
-    return 'etcd\'s server certificate is not signed by --etcd-ca-file (or does not name this host): ';
+  if (
+    /unable to (get local issuer|verify)|self[- ]signed certificate|certificate verify failed|CERT_/i.test(
+      message,
+    )
+  ) {
+    return "etcd's server certificate is not signed by --etcd-ca-file (or does not name this host): ";
   }
   if (/wrong version number|http_request|packet length too long/i.test(message)) {
     return 'etcd and this client disagree about TLS (https:// endpoints for a TLS etcd, http:// for a plain one): ';
@@ -56,7 +72,10 @@ export function tlsHint(message: string): string {
  * Run `work` with the cluster's store, closed afterwards whatever happens.
  * Used by torusctl's cluster commands, which are short-lived: no thread.
  */
-export async function withClusterStore<T>(etcd: EtcdConfig, work: (meta: MetadataStore) => Promise<T>): Promise<T> {
+export async function withClusterStore<T>(
+  etcd: EtcdConfig,
+  work: (meta: MetadataStore) => Promise<T>,
+): Promise<T> {
   const meta = await openClusterStore(etcd, { thread: false });
   try {
     return await work(meta);

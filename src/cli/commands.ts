@@ -14,13 +14,21 @@ export interface Command {
   run(args: Parsed): Promise<number | void>;
 }
 
-export async function dispatch(program: string, summary: string, commands: Command[], argv: string[]): Promise<number> {
+export async function dispatch(
+  program: string,
+  summary: string,
+  commands: Command[],
+  argv: string[],
+): Promise<number> {
   // First pass, permissive, only to find the command words: value-taking flags
   // of every command are declared so their values are not taken for words.
   const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
   for (const c of commands) {
     for (const [name, flag] of Object.entries(c.spec.flags)) {
-      options[name] = { type: flag.type === 'boolean' ? 'boolean' : 'string', ...(flag.short ? { short: flag.short } : {}) };
+      options[name] = {
+        type: flag.type === 'boolean' ? 'boolean' : 'string',
+        ...(flag.short ? { short: flag.short } : {}),
+      };
     }
   }
   const loose = parseArgs({ args: argv, options, allowPositionals: true, strict: false });
@@ -36,7 +44,9 @@ export async function dispatch(program: string, summary: string, commands: Comma
       (asked ? process.stdout : process.stderr).write(overview(program, summary, commands));
       return asked ? 0 : 2;
     }
-    throw new ArgumentError(`unknown command "${words.slice(0, 2).join(' ')}" (see ${program} --help)`);
+    throw new ArgumentError(
+      `unknown command "${words.slice(0, 2).join(' ')}" (see ${program} --help)`,
+    );
   }
   // Second pass, strict, with the command's own flags; drop its words.
   const remaining = [...argv];
@@ -59,7 +69,11 @@ function overview(program: string, summary: string, commands: Command[]): string
 /** Print rows as an aligned table. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd();
   return [line(headers), ...rows.map(line)].join('\n') + '\n';
 }
 

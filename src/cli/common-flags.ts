@@ -10,7 +10,7 @@ export const DEFAULT_NBD_ADDR = '127.0.0.1:10809';
 export const dataDirFlag: FlagSpec = {
   type: 'string',
   short: 'd',
-  help: 'directory holding this node\'s blocks and metadata',
+  help: "directory holding this node's blocks and metadata",
   default: DEFAULT_DATA_DIR,
   env: 'TORUS_DATA_DIR',
 };
@@ -42,9 +42,21 @@ export interface EtcdConfig {
 }
 
 const etcdTlsFlags: Record<string, FlagSpec> = {
-  'etcd-ca-file': { type: 'string', help: 'CA certificate that signed etcd\'s server certificate (TLS to etcd)', env: 'TORUS_ETCD_CA_FILE' },
-  'etcd-cert-file': { type: 'string', help: 'client certificate for etcd (with --etcd-key-file)', env: 'TORUS_ETCD_CERT_FILE' },
-  'etcd-key-file': { type: 'string', help: 'client key for etcd (with --etcd-cert-file)', env: 'TORUS_ETCD_KEY_FILE' },
+  'etcd-ca-file': {
+    type: 'string',
+    help: "CA certificate that signed etcd's server certificate (TLS to etcd)",
+    env: 'TORUS_ETCD_CA_FILE',
+  },
+  'etcd-cert-file': {
+    type: 'string',
+    help: 'client certificate for etcd (with --etcd-key-file)',
+    env: 'TORUS_ETCD_CERT_FILE',
+  },
+  'etcd-key-file': {
+    type: 'string',
+    help: 'client key for etcd (with --etcd-cert-file)',
+    env: 'TORUS_ETCD_KEY_FILE',
+  },
 };
 
 /** -C/--etcd for commands that otherwise use the single-node store in --data-dir. */
@@ -60,7 +72,13 @@ export const etcdFlags: Record<string, FlagSpec> = {
 
 /** -C/--etcd for commands that only make sense on a cluster: etcd on this host unless told otherwise. */
 export const clusterEtcdFlags: Record<string, FlagSpec> = {
-  etcd: { type: 'string', short: 'C', help: 'etcd endpoints of the cluster, comma-separated', default: DEFAULT_ETCD, env: 'TORUS_ETCD' },
+  etcd: {
+    type: 'string',
+    short: 'C',
+    help: 'etcd endpoints of the cluster, comma-separated',
+    default: DEFAULT_ETCD,
+    env: 'TORUS_ETCD',
+  },
   ...etcdTlsFlags,
 };
 
@@ -77,7 +95,10 @@ export function etcdConfigOf(values: Record<string, ParsedValue>): EtcdConfig | 
   };
   const tlsGiven = Object.entries(tls).filter(([, v]) => v !== undefined);
   if (endpoints === undefined) {
-    if (tlsGiven.length > 0) throw new ArgumentError(`--etcd-${tlsGiven[0][0].replace('File', '')}-file needs --etcd (the etcd endpoints)`);
+    if (tlsGiven.length > 0)
+      throw new ArgumentError(
+        `--etcd-${tlsGiven[0][0].replace('File', '')}-file needs --etcd (the etcd endpoints)`,
+      );
     return undefined;
   }
   let https: boolean;
@@ -86,8 +107,12 @@ export function etcdConfigOf(values: Record<string, ParsedValue>): EtcdConfig | 
   } catch (err) {
     throw new ArgumentError(`--etcd: ${(err as Error).message}`);
   }
-  if ((https || tlsGiven.length > 0) && !tls.caFile) throw new ArgumentError('--etcd-ca-file: TLS to etcd needs the CA certificate that signed its server certificate');
-  if (Boolean(tls.certFile) !== Boolean(tls.keyFile)) throw new ArgumentError('--etcd-cert-file and --etcd-key-file go together');
+  if ((https || tlsGiven.length > 0) && !tls.caFile)
+    throw new ArgumentError(
+      '--etcd-ca-file: TLS to etcd needs the CA certificate that signed its server certificate',
+    );
+  if (Boolean(tls.certFile) !== Boolean(tls.keyFile))
+    throw new ArgumentError('--etcd-cert-file and --etcd-key-file go together');
   return tlsGiven.length > 0 ? { endpoints, tls } : { endpoints };
 }
 
@@ -102,7 +127,8 @@ export function etcdConfigOf(values: Record<string, ParsedValue>): EtcdConfig | 
 export async function etcdOrSingleNode(args: Parsed): Promise<EtcdConfig | undefined> {
   const given = etcdConfigOf(args.values);
   if (given) return given;
-  if (!args.defaulted?.has('data-dir') || existsSync(args.values['data-dir'] as string)) return undefined;
+  if (!args.defaulted?.has('data-dir') || existsSync(args.values['data-dir'] as string))
+    return undefined;
   return (await answers('127.0.0.1', 2379, 300)) ? { endpoints: DEFAULT_ETCD } : undefined;
 }
 

@@ -30,14 +30,38 @@ import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from '.
 import { Closers } from './shutdown.js';
 
 export const nbdserveFlags: Record<string, FlagSpec> = {
-  listen: { type: 'address', short: 'l', help: 'NBD listen address HOST:PORT', default: DEFAULT_NBD_ADDR, env: 'TORUS_NBD_ADDR' },
-  unix: { type: 'string', help: 'also serve NBD on this unix socket (nbd+unix://; torusblk nbd uses one)' },
+  listen: {
+    type: 'address',
+    short: 'l',
+    help: 'NBD listen address HOST:PORT',
+    default: DEFAULT_NBD_ADDR,
+    env: 'TORUS_NBD_ADDR',
+  },
+  unix: {
+    type: 'string',
+    help: 'also serve NBD on this unix socket (nbd+unix://; torusblk nbd uses one)',
+  },
   'cache-size': { type: 'size', help: 'block cache size', default: '256MiB' },
-  'scratch-size': { type: 'size', help: 'local scratch store for map pages being committed', default: '256MiB' },
-  'scratch-dir': { type: 'string', help: 'where the scratch store goes (removed at exit)', default: tmpdir() },
-  workers: { type: 'integer', help: 'data-plane worker threads (default: one per core, at most 4)' },
+  'scratch-size': {
+    type: 'size',
+    help: 'local scratch store for map pages being committed',
+    default: '256MiB',
+  },
+  'scratch-dir': {
+    type: 'string',
+    help: 'where the scratch store goes (removed at exit)',
+    default: tmpdir(),
+  },
+  workers: {
+    type: 'integer',
+    help: 'data-plane worker threads (default: one per core, at most 4)',
+  },
   'key-file': keyFileFlag,
-  'lock-linger': { type: 'integer', help: 'seconds a volume stays open, holding its write lock, after its last client disconnected', default: '5' },
+  'lock-linger': {
+    type: 'integer',
+    help: 'seconds a volume stays open, holding its write lock, after its last client disconnected',
+    default: '5',
+  },
   port: { type: 'integer', help: 'HTTP port for /metrics and /healthz (off unless given)' },
   host: { type: 'string', help: 'HTTP listen host', default: '127.0.0.1' },
   ...clusterEtcdFlags,
@@ -51,7 +75,10 @@ export interface ServingClient {
 }
 
 /** Start serving; the caller waits for a signal and runs closers.closeAll(). */
-export async function startNbdServe(args: Parsed, options: { unixPath?: string } = {}): Promise<ServingClient> {
+export async function startNbdServe(
+  args: Parsed,
+  options: { unixPath?: string } = {},
+): Promise<ServingClient> {
   const v = args.values;
   const etcd = etcdConfigOf(v)!;
   const log = logger('torusblk');
@@ -60,7 +87,10 @@ export async function startNbdServe(args: Parsed, options: { unixPath?: string }
     const meta = await openClusterStore(etcd);
     closers.push(() => meta.close());
     const settings = await new VolumeCatalog(meta).settings();
-    if (!settings) throw new NotFoundError(`the cluster in etcd ${etcd.endpoints} is not initialised: run torusctl -C ${etcd.endpoints} init first`);
+    if (!settings)
+      throw new NotFoundError(
+        `the cluster in etcd ${etcd.endpoints} is not initialised: run torusctl -C ${etcd.endpoints} init first`,
+      );
 
     const scratch = await mkdtemp(join(v['scratch-dir'] as string, 'torusblk-'));
     closers.push(() => rm(scratch, { recursive: true, force: true }));
@@ -90,7 +120,10 @@ export async function startNbdServe(args: Parsed, options: { unixPath?: string }
     const unixPath = options.unixPath ?? (v.unix as string | undefined);
     if (unixPath) await nbd.listenUnix(unixPath);
     if (v.port !== undefined) {
-      const http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({ ok: true, detail: node.status() }));
+      const http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({
+        ok: true,
+        detail: node.status(),
+      }));
       closers.push(
         () =>
           new Promise<void>((resolve) => {
@@ -101,9 +134,22 @@ export async function startNbdServe(args: Parsed, options: { unixPath?: string }
     }
     const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
     const volumes = await node.list();
-    log.info({ nbd: `${host}:${bound.port}`, unix: unixPath, etcd: etcd.endpoints, client: uuid, scratch: formatSize(v['scratch-size'] as number), volumes: volumes.map((e) => e.name) }, 'torusblk serving the cluster over NBD');
-    process.stdout.write(`torusblk serving the volumes of cluster ${settings.createdAt} (etcd ${etcd.endpoints}) on nbd://${host}:${bound.port}/VOLUME\n`);
-    for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
+    log.info(
+      {
+        nbd: `${host}:${bound.port}`,
+        unix: unixPath,
+        etcd: etcd.endpoints,
+        client: uuid,
+        scratch: formatSize(v['scratch-size'] as number),
+        volumes: volumes.map((e) => e.name),
+      },
+      'torusblk serving the cluster over NBD',
+    );
+    process.stdout.write(
+      `torusblk serving the volumes of cluster ${settings.createdAt} (etcd ${etcd.endpoints}) on nbd://${host}:${bound.port}/VOLUME\n`,
+    );
+    for (const { name } of volumes)
+      process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
     return { nbd, address: { host: bound.address, port: bound.port }, closers };
   } catch (err) {
     await closers.closeAll();

@@ -27,7 +27,9 @@ const commands: Command[] = [
     },
     async run(args) {
       const serving = await startNbdServe(args);
-      await serving.closers.untilSignalled('draining NBD clients, committing acknowledged writes, releasing write locks');
+      await serving.closers.untilSignalled(
+        'draining NBD clients, committing acknowledged writes, releasing write locks',
+      );
       logger('torusblk').info('stopped');
       return 0;
     },
@@ -36,18 +38,25 @@ const commands: Command[] = [
     words: ['nbd'],
     spec: {
       usage: 'nbd VOLUME [/dev/nbdX]',
-      summary: 'attach a volume as a kernel block device through nbd-client (runs until stopped, then detaches)',
+      summary:
+        'attach a volume as a kernel block device through nbd-client (runs until stopped, then detaches)',
       positionals: ['VOLUME', '[DEVICE]'],
       minPositionals: 1,
       flags: nbdserveFlags,
     },
     async run(args) {
       const [volume, deviceArg] = args.positionals;
-      if (deviceArg !== undefined && !/^\/dev\/nbd\d+$/.test(deviceArg)) throw new ArgumentError(`DEVICE must be /dev/nbdN, got "${deviceArg}"`);
+      if (deviceArg !== undefined && !/^\/dev\/nbd\d+$/.test(deviceArg))
+        throw new ArgumentError(`DEVICE must be /dev/nbdN, got "${deviceArg}"`);
       const device = deviceArg ?? freeNbdDevice();
-      if (!existsSync(device)) throw new UsageError(`${device} does not exist: is the kernel's nbd module loaded? (modprobe nbd)`);
+      if (!existsSync(device))
+        throw new UsageError(
+          `${device} does not exist: is the kernel's nbd module loaded? (modprobe nbd)`,
+        );
       if (spawnSync('nbd-client', ['-V'], { stdio: 'ignore' }).error) {
-        throw new UsageError('nbd-client is not installed (Debian/Ubuntu: apt-get install nbd-client); or serve with `torusblk nbdserve` and attach with any NBD client');
+        throw new UsageError(
+          'nbd-client is not installed (Debian/Ubuntu: apt-get install nbd-client); or serve with `torusblk nbdserve` and attach with any NBD client',
+        );
       }
       const socketDir = await mkdtemp(join(tmpdir(), 'torusblk-nbd-'));
       const unixPath = join(socketDir, 'nbd.sock');
@@ -61,17 +70,26 @@ const commands: Command[] = [
         throw err;
       }
       serving.closers.push(() => rm(socketDir, { recursive: true, force: true }));
-      const attach = spawnSync('nbd-client', ['-unix', unixPath, device, '-N', volume, '-b', '4096'], { encoding: 'utf8' });
+      const attach = spawnSync(
+        'nbd-client',
+        ['-unix', unixPath, device, '-N', volume, '-b', '4096'],
+        { encoding: 'utf8' },
+      );
       if (attach.status !== 0) {
         await serving.closers.closeAll();
-        throw new UsageError(`nbd-client could not attach ${volume} to ${device}: ${(attach.stderr || attach.stdout || String(attach.error)).trim()}`);
+        throw new UsageError(
+          `nbd-client could not attach ${volume} to ${device}: ${(attach.stderr || attach.stdout || String(attach.error)).trim()}`,
+        );
       }
       serving.closers.push(async () => {
         // First to run at shutdown: the kernel lets go before the server drains.
         const detach = spawnSync('nbd-client', ['-d', device], { encoding: 'utf8' });
-        if (detach.status !== 0) logger('torusblk').warn({ device, err: detach.stderr.trim() }, 'nbd-client -d failed');
+        if (detach.status !== 0)
+          logger('torusblk').warn({ device, err: detach.stderr.trim() }, 'nbd-client -d failed');
       });
-      process.stdout.write(`attached volume ${volume} as ${device}; stop torusblk (SIGTERM/SIGINT) to detach\n`);
+      process.stdout.write(
+        `attached volume ${volume} as ${device}; stop torusblk (SIGTERM/SIGINT) to detach\n`,
+      );
       await serving.closers.untilSignalled(`detaching ${device}, committing acknowledged writes`);
       return 0;
     },
@@ -90,7 +108,11 @@ function freeNbdDevice(): string {
     .filter((d) => /^nbd\d+$/.test(d))
     .sort((a, b) => Number(a.slice(3)) - Number(b.slice(3)));
   for (const d of devices) if (!existsSync(join('/sys/block', d, 'pid'))) return `/dev/${d}`;
-  throw new UsageError(`every NBD device is in use (${devices.length}); give one explicitly or raise nbds_max`);
+  throw new UsageError(
+    `every NBD device is in use (${devices.length}); give one explicitly or raise nbds_max`,
+  );
 }
 
-runMain('torusblk', () => dispatch('torusblk', 'Torus block-volume tools.', commands, process.argv.slice(2)));
+runMain('torusblk', () =>
+  dispatch('torusblk', 'Torus block-volume tools.', commands, process.argv.slice(2)),
+);

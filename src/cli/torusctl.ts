@@ -12,30 +12,47 @@ const commands: Command[] = [
     words: ['init'],
     spec: {
       usage: 'init [--block-size SIZE] [-C ETCD [--replication N]]',
-      summary: 'initialise settings: block size; with -C, the cluster in etcd and its ring (replication)',
+      summary:
+        'initialise settings: block size; with -C, the cluster in etcd and its ring (replication)',
       flags: {
         'data-dir': dataDirFlag,
         'block-size': { type: 'size', help: 'block size for every volume (default 64KiB)' },
-        replication: { type: 'integer', help: 'with -C: copies of each block the ring asks for (default 2)' },
+        replication: {
+          type: 'integer',
+          help: 'with -C: copies of each block the ring asks for (default 2)',
+        },
         ...etcdFlags,
       },
     },
     async run(args) {
       const etcd = await etcdOrSingleNode(args);
       const replication = args.values.replication as number | undefined;
-      if (replication !== undefined && !etcd) throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
-      if (replication !== undefined && replication < 1) throw new ArgumentError(`--replication: expected a whole number ≥ 1, got ${replication}`);
+      if (replication !== undefined && !etcd)
+        throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
+      if (replication !== undefined && replication < 1)
+        throw new ArgumentError(`--replication: expected a whole number ≥ 1, got ${replication}`);
       const admin = new AdminClient(args.values['data-dir'] as string, undefined, etcd);
-      const { blockSize, created, ring } = await admin.init(args.values['block-size'] as number | undefined, replication);
-      const ringText = ring ? `, ${ring.description.type} ring version ${ring.description.version}, replication ${ring.description.replication}` : '';
-      process.stdout.write(`${created ? 'initialised' : 'already initialised'}: ${admin.where} (block size ${formatSize(blockSize)}${ringText})\n`);
+      const { blockSize, created, ring } = await admin.init(
+        args.values['block-size'] as number | undefined,
+        replication,
+      );
+      const ringText = ring
+        ? `, ${ring.description.type} ring version ${ring.description.version}, replication ${ring.description.replication}`
+        : '';
+      process.stdout.write(
+        `${created ? 'initialised' : 'already initialised'}: ${admin.where} (block size ${formatSize(blockSize)}${ringText})\n`,
+      );
     },
   },
   ...volumeCommands('create-block'),
   ...clusterCommands(),
   {
     words: ['status'],
-    spec: { usage: 'status', summary: 'show the running node\'s store, cache and volumes', flags: { 'data-dir': dataDirFlag } },
+    spec: {
+      usage: 'status',
+      summary: "show the running node's store, cache and volumes",
+      flags: { 'data-dir': dataDirFlag },
+    },
     async run(args) {
       const admin = new AdminClient(args.values['data-dir'] as string);
       const status = await admin.status();
@@ -48,4 +65,11 @@ const commands: Command[] = [
   },
 ];
 
-runMain('torusctl', () => dispatch('torusctl', 'Administer Torus: volumes, cluster settings, node status.', commands, process.argv.slice(2)));
+runMain('torusctl', () =>
+  dispatch(
+    'torusctl',
+    'Administer Torus: volumes, cluster settings, node status.',
+    commands,
+    process.argv.slice(2),
+  ),
+);

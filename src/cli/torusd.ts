@@ -30,26 +30,73 @@ import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, StorageNode } from '../node/storage-node.js';
-import { ArgumentError, helpText, parseCommand, runMain, type Address, type CommandSpec } from './args.js';
+import {
+  ArgumentError,
+  helpText,
+  parseCommand,
+  runMain,
+  type Address,
+  type CommandSpec,
+} from './args.js';
 import { openClusterStore } from './cluster-store.js';
 import { Closers } from './shutdown.js';
-import { DEFAULT_NBD_ADDR, DEFAULT_PEER_ADDRESS, dataDirFlag, etcdConfigOf, etcdFlags, keyFileFlag, type EtcdConfig } from './common-flags.js';
+import {
+  DEFAULT_NBD_ADDR,
+  DEFAULT_PEER_ADDRESS,
+  dataDirFlag,
+  etcdConfigOf,
+  etcdFlags,
+  keyFileFlag,
+  type EtcdConfig,
+} from './common-flags.js';
 
 const spec: CommandSpec = {
   usage: 'torusd [flags]',
   summary: 'Run a Torus storage node: serve its volumes over NBD.',
   flags: {
     'data-dir': dataDirFlag,
-    size: { type: 'size', help: 'capacity of the local block store, preallocated at first start (e.g. 20GiB)', env: 'TORUS_SIZE' },
-    nbd: { type: 'address', help: 'NBD listen address HOST:PORT', default: DEFAULT_NBD_ADDR, env: 'TORUS_NBD_ADDR' },
-    'nbd-unix': { type: 'string', help: 'NBD unix socket path, for nbd+unix:// (default <data-dir>/nbd.sock; "" to disable)' },
-    host: { type: 'string', help: 'HTTP listen host for /metrics and /healthz', default: '127.0.0.1' },
-    port: { type: 'integer', help: 'HTTP listen port for /metrics and /healthz (off unless given)' },
-    'block-size': { type: 'size', help: `block size, fixed when the store is first created (default ${formatSize(DEFAULT_BLOCK_SIZE)})` },
-    'cache-size': { type: 'size', help: `shared block cache size (default ${formatSize(DEFAULT_CACHE_BYTES)})`, env: 'TORUS_CACHE_SIZE' },
-    workers: { type: 'integer', help: 'data-plane worker threads (default: one per core, at most 4)' },
+    size: {
+      type: 'size',
+      help: 'capacity of the local block store, preallocated at first start (e.g. 20GiB)',
+      env: 'TORUS_SIZE',
+    },
+    nbd: {
+      type: 'address',
+      help: 'NBD listen address HOST:PORT',
+      default: DEFAULT_NBD_ADDR,
+      env: 'TORUS_NBD_ADDR',
+    },
+    'nbd-unix': {
+      type: 'string',
+      help: 'NBD unix socket path, for nbd+unix:// (default <data-dir>/nbd.sock; "" to disable)',
+    },
+    host: {
+      type: 'string',
+      help: 'HTTP listen host for /metrics and /healthz',
+      default: '127.0.0.1',
+    },
+    port: {
+      type: 'integer',
+      help: 'HTTP listen port for /metrics and /healthz (off unless given)',
+    },
+    'block-size': {
+      type: 'size',
+      help: `block size, fixed when the store is first created (default ${formatSize(DEFAULT_BLOCK_SIZE)})`,
+    },
+    'cache-size': {
+      type: 'size',
+      help: `shared block cache size (default ${formatSize(DEFAULT_CACHE_BYTES)})`,
+      env: 'TORUS_CACHE_SIZE',
+    },
+    workers: {
+      type: 'integer',
+      help: 'data-plane worker threads (default: one per core, at most 4)',
+    },
     'key-file': keyFileFlag,
-    'ensure-volume': { type: 'string', help: 'create volume NAME=SIZE at start if it does not exist (e.g. default=1GiB)' },
+    'ensure-volume': {
+      type: 'string',
+      help: 'create volume NAME=SIZE at start if it does not exist (e.g. default=1GiB)',
+    },
     ...etcdFlags,
     'peer-address': {
       type: 'string',
@@ -81,7 +128,10 @@ const spec: CommandSpec = {
       help: 'seconds between scrub passes, the first this long after start (default 86400; 0 never)',
       env: 'TORUS_SCRUB_INTERVAL',
     },
-    'auto-join': { type: 'boolean', help: 'add this node to the ring at start if it is not a member (needs --etcd)' },
+    'auto-join': {
+      type: 'boolean',
+      help: 'add this node to the ring at start if it is not a member (needs --etcd)',
+    },
   },
 };
 
@@ -97,9 +147,13 @@ export async function main(argv: string[]): Promise<number> {
   const ensure = parseEnsureVolume(v['ensure-volume'] as string | undefined);
   const etcd = etcdConfigOf(v);
   const peerAddress = parsePeerAddress(v['peer-address'] as string);
-  if (v['auto-join'] && !etcd) throw new ArgumentError('--auto-join needs --etcd (a single node has no ring)');
+  if (v['auto-join'] && !etcd)
+    throw new ArgumentError('--auto-join needs --etcd (a single node has no ring)');
   for (const flag of ['rebalance-rate', 'scrub-rate'] as const) {
-    if (v[flag] !== undefined && !((v[flag] as number) > 0)) throw new ArgumentError(`--${flag}: expected a rate above 0 bytes per second (e.g. 16MiB), got ${v[flag]}`);
+    if (v[flag] !== undefined && !((v[flag] as number) > 0))
+      throw new ArgumentError(
+        `--${flag}: expected a rate above 0 bytes per second (e.g. 16MiB), got ${v[flag]}`,
+      );
   }
   const log = logger('torusd');
   const metrics = new NodeMetrics();
@@ -107,7 +161,8 @@ export async function main(argv: string[]): Promise<number> {
   // Closed in reverse order: the cluster store and the directory lock last.
   const closers = new Closers(log);
   const closeAll = () => closers.closeAll();
-  let cluster: { meta: MetadataStore; uuid: string; clusterId: string; newNode: boolean } | undefined;
+  let cluster:
+    { meta: MetadataStore; uuid: string; clusterId: string; newNode: boolean } | undefined;
   let node: StorageNode;
   try {
     if (etcd) cluster = await openCluster(etcd, dataDir, closers);
@@ -123,10 +178,15 @@ export async function main(argv: string[]): Promise<number> {
       meta: cluster?.meta,
       cluster: cluster ? { uuid: cluster.uuid, clusterId: cluster.clusterId } : undefined,
       rebalanceRate: v['rebalance-rate'] as number | undefined,
-      rebalanceIntervalMs: v['rebalance-interval'] === undefined ? undefined : (v['rebalance-interval'] as number) * 1000,
-      lockLingerMs: v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
+      rebalanceIntervalMs:
+        v['rebalance-interval'] === undefined
+          ? undefined
+          : (v['rebalance-interval'] as number) * 1000,
+      lockLingerMs:
+        v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
       scrubRate: v['scrub-rate'] as number | undefined,
-      scrubIntervalMs: v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
+      scrubIntervalMs:
+        v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
     });
   } catch (err) {
     await closeAll();
@@ -140,13 +200,17 @@ export async function main(argv: string[]): Promise<number> {
     const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const bound = await nbd.listenTcp(nbdAddress.host, nbdAddress.port);
-    const unixPath = v['nbd-unix'] === undefined ? join(dataDir, 'nbd.sock') : (v['nbd-unix'] as string);
+    const unixPath =
+      v['nbd-unix'] === undefined ? join(dataDir, 'nbd.sock') : (v['nbd-unix'] as string);
     if (unixPath) await nbd.listenUnix(unixPath);
     const admin = await startAdminApi(node, join(dataDir, 'torusd.sock'));
     closers.push(() => closeServer(admin));
     let http: Server | undefined;
     if (v.port !== undefined) {
-      http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({ ok: true, detail: node.status() }));
+      http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({
+        ok: true,
+        detail: node.status(),
+      }));
       closers.push(() => closeServer(http!));
     }
     let member: ClusterMember | undefined;
@@ -176,14 +240,30 @@ export async function main(argv: string[]): Promise<number> {
     }
     const host = formatHost(bound.address);
     const volumes = await node.list();
-    log.info({ nbd: `${host}:${bound.port}`, unix: unixPath || undefined, http: v.port !== undefined ? `${v.host}:${v.port}` : undefined, peer: peerListen, volumes: volumes.map((e) => e.name) }, 'torusd serving');
+    log.info(
+      {
+        nbd: `${host}:${bound.port}`,
+        unix: unixPath || undefined,
+        http: v.port !== undefined ? `${v.host}:${v.port}` : undefined,
+        peer: peerListen,
+        volumes: volumes.map((e) => e.name),
+      },
+      'torusd serving',
+    );
     process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
-    for (const { name } of volumes) process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
-    if (volumes.length > 0) process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
-    else process.stdout.write(`no volumes yet: torusctl ${etcd ? `-C ${etcd.endpoints}` : `--data-dir ${dataDir}`} volume create-block NAME SIZE\n`);
+    for (const { name } of volumes)
+      process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
+    if (volumes.length > 0)
+      process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
+    else
+      process.stdout.write(
+        `no volumes yet: torusctl ${etcd ? `-C ${etcd.endpoints}` : `--data-dir ${dataDir}`} volume create-block NAME SIZE\n`,
+      );
     if (member && etcd) {
       const ring = member.ring();
-      process.stdout.write(`peer protocol (TBP) listening on ${peerListen} for cluster ${cluster!.clusterId}\n`);
+      process.stdout.write(
+        `peer protocol (TBP) listening on ${peerListen} for cluster ${cluster!.clusterId}\n`,
+      );
       process.stdout.write(
         `node ${member.uuid}${cluster!.newNode ? ' (new)' : ''} registered as ${peerAddress.url} in etcd ${etcd.endpoints}; ` +
           (member.memberStatus === 'OK'
@@ -241,11 +321,24 @@ function parsePeerAddress(text: string): PeerAddress {
   } catch {
     url = undefined;
   }
-  if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || !url.hostname || (url.pathname !== '/' && url.pathname !== '') || url.search || url.hash || url.username) {
-    throw new ArgumentError(`--peer-address: expected a URL like http://10.0.0.5:40000 or HOST:PORT, got "${text}"`);
+  if (
+    !url ||
+    (url.protocol !== 'http:' && url.protocol !== 'https:') ||
+    !url.hostname ||
+    (url.pathname !== '/' && url.pathname !== '') ||
+    url.search ||
+    url.hash ||
+    url.username
+  ) {
+    throw new ArgumentError(
+      `--peer-address: expected a URL like http://10.0.0.5:40000 or HOST:PORT, got "${text}"`,
+    );
   }
   const port = url.port !== '' ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
-  if (port === 0) throw new ArgumentError(`--peer-address: port 0 cannot be dialled by peers; give the port to listen on, got "${text}"`);
+  if (port === 0)
+    throw new ArgumentError(
+      `--peer-address: port 0 cannot be dialled by peers; give the port to listen on, got "${text}"`,
+    );
   return { url: url.origin, host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port };
 }
 
@@ -253,20 +346,33 @@ function parsePeerAddress(text: string): PeerAddress {
  * Start serving the node's store to its peers on --peer-address; a listen
  * failure becomes an error naming the flag (exit 1).
  */
-async function servePeers(node: StorageNode, address: PeerAddress, cluster: { uuid: string; clusterId: string }) {
+async function servePeers(
+  node: StorageNode,
+  address: PeerAddress,
+  cluster: { uuid: string; clusterId: string },
+) {
   try {
-    return await node.servePeers({ host: address.host, port: address.port, clusterId: cluster.clusterId, nodeId: cluster.uuid, log: logger('peer') });
+    return await node.servePeers({
+      host: address.host,
+      port: address.port,
+      clusterId: cluster.clusterId,
+      nodeId: cluster.uuid,
+      log: logger('peer'),
+    });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const why =
       code === 'EADDRINUSE'
         ? 'the port is already in use (another torusd or process listens there)'
         : code === 'EADDRNOTAVAIL'
-          ? 'that address is not one of this host\'s (the node listens where peers dial it)'
+          ? "that address is not one of this host's (the node listens where peers dial it)"
           : code === 'EACCES'
             ? 'permission denied (ports below 1024 need privileges)'
             : (err as Error).message;
-    throw new Error(`--peer-address ${address.url}: cannot listen on ${formatHost(address.host)}:${address.port} for the peer protocol: ${why}`, { cause: err });
+    throw new Error(
+      `--peer-address ${address.url}: cannot listen on ${formatHost(address.host)}:${address.port} for the peer protocol: ${why}`,
+      { cause: err },
+    );
   }
 }
 
@@ -277,7 +383,11 @@ function formatHost(host: string): string {
 function packageVersion(): string {
   try {
     // dist/src/cli/torusd.js → the project's package.json
-    return (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+    return (
+      JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
+        version: string;
+      }
+    ).version;
   } catch {
     return 'unknown';
   }
@@ -286,7 +396,10 @@ function packageVersion(): string {
 function parseEnsureVolume(text: string | undefined): { name: string; size: number } | undefined {
   if (!text) return undefined;
   const at = text.indexOf('=');
-  if (at <= 0) throw new ArgumentError(`--ensure-volume: expected NAME=SIZE (e.g. default=1GiB), got "${text}"`);
+  if (at <= 0)
+    throw new ArgumentError(
+      `--ensure-volume: expected NAME=SIZE (e.g. default=1GiB), got "${text}"`,
+    );
   try {
     return { name: text.slice(0, at), size: parseSize(text.slice(at + 1)) };
   } catch {

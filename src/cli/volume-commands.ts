@@ -3,11 +3,21 @@ import { parseSize } from '../common/size.js';
 import { AdminClient, type VolumeRow } from './admin-client.js';
 import { ArgumentError, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
-import { dataDirFlag, etcdFlags, etcdOrSingleNode, keyFileFlag, outputFlag } from './common-flags.js';
+import {
+  dataDirFlag,
+  etcdFlags,
+  etcdOrSingleNode,
+  keyFileFlag,
+  outputFlag,
+} from './common-flags.js';
 
 /** The cluster's catalog in etcd, or the node in --data-dir (etcdOrSingleNode says which). */
 async function client(args: Parsed): Promise<AdminClient> {
-  return new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined, await etcdOrSingleNode(args));
+  return new AdminClient(
+    args.values['data-dir'] as string,
+    args.values['key-file'] as string | undefined,
+    await etcdOrSingleNode(args),
+  );
 }
 
 function sizeArgument(text: string): number {
@@ -20,7 +30,8 @@ function sizeArgument(text: string): number {
 
 function outputFormat(args: Parsed): 'table' | 'json' {
   const format = args.values.output as string;
-  if (format !== 'table' && format !== 'json') throw new ArgumentError(`--output: expected table or json, got "${format}"`);
+  if (format !== 'table' && format !== 'json')
+    throw new ArgumentError(`--output: expected table or json, got "${format}"`);
   return format;
 }
 
@@ -35,15 +46,27 @@ export function volumeCommands(createWord: string): Command[] {
   return [
     {
       words: ['volume', createWord],
-      aliases: createWord === 'create-block' ? [['volume', 'create'], ['block', 'create']] : [['volume', 'create-block']],
+      aliases:
+        createWord === 'create-block'
+          ? [
+              ['volume', 'create'],
+              ['block', 'create'],
+            ]
+          : [['volume', 'create-block']],
       spec: {
         usage: `volume ${createWord} NAME SIZE [--encrypt] [--replication N]`,
         summary: 'create a thin block volume (e.g. myVolume 10GiB)',
         positionals: ['NAME', 'SIZE'],
         flags: {
           'data-dir': dataDirFlag,
-          encrypt: { type: 'boolean', help: 'encrypt the volume at rest (AES-256-GCM, key wrapped by the master key)' },
-          replication: { type: 'integer', help: 'cluster: copies of each block of this volume (default: the ring\'s, see ring set-replication)' },
+          encrypt: {
+            type: 'boolean',
+            help: 'encrypt the volume at rest (AES-256-GCM, key wrapped by the master key)',
+          },
+          replication: {
+            type: 'integer',
+            help: "cluster: copies of each block of this volume (default: the ring's, see ring set-replication)",
+          },
           'key-file': keyFileFlag,
           output: outputFlag,
           ...etcdFlags,
@@ -52,9 +75,19 @@ export function volumeCommands(createWord: string): Command[] {
       async run(args) {
         const [name, sizeText] = args.positionals;
         const format = outputFormat(args);
-        const row = await (await client(args)).createVolume(name, sizeArgument(sizeText), Boolean(args.values.encrypt), args.values.replication as number | undefined);
+        const row = await (
+          await client(args)
+        ).createVolume(
+          name,
+          sizeArgument(sizeText),
+          Boolean(args.values.encrypt),
+          args.values.replication as number | undefined,
+        );
         if (format === 'json') process.stdout.write(JSON.stringify(row) + '\n');
-        else process.stdout.write(`created volume ${row.name} (${sizeCell(row.size)}${row.encrypted ? ', encrypted' : ''}${row.replication ? `, replication ${row.replication}` : ''})\n`);
+        else
+          process.stdout.write(
+            `created volume ${row.name} (${sizeCell(row.size)}${row.encrypted ? ', encrypted' : ''}${row.replication ? `, replication ${row.replication}` : ''})\n`,
+          );
       },
     },
     {
@@ -62,13 +95,18 @@ export function volumeCommands(createWord: string): Command[] {
       aliases: [['volume', 'ls'], ['list-volumes']],
       spec: {
         usage: 'volume list [-o json]',
-        summary: 'list volumes with size, space used, open connections and (cluster) the node holding the write lock',
+        summary:
+          'list volumes with size, space used, open connections and (cluster) the node holding the write lock',
         flags: { 'data-dir': dataDirFlag, output: outputFlag, ...etcdFlags },
       },
       async run(args) {
         const format = outputFormat(args);
         const etcd = await etcdOrSingleNode(args);
-        const rows = await new AdminClient(args.values['data-dir'] as string, args.values['key-file'] as string | undefined, etcd).listVolumes();
+        const rows = await new AdminClient(
+          args.values['data-dir'] as string,
+          args.values['key-file'] as string | undefined,
+          etcd,
+        ).listVolumes();
         if (format === 'json') {
           process.stdout.write(JSON.stringify(rows, null, 2) + '\n');
           return;
@@ -76,10 +114,29 @@ export function volumeCommands(createWord: string): Command[] {
         const cluster = rows.some((r) => r.lockedBy !== undefined) || etcd !== undefined;
         process.stdout.write(
           table(
-            ['NAME', 'SIZE', 'USED', 'ENCRYPTED', 'VERSION', 'CONNECTIONS', ...(cluster ? ['REPLICATION', 'WRITER', 'READERS'] : [])],
+            [
+              'NAME',
+              'SIZE',
+              'USED',
+              'ENCRYPTED',
+              'VERSION',
+              'CONNECTIONS',
+              ...(cluster ? ['REPLICATION', 'WRITER', 'READERS'] : []),
+            ],
             rows.map((r) => [
-              r.name, sizeCell(r.size), sizeCell(r.used), r.encrypted ? 'yes' : 'no', String(r.generation), r.sessions === undefined ? '-' : String(r.sessions),
-              ...(cluster ? [r.replication === undefined ? '-' : String(r.replication), r.lockedBy ?? '-', readersCell(r.readers)] : []),
+              r.name,
+              sizeCell(r.size),
+              sizeCell(r.used),
+              r.encrypted ? 'yes' : 'no',
+              String(r.generation),
+              r.sessions === undefined ? '-' : String(r.sessions),
+              ...(cluster
+                ? [
+                    r.replication === undefined ? '-' : String(r.replication),
+                    r.lockedBy ?? '-',
+                    readersCell(r.readers),
+                  ]
+                : []),
             ]),
           ),
         );
@@ -97,7 +154,9 @@ export function volumeCommands(createWord: string): Command[] {
       async run(args) {
         const [name] = args.positionals;
         const { online } = await (await client(args)).deleteVolume(name);
-        process.stdout.write(`deleted volume ${name}${online ? '' : ' (its blocks are freed when torusd next starts)'}\n`);
+        process.stdout.write(
+          `deleted volume ${name}${online ? '' : ' (its blocks are freed when torusd next starts)'}\n`,
+        );
       },
     },
   ];

@@ -16,18 +16,28 @@ test('a holding assertion does nothing and never builds its message', () => {
 });
 
 test('a failing assertion throws InvariantError with its message, constant or lazy', () => {
-  nodeAssert.throws(() => assert(false, 'slot freed twice'), (err: unknown) => {
-    nodeAssert.ok(err instanceof InvariantError && !(err instanceof IoError));
-    nodeAssert.equal(err.name, 'InvariantError');
-    nodeAssert.match(err.message, /^invariant broken: slot freed twice$/);
-    return true;
-  });
+  nodeAssert.throws(
+    () => assert(false, 'slot freed twice'),
+    (err: unknown) => {
+      nodeAssert.ok(err instanceof InvariantError && !(err instanceof IoError));
+      nodeAssert.equal(err.name, 'InvariantError');
+      nodeAssert.match(err.message, /^invariant broken: slot freed twice$/);
+      return true;
+    },
+  );
   const slot = 7;
-  nodeAssert.throws(() => assert(slot < 0, () => `slot ${slot} is busy`), /invariant broken: slot 7 is busy/);
+  nodeAssert.throws(
+    () => assert(slot < 0, () => `slot ${slot} is busy`),
+    /invariant broken: slot 7 is busy/,
+  );
   nodeAssert.throws(() => invariantBroken('generation went back'), InvariantError);
 });
 
 test('a broken invariant maps to EIO for the client', () => {
   nodeAssert.equal(errnoOf(new InvariantError('x')), 'EIO');
-  nodeAssert.equal(errnoOf(new IoError('ENOSPC', 'full')), 'ENOSPC', 'handled errors keep their errno');
+  nodeAssert.equal(
+    errnoOf(new IoError('ENOSPC', 'full')),
+    'ENOSPC',
+    'handled errors keep their errno',
+  );
 });

@@ -8,12 +8,17 @@
 
 import { InvariantError } from './assert.js';
 
-export type Errno = 'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW' | 'ENOTSUP' | 'ESHUTDOWN';
+export type Errno =
+  'EPERM' | 'EIO' | 'ENOMEM' | 'EINVAL' | 'ENOSPC' | 'EOVERFLOW' | 'ENOTSUP' | 'ESHUTDOWN';
 
 /** An I/O error that is answered to the client with an errno; the session goes on. */
 export class IoError extends Error {
   override name = 'IoError';
-  constructor(readonly errno: Errno, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly errno: Errno,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
   }
 }
@@ -21,7 +26,11 @@ export class IoError extends Error {
 /** A block whose stored checksum does not match its data. Never served as data. */
 export class ChecksumError extends IoError {
   override name = 'ChecksumError';
-  constructor(readonly volume: string, readonly block: number, message: string) {
+  constructor(
+    readonly volume: string,
+    readonly block: number,
+    message: string,
+  ) {
     super('EIO', message);
   }
 }

@@ -9,7 +9,14 @@ import { pino, type Logger, type DestinationStream } from 'pino';
 
 export type { Logger };
 
-const LEVEL_NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' };
+const LEVEL_NAMES: Record<number, string> = {
+  10: 'TRACE',
+  20: 'DEBUG',
+  30: 'INFO',
+  40: 'WARN',
+  50: 'ERROR',
+  60: 'FATAL',
+};
 
 /** A tiny synchronous pretty printer: time level component msg key=value… */
 function prettyDestination(out: NodeJS.WriteStream): DestinationStream {
@@ -27,7 +34,9 @@ function prettyDestination(out: NodeJS.WriteStream): DestinationStream {
       const fields = Object.entries(rest)
         .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
         .join(' ');
-      out.write(`${when} ${(LEVEL_NAMES[Number(level)] ?? level).toString().padEnd(5)} ${component ? `[${component}] ` : ''}${msg ?? ''}${fields ? ' ' + fields : ''}\n`);
+      out.write(
+        `${when} ${(LEVEL_NAMES[Number(level)] ?? level).toString().padEnd(5)} ${component ? `[${component}] ` : ''}${msg ?? ''}${fields ? ' ' + fields : ''}\n`,
+      );
     },
   };
 }

@@ -4,7 +4,15 @@
  * accepted as 10^9 for people who mean it.
  */
 
-const BINARY: Record<string, number> = { '': 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 };
+const BINARY: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+  p: 2 ** 50,
+};
 
 export function parseSize(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$/i.exec(text);
@@ -15,7 +23,8 @@ export function parseSize(text: string): number {
   // "GB"/"MB" mean powers of ten; "G", "GiB" mean powers of two.
   const multiplier = suffix === 'b' && unit !== '' ? 1000 ** ' kmgtp'.indexOf(unit) : BINARY[unit];
   const bytes = Number(num) * multiplier;
-  if (!Number.isSafeInteger(bytes)) throw new RangeError(`size out of range or fractional byte count: "${text}"`);
+  if (!Number.isSafeInteger(bytes))
+    throw new RangeError(`size out of range or fractional byte count: "${text}"`);
   return bytes;
 }
 
@@ -27,6 +36,7 @@ export function formatSize(bytes: number): string {
     value /= 1024;
     i++;
   }
-  const text = i === 0 || Number.isInteger(value) ? String(value) : value.toFixed(1).replace(/\.0$/, '');
+  const text =
+    i === 0 || Number.isInteger(value) ? String(value) : value.toFixed(1).replace(/\.0$/, '');
   return `${text} ${units[i]}`;
 }

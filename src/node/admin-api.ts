@@ -14,7 +14,13 @@
  * code that says which kind (400 usage, 404 not found, 409 conflict, 500).
  */
 import { chmod, unlink } from 'node:fs/promises';
-import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  request,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
 import type { StorageNode } from './storage-node.js';
 
@@ -45,7 +51,9 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
 
 export async function startAdminApi(node: StorageNode, socketPath: string): Promise<Server> {
   const server = createServer((req, res) => {
-    handle(node, req, res).catch((err: Error) => reply(res, statusFor(err), { error: err.message, kind: err.name }));
+    handle(node, req, res).catch((err: Error) =>
+      reply(res, statusFor(err), { error: err.message, kind: err.name }),
+    );
   });
   await unlink(socketPath).catch(() => undefined);
   await new Promise<void>((resolve, reject) => {
@@ -58,22 +66,34 @@ export async function startAdminApi(node: StorageNode, socketPath: string): Prom
 
 function reply(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
-  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+  });
   res.end(text);
 }
 
 async function handle(node: StorageNode, req: IncomingMessage, res: ServerResponse): Promise<void> {
   const url = new URL(req.url ?? '/', 'http://torusd');
   const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
-  if (parts[0] !== 'v1') return reply(res, 404, { error: `no such endpoint ${url.pathname}`, kind: 'NotFoundError' });
+  if (parts[0] !== 'v1')
+    return reply(res, 404, { error: `no such endpoint ${url.pathname}`, kind: 'NotFoundError' });
   const [, resource, name, action] = parts;
   if (resource === 'status' && req.method === 'GET') return reply(res, 200, node.status());
   if (resource === 'volumes') {
     if (!name && req.method === 'GET') return reply(res, 200, await node.listVolumes());
     if (!name && req.method === 'POST') {
       const body = await readJson(req);
-      if (typeof body.name !== 'string' || typeof body.size !== 'number') throw new UsageError('expected {"name": string, "size": bytes}');
-      return reply(res, 201, await node.createVolume(body.name, body.size, { encrypt: body.encrypt === true, replication: typeof body.replication === 'number' ? body.replication : undefined }));
+      if (typeof body.name !== 'string' || typeof body.size !== 'number')
+        throw new UsageError('expected {"name": string, "size": bytes}');
+      return reply(
+        res,
+        201,
+        await node.createVolume(body.name, body.size, {
+          encrypt: body.encrypt === true,
+          replication: typeof body.replication === 'number' ? body.replication : undefined,
+        }),
+      );
     }
     if (name && !action && req.method === 'DELETE') {
       await node.deleteVolume(name);
@@ -84,15 +104,31 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
       return reply(res, 200, { flushed: name });
     }
   }
-  reply(res, 404, { error: `no such endpoint ${req.method} ${url.pathname}`, kind: 'NotFoundError' });
+  reply(res, 404, {
+    error: `no such endpoint ${req.method} ${url.pathname}`,
+    kind: 'NotFoundError',
+  });
 }
 
 /** Client side, for torusctl. Resolves undefined when no node answers on the socket. */
-export async function adminCall<T>(socketPath: string, method: string, path: string, body?: unknown): Promise<T | undefined> {
+export async function adminCall<T>(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<T | undefined> {
   const payload = body === undefined ? undefined : JSON.stringify(body);
   return new Promise<T | undefined>((resolve, reject) => {
     const req = request(
-      { socketPath, method, path, headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {}, timeout: 120_000 },
+      {
+        socketPath,
+        method,
+        path,
+        headers: payload
+          ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+          : {},
+        timeout: 120_000,
+      },
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));

@@ -52,7 +52,9 @@ export class BackgroundServices {
       store: parts.store,
       rateBytesPerSecond: parts.scrub.rate ?? DEFAULT_SCRUB_RATE,
       intervalMs: parts.scrub.intervalMs ?? DEFAULT_SCRUB_INTERVAL_MS,
-      fetchGood: cluster ? (ref, hashLo, hashHi, dest) => cluster.getBlock(ref, hashLo, hashHi, dest) : undefined,
+      fetchGood: cluster
+        ? (ref, hashLo, hashHi, dest) => cluster.getBlock(ref, hashLo, hashHi, dest)
+        : undefined,
       log: parts.log.child({ component: 'scrub' }),
     });
     this.scrubber.start();
@@ -64,7 +66,7 @@ export class BackgroundServices {
    * start rebalance and GC. Call after servePeers, if at all.
    */
   followMembership(table: PeerTable): void {
-    const { cluster, log } = this.parts;
+    const { cluster } = this.parts;
     if (!cluster) return;
     const rebalancer = this.rebalancerFor(cluster);
     this.rebalancer = rebalancer;
@@ -104,7 +106,8 @@ export class BackgroundServices {
         // Pins after the catalog: the order read-pins.ts's protocol relies on.
         const pins = await listReadPins(meta);
         // Every volume's own replication, before a run decides what is surplus.
-        for (const record of records) cluster.placement.setVolumeReplication(record.id, record.replication);
+        for (const record of records)
+          cluster.placement.setVolumeReplication(record.id, record.replication);
         return views.view(records, pins);
       },
       log: log.child({ component: 'rebalance' }),
@@ -136,7 +139,9 @@ export class BackgroundServices {
       rebalancing: this.rebalancer?.rebalancing ?? false,
       rebalanceRate: this.rebalancer?.rate() ?? 0,
       replicationRate: this.parts.peers.receivedRate(),
-      ...(stats && !stats.running ? { rebalancePending: stats.pendingBlocks * this.parts.store.blockSize } : {}),
+      ...(stats && !stats.running
+        ? { rebalancePending: stats.pendingBlocks * this.parts.store.blockSize }
+        : {}),
     };
   }
 
@@ -148,26 +153,60 @@ export class BackgroundServices {
   }
 
   registerScrubGauges(metrics: NodeMetrics): void {
-    metrics.gauge('torus_scrub_checked_bytes_total', 'Bytes of the local store the scrub re-read against their checksums',
-      () => this.scrubber.stats.checkedBytes);
-    metrics.gauge('torus_scrub_bad_blocks_total', 'Stored copies the scrub found failing their checksum', () => this.scrubber.stats.bad);
-    metrics.gauge('torus_scrub_repaired_blocks_total', 'Bad copies the scrub rewrote from a good replica',
-      () => this.scrubber.stats.repaired);
-    metrics.gauge('torus_scrub_passes_total', 'Scrub passes completed over the whole local store', () => this.scrubber.stats.passes);
+    metrics.gauge(
+      'torus_scrub_checked_bytes_total',
+      'Bytes of the local store the scrub re-read against their checksums',
+      () => this.scrubber.stats.checkedBytes,
+    );
+    metrics.gauge(
+      'torus_scrub_bad_blocks_total',
+      'Stored copies the scrub found failing their checksum',
+      () => this.scrubber.stats.bad,
+    );
+    metrics.gauge(
+      'torus_scrub_repaired_blocks_total',
+      'Bad copies the scrub rewrote from a good replica',
+      () => this.scrubber.stats.repaired,
+    );
+    metrics.gauge(
+      'torus_scrub_passes_total',
+      'Scrub passes completed over the whole local store',
+      () => this.scrubber.stats.passes,
+    );
   }
 
   /** Cluster: the rebalance's and GC's gauges (0 until followMembership starts them). */
   registerRebalanceGauges(metrics: NodeMetrics): void {
-    metrics.gauge('torus_rebalance_bytes_per_second', 'Bytes/s this node\'s rebalance copies to peers', () => this.rebalancer?.rate() ?? 0);
-    metrics.gauge('torus_rebalance_copied_blocks_total', 'Blocks rebalance copied to the nodes the ring puts them on',
-      () => this.rebalancer?.stats.copied ?? 0);
-    metrics.gauge('torus_rebalance_dropped_blocks_total', 'Surplus local copies released once their targets held them',
-      () => this.rebalancer?.stats.dropped ?? 0);
-    metrics.gauge('torus_rebalance_failed_total', 'Copies rebalance could not check or make', () => this.rebalancer?.stats.failed ?? 0);
-    metrics.gauge('torus_rebalance_pending_blocks', 'Blocks left to move after the last rebalance run',
-      () => this.rebalancer?.stats.pendingBlocks ?? 0);
-    metrics.gauge('torus_gc_freed_blocks_total', 'Local blocks freed as garbage (superseded or of deleted volumes)',
-      () => this.rebalancer?.stats.garbageFreed ?? 0);
+    metrics.gauge(
+      'torus_rebalance_bytes_per_second',
+      "Bytes/s this node's rebalance copies to peers",
+      () => this.rebalancer?.rate() ?? 0,
+    );
+    metrics.gauge(
+      'torus_rebalance_copied_blocks_total',
+      'Blocks rebalance copied to the nodes the ring puts them on',
+      () => this.rebalancer?.stats.copied ?? 0,
+    );
+    metrics.gauge(
+      'torus_rebalance_dropped_blocks_total',
+      'Surplus local copies released once their targets held them',
+      () => this.rebalancer?.stats.dropped ?? 0,
+    );
+    metrics.gauge(
+      'torus_rebalance_failed_total',
+      'Copies rebalance could not check or make',
+      () => this.rebalancer?.stats.failed ?? 0,
+    );
+    metrics.gauge(
+      'torus_rebalance_pending_blocks',
+      'Blocks left to move after the last rebalance run',
+      () => this.rebalancer?.stats.pendingBlocks ?? 0,
+    );
+    metrics.gauge(
+      'torus_gc_freed_blocks_total',
+      'Local blocks freed as garbage (superseded or of deleted volumes)',
+      () => this.rebalancer?.stats.garbageFreed ?? 0,
+    );
   }
 }
 

@@ -22,25 +22,65 @@ export interface ClusterIdentity {
   holdsCopies?: boolean;
 }
 
-export async function openClusterBlocks(meta: MetadataStore, self: ClusterIdentity, log: Logger): Promise<ClusterBlocks> {
+export async function openClusterBlocks(
+  meta: MetadataStore,
+  self: ClusterIdentity,
+  log: Logger,
+): Promise<ClusterBlocks> {
   const snapshot = await readMembership(meta, log);
-  const placement = new ClusterPlacement(self.uuid, { clusterId: self.clusterId, nodeId: self.uuid }, self.holdsCopies ?? true);
-  placement.update(snapshot.ring?.description, [...snapshot.peers.values()].map((p) => p.info));
+  const placement = new ClusterPlacement(
+    self.uuid,
+    { clusterId: self.clusterId, nodeId: self.uuid },
+    self.holdsCopies ?? true,
+  );
+  placement.update(
+    snapshot.ring?.description,
+    [...snapshot.peers.values()].map((p) => p.info),
+  );
   return new ClusterBlocks(placement, await hasher(), log.child({ component: 'replication' }));
 }
 
 /** The main thread's replication counts (cluster) and the workers' (pool). */
-export function registerReplicationGauges(metrics: NodeMetrics, cluster: ClusterBlocks, pool: DataPool): void {
+export function registerReplicationGauges(
+  metrics: NodeMetrics,
+  cluster: ClusterBlocks,
+  pool: DataPool,
+): void {
   const stats = cluster.stats;
-  metrics.gauge('torus_replication_under_replicated_blocks_total', 'Blocks stored with fewer copies than the ring asks for',
-    () => stats.underReplicatedBlocks);
-  metrics.gauge('torus_replication_failed_peer_writes_total', 'Batches of copies a peer failed to store', () => stats.failedPeerWrites);
-  metrics.gauge('torus_replication_remote_reads_total', 'Blocks read from a peer by the main thread (map pages)', () => stats.remoteReads);
+  metrics.gauge(
+    'torus_replication_under_replicated_blocks_total',
+    'Blocks stored with fewer copies than the ring asks for',
+    () => stats.underReplicatedBlocks,
+  );
+  metrics.gauge(
+    'torus_replication_failed_peer_writes_total',
+    'Batches of copies a peer failed to store',
+    () => stats.failedPeerWrites,
+  );
+  metrics.gauge(
+    'torus_replication_remote_reads_total',
+    'Blocks read from a peer by the main thread (map pages)',
+    () => stats.remoteReads,
+  );
   const workers = pool.replicationStats;
-  metrics.gauge('torus_replication_hedged_reads_total', 'Replica reads that asked a second replica because the first was slow',
-    () => workers.hedgedReads);
-  metrics.gauge('torus_replication_replica_repairs_total', 'Bad replica copies rewritten from a good one', () => workers.replicaRepairs);
-  metrics.gauge('torus_replication_placed_elsewhere_total', 'Copies placed on a spare node because a target was full',
-    () => workers.placedElsewhere);
-  metrics.gauge('torus_replication_full_refusals_total', 'Copies a full peer refused', () => workers.fullRefusals);
+  metrics.gauge(
+    'torus_replication_hedged_reads_total',
+    'Replica reads that asked a second replica because the first was slow',
+    () => workers.hedgedReads,
+  );
+  metrics.gauge(
+    'torus_replication_replica_repairs_total',
+    'Bad replica copies rewritten from a good one',
+    () => workers.replicaRepairs,
+  );
+  metrics.gauge(
+    'torus_replication_placed_elsewhere_total',
+    'Copies placed on a spare node because a target was full',
+    () => workers.placedElsewhere,
+  );
+  metrics.gauge(
+    'torus_replication_full_refusals_total',
+    'Copies a full peer refused',
+    () => workers.fullRefusals,
+  );
 }

@@ -19,10 +19,18 @@ import { join } from 'node:path';
 import { ConflictError, NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
-import { bindToCluster, loadOrCreateNodeId, readClusterBinding } from '../controlplane/membership/node-identity.js';
+import {
+  bindToCluster,
+  loadOrCreateNodeId,
+  readClusterBinding,
+} from '../controlplane/membership/node-identity.js';
 import type { PeerInfo } from '../controlplane/membership/peer-info.js';
 import { PeerTable, type MemberStatus } from '../controlplane/membership/peer-table.js';
-import { NodeRegistration, type NodeRates, type NodeUsage } from '../controlplane/membership/registration.js';
+import {
+  NodeRegistration,
+  type NodeRates,
+  type NodeUsage,
+} from '../controlplane/membership/registration.js';
 import { addMembers, casRing, readRing } from '../controlplane/membership/ring-store.js';
 import type { RingDescription } from '../model/ring/ring.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
@@ -39,10 +47,17 @@ export interface PreparedDataDir {
  * Check the cluster is initialised and that `dataDir` may join it; bind it and
  * return the node's uuid. `etcd` is the endpoints as given, for messages.
  */
-export async function prepareClusterDataDir(meta: MetadataStore, dataDir: string, etcd: string): Promise<PreparedDataDir> {
+export async function prepareClusterDataDir(
+  meta: MetadataStore,
+  dataDir: string,
+  etcd: string,
+): Promise<PreparedDataDir> {
   const settings = await new VolumeCatalog(meta).settings();
   const ring = await readRing(meta);
-  if (!settings || !ring) throw new NotFoundError(`the cluster in etcd ${etcd} is not initialised: run torusctl -C ${etcd} init first`);
+  if (!settings || !ring)
+    throw new NotFoundError(
+      `the cluster in etcd ${etcd} is not initialised: run torusctl -C ${etcd} init first`,
+    );
   if (!(await readClusterBinding(dataDir)) && (await exists(join(dataDir, 'blocks')))) {
     throw new ConflictError(
       `data directory ${dataDir} holds a single-node store: its volumes are not in the cluster's catalog, so joining would free their blocks. Use a new --data-dir to join the cluster`,
@@ -115,16 +130,29 @@ export class ClusterMember {
   }
 
   private watch(): void {
-    this.peers.on('ring', (ring: RingDescription | undefined, previous: RingDescription | undefined) => {
-      const wasMember = previous?.members.some((m) => m.uuid === this.uuid) ?? false;
-      const isMember = ring?.members.some((m) => m.uuid === this.uuid) ?? false;
-      this.log.info(
-        { version: ring?.version, replication: ring?.replication, members: ring?.members.length, member: isMember },
-        wasMember === isMember ? 'ring changed' : isMember ? 'ring changed: this node is now a member' : 'ring changed: this node is no longer a member',
-      );
-    });
+    this.peers.on(
+      'ring',
+      (ring: RingDescription | undefined, previous: RingDescription | undefined) => {
+        const wasMember = previous?.members.some((m) => m.uuid === this.uuid) ?? false;
+        const isMember = ring?.members.some((m) => m.uuid === this.uuid) ?? false;
+        this.log.info(
+          {
+            version: ring?.version,
+            replication: ring?.replication,
+            members: ring?.members.length,
+            member: isMember,
+          },
+          wasMember === isMember
+            ? 'ring changed'
+            : isMember
+              ? 'ring changed: this node is now a member'
+              : 'ring changed: this node is no longer a member',
+        );
+      },
+    );
     this.peers.on('peer-up', (peer: PeerInfo) => {
-      if (peer.uuid !== this.uuid) this.log.info({ peer: peer.uuid, address: peer.address }, 'peer up');
+      if (peer.uuid !== this.uuid)
+        this.log.info({ peer: peer.uuid, address: peer.address }, 'peer up');
     });
     this.peers.on('peer-down', (uuid: string, last: PeerInfo) => {
       if (uuid !== this.uuid) this.log.info({ peer: uuid, address: last.address }, 'peer down');
@@ -132,16 +160,30 @@ export class ClusterMember {
   }
 
   private async autoJoin(capacity: number): Promise<void> {
-    const change = await casRing(this.meta, undefined, addMembers([{ uuid: this.uuid, weight: Math.max(1, capacity) }]));
+    const change = await casRing(
+      this.meta,
+      undefined,
+      addMembers([{ uuid: this.uuid, weight: Math.max(1, capacity) }]),
+    );
     this.ownWrite = change.ring.description;
-    if (change.changed) this.log.info({ version: change.ring.description.version }, 'auto-join: added this node to the ring');
-    else this.log.info({ version: change.ring.description.version }, 'auto-join: already a ring member');
+    if (change.changed)
+      this.log.info(
+        { version: change.ring.description.version },
+        'auto-join: added this node to the ring',
+      );
+    else
+      this.log.info(
+        { version: change.ring.description.version },
+        'auto-join: already a ring member',
+      );
   }
 
   /** The newest ring known here: the watched one, or this node's own write if the watch has not caught up. */
   ring(): RingDescription | undefined {
     const watched = this.peers.ring();
-    return this.ownWrite && (!watched || watched.version < this.ownWrite.version) ? this.ownWrite : watched;
+    return this.ownWrite && (!watched || watched.version < this.ownWrite.version)
+      ? this.ownWrite
+      : watched;
   }
 
   /** OK (in the ring), Avail (not in the ring). A node that reports is never DOWN to itself. */
@@ -156,7 +198,14 @@ export class ClusterMember {
       address: this.registration.info?.address,
       registration: this.registration.state,
       member: this.memberStatus,
-      ring: ring ? { version: ring.version, type: ring.type, replication: ring.replication, members: ring.members.length } : undefined,
+      ring: ring
+        ? {
+            version: ring.version,
+            type: ring.type,
+            replication: ring.replication,
+            members: ring.members.length,
+          }
+        : undefined,
       peers: this.peers.peers().length,
     };
   }

@@ -30,11 +30,17 @@ export class EveryVolumeHosting implements HostingMode {
         await this.load(record.name);
       } catch (err) {
         unavailable.set(record.name, (err as Error).message);
-        this.log.error({ volume: record.name, err: (err as Error).message }, 'volume could not be loaded; it will not be served');
+        this.log.error(
+          { volume: record.name, err: (err as Error).message },
+          'volume could not be loaded; it will not be served',
+        );
       }
     }
     if (unavailable.size > 0) {
-      this.log.warn({ volumes: [...unavailable.keys()] }, 'skipping the sweep of unreferenced blocks while some volumes are unavailable');
+      this.log.warn(
+        { volumes: [...unavailable.keys()] },
+        'skipping the sweep of unreferenced blocks while some volumes are unavailable',
+      );
       return;
     }
     this.sweep();
@@ -53,7 +59,10 @@ export class EveryVolumeHosting implements HostingMode {
   }
 
   async exports(): Promise<ExportInfo[]> {
-    return [...this.host.volumes.values()].map((v) => ({ name: v.name, description: this.host.describeVolume(v) }));
+    return [...this.host.volumes.values()].map((v) => ({
+      name: v.name,
+      description: this.host.describeVolume(v),
+    }));
   }
 
   async describeUnopened(): Promise<ExportDescription | undefined> {
@@ -74,7 +83,8 @@ export class EveryVolumeHosting implements HostingMode {
   private sweep(): void {
     const referenced = new Set<string>();
     for (const volume of this.host.volumes.values()) {
-      for (const ref of volume.referencedRefs()) referenced.add(refKey(ref.volumeId, ref.generation, ref.index));
+      for (const ref of volume.referencedRefs())
+        referenced.add(refKey(ref.volumeId, ref.generation, ref.index));
     }
     let freed = 0;
     for (const [ref] of [...this.store.blocks()]) {

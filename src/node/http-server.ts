@@ -6,7 +6,12 @@
 import { createServer, type Server } from 'node:http';
 import type { NodeMetrics } from './metrics.js';
 
-export async function startHttpServer(host: string, port: number, metrics: NodeMetrics, healthy: () => { ok: boolean; detail: unknown }): Promise<Server> {
+export async function startHttpServer(
+  host: string,
+  port: number,
+  metrics: NodeMetrics,
+  healthy: () => { ok: boolean; detail: unknown },
+): Promise<Server> {
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method === 'GET' && path === '/metrics') {

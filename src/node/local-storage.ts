@@ -22,25 +22,50 @@ export async function openLocalStore(
 ): Promise<LocalSlotStore> {
   const storeDir = join(dataDir, 'blocks');
   if (!(await LocalSlotStore.exists(storeDir))) {
-    if (!capacityBytes) throw new UsageError(`no local store in ${storeDir} yet: give its capacity with --size (e.g. --size 20GiB)`);
-    log.info({ dir: storeDir, capacity: formatSize(capacityBytes), blockSize }, 'creating local block store');
+    if (!capacityBytes)
+      throw new UsageError(
+        `no local store in ${storeDir} yet: give its capacity with --size (e.g. --size 20GiB)`,
+      );
+    log.info(
+      { dir: storeDir, capacity: formatSize(capacityBytes), blockSize },
+      'creating local block store',
+    );
     await LocalSlotStore.create(storeDir, { blockSize, capacityBytes });
   }
   const store = await LocalSlotStore.open(storeDir);
   if (capacityBytes && Math.floor(capacityBytes / store.blockSize) !== store.slotCount) {
     log.warn(
-      { requested: formatSize(capacityBytes), actual: formatSize(store.slotCount * store.blockSize) },
+      {
+        requested: formatSize(capacityBytes),
+        actual: formatSize(store.slotCount * store.blockSize),
+      },
       'the local store keeps the capacity it was created with; --size ignored',
     );
   }
   return store;
 }
 
-export function registerStorageGauges(metrics: NodeMetrics, store: LocalSlotStore, cache: BlockCache): void {
-  metrics.gauge('torus_store_capacity_bytes', 'Local block store capacity', () => store.slotCount * store.blockSize);
-  metrics.gauge('torus_store_used_bytes', 'Local block store bytes in use', () => store.usedSlots * store.blockSize);
+export function registerStorageGauges(
+  metrics: NodeMetrics,
+  store: LocalSlotStore,
+  cache: BlockCache,
+): void {
+  metrics.gauge(
+    'torus_store_capacity_bytes',
+    'Local block store capacity',
+    () => store.slotCount * store.blockSize,
+  );
+  metrics.gauge(
+    'torus_store_used_bytes',
+    'Local block store bytes in use',
+    () => store.usedSlots * store.blockSize,
+  );
   metrics.gauge('torus_cache_bytes', 'Block cache size', () => cache.slotCount * cache.blockSize);
-  metrics.gauge('torus_cache_dirty_bytes', 'Block cache bytes written but not yet flushed', () => cache.dirtySlots * cache.blockSize);
+  metrics.gauge(
+    'torus_cache_dirty_bytes',
+    'Block cache bytes written but not yet flushed',
+    () => cache.dirtySlots * cache.blockSize,
+  );
   metrics.gauge('torus_cache_hits_total', 'Block cache hits', () => cache.hits);
   metrics.gauge('torus_cache_misses_total', 'Block cache misses', () => cache.misses);
 }

@@ -25,7 +25,18 @@ export function nbdMetricsHooks(metrics: NodeMetrics): NbdMetricsHooks {
   const totals = new Map<string, CommandTotals>();
   const totalsFor = (command: string): CommandTotals => {
     let t = totals.get(command);
-    if (!t) totals.set(command, (t = { ok: 0, errors: new Map(), bytes: 0, buckets: new Float64Array(bounds.length + 1), sum: 0, count: 0 }));
+    if (!t)
+      totals.set(
+        command,
+        (t = {
+          ok: 0,
+          errors: new Map(),
+          bytes: 0,
+          buckets: new Float64Array(bounds.length + 1),
+          sum: 0,
+          count: 0,
+        }),
+      );
     return t;
   };
   metrics.onScrape(() => {

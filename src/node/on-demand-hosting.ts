@@ -19,7 +19,12 @@ import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { ClusterPlacement } from '../dataplane/replication/placement.js';
 import type { Volume } from '../dataplane/volume/volume.js';
 import { MAX_PAYLOAD } from '../dataplane/volume/volume-export.js';
-import { exportDescription, type ExportDescription, type HostingMode, type VolumeHost } from './volume-host.js';
+import {
+  exportDescription,
+  type ExportDescription,
+  type HostingMode,
+  type VolumeHost,
+} from './volume-host.js';
 
 export class OnDemandHosting implements HostingMode {
   /** Volumes whose last session closed, waiting lockLingerMs before letting go. */
@@ -80,19 +85,29 @@ export class OnDemandHosting implements HostingMode {
     const { host } = this;
     if (host.closing || volume.openSessions > 0 || host.volumes.get(name) !== volume) return;
     if (host.ownership.writes(name)) {
-      volume.flush().catch((err) => this.log.warn(
-        { volume: name, err: (err as Error).message },
-        'commit after the last session closed failed',
-      ));
+      volume
+        .flush()
+        .catch((err) =>
+          this.log.warn(
+            { volume: name, err: (err as Error).message },
+            'commit after the last session closed failed',
+          ),
+        );
     }
     const timer = setTimeout(() => {
       if (this.lingering.get(name) !== timer) return;
       this.lingering.delete(name);
       host
         .exclusive(name, async () => {
-          if (host.volumes.get(name) === volume && volume.openSessions === 0) await host.unload(name);
+          if (host.volumes.get(name) === volume && volume.openSessions === 0)
+            await host.unload(name);
         })
-        .catch((err) => this.log.error({ volume: name, err: (err as Error).message }, 'could not close an idle volume'));
+        .catch((err) =>
+          this.log.error(
+            { volume: name, err: (err as Error).message },
+            'could not close an idle volume',
+          ),
+        );
     }, this.lockLingerMs);
     timer.unref();
     this.lingering.set(name, timer);
@@ -106,7 +121,12 @@ export class OnDemandHosting implements HostingMode {
   async exports(): Promise<ExportInfo[]> {
     return (await this.catalog.list()).map((record) => {
       const volume = this.host.volumes.get(record.name);
-      return { name: record.name, description: volume ? this.host.describeVolume(volume) : exportDescription(record.name, record.size, record.encrypted) };
+      return {
+        name: record.name,
+        description: volume
+          ? this.host.describeVolume(volume)
+          : exportDescription(record.name, record.size, record.encrypted),
+      };
     });
   }
 

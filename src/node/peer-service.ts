@@ -50,7 +50,11 @@ export class PeerServing {
     if (this.peers) throw new Error(`already serving peers on port ${this.peers.address.port}`);
     const log = options.log ?? this.log.child({ component: 'peer' });
     const backend = new DiskPeerBackend(this.store, options.nodeId, log, await hasher());
-    const server = new PeerServer(backend, { clusterId: options.clusterId, nodeId: options.nodeId, log });
+    const server = new PeerServer(backend, {
+      clusterId: options.clusterId,
+      nodeId: options.nodeId,
+      log,
+    });
     let address: AddressInfo;
     try {
       address = await server.listen(options.host, options.port);
@@ -81,6 +85,10 @@ export class PeerServing {
   }
 
   registerGauges(metrics: NodeMetrics): void {
-    metrics.gauge('torus_replication_received_bytes_per_second', 'Bytes/s of copies peers stored on this node', () => this.receivedRate());
+    metrics.gauge(
+      'torus_replication_received_bytes_per_second',
+      'Bytes/s of copies peers stored on this node',
+      () => this.receivedRate(),
+    );
   }
 }

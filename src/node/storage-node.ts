@@ -28,7 +28,11 @@ import type { ExportInfo, ExportProvider, NbdExport } from '../dataplane/nbd/exp
 import { DataPool } from '../dataplane/pool/data-pool.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { BackgroundServices } from './background-services.js';
-import { openClusterBlocks, registerReplicationGauges, type ClusterIdentity } from './cluster-blocks.js';
+import {
+  openClusterBlocks,
+  registerReplicationGauges,
+  type ClusterIdentity,
+} from './cluster-blocks.js';
 import { EveryVolumeHosting } from './every-volume-hosting.js';
 import { openLocalStore, registerStorageGauges } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
@@ -141,7 +145,15 @@ export class StorageNode implements ExportProvider {
       serialize: (name, fn) => this.host.exclusive(name, fn),
       log,
     });
-    const services = volumeServices({ store, cache, pool, log, cluster, ownership: this.ownership, metrics });
+    const services = volumeServices({
+      store,
+      cache,
+      pool,
+      log,
+      cluster,
+      ownership: this.ownership,
+      metrics,
+    });
     // The one decision between a single node and a cluster member's hosting.
     this.host = new VolumeHost({ ownership: this.ownership, keys, services, log }, (host) =>
       cluster
@@ -149,14 +161,25 @@ export class StorageNode implements ExportProvider {
         : new EveryVolumeHosting(host, catalog, store, log),
     );
     const clustered = cluster !== undefined;
-    this.admin = new VolumeAdmin({ catalog, settings: parts.settings, store, keys, host: this.host, clustered, log });
+    this.admin = new VolumeAdmin({
+      catalog,
+      settings: parts.settings,
+      store,
+      keys,
+      host: this.host,
+      clustered,
+      log,
+    });
     this.peers = new PeerServing(store, log);
   }
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
     const log = options.log ?? logger('node');
     const lockLingerMs = options.lockLingerMs ?? DEFAULT_LOCK_LINGER_MS;
-    if (!Number.isSafeInteger(lockLingerMs) || lockLingerMs < 0) throw new UsageError(`lock linger must be a whole number of milliseconds ≥ 0, got ${lockLingerMs}`);
+    if (!Number.isSafeInteger(lockLingerMs) || lockLingerMs < 0)
+      throw new UsageError(
+        `lock linger must be a whole number of milliseconds ≥ 0, got ${lockLingerMs}`,
+      );
     await mkdir(options.dataDir, { recursive: true });
     const meta = options.meta ?? (await openEmbeddedMetadataStore(join(options.dataDir, 'meta')));
     try {
@@ -172,18 +195,47 @@ export class StorageNode implements ExportProvider {
           'block size is fixed when the cluster is initialised; ignoring --block-size',
         );
       }
-      const store = await openLocalStore(options.dataDir, settings.blockSize, options.capacityBytes, log);
+      const store = await openLocalStore(
+        options.dataDir,
+        settings.blockSize,
+        options.capacityBytes,
+        log,
+      );
       const cache = new BlockCache(settings.blockSize, options.cacheBytes ?? DEFAULT_CACHE_BYTES);
       const pool = new DataPool(
-        { cache: cache.buffer, blockSize: settings.blockSize, records: store.records, dataPath: store.dataPath, slotsPath: store.slotsPath },
+        {
+          cache: cache.buffer,
+          blockSize: settings.blockSize,
+          records: store.records,
+          dataPath: store.dataPath,
+          slotsPath: store.slotsPath,
+        },
         options.workers,
         options.cluster ? 4 : 1,
       );
       const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
-      const cluster = options.cluster ? await openClusterBlocks(meta, options.cluster, log) : undefined;
+      const cluster = options.cluster
+        ? await openClusterBlocks(meta, options.cluster, log)
+        : undefined;
       const { dataDir, metrics } = options;
       const ownsMeta = !options.meta;
-      const node = new StorageNode({ dataDir, settings, meta, ownsMeta, catalog, store, cache, pool, keys, cluster, metrics, log }, lockLingerMs);
+      const node = new StorageNode(
+        {
+          dataDir,
+          settings,
+          meta,
+          ownsMeta,
+          catalog,
+          store,
+          cache,
+          pool,
+          keys,
+          cluster,
+          metrics,
+          log,
+        },
+        lockLingerMs,
+      );
       await node.host.start();
       node.background = new BackgroundServices({
         store,
@@ -196,10 +248,20 @@ export class StorageNode implements ExportProvider {
         rebalance: { rate: options.rebalanceRate, intervalMs: options.rebalanceIntervalMs },
       });
       if (options.metrics) node.registerGauges(options.metrics);
-      const [capacity, used] = [formatSize(store.slotCount * store.blockSize), formatSize(store.usedSlots * store.blockSize)];
+      const [capacity, used] = [
+        formatSize(store.slotCount * store.blockSize),
+        formatSize(store.usedSlots * store.blockSize),
+      ];
       const volumes = node.host.volumes.size;
       log.info(
-        { dataDir, capacity, used, volumes, cache: formatSize(cache.slotCount * cache.blockSize), workers: pool.threads },
+        {
+          dataDir,
+          capacity,
+          used,
+          volumes,
+          cache: formatSize(cache.slotCount * cache.blockSize),
+          workers: pool.threads,
+        },
         'storage node ready',
       );
       return node;
@@ -234,7 +296,11 @@ export class StorageNode implements ExportProvider {
     return this.host.open(name);
   }
 
-  createVolume(name: string, size: number, options: { encrypt?: boolean; replication?: number } = {}): Promise<VolumeStatus> {
+  createVolume(
+    name: string,
+    size: number,
+    options: { encrypt?: boolean; replication?: number } = {},
+  ): Promise<VolumeStatus> {
     return this.admin.createVolume(name, size, options);
   }
 
@@ -262,12 +328,25 @@ export class StorageNode implements ExportProvider {
       blockSize: this.settings.blockSize,
       capacity: store.slotCount * store.blockSize,
       used: store.usedSlots * store.blockSize,
-      cache: { size: cache.slotCount * cache.blockSize, dirty: cache.dirtySlots * cache.blockSize, hits: cache.hits, misses: cache.misses },
+      cache: {
+        size: cache.slotCount * cache.blockSize,
+        dirty: cache.dirtySlots * cache.blockSize,
+        hits: cache.hits,
+        misses: cache.misses,
+      },
       volumes: host.volumes.size,
       unavailable: Object.fromEntries(host.unavailable),
       scrub: background.scrubStats,
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
-      ...(cluster ? { replication: { ...cluster.stats, workers: this.parts.pool.replicationStats, ...background.replicationStatus } } : {}),
+      ...(cluster
+        ? {
+            replication: {
+              ...cluster.stats,
+              workers: this.parts.pool.replicationStats,
+              ...background.replicationStatus,
+            },
+          }
+        : {}),
     };
   }
 
@@ -338,6 +417,8 @@ export class StorageNode implements ExportProvider {
 async function refuseClusterDataDir(dataDir: string): Promise<void> {
   const binding = await readClusterBinding(dataDir);
   if (binding) {
-    throw new ConflictError(`data directory ${dataDir} belongs to a cluster (joined through etcd ${binding.etcd}): give --etcd ${binding.etcd}, or use another --data-dir for a single node`);
+    throw new ConflictError(
+      `data directory ${dataDir} belongs to a cluster (joined through etcd ${binding.etcd}): give --etcd ${binding.etcd}, or use another --data-dir for a single node`,
+    );
   }
 }

@@ -5,7 +5,11 @@
 import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { formatSize } from '../common/size.js';
-import type { ClusterSettings, VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalog.js';
+import type {
+  ClusterSettings,
+  VolumeCatalog,
+  VolumeRecord,
+} from '../controlplane/volumes/catalog.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { MAX_TARGETS } from '../dataplane/replication/placement.js';
@@ -38,7 +42,11 @@ export interface VolumeAdminParts {
 export class VolumeAdmin {
   constructor(private readonly parts: VolumeAdminParts) {}
 
-  async createVolume(name: string, size: number, options: { encrypt?: boolean; replication?: number } = {}): Promise<VolumeStatus> {
+  async createVolume(
+    name: string,
+    size: number,
+    options: { encrypt?: boolean; replication?: number } = {},
+  ): Promise<VolumeStatus> {
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) {
       throw new UsageError(`volume size must be a positive multiple of 4 KiB, got ${size} bytes`);
     }
@@ -53,7 +61,10 @@ export class VolumeAdmin {
       ...wrapped,
     });
     await this.parts.host.created(name);
-    this.parts.log.info({ volume: name, size: formatSize(size), encrypted: record.encrypted }, 'volume created');
+    this.parts.log.info(
+      { volume: name, size: formatSize(size), encrypted: record.encrypted },
+      'volume created',
+    );
     return this.volumeStatus(record);
   }
 
@@ -65,7 +76,9 @@ export class VolumeAdmin {
     const { host, store } = this.parts;
     const volume = host.volumes.get(name);
     if (volume && volume.openSessions > 0) {
-      throw new ConflictError(`volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`);
+      throw new ConflictError(
+        `volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`,
+      );
     }
     // Another node's read-only clients would lose the data under them.
     await host.ownership.assertNoReaders(name);
@@ -114,7 +127,14 @@ export class VolumeAdmin {
   async flushAll(): Promise<void> {
     await Promise.all(
       [...this.parts.host.volumes.values()].map((v) =>
-        v.flush().catch((err) => this.parts.log.error({ volume: v.name, err: (err as Error).message }, 'flush at shutdown failed')),
+        v
+          .flush()
+          .catch((err) =>
+            this.parts.log.error(
+              { volume: v.name, err: (err as Error).message },
+              'flush at shutdown failed',
+            ),
+          ),
       ),
     );
   }
@@ -123,8 +143,11 @@ export class VolumeAdmin {
 /** A volume's own replication factor: a cluster's, 1 to MAX_TARGETS. */
 export function checkReplication(replication: number | undefined, cluster: boolean): void {
   if (replication === undefined) return;
-  if (!cluster) throw new UsageError('--replication needs a cluster (-C/--etcd): a single node keeps one copy');
+  if (!cluster)
+    throw new UsageError('--replication needs a cluster (-C/--etcd): a single node keeps one copy');
   if (!Number.isSafeInteger(replication) || replication < 1 || replication > MAX_TARGETS) {
-    throw new UsageError(`replication must be a whole number from 1 to ${MAX_TARGETS}, got ${replication}`);
+    throw new UsageError(
+      `replication must be a whole number from 1 to ${MAX_TARGETS}, got ${replication}`,
+    );
   }
 }

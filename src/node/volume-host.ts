@@ -86,7 +86,13 @@ export class VolumeHost implements ExportProvider {
     const { record } = versioned;
     const key = record.encrypted ? await this.parts.keys.unwrap(record) : null;
     return Volume.open(
-      { id: record.id, name: record.name, size: record.size, blockSize: record.blockSize, encrypted: record.encrypted },
+      {
+        id: record.id,
+        name: record.name,
+        size: record.size,
+        blockSize: record.blockSize,
+        encrypted: record.encrypted,
+      },
       record.generation,
       record.root ?? undefined,
       key,
@@ -145,7 +151,12 @@ export class VolumeHost implements ExportProvider {
   }
 
   describeVolume(volume: Volume): string {
-    return exportDescription(volume.name, volume.size, volume.identity.encrypted, this.parts.ownership.readOnlyReason(volume.name));
+    return exportDescription(
+      volume.name,
+      volume.size,
+      volume.identity.encrypted,
+      this.parts.ownership.readOnlyReason(volume.name),
+    );
   }
 
   // ------------------------------------------------------- ExportProvider
@@ -157,7 +168,12 @@ export class VolumeHost implements ExportProvider {
   async describe(name: string): Promise<ExportDescription | undefined> {
     const volume = this.volumes.get(name);
     if (!volume) return this.mode.describeUnopened(name);
-    const probe = new VolumeExport(volume, this.describeVolume(volume), () => undefined, this.readOnly(name));
+    const probe = new VolumeExport(
+      volume,
+      this.describeVolume(volume),
+      () => undefined,
+      this.readOnly(name),
+    );
     await probe.close();
     return probe;
   }
@@ -166,7 +182,12 @@ export class VolumeHost implements ExportProvider {
     if (this.closingNow) return undefined;
     const volume = await this.mode.volumeFor(name);
     if (!volume) return undefined;
-    return new VolumeExport(volume, this.describeVolume(volume), () => this.mode.sessionEnded(name, volume), this.readOnly(name));
+    return new VolumeExport(
+      volume,
+      this.describeVolume(volume),
+      () => this.mode.sessionEnded(name, volume),
+      this.readOnly(name),
+    );
   }
 
   private readOnly(name: string): boolean {
@@ -192,6 +213,11 @@ export class VolumeHost implements ExportProvider {
 }
 
 /** An export's NBD description: "torus volume NAME (SIZE[, encrypted][; read-only: WHY])". */
-export function exportDescription(name: string, size: number, encrypted: boolean, readOnly?: string): string {
+export function exportDescription(
+  name: string,
+  size: number,
+  encrypted: boolean,
+  readOnly?: string,
+): string {
   return `torus volume ${name} (${formatSize(size)}${encrypted ? ', encrypted' : ''}${readOnly ? `; read-only: ${readOnly}` : ''})`;
 }

@@ -5,7 +5,8 @@
  */
 import { fileURLToPath } from 'node:url';
 
-export type ChildScript = 'embedded-writer' | 'etcd-close-exit' | 'threaded-close-exit' | 'peer-child';
+export type ChildScript =
+  'embedded-writer' | 'etcd-close-exit' | 'threaded-close-exit' | 'peer-child';
 
 export function childScript(name: ChildScript): string {
   return fileURLToPath(new URL(`./${name}.js`, import.meta.url));

@@ -69,22 +69,37 @@ export class InProcessCluster {
   ) {}
 
   /** A metadata store initialised like `torusctl init --replication R`, and `nodes` nodes that joined the ring. */
-  static async create(nodes: number, options: InProcessClusterOptions = {}): Promise<InProcessCluster> {
-    const log = logger('inproc').child({}, { level: options.logLevel ?? process.env.TORUS_LOG_LEVEL ?? 'error' });
+  static async create(
+    nodes: number,
+    options: InProcessClusterOptions = {},
+  ): Promise<InProcessCluster> {
+    const log = logger('inproc').child(
+      {},
+      { level: options.logLevel ?? process.env.TORUS_LOG_LEVEL ?? 'error' },
+    );
     const dir = await mkdtemp(join(tmpdir(), 'torus-inproc-'));
     let meta: MetadataStore | undefined;
     try {
       meta = await openEmbeddedMetadataStore(join(dir, 'meta'), { log });
       const blockSize = options.blockSize ?? 64 * 1024;
-      const settings = await new VolumeCatalog(meta).initSettings({ blockSize, createdAt: new Date().toISOString() });
+      const settings = await new VolumeCatalog(meta).initSettings({
+        blockSize,
+        createdAt: new Date().toISOString(),
+      });
       await initRing(meta, { replication: options.replication ?? 2 });
-      const cluster = new InProcessCluster(dir, meta, settings.createdAt, {
-        replication: options.replication ?? 2,
-        capacityBytes: options.capacityBytes ?? 64 * MiB,
-        blockSize: settings.blockSize,
-        lockLingerMs: options.lockLingerMs ?? 0,
-        rebalanceIntervalMs: options.rebalanceIntervalMs ?? 1000,
-      }, log);
+      const cluster = new InProcessCluster(
+        dir,
+        meta,
+        settings.createdAt,
+        {
+          replication: options.replication ?? 2,
+          capacityBytes: options.capacityBytes ?? 64 * MiB,
+          blockSize: settings.blockSize,
+          lockLingerMs: options.lockLingerMs ?? 0,
+          rebalanceIntervalMs: options.rebalanceIntervalMs ?? 1000,
+        },
+        log,
+      );
       try {
         for (let i = 0; i < nodes; i++) await cluster.addNode();
         await cluster.converged();
@@ -125,7 +140,13 @@ export class InProcessCluster {
     });
     try {
       // Listening before registering, as torusd: a peer that sees this node registered can reach it.
-      const peers = await node.servePeers({ host: '127.0.0.1', port: 0, clusterId, nodeId: uuid, log });
+      const peers = await node.servePeers({
+        host: '127.0.0.1',
+        port: 0,
+        clusterId,
+        nodeId: uuid,
+        log,
+      });
       const member = await ClusterMember.join({
         meta: this.meta,
         uuid,
@@ -157,11 +178,17 @@ export class InProcessCluster {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const version = (await readRing(this.meta))?.description.version;
-      const behind = this.nodes.filter((n) => n.member.ring()?.version !== version || n.member.peers.peers().length !== this.nodes.length);
+      const behind = this.nodes.filter(
+        (n) =>
+          n.member.ring()?.version !== version ||
+          n.member.peers.peers().length !== this.nodes.length,
+      );
       if (behind.length === 0) return;
       if (Date.now() > deadline) {
         const which = behind.map((n) => n.index).join(', ');
-        throw new Error(`nodes ${which} did not see ring version ${version} and ${this.nodes.length} live nodes within ${timeoutMs} ms`);
+        throw new Error(
+          `nodes ${which} did not see ring version ${version} and ${this.nodes.length} live nodes within ${timeoutMs} ms`,
+        );
       }
       await new Promise((resolve) => setTimeout(resolve, 25));
     }
@@ -200,7 +227,11 @@ export class InProcessCluster {
   }
 
   /** Open `volume` on node `n` as an NBD session would, run `body`, and close the session whatever happens. */
-  async withExport<T>(n: InProcessNode, volume: string, body: (exp: NbdExport) => Promise<T>): Promise<T> {
+  async withExport<T>(
+    n: InProcessNode,
+    volume: string,
+    body: (exp: NbdExport) => Promise<T>,
+  ): Promise<T> {
     const exp = await n.node.open(volume);
     if (!exp) throw new Error(`node ${n.index} has no volume "${volume}"`);
     try {
@@ -218,14 +249,20 @@ export class InProcessCluster {
     for (const n of [...this.nodes].reverse()) {
       await this.stopNode(n).catch((err: Error) => failures.push(err.message));
     }
-    await bounded('closing the metadata store', () => this.meta.close()).catch((err: Error) => failures.push(err.message));
+    await bounded('closing the metadata store', () => this.meta.close()).catch((err: Error) =>
+      failures.push(err.message),
+    );
     await rm(this.dir, { recursive: true, force: true });
-    if (failures.length > 0) throw new Error(`in-process cluster did not close cleanly: ${failures.join('; ')}`);
+    if (failures.length > 0)
+      throw new Error(`in-process cluster did not close cleanly: ${failures.join('; ')}`);
   }
 }
 
 /** createN: `nodes` storage nodes in this process, every one in the ring. */
-export function createCluster(nodes: number, options: InProcessClusterOptions = {}): Promise<InProcessCluster> {
+export function createCluster(
+  nodes: number,
+  options: InProcessClusterOptions = {},
+): Promise<InProcessCluster> {
   return InProcessCluster.create(nodes, options);
 }
 
@@ -233,7 +270,10 @@ export function createCluster(nodes: number, options: InProcessClusterOptions = 
  * Poll `check` (every 200 ms) until it has no complaint; fail with its last
  * one after `timeoutMs`. For what background work settles (rebalance, GC).
  */
-export async function settles(check: () => Promise<string | undefined>, timeoutMs = 20_000): Promise<void> {
+export async function settles(
+  check: () => Promise<string | undefined>,
+  timeoutMs = 20_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const complaint = await check();
@@ -250,7 +290,10 @@ export function keyOf(ref: BlockRef): string {
 async function bounded(what: string, work: () => Promise<void>): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const limit = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} took more than ${CLOSE_LIMIT_MS} ms`)), CLOSE_LIMIT_MS);
+    timer = setTimeout(
+      () => reject(new Error(`${what} took more than ${CLOSE_LIMIT_MS} ms`)),
+      CLOSE_LIMIT_MS,
+    );
   });
   try {
     await Promise.race([work(), limit]);

@@ -10,7 +10,13 @@
  * every connection and CAN_MULTI_CONN holds.
  */
 import { IoError } from '../../src/common/errors.js';
-import type { ExportInfo, ExportProvider, Extent, NbdExport, WriteZeroesOptions } from '../../src/dataplane/nbd/export.js';
+import type {
+  ExportInfo,
+  ExportProvider,
+  Extent,
+  NbdExport,
+  WriteZeroesOptions,
+} from '../../src/dataplane/nbd/export.js';
 import { NBD_STATE_HOLE, NBD_STATE_ZERO } from '../../src/dataplane/nbd/wire.js';
 
 const CHUNK = 64 * 1024;
@@ -48,8 +54,14 @@ export class MemoryExport implements NbdExport {
     this.preferredBlockSize = options.preferredBlockSize ?? 4096;
     this.maximumPayload = options.maximumPayload ?? 32 * 1024 * 1024;
     this.canMultiConn = options.canMultiConn ?? true;
-    if (!Number.isSafeInteger(this.size) || this.size < 0 || this.size % this.minimumBlockSize !== 0) {
-      throw new RangeError(`export size ${this.size} must be a non-negative multiple of the minimum block size ${this.minimumBlockSize}`);
+    if (
+      !Number.isSafeInteger(this.size) ||
+      this.size < 0 ||
+      this.size % this.minimumBlockSize !== 0
+    ) {
+      throw new RangeError(
+        `export size ${this.size} must be a non-negative multiple of the minimum block size ${this.minimumBlockSize}`,
+      );
     }
   }
 
@@ -127,7 +139,11 @@ export class MemoryExport implements NbdExport {
   }
 
   /** Split [offset, offset+length) at chunk boundaries: visit(chunk index, offset within it, piece length, bytes before it). */
-  private forEachPiece(offset: number, length: number, visit: (index: number, within: number, length: number, done: number) => void): void {
+  private forEachPiece(
+    offset: number,
+    length: number,
+    visit: (index: number, within: number, length: number, done: number) => void,
+  ): void {
     let done = 0;
     while (done < length) {
       const at = offset + done;
@@ -141,7 +157,8 @@ export class MemoryExport implements NbdExport {
 
   private checkRange(offset: number, length: number): void {
     // The session validates first; this guards direct (diagnostic) use.
-    if (offset < 0 || length < 0 || offset + length > this.size) throw new IoError('EINVAL', `range ${offset}+${length} outside the ${this.size}-byte export`);
+    if (offset < 0 || length < 0 || offset + length > this.size)
+      throw new IoError('EINVAL', `range ${offset}+${length} outside the ${this.size}-byte export`);
   }
 
   private checkWritable(offset: number, length: number): void {

@@ -10,7 +10,12 @@
 import { StoreFullError } from '../../src/common/errors.js';
 import { hasher, type Hasher } from '../../src/dataplane/blocks/hash.js';
 import { refKey, type BlockRef } from '../../src/model/block-ref.js';
-import { checkReceived, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
+import {
+  checkReceived,
+  type ListBlocksFilter,
+  type PeerBlockBackend,
+  type PeerNodeInfo,
+} from '../../src/dataplane/peer/backend.js';
 import type { ListedBlock, WireBlock } from '../../src/dataplane/peer/wire.js';
 
 export interface MemoryPeerBackendOptions {
@@ -37,7 +42,12 @@ export class MemoryPeerBackend implements PeerBlockBackend {
   }
 
   info(): PeerNodeInfo {
-    return { uuid: this.uuid, capacityBytes: this.capacityBytes, usedBytes: this.usedBytes, blocks: this.blocks.size };
+    return {
+      uuid: this.uuid,
+      capacityBytes: this.capacityBytes,
+      usedBytes: this.usedBytes,
+      blocks: this.blocks.size,
+    };
   }
 
   async putBlocks(blocks: readonly WireBlock[]): Promise<void> {
@@ -49,12 +59,18 @@ export class MemoryPeerBackend implements PeerBlockBackend {
       growth += block.data.length - (this.blocks.get(key(block.ref))?.data.length ?? 0);
     }
     if (this.usedBytes + growth > this.capacityBytes) {
-      throw new StoreFullError(`memory backend ${this.uuid} is full (${this.usedBytes} of ${this.capacityBytes} bytes used, batch needs ${growth} more)`);
+      throw new StoreFullError(
+        `memory backend ${this.uuid} is full (${this.usedBytes} of ${this.capacityBytes} bytes used, batch needs ${growth} more)`,
+      );
     }
     for (const block of blocks) {
       // Copies: the received frame's memory is reused once we resolve.
       const stored: WireBlock = {
-        ref: { volumeId: block.ref.volumeId, generation: block.ref.generation, index: block.ref.index },
+        ref: {
+          volumeId: block.ref.volumeId,
+          generation: block.ref.generation,
+          index: block.ref.index,
+        },
         flags: block.flags,
         hashLo: block.hashLo >>> 0,
         hashHi: block.hashHi >>> 0,
@@ -99,7 +115,13 @@ export class MemoryPeerBackend implements PeerBlockBackend {
     // are reached are skipped, and one that stays is visited exactly once.
     for (const block of this.blocks.values()) {
       if (filter.volumeId !== undefined && block.ref.volumeId !== filter.volumeId) continue;
-      yield { ref: block.ref, flags: block.flags, hashLo: block.hashLo, hashHi: block.hashHi, length: block.data.length };
+      yield {
+        ref: block.ref,
+        flags: block.flags,
+        hashLo: block.hashLo,
+        hashHi: block.hashHi,
+        length: block.data.length,
+      };
     }
   }
 }

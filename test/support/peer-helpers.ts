@@ -11,7 +11,11 @@ import { childScript } from './child-scripts.js';
 import type { Logger } from '../../src/common/log.js';
 import { hasher } from '../../src/dataplane/blocks/hash.js';
 import type { BlockRef } from '../../src/model/block-ref.js';
-import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from '../../src/dataplane/peer/backend.js';
+import type {
+  ListBlocksFilter,
+  PeerBlockBackend,
+  PeerNodeInfo,
+} from '../../src/dataplane/peer/backend.js';
 import { FrameReader } from '../../src/dataplane/peer/frame-reader.js';
 import {
   HEADER_SIZE,
@@ -30,7 +34,15 @@ export const CLUSTER = 'test-cluster';
 /** A block with its real xxh64 (not sealed, no nonce or tag). */
 export async function makeBlock(ref: BlockRef, data: Buffer, flags = 0): Promise<WireBlock> {
   const { lo, hi } = (await hasher()).hash64(data);
-  return { ref, flags, hashLo: lo, hashHi: hi, nonce: Buffer.alloc(12), tag: Buffer.alloc(16), data };
+  return {
+    ref,
+    flags,
+    hashLo: lo,
+    hashHi: hi,
+    nonce: Buffer.alloc(12),
+    tag: Buffer.alloc(16),
+    data,
+  };
 }
 
 /** Deterministic bytes for block i. */
@@ -131,16 +143,25 @@ export class RawPeer {
   private constructor(readonly socket: Socket) {
     this.localPort = socket.localPort!;
     socket.on('error', () => {});
-    this.closedPromise = new Promise((resolve) => socket.once('close', () => ((this.closed = true), resolve())));
+    this.closedPromise = new Promise((resolve) =>
+      socket.once('close', () => ((this.closed = true), resolve())),
+    );
     socket.on('data', (chunk: Buffer) => {
       this.reader.push(chunk);
       while (this.reader.peekHeader()) {
         const h = this.reader.headerBuf;
         const at = this.reader.headerAt;
-        if (checkFrameHeader(h, at, true)) return void this.socket.destroy(new Error('server sent a bad frame'));
+        if (checkFrameHeader(h, at, true))
+          return void this.socket.destroy(new Error('server sent a bad frame'));
         const length = headerPayloadLength(h, at);
         if (this.reader.available < HEADER_SIZE + length) break;
-        const frame = { opcode: headerOpcode(h, at), flags: headerFlags(h, at), status: headerStatus(h, at), id: headerRequestId(h, at), payload: Buffer.alloc(0) };
+        const frame = {
+          opcode: headerOpcode(h, at),
+          flags: headerFlags(h, at),
+          status: headerStatus(h, at),
+          id: headerRequestId(h, at),
+          payload: Buffer.alloc(0),
+        };
         frame.payload = Buffer.from(this.reader.takeFrame(length));
         this.frames.push(frame);
       }
@@ -153,7 +174,6 @@ export class RawPeer {
       socket.once('error', reject);
     });
   }
-
 
   write(...bufs: Buffer[]): void {
     for (const buf of bufs) this.socket.write(buf);
@@ -173,7 +193,13 @@ export class RawPeer {
     try {
       await Promise.race([
         this.closedPromise,
-        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('server did not close the connection')), timeoutMs))),
+        new Promise<never>(
+          (_, reject) =>
+            (timer = setTimeout(
+              () => reject(new Error('server did not close the connection')),
+              timeoutMs,
+            )),
+        ),
       ]);
     } finally {
       clearTimeout(timer);
@@ -186,7 +212,9 @@ export class RawPeer {
 }
 
 /** A TCP server that accepts, optionally answers, and otherwise ignores everything: a peer that hangs. */
-export async function silentServer(onConnection?: (socket: Socket) => void): Promise<{ port: number; sockets: Set<Socket>; close(): Promise<void> }> {
+export async function silentServer(
+  onConnection?: (socket: Socket) => void,
+): Promise<{ port: number; sockets: Set<Socket>; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   const server: Server = createServer((socket) => {
     sockets.add(socket);
@@ -225,15 +253,25 @@ export interface ChildPeer {
 }
 
 /** A PeerServer with a memory backend in its own process (peer-child.ts); nodeArgs go to node (e.g. --cpu-prof). */
-export async function startChildPeer(nodeId: string, clusterId = CLUSTER, nodeArgs: string[] = []): Promise<ChildPeer> {
+export async function startChildPeer(
+  nodeId: string,
+  clusterId = CLUSTER,
+  nodeArgs: string[] = [],
+): Promise<ChildPeer> {
   const script = childScript('peer-child');
-  const child = spawn(process.execPath, [...nodeArgs, script, clusterId, nodeId], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TORUS_LOG_LEVEL: process.env.TORUS_LOG_LEVEL ?? 'warn' } });
+  const child = spawn(process.execPath, [...nodeArgs, script, clusterId, nodeId], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, TORUS_LOG_LEVEL: process.env.TORUS_LOG_LEVEL ?? 'warn' },
+  });
   let out = '';
   let err = '';
   child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const ports = await new Promise<{ tbpPort: number; grpcPort: number }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`peer child did not start within 10 s: ${err}`)), 10_000);
+    const timer = setTimeout(
+      () => reject(new Error(`peer child did not start within 10 s: ${err}`)),
+      10_000,
+    );
     child.stdout!.on('data', (d: Buffer) => {
       out += d.toString();
       const line = out.split('\n')[0];

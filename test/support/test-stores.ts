@@ -64,7 +64,12 @@ export function testStores(): TestStoreKind[] {
     ...(skipEtcd ? { skip: skipEtcd } : {}),
     async open() {
       if (!etcd) throw new Error('etcd was not started');
-      const store = await openEtcdMetadataStore({ endpoints: etcd.endpoint, prefix: `/torus-locks-${process.pid}-${nextPrefix++}/`, callTimeoutMs: 2000, log: quiet });
+      const store = await openEtcdMetadataStore({
+        endpoints: etcd.endpoint,
+        prefix: `/torus-locks-${process.pid}-${nextPrefix++}/`,
+        callTimeoutMs: 2000,
+        log: quiet,
+      });
       stores.push(store);
       return store;
     },
@@ -73,7 +78,10 @@ export function testStores(): TestStoreKind[] {
 }
 
 /** Run `body` with a fresh store of `kind`, closed whatever happens. */
-export function withStore(kind: TestStoreKind, body: (meta: MetadataStore) => Promise<void>): () => Promise<void> {
+export function withStore(
+  kind: TestStoreKind,
+  body: (meta: MetadataStore) => Promise<void>,
+): () => Promise<void> {
   return async () => {
     const meta = await kind.open();
     try {

@@ -20,8 +20,13 @@ function describeLock(lock: VolumeLockInfo): string {
 export class VolumeLockedError extends ConflictError {
   override name = 'VolumeLockedError';
   readonly volume: string;
-  constructor(readonly lock: VolumeLockInfo, consequence?: string) {
-    super(`volume "${lock.volume}" is locked for writing by ${describeLock(lock)}${consequence ? `; ${consequence}` : ''}`);
+  constructor(
+    readonly lock: VolumeLockInfo,
+    consequence?: string,
+  ) {
+    super(
+      `volume "${lock.volume}" is locked for writing by ${describeLock(lock)}${consequence ? `; ${consequence}` : ''}`,
+    );
     this.volume = lock.volume;
   }
 }
@@ -49,7 +54,9 @@ export class FencedError extends ConflictError {
         : why.current
           ? `now held by ${describeLock(why.current)}`
           : 'nobody holds it now';
-    super(`volume "${volume}": write lock epoch ${epoch} is no longer held (${reason}); ${refused}`);
+    super(
+      `volume "${volume}": write lock epoch ${epoch} is no longer held (${reason}); ${refused}`,
+    );
     this.current = 'current' in why ? why.current : undefined;
   }
 }
@@ -57,7 +64,12 @@ export class FencedError extends ConflictError {
 /** The reason handed to a VolumeLock's 'lost' listeners. */
 export class VolumeLockLostError extends Error {
   override name = 'VolumeLockLostError';
-  constructor(readonly volume: string, readonly epoch: number, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly volume: string,
+    readonly epoch: number,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(`write lock on volume "${volume}" (epoch ${epoch}) lost: ${message}`, options);
   }
 }

@@ -44,7 +44,10 @@ export interface VolumeFence {
  */
 export function fenceCompares(fence: VolumeFence): Compare[] {
   // An absent key has revisions 0: a fence of revision 0 would pass two of the three compares on it.
-  assert(fence.revision >= 1 && fence.epoch >= 1, 'a fence names a lock taken at a revision ≥ 1 with an epoch ≥ 1');
+  assert(
+    fence.revision >= 1 && fence.epoch >= 1,
+    'a fence names a lock taken at a revision ≥ 1 with an epoch ≥ 1',
+  );
   const key = volumeLockKey(fence.volume);
   return [
     { key, target: 'createRevision', op: '==', value: fence.revision },
@@ -55,7 +58,12 @@ export function fenceCompares(fence: VolumeFence): Compare[] {
 
 /** The same test as fenceCompares, on a key already read (e.g. by a txn's failure branch). */
 export function fenceHolds(fence: VolumeFence, kv: KeyValue | undefined): boolean {
-  return kv !== undefined && kv.createRevision === fence.revision && kv.modRevision === fence.revision && kv.value.equals(fence.value);
+  return (
+    kv !== undefined &&
+    kv.createRevision === fence.revision &&
+    kv.modRevision === fence.revision &&
+    kv.value.equals(fence.value)
+  );
 }
 
 /**

@@ -4,7 +4,13 @@
  * its commits refused by compare-and-swap. See README.md for the contract.
  */
 export { acquireVolumeLock, VolumeLock, type AcquireVolumeLockOptions } from './volume-lock.js';
-export { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence, type VolumeLockState } from './fence.js';
+export {
+  checkFenceLocally,
+  fenceCompares,
+  fenceHolds,
+  type VolumeFence,
+  type VolumeLockState,
+} from './fence.js';
 export { describeHolder, localHolder, type LockHolder } from './holder.js';
 export {
   assertVolumeUnlocked,

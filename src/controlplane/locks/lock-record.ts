@@ -43,7 +43,9 @@ export interface VolumeLockInfo extends LockRecord {
 }
 
 export function encodeLockRecord(record: LockRecord): Buffer {
-  return Buffer.from(JSON.stringify({ holder: record.holder, epoch: record.epoch, acquiredAt: record.acquiredAt }));
+  return Buffer.from(
+    JSON.stringify({ holder: record.holder, epoch: record.epoch, acquiredAt: record.acquiredAt }),
+  );
 }
 
 /**
@@ -59,7 +61,8 @@ export function decodeLock(volume: string, kv: KeyValue): VolumeLockInfo {
   } catch {
     // undecodable: reported as held by "unknown"
   }
-  const epoch = typeof parsed.epoch === 'number' && Number.isSafeInteger(parsed.epoch) ? parsed.epoch : 0;
+  const epoch =
+    typeof parsed.epoch === 'number' && Number.isSafeInteger(parsed.epoch) ? parsed.epoch : 0;
   const info: VolumeLockInfo = {
     volume,
     holder: holderFrom(parsed.holder),
@@ -72,7 +75,10 @@ export function decodeLock(volume: string, kv: KeyValue): VolumeLockInfo {
 }
 
 /** Who holds `volume`'s write lock, or undefined when nobody does. */
-export async function readVolumeLock(meta: MetadataStore, volume: string): Promise<VolumeLockInfo | undefined> {
+export async function readVolumeLock(
+  meta: MetadataStore,
+  volume: string,
+): Promise<VolumeLockInfo | undefined> {
   const kv = await meta.get(volumeLockKey(volume));
   return kv ? decodeLock(volume, kv) : undefined;
 }

@@ -25,7 +25,15 @@ import { EventEmitter } from 'node:events';
 import { assert } from '../../common/assert.js';
 import { ConflictError, NotFoundError } from '../../common/errors.js';
 import { LeaseNotFoundError } from '../metadata/errors.js';
-import { keyAbsent, keyPresent, unchangedSince, type KeyValue, type Lease, type MetadataStore, type Watcher } from '../metadata/store.js';
+import {
+  keyAbsent,
+  keyPresent,
+  unchangedSince,
+  type KeyValue,
+  type Lease,
+  type MetadataStore,
+  type Watcher,
+} from '../metadata/store.js';
 import { checkVolumeName, volumeKey } from '../volumes/catalog.js';
 import { VolumeLockedError, VolumeLockLostError } from './errors.js';
 import { fenceCompares, fenceHolds, type VolumeFence, type VolumeLockState } from './fence.js';
@@ -72,12 +80,19 @@ function epochOf(volume: string, kv: KeyValue | undefined): number {
   const epoch = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(epoch)) {
     // Handing out epochs from a damaged counter could repeat one: refuse.
-    throw new Error(`${volumeEpochKey(volume)} holds ${JSON.stringify(text.slice(0, 40))}, not an epoch; refusing to lock volume "${volume}"`);
+    throw new Error(
+      `${volumeEpochKey(volume)} holds ${JSON.stringify(text.slice(0, 40))}, not an epoch; refusing to lock volume "${volume}"`,
+    );
   }
   return epoch;
 }
 
-async function take(meta: MetadataStore, volume: string, holder: LockHolder, lease: Lease): Promise<Taken> {
+async function take(
+  meta: MetadataStore,
+  volume: string,
+  holder: LockHolder,
+  lease: Lease,
+): Promise<Taken> {
   const lockKey = volumeLockKey(volume);
   const epochKey = volumeEpochKey(volume);
   const recordKey = volumeKey(volume);
@@ -87,7 +102,11 @@ async function take(meta: MetadataStore, volume: string, holder: LockHolder, lea
     const acquiredAt = new Date().toISOString();
     const value = encodeLockRecord({ holder, epoch, acquiredAt });
     const result = await meta.txn({
-      compare: [keyPresent(recordKey), keyAbsent(lockKey), unchangedSince(epochKey, counter?.modRevision ?? 0)],
+      compare: [
+        keyPresent(recordKey),
+        keyAbsent(lockKey),
+        unchangedSince(epochKey, counter?.modRevision ?? 0),
+      ],
       success: [
         { type: 'put', key: epochKey, value: Buffer.from(String(epoch)) },
         { type: 'put', key: lockKey, value, lease },
@@ -101,11 +120,18 @@ async function take(meta: MetadataStore, volume: string, holder: LockHolder, lea
     if (result.succeeded) {
       // Paired with the compare: the take comes after the counter it read, and its epoch after every earlier one.
       const counted = counter?.modRevision ?? 0;
-      assert(result.revision > counted, () => `lock taken at revision ${result.revision}, not after the epoch counter's ${counted}`);
+      assert(
+        result.revision > counted,
+        () => `lock taken at revision ${result.revision}, not after the epoch counter's ${counted}`,
+      );
       let taken = lastEpochTaken.get(meta);
       if (!taken) lastEpochTaken.set(meta, (taken = new Map()));
       const last = taken.get(volume) ?? 0;
-      assert(epoch > last, () => `volume "${volume}": lock epoch ${epoch} is not above ${last}, taken before; the epoch counter went back`);
+      assert(
+        epoch > last,
+        () =>
+          `volume "${volume}": lock epoch ${epoch} is not above ${last}, taken before; the epoch counter went back`,
+      );
       taken.set(volume, epoch);
       return { epoch, value, revision: result.revision, acquiredAt };
     }
@@ -113,7 +139,9 @@ async function take(meta: MetadataStore, volume: string, holder: LockHolder, lea
     if (!record) throw new NotFoundError(`no volume named "${volume}"`);
     if (lock) throw new VolumeLockedError(decodeLock(volume, lock));
   }
-  throw new ConflictError(`the write lock of volume "${volume}" changed hands ${MAX_TAKE_ATTEMPTS} times while being taken; try again`);
+  throw new ConflictError(
+    `the write lock of volume "${volume}" changed hands ${MAX_TAKE_ATTEMPTS} times while being taken; try again`,
+  );
 }
 
 /**
@@ -125,14 +153,21 @@ async function take(meta: MetadataStore, volume: string, holder: LockHolder, lea
  * Read the volume record after this resolves: every commit under an earlier
  * epoch is then either in it or refused for good.
  */
-export async function acquireVolumeLock(meta: MetadataStore, volume: string, options: AcquireVolumeLockOptions): Promise<VolumeLock> {
+export async function acquireVolumeLock(
+  meta: MetadataStore,
+  volume: string,
+  options: AcquireVolumeLockOptions,
+): Promise<VolumeLock> {
   checkVolumeName(volume);
   checkHolder(options.holder);
   if ((options.lease === undefined) === (options.ttlSeconds === undefined)) {
     throw new TypeError('acquireVolumeLock: give exactly one of lease and ttlSeconds');
   }
   if (options.lease && options.lease.state !== 'alive') {
-    throw new LeaseNotFoundError(options.lease.id, `lease ${options.lease.id} is ${options.lease.state}: no lock can be taken with it`);
+    throw new LeaseNotFoundError(
+      options.lease.id,
+      `lease ${options.lease.id} is ${options.lease.state}: no lock can be taken with it`,
+    );
   }
   const ownsLease = options.lease === undefined;
   const lease = options.lease ?? (await meta.grantLease(options.ttlSeconds!));
@@ -215,7 +250,12 @@ export class VolumeLock extends EventEmitter implements VolumeFence {
 
   /** A plain-data copy of this lock's identity (no state: the store alone decides). */
   get fence(): VolumeFence {
-    return { volume: this.volume, epoch: this.epoch, revision: this.revision, value: Buffer.from(this.value) };
+    return {
+      volume: this.volume,
+      epoch: this.epoch,
+      revision: this.revision,
+      value: Buffer.from(this.value),
+    };
   }
 
   /** @internal follow the lease and the key; acquireVolumeLock calls it once. */
@@ -228,7 +268,8 @@ export class VolumeLock extends EventEmitter implements VolumeFence {
         for (const lock of [...set]) lock.lose(`its lease ${lock.lease.id} was lost`, err);
       });
       this.lease.once('revoked', () => {
-        for (const lock of [...set]) lock.lose(`its lease ${lock.lease.id} was revoked without release()`);
+        for (const lock of [...set])
+          lock.lose(`its lease ${lock.lease.id} was revoked without release()`);
       });
     }
     locks.add(this);
@@ -246,33 +287,49 @@ export class VolumeLock extends EventEmitter implements VolumeFence {
    */
   private async watchKey(): Promise<void> {
     const key = this.key;
-    const watcher = await this.meta.watchPrefix(key, { onError: (err) => this.watchEnded(err) }, (event) => {
-      // The watch is on a prefix: "locks/volumes/a" also sees "locks/volumes/ab".
-      if (event.key !== key || this.current !== 'held') return;
-      if (event.type === 'put' && event.modRevision === this.revision) return; // our own take
-      this.lose(event.type === 'delete' ? `its key was deleted (revision ${event.modRevision})` : `its key was overwritten (revision ${event.modRevision})`);
-    });
+    const watcher = await this.meta.watchPrefix(
+      key,
+      { onError: (err) => this.watchEnded(err) },
+      (event) => {
+        // The watch is on a prefix: "locks/volumes/a" also sees "locks/volumes/ab".
+        if (event.key !== key || this.current !== 'held') return;
+        if (event.type === 'put' && event.modRevision === this.revision) return; // our own take
+        this.lose(
+          event.type === 'delete'
+            ? `its key was deleted (revision ${event.modRevision})`
+            : `its key was overwritten (revision ${event.modRevision})`,
+        );
+      },
+    );
     if (this.current !== 'held') {
       await watcher.close();
       return;
     }
     this.watcher = watcher;
     const kv = await this.meta.get(key);
-    if (!fenceHolds(this, kv)) this.lose(kv ? `its key was overwritten (revision ${kv.modRevision})` : 'its key is gone');
+    if (!fenceHolds(this, kv))
+      this.lose(kv ? `its key was overwritten (revision ${kv.modRevision})` : 'its key is gone');
   }
 
   /** The watch ended on its own (e.g. etcd compacted what it needed to resume): watch again or give up. */
   private watchEnded(err: Error): void {
     if (this.current !== 'held') return;
     this.watcher = undefined;
-    this.watchKey().catch((again: unknown) => this.lose('its watch ended and could not be re-established', again ?? err));
+    this.watchKey().catch((again: unknown) =>
+      this.lose('its watch ended and could not be re-established', again ?? err),
+    );
   }
 
   private lose(why: string, cause?: unknown): void {
     if (this.current !== 'held') return;
     this.current = 'lost';
     this.lostBeforeRelease = true;
-    this.lostWhy = new VolumeLockLostError(this.volume, this.epoch, why, cause === undefined ? undefined : { cause });
+    this.lostWhy = new VolumeLockLostError(
+      this.volume,
+      this.epoch,
+      why,
+      cause === undefined ? undefined : { cause },
+    );
     void this.detach();
     this.emit('lost', this.lostWhy);
   }
@@ -310,7 +367,10 @@ export class VolumeLock extends EventEmitter implements VolumeFence {
     await this.detach();
     let failure: unknown;
     try {
-      await this.meta.txn({ compare: fenceCompares(this), success: [{ type: 'delete', key: this.key }] });
+      await this.meta.txn({
+        compare: fenceCompares(this),
+        success: [{ type: 'delete', key: this.key }],
+      });
     } catch (err) {
       failure = err;
     }

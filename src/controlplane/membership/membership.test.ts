@@ -58,7 +58,8 @@ after(async () => {
 function withoutKeepAlive(meta: MetadataStore): MetadataStore {
   return new Proxy(meta, {
     get(target, name, receiver) {
-      if (name === 'grantLease') return (ttl: number) => target.grantLease(ttl, { keepAlive: false });
+      if (name === 'grantLease')
+        return (ttl: number) => target.grantLease(ttl, { keepAlive: false });
       const value = Reflect.get(target, name, receiver);
       return typeof value === 'function' ? value.bind(target) : value;
     },
@@ -67,8 +68,20 @@ function withoutKeepAlive(meta: MetadataStore): MetadataStore {
 
 const usage = () => ({ capacity: 256 * 2 ** 20, used: 2 ** 20 });
 
-function startRegistration(meta: MetadataStore, overrides: Partial<Parameters<typeof NodeRegistration.start>[0]> = {}) {
-  return NodeRegistration.start({ meta, uuid: randomUUID(), address: 'http://127.0.0.1:40000', usage, version: 'test', ttlSeconds: 1, log: quiet, ...overrides });
+function startRegistration(
+  meta: MetadataStore,
+  overrides: Partial<Parameters<typeof NodeRegistration.start>[0]> = {},
+) {
+  return NodeRegistration.start({
+    meta,
+    uuid: randomUUID(),
+    address: 'http://127.0.0.1:40000',
+    usage,
+    version: 'test',
+    ttlSeconds: 1,
+    log: quiet,
+    ...overrides,
+  });
 }
 
 describe('node identity', () => {
@@ -98,9 +111,16 @@ describe('node identity', () => {
   it('a data directory bound to one cluster refuses another', async () => {
     const dir = await tempDir();
     assert.equal(await readClusterBinding(dir), undefined);
-    assert.deepEqual(await bindToCluster(dir, { clusterId: 'A', etcd: '127.0.0.1:2379' }), { bound: true });
-    assert.deepEqual(await bindToCluster(dir, { clusterId: 'A', etcd: 'http://other:2379' }), { bound: false });
-    await assert.rejects(bindToCluster(dir, { clusterId: 'B', etcd: '127.0.0.1:2379' }), ConflictError);
+    assert.deepEqual(await bindToCluster(dir, { clusterId: 'A', etcd: '127.0.0.1:2379' }), {
+      bound: true,
+    });
+    assert.deepEqual(await bindToCluster(dir, { clusterId: 'A', etcd: 'http://other:2379' }), {
+      bound: false,
+    });
+    await assert.rejects(
+      bindToCluster(dir, { clusterId: 'B', etcd: '127.0.0.1:2379' }),
+      ConflictError,
+    );
     assert.equal((await readClusterBinding(dir))?.clusterId, 'A');
   });
 });
@@ -146,7 +166,11 @@ describe('ring storage', () => {
     const meta = await store();
     await initRing(meta);
     await casRing(meta, 1, addMembers([member()]));
-    await assert.rejects(casRing(meta, 1, setReplication(4)), (err: Error) => err instanceof RingVersionConflictError && /version 2, not 1/.test(err.message));
+    await assert.rejects(
+      casRing(meta, 1, setReplication(4)),
+      (err: Error) =>
+        err instanceof RingVersionConflictError && /version 2, not 1/.test(err.message),
+    );
     assert.equal((await readRing(meta))?.description.replication, 2);
   });
 
@@ -154,12 +178,19 @@ describe('ring storage', () => {
     const meta = await store();
     await initRing(meta);
     const versions: number[] = [];
-    const watcher = await meta.watchPrefix(RING_KEY, {}, (e) => versions.push(decodeRing(e.value).version));
+    const watcher = await meta.watchPrefix(RING_KEY, {}, (e) =>
+      versions.push(decodeRing(e.value).version),
+    );
     const members = Array.from({ length: 4 }, () => member());
-    const changes = await Promise.all(members.map((m) => casRing(meta, undefined, addMembers([m]), { attempts: 10 })));
+    const changes = await Promise.all(
+      members.map((m) => casRing(meta, undefined, addMembers([m]), { attempts: 10 })),
+    );
     const final = (await readRing(meta))!.description;
     assert.equal(final.version, 5);
-    assert.deepEqual(new Set(final.members.map((m) => m.uuid)), new Set(members.map((m) => m.uuid)));
+    assert.deepEqual(
+      new Set(final.members.map((m) => m.uuid)),
+      new Set(members.map((m) => m.uuid)),
+    );
     assert.deepEqual(changes.map((c) => c.ring.description.version).sort(), [2, 3, 4, 5]);
     await eventually('every version watched', () => versions.length === 4);
     assert.deepEqual(versions, [2, 3, 4, 5]);
@@ -185,18 +216,32 @@ describe('ring storage', () => {
         return typeof value === 'function' ? value.bind(target) : value;
       },
     });
-    await assert.rejects(casRing(contended, undefined, setReplication(3), { attempts: 3 }), (err: Error) => err instanceof ConflictError && /changed 3 times/.test(err.message));
+    await assert.rejects(
+      casRing(contended, undefined, setReplication(3), { attempts: 3 }),
+      (err: Error) => err instanceof ConflictError && /changed 3 times/.test(err.message),
+    );
     assert.equal(txns, 3, 'bounded: one compare-and-swap per attempt');
-    assert.deepEqual((await readRing(meta))?.description, { version: 1, type: 'ketama', replication: 2, members: [] });
+    assert.deepEqual((await readRing(meta))?.description, {
+      version: 1,
+      type: 'ketama',
+      replication: 2,
+      members: [],
+    });
   });
 
   it('invalid rings are refused on write and on read', async () => {
     const meta = await store();
     await initRing(meta);
     assert.throws(() => setReplication(0), RingFormatError);
-    await assert.rejects(casRing(meta, undefined, (ring) => ({ ...ring, members: [{ uuid: 'x', weight: 1 }] })), RingFormatError);
+    await assert.rejects(
+      casRing(meta, undefined, (ring) => ({ ...ring, members: [{ uuid: 'x', weight: 1 }] })),
+      RingFormatError,
+    );
     const m = member();
-    await assert.rejects(casRing(meta, undefined, (ring) => ({ ...ring, members: [m, m] })), /appears twice/);
+    await assert.rejects(
+      casRing(meta, undefined, (ring) => ({ ...ring, members: [m, m] })),
+      /appears twice/,
+    );
     assert.equal((await readRing(meta))?.description.version, 1, 'nothing written');
     await meta.put(RING_KEY, Buffer.from('{"version":0}'));
     await assert.rejects(readRing(meta), RingFormatError);
@@ -215,7 +260,10 @@ describe('registration', () => {
     assert.equal(info.capacity, 256 * 2 ** 20);
     assert.equal(info.pid, process.pid);
     assert.equal(info.rebalanceRate, 0);
-    await eventually('a later report', async () => decodePeerInfo((await meta.get(key))!).lastSeen > info.lastSeen);
+    await eventually(
+      'a later report',
+      async () => decodePeerInfo((await meta.get(key))!).lastSeen > info.lastSeen,
+    );
     await reg.stop();
     assert.equal(await meta.get(key), undefined, 'gone as soon as stop() resolves');
     await reg.stop();
@@ -223,7 +271,12 @@ describe('registration', () => {
 
   it('reports the rates its callback gives at each update (rounded, never negative)', async () => {
     const meta = await store();
-    let rates = { rebalancing: true, rebalanceRate: 1234.6, replicationRate: -1, rebalancePending: 65536 };
+    let rates = {
+      rebalancing: true,
+      rebalanceRate: 1234.6,
+      replicationRate: -1,
+      rebalancePending: 65536,
+    };
     const reg = await startRegistration(meta, { updateIntervalMs: 50, rates: () => rates });
     const key = nodeKey(reg.uuid);
     const first = decodePeerInfo((await meta.get(key))!);
@@ -231,8 +284,16 @@ describe('registration', () => {
     assert.equal(first.rebalanceRate, 1235);
     assert.equal(first.replicationRate, 0);
     assert.equal(first.rebalancePending, 65536);
-    rates = { rebalancing: false, rebalanceRate: 0, replicationRate: 5_000_000, rebalancePending: 0 };
-    await eventually('the new rates reported', async () => decodePeerInfo((await meta.get(key))!).replicationRate === 5_000_000);
+    rates = {
+      rebalancing: false,
+      rebalanceRate: 0,
+      replicationRate: 5_000_000,
+      rebalancePending: 0,
+    };
+    await eventually(
+      'the new rates reported',
+      async () => decodePeerInfo((await meta.get(key))!).replicationRate === 5_000_000,
+    );
     assert.equal(decodePeerInfo((await meta.get(key))!).rebalancing, false);
     await reg.stop();
   });
@@ -247,7 +308,10 @@ describe('registration', () => {
     reg.on('registered', (_info: PeerInfo, isAgain: boolean) => isAgain && again++);
     await eventually('lost and registered again', () => lost >= 1 && again >= 1, 5000);
     assert.notEqual(reg.leaseId, firstLease);
-    await eventually('present again', async () => (await meta.get(nodeKey(reg.uuid))) !== undefined);
+    await eventually(
+      'present again',
+      async () => (await meta.get(nodeKey(reg.uuid))) !== undefined,
+    );
     await reg.stop();
     assert.equal(await meta.get(nodeKey(reg.uuid)), undefined);
   });
@@ -256,7 +320,12 @@ describe('registration', () => {
     const meta = await store();
     const uuid = randomUUID();
     const elsewhere = await startRegistration(meta, { uuid, hostname: 'other-host', pid: 4242 });
-    await assert.rejects(startRegistration(meta, { uuid }), (err: Error) => err instanceof ConflictError && /already registered by pid 4242 on other-host/.test(err.message));
+    await assert.rejects(
+      startRegistration(meta, { uuid }),
+      (err: Error) =>
+        err instanceof ConflictError &&
+        /already registered by pid 4242 on other-host/.test(err.message),
+    );
     await elsewhere.stop();
 
     const deadPid = spawnSync(process.execPath, ['-e', '0']).pid!;
@@ -285,15 +354,34 @@ describe('peer table', () => {
     const a = await startRegistration(meta, { address: 'http://127.0.0.1:40000', ttlSeconds: 5 });
     const b = await startRegistration(meta, { address: 'http://127.0.0.1:40001', ttlSeconds: 5 });
     await eventually('both seen', () => table.peers().length === 2);
-    assert.deepEqual(table.rows().map((r) => r.status), ['Avail', 'Avail']);
+    assert.deepEqual(
+      table.rows().map((r) => r.status),
+      ['Avail', 'Avail'],
+    );
 
-    await casRing(meta, undefined, addMembers([{ uuid: a.uuid, weight: 10 }, { uuid: b.uuid, weight: 10 }]));
+    await casRing(
+      meta,
+      undefined,
+      addMembers([
+        { uuid: a.uuid, weight: 10 },
+        { uuid: b.uuid, weight: 10 },
+      ]),
+    );
     await eventually('ring 2', () => table.ring()?.version === 2);
-    assert.deepEqual(table.rows().map((r) => r.status), ['OK', 'OK']);
+    assert.deepEqual(
+      table.rows().map((r) => r.status),
+      ['OK', 'OK'],
+    );
 
     await b.stop();
     await eventually('b down', () => table.peers().length === 1);
-    assert.deepEqual(table.rows().map((r) => [r.uuid, r.status]), [[a.uuid, 'OK'], [b.uuid, 'DOWN']]);
+    assert.deepEqual(
+      table.rows().map((r) => [r.uuid, r.status]),
+      [
+        [a.uuid, 'OK'],
+        [b.uuid, 'DOWN'],
+      ],
+    );
     assert.deepEqual(events, [`up ${a.uuid}`, `up ${b.uuid}`, 'ring 2', `down ${b.uuid}`]);
 
     const snapshot = await readMembership(meta, quiet);
@@ -310,8 +398,18 @@ describe('peer table', () => {
       version: 3,
       type: 'ketama',
       replication: 2,
-      members: [{ uuid: u1, weight: 5 }, { uuid: u3, weight: 7 }],
+      members: [
+        { uuid: u1, weight: 5 },
+        { uuid: u3, weight: 7 },
+      ],
     });
-    assert.deepEqual(rows.map((r) => [r.uuid, r.status, r.weight]), [[u1, 'OK', 5], [u2, 'Avail', undefined], [u3, 'DOWN', 7]]);
+    assert.deepEqual(
+      rows.map((r) => [r.uuid, r.status, r.weight]),
+      [
+        [u1, 'OK', 5],
+        [u2, 'Avail', undefined],
+        [u3, 'DOWN', 7],
+      ],
+    );
   });
 });

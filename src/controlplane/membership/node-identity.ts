@@ -54,7 +54,9 @@ export async function loadOrCreateNodeId(dataDir: string): Promise<NodeIdentity>
 function checkNodeId(text: string, path: string): string {
   const uuid = text.trim();
   if (!UUID_PATTERN.test(uuid)) {
-    throw new Error(`node id file ${path} is damaged (expected a uuid, got ${JSON.stringify(uuid.slice(0, 64))}); restore it, or delete it to join as a new node`);
+    throw new Error(
+      `node id file ${path} is damaged (expected a uuid, got ${JSON.stringify(uuid.slice(0, 64))}); restore it, or delete it to join as a new node`,
+    );
   }
   return uuid;
 }
@@ -69,14 +71,19 @@ export async function readClusterBinding(dataDir: string): Promise<ClusterBindin
   } catch {
     // fall through
   }
-  throw new Error(`cluster file ${path} is damaged; restore it (deleting it lets this directory join another cluster, whose start-up would free all its blocks)`);
+  throw new Error(
+    `cluster file ${path} is damaged; restore it (deleting it lets this directory join another cluster, whose start-up would free all its blocks)`,
+  );
 }
 
 /**
  * Bind `dataDir` to a cluster, or check that it is bound to this one.
  * ConflictError when it belongs to another cluster.
  */
-export async function bindToCluster(dataDir: string, cluster: { clusterId: string; etcd: string }): Promise<{ bound: boolean }> {
+export async function bindToCluster(
+  dataDir: string,
+  cluster: { clusterId: string; etcd: string },
+): Promise<{ bound: boolean }> {
   const check = (existing: ClusterBinding) => {
     if (existing.clusterId !== cluster.clusterId) {
       throw new ConflictError(
@@ -89,7 +96,8 @@ export async function bindToCluster(dataDir: string, cluster: { clusterId: strin
   const existing = await readClusterBinding(dataDir);
   if (existing) return check(existing);
   const binding: ClusterBinding = { ...cluster, boundAt: new Date().toISOString() };
-  if (await createExclusive(dataDir, CLUSTER_FILE, JSON.stringify(binding) + '\n')) return { bound: true };
+  if (await createExclusive(dataDir, CLUSTER_FILE, JSON.stringify(binding) + '\n'))
+    return { bound: true };
   return check((await readClusterBinding(dataDir))!);
 }
 

@@ -60,20 +60,34 @@ export function decodePeerInfo(kv: Pick<KeyValue, 'key' | 'value'>): PeerInfo {
     throw new PeerInfoFormatError(`registration ${kv.key} is not JSON`);
   }
   checkPeerInfo(info, kv.key);
-  if (kv.key !== nodeKey(info.uuid)) throw new PeerInfoFormatError(`registration ${kv.key} names uuid ${info.uuid}`);
+  if (kv.key !== nodeKey(info.uuid))
+    throw new PeerInfoFormatError(`registration ${kv.key} names uuid ${info.uuid}`);
   return info;
 }
 
 function checkPeerInfo(info: PeerInfo, where = 'registration'): void {
   const bad = (field: string) => new PeerInfoFormatError(`${where}: bad or missing ${field}`);
-  if (typeof info !== 'object' || info === null) throw new PeerInfoFormatError(`${where} is not an object`);
+  if (typeof info !== 'object' || info === null)
+    throw new PeerInfoFormatError(`${where} is not an object`);
   if (typeof info.uuid !== 'string' || !UUID_PATTERN.test(info.uuid)) throw bad('uuid');
   for (const field of ['address', 'hostname', 'instance', 'version'] as const) {
     if (typeof info[field] !== 'string') throw bad(field);
   }
-  for (const field of ['pid', 'capacity', 'used', 'startedAt', 'lastSeen', 'rebalanceRate', 'replicationRate'] as const) {
+  for (const field of [
+    'pid',
+    'capacity',
+    'used',
+    'startedAt',
+    'lastSeen',
+    'rebalanceRate',
+    'replicationRate',
+  ] as const) {
     if (!Number.isSafeInteger(info[field]) || info[field] < 0) throw bad(field);
   }
   if (typeof info.rebalancing !== 'boolean') throw bad('rebalancing');
-  if (info.rebalancePending !== undefined && (!Number.isSafeInteger(info.rebalancePending) || info.rebalancePending < 0)) throw bad('rebalancePending');
+  if (
+    info.rebalancePending !== undefined &&
+    (!Number.isSafeInteger(info.rebalancePending) || info.rebalancePending < 0)
+  )
+    throw bad('rebalancePending');
 }

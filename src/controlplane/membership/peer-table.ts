@@ -37,7 +37,10 @@ export interface MembershipSnapshot {
  * registrations are skipped (and logged): one bad value must not hide the
  * rest of the cluster.
  */
-export async function readMembership(meta: MetadataStore, log: Logger = logger('membership')): Promise<MembershipSnapshot> {
+export async function readMembership(
+  meta: MetadataStore,
+  log: Logger = logger('membership'),
+): Promise<MembershipSnapshot> {
   const result = await meta.txn({
     compare: [],
     success: [
@@ -46,7 +49,8 @@ export async function readMembership(meta: MetadataStore, log: Logger = logger('
     ],
   });
   const [nodes, ring] = result.results;
-  if (nodes?.type !== 'get' || ring?.type !== 'get') throw new Error('membership read: unexpected txn results');
+  if (nodes?.type !== 'get' || ring?.type !== 'get')
+    throw new Error('membership read: unexpected txn results');
   const peers: MembershipSnapshot['peers'] = new Map();
   for (const kv of nodes.kvs) {
     try {
@@ -60,7 +64,9 @@ export async function readMembership(meta: MetadataStore, log: Logger = logger('
   return {
     revision: result.revision,
     peers,
-    ring: ringKv ? { description: decodeRing(ringKv.value), modRevision: ringKv.modRevision } : undefined,
+    ring: ringKv
+      ? { description: decodeRing(ringKv.value), modRevision: ringKv.modRevision }
+      : undefined,
   };
 }
 
@@ -77,12 +83,19 @@ export interface MemberRow {
 }
 
 /** Every live node and every ring member, once each: live nodes by address then uuid, then DOWN members. */
-export function memberRows(peers: Iterable<PeerInfo>, ring: RingDescription | undefined): MemberRow[] {
+export function memberRows(
+  peers: Iterable<PeerInfo>,
+  ring: RingDescription | undefined,
+): MemberRow[] {
   const weights = new Map((ring?.members ?? []).map((m) => [m.uuid, m.weight]));
-  const live = [...peers].sort((a, b) => a.address.localeCompare(b.address) || a.uuid.localeCompare(b.uuid));
+  const live = [...peers].sort(
+    (a, b) => a.address.localeCompare(b.address) || a.uuid.localeCompare(b.uuid),
+  );
   const rows: MemberRow[] = live.map((peer) => {
     const weight = weights.get(peer.uuid);
-    return weight === undefined ? { uuid: peer.uuid, status: 'Avail', peer } : { uuid: peer.uuid, status: 'OK', peer, weight };
+    return weight === undefined
+      ? { uuid: peer.uuid, status: 'Avail', peer }
+      : { uuid: peer.uuid, status: 'OK', peer, weight };
   });
   const liveIds = new Set(live.map((p) => p.uuid));
   for (const m of ring?.members ?? []) {
@@ -142,8 +155,16 @@ export class PeerTable extends EventEmitter {
     const onError = (err: Error) => this.onWatchError(err);
     const watchers: Watcher[] = [];
     try {
-      watchers.push(await this.meta.watchPrefix(NODES_PREFIX, { fromRevision: from, onError }, (e) => this.onNodeEvent(e)));
-      watchers.push(await this.meta.watchPrefix(RING_KEY, { fromRevision: from, onError }, (e) => this.onRingEvent(e)));
+      watchers.push(
+        await this.meta.watchPrefix(NODES_PREFIX, { fromRevision: from, onError }, (e) =>
+          this.onNodeEvent(e),
+        ),
+      );
+      watchers.push(
+        await this.meta.watchPrefix(RING_KEY, { fromRevision: from, onError }, (e) =>
+          this.onRingEvent(e),
+        ),
+      );
     } catch (err) {
       await Promise.all(watchers.map((w) => w.close()));
       throw err;
@@ -164,7 +185,8 @@ export class PeerTable extends EventEmitter {
     for (const [uuid, { info }] of snapshot.peers) {
       const old = before.get(uuid);
       if (!old) this.emit('peer-up', info);
-      else if (old.modRevision !== snapshot.peers.get(uuid)!.modRevision) this.emit('peer-update', info, old.info);
+      else if (old.modRevision !== snapshot.peers.get(uuid)!.modRevision)
+        this.emit('peer-update', info, old.info);
       changed ||= !old || old.modRevision !== snapshot.peers.get(uuid)!.modRevision;
     }
     for (const [uuid, old] of before) {
@@ -198,7 +220,10 @@ export class PeerTable extends EventEmitter {
     try {
       info = decodePeerInfo(event);
     } catch (err) {
-      this.log.warn({ key: event.key, err: (err as Error).message }, 'ignoring unreadable registration');
+      this.log.warn(
+        { key: event.key, err: (err as Error).message },
+        'ignoring unreadable registration',
+      );
       return;
     }
     this.peerMap.set(uuid, { info, modRevision: event.modRevision });
@@ -217,7 +242,10 @@ export class PeerTable extends EventEmitter {
       try {
         this.stored = { description: decodeRing(event.value), modRevision: event.modRevision };
       } catch (err) {
-        this.log.error({ err: (err as Error).message, revision: event.modRevision }, 'ignoring an invalid ring description');
+        this.log.error(
+          { err: (err as Error).message, revision: event.modRevision },
+          'ignoring an invalid ring description',
+        );
         return;
       }
     }
@@ -244,7 +272,10 @@ export class PeerTable extends EventEmitter {
           },
           (e: Error) => {
             if (this.closed) return;
-            this.log.warn({ err: e.message, retryInMs: this.resyncDelayMs }, 'membership reload failed; will retry');
+            this.log.warn(
+              { err: e.message, retryInMs: this.resyncDelayMs },
+              'membership reload failed; will retry',
+            );
             const delay = this.resyncDelayMs;
             this.resyncDelayMs = Math.min(this.resyncDelayMs * 2, RESYNC_MAX_MS);
             this.scheduleResync(delay);

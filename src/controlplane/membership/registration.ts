@@ -27,7 +27,13 @@ import { hostname as osHostname } from 'node:os';
 import { ConflictError } from '../../common/errors.js';
 import { logger, type Logger } from '../../common/log.js';
 import type { Lease, MetadataStore } from '../metadata/store.js';
-import { decodePeerInfo, encodePeerInfo, nodeKey, UUID_PATTERN, type PeerInfo } from './peer-info.js';
+import {
+  decodePeerInfo,
+  encodePeerInfo,
+  nodeKey,
+  UUID_PATTERN,
+  type PeerInfo,
+} from './peer-info.js';
 
 export const DEFAULT_REGISTRATION_TTL_SECONDS = 5;
 export const DEFAULT_UPDATE_INTERVAL_MS = 2000;
@@ -93,7 +99,8 @@ export class NodeRegistration extends EventEmitter {
 
   private constructor(private readonly options: NodeRegistrationOptions) {
     super();
-    if (!UUID_PATTERN.test(options.uuid)) throw new RangeError(`node uuid must be a lower-case uuid, got ${options.uuid}`);
+    if (!UUID_PATTERN.test(options.uuid))
+      throw new RangeError(`node uuid must be a lower-case uuid, got ${options.uuid}`);
     this.uuid = options.uuid;
     this.meta = options.meta;
     this.ttlSeconds = options.ttlSeconds ?? DEFAULT_REGISTRATION_TTL_SECONDS;
@@ -107,7 +114,10 @@ export class NodeRegistration extends EventEmitter {
   static async start(options: NodeRegistrationOptions): Promise<NodeRegistration> {
     const registration = new NodeRegistration(options);
     await registration.register(false);
-    registration.updateTimer = setInterval(() => registration.update(), registration.updateIntervalMs).unref();
+    registration.updateTimer = setInterval(
+      () => registration.update(),
+      registration.updateIntervalMs,
+    ).unref();
     return registration;
   }
 
@@ -141,7 +151,9 @@ export class NodeRegistration extends EventEmitter {
       rebalancing: rates?.rebalancing ?? false,
       rebalanceRate: bytes(rates?.rebalanceRate),
       replicationRate: bytes(rates?.replicationRate),
-      ...(rates?.rebalancePending !== undefined ? { rebalancePending: bytes(rates.rebalancePending) } : {}),
+      ...(rates?.rebalancePending !== undefined
+        ? { rebalancePending: bytes(rates.rebalancePending) }
+        : {}),
       version: this.options.version,
     };
   }
@@ -164,7 +176,10 @@ export class NodeRegistration extends EventEmitter {
     this.retryDelayMs = RETRY_FIRST_MS;
     lease.once('lost', (reason: Error) => this.onLost(lease, reason));
     if (lease.state !== 'alive') this.onLost(lease, new Error('lease ended while registering'));
-    this.log.info({ uuid: this.uuid, address: this.options.address, lease: lease.id, ttl: lease.ttlSeconds }, again ? 'registered again' : 'registered');
+    this.log.info(
+      { uuid: this.uuid, address: this.options.address, lease: lease.id, ttl: lease.ttlSeconds },
+      again ? 'registered again' : 'registered',
+    );
     this.emit('registered', this.last, again);
   }
 
@@ -180,7 +195,9 @@ export class NodeRegistration extends EventEmitter {
       });
       if (result.succeeded) return;
     }
-    throw new ConflictError(`registration ${key} kept changing while this node tried to claim it; is another node using uuid ${this.uuid}?`);
+    throw new ConflictError(
+      `registration ${key} kept changing while this node tried to claim it; is another node using uuid ${this.uuid}?`,
+    );
   }
 
   /** Throws ConflictError unless the registration in `kv` is ours or a dead predecessor's on this host. */
@@ -189,13 +206,20 @@ export class NodeRegistration extends EventEmitter {
     try {
       other = decodePeerInfo(kv);
     } catch (err) {
-      this.log.warn({ key: kv.key, err: (err as Error).message }, 'overwriting an unreadable registration of this uuid');
+      this.log.warn(
+        { key: kv.key, err: (err as Error).message },
+        'overwriting an unreadable registration of this uuid',
+      );
       return;
     }
     if (other.instance === this.instance) return;
-    const predecessor = other.hostname === this.hostname && (other.pid === this.pid || !processAlive(other.pid));
+    const predecessor =
+      other.hostname === this.hostname && (other.pid === this.pid || !processAlive(other.pid));
     if (predecessor) {
-      this.log.info({ uuid: this.uuid, previousPid: other.pid }, 'taking over the registration left by a previous process of this node');
+      this.log.info(
+        { uuid: this.uuid, previousPid: other.pid },
+        'taking over the registration left by a previous process of this node',
+      );
       return;
     }
     throw new ConflictError(
@@ -208,7 +232,10 @@ export class NodeRegistration extends EventEmitter {
     if (this.lease !== lease || this.current === 'stopped') return;
     this.lease = undefined;
     this.current = 'reregistering';
-    this.log.warn({ uuid: this.uuid, lease: lease.id, reason: reason?.message }, 'registration lease lost; registering again');
+    this.log.warn(
+      { uuid: this.uuid, lease: lease.id, reason: reason?.message },
+      'registration lease lost; registering again',
+    );
     this.emit('lost', reason);
     this.scheduleRetry(0);
   }
@@ -221,7 +248,10 @@ export class NodeRegistration extends EventEmitter {
       this.register(true).catch((err: Error) => {
         if (this.current === 'stopped') return;
         const level = err instanceof ConflictError ? 'error' : 'warn';
-        this.log[level]({ uuid: this.uuid, err: err.message, retryInMs: this.retryDelayMs }, 'could not register again; will retry');
+        this.log[level](
+          { uuid: this.uuid, err: err.message, retryInMs: this.retryDelayMs },
+          'could not register again; will retry',
+        );
         const delay = this.retryDelayMs;
         this.retryDelayMs = Math.min(this.retryDelayMs * 2, RETRY_MAX_MS);
         this.scheduleRetry(delay);
@@ -238,13 +268,15 @@ export class NodeRegistration extends EventEmitter {
       .put(nodeKey(this.uuid), encodePeerInfo(this.last), { lease })
       .then(
         () => {
-          if (this.updateFailing) this.log.info({ uuid: this.uuid }, 'registration updates succeed again');
+          if (this.updateFailing)
+            this.log.info({ uuid: this.uuid }, 'registration updates succeed again');
           this.updateFailing = false;
         },
         (err: Error) => {
           // The lease's own keepalive decides liveness; a failed update only
           // makes lastSeen older. Log the first failure of a streak.
-          if (!this.updateFailing && this.current === 'registered') this.log.warn({ uuid: this.uuid, err: err.message }, 'registration update failed');
+          if (!this.updateFailing && this.current === 'registered')
+            this.log.warn({ uuid: this.uuid, err: err.message }, 'registration update failed');
           this.updateFailing = true;
         },
       )
@@ -275,7 +307,10 @@ export class NodeRegistration extends EventEmitter {
       await lease.revoke();
       this.log.info({ uuid: this.uuid }, 'left: registration revoked');
     } catch (err) {
-      this.log.warn({ uuid: this.uuid, err: (err as Error).message }, `could not revoke the registration; it expires within ${lease.ttlSeconds}s`);
+      this.log.warn(
+        { uuid: this.uuid, err: (err as Error).message },
+        `could not revoke the registration; it expires within ${lease.ttlSeconds}s`,
+      );
     }
   }
 }

@@ -29,7 +29,9 @@ export interface StoredRing {
 }
 
 /** A change to make, given the current ring; undefined when it already holds. Never sets the version. */
-export type RingMutation = (current: RingDescription) => Omit<RingDescription, 'version'> | undefined;
+export type RingMutation = (
+  current: RingDescription,
+) => Omit<RingDescription, 'version'> | undefined;
 
 export interface RingChange {
   previous: RingDescription;
@@ -45,8 +47,13 @@ export class RingFormatError extends Error {
 /** The ring was not at the version the caller based its change on. */
 export class RingVersionConflictError extends ConflictError {
   override name = 'RingVersionConflictError';
-  constructor(readonly expected: number, readonly actual: number) {
-    super(`the ring is at version ${actual}, not ${expected}: it changed meanwhile; look again and retry`);
+  constructor(
+    readonly expected: number,
+    readonly actual: number,
+  ) {
+    super(
+      `the ring is at version ${actual}, not ${expected}: it changed meanwhile; look again and retry`,
+    );
   }
 }
 
@@ -54,17 +61,20 @@ export class RingVersionConflictError extends ConflictError {
 export function checkRing(ring: RingDescription): void {
   const bad = (what: string) => new RingFormatError(`ring description: ${what}`);
   if (typeof ring !== 'object' || ring === null) throw bad('not an object');
-  if (!Number.isSafeInteger(ring.version) || ring.version < 1) throw bad(`version must be a whole number ≥ 1, got ${ring.version}`);
+  if (!Number.isSafeInteger(ring.version) || ring.version < 1)
+    throw bad(`version must be a whole number ≥ 1, got ${ring.version}`);
   if (!RING_TYPES.includes(ring.type)) throw bad(`unknown type ${JSON.stringify(ring.type)}`);
   checkReplication(ring.replication);
   if (!Array.isArray(ring.members)) throw bad('members is not a list');
   const seen = new Set<string>();
   for (const m of ring.members) {
-    if (typeof m?.uuid !== 'string' || !UUID_PATTERN.test(m.uuid)) throw bad(`member uuid ${JSON.stringify(m?.uuid)} is not a uuid`);
+    if (typeof m?.uuid !== 'string' || !UUID_PATTERN.test(m.uuid))
+      throw bad(`member uuid ${JSON.stringify(m?.uuid)} is not a uuid`);
     if (seen.has(m.uuid)) throw bad(`member ${m.uuid} appears twice`);
     seen.add(m.uuid);
     // Relative weights (../ring/ring.ts); this module writes whole byte counts.
-    if (typeof m.weight !== 'number' || !Number.isFinite(m.weight) || m.weight <= 0) throw bad(`member ${m.uuid} has weight ${m.weight}; expected a positive number`);
+    if (typeof m.weight !== 'number' || !Number.isFinite(m.weight) || m.weight <= 0)
+      throw bad(`member ${m.uuid} has weight ${m.weight}; expected a positive number`);
   }
 }
 
@@ -76,7 +86,14 @@ export function checkReplication(replication: number): void {
 
 export function encodeRing(ring: RingDescription): Buffer {
   checkRing(ring);
-  return Buffer.from(JSON.stringify({ version: ring.version, type: ring.type, replication: ring.replication, members: ring.members.map(({ uuid, weight }) => ({ uuid, weight })) }));
+  return Buffer.from(
+    JSON.stringify({
+      version: ring.version,
+      type: ring.type,
+      replication: ring.replication,
+      members: ring.members.map(({ uuid, weight }) => ({ uuid, weight })),
+    }),
+  );
 }
 
 export function decodeRing(value: Buffer): RingDescription {
@@ -114,14 +131,21 @@ export async function initRing(
     success: [{ type: 'put', key: RING_KEY, value: encodeRing(description) }],
     failure: [{ type: 'get', key: RING_KEY }],
   });
-  if (result.succeeded) return { ring: { description, modRevision: result.revision }, created: true };
+  if (result.succeeded)
+    return { ring: { description, modRevision: result.revision }, created: true };
   const got = result.results[0];
-  if (got?.type !== 'get' || got.kvs.length === 0) throw new Error('ring init: the compare failed but the ring key is absent');
-  return { ring: { description: decodeRing(got.kvs[0].value), modRevision: got.kvs[0].modRevision }, created: false };
+  if (got?.type !== 'get' || got.kvs.length === 0)
+    throw new Error('ring init: the compare failed but the ring key is absent');
+  return {
+    ring: { description: decodeRing(got.kvs[0].value), modRevision: got.kvs[0].modRevision },
+    created: false,
+  };
 }
 
 export function notInitialisedError(): NotFoundError {
-  return new NotFoundError('the cluster is not initialised (no ring in the metadata store): run torusctl -C ETCD init first');
+  return new NotFoundError(
+    'the cluster is not initialised (no ring in the metadata store): run torusctl -C ETCD init first',
+  );
 }
 
 /**
@@ -157,9 +181,12 @@ export async function casRing(
       compare: [{ key: RING_KEY, target: 'modRevision', op: '==', value: current.modRevision }],
       success: [{ type: 'put', key: RING_KEY, value: encodeRing(next) }],
     });
-    if (result.succeeded) return { previous, ring: { description: next, modRevision: result.revision }, changed: true };
+    if (result.succeeded)
+      return { previous, ring: { description: next, modRevision: result.revision }, changed: true };
   }
-  throw new ConflictError(`the ring changed ${attempts} times while this change was being made; try again`);
+  throw new ConflictError(
+    `the ring changed ${attempts} times while this change was being made; try again`,
+  );
 }
 
 // ── mutations ────────────────────────────────────────────────────────────
@@ -170,7 +197,10 @@ export function addMembers(members: readonly RingMember[]): RingMutation {
     const present = new Set(ring.members.map((m) => m.uuid));
     const added = members.filter((m) => !present.has(m.uuid));
     if (added.length === 0) return undefined;
-    return { ...ring, members: [...ring.members, ...added.map(({ uuid, weight }) => ({ uuid, weight }))] };
+    return {
+      ...ring,
+      members: [...ring.members, ...added.map(({ uuid, weight }) => ({ uuid, weight }))],
+    };
   };
 }
 

@@ -32,8 +32,15 @@ export class MetadataClosedError extends Error {
 export class MetadataCompactedError extends Error {
   override name = 'MetadataCompactedError';
   readonly retryable = false;
-  constructor(readonly requestedRevision: number, readonly compactRevision: number, message?: string) {
-    super(message ?? `revision ${requestedRevision} is compacted (history starts after ${compactRevision}); reload and watch from the current revision`);
+  constructor(
+    readonly requestedRevision: number,
+    readonly compactRevision: number,
+    message?: string,
+  ) {
+    super(
+      message ??
+        `revision ${requestedRevision} is compacted (history starts after ${compactRevision}); reload and watch from the current revision`,
+    );
   }
 }
 
@@ -59,7 +66,10 @@ export class MetadataStorageError extends Error {
 /** A put or keepalive named a lease that does not exist (expired, revoked, unknown). */
 export class LeaseNotFoundError extends NotFoundError {
   override name = 'LeaseNotFoundError';
-  constructor(readonly leaseId: string, message?: string) {
+  constructor(
+    readonly leaseId: string,
+    message?: string,
+  ) {
     super(message ?? `lease ${leaseId} does not exist (expired or revoked)`);
   }
 }
@@ -67,7 +77,11 @@ export class LeaseNotFoundError extends NotFoundError {
 /** The reason handed to a lease's 'lost' listeners. */
 export class LeaseLostError extends Error {
   override name = 'LeaseLostError';
-  constructor(readonly leaseId: string, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly leaseId: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
   }
 }

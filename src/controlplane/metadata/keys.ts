@@ -48,15 +48,20 @@ export function prefixRangeEnd(prefix: Buffer): Buffer {
 }
 
 function checkKey(key: string): void {
-  if (typeof key !== 'string') throw new TypeError(`metadata key must be a string, got ${typeof key}`);
-  if (Buffer.byteLength(key) > MAX_KEY_BYTES) throw new RangeError(`metadata key longer than ${MAX_KEY_BYTES} bytes: ${key.slice(0, 64)}…`);
+  if (typeof key !== 'string')
+    throw new TypeError(`metadata key must be a string, got ${typeof key}`);
+  if (Buffer.byteLength(key) > MAX_KEY_BYTES)
+    throw new RangeError(`metadata key longer than ${MAX_KEY_BYTES} bytes: ${key.slice(0, 64)}…`);
 }
 
 function checkOp(op: TxnOp): void {
   checkKey(op.key);
   if (op.type === 'put') {
     if (!Buffer.isBuffer(op.value)) throw new TypeError(`value for ${op.key} must be a Buffer`);
-    if (op.value.length > MAX_VALUE_BYTES) throw new RangeError(`value for ${op.key} is ${op.value.length} bytes; the limit is ${MAX_VALUE_BYTES}`);
+    if (op.value.length > MAX_VALUE_BYTES)
+      throw new RangeError(
+        `value for ${op.key} is ${op.value.length} bytes; the limit is ${MAX_VALUE_BYTES}`,
+      );
   } else if (op.key === '' && !op.prefix) {
     throw new RangeError(`${op.type} needs a non-empty key`);
   }
@@ -70,13 +75,15 @@ function checkOp(op: TxnOp): void {
 export function checkTxn(request: TxnRequest): void {
   for (const c of request.compare) checkKey(c.key);
   for (const branch of [request.success, request.failure ?? []]) {
-    if (branch.length > MAX_TXN_OPS) throw new RangeError(`txn branch has ${branch.length} ops; the limit is ${MAX_TXN_OPS}`);
+    if (branch.length > MAX_TXN_OPS)
+      throw new RangeError(`txn branch has ${branch.length} ops; the limit is ${MAX_TXN_OPS}`);
     const written: TxnOp[] = [];
     for (const op of branch) {
       checkOp(op);
       if (op.type === 'get') continue;
       for (const other of written) {
-        if (overlaps(op, other)) throw new RangeError(`txn writes "${op.key}" more than once (with "${other.key}")`);
+        if (overlaps(op, other))
+          throw new RangeError(`txn writes "${op.key}" more than once (with "${other.key}")`);
       }
       written.push(op);
     }

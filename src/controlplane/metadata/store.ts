@@ -40,7 +40,12 @@ export type CompareOp = '==' | '!=' | '<' | '>';
  * no way to tell a missing value from an empty one otherwise).
  */
 export type Compare =
-  | { key: string; target: 'modRevision' | 'createRevision' | 'version'; op: CompareOp; value: number }
+  | {
+      key: string;
+      target: 'modRevision' | 'createRevision' | 'version';
+      op: CompareOp;
+      value: number;
+    }
   | { key: string; target: 'value'; op: CompareOp; value: Buffer };
 
 /** `prefix: true` makes get/delete act on every key starting with `key`. */
@@ -158,7 +163,11 @@ export interface MetadataStore {
    * each exactly once. Resolves once the watch is established: any write
    * that completes after that is seen.
    */
-  watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Promise<Watcher>;
+  watchPrefix(
+    prefix: string,
+    options: WatchOptions,
+    onEvent: (event: WatchEvent) => void,
+  ): Promise<Watcher>;
   currentRevision(): Promise<number>;
   /** Revokes live leases, ends watches, releases every resource. Idempotent. */
   close(): Promise<void>;

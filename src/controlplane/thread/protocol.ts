@@ -67,7 +67,8 @@ export interface WireKeyValue {
   lease?: string;
 }
 
-export type WireTxnOpResult = Exclude<TxnOpResult, { type: 'get' }> | { type: 'get'; kvs: WireKeyValue[] };
+export type WireTxnOpResult =
+  Exclude<TxnOpResult, { type: 'get' }> | { type: 'get'; kvs: WireKeyValue[] };
 
 /** What each op's reply carries in `value`. */
 export interface ReplyValues {
@@ -92,7 +93,14 @@ export type Message =
   | { type: 'fail'; id: number; error: WireError }
   /** A lease ended in the worker: lost (with the reason) or revoked. */
   | { type: 'lease'; lease: string; state: 'lost' | 'revoked'; error: WireError | undefined }
-  | { type: 'event'; watch: number; event: 'put' | 'delete'; key: string; value: WireValue; modRevision: number }
+  | {
+      type: 'event';
+      watch: number;
+      event: 'put' | 'delete';
+      key: string;
+      value: WireValue;
+      modRevision: number;
+    }
   /** A watch ended on its own (not by unwatch); the store's onError gets `error`. */
   | { type: 'watchEnd'; watch: number; error: WireError };
 
@@ -102,7 +110,9 @@ export type Message =
  * else a copy.
  */
 export function exact(bytes: Uint8Array): Uint8Array {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : new Uint8Array(bytes);
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
+    ? bytes
+    : new Uint8Array(bytes);
 }
 
 /** A Buffer view of bytes that arrived over the port (no copy). */

@@ -22,7 +22,12 @@ import { Worker } from 'node:worker_threads';
 import { fileURLToPath } from 'node:url';
 import { logger, type Logger } from '../../common/log.js';
 import type { EtcdStoreOptions } from '../metadata/etcd/etcd-store.js';
-import { LeaseLostError, LeaseNotFoundError, MetadataClosedError, MetadataUnavailableError } from '../metadata/errors.js';
+import {
+  LeaseLostError,
+  LeaseNotFoundError,
+  MetadataClosedError,
+  MetadataUnavailableError,
+} from '../metadata/errors.js';
 import { checkTxn } from '../metadata/keys.js';
 import { LeaseStateMachine } from '../metadata/lease-state.js';
 import {
@@ -40,7 +45,18 @@ import {
   type WatchOptions,
   type Watcher,
 } from '../metadata/store.js';
-import { asBuffer, exact, type Message, type Op, type ReplyValues, type Request, type WireKeyValue, type WireTxnOp, type WireTxnRequest, type WorkerSetup } from './protocol.js';
+import {
+  asBuffer,
+  exact,
+  type Message,
+  type Op,
+  type ReplyValues,
+  type Request,
+  type WireKeyValue,
+  type WireTxnOp,
+  type WireTxnRequest,
+  type WorkerSetup,
+} from './protocol.js';
 import { fromWire } from './wire-errors.js';
 
 export type ThreadedStoreOptions = EtcdStoreOptions;
@@ -115,17 +131,43 @@ export class ThreadedMetadataStore implements MetadataStore {
     const crash = this.crash;
     const lived = Date.now() - this.startedAt;
     const why = `the control-plane thread exited unexpectedly (exit code ${code}${crash ? `: ${crash.message}` : ''})`;
-    this.restartDelayMs = lived >= STABLE_AFTER_MS ? 0 : this.restartDelayMs === 0 ? RESTART_FIRST_DELAY_MS : Math.min(this.restartDelayMs * 2, RESTART_MAX_DELAY_MS);
+    this.restartDelayMs =
+      lived >= STABLE_AFTER_MS
+        ? 0
+        : this.restartDelayMs === 0
+          ? RESTART_FIRST_DELAY_MS
+          : Math.min(this.restartDelayMs * 2, RESTART_MAX_DELAY_MS);
     const restart = !this.closing;
     this.log.error(
-      { err: crash, exitCode: code, livedMs: lived, pendingCalls: this.pending.size, leases: this.leases.size, watches: this.watchers.size, restartInMs: restart ? this.restartDelayMs : undefined },
+      {
+        err: crash,
+        exitCode: code,
+        livedMs: lived,
+        pendingCalls: this.pending.size,
+        leases: this.leases.size,
+        watches: this.watchers.size,
+        restartInMs: restart ? this.restartDelayMs : undefined,
+      },
       `${why}; pending calls fail, leases are lost, watches end${restart ? '; starting a new one' : ''}`,
     );
     const pending = [...this.pending.values()];
     this.pending.clear();
-    for (const call of pending) call.reject(new MetadataUnavailableError(`etcd ${call.op}: ${why} before answering; the outcome of a write is unknown`, { cause: crash }));
-    for (const lease of [...this.leases.values()]) lease.settle('lost', new LeaseLostError(lease.id, `lease ${lease.id}: ${why}; nothing keeps it alive any more`, { cause: crash }));
-    for (const watcher of [...this.watchers.values()]) watcher.ended(new MetadataUnavailableError(`watch ended: ${why}`, { cause: crash }));
+    for (const call of pending)
+      call.reject(
+        new MetadataUnavailableError(
+          `etcd ${call.op}: ${why} before answering; the outcome of a write is unknown`,
+          { cause: crash },
+        ),
+      );
+    for (const lease of [...this.leases.values()])
+      lease.settle(
+        'lost',
+        new LeaseLostError(lease.id, `lease ${lease.id}: ${why}; nothing keeps it alive any more`, {
+          cause: crash,
+        }),
+      );
+    for (const watcher of [...this.watchers.values()])
+      watcher.ended(new MetadataUnavailableError(`watch ended: ${why}`, { cause: crash }));
     if (!restart) return;
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
@@ -158,10 +200,17 @@ export class ThreadedMetadataStore implements MetadataStore {
         return;
       }
       case 'lease':
-        this.leases.get(message.lease)?.settle(message.state, message.error && fromWire(message.error));
+        this.leases
+          .get(message.lease)
+          ?.settle(message.state, message.error && fromWire(message.error));
         return;
       case 'event':
-        this.watchers.get(message.watch)?.deliver({ type: message.event, key: message.key, value: asBuffer(message.value), modRevision: message.modRevision });
+        this.watchers.get(message.watch)?.deliver({
+          type: message.event,
+          key: message.key,
+          value: asBuffer(message.value),
+          modRevision: message.modRevision,
+        });
         return;
       case 'watchEnd':
         this.watchers.get(message.watch)?.ended(fromWire(message.error));
@@ -182,7 +231,8 @@ export class ThreadedMetadataStore implements MetadataStore {
         (value as WireKeyValue[]).forEach(reviveKeyValue);
         return value;
       case 'txn':
-        for (const r of (value as ReplyValues['txn']).results) if (r.type === 'get') r.kvs.forEach(reviveKeyValue);
+        for (const r of (value as ReplyValues['txn']).results)
+          if (r.type === 'get') r.kvs.forEach(reviveKeyValue);
         return value;
       case 'grantLease': {
         const { id, ttlSeconds } = value as ReplyValues['grantLease'];
@@ -199,11 +249,19 @@ export class ThreadedMetadataStore implements MetadataStore {
   private send<T>(request: Request): Promise<T> {
     const thread = this.thread;
     if (!thread) {
-      return Promise.reject(new MetadataUnavailableError(`etcd ${request.op}: the control-plane thread is restarting after it exited (${this.crash?.message ?? 'see the log'}); retry shortly`));
+      return Promise.reject(
+        new MetadataUnavailableError(
+          `etcd ${request.op}: the control-plane thread is restarting after it exited (${this.crash?.message ?? 'see the log'}); retry shortly`,
+        ),
+      );
     }
     request.id = ++this.lastId;
     return new Promise<T>((resolve, reject) => {
-      this.pending.set(request.id, { op: request.op, resolve: resolve as (value: unknown) => void, reject });
+      this.pending.set(request.id, {
+        op: request.op,
+        resolve: resolve as (value: unknown) => void,
+        reject,
+      });
       try {
         thread.postMessage(request);
       } catch (err) {
@@ -215,7 +273,8 @@ export class ThreadedMetadataStore implements MetadataStore {
   }
 
   private call<T>(request: Request): Promise<T> {
-    if (this.closing) return Promise.reject(new MetadataClosedError('etcd metadata store is closed'));
+    if (this.closing)
+      return Promise.reject(new MetadataClosedError('etcd metadata store is closed'));
     return this.send<T>(request);
   }
 
@@ -231,7 +290,13 @@ export class ThreadedMetadataStore implements MetadataStore {
 
   async put(key: string, value: Buffer, options: PutOptions = {}): Promise<number> {
     checkTxn({ compare: [], success: [{ type: 'put', key, value }] });
-    return this.call({ id: 0, op: 'put', key, value: exact(value), lease: leaseIdOf(options.lease) });
+    return this.call({
+      id: 0,
+      op: 'put',
+      key,
+      value: exact(value),
+      lease: leaseIdOf(options.lease),
+    });
   }
 
   delete(key: string): Promise<number> {
@@ -248,17 +313,32 @@ export class ThreadedMetadataStore implements MetadataStore {
   }
 
   async grantLease(ttlSeconds: number, options: GrantLeaseOptions = {}): Promise<Lease> {
-    return this.call({ id: 0, op: 'grantLease', ttlSeconds, keepAlive: options.keepAlive !== false });
+    return this.call({
+      id: 0,
+      op: 'grantLease',
+      ttlSeconds,
+      keepAlive: options.keepAlive !== false,
+    });
   }
 
-  async watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Promise<Watcher> {
+  async watchPrefix(
+    prefix: string,
+    options: WatchOptions,
+    onEvent: (event: WatchEvent) => void,
+  ): Promise<Watcher> {
     if (this.closing) throw new MetadataClosedError('etcd metadata store is closed');
     // Registered before the request: the worker may post events (history
     // replayed from fromRevision) before it answers that the watch is on.
     const watcher = new ThreadedWatcher(this, ++this.lastWatch, onEvent, options.onError);
     this.watchers.set(watcher.id, watcher);
     try {
-      await this.send({ id: 0, op: 'watch', watch: watcher.id, prefix, fromRevision: options.fromRevision });
+      await this.send({
+        id: 0,
+        op: 'watch',
+        watch: watcher.id,
+        prefix,
+        fromRevision: options.fromRevision,
+      });
     } catch (err) {
       watcher.discard();
       throw err;
@@ -309,21 +389,29 @@ export class ThreadedMetadataStore implements MetadataStore {
       let timer: NodeJS.Timeout | undefined;
       const bound = new Promise<void>((resolve) => {
         timer = setTimeout(() => {
-          this.log.warn({ afterMs: this.closeTimeoutMs + CLOSE_GRACE_MS }, 'control-plane thread did not finish closing the store; ending it');
+          this.log.warn(
+            { afterMs: this.closeTimeoutMs + CLOSE_GRACE_MS },
+            'control-plane thread did not finish closing the store; ending it',
+          );
           resolve();
         }, this.closeTimeoutMs + CLOSE_GRACE_MS);
       });
       try {
         await Promise.race([this.send({ id: 0, op: 'close' }), bound]);
       } catch (err) {
-        this.log.warn({ err }, 'closing the etcd store on the control-plane thread failed; ending the thread');
+        this.log.warn(
+          { err },
+          'closing the etcd store on the control-plane thread failed; ending the thread',
+        );
       } finally {
         clearTimeout(timer);
       }
       this.thread = undefined; // its exit is ours, not a crash
       await thread.terminate();
     }
-    const closed = new MetadataClosedError('etcd metadata store closed before the control-plane thread answered');
+    const closed = new MetadataClosedError(
+      'etcd metadata store closed before the control-plane thread answered',
+    );
     for (const call of this.pending.values()) call.reject(closed);
     this.pending.clear();
     // The worker's close revoked them and said so; any it could not reach are revoked all the same.
@@ -338,13 +426,19 @@ function reviveKeyValue(kv: WireKeyValue): KeyValue {
 }
 
 function wireOps(ops: TxnOp[]): WireTxnOp[] {
-  return ops.map((op) => (op.type === 'put' ? { type: 'put', key: op.key, value: exact(op.value), lease: leaseIdOf(op.lease) } : op));
+  return ops.map((op) =>
+    op.type === 'put'
+      ? { type: 'put', key: op.key, value: exact(op.value), lease: leaseIdOf(op.lease) }
+      : op,
+  );
 }
 
 /** The request as it can cross: exact bytes, leases as ids. */
 function wireTxn(request: TxnRequest): WireTxnRequest {
   return {
-    compare: request.compare.map((c) => (c.target === 'value' ? { key: c.key, target: 'value', op: c.op, value: exact(c.value) } : c)),
+    compare: request.compare.map((c) =>
+      c.target === 'value' ? { key: c.key, target: 'value', op: c.op, value: exact(c.value) } : c,
+    ),
     success: wireOps(request.success),
     ...(request.failure ? { failure: wireOps(request.failure) } : {}),
   };
@@ -364,7 +458,8 @@ export class ThreadedLease extends LeaseStateMachine {
   /** @internal the worker said it ended, the worker died, or the store closed. */
   settle(state: 'lost' | 'revoked', reason?: Error): void {
     if (state === 'lost') {
-      if (this.transition('lost', reason ?? new LeaseLostError(this.id, `lease ${this.id} lost`))) this.store.log.warn({ lease: this.id, err: reason }, 'lease lost');
+      if (this.transition('lost', reason ?? new LeaseLostError(this.id, `lease ${this.id} lost`)))
+        this.store.log.warn({ lease: this.id, err: reason }, 'lease lost');
     } else {
       this.transition('revoked');
     }
@@ -436,7 +531,9 @@ export class ThreadedWatcher implements Watcher {
  * the call deadline), so a wrong endpoint or TLS file fails here — with the
  * same error class as openEtcdMetadataStore — rather than at first use.
  */
-export async function openThreadedMetadataStore(options: ThreadedStoreOptions): Promise<ThreadedMetadataStore> {
+export async function openThreadedMetadataStore(
+  options: ThreadedStoreOptions,
+): Promise<ThreadedMetadataStore> {
   const store = new ThreadedMetadataStore(options);
   try {
     await store.currentRevision();

@@ -13,7 +13,14 @@
  * arrives as an Error that keeps the original name.
  */
 import { InvariantError } from '../../common/assert.js';
-import { ChecksumError, ConflictError, IoError, NotFoundError, StoreFullError, UsageError } from '../../common/errors.js';
+import {
+  ChecksumError,
+  ConflictError,
+  IoError,
+  NotFoundError,
+  StoreFullError,
+  UsageError,
+} from '../../common/errors.js';
 import {
   LeaseLostError,
   LeaseNotFoundError,
@@ -64,12 +71,25 @@ const KNOWN: ReadonlyMap<string, ErrorClass> = new Map<string, ErrorClass>(
 const MAX_DEPTH = 4;
 
 export function toWire(err: unknown, depth = 0): WireError {
-  if (!(err instanceof Error)) return { name: 'Error', message: String(err), stack: undefined, fields: undefined, cause: undefined };
+  if (!(err instanceof Error))
+    return {
+      name: 'Error',
+      message: String(err),
+      stack: undefined,
+      fields: undefined,
+      cause: undefined,
+    };
   let fields: WireError['fields'];
   for (const key of Object.keys(err)) {
     if (key === 'name' || key === 'message' || key === 'stack' || key === 'cause') continue;
     const value = (err as unknown as Record<string, unknown>)[key];
-    if (value === null || typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean') (fields ??= {})[key] = value;
+    if (
+      value === null ||
+      typeof value === 'string' ||
+      typeof value === 'number' ||
+      typeof value === 'boolean'
+    )
+      (fields ??= {})[key] = value;
   }
   const cause = err.cause;
   return {
@@ -82,7 +102,15 @@ export function toWire(err: unknown, depth = 0): WireError {
         ? undefined
         : cause instanceof Error
           ? toWire(cause, depth + 1)
-          : { value: cause === null || typeof cause === 'string' || typeof cause === 'number' || typeof cause === 'boolean' ? cause : String(cause) },
+          : {
+              value:
+                cause === null ||
+                typeof cause === 'string' ||
+                typeof cause === 'number' ||
+                typeof cause === 'boolean'
+                  ? cause
+                  : String(cause),
+            },
   };
 }
 
@@ -93,12 +121,27 @@ export function toWire(err: unknown, depth = 0): WireError {
  */
 export function fromWire(wire: WireError): Error {
   const cls = KNOWN.get(wire.name) ?? Error;
-  const cause = wire.cause === undefined ? undefined : 'value' in wire.cause ? wire.cause.value : fromWire(wire.cause);
-  const err: Error = Reflect.construct(Error, cause === undefined ? [wire.message] : [wire.message, { cause }], cls);
+  const cause =
+    wire.cause === undefined
+      ? undefined
+      : 'value' in wire.cause
+        ? wire.cause.value
+        : fromWire(wire.cause);
+  const err: Error = Reflect.construct(
+    Error,
+    cause === undefined ? [wire.message] : [wire.message, { cause }],
+    cls,
+  );
   if (wire.fields) Object.assign(err, wire.fields);
   // A class field `name` is an own field and came with `fields`; a built-in
   // keeps it on the prototype. An unknown class keeps its name this way.
-  if (err.name !== wire.name) Object.defineProperty(err, 'name', { value: wire.name, writable: true, configurable: true, enumerable: true });
+  if (err.name !== wire.name)
+    Object.defineProperty(err, 'name', {
+      value: wire.name,
+      writable: true,
+      configurable: true,
+      enumerable: true,
+    });
   if (wire.stack !== undefined) err.stack = wire.stack;
   return err;
 }

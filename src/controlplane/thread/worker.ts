@@ -16,7 +16,17 @@ import { logger } from '../../common/log.js';
 import { LeaseNotFoundError } from '../metadata/errors.js';
 import { EtcdMetadataStore } from '../metadata/etcd/etcd-store.js';
 import type { KeyValue, Lease, TxnOp, TxnRequest, Watcher } from '../metadata/store.js';
-import { asBuffer, exact, type Message, type ReplyValues, type Request, type WireKeyValue, type WireTxnOp, type WireTxnRequest, type WorkerSetup } from './protocol.js';
+import {
+  asBuffer,
+  exact,
+  type Message,
+  type ReplyValues,
+  type Request,
+  type WireKeyValue,
+  type WireTxnOp,
+  type WireTxnRequest,
+  type WorkerSetup,
+} from './protocol.js';
 import { toWire } from './wire-errors.js';
 
 const port = parentPort;
@@ -45,13 +55,16 @@ function wireKeyValue(kv: KeyValue): WireKeyValue {
 }
 
 function bufferOps(ops: WireTxnOp[] | undefined): TxnOp[] | undefined {
-  if (ops) for (const op of ops) if (op.type === 'put') (op as unknown as TxnOp & { type: 'put' }).value = asBuffer(op.value);
+  if (ops)
+    for (const op of ops)
+      if (op.type === 'put') (op as unknown as TxnOp & { type: 'put' }).value = asBuffer(op.value);
   return ops as TxnOp[] | undefined;
 }
 
 /** The request arrived as this thread's own copy: its byte fields become Buffers in place. */
 function bufferTxn(request: WireTxnRequest): TxnRequest {
-  for (const c of request.compare) if (c.target === 'value') (c as { value: Uint8Array }).value = asBuffer(c.value);
+  for (const c of request.compare)
+    if (c.target === 'value') (c as { value: Uint8Array }).value = asBuffer(c.value);
   bufferOps(request.success);
   bufferOps(request.failure);
   return request as TxnRequest;
@@ -62,7 +75,12 @@ function follow(lease: Lease): void {
   leases.set(lease.id, lease);
   const ended = (state: 'lost' | 'revoked', reason?: Error) => {
     leases.delete(lease.id);
-    post({ type: 'lease', lease: lease.id, state, error: reason === undefined ? undefined : toWire(reason) });
+    post({
+      type: 'lease',
+      lease: lease.id,
+      state,
+      error: reason === undefined ? undefined : toWire(reason),
+    });
   };
   lease.once('lost', (reason: Error) => ended('lost', reason));
   lease.once('revoked', () => ended('revoked'));
@@ -77,7 +95,11 @@ async function handle(store: EtcdMetadataStore, req: Request): Promise<ReplyValu
     case 'getPrefix':
       return (await store.getPrefix(req.prefix)).map(wireKeyValue);
     case 'put':
-      return store.put(req.key, asBuffer(req.value), req.lease === undefined ? {} : { lease: req.lease });
+      return store.put(
+        req.key,
+        asBuffer(req.value),
+        req.lease === undefined ? {} : { lease: req.lease },
+      );
     case 'delete':
       return store.delete(req.key);
     case 'deletePrefix':
@@ -111,7 +133,15 @@ async function handle(store: EtcdMetadataStore, req: Request): Promise<ReplyValu
             post({ type: 'watchEnd', watch: w, error: toWire(err) });
           },
         },
-        (e) => post({ type: 'event', watch: w, event: e.type, key: e.key, value: exact(e.value), modRevision: e.modRevision }),
+        (e) =>
+          post({
+            type: 'event',
+            watch: w,
+            event: e.type,
+            key: e.key,
+            value: exact(e.value),
+            modRevision: e.modRevision,
+          }),
       );
       watchers.set(w, watcher);
       return undefined;

@@ -23,7 +23,15 @@ import type { MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
 import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
 import { decodeLock, volumeLockKey } from '../locks/lock-record.js';
-import { keyAbsent, unchangedSince, type Compare, type KeyValue, type MetadataStore, type TxnOp, type TxnResult } from '../metadata/store.js';
+import {
+  keyAbsent,
+  unchangedSince,
+  type Compare,
+  type KeyValue,
+  type MetadataStore,
+  type TxnOp,
+  type TxnResult,
+} from '../metadata/store.js';
 
 export interface ClusterSettings {
   blockSize: number;
@@ -66,7 +74,9 @@ const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export function checkVolumeName(name: string): void {
   if (!VOLUME_NAME.test(name)) {
-    throw new UsageError(`invalid volume name "${name}": use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+    throw new UsageError(
+      `invalid volume name "${name}": use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
   }
 }
 
@@ -108,7 +118,9 @@ export class VolumeCatalog {
     return { record: JSON.parse(kv.value.toString()) as VolumeRecord, modRevision: kv.modRevision };
   }
 
-  async create(fields: Omit<VolumeRecord, 'id' | 'createdAt' | 'generation' | 'root'>): Promise<VolumeRecord> {
+  async create(
+    fields: Omit<VolumeRecord, 'id' | 'createdAt' | 'generation' | 'root'>,
+  ): Promise<VolumeRecord> {
     checkVolumeName(fields.name);
     // Ids come from a counter and are never handed out twice, so blocks of a
     // deleted volume can never be mistaken for a new volume's (GC relies on
@@ -119,15 +131,29 @@ export class VolumeCatalog {
     for (let attempt = 0; attempt < 64; attempt++) {
       const counter = await this.meta.get(VOLUME_ID_COUNTER);
       const last = counter ? Number(counter.value.toString()) : 0;
-      if (!Number.isSafeInteger(last) || last < 0) throw new Error(`${VOLUME_ID_COUNTER} holds ${JSON.stringify(counter!.value.toString().slice(0, 40))}, not an id; refusing to allocate one`);
+      if (!Number.isSafeInteger(last) || last < 0)
+        throw new Error(
+          `${VOLUME_ID_COUNTER} holds ${JSON.stringify(counter!.value.toString().slice(0, 40))}, not an id; refusing to allocate one`,
+        );
       const id = Math.max(last, skipPast) + 1;
       if (id > MAX_VOLUME_ID) throw new ConflictError(`no volume ids left (the last was ${last})`);
-      const record: VolumeRecord = { ...fields, id, createdAt: new Date().toISOString(), generation: 0, root: null };
+      const record: VolumeRecord = {
+        ...fields,
+        id,
+        createdAt: new Date().toISOString(),
+        generation: 0,
+        root: null,
+      };
       const result = await this.meta.txn({
         compare: [
           { key: VOLUMES + fields.name, target: 'modRevision', op: '==', value: 0 },
           { key: VOLUME_IDS + id, target: 'modRevision', op: '==', value: 0 },
-          { key: VOLUME_ID_COUNTER, target: 'modRevision', op: '==', value: counter?.modRevision ?? 0 },
+          {
+            key: VOLUME_ID_COUNTER,
+            target: 'modRevision',
+            op: '==',
+            value: counter?.modRevision ?? 0,
+          },
         ],
         success: [
           { type: 'put', key: VOLUMES + fields.name, value: encode(record) },
@@ -140,11 +166,15 @@ export class VolumeCatalog {
         ],
       });
       if (result.succeeded) return record;
-      const [byName, byId] = result.results.map((r) => (r.type === 'get' ? r.kvs.length > 0 : false));
+      const [byName, byId] = result.results.map((r) =>
+        r.type === 'get' ? r.kvs.length > 0 : false,
+      );
       if (byName) throw new ConflictError(`volume "${fields.name}" already exists`);
       if (byId) skipPast = id;
     }
-    throw new ConflictError(`could not allocate an id for volume "${fields.name}": the id counter kept moving`);
+    throw new ConflictError(
+      `could not allocate an id for volume "${fields.name}": the id counter kept moving`,
+    );
   }
 
   /**
@@ -157,24 +187,41 @@ export class VolumeCatalog {
    * knowing it is refused too. Without `fence`, the commit lands only while
    * nobody holds the volume's lock: otherwise VolumeLockedError.
    */
-  async commitVersion(expected: VersionedRecord, generation: number, root: MapRoot | null, fence?: VolumeFence): Promise<VersionedRecord> {
+  async commitVersion(
+    expected: VersionedRecord,
+    generation: number,
+    root: MapRoot | null,
+    fence?: VolumeFence,
+  ): Promise<VersionedRecord> {
     // Generations only go up: block refs are (volume, generation, index), so a
     // commit at or below the committed generation would name blocks that an
     // earlier version (or a writer that lost its lock) may have stored.
     const committed = expected.record.generation;
     assert(
       Number.isSafeInteger(generation) && generation > committed,
-      () => `volume "${expected.record.name}": commit of generation ${generation} is not above the committed ${committed}`,
+      () =>
+        `volume "${expected.record.name}": commit of generation ${generation} is not above the committed ${committed}`,
     );
     const record: VolumeRecord = { ...expected.record, generation, root };
     const key = VOLUMES + record.name;
     const refused = `version ${generation} not committed`;
-    const result = await this.lockedTxn(record.name, fence, refused, [unchangedSince(key, expected.modRevision)], [{ type: 'put', key, value: encode(record) }]);
+    const result = await this.lockedTxn(
+      record.name,
+      fence,
+      refused,
+      [unchangedSince(key, expected.modRevision)],
+      [{ type: 'put', key, value: encode(record) }],
+    );
     if (!result.succeeded) {
-      throw new ConflictError(`volume "${record.name}" was changed by another writer (expected revision ${expected.modRevision}); version ${generation} not committed`);
+      throw new ConflictError(
+        `volume "${record.name}" was changed by another writer (expected revision ${expected.modRevision}); version ${generation} not committed`,
+      );
     }
     // Paired with the compare: the write that replaced revision `expected.modRevision` comes after it.
-    assert(result.revision > expected.modRevision, () => `commit landed at revision ${result.revision}, not after ${expected.modRevision}`);
+    assert(
+      result.revision > expected.modRevision,
+      () => `commit landed at revision ${result.revision}, not after ${expected.modRevision}`,
+    );
     return { record, modRevision: result.revision };
   }
 
@@ -183,11 +230,18 @@ export class VolumeCatalog {
    * "unlocked" without one). Throws the lock's refusal when that is what
    * failed; a result with `succeeded: false` means the other compares failed.
    */
-  private async lockedTxn(volume: string, fence: VolumeFence | undefined, refused: string, compare: Compare[], success: TxnOp[]): Promise<TxnResult> {
+  private async lockedTxn(
+    volume: string,
+    fence: VolumeFence | undefined,
+    refused: string,
+    compare: Compare[],
+    success: TxnOp[],
+  ): Promise<TxnResult> {
     const lockKey = volumeLockKey(volume);
     if (fence) {
       // Programming error: a fence only ever guards the volume it was taken on.
-      if (fence.volume !== volume) throw new RangeError(`the fence is for volume "${fence.volume}", not "${volume}"`);
+      if (fence.volume !== volume)
+        throw new RangeError(`the fence is for volume "${fence.volume}", not "${volume}"`);
       checkFenceLocally(fence, refused);
     }
     const result = await this.meta.txn({
@@ -199,7 +253,9 @@ export class VolumeCatalog {
     const got = result.results[0];
     const lock: KeyValue | undefined = got?.type === 'get' ? got.kvs[0] : undefined;
     if (fence && !fenceHolds(fence, lock)) {
-      throw new FencedError(volume, fence.epoch, refused, { current: lock ? decodeLock(volume, lock) : undefined });
+      throw new FencedError(volume, fence.epoch, refused, {
+        current: lock ? decodeLock(volume, lock) : undefined,
+      });
     }
     if (!fence && lock) throw new VolumeLockedError(decodeLock(volume, lock), refused);
     return result;
@@ -225,7 +281,8 @@ export class VolumeCatalog {
         ...(fence ? [{ type: 'delete' as const, key: volumeLockKey(name) }] : []),
       ],
     );
-    if (!result.succeeded) throw new ConflictError(`volume "${name}" changed while being deleted; try again`);
+    if (!result.succeeded)
+      throw new ConflictError(`volume "${name}" changed while being deleted; try again`);
     return record;
   }
 }

@@ -133,7 +133,9 @@ export class VolumeOwnership {
     try {
       // The last writer may have committed between our read and our lock.
       const lock = this.locks.get(name);
-      const versioned = lock ? await this.reserveGeneration(await this.catalog.get(name), lock) : await this.pinForReading(name, node);
+      const versioned = lock
+        ? await this.reserveGeneration(await this.catalog.get(name), lock)
+        : await this.pinForReading(name, node);
       this.records.set(name, versioned);
       const readOnly = this.readOnlyBecause.get(name);
       return { versioned, ...(readOnly !== undefined ? { readOnly } : {}) };
@@ -165,11 +167,13 @@ export class VolumeOwnership {
     try {
       this.records.set(name, await this.catalog.commitVersion(current, generation, root, lock));
     } catch (err) {
-      const landed = lock ? await this.commitLanded(name, current, generation, root, lock) : undefined;
+      const landed = lock
+        ? await this.commitLanded(name, current, generation, root, lock)
+        : undefined;
       if (!landed) throw err;
       this.log.warn(
         { volume: name, generation, err: (err as Error).message },
-        'the commit\'s reply was lost but the commit landed: carrying on from it',
+        "the commit's reply was lost but the commit landed: carrying on from it",
       );
       this.records.set(name, landed);
     }
@@ -243,18 +247,23 @@ export class VolumeOwnership {
   /** Release every lock and pin (after the last commits), so other nodes may take over at once. */
   async releaseAll(): Promise<void> {
     this.recovering = false;
-    for (const lock of this.locks.values()) await lock.release().catch((err) => this.releaseFailed(lock.volume, err));
+    for (const lock of this.locks.values())
+      await lock.release().catch((err) => this.releaseFailed(lock.volume, err));
     this.locks.clear();
     for (const name of [...this.readPins.keys()]) await this.releaseReadPin(name);
   }
 
   private releaseFailed(name: string, err: unknown): void {
-    this.log.warn({ volume: name, err: String(err) }, 'could not release a write lock; it lapses with its lease');
+    this.log.warn(
+      { volume: name, err: String(err) },
+      'could not release a write lock; it lapses with its lease',
+    );
   }
 
   private nodeId(): string {
     const node = this.options.node;
-    if (node === undefined) throw new TypeError('VolumeOwnership: a single node takes no locks (no node id)');
+    if (node === undefined)
+      throw new TypeError('VolumeOwnership: a single node takes no locks (no node id)');
     return node;
   }
 
@@ -271,7 +280,10 @@ export class VolumeOwnership {
       if (!(err instanceof VolumeLockedError)) throw err;
       const why = writtenBy(err.lock);
       this.readOnlyBecause.set(name, why);
-      this.log.info({ volume: name, holder: err.lock.holder.node }, `volume is ${why}: served read-only here`);
+      this.log.info(
+        { volume: name, holder: err.lock.holder.node },
+        `volume is ${why}: served read-only here`,
+      );
     }
   }
 
@@ -288,7 +300,10 @@ export class VolumeOwnership {
       log: this.log.child({ component: 'read-pin' }),
     });
     this.readPins.set(name, pin);
-    this.log.info({ volume: name, generation: versioned.record.generation }, 'serving a pinned version read-only');
+    this.log.info(
+      { volume: name, generation: versioned.record.generation },
+      'serving a pinned version read-only',
+    );
     return versioned;
   }
 
@@ -311,7 +326,10 @@ export class VolumeOwnership {
       return await acquireVolumeLock(this.meta, name, options);
     } catch (err) {
       const stale = err instanceof VolumeLockedError ? err.lock : undefined;
-      const ours = stale?.holder.node === node && stale.holder.pid === process.pid && stale.holder.hostname === options.holder.hostname;
+      const ours =
+        stale?.holder.node === node &&
+        stale.holder.pid === process.pid &&
+        stale.holder.hostname === options.holder.hostname;
       if (!stale || !ours) throw err;
       const key = volumeLockKey(name);
       // Only that very key (its createRevision): never a lock taken since.
@@ -319,7 +337,10 @@ export class VolumeOwnership {
         compare: [{ key, target: 'createRevision', op: '==', value: stale.revision }],
         success: [{ type: 'delete', key }],
       });
-      this.log.warn({ volume: name, epoch: stale.epoch }, 'removed a write lock this process had given up on (etcd kept its lease)');
+      this.log.warn(
+        { volume: name, epoch: stale.epoch },
+        'removed a write lock this process had given up on (etcd kept its lease)',
+      );
       return acquireVolumeLock(this.meta, name, options);
     }
   }
@@ -379,7 +400,10 @@ export class VolumeOwnership {
           return 'retry';
         }
         this.holdLock(name, lock);
-        this.log.warn({ volume: name, epoch: lock.epoch }, 'write lock won back and nobody else wrote meanwhile: commits resume');
+        this.log.warn(
+          { volume: name, epoch: lock.epoch },
+          'write lock won back and nobody else wrote meanwhile: commits resume',
+        );
         return 'resumed';
       }).catch((): 'retry' => 'retry');
       if (outcome === 'retry') continue;
@@ -397,7 +421,10 @@ export class VolumeOwnership {
    * overwritten by those (coreos/torus#230). The old writer's orphans are
    * garbage once this commit lands.
    */
-  private async reserveGeneration(versioned: VersionedRecord, lock: VolumeLock): Promise<VersionedRecord> {
+  private async reserveGeneration(
+    versioned: VersionedRecord,
+    lock: VolumeLock,
+  ): Promise<VersionedRecord> {
     const { record } = versioned;
     return this.catalog.commitVersion(versioned, record.generation + 1, record.root ?? null, lock);
   }
@@ -421,7 +448,13 @@ export class VolumeOwnership {
       const now = await this.catalog.get(name);
       const held = await readVolumeLock(this.meta, name);
       const same = now.record.generation === generation && sameMapRoot(now.record.root, root);
-      if (same && now.modRevision > before.modRevision && held?.epoch === lock.epoch && held.holder.node === this.options.node) return now;
+      if (
+        same &&
+        now.modRevision > before.modRevision &&
+        held?.epoch === lock.epoch &&
+        held.holder.node === this.options.node
+      )
+        return now;
     } catch {
       // Still unreachable: the caller reports the original failure.
     }

@@ -76,7 +76,13 @@ export async function listReadPins(meta: MetadataStore): Promise<PinnedVersion[]
   for (const kv of await meta.getPrefix(PINS)) {
     try {
       const pin = JSON.parse(kv.value.toString()) as PinnedVersion;
-      if (Number.isSafeInteger(pin.id) && Number.isSafeInteger(pin.generation) && Number.isSafeInteger(pin.size) && Number.isSafeInteger(pin.blockSize)) pins.push(pin);
+      if (
+        Number.isSafeInteger(pin.id) &&
+        Number.isSafeInteger(pin.generation) &&
+        Number.isSafeInteger(pin.size) &&
+        Number.isSafeInteger(pin.blockSize)
+      )
+        pins.push(pin);
     } catch {
       // A damaged pin protects nothing; GC goes on with the others.
     }
@@ -98,8 +104,14 @@ export async function readPinsOf(meta: MetadataStore, name: string): Promise<Pin
 export async function assertNoReaders(meta: MetadataStore, name: string): Promise<void> {
   const pins = await readPinsOf(meta, name);
   if (pins.length === 0) return;
-  const nodes = [...new Set(pins.map((pin) => `node ${pin.node} (version ${pin.generation}, since ${pin.since})`))];
-  throw new ConflictError(`volume "${name}" is being read on ${nodes.join(', ')}; disconnect those clients first (a node keeps a volume --lock-linger seconds after its last client)`);
+  const nodes = [
+    ...new Set(
+      pins.map((pin) => `node ${pin.node} (version ${pin.generation}, since ${pin.since})`),
+    ),
+  ];
+  throw new ConflictError(
+    `volume "${name}" is being read on ${nodes.join(', ')}; disconnect those clients first (a node keeps a volume --lock-linger seconds after its last client)`,
+  );
 }
 
 /**
@@ -133,7 +145,9 @@ export async function pinCurrentVersion(
     throw err;
   }
   await lease.revoke().catch(() => undefined);
-  throw new ConflictError(`volume "${name}" got a new version ${MAX_PIN_ATTEMPTS} times while being opened read-only; try again`);
+  throw new ConflictError(
+    `volume "${name}" got a new version ${MAX_PIN_ATTEMPTS} times while being opened read-only; try again`,
+  );
 }
 
 /** A held read pin; release() when the node stops serving that version. */
@@ -168,7 +182,10 @@ export class ReadPin {
   private watch(lease: Lease): void {
     lease.once('lost', (err: Error) => {
       if (this.released) return;
-      this.options.log.warn({ volume: this.record.name, generation: this.record.generation, err: err.message }, 'read pin lost with its lease; putting it back (GC may free blocks of this version meanwhile)');
+      this.options.log.warn(
+        { volume: this.record.name, generation: this.record.generation, err: err.message },
+        'read pin lost with its lease; putting it back (GC may free blocks of this version meanwhile)',
+      );
       this.repin();
     });
   }
@@ -180,14 +197,22 @@ export class ReadPin {
       let lease: Lease | undefined;
       try {
         lease = await this.meta.grantLease(this.options.ttlSeconds);
-        if (!this.released) await this.meta.put(this.key, pinValue(this.node, this.record, new Date().toISOString()), { lease });
+        if (!this.released)
+          await this.meta.put(
+            this.key,
+            pinValue(this.node, this.record, new Date().toISOString()),
+            { lease },
+          );
         if (this.released) {
           await lease.revoke().catch(() => undefined);
           return;
         }
         this.lease = lease;
         this.watch(lease);
-        this.options.log.info({ volume: this.record.name, generation: this.record.generation }, 'read pin put back');
+        this.options.log.info(
+          { volume: this.record.name, generation: this.record.generation },
+          'read pin put back',
+        );
       } catch {
         await lease?.revoke().catch(() => undefined);
         this.repin();

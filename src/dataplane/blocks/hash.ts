@@ -20,7 +20,8 @@ let loading: Promise<Hasher> | undefined;
 export function hasher(): Promise<Hasher> {
   loading ??= xxhash().then((api): Hasher => {
     const MASK = 0xffff_ffffn;
-    const view = (record: DataView) => new Uint8Array(record.buffer, record.byteOffset, CHECKED_BYTES);
+    const view = (record: DataView) =>
+      new Uint8Array(record.buffer, record.byteOffset, CHECKED_BYTES);
     return {
       hash64Into(bytes, out, outIndex) {
         const h = api.h64Raw(bytes);

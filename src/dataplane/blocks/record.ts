@@ -58,7 +58,13 @@ export function join64(lo: number, hi: number): number {
  * slot holds, how it is stored and its hash. `record` is the slot's 64-byte
  * view; the caller sets nonce and tag when sealed, then stamps the check.
  */
-export function fillRecord(record: DataView, ref: { volumeId: number; generation: number; index: number }, flags: number, hashLo: number, hashHi: number): void {
+export function fillRecord(
+  record: DataView,
+  ref: { volumeId: number; generation: number; index: number },
+  flags: number,
+  hashLo: number,
+  hashHi: number,
+): void {
   record.setUint32(OFF_VOLUME, ref.volumeId, true);
   record.setUint32(OFF_GENERATION, ref.generation, true);
   record.setUint32(OFF_FLAGS, flags, true);

@@ -71,7 +71,15 @@ describe('Scrubber', { timeout: 30_000 }, () => {
       });
       await scrubber.scrubNow();
       assert.deepEqual(fetched, [`7/1/${ref.index}`], 'only the damaged block is fetched');
-      assert.deepEqual({ bad: scrubber.stats.bad, repaired: scrubber.stats.repaired, unrepaired: scrubber.stats.unrepaired, passes: scrubber.stats.passes }, { bad: 1, repaired: 1, unrepaired: 0, passes: 1 });
+      assert.deepEqual(
+        {
+          bad: scrubber.stats.bad,
+          repaired: scrubber.stats.repaired,
+          unrepaired: scrubber.stats.unrepaired,
+          passes: scrubber.stats.passes,
+        },
+        { bad: 1, repaired: 1, unrepaired: 0, passes: 1 },
+      );
       // Every block, and the rewritten copy again if its fresh slot came later in the pass.
       const firstPass = scrubber.stats.checked;
       assert.ok(firstPass === 10 || firstPass === 11, `checked ${firstPass}`);
@@ -94,16 +102,36 @@ describe('Scrubber', { timeout: 30_000 }, () => {
     try {
       const [badSlot, { ref }] = [...blocks][0];
       await damage(store, badSlot);
-      const single = new Scrubber({ store, rateBytesPerSecond: 100 * 2 ** 20, intervalMs: 0, log: quietLogger() });
+      const single = new Scrubber({
+        store,
+        rateBytesPerSecond: 100 * 2 ** 20,
+        intervalMs: 0,
+        log: quietLogger(),
+      });
       await single.scrubNow();
-      assert.deepEqual([single.stats.bad, single.stats.repaired, single.stats.unrepaired], [1, 0, 1]);
+      assert.deepEqual(
+        [single.stats.bad, single.stats.repaired, single.stats.unrepaired],
+        [1, 0, 1],
+      );
       const unreachable = new Scrubber({
-        store, rateBytesPerSecond: 100 * 2 ** 20, intervalMs: 0, log: quietLogger(),
-        fetchGood: async () => { throw new IoError('EIO', 'no good copy on any replica'); },
+        store,
+        rateBytesPerSecond: 100 * 2 ** 20,
+        intervalMs: 0,
+        log: quietLogger(),
+        fetchGood: async () => {
+          throw new IoError('EIO', 'no good copy on any replica');
+        },
       });
       await unreachable.scrubNow();
-      assert.deepEqual([unreachable.stats.bad, unreachable.stats.repaired, unreachable.stats.unrepaired], [1, 0, 1]);
-      assert.equal(store.lookup(ref.volumeId, ref.generation, ref.index), badSlot, 'still there for a later pass');
+      assert.deepEqual(
+        [unreachable.stats.bad, unreachable.stats.repaired, unreachable.stats.unrepaired],
+        [1, 0, 1],
+      );
+      assert.equal(
+        store.lookup(ref.volumeId, ref.generation, ref.index),
+        badSlot,
+        'still there for a later pass',
+      );
     } finally {
       await store.close();
     }
@@ -119,13 +147,23 @@ describe('Scrubber', { timeout: 30_000 }, () => {
         return readBlock(slot, dest);
       };
       const scrubber = new Scrubber({
-        store, rateBytesPerSecond: 100 * 2 ** 20, intervalMs: 0, log: quietLogger(),
+        store,
+        rateBytesPerSecond: 100 * 2 ** 20,
+        intervalMs: 0,
+        log: quietLogger(),
         fetchGood: async (_ref, _lo, _hi, dest) => dest.set(bytes),
       });
       await scrubber.scrubNow();
-      assert.deepEqual([scrubber.stats.bad, scrubber.stats.repaired, scrubber.stats.passes], [1, 1, 1]);
+      assert.deepEqual(
+        [scrubber.stats.bad, scrubber.stats.repaired, scrubber.stats.passes],
+        [1, 1, 1],
+      );
       assert.ok(scrubber.stats.checked >= 6, 'every block of the pass was looked at');
-      assert.notEqual(store.lookup(ref.volumeId, ref.generation, ref.index), badSlot, 'moved off the unreadable slot');
+      assert.notEqual(
+        store.lookup(ref.volumeId, ref.generation, ref.index),
+        badSlot,
+        'moved off the unreadable slot',
+      );
     } finally {
       await store.close();
     }
@@ -135,14 +173,25 @@ describe('Scrubber', { timeout: 30_000 }, () => {
     const { store } = await storeWithBlocks('paced', 8);
     try {
       // 8 blocks at 4 blocks a second: about 1.75 s (the first block is free).
-      const scrubber = new Scrubber({ store, rateBytesPerSecond: 4 * BS, intervalMs: 0, log: quietLogger() });
+      const scrubber = new Scrubber({
+        store,
+        rateBytesPerSecond: 4 * BS,
+        intervalMs: 0,
+        log: quietLogger(),
+      });
       const started = performance.now();
       const pass = scrubber.scrubNow();
       await new Promise((resolve) => setTimeout(resolve, 600));
-      assert.ok(scrubber.stats.running && scrubber.stats.checked <= 4, `paced: ${scrubber.stats.checked} of 8 checked after 0.6 s`);
+      assert.ok(
+        scrubber.stats.running && scrubber.stats.checked <= 4,
+        `paced: ${scrubber.stats.checked} of 8 checked after 0.6 s`,
+      );
       await scrubber.close();
       await pass;
-      assert.ok(performance.now() - started < 5000, 'close() ends the pass rather than letting it run on');
+      assert.ok(
+        performance.now() - started < 5000,
+        'close() ends the pass rather than letting it run on',
+      );
       assert.equal(scrubber.stats.passes, 0, 'an interrupted pass is not counted');
     } finally {
       await store.close();

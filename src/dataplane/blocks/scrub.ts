@@ -24,7 +24,15 @@
 import type { Logger } from '../../common/log.js';
 import { StoreFullError } from '../../common/errors.js';
 import { BackgroundJob } from '../jobs/background-job.js';
-import { NONCE_SIZE, OFF_FLAGS, OFF_HASH_HI, OFF_HASH_LO, OFF_NONCE, OFF_TAG, TAG_SIZE } from './record.js';
+import {
+  NONCE_SIZE,
+  OFF_FLAGS,
+  OFF_HASH_HI,
+  OFF_HASH_LO,
+  OFF_NONCE,
+  OFF_TAG,
+  TAG_SIZE,
+} from './record.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from './slot-store.js';
 
@@ -58,17 +66,30 @@ export interface ScrubStats {
 }
 
 export class Scrubber {
-  readonly stats: ScrubStats = { running: false, passes: 0, checked: 0, checkedBytes: 0, bad: 0, repaired: 0, unrepaired: 0, passSlot: 0 };
+  readonly stats: ScrubStats = {
+    running: false,
+    passes: 0,
+    checked: 0,
+    checkedBytes: 0,
+    bad: 0,
+    repaired: 0,
+    unrepaired: 0,
+    passSlot: 0,
+  };
   /** When passes happen, and the pace of reads. */
   private readonly job: BackgroundJob;
   private readonly buffer: Uint8Array;
 
   constructor(private readonly options: ScrubOptions) {
-    if (!(options.rateBytesPerSecond > 0)) throw new RangeError(`scrub rate must be positive, got ${options.rateBytesPerSecond} bytes/s`);
+    if (!(options.rateBytesPerSecond > 0))
+      throw new RangeError(
+        `scrub rate must be positive, got ${options.rateBytesPerSecond} bytes/s`,
+      );
     this.buffer = new Uint8Array(options.store.blockSize);
     this.job = new BackgroundJob({
       work: () => this.runPass(),
-      onError: (err) => this.options.log.error({ err: (err as Error).message }, 'scrub pass failed'),
+      onError: (err) =>
+        this.options.log.error({ err: (err as Error).message }, 'scrub pass failed'),
       intervalMs: options.intervalMs,
       period: 'after-run',
       // Never ahead of the rate: one block at a time, the first of a pass at once.
@@ -119,7 +140,14 @@ export class Scrubber {
         stats.passes++;
         stats.passSlot = store.slotCount;
         stats.lastFinishedAt = new Date().toISOString();
-        log[bad > 0 ? 'warn' : 'info']({ checkedBytes: bytes, bad, seconds: Math.round((performance.now() - started) / 100) / 10 }, 'scrub pass finished');
+        log[bad > 0 ? 'warn' : 'info'](
+          {
+            checkedBytes: bytes,
+            bad,
+            seconds: Math.round((performance.now() - started) / 100) / 10,
+          },
+          'scrub pass finished',
+        );
       }
     }
   }
@@ -135,7 +163,11 @@ export class Scrubber {
       digest = await store.readBlock(slot, this.buffer);
     } catch (err) {
       // An unreadable sector is a bad copy too; rewriting it moves it off that sector.
-      if (this.stillHolds(slot, ref, hashLo, hashHi)) this.options.log.error({ block: formatRef(ref), slot, err: (err as Error).message }, 'scrub: stored copy could not be read');
+      if (this.stillHolds(slot, ref, hashLo, hashHi))
+        this.options.log.error(
+          { block: formatRef(ref), slot, err: (err as Error).message },
+          'scrub: stored copy could not be read',
+        );
     }
     if (!this.stillHolds(slot, ref, hashLo, hashHi)) return false;
     this.stats.checked++;
@@ -148,9 +180,18 @@ export class Scrubber {
 
   private stillHolds(slot: number, ref: BlockRef, hashLo: number, hashHi: number): boolean {
     const now = this.options.store.boundRef(slot);
-    if (!now || now.volumeId !== ref.volumeId || now.generation !== ref.generation || now.index !== ref.index) return false;
+    if (
+      !now ||
+      now.volumeId !== ref.volumeId ||
+      now.generation !== ref.generation ||
+      now.index !== ref.index
+    )
+      return false;
     const record = this.options.store.record(slot);
-    return record.getUint32(OFF_HASH_LO, true) === hashLo && record.getUint32(OFF_HASH_HI, true) === hashHi;
+    return (
+      record.getUint32(OFF_HASH_LO, true) === hashLo &&
+      record.getUint32(OFF_HASH_HI, true) === hashHi
+    );
   }
 
   private async repair(slot: number, ref: BlockRef, hashLo: number, hashHi: number): Promise<void> {
@@ -158,7 +199,10 @@ export class Scrubber {
     const block = formatRef(ref);
     if (!fetchGood) {
       this.stats.unrepaired++;
-      log.error({ block, slot }, 'scrub: stored copy fails its checksum and there is no other copy to repair it from');
+      log.error(
+        { block, slot },
+        'scrub: stored copy fails its checksum and there is no other copy to repair it from',
+      );
       return;
     }
     const record = store.record(slot);
@@ -169,7 +213,10 @@ export class Scrubber {
       await fetchGood(ref, hashLo, hashHi, this.buffer);
     } catch (err) {
       this.stats.unrepaired++;
-      log.error({ block, slot, err: (err as Error).message }, 'scrub: stored copy fails its checksum and no good copy could be fetched; tried again next pass');
+      log.error(
+        { block, slot, err: (err as Error).message },
+        'scrub: stored copy fails its checksum and no good copy could be fetched; tried again next pass',
+      );
       return;
     }
     // Released or replaced while the good copy was fetched: nothing left to repair.
@@ -180,18 +227,32 @@ export class Scrubber {
     } catch (err) {
       if (!(err instanceof StoreFullError)) throw err;
       this.stats.unrepaired++;
-      log.error({ block, slot }, 'scrub: stored copy fails its checksum; the store is full, so it was not rewritten');
+      log.error(
+        { block, slot },
+        'scrub: stored copy fails its checksum; the store is full, so it was not rewritten',
+      );
       return;
     }
     try {
       // Binding the ref to the fresh slot releases the bad one.
-      await store.writeReceivedBlock(fresh, ref, this.buffer, flags, { lo: hashLo, hi: hashHi }, nonce, tag);
+      await store.writeReceivedBlock(
+        fresh,
+        ref,
+        this.buffer,
+        flags,
+        { lo: hashLo, hi: hashHi },
+        nonce,
+        tag,
+      );
     } catch (err) {
       store.unallocate(fresh);
       throw err;
     }
     await store.sync();
     this.stats.repaired++;
-    log.warn({ block, badSlot: slot, slot: fresh }, 'scrub: stored copy failed its checksum; rewritten from a good copy');
+    log.warn(
+      { block, badSlot: slot, slot: fresh },
+      'scrub: stored copy failed its checksum; rewritten from a good copy',
+    );
   }
 }

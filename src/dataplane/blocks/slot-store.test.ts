@@ -40,7 +40,10 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
   });
 
   test('rejects block sizes that are not a power of two of at least 4 KiB', async () => {
-    await assert.rejects(LocalSlotStore.create(join(root, 'bad'), { blockSize: 5000, capacityBytes: 1 << 20 }), /power of two/);
+    await assert.rejects(
+      LocalSlotStore.create(join(root, 'bad'), { blockSize: 5000, capacityBytes: 1 << 20 }),
+      /power of two/,
+    );
   });
 
   test('written blocks are found again after a reopen; released and torn ones are free', async () => {
@@ -93,7 +96,8 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     await again.close();
   });
 
-  const broken = (pattern: RegExp) => (err: unknown) => err instanceof InvariantError && pattern.test(err.message);
+  const broken = (pattern: RegExp) => (err: unknown) =>
+    err instanceof InvariantError && pattern.test(err.message);
 
   test('a slot is bound only once it is allocated, and only once', async () => {
     const dir = join(root, 'bind');
@@ -101,10 +105,16 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     const store = await LocalSlotStore.open(dir);
     const free = store.allocate();
     store.unallocate(free);
-    assert.throws(() => store.bind(free, { volumeId: 1, generation: 1, index: 0 }), broken(/bind\(\) of slot \d+, which is free/));
+    assert.throws(
+      () => store.bind(free, { volumeId: 1, generation: 1, index: 0 }),
+      broken(/bind\(\) of slot \d+, which is free/),
+    );
     const slot = store.allocate();
     await store.writeBlock(slot, { volumeId: 1, generation: 1, index: 1 }, Buffer.alloc(BS, 1), 0);
-    assert.throws(() => store.bind(slot, { volumeId: 1, generation: 1, index: 2 }), broken(/which is bound, not allocated/));
+    assert.throws(
+      () => store.bind(slot, { volumeId: 1, generation: 1, index: 2 }),
+      broken(/which is bound, not allocated/),
+    );
     assert.equal(store.lookup(1, 1, 1), slot, 'the refused bind changed nothing');
     assert.equal(store.lookup(1, 1, 2), undefined);
     assert.equal(store.usedSlots, 1);
@@ -118,7 +128,10 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     const store = await LocalSlotStore.open(dir);
     const slot = store.allocate();
     store.unallocate(slot);
-    assert.throws(() => store.unallocate(slot), broken(/unallocate\(\) of slot \d+, which is free/));
+    assert.throws(
+      () => store.unallocate(slot),
+      broken(/unallocate\(\) of slot \d+, which is free/),
+    );
     assert.equal(store.freeSlots, 16, 'given back once');
     const bound = store.allocate();
     const ref = { volumeId: 2, generation: 1, index: 0 };

@@ -27,8 +27,21 @@ import { invariantBroken } from '../../common/assert.js';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
-  fillRecord, NONCE_SIZE, OFF_GENERATION, OFF_INDEX_HI, OFF_INDEX_LO, OFF_NONCE, OFF_STATE, OFF_TAG,
-  OFF_VOLUME, RECORD_SEALED, RECORD_SIZE, SLOT_FREE, SLOT_USED, TAG_SIZE, join64,
+  fillRecord,
+  NONCE_SIZE,
+  OFF_GENERATION,
+  OFF_INDEX_HI,
+  OFF_INDEX_LO,
+  OFF_NONCE,
+  OFF_STATE,
+  OFF_TAG,
+  OFF_VOLUME,
+  RECORD_SEALED,
+  RECORD_SIZE,
+  SLOT_FREE,
+  SLOT_USED,
+  TAG_SIZE,
+  join64,
 } from './record.js';
 import { refKey, type BlockRef } from '../../model/block-ref.js';
 
@@ -103,13 +116,21 @@ export class LocalSlotStore {
   }
 
   /** Create the files of a new store; capacity is rounded down to whole slots. */
-  static async create(dir: string, options: { blockSize: number; capacityBytes: number }): Promise<void> {
+  static async create(
+    dir: string,
+    options: { blockSize: number; capacityBytes: number },
+  ): Promise<void> {
     const { blockSize, capacityBytes } = options;
     if (!Number.isInteger(blockSize) || blockSize < 4096 || (blockSize & (blockSize - 1)) !== 0) {
-      throw new RangeError(`block size must be a power of two of at least 4096 bytes, got ${blockSize}`);
+      throw new RangeError(
+        `block size must be a power of two of at least 4096 bytes, got ${blockSize}`,
+      );
     }
     const slotCount = Math.floor(capacityBytes / blockSize);
-    if (slotCount < 16) throw new RangeError(`capacity ${capacityBytes} holds fewer than 16 blocks of ${blockSize} bytes`);
+    if (slotCount < 16)
+      throw new RangeError(
+        `capacity ${capacityBytes} holds fewer than 16 blocks of ${blockSize} bytes`,
+      );
     await mkdir(dir, { recursive: true });
     const dataPath = join(dir, 'data');
     // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
@@ -117,7 +138,9 @@ export class LocalSlotStore {
     // target; where it is missing or the filesystem can't, fall back to a sparse file.
     const file = await open(dataPath, 'w');
     await file.close();
-    const fallocate = spawnSync('fallocate', ['-l', String(slotCount * blockSize), dataPath], { stdio: 'ignore' });
+    const fallocate = spawnSync('fallocate', ['-l', String(slotCount * blockSize), dataPath], {
+      stdio: 'ignore',
+    });
     if (fallocate.status !== 0) {
       const sparse = await open(dataPath, 'r+');
       await sparse.truncate(slotCount * blockSize);
@@ -127,7 +150,12 @@ export class LocalSlotStore {
     await slots.truncate(slotCount * RECORD_SIZE);
     await slots.sync();
     await slots.close();
-    const layout: StoreLayout = { format: STORE_FORMAT, blockSize, slotCount, createdAt: new Date().toISOString() };
+    const layout: StoreLayout = {
+      format: STORE_FORMAT,
+      blockSize,
+      slotCount,
+      createdAt: new Date().toISOString(),
+    };
     const tmp = join(dir, 'store.json.tmp');
     await writeFile(tmp, JSON.stringify(layout, null, 2) + '\n');
     const handle = await open(tmp, 'r');
@@ -150,8 +178,11 @@ export class LocalSlotStore {
 
   /** Open an existing store and rebuild its index from the slot table. */
   static async open(dir: string): Promise<LocalSlotStore> {
-    const layout = JSON.parse(await readFile(LocalSlotStore.layoutPath(dir), 'utf8')) as StoreLayout;
-    if (layout.format !== STORE_FORMAT) throw new Error(`${dir}: unsupported store format ${layout.format}`);
+    const layout = JSON.parse(
+      await readFile(LocalSlotStore.layoutPath(dir), 'utf8'),
+    ) as StoreLayout;
+    if (layout.format !== STORE_FORMAT)
+      throw new Error(`${dir}: unsupported store format ${layout.format}`);
     const dataFile = await open(join(dir, 'data'), 'r+');
     const slotsFile = await open(join(dir, 'slots'), 'r+');
     const records = new SharedArrayBuffer(layout.slotCount * RECORD_SIZE);
@@ -194,7 +225,10 @@ export class LocalSlotStore {
 
   /** Every slot is counted once: free, allocated, bound (in the ref index) or being released. */
   private assertAccounted(): void {
-    if (this.freeTop + this.allocatedCount + this.refToSlot.size + this.releasingCount !== this.slotCount) {
+    if (
+      this.freeTop + this.allocatedCount + this.refToSlot.size + this.releasingCount !==
+      this.slotCount
+    ) {
       invariantBroken(
         `slot counts disagree: ${this.freeTop} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
           `${this.releasingCount} releasing != ${this.slotCount}`,
@@ -205,7 +239,10 @@ export class LocalSlotStore {
   /** Move `slot` from use `from` to `to`, or fail naming what `what` found. */
   private moveUse(slot: number, from: SlotUse, to: SlotUse, what: string): void {
     const use = this.uses[slot];
-    if (use !== from) invariantBroken(`${what} slot ${slot}, which is ${USE_NAMES[use] ?? 'out of range'}, not ${USE_NAMES[from]}`);
+    if (use !== from)
+      invariantBroken(
+        `${what} slot ${slot}, which is ${USE_NAMES[use] ?? 'out of range'}, not ${USE_NAMES[from]}`,
+      );
     this.uses[slot] = to;
   }
 
@@ -301,7 +338,12 @@ export class LocalSlotStore {
       this.pendingRelease = [];
       try {
         for (const slot of batch) {
-          await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
+          await this.slotsFile.write(
+            new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE),
+            0,
+            RECORD_SIZE,
+            slot * RECORD_SIZE,
+          );
         }
       } finally {
         for (const slot of batch) {
@@ -330,14 +372,25 @@ export class LocalSlotStore {
    * Write a block from the main thread (block-map pages; data blocks go
    * through the pool). The hash is of the bytes as stored.
    */
-  async writeBlock(slot: number, ref: BlockRef, bytes: Uint8Array, flags: number): Promise<{ lo: number; hi: number }> {
-    if (bytes.length !== this.blockSize) throw new RangeError(`block write of ${bytes.length} bytes, expected ${this.blockSize}`);
+  async writeBlock(
+    slot: number,
+    ref: BlockRef,
+    bytes: Uint8Array,
+    flags: number,
+  ): Promise<{ lo: number; hi: number }> {
+    if (bytes.length !== this.blockSize)
+      throw new RangeError(`block write of ${bytes.length} bytes, expected ${this.blockSize}`);
     const digest = this.hash.hash64(bytes);
     await this.dataFile.write(bytes, 0, bytes.length, slot * this.blockSize);
     const record = this.record(slot);
     fillRecord(record, ref, flags, digest.lo, digest.hi);
     this.hash.stampRecord(record);
-    await this.slotsFile.write(new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE), 0, RECORD_SIZE, slot * RECORD_SIZE);
+    await this.slotsFile.write(
+      new Uint8Array(this.records, slot * RECORD_SIZE, RECORD_SIZE),
+      0,
+      RECORD_SIZE,
+      slot * RECORD_SIZE,
+    );
     this.bind(slot, ref);
     return digest;
   }
@@ -364,8 +417,12 @@ export class LocalSlotStore {
     nonce: Uint8Array,
     tag: Uint8Array,
   ): Promise<void> {
-    if (bytes.length !== this.blockSize) throw new RangeError(`block write of ${bytes.length} bytes, expected ${this.blockSize}`);
-    if (nonce.length !== NONCE_SIZE || tag.length !== TAG_SIZE) throw new RangeError(`nonce/tag of ${nonce.length}/${tag.length} bytes, expected ${NONCE_SIZE}/${TAG_SIZE}`);
+    if (bytes.length !== this.blockSize)
+      throw new RangeError(`block write of ${bytes.length} bytes, expected ${this.blockSize}`);
+    if (nonce.length !== NONCE_SIZE || tag.length !== TAG_SIZE)
+      throw new RangeError(
+        `nonce/tag of ${nonce.length}/${tag.length} bytes, expected ${NONCE_SIZE}/${TAG_SIZE}`,
+      );
     try {
       await this.dataFile.write(bytes, 0, bytes.length, slot * this.blockSize);
       // Record after data, as in writeBlock: the slot stays free in the table until its bytes are written.
@@ -382,7 +439,12 @@ export class LocalSlotStore {
         tagBytes.fill(0);
       }
       this.hash.stampRecord(record);
-      await this.slotsFile.write(new Uint8Array(this.records, base, RECORD_SIZE), 0, RECORD_SIZE, base);
+      await this.slotsFile.write(
+        new Uint8Array(this.records, base, RECORD_SIZE),
+        0,
+        RECORD_SIZE,
+        base,
+      );
     } catch (err) {
       this.clearRecord(slot);
       throw err;
@@ -394,7 +456,12 @@ export class LocalSlotStore {
   async readBlock(slot: number, dest: Uint8Array): Promise<{ lo: number; hi: number }> {
     let done = 0;
     while (done < this.blockSize) {
-      const { bytesRead } = await this.dataFile.read(dest, done, this.blockSize - done, slot * this.blockSize + done);
+      const { bytesRead } = await this.dataFile.read(
+        dest,
+        done,
+        this.blockSize - done,
+        slot * this.blockSize + done,
+      );
       if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
       done += bytesRead;
     }

@@ -44,18 +44,30 @@ test('waiters wake when a slot is freed or cleaned', async () => {
   assert.equal(cache.dirtySlots, 0);
 });
 
-const broken = (pattern: RegExp) => (err: unknown) => err instanceof InvariantError && pattern.test(err.message);
+const broken = (pattern: RegExp) => (err: unknown) =>
+  err instanceof InvariantError && pattern.test(err.message);
 
 test('the transitions volumes make are allowed, from every state a slot can be freed', () => {
   const cache = new BlockCache(4096, 64 * 4096);
   const o = owner();
   const slot = cache.acquire(o, 0, SlotState.Loading);
-  for (const next of [SlotState.Clean, SlotState.Dirty, SlotState.Flushing, SlotState.Dirty, SlotState.Flushing, SlotState.Clean]) {
+  for (const next of [
+    SlotState.Clean,
+    SlotState.Dirty,
+    SlotState.Flushing,
+    SlotState.Dirty,
+    SlotState.Flushing,
+    SlotState.Clean,
+  ]) {
     cache.setState(slot, next);
   }
   assert.equal(cache.dirtySlots, 0);
   for (const state of [SlotState.Clean, SlotState.Dirty, SlotState.Loading, SlotState.Flushing]) {
-    const s = cache.acquire(o, 1, state === SlotState.Loading ? SlotState.Loading : SlotState.Dirty);
+    const s = cache.acquire(
+      o,
+      1,
+      state === SlotState.Loading ? SlotState.Loading : SlotState.Dirty,
+    );
     if (state === SlotState.Clean || state === SlotState.Flushing) cache.setState(s, state);
     cache.free(s);
   }
@@ -111,7 +123,14 @@ test('a slot on the free list that is in use, and an owner that changes a slot i
   assert.throws(() => cache.acquire(owner(), 1, SlotState.Dirty), broken(/free list is in use/));
 
   const full = new BlockCache(4096, 64 * 4096);
-  const meddler: CacheOwner = { evicted: (_index, s) => full.setState(s, SlotState.Dirty), writeBack: () => undefined };
-  for (let i = 0; i < 64; i++) full.setState(full.acquire(meddler, i, SlotState.Loading), SlotState.Clean);
-  assert.throws(() => full.acquire(meddler, 99, SlotState.Dirty), broken(/evicted\(\) changed the slot/));
+  const meddler: CacheOwner = {
+    evicted: (_index, s) => full.setState(s, SlotState.Dirty),
+    writeBack: () => undefined,
+  };
+  for (let i = 0; i < 64; i++)
+    full.setState(full.acquire(meddler, i, SlotState.Loading), SlotState.Clean);
+  assert.throws(
+    () => full.acquire(meddler, 99, SlotState.Dirty),
+    broken(/evicted\(\) changed the slot/),
+  );
 });

@@ -103,7 +103,9 @@ export class BlockCache {
     this.freeWhenUnpinned = new Uint8Array(this.slotCount);
     this.slotOwners = new Array(this.slotCount).fill(undefined);
     this.ownerIndex = new Float64Array(this.slotCount);
-    this.views = Array.from({ length: this.slotCount }, (_, slot) => Buffer.from(this.buffer, slot * blockSize, blockSize));
+    this.views = Array.from({ length: this.slotCount }, (_, slot) =>
+      Buffer.from(this.buffer, slot * blockSize, blockSize),
+    );
     this.freeList = new Int32Array(this.slotCount);
     for (let i = 0; i < this.slotCount; i++) this.freeList[i] = this.slotCount - 1 - i;
     this.freeCount = this.slotCount;
@@ -129,7 +131,10 @@ export class BlockCache {
     let slot: number;
     if (this.freeCount > 0) {
       slot = this.freeList[--this.freeCount];
-      assert(this.state[slot] === SlotState.Free && this.pins[slot] === 0, 'a slot on the free list is in use or pinned');
+      assert(
+        this.state[slot] === SlotState.Free && this.pins[slot] === 0,
+        'a slot on the free list is in use or pinned',
+      );
     } else {
       slot = this.evictOne();
       if (slot < 0) return -1;
@@ -156,7 +161,10 @@ export class BlockCache {
       assert(owner !== undefined, 'a clean slot has no owner');
       owner.evicted(this.ownerIndex[slot], slot);
       // Paired with the test above: the owner forgets the slot, it does not change it.
-      assert(this.state[slot] === SlotState.Clean && this.pins[slot] === 0, "an owner's evicted() changed the slot");
+      assert(
+        this.state[slot] === SlotState.Clean && this.pins[slot] === 0,
+        "an owner's evicted() changed the slot",
+      );
       this.slotOwners[slot] = undefined;
       this.evictions++;
       return slot;
@@ -172,7 +180,9 @@ export class BlockCache {
     const previous = this.state[slot];
     if (previous === next) return;
     if ((ALLOWED_NEXT[previous] & (1 << next)) === 0) {
-      invariantBroken(`slot ${slot} may not go from ${STATE_NAMES[previous]} to ${STATE_NAMES[next]}`);
+      invariantBroken(
+        `slot ${slot} may not go from ${STATE_NAMES[previous]} to ${STATE_NAMES[next]}`,
+      );
     }
     if (previous === SlotState.Dirty) this.dirty--;
     if (next === SlotState.Dirty) this.dirty++;

@@ -81,7 +81,8 @@ test('nonces stay distinct across many seals (the random pool is never reused)',
   const seen = new Set<string>();
   const plain = new Uint8Array(16);
   const aad = identity(1, 1, 1);
-  for (let i = 0; i < 2000; i++) seen.add(Buffer.from(sealed(sealer, plain, aad, 1).nonce).toString('hex'));
+  for (let i = 0; i < 2000; i++)
+    seen.add(Buffer.from(sealed(sealer, plain, aad, 1).nonce).toString('hex'));
   assert.equal(seen.size, 2000);
 });
 
@@ -97,17 +98,33 @@ test('any tampering fails with BlockAuthError and leaves the output untouched', 
   };
   const cases: Array<[string, () => void]> = [];
   const out = new Uint8Array(plain.length).fill(0xee);
-  const open = (c: Uint8Array, n: Uint8Array, t: Uint8Array, a: Uint8Array, g: number) => () => sealer.open(c, out, n, t, a, g);
-  cases.push(['ciphertext first byte', open(flip(good.ciphertext, 0), good.nonce, good.tag, aad, 5)]);
-  cases.push(['ciphertext last byte', open(flip(good.ciphertext, plain.length - 1), good.nonce, good.tag, aad, 5)]);
+  const open = (c: Uint8Array, n: Uint8Array, t: Uint8Array, a: Uint8Array, g: number) => () =>
+    sealer.open(c, out, n, t, a, g);
+  cases.push([
+    'ciphertext first byte',
+    open(flip(good.ciphertext, 0), good.nonce, good.tag, aad, 5),
+  ]);
+  cases.push([
+    'ciphertext last byte',
+    open(flip(good.ciphertext, plain.length - 1), good.nonce, good.tag, aad, 5),
+  ]);
   cases.push(['tag', open(good.ciphertext, good.nonce, flip(good.tag, 15), aad, 5)]);
   cases.push(['nonce', open(good.ciphertext, flip(good.nonce, 0), good.tag, aad, 5)]);
-  cases.push(['aad: another block index', open(good.ciphertext, good.nonce, good.tag, identity(1, 5, 10), 5)]);
-  cases.push(['aad: another volume', open(good.ciphertext, good.nonce, good.tag, identity(2, 5, 9), 5)]);
+  cases.push([
+    'aad: another block index',
+    open(good.ciphertext, good.nonce, good.tag, identity(1, 5, 10), 5),
+  ]);
+  cases.push([
+    'aad: another volume',
+    open(good.ciphertext, good.nonce, good.tag, identity(2, 5, 9), 5),
+  ]);
   cases.push(['generation sub-key', open(good.ciphertext, good.nonce, good.tag, aad, 6)]);
   for (const [what, attempt] of cases) {
     assert.throws(attempt, BlockAuthError, what);
-    assert.ok(out.every((b) => b === 0xee), `${what}: output was written`);
+    assert.ok(
+      out.every((b) => b === 0xee),
+      `${what}: output was written`,
+    );
   }
   const err = (() => {
     try {
@@ -134,7 +151,18 @@ test('a wrong volume key fails authentication', () => {
   const plain = randomBytes(4096);
   const aad = identity(1, 1, 1);
   const { ciphertext, nonce, tag } = sealed(new BlockSealer(generateVolumeKey()), plain, aad, 1);
-  assert.throws(() => new BlockSealer(generateVolumeKey()).open(ciphertext, new Uint8Array(4096), nonce, tag, aad, 1), BlockAuthError);
+  assert.throws(
+    () =>
+      new BlockSealer(generateVolumeKey()).open(
+        ciphertext,
+        new Uint8Array(4096),
+        nonce,
+        tag,
+        aad,
+        1,
+      ),
+    BlockAuthError,
+  );
 });
 
 test('old generations stay readable after their sub-keys fall out of the cache', () => {
@@ -142,7 +170,12 @@ test('old generations stay readable after their sub-keys fall out of the cache',
   const blocks = [];
   for (let generation = 0; generation < 10; generation++) {
     const plain = randomBytes(512);
-    blocks.push({ plain, generation, aad: identity(1, generation, 0), ...sealed(sealer, plain, identity(1, generation, 0), generation) });
+    blocks.push({
+      plain,
+      generation,
+      aad: identity(1, generation, 0),
+      ...sealed(sealer, plain, identity(1, generation, 0), generation),
+    });
   }
   for (const b of blocks.reverse()) {
     const out = new Uint8Array(512);
@@ -154,15 +187,29 @@ test('old generations stay readable after their sub-keys fall out of the cache',
 test('the largest u32 generation works; out-of-range generations and wrong sizes are programmer errors', () => {
   const sealer = new BlockSealer(generateVolumeKey());
   const plain = randomBytes(64);
-  const { ciphertext, nonce, tag } = sealed(sealer, plain, identity(1, 0xffff_ffff, 0), 0xffff_ffff);
+  const { ciphertext, nonce, tag } = sealed(
+    sealer,
+    plain,
+    identity(1, 0xffff_ffff, 0),
+    0xffff_ffff,
+  );
   sealer.open(ciphertext, new Uint8Array(64), nonce, tag, identity(1, 0xffff_ffff, 0), 0xffff_ffff);
   const aad = identity(1, 1, 1);
   for (const generation of [-1, 2 ** 32, 1.5, Number.NaN]) {
     assert.throws(() => sealed(sealer, plain, aad, generation), RangeError, String(generation));
   }
-  assert.throws(() => sealer.seal(plain, new Uint8Array(63), new Uint8Array(12), new Uint8Array(16), aad, 1), RangeError);
-  assert.throws(() => sealer.seal(plain, new Uint8Array(64), new Uint8Array(8), new Uint8Array(16), aad, 1), RangeError);
-  assert.throws(() => sealer.open(ciphertext, new Uint8Array(64), nonce, new Uint8Array(12), aad, 1), RangeError);
+  assert.throws(
+    () => sealer.seal(plain, new Uint8Array(63), new Uint8Array(12), new Uint8Array(16), aad, 1),
+    RangeError,
+  );
+  assert.throws(
+    () => sealer.seal(plain, new Uint8Array(64), new Uint8Array(8), new Uint8Array(16), aad, 1),
+    RangeError,
+  );
+  assert.throws(
+    () => sealer.open(ciphertext, new Uint8Array(64), nonce, new Uint8Array(12), aad, 1),
+    RangeError,
+  );
   assert.throws(() => new BlockSealer(new Uint8Array(16)), RangeError);
 });
 
@@ -206,7 +253,16 @@ test('a worker thread seals into shared memory and the main thread opens it', as
         new Uint8Array(shared, 2 * block, 12), new Uint8Array(shared, 2 * block + 12, 16), aad, 8);
       parentPort.postMessage('sealed');
     });`;
-  const worker = new Worker(source, { eval: true, workerData: { module: new URL('./block-sealer.js', import.meta.url).href, shared, key, aad, block: BLOCK } });
+  const worker = new Worker(source, {
+    eval: true,
+    workerData: {
+      module: new URL('./block-sealer.js', import.meta.url).href,
+      shared,
+      key,
+      aad,
+      block: BLOCK,
+    },
+  });
   const message = await new Promise((resolve, reject) => {
     worker.once('message', resolve);
     worker.once('error', reject);
@@ -215,8 +271,13 @@ test('a worker thread seals into shared memory and the main thread opens it', as
   assert.equal(message, 'sealed');
   const out = new Uint8Array(BLOCK);
   new BlockSealer(key).open(
-    new Uint8Array(shared, BLOCK, BLOCK), out,
-    new Uint8Array(shared, 2 * BLOCK, NONCE_BYTES), new Uint8Array(shared, 2 * BLOCK + NONCE_BYTES, TAG_BYTES), aad, 8);
+    new Uint8Array(shared, BLOCK, BLOCK),
+    out,
+    new Uint8Array(shared, 2 * BLOCK, NONCE_BYTES),
+    new Uint8Array(shared, 2 * BLOCK + NONCE_BYTES, TAG_BYTES),
+    aad,
+    8,
+  );
   assert.deepEqual(Buffer.from(out), plain);
 });
 
@@ -237,5 +298,7 @@ test('throughput on 64 KiB blocks (printed, not asserted)', () => {
   for (let i = 0; i < rounds; i++) sealer.open(ciphertext, opened, nonce, tag, aad, 1);
   const openSeconds = Number(process.hrtime.bigint() - start) / 1e9;
   const mb = (rounds * BLOCK) / 1e6;
-  console.log(`# AES-256-GCM 64 KiB blocks, one thread: seal ${(mb / sealSeconds).toFixed(0)} MB/s, open ${(mb / openSeconds).toFixed(0)} MB/s`);
+  console.log(
+    `# AES-256-GCM 64 KiB blocks, one thread: seal ${(mb / sealSeconds).toFixed(0)} MB/s, open ${(mb / openSeconds).toFixed(0)} MB/s`,
+  );
 });

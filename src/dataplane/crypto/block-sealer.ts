@@ -20,7 +20,14 @@
  * and the tag; nothing else is allocated here (sub-keys are cached, nonces
  * come from a pre-filled random pool).
  */
-import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, randomFillSync, type KeyObject } from 'node:crypto';
+import {
+  createCipheriv,
+  createDecipheriv,
+  createSecretKey,
+  hkdfSync,
+  randomFillSync,
+  type KeyObject,
+} from 'node:crypto';
 import { BlockAuthError } from './errors.js';
 import { VOLUME_KEY_BYTES } from './volume-key.js';
 
@@ -55,7 +62,10 @@ export class BlockSealer {
   readonly #infoBuffer = Buffer.alloc(INFO_PREFIX.length + 4);
 
   constructor(volumeKey: Uint8Array, options: BlockSealerOptions = {}) {
-    if (volumeKey.byteLength !== VOLUME_KEY_BYTES) throw new RangeError(`a volume key is ${VOLUME_KEY_BYTES} bytes, got ${volumeKey.byteLength}`);
+    if (volumeKey.byteLength !== VOLUME_KEY_BYTES)
+      throw new RangeError(
+        `a volume key is ${VOLUME_KEY_BYTES} bytes, got ${volumeKey.byteLength}`,
+      );
     // Our own copy: the caller may zero or reuse theirs, and it may live in shared memory.
     this.#volumeKey = Buffer.from(volumeKey);
     this.#maxCached = Math.max(1, options.cachedGenerations ?? DEFAULT_CACHED_GENERATIONS);
@@ -103,7 +113,9 @@ export class BlockSealer {
     generation: number,
   ): void {
     checkSizes(ciphertext, plaintextOut, nonce, tag);
-    const decipher = createDecipheriv(ALGORITHM, this.#subKey(generation), nonce, { authTagLength: TAG_BYTES });
+    const decipher = createDecipheriv(ALGORITHM, this.#subKey(generation), nonce, {
+      authTagLength: TAG_BYTES,
+    });
     decipher.setAuthTag(tag);
     decipher.setAAD(aad);
     const opened = decipher.update(ciphertext);
@@ -126,7 +138,8 @@ export class BlockSealer {
       this.#subKeys.delete(generation);
     } else {
       key = this.#derive(generation);
-      if (this.#subKeys.size >= this.#maxCached) this.#subKeys.delete(this.#subKeys.keys().next().value!);
+      if (this.#subKeys.size >= this.#maxCached)
+        this.#subKeys.delete(this.#subKeys.keys().next().value!);
     }
     this.#subKeys.set(generation, key);
     this.#lastGeneration = generation;
@@ -136,7 +149,9 @@ export class BlockSealer {
 
   #derive(generation: number): KeyObject {
     this.#infoBuffer.writeUInt32BE(generation, INFO_PREFIX.length);
-    const bytes = Buffer.from(hkdfSync('sha256', this.#volumeKey, Buffer.alloc(0), this.#infoBuffer, SUB_KEY_BYTES));
+    const bytes = Buffer.from(
+      hkdfSync('sha256', this.#volumeKey, Buffer.alloc(0), this.#infoBuffer, SUB_KEY_BYTES),
+    );
     const key = createSecretKey(bytes);
     bytes.fill(0);
     return key;
@@ -154,10 +169,19 @@ export class BlockSealer {
   }
 }
 
-function checkSizes(input: Uint8Array, output: Uint8Array, nonce: Uint8Array, tag: Uint8Array): void {
+function checkSizes(
+  input: Uint8Array,
+  output: Uint8Array,
+  nonce: Uint8Array,
+  tag: Uint8Array,
+): void {
   if (output.byteLength !== input.byteLength) {
-    throw new RangeError(`output is ${output.byteLength} bytes but input is ${input.byteLength}: sealed blocks keep their size`);
+    throw new RangeError(
+      `output is ${output.byteLength} bytes but input is ${input.byteLength}: sealed blocks keep their size`,
+    );
   }
-  if (nonce.byteLength !== NONCE_BYTES) throw new RangeError(`nonce must be ${NONCE_BYTES} bytes, got ${nonce.byteLength}`);
-  if (tag.byteLength !== TAG_BYTES) throw new RangeError(`tag must be ${TAG_BYTES} bytes, got ${tag.byteLength}`);
+  if (nonce.byteLength !== NONCE_BYTES)
+    throw new RangeError(`nonce must be ${NONCE_BYTES} bytes, got ${nonce.byteLength}`);
+  if (tag.byteLength !== TAG_BYTES)
+    throw new RangeError(`tag must be ${TAG_BYTES} bytes, got ${tag.byteLength}`);
 }

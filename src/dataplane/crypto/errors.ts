@@ -13,7 +13,10 @@ import { ConflictError, IoError, NotFoundError, UsageError } from '../../common/
 /** The master key file does not exist. Never answered by creating a new key on open. */
 export class MasterKeyMissingError extends NotFoundError {
   override name = 'MasterKeyMissingError';
-  constructor(readonly path: string, message = `master key file ${path} does not exist`) {
+  constructor(
+    readonly path: string,
+    message = `master key file ${path} does not exist`,
+  ) {
     super(message);
   }
 }
@@ -21,7 +24,10 @@ export class MasterKeyMissingError extends NotFoundError {
 /** The master key file exists but is not 64 hex characters (plus an optional newline). */
 export class MasterKeyFormatError extends UsageError {
   override name = 'MasterKeyFormatError';
-  constructor(readonly path: string, readonly reason: string) {
+  constructor(
+    readonly path: string,
+    readonly reason: string,
+  ) {
     super(`master key file ${path} is malformed: ${reason}`);
   }
 }
@@ -30,7 +36,9 @@ export class MasterKeyFormatError extends UsageError {
 export class MasterKeyExistsError extends ConflictError {
   override name = 'MasterKeyExistsError';
   constructor(readonly path: string) {
-    super(`master key file ${path} already exists; refusing to overwrite it (that would make every volume it wraps unreadable)`);
+    super(
+      `master key file ${path} already exists; refusing to overwrite it (that would make every volume it wraps unreadable)`,
+    );
   }
 }
 
@@ -40,8 +48,14 @@ export class MasterKeyExistsError extends ConflictError {
  */
 export class WrongMasterKeyError extends UsageError {
   override name = 'WrongMasterKeyError';
-  constructor(readonly expectedFingerprint: string, readonly actualFingerprint: string, subject: string) {
-    super(`${subject} was wrapped by master key ${expectedFingerprint}, but the loaded master key is ${actualFingerprint}: wrong master key file`);
+  constructor(
+    readonly expectedFingerprint: string,
+    readonly actualFingerprint: string,
+    subject: string,
+  ) {
+    super(
+      `${subject} was wrapped by master key ${expectedFingerprint}, but the loaded master key is ${actualFingerprint}: wrong master key file`,
+    );
   }
 }
 
@@ -65,7 +79,9 @@ export class WrappedKeyError extends UsageError {
  */
 export class BlockAuthError extends IoError {
   override name = 'BlockAuthError';
-  constructor(message = 'sealed block failed authentication (tampered, moved, or wrong volume key)') {
+  constructor(
+    message = 'sealed block failed authentication (tampered, moved, or wrong volume key)',
+  ) {
     super('EIO', message);
   }
 }

@@ -4,7 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { BlockSealer } from './block-sealer.js';
-import { MasterKeyFormatError, MasterKeyMissingError, WrappedKeyError, WrongMasterKeyError } from './errors.js';
+import {
+  MasterKeyFormatError,
+  MasterKeyMissingError,
+  WrappedKeyError,
+  WrongMasterKeyError,
+} from './errors.js';
 import { KeyRing } from './key-ring.js';
 
 const root = await mkdtemp(join(tmpdir(), 'torus-key-ring-'));
@@ -20,14 +25,22 @@ test('the first encrypted volume creates the master key; its record unwraps to a
   assert.equal(key.length, 32);
   new BlockSealer(key);
   const again = await ring.newWrappedKey();
-  assert.equal(again.masterKeyFingerprint, wrapped.masterKeyFingerprint, 'the existing key file is reused');
+  assert.equal(
+    again.masterKeyFingerprint,
+    wrapped.masterKeyFingerprint,
+    'the existing key file is reused',
+  );
   assert.notEqual(again.wrappedKey, wrapped.wrappedKey);
 });
 
 test('concurrent first volumes agree on one master key', async () => {
   const path = join(root, 'race.key');
   const ring = new KeyRing(path);
-  const results = await Promise.all([ring.newWrappedKey(), ring.newWrappedKey(), new KeyRing(path).newWrappedKey()]);
+  const results = await Promise.all([
+    ring.newWrappedKey(),
+    ring.newWrappedKey(),
+    new KeyRing(path).newWrappedKey(),
+  ]);
   assert.equal(new Set(results.map((r) => r.masterKeyFingerprint)).size, 1);
   for (const r of results) await ring.unwrap({ name: 'v', ...r });
 });
@@ -49,7 +62,10 @@ test('a different master key file is reported as the wrong key, by fingerprint',
   await other.newWrappedKey();
   await assert.rejects(other.unwrap({ name: 'v', ...wrapped }), WrongMasterKeyError);
   // Without a recorded fingerprint the unwrap itself still refuses.
-  await assert.rejects(other.unwrap({ name: 'v', wrappedKey: wrapped.wrappedKey }), /wrong master key or corrupt wrapped key/);
+  await assert.rejects(
+    other.unwrap({ name: 'v', wrappedKey: wrapped.wrappedKey }),
+    /wrong master key or corrupt wrapped key/,
+  );
 });
 
 test('a damaged wrapped key with the right fingerprint is reported as corrupt', async () => {
@@ -57,11 +73,14 @@ test('a damaged wrapped key with the right fingerprint is reported as corrupt', 
   const wrapped = await ring.newWrappedKey();
   const bytes = Buffer.from(wrapped.wrappedKey, 'base64');
   bytes[40] ^= 1;
-  await assert.rejects(ring.unwrap({ name: 'v', ...wrapped, wrappedKey: bytes.toString('base64') }), (err: unknown) => {
-    assert.ok(err instanceof WrappedKeyError);
-    assert.match(err.message, /"v".*corrupt/);
-    return true;
-  });
+  await assert.rejects(
+    ring.unwrap({ name: 'v', ...wrapped, wrappedKey: bytes.toString('base64') }),
+    (err: unknown) => {
+      assert.ok(err instanceof WrappedKeyError);
+      assert.match(err.message, /"v".*corrupt/);
+      return true;
+    },
+  );
   await assert.rejects(ring.unwrap({ name: 'v' }), /no wrapped key/);
 });
 

@@ -7,9 +7,19 @@
  * there is none yet; opening one never does: a missing key file on open means
  * the key was lost or the path is wrong, and a new key could not read anything.
  */
-import { MasterKeyExistsError, MasterKeyMissingError, WrappedKeyError, WrongMasterKeyError } from './errors.js';
+import {
+  MasterKeyExistsError,
+  MasterKeyMissingError,
+  WrappedKeyError,
+  WrongMasterKeyError,
+} from './errors.js';
 import { createMasterKeyFile, loadMasterKey, type LoadedMasterKey } from './master-key.js';
-import { generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, wrappedKeyToString } from './volume-key.js';
+import {
+  generateVolumeKey,
+  unwrapVolumeKey,
+  wrapVolumeKey,
+  wrappedKeyToString,
+} from './volume-key.js';
 
 /** The key fields of a volume's metadata record. */
 export interface WrappedVolumeKey {
@@ -42,7 +52,10 @@ export class KeyRing {
     const master = await this.#masterKeyCreatingIfMissing();
     const volumeKey = generateVolumeKey();
     try {
-      return { wrappedKey: wrappedKeyToString(wrapVolumeKey(volumeKey, master.key)), masterKeyFingerprint: master.fingerprint };
+      return {
+        wrappedKey: wrappedKeyToString(wrapVolumeKey(volumeKey, master.key)),
+        masterKeyFingerprint: master.fingerprint,
+      };
     } finally {
       volumeKey.fill(0);
     }
@@ -53,20 +66,32 @@ export class KeyRing {
    * name in the message: MasterKeyMissingError (no key file), WrongMasterKeyError
    * (the record names another master key), WrappedKeyError (damaged record).
    */
-  async unwrap(record: { name: string; wrappedKey?: string; masterKeyFingerprint?: string }): Promise<Uint8Array> {
+  async unwrap(record: {
+    name: string;
+    wrappedKey?: string;
+    masterKeyFingerprint?: string;
+  }): Promise<Uint8Array> {
     const subject = `volume "${record.name}"`;
-    if (!record.wrappedKey) throw new WrappedKeyError(`${subject} is marked encrypted but its record has no wrapped key`);
+    if (!record.wrappedKey)
+      throw new WrappedKeyError(`${subject} is marked encrypted but its record has no wrapped key`);
     let master: LoadedMasterKey;
     try {
       master = await this.masterKey();
     } catch (err) {
       if (err instanceof MasterKeyMissingError) {
-        throw new MasterKeyMissingError(err.path, `${subject} is encrypted but the master key file ${err.path} does not exist; restore this node's master key there (or pass --key-file)`);
+        throw new MasterKeyMissingError(
+          err.path,
+          `${subject} is encrypted but the master key file ${err.path} does not exist; restore this node's master key there (or pass --key-file)`,
+        );
       }
       throw err;
     }
     if (record.masterKeyFingerprint && record.masterKeyFingerprint !== master.fingerprint) {
-      throw new WrongMasterKeyError(record.masterKeyFingerprint, master.fingerprint, `the key of ${subject}`);
+      throw new WrongMasterKeyError(
+        record.masterKeyFingerprint,
+        master.fingerprint,
+        `the key of ${subject}`,
+      );
     }
     try {
       return unwrapVolumeKey(record.wrappedKey, master.key);

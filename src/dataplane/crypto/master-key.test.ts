@@ -34,13 +34,24 @@ test('createMasterKeyFile refuses to overwrite, even when racing itself', async 
   const path = join(dir, 'master.key');
   const first = await createMasterKeyFile(path);
   await assert.rejects(createMasterKeyFile(path), MasterKeyExistsError);
-  assert.deepEqual(Buffer.from((await loadMasterKey(path)).key), Buffer.from(first.key), 'the original key survived');
+  assert.deepEqual(
+    Buffer.from((await loadMasterKey(path)).key),
+    Buffer.from(first.key),
+    'the original key survived',
+  );
 
   const racePath = join(dir, 'race.key');
-  const results = await Promise.allSettled(Array.from({ length: 8 }, () => createMasterKeyFile(racePath)));
+  const results = await Promise.allSettled(
+    Array.from({ length: 8 }, () => createMasterKeyFile(racePath)),
+  );
   assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
-  for (const r of results) if (r.status === 'rejected') assert.ok(r.reason instanceof MasterKeyExistsError);
-  assert.deepEqual((await readdir(dir)).sort(), ['master.key', 'race.key'], 'no temp files left behind');
+  for (const r of results)
+    if (r.status === 'rejected') assert.ok(r.reason instanceof MasterKeyExistsError);
+  assert.deepEqual(
+    (await readdir(dir)).sort(),
+    ['master.key', 'race.key'],
+    'no temp files left behind',
+  );
 });
 
 test('a missing key file is a MasterKeyMissingError naming the path', async () => {
@@ -83,7 +94,12 @@ test('uppercase hex, no trailing newline and CRLF are accepted as the same key',
   const dir = await freshDir();
   const hex = '0123456789abcdef'.repeat(4);
   const fingerprints = new Set<string>();
-  for (const [name, text] of [['plain', `${hex}\n`], ['upper', `${hex.toUpperCase()}\n`], ['bare', hex], ['crlf', `${hex}\r\n`]]) {
+  for (const [name, text] of [
+    ['plain', `${hex}\n`],
+    ['upper', `${hex.toUpperCase()}\n`],
+    ['bare', hex],
+    ['crlf', `${hex}\r\n`],
+  ]) {
     const path = join(dir, name);
     await writeFile(path, text, { mode: 0o600 });
     fingerprints.add((await loadMasterKey(path)).fingerprint);

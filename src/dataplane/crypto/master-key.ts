@@ -36,8 +36,14 @@ export interface LoadedMasterKey {
  * apart; it is not meant to resist a search (the key itself is 256 random bits).
  */
 export function masterKeyFingerprint(key: Uint8Array): string {
-  if (key.byteLength !== MASTER_KEY_BYTES) throw new RangeError(`a master key is ${MASTER_KEY_BYTES} bytes, got ${key.byteLength}`);
-  return createHash('sha256').update(FINGERPRINT_LABEL).update(key).digest().subarray(0, 8).toString('hex');
+  if (key.byteLength !== MASTER_KEY_BYTES)
+    throw new RangeError(`a master key is ${MASTER_KEY_BYTES} bytes, got ${key.byteLength}`);
+  return createHash('sha256')
+    .update(FINGERPRINT_LABEL)
+    .update(key)
+    .digest()
+    .subarray(0, 8)
+    .toString('hex');
 }
 
 /** Read and check a master key file. Throws MasterKeyMissingError or MasterKeyFormatError. */
@@ -55,7 +61,10 @@ export async function loadMasterKey(path: string): Promise<LoadedMasterKey> {
     const info = await file.stat();
     if (!info.isFile()) throw new MasterKeyFormatError(path, 'not a regular file');
     if (info.size > MAX_KEY_FILE_BYTES) {
-      throw new MasterKeyFormatError(path, `${info.size} bytes; expected ${HEX_CHARS} hex characters and a newline`);
+      throw new MasterKeyFormatError(
+        path,
+        `${info.size} bytes; expected ${HEX_CHARS} hex characters and a newline`,
+      );
     }
     mode = info.mode;
     const bytes = Buffer.alloc(MAX_KEY_FILE_BYTES + 1);
@@ -70,15 +79,23 @@ export async function loadMasterKey(path: string): Promise<LoadedMasterKey> {
 function parseMasterKey(path: string, text: string): { key: Uint8Array; fingerprint: string } {
   // One trailing newline is the format; a CRLF from an editor is forgiven,
   // anything else (spaces, a second line) is refused rather than guessed at.
-  const hex = text.endsWith('\r\n') ? text.slice(0, -2) : text.endsWith('\n') ? text.slice(0, -1) : text;
+  const hex = text.endsWith('\r\n')
+    ? text.slice(0, -2)
+    : text.endsWith('\n')
+      ? text.slice(0, -1)
+      : text;
   if (hex.length !== HEX_CHARS) {
-    throw new MasterKeyFormatError(path, `${hex.length} characters; expected ${HEX_CHARS} hex characters (${MASTER_KEY_BYTES} bytes) and a newline`);
+    throw new MasterKeyFormatError(
+      path,
+      `${hex.length} characters; expected ${HEX_CHARS} hex characters (${MASTER_KEY_BYTES} bytes) and a newline`,
+    );
   }
   const bad = hex.search(/[^0-9a-fA-F]/);
   if (bad >= 0) throw new MasterKeyFormatError(path, `character ${bad + 1} is not a hex digit`);
   const key = Buffer.from(hex, 'hex');
   // A zero key is what `head -c 32 /dev/zero | xxd -p` or an unfilled template gives; never a random one.
-  if (key.every((b) => b === 0)) throw new MasterKeyFormatError(path, 'the key is all zeros, so it was not generated randomly');
+  if (key.every((b) => b === 0))
+    throw new MasterKeyFormatError(path, 'the key is all zeros, so it was not generated randomly');
   return { key, fingerprint: masterKeyFingerprint(key) };
 }
 
@@ -128,4 +145,3 @@ async function syncDirectory(dir: string): Promise<void> {
     await handle.close();
   }
 }
-

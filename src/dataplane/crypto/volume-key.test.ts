@@ -2,7 +2,14 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { test } from 'node:test';
 import { WrappedKeyError } from './errors.js';
-import { WRAPPED_KEY_BYTES, generateVolumeKey, unwrapVolumeKey, wrapVolumeKey, wrappedKeyFromString, wrappedKeyToString } from './volume-key.js';
+import {
+  WRAPPED_KEY_BYTES,
+  generateVolumeKey,
+  unwrapVolumeKey,
+  wrapVolumeKey,
+  wrappedKeyFromString,
+  wrappedKeyToString,
+} from './volume-key.js';
 
 test('a volume key is 32 random bytes', () => {
   const a = generateVolumeKey();
@@ -31,11 +38,14 @@ test('wrapping twice uses different nonces', () => {
 
 test('the wrong master key is refused, never answered with garbage', () => {
   const wrapped = wrapVolumeKey(generateVolumeKey(), randomBytes(32));
-  assert.throws(() => unwrapVolumeKey(wrapped, randomBytes(32)), (err: unknown) => {
-    assert.ok(err instanceof WrappedKeyError);
-    assert.match(err.message, /wrong master key or corrupt wrapped key/);
-    return true;
-  });
+  assert.throws(
+    () => unwrapVolumeKey(wrapped, randomBytes(32)),
+    (err: unknown) => {
+      assert.ok(err instanceof WrappedKeyError);
+      assert.match(err.message, /wrong master key or corrupt wrapped key/);
+      return true;
+    },
+  );
 });
 
 test('every corrupted byte, a truncation, an unknown version and bad base64 are refused', () => {

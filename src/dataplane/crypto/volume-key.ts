@@ -56,17 +56,22 @@ export function unwrapVolumeKey(wrapped: Uint8Array | string, masterKey: Uint8Ar
   checkLength('master key', masterKey, MASTER_KEY_BYTES);
   const bytes = typeof wrapped === 'string' ? wrappedKeyFromString(wrapped) : wrapped;
   if (bytes.byteLength !== WRAPPED_KEY_BYTES) {
-    throw new WrappedKeyError(`corrupt wrapped key: ${bytes.byteLength} bytes, expected ${WRAPPED_KEY_BYTES}`);
+    throw new WrappedKeyError(
+      `corrupt wrapped key: ${bytes.byteLength} bytes, expected ${WRAPPED_KEY_BYTES}`,
+    );
   }
   if (bytes[0] !== WRAP_VERSION) {
-    throw new WrappedKeyError(`wrapped key format version ${bytes[0]} is not supported (this build knows version ${WRAP_VERSION})`);
+    throw new WrappedKeyError(
+      `wrapped key format version ${bytes[0]} is not supported (this build knows version ${WRAP_VERSION})`,
+    );
   }
   const nonce = bytes.subarray(1, 1 + NONCE_BYTES);
   const box = bytes.subarray(1 + NONCE_BYTES);
   const message = nacl.secretbox.open(box, nonce, masterKey);
   if (!message) throw new WrappedKeyError();
   // Authenticated, so this can only differ if someone wrapped it that way on purpose; still refuse.
-  if (message[0] !== bytes[0]) throw new WrappedKeyError('wrapped key version byte does not match its sealed copy');
+  if (message[0] !== bytes[0])
+    throw new WrappedKeyError('wrapped key version byte does not match its sealed copy');
   const key = Buffer.from(message.subarray(1));
   message.fill(0);
   return key;
@@ -83,5 +88,6 @@ export function wrappedKeyFromString(text: string): Uint8Array {
 }
 
 function checkLength(what: string, bytes: Uint8Array, expected: number): void {
-  if (bytes.byteLength !== expected) throw new RangeError(`a ${what} is ${expected} bytes, got ${bytes.byteLength}`);
+  if (bytes.byteLength !== expected)
+    throw new RangeError(`a ${what} is ${expected} bytes, got ${bytes.byteLength}`);
 }

@@ -33,8 +33,15 @@ function fakeWork() {
   return fake;
 }
 
-function jobOf(work: () => Promise<void>, options: Partial<BackgroundJobOptions> = {}): BackgroundJob {
-  return new BackgroundJob({ work, onError: (err) => assert.fail(`unexpected run failure: ${String(err)}`), ...options });
+function jobOf(
+  work: () => Promise<void>,
+  options: Partial<BackgroundJobOptions> = {},
+): BackgroundJob {
+  return new BackgroundJob({
+    work,
+    onError: (err) => assert.fail(`unexpected run failure: ${String(err)}`),
+    ...options,
+  });
 }
 
 async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
@@ -84,7 +91,12 @@ describe('BackgroundJob', { timeout: 30_000 }, () => {
 
   test("'fixed' period: with runAtStart, a run at once and then one per interval", async () => {
     const fake = fakeWork();
-    const job = jobOf(fake.work, { settleMs: 0, intervalMs: 60, period: 'fixed', runAtStart: true });
+    const job = jobOf(fake.work, {
+      settleMs: 0,
+      intervalMs: 60,
+      period: 'fixed',
+      runAtStart: true,
+    });
     job.start();
     job.start(); // a second start() adds no second period
     await until('the run at start', () => fake.runs === 1, 1000);
@@ -105,7 +117,10 @@ describe('BackgroundJob', { timeout: 30_000 }, () => {
     assert.equal(fake.runs, 0, 'no run at start');
     fake.hold = true;
     await until('the first periodic run', () => fake.runs === 1, 2000);
-    assert.ok(fake.starts[0] - started >= 70, `first run ${(fake.starts[0] - started).toFixed(0)} ms after start()`);
+    assert.ok(
+      fake.starts[0] - started >= 70,
+      `first run ${(fake.starts[0] - started).toFixed(0)} ms after start()`,
+    );
     await sleep(200); // longer than the interval: still no second run while the first goes on
     assert.equal(fake.runs, 1);
     fake.hold = false;
@@ -160,7 +175,9 @@ describe('BackgroundJob', { timeout: 30_000 }, () => {
 
   test('pace() keeps to its rate, and close() ends a throttled wait with false', async () => {
     // 100 KiB/s, 10 KiB burst: 10 KiB takes after the first wait ~100 ms each.
-    const job = jobOf(async () => {}, { pace: { bytesPerSecond: 100 * 1024, burstBytes: 10 * 1024 } });
+    const job = jobOf(async () => {}, {
+      pace: { bytesPerSecond: 100 * 1024, burstBytes: 10 * 1024 },
+    });
     const started = performance.now();
     for (let i = 0; i < 4; i++) assert.equal(await job.pace(10 * 1024), true);
     const ms = performance.now() - started;
@@ -198,6 +215,10 @@ describe('TokenBucket', () => {
     let cancelled = false;
     const owed = bucket.take(100, () => cancelled);
     cancelled = true;
-    assert.equal(await owed, false, 'it owes 4500 bytes: the next take waits, and cancelling ends the wait');
+    assert.equal(
+      await owed,
+      false,
+      'it owes 4500 bytes: the next take waits, and cancelling ends the wait',
+    );
   });
 });

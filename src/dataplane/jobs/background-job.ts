@@ -50,7 +50,8 @@ export class BackgroundJob {
   constructor(private readonly options: BackgroundJobOptions) {
     this.settleMs = options.settleMs ?? 0;
     this.intervalMs = options.intervalMs ?? 0;
-    this.bucket = options.pace && new TokenBucket(options.pace.bytesPerSecond, options.pace.burstBytes);
+    this.bucket =
+      options.pace && new TokenBucket(options.pace.bytesPerSecond, options.pace.burstBytes);
   }
 
   /** close() was called: no run starts, and the one running should end. */

@@ -17,7 +17,8 @@ export class TokenBucket {
     readonly burstBytes: number,
     private readonly now: () => number = () => performance.now(),
   ) {
-    if (!(bytesPerSecond > 0)) throw new RangeError(`rate limit must be positive, got ${bytesPerSecond} bytes/s`);
+    if (!(bytesPerSecond > 0))
+      throw new RangeError(`rate limit must be positive, got ${bytesPerSecond} bytes/s`);
     this.tokens = burstBytes;
     this.last = now();
   }
@@ -39,7 +40,10 @@ export class TokenBucket {
 
   private refill(): void {
     const t = this.now();
-    this.tokens = Math.min(this.burstBytes, this.tokens + ((t - this.last) / 1000) * this.bytesPerSecond);
+    this.tokens = Math.min(
+      this.burstBytes,
+      this.tokens + ((t - this.last) / 1000) * this.bytesPerSecond,
+    );
     this.last = t;
   }
 }

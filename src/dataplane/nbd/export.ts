@@ -84,5 +84,13 @@ export interface ExportProvider {
   /** Open the named export for one session; undefined if no such export. */
   open(name: string): Promise<NbdExport | undefined>;
   /** Describe an export without opening it (NBD_OPT_INFO); undefined if none. */
-  describe(name: string): Promise<Omit<NbdExport, 'read' | 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' | 'blockStatus' | 'close'> | undefined>;
+  describe(
+    name: string,
+  ): Promise<
+    | Omit<
+        NbdExport,
+        'read' | 'write' | 'flush' | 'trim' | 'writeZeroes' | 'cache' | 'blockStatus' | 'close'
+      >
+    | undefined
+  >;
 }

@@ -39,7 +39,6 @@ import {
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_INFO_BLOCK_SIZE,
   NBD_INFO_DESCRIPTION,
   NBD_INFO_NAME,
   NBD_OPT_ABORT,
@@ -96,10 +95,23 @@ export interface Negotiated {
   transmissionFlags: number;
 }
 
-type ExportShape = Pick<NbdExport, 'size' | 'readOnly' | 'canMultiConn' | 'minimumBlockSize' | 'preferredBlockSize' | 'maximumPayload' | 'name' | 'description'>;
+type ExportShape = Pick<
+  NbdExport,
+  | 'size'
+  | 'readOnly'
+  | 'canMultiConn'
+  | 'minimumBlockSize'
+  | 'preferredBlockSize'
+  | 'maximumPayload'
+  | 'name'
+  | 'description'
+>;
 
 /** The transmission flags we advertise for an export; SEND_DF only once structured replies are on. */
-export function transmissionFlags(exp: Pick<NbdExport, 'readOnly' | 'canMultiConn'>, structuredReplies: boolean): number {
+export function transmissionFlags(
+  exp: Pick<NbdExport, 'readOnly' | 'canMultiConn'>,
+  structuredReplies: boolean,
+): number {
   let flags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_CACHE;
   // A read-only export does not offer the commands that would only fail with EPERM.
   if (exp.readOnly) flags |= NBD_FLAG_READ_ONLY;
@@ -123,26 +135,41 @@ interface HaggleState {
  * cleanly. Throws NbdFramingError (or the stream's error) when the connection
  * must be dropped.
  */
-export async function negotiate(socket: Socket, inbound: Inbound, provider: ExportProvider, log: Logger): Promise<Negotiated | undefined> {
+export async function negotiate(
+  socket: Socket,
+  inbound: Inbound,
+  provider: ExportProvider,
+  log: Logger,
+): Promise<Negotiated | undefined> {
   const send = (buf: Buffer) => {
     socket.write(buf);
-    if (socket.writableLength > MAX_UNREAD_REPLY_BYTES) throw new NbdFramingError('client is not reading option replies');
+    if (socket.writableLength > MAX_UNREAD_REPLY_BYTES)
+      throw new NbdFramingError('client is not reading option replies');
   };
   const reply = (option: number, type: number, data?: Buffer) => {
     log.trace({ option: optionName(option), reply: replyName(type) }, 'option reply');
     send(encodeOptionReply(option, type, data));
   };
   const refuse = (option: number, type: number, message: string) => {
-    log.debug({ option: optionName(option), reply: replyName(type), reason: message }, 'option refused');
+    log.debug(
+      { option: optionName(option), reply: replyName(type), reason: message },
+      'option refused',
+    );
     reply(option, type, Buffer.from(message, 'utf8'));
   };
 
   send(encodeServerGreeting());
   await inbound.need(CLIENT_FLAGS_SIZE);
   const clientFlags = inbound.take(CLIENT_FLAGS_SIZE).readUInt32BE(0);
-  if (clientFlags & ~KNOWN_CLIENT_FLAGS) throw new NbdFramingError(`unknown client flags 0x${clientFlags.toString(16)}`);
-  if (!(clientFlags & NBD_FLAG_C_FIXED_NEWSTYLE)) log.debug('client did not set NBD_FLAG_C_FIXED_NEWSTYLE; serving fixed newstyle anyway');
-  const state: HaggleState = { noZeroes: (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0, structuredReplies: false, allocationSelectedFor: undefined };
+  if (clientFlags & ~KNOWN_CLIENT_FLAGS)
+    throw new NbdFramingError(`unknown client flags 0x${clientFlags.toString(16)}`);
+  if (!(clientFlags & NBD_FLAG_C_FIXED_NEWSTYLE))
+    log.debug('client did not set NBD_FLAG_C_FIXED_NEWSTYLE; serving fixed newstyle anyway');
+  const state: HaggleState = {
+    noZeroes: (clientFlags & NBD_FLAG_C_NO_ZEROES) !== 0,
+    structuredReplies: false,
+    allocationSelectedFor: undefined,
+  };
 
   for (;;) {
     await inbound.need(OPTION_HEADER_SIZE);
@@ -156,7 +183,11 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
         throw new NbdFramingError(`${optionName(option)} with ${length} bytes of data`);
       }
       inbound.discard(length);
-      refuse(option, NBD_REP_ERR_TOO_BIG, `option data of ${length} bytes exceeds the ${MAX_OPTION_LENGTH}-byte limit`);
+      refuse(
+        option,
+        NBD_REP_ERR_TOO_BIG,
+        `option data of ${length} bytes exceeds the ${MAX_OPTION_LENGTH}-byte limit`,
+      );
       continue;
     }
     if (option === NBD_OPT_EXPORT_NAME && length > MAX_STRING_LENGTH) {
@@ -169,13 +200,16 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
       case NBD_OPT_EXPORT_NAME: {
         const name = data.toString('utf8');
         const exp = await openExport(provider, name, log);
-        if (!exp) throw new NbdFramingError(`NBD_OPT_EXPORT_NAME: no export named ${JSON.stringify(name)}`);
+        if (!exp)
+          throw new NbdFramingError(`NBD_OPT_EXPORT_NAME: no export named ${JSON.stringify(name)}`);
         if (socket.destroyed) {
           await exp.close();
           throw new NbdFramingError('client went away while the export was opening');
         }
         const flags = transmissionFlags(exp, state.structuredReplies);
-        await closingOnThrow(exp, () => send(encodeExportNameReply(exp.size, flags, state.noZeroes)));
+        await closingOnThrow(exp, () =>
+          send(encodeExportNameReply(exp.size, flags, state.noZeroes)),
+        );
         return finish(exp, name, flags, state, log);
       }
 
@@ -196,7 +230,8 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
           refuse(option, NBD_REP_ERR_POLICY, `cannot list exports: ${(err as Error).message}`);
           break;
         }
-        for (const e of exports) reply(option, NBD_REP_SERVER, encodeRepServer(e.name, e.description));
+        for (const e of exports)
+          reply(option, NBD_REP_SERVER, encodeRepServer(e.name, e.description));
         reply(option, NBD_REP_ACK);
         break;
       }
@@ -210,15 +245,26 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
       case NBD_OPT_GO: {
         const request = parseInfoRequest(data);
         if (typeof request === 'string') {
-          refuse(option, request === 'too big' ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_INVALID, `malformed ${optionName(option)}: ${request}`);
+          refuse(
+            option,
+            request === 'too big' ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_INVALID,
+            `malformed ${optionName(option)}: ${request}`,
+          );
           break;
         }
         let described: ExportShape | undefined;
         try {
-          described = option === NBD_OPT_GO ? await openExport(provider, request.name, log) : await provider.describe(request.name);
+          described =
+            option === NBD_OPT_GO
+              ? await openExport(provider, request.name, log)
+              : await provider.describe(request.name);
         } catch (err) {
           log.warn({ err, export: request.name }, 'export could not be opened');
-          refuse(option, NBD_REP_ERR_POLICY, `export ${JSON.stringify(request.name)} is unavailable: ${(err as Error).message}`);
+          refuse(
+            option,
+            NBD_REP_ERR_POLICY,
+            `export ${JSON.stringify(request.name)} is unavailable: ${(err as Error).message}`,
+          );
           break;
         }
         if (!described) {
@@ -235,10 +281,24 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
           reply(option, NBD_REP_INFO, encodeInfoExport(shape.size, flags));
           // Block sizes go out whether asked for or not: a client that did not
           // ask may ignore them, and the spec lets us volunteer information.
-          reply(option, NBD_REP_INFO, encodeInfoBlockSize(shape.minimumBlockSize, shape.preferredBlockSize, shape.maximumPayload));
+          reply(
+            option,
+            NBD_REP_INFO,
+            encodeInfoBlockSize(
+              shape.minimumBlockSize,
+              shape.preferredBlockSize,
+              shape.maximumPayload,
+            ),
+          );
           for (const info of request.infos) {
-            if (info === NBD_INFO_NAME) reply(option, NBD_REP_INFO, encodeInfoString(NBD_INFO_NAME, shape.name));
-            else if (info === NBD_INFO_DESCRIPTION && shape.description) reply(option, NBD_REP_INFO, encodeInfoString(NBD_INFO_DESCRIPTION, shape.description));
+            if (info === NBD_INFO_NAME)
+              reply(option, NBD_REP_INFO, encodeInfoString(NBD_INFO_NAME, shape.name));
+            else if (info === NBD_INFO_DESCRIPTION && shape.description)
+              reply(
+                option,
+                NBD_REP_INFO,
+                encodeInfoString(NBD_INFO_DESCRIPTION, shape.description),
+              );
             // NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE are already sent; unknown requests are ignored.
           }
           reply(option, NBD_REP_ACK);
@@ -271,14 +331,22 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
         }
         const request = parseMetaContextRequest(data);
         if (typeof request === 'string') {
-          refuse(option, request === 'too big' ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_INVALID, `malformed ${optionName(option)}: ${request}`);
+          refuse(
+            option,
+            request === 'too big' ? NBD_REP_ERR_TOO_BIG : NBD_REP_ERR_INVALID,
+            `malformed ${optionName(option)}: ${request}`,
+          );
           break;
         }
         let known;
         try {
           known = await provider.describe(request.name);
         } catch (err) {
-          refuse(option, NBD_REP_ERR_POLICY, `export ${JSON.stringify(request.name)} is unavailable: ${(err as Error).message}`);
+          refuse(
+            option,
+            NBD_REP_ERR_POLICY,
+            `export ${JSON.stringify(request.name)} is unavailable: ${(err as Error).message}`,
+          );
           break;
         }
         if (!known) {
@@ -287,9 +355,14 @@ export async function negotiate(socket: Socket, inbound: Inbound, provider: Expo
         }
         const matches = setting
           ? request.queries.some((q) => q === BASE_ALLOCATION)
-          : request.queries.length === 0 || request.queries.some((q) => q === BASE_ALLOCATION || q === 'base:');
+          : request.queries.length === 0 ||
+            request.queries.some((q) => q === BASE_ALLOCATION || q === 'base:');
         if (matches) {
-          reply(option, NBD_REP_META_CONTEXT, encodeRepMetaContext(setting ? BASE_ALLOCATION_CONTEXT_ID : 0, BASE_ALLOCATION));
+          reply(
+            option,
+            NBD_REP_META_CONTEXT,
+            encodeRepMetaContext(setting ? BASE_ALLOCATION_CONTEXT_ID : 0, BASE_ALLOCATION),
+          );
           if (setting) state.allocationSelectedFor = request.name;
         }
         reply(option, NBD_REP_ACK);
@@ -312,14 +385,41 @@ async function closingOnThrow(exp: NbdExport, sendReplies: () => void): Promise<
   }
 }
 
-function finish(exp: NbdExport, name: string, flags: number, state: HaggleState, log: Logger): Negotiated {
-  const allocationContextId = state.structuredReplies && state.allocationSelectedFor === name ? BASE_ALLOCATION_CONTEXT_ID : undefined;
-  log.debug({ export: exp.name, size: exp.size, flags: transmissionFlagNames(flags), structured: state.structuredReplies, blockStatus: allocationContextId !== undefined }, 'transmission starts');
-  return { export: exp, structuredReplies: state.structuredReplies, allocationContextId, transmissionFlags: flags };
+function finish(
+  exp: NbdExport,
+  name: string,
+  flags: number,
+  state: HaggleState,
+  log: Logger,
+): Negotiated {
+  const allocationContextId =
+    state.structuredReplies && state.allocationSelectedFor === name
+      ? BASE_ALLOCATION_CONTEXT_ID
+      : undefined;
+  log.debug(
+    {
+      export: exp.name,
+      size: exp.size,
+      flags: transmissionFlagNames(flags),
+      structured: state.structuredReplies,
+      blockStatus: allocationContextId !== undefined,
+    },
+    'transmission starts',
+  );
+  return {
+    export: exp,
+    structuredReplies: state.structuredReplies,
+    allocationContextId,
+    transmissionFlags: flags,
+  };
 }
 
 /** provider.open, with NotFoundError meaning "no such export" like undefined. */
-async function openExport(provider: ExportProvider, name: string, log: Logger): Promise<NbdExport | undefined> {
+async function openExport(
+  provider: ExportProvider,
+  name: string,
+  log: Logger,
+): Promise<NbdExport | undefined> {
   try {
     return await provider.open(name);
   } catch (err) {
@@ -339,14 +439,17 @@ export function parseInfoRequest(data: Buffer): { name: string; infos: number[] 
   if (nameLength > MAX_STRING_LENGTH) return 'too big';
   const name = data.toString('utf8', 4, 4 + nameLength);
   const count = data.readUInt16BE(4 + nameLength);
-  if (data.length !== 6 + nameLength + 2 * count) return 'information request count does not match the option length';
+  if (data.length !== 6 + nameLength + 2 * count)
+    return 'information request count does not match the option length';
   const infos: number[] = [];
   for (let i = 0; i < count; i++) infos.push(data.readUInt16BE(6 + nameLength + 2 * i));
   return { name, infos };
 }
 
 /** NBD_OPT_{LIST,SET}_META_CONTEXT data: u32 name length, name, u32 count, count × (u32 length, query). */
-export function parseMetaContextRequest(data: Buffer): { name: string; queries: string[] } | string {
+export function parseMetaContextRequest(
+  data: Buffer,
+): { name: string; queries: string[] } | string {
   if (data.length < 8) return 'shorter than 8 bytes';
   const nameLength = data.readUInt32BE(0);
   if (nameLength > data.length - 8) return 'name length runs past the option data';

@@ -166,7 +166,8 @@ export class Inbound extends ByteQueue {
    */
   takeToKeep(bytes: number): Buffer {
     const first = this.chunks[0];
-    if (bytes > 0 && first !== this.transient && first.length - this.head >= bytes) return this.take(bytes);
+    if (bytes > 0 && first !== this.transient && first.length - this.head >= bytes)
+      return this.take(bytes);
     const out = this.gather(bytes);
     this.skip(bytes);
     return out;
@@ -180,7 +181,8 @@ export class Inbound extends ByteQueue {
    */
   fill(target: Buffer, onFull: () => void): void {
     if (this.sink) throw new Error('Inbound.fill: a fill is already in progress');
-    if (this.buffered >= target.length) throw new Error('Inbound.fill: enough is buffered already; take it');
+    if (this.buffered >= target.length)
+      throw new Error('Inbound.fill: enough is buffered already; take it');
     const filled = this.buffered;
     this.copyOut(target, filled);
     this.skip(filled);

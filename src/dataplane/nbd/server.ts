@@ -94,7 +94,8 @@ export class NbdServer {
       throw err;
     });
     if (existing) {
-      if (!existing.isSocket()) throw new Error(`refusing to replace ${path}: it exists and is not a socket`);
+      if (!existing.isSocket())
+        throw new Error(`refusing to replace ${path}: it exists and is not a socket`);
       await unlink(path);
     }
     await this.listeners.listen((s, ready) => s.listen({ path }, ready));
@@ -120,10 +121,15 @@ export class NbdServer {
 
   private accept(accepted: Socket): void {
     let inbound!: Inbound;
-    const socket = adoptWithReadBuffer(accepted, (view) => inbound.push(view, true), { allowHalfOpen: true }) ?? accepted;
+    const socket =
+      adoptWithReadBuffer(accepted, (view) => inbound.push(view, true), { allowHalfOpen: true }) ??
+      accepted;
     inbound = new Inbound(socket);
     if (socket === accepted) socket.on('data', (chunk: Buffer) => inbound.push(chunk));
-    const log = this.log.child({ conn: this.listeners.connectionId(), peer: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix' });
+    const log = this.log.child({
+      conn: this.listeners.connectionId(),
+      peer: socket.remoteAddress ? `${socket.remoteAddress}:${socket.remotePort}` : 'unix',
+    });
     socket.on('error', (err) => log.debug({ err: err.message }, 'socket error'));
     if (!this.listeners.admit(socket, log)) return;
 
@@ -152,7 +158,8 @@ export class NbdServer {
       try {
         negotiated = await negotiate(socket, inbound, this.provider, log);
       } catch (err) {
-        if (!socket.destroyed) log.info({ reason: (err as Error).message }, 'handshake failed: closing connection');
+        if (!socket.destroyed)
+          log.info({ reason: (err as Error).message }, 'handshake failed: closing connection');
         socket.destroy();
         return;
       } finally {
@@ -163,7 +170,14 @@ export class NbdServer {
         endGracefully(socket);
         return;
       }
-      const session = new Session(socket, inbound, negotiated, log.child({ export: negotiated.export.name }), this.limits, this.options.metrics?.onRequest?.bind(this.options.metrics));
+      const session = new Session(
+        socket,
+        inbound,
+        negotiated,
+        log.child({ export: negotiated.export.name }),
+        this.limits,
+        this.options.metrics?.onRequest?.bind(this.options.metrics),
+      );
       conn.session = session;
       session.start();
       if (this.listeners.isClosing) session.shutdown();

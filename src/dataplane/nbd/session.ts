@@ -50,7 +50,6 @@ import {
   NBD_CMD_WRITE_ZEROES,
   NBD_REPLY_FLAG_DONE,
   NBD_REQUEST_MAGIC,
-  NbdFramingError,
   REQUEST_HEADER_SIZE,
   SIMPLE_READ_DATA_AT,
   SIMPLE_REPLY_SIZE,
@@ -92,7 +91,12 @@ export const MAX_SKIPPABLE_WRITE = 64 * 1024 * 1024;
 const MAX_EXTENTS = 1 << 20;
 
 /** Per-request observation for metrics. command is an NBD_CMD_* name (unknown ones collapse to NBD_CMD_UNKNOWN). */
-export type RequestObserver = (command: string, bytes: number, seconds: number, errno: Errno | undefined) => void;
+export type RequestObserver = (
+  command: string,
+  bytes: number,
+  seconds: number,
+  errno: Errno | undefined,
+) => void;
 
 const COMMAND_FLAGS_ALLOWED: Record<number, number> = {
   [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
@@ -115,7 +119,16 @@ export class Session extends ServedConnection {
   /** The largest READ/WRITE we accept: the export's limit, capped by what we will buffer. */
   private readonly maxPayload: number;
   /** A WRITE refused while its payload is still being skipped; answered once the skip is done. */
-  private refusedWrite: { flags: number; cookieHigh: number; cookieLow: number; offset: number; length: number; refusal: { errno: Errno; message: string } } | undefined;
+  private refusedWrite:
+    | {
+        flags: number;
+        cookieHigh: number;
+        cookieLow: number;
+        offset: number;
+        length: number;
+        refusal: { errno: Errno; message: string };
+      }
+    | undefined;
   private corked = false;
   private exportClosed = false;
 
@@ -158,7 +171,15 @@ export class Session extends ServedConnection {
         if (inbound.discarding > 0) break;
         const r = this.refusedWrite;
         this.refusedWrite = undefined;
-        this.refuse(NBD_CMD_WRITE, r.flags, r.cookieHigh, r.cookieLow, r.offset, r.length, r.refusal);
+        this.refuse(
+          NBD_CMD_WRITE,
+          r.flags,
+          r.cookieHigh,
+          r.cookieLow,
+          r.offset,
+          r.length,
+          r.refusal,
+        );
       }
       if (inbound.available < REQUEST_HEADER_SIZE) break;
       const { buf, at } = inbound.peek(REQUEST_HEADER_SIZE);
@@ -194,49 +215,86 @@ export class Session extends ServedConnection {
         }
         inbound.take(REQUEST_HEADER_SIZE);
         if (inbound.available >= length) {
-          void this.execute(type, flags, cookieHigh, cookieLow, offset, length, inbound.takeToKeep(length));
+          void this.execute(
+            type,
+            flags,
+            cookieHigh,
+            cookieLow,
+            offset,
+            length,
+            inbound.takeToKeep(length),
+          );
           continue;
         }
         // The payload is still arriving: have it copied straight into its own
         // buffer as it comes, and start the write once it is complete.
         const payload = replyBuffers.acquire(length);
-        inbound.fill(payload, () => void this.execute(type, flags, cookieHigh, cookieLow, offset, length, payload));
+        inbound.fill(
+          payload,
+          () => void this.execute(type, flags, cookieHigh, cookieLow, offset, length, payload),
+        );
         break;
       }
       inbound.take(REQUEST_HEADER_SIZE);
-      if (refusal !== undefined) this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
+      if (refusal !== undefined)
+        this.refuse(type, flags, cookieHigh, cookieLow, offset, length, refusal);
       else void this.execute(type, flags, cookieHigh, cookieLow, offset, length, undefined);
     }
     this.resumeReading();
   };
 
   /** Why a request is refused (errno and a message for the client), or undefined if it may run. */
-  private check(type: number, flags: number, offset: number, length: number): { errno: Errno; message: string } | undefined {
+  private check(
+    type: number,
+    flags: number,
+    offset: number,
+    length: number,
+  ): { errno: Errno; message: string } | undefined {
     const allowed = COMMAND_FLAGS_ALLOWED[type];
     if (allowed === undefined) return { errno: 'EINVAL', message: `unknown command ${type}` };
     let effectiveAllowed = allowed;
     if (!this.structured) effectiveAllowed &= ~NBD_CMD_FLAG_DF;
-    if (flags & ~effectiveAllowed) return { errno: 'EINVAL', message: `flags ${commandFlagNames(flags & ~effectiveAllowed)} not valid for ${commandName(type)}` };
-    if (this.phase === 'shutting-down') return { errno: 'ESHUTDOWN', message: 'server is shutting down' };
+    if (flags & ~effectiveAllowed)
+      return {
+        errno: 'EINVAL',
+        message: `flags ${commandFlagNames(flags & ~effectiveAllowed)} not valid for ${commandName(type)}`,
+      };
+    if (this.phase === 'shutting-down')
+      return { errno: 'ESHUTDOWN', message: 'server is shutting down' };
     if (type === NBD_CMD_FLUSH) {
-      return offset === 0 && length === 0 ? undefined : { errno: 'EINVAL', message: 'NBD_CMD_FLUSH offset and length must be zero' };
+      return offset === 0 && length === 0
+        ? undefined
+        : { errno: 'EINVAL', message: 'NBD_CMD_FLUSH offset and length must be zero' };
     }
     if (type === NBD_CMD_BLOCK_STATUS && this.allocationContextId === undefined) {
-      return { errno: 'EINVAL', message: 'NBD_CMD_BLOCK_STATUS needs structured replies and the base:allocation context' };
+      return {
+        errno: 'EINVAL',
+        message: 'NBD_CMD_BLOCK_STATUS needs structured replies and the base:allocation context',
+      };
     }
     const writes = type === NBD_CMD_WRITE || type === NBD_CMD_TRIM || type === NBD_CMD_WRITE_ZEROES;
     if (writes && this.exp.readOnly) return { errno: 'EPERM', message: 'export is read-only' };
     if (length === 0) return { errno: 'EINVAL', message: `zero-length ${commandName(type)}` };
     if ((type === NBD_CMD_READ || type === NBD_CMD_WRITE) && length > this.maxPayload) {
-      return { errno: 'EINVAL', message: `${commandName(type)} of ${length} bytes exceeds the maximum payload of ${this.maxPayload}` };
+      return {
+        errno: 'EINVAL',
+        message: `${commandName(type)} of ${length} bytes exceeds the maximum payload of ${this.maxPayload}`,
+      };
     }
     const block = this.exp.minimumBlockSize;
     if (block > 1 && (offset % block !== 0 || length % block !== 0)) {
-      return { errno: 'EINVAL', message: `request not aligned to the ${block}-byte minimum block size` };
+      return {
+        errno: 'EINVAL',
+        message: `request not aligned to the ${block}-byte minimum block size`,
+      };
     }
     if (offset + length > this.exp.size) {
-      const errno: Errno = type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? 'ENOSPC' : 'EINVAL';
-      return { errno, message: `${commandName(type)} of ${length} bytes at ${offset} runs past the end of the ${this.exp.size}-byte export` };
+      const errno: Errno =
+        type === NBD_CMD_WRITE || type === NBD_CMD_WRITE_ZEROES ? 'ENOSPC' : 'EINVAL';
+      return {
+        errno,
+        message: `${commandName(type)} of ${length} bytes at ${offset} runs past the end of the ${this.exp.size}-byte export`,
+      };
     }
     return undefined;
   }
@@ -244,7 +302,15 @@ export class Session extends ServedConnection {
   // --------------------------------------------------------------- serving
 
   /** Run one validated request and send its reply; never rejects. */
-  private async execute(type: number, flags: number, cookieHigh: number, cookieLow: number, offset: number, length: number, payload: Buffer | undefined): Promise<void> {
+  private async execute(
+    type: number,
+    flags: number,
+    cookieHigh: number,
+    cookieLow: number,
+    offset: number,
+    length: number,
+    payload: Buffer | undefined,
+  ): Promise<void> {
     const started = performance.now();
     const cost = type === NBD_CMD_READ || type === NBD_CMD_WRITE ? length : 0;
     this.begun(cost);
@@ -273,23 +339,45 @@ export class Session extends ServedConnection {
           await exp.trim(offset, length, fua);
           break;
         case NBD_CMD_WRITE_ZEROES:
-          await exp.writeZeroes(offset, length, { fua, noHole: (flags & NBD_CMD_FLAG_NO_HOLE) !== 0, fastZero: (flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 });
+          await exp.writeZeroes(offset, length, {
+            fua,
+            noHole: (flags & NBD_CMD_FLAG_NO_HOLE) !== 0,
+            fastZero: (flags & NBD_CMD_FLAG_FAST_ZERO) !== 0,
+          });
           break;
         case NBD_CMD_CACHE:
           await exp.cache(offset, length);
           break;
         case NBD_CMD_BLOCK_STATUS:
-          this.sendBlockStatus(cookieHigh, cookieLow, length, (flags & NBD_CMD_FLAG_REQ_ONE) !== 0, await exp.blockStatus(offset, length));
+          this.sendBlockStatus(
+            cookieHigh,
+            cookieLow,
+            length,
+            (flags & NBD_CMD_FLAG_REQ_ONE) !== 0,
+            await exp.blockStatus(offset, length),
+          );
           break;
       }
-      if (type !== NBD_CMD_READ && type !== NBD_CMD_BLOCK_STATUS) this.sendSimple(0, cookieHigh, cookieLow);
+      if (type !== NBD_CMD_READ && type !== NBD_CMD_BLOCK_STATUS)
+        this.sendSimple(0, cookieHigh, cookieLow);
     } catch (err) {
       errno = errnoOf(err);
       this.exportFailed(type, offset, length, err, errno);
-      this.sendError(cookieHigh, cookieLow, errno, (err as Error)?.message ?? String(err), undefined);
+      this.sendError(
+        cookieHigh,
+        cookieLow,
+        errno,
+        (err as Error)?.message ?? String(err),
+        undefined,
+      );
     } finally {
       this.ended(cost);
-      this.observe?.(commandName(type), errno === undefined ? cost : 0, (performance.now() - started) / 1000, errno);
+      this.observe?.(
+        commandName(type),
+        errno === undefined ? cost : 0,
+        (performance.now() - started) / 1000,
+        errno,
+      );
       this.settled();
     }
   }
@@ -299,14 +387,28 @@ export class Session extends ServedConnection {
    * fills the data part in place, and one write sends it. Returns the errno
    * when the export failed (the error reply is already sent).
    */
-  private async read(cookieHigh: number, cookieLow: number, offset: number, length: number): Promise<Errno | undefined> {
+  private async read(
+    cookieHigh: number,
+    cookieLow: number,
+    offset: number,
+    length: number,
+  ): Promise<Errno | undefined> {
     const dataAt = this.structured ? STRUCTURED_READ_DATA_AT : SIMPLE_READ_DATA_AT;
     // Zero copy when the export has the whole range at hand: a small header,
     // then the export's own buffers (the socket gathers them into one writev).
     const views = this.exp.readViews?.(offset, length);
     if (views) {
       const header = Buffer.allocUnsafe(dataAt);
-      if (this.structured) encodeOffsetDataHeader(header, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
+      if (this.structured)
+        encodeOffsetDataHeader(
+          header,
+          0,
+          NBD_REPLY_FLAG_DONE,
+          cookieHigh,
+          cookieLow,
+          offset,
+          length,
+        );
       else encodeSimpleReply(header, 0, 0, cookieHigh, cookieLow);
       this.send(header);
       const last = views.buffers.length - 1;
@@ -327,7 +429,8 @@ export class Session extends ServedConnection {
       this.sendError(cookieHigh, cookieLow, errno, (err as Error)?.message ?? String(err), offset);
       return errno;
     }
-    if (this.structured) encodeOffsetDataHeader(reply, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
+    if (this.structured)
+      encodeOffsetDataHeader(reply, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
     else encodeSimpleReply(reply, 0, 0, cookieHigh, cookieLow);
     this.send(reply, () => replyBuffers.release(reply));
     return undefined;
@@ -338,7 +441,13 @@ export class Session extends ServedConnection {
    * short; we also cut its answer to the requested range (so every length fits
    * in 32 bits) and, for REQ_ONE, to a single extent.
    */
-  private sendBlockStatus(cookieHigh: number, cookieLow: number, length: number, reqOne: boolean, extents: Extent[]): void {
+  private sendBlockStatus(
+    cookieHigh: number,
+    cookieLow: number,
+    length: number,
+    reqOne: boolean,
+    extents: Extent[],
+  ): void {
     const out: Extent[] = [];
     let covered = 0;
     for (const extent of extents) {
@@ -349,16 +458,48 @@ export class Session extends ServedConnection {
       if (covered >= length || reqOne || out.length >= MAX_EXTENTS) break;
     }
     if (out.length === 0) throw new Error('export returned no usable block status extent');
-    this.send(encodeBlockStatusChunk(NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, this.allocationContextId!, out));
+    this.send(
+      encodeBlockStatusChunk(
+        NBD_REPLY_FLAG_DONE,
+        cookieHigh,
+        cookieLow,
+        this.allocationContextId!,
+        out,
+      ),
+    );
   }
 
-  private refuse(type: number, flags: number, cookieHigh: number, cookieLow: number, offset: number, length: number, refusal: { errno: Errno; message: string }): void {
-    this.log.debug({ command: commandName(type), flags: commandFlagNames(flags), offset, length, errno: refusal.errno, reason: refusal.message }, 'request refused');
+  private refuse(
+    type: number,
+    flags: number,
+    cookieHigh: number,
+    cookieLow: number,
+    offset: number,
+    length: number,
+    refusal: { errno: Errno; message: string },
+  ): void {
+    this.log.debug(
+      {
+        command: commandName(type),
+        flags: commandFlagNames(flags),
+        offset,
+        length,
+        errno: refusal.errno,
+        reason: refusal.message,
+      },
+      'request refused',
+    );
     this.sendError(cookieHigh, cookieLow, refusal.errno, refusal.message, undefined);
     this.observe?.(commandLabel(type), 0, 0, refusal.errno);
   }
 
-  private exportFailed(type: number, offset: number, length: number, err: unknown, errno: Errno): void {
+  private exportFailed(
+    type: number,
+    offset: number,
+    length: number,
+    err: unknown,
+    errno: Errno,
+  ): void {
     this.log.warn({ command: commandName(type), offset, length, errno, err }, 'request failed');
   }
 
@@ -371,9 +512,18 @@ export class Session extends ServedConnection {
   }
 
   /** An error reply: a structured error chunk (with the message) when negotiated, else a simple reply. */
-  private sendError(cookieHigh: number, cookieLow: number, errno: Errno, message: string, offset: number | undefined): void {
+  private sendError(
+    cookieHigh: number,
+    cookieLow: number,
+    errno: Errno,
+    message: string,
+    offset: number | undefined,
+  ): void {
     const error = errnoToNbd(errno);
-    if (this.structured) this.send(encodeErrorChunk(NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, error, message, offset));
+    if (this.structured)
+      this.send(
+        encodeErrorChunk(NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, error, message, offset),
+      );
     else this.sendSimple(error, cookieHigh, cookieLow);
   }
 
@@ -421,7 +571,10 @@ export class Session extends ServedConnection {
   protected readonly onEnd = (): void => {
     const partial = this.inbound.available + this.inbound.filling;
     if (this.phase === 'serving' && partial > 0 && this.inbound.discarding === 0) {
-      this.log.debug({ bytes: partial }, 'client closed mid-request; the partial request is ignored');
+      this.log.debug(
+        { bytes: partial },
+        'client closed mid-request; the partial request is ignored',
+      );
     }
     this.drain();
   };

@@ -23,7 +23,10 @@ describe('nbd wire: handshake', () => {
   });
 
   it('encodes option replies with the 0x3e889045565a9 magic', () => {
-    assert.deepEqual(w.encodeOptionReply(w.NBD_OPT_LIST, w.NBD_REP_ACK), hex('0003e889045565a9 00000003 00000001 00000000'));
+    assert.deepEqual(
+      w.encodeOptionReply(w.NBD_OPT_LIST, w.NBD_REP_ACK),
+      hex('0003e889045565a9 00000003 00000001 00000000'),
+    );
     assert.deepEqual(
       w.encodeOptionReply(w.NBD_OPT_STARTTLS, w.NBD_REP_ERR_POLICY, Buffer.from('no')),
       hex('0003e889045565a9 00000005 80000002 00000002 6e6f'),
@@ -35,12 +38,18 @@ describe('nbd wire: handshake', () => {
 
   it('encodes NBD_REP_SERVER, NBD_REP_META_CONTEXT and the NBD_REP_INFO payloads', () => {
     assert.deepEqual(w.encodeRepServer('ab', 'x'), hex('00000002 6162 78'));
-    assert.deepEqual(w.encodeRepMetaContext(1, 'base:allocation'), Buffer.concat([hex('00000001'), Buffer.from('base:allocation')]));
+    assert.deepEqual(
+      w.encodeRepMetaContext(1, 'base:allocation'),
+      Buffer.concat([hex('00000001'), Buffer.from('base:allocation')]),
+    );
     // NBD_INFO_EXPORT: type 0, size 2^40 + 5, flags 0x0d0d; length 12.
     assert.deepEqual(w.encodeInfoExport(2 ** 40 + 5, 0x0d0d), hex('0000 0000010000000005 0d0d'));
     assert.deepEqual(w.encodeInfoString(w.NBD_INFO_NAME, 'v'), hex('0001 76'));
     assert.deepEqual(w.encodeInfoString(w.NBD_INFO_DESCRIPTION, 'd'), hex('0002 64'));
-    assert.deepEqual(w.encodeInfoBlockSize(1, 4096, 33554432), hex('0003 00000001 00001000 02000000'));
+    assert.deepEqual(
+      w.encodeInfoBlockSize(1, 4096, 33554432),
+      hex('0003 00000001 00001000 02000000'),
+    );
   });
 
   it('ends NBD_OPT_EXPORT_NAME with size, flags and 124 zeroes unless NO_ZEROES', () => {
@@ -60,7 +69,10 @@ describe('nbd wire: handshake', () => {
   });
 
   it('parses NBD_OPT_GO data and rejects inconsistent lengths', () => {
-    assert.deepEqual(parseInfoRequest(hex('00000003 616263 0002 0003 0001')), { name: 'abc', infos: [3, 1] });
+    assert.deepEqual(parseInfoRequest(hex('00000003 616263 0002 0003 0001')), {
+      name: 'abc',
+      infos: [3, 1],
+    });
     assert.deepEqual(parseInfoRequest(hex('00000000 0000')), { name: '', infos: [] });
     assert.equal(typeof parseInfoRequest(hex('00000009 616263 0000')), 'string');
     assert.equal(typeof parseInfoRequest(hex('00000003 616263 0002 0003')), 'string');
@@ -68,7 +80,10 @@ describe('nbd wire: handshake', () => {
   });
 
   it('parses meta context queries and rejects ones that run past the data', () => {
-    const ok = Buffer.concat([hex('00000001 61 00000001 0000000f'), Buffer.from('base:allocation')]);
+    const ok = Buffer.concat([
+      hex('00000001 61 00000001 0000000f'),
+      Buffer.from('base:allocation'),
+    ]);
     assert.deepEqual(parseMetaContextRequest(ok), { name: 'a', queries: ['base:allocation'] });
     assert.deepEqual(parseMetaContextRequest(hex('00000000 00000000')), { name: '', queries: [] });
     assert.equal(typeof parseMetaContextRequest(hex('00000000 00000001 00000010 61')), 'string');
@@ -108,7 +123,10 @@ describe('nbd wire: transmission', () => {
     const buf = Buffer.alloc(w.STRUCTURED_READ_DATA_AT + 3);
     buf.write('xyz', w.STRUCTURED_READ_DATA_AT);
     w.encodeOffsetDataHeader(buf, 0, w.NBD_REPLY_FLAG_DONE, 0, 7, 4096, 3);
-    assert.deepEqual(buf, hex('668e33ef 0001 0001 0000000000000007 0000000b 0000000000001000 78797a'));
+    assert.deepEqual(
+      buf,
+      hex('668e33ef 0001 0001 0000000000000007 0000000b 0000000000001000 78797a'),
+    );
   });
 
   it('encodes error chunks, with and without an offset', () => {
@@ -133,12 +151,19 @@ describe('nbd wire: transmission', () => {
       { length: 65536, flags: 0 },
       { length: 4096, flags: w.NBD_STATE_HOLE | w.NBD_STATE_ZERO },
     ]);
-    assert.deepEqual(chunk, hex('668e33ef 0001 0005 0000000000000001 00000014 00000001 00010000 00000000 00001000 00000003'));
+    assert.deepEqual(
+      chunk,
+      hex(
+        '668e33ef 0001 0005 0000000000000001 00000014 00000001 00010000 00000000 00001000 00000003',
+      ),
+    );
   });
 
   it('maps every errno name to its NBD error value', () => {
     assert.deepEqual(
-      (['EPERM', 'EIO', 'ENOMEM', 'EINVAL', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN'] as const).map(w.errnoToNbd),
+      (
+        ['EPERM', 'EIO', 'ENOMEM', 'EINVAL', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN'] as const
+      ).map(w.errnoToNbd),
       [1, 5, 12, 22, 28, 75, 95, 108],
     );
   });
@@ -149,7 +174,10 @@ describe('nbd wire: transmission', () => {
     assert.equal(w.optionName(7), 'NBD_OPT_GO');
     assert.equal(w.replyName(0x80000001), 'NBD_REP_ERR_UNSUP');
     assert.equal(w.errorName(28), 'NBD_ENOSPC');
-    assert.equal(w.commandFlagNames(w.NBD_CMD_FLAG_FUA | w.NBD_CMD_FLAG_NO_HOLE | 0x100), 'FUA|NO_HOLE|0x100');
+    assert.equal(
+      w.commandFlagNames(w.NBD_CMD_FLAG_FUA | w.NBD_CMD_FLAG_NO_HOLE | 0x100),
+      'FUA|NO_HOLE|0x100',
+    );
     assert.equal(w.transmissionFlagNames(0x0103), 'HAS_FLAGS|READ_ONLY|CAN_MULTI_CONN');
   });
 });
@@ -244,7 +272,11 @@ describe('nbd inbound buffer', () => {
     assert.equal(full, 1);
     assert.equal(target.toString(), '123456');
     assert.equal(inbound.filling, 0);
-    assert.equal(inbound.take(4).toString(), 'NEXT', 'bytes after the target are buffered as usual');
+    assert.equal(
+      inbound.take(4).toString(),
+      'NEXT',
+      'bytes after the target are buffered as usual',
+    );
     assert.throws(() => {
       inbound.push(Buffer.from('xyz'));
       inbound.fill(Buffer.alloc(2), () => undefined);

@@ -162,31 +162,73 @@ function nameTable(entries: Record<string, number>): Map<number, string> {
 }
 
 const OPTION_NAMES = nameTable({
-  NBD_OPT_EXPORT_NAME, NBD_OPT_ABORT, NBD_OPT_LIST, NBD_OPT_PEEK_EXPORT, NBD_OPT_STARTTLS, NBD_OPT_INFO, NBD_OPT_GO,
-  NBD_OPT_STRUCTURED_REPLY, NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT, NBD_OPT_EXTENDED_HEADERS,
+  NBD_OPT_EXPORT_NAME,
+  NBD_OPT_ABORT,
+  NBD_OPT_LIST,
+  NBD_OPT_PEEK_EXPORT,
+  NBD_OPT_STARTTLS,
+  NBD_OPT_INFO,
+  NBD_OPT_GO,
+  NBD_OPT_STRUCTURED_REPLY,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_EXTENDED_HEADERS,
 });
 const REPLY_NAMES = nameTable({
-  NBD_REP_ACK, NBD_REP_SERVER, NBD_REP_INFO, NBD_REP_META_CONTEXT, NBD_REP_ERR_UNSUP, NBD_REP_ERR_POLICY,
-  NBD_REP_ERR_INVALID, NBD_REP_ERR_PLATFORM, NBD_REP_ERR_TLS_REQD, NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_SHUTDOWN,
-  NBD_REP_ERR_BLOCK_SIZE_REQD, NBD_REP_ERR_TOO_BIG,
+  NBD_REP_ACK,
+  NBD_REP_SERVER,
+  NBD_REP_INFO,
+  NBD_REP_META_CONTEXT,
+  NBD_REP_ERR_UNSUP,
+  NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_PLATFORM,
+  NBD_REP_ERR_TLS_REQD,
+  NBD_REP_ERR_UNKNOWN,
+  NBD_REP_ERR_SHUTDOWN,
+  NBD_REP_ERR_BLOCK_SIZE_REQD,
+  NBD_REP_ERR_TOO_BIG,
 });
 const COMMAND_NAMES = nameTable({
-  NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_DISC, NBD_CMD_FLUSH, NBD_CMD_TRIM, NBD_CMD_CACHE, NBD_CMD_WRITE_ZEROES,
+  NBD_CMD_READ,
+  NBD_CMD_WRITE,
+  NBD_CMD_DISC,
+  NBD_CMD_FLUSH,
+  NBD_CMD_TRIM,
+  NBD_CMD_CACHE,
+  NBD_CMD_WRITE_ZEROES,
   NBD_CMD_BLOCK_STATUS,
 });
 const ERROR_NAMES = nameTable({
-  NBD_EPERM, NBD_EIO, NBD_ENOMEM, NBD_EINVAL, NBD_ENOSPC, NBD_EOVERFLOW, NBD_ENOTSUP, NBD_ESHUTDOWN,
+  NBD_EPERM,
+  NBD_EIO,
+  NBD_ENOMEM,
+  NBD_EINVAL,
+  NBD_ENOSPC,
+  NBD_EOVERFLOW,
+  NBD_ENOTSUP,
+  NBD_ESHUTDOWN,
 });
 const COMMAND_FLAG_NAMES: [number, string][] = [
-  [NBD_CMD_FLAG_FUA, 'FUA'], [NBD_CMD_FLAG_NO_HOLE, 'NO_HOLE'], [NBD_CMD_FLAG_DF, 'DF'],
-  [NBD_CMD_FLAG_REQ_ONE, 'REQ_ONE'], [NBD_CMD_FLAG_FAST_ZERO, 'FAST_ZERO'],
+  [NBD_CMD_FLAG_FUA, 'FUA'],
+  [NBD_CMD_FLAG_NO_HOLE, 'NO_HOLE'],
+  [NBD_CMD_FLAG_DF, 'DF'],
+  [NBD_CMD_FLAG_REQ_ONE, 'REQ_ONE'],
+  [NBD_CMD_FLAG_FAST_ZERO, 'FAST_ZERO'],
 ];
 const TRANSMISSION_FLAG_NAMES: [number, string][] = [
-  [NBD_FLAG_HAS_FLAGS, 'HAS_FLAGS'], [NBD_FLAG_READ_ONLY, 'READ_ONLY'], [NBD_FLAG_SEND_FLUSH, 'SEND_FLUSH'],
-  [NBD_FLAG_SEND_FUA, 'SEND_FUA'], [NBD_FLAG_ROTATIONAL, 'ROTATIONAL'], [NBD_FLAG_SEND_TRIM, 'SEND_TRIM'],
-  [NBD_FLAG_SEND_WRITE_ZEROES, 'SEND_WRITE_ZEROES'], [NBD_FLAG_SEND_DF, 'SEND_DF'],
-  [NBD_FLAG_CAN_MULTI_CONN, 'CAN_MULTI_CONN'], [NBD_FLAG_SEND_RESIZE, 'SEND_RESIZE'],
-  [NBD_FLAG_SEND_CACHE, 'SEND_CACHE'], [NBD_FLAG_SEND_FAST_ZERO, 'SEND_FAST_ZERO'],
+  [NBD_FLAG_HAS_FLAGS, 'HAS_FLAGS'],
+  [NBD_FLAG_READ_ONLY, 'READ_ONLY'],
+  [NBD_FLAG_SEND_FLUSH, 'SEND_FLUSH'],
+  [NBD_FLAG_SEND_FUA, 'SEND_FUA'],
+  [NBD_FLAG_ROTATIONAL, 'ROTATIONAL'],
+  [NBD_FLAG_SEND_TRIM, 'SEND_TRIM'],
+  [NBD_FLAG_SEND_WRITE_ZEROES, 'SEND_WRITE_ZEROES'],
+  [NBD_FLAG_SEND_DF, 'SEND_DF'],
+  [NBD_FLAG_CAN_MULTI_CONN, 'CAN_MULTI_CONN'],
+  [NBD_FLAG_SEND_RESIZE, 'SEND_RESIZE'],
+  [NBD_FLAG_SEND_CACHE, 'SEND_CACHE'],
+  [NBD_FLAG_SEND_FAST_ZERO, 'SEND_FAST_ZERO'],
 ];
 
 function unknown(kind: string, value: number): string {
@@ -307,7 +349,10 @@ export function encodeInfoExport(size: number, transmissionFlags: number): Buffe
 }
 
 /** NBD_REP_INFO data for NBD_INFO_NAME or NBD_INFO_DESCRIPTION: type, then the string. */
-export function encodeInfoString(infoType: typeof NBD_INFO_NAME | typeof NBD_INFO_DESCRIPTION, text: string): Buffer {
+export function encodeInfoString(
+  infoType: typeof NBD_INFO_NAME | typeof NBD_INFO_DESCRIPTION,
+  text: string,
+): Buffer {
   const bytes = Buffer.from(text, 'utf8');
   const buf = Buffer.allocUnsafe(2 + bytes.length);
   buf.writeUInt16BE(infoType, 0);
@@ -316,7 +361,11 @@ export function encodeInfoString(infoType: typeof NBD_INFO_NAME | typeof NBD_INF
 }
 
 /** NBD_REP_INFO data for NBD_INFO_BLOCK_SIZE: type, minimum, preferred, maximum payload (14 bytes). */
-export function encodeInfoBlockSize(minimum: number, preferred: number, maximumPayload: number): Buffer {
+export function encodeInfoBlockSize(
+  minimum: number,
+  preferred: number,
+  maximumPayload: number,
+): Buffer {
   const buf = Buffer.allocUnsafe(14);
   buf.writeUInt16BE(NBD_INFO_BLOCK_SIZE, 0);
   buf.writeUInt32BE(minimum, 2);
@@ -329,7 +378,11 @@ export function encodeInfoBlockSize(minimum: number, preferred: number, maximumP
  * The reply that ends NBD_OPT_EXPORT_NAME: 64-bit size, 16-bit transmission
  * flags, and 124 zero bytes unless the client negotiated NBD_FLAG_C_NO_ZEROES.
  */
-export function encodeExportNameReply(size: number, transmissionFlags: number, noZeroes: boolean): Buffer {
+export function encodeExportNameReply(
+  size: number,
+  transmissionFlags: number,
+  noZeroes: boolean,
+): Buffer {
   const buf = Buffer.alloc(noZeroes ? 10 : 134);
   writeU64(buf, 0, size);
   buf.writeUInt16BE(transmissionFlags, 8);
@@ -353,7 +406,16 @@ export const requestOffset = (buf: Buffer, at: number): number => readU64(buf, a
 export const requestLength = (buf: Buffer, at: number): number => buf.readUInt32BE(at + 24);
 
 /** Encode a request header (used by tests and hostile-client tools; the server only decodes). */
-export function encodeRequest(buf: Buffer, at: number, flags: number, type: number, cookieHigh: number, cookieLow: number, offset: number, length: number): void {
+export function encodeRequest(
+  buf: Buffer,
+  at: number,
+  flags: number,
+  type: number,
+  cookieHigh: number,
+  cookieLow: number,
+  offset: number,
+  length: number,
+): void {
   buf.writeUInt32BE(NBD_REQUEST_MAGIC, at);
   buf.writeUInt16BE(flags, at + 4);
   buf.writeUInt16BE(type, at + 6);
@@ -365,7 +427,13 @@ export function encodeRequest(buf: Buffer, at: number, flags: number, type: numb
 
 /** S: simple reply, 16 bytes: magic, error, cookie. A READ's data follows it. */
 export const SIMPLE_REPLY_SIZE = 16;
-export function encodeSimpleReply(buf: Buffer, at: number, error: number, cookieHigh: number, cookieLow: number): void {
+export function encodeSimpleReply(
+  buf: Buffer,
+  at: number,
+  error: number,
+  cookieHigh: number,
+  cookieLow: number,
+): void {
   buf.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, at);
   buf.writeUInt32BE(error, at + 4);
   buf.writeUInt32BE(cookieHigh, at + 8);
@@ -374,7 +442,15 @@ export function encodeSimpleReply(buf: Buffer, at: number, error: number, cookie
 
 /** S: structured reply chunk header, 20 bytes: magic, flags, type, cookie, payload length. */
 export const STRUCTURED_REPLY_HEADER_SIZE = 20;
-export function encodeStructuredReplyHeader(buf: Buffer, at: number, flags: number, type: number, cookieHigh: number, cookieLow: number, length: number): void {
+export function encodeStructuredReplyHeader(
+  buf: Buffer,
+  at: number,
+  flags: number,
+  type: number,
+  cookieHigh: number,
+  cookieLow: number,
+  length: number,
+): void {
   buf.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, at);
   buf.writeUInt16BE(flags, at + 4);
   buf.writeUInt16BE(type, at + 6);
@@ -392,8 +468,24 @@ export const SIMPLE_READ_DATA_AT = SIMPLE_REPLY_SIZE;
 export const STRUCTURED_READ_DATA_AT = STRUCTURED_REPLY_HEADER_SIZE + 8;
 
 /** Fill the header of an NBD_REPLY_TYPE_OFFSET_DATA chunk whose dataLength bytes follow at STRUCTURED_READ_DATA_AT. */
-export function encodeOffsetDataHeader(buf: Buffer, at: number, flags: number, cookieHigh: number, cookieLow: number, offset: number, dataLength: number): void {
-  encodeStructuredReplyHeader(buf, at, flags, NBD_REPLY_TYPE_OFFSET_DATA, cookieHigh, cookieLow, 8 + dataLength);
+export function encodeOffsetDataHeader(
+  buf: Buffer,
+  at: number,
+  flags: number,
+  cookieHigh: number,
+  cookieLow: number,
+  offset: number,
+  dataLength: number,
+): void {
+  encodeStructuredReplyHeader(
+    buf,
+    at,
+    flags,
+    NBD_REPLY_TYPE_OFFSET_DATA,
+    cookieHigh,
+    cookieLow,
+    8 + dataLength,
+  );
   writeU64(buf, at + STRUCTURED_REPLY_HEADER_SIZE, offset);
 }
 
@@ -405,7 +497,14 @@ export const MAX_ERROR_MESSAGE_BYTES = 1024;
  * when offset is given. Payload: error u32, message length u16, message,
  * [offset u64].
  */
-export function encodeErrorChunk(flags: number, cookieHigh: number, cookieLow: number, error: number, message: string, offset?: number): Buffer {
+export function encodeErrorChunk(
+  flags: number,
+  cookieHigh: number,
+  cookieLow: number,
+  error: number,
+  message: string,
+  offset?: number,
+): Buffer {
   const text = utf8Prefix(message, MAX_ERROR_MESSAGE_BYTES);
   const payload = 6 + text.length + (offset === undefined ? 0 : 8);
   const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + payload);
@@ -422,10 +521,24 @@ export function encodeErrorChunk(flags: number, cookieHigh: number, cookieLow: n
  * A complete NBD_REPLY_TYPE_BLOCK_STATUS chunk: context id, then one
  * (length u32, flags u32) descriptor per extent.
  */
-export function encodeBlockStatusChunk(flags: number, cookieHigh: number, cookieLow: number, contextId: number, extents: readonly { length: number; flags: number }[]): Buffer {
+export function encodeBlockStatusChunk(
+  flags: number,
+  cookieHigh: number,
+  cookieLow: number,
+  contextId: number,
+  extents: readonly { length: number; flags: number }[],
+): Buffer {
   const payload = 4 + 8 * extents.length;
   const buf = Buffer.allocUnsafe(STRUCTURED_REPLY_HEADER_SIZE + payload);
-  encodeStructuredReplyHeader(buf, 0, flags, NBD_REPLY_TYPE_BLOCK_STATUS, cookieHigh, cookieLow, payload);
+  encodeStructuredReplyHeader(
+    buf,
+    0,
+    flags,
+    NBD_REPLY_TYPE_BLOCK_STATUS,
+    cookieHigh,
+    cookieLow,
+    payload,
+  );
   buf.writeUInt32BE(contextId, STRUCTURED_REPLY_HEADER_SIZE);
   let at = STRUCTURED_REPLY_HEADER_SIZE + 4;
   for (const extent of extents) {

@@ -189,7 +189,19 @@ export class PeerClient implements PeerBlockStore {
     this.backoff = options.reconnectBackoffMs ?? { min: 50, max: 2000 };
     // Deadline checks run this often while requests are outstanding: within
     // 5% of the shortest default deadline, at most every 5 ms.
-    this.tickMs = Math.max(5, Math.min(50, Math.min(this.getTimeoutMs, this.putTimeoutMs, this.timeoutMs, this.syncTimeoutMs, this.connectTimeoutMs) / 20));
+    this.tickMs = Math.max(
+      5,
+      Math.min(
+        50,
+        Math.min(
+          this.getTimeoutMs,
+          this.putTimeoutMs,
+          this.timeoutMs,
+          this.syncTimeoutMs,
+          this.connectTimeoutMs,
+        ) / 20,
+      ),
+    );
   }
 
   /** True while a connection is established and past HELLO. */
@@ -221,13 +233,19 @@ export class PeerClient implements PeerBlockStore {
 
   hasBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<boolean[]> {
     if (refs.length === 0) return Promise.resolve([]);
-    if (refs.length > MAX_BATCH_REFS) return Promise.reject(new RangeError(`hasBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`));
+    if (refs.length > MAX_BATCH_REFS)
+      return Promise.reject(
+        new RangeError(`hasBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`),
+      );
     return this.request(OP_HAS_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
   }
 
   deleteBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<number> {
     if (refs.length === 0) return Promise.resolve(0);
-    if (refs.length > MAX_BATCH_REFS) return Promise.reject(new RangeError(`deleteBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`));
+    if (refs.length > MAX_BATCH_REFS)
+      return Promise.reject(
+        new RangeError(`deleteBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`),
+      );
     return this.request(OP_DELETE_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
   }
 
@@ -257,11 +275,16 @@ export class PeerClient implements PeerBlockStore {
     this.closing ??= (async () => {
       this.closed = true;
       while (this.pending.size > 0) {
-        await Promise.allSettled([...this.pending.values()].map((p) => new Promise<void>((done) => {
-          const { resolve, reject } = p;
-          p.resolve = (v) => (resolve(v), done());
-          p.reject = (e) => (reject(e), done());
-        })));
+        await Promise.allSettled(
+          [...this.pending.values()].map(
+            (p) =>
+              new Promise<void>((done) => {
+                const { resolve, reject } = p;
+                p.resolve = (v) => (resolve(v), done());
+                p.reject = (e) => (reject(e), done());
+              }),
+          ),
+        );
       }
       this.stopTimer();
       const conn = this.conn;
@@ -283,12 +306,26 @@ export class PeerClient implements PeerBlockStore {
     let conn = this.conn;
     if (!conn) {
       if (now < this.retryAt) {
-        return Promise.reject(new PeerUnavailableError(this.peer, `not reconnecting for another ${Math.ceil(this.retryAt - now)} ms after: ${this.lastFailure}`));
+        return Promise.reject(
+          new PeerUnavailableError(
+            this.peer,
+            `not reconnecting for another ${Math.ceil(this.retryAt - now)} ms after: ${this.lastFailure}`,
+          ),
+        );
       }
       conn = this.connect();
     }
     return new Promise<T>((resolve, reject) => {
-      const p: Pending = { id: this.allocateId(), op, deadline: now + timeoutMs, timeoutMs, sentAt: 0, arg, resolve: resolve as (v: never) => void, reject };
+      const p: Pending = {
+        id: this.allocateId(),
+        op,
+        deadline: now + timeoutMs,
+        timeoutMs,
+        sentAt: 0,
+        arg,
+        resolve: resolve as (v: never) => void,
+        reject,
+      };
       this.pending.set(p.id, p);
       this.arm(p.deadline);
       if (conn.ready) this.send(conn, p);
@@ -332,7 +369,10 @@ export class PeerClient implements PeerBlockStore {
       host: this.options.host,
       port: this.options.port,
       noDelay: true,
-      onread: { buffer: newReadBuffer(), callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true) },
+      onread: {
+        buffer: newReadBuffer(),
+        callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true),
+      },
     });
     conn = {
       socket,
@@ -346,12 +386,30 @@ export class PeerClient implements PeerBlockStore {
     this.lastHeardAt = performance.now();
     this.suspect = false;
     this.probeOut = false;
-    conn.connectTimer = setTimeout(() => this.fail(conn, new PeerUnavailableError(this.peer, `no connection and HELLO within ${this.connectTimeoutMs} ms`)), this.connectTimeoutMs);
-    socket.on('error', (err) => this.fail(conn, new PeerUnavailableError(this.peer, err.message, { cause: err })));
-    socket.on('close', () => this.fail(conn, new PeerUnavailableError(this.peer, 'connection closed')));
-    socket.on('end', () => this.fail(conn, new PeerUnavailableError(this.peer, 'peer ended the connection')));
+    conn.connectTimer = setTimeout(
+      () =>
+        this.fail(
+          conn,
+          new PeerUnavailableError(
+            this.peer,
+            `no connection and HELLO within ${this.connectTimeoutMs} ms`,
+          ),
+        ),
+      this.connectTimeoutMs,
+    );
+    socket.on('error', (err) =>
+      this.fail(conn, new PeerUnavailableError(this.peer, err.message, { cause: err })),
+    );
+    socket.on('close', () =>
+      this.fail(conn, new PeerUnavailableError(this.peer, 'connection closed')),
+    );
+    socket.on('end', () =>
+      this.fail(conn, new PeerUnavailableError(this.peer, 'peer ended the connection')),
+    );
     // Written before the TCP handshake completes; the socket sends it once connected.
-    socket.write(encodeHello(conn.helloId, { clusterId: this.options.clusterId, nodeId: this.options.nodeId }));
+    socket.write(
+      encodeHello(conn.helloId, { clusterId: this.options.clusterId, nodeId: this.options.nodeId }),
+    );
     return conn;
   }
 
@@ -363,13 +421,30 @@ export class PeerClient implements PeerBlockStore {
     try {
       hello = decodeHello(payload);
     } catch (err) {
-      return this.fail(conn, new PeerProtocolError(this.peer, `malformed HELLO reply: ${(err as Error).message}`));
+      return this.fail(
+        conn,
+        new PeerProtocolError(this.peer, `malformed HELLO reply: ${(err as Error).message}`),
+      );
     }
     if (hello.clusterId !== this.options.clusterId) {
-      return this.fail(conn, new PeerWrongClusterError(this.peer, 'HELLO', STATUS_WRONG_CLUSTER, `peer is in cluster ${hello.clusterId}, we are in ${this.options.clusterId}`));
+      return this.fail(
+        conn,
+        new PeerWrongClusterError(
+          this.peer,
+          'HELLO',
+          STATUS_WRONG_CLUSTER,
+          `peer is in cluster ${hello.clusterId}, we are in ${this.options.clusterId}`,
+        ),
+      );
     }
     if (this.options.expectedNodeId !== undefined && hello.nodeId !== this.options.expectedNodeId) {
-      return this.fail(conn, new PeerIdentityError(this.peer, `answered as node ${hello.nodeId}, expected ${this.options.expectedNodeId}`));
+      return this.fail(
+        conn,
+        new PeerIdentityError(
+          this.peer,
+          `answered as node ${hello.nodeId}, expected ${this.options.expectedNodeId}`,
+        ),
+      );
     }
     clearTimeout(conn.connectTimer);
     conn.connectTimer = undefined;
@@ -396,11 +471,17 @@ export class PeerClient implements PeerBlockStore {
     this.identity = undefined;
     if (!conn.ready) {
       // A failed attempt: back off before the next one.
-      this.backoffMs = Math.min(this.backoff.max, this.backoffMs === 0 ? this.backoff.min : this.backoffMs * 2);
+      this.backoffMs = Math.min(
+        this.backoff.max,
+        this.backoffMs === 0 ? this.backoff.min : this.backoffMs * 2,
+      );
       this.retryAt = performance.now() + this.backoffMs;
       this.lastFailure = err.message;
     }
-    this.log.debug({ reason: err.message, outstanding: this.pending.size }, conn.ready ? 'peer connection lost' : 'peer connection attempt failed');
+    this.log.debug(
+      { reason: err.message, outstanding: this.pending.size },
+      conn.ready ? 'peer connection lost' : 'peer connection attempt failed',
+    );
     this.queue = [];
     for (const p of this.pending.values()) {
       p.reject(err);
@@ -445,7 +526,11 @@ export class PeerClient implements PeerBlockStore {
         payload = owned;
       }
       if (!conn.ready) {
-        if (id !== conn.helloId || opcode !== OP_HELLO) return this.fail(conn, new PeerProtocolError(this.peer, `${opName(opcode)} reply before HELLO`));
+        if (id !== conn.helloId || opcode !== OP_HELLO)
+          return this.fail(
+            conn,
+            new PeerProtocolError(this.peer, `${opName(opcode)} reply before HELLO`),
+          );
         this.onHello(conn, status, payload);
         continue;
       }
@@ -453,17 +538,31 @@ export class PeerClient implements PeerBlockStore {
     }
   }
 
-  private onReply(conn: Connection, opcode: number, status: number, id: number, payload: Buffer): void {
+  private onReply(
+    conn: Connection,
+    opcode: number,
+    status: number,
+    id: number,
+    payload: Buffer,
+  ): void {
     const p = this.pending.get(id);
     if (!p) {
       // Its request timed out (or it was our probe's, already settled): drop it.
       this.lateReplies++;
       return;
     }
-    if (p.op !== opcode) return this.fail(conn, new PeerProtocolError(this.peer, `${opName(opcode)} reply to ${opName(p.op)} request ${id}`));
+    if (p.op !== opcode)
+      return this.fail(
+        conn,
+        new PeerProtocolError(
+          this.peer,
+          `${opName(opcode)} reply to ${opName(p.op)} request ${id}`,
+        ),
+      );
     this.pending.delete(id);
     if (status !== STATUS_OK) {
-      if (status === STATUS_NOT_FOUND && opcode === OP_GET_BLOCK) return p.resolve(undefined as never);
+      if (status === STATUS_NOT_FOUND && opcode === OP_GET_BLOCK)
+        return p.resolve(undefined as never);
       return p.reject(statusError(this.peer, opName(opcode), status, decodeErrorMessage(payload)));
     }
     let value: unknown;
@@ -472,8 +571,14 @@ export class PeerClient implements PeerBlockStore {
         case OP_GET_BLOCK: {
           const block = decodeBlockReply(payload);
           const ref = p.arg as BlockRef;
-          if (block.ref.volumeId !== ref.volumeId || block.ref.generation !== ref.generation || block.ref.index !== ref.index) {
-            throw new Error(`asked for ${ref.volumeId}/${ref.generation}/${ref.index}, got ${block.ref.volumeId}/${block.ref.generation}/${block.ref.index}`);
+          if (
+            block.ref.volumeId !== ref.volumeId ||
+            block.ref.generation !== ref.generation ||
+            block.ref.index !== ref.index
+          ) {
+            throw new Error(
+              `asked for ${ref.volumeId}/${ref.generation}/${ref.index}, got ${block.ref.volumeId}/${block.ref.generation}/${block.ref.index}`,
+            );
           }
           value = block;
           break;
@@ -487,12 +592,16 @@ export class PeerClient implements PeerBlockStore {
         case OP_PUT_BLOCKS:
         case OP_PING:
         case OP_SYNC:
-          if (payload.length !== 0) throw new Error(`${payload.length}-byte payload on an empty reply`);
+          if (payload.length !== 0)
+            throw new Error(`${payload.length}-byte payload on an empty reply`);
           value = undefined;
           break;
       }
     } catch (err) {
-      const error = new PeerProtocolError(this.peer, `bad ${opName(opcode)} reply: ${(err as Error).message}`);
+      const error = new PeerProtocolError(
+        this.peer,
+        `bad ${opName(opcode)} reply: ${(err as Error).message}`,
+      );
       p.reject(error);
       this.log.warn({ reason: error.message }, 'undecodable reply from peer: closing connection');
       return this.fail(conn, error);
@@ -533,8 +642,17 @@ export class PeerClient implements PeerBlockStore {
     const conn = this.conn;
     if (!conn?.ready || !this.suspect) return;
     if (now - this.lastHeardAt >= this.deadAfterMs) {
-      this.log.warn({ silentMs: Math.round(now - this.lastHeardAt) }, 'peer silent after a timeout: closing the connection');
-      return this.fail(conn, new PeerUnavailableError(this.peer, `peer silent for ${Math.round(now - this.lastHeardAt)} ms`));
+      this.log.warn(
+        { silentMs: Math.round(now - this.lastHeardAt) },
+        'peer silent after a timeout: closing the connection',
+      );
+      return this.fail(
+        conn,
+        new PeerUnavailableError(
+          this.peer,
+          `peer silent for ${Math.round(now - this.lastHeardAt)} ms`,
+        ),
+      );
     }
     if (!this.probeOut) this.probe(conn);
   };
@@ -545,7 +663,16 @@ export class PeerClient implements PeerBlockStore {
     const settle = () => {
       this.probeOut = false;
     };
-    const p: Pending = { id: this.allocateId(), op: OP_PING, deadline: performance.now() + this.deadAfterMs, timeoutMs: this.deadAfterMs, sentAt: 0, arg: undefined, resolve: settle as (v: never) => void, reject: settle };
+    const p: Pending = {
+      id: this.allocateId(),
+      op: OP_PING,
+      deadline: performance.now() + this.deadAfterMs,
+      timeoutMs: this.deadAfterMs,
+      sentAt: 0,
+      arg: undefined,
+      resolve: settle as (v: never) => void,
+      reject: settle,
+    };
     this.pending.set(p.id, p);
     this.arm(p.deadline);
     this.send(conn, p);

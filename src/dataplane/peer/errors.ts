@@ -7,12 +7,22 @@
  * Both transports (TBP and gRPC) reject with these same classes; each is
  * converted once, where the reply or the gRPC status is read.
  */
-import { STATUS_CHECKSUM, STATUS_INTERNAL, STATUS_SHUTTING_DOWN, STATUS_WRONG_CLUSTER, statusName } from './wire.js';
+import {
+  STATUS_CHECKSUM,
+  STATUS_INTERNAL,
+  STATUS_SHUTTING_DOWN,
+  STATUS_WRONG_CLUSTER,
+  statusName,
+} from './wire.js';
 
 export abstract class PeerError extends Error {
   /** True when the same request may succeed later or on another replica. */
   abstract readonly retryable: boolean;
-  constructor(readonly peer: string, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly peer: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(`peer ${peer}: ${message}`, options);
   }
 }
@@ -25,7 +35,11 @@ export abstract class PeerError extends Error {
 export class PeerTimeoutError extends PeerError {
   override name = 'PeerTimeoutError';
   readonly retryable = true;
-  constructor(peer: string, readonly op: string, readonly timeoutMs: number) {
+  constructor(
+    peer: string,
+    readonly op: string,
+    readonly timeoutMs: number,
+  ) {
     super(peer, `${op} got no reply within ${timeoutMs} ms`);
   }
 }
@@ -54,7 +68,12 @@ export class PeerStatusError extends PeerError {
   override name = 'PeerStatusError';
   readonly retryable: boolean;
   readonly statusName: string;
-  constructor(peer: string, readonly op: string, readonly status: number, remoteMessage: string) {
+  constructor(
+    peer: string,
+    readonly op: string,
+    readonly status: number,
+    remoteMessage: string,
+  ) {
     super(peer, `${op} failed with ${statusName(status)}: ${remoteMessage}`);
     this.statusName = statusName(status);
     this.retryable = RETRYABLE.has(status);
@@ -80,6 +99,13 @@ export class PeerIdentityError extends PeerError {
   readonly retryable = false;
 }
 
-export function statusError(peer: string, op: string, status: number, message: string): PeerStatusError {
-  return status === STATUS_WRONG_CLUSTER ? new PeerWrongClusterError(peer, op, status, message) : new PeerStatusError(peer, op, status, message);
+export function statusError(
+  peer: string,
+  op: string,
+  status: number,
+  message: string,
+): PeerStatusError {
+  return status === STATUS_WRONG_CLUSTER
+    ? new PeerWrongClusterError(peer, op, status, message)
+    : new PeerStatusError(peer, op, status, message);
 }

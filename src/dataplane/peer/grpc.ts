@@ -149,13 +149,17 @@ export class PeerGrpcService {
     this.log = options.log.child({ transport: 'grpc' });
     this.server.addService(PEER_GRPC_DEFINITION, {
       info: this.unary('Info', async () => {
-        const info: PeerNodeInfo & { clusterId: string } = { ...this.backend.info(), clusterId: this.options.clusterId };
+        const info: PeerNodeInfo & { clusterId: string } = {
+          ...this.backend.info(),
+          clusterId: this.options.clusterId,
+        };
         return Buffer.from(JSON.stringify(info));
       }),
       hasBlocks: this.unary('HasBlocks', async (request) => {
         const refs = decodeRefs(request);
         const bits = await this.backend.hasBlocks(refs);
-        if (bits.length !== refs.length) throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
+        if (bits.length !== refs.length)
+          throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
         return encodeBitmap(bits);
       }),
       deleteBlocks: this.unary('DeleteBlocks', async (request) => {
@@ -185,7 +189,9 @@ export class PeerGrpcService {
   listen(host: string, port: number): Promise<number> {
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, bound) => (err ? reject(err) : resolve(bound)));
+      this.server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, bound) =>
+        err ? reject(err) : resolve(bound),
+      );
     });
   }
 
@@ -208,14 +214,22 @@ export class PeerGrpcService {
     const cluster = metadata.get(CLUSTER_METADATA_KEY)[0];
     if (cluster === this.options.clusterId) return undefined;
     const node = metadata.get(NODE_METADATA_KEY)[0];
-    this.log.warn({ peerNode: node?.toString(), peerCluster: cluster?.toString() }, 'refusing a gRPC call from outside the cluster');
+    this.log.warn(
+      { peerNode: node?.toString(), peerCluster: cluster?.toString() },
+      'refusing a gRPC call from outside the cluster',
+    );
     return serviceError(
       grpc.status.FAILED_PRECONDITION,
-      cluster === undefined ? `missing ${CLUSTER_METADATA_KEY} metadata` : `this node belongs to cluster ${this.options.clusterId}, not ${cluster.toString()}`,
+      cluster === undefined
+        ? `missing ${CLUSTER_METADATA_KEY} metadata`
+        : `this node belongs to cluster ${this.options.clusterId}, not ${cluster.toString()}`,
     );
   }
 
-  private unary(name: string, handler: (request: Buffer) => Promise<Buffer>): grpc.handleUnaryCall<Buffer, Buffer> {
+  private unary(
+    name: string,
+    handler: (request: Buffer) => Promise<Buffer>,
+  ): grpc.handleUnaryCall<Buffer, Buffer> {
     return (call, callback) => {
       const refused = this.refusal(call.metadata);
       if (refused) return callback(refused);
@@ -228,7 +242,8 @@ export class PeerGrpcService {
 
   private failure(name: string, remote: string, err: unknown): grpc.ServiceError {
     const status = statusOfError(err);
-    if (status === STATUS_INTERNAL) this.log.warn({ method: name, remote, err }, 'gRPC call failed');
+    if (status === STATUS_INTERNAL)
+      this.log.warn({ method: name, remote, err }, 'gRPC call failed');
     return serviceError(toGrpcCode(status), (err as Error)?.message ?? String(err));
   }
 
@@ -251,7 +266,8 @@ export class PeerGrpcService {
         batch.push(entry);
         if (batch.length < MAX_LISTING_ENTRIES) continue;
         // Respect the stream's backpressure: a slow reader must not make us buffer the whole store.
-        if (!call.write(encodeListing(batch))) await new Promise<void>((resolve) => call.once('drain', (wake = resolve)));
+        if (!call.write(encodeListing(batch)))
+          await new Promise<void>((resolve) => call.once('drain', (wake = resolve)));
         batch = [];
       }
       if (cancelled) return;
@@ -270,7 +286,9 @@ const EMPTY = Buffer.alloc(0);
 
 /** ListBlocks request: JSON {volumeId?: u32}; empty means everything. */
 export function encodeListFilter(filter: ListBlocksFilter): Buffer {
-  return Buffer.from(JSON.stringify(filter.volumeId === undefined ? {} : { volumeId: filter.volumeId }));
+  return Buffer.from(
+    JSON.stringify(filter.volumeId === undefined ? {} : { volumeId: filter.volumeId }),
+  );
 }
 
 export function decodeListFilter(request: Buffer): ListBlocksFilter {
@@ -283,17 +301,27 @@ export function decodeListFilter(request: Buffer): ListBlocksFilter {
   }
   const volumeId = (parsed as { volumeId?: unknown } | null)?.volumeId;
   if (volumeId === undefined) return {};
-  if (!Number.isInteger(volumeId) || (volumeId as number) < 0 || (volumeId as number) > 0xffffffff) throw new TbpPayloadError('ListBlocks volumeId must be a u32');
+  if (!Number.isInteger(volumeId) || (volumeId as number) < 0 || (volumeId as number) > 0xffffffff)
+    throw new TbpPayloadError('ListBlocks volumeId must be a u32');
   return { volumeId: volumeId as number };
 }
 
 function decodeInfo(reply: Buffer): PeerNodeInfo & { clusterId: string } {
   const info = JSON.parse(reply.toString('utf8')) as Record<string, unknown>;
   const ok =
-    typeof info.uuid === 'string' && typeof info.clusterId === 'string' &&
-    typeof info.capacityBytes === 'number' && typeof info.usedBytes === 'number' && typeof info.blocks === 'number';
+    typeof info.uuid === 'string' &&
+    typeof info.clusterId === 'string' &&
+    typeof info.capacityBytes === 'number' &&
+    typeof info.usedBytes === 'number' &&
+    typeof info.blocks === 'number';
   if (!ok) throw new TbpPayloadError('Info reply lacks a field');
-  return { uuid: info.uuid as string, clusterId: info.clusterId as string, capacityBytes: info.capacityBytes as number, usedBytes: info.usedBytes as number, blocks: info.blocks as number };
+  return {
+    uuid: info.uuid as string,
+    clusterId: info.clusterId as string,
+    capacityBytes: info.capacityBytes as number,
+    usedBytes: info.usedBytes as number,
+    blocks: info.blocks as number,
+  };
 }
 
 // ------------------------------------------------------------------ client
@@ -312,8 +340,17 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
-type UnaryMethod = (request: Buffer, metadata: grpc.Metadata, options: grpc.CallOptions, callback: (err: grpc.ServiceError | null, reply?: Buffer) => void) => void;
-type StreamMethod = (request: Buffer, metadata: grpc.Metadata, options: grpc.CallOptions) => grpc.ClientReadableStream<Buffer>;
+type UnaryMethod = (
+  request: Buffer,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+  callback: (err: grpc.ServiceError | null, reply?: Buffer) => void,
+) => void;
+type StreamMethod = (
+  request: Buffer,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions,
+) => grpc.ClientReadableStream<Buffer>;
 
 const PeerServiceClient = grpc.makeGenericClientConstructor(PEER_GRPC_DEFINITION, 'Peer');
 
@@ -329,7 +366,11 @@ export class PeerGrpcClient {
   private readonly timeoutMs: number;
 
   constructor(private readonly options: PeerGrpcClientOptions) {
-    this.client = new PeerServiceClient(options.address, grpc.credentials.createInsecure(), CHANNEL_OPTIONS);
+    this.client = new PeerServiceClient(
+      options.address,
+      grpc.credentials.createInsecure(),
+      CHANNEL_OPTIONS,
+    );
     this.metadata.set(CLUSTER_METADATA_KEY, options.clusterId);
     this.metadata.set(NODE_METADATA_KEY, options.nodeId);
     this.timeoutMs = options.timeoutMs ?? 5000;
@@ -347,7 +388,11 @@ export class PeerGrpcClient {
 
   async deleteBlocks(refs: readonly BlockRef[], options: CallOptions = {}): Promise<number> {
     if (refs.length === 0) return 0;
-    return this.decoded('DeleteBlocks', decodeCountReply, await this.call('deleteBlocks', 'DeleteBlocks', encodeRefList(refs), options));
+    return this.decoded(
+      'DeleteBlocks',
+      decodeCountReply,
+      await this.call('deleteBlocks', 'DeleteBlocks', encodeRefList(refs), options),
+    );
   }
 
   async getBlock(ref: BlockRef, options: CallOptions = {}): Promise<WireBlock | undefined> {
@@ -366,9 +411,18 @@ export class PeerGrpcClient {
   }
 
   /** Every block the peer holds (or of one volume). No deadline unless one is given: listings of big stores take a while. */
-  async *listBlocks(filter: ListBlocksFilter = {}, options: CallOptions = {}): AsyncIterable<ListedBlock> {
-    const callOptions: grpc.CallOptions = options.timeoutMs === undefined ? {} : { deadline: Date.now() + options.timeoutMs };
-    const stream = (this.client as unknown as Record<string, StreamMethod>).listBlocks.call(this.client, encodeListFilter(filter), this.metadata, callOptions);
+  async *listBlocks(
+    filter: ListBlocksFilter = {},
+    options: CallOptions = {},
+  ): AsyncIterable<ListedBlock> {
+    const callOptions: grpc.CallOptions =
+      options.timeoutMs === undefined ? {} : { deadline: Date.now() + options.timeoutMs };
+    const stream = (this.client as unknown as Record<string, StreamMethod>).listBlocks.call(
+      this.client,
+      encodeListFilter(filter),
+      this.metadata,
+      callOptions,
+    );
     try {
       for await (const message of stream as AsyncIterable<Buffer>) {
         yield* this.decoded('ListBlocks', decodeListing, message);
@@ -384,14 +438,25 @@ export class PeerGrpcClient {
     this.client.close();
   }
 
-  private call(method: keyof typeof PEER_GRPC_DEFINITION, name: string, request: Buffer, options: CallOptions): Promise<Buffer> {
+  private call(
+    method: keyof typeof PEER_GRPC_DEFINITION,
+    name: string,
+    request: Buffer,
+    options: CallOptions,
+  ): Promise<Buffer> {
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
     const fn = (this.client as unknown as Record<string, UnaryMethod>)[method];
     return new Promise((resolve, reject) => {
-      fn.call(this.client, request, this.metadata, { deadline: Date.now() + timeoutMs }, (err, reply) => {
-        if (err) reject(this.converted(name, timeoutMs, err));
-        else resolve(reply ?? EMPTY);
-      });
+      fn.call(
+        this.client,
+        request,
+        this.metadata,
+        { deadline: Date.now() + timeoutMs },
+        (err, reply) => {
+          if (err) reject(this.converted(name, timeoutMs, err));
+          else resolve(reply ?? EMPTY);
+        },
+      );
     });
   }
 
@@ -399,7 +464,10 @@ export class PeerGrpcClient {
     try {
       return decode(reply);
     } catch (err) {
-      throw new PeerProtocolError(this.options.address, `${name} reply does not decode: ${(err as Error).message}`);
+      throw new PeerProtocolError(
+        this.options.address,
+        `${name} reply does not decode: ${(err as Error).message}`,
+      );
     }
   }
 
@@ -413,7 +481,11 @@ export class PeerGrpcClient {
       case grpc.status.UNAVAILABLE:
         return new PeerUnavailableError(peer, `${name}: ${e.details ?? e.message}`, { cause: err });
       case undefined:
-        return new PeerUnavailableError(peer, `${name}: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+        return new PeerUnavailableError(
+          peer,
+          `${name}: ${(err as Error)?.message ?? String(err)}`,
+          { cause: err },
+        );
       default:
         return statusError(peer, name, fromGrpcCode(e.code), e.details ?? e.message ?? '');
     }

@@ -16,7 +16,12 @@ import { Listeners, type ServedSocket } from '../transport/listeners.js';
 import { adoptWithReadBuffer } from '../transport/read-buffer.js';
 import type { PeerBlockBackend } from './backend.js';
 import { PeerGrpcService } from './grpc.js';
-import { DEFAULT_PEER_SESSION_LIMITS, PeerSession, type PeerRequestObserver, type PeerSessionLimits } from './session.js';
+import {
+  DEFAULT_PEER_SESSION_LIMITS,
+  PeerSession,
+  type PeerRequestObserver,
+  type PeerSessionLimits,
+} from './session.js';
 
 export interface PeerServerOptions {
   /** The cluster this node belongs to; peers of another are refused. */
@@ -89,7 +94,11 @@ export class PeerServer {
   /** Serve the gRPC service on host:port (0 picks a free port). Resolves with the bound port. */
   async listenGrpc(host: string, port: number): Promise<number> {
     if (this.closing) throw new Error('peer server is closed');
-    this.grpc ??= new PeerGrpcService(this.backend, { clusterId: this.options.clusterId, nodeId: this.nodeId, log: this.log });
+    this.grpc ??= new PeerGrpcService(this.backend, {
+      clusterId: this.options.clusterId,
+      nodeId: this.nodeId,
+      log: this.log,
+    });
     const bound = await this.grpc.listen(host, port);
     this.log.info({ host, port: bound }, 'peer gRPC service listening');
     return bound;
@@ -120,7 +129,9 @@ export class PeerServer {
     const adopted =
       this.options.reuseReadBuffer === false
         ? undefined
-        : adoptWithReadBuffer(accepted, (view) => box.session?.onRead(view, true), { allowHalfOpen: true });
+        : adoptWithReadBuffer(accepted, (view) => box.session?.onRead(view, true), {
+            allowHalfOpen: true,
+          });
     const socket = adopted ?? accepted;
     const remote = `${socket.remoteAddress}:${socket.remotePort}`;
     const log = this.log.child({ conn: this.listeners.connectionId(), remote });

@@ -26,7 +26,11 @@
 import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { BufferPool } from '../transport/buffer-pool.js';
-import { ServedConnection, endGracefully, type ConnectionLimits } from '../transport/served-connection.js';
+import {
+  ServedConnection,
+  endGracefully,
+  type ConnectionLimits,
+} from '../transport/served-connection.js';
 import type { PeerBlockBackend } from './backend.js';
 import { FrameReader, slabAllocator } from './frame-reader.js';
 import { Outbound } from './outbound.js';
@@ -49,7 +53,6 @@ import {
   STATUS_OK,
   STATUS_SHUTTING_DOWN,
   STATUS_WRONG_CLUSTER,
-  TbpPayloadError,
   checkFrameHeader,
   decodeGetBlock,
   decodeHello,
@@ -84,7 +87,12 @@ export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = {
 };
 
 /** Per-request observation for metrics: op name, payload bytes moved, seconds, status name. */
-export type PeerRequestObserver = (op: string, bytes: number, seconds: number, status: string) => void;
+export type PeerRequestObserver = (
+  op: string,
+  bytes: number,
+  seconds: number,
+  status: string,
+) => void;
 
 export class PeerSession extends ServedConnection {
   private readonly reader: FrameReader;
@@ -182,24 +190,43 @@ export class PeerSession extends ServedConnection {
     this.resumeReading();
   };
 
-  private dispatch(opcode: number, flags: number, status: number, id: number, payload: Buffer): void {
+  private dispatch(
+    opcode: number,
+    flags: number,
+    status: number,
+    id: number,
+    payload: Buffer,
+  ): void {
     if (this.phase === 'hello') {
       if (opcode !== OP_HELLO) return this.framingError(`${opName(opcode)} before HELLO`);
       return this.hello(id, payload);
     }
-    if (!isKnownOpcode(opcode)) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `unknown opcode ${opcode}`);
-    if (flags & ~REQUEST_FLAGS_ALLOWED) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `unknown flags 0x${flags.toString(16)}`);
-    if (status !== STATUS_OK) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `status ${status} in a request`);
-    if (opcode === OP_HELLO) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'HELLO twice');
-    if (this.phase === 'shutting-down') return this.refuse(opcode, id, payload, STATUS_SHUTTING_DOWN, 'server is shutting down');
+    if (!isKnownOpcode(opcode))
+      return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `unknown opcode ${opcode}`);
+    if (flags & ~REQUEST_FLAGS_ALLOWED)
+      return this.refuse(
+        opcode,
+        id,
+        payload,
+        STATUS_BAD_REQUEST,
+        `unknown flags 0x${flags.toString(16)}`,
+      );
+    if (status !== STATUS_OK)
+      return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, `status ${status} in a request`);
+    if (opcode === OP_HELLO)
+      return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'HELLO twice');
+    if (this.phase === 'shutting-down')
+      return this.refuse(opcode, id, payload, STATUS_SHUTTING_DOWN, 'server is shutting down');
     if (opcode === OP_PING) {
-      if (payload.length !== 0) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'PING with a payload');
+      if (payload.length !== 0)
+        return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'PING with a payload');
       const at = this.out.claim(HEADER_SIZE);
       encodeEmptyFrame(this.out.slab, at, OP_PING, FLAG_REPLY, id);
       this.out.commit(HEADER_SIZE);
       return;
     }
-    if (opcode === OP_SYNC && payload.length !== 0) return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'SYNC with a payload');
+    if (opcode === OP_SYNC && payload.length !== 0)
+      return this.refuse(opcode, id, payload, STATUS_BAD_REQUEST, 'SYNC with a payload');
     void this.execute(opcode, id, payload);
   }
 
@@ -212,8 +239,18 @@ export class PeerSession extends ServedConnection {
       return this.endNow(`malformed HELLO: ${(err as Error).message}`);
     }
     if (peer.clusterId !== this.identity.clusterId) {
-      this.log.warn({ peerNode: peer.nodeId, peerCluster: peer.clusterId, cluster: this.identity.clusterId }, 'refusing a peer of another cluster');
-      this.send(encodeErrorReply(OP_HELLO, id, STATUS_WRONG_CLUSTER, `this node belongs to cluster ${this.identity.clusterId}, not ${peer.clusterId}`));
+      this.log.warn(
+        { peerNode: peer.nodeId, peerCluster: peer.clusterId, cluster: this.identity.clusterId },
+        'refusing a peer of another cluster',
+      );
+      this.send(
+        encodeErrorReply(
+          OP_HELLO,
+          id,
+          STATUS_WRONG_CLUSTER,
+          `this node belongs to cluster ${this.identity.clusterId}, not ${peer.clusterId}`,
+        ),
+      );
       return this.endNow('wrong cluster');
     }
     this.peerNodeId = peer.nodeId;
@@ -246,10 +283,16 @@ export class PeerSession extends ServedConnection {
           const block = await this.backend.getBlock(ref);
           if (!block) {
             status = STATUS_NOT_FOUND;
-            this.send(encodeErrorReply(OP_GET_BLOCK, id, STATUS_NOT_FOUND, `${formatRef(ref)} not held`));
+            this.send(
+              encodeErrorReply(OP_GET_BLOCK, id, STATUS_NOT_FOUND, `${formatRef(ref)} not held`),
+            );
             break;
           }
-          if (block.ref.volumeId !== ref.volumeId || block.ref.generation !== ref.generation || block.ref.index !== ref.index) {
+          if (
+            block.ref.volumeId !== ref.volumeId ||
+            block.ref.generation !== ref.generation ||
+            block.ref.index !== ref.index
+          ) {
             throw new Error(`backend answered ${formatRef(ref)} with ${formatRef(block.ref)}`);
           }
           if (!this.writable()) break;
@@ -264,7 +307,8 @@ export class PeerSession extends ServedConnection {
         case OP_HAS_BLOCKS: {
           const refs = decodeRefs(payload);
           const bits = await this.backend.hasBlocks(refs);
-          if (bits.length !== refs.length) throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
+          if (bits.length !== refs.length)
+            throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
           this.send(encodeBitmapReply(id, bits));
           break;
         }
@@ -289,20 +333,38 @@ export class PeerSession extends ServedConnection {
       status = statusOfError(err);
       const message = (err as Error)?.message ?? String(err);
       if (status === STATUS_INTERNAL) this.log.warn({ op: opName(opcode), err }, 'request failed');
-      else this.log.debug({ op: opName(opcode), status: statusName(status), reason: message }, 'request refused');
+      else
+        this.log.debug(
+          { op: opName(opcode), status: statusName(status), reason: message },
+          'request refused',
+        );
       this.send(encodeErrorReply(opcode, id, status, message));
     } finally {
       this.ended(cost);
       // The backend is done with the views (backend.ts); a gathered payload
       // goes back to the pool, a view of a socket chunk is ignored by it.
       this.pool.release(payload);
-      this.observe?.(opName(opcode), moved, (performance.now() - started) / 1000, statusName(status));
+      this.observe?.(
+        opName(opcode),
+        moved,
+        (performance.now() - started) / 1000,
+        statusName(status),
+      );
       this.settled();
     }
   }
 
-  private refuse(opcode: number, id: number, payload: Buffer, status: number, message: string): void {
-    this.log.debug({ op: opName(opcode), status: statusName(status), reason: message }, 'request refused');
+  private refuse(
+    opcode: number,
+    id: number,
+    payload: Buffer,
+    status: number,
+    message: string,
+  ): void {
+    this.log.debug(
+      { op: opName(opcode), status: statusName(status), reason: message },
+      'request refused',
+    );
     this.pool.release(payload);
     this.send(encodeErrorReply(opcode, id, status, message));
     this.observe?.(isKnownOpcode(opcode) ? opName(opcode) : 'OP_UNKNOWN', 0, 0, statusName(status));
@@ -350,7 +412,10 @@ export class PeerSession extends ServedConnection {
   /** The peer half-closed: serve what is complete, then end. Bytes of an unfinished frame are a framing error. */
   protected readonly onEnd = (): void => {
     if (this.phase === 'closed') return;
-    if (this.reader.pending > 0) return this.framingError(`connection ended inside a frame (${this.reader.pending} bytes of it received)`);
+    if (this.reader.pending > 0)
+      return this.framingError(
+        `connection ended inside a frame (${this.reader.pending} bytes of it received)`,
+      );
     this.phase = 'draining';
     this.endIfIdle();
   };

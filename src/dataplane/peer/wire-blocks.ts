@@ -2,7 +2,15 @@
  * Block refs and block descriptors as TBP carries them (in PUT_BLOCKS, GET_BLOCK replies and listings).
  * Part of wire.ts (see there for the protocol's rules); import from wire.ts.
  */
-import { RECORD_MAP_PAGE, RECORD_SEALED, NONCE_SIZE, TAG_SIZE, hi32, join64, lo32 } from '../blocks/record.js';
+import {
+  RECORD_MAP_PAGE,
+  RECORD_SEALED,
+  NONCE_SIZE,
+  TAG_SIZE,
+  hi32,
+  join64,
+  lo32,
+} from '../blocks/record.js';
 import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { TbpPayloadError } from './wire-frame.js';
 
@@ -20,7 +28,12 @@ function isU32(n: number): boolean {
 
 /** Throws RangeError for a ref no node could hold (a programmer error, not a peer's). */
 export function assertRef(ref: BlockRef): void {
-  if (!isU32(ref.volumeId) || !isU32(ref.generation) || !Number.isSafeInteger(ref.index) || ref.index < 0) {
+  if (
+    !isU32(ref.volumeId) ||
+    !isU32(ref.generation) ||
+    !Number.isSafeInteger(ref.index) ||
+    ref.index < 0
+  ) {
     throw new RangeError(`invalid block ref ${ref.volumeId}/${ref.generation}/${ref.index}`);
   }
 }
@@ -35,8 +48,18 @@ export function encodeRef(buf: Buffer, at: number, ref: BlockRef): void {
 
 export function decodeRef(buf: Buffer, at: number): BlockRef {
   const hi = buf.readUInt32BE(at + 8);
-  if (hi >= INDEX_HI_LIMIT) throw new TbpPayloadError(`block index 0x${hi.toString(16)}${buf.readUInt32BE(at + 12).toString(16).padStart(8, '0')} is not below 2^53`);
-  return { volumeId: buf.readUInt32BE(at), generation: buf.readUInt32BE(at + 4), index: join64(buf.readUInt32BE(at + 12), hi) };
+  if (hi >= INDEX_HI_LIMIT)
+    throw new TbpPayloadError(
+      `block index 0x${hi.toString(16)}${buf
+        .readUInt32BE(at + 12)
+        .toString(16)
+        .padStart(8, '0')} is not below 2^53`,
+    );
+  return {
+    volumeId: buf.readUInt32BE(at),
+    generation: buf.readUInt32BE(at + 4),
+    index: join64(buf.readUInt32BE(at + 12), hi),
+  };
 }
 
 // ------------------------------------------------------------------ blocks
@@ -77,16 +100,20 @@ const DESC_LENGTH = 56;
 /** Throws RangeError for a block we must not send (programmer error). */
 export function assertBlock(block: WireBlock): void {
   assertRef(block.ref);
-  if (block.nonce.length !== NONCE_SIZE || block.tag.length !== TAG_SIZE) throw new RangeError(`block nonce/tag must be ${NONCE_SIZE}/${TAG_SIZE} bytes`);
+  if (block.nonce.length !== NONCE_SIZE || block.tag.length !== TAG_SIZE)
+    throw new RangeError(`block nonce/tag must be ${NONCE_SIZE}/${TAG_SIZE} bytes`);
   if (block.data.length === 0) throw new RangeError('empty block');
   const problem = blockFlagsProblem(block.flags, block.ref.index);
   if (problem) throw new RangeError(problem);
 }
 
 function blockFlagsProblem(flags: number, index: number): string | undefined {
-  if (flags & ~BLOCK_FLAGS_KNOWN) return `unknown block flags 0x${(flags & ~BLOCK_FLAGS_KNOWN).toString(16)}`;
+  if (flags & ~BLOCK_FLAGS_KNOWN)
+    return `unknown block flags 0x${(flags & ~BLOCK_FLAGS_KNOWN).toString(16)}`;
   if (((flags & RECORD_MAP_PAGE) !== 0) !== index >= MAP_PAGE_BIT) {
-    return flags & RECORD_MAP_PAGE ? `map-page flag on data index ${index}` : `map-page index ${index} without the map-page flag`;
+    return flags & RECORD_MAP_PAGE
+      ? `map-page flag on data index ${index}`
+      : `map-page index ${index} without the map-page flag`;
   }
   return undefined;
 }
@@ -105,7 +132,10 @@ export function encodeBlockDescriptor(buf: Buffer, at: number, block: WireBlock)
 
 /** Decode the block at `at` (descriptor and data), which must end by `end`. The result's bytes are views into buf. */
 export function decodeBlock(buf: Buffer, at: number, end: number): WireBlock {
-  if (end - at < BLOCK_DESCRIPTOR_SIZE) throw new TbpPayloadError(`block descriptor cut short (${end - at} of ${BLOCK_DESCRIPTOR_SIZE} bytes)`);
+  if (end - at < BLOCK_DESCRIPTOR_SIZE)
+    throw new TbpPayloadError(
+      `block descriptor cut short (${end - at} of ${BLOCK_DESCRIPTOR_SIZE} bytes)`,
+    );
   const ref = decodeRef(buf, at);
   const flags = buf.readUInt32BE(at + DESC_FLAGS);
   const problem = blockFlagsProblem(flags, ref.index);
@@ -113,7 +143,10 @@ export function decodeBlock(buf: Buffer, at: number, end: number): WireBlock {
   const length = buf.readUInt32BE(at + DESC_LENGTH);
   if (length === 0) throw new TbpPayloadError('empty block');
   const dataAt = at + BLOCK_DESCRIPTOR_SIZE;
-  if (length > end - dataAt) throw new TbpPayloadError(`block of ${length} bytes runs past the payload (${end - dataAt} left)`);
+  if (length > end - dataAt)
+    throw new TbpPayloadError(
+      `block of ${length} bytes runs past the payload (${end - dataAt} left)`,
+    );
   return {
     ref,
     flags,

@@ -30,7 +30,15 @@ export const headerStatus = (buf: Buffer, at: number): number => buf[at + 7];
 export const headerRequestId = (buf: Buffer, at: number): number => buf.readUInt32BE(at + 8);
 export const headerPayloadLength = (buf: Buffer, at: number): number => buf.readUInt32BE(at + 12);
 
-export function encodeHeader(buf: Buffer, at: number, opcode: number, flags: number, status: number, requestId: number, payloadLength: number): void {
+export function encodeHeader(
+  buf: Buffer,
+  at: number,
+  opcode: number,
+  flags: number,
+  status: number,
+  requestId: number,
+  payloadLength: number,
+): void {
   buf.writeUInt32BE(TBP_MAGIC, at);
   buf[at + 4] = TBP_VERSION;
   buf[at + 5] = opcode;
@@ -96,10 +104,24 @@ function nameTable(entries: Record<string, number>): Map<number, string> {
   return new Map(Object.entries(entries).map(([name, value]) => [value, name]));
 }
 
-const OP_NAMES = nameTable({ OP_HELLO, OP_PUT_BLOCKS, OP_GET_BLOCK, OP_HAS_BLOCKS, OP_DELETE_BLOCKS, OP_PING, OP_SYNC });
+const OP_NAMES = nameTable({
+  OP_HELLO,
+  OP_PUT_BLOCKS,
+  OP_GET_BLOCK,
+  OP_HAS_BLOCKS,
+  OP_DELETE_BLOCKS,
+  OP_PING,
+  OP_SYNC,
+});
 const STATUS_NAMES = nameTable({
-  STATUS_OK, STATUS_NOT_FOUND, STATUS_CHECKSUM, STATUS_NO_SPACE, STATUS_BAD_REQUEST, STATUS_INTERNAL,
-  STATUS_WRONG_CLUSTER, STATUS_SHUTTING_DOWN,
+  STATUS_OK,
+  STATUS_NOT_FOUND,
+  STATUS_CHECKSUM,
+  STATUS_NO_SPACE,
+  STATUS_BAD_REQUEST,
+  STATUS_INTERNAL,
+  STATUS_WRONG_CLUSTER,
+  STATUS_SHUTTING_DOWN,
 });
 
 /** 'OP_GET_BLOCK', or 'OP(99)' for a value we do not know (so logs and metric labels stay readable). */
@@ -139,15 +161,23 @@ export class TbpPayloadError extends Error {
  * any memory is set aside for it. expectReply: true on the client (every
  * frame must be a reply), false on the server (none may be).
  */
-export function checkFrameHeader(buf: Buffer, at: number, expectReply: boolean): string | undefined {
+export function checkFrameHeader(
+  buf: Buffer,
+  at: number,
+  expectReply: boolean,
+): string | undefined {
   const magic = headerMagic(buf, at);
   if (magic !== TBP_MAGIC) return `bad magic 0x${magic.toString(16).padStart(8, '0')}`;
   const version = headerVersion(buf, at);
   if (version !== TBP_VERSION) return `unsupported version ${version}`;
   const length = headerPayloadLength(buf, at);
-  if (length > MAX_PAYLOAD_BYTES) return `payload of ${length} bytes exceeds the ${MAX_PAYLOAD_BYTES}-byte limit`;
+  if (length > MAX_PAYLOAD_BYTES)
+    return `payload of ${length} bytes exceeds the ${MAX_PAYLOAD_BYTES}-byte limit`;
   const isReply = (headerFlags(buf, at) & FLAG_REPLY) !== 0;
-  if (isReply !== expectReply) return expectReply ? 'a request where a reply was expected' : 'a reply where a request was expected';
+  if (isReply !== expectReply)
+    return expectReply
+      ? 'a request where a reply was expected'
+      : 'a reply where a request was expected';
   return undefined;
 }
 

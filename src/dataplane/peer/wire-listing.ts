@@ -27,7 +27,8 @@ export const MAX_LISTING_ENTRIES = 8192;
 
 /** A listing message: count u32, then the entries. */
 export function encodeListing(entries: readonly ListedBlock[]): Buffer {
-  if (entries.length > MAX_LISTING_ENTRIES) throw new RangeError(`listing of ${entries.length} entries (max ${MAX_LISTING_ENTRIES})`);
+  if (entries.length > MAX_LISTING_ENTRIES)
+    throw new RangeError(`listing of ${entries.length} entries (max ${MAX_LISTING_ENTRIES})`);
   const buf = Buffer.allocUnsafe(4 + entries.length * LISTED_BLOCK_SIZE);
   buf.writeUInt32BE(entries.length, 0);
   let at = 4;
@@ -45,8 +46,10 @@ export function encodeListing(entries: readonly ListedBlock[]): Buffer {
 export function decodeListing(buf: Buffer): ListedBlock[] {
   if (buf.length < 4) throw new TbpPayloadError('listing without a count');
   const count = buf.readUInt32BE(0);
-  if (count > MAX_LISTING_ENTRIES) throw new TbpPayloadError(`listing of ${count} entries (max ${MAX_LISTING_ENTRIES})`);
-  if (buf.length !== 4 + count * LISTED_BLOCK_SIZE) throw new TbpPayloadError(`listing of ${count} entries in ${buf.length} bytes`);
+  if (count > MAX_LISTING_ENTRIES)
+    throw new TbpPayloadError(`listing of ${count} entries (max ${MAX_LISTING_ENTRIES})`);
+  if (buf.length !== 4 + count * LISTED_BLOCK_SIZE)
+    throw new TbpPayloadError(`listing of ${count} entries in ${buf.length} bytes`);
   const entries: ListedBlock[] = new Array(count);
   for (let i = 0, at = 4; i < count; i++, at += LISTED_BLOCK_SIZE) {
     entries[i] = {

@@ -45,7 +45,8 @@ export interface Hello {
 
 function idBytes(what: string, id: string): Buffer {
   const bytes = Buffer.from(id, 'utf8');
-  if (bytes.length === 0 || bytes.length > MAX_ID_BYTES) throw new RangeError(`${what} must be 1..${MAX_ID_BYTES} bytes of UTF-8, got ${bytes.length}`);
+  if (bytes.length === 0 || bytes.length > MAX_ID_BYTES)
+    throw new RangeError(`${what} must be 1..${MAX_ID_BYTES} bytes of UTF-8, got ${bytes.length}`);
   return bytes;
 }
 
@@ -81,14 +82,16 @@ export function decodeHello(payload: Buffer): Hello {
     if (at >= payload.length) throw new TbpPayloadError(`HELLO cut short before the ${what}`);
     const length = payload[at];
     if (length === 0) throw new TbpPayloadError(`HELLO with an empty ${what}`);
-    if (at + 1 + length > payload.length) throw new TbpPayloadError(`HELLO ${what} runs past the payload`);
+    if (at + 1 + length > payload.length)
+      throw new TbpPayloadError(`HELLO ${what} runs past the payload`);
     const value = payload.toString('utf8', at + 1, at + 1 + length);
     at += 1 + length;
     return value;
   };
   const clusterId = text('cluster id');
   const nodeId = text('node id');
-  if (at !== payload.length) throw new TbpPayloadError(`${payload.length - at} bytes after the HELLO fields`);
+  if (at !== payload.length)
+    throw new TbpPayloadError(`${payload.length - at} bytes after the HELLO fields`);
   return { clusterId, nodeId };
 }
 
@@ -107,16 +110,24 @@ export function putBlocksPayloadLength(blocks: readonly WireBlock[]): number {
  * encoding anything, so a bad block never leaves half a frame behind.
  */
 export function checkPutBatch(blocks: readonly WireBlock[]): number {
-  if (blocks.length === 0 || blocks.length > MAX_BATCH_BLOCKS) throw new RangeError(`PUT_BLOCKS of ${blocks.length} blocks (1..${MAX_BATCH_BLOCKS})`);
+  if (blocks.length === 0 || blocks.length > MAX_BATCH_BLOCKS)
+    throw new RangeError(`PUT_BLOCKS of ${blocks.length} blocks (1..${MAX_BATCH_BLOCKS})`);
   for (const block of blocks) assertBlock(block);
   const payload = putBlocksPayloadLength(blocks);
-  if (payload > MAX_PAYLOAD_BYTES) throw new RangeError(`PUT_BLOCKS payload of ${payload} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
+  if (payload > MAX_PAYLOAD_BYTES)
+    throw new RangeError(`PUT_BLOCKS payload of ${payload} bytes exceeds ${MAX_PAYLOAD_BYTES}`);
   return payload;
 }
 
 /** Header and block count of a PUT_BLOCKS frame (20 bytes); descriptor and data of each block follow. */
 export const PUT_BLOCKS_HEAD_SIZE = HEADER_SIZE + 4;
-export function encodePutBlocksHead(buf: Buffer, at: number, requestId: number, count: number, payloadLength: number): void {
+export function encodePutBlocksHead(
+  buf: Buffer,
+  at: number,
+  requestId: number,
+  count: number,
+  payloadLength: number,
+): void {
   encodeHeader(buf, at, OP_PUT_BLOCKS, 0, STATUS_OK, requestId, payloadLength);
   buf.writeUInt32BE(count, at + HEADER_SIZE);
 }
@@ -127,7 +138,10 @@ export function encodePutBlocksHead(buf: Buffer, at: number, requestId: number, 
  * buffer, not copied. Throws RangeError over the batch limits (the caller
  * splits batches; see putBlocksPayloadLength).
  */
-export function encodePutBlocksFrame(requestId: number, blocks: readonly WireBlock[]): Uint8Array[] {
+export function encodePutBlocksFrame(
+  requestId: number,
+  blocks: readonly WireBlock[],
+): Uint8Array[] {
   const payload = checkPutBatch(blocks);
   const head = Buffer.allocUnsafe(PUT_BLOCKS_HEAD_SIZE + blocks.length * BLOCK_DESCRIPTOR_SIZE);
   encodePutBlocksHead(head, 0, requestId, blocks.length, payload);
@@ -147,9 +161,11 @@ export function encodePutBlocksFrame(requestId: number, blocks: readonly WireBlo
 export function decodePutBlocks(payload: Buffer): WireBlock[] {
   if (payload.length < 4) throw new TbpPayloadError('PUT_BLOCKS without a block count');
   const count = payload.readUInt32BE(0);
-  if (count === 0 || count > MAX_BATCH_BLOCKS) throw new TbpPayloadError(`PUT_BLOCKS of ${count} blocks (1..${MAX_BATCH_BLOCKS})`);
+  if (count === 0 || count > MAX_BATCH_BLOCKS)
+    throw new TbpPayloadError(`PUT_BLOCKS of ${count} blocks (1..${MAX_BATCH_BLOCKS})`);
   // Cheapest possible block is a descriptor and one byte: refuse a count the payload cannot hold before building anything.
-  if (count * (BLOCK_DESCRIPTOR_SIZE + 1) > payload.length - 4) throw new TbpPayloadError(`PUT_BLOCKS of ${count} blocks in ${payload.length} bytes`);
+  if (count * (BLOCK_DESCRIPTOR_SIZE + 1) > payload.length - 4)
+    throw new TbpPayloadError(`PUT_BLOCKS of ${count} blocks in ${payload.length} bytes`);
   const blocks: WireBlock[] = new Array(count);
   let at = 4;
   for (let i = 0; i < count; i++) {
@@ -157,7 +173,8 @@ export function decodePutBlocks(payload: Buffer): WireBlock[] {
     blocks[i] = block;
     at += BLOCK_DESCRIPTOR_SIZE + block.data.length;
   }
-  if (at !== payload.length) throw new TbpPayloadError(`${payload.length - at} bytes after the last block`);
+  if (at !== payload.length)
+    throw new TbpPayloadError(`${payload.length - at} bytes after the last block`);
   return blocks;
 }
 
@@ -172,29 +189,49 @@ export function encodeGetBlock(buf: Buffer, at: number, requestId: number, ref: 
 }
 
 export function decodeGetBlock(payload: Buffer): BlockRef {
-  if (payload.length !== REF_SIZE) throw new TbpPayloadError(`GET_BLOCK payload of ${payload.length} bytes, expected ${REF_SIZE}`);
+  if (payload.length !== REF_SIZE)
+    throw new TbpPayloadError(`GET_BLOCK payload of ${payload.length} bytes, expected ${REF_SIZE}`);
   return decodeRef(payload, 0);
 }
 
 /** Header and descriptor of a GET_BLOCK's OK reply; the block's data follows as its own buffer. */
 export const BLOCK_REPLY_HEAD_SIZE = HEADER_SIZE + BLOCK_DESCRIPTOR_SIZE;
-export function encodeBlockReplyHead(buf: Buffer, at: number, requestId: number, block: WireBlock): void {
-  encodeHeader(buf, at, OP_GET_BLOCK, FLAG_REPLY, STATUS_OK, requestId, BLOCK_DESCRIPTOR_SIZE + block.data.length);
+export function encodeBlockReplyHead(
+  buf: Buffer,
+  at: number,
+  requestId: number,
+  block: WireBlock,
+): void {
+  encodeHeader(
+    buf,
+    at,
+    OP_GET_BLOCK,
+    FLAG_REPLY,
+    STATUS_OK,
+    requestId,
+    BLOCK_DESCRIPTOR_SIZE + block.data.length,
+  );
   encodeBlockDescriptor(buf, at + HEADER_SIZE, block);
 }
 
 /** The block of a GET_BLOCK OK reply payload (views into it). */
 export function decodeBlockReply(payload: Buffer): WireBlock {
   const block = decodeBlock(payload, 0, payload.length);
-  if (BLOCK_DESCRIPTOR_SIZE + block.data.length !== payload.length) throw new TbpPayloadError('bytes after the block');
+  if (BLOCK_DESCRIPTOR_SIZE + block.data.length !== payload.length)
+    throw new TbpPayloadError('bytes after the block');
   return block;
 }
 
 // ---------------------------------------------- HAS_BLOCKS, DELETE_BLOCKS
 
 /** A HAS_BLOCKS or DELETE_BLOCKS frame: count u32, then the refs. */
-export function encodeRefsFrame(opcode: typeof OP_HAS_BLOCKS | typeof OP_DELETE_BLOCKS, requestId: number, refs: readonly BlockRef[]): Buffer {
-  if (refs.length === 0 || refs.length > MAX_BATCH_REFS) throw new RangeError(`${opName(opcode)} of ${refs.length} refs (1..${MAX_BATCH_REFS})`);
+export function encodeRefsFrame(
+  opcode: typeof OP_HAS_BLOCKS | typeof OP_DELETE_BLOCKS,
+  requestId: number,
+  refs: readonly BlockRef[],
+): Buffer {
+  if (refs.length === 0 || refs.length > MAX_BATCH_REFS)
+    throw new RangeError(`${opName(opcode)} of ${refs.length} refs (1..${MAX_BATCH_REFS})`);
   const payload = 4 + refs.length * REF_SIZE;
   const buf = Buffer.allocUnsafe(HEADER_SIZE + payload);
   encodeHeader(buf, 0, opcode, 0, STATUS_OK, requestId, payload);
@@ -210,8 +247,12 @@ export function encodeRefsFrame(opcode: typeof OP_HAS_BLOCKS | typeof OP_DELETE_
 export function decodeRefs(payload: Buffer): BlockRef[] {
   if (payload.length < 4) throw new TbpPayloadError('ref list without a count');
   const count = payload.readUInt32BE(0);
-  if (count === 0 || count > MAX_BATCH_REFS) throw new TbpPayloadError(`ref list of ${count} refs (1..${MAX_BATCH_REFS})`);
-  if (payload.length !== 4 + count * REF_SIZE) throw new TbpPayloadError(`ref list of ${count} refs in ${payload.length} bytes, expected ${4 + count * REF_SIZE}`);
+  if (count === 0 || count > MAX_BATCH_REFS)
+    throw new TbpPayloadError(`ref list of ${count} refs (1..${MAX_BATCH_REFS})`);
+  if (payload.length !== 4 + count * REF_SIZE)
+    throw new TbpPayloadError(
+      `ref list of ${count} refs in ${payload.length} bytes, expected ${4 + count * REF_SIZE}`,
+    );
   const refs: BlockRef[] = new Array(count);
   for (let i = 0; i < count; i++) refs[i] = decodeRef(payload, 4 + i * REF_SIZE);
   return refs;
@@ -226,7 +267,8 @@ export function encodeBitmapReply(requestId: number, bits: readonly boolean[]): 
   const buf = Buffer.alloc(HEADER_SIZE + payload);
   encodeHeader(buf, 0, OP_HAS_BLOCKS, FLAG_REPLY, STATUS_OK, requestId, payload);
   buf.writeUInt32BE(bits.length, HEADER_SIZE);
-  for (let i = 0; i < bits.length; i++) if (bits[i]) buf[HEADER_SIZE + 4 + (i >> 3)] |= 1 << (i & 7);
+  for (let i = 0; i < bits.length; i++)
+    if (bits[i]) buf[HEADER_SIZE + 4 + (i >> 3)] |= 1 << (i & 7);
   return buf;
 }
 
@@ -235,7 +277,8 @@ export function decodeBitmapReply(payload: Buffer, expected: number): boolean[] 
   if (payload.length < 4) throw new TbpPayloadError('bitmap without a count');
   const count = payload.readUInt32BE(0);
   if (count !== expected) throw new TbpPayloadError(`bitmap of ${count} bits for ${expected} refs`);
-  if (payload.length !== 4 + ((count + 7) >> 3)) throw new TbpPayloadError(`bitmap of ${count} bits in ${payload.length} bytes`);
+  if (payload.length !== 4 + ((count + 7) >> 3))
+    throw new TbpPayloadError(`bitmap of ${count} bits in ${payload.length} bytes`);
   const bits: boolean[] = new Array(count);
   for (let i = 0; i < count; i++) bits[i] = (payload[4 + (i >> 3)] & (1 << (i & 7))) !== 0;
   return bits;
@@ -249,21 +292,33 @@ export function encodeCountReply(buf: Buffer, at: number, requestId: number, cou
 }
 
 export function decodeCountReply(payload: Buffer): number {
-  if (payload.length !== 4) throw new TbpPayloadError(`count reply of ${payload.length} bytes, expected 4`);
+  if (payload.length !== 4)
+    throw new TbpPayloadError(`count reply of ${payload.length} bytes, expected 4`);
   return payload.readUInt32BE(0);
 }
 
 // --------------------------------------------------- PING, SYNC, empty
 
 /** A frame with no payload: a PING or SYNC request, or the OK reply to PUT_BLOCKS, PING or SYNC. */
-export function encodeEmptyFrame(buf: Buffer, at: number, opcode: number, flags: number, requestId: number): void {
+export function encodeEmptyFrame(
+  buf: Buffer,
+  at: number,
+  opcode: number,
+  flags: number,
+  requestId: number,
+): void {
   encodeHeader(buf, at, opcode, flags, STATUS_OK, requestId, 0);
 }
 
 // ---------------------------------------------------------- error replies
 
 /** A reply with a non-OK status: the payload is a UTF-8 message of at most MAX_MESSAGE_BYTES. */
-export function encodeErrorReply(opcode: number, requestId: number, status: number, message: string): Buffer {
+export function encodeErrorReply(
+  opcode: number,
+  requestId: number,
+  status: number,
+  message: string,
+): Buffer {
   const text = utf8Prefix(message, MAX_MESSAGE_BYTES);
   const buf = Buffer.allocUnsafe(HEADER_SIZE + text.length);
   encodeHeader(buf, 0, opcode, FLAG_REPLY, status, requestId, text.length);

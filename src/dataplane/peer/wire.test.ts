@@ -29,9 +29,14 @@ function block(overrides: Partial<w.WireBlock> = {}): w.WireBlock {
 }
 
 /** Descriptor of block() above: ref 1/2/3, flags SEALED, hash 0123456789abcdef, nonce, tag, length 3. */
-const DESC_ABC = '00000001 00000002 00000000 00000003  00000001  0123456789abcdef  000102030405060708090a0b  101112131415161718191a1b1c1d1e1f  00000003';
+const DESC_ABC =
+  '00000001 00000002 00000000 00000003  00000001  0123456789abcdef  000102030405060708090a0b  101112131415161718191a1b1c1d1e1f  00000003';
 
-const payloadError = (fn: () => unknown, pattern?: RegExp) => assert.throws(fn, (err: Error) => err instanceof w.TbpPayloadError && (!pattern || pattern.test(err.message)));
+const payloadError = (fn: () => unknown, pattern?: RegExp) =>
+  assert.throws(
+    fn,
+    (err: Error) => err instanceof w.TbpPayloadError && (!pattern || pattern.test(err.message)),
+  );
 
 describe('peer wire: header', () => {
   it('lays out magic TBP!, version, opcode, flags, status, id, length big-endian', () => {
@@ -57,17 +62,41 @@ describe('peer wire: header', () => {
   it('accepts a good header and names every framing error', () => {
     const ok = hex('54425021 01 03 00 00 00000001 00000010');
     assert.equal(w.checkFrameHeader(ok, 0, false), undefined);
-    assert.match(w.checkFrameHeader(hex('54425022 01 03 00 00 00000001 00000010'), 0, false)!, /bad magic 0x54425022/);
-    assert.match(w.checkFrameHeader(hex('47455420 2f204854 54502f31 2e310d0a'), 0, false)!, /bad magic/); // "GET / HTTP/1.1\r\n"
-    assert.match(w.checkFrameHeader(hex('54425021 02 03 00 00 00000001 00000010'), 0, false)!, /unsupported version 2/);
+    assert.match(
+      w.checkFrameHeader(hex('54425022 01 03 00 00 00000001 00000010'), 0, false)!,
+      /bad magic 0x54425022/,
+    );
+    assert.match(
+      w.checkFrameHeader(hex('47455420 2f204854 54502f31 2e310d0a'), 0, false)!,
+      /bad magic/,
+    ); // "GET / HTTP/1.1\r\n"
+    assert.match(
+      w.checkFrameHeader(hex('54425021 02 03 00 00 00000001 00000010'), 0, false)!,
+      /unsupported version 2/,
+    );
     // Exactly the limit is fine, one byte more is not.
-    assert.equal(w.checkFrameHeader(hex('54425021 01 02 00 00 00000001 01000000'), 0, false), undefined);
-    assert.match(w.checkFrameHeader(hex('54425021 01 02 00 00 00000001 01000001'), 0, false)!, /exceeds the 16777216-byte limit/);
-    assert.match(w.checkFrameHeader(hex('54425021 01 02 00 00 00000001 ffffffff'), 0, false)!, /exceeds/);
+    assert.equal(
+      w.checkFrameHeader(hex('54425021 01 02 00 00 00000001 01000000'), 0, false),
+      undefined,
+    );
+    assert.match(
+      w.checkFrameHeader(hex('54425021 01 02 00 00 00000001 01000001'), 0, false)!,
+      /exceeds the 16777216-byte limit/,
+    );
+    assert.match(
+      w.checkFrameHeader(hex('54425021 01 02 00 00 00000001 ffffffff'), 0, false)!,
+      /exceeds/,
+    );
     // Direction: the server takes only requests, the client only replies.
-    assert.match(w.checkFrameHeader(hex('54425021 01 03 01 00 00000001 00000000'), 0, false)!, /a reply where a request was expected/);
+    assert.match(
+      w.checkFrameHeader(hex('54425021 01 03 01 00 00000001 00000000'), 0, false)!,
+      /a reply where a request was expected/,
+    );
     assert.match(w.checkFrameHeader(ok, 0, true)!, /a request where a reply was expected/);
-    assert.equal(w.checkFrameHeader(hex('54425021 01 03 01 00 00000001 00000000'), 0, true), undefined);
+    assert.equal(
+      w.checkFrameHeader(hex('54425021 01 03 01 00 00000001 00000000'), 0, true),
+      undefined,
+    );
   });
 
   it('names opcodes and statuses, and unknown values readably', () => {
@@ -79,11 +108,28 @@ describe('peer wire: header', () => {
     assert.equal(w.statusName(w.STATUS_CHECKSUM), 'STATUS_CHECKSUM');
     assert.equal(w.statusName(200), 'STATUS(200)');
     assert.deepEqual(
-      [w.OP_HELLO, w.OP_PUT_BLOCKS, w.OP_GET_BLOCK, w.OP_HAS_BLOCKS, w.OP_DELETE_BLOCKS, w.OP_PING, w.OP_SYNC],
+      [
+        w.OP_HELLO,
+        w.OP_PUT_BLOCKS,
+        w.OP_GET_BLOCK,
+        w.OP_HAS_BLOCKS,
+        w.OP_DELETE_BLOCKS,
+        w.OP_PING,
+        w.OP_SYNC,
+      ],
       [1, 2, 3, 4, 5, 6, 7],
     );
     assert.deepEqual(
-      [w.STATUS_OK, w.STATUS_NOT_FOUND, w.STATUS_CHECKSUM, w.STATUS_NO_SPACE, w.STATUS_BAD_REQUEST, w.STATUS_INTERNAL, w.STATUS_WRONG_CLUSTER, w.STATUS_SHUTTING_DOWN],
+      [
+        w.STATUS_OK,
+        w.STATUS_NOT_FOUND,
+        w.STATUS_CHECKSUM,
+        w.STATUS_NO_SPACE,
+        w.STATUS_BAD_REQUEST,
+        w.STATUS_INTERNAL,
+        w.STATUS_WRONG_CLUSTER,
+        w.STATUS_SHUTTING_DOWN,
+      ],
       [0, 1, 2, 3, 4, 5, 6, 7],
     );
   });
@@ -92,7 +138,10 @@ describe('peer wire: header', () => {
     assert.equal(w.statusOfError(new ChecksumError('1', 3, 'bad')), w.STATUS_CHECKSUM);
     assert.equal(w.statusOfError(new StoreFullError('full')), w.STATUS_NO_SPACE);
     assert.equal(w.statusOfError(new IoError('ENOSPC', 'full')), w.STATUS_NO_SPACE);
-    assert.equal(w.statusOfError(Object.assign(new Error('disk'), { code: 'ENOSPC' })), w.STATUS_NO_SPACE);
+    assert.equal(
+      w.statusOfError(Object.assign(new Error('disk'), { code: 'ENOSPC' })),
+      w.STATUS_NO_SPACE,
+    );
     assert.equal(w.statusOfError(new IoError('EINVAL', 'no')), w.STATUS_BAD_REQUEST);
     assert.equal(w.statusOfError(new w.TbpPayloadError('no')), w.STATUS_BAD_REQUEST);
     assert.equal(w.statusOfError(new IoError('ESHUTDOWN', 'bye')), w.STATUS_SHUTTING_DOWN);
@@ -113,7 +162,11 @@ describe('peer wire: refs', () => {
 
   it('carries the largest safe index and map-page indexes exactly', () => {
     const buf = Buffer.alloc(w.REF_SIZE);
-    w.encodeRef(buf, 0, { volumeId: 0xffffffff, generation: 0xffffffff, index: Number.MAX_SAFE_INTEGER });
+    w.encodeRef(buf, 0, {
+      volumeId: 0xffffffff,
+      generation: 0xffffffff,
+      index: Number.MAX_SAFE_INTEGER,
+    });
     assert.deepEqual(buf, hex('ffffffff ffffffff 001fffff ffffffff'));
     assert.equal(w.decodeRef(buf, 0).index, Number.MAX_SAFE_INTEGER);
     w.encodeRef(buf, 0, { volumeId: 1, generation: 1, index: MAP_PAGE_BIT + 2 ** 40 + 9 });
@@ -121,7 +174,10 @@ describe('peer wire: refs', () => {
   });
 
   it('refuses an index at or above 2^53 rather than rounding it', () => {
-    payloadError(() => w.decodeRef(hex('00000001 00000001 00200000 00000000'), 0), /not below 2\^53/);
+    payloadError(
+      () => w.decodeRef(hex('00000001 00000001 00200000 00000000'), 0),
+      /not below 2\^53/,
+    );
     payloadError(() => w.decodeRef(hex('00000001 00000001 ffffffff ffffffff'), 0));
   });
 
@@ -142,8 +198,14 @@ describe('peer wire: refs', () => {
 
 describe('peer wire: HELLO', () => {
   it('encodes cluster and node id with one length byte each, both ways', () => {
-    assert.deepEqual(w.encodeHello(1, { clusterId: 'c1', nodeId: 'n' }), hex('54425021 01 01 00 00 00000001 00000005  02 6331  01 6e'));
-    assert.deepEqual(w.encodeHelloReply(1, { clusterId: 'c1', nodeId: 'n' }), hex('54425021 01 01 01 00 00000001 00000005  02 6331  01 6e'));
+    assert.deepEqual(
+      w.encodeHello(1, { clusterId: 'c1', nodeId: 'n' }),
+      hex('54425021 01 01 00 00 00000001 00000005  02 6331  01 6e'),
+    );
+    assert.deepEqual(
+      w.encodeHelloReply(1, { clusterId: 'c1', nodeId: 'n' }),
+      hex('54425021 01 01 01 00 00000001 00000005  02 6331  01 6e'),
+    );
     assert.deepEqual(w.decodeHello(hex('02 6331 01 6e')), { clusterId: 'c1', nodeId: 'n' });
   });
 
@@ -172,7 +234,15 @@ describe('peer wire: blocks and PUT_BLOCKS', () => {
 
   it('encodes a PUT_BLOCKS frame as chunks whose block data are the callers own buffers', () => {
     const a = block();
-    const b = block({ ref: { volumeId: 1, generation: 2, index: 4 }, flags: 0, hashHi: 0, hashLo: 0xff, nonce: Buffer.alloc(12), tag: Buffer.alloc(16), data: Buffer.from('z') });
+    const b = block({
+      ref: { volumeId: 1, generation: 2, index: 4 },
+      flags: 0,
+      hashHi: 0,
+      hashLo: 0xff,
+      nonce: Buffer.alloc(12),
+      tag: Buffer.alloc(16),
+      data: Buffer.from('z'),
+    });
     const chunks = w.encodePutBlocksFrame(5, [a, b]);
     assert.equal(chunks.length, 4);
     assert.equal(chunks[1], a.data, 'no copy of block data');
@@ -188,7 +258,16 @@ describe('peer wire: blocks and PUT_BLOCKS', () => {
   });
 
   it('decodes PUT_BLOCKS into views of the payload, not copies', () => {
-    const payload = Buffer.concat(w.encodePutBlocksFrame(5, [block(), block({ ref: { volumeId: 9, generation: 9, index: MAP_PAGE_BIT + 1 }, flags: RECORD_MAP_PAGE, data: Buffer.from('page') })])).subarray(w.HEADER_SIZE);
+    const payload = Buffer.concat(
+      w.encodePutBlocksFrame(5, [
+        block(),
+        block({
+          ref: { volumeId: 9, generation: 9, index: MAP_PAGE_BIT + 1 },
+          flags: RECORD_MAP_PAGE,
+          data: Buffer.from('page'),
+        }),
+      ]),
+    ).subarray(w.HEADER_SIZE);
     const blocks = w.decodePutBlocks(payload);
     assert.equal(blocks.length, 2);
     assert.deepEqual(blocks[0].ref, { volumeId: 1, generation: 2, index: 3 });
@@ -206,20 +285,30 @@ describe('peer wire: blocks and PUT_BLOCKS', () => {
 
   it('rejects every malformed PUT_BLOCKS payload', () => {
     const one = Buffer.concat(w.encodePutBlocksFrame(1, [block()])).subarray(w.HEADER_SIZE);
-    const withCount = (n: number) => Buffer.concat([hex(n.toString(16).padStart(8, '0')), one.subarray(4)]);
+    const withCount = (n: number) =>
+      Buffer.concat([hex(n.toString(16).padStart(8, '0')), one.subarray(4)]);
     payloadError(() => w.decodePutBlocks(hex('000000')), /without a block count/);
     payloadError(() => w.decodePutBlocks(withCount(0)), /PUT_BLOCKS of 0 blocks/);
     payloadError(() => w.decodePutBlocks(withCount(w.MAX_BATCH_BLOCKS + 1)), /1025 blocks/);
     payloadError(() => w.decodePutBlocks(withCount(2)), /2 blocks in 67 bytes/);
-    payloadError(() => w.decodePutBlocks(Buffer.concat([one, hex('00')])), /1 bytes after the last block/);
+    payloadError(
+      () => w.decodePutBlocks(Buffer.concat([one, hex('00')])),
+      /1 bytes after the last block/,
+    );
     payloadError(() => w.decodePutBlocks(one.subarray(0, one.length - 1)), /runs past the payload/);
     // Block length fields: zero, and one byte more than there is.
     const zero = Buffer.from(one);
     zero.writeUInt32BE(0, 4 + 56);
-    payloadError(() => w.decodePutBlocks(Buffer.concat([zero.subarray(0, 64), hex('000000')])), /empty block/);
+    payloadError(
+      () => w.decodePutBlocks(Buffer.concat([zero.subarray(0, 64), hex('000000')])),
+      /empty block/,
+    );
     const long = Buffer.from(one);
     long.writeUInt32BE(4, 4 + 56);
-    payloadError(() => w.decodePutBlocks(long), /block of 4 bytes runs past the payload \(3 left\)/);
+    payloadError(
+      () => w.decodePutBlocks(long),
+      /block of 4 bytes runs past the payload \(3 left\)/,
+    );
     // Flags: unknown bits; map-page flag and map-page index must agree.
     const flags = (f: number, index?: number) => {
       const copy = Buffer.from(one);
@@ -230,7 +319,10 @@ describe('peer wire: blocks and PUT_BLOCKS', () => {
     payloadError(() => w.decodePutBlocks(flags(4)), /unknown block flags 0x4/);
     payloadError(() => w.decodePutBlocks(flags(RECORD_MAP_PAGE)), /map-page flag on data index 3/);
     payloadError(() => w.decodePutBlocks(flags(0, MAP_PAGE_BIT)), /without the map-page flag/);
-    assert.equal(w.decodePutBlocks(flags(RECORD_MAP_PAGE, MAP_PAGE_BIT))[0].ref.index, MAP_PAGE_BIT);
+    assert.equal(
+      w.decodePutBlocks(flags(RECORD_MAP_PAGE, MAP_PAGE_BIT))[0].ref.index,
+      MAP_PAGE_BIT,
+    );
     // Unsafe index.
     const unsafe = Buffer.from(one);
     unsafe.writeUInt32BE(0x00200000, 4 + 8);
@@ -240,12 +332,27 @@ describe('peer wire: blocks and PUT_BLOCKS', () => {
 
   it('refuses to encode a batch that breaks the limits, before writing anything', () => {
     assert.throws(() => w.encodePutBlocksFrame(1, []), RangeError);
-    assert.throws(() => w.encodePutBlocksFrame(1, new Array(w.MAX_BATCH_BLOCKS + 1).fill(block())), RangeError);
-    assert.throws(() => w.encodePutBlocksFrame(1, [block({ data: Buffer.alloc(w.MAX_PAYLOAD_BYTES) })]), /exceeds/);
-    assert.throws(() => w.encodePutBlocksFrame(1, [block({ nonce: Buffer.alloc(11) })]), RangeError);
-    assert.throws(() => w.encodePutBlocksFrame(1, [block({ data: Buffer.alloc(0) })]), /empty block/);
+    assert.throws(
+      () => w.encodePutBlocksFrame(1, new Array(w.MAX_BATCH_BLOCKS + 1).fill(block())),
+      RangeError,
+    );
+    assert.throws(
+      () => w.encodePutBlocksFrame(1, [block({ data: Buffer.alloc(w.MAX_PAYLOAD_BYTES) })]),
+      /exceeds/,
+    );
+    assert.throws(
+      () => w.encodePutBlocksFrame(1, [block({ nonce: Buffer.alloc(11) })]),
+      RangeError,
+    );
+    assert.throws(
+      () => w.encodePutBlocksFrame(1, [block({ data: Buffer.alloc(0) })]),
+      /empty block/,
+    );
     assert.throws(() => w.encodePutBlocksFrame(1, [block({ flags: 8 })]), /unknown block flags/);
-    assert.throws(() => w.checkPutBatch([block(), block({ ref: { volumeId: 1, generation: 1, index: -2 } })]), RangeError);
+    assert.throws(
+      () => w.checkPutBatch([block(), block({ ref: { volumeId: 1, generation: 1, index: -2 } })]),
+      RangeError,
+    );
     // The biggest batch that fits: 16 MiB of payload exactly.
     const big = block({ data: Buffer.alloc(w.MAX_PAYLOAD_BYTES - 4 - w.BLOCK_DESCRIPTOR_SIZE) });
     assert.equal(w.checkPutBatch([big]), w.MAX_PAYLOAD_BYTES);
@@ -256,9 +363,18 @@ describe('peer wire: GET_BLOCK', () => {
   it('is a 32-byte frame written into the callers buffer', () => {
     const buf = Buffer.alloc(40, 0xee);
     w.encodeGetBlock(buf, 4, 9, { volumeId: 1, generation: 2, index: 3 });
-    assert.deepEqual(buf, hex('eeeeeeee 54425021 01 03 00 00 00000009 00000010 00000001 00000002 00000000 00000003 eeeeeeee'));
+    assert.deepEqual(
+      buf,
+      hex(
+        'eeeeeeee 54425021 01 03 00 00 00000009 00000010 00000001 00000002 00000000 00000003 eeeeeeee',
+      ),
+    );
     assert.equal(w.GET_BLOCK_FRAME_SIZE, 32);
-    assert.deepEqual(w.decodeGetBlock(buf.subarray(20, 36)), { volumeId: 1, generation: 2, index: 3 });
+    assert.deepEqual(w.decodeGetBlock(buf.subarray(20, 36)), {
+      volumeId: 1,
+      generation: 2,
+      index: 3,
+    });
     payloadError(() => w.decodeGetBlock(buf.subarray(20, 35)), /15 bytes, expected 16/);
     payloadError(() => w.decodeGetBlock(buf.subarray(20, 37)), /17 bytes/);
   });
@@ -271,12 +387,18 @@ describe('peer wire: GET_BLOCK', () => {
     const got = w.decodeBlockReply(payload);
     assert.equal(Buffer.from(got.data).toString(), 'abc');
     assert.equal(got.data.buffer, payload.buffer);
-    payloadError(() => w.decodeBlockReply(Buffer.concat([payload, hex('00')])), /bytes after the block/);
+    payloadError(
+      () => w.decodeBlockReply(Buffer.concat([payload, hex('00')])),
+      /bytes after the block/,
+    );
     payloadError(() => w.decodeBlockReply(payload.subarray(0, 59)), /descriptor cut short/);
   });
 
   it('says NOT_FOUND (or any error) as a status and a message', () => {
-    assert.deepEqual(w.encodeErrorReply(w.OP_GET_BLOCK, 4, w.STATUS_NOT_FOUND, 'no'), hex('54425021 01 03 01 01 00000004 00000002 6e6f'));
+    assert.deepEqual(
+      w.encodeErrorReply(w.OP_GET_BLOCK, 4, w.STATUS_NOT_FOUND, 'no'),
+      hex('54425021 01 03 01 01 00000004 00000002 6e6f'),
+    );
     assert.equal(w.decodeErrorMessage(hex('6e6f')), 'no');
   });
 
@@ -294,11 +416,16 @@ describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING, SYNC', () => {
   it('sends a count and the refs', () => {
     assert.deepEqual(
       w.encodeRefsFrame(w.OP_HAS_BLOCKS, 3, [r1, r2]),
-      hex('54425021 01 04 00 00 00000003 00000024  00000002  00000001 00000002 00000000 00000003  00000004 00000005 00000001 00000000'),
+      hex(
+        '54425021 01 04 00 00 00000003 00000024  00000002  00000001 00000002 00000000 00000003  00000004 00000005 00000001 00000000',
+      ),
     );
     const del = w.encodeRefsFrame(w.OP_DELETE_BLOCKS, 3, [r1]);
     assert.equal(w.headerOpcode(del, 0), w.OP_DELETE_BLOCKS);
-    assert.deepEqual(w.decodeRefs(w.encodeRefsFrame(w.OP_HAS_BLOCKS, 3, [r1, r2]).subarray(w.HEADER_SIZE)), [r1, r2]);
+    assert.deepEqual(
+      w.decodeRefs(w.encodeRefsFrame(w.OP_HAS_BLOCKS, 3, [r1, r2]).subarray(w.HEADER_SIZE)),
+      [r1, r2],
+    );
     assert.deepEqual(w.encodeRefList([r1]), hex('00000001 00000001 00000002 00000000 00000003'));
   });
 
@@ -306,15 +433,24 @@ describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING, SYNC', () => {
     payloadError(() => w.decodeRefs(hex('0000')), /without a count/);
     payloadError(() => w.decodeRefs(hex('00000000')), /0 refs/);
     payloadError(() => w.decodeRefs(hex('00002001')), /8193 refs/);
-    payloadError(() => w.decodeRefs(hex('00000002 00000001 00000002 00000000 00000003')), /2 refs in 20 bytes, expected 36/);
+    payloadError(
+      () => w.decodeRefs(hex('00000002 00000001 00000002 00000000 00000003')),
+      /2 refs in 20 bytes, expected 36/,
+    );
     assert.throws(() => w.encodeRefsFrame(w.OP_HAS_BLOCKS, 1, []), RangeError);
-    assert.throws(() => w.encodeRefsFrame(w.OP_HAS_BLOCKS, 1, new Array(w.MAX_BATCH_REFS + 1).fill(r1)), RangeError);
+    assert.throws(
+      () => w.encodeRefsFrame(w.OP_HAS_BLOCKS, 1, new Array(w.MAX_BATCH_REFS + 1).fill(r1)),
+      RangeError,
+    );
   });
 
   it('answers HAS_BLOCKS with a count and a bitmap, least significant bit first', () => {
     const bits = [true, false, true, true, false, false, false, false, true];
     // bits 0, 2, 3 → 0x0d; bit 8 → second byte 0x01
-    assert.deepEqual(w.encodeBitmapReply(3, bits), hex('54425021 01 04 01 00 00000003 00000006 00000009 0d 01'));
+    assert.deepEqual(
+      w.encodeBitmapReply(3, bits),
+      hex('54425021 01 04 01 00 00000003 00000006 00000009 0d 01'),
+    );
     assert.deepEqual(w.decodeBitmapReply(hex('00000009 0d 01'), 9), bits);
     assert.deepEqual(w.encodeBitmap([false, true]), hex('00000002 02'));
     payloadError(() => w.decodeBitmapReply(hex('00000009 0d 01'), 8), /9 bits for 8 refs/);
@@ -347,15 +483,27 @@ describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING, SYNC', () => {
     assert.deepEqual(buf, hex('eeee 54425021 01 07 01 00 fffffffe 00000000 eeee'));
     assert.equal(w.checkFrameHeader(buf, 2, true), undefined, 'a reply the client accepts');
     // A SYNC that failed on the peer (its fdatasync did) carries a message like any other error.
-    assert.deepEqual(w.encodeErrorReply(w.OP_SYNC, 3, w.STATUS_INTERNAL, 'EIO'), hex('54425021 01 07 01 05 00000003 00000003 45494f'));
+    assert.deepEqual(
+      w.encodeErrorReply(w.OP_SYNC, 3, w.STATUS_INTERNAL, 'EIO'),
+      hex('54425021 01 07 01 05 00000003 00000003 45494f'),
+    );
   });
 });
 
 describe('peer wire: listings', () => {
   it('lists 32 bytes per block: ref, flags, hash, length', () => {
-    const entry = { ref: { volumeId: 1, generation: 2, index: 3 }, flags: RECORD_SEALED, hashHi: 0x01234567, hashLo: 0x89abcdef, length: 65536 };
+    const entry = {
+      ref: { volumeId: 1, generation: 2, index: 3 },
+      flags: RECORD_SEALED,
+      hashHi: 0x01234567,
+      hashLo: 0x89abcdef,
+      length: 65536,
+    };
     const buf = w.encodeListing([entry]);
-    assert.deepEqual(buf, hex('00000001  00000001 00000002 00000000 00000003  00000001  0123456789abcdef  00010000'));
+    assert.deepEqual(
+      buf,
+      hex('00000001  00000001 00000002 00000000 00000003  00000001  0123456789abcdef  00010000'),
+    );
     assert.deepEqual(w.decodeListing(buf), [entry]);
     assert.deepEqual(w.decodeListing(w.encodeListing([])), []);
     payloadError(() => w.decodeListing(buf.subarray(0, 35)), /1 entries in 35 bytes/);
@@ -372,7 +520,11 @@ describe('peer frame reader', () => {
   };
 
   it('finds the same frames however the bytes are cut', () => {
-    const stream = Buffer.concat([frame(1, Buffer.from('hello')), frame(2, Buffer.alloc(0)), frame(3, Buffer.from('x'.repeat(40)))]);
+    const stream = Buffer.concat([
+      frame(1, Buffer.from('hello')),
+      frame(2, Buffer.alloc(0)),
+      frame(3, Buffer.from('x'.repeat(40))),
+    ]);
     for (let cut = 1; cut < stream.length; cut++) {
       const gathered: number[] = [];
       const reader = new FrameReader((size) => (gathered.push(size), Buffer.alloc(size)));
@@ -386,7 +538,15 @@ describe('peer frame reader', () => {
           seen.push([id, reader.takeFrame(length).toString()]);
         }
       }
-      assert.deepEqual(seen, [[1, 'hello'], [2, ''], [3, 'x'.repeat(40)]], `cut at ${cut}`);
+      assert.deepEqual(
+        seen,
+        [
+          [1, 'hello'],
+          [2, ''],
+          [3, 'x'.repeat(40)],
+        ],
+        `cut at ${cut}`,
+      );
       assert.equal(reader.available, 0);
       // Only a payload that straddles the cut is gathered, and only once.
       assert.ok(gathered.length <= 1, `cut at ${cut}: gathered ${gathered}`);
@@ -399,7 +559,11 @@ describe('peer frame reader', () => {
    * parses after each read unless stall(read) says it is held back (as by
    * backpressure), and copies transient payloads as the server and client do.
    */
-  function readThroughReusedBuffer(stream: Buffer, readSize: number, stall: (read: number) => boolean = () => false) {
+  function readThroughReusedBuffer(
+    stream: Buffer,
+    readSize: number,
+    stall: (read: number) => boolean = () => false,
+  ) {
     const allocations: number[] = [];
     const reader = new FrameReader((size) => (allocations.push(size), Buffer.alloc(size)));
     const readBuf = Buffer.alloc(readSize);
@@ -426,22 +590,40 @@ describe('peer frame reader', () => {
   }
 
   it('keeps nothing pointing into a reused read buffer, however the reads are cut', () => {
-    const frames = [frame(1, Buffer.from('hello')), frame(2, Buffer.alloc(0)), frame(3, Buffer.from('x'.repeat(40))), frame(4, Buffer.from('y'.repeat(100)))];
+    const frames = [
+      frame(1, Buffer.from('hello')),
+      frame(2, Buffer.alloc(0)),
+      frame(3, Buffer.from('x'.repeat(40))),
+      frame(4, Buffer.from('y'.repeat(100))),
+    ];
     const stream = Buffer.concat(frames);
-    const want: [number, string][] = [[1, 'hello'], [2, ''], [3, 'x'.repeat(40)], [4, 'y'.repeat(100)]];
+    const want: [number, string][] = [
+      [1, 'hello'],
+      [2, ''],
+      [3, 'x'.repeat(40)],
+      [4, 'y'.repeat(100)],
+    ];
     for (let readSize = 1; readSize <= stream.length; readSize++) {
       const { seen, reader } = readThroughReusedBuffer(stream, readSize);
       assert.deepEqual(seen, want, `reads of ${readSize}`);
       assert.equal(reader.pending, 0);
       // Held back on every other read: whole frames left over are kept too.
-      assert.deepEqual(readThroughReusedBuffer(stream, readSize, (r) => r % 2 === 0).seen, want, `stalled reads of ${readSize}`);
+      assert.deepEqual(
+        readThroughReusedBuffer(stream, readSize, (r) => r % 2 === 0).seen,
+        want,
+        `stalled reads of ${readSize}`,
+      );
     }
   });
 
   it('fills a frame that spans reads in place: one allocation of exactly its size', () => {
     const payload = Buffer.alloc(200_000);
     for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
-    const stream = Buffer.concat([frame(1, Buffer.from('ab')), frame(2, payload), frame(3, Buffer.from('cd'))]);
+    const stream = Buffer.concat([
+      frame(1, Buffer.from('ab')),
+      frame(2, payload),
+      frame(3, Buffer.from('cd')),
+    ]);
     const allocations: number[] = [];
     const reader = new FrameReader((size) => (allocations.push(size), Buffer.alloc(size)));
     const readBuf = Buffer.alloc(65536);
@@ -460,7 +642,11 @@ describe('peer frame reader', () => {
     }
     assert.equal(got.length, 3);
     assert.ok(got[1].equals(payload));
-    assert.deepEqual(allocations, [w.HEADER_SIZE + payload.length], 'the big frame, once, nothing else');
+    assert.deepEqual(
+      allocations,
+      [w.HEADER_SIZE + payload.length],
+      'the big frame, once, nothing else',
+    );
     assert.equal(got[1].byteOffset, w.HEADER_SIZE, 'the payload is a view of that frame buffer');
     assert.equal(got[2].toString(), 'cd');
   });

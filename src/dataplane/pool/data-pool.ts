@@ -10,9 +10,21 @@ import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { logger } from '../../common/log.js';
 import type { ReadRemote, WriteRemote } from '../replication/block-placement.js';
-import { MAX_TARGETS, SPARE_CANDIDATES, type PeerIdentityForTasks, type PeerTarget, type WriteTargets } from '../replication/placement.js';
 import {
-  BATCH, type ReadBatchResult, type ReadBatchTask, type RemoteTargets, type WorkerSetup, type WriteBatchResult, type WriteBatchTask,
+  MAX_TARGETS,
+  SPARE_CANDIDATES,
+  type PeerIdentityForTasks,
+  type PeerTarget,
+  type WriteTargets,
+} from '../replication/placement.js';
+import {
+  BATCH,
+  type ReadBatchResult,
+  type ReadBatchTask,
+  type RemoteTargets,
+  type WorkerSetup,
+  type WriteBatchResult,
+  type WriteBatchTask,
 } from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
 
@@ -53,7 +65,13 @@ export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
-  readonly replicationStats: PoolReplicationStats = { remoteReads: 0, hedgedReads: 0, replicaRepairs: 0, placedElsewhere: 0, fullRefusals: 0 };
+  readonly replicationStats: PoolReplicationStats = {
+    remoteReads: 0,
+    hedgedReads: 0,
+    replicaRepairs: 0,
+    placedElsewhere: 0,
+    fullRefusals: 0,
+  };
   /** Peers already logged as full (once per peer, not per block or batch). */
   private readonly loggedFull = new Set<string>();
 
@@ -62,7 +80,11 @@ export class DataPool {
    * idle worker should take the next one); more in a cluster, where
    * replicated tasks wait on peers and several should share a worker.
    */
-  constructor(setup: WorkerSetup, threads = Math.max(1, Math.min(4, availableParallelism())), tasksPerWorker = 1) {
+  constructor(
+    setup: WorkerSetup,
+    threads = Math.max(1, Math.min(4, availableParallelism())),
+    tasksPerWorker = 1,
+  ) {
     this.pool = new Piscina({
       filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
       workerData: setup,
@@ -88,8 +110,13 @@ export class DataPool {
    * (the placement's placeWrites). The result is per block, in request order.
    */
   async writeBlocks(
-    volumeId: number, generation: number, key: Uint8Array | null,
-    cacheSlots: readonly number[], storeSlots: readonly number[], indices: readonly number[], remote?: WriteRemote,
+    volumeId: number,
+    generation: number,
+    key: Uint8Array | null,
+    cacheSlots: readonly number[],
+    storeSlots: readonly number[],
+    indices: readonly number[],
+    remote?: WriteRemote,
   ): Promise<WrittenBlocks> {
     const tasks: WriteBatchTask[] = [];
     const runs: Promise<WriteBatchResult>[] = [];
@@ -106,7 +133,12 @@ export class DataPool {
       };
       if (remote) {
         const where = remote.targets.slice(start, end);
-        task.remote = remoteTargets(remote.identity, remote.peers, MAX_TARGETS, where.map((w) => w.remote));
+        task.remote = remoteTargets(
+          remote.identity,
+          remote.peers,
+          MAX_TARGETS,
+          where.map((w) => w.remote),
+        );
         task.remote.spares = sparesFor(where, task.storeSlots, task.remote.targets);
       }
       tasks.push(task);
@@ -115,7 +147,11 @@ export class DataPool {
     const results = await Promise.all(runs);
     const written = new WrittenBlocks(cacheSlots.length, remote);
     for (let b = 0; b < results.length; b++) {
-      this.replicationStats.placedElsewhere += written.record(b * BATCH, results[b], tasks[b].remote);
+      this.replicationStats.placedElsewhere += written.record(
+        b * BATCH,
+        results[b],
+        tasks[b].remote,
+      );
       this.noteFullPeers(results[b].fullPeers);
     }
     return written;
@@ -128,7 +164,10 @@ export class DataPool {
       this.replicationStats.fullRefusals++;
       if (this.loggedFull.has(uuid)) continue;
       this.loggedFull.add(uuid);
-      log.warn({ peer: uuid }, 'peer refused copies for lack of space: they go to the next node on the ring (logged once per peer)');
+      log.warn(
+        { peer: uuid },
+        'peer refused copies for lack of space: they go to the next node on the ring (logged once per peer)',
+      );
     }
   }
 
@@ -157,7 +196,8 @@ export class DataPool {
       list.push(r);
     }
     for (const list of byVolume.values()) {
-      for (let start = 0; start < list.length; start += BATCH) this.runReads(list.slice(start, start + BATCH));
+      for (let start = 0; start < list.length; start += BATCH)
+        this.runReads(list.slice(start, start + BATCH));
     }
   }
 
@@ -183,14 +223,21 @@ export class DataPool {
       task.hashes[2 * i + 1] = r.hashHi;
     }
     const remote = batch[0].remote;
-    if (remote) task.remote = remoteTargets(remote.identity, remote.peers, READ_STRIDE, batch.map((r) => r.remote!.candidates));
+    if (remote)
+      task.remote = remoteTargets(
+        remote.identity,
+        remote.peers,
+        READ_STRIDE,
+        batch.map((r) => r.remote!.candidates),
+      );
     this.pool.run(task).then(
       (result: ReadBatchResult) => {
         const stats = this.replicationStats;
         stats.remoteReads += result.fromPeers ?? 0;
         stats.hedgedReads += result.hedges ?? 0;
         stats.replicaRepairs += result.repairs ?? 0;
-        for (let i = 0; i < n; i++) batch[i].done(result.status[i], result.reasons[i], result.localBad?.[i] === 1);
+        for (let i = 0; i < n; i++)
+          batch[i].done(result.status[i], result.reasons[i], result.localBad?.[i] === 1);
       },
       (err: Error) => {
         for (const r of batch) r.done(3, `pool task failed: ${err.message}`);
@@ -203,7 +250,12 @@ export class DataPool {
   }
 }
 
-function remoteTargets(identity: PeerIdentityForTasks, peers: readonly PeerTarget[], stride: number, perBlock: readonly (readonly number[])[]): RemoteTargets {
+function remoteTargets(
+  identity: PeerIdentityForTasks,
+  peers: readonly PeerTarget[],
+  stride: number,
+  perBlock: readonly (readonly number[])[],
+): RemoteTargets {
   const targets = new Int16Array(perBlock.length * stride).fill(-1);
   perBlock.forEach((list, i) => {
     for (let t = 0; t < Math.min(stride, list.length); t++) targets[i * stride + t] = list[t];
@@ -217,7 +269,11 @@ function remoteTargets(identity: PeerIdentityForTasks, peers: readonly PeerTarge
  * this node whose store slot is -1 (this node's store is full) takes its
  * first spare as an extra target at once (written into `targets`).
  */
-function sparesFor(where: readonly WriteTargets[], storeSlots: Int32Array, targets: Int16Array): Int16Array {
+function sparesFor(
+  where: readonly WriteTargets[],
+  storeSlots: Int32Array,
+  targets: Int16Array,
+): Int16Array {
   const spares = new Int16Array(where.length * SPARE_CANDIDATES).fill(-1);
   for (let i = 0; i < where.length; i++) {
     const { local, remote, spare } = where[i];
@@ -226,7 +282,8 @@ function sparesFor(where: readonly WriteTargets[], storeSlots: Int32Array, targe
       targets[i * MAX_TARGETS + remote.length] = spare[0];
       from = 1;
     }
-    for (let k = 0; k < Math.min(SPARE_CANDIDATES, spare.length - from); k++) spares[i * SPARE_CANDIDATES + k] = spare[from + k];
+    for (let k = 0; k < Math.min(SPARE_CANDIDATES, spare.length - from); k++)
+      spares[i * SPARE_CANDIDATES + k] = spare[from + k];
   }
   return spares;
 }

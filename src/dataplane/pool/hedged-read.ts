@@ -31,7 +31,14 @@ import type { PeerTarget } from '../replication/placement.js';
 import { GET_TIMEOUT_MS, peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { refAad, type WorkerSealer } from './sealing.js';
-import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED, type ReadBatchResult, type ReadBatchTask, type RemoteTargets } from './tasks.js';
+import {
+  READ_CHECKSUM_MISMATCH,
+  READ_OK,
+  READ_OPEN_FAILED,
+  type ReadBatchResult,
+  type ReadBatchTask,
+  type RemoteTargets,
+} from './tasks.js';
 
 export interface HedgedReadDeps {
   hash: Hasher;
@@ -123,7 +130,8 @@ export class HedgedRead {
   private ranks(now: number): Uint8Array {
     const rank = new Uint8Array(this.health.length);
     let fastest = Infinity;
-    for (const h of this.health) if (!h.penalized(now) && h.srtt > 0 && h.srtt < fastest) fastest = h.srtt;
+    for (const h of this.health)
+      if (!h.penalized(now) && h.srtt > 0 && h.srtt < fastest) fastest = h.srtt;
     for (let p = 0; p < this.health.length; p++) {
       const h = this.health[p];
       rank[p] = h.penalized(now) ? 2 : h.srtt > 2 * fastest + 1 ? 1 : 0;
@@ -148,7 +156,11 @@ export class HedgedRead {
   }
 
   private ref(i: number): BlockRef {
-    return { volumeId: this.task.volumeId, generation: this.task.generations[i], index: this.task.indices[i] };
+    return {
+      volumeId: this.task.volumeId,
+      generation: this.task.generations[i],
+      index: this.task.indices[i],
+    };
   }
 
   /** Ask block i's next candidate. False when there is none left. */
@@ -197,7 +209,14 @@ export class HedgedRead {
     if (sealer) {
       try {
         const generation = this.task.generations[i];
-        sealer.open(block.data, dest, block.nonce, block.tag, refAad(this.task.volumeId, generation, this.task.indices[i]), generation);
+        sealer.open(
+          block.data,
+          dest,
+          block.nonce,
+          block.tag,
+          refAad(this.task.volumeId, generation, this.task.indices[i]),
+          generation,
+        );
       } catch (err) {
         this.note(i, `${target.uuid}: ${(err as Error).message}`);
         this.result.status[i] = READ_OPEN_FAILED;
@@ -257,7 +276,8 @@ export class HedgedRead {
   /** One timer per batch, at the earliest hedge due. */
   private arm(): void {
     let at = Infinity;
-    for (let i = 0; i < this.n; i++) if (!this.settled[i] && this.hedgeAt[i] < at) at = this.hedgeAt[i];
+    for (let i = 0; i < this.n; i++)
+      if (!this.settled[i] && this.hedgeAt[i] < at) at = this.hedgeAt[i];
     if (at === Infinity || (this.timer && at >= this.timerAt)) return;
     clearTimeout(this.timer);
     this.timerAt = at;
@@ -287,13 +307,24 @@ export class HedgedRead {
    */
   private repair(i: number, peer: number, good: WireBlock): void {
     const target: PeerTarget = this.remote.peers[peer];
-    const copy: WireBlock = { ref: this.ref(i), flags: good.flags, hashLo: this.task.hashes[2 * i], hashHi: this.task.hashes[2 * i + 1], nonce: good.nonce, tag: good.tag, data: good.data };
+    const copy: WireBlock = {
+      ref: this.ref(i),
+      flags: good.flags,
+      hashLo: this.task.hashes[2 * i],
+      hashHi: this.task.hashes[2 * i + 1],
+      nonce: good.nonce,
+      tag: good.tag,
+      data: good.data,
+    };
     this.repairing.push(
       peerClient(this.remote.identity, target)
         .putBlocks([copy], { timeoutMs: REPAIR_TIMEOUT_MS })
         .then(
           () => void this.repairs++,
-          (err: Error) => this.deps.warn(`repairing block ${this.task.volumeId}/${copy.ref.generation}/${copy.ref.index} on ${target.uuid} failed: ${err.message}`),
+          (err: Error) =>
+            this.deps.warn(
+              `repairing block ${this.task.volumeId}/${copy.ref.generation}/${copy.ref.index} on ${target.uuid} failed: ${err.message}`,
+            ),
         ),
     );
   }

@@ -40,10 +40,16 @@ interface Peer {
   target: PeerTarget;
 }
 
-async function startPeer(options: { capacityBytes?: number; wrap?: (b: MemoryPeerBackend) => PeerBlockBackend } = {}): Promise<Peer> {
+async function startPeer(
+  options: { capacityBytes?: number; wrap?: (b: MemoryPeerBackend) => PeerBlockBackend } = {},
+): Promise<Peer> {
   const uuid = randomUUID();
   const backend = new MemoryPeerBackend({ uuid, capacityBytes: options.capacityBytes });
-  const server = new PeerServer(options.wrap ? options.wrap(backend) : backend, { clusterId: CLUSTER, nodeId: uuid, log: quiet });
+  const server = new PeerServer(options.wrap ? options.wrap(backend) : backend, {
+    clusterId: CLUSTER,
+    nodeId: uuid,
+    log: quiet,
+  });
   const { port } = await server.listen('127.0.0.1', 0);
   return { uuid, backend, server, port, target: { uuid, host: '127.0.0.1', port } };
 }
@@ -72,231 +78,336 @@ describe('PeerHealth: what a worker remembers of a peer', () => {
   });
 });
 
-describe('pool workers: reads past slow or bad replicas, writes past full ones', { timeout: 60_000 }, () => {
-  let root: string;
-  let store: LocalSlotStore;
-  let cache: SharedArrayBuffer;
-  let hash: Hasher;
-  const data: Buffer[] = [];
-  const hashes: { lo: number; hi: number }[] = [];
+describe(
+  'pool workers: reads past slow or bad replicas, writes past full ones',
+  { timeout: 60_000 },
+  () => {
+    let root: string;
+    let store: LocalSlotStore;
+    let cache: SharedArrayBuffer;
+    let hash: Hasher;
+    const data: Buffer[] = [];
+    const hashes: { lo: number; hi: number }[] = [];
 
-  before(async () => {
-    root = await mkdtemp(join(tmpdir(), 'torus-pool-replication-'));
-    await LocalSlotStore.create(join(root, 'store'), { blockSize: BS, capacityBytes: 2 * BLOCKS * BS });
-    store = await LocalSlotStore.open(join(root, 'store'));
-    cache = new SharedArrayBuffer(BLOCKS * BS);
-    hash = await hasher();
-    for (let i = 0; i < BLOCKS; i++) {
-      data.push(blockBytes(i, BS));
-      hashes.push(hash.hash64(data[i]));
-    }
-  });
-  after(async () => {
-    await store.close();
-    await rm(root, { recursive: true, force: true });
-  });
+    before(async () => {
+      root = await mkdtemp(join(tmpdir(), 'torus-pool-replication-'));
+      await LocalSlotStore.create(join(root, 'store'), {
+        blockSize: BS,
+        capacityBytes: 2 * BLOCKS * BS,
+      });
+      store = await LocalSlotStore.open(join(root, 'store'));
+      cache = new SharedArrayBuffer(BLOCKS * BS);
+      hash = await hasher();
+      for (let i = 0; i < BLOCKS; i++) {
+        data.push(blockBytes(i, BS));
+        hashes.push(hash.hash64(data[i]));
+      }
+    });
+    after(async () => {
+      await store.close();
+      await rm(root, { recursive: true, force: true });
+    });
 
-  function newPool(): DataPool {
-    // Closed by each test before its peers: the workers' connections go with it, so servers need not wait out their drain.
-    return new DataPool({ cache, blockSize: BS, records: store.records, dataPath: store.dataPath, slotsPath: store.slotsPath }, 2, 4);
-  }
-
-  async function fill(peer: Peer): Promise<void> {
-    for (let i = 0; i < BLOCKS; i += 16) {
-      await peer.backend.putBlocks(
-        data.slice(i, i + 16).map((bytes, k) => ({ ref: { volumeId: VOLUME, generation: GENERATION, index: i + k }, flags: 0, hashLo: hashes[i + k].lo, hashHi: hashes[i + k].hi, nonce: Buffer.alloc(12), tag: Buffer.alloc(16), data: bytes })),
+    function newPool(): DataPool {
+      // Closed by each test before its peers: the workers' connections go with it, so servers need not wait out their drain.
+      return new DataPool(
+        {
+          cache,
+          blockSize: BS,
+          records: store.records,
+          dataPath: store.dataPath,
+          slotsPath: store.slotsPath,
+        },
+        2,
+        4,
       );
     }
-  }
 
-  /** Read every block into cache slot = index, from `peers` in that order; resolves with the statuses. */
-  async function readAll(pool: DataPool, peers: PeerTarget[]): Promise<number[]> {
-    new Uint8Array(cache).fill(0);
-    const statuses = await Promise.all(
-      Array.from({ length: BLOCKS }, (_, i) =>
-        new Promise<number>((resolve) => {
-          const request: ReadRequest = {
-            volumeId: VOLUME,
-            key: null,
-            cacheSlot: i,
-            storeSlot: -1,
-            generation: GENERATION,
-            index: i,
-            hashLo: hashes[i].lo,
-            hashHi: hashes[i].hi,
-            remote: { identity, peers, candidates: peers.map((_, k) => k) },
-            done: (status) => resolve(status),
-          };
-          pool.read(request);
-        }),
-      ),
-    );
-    return statuses;
-  }
-
-  function assertAllRead(statuses: number[]): void {
-    assert.deepEqual(statuses.filter((s) => s !== READ_OK), [], 'every block read');
-    const bytes = Buffer.from(cache);
-    for (let i = 0; i < BLOCKS; i++) assert.ok(bytes.subarray(i * BS, (i + 1) * BS).equals(data[i]), `block ${i} intact`);
-  }
-
-  test('a first replica that takes requests and never answers them costs a hedge delay, not a deadline per block', async () => {
-    let release!: () => void;
-    const frozen = await startPeer({ wrap: (b) => Object.assign(new FaultLayer(b), { gate: new Promise<void>((r) => (release = r)) }) });
-    const good = await startPeer();
-    await fill(frozen);
-    await fill(good);
-    const pool = newPool();
-    try {
-      assertAllRead(await readAll(pool, [good.target])); // workers started, connections made
-      const started = performance.now();
-      const statuses = await readAll(pool, [frozen.target, good.target]);
-      const ms = performance.now() - started;
-      assertAllRead(statuses);
-      const hedged = pool.replicationStats.hedgedReads;
-      process.stdout.write(`# ${BLOCKS} blocks with the first replica frozen (connected): ${ms.toFixed(0)} ms, ${hedged} hedged gets\n`);
-      assert.ok(ms < 2000, `${BLOCKS} blocks took ${ms.toFixed(0)} ms with a frozen replica (bound 2 s)`);
-      assert.ok(hedged > 0, 'the good replica was asked as a hedge');
-      assert.equal(pool.replicationStats.remoteReads, 2 * BLOCKS);
-      // Again, at once: the frozen peer is tried last now (figure only: how soon "at once" is depends on the machine).
-      const again = performance.now();
-      assertAllRead(await readAll(pool, [frozen.target, good.target]));
-      process.stdout.write(`# again: ${(performance.now() - again).toFixed(0)} ms, ${pool.replicationStats.hedgedReads - hedged} hedged gets\n`);
-    } finally {
-      release();
-      await pool.close();
-      await frozen.server.close();
-      await good.server.close();
-    }
-  });
-
-  test('a first replica that accepts the connection and never says HELLO is hedged around too', async () => {
-    const silent = await silentServer();
-    const good = await startPeer();
-    await fill(good);
-    const pool = newPool();
-    try {
-      assertAllRead(await readAll(pool, [good.target])); // workers started
-      const started = performance.now();
-      const statuses = await readAll(pool, [{ uuid: randomUUID(), host: '127.0.0.1', port: silent.port }, good.target]);
-      const ms = performance.now() - started;
-      assertAllRead(statuses);
-      process.stdout.write(`# ${BLOCKS} blocks with the first replica silent (no HELLO): ${ms.toFixed(0)} ms\n`);
-      assert.ok(ms < 2000, `${BLOCKS} blocks took ${ms.toFixed(0)} ms with a silent replica (bound 2 s)`);
-    } finally {
-      await pool.close();
-      await silent.close();
-      await good.server.close();
-    }
-  });
-
-  test('a replica that returns a bad copy is skipped, and sent the good one', async () => {
-    const damaged = [3, 100, 255];
-    const bad = await startPeer();
-    // The good copies of damaged blocks come late, so the bad ones are seen even on a loaded machine (where a hedge may ask both at once).
-    const good = await startPeer({ wrap: (b) => Object.assign(new FaultLayer(b), { delay: (op: string, ref?: { index: number }) => (op === 'get' && damaged.includes(ref!.index) ? 200 : 0) }) });
-    await fill(bad);
-    await fill(good);
-    for (const index of damaged) {
-      // The memory backend hands out its stored block itself: flip a bit of it, as a disk would.
-      const stored = (await bad.backend.getBlock({ volumeId: VOLUME, generation: GENERATION, index }))!;
-      stored.data[17] ^= 0x40;
-    }
-    const pool = newPool();
-    try {
-      assertAllRead(await readAll(pool, [bad.target, good.target]));
-      assert.equal(pool.replicationStats.replicaRepairs, damaged.length);
-      for (const index of damaged) {
-        const deadline = Date.now() + 5000;
-        for (;;) {
-          const copy = await bad.backend.getBlock({ volumeId: VOLUME, generation: GENERATION, index });
-          if (copy && Buffer.from(copy.data).equals(data[index])) break;
-          assert.ok(Date.now() < deadline, `block ${index} repaired on the bad replica within 5 s`);
-          await sleep(10);
-        }
+    async function fill(peer: Peer): Promise<void> {
+      for (let i = 0; i < BLOCKS; i += 16) {
+        await peer.backend.putBlocks(
+          data.slice(i, i + 16).map((bytes, k) => ({
+            ref: { volumeId: VOLUME, generation: GENERATION, index: i + k },
+            flags: 0,
+            hashLo: hashes[i + k].lo,
+            hashHi: hashes[i + k].hi,
+            nonce: Buffer.alloc(12),
+            tag: Buffer.alloc(16),
+            data: bytes,
+          })),
+        );
       }
-    } finally {
-      await pool.close();
-      await bad.server.close();
-      await good.server.close();
     }
-  });
 
-  test('a local copy that fails its checksum is served from a replica and reported as bad', async () => {
-    const good = await startPeer();
-    await fill(good);
-    const index = 7;
-    const slot = store.allocate();
-    const junk = Buffer.from(data[index]);
-    junk[100] ^= 0x01; // as a disk's flipped bit would
-    await store.writeBlock(slot, { volumeId: VOLUME, generation: GENERATION, index }, junk, 0);
-    const pool = newPool();
-    try {
+    /** Read every block into cache slot = index, from `peers` in that order; resolves with the statuses. */
+    async function readAll(pool: DataPool, peers: PeerTarget[]): Promise<number[]> {
       new Uint8Array(cache).fill(0);
-      const outcome = await new Promise<{ status: number; localBad?: boolean }>((resolve) =>
-        pool.read({
+      const statuses = await Promise.all(
+        Array.from(
+          { length: BLOCKS },
+          (_, i) =>
+            new Promise<number>((resolve) => {
+              const request: ReadRequest = {
+                volumeId: VOLUME,
+                key: null,
+                cacheSlot: i,
+                storeSlot: -1,
+                generation: GENERATION,
+                index: i,
+                hashLo: hashes[i].lo,
+                hashHi: hashes[i].hi,
+                remote: { identity, peers, candidates: peers.map((_, k) => k) },
+                done: (status) => resolve(status),
+              };
+              pool.read(request);
+            }),
+        ),
+      );
+      return statuses;
+    }
+
+    function assertAllRead(statuses: number[]): void {
+      assert.deepEqual(
+        statuses.filter((s) => s !== READ_OK),
+        [],
+        'every block read',
+      );
+      const bytes = Buffer.from(cache);
+      for (let i = 0; i < BLOCKS; i++)
+        assert.ok(bytes.subarray(i * BS, (i + 1) * BS).equals(data[i]), `block ${i} intact`);
+    }
+
+    test('a first replica that takes requests and never answers them costs a hedge delay, not a deadline per block', async () => {
+      let release!: () => void;
+      const frozen = await startPeer({
+        wrap: (b) =>
+          Object.assign(new FaultLayer(b), { gate: new Promise<void>((r) => (release = r)) }),
+      });
+      const good = await startPeer();
+      await fill(frozen);
+      await fill(good);
+      const pool = newPool();
+      try {
+        assertAllRead(await readAll(pool, [good.target])); // workers started, connections made
+        const started = performance.now();
+        const statuses = await readAll(pool, [frozen.target, good.target]);
+        const ms = performance.now() - started;
+        assertAllRead(statuses);
+        const hedged = pool.replicationStats.hedgedReads;
+        process.stdout.write(
+          `# ${BLOCKS} blocks with the first replica frozen (connected): ${ms.toFixed(0)} ms, ${hedged} hedged gets\n`,
+        );
+        assert.ok(
+          ms < 2000,
+          `${BLOCKS} blocks took ${ms.toFixed(0)} ms with a frozen replica (bound 2 s)`,
+        );
+        assert.ok(hedged > 0, 'the good replica was asked as a hedge');
+        assert.equal(pool.replicationStats.remoteReads, 2 * BLOCKS);
+        // Again, at once: the frozen peer is tried last now (figure only: how soon "at once" is depends on the machine).
+        const again = performance.now();
+        assertAllRead(await readAll(pool, [frozen.target, good.target]));
+        process.stdout.write(
+          `# again: ${(performance.now() - again).toFixed(0)} ms, ${pool.replicationStats.hedgedReads - hedged} hedged gets\n`,
+        );
+      } finally {
+        release();
+        await pool.close();
+        await frozen.server.close();
+        await good.server.close();
+      }
+    });
+
+    test('a first replica that accepts the connection and never says HELLO is hedged around too', async () => {
+      const silent = await silentServer();
+      const good = await startPeer();
+      await fill(good);
+      const pool = newPool();
+      try {
+        assertAllRead(await readAll(pool, [good.target])); // workers started
+        const started = performance.now();
+        const statuses = await readAll(pool, [
+          { uuid: randomUUID(), host: '127.0.0.1', port: silent.port },
+          good.target,
+        ]);
+        const ms = performance.now() - started;
+        assertAllRead(statuses);
+        process.stdout.write(
+          `# ${BLOCKS} blocks with the first replica silent (no HELLO): ${ms.toFixed(0)} ms\n`,
+        );
+        assert.ok(
+          ms < 2000,
+          `${BLOCKS} blocks took ${ms.toFixed(0)} ms with a silent replica (bound 2 s)`,
+        );
+      } finally {
+        await pool.close();
+        await silent.close();
+        await good.server.close();
+      }
+    });
+
+    test('a replica that returns a bad copy is skipped, and sent the good one', async () => {
+      const damaged = [3, 100, 255];
+      const bad = await startPeer();
+      // The good copies of damaged blocks come late, so the bad ones are seen even on a loaded machine (where a hedge may ask both at once).
+      const good = await startPeer({
+        wrap: (b) =>
+          Object.assign(new FaultLayer(b), {
+            delay: (op: string, ref?: { index: number }) =>
+              op === 'get' && damaged.includes(ref!.index) ? 200 : 0,
+          }),
+      });
+      await fill(bad);
+      await fill(good);
+      for (const index of damaged) {
+        // The memory backend hands out its stored block itself: flip a bit of it, as a disk would.
+        const stored = (await bad.backend.getBlock({
           volumeId: VOLUME,
-          key: null,
-          cacheSlot: index,
-          storeSlot: slot,
           generation: GENERATION,
           index,
-          hashLo: hashes[index].lo,
-          hashHi: hashes[index].hi,
-          remote: { identity, peers: [good.target], candidates: [0] },
-          done: (status, _reason, localBad) => resolve({ status, localBad }),
-        }),
-      );
-      assert.equal(outcome.status, READ_OK, 'served from the replica');
-      assert.equal(outcome.localBad, true, 'the local copy is reported bad');
-      assert.ok(Buffer.from(cache).subarray(index * BS, (index + 1) * BS).equals(data[index]), 'the good bytes');
-    } finally {
-      store.release({ volumeId: VOLUME, generation: GENERATION, index });
-      await pool.close();
-      await good.server.close();
-    }
-  });
-
-  test('copies a full peer refuses go to the next ring candidate, and so do copies this node has no room for', async () => {
-    const full = await startPeer({ capacityBytes: 0 });
-    const others = [await startPeer(), await startPeer(), await startPeer()];
-    const all = [full, ...others];
-    const localUuid = identity.nodeId;
-    const ring: RingDescription = { version: 1, type: 'ketama', replication: 2, members: [localUuid, ...all.map((p) => p.uuid)].map((uuid) => ({ uuid, weight: 1 << 30 })) };
-    const placement = new ClusterPlacement(localUuid, identity);
-    placement.update(ring, [{ uuid: localUuid, address: '127.0.0.1:1' }, ...all.map((p) => ({ uuid: p.uuid, address: `127.0.0.1:${p.port}` }))]);
-    const pool = newPool();
-    const cacheBytes = new Uint8Array(cache);
-    for (let i = 0; i < BLOCKS; i++) cacheBytes.set(data[i], i * BS);
-    try {
-      // Every block placement wants here finds this node's store "full" (slot -1).
-      const where = Array.from({ length: BLOCKS }, (_, i) => placement.writeTargets(VOLUME, i));
-      const results = await pool.writeBlocks(VOLUME, GENERATION, null, [...Array(BLOCKS).keys()], Array(BLOCKS).fill(-1), [...Array(BLOCKS).keys()], { identity, peers: placement.peers, targets: where });
-      let viaFull = 0;
-      let viaLocal = 0;
-      for (let i = 0; i < BLOCKS; i++) {
-        const holders = results.peers(i);
-        assert.equal(new Set(holders).size, 2, `block ${i}: two copies on two peers (${holders.join(', ')})`);
-        assert.ok(!holders.includes(full.uuid), `block ${i}: nothing on the full peer`);
-        for (const uuid of holders) {
-          const peer = all.find((p) => p.uuid === uuid)!;
-          const block = await peer.backend.getBlock({ volumeId: VOLUME, generation: GENERATION, index: i });
-          assert.ok(block && Buffer.from(block.data).equals(data[i]), `block ${i} stored on ${uuid}`);
-        }
-        if (where[i].remote.some((p) => placement.peers[p].uuid === full.uuid)) viaFull++;
-        if (where[i].local) viaLocal++;
-        // Anything stored beyond the targets is on the block's read candidates.
-        const candidates = placement.readCandidates(VOLUME, i).remote.map((p) => placement.peers[p].uuid);
-        for (const uuid of holders) assert.ok(candidates.includes(uuid), `block ${i}: ${uuid} is a read candidate`);
+        }))!;
+        stored.data[17] ^= 0x40;
       }
-      assert.ok(viaFull > 0 && viaLocal > 0, `the ring put some blocks on the full peer (${viaFull}) and here (${viaLocal})`);
-      assert.equal(pool.replicationStats.placedElsewhere, viaFull + viaLocal);
-      assert.ok(pool.replicationStats.fullRefusals >= 1);
-      assert.deepEqual(results.failures, []);
-      assert.equal(full.backend.size, 0);
-    } finally {
-      await pool.close();
-      for (const p of all) await p.server.close();
-    }
-  });
-});
+      const pool = newPool();
+      try {
+        assertAllRead(await readAll(pool, [bad.target, good.target]));
+        assert.equal(pool.replicationStats.replicaRepairs, damaged.length);
+        for (const index of damaged) {
+          const deadline = Date.now() + 5000;
+          for (;;) {
+            const copy = await bad.backend.getBlock({
+              volumeId: VOLUME,
+              generation: GENERATION,
+              index,
+            });
+            if (copy && Buffer.from(copy.data).equals(data[index])) break;
+            assert.ok(
+              Date.now() < deadline,
+              `block ${index} repaired on the bad replica within 5 s`,
+            );
+            await sleep(10);
+          }
+        }
+      } finally {
+        await pool.close();
+        await bad.server.close();
+        await good.server.close();
+      }
+    });
+
+    test('a local copy that fails its checksum is served from a replica and reported as bad', async () => {
+      const good = await startPeer();
+      await fill(good);
+      const index = 7;
+      const slot = store.allocate();
+      const junk = Buffer.from(data[index]);
+      junk[100] ^= 0x01; // as a disk's flipped bit would
+      await store.writeBlock(slot, { volumeId: VOLUME, generation: GENERATION, index }, junk, 0);
+      const pool = newPool();
+      try {
+        new Uint8Array(cache).fill(0);
+        const outcome = await new Promise<{ status: number; localBad?: boolean }>((resolve) =>
+          pool.read({
+            volumeId: VOLUME,
+            key: null,
+            cacheSlot: index,
+            storeSlot: slot,
+            generation: GENERATION,
+            index,
+            hashLo: hashes[index].lo,
+            hashHi: hashes[index].hi,
+            remote: { identity, peers: [good.target], candidates: [0] },
+            done: (status, _reason, localBad) => resolve({ status, localBad }),
+          }),
+        );
+        assert.equal(outcome.status, READ_OK, 'served from the replica');
+        assert.equal(outcome.localBad, true, 'the local copy is reported bad');
+        assert.ok(
+          Buffer.from(cache)
+            .subarray(index * BS, (index + 1) * BS)
+            .equals(data[index]),
+          'the good bytes',
+        );
+      } finally {
+        store.release({ volumeId: VOLUME, generation: GENERATION, index });
+        await pool.close();
+        await good.server.close();
+      }
+    });
+
+    test('copies a full peer refuses go to the next ring candidate, and so do copies this node has no room for', async () => {
+      const full = await startPeer({ capacityBytes: 0 });
+      const others = [await startPeer(), await startPeer(), await startPeer()];
+      const all = [full, ...others];
+      const localUuid = identity.nodeId;
+      const ring: RingDescription = {
+        version: 1,
+        type: 'ketama',
+        replication: 2,
+        members: [localUuid, ...all.map((p) => p.uuid)].map((uuid) => ({ uuid, weight: 1 << 30 })),
+      };
+      const placement = new ClusterPlacement(localUuid, identity);
+      placement.update(ring, [
+        { uuid: localUuid, address: '127.0.0.1:1' },
+        ...all.map((p) => ({ uuid: p.uuid, address: `127.0.0.1:${p.port}` })),
+      ]);
+      const pool = newPool();
+      const cacheBytes = new Uint8Array(cache);
+      for (let i = 0; i < BLOCKS; i++) cacheBytes.set(data[i], i * BS);
+      try {
+        // Every block placement wants here finds this node's store "full" (slot -1).
+        const where = Array.from({ length: BLOCKS }, (_, i) => placement.writeTargets(VOLUME, i));
+        const results = await pool.writeBlocks(
+          VOLUME,
+          GENERATION,
+          null,
+          [...Array(BLOCKS).keys()],
+          Array(BLOCKS).fill(-1),
+          [...Array(BLOCKS).keys()],
+          { identity, peers: placement.peers, targets: where },
+        );
+        let viaFull = 0;
+        let viaLocal = 0;
+        for (let i = 0; i < BLOCKS; i++) {
+          const holders = results.peers(i);
+          assert.equal(
+            new Set(holders).size,
+            2,
+            `block ${i}: two copies on two peers (${holders.join(', ')})`,
+          );
+          assert.ok(!holders.includes(full.uuid), `block ${i}: nothing on the full peer`);
+          for (const uuid of holders) {
+            const peer = all.find((p) => p.uuid === uuid)!;
+            const block = await peer.backend.getBlock({
+              volumeId: VOLUME,
+              generation: GENERATION,
+              index: i,
+            });
+            assert.ok(
+              block && Buffer.from(block.data).equals(data[i]),
+              `block ${i} stored on ${uuid}`,
+            );
+          }
+          if (where[i].remote.some((p) => placement.peers[p].uuid === full.uuid)) viaFull++;
+          if (where[i].local) viaLocal++;
+          // Anything stored beyond the targets is on the block's read candidates.
+          const candidates = placement
+            .readCandidates(VOLUME, i)
+            .remote.map((p) => placement.peers[p].uuid);
+          for (const uuid of holders)
+            assert.ok(candidates.includes(uuid), `block ${i}: ${uuid} is a read candidate`);
+        }
+        assert.ok(
+          viaFull > 0 && viaLocal > 0,
+          `the ring put some blocks on the full peer (${viaFull}) and here (${viaLocal})`,
+        );
+        assert.equal(pool.replicationStats.placedElsewhere, viaFull + viaLocal);
+        assert.ok(pool.replicationStats.fullRefusals >= 1);
+        assert.deepEqual(results.failures, []);
+        assert.equal(full.backend.size, 0);
+      } finally {
+        await pool.close();
+        for (const p of all) await p.server.close();
+      }
+    });
+  },
+);

@@ -7,8 +7,22 @@ import { runInNewContext } from 'node:vm';
 import { BlockSealer } from '../crypto/block-sealer.js';
 
 export interface WorkerSealer {
-  seal(plain: Uint8Array, out: Uint8Array, nonceOut: Uint8Array, tagOut: Uint8Array, aad: Uint8Array, generation: number): void;
-  open(sealed: Uint8Array, out: Uint8Array, nonce: Uint8Array, tag: Uint8Array, aad: Uint8Array, generation: number): void;
+  seal(
+    plain: Uint8Array,
+    out: Uint8Array,
+    nonceOut: Uint8Array,
+    tagOut: Uint8Array,
+    aad: Uint8Array,
+    generation: number,
+  ): void;
+  open(
+    sealed: Uint8Array,
+    out: Uint8Array,
+    nonce: Uint8Array,
+    tag: Uint8Array,
+    aad: Uint8Array,
+    generation: number,
+  ): void;
 }
 
 const aad = new Uint8Array(16);

@@ -7,7 +7,15 @@ import { openSync, readSync, writeSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
 import { hasher } from '../blocks/hash.js';
 import { isAllZero } from '../blocks/hash.js';
-import { OFF_NONCE, OFF_TAG, NONCE_SIZE, RECORD_SEALED, RECORD_SIZE, TAG_SIZE, fillRecord } from '../blocks/record.js';
+import {
+  OFF_NONCE,
+  OFF_TAG,
+  NONCE_SIZE,
+  RECORD_SEALED,
+  RECORD_SIZE,
+  TAG_SIZE,
+  fillRecord,
+} from '../blocks/record.js';
 import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '../peer/errors.js';
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
@@ -16,8 +24,17 @@ import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import {
-  READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK, READ_OPEN_FAILED,
-  type PoolTask, type ReadBatchResult, type ReadBatchTask, type RemoteTargets, type WorkerSetup, type WriteBatchResult, type WriteBatchTask,
+  READ_CHECKSUM_MISMATCH,
+  READ_IO_ERROR,
+  READ_OK,
+  READ_OPEN_FAILED,
+  type PoolTask,
+  type ReadBatchResult,
+  type ReadBatchTask,
+  type RemoteTargets,
+  type WorkerSetup,
+  type WriteBatchResult,
+  type WriteBatchTask,
 } from './tasks.js';
 
 const setup = workerData as WorkerSetup;
@@ -44,13 +61,21 @@ interface Staging {
 }
 const freeStaging: Staging[] = [];
 function takeStaging(blocks: number, sealed: boolean): Staging {
-  const staging = freeStaging.pop() ?? { ciphertext: new Uint8Array(0), nonces: new Uint8Array(64 * NONCE_SIZE), tags: new Uint8Array(64 * TAG_SIZE) };
-  if (sealed && staging.ciphertext.length < blocks * blockSize) staging.ciphertext = new Uint8Array(blocks * blockSize);
+  const staging = freeStaging.pop() ?? {
+    ciphertext: new Uint8Array(0),
+    nonces: new Uint8Array(64 * NONCE_SIZE),
+    tags: new Uint8Array(64 * TAG_SIZE),
+  };
+  if (sealed && staging.ciphertext.length < blocks * blockSize)
+    staging.ciphertext = new Uint8Array(blocks * blockSize);
   return staging;
 }
 
-export default function handle(task: PoolTask): WriteBatchResult | ReadBatchResult | Promise<WriteBatchResult | ReadBatchResult> {
-  if (task.op === 'write') return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
+export default function handle(
+  task: PoolTask,
+): WriteBatchResult | ReadBatchResult | Promise<WriteBatchResult | ReadBatchResult> {
+  if (task.op === 'write')
+    return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
   return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);
 }
 
@@ -60,7 +85,8 @@ function cacheBlock(slot: number): Uint8Array {
 
 function pwriteAll(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
-  while (done < bytes.length) done += writeSync(fd, bytes, done, bytes.length - done, position + done);
+  while (done < bytes.length)
+    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
 }
 
 function preadAll(fd: number, bytes: Uint8Array, position: number): void {
@@ -110,7 +136,10 @@ function writeBatch(task: WriteBatchTask): WriteBatchResult {
  * one putBlocks per peer for the whole batch. `acked` says where each block
  * landed; the volume decides what is enough.
  */
-async function writeBatchReplicated(task: WriteBatchTask, remote: RemoteTargets): Promise<WriteBatchResult> {
+async function writeBatchReplicated(
+  task: WriteBatchTask,
+  remote: RemoteTargets,
+): Promise<WriteBatchResult> {
   const staging = takeStaging(task.cacheSlots.length, task.key !== null);
   try {
     return await replicate(task, remote, staging);
@@ -119,7 +148,11 @@ async function writeBatchReplicated(task: WriteBatchTask, remote: RemoteTargets)
   }
 }
 
-async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: Staging): Promise<WriteBatchResult> {
+async function replicate(
+  task: WriteBatchTask,
+  remote: RemoteTargets,
+  staging: Staging,
+): Promise<WriteBatchResult> {
   const n = task.cacheSlots.length;
   const zero = new Uint8Array(n);
   const hashes = new Uint32Array(2 * n);
@@ -144,7 +177,14 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
     let stored = plain;
     if (sealer) {
       stored = staging.ciphertext.subarray(i * blockSize, (i + 1) * blockSize);
-      sealer.seal(plain, stored, nonce, tag, refAad(task.volumeId, task.generation, task.indices[i]), task.generation);
+      sealer.seal(
+        plain,
+        stored,
+        nonce,
+        tag,
+        refAad(task.volumeId, task.generation, task.indices[i]),
+        task.generation,
+      );
     }
     hash.hash64Into(stored, hashes, 2 * i);
     const slot = task.storeSlots[i];
@@ -152,7 +192,15 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
       storeLocally(task, i, slot, stored, sealer !== undefined, hashes, nonce, tag);
     }
     const ref = { volumeId: task.volumeId, generation: task.generation, index: task.indices[i] };
-    const block: WireBlock = { ref, flags: sealer ? RECORD_SEALED : 0, hashLo: hashes[2 * i], hashHi: hashes[2 * i + 1], nonce, tag, data: stored };
+    const block: WireBlock = {
+      ref,
+      flags: sealer ? RECORD_SEALED : 0,
+      hashLo: hashes[2 * i],
+      hashHi: hashes[2 * i + 1],
+      nonce,
+      tag,
+      data: stored,
+    };
     sent[i] = block;
     for (let t = 0; t < remote.stride; t++) {
       const peer = remote.targets[i * remote.stride + t];
@@ -185,7 +233,9 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
           // blocks or none), or dead or silent (its lease may not have lapsed
           // yet): the copies go to the next ring candidates, not missing until
           // a rebalance. Anything else is a failure of those copies.
-          const redirect = spareStride > 0 && (full || err instanceof PeerUnavailableError || err instanceof PeerTimeoutError);
+          const redirect =
+            spareStride > 0 &&
+            (full || err instanceof PeerUnavailableError || err instanceof PeerTimeoutError);
           const what = `${target.uuid} (${target.host}:${target.port}): ${(err as Error).message}`;
           if (!redirect) {
             failures.push(what);
@@ -197,7 +247,10 @@ async function replicate(task: WriteBatchTask, remote: RemoteTargets, staging: S
               healthOf(target).markUnreachable(performance.now());
               unreachable.push(what);
             }
-            for (const item of batch.items) owed[item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)]++;
+            for (const item of batch.items)
+              owed[
+                item >= 0 ? Math.floor(item / remote.stride) : Math.floor((-item - 1) / spareStride)
+              ]++;
           }
         }
       }),
@@ -254,7 +307,16 @@ function addCopy(perPeer: PerPeer, peer: number, block: WireBlock, item: number)
  * task's). nonce and tag, when given, are copied into the record; without
  * them a sealed block's record must hold them already.
  */
-function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uint8Array, sealed: boolean, hashes: Uint32Array, nonce?: Uint8Array, tag?: Uint8Array): void {
+function storeLocally(
+  task: WriteBatchTask,
+  i: number,
+  slot: number,
+  stored: Uint8Array,
+  sealed: boolean,
+  hashes: Uint32Array,
+  nonce?: Uint8Array,
+  tag?: Uint8Array,
+): void {
   const base = slot * RECORD_SIZE;
   pwriteAll(dataFd, stored, slot * blockSize);
   if (sealed && nonce && tag) {
@@ -262,7 +324,13 @@ function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uin
     records.set(tag, base + OFF_TAG);
   }
   const record = new DataView(setup.records, base, RECORD_SIZE);
-  fillRecord(record, { volumeId: task.volumeId, generation: task.generation, index: task.indices[i] }, sealed ? RECORD_SEALED : 0, hashes[2 * i], hashes[2 * i + 1]);
+  fillRecord(
+    record,
+    { volumeId: task.volumeId, generation: task.generation, index: task.indices[i] },
+    sealed ? RECORD_SEALED : 0,
+    hashes[2 * i],
+    hashes[2 * i + 1],
+  );
   hash.stampRecord(record);
   pwriteAll(slotsFd, records.subarray(base, base + RECORD_SIZE), base);
 }
@@ -272,15 +340,28 @@ function storeLocally(task: WriteBatchTask, i: number, slot: number, stored: Uin
  * the peers, hedged (hedged-read.ts): a dead, frozen or slow replica costs
  * one hedge delay for the batch, and is tried last by the next batches.
  */
-async function readBatchReplicated(task: ReadBatchTask, remote: RemoteTargets): Promise<ReadBatchResult> {
+async function readBatchReplicated(
+  task: ReadBatchTask,
+  remote: RemoteTargets,
+): Promise<ReadBatchResult> {
   const result = readBatch(task);
   // Local copies that failed their check: if a peer serves a good one, ours is bad.
   let suspect: Uint8Array | undefined;
   for (let i = 0; i < result.status.length; i++) {
-    if ((result.status[i] === READ_CHECKSUM_MISMATCH || result.status[i] === READ_OPEN_FAILED) && task.storeSlots[i] >= 0) (suspect ??= new Uint8Array(result.status.length))[i] = 1;
+    if (
+      (result.status[i] === READ_CHECKSUM_MISMATCH || result.status[i] === READ_OPEN_FAILED) &&
+      task.storeSlots[i] >= 0
+    )
+      (suspect ??= new Uint8Array(result.status.length))[i] = 1;
   }
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
-  const read = new HedgedRead(task, remote, result, { hash, blockSize, sealer, dest: (i) => cacheBlock(task.cacheSlots[i]), warn: (message) => log.warn(message) });
+  const read = new HedgedRead(task, remote, result, {
+    hash,
+    blockSize,
+    sealer,
+    dest: (i) => cacheBlock(task.cacheSlots[i]),
+    warn: (message) => log.warn(message),
+  });
   await read.run();
   result.fromPeers = read.fromPeers;
   result.hedges = read.hedges;
@@ -316,7 +397,8 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     hash.hash64Into(landing, hashOut, 0);
     if (hashOut[0] !== task.hashes[2 * i] || hashOut[1] !== task.hashes[2 * i + 1]) {
       status[i] = READ_CHECKSUM_MISMATCH;
-      reasons[i] = `stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(task.hashes[2 * i + 1], task.hashes[2 * i])}`;
+      reasons[i] =
+        `stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(task.hashes[2 * i + 1], task.hashes[2 * i])}`;
       continue;
     }
     if (sealer) {

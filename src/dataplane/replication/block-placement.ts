@@ -55,10 +55,21 @@ export interface BlockPlacement {
    * returns the remote targets, undefined when this node's store is the only
    * one. Targets and the peer table are taken together, in one tick.
    */
-  placeWrites(store: LocalSlotStore, volumeId: number, indices: readonly number[], storeSlots: number[]): WriteRemote | undefined;
+  placeWrites(
+    store: LocalSlotStore,
+    volumeId: number,
+    indices: readonly number[],
+    storeSlots: number[],
+  ): WriteRemote | undefined;
 
   /** Store a map page on the other nodes that should hold it; resolves with those that did, never rejects. */
-  putPage(ref: BlockRef, bytes: Uint8Array, hashLo: number, hashHi: number, flags: number): Promise<readonly string[]>;
+  putPage(
+    ref: BlockRef,
+    bytes: Uint8Array,
+    hashLo: number,
+    hashHi: number,
+    flags: number,
+  ): Promise<readonly string[]>;
   /** Fetch a block this node's store lacks (a map page) from another node, verified against its hash. */
   getBlock(ref: BlockRef, hashLo: number, hashHi: number, dest: Uint8Array): Promise<void>;
   /** Make the peers' copies durable; resolves with the peers that could not. */

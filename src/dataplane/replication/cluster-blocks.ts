@@ -13,14 +13,23 @@ import type { Hasher } from '../blocks/hash.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
-import type { BlockPlacement, ReadRemote, ReplicationStats, WriteRemote } from './block-placement.js';
+import type {
+  BlockPlacement,
+  ReadRemote,
+  ReplicationStats,
+  WriteRemote,
+} from './block-placement.js';
 import { ClusterPlacement, type PeerTarget, type WriteTargets } from './placement.js';
 
 export type { ReplicationStats } from './block-placement.js';
 
 export class ClusterBlocks implements BlockPlacement {
   private readonly clients = new Map<string, PeerClient>();
-  readonly stats: ReplicationStats = { underReplicatedBlocks: 0, failedPeerWrites: 0, remoteReads: 0 };
+  readonly stats: ReplicationStats = {
+    underReplicatedBlocks: 0,
+    failedPeerWrites: 0,
+    remoteReads: 0,
+  };
 
   constructor(
     readonly placement: ClusterPlacement,
@@ -38,16 +47,27 @@ export class ClusterBlocks implements BlockPlacement {
 
   readRemote(volumeId: number, index: number): ReadRemote | undefined {
     const candidates = this.placement.readCandidates(volumeId, index).remote;
-    return candidates.length > 0 ? { identity: this.placement.identity, peers: this.placement.peers, candidates } : undefined;
+    return candidates.length > 0
+      ? { identity: this.placement.identity, peers: this.placement.peers, candidates }
+      : undefined;
   }
 
   /**
    * The ring's targets per block. This node's copy gets a store slot, or -1
    * when the store is full: the pool then gives it to the block's first spare.
    */
-  placeWrites(store: LocalSlotStore, volumeId: number, indices: readonly number[], storeSlots: number[]): WriteRemote {
+  placeWrites(
+    store: LocalSlotStore,
+    volumeId: number,
+    indices: readonly number[],
+    storeSlots: number[],
+  ): WriteRemote {
     const targets: WriteTargets[] = [];
-    const remote: WriteRemote = { identity: this.placement.identity, peers: this.placement.peers, targets };
+    const remote: WriteRemote = {
+      identity: this.placement.identity,
+      peers: this.placement.peers,
+      targets,
+    };
     for (const index of indices) {
       const where = this.placement.writeTargets(volumeId, index);
       storeSlots.push(where.local ? allocateUnlessFull(store) : -1);
@@ -62,7 +82,17 @@ export class ClusterBlocks implements BlockPlacement {
     let client = this.clients.get(key);
     if (!client) {
       const { clusterId, nodeId } = this.placement.identity;
-      client = new PeerClient({ host: peer.host, port: peer.port, clusterId, nodeId, expectedNodeId: peer.uuid, getTimeoutMs: 600, connectTimeoutMs: 500, deadAfterMs: 1000, log: this.log });
+      client = new PeerClient({
+        host: peer.host,
+        port: peer.port,
+        clusterId,
+        nodeId,
+        expectedNodeId: peer.uuid,
+        getTimeoutMs: 600,
+        connectTimeoutMs: 500,
+        deadAfterMs: 1000,
+        log: this.log,
+      });
       this.clients.set(key, client);
     }
     return client;
@@ -73,7 +103,13 @@ export class ClusterBlocks implements BlockPlacement {
    * which keeps its own copy). Resolves with the uuids that stored it; never
    * rejects — the caller decides whether the copies are enough.
    */
-  async putPage(ref: BlockRef, bytes: Uint8Array, hashLo: number, hashHi: number, flags: number): Promise<string[]> {
+  async putPage(
+    ref: BlockRef,
+    bytes: Uint8Array,
+    hashLo: number,
+    hashHi: number,
+    flags: number,
+  ): Promise<string[]> {
     const { remote } = this.placement.writeTargets(ref.volumeId, ref.index);
     const peers = this.placement.peers;
     const stored: string[] = [];
@@ -81,11 +117,24 @@ export class ClusterBlocks implements BlockPlacement {
       remote.map(async (at) => {
         const peer = peers[at];
         try {
-          await this.clientFor(peer).putBlocks([{ ref, flags, hashLo, hashHi, nonce: new Uint8Array(12), tag: new Uint8Array(16), data: bytes }]);
+          await this.clientFor(peer).putBlocks([
+            {
+              ref,
+              flags,
+              hashLo,
+              hashHi,
+              nonce: new Uint8Array(12),
+              tag: new Uint8Array(16),
+              data: bytes,
+            },
+          ]);
           stored.push(peer.uuid);
         } catch (err) {
           this.stats.failedPeerWrites++;
-          this.log.warn({ peer: peer.uuid, block: formatRef(ref), err: (err as Error).message }, 'map page not stored on peer');
+          this.log.warn(
+            { peer: peer.uuid, block: formatRef(ref), err: (err as Error).message },
+            'map page not stored on peer',
+          );
         }
       }),
     );
@@ -117,7 +166,10 @@ export class ClusterBlocks implements BlockPlacement {
         tried.push(`${peer.uuid}: ${(err as Error).message}`);
       }
     }
-    throw new IoError('EIO', `${formatRef(ref)}: no good copy on any replica (${tried.join('; ') || 'no candidates'})`);
+    throw new IoError(
+      'EIO',
+      `${formatRef(ref)}: no good copy on any replica (${tried.join('; ') || 'no candidates'})`,
+    );
   }
 
   /**
@@ -136,7 +188,10 @@ export class ClusterBlocks implements BlockPlacement {
           await this.clientFor(peers[at]).sync();
         } catch (err) {
           failed.add(uuid);
-          this.log.warn({ peer: uuid, err: (err as Error).message }, 'peer could not make its copies durable; they are not counted');
+          this.log.warn(
+            { peer: uuid, err: (err as Error).message },
+            'peer could not make its copies durable; they are not counted',
+          );
         }
       }),
     );

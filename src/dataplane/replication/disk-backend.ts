@@ -17,10 +17,25 @@
 import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { Hasher } from '../blocks/hash.js';
-import { NONCE_SIZE, OFF_FLAGS, OFF_HASH_HI, OFF_HASH_LO, OFF_NONCE, OFF_TAG, RECORD_SIZE, TAG_SIZE } from '../blocks/record.js';
+import {
+  NONCE_SIZE,
+  OFF_FLAGS,
+  OFF_HASH_HI,
+  OFF_HASH_LO,
+  OFF_NONCE,
+  OFF_TAG,
+  RECORD_SIZE,
+  TAG_SIZE,
+} from '../blocks/record.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
-import { checkReceived, formatHash, type ListBlocksFilter, type PeerBlockBackend, type PeerNodeInfo } from '../peer/backend.js';
+import {
+  checkReceived,
+  formatHash,
+  type ListBlocksFilter,
+  type PeerBlockBackend,
+  type PeerNodeInfo,
+} from '../peer/backend.js';
 import type { ListedBlock, WireBlock } from '../peer/wire.js';
 import { RateMeter } from './rate.js';
 
@@ -57,7 +72,12 @@ export class DiskPeerBackend implements PeerBlockBackend {
 
   info(): PeerNodeInfo {
     const { store } = this;
-    return { uuid: this.uuid, capacityBytes: store.slotCount * store.blockSize, usedBytes: store.usedSlots * store.blockSize, blocks: store.usedSlots };
+    return {
+      uuid: this.uuid,
+      capacityBytes: store.slotCount * store.blockSize,
+      usedBytes: store.usedSlots * store.blockSize,
+      blocks: store.usedSlots,
+    };
   }
 
   /**
@@ -72,7 +92,10 @@ export class DiskPeerBackend implements PeerBlockBackend {
       const { store } = this;
       for (const block of blocks) {
         if (block.data.length !== store.blockSize) {
-          throw new IoError('EINVAL', `${formatRef(block.ref)}: a block of ${block.data.length} bytes; this node stores blocks of ${store.blockSize}`);
+          throw new IoError(
+            'EINVAL',
+            `${formatRef(block.ref)}: a block of ${block.data.length} bytes; this node stores blocks of ${store.blockSize}`,
+          );
         }
         // On the main thread for now: xxh64 of a 64 KiB block is ~14 µs here,
         // so a full 16 MiB batch holds the event loop ~3.6 ms. The plan is to
@@ -92,7 +115,15 @@ export class DiskPeerBackend implements PeerBlockBackend {
       // reused as soon as this promise settles.
       const results = await Promise.allSettled(
         blocks.map((block, i) =>
-          store.writeReceivedBlock(slots[i], block.ref, block.data, block.flags, { lo: block.hashLo, hi: block.hashHi }, block.nonce, block.tag),
+          store.writeReceivedBlock(
+            slots[i],
+            block.ref,
+            block.data,
+            block.flags,
+            { lo: block.hashLo, hi: block.hashHi },
+            block.nonce,
+            block.tag,
+          ),
         ),
       );
       const failures: unknown[] = [];
@@ -105,7 +136,14 @@ export class DiskPeerBackend implements PeerBlockBackend {
       this.received.add((blocks.length - failures.length) * store.blockSize);
       if (failures.length > 0) {
         const first = failures[0];
-        this.log.warn({ err: (first as Error)?.message ?? String(first), failed: failures.length, of: blocks.length }, 'writing received blocks failed');
+        this.log.warn(
+          {
+            err: (first as Error)?.message ?? String(first),
+            failed: failures.length,
+            of: blocks.length,
+          },
+          'writing received blocks failed',
+        );
         throw first;
       }
     });
@@ -131,16 +169,28 @@ export class DiskPeerBackend implements PeerBlockBackend {
         if (store.lookup(ref.volumeId, ref.generation, ref.index) !== slot) continue;
         if (digest.lo !== block.hashLo || digest.hi !== block.hashHi) {
           // readBlock hashes every read anyway; sent as is, the receiver refuses it.
-          this.log.warn({ ref: formatRef(ref), slot, stored: formatHash(block.hashHi, block.hashLo), read: formatHash(digest.hi, digest.lo) }, 'block read for a peer does not match its checksum: the local copy is damaged');
+          this.log.warn(
+            {
+              ref: formatRef(ref),
+              slot,
+              stored: formatHash(block.hashHi, block.hashLo),
+              read: formatHash(digest.hi, digest.lo),
+            },
+            'block read for a peer does not match its checksum: the local copy is damaged',
+          );
         }
         return block;
       }
-      throw new Error(`${formatRef(ref)} moved to another slot ${READ_ATTEMPTS} times while being read`);
+      throw new Error(
+        `${formatRef(ref)} moved to another slot ${READ_ATTEMPTS} times while being read`,
+      );
     });
   }
 
   hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
-    return this.track(async () => refs.map((ref) => this.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined));
+    return this.track(async () =>
+      refs.map((ref) => this.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined),
+    );
   }
 
   /**
@@ -195,7 +245,8 @@ export class DiskPeerBackend implements PeerBlockBackend {
     for (const [ref, slot] of this.store.blocks()) {
       if (this.closed) return;
       if (filter.volumeId !== undefined && ref.volumeId !== filter.volumeId) {
-        if (++skipped % LIST_SCAN_SLICE === 0) await new Promise((resolve) => setImmediate(resolve));
+        if (++skipped % LIST_SCAN_SLICE === 0)
+          await new Promise((resolve) => setImmediate(resolve));
         continue;
       }
       const record = this.store.record(slot);

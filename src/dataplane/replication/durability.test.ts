@@ -9,7 +9,14 @@ import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import { NO_PEERS } from './block-placement.js';
-import { countShortfall, notePeerWriteFailures, storedAnywhere, VersionCopies, type BlockCopies, type CopyKeeper } from './durability.js';
+import {
+  countShortfall,
+  notePeerWriteFailures,
+  storedAnywhere,
+  VersionCopies,
+  type BlockCopies,
+  type CopyKeeper,
+} from './durability.js';
 import { SingleNodePlacement } from './single-node.js';
 
 interface FakePlacement extends CopyKeeper {
@@ -18,7 +25,10 @@ interface FakePlacement extends CopyKeeper {
 }
 
 /** Replication 3; pages go to `pagePeers`; `failing` peers fail to sync. */
-function fakePlacement(failing: string[] = [], options: { holdsCopies?: boolean; pagePeers?: string[] } = {}): FakePlacement {
+function fakePlacement(
+  failing: string[] = [],
+  options: { holdsCopies?: boolean; pagePeers?: string[] } = {},
+): FakePlacement {
   const placement: FakePlacement = {
     holdsCopies: options.holdsCopies ?? true,
     stats: { underReplicatedBlocks: 0, failedPeerWrites: 0, remoteReads: 0 },
@@ -39,13 +49,20 @@ const page: BlockRef = { volumeId: 7, generation: 2, index: 2 ** 52 };
 const bytes = new Uint8Array(16);
 
 function storeSpy() {
-  const store = { syncs: 0, async sync() { store.syncs++; } };
+  const store = {
+    syncs: 0,
+    async sync() {
+      store.syncs++;
+    },
+  };
   return store;
 }
 
 function quietLog(): Logger & { warned: unknown[] } {
   const warned: unknown[] = [];
-  return { warned, warn: (obj: unknown) => void warned.push(obj) } as unknown as Logger & { warned: unknown[] };
+  return { warned, warn: (obj: unknown) => void warned.push(obj) } as unknown as Logger & {
+    warned: unknown[];
+  };
 }
 
 describe('durability rule', () => {
@@ -55,7 +72,7 @@ describe('durability rule', () => {
     assert.equal(storedAnywhere(false, NO_PEERS), false);
   });
 
-  test('fewer copies than the volume\'s replication are counted, enough are not', () => {
+  test("fewer copies than the volume's replication are counted, enough are not", () => {
     const placement = fakePlacement();
     countShortfall(placement, 7, { local: true, peers: ['b', 'c'] });
     assert.equal(placement.stats.underReplicatedBlocks, 0);
@@ -83,7 +100,11 @@ describe('durability rule', () => {
     countShortfall(single, 7, blocks[0][1]);
     await copies.sync(store, blocks);
     assert.equal(store.syncs, 1);
-    assert.deepEqual(single.stats, { underReplicatedBlocks: 0, failedPeerWrites: 0, remoteReads: 0 });
+    assert.deepEqual(single.stats, {
+      underReplicatedBlocks: 0,
+      failedPeerWrites: 0,
+      remoteReads: 0,
+    });
   });
 
   test('every peer holding a block or a page of the version is synced, once', async () => {
@@ -91,7 +112,10 @@ describe('durability rule', () => {
     const store = storeSpy();
     const copies = new VersionCopies(placement, 'vol');
     copies.putPage(page, bytes, 1, 2, 0);
-    await copies.sync(store, [[0, { local: true, peers: ['b', 'c'] }], [1, { local: false, peers: ['b'] }]]);
+    await copies.sync(store, [
+      [0, { local: true, peers: ['b', 'c'] }],
+      [1, { local: false, peers: ['b'] }],
+    ]);
     assert.equal(store.syncs, 1);
     assert.deepEqual(placement.synced, [['b', 'c', 'd']]);
   });
@@ -106,12 +130,18 @@ describe('durability rule', () => {
 
   test('a block whose only copies failed to sync fails the commit', async () => {
     const placement = fakePlacement(['b', 'c']);
-    const blocks: [number, BlockCopies][] = [[0, { local: true, peers: ['b'] }], [5, { local: false, peers: ['b', 'c'] }]];
-    await assert.rejects(new VersionCopies(placement, 'vol').sync(storeSpy(), blocks), (err: unknown) => {
-      assert.ok(err instanceof IoError);
-      assert.match(err.message, /volume vol: 1 block\(s\) have no durable copy .* first 5/);
-      return true;
-    });
+    const blocks: [number, BlockCopies][] = [
+      [0, { local: true, peers: ['b'] }],
+      [5, { local: false, peers: ['b', 'c'] }],
+    ];
+    await assert.rejects(
+      new VersionCopies(placement, 'vol').sync(storeSpy(), blocks),
+      (err: unknown) => {
+        assert.ok(err instanceof IoError);
+        assert.match(err.message, /volume vol: 1 block\(s\) have no durable copy .* first 5/);
+        return true;
+      },
+    );
   });
 
   test('a store-less client fails the commit when a map page is on no storage node', async () => {
@@ -119,7 +149,10 @@ describe('durability rule', () => {
     const copies = new VersionCopies(placement, 'vol');
     copies.putPage(page, bytes, 1, 2, 0);
     const blocks: [number, BlockCopies][] = [[0, { local: false, peers: ['c'] }]];
-    await assert.rejects(copies.sync(storeSpy(), blocks), /a map page of the new version is on no storage node/);
+    await assert.rejects(
+      copies.sync(storeSpy(), blocks),
+      /a map page of the new version is on no storage node/,
+    );
   });
 
   test('a node that holds copies keeps its own map pages: peers failing them is not fatal', async () => {

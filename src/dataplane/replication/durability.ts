@@ -35,7 +35,10 @@ export interface BlockCopies {
 }
 
 /** What the rule needs of a placement. */
-export type CopyKeeper = Pick<BlockPlacement, 'holdsCopies' | 'stats' | 'replicationOf' | 'putPage' | 'syncPeers'>;
+export type CopyKeeper = Pick<
+  BlockPlacement,
+  'holdsCopies' | 'stats' | 'replicationOf' | 'putPage' | 'syncPeers'
+>;
 
 /** A written block is stored if any copy of it is: here, or on a peer. */
 export function storedAnywhere(local: boolean, peers: readonly string[]): boolean {
@@ -44,14 +47,23 @@ export function storedAnywhere(local: boolean, peers: readonly string[]): boolea
 
 /** Count a block recorded with fewer copies than its volume should have. */
 export function countShortfall(placement: CopyKeeper, volumeId: number, copies: BlockCopies): void {
-  if ((copies.local ? 1 : 0) + copies.peers.length < placement.replicationOf(volumeId)) placement.stats.underReplicatedBlocks++;
+  if ((copies.local ? 1 : 0) + copies.peers.length < placement.replicationOf(volumeId))
+    placement.stats.underReplicatedBlocks++;
 }
 
 /** Peer writes that failed in a write round: counted and logged, not fatal while each block has a copy somewhere. */
-export function notePeerWriteFailures(placement: CopyKeeper, log: Logger, volume: string, failures: readonly string[]): void {
+export function notePeerWriteFailures(
+  placement: CopyKeeper,
+  log: Logger,
+  volume: string,
+  failures: readonly string[],
+): void {
   if (failures.length === 0) return;
   placement.stats.failedPeerWrites += failures.length;
-  log.warn({ volume, failures: failures.slice(0, 8), count: failures.length }, 'some copies were not stored on peers');
+  log.warn(
+    { volume, failures: failures.slice(0, 8), count: failures.length },
+    'some copies were not stored on peers',
+  );
 }
 
 /** The copies of one version being committed: its map pages' and its blocks'. */
@@ -73,18 +85,30 @@ export class VersionCopies {
    * puts are answered, side by side. Throws when a block or page would have
    * no durable copy; the version must then not be committed.
    */
-  async sync(store: { sync(): Promise<void> }, blocks: readonly (readonly [number, BlockCopies])[]): Promise<void> {
+  async sync(
+    store: { sync(): Promise<void> },
+    blocks: readonly (readonly [number, BlockCopies])[],
+  ): Promise<void> {
     await Promise.all([store.sync(), this.syncPeers(blocks, await Promise.all(this.pagePuts))]);
   }
 
-  private async syncPeers(blocks: readonly (readonly [number, BlockCopies])[], pageCopies: readonly (readonly string[])[]): Promise<void> {
+  private async syncPeers(
+    blocks: readonly (readonly [number, BlockCopies])[],
+    pageCopies: readonly (readonly string[])[],
+  ): Promise<void> {
     const { placement } = this;
     const peers = new Set(pageCopies.flat());
     for (const [, copies] of blocks) for (const uuid of copies.peers) peers.add(uuid);
     const failed = peers.size === 0 ? NONE_FAILED : await placement.syncPeers(peers);
-    if (!placement.holdsCopies && pageCopies.some((copies) => copies.every((uuid) => failed.has(uuid)))) {
+    if (
+      !placement.holdsCopies &&
+      pageCopies.some((copies) => copies.every((uuid) => failed.has(uuid)))
+    ) {
       const peersFailed = [...failed].join(', ') || 'none';
-      throw new IoError('EIO', `volume ${this.volume}: a map page of the new version is on no storage node (peers ${peersFailed} failed); nothing was committed`);
+      throw new IoError(
+        'EIO',
+        `volume ${this.volume}: a map page of the new version is on no storage node (peers ${peersFailed} failed); nothing was committed`,
+      );
     }
     if (failed.size === 0) return;
     const lost: number[] = [];
@@ -99,7 +123,10 @@ export class VersionCopies {
     }
     if (lost.length > 0) {
       const peersFailed = [...failed].join(', ');
-      throw new IoError('EIO', `volume ${this.volume}: ${lost.length} block(s) have no durable copy (peers ${peersFailed} failed to sync), first ${lost.slice(0, 8).join(', ')}`);
+      throw new IoError(
+        'EIO',
+        `volume ${this.volume}: ${lost.length} block(s) have no durable copy (peers ${peersFailed} failed to sync), first ${lost.slice(0, 8).join(', ')}`,
+      );
     }
   }
 }

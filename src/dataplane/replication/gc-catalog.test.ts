@@ -24,7 +24,13 @@ import { Volume, type VolumeIdentity, type VolumeServices } from '../volume/volu
 import { CatalogGcViews, references } from './gc-catalog.js';
 
 const BS = 4096; // 256 entries a page: 1024 blocks make a two-level map
-const identity: VolumeIdentity = { id: 42, name: 'gc', size: 1024 * BS, blockSize: BS, encrypted: false };
+const identity: VolumeIdentity = {
+  id: 42,
+  name: 'gc',
+  size: 1024 * BS,
+  blockSize: BS,
+  encrypted: false,
+};
 
 describe('CatalogGcViews', { timeout: 60_000 }, () => {
   let root: string;
@@ -40,27 +46,57 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 8192 * BS });
     const store = await LocalSlotStore.open(dir);
     const cache = new BlockCache(BS, 1024 * BS);
-    const pool = new DataPool({ cache: cache.buffer, blockSize: BS, records: store.records, dataPath: store.dataPath, slotsPath: store.slotsPath }, 1);
+    const pool = new DataPool(
+      {
+        cache: cache.buffer,
+        blockSize: BS,
+        records: store.records,
+        dataPath: store.dataPath,
+        slotsPath: store.slotsPath,
+      },
+      1,
+    );
     const committed = { generation: 0, root: undefined as MapRoot | undefined };
     const log = quietLogger();
     const services: VolumeServices = {
-      store, cache, pool, log,
+      store,
+      cache,
+      pool,
+      log,
       placement: new SingleNodePlacement(),
       async commit(_identity, generation, mapRoot) {
         committed.generation = generation;
         committed.root = mapRoot;
       },
     };
-    const record = (): VolumeRecord => ({ ...identity, createdAt: '', generation: committed.generation, root: committed.root ?? null });
+    const record = (): VolumeRecord => ({
+      ...identity,
+      createdAt: '',
+      generation: committed.generation,
+      root: committed.root ?? null,
+    });
     let remoteAsks = 0;
-    const views = new CatalogGcViews({ store, cluster: { getBlock: async () => { remoteAsks++; throw new IoError('EIO', 'no peers here'); } } }, log);
+    const views = new CatalogGcViews(
+      {
+        store,
+        cluster: {
+          getBlock: async () => {
+            remoteAsks++;
+            throw new IoError('EIO', 'no peers here');
+          },
+        },
+      },
+      log,
+    );
     const volume = await Volume.open(identity, 0, undefined, null, services);
     try {
       // Gen 1: blocks spread over four leaf pages. Gen 2: a few rewritten, one trimmed.
       await volume.write(0, randomBytes(300 * BS), false);
       await volume.write(900 * BS, randomBytes(10 * BS), false);
       await volume.flush();
-      const gen1 = new Set([...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)));
+      const gen1 = new Set(
+        [...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)),
+      );
       await volume.write(5 * BS, randomBytes(2 * BS), false);
       await volume.zeroRange(905 * BS, BS, false);
       await volume.flush();
@@ -69,24 +105,49 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
       const check = async () => {
         const view = await views.view([record()]);
         assert.ok(view);
-        assert.deepEqual(view.volumes.get(identity.id), { id: identity.id, generation: committed.generation });
-        const now = new Set([...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)));
-        for (const [ref] of store.blocks()) assert.equal(view.isReferenced(ref), now.has(refKey(ref.volumeId, ref.generation, ref.index)), `store block ${JSON.stringify(ref)}`);
+        assert.deepEqual(view.volumes.get(identity.id), {
+          id: identity.id,
+          generation: committed.generation,
+        });
+        const now = new Set(
+          [...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)),
+        );
+        for (const [ref] of store.blocks())
+          assert.equal(
+            view.isReferenced(ref),
+            now.has(refKey(ref.volumeId, ref.generation, ref.index)),
+            `store block ${JSON.stringify(ref)}`,
+          );
         for (const key of [...gen1, ...now]) {
           const [volumeId, generation, index] = key.split('/').map(Number);
-          assert.equal(view.isReferenced({ volumeId, generation, index }), now.has(key), `ref ${key}`);
+          assert.equal(
+            view.isReferenced({ volumeId, generation, index }),
+            now.has(key),
+            `ref ${key}`,
+          );
         }
         return view;
       };
       const view2 = await check();
-      assert.ok(!view2.isReferenced({ volumeId: identity.id, generation: 1, index: 5 }), 'rewritten in gen 2');
-      assert.ok(!view2.isReferenced({ volumeId: identity.id, generation: 1, index: 905 }), 'trimmed in gen 2');
-      assert.ok(view2.isReferenced({ volumeId: identity.id, generation: 1, index: 6 + 1 }), 'kept from gen 1');
+      assert.ok(
+        !view2.isReferenced({ volumeId: identity.id, generation: 1, index: 5 }),
+        'rewritten in gen 2',
+      );
+      assert.ok(
+        !view2.isReferenced({ volumeId: identity.id, generation: 1, index: 905 }),
+        'trimmed in gen 2',
+      );
+      assert.ok(
+        view2.isReferenced({ volumeId: identity.id, generation: 1, index: 6 + 1 }),
+        'kept from gen 1',
+      );
       assert.ok(!view2.isReferenced({ volumeId: 43, generation: 1, index: 0 }), 'another volume');
 
       // Gen 3 touches one leaf: reloaded from the pages it wrote (that leaf and
       // the root) plus the cached rest.
-      const gen2 = new Set([...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)));
+      const gen2 = new Set(
+        [...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)),
+      );
       const record2 = record();
       await volume.write(299 * BS, randomBytes(BS), false);
       // What gen 3 supersedes stays in the store, as copies on peers do while a reader pins gen 2.
@@ -105,27 +166,63 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
       // A node serving gen 2 read-only pins it: everything gen 2 or gen 3
       // references is kept, gen 1's leftovers are not. Pins of other volumes
       // (deleted ones) are ignored.
-      const pin = (r: VolumeRecord) => ({ node: 'reader', volume: r.name, id: r.id, generation: r.generation, root: r.root, size: r.size, blockSize: r.blockSize, since: '' });
+      const pin = (r: VolumeRecord) => ({
+        node: 'reader',
+        volume: r.name,
+        id: r.id,
+        generation: r.generation,
+        root: r.root,
+        size: r.size,
+        blockSize: r.blockSize,
+        since: '',
+      });
       pageReads = 0;
       store.readBlock = (slot, dest) => (pageReads++, readBlock(slot, dest));
-      const pinnedView = await views.view([record()], [pin(record2), { ...pin(record2), node: 'another reader' }, pin({ ...record2, id: 43 })]);
+      const pinnedView = await views.view(
+        [record()],
+        [pin(record2), { ...pin(record2), node: 'another reader' }, pin({ ...record2, id: 43 })],
+      );
       store.readBlock = readBlock;
       assert.ok(pinnedView);
-      assert.equal(pageReads, 2, 'the pinned version shares all but its root and the leaf gen 3 changed');
-      const gen3 = new Set([...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)));
+      assert.equal(
+        pageReads,
+        2,
+        'the pinned version shares all but its root and the leaf gen 3 changed',
+      );
+      const gen3 = new Set(
+        [...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)),
+      );
       for (const key of [...gen1, ...gen2, ...gen3]) {
         const [volumeId, generation, index] = key.split('/').map(Number);
-        assert.equal(pinnedView.isReferenced({ volumeId, generation, index }), gen2.has(key) || gen3.has(key), `ref ${key} with gen 2 pinned`);
+        assert.equal(
+          pinnedView.isReferenced({ volumeId, generation, index }),
+          gen2.has(key) || gen3.has(key),
+          `ref ${key} with gen 2 pinned`,
+        );
       }
-      assert.ok(pinnedView.isReferenced({ volumeId: identity.id, generation: 1, index: 299 }), 'rewritten in gen 3, still read through the pinned gen 2');
-      assert.ok(!(await views.view([record()]))!.isReferenced({ volumeId: identity.id, generation: 1, index: 299 }), 'and garbage once unpinned');
+      assert.ok(
+        pinnedView.isReferenced({ volumeId: identity.id, generation: 1, index: 299 }),
+        'rewritten in gen 3, still read through the pinned gen 2',
+      );
+      assert.ok(
+        !(await views.view([record()]))!.isReferenced({
+          volumeId: identity.id,
+          generation: 1,
+          index: 299,
+        }),
+        'and garbage once unpinned',
+      );
 
       // A page no node holds: no view, rather than one that frees by a partial map.
-      const pageRef = [...volume.referencedRefs()].find((r) => r.index >= MAP_PAGE_BIT && r.index !== MAP_PAGE_BIT + 2 ** 40) as BlockRef;
+      const pageRef = [...volume.referencedRefs()].find(
+        (r) => r.index >= MAP_PAGE_BIT && r.index !== MAP_PAGE_BIT + 2 ** 40,
+      ) as BlockRef;
       assert.ok(pageRef, 'a leaf page');
       await volume.write(600 * BS, randomBytes(BS), false); // touch a leaf (and so the root) in gen 4
       await volume.flush();
-      const leaf = [...volume.referencedRefs()].find((r) => r.index >= MAP_PAGE_BIT && r.generation === 4 && r.index < MAP_PAGE_BIT + 2 ** 40)!;
+      const leaf = [...volume.referencedRefs()].find(
+        (r) => r.index >= MAP_PAGE_BIT && r.generation === 4 && r.index < MAP_PAGE_BIT + 2 ** 40,
+      )!;
       store.release(leaf);
       assert.equal(await views.view([record()]), undefined);
       assert.ok(remoteAsks > 0, 'asked the peers first');

@@ -61,14 +61,20 @@ export class CatalogGcViews {
    * asked) and `pins` (listReadPins(), listed after the records), or
    * undefined if some version's map could not be loaded.
    */
-  async view(records: readonly VolumeRecord[], pins: readonly PinnedVersion[] = []): Promise<GcView | undefined> {
+  async view(
+    records: readonly VolumeRecord[],
+    pins: readonly PinnedVersion[] = [],
+  ): Promise<GcView | undefined> {
     const volumes = new Map<number, GcVolume>();
     const maps = new Map<number, BlockMap>();
     for (const record of records) {
       try {
         maps.set(record.id, await this.load(record));
       } catch (err) {
-        this.log.warn({ volume: record.name, generation: record.generation, err: (err as Error).message }, 'cluster GC: volume map not loadable; nothing is freed this run');
+        this.log.warn(
+          { volume: record.name, generation: record.generation, err: (err as Error).message },
+          'cluster GC: volume map not loadable; nothing is freed this run',
+        );
         return undefined;
       }
       volumes.set(record.id, { id: record.id, generation: record.generation });
@@ -85,7 +91,15 @@ export class CatalogGcViews {
         const map = await this.loadPinned(key, pin, current);
         pinned.set(pin.id, [...(pinned.get(pin.id) ?? []), map]);
       } catch (err) {
-        this.log.warn({ volume: pin.volume, generation: pin.generation, node: pin.node, err: (err as Error).message }, 'cluster GC: map of a version served read-only not loadable; nothing is freed this run');
+        this.log.warn(
+          {
+            volume: pin.volume,
+            generation: pin.generation,
+            node: pin.node,
+            err: (err as Error).message,
+          },
+          'cluster GC: map of a version served read-only not loadable; nothing is freed this run',
+        );
         return undefined;
       }
     }
@@ -94,13 +108,16 @@ export class CatalogGcViews {
     for (const key of this.pinnedMaps.keys()) if (!pinsSeen.has(key)) this.pinnedMaps.delete(key);
     return {
       volumes,
-      isReferenced: (ref) => references(maps.get(ref.volumeId), ref) || (pinned.get(ref.volumeId)?.some((map) => references(map, ref)) ?? false),
+      isReferenced: (ref) =>
+        references(maps.get(ref.volumeId), ref) ||
+        (pinned.get(ref.volumeId)?.some((map) => references(map, ref)) ?? false),
     };
   }
 
   private async load(record: VolumeRecord): Promise<BlockMap> {
     const cached = this.maps.get(record.id);
-    if (cached && cached.generation === record.generation && sameMapRoot(cached.root, record.root)) return cached.map;
+    if (cached && cached.generation === record.generation && sameMapRoot(cached.root, record.root))
+      return cached.map;
     const map = await this.build(record, cached?.map);
     this.maps.set(record.id, { generation: record.generation, root: record.root, map });
     return map;
@@ -119,28 +136,57 @@ export class CatalogGcViews {
   private async build(version: Version, previousMap: BlockMap | undefined): Promise<BlockMap> {
     const blockCount = Math.ceil(version.size / version.blockSize);
     const map = new BlockMap(version.id, version.blockSize, blockCount, version.root ?? undefined);
-    const previous = previousMap && previousMap.height === map.height && previousMap.blockSize === map.blockSize ? previousMap : undefined;
+    const previous =
+      previousMap && previousMap.height === map.height && previousMap.blockSize === map.blockSize
+        ? previousMap
+        : undefined;
     if (version.root) {
       const page = new Uint8Array(version.blockSize);
-      const install = async (level: number, pageNo: number, generation: number, hashLo: number, hashHi: number, reuse: Uint32Array | undefined) => {
+      const install = async (
+        level: number,
+        pageNo: number,
+        generation: number,
+        hashLo: number,
+        hashHi: number,
+        reuse: Uint32Array | undefined,
+      ) => {
         if (reuse) {
           map.installPage(level, pageNo, reuse);
           return;
         }
-        await this.readPage({ volumeId: version.id, generation, index: pageIndex(level, pageNo) }, hashLo, hashHi, page);
+        await this.readPage(
+          { volumeId: version.id, generation, index: pageIndex(level, pageNo) },
+          hashLo,
+          hashHi,
+          page,
+        );
         const words = new Uint32Array(version.blockSize / 4);
         new Uint8Array(words.buffer).set(page);
         map.installPage(level, pageNo, words);
       };
       const top = map.height - 1;
       const root = version.root;
-      await install(top, 0, root.generation, root.hashLo, root.hashHi, previous && sameMapRoot(previous.root, root) ? previous.committedPage(top, 0) : undefined);
+      await install(
+        top,
+        0,
+        root.generation,
+        root.hashLo,
+        root.hashHi,
+        previous && sameMapRoot(previous.root, root) ? previous.committedPage(top, 0) : undefined,
+      );
       for (let level = top; level > 0; level--) {
         for (const child of map.childPages(level)) {
           const entry = map.entryWords(level, child)!;
           const old = previous?.entryWords(level, child);
           const same = old && old[0] === entry[0] && old[2] === entry[2] && old[3] === entry[3];
-          await install(level - 1, child, entry[0], entry[2], entry[3], same ? previous!.committedPage(level - 1, child) : undefined);
+          await install(
+            level - 1,
+            child,
+            entry[0],
+            entry[2],
+            entry[3],
+            same ? previous!.committedPage(level - 1, child) : undefined,
+          );
         }
       }
     }
@@ -148,7 +194,12 @@ export class CatalogGcViews {
   }
 
   /** A page from the local store if held and intact (it may be dropped while read), else from a peer. */
-  private async readPage(ref: BlockRef, hashLo: number, hashHi: number, dest: Uint8Array): Promise<void> {
+  private async readPage(
+    ref: BlockRef,
+    hashLo: number,
+    hashHi: number,
+    dest: Uint8Array,
+  ): Promise<void> {
     const { store, cluster } = this.source;
     const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
     if (slot !== undefined) {
@@ -158,7 +209,6 @@ export class CatalogGcViews {
     await cluster.getBlock(ref, hashLo, hashHi, dest);
   }
 }
-
 
 /** Does the loaded map reference `ref`: a data block whose entry has its generation, or a page whose parent's entry (or the root) does. */
 export function references(map: BlockMap | undefined, ref: BlockRef): boolean {

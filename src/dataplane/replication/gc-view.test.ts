@@ -8,7 +8,11 @@ import { describe, test } from 'node:test';
 import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import { classifyBlock, gcViewOf, isGarbage } from './gc-view.js';
 
-const ref = (volumeId: number, generation: number, index: number): BlockRef => ({ volumeId, generation, index });
+const ref = (volumeId: number, generation: number, index: number): BlockRef => ({
+  volumeId,
+  generation,
+  index,
+});
 
 describe('cluster GC rules', () => {
   // Volume 500 committed generation 3: block 0 rewritten in 3, block 1 from 1,
@@ -26,22 +30,42 @@ describe('cluster GC rules', () => {
   });
 
   test('unreferenced blocks of a committed generation or older are superseded, pages too', () => {
-    assert.equal(classifyBlock(ref(500, 1, 0), view, before), 'superseded', 'block 0 of gen 1, rewritten in gen 3');
-    assert.equal(classifyBlock(ref(500, 3, 5), view, before), 'superseded', 'written for gen 3 but not in its map (trimmed or spilled twice)');
-    assert.equal(classifyBlock(ref(500, 2, MAP_PAGE_BIT), view, before), 'superseded', 'the root page of gen 2');
+    assert.equal(
+      classifyBlock(ref(500, 1, 0), view, before),
+      'superseded',
+      'block 0 of gen 1, rewritten in gen 3',
+    );
+    assert.equal(
+      classifyBlock(ref(500, 3, 5), view, before),
+      'superseded',
+      'written for gen 3 but not in its map (trimmed or spilled twice)',
+    );
+    assert.equal(
+      classifyBlock(ref(500, 2, MAP_PAGE_BIT), view, before),
+      'superseded',
+      'the root page of gen 2',
+    );
     assert.ok(isGarbage('superseded'));
   });
 
   test('blocks of a generation not committed yet are never garbage', () => {
     assert.equal(classifyBlock(ref(500, 4, 0), view, before), 'unknown');
     assert.equal(classifyBlock(ref(500, 4, MAP_PAGE_BIT), view, before), 'unknown');
-    assert.equal(classifyBlock(ref(9, 1, 0), view, before), 'unknown', 'a new volume\'s first version in flight');
+    assert.equal(
+      classifyBlock(ref(9, 1, 0), view, before),
+      'unknown',
+      "a new volume's first version in flight",
+    );
     assert.ok(!isGarbage('unknown'));
   });
 
   test('a volume gone from the listing that this store held before it is deleted', () => {
     assert.equal(classifyBlock(ref(77, 1, 0), view, before), 'deleted');
-    assert.equal(classifyBlock(ref(77, 999, 0), view, before), 'deleted', 'whatever the generation');
+    assert.equal(
+      classifyBlock(ref(77, 999, 0), view, before),
+      'deleted',
+      'whatever the generation',
+    );
     assert.ok(isGarbage('deleted'));
   });
 

@@ -76,7 +76,11 @@ export type BlockVerdict =
  * What `ref` is under `view`. `presentBefore`: the volume ids this store
  * held blocks of before the view was asked for.
  */
-export function classifyBlock(ref: BlockRef, view: GcView, presentBefore: ReadonlySet<number>): BlockVerdict {
+export function classifyBlock(
+  ref: BlockRef,
+  view: GcView,
+  presentBefore: ReadonlySet<number>,
+): BlockVerdict {
   if (view.isReferenced(ref)) return 'referenced';
   const volume = view.volumes.get(ref.volumeId);
   if (!volume) return presentBefore.has(ref.volumeId) ? 'deleted' : 'unknown';

@@ -83,14 +83,20 @@ export class ClusterPlacement {
   ) {}
 
   /** The ring or the set of live nodes changed. `addresses`: every node's peer address, live or not. */
-  update(description: RingDescription | undefined, live: Iterable<{ uuid: string; address: string }>, addresses: Iterable<{ uuid: string; address: string }> = []): void {
+  update(
+    description: RingDescription | undefined,
+    live: Iterable<{ uuid: string; address: string }>,
+    addresses: Iterable<{ uuid: string; address: string }> = [],
+  ): void {
     if (description && description !== this.description) {
       this.description = description;
       this.ring = buildRing(description);
     }
     this.live = new Map();
-    for (const node of live) this.live.set(node.uuid, { uuid: node.uuid, ...parsePeerAddress(node.address) });
-    for (const node of addresses) this.known.set(node.uuid, { uuid: node.uuid, ...parsePeerAddress(node.address) });
+    for (const node of live)
+      this.live.set(node.uuid, { uuid: node.uuid, ...parsePeerAddress(node.address) });
+    for (const node of addresses)
+      this.known.set(node.uuid, { uuid: node.uuid, ...parsePeerAddress(node.address) });
     for (const [uuid, target] of this.live) this.known.set(uuid, target);
     this.table = [...this.known.values()].filter((t) => t.uuid !== this.localUuid);
     this.tableIndex = new Map(this.table.map((t, i) => [t.uuid, i]));
@@ -132,7 +138,12 @@ export class ClusterPlacement {
     const ring = this.ring;
     if (!ring || ring.members.length === 0) return { local: true, remote: [], spare: [] };
     const r = this.replicationOf(volumeId);
-    const n = ring.placeInto(volumeId, index, Math.min(r + SPARE_CANDIDATES, this.scratch.length), this.scratch);
+    const n = ring.placeInto(
+      volumeId,
+      index,
+      Math.min(r + SPARE_CANDIDATES, this.scratch.length),
+      this.scratch,
+    );
     let local = false;
     const remote: number[] = [];
     const spare: number[] = [];
@@ -163,7 +174,12 @@ export class ClusterPlacement {
   readCandidates(volumeId: number, index: number): BlockTargets {
     const ring = this.ring;
     if (!ring || ring.members.length === 0) return { local: true, remote: [] };
-    const n = ring.placeInto(volumeId, index, Math.min(this.replicationOf(volumeId) + SPARE_CANDIDATES, this.scratch.length), this.scratch);
+    const n = ring.placeInto(
+      volumeId,
+      index,
+      Math.min(this.replicationOf(volumeId) + SPARE_CANDIDATES, this.scratch.length),
+      this.scratch,
+    );
     let local = false;
     const alive: number[] = [];
     const down: number[] = [];
@@ -185,8 +201,10 @@ export class ClusterPlacement {
 export function parsePeerAddress(address: string): { host: string; port: number } {
   const text = address.includes('://') ? new URL(address).host : address;
   const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(text);
-  if (!match) throw new RangeError(`peer address "${address}" is not host:port or a URL with a port`);
+  if (!match)
+    throw new RangeError(`peer address "${address}" is not host:port or a URL with a port`);
   const port = Number(match[3]);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new RangeError(`peer address "${address}" has no valid port`);
+  if (!Number.isInteger(port) || port < 1 || port > 65535)
+    throw new RangeError(`peer address "${address}" has no valid port`);
   return { host: match[1] ?? match[2], port };
 }

@@ -95,7 +95,10 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
       peers.set(uuid, { backend, flaky: new Flaky(backend) });
     }
     const placement = new ClusterPlacement(a, { clusterId: 'test', nodeId: a });
-    const nodes = [a, ...peers.keys()].map((uuid, i) => ({ uuid, address: `127.0.0.1:${40000 + i}` }));
+    const nodes = [a, ...peers.keys()].map((uuid, i) => ({
+      uuid,
+      address: `127.0.0.1:${40000 + i}`,
+    }));
     const rebalancers: Rebalancer[] = [];
     const c: Cluster = {
       a,
@@ -103,7 +106,12 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
       store,
       peers,
       placement,
-      ring: (members, version) => ({ version, type: 'ketama', replication: 2, members: members.map((uuid) => ({ uuid, weight: 1 << 30 })) }),
+      ring: (members, version) => ({
+        version,
+        type: 'ketama',
+        replication: 2,
+        members: members.map((uuid) => ({ uuid, weight: 1 << 30 })),
+      }),
       setRing: (members, version) => placement.update(c.ring(members, version), nodes),
       rebalancer(options = {}) {
         const r = new Rebalancer({
@@ -132,14 +140,19 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
   /** Put blocks on A (and on `also`), as replication under the old ring left them. */
   async function seed(c: Cluster, refs: BlockRef[], also: string[] = []): Promise<void> {
     for (const [i, ref] of refs.entries()) {
-      const block = await makeBlock(ref, blockBytes(i + ref.volumeId * 1000 + ref.generation * 100, BS));
+      const block = await makeBlock(
+        ref,
+        blockBytes(i + ref.volumeId * 1000 + ref.generation * 100, BS),
+      );
       await c.local.putBlocks([block]);
       for (const uuid of also) await c.peers.get(uuid)!.backend.putBlocks([block]);
     }
   }
 
-  const holds = (c: Cluster, ref: BlockRef) => c.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined;
-  const peerHolds = async (c: Cluster, uuid: string, ref: BlockRef) => (await c.peers.get(uuid)!.backend.hasBlocks([ref]))[0];
+  const holds = (c: Cluster, ref: BlockRef) =>
+    c.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined;
+  const peerHolds = async (c: Cluster, uuid: string, ref: BlockRef) =>
+    (await c.peers.get(uuid)!.backend.hasBlocks([ref]))[0];
 
   async function runOnce(r: Rebalancer): Promise<void> {
     r.start();
@@ -156,9 +169,18 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     const view = gcViewOf([{ id: 7, generation: 1, refs }]);
 
     c.setRing([c.a, b, n], 2); // N joins
-    const expectOnN = refs.filter((ref) => c.placement.writeTargets(ref.volumeId, ref.index).remote.some((at) => c.placement.peers[at].uuid === n));
-    const expectOffA = refs.filter((ref) => !c.placement.writeTargets(ref.volumeId, ref.index).local);
-    assert.ok(expectOnN.length > 10 && expectOffA.length > 10, 'the join moves a fair share of blocks (ring sanity)');
+    const expectOnN = refs.filter((ref) =>
+      c.placement
+        .writeTargets(ref.volumeId, ref.index)
+        .remote.some((at) => c.placement.peers[at].uuid === n),
+    );
+    const expectOffA = refs.filter(
+      (ref) => !c.placement.writeTargets(ref.volumeId, ref.index).local,
+    );
+    assert.ok(
+      expectOnN.length > 10 && expectOffA.length > 10,
+      'the join moves a fair share of blocks (ring sanity)',
+    );
 
     const r = c.rebalancer({ gcView: async () => view });
     await runOnce(r);
@@ -167,7 +189,11 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
       const targets = c.placement.writeTargets(ref.volumeId, ref.index);
       const remote = sorted(targets.remote.map((at) => c.placement.peers[at].uuid));
       assert.equal(holds(c, ref), targets.local, `A holds ${ref.index} iff it is a target`);
-      for (const uuid of remote) assert.ok(await peerHolds(c, uuid, ref), `target ${uuid === n ? 'N' : 'B'} holds ${ref.index}`);
+      for (const uuid of remote)
+        assert.ok(
+          await peerHolds(c, uuid, ref),
+          `target ${uuid === n ? 'N' : 'B'} holds ${ref.index}`,
+        );
     }
     assert.equal(r.stats.copied, expectOnN.length, 'one copy per block N is a new target of');
     assert.equal(r.stats.dropped, expectOffA.length);
@@ -198,7 +224,12 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
         await c.peers.get(uuid)!.backend.putBlocks([(await c.local.getBlock(ref))!]);
       }
     }
-    const lackingB = refs.filter((ref) => !c.placement.writeTargets(ref.volumeId, ref.index).remote.some((at) => c.placement.peers[at].uuid === b));
+    const lackingB = refs.filter(
+      (ref) =>
+        !c.placement
+          .writeTargets(ref.volumeId, ref.index)
+          .remote.some((at) => c.placement.peers[at].uuid === b),
+    );
     c.setRing([c.a, b], 2); // D removed: every block's targets are A and B
     const r = c.rebalancer({ gcView: async () => gcViewOf([{ id: 3, generation: 2, refs }]) });
     await runOnce(r);
@@ -207,7 +238,11 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
       assert.ok(await peerHolds(c, b, ref), 'so is B');
     }
     assert.ok(lackingB.length > 0);
-    assert.equal(r.stats.copied, lackingB.length, 'B gets a copy of each block D held in its place');
+    assert.equal(
+      r.stats.copied,
+      lackingB.length,
+      'B gets a copy of each block D held in its place',
+    );
     assert.equal(r.stats.dropped, 0);
     assert.equal(r.stats.failed, 0);
     await c.close();
@@ -221,7 +256,10 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     const current = [v7(2, 0), v7(1, 1), v7(2, MAP_PAGE_BIT)];
     const superseded = [v7(1, 0), v7(1, MAP_PAGE_BIT), v7(2, 5)];
     const inFlight = [v7(3, 0), v7(3, 2)];
-    const deleted = [{ volumeId: 8, generation: 4, index: 0 }, { volumeId: 8, generation: 4, index: 1 }];
+    const deleted = [
+      { volumeId: 8, generation: 4, index: 0 },
+      { volumeId: 8, generation: 4, index: 1 },
+    ];
     await seed(c, [...current, ...superseded, ...inFlight, ...deleted], [b]);
     const createdMeanwhile = { volumeId: 2, generation: 1, index: 0 };
     const r = c.rebalancer({
@@ -232,10 +270,15 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
       },
     });
     await runOnce(r);
-    for (const ref of [...current, ...inFlight, createdMeanwhile]) assert.ok(holds(c, ref), `kept ${JSON.stringify(ref)}`);
-    for (const ref of [...superseded, ...deleted]) assert.ok(!holds(c, ref), `freed ${JSON.stringify(ref)}`);
+    for (const ref of [...current, ...inFlight, createdMeanwhile])
+      assert.ok(holds(c, ref), `kept ${JSON.stringify(ref)}`);
+    for (const ref of [...superseded, ...deleted])
+      assert.ok(!holds(c, ref), `freed ${JSON.stringify(ref)}`);
     assert.equal(r.stats.garbageFreed, superseded.length + deleted.length);
-    assert.ok(await peerHolds(c, b, superseded[0]), 'no deletes go to peers: each node frees its own');
+    assert.ok(
+      await peerHolds(c, b, superseded[0]),
+      'no deletes go to peers: each node frees its own',
+    );
     await c.close();
   });
 
@@ -252,7 +295,10 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     assert.ok(r.stats.copied > 0);
     assert.equal(r.stats.dropped + r.stats.garbageFreed, 0);
     assert.equal(r.stats.runsWithoutGc, 1);
-    assert.ok(r.stats.pendingBlocks > 0 && r.rebalancing, 'surplus copies kept count as still to move');
+    assert.ok(
+      r.stats.pendingBlocks > 0 && r.rebalancing,
+      'surplus copies kept count as still to move',
+    );
     await c.close();
   });
 
@@ -264,7 +310,11 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     await seed(c, refs, [b]);
     const view = gcViewOf([{ id: 4, generation: 1, refs }]);
     c.setRing([c.a, b, n], 2);
-    const onN = refs.filter((ref) => c.placement.writeTargets(ref.volumeId, ref.index).remote.some((at) => c.placement.peers[at].uuid === n));
+    const onN = refs.filter((ref) =>
+      c.placement
+        .writeTargets(ref.volumeId, ref.index)
+        .remote.some((at) => c.placement.peers[at].uuid === n),
+    );
     const r = c.rebalancer({ gcView: async () => view });
 
     // N refuses every PUT.
@@ -292,12 +342,17 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
       const t = c.placement.writeTargets(ref.volumeId, ref.index);
       return !t.local && !t.remote.some((at) => c.placement.peers[at].uuid === b);
     });
-    assert.equal(r.stats.dropped, droppable.length, 'only blocks whose targets all answered (none: B is a target of every block A is not)');
+    assert.equal(
+      r.stats.dropped,
+      droppable.length,
+      'only blocks whose targets all answered (none: B is a target of every block A is not)',
+    );
 
     // Healed: the next run finishes the move.
     c.peers.get(b)!.flaky.failing = new Set();
     await runOnce(r);
-    for (const ref of refs) assert.equal(holds(c, ref), c.placement.writeTargets(ref.volumeId, ref.index).local);
+    for (const ref of refs)
+      assert.equal(holds(c, ref), c.placement.writeTargets(ref.volumeId, ref.index).local);
     assert.equal(r.stats.pendingBlocks, 0);
     await c.close();
   });
@@ -310,21 +365,30 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     await seed(c, refs);
     c.setRing([c.a, n], 2); // every block needs a copy on N
     const rate = 32 * BS; // 32 blocks a second; the burst is one copy batch (16 blocks)
-    const r = c.rebalancer({ gcView: async () => gcViewOf([{ id: 6, generation: 1, refs }]), rateBytesPerSecond: rate });
+    const r = c.rebalancer({
+      gcView: async () => gcViewOf([{ id: 6, generation: 1, refs }]),
+      rateBytesPerSecond: rate,
+    });
     const started = performance.now();
     r.start();
     await new Promise((resolve) => setTimeout(resolve, 1500));
     const seconds = (performance.now() - started) / 1000;
     const copied = c.peers.get(n)!.flaky.puts;
     // Upper bound only (a slow machine copies less, never more): burst + rate × time + one batch in flight.
-    assert.ok(copied <= 16 + 32 * seconds + 16, `${copied} copies in ${seconds.toFixed(2)} s at 32 blocks/s`);
+    assert.ok(
+      copied <= 16 + 32 * seconds + 16,
+      `${copied} copies in ${seconds.toFixed(2)} s at 32 blocks/s`,
+    );
     assert.ok(copied > 0, 'it makes progress');
     assert.ok(r.stats.running && r.rebalancing);
     assert.ok(r.rate() >= 0);
     const closing = performance.now();
     await r.close();
     assert.ok(performance.now() - closing < 5000, 'close() does not wait out the throttle');
-    assert.ok(c.peers.get(n)!.flaky.puts < refs.length, 'the run stopped before copying everything');
+    assert.ok(
+      c.peers.get(n)!.flaky.puts < refs.length,
+      'the run stopped before copying everything',
+    );
     await c.close();
   });
 });

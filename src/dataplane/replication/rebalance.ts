@@ -123,7 +123,16 @@ interface Item {
 
 export class Rebalancer {
   readonly stats: RebalanceStats = {
-    running: false, runs: 0, scanned: 0, copied: 0, copiedBytes: 0, dropped: 0, garbageFreed: 0, failed: 0, runsWithoutGc: 0, pendingBlocks: 0,
+    running: false,
+    runs: 0,
+    scanned: 0,
+    copied: 0,
+    copiedBytes: 0,
+    dropped: 0,
+    garbageFreed: 0,
+    failed: 0,
+    runsWithoutGc: 0,
+    pendingBlocks: 0,
   };
   /** Bytes this node's rebalance copies to peers, per second. */
   readonly meter = new RateMeter();
@@ -144,13 +153,20 @@ export class Rebalancer {
     const rate = options.rateBytesPerSecond ?? DEFAULT_REBALANCE_RATE;
     this.job = new BackgroundJob({
       work: () => this.runOnce(),
-      onError: (err) => this.log.error({ err: String(err) }, 'rebalance run failed; it runs again on the next change or period'),
+      onError: (err) =>
+        this.log.error(
+          { err: String(err) },
+          'rebalance run failed; it runs again on the next change or period',
+        ),
       settleMs: options.settleMs ?? SETTLE_MS,
       intervalMs: options.intervalMs ?? DEFAULT_REBALANCE_INTERVAL_MS,
       period: 'fixed',
       runAtStart: true,
       // Burst: a tenth of a second's worth, but at least one full copy batch to one target.
-      pace: { bytesPerSecond: rate, burstBytes: Math.max(rate / 10, COPY_BATCH * this.local.store.blockSize) },
+      pace: {
+        bytesPerSecond: rate,
+        burstBytes: Math.max(rate / 10, COPY_BATCH * this.local.store.blockSize),
+      },
     });
   }
 
@@ -195,7 +211,14 @@ export class Rebalancer {
     stats.runs++;
     stats.lastStartedAt = new Date().toISOString();
     this.runFoundWork = false;
-    const run: RebalanceRunCounts & { pending: number } = { scanned: 0, copied: 0, dropped: 0, garbageFreed: 0, failed: 0, pending: 0 };
+    const run: RebalanceRunCounts & { pending: number } = {
+      scanned: 0,
+      copied: 0,
+      dropped: 0,
+      garbageFreed: 0,
+      failed: 0,
+      pending: 0,
+    };
     let finished = false;
     try {
       const { view, presentBefore } = await this.takeView();
@@ -220,10 +243,19 @@ export class Rebalancer {
     } finally {
       stats.running = false;
       stats.lastSeconds = (performance.now() - started) / 1000;
-      stats.last = { scanned: run.scanned, copied: run.copied, dropped: run.dropped, garbageFreed: run.garbageFreed, failed: run.failed };
+      stats.last = {
+        scanned: run.scanned,
+        copied: run.copied,
+        dropped: run.dropped,
+        garbageFreed: run.garbageFreed,
+        failed: run.failed,
+      };
       if (finished) stats.pendingBlocks = run.pending;
       if (run.copied + run.dropped + run.garbageFreed + run.failed > 0) {
-        this.log.info({ ...stats.last, pending: run.pending, seconds: stats.lastSeconds.toFixed(1) }, 'rebalance run finished');
+        this.log.info(
+          { ...stats.last, pending: run.pending, seconds: stats.lastSeconds.toFixed(1) },
+          'rebalance run finished',
+        );
       }
     }
   }
@@ -240,12 +272,20 @@ export class Rebalancer {
     try {
       return { view: await this.options.gcView(), presentBefore };
     } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'rebalance: no GC view this run (nothing is freed or dropped)');
+      this.log.warn(
+        { err: (err as Error).message },
+        'rebalance: no GC view this run (nothing is freed or dropped)',
+      );
       return { view: undefined, presentBefore };
     }
   }
 
-  private async chunk(refs: BlockRef[], view: GcView | undefined, presentBefore: ReadonlySet<number>, run: RebalanceRunCounts & { pending: number }): Promise<void> {
+  private async chunk(
+    refs: BlockRef[],
+    view: GcView | undefined,
+    presentBefore: ReadonlySet<number>,
+    run: RebalanceRunCounts & { pending: number },
+  ): Promise<void> {
     const placement = this.placement;
     const version = placement.version;
     const peers = placement.peers;
@@ -263,7 +303,14 @@ export class Rebalancer {
         continue;
       }
       const where = placement.writeTargets(ref.volumeId, ref.index);
-      items.push({ ref, verdict, targets: where.remote.map((at) => peers[at].uuid), local: where.local, confirmed: new Set(), failed: false });
+      items.push({
+        ref,
+        verdict,
+        targets: where.remote.map((at) => peers[at].uuid),
+        local: where.local,
+        confirmed: new Set(),
+        failed: false,
+      });
     }
     if (garbage.length > 0) {
       const freed = await this.local.deleteBlocks(garbage);
@@ -293,7 +340,10 @@ export class Rebalancer {
         } catch (err) {
           for (const item of list) item.failed = true;
           this.countFailed(list.length, run);
-          this.log.warn({ peer: uuid, err: (err as Error).message }, 'rebalance: target did not answer HAS; its blocks are checked next run');
+          this.log.warn(
+            { peer: uuid, err: (err as Error).message },
+            'rebalance: target did not answer HAS; its blocks are checked next run',
+          );
         }
       }),
     );
@@ -309,9 +359,12 @@ export class Rebalancer {
     // 4. Durable before anything counts on them: targets written to, and the
     // targets of blocks about to be dropped (a copy another node just put
     // there may not be synced yet).
-    const dropping = items.filter((item) => this.droppable(item, placement.replicationOf(item.ref.volumeId)));
+    const dropping = items.filter((item) =>
+      this.droppable(item, placement.replicationOf(item.ref.volumeId)),
+    );
     const toSync = new Set(written);
-    for (const item of dropping) for (const uuid of item.targets) if (item.confirmed.has(uuid)) toSync.add(uuid);
+    for (const item of dropping)
+      for (const uuid of item.targets) if (item.confirmed.has(uuid)) toSync.add(uuid);
     await Promise.all(
       [...toSync].map(async (uuid) => {
         try {
@@ -321,14 +374,20 @@ export class Rebalancer {
             if (item.confirmed.delete(uuid)) item.failed = true;
           }
           this.countFailed(1, run);
-          this.log.warn({ peer: uuid, err: (err as Error).message }, 'rebalance: target could not sync; its copies do not count');
+          this.log.warn(
+            { peer: uuid, err: (err as Error).message },
+            'rebalance: target could not sync; its copies do not count',
+          );
         }
       }),
     );
 
     // 5. Drop surplus copies whose every target confirmed — unless placement
     // moved meanwhile (the next run decides with the new one).
-    const drop = placement.version === version ? dropping.filter((item) => item.targets.every((uuid) => item.confirmed.has(uuid))) : [];
+    const drop =
+      placement.version === version
+        ? dropping.filter((item) => item.targets.every((uuid) => item.confirmed.has(uuid)))
+        : [];
     if (drop.length > 0) {
       const dropped = await this.local.deleteBlocks(drop.map((item) => item.ref));
       stats.dropped += dropped;
@@ -344,17 +403,29 @@ export class Rebalancer {
 
   /** A surplus copy that may go once its targets confirm: committed, not a target here, R targets. */
   private droppable(item: Item, replication: number): boolean {
-    return !item.local && item.verdict === 'referenced' && !item.failed && item.targets.length >= replication;
+    return (
+      !item.local &&
+      item.verdict === 'referenced' &&
+      !item.failed &&
+      item.targets.length >= replication
+    );
   }
 
   /** Read a batch of blocks locally once each, and PUT each to the targets lacking it (one PUT per target). */
-  private async copyBatch(batch: [Item, string[]][], written: Set<string>, run: RebalanceRunCounts): Promise<void> {
+  private async copyBatch(
+    batch: [Item, string[]][],
+    written: Set<string>,
+    run: RebalanceRunCounts,
+  ): Promise<void> {
     const blocks = await Promise.all(
       batch.map(async ([item]) => {
         try {
           return await this.local.getBlock(item.ref);
         } catch (err) {
-          this.log.warn({ block: formatRef(item.ref), err: (err as Error).message }, 'rebalance: local copy could not be read');
+          this.log.warn(
+            { block: formatRef(item.ref), err: (err as Error).message },
+            'rebalance: local copy could not be read',
+          );
           return undefined;
         }
       }),
@@ -365,7 +436,11 @@ export class Rebalancer {
       if (!block) {
         // Dropped meanwhile (a volume's own release), or unreadable.
         item.failed = true;
-        if (this.local.store.lookup(item.ref.volumeId, item.ref.generation, item.ref.index) !== undefined) this.countFailed(targets.length, run);
+        if (
+          this.local.store.lookup(item.ref.volumeId, item.ref.generation, item.ref.index) !==
+          undefined
+        )
+          this.countFailed(targets.length, run);
         return;
       }
       for (const uuid of targets) {
@@ -393,7 +468,10 @@ export class Rebalancer {
         } catch (err) {
           for (const item of entry.items) item.failed = true;
           this.countFailed(entry.blocks.length, run);
-          this.log.warn({ peer: uuid, blocks: entry.blocks.length, err: (err as Error).message }, 'rebalance: copies not stored on target');
+          this.log.warn(
+            { peer: uuid, blocks: entry.blocks.length, err: (err as Error).message },
+            'rebalance: copies not stored on target',
+          );
         }
       }),
     );

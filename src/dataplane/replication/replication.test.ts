@@ -28,7 +28,13 @@ import { ClusterPlacement } from './placement.js';
 const BS = 64 * 1024;
 const CLUSTER = 'test-cluster';
 const quiet = logger('replication-test');
-const identity: VolumeIdentity = { id: 7, name: 'replicated', size: 512 * BS, blockSize: BS, encrypted: false };
+const identity: VolumeIdentity = {
+  id: 7,
+  name: 'replicated',
+  size: 512 * BS,
+  blockSize: BS,
+  encrypted: false,
+};
 
 interface Peer {
   uuid: string;
@@ -55,11 +61,25 @@ interface Node {
   committed: { generation: number; root: MapRoot | undefined };
 }
 
-async function startNode(dir: string, uuid: string, ring: RingDescription, members: { uuid: string; address: string }[]): Promise<Node> {
+async function startNode(
+  dir: string,
+  uuid: string,
+  ring: RingDescription,
+  members: { uuid: string; address: string }[],
+): Promise<Node> {
   await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 64 * 1024 * 1024 });
   const store = await LocalSlotStore.open(dir);
   const cache = new BlockCache(BS, 8 * 1024 * 1024);
-  const pool = new DataPool({ cache: cache.buffer, blockSize: BS, records: store.records, dataPath: store.dataPath, slotsPath: store.slotsPath }, 2);
+  const pool = new DataPool(
+    {
+      cache: cache.buffer,
+      blockSize: BS,
+      records: store.records,
+      dataPath: store.dataPath,
+      slotsPath: store.slotsPath,
+    },
+    2,
+  );
   const placement = new ClusterPlacement(uuid, { clusterId: CLUSTER, nodeId: uuid });
   placement.update(ring, members);
   const cluster = new ClusterBlocks(placement, await hasher(), quiet);
@@ -108,7 +128,7 @@ describe('replication through the volume data path', { timeout: 60_000 }, () => 
     await rm(root, { recursive: true, force: true });
   });
 
-  test('blocks land on the ring\'s nodes, and a node outside the ring reads the committed version from peers alone', async () => {
+  test("blocks land on the ring's nodes, and a node outside the ring reads the committed version from peers alone", async () => {
     // A's own peer address is never used by A; D sees A as live but unreachable.
     const members = [
       { uuid: aUuid, address: '127.0.0.1:1' },
@@ -127,9 +147,21 @@ describe('replication through the volume data path', { timeout: 60_000 }, () => 
     for (let index = 0; index < 40; index++) {
       const where = built.placement({ volumeId: identity.id, generation: 1, index }, 2);
       const ref = { volumeId: identity.id, generation: 1, index };
-      assert.equal(a.store.lookup(identity.id, 1, index) !== undefined, where.includes(aUuid), `block ${index} on A`);
-      assert.equal((await b.backend.hasBlocks([ref]))[0], where.includes(b.uuid), `block ${index} on B`);
-      assert.equal((await c.backend.hasBlocks([ref]))[0], where.includes(c.uuid), `block ${index} on C`);
+      assert.equal(
+        a.store.lookup(identity.id, 1, index) !== undefined,
+        where.includes(aUuid),
+        `block ${index} on A`,
+      );
+      assert.equal(
+        (await b.backend.hasBlocks([ref]))[0],
+        where.includes(b.uuid),
+        `block ${index} on B`,
+      );
+      assert.equal(
+        (await c.backend.hasBlocks([ref]))[0],
+        where.includes(c.uuid),
+        `block ${index} on C`,
+      );
     }
     assert.equal(a.cluster.stats.underReplicatedBlocks, 0);
     await volume.close();
@@ -137,7 +169,13 @@ describe('replication through the volume data path', { timeout: 60_000 }, () => 
     // D: not a ring member, an empty store, A unreachable.
     const dUuid = randomUUID();
     const d = await startNode(join(root, 'd'), dUuid, ring, members);
-    const reader = await Volume.open(identity, a.committed.generation, a.committed.root, null, d.services);
+    const reader = await Volume.open(
+      identity,
+      a.committed.generation,
+      a.committed.root,
+      null,
+      d.services,
+    );
     const back = Buffer.alloc(data.length);
     // Blocks whose copies are on A and one peer come from that peer; no block needs A.
     await reader.read(0, back);
@@ -156,14 +194,21 @@ describe('replication through the volume data path', { timeout: 60_000 }, () => 
       { uuid: b.uuid, address: b.address },
       { uuid: down.uuid, address: down.address },
     ];
-    const ring2: RingDescription = { ...ring, version: 2, members: [aUuid, b.uuid, down.uuid].map((uuid) => ({ uuid, weight: 1 << 30 })) };
+    const ring2: RingDescription = {
+      ...ring,
+      version: 2,
+      members: [aUuid, b.uuid, down.uuid].map((uuid) => ({ uuid, weight: 1 << 30 })),
+    };
     const a = await startNode(join(root, 'a2'), aUuid, ring2, members);
     const volume = await Volume.open(identity, 0, undefined, null, a.services);
     const data = randomBytes(24 * BS);
     await volume.write(0, data, false);
     await volume.flush();
     assert.equal(a.committed.generation, 1);
-    assert.ok(a.cluster.stats.underReplicatedBlocks > 0, 'copies meant for the dead peer are counted as missing');
+    assert.ok(
+      a.cluster.stats.underReplicatedBlocks > 0,
+      'copies meant for the dead peer are counted as missing',
+    );
     assert.ok(a.cluster.stats.failedPeerWrites > 0);
     const back = Buffer.alloc(data.length);
     await volume.read(0, back);
@@ -203,10 +248,16 @@ describe('replication through the volume data path', { timeout: 60_000 }, () => 
     assert.ok(onPeers > 0);
 
     const d = await startNode(join(root, 'd3'), randomUUID(), ring, members);
-    const reader = await Volume.open(sealedIdentity, a.committed.generation, a.committed.root, key, d.services);
+    const reader = await Volume.open(
+      sealedIdentity,
+      a.committed.generation,
+      a.committed.root,
+      key,
+      d.services,
+    );
     const back = Buffer.alloc(data.length);
     await reader.read(0, back);
-    assert.ok(back.equals(data), 'the reader opens the peers\' ciphertext with the volume key');
+    assert.ok(back.equals(data), "the reader opens the peers' ciphertext with the volume key");
     await reader.close();
     await stopNode(d);
     await stopNode(a);

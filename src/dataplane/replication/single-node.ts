@@ -8,7 +8,13 @@
 import { IoError } from '../../common/errors.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
-import { NO_PEERS, type BlockPlacement, type ReadRemote, type ReplicationStats, type WriteRemote } from './block-placement.js';
+import {
+  NO_PEERS,
+  type BlockPlacement,
+  type ReadRemote,
+  type ReplicationStats,
+  type WriteRemote,
+} from './block-placement.js';
 
 const NOTHING_FAILED: Promise<ReadonlySet<string>> = Promise.resolve(new Set<string>());
 const NO_PAGE_COPIES: Promise<readonly string[]> = Promise.resolve(NO_PEERS);
@@ -16,7 +22,11 @@ const NO_PAGE_COPIES: Promise<readonly string[]> = Promise.resolve(NO_PEERS);
 export class SingleNodePlacement implements BlockPlacement {
   readonly holdsCopies = true;
   /** Always zero: one copy is all a single node is asked for. */
-  readonly stats: ReplicationStats = { underReplicatedBlocks: 0, failedPeerWrites: 0, remoteReads: 0 };
+  readonly stats: ReplicationStats = {
+    underReplicatedBlocks: 0,
+    failedPeerWrites: 0,
+    remoteReads: 0,
+  };
 
   replicationOf(): number {
     return 1;
@@ -27,7 +37,12 @@ export class SingleNodePlacement implements BlockPlacement {
   }
 
   /** A slot of this node's store for every block; a full store throws (StoreFullError): there is nowhere else. */
-  placeWrites(store: LocalSlotStore, _volumeId: number, indices: readonly number[], storeSlots: number[]): WriteRemote | undefined {
+  placeWrites(
+    store: LocalSlotStore,
+    _volumeId: number,
+    indices: readonly number[],
+    storeSlots: number[],
+  ): WriteRemote | undefined {
     for (let i = 0; i < indices.length; i++) storeSlots.push(store.allocate());
     return undefined;
   }
@@ -37,7 +52,12 @@ export class SingleNodePlacement implements BlockPlacement {
   }
 
   getBlock(ref: BlockRef): Promise<void> {
-    return Promise.reject(new IoError('EIO', `${formatRef(ref)} is missing from the local store, and a single node has no other copy`));
+    return Promise.reject(
+      new IoError(
+        'EIO',
+        `${formatRef(ref)} is missing from the local store, and a single node has no other copy`,
+      ),
+    );
   }
 
   syncPeers(): Promise<ReadonlySet<string>> {

@@ -44,7 +44,13 @@ export class Listeners<C extends ServedSocket> {
   private readonly servers: Server[] = [];
   private closing = false;
   private nextConnectionId = 1;
-  private readonly messages: { listenerError: string; refusedClosing: string; refusedFull: string; drainOver: string; closed: string };
+  private readonly messages: {
+    listenerError: string;
+    refusedClosing: string;
+    refusedFull: string;
+    drainOver: string;
+    closed: string;
+  };
 
   constructor(private readonly options: ListenersOptions) {
     const { server, connection } = options.names;
@@ -69,7 +75,10 @@ export class Listeners<C extends ServedSocket> {
   /** A new listener, started by `start` (server.listen(...) calling ready once bound). */
   listen(start: (server: Server, ready: () => void) => void): Promise<Server> {
     if (this.closing) return Promise.reject(new Error(this.messages.closed));
-    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, this.options.onSocket);
+    const server = createServer(
+      { allowHalfOpen: true, noDelay: true, pauseOnConnect: true },
+      this.options.onSocket,
+    );
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       start(server, () => {
@@ -91,7 +100,10 @@ export class Listeners<C extends ServedSocket> {
   admit(socket: Socket, log: Logger): boolean {
     const { maxConnections } = this.options;
     if (!this.closing && this.connections.size < maxConnections) return true;
-    log.warn({ open: this.connections.size, max: maxConnections }, this.closing ? this.messages.refusedClosing : this.messages.refusedFull);
+    log.warn(
+      { open: this.connections.size, max: maxConnections },
+      this.closing ? this.messages.refusedClosing : this.messages.refusedFull,
+    );
     socket.destroy();
     return false;
   }
@@ -99,7 +111,9 @@ export class Listeners<C extends ServedSocket> {
   /** See the contract above; call once. */
   async close(drainMs: number): Promise<void> {
     this.closing = true;
-    const listenersClosed = Promise.all(this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+    const listenersClosed = Promise.all(
+      this.servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))),
+    );
     for (const conn of this.connections) conn.shutdown();
     const all = () => Promise.all([...this.connections].map((c) => c.done));
     let timer: NodeJS.Timeout | undefined;

@@ -102,7 +102,12 @@ export abstract class ServedConnection {
   /** True (and the socket paused) while a limit says the pump must stop. */
   protected readingBlocked(): boolean {
     const limits = this.limits;
-    if (this.inflight < limits.maxInflightRequests && this.inflightBytes < limits.maxInflightBytes && !this.writeBlocked) return false;
+    if (
+      this.inflight < limits.maxInflightRequests &&
+      this.inflightBytes < limits.maxInflightBytes &&
+      !this.writeBlocked
+    )
+      return false;
     if (!this.readPaused) {
       this.readPaused = true;
       this.socket.pause();
@@ -139,7 +144,10 @@ export abstract class ServedConnection {
   protected ended(cost: number): void {
     this.inflight--;
     this.inflightBytes -= cost;
-    assert(this.inflight >= 0 && this.inflightBytes >= 0, 'a request ended that was never begun (in-flight count below zero)');
+    assert(
+      this.inflight >= 0 && this.inflightBytes >= 0,
+      'a request ended that was never begun (in-flight count below zero)',
+    );
   }
 
   /** A request has settled: read on, end if that was the last one of a drain, finish if the socket is gone. */

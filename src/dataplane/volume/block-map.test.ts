@@ -82,5 +82,8 @@ test('referencedRefs lists the root, every page and every data block', () => {
     d.setEntry(0, 300, 0, 1, 1);
   });
   const refs = [...map.referencedRefs()].map((r) => r.index).sort((a, b) => a - b);
-  assert.deepEqual(refs, [0, 300, pageIndex(0, 0), pageIndex(0, 1), pageIndex(1, 0)].sort((a, b) => a - b));
+  assert.deepEqual(
+    refs,
+    [0, 300, pageIndex(0, 0), pageIndex(0, 1), pageIndex(1, 0)].sort((a, b) => a - b),
+  );
 });

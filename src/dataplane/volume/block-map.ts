@@ -84,7 +84,9 @@ export class BlockMap {
 
   lookup(index: number): MapEntry | undefined {
     const e = this.entryWords(0, index);
-    return e && { generation: e[W_GEN], flags: e[W_FLAGS], hashLo: e[W_HASH_LO], hashHi: e[W_HASH_HI] };
+    return (
+      e && { generation: e[W_GEN], flags: e[W_FLAGS], hashLo: e[W_HASH_LO], hashHi: e[W_HASH_HI] }
+    );
   }
 
   /** True if the block holds data in the committed map (not a hole). */
@@ -122,7 +124,12 @@ export class BlockMap {
 
   /** Every ref the committed version references (pages and data), for GC sweeps. */
   *referencedRefs(): IterableIterator<BlockRef> {
-    if (this.root) yield { volumeId: this.volumeId, generation: this.root.generation, index: pageIndex(this.height - 1, 0) };
+    if (this.root)
+      yield {
+        volumeId: this.volumeId,
+        generation: this.root.generation,
+        index: pageIndex(this.height - 1, 0),
+      };
     for (let level = 0; level < this.height; level++) {
       for (const [pageNo, page] of this.levels[level]) {
         for (let i = 0; i < this.fanout; i++) {
@@ -164,7 +171,14 @@ export class MapDraft {
     return page;
   }
 
-  setEntry(level: number, index: number, flags: number, hashLo: number, hashHi: number, generation = this.generation): void {
+  setEntry(
+    level: number,
+    index: number,
+    flags: number,
+    hashLo: number,
+    hashHi: number,
+    generation = this.generation,
+  ): void {
     const page = this.writablePage(level, Math.floor(index / this.map.fanout));
     const at = (index % this.map.fanout) * ENTRY_WORDS;
     page[at + W_GEN] = generation;
@@ -177,7 +191,11 @@ export class MapDraft {
     const pageNo = Math.floor(index / this.map.fanout);
     if (!this.pages[level].has(pageNo) && !this.map.committedPage(level, pageNo)) return; // already a hole
     const page = this.writablePage(level, pageNo);
-    page.fill(0, (index % this.map.fanout) * ENTRY_WORDS, (index % this.map.fanout + 1) * ENTRY_WORDS);
+    page.fill(
+      0,
+      (index % this.map.fanout) * ENTRY_WORDS,
+      ((index % this.map.fanout) + 1) * ENTRY_WORDS,
+    );
   }
 
   /**
@@ -198,7 +216,11 @@ export class MapDraft {
       out.push({
         level,
         pageNo,
-        ref: { volumeId: this.map.volumeId, generation: this.generation, index: pageIndex(level, pageNo) },
+        ref: {
+          volumeId: this.map.volumeId,
+          generation: this.generation,
+          index: pageIndex(level, pageNo),
+        },
         bytes: new Uint8Array(page.buffer, page.byteOffset, page.byteLength),
       });
     }
@@ -235,15 +257,24 @@ export class MapDraft {
         const committed = this.map.committedPage(level, pageNo);
         if (!committed) continue;
         if (level === this.map.height - 1 && this.map.root) {
-          out.push({ volumeId, generation: this.map.root.generation, index: pageIndex(level, pageNo) });
+          out.push({
+            volumeId,
+            generation: this.map.root.generation,
+            index: pageIndex(level, pageNo),
+          });
         }
         for (let i = 0; i < fanout; i++) {
           const at = i * ENTRY_WORDS;
           if ((committed[at + W_FLAGS] & ENTRY_PRESENT) === 0) continue;
           const oldGen = committed[at + W_GEN];
-          if (page && (page[at + W_FLAGS] & ENTRY_PRESENT) !== 0 && page[at + W_GEN] === oldGen) continue;
+          if (page && (page[at + W_FLAGS] & ENTRY_PRESENT) !== 0 && page[at + W_GEN] === oldGen)
+            continue;
           const child = pageNo * fanout + i;
-          out.push({ volumeId, generation: oldGen, index: level === 0 ? child : pageIndex(level - 1, child) });
+          out.push({
+            volumeId,
+            generation: oldGen,
+            index: level === 0 ? child : pageIndex(level - 1, child),
+          });
         }
       }
     }
@@ -255,7 +286,8 @@ export class MapDraft {
   }
 
   commit(root: MapRoot | undefined): void {
-    for (let level = 0; level < this.map.height; level++) this.map.replacePages(level, this.pages[level]);
+    for (let level = 0; level < this.map.height; level++)
+      this.map.replacePages(level, this.pages[level]);
     this.map.root = root;
   }
 }

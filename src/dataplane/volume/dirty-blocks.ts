@@ -7,7 +7,11 @@
 import { IoError } from '../../common/errors.js';
 import { SlotState } from '../cache/block-cache.js';
 import type { WrittenBlocks } from '../pool/written-blocks.js';
-import { countShortfall, notePeerWriteFailures, storedAnywhere } from '../replication/durability.js';
+import {
+  countShortfall,
+  notePeerWriteFailures,
+  storedAnywhere,
+} from '../replication/durability.js';
 import type { SpilledBlock, VolumeState } from './volume-state.js';
 
 /**
@@ -28,7 +32,15 @@ export async function storeDirty(state: VolumeState, indices: number[]): Promise
   let written: WrittenBlocks;
   try {
     const remote = placement.placeWrites(store, state.id, indices, storeSlots);
-    written = await pool.writeBlocks(state.id, generation, state.key, cacheSlots, storeSlots, indices, remote);
+    written = await pool.writeBlocks(
+      state.id,
+      generation,
+      state.key,
+      cacheSlots,
+      storeSlots,
+      indices,
+      remote,
+    );
   } catch (err) {
     for (const slot of storeSlots) if (slot >= 0) store.unallocate(slot);
     for (let i = 0; i < indices.length; i++) {
@@ -69,7 +81,12 @@ export async function storeDirty(state: VolumeState, indices: number[]): Promise
         store.release(ref); // trimmed while it was being written
         state.spilled.delete(index);
       } else {
-        const entry: SpilledBlock = { hashLo: written.hashLo(i), hashHi: written.hashHi(i), local, peers };
+        const entry: SpilledBlock = {
+          hashLo: written.hashLo(i),
+          hashHi: written.hashHi(i),
+          local,
+          peers,
+        };
         countShortfall(placement, state.id, entry);
         state.spilled.set(index, entry);
       }
@@ -80,6 +97,9 @@ export async function storeDirty(state: VolumeState, indices: number[]): Promise
   notePeerWriteFailures(placement, state.services.log, state.name, written.failures);
   if (unstored.length > 0) {
     const first = unstored.slice(0, 4).join(' | ');
-    throw new IoError('EIO', `volume ${state.name}: ${unstored.length} block(s) could not be stored on any node: ${first}`);
+    throw new IoError(
+      'EIO',
+      `volume ${state.name}: ${unstored.length} block(s) could not be stored on any node: ${first}`,
+    );
   }
 }

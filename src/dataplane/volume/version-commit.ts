@@ -23,7 +23,8 @@ export async function commitVersion(state: VolumeState): Promise<void> {
   // depend on the order the draft applies them: the write and trim paths
   // keep the two sets apart, checked here where they become a version.
   for (const index of state.pendingHoles) {
-    if (state.spilled.has(index)) invariantBroken(`volume ${state.name}: block ${index} is both spilled and a pending hole`);
+    if (state.spilled.has(index))
+      invariantBroken(`volume ${state.name}: block ${index} is both spilled and a pending hole`);
   }
   const entries = [...state.spilled];
   const holes = [...state.pendingHoles];
@@ -58,12 +59,18 @@ export async function commitVersion(state: VolumeState): Promise<void> {
     await state.services.commit(state.identity, generation, root);
     draft.commit(root);
     state.generation = generation;
-    for (const [index, e] of entries) if (state.spilled.get(index) === e) state.spilled.delete(index);
+    for (const [index, e] of entries)
+      if (state.spilled.get(index) === e) state.spilled.delete(index);
     for (const ref of superseded) store.release(ref);
-    state.services.onFlush?.(state.name, entries.length, Number(process.hrtime.bigint() - started) / 1e9);
+    state.services.onFlush?.(
+      state.name,
+      entries.length,
+      Number(process.hrtime.bigint() - started) / 1e9,
+    );
   } catch (err) {
     for (const index of writtenPages) store.release({ volumeId: state.id, generation, index });
-    for (const index of holes) if (!state.table.has(index) && !state.spilled.has(index)) state.pendingHoles.add(index);
+    for (const index of holes)
+      if (!state.table.has(index) && !state.spilled.has(index)) state.pendingHoles.add(index);
     throw err;
   }
 }

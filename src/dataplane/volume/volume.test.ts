@@ -30,11 +30,25 @@ interface Rig {
   services: VolumeServices;
 }
 
-async function rig(dir: string, capacity = 64 * 1024 * 1024, cacheBytes = 16 * 1024 * 1024): Promise<Rig> {
-  if (!(await LocalSlotStore.exists(dir))) await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: capacity });
+async function rig(
+  dir: string,
+  capacity = 64 * 1024 * 1024,
+  cacheBytes = 16 * 1024 * 1024,
+): Promise<Rig> {
+  if (!(await LocalSlotStore.exists(dir)))
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: capacity });
   const store = await LocalSlotStore.open(dir);
   const cache = new BlockCache(BS, cacheBytes);
-  const pool = new DataPool({ cache: cache.buffer, blockSize: BS, records: store.records, dataPath: store.dataPath, slotsPath: store.slotsPath }, 2);
+  const pool = new DataPool(
+    {
+      cache: cache.buffer,
+      blockSize: BS,
+      records: store.records,
+      dataPath: store.dataPath,
+      slotsPath: store.slotsPath,
+    },
+    2,
+  );
   const committed = { generation: 0, root: undefined as MapRoot | undefined };
   const services: VolumeServices = {
     store,
@@ -55,7 +69,13 @@ async function closeRig(r: Rig) {
   await r.store.close();
 }
 
-const identity: VolumeIdentity = { id: 42, name: 'vol', size: 256 * BS, blockSize: BS, encrypted: false };
+const identity: VolumeIdentity = {
+  id: 42,
+  name: 'vol',
+  size: 256 * BS,
+  blockSize: BS,
+  encrypted: false,
+};
 
 describe('volume', { timeout: 60_000 }, () => {
   let root: string;
@@ -92,7 +112,13 @@ describe('volume', { timeout: 60_000 }, () => {
     await closeRig(r);
 
     const again = await rig(dir);
-    const reopened = await Volume.open(identity, r.committed.generation, r.committed.root, null, again.services);
+    const reopened = await Volume.open(
+      identity,
+      r.committed.generation,
+      r.committed.root,
+      null,
+      again.services,
+    );
     const after = Buffer.alloc(data.length);
     await reopened.read(BS / 2 + 3, after);
     assert.deepEqual(after, data);
@@ -125,7 +151,10 @@ describe('volume', { timeout: 60_000 }, () => {
     await v.flush();
     assert.equal(r.store.usedSlots, full - 3);
     const status = v.blockStatus(0, 8 * BS);
-    assert.deepEqual(status.map((e) => e.flags), [0, 3, 0]);
+    assert.deepEqual(
+      status.map((e) => e.flags),
+      [0, 3, 0],
+    );
     await closeRig(r);
   });
 
@@ -147,12 +176,19 @@ describe('volume', { timeout: 60_000 }, () => {
     await closeRig(r);
     // Flip bytes in every data slot on disk.
     const file = await open(join(dir, 'data'), 'r+');
-    for (let slot = 0; slot < 4; slot++) await file.write(Buffer.from([0xff, 0x00, 0xff]), 0, 3, slot * BS + 100);
+    for (let slot = 0; slot < 4; slot++)
+      await file.write(Buffer.from([0xff, 0x00, 0xff]), 0, 3, slot * BS + 100);
     await file.close();
     const again = await rig(dir);
     const errors: number[] = [];
     again.services.onChecksumError = (_v, block) => errors.push(block);
-    const reopened = await Volume.open(identity, r.committed.generation, r.committed.root, null, again.services).catch((e) => e);
+    const reopened = await Volume.open(
+      identity,
+      r.committed.generation,
+      r.committed.root,
+      null,
+      again.services,
+    ).catch((e) => e);
     if (reopened instanceof Error) {
       // The map page itself was hit: still an error, not garbage.
       assert.ok(reopened instanceof ChecksumError);
@@ -167,7 +203,10 @@ describe('volume', { timeout: 60_000 }, () => {
     const r = await rig(join(root, 'full'), 16 * BS);
     const v = await Volume.open(identity, 0, undefined, null, r.services);
     await v.write(0, randomBytes(20 * BS), false);
-    await assert.rejects(v.flush(), (err: unknown) => err instanceof IoError && err.errno === 'ENOSPC');
+    await assert.rejects(
+      v.flush(),
+      (err: unknown) => err instanceof IoError && err.errno === 'ENOSPC',
+    );
     assert.equal(r.committed.generation, 0, 'nothing committed');
     await v.zeroRange(0, 10 * BS, false);
     await v.flush(); // fits now
@@ -183,7 +222,8 @@ describe('volume', { timeout: 60_000 }, () => {
     const big: VolumeIdentity = { ...identity, size: 1024 * BS };
     const v = await Volume.open(big, 0, undefined, null, r.services);
     const data = randomBytes(200 * BS);
-    for (let off = 0; off < data.length; off += 8 * BS) await v.write(off, data.subarray(off, off + 8 * BS), false);
+    for (let off = 0; off < data.length; off += 8 * BS)
+      await v.write(off, data.subarray(off, off + 8 * BS), false);
     assert.equal(r.committed.generation, 0, 'spilling is not committing');
     assert.ok(r.store.usedSlots > 0, 'blocks went to the store');
     await v.zeroRange(10 * BS, 2 * BS, false); // drop two blocks that were spilled
@@ -193,10 +233,20 @@ describe('volume', { timeout: 60_000 }, () => {
     assert.ok(back.equals(data), 'spilled and cached blocks read back before any commit');
     await v.flush();
     assert.equal(r.committed.generation, 1);
-    assert.equal(r.store.usedSlots, 198 + 1, '198 data blocks and one map page, the trimmed spills released');
+    assert.equal(
+      r.store.usedSlots,
+      198 + 1,
+      '198 data blocks and one map page, the trimmed spills released',
+    );
     await closeRig(r);
     const again = await rig(dir, 64 * 1024 * 1024, 4 * 1024 * 1024);
-    const reopened = await Volume.open(big, r.committed.generation, r.committed.root, null, again.services);
+    const reopened = await Volume.open(
+      big,
+      r.committed.generation,
+      r.committed.root,
+      null,
+      again.services,
+    );
     const after = Buffer.alloc(data.length);
     await reopened.read(0, after);
     assert.ok(after.equals(data));
@@ -225,7 +275,9 @@ describe('volume', { timeout: 60_000 }, () => {
     await v.write(0, randomBytes(BS), false);
     await v.flush();
     // Break the invariant the write and trim paths keep: reach into the state as a bug would.
-    const state = (v as unknown as { state: { spilled: Map<number, unknown>; pendingHoles: Set<number> } }).state;
+    const state = (
+      v as unknown as { state: { spilled: Map<number, unknown>; pendingHoles: Set<number> } }
+    ).state;
     state.spilled.set(0, { hashLo: 1, hashHi: 2, local: false, peers: [] });
     state.pendingHoles.add(0);
     await assert.rejects(v.flush(), InvariantError);

@@ -31,7 +31,12 @@ import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks
 import type { Extent, ReadViews } from '../nbd/export.js';
 import { BlockMap, ENTRY_SEALED, pageIndex } from './block-map.js';
 import { type MapRoot } from '../../model/map-root.js';
-import { VolumeState, type SpilledBlock, type VolumeIdentity, type VolumeServices } from './volume-state.js';
+import {
+  VolumeState,
+  type SpilledBlock,
+  type VolumeIdentity,
+  type VolumeServices,
+} from './volume-state.js';
 import { WriteBackRounds } from './write-back.js';
 
 export type { VolumeIdentity, VolumeServices } from './volume-state.js';
@@ -94,10 +99,18 @@ export class Volume implements CacheOwner {
   }
 
   /** Load a committed version: read and verify every map page, top down (a page missing here comes from a peer). */
-  static async open(identity: VolumeIdentity, generation: number, root: MapRoot | undefined, key: Uint8Array | null, services: VolumeServices): Promise<Volume> {
+  static async open(
+    identity: VolumeIdentity,
+    generation: number,
+    root: MapRoot | undefined,
+    key: Uint8Array | null,
+    services: VolumeServices,
+  ): Promise<Volume> {
     const { store } = services;
     if (store.blockSize !== identity.blockSize) {
-      throw new Error(`volume ${identity.name} has block size ${identity.blockSize}, the store ${store.blockSize}`);
+      throw new Error(
+        `volume ${identity.name} has block size ${identity.blockSize}, the store ${store.blockSize}`,
+      );
     }
     const blockCount = Math.ceil(identity.size / identity.blockSize);
     const map = new BlockMap(identity.id, identity.blockSize, blockCount, root);
@@ -105,13 +118,24 @@ export class Volume implements CacheOwner {
     if (root) {
       const { placement } = state;
       const page = Buffer.allocUnsafe(identity.blockSize);
-      const loadPage = async (level: number, pageNo: number, generation: number, hashLo: number, hashHi: number) => {
+      const loadPage = async (
+        level: number,
+        pageNo: number,
+        generation: number,
+        hashLo: number,
+        hashHi: number,
+      ) => {
         const ref = { volumeId: identity.id, generation, index: pageIndex(level, pageNo) };
         const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
         if (slot === undefined) await placement.getBlock(ref, hashLo, hashHi, page);
-        const digest = slot === undefined ? { lo: hashLo, hi: hashHi } : await store.readBlock(slot, page);
+        const digest =
+          slot === undefined ? { lo: hashLo, hi: hashHi } : await store.readBlock(slot, page);
         if (digest.lo !== hashLo || digest.hi !== hashHi) {
-          throw new ChecksumError(identity.name, -1, `volume ${identity.name}: map page ${level}/${pageNo} fails its checksum`);
+          throw new ChecksumError(
+            identity.name,
+            -1,
+            `volume ${identity.name}: map page ${level}/${pageNo} fails its checksum`,
+          );
         }
         const words = new Uint32Array(identity.blockSize / 4);
         new Uint8Array(words.buffer).set(page);
@@ -186,11 +210,12 @@ export class Volume implements CacheOwner {
     for (let position = offset; position < end; position = (Math.floor(position / bs) + 1) * bs) {
       const index = Math.floor(position / bs);
       const slot = this.table.get(index);
-      if (slot === undefined ? !this.state.isHole(index) : cache.state[slot] === SlotState.Loading) return undefined;
+      if (slot === undefined ? !this.state.isHole(index) : cache.state[slot] === SlotState.Loading)
+        return undefined;
     }
     const buffers: Buffer[] = [];
     const pinned: number[] = [];
-    for (let position = offset; position < end; ) {
+    for (let position = offset; position < end;) {
       const index = Math.floor(position / bs);
       const within = position - index * bs;
       const n = Math.min(bs - within, end - position);
@@ -214,7 +239,13 @@ export class Volume implements CacheOwner {
     };
   }
 
-  private async readSlow(index: number, within: number, dest: Buffer, destOffset: number, n: number): Promise<void> {
+  private async readSlow(
+    index: number,
+    within: number,
+    dest: Buffer,
+    destOffset: number,
+    n: number,
+  ): Promise<void> {
     const slot = await this.loaded(index);
     if (slot < 0) dest.fill(0, destOffset, destOffset + n);
     else this.services.cache.view(slot).copy(dest, destOffset, within, within + n);
@@ -236,12 +267,20 @@ export class Volume implements CacheOwner {
       if (this.state.isHole(index)) return -1;
       const spilled = this.spilled.get(index);
       const entry = spilled
-        ? { generation: this.state.generation + 1, flags: this.key ? ENTRY_SEALED : 0, hashLo: spilled.hashLo, hashHi: spilled.hashHi }
+        ? {
+            generation: this.state.generation + 1,
+            flags: this.key ? ENTRY_SEALED : 0,
+            hashLo: spilled.hashLo,
+            hashHi: spilled.hashHi,
+          }
         : this.map.lookup(index)!;
       const remote = this.state.placement.readRemote(this.id, index);
       const storeSlot = store.lookup(this.id, entry.generation, index) ?? -1;
       if (storeSlot < 0 && !remote) {
-        throw new IoError('EIO', `volume ${this.name}: block ${index} (gen ${entry.generation}) is missing from the local store`);
+        throw new IoError(
+          'EIO',
+          `volume ${this.name}: block ${index} (gen ${entry.generation}) is missing from the local store`,
+        );
       }
       const cacheSlot = cache.acquire(this, index, SlotState.Loading);
       if (cacheSlot < 0) {
@@ -272,12 +311,21 @@ export class Volume implements CacheOwner {
             if (this.table.get(index) === cacheSlot) this.table.delete(index);
             cache.free(cacheSlot);
             if (status === READ_CHECKSUM_MISMATCH || status === READ_OPEN_FAILED) {
-              const what = status === READ_CHECKSUM_MISMATCH ? 'checksum mismatch' : 'authentication failed';
-              this.services.log.error({ volume: this.name, block: index, generation: entry.generation, reason }, `${what}: block not served`);
+              const what =
+                status === READ_CHECKSUM_MISMATCH ? 'checksum mismatch' : 'authentication failed';
+              this.services.log.error(
+                { volume: this.name, block: index, generation: entry.generation, reason },
+                `${what}: block not served`,
+              );
               this.services.onChecksumError?.(this.name, index, reason);
-              reject(new ChecksumError(this.name, index, `volume ${this.name} block ${index}: ${what}`));
+              reject(
+                new ChecksumError(this.name, index, `volume ${this.name} block ${index}: ${what}`),
+              );
             } else {
-              this.services.log.error({ volume: this.name, block: index, reason }, 'block read failed');
+              this.services.log.error(
+                { volume: this.name, block: index, reason },
+                'block read failed',
+              );
               reject(new IoError('EIO', `volume ${this.name} block ${index}: ${reason}`));
             }
           },
@@ -343,10 +391,20 @@ export class Volume implements CacheOwner {
     return true;
   }
 
-  private async writeSlow(index: number, within: number, data: Buffer, from: number, n: number): Promise<void> {
+  private async writeSlow(
+    index: number,
+    within: number,
+    data: Buffer,
+    from: number,
+    n: number,
+  ): Promise<void> {
     for (;;) {
       const slot = this.table.get(index);
-      if (slot === undefined && !(within === 0 && n === this.blockSize) && !this.state.isHole(index)) {
+      if (
+        slot === undefined &&
+        !(within === 0 && n === this.blockSize) &&
+        !this.state.isHole(index)
+      ) {
         await this.loaded(index); // bring the stored block in, then modify it
       } else if (slot !== undefined && this.services.cache.state[slot] === SlotState.Loading) {
         await this.loads.get(index);
@@ -376,7 +434,12 @@ export class Volume implements CacheOwner {
       this.commitTimer = setTimeout(() => {
         this.commitTimer = undefined;
         if (!this.closed) {
-          this.flush().catch((err) => this.services.log.warn({ volume: this.name, err: String(err) }, 'periodic commit failed; the data stays cached and is retried'));
+          this.flush().catch((err) =>
+            this.services.log.warn(
+              { volume: this.name, err: String(err) },
+              'periodic commit failed; the data stays cached and is retried',
+            ),
+          );
         }
       }, COMMIT_INTERVAL_MS);
       this.commitTimer.unref();
@@ -401,8 +464,10 @@ export class Volume implements CacheOwner {
     if (firstWhole >= endWhole) {
       partial.push(this.write(offset, zeroBuffer(length), false));
     } else {
-      if (offset < firstWhole * bs) partial.push(this.write(offset, zeroBuffer(firstWhole * bs - offset), false));
-      if (endWhole * bs < end) partial.push(this.write(endWhole * bs, zeroBuffer(end - endWhole * bs), false));
+      if (offset < firstWhole * bs)
+        partial.push(this.write(offset, zeroBuffer(firstWhole * bs - offset), false));
+      if (endWhole * bs < end)
+        partial.push(this.write(endWhole * bs, zeroBuffer(end - endWhole * bs), false));
       for (let index = firstWhole; index < endWhole; index++) await this.dropBlock(index);
     }
     await Promise.all(partial);
@@ -430,7 +495,8 @@ export class Volume implements CacheOwner {
 
   /** Resolves once every write completed before the call is committed. */
   flush(): Promise<void> {
-    if (this.closed) return Promise.reject(new IoError('ESHUTDOWN', `volume ${this.name} is closed`));
+    if (this.closed)
+      return Promise.reject(new IoError('ESHUTDOWN', `volume ${this.name} is closed`));
     return this.rounds.flush();
   }
 
@@ -469,7 +535,10 @@ export class Volume implements CacheOwner {
    * the slot here, from a worker, could race with the slot's reuse).
    */
   private dropBadLocalCopy(index: number, generation: number, reason: string): void {
-    this.services.log.error({ volume: this.name, block: index, generation, reason }, 'local copy failed its checksum; served from a replica, dropping the bad copy for rebalance to replace');
+    this.services.log.error(
+      { volume: this.name, block: index, generation, reason },
+      'local copy failed its checksum; served from a replica, dropping the bad copy for rebalance to replace',
+    );
     this.services.onChecksumError?.(this.name, index, reason);
     this.services.store.release({ volumeId: this.id, generation, index });
   }

@@ -42,7 +42,9 @@ export class WriteBackRounds {
   /** Resolves once every write completed before the call is committed. */
   flush(): Promise<void> {
     const ticket = ++this.flushTicket;
-    const waiter = new Promise<void>((resolve, reject) => this.flushWaiters.push({ ticket, resolve, reject }));
+    const waiter = new Promise<void>((resolve, reject) =>
+      this.flushWaiters.push({ ticket, resolve, reject }),
+    );
     this.loop ??= this.runRounds();
     return waiter;
   }
@@ -80,8 +82,13 @@ export class WriteBackRounds {
           spilled = await this.spillOnce();
         });
         const { cache, log } = this.state.services;
-        if (failure) log.warn({ volume: this.state.name, err: String(failure) }, 'spilling dirty blocks failed; they stay cached');
-        if (!failure && spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER) this.spillRequested = true;
+        if (failure)
+          log.warn(
+            { volume: this.state.name, err: String(failure) },
+            'spilling dirty blocks failed; they stay cached',
+          );
+        if (!failure && spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER)
+          this.spillRequested = true;
       } else {
         break;
       }

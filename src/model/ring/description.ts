@@ -21,13 +21,21 @@ export const MIN_WEIGHT = 2 ** -32;
  */
 export function checkedCopy(description: RingDescription): RingDescription {
   const { version, type, replication, members } = description;
-  if (!Number.isSafeInteger(version) || version < 0) throw new RingDescriptionError(`ring version ${version} is not a non-negative integer`);
-  if (!Number.isSafeInteger(replication) || replication < 1) throw new RingDescriptionError(`ring replication ${replication} is not a positive integer`);
+  if (!Number.isSafeInteger(version) || version < 0)
+    throw new RingDescriptionError(`ring version ${version} is not a non-negative integer`);
+  if (!Number.isSafeInteger(replication) || replication < 1)
+    throw new RingDescriptionError(`ring replication ${replication} is not a positive integer`);
   if (!Array.isArray(members)) throw new RingDescriptionError('ring members is not a list');
-  if (members.length > MAX_MEMBERS) throw new RingDescriptionError(`${members.length} ring members, at most ${MAX_MEMBERS} supported`);
+  if (members.length > MAX_MEMBERS)
+    throw new RingDescriptionError(
+      `${members.length} ring members, at most ${MAX_MEMBERS} supported`,
+    );
   const seen = new Set<string>();
   const copy = members.map(({ uuid, weight }) => {
-    if (typeof uuid !== 'string' || uuid.length === 0) throw new RingDescriptionError(`ring member uuid ${JSON.stringify(uuid)} is not a non-empty string`);
+    if (typeof uuid !== 'string' || uuid.length === 0)
+      throw new RingDescriptionError(
+        `ring member uuid ${JSON.stringify(uuid)} is not a non-empty string`,
+      );
     if (seen.has(uuid)) throw new RingDescriptionError(`ring member ${uuid} is listed twice`);
     seen.add(uuid);
     if (typeof weight !== 'number' || !Number.isFinite(weight) || weight < MIN_WEIGHT) {
@@ -37,7 +45,12 @@ export function checkedCopy(description: RingDescription): RingDescription {
     }
     return Object.freeze({ uuid, weight });
   });
-  return Object.freeze({ version, type, replication, members: Object.freeze(copy) as RingDescription['members'] });
+  return Object.freeze({
+    version,
+    type,
+    replication,
+    members: Object.freeze(copy) as RingDescription['members'],
+  });
 }
 
 /**
@@ -46,7 +59,14 @@ export function checkedCopy(description: RingDescription): RingDescription {
  * placed somewhere quietly (the hash reads whole u32 halves).
  */
 export function checkBlock(volumeId: number, index: number): void {
-  if (!(Number.isSafeInteger(volumeId) && volumeId >= 0 && Number.isSafeInteger(index) && index >= 0)) {
-    throw new RangeError(`cannot place block ${index} of volume ${volumeId}: both must be non-negative integers`);
+  if (!(
+    Number.isSafeInteger(volumeId) &&
+    volumeId >= 0 &&
+    Number.isSafeInteger(index) &&
+    index >= 0
+  )) {
+    throw new RangeError(
+      `cannot place block ${index} of volume ${volumeId}: both must be non-negative integers`,
+    );
   }
 }

@@ -67,7 +67,8 @@ export function xxh32(bytes: Uint8Array, seed = 0): number {
     h = (seed + P5) | 0;
   }
   h = (h + len) | 0;
-  for (; i + 4 <= len; i += 4) h = Math.imul(rotl((h + Math.imul(readU32(bytes, i), P3)) | 0, 17), P4);
+  for (; i + 4 <= len; i += 4)
+    h = Math.imul(rotl((h + Math.imul(readU32(bytes, i), P3)) | 0, 17), P4);
   for (; i < len; i++) h = Math.imul(rotl((h + Math.imul(bytes[i], P5)) | 0, 11), P1);
   return avalanche(h);
 }

@@ -29,7 +29,9 @@ export function buildRing(description: RingDescription): IndexedRing {
     case 'single':
       return new SingleRing(description);
     default:
-      throw new RingDescriptionError(`unknown ring type ${JSON.stringify((description as { type: unknown }).type)}`);
+      throw new RingDescriptionError(
+        `unknown ring type ${JSON.stringify((description as { type: unknown }).type)}`,
+      );
   }
 }
 
@@ -48,7 +50,12 @@ export interface PlacementDiff {
  * `added` from any of `kept` (or `removed`, still holding it), and only then
  * drop from `removed`.
  */
-export function diffPlacement(oldRing: Ring, newRing: Ring, ref: BlockRef, count: number): PlacementDiff {
+export function diffPlacement(
+  oldRing: Ring,
+  newRing: Ring,
+  ref: BlockRef,
+  count: number,
+): PlacementDiff {
   const before = oldRing.placement(ref, count);
   const after = newRing.placement(ref, count);
   const beforeSet = new Set(before);

@@ -9,7 +9,15 @@ import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import xxhash, { type XXHashAPI } from 'xxhash-wasm';
 import { blockPoint, encodeBlockKey, xxh32 } from './hash.js';
-import { buildRing, diffPlacement, KetamaRing, RingDescriptionError, SingleRing, type IndexedRing, type RingDescription } from './index.js';
+import {
+  buildRing,
+  diffPlacement,
+  KetamaRing,
+  RingDescriptionError,
+  SingleRing,
+  type IndexedRing,
+  type RingDescription,
+} from './index.js';
 import { MAX_POINTS, MIN_POINTS, pointCounts } from './ketama.js';
 
 const TIB = 2 ** 40;
@@ -21,8 +29,17 @@ function uuidOf(family: string, i: number): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-4${hex.slice(13, 16)}-8${hex.slice(17, 20)}-${hex.slice(20, 32)}`;
 }
 
-function ketama(uuids: string[], weightOf: (uuid: string, i: number) => number = () => TIB, replication = 3): RingDescription {
-  return { version: 1, type: 'ketama', replication, members: uuids.map((uuid, i) => ({ uuid, weight: weightOf(uuid, i) })) };
+function ketama(
+  uuids: string[],
+  weightOf: (uuid: string, i: number) => number = () => TIB,
+  replication = 3,
+): RingDescription {
+  return {
+    version: 1,
+    type: 'ketama',
+    replication,
+    members: uuids.map((uuid, i) => ({ uuid, weight: weightOf(uuid, i) })),
+  };
 }
 
 function family(name: string, n: number): string[] {
@@ -63,7 +80,12 @@ function maxOverMean(load: Float64Array): { max: number; min: number } {
  * Every block's placement on both rings, as uuid indexes into `all` (the
  * union of both rings' members), `count` per block in preference order.
  */
-function placements(ring: IndexedRing, all: Map<string, number>, blocks: number, count: number): Uint32Array {
+function placements(
+  ring: IndexedRing,
+  all: Map<string, number>,
+  blocks: number,
+  count: number,
+): Uint32Array {
   const toAll = Uint32Array.from(ring.members, (uuid) => all.get(uuid)!);
   const result = new Uint32Array(blocks * count);
   const out = new Uint32Array(count);
@@ -95,18 +117,36 @@ describe('ring hash', () => {
     for (let len = 0; len <= bytes.length; len++) {
       for (const seed of [0, 1, 0x9e3779b1, 0xffff_ffff]) {
         const input = bytes.subarray(0, len);
-        assert.equal(xxh32(input, seed), reference.h32Raw(input, seed), `length ${len} seed ${seed}`);
+        assert.equal(
+          xxh32(input, seed),
+          reference.h32Raw(input, seed),
+          `length ${len} seed ${seed}`,
+        );
       }
     }
   });
 
   test('blockPoint is XXH32 of the 16-byte block key, across the whole index range', () => {
     const key = new Uint8Array(16);
-    const values = [0, 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 12345, 2 ** 48, 2 ** 48 + 77, Number.MAX_SAFE_INTEGER];
+    const values = [
+      0,
+      1,
+      2 ** 31,
+      2 ** 32 - 1,
+      2 ** 32,
+      2 ** 40 + 12345,
+      2 ** 48,
+      2 ** 48 + 77,
+      Number.MAX_SAFE_INTEGER,
+    ];
     for (const volumeId of values) {
       for (const index of values) {
         encodeBlockKey(volumeId, index, key);
-        assert.equal(blockPoint(volumeId, index), reference.h32Raw(key, 0), `volume ${volumeId} index ${index}`);
+        assert.equal(
+          blockPoint(volumeId, index),
+          reference.h32Raw(key, 0),
+          `volume ${volumeId} index ${index}`,
+        );
       }
     }
   });
@@ -126,21 +166,25 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
     assert.deepEqual(got, PINNED);
   });
 
-  test('deterministic: member order and rebuilding do not change any placement', { timeout: 10_000 }, () => {
-    const uuids = family('order', 40);
-    const rings = [
-      buildRing(ketama(uuids)),
-      buildRing(ketama([...uuids].reverse())),
-      buildRing(ketama([...uuids.slice(17), ...uuids.slice(0, 17)])),
-      buildRing(ketama(uuids)),
-    ];
-    for (let b = 0; b < 20_000; b++) {
-      const { volumeId, index } = blockAt(b);
-      const ref = { volumeId, generation: 1, index };
-      const first = rings[0].placement(ref, 3);
-      for (const ring of rings.slice(1)) assert.deepEqual(ring.placement(ref, 3), first);
-    }
-  });
+  test(
+    'deterministic: member order and rebuilding do not change any placement',
+    { timeout: 10_000 },
+    () => {
+      const uuids = family('order', 40);
+      const rings = [
+        buildRing(ketama(uuids)),
+        buildRing(ketama([...uuids].reverse())),
+        buildRing(ketama([...uuids.slice(17), ...uuids.slice(0, 17)])),
+        buildRing(ketama(uuids)),
+      ];
+      for (let b = 0; b < 20_000; b++) {
+        const { volumeId, index } = blockAt(b);
+        const ref = { volumeId, generation: 1, index };
+        const first = rings[0].placement(ref, 3);
+        for (const ring of rings.slice(1)) assert.deepEqual(ring.placement(ref, 3), first);
+      }
+    },
+  );
 
   test('the generation does not move a block', () => {
     const ring = buildRing(ketama(family('gen', 12)));
@@ -170,7 +214,12 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
     assert.throws(() => ring.placement({ volumeId: 1, generation: 0, index: 0 }, -1), RangeError);
     assert.throws(() => ring.placement({ volumeId: 1, generation: 0, index: 0 }, 1.5), RangeError);
     assert.throws(() => ring.placeInto(1, 0, 3, new Uint32Array(2)), RangeError);
-    for (const [volumeId, index] of [[-1, 0], [1, 0.5], [1, 2 ** 53], [Number.NaN, 1]]) {
+    for (const [volumeId, index] of [
+      [-1, 0],
+      [1, 0.5],
+      [1, 2 ** 53],
+      [Number.NaN, 1],
+    ]) {
       assert.throws(() => ring.placement({ volumeId, generation: 0, index }, 3), RangeError);
     }
   });
@@ -183,7 +232,11 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
     assert.ok(ring instanceof KetamaRing);
     assert.ok(ring.pointCount <= MAX_POINTS);
     assert.equal(ring.memberPointCounts()[ring.members.indexOf(uuids[0])], MIN_POINTS);
-    for (let b = 0; b < 200; b++) assert.equal(new Set(ring.placement({ volumeId: 2, generation: 0, index: b }, 100)).size, 100);
+    for (let b = 0; b < 200; b++)
+      assert.equal(
+        new Set(ring.placement({ volumeId: 2, generation: 0, index: b }, 100)).size,
+        100,
+      );
     const empty = buildRing(ketama([]));
     assert.deepEqual(empty.placement({ volumeId: 1, generation: 0, index: 0 }, 3), []);
   });
@@ -217,10 +270,20 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
       [8, 3, 1.05],
     ];
     for (const [n, count, bound] of cases) {
-      const { max, min } = maxOverMean(loadOf(buildRing(ketama(family(`small${n}`, n))), 300_000, count));
-      t.diagnostic(`${n} members, ${count} replicas: max/mean ${max.toFixed(3)}, min/mean ${min.toFixed(3)}`);
-      assert.ok(max <= bound, `${n} members, ${count} replicas: max/mean ${max.toFixed(3)} > ${bound}`);
-      assert.ok(min >= 2 - bound, `${n} members, ${count} replicas: min/mean ${min.toFixed(3)} < ${2 - bound}`);
+      const { max, min } = maxOverMean(
+        loadOf(buildRing(ketama(family(`small${n}`, n))), 300_000, count),
+      );
+      t.diagnostic(
+        `${n} members, ${count} replicas: max/mean ${max.toFixed(3)}, min/mean ${min.toFixed(3)}`,
+      );
+      assert.ok(
+        max <= bound,
+        `${n} members, ${count} replicas: max/mean ${max.toFixed(3)} > ${bound}`,
+      );
+      assert.ok(
+        min >= 2 - bound,
+        `${n} members, ${count} replicas: min/mean ${min.toFixed(3)} < ${2 - bound}`,
+      );
     }
   });
 
@@ -252,47 +315,64 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
       const load = loadOf(ring, 400_000, count);
       let bigSum = 0;
       let smallSum = 0;
-      ring.members.forEach((uuid, m) => (big.has(uuid) ? (bigSum += load[m]) : (smallSum += load[m])));
+      ring.members.forEach((uuid, m) =>
+        big.has(uuid) ? (bigSum += load[m]) : (smallSum += load[m]),
+      );
       const ratio = bigSum / big.size / (smallSum / (uuids.length - big.size));
       t.diagnostic(`${count} replicas: big/small ${ratio.toFixed(3)}`);
-      assert.ok(Math.abs(ratio - 2) <= 2 * tolerance, `${count} replicas: big/small ${ratio.toFixed(3)}`);
+      assert.ok(
+        Math.abs(ratio - 2) <= 2 * tolerance,
+        `${count} replicas: big/small ${ratio.toFixed(3)}`,
+      );
     }
   });
 
-  test('adding one member to 500 moves only copies onto it, ≈ 1/(N+1) of them', { timeout: 15_000 }, (t) => {
-    const R = 3;
-    const blocks = 1_000_000;
-    const old = family('grow', 500);
-    const added = uuidOf('grow', 500);
-    const all = new Map([...old, added].map((u, i) => [u, i]));
-    const before = placements(buildRing(ketama(old)), all, blocks, R);
-    const after = placements(buildRing(ketama([...old, added])), all, blocks, R);
-    const a = all.get(added)!;
-    let changedBlocks = 0;
-    let movedCopies = 0;
-    for (let b = 0; b < blocks; b++) {
-      const o = before.subarray(b * R, b * R + R);
-      const n = after.subarray(b * R, b * R + R);
-      const at = n.indexOf(a);
-      if (at < 0) {
-        // Not placed on the new member: nothing changed, not even the order.
-        if (!sameOrder(n, o)) assert.deepEqual(n, o, `block ${b}`);
-        continue;
+  test(
+    'adding one member to 500 moves only copies onto it, ≈ 1/(N+1) of them',
+    { timeout: 15_000 },
+    (t) => {
+      const R = 3;
+      const blocks = 1_000_000;
+      const old = family('grow', 500);
+      const added = uuidOf('grow', 500);
+      const all = new Map([...old, added].map((u, i) => [u, i]));
+      const before = placements(buildRing(ketama(old)), all, blocks, R);
+      const after = placements(buildRing(ketama([...old, added])), all, blocks, R);
+      const a = all.get(added)!;
+      let changedBlocks = 0;
+      let movedCopies = 0;
+      for (let b = 0; b < blocks; b++) {
+        const o = before.subarray(b * R, b * R + R);
+        const n = after.subarray(b * R, b * R + R);
+        const at = n.indexOf(a);
+        if (at < 0) {
+          // Not placed on the new member: nothing changed, not even the order.
+          if (!sameOrder(n, o)) assert.deepEqual(n, o, `block ${b}`);
+          continue;
+        }
+        // Placed on it: the old order with the new member inserted, the old
+        // last replica dropped. No copy moves between old members.
+        const expected = Uint32Array.of(...o.subarray(0, at), a, ...o.subarray(at, R - 1));
+        if (!sameOrder(n, expected)) assert.deepEqual(n, expected, `block ${b}`);
+        changedBlocks++;
+        movedCopies++;
       }
-      // Placed on it: the old order with the new member inserted, the old
-      // last replica dropped. No copy moves between old members.
-      const expected = Uint32Array.of(...o.subarray(0, at), a, ...o.subarray(at, R - 1));
-      if (!sameOrder(n, expected)) assert.deepEqual(n, expected, `block ${b}`);
-      changedBlocks++;
-      movedCopies++;
-    }
-    const ideal = 1 / (old.length + 1);
-    t.diagnostic(`copies moved ${((movedCopies / (blocks * R)) * 100).toFixed(4)}% = ${(movedCopies / (blocks * R) / ideal).toFixed(3)}× ideal; blocks changed ${((changedBlocks / blocks) * 100).toFixed(3)}%`);
-    // Measured: 1.021× the ideal (README.md).
-    assert.ok(movedCopies / (blocks * R) <= 1.2 * ideal, `moved ${movedCopies} copies of ${blocks * R}`);
-    assert.ok(movedCopies / (blocks * R) >= 0.8 * ideal, `moved ${movedCopies} copies of ${blocks * R}`);
-    assert.ok(changedBlocks / blocks <= 1.2 * R * ideal);
-  });
+      const ideal = 1 / (old.length + 1);
+      t.diagnostic(
+        `copies moved ${((movedCopies / (blocks * R)) * 100).toFixed(4)}% = ${(movedCopies / (blocks * R) / ideal).toFixed(3)}× ideal; blocks changed ${((changedBlocks / blocks) * 100).toFixed(3)}%`,
+      );
+      // Measured: 1.021× the ideal (README.md).
+      assert.ok(
+        movedCopies / (blocks * R) <= 1.2 * ideal,
+        `moved ${movedCopies} copies of ${blocks * R}`,
+      );
+      assert.ok(
+        movedCopies / (blocks * R) >= 0.8 * ideal,
+        `moved ${movedCopies} copies of ${blocks * R}`,
+      );
+      assert.ok(changedBlocks / blocks <= 1.2 * R * ideal);
+    },
+  );
 
   test('removing one member of 500 moves only the copies it held', { timeout: 15_000 }, (t) => {
     const R = 3;
@@ -317,35 +397,52 @@ describe('KetamaRing', { timeout: 20_000 }, () => {
       // The removed member's copy goes to the next member in line (a new
       // last replica); the others keep their copies, in order.
       const kept = Uint32Array.of(...o.subarray(0, at), ...o.subarray(at + 1));
-      if (!sameOrder(n.subarray(0, R - 1), kept)) assert.deepEqual(n.subarray(0, R - 1), kept, `block ${b}`);
+      if (!sameOrder(n.subarray(0, R - 1), kept))
+        assert.deepEqual(n.subarray(0, R - 1), kept, `block ${b}`);
       assert.ok(!o.includes(n[R - 1]), `block ${b}`);
       movedCopies++;
     }
     assert.equal(movedCopies, held);
     const ideal = 1 / old.length;
-    t.diagnostic(`copies moved ${((movedCopies / (blocks * R)) * 100).toFixed(4)}% = ${(movedCopies / (blocks * R) / ideal).toFixed(3)}× ideal`);
-    assert.ok(movedCopies / (blocks * R) <= 1.2 * ideal, `moved ${movedCopies} copies of ${blocks * R}`);
+    t.diagnostic(
+      `copies moved ${((movedCopies / (blocks * R)) * 100).toFixed(4)}% = ${(movedCopies / (blocks * R) / ideal).toFixed(3)}× ideal`,
+    );
+    assert.ok(
+      movedCopies / (blocks * R) <= 1.2 * ideal,
+      `moved ${movedCopies} copies of ${blocks * R}`,
+    );
   });
 
-  test('adding a bigger member moves nothing between the others either', { timeout: 10_000 }, () => {
-    const old = family('mixed', 30);
-    const added = uuidOf('mixed', 30);
-    const weightOf = (_u: string, i: number) => (1 + (i % 3)) * TIB;
-    const oldRing = buildRing(ketama(old, weightOf));
-    const newRing = buildRing(ketama([...old, added], (u, i) => (u === added ? 5 * TIB : weightOf(u, i))));
-    for (let b = 0; b < 50_000; b++) {
-      const { volumeId, index } = blockAt(b);
-      const diff = diffPlacement(oldRing, newRing, { volumeId, generation: 0, index }, 3);
-      assert.ok(diff.added.every((u) => u === added));
-      assert.equal(diff.removed.length, diff.added.length);
-      assert.equal(diff.kept.length + diff.added.length, 3);
-    }
-  });
+  test(
+    'adding a bigger member moves nothing between the others either',
+    { timeout: 10_000 },
+    () => {
+      const old = family('mixed', 30);
+      const added = uuidOf('mixed', 30);
+      const weightOf = (_u: string, i: number) => (1 + (i % 3)) * TIB;
+      const oldRing = buildRing(ketama(old, weightOf));
+      const newRing = buildRing(
+        ketama([...old, added], (u, i) => (u === added ? 5 * TIB : weightOf(u, i))),
+      );
+      for (let b = 0; b < 50_000; b++) {
+        const { volumeId, index } = blockAt(b);
+        const diff = diffPlacement(oldRing, newRing, { volumeId, generation: 0, index }, 3);
+        assert.ok(diff.added.every((u) => u === added));
+        assert.equal(diff.removed.length, diff.added.length);
+        assert.equal(diff.kept.length + diff.added.length, 3);
+      }
+    },
+  );
 });
 
 describe('buildRing', () => {
   test("a 'single' ring puts everything on its one member (none before it joins; two is an error)", () => {
-    const ring = buildRing({ version: 3, type: 'single', replication: 1, members: [{ uuid: 'only', weight: 2 ** 32 }] });
+    const ring = buildRing({
+      version: 3,
+      type: 'single',
+      replication: 1,
+      members: [{ uuid: 'only', weight: 2 ** 32 }],
+    });
     assert.ok(ring instanceof SingleRing);
     assert.deepEqual(ring.placement({ volumeId: 1, generation: 2, index: 3 }, 3), ['only']);
     assert.deepEqual(ring.placement({ volumeId: 1, generation: 2, index: 3 }, 0), []);
@@ -359,20 +456,36 @@ describe('buildRing', () => {
       { uuid: 'a', weight: 1 },
       { uuid: 'b', weight: 1 },
     ];
-    assert.throws(() => buildRing({ version: 1, type: 'single', replication: 1, members: two }), /at most one member/);
+    assert.throws(
+      () => buildRing({ version: 1, type: 'single', replication: 1, members: two }),
+      /at most one member/,
+    );
   });
 
   test('rejects descriptions placement cannot use, naming the field', () => {
     const ok = ketama(['a', 'b']);
     const bad: Array<[RingDescription, RegExp]> = [
       [{ ...ok, type: 'chord' as never }, /unknown ring type "chord"/],
-      [{ ...ok, members: [{ uuid: 'a', weight: 1 }, { uuid: 'a', weight: 2 }] }, /listed twice/],
+      [
+        {
+          ...ok,
+          members: [
+            { uuid: 'a', weight: 1 },
+            { uuid: 'a', weight: 2 },
+          ],
+        },
+        /listed twice/,
+      ],
       [{ ...ok, members: [{ uuid: 'a', weight: 0 }] }, /weight 0/],
       [{ ...ok, members: [{ uuid: 'a', weight: Number.NaN }] }, /weight NaN/],
       [{ ...ok, members: [{ uuid: '', weight: 1 }] }, /uuid ""/],
       [{ ...ok, replication: 0 }, /replication 0/],
     ];
-    for (const [description, message] of bad) assert.throws(() => buildRing(description), (err) => err instanceof RingDescriptionError && message.test(err.message));
+    for (const [description, message] of bad)
+      assert.throws(
+        () => buildRing(description),
+        (err) => err instanceof RingDescriptionError && message.test(err.message),
+      );
   });
 
   test('the ring keeps its own frozen copy of the description', () => {
@@ -396,7 +509,15 @@ const PINNED_MEMBERS = [
 ];
 
 const PINNED: string[][] = [
-  ['246f7f56-4481-4791-8698-56cba03ec6c2', 'b0f8ecb5-9225-479e-82ef-db8f14ec61ce', 'b89cfc94-5dcb-4a95-8c5c-e7d02fbfd752'],
-  ['610a92cc-e544-4863-830c-cf6717843579', '246f7f56-4481-4791-8698-56cba03ec6c2', 'b89cfc94-5dcb-4a95-8c5c-e7d02fbfd752'],
+  [
+    '246f7f56-4481-4791-8698-56cba03ec6c2',
+    'b0f8ecb5-9225-479e-82ef-db8f14ec61ce',
+    'b89cfc94-5dcb-4a95-8c5c-e7d02fbfd752',
+  ],
+  [
+    '610a92cc-e544-4863-830c-cf6717843579',
+    '246f7f56-4481-4791-8698-56cba03ec6c2',
+    'b89cfc94-5dcb-4a95-8c5c-e7d02fbfd752',
+  ],
   ['610a92cc-e544-4863-830c-cf6717843579', 'd334d0ca-368e-4abe-81b6-3da1d527f791'],
 ];

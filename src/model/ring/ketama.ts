@@ -83,7 +83,9 @@ export function pointCounts(weights: readonly number[]): Uint32Array {
     }
     if (total <= MAX_POINTS) return counts;
     if (weights.length * MIN_POINTS > MAX_POINTS) {
-      throw new RingDescriptionError(`${weights.length} members need more than ${MAX_POINTS} ring points`);
+      throw new RingDescriptionError(
+        `${weights.length} members need more than ${MAX_POINTS} ring points`,
+      );
     }
     base *= 2;
   }
@@ -103,10 +105,15 @@ export class KetamaRing implements IndexedRing {
   private scratch: Uint32Array | undefined;
 
   constructor(description: RingDescription) {
-    if (description.type !== 'ketama') throw new RingDescriptionError(`a KetamaRing cannot be built from a '${description.type}' ring`);
+    if (description.type !== 'ketama')
+      throw new RingDescriptionError(
+        `a KetamaRing cannot be built from a '${description.type}' ring`,
+      );
     this.description = checkedCopy(description);
     // Canonical order: everything below depends only on the set of members.
-    const sorted = [...this.description.members].sort((a, b) => (a.uuid < b.uuid ? -1 : a.uuid > b.uuid ? 1 : 0));
+    const sorted = [...this.description.members].sort((a, b) =>
+      a.uuid < b.uuid ? -1 : a.uuid > b.uuid ? 1 : 0,
+    );
     this.members = Object.freeze(sorted.map((m) => m.uuid));
     const counts = pointCounts(sorted.map((m) => m.weight));
     let total = 0;
@@ -171,8 +178,10 @@ export class KetamaRing implements IndexedRing {
 
   placeInto(volumeId: number, index: number, count: number, out: Uint32Array): number {
     const want = Math.min(count, this.members.length);
-    if (!(want >= 0) || !Number.isInteger(count)) throw new RangeError(`placement count must be a non-negative integer, not ${count}`);
-    if (out.length < want) throw new RangeError(`placement of ${want} members into an array of ${out.length}`);
+    if (!(want >= 0) || !Number.isInteger(count))
+      throw new RangeError(`placement count must be a non-negative integer, not ${count}`);
+    if (out.length < want)
+      throw new RangeError(`placement of ${want} members into an array of ${out.length}`);
     checkBlock(volumeId, index);
     if (want === 0) return 0;
     const total = this.points.length;
@@ -218,7 +227,8 @@ export class KetamaRing implements IndexedRing {
 
   placement(ref: BlockRef, count: number): string[] {
     const want = Math.min(count, this.members.length);
-    if (this.scratch === undefined || this.scratch.length < want) this.scratch = new Uint32Array(Math.max(want, 8));
+    if (this.scratch === undefined || this.scratch.length < want)
+      this.scratch = new Uint32Array(Math.max(want, 8));
     const n = this.placeInto(ref.volumeId, ref.index, count, this.scratch);
     const result = new Array<string>(n);
     for (let c = 0; c < n; c++) result[c] = this.members[this.scratch[c]];

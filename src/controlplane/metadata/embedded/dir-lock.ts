@@ -24,7 +24,9 @@ export class DirectoryLock {
   static async acquire(dir: string, log: Logger): Promise<DirectoryLock> {
     const path = pathIn(dir, LOCK_FILE);
     if (heldInThisProcess.has(path)) {
-      throw new ConflictError(`metadata directory ${dir} is already open in this process (pid ${process.pid}); lock file ${path}`);
+      throw new ConflictError(
+        `metadata directory ${dir} is already open in this process (pid ${process.pid}); lock file ${path}`,
+      );
     }
     // Two attempts: the second follows breaking a stale lock. If someone else
     // wins the race to re-create it, the second attempt reports them.
@@ -37,13 +39,20 @@ export class DirectoryLock {
       const owner = await readOwner(path);
       if (owner === undefined) continue; // removed meanwhile, or never written: try again
       if (owner !== process.pid && isAlive(owner)) {
-        throw new ConflictError(`metadata directory ${dir} is in use by pid ${owner} (lock file ${path}); stop that process first`);
+        throw new ConflictError(
+          `metadata directory ${dir} is in use by pid ${owner} (lock file ${path}); stop that process first`,
+        );
       }
-      log.warn({ lock: path, stalePid: owner }, 'taking over stale metadata lock left by a dead process');
+      log.warn(
+        { lock: path, stalePid: owner },
+        'taking over stale metadata lock left by a dead process',
+      );
       await breakStaleLock(path, owner);
     }
     const owner = await readOwner(path);
-    throw new ConflictError(`metadata directory ${dir} is in use by pid ${owner ?? 'unknown'} (lock file ${path})`);
+    throw new ConflictError(
+      `metadata directory ${dir} is in use by pid ${owner ?? 'unknown'} (lock file ${path})`,
+    );
   }
 
   /** Remove the lock file if it is still ours. */
@@ -51,7 +60,8 @@ export class DirectoryLock {
     if (this.released) return;
     this.released = true;
     heldInThisProcess.delete(this.path);
-    if ((await readOwner(this.path)) === process.pid) await unlink(this.path).catch(() => undefined);
+    if ((await readOwner(this.path)) === process.pid)
+      await unlink(this.path).catch(() => undefined);
   }
 }
 

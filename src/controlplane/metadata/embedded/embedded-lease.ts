@@ -48,7 +48,10 @@ export class EmbeddedLease extends LeaseStateMachine {
   }
 
   private expire(): void {
-    const reason = new LeaseLostError(this.id, `lease ${this.id} expired: not kept alive within its ${this.ttlSeconds}s TTL`);
+    const reason = new LeaseLostError(
+      this.id,
+      `lease ${this.id} expired: not kept alive within its ${this.ttlSeconds}s TTL`,
+    );
     this.store.endLease(this, 'lost', reason).catch(() => undefined);
   }
 

@@ -98,7 +98,11 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
   ) {
     this.revision = snapshotRevision;
     this.snapshotRevision = snapshotRevision;
-    this.watches = new WatchHub(snapshotRevision, options.historyLimit ?? DEFAULT_HISTORY_LIMIT, log);
+    this.watches = new WatchHub(
+      snapshotRevision,
+      options.historyLimit ?? DEFAULT_HISTORY_LIMIT,
+      log,
+    );
     this.compactAfterBytes = options.compactAfterBytes ?? DEFAULT_COMPACT_AFTER_BYTES;
   }
 
@@ -106,7 +110,10 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
    * Lock the directory, load the snapshot, replay the log (truncating a torn
    * tail), then delete keys of leases from the previous process.
    */
-  static async open(dir: string, options: EmbeddedStoreOptions = {}): Promise<EmbeddedMetadataStore> {
+  static async open(
+    dir: string,
+    options: EmbeddedStoreOptions = {},
+  ): Promise<EmbeddedMetadataStore> {
     const log = options.log ?? logger('metadata');
     const started = performance.now();
     const lock = await DirectoryLock.acquire(dir, log);
@@ -120,11 +127,23 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
       for (const record of replayed.records) store.replay(record);
       store.keys.index();
       const opened = store;
-      store.wal = await WriteAheadLog.open(dir, replayed, (revision) => opened.deliverDurable(revision));
-      for (const name of replayed.obsoleteSegments) await unlink(pathIn(dir, name)).catch(() => undefined);
+      store.wal = await WriteAheadLog.open(dir, replayed, (revision) =>
+        opened.deliverDurable(revision),
+      );
+      for (const name of replayed.obsoleteSegments)
+        await unlink(pathIn(dir, name)).catch(() => undefined);
       if (replayed.obsoleteSegments.length > 0) await syncDirectory(dir);
       await store.dropLeasesOfPreviousProcess();
-      log.info({ dir, revision: store.revision, keys: store.keys.size, replayedRecords: replayed.records.length, ms: Math.round(performance.now() - started) }, 'opened embedded metadata store');
+      log.info(
+        {
+          dir,
+          revision: store.revision,
+          keys: store.keys.size,
+          replayedRecords: replayed.records.length,
+          ms: Math.round(performance.now() - started),
+        },
+        'opened embedded metadata store',
+      );
       store.maybeCompact();
       return store;
     } catch (err) {
@@ -160,7 +179,10 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
   // ── writes ─────────────────────────────────────────────────────────────
 
   async put(key: string, value: Buffer, options: PutOptions = {}): Promise<number> {
-    const result = await this.txn({ compare: [], success: [{ type: 'put', key, value, lease: options.lease }] });
+    const result = await this.txn({
+      compare: [],
+      success: [{ type: 'put', key, value, lease: options.lease }],
+    });
     return result.revision;
   }
 
@@ -170,7 +192,10 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
   }
 
   async deletePrefix(prefix: string): Promise<number> {
-    const result = await this.txn({ compare: [], success: [{ type: 'delete', key: prefix, prefix: true }] });
+    const result = await this.txn({
+      compare: [],
+      success: [{ type: 'delete', key: prefix, prefix: true }],
+    });
     return (result.results[0] as { deleted: number }).deleted;
   }
 
@@ -235,7 +260,8 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
 
   async grantLease(ttlSeconds: number, options: GrantLeaseOptions = {}): Promise<Lease> {
     this.checkOpen();
-    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new RangeError(`lease TTL must be a whole number of seconds ≥ 1, got ${ttlSeconds}`);
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
+      throw new RangeError(`lease TTL must be a whole number of seconds ≥ 1, got ${ttlSeconds}`);
     let id: string;
     do id = BigInt.asUintN(62, randomBytes(8).readBigUInt64LE()).toString();
     while (id === '0' || this.leases.has(id));
@@ -260,24 +286,33 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
       durable = this.commit(revision, this.keys.deleteKeys(keys, revision));
     }
     lease.settle(how, reason);
-    if (how === 'lost') this.log.warn({ lease: lease.id, keys: keys.length }, 'lease expired; its keys are deleted');
+    if (how === 'lost')
+      this.log.warn({ lease: lease.id, keys: keys.length }, 'lease expired; its keys are deleted');
     await durable;
   }
 
   private async dropLeasesOfPreviousProcess(): Promise<void> {
     const orphaned = this.keys.takeAllLeaseKeys();
     if (orphaned.length === 0) return;
-    this.log.info({ keys: orphaned.length }, 'deleting keys of leases held by the previous process');
+    this.log.info(
+      { keys: orphaned.length },
+      'deleting keys of leases held by the previous process',
+    );
     const revision = this.revision + 1;
     await this.commit(revision, this.keys.deleteKeys(orphaned, revision));
   }
 
   // ── watches ────────────────────────────────────────────────────────────
 
-  async watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Promise<Watcher> {
+  async watchPrefix(
+    prefix: string,
+    options: WatchOptions,
+    onEvent: (event: WatchEvent) => void,
+  ): Promise<Watcher> {
     this.checkOpen();
     const from = options.fromRevision;
-    if (from !== undefined && (!Number.isSafeInteger(from) || from < 1)) throw new RangeError(`fromRevision must be a revision ≥ 1, got ${from}`);
+    if (from !== undefined && (!Number.isSafeInteger(from) || from < 1))
+      throw new RangeError(`fromRevision must be a revision ≥ 1, got ${from}`);
     return this.watches.watch(prefix, from ?? this.revision + 1, onEvent);
   }
 
@@ -292,7 +327,12 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
   private maybeCompact(): void {
     if (this.compacting || this.closing || this.wal.failed) return;
     if (this.wal.stats.bytesSinceSnapshot < this.compactAfterBytes) return;
-    this.compact().catch((err) => this.log.error({ err, dir: this.dir }, 'metadata compaction failed; will retry after more writes'));
+    this.compact().catch((err) =>
+      this.log.error(
+        { err, dir: this.dir },
+        'metadata compaction failed; will retry after more writes',
+      ),
+    );
   }
 
   /**
@@ -322,7 +362,8 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
     if (revision === this.snapshotRevision) return;
     const entries = this.keys.snapshotEntries();
     await this.wal.drain();
-    if (segmentFirstRevision(this.wal.activeSegment) !== revision + 1) await this.wal.rotate(revision + 1);
+    if (segmentFirstRevision(this.wal.activeSegment) !== revision + 1)
+      await this.wal.rotate(revision + 1);
     const bytes = await writeSnapshot(this.dir, { revision, entries });
     this.snapshotRevision = revision;
     const active = segmentFirstRevision(this.wal.activeSegment)!;
@@ -337,7 +378,17 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
     if (removed > 0) await syncDirectory(this.dir);
     this.wal.snapshotTaken();
     this.compactions++;
-    this.log.info({ dir: this.dir, revision, keys: entries.length, snapshotBytes: bytes, segmentsRemoved: removed, ms: Math.round(performance.now() - started) }, 'compacted metadata log');
+    this.log.info(
+      {
+        dir: this.dir,
+        revision,
+        keys: entries.length,
+        snapshotBytes: bytes,
+        segmentsRemoved: removed,
+        ms: Math.round(performance.now() - started),
+      },
+      'compacted metadata log',
+    );
   }
 
   // ── lifecycle ──────────────────────────────────────────────────────────
@@ -363,16 +414,21 @@ export class EmbeddedMetadataStore implements MetadataStore, LeaseTable {
   }
 
   private async shutdown(): Promise<void> {
-    await Promise.allSettled([...this.leases.values()].map((lease) => this.endLease(lease, 'revoked')));
+    await Promise.allSettled(
+      [...this.leases.values()].map((lease) => this.endLease(lease, 'revoked')),
+    );
     await this.watches.closeAll();
     await this.compacting?.catch(() => undefined);
-    await this.wal.close().catch((err) => this.log.error({ err, dir: this.dir }, 'closing metadata log failed'));
+    await this.wal
+      .close()
+      .catch((err) => this.log.error({ err, dir: this.dir }, 'closing metadata log failed'));
     await this.lock.release();
     this.log.debug({ dir: this.dir, revision: this.revision }, 'closed embedded metadata store');
   }
 
   private checkOpen(): void {
-    if (this.closing) throw new MetadataClosedError(`embedded metadata store ${this.dir} is closed`);
+    if (this.closing)
+      throw new MetadataClosedError(`embedded metadata store ${this.dir} is closed`);
     const failure = this.wal.failed;
     if (failure) throw failure;
   }

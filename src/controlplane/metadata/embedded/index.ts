@@ -5,13 +5,20 @@
 import { mkdir } from 'node:fs/promises';
 import { EmbeddedMetadataStore, type EmbeddedStoreOptions } from './embedded-store.js';
 
-export { EmbeddedMetadataStore, type EmbeddedStoreOptions, type EmbeddedStoreStats } from './embedded-store.js';
+export {
+  EmbeddedMetadataStore,
+  type EmbeddedStoreOptions,
+  type EmbeddedStoreStats,
+} from './embedded-store.js';
 
 /**
  * Open (creating if needed) the store in `dir`. Fails with ConflictError if
  * another live process — or this one — already has it open.
  */
-export async function openEmbeddedMetadataStore(dir: string, options: EmbeddedStoreOptions = {}): Promise<EmbeddedMetadataStore> {
+export async function openEmbeddedMetadataStore(
+  dir: string,
+  options: EmbeddedStoreOptions = {},
+): Promise<EmbeddedMetadataStore> {
   await mkdir(dir, { recursive: true });
   return EmbeddedMetadataStore.open(dir, options);
 }

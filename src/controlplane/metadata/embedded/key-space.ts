@@ -40,7 +40,13 @@ export class KeySpace {
   /** Take a snapshot's entries (before any replay). */
   load(entries: readonly SnapshotEntry[]): void {
     for (const e of entries) {
-      this.entries.set(e.key, { value: e.value, createRevision: e.createRevision, modRevision: e.modRevision, version: e.version, lease: e.lease });
+      this.entries.set(e.key, {
+        value: e.value,
+        createRevision: e.createRevision,
+        modRevision: e.modRevision,
+        version: e.version,
+        lease: e.lease,
+      });
     }
   }
 
@@ -84,7 +90,14 @@ export class KeySpace {
   snapshotEntries(): SnapshotEntry[] {
     return this.sortedKeys.map((key) => {
       const e = this.entries.get(key)!;
-      return { key, value: e.value, createRevision: e.createRevision, modRevision: e.modRevision, version: e.version, lease: e.lease };
+      return {
+        key,
+        value: e.value,
+        createRevision: e.createRevision,
+        modRevision: e.modRevision,
+        version: e.version,
+        lease: e.lease,
+      };
     });
   }
 
@@ -96,7 +109,13 @@ export class KeySpace {
       if (!entry) return false; // etcd: a value compare on an absent key never holds
       return compareWith(Buffer.compare(entry.value, c.value), c.op);
     }
-    const actual = entry ? (c.target === 'modRevision' ? entry.modRevision : c.target === 'createRevision' ? entry.createRevision : entry.version) : 0;
+    const actual = entry
+      ? c.target === 'modRevision'
+        ? entry.modRevision
+        : c.target === 'createRevision'
+          ? entry.createRevision
+          : entry.version
+      : 0;
     return compareWith(actual - c.value, c.op);
   }
 
@@ -104,18 +123,31 @@ export class KeySpace {
   applyOp(op: TxnOp, revision: number, mutations: LoggedMutation[]): TxnOpResult {
     switch (op.type) {
       case 'get': {
-        const keys = op.prefix ? this.keysWithPrefix(op.key) : this.entries.has(op.key) ? [op.key] : [];
+        const keys = op.prefix
+          ? this.keysWithPrefix(op.key)
+          : this.entries.has(op.key)
+            ? [op.key]
+            : [];
         return { type: 'get', kvs: keys.map((k) => toKeyValue(k, this.entries.get(k)!)) };
       }
       case 'put': {
         // Copied: the caller may reuse its buffer once put() returns.
-        const mutation: LoggedMutation = { kind: 'put', key: op.key, value: Buffer.from(op.value), lease: leaseIdOf(op.lease) };
+        const mutation: LoggedMutation = {
+          kind: 'put',
+          key: op.key,
+          value: Buffer.from(op.value),
+          lease: leaseIdOf(op.lease),
+        };
         this.applyMutation(mutation, revision);
         mutations.push(mutation);
         return { type: 'put', revision };
       }
       case 'delete': {
-        const keys = op.prefix ? this.keysWithPrefix(op.key) : this.entries.has(op.key) ? [op.key] : [];
+        const keys = op.prefix
+          ? this.keysWithPrefix(op.key)
+          : this.entries.has(op.key)
+            ? [op.key]
+            : [];
         for (const key of keys) {
           const mutation: LoggedMutation = { kind: 'delete', key };
           this.applyMutation(mutation, revision, false);
@@ -157,7 +189,10 @@ export class KeySpace {
 
   /** After a change: the sorted key list and the map hold the same keys (a cheap check: their counts). */
   assertIndexed(): void {
-    assert(this.sortedKeys.length === this.entries.size, 'the sorted key list and the key map disagree');
+    assert(
+      this.sortedKeys.length === this.entries.size,
+      'the sorted key list and the key map disagree',
+    );
   }
 
   // ── leases ─────────────────────────────────────────────────────────────
@@ -201,7 +236,12 @@ export class KeySpace {
 
   private keysWithPrefix(prefix: string): string[] {
     const keys: string[] = [];
-    for (let i = this.lowerBound(prefix); i < this.sortedKeys.length && this.sortedKeys[i].startsWith(prefix); i++) keys.push(this.sortedKeys[i]);
+    for (
+      let i = this.lowerBound(prefix);
+      i < this.sortedKeys.length && this.sortedKeys[i].startsWith(prefix);
+      i++
+    )
+      keys.push(this.sortedKeys[i]);
     return keys;
   }
 
@@ -225,7 +265,13 @@ export class KeySpace {
 }
 
 function toKeyValue(key: string, e: Entry): KeyValue {
-  const kv: KeyValue = { key, value: Buffer.from(e.value), createRevision: e.createRevision, modRevision: e.modRevision, version: e.version };
+  const kv: KeyValue = {
+    key,
+    value: Buffer.from(e.value),
+    createRevision: e.createRevision,
+    modRevision: e.modRevision,
+    version: e.version,
+  };
   if (e.lease) kv.lease = e.lease;
   return kv;
 }

@@ -30,7 +30,8 @@ const KIND_PUT = 1;
 const KIND_DELETE = 2;
 const MIN_PAYLOAD_BYTES = 1 + 8 + 4;
 
-export type LoggedMutation = { kind: 'put'; key: string; value: Buffer; lease?: string } | { kind: 'delete'; key: string };
+export type LoggedMutation =
+  { kind: 'put'; key: string; value: Buffer; lease?: string } | { kind: 'delete'; key: string };
 
 export interface TxnRecord {
   revision: number;
@@ -40,7 +41,9 @@ export interface TxnRecord {
 export function encodeRecord(record: TxnRecord): Buffer {
   let payloadBytes = MIN_PAYLOAD_BYTES;
   const keys = record.mutations.map((m) => Buffer.from(m.key));
-  const leases = record.mutations.map((m) => (m.kind === 'put' && m.lease ? Buffer.from(m.lease, 'ascii') : undefined));
+  const leases = record.mutations.map((m) =>
+    m.kind === 'put' && m.lease ? Buffer.from(m.lease, 'ascii') : undefined,
+  );
   record.mutations.forEach((m, i) => {
     payloadBytes += 1 + 4 + keys[i].length;
     if (m.kind === 'put') payloadBytes += 4 + m.value.length + 2 + (leases[i]?.length ?? 0);
@@ -63,7 +66,8 @@ export function encodeRecord(record: TxnRecord): Buffer {
       if (lease) at += lease.copy(frame, at);
     }
   });
-  if (at !== frame.length) throw new Error(`record encoder wrote ${at} bytes into a ${frame.length}-byte frame`);
+  if (at !== frame.length)
+    throw new Error(`record encoder wrote ${at} bytes into a ${frame.length}-byte frame`);
   frame.writeUInt32LE(frameChecksum(frame.subarray(0, 4), frame.subarray(FRAME_HEADER_BYTES)), 4);
   return frame;
 }
@@ -73,8 +77,7 @@ function frameChecksum(lengthBytes: Buffer, payload: Buffer): number {
 }
 
 export type FrameRead =
-  | { ok: true; record: TxnRecord; end: number }
-  | { ok: false; reason: string };
+  { ok: true; record: TxnRecord; end: number } | { ok: false; reason: string };
 
 /**
  * Read the frame at `offset`. A frame that does not fit, fails its checksum
@@ -82,13 +85,20 @@ export type FrameRead =
  * whether that is a torn tail (truncate) or damage (refuse).
  */
 export function readFrame(buf: Buffer, offset: number): FrameRead {
-  if (buf.length - offset < FRAME_HEADER_BYTES) return { ok: false, reason: `${buf.length - offset} stray bytes, less than a frame header` };
+  if (buf.length - offset < FRAME_HEADER_BYTES)
+    return { ok: false, reason: `${buf.length - offset} stray bytes, less than a frame header` };
   const length = buf.readUInt32LE(offset);
-  if (length < MIN_PAYLOAD_BYTES || length > MAX_RECORD_BYTES) return { ok: false, reason: `implausible record length ${length}` };
+  if (length < MIN_PAYLOAD_BYTES || length > MAX_RECORD_BYTES)
+    return { ok: false, reason: `implausible record length ${length}` };
   const end = offset + FRAME_HEADER_BYTES + length;
-  if (end > buf.length) return { ok: false, reason: `record of ${length} bytes cut short at ${buf.length - offset - FRAME_HEADER_BYTES}` };
+  if (end > buf.length)
+    return {
+      ok: false,
+      reason: `record of ${length} bytes cut short at ${buf.length - offset - FRAME_HEADER_BYTES}`,
+    };
   const payload = buf.subarray(offset + FRAME_HEADER_BYTES, end);
-  if (frameChecksum(buf.subarray(offset, offset + 4), payload) !== buf.readUInt32LE(offset + 4)) return { ok: false, reason: 'checksum mismatch' };
+  if (frameChecksum(buf.subarray(offset, offset + 4), payload) !== buf.readUInt32LE(offset + 4))
+    return { ok: false, reason: 'checksum mismatch' };
   try {
     return { ok: true, record: decodePayload(payload), end };
   } catch (err) {
@@ -134,6 +144,7 @@ function decodePayload(payload: Buffer): TxnRecord {
 }
 
 function take(buf: Buffer, at: number, length: number): Buffer {
-  if (at + length > buf.length) throw new RangeError(`field of ${length} bytes overruns the record`);
+  if (at + length > buf.length)
+    throw new RangeError(`field of ${length} bytes overruns the record`);
   return buf.subarray(at, at + length);
 }

@@ -69,11 +69,17 @@ export function encodeSnapshot(snapshot: Snapshot): Buffer {
 }
 
 export function decodeSnapshot(buf: Buffer, path: string): Snapshot {
-  const corrupt = (why: string) => new MetadataCorruptError(`snapshot ${path} is damaged (${why}); restore the directory from a backup`);
-  if (buf.length < HEADER_BYTES + 4 || !buf.subarray(0, 8).equals(MAGIC)) throw corrupt('not a snapshot file');
-  if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4)) throw corrupt('checksum mismatch');
+  const corrupt = (why: string) =>
+    new MetadataCorruptError(
+      `snapshot ${path} is damaged (${why}); restore the directory from a backup`,
+    );
+  if (buf.length < HEADER_BYTES + 4 || !buf.subarray(0, 8).equals(MAGIC))
+    throw corrupt('not a snapshot file');
+  if (crc32(buf.subarray(0, buf.length - 4)) !== buf.readUInt32LE(buf.length - 4))
+    throw corrupt('checksum mismatch');
   const version = buf.readUInt32LE(8);
-  if (version !== FORMAT_VERSION) throw corrupt(`format version ${version}, this build reads ${FORMAT_VERSION}`);
+  if (version !== FORMAT_VERSION)
+    throw corrupt(`format version ${version}, this build reads ${FORMAT_VERSION}`);
   const revision = Number(buf.readBigUInt64LE(12));
   const count = buf.readUInt32LE(20);
   const entries: SnapshotEntry[] = new Array(count);
@@ -103,7 +109,8 @@ export function decodeSnapshot(buf: Buffer, path: string): Snapshot {
   } catch (err) {
     throw corrupt(`entry overruns the file: ${(err as Error).message}`);
   }
-  if (at !== buf.length - 4) throw corrupt(`${buf.length - 4 - at} unexplained bytes after the entries`);
+  if (at !== buf.length - 4)
+    throw corrupt(`${buf.length - 4 - at} unexplained bytes after the entries`);
   return { revision, entries };
 }
 

@@ -64,7 +64,11 @@ export interface ReplayedLog {
  * ones were fsync'd in full before the next was created, so damage there is
  * real corruption and opening refuses.
  */
-export async function replayLog(dir: string, snapshotRevision: number, log: Logger): Promise<ReplayedLog> {
+export async function replayLog(
+  dir: string,
+  snapshotRevision: number,
+  log: Logger,
+): Promise<ReplayedLog> {
   const segments = (await readdir(dir))
     .map((name) => ({ name, first: segmentFirstRevision(name) }))
     .filter((s): s is { name: string; first: number } => s.first !== undefined)
@@ -73,7 +77,14 @@ export async function replayLog(dir: string, snapshotRevision: number, log: Logg
     const name = segmentName(snapshotRevision + 1);
     await (await open(pathIn(dir, name), 'wx')).close();
     await syncDirectory(dir);
-    return { records: [], revision: snapshotRevision, obsoleteSegments: [], bytesSinceSnapshot: 0, activeSegment: name, activeSize: 0 };
+    return {
+      records: [],
+      revision: snapshotRevision,
+      obsoleteSegments: [],
+      bytesSinceSnapshot: 0,
+      activeSegment: name,
+      activeSize: 0,
+    };
   }
   const records: TxnRecord[] = [];
   const obsoleteSegments: string[] = [];
@@ -89,15 +100,23 @@ export async function replayLog(dir: string, snapshotRevision: number, log: Logg
     let offset = 0;
     let segmentLast = first - 1;
     if (lastSeen !== undefined && first !== lastSeen + 1) {
-      throw new MetadataCorruptError(`log segment ${path} starts at revision ${first} but the previous segment ends at ${lastSeen}`);
+      throw new MetadataCorruptError(
+        `log segment ${path} starts at revision ${first} but the previous segment ends at ${lastSeen}`,
+      );
     }
     while (offset < buf.length) {
       const frame = readFrame(buf, offset);
       if (!frame.ok) {
-        if (!isLast) throw new MetadataCorruptError(`log segment ${path} is damaged at byte ${offset} (${frame.reason}); it was complete when the next segment began`);
+        if (!isLast)
+          throw new MetadataCorruptError(
+            `log segment ${path} is damaged at byte ${offset} (${frame.reason}); it was complete when the next segment began`,
+          );
         // A torn or corrupt tail: the write it held was never acknowledged
         // (acknowledgement waits for the fsync that would have made it whole).
-        log.warn({ segment: path, offset, dropped: buf.length - offset, reason: frame.reason }, 'truncating torn tail of metadata log');
+        log.warn(
+          { segment: path, offset, dropped: buf.length - offset, reason: frame.reason },
+          'truncating torn tail of metadata log',
+        );
         await truncate(path, offset);
         const handle = await open(path, 'r+');
         try {
@@ -109,12 +128,16 @@ export async function replayLog(dir: string, snapshotRevision: number, log: Logg
       }
       const record = frame.record;
       if (record.revision !== segmentLast + 1) {
-        throw new MetadataCorruptError(`log segment ${path} holds revision ${record.revision} after ${segmentLast}`);
+        throw new MetadataCorruptError(
+          `log segment ${path} holds revision ${record.revision} after ${segmentLast}`,
+        );
       }
       segmentLast = record.revision;
       if (record.revision > snapshotRevision) {
         if (record.revision !== revision + 1) {
-          throw new MetadataCorruptError(`log revision ${record.revision} does not follow ${revision} (snapshot at ${snapshotRevision}): records are missing`);
+          throw new MetadataCorruptError(
+            `log revision ${record.revision} does not follow ${revision} (snapshot at ${snapshotRevision}): records are missing`,
+          );
         }
         records.push(record);
         revision = record.revision;
@@ -130,9 +153,18 @@ export async function replayLog(dir: string, snapshotRevision: number, log: Logg
     // Compaction starts segment wal-<R+1> before installing a snapshot at R,
     // so the log always reaches the snapshot; if it does not, appending would
     // leave a gap that the next open could not replay.
-    throw new MetadataCorruptError(`log in ${dir} ends at revision ${lastSeen} but the snapshot is at ${snapshotRevision}: log segments are missing`);
+    throw new MetadataCorruptError(
+      `log in ${dir} ends at revision ${lastSeen} but the snapshot is at ${snapshotRevision}: log segments are missing`,
+    );
   }
-  return { records, revision, obsoleteSegments, bytesSinceSnapshot, activeSegment: segments[segments.length - 1].name, activeSize };
+  return {
+    records,
+    revision,
+    obsoleteSegments,
+    bytesSinceSnapshot,
+    activeSegment: segments[segments.length - 1].name,
+    activeSize,
+  };
 }
 
 export class WriteAheadLog {
@@ -159,9 +191,21 @@ export class WriteAheadLog {
     this.lastQueued = durableRevision;
   }
 
-  static async open(dir: string, replayed: ReplayedLog, onDurable: (revision: number) => void): Promise<WriteAheadLog> {
+  static async open(
+    dir: string,
+    replayed: ReplayedLog,
+    onDurable: (revision: number) => void,
+  ): Promise<WriteAheadLog> {
     const handle = await open(pathIn(dir, replayed.activeSegment), 'r+');
-    return new WriteAheadLog(dir, handle, replayed.activeSegment, replayed.activeSize, replayed.revision, replayed.bytesSinceSnapshot, onDurable);
+    return new WriteAheadLog(
+      dir,
+      handle,
+      replayed.activeSegment,
+      replayed.activeSize,
+      replayed.revision,
+      replayed.bytesSinceSnapshot,
+      onDurable,
+    );
   }
 
   get failed(): Error | undefined {
@@ -177,7 +221,10 @@ export class WriteAheadLog {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new Error('append after the log was closed'));
     // Replay requires consecutive revisions; a gap or repeat here would make the log refuse to open.
-    assert(revision === this.lastQueued + 1, 'log records are appended in revision order, without gaps');
+    assert(
+      revision === this.lastQueued + 1,
+      'log records are appended in revision order, without gaps',
+    );
     this.lastQueued = revision;
     return new Promise((resolve, reject) => {
       this.queue.push({ kind: 'append', frame, revision, resolve, reject });
@@ -219,7 +266,8 @@ export class WriteAheadLog {
   private async flushLoop(): Promise<void> {
     while (this.queue.length > 0) {
       const batch: PendingAppend[] = [];
-      while (this.queue.length > 0 && this.queue[0].kind === 'append') batch.push(this.queue.shift() as PendingAppend);
+      while (this.queue.length > 0 && this.queue[0].kind === 'append')
+        batch.push(this.queue.shift() as PendingAppend);
       try {
         if (batch.length > 0) await this.writeBatch(batch);
       } catch (err) {
@@ -245,7 +293,12 @@ export class WriteAheadLog {
     const data = batch.length === 1 ? batch[0].frame : Buffer.concat(batch.map((b) => b.frame));
     let written = 0;
     while (written < data.length) {
-      const { bytesWritten } = await this.handle.write(data, written, data.length - written, this.position + written);
+      const { bytesWritten } = await this.handle.write(
+        data,
+        written,
+        data.length - written,
+        this.position + written,
+      );
       written += bytesWritten;
     }
     // fdatasync: the file's size is metadata needed to read the data back,
@@ -276,7 +329,10 @@ export class WriteAheadLog {
   }
 
   private fail(err: unknown, inFlight: Array<{ reject: (err: Error) => void }>): void {
-    this.failure = new MetadataStorageError(`metadata log write failed; the store is stopped and must be reopened: ${(err as Error).message}`, { cause: err });
+    this.failure = new MetadataStorageError(
+      `metadata log write failed; the store is stopped and must be reopened: ${(err as Error).message}`,
+      { cause: err },
+    );
     for (const item of [...inFlight, ...this.queue]) item.reject(this.failure);
     this.queue = [];
   }

@@ -52,7 +52,8 @@ export class WatchHub {
   }
 
   private advanceTo(revision: number): void {
-    if (revision <= this.lastRevision) invariantBroken(`revision ${revision} applied after ${this.lastRevision}`);
+    if (revision <= this.lastRevision)
+      invariantBroken(`revision ${revision} applied after ${this.lastRevision}`);
     this.lastRevision = revision;
   }
 
@@ -70,7 +71,9 @@ export class WatchHub {
   watch(prefix: string, from: number, onEvent: (event: WatchEvent) => void): Watcher {
     if (from < this.historyStart) throw new MetadataCompactedError(from, this.historyStart - 1);
     // options.onError is never called: this store does not end a watch on its own.
-    const watcher = new EmbeddedWatcher(prefix, from, onEvent, this.log, () => this.watchers.delete(watcher));
+    const watcher = new EmbeddedWatcher(prefix, from, onEvent, this.log, () =>
+      this.watchers.delete(watcher),
+    );
     // Same tick: replay durable history, then join live delivery — no gap, no duplicate.
     watcher.enqueue(this.history);
     this.watchers.add(watcher);

@@ -30,8 +30,13 @@ export function toMetadataError(err: unknown, what: string, leaseId?: string): E
   ) {
     return err;
   }
-  if (err instanceof EtcdLeaseInvalidError) return new LeaseNotFoundError(leaseId ?? 'unknown', `etcd ${what}: lease ${leaseId ?? ''} not found (expired or revoked)`);
-  if (err instanceof ClientClosedError) return new MetadataClosedError(`etcd ${what}: the client is closed`, { cause: err });
+  if (err instanceof EtcdLeaseInvalidError)
+    return new LeaseNotFoundError(
+      leaseId ?? 'unknown',
+      `etcd ${what}: lease ${leaseId ?? ''} not found (expired or revoked)`,
+    );
+  if (err instanceof ClientClosedError)
+    return new MetadataClosedError(`etcd ${what}: the client is closed`, { cause: err });
   if (
     err instanceof CallTimedOutError ||
     err instanceof GRPCDeadlineExceededError ||

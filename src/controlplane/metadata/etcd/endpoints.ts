@@ -31,26 +31,39 @@ export function parseEndpoints(endpoints: string | readonly string[]): ParsedEnd
     .flatMap((e) => e.split(','))
     .map((e) => e.trim())
     .filter((e) => e.length > 0);
-  if (items.length === 0) throw new UsageError('no etcd endpoints given (expected e.g. 127.0.0.1:2379)');
+  if (items.length === 0)
+    throw new UsageError('no etcd endpoints given (expected e.g. 127.0.0.1:2379)');
   const schemes = new Set<string>();
   const hosts = items.map((item) => {
     const m = /^(?:(https?):\/\/)?([^/\s]+?)\/?$/.exec(item);
-    if (!m) throw new UsageError(`invalid etcd endpoint "${item}" (expected host:port or http(s)://host:port)`);
+    if (!m)
+      throw new UsageError(
+        `invalid etcd endpoint "${item}" (expected host:port or http(s)://host:port)`,
+      );
     schemes.add(m[1] ?? 'http');
     const host = m[2];
-    if (!/:\d+$/.test(host)) throw new UsageError(`etcd endpoint "${item}" has no port (etcd listens on 2379 by default)`);
+    if (!/:\d+$/.test(host))
+      throw new UsageError(`etcd endpoint "${item}" has no port (etcd listens on 2379 by default)`);
     return host;
   });
-  if (schemes.size > 1) throw new UsageError(`etcd endpoints mix http and https: ${items.join(',')}`);
+  if (schemes.size > 1)
+    throw new UsageError(`etcd endpoints mix http and https: ${items.join(',')}`);
   return { hosts, https: schemes.has('https') };
 }
 
 /** etcd3's credentials from file paths, or undefined for plaintext. */
-export function loadTlsCredentials(tls: EtcdTlsFiles | undefined, https: boolean): { rootCertificate: Buffer; privateKey?: Buffer; certChain?: Buffer } | undefined {
+export function loadTlsCredentials(
+  tls: EtcdTlsFiles | undefined,
+  https: boolean,
+): { rootCertificate: Buffer; privateKey?: Buffer; certChain?: Buffer } | undefined {
   const wanted = https || Boolean(tls?.caFile || tls?.certFile || tls?.keyFile);
   if (!wanted) return undefined;
-  if (!tls?.caFile) throw new UsageError('TLS to etcd needs the CA certificate that signed its server certificate (caFile)');
-  if (Boolean(tls.certFile) !== Boolean(tls.keyFile)) throw new UsageError('a client certificate for etcd needs both certFile and keyFile');
+  if (!tls?.caFile)
+    throw new UsageError(
+      'TLS to etcd needs the CA certificate that signed its server certificate (caFile)',
+    );
+  if (Boolean(tls.certFile) !== Boolean(tls.keyFile))
+    throw new UsageError('a client certificate for etcd needs both certFile and keyFile');
   const read = (path: string, what: string) => {
     try {
       return readFileSync(path);

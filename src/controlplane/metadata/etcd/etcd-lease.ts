@@ -46,7 +46,9 @@ export class EtcdLease extends LeaseStateMachine {
   /** pending → alive. The TTL is always given explicitly; the granted one is kept. */
   async grant(ttlSeconds: number): Promise<void> {
     const sentAt = Date.now();
-    const res = await this.store.call('leaseGrant', (o) => this.store.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, o));
+    const res = await this.store.call('leaseGrant', (o) =>
+      this.store.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, o),
+    );
     if (res.error) throw new Error(`etcd refused lease grant: ${res.error}`);
     this.id = String(res.ID);
     this.ttlSeconds = Number(res.TTL);
@@ -69,11 +71,17 @@ export class EtcdLease extends LeaseStateMachine {
 
   private checkExpiry(): void {
     if (this.ended || Date.now() < this.confirmedUntil) return;
-    this.lose(new LeaseLostError(this.id, `lease ${this.id}: no keepalive acknowledged by etcd within its ${this.ttlSeconds}s TTL`));
+    this.lose(
+      new LeaseLostError(
+        this.id,
+        `lease ${this.id}: no keepalive acknowledged by etcd within its ${this.ttlSeconds}s TTL`,
+      ),
+    );
   }
 
   private lose(reason: Error): void {
-    if (this.transition('lost', reason)) this.store.log.warn({ lease: this.id, err: reason }, 'lease lost');
+    if (this.transition('lost', reason))
+      this.store.log.warn({ lease: this.id, err: reason }, 'lease lost');
   }
 
   private openStream(): void {
@@ -139,26 +147,35 @@ export class EtcdLease extends LeaseStateMachine {
   async keepAliveOnce(): Promise<void> {
     if (this.state !== 'alive') throw new LeaseNotFoundError(this.id);
     const sentAt = Date.now();
-    const res = await this.store.call('leaseKeepAlive', async (o) => {
-      const stream = await this.store.client.leaseClient.leaseKeepAlive();
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        return await new Promise<ILeaseKeepAliveResponse>((resolve, reject) => {
-          // Streams take no deadline; this timer is the call's, so the stream is closed either way.
-          timer = setTimeout(() => reject(new CallTimedOutError('no keepalive answer before the deadline')), Math.max(0, Number(o.deadline) - Date.now()));
-          stream.on('data', resolve);
-          stream.on('error', reject);
-          stream.on('end', () => reject(new Error('keepalive stream ended before an answer')));
-          stream.write({ ID: this.id });
-        });
-      } finally {
-        clearTimeout(timer);
-        closeStream(stream);
-      }
-    }, this.id);
+    const res = await this.store.call(
+      'leaseKeepAlive',
+      async (o) => {
+        const stream = await this.store.client.leaseClient.leaseKeepAlive();
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          return await new Promise<ILeaseKeepAliveResponse>((resolve, reject) => {
+            // Streams take no deadline; this timer is the call's, so the stream is closed either way.
+            timer = setTimeout(
+              () => reject(new CallTimedOutError('no keepalive answer before the deadline')),
+              Math.max(0, Number(o.deadline) - Date.now()),
+            );
+            stream.on('data', resolve);
+            stream.on('error', reject);
+            stream.on('end', () => reject(new Error('keepalive stream ended before an answer')));
+            stream.write({ ID: this.id });
+          });
+        } finally {
+          clearTimeout(timer);
+          closeStream(stream);
+        }
+      },
+      this.id,
+    );
     if (res.TTL === '0' || Number(res.TTL) <= 0) {
       const err = new LeaseNotFoundError(this.id);
-      this.lose(new LeaseLostError(this.id, `lease ${this.id}: etcd reports it expired`, { cause: err }));
+      this.lose(
+        new LeaseLostError(this.id, `lease ${this.id}: etcd reports it expired`, { cause: err }),
+      );
       throw err;
     }
     this.confirm(sentAt);
@@ -178,7 +195,12 @@ export class EtcdLease extends LeaseStateMachine {
   async revokeWithin(timeoutMs: number): Promise<void> {
     if (!this.transition('revoked')) return;
     try {
-      await this.store.call('leaseRevoke', (o) => this.store.client.leaseClient.leaseRevoke({ ID: this.id }, o), this.id, timeoutMs);
+      await this.store.call(
+        'leaseRevoke',
+        (o) => this.store.client.leaseClient.leaseRevoke({ ID: this.id }, o),
+        this.id,
+        timeoutMs,
+      );
     } catch (err) {
       const converted = toMetadataError(err, 'leaseRevoke', this.id);
       if (converted instanceof LeaseNotFoundError) return; // already gone: that is what we wanted
@@ -201,7 +223,11 @@ export class EtcdLease extends LeaseStateMachine {
  * to it — when a stream that is still writable errors, and cancel() raises
  * CANCELLED as an error. Ending first makes our own teardown harmless.
  */
-export function closeStream(stream: { end(): void; cancel(): void; on(event: 'error', fn: (err: Error) => void): unknown }): void {
+export function closeStream(stream: {
+  end(): void;
+  cancel(): void;
+  on(event: 'error', fn: (err: Error) => void): unknown;
+}): void {
   stream.on('error', () => undefined);
   try {
     stream.end();

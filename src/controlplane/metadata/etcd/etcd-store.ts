@@ -21,7 +21,14 @@
  * serve other tenants or several Torus clusters.
  */
 import type { CallOptions } from '@grpc/grpc-js';
-import { Etcd3, type IKeyValue, type IOptions, type IRequestOp, type ICompare, type ITxnResponse } from 'etcd3';
+import {
+  Etcd3,
+  type IKeyValue,
+  type IOptions,
+  type IRequestOp,
+  type ICompare,
+  type ITxnResponse,
+} from 'etcd3';
 import { logger, type Logger } from '../../../common/log.js';
 import { MetadataClosedError } from '../errors.js';
 import { checkTxn, prefixRangeEnd } from '../keys.js';
@@ -58,7 +65,10 @@ import { EtcdWatcher } from './etcd-watcher.js';
 const emitWarning = process.emitWarning;
 process.emitWarning = function (warning: string | Error, ...rest: unknown[]): void {
   const options = rest[0];
-  const code = typeof options === 'object' && options !== null ? (options as { code?: unknown }).code : rest[1];
+  const code =
+    typeof options === 'object' && options !== null
+      ? (options as { code?: unknown }).code
+      : rest[1];
   if (code === 'DEP0123') return;
   (emitWarning as (...args: unknown[]) => void).call(process, warning, ...rest);
 } as typeof process.emitWarning;
@@ -91,7 +101,8 @@ type Policy = NonNullable<FaultHandling['global']>;
  * policies; the cast stands in for cockatiel's noop, which is not ours to import.
  */
 const runOnce = {
-  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T) => Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
+  execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T) =>
+    Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
 } as unknown as Policy;
 
 export class EtcdMetadataStore implements MetadataStore {
@@ -118,7 +129,14 @@ export class EtcdMetadataStore implements MetadataStore {
     this.client = new Etcd3({
       hosts,
       ...(credentials ? { credentials } : {}),
-      ...(options.auth ? { auth: { ...options.auth, callOptions: () => ({ deadline: Date.now() + this.callTimeoutMs }) } } : {}),
+      ...(options.auth
+        ? {
+            auth: {
+              ...options.auth,
+              callOptions: () => ({ deadline: Date.now() + this.callTimeoutMs }),
+            },
+          }
+        : {}),
       dialTimeout: this.callTimeoutMs,
       faultHandling: { global: runOnce, host: () => runOnce },
     });
@@ -154,10 +172,18 @@ export class EtcdMetadataStore implements MetadataStore {
    * connection setup. Errors leave here converted.
    * @internal
    */
-  async call<T>(what: string, run: (options: CallOptions) => Promise<T>, leaseId?: string, timeoutMs = this.callTimeoutMs): Promise<T> {
+  async call<T>(
+    what: string,
+    run: (options: CallOptions) => Promise<T>,
+    leaseId?: string,
+    timeoutMs = this.callTimeoutMs,
+  ): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const stuck = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new CallTimedOutError(`no answer within ${timeoutMs} ms`)), timeoutMs + 250);
+      timer = setTimeout(
+        () => reject(new CallTimedOutError(`no answer within ${timeoutMs} ms`)),
+        timeoutMs + 250,
+      );
     });
     try {
       return await Promise.race([run({ deadline: Date.now() + timeoutMs }), stuck]);
@@ -189,7 +215,10 @@ export class EtcdMetadataStore implements MetadataStore {
     let revision: string | undefined;
     for (;;) {
       const res = await this.call('getPrefix', (o) =>
-        this.client.kv.range({ key: from, range_end: end, limit: PAGE_SIZE, ...(revision ? { revision } : {}) }, o),
+        this.client.kv.range(
+          { key: from, range_end: end, limit: PAGE_SIZE, ...(revision ? { revision } : {}) },
+          o,
+        ),
       );
       revision ??= res.header.revision;
       for (const raw of res.kvs) out.push(this.toKeyValue(raw));
@@ -200,7 +229,9 @@ export class EtcdMetadataStore implements MetadataStore {
 
   async currentRevision(): Promise<number> {
     this.checkOpen();
-    const res = await this.call('currentRevision', (o) => this.client.kv.range({ key: this.prefixBytes, limit: 1, keys_only: true }, o));
+    const res = await this.call('currentRevision', (o) =>
+      this.client.kv.range({ key: this.prefixBytes, limit: 1, keys_only: true }, o),
+    );
     return Number(res.header.revision);
   }
 
@@ -210,27 +241,38 @@ export class EtcdMetadataStore implements MetadataStore {
     checkTxn({ compare: [], success: [{ type: 'put', key, value }] });
     this.checkOpen();
     const lease = leaseIdOf(options.lease);
-    const res = await this.call('put', (o) => this.client.kv.put({ key: this.keyBytes(key), value, ...(lease ? { lease } : {}) }, o), lease);
+    const res = await this.call(
+      'put',
+      (o) => this.client.kv.put({ key: this.keyBytes(key), value, ...(lease ? { lease } : {}) }, o),
+      lease,
+    );
     return Number(res.header.revision);
   }
 
   async delete(key: string): Promise<number> {
     this.checkOpen();
-    const res = await this.call('delete', (o) => this.client.kv.deleteRange({ key: this.keyBytes(key) }, o));
+    const res = await this.call('delete', (o) =>
+      this.client.kv.deleteRange({ key: this.keyBytes(key) }, o),
+    );
     return Number(res.deleted);
   }
 
   async deletePrefix(prefix: string): Promise<number> {
     this.checkOpen();
     const start = this.keyBytes(prefix);
-    const res = await this.call('deletePrefix', (o) => this.client.kv.deleteRange({ key: start, range_end: prefixRangeEnd(start) }, o));
+    const res = await this.call('deletePrefix', (o) =>
+      this.client.kv.deleteRange({ key: start, range_end: prefixRangeEnd(start) }, o),
+    );
     return Number(res.deleted);
   }
 
   async txn(request: TxnRequest): Promise<TxnResult> {
     checkTxn(request);
     this.checkOpen();
-    const leaseOf = (ops: TxnOp[]) => ops.map((op) => (op.type === 'put' ? leaseIdOf(op.lease) : undefined)).find((id) => id !== undefined);
+    const leaseOf = (ops: TxnOp[]) =>
+      ops
+        .map((op) => (op.type === 'put' ? leaseIdOf(op.lease) : undefined))
+        .find((id) => id !== undefined);
     const res: ITxnResponse = await this.call(
       'txn',
       (o) =>
@@ -250,7 +292,10 @@ export class EtcdMetadataStore implements MetadataStore {
       const response = res.responses[i];
       switch (op.type) {
         case 'get':
-          return { type: 'get', kvs: response.response_range.kvs.map((raw) => this.toKeyValue(raw)) };
+          return {
+            type: 'get',
+            kvs: response.response_range.kvs.map((raw) => this.toKeyValue(raw)),
+          };
         case 'put':
           return { type: 'put', revision };
         case 'delete':
@@ -261,7 +306,9 @@ export class EtcdMetadataStore implements MetadataStore {
   }
 
   private toCompare(c: Compare): ICompare {
-    const result = ({ '==': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const)[c.op];
+    const result = ({ '==': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const)[
+      c.op
+    ];
     const key = this.keyBytes(c.key);
     switch (c.target) {
       case 'modRevision':
@@ -285,7 +332,9 @@ export class EtcdMetadataStore implements MetadataStore {
         return { request_put: { key, value: op.value, ...(lease ? { lease } : {}) } };
       }
       case 'delete':
-        return { request_delete_range: { key, ...(op.prefix ? { range_end: prefixRangeEnd(key) } : {}) } };
+        return {
+          request_delete_range: { key, ...(op.prefix ? { range_end: prefixRangeEnd(key) } : {}) },
+        };
     }
   }
 
@@ -293,19 +342,33 @@ export class EtcdMetadataStore implements MetadataStore {
 
   async grantLease(ttlSeconds: number, options: GrantLeaseOptions = {}): Promise<Lease> {
     this.checkOpen();
-    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new RangeError(`lease TTL must be a whole number of seconds ≥ 1, got ${ttlSeconds}`);
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
+      throw new RangeError(`lease TTL must be a whole number of seconds ≥ 1, got ${ttlSeconds}`);
     const lease = new EtcdLease(this, options.keepAlive !== false, () => this.leases.delete(lease));
     await lease.grant(ttlSeconds);
     this.leases.add(lease);
     return lease;
   }
 
-  async watchPrefix(prefix: string, options: WatchOptions, onEvent: (event: WatchEvent) => void): Promise<Watcher> {
+  async watchPrefix(
+    prefix: string,
+    options: WatchOptions,
+    onEvent: (event: WatchEvent) => void,
+  ): Promise<Watcher> {
     this.checkOpen();
     const from = options.fromRevision;
-    if (from !== undefined && (!Number.isSafeInteger(from) || from < 1)) throw new RangeError(`fromRevision must be a revision ≥ 1, got ${from}`);
+    if (from !== undefined && (!Number.isSafeInteger(from) || from < 1))
+      throw new RangeError(`fromRevision must be a revision ≥ 1, got ${from}`);
     const start = this.keyBytes(prefix);
-    const watcher = new EtcdWatcher(this, start, prefixRangeEnd(start), from, onEvent, options.onError, () => this.watchers.delete(watcher));
+    const watcher = new EtcdWatcher(
+      this,
+      start,
+      prefixRangeEnd(start),
+      from,
+      onEvent,
+      options.onError,
+      () => this.watchers.delete(watcher),
+    );
     this.watchers.add(watcher);
     try {
       await watcher.start();
@@ -329,7 +392,16 @@ export class EtcdMetadataStore implements MetadataStore {
   }
 
   private async shutdown(): Promise<void> {
-    const revokes = [...this.leases].map((lease) => lease.revokeWithin(this.closeTimeoutMs).catch((err) => this.log.warn({ err, lease: lease.id }, 'could not revoke lease on close; its keys expire with its TTL')));
+    const revokes = [...this.leases].map((lease) =>
+      lease
+        .revokeWithin(this.closeTimeoutMs)
+        .catch((err) =>
+          this.log.warn(
+            { err, lease: lease.id },
+            'could not revoke lease on close; its keys expire with its TTL',
+          ),
+        ),
+    );
     await Promise.all(revokes);
     await Promise.all([...this.watchers].map((w) => w.close()));
     this.client.close();

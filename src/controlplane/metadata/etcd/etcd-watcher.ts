@@ -65,7 +65,11 @@ export class EtcdWatcher implements Watcher {
     this.stream = stream;
     let created = false;
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => fail(new CallTimedOutError(`watch not confirmed within ${this.store.callTimeoutMs} ms`)), this.store.callTimeoutMs);
+      const timer = setTimeout(
+        () =>
+          fail(new CallTimedOutError(`watch not confirmed within ${this.store.callTimeoutMs} ms`)),
+        this.store.callTimeoutMs,
+      );
       const fail = (err: Error) => {
         clearTimeout(timer);
         if (stream === this.stream) this.dropStream();
@@ -91,7 +95,10 @@ export class EtcdWatcher implements Watcher {
         if (stream !== this.stream) return;
         if (!created) return fail(err);
         this.dropStream();
-        this.store.log.debug({ err, nextRevision: this.nextRevision }, 'watch stream broke; resuming');
+        this.store.log.debug(
+          { err, nextRevision: this.nextRevision },
+          'watch stream broke; resuming',
+        );
         this.reconnectLater();
       };
       stream.on('error', broken);
@@ -109,7 +116,9 @@ export class EtcdWatcher implements Watcher {
   private cancellation(res: IWatchResponse): Error {
     const compacted = Number(res.compact_revision);
     if (compacted > 0) return new MetadataCompactedError(this.nextRevision ?? 0, compacted);
-    return new MetadataUnavailableError(`etcd cancelled the watch: ${res.cancel_reason || 'no reason given'}`);
+    return new MetadataUnavailableError(
+      `etcd cancelled the watch: ${res.cancel_reason || 'no reason given'}`,
+    );
   }
 
   private deliver(res: IWatchResponse): void {
@@ -119,7 +128,12 @@ export class EtcdWatcher implements Watcher {
       const modRevision = Number(ev.kv.mod_revision);
       if (resumeFrom !== undefined && modRevision < resumeFrom) continue; // delivered before a reconnect
       const type = String(ev.type).toLowerCase() === 'delete' ? 'delete' : 'put';
-      const event: WatchEvent = { type, key: this.store.keyOf(ev.kv.key), value: type === 'put' ? ev.kv.value : Buffer.alloc(0), modRevision };
+      const event: WatchEvent = {
+        type,
+        key: this.store.keyOf(ev.kv.key),
+        value: type === 'put' ? ev.kv.value : Buffer.alloc(0),
+        modRevision,
+      };
       try {
         this.onEvent(event);
       } catch (err) {
