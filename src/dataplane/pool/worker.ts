@@ -5,8 +5,7 @@
  */
 import { openSync, readSync, writeSync } from 'node:fs';
 import { workerData } from 'node:worker_threads';
-import { hasher } from '../blocks/hash.js';
-import { isAllZero } from '../blocks/hash.js';
+import { hasher, isAllZero, type Hasher } from '../blocks/hash.js';
 import {
   OFF_NONCE,
   OFF_TAG,
@@ -39,7 +38,21 @@ import {
 
 const setup = workerData as WorkerSetup;
 const log = logger('pool-worker');
-const hash = await hasher();
+/**
+ * xxhash-wasm compiles asynchronously, but this module must not await at its
+ * top level: piscina loads a task file with require() first, and on Node
+ * 20.19+ require() of an ES module whose graph awaits takes the require(esm)
+ * path, where a second load racing the first (piscina's warm-up and the first
+ * task) aborted the whole process (V8 fatal error "IsGraphAsync must be used
+ * on an instantiated module", seen in a test run). Without a top-level await
+ * the module loads synchronously and once; the first task waits for the hasher.
+ */
+let hash!: Hasher;
+let hashLoaded = false;
+const hasherReady = hasher().then((loaded) => {
+  hash = loaded;
+  hashLoaded = true;
+});
 const blockSize = setup.blockSize;
 const cache = new Uint8Array(setup.cache);
 const records = new Uint8Array(setup.records);
@@ -74,6 +87,7 @@ function takeStaging(blocks: number, sealed: boolean): Staging {
 export default function handle(
   task: PoolTask,
 ): WriteBatchResult | ReadBatchResult | Promise<WriteBatchResult | ReadBatchResult> {
+  if (!hashLoaded) return hasherReady.then(() => handle(task));
   if (task.op === 'write')
     return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
   return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);
