@@ -4,38 +4,32 @@
  * ExportProvider the NBD server serves from.
  *
  * Assembly only: each concern is a module of its own (README.md lists them).
- * The metadata store is opened first (the embedded one holds the data
- * directory's lock, so nothing else can open the same store); the hosting
- * mode then starts (a single node loads every volume before anything is
- * swept). In a cluster the peer service stops first when the node closes.
+ * The parts open in node-parts.ts; the hosting mode then starts (a single
+ * node loads every volume before anything is swept). In a cluster the peer
+ * service stops first when the node closes.
  */
-import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
-import { ConflictError, UsageError } from '../common/errors.js';
-import { logger, type Logger } from '../common/log.js';
+import { UsageError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
-import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
-import type { MetadataStore } from '../controlplane/metadata/store.js';
-import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import type { PeerTable } from '../controlplane/membership/peer-table.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
-import { VolumeCatalog, type ClusterSettings } from '../controlplane/volumes/catalog.js';
+import type { ClusterSettings, VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { VolumeOwnership } from '../controlplane/volumes/ownership.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
-import { BlockCache } from '../dataplane/cache/block-cache.js';
-import { KeyRing } from '../dataplane/crypto/key-ring.js';
+import type { BlockCache } from '../dataplane/cache/block-cache.js';
 import type { ExportInfo, ExportProvider, NbdExport } from '../dataplane/nbd/export.js';
-import { DataPool } from '../dataplane/pool/data-pool.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { BackgroundServices } from './background-services.js';
-import {
-  openClusterBlocks,
-  registerReplicationGauges,
-  type ClusterIdentity,
-} from './cluster-blocks.js';
+import { registerReplicationGauges } from './cluster-blocks.js';
 import { EveryVolumeHosting } from './every-volume-hosting.js';
-import { openLocalStore, registerStorageGauges } from './local-storage.js';
+import { registerStorageGauges } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
+import {
+  closeNodeParts,
+  DEFAULT_LOCK_LINGER_MS,
+  openNodeParts,
+  type NodeParts,
+  type StorageNodeOptions,
+} from './node-parts.js';
 import { OnDemandHosting } from './on-demand-hosting.js';
 import { PeerServing, type PeerService, type PeerServiceOptions } from './peer-service.js';
 import { VolumeAdmin, type VolumeStatus } from './volume-admin.js';
@@ -43,74 +37,14 @@ import { VolumeHost, type ExportDescription } from './volume-host.js';
 import { volumeServices } from './volume-services.js';
 
 export { DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SCRUB_RATE } from './background-services.js';
+export {
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_CACHE_BYTES,
+  DEFAULT_LOCK_LINGER_MS,
+  type StorageNodeOptions,
+} from './node-parts.js';
 export type { PeerService, PeerServiceOptions } from './peer-service.js';
 export { checkReplication, type VolumeStatus } from './volume-admin.js';
-
-/**
- * 64 KiB: see docs/architecture.md "Block size". Small enough that a 4 KiB
- * random write costs at most one 64 KiB block write at the next flush (the
- * original's 512 KiB made that 128×), large enough that a 1 MiB sequential
- * write is 16 blocks, each hashed and stored in one batch.
- */
-export const DEFAULT_BLOCK_SIZE = 64 * 1024;
-export const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024;
-
-export interface StorageNodeOptions {
-  dataDir: string;
-  /** Local store capacity; required the first time, ignored (with a warning if different) after. */
-  capacityBytes?: number;
-  /** Cluster block size, used only when the cluster is first initialised. */
-  blockSize?: number;
-  cacheBytes?: number;
-  workers?: number;
-  /** Master key file for encrypted volumes. */
-  keyFile?: string;
-  metrics?: NodeMetrics;
-  log?: Logger;
-  /**
-   * An open metadata store to use (a cluster's etcd) instead of the embedded
-   * one in <data-dir>/meta. The caller keeps it: close() leaves it open.
-   */
-  meta?: MetadataStore;
-  /**
-   * Cluster mode: this node's identity. Blocks are then placed by the ring
-   * and replicated to peers (src/dataplane/replication); without it every
-   * block is local.
-   */
-  cluster?: ClusterIdentity;
-  /**
-   * Cluster mode: how long a volume stays open, with its write lock, after
-   * its last NBD session closed (default 5 s). 0 lets go at once.
-   */
-  lockLingerMs?: number;
-  /** Cluster mode: bytes/s the rebalance may copy to peers (default 100 MiB/s). */
-  rebalanceRate?: number;
-  /** Cluster mode: a rebalance and GC run every this many ms besides those on ring changes (default 60 s; 0 none). */
-  rebalanceIntervalMs?: number;
-  /** Bytes/s a scrub pass reads from the local store (default 16 MiB/s). */
-  scrubRate?: number;
-  /** A scrub pass every this many ms, the first this long after start (default 24 h; 0 none). */
-  scrubIntervalMs?: number;
-}
-
-export const DEFAULT_LOCK_LINGER_MS = 5000;
-
-/** The node's parts, as open() assembles them. */
-interface Parts {
-  dataDir: string;
-  settings: ClusterSettings;
-  meta: MetadataStore;
-  /** Whether close() closes meta (the embedded store; a caller's etcd stays open). */
-  ownsMeta: boolean;
-  catalog: VolumeCatalog;
-  store: LocalSlotStore;
-  cache: BlockCache;
-  pool: DataPool;
-  keys: KeyRing;
-  cluster: ClusterBlocks | undefined;
-  metrics: NodeMetrics | undefined;
-  log: Logger;
-}
 
 export class StorageNode implements ExportProvider {
   readonly dataDir: string;
@@ -130,7 +64,7 @@ export class StorageNode implements ExportProvider {
   private closing = false;
 
   private constructor(
-    private readonly parts: Parts,
+    private readonly parts: NodeParts,
     lockLingerMs: number,
   ) {
     const { meta, catalog, store, cache, pool, keys, cluster, metrics, log } = parts;
@@ -174,68 +108,15 @@ export class StorageNode implements ExportProvider {
   }
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
-    const log = options.log ?? logger('node');
     const lockLingerMs = options.lockLingerMs ?? DEFAULT_LOCK_LINGER_MS;
     if (!Number.isSafeInteger(lockLingerMs) || lockLingerMs < 0)
       throw new UsageError(
         `lock linger must be a whole number of milliseconds ≥ 0, got ${lockLingerMs}`,
       );
-    await mkdir(options.dataDir, { recursive: true });
-    const meta = options.meta ?? (await openEmbeddedMetadataStore(join(options.dataDir, 'meta')));
+    const parts = await openNodeParts(options);
+    const { store, meta, catalog, cluster, cache, pool, log } = parts;
     try {
-      if (!options.meta) await refuseClusterDataDir(options.dataDir);
-      const catalog = new VolumeCatalog(meta);
-      const settings = await catalog.initSettings({
-        blockSize: options.blockSize ?? DEFAULT_BLOCK_SIZE,
-        createdAt: new Date().toISOString(),
-      });
-      if (options.blockSize && options.blockSize !== settings.blockSize) {
-        log.warn(
-          { requested: options.blockSize, inForce: settings.blockSize },
-          'block size is fixed when the cluster is initialised; ignoring --block-size',
-        );
-      }
-      const store = await openLocalStore(
-        options.dataDir,
-        settings.blockSize,
-        options.capacityBytes,
-        log,
-      );
-      const cache = new BlockCache(settings.blockSize, options.cacheBytes ?? DEFAULT_CACHE_BYTES);
-      const pool = new DataPool(
-        {
-          cache: cache.buffer,
-          blockSize: settings.blockSize,
-          records: store.records,
-          dataPath: store.dataPath,
-          slotsPath: store.slotsPath,
-        },
-        options.workers,
-        options.cluster ? 4 : 1,
-      );
-      const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
-      const cluster = options.cluster
-        ? await openClusterBlocks(meta, options.cluster, log)
-        : undefined;
-      const { dataDir, metrics } = options;
-      const ownsMeta = !options.meta;
-      const node = new StorageNode(
-        {
-          dataDir,
-          settings,
-          meta,
-          ownsMeta,
-          catalog,
-          store,
-          cache,
-          pool,
-          keys,
-          cluster,
-          metrics,
-          log,
-        },
-        lockLingerMs,
-      );
+      const node = new StorageNode(parts, lockLingerMs);
       await node.host.start();
       node.background = new BackgroundServices({
         store,
@@ -248,17 +129,12 @@ export class StorageNode implements ExportProvider {
         rebalance: { rate: options.rebalanceRate, intervalMs: options.rebalanceIntervalMs },
       });
       if (options.metrics) node.registerGauges(options.metrics);
-      const [capacity, used] = [
-        formatSize(store.slotCount * store.blockSize),
-        formatSize(store.usedSlots * store.blockSize),
-      ];
-      const volumes = node.host.volumes.size;
       log.info(
         {
-          dataDir,
-          capacity,
-          used,
-          volumes,
+          dataDir: parts.dataDir,
+          capacity: formatSize(store.slotCount * store.blockSize),
+          used: formatSize(store.usedSlots * store.blockSize),
+          volumes: node.host.volumes.size,
           cache: formatSize(cache.slotCount * cache.blockSize),
           workers: pool.threads,
         },
@@ -266,7 +142,7 @@ export class StorageNode implements ExportProvider {
       );
       return node;
     } catch (err) {
-      if (!options.meta) await meta.close();
+      await closeNodeParts(parts);
       throw err;
     }
   }
@@ -402,23 +278,6 @@ export class StorageNode implements ExportProvider {
     await this.host.closeVolumes();
     // After the last commit: release, so another node may take over at once.
     await this.ownership.releaseAll();
-    await this.cluster?.close();
-    await this.parts.pool.close();
-    await this.store.close();
-    if (this.parts.ownsMeta) await this.parts.meta.close();
-  }
-}
-
-/**
- * A directory that joined a cluster keeps its volumes' records in that
- * cluster's etcd: opened on the single-node store, the start-up sweep would
- * find none of them and free every block.
- */
-async function refuseClusterDataDir(dataDir: string): Promise<void> {
-  const binding = await readClusterBinding(dataDir);
-  if (binding) {
-    throw new ConflictError(
-      `data directory ${dataDir} belongs to a cluster (joined through etcd ${binding.etcd}): give --etcd ${binding.etcd}, or use another --data-dir for a single node`,
-    );
+    await closeNodeParts(this.parts);
   }
 }
