@@ -3,15 +3,15 @@
  *
  * Contract:
  * - Lazy: the first request connects (TCP, then HELLO with our cluster and
- *   node id; the peer's answer is checked the same way). Requests made
- *   meanwhile wait for it. A connection that is lost is re-made by the next
- *   request; after a failed attempt, requests fail fast with
- *   PeerUnavailableError until a backoff (50 ms doubling to 2 s) has passed,
- *   so a down peer is not hammered with connection attempts.
+ *   node id; the peer's answer is checked the same way, reply-decoder.ts).
+ *   Requests made meanwhile wait for it. A connection that is lost is re-made
+ *   by the next request; after a failed attempt, requests fail fast with
+ *   PeerUnavailableError until a backoff (50 ms doubling to 2 s,
+ *   reconnect-backoff.ts) has passed.
  * - Pipelined: every request is written at once, with an id; replies are
- *   matched by id in whatever order they come.
+ *   matched by id in whatever order they come (request-table.ts).
  * - Deadlines: every request has one (getTimeoutMs, putTimeoutMs,
- *   syncTimeoutMs, timeoutMs, or its own); past it, the request rejects with
+ *   syncTimeoutMs, timeoutMs: client-options.ts; or its own); past it, the request rejects with
  *   PeerTimeoutError and a late reply is dropped. A timeout alone does not
  *   close the connection: a slow disk on the peer is not a dead peer. The
  *   connection is closed (everything outstanding rejects with
@@ -28,18 +28,16 @@
  * writev; block data is sent from the caller's buffers, never copied. The
  * caller must not change a block's bytes until its put settles (if it does
  * anyway, the peer's hash check refuses the block with CHECKSUM). Deadlines
- * are checked by one timer per client, not one per request.
+ * are checked by one timer per client (request-table.ts), not one per request.
  */
 import { connect, type Socket } from 'node:net';
 import { logger, type Logger } from '../../common/log.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import type { PeerBlockStore } from './backend.js';
 import {
-  PeerIdentityError,
   PeerProtocolError,
   PeerTimeoutError,
   PeerUnavailableError,
-  PeerWrongClusterError,
   type PeerError,
   statusError,
 } from './errors.js';
@@ -47,6 +45,15 @@ import { newReadBuffer } from '../transport/read-buffer.js';
 import { FrameReader, slabAllocator } from './frame-reader.js';
 import { encodeRequest } from './request-encoder.js';
 import { Outbound } from './outbound.js';
+import {
+  clientSettings,
+  type ClientSettings,
+  type PeerClientOptions,
+  type RequestOptions,
+} from './client-options.js';
+import { ReconnectBackoff } from './reconnect-backoff.js';
+import { acceptHello, decodeReply, type PeerIdentity } from './reply-decoder.js';
+import { RequestTable, type PendingRequest } from './request-table.js';
 import {
   HEADER_SIZE,
   MAX_BATCH_REFS,
@@ -59,14 +66,9 @@ import {
   OP_SYNC,
   STATUS_NOT_FOUND,
   STATUS_OK,
-  STATUS_WRONG_CLUSTER,
   checkFrameHeader,
   checkPutBatch,
-  decodeBitmapReply,
-  decodeBlockReply,
-  decodeCountReply,
   decodeErrorMessage,
-  decodeHello,
   encodeHello,
   headerOpcode,
   headerPayloadLength,
@@ -76,56 +78,8 @@ import {
   type WireBlock,
 } from './wire.js';
 
-export interface PeerClientOptions {
-  host: string;
-  port: number;
-  /** Our cluster; the peer must say the same in its HELLO. */
-  clusterId: string;
-  /** Our node id, sent in HELLO. */
-  nodeId: string;
-  /** The peer's node id, if known (from the ring): a peer that says otherwise is refused (PeerIdentityError). */
-  expectedNodeId?: string;
-  /** TCP connect plus HELLO must finish within this. Default 1000 ms. */
-  connectTimeoutMs?: number;
-  /** Deadline of getBlock. Default 1000 ms. */
-  getTimeoutMs?: number;
-  /** Deadline of putBlocks (a batch may be 16 MiB). Default 5000 ms. */
-  putTimeoutMs?: number;
-  /** Deadline of hasBlocks, deleteBlocks, ping. Default 2000 ms. */
-  timeoutMs?: number;
-  /** Deadline of sync (an fdatasync of a busy disk can take seconds). Default 10 000 ms. */
-  syncTimeoutMs?: number;
-  /** Silence after a timed-out request that declares the connection dead. Default 2000 ms. */
-  deadAfterMs?: number;
-  /** Backoff after a failed connection attempt: first and longest wait. Default 50 and 2000 ms. */
-  reconnectBackoffMs?: { min: number; max: number };
-  log?: Logger;
-}
-
-export interface RequestOptions {
-  /** This request's deadline, replacing the default for its kind. */
-  timeoutMs?: number;
-}
-
-/** What the peer said in its HELLO. */
-export interface PeerIdentity {
-  clusterId: string;
-  nodeId: string;
-}
-
-interface Pending {
-  id: number;
-  op: number;
-  /** performance.now() by which a reply must have come. */
-  deadline: number;
-  timeoutMs: number;
-  /** When it was written (0 while queued for the connection). */
-  sentAt: number;
-  /** What to send: a ref, refs, blocks, or nothing. */
-  arg: unknown;
-  resolve: (value: never) => void;
-  reject: (err: Error) => void;
-}
+export type { PeerClientOptions, RequestOptions } from './client-options.js';
+export type { PeerIdentity } from './reply-decoder.js';
 
 interface Connection {
   socket: Socket;
@@ -140,33 +94,20 @@ export class PeerClient implements PeerBlockStore {
   /** host:port, as errors and logs name the peer. */
   readonly peer: string;
   private readonly log: Logger;
-  private readonly connectTimeoutMs: number;
-  private readonly getTimeoutMs: number;
-  private readonly putTimeoutMs: number;
-  private readonly timeoutMs: number;
-  private readonly syncTimeoutMs: number;
-  private readonly deadAfterMs: number;
-  private readonly backoff: { min: number; max: number };
-  private readonly tickMs: number;
+  private readonly settings: ClientSettings;
+  private readonly backoff: ReconnectBackoff;
 
   private conn: Connection | undefined;
   /** Every request not yet answered, sent or still queued for the connection. */
-  private readonly pending = new Map<number, Pending>();
+  private readonly pending: RequestTable;
   /** Requests made while connecting, in order. */
-  private queue: Pending[] = [];
-  private nextId = 1;
+  private queue: PendingRequest[] = [];
   private closed = false;
   private closing: Promise<void> | undefined;
-
-  private backoffMs = 0;
-  private retryAt = 0;
-  private lastFailure = '';
 
   /** Memory for replies the caller keeps (blocks): small ones carved from slabs, large ones exact. */
   private readonly allocate = slabAllocator((size) => Buffer.allocUnsafe(size));
 
-  private timer: NodeJS.Timeout | undefined;
-  private nextDeadline = Infinity;
   private lastHeardAt = 0;
   /** A request timed out with nothing heard since it was sent. */
   private suspect = false;
@@ -180,28 +121,9 @@ export class PeerClient implements PeerBlockStore {
   constructor(private readonly options: PeerClientOptions) {
     this.peer = `${options.host}:${options.port}`;
     this.log = (options.log ?? logger('peer-client')).child({ peer: this.peer });
-    this.connectTimeoutMs = options.connectTimeoutMs ?? 1000;
-    this.getTimeoutMs = options.getTimeoutMs ?? 1000;
-    this.putTimeoutMs = options.putTimeoutMs ?? 5000;
-    this.timeoutMs = options.timeoutMs ?? 2000;
-    this.syncTimeoutMs = options.syncTimeoutMs ?? 10_000;
-    this.deadAfterMs = options.deadAfterMs ?? 2000;
-    this.backoff = options.reconnectBackoffMs ?? { min: 50, max: 2000 };
-    // Deadline checks run this often while requests are outstanding: within
-    // 5% of the shortest default deadline, at most every 5 ms.
-    this.tickMs = Math.max(
-      5,
-      Math.min(
-        50,
-        Math.min(
-          this.getTimeoutMs,
-          this.putTimeoutMs,
-          this.timeoutMs,
-          this.syncTimeoutMs,
-          this.connectTimeoutMs,
-        ) / 20,
-      ),
-    );
+    this.settings = clientSettings(options);
+    this.backoff = new ReconnectBackoff(this.settings.reconnectBackoffMs);
+    this.pending = new RequestTable(this.settings.deadlineTickMs, this.expired, this.checkAlive);
   }
 
   /** True while a connection is established and past HELLO. */
@@ -223,12 +145,12 @@ export class PeerClient implements PeerBlockStore {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.request(OP_PUT_BLOCKS, blocks, options.timeoutMs ?? this.putTimeoutMs);
+    return this.request(OP_PUT_BLOCKS, blocks, options.timeoutMs ?? this.settings.putTimeoutMs);
   }
 
   /** The block, or undefined when the peer does not hold it. Its bytes may be a view into a larger received buffer: copy them to keep them long. */
   getBlock(ref: BlockRef, options: RequestOptions = {}): Promise<WireBlock | undefined> {
-    return this.request(OP_GET_BLOCK, ref, options.timeoutMs ?? this.getTimeoutMs);
+    return this.request(OP_GET_BLOCK, ref, options.timeoutMs ?? this.settings.getTimeoutMs);
   }
 
   hasBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<boolean[]> {
@@ -237,7 +159,7 @@ export class PeerClient implements PeerBlockStore {
       return Promise.reject(
         new RangeError(`hasBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`),
       );
-    return this.request(OP_HAS_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
+    return this.request(OP_HAS_BLOCKS, refs, options.timeoutMs ?? this.settings.timeoutMs);
   }
 
   deleteBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<number> {
@@ -246,7 +168,7 @@ export class PeerClient implements PeerBlockStore {
       return Promise.reject(
         new RangeError(`deleteBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`),
       );
-    return this.request(OP_DELETE_BLOCKS, refs, options.timeoutMs ?? this.timeoutMs);
+    return this.request(OP_DELETE_BLOCKS, refs, options.timeoutMs ?? this.settings.timeoutMs);
   }
 
   /**
@@ -257,13 +179,13 @@ export class PeerClient implements PeerBlockStore {
    * PING probe tells the two apart).
    */
   sync(options: RequestOptions = {}): Promise<void> {
-    return this.request(OP_SYNC, undefined, options.timeoutMs ?? this.syncTimeoutMs);
+    return this.request(OP_SYNC, undefined, options.timeoutMs ?? this.settings.syncTimeoutMs);
   }
 
   /** A round trip that touches no storage; resolves with its time in ms. */
   async ping(options: RequestOptions = {}): Promise<number> {
     const started = performance.now();
-    await this.request<void>(OP_PING, undefined, options.timeoutMs ?? this.timeoutMs);
+    await this.request<void>(OP_PING, undefined, options.timeoutMs ?? this.settings.timeoutMs);
     return performance.now() - started;
   }
 
@@ -274,19 +196,8 @@ export class PeerClient implements PeerBlockStore {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
-      while (this.pending.size > 0) {
-        await Promise.allSettled(
-          [...this.pending.values()].map(
-            (p) =>
-              new Promise<void>((done) => {
-                const { resolve, reject } = p;
-                p.resolve = (v) => (resolve(v), done());
-                p.reject = (e) => (reject(e), done());
-              }),
-          ),
-        );
-      }
-      this.stopTimer();
+      await this.pending.drained();
+      this.pending.stopTimer();
       const conn = this.conn;
       if (conn) {
         this.conn = undefined;
@@ -305,40 +216,16 @@ export class PeerClient implements PeerBlockStore {
     const now = performance.now();
     let conn = this.conn;
     if (!conn) {
-      if (now < this.retryAt) {
-        return Promise.reject(
-          new PeerUnavailableError(
-            this.peer,
-            `not reconnecting for another ${Math.ceil(this.retryAt - now)} ms after: ${this.lastFailure}`,
-          ),
-        );
-      }
+      const refusal = this.backoff.refusal(now);
+      if (refusal !== undefined)
+        return Promise.reject(new PeerUnavailableError(this.peer, refusal));
       conn = this.connect();
     }
     return new Promise<T>((resolve, reject) => {
-      const p: Pending = {
-        id: this.allocateId(),
-        op,
-        deadline: now + timeoutMs,
-        timeoutMs,
-        sentAt: 0,
-        arg,
-        resolve: resolve as (v: never) => void,
-        reject,
-      };
-      this.pending.set(p.id, p);
-      this.arm(p.deadline);
+      const p = this.pending.add(op, arg, now, timeoutMs, resolve as (v: never) => void, reject);
       if (conn.ready) this.send(conn, p);
       else this.queue.push(p);
     });
-  }
-
-  private allocateId(): number {
-    let id = this.nextId;
-    // Ids wrap at 2^32; skip any still outstanding (in practice none is that old).
-    while (id === 0 || this.pending.has(id)) id = (id + 1) >>> 0;
-    this.nextId = (id + 1) >>> 0;
-    return id;
   }
 
   /**
@@ -346,7 +233,7 @@ export class PeerClient implements PeerBlockStore {
    * the caller changed while it waited for the connection) rejects alone:
    * encoders only commit whole frames, so nothing of it reaches the stream.
    */
-  private send(conn: Connection, p: Pending): void {
+  private send(conn: Connection, p: PendingRequest): void {
     p.sentAt = performance.now();
     // Silence is measured from when we started waiting for something: an
     // idle connection's last reply an hour ago says nothing about the peer
@@ -355,7 +242,7 @@ export class PeerClient implements PeerBlockStore {
     try {
       encodeRequest(conn.out, p.op, p.id, p.arg);
     } catch (err) {
-      this.pending.delete(p.id);
+      this.pending.delete(p);
       p.reject(err as Error);
     }
   }
@@ -379,7 +266,7 @@ export class PeerClient implements PeerBlockStore {
       out: new Outbound(socket),
       reader: new FrameReader(this.allocate),
       ready: false,
-      helloId: this.allocateId(),
+      helloId: this.pending.allocateId(),
       connectTimer: undefined,
     };
     this.conn = conn;
@@ -392,10 +279,10 @@ export class PeerClient implements PeerBlockStore {
           conn,
           new PeerUnavailableError(
             this.peer,
-            `no connection and HELLO within ${this.connectTimeoutMs} ms`,
+            `no connection and HELLO within ${this.settings.connectTimeoutMs} ms`,
           ),
         ),
-      this.connectTimeoutMs,
+      this.settings.connectTimeoutMs,
     );
     socket.on('error', (err) =>
       this.fail(conn, new PeerUnavailableError(this.peer, err.message, { cause: err })),
@@ -414,48 +301,22 @@ export class PeerClient implements PeerBlockStore {
   }
 
   private onHello(conn: Connection, status: number, payload: Buffer): void {
-    if (status !== STATUS_OK) {
-      return this.fail(conn, statusError(this.peer, 'HELLO', status, decodeErrorMessage(payload)));
-    }
     let hello: PeerIdentity;
     try {
-      hello = decodeHello(payload);
+      hello = acceptHello(this.peer, this.options, status, payload);
     } catch (err) {
-      return this.fail(
-        conn,
-        new PeerProtocolError(this.peer, `malformed HELLO reply: ${(err as Error).message}`),
-      );
-    }
-    if (hello.clusterId !== this.options.clusterId) {
-      return this.fail(
-        conn,
-        new PeerWrongClusterError(
-          this.peer,
-          'HELLO',
-          STATUS_WRONG_CLUSTER,
-          `peer is in cluster ${hello.clusterId}, we are in ${this.options.clusterId}`,
-        ),
-      );
-    }
-    if (this.options.expectedNodeId !== undefined && hello.nodeId !== this.options.expectedNodeId) {
-      return this.fail(
-        conn,
-        new PeerIdentityError(
-          this.peer,
-          `answered as node ${hello.nodeId}, expected ${this.options.expectedNodeId}`,
-        ),
-      );
+      return this.fail(conn, err as PeerError);
     }
     clearTimeout(conn.connectTimer);
     conn.connectTimer = undefined;
     conn.ready = true;
     this.identity = hello;
-    this.backoffMs = 0;
+    this.backoff.succeeded();
     this.log.debug({ peerNode: hello.nodeId }, 'connected to peer');
     const queued = this.queue;
     this.queue = [];
     // Skip requests that timed out while we were connecting.
-    for (const p of queued) if (this.pending.get(p.id) === p) this.send(conn, p);
+    for (const p of queued) if (this.pending.holds(p)) this.send(conn, p);
   }
 
   /**
@@ -469,25 +330,14 @@ export class PeerClient implements PeerBlockStore {
     conn.reader.clear();
     conn.socket.destroy();
     this.identity = undefined;
-    if (!conn.ready) {
-      // A failed attempt: back off before the next one.
-      this.backoffMs = Math.min(
-        this.backoff.max,
-        this.backoffMs === 0 ? this.backoff.min : this.backoffMs * 2,
-      );
-      this.retryAt = performance.now() + this.backoffMs;
-      this.lastFailure = err.message;
-    }
+    // A failed attempt: back off before the next one.
+    if (!conn.ready) this.backoff.failed(err.message, performance.now());
     this.log.debug(
       { reason: err.message, outstanding: this.pending.size },
       conn.ready ? 'peer connection lost' : 'peer connection attempt failed',
     );
     this.queue = [];
-    for (const p of this.pending.values()) {
-      p.reject(err);
-    }
-    this.pending.clear();
-    this.stopTimer();
+    this.pending.rejectAll(err);
   }
 
   // -------------------------------------------------------------- replies
@@ -559,7 +409,7 @@ export class PeerClient implements PeerBlockStore {
           `${opName(opcode)} reply to ${opName(p.op)} request ${id}`,
         ),
       );
-    this.pending.delete(id);
+    this.pending.delete(p);
     if (status !== STATUS_OK) {
       if (status === STATUS_NOT_FOUND && opcode === OP_GET_BLOCK)
         return p.resolve(undefined as never);
@@ -567,36 +417,7 @@ export class PeerClient implements PeerBlockStore {
     }
     let value: unknown;
     try {
-      switch (opcode) {
-        case OP_GET_BLOCK: {
-          const block = decodeBlockReply(payload);
-          const ref = p.arg as BlockRef;
-          if (
-            block.ref.volumeId !== ref.volumeId ||
-            block.ref.generation !== ref.generation ||
-            block.ref.index !== ref.index
-          ) {
-            throw new Error(
-              `asked for ${ref.volumeId}/${ref.generation}/${ref.index}, got ${block.ref.volumeId}/${block.ref.generation}/${block.ref.index}`,
-            );
-          }
-          value = block;
-          break;
-        }
-        case OP_HAS_BLOCKS:
-          value = decodeBitmapReply(payload, (p.arg as BlockRef[]).length);
-          break;
-        case OP_DELETE_BLOCKS:
-          value = decodeCountReply(payload);
-          break;
-        case OP_PUT_BLOCKS:
-        case OP_PING:
-        case OP_SYNC:
-          if (payload.length !== 0)
-            throw new Error(`${payload.length}-byte payload on an empty reply`);
-          value = undefined;
-          break;
-      }
+      value = decodeReply(opcode, p.arg, payload);
     } catch (err) {
       const error = new PeerProtocolError(
         this.peer,
@@ -609,39 +430,19 @@ export class PeerClient implements PeerBlockStore {
     p.resolve(value as never);
   }
 
-  // ------------------------------------------------------------ deadlines
+  // ---------------------------------------------------- deadlines and dead peers
 
-  private arm(deadline: number): void {
-    if (deadline < this.nextDeadline) this.nextDeadline = deadline;
-    this.timer ??= setInterval(this.sweep, this.tickMs);
-  }
+  /** A request past its deadline (out of the table already). */
+  private readonly expired = (p: PendingRequest): void => {
+    if (p.sentAt > 0 && p.sentAt >= this.lastHeardAt) this.suspect = true;
+    p.reject(new PeerTimeoutError(this.peer, opName(p.op), p.timeoutMs));
+  };
 
-  private stopTimer(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
-    this.nextDeadline = Infinity;
-  }
-
-  /** Expire requests past their deadline; declare the connection dead when it is clearly so. */
-  private readonly sweep = (): void => {
-    if (this.pending.size === 0) return this.stopTimer();
-    const now = performance.now();
-    if (now >= this.nextDeadline) {
-      let next = Infinity;
-      for (const p of this.pending.values()) {
-        if (p.deadline > now) {
-          if (p.deadline < next) next = p.deadline;
-          continue;
-        }
-        this.pending.delete(p.id);
-        if (p.sentAt > 0 && p.sentAt >= this.lastHeardAt) this.suspect = true;
-        p.reject(new PeerTimeoutError(this.peer, opName(p.op), p.timeoutMs));
-      }
-      this.nextDeadline = next;
-    }
+  /** After each deadline check: declare the connection dead when it is clearly so. */
+  private readonly checkAlive = (now: number): void => {
     const conn = this.conn;
     if (!conn?.ready || !this.suspect) return;
-    if (now - this.lastHeardAt >= this.deadAfterMs) {
+    if (now - this.lastHeardAt >= this.settings.deadAfterMs) {
       this.log.warn(
         { silentMs: Math.round(now - this.lastHeardAt) },
         'peer silent after a timeout: closing the connection',
@@ -660,21 +461,15 @@ export class PeerClient implements PeerBlockStore {
   /** One PING to tell a slow peer (answers it) from a dead one (does not). */
   private probe(conn: Connection): void {
     this.probeOut = true;
-    const settle = () => {
-      this.probeOut = false;
-    };
-    const p: Pending = {
-      id: this.allocateId(),
-      op: OP_PING,
-      deadline: performance.now() + this.deadAfterMs,
-      timeoutMs: this.deadAfterMs,
-      sentAt: 0,
-      arg: undefined,
-      resolve: settle as (v: never) => void,
-      reject: settle,
-    };
-    this.pending.set(p.id, p);
-    this.arm(p.deadline);
-    this.send(conn, p);
+    const now = performance.now();
+    const settled = this.probeSettled;
+    this.send(
+      conn,
+      this.pending.add(OP_PING, undefined, now, this.settings.deadAfterMs, settled, settled),
+    );
   }
+
+  private readonly probeSettled = (): void => {
+    this.probeOut = false;
+  };
 }
