@@ -33,7 +33,11 @@ import type { Extent, NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import type { Inbound } from './inbound.js';
 import { replyBuffers } from './reply-buffers.js';
-import { ServedConnection, type ConnectionLimits } from '../transport/served-connection.js';
+import {
+  connectionLimits,
+  ServedConnection,
+  type ConnectionLimits,
+} from '../transport/served-connection.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
@@ -73,11 +77,7 @@ import {
 /** maxInflightBytes counts READ and WRITE payload bytes. */
 export type SessionLimits = ConnectionLimits;
 
-export const DEFAULT_SESSION_LIMITS: SessionLimits = {
-  maxInflightRequests: 128,
-  maxInflightBytes: 64 * 1024 * 1024,
-  maxQueuedReplyBytes: 16 * 1024 * 1024,
-};
+export const DEFAULT_SESSION_LIMITS: SessionLimits = connectionLimits(128);
 
 /** Never hold more than this of one WRITE in memory, whatever an export advertises. */
 export const MAX_BUFFERED_PAYLOAD = 64 * 1024 * 1024;

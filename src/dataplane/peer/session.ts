@@ -27,6 +27,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../../common/log.js';
 import type { BufferPool } from '../transport/buffer-pool.js';
 import {
+  connectionLimits,
   ServedConnection,
   endGracefully,
   type ConnectionLimits,
@@ -80,11 +81,7 @@ import { formatRef } from '../../model/block-ref.js';
 /** maxInflightBytes counts request payload bytes. */
 export type PeerSessionLimits = ConnectionLimits;
 
-export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = {
-  maxInflightRequests: 1024,
-  maxInflightBytes: 64 * 1024 * 1024,
-  maxQueuedReplyBytes: 16 * 1024 * 1024,
-};
+export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = connectionLimits(1024);
 
 /** Per-request observation for metrics: op name, payload bytes moved, seconds, status name. */
 export type PeerRequestObserver = (

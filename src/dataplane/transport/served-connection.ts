@@ -37,6 +37,19 @@ export interface ConnectionLimits {
   maxQueuedReplyBytes: number;
 }
 
+/**
+ * A protocol's default limits: its own request count, and the byte budgets
+ * both servers use (64 MiB of payloads being served, 16 MiB of replies
+ * waiting in the socket) — enough for a queue of 1 MiB requests.
+ */
+export function connectionLimits(maxInflightRequests: number): ConnectionLimits {
+  return {
+    maxInflightRequests,
+    maxInflightBytes: 64 * 1024 * 1024,
+    maxQueuedReplyBytes: 16 * 1024 * 1024,
+  };
+}
+
 export type ConnectionPhase = 'hello' | 'serving' | 'shutting-down' | 'draining' | 'closed';
 
 /** How long a client may keep its side open after we have ended ours. */
