@@ -9,7 +9,7 @@
  * catalog in etcd, never to a local socket or directory. A running torusd
  * serves the volumes that existed when it started.
  */
-import { mkdir } from 'node:fs/promises';
+import { ensureDirectory } from '../common/dirs.js';
 import { join, resolve } from 'node:path';
 import { ConflictError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
@@ -76,7 +76,7 @@ export class AdminClient {
   }
 
   private async openLocal(): Promise<MetadataStore> {
-    await mkdir(this.dataDir, { recursive: true });
+    await ensureDirectory(this.dataDir, 'data directory');
     const binding = await readClusterBinding(this.dataDir);
     if (binding) {
       throw new ConflictError(

@@ -16,9 +16,9 @@
  * everything acknowledged, exit 0. A second signal exits at once.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { join, resolve } from 'node:path';
+import { ensureDirectory } from '../common/dirs.js';
 import { DirectoryLock } from '../controlplane/metadata/embedded/dir-lock.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { ClusterMember, prepareClusterDataDir } from '../node/cluster-member.js';
@@ -287,10 +287,12 @@ export async function main(argv: string[]): Promise<number> {
  * either kind share a directory) and prepare it for membership.
  */
 async function openCluster(etcd: EtcdConfig, dataDir: string, closers: Closers) {
+  // The directory first: an unusable one fails at once, before connecting to etcd.
+  const lockDir = join(dataDir, 'meta');
+  await ensureDirectory(dataDir, 'data directory');
+  await ensureDirectory(lockDir, 'metadata directory');
   const meta = await openClusterStore(etcd);
   closers.push(() => meta.close());
-  const lockDir = join(dataDir, 'meta');
-  await mkdir(lockDir, { recursive: true });
   const lock = await DirectoryLock.acquire(lockDir, logger('torusd'));
   closers.push(() => lock.release());
   const prepared = await prepareClusterDataDir(meta, dataDir, etcd.endpoints);

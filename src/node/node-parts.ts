@@ -7,8 +7,8 @@
  * its placement and peer copies. StorageNode assembles what these parts
  * serve; closeNodeParts() closes them in the reverse order.
  */
-import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureDirectory } from '../common/dirs.js';
 import { ConflictError } from '../common/errors.js';
 import { logger, type Logger } from '../common/log.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
@@ -93,7 +93,7 @@ export interface NodeParts {
 /** Open every part; on failure, what was opened of the metadata store is closed again. */
 export async function openNodeParts(options: StorageNodeOptions): Promise<NodeParts> {
   const log = options.log ?? logger('node');
-  await mkdir(options.dataDir, { recursive: true });
+  await ensureDirectory(options.dataDir, 'data directory');
   const meta = options.meta ?? (await openEmbeddedMetadataStore(join(options.dataDir, 'meta')));
   try {
     if (!options.meta) await refuseClusterDataDir(options.dataDir);

@@ -2,7 +2,7 @@
  * The embedded metadata store: single-node Torus keeps its metadata in its
  * data directory (`<data-dir>/meta`), with the same contract as etcd.
  */
-import { mkdir } from 'node:fs/promises';
+import { ensureDirectory } from '../../../common/dirs.js';
 import { EmbeddedMetadataStore, type EmbeddedStoreOptions } from './embedded-store.js';
 
 export {
@@ -19,6 +19,6 @@ export async function openEmbeddedMetadataStore(
   dir: string,
   options: EmbeddedStoreOptions = {},
 ): Promise<EmbeddedMetadataStore> {
-  await mkdir(dir, { recursive: true });
+  await ensureDirectory(dir, 'metadata directory');
   return EmbeddedMetadataStore.open(dir, options);
 }
