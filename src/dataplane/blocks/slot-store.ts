@@ -21,10 +21,22 @@
  * the ref index names is bound.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdir, open, readFile, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import {
+  open,
+  readFile,
+  rename,
+  rm,
+  rmdir,
+  stat,
+  statfs,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariantBroken } from '../../common/assert.js';
-import { StoreFullError } from '../../common/errors.js';
+import { ensureDirectory } from '../../common/dirs.js';
+import { IoError, StoreFullError } from '../../common/errors.js';
+import { formatSize } from '../../common/size.js';
 import { hasher, type Hasher } from './hash.js';
 import {
   fillRecord,
@@ -46,6 +58,9 @@ import {
 import { refKey, type BlockRef } from '../../model/block-ref.js';
 
 export const STORE_FORMAT = 1;
+
+/** Room create() asks for beyond the data file and slot table: store.json and its rename. */
+const LAYOUT_SLACK_BYTES = 64 * 1024;
 
 /** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
 const enum SlotUse {
@@ -115,7 +130,12 @@ export class LocalSlotStore {
     return join(dir, 'store.json');
   }
 
-  /** Create the files of a new store; capacity is rounded down to whole slots. */
+  /**
+   * Create the files of a new store; capacity is rounded down to whole slots.
+   * Checks the filesystem's free space first (IoError ENOSPC naming the
+   * directory, the size and the space free); if creation fails anyway, the
+   * files it made, and the directory if it made it, are removed again.
+   */
   static async create(
     dir: string,
     options: { blockSize: number; capacityBytes: number },
@@ -131,22 +151,61 @@ export class LocalSlotStore {
       throw new RangeError(
         `capacity ${capacityBytes} holds fewer than 16 blocks of ${blockSize} bytes`,
       );
-    await mkdir(dir, { recursive: true });
+    const madeDir = !(await stat(dir).catch(() => undefined));
+    await ensureDirectory(dir, 'block store directory');
+    const made: string[] = [];
+    try {
+      await LocalSlotStore.createFiles(dir, blockSize, slotCount, made);
+    } catch (err) {
+      // Leave the directory as it was: a partial store would be opened next time.
+      for (const path of made.reverse()) await rm(path, { force: true }).catch(() => undefined);
+      if (madeDir) await rmdir(dir).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** create()'s work, each file's path pushed to `made` before it is created. */
+  private static async createFiles(
+    dir: string,
+    blockSize: number,
+    slotCount: number,
+    made: string[],
+  ): Promise<void> {
+    const dataBytes = slotCount * blockSize;
+    const needed = dataBytes + slotCount * RECORD_SIZE + LAYOUT_SLACK_BYTES;
+    const fsStats = await statfs(dir);
+    const free = fsStats.bavail * fsStats.bsize;
+    if (needed > free) {
+      throw new IoError(
+        'ENOSPC',
+        `cannot create a ${formatSize(dataBytes)} block store in ${dir}: it needs ${formatSize(needed)} with its slot table, and the filesystem has ${formatSize(free)} free`,
+      );
+    }
     const dataPath = join(dir, 'data');
     // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
     // flush months later. fallocate(1) is util-linux, present on every Linux we
-    // target; where it is missing or the filesystem can't, fall back to a sparse file.
+    // target; where it is missing or the filesystem can't, fall back to a sparse
+    // file. A full filesystem is not "can't": that is an error, never a sparse file.
+    made.push(dataPath);
     const file = await open(dataPath, 'w');
     await file.close();
-    const fallocate = spawnSync('fallocate', ['-l', String(slotCount * blockSize), dataPath], {
-      stdio: 'ignore',
+    const fallocate = spawnSync('fallocate', ['-l', String(dataBytes), dataPath], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      encoding: 'utf8',
     });
     if (fallocate.status !== 0) {
+      if (/no space left/i.test(fallocate.stderr ?? ''))
+        throw new IoError(
+          'ENOSPC',
+          `cannot preallocate ${formatSize(dataBytes)} for ${dataPath}: the filesystem is full`,
+        );
       const sparse = await open(dataPath, 'r+');
-      await sparse.truncate(slotCount * blockSize);
+      await sparse.truncate(dataBytes);
       await sparse.close();
     }
-    const slots = await open(join(dir, 'slots'), 'w');
+    const slotsPath = join(dir, 'slots');
+    made.push(slotsPath);
+    const slots = await open(slotsPath, 'w');
     await slots.truncate(slotCount * RECORD_SIZE);
     await slots.sync();
     await slots.close();
@@ -157,10 +216,12 @@ export class LocalSlotStore {
       createdAt: new Date().toISOString(),
     };
     const tmp = join(dir, 'store.json.tmp');
+    made.push(tmp);
     await writeFile(tmp, JSON.stringify(layout, null, 2) + '\n');
     const handle = await open(tmp, 'r');
     await handle.sync();
     await handle.close();
+    made.push(LocalSlotStore.layoutPath(dir));
     await rename(tmp, LocalSlotStore.layoutPath(dir));
     const dirHandle = await open(dir, 'r');
     await dirHandle.sync();
