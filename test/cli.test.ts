@@ -4,6 +4,8 @@
  * torusd, the data-directory lock, and a clean SIGTERM.
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
   makeDataDir,
@@ -56,6 +58,41 @@ describe('command line', { timeout: 120_000 }, () => {
         assert.equal(r.code, 2, `${bin} ${args.join(' ')} → ${r.code}: ${r.stderr}`);
       else assert.notEqual(r.code, 0);
       assert.match(r.stderr, message);
+    }
+  });
+
+  test('numbers out of range or negative exit 2, name the flag, and create nothing', async () => {
+    const untouched = join(dir, 'untouched');
+    const cases: ['torusd' | 'torusctl' | 'torusblk', string[], RegExp][] = [
+      [
+        'torusctl',
+        ['init', '--block-size', '3'],
+        /--block-size: .*power of two from 4 KiB to 8 MiB/,
+      ],
+      ['torusctl', ['init', '--block-size', '1TiB'], /--block-size: .*power of two from 4 KiB/],
+      ['torusctl', ['init', '--block-size', '-64KiB'], /--block-size: must not be negative/],
+      ['torusctl', ['init', '--replication', '0'], /--replication: expected .* from 1 to 8/],
+      ['torusd', ['--port', '70000'], /--port: expected a whole number from 0 to 65535/],
+      ['torusd', ['--port', '-1'], /--port: must not be negative/],
+      ['torusd', ['--size', '-1GiB'], /--size: must not be negative, got "-1GiB"/],
+      ['torusd', ['--block-size', '1TiB'], /--block-size: .*power of two/],
+      ['torusd', ['--workers', '1000'], /--workers: expected a whole number from 0 to 64/],
+      ['torusd', ['--scrub-interval', '9999999'], /--scrub-interval: .* from 0 to 2147483/],
+      ['torusd', ['--lock-linger', '-5'], /--lock-linger: must not be negative/],
+      ['torusd', ['--rebalance-rate', '-1MiB'], /--rebalance-rate: must not be negative/],
+      ['torusd', ['--ensure-volume', 'v=-1GiB'], /--ensure-volume: must not be negative/],
+      ['torusctl', ['volume', 'create-block', 'x', '-5GiB'], /SIZE: must not be negative/],
+      ['torusctl', ['volume', 'create-block', 'x', '1G', '--replication', '9'], /--replication/],
+      ['torusctl', ['ring', 'set-replication', '-1'], /N: must not be negative/],
+      ['torusblk', ['volume', 'create', 'x', '-1GiB'], /SIZE: must not be negative/],
+      ['torusblk', ['nbdserve', '--port', '99999'], /--port: expected .* from 0 to 65535/],
+      ['torusblk', ['nbdserve', '--cache-size', '-1'], /--cache-size: must not be negative/],
+    ];
+    for (const [bin, args, message] of cases) {
+      const r = await runCli(bin, args, { TORUS_DATA_DIR: untouched });
+      assert.equal(r.code, 2, `${bin} ${args.join(' ')} → ${r.code}: ${r.stderr}`);
+      assert.match(r.stderr, message, `${bin} ${args.join(' ')}`);
+      assert.equal(existsSync(untouched), false, `${bin} ${args.join(' ')} created ${untouched}`);
     }
   });
 

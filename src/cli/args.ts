@@ -4,7 +4,8 @@
  * status 2 and a message naming the flag and what it expected.
  */
 import { parseArgs } from 'node:util';
-import { parseSize } from '../common/size.js';
+import { formatSize, parseSize } from '../common/size.js';
+import { MAX_TARGETS } from '../dataplane/replication/placement.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean' | 'size' | 'address' | 'integer';
@@ -13,7 +14,31 @@ export interface FlagSpec {
   default?: string;
   /** Environment variable that supplies a default. */
   env?: string;
+  /** 'integer' and 'size': smallest accepted value (default 0; negative values are always refused). */
+  min?: number;
+  /** 'integer' and 'size': largest accepted value. */
+  max?: number;
+  /** 'integer' and 'size': why a value in range is still refused, or undefined to accept it. */
+  check?: (value: number) => string | undefined;
 }
+
+/** Ports: 0 asks the system for a free one where a listener allows it. */
+export const PORT_RANGE = { min: 0, max: 65535 } as const;
+/**
+ * Seconds between timer runs: setTimeout takes at most 2^31-1 ms and
+ * silently fires after 1 ms beyond it, so a longer interval is refused.
+ */
+export const SECONDS_RANGE = { min: 0, max: Math.floor((2 ** 31 - 1) / 1000) } as const;
+
+/** Data-plane worker threads; 0 picks the default (one per core, at most 4). */
+export const WORKERS_RANGE = { min: 0, max: 64 } as const;
+/** Copies of each block: placement finds at most MAX_TARGETS nodes for one. */
+export const REPLICATION_RANGE = { min: 1, max: MAX_TARGETS } as const;
+
+/** A token that is a negative number ("-5", "-1GiB"), never a flag: no flag is a digit. */
+const NEGATIVE = /^-\d/;
+/** Stands in for a negative-number positional while node:util parseArgs, which would take it for a flag, runs. */
+const PLACEHOLDER = '\u0000negative:';
 
 export interface CommandSpec {
   usage: string;
@@ -62,12 +87,16 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
       ...(flag.short ? { short: flag.short } : {}),
     };
   }
+  const { args, negatives } = shieldNegatives(spec, argv);
   let raw;
   try {
-    raw = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    raw = parseArgs({ args, options, allowPositionals: true, strict: true });
   } catch (err) {
     throw new ArgumentError(explainParseError((err as Error).message));
   }
+  raw.positionals = raw.positionals.map((p) =>
+    p.startsWith(PLACEHOLDER) ? negatives[Number(p.slice(PLACEHOLDER.length))] : p,
+  );
   if (raw.values.help) return { values: {}, positionals: raw.positionals, help: true };
   const values: Record<string, ParsedValue> = {};
   const defaulted = new Set<string>();
@@ -104,6 +133,78 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
   return { values, positionals, help: false, defaulted };
 }
 
+/**
+ * parseArgs reads "-5" as the short flag 5 and refuses "--size -1GiB" as
+ * ambiguous, so a negative number would be reported as anything but
+ * negative. Give such a token to the flag before it as "--flag=-1GiB", or
+ * hide it as a positional, so the conversion can refuse it by name.
+ */
+function shieldNegatives(
+  spec: CommandSpec,
+  argv: string[],
+): { args: string[]; negatives: string[] } {
+  const args: string[] = [];
+  const negatives: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const token = argv[i];
+    if (token === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    const name = takesValue(spec, token);
+    if (name !== undefined && i + 1 < argv.length) {
+      const value = argv[++i];
+      if (NEGATIVE.test(value)) args.push(`--${name}=${value}`);
+      else args.push(token, value);
+    } else if (NEGATIVE.test(token)) {
+      args.push(PLACEHOLDER + negatives.length);
+      negatives.push(token);
+    } else {
+      args.push(token);
+    }
+  }
+  return { args, negatives };
+}
+
+/** The long name of the flag `token` is, when it takes its value from the next token. */
+function takesValue(spec: CommandSpec, token: string): string | undefined {
+  let name: string | undefined;
+  if (token.startsWith('--') && !token.includes('=')) name = token.slice(2);
+  else if (/^-[^-]$/.test(token))
+    name = Object.keys(spec.flags).find((n) => spec.flags[n].short === token[1]);
+  const flag = name === undefined ? undefined : spec.flags[name];
+  return flag && flag.type !== 'boolean' ? name : undefined;
+}
+
+/** Range-check a number parsed from flag `--name` (or positional `label`, e.g. "SIZE"). */
+export function checkRange(
+  label: string,
+  flag: Pick<FlagSpec, 'min' | 'max' | 'check'>,
+  value: number,
+  text: string,
+  unit: 'size' | 'whole number',
+): number {
+  const min = flag.min ?? 0;
+  const max = flag.max ?? Number.MAX_SAFE_INTEGER;
+  const show = (n: number) => (unit === 'size' ? formatSize(n) : String(n));
+  if (value < min || value > max) {
+    const range =
+      max === Number.MAX_SAFE_INTEGER
+        ? `at least ${show(min)}`
+        : `from ${show(min)} to ${show(max)}`;
+    throw new ArgumentError(`${label}: expected a ${unit} ${range}, got "${text}"`);
+  }
+  const problem = flag.check?.(value);
+  if (problem) throw new ArgumentError(`${label}: ${problem}`);
+  return value;
+}
+
+/** Refuse a negative number as negative, rather than as "not a number". */
+export function refuseNegative(label: string, text: string): void {
+  if (NEGATIVE.test(text.trim()))
+    throw new ArgumentError(`${label}: must not be negative, got "${text}"`);
+}
+
 function convert(name: string, flag: FlagSpec, text: string | boolean): ParsedValue {
   if (flag.type === 'boolean')
     return typeof text === 'boolean' ? text : text === 'true' || text === '1';
@@ -111,19 +212,24 @@ function convert(name: string, flag: FlagSpec, text: string | boolean): ParsedVa
   switch (flag.type) {
     case 'string':
       return value;
-    case 'size':
+    case 'size': {
+      refuseNegative(`--${name}`, value);
+      let bytes;
       try {
-        return parseSize(value);
+        bytes = parseSize(value);
       } catch {
         throw new ArgumentError(
           `--${name}: expected a size like 20GiB, 512MiB or 1T, got "${value}"`,
         );
       }
+      return checkRange(`--${name}`, flag, bytes, value, 'size');
+    }
     case 'integer': {
-      const n = Number(value);
-      if (!Number.isSafeInteger(n) || n < 0)
-        throw new ArgumentError(`--${name}: expected a non-negative whole number, got "${value}"`);
-      return n;
+      refuseNegative(`--${name}`, value);
+      const n = /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+      if (!Number.isSafeInteger(n))
+        throw new ArgumentError(`--${name}: expected a whole number, got "${value}"`);
+      return checkRange(`--${name}`, flag, n, value, 'whole number');
     }
     case 'address':
       return parseAddress(value, name);
@@ -134,7 +240,8 @@ function explainParseError(message: string): string {
   // parseArgs says e.g. "Unknown option '--sise'" or "Option '--size <value>' argument missing".
   const unknown = /Unknown option '([^']+)'/.exec(message);
   if (unknown) return `unknown flag ${unknown[1]} (see --help)`;
-  const missing = /Option '(-[^ ']+)[^']*' argument missing/.exec(message);
+  // A flag with a short alias is spelled "Option '-l, --listen <value>' argument missing".
+  const missing = /Option '(?:-[^-], )?(-[^ ']+)[^']*' argument missing/.exec(message);
   if (missing) return `${missing[1]}: expected a value`;
   return message.split('\n')[0];
 }

@@ -32,7 +32,7 @@ import {
 } from '../controlplane/membership/ring-store.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { RingDescription } from '../model/ring/ring.js';
-import { ArgumentError, type Parsed } from './args.js';
+import { ArgumentError, refuseNegative, type Parsed } from './args.js';
 import { withClusterStore } from './cluster-store.js';
 import { table, type Command } from './commands.js';
 import { clusterEtcdFlags, etcdConfigOf, outputFlag } from './common-flags.js';
@@ -399,6 +399,7 @@ export function clusterCommands(): Command[] {
       },
       async run(args) {
         const [text] = args.positionals;
+        refuseNegative('N', text);
         const replication = Number(text);
         if (!/^\d+$/.test(text) || !Number.isSafeInteger(replication) || replication < 1) {
           throw new ArgumentError(`N: expected a whole number of copies ≥ 1, got "${text}"`);

@@ -24,6 +24,7 @@ import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { StorageNode } from '../node/storage-node.js';
+import { PORT_RANGE, SECONDS_RANGE, WORKERS_RANGE } from './args.js';
 import type { Address, FlagSpec, Parsed } from './args.js';
 import { openClusterStore } from './cluster-store.js';
 import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from './common-flags.js';
@@ -45,6 +46,7 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
   'scratch-size': {
     type: 'size',
     help: 'local scratch store for map pages being committed',
+    min: 1,
     default: '256MiB',
   },
   'scratch-dir': {
@@ -55,14 +57,20 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
   workers: {
     type: 'integer',
     help: 'data-plane worker threads (default: one per core, at most 4)',
+    ...WORKERS_RANGE,
   },
   'key-file': keyFileFlag,
   'lock-linger': {
     type: 'integer',
     help: 'seconds a volume stays open, holding its write lock, after its last client disconnected',
     default: '5',
+    ...SECONDS_RANGE,
   },
-  port: { type: 'integer', help: 'HTTP port for /metrics and /healthz (off unless given)' },
+  port: {
+    type: 'integer',
+    help: 'HTTP port for /metrics and /healthz (off unless given)',
+    ...PORT_RANGE,
+  },
   host: { type: 'string', help: 'HTTP listen host', default: '127.0.0.1' },
   ...clusterEtcdFlags,
 };

@@ -1,7 +1,8 @@
 /** torusctl: administer Torus: volumes, cluster settings and membership, node status. */
+import { blockSizeProblem } from '../common/block-size.js';
 import { formatSize } from '../common/size.js';
 import { AdminClient } from './admin-client.js';
-import { ArgumentError, runMain } from './args.js';
+import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
@@ -16,10 +17,15 @@ const commands: Command[] = [
         'initialise settings: block size; with -C, the cluster in etcd and its ring (replication)',
       flags: {
         'data-dir': dataDirFlag,
-        'block-size': { type: 'size', help: 'block size for every volume (default 64KiB)' },
+        'block-size': {
+          type: 'size',
+          help: 'block size for every volume (default 64KiB)',
+          check: blockSizeProblem,
+        },
         replication: {
           type: 'integer',
           help: 'with -C: copies of each block the ring asks for (default 2)',
+          ...REPLICATION_RANGE,
         },
         ...etcdFlags,
       },

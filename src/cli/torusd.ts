@@ -22,6 +22,7 @@ import { ensureDirectory } from '../common/dirs.js';
 import { DirectoryLock } from '../controlplane/metadata/embedded/dir-lock.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { ClusterMember, prepareClusterDataDir } from '../node/cluster-member.js';
+import { blockSizeProblem } from '../common/block-size.js';
 import { logger } from '../common/log.js';
 import { formatSize, parseSize } from '../common/size.js';
 import { NbdServer } from '../dataplane/nbd/server.js';
@@ -34,7 +35,11 @@ import {
   ArgumentError,
   helpText,
   parseCommand,
+  refuseNegative,
   runMain,
+  PORT_RANGE,
+  SECONDS_RANGE,
+  WORKERS_RANGE,
   type Address,
   type CommandSpec,
 } from './args.js';
@@ -59,6 +64,7 @@ const spec: CommandSpec = {
       type: 'size',
       help: 'capacity of the local block store, preallocated at first start (e.g. 20GiB)',
       env: 'TORUS_SIZE',
+      min: 1,
     },
     nbd: {
       type: 'address',
@@ -78,10 +84,12 @@ const spec: CommandSpec = {
     port: {
       type: 'integer',
       help: 'HTTP listen port for /metrics and /healthz (off unless given)',
+      ...PORT_RANGE,
     },
     'block-size': {
       type: 'size',
       help: `block size, fixed when the store is first created (default ${formatSize(DEFAULT_BLOCK_SIZE)})`,
+      check: blockSizeProblem,
     },
     'cache-size': {
       type: 'size',
@@ -91,6 +99,7 @@ const spec: CommandSpec = {
     workers: {
       type: 'integer',
       help: 'data-plane worker threads (default: one per core, at most 4)',
+      ...WORKERS_RANGE,
     },
     'key-file': keyFileFlag,
     'ensure-volume': {
@@ -108,6 +117,7 @@ const spec: CommandSpec = {
       type: 'integer',
       help: 'cluster: seconds a volume stays open here, holding its write lock, after its last NBD client disconnected (default 5; 0 lets go at once)',
       env: 'TORUS_LOCK_LINGER',
+      ...SECONDS_RANGE,
     },
     'rebalance-rate': {
       type: 'size',
@@ -117,6 +127,7 @@ const spec: CommandSpec = {
     'rebalance-interval': {
       type: 'integer',
       help: 'cluster: seconds between rebalance and GC runs, besides those on every ring or membership change (default 60; 0 only on changes)',
+      ...SECONDS_RANGE,
     },
     'scrub-rate': {
       type: 'size',
@@ -127,6 +138,7 @@ const spec: CommandSpec = {
       type: 'integer',
       help: 'seconds between scrub passes, the first this long after start (default 86400; 0 never)',
       env: 'TORUS_SCRUB_INTERVAL',
+      ...SECONDS_RANGE,
     },
     'auto-join': {
       type: 'boolean',
@@ -402,6 +414,7 @@ function parseEnsureVolume(text: string | undefined): { name: string; size: numb
     throw new ArgumentError(
       `--ensure-volume: expected NAME=SIZE (e.g. default=1GiB), got "${text}"`,
     );
+  refuseNegative('--ensure-volume', text.slice(at + 1));
   try {
     return { name: text.slice(0, at), size: parseSize(text.slice(at + 1)) };
   } catch {

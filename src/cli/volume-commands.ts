@@ -1,7 +1,7 @@
 /** The volume commands, shared by torusctl and torusblk. */
 import { parseSize } from '../common/size.js';
 import { AdminClient, type VolumeRow } from './admin-client.js';
-import { ArgumentError, type Parsed } from './args.js';
+import { ArgumentError, REPLICATION_RANGE, refuseNegative, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
 import {
   dataDirFlag,
@@ -21,6 +21,7 @@ async function client(args: Parsed): Promise<AdminClient> {
 }
 
 function sizeArgument(text: string): number {
+  refuseNegative('SIZE', text);
   try {
     return parseSize(text);
   } catch {
@@ -66,6 +67,7 @@ export function volumeCommands(createWord: string): Command[] {
           replication: {
             type: 'integer',
             help: "cluster: copies of each block of this volume (default: the ring's, see ring set-replication)",
+            ...REPLICATION_RANGE,
           },
           'key-file': keyFileFlag,
           output: outputFlag,

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
-import { ConflictError } from '../../common/errors.js';
+import { ConflictError, UsageError } from '../../common/errors.js';
 import {
   acquireVolumeLock,
   assertVolumeUnlocked,
@@ -42,6 +42,26 @@ for (const kind of testStores()) {
     `volume catalog under write locks: ${kind.name}`,
     { skip: kind.skip, concurrency: true },
     () => {
+      it(
+        'a bad block size is never stored: the settings are written once, for good',
+        { timeout: 10_000 },
+        withStore(kind, async (meta) => {
+          const catalog = new VolumeCatalog(meta);
+          const createdAt = new Date(0).toISOString();
+          for (const blockSize of [3, 2048, 48 * 1024, 2 ** 40])
+            await assert.rejects(
+              catalog.initSettings({ blockSize, createdAt }),
+              (err: Error) =>
+                err instanceof UsageError && /block size: .*power of two/.test(err.message),
+            );
+          assert.equal(await catalog.settings(), undefined, 'nothing stored');
+          assert.equal(
+            (await catalog.initSettings({ blockSize: 4096, createdAt })).blockSize,
+            4096,
+          );
+        }),
+      );
+
       it(
         'ids are handed out in order and never twice, skipping ids a catalog from before the counter took',
         { timeout: 10_000 },

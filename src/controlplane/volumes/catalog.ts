@@ -18,6 +18,7 @@
  * leaves nothing behind.
  */
 import { assert } from '../../common/assert.js';
+import { blockSizeProblem } from '../../common/block-size.js';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import type { MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
@@ -99,6 +100,10 @@ export class VolumeCatalog {
 
   /** Write cluster settings once; returns the settings in force (existing ones win). */
   async initSettings(settings: ClusterSettings): Promise<ClusterSettings> {
+    // Written once and never changed: a bad block size stored here would
+    // leave a cluster no node can ever start on.
+    const problem = blockSizeProblem(settings.blockSize);
+    if (problem) throw new UsageError(`block size: ${problem}`);
     const result = await this.meta.txn({
       compare: [{ key: SETTINGS, target: 'modRevision', op: '==', value: 0 }],
       success: [{ type: 'put', key: SETTINGS, value: encode(settings) }],

@@ -10,6 +10,7 @@ import { MAP_PAGE_BIT } from '../../model/block-ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../blocks/record.js';
 import { FrameReader } from './frame-reader.js';
 import * as w from './wire.js';
+import { MAX_BLOCK_SIZE } from '../../common/block-size.js';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const NONCE = hex('000102030405060708090a0b');
@@ -670,5 +671,16 @@ describe('peer frame reader', () => {
     const payload = reader.takeFrame(3);
     assert.equal(payload.buffer, chunk.buffer);
     assert.equal(reader.available, 4);
+  });
+});
+
+describe('block size limit', () => {
+  it('the largest block a cluster may have fits one PUT_BLOCKS frame', () => {
+    const largest = block({ data: Buffer.alloc(MAX_BLOCK_SIZE) });
+    assert.equal(w.checkPutBatch([largest]), 4 + w.BLOCK_DESCRIPTOR_SIZE + MAX_BLOCK_SIZE);
+    assert.ok(
+      4 + w.BLOCK_DESCRIPTOR_SIZE + 2 * MAX_BLOCK_SIZE > w.MAX_PAYLOAD_BYTES,
+      'MAX_BLOCK_SIZE is the largest power of two that fits; raise both together',
+    );
   });
 });
