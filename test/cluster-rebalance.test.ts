@@ -176,7 +176,7 @@ describe(
         '9',
       ]);
       assert.equal(refused.code, 2, refused.stderr);
-      assert.match(refused.stderr, /replication must be a whole number from 1 to 8/);
+      assert.match(refused.stderr, /--replication: expected a whole number from 1 to 8/);
       const created = await runCli('torusctl', [
         '-C',
         etcd.endpoint,
