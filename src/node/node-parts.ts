@@ -126,7 +126,12 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       options.workers,
       options.cluster ? 4 : 1,
     );
-    const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'));
+    const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'), (path) =>
+      log.warn(
+        { keyFile: path },
+        'the master key file is readable or writable by group or others: anyone who can read it can open every encrypted volume (chmod 600 it)',
+      ),
+    );
     const cluster = options.cluster
       ? await openClusterBlocks(meta, options.cluster, log)
       : undefined;

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -88,4 +88,19 @@ test('a malformed key file is not replaced by newWrappedKey', async () => {
   const path = join(root, 'bad.key');
   await writeFile(path, 'oops\n', { mode: 0o600 });
   await assert.rejects(new KeyRing(path).newWrappedKey(), MasterKeyFormatError);
+});
+
+test('a master key file group or others can read is reported once when it loads', async () => {
+  const path = join(root, 'exposed.key');
+  await new KeyRing(path).newWrappedKey(); // creates it, owner-only
+  await chmod(path, 0o644);
+  const reported: string[] = [];
+  const ring = new KeyRing(path, (p) => reported.push(p));
+  await ring.newWrappedKey();
+  await ring.newWrappedKey();
+  assert.deepEqual(reported, [path]);
+  await chmod(path, 0o600);
+  const quiet: string[] = [];
+  await new KeyRing(path, (p) => quiet.push(p)).newWrappedKey();
+  assert.deepEqual(quiet, []);
 });

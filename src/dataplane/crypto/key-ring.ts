@@ -32,18 +32,31 @@ export interface WrappedVolumeKey {
 export class KeyRing {
   #loading: Promise<LoadedMasterKey> | undefined;
 
-  constructor(readonly keyFile: string) {}
+  /**
+   * onExposed: told once, when the key file loads, that group or others may
+   * read or write it (anyone who can read it can open every encrypted volume).
+   */
+  constructor(
+    readonly keyFile: string,
+    private readonly onExposed?: (path: string) => void,
+  ) {}
 
   /**
-   * The loaded master key. Its `exposed` flag tells the caller to warn that the
-   * file is readable by group or others. Throws MasterKeyMissingError or
+   * The loaded master key (`exposed` when the file is readable by group or
+   * others; onExposed has been told). Throws MasterKeyMissingError or
    * MasterKeyFormatError; a failed load is retried on the next call.
    */
   masterKey(): Promise<LoadedMasterKey> {
-    this.#loading ??= loadMasterKey(this.keyFile).catch((err: unknown) => {
-      this.#loading = undefined;
-      throw err;
-    });
+    this.#loading ??= loadMasterKey(this.keyFile).then(
+      (loaded) => {
+        if (loaded.exposed) this.onExposed?.(loaded.path);
+        return loaded;
+      },
+      (err: unknown) => {
+        this.#loading = undefined;
+        throw err;
+      },
+    );
     return this.#loading;
   }
 
