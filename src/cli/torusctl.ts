@@ -35,8 +35,6 @@ const commands: Command[] = [
       const replication = args.values.replication as number | undefined;
       if (replication !== undefined && !etcd)
         throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
-      if (replication !== undefined && replication < 1)
-        throw new ArgumentError(`--replication: expected a whole number ≥ 1, got ${replication}`);
       const admin = new AdminClient(args.values['data-dir'] as string, undefined, etcd);
       const { blockSize, created, ring } = await admin.init(
         args.values['block-size'] as number | undefined,
