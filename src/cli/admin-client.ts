@@ -22,7 +22,11 @@ import {
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import { cloneVolume } from '../controlplane/volumes/clones.js';
 import { assertNoReaders, listReadPins } from '../controlplane/volumes/read-pins.js';
+import { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
+import type { VolumeRecord } from '../controlplane/volumes/catalog.js';
+import { snapshotStatus, type SnapshotStatus } from '../node/volume-admin.js';
 import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js';
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
@@ -193,17 +197,95 @@ export class AdminClient {
     });
   }
 
-  async deleteVolume(name: string): Promise<{ online: boolean }> {
-    const online = await this.online('DELETE', `/v1/volumes/${encodeURIComponent(name)}`);
+  async deleteVolume(
+    name: string,
+    options: { withSnapshots?: boolean } = {},
+  ): Promise<{ online: boolean }> {
+    const query = options.withSnapshots ? '?with-snapshots=1' : '';
+    const online = await this.online('DELETE', `/v1/volumes/${encodeURIComponent(name)}${query}`);
     if (online) return { online: true };
     await this.offline(async (catalog, meta) => {
       if (this.etcd) await assertNoReaders(meta, name);
-      await catalog.remove(name);
+      await catalog.remove(name, options);
     });
     return { online: false };
+  }
+
+  // Snapshots and clones: metadata only, so with no torusd running (or on a
+  // cluster) they are made on the catalog directly; GC (the next start of a
+  // single node, every node's rebalancer in a cluster) frees what they release.
+
+  async createSnapshot(volume: string, snapshot: string): Promise<SnapshotStatus> {
+    const online = await this.online<SnapshotStatus>('POST', `${snapshotsPath(volume)}`, {
+      name: snapshot,
+    });
+    if (online) return online;
+    return this.offline(async (catalog, meta) =>
+      snapshotStatus(await new SnapshotCatalog(meta, catalog).create(volume, snapshot)),
+    );
+  }
+
+  async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
+    const online = await this.online<SnapshotStatus[]>('GET', snapshotsPath(volume));
+    if (online) return online;
+    return this.offline(async (catalog, meta) =>
+      (await new SnapshotCatalog(meta, catalog).list(volume)).map(snapshotStatus),
+    );
+  }
+
+  async deleteSnapshot(volume: string, snapshot: string): Promise<{ freed?: number }> {
+    const online = await this.online<{ freed: number }>(
+      'DELETE',
+      `${snapshotsPath(volume)}/${encodeURIComponent(snapshot)}`,
+    );
+    if (online) return online;
+    await this.offline(async (catalog, meta) => {
+      await new SnapshotCatalog(meta, catalog).remove(volume, snapshot);
+    });
+    return {};
+  }
+
+  async restoreSnapshot(volume: string, snapshot: string): Promise<VolumeRow> {
+    const online = await this.online<VolumeStatus>(
+      'POST',
+      `${snapshotsPath(volume)}/${encodeURIComponent(snapshot)}/restore`,
+    );
+    if (online) return online;
+    return this.offline(async (catalog, meta) => {
+      const taken = await new SnapshotCatalog(meta, catalog).get(volume, snapshot);
+      if (this.etcd) await assertNoReaders(meta, volume);
+      return publicRow((await catalog.restore(await catalog.get(volume), taken)).record);
+    });
+  }
+
+  async cloneVolume(source: string, name: string, size?: number): Promise<VolumeRow> {
+    const online = await this.online<VolumeStatus>('POST', '/v1/clones', { source, name, size });
+    if (online) return online;
+    return this.offline(async (catalog, meta) =>
+      publicRow(
+        await cloneVolume(catalog, new SnapshotCatalog(meta, catalog), source, name, { size }),
+      ),
+    );
   }
 
   async status(): Promise<unknown> {
     return adminCall(this.socket, 'GET', '/v1/status');
   }
+}
+
+function snapshotsPath(volume: string): string {
+  return `/v1/volumes/${encodeURIComponent(volume)}/snapshots`;
+}
+
+/** A record as torusctl shows it: no key material, no map root. */
+function publicRow(record: VolumeRecord): VolumeRow {
+  const {
+    wrappedKey: _k,
+    masterKeyFingerprint: _f,
+    root: _r,
+    blockSize: _b,
+    ancestors: _a,
+    ...row
+  } = record;
+  return row;
 }

@@ -6,6 +6,7 @@ import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
+import { snapshotCommands } from './snapshot-commands.js';
 import { volumeCommands } from './volume-commands.js';
 
 const commands: Command[] = [
@@ -49,6 +50,7 @@ const commands: Command[] = [
     },
   },
   ...volumeCommands('create-block'),
+  ...snapshotCommands(),
   ...clusterCommands(),
   {
     words: ['status'],

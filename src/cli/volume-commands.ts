@@ -12,7 +12,7 @@ import {
 } from './common-flags.js';
 
 /** The cluster's catalog in etcd, or the node in --data-dir (etcdOrSingleNode says which). */
-async function client(args: Parsed): Promise<AdminClient> {
+export async function client(args: Parsed): Promise<AdminClient> {
   return new AdminClient(
     args.values['data-dir'] as string,
     args.values['key-file'] as string | undefined,
@@ -20,7 +20,7 @@ async function client(args: Parsed): Promise<AdminClient> {
   );
 }
 
-function sizeArgument(text: string): number {
+export function sizeArgument(text: string): number {
   refuseNegative('SIZE', text);
   try {
     return parseSize(text);
@@ -29,7 +29,7 @@ function sizeArgument(text: string): number {
   }
 }
 
-function outputFormat(args: Parsed): 'table' | 'json' {
+export function outputFormat(args: Parsed): 'table' | 'json' {
   const format = args.values.output as string;
   if (format !== 'table' && format !== 'json')
     throw new ArgumentError(`--output: expected table or json, got "${format}"`);
@@ -148,14 +148,24 @@ export function volumeCommands(createWord: string): Command[] {
       words: ['volume', 'delete'],
       aliases: [['volume', 'rm']],
       spec: {
-        usage: 'volume delete NAME',
-        summary: 'delete a volume and free its blocks (refused while a client has it open)',
+        usage: 'volume delete NAME [--with-snapshots]',
+        summary:
+          'delete a volume and free its blocks (refused while a client has it open, or it has snapshots)',
         positionals: ['NAME'],
-        flags: { 'data-dir': dataDirFlag, ...etcdFlags },
+        flags: {
+          'data-dir': dataDirFlag,
+          'with-snapshots': {
+            type: 'boolean',
+            help: "delete the volume's snapshots too (clones of it keep what they share)",
+          },
+          ...etcdFlags,
+        },
       },
       async run(args) {
         const [name] = args.positionals;
-        const { online } = await (await client(args)).deleteVolume(name);
+        const { online } = await (
+          await client(args)
+        ).deleteVolume(name, { withSnapshots: Boolean(args.values['with-snapshots']) });
         process.stdout.write(
           `deleted volume ${name}${online ? '' : ' (its blocks are freed when torusd next starts)'}\n`,
         );

@@ -7,8 +7,13 @@
  *   GET    /v1/status
  *   GET    /v1/volumes
  *   POST   /v1/volumes            {"name", "size", "encrypt"}
- *   DELETE /v1/volumes/NAME
+ *   DELETE /v1/volumes/NAME[?with-snapshots=1]
  *   POST   /v1/volumes/NAME/flush
+ *   GET    /v1/volumes/NAME/snapshots
+ *   POST   /v1/volumes/NAME/snapshots          {"name"}
+ *   DELETE /v1/volumes/NAME/snapshots/SNAP
+ *   POST   /v1/volumes/NAME/snapshots/SNAP/restore
+ *   POST   /v1/clones                          {"source": "SRC[@SNAP]", "name", "size"?}
  *
  * Errors come back as {"error": message, "kind": class name} with a status
  * code that says which kind (400 usage, 404 not found, 409 conflict, 500).
@@ -78,8 +83,17 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
   const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
   if (parts[0] !== 'v1')
     return reply(res, 404, { error: `no such endpoint ${url.pathname}`, kind: 'NotFoundError' });
-  const [, resource, name, action] = parts;
+  const [, resource, name, action, snapshot, snapshotAction] = parts;
   if (resource === 'status' && req.method === 'GET') return reply(res, 200, node.status());
+  if (resource === 'clones' && !name && req.method === 'POST') {
+    const body = await readJson(req);
+    if (typeof body.source !== 'string' || typeof body.name !== 'string')
+      throw new UsageError('expected {"source": "SRC[@SNAP]", "name": string, "size"?: bytes}');
+    const size = typeof body.size === 'number' ? body.size : undefined;
+    return reply(res, 201, await node.volumes.cloneVolume(body.source, body.name, { size }));
+  }
+  if (resource === 'volumes' && name && action === 'snapshots')
+    return handleSnapshots(node, req, res, name, snapshot, snapshotAction);
   if (resource === 'volumes') {
     if (!name && req.method === 'GET') return reply(res, 200, await node.listVolumes());
     if (!name && req.method === 'POST') {
@@ -96,7 +110,7 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
       );
     }
     if (name && !action && req.method === 'DELETE') {
-      await node.deleteVolume(name);
+      await node.deleteVolume(name, { withSnapshots: url.searchParams.has('with-snapshots') });
       return reply(res, 200, { deleted: name });
     }
     if (name && action === 'flush' && req.method === 'POST') {
@@ -108,6 +122,28 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
     error: `no such endpoint ${req.method} ${url.pathname}`,
     kind: 'NotFoundError',
   });
+}
+
+async function handleSnapshots(
+  node: StorageNode,
+  req: IncomingMessage,
+  res: ServerResponse,
+  volume: string,
+  snapshot: string | undefined,
+  action: string | undefined,
+): Promise<void> {
+  const admin = node.volumes;
+  if (!snapshot && req.method === 'GET') return reply(res, 200, await admin.listSnapshots(volume));
+  if (!snapshot && req.method === 'POST') {
+    const body = await readJson(req);
+    if (typeof body.name !== 'string') throw new UsageError('expected {"name": string}');
+    return reply(res, 201, await admin.createSnapshot(volume, body.name));
+  }
+  if (snapshot && !action && req.method === 'DELETE')
+    return reply(res, 200, await admin.deleteSnapshot(volume, snapshot));
+  if (snapshot && action === 'restore' && req.method === 'POST')
+    return reply(res, 200, await admin.restoreSnapshot(volume, snapshot));
+  reply(res, 404, { error: `no such endpoint ${req.method} ${req.url}`, kind: 'NotFoundError' });
 }
 
 /** Client side, for torusctl. Resolves undefined when no node answers on the socket. */

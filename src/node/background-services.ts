@@ -11,6 +11,7 @@ import type { PeerTable } from '../controlplane/membership/peer-table.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { listReadPins } from '../controlplane/volumes/read-pins.js';
+import type { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import { Scrubber } from '../dataplane/blocks/scrub.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
@@ -26,6 +27,7 @@ export interface BackgroundServiceParts {
   store: LocalSlotStore;
   meta: MetadataStore;
   catalog: VolumeCatalog;
+  snapshots: SnapshotCatalog;
   /** Placement and peer copies; undefined on a single node (scrub only). */
   cluster: ClusterBlocks | undefined;
   peers: PeerServing;
@@ -92,7 +94,7 @@ export class BackgroundServices {
    * where the ring puts them and frees its garbage; a store-less client has none.
    */
   private rebalancerFor(cluster: ClusterBlocks): Rebalancer | undefined {
-    const { store, catalog, meta, log } = this.parts;
+    const { store, meta, log } = this.parts;
     const backend = this.parts.peers.current?.backend;
     if (!backend) return undefined;
     // GC's view of the catalog: each volume's committed map, kept between runs and reloaded by changed pages.
@@ -102,13 +104,13 @@ export class BackgroundServices {
       peerStore: (peer) => cluster.clientFor(peer),
       local: backend,
       gcView: async () => {
-        const records = await catalog.list();
+        const { records, snapshots } = await this.parts.snapshots.listVersions();
         // Pins after the catalog: the order read-pins.ts's protocol relies on.
         const pins = await listReadPins(meta);
         // Every volume's own replication, before a run decides what is surplus.
         for (const record of records)
           cluster.placement.setVolumeReplication(record.id, record.replication);
-        return views.view(records, pins);
+        return views.view(records, pins, snapshots);
       },
       log: log.child({ component: 'rebalance' }),
       rateBytesPerSecond: this.parts.rebalance.rate,

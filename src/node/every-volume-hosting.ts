@@ -4,22 +4,22 @@
  *
  * Start-up order matters for safety: every volume's committed map is loaded
  * and verified, and only when all of them loaded are blocks no version
- * references swept away. A volume that can't be loaded (missing key, damaged
- * map) disables the sweep rather than letting it free that volume's blocks.
+ * references swept away (LocalGc, with snapshots and clones). A volume that
+ * can't be loaded (missing key, damaged map) disables the sweep rather than
+ * letting it free that volume's blocks.
  */
 import type { Logger } from '../common/log.js';
 import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
-import { refKey } from '../model/block-ref.js';
-import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { Volume } from '../dataplane/volume/volume.js';
+import type { LocalGc } from './local-gc.js';
 import type { ExportDescription, HostingMode, VolumeHost } from './volume-host.js';
 
 export class EveryVolumeHosting implements HostingMode {
   constructor(
     private readonly host: VolumeHost,
     private readonly catalog: VolumeCatalog,
-    private readonly store: LocalSlotStore,
+    private readonly gc: LocalGc,
     private readonly log: Logger,
   ) {}
 
@@ -43,7 +43,7 @@ export class EveryVolumeHosting implements HostingMode {
       );
       return;
     }
-    this.sweep();
+    await this.gc.run({ atStart: true });
   }
 
   async volumeFor(name: string): Promise<Volume | undefined> {
@@ -77,22 +77,5 @@ export class EveryVolumeHosting implements HostingMode {
     const versioned = await this.catalog.get(name);
     this.host.ownership.adopt(name, versioned);
     this.host.volumes.set(name, await this.host.openVolume(versioned));
-  }
-
-  /** Free every stored block no committed version references (crash leftovers, deleted volumes). */
-  private sweep(): void {
-    const referenced = new Set<string>();
-    for (const volume of this.host.volumes.values()) {
-      for (const ref of volume.referencedRefs())
-        referenced.add(refKey(ref.volumeId, ref.generation, ref.index));
-    }
-    let freed = 0;
-    for (const [ref] of [...this.store.blocks()]) {
-      if (!referenced.has(refKey(ref.volumeId, ref.generation, ref.index))) {
-        this.store.release(ref);
-        freed++;
-      }
-    }
-    if (freed > 0) this.log.info({ blocks: freed }, 'freed blocks no committed version references');
   }
 }

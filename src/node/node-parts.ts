@@ -15,6 +15,7 @@ import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/ind
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import { VolumeCatalog, type ClusterSettings } from '../controlplane/volumes/catalog.js';
+import { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
@@ -81,6 +82,7 @@ export interface NodeParts {
   /** Whether close() closes meta (the embedded store; a caller's etcd stays open). */
   ownsMeta: boolean;
   catalog: VolumeCatalog;
+  snapshots: SnapshotCatalog;
   store: LocalSlotStore;
   cache: BlockCache;
   pool: DataPool;
@@ -141,6 +143,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       meta,
       ownsMeta: !options.meta,
       catalog,
+      snapshots: new SnapshotCatalog(meta, catalog),
       store,
       cache,
       pool,

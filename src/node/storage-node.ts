@@ -21,6 +21,7 @@ import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { BackgroundServices } from './background-services.js';
 import { registerReplicationGauges } from './cluster-blocks.js';
 import { EveryVolumeHosting } from './every-volume-hosting.js';
+import { LocalGc } from './local-gc.js';
 import { registerStorageGauges } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
 import {
@@ -33,6 +34,7 @@ import {
 import { OnDemandHosting } from './on-demand-hosting.js';
 import { PeerServing, type PeerService, type PeerServiceOptions } from './peer-service.js';
 import { VolumeAdmin, type VolumeStatus } from './volume-admin.js';
+export type { SnapshotStatus } from './volume-admin.js';
 import { VolumeHost, type ExportDescription } from './volume-host.js';
 import { volumeServices } from './volume-services.js';
 
@@ -60,6 +62,8 @@ export class StorageNode implements ExportProvider {
   private readonly host: VolumeHost;
   private readonly admin: VolumeAdmin;
   private readonly peers: PeerServing;
+  /** A single node's GC; a cluster's runs in its rebalancer. */
+  private gc: LocalGc | undefined;
   private background!: BackgroundServices;
   private closing = false;
 
@@ -67,7 +71,7 @@ export class StorageNode implements ExportProvider {
     private readonly parts: NodeParts,
     lockLingerMs: number,
   ) {
-    const { meta, catalog, store, cache, pool, keys, cluster, metrics, log } = parts;
+    const { meta, catalog, snapshots, store, cache, pool, keys, cluster, metrics, log } = parts;
     this.dataDir = parts.dataDir;
     this.settings = parts.settings;
     this.catalog = catalog;
@@ -89,14 +93,21 @@ export class StorageNode implements ExportProvider {
       metrics,
     });
     // The one decision between a single node and a cluster member's hosting.
-    this.host = new VolumeHost({ ownership: this.ownership, keys, services, log }, (host) =>
-      cluster
-        ? new OnDemandHosting(host, catalog, cluster.placement, lockLingerMs, log)
-        : new EveryVolumeHosting(host, catalog, store, log),
+    this.host = new VolumeHost(
+      { ownership: this.ownership, snapshots, keys, services, log },
+      (host) => {
+        if (cluster)
+          return new OnDemandHosting(host, catalog, cluster.placement, lockLingerMs, log);
+        // A single node collects its own garbage; a cluster's rebalancer does (BackgroundServices).
+        this.gc = new LocalGc(host, snapshots, store, log.child({ component: 'gc' }));
+        return new EveryVolumeHosting(host, catalog, this.gc, log);
+      },
     );
     const clustered = cluster !== undefined;
     this.admin = new VolumeAdmin({
       catalog,
+      snapshots,
+      gc: this.gc,
       settings: parts.settings,
       store,
       keys,
@@ -114,7 +125,7 @@ export class StorageNode implements ExportProvider {
         `lock linger must be a whole number of milliseconds ≥ 0, got ${lockLingerMs}`,
       );
     const parts = await openNodeParts(options);
-    const { store, meta, catalog, cluster, cache, pool, log } = parts;
+    const { store, meta, catalog, snapshots, cluster, cache, pool, log } = parts;
     try {
       const node = new StorageNode(parts, lockLingerMs);
       await node.host.start();
@@ -122,6 +133,7 @@ export class StorageNode implements ExportProvider {
         store,
         meta,
         catalog,
+        snapshots,
         cluster,
         peers: node.peers,
         log,
@@ -180,8 +192,13 @@ export class StorageNode implements ExportProvider {
     return this.admin.createVolume(name, size, options);
   }
 
-  deleteVolume(name: string): Promise<void> {
-    return this.admin.deleteVolume(name);
+  deleteVolume(name: string, options: { withSnapshots?: boolean } = {}): Promise<void> {
+    return this.admin.deleteVolume(name, options);
+  }
+
+  /** Snapshots and clones: VolumeAdmin's (volume-admin.ts). */
+  get volumes(): VolumeAdmin {
+    return this.admin;
   }
 
   listVolumes(): Promise<VolumeStatus[]> {

@@ -1,6 +1,14 @@
 /**
  * The node's volume administration (the admin API's verbs): create, delete,
- * list and describe volumes, and flush them.
+ * list and describe volumes, flush them; snapshots (create, list, delete,
+ * restore) and clones.
+ *
+ * On a single node every volume is open here, so what changes a volume's
+ * committed version behind its back (restore) closes and reopens it, and
+ * what creates a version others must keep (snapshot, clone) runs inside
+ * LocalGc.exclusive (local-gc.ts says why). Deleting anything runs GC after.
+ * In a cluster these are metadata operations checked against the write lock
+ * and read pins; GC runs in every node's rebalancer.
  */
 import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
@@ -13,6 +21,9 @@ import type {
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { MAX_TARGETS } from '../dataplane/replication/placement.js';
+import { cloneVolume } from '../controlplane/volumes/clones.js';
+import type { SnapshotCatalog, SnapshotRecord } from '../controlplane/volumes/snapshots.js';
+import type { LocalGc } from './local-gc.js';
 import type { VolumeHost } from './volume-host.js';
 
 export interface VolumeStatus {
@@ -26,10 +37,28 @@ export interface VolumeStatus {
   generation: number;
   sessions: number;
   createdAt: string;
+  /** A clone: what it was cloned from. */
+  origin?: string;
+}
+
+export interface SnapshotStatus {
+  /** VOLUME@SNAPSHOT */
+  name: string;
+  volume: string;
+  snapshot: string;
+  createdAt: string;
+  size: number;
+  generation: number;
+  encrypted: boolean;
+  /** Bytes deleting it would free (blocks no other version references); undefined where not computed (cluster). */
+  exclusive?: number;
 }
 
 export interface VolumeAdminParts {
   catalog: VolumeCatalog;
+  snapshots: SnapshotCatalog;
+  /** A single node's GC; undefined in a cluster. */
+  gc: LocalGc | undefined;
   settings: ClusterSettings;
   store: LocalSlotStore;
   keys: KeyRing;
@@ -70,29 +99,134 @@ export class VolumeAdmin {
 
   /**
    * Refused while NBD connections to the volume are open here, or another
-   * node serves it read-only (naming them), or another node writes it.
+   * node serves it read-only (naming them), or another node writes it, or it
+   * has snapshots (unless `withSnapshots`).
    */
-  async deleteVolume(name: string): Promise<void> {
-    const { host, store } = this.parts;
-    const volume = host.volumes.get(name);
-    if (volume && volume.openSessions > 0) {
-      throw new ConflictError(
-        `volume "${name}" is in use by ${volume.openSessions} NBD connection(s); disconnect them first`,
-      );
-    }
+  async deleteVolume(name: string, options: { withSnapshots?: boolean } = {}): Promise<void> {
+    const { host } = this.parts;
+    this.refuseWhileOpen(name, 'delete it');
     // Another node's read-only clients would lose the data under them.
     await host.ownership.assertNoReaders(name);
     host.stopLingering(name);
-    const record = await host.ownership.remove(name);
+    const record = await host.ownership.remove(name, options);
     await host.forget(name);
-    let freed = 0;
-    for (const [ref] of [...store.blocks()]) {
-      if (ref.volumeId === record.id) {
-        store.release(ref);
-        freed++;
-      }
+    // Its blocks go by GC: a clone may still share some of them.
+    const freed = await this.collect();
+    this.parts.log.info({ volume: name, id: record.id, blocks: freed }, 'volume deleted');
+  }
+
+  /** A ConflictError when NBD clients of `name` are connected to this node. */
+  private refuseWhileOpen(name: string, what: string): void {
+    const volume = this.parts.host.volumes.get(name);
+    if (volume && volume.openSessions > 0) {
+      throw new ConflictError(
+        `volume "${name}" is in use by ${volume.openSessions} NBD connection(s) on this node; disconnect them first to ${what}`,
+      );
     }
-    this.parts.log.info({ volume: name, blocks: freed }, 'volume deleted');
+  }
+
+  /** Single node: a GC run now (blocks freed); a cluster's nodes collect on their own. */
+  private async collect(): Promise<number> {
+    return (await this.parts.gc?.run())?.freed ?? 0;
+  }
+
+  /** What must not interleave with a GC run's loading (LocalGc.exclusive); as is in a cluster. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.parts.gc ? this.parts.gc.exclusive(fn) : fn();
+  }
+
+  // ------------------------------------------------------------ snapshots
+
+  async createSnapshot(volume: string, snapshot: string): Promise<SnapshotStatus> {
+    const started = process.hrtime.bigint();
+    const record = await this.exclusive(() => this.parts.snapshots.create(volume, snapshot));
+    this.parts.log.info(
+      {
+        snapshot: `${volume}@${snapshot}`,
+        generation: record.generation,
+        ms: Number(process.hrtime.bigint() - started) / 1e6,
+      },
+      'snapshot taken',
+    );
+    return snapshotStatus(record);
+  }
+
+  async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
+    const records = await this.parts.snapshots.list(volume);
+    const exclusive = this.parts.gc ? await this.parts.gc.exclusiveBlocks(records) : undefined;
+    const { blockSize } = this.parts.store;
+    return records.map((record, i) => ({
+      ...snapshotStatus(record),
+      ...(exclusive ? { exclusive: exclusive[i] * blockSize } : {}),
+    }));
+  }
+
+  /** Refused while NBD clients read it on this node. */
+  async deleteSnapshot(volume: string, snapshot: string): Promise<{ freed: number }> {
+    const exportName = `${volume}@${snapshot}`;
+    const sessions = this.parts.host.snapshotExports.sessionsOf(exportName);
+    if (sessions > 0)
+      throw new ConflictError(
+        `snapshot "${exportName}" is being read by ${sessions} NBD connection(s) on this node; disconnect them first`,
+      );
+    await this.parts.snapshots.remove(volume, snapshot);
+    const freed = await this.collect();
+    this.parts.log.info({ snapshot: exportName, blocks: freed }, 'snapshot deleted');
+    return { freed: freed * this.parts.store.blockSize };
+  }
+
+  /**
+   * Make the volume's content the snapshot's, atomically (one compare-and-
+   * swap of its record). Refused while a client has it open on any node.
+   */
+  async restoreSnapshot(volume: string, snapshot: string): Promise<VolumeStatus> {
+    const { host, catalog, snapshots } = this.parts;
+    this.refuseWhileOpen(volume, 'restore it');
+    const taken = await snapshots.get(volume, snapshot);
+    await host.ownership.assertNoReaders(volume);
+    const restored = await this.exclusive(async () => {
+      // A single node has every volume open: close it (nothing is dirty
+      // without sessions, but commit whatever is), restore, open again.
+      const open = this.parts.gc ? host.volumes.get(volume) : undefined;
+      if (open) {
+        this.refuseWhileOpen(volume, 'restore it');
+        await open.close();
+        host.volumes.delete(volume);
+      } else if (host.volumes.has(volume)) {
+        // A cluster node lingering on it (no sessions): let go of its lock first.
+        host.stopLingering(volume);
+        await host.exclusive(volume, () => host.unload(volume));
+      }
+      try {
+        return await catalog.restore(await catalog.get(volume), taken);
+      } finally {
+        if (open) await host.created(volume);
+      }
+    });
+    const freed = await this.collect();
+    this.parts.log.info(
+      { volume, snapshot, generation: restored.record.generation, blocks: freed },
+      'volume restored from a snapshot',
+    );
+    return this.volumeStatus(restored.record);
+  }
+
+  // --------------------------------------------------------------- clones
+
+  /** Volume `name` as a copy-on-write clone of `source` ("SRC" or "SRC@SNAP"). */
+  async cloneVolume(
+    source: string,
+    name: string,
+    options: { size?: number } = {},
+  ): Promise<VolumeStatus> {
+    const { catalog, snapshots, host } = this.parts;
+    const record = await this.exclusive(async () => {
+      const created = await cloneVolume(catalog, snapshots, source, name, options);
+      await host.created(name);
+      return created;
+    });
+    this.parts.log.info({ volume: name, source, generation: record.generation }, 'volume cloned');
+    return this.volumeStatus(record);
   }
 
   async listVolumes(): Promise<VolumeStatus[]> {
@@ -114,6 +248,7 @@ export class VolumeAdmin {
       generation: volume?.committedGeneration ?? record.generation,
       sessions: volume?.openSessions ?? 0,
       createdAt: record.createdAt,
+      ...(record.origin ? { origin: record.origin } : {}),
     };
   }
 
@@ -150,4 +285,16 @@ export function checkReplication(replication: number | undefined, cluster: boole
       `replication must be a whole number from 1 to ${MAX_TARGETS}, got ${replication}`,
     );
   }
+}
+
+export function snapshotStatus(record: SnapshotRecord): SnapshotStatus {
+  return {
+    name: `${record.volume}@${record.name}`,
+    volume: record.volume,
+    snapshot: record.name,
+    createdAt: record.createdAt,
+    size: record.size,
+    generation: record.generation,
+    encrypted: record.encrypted,
+  };
 }

@@ -14,11 +14,13 @@ import { formatSize } from '../common/size.js';
 import type { Logger } from '../common/log.js';
 import type { VersionedRecord } from '../controlplane/volumes/catalog.js';
 import type { VolumeOwnership } from '../controlplane/volumes/ownership.js';
+import type { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
 import type { ExportInfo, ExportProvider, NbdExport } from '../dataplane/nbd/export.js';
 import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
 import { VolumeExport } from '../dataplane/volume/volume-export.js';
 import type { NodeMetrics } from './metrics.js';
+import { SnapshotExports } from './snapshot-exports.js';
 
 /** What NBD_OPT_INFO says of an export. */
 export type ExportDescription = NonNullable<Awaited<ReturnType<ExportProvider['describe']>>>;
@@ -43,6 +45,7 @@ export interface HostingMode {
 
 export interface VolumeHostParts {
   ownership: VolumeOwnership;
+  snapshots: SnapshotCatalog;
   keys: KeyRing;
   services: VolumeServices;
   log: Logger;
@@ -55,6 +58,8 @@ export class VolumeHost implements ExportProvider {
   readonly unavailable = new Map<string, string>();
   /** The tail of each volume's queue of opens and unloads (exclusive()). */
   private readonly serial = new Map<string, Promise<void>>();
+  /** Snapshots served read-only as VOLUME@SNAPSHOT. */
+  readonly snapshotExports: SnapshotExports;
   private closingNow = false;
   private mode!: HostingMode;
 
@@ -63,6 +68,12 @@ export class VolumeHost implements ExportProvider {
     mode: (host: VolumeHost) => HostingMode,
   ) {
     this.mode = mode(this);
+    this.snapshotExports = new SnapshotExports(
+      parts.snapshots,
+      parts.keys,
+      parts.services,
+      parts.log,
+    );
   }
 
   get closing(): boolean {
@@ -92,6 +103,7 @@ export class VolumeHost implements ExportProvider {
         size: record.size,
         blockSize: record.blockSize,
         encrypted: record.encrypted,
+        ...(record.ancestors ? { ancestors: record.ancestors } : {}),
       },
       record.generation,
       record.root ?? undefined,
@@ -161,11 +173,16 @@ export class VolumeHost implements ExportProvider {
 
   // ------------------------------------------------------- ExportProvider
 
-  list(): Promise<ExportInfo[]> {
-    return this.mode.exports();
+  async list(): Promise<ExportInfo[]> {
+    return [...(await this.mode.exports()), ...(await this.snapshotExports.list())];
   }
 
   async describe(name: string): Promise<ExportDescription | undefined> {
+    if (SnapshotExports.handles(name)) {
+      const probe = await this.snapshotExports.open(name);
+      await probe?.close();
+      return probe;
+    }
     const volume = this.volumes.get(name);
     if (!volume) return this.mode.describeUnopened(name);
     const probe = new VolumeExport(
@@ -180,6 +197,7 @@ export class VolumeHost implements ExportProvider {
 
   async open(name: string): Promise<NbdExport | undefined> {
     if (this.closingNow) return undefined;
+    if (SnapshotExports.handles(name)) return this.snapshotExports.open(name);
     const volume = await this.mode.volumeFor(name);
     if (!volume) return undefined;
     return new VolumeExport(
@@ -204,6 +222,7 @@ export class VolumeHost implements ExportProvider {
 
   /** Close every open volume (after the last flush). */
   async closeVolumes(): Promise<void> {
+    await this.snapshotExports.close();
     for (const volume of this.volumes.values()) await volume.close().catch(() => undefined);
   }
 

@@ -5,6 +5,16 @@
  *   settings                 cluster settings (block size, …), written once by init
  *   volumes/<name>           VolumeRecord (JSON): identity, key, committed version
  *   volume-ids/<id>          <name>: makes ids unique across concurrent creators
+ *   snapshots/<name>/<snap>  SnapshotRecord (snapshots.ts): a version kept by name
+ *   snapshot-changes/<name>  bumped by every snapshot create: a delete compares it
+ *   clone-holds/<id>/<clone> the generation of volume <id> a clone shares blocks up to
+ *
+ * A commit reads the volume's snapshots and clone holds in its own txn and
+ * returns the highest generation they hold (`heldThrough`): the committing
+ * node releases a superseded block of its own right away only above it, so
+ * a snapshot or clone created just before the commit never loses a block
+ * (one created after captures the new version). Anything held is freed
+ * later by GC, which loads every version that references it.
  *
  * Every change is a compare-and-swap on the record's modRevision, so two
  * writers can never both commit "the next" version of a volume: the loser
@@ -20,6 +30,7 @@
 import { assert } from '../../common/assert.js';
 import { blockSizeProblem } from '../../common/block-size.js';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
+import type { Ancestor } from '../../model/lineage.js';
 import type { MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
 import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
@@ -31,6 +42,7 @@ import {
   type KeyValue,
   type MetadataStore,
   type TxnOp,
+  type TxnOpResult,
   type TxnResult,
 } from '../metadata/store.js';
 
@@ -55,6 +67,10 @@ export interface VolumeRecord {
   /** Cluster: copies of each block; absent means the ring's replication (ring set-replication). */
   replication?: number;
   root: MapRoot | null;
+  /** A clone's ancestors, nearest first (model/lineage.ts): whose blocks its older entries name. */
+  ancestors?: readonly Ancestor[];
+  /** A clone: what it was cloned from, for people ("SRC" or "SRC@SNAP"). */
+  origin?: string;
 }
 
 export interface VersionedRecord {
@@ -62,9 +78,36 @@ export interface VersionedRecord {
   modRevision: number;
 }
 
+/** A committed version, and the highest generation of it a snapshot or clone holds (0: none). */
+export interface CommittedVersion {
+  versioned: VersionedRecord;
+  heldThrough: number;
+}
+
+/** Fields a new record gets from its creator; the catalog adds id, time, and an empty version. */
+export type NewVolumeFields = Omit<
+  VolumeRecord,
+  'id' | 'createdAt' | 'generation' | 'root' | 'ancestors' | 'origin'
+>;
+
+/** A new record that starts from an existing version (a clone): its map, lineage and origin, and the txn parts that keep that version safe. */
+export interface StartingVersion {
+  generation: number;
+  root: MapRoot | null;
+  ancestors: readonly Ancestor[];
+  origin: string;
+  /** Compares that hold only while the version taken is still what was read. */
+  compare: Compare[];
+  /** Writes landing with the record (the clone's holds), given its id. */
+  alsoPut: (id: number) => TxnOp[];
+}
+
 const SETTINGS = 'settings';
 const VOLUMES = 'volumes/';
 const VOLUME_IDS = 'volume-ids/';
+const SNAPSHOTS = 'snapshots/';
+const SNAPSHOT_CHANGES = 'snapshot-changes/';
+const CLONE_HOLDS = 'clone-holds/';
 /** The last volume id handed out. */
 const VOLUME_ID_COUNTER = 'counters/volume-id';
 /** Ids fit a block ref's 31 bits. */
@@ -84,6 +127,46 @@ export function checkVolumeName(name: string): void {
 /** The key of a volume's record. */
 export function volumeKey(name: string): string {
   return VOLUMES + name;
+}
+
+/** Every snapshot of volume `name` is under this prefix. */
+export function snapshotPrefix(name: string): string {
+  return `${SNAPSHOTS}${name}/`;
+}
+
+/** Every snapshot of the catalog is under this prefix. */
+export const ALL_SNAPSHOTS = SNAPSHOTS;
+
+/** Bumped by every snapshot create of volume `name`, so a volume delete can tell none appeared since it looked. */
+export function snapshotChangesKey(name: string): string {
+  return SNAPSHOT_CHANGES + name;
+}
+
+/** Every clone hold on volume `id`. */
+export function cloneHoldPrefix(id: number): string {
+  return `${CLONE_HOLDS}${id}/`;
+}
+
+/** Clone `cloneId`'s hold on its ancestor `ancestorId`. */
+export function cloneHoldKey(ancestorId: number, cloneId: number): string {
+  return `${cloneHoldPrefix(ancestorId)}${cloneId}`;
+}
+
+/** The highest `generation` among JSON values of snapshots and clone holds (0: none). */
+function highestHeld(results: TxnOpResult[]): number {
+  let highest = 0;
+  for (const result of results) {
+    if (result.type !== 'get') continue;
+    for (const kv of result.kvs) {
+      const { generation } = JSON.parse(kv.value.toString()) as { generation?: unknown };
+      // A hold that cannot be read holds everything: never release on a guess.
+      highest = Math.max(
+        highest,
+        typeof generation === 'number' && generation >= 0 ? generation : Infinity,
+      );
+    }
+  }
+  return highest;
 }
 
 function encode(value: unknown): Buffer {
@@ -123,9 +206,11 @@ export class VolumeCatalog {
     return { record: JSON.parse(kv.value.toString()) as VolumeRecord, modRevision: kv.modRevision };
   }
 
-  async create(
-    fields: Omit<VolumeRecord, 'id' | 'createdAt' | 'generation' | 'root'>,
-  ): Promise<VolumeRecord> {
+  /**
+   * Create a volume: empty, or (a clone) starting from an existing version
+   * whose compares must still hold in the same txn.
+   */
+  async create(fields: NewVolumeFields, from?: StartingVersion): Promise<VolumeRecord> {
     checkVolumeName(fields.name);
     // Ids come from a counter and are never handed out twice, so blocks of a
     // deleted volume can never be mistaken for a new volume's (GC relies on
@@ -146,8 +231,10 @@ export class VolumeCatalog {
         ...fields,
         id,
         createdAt: new Date().toISOString(),
-        generation: 0,
-        root: null,
+        generation: from?.generation ?? 0,
+        root: from?.root ?? null,
+        ...(from && from.ancestors.length > 0 ? { ancestors: from.ancestors } : {}),
+        ...(from ? { origin: from.origin } : {}),
       };
       const result = await this.meta.txn({
         compare: [
@@ -159,11 +246,15 @@ export class VolumeCatalog {
             op: '==',
             value: counter?.modRevision ?? 0,
           },
+          ...(from?.compare ?? []),
         ],
         success: [
           { type: 'put', key: VOLUMES + fields.name, value: encode(record) },
           { type: 'put', key: VOLUME_IDS + id, value: Buffer.from(fields.name) },
           { type: 'put', key: VOLUME_ID_COUNTER, value: Buffer.from(String(id)) },
+          // Snapshots left by a delete that raced a snapshot create are not this volume's.
+          { type: 'delete', key: snapshotPrefix(fields.name), prefix: true },
+          ...(from?.alsoPut(id) ?? []),
         ],
         failure: [
           { type: 'get', key: VOLUMES + fields.name },
@@ -176,6 +267,10 @@ export class VolumeCatalog {
       );
       if (byName) throw new ConflictError(`volume "${fields.name}" already exists`);
       if (byId) skipPast = id;
+      else if (from)
+        throw new ConflictError(
+          `${from.origin} changed while "${fields.name}" was being created from it; try again`,
+        );
     }
     throw new ConflictError(
       `could not allocate an id for volume "${fields.name}": the id counter kept moving`,
@@ -198,6 +293,16 @@ export class VolumeCatalog {
     root: MapRoot | null,
     fence?: VolumeFence,
   ): Promise<VersionedRecord> {
+    return (await this.commitVersionHolding(expected, generation, root, fence)).versioned;
+  }
+
+  /** commitVersion, also saying what snapshots and clones hold (read in the commit's own txn). */
+  async commitVersionHolding(
+    expected: VersionedRecord,
+    generation: number,
+    root: MapRoot | null,
+    fence?: VolumeFence,
+  ): Promise<CommittedVersion> {
     // Generations only go up: block refs are (volume, generation, index), so a
     // commit at or below the committed generation would name blocks that an
     // earlier version (or a writer that lost its lock) may have stored.
@@ -215,7 +320,11 @@ export class VolumeCatalog {
       fence,
       refused,
       [unchangedSince(key, expected.modRevision)],
-      [{ type: 'put', key, value: encode(record) }],
+      [
+        { type: 'put', key, value: encode(record) },
+        { type: 'get', key: snapshotPrefix(record.name), prefix: true },
+        { type: 'get', key: cloneHoldPrefix(record.id), prefix: true },
+      ],
     );
     if (!result.succeeded) {
       throw new ConflictError(
@@ -227,7 +336,10 @@ export class VolumeCatalog {
       result.revision > expected.modRevision,
       () => `commit landed at revision ${result.revision}, not after ${expected.modRevision}`,
     );
-    return { record, modRevision: result.revision };
+    return {
+      versioned: { record, modRevision: result.revision },
+      heldThrough: highestHeld(result.results),
+    };
   }
 
   /**
@@ -270,24 +382,87 @@ export class VolumeCatalog {
    * Delete a volume's record. Refused with VolumeLockedError, naming the
    * holder, while someone holds its write lock — unless `options.fence` is
    * that lock (its holder deleting the volume), which is then deleted with
-   * the record (the lock emits 'lost'; release() it as usual).
+   * the record (the lock emits 'lost'; release() it as usual). Refused while
+   * the volume has snapshots, unless `withSnapshots` (they go with it). A
+   * clone's holds on its ancestors go with it; clones of this volume keep
+   * theirs (GC keeps the blocks they share).
    */
-  async remove(name: string, options: { fence?: VolumeFence } = {}): Promise<VolumeRecord> {
+  async remove(
+    name: string,
+    options: { fence?: VolumeFence; withSnapshots?: boolean } = {},
+  ): Promise<VolumeRecord> {
     const { record, modRevision } = await this.get(name);
     const { fence } = options;
+    const changes = await this.meta.get(snapshotChangesKey(name));
+    const snapshots = await this.meta.getPrefix(snapshotPrefix(name));
+    if (snapshots.length > 0 && !options.withSnapshots) {
+      const names = snapshots.map((kv) => kv.key.slice(snapshotPrefix(name).length));
+      throw new ConflictError(
+        `volume "${name}" has ${names.length} snapshot(s) (${names.slice(0, 5).join(', ')}${names.length > 5 ? ', …' : ''}): ` +
+          `delete them first (torusctl block snapshot delete ${name}@${names[0]}) or delete the volume --with-snapshots`,
+      );
+    }
     const result = await this.lockedTxn(
       name,
       fence,
       'not deleted',
-      [unchangedSince(VOLUMES + name, modRevision)],
+      [
+        unchangedSince(VOLUMES + name, modRevision),
+        // No snapshot created since we looked (one would be deleted unseen, or left orphaned).
+        unchangedSince(snapshotChangesKey(name), changes?.modRevision ?? 0),
+      ],
       [
         { type: 'delete', key: VOLUMES + name },
         { type: 'delete', key: VOLUME_IDS + record.id },
+        { type: 'delete', key: snapshotPrefix(name), prefix: true },
+        { type: 'delete', key: snapshotChangesKey(name) },
+        ...(record.ancestors ?? []).map((a) => ({
+          type: 'delete' as const,
+          key: cloneHoldKey(a.volumeId, record.id),
+        })),
         ...(fence ? [{ type: 'delete' as const, key: volumeLockKey(name) }] : []),
       ],
     );
     if (!result.succeeded)
       throw new ConflictError(`volume "${name}" changed while being deleted; try again`);
     return record;
+  }
+
+  /**
+   * Make the volume's committed version the snapshot's (generation one up,
+   * the snapshot's map and size): one compare-and-swap, so a crash leaves
+   * either the old version or the snapshot's, never a mix. Refused while
+   * anyone holds the write lock (naming the holder) or either record moved.
+   */
+  async restore(
+    expected: VersionedRecord,
+    snapshot: {
+      record: Pick<VolumeRecord, 'generation' | 'root' | 'size'> & { name: string };
+      modRevision: number;
+      key: string;
+    },
+  ): Promise<VersionedRecord> {
+    const { name } = expected.record;
+    const record: VolumeRecord = {
+      ...expected.record,
+      generation: expected.record.generation + 1,
+      root: snapshot.record.root,
+      size: snapshot.record.size,
+    };
+    const result = await this.lockedTxn(
+      name,
+      undefined,
+      'not restored',
+      [
+        unchangedSince(VOLUMES + name, expected.modRevision),
+        unchangedSince(snapshot.key, snapshot.modRevision),
+      ],
+      [{ type: 'put', key: VOLUMES + name, value: encode(record) }],
+    );
+    if (!result.succeeded)
+      throw new ConflictError(
+        `volume "${name}" or snapshot "${snapshot.record.name}" changed while restoring; nothing was restored, try again`,
+      );
+    return { record, modRevision: result.revision };
   }
 }

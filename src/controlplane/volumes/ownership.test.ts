@@ -148,13 +148,13 @@ for (const kind of testStores()) {
         const catalog = await catalogWith(meta, 'vol');
         const a = ownership(meta, catalog, 'node-a');
         await a.take('vol');
-        const commitVersion = catalog.commitVersion.bind(catalog);
-        catalog.commitVersion = async (...args) => {
+        const commitVersion = catalog.commitVersionHolding.bind(catalog);
+        catalog.commitVersionHolding = async (...args) => {
           await commitVersion(...args);
           throw new Error('the reply was lost');
         };
         await a.commit('vol', 3, root(3));
-        catalog.commitVersion = async () => {
+        catalog.commitVersionHolding = async () => {
           throw new Error('etcd is away');
         };
         await assert.rejects(
@@ -162,7 +162,7 @@ for (const kind of testStores()) {
           /etcd is away/,
           'one that did not land still fails',
         );
-        catalog.commitVersion = commitVersion;
+        catalog.commitVersionHolding = commitVersion;
         await a.commit('vol', 4, root(4));
         assert.equal(
           (await catalog.get('vol')).record.generation,

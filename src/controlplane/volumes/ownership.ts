@@ -159,13 +159,17 @@ export class VolumeOwnership {
    * holds: a compare-and-swap on the last version, fenced by the write lock
    * when the node holds one (a node that lost it has the commit refused
    * whole). A commit whose reply was lost but which landed counts as done.
+   * Resolves with the highest generation a snapshot or clone holds
+   * (VolumeCatalog.commitVersion; Infinity when the reply was lost).
    */
-  async commit(name: string, generation: number, root: MapRoot | null): Promise<void> {
+  async commit(name: string, generation: number, root: MapRoot | null): Promise<number> {
     const current = this.records.get(name);
     if (!current) throw new NotFoundError(`volume "${name}" was deleted`);
     const lock = this.locks.get(name);
     try {
-      this.records.set(name, await this.catalog.commitVersion(current, generation, root, lock));
+      const committed = await this.catalog.commitVersionHolding(current, generation, root, lock);
+      this.records.set(name, committed.versioned);
+      return committed.heldThrough;
     } catch (err) {
       const landed = lock
         ? await this.commitLanded(name, current, generation, root, lock)
@@ -176,6 +180,8 @@ export class VolumeOwnership {
         "the commit's reply was lost but the commit landed: carrying on from it",
       );
       this.records.set(name, landed);
+      // Which snapshots and clones hold what went with the lost reply: keep everything, GC sorts it out.
+      return Infinity;
     }
   }
 
@@ -220,14 +226,14 @@ export class VolumeOwnership {
    * node's lock when it holds one, refused naming the holder when another
    * node does. Resolves with the record deleted.
    */
-  async remove(name: string): Promise<VolumeRecord> {
+  async remove(name: string, options: { withSnapshots?: boolean } = {}): Promise<VolumeRecord> {
     const lock = this.locks.get(name);
     // The lock key goes with the record; out of `locks` first so its 'lost'
     // notice is not logged as an error.
     this.locks.delete(name);
     let record;
     try {
-      record = await this.catalog.remove(name, lock ? { fence: lock } : undefined);
+      record = await this.catalog.remove(name, { ...options, ...(lock ? { fence: lock } : {}) });
     } catch (err) {
       if (lock) this.locks.set(name, lock);
       throw err;

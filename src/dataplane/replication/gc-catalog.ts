@@ -10,19 +10,29 @@
  * entry (generation, hash) is unchanged is the very page loaded last time, so
  * a new version costs the pages its commit wrote, not the whole map.
  *
- * Read pins (controlplane/volumes/read-pins.ts) add the versions nodes
- * serve read-only: their maps are loaded the same way (sharing unchanged
- * pages with the committed map) and their blocks count as referenced. Pins
- * of volumes not listed are ignored: the volume is gone.
+ * Snapshots and read pins (controlplane/volumes/read-pins.ts: the versions
+ * nodes serve read-only) add versions: their maps are loaded the same way
+ * (sharing unchanged pages with the committed map) and their blocks count as
+ * referenced. Pins of volumes not listed are ignored: the volume is gone.
+ * Snapshots are listed with the records, in one read (a snapshot taken or
+ * deleted between two reads could otherwise be missed on both sides).
  *
- * Any volume or pinned version whose map cannot be loaded (no copy of a page
- * anywhere, a bad checksum) makes the whole view undefined: a run with it
- * frees nothing.
+ * Clones: a map's older entries may name an ancestor's blocks (model/
+ * lineage.ts). Every map is indexed under each volume its lineage names, and
+ * a ref counts as referenced by a map only if the map's lineage gives the
+ * ref's generation to the ref's volume — so a deleted source's blocks stay
+ * while a clone references them.
+ *
+ * Any volume, snapshot or pinned version whose map cannot be loaded (no copy
+ * of a page anywhere, a bad checksum) makes the whole view undefined: a run
+ * with it frees nothing.
  */
 import type { Logger } from '../../common/log.js';
 import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
 import type { PinnedVersion } from '../../controlplane/volumes/read-pins.js';
-import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
+import type { SnapshotRecord } from '../../controlplane/volumes/snapshots.js';
+import { IoError } from '../../common/errors.js';
+import { formatRef, MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockMap, pageIndex } from '../volume/block-map.js';
 import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
@@ -34,7 +44,8 @@ const LEVEL_SPAN = 2 ** 40;
 /** Where map pages come from: this node's store, else a peer (ClusterBlocks.getBlock verifies the hash). */
 export interface PageSource {
   store: LocalSlotStore;
-  cluster: Pick<ClusterBlocks, 'getBlock'>;
+  /** Peers to fetch a page this store lacks from; none on a single node. */
+  cluster?: Pick<ClusterBlocks, 'getBlock'>;
 }
 
 interface Loaded {
@@ -43,12 +54,49 @@ interface Loaded {
   map: BlockMap;
 }
 
-/** What loading a version's map takes: a record, or a pin's copy of one. */
-type Version = Pick<VolumeRecord, 'id' | 'size' | 'blockSize' | 'generation' | 'root'>;
+/** What loading a version's map takes: a record, or a pin's or snapshot's copy of one. */
+export type LoadableVersion = Pick<
+  VolumeRecord,
+  'id' | 'size' | 'blockSize' | 'generation' | 'root' | 'ancestors'
+>;
+
+/** A snapshot's version in the shape a map load takes. */
+export function snapshotVersion(snapshot: SnapshotRecord): LoadableVersion {
+  return { ...snapshot, id: snapshot.volumeId };
+}
+
+/**
+ * Maps indexed by every volume their lineage names: which maps to ask about
+ * a ref of volume v. A ref is referenced when some map gives its generation
+ * to its volume and holds it.
+ */
+export class MapIndex {
+  private readonly byOwner = new Map<number, BlockMap[]>();
+
+  add(map: BlockMap): void {
+    this.index(map.volumeId, map);
+    for (const ancestor of map.ancestors) this.index(ancestor.volumeId, map);
+  }
+
+  private index(owner: number, map: BlockMap): void {
+    const maps = this.byOwner.get(owner);
+    if (maps) maps.push(map);
+    else this.byOwner.set(owner, [map]);
+  }
+
+  isReferenced(ref: BlockRef): boolean {
+    const maps = this.byOwner.get(ref.volumeId);
+    if (!maps) return false;
+    for (const map of maps) {
+      if (map.ownerOf(ref.generation) === ref.volumeId && references(map, ref)) return true;
+    }
+    return false;
+  }
+}
 
 export class CatalogGcViews {
   private readonly maps = new Map<number, Loaded>();
-  /** Pinned versions' maps, by `id@generation`. */
+  /** Pinned versions' and snapshots' maps, by `id@generation` or `volume@snapshot#id`. */
   private readonly pinnedMaps = new Map<string, Loaded>();
 
   constructor(
@@ -57,19 +105,24 @@ export class CatalogGcViews {
   ) {}
 
   /**
-   * The view of `records` (VolumeCatalog.list(), listed after the Rebalancer
-   * asked) and `pins` (listReadPins(), listed after the records), or
-   * undefined if some version's map could not be loaded.
+   * The view of `records` and `snapshots` (listed together, in one read,
+   * after the Rebalancer asked) and `pins` (listReadPins(), listed after
+   * them), or undefined if some version's map could not be loaded.
    */
   async view(
     records: readonly VolumeRecord[],
     pins: readonly PinnedVersion[] = [],
+    snapshots: readonly SnapshotRecord[] = [],
   ): Promise<GcView | undefined> {
     const volumes = new Map<number, GcVolume>();
     const maps = new Map<number, BlockMap>();
-    for (const record of records) {
+    const index = new MapIndex();
+    // Oldest first: a clone's map can then share its source's pages.
+    for (const record of [...records].sort((a, b) => a.id - b.id)) {
       try {
-        maps.set(record.id, await this.load(record));
+        const map = await this.load(record, maps);
+        maps.set(record.id, map);
+        index.add(map);
       } catch (err) {
         this.log.warn(
           { volume: record.name, generation: record.generation, err: (err as Error).message },
@@ -79,17 +132,28 @@ export class CatalogGcViews {
       }
       volumes.set(record.id, { id: record.id, generation: record.generation });
     }
-    const pinned = new Map<number, BlockMap[]>();
-    const pinsSeen = new Set<string>();
+    const kept = new Set<string>();
+    for (const snapshot of snapshots) {
+      const key = `${snapshot.volume}@${snapshot.name}#${snapshot.volumeId}`;
+      kept.add(key);
+      try {
+        index.add(await this.loadKept(key, snapshotVersion(snapshot), maps.get(snapshot.volumeId)));
+      } catch (err) {
+        this.log.warn(
+          { snapshot: `${snapshot.volume}@${snapshot.name}`, err: (err as Error).message },
+          'cluster GC: snapshot map not loadable; nothing is freed this run',
+        );
+        return undefined;
+      }
+    }
     for (const pin of pins) {
       const current = maps.get(pin.id);
       if (!current || volumes.get(pin.id)!.generation === pin.generation) continue;
       const key = `${pin.id}@${pin.generation}`;
-      if (pinsSeen.has(key)) continue; // the same version read on another node
-      pinsSeen.add(key);
+      if (kept.has(key)) continue; // the same version read on another node
+      kept.add(key);
       try {
-        const map = await this.loadPinned(key, pin, current);
-        pinned.set(pin.id, [...(pinned.get(pin.id) ?? []), map]);
+        index.add(await this.loadKept(key, pin, current));
       } catch (err) {
         this.log.warn(
           {
@@ -103,39 +167,71 @@ export class CatalogGcViews {
         return undefined;
       }
     }
-    // Forget volumes no longer listed, versions no longer pinned.
+    // Forget volumes no longer listed, versions no longer pinned or kept.
     for (const id of this.maps.keys()) if (!volumes.has(id)) this.maps.delete(id);
-    for (const key of this.pinnedMaps.keys()) if (!pinsSeen.has(key)) this.pinnedMaps.delete(key);
-    return {
-      volumes,
-      isReferenced: (ref) =>
-        references(maps.get(ref.volumeId), ref) ||
-        (pinned.get(ref.volumeId)?.some((map) => references(map, ref)) ?? false),
-    };
+    for (const key of this.pinnedMaps.keys()) if (!kept.has(key)) this.pinnedMaps.delete(key);
+    return { volumes, isReferenced: (ref) => index.isReferenced(ref) };
   }
 
-  private async load(record: VolumeRecord): Promise<BlockMap> {
+  /** Snapshots' maps (sharing unchanged pages with `current`, by volume id), for a caller with live maps of its own. */
+  async snapshotMaps(
+    snapshots: readonly SnapshotRecord[],
+    current: ReadonlyMap<number, BlockMap>,
+  ): Promise<BlockMap[]> {
+    const out: BlockMap[] = [];
+    const kept = new Set<string>();
+    for (const snapshot of snapshots) {
+      const key = `${snapshot.volume}@${snapshot.name}#${snapshot.volumeId}`;
+      kept.add(key);
+      out.push(await this.loadKept(key, snapshotVersion(snapshot), current.get(snapshot.volumeId)));
+    }
+    for (const key of this.pinnedMaps.keys()) if (!kept.has(key)) this.pinnedMaps.delete(key);
+    return out;
+  }
+
+  /** A record's map; a clone's first load shares pages with its nearest loaded ancestor's. */
+  private async load(
+    record: VolumeRecord,
+    loaded: ReadonlyMap<number, BlockMap>,
+  ): Promise<BlockMap> {
     const cached = this.maps.get(record.id);
     if (cached && cached.generation === record.generation && sameMapRoot(cached.root, record.root))
       return cached.map;
-    const map = await this.build(record, cached?.map);
+    const nearest = record.ancestors?.[0];
+    const map = await this.build(
+      record,
+      cached?.map ?? (nearest ? loaded.get(nearest.volumeId) : undefined),
+    );
     this.maps.set(record.id, { generation: record.generation, root: record.root, map });
     return map;
   }
 
-  /** A pinned version's map; unchanged pages are shared with the committed map `current`. */
-  private async loadPinned(key: string, pin: PinnedVersion, current: BlockMap): Promise<BlockMap> {
+  /** A kept (pinned or snapshot) version's map; unchanged pages are shared with the committed map `current`. */
+  private async loadKept(
+    key: string,
+    version: LoadableVersion,
+    current: BlockMap | undefined,
+  ): Promise<BlockMap> {
     const cached = this.pinnedMaps.get(key);
-    if (cached && sameMapRoot(cached.root, pin.root)) return cached.map;
-    const map = await this.build(pin, current);
-    this.pinnedMaps.set(key, { generation: pin.generation, root: pin.root, map });
+    if (cached && sameMapRoot(cached.root, version.root)) return cached.map;
+    const map = await this.build(version, current);
+    this.pinnedMaps.set(key, { generation: version.generation, root: version.root, map });
     return map;
   }
 
   /** Load `version`'s map, page by page from its root, taking pages whose parent entry is unchanged from `previous`. */
-  private async build(version: Version, previousMap: BlockMap | undefined): Promise<BlockMap> {
+  private async build(
+    version: LoadableVersion,
+    previousMap: BlockMap | undefined,
+  ): Promise<BlockMap> {
     const blockCount = Math.ceil(version.size / version.blockSize);
-    const map = new BlockMap(version.id, version.blockSize, blockCount, version.root ?? undefined);
+    const map = new BlockMap(
+      version.id,
+      version.blockSize,
+      blockCount,
+      version.root ?? undefined,
+      version.ancestors ?? [],
+    );
     const previous =
       previousMap && previousMap.height === map.height && previousMap.blockSize === map.blockSize
         ? previousMap
@@ -155,7 +251,7 @@ export class CatalogGcViews {
           return;
         }
         await this.readPage(
-          { volumeId: version.id, generation, index: pageIndex(level, pageNo) },
+          { volumeId: map.ownerOf(generation), generation, index: pageIndex(level, pageNo) },
           hashLo,
           hashHi,
           page,
@@ -206,6 +302,11 @@ export class CatalogGcViews {
       const digest = await store.readBlock(slot, dest);
       if (digest.lo === hashLo && digest.hi === hashHi) return;
     }
+    if (!cluster)
+      throw new IoError(
+        'EIO',
+        `${formatRef(ref)} is missing from the local store or fails its checksum`,
+      );
     await cluster.getBlock(ref, hashLo, hashHi, dest);
   }
 }

@@ -18,6 +18,7 @@
  * the committed map untouched.
  */
 import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
+import { ownerOf, type Ancestor } from '../../model/lineage.js';
 import type { MapRoot } from '../../model/map-root.js';
 
 export const ENTRY_WORDS = 4;
@@ -60,12 +61,21 @@ export class BlockMap {
     readonly blockSize: number,
     readonly blockCount: number,
     public root: MapRoot | undefined,
+    /** A clone's ancestors (model/lineage.ts): whose blocks its older entries name. */
+    readonly ancestors: readonly Ancestor[] = [],
   ) {
     this.fanout = blockSize / ENTRY_BYTES;
     let height = 1;
     while (this.fanout ** height < blockCount) height++;
     this.height = height;
     this.levels = Array.from({ length: height }, () => new Map());
+  }
+
+  /** The volume whose block an entry of `generation` names: this one, or an ancestor's for a clone. */
+  ownerOf(generation: number): number {
+    return this.ancestors.length === 0
+      ? this.volumeId
+      : ownerOf(this.volumeId, this.ancestors, generation);
   }
 
   /** Install a page read from the store (used while loading a version). */
@@ -126,7 +136,7 @@ export class BlockMap {
   *referencedRefs(): IterableIterator<BlockRef> {
     if (this.root)
       yield {
-        volumeId: this.volumeId,
+        volumeId: this.ownerOf(this.root.generation),
         generation: this.root.generation,
         index: pageIndex(this.height - 1, 0),
       };
@@ -137,7 +147,7 @@ export class BlockMap {
           if ((page[at + W_FLAGS] & ENTRY_PRESENT) === 0) continue;
           const child = pageNo * this.fanout + i;
           yield {
-            volumeId: this.volumeId,
+            volumeId: this.ownerOf(page[at + W_GEN]),
             generation: page[at + W_GEN],
             index: level === 0 ? child : pageIndex(level - 1, child),
           };
@@ -247,18 +257,20 @@ export class MapDraft {
 
   /**
    * Refs the committed version holds that this draft replaces or drops: they
-   * can be released once the draft is committed (and no snapshot holds them).
+   * can be released once the draft is committed, if they are this volume's
+   * own (a clone's entries may name an ancestor's blocks) and no snapshot or
+   * clone holds them.
    */
   supersededRefs(): BlockRef[] {
     const out: BlockRef[] = [];
-    const { fanout, volumeId } = this.map;
+    const { fanout } = this.map;
     for (let level = 0; level < this.map.height; level++) {
       for (const [pageNo, page] of this.pages[level]) {
         const committed = this.map.committedPage(level, pageNo);
         if (!committed) continue;
         if (level === this.map.height - 1 && this.map.root) {
           out.push({
-            volumeId,
+            volumeId: this.map.ownerOf(this.map.root.generation),
             generation: this.map.root.generation,
             index: pageIndex(level, pageNo),
           });
@@ -271,7 +283,7 @@ export class MapDraft {
             continue;
           const child = pageNo * fanout + i;
           out.push({
-            volumeId,
+            volumeId: this.map.ownerOf(oldGen),
             generation: oldGen,
             index: level === 0 ? child : pageIndex(level - 1, child),
           });

@@ -56,12 +56,16 @@ export async function commitVersion(state: VolumeState): Promise<void> {
     if (draft.rootCleared()) root = undefined;
     const superseded = draft.supersededRefs();
     await copies.sync(store, entries);
-    await state.services.commit(state.identity, generation, root);
+    const heldThrough = (await state.services.commit(state.identity, generation, root)) ?? 0;
     draft.commit(root);
     state.generation = generation;
     for (const [index, e] of entries)
       if (state.spilled.get(index) === e) state.spilled.delete(index);
-    for (const ref of superseded) store.release(ref);
+    // Released now only if nothing else can need it: blocks of an ancestor
+    // (a clone's shared ones) and blocks a snapshot or clone holds are left
+    // to GC, which sees every version that references them.
+    for (const ref of superseded)
+      if (ref.volumeId === state.id && ref.generation > heldThrough) store.release(ref);
     state.services.onFlush?.(
       state.name,
       entries.length,

@@ -11,6 +11,7 @@ import type { DataPool } from '../pool/data-pool.js';
 import type { BlockPlacement } from '../replication/block-placement.js';
 import type { BlockCopies } from '../replication/durability.js';
 import type { BlockMap } from './block-map.js';
+import type { Ancestor } from '../../model/lineage.js';
 import type { MapRoot } from '../../model/map-root.js';
 
 export interface VolumeIdentity {
@@ -19,6 +20,8 @@ export interface VolumeIdentity {
   size: number;
   blockSize: number;
   encrypted: boolean;
+  /** A clone's ancestors (model/lineage.ts); absent or empty for a volume that owns all its blocks. */
+  ancestors?: readonly Ancestor[];
 }
 
 export interface VolumeServices {
@@ -31,8 +34,17 @@ export interface VolumeServices {
    * a node alone has a SingleNodePlacement (every block in `store`).
    */
   placement: BlockPlacement;
-  /** Commit a version's root to metadata (compare-and-swap on the previous generation). */
-  commit(volume: VolumeIdentity, generation: number, root: MapRoot | undefined): Promise<void>;
+  /**
+   * Commit a version's root to metadata (compare-and-swap on the previous
+   * generation). Resolves with the highest generation a snapshot or clone of
+   * the volume holds, read in the commit's own transaction (nothing: none
+   * holds any): the version's own superseded blocks at or below it are kept.
+   */
+  commit(
+    volume: VolumeIdentity,
+    generation: number,
+    root: MapRoot | undefined,
+  ): Promise<number | void>;
   onChecksumError?(volume: string, block: number, reason: string): void;
   onFlush?(volume: string, blocks: number, seconds: number): void;
 }

@@ -113,7 +113,7 @@ export class Volume implements CacheOwner {
       );
     }
     const blockCount = Math.ceil(identity.size / identity.blockSize);
-    const map = new BlockMap(identity.id, identity.blockSize, blockCount, root);
+    const map = new BlockMap(identity.id, identity.blockSize, blockCount, root, identity.ancestors);
     const state = new VolumeState(identity, generation, map, key, services);
     if (root) {
       const { placement } = state;
@@ -125,7 +125,11 @@ export class Volume implements CacheOwner {
         hashLo: number,
         hashHi: number,
       ) => {
-        const ref = { volumeId: identity.id, generation, index: pageIndex(level, pageNo) };
+        const ref = {
+          volumeId: map.ownerOf(generation),
+          generation,
+          index: pageIndex(level, pageNo),
+        };
         const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
         if (slot === undefined) await placement.getBlock(ref, hashLo, hashHi, page);
         const digest =
@@ -158,6 +162,14 @@ export class Volume implements CacheOwner {
 
   get dirtyBlocks(): number {
     return this.dirty.size;
+  }
+
+  /**
+   * The committed version's map, for GC: read it synchronously (a commit
+   * replaces its pages in place once the version lands).
+   */
+  get committedMap(): BlockMap {
+    return this.map;
   }
 
   /** Refs the committed version holds, for the store's sweep of unreferenced blocks. */
@@ -274,8 +286,10 @@ export class Volume implements CacheOwner {
             hashHi: spilled.hashHi,
           }
         : this.map.lookup(index)!;
-      const remote = this.state.placement.readRemote(this.id, index);
-      const storeSlot = store.lookup(this.id, entry.generation, index) ?? -1;
+      // A clone's older entries name its ancestors' blocks: read those under their owner's id.
+      const owner = spilled ? this.id : this.map.ownerOf(entry.generation);
+      const remote = this.state.placement.readRemote(owner, index);
+      const storeSlot = store.lookup(owner, entry.generation, index) ?? -1;
       if (storeSlot < 0 && !remote) {
         throw new IoError(
           'EIO',
@@ -291,7 +305,7 @@ export class Volume implements CacheOwner {
       this.table.set(index, cacheSlot);
       const load = new Promise<void>((resolve, reject) => {
         pool.read({
-          volumeId: this.id,
+          volumeId: owner,
           key: entry.flags & ENTRY_SEALED ? this.key : null,
           cacheSlot,
           storeSlot,
@@ -302,7 +316,7 @@ export class Volume implements CacheOwner {
           remote,
           done: (status, reason, localBad) => {
             this.loads.delete(index);
-            if (localBad && !spilled) this.dropBadLocalCopy(index, entry.generation, reason);
+            if (localBad && !spilled) this.dropBadLocalCopy(owner, index, entry.generation, reason);
             if (status === READ_OK) {
               cache.setState(cacheSlot, SlotState.Clean);
               resolve();
@@ -534,13 +548,13 @@ export class Volume implements CacheOwner {
    * node lacking it at its next rebalance run and puts it back (rewriting
    * the slot here, from a worker, could race with the slot's reuse).
    */
-  private dropBadLocalCopy(index: number, generation: number, reason: string): void {
+  private dropBadLocalCopy(owner: number, index: number, generation: number, reason: string): void {
     this.services.log.error(
       { volume: this.name, block: index, generation, reason },
       'local copy failed its checksum; served from a replica, dropping the bad copy for rebalance to replace',
     );
     this.services.onChecksumError?.(this.name, index, reason);
-    this.services.store.release({ volumeId: this.id, generation, index });
+    this.services.store.release({ volumeId: owner, generation, index });
   }
 
   /** Flush what is dirty, then drop this volume's cache slots. */

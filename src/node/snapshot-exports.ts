@@ -1,0 +1,141 @@
+/**
+ * SnapshotExports: snapshots served read-only over NBD as `VOLUME@SNAPSHOT`.
+ *
+ * A snapshot export is a Volume opened at the snapshot's version (its map
+ * root, generation and lineage; the volume's key if encrypted), read-only:
+ * the NBD layer refuses writes, trims and zeroing, and nothing it holds is
+ * ever committed. One Volume is shared by every session of the same
+ * snapshot and closed (its cache slots dropped) after the last one ends.
+ * It works the same on a single node and in a cluster (blocks a node does
+ * not hold come from their replicas, as for any volume).
+ */
+import { IoError } from '../common/errors.js';
+import type { Logger } from '../common/log.js';
+import {
+  isSnapshotName,
+  parseSnapshotName,
+  type SnapshotCatalog,
+  type VersionedSnapshot,
+} from '../controlplane/volumes/snapshots.js';
+import type { KeyRing } from '../dataplane/crypto/key-ring.js';
+import type { ExportInfo, NbdExport } from '../dataplane/nbd/export.js';
+import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
+import { VolumeExport } from '../dataplane/volume/volume-export.js';
+import { sameMapRoot } from '../model/map-root.js';
+import { exportDescription } from './volume-host.js';
+
+interface Served {
+  volume: Volume;
+  snapshot: VersionedSnapshot;
+}
+
+export class SnapshotExports {
+  /** Open snapshot volumes by export name. */
+  private readonly served = new Map<string, Promise<Served>>();
+
+  constructor(
+    private readonly snapshots: SnapshotCatalog,
+    private readonly keys: KeyRing,
+    private readonly services: VolumeServices,
+    private readonly log: Logger,
+  ) {}
+
+  /** Is `name` a snapshot's export name (VOLUME@SNAPSHOT)? */
+  static handles(name: string): boolean {
+    return isSnapshotName(name);
+  }
+
+  /** Open sessions of snapshot `volume@snapshot` here. */
+  sessionsOf(exportName: string): number {
+    return this.opened.get(exportName)?.openSessions ?? 0;
+  }
+
+  private readonly opened = new Map<string, Volume>();
+
+  async open(exportName: string): Promise<NbdExport | undefined> {
+    const found = await this.find(exportName);
+    if (!found) return undefined;
+    let pending = this.served.get(exportName);
+    const current = pending ? await pending.catch(() => undefined) : undefined;
+    // A snapshot deleted and taken again under the same name is another version.
+    if (!current || !sameMapRoot(current.snapshot.record.root, found.record.root)) {
+      pending = this.openVolume(exportName, found);
+      this.served.set(exportName, pending);
+    }
+    const { volume } = await pending!;
+    this.opened.set(exportName, volume);
+    return new VolumeExport(
+      volume,
+      exportDescription(exportName, volume.size, volume.identity.encrypted, 'a snapshot'),
+      () => this.sessionEnded(exportName, volume),
+      true,
+    );
+  }
+
+  /** Every snapshot, for NBD_OPT_LIST. */
+  async list(): Promise<ExportInfo[]> {
+    return (await this.snapshots.listAll()).map((s) => ({
+      name: `${s.volume}@${s.name}`,
+      description: exportDescription(`${s.volume}@${s.name}`, s.size, s.encrypted, 'a snapshot'),
+    }));
+  }
+
+  private async find(exportName: string): Promise<VersionedSnapshot | undefined> {
+    let parsed;
+    try {
+      parsed = parseSnapshotName(exportName);
+    } catch {
+      return undefined;
+    }
+    return this.snapshots.get(parsed.volume, parsed.snapshot).catch(() => undefined);
+  }
+
+  private async openVolume(exportName: string, snapshot: VersionedSnapshot): Promise<Served> {
+    const { record } = snapshot;
+    const key = record.encrypted ? await this.keys.unwrap({ ...record, name: exportName }) : null;
+    const services: VolumeServices = {
+      ...this.services,
+      commit: () =>
+        Promise.reject(new IoError('EPERM', `${exportName} is a snapshot: it is never written`)),
+    };
+    const volume = await Volume.open(
+      {
+        id: record.volumeId,
+        name: exportName,
+        size: record.size,
+        blockSize: record.blockSize,
+        encrypted: record.encrypted,
+        ...(record.ancestors ? { ancestors: record.ancestors } : {}),
+      },
+      record.generation,
+      record.root ?? undefined,
+      key,
+      services,
+    );
+    this.log.info(
+      { snapshot: exportName, generation: record.generation },
+      'serving a snapshot read-only',
+    );
+    return { volume, snapshot };
+  }
+
+  private sessionEnded(exportName: string, volume: Volume): void {
+    if (volume.openSessions > 0) return;
+    if (this.opened.get(exportName) === volume) this.opened.delete(exportName);
+    const pending = this.served.get(exportName);
+    this.served.delete(exportName);
+    void pending
+      ?.then(({ volume: served }) => (served === volume ? volume.close() : undefined))
+      .catch(() => undefined);
+  }
+
+  /** Close every snapshot volume (the node is closing). */
+  async close(): Promise<void> {
+    for (const pending of this.served.values()) {
+      const served = await pending.catch(() => undefined);
+      await served?.volume.close().catch(() => undefined);
+    }
+    this.served.clear();
+    this.opened.clear();
+  }
+}
