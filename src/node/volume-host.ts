@@ -97,6 +97,7 @@ export class VolumeHost implements ExportProvider {
       record.root ?? undefined,
       key,
       this.parts.services,
+      record.mapHeight,
     );
   }
 

@@ -21,12 +21,13 @@
  * version to commit on top of, and commits are compare-and-swaps on that
  * record alone (the catalog still refuses them while anyone holds the lock).
  */
-import { NotFoundError } from '../../common/errors.js';
+import { ConflictError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import {
   acquireVolumeLock,
   describeHolder,
+  FencedError,
   localHolder,
   readVolumeLock,
   volumeLockKey,
@@ -45,6 +46,9 @@ export const LOCK_RETRY_MS = 1000;
 
 /** How a lock lost while held ended: won back (commits resume), or fenced for good. */
 export type LockRecovery = 'resumed' | 'fenced';
+
+/** How many times a commit is made again on a record that moved only by resizes. */
+const MERGE_ATTEMPTS = 5;
 
 export interface VolumeOwnershipOptions {
   /** This node's uuid, the holder of its locks and pins; absent on a single node, which takes neither. */
@@ -155,28 +159,81 @@ export class VolumeOwnership {
   }
 
   /**
-   * Commit version `generation` (map root `root`) of a volume this node
-   * holds: a compare-and-swap on the last version, fenced by the write lock
-   * when the node holds one (a node that lost it has the commit refused
-   * whole). A commit whose reply was lost but which landed counts as done.
+   * Commit version `generation` (map root `root`, topping a tree of
+   * `mapHeight` levels) of a volume this node holds: a compare-and-swap on
+   * the last version, fenced by the write lock when the node holds one (a
+   * node that lost it has the commit refused whole). A commit whose reply
+   * was lost but which landed counts as done. A record that moved with its
+   * version unchanged (a resize: only the size changed) is taken as the new
+   * base and the commit made again on it.
    */
-  async commit(name: string, generation: number, root: MapRoot | null): Promise<void> {
-    const current = this.records.get(name);
-    if (!current) throw new NotFoundError(`volume "${name}" was deleted`);
-    const lock = this.locks.get(name);
-    try {
-      this.records.set(name, await this.catalog.commitVersion(current, generation, root, lock));
-    } catch (err) {
-      const landed = lock
-        ? await this.commitLanded(name, current, generation, root, lock)
-        : undefined;
-      if (!landed) throw err;
-      this.log.warn(
-        { volume: name, generation, err: (err as Error).message },
-        "the commit's reply was lost but the commit landed: carrying on from it",
-      );
-      this.records.set(name, landed);
+  async commit(
+    name: string,
+    generation: number,
+    root: MapRoot | null,
+    mapHeight?: number,
+  ): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const current = this.records.get(name);
+      if (!current) throw new NotFoundError(`volume "${name}" was deleted`);
+      const lock = this.locks.get(name);
+      try {
+        this.records.set(
+          name,
+          await this.catalog.commitVersion(current, generation, root, lock, mapHeight),
+        );
+        return;
+      } catch (err) {
+        const landed = lock
+          ? await this.commitLanded(name, current, generation, root, lock)
+          : undefined;
+        if (landed) {
+          this.log.warn(
+            { volume: name, generation, err: (err as Error).message },
+            "the commit's reply was lost but the commit landed: carrying on from it",
+          );
+          this.records.set(name, landed);
+          return;
+        }
+        const resized =
+          err instanceof ConflictError &&
+          !(err instanceof FencedError) &&
+          !(err instanceof VolumeLockedError) &&
+          attempt < MERGE_ATTEMPTS
+            ? await this.sameVersionMoved(name, current)
+            : undefined;
+        if (!resized) throw err;
+        this.log.info(
+          { volume: name, generation, size: resized.record.size },
+          'the record changed but not its version (a resize): committing on top of it',
+        );
+        this.records.set(name, resized);
+      }
     }
+  }
+
+  /**
+   * The record as it is now, if it moved past `base` with the same version
+   * (generation and root): someone changed other fields (a resize), nobody
+   * committed — every writer's first act is a commit one generation up
+   * (reserveGeneration), so an unchanged version proves it. Else undefined.
+   */
+  private async sameVersionMoved(
+    name: string,
+    base: VersionedRecord,
+  ): Promise<VersionedRecord | undefined> {
+    let now: VersionedRecord;
+    try {
+      now = await this.catalog.get(name);
+    } catch {
+      return undefined; // deleted or unreachable: the caller reports the original failure
+    }
+    const same =
+      now.modRevision > base.modRevision &&
+      now.record.id === base.record.id &&
+      now.record.generation === base.record.generation &&
+      sameMapRoot(now.record.root, base.record.root);
+    return same ? now : undefined;
   }
 
   /**
@@ -387,7 +444,13 @@ export class VolumeOwnership {
         }
         try {
           const current = await this.catalog.get(name);
-          if (current.modRevision !== this.records.get(name)?.modRevision) {
+          const base = this.records.get(name);
+          // A resize moves the record but not its version: that is no other writer.
+          const unchanged =
+            base !== undefined &&
+            (current.modRevision === base.modRevision ||
+              (await this.sameVersionMoved(name, base)) !== undefined);
+          if (!unchanged) {
             this.log.error(
               { volume: name },
               'the volume was committed by another writer while the lock was lost: this node stays fenced; its clients must reconnect',

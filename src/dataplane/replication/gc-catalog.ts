@@ -44,7 +44,10 @@ interface Loaded {
 }
 
 /** What loading a version's map takes: a record, or a pin's copy of one. */
-type Version = Pick<VolumeRecord, 'id' | 'size' | 'blockSize' | 'generation' | 'root'>;
+type Version = Pick<
+  VolumeRecord,
+  'id' | 'size' | 'blockSize' | 'generation' | 'root' | 'mapHeight'
+>;
 
 export class CatalogGcViews {
   private readonly maps = new Map<number, Loaded>();
@@ -135,7 +138,13 @@ export class CatalogGcViews {
   /** Load `version`'s map, page by page from its root, taking pages whose parent entry is unchanged from `previous`. */
   private async build(version: Version, previousMap: BlockMap | undefined): Promise<BlockMap> {
     const blockCount = Math.ceil(version.size / version.blockSize);
-    const map = new BlockMap(version.id, version.blockSize, blockCount, version.root ?? undefined);
+    const map = new BlockMap(
+      version.id,
+      version.blockSize,
+      blockCount,
+      version.root ?? undefined,
+      version.mapHeight,
+    );
     const previous =
       previousMap && previousMap.height === map.height && previousMap.blockSize === map.blockSize
         ? previousMap
@@ -164,7 +173,7 @@ export class CatalogGcViews {
         new Uint8Array(words.buffer).set(page);
         map.installPage(level, pageNo, words);
       };
-      const top = map.height - 1;
+      const top = map.rootLevel;
       const root = version.root;
       await install(
         top,
@@ -217,7 +226,8 @@ export function references(map: BlockMap | undefined, ref: BlockRef): boolean {
   const within = ref.index - MAP_PAGE_BIT;
   const level = Math.floor(within / LEVEL_SPAN);
   const pageNo = within - level * LEVEL_SPAN;
-  if (level === map.height - 1) return pageNo === 0 && map.root?.generation === ref.generation;
-  if (level >= map.height) return false;
+  // Levels above the root's are not stored yet (a grow not committed since).
+  if (level === map.rootLevel) return pageNo === 0 && map.root?.generation === ref.generation;
+  if (level > map.rootLevel) return false;
   return map.entryWords(level + 1, pageNo)?.[0] === ref.generation;
 }

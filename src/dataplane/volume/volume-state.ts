@@ -31,8 +31,17 @@ export interface VolumeServices {
    * a node alone has a SingleNodePlacement (every block in `store`).
    */
   placement: BlockPlacement;
-  /** Commit a version's root to metadata (compare-and-swap on the previous generation). */
-  commit(volume: VolumeIdentity, generation: number, root: MapRoot | undefined): Promise<void>;
+  /**
+   * Commit a version's root to metadata (compare-and-swap on the previous
+   * generation); `mapHeight` is the height of the tree the root tops (the
+   * record's `mapHeight`).
+   */
+  commit(
+    volume: VolumeIdentity,
+    generation: number,
+    root: MapRoot | undefined,
+    mapHeight: number,
+  ): Promise<void>;
   onChecksumError?(volume: string, block: number, reason: string): void;
   onFlush?(volume: string, blocks: number, seconds: number): void;
 }
