@@ -11,7 +11,7 @@
  */
 import { ensureDirectory } from '../common/dirs.js';
 import { join, resolve } from 'node:path';
-import { ConflictError, UsageError } from '../common/errors.js';
+import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import {
   DEFAULT_REPLICATION,
@@ -27,7 +27,14 @@ import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js'
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { checkReplication, DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
+import type { ResizeOptions, ResizeResult } from '../node/volume-resize.js';
 import { openClusterStore } from './cluster-store.js';
+import { shrinkClusterVolume } from './cluster-shrink.js';
+import {
+  resizeOffline,
+  resizeOnCluster,
+  type ClusterResizeResult,
+} from './volume-resize-offline.js';
 import type { EtcdConfig } from './common-flags.js';
 
 export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
@@ -201,6 +208,33 @@ export class AdminClient {
       await catalog.remove(name);
     });
     return { online: false };
+  }
+
+  /**
+   * Resize a volume (node/volume-resize.ts): through the running torusd, else
+   * offline (a single node grows only; a cluster shrinks with a node of its
+   * own, cluster-shrink.ts). `online` says whether torusd did it.
+   */
+  async resizeVolume(
+    name: string,
+    size: number,
+    options: ResizeOptions,
+  ): Promise<ResizeResult & Partial<ClusterResizeResult> & { online: boolean }> {
+    const online = await this.online<ResizeResult>(
+      'POST',
+      `/v1/volumes/${encodeURIComponent(name)}/resize`,
+      { size, shrink: options.shrink === true },
+    );
+    if (online) return { ...online, online: true };
+    const result = await this.offline(async (catalog, meta) => {
+      if (!this.etcd) return resizeOffline(catalog, this.dataDir, name, size, options);
+      return resizeOnCluster(catalog, meta, name, size, options, async () => {
+        const settings = await catalog.settings();
+        if (!settings) throw new NotFoundError(`${this.where} is not initialised`);
+        await shrinkClusterVolume(meta, settings, name, size, this.keyFile);
+      });
+    });
+    return { ...result, online: false };
   }
 
   async status(): Promise<unknown> {

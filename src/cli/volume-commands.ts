@@ -3,6 +3,7 @@ import { parseSize } from '../common/size.js';
 import { AdminClient, type VolumeRow } from './admin-client.js';
 import { ArgumentError, REPLICATION_RANGE, refuseNegative, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
+import { resizeCommand } from './resize-command.js';
 import {
   dataDirFlag,
   etcdFlags,
@@ -20,7 +21,7 @@ async function client(args: Parsed): Promise<AdminClient> {
   );
 }
 
-function sizeArgument(text: string): number {
+export function sizeArgument(text: string): number {
   refuseNegative('SIZE', text);
   try {
     return parseSize(text);
@@ -29,7 +30,7 @@ function sizeArgument(text: string): number {
   }
 }
 
-function outputFormat(args: Parsed): 'table' | 'json' {
+export function outputFormat(args: Parsed): 'table' | 'json' {
   const format = args.values.output as string;
   if (format !== 'table' && format !== 'json')
     throw new ArgumentError(`--output: expected table or json, got "${format}"`);
@@ -161,5 +162,6 @@ export function volumeCommands(createWord: string): Command[] {
         );
       },
     },
+    resizeCommand(),
   ];
 }

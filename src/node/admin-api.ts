@@ -9,6 +9,7 @@
  *   POST   /v1/volumes            {"name", "size", "encrypt"}
  *   DELETE /v1/volumes/NAME
  *   POST   /v1/volumes/NAME/flush
+ *   POST   /v1/volumes/NAME/resize {"size", "shrink"}
  *
  * Errors come back as {"error": message, "kind": class name} with a status
  * code that says which kind (400 usage, 404 not found, 409 conflict, 500).
@@ -98,6 +99,15 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
     if (name && !action && req.method === 'DELETE') {
       await node.deleteVolume(name);
       return reply(res, 200, { deleted: name });
+    }
+    if (name && action === 'resize' && req.method === 'POST') {
+      const body = await readJson(req);
+      if (typeof body.size !== 'number') throw new UsageError('expected {"size": bytes}');
+      return reply(
+        res,
+        200,
+        await node.resizeVolume(name, body.size, { shrink: body.shrink === true }),
+      );
     }
     if (name && action === 'flush' && req.method === 'POST') {
       await node.flushVolume(name);

@@ -34,6 +34,7 @@ import { OnDemandHosting } from './on-demand-hosting.js';
 import { PeerServing, type PeerService, type PeerServiceOptions } from './peer-service.js';
 import { VolumeAdmin, type VolumeStatus } from './volume-admin.js';
 import { VolumeHost, type ExportDescription } from './volume-host.js';
+import { VolumeResizer, type ResizeOptions, type ResizeResult } from './volume-resize.js';
 import { volumeServices } from './volume-services.js';
 
 export { DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SCRUB_RATE } from './background-services.js';
@@ -45,6 +46,7 @@ export {
 } from './node-parts.js';
 export type { PeerService, PeerServiceOptions } from './peer-service.js';
 export { checkReplication, type VolumeStatus } from './volume-admin.js';
+export type { ResizeOptions, ResizeResult } from './volume-resize.js';
 
 export class StorageNode implements ExportProvider {
   readonly dataDir: string;
@@ -59,6 +61,7 @@ export class StorageNode implements ExportProvider {
   private readonly ownership: VolumeOwnership;
   private readonly host: VolumeHost;
   private readonly admin: VolumeAdmin;
+  private readonly resizer: VolumeResizer;
   private readonly peers: PeerServing;
   private background!: BackgroundServices;
   private closing = false;
@@ -101,6 +104,15 @@ export class StorageNode implements ExportProvider {
       store,
       keys,
       host: this.host,
+      clustered,
+      log,
+    });
+    this.resizer = new VolumeResizer({
+      catalog,
+      host: this.host,
+      limit: clustered
+        ? undefined
+        : { bytes: store.slotCount * store.blockSize, what: "this node's store capacity" },
       clustered,
       log,
     });
@@ -182,6 +194,10 @@ export class StorageNode implements ExportProvider {
 
   deleteVolume(name: string): Promise<void> {
     return this.admin.deleteVolume(name);
+  }
+
+  resizeVolume(name: string, size: number, options?: ResizeOptions): Promise<ResizeResult> {
+    return this.resizer.resize(name, size, options);
   }
 
   listVolumes(): Promise<VolumeStatus[]> {

@@ -213,6 +213,19 @@ export class VolumeOwnership {
   }
 
   /**
+   * Change the size of a volume this node writes (a shrink, after its tail
+   * was trimmed and committed): fenced by the write lock, on top of the
+   * version this node committed last.
+   */
+  async resizeHeld(name: string, size: number): Promise<void> {
+    const current = this.records.get(name);
+    const lock = this.locks.get(name);
+    if (!current || !lock)
+      throw new ConflictError(`volume "${name}" is not written by this node; size not changed`);
+    this.records.set(name, await this.catalog.resize(current, size, lock));
+  }
+
+  /**
    * The record as it is now, if it moved past `base` with the same version
    * (generation and root): someone changed other fields (a resize), nobody
    * committed — every writer's first act is a commit one generation up
