@@ -11,7 +11,7 @@
  */
 import { ensureDirectory } from '../common/dirs.js';
 import { join, resolve } from 'node:path';
-import { ConflictError, UsageError } from '../common/errors.js';
+import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import {
   DEFAULT_REPLICATION,
@@ -31,7 +31,14 @@ import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js'
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { checkReplication, DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
+import type { ResizeOptions, ResizeResult } from '../node/volume-resize.js';
 import { openClusterStore } from './cluster-store.js';
+import { shrinkClusterVolume } from './cluster-shrink.js';
+import {
+  resizeOffline,
+  resizeOnCluster,
+  type ClusterResizeResult,
+} from './volume-resize-offline.js';
 import type { EtcdConfig } from './common-flags.js';
 
 export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
@@ -138,7 +145,15 @@ export class AdminClient {
         ? (await readRing(meta))?.description.replication
         : undefined;
       return (await catalog.list()).map(
-        ({ wrappedKey: _k, masterKeyFingerprint: _f, root: _r, blockSize: _b, ...row }) => {
+        ({
+          wrappedKey: _k,
+          masterKeyFingerprint: _f,
+          root: _r,
+          blockSize: _b,
+          mapHeight: _h,
+          ancestors: _a,
+          ...row
+        }) => {
           const lock = locks.get(row.name);
           const readers = pins
             .filter((pin) => pin.volume === row.name)
@@ -268,6 +283,33 @@ export class AdminClient {
     );
   }
 
+  /**
+   * Resize a volume (node/volume-resize.ts): through the running torusd, else
+   * offline (a single node grows only; a cluster shrinks with a node of its
+   * own, cluster-shrink.ts). `online` says whether torusd did it.
+   */
+  async resizeVolume(
+    name: string,
+    size: number,
+    options: ResizeOptions,
+  ): Promise<ResizeResult & Partial<ClusterResizeResult> & { online: boolean }> {
+    const online = await this.online<ResizeResult>(
+      'POST',
+      `/v1/volumes/${encodeURIComponent(name)}/resize`,
+      { size, shrink: options.shrink === true },
+    );
+    if (online) return { ...online, online: true };
+    const result = await this.offline(async (catalog, meta) => {
+      if (!this.etcd) return resizeOffline(catalog, this.dataDir, name, size, options);
+      return resizeOnCluster(catalog, meta, name, size, options, async () => {
+        const settings = await catalog.settings();
+        if (!settings) throw new NotFoundError(`${this.where} is not initialised`);
+        await shrinkClusterVolume(meta, settings, name, size, this.keyFile);
+      });
+    });
+    return { ...result, online: false };
+  }
+
   async status(): Promise<unknown> {
     return adminCall(this.socket, 'GET', '/v1/status');
   }
@@ -285,6 +327,7 @@ function publicRow(record: VolumeRecord): VolumeRow {
     root: _r,
     blockSize: _b,
     ancestors: _a,
+    mapHeight: _h,
     ...row
   } = record;
   return row;

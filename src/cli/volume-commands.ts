@@ -3,6 +3,7 @@ import { parseSize } from '../common/size.js';
 import { AdminClient, type VolumeRow } from './admin-client.js';
 import { ArgumentError, REPLICATION_RANGE, refuseNegative, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
+import { resizeCommand } from './resize-command.js';
 import {
   dataDirFlag,
   etcdFlags,
@@ -171,5 +172,6 @@ export function volumeCommands(createWord: string): Command[] {
         );
       },
     },
+    resizeCommand(),
   ];
 }

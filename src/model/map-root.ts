@@ -15,3 +15,16 @@ export function sameMapRoot(a: MapRoot | null | undefined, b: MapRoot | null | u
   if (!a || !b) return !a && !b;
   return a.generation === b.generation && a.hashLo === b.hashLo && a.hashHi === b.hashHi;
 }
+
+/**
+ * The height of the block map a volume of `blockCount` blocks needs: the
+ * fewest levels of pages (blockSize / 16 entries each) whose top page covers
+ * every block. A record whose root tops a taller tree (the volume shrank, or
+ * grew past a level while its root was committed) says so in `mapHeight`.
+ */
+export function mapHeightFor(blockSize: number, blockCount: number): number {
+  const fanout = blockSize / 16;
+  let height = 1;
+  while (fanout ** height < blockCount) height++;
+  return height;
+}

@@ -9,6 +9,7 @@
  *   POST   /v1/volumes            {"name", "size", "encrypt"}
  *   DELETE /v1/volumes/NAME[?with-snapshots=1]
  *   POST   /v1/volumes/NAME/flush
+ *   POST   /v1/volumes/NAME/resize {"size", "shrink"}
  *   GET    /v1/volumes/NAME/snapshots
  *   POST   /v1/volumes/NAME/snapshots          {"name"}
  *   DELETE /v1/volumes/NAME/snapshots/SNAP
@@ -112,6 +113,15 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
     if (name && !action && req.method === 'DELETE') {
       await node.deleteVolume(name, { withSnapshots: url.searchParams.has('with-snapshots') });
       return reply(res, 200, { deleted: name });
+    }
+    if (name && action === 'resize' && req.method === 'POST') {
+      const body = await readJson(req);
+      if (typeof body.size !== 'number') throw new UsageError('expected {"size": bytes}');
+      return reply(
+        res,
+        200,
+        await node.resizeVolume(name, body.size, { shrink: body.shrink === true }),
+      );
     }
     if (name && action === 'flush' && req.method === 'POST') {
       await node.flushVolume(name);

@@ -54,7 +54,10 @@ export class OnDemandHosting implements HostingMode {
       this.stopLingering(name);
       const loaded = host.volumes.get(name);
       if (loaded) {
-        if (loaded.openSessions > 0 || host.ownership.writing(name)) return loaded;
+        if (loaded.openSessions > 0 || host.ownership.writing(name)) {
+          await this.followGrowth(loaded);
+          return loaded;
+        }
         // An idle reader may be stale (the writer committed since) and the lock
         // may be free by now; a writer whose lock was lost is fenced: reopen.
         await host.unload(name);
@@ -74,6 +77,22 @@ export class OnDemandHosting implements HostingMode {
         throw err;
       }
     });
+  }
+
+  /**
+   * A grow is a change of the record only (node/volume-resize.ts): a session
+   * joining a volume open here gets the size the record has now.
+   */
+  private async followGrowth(volume: Volume): Promise<void> {
+    try {
+      const { record } = await this.catalog.get(volume.name);
+      if (record.id === volume.id && record.size > volume.size) volume.grow(record.size);
+    } catch (err) {
+      this.log.warn(
+        { volume: volume.name, err: (err as Error).message },
+        'could not read the volume record: the new session gets the size the volume had',
+      );
+    }
   }
 
   /**

@@ -111,6 +111,7 @@ export class SnapshotExports {
       record.root ?? undefined,
       key,
       services,
+      record.mapHeight,
     );
     this.log.info(
       { snapshot: exportName, generation: record.generation },

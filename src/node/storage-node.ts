@@ -36,6 +36,7 @@ import { PeerServing, type PeerService, type PeerServiceOptions } from './peer-s
 import { VolumeAdmin, type VolumeStatus } from './volume-admin.js';
 export type { SnapshotStatus } from './volume-admin.js';
 import { VolumeHost, type ExportDescription } from './volume-host.js';
+import { VolumeResizer, type ResizeOptions, type ResizeResult } from './volume-resize.js';
 import { volumeServices } from './volume-services.js';
 
 export { DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SCRUB_RATE } from './background-services.js';
@@ -47,6 +48,7 @@ export {
 } from './node-parts.js';
 export type { PeerService, PeerServiceOptions } from './peer-service.js';
 export { checkReplication, type VolumeStatus } from './volume-admin.js';
+export type { ResizeOptions, ResizeResult } from './volume-resize.js';
 
 export class StorageNode implements ExportProvider {
   readonly dataDir: string;
@@ -61,6 +63,7 @@ export class StorageNode implements ExportProvider {
   private readonly ownership: VolumeOwnership;
   private readonly host: VolumeHost;
   private readonly admin: VolumeAdmin;
+  private readonly resizer: VolumeResizer;
   private readonly peers: PeerServing;
   /** A single node's GC; a cluster's runs in its rebalancer. */
   private gc: LocalGc | undefined;
@@ -112,6 +115,15 @@ export class StorageNode implements ExportProvider {
       store,
       keys,
       host: this.host,
+      clustered,
+      log,
+    });
+    this.resizer = new VolumeResizer({
+      catalog,
+      host: this.host,
+      limit: clustered
+        ? undefined
+        : { bytes: store.slotCount * store.blockSize, what: "this node's store capacity" },
       clustered,
       log,
     });
@@ -199,6 +211,10 @@ export class StorageNode implements ExportProvider {
   /** Snapshots and clones: VolumeAdmin's (volume-admin.ts). */
   get volumes(): VolumeAdmin {
     return this.admin;
+  }
+
+  resizeVolume(name: string, size: number, options?: ResizeOptions): Promise<ResizeResult> {
+    return this.resizer.resize(name, size, options);
   }
 
   listVolumes(): Promise<VolumeStatus[]> {

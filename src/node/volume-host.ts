@@ -109,6 +109,7 @@ export class VolumeHost implements ExportProvider {
       record.root ?? undefined,
       key,
       this.parts.services,
+      record.mapHeight,
     );
   }
 

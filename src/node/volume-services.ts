@@ -34,8 +34,8 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
     log: parts.log,
     // A single node is the degenerate placement: every block here, no peers.
     placement: parts.cluster ?? new SingleNodePlacement(),
-    commit: (identity, generation, root) =>
-      ownership.commit(identity.name, generation, root ?? null),
+    commit: (identity, generation, root, mapHeight) =>
+      ownership.commit(identity.name, generation, root ?? null, mapHeight),
     onChecksumError: (volume) => metrics?.checksumErrors.inc({ volume }),
     onFlush: (_volume, blocks, seconds) => {
       metrics?.flushSeconds.observe(seconds);

@@ -31,7 +31,7 @@ import { assert } from '../../common/assert.js';
 import { blockSizeProblem } from '../../common/block-size.js';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import type { Ancestor } from '../../model/lineage.js';
-import type { MapRoot } from '../../model/map-root.js';
+import { mapHeightFor, type MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
 import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
 import { decodeLock, volumeLockKey } from '../locks/lock-record.js';
@@ -71,6 +71,14 @@ export interface VolumeRecord {
   ancestors?: readonly Ancestor[];
   /** A clone: what it was cloned from, for people ("SRC" or "SRC@SNAP"). */
   origin?: string;
+  /**
+   * Height of the block map tree `root` tops. Absent: the height `size`
+   * needs (records from before resize). Present once a version was committed
+   * by a node that knows it, or the size changed: a resize is metadata only,
+   * so the root it leaves may top a lower tree (grown) or a taller one
+   * (shrunk) than the new size needs.
+   */
+  mapHeight?: number;
 }
 
 export interface VersionedRecord {
@@ -94,6 +102,8 @@ export type NewVolumeFields = Omit<
 export interface StartingVersion {
   generation: number;
   root: MapRoot | null;
+  /** Height of the tree `root` tops. */
+  mapHeight: number;
   ancestors: readonly Ancestor[];
   origin: string;
   /** Compares that hold only while the version taken is still what was read. */
@@ -233,6 +243,7 @@ export class VolumeCatalog {
         createdAt: new Date().toISOString(),
         generation: from?.generation ?? 0,
         root: from?.root ?? null,
+        ...(from ? { mapHeight: from.mapHeight } : {}),
         ...(from && from.ancestors.length > 0 ? { ancestors: from.ancestors } : {}),
         ...(from ? { origin: from.origin } : {}),
       };
@@ -286,14 +297,19 @@ export class VolumeCatalog {
    * store in the commit's own txn — so a writer that lost its lock without
    * knowing it is refused too. Without `fence`, the commit lands only while
    * nobody holds the volume's lock: otherwise VolumeLockedError.
+   *
+   * `mapHeight`: the height of the tree `root` tops, recorded with it
+   * (absent: the record's stays).
    */
   async commitVersion(
     expected: VersionedRecord,
     generation: number,
     root: MapRoot | null,
     fence?: VolumeFence,
+    mapHeight?: number,
   ): Promise<VersionedRecord> {
-    return (await this.commitVersionHolding(expected, generation, root, fence)).versioned;
+    return (await this.commitVersionHolding(expected, generation, root, fence, mapHeight))
+      .versioned;
   }
 
   /** commitVersion, also saying what snapshots and clones hold (read in the commit's own txn). */
@@ -302,6 +318,7 @@ export class VolumeCatalog {
     generation: number,
     root: MapRoot | null,
     fence?: VolumeFence,
+    mapHeight?: number,
   ): Promise<CommittedVersion> {
     // Generations only go up: block refs are (volume, generation, index), so a
     // commit at or below the committed generation would name blocks that an
@@ -312,7 +329,12 @@ export class VolumeCatalog {
       () =>
         `volume "${expected.record.name}": commit of generation ${generation} is not above the committed ${committed}`,
     );
-    const record: VolumeRecord = { ...expected.record, generation, root };
+    const record: VolumeRecord = {
+      ...expected.record,
+      generation,
+      root,
+      ...(mapHeight !== undefined ? { mapHeight } : {}),
+    };
     const key = VOLUMES + record.name;
     const refused = `version ${generation} not committed`;
     const result = await this.lockedTxn(
@@ -340,6 +362,51 @@ export class VolumeCatalog {
       versioned: { record, modRevision: result.revision },
       heldThrough: highestHeld(result.results),
     };
+  }
+
+  /**
+   * Change the size of the volume `expected` names: a compare-and-swap on its
+   * modRevision (ConflictError if it moved; then nothing is written). Only
+   * the size changes — never the version — so a writer holding the volume
+   * open carries on (VolumeOwnership merges its next commit onto this
+   * record). The record keeps naming the height of the tree its root tops,
+   * which the new size alone may no longer give.
+   *
+   * With `fence` it lands only while that lock holds (a shrink made by the
+   * lock's holder, after trimming the tail); without one it ignores the
+   * lock (a grow is safe under any writer).
+   */
+  async resize(
+    expected: VersionedRecord,
+    size: number,
+    fence?: VolumeFence,
+  ): Promise<VersionedRecord> {
+    const before = expected.record;
+    assert(
+      Number.isSafeInteger(size) && size > 0,
+      () => `volume "${before.name}": resize to ${size} bytes`,
+    );
+    const { mapHeight: _old, ...rest } = before;
+    const record: VolumeRecord = before.root
+      ? {
+          ...rest,
+          size,
+          mapHeight:
+            before.mapHeight ??
+            mapHeightFor(before.blockSize, Math.ceil(before.size / before.blockSize)),
+        }
+      : { ...rest, size }; // an empty map has no height to keep
+    const key = VOLUMES + before.name;
+    const compare = [unchangedSince(key, expected.modRevision)];
+    const success: TxnOp[] = [{ type: 'put', key, value: encode(record) }];
+    const result = fence
+      ? await this.lockedTxn(before.name, fence, 'size not changed', compare, success)
+      : await this.meta.txn({ compare, success });
+    if (!result.succeeded)
+      throw new ConflictError(
+        `volume "${before.name}" changed while being resized (expected revision ${expected.modRevision}); try again`,
+      );
+    return { record, modRevision: result.revision };
   }
 
   /**
@@ -437,17 +504,20 @@ export class VolumeCatalog {
   async restore(
     expected: VersionedRecord,
     snapshot: {
-      record: Pick<VolumeRecord, 'generation' | 'root' | 'size'> & { name: string };
+      record: Pick<VolumeRecord, 'generation' | 'root' | 'size' | 'mapHeight'> & { name: string };
       modRevision: number;
       key: string;
     },
   ): Promise<VersionedRecord> {
     const { name } = expected.record;
+    const { mapHeight: _current, ...rest } = expected.record;
     const record: VolumeRecord = {
-      ...expected.record,
+      ...rest,
       generation: expected.record.generation + 1,
       root: snapshot.record.root,
       size: snapshot.record.size,
+      // The snapshot's tree, as it was (absent: the height its size needs).
+      ...(snapshot.record.mapHeight !== undefined ? { mapHeight: snapshot.record.mapHeight } : {}),
     };
     const result = await this.lockedTxn(
       name,

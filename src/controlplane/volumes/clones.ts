@@ -18,6 +18,7 @@
  */
 import { UsageError } from '../../common/errors.js';
 import { cloneLineage } from '../../model/lineage.js';
+import { mapHeightFor } from '../../model/map-root.js';
 import { unchangedSince } from '../metadata/store.js';
 import { cloneHoldKey, volumeKey, type VolumeCatalog, type VolumeRecord } from './catalog.js';
 import { isSnapshotName, parseSnapshotName, type SnapshotCatalog } from './snapshots.js';
@@ -46,6 +47,7 @@ export async function cloneVolume(
     | 'wrappedKey'
     | 'masterKeyFingerprint'
     | 'ancestors'
+    | 'mapHeight'
   >;
   let stillThere;
   let replication: number | undefined;
@@ -82,6 +84,10 @@ export async function cloneVolume(
     {
       generation: version.generation,
       root: version.root,
+      // The source's tree: a clone made larger starts with a root topping a lower tree, as after a grow.
+      mapHeight:
+        version.mapHeight ??
+        mapHeightFor(version.blockSize, Math.ceil(version.size / version.blockSize)),
       ancestors,
       origin: source,
       compare: [stillThere],

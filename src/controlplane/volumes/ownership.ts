@@ -21,12 +21,13 @@
  * version to commit on top of, and commits are compare-and-swaps on that
  * record alone (the catalog still refuses them while anyone holds the lock).
  */
-import { NotFoundError } from '../../common/errors.js';
+import { ConflictError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import {
   acquireVolumeLock,
   describeHolder,
+  FencedError,
   localHolder,
   readVolumeLock,
   volumeLockKey,
@@ -45,6 +46,9 @@ export const LOCK_RETRY_MS = 1000;
 
 /** How a lock lost while held ended: won back (commits resume), or fenced for good. */
 export type LockRecovery = 'resumed' | 'fenced';
+
+/** How many times a commit is made again on a record that moved only by resizes. */
+const MERGE_ATTEMPTS = 5;
 
 export interface VolumeOwnershipOptions {
   /** This node's uuid, the holder of its locks and pins; absent on a single node, which takes neither. */
@@ -155,34 +159,101 @@ export class VolumeOwnership {
   }
 
   /**
-   * Commit version `generation` (map root `root`) of a volume this node
-   * holds: a compare-and-swap on the last version, fenced by the write lock
-   * when the node holds one (a node that lost it has the commit refused
-   * whole). A commit whose reply was lost but which landed counts as done.
-   * Resolves with the highest generation a snapshot or clone holds
-   * (VolumeCatalog.commitVersion; Infinity when the reply was lost).
+   * Commit version `generation` (map root `root`, topping a tree of
+   * `mapHeight` levels) of a volume this node holds: a compare-and-swap on
+   * the last version, fenced by the write lock when the node holds one (a
+   * node that lost it has the commit refused whole). A commit whose reply
+   * was lost but which landed counts as done. A record that moved with its
+   * version unchanged (a resize: only the size changed) is taken as the new
+   * base and the commit made again on it. Resolves with the highest
+   * generation a snapshot or clone holds (VolumeCatalog.commitVersionHolding;
+   * Infinity when the reply was lost).
    */
-  async commit(name: string, generation: number, root: MapRoot | null): Promise<number> {
-    const current = this.records.get(name);
-    if (!current) throw new NotFoundError(`volume "${name}" was deleted`);
-    const lock = this.locks.get(name);
-    try {
-      const committed = await this.catalog.commitVersionHolding(current, generation, root, lock);
-      this.records.set(name, committed.versioned);
-      return committed.heldThrough;
-    } catch (err) {
-      const landed = lock
-        ? await this.commitLanded(name, current, generation, root, lock)
-        : undefined;
-      if (!landed) throw err;
-      this.log.warn(
-        { volume: name, generation, err: (err as Error).message },
-        "the commit's reply was lost but the commit landed: carrying on from it",
-      );
-      this.records.set(name, landed);
-      // Which snapshots and clones hold what went with the lost reply: keep everything, GC sorts it out.
-      return Infinity;
+  async commit(
+    name: string,
+    generation: number,
+    root: MapRoot | null,
+    mapHeight?: number,
+  ): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      const current = this.records.get(name);
+      if (!current) throw new NotFoundError(`volume "${name}" was deleted`);
+      const lock = this.locks.get(name);
+      try {
+        const committed = await this.catalog.commitVersionHolding(
+          current,
+          generation,
+          root,
+          lock,
+          mapHeight,
+        );
+        this.records.set(name, committed.versioned);
+        return committed.heldThrough;
+      } catch (err) {
+        const landed = lock
+          ? await this.commitLanded(name, current, generation, root, lock)
+          : undefined;
+        if (landed) {
+          this.log.warn(
+            { volume: name, generation, err: (err as Error).message },
+            "the commit's reply was lost but the commit landed: carrying on from it",
+          );
+          this.records.set(name, landed);
+          // Which snapshots and clones hold what went with the lost reply: keep everything, GC sorts it out.
+          return Infinity;
+        }
+        const resized =
+          err instanceof ConflictError &&
+          !(err instanceof FencedError) &&
+          !(err instanceof VolumeLockedError) &&
+          attempt < MERGE_ATTEMPTS
+            ? await this.sameVersionMoved(name, current)
+            : undefined;
+        if (!resized) throw err;
+        this.log.info(
+          { volume: name, generation, size: resized.record.size },
+          'the record changed but not its version (a resize): committing on top of it',
+        );
+        this.records.set(name, resized);
+      }
     }
+  }
+
+  /**
+   * Change the size of a volume this node writes (a shrink, after its tail
+   * was trimmed and committed): fenced by the write lock, on top of the
+   * version this node committed last.
+   */
+  async resizeHeld(name: string, size: number): Promise<void> {
+    const current = this.records.get(name);
+    const lock = this.locks.get(name);
+    if (!current || !lock)
+      throw new ConflictError(`volume "${name}" is not written by this node; size not changed`);
+    this.records.set(name, await this.catalog.resize(current, size, lock));
+  }
+
+  /**
+   * The record as it is now, if it moved past `base` with the same version
+   * (generation and root): someone changed other fields (a resize), nobody
+   * committed — every writer's first act is a commit one generation up
+   * (reserveGeneration), so an unchanged version proves it. Else undefined.
+   */
+  private async sameVersionMoved(
+    name: string,
+    base: VersionedRecord,
+  ): Promise<VersionedRecord | undefined> {
+    let now: VersionedRecord;
+    try {
+      now = await this.catalog.get(name);
+    } catch {
+      return undefined; // deleted or unreachable: the caller reports the original failure
+    }
+    const same =
+      now.modRevision > base.modRevision &&
+      now.record.id === base.record.id &&
+      now.record.generation === base.record.generation &&
+      sameMapRoot(now.record.root, base.record.root);
+    return same ? now : undefined;
   }
 
   /**
@@ -393,7 +464,13 @@ export class VolumeOwnership {
         }
         try {
           const current = await this.catalog.get(name);
-          if (current.modRevision !== this.records.get(name)?.modRevision) {
+          const base = this.records.get(name);
+          // A resize moves the record but not its version: that is no other writer.
+          const unchanged =
+            base !== undefined &&
+            (current.modRevision === base.modRevision ||
+              (await this.sameVersionMoved(name, base)) !== undefined);
+          if (!unchanged) {
             this.log.error(
               { volume: name },
               'the volume was committed by another writer while the lock was lost: this node stays fenced; its clients must reconnect',

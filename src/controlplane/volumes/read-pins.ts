@@ -43,6 +43,8 @@ export interface PinnedVersion {
   root: MapRoot | null;
   size: number;
   blockSize: number;
+  /** The height of the tree `root` tops, when the record says (VolumeRecord.mapHeight). */
+  mapHeight?: number;
   /** When the node pinned it (ISO 8601). */
   since: string;
 }
@@ -61,6 +63,7 @@ function pinValue(node: string, record: VolumeRecord, since: string): Buffer {
     root: record.root,
     size: record.size,
     blockSize: record.blockSize,
+    ...(record.mapHeight !== undefined ? { mapHeight: record.mapHeight } : {}),
     since,
   };
   return Buffer.from(JSON.stringify(pinned));

@@ -44,6 +44,8 @@ export interface SnapshotRecord {
   wrappedKey?: string;
   masterKeyFingerprint?: string;
   ancestors?: readonly Ancestor[];
+  /** Height of the map tree `root` tops (VolumeRecord.mapHeight); absent: what `size` needs. */
+  mapHeight?: number;
   createdAt: string;
 }
 
@@ -110,6 +112,7 @@ function snapshotOf(record: VolumeRecord, name: string): SnapshotRecord {
       ? { masterKeyFingerprint: record.masterKeyFingerprint }
       : {}),
     ...(record.ancestors && record.ancestors.length > 0 ? { ancestors: record.ancestors } : {}),
+    ...(record.mapHeight !== undefined ? { mapHeight: record.mapHeight } : {}),
     createdAt: new Date().toISOString(),
   };
 }

@@ -57,7 +57,7 @@ interface Loaded {
 /** What loading a version's map takes: a record, or a pin's or snapshot's copy of one. */
 export type LoadableVersion = Pick<
   VolumeRecord,
-  'id' | 'size' | 'blockSize' | 'generation' | 'root' | 'ancestors'
+  'id' | 'size' | 'blockSize' | 'generation' | 'root' | 'ancestors' | 'mapHeight'
 >;
 
 /** A snapshot's version in the shape a map load takes. */
@@ -230,6 +230,7 @@ export class CatalogGcViews {
       version.blockSize,
       blockCount,
       version.root ?? undefined,
+      version.mapHeight,
       version.ancestors ?? [],
     );
     const previous =
@@ -260,7 +261,7 @@ export class CatalogGcViews {
         new Uint8Array(words.buffer).set(page);
         map.installPage(level, pageNo, words);
       };
-      const top = map.height - 1;
+      const top = map.rootLevel;
       const root = version.root;
       await install(
         top,
@@ -318,7 +319,8 @@ export function references(map: BlockMap | undefined, ref: BlockRef): boolean {
   const within = ref.index - MAP_PAGE_BIT;
   const level = Math.floor(within / LEVEL_SPAN);
   const pageNo = within - level * LEVEL_SPAN;
-  if (level === map.height - 1) return pageNo === 0 && map.root?.generation === ref.generation;
-  if (level >= map.height) return false;
+  // Levels above the root's are not stored yet (a grow not committed since).
+  if (level === map.rootLevel) return pageNo === 0 && map.root?.generation === ref.generation;
+  if (level > map.rootLevel) return false;
   return map.entryWords(level + 1, pageNo)?.[0] === ref.generation;
 }

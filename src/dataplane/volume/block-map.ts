@@ -16,10 +16,20 @@
  *
  * Changes are made on a draft (copy-on-write pages) so a failed flush leaves
  * the committed map untouched.
+ *
+ * Growing a volume is metadata only, even past a level boundary: the height
+ * is the larger of what the block count needs and the height of the tree the
+ * committed root tops (`rootHeight`, the record's `mapHeight`). Levels above
+ * the root's exist in memory only — one page each whose entry 0 points at the
+ * page below, the first at the committed root — until the next commit writes
+ * them (every draft starts with them changed). Page numbers within a level do
+ * not depend on the height, so the pages under the old root stay valid as
+ * they are. The height never goes down: shrinking keeps the taller tree.
  */
 import { MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
+import { assert } from '../../common/assert.js';
 import { ownerOf, type Ancestor } from '../../model/lineage.js';
-import type { MapRoot } from '../../model/map-root.js';
+import { mapHeightFor, type MapRoot } from '../../model/map-root.js';
 
 export const ENTRY_WORDS = 4;
 export const ENTRY_BYTES = ENTRY_WORDS * 4;
@@ -52,23 +62,96 @@ export function pageIndex(level: number, pageNo: number): number {
 
 export class BlockMap {
   readonly fanout: number;
-  readonly height: number;
-  /** Committed pages by level, then page number. */
+  private blocks: number;
+  private levelCount: number;
+  /** Height of the tree the committed root tops; levels at or above it are in memory only. */
+  private rootLevels: number;
+  /** Committed pages by level, then page number (and the in-memory pages above the root). */
   private readonly levels: Map<number, Uint32Array>[];
 
+  /**
+   * `rootHeight`: the height of the tree `root` tops (the record's
+   * `mapHeight`); absent, the height `blockCount` needs (records from before
+   * resize, which never changed height).
+   */
   constructor(
     readonly volumeId: number,
     readonly blockSize: number,
-    readonly blockCount: number,
+    blockCount: number,
     public root: MapRoot | undefined,
+    rootHeight?: number,
     /** A clone's ancestors (model/lineage.ts): whose blocks its older entries name. */
     readonly ancestors: readonly Ancestor[] = [],
   ) {
     this.fanout = blockSize / ENTRY_BYTES;
-    let height = 1;
-    while (this.fanout ** height < blockCount) height++;
-    this.height = height;
-    this.levels = Array.from({ length: height }, () => new Map());
+    this.blocks = blockCount;
+    const needed = mapHeightFor(blockSize, blockCount);
+    assert(
+      rootHeight === undefined || (Number.isSafeInteger(rootHeight) && rootHeight >= 1),
+      () => `volume ${volumeId}: map height ${rootHeight} is not a whole number ≥ 1`,
+    );
+    this.levelCount = Math.max(needed, rootHeight ?? needed);
+    this.rootLevels = root ? (rootHeight ?? needed) : this.levelCount;
+    this.levels = Array.from({ length: this.levelCount }, () => new Map());
+    this.raiseAboveRoot();
+  }
+
+  /** Levels of pages: enough for the block count, never fewer than the committed root's tree. */
+  get height(): number {
+    return this.levelCount;
+  }
+
+  /** Height of the tree the committed root tops (≤ height; below it until a commit writes the upper pages). */
+  get rootHeight(): number {
+    return this.rootLevels;
+  }
+
+  /** The level of the page the committed root names. */
+  get rootLevel(): number {
+    return this.rootLevels - 1;
+  }
+
+  get blockCount(): number {
+    return this.blocks;
+  }
+
+  /**
+   * The volume now has `blockCount` blocks. Growing past what the height
+   * covers adds levels in memory (written by the next commit); shrinking
+   * keeps the height (the caller has made the blocks past the end holes).
+   */
+  resize(blockCount: number): void {
+    assert(
+      Number.isSafeInteger(blockCount) && blockCount >= 1,
+      () => `volume ${this.volumeId}: resize to ${blockCount} blocks`,
+    );
+    this.blocks = blockCount;
+    const needed = mapHeightFor(this.blockSize, blockCount);
+    if (needed <= this.levelCount) return;
+    while (this.levels.length < needed) this.levels.push(new Map());
+    this.levelCount = needed;
+    if (!this.root) this.rootLevels = needed;
+    this.raiseAboveRoot();
+  }
+
+  /**
+   * (Re)build the in-memory pages above the committed root: at the root's
+   * level + 1 a page whose entry 0 is the root, and above it pages whose
+   * entry 0 stands for the page below (its hash is filled in when a commit
+   * writes that page, bottom up, before the parent).
+   */
+  private raiseAboveRoot(): void {
+    for (let level = this.rootLevels; level < this.levelCount; level++) {
+      const page = new Uint32Array(this.fanout * ENTRY_WORDS);
+      page[W_FLAGS] = ENTRY_PRESENT;
+      if (level === this.rootLevels) {
+        page[W_GEN] = this.root!.generation;
+        page[W_HASH_LO] = this.root!.hashLo;
+        page[W_HASH_HI] = this.root!.hashHi;
+      }
+      this.levels[level].clear();
+      this.levels[level].set(0, page);
+    }
   }
 
   /** The volume whose block an entry of `generation` names: this one, or an ancestor's for a clone. */
@@ -80,6 +163,7 @@ export class BlockMap {
 
   /** Install a page read from the store (used while loading a version). */
   installPage(level: number, pageNo: number, words: Uint32Array): void {
+    assert(level < this.rootLevels, () => `map page ${level}/${pageNo} is above the root`);
     this.levels[level].set(pageNo, words);
   }
 
@@ -104,6 +188,20 @@ export class BlockMap {
     return this.entryWords(0, index) !== undefined;
   }
 
+  /** Blocks at or past `first` holding data in the committed map (for a shrink to make them holes). */
+  presentFrom(first: number): number[] {
+    const out: number[] = [];
+    const firstPage = Math.floor(first / this.fanout);
+    for (const [pageNo, page] of this.levels[0]) {
+      if (pageNo < firstPage) continue;
+      for (let i = 0; i < this.fanout; i++) {
+        const index = pageNo * this.fanout + i;
+        if (index >= first && page[i * ENTRY_WORDS + W_FLAGS] & ENTRY_PRESENT) out.push(index);
+      }
+    }
+    return out;
+  }
+
   /** Page numbers of `level` whose parent entries say they exist, for loading. */
   childPages(level: number): number[] {
     const out: number[] = [];
@@ -124,12 +222,22 @@ export class BlockMap {
     return this.levels[level].get(pageNo);
   }
 
-  /** @internal used by MapDraft.commit */
-  replacePages(level: number, pages: Map<number, Uint32Array | null>): void {
-    for (const [pageNo, page] of pages) {
-      if (page) this.levels[level].set(pageNo, page);
-      else this.levels[level].delete(pageNo);
+  /** @internal used by MapDraft.commit: a draft of `height` levels committed with `root`. */
+  committed(
+    height: number,
+    pages: Map<number, Uint32Array | null>[],
+    root: MapRoot | undefined,
+  ): void {
+    for (let level = 0; level < height; level++) {
+      for (const [pageNo, page] of pages[level]) {
+        if (page) this.levels[level].set(pageNo, page);
+        else this.levels[level].delete(pageNo);
+      }
     }
+    this.root = root;
+    // The draft's top is the new root; a grow since the draft began raises it again.
+    this.rootLevels = root ? height : this.levelCount;
+    this.raiseAboveRoot();
   }
 
   /** Every ref the committed version references (pages and data), for GC sweeps. */
@@ -138,9 +246,10 @@ export class BlockMap {
       yield {
         volumeId: this.ownerOf(this.root.generation),
         generation: this.root.generation,
-        index: pageIndex(this.height - 1, 0),
+        index: pageIndex(this.rootLevel, 0),
       };
-    for (let level = 0; level < this.height; level++) {
+    // Levels above the root are in memory only: they reference nothing stored but the root.
+    for (let level = 0; level < this.rootLevels; level++) {
       for (const [pageNo, page] of this.levels[level]) {
         for (let i = 0; i < this.fanout; i++) {
           const at = i * ENTRY_WORDS;
@@ -163,12 +272,19 @@ export class BlockMap {
  */
 export class MapDraft {
   private readonly pages: Map<number, Uint32Array | null>[];
+  /** The map's height when the draft began: its top page is the new root (a grow meanwhile is applied after). */
+  readonly height: number;
+  private readonly rootHeight: number;
 
   constructor(
     private readonly map: BlockMap,
     readonly generation: number,
   ) {
-    this.pages = Array.from({ length: map.height }, () => new Map());
+    this.height = map.height;
+    this.rootHeight = map.rootHeight;
+    this.pages = Array.from({ length: this.height }, () => new Map());
+    // The pages above the committed root exist in memory only: this version writes them.
+    for (let level = this.rootHeight; level < this.height; level++) this.writablePage(level, 0);
   }
 
   private writablePage(level: number, pageNo: number): Uint32Array {
@@ -238,12 +354,12 @@ export class MapDraft {
   }
 
   private clearParent(level: number, pageNo: number): void {
-    if (level + 1 < this.map.height) this.clearEntry(level + 1, pageNo);
+    if (level + 1 < this.height) this.clearEntry(level + 1, pageNo);
   }
 
   /** A page of this draft is stored: point its parent (or the root) at it. */
   pageWritten(level: number, pageNo: number, hashLo: number, hashHi: number): MapRoot | undefined {
-    if (level + 1 < this.map.height) {
+    if (level + 1 < this.height) {
       this.setEntry(level + 1, pageNo, 0, hashLo, hashHi);
       return undefined;
     }
@@ -252,7 +368,7 @@ export class MapDraft {
 
   /** Is the top page gone (the whole volume is holes)? */
   rootCleared(): boolean {
-    return this.pages[this.map.height - 1].get(0) === null;
+    return this.pages[this.height - 1].get(0) === null;
   }
 
   /**
@@ -264,11 +380,13 @@ export class MapDraft {
   supersededRefs(): BlockRef[] {
     const out: BlockRef[] = [];
     const { fanout } = this.map;
-    for (let level = 0; level < this.map.height; level++) {
+    // Only levels up to the committed root's hold stored pages; the root itself
+    // is superseded when the draft rewrites the page it names.
+    for (let level = 0; level < this.rootHeight; level++) {
       for (const [pageNo, page] of this.pages[level]) {
         const committed = this.map.committedPage(level, pageNo);
         if (!committed) continue;
-        if (level === this.map.height - 1 && this.map.root) {
+        if (level === this.rootHeight - 1 && this.map.root) {
           out.push({
             volumeId: this.map.ownerOf(this.map.root.generation),
             generation: this.map.root.generation,
@@ -298,9 +416,7 @@ export class MapDraft {
   }
 
   commit(root: MapRoot | undefined): void {
-    for (let level = 0; level < this.map.height; level++)
-      this.map.replacePages(level, this.pages[level]);
-    this.map.root = root;
+    this.map.committed(this.height, this.pages, root);
   }
 }
 

@@ -37,7 +37,7 @@ export async function commitVersion(state: VolumeState): Promise<void> {
     for (const [index, e] of entries) draft.setEntry(0, index, flags, e.hashLo, e.hashHi);
     for (const index of holes) draft.clearEntry(0, index);
     let root: MapRoot | undefined = map.root;
-    for (let level = 0; level < map.height; level++) {
+    for (let level = 0; level < draft.height; level++) {
       for (const page of draft.pagesToWrite(level)) {
         const slot = store.allocate();
         let digest;
@@ -56,7 +56,8 @@ export async function commitVersion(state: VolumeState): Promise<void> {
     if (draft.rootCleared()) root = undefined;
     const superseded = draft.supersededRefs();
     await copies.sync(store, entries);
-    const heldThrough = (await state.services.commit(state.identity, generation, root)) ?? 0;
+    const heldThrough =
+      (await state.services.commit(state.identity, generation, root, draft.height)) ?? 0;
     draft.commit(root);
     state.generation = generation;
     for (const [index, e] of entries)

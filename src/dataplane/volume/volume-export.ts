@@ -15,6 +15,12 @@ export class VolumeExport implements NbdExport {
   readonly canMultiConn = true;
   readonly minimumBlockSize = 1;
   readonly preferredBlockSize: number;
+  /**
+   * The volume's size when the session opened: what its handshake told the
+   * client, which NBD has no way to update — a grow reaches the sessions
+   * opened after it.
+   */
+  readonly size: number;
   readonly maximumPayload = MAX_PAYLOAD;
   private closed = false;
 
@@ -26,15 +32,12 @@ export class VolumeExport implements NbdExport {
   ) {
     this.readOnly = readOnly;
     this.preferredBlockSize = volume.blockSize;
+    this.size = volume.size;
     volume.openSessions++;
   }
 
   get name(): string {
     return this.volume.name;
-  }
-
-  get size(): number {
-    return this.volume.size;
   }
 
   read(offset: number, dest: Buffer): Promise<void> {

@@ -36,14 +36,17 @@ export interface VolumeServices {
   placement: BlockPlacement;
   /**
    * Commit a version's root to metadata (compare-and-swap on the previous
-   * generation). Resolves with the highest generation a snapshot or clone of
-   * the volume holds, read in the commit's own transaction (nothing: none
-   * holds any): the version's own superseded blocks at or below it are kept.
+   * generation); `mapHeight` is the height of the tree the root tops (the
+   * record's `mapHeight`). Resolves with the highest generation a snapshot
+   * or clone of the volume holds, read in the commit's own transaction
+   * (nothing: none holds any): the version's own superseded blocks at or
+   * below it are kept.
    */
   commit(
     volume: VolumeIdentity,
     generation: number,
     root: MapRoot | undefined,
+    mapHeight: number,
   ): Promise<number | void>;
   onChecksumError?(volume: string, block: number, reason: string): void;
   onFlush?(volume: string, blocks: number, seconds: number): void;

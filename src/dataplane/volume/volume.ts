@@ -25,7 +25,8 @@
  * - All store-writing work (spills and commits) runs one round at a time
  *   (WriteBackRounds); that serialisation is what the bookkeeping relies on.
  */
-import { ChecksumError, IoError } from '../../common/errors.js';
+import { assert } from '../../common/assert.js';
+import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
@@ -59,9 +60,7 @@ export class Volume implements CacheOwner {
   readonly identity: VolumeIdentity;
   readonly id: number;
   readonly name: string;
-  readonly size: number;
   readonly blockSize: number;
-  readonly blockCount: number;
   private readonly state: VolumeState;
   private readonly rounds: WriteBackRounds;
   // The state's collections and services, held here too: the cache paths use them on every request.
@@ -83,9 +82,7 @@ export class Volume implements CacheOwner {
     this.identity = identity;
     this.id = identity.id;
     this.name = identity.name;
-    this.size = identity.size;
     this.blockSize = identity.blockSize;
-    this.blockCount = Math.ceil(identity.size / identity.blockSize);
     this.state = state;
     this.rounds = new WriteBackRounds(state);
     this.services = state.services;
@@ -98,13 +95,18 @@ export class Volume implements CacheOwner {
     state.services.cache.addOwner(this);
   }
 
-  /** Load a committed version: read and verify every map page, top down (a page missing here comes from a peer). */
+  /**
+   * Load a committed version: read and verify every map page, top down (a
+   * page missing here comes from a peer). `mapHeight`: the height of the
+   * tree `root` tops, as the record says (absent: the height the size needs).
+   */
   static async open(
     identity: VolumeIdentity,
     generation: number,
     root: MapRoot | undefined,
     key: Uint8Array | null,
     services: VolumeServices,
+    mapHeight?: number,
   ): Promise<Volume> {
     const { store } = services;
     if (store.blockSize !== identity.blockSize) {
@@ -113,7 +115,14 @@ export class Volume implements CacheOwner {
       );
     }
     const blockCount = Math.ceil(identity.size / identity.blockSize);
-    const map = new BlockMap(identity.id, identity.blockSize, blockCount, root, identity.ancestors);
+    const map = new BlockMap(
+      identity.id,
+      identity.blockSize,
+      blockCount,
+      root,
+      mapHeight,
+      identity.ancestors,
+    );
     const state = new VolumeState(identity, generation, map, key, services);
     if (root) {
       const { placement } = state;
@@ -145,8 +154,8 @@ export class Volume implements CacheOwner {
         new Uint8Array(words.buffer).set(page);
         map.installPage(level, pageNo, words);
       };
-      await loadPage(map.height - 1, 0, root.generation, root.hashLo, root.hashHi);
-      for (let level = map.height - 1; level > 0; level--) {
+      await loadPage(map.rootLevel, 0, root.generation, root.hashLo, root.hashHi);
+      for (let level = map.rootLevel; level > 0; level--) {
         for (const child of map.childPages(level)) {
           const entry = map.entryWords(level, child)!;
           await loadPage(level - 1, child, entry[0], entry[2], entry[3]);
@@ -154,6 +163,15 @@ export class Volume implements CacheOwner {
       }
     }
     return new Volume(state);
+  }
+
+  /** The volume's size now: sessions opened from now on get it (an open one keeps its own). */
+  get size(): number {
+    return this.identity.size;
+  }
+
+  get blockCount(): number {
+    return Math.ceil(this.identity.size / this.blockSize);
   }
 
   get committedGeneration(): number {
@@ -512,6 +530,60 @@ export class Volume implements CacheOwner {
     if (this.closed)
       return Promise.reject(new IoError('ESHUTDOWN', `volume ${this.name} is closed`));
     return this.rounds.flush();
+  }
+
+  // --------------------------------------------------------------- resize
+
+  /**
+   * Grow to `size` bytes. Metadata only: the map gains levels in memory when
+   * it must (the next commit writes them). Sessions opened from now on see
+   * the new size; open ones keep the size their handshake gave (NBD has no
+   * resize notice).
+   */
+  grow(size: number): void {
+    assert(
+      Number.isSafeInteger(size) && size >= this.size,
+      () => `volume ${this.name}: grow from ${this.size} to ${size} bytes`,
+    );
+    this.identity.size = size;
+    this.map.resize(Math.ceil(size / this.blockSize));
+  }
+
+  /**
+   * Shrink to `size` bytes: refused while sessions are open. Every block at
+   * or past the new end becomes a hole and the last block's bytes past it
+   * zeros, and that is committed — the commit releases the blocks like any
+   * it supersedes — so a later grow reads zeros there. The smaller size is
+   * in force from the start: a session opening meanwhile cannot write past
+   * it. On failure the old size is back (the tail may be zeros by then).
+   */
+  async shrink(size: number): Promise<void> {
+    assert(
+      Number.isSafeInteger(size) && size > 0 && size <= this.size,
+      () => `volume ${this.name}: shrink from ${this.size} to ${size} bytes`,
+    );
+    if (this.openSessions > 0)
+      throw new ConflictError(
+        `volume "${this.name}" has ${this.openSessions} open NBD connection(s): disconnect them before shrinking it`,
+      );
+    const before = this.size;
+    const bs = this.blockSize;
+    const count = Math.ceil(size / bs);
+    this.identity.size = size;
+    try {
+      const tailEnd = Math.min(before, count * bs);
+      if (tailEnd > size) await this.write(size, zeroBuffer(tailEnd - size), false);
+      const past = new Set(this.map.presentFrom(count));
+      for (const index of this.table.keys()) if (index >= count) past.add(index);
+      for (const index of this.dirty) if (index >= count) past.add(index);
+      for (const index of this.spilled.keys()) if (index >= count) past.add(index);
+      for (const index of past) await this.dropBlock(index);
+      await this.flush();
+      this.map.resize(count);
+    } catch (err) {
+      this.identity.size = before;
+      throw err;
+    }
   }
 
   // ------------------------------------------------------- status, prefetch
