@@ -16,9 +16,10 @@ export class TransferProgress {
   constructor(
     private readonly label: string,
     private readonly total: number,
-    private readonly out: NodeJS.WriteStream | undefined = process.stderr.isTTY
+    /** Where the line goes; null: nowhere (the default unless stderr is a terminal). */
+    private readonly out: NodeJS.WritableStream | null = process.stderr.isTTY
       ? process.stderr
-      : undefined,
+      : null,
   ) {}
 
   /** `done` bytes of the total are through. Cheap when nothing is drawn. */
