@@ -5,6 +5,7 @@ import { AdminClient } from './admin-client.js';
 import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
+import { dumpLoadCommands } from './dump-load-commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { volumeCommands } from './volume-commands.js';
@@ -51,6 +52,7 @@ const commands: Command[] = [
   },
   ...volumeCommands('create-block'),
   ...snapshotCommands(),
+  ...dumpLoadCommands(),
   ...clusterCommands(),
   {
     words: ['status'],

@@ -215,6 +215,10 @@ export async function main(argv: string[]): Promise<number> {
     const unixPath =
       v['nbd-unix'] === undefined ? join(dataDir, 'nbd.sock') : (v['nbd-unix'] as string);
     if (unixPath) await nbd.listenUnix(unixPath);
+    node.nbdListen = {
+      tcp: `${formatHost(bound.address)}:${bound.port}`,
+      ...(unixPath ? { unix: unixPath } : {}),
+    };
     const admin = await startAdminApi(node, join(dataDir, 'torusd.sock'));
     closers.push(() => closeServer(admin));
     let http: Server | undefined;

@@ -60,6 +60,8 @@ export class StorageNode implements ExportProvider {
   readonly cluster: ClusterBlocks | undefined;
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
+  /** Set by torusd once it listens, so status() tells clients (torusctl block dump/load) where NBD is. */
+  nbdListen: { tcp: string; unix?: string } | undefined;
   private readonly ownership: VolumeOwnership;
   private readonly host: VolumeHost;
   private readonly admin: VolumeAdmin;
@@ -246,6 +248,7 @@ export class StorageNode implements ExportProvider {
       volumes: host.volumes.size,
       unavailable: Object.fromEntries(host.unavailable),
       scrub: background.scrubStats,
+      ...(this.nbdListen ? { nbd: this.nbdListen } : {}),
       ...(this.clusterStatus ? { cluster: this.clusterStatus() } : {}),
       ...(cluster
         ? {

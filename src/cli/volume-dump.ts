@@ -1,0 +1,160 @@
+/**
+ * Dump: copy a whole export out through an NbdClient, driven by block
+ * status, into a sink (a file, kept sparse, or a stream), hashing the
+ * content with sha256 on the way.
+ *
+ * Ranges that read as zeros (NBD_STATE_ZERO: holes, trimmed or never
+ * written) are not read: a file sink skips them (it is truncated to the
+ * export's size at the end, so they stay holes), a stream sink writes zeros;
+ * the hash covers them as zeros from one shared zero buffer. Data is read in
+ * CHUNK_BYTES pieces with up to DEPTH reads in flight into DEPTH buffers made
+ * once, and handed to the sink strictly in order (the hash needs order; a
+ * pipe too).
+ */
+import { createHash, type Hash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+import type { Writable } from 'node:stream';
+import type { NbdClient } from '../dataplane/nbd-client/client.js';
+
+export const CHUNK_BYTES = 4 * 1024 * 1024;
+export const DEPTH = 8;
+/** How much one BLOCK_STATUS asks about. */
+const STATUS_SPAN = 1024 * 1024 * 1024;
+/** Shared, never written: hashing and streaming zeros allocates nothing per hole. */
+export const ZEROS = Buffer.alloc(1024 * 1024);
+
+export interface DumpSink {
+  /** `data` belongs to offset; it is reused once the promise settles. */
+  data(data: Buffer, offset: number): Promise<void>;
+  /** `length` zero bytes at offset. */
+  zeros(offset: number, length: number): Promise<void>;
+  /** Everything is through; `size` is the export's. */
+  finish(size: number): Promise<void>;
+}
+
+export interface TransferResult {
+  /** Bytes of content (the export's size for a dump, the input's for a load). */
+  bytes: number;
+  /** Bytes read and written as data (not skipped as zeros). */
+  dataBytes: number;
+  sha256: string;
+  seconds: number;
+}
+
+/** A file: data written at its offset, zeros skipped, size set at the end (sparse). */
+export function fileSink(file: FileHandle): DumpSink {
+  return {
+    async data(data, offset) {
+      let done = 0;
+      while (done < data.length) {
+        const { bytesWritten } = await file.write(data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      }
+    },
+    async zeros() {},
+    async finish(size) {
+      await file.truncate(size);
+    },
+  };
+}
+
+/** A stream (stdout): everything in order, zeros included; each buffer waited out before it is reused. */
+export function streamSink(stream: Writable): DumpSink {
+  const write = (data: Buffer) =>
+    new Promise<void>((done, fail) => stream.write(data, (err) => (err ? fail(err) : done())));
+  return {
+    data: (data) => write(data),
+    async zeros(_offset, length) {
+      for (let left = length; left > 0; left -= ZEROS.length)
+        await write(left >= ZEROS.length ? ZEROS : ZEROS.subarray(0, left));
+    },
+    async finish() {},
+  };
+}
+
+/** Feed `length` zero bytes to the hash. */
+export function hashZeros(hash: Hash, length: number): void {
+  for (let left = length; left > 0; left -= ZEROS.length)
+    hash.update(left >= ZEROS.length ? ZEROS : ZEROS.subarray(0, left));
+}
+
+interface Piece {
+  offset: number;
+  length: number;
+  zero: boolean;
+  buffer?: Buffer;
+  done?: Promise<void>;
+}
+
+/** The export in order, as zero runs and data pieces of at most chunk bytes, from block status. */
+async function* pieces(client: NbdClient, chunk: number): AsyncGenerator<Piece> {
+  let offset = 0;
+  while (offset < client.size) {
+    const extents = await client.blockStatus(offset, Math.min(STATUS_SPAN, client.size - offset));
+    for (const extent of extents) {
+      const end = extent.offset + extent.length;
+      if (extent.zero) yield { offset: extent.offset, length: extent.length, zero: true };
+      else
+        for (let at = extent.offset; at < end; at += chunk)
+          yield { offset: at, length: Math.min(chunk, end - at), zero: false };
+      offset = end;
+    }
+  }
+}
+
+export async function dumpVolume(
+  client: NbdClient,
+  sink: DumpSink,
+  onProgress: (done: number) => void = () => undefined,
+): Promise<TransferResult> {
+  const started = performance.now();
+  const hash = createHash('sha256');
+  const buffers = Array.from({ length: DEPTH }, () => Buffer.allocUnsafeSlow(CHUNK_BYTES));
+  const window: Piece[] = [];
+  let reading = 0;
+  let readsStarted = 0;
+  let done = 0;
+  let dataBytes = 0;
+
+  // Hand the oldest piece to the hash and the sink. Returns 1 for a data piece (one read fewer in flight).
+  const consume = async (): Promise<number> => {
+    const piece = window.shift()!;
+    if (piece.zero) {
+      hashZeros(hash, piece.length);
+      await sink.zeros(piece.offset, piece.length);
+    } else {
+      await piece.done;
+      hash.update(piece.buffer!);
+      await sink.data(piece.buffer!, piece.offset);
+      dataBytes += piece.length;
+    }
+    done += piece.length;
+    onProgress(done);
+    return piece.zero ? 0 : 1;
+  };
+
+  try {
+    for await (const piece of pieces(client, CHUNK_BYTES)) {
+      if (!piece.zero) {
+        // Piece k reuses buffer k % DEPTH: piece k - DEPTH has been consumed (reading < DEPTH).
+        piece.buffer = buffers[readsStarted++ % DEPTH].subarray(0, piece.length);
+        piece.done = client.read(piece.buffer, piece.offset);
+        piece.done.catch(() => undefined); // awaited in order by consume(); not unhandled meanwhile
+        reading++;
+      }
+      window.push(piece);
+      while (reading >= DEPTH || window.length > 4 * DEPTH) reading -= await consume();
+    }
+    while (window.length > 0) await consume();
+  } finally {
+    // On failure, let reads still in flight land before their buffers go.
+    await Promise.allSettled(window.map((p) => p.done));
+  }
+  await sink.finish(client.size);
+  return {
+    bytes: done,
+    dataBytes,
+    sha256: hash.digest('hex'),
+    seconds: (performance.now() - started) / 1000,
+  };
+}

@@ -1,0 +1,162 @@
+/**
+ * Load: copy a source (a file or a stream) into an export through an
+ * NbdClient from offset 0, hashing the source's bytes with sha256.
+ *
+ * The input is read in CHUNK_BYTES pieces into DEPTH buffers made once; each
+ * piece is scanned in blocks of the export's preferred block size (4 KiB to
+ * 1 MiB), and runs of non-zero blocks become one WRITE each. Runs of zero
+ * blocks are not stored: into a fresh volume (nothing to cover) they are
+ * skipped; into an existing one they become WRITE_ZEROES (plain writes of
+ * zeros where the server has no WRITE_ZEROES), and so does everything past
+ * the end of the input, so no old content shows through.
+ * A buffer is read into again only once every write from it has settled.
+ * FLUSH at the end: when loadVolume resolves, the content is durable.
+ */
+import { createHash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { UsageError } from '../common/errors.js';
+import { formatSize } from '../common/size.js';
+import type { NbdClient } from '../dataplane/nbd-client/client.js';
+import { CHUNK_BYTES, DEPTH, ZEROS, type TransferResult } from './volume-dump.js';
+
+export interface LoadSource {
+  /** Fill `buffer` as far as the input goes; fewer bytes only at its end, 0 after it. */
+  read(buffer: Buffer): Promise<number>;
+}
+
+export function fileSource(file: FileHandle): LoadSource {
+  return {
+    async read(buffer) {
+      let filled = 0;
+      while (filled < buffer.length) {
+        const { bytesRead } = await file.read(buffer, filled, buffer.length - filled, null);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+      }
+      return filled;
+    },
+  };
+}
+
+/** A stream (stdin): its chunks copied into the caller's buffers. */
+export function streamSource(stream: Readable): LoadSource {
+  const chunks = stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  let left: Buffer | undefined;
+  let ended = false;
+  return {
+    async read(buffer) {
+      let filled = 0;
+      while (filled < buffer.length) {
+        if (!left || left.length === 0) {
+          if (ended) break;
+          const next = await chunks.next();
+          if (next.done) {
+            ended = true;
+            break;
+          }
+          left = next.value;
+        }
+        const n = left.copy(buffer, filled);
+        filled += n;
+        left = left.subarray(n);
+      }
+      return filled;
+    },
+  };
+}
+
+export interface LoadResult extends TransferResult {
+  /** Bytes of the input found zero and not written as data. */
+  zeroBytes: number;
+}
+
+export async function loadVolume(
+  client: NbdClient,
+  source: LoadSource,
+  options: { fresh: boolean },
+  onProgress: (done: number) => void = () => undefined,
+): Promise<LoadResult> {
+  const started = performance.now();
+  const hash = createHash('sha256');
+  const grain = Math.min(Math.max(client.preferredBlockSize, 4096), ZEROS.length);
+  const buffers = Array.from({ length: DEPTH }, () => Buffer.allocUnsafeSlow(CHUNK_BYTES));
+  const writing: Promise<unknown>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
+  let offset = 0;
+  let dataBytes = 0;
+  let zeroBytes = 0;
+  const settleAll = () => Promise.all(writing);
+  const zeroRange = (at: number, length: number): Promise<void> | undefined => {
+    zeroBytes += length;
+    return options.fresh ? undefined : client.writeZeroes(at, length);
+  };
+
+  try {
+    for (let piece = 0; ; piece++) {
+      const slot = piece % DEPTH;
+      await writing[slot];
+      const buffer = buffers[slot];
+      let n = await source.read(buffer);
+      if (n === 0) break;
+      if (offset + n > client.size)
+        throw new UsageError(
+          `the input is larger than the volume (${formatSize(client.size)}); ${formatSize(offset)} were loaded before that showed (load into a larger volume)`,
+        );
+      hash.update(buffer.subarray(0, n));
+      const length = n;
+      // A server with a minimum block size gets a last piece padded with zeros to it.
+      const unaligned = n % client.minimumBlockSize;
+      if (unaligned) n = Math.min(n + client.minimumBlockSize - unaligned, client.size - offset);
+      buffer.fill(0, length, n);
+      const writes: Promise<void>[] = [];
+      let runStart = 0;
+      let runZero = false;
+      const endRun = (end: number) => {
+        if (end === runStart) return;
+        if (runZero && (options.fresh || client.canWriteZeroes)) {
+          const zeroing = zeroRange(offset + runStart, end - runStart);
+          if (zeroing) writes.push(zeroing);
+        } else {
+          writes.push(client.write(buffer.subarray(runStart, end), offset + runStart));
+          dataBytes += end - runStart;
+        }
+      };
+      for (let at = 0; at < n; at += grain) {
+        const end = Math.min(at + grain, n);
+        const zero = buffer.compare(ZEROS, 0, end - at, at, end) === 0;
+        if (at === 0) runZero = zero;
+        else if (zero !== runZero) {
+          endRun(at);
+          runStart = at;
+          runZero = zero;
+        }
+      }
+      endRun(n);
+      const all = Promise.all(writes);
+      all.catch(() => undefined); // awaited before the buffer is reused, and at the end
+      writing[slot] = all;
+      offset += length;
+      onProgress(offset);
+    }
+    await settleAll();
+    const tail = Math.ceil(offset / client.minimumBlockSize) * client.minimumBlockSize;
+    if (!options.fresh && tail < client.size) await zeroTail(client, tail);
+    await client.flush();
+  } finally {
+    await Promise.allSettled(writing);
+  }
+  return {
+    bytes: offset,
+    dataBytes,
+    zeroBytes,
+    sha256: hash.digest('hex'),
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+/** Zero [from, size): WRITE_ZEROES, or plain writes of zeros to a server without it. */
+async function zeroTail(client: NbdClient, from: number): Promise<void> {
+  if (client.canWriteZeroes) return client.writeZeroes(from, client.size - from);
+  for (let at = from; at < client.size; at += ZEROS.length)
+    await client.write(ZEROS.subarray(0, Math.min(ZEROS.length, client.size - at)), at);
+}
