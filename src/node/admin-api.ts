@@ -168,6 +168,9 @@ export async function adminCall<T>(
     const req = request(
       {
         socketPath,
+        // A connection per call: a kept-alive one the server closed while idle
+        // (its keep-alive timeout) would fail the next call with EPIPE.
+        agent: false,
         method,
         path,
         headers: payload
