@@ -26,6 +26,7 @@ import type { SnapshotCatalog, SnapshotRecord } from '../controlplane/volumes/sn
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { CatalogGcViews, MapIndex } from '../dataplane/replication/gc-catalog.js';
 import type { BlockMap } from '../dataplane/volume/block-map.js';
+import type { NodeMetrics } from './metrics.js';
 import type { VolumeHost } from './volume-host.js';
 
 export interface GcRun {
@@ -91,10 +92,16 @@ export class LocalGc {
       index.add(volume.committedMap);
       committed.set(volume.id, volume.committedGeneration);
     }
-    for (const map of kept) index.add(map);
+    const snapshotsOnly = new MapIndex();
+    for (const map of kept) snapshotsOnly.add(map);
     const garbage = [];
+    let snapshotOnly = 0;
     for (const [ref] of this.store.blocks()) {
       if (index.isReferenced(ref)) continue;
+      if (snapshotsOnly.isReferenced(ref)) {
+        snapshotOnly++;
+        continue;
+      }
       const generation = committed.get(ref.volumeId);
       // In flight: spilled for a version not committed yet.
       if (!atStart && generation !== undefined && ref.generation > generation) continue;
@@ -102,41 +109,61 @@ export class LocalGc {
     }
     for (const ref of garbage) this.store.release(ref);
     this.freedTotal += garbage.length;
+    this.snapshotOnlyBlocks = snapshotOnly;
     if (garbage.length > 0)
       this.log.info({ blocks: garbage.length }, 'freed blocks no version references');
     return { freed: garbage.length };
   }
 
   /**
-   * For each of `snapshots`: how many stored blocks only it references —
-   * what deleting it alone would free.
+   * For each group of snapshots: how many stored blocks only that group's
+   * snapshots reference — what deleting them (and only them) would free.
    */
-  exclusiveBlocks(snapshots: readonly SnapshotRecord[]): Promise<number[]> {
+  exclusiveBlocks(groups: readonly (readonly SnapshotRecord[])[]): Promise<number[]> {
     return this.exclusive(async () => {
       const live = new Map<number, BlockMap>();
       for (const volume of this.host.volumes.values()) live.set(volume.id, volume.committedMap);
       const all = await this.snapshots.listAll();
       const maps = await this.views.snapshotMaps(all, live);
       const keyOf = (s: SnapshotRecord) => `${s.volume}@${s.name}`;
-      return snapshots.map((wanted) => {
+      return groups.map((group) => {
+        const inGroup = new Set(group.map(keyOf));
         const others = new MapIndex();
         for (const map of live.values()) others.add(map);
-        let own: BlockMap | undefined;
+        const own: BlockMap[] = [];
         all.forEach((s, i) => {
-          if (keyOf(s) === keyOf(wanted)) own = maps[i];
+          if (inGroup.has(keyOf(s))) own.push(maps[i]);
           else others.add(maps[i]);
         });
-        if (!own) return 0;
         const seen = new Set<string>();
         let count = 0;
-        for (const ref of own.referencedRefs()) {
-          const key = `${ref.volumeId}/${ref.generation}/${ref.index}`;
-          if (seen.has(key) || others.isReferenced(ref)) continue;
-          seen.add(key);
-          if (this.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined) count++;
+        for (const map of own) {
+          for (const ref of map.referencedRefs()) {
+            const key = `${ref.volumeId}/${ref.generation}/${ref.index}`;
+            if (seen.has(key) || others.isReferenced(ref)) continue;
+            seen.add(key);
+            if (this.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined) count++;
+          }
         }
         return count;
       });
     });
   }
+
+  /** Blocks of the local store only snapshots referenced at the last run: what deleting every snapshot would free. */
+  snapshotOnlyBlocks = 0;
+}
+
+/** A single node's GC gauges. */
+export function registerGcGauges(metrics: NodeMetrics, gc: LocalGc, blockSize: number): void {
+  metrics.gauge(
+    'torus_gc_freed_blocks_total',
+    'Local blocks freed as garbage (superseded, of deleted volumes, snapshots or clones)',
+    () => gc.freedTotal,
+  );
+  metrics.gauge(
+    'torus_snapshot_only_bytes',
+    'Bytes of the local store only snapshots reference (what deleting every snapshot would free), as of the last GC run',
+    () => gc.snapshotOnlyBlocks * blockSize,
+  );
 }

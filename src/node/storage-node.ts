@@ -21,7 +21,7 @@ import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { BackgroundServices } from './background-services.js';
 import { registerReplicationGauges } from './cluster-blocks.js';
 import { EveryVolumeHosting } from './every-volume-hosting.js';
-import { LocalGc } from './local-gc.js';
+import { LocalGc, registerGcGauges } from './local-gc.js';
 import { registerStorageGauges } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
 import {
@@ -178,6 +178,7 @@ export class StorageNode implements ExportProvider {
     registerStorageGauges(metrics, this.store, this.cache);
     this.host.registerGauges(metrics);
     this.background.registerScrubGauges(metrics);
+    if (this.gc) registerGcGauges(metrics, this.gc, this.store.blockSize);
     if (this.cluster) {
       registerReplicationGauges(metrics, this.cluster, this.parts.pool);
       this.peers.registerGauges(metrics);

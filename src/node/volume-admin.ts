@@ -39,6 +39,10 @@ export interface VolumeStatus {
   createdAt: string;
   /** A clone: what it was cloned from. */
   origin?: string;
+  /** Single node: how many snapshots it has. */
+  snapshots?: number;
+  /** Single node: bytes only its snapshots reference (what deleting them would free). */
+  snapshotOnly?: number;
 }
 
 export interface SnapshotStatus {
@@ -153,7 +157,9 @@ export class VolumeAdmin {
 
   async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
     const records = await this.parts.snapshots.list(volume);
-    const exclusive = this.parts.gc ? await this.parts.gc.exclusiveBlocks(records) : undefined;
+    const exclusive = this.parts.gc
+      ? await this.parts.gc.exclusiveBlocks(records.map((r) => [r]))
+      : undefined;
     const { blockSize } = this.parts.store;
     return records.map((record, i) => ({
       ...snapshotStatus(record),
@@ -229,8 +235,19 @@ export class VolumeAdmin {
     return this.volumeStatus(record);
   }
 
+  /** Every volume; on a single node with its snapshots' count and the space only they hold. */
   async listVolumes(): Promise<VolumeStatus[]> {
-    return (await this.parts.catalog.list()).map((record) => this.volumeStatus(record));
+    const rows = (await this.parts.catalog.list()).map((record) => this.volumeStatus(record));
+    const { gc } = this.parts;
+    if (!gc) return rows;
+    const snapshots = await this.parts.snapshots.listAll();
+    const groups = rows.map((row) => snapshots.filter((s) => s.volume === row.name));
+    const held = await gc.exclusiveBlocks(groups);
+    return rows.map((row, i) => ({
+      ...row,
+      snapshots: groups[i].length,
+      snapshotOnly: held[i] * this.parts.store.blockSize,
+    }));
   }
 
   volumeStatus(record: VolumeRecord): VolumeStatus {
