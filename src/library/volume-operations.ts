@@ -16,7 +16,7 @@
  */
 import { ensureDirectory } from '../common/dirs.js';
 import { join, resolve } from 'node:path';
-import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
+import { ConflictError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import {
   DEFAULT_REPLICATION,
