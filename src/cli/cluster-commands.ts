@@ -33,7 +33,7 @@ import {
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { RingDescription } from '../model/ring/ring.js';
 import { ArgumentError, refuseNegative, type Parsed } from './args.js';
-import { withClusterStore } from './cluster-store.js';
+import { withClusterStore } from '../library/cluster-store.js';
 import { table, type Command } from './commands.js';
 import { clusterEtcdFlags, etcdConfigOf, outputFlag } from './common-flags.js';
 

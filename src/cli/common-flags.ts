@@ -2,6 +2,7 @@
 import { parseEndpoints, type EtcdTlsFiles } from '../controlplane/metadata/etcd/endpoints.js';
 import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
+import type { EtcdConfig } from '../library/cluster-store.js';
 import { ArgumentError, type FlagSpec, type Parsed, type ParsedValue } from './args.js';
 
 export const DEFAULT_DATA_DIR = './torus-data';
@@ -35,11 +36,7 @@ export const DEFAULT_ETCD = '127.0.0.1:2379';
 /** The original's default peer address. */
 export const DEFAULT_PEER_ADDRESS = 'http://127.0.0.1:40000';
 
-export interface EtcdConfig {
-  /** As given: `127.0.0.1:2379`, `http://a:2379,http://b:2379`. */
-  endpoints: string;
-  tls?: EtcdTlsFiles;
-}
+export type { EtcdConfig } from '../library/cluster-store.js';
 
 const etcdTlsFlags: Record<string, FlagSpec> = {
   'etcd-ca-file': {

@@ -1,11 +1,13 @@
 /**
  * torusctl block dump / block load: a volume's whole content to a file or
- * stdout, and back, over NBD from a running node (src/dataplane/nbd-client).
+ * stdout, and back, through a library VolumeHandle (src/library).
  *
- * Where NBD is: --nbd HOST:PORT when given (a cluster, -C, needs it: any
- * node serves any volume); otherwise the running torusd of --data-dir, whose
- * status (admin socket) names its NBD listeners — the unix socket first.
- * The export name is the volume name as given (VOL@SNAP included).
+ * Where the volume is reached: --nbd HOST:PORT when given (any NBD server;
+ * the export name is the volume name as given, VOL@SNAP included); on a
+ * cluster (-C) in this process, as a store-less client node (the library's
+ * cluster handle: the write lock taken while loading, no NBD hop); on a
+ * single node through its running torusd (over NBD, the unix socket its
+ * status names first) — never on a data directory no torusd runs on.
  *
  * Bad input changes nothing: the checks (a TTY as stdin, an input larger than
  * the volume or SIZE, a missing volume to dump, no node running) all come
@@ -13,22 +15,21 @@
  * fails into a volume it created deletes that volume again.
  */
 import { open, rm, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
-import { existsSync } from 'node:fs';
 import { NotFoundError, UsageError } from '../common/errors.js';
 import { formatSize, parseSize } from '../common/size.js';
-import { NbdClient, type NbdAddress } from '../dataplane/nbd-client/client.js';
-import { AdminClient } from './admin-client.js';
-import { ArgumentError, parseAddress, refuseNegative, type Address, type Parsed } from './args.js';
+import { openNbdVolume, type Torus } from '../library/torus.js';
+import type { VolumeHandle } from '../library/volume-handle.js';
+import { ArgumentError, refuseNegative, type Address, type Parsed } from './args.js';
 import type { Command } from './commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode, outputFlag } from './common-flags.js';
+import { torusFor } from './torus-client.js';
 import { TransferProgress } from './transfer-progress.js';
 import { dumpVolume, fileSink, streamSink, type TransferResult } from './volume-dump.js';
 import { fileSource, loadVolume, streamSource } from './volume-load.js';
 
 const nbdFlag = {
   type: 'address',
-  help: 'NBD address of a node serving the volume (needed with -C; default: the running torusd of --data-dir)',
+  help: 'NBD address of a node serving the volume (default: the running torusd of --data-dir; with -C, the cluster from this process)',
   env: 'TORUS_NBD',
 } as const;
 
@@ -46,40 +47,37 @@ export function dumpOutputProblem(stdout: { isTTY?: boolean }): string | undefin
     : undefined;
 }
 
-/** Where to reach NBD for this command: --nbd, or what the running torusd of --data-dir says. */
-async function nbdAddressOf(args: Parsed): Promise<{ address: NbdAddress; where: string }> {
-  const given = args.values.nbd as Address | undefined;
-  if (given) return { address: given, where: `${given.host}:${given.port}` };
-  if (await etcdOrSingleNode(args))
-    throw new ArgumentError(
-      '--nbd HOST:PORT: with a cluster (-C), name the NBD address of a node to go through',
-    );
-  const admin = new AdminClient(args.values['data-dir'] as string);
-  const status = (await admin.status()) as { nbd?: { tcp?: string; unix?: string } } | undefined;
-  if (!status)
-    throw new UsageError(
-      `no torusd is running for ${admin.dataDir}: start it (torusd --data-dir ${admin.dataDir}) or give --nbd HOST:PORT`,
-    );
-  if (status.nbd?.unix) return { address: { path: status.nbd.unix }, where: status.nbd.unix };
-  if (status.nbd?.tcp) {
-    const address = parseAddress(status.nbd.tcp, 'nbd');
-    return { address, where: status.nbd.tcp };
-  }
-  // A torusd from before status named its listeners: its default unix socket.
-  const socket = join(admin.dataDir, 'nbd.sock');
-  if (existsSync(socket)) return { address: { path: socket }, where: socket };
-  throw new UsageError(
-    `torusd for ${admin.dataDir} does not say where it serves NBD: give --nbd HOST:PORT`,
-  );
+/**
+ * How this command reaches volumes: over NBD at --nbd, or through the
+ * library client for -C or --data-dir (a single node only when its torusd
+ * runs). `torus` also creates and deletes volumes (load).
+ */
+interface Reach {
+  torus: Torus;
+  nbd?: Address;
 }
 
-async function connectTo(address: NbdAddress, where: string, volume: string): Promise<NbdClient> {
+async function reachOf(args: Parsed): Promise<Reach> {
+  const etcd = await etcdOrSingleNode(args);
+  const torus = await torusFor(args.values['data-dir'] as string, undefined, etcd);
+  const nbd = args.values.nbd as Address | undefined;
+  if (nbd) return { torus, nbd };
+  if (!etcd && !(await torus.torusdNbd()))
+    throw new UsageError(
+      `no torusd is running for ${torus.dataDir}: start it (torusd --data-dir ${torus.dataDir}) or give --nbd HOST:PORT`,
+    );
+  return { torus };
+}
+
+/** Open `volume`; NotFoundError naming where it was looked for. */
+async function openOn(reach: Reach, volume: string, readOnly: boolean): Promise<VolumeHandle> {
+  if (!reach.nbd) return reach.torus.openVolume(volume, { readOnly });
   try {
-    return await NbdClient.connect(address, volume);
+    return await openNbdVolume(reach.nbd, volume, { readOnly });
   } catch (err) {
     if (err instanceof NotFoundError)
       throw new NotFoundError(
-        `no volume named "${volume}" served at ${where} (see torusctl volume list)`,
+        `no volume named "${volume}" served at ${reach.nbd.host}:${reach.nbd.port} (see torusctl volume list)`,
       );
     throw err;
   }
@@ -129,30 +127,33 @@ export function dumpLoadCommands(): Command[] {
         const toStdout = target === '-';
         const problem = toStdout ? dumpOutputProblem(process.stdout) : undefined;
         if (problem) throw new ArgumentError(problem);
-        const { address, where } = await nbdAddressOf(args);
-        const client = await connectTo(address, where, volume);
+        const reach = await reachOf(args);
         let file: FileHandle | undefined;
         let result: TransferResult;
-        const progress = new TransferProgress(`dump ${volume}`, client.size);
         try {
-          file = toStdout ? undefined : await open(target, 'w');
-          result = await dumpVolume(
-            client,
-            file ? fileSink(file) : streamSink(process.stdout),
-            (d) => progress.update(d),
-          );
-          await file?.close();
-        } catch (err) {
-          progress.end();
-          client.destroy();
-          if (file) {
-            await file.close().catch(() => undefined);
-            await rm(target, { force: true });
+          const handle = await openOn(reach, volume, true);
+          const progress = new TransferProgress(`dump ${volume}`, handle.size);
+          try {
+            file = toStdout ? undefined : await open(target, 'w');
+            result = await dumpVolume(
+              handle,
+              file ? fileSink(file) : streamSink(process.stdout),
+              (d) => progress.update(d),
+            );
+            await file?.close();
+          } catch (err) {
+            if (file) {
+              await file.close().catch(() => undefined);
+              await rm(target, { force: true });
+            }
+            throw err;
+          } finally {
+            progress.end();
+            await handle.close().catch(() => undefined);
           }
-          throw err;
+        } finally {
+          await reach.torus.close();
         }
-        progress.end();
-        await client.close();
         const summary = {
           volume,
           file: target,
@@ -202,26 +203,26 @@ export function dumpLoadCommands(): Command[] {
           inputSize = stat.isFile() ? stat.size : undefined;
         }
         let created = false;
-        let client: NbdClient | undefined;
-        let admin: AdminClient | undefined;
+        let handle: VolumeHandle | undefined;
+        let reach: Reach | undefined;
         try {
           if (wanted !== undefined && inputSize !== undefined && inputSize > wanted)
             throw new UsageError(
               `${input} (${formatSize(inputSize)}) is larger than SIZE ${formatSize(wanted)}`,
             );
-          const { address, where } = await nbdAddressOf(args);
-          client = await NbdClient.connect(address, volume).catch((err: unknown) => {
+          const at: Reach = (reach = await reachOf(args));
+          handle = await openOn(at, volume, false).catch((err: unknown) => {
             if (err instanceof NotFoundError) return undefined;
             throw err;
           });
-          if (client) {
-            if (wanted !== undefined && wanted !== client.size)
+          if (handle) {
+            if (wanted !== undefined && wanted !== handle.size)
               throw new UsageError(
-                `volume ${volume} exists with size ${formatSize(client.size)}, not ${formatSize(wanted)}: leave out SIZE to load into it (SIZE is for creating)`,
+                `volume ${volume} exists with size ${formatSize(handle.size)}, not ${formatSize(wanted)}: leave out SIZE to load into it (SIZE is for creating)`,
               );
-            if (inputSize !== undefined && inputSize > client.size)
+            if (inputSize !== undefined && inputSize > handle.size)
               throw new UsageError(
-                `${input} (${formatSize(inputSize)}) is larger than volume ${volume} (${formatSize(client.size)})`,
+                `${input} (${formatSize(inputSize)}) is larger than volume ${volume} (${formatSize(handle.size)})`,
               );
           } else {
             let size = wanted;
@@ -232,20 +233,15 @@ export function dumpLoadCommands(): Command[] {
                 );
               size = Math.max(4096, Math.ceil(inputSize / 4096) * 4096);
             }
-            admin = new AdminClient(
-              args.values['data-dir'] as string,
-              undefined,
-              await etcdOrSingleNode(args),
-            );
-            await admin.createVolume(volume, size, false);
+            await at.torus.createVolume(volume, size);
             created = true;
-            client = await connectWhenServed(address, where, volume);
+            handle = await openWhenServed(at, volume);
           }
-          const progress = new TransferProgress(`load ${volume}`, inputSize ?? client.size);
+          const progress = new TransferProgress(`load ${volume}`, inputSize ?? handle.size);
           let result;
           try {
             result = await loadVolume(
-              client,
+              handle,
               file ? fileSource(file) : streamSource(process.stdin),
               { fresh: created },
               (d) => progress.update(d),
@@ -253,7 +249,7 @@ export function dumpLoadCommands(): Command[] {
           } finally {
             progress.end();
           }
-          await client.close();
+          await handle.close();
           const summary = {
             volume,
             file: input,
@@ -267,31 +263,28 @@ export function dumpLoadCommands(): Command[] {
           if (format === 'json') process.stdout.write(JSON.stringify(summary) + '\n');
           else
             process.stdout.write(
-              `loaded ${fromStdin ? 'stdin' : input} into ${created ? 'new ' : ''}volume ${volume} (${formatSize(client.size)}): ${formatSize(result.bytes)}, ${formatSize(result.dataBytes)} of data, ${formatSize(result.zeroBytes)} of zeros not stored, in ${result.seconds.toFixed(1)} s, ${rate(result)}\n` +
+              `loaded ${fromStdin ? 'stdin' : input} into ${created ? 'new ' : ''}volume ${volume} (${formatSize(handle.size)}): ${formatSize(result.bytes)}, ${formatSize(result.dataBytes)} of data, ${formatSize(result.zeroBytes)} of zeros not stored, in ${result.seconds.toFixed(1)} s, ${rate(result)}\n` +
                 `sha256 ${result.sha256}\n`,
             );
         } catch (err) {
-          client?.destroy();
+          await handle?.close().catch(() => undefined);
           // A volume this load created and could not fill goes again: bad input changes nothing.
-          if (created && admin) await deleteWhenClosed(admin, volume);
+          if (created && reach) await deleteWhenClosed(reach.torus, volume);
           throw err;
         } finally {
           await file?.close();
+          await reach?.torus.close();
         }
       },
     },
   ];
 }
 
-/** A volume just created may take a moment to be served (a cluster hosts on demand). */
-async function connectWhenServed(
-  address: NbdAddress,
-  where: string,
-  volume: string,
-): Promise<NbdClient> {
+/** A volume just created may take a moment to be served (a cluster node behind --nbd hosts on demand). */
+async function openWhenServed(reach: Reach, volume: string): Promise<VolumeHandle> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await connectTo(address, where, volume);
+      return await openOn(reach, volume, false);
     } catch (err) {
       if (!(err instanceof NotFoundError) || attempt >= 20) throw err;
       await new Promise((r) => setTimeout(r, 250));
@@ -299,11 +292,11 @@ async function connectWhenServed(
   }
 }
 
-/** Delete a volume whose NBD session was just dropped (the server may still be closing it). */
-async function deleteWhenClosed(admin: AdminClient, volume: string): Promise<void> {
+/** Delete a volume whose handle was just closed (a server may still be closing its session). */
+async function deleteWhenClosed(torus: Torus, volume: string): Promise<void> {
   for (let attempt = 0; attempt < 20; attempt++) {
     try {
-      await admin.deleteVolume(volume);
+      await torus.deleteVolume(volume);
       return;
     } catch {
       await new Promise((r) => setTimeout(r, 250));

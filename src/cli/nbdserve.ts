@@ -1,32 +1,23 @@
 /**
  * torusblk nbdserve: serve every volume of a cluster over NBD from a machine
- * that stores nothing itself — the original's client-node mode. It joins no
- * ring and registers nowhere; it watches the ring and live nodes in etcd so
- * it knows where blocks are, takes a volume's write lock when an NBD client
- * opens it (like a storage node), and places every copy on storage nodes.
- *
- * It still needs a little local disk: a scratch store (default 256 MiB in
- * the system temp dir, removed at exit) for the map pages it writes while
- * committing; those pages also go to storage nodes, and a commit fails
- * unless each one is durable on at least one of them.
+ * that stores nothing itself — the original's client-node mode, a store-less
+ * node (src/library/client-node.ts, which the library's handles use too)
+ * behind an NBD server. It takes a volume's write lock when an NBD client
+ * opens it and places every copy on storage nodes; its scratch store
+ * (default 256 MiB in the system temp dir, removed at exit) holds the map
+ * pages it writes while committing.
  */
-import { randomUUID } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { NotFoundError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { formatSize } from '../common/size.js';
-import { PeerTable } from '../controlplane/membership/peer-table.js';
-import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { NbdServer } from '../dataplane/nbd/server.js';
 import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
-import { StorageNode } from '../node/storage-node.js';
+import { openClientNode } from '../library/client-node.js';
+import { openClusterStore } from '../library/cluster-store.js';
 import { PORT_RANGE, SECONDS_RANGE, WORKERS_RANGE } from './args.js';
 import type { Address, FlagSpec, Parsed } from './args.js';
-import { openClusterStore } from './cluster-store.js';
 import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from './common-flags.js';
 import { Closers } from './shutdown.js';
 
@@ -94,32 +85,22 @@ export async function startNbdServe(
   try {
     const meta = await openClusterStore(etcd);
     closers.push(() => meta.close());
-    const settings = await new VolumeCatalog(meta).settings();
-    if (!settings)
-      throw new NotFoundError(
-        `the cluster in etcd ${etcd.endpoints} is not initialised: run torusctl -C ${etcd.endpoints} init first`,
-      );
-
-    const scratch = await mkdtemp(join(v['scratch-dir'] as string, 'torusblk-'));
-    closers.push(() => rm(scratch, { recursive: true, force: true }));
     const metrics = new NodeMetrics();
-    const uuid = randomUUID();
-    const node = await StorageNode.open({
-      dataDir: scratch,
-      capacityBytes: v['scratch-size'] as number,
+    const client = await openClientNode({
+      meta,
+      endpoints: etcd.endpoints,
+      label: 'torusblk',
+      scratchDir: v['scratch-dir'] as string,
+      scratchBytes: v['scratch-size'] as number,
       cacheBytes: v['cache-size'] as number,
       workers: (v.workers as number | undefined) || undefined,
       keyFile: v['key-file'] as string | undefined,
       metrics,
       log: logger('node'),
-      meta,
-      cluster: { uuid, clusterId: settings.createdAt, holdsCopies: false },
       lockLingerMs: (v['lock-linger'] as number) * 1000,
     });
-    closers.push(() => node.close());
-    const peers = await PeerTable.open(meta, { log: logger('membership') });
-    closers.push(() => peers.close());
-    node.followMembership(peers);
+    closers.push(() => client.close());
+    const { node, settings, uuid } = client;
 
     const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
     closers.push(() => nbd.close({ drainMs: 3000 }));

@@ -2,18 +2,12 @@
  * `volume resize NAME SIZE [--shrink]`: grow a volume (metadata only, safe
  * while clients are attached), or shrink it (refused without --shrink and
  * while any client has it open). What happens where: node/volume-resize.ts,
- * and offline or on a cluster, volume-resize-offline.ts.
+ * and offline or on a cluster, src/library/volume-resize-offline.ts.
  */
 import { formatSize } from '../common/size.js';
-import { AdminClient } from './admin-client.js';
 import type { Command } from './commands.js';
-import {
-  dataDirFlag,
-  etcdFlags,
-  etcdOrSingleNode,
-  keyFileFlag,
-  outputFlag,
-} from './common-flags.js';
+import { dataDirFlag, etcdFlags, keyFileFlag, outputFlag } from './common-flags.js';
+import { client } from './torus-client.js';
 import { outputFormat, sizeArgument } from './volume-commands.js';
 
 export function resizeCommand(): Command {
@@ -39,12 +33,9 @@ export function resizeCommand(): Command {
       const [name, sizeText] = args.positionals;
       const format = outputFormat(args);
       const size = sizeArgument(sizeText);
-      const client = new AdminClient(
-        args.values['data-dir'] as string,
-        args.values['key-file'] as string | undefined,
-        await etcdOrSingleNode(args),
-      );
-      const result = await client.resizeVolume(name, size, { shrink: Boolean(args.values.shrink) });
+      const result = await (
+        await client(args)
+      ).resizeVolume(name, size, { shrink: Boolean(args.values.shrink) });
       if (format === 'json') {
         process.stdout.write(JSON.stringify(result) + '\n');
         return;

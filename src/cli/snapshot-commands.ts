@@ -7,7 +7,8 @@ import { parseSnapshotName } from '../controlplane/volumes/snapshots.js';
 import { checkVolumeName } from '../controlplane/volumes/catalog.js';
 import { sizeCell, table, type Command } from './commands.js';
 import { dataDirFlag, etcdFlags, keyFileFlag, outputFlag } from './common-flags.js';
-import { client, outputFormat } from './volume-commands.js';
+import { client } from './torus-client.js';
+import { outputFormat } from './volume-commands.js';
 
 const flags = { 'data-dir': dataDirFlag, ...etcdFlags };
 
@@ -138,7 +139,7 @@ export function snapshotCommands(): Command[] {
         else checkVolumeName(source);
         checkVolumeName(name);
         const size = args.values.size as number | undefined;
-        const row = await (await client(args)).cloneVolume(source, name, size);
+        const row = await (await client(args)).cloneVolume(source, name, { size });
         print(
           format,
           row,

@@ -1,13 +1,13 @@
 /** torusctl: administer Torus: volumes, cluster settings and membership, node status. */
 import { blockSizeProblem } from '../common/block-size.js';
 import { formatSize } from '../common/size.js';
-import { AdminClient } from './admin-client.js';
 import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
 import { dumpLoadCommands } from './dump-load-commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
 import { snapshotCommands } from './snapshot-commands.js';
+import { torusFor } from './torus-client.js';
 import { volumeCommands } from './volume-commands.js';
 
 const commands: Command[] = [
@@ -37,7 +37,7 @@ const commands: Command[] = [
       const replication = args.values.replication as number | undefined;
       if (replication !== undefined && !etcd)
         throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
-      const admin = new AdminClient(args.values['data-dir'] as string, undefined, etcd);
+      const admin = await torusFor(args.values['data-dir'] as string, undefined, etcd);
       const { blockSize, created, ring } = await admin.init(
         args.values['block-size'] as number | undefined,
         replication,
@@ -62,7 +62,7 @@ const commands: Command[] = [
       flags: { 'data-dir': dataDirFlag },
     },
     async run(args) {
-      const admin = new AdminClient(args.values['data-dir'] as string);
+      const admin = await torusFor(args.values['data-dir'] as string, undefined, undefined);
       const status = await admin.status();
       if (!status) {
         process.stderr.write(`torusctl: no torusd is running for ${admin.dataDir}\n`);

@@ -43,7 +43,7 @@ import {
   type Address,
   type CommandSpec,
 } from './args.js';
-import { openClusterStore } from './cluster-store.js';
+import { openClusterStore } from '../library/cluster-store.js';
 import { Closers } from './shutdown.js';
 import {
   DEFAULT_NBD_ADDR,

@@ -1,6 +1,6 @@
 /** The volume commands, shared by torusctl and torusblk. */
 import { parseSize } from '../common/size.js';
-import { AdminClient, type VolumeRow } from './admin-client.js';
+import type { VolumeInfo } from '../library/volume-operations.js';
 import { ArgumentError, REPLICATION_RANGE, refuseNegative, type Parsed } from './args.js';
 import { sizeCell, table, type Command } from './commands.js';
 import { resizeCommand } from './resize-command.js';
@@ -11,15 +11,9 @@ import {
   keyFileFlag,
   outputFlag,
 } from './common-flags.js';
+import { client, torusFor } from './torus-client.js';
 
-/** The cluster's catalog in etcd, or the node in --data-dir (etcdOrSingleNode says which). */
-export async function client(args: Parsed): Promise<AdminClient> {
-  return new AdminClient(
-    args.values['data-dir'] as string,
-    args.values['key-file'] as string | undefined,
-    await etcdOrSingleNode(args),
-  );
-}
+export { client };
 
 export function sizeArgument(text: string): number {
   refuseNegative('SIZE', text);
@@ -38,7 +32,7 @@ export function outputFormat(args: Parsed): 'table' | 'json' {
 }
 
 /** "2 (versions 3, 5)": how many nodes serve the volume read-only, and at which versions. */
-function readersCell(readers: VolumeRow['readers']): string {
+function readersCell(readers: VolumeInfo['readers']): string {
   if (!readers || readers.length === 0) return '-';
   const versions = [...new Set(readers.map((r) => r.generation))].sort((a, b) => a - b);
   return `${readers.length} (version${versions.length > 1 ? 's' : ''} ${versions.join(', ')})`;
@@ -80,12 +74,10 @@ export function volumeCommands(createWord: string): Command[] {
         const format = outputFormat(args);
         const row = await (
           await client(args)
-        ).createVolume(
-          name,
-          sizeArgument(sizeText),
-          Boolean(args.values.encrypt),
-          args.values.replication as number | undefined,
-        );
+        ).createVolume(name, sizeArgument(sizeText), {
+          encrypt: Boolean(args.values.encrypt),
+          replication: args.values.replication as number | undefined,
+        });
         if (format === 'json') process.stdout.write(JSON.stringify(row) + '\n');
         else
           process.stdout.write(
@@ -105,10 +97,12 @@ export function volumeCommands(createWord: string): Command[] {
       async run(args) {
         const format = outputFormat(args);
         const etcd = await etcdOrSingleNode(args);
-        const rows = await new AdminClient(
-          args.values['data-dir'] as string,
-          args.values['key-file'] as string | undefined,
-          etcd,
+        const rows = await (
+          await torusFor(
+            args.values['data-dir'] as string,
+            args.values['key-file'] as string | undefined,
+            etcd,
+          )
         ).listVolumes();
         if (format === 'json') {
           process.stdout.write(JSON.stringify(rows, null, 2) + '\n');

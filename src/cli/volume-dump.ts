@@ -1,6 +1,6 @@
 /**
- * Dump: copy a whole export out through an NbdClient, driven by block
- * status, into a sink (a file, kept sparse, or a stream), hashing the
+ * Dump: copy a whole volume out through a library VolumeHandle (in this
+ * process, or over NBD), driven by its extents, into a sink (a file, kept sparse, or a stream), hashing the
  * content with sha256 on the way.
  *
  * Ranges that read as zeros (NBD_STATE_ZERO: holes, trimmed or never
@@ -14,11 +14,11 @@
 import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
-import type { NbdClient } from '../dataplane/nbd-client/client.js';
+import type { VolumeHandle } from '../library/volume-handle.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
 export const DEPTH = 8;
-/** How much one BLOCK_STATUS asks about. */
+/** How much one extents() call asks about. */
 const STATUS_SPAN = 1024 * 1024 * 1024;
 /** Shared, never written: hashing and streaming zeros allocates nothing per hole. */
 export const ZEROS = Buffer.alloc(1024 * 1024);
@@ -86,11 +86,11 @@ interface Piece {
   done?: Promise<void>;
 }
 
-/** The export in order, as zero runs and data pieces of at most chunk bytes, from block status. */
-async function* pieces(client: NbdClient, chunk: number): AsyncGenerator<Piece> {
+/** The volume in order, as zero runs and data pieces of at most chunk bytes, from its extents. */
+async function* pieces(volume: VolumeHandle, chunk: number): AsyncGenerator<Piece> {
   let offset = 0;
-  while (offset < client.size) {
-    const extents = await client.blockStatus(offset, Math.min(STATUS_SPAN, client.size - offset));
+  while (offset < volume.size) {
+    const extents = await volume.extents(offset, Math.min(STATUS_SPAN, volume.size - offset));
     for (const extent of extents) {
       const end = extent.offset + extent.length;
       if (extent.zero) yield { offset: extent.offset, length: extent.length, zero: true };
@@ -103,7 +103,7 @@ async function* pieces(client: NbdClient, chunk: number): AsyncGenerator<Piece> 
 }
 
 export async function dumpVolume(
-  client: NbdClient,
+  volume: VolumeHandle,
   sink: DumpSink,
   onProgress: (done: number) => void = () => undefined,
 ): Promise<TransferResult> {
@@ -134,11 +134,11 @@ export async function dumpVolume(
   };
 
   try {
-    for await (const piece of pieces(client, CHUNK_BYTES)) {
+    for await (const piece of pieces(volume, CHUNK_BYTES)) {
       if (!piece.zero) {
         // Piece k reuses buffer k % DEPTH: piece k - DEPTH has been consumed (reading < DEPTH).
         piece.buffer = buffers[readsStarted++ % DEPTH].subarray(0, piece.length);
-        piece.done = client.read(piece.buffer, piece.offset);
+        piece.done = volume.read(piece.buffer, piece.offset).then(() => undefined);
         piece.done.catch(() => undefined); // awaited in order by consume(); not unhandled meanwhile
         reading++;
       }
@@ -150,7 +150,7 @@ export async function dumpVolume(
     // On failure, let reads still in flight land before their buffers go.
     await Promise.allSettled(window.map((p) => p.done));
   }
-  await sink.finish(client.size);
+  await sink.finish(volume.size);
   return {
     bytes: done,
     dataBytes,

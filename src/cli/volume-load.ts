@@ -1,14 +1,13 @@
 /**
- * Load: copy a source (a file or a stream) into an export through an
- * NbdClient from offset 0, hashing the source's bytes with sha256.
+ * Load: copy a source (a file or a stream) into a volume through a library
+ * VolumeHandle from offset 0, hashing the source's bytes with sha256.
  *
  * The input is read in CHUNK_BYTES pieces into DEPTH buffers made once; each
- * piece is scanned in blocks of the export's preferred block size (4 KiB to
- * 1 MiB), and runs of non-zero blocks become one WRITE each. Runs of zero
- * blocks are not stored: into a fresh volume (nothing to cover) they are
- * skipped; into an existing one they become WRITE_ZEROES (plain writes of
- * zeros where the server has no WRITE_ZEROES), and so does everything past
- * the end of the input, so no old content shows through.
+ * piece is scanned in blocks of the volume's block size (4 KiB to 1 MiB),
+ * and runs of non-zero blocks become one write each. Runs of zero blocks
+ * are not stored: into a fresh volume (nothing to cover) they are skipped;
+ * into an existing one they are trimmed (holes that read as zeros), and so
+ * is everything past the end of the input, so no old content shows through.
  * A buffer is read into again only once every write from it has settled.
  * FLUSH at the end: when loadVolume resolves, the content is durable.
  */
@@ -17,7 +16,7 @@ import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { UsageError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
-import type { NbdClient } from '../dataplane/nbd-client/client.js';
+import type { VolumeHandle } from '../library/volume-handle.js';
 import { CHUNK_BYTES, DEPTH, ZEROS, type TransferResult } from './volume-dump.js';
 
 export interface LoadSource {
@@ -72,14 +71,14 @@ export interface LoadResult extends TransferResult {
 }
 
 export async function loadVolume(
-  client: NbdClient,
+  volume: VolumeHandle,
   source: LoadSource,
   options: { fresh: boolean },
   onProgress: (done: number) => void = () => undefined,
 ): Promise<LoadResult> {
   const started = performance.now();
   const hash = createHash('sha256');
-  const grain = Math.min(Math.max(client.preferredBlockSize, 4096), ZEROS.length);
+  const grain = Math.min(Math.max(volume.blockSize, 4096), ZEROS.length);
   const buffers = Array.from({ length: DEPTH }, () => Buffer.allocUnsafeSlow(CHUNK_BYTES));
   const writing: Promise<unknown>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
   let offset = 0;
@@ -88,7 +87,7 @@ export async function loadVolume(
   const settleAll = () => Promise.all(writing);
   const zeroRange = (at: number, length: number): Promise<void> | undefined => {
     zeroBytes += length;
-    return options.fresh ? undefined : client.writeZeroes(at, length);
+    return options.fresh ? undefined : volume.trim(at, length);
   };
 
   try {
@@ -98,26 +97,28 @@ export async function loadVolume(
       const buffer = buffers[slot];
       let n = await source.read(buffer);
       if (n === 0) break;
-      if (offset + n > client.size)
+      if (offset + n > volume.size)
         throw new UsageError(
-          `the input is larger than the volume (${formatSize(client.size)}); ${formatSize(offset)} were loaded before that showed (load into a larger volume)`,
+          `the input is larger than the volume (${formatSize(volume.size)}); ${formatSize(offset)} were loaded before that showed (load into a larger volume)`,
         );
       hash.update(buffer.subarray(0, n));
       const length = n;
       // A server with a minimum block size gets a last piece padded with zeros to it.
-      const unaligned = n % client.minimumBlockSize;
-      if (unaligned) n = Math.min(n + client.minimumBlockSize - unaligned, client.size - offset);
+      const unaligned = n % volume.alignment;
+      if (unaligned) n = Math.min(n + volume.alignment - unaligned, volume.size - offset);
       buffer.fill(0, length, n);
       const writes: Promise<void>[] = [];
       let runStart = 0;
       let runZero = false;
       const endRun = (end: number) => {
         if (end === runStart) return;
-        if (runZero && (options.fresh || client.canWriteZeroes)) {
+        if (runZero) {
           const zeroing = zeroRange(offset + runStart, end - runStart);
           if (zeroing) writes.push(zeroing);
         } else {
-          writes.push(client.write(buffer.subarray(runStart, end), offset + runStart));
+          writes.push(
+            volume.write(buffer.subarray(runStart, end), offset + runStart).then(() => undefined),
+          );
           dataBytes += end - runStart;
         }
       };
@@ -139,9 +140,9 @@ export async function loadVolume(
       onProgress(offset);
     }
     await settleAll();
-    const tail = Math.ceil(offset / client.minimumBlockSize) * client.minimumBlockSize;
-    if (!options.fresh && tail < client.size) await zeroTail(client, tail);
-    await client.flush();
+    const tail = Math.ceil(offset / volume.alignment) * volume.alignment;
+    if (!options.fresh && tail < volume.size) await volume.trim(tail, volume.size - tail);
+    await volume.flush();
   } finally {
     await Promise.allSettled(writing);
   }
@@ -152,11 +153,4 @@ export async function loadVolume(
     sha256: hash.digest('hex'),
     seconds: (performance.now() - started) / 1000,
   };
-}
-
-/** Zero [from, size): WRITE_ZEROES, or plain writes of zeros to a server without it. */
-async function zeroTail(client: NbdClient, from: number): Promise<void> {
-  if (client.canWriteZeroes) return client.writeZeroes(from, client.size - from);
-  for (let at = from; at < client.size; at += ZEROS.length)
-    await client.write(ZEROS.subarray(0, Math.min(ZEROS.length, client.size - at)), at);
 }

@@ -1,17 +1,22 @@
 /**
- * Volume administration for torusctl and torusblk. Talks to the running
- * torusd through its admin socket when there is one; otherwise opens the
- * node's metadata store directly (which takes the data directory's lock, so
- * it can never race a torusd). Offline, deleting a volume only removes its
- * record: torusd frees the blocks at its next start.
+ * The volume operations of the library (Torus extends this), and so of
+ * torusctl and torusblk: list, create, delete, resize, snapshots, clones.
  *
- * With an etcd configuration (-C) every operation goes to the cluster's
- * catalog in etcd, never to a local socket or directory. A running torusd
- * serves the volumes that existed when it started.
+ * Where each runs, in order:
+ *  - a cluster (etcd configured): on the catalog in etcd, never on a local
+ *    socket or directory (a shrink with a store-less node of its own,
+ *    cluster-shrink.ts);
+ *  - a single node this process has open (the library's in-process node,
+ *    while handles are open on a data directory without torusd): on it;
+ *  - a single node whose torusd runs: through its admin socket;
+ *  - otherwise on the node's metadata store directly (which takes the data
+ *    directory's lock, so it can never race a torusd). Offline, deleting a
+ *    volume only removes its record: torusd frees the blocks at its next
+ *    start.
  */
 import { ensureDirectory } from '../common/dirs.js';
 import { join, resolve } from 'node:path';
-import { ConflictError, NotFoundError, UsageError } from '../common/errors.js';
+import { ConflictError, UsageError } from '../common/errors.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import {
   DEFAULT_REPLICATION,
@@ -30,19 +35,26 @@ import { snapshotStatus, type SnapshotStatus } from '../node/volume-admin.js';
 import { describeHolder, listVolumeLocks } from '../controlplane/locks/index.js';
 import { adminCall } from '../node/admin-api.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
-import { checkReplication, DEFAULT_BLOCK_SIZE, type VolumeStatus } from '../node/storage-node.js';
+import {
+  checkReplication,
+  DEFAULT_BLOCK_SIZE,
+  type StorageNode,
+  type VolumeStatus,
+} from '../node/storage-node.js';
 import type { ResizeOptions, ResizeResult } from '../node/volume-resize.js';
-import { openClusterStore } from './cluster-store.js';
+import { openClusterStore, type EtcdConfig } from './cluster-store.js';
 import { shrinkClusterVolume } from './cluster-shrink.js';
 import {
   resizeOffline,
   resizeOnCluster,
   type ClusterResizeResult,
 } from './volume-resize-offline.js';
-import type { EtcdConfig } from './common-flags.js';
 
-export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
+/** A volume as listed: no key material, no map root. */
+export interface VolumeInfo extends Omit<VolumeStatus, 'used' | 'sessions'> {
+  /** Bytes stored for it (single node). */
   used?: number;
+  /** NBD sessions open on it (single node, from the running node). */
   sessions?: number;
   /** Cluster: who holds the volume's write lock (node, host, pid), if anyone. */
   lockedBy?: string;
@@ -50,17 +62,48 @@ export interface VolumeRow extends Omit<VolumeStatus, 'used' | 'sessions'> {
   readers?: { node: string; generation: number; since: string }[];
 }
 
-export class AdminClient {
+/** A snapshot as listed: name VOL@SNAP, when taken, size, version, and what deleting it would free. */
+export type SnapshotInfo = SnapshotStatus;
+
+/** What resizeVolume did: the old and new size, and who keeps the old size until they reopen. */
+export type ResizeInfo = ResizeResult & Partial<ClusterResizeResult> & { online: boolean };
+
+/** Where a client's volumes are: a single node's data directory, or a cluster's etcd. */
+export interface OperationsTarget {
+  /** The single node's data directory (on a cluster: only the default key file's place). */
+  dataDir: string;
+  /** Set: the cluster's etcd holds the catalog. */
+  etcd?: EtcdConfig;
+  /** Master key file for encrypted volumes (a single node's default: DATA_DIR/master.key). */
+  keyFile?: string;
+}
+
+export class VolumeOperations {
   readonly dataDir: string;
+  readonly etcd: EtcdConfig | undefined;
+  protected readonly keyFile: string | undefined;
   private readonly socket: string;
 
-  constructor(
-    dataDir: string,
-    private readonly keyFile?: string,
-    readonly etcd?: EtcdConfig,
-  ) {
-    this.dataDir = resolve(dataDir);
+  protected constructor(target: OperationsTarget) {
+    this.dataDir = resolve(target.dataDir);
+    this.etcd = target.etcd;
+    this.keyFile = target.keyFile;
     this.socket = join(this.dataDir, 'torusd.sock');
+  }
+
+  /** The single node this process has open, if any (Torus: while handles are open without torusd). */
+  protected inProcessNode(): StorageNode | undefined {
+    return undefined;
+  }
+
+  /** The master key file: as given; a single node's default is DATA_DIR/master.key, a cluster has none. */
+  private masterKeyFile(): string {
+    if (this.keyFile) return this.keyFile;
+    if (this.etcd)
+      throw new UsageError(
+        'an encrypted volume needs the master key file its key is wrapped with: give keyFile (torusctl: --key-file)',
+      );
+    return join(this.dataDir, 'master.key');
   }
 
   /** Where the metadata is, for messages: the etcd endpoints or the data directory. */
@@ -68,9 +111,21 @@ export class AdminClient {
     return this.etcd ? `etcd ${this.etcd.endpoints}` : this.dataDir;
   }
 
-  /** Through the running node's socket, unless we talk to a cluster's etcd. */
-  private online<T>(method: string, path: string, body?: unknown): Promise<T | undefined> {
-    return this.etcd ? Promise.resolve(undefined) : adminCall<T>(this.socket, method, path, body);
+  /**
+   * On a running single node: the one open in this process (`local`), else
+   * torusd through its socket (method, path, body: node/admin-api.ts).
+   * Undefined on a cluster, or when no node runs.
+   */
+  private async online<T>(
+    local: (node: StorageNode) => Promise<T>,
+    method: string,
+    path: string,
+    body?: unknown,
+  ): Promise<T | undefined> {
+    if (this.etcd) return undefined;
+    const node = this.inProcessNode();
+    if (node) return local(node);
+    return adminCall<T>(this.socket, method, path, body);
   }
 
   private async offline<T>(
@@ -134,8 +189,9 @@ export class AdminClient {
     });
   }
 
-  async listVolumes(): Promise<VolumeRow[]> {
-    const online = await this.online<VolumeStatus[]>('GET', '/v1/volumes');
+  /** Every volume, with its size, space used, version and (cluster) who has it open. */
+  async listVolumes(): Promise<VolumeInfo[]> {
+    const online = await this.online((node) => node.listVolumes(), 'GET', '/v1/volumes');
     if (online) return online;
     return this.offline(async (catalog, meta) => {
       const locks = this.etcd ? await listVolumeLocks(meta) : new Map();
@@ -167,22 +223,28 @@ export class AdminClient {
     });
   }
 
+  /**
+   * Create a thin volume of `size` bytes (a positive multiple of 4 KiB);
+   * `encrypt`: AES-256-GCM at rest, its key wrapped by the master key;
+   * `replication` (cluster): copies of each block, else the ring's.
+   */
   async createVolume(
     name: string,
     size: number,
-    encrypt: boolean,
-    replication?: number,
-  ): Promise<VolumeRow> {
+    options: { encrypt?: boolean; replication?: number } = {},
+  ): Promise<VolumeInfo> {
+    const encrypt = options.encrypt === true;
+    const replication = options.replication;
     if (!Number.isSafeInteger(size) || size <= 0 || size % 4096 !== 0) {
       throw new UsageError(`volume size must be a positive multiple of 4 KiB, got ${size} bytes`);
     }
     checkReplication(replication, this.etcd !== undefined);
-    const online = await this.online<VolumeStatus>('POST', '/v1/volumes', {
-      name,
-      size,
-      encrypt,
-      replication,
-    });
+    const online = await this.online(
+      (node) => node.createVolume(name, size, { encrypt, replication }),
+      'POST',
+      '/v1/volumes',
+      { name, size, encrypt, replication },
+    );
     if (online) return online;
     return this.offline(async (catalog) => {
       const settings =
@@ -191,9 +253,7 @@ export class AdminClient {
           blockSize: DEFAULT_BLOCK_SIZE,
           createdAt: new Date().toISOString(),
         }));
-      const wrapped = encrypt
-        ? await new KeyRing(this.keyFile ?? join(this.dataDir, 'master.key')).newWrappedKey()
-        : undefined;
+      const wrapped = encrypt ? await new KeyRing(this.masterKeyFile()).newWrappedKey() : undefined;
       const {
         wrappedKey: _k,
         masterKeyFingerprint: _f,
@@ -212,12 +272,25 @@ export class AdminClient {
     });
   }
 
+  /**
+   * Delete a volume (refused while a client has it open, or while it has
+   * snapshots unless `withSnapshots`). `online`: a running node freed its
+   * blocks at once; otherwise GC does (a single node's next start, a
+   * cluster's rebalancer).
+   */
   async deleteVolume(
     name: string,
     options: { withSnapshots?: boolean } = {},
   ): Promise<{ online: boolean }> {
     const query = options.withSnapshots ? '?with-snapshots=1' : '';
-    const online = await this.online('DELETE', `/v1/volumes/${encodeURIComponent(name)}${query}`);
+    const online = await this.online(
+      async (node) => {
+        await node.deleteVolume(name, options);
+        return true;
+      },
+      'DELETE',
+      `/v1/volumes/${encodeURIComponent(name)}${query}`,
+    );
     if (online) return { online: true };
     await this.offline(async (catalog, meta) => {
       if (this.etcd) await assertNoReaders(meta, name);
@@ -230,26 +303,37 @@ export class AdminClient {
   // cluster) they are made on the catalog directly; GC (the next start of a
   // single node, every node's rebalancer in a cluster) frees what they release.
 
-  async createSnapshot(volume: string, snapshot: string): Promise<SnapshotStatus> {
-    const online = await this.online<SnapshotStatus>('POST', `${snapshotsPath(volume)}`, {
-      name: snapshot,
-    });
+  /** Keep the volume as last committed (everything flushed) as VOLUME@SNAPSHOT; instant. */
+  async createSnapshot(volume: string, snapshot: string): Promise<SnapshotInfo> {
+    const online = await this.online(
+      (node) => node.volumes.createSnapshot(volume, snapshot),
+      'POST',
+      snapshotsPath(volume),
+      { name: snapshot },
+    );
     if (online) return online;
     return this.offline(async (catalog, meta) =>
       snapshotStatus(await new SnapshotCatalog(meta, catalog).create(volume, snapshot)),
     );
   }
 
-  async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
-    const online = await this.online<SnapshotStatus[]>('GET', snapshotsPath(volume));
+  /** A volume's snapshots, oldest first. */
+  async listSnapshots(volume: string): Promise<SnapshotInfo[]> {
+    const online = await this.online(
+      (node) => node.volumes.listSnapshots(volume),
+      'GET',
+      snapshotsPath(volume),
+    );
     if (online) return online;
     return this.offline(async (catalog, meta) =>
       (await new SnapshotCatalog(meta, catalog).list(volume)).map(snapshotStatus),
     );
   }
 
+  /** Delete a snapshot; `freed`: the bytes a running node freed at once (GC frees them otherwise). */
   async deleteSnapshot(volume: string, snapshot: string): Promise<{ freed?: number }> {
-    const online = await this.online<{ freed: number }>(
+    const online = await this.online(
+      (node) => node.volumes.deleteSnapshot(volume, snapshot),
       'DELETE',
       `${snapshotsPath(volume)}/${encodeURIComponent(snapshot)}`,
     );
@@ -260,8 +344,10 @@ export class AdminClient {
     return {};
   }
 
-  async restoreSnapshot(volume: string, snapshot: string): Promise<VolumeRow> {
-    const online = await this.online<VolumeStatus>(
+  /** Make the volume's content the snapshot's, atomically (refused while a client has it open). */
+  async restoreSnapshot(volume: string, snapshot: string): Promise<VolumeInfo> {
+    const online = await this.online(
+      (node) => node.volumes.restoreSnapshot(volume, snapshot),
       'POST',
       `${snapshotsPath(volume)}/${encodeURIComponent(snapshot)}/restore`,
     );
@@ -273,8 +359,19 @@ export class AdminClient {
     });
   }
 
-  async cloneVolume(source: string, name: string, size?: number): Promise<VolumeRow> {
-    const online = await this.online<VolumeStatus>('POST', '/v1/clones', { source, name, size });
+  /** Create volume `name` sharing every block of `source` (VOL or VOL@SNAP) copy-on-write; instant. */
+  async cloneVolume(
+    source: string,
+    name: string,
+    options: { size?: number } = {},
+  ): Promise<VolumeInfo> {
+    const { size } = options;
+    const online = await this.online(
+      (node) => node.volumes.cloneVolume(source, name, { size }),
+      'POST',
+      '/v1/clones',
+      { source, name, size },
+    );
     if (online) return online;
     return this.offline(async (catalog, meta) =>
       publicRow(
@@ -288,12 +385,9 @@ export class AdminClient {
    * offline (a single node grows only; a cluster shrinks with a node of its
    * own, cluster-shrink.ts). `online` says whether torusd did it.
    */
-  async resizeVolume(
-    name: string,
-    size: number,
-    options: ResizeOptions,
-  ): Promise<ResizeResult & Partial<ClusterResizeResult> & { online: boolean }> {
-    const online = await this.online<ResizeResult>(
+  async resizeVolume(name: string, size: number, options: ResizeOptions = {}): Promise<ResizeInfo> {
+    const online = await this.online(
+      (node) => node.resizeVolume(name, size, options),
       'POST',
       `/v1/volumes/${encodeURIComponent(name)}/resize`,
       { size, shrink: options.shrink === true },
@@ -301,17 +395,18 @@ export class AdminClient {
     if (online) return { ...online, online: true };
     const result = await this.offline(async (catalog, meta) => {
       if (!this.etcd) return resizeOffline(catalog, this.dataDir, name, size, options);
-      return resizeOnCluster(catalog, meta, name, size, options, async () => {
-        const settings = await catalog.settings();
-        if (!settings) throw new NotFoundError(`${this.where} is not initialised`);
-        await shrinkClusterVolume(meta, settings, name, size, this.keyFile);
-      });
+      return resizeOnCluster(catalog, meta, name, size, options, () =>
+        shrinkClusterVolume(meta, this.etcd!.endpoints, name, size, this.keyFile),
+      );
     });
     return { ...result, online: false };
   }
 
+  /** The running torusd's status (its store, cache, volumes, NBD listeners), or undefined when none runs. */
   async status(): Promise<unknown> {
-    return adminCall(this.socket, 'GET', '/v1/status');
+    const node = this.inProcessNode();
+    if (node) return node.status();
+    return this.etcd ? undefined : adminCall(this.socket, 'GET', '/v1/status');
   }
 }
 
@@ -320,7 +415,7 @@ function snapshotsPath(volume: string): string {
 }
 
 /** A record as torusctl shows it: no key material, no map root. */
-function publicRow(record: VolumeRecord): VolumeRow {
+function publicRow(record: VolumeRecord): VolumeInfo {
   const {
     wrappedKey: _k,
     masterKeyFingerprint: _f,

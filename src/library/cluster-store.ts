@@ -1,8 +1,15 @@
-/** Opening a cluster's etcd for the binaries, with a message that names the endpoints. */
+/** Opening a cluster's etcd for the binaries and the library, with a message that names the endpoints. */
 import { MetadataUnavailableError } from '../controlplane/metadata/errors.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { openThreadedMetadataStore } from '../controlplane/thread/index.js';
-import type { EtcdConfig } from './common-flags.js';
+import type { EtcdTlsFiles } from '../controlplane/metadata/etcd/endpoints.js';
+
+/** Where a cluster's etcd is: what -C and the --etcd-*-file flags say, or the library's `etcd` option. */
+export interface EtcdConfig {
+  /** As given: `127.0.0.1:2379`, `http://a:2379,http://b:2379`. */
+  endpoints: string;
+  tls?: EtcdTlsFiles;
+}
 
 export interface ClusterStoreOptions {
   /**
