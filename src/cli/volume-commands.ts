@@ -31,6 +31,14 @@ export function outputFormat(args: Parsed): 'table' | 'json' {
   return format;
 }
 
+/** "2 (1.2 GiB only theirs)": a volume's snapshots and the space only they hold (single node). */
+function snapshotsCell(count: number | undefined, only: number | undefined): string {
+  if (count === undefined) return '-';
+  return count === 0 || only === undefined
+    ? String(count)
+    : `${count} (${sizeCell(only)} only theirs)`;
+}
+
 /** "2 (versions 3, 5)": how many nodes serve the volume read-only, and at which versions. */
 function readersCell(readers: VolumeInfo['readers']): string {
   if (!readers || readers.length === 0) return '-';
@@ -109,6 +117,7 @@ export function volumeCommands(createWord: string): Command[] {
           return;
         }
         const cluster = rows.some((r) => r.lockedBy !== undefined) || etcd !== undefined;
+        const clones = rows.some((r) => r.origin !== undefined);
         process.stdout.write(
           table(
             [
@@ -118,6 +127,8 @@ export function volumeCommands(createWord: string): Command[] {
               'ENCRYPTED',
               'VERSION',
               'CONNECTIONS',
+              'SNAPSHOTS',
+              ...(clones ? ['CLONE OF'] : []),
               ...(cluster ? ['REPLICATION', 'WRITER', 'READERS'] : []),
             ],
             rows.map((r) => [
@@ -127,6 +138,8 @@ export function volumeCommands(createWord: string): Command[] {
               r.encrypted ? 'yes' : 'no',
               String(r.generation),
               r.sessions === undefined ? '-' : String(r.sessions),
+              snapshotsCell(r.snapshots, r.snapshotOnly),
+              ...(clones ? [r.origin ?? '-'] : []),
               ...(cluster
                 ? [
                     r.replication === undefined ? '-' : String(r.replication),
