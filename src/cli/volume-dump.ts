@@ -9,12 +9,13 @@
  * the hash covers them as zeros from one shared zero buffer. Data is read in
  * CHUNK_BYTES pieces with up to DEPTH reads in flight into DEPTH buffers made
  * once, and handed to the sink strictly in order (the hash needs order; a
- * pipe too).
+ * pipe too). The hash runs on a thread of its own (background-hash.ts): a
+ * buffer is read into again once both the sink and the hash are done with it.
  */
-import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import type { VolumeHandle } from '../library/volume-handle.js';
+import { BackgroundHash, sharedBuffers } from './background-hash.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
 export const DEPTH = 8;
@@ -72,17 +73,13 @@ export function streamSink(stream: Writable): DumpSink {
   };
 }
 
-/** Feed `length` zero bytes to the hash. */
-export function hashZeros(hash: Hash, length: number): void {
-  for (let left = length; left > 0; left -= ZEROS.length)
-    hash.update(left >= ZEROS.length ? ZEROS : ZEROS.subarray(0, left));
-}
-
 interface Piece {
   offset: number;
   length: number;
   zero: boolean;
   buffer?: Buffer;
+  /** Which of the DEPTH buffers it is read into. */
+  slot?: number;
   done?: Promise<void>;
 }
 
@@ -108,8 +105,10 @@ export async function dumpVolume(
   onProgress: (done: number) => void = () => undefined,
 ): Promise<TransferResult> {
   const started = performance.now();
-  const hash = createHash('sha256');
-  const buffers = Array.from({ length: DEPTH }, () => Buffer.allocUnsafeSlow(CHUNK_BYTES));
+  const hash = new BackgroundHash();
+  const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
+  // When the hash is done with each buffer (it is then free to be read into again).
+  const hashed: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
   const window: Piece[] = [];
   let reading = 0;
   let readsStarted = 0;
@@ -120,11 +119,11 @@ export async function dumpVolume(
   const consume = async (): Promise<number> => {
     const piece = window.shift()!;
     if (piece.zero) {
-      hashZeros(hash, piece.length);
+      hash.zeros(piece.length);
       await sink.zeros(piece.offset, piece.length);
     } else {
       await piece.done;
-      hash.update(piece.buffer!);
+      hashed[piece.slot!] = hash.update(piece.buffer!);
       await sink.data(piece.buffer!, piece.offset);
       dataBytes += piece.length;
     }
@@ -137,7 +136,9 @@ export async function dumpVolume(
     for await (const piece of pieces(volume, CHUNK_BYTES)) {
       if (!piece.zero) {
         // Piece k reuses buffer k % DEPTH: piece k - DEPTH has been consumed (reading < DEPTH).
-        piece.buffer = buffers[readsStarted++ % DEPTH].subarray(0, piece.length);
+        piece.slot = readsStarted++ % DEPTH;
+        await hashed[piece.slot];
+        piece.buffer = buffers[piece.slot].subarray(0, piece.length);
         piece.done = volume.read(piece.buffer, piece.offset).then(() => undefined);
         piece.done.catch(() => undefined); // awaited in order by consume(); not unhandled meanwhile
         reading++;
@@ -146,6 +147,9 @@ export async function dumpVolume(
       while (reading >= DEPTH || window.length > 4 * DEPTH) reading -= await consume();
     }
     while (window.length > 0) await consume();
+  } catch (err) {
+    await hash.close();
+    throw err;
   } finally {
     // On failure, let reads still in flight land before their buffers go.
     await Promise.allSettled(window.map((p) => p.done));
@@ -154,7 +158,7 @@ export async function dumpVolume(
   return {
     bytes: done,
     dataBytes,
-    sha256: hash.digest('hex'),
+    sha256: await hash.digest(),
     seconds: (performance.now() - started) / 1000,
   };
 }

@@ -11,12 +11,12 @@
  * A buffer is read into again only once every write from it has settled.
  * FLUSH at the end: when loadVolume resolves, the content is durable.
  */
-import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { UsageError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
 import type { VolumeHandle } from '../library/volume-handle.js';
+import { BackgroundHash, sharedBuffers } from './background-hash.js';
 import { CHUNK_BYTES, DEPTH, ZEROS, type TransferResult } from './volume-dump.js';
 
 export interface LoadSource {
@@ -77,9 +77,10 @@ export async function loadVolume(
   onProgress: (done: number) => void = () => undefined,
 ): Promise<LoadResult> {
   const started = performance.now();
-  const hash = createHash('sha256');
+  // sha256 on a thread of its own; a buffer is read into again once its writes and its hash are done.
+  const hash = new BackgroundHash();
   const grain = Math.min(Math.max(volume.blockSize, 4096), ZEROS.length);
-  const buffers = Array.from({ length: DEPTH }, () => Buffer.allocUnsafeSlow(CHUNK_BYTES));
+  const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
   const writing: Promise<unknown>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
   let offset = 0;
   let dataBytes = 0;
@@ -101,7 +102,7 @@ export async function loadVolume(
         throw new UsageError(
           `the input is larger than the volume (${formatSize(volume.size)}); ${formatSize(offset)} were loaded before that showed (load into a larger volume)`,
         );
-      hash.update(buffer.subarray(0, n));
+      const hashing = hash.update(buffer.subarray(0, n));
       const length = n;
       // A server with a minimum block size gets a last piece padded with zeros to it.
       const unaligned = n % volume.alignment;
@@ -133,7 +134,7 @@ export async function loadVolume(
         }
       }
       endRun(n);
-      const all = Promise.all(writes);
+      const all = Promise.all([...writes, hashing]);
       all.catch(() => undefined); // awaited before the buffer is reused, and at the end
       writing[slot] = all;
       offset += length;
@@ -143,6 +144,9 @@ export async function loadVolume(
     const tail = Math.ceil(offset / volume.alignment) * volume.alignment;
     if (!options.fresh && tail < volume.size) await volume.trim(tail, volume.size - tail);
     await volume.flush();
+  } catch (err) {
+    await hash.close();
+    throw err;
   } finally {
     await Promise.allSettled(writing);
   }
@@ -150,7 +154,7 @@ export async function loadVolume(
     bytes: offset,
     dataBytes,
     zeroBytes,
-    sha256: hash.digest('hex'),
+    sha256: await hash.digest(),
     seconds: (performance.now() - started) / 1000,
   };
 }
