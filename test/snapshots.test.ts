@@ -247,6 +247,27 @@ describe(
       assert.ok(outcomes.size >= 1);
     });
 
+    test('an encrypted volume: its snapshot and its clone stay encrypted and read back', async () => {
+      await ctlOk('volume', 'create', 'secret', '4MiB', '--encrypt');
+      const plain = randomBytes(4 * MiB);
+      await write('secret', 0, plain);
+      await ctlOk('block', 'snapshot', 'create', 'secret@s');
+      await ctlOk('volume', 'clone', 'secret@s', 'secret-copy');
+      await write('secret', 0, randomBytes(MiB));
+      assert.equal(sha256(await read('secret@s')), sha256(plain));
+      assert.equal(sha256(await read('secret-copy')), sha256(plain));
+      const rows = JSON.parse(await ctlOk('volume', 'list', '-o', 'json')) as {
+        name: string;
+        encrypted: boolean;
+      }[];
+      assert.equal(rows.find((r) => r.name === 'secret-copy')?.encrypted, true);
+      // Nothing of the plaintext is in the store: every block is sealed.
+      const data = await readFile(join(dir, 'blocks', 'data'));
+      assert.equal(data.indexOf(plain.subarray(0, 64)), -1, 'plaintext found in the store');
+      await ctlOk('volume', 'delete', 'secret-copy');
+      await ctlOk('volume', 'delete', 'secret', '--with-snapshots');
+    });
+
     test('bad names and sizes: usage errors exit 2, refusals exit 1, nothing changes', async () => {
       const cases: [string[], number, RegExp][] = [
         [['block', 'snapshot', 'create', 'atomic'], 2, /expected VOLUME@SNAPSHOT/],
