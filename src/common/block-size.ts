@@ -25,3 +25,6 @@ export function blockSizeProblem(bytes: number): string | undefined {
   }
   return undefined;
 }
+
+/** The block size a store or cluster gets unless told otherwise. */
+export const DEFAULT_BLOCK_SIZE = 64 * 1024;

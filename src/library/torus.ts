@@ -23,9 +23,11 @@ import type { NbdAddress } from '../dataplane/nbd-client/client.js';
 import { parseEndpoints } from '../controlplane/metadata/etcd/endpoints.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { adminCall } from '../node/admin-api.js';
-import { StorageNode } from '../node/storage-node.js';
+// The node and the client node are imported when first needed: a torusctl
+// command that only talks to a running torusd never pays for loading them.
+import type { StorageNode } from '../node/storage-node.js';
 import type { BlockDevice } from './block-device.js';
-import { openClientNode, type ClientNode } from './client-node.js';
+import type { ClientNode } from './client-node.js';
 import { openClusterStore, type EtcdConfig } from './cluster-store.js';
 import { ExportDevice } from './export-device.js';
 import { NbdDevice } from './nbd-device.js';
@@ -187,6 +189,7 @@ export class Torus extends VolumeOperations {
         throw new UsageError(
           `no node store in ${dataDir} yet: give Torus.open a capacity (bytes) to create one, or start torusd there`,
         );
+      const { StorageNode } = await import('../node/storage-node.js');
       const node = await StorageNode.open({
         dataDir,
         capacityBytes: capacity,
@@ -208,6 +211,7 @@ export class Torus extends VolumeOperations {
       // On its own thread: the write locks' keepalives must not wait behind the caller's work.
       const meta = await openClusterStore(etcd);
       try {
+        const { openClientNode } = await import('./client-node.js');
         const client = await openClientNode({
           meta,
           endpoints: etcd.endpoints,

@@ -31,7 +31,8 @@ import type { NodeMetrics } from './metrics.js';
  * original's 512 KiB made that 128×), large enough that a 1 MiB sequential
  * write is 16 blocks, each hashed and stored in one batch.
  */
-export const DEFAULT_BLOCK_SIZE = 64 * 1024;
+export { DEFAULT_BLOCK_SIZE } from '../common/block-size.js';
+import { DEFAULT_BLOCK_SIZE } from '../common/block-size.js';
 export const DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024;
 
 export interface StorageNodeOptions {

@@ -20,9 +20,15 @@ import type {
 } from '../controlplane/volumes/catalog.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
-import { MAX_TARGETS } from '../dataplane/replication/placement.js';
+import { checkReplication } from '../model/replication.js';
+export { checkReplication } from '../model/replication.js';
 import { cloneVolume } from '../controlplane/volumes/clones.js';
-import type { SnapshotCatalog, SnapshotRecord } from '../controlplane/volumes/snapshots.js';
+import {
+  snapshotStatus,
+  type SnapshotCatalog,
+  type SnapshotStatus,
+} from '../controlplane/volumes/snapshots.js';
+export { snapshotStatus, type SnapshotStatus } from '../controlplane/volumes/snapshots.js';
 import type { LocalGc } from './local-gc.js';
 import type { VolumeHost } from './volume-host.js';
 
@@ -43,19 +49,6 @@ export interface VolumeStatus {
   snapshots?: number;
   /** Single node: bytes only its snapshots reference (what deleting them would free). */
   snapshotOnly?: number;
-}
-
-export interface SnapshotStatus {
-  /** VOLUME@SNAPSHOT */
-  name: string;
-  volume: string;
-  snapshot: string;
-  createdAt: string;
-  size: number;
-  generation: number;
-  encrypted: boolean;
-  /** Bytes deleting it would free (blocks no other version references); undefined where not computed (cluster). */
-  exclusive?: number;
 }
 
 export interface VolumeAdminParts {
@@ -290,28 +283,4 @@ export class VolumeAdmin {
       ),
     );
   }
-}
-
-/** A volume's own replication factor: a cluster's, 1 to MAX_TARGETS. */
-export function checkReplication(replication: number | undefined, cluster: boolean): void {
-  if (replication === undefined) return;
-  if (!cluster)
-    throw new UsageError('--replication needs a cluster (-C/--etcd): a single node keeps one copy');
-  if (!Number.isSafeInteger(replication) || replication < 1 || replication > MAX_TARGETS) {
-    throw new UsageError(
-      `replication must be a whole number from 1 to ${MAX_TARGETS}, got ${replication}`,
-    );
-  }
-}
-
-export function snapshotStatus(record: SnapshotRecord): SnapshotStatus {
-  return {
-    name: `${record.volume}@${record.name}`,
-    volume: record.volume,
-    snapshot: record.name,
-    createdAt: record.createdAt,
-    size: record.size,
-    generation: record.generation,
-    encrypted: record.encrypted,
-  };
 }

@@ -223,3 +223,29 @@ export class SnapshotCatalog {
 function byAge(a: SnapshotRecord, b: SnapshotRecord): number {
   return a.generation - b.generation || a.createdAt.localeCompare(b.createdAt);
 }
+
+/** What torusctl and the library show of a snapshot. */
+export interface SnapshotStatus {
+  /** VOLUME@SNAPSHOT */
+  name: string;
+  volume: string;
+  snapshot: string;
+  createdAt: string;
+  size: number;
+  generation: number;
+  encrypted: boolean;
+  /** Bytes deleting it would free (blocks no other version references); undefined where not computed (cluster). */
+  exclusive?: number;
+}
+
+export function snapshotStatus(record: SnapshotRecord): SnapshotStatus {
+  return {
+    name: `${record.volume}@${record.name}`,
+    volume: record.volume,
+    snapshot: record.name,
+    createdAt: record.createdAt,
+    size: record.size,
+    generation: record.generation,
+    encrypted: record.encrypted,
+  };
+}

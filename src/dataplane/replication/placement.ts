@@ -24,12 +24,13 @@
  * set changes); tasks for the pool carry that table and per-block indexes
  * into it, so a worker can open its own connections without knowing the ring.
  */
+import { MAX_REPLICATION } from '../../model/replication.js';
 import { buildRing, type IndexedRing, type RingDescription } from '../../model/ring/index.js';
 
 /** Extra ring positions looked at beyond R, for writes while nodes were down. */
 export const SPARE_CANDIDATES = 2;
 /** Most remote targets one block can have in a task (R ≤ this). */
-export const MAX_TARGETS = 8;
+export const MAX_TARGETS = MAX_REPLICATION;
 
 export interface PeerTarget {
   uuid: string;
