@@ -15,7 +15,8 @@
  * Prints a table; writes nothing under the repository.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -62,9 +63,26 @@ function fio(uri: string, args: string[]): { iops: number; bw: number } {
   return { iops: job.write.iops, bw: job.write.bw_bytes };
 }
 
+/** A free TCP port on 127.0.0.1. */
+function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const server = createServer();
+    server.once('error', fail);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => done(port));
+    });
+  });
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'torus-snapbench-'));
   const storeBytes = dataBytes + 4 * 2 ** 30;
+  // torusd logs to a file: fio runs synchronously here, and a pipe nobody drains
+  // meanwhile would block torusd's writes (pipes are synchronous on Linux).
+  const logPath = join(dir, 'torusd.log');
+  const log = openSync(logPath, 'w');
+  const port = await freePort();
   const torusd = spawn(
     process.execPath,
     [
@@ -74,24 +92,22 @@ async function main(): Promise<void> {
       '--size',
       String(storeBytes),
       '--nbd',
-      '127.0.0.1:0',
+      `127.0.0.1:${port}`,
       '--cache-size',
       '512MiB',
     ],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TORUS_LOG_FORMAT: 'json' } },
+    { stdio: ['ignore', log, log], env: { ...process.env, TORUS_LOG_FORMAT: 'json' } },
   );
   try {
-    const port = await new Promise<number>((done, fail) => {
-      let text = '';
-      torusd.stdout!.on('data', (d: Buffer) => {
-        text += d.toString();
-        const m = /torusd listening on nbd:\/\/[^:]+:(\d+)\//.exec(text);
-        if (m) done(Number(m[1]));
-      });
-      let errors = '';
-      torusd.stderr!.on('data', (d: Buffer) => (errors += d.toString()));
-      torusd.once('exit', (code) => fail(new Error(`torusd exited ${code}: ${errors}`)));
-    });
+    for (
+      let waited = 0;
+      !readFileSync(logPath, 'utf8').includes('torusd listening');
+      waited += 100
+    ) {
+      if (torusd.exitCode !== null || waited > 30_000)
+        throw new Error(`torusd did not start:\n${readFileSync(logPath, 'utf8')}`);
+      await new Promise((done) => setTimeout(done, 100));
+    }
     const socket = join(dir, 'torusd.sock');
     const call = (method: string, path: string, body?: unknown) =>
       adminCall(socket, method, path, body);
@@ -169,6 +185,12 @@ async function main(): Promise<void> {
         '',
       ].join('\n'),
     );
+  } catch (err) {
+    const tail = readFileSync(logPath, 'utf8').slice(-4000);
+    process.stderr.write(
+      `torusd ${torusd.exitCode === null ? 'still runs' : `exited ${torusd.exitCode}`}; its log ends:\n${tail}\n`,
+    );
+    throw err;
   } finally {
     torusd.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
