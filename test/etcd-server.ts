@@ -9,6 +9,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -211,7 +212,10 @@ async function startOnce(
     get pid() {
       return child.pid!;
     },
-    freeze: () => void child.kill('SIGSTOP'),
+    freeze: () => {
+      child.kill('SIGSTOP');
+      waitUntilStopped(child.pid!);
+    },
     thaw: () => void child.kill('SIGCONT'),
     kill,
     async restart(options = {}) {
@@ -222,4 +226,30 @@ async function startOnce(
     },
     stop,
   };
+}
+
+/**
+ * SIGSTOP is delivered asynchronously: kill() returns before every thread of
+ * the target has stopped, and a request sent in that moment can still be
+ * answered (seen once: a call made right after freeze() succeeded). Wait,
+ * synchronously and for at most 2 s, until /proc shows every thread stopped.
+ */
+function waitUntilStopped(pid: number): void {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  const deadline = Date.now() + 2000;
+  while (Date.now() < deadline) {
+    let running = false;
+    try {
+      for (const task of readdirSync(`/proc/${pid}/task`)) {
+        const stat = readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8');
+        // The state is the field after the parenthesised command name.
+        const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+        if (state !== 'T' && state !== 't') running = true;
+      }
+    } catch {
+      return; // gone, or no /proc: nothing to wait for
+    }
+    if (!running) return;
+    Atomics.wait(nap, 0, 0, 1);
+  }
 }
