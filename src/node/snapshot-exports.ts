@@ -19,10 +19,10 @@ import {
 } from '../controlplane/volumes/snapshots.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
 import type { ExportInfo, NbdExport } from '../dataplane/nbd/export.js';
-import { Volume, type VolumeServices } from '../dataplane/volume/volume.js';
+import type { Volume, VolumeServices } from '../dataplane/volume/volume.js';
 import { VolumeExport } from '../dataplane/volume/volume-export.js';
 import { sameMapRoot } from '../model/map-root.js';
-import { exportDescription } from './volume-host.js';
+import { exportDescription, openVersion } from './volume-host.js';
 
 interface Served {
   volume: Volume;
@@ -92,26 +92,15 @@ export class SnapshotExports {
 
   private async openVolume(exportName: string, snapshot: VersionedSnapshot): Promise<Served> {
     const { record } = snapshot;
-    const key = record.encrypted ? await this.keys.unwrap({ ...record, name: exportName }) : null;
     const services: VolumeServices = {
       ...this.services,
       commit: () =>
         Promise.reject(new IoError('EPERM', `${exportName} is a snapshot: it is never written`)),
     };
-    const volume = await Volume.open(
-      {
-        id: record.volumeId,
-        name: exportName,
-        size: record.size,
-        blockSize: record.blockSize,
-        encrypted: record.encrypted,
-        ...(record.ancestors ? { ancestors: record.ancestors } : {}),
-      },
-      record.generation,
-      record.root ?? undefined,
-      key,
+    const volume = await openVersion(
+      { ...record, id: record.volumeId, name: exportName },
+      this.keys,
       services,
-      record.mapHeight,
     );
     this.log.info(
       { snapshot: exportName, generation: record.generation },

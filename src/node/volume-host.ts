@@ -12,7 +12,7 @@
  */
 import { formatSize } from '../common/size.js';
 import type { Logger } from '../common/log.js';
-import type { VersionedRecord } from '../controlplane/volumes/catalog.js';
+import type { VersionedRecord, VolumeRecord } from '../controlplane/volumes/catalog.js';
 import type { VolumeOwnership } from '../controlplane/volumes/ownership.js';
 import type { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
@@ -93,24 +93,8 @@ export class VolumeHost implements ExportProvider {
   }
 
   /** Open the version `versioned` names (its key unwrapped when encrypted). */
-  async openVolume(versioned: VersionedRecord): Promise<Volume> {
-    const { record } = versioned;
-    const key = record.encrypted ? await this.parts.keys.unwrap(record) : null;
-    return Volume.open(
-      {
-        id: record.id,
-        name: record.name,
-        size: record.size,
-        blockSize: record.blockSize,
-        encrypted: record.encrypted,
-        ...(record.ancestors ? { ancestors: record.ancestors } : {}),
-      },
-      record.generation,
-      record.root ?? undefined,
-      key,
-      this.parts.services,
-      record.mapHeight,
-    );
+  openVolume(versioned: VersionedRecord): Promise<Volume> {
+    return openVersion(versioned.record, this.parts.keys, this.parts.services);
   }
 
   /**
@@ -240,4 +224,44 @@ export function exportDescription(
   readOnly?: string,
 ): string {
   return `torus volume ${name} (${formatSize(size)}${encrypted ? ', encrypted' : ''}${readOnly ? `; read-only: ${readOnly}` : ''})`;
+}
+
+/** What opening a version takes: a volume record, or a snapshot's copy of one under its export name. */
+export type OpenableVersion = Pick<
+  VolumeRecord,
+  | 'id'
+  | 'name'
+  | 'size'
+  | 'blockSize'
+  | 'encrypted'
+  | 'wrappedKey'
+  | 'masterKeyFingerprint'
+  | 'ancestors'
+  | 'generation'
+  | 'root'
+  | 'mapHeight'
+>;
+
+/** A Volume at `version` (its key unwrapped when encrypted), on `services`. */
+export async function openVersion(
+  version: OpenableVersion,
+  keys: KeyRing,
+  services: VolumeServices,
+): Promise<Volume> {
+  const key = version.encrypted ? await keys.unwrap(version) : null;
+  return Volume.open(
+    {
+      id: version.id,
+      name: version.name,
+      size: version.size,
+      blockSize: version.blockSize,
+      encrypted: version.encrypted,
+      ...(version.ancestors ? { ancestors: version.ancestors } : {}),
+    },
+    version.generation,
+    version.root ?? undefined,
+    key,
+    services,
+    version.mapHeight,
+  );
 }
