@@ -61,6 +61,11 @@ const log = logger('data-pool');
 
 const READ_STRIDE = MAX_TARGETS + SPARE_CANDIDATES;
 
+/** The flag turning require(esm) off, where this Node has it (20.17 and later). */
+const NO_REQUIRE_ESM = process.allowedNodeEnvironmentFlags.has('--experimental-require-module')
+  ? ['--no-experimental-require-module']
+  : [];
+
 export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
@@ -97,6 +102,11 @@ export class DataPool {
       // connections: parked, they never see a restarted peer's FIN and the
       // next PUT goes out on the dead socket. 'async' keeps the loop running.
       atomics: tasksPerWorker > 1 ? 'async' : 'sync',
+      // Piscina loads the worker with require() first; on Node 20 that is
+      // require(esm), which has aborted the whole process in its module
+      // linking (a V8/Node assertion, seen once in CI). Off, require() fails
+      // cleanly and Piscina falls back to import().
+      execArgv: [...process.execArgv, ...NO_REQUIRE_ESM],
     });
   }
 
