@@ -30,7 +30,8 @@ import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
-import { BlockMap, ENTRY_SEALED, pageIndex } from './block-map.js';
+import { BlockMap, ENTRY_SEALED } from './block-map.js';
+import { loadCommittedMap } from './map-load.js';
 import { type MapRoot } from '../../model/map-root.js';
 import {
   VolumeState,
@@ -124,44 +125,7 @@ export class Volume implements CacheOwner {
       identity.ancestors,
     );
     const state = new VolumeState(identity, generation, map, key, services);
-    if (root) {
-      const { placement } = state;
-      const page = Buffer.allocUnsafe(identity.blockSize);
-      const loadPage = async (
-        level: number,
-        pageNo: number,
-        generation: number,
-        hashLo: number,
-        hashHi: number,
-      ) => {
-        const ref = {
-          volumeId: map.ownerOf(generation),
-          generation,
-          index: pageIndex(level, pageNo),
-        };
-        const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
-        if (slot === undefined) await placement.getBlock(ref, hashLo, hashHi, page);
-        const digest =
-          slot === undefined ? { lo: hashLo, hi: hashHi } : await store.readBlock(slot, page);
-        if (digest.lo !== hashLo || digest.hi !== hashHi) {
-          throw new ChecksumError(
-            identity.name,
-            -1,
-            `volume ${identity.name}: map page ${level}/${pageNo} fails its checksum`,
-          );
-        }
-        const words = new Uint32Array(identity.blockSize / 4);
-        new Uint8Array(words.buffer).set(page);
-        map.installPage(level, pageNo, words);
-      };
-      await loadPage(map.rootLevel, 0, root.generation, root.hashLo, root.hashHi);
-      for (let level = map.rootLevel; level > 0; level--) {
-        for (const child of map.childPages(level)) {
-          const entry = map.entryWords(level, child)!;
-          await loadPage(level - 1, child, entry[0], entry[2], entry[3]);
-        }
-      }
-    }
+    if (root) await loadCommittedMap(map, root, identity.name, store, state.placement);
     return new Volume(state);
   }
 
