@@ -29,6 +29,7 @@ import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { cloneVolume } from '../controlplane/volumes/clones.js';
 import { assertNoReaders, listReadPins } from '../controlplane/volumes/read-pins.js';
+import { assertNoSnapshotReaders } from '../controlplane/volumes/snapshot-pins.js';
 import {
   SnapshotCatalog,
   snapshotStatus,
@@ -295,7 +296,10 @@ export class VolumeOperations {
     );
     if (online) return { online: true };
     await this.offline(async (catalog, meta) => {
-      if (this.etcd) await assertNoReaders(meta, name);
+      if (this.etcd) {
+        await assertNoReaders(meta, name);
+        if (options.withSnapshots) await assertNoSnapshotReaders(meta, name);
+      }
       await catalog.remove(name, options);
     });
     return { online: false };
@@ -341,6 +345,7 @@ export class VolumeOperations {
     );
     if (online) return online;
     await this.offline(async (catalog, meta) => {
+      if (this.etcd) await assertNoSnapshotReaders(meta, volume, snapshot);
       await new SnapshotCatalog(meta, catalog).remove(volume, snapshot);
     });
     return {};

@@ -11,6 +11,7 @@ import type { PeerTable } from '../controlplane/membership/peer-table.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { listReadPins } from '../controlplane/volumes/read-pins.js';
+import { listSnapshotPins } from '../controlplane/volumes/snapshot-pins.js';
 import type { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import { Scrubber } from '../dataplane/blocks/scrub.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
@@ -107,10 +108,11 @@ export class BackgroundServices {
         const { records, snapshots } = await this.parts.snapshots.listVersions();
         // Pins after the catalog: the order read-pins.ts's protocol relies on.
         const pins = await listReadPins(meta);
+        const snapshotPins = await listSnapshotPins(meta);
         // Every volume's own replication, before a run decides what is surplus.
         for (const record of records)
           cluster.placement.setVolumeReplication(record.id, record.replication);
-        return views.view(records, pins, snapshots);
+        return views.view(records, pins, snapshots, snapshotPins);
       },
       log: log.child({ component: 'rebalance' }),
       rateBytesPerSecond: this.parts.rebalance.rate,

@@ -15,8 +15,10 @@ import {
   isSnapshotName,
   parseSnapshotName,
   type SnapshotCatalog,
+  type SnapshotRecord,
   type VersionedSnapshot,
 } from '../controlplane/volumes/snapshots.js';
+import type { ReadPin } from '../controlplane/volumes/read-pins.js';
 import type { KeyRing } from '../dataplane/crypto/key-ring.js';
 import type { ExportInfo, NbdExport } from '../dataplane/nbd/export.js';
 import type { Volume, VolumeServices } from '../dataplane/volume/volume.js';
@@ -27,7 +29,15 @@ import { exportDescription, openVersion } from './volume-host.js';
 interface Served {
   volume: Volume;
   snapshot: VersionedSnapshot;
+  /** In a cluster: the pin that keeps this version's blocks while it is served. */
+  pin?: ReadPin;
 }
+
+/** Pins a snapshot while it is served (VolumeOwnership.pinSnapshot); undefined where no pin is needed. */
+export type SnapshotPinner = (
+  volume: string,
+  snapshot: string,
+) => Promise<{ pin: ReadPin; snapshot: SnapshotRecord } | undefined>;
 
 export class SnapshotExports {
   /** Open snapshot volumes by export name. */
@@ -38,6 +48,7 @@ export class SnapshotExports {
     private readonly keys: KeyRing,
     private readonly services: VolumeServices,
     private readonly log: Logger,
+    private readonly pinner: SnapshotPinner = async () => undefined,
   ) {}
 
   /** Is `name` a snapshot's export name (VOLUME@SNAPSHOT)? */
@@ -91,7 +102,19 @@ export class SnapshotExports {
   }
 
   private async openVolume(exportName: string, snapshot: VersionedSnapshot): Promise<Served> {
-    const { record } = snapshot;
+    const { volume: volumeName, snapshot: snapshotName } = parseSnapshotName(exportName);
+    const pinned = await this.pinner(volumeName, snapshotName);
+    // The pinned record is the one served: the snapshot as it was when pinned.
+    const record = pinned?.snapshot ?? snapshot.record;
+    try {
+      return { volume: await this.openPinned(exportName, record), snapshot, pin: pinned?.pin };
+    } catch (err) {
+      await pinned?.pin.release();
+      throw err;
+    }
+  }
+
+  private async openPinned(exportName: string, record: SnapshotRecord): Promise<Volume> {
     const services: VolumeServices = {
       ...this.services,
       commit: () =>
@@ -106,7 +129,7 @@ export class SnapshotExports {
       { snapshot: exportName, generation: record.generation },
       'serving a snapshot read-only',
     );
-    return { volume, snapshot };
+    return volume;
   }
 
   private sessionEnded(exportName: string, volume: Volume): void {
@@ -115,7 +138,11 @@ export class SnapshotExports {
     const pending = this.served.get(exportName);
     this.served.delete(exportName);
     void pending
-      ?.then(({ volume: served }) => (served === volume ? volume.close() : undefined))
+      ?.then(async ({ volume: served, pin }) => {
+        if (served !== volume) return;
+        await volume.close();
+        await pin?.release();
+      })
       .catch(() => undefined);
   }
 
@@ -124,6 +151,7 @@ export class SnapshotExports {
     for (const pending of this.served.values()) {
       const served = await pending.catch(() => undefined);
       await served?.volume.close().catch(() => undefined);
+      await served?.pin?.release();
     }
     this.served.clear();
     this.opened.clear();

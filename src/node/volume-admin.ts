@@ -104,6 +104,7 @@ export class VolumeAdmin {
     this.refuseWhileOpen(name, 'delete it');
     // Another node's read-only clients would lose the data under them.
     await host.ownership.assertNoReaders(name);
+    if (options.withSnapshots) await host.ownership.assertNoSnapshotReaders(name);
     host.stopLingering(name);
     const record = await host.ownership.remove(name, options);
     await host.forget(name);
@@ -168,6 +169,7 @@ export class VolumeAdmin {
       throw new ConflictError(
         `snapshot "${exportName}" is being read by ${sessions} NBD connection(s) on this node; disconnect them first`,
       );
+    await this.parts.host.ownership.assertNoSnapshotReaders(volume, snapshot);
     await this.parts.snapshots.remove(volume, snapshot);
     const freed = await this.collect();
     this.parts.log.info({ snapshot: exportName, blocks: freed }, 'snapshot deleted');

@@ -73,6 +73,7 @@ export class VolumeHost implements ExportProvider {
       parts.keys,
       parts.services,
       parts.log,
+      (volume, snapshot) => parts.ownership.pinSnapshot(parts.snapshots, volume, snapshot),
     );
   }
 

@@ -152,6 +152,14 @@ export function snapshotChangesKey(name: string): string {
   return SNAPSHOT_CHANGES + name;
 }
 
+/** Every snapshot pin (snapshot-pins.ts) of the catalog is under this prefix. */
+export const ALL_SNAPSHOT_PINS = 'pins/snapshots/';
+
+/** The pins of volume `name`'s snapshots being served (of one snapshot, given `snapshot`). */
+export function snapshotPinPrefix(name: string, snapshot?: string): string {
+  return `${ALL_SNAPSHOT_PINS}${name}/${snapshot === undefined ? '' : `${snapshot}/`}`;
+}
+
 /** Every clone hold on volume `id`. */
 export function cloneHoldPrefix(id: number): string {
   return `${CLONE_HOLDS}${id}/`;
@@ -162,7 +170,7 @@ export function cloneHoldKey(ancestorId: number, cloneId: number): string {
   return `${cloneHoldPrefix(ancestorId)}${cloneId}`;
 }
 
-/** The highest `generation` among JSON values of snapshots and clone holds (0: none). */
+/** The highest `generation` among JSON values of snapshots, snapshot pins and clone holds (0: none). */
 function highestHeld(results: TxnOpResult[]): number {
   let highest = 0;
   for (const result of results) {
@@ -312,7 +320,7 @@ export class VolumeCatalog {
       .versioned;
   }
 
-  /** commitVersion, also saying what snapshots and clones hold (read in the commit's own txn). */
+  /** commitVersion, also saying what snapshots (pinned ones too) and clones hold (read in the commit's own txn). */
   async commitVersionHolding(
     expected: VersionedRecord,
     generation: number,
@@ -346,6 +354,8 @@ export class VolumeCatalog {
         { type: 'put', key, value: encode(record) },
         { type: 'get', key: snapshotPrefix(record.name), prefix: true },
         { type: 'get', key: cloneHoldPrefix(record.id), prefix: true },
+        // A snapshot deleted while a node serves it is still held by its pin.
+        { type: 'get', key: snapshotPinPrefix(record.name), prefix: true },
       ],
     );
     if (!result.succeeded) {

@@ -38,6 +38,8 @@ import {
 import type { MetadataStore } from '../metadata/store.js';
 import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js';
 import { assertNoReaders, pinCurrentVersion, type ReadPin } from './read-pins.js';
+import { assertNoSnapshotReaders, pinSnapshot } from './snapshot-pins.js';
+import type { SnapshotCatalog, SnapshotRecord } from './snapshots.js';
 
 /** A volume write lock's lease: how long a writer cut off from etcd keeps it. */
 export const LOCK_TTL_SECONDS = 10;
@@ -290,6 +292,29 @@ export class VolumeOwnership {
   async assertNoReaders(name: string): Promise<void> {
     await this.releaseReadPin(name);
     await assertNoReaders(this.meta, name);
+  }
+
+  /**
+   * Pin snapshot `volume@snapshot` while this node serves it (snapshot-pins.ts);
+   * undefined on a single node, which needs no pin (its own sessions are the
+   * only readers, and its deletes check them).
+   */
+  async pinSnapshot(
+    snapshots: SnapshotCatalog,
+    volume: string,
+    snapshot: string,
+  ): Promise<{ pin: ReadPin; snapshot: SnapshotRecord } | undefined> {
+    const { node } = this.options;
+    if (node === undefined) return undefined;
+    return pinSnapshot(this.meta, snapshots, volume, snapshot, node, {
+      ttlSeconds: this.ttlSeconds,
+      log: this.log.child({ component: 'snapshot-pin' }),
+    });
+  }
+
+  /** Before a snapshot delete: refuse while another node serves it (or, without `snapshot`, any snapshot of the volume). */
+  async assertNoSnapshotReaders(volume: string, snapshot?: string): Promise<void> {
+    await assertNoSnapshotReaders(this.meta, volume, snapshot, this.options.node);
   }
 
   /**

@@ -139,7 +139,9 @@ export async function pinCurrentVersion(
       await meta.put(key, pinValue(node, versioned.record, since), { lease });
       const now = await catalog.get(name);
       if (sameVersion(now.record, versioned.record)) {
-        return { pin: new ReadPin(meta, key, node, now.record, lease, options), versioned: now };
+        const value = (at: string) => pinValue(node, now.record, at);
+        const about = { volume: name, generation: now.record.generation };
+        return { pin: new ReadPin(meta, key, value, about, lease, options), versioned: now };
       }
       versioned = now;
     }
@@ -153,17 +155,23 @@ export async function pinCurrentVersion(
   );
 }
 
-/** A held read pin; release() when the node stops serving that version. */
+/**
+ * A held pin — one key under a lease of its own, put again under a new lease
+ * if that one is lost; release() when the node stops serving the version.
+ * Volume pins (pinCurrentVersion) and snapshot pins (snapshot-pins.ts) both.
+ */
 export class ReadPin {
   private released = false;
   private timer: NodeJS.Timeout | undefined;
 
-  /** @internal use pinCurrentVersion */
+  /** @internal use pinCurrentVersion or pinSnapshot */
   constructor(
     private readonly meta: MetadataStore,
     readonly key: string,
-    private readonly node: string,
-    readonly record: VolumeRecord,
+    /** The pin's value, stamped with when it was put. */
+    private readonly value: (since: string) => Buffer,
+    /** What the pin holds, for logs. */
+    private readonly about: Record<string, string | number>,
     private lease: Lease,
     private readonly options: { ttlSeconds: number; log: Logger },
   ) {
@@ -186,7 +194,7 @@ export class ReadPin {
     lease.once('lost', (err: Error) => {
       if (this.released) return;
       this.options.log.warn(
-        { volume: this.record.name, generation: this.record.generation, err: err.message },
+        { ...this.about, err: err.message },
         'read pin lost with its lease; putting it back (GC may free blocks of this version meanwhile)',
       );
       this.repin();
@@ -201,21 +209,14 @@ export class ReadPin {
       try {
         lease = await this.meta.grantLease(this.options.ttlSeconds);
         if (!this.released)
-          await this.meta.put(
-            this.key,
-            pinValue(this.node, this.record, new Date().toISOString()),
-            { lease },
-          );
+          await this.meta.put(this.key, this.value(new Date().toISOString()), { lease });
         if (this.released) {
           await lease.revoke().catch(() => undefined);
           return;
         }
         this.lease = lease;
         this.watch(lease);
-        this.options.log.info(
-          { volume: this.record.name, generation: this.record.generation },
-          'read pin put back',
-        );
+        this.options.log.info(this.about, 'read pin put back');
       } catch {
         await lease?.revoke().catch(() => undefined);
         this.repin();

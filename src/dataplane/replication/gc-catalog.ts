@@ -14,6 +14,9 @@
  * nodes serve read-only) add versions: their maps are loaded the same way
  * (sharing unchanged pages with the committed map) and their blocks count as
  * referenced. Pins of volumes not listed are ignored: the volume is gone.
+ * Snapshot pins (controlplane/volumes/snapshot-pins.ts: snapshots nodes
+ * serve) are not: a snapshot deleted while read keeps its blocks, even with
+ * its volume deleted, until the node serving it lets go.
  * Snapshots are listed with the records, in one read (a snapshot taken or
  * deleted between two reads could otherwise be missed on both sides).
  *
@@ -30,6 +33,7 @@
 import type { Logger } from '../../common/log.js';
 import type { VolumeRecord } from '../../controlplane/volumes/catalog.js';
 import type { PinnedVersion } from '../../controlplane/volumes/read-pins.js';
+import type { PinnedSnapshot } from '../../controlplane/volumes/snapshot-pins.js';
 import type { SnapshotRecord } from '../../controlplane/volumes/snapshots.js';
 import { IoError } from '../../common/errors.js';
 import { formatRef, MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
@@ -113,6 +117,7 @@ export class CatalogGcViews {
     records: readonly VolumeRecord[],
     pins: readonly PinnedVersion[] = [],
     snapshots: readonly SnapshotRecord[] = [],
+    snapshotPins: readonly PinnedSnapshot[] = [],
   ): Promise<GcView | undefined> {
     const volumes = new Map<number, GcVolume>();
     const maps = new Map<number, BlockMap>();
@@ -163,6 +168,24 @@ export class CatalogGcViews {
             err: (err as Error).message,
           },
           'cluster GC: map of a version served read-only not loadable; nothing is freed this run',
+        );
+        return undefined;
+      }
+    }
+    // Snapshots being served, listed or not (deleted while read: their
+    // blocks stay until the node lets go), volume listed or not.
+    const listed = new Set(snapshots.map((s) => `${s.volumeId}@${s.generation}`));
+    for (const { snapshot, node } of snapshotPins) {
+      const key = `${snapshot.volumeId}@${snapshot.generation}`;
+      if (kept.has(key) || listed.has(key)) continue;
+      if (volumes.get(snapshot.volumeId)?.generation === snapshot.generation) continue;
+      kept.add(key);
+      try {
+        index.add(await this.loadKept(key, snapshotVersion(snapshot), maps.get(snapshot.volumeId)));
+      } catch (err) {
+        this.log.warn(
+          { snapshot: `${snapshot.volume}@${snapshot.name}`, node, err: (err as Error).message },
+          'cluster GC: map of a snapshot being served not loadable; nothing is freed this run',
         );
         return undefined;
       }
