@@ -1,0 +1,150 @@
+/**
+ * `npm run bench:dump`: `torusctl block dump` and `block load` against
+ * `nbdcopy` of the same volume, through the same torusd and the same unix
+ * socket, in one run.
+ *
+ * Two 1 GiB volumes: one half written (512 MiB of random data in 1 MiB runs
+ * every other MiB, the rest holes), one fully written. For each, --repeats
+ * rounds alternate the order of:
+ *   - nbdcopy VOLUME FILE                  (a copy, no checksum)
+ *   - nbdcopy VOLUME FILE && sha256sum FILE (what a user does to get one)
+ *   - torusctl block dump VOLUME FILE      (a copy and its sha256)
+ *   - nbdcopy FILE VOLUME / torusctl block load FILE VOLUME (into a fresh volume)
+ * each timed as a whole command, process start included. Prints medians
+ * and ratios (nbdcopy's time / ours: above 1 is faster than nbdcopy).
+ *
+ * Writes nothing under the repository; its files go in the temp dir.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { freePort } from './processes.js';
+
+const BIN = resolve(import.meta.dirname, '../../bin');
+const GiB = 2 ** 30;
+const MiB = 2 ** 20;
+
+const { values } = parseArgs({
+  options: { repeats: { type: 'string', default: '5' } },
+});
+const repeats = Number(values.repeats);
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Run a command line (through sh), its wall time in seconds; throws on failure. */
+function timed(command: string): number {
+  const started = process.hrtime.bigint();
+  const r = spawnSync('sh', ['-c', command], { encoding: 'utf8', maxBuffer: 16 << 20 });
+  if (r.status !== 0) throw new Error(`${command}: exit ${r.status}\n${r.stderr}`);
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+/** A file of `bytes`: random 1 MiB runs, every other one a hole when `half`. */
+function makeImage(path: string, bytes: number, half: boolean): void {
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < bytes; at += MiB)
+      if (!half || (at / MiB) % 2 === 0) writeSync(fd, randomBytes(MiB), 0, MiB, at);
+  } finally {
+    closeSync(fd);
+  }
+  spawnSync('truncate', ['-s', String(bytes), path]);
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'torus-dumpbench-'));
+  const data = join(dir, 'data');
+  const logPath = join(dir, 'torusd.log');
+  const log = openSync(logPath, 'w');
+  const port = await freePort();
+  const torusd = spawn(
+    process.execPath,
+    [join(BIN, 'torusd'), '-d', data, '--size', '8GiB', '--nbd', `127.0.0.1:${port}`],
+    { stdio: ['ignore', log, log] },
+  );
+  const ctl = `${process.execPath} ${join(BIN, 'torusctl')} -d ${data}`;
+  try {
+    for (let waited = 0; !readFileSync(logPath, 'utf8').includes('torusd listening');) {
+      if (torusd.exitCode !== null || (waited += 100) > 30_000)
+        throw new Error(`torusd did not start:\n${readFileSync(logPath, 'utf8')}`);
+      await new Promise((done) => setTimeout(done, 100));
+    }
+    const socket = join(data, 'nbd.sock');
+    const uri = (volume: string) => `'nbd+unix:///${volume}?socket=${socket}'`;
+    const rows: string[] = [];
+    for (const [label, half] of [
+      ['1 GiB, 512 MiB written', true],
+      ['1 GiB, fully written', false],
+    ] as const) {
+      const image = join(dir, 'image');
+      makeImage(image, GiB, half);
+      const source = half ? 'half' : 'full';
+      timed(`${ctl} volume create ${source} 1GiB`);
+      timed(`nbdcopy --flush ${image} ${uri(source)}`);
+      const times: Record<string, number[]> = {
+        copy: [],
+        copySum: [],
+        dump: [],
+        nload: [],
+        load: [],
+      };
+      const out = join(dir, 'out');
+      const steps: [string, () => number][] = [
+        ['copy', () => timed(`rm -f ${out}; nbdcopy ${uri(source)} ${out}`)],
+        [
+          'copySum',
+          () => timed(`rm -f ${out}; nbdcopy ${uri(source)} ${out} && sha256sum ${out} >/dev/null`),
+        ],
+        ['dump', () => timed(`rm -f ${out}; ${ctl} block dump ${source} ${out} >/dev/null`)],
+        [
+          'nload',
+          () => {
+            timed(`${ctl} volume create into 1GiB`);
+            const t = timed(`nbdcopy --flush ${image} ${uri('into')}`);
+            timed(`${ctl} volume delete into`);
+            return t;
+          },
+        ],
+        [
+          'load',
+          () => {
+            const t = timed(`${ctl} block load ${image} into 1GiB >/dev/null`);
+            timed(`${ctl} volume delete into`);
+            return t;
+          },
+        ],
+      ];
+      for (let r = 0; r < repeats; r++)
+        for (const [name, step] of r % 2 === 0 ? steps : [...steps].reverse())
+          times[name].push(step());
+      const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]));
+      rows.push(
+        `| ${label} | dump | ${m.copy.toFixed(2)} s | ${m.copySum.toFixed(2)} s | ${m.dump.toFixed(2)} s | **${(m.copy / m.dump).toFixed(2)}×** | ${(m.copySum / m.dump).toFixed(2)}× |`,
+        `| ${label} | load | ${m.nload.toFixed(2)} s | - | ${m.load.toFixed(2)} s | **${(m.nload / m.load).toFixed(2)}×** | - |`,
+      );
+      timed(`${ctl} volume delete ${source}`);
+      rmSync(image, { force: true });
+      rmSync(out, { force: true });
+    }
+    process.stdout.write(
+      [
+        '| volume | way | nbdcopy | nbdcopy + sha256sum | torusctl (with its sha256) | vs nbdcopy | vs nbdcopy + sha256sum |',
+        '|---|---|---|---|---|---|---|',
+        ...rows,
+        `(medians of ${repeats}, whole commands, alternating order; one torusd, its unix socket)`,
+        '',
+      ].join('\n'),
+    );
+  } finally {
+    torusd.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
