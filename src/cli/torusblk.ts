@@ -13,6 +13,7 @@ import { UsageError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import { ArgumentError, runMain } from './args.js';
 import { dispatch, type Command } from './commands.js';
+import { csiCommand } from './csi-command.js';
 import { nbdserveFlags, startNbdServe } from './nbdserve.js';
 import { volumeCommands } from './volume-commands.js';
 
@@ -94,6 +95,7 @@ const commands: Command[] = [
       return 0;
     },
   },
+  csiCommand,
 ];
 
 /** The first /dev/nbdN the kernel has no connection on. */

@@ -47,6 +47,7 @@ import { checkReplication } from '../model/replication.js';
 import type { StorageNode, VolumeStatus } from '../node/storage-node.js';
 import type { ResizeOptions, ResizeResult } from '../node/volume-resize.js';
 import { openClusterStore, type EtcdConfig } from './cluster-store.js';
+import { readPoolSpace, singleNodeSpace, type PoolSpace } from './pool-space.js';
 import {
   resizeOffline,
   resizeOnCluster,
@@ -349,6 +350,31 @@ export class VolumeOperations {
       await new SnapshotCatalog(meta, catalog).remove(volume, snapshot);
     });
     return {};
+  }
+
+  /** Every snapshot of every volume: one catalog read on a cluster, volume by volume on a single node. */
+  async listAllSnapshots(): Promise<SnapshotInfo[]> {
+    if (this.etcd)
+      return this.offline(async (catalog, meta) =>
+        (await new SnapshotCatalog(meta, catalog).listAll()).map(snapshotStatus),
+      );
+    const lists = await Promise.all(
+      (await this.listVolumes()).map((v) => this.listSnapshots(v.name).catch(() => [])),
+    );
+    return lists.flat();
+  }
+
+  /** The pool's block size, raw capacity and use, and copies per block (pool-space.ts). */
+  async poolSpace(): Promise<PoolSpace> {
+    const status = await this.online(async (node) => node.status(), 'GET', '/v1/status');
+    if (status) return singleNodeSpace(status);
+    return this.offline((catalog, meta) =>
+      readPoolSpace(
+        catalog,
+        meta,
+        this.etcd ? { cluster: true } : { cluster: false, dataDir: this.dataDir },
+      ),
+    );
   }
 
   /** Make the volume's content the snapshot's, atomically (refused while a client has it open). */
