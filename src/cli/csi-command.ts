@@ -14,6 +14,10 @@ import { createIdentityService } from '../csi/identity.js';
 import { CsiMetrics } from '../csi/metrics.js';
 import { EndpointError, parseEndpoint } from '../csi/endpoint.js';
 import { startCsiServer } from '../csi/server.js';
+import { AttachModeError } from '../csi/node/attach.js';
+import { parseNbdAddress } from '../csi/node/nbd-address.js';
+import { createNodeService, type NodeService } from '../csi/node/node-service.js';
+import { nbdServerAnswers } from '../csi/node/volume-stats.js';
 import { Torus } from '../library/torus.js';
 import { ArgumentError, parseAddress, type Address, type FlagSpec, type Parsed } from './args.js';
 import type { Command } from './commands.js';
@@ -163,14 +167,27 @@ export const csiCommand: Command = {
         return space.nodes > 0 && space.capacity > 0;
       };
     }
+    let node: NodeService | undefined;
     if (nodeFlags) {
-      // The node service (src/csi/node, createNodeService) is built on its own
-      // branch; it is wired here, and its probe (the NBD address answers)
-      // joins the controller's, when the branches merge.
-      await closers.closeAll();
-      throw new Error(
-        `node service not built in this branch (asked for by ${both ? 'running without --controller' : '--node'}; node id ${nodeFlags.nodeId})`,
-      );
+      try {
+        node = createNodeService({
+          nodeId: nodeFlags.nodeId,
+          nbdAddress: values['nbd-address'] as string,
+          stateDir: nodeFlags.stateDir,
+          kubeletDir: nodeFlags.kubeletDir,
+          attachMode: nodeFlags.attach,
+          log,
+        });
+      } catch (err) {
+        await closers.closeAll();
+        if (err instanceof AttachModeError) throw new ArgumentError(`--attach: ${err.message}`);
+        throw err;
+      }
+      closers.push(() => node!.close());
+      const nbdAddress = parseNbdAddress(values['nbd-address'] as string);
+      const controllerProbe = probe;
+      // Ready when the storage this machine attaches through answers (and the controller's, if here).
+      probe = async () => (await nbdServerAnswers(nbdAddress)) && (await controllerProbe());
     }
     const metrics = values.metrics ? new CsiMetrics() : undefined;
     if (metrics) {
@@ -182,7 +199,7 @@ export const csiCommand: Command = {
       endpoint: values.endpoint as string,
       identity: createIdentityService({ controller: runController, probe }),
       controller,
-      // node: createNodeService(nodeFlags) — see above.
+      node,
       metrics,
       log,
     });

@@ -126,7 +126,11 @@ export async function makeFilesystem(device: string, fsType: FsType): Promise<vo
 
 /**
  * Mount a device's filesystem. A read-only device's journal cannot be
- * replayed, so ro mounts skip replay (ext4 noload, xfs norecovery).
+ * replayed, so ro mounts skip replay (ext4 noload, xfs norecovery). xfs is
+ * always mounted `nouuid`: a clone or a volume restored from a snapshot
+ * carries its source's filesystem UUID, and xfs refuses a second mount of
+ * one UUID on a machine ("wrong fs type, bad superblock") — a pod using a
+ * volume and its restored copy on the same node would never start.
  */
 export async function mountFilesystem(
   device: string,
@@ -136,6 +140,7 @@ export async function mountFilesystem(
 ): Promise<void> {
   const flags = [...options.flags];
   if (options.readOnly) flags.push('ro', fsType === 'ext4' ? 'noload' : 'norecovery');
+  if (fsType === 'xfs' && !flags.includes('nouuid')) flags.push('nouuid');
   const args = ['-t', fsType, ...(flags.length > 0 ? ['-o', flags.join(',')] : []), device, target];
   await runChecked('mount', args, 60_000);
 }
