@@ -244,6 +244,30 @@ describe(
         return usedEverywhere();
       };
       const before = await settle();
+      // What `snapshot list` says deleting it frees: each node's count, summed (R copies).
+      const listed = await until(
+        'snapshot list to count what only vol@one holds',
+        async () => {
+          const rows = JSON.parse(
+            await ctlOk('block', 'snapshot', 'list', 'vol', '-o', 'json'),
+          ) as {
+            name: string;
+            exclusive?: number;
+          }[];
+          const exclusive = rows.find((r) => r.name === 'vol@one')?.exclusive;
+          return exclusive !== undefined && exclusive >= 2 * MiB ? exclusive : undefined;
+        },
+        60_000,
+      );
+      assert.ok(listed <= 2 * (MiB + 8 * 64 * 1024), `snapshot list says ${listed} bytes`);
+      const volumes = JSON.parse(await ctlOk('volume', 'list', '-o', 'json')) as {
+        name: string;
+        snapshots?: number;
+        snapshotOnly?: number;
+      }[];
+      const row = volumes.find((v) => v.name === 'vol');
+      assert.equal(row?.snapshots, 1, 'volume list counts the snapshot');
+      assert.ok((row?.snapshotOnly ?? 0) >= 2 * MiB, `volume list: ${JSON.stringify(row)}`);
       await ctlOk('block', 'snapshot', 'delete', 'vol@one');
       const afterDelete = await settle();
       // The overwritten 0-4 MiB of the snapshot's version: c1 shares 1-4 MiB of it (it rewrote

@@ -92,7 +92,7 @@ export function snapshotCommands(): Command[] {
         const { volume, snapshot } = parseSnapshotName(args.positionals[0]);
         const { freed } = await (await client(args)).deleteSnapshot(volume, snapshot);
         process.stdout.write(
-          `deleted snapshot ${volume}@${snapshot}${freed === undefined ? ' (its blocks are freed by GC: at the next torusd start on a single node)' : `; freed ${sizeCell(freed)}`}\n`,
+          `deleted snapshot ${volume}@${snapshot}${freed === undefined ? ' (its blocks are freed by GC: by every storage node at its next run on a cluster, at the next torusd start on a single node)' : `; freed ${sizeCell(freed)}`}\n`,
         );
       },
     },

@@ -9,6 +9,10 @@ import { join } from 'node:path';
 import { DEFAULT_BLOCK_SIZE } from '../common/block-size.js';
 import { readMembership } from '../controlplane/membership/peer-table.js';
 import { DEFAULT_REPLICATION, readRing } from '../controlplane/membership/ring-store.js';
+import {
+  readSnapshotSpace,
+  type ClusterSnapshotSpace,
+} from '../controlplane/volumes/snapshot-space-records.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 
@@ -66,4 +70,17 @@ export async function readPoolSpace(
     used += info.used;
   }
   return { blockSize, capacity, used, replication, nodes: peers.size };
+}
+
+/**
+ * What deleting snapshots would free across a cluster (store bytes, every
+ * replica), as each registered node last counted it; undefined while some
+ * registered node has no count yet (a partial sum would understate).
+ */
+export async function clusterSnapshotSpace(
+  meta: MetadataStore,
+): Promise<ClusterSnapshotSpace | undefined> {
+  const { peers } = await readMembership(meta);
+  const space = await readSnapshotSpace(meta, new Set(peers.keys()));
+  return space.nodes === peers.size && peers.size > 0 ? space : undefined;
 }

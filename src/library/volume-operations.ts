@@ -30,6 +30,7 @@ import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { cloneVolume } from '../controlplane/volumes/clones.js';
 import { assertNoReaders, listReadPins } from '../controlplane/volumes/read-pins.js';
 import { assertNoSnapshotReaders } from '../controlplane/volumes/snapshot-pins.js';
+import { clusterSnapshotSpace } from './pool-space.js';
 import {
   SnapshotCatalog,
   snapshotStatus,
@@ -200,6 +201,11 @@ export class VolumeOperations {
     return this.offline(async (catalog, meta) => {
       const locks = this.etcd ? await listVolumeLocks(meta) : new Map();
       const pins = this.etcd ? await listReadPins(meta) : [];
+      const space = this.etcd ? await clusterSnapshotSpace(meta) : undefined;
+      const snapshotCounts = new Map<string, number>();
+      if (this.etcd)
+        for (const s of await new SnapshotCatalog(meta, catalog).listAll())
+          snapshotCounts.set(s.volume, (snapshotCounts.get(s.volume) ?? 0) + 1);
       // Cluster: a volume without its own replication has the ring's.
       const ringReplication = this.etcd
         ? (await readRing(meta))?.description.replication
@@ -218,8 +224,17 @@ export class VolumeOperations {
           const readers = pins
             .filter((pin) => pin.volume === row.name)
             .map(({ node, generation, since }) => ({ node, generation, since }));
+          const snapshots = snapshotCounts.get(row.name) ?? 0;
           const shown = this.etcd
-            ? { ...row, replication: row.replication ?? ringReplication, readers }
+            ? {
+                ...row,
+                replication: row.replication ?? ringReplication,
+                readers,
+                snapshots,
+                ...(space && snapshots > 0
+                  ? { snapshotOnly: space.volumes.get(row.name) ?? 0 }
+                  : {}),
+              }
             : row;
           return lock ? { ...shown, lockedBy: describeHolder(lock.holder) } : shown;
         },
@@ -332,9 +347,14 @@ export class VolumeOperations {
       snapshotsPath(volume),
     );
     if (online) return online;
-    return this.offline(async (catalog, meta) =>
-      (await new SnapshotCatalog(meta, catalog).list(volume)).map(snapshotStatus),
-    );
+    return this.offline(async (catalog, meta) => {
+      const records = await new SnapshotCatalog(meta, catalog).list(volume);
+      const space = this.etcd ? await clusterSnapshotSpace(meta) : undefined;
+      return records.map((record) => {
+        const exclusive = space?.snapshots.get(`${record.volume}@${record.name}`);
+        return { ...snapshotStatus(record), ...(space ? { exclusive: exclusive ?? 0 } : {}) };
+      });
+    });
   }
 
   /** Delete a snapshot; `freed`: the bytes a running node freed at once (GC frees them otherwise). */

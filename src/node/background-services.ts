@@ -12,6 +12,10 @@ import type { MetadataStore } from '../controlplane/metadata/store.js';
 import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 import { listReadPins } from '../controlplane/volumes/read-pins.js';
 import { listSnapshotPins } from '../controlplane/volumes/snapshot-pins.js';
+import {
+  encodeSnapshotSpace,
+  snapshotSpaceKey,
+} from '../controlplane/volumes/snapshot-space-records.js';
 import type { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import { Scrubber } from '../dataplane/blocks/scrub.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
@@ -23,6 +27,9 @@ import type { PeerServing } from './peer-service.js';
 
 export const DEFAULT_SCRUB_RATE = 16 * 2 ** 20;
 export const DEFAULT_SCRUB_INTERVAL_MS = 24 * 3600 * 1000;
+
+/** How often a node recounts what its snapshots alone hold (a pass over their maps). */
+const SNAPSHOT_SPACE_EVERY_MS = 10_000;
 
 export interface BackgroundServiceParts {
   store: LocalSlotStore;
@@ -112,12 +119,39 @@ export class BackgroundServices {
         // Every volume's own replication, before a run decides what is surplus.
         for (const record of records)
           cluster.placement.setVolumeReplication(record.id, record.replication);
-        return views.view(records, pins, snapshots, snapshotPins);
+        const view = await views.view(records, pins, snapshots, snapshotPins);
+        if (view) this.publishSnapshotSpace(views, cluster.placement.localUuid);
+        return view;
       },
       log: log.child({ component: 'rebalance' }),
       rateBytesPerSecond: this.parts.rebalance.rate,
       intervalMs: this.parts.rebalance.intervalMs,
     });
+  }
+
+  private lastSpace = { at: 0, value: '' };
+
+  /**
+   * After a GC view: what deleting each snapshot (and each volume's
+   * snapshots) would free of this node's store, put at
+   * `space/snapshots/<node>` for `snapshot list` and `volume list`, which sum
+   * it over the nodes registered now. At most every SNAPSHOT_SPACE_EVERY_MS,
+   * written only when it changed; a failure costs a stale figure, nothing else.
+   */
+  private publishSnapshotSpace(views: CatalogGcViews, node: string): void {
+    const now = Date.now();
+    if (now - this.lastSpace.at < SNAPSHOT_SPACE_EVERY_MS) return;
+    this.lastSpace.at = now;
+    const { store, meta, log } = this.parts;
+    const space = views.snapshotSpace(
+      (ref) => store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined,
+    );
+    const value = encodeSnapshotSpace(node, store.blockSize, space);
+    if (value === this.lastSpace.value) return;
+    meta.put(snapshotSpaceKey(node), Buffer.from(value)).then(
+      () => (this.lastSpace.value = value),
+      (err: Error) => log.debug({ err: err.message }, 'snapshot space not published'),
+    );
   }
 
   get scrubStats() {

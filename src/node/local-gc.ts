@@ -24,7 +24,8 @@
 import type { Logger } from '../common/log.js';
 import type { SnapshotCatalog, SnapshotRecord } from '../controlplane/volumes/snapshots.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
-import { CatalogGcViews, MapIndex } from '../dataplane/replication/gc-catalog.js';
+import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
+import { MapIndex } from '../dataplane/replication/map-index.js';
 import type { BlockMap } from '../dataplane/volume/block-map.js';
 import type { NodeMetrics } from './metrics.js';
 import type { VolumeHost } from './volume-host.js';

@@ -21,7 +21,8 @@ import { quietLogger } from '../../../test/support/peer-helpers.js';
 import { DataPool } from '../pool/data-pool.js';
 import type { MapRoot } from '../../model/map-root.js';
 import { Volume, type VolumeIdentity, type VolumeServices } from '../volume/volume.js';
-import { CatalogGcViews, references } from './gc-catalog.js';
+import { CatalogGcViews } from './gc-catalog.js';
+import { references } from './map-index.js';
 
 const BS = 4096; // 256 entries a page: 1024 blocks make a two-level map
 const identity: VolumeIdentity = {

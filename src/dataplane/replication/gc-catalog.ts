@@ -36,14 +36,14 @@ import type { PinnedVersion } from '../../controlplane/volumes/read-pins.js';
 import type { PinnedSnapshot } from '../../controlplane/volumes/snapshot-pins.js';
 import type { SnapshotRecord } from '../../controlplane/volumes/snapshots.js';
 import { IoError } from '../../common/errors.js';
-import { formatRef, MAP_PAGE_BIT, type BlockRef } from '../../model/block-ref.js';
+import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockMap, pageIndex } from '../volume/block-map.js';
 import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import type { ClusterBlocks } from './cluster-blocks.js';
 import type { GcView, GcVolume } from './gc-view.js';
-
-const LEVEL_SPAN = 2 ** 40;
+import { MapIndex } from './map-index.js';
+import { snapshotSpace, type SnapshotMap, type SnapshotSpace } from './snapshot-space.js';
 
 /** Where map pages come from: this node's store, else a peer (ClusterBlocks.getBlock verifies the hash). */
 export interface PageSource {
@@ -69,39 +69,15 @@ export function snapshotVersion(snapshot: SnapshotRecord): LoadableVersion {
   return { ...snapshot, id: snapshot.volumeId };
 }
 
-/**
- * Maps indexed by every volume their lineage names: which maps to ask about
- * a ref of volume v. A ref is referenced when some map gives its generation
- * to its volume and holds it.
- */
-export class MapIndex {
-  private readonly byOwner = new Map<number, BlockMap[]>();
-
-  add(map: BlockMap): void {
-    this.index(map.volumeId, map);
-    for (const ancestor of map.ancestors) this.index(ancestor.volumeId, map);
-  }
-
-  private index(owner: number, map: BlockMap): void {
-    const maps = this.byOwner.get(owner);
-    if (maps) maps.push(map);
-    else this.byOwner.set(owner, [map]);
-  }
-
-  isReferenced(ref: BlockRef): boolean {
-    const maps = this.byOwner.get(ref.volumeId);
-    if (!maps) return false;
-    for (const map of maps) {
-      if (map.ownerOf(ref.generation) === ref.volumeId && references(map, ref)) return true;
-    }
-    return false;
-  }
-}
-
 export class CatalogGcViews {
   private readonly maps = new Map<number, Loaded>();
   /** Pinned versions' and snapshots' maps, by `id@generation` or `volume@snapshot#id`. */
   private readonly pinnedMaps = new Map<string, Loaded>();
+  /** The last view's maps, for snapshotSpace(): committed and pinned versions, and snapshots. */
+  private last: { versions: BlockMap[]; snapshots: SnapshotMap[] } = {
+    versions: [],
+    snapshots: [],
+  };
 
   constructor(
     private readonly source: PageSource,
@@ -122,12 +98,15 @@ export class CatalogGcViews {
     const volumes = new Map<number, GcVolume>();
     const maps = new Map<number, BlockMap>();
     const index = new MapIndex();
+    const versions: BlockMap[] = [];
+    const snapshotMaps: SnapshotMap[] = [];
     // Oldest first: a clone's map can then share its source's pages.
     for (const record of [...records].sort((a, b) => a.id - b.id)) {
       try {
         const map = await this.load(record, maps);
         maps.set(record.id, map);
         index.add(map);
+        versions.push(map);
       } catch (err) {
         this.log.warn(
           { volume: record.name, generation: record.generation, err: (err as Error).message },
@@ -142,7 +121,13 @@ export class CatalogGcViews {
       const key = `${snapshot.volume}@${snapshot.name}#${snapshot.volumeId}`;
       kept.add(key);
       try {
-        index.add(await this.loadKept(key, snapshotVersion(snapshot), maps.get(snapshot.volumeId)));
+        const map = await this.loadKept(
+          key,
+          snapshotVersion(snapshot),
+          maps.get(snapshot.volumeId),
+        );
+        index.add(map);
+        snapshotMaps.push({ volume: snapshot.volume, name: snapshot.name, map });
       } catch (err) {
         this.log.warn(
           { snapshot: `${snapshot.volume}@${snapshot.name}`, err: (err as Error).message },
@@ -158,7 +143,9 @@ export class CatalogGcViews {
       if (kept.has(key)) continue; // the same version read on another node
       kept.add(key);
       try {
-        index.add(await this.loadKept(key, pin, current));
+        const map = await this.loadKept(key, pin, current);
+        index.add(map);
+        versions.push(map);
       } catch (err) {
         this.log.warn(
           {
@@ -181,7 +168,13 @@ export class CatalogGcViews {
       if (volumes.get(snapshot.volumeId)?.generation === snapshot.generation) continue;
       kept.add(key);
       try {
-        index.add(await this.loadKept(key, snapshotVersion(snapshot), maps.get(snapshot.volumeId)));
+        const map = await this.loadKept(
+          key,
+          snapshotVersion(snapshot),
+          maps.get(snapshot.volumeId),
+        );
+        index.add(map);
+        versions.push(map);
       } catch (err) {
         this.log.warn(
           { snapshot: `${snapshot.volume}@${snapshot.name}`, node, err: (err as Error).message },
@@ -193,7 +186,16 @@ export class CatalogGcViews {
     // Forget volumes no longer listed, versions no longer pinned or kept.
     for (const id of this.maps.keys()) if (!volumes.has(id)) this.maps.delete(id);
     for (const key of this.pinnedMaps.keys()) if (!kept.has(key)) this.pinnedMaps.delete(key);
+    this.last = { versions, snapshots: snapshotMaps };
     return { volumes, isReferenced: (ref) => index.isReferenced(ref) };
+  }
+
+  /**
+   * As of the last view: the blocks only snapshots hold, of those `isStored`
+   * says are here (snapshot-space.ts).
+   */
+  snapshotSpace(isStored: (ref: BlockRef) => boolean): SnapshotSpace {
+    return snapshotSpace(this.last.versions, this.last.snapshots, isStored);
   }
 
   /** Snapshots' maps (sharing unchanged pages with `current`, by volume id), for a caller with live maps of its own. */
@@ -333,17 +335,4 @@ export class CatalogGcViews {
       );
     await cluster.getBlock(ref, hashLo, hashHi, dest);
   }
-}
-
-/** Does the loaded map reference `ref`: a data block whose entry has its generation, or a page whose parent's entry (or the root) does. */
-export function references(map: BlockMap | undefined, ref: BlockRef): boolean {
-  if (!map) return false;
-  if (ref.index < MAP_PAGE_BIT) return map.entryWords(0, ref.index)?.[0] === ref.generation;
-  const within = ref.index - MAP_PAGE_BIT;
-  const level = Math.floor(within / LEVEL_SPAN);
-  const pageNo = within - level * LEVEL_SPAN;
-  // Levels above the root's are not stored yet (a grow not committed since).
-  if (level === map.rootLevel) return pageNo === 0 && map.root?.generation === ref.generation;
-  if (level > map.rootLevel) return false;
-  return map.entryWords(level + 1, pageNo)?.[0] === ref.generation;
 }
