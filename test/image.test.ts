@@ -284,12 +284,15 @@ function csiNodeTests(containers: string[], dirs: string[]) {
     await client.call('Node', 'NodeUnstageVolume', stage);
     const left = hostMounts().filter((m) => m.mountPoint.startsWith(`${kubeletDir}/`));
     assert.deepEqual(left, [], 'no mount left under the kubelet directory');
+    const loop = /^\/dev\/(loop\d+)$/.exec(mounted.source)?.[1];
+    if (loop) assert.ok(!existsSync(`/sys/block/${loop}/loop/backing_file`), `${loop} is detached`);
   });
 }
 
 interface HostMount {
   mountPoint: string;
   fsType: string;
+  source: string;
 }
 
 function hostMounts(): HostMount[] {
@@ -299,7 +302,11 @@ function hostMounts(): HostMount[] {
     .map((line) => {
       const fields = line.split(' ');
       const dash = fields.indexOf('-');
-      return { mountPoint: unescapeMount(fields[4]), fsType: fields[dash + 1] };
+      return {
+        mountPoint: unescapeMount(fields[4]),
+        fsType: fields[dash + 1],
+        source: unescapeMount(fields[dash + 2]),
+      };
     });
 }
 
@@ -309,11 +316,17 @@ function unescapeMount(path: string): string {
   );
 }
 
-/** Whatever a failed test left: every mount under the directory, deepest first, then itself. */
+/**
+ * Whatever a failed test left: every mount under the directory, deepest
+ * first, then itself; then the loop devices those mounts were made from
+ * (a plugin killed before NodeUnstage leaves them bound). Only devices seen
+ * under our mounts are touched: other tests may hold loop devices too.
+ */
 async function unmountUnder(dir: string): Promise<void> {
-  const points = hostMounts()
-    .map((m) => m.mountPoint)
-    .filter((p) => p === dir || p.startsWith(`${dir}/`))
-    .sort((a, b) => b.length - a.length);
-  for (const point of points) await run('umount', ['--lazy', point], { timeoutMs: 30_000 });
+  const mounts = hostMounts()
+    .filter((m) => m.mountPoint === dir || m.mountPoint.startsWith(`${dir}/`))
+    .sort((a, b) => b.mountPoint.length - a.mountPoint.length);
+  for (const m of mounts) await run('umount', ['--lazy', m.mountPoint], { timeoutMs: 30_000 });
+  const loops = new Set(mounts.map((m) => m.source).filter((s) => /^\/dev\/loop\d+$/.test(s)));
+  for (const loop of loops) await run('losetup', ['--detach', loop], { timeoutMs: 30_000 });
 }
