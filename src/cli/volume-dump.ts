@@ -8,8 +8,9 @@
  * export's size at the end, so they stay holes), a stream sink writes zeros;
  * the hash covers them as zeros from one shared zero buffer. Data is read in
  * CHUNK_BYTES pieces with up to DEPTH reads in flight into DEPTH buffers made
- * once, and handed to the sink strictly in order (the hash needs order; a
- * pipe too). The hash runs on a thread of its own (background-hash.ts): a
+ * once, and handed to the hash and the sink strictly in order (the hash needs
+ * order; a pipe too). The hash runs on a thread of its own (background-hash.ts)
+ * and the sink's writes overlap (a file's pwrites run in the thread pool): a
  * buffer is read into again once both the sink and the hash are done with it.
  */
 import type { FileHandle } from 'node:fs/promises';
@@ -107,8 +108,9 @@ export async function dumpVolume(
   const started = performance.now();
   const hash = new BackgroundHash();
   const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
-  // When the hash is done with each buffer (it is then free to be read into again).
+  // When the hash and the sink are done with each buffer (it is then free to be read into again).
   const hashed: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
+  const written: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
   const window: Piece[] = [];
   let reading = 0;
   let readsStarted = 0;
@@ -124,7 +126,11 @@ export async function dumpVolume(
     } else {
       await piece.done;
       hashed[piece.slot!] = hash.update(piece.buffer!);
-      await sink.data(piece.buffer!, piece.offset);
+      // Not awaited here: up to DEPTH writes overlap (a file's pwrites go to
+      // the thread pool; a stream queues them in call order). Awaited before
+      // the buffer is read into again, and all of them at the end.
+      written[piece.slot!] = sink.data(piece.buffer!, piece.offset);
+      written[piece.slot!].catch(() => undefined);
       dataBytes += piece.length;
     }
     done += piece.length;
@@ -138,6 +144,7 @@ export async function dumpVolume(
         // Piece k reuses buffer k % DEPTH: piece k - DEPTH has been consumed (reading < DEPTH).
         piece.slot = readsStarted++ % DEPTH;
         await hashed[piece.slot];
+        await written[piece.slot];
         piece.buffer = buffers[piece.slot].subarray(0, piece.length);
         piece.done = volume.read(piece.buffer, piece.offset).then(() => undefined);
         piece.done.catch(() => undefined); // awaited in order by consume(); not unhandled meanwhile
@@ -147,12 +154,13 @@ export async function dumpVolume(
       while (reading >= DEPTH || window.length > 4 * DEPTH) reading -= await consume();
     }
     while (window.length > 0) await consume();
+    await Promise.all(written);
   } catch (err) {
     await hash.close();
     throw err;
   } finally {
-    // On failure, let reads still in flight land before their buffers go.
-    await Promise.allSettled(window.map((p) => p.done));
+    // On failure, let reads and writes still in flight land before their buffers go.
+    await Promise.allSettled([...window.map((p) => p.done), ...written]);
   }
   await sink.finish(volume.size);
   return {
