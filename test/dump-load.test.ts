@@ -97,6 +97,17 @@ describe('torusctl block dump / load', { skip, timeout: 300_000 }, () => {
     assert.equal(await sha256sum(second), sha);
   });
 
+  it('--no-checksum copies the same bytes and says no digest was made', async () => {
+    const out = join(dir, 'nosum.img');
+    const r = await ctl('block', 'dump', 'src', out, '--no-checksum', '-o', 'json');
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((JSON.parse(r.stdout) as { sha256: string | null }).sha256, null);
+    const table = await ctl('block', 'dump', 'src', out, '--no-checksum');
+    assert.match(table.stdout, /sha256 not computed \(--no-checksum\)/);
+    const summed = await ctl('block', 'dump', 'src', join(dir, 'summed.img'));
+    assert.equal(await sha256sum(out), printedSha(summed.stdout));
+  });
+
   it('dumps to stdout and loads from stdin', async () => {
     const piped = await runOk(
       'sh',

@@ -28,7 +28,31 @@ export function sharedBuffers(count: number, size: number): Buffer[] {
   return Array.from({ length: count }, (_, i) => Buffer.from(memory, i * size, size));
 }
 
-export class BackgroundHash {
+/** What dump and load hash their content with: sha256 on a thread, or nothing (--no-checksum). */
+export interface ContentHash {
+  update(data: Buffer): Promise<void>;
+  zeros(length: number): void;
+  /** The hex digest, or undefined when nothing is hashed; ends the hash. */
+  digest(): Promise<string | undefined>;
+  close(): Promise<void>;
+}
+
+/** --no-checksum: a copy at the speed of the copy, no digest. */
+export class NoHash implements ContentHash {
+  async update(): Promise<void> {}
+  zeros(): void {}
+  async digest(): Promise<undefined> {
+    return undefined;
+  }
+  async close(): Promise<void> {}
+}
+
+/** sha256 when `checksum`, else nothing. */
+export function contentHash(checksum: boolean): ContentHash {
+  return checksum ? new BackgroundHash() : new NoHash();
+}
+
+export class BackgroundHash implements ContentHash {
   private readonly thread = new Worker(THREAD, { eval: true });
   private readonly waiting = new Map<number, (reply: { digest?: string }) => void>();
   private nextId = 0;

@@ -16,7 +16,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import type { VolumeHandle } from '../library/volume-handle.js';
-import { BackgroundHash, sharedBuffers } from './background-hash.js';
+import { contentHash, sharedBuffers } from './background-hash.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
 export const DEPTH = 8;
@@ -39,7 +39,8 @@ export interface TransferResult {
   bytes: number;
   /** Bytes read and written as data (not skipped as zeros). */
   dataBytes: number;
-  sha256: string;
+  /** Hex sha256 of the content; undefined with --no-checksum. */
+  sha256: string | undefined;
   seconds: number;
 }
 
@@ -104,9 +105,10 @@ export async function dumpVolume(
   volume: VolumeHandle,
   sink: DumpSink,
   onProgress: (done: number) => void = () => undefined,
+  options: { checksum?: boolean } = {},
 ): Promise<TransferResult> {
   const started = performance.now();
-  const hash = new BackgroundHash();
+  const hash = contentHash(options.checksum ?? true);
   const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
   // When the hash and the sink are done with each buffer (it is then free to be read into again).
   const hashed: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());

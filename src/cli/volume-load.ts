@@ -16,7 +16,7 @@ import type { Readable } from 'node:stream';
 import { UsageError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
 import type { VolumeHandle } from '../library/volume-handle.js';
-import { BackgroundHash, sharedBuffers } from './background-hash.js';
+import { contentHash, sharedBuffers } from './background-hash.js';
 import { CHUNK_BYTES, DEPTH, ZEROS, type TransferResult } from './volume-dump.js';
 
 export interface LoadSource {
@@ -73,12 +73,12 @@ export interface LoadResult extends TransferResult {
 export async function loadVolume(
   volume: VolumeHandle,
   source: LoadSource,
-  options: { fresh: boolean },
+  options: { fresh: boolean; checksum?: boolean },
   onProgress: (done: number) => void = () => undefined,
 ): Promise<LoadResult> {
   const started = performance.now();
   // sha256 on a thread of its own; a buffer is read into again once its writes and its hash are done.
-  const hash = new BackgroundHash();
+  const hash = contentHash(options.checksum ?? true);
   const grain = Math.min(Math.max(volume.blockSize, 4096), ZEROS.length);
   const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
   const writing: Promise<unknown>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
