@@ -65,3 +65,23 @@ test('real flags parse as before', () => {
   refused(['--port'], /--port: expected a value/);
   assert.deepEqual(parseCommand(spec, ['--', '-f', '-5']).positionals, ['-f', '-5']);
 });
+
+test('a flag that may be given more than once keeps every value; another keeps its last', () => {
+  const repeated: CommandSpec = {
+    usage: 'x',
+    summary: 'x',
+    flags: {
+      'ensure-volume': { type: 'string', multiple: true, help: 'h' },
+      name: { type: 'string', help: 'h' },
+    },
+  };
+  const parsed = parseCommand(repeated, [
+    '--ensure-volume',
+    'a=1GiB',
+    '--ensure-volume=b=2GiB',
+    '--name',
+    'x',
+  ]);
+  assert.deepEqual(parsed.values['ensure-volume'], ['a=1GiB', 'b=2GiB']);
+  assert.equal(parseCommand(repeated, []).values['ensure-volume'], undefined);
+});

@@ -20,6 +20,8 @@ export interface FlagSpec {
   max?: number;
   /** 'integer' and 'size': why a value in range is still refused, or undefined to accept it. */
   check?: (value: number) => string | undefined;
+  /** 'string' only: may be given more than once; the value is then every one, in order (string[]). */
+  multiple?: boolean;
 }
 
 /** Ports: 0 asks the system for a free one where a listener allows it. */
@@ -67,7 +69,7 @@ export function parseAddress(text: string, flag: string): Address {
   return { host: match[1] ?? (match[2] || '127.0.0.1'), port };
 }
 
-export type ParsedValue = string | boolean | number | Address | undefined;
+export type ParsedValue = string | string[] | boolean | number | Address | undefined;
 
 export interface Parsed {
   values: Record<string, ParsedValue>;
@@ -78,13 +80,15 @@ export interface Parsed {
 }
 
 export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
-    help: { type: 'boolean', short: 'h' },
-  };
+  const options: Record<
+    string,
+    { type: 'string' | 'boolean'; short?: string; multiple?: boolean }
+  > = { help: { type: 'boolean', short: 'h' } };
   for (const [name, flag] of Object.entries(spec.flags)) {
     options[name] = {
       type: flag.type === 'boolean' ? 'boolean' : 'string',
       ...(flag.short ? { short: flag.short } : {}),
+      ...(flag.multiple && flag.type === 'string' ? { multiple: true } : {}),
     };
   }
   const { args, negatives } = shieldNegatives(spec, argv);
@@ -101,7 +105,12 @@ export function parseCommand(spec: CommandSpec, argv: string[]): Parsed {
   const values: Record<string, ParsedValue> = {};
   const defaulted = new Set<string>();
   for (const [name, flag] of Object.entries(spec.flags)) {
-    let text = raw.values[name] as string | boolean | undefined;
+    const given = raw.values[name] as string | boolean | string[] | undefined;
+    if (Array.isArray(given)) {
+      values[name] = given;
+      continue;
+    }
+    let text = given;
     if (
       text === undefined &&
       flag.env &&

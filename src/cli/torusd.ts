@@ -104,7 +104,8 @@ const spec: CommandSpec = {
     'key-file': keyFileFlag,
     'ensure-volume': {
       type: 'string',
-      help: 'create volume NAME=SIZE at start if it does not exist (e.g. default=1GiB)',
+      multiple: true,
+      help: 'create volume NAME=SIZE at start if it does not exist (e.g. default=1GiB); may be given more than once',
     },
     ...etcdFlags,
     'peer-address': {
@@ -156,7 +157,7 @@ export async function main(argv: string[]): Promise<number> {
   const v = args.values;
   const dataDir = resolve(v['data-dir'] as string);
   const nbdAddress = v.nbd as Address;
-  const ensure = parseEnsureVolume(v['ensure-volume'] as string | undefined);
+  const ensure = ((v['ensure-volume'] as string[] | undefined) ?? []).map(parseEnsureVolume);
   const etcd = etcdConfigOf(v);
   const peerAddress = parsePeerAddress(v['peer-address'] as string);
   if (v['auto-join'] && !etcd)
@@ -206,9 +207,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   closers.push(() => node.close());
   try {
-    if (ensure && !(await node.listVolumes()).some((vol) => vol.name === ensure.name)) {
-      await node.createVolume(ensure.name, ensure.size);
-    }
+    const existing = new Set((await node.listVolumes()).map((vol) => vol.name));
+    for (const { name, size } of ensure)
+      if (!existing.has(name)) await node.createVolume(name, size);
     const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const bound = await nbd.listenTcp(nbdAddress.host, nbdAddress.port);
@@ -411,8 +412,7 @@ function packageVersion(): string {
   }
 }
 
-function parseEnsureVolume(text: string | undefined): { name: string; size: number } | undefined {
-  if (!text) return undefined;
+function parseEnsureVolume(text: string): { name: string; size: number } {
   const at = text.indexOf('=');
   if (at <= 0)
     throw new ArgumentError(
