@@ -307,6 +307,7 @@ export class StorageNode implements ExportProvider {
     if (this.closing) return;
     this.closing = true;
     this.host.beginClose();
+    await this.host.settle();
     this.ownership.stopRecovering();
     // Background copying ends before the peer service it uses for this store does.
     await this.background.close();

@@ -206,6 +206,28 @@ export class VolumeHost implements ExportProvider {
     this.mode.stopLingering();
   }
 
+  /**
+   * Wait for every queued open and unload (exclusive()) to finish: an unload
+   * whose linger timer fired just before beginClose() still commits through
+   * the metadata store, which must not close under it.
+   */
+  async settle(timeoutMs = 10_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.serial.size > 0 && Date.now() < deadline) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<void>((done) => {
+        timer = setTimeout(done, deadline - Date.now());
+      });
+      await Promise.race([Promise.all([...this.serial.values()]), late]);
+      clearTimeout(timer);
+    }
+    if (this.serial.size > 0)
+      this.parts.log.warn(
+        { volumes: [...this.serial.keys()] },
+        'closing with volume opens or unloads still running (metadata store slow?)',
+      );
+  }
+
   /** Close every open volume (after the last flush). */
   async closeVolumes(): Promise<void> {
     await this.snapshotExports.close();
