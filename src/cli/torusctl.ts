@@ -1,5 +1,6 @@
 /** torusctl: administer Torus: volumes, cluster settings and membership, node status. */
 import { blockSizeProblem } from '../common/block-size.js';
+import { setDefaultLogLevel } from '../common/log.js';
 import { formatSize } from '../common/size.js';
 import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
@@ -73,6 +74,7 @@ const commands: Command[] = [
   },
 ];
 
+setDefaultLogLevel('warn');
 runMain('torusctl', () =>
   dispatch(
     'torusctl',

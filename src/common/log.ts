@@ -1,7 +1,7 @@
 /**
  * Structured logging: one JSON object a line (pino) by default; a readable
  * single-line form when stderr is a terminal or TORUS_LOG_FORMAT=pretty.
- * Level from TORUS_LOG_LEVEL (default info).
+ * Level from TORUS_LOG_LEVEL (default info; torusctl's warn: setDefaultLogLevel).
  *
  * Logs go to stderr so that CLI output on stdout stays machine-readable.
  */
@@ -42,10 +42,20 @@ function prettyDestination(out: NodeJS.WriteStream): DestinationStream {
 }
 
 let root: Logger | undefined;
+let defaultLevel = 'info';
+
+/**
+ * The level when TORUS_LOG_LEVEL is not set; call before the first logger.
+ * torusctl says 'warn': a command's output is its answer, and the info lines
+ * of what it opens in-process (the embedded store, a client node) are noise.
+ */
+export function setDefaultLogLevel(level: string): void {
+  defaultLevel = level;
+}
 
 export function rootLogger(): Logger {
   if (root) return root;
-  const level = process.env.TORUS_LOG_LEVEL ?? 'info';
+  const level = process.env.TORUS_LOG_LEVEL ?? defaultLevel;
   const format = process.env.TORUS_LOG_FORMAT ?? (process.stderr.isTTY ? 'pretty' : 'json');
   const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime };
   root =
