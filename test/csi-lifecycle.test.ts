@@ -20,6 +20,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { status } from '@grpc/grpc-js';
 import { Cluster, until } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { CsiClient, startCsiPlugin, type CsiProcess } from './support/csi-client.js';
@@ -148,7 +149,9 @@ describe(
         nodes: 3,
         replication: 2,
         size: '2GiB',
-        args: ['--lock-linger', '0', '--rebalance-interval', '2'],
+        // The default --lock-linger (5 s): a pod moving finds the volume still
+        // locked by the storage node it left, and its stage waits that out.
+        args: ['--rebalance-interval', '2'],
       });
       controller = await startCsiPlugin(join(work, 'controller.sock'), [
         '--controller',
@@ -278,8 +281,22 @@ describe(
     test('everything deleted: no mount, loop device, FUSE helper or state left; GC frees every block', async () => {
       await detach(0, 'pvc-restored');
       await detach(1, 'pvc-life');
-      await ctl.controller('DeleteVolume', { volume_id: 'pvc-restored' });
-      await ctl.controller('DeleteVolume', { volume_id: 'pvc-life' });
+      // The storage nodes keep each volume's lock --lock-linger seconds after
+      // its last client: until then DeleteVolume is FAILED_PRECONDITION, which
+      // the external-provisioner retries, as here.
+      for (const volume_id of ['pvc-restored', 'pvc-life'])
+        await until(
+          `DeleteVolume ${volume_id}`,
+          async () => {
+            try {
+              return await ctl.controller('DeleteVolume', { volume_id });
+            } catch (err) {
+              if ((err as { code?: number }).code === status.FAILED_PRECONDITION) return undefined;
+              throw err;
+            }
+          },
+          30_000,
+        );
       assert.deepEqual(await mountsUnder(work), [], 'no mount');
       assert.deepEqual(loopsUnder(work), [], 'no loop device');
       assert.deepEqual(
