@@ -197,7 +197,7 @@ export const csiCommand: Command = {
     }
     const server = await startCsiServer({
       endpoint: values.endpoint as string,
-      identity: createIdentityService({ controller: runController, probe }),
+      identity: createIdentityService({ probe }),
       controller,
       node,
       metrics,

@@ -14,6 +14,8 @@ export interface ControllerContext {
   cluster: boolean;
   /** A master key file was given: encrypted volumes can be made (a single node has a default one). */
   canEncrypt: boolean;
+  /** How long DeleteVolume and DeleteSnapshot wait for a storage node's linger to end (linger-wait.ts). */
+  inUseWaitMs: number;
   /** The pool's block size, read once. */
   blockSize(): Promise<number>;
 }

@@ -12,6 +12,7 @@ import { isMarker, type ControllerContext } from './controller-context.js';
 import { CsiError, GrpcStatus, notFound } from './csi-error.js';
 import { removeIfUnused } from './deleted-volumes.js';
 import type { CsiMessage, CsiService } from './handlers.js';
+import { retryWhileInUse } from './linger-wait.js';
 import { requiredString, snapshotId, snapshotNameOf, snapshotOfId, volumeOfId } from './ids.js';
 import { paginate } from './paging.js';
 
@@ -49,11 +50,14 @@ export function snapshotHandlers(ctx: ControllerContext): CsiService {
       const id = requiredString(request.snapshot_id, 'snapshot_id');
       const parts = snapshotOfId(id);
       if (!parts) return {};
-      try {
-        await torus.deleteSnapshot(parts.volume, parts.snapshot);
-      } catch (err) {
-        if (!(err instanceof NotFoundError)) throw err;
-      }
+      // A node that served the snapshot unpins it just after its last reader went, not at once.
+      await retryWhileInUse(async () => {
+        try {
+          await torus.deleteSnapshot(parts.volume, parts.snapshot);
+        } catch (err) {
+          if (!(err instanceof NotFoundError)) throw err;
+        }
+      }, ctx.inUseWaitMs);
       // A volume deleted while it had snapshots goes with its last one.
       await removeIfUnused(torus, parts.volume);
       return {};

@@ -25,6 +25,7 @@ import { snapshotHandlers } from './controller-snapshots.js';
 import { CsiError, GrpcStatus, invalidArgument, notFound } from './csi-error.js';
 import { deleteOrHide } from './deleted-volumes.js';
 import type { CsiMessage, CsiService } from './handlers.js';
+import { IN_USE_WAIT_MS, retryWhileInUse } from './linger-wait.js';
 import { DELETED_MARKER, requiredString, snapshotOfId, volumeNameOf, volumeOfId } from './ids.js';
 import { paginate } from './paging.js';
 import {
@@ -41,6 +42,8 @@ export interface ControllerOptions {
   torus: Torus;
   /** Encrypted volumes can be made: a cluster needs the master key file (--key-file); a single node has a default. */
   canEncrypt?: boolean;
+  /** How long a delete refused as "in use" is retried, waiting out a node's --lock-linger (default IN_USE_WAIT_MS). */
+  inUseWaitMs?: number;
 }
 
 const CAPABILITIES = [
@@ -64,6 +67,7 @@ export function createControllerService(
     torus,
     cluster,
     canEncrypt: options.canEncrypt ?? !cluster,
+    inUseWaitMs: options.inUseWaitMs ?? IN_USE_WAIT_MS,
     blockSize() {
       blockSize ??= torus.poolSpace().then((space) => space.blockSize);
       blockSize.catch(() => (blockSize = undefined));
@@ -75,7 +79,7 @@ export function createControllerService(
     async DeleteVolume(request) {
       const id = requiredString(request.volume_id, 'volume_id');
       const name = volumeOfId(id);
-      if (name) await deleteOrHide(torus, name);
+      if (name) await retryWhileInUse(() => deleteOrHide(torus, name), ctx.inUseWaitMs);
       return {};
     },
     ControllerExpandVolume: (request) => expandVolume(ctx, request),

@@ -4,6 +4,13 @@
  * controller's asks the cluster (or single node) to list its volumes, the
  * node's connects to its NBD address — so the livenessprobe sidecar and the
  * CO see a plugin that cannot reach its storage as not ready, not as broken.
+ *
+ * GetPluginCapabilities describes the plugin as deployed, not this process:
+ * the spec says every instance of one version SHALL answer the same,
+ * "regardless of which RPCs an instance is serving". So a `--node`-only
+ * instance (the node DaemonSet) also reports CONTROLLER_SERVICE, which the
+ * controller Deployment provides (csi-sanity's node lifecycle specs, pointed
+ * at a node-only instance, skipped themselves until this was so).
  */
 import { readFileSync } from 'node:fs';
 import type { CsiService } from './handlers.js';
@@ -15,8 +22,6 @@ export const DRIVER_NAME = 'csi.torus.dev';
 const PROBE_TIMEOUT_MS = 5000;
 
 export interface IdentityOptions {
-  /** The controller service runs in this process (advertised as CONTROLLER_SERVICE). */
-  controller: boolean;
   /** Resolves true when the storage this plugin serves answers; false or a rejection: not ready. */
   probe: () => Promise<boolean>;
 }
@@ -46,7 +51,7 @@ export function createIdentityService(options: IdentityOptions): CsiService {
     async GetPluginCapabilities() {
       return {
         capabilities: [
-          ...(options.controller ? [{ service: { type: 'CONTROLLER_SERVICE' } }] : []),
+          { service: { type: 'CONTROLLER_SERVICE' } },
           { volume_expansion: { type: 'ONLINE' } },
         ],
       };

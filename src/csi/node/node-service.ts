@@ -46,6 +46,7 @@ import { findMount, isReadOnly, readMounts } from './mounts.js';
 import { formatNbdAddress, parseNbdAddress } from './nbd-address.js';
 import { parseCapability, requireString, type NodeCapability } from './node-requests.js';
 import { nbdServerAnswers, volumeUsage } from './volume-stats.js';
+import { WRITABLE_WAIT_MS, waitUntilWritable } from './writable-export.js';
 
 export const TOPOLOGY_KEY = 'topology.csi.torus.dev/node';
 
@@ -61,6 +62,8 @@ export interface NodeServiceOptions {
   attachMode?: AttachModeOption;
   /** Volumes one node may stage at once, told to the scheduler (default 64). */
   maxVolumesPerNode?: number;
+  /** How long a writable stage waits for another node to let go of the volume (writable-export.ts). */
+  writableWaitMs?: number;
   /** For tests: what the node has for the kernel path (default: looked up). */
   kernelNbd?: KernelNbdFacts;
   log?: Logger;
@@ -179,6 +182,8 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
         log.warn({ volumeId, problem }, 'staged volume found broken; attaching it again');
         await tearDown(existing);
       }
+      if (!readOnly)
+        await waitUntilWritable(nbd, volumeId, options.writableWaitMs ?? WRITABLE_WAIT_MS);
       const attached = await attachers[attachMode].attach(volumeId, readOnly);
       const record: AttachmentRecord = {
         volumeId,
