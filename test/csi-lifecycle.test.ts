@@ -206,6 +206,8 @@ describe(
       await attach(1, 'pvc-life', context);
       for (const [name, digest] of files)
         assert.equal(sha(await readFile(join(target(1, 'pvc-life'), name))), digest, name);
+      // Machine B's storage node asked for the lock; A's let go without waiting out its linger.
+      assert.match(cluster.nodes[0].output(), /another node asks for this idle volume/);
     });
 
     test("kill -9 of B's node plugin leaves the mount working; the restarted plugin's repeated calls are no-ops", async () => {

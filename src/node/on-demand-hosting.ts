@@ -5,7 +5,8 @@
  * every other node serves the volume read-only until the writer lets go.
  * The volume stays open while any session is, and for lockLingerMs after the
  * last one closes (a reconnecting client keeps its warm cache); then it is
- * committed, closed and let go of.
+ * committed, closed and let go of — at once if another node's client asks
+ * for it meanwhile (a pod that moved: VolumeOwnership's handover requests).
  *
  * No start-up sweep: this store also holds copies for volumes other nodes
  * write, including versions not committed yet, so freeing by one node's
@@ -14,6 +15,7 @@
  */
 import { NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
+import type { Watcher } from '../controlplane/metadata/store.js';
 import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalog.js';
 import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { ClusterPlacement } from '../dataplane/replication/placement.js';
@@ -28,7 +30,9 @@ import {
 
 export class OnDemandHosting implements HostingMode {
   /** Volumes whose last session closed, waiting lockLingerMs before letting go. */
-  private readonly lingering = new Map<string, NodeJS.Timeout>();
+  private readonly lingering = new Map<string, { timer: NodeJS.Timeout; volume: Volume }>();
+  /** Other nodes asking for locks this node holds (VolumeOwnership.watchHandoverRequests). */
+  private handoverWatch: Watcher | undefined;
 
   constructor(
     private readonly host: VolumeHost,
@@ -40,6 +44,14 @@ export class OnDemandHosting implements HostingMode {
 
   async start(): Promise<void> {
     this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
+    // A lingering volume another node's client now wants is let go at once.
+    this.handoverWatch = await this.host.ownership.watchHandoverRequests((name) => {
+      const lingering = this.lingering.get(name);
+      if (!lingering) return;
+      this.log.info({ volume: name }, 'another node asks for this idle volume: letting go now');
+      this.stopLingering(name);
+      this.letGo(name, lingering.volume);
+    });
   }
 
   /**
@@ -114,22 +126,27 @@ export class OnDemandHosting implements HostingMode {
         );
     }
     const timer = setTimeout(() => {
-      if (this.lingering.get(name) !== timer) return;
+      if (this.lingering.get(name)?.timer !== timer) return;
       this.lingering.delete(name);
-      host
-        .exclusive(name, async () => {
-          if (host.volumes.get(name) === volume && volume.openSessions === 0)
-            await host.unload(name);
-        })
-        .catch((err) =>
-          this.log.error(
-            { volume: name, err: (err as Error).message },
-            'could not close an idle volume',
-          ),
-        );
+      this.letGo(name, volume);
     }, this.lockLingerMs);
     timer.unref();
-    this.lingering.set(name, timer);
+    this.lingering.set(name, { timer, volume });
+  }
+
+  /** Commit, close and let go of `volume` if it is still the idle one open here. */
+  private letGo(name: string, volume: Volume): void {
+    const { host } = this;
+    host
+      .exclusive(name, async () => {
+        if (host.volumes.get(name) === volume && volume.openSessions === 0) await host.unload(name);
+      })
+      .catch((err) =>
+        this.log.error(
+          { volume: name, err: (err as Error).message },
+          'could not close an idle volume',
+        ),
+      );
   }
 
   async created(): Promise<void> {
@@ -172,10 +189,15 @@ export class OnDemandHosting implements HostingMode {
   }
 
   stopLingering(name?: string): void {
-    for (const [volume, timer] of this.lingering) {
+    for (const [volume, { timer }] of this.lingering) {
       if (name !== undefined && volume !== name) continue;
       clearTimeout(timer);
       this.lingering.delete(volume);
+    }
+    if (name === undefined) {
+      // The node is closing: no more handovers.
+      void this.handoverWatch?.close().catch(() => undefined);
+      this.handoverWatch = undefined;
     }
   }
 }
