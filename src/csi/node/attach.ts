@@ -26,6 +26,13 @@ export interface AttachedDevice {
    * plugin started it itself.
    */
   helperKeeper?: string;
+  /**
+   * FUSE path: the volume file the loop device was bound to, as
+   * `major:minor inode`. The path the kernel shows for it depends on the
+   * mount it was opened through, which in a container ends with the
+   * container; this identity does not.
+   */
+  backingFile?: string;
 }
 
 /** Why an attachment does not work. */

@@ -75,6 +75,9 @@ export class FuseAttacher implements Attacher {
       const file = join(dir, 'mnt', VOLUME_FILE_NAME);
       const args = ['--find', '--show', ...(readOnly ? ['--read-only'] : []), file];
       attached.device = (await runChecked('losetup', args, 30_000)).trim();
+      attached.backingFile = await this.loopBackingId(attached.device);
+      if (attached.backingFile === undefined)
+        throw new FuseAttachError(`${attached.device} lost its volume file at once`);
     } catch (err) {
       await this.detach(attached);
       throw err;
@@ -88,15 +91,12 @@ export class FuseAttacher implements Attacher {
 
   async detach(attached: AttachedDevice): Promise<void> {
     const dir = attached.helperDir;
-    if (attached.device && (await this.loopBacking(attached.device)) === this.fileOf(attached)) {
+    if (await this.boundToFile(attached)) {
       // Whatever the page cache of the device holds goes down before it is let go.
       await runCommand('blockdev', ['--flushbufs', attached.device], 30_000);
       await runChecked('losetup', ['-d', attached.device], 30_000);
       // With autoclear the detach completes when the last opener closes.
-      const released = await waitFor(
-        async () => (await this.loopBacking(attached.device)) !== this.fileOf(attached),
-        10_000,
-      );
+      const released = await waitFor(async () => !(await this.boundToFile(attached)), 10_000);
       if (!released)
         throw new FuseAttachError(
           `${attached.device} is still in use after losetup -d: unmount whatever holds it`,
@@ -141,7 +141,7 @@ export class FuseAttacher implements Attacher {
         broken: true,
       };
     }
-    if ((await this.loopBacking(attached.device)) !== this.fileOf(attached))
+    if (!(await this.boundToFile(attached)))
       return {
         message: `${attached.device} is no longer attached to the volume file`,
         broken: true,
@@ -167,6 +167,41 @@ export class FuseAttacher implements Attacher {
 
   private fileOf(attached: AttachedDevice): string {
     return join(attached.helperDir!, 'mnt', VOLUME_FILE_NAME);
+  }
+
+  /**
+   * Whether the attachment's loop device is still bound to its volume file.
+   * By `major:minor inode` when the kernel can tell it (it asks the file's
+   * filesystem, which fails once the helper is gone); else by the path the
+   * kernel shows: ours, or — when the mount the loop device was set up
+   * through has gone with a container — the bare file name it keeps.
+   */
+  private async boundToFile(attached: AttachedDevice): Promise<boolean> {
+    if (!attached.device) return false;
+    const path = await this.loopBacking(attached.device);
+    if (path === undefined) return false;
+    const id = await this.loopBackingId(attached.device);
+    if (id !== undefined && attached.backingFile !== undefined) return id === attached.backingFile;
+    return path === this.fileOf(attached) || path === `/${VOLUME_FILE_NAME}`;
+  }
+
+  /** `major:minor inode` of the file a loop device is bound to, or undefined when it is free. */
+  private async loopBackingId(device: string): Promise<string | undefined> {
+    const output = ['--list', '--json', '--output', 'BACK-MAJ:MIN,BACK-INO', device];
+    const result = await runCommand('losetup', output, 30_000);
+    if (result.code !== 0) return undefined;
+    type Listing = {
+      loopdevices?: { 'back-maj:min'?: string | null; 'back-ino'?: number | null }[];
+    };
+    let entry;
+    try {
+      entry = (JSON.parse(result.stdout) as Listing).loopdevices?.[0];
+    } catch {
+      return undefined; // no listing: not a loop device we know
+    }
+    const majorMinor = entry?.['back-maj:min']?.trim();
+    const inode = entry?.['back-ino'];
+    return majorMinor && inode ? `${majorMinor} ${inode}` : undefined;
   }
 
   /** The file a loop device is bound to, or undefined when it is free. */
