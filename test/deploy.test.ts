@@ -121,7 +121,13 @@ function loggerVariables(): string[] {
 describe('our binaries as the manifests run them', () => {
   test('the manifests run torusd, torusctl and torusblk', () => {
     const run = new Set(invocations.map((i) => `${i.binary} ${commandWords(i.argv).join(' ')}`));
-    for (const expected of ['torusd ', 'torusctl init', 'torusblk csi', 'torusblk nbdserve'])
+    for (const expected of [
+      'torusd ',
+      'torusctl init',
+      'torusblk csi',
+      'torusblk csi-keeper',
+      'torusblk nbdserve',
+    ])
       assert.ok(run.has(expected), `expected a container running ${expected}: ${[...run]}`);
   });
 
@@ -223,6 +229,41 @@ describe('the pieces fit together', () => {
     assert.ok(registrar.args?.includes(`--kubelet-registration-path=${socketOnHost}`));
     assert.equal(hostPathOf(node, 'registration-dir'), '/var/lib/kubelet/plugins_registry');
     assert.ok(node.hostNetwork, "the node's NBD server is on the host's loopback");
+  });
+
+  test("the attachment keeper: its own DaemonSet, never rolled, sharing the plugin's state directory and socket", () => {
+    const keeperSet = find(manifests, 'DaemonSet', 'torus-csi-keeper');
+    const strategy = (keeperSet.spec as { updateStrategy?: { type?: string } }).updateStrategy;
+    assert.equal(strategy?.type, 'OnDelete', 'replacing the keeper ends its helpers');
+    const keeperPod = podSpecOf(keeperSet) as PodSpec;
+    const keeper = container(keeperPod, 'torus-csi-keeper');
+    const plugin = container(node, 'torus-csi');
+    assert.equal(keeper.securityContext?.privileged, true, 'FUSE mounts');
+    assert.ok(keeperPod.hostNetwork, "helpers reach the node's NBD server on the host's loopback");
+    const probeOf = (c: Container) => (c as Container & { livenessProbe?: unknown }).livenessProbe;
+    assert.equal(probeOf(keeper), undefined, 'a restart would end the helpers');
+    const flag = (c: Container, name: string) =>
+      c.args?.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+    const socket = flag(keeper, 'socket');
+    assert.equal(flag(plugin, 'keeper'), socket, 'the plugin asks the keeper where it listens');
+    assert.equal(flag(keeper, 'state-dir'), flag(plugin, 'state-dir'));
+    // The same host directories at the same paths in both pods.
+    for (const path of [flag(plugin, 'state-dir')!, socket!.replace(/^unix:\/\/|\/[^/]+$/g, '')]) {
+      const mountOf = (pod: PodSpec, c: Container) => {
+        const m = c.volumeMounts?.find((v) => v.mountPath === path);
+        assert.ok(m, `${c.name} mounts ${path}`);
+        return { host: hostPathOf(pod, m.name), propagation: m.mountPropagation };
+      };
+      const inKeeper = mountOf(keeperPod, keeper);
+      const inPlugin = mountOf(node, plugin);
+      assert.equal(inKeeper.host, inPlugin.host, path);
+      if (path === flag(plugin, 'state-dir')) {
+        // The helpers' FUSE mounts must reach the host and the plugin.
+        assert.equal(inKeeper.propagation, 'Bidirectional');
+        assert.equal(inPlugin.propagation, 'Bidirectional');
+      }
+    }
+    assert.ok(probeOf(plugin), 'a plugin restart is harmless now: a wedged one is restarted');
   });
 
   test('the controller sidecars elect a leader and share the plugin socket', () => {

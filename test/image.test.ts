@@ -1,17 +1,21 @@
 /**
  * The container image, built from deploy/Dockerfile here and run the way the
  * manifests run it: torusd on the host network serving a volume the host
- * reads and writes over NBD; and the CSI node plugin, privileged with /dev and
- * a kubelet directory shared with the host (rshared), staging and publishing
- * a volume through its unix socket, the mount visible on the host.
+ * reads and writes over NBD; and the CSI node plugin with its attachment
+ * keeper, two containers as the csi-node pods run them (privileged, /dev, a
+ * kubelet and a state directory shared with the host, rshared, the keeper's
+ * socket directory shared between them), staging and publishing a volume
+ * through the plugin's unix socket, the mount visible on the host; the
+ * plugin's container killed (kill -9 of its first process) and started
+ * again: the mount keeps working, the repeated calls are no-ops.
  *
  * The first build makes the Debian base with mmdebstrap (minutes; cached
  * under /var/cache/torus-image and in podman), later ones take seconds.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -174,6 +178,7 @@ type CsiClientModule = { CsiClient: new (socketPath: string) => CsiClientLike };
 function csiNodeTests(containers: string[], dirs: string[]) {
   let client: CsiClientLike | undefined;
   let kubeletDir = '';
+  let stateDir = '';
   let why: string | undefined;
 
   before(async () => {
@@ -196,20 +201,26 @@ function csiNodeTests(containers: string[], dirs: string[]) {
     // The containers first: nothing may mount again while the mounts go.
     for (const name of containers) await removeContainer(name);
     if (kubeletDir) await unmountUnder(kubeletDir);
+    if (stateDir) await unmountUnder(stateDir);
   });
 
-  test('stages and publishes a volume through its socket; the mount reaches the host', async (t) => {
+  test('the node plugin and the attachment keeper as the pod runs them: a kill -9 of the plugin container leaves the mount working', async (t) => {
     if (why) return t.skip(why);
     const root = await mkdtemp(join(tmpdir(), 'torus-image-csi-'));
     dirs.push(root);
     kubeletDir = join(root, 'kubelet');
+    stateDir = join(root, 'state');
     const pluginDir = join(root, 'plugin');
-    const stateDir = join(root, 'state');
-    for (const dir of [kubeletDir, pluginDir, stateDir]) await mkdir(dir, { recursive: true });
+    const runDir = join(root, 'run');
+    for (const dir of [kubeletDir, pluginDir, stateDir, runDir])
+      await mkdir(dir, { recursive: true });
     // What a kubelet host has: its directory a shared mount, so mounts the
-    // plugin makes in its container propagate out.
-    await runOk('mount', ['--bind', kubeletDir, kubeletDir]);
-    await runOk('mount', ['--make-rshared', kubeletDir]);
+    // plugin makes in its container propagate out; the state directory too,
+    // where the keeper's helpers mount the volume files the plugin binds to loop devices.
+    for (const dir of [kubeletDir, stateDir]) {
+      await runOk('mount', ['--bind', dir, dir]);
+      await runOk('mount', ['--make-rshared', dir]);
+    }
 
     const storage = `torus-image-csi-torusd-${process.pid}`;
     containers.push(storage);
@@ -218,6 +229,37 @@ function csiNodeTests(containers: string[], dirs: string[]) {
     const volume = 'pvc-image-test';
     const { nbdPort } = await startTorusd(storage, dataDir, [`--ensure-volume=${volume}=256MiB`]);
 
+    // Both as csi-node.yaml runs them: the keeper first, in a container of its own.
+    const keeper = `torus-image-csi-keeper-${process.pid}`;
+    containers.push(keeper);
+    const shared = [
+      '--network',
+      'host',
+      '--privileged',
+      '--volume',
+      '/dev:/dev',
+      '--volume',
+      `${stateDir}:/var/lib/torus-csi:rshared`,
+      '--volume',
+      `${runDir}:/run/torus-csi`,
+    ];
+    await podmanOk([
+      'run',
+      '--detach',
+      '--name',
+      keeper,
+      ...shared,
+      TEST_IMAGE,
+      './bin/torusblk',
+      'csi-keeper',
+      '--socket=unix:///run/torus-csi/keeper.sock',
+      '--state-dir=/var/lib/torus-csi',
+    ]);
+    await waitFor('the keeper socket', async () => existsSync(join(runDir, 'keeper.sock'))).catch(
+      async (e: Error) => {
+        throw new Error(`${e.message}:\n${await containerLogs(keeper)}`);
+      },
+    );
     const plugin = `torus-image-csi-node-${process.pid}`;
     containers.push(plugin);
     await podmanOk([
@@ -225,17 +267,11 @@ function csiNodeTests(containers: string[], dirs: string[]) {
       '--detach',
       '--name',
       plugin,
-      '--network',
-      'host',
-      '--privileged',
-      '--volume',
-      '/dev:/dev',
+      ...shared,
       '--volume',
       `${kubeletDir}:${kubeletDir}:rshared`,
       '--volume',
       `${pluginDir}:/csi`,
-      '--volume',
-      `${stateDir}:/var/lib/torus-csi`,
       TEST_IMAGE,
       './bin/torusblk',
       'csi',
@@ -246,17 +282,28 @@ function csiNodeTests(containers: string[], dirs: string[]) {
       '--state-dir=/var/lib/torus-csi',
       `--kubelet-dir=${kubeletDir}`,
       '--attach=nbdfuse',
+      '--keeper=unix:///run/torus-csi/keeper.sock',
     ]);
-    const socket = join(pluginDir, 'csi.sock');
-    await waitFor('the plugin socket', async () => existsSync(socket)).catch(async (e: Error) => {
-      throw new Error(`${e.message}:\n${await containerLogs(plugin)}`);
-    });
     const modulePath = './support/csi-client.js';
     const { CsiClient } = (await import(modulePath)) as CsiClientModule;
-    client = new CsiClient(socket);
+    const socket = join(pluginDir, 'csi.sock');
+    /** A client once the plugin answers (a killed plugin's stale socket stays until it restarts). */
+    const connectPlugin = async () => {
+      let info: Record<string, unknown> | undefined;
+      await waitFor('the plugin to answer on its socket', async () => {
+        if (!existsSync(socket)) return false;
+        client?.close();
+        client = new CsiClient(socket);
+        info = await client.call('Node', 'NodeGetInfo', {}).catch(() => undefined);
+        return info !== undefined;
+      }).catch(async (e: Error) => {
+        throw new Error(`${e.message}:\n${await containerLogs(plugin)}`);
+      });
+      assert.equal(info!.node_id, 'image-test');
+      return client!;
+    };
+    let csi = await connectPlugin();
 
-    const info = await client.call('Node', 'NodeGetInfo', {});
-    assert.equal(info.node_id, 'image-test');
     const capability = {
       access_mode: { mode: 'SINGLE_NODE_WRITER' },
       mount: { fs_type: 'ext4', mount_flags: [] },
@@ -270,27 +317,83 @@ function csiNodeTests(containers: string[], dirs: string[]) {
       staging_target_path: staging,
       volume_capability: capability,
     };
-    await client.call('Node', 'NodeStageVolume', stage);
+    await csi.call('Node', 'NodeStageVolume', stage);
     const publish = { ...stage, target_path: target, readonly: false };
-    await client.call('Node', 'NodePublishVolume', publish);
+    await csi.call('Node', 'NodePublishVolume', publish);
 
     const mounted = hostMounts().find((m) => m.mountPoint === target);
     assert.ok(mounted, `${target} is mounted as the host sees it:\n${await containerLogs(plugin)}`);
     assert.equal(mounted.fsType, 'ext4');
-    await writeFile(join(target, 'hello'), 'from the host');
-    assert.equal(readFileSync(join(target, 'hello'), 'utf8'), 'from the host');
+    await writeSynced(join(target, 'hello'), 'from the host');
+    const recordPath = join(stateDir, 'attachments', `${volume}.json`);
+    const record = readFileSync(recordPath, 'utf8');
+    assert.equal(helpersOf(volume).length, 1, 'one volume file helper, in the keeper container');
 
-    await client.call('Node', 'NodeUnpublishVolume', { volume_id: volume, target_path: target });
-    await client.call('Node', 'NodeUnstageVolume', stage);
-    const left = hostMounts().filter((m) => m.mountPoint.startsWith(`${kubeletDir}/`));
-    assert.deepEqual(left, [], 'no mount left under the kubelet directory');
+    // The plugin container dies as a crash would have it: its first process killed.
+    await podmanOk(['kill', '--signal', 'KILL', plugin]);
+    await waitFor(
+      'the plugin container to stop',
+      async () =>
+        (await podmanOk(['inspect', '--format', '{{.State.Running}}', plugin])).trim() === 'false',
+    );
+    assert.equal(helpersOf(volume).length, 1, 'the helper outlives the plugin container');
+    await writeSynced(join(target, 'after-kill'), 'still writable');
+    assert.equal(readFileSync(join(target, 'hello'), 'utf8'), 'from the host');
+    assert.ok(
+      hostMounts().some((m) => m.mountPoint === target && m.superOptions.split(',').includes('rw')),
+      'the mount stays read-write (ext4 saw no I/O error)',
+    );
+
+    // kubelet's calls to the restarted plugin are no-ops.
+    await podmanOk(['start', plugin]);
+    csi = await connectPlugin();
+    await csi.call('Node', 'NodeStageVolume', stage);
+    await csi.call('Node', 'NodePublishVolume', publish);
+    assert.equal(readFileSync(recordPath, 'utf8'), record, 'the same attachment');
+    const stats = await csi.call('Node', 'NodeGetVolumeStats', {
+      volume_id: volume,
+      volume_path: target,
+    });
+    assert.equal((stats.volume_condition as { abnormal: boolean }).abnormal, false);
+
+    await csi.call('Node', 'NodeUnpublishVolume', { volume_id: volume, target_path: target });
+    await csi.call('Node', 'NodeUnstageVolume', stage);
+    const left = hostMounts().filter(
+      (m) => m.mountPoint.startsWith(`${kubeletDir}/`) || m.mountPoint.startsWith(`${stateDir}/`),
+    );
+    assert.deepEqual(left, [], 'no mount left under the kubelet or state directory');
     const loop = /^\/dev\/(loop\d+)$/.exec(mounted.source)?.[1];
     if (loop) assert.ok(!existsSync(`/sys/block/${loop}/loop/backing_file`), `${loop} is detached`);
+    await waitFor('the helper to exit', async () => helpersOf(volume).length === 0, 15_000);
   });
+}
+
+async function writeSynced(path: string, text: string): Promise<void> {
+  const file = await open(path, 'w');
+  await file.writeFile(text);
+  await file.sync();
+  await file.close();
+}
+
+/** Volume file helpers of this volume, whichever container runs them (the host sees every pid). */
+function helpersOf(volume: string): number[] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .filter((pid) => {
+      try {
+        const commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        return commandLine.includes('fuse-file-main') && commandLine.includes(`/fuse/${volume}"`);
+      } catch {
+        return false;
+      }
+    })
+    .map(Number);
 }
 
 interface HostMount {
   mountPoint: string;
+  /** The filesystem's options: ext4 that saw an I/O error turns `ro` here. */
+  superOptions: string;
   fsType: string;
   source: string;
 }
@@ -304,6 +407,7 @@ function hostMounts(): HostMount[] {
       const dash = fields.indexOf('-');
       return {
         mountPoint: unescapeMount(fields[4]),
+        superOptions: fields[dash + 3],
         fsType: fields[dash + 1],
         source: unescapeMount(fields[dash + 2]),
       };

@@ -75,6 +75,10 @@ export const csiFlags: Record<string, FlagSpec> = {
     help: 'node: the kubelet’s directory; staging and target paths outside it are refused',
     default: '/var/lib/kubelet',
   },
+  keeper: {
+    type: 'string',
+    help: 'node: the attachment keeper (`torusblk csi-keeper`) that starts the FUSE volume file helpers, so they outlive this plugin’s container: unix:///path/keeper.sock',
+  },
   metrics: { type: 'address', help: 'serve Prometheus metrics of the CSI calls on HOST:PORT' },
 };
 
@@ -85,6 +89,8 @@ export interface NodeFlags {
   stateDir: string;
   attach: AttachMode;
   kubeletDir: string;
+  /** The attachment keeper's socket path, when helpers are to be started by it. */
+  keeperSocket?: string;
 }
 
 export function nodeFlagsOf(values: Parsed['values']): NodeFlags {
@@ -109,13 +115,29 @@ export function nodeFlagsOf(values: Parsed['values']): NodeFlags {
       );
   const nodeId = (values['node-id'] as string | undefined) ?? hostname();
   if (nodeId === '') throw new ArgumentError('--node-id: must not be empty');
+  const keeper = values.keeper as string | undefined;
   return {
+    ...(keeper === undefined ? {} : { keeperSocket: unixSocketOf(keeper, 'keeper') }),
     nodeId,
     nbdAddress,
     stateDir: values['state-dir'] as string,
     attach: attach as AttachMode,
     kubeletDir: values['kubelet-dir'] as string,
   };
+}
+
+/** A unix socket flag's path: unix:///path, unix:/path or an absolute path. */
+export function unixSocketOf(text: string, flag: string): string {
+  let endpoint;
+  try {
+    endpoint = parseEndpoint(text);
+  } catch (err) {
+    if (err instanceof EndpointError) throw new ArgumentError(`--${flag}: ${err.message}`);
+    throw err;
+  }
+  if (endpoint.kind !== 'unix')
+    throw new ArgumentError(`--${flag}: expected a unix socket (unix:///path), got "${text}"`);
+  return endpoint.path;
 }
 
 export const csiCommand: Command = {
@@ -176,6 +198,7 @@ export const csiCommand: Command = {
           stateDir: nodeFlags.stateDir,
           kubeletDir: nodeFlags.kubeletDir,
           attachMode: nodeFlags.attach,
+          keeperSocket: nodeFlags.keeperSocket,
           log,
         });
       } catch (err) {

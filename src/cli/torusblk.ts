@@ -14,6 +14,7 @@ import { logger } from '../common/log.js';
 import { ArgumentError, runMain } from './args.js';
 import { dispatch, type Command } from './commands.js';
 import { csiCommand } from './csi-command.js';
+import { csiKeeperCommand } from './csi-keeper-command.js';
 import { nbdserveFlags, startNbdServe } from './nbdserve.js';
 import { volumeCommands } from './volume-commands.js';
 
@@ -96,6 +97,7 @@ const commands: Command[] = [
     },
   },
   csiCommand,
+  csiKeeperCommand,
 ];
 
 /** The first /dev/nbdN the kernel has no connection on. */

@@ -20,6 +20,31 @@ export interface AttachedDevice {
   /** FUSE path: the attachment's directory (mount point, control socket, log) and helper pid. */
   helperDir?: string;
   helperPid?: number;
+  /**
+   * FUSE path: the attachment keeper's socket when the keeper started the
+   * helper (its pid is one of the keeper's pid namespace); absent when the
+   * plugin started it itself.
+   */
+  helperKeeper?: string;
+  /**
+   * FUSE path: the volume file the loop device was bound to, as
+   * `major:minor inode`. The path the kernel shows for it depends on the
+   * mount it was opened through, which in a container ends with the
+   * container; this identity does not.
+   */
+  backingFile?: string;
+}
+
+/** Why an attachment does not work. */
+export interface AttachmentProblem {
+  message: string;
+  /**
+   * True when it cannot recover by itself (the helper is gone, the device
+   * unbound): attaching again is the remedy. False when it is transient (the
+   * NBD server away: the connection is retried; tearing down would lose the
+   * writes waiting for it).
+   */
+  broken: boolean;
 }
 
 export interface Attacher {
@@ -31,7 +56,7 @@ export interface Attacher {
   /** Make the device as large as the export is now; resolves with the device's size in bytes. */
   grow(attached: AttachedDevice): Promise<number>;
   /** Why the attachment does not work (process gone, server silent), or undefined when it does. */
-  problem(attached: AttachedDevice): Promise<string | undefined>;
+  problem(attached: AttachedDevice): Promise<AttachmentProblem | undefined>;
 }
 
 /** The attach mode cannot be used on this node. */

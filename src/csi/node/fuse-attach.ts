@@ -2,31 +2,33 @@
  * The fallback attach path: a volume file helper (fuse-file-main.ts) serves
  * the export as DIR/mnt/volume over FUSE, and a loop device makes it a block
  * device. DIR is `<stateDir>/fuse/<export>`; the helper runs detached in its
- * own session, its output in DIR/helper.log, so it outlives the plugin.
+ * own session, its output in DIR/helper.log, so it outlives the plugin. Who
+ * starts it is the HelperLauncher's business (helper-launcher.ts): this
+ * process, or the attachment keeper in a container of its own (keeper.ts),
+ * so that it outlives the plugin's container as well.
  *
  * Growing: the helper reconnects (a new handshake learns the new size), a
  * stat refreshes the kernel's idea of the file size, `losetup -c` re-reads
  * it: the loop device grows under a mounted filesystem, nothing remounted.
  */
-import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync, existsSync } from 'node:fs';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { basename, join } from 'node:path';
 import type { Logger } from '../../common/log.js';
-import { NotFoundError } from '../../common/errors.js';
-import type { AttachedDevice, Attacher } from './attach.js';
+import type { AttachedDevice, Attacher, AttachmentProblem } from './attach.js';
 import { CommandError, runChecked, runCommand } from './command.js';
 import { VOLUME_FILE_NAME } from './fuse-file-server.js';
-import type { FuseFileHelperArgs } from './fuse-file-main.js';
+import { LocalHelperLauncher, type HelperLauncher } from './helper-launcher.js';
+import { KeeperHelperLauncher } from './keeper-client.js';
 import { findMount } from './mounts.js';
 import type { NbdAddress } from './nbd-address.js';
 import { blockDeviceSize } from './block-device.js';
 import { waitFor } from './poll.js';
 
-const HELPER = new URL('./fuse-file-main.js', import.meta.url).pathname;
-const START_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 15_000;
+/** A live helper answers `status` at once; a wedged one is not waited on for long. */
+const STATUS_TIMEOUT_MS = 10_000;
+const GROW_TIMEOUT_MS = 60_000;
 
 export class FuseAttachError extends Error {
   override name = 'FuseAttachError';
@@ -34,12 +36,17 @@ export class FuseAttachError extends Error {
 
 export class FuseAttacher implements Attacher {
   readonly mode = 'nbdfuse';
+  private readonly launchers = new Map<string | undefined, HelperLauncher>();
 
+  /** `launcher`: who starts new helpers (default: this process). */
   constructor(
     private readonly nbd: NbdAddress,
     private readonly stateDir: string,
     private readonly log: Logger,
-  ) {}
+    private readonly launcher: HelperLauncher = new LocalHelperLauncher(log),
+  ) {
+    this.launchers.set(launcher.keeper, launcher);
+  }
 
   helperDir(exportName: string): string {
     return join(this.stateDir, 'fuse', exportName);
@@ -50,46 +57,56 @@ export class FuseAttacher implements Attacher {
     // A directory left by an attachment nobody recorded (a crash mid-attach) goes first.
     await this.removeHelperDir(dir);
     await mkdir(join(dir, 'mnt'), { recursive: true });
-    const pid = await this.startHelper({ nbd: this.nbd, export: exportName, dir, readOnly });
+    let pid: number;
+    try {
+      pid = await this.launcher.start({ nbd: this.nbd, export: exportName, dir, readOnly });
+    } catch (err) {
+      await this.removeHelperDir(dir);
+      throw err;
+    }
     const attached: AttachedDevice = {
       mode: 'nbdfuse',
       device: '',
       helperDir: dir,
       helperPid: pid,
+      ...(this.launcher.keeper === undefined ? {} : { helperKeeper: this.launcher.keeper }),
     };
     try {
       const file = join(dir, 'mnt', VOLUME_FILE_NAME);
       const args = ['--find', '--show', ...(readOnly ? ['--read-only'] : []), file];
       attached.device = (await runChecked('losetup', args, 30_000)).trim();
+      attached.backingFile = await this.loopBackingId(attached.device);
+      if (attached.backingFile === undefined)
+        throw new FuseAttachError(`${attached.device} lost its volume file at once`);
     } catch (err) {
       await this.detach(attached);
       throw err;
     }
-    this.log.info({ export: exportName, device: attached.device, pid }, 'attached via FUSE + loop');
+    this.log.info(
+      { export: exportName, device: attached.device, pid, keeper: attached.helperKeeper },
+      'attached via FUSE + loop',
+    );
     return attached;
   }
 
   async detach(attached: AttachedDevice): Promise<void> {
     const dir = attached.helperDir;
-    if (attached.device && (await this.loopBacking(attached.device)) === this.fileOf(attached)) {
+    if (await this.boundToFile(attached)) {
       // Whatever the page cache of the device holds goes down before it is let go.
       await runCommand('blockdev', ['--flushbufs', attached.device], 30_000);
       await runChecked('losetup', ['-d', attached.device], 30_000);
       // With autoclear the detach completes when the last opener closes.
-      const released = await waitFor(
-        async () => (await this.loopBacking(attached.device)) !== this.fileOf(attached),
-        10_000,
-      );
+      const released = await waitFor(async () => !(await this.boundToFile(attached)), 10_000);
       if (!released)
         throw new FuseAttachError(
           `${attached.device} is still in use after losetup -d: unmount whatever holds it`,
         );
     }
-    if (dir) await this.removeHelperDir(dir, attached.helperPid);
+    if (dir) await this.removeHelperDir(dir, attached);
   }
 
   async grow(attached: AttachedDevice): Promise<number> {
-    const reply = await controlRequest(attached.helperDir!, 'grow');
+    const reply = await controlRequest(attached.helperDir!, 'grow', GROW_TIMEOUT_MS);
     if (typeof reply.size !== 'number')
       throw new FuseAttachError(`the volume file helper could not reconnect: ${reply.error}`);
     await stat(this.fileOf(attached)); // the kernel learns the new file size here
@@ -97,22 +114,94 @@ export class FuseAttacher implements Attacher {
     return blockDeviceSize(attached.device);
   }
 
-  async problem(attached: AttachedDevice): Promise<string | undefined> {
-    if (!helperAlive(attached.helperPid, attached.helperDir))
-      return `the volume file helper (pid ${attached.helperPid}) is gone: restage the volume`;
-    if ((await this.loopBacking(attached.device)) !== this.fileOf(attached))
-      return `${attached.device} is no longer attached to the volume file`;
+  /**
+   * The helper answering on its control socket (in the state directory, so
+   * whichever container started it) is what proves it runs; its pid, asked
+   * of whoever started it, only tells a dead helper from a wedged one.
+   */
+  async problem(attached: AttachedDevice): Promise<AttachmentProblem | undefined> {
+    let status: Record<string, unknown>;
     try {
-      const status = await controlRequest(attached.helperDir!, 'status');
-      if (status.connected === false) return 'the NBD server does not answer; reconnecting';
+      status = await controlRequest(attached.helperDir!, 'status', STATUS_TIMEOUT_MS);
     } catch (err) {
-      return `the volume file helper does not answer: ${String(err)}`;
+      const pid = attached.helperPid;
+      const alive = await this.launcherOf(attached)
+        .alive(pid ?? 0, attached.helperDir!)
+        .catch(() => undefined);
+      if (alive === true)
+        return {
+          message: `the volume file helper (pid ${pid}) does not answer: ${String(err)}`,
+          broken: false,
+        };
+      const where = attached.helperKeeper
+        ? ` (started by the keeper at ${attached.helperKeeper})`
+        : '';
+      return {
+        message: `the volume file helper (pid ${pid})${where} is gone: restage the volume`,
+        broken: true,
+      };
     }
+    if (!(await this.boundToFile(attached)))
+      return {
+        message: `${attached.device} is no longer attached to the volume file`,
+        broken: true,
+      };
+    if (status.connected === false)
+      return { message: 'the NBD server does not answer; reconnecting', broken: false };
     return undefined;
+  }
+
+  /** Who can see this attachment's helper pid: the launcher that started it. */
+  private launcherOf(attached: AttachedDevice): HelperLauncher {
+    const keeper = attached.helperKeeper;
+    let launcher = this.launchers.get(keeper);
+    if (!launcher) {
+      launcher =
+        keeper === undefined
+          ? new LocalHelperLauncher(this.log)
+          : new KeeperHelperLauncher(keeper, this.log);
+      this.launchers.set(keeper, launcher);
+    }
+    return launcher;
   }
 
   private fileOf(attached: AttachedDevice): string {
     return join(attached.helperDir!, 'mnt', VOLUME_FILE_NAME);
+  }
+
+  /**
+   * Whether the attachment's loop device is still bound to its volume file.
+   * By `major:minor inode` when the kernel can tell it (it asks the file's
+   * filesystem, which fails once the helper is gone); else by the path the
+   * kernel shows: ours, or — when the mount the loop device was set up
+   * through has gone with a container — the bare file name it keeps.
+   */
+  private async boundToFile(attached: AttachedDevice): Promise<boolean> {
+    if (!attached.device) return false;
+    const path = await this.loopBacking(attached.device);
+    if (path === undefined) return false;
+    const id = await this.loopBackingId(attached.device);
+    if (id !== undefined && attached.backingFile !== undefined) return id === attached.backingFile;
+    return path === this.fileOf(attached) || path === `/${VOLUME_FILE_NAME}`;
+  }
+
+  /** `major:minor inode` of the file a loop device is bound to, or undefined when it is free. */
+  private async loopBackingId(device: string): Promise<string | undefined> {
+    const output = ['--list', '--json', '--output', 'BACK-MAJ:MIN,BACK-INO', device];
+    const result = await runCommand('losetup', output, 30_000);
+    if (result.code !== 0) return undefined;
+    type Listing = {
+      loopdevices?: { 'back-maj:min'?: string | null; 'back-ino'?: number | null }[];
+    };
+    let entry;
+    try {
+      entry = (JSON.parse(result.stdout) as Listing).loopdevices?.[0];
+    } catch {
+      return undefined; // no listing: not a loop device we know
+    }
+    const majorMinor = entry?.['back-maj:min']?.trim();
+    const inode = entry?.['back-ino'];
+    return majorMinor && inode ? `${majorMinor} ${inode}` : undefined;
   }
 
   /** The file a loop device is bound to, or undefined when it is free. */
@@ -125,45 +214,12 @@ export class FuseAttacher implements Attacher {
     }
   }
 
-  private async startHelper(args: FuseFileHelperArgs): Promise<number> {
-    const logFd = openSync(join(args.dir, 'helper.log'), 'a');
-    const child = spawn(process.execPath, [HELPER, JSON.stringify(args)], {
-      detached: true,
-      stdio: ['ignore', logFd, logFd, 'pipe'],
-      env: { ...process.env, UV_THREADPOOL_SIZE: '6', TORUS_LOG_FORMAT: 'json' },
-    });
-    closeSync(logFd);
-    const reportPipe = child.stdio[3] as NodeJS.ReadableStream;
-    const report = await new Promise<Record<string, unknown>>((done) => {
-      let text = '';
-      const timer = setTimeout(
-        () => done({ error: 'failed', message: `no answer in ${START_TIMEOUT_MS} ms` }),
-        START_TIMEOUT_MS,
-      );
-      reportPipe.setEncoding('utf8');
-      reportPipe.on('data', (d: string) => (text += d));
-      reportPipe.on('error', () => undefined);
-      reportPipe.on('end', () => {
-        clearTimeout(timer);
-        try {
-          done(JSON.parse(text) as Record<string, unknown>);
-        } catch {
-          done({ error: 'failed', message: `it exited: ${logTail(args.dir)}` });
-        }
-      });
-    });
-    (reportPipe as unknown as { destroy(): void }).destroy();
-    child.unref();
-    if (report.ready === true) return child.pid!;
-    child.kill('SIGKILL');
-    await this.removeHelperDir(args.dir);
-    const message = String(report.message ?? report.error);
-    if (report.error === 'not-found') throw new NotFoundError(message);
-    throw new FuseAttachError(`the volume file helper for ${args.export} failed: ${message}`);
-  }
-
-  /** Unmount the volume file (the helper flushes and exits), then remove the directory. */
-  private async removeHelperDir(dir: string, pid?: number): Promise<void> {
+  /**
+   * Unmount the volume file (the helper flushes and exits), wait for the
+   * helper to go, then remove the directory. Without an attachment (a
+   * leftover directory) there is no pid to wait on: the unmount ends it.
+   */
+  private async removeHelperDir(dir: string, attached?: AttachedDevice): Promise<void> {
     const mountPoint = join(dir, 'mnt');
     if (await findMount(mountPoint)) {
       const result = await runCommand('umount', [mountPoint], 30_000);
@@ -171,42 +227,40 @@ export class FuseAttacher implements Attacher {
         throw new CommandError(`umount ${mountPoint}`, result);
       }
     }
-    if (pid !== undefined && helperAlive(pid, dir)) {
-      const gone = await waitFor(async () => !helperAlive(pid, dir), STOP_TIMEOUT_MS);
-      if (!gone) {
-        this.log.error({ pid, dir }, 'volume file helper did not exit after unmount; killing it');
-        process.kill(pid, 'SIGKILL');
+    const pid = attached?.helperPid;
+    if (attached && pid !== undefined) {
+      const launcher = this.launcherOf(attached);
+      // A keeper that does not answer took its helpers with it (or will be asked again next time).
+      const alive = () =>
+        launcher.alive(pid, dir).catch((err: Error) => {
+          this.log.warn({ pid, dir, err: err.message }, 'cannot ask whether the helper exited');
+          return false;
+        });
+      if (await alive()) {
+        const gone = await waitFor(async () => !(await alive()), STOP_TIMEOUT_MS);
+        if (!gone) {
+          this.log.error({ pid, dir }, 'volume file helper did not exit after unmount; killing it');
+          await launcher.kill(pid, dir);
+        }
       }
     }
     await rm(dir, { recursive: true, force: true });
   }
 }
 
-/** The helper with this pid still runs (and is ours: its command line names the directory). */
-export function helperAlive(pid: number | undefined, dir: string | undefined): boolean {
-  if (pid === undefined || dir === undefined) return false;
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir);
-  } catch {
-    return false;
-  }
-}
-
-function logTail(dir: string): string {
-  const path = join(dir, 'helper.log');
-  if (!existsSync(path)) return '(no log)';
-  return readFileSync(path, 'utf8').trim().split('\n').slice(-5).join('\n');
-}
-
 /** One request on the helper's control socket: a line out, a JSON line back. */
-function controlRequest(dir: string, line: string): Promise<Record<string, unknown>> {
+function controlRequest(
+  dir: string,
+  line: string,
+  timeoutMs: number,
+): Promise<Record<string, unknown>> {
   return new Promise((done, fail) => {
     const socket = connect(join(dir, 'control.sock'));
     let text = '';
     const timer = setTimeout(() => {
       socket.destroy();
       fail(new FuseAttachError(`the volume file helper in ${dir} did not answer ${line}`));
-    }, 60_000);
+    }, timeoutMs);
     socket.setEncoding('utf8');
     socket.on('connect', () => socket.write(line + '\n'));
     socket.on('data', (d: string) => (text += d));

@@ -1,7 +1,8 @@
 /**
  * The volume file helper: a process of its own per attachment on the FUSE
- * path, started detached by fuse-attach.ts so it outlives the plugin (a
- * kill -9 or upgrade of the plugin leaves the mounted volume working).
+ * path, started detached (by the plugin or by the attachment keeper, see
+ * helper-launcher.ts) so it outlives the plugin (a kill -9 or upgrade of the
+ * plugin leaves the mounted volume working).
  *
  *   node fuse-file-main.js '{"nbd":{"host":…,"port":…}|{"path":…},"export":NAME,"dir":DIR,"readOnly":BOOL}'
  *
@@ -13,7 +14,7 @@
  * It exits when the FUSE filesystem is unmounted, after a final flush.
  * SIGTERM is ignored: the mount needs this process, only an unmount ends it.
  */
-import { closeSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, openSync, rmSync, statSync, writeSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -90,13 +91,17 @@ async function main(): Promise<void> {
     socket.on('error', () => undefined);
   });
   await new Promise<void>((done) => control.listen(controlPath, done));
+  // Ours to remove at exit only while it is still ours: a helper started for
+  // the same directory after this one was unmounted may have bound it anew.
+  const controlInode = statSync(controlPath).ino;
   process.on('SIGTERM', () => log.warn('SIGTERM ignored: unmount the volume file to stop'));
 
   log.info({ export: args.export, size: link.size, mountPoint }, 'volume file served');
   report({ ready: true, size: link.size });
   await server.closed;
-  control.close();
-  rmSync(controlPath, { force: true });
+  // No control.close(): libuv unlinks a closed socket's path, whoever holds it now.
+  if (statSync(controlPath, { throwIfNoEntry: false })?.ino === controlInode)
+    rmSync(controlPath, { force: true });
   log.info({ export: args.export }, 'volume file unmounted; exiting');
   process.exit(0);
 }

@@ -18,7 +18,7 @@
 import { existsSync, readdirSync } from 'node:fs';
 import type { Logger } from '../../common/log.js';
 import { NbdClient } from '../../dataplane/nbd-client/client.js';
-import type { AttachedDevice, Attacher } from './attach.js';
+import type { AttachedDevice, Attacher, AttachmentProblem } from './attach.js';
 import { blockDeviceSize } from './block-device.js';
 import { runChecked, runCommand } from './command.js';
 import type { NbdAddress } from './nbd-address.js';
@@ -80,10 +80,12 @@ export class KernelNbdAttacher implements Attacher {
     );
   }
 
-  async problem(attached: AttachedDevice): Promise<string | undefined> {
-    return (await this.connected(attached.device))
-      ? undefined
-      : `${attached.device} is no longer connected to the NBD server: restage the volume`;
+  async problem(attached: AttachedDevice): Promise<AttachmentProblem | undefined> {
+    if (await this.connected(attached.device)) return undefined;
+    return {
+      message: `${attached.device} is no longer connected to the NBD server: restage the volume`,
+      broken: true,
+    };
   }
 
   private async connected(device: string): Promise<boolean> {

@@ -11,16 +11,9 @@
 import { mkdir, open, rm, rmdir, stat } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { basename, dirname } from 'node:path';
-import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import { logger, type Logger } from '../../common/log.js';
-import {
-  CsiError,
-  GrpcStatus,
-  failedPrecondition,
-  invalidArgument,
-  notFound,
-} from '../csi-error.js';
-import type { CsiHandler, CsiMessage, CsiService } from '../handlers.js';
+import { failedPrecondition, notFound } from '../csi-error.js';
+import type { CsiHandler, CsiService } from '../handlers.js';
 import {
   chooseAttachMode,
   probeKernelNbd,
@@ -32,7 +25,6 @@ import {
 import { AttachmentStore, type AttachmentRecord } from './attachments.js';
 import { deviceNumber } from './block-device.js';
 import {
-  DeviceInUseError,
   bindMount,
   ensureFilesystem,
   growFilesystem,
@@ -40,7 +32,9 @@ import {
   unmount,
 } from './filesystem.js';
 import { FuseAttacher } from './fuse-attach.js';
-import { KernelGrowUnsupportedError, KernelNbdAttacher } from './kernel-nbd-attach.js';
+import { KeeperHelperLauncher } from './keeper-client.js';
+import { alreadyExists, withErrorCodes } from './node-errors.js';
+import { KernelNbdAttacher } from './kernel-nbd-attach.js';
 import { resolveInside } from './kubelet-paths.js';
 import { findMount, isReadOnly, readMounts } from './mounts.js';
 import { formatNbdAddress, parseNbdAddress } from './nbd-address.js';
@@ -60,6 +54,12 @@ export interface NodeServiceOptions {
   /** Staging and target paths outside it are refused (default /var/lib/kubelet). */
   kubeletDir?: string;
   attachMode?: AttachModeOption;
+  /**
+   * FUSE path: the attachment keeper's socket (`torusblk csi-keeper`); the
+   * keeper starts the volume file helpers so that they outlive this
+   * process's container. Without it the plugin starts them itself.
+   */
+  keeperSocket?: string;
   /** Volumes one node may stage at once, told to the scheduler (default 64). */
   maxVolumesPerNode?: number;
   /** How long a writable stage waits for another node to let go of the volume (writable-export.ts). */
@@ -87,7 +87,14 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
   );
   const attachers: Record<AttachMode, Attacher> = {
     kernel: new KernelNbdAttacher(nbd, log),
-    nbdfuse: new FuseAttacher(nbd, stateDir, log),
+    nbdfuse: new FuseAttacher(
+      nbd,
+      stateDir,
+      log,
+      options.keeperSocket === undefined
+        ? undefined
+        : new KeeperHelperLauncher(options.keeperSocket, log),
+    ),
   };
   if (attachMode === 'nbdfuse')
     log.warn(
@@ -154,6 +161,53 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
     );
   }
 
+  /** Attach, record, make the filesystem and mount it (or the block volume's directory). */
+  async function attachAndStage(stage: Omit<AttachmentRecord, 'attached' | 'attachedAt'>) {
+    // A writer waits until its storage node serves the volume writable (writable-export.ts).
+    if (!stage.readOnly)
+      await waitUntilWritable(nbd, stage.volumeId, options.writableWaitMs ?? WRITABLE_WAIT_MS);
+    const attached = await attachers[attachMode].attach(stage.volumeId, stage.readOnly);
+    const record: AttachmentRecord = { ...stage, attached, attachedAt: new Date().toISOString() };
+    try {
+      await store.put(record);
+      if (record.accessType === 'mount') await mountStaged(record);
+      else await mkdir(record.stagingPath, { recursive: true });
+    } catch (err) {
+      await tearDown(record).catch((undo) =>
+        log.error(
+          { volumeId: record.volumeId, err: String(undo) },
+          'undoing a failed stage failed',
+        ),
+      );
+      throw err;
+    }
+    log.info(
+      { volumeId: record.volumeId, device: attached.device, staging: record.stagingPath },
+      'volume staged',
+    );
+  }
+
+  /**
+   * A broken attachment (its helper gone with a restarted keeper, its device
+   * unbound) attached again as it was staged. Only when no pod still holds
+   * the old device: their mounts cannot be moved onto a new one.
+   */
+  async function attachAgain(record: AttachmentRecord, problem: string): Promise<void> {
+    const inUse = await publications(record).catch(() => []);
+    if (inUse.length > 0)
+      throw failedPrecondition(
+        `${record.volumeId} is attached no more (${problem}) and still mounted at ${inUse.join(', ')}: ` +
+          'those pods get I/O errors until they are restarted; it is attached again once they let go',
+      );
+    log.warn(
+      { volumeId: record.volumeId, problem },
+      'staged volume found broken; attaching it again',
+    );
+    await tearDown(record);
+    const { attached: _old, attachedAt: _at, ...stage } = record;
+    await attachAndStage(stage);
+  }
+
   const NodeStageVolume: CsiHandler = async (request) => {
     const volumeId = requireString(request, 'volume_id');
     const staging = await inside(
@@ -174,38 +228,24 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
             `${volumeId} is staged with another capability (${describe(existing)})`,
           );
         const problem = await attacherOf(existing).problem(existing.attached);
-        if (problem === undefined) {
+        if (problem === undefined || !problem.broken) {
+          // A transient problem (the server away) is the helper's to ride out: tearing
+          // down would drop the writes it holds for the server.
           if (existing.accessType === 'mount' && !(await findMount(staging)))
             await mountStaged(existing);
           return {};
         }
-        log.warn({ volumeId, problem }, 'staged volume found broken; attaching it again');
-        await tearDown(existing);
+        await attachAgain(existing, problem.message);
+        return {};
       }
-      if (!readOnly)
-        await waitUntilWritable(nbd, volumeId, options.writableWaitMs ?? WRITABLE_WAIT_MS);
-      const attached = await attachers[attachMode].attach(volumeId, readOnly);
-      const record: AttachmentRecord = {
+      await attachAndStage({
         volumeId,
-        attached,
         readOnly,
         stagingPath: staging,
         accessType: capability.accessType,
         fsType: capability.fsType,
         mountFlags: capability.mountFlags,
-        attachedAt: new Date().toISOString(),
-      };
-      try {
-        await store.put(record);
-        if (record.accessType === 'mount') await mountStaged(record);
-        else await mkdir(staging, { recursive: true });
-      } catch (err) {
-        await tearDown(record).catch((undo) =>
-          log.error({ volumeId, err: String(undo) }, 'undoing a failed stage failed'),
-        );
-        throw err;
-      }
-      log.info({ volumeId, device: attached.device, staging }, 'volume staged');
+      });
       return {};
     });
   };
@@ -243,7 +283,7 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
     const target = await inside(requireString(request, 'target_path'), 'target_path');
     const capability = parseCapability(request);
     return serialized(volumeId, async () => {
-      const record = await store.get(volumeId);
+      let record = await store.get(volumeId);
       if (!record || record.stagingPath !== staging)
         throw failedPrecondition(`${volumeId} is not staged at ${staging}: NodeStageVolume first`);
       if (record.accessType !== capability.accessType)
@@ -261,6 +301,13 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
         throw alreadyExists(
           `${target} already has ${same ? 'this volume with other options' : 'another mount'}`,
         );
+      }
+      // kubelet publishes a new pod on a staged volume without staging it again:
+      // a pod is never given an attachment that is broken (e.g. after a keeper restart).
+      const problem = await attacherOf(record).problem(record.attached);
+      if (problem?.broken) {
+        await attachAgain(record, problem.message);
+        record = (await store.get(volumeId))!;
       }
       if (record.accessType === 'mount') {
         await mkdir(target, { recursive: true });
@@ -319,7 +366,7 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
     if (!record) throw notFound(`${volumeId} is not staged on this node`);
     const usage = await volumeUsage(volumePath);
     const problem =
-      (await attacherOf(record).problem(record.attached)) ??
+      (await attacherOf(record).problem(record.attached))?.message ??
       ((await nbdServerAnswers(nbd))
         ? undefined
         : `the NBD server at ${formatNbdAddress(nbd)} does not answer`);
@@ -369,28 +416,6 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
   }) as NodeService;
 }
 
-function alreadyExists(message: string): CsiError {
-  return new CsiError(GrpcStatus.ALREADY_EXISTS, message);
-}
-
 function describe(record: AttachmentRecord): string {
   return `${record.accessType}${record.fsType ? ` ${record.fsType}` : ''}${record.readOnly ? ', read-only' : ''}`;
-}
-
-/** The project's typed errors as the gRPC codes the spec gives them. */
-function withErrorCodes(handler: CsiHandler): CsiHandler {
-  return async (request: CsiMessage) => {
-    try {
-      return await handler(request);
-    } catch (err) {
-      if (err instanceof CsiError) throw err;
-      const message = (err as Error).message;
-      if (err instanceof NotFoundError) throw notFound(message);
-      if (err instanceof DeviceInUseError || err instanceof KernelGrowUnsupportedError)
-        throw failedPrecondition(message);
-      if (err instanceof UsageError) throw invalidArgument(message);
-      if (err instanceof ConflictError) throw new CsiError(GrpcStatus.ABORTED, message);
-      throw err;
-    }
-  };
 }
