@@ -25,22 +25,13 @@
  *   pending and later request with NbdConnectionError.
  * - `close()` waits for what is in flight, sends NBD_CMD_DISC and ends the
  *   socket; `destroy()` drops it at once.
+ *
+ * This file is the connection: connect and handshake, the commands and their
+ * splitting, putting requests on the wire, failure. The request table
+ * (slots, admission, cookies, settling) is request-slots.ts; the reply
+ * parser (bytes off the socket into callers' buffers) is reply-receiver.ts.
  */
 import { connect as netConnect, type Socket } from 'node:net';
-import { assert } from '../../common/assert.js';
-import {
-  chunkFlags,
-  chunkLength,
-  chunkType,
-  decodeErrorChunk,
-  forEachBlockStatusExtent,
-  isErrorChunkType,
-  replyCookieHigh,
-  replyCookieLow,
-  replyHeaderSize,
-  replyMagic,
-  simpleReplyError,
-} from '../nbd/client-wire.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
@@ -50,27 +41,19 @@ import {
   NBD_CMD_TRIM,
   NBD_CMD_WRITE,
   NBD_CMD_WRITE_ZEROES,
-  NBD_EIO,
   NBD_FLAG_READ_ONLY,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
   NBD_FLAG_SEND_WRITE_ZEROES,
-  NBD_REPLY_FLAG_DONE,
-  NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_NONE,
-  NBD_REPLY_TYPE_OFFSET_DATA,
-  NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_SIMPLE_REPLY_MAGIC,
-  NBD_STATE_HOLE,
-  NBD_STATE_ZERO,
   REQUEST_HEADER_SIZE,
   encodeRequest,
-  readU64,
 } from '../nbd/wire.js';
 import { newReadBuffer } from '../transport/read-buffer.js';
-import { NbdConnectionError, NbdRequestError } from './errors.js';
+import { NbdConnectionError } from './errors.js';
 import { HandshakeInput, negotiate, type Negotiated } from './handshake.js';
+import { ReplyReceiver } from './reply-receiver.js';
+import { RequestSlots, type Settled, type Slot } from './request-slots.js';
 
 export type NbdAddress = { host: string; port: number } | { path: string };
 
@@ -101,48 +84,7 @@ export interface NbdExtent {
 export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
 /** The largest TRIM / WRITE_ZEROES / BLOCK_STATUS length sent as one request (its field is 32 bits). */
 const MAX_RANGE_BYTES = 2 ** 31;
-/** Longest structured-reply payload (other than READ data) read into memory. */
-const MAX_CHUNK_PAYLOAD = 16 * 1024 * 1024;
 const CLOSE_TIMEOUT_MS = 5000;
-
-/** One in-flight request. Slots are made once per connection and reused. */
-class Slot {
-  readonly header = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
-  generation = 0;
-  busy = false;
-  command = 0;
-  offset = 0;
-  length = 0;
-  /** Payload bytes counted against maxInFlightBytes. */
-  payload = 0;
-  /** READ: where the data goes. */
-  dest: Buffer | undefined;
-  /** BLOCK_STATUS: the extents so far. */
-  extents: NbdExtent[] | undefined;
-  /** First error chunk's code (0: none) and message. */
-  error = 0;
-  message = '';
-  resolve: ((value: NbdExtent[] | undefined) => void) | undefined;
-  reject: ((err: Error) => void) | undefined;
-  constructor(readonly index: number) {}
-}
-
-/** What the receiver is doing with the bytes that come next. */
-const enum Receive {
-  /** Collecting a reply header into `head`. */
-  Header,
-  /** Copying READ data into the slot's buffer. */
-  Data,
-  /** Collecting a chunk payload (or a data chunk's offset) into `scratch`. */
-  Payload,
-  /** Dropping the payload of a chunk we do not use. */
-  Skip,
-}
-
-interface Waiting {
-  payload: number;
-  start: () => void;
-}
 
 export class NbdClient {
   readonly size: number;
@@ -160,31 +102,11 @@ export class NbdClient {
   /** The longest READ/WRITE this client sends as one request. */
   readonly maxRequestBytes: number;
 
-  private readonly slots: Slot[];
-  private readonly free: Slot[];
-  private readonly waiting: Waiting[] = [];
-  private readonly maxInFlightBytes: number;
-  private inFlightBytes = 0;
-  private failure: Error | undefined;
+  /** The request table: what is in flight, what waits, how each settles. */
+  private readonly slots: RequestSlots;
+  /** The reply parser: bytes off the socket into the slots' buffers and settlements. */
+  private readonly receiver: ReplyReceiver;
   private closing: Promise<void> | undefined;
-  private idle: (() => void) | undefined;
-  private readonly allocationContextId: number | undefined;
-
-  // Receiver state: one reply in progress.
-  private state = Receive.Header;
-  private readonly head = Buffer.allocUnsafe(32);
-  private headHave = 0;
-  private headNeed = 4;
-  private scratch = Buffer.allocUnsafe(4096);
-  private scratchHave = 0;
-  private scratchNeed = 0;
-  private remaining = 0;
-  private destAt = 0;
-  private current: Slot | undefined;
-  private chunkType = 0;
-  private chunkFlags = 0;
-  /** Payload of the current chunk still to come, for Skip and the data of OFFSET_DATA. */
-  private chunkLeft = 0;
 
   private constructor(
     private readonly socket: Socket,
@@ -197,7 +119,6 @@ export class NbdClient {
     this.transmissionFlags = flags;
     this.readOnly = (flags & NBD_FLAG_READ_ONLY) !== 0;
     this.structuredReplies = negotiated.structuredReplies;
-    this.allocationContextId = negotiated.allocationContextId;
     this.canBlockStatus = negotiated.allocationContextId !== undefined;
     this.canFlush = (flags & NBD_FLAG_SEND_FLUSH) !== 0;
     this.canFua = (flags & NBD_FLAG_SEND_FUA) !== 0;
@@ -208,10 +129,14 @@ export class NbdClient {
     this.preferredBlockSize = sizes?.preferred || 4096;
     const serverMax = sizes?.maximumPayload || MAX_REQUEST_BYTES;
     this.maxRequestBytes = Math.min(serverMax, MAX_REQUEST_BYTES);
-    this.maxInFlightBytes = Math.max(options.maxInFlightBytes ?? 64 * 1024 * 1024, 1);
+    const maxInFlightBytes = Math.max(options.maxInFlightBytes ?? 64 * 1024 * 1024, 1);
     const count = Math.max(1, options.maxInFlight ?? 64);
-    this.slots = Array.from({ length: count }, (_, i) => new Slot(i));
-    this.free = [...this.slots].reverse();
+    this.slots = new RequestSlots(count, maxInFlightBytes, (slot, flags, buffer) =>
+      this.send(slot, flags, buffer),
+    );
+    this.receiver = new ReplyReceiver(this.slots, negotiated.allocationContextId, (what) =>
+      this.protocolError(what),
+    );
   }
 
   /**
@@ -233,7 +158,7 @@ export class NbdClient {
       buffer: newReadBuffer(),
       callback: (bytes: number, buf: Uint8Array) => {
         const view = (buf as Buffer).subarray(0, bytes);
-        if (client) client.receive(view);
+        if (client) client.receiver.receive(view);
         else input.push(view);
         return true;
       },
@@ -282,13 +207,13 @@ export class NbdClient {
     );
     socket.on('close', () => ready.fail(new NbdConnectionError(`${where} closed the connection`)));
     const rest = input.rest();
-    if (rest.length > 0) ready.receive(rest);
+    if (rest.length > 0) ready.receiver.receive(rest);
     return ready;
   }
 
   /** Requests sent and not yet answered. */
   get inFlight(): number {
-    return this.slots.length - this.free.length;
+    return this.slots.inFlight;
   }
 
   // ------------------------------------------------------------ commands
@@ -347,8 +272,7 @@ export class NbdClient {
   }
 
   private async closeGracefully(): Promise<void> {
-    if (this.inFlight > 0 || this.waiting.length > 0)
-      await new Promise<void>((done) => (this.idle = done));
+    if (!this.slots.idleNow) await this.slots.whenIdle();
     if (this.socket.destroyed) return;
     const disc = Buffer.allocUnsafe(REQUEST_HEADER_SIZE);
     encodeRequest(disc, 0, 0, NBD_CMD_DISC, 0, 0, 0, 0);
@@ -405,272 +329,35 @@ export class NbdClient {
     offset: number,
     length: number,
     buffer: Buffer | undefined,
-  ): Promise<NbdExtent[] | undefined> {
-    if (this.failure) return Promise.reject(this.failure);
-    const payload = command === NBD_CMD_READ || command === NBD_CMD_WRITE ? length : 0;
-    return new Promise((resolve, reject) => {
-      const start = () => {
-        const slot = this.free.pop()!;
-        slot.busy = true;
-        slot.command = command;
-        slot.offset = offset;
-        slot.length = length;
-        slot.payload = payload;
-        slot.dest = command === NBD_CMD_READ ? buffer : undefined;
-        slot.extents = command === NBD_CMD_BLOCK_STATUS ? [] : undefined;
-        slot.error = 0;
-        slot.message = '';
-        slot.resolve = resolve;
-        slot.reject = reject;
-        this.inFlightBytes += payload;
-        encodeRequest(slot.header, 0, flags, command, slot.generation, slot.index, offset, length);
-        if (command === NBD_CMD_WRITE) {
-          this.socket.cork();
-          this.socket.write(slot.header);
-          this.socket.write(buffer!);
-          this.socket.uncork();
-        } else {
-          this.socket.write(slot.header);
-        }
-      };
-      if (this.waiting.length === 0 && this.admits(payload)) start();
-      else
-        this.waiting.push({
-          payload,
-          start: () => {
-            if (this.failure) reject(this.failure);
-            else start();
-          },
-        });
-    });
+  ): Promise<Settled> {
+    const failure = this.slots.failure;
+    if (failure) return Promise.reject(failure);
+    return new Promise((resolve, reject) =>
+      this.slots.submit(command, flags, offset, length, buffer, resolve, reject),
+    );
   }
 
-  private admits(payload: number): boolean {
-    if (this.free.length === 0) return false;
-    return this.inFlightBytes === 0 || this.inFlightBytes + payload <= this.maxInFlightBytes;
-  }
-
-  private admitWaiting(): void {
-    while (this.waiting.length > 0) {
-      // In call order: a waiter never overtakes another.
-      const next = this.waiting[0];
-      if (!this.admits(next.payload)) return;
-      this.waiting.shift();
-      next.start();
+  /** Put an admitted request on the wire (RequestSlots calls this; a WRITE's payload follows its header). */
+  private send(slot: Slot, flags: number, buffer: Buffer | undefined): void {
+    const command = slot.command;
+    encodeRequest(
+      slot.header,
+      0,
+      flags,
+      command,
+      slot.generation,
+      slot.index,
+      slot.offset,
+      slot.length,
+    );
+    if (command === NBD_CMD_WRITE) {
+      this.socket.cork();
+      this.socket.write(slot.header);
+      this.socket.write(buffer!);
+      this.socket.uncork();
+    } else {
+      this.socket.write(slot.header);
     }
-  }
-
-  // ------------------------------------------------------------ receiving
-
-  /** Bytes from the socket; `view` is only valid during this call. */
-  private receive(view: Buffer): void {
-    let at = 0;
-    try {
-      while (at < view.length && !this.failure) {
-        const available = view.length - at;
-        switch (this.state) {
-          case Receive.Header: {
-            const n = Math.min(this.headNeed - this.headHave, available);
-            view.copy(this.head, this.headHave, at, at + n);
-            this.headHave += n;
-            at += n;
-            if (this.headHave === 4 && this.headNeed === 4) {
-              this.headNeed = replyHeaderSize(replyMagic(this.head, 0));
-              if (this.headNeed === 0)
-                this.protocolError(
-                  `a reply with bad magic 0x${replyMagic(this.head, 0).toString(16)}`,
-                );
-            } else if (this.headHave === this.headNeed) {
-              this.onHeader();
-            }
-            break;
-          }
-          case Receive.Data: {
-            const n = Math.min(this.remaining, available);
-            view.copy(this.current!.dest!, this.destAt, at, at + n);
-            this.destAt += n;
-            this.remaining -= n;
-            at += n;
-            if (this.remaining === 0) this.endChunk();
-            break;
-          }
-          case Receive.Payload: {
-            const n = Math.min(this.scratchNeed - this.scratchHave, available);
-            view.copy(this.scratch, this.scratchHave, at, at + n);
-            this.scratchHave += n;
-            at += n;
-            if (this.scratchHave === this.scratchNeed) this.onPayload();
-            break;
-          }
-          case Receive.Skip: {
-            const n = Math.min(this.chunkLeft, available);
-            this.chunkLeft -= n;
-            at += n;
-            if (this.chunkLeft === 0) this.endChunk();
-            break;
-          }
-        }
-      }
-    } catch (err) {
-      this.protocolError((err as Error).message);
-    }
-  }
-
-  private onHeader(): void {
-    const head = this.head;
-    const slot = this.slots[replyCookieLow(head, 0)];
-    if (!slot || !slot.busy || slot.generation !== replyCookieHigh(head, 0))
-      return this.protocolError('a reply to a request it was not sent');
-    this.current = slot;
-    this.headHave = 0;
-    this.headNeed = 4;
-    if (replyMagic(head, 0) === NBD_SIMPLE_REPLY_MAGIC) {
-      slot.error = simpleReplyError(head, 0);
-      this.chunkFlags = NBD_REPLY_FLAG_DONE;
-      // A simple READ reply carries the data unless it reports an error.
-      if (slot.error === 0 && slot.command === NBD_CMD_READ && slot.length > 0) {
-        this.destAt = 0;
-        this.remaining = slot.length;
-        this.state = Receive.Data;
-        return;
-      }
-      return this.endChunk();
-    }
-    this.chunkFlags = chunkFlags(head, 0);
-    this.chunkType = chunkType(head, 0);
-    const length = chunkLength(head, 0);
-    this.chunkLeft = length;
-    switch (this.chunkType) {
-      case NBD_REPLY_TYPE_NONE:
-        if (length !== 0) return this.protocolError('an NBD_REPLY_TYPE_NONE chunk with a payload');
-        return this.endChunk();
-      case NBD_REPLY_TYPE_OFFSET_DATA:
-        if (slot.command !== NBD_CMD_READ || length < 8)
-          return this.protocolError('a data chunk that does not belong to a READ');
-        return this.collect(8);
-      case NBD_REPLY_TYPE_OFFSET_HOLE:
-        if (slot.command !== NBD_CMD_READ || length !== 12)
-          return this.protocolError('a hole chunk that does not belong to a READ');
-        return this.collect(12);
-      case NBD_REPLY_TYPE_BLOCK_STATUS:
-        if (slot.command !== NBD_CMD_BLOCK_STATUS || length < 4)
-          return this.protocolError('a block status chunk that does not belong to BLOCK_STATUS');
-        return this.collect(length);
-      default:
-        if (isErrorChunkType(this.chunkType)) {
-          if (length < 6) return this.protocolError('an error chunk shorter than 6 bytes');
-          return this.collect(length);
-        }
-        // An unknown informational chunk: skip it (the spec lets a client ignore them).
-        if (length === 0) return this.endChunk();
-        this.state = Receive.Skip;
-    }
-  }
-
-  /** Read the next `bytes` of the chunk into scratch, then onPayload(). */
-  private collect(bytes: number): void {
-    if (bytes > MAX_CHUNK_PAYLOAD)
-      return this.protocolError(`a ${bytes}-byte reply chunk (the limit is ${MAX_CHUNK_PAYLOAD})`);
-    if (this.scratch.length < bytes)
-      this.scratch = Buffer.allocUnsafe(Math.max(bytes, this.scratch.length * 2));
-    this.scratchHave = 0;
-    this.scratchNeed = bytes;
-    this.state = Receive.Payload;
-    if (bytes === 0) this.onPayload();
-  }
-
-  private onPayload(): void {
-    const slot = this.current!;
-    const payload = this.scratch;
-    switch (this.chunkType) {
-      case NBD_REPLY_TYPE_OFFSET_DATA: {
-        const at = readU64(payload, 0) - slot.offset;
-        const length = this.chunkLeft - 8;
-        if (at < 0 || at + length > slot.length)
-          return this.protocolError('READ data outside the range asked for');
-        if (length === 0) return this.endChunk();
-        this.destAt = at;
-        this.remaining = length;
-        this.state = Receive.Data;
-        return;
-      }
-      case NBD_REPLY_TYPE_OFFSET_HOLE: {
-        const at = readU64(payload, 0) - slot.offset;
-        const length = payload.readUInt32BE(8);
-        if (at < 0 || at + length > slot.length)
-          return this.protocolError('a READ hole outside the range asked for');
-        slot.dest!.fill(0, at, at + length);
-        return this.endChunk();
-      }
-      case NBD_REPLY_TYPE_BLOCK_STATUS:
-        this.addExtents(slot, payload, this.scratchNeed);
-        return this.endChunk();
-      default: {
-        // An error chunk: remember the first one; the request fails when its reply is done.
-        const { error, message } = decodeErrorChunk(payload.subarray(0, this.scratchNeed));
-        if (slot.error === 0) {
-          slot.error = error === 0 ? NBD_EIO : error;
-          slot.message = message;
-        }
-        return this.endChunk();
-      }
-    }
-  }
-
-  private addExtents(slot: Slot, payload: Buffer, length: number): void {
-    const extents = slot.extents!;
-    const end = slot.offset + slot.length;
-    let at = slot.offset + extents.reduce((sum, e) => sum + e.length, 0);
-    const contextId = payload.readUInt32BE(0);
-    if (contextId !== this.allocationContextId) return;
-    forEachBlockStatusExtent(payload, length, (extentLength, flags) => {
-      const clipped = Math.min(extentLength, end - at);
-      if (clipped <= 0) return;
-      extents.push({
-        offset: at,
-        length: clipped,
-        hole: (flags & NBD_STATE_HOLE) !== 0,
-        zero: (flags & NBD_STATE_ZERO) !== 0,
-      });
-      at += clipped;
-    });
-  }
-
-  /** The current chunk is consumed; settle its request if it was the last. */
-  private endChunk(): void {
-    this.state = Receive.Header;
-    const slot = this.current!;
-    this.current = undefined;
-    if (this.chunkFlags & NBD_REPLY_FLAG_DONE) this.settle(slot);
-  }
-
-  private settle(slot: Slot): void {
-    assert(slot.busy, 'settling a slot that is not in flight');
-    const { resolve, reject, error, extents } = slot;
-    const failure =
-      error === 0
-        ? undefined
-        : new NbdRequestError(error, slot.command, slot.offset, slot.length, slot.message);
-    this.release(slot);
-    if (failure) reject!(failure);
-    else resolve!(extents);
-    this.admitWaiting();
-    if (this.idle && this.inFlight === 0 && this.waiting.length === 0) {
-      const idle = this.idle;
-      this.idle = undefined;
-      idle();
-    }
-  }
-
-  private release(slot: Slot): void {
-    this.inFlightBytes -= slot.payload;
-    slot.busy = false;
-    slot.generation = (slot.generation + 1) >>> 0;
-    slot.dest = undefined;
-    slot.extents = undefined;
-    slot.resolve = undefined;
-    slot.reject = undefined;
-    this.free.push(slot);
   }
 
   private protocolError(what: string): void {
@@ -680,19 +367,8 @@ export class NbdClient {
 
   /** The connection is unusable: fail everything pending and everything after. */
   private fail(err: Error): void {
-    if (this.failure) return;
-    this.failure = err;
-    for (const slot of this.slots) {
-      if (!slot.busy) continue;
-      const reject = slot.reject!;
-      this.release(slot);
-      reject(err);
-    }
-    for (const waiter of this.waiting.splice(0)) waiter.start();
-    if (this.idle) {
-      const idle = this.idle;
-      this.idle = undefined;
-      idle();
-    }
+    if (this.slots.failure) return;
+    this.receiver.stop();
+    this.slots.fail(err);
   }
 }

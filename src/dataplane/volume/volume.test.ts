@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
-import { ChecksumError, IoError } from '../../common/errors.js';
+import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
 import { BlockCache } from '../cache/block-cache.js';
@@ -284,6 +284,58 @@ describe('volume', { timeout: 60_000 }, () => {
     assert.equal(r.committed.generation, 1, 'no version was committed');
     state.spilled.clear();
     state.pendingHoles.clear();
+    await closeRig(r);
+  });
+
+  test('resize: grow commits nothing, shrink commits the tail as holes and zeros, a regrow reads zeros', async () => {
+    const r = await rig(join(root, 'resize'));
+    const v = await Volume.open({ ...identity, size: 4 * BS }, 0, undefined, null, r.services);
+    const data = randomBytes(4 * BS);
+    await v.write(0, data, false);
+    await v.flush();
+    const generation = r.committed.generation;
+    v.grow(1000 * BS);
+    assert.equal(v.size, 1000 * BS);
+    assert.equal(v.committedMap.blockCount, 1000);
+    assert.equal(r.committed.generation, generation, 'a grow is metadata only');
+    await v.write(999 * BS, randomBytes(BS), false);
+    await v.flush();
+
+    const size = 2 * BS + BS / 2;
+    v.openSessions = 1;
+    await assert.rejects(v.shrink(size), ConflictError);
+    assert.equal(v.size, 1000 * BS, 'a refused shrink changes nothing');
+    v.openSessions = 0;
+    await v.shrink(size);
+    assert.equal(v.size, size);
+    assert.equal(v.committedMap.blockCount, 3);
+    assert.deepEqual(
+      v.committedMap.presentFrom(3),
+      [],
+      'the blocks past the end are committed holes',
+    );
+
+    v.grow(1000 * BS);
+    const head = Buffer.alloc(3 * BS, 1);
+    await v.read(0, head);
+    assert.deepEqual(head.subarray(0, size), data.subarray(0, size));
+    assert.ok(
+      head.subarray(size).every((b) => b === 0),
+      'the tail of the last block reads zeros',
+    );
+    const last = Buffer.alloc(BS, 1);
+    await v.read(999 * BS, last);
+    assert.ok(
+      last.every((b) => b === 0),
+      'a block past the old end reads zeros',
+    );
+
+    // Resizes never overlap (callers serialise them): a grow during a shrink is a bug.
+    const shrinking = v.shrink(BS);
+    assert.throws(() => v.grow(2 * BS), InvariantError);
+    await shrinking;
+    assert.equal(v.size, BS);
+    await v.close();
     await closeRig(r);
   });
 });

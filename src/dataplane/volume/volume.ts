@@ -3,9 +3,10 @@
  * map, its blocks in the shared cache, and what changed since the last
  * commit — and the operations the NBD layer needs. This file is the cache
  * side (reads, writes, trims, status); storing and committing is the
- * write-back's (write-back.ts, dirty-blocks.ts, version-commit.ts), and
- * where blocks go is the placement's (replication/block-placement.ts), the
- * same code path on a single node and on a cluster.
+ * write-back's (write-back.ts, dirty-blocks.ts, version-commit.ts), resizing
+ * is volume-resize.ts's, and where blocks go is the placement's
+ * (replication/block-placement.ts), the same code path on a single node and
+ * on a cluster.
  *
  * Consistency model
  * - Reads see every write that completed before them, on any connection.
@@ -25,8 +26,7 @@
  * - All store-writing work (spills and commits) runs one round at a time
  *   (WriteBackRounds); that serialisation is what the bookkeeping relies on.
  */
-import { assert } from '../../common/assert.js';
-import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
+import { ChecksumError, IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
@@ -39,6 +39,7 @@ import {
   type VolumeIdentity,
   type VolumeServices,
 } from './volume-state.js';
+import { VolumeResize } from './volume-resize.js';
 import { WriteBackRounds } from './write-back.js';
 
 export type { VolumeIdentity, VolumeServices } from './volume-state.js';
@@ -64,6 +65,7 @@ export class Volume implements CacheOwner {
   readonly blockSize: number;
   private readonly state: VolumeState;
   private readonly rounds: WriteBackRounds;
+  private readonly resize: VolumeResize;
   // The state's collections and services, held here too: the cache paths use them on every request.
   private readonly services: VolumeServices;
   private readonly map: BlockMap;
@@ -86,6 +88,12 @@ export class Volume implements CacheOwner {
     this.blockSize = identity.blockSize;
     this.state = state;
     this.rounds = new WriteBackRounds(state);
+    this.resize = new VolumeResize(state, {
+      openSessions: () => this.openSessions,
+      writeZeros: (offset, length) => this.write(offset, zeroBuffer(length), false),
+      dropBlock: (index) => this.dropBlock(index),
+      flush: () => this.flush(),
+    });
     this.services = state.services;
     this.map = state.map;
     this.key = state.key;
@@ -499,55 +507,20 @@ export class Volume implements CacheOwner {
   // --------------------------------------------------------------- resize
 
   /**
-   * Grow to `size` bytes. Metadata only: the map gains levels in memory when
-   * it must (the next commit writes them). Sessions opened from now on see
-   * the new size; open ones keep the size their handshake gave (NBD has no
-   * resize notice).
+   * Grow to `size` bytes: metadata only; sessions opened from now on see the
+   * new size, open ones keep theirs (volume-resize.ts).
    */
   grow(size: number): void {
-    assert(
-      Number.isSafeInteger(size) && size >= this.size,
-      () => `volume ${this.name}: grow from ${this.size} to ${size} bytes`,
-    );
-    this.identity.size = size;
-    this.map.resize(Math.ceil(size / this.blockSize));
+    this.resize.grow(size);
   }
 
   /**
-   * Shrink to `size` bytes: refused while sessions are open. Every block at
-   * or past the new end becomes a hole and the last block's bytes past it
-   * zeros, and that is committed — the commit releases the blocks like any
-   * it supersedes — so a later grow reads zeros there. The smaller size is
-   * in force from the start: a session opening meanwhile cannot write past
-   * it. On failure the old size is back (the tail may be zeros by then).
+   * Shrink to `size` bytes: refused while sessions are open; the tail becomes
+   * holes and zeros, committed; on failure the old size is back
+   * (volume-resize.ts).
    */
-  async shrink(size: number): Promise<void> {
-    assert(
-      Number.isSafeInteger(size) && size > 0 && size <= this.size,
-      () => `volume ${this.name}: shrink from ${this.size} to ${size} bytes`,
-    );
-    if (this.openSessions > 0)
-      throw new ConflictError(
-        `volume "${this.name}" has ${this.openSessions} open NBD connection(s): disconnect them before shrinking it`,
-      );
-    const before = this.size;
-    const bs = this.blockSize;
-    const count = Math.ceil(size / bs);
-    this.identity.size = size;
-    try {
-      const tailEnd = Math.min(before, count * bs);
-      if (tailEnd > size) await this.write(size, zeroBuffer(tailEnd - size), false);
-      const past = new Set(this.map.presentFrom(count));
-      for (const index of this.table.keys()) if (index >= count) past.add(index);
-      for (const index of this.dirty) if (index >= count) past.add(index);
-      for (const index of this.spilled.keys()) if (index >= count) past.add(index);
-      for (const index of past) await this.dropBlock(index);
-      await this.flush();
-      this.map.resize(count);
-    } catch (err) {
-      this.identity.size = before;
-      throw err;
-    }
+  shrink(size: number): Promise<void> {
+    return this.resize.shrink(size);
   }
 
   // ------------------------------------------------------- status, prefetch
