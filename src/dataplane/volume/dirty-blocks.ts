@@ -77,8 +77,12 @@ export async function storeDirty(state: VolumeState, indices: number[]): Promise
         continue;
       }
       if (local) store.bind(storeSlots[i], ref); // replaces (and releases) an earlier spill of this block
-      if (state.pendingHoles.has(index)) {
-        store.release(ref); // trimmed while it was being written
+      // Trimmed while it was being written: a hole pending over a committed
+      // block, or — for a block no version has — no slot in the table any
+      // more (a flushing slot is never evicted; only a trim, zeroing or
+      // shrink takes it out). Recording this spill would bring the old data back.
+      if (state.pendingHoles.has(index) || (!current && !state.table.has(index))) {
+        store.release(ref);
         state.spilled.delete(index);
       } else {
         const entry: SpilledBlock = {

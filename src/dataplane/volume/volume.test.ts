@@ -158,6 +158,40 @@ describe('volume', { timeout: 60_000 }, () => {
     await closeRig(r);
   });
 
+  test('a block trimmed while it is being spilled stays trimmed (never committed before)', async () => {
+    const r = await rig(join(root, 'trim-spill'));
+    const v = await Volume.open(identity, 0, undefined, null, r.services);
+    await v.write(5 * BS, randomBytes(BS), false);
+    v.writeBack(); // the spill runs in the pool meanwhile
+    await v.zeroRange(5 * BS, BS, false);
+    const live = Buffer.alloc(BS, 1);
+    await v.read(5 * BS, live);
+    assert.ok(
+      live.every((b) => b === 0),
+      'reads zeros at once',
+    );
+    await v.flush();
+    await v.read(5 * BS, live);
+    assert.ok(
+      live.every((b) => b === 0),
+      'reads zeros after the flush',
+    );
+    const committed = await Volume.open(
+      identity,
+      r.committed.generation,
+      r.committed.root,
+      null,
+      r.services,
+    );
+    const stored = Buffer.alloc(BS, 1);
+    await committed.read(5 * BS, stored);
+    assert.ok(
+      stored.every((b) => b === 0),
+      'the committed version has zeros there',
+    );
+    await closeRig(r);
+  });
+
   test('blocks of zeros are stored as holes', async () => {
     const r = await rig(join(root, 'zero-detect'));
     const v = await Volume.open(identity, 0, undefined, null, r.services);
