@@ -17,7 +17,11 @@
  *     (a put of the same ref, which replaces its copy) once one is found;
  *     the task ends when that put is answered (at most REPAIR_TIMEOUT_MS).
  * Every get still has its own deadline (GET_TIMEOUT_MS), which bounds a
- * block whose every candidate is silent.
+ * block whose every candidate is silent. When every candidate has failed
+ * and some of them only by missing that deadline (busy, not gone: a
+ * loaded machine, a long GC pause), those are asked once more with
+ * PATIENT_GET_TIMEOUT_MS before the block fails: a slow read beats an EIO
+ * when the only other copy is on a dead node.
  *
  * Allocation: typed arrays per batch, one closure pair per get; the bytes
  * are hashed from the client's reply buffer and copied (or opened) straight
@@ -25,7 +29,7 @@
  */
 import type { Hasher } from '../blocks/hash.js';
 import type { BlockRef } from '../../model/block-ref.js';
-import type { PeerError } from '../peer/errors.js';
+import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
 import type { WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';
 import { GET_TIMEOUT_MS, peerClient } from './peer-links.js';
@@ -53,6 +57,8 @@ export interface HedgedReadDeps {
 const hashOut = new Uint32Array(2);
 /** A repair put's deadline: it holds up its batch, so it is short. */
 const REPAIR_TIMEOUT_MS = 1000;
+/** The last try of a replica that only missed GET_TIMEOUT_MS. */
+export const PATIENT_GET_TIMEOUT_MS = 5000;
 
 export class HedgedRead {
   private readonly n: number;
@@ -75,6 +81,10 @@ export class HedgedRead {
   private readonly bad: (number[] | undefined)[];
   /** Per block, the good copy taken (kept while the batch runs, to repair a bad copy that arrives late). */
   private readonly good: (WireBlock | undefined)[];
+  /** Per block, peers whose get missed its deadline (asked again, patiently, before the block fails). */
+  private readonly timedOut: (number[] | undefined)[];
+  /** 1 once block i's patient round has been sent. */
+  private readonly patient: Uint8Array;
   private open = 0;
   private readonly repairing: Promise<void>[] = [];
   private timer: NodeJS.Timeout | undefined;
@@ -103,6 +113,8 @@ export class HedgedRead {
     this.tried = new Array(this.n);
     this.bad = new Array(this.n);
     this.good = new Array(this.n);
+    this.timedOut = new Array(this.n);
+    this.patient = new Uint8Array(this.n);
   }
 
   /** Resolves once every block the local store could not serve has a good copy or has run out of candidates, and repairs are done. */
@@ -172,17 +184,19 @@ export class HedgedRead {
     this.next[i] = pos + 1;
     this.inFlight[i]++;
     this.lastAsked[i] = peer;
-    const target = this.remote.peers[peer];
-    const health = this.health[peer];
+    this.hedgeAt[i] = performance.now() + this.health[peer].hedgeDelay();
+    this.get(i, peer, GET_TIMEOUT_MS);
+    return true;
+  }
+
+  private get(i: number, peer: number, timeoutMs: number): void {
     const sent = performance.now();
-    this.hedgeAt[i] = sent + health.hedgeDelay();
-    peerClient(this.remote.identity, target)
-      .getBlock(this.ref(i), { timeoutMs: GET_TIMEOUT_MS })
+    peerClient(this.remote.identity, this.remote.peers[peer])
+      .getBlock(this.ref(i), { timeoutMs })
       .then(
         (block) => this.onAnswer(i, peer, sent, block),
         (err: PeerError) => this.onFailure(i, peer, err),
       );
-    return true;
   }
 
   private onAnswer(i: number, peer: number, sent: number, block: WireBlock | undefined): void {
@@ -246,6 +260,7 @@ export class HedgedRead {
     this.health[peer].strike(performance.now(), 'failed');
     if (this.settled[i]) return;
     this.note(i, `${this.remote.peers[peer].uuid}: ${err.message}`);
+    if (err instanceof PeerTimeoutError && !this.patient[i]) (this.timedOut[i] ??= []).push(peer);
     this.moveOn(i);
   }
 
@@ -254,6 +269,17 @@ export class HedgedRead {
     if (this.askNext(i)) return this.arm();
     if (this.inFlight[i] > 0) {
       this.hedgeAt[i] = Infinity; // nobody left to hedge to; wait for what is outstanding
+      return;
+    }
+    const slow = this.timedOut[i];
+    if (slow && !this.patient[i]) {
+      // Everyone failed, some only by being late: once more, patiently.
+      this.patient[i] = 1;
+      this.hedgeAt[i] = Infinity;
+      for (const peer of slow) {
+        this.inFlight[i]++;
+        this.get(i, peer, PATIENT_GET_TIMEOUT_MS);
+      }
       return;
     }
     const status = this.result.status;

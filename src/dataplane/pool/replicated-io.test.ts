@@ -245,6 +245,27 @@ describe(
       }
     });
 
+    test('the only replica left, answering later than the get deadline, is waited for once rather than failing the read', async () => {
+      const late = [7, 64];
+      // Past GET_TIMEOUT_MS (600 ms) but well inside the patient retry's 5 s.
+      const slow = await startPeer({
+        wrap: (b) =>
+          Object.assign(new FaultLayer(b), {
+            delay: (op: string, ref?: { index: number }) =>
+              op === 'get' && late.includes(ref!.index) ? 900 : 0,
+          }),
+      });
+      await fill(slow);
+      const dead = { uuid: randomUUID(), host: '127.0.0.1', port: 1 };
+      const pool = newPool();
+      try {
+        assertAllRead(await readAll(pool, [dead, slow.target]));
+      } finally {
+        await pool.close();
+        await slow.server.close();
+      }
+    });
+
     test('a replica that returns a bad copy is skipped, and sent the good one', async () => {
       const damaged = [3, 100, 255];
       const bad = await startPeer();
