@@ -10,6 +10,13 @@
  */
 import type { Logger } from '../../common/log.js';
 
+/**
+ * The deadline of a last, patient get: readers give a replica that only
+ * missed its usual get deadline (busy, not gone) this long before a block
+ * fails (pool/hedged-read.ts, replication/cluster-blocks.ts).
+ */
+export const PATIENT_GET_TIMEOUT_MS = 5000;
+
 export interface PeerClientOptions {
   host: string;
   port: number;

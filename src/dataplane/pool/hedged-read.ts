@@ -29,6 +29,7 @@
  */
 import type { Hasher } from '../blocks/hash.js';
 import type { BlockRef } from '../../model/block-ref.js';
+import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
 import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
 import type { WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';
@@ -57,8 +58,6 @@ export interface HedgedReadDeps {
 const hashOut = new Uint32Array(2);
 /** A repair put's deadline: it holds up its batch, so it is short. */
 const REPAIR_TIMEOUT_MS = 1000;
-/** The last try of a replica that only missed GET_TIMEOUT_MS. */
-export const PATIENT_GET_TIMEOUT_MS = 5000;
 
 export class HedgedRead {
   private readonly n: number;

@@ -13,6 +13,8 @@ import type { Hasher } from '../blocks/hash.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
+import { PeerTimeoutError } from '../peer/errors.js';
+import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
 import type {
   BlockPlacement,
   ReadRemote,
@@ -20,6 +22,9 @@ import type {
   WriteRemote,
 } from './block-placement.js';
 import { ClusterPlacement, type PeerTarget, type WriteTargets } from './placement.js';
+
+/** Marks a candidate that only missed its deadline (asked again, patiently). */
+const LATE = ' (late)';
 
 export type { ReplicationStats } from './block-placement.js';
 
@@ -141,35 +146,58 @@ export class ClusterBlocks implements BlockPlacement {
     return stored;
   }
 
-  /** Fetch a map page (or any block) from its candidates; verified against the expected hash. */
+  /**
+   * Fetch a map page (or any block) from its candidates; verified against
+   * the expected hash. Candidates that only missed the get deadline are
+   * asked once more, patiently, before giving up (as hedged-read.ts does).
+   */
   async getBlock(ref: BlockRef, hashLo: number, hashHi: number, dest: Uint8Array): Promise<void> {
     const { remote } = this.placement.readCandidates(ref.volumeId, ref.index);
-    const peers = this.placement.peers;
     const tried: string[] = [];
+    const late: number[] = [];
     for (const at of remote) {
-      const peer = peers[at];
-      try {
-        const block = await this.clientFor(peer).getBlock(ref);
-        if (!block) {
-          tried.push(`${peer.uuid}: not held`);
-          continue;
-        }
-        const digest = this.hasher.hash64(block.data);
-        if (digest.lo !== hashLo || digest.hi !== hashHi || block.data.length !== dest.length) {
-          tried.push(`${peer.uuid}: checksum mismatch`);
-          continue;
-        }
-        dest.set(block.data);
-        this.stats.remoteReads++;
-        return;
-      } catch (err) {
-        tried.push(`${peer.uuid}: ${(err as Error).message}`);
-      }
+      if (await this.tryPeer(at, ref, hashLo, hashHi, dest, tried, undefined)) return;
+      if (tried[tried.length - 1]?.endsWith(LATE)) late.push(at);
     }
+    for (const at of late)
+      if (await this.tryPeer(at, ref, hashLo, hashHi, dest, tried, PATIENT_GET_TIMEOUT_MS)) return;
     throw new IoError(
       'EIO',
       `${formatRef(ref)}: no good copy on any replica (${tried.join('; ') || 'no candidates'})`,
     );
+  }
+
+  /** One get of `ref` from peer `at` into dest; false (and why, in `tried`) when it gave nothing good. */
+  private async tryPeer(
+    at: number,
+    ref: BlockRef,
+    hashLo: number,
+    hashHi: number,
+    dest: Uint8Array,
+    tried: string[],
+    timeoutMs: number | undefined,
+  ): Promise<boolean> {
+    const peer = this.placement.peers[at];
+    try {
+      const block = await this.clientFor(peer).getBlock(ref, timeoutMs ? { timeoutMs } : {});
+      if (!block) {
+        tried.push(`${peer.uuid}: not held`);
+        return false;
+      }
+      const digest = this.hasher.hash64(block.data);
+      if (digest.lo !== hashLo || digest.hi !== hashHi || block.data.length !== dest.length) {
+        tried.push(`${peer.uuid}: checksum mismatch`);
+        return false;
+      }
+      dest.set(block.data);
+      this.stats.remoteReads++;
+      return true;
+    } catch (err) {
+      tried.push(
+        `${peer.uuid}: ${(err as Error).message}${err instanceof PeerTimeoutError ? LATE : ''}`,
+      );
+      return false;
+    }
   }
 
   /**
