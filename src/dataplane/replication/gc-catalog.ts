@@ -117,47 +117,45 @@ export class CatalogGcViews {
       volumes.set(record.id, { id: record.id, generation: record.generation });
     }
     const kept = new Set<string>();
-    for (const snapshot of snapshots) {
-      const key = `${snapshot.volume}@${snapshot.name}#${snapshot.volumeId}`;
+    /** Load a kept version's map into the index; undefined (logged) when it cannot be. */
+    const keep = async (
+      key: string,
+      version: LoadableVersion,
+      what: Record<string, unknown>,
+      message: string,
+    ): Promise<BlockMap | undefined> => {
       kept.add(key);
       try {
-        const map = await this.loadKept(
-          key,
-          snapshotVersion(snapshot),
-          maps.get(snapshot.volumeId),
-        );
+        const map = await this.loadKept(key, version, maps.get(version.id));
         index.add(map);
-        snapshotMaps.push({ volume: snapshot.volume, name: snapshot.name, map });
+        return map;
       } catch (err) {
-        this.log.warn(
-          { snapshot: `${snapshot.volume}@${snapshot.name}`, err: (err as Error).message },
-          'cluster GC: snapshot map not loadable; nothing is freed this run',
-        );
+        this.log.warn({ ...what, err: (err as Error).message }, message);
         return undefined;
       }
+    };
+    for (const snapshot of snapshots) {
+      const map = await keep(
+        `${snapshot.volume}@${snapshot.name}#${snapshot.volumeId}`,
+        snapshotVersion(snapshot),
+        { snapshot: `${snapshot.volume}@${snapshot.name}` },
+        'cluster GC: snapshot map not loadable; nothing is freed this run',
+      );
+      if (!map) return undefined;
+      snapshotMaps.push({ volume: snapshot.volume, name: snapshot.name, map });
     }
     for (const pin of pins) {
-      const current = maps.get(pin.id);
-      if (!current || volumes.get(pin.id)!.generation === pin.generation) continue;
+      if (!maps.has(pin.id) || volumes.get(pin.id)!.generation === pin.generation) continue;
       const key = `${pin.id}@${pin.generation}`;
       if (kept.has(key)) continue; // the same version read on another node
-      kept.add(key);
-      try {
-        const map = await this.loadKept(key, pin, current);
-        index.add(map);
-        versions.push(map);
-      } catch (err) {
-        this.log.warn(
-          {
-            volume: pin.volume,
-            generation: pin.generation,
-            node: pin.node,
-            err: (err as Error).message,
-          },
-          'cluster GC: map of a version served read-only not loadable; nothing is freed this run',
-        );
-        return undefined;
-      }
+      const map = await keep(
+        key,
+        pin,
+        { volume: pin.volume, generation: pin.generation, node: pin.node },
+        'cluster GC: map of a version served read-only not loadable; nothing is freed this run',
+      );
+      if (!map) return undefined;
+      versions.push(map);
     }
     // Snapshots being served, listed or not (deleted while read: their
     // blocks stay until the node lets go), volume listed or not.
@@ -166,22 +164,14 @@ export class CatalogGcViews {
       const key = `${snapshot.volumeId}@${snapshot.generation}`;
       if (kept.has(key) || listed.has(key)) continue;
       if (volumes.get(snapshot.volumeId)?.generation === snapshot.generation) continue;
-      kept.add(key);
-      try {
-        const map = await this.loadKept(
-          key,
-          snapshotVersion(snapshot),
-          maps.get(snapshot.volumeId),
-        );
-        index.add(map);
-        versions.push(map);
-      } catch (err) {
-        this.log.warn(
-          { snapshot: `${snapshot.volume}@${snapshot.name}`, node, err: (err as Error).message },
-          'cluster GC: map of a snapshot being served not loadable; nothing is freed this run',
-        );
-        return undefined;
-      }
+      const map = await keep(
+        key,
+        snapshotVersion(snapshot),
+        { snapshot: `${snapshot.volume}@${snapshot.name}`, node },
+        'cluster GC: map of a snapshot being served not loadable; nothing is freed this run',
+      );
+      if (!map) return undefined;
+      versions.push(map);
     }
     // Forget volumes no longer listed, versions no longer pinned or kept.
     for (const id of this.maps.keys()) if (!volumes.has(id)) this.maps.delete(id);
