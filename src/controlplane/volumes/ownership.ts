@@ -38,11 +38,9 @@ import {
 import type { MetadataStore, Watcher } from '../metadata/store.js';
 import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js';
 import { assertNoReaders, pinCurrentVersion, type ReadPin } from './read-pins.js';
+import { requestLockHandover, watchLockHandovers } from './lock-handover.js';
 import { assertNoSnapshotReaders, pinSnapshot } from './snapshot-pins.js';
 import type { SnapshotCatalog, SnapshotRecord } from './snapshots.js';
-
-/** `lock-handover/<volume>`: the last node that asked for the volume's lock (requestHandover). */
-const HANDOVER = 'lock-handover/';
 
 /** A volume write lock's lease: how long a writer cut off from etcd keeps it. */
 export const LOCK_TTL_SECONDS = 10;
@@ -385,7 +383,7 @@ export class VolumeOwnership {
       if (!(err instanceof VolumeLockedError)) throw err;
       const why = writtenBy(err.lock);
       this.readOnlyBecause.set(name, why);
-      this.requestHandover(name, node);
+      requestLockHandover(this.meta, name, node, this.log);
       this.log.info(
         { volume: name, holder: err.lock.holder.node },
         `volume is ${why}: served read-only here`,
@@ -394,40 +392,14 @@ export class VolumeOwnership {
   }
 
   /**
-   * Ask the node holding `name`'s lock to let go of it now if it only
-   * lingers there (its last client gone, --lock-linger not yet over): a
-   * client that moved here (a pod on another machine) then gets the volume
-   * writable on its next connection instead of after the linger.
-   * Best effort: a lost request costs the linger, nothing else.
-   */
-  private requestHandover(name: string, node: string): void {
-    const request = { node, at: new Date().toISOString() };
-    this.meta
-      .put(HANDOVER + name, Buffer.from(JSON.stringify(request)))
-      .catch((err: Error) =>
-        this.log.debug({ volume: name, err: err.message }, 'lock handover request not sent'),
-      );
-  }
-
-  /**
    * Call `onRequest(name)` whenever another node asks for the lock of a
-   * volume this node holds (requestHandover); the caller lets go if the
+   * volume this node holds (lock-handover.ts); the caller lets go if the
    * volume is idle here. Undefined on a single node.
    */
   async watchHandoverRequests(onRequest: (name: string) => void): Promise<Watcher | undefined> {
     const self = this.options.node;
     if (self === undefined) return undefined;
-    return this.meta.watchPrefix(HANDOVER, {}, (event) => {
-      if (event.type !== 'put') return;
-      const name = event.key.slice(HANDOVER.length);
-      let requester: unknown;
-      try {
-        requester = (JSON.parse(event.value.toString()) as { node?: unknown }).node;
-      } catch {
-        return;
-      }
-      if (requester !== self && this.locks.has(name)) onRequest(name);
-    });
+    return watchLockHandovers(this.meta, self, (name) => this.locks.has(name), onRequest);
   }
 
   /**
