@@ -16,12 +16,13 @@
  * Prints a table; writes nothing under the repository.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Cluster } from '../test/cluster-fixture.js';
 import { CsiClient, startCsiPlugin, type CsiProcess } from '../test/support/csi-client.js';
+import { forceCleanup } from '../test/support/csi-node-kit.js';
 
 const { values } = parseArgs({
   options: {
@@ -225,19 +226,9 @@ try {
 } finally {
   for (const client of clients) client.close();
   for (const plugin of plugins.reverse()) await plugin.stop();
-  // Whatever is left: unmount deepest first, detach loops, stop helpers.
-  const mounts = (await readFile('/proc/mounts', 'utf8'))
-    .split('\n')
-    .map((line) => line.split(' ')[1])
-    .filter((point) => point?.startsWith(work))
-    .reverse();
-  for (const point of mounts) spawnSync('umount', ['-l', point]);
-  const loops = spawnSync('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], {
-    encoding: 'utf8',
-  }).stdout;
-  for (const line of loops.split('\n'))
-    if (line.includes(work)) spawnSync('losetup', ['-d', line.trim().split(/\s+/)[0]]);
-  spawnSync('pkill', ['-9', '-f', work]);
+  // Whatever is left: unmount, detach loops, stop helpers.
+  for (let i = 0; i < 2; i++)
+    await forceCleanup(join(work, `state-${i}`), join(work, `kubelet-${i}`));
   await cluster.stop();
   await rm(work, { recursive: true, force: true });
 }

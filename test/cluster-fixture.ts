@@ -269,6 +269,16 @@ export class Cluster {
     return runCli('torusctl', ['-C', this.endpoint, ...args]);
   }
 
+  /** Bytes in use in every node's store together (each node's `torusctl status`): R copies of each block. */
+  async usedBytes(): Promise<number> {
+    let total = 0;
+    for (const node of this.nodes) {
+      const r = await runCli('torusctl', ['status', '--data-dir', node.dataDir]);
+      total += (JSON.parse(r.stdout) as { used: number }).used;
+    }
+    return total;
+  }
+
   async peers(): Promise<PeerRow[]> {
     const r = await this.ctl('list-peers', '-o', 'json');
     assert.equal(r.code, 0, `list-peers: ${r.stderr}`);

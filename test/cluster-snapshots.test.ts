@@ -20,7 +20,7 @@ import { SnapshotCatalog } from '../src/controlplane/volumes/snapshots.js';
 import { Cluster, sha256, until } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
-import { BIN, makeDataDir, removeDir, runCli } from './torusd-process.js';
+import { BIN, makeDataDir, removeDir } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
 const VOLUME = 8 * MiB;
@@ -91,14 +91,6 @@ describe(
       const answered = new Promise((done) => session!.stdout.once('data', done));
       session!.stdin.write(`${offset} ${file}\n`);
       await answered;
-    }
-    async function usedEverywhere(): Promise<number> {
-      let total = 0;
-      for (const node of cluster.nodes) {
-        const r = await runCli('torusctl', ['status', '--data-dir', node.dataDir]);
-        total += (JSON.parse(r.stdout) as { used: number }).used;
-      }
-      return total;
     }
 
     test('a snapshot taken while another node writes reads back what was flushed before it', async () => {
@@ -197,7 +189,7 @@ describe(
         const settle = async () => {
           await cluster.waitForRebalance(Date.now(), 60_000);
           await cluster.waitForRebalance(Date.now(), 60_000);
-          return usedEverywhere();
+          return cluster.usedBytes();
         };
         const usedWhileRead = await settle();
         assert.equal(await readAll(), expected, 'the deleted snapshot still reads whole');
@@ -241,7 +233,7 @@ describe(
       const settle = async () => {
         await new Promise((done) => setTimeout(done, 3000)); // the writer's lock lingers 0 s; let it go
         await cluster.waitForRebalance(Date.now(), 60_000);
-        return usedEverywhere();
+        return cluster.usedBytes();
       };
       const before = await settle();
       // What `snapshot list` says deleting it frees: each node's count, summed (R copies).
@@ -288,7 +280,7 @@ describe(
       );
       await ctlOk('volume', 'delete', 'c1');
       await settle();
-      assert.equal(await usedEverywhere(), 0, 'nothing left once every volume is gone');
+      assert.equal(await cluster.usedBytes(), 0, 'nothing left once every volume is gone');
     });
   },
 );

@@ -25,7 +25,8 @@ import { Cluster, until } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { CsiClient, startCsiPlugin, type CsiProcess } from './support/csi-client.js';
 import { missing } from './tools.js';
-import { makeDataDir, removeDir, runCli } from './torusd-process.js';
+import { makeDataDir, removeDir } from './torusd-process.js';
+import { forceCleanup, helpersUnder, loopsUnder, mountsUnder } from './support/csi-node-kit.js';
 
 const MiB = 1024 * 1024;
 const skip =
@@ -44,30 +45,6 @@ const MOUNT = {
 
 function sha(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
-}
-
-async function mountsUnder(dir: string): Promise<string[]> {
-  const mounts = await readFile('/proc/mounts', 'utf8');
-  return mounts
-    .split('\n')
-    .map((line) => line.split(' ')[1])
-    .filter((point) => point !== undefined && point.startsWith(dir));
-}
-
-/** Loop devices whose backing file lies under `dir`. */
-function loopsUnder(dir: string): string[] {
-  const r = spawnSync('losetup', ['--list', '--noheadings', '--output', 'NAME,BACK-FILE'], {
-    encoding: 'utf8',
-  });
-  return r.stdout
-    .split('\n')
-    .filter((line) => line.includes(dir))
-    .map((line) => line.trim().split(/\s+/)[0]);
-}
-
-function processesMentioning(dir: string): string[] {
-  const r = spawnSync('pgrep', ['-a', '-f', dir], { encoding: 'utf8' });
-  return r.stdout.split('\n').filter((line) => line.trim() !== '');
 }
 
 describe(
@@ -130,15 +107,6 @@ describe(
       });
     }
 
-    async function usedEverywhere(): Promise<number> {
-      let total = 0;
-      for (const n of cluster.nodes) {
-        const r = await runCli('torusctl', ['status', '--data-dir', n.dataDir]);
-        total += (JSON.parse(r.stdout) as { used: number }).used;
-      }
-      return total;
-    }
-
     before(async () => {
       work = await makeDataDir('csi-life');
       for (let i = 0; i < 2; i++) {
@@ -171,11 +139,7 @@ describe(
       }
       await controller?.stop();
       // Whatever a failure left: unmount (deepest first), detach loops, stop FUSE helpers.
-      if (work) {
-        for (const point of (await mountsUnder(work)).reverse()) spawnSync('umount', ['-l', point]);
-        for (const loop of loopsUnder(work)) spawnSync('losetup', ['-d', loop]);
-        spawnSync('pkill', ['-9', '-f', work]);
-      }
+      for (const machine of machines) await forceCleanup(machine.state, machine.kubelet);
       await cluster?.stop();
       if (work) await removeDir(work);
     });
@@ -202,7 +166,7 @@ describe(
     test('the pod moves: unstaged on A, staged on B through another storage node, files intact', async () => {
       await detach(0, 'pvc-life');
       assert.deepEqual(await mountsUnder(machines[0].kubelet), [], 'nothing mounted on A');
-      assert.deepEqual(loopsUnder(machines[0].state), [], 'no loop device on A');
+      assert.deepEqual(await loopsUnder(machines[0].state), [], 'no loop device on A');
       await attach(1, 'pvc-life', context);
       for (const [name, digest] of files)
         assert.equal(sha(await readFile(join(target(1, 'pvc-life'), name))), digest, name);
@@ -300,12 +264,8 @@ describe(
           30_000,
         );
       assert.deepEqual(await mountsUnder(work), [], 'no mount');
-      assert.deepEqual(loopsUnder(work), [], 'no loop device');
-      assert.deepEqual(
-        processesMentioning(work).filter((line) => !line.includes(' csi --endpoint ')),
-        [],
-        'no FUSE helper or other process',
-      );
+      assert.deepEqual(await loopsUnder(work), [], 'no loop device');
+      assert.deepEqual(helpersUnder(work), [], 'no FUSE helper');
       for (const machine of machines) {
         // Its folders stay; no record, socket or file of an attachment does.
         const left = spawnSync('find', [machine.state, '-mindepth', '1', '-not', '-type', 'd'], {
@@ -317,7 +277,7 @@ describe(
         'every block freed',
         async () => {
           await cluster.waitForRebalance(Date.now(), 60_000);
-          return (await usedEverywhere()) === 0 ? true : undefined;
+          return (await cluster.usedBytes()) === 0 ? true : undefined;
         },
         120_000,
       );

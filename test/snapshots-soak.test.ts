@@ -118,14 +118,6 @@ describe('snapshot soak', { timeout: 600_000 }, () => {
       cleanup.push(() => cluster.stop());
       const ctl = (...args: string[]) => cluster.ctl(...args);
       assert.equal((await ctl('volume', 'create', 'vol', '8MiB')).code, 0);
-      const usedEverywhere = async () => {
-        let total = 0;
-        for (const node of cluster.nodes) {
-          const r = await runCli('torusctl', ['status', '--data-dir', node.dataDir]);
-          total += (JSON.parse(r.stdout) as { used: number }).used;
-        }
-        return total;
-      };
       let writer = 0;
       const { end } = await soak(work, {
         volumeBytes,
@@ -140,7 +132,7 @@ describe('snapshot soak', { timeout: 600_000 }, () => {
         settledUsed: async () => {
           await new Promise((done) => setTimeout(done, 500));
           await cluster.waitForRebalance(Date.now(), 60_000);
-          return usedEverywhere();
+          return cluster.usedBytes();
         },
       });
       assert.ok(

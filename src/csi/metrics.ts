@@ -5,6 +5,7 @@
  */
 import { createServer, type Server } from 'node:http';
 import { Counter, Histogram, Registry } from 'prom-client';
+import { respondWithMetrics } from '../common/metrics-response.js';
 
 export class CsiMetrics {
   readonly registry = new Registry();
@@ -35,16 +36,7 @@ export class CsiMetrics {
         res.end('not found: try /metrics\n');
         return;
       }
-      this.registry.metrics().then(
-        (text) => {
-          res.writeHead(200, { 'content-type': this.registry.contentType });
-          res.end(text);
-        },
-        (err: Error) => {
-          res.writeHead(500, { 'content-type': 'text/plain' });
-          res.end(`metrics failed: ${err.message}\n`);
-        },
-      );
+      respondWithMetrics(this.registry, res);
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

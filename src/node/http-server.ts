@@ -4,6 +4,7 @@
  * unix socket (admin-api.ts).
  */
 import { createServer, type Server } from 'node:http';
+import { respondWithMetrics } from '../common/metrics-response.js';
 import type { NodeMetrics } from './metrics.js';
 
 export async function startHttpServer(
@@ -15,16 +16,7 @@ export async function startHttpServer(
   const server = createServer((req, res) => {
     const path = (req.url ?? '/').split('?')[0];
     if (req.method === 'GET' && path === '/metrics') {
-      metrics.registry.metrics().then(
-        (text) => {
-          res.writeHead(200, { 'content-type': metrics.registry.contentType });
-          res.end(text);
-        },
-        (err: Error) => {
-          res.writeHead(500, { 'content-type': 'text/plain' });
-          res.end(`metrics failed: ${err.message}\n`);
-        },
-      );
+      respondWithMetrics(metrics.registry, res);
       return;
     }
     if (req.method === 'GET' && path === '/healthz') {
