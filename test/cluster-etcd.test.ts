@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomInt } from 'node:crypto';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, test, type TestContext } from 'node:test';
 import { Cluster } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { runFlushTrackingWriter, type WriterEvent } from './flush-tracking-writer.js';
@@ -48,6 +48,7 @@ describe(
      * bring it back downForMs later; then check as the header says.
      */
     async function writerThroughOutage(
+      t: TestContext,
       volume: string,
       downForMs: number,
       reconnectAfterFailedFlushes = 0,
@@ -91,6 +92,10 @@ describe(
       process.stdout.write(`# ${story.split('\n').join('\n# ')}\n`);
 
       assert.ok(summary, `the writer printed no summary (exit ${result.code})\n${context}`);
+      const recoveredAt = events.find((e) => e.ev === 'flush' && e.ok && e.t > backAt)?.t;
+      t.diagnostic(
+        `fault-row | etcd kill -9, down ${downForMs / 1000} s, under a writer (3 nodes, R=2) | 1 | bytes lost ${summary.verified.reduce((n, v) => n + v.bad.length, 0) * 4096} | first good FLUSH ${recoveredAt ? (recoveredAt - backAt).toFixed(1) : 'never'} s after etcd was back`,
+      );
       // Corruption first: it is checked even when FLUSH never recovered.
       assert.equal(summary.verified.length, 3, context);
       for (const v of summary.verified) {
@@ -120,15 +125,15 @@ describe(
       assert.equal(result.code, 0, context);
     }
 
-    test('etcd down 5 s under a writer: errors allowed meanwhile, no corruption, FLUSH works again after', async () => {
-      await writerThroughOutage('vol', 5000);
+    test('etcd down 5 s under a writer: errors allowed meanwhile, no corruption, FLUSH works again after', async (t) => {
+      await writerThroughOutage(t, 'vol', 5000);
     });
 
     // The README: past the lock's lease the writer is fenced and "the client must reconnect
     // (it then reopens the last committed version)". This writer does so after 20 FLUSHes
     // failed in a row (about 3 s of them); one that never reconnects stays fenced.
-    test("etcd down 13 s, longer than the write lock's 10 s lease: no corruption, and a client that reconnects can FLUSH again", async () => {
-      await writerThroughOutage('vol2', 13_000, 20);
+    test("etcd down 13 s, longer than the write lock's 10 s lease: no corruption, and a client that reconnects can FLUSH again", async (t) => {
+      await writerThroughOutage(t, 'vol2', 13_000, 20);
     });
   },
 );

@@ -19,7 +19,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe, test, type TestContext } from 'node:test';
 import { Cluster, type ClusterNode } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { missing, run, SYSTEM_PYTHON, toolEnv } from './tools.js';
@@ -197,7 +197,7 @@ describe(
      * looks alive), write 2 MiB with a FLUSH through another survivor, read
      * all back through a third, then restart the victim on its directory.
      */
-    async function round(victim: ClusterNode, holding: boolean): Promise<string> {
+    async function round(t: TestContext, victim: ClusterNode, holding: boolean): Promise<string> {
       const roundStarted = Date.now();
       let either: { offset: number; old: Buffer; next: Buffer } | undefined;
       let holder: ReturnType<typeof spawn> | undefined;
@@ -267,15 +267,19 @@ describe(
       const rebalanced = await cluster.waitForRebalance(backAt, 30_000);
       const line = `node ${victim.index} killed${holding ? ' (the writer, with a session open)' : ''}: read via ${reader.index}, 2 MiB at block ${offset / BLOCK} written via ${writer.index} (refused for ${refusedMs} ms first), checked via ${checker.index}; back and rebalanced (${rebalanced.seconds.toFixed(1)} s; blocks still pending per node: ${rebalanced.pending.join(' ')}) after ${((Date.now() - roundStarted) / 1000).toFixed(1)} s`;
       process.stdout.write(`# ${line}\n`);
+      // readBackThrough asserted every flushed byte, so a row is only printed with 0 lost.
+      t.diagnostic(
+        `fault-row | kill -9 cluster node ${victim.index}${holding ? ' (the writer, session open)' : ' (a replica)'}, 8 nodes R=2 | 1 | bytes lost 0 | writes refused ${refusedMs} ms; back and rebalanced ${((Date.now() - backAt) / 1000).toFixed(1)} s after restart`,
+      );
       return line;
     }
 
-    test('the writer killed with a session open: flushed data reads back, unflushed blocks are old or new, writes move to another node', async () => {
-      await round(cluster.nodes[0], true);
+    test('the writer killed with a session open: flushed data reads back, unflushed blocks are old or new, writes move to another node', async (t) => {
+      await round(t, cluster.nodes[0], true);
     });
 
-    test('then each other node in turn, restarted before the next goes: every flushed byte reads back and writes go on', async () => {
-      for (const victim of cluster.nodes.slice(1)) await round(victim, false);
+    test('then each other node in turn, restarted before the next goes: every flushed byte reads back and writes go on', async (t) => {
+      for (const victim of cluster.nodes.slice(1)) await round(t, victim, false);
       // And with every node back, one last full read through a random node.
       await readBackThrough(pick(cluster.nodes));
     });

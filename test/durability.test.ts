@@ -57,6 +57,8 @@ print("bad", bad)
 `;
 }
 
+const ROUNDS = 4;
+
 describe('durability under kill -9', { skip, timeout: 240_000 }, () => {
   let dir: string;
   let node: TorusdProcess | undefined;
@@ -69,9 +71,11 @@ describe('durability under kill -9', { skip, timeout: 240_000 }, () => {
     await removeDir(dir);
   });
 
-  test('flushed and FUA-written data survive kill -9 at random moments', async () => {
+  test('flushed and FUA-written data survive kill -9 at random moments', async (t) => {
     let seed = 1;
-    for (let round = 0; round < 4; round++, seed++) {
+    let lostMiB = 0;
+    let restartMs = 0;
+    for (let round = 0; round < ROUNDS; round++, seed++) {
       node = await startTorusd({
         dataDir: dir,
         size: '1GiB',
@@ -92,9 +96,14 @@ describe('durability under kill -9', { skip, timeout: 240_000 }, () => {
       process.kill(node.pid, 'SIGKILL');
       await node.stop('SIGKILL');
       await writerDone;
+      const restarting = Date.now();
       node = await startTorusd({ dataDir: dir, size: '1GiB' });
+      restartMs = Math.max(restartMs, Date.now() - restarting);
       const check = await python(checkScript(node.uri('d'), seed, acked));
       assert.equal(check.code, 0, check.stderr);
+      lostMiB += (/bad \[(.*)\]/.exec(check.stdout)?.[1] ?? '')
+        .split(',')
+        .filter((x) => x.trim()).length;
       assert.match(
         check.stdout,
         /bad \[\]/,
@@ -107,5 +116,8 @@ describe('durability under kill -9', { skip, timeout: 240_000 }, () => {
       await node.stop('SIGTERM');
       node = undefined;
     }
+    t.diagnostic(
+      `fault-row | kill -9 single-node torusd under a FLUSH/FUA writer | ${ROUNDS} | bytes lost ${lostMiB * 2 ** 20} | restarted and serving in ${(restartMs / 1000).toFixed(1)} s (worst)`,
+    );
   });
 });
