@@ -117,6 +117,7 @@ describe(
           '--fsync=16',
           '--verify=crc32c',
           '--do_verify=0',
+          '--verify_state_save=0',
         ],
         { timeoutMs: (WRITE_SECONDS + 30) * 1000, env: toolEnv },
       );
@@ -152,6 +153,7 @@ describe(
           '--size=8MiB',
           '--verify=crc32c',
           '--do_verify=1',
+          '--verify_state_save=0',
         ],
         { timeoutMs: 60_000, env: toolEnv },
       );
