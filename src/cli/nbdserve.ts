@@ -20,6 +20,7 @@ import { PORT_RANGE, SECONDS_RANGE, WORKERS_RANGE } from './args.js';
 import type { Address, FlagSpec, Parsed } from './args.js';
 import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from './common-flags.js';
 import { Closers } from './shutdown.js';
+import { peerTlsFlags, peerTlsOf } from './peer-tls-flags.js';
 
 export const nbdserveFlags: Record<string, FlagSpec> = {
   listen: {
@@ -64,6 +65,7 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
   },
   host: { type: 'string', help: 'HTTP listen host', default: '127.0.0.1' },
   ...clusterEtcdFlags,
+  ...peerTlsFlags,
 };
 
 export interface ServingClient {
@@ -80,6 +82,7 @@ export async function startNbdServe(
 ): Promise<ServingClient> {
   const v = args.values;
   const etcd = etcdConfigOf(v)!;
+  const peerTls = peerTlsOf(v);
   const log = logger('torusblk');
   const closers = new Closers(log);
   try {
@@ -98,6 +101,7 @@ export async function startNbdServe(
       metrics,
       log: logger('node'),
       lockLingerMs: (v['lock-linger'] as number) * 1000,
+      peerTls,
     });
     closers.push(() => client.close());
     const { node, settings, uuid } = client;

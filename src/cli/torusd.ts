@@ -45,6 +45,8 @@ import {
 } from './args.js';
 import { openClusterStore } from '../library/cluster-store.js';
 import { Closers } from './shutdown.js';
+import { peerTlsFlags, peerTlsOf } from './peer-tls-flags.js';
+import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import {
   DEFAULT_NBD_ADDR,
   DEFAULT_PEER_ADDRESS,
@@ -114,6 +116,7 @@ const spec: CommandSpec = {
       default: DEFAULT_PEER_ADDRESS,
       env: 'TORUS_PEER_ADDRESS',
     },
+    ...peerTlsFlags,
     'lock-linger': {
       type: 'integer',
       help: 'cluster: seconds a volume stays open here, holding its write lock, after its last NBD client disconnected (default 5; 0 lets go at once)',
@@ -160,6 +163,7 @@ export async function main(argv: string[]): Promise<number> {
   const ensure = ((v['ensure-volume'] as string[] | undefined) ?? []).map(parseEnsureVolume);
   const etcd = etcdConfigOf(v);
   const peerAddress = parsePeerAddress(v['peer-address'] as string);
+  const peerTls = peerTlsOf(v);
   if (v['auto-join'] && !etcd)
     throw new ArgumentError('--auto-join needs --etcd (a single node has no ring)');
   for (const flag of ['rebalance-rate', 'scrub-rate'] as const) {
@@ -189,7 +193,7 @@ export async function main(argv: string[]): Promise<number> {
       metrics,
       log: logger('node'),
       meta: cluster?.meta,
-      cluster: cluster ? { uuid: cluster.uuid, clusterId: cluster.clusterId } : undefined,
+      cluster: cluster ? { uuid: cluster.uuid, clusterId: cluster.clusterId, peerTls } : undefined,
       rebalanceRate: v['rebalance-rate'] as number | undefined,
       rebalanceIntervalMs:
         v['rebalance-interval'] === undefined
@@ -234,7 +238,7 @@ export async function main(argv: string[]): Promise<number> {
     let peerListen: string | undefined;
     if (cluster && etcd) {
       // Listening before registering: a peer that sees this node in etcd can reach it.
-      const peers = await servePeers(node, peerAddress, cluster);
+      const peers = await servePeers(node, peerAddress, { ...cluster, peerTls });
       closers.push(() => node.stopServingPeers()); // after leaving the cluster, before the store closes
       peerListen = `${formatHost(peers.address.address)}:${peers.address.port}`;
       member = await ClusterMember.join({
@@ -368,7 +372,7 @@ function parsePeerAddress(text: string): PeerAddress {
 async function servePeers(
   node: StorageNode,
   address: PeerAddress,
-  cluster: { uuid: string; clusterId: string },
+  cluster: { uuid: string; clusterId: string; peerTls?: PeerTlsFiles },
 ) {
   try {
     return await node.servePeers({
@@ -377,6 +381,7 @@ async function servePeers(
       clusterId: cluster.clusterId,
       nodeId: cluster.uuid,
       log: logger('peer'),
+      tls: cluster.peerTls,
     });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;

@@ -23,6 +23,7 @@ import { PeerTable } from '../controlplane/membership/peer-table.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { VolumeCatalog, type ClusterSettings } from '../controlplane/volumes/catalog.js';
 import type { NodeMetrics } from '../node/metrics.js';
+import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import { StorageNode } from '../node/storage-node.js';
 
 export interface ClientNodeOptions {
@@ -43,6 +44,8 @@ export interface ClientNodeOptions {
   log: Logger;
   /** What the scratch directory's name starts with, to tell whose it is. */
   label: string;
+  /** Mutual TLS to the storage nodes (--peer-tls-dir). */
+  peerTls?: PeerTlsFiles;
 }
 
 export interface ClientNode {
@@ -84,7 +87,12 @@ export async function openClientNode(options: ClientNodeOptions): Promise<Client
       metrics: options.metrics,
       log,
       meta,
-      cluster: { uuid, clusterId: settings.createdAt, holdsCopies: false },
+      cluster: {
+        uuid,
+        clusterId: settings.createdAt,
+        holdsCopies: false,
+        peerTls: options.peerTls,
+      },
       lockLingerMs: options.lockLingerMs,
     });
     peers = await PeerTable.open(meta, { log: log.child({ component: 'membership' }) });

@@ -10,6 +10,7 @@ import { hasher } from '../dataplane/blocks/hash.js';
 import type { DataPool } from '../dataplane/pool/data-pool.js';
 import { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { ClusterPlacement } from '../dataplane/replication/placement.js';
+import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import type { NodeMetrics } from './metrics.js';
 
 export interface ClusterIdentity {
@@ -20,6 +21,8 @@ export interface ClusterIdentity {
    * scratch for map pages, never a place for copies (default true).
    */
   holdsCopies?: boolean;
+  /** Mutual TLS with the cluster CA on every peer connection (--peer-tls-dir). */
+  peerTls?: PeerTlsFiles;
 }
 
 export async function openClusterBlocks(
@@ -30,7 +33,7 @@ export async function openClusterBlocks(
   const snapshot = await readMembership(meta, log);
   const placement = new ClusterPlacement(
     self.uuid,
-    { clusterId: self.clusterId, nodeId: self.uuid },
+    { clusterId: self.clusterId, nodeId: self.uuid, tls: self.peerTls },
     self.holdsCopies ?? true,
   );
   placement.update(

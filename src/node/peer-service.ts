@@ -8,6 +8,7 @@ import type { Logger } from '../common/log.js';
 import { hasher } from '../dataplane/blocks/hash.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { PeerServer } from '../dataplane/peer/server.js';
+import { loadPeerTls, type PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import { DiskPeerBackend } from '../dataplane/replication/disk-backend.js';
 import type { NodeMetrics } from './metrics.js';
 
@@ -20,6 +21,8 @@ export interface PeerServiceOptions {
   /** This node's uuid, as registered and in the ring. */
   nodeId: string;
   log?: Logger;
+  /** Mutual TLS with the cluster CA (--peer-tls-dir): peers without a certificate it signed are refused. */
+  tls?: PeerTlsFiles;
 }
 
 /** The node's store as served to its peers. */
@@ -54,6 +57,7 @@ export class PeerServing {
       clusterId: options.clusterId,
       nodeId: options.nodeId,
       log,
+      tls: options.tls ? loadPeerTls(options.tls) : undefined,
     });
     let address: AddressInfo;
     try {

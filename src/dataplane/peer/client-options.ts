@@ -9,6 +9,7 @@
  * replaces the default for its kind; the tick does not follow it.
  */
 import type { Logger } from '../../common/log.js';
+import type { PeerTlsFiles } from './peer-tls.js';
 
 /**
  * The deadline of a last, patient get: readers give a replica that only
@@ -41,6 +42,8 @@ export interface PeerClientOptions {
   /** Backoff after a failed connection attempt: first and longest wait. Default 50 and 2000 ms. */
   reconnectBackoffMs?: { min: number; max: number };
   log?: Logger;
+  /** Mutual TLS with the cluster CA (peer-tls.ts); plaintext when absent. */
+  tls?: PeerTlsFiles;
 }
 
 export interface RequestOptions {

@@ -29,8 +29,17 @@
  * caller must not change a block's bytes until its put settles (if it does
  * anyway, the peer's hash check refuses the block with CHECKSUM). Deadlines
  * are checked by one timer per client (request-table.ts), not one per request.
+ *
+ * With `tls` (peer-tls.ts) the connection is mutual TLS: the peer's
+ * certificate must be signed by the cluster CA, ours is presented; connect
+ * timeout covers the handshake. A handshake that fails, or a peer that
+ * closes before answering HELLO (how a TLS 1.3 server refuses our
+ * certificate), is logged once per peer (refusal-log.ts) and backed off like
+ * any failed attempt. TLS replies are read the default way (Node reads TLS
+ * into buffers of its own), not into the reused read buffer.
  */
 import { connect, type Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
 import { logger, type Logger } from '../../common/log.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import type { PeerBlockStore } from './backend.js';
@@ -52,6 +61,8 @@ import {
   type RequestOptions,
 } from './client-options.js';
 import { ReconnectBackoff } from './reconnect-backoff.js';
+import { connectTls, describeTlsFailure, loadPeerTls, type PeerTls } from './peer-tls.js';
+import { RefusalLog } from './refusal-log.js';
 import { acceptHello, decodeReply, type PeerIdentity } from './reply-decoder.js';
 import { RequestTable, type PendingRequest } from './request-table.js';
 import {
@@ -81,6 +92,14 @@ import {
 export type { PeerClientOptions, RequestOptions } from './client-options.js';
 export type { PeerIdentity } from './reply-decoder.js';
 
+/** One per thread: every client's refused handshakes, logged once per peer. */
+const refusals = new RefusalLog();
+
+/** The first byte of a TLS record (handshake 0x16, alert 0x15): a TLS peer answering a plaintext client. */
+function looksLikeTls(firstByte: number): boolean {
+  return firstByte === 0x15 || firstByte === 0x16;
+}
+
 interface Connection {
   socket: Socket;
   out: Outbound;
@@ -96,6 +115,7 @@ export class PeerClient implements PeerBlockStore {
   private readonly log: Logger;
   private readonly settings: ClientSettings;
   private readonly backoff: ReconnectBackoff;
+  private readonly tls: PeerTls | undefined;
 
   private conn: Connection | undefined;
   /** Every request not yet answered, sent or still queued for the connection. */
@@ -123,6 +143,7 @@ export class PeerClient implements PeerBlockStore {
     this.log = (options.log ?? logger('peer-client')).child({ peer: this.peer });
     this.settings = clientSettings(options);
     this.backoff = new ReconnectBackoff(this.settings.reconnectBackoffMs);
+    this.tls = options.tls ? loadPeerTls(options.tls) : undefined;
     this.pending = new RequestTable(this.settings.deadlineTickMs, this.expired, this.checkAlive);
   }
 
@@ -252,15 +273,25 @@ export class PeerClient implements PeerBlockStore {
   private connect(): Connection {
     // Replies land in one reused read buffer (transport/read-buffer.ts), not a fresh one per read.
     let conn!: Connection;
-    const socket = connect({
-      host: this.options.host,
-      port: this.options.port,
-      noDelay: true,
-      onread: {
-        buffer: newReadBuffer(),
-        callback: (bytes, buf) => (this.onRead(conn, (buf as Buffer).subarray(0, bytes)), true),
-      },
-    });
+    const { host, port } = this.options;
+    const socket: Socket = this.tls
+      ? connectTls(host, port, this.tls)
+      : connect({
+          host,
+          port,
+          noDelay: true,
+          onread: {
+            buffer: newReadBuffer(),
+            callback: (bytes, buf) => (
+              this.onRead(conn, (buf as Buffer).subarray(0, bytes), true),
+              true
+            ),
+          },
+        });
+    if (this.tls) {
+      socket.setNoDelay(true);
+      socket.on('data', (chunk: Buffer) => this.onRead(conn, chunk, false));
+    }
     conn = {
       socket,
       out: new Outbound(socket),
@@ -285,7 +316,16 @@ export class PeerClient implements PeerBlockStore {
       this.settings.connectTimeoutMs,
     );
     socket.on('error', (err) =>
-      this.fail(conn, new PeerUnavailableError(this.peer, err.message, { cause: err })),
+      this.fail(
+        conn,
+        new PeerUnavailableError(
+          this.peer,
+          this.tls && !(socket as TLSSocket).authorized
+            ? `TLS: ${describeTlsFailure(err)}`
+            : err.message,
+          { cause: err },
+        ),
+      ),
     );
     socket.on('close', () =>
       this.fail(conn, new PeerUnavailableError(this.peer, 'connection closed')),
@@ -332,6 +372,13 @@ export class PeerClient implements PeerBlockStore {
     this.identity = undefined;
     // A failed attempt: back off before the next one.
     if (!conn.ready) this.backoff.failed(err.message, performance.now());
+    if (!conn.ready && this.tls && err instanceof PeerUnavailableError)
+      refusals.note(
+        this.log,
+        this.peer,
+        err.message,
+        'peer connection attempt failed over TLS (does the peer trust our certificate? see its log)',
+      );
     this.log.debug(
       { reason: err.message, outstanding: this.pending.size },
       conn.ready ? 'peer connection lost' : 'peer connection attempt failed',
@@ -343,11 +390,11 @@ export class PeerClient implements PeerBlockStore {
   // -------------------------------------------------------------- replies
 
   /** A read's bytes: a view of the reused read buffer, valid only during this call. */
-  private onRead(conn: Connection, view: Buffer): void {
+  private onRead(conn: Connection, view: Buffer, transient: boolean): void {
     if (this.conn !== conn) return;
     this.lastHeardAt = performance.now();
     this.suspect = false;
-    conn.reader.push(view, true);
+    conn.reader.push(view, transient);
     this.parse(conn);
     conn.reader.settle();
   }
@@ -359,8 +406,12 @@ export class PeerClient implements PeerBlockStore {
       const at = reader.headerAt;
       const problem = checkFrameHeader(h, at, true);
       if (problem) {
-        this.log.warn({ reason: problem }, 'framing error from peer: closing connection');
-        return this.fail(conn, new PeerProtocolError(this.peer, problem));
+        const reason =
+          !conn.ready && !this.tls && looksLikeTls(h[at])
+            ? `${problem}: the peer speaks TLS (start this node with --peer-tls-dir)`
+            : problem;
+        this.log.warn({ reason }, 'framing error from peer: closing connection');
+        return this.fail(conn, new PeerProtocolError(this.peer, reason));
       }
       const length = headerPayloadLength(h, at);
       if (reader.available < HEADER_SIZE + length) return;

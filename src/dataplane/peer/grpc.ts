@@ -25,7 +25,9 @@
  * map one to one onto TBP's (toGrpcCode / fromGrpcCode), and clients get the
  * same PeerError classes from both transports.
  */
+import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
+import { loadPeerTls, type PeerTls, type PeerTlsFiles } from './peer-tls.js';
 import type { Logger } from '../../common/log.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import type { ListBlocksFilter, PeerBlockBackend, PeerNodeInfo } from './backend.js';
@@ -135,6 +137,8 @@ export interface PeerGrpcServiceOptions {
   clusterId: string;
   nodeId: string;
   log: Logger;
+  /** Mutual TLS with the cluster CA: client certificates required and checked (peer-tls.ts). */
+  tls?: PeerTls;
 }
 
 /** The server side: one grpc.Server with the Peer service over a backend. */
@@ -189,7 +193,7 @@ export class PeerGrpcService {
   listen(host: string, port: number): Promise<number> {
     const address = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, bound) =>
+      this.server.bindAsync(address, serverCredentials(this.options.tls), (err, bound) =>
         err ? reject(err) : resolve(bound),
       );
     });
@@ -324,6 +328,29 @@ function decodeInfo(reply: Buffer): PeerNodeInfo & { clusterId: string } {
   };
 }
 
+// ------------------------------------------------------------------ TLS
+
+/** grpc-js takes PEM bytes, not a SecureContext: the same files peer-tls.ts loaded and checked. */
+function serverCredentials(tls: PeerTls | undefined): grpc.ServerCredentials {
+  if (!tls) return grpc.ServerCredentials.createInsecure();
+  const { caFile, certFile, keyFile } = tls.files;
+  return grpc.ServerCredentials.createSsl(
+    readFileSync(caFile),
+    [{ cert_chain: readFileSync(certFile), private_key: readFileSync(keyFile) }],
+    true,
+  );
+}
+
+function clientCredentials(tls: PeerTls): grpc.ChannelCredentials {
+  const { caFile, certFile, keyFile, verifyAddress } = tls.files;
+  return grpc.credentials.createSsl(
+    readFileSync(caFile),
+    readFileSync(keyFile),
+    readFileSync(certFile),
+    verifyAddress ? {} : { checkServerIdentity: () => undefined },
+  );
+}
+
 // ------------------------------------------------------------------ client
 
 export interface PeerGrpcClientOptions {
@@ -334,6 +361,8 @@ export interface PeerGrpcClientOptions {
   nodeId: string;
   /** Deadline of each unary call. Default 5 s. */
   timeoutMs?: number;
+  /** Mutual TLS with the cluster CA (peer-tls.ts); plaintext when absent. */
+  tls?: PeerTlsFiles;
 }
 
 export interface CallOptions {
@@ -368,7 +397,7 @@ export class PeerGrpcClient {
   constructor(private readonly options: PeerGrpcClientOptions) {
     this.client = new PeerServiceClient(
       options.address,
-      grpc.credentials.createInsecure(),
+      options.tls ? clientCredentials(loadPeerTls(options.tls)) : grpc.credentials.createInsecure(),
       CHANNEL_OPTIONS,
     );
     this.metadata.set(CLUSTER_METADATA_KEY, options.clusterId);

@@ -8,14 +8,23 @@
  * who it is in time is closed, so idle garbage cannot hold slots), and the
  * per-session backpressure limits (session.ts). Listening, the cap and the
  * draining close are the shared Listeners (transport/listeners.ts).
+ *
+ * With `tls` (peer-tls.ts) every connection is mutual TLS: the HELLO
+ * deadline covers the handshake too, a peer that does not complete it with a
+ * certificate from the cluster CA is closed before any TBP is read, and its
+ * refusal is logged once per remote IP (refusal-log.ts). TLS sockets are
+ * read the default way (Node reads TLS into buffers of its own).
  */
 import type { AddressInfo, Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
 import { logger, type Logger } from '../../common/log.js';
 import { BufferPool } from '../transport/buffer-pool.js';
 import { Listeners, type ServedSocket } from '../transport/listeners.js';
 import { adoptWithReadBuffer } from '../transport/read-buffer.js';
 import type { PeerBlockBackend } from './backend.js';
 import { PeerGrpcService } from './grpc.js';
+import { describeTlsFailure, peerRefusal, serverTlsSocket, type PeerTls } from './peer-tls.js';
+import { RefusalLog } from './refusal-log.js';
 import {
   DEFAULT_PEER_SESSION_LIMITS,
   PeerSession,
@@ -42,6 +51,8 @@ export interface PeerServerOptions {
    * the default way (a fresh buffer per read): slower, for debugging.
    */
   reuseReadBuffer?: boolean;
+  /** Mutual TLS with the cluster CA on TBP and gRPC (peer-tls.ts); plaintext when absent. */
+  tls?: PeerTls;
 }
 
 interface Connection extends ServedSocket {
@@ -63,6 +74,7 @@ export class PeerServer {
   private readonly listeners: Listeners<Connection>;
   private grpc: PeerGrpcService | undefined;
   private closing: Promise<void> | undefined;
+  private readonly refusals = new RefusalLog();
 
   constructor(
     private readonly backend: PeerBlockBackend,
@@ -98,6 +110,7 @@ export class PeerServer {
       clusterId: this.options.clusterId,
       nodeId: this.nodeId,
       log: this.log,
+      tls: this.options.tls,
     });
     const bound = await this.grpc.listen(host, port);
     this.log.info({ host, port: bound }, 'peer gRPC service listening');
@@ -126,17 +139,19 @@ export class PeerServer {
     // Node does not allow it, the socket is read the default way.
     // The session does not exist yet when the socket is made, hence the box.
     const box: { session?: PeerSession } = {};
+    const tls = this.options.tls;
     const adopted =
-      this.options.reuseReadBuffer === false
+      this.options.reuseReadBuffer === false || tls
         ? undefined
         : adoptWithReadBuffer(accepted, (view) => box.session?.onRead(view, true), {
             allowHalfOpen: true,
           });
-    const socket = adopted ?? accepted;
-    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const plain = adopted ?? accepted;
+    const remote = `${plain.remoteAddress}:${plain.remotePort}`;
     const log = this.log.child({ conn: this.listeners.connectionId(), remote });
-    socket.on('error', (err) => log.debug({ err: err.message }, 'peer socket error'));
-    if (!this.listeners.admit(socket, log)) return;
+    plain.on('error', (err) => log.debug({ err: err.message }, 'peer socket error'));
+    if (!this.listeners.admit(plain, log)) return;
+    const socket = tls ? serverTlsSocket(plain, tls) : plain;
     const session = new PeerSession(
       socket,
       this.backend,
@@ -161,11 +176,51 @@ export class PeerServer {
       }
     }, this.helloTimeoutMs);
     helloTimer.unref();
+    if (tls)
+      this.checkPeerCertificate(socket as TLSSocket, session, plain.remoteAddress ?? remote, log);
     session.start(adopted !== undefined);
     void session.finished.then(() => {
       clearTimeout(helloTimer);
       this.listeners.connections.delete(conn);
       log.debug({ peerNode: session.peerNodeId }, 'peer connection closed');
+    });
+  }
+
+  /**
+   * Refuse a TLS peer that failed the handshake or whose certificate the
+   * cluster CA did not sign. Registered before the session starts: a TLS
+   * socket emits 'secure' before any application data, so nothing the peer
+   * sent is read first.
+   */
+  private checkPeerCertificate(
+    socket: TLSSocket,
+    session: PeerSession,
+    remoteIp: string,
+    log: Logger,
+  ): void {
+    let secured = false;
+    socket.once('secure', () => {
+      secured = true;
+      const why = peerRefusal(socket);
+      if (why === undefined) return;
+      this.refusals.note(log, remoteIp, why, 'refusing peer connection: TLS');
+      session.close(why);
+    });
+    let failed = false;
+    socket.on('error', (err) => {
+      if (secured) return log.debug({ err: err.message }, 'peer socket error');
+      failed = true;
+      this.refusals.note(log, remoteIp, describeTlsFailure(err), 'refusing peer connection: TLS');
+    });
+    // A client that rejects our certificate just hangs up mid-handshake.
+    socket.once('close', () => {
+      if (!secured && !failed)
+        this.refusals.note(
+          log,
+          remoteIp,
+          'closed during the TLS handshake (does the peer trust our certificate? a node of another CA?)',
+          'refusing peer connection: TLS',
+        );
     });
   }
 }

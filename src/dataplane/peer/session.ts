@@ -81,6 +81,9 @@ import { formatRef } from '../../model/block-ref.js';
 /** maxInflightBytes counts request payload bytes. */
 export type PeerSessionLimits = ConnectionLimits;
 
+/** The first byte of a TLS ClientHello: a TLS peer dialling a plaintext node. */
+const TLS_HANDSHAKE_RECORD = 0x16;
+
 export const DEFAULT_PEER_SESSION_LIMITS: PeerSessionLimits = connectionLimits(1024);
 
 /** Per-request observation for metrics: op name, payload bytes moved, seconds, status name. */
@@ -167,7 +170,12 @@ export class PeerSession extends ServedConnection {
       const h = reader.headerBuf;
       const at = reader.headerAt;
       const problem = checkFrameHeader(h, at, false);
-      if (problem) return this.framingError(problem);
+      if (problem)
+        return this.framingError(
+          this.phase === 'hello' && h[at] === TLS_HANDSHAKE_RECORD
+            ? `${problem}: the peer speaks TLS (start this node with --peer-tls-dir)`
+            : problem,
+        );
       const length = headerPayloadLength(h, at);
       if (reader.available < HEADER_SIZE + length) break;
       const opcode = headerOpcode(h, at);

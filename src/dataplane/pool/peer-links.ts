@@ -35,6 +35,7 @@ export function peerClient(identity: PeerIdentityForTasks, peer: PeerTarget): Pe
       connectTimeoutMs: 500,
       deadAfterMs: 1000,
       log,
+      tls: identity.tls,
     });
     clients.set(key, client);
   }

@@ -86,7 +86,7 @@ export class ClusterBlocks implements BlockPlacement {
     const key = `${peer.uuid}@${peer.host}:${peer.port}`;
     let client = this.clients.get(key);
     if (!client) {
-      const { clusterId, nodeId } = this.placement.identity;
+      const { clusterId, nodeId, tls } = this.placement.identity;
       client = new PeerClient({
         host: peer.host,
         port: peer.port,
@@ -97,6 +97,7 @@ export class ClusterBlocks implements BlockPlacement {
         connectTimeoutMs: 500,
         deadAfterMs: 1000,
         log: this.log,
+        tls,
       });
       this.clients.set(key, client);
     }

@@ -26,6 +26,7 @@
  */
 import { MAX_REPLICATION } from '../../model/replication.js';
 import { buildRing, type IndexedRing, type RingDescription } from '../../model/ring/index.js';
+import type { PeerTlsFiles } from '../peer/peer-tls.js';
 
 /** Extra ring positions looked at beyond R, for writes while nodes were down. */
 export const SPARE_CANDIDATES = 2;
@@ -42,6 +43,8 @@ export interface PeerTarget {
 export interface PeerIdentityForTasks {
   clusterId: string;
   nodeId: string;
+  /** Mutual TLS on the peer port (peer/peer-tls.ts): paths, so tasks carry them cheaply. */
+  tls?: PeerTlsFiles;
 }
 
 export interface BlockTargets {
