@@ -49,7 +49,7 @@ function commonChecks(
         assert.ok(client.canFlush && client.canTrim && client.canWriteZeroes);
         assert.ok(client.structuredReplies);
         assert.ok(client.canBlockStatus);
-        assert.ok(client.maxRequestBytes > 0 && client.maxRequestBytes <= 32 * MiB);
+        assert.ok(client.maxRequestBytes > 0 && client.maxRequestBytes <= 64 * MiB);
       } finally {
         await client.close();
       }

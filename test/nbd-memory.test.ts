@@ -218,12 +218,12 @@ h.shutdown()`,
   );
 
   it(
-    'drops clients that stall in the handshake, and connections over the cap',
+    'drops clients that stall in the handshake, the oldest first when a newcomer needs the place',
     { timeout: 30_000 },
     async () => {
       const s = await serve(
         new MemoryExportProvider([new MemoryExport({ name: 'm', size: MiB })]),
-        { handshakeTimeoutMs: 300, maxConnections: 2 },
+        { handshakeTimeoutMs: 300, admission: { maxConnections: 2 } },
       );
       try {
         const open = () =>
@@ -237,8 +237,8 @@ h.shutdown()`,
           });
         const [a, b] = [await open(), await open()];
         const third = await open();
-        await third.closed; // over the cap: closed at once
-        await Promise.all([a.closed, b.closed]); // silent: closed by the handshake deadline
+        await a.closed; // shed at once to admit the third
+        await Promise.all([b.closed, third.closed]); // silent: closed by the handshake deadline
       } finally {
         await s.stop();
       }

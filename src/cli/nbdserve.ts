@@ -14,6 +14,7 @@ import { NbdServer } from '../dataplane/nbd/server.js';
 import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
+import { nbdLimitFlags, nbdLimitOptions } from './nbd-limit-flags.js';
 import { openClientNode } from '../library/client-node.js';
 import { openClusterStore } from '../library/cluster-store.js';
 import { PORT_RANGE, SECONDS_RANGE, WORKERS_RANGE } from './args.js';
@@ -34,6 +35,7 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
     type: 'string',
     help: 'also serve NBD on this unix socket (nbd+unix://; torusblk nbd uses one)',
   },
+  ...nbdLimitFlags,
   'cache-size': { type: 'size', help: 'block cache size', default: '256MiB' },
   'scratch-size': {
     type: 'size',
@@ -106,7 +108,11 @@ export async function startNbdServe(
     closers.push(() => client.close());
     const { node, settings, uuid } = client;
 
-    const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
+    const nbd = new NbdServer(node, {
+      log: logger('nbd'),
+      metrics: nbdMetricsHooks(metrics),
+      ...nbdLimitOptions(v),
+    });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const listen = v.listen as Address;
     const bound = await nbd.listenTcp(listen.host, listen.port);

@@ -30,6 +30,7 @@ import { startAdminApi } from '../node/admin-api.js';
 import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
+import { nbdLimitFlags, nbdLimitOptions } from './nbd-limit-flags.js';
 import { DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, StorageNode } from '../node/storage-node.js';
 import {
   ArgumentError,
@@ -78,6 +79,7 @@ const spec: CommandSpec = {
       type: 'string',
       help: 'NBD unix socket path, for nbd+unix:// (default <data-dir>/nbd.sock; "" to disable)',
     },
+    ...nbdLimitFlags,
     host: {
       type: 'string',
       help: 'HTTP listen host for /metrics and /healthz',
@@ -214,7 +216,11 @@ export async function main(argv: string[]): Promise<number> {
     const existing = new Set((await node.listVolumes()).map((vol) => vol.name));
     for (const { name, size } of ensure)
       if (!existing.has(name)) await node.createVolume(name, size);
-    const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
+    const nbd = new NbdServer(node, {
+      log: logger('nbd'),
+      metrics: nbdMetricsHooks(metrics),
+      ...nbdLimitOptions(v),
+    });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const bound = await nbd.listenTcp(nbdAddress.host, nbdAddress.port);
     const unixPath =

@@ -6,6 +6,7 @@
  * which at 50k requests a second is a measurable share of a core. The plain
  * counters are copied into the prom-client metrics when Prometheus scrapes.
  */
+import { Counter } from 'prom-client';
 import type { Errno } from '../common/errors.js';
 import type { NbdMetricsHooks } from '../dataplane/nbd/server.js';
 import type { NodeMetrics } from './metrics.js';
@@ -39,6 +40,13 @@ export function nbdMetricsHooks(metrics: NodeMetrics): NbdMetricsHooks {
       );
     return t;
   };
+  // Refused and shed connections: rare, so counted straight into prom-client.
+  const dropped = new Counter({
+    name: 'torus_nbd_connections_dropped_total',
+    help: 'NBD connections refused (refused-per-client, refused-full), handshakes shed for a newcomer (shed) or timed out (handshake-timeout)',
+    labelNames: ['reason'] as const,
+    registers: [metrics.registry],
+  });
   metrics.onScrape(() => {
     metrics.nbdRequests.reset();
     metrics.nbdBytes.reset();
@@ -65,6 +73,9 @@ export function nbdMetricsHooks(metrics: NodeMetrics): NbdMetricsHooks {
     },
     onConnection(delta) {
       metrics.nbdConnections.inc(delta);
+    },
+    onDropped(reason) {
+      dropped.inc({ reason });
     },
   };
 }

@@ -11,7 +11,7 @@
  *   cookie (slot index and a generation that changes when the slot is
  *   reused, so a stale or forged reply is caught).
  * - A READ or WRITE longer than `maxRequestBytes` (the server's maximum
- *   payload from NBD_INFO_BLOCK_SIZE, at most 32 MiB) is split; the call
+ *   payload from NBD_INFO_BLOCK_SIZE, at most 64 MiB) is split; the call
  *   settles when every part has. Offsets and lengths should be multiples of
  *   `minimumBlockSize`, which servers may insist on.
  * - Buffers are the caller's: `read` fills the buffer given (reply bytes are
@@ -81,7 +81,7 @@ export interface NbdExtent {
 }
 
 /** The largest READ/WRITE sent as one request when the server allows more. */
-export const MAX_REQUEST_BYTES = 32 * 1024 * 1024;
+export const MAX_REQUEST_BYTES = 64 * 1024 * 1024;
 /** The largest TRIM / WRITE_ZEROES / BLOCK_STATUS length sent as one request (its field is 32 bits). */
 const MAX_RANGE_BYTES = 2 ** 31;
 const CLOSE_TIMEOUT_MS = 5000;

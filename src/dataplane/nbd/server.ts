@@ -3,15 +3,25 @@
  * handshake, then a Session per connection.
  *
  * Isolation: every socket has its error handler and every promise a catch, so
- * one hostile or broken client can only lose its own connection. Limits: a
- * connection cap across all listeners, a handshake deadline, and the
- * per-session in-flight caps (session.ts). Listening, the cap and the
- * draining close are the shared Listeners (transport/listeners.ts).
+ * one hostile or broken client can only lose its own connection. Limits:
+ * admission (transport/connection-admission.ts: a total cap, a cap of its
+ * own for connections still in the handshake with the oldest shed first, a
+ * cap per client address), a handshake deadline (a connection that finished
+ * its handshake is never timed out), and the per-session in-flight caps
+ * (session.ts). Listening and the draining close are the shared Listeners
+ * (transport/listeners.ts).
  */
 import type { AddressInfo, Socket } from 'node:net';
 import { lstat, unlink } from 'node:fs/promises';
 import type { Errno } from '../../common/errors.js';
 import { logger, type Logger } from '../../common/log.js';
+import {
+  ConnectionAdmission,
+  DEFAULT_ADMISSION_LIMITS,
+  clientAddressOf,
+  type AdmissionLimits,
+  type AdmissionOutcome,
+} from '../transport/connection-admission.js';
 import { Listeners, type ServedSocket } from '../transport/listeners.js';
 import { adoptWithReadBuffer } from '../transport/read-buffer.js';
 import { endGracefully } from '../transport/served-connection.js';
@@ -31,14 +41,19 @@ export interface NbdMetricsHooks {
   onRequest?(command: string, bytes: number, seconds: number, errno: Errno | undefined): void;
   /** A connection was accepted (+1) or has fully closed (-1). */
   onConnection?(delta: 1 | -1): void;
+  /** A connection refused, a handshake shed to make room, or one that timed out in its handshake. */
+  onDropped?(reason: AdmissionOutcome | 'handshake-timeout'): void;
 }
+
+/** Default for NbdServerOptions.handshakeTimeoutMs. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 
 export interface NbdServerOptions {
   log?: Logger;
   metrics?: NbdMetricsHooks;
-  /** Open connections across all listeners; more are accepted and closed at once. Default 1024. */
-  maxConnections?: number;
-  /** A client that has not reached transmission by then is dropped. Default 30 s. */
+  /** Connection caps (see connection-admission.ts); defaults DEFAULT_ADMISSION_LIMITS. */
+  admission?: Partial<AdmissionLimits>;
+  /** A client that has not reached transmission by then is dropped. Default 10 s. */
   handshakeTimeoutMs?: number;
   /** Per-connection backpressure limits; defaults in session.ts. */
   sessionLimits?: Partial<SessionLimits>;
@@ -55,6 +70,7 @@ export class NbdServer {
   private readonly handshakeTimeoutMs: number;
   private readonly limits: SessionLimits;
   private readonly listeners: Listeners<Connection>;
+  private readonly admission: ConnectionAdmission;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -64,17 +80,37 @@ export class NbdServer {
     this.log = options.log ?? logger('nbd');
     this.listeners = new Listeners({
       log: this.log,
-      maxConnections: options.maxConnections ?? 1024,
+      // Caps are the admission's; Listeners only refuses once closing.
+      maxConnections: Number.POSITIVE_INFINITY,
       names: { server: 'NBD', connection: 'connection' },
       onSocket: (socket) => this.accept(socket),
     });
-    this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? 30_000;
+    const onDropped = options.metrics?.onDropped?.bind(options.metrics);
+    this.admission = new ConnectionAdmission(
+      { ...DEFAULT_ADMISSION_LIMITS, ...options.admission },
+      this.log,
+      'NBD connection',
+      onDropped,
+    );
+    this.handshakeTimeoutMs = options.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    if (!Number.isSafeInteger(this.handshakeTimeoutMs) || this.handshakeTimeoutMs < 1)
+      throw new RangeError(
+        `handshakeTimeoutMs must be a positive integer, not ${this.handshakeTimeoutMs}`,
+      );
     this.limits = { ...DEFAULT_SESSION_LIMITS, ...options.sessionLimits };
   }
 
   /** Open connections (handshaking or transmitting). */
   get connectionCount(): number {
     return this.listeners.connections.size;
+  }
+
+  /** Admitted connections by phase (a shed or timed-out one leaves its count at once). */
+  get admitted(): { handshaking: number; established: number } {
+    return {
+      handshaking: this.admission.handshakingCount,
+      established: this.admission.establishedCount,
+    };
   }
 
   /** Listen on TCP; port 0 picks a free port. Resolves with the bound address. */
@@ -116,6 +152,7 @@ export class NbdServer {
   private async shutdown(drainMs: number): Promise<void> {
     // Handshaking clients have nothing in flight: Connection.shutdown drops them at once.
     await this.listeners.close(drainMs);
+    this.admission.dispose();
     this.log.info('NBD server closed');
   }
 
@@ -132,6 +169,13 @@ export class NbdServer {
     });
     socket.on('error', (err) => log.debug({ err: err.message }, 'socket error'));
     if (!this.listeners.admit(socket, log)) return;
+    const ticket = this.admission.admit(clientAddressOf(socket.remoteAddress), () =>
+      socket.destroy(),
+    );
+    if (!ticket) {
+      socket.destroy();
+      return;
+    }
 
     let finished!: () => void;
     const conn: Connection = {
@@ -149,7 +193,9 @@ export class NbdServer {
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     void closed.then(() => inbound.fail(new Error('connection closed')));
     const timer = setTimeout(() => {
-      log.info({ timeoutMs: this.handshakeTimeoutMs }, 'handshake timed out: closing connection');
+      log.debug({ timeoutMs: this.handshakeTimeoutMs }, 'handshake timed out: closing connection');
+      this.admission.release(ticket);
+      this.options.metrics?.onDropped?.('handshake-timeout');
       socket.destroy();
     }, this.handshakeTimeoutMs);
 
@@ -170,6 +216,8 @@ export class NbdServer {
         endGracefully(socket);
         return;
       }
+      // Its place was kept for it since admission (connection-admission.ts): never refused now.
+      this.admission.establish(ticket);
       const session = new Session(
         socket,
         inbound,
@@ -192,6 +240,7 @@ export class NbdServer {
       .then(() => closed)
       .then(() => {
         this.listeners.connections.delete(conn);
+        this.admission.release(ticket);
         this.options.metrics?.onConnection?.(-1);
         log.debug('connection closed');
         finished();

@@ -84,9 +84,12 @@ export const MAX_BUFFERED_PAYLOAD = 64 * 1024 * 1024;
 /**
  * A refused WRITE up to this long has its payload skipped so the stream stays
  * in step (the spec says payloads ≤ 2^25 are never to be treated as an
- * attack). Anything longer is a framing error: we hang up rather than read it.
+ * attack). Twice the largest we accept, so a client that overshoots the
+ * advertised maximum a little gets EINVAL and keeps its connection; skipping
+ * holds nothing in memory. Anything longer is a framing error: we hang up
+ * rather than read it.
  */
-export const MAX_SKIPPABLE_WRITE = 64 * 1024 * 1024;
+export const MAX_SKIPPABLE_WRITE = 2 * MAX_BUFFERED_PAYLOAD;
 /** The spec's ceiling on descriptors in one block status chunk. */
 const MAX_EXTENTS = 1 << 20;
 

@@ -6,8 +6,8 @@
 import type { NbdExport, ReadViews, WriteZeroesOptions, Extent } from '../nbd/export.js';
 import type { Volume } from './volume.js';
 
-/** Largest READ/WRITE payload we accept (the NBD spec's recommended ceiling). */
-export const MAX_PAYLOAD = 32 * 1024 * 1024;
+/** Largest READ/WRITE payload we accept, advertised in NBD_INFO_BLOCK_SIZE: twice the 32 MiB every client may assume, as nbdkit. */
+export const MAX_PAYLOAD = 64 * 1024 * 1024;
 
 export class VolumeExport implements NbdExport {
   /** True when another node holds the volume's write lock (cluster): reads only. */
