@@ -6,6 +6,7 @@ import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
 import { dumpLoadCommands } from './dump-load-commands.js';
+import { fsckCommand } from './fsck-command.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { torusFor } from './torus-client.js';
@@ -55,6 +56,7 @@ const commands: Command[] = [
   ...snapshotCommands(),
   ...dumpLoadCommands(),
   ...clusterCommands(),
+  fsckCommand(),
   {
     words: ['status'],
     spec: {
