@@ -7,6 +7,7 @@ import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
 import { dumpLoadCommands } from './dump-load-commands.js';
 import { fsckCommand } from './fsck-command.js';
+import { keyCommands } from './key-commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { torusFor } from './torus-client.js';
@@ -57,6 +58,7 @@ const commands: Command[] = [
   ...dumpLoadCommands(),
   ...clusterCommands(),
   fsckCommand(),
+  ...keyCommands(),
   {
     words: ['status'],
     spec: {
