@@ -6,6 +6,8 @@ import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
 import { clusterCommands } from './cluster-commands.js';
 import { dispatch, type Command } from './commands.js';
 import { dumpLoadCommands } from './dump-load-commands.js';
+import { fsckCommand } from './fsck-command.js';
+import { keyCommands } from './key-commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode } from './common-flags.js';
 import { snapshotCommands } from './snapshot-commands.js';
 import { torusFor } from './torus-client.js';
@@ -55,6 +57,8 @@ const commands: Command[] = [
   ...snapshotCommands(),
   ...dumpLoadCommands(),
   ...clusterCommands(),
+  fsckCommand(),
+  ...keyCommands(),
   {
     words: ['status'],
     spec: {

@@ -280,9 +280,14 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
     for (const { name } of volumes)
       process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
+    const unavailable = Object.entries(node.status().unavailable);
+    for (const [name, why] of unavailable)
+      process.stdout.write(
+        `NOT serving volume ${name}: ${why} ${etcd ? '' : ` (if damaged: stop torusd, then torusctl fsck ${dataDir})`}\n`,
+      );
     if (volumes.length > 0)
       process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
-    else
+    else if (unavailable.length === 0)
       process.stdout.write(
         `no volumes yet: torusctl ${etcd ? `-C ${etcd.endpoints}` : `--data-dir ${dataDir}`} volume create-block NAME SIZE\n`,
       );

@@ -118,6 +118,7 @@ export function volumeCommands(createWord: string): Command[] {
         }
         const cluster = rows.some((r) => r.lockedBy !== undefined) || etcd !== undefined;
         const clones = rows.some((r) => r.origin !== undefined);
+        const states = rows.some((r) => r.state !== undefined);
         process.stdout.write(
           table(
             [
@@ -130,6 +131,7 @@ export function volumeCommands(createWord: string): Command[] {
               'SNAPSHOTS',
               ...(clones ? ['CLONE OF'] : []),
               ...(cluster ? ['REPLICATION', 'WRITER', 'READERS'] : []),
+              ...(states ? ['STATE'] : []),
             ],
             rows.map((r) => [
               r.name,
@@ -147,9 +149,12 @@ export function volumeCommands(createWord: string): Command[] {
                     readersCell(r.readers),
                   ]
                 : []),
+              ...(states ? [r.state ?? 'ok'] : []),
             ]),
           ),
         );
+        for (const r of rows)
+          if (r.state) process.stdout.write(`volume ${r.name} is ${r.state}: ${r.reason}\n`);
       },
     },
     {

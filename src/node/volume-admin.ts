@@ -49,6 +49,10 @@ export interface VolumeStatus {
   snapshots?: number;
   /** Single node: bytes only its snapshots reference (what deleting them would free). */
   snapshotOnly?: number;
+  /** Present when this node could not open the volume (damaged map, missing key): it is not served. */
+  state?: 'unavailable';
+  /** Why it could not be opened. */
+  reason?: string;
 }
 
 export interface VolumeAdminParts {
@@ -261,6 +265,7 @@ export class VolumeAdmin {
       sessions: volume?.openSessions ?? 0,
       createdAt: record.createdAt,
       ...(record.origin ? { origin: record.origin } : {}),
+      ...unavailable(this.parts.host.unavailable.get(record.name)),
     };
   }
 
@@ -285,4 +290,9 @@ export class VolumeAdmin {
       ),
     );
   }
+}
+
+/** The fields of a volume this node could not open; none for one it could. */
+function unavailable(reason: string | undefined): Pick<VolumeStatus, 'state' | 'reason'> {
+  return reason === undefined ? {} : { state: 'unavailable', reason };
 }
