@@ -10,6 +10,7 @@
 import { constants } from 'node:fs';
 import { access, mkdir, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { markExpected } from './errors.js';
 
 /** A directory that cannot be created or used; the message names the path and the reason. */
 export class DirectoryError extends Error {
@@ -22,6 +23,7 @@ export class DirectoryError extends Error {
     super(message, options);
   }
 }
+markExpected(DirectoryError);
 
 /** Why a filesystem call failed, for a person reading the message. */
 function reasonOf(err: unknown): string {
