@@ -46,6 +46,7 @@ import {
 } from './args.js';
 import { openClusterStore } from '../library/cluster-store.js';
 import { Closers } from './shutdown.js';
+import { checkKeyFileMode, makeDataDirPrivate } from './startup-checks.js';
 import {
   DEFAULT_NBD_ADDR,
   DEFAULT_PEER_ADDRESS,
@@ -103,6 +104,10 @@ const spec: CommandSpec = {
       ...WORKERS_RANGE,
     },
     'key-file': keyFileFlag,
+    'allow-exposed-key': {
+      type: 'boolean',
+      help: 'start even when the master key file is readable by group or others (warns)',
+    },
     'ensure-volume': {
       type: 'string',
       multiple: true,
@@ -170,6 +175,11 @@ export async function main(argv: string[]): Promise<number> {
       );
   }
   const log = logger('torusd');
+  // Everything torusd creates (store, metadata, sockets) is the owner's only.
+  process.umask(0o077);
+  await makeDataDirPrivate(dataDir, log);
+  const keyFile = (v['key-file'] as string | undefined) ?? join(dataDir, 'master.key');
+  await checkKeyFileMode(resolve(keyFile), Boolean(v['allow-exposed-key']), log);
   const metrics = new NodeMetrics();
 
   // Closed in reverse order: the cluster store and the directory lock last.
