@@ -1,5 +1,6 @@
 /** torusctl: administer Torus: volumes, cluster settings and membership, node status. */
 import { blockSizeProblem } from '../common/block-size.js';
+import { ensurePrivateDirectory } from '../common/dirs.js';
 import { setDefaultLogLevel } from '../common/log.js';
 import { formatSize } from '../common/size.js';
 import { ArgumentError, REPLICATION_RANGE, runMain } from './args.js';
@@ -40,6 +41,8 @@ const commands: Command[] = [
       const replication = args.values.replication as number | undefined;
       if (replication !== undefined && !etcd)
         throw new ArgumentError('--replication needs -C/--etcd: a single node keeps one copy');
+      // A single node's directory is the owner's only from the start (torusd keeps it so).
+      if (!etcd) await ensurePrivateDirectory(args.values['data-dir'] as string, 'data directory');
       const admin = await torusFor(args.values['data-dir'] as string, undefined, etcd);
       const { blockSize, created, ring } = await admin.init(
         args.values['block-size'] as number | undefined,

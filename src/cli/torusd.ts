@@ -17,13 +17,14 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join, resolve } from 'node:path';
 import { ensureDirectory } from '../common/dirs.js';
 import { DirectoryLock } from '../controlplane/metadata/embedded/dir-lock.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { ClusterMember, prepareClusterDataDir } from '../node/cluster-member.js';
 import { blockSizeProblem } from '../common/block-size.js';
-import { logger } from '../common/log.js';
+import { logger, type Logger } from '../common/log.js';
 import { formatSize, parseSize } from '../common/size.js';
 import { NbdServer } from '../dataplane/nbd/server.js';
 import { startAdminApi } from '../node/admin-api.js';
@@ -48,6 +49,7 @@ import { openClusterStore } from '../library/cluster-store.js';
 import { Closers } from './shutdown.js';
 import { peerTlsFlags, peerTlsOf } from './peer-tls-flags.js';
 import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
+import { checkKeyFileMode, makeDataDirPrivate } from './startup-checks.js';
 import {
   DEFAULT_NBD_ADDR,
   DEFAULT_PEER_ADDRESS,
@@ -106,6 +108,10 @@ const spec: CommandSpec = {
       ...WORKERS_RANGE,
     },
     'key-file': keyFileFlag,
+    'allow-exposed-key': {
+      type: 'boolean',
+      help: 'start even when the master key file is readable by group or others (warns)',
+    },
     'ensure-volume': {
       type: 'string',
       multiple: true,
@@ -175,6 +181,11 @@ export async function main(argv: string[]): Promise<number> {
       );
   }
   const log = logger('torusd');
+  // Everything torusd creates (store, metadata, sockets) is the owner's only.
+  process.umask(0o077);
+  await makeDataDirPrivate(dataDir, log);
+  const keyFile = (v['key-file'] as string | undefined) ?? join(dataDir, 'master.key');
+  await checkKeyFileMode(resolve(keyFile), Boolean(v['allow-exposed-key']), log);
   const metrics = new NodeMetrics();
 
   // Closed in reverse order: the cluster store and the directory lock last.
@@ -222,12 +233,17 @@ export async function main(argv: string[]): Promise<number> {
       ...nbdLimitOptions(v),
     });
     closers.push(() => nbd.close({ drainMs: 3000 }));
-    const bound = await nbd.listenTcp(nbdAddress.host, nbdAddress.port);
+    const { bound, tcpUnavailable } = await listenNbdTcp(
+      nbd,
+      nbdAddress,
+      args.defaulted?.has('nbd') ?? false,
+      log,
+    );
     const unixPath =
       v['nbd-unix'] === undefined ? join(dataDir, 'nbd.sock') : (v['nbd-unix'] as string);
     if (unixPath) await nbd.listenUnix(unixPath);
     node.nbdListen = {
-      tcp: `${formatHost(bound.address)}:${bound.port}`,
+      ...(bound ? { tcp: `${formatHost(bound.address)}:${bound.port}` } : { tcpUnavailable }),
       ...(unixPath ? { unix: unixPath } : {}),
     };
     const admin = await startAdminApi(node, join(dataDir, 'torusd.sock'));
@@ -265,11 +281,10 @@ export async function main(argv: string[]): Promise<number> {
       closers.push(() => joined.stop()); // first to run: the node leaves the cluster before it drains
       node.clusterStatus = () => ({ etcd: etcd.endpoints, peerListen, ...joined.status() });
     }
-    const host = formatHost(bound.address);
     const volumes = await node.list();
     log.info(
       {
-        nbd: `${host}:${bound.port}`,
+        nbd: node.nbdListen.tcp,
         unix: unixPath || undefined,
         http: v.port !== undefined ? `${v.host}:${v.port}` : undefined,
         peer: peerListen,
@@ -277,17 +292,24 @@ export async function main(argv: string[]): Promise<number> {
       },
       'torusd serving',
     );
-    process.stdout.write(`torusd listening on nbd://${host}:${bound.port}/ (data in ${dataDir})\n`);
-    for (const { name } of volumes)
-      process.stdout.write(`serving nbd://${host}:${bound.port}/${name}\n`);
+    const url = (name: string) =>
+      node.nbdListen?.tcp
+        ? `nbd://${node.nbdListen.tcp}/${name}`
+        : `nbd+unix:///${name}?socket=${unixPath}`;
+    if (node.nbdListen.tcp || unixPath)
+      process.stdout.write(`torusd listening on ${url('')} (data in ${dataDir})\n`);
+    if (tcpUnavailable) process.stdout.write(`NBD not served on TCP: ${tcpUnavailable}\n`);
     const unavailable = Object.entries(node.status().unavailable);
     for (const [name, why] of unavailable)
       process.stdout.write(
-        `NOT serving volume ${name}: ${why} ${etcd ? '' : ` (if damaged: stop torusd, then torusctl fsck ${dataDir})`}\n`,
+        `NOT serving volume ${name}: ${why}${etcd ? '' : ` (if damaged: stop torusd, then torusctl fsck ${dataDir})`}\n`,
       );
-    if (volumes.length > 0)
-      process.stdout.write(`try: nbdinfo nbd://${host}:${bound.port}/${volumes[0].name}\n`);
-    else if (unavailable.length === 0)
+    if (node.nbdListen.tcp || unixPath)
+      for (const { name } of volumes) process.stdout.write(`serving ${url(name)}\n`);
+    if (volumes.length > 0) {
+      const example = url(volumes[0].name);
+      process.stdout.write(`try: nbdinfo ${bound ? example : `'${example}'`}\n`);
+    } else if (unavailable.length === 0)
       process.stdout.write(
         `no volumes yet: torusctl ${etcd ? `-C ${etcd.endpoints}` : `--data-dir ${dataDir}`} volume create-block NAME SIZE\n`,
       );
@@ -395,19 +417,52 @@ async function servePeers(
       tls: cluster.peerTls,
     });
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    const why =
-      code === 'EADDRINUSE'
-        ? 'the port is already in use (another torusd or process listens there)'
-        : code === 'EADDRNOTAVAIL'
-          ? "that address is not one of this host's (the node listens where peers dial it)"
-          : code === 'EACCES'
-            ? 'permission denied (ports below 1024 need privileges)'
-            : (err as Error).message;
     throw new Error(
-      `--peer-address ${address.url}: cannot listen on ${formatHost(address.host)}:${address.port} for the peer protocol: ${why}`,
+      `--peer-address ${address.url}: cannot listen on ${formatHost(address.host)}:${address.port} for the peer protocol: ${whyListenFailed(err)}`,
       { cause: err },
     );
+  }
+}
+
+/**
+ * Listen for NBD on TCP. The DEFAULT address already taken is not fatal:
+ * the original guide runs several storage nodes on one host without --nbd,
+ * so the second one serves NBD on its unix socket only, and says so (log,
+ * stdout, status and /healthz: nbd.tcpUnavailable). An address given with
+ * --nbd or TORUS_NBD_ADDR that cannot be had is an error (exit 1) naming it.
+ */
+async function listenNbdTcp(
+  nbd: NbdServer,
+  address: Address,
+  defaulted: boolean,
+  log: Logger,
+): Promise<{ bound?: AddressInfo; tcpUnavailable?: string }> {
+  const where = `${formatHost(address.host)}:${address.port}`;
+  try {
+    return { bound: await nbd.listenTcp(address.host, address.port) };
+  } catch (err) {
+    if (defaulted && (err as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+      const tcpUnavailable = `the default ${where} is in use (another torusd on this host?); give --nbd HOST:PORT to serve NBD on TCP too`;
+      log.warn({ nbd: where }, `NBD not served on TCP: ${tcpUnavailable}`);
+      return { tcpUnavailable };
+    }
+    throw new Error(`--nbd ${where}: cannot listen for NBD: ${whyListenFailed(err)}`, {
+      cause: err,
+    });
+  }
+}
+
+/** Why listen() failed, for a person reading the message. */
+function whyListenFailed(err: unknown): string {
+  switch ((err as NodeJS.ErrnoException).code) {
+    case 'EADDRINUSE':
+      return 'the port is already in use (another torusd or process listens there)';
+    case 'EADDRNOTAVAIL':
+      return "that address is not one of this host's";
+    case 'EACCES':
+      return 'permission denied (ports below 1024 need privileges)';
+    default:
+      return (err as Error).message;
   }
 }
 

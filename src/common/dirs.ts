@@ -1,5 +1,6 @@
 /**
- * ensureDirectory: mkdir -p that fails at once, naming the path and why.
+ * ensureDirectory: mkdir -p that fails at once, naming the path and why;
+ * ensurePrivateDirectory: the same, then mode 0700.
  *
  * Node's own recursive mkdir (20.x) never returns for a path under /proc or
  * /sys: mkdir("/proc/x") fails with ENOENT, the parent "/proc" exists, so it
@@ -8,8 +9,9 @@
  * DirectoryError: an operating error (exit 1), not a usage error.
  */
 import { constants } from 'node:fs';
-import { access, mkdir, stat } from 'node:fs/promises';
+import { access, chmod, mkdir, stat } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
+import { markExpected } from './errors.js';
 
 /** A directory that cannot be created or used; the message names the path and the reason. */
 export class DirectoryError extends Error {
@@ -22,6 +24,7 @@ export class DirectoryError extends Error {
     super(message, options);
   }
 }
+markExpected(DirectoryError);
 
 /** Why a filesystem call failed, for a person reading the message. */
 function reasonOf(err: unknown): string {
@@ -91,4 +94,34 @@ export async function ensureDirectory(path: string, what = 'directory'): Promise
   } catch (err) {
     fail(`not writable: ${reasonOf(err)}`, err);
   }
+}
+
+/** Group and other permission bits: a private directory has none. */
+const SHARED_MODE_BITS = 0o077;
+
+/**
+ * ensureDirectory, then make `path` the owner's only (mode 0700): a node's
+ * data directory holds its blocks, its metadata, the admin socket and, by
+ * default, the master key, none of which anyone else should read. Returns
+ * the mode it had when it was opened to others and this tightened it, so
+ * the caller can say so. Throws DirectoryError when it cannot.
+ */
+export async function ensurePrivateDirectory(
+  path: string,
+  what = 'directory',
+): Promise<{ tightenedFrom?: number }> {
+  await ensureDirectory(path, what);
+  const target = resolve(path);
+  const mode = (await stat(target)).mode & 0o777;
+  if ((mode & SHARED_MODE_BITS) === 0) return {};
+  try {
+    await chmod(target, 0o700);
+  } catch (err) {
+    throw new DirectoryError(
+      target,
+      `${what} ${target} is open to group or others (mode ${mode.toString(8)}) and cannot be made private: ${reasonOf(err)}; run: chmod 700 ${target}`,
+      { cause: err },
+    );
+  }
+  return { tightenedFrom: mode };
 }

@@ -58,6 +58,35 @@ export class ConflictError extends Error {
   override name = 'ConflictError';
 }
 
+/** Set (through markExpected) on the prototypes of the operating-error classes. */
+const EXPECTED = Symbol('torus.expectedError');
+
+/**
+ * Mark error classes (and so their subclasses) as operating errors: things a
+ * running system meets and handles — a full store, a checksum mismatch, a
+ * missing volume, a lock held elsewhere — as opposed to bugs. The logger
+ * prints them as one line (name, message, code) without a stack.
+ */
+export function markExpected(...classes: (abstract new (...args: never[]) => Error)[]): void {
+  for (const c of classes) Object.defineProperty(c.prototype, EXPECTED, { value: true });
+}
+
+/**
+ * Whether `err` is an operating error: of a class marked with markExpected,
+ * or a Node system error (a failed syscall: ENOSPC, EIO, ECONNRESET…, whose
+ * message names the call and the path). One caused by anything else (a bug
+ * wrapped in an IoError) is not, so its stack is kept.
+ */
+export function isExpectedError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const marked = (err as { [EXPECTED]?: boolean })[EXPECTED] === true;
+  const systemError = typeof (err as NodeJS.ErrnoException).syscall === 'string';
+  if (!marked && !systemError) return false;
+  return err.cause === undefined || isExpectedError(err.cause);
+}
+
+markExpected(IoError, UsageError, NotFoundError, ConflictError);
+
 /**
  * Map any thrown value to the errno an NBD client should see. A broken
  * invariant (InvariantError, see assert.ts) is EIO: that request fails, the

@@ -2,10 +2,13 @@
  * Structured logging: one JSON object a line (pino) by default; a readable
  * single-line form when stderr is a terminal or TORUS_LOG_FORMAT=pretty.
  * Level from TORUS_LOG_LEVEL (default info; torusctl's warn: setDefaultLogLevel).
+ * An `err` field that is an operating error is one line without a stack
+ * (serializeError); a bug's keeps its stack.
  *
  * Logs go to stderr so that CLI output on stdout stays machine-readable.
  */
 import { pino, type Logger, type DestinationStream } from 'pino';
+import { isExpectedError } from './errors.js';
 
 export type { Logger };
 
@@ -41,6 +44,23 @@ function prettyDestination(out: NodeJS.WriteStream): DestinationStream {
   };
 }
 
+/**
+ * The `err` field: an operating error (isExpectedError) as one line — its
+ * name, message and code, and its cause's — since its stack says nothing the
+ * message does not; any other error with its stack, as pino prints it.
+ */
+export function serializeError(err: unknown): unknown {
+  if (!isExpectedError(err)) return pino.stdSerializers.err(err as Error);
+  const e = err as NodeJS.ErrnoException & { errno?: unknown };
+  const code = e.code ?? (typeof e.errno === 'string' ? e.errno : undefined);
+  return {
+    type: e.name,
+    message: e.message,
+    ...(code !== undefined ? { code } : {}),
+    ...(e.cause !== undefined ? { cause: serializeError(e.cause) } : {}),
+  };
+}
+
 let root: Logger | undefined;
 let defaultLevel = 'info';
 
@@ -57,7 +77,12 @@ export function rootLogger(): Logger {
   if (root) return root;
   const level = process.env.TORUS_LOG_LEVEL ?? defaultLevel;
   const format = process.env.TORUS_LOG_FORMAT ?? (process.stderr.isTTY ? 'pretty' : 'json');
-  const options = { level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.epochTime };
+  const options = {
+    level,
+    base: { pid: process.pid },
+    timestamp: pino.stdTimeFunctions.epochTime,
+    serializers: { err: serializeError },
+  };
   root =
     format === 'pretty'
       ? pino(options, prettyDestination(process.stderr))

@@ -61,7 +61,7 @@ export class StorageNode implements ExportProvider {
   /** Set by the cluster wiring so status() (admin API, /healthz) includes membership. */
   clusterStatus: (() => Record<string, unknown>) | undefined;
   /** Set by torusd once it listens, so status() tells clients (torusctl block dump/load) where NBD is. */
-  nbdListen: { tcp: string; unix?: string } | undefined;
+  nbdListen: { tcp?: string; unix?: string; tcpUnavailable?: string } | undefined;
   private readonly ownership: VolumeOwnership;
   private readonly host: VolumeHost;
   private readonly admin: VolumeAdmin;

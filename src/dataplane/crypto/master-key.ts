@@ -14,7 +14,7 @@ const HEX_CHARS = MASTER_KEY_BYTES * 2;
 /** Anything larger is not a key file; checked before reading so a wrong path can't make us read a disk image. */
 const MAX_KEY_FILE_BYTES = HEX_CHARS + 2;
 /** Group or other may read or write it: a leaked or substituted key. */
-const EXPOSED_MODE_BITS = 0o077;
+export const EXPOSED_MODE_BITS = 0o077;
 const FINGERPRINT_LABEL = Buffer.from('torus master key fingerprint v1\0');
 
 export interface LoadedMasterKey {
