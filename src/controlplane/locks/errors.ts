@@ -4,7 +4,7 @@
  * common errors still treat them right; the subclasses carry who holds the
  * lock, for messages and for `volume list`.
  */
-import { ConflictError } from '../../common/errors.js';
+import { ConflictError, markExpected } from '../../common/errors.js';
 import { describeHolder } from './holder.js';
 import type { VolumeLockInfo } from './lock-record.js';
 
@@ -73,3 +73,6 @@ export class VolumeLockLostError extends Error {
     super(`write lock on volume "${volume}" (epoch ${epoch}) lost: ${message}`, options);
   }
 }
+
+// Losing the lock (a partition, an etcd outage) is an operating condition, logged without a stack.
+markExpected(VolumeLockLostError);

@@ -4,7 +4,7 @@
  * callers can drive retries from `retryable` without knowing which store
  * they talk to.
  */
-import { NotFoundError } from '../../common/errors.js';
+import { markExpected, NotFoundError } from '../../common/errors.js';
 
 /** True when trying the same call again later may succeed. */
 export function isRetryable(err: unknown): boolean {
@@ -85,3 +85,6 @@ export class LeaseLostError extends Error {
     super(message, options);
   }
 }
+
+// An etcd outage, a closed store and a lapsed lease are operating conditions, logged without a stack.
+markExpected(MetadataUnavailableError, MetadataClosedError, LeaseLostError);

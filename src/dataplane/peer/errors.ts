@@ -7,6 +7,7 @@
  * Both transports (TBP and gRPC) reject with these same classes; each is
  * converted once, where the reply or the gRPC status is read.
  */
+import { markExpected } from '../../common/errors.js';
 import {
   STATUS_CHECKSUM,
   STATUS_INTERNAL,
@@ -109,3 +110,7 @@ export function statusError(
     ? new PeerWrongClusterError(peer, op, status, message)
     : new PeerStatusError(peer, op, status, message);
 }
+
+// A dead, slow or foreign peer is an operating condition, logged without a stack;
+// a protocol error (a bug, or a hostile peer) keeps its stack.
+markExpected(PeerTimeoutError, PeerUnavailableError, PeerStatusError, PeerIdentityError);
