@@ -20,3 +20,4 @@ export type { ResizeInfo, SnapshotInfo, VolumeInfo } from './library/volume-oper
 export { HandleClosedError, ReadOnlyVolumeError } from './library/errors.js';
 export { ConflictError, IoError, NotFoundError, UsageError } from './common/errors.js';
 export { formatSize, parseSize } from './common/size.js';
+export { peerTlsFilesIn, type PeerTlsFiles } from './dataplane/peer/peer-tls.js';

@@ -248,6 +248,24 @@ describe(
       assert.equal(sha256((await readFile(out)).subarray(0, data.length)), sha256(data));
     });
 
+    test('torusctl block dump with --peer-tls-dir reads a snapshot through the library, in-process', async () => {
+      const snap = await cluster.ctl('block', 'snapshot', 'create', 'vol@tls');
+      assert.equal(snap.code, 0, snap.stderr);
+      const out = join(scratch, 'out-dump.bin');
+      const dumped = await runCli('torusctl', [
+        '-C',
+        cluster.endpoint,
+        '--peer-tls-dir',
+        join(certs, 'client'),
+        'block',
+        'dump',
+        'vol@tls',
+        out,
+      ]);
+      assert.equal(dumped.code, 0, dumped.stderr);
+      assert.equal(sha256((await readFile(out)).subarray(0, data.length)), sha256(data));
+    });
+
     test('a certificate the given CA did not sign is refused at start-up, naming the files', async () => {
       const mixed = join(certs, 'mixed');
       await mkdir(mixed);

@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { connect } from 'node:net';
 import type { EtcdConfig } from '../library/cluster-store.js';
 import { ArgumentError, type FlagSpec, type Parsed, type ParsedValue } from './args.js';
+import { peerTlsFlags, peerTlsOf } from './peer-tls-flags.js';
 
 export const DEFAULT_DATA_DIR = './torus-data';
 export const DEFAULT_NBD_ADDR = '127.0.0.1:10809';
@@ -65,6 +66,7 @@ export const etcdFlags: Record<string, FlagSpec> = {
     env: 'TORUS_ETCD',
   },
   ...etcdTlsFlags,
+  ...peerTlsFlags,
 };
 
 /** -C/--etcd for commands that only make sense on a cluster: etcd on this host unless told otherwise. */
@@ -92,6 +94,8 @@ export function etcdConfigOf(values: Record<string, ParsedValue>): EtcdConfig | 
   };
   const tlsGiven = Object.entries(tls).filter(([, v]) => v !== undefined);
   if (endpoints === undefined) {
+    if (values['peer-tls-dir'] !== undefined)
+      throw new ArgumentError('--peer-tls-dir needs --etcd: peers exist only in a cluster');
     if (tlsGiven.length > 0)
       throw new ArgumentError(
         `--etcd-${tlsGiven[0][0].replace('File', '')}-file needs --etcd (the etcd endpoints)`,
@@ -110,7 +114,10 @@ export function etcdConfigOf(values: Record<string, ParsedValue>): EtcdConfig | 
     );
   if (Boolean(tls.certFile) !== Boolean(tls.keyFile))
     throw new ArgumentError('--etcd-cert-file and --etcd-key-file go together');
-  return tlsGiven.length > 0 ? { endpoints, tls } : { endpoints };
+  const peerTlsGiven =
+    values['peer-tls-dir'] !== undefined || Boolean(values['peer-tls-verify-address']);
+  const peerTls = peerTlsGiven ? peerTlsOf(values) : undefined;
+  return { endpoints, ...(tlsGiven.length > 0 ? { tls } : {}), ...(peerTls ? { peerTls } : {}) };
 }
 
 /**

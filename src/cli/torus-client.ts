@@ -14,6 +14,7 @@ export function torusFor(
   // On a cluster too, torusctl's master key defaults to the one in --data-dir.
   return Torus.connect({
     etcd: { endpoints: etcd.endpoints, ...etcd.tls },
+    peerTls: etcd.peerTls,
     keyFile: keyFile ?? join(dataDir, 'master.key'),
   });
 }

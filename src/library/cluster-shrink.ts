@@ -12,6 +12,7 @@ import { ConflictError, NotFoundError } from '../common/errors.js';
 import { logger } from '../common/log.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { openClientNode } from './client-node.js';
+import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 
 /** The scratch store for the map pages the trimmed version writes (they also go to storage nodes). */
 const SCRATCH_BYTES = 64 * 1024 * 1024;
@@ -25,6 +26,7 @@ export async function shrinkClusterVolume(
   name: string,
   size: number,
   keyFile: string | undefined,
+  peerTls: PeerTlsFiles | undefined,
 ): Promise<void> {
   const log = logger('torusctl');
   log.level = 'warn'; // the node's start and stop would bury the command's one line of output
@@ -36,6 +38,7 @@ export async function shrinkClusterVolume(
     cacheBytes: CACHE_BYTES,
     workers: 1,
     keyFile,
+    peerTls,
     log,
     lockLingerMs: HOLD_MS,
   });

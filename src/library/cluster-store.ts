@@ -3,12 +3,15 @@ import { MetadataUnavailableError } from '../controlplane/metadata/errors.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
 import { openThreadedMetadataStore } from '../controlplane/thread/index.js';
 import type { EtcdTlsFiles } from '../controlplane/metadata/etcd/endpoints.js';
+import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 
 /** Where a cluster's etcd is: what -C and the --etcd-*-file flags say, or the library's `etcd` option. */
 export interface EtcdConfig {
   /** As given: `127.0.0.1:2379`, `http://a:2379,http://b:2379`. */
   endpoints: string;
   tls?: EtcdTlsFiles;
+  /** Mutual TLS to the storage nodes' peer port, for a cluster started with --peer-tls-dir. */
+  peerTls?: PeerTlsFiles;
 }
 
 export interface ClusterStoreOptions {

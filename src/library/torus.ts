@@ -26,6 +26,7 @@ import { adminCall } from '../node/admin-api.js';
 // The node and the client node are imported when first needed: a torusctl
 // command that only talks to a running torusd never pays for loading them.
 import type { StorageNode } from '../node/storage-node.js';
+import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import type { BlockDevice } from './block-device.js';
 import type { ClientNode } from './client-node.js';
 import { openClusterStore, type EtcdConfig } from './cluster-store.js';
@@ -78,6 +79,12 @@ export interface EtcdOptions {
 
 export interface ClusterOptions extends CommonOptions {
   etcd: EtcdOptions;
+  /**
+   * A cluster whose nodes run with --peer-tls-dir: this client's certificate,
+   * signed by the cluster CA (peerTlsFilesIn(dir) reads a directory laid out
+   * as the flag's). Only handles and shrinking talk to the nodes' peer port.
+   */
+  peerTls?: PeerTlsFiles;
   /** Where the client node's scratch directory goes (default: the system temp dir). */
   scratchDir?: string;
   /** Bytes of scratch store for map pages being committed (default 256 MiB). */
@@ -109,7 +116,7 @@ export class Torus extends VolumeOperations {
 
   /** A client for the cluster whose catalog is in etcd. Opens nothing yet: the first call connects. */
   static async connect(options: ClusterOptions): Promise<Torus> {
-    const etcd = etcdConfig(options?.etcd);
+    const etcd = { ...etcdConfig(options?.etcd), peerTls: options.peerTls };
     return new Torus({ dataDir: '.', etcd, keyFile: options.keyFile }, options);
   }
 
@@ -221,6 +228,7 @@ export class Torus extends VolumeOperations {
           cacheBytes: this.options.cacheSize ?? DEFAULT_CACHE_BYTES,
           workers: this.options.workers,
           keyFile: this.keyFile,
+          peerTls: etcd.peerTls,
           log: this.nodeLog(),
           // As nbdserve's default: a handle reopened soon finds the volume warm
           // and still held; close() lets go of everything at once.

@@ -455,6 +455,7 @@ export class VolumeOperations {
           name,
           size,
           this.keyFile,
+          this.etcd!.peerTls,
         ),
       );
     });
