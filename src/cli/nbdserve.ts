@@ -20,6 +20,7 @@ import { PORT_RANGE, SECONDS_RANGE, WORKERS_RANGE } from './args.js';
 import type { Address, FlagSpec, Parsed } from './args.js';
 import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from './common-flags.js';
 import { Closers } from './shutdown.js';
+import { nbdTlsFlags, serverTlsOf } from './tls-flags.js';
 
 export const nbdserveFlags: Record<string, FlagSpec> = {
   listen: {
@@ -63,6 +64,7 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
     ...PORT_RANGE,
   },
   host: { type: 'string', help: 'HTTP listen host', default: '127.0.0.1' },
+  ...nbdTlsFlags,
   ...clusterEtcdFlags,
 };
 
@@ -80,6 +82,7 @@ export async function startNbdServe(
 ): Promise<ServingClient> {
   const v = args.values;
   const etcd = etcdConfigOf(v)!;
+  const tls = serverTlsOf(v);
   const log = logger('torusblk');
   const closers = new Closers(log);
   try {
@@ -102,7 +105,11 @@ export async function startNbdServe(
     closers.push(() => client.close());
     const { node, settings, uuid } = client;
 
-    const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
+    const nbd = new NbdServer(node, {
+      log: logger('nbd'),
+      metrics: nbdMetricsHooks(metrics),
+      tls,
+    });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const listen = v.listen as Address;
     const bound = await nbd.listenTcp(listen.host, listen.port);

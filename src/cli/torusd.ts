@@ -45,6 +45,7 @@ import {
 } from './args.js';
 import { openClusterStore } from '../library/cluster-store.js';
 import { Closers } from './shutdown.js';
+import { nbdTlsFlags, serverTlsOf } from './tls-flags.js';
 import {
   DEFAULT_NBD_ADDR,
   DEFAULT_PEER_ADDRESS,
@@ -76,6 +77,7 @@ const spec: CommandSpec = {
       type: 'string',
       help: 'NBD unix socket path, for nbd+unix:// (default <data-dir>/nbd.sock; "" to disable)',
     },
+    ...nbdTlsFlags,
     host: {
       type: 'string',
       help: 'HTTP listen host for /metrics and /healthz',
@@ -157,6 +159,7 @@ export async function main(argv: string[]): Promise<number> {
   const v = args.values;
   const dataDir = resolve(v['data-dir'] as string);
   const nbdAddress = v.nbd as Address;
+  const nbdTls = serverTlsOf(v);
   const ensure = ((v['ensure-volume'] as string[] | undefined) ?? []).map(parseEnsureVolume);
   const etcd = etcdConfigOf(v);
   const peerAddress = parsePeerAddress(v['peer-address'] as string);
@@ -210,7 +213,11 @@ export async function main(argv: string[]): Promise<number> {
     const existing = new Set((await node.listVolumes()).map((vol) => vol.name));
     for (const { name, size } of ensure)
       if (!existing.has(name)) await node.createVolume(name, size);
-    const nbd = new NbdServer(node, { log: logger('nbd'), metrics: nbdMetricsHooks(metrics) });
+    const nbd = new NbdServer(node, {
+      log: logger('nbd'),
+      metrics: nbdMetricsHooks(metrics),
+      tls: nbdTls,
+    });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const bound = await nbd.listenTcp(nbdAddress.host, nbdAddress.port);
     const unixPath =
