@@ -9,6 +9,7 @@ import {
   loadServerTls,
   TlsConfigError,
   type NbdClientTls,
+  type NbdClientTlsFiles,
   type NbdServerTls,
   type NbdTlsMode,
 } from '../dataplane/nbd/tls-config.js';
@@ -67,18 +68,23 @@ export const nbdClientTlsFlags: Record<string, FlagSpec> = {
 
 /** Client TLS from --nbd-tls-…; undefined when none is given. */
 export function clientTlsOf(v: Record<string, ParsedValue>): NbdClientTls | undefined {
+  const files = clientTlsFilesOf(v);
+  return files && loadClientTls(files);
+}
+
+/**
+ * The --nbd-tls-… files, checked by loading them once (exit 2 naming a bad
+ * one), for where they must travel as paths (the CSI node's helpers).
+ */
+export function clientTlsFilesOf(v: Record<string, ParsedValue>): NbdClientTlsFiles | undefined {
   const certificates = v['nbd-tls-certificates'] as string | undefined;
   const psk = v['nbd-tls-psk'] as string | undefined;
   if (!certificates && !psk) return undefined;
   if (certificates && psk)
     throw new ArgumentError('give --nbd-tls-certificates or --nbd-tls-psk, not both');
-  return asArgumentError(() =>
-    loadClientTls({
-      certificates,
-      psk,
-      pskIdentity: v['nbd-tls-username'] as string | undefined,
-    }),
-  );
+  const files = { certificates, psk, pskIdentity: v['nbd-tls-username'] as string | undefined };
+  asArgumentError(() => loadClientTls(files));
+  return files;
 }
 
 function asArgumentError<T>(load: () => T): T {

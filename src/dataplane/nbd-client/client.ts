@@ -33,7 +33,7 @@
  */
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import type { NbdClientTls } from '../nbd/tls-config.js';
+import { loadClientTls, type NbdClientTls, type NbdClientTlsFiles } from '../nbd/tls-config.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
@@ -57,7 +57,15 @@ import { HandshakeInput, negotiate, type Negotiated } from './handshake.js';
 import { ReplyReceiver } from './reply-receiver.js';
 import { RequestSlots, type Settled, type Slot } from './request-slots.js';
 
-export type NbdAddress = { host: string; port: number } | { path: string };
+export type { NbdClientTls, NbdClientTlsFiles };
+
+/**
+ * Where to connect; `tls` names TLS files (loaded at each connect) where an
+ * address must travel as JSON, e.g. to the CSI node's volume file helper.
+ */
+export type NbdAddress = ({ host: string; port: number } | { path: string }) & {
+  tls?: NbdClientTlsFiles;
+};
 
 export interface NbdClientOptions {
   /** Requests in flight at once (default 64). */
@@ -189,7 +197,7 @@ export class NbdClient {
       input.fail(new NbdConnectionError(`${where} closed the connection during the handshake`));
     socket.on('error', onError);
     socket.on('close', onClose);
-    const tls = options.tls;
+    const tls = options.tls ?? (address.tls && loadClientTls(address.tls));
     // TLS takes over the plain socket's reads; decrypted bytes come as 'data' chunks.
     const startTls = async (): Promise<void> => {
       const plain = socket;
