@@ -16,6 +16,7 @@ import { EndpointError, parseEndpoint } from '../csi/endpoint.js';
 import { startCsiServer } from '../csi/server.js';
 import { AttachModeError } from '../csi/node/attach.js';
 import { parseNbdAddress } from '../csi/node/nbd-address.js';
+import { clientTlsFilesOf, nbdClientTlsFlags } from './tls-flags.js';
 import { createNodeService, type NodeService } from '../csi/node/node-service.js';
 import { nbdServerAnswers } from '../csi/node/volume-stats.js';
 import { Torus } from '../library/torus.js';
@@ -80,6 +81,7 @@ export const csiFlags: Record<string, FlagSpec> = {
     help: 'node: the attachment keeper (`torusblk csi-keeper`) that starts the FUSE volume file helpers, so they outlive this plugin’s container: unix:///path/keeper.sock',
   },
   metrics: { type: 'address', help: 'serve Prometheus metrics of the CSI calls on HOST:PORT' },
+  ...nbdClientTlsFlags,
 };
 
 /** The node service's settings, checked; what createNodeService (src/csi/node) will be given. */
@@ -199,6 +201,7 @@ export const csiCommand: Command = {
           kubeletDir: nodeFlags.kubeletDir,
           attachMode: nodeFlags.attach,
           keeperSocket: nodeFlags.keeperSocket,
+          nbdTls: clientTlsFilesOf(values),
           log,
         });
       } catch (err) {

@@ -24,6 +24,8 @@ import type { Command } from './commands.js';
 import { dataDirFlag, etcdFlags, etcdOrSingleNode, outputFlag } from './common-flags.js';
 import { torusFor } from './torus-client.js';
 import { TransferProgress } from './transfer-progress.js';
+import { clientTlsFilesOf, nbdClientTlsFlags } from './tls-flags.js';
+import type { NbdAddress } from '../dataplane/nbd-client/client.js';
 import { dumpVolume, fileSink, streamSink, type TransferResult } from './volume-dump.js';
 import { fileSource, loadVolume, streamSource } from './volume-load.js';
 
@@ -54,14 +56,14 @@ export function dumpOutputProblem(stdout: { isTTY?: boolean }): string | undefin
  */
 interface Reach {
   torus: Torus;
-  nbd?: Address;
+  nbd?: Address & NbdAddress;
 }
 
 async function reachOf(args: Parsed): Promise<Reach> {
   const etcd = await etcdOrSingleNode(args);
   const torus = await torusFor(args.values['data-dir'] as string, undefined, etcd);
   const nbd = args.values.nbd as Address | undefined;
-  if (nbd) return { torus, nbd };
+  if (nbd) return { torus, nbd: { ...nbd, tls: clientTlsFilesOf(args.values) } };
   if (!etcd && !(await torus.torusdNbd()))
     throw new UsageError(
       `no torusd is running for ${torus.dataDir}: start it (torusd --data-dir ${torus.dataDir}) or give --nbd HOST:PORT`,
@@ -106,6 +108,7 @@ function rate(result: TransferResult): string {
 const commonFlags = {
   'data-dir': dataDirFlag,
   nbd: nbdFlag,
+  ...nbdClientTlsFlags,
   output: outputFlag,
   'no-checksum': {
     type: 'boolean',

@@ -22,6 +22,7 @@ import type { Address, FlagSpec, Parsed } from './args.js';
 import { clusterEtcdFlags, DEFAULT_NBD_ADDR, etcdConfigOf, keyFileFlag } from './common-flags.js';
 import { Closers } from './shutdown.js';
 import { peerTlsFlags, peerTlsOf } from './peer-tls-flags.js';
+import { nbdTlsFlags, serverTlsOf } from './tls-flags.js';
 
 export const nbdserveFlags: Record<string, FlagSpec> = {
   listen: {
@@ -66,6 +67,7 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
     ...PORT_RANGE,
   },
   host: { type: 'string', help: 'HTTP listen host', default: '127.0.0.1' },
+  ...nbdTlsFlags,
   ...clusterEtcdFlags,
   ...peerTlsFlags,
 };
@@ -85,6 +87,7 @@ export async function startNbdServe(
   const v = args.values;
   const etcd = etcdConfigOf(v)!;
   const peerTls = peerTlsOf(v);
+  const tls = serverTlsOf(v);
   const log = logger('torusblk');
   const closers = new Closers(log);
   try {
@@ -112,6 +115,7 @@ export async function startNbdServe(
       log: logger('nbd'),
       metrics: nbdMetricsHooks(metrics),
       ...nbdLimitOptions(v),
+      tls,
     });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const listen = v.listen as Address;

@@ -50,6 +50,7 @@ import { Closers } from './shutdown.js';
 import { peerTlsFlags, peerTlsOf } from './peer-tls-flags.js';
 import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import { checkKeyFileMode, makeDataDirPrivate } from './startup-checks.js';
+import { nbdTlsFlags, serverTlsOf } from './tls-flags.js';
 import {
   DEFAULT_NBD_ADDR,
   DEFAULT_PEER_ADDRESS,
@@ -82,6 +83,7 @@ const spec: CommandSpec = {
       help: 'NBD unix socket path, for nbd+unix:// (default <data-dir>/nbd.sock; "" to disable)',
     },
     ...nbdLimitFlags,
+    ...nbdTlsFlags,
     host: {
       type: 'string',
       help: 'HTTP listen host for /metrics and /healthz',
@@ -168,6 +170,7 @@ export async function main(argv: string[]): Promise<number> {
   const v = args.values;
   const dataDir = resolve(v['data-dir'] as string);
   const nbdAddress = v.nbd as Address;
+  const nbdTls = serverTlsOf(v);
   const ensure = ((v['ensure-volume'] as string[] | undefined) ?? []).map(parseEnsureVolume);
   const etcd = etcdConfigOf(v);
   const peerAddress = parsePeerAddress(v['peer-address'] as string);
@@ -231,6 +234,7 @@ export async function main(argv: string[]): Promise<number> {
       log: logger('nbd'),
       metrics: nbdMetricsHooks(metrics),
       ...nbdLimitOptions(v),
+      tls: nbdTls,
     });
     closers.push(() => nbd.close({ drainMs: 3000 }));
     const { bound, tcpUnavailable } = await listenNbdTcp(

@@ -15,6 +15,7 @@ import { logger, type Logger } from '../../common/log.js';
 import { failedPrecondition, notFound } from '../csi-error.js';
 import type { CsiHandler, CsiService } from '../handlers.js';
 import {
+  AttachModeError,
   chooseAttachMode,
   probeKernelNbd,
   type Attacher,
@@ -38,6 +39,7 @@ import { KernelNbdAttacher } from './kernel-nbd-attach.js';
 import { resolveInside } from './kubelet-paths.js';
 import { findMount, isReadOnly, readMounts } from './mounts.js';
 import { formatNbdAddress, parseNbdAddress } from './nbd-address.js';
+import type { NbdClientTlsFiles } from '../../dataplane/nbd-client/client.js';
 import { parseCapability, requireString, type NodeCapability } from './node-requests.js';
 import { nbdServerAnswers, volumeUsage } from './volume-stats.js';
 import { WRITABLE_WAIT_MS, waitUntilWritable } from './writable-export.js';
@@ -49,6 +51,8 @@ export interface NodeServiceOptions {
   nodeId?: string;
   /** Where the local storage node or `torusblk nbdserve` serves NBD: HOST:PORT or unix:PATH. */
   nbdAddress: string;
+  /** Connect to NBD over TLS with these files (FUSE attach path only). */
+  nbdTls?: NbdClientTlsFiles;
   /** Where attachments are recorded (default /var/lib/torus-csi). */
   stateDir?: string;
   /** Staging and target paths outside it are refused (default /var/lib/kubelet). */
@@ -77,7 +81,7 @@ export type NodeService = CsiService & {
 export function createNodeService(options: NodeServiceOptions): NodeService {
   const log = options.log ?? logger('csi-node');
   const nodeId = options.nodeId ?? hostname();
-  const nbd = parseNbdAddress(options.nbdAddress);
+  const nbd = { ...parseNbdAddress(options.nbdAddress), tls: options.nbdTls };
   const stateDir = options.stateDir ?? '/var/lib/torus-csi';
   const kubeletDir = options.kubeletDir ?? '/var/lib/kubelet';
   const maxVolumes = options.maxVolumesPerNode ?? 64;
@@ -96,6 +100,8 @@ export function createNodeService(options: NodeServiceOptions): NodeService {
         : new KeeperHelperLauncher(options.keeperSocket, log),
     ),
   };
+  if (options.nbdTls && attachMode === 'kernel')
+    throw new AttachModeError('NBD over TLS attaches through the FUSE path only: use nbdfuse');
   if (attachMode === 'nbdfuse')
     log.warn(
       { nbd: formatNbdAddress(nbd) },

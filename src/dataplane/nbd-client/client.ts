@@ -31,7 +31,9 @@
  * (slots, admission, cookies, settling) is request-slots.ts; the reply
  * parser (bytes off the socket into callers' buffers) is reply-receiver.ts.
  */
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { loadClientTls, type NbdClientTls, type NbdClientTlsFiles } from '../nbd/tls-config.js';
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_DISC,
@@ -55,7 +57,15 @@ import { HandshakeInput, negotiate, type Negotiated } from './handshake.js';
 import { ReplyReceiver } from './reply-receiver.js';
 import { RequestSlots, type Settled, type Slot } from './request-slots.js';
 
-export type NbdAddress = { host: string; port: number } | { path: string };
+export type { NbdClientTls, NbdClientTlsFiles };
+
+/**
+ * Where to connect; `tls` names TLS files (loaded at each connect) where an
+ * address must travel as JSON, e.g. to the CSI node's volume file helper.
+ */
+export type NbdAddress = ({ host: string; port: number } | { path: string }) & {
+  tls?: NbdClientTlsFiles;
+};
 
 export interface NbdClientOptions {
   /** Requests in flight at once (default 64). */
@@ -68,6 +78,12 @@ export interface NbdClientOptions {
   structuredReplies?: boolean;
   /** Ask for the base:allocation meta context (default true). */
   blockStatus?: boolean;
+  /**
+   * Require TLS (tls-config.ts loadClientTls): NBD_OPT_STARTTLS first, the
+   * server's certificate checked against the CA (and its name against the
+   * host over TCP), or the PSK. A server that refuses TLS is an error.
+   */
+  tls?: NbdClientTls;
 }
 
 /** One run of base:allocation, clipped to the range asked about. */
@@ -163,7 +179,7 @@ export class NbdClient {
         return true;
       },
     };
-    const socket =
+    let socket =
       'path' in address
         ? netConnect({ path: address.path, onread })
         : netConnect({ host: address.host, port: address.port, onread });
@@ -181,6 +197,43 @@ export class NbdClient {
       input.fail(new NbdConnectionError(`${where} closed the connection during the handshake`));
     socket.on('error', onError);
     socket.on('close', onClose);
+    const tls = options.tls ?? (address.tls && loadClientTls(address.tls));
+    // TLS takes over the plain socket's reads; decrypted bytes come as 'data' chunks.
+    const startTls = async (): Promise<void> => {
+      const plain = socket;
+      const host = 'host' in address ? address.host : undefined;
+      const secure = tlsConnect({
+        socket: plain,
+        ...(host && !isIP(host) ? { servername: host } : {}),
+        ...(host ? { host } : { checkServerIdentity: () => undefined }),
+        ...tls!.connectOptions,
+      });
+      socket = secure;
+      plain.off('error', onError);
+      plain.off('close', onClose);
+      // A TLS 1.3 server refuses a client certificate after the client's handshake is done: say TLS, not "cannot reach".
+      secure.on('error', (err) =>
+        input.fail(
+          new NbdConnectionError(`TLS with ${where} failed: ${err.message}`, { cause: err }),
+        ),
+      );
+      secure.on('close', onClose);
+      secure.on('data', (chunk: Buffer) => {
+        if (client) client.receiver.receive(chunk);
+        else input.push(chunk);
+      });
+      await new Promise<void>((resolve, reject) => {
+        secure.once('secureConnect', resolve);
+        secure.once('error', (err) =>
+          reject(
+            new NbdConnectionError(`TLS with ${where} failed: ${err.message}`, { cause: err }),
+          ),
+        );
+        secure.once('close', () =>
+          reject(new NbdConnectionError(`${where} closed the connection during the TLS handshake`)),
+        );
+      });
+    };
     try {
       const negotiated = await negotiate(
         input,
@@ -189,6 +242,7 @@ export class NbdClient {
         {
           structuredReplies: options.structuredReplies ?? true,
           blockStatus: options.blockStatus ?? true,
+          startTls: tls && startTls,
         },
         where,
       );

@@ -1,6 +1,8 @@
 /**
  * The client side of the fixed-newstyle handshake, up to transmission:
- * greeting, client flags, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_SET_META_CONTEXT
+ * greeting, client flags, NBD_OPT_STARTTLS when TLS is wanted (first, so
+ * nothing else is said in clear; a refusal ends the connection — never a
+ * quiet fall-back to clear text), NBD_OPT_STRUCTURED_REPLY, NBD_OPT_SET_META_CONTEXT
  * for base:allocation, NBD_OPT_GO asking for NBD_INFO_BLOCK_SIZE. An option
  * the server refuses is done without (plain replies, no block status); a
  * server that does not know NBD_OPT_GO gets NBD_OPT_EXPORT_NAME.
@@ -30,6 +32,7 @@ import {
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
   NBD_OPT_SET_META_CONTEXT,
+  NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_REP_ACK,
   NBD_REP_ERR_UNKNOWN,
@@ -61,6 +64,11 @@ export interface Negotiated {
 export interface HandshakeWishes {
   structuredReplies: boolean;
   blockStatus: boolean;
+  /**
+   * Upgrade to TLS: called once the server acknowledged NBD_OPT_STARTTLS;
+   * resolves when the TLS handshake is done and `send`/`input` carry TLS.
+   */
+  startTls?: () => Promise<void>;
 }
 
 /** Bytes received during the handshake, taken in exact amounts. */
@@ -88,6 +96,11 @@ export class HandshakeInput {
       this.waiter = { bytes, done, fail };
       this.wake();
     });
+  }
+
+  /** Bytes received and not yet taken. */
+  get pending(): number {
+    return this.buffered;
   }
 
   /** Whatever arrived after the handshake's last reply (normally nothing). */
@@ -158,6 +171,20 @@ export async function negotiate(
     return { reply: header.reply, data };
   };
   const isError = (reply: number) => (reply & FLAG_REP_ERROR) !== 0;
+
+  if (wishes.startTls) {
+    const { reply, data } = await ask(NBD_OPT_STARTTLS);
+    if (reply !== NBD_REP_ACK) {
+      const text = data.toString('utf8');
+      throw new NbdHandshakeError(
+        `${where} refused TLS: ${replyName(reply)}${text ? ` (${text})` : ''}`,
+      );
+    }
+    // Anything the server sent after its ACK came in clear where TLS was promised.
+    if (input.pending > 0)
+      throw new NbdConnectionError(`${where} sent clear-text bytes after acknowledging STARTTLS`);
+    await wishes.startTls();
+  }
 
   let structuredReplies = false;
   if (wishes.structuredReplies) {

@@ -12,7 +12,15 @@
  * - Names and meta-context queries are at most MAX_STRING_LENGTH bytes.
  * - Unknown options get NBD_REP_ERR_UNSUP and haggling goes on; malformed
  *   known options get NBD_REP_ERR_INVALID.
- * - No TLS: NBD_OPT_STARTTLS is refused with NBD_REP_ERR_POLICY (NOTLS mode).
+ * - TLS (`tls` given): NBD_OPT_STARTTLS is acknowledged once and the
+ *   connection switched to TLS (tls-upgrade.ts); option state negotiated in
+ *   clear (structured replies, meta contexts) is forgotten, and plaintext
+ *   sent after STARTTLS closes the connection (it would otherwise be read as
+ *   if it came over TLS). A second STARTTLS, or one with data, gets
+ *   NBD_REP_ERR_INVALID. With `tls.required` (FORCEDTLS) every option but
+ *   STARTTLS and ABORT gets NBD_REP_ERR_TLS_REQD until TLS is up, and
+ *   NBD_OPT_EXPORT_NAME, which cannot carry an error, closes the connection.
+ *   Without `tls` (NOTLS) STARTTLS gets NBD_REP_ERR_POLICY.
  * - A client that does not read its replies is cut off once
  *   MAX_UNREAD_REPLY_BYTES are queued.
  * The caller bounds the whole exchange in time (socket destroyed → the pending
@@ -53,6 +61,7 @@ import {
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
   NBD_REP_ERR_POLICY,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_TOO_BIG,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
@@ -122,6 +131,18 @@ export function transmissionFlags(
   return flags;
 }
 
+/** How the server offers TLS on one connection; absent: NOTLS. */
+export interface HandshakeTls {
+  /** FORCEDTLS rather than SELECTIVETLS. */
+  required: boolean;
+  /**
+   * Switch to TLS (the STARTTLS ACK is already queued). Resolves with the
+   * socket to read and write from now on once the TLS handshake is done;
+   * rejects when it fails.
+   */
+  start(): Promise<Socket>;
+}
+
 interface HaggleState {
   noZeroes: boolean;
   structuredReplies: boolean;
@@ -136,11 +157,14 @@ interface HaggleState {
  * must be dropped.
  */
 export async function negotiate(
-  socket: Socket,
+  plain: Socket,
   inbound: Inbound,
   provider: ExportProvider,
   log: Logger,
+  tls?: HandshakeTls,
 ): Promise<Negotiated | undefined> {
+  let socket = plain;
+  let secured = false;
   const send = (buf: Buffer) => {
     socket.write(buf);
     if (socket.writableLength > MAX_UNREAD_REPLY_BYTES)
@@ -196,6 +220,13 @@ export async function negotiate(
     await inbound.need(length);
     const data = inbound.take(length);
 
+    if (tls?.required && !secured && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      if (option === NBD_OPT_EXPORT_NAME)
+        throw new NbdFramingError('NBD_OPT_EXPORT_NAME before STARTTLS on a TLS-only server');
+      refuse(option, NBD_REP_ERR_TLS_REQD, 'this server requires TLS: send NBD_OPT_STARTTLS first');
+      continue;
+    }
+
     switch (option) {
       case NBD_OPT_EXPORT_NAME: {
         const name = data.toString('utf8');
@@ -238,7 +269,18 @@ export async function negotiate(
 
       case NBD_OPT_STARTTLS:
         if (length !== 0) refuse(option, NBD_REP_ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
-        else refuse(option, NBD_REP_ERR_POLICY, 'TLS is not offered by this server');
+        else if (!tls) refuse(option, NBD_REP_ERR_POLICY, 'TLS is not offered by this server');
+        else if (secured) refuse(option, NBD_REP_ERR_INVALID, 'TLS is already on');
+        else {
+          if (inbound.available > 0)
+            throw new NbdFramingError('client sent data after NBD_OPT_STARTTLS before TLS started');
+          reply(option, NBD_REP_ACK);
+          socket = await tls.start();
+          secured = true;
+          // Nothing said in clear may carry over into the TLS session.
+          state.structuredReplies = false;
+          state.allocationSelectedFor = undefined;
+        }
         break;
 
       case NBD_OPT_INFO:

@@ -48,8 +48,15 @@ export class Inbound extends ByteQueue {
   /** Called after new bytes are buffered (transmission phase). */
   onData: (() => void) | undefined;
 
-  constructor(private readonly source: { pause(): unknown; resume(): unknown }) {
+  constructor(private source: { pause(): unknown; resume(): unknown }) {
     super();
+  }
+
+  /** Bytes come from `source` from now on (the connection switched to TLS); nothing may be buffered. */
+  switchSource(source: { pause(): unknown; resume(): unknown }): void {
+    if (this.buffered !== 0 || this.toDiscard !== 0 || this.sink)
+      throw new Error('Inbound.switchSource: bytes of the old source are still pending');
+    this.source = source;
   }
 
   /** Bytes of a discard still to arrive. */

@@ -29,6 +29,8 @@ import type { ExportProvider } from './export.js';
 import { negotiate } from './handshake.js';
 import { Inbound } from './inbound.js';
 import { DEFAULT_SESSION_LIMITS, Session, type SessionLimits } from './session.js';
+import type { NbdServerTls } from './tls-config.js';
+import { upgradeToTls } from './tls-upgrade.js';
 
 /** Hooks for metrics; each is optional and must not throw. */
 export interface NbdMetricsHooks {
@@ -57,6 +59,8 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Per-connection backpressure limits; defaults in session.ts. */
   sessionLimits?: Partial<SessionLimits>;
+  /** Offer NBD_OPT_STARTTLS (tls-config.ts loadServerTls); absent: no TLS. */
+  tls?: NbdServerTls;
 }
 
 /** `done` resolves once the socket is closed and any export it opened is closed. */
@@ -158,7 +162,7 @@ export class NbdServer {
 
   private accept(accepted: Socket): void {
     let inbound!: Inbound;
-    const socket =
+    let socket =
       adoptWithReadBuffer(accepted, (view) => inbound.push(view, true), { allowHalfOpen: true }) ??
       accepted;
     inbound = new Inbound(socket);
@@ -182,8 +186,8 @@ export class NbdServer {
       socket,
       session: undefined,
       done: new Promise((resolve) => (finished = resolve)),
-      shutdown: () => (conn.session ? conn.session.shutdown() : socket.destroy()),
-      destroy: () => socket.destroy(),
+      shutdown: () => (conn.session ? conn.session.shutdown() : conn.socket.destroy()),
+      destroy: () => conn.socket.destroy(),
     };
     this.listeners.connections.add(conn);
     this.options.metrics?.onConnection?.(1);
@@ -199,10 +203,31 @@ export class NbdServer {
       socket.destroy();
     }, this.handshakeTimeoutMs);
 
+    const tls = this.options.tls;
+    const startTls = async (): Promise<Socket> => {
+      // The TLS socket reads and writes from now on; the plain one's 'close' still ends the connection.
+      const upgrade = upgradeToTls(socket, tls!);
+      socket = conn.socket = upgrade.socket;
+      inbound.switchSource(socket);
+      socket.on('data', (chunk: Buffer) => inbound.push(chunk));
+      socket.on('end', () => inbound.fail(new Error('client closed the connection')));
+      socket.on('error', (err) => log.debug({ err: err.message }, 'TLS socket error'));
+      await upgrade.secured;
+      const cipher = upgrade.socket.getCipher();
+      log.debug({ protocol: upgrade.socket.getProtocol(), cipher: cipher.name }, 'TLS started');
+      return socket;
+    };
+
     const serve = async (): Promise<void> => {
       let negotiated;
       try {
-        negotiated = await negotiate(socket, inbound, this.provider, log);
+        negotiated = await negotiate(
+          socket,
+          inbound,
+          this.provider,
+          log,
+          tls && { required: tls.required, start: startTls },
+        );
       } catch (err) {
         if (!socket.destroyed)
           log.info({ reason: (err as Error).message }, 'handshake failed: closing connection');
