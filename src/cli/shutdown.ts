@@ -9,7 +9,26 @@ import type { Logger } from '../common/log.js';
 export class Closers {
   private readonly steps: (() => Promise<void>)[] = [];
 
-  constructor(private readonly log: Logger) {}
+  /** The first signal, when one came before untilSignalled() was waiting for it. */
+  private early: string | undefined;
+  private onSignal: ((signal: string) => void) | undefined;
+
+  /**
+   * Signals are taken from construction on, so a SIGTERM during start-up
+   * (a supervisor giving up, a test stopping a node the moment it says it
+   * listens) still gets the orderly shutdown instead of the default kill.
+   */
+  constructor(private readonly log: Logger) {
+    const take = (signal: string) => {
+      if (this.onSignal) this.onSignal(signal);
+      else if (this.early) {
+        this.log.warn({ signal }, 'second signal during start-up: exiting at once');
+        process.exit(1);
+      } else this.early = signal;
+    };
+    process.on('SIGTERM', () => take('SIGTERM'));
+    process.on('SIGINT', () => take('SIGINT'));
+  }
 
   /** Run `close` at shutdown, before everything pushed earlier. */
   push(close: () => Promise<void>): void {
@@ -37,8 +56,8 @@ export class Closers {
         this.log.info({ signal }, `shutting down: ${what}`);
         this.closeAll().then(done, done);
       };
-      process.on('SIGTERM', () => stop('SIGTERM'));
-      process.on('SIGINT', () => stop('SIGINT'));
+      this.onSignal = stop;
+      if (this.early) stop(this.early);
     });
   }
 }
