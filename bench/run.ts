@@ -229,7 +229,11 @@ async function benchmark(options: BenchOptions): Promise<number> {
         runs.push(record);
         const r = record.result;
         const line = r
-          ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, server CPU ${r.serverCpuPercent.toFixed(0)}%`
+          ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, ` +
+            (r.flushP99Micros === undefined
+              ? ''
+              : `${r.flushCount} flushes p50 ${r.flushP50Micros!.toFixed(0)} us p99 ${r.flushP99Micros.toFixed(0)} us, `) +
+            `server CPU ${r.serverCpuPercent.toFixed(0)}%`
           : `ERROR ${record.error}`;
         const waited =
           record.settledSeconds! >= 1 ? ` (after ${record.settledSeconds} s settling)` : '';
