@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { UsageError, parseBenchOptions } from './options.js';
+import { UsageError, exportBytesFor, parseBenchOptions } from './options.js';
 import { formatReport, median, ratios, summarize, type RunRecord } from './report.js';
 
 const result = (iops: number) => ({
@@ -152,6 +152,14 @@ describe('bench flags', () => {
     assert.equal(o.settleSeconds, 0);
   });
 
+  test('same-memory mode: a budget, and an export that grows with a region above 1 GiB', () => {
+    const o = parseBenchOptions(['--memory-budget', '512MiB', '--region', '4GiB'])!;
+    assert.equal(o.memoryBudgetBytes, 512 * 2 ** 20);
+    assert.equal(exportBytesFor(o), 4 * 2 ** 30);
+    assert.equal(exportBytesFor(parseBenchOptions([])!), 2 ** 30);
+    assert.equal(parseBenchOptions([])!.memoryBudgetBytes, undefined);
+  });
+
   test('help is not an error', () => {
     assert.equal(parseBenchOptions(['--help']), undefined);
   });
@@ -161,7 +169,11 @@ describe('bench flags', () => {
     [['--servers', 'qemu-nbd'], /--servers: unknown "qemu-nbd"/],
     [['--runtime', '0'], /--runtime: expected a positive integer/],
     [['--repeats', 'x'], /--repeats/],
-    [['--region', '2GiB'], /--region: expected a whole number of MiB/],
+    [['--region', '65GiB'], /--region: expected a whole number of MiB/],
+    [
+      ['--memory-budget', '10MiB'],
+      /--memory-budget: expected a whole number of MiB, at least 64MiB/,
+    ],
     [['--block-size', 'big'], /--block-size: not a size/],
     [['--settle', 'soon'], /--settle: expected a non-negative integer/],
     [['--frobnicate'], /frobnicate/],
