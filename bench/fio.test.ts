@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { JOBS, fioArgs, parseFioJson, prefillArgs, readsData } from './fio.js';
+import { JOBS, fioArgs, flushes, parseFioJson, prefillArgs, readsData } from './fio.js';
 
 function direction(iops: number, bwBytes: number, p99Nanos?: number) {
   return {
@@ -50,6 +50,63 @@ describe('fio results', () => {
     assert.equal(parseFioJson(JSON.stringify({ jobs: [one, one, one, one] })).iops, 40);
   });
 
+  test('FLUSH latency comes from the sync section; writes alone count as IOPS', () => {
+    // Shaped as fio 3.33 writes it for ioengine=nbd with --fsync=1 (trimmed).
+    const json = JSON.stringify({
+      jobs: [
+        {
+          error: 0,
+          read: direction(0, 0),
+          write: direction(265, 265 * 4096, 9_000_000),
+          sync: {
+            total_ios: 2650,
+            lat_ns: {
+              min: 1000,
+              max: 20_000_000,
+              mean: 3_000_000,
+              N: 2650,
+              percentile: { '50.000000': 2_899_968, '99.000000': 7_110_656 },
+            },
+          },
+        },
+      ],
+    });
+    const r = parseFioJson(json);
+    assert.equal(r.iops, 265);
+    assert.equal(r.flushCount, 2650);
+    assert.equal(r.flushP50Micros, 2899.968);
+    assert.equal(r.flushP99Micros, 7110.656);
+  });
+
+  test("a job that never flushed has no FLUSH latency, even with fio's empty sync section", () => {
+    const json = JSON.stringify({
+      jobs: [
+        {
+          error: 0,
+          read: direction(100, 409600, 900_000),
+          write: direction(0, 0),
+          sync: { total_ios: 0, lat_ns: { min: 0, max: 0, mean: 0, stddev: 0, N: 0 } },
+        },
+      ],
+    });
+    const r = parseFioJson(json);
+    assert.equal(r.flushCount, 0);
+    assert.equal(r.flushP50Micros, undefined);
+    assert.equal(r.flushP99Micros, undefined);
+  });
+
+  test('per-job FLUSH figures: counts add, the worst percentile is kept (an upper bound)', () => {
+    const job = (p99: number) => ({
+      error: 0,
+      read: direction(0, 0),
+      write: direction(10, 40960),
+      sync: { total_ios: 5, lat_ns: { N: 5, percentile: { '50.000000': 100, '99.000000': p99 } } },
+    });
+    const r = parseFioJson(JSON.stringify({ jobs: [job(2000), job(5000)] }));
+    assert.equal(r.flushCount, 10);
+    assert.equal(r.flushP99Micros, 5);
+  });
+
   test('fio errors and missing output are failures, not zeros', () => {
     assert.throws(
       () =>
@@ -82,6 +139,17 @@ describe('fio command lines', () => {
         'seqwrite-1m-qd8',
         'seqread-1m-qd8',
         'randread-4k-qd32-4conn',
+        'randwrite-4k-qd1-fsync1',
+        'randwrite-64k-qd4-fsync16',
+        'seqwrite-1m-qd8-fsync32',
+      ],
+    );
+    assert.deepEqual(
+      JOBS.filter(flushes).map((j) => [j.name, j.iodepth, j.extra]),
+      [
+        ['randwrite-4k-qd1-fsync1', 1, ['--fsync=1']],
+        ['randwrite-64k-qd4-fsync16', 4, ['--fsync=16']],
+        ['seqwrite-1m-qd8-fsync32', 8, ['--fsync=32']],
       ],
     );
     assert.deepEqual(
@@ -110,7 +178,18 @@ describe('fio command lines', () => {
     ]) {
       assert.ok(args.includes(expected), `missing ${expected} in ${args.join(' ')}`);
     }
-    assert.ok(fioArgs(JOBS.at(-1)!, settings).includes('--numjobs=4'));
+    assert.ok(
+      fioArgs(
+        JOBS.find((j) => j.name === 'randread-4k-qd32-4conn')!,
+        settings,
+      ).includes('--numjobs=4'),
+    );
+    assert.ok(
+      fioArgs(
+        JOBS.find((j) => j.name === 'randwrite-4k-qd1-fsync1')!,
+        settings,
+      ).includes('--fsync=1'),
+    );
   });
 
   test('the prefill writes the whole region once, sequentially, untimed', () => {

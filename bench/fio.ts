@@ -51,7 +51,42 @@ export const JOBS: readonly JobSpec[] = [
     connections: 4,
     extra: [],
   },
+  // Durable writes: fio's --fsync=N sends an NBD_CMD_FLUSH after every N
+  // writes (the nbd engine maps fsync to FLUSH), and waits for it. Their
+  // IOPS count writes only; the FLUSH latency is reported on its own.
+  // A database's commit log: every 4 KiB write made durable before the next.
+  {
+    name: 'randwrite-4k-qd1-fsync1',
+    rw: 'randwrite',
+    blockSize: '4k',
+    iodepth: 1,
+    connections: 1,
+    extra: ['--fsync=1'],
+  },
+  // Page write-back of a database or a filesystem journal committing in batches.
+  {
+    name: 'randwrite-64k-qd4-fsync16',
+    rw: 'randwrite',
+    blockSize: '64k',
+    iodepth: 4,
+    connections: 1,
+    extra: ['--fsync=16'],
+  },
+  // A bulk load or a backup written with periodic syncs.
+  {
+    name: 'seqwrite-1m-qd8-fsync32',
+    rw: 'write',
+    blockSize: '1m',
+    iodepth: 8,
+    connections: 1,
+    extra: ['--fsync=32'],
+  },
 ];
+
+/** Jobs that send FLUSH (fio --fsync=N), whose flush latency the report shows. */
+export function flushes(job: JobSpec): boolean {
+  return job.extra.some((flag) => flag.startsWith('--fsync='));
+}
 
 /** Reads only: what a degraded cluster is measured with. */
 export function readOnly(job: JobSpec): boolean {
@@ -119,6 +154,11 @@ export interface FioResult {
   mibPerSecond: number;
   /** 99th percentile completion latency in microseconds, the worse of read and write */
   p99Micros: number;
+  /** FLUSH requests completed in the measured time (fio's "sync" section); 0 for jobs without --fsync */
+  flushCount: number;
+  /** Median and 99th percentile FLUSH latency in microseconds; absent when nothing was flushed */
+  flushP50Micros?: number;
+  flushP99Micros?: number;
 }
 
 interface FioDirection {
@@ -127,8 +167,18 @@ interface FioDirection {
   clat_ns?: { percentile?: Record<string, number> };
 }
 
+/**
+ * fio's completion-time record of fsyncs (for the nbd engine: NBD_CMD_FLUSH),
+ * kept apart from the read and write figures. fio 3.33 writes it per job as
+ * "sync": { total_ios, lat_ns: { N, percentile: { "50.000000": ns, ... } } }.
+ */
+interface FioSync {
+  total_ios?: number;
+  lat_ns?: { N?: number; percentile?: Record<string, number> };
+}
+
 interface FioJson {
-  jobs: { error: number; read: FioDirection; write: FioDirection }[];
+  jobs: { error: number; read: FioDirection; write: FioDirection; sync?: FioSync }[];
 }
 
 /** Sums a group-reported (or per-job) fio JSON result. fio may print warnings before the JSON. */
@@ -144,7 +194,21 @@ export function parseFioJson(text: string): FioResult {
   let writeIops = 0;
   let bytesPerSecond = 0;
   let p99Nanos = 0;
+  let flushCount = 0;
+  // Percentiles of separate jobs cannot be merged exactly; with several jobs
+  // (no group reporting) the worst job's percentile is reported, an upper bound.
+  let flushP50Nanos: number | undefined;
+  let flushP99Nanos: number | undefined;
   for (const j of report.jobs) {
+    const flushed = j.sync?.lat_ns?.N ?? j.sync?.total_ios ?? 0;
+    const percentile = j.sync?.lat_ns?.percentile;
+    if (flushed > 0 && percentile) {
+      flushCount += flushed;
+      const worse = (a: number | undefined, b: number | undefined) =>
+        b === undefined ? a : Math.max(a ?? 0, b);
+      flushP50Nanos = worse(flushP50Nanos, percentile['50.000000']);
+      flushP99Nanos = worse(flushP99Nanos, percentile['99.000000']);
+    }
     readIops += j.read.iops;
     writeIops += j.write.iops;
     bytesPerSecond += j.read.bw_bytes + j.write.bw_bytes;
@@ -159,6 +223,9 @@ export function parseFioJson(text: string): FioResult {
     writeIops,
     mibPerSecond: bytesPerSecond / 2 ** 20,
     p99Micros: p99Nanos / 1000,
+    flushCount,
+    ...(flushP50Nanos === undefined ? {} : { flushP50Micros: flushP50Nanos / 1000 }),
+    ...(flushP99Nanos === undefined ? {} : { flushP99Micros: flushP99Nanos / 1000 }),
   };
 }
 

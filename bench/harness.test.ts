@@ -11,6 +11,7 @@ import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { findMemoryController } from './memory-cgroup.js';
 import { freePort, waitForListener } from './processes.js';
 
 const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -29,6 +30,14 @@ const skipReason =
   absent.length > 0
     ? `needs ${absent.join(', ')}: apt-get install ${absent.map((t) => PACKAGES[t]).join(' ')}`
     : false;
+
+const sameMemoryController = findMemoryController();
+const sameMemorySkip =
+  process.getuid?.() !== 0
+    ? 'needs root to create memory cgroups'
+    : !sameMemoryController
+      ? 'no cgroup memory controller under /sys/fs/cgroup'
+      : false;
 
 interface Finished {
   code: number | null;
@@ -141,6 +150,44 @@ describe(
       assert.ok(!existsSync(temp), `${temp} left behind`);
       assert.deepEqual(processesMentioning(temp), []);
     });
+
+    test(
+      'same-memory mode: each server in its own memory cgroup, FLUSH figures, cgroups removed at the end',
+      { skip: sameMemorySkip },
+      async () => {
+        const run = start('run.js', [
+          '--servers',
+          'nbd-server,nbdkit-file',
+          '--memory-budget',
+          '64MiB',
+          '--jobs',
+          'randwrite-4k-qd1-fsync1',
+          '--runtime',
+          '1',
+          '--ramp',
+          '0',
+          '--repeats',
+          '1',
+          '--region',
+          '128MiB',
+          '--settle',
+          '0',
+        ]);
+        const r = await run.finished;
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /same memory: every server .* 64 MiB memory cgroup/);
+        assert.match(r.stdout, /flush p50 us +flush p99 us/);
+        assert.match(r.stdout, /randwrite-4k-qd1-fsync1 +nbd-server +\d+ .* \d+ +\d+ /);
+        assert.match(r.stdout, /memory cgroups .*nbd-server \d+\/64 MiB.*nbdkit-file \d+\/64 MiB/);
+        const parent = `torus-bench-${run.child.pid}`;
+        assert.ok(
+          !readdirSync(sameMemoryController!.root).includes(parent),
+          `cgroup ${parent} left behind in ${sameMemoryController!.root}`,
+        );
+        const temp = tempDirOf(r.stderr);
+        assert.ok(!existsSync(temp), `${temp} left behind`);
+      },
+    );
 
     test('a missing option value or unknown job fails fast with usage', async () => {
       const r = await start('run.js', ['--jobs', 'nope']).finished;

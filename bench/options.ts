@@ -7,8 +7,12 @@ import { parseSize } from '../src/common/size.js';
 import { JOBS, type JobSpec } from './fio.js';
 import { DEFAULT_SERVERS, SERVER_NAMES, type ServerName } from './servers.js';
 
-/** Every server exports this much; the benchmark region lies inside it. */
+/** Every server exports this much, or the region when that is larger; the region lies inside it. */
 export const EXPORT_BYTES = 2 ** 30;
+/** Largest --region: a same-memory run wants several times the budget, and servers preallocate it. */
+export const MAX_REGION_BYTES = 64 * 2 ** 30;
+/** Smallest --memory-budget: below this a Node server cannot start. */
+export const MIN_MEMORY_BUDGET_BYTES = 64 * 2 ** 20;
 
 export interface BenchOptions {
   runtimeSeconds: number;
@@ -22,6 +26,16 @@ export interface BenchOptions {
   blockSize?: string;
   /** Before each run, wait up to this long for every server to go quiet (0: don't). */
   settleSeconds: number;
+  /**
+   * Same-memory mode: every server (each cluster node) runs in a memory
+   * cgroup of this many bytes, page cache included; torus's cache is half of it.
+   */
+  memoryBudgetBytes?: number;
+}
+
+/** What every server exports: 1 GiB, or the region when larger. */
+export function exportBytesFor(options: Pick<BenchOptions, 'regionBytes'>): number {
+  return Math.max(EXPORT_BYTES, options.regionBytes);
 }
 
 export const USAGE = `usage: npm run bench -- [flags]
@@ -39,7 +53,11 @@ alternating servers run by run, and prints per-job medians and ratios.
                        torus-cluster-cold: the same with 64 MiB caches, so reads go to stores and replicas;
                        torus-cluster-degraded: cold, node 2 killed after the prefill, read jobs only,
                        also reported as a ratio of torus-cluster-cold
-  --region SIZE        part of the 1 GiB export the jobs touch, prefilled first (default 512MiB)
+  --region SIZE        what the jobs touch, prefilled first (default 512MiB); the export is
+                       1 GiB, or the region when larger (up to 64GiB)
+  --memory-budget SIZE same-memory mode: every server, each cluster node, in a memory cgroup
+                       of SIZE (page cache included; needs root); torus --cache-size SIZE/2.
+                       Give a region several times SIZE, e.g. --memory-budget 512MiB --region 4GiB
   --json FILE          also write every run and the medians as JSON
   --encrypt            create the torus volume encrypted
   --block-size SIZE    torus store block size (passed to torusctl init)
@@ -101,6 +119,7 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
         encrypt: { type: 'boolean', default: false },
         'block-size': { type: 'string' },
         settle: { type: 'string', default: '60' },
+        'memory-budget': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -115,10 +134,22 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
   } catch (err) {
     throw new UsageError(`--region: ${(err as Error).message}`);
   }
-  if (regionBytes < 2 ** 20 || regionBytes > EXPORT_BYTES || regionBytes % 2 ** 20 !== 0) {
+  if (regionBytes < 2 ** 20 || regionBytes > MAX_REGION_BYTES || regionBytes % 2 ** 20 !== 0) {
     throw new UsageError(
-      `--region: expected a whole number of MiB between 1MiB and 1GiB, got "${v.region}"`,
+      `--region: expected a whole number of MiB between 1MiB and 64GiB, got "${v.region}"`,
     );
+  }
+  let memoryBudgetBytes: number | undefined;
+  if (v['memory-budget'] !== undefined) {
+    try {
+      memoryBudgetBytes = parseSize(v['memory-budget']);
+    } catch (err) {
+      throw new UsageError(`--memory-budget: ${(err as Error).message}`);
+    }
+    if (memoryBudgetBytes < MIN_MEMORY_BUDGET_BYTES || memoryBudgetBytes % 2 ** 20 !== 0)
+      throw new UsageError(
+        `--memory-budget: expected a whole number of MiB, at least 64MiB, got "${v['memory-budget']}"`,
+      );
   }
   if (v['block-size'] !== undefined) {
     try {
@@ -138,5 +169,6 @@ export function parseBenchOptions(argv: string[]): BenchOptions | undefined {
     encrypt: v.encrypt!,
     blockSize: v['block-size'],
     settleSeconds: positiveInteger('settle', v.settle!, true),
+    ...(memoryBudgetBytes === undefined ? {} : { memoryBudgetBytes }),
   };
 }

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { UsageError, parseBenchOptions } from './options.js';
+import { UsageError, exportBytesFor, parseBenchOptions } from './options.js';
 import { formatReport, median, ratios, summarize, type RunRecord } from './report.js';
 
 const result = (iops: number) => ({
@@ -13,6 +13,7 @@ const result = (iops: number) => ({
   writeIops: 0,
   mibPerSecond: iops / 256,
   p99Micros: 100,
+  flushCount: 0,
   serverCpuPercent: 50,
   fioCpuPercent: 40,
 });
@@ -63,6 +64,47 @@ describe('report', () => {
     assert.equal(r.filter((x) => x.peer === 'nbd-server').length, 2);
   });
 
+  test('durable-write jobs get FLUSH columns: medians of the runs that flushed, - elsewhere', () => {
+    const flushed = (iops: number, p50: number, p99: number) => ({
+      ...result(iops),
+      flushCount: iops,
+      flushP50Micros: p50,
+      flushP99Micros: p99,
+    });
+    const runs: RunRecord[] = [
+      { job: 'd', server: 'torus', repeat: 0, result: flushed(200, 3000, 7000) },
+      { job: 'd', server: 'torus', repeat: 1, result: flushed(300, 2000, 5000) },
+      { job: 'd', server: 'nbd-server', repeat: 0, result: flushed(2000, 310, 900) },
+      { job: 'r', server: 'torus', repeat: 0, result: result(100) },
+    ];
+    const summaries = summarize(runs, ['d', 'r'], ['torus', 'nbd-server']).filter(
+      (s) => s.runs > 0,
+    );
+    const torus = summaries.find((s) => s.job === 'd' && s.server === 'torus')!;
+    assert.equal(torus.flushP50Micros, 2500);
+    assert.equal(torus.flushP99Micros, 6000);
+    assert.ok(Number.isNaN(summaries.find((s) => s.job === 'r')!.flushP99Micros));
+    const lines = formatReport(summaries, ratios(summaries), {}).split('\n');
+    assert.match(lines[0], /p99 us +flush p50 us +flush p99 us +srv CPU%/);
+    assert.match(
+      lines.find((l) => l.includes('nbd-server'))!,
+      /\b310 +900\b/,
+    );
+    assert.match(
+      lines.find((l) => l.startsWith('r '))!,
+      /100 +- +- +50/,
+    );
+  });
+
+  test('without FLUSH jobs the table keeps its columns', () => {
+    const summaries = summarize(
+      [{ job: 'j', server: 'torus', repeat: 0, result: result(10) }],
+      ['j'],
+      ['torus'],
+    );
+    assert.doesNotMatch(formatReport(summaries, [], {}), /flush/);
+  });
+
   test('without torus there are no ratios, only the peers', () => {
     const summaries = summarize(
       [{ job: 'j', server: 'nbdkit', repeat: 0, result: result(10) }],
@@ -79,7 +121,7 @@ describe('bench flags', () => {
     assert.equal(o.runtimeSeconds, 10);
     assert.equal(o.rampSeconds, 2);
     assert.equal(o.repeats, 3);
-    assert.equal(o.jobs.length, 6);
+    assert.equal(o.jobs.length, 9);
     assert.deepEqual(o.servers, ['torus', 'nbd-server', 'nbdkit']);
     assert.equal(o.regionBytes, 512 * 2 ** 20);
     assert.equal(o.encrypt, false);
@@ -110,6 +152,14 @@ describe('bench flags', () => {
     assert.equal(o.settleSeconds, 0);
   });
 
+  test('same-memory mode: a budget, and an export that grows with a region above 1 GiB', () => {
+    const o = parseBenchOptions(['--memory-budget', '512MiB', '--region', '4GiB'])!;
+    assert.equal(o.memoryBudgetBytes, 512 * 2 ** 20);
+    assert.equal(exportBytesFor(o), 4 * 2 ** 30);
+    assert.equal(exportBytesFor(parseBenchOptions([])!), 2 ** 30);
+    assert.equal(parseBenchOptions([])!.memoryBudgetBytes, undefined);
+  });
+
   test('help is not an error', () => {
     assert.equal(parseBenchOptions(['--help']), undefined);
   });
@@ -119,7 +169,11 @@ describe('bench flags', () => {
     [['--servers', 'qemu-nbd'], /--servers: unknown "qemu-nbd"/],
     [['--runtime', '0'], /--runtime: expected a positive integer/],
     [['--repeats', 'x'], /--repeats/],
-    [['--region', '2GiB'], /--region: expected a whole number of MiB/],
+    [['--region', '65GiB'], /--region: expected a whole number of MiB/],
+    [
+      ['--memory-budget', '10MiB'],
+      /--memory-budget: expected a whole number of MiB, at least 64MiB/,
+    ],
     [['--block-size', 'big'], /--block-size: not a size/],
     [['--settle', 'soon'], /--settle: expected a non-negative integer/],
     [['--frobnicate'], /frobnicate/],

@@ -24,6 +24,9 @@ export interface JobSummary {
   iops: number;
   mibPerSecond: number;
   p99Micros: number;
+  /** Median FLUSH latencies of the runs that flushed (fio --fsync jobs); NaN for the others */
+  flushP50Micros: number;
+  flushP99Micros: number;
   serverCpuPercent: number;
   fioCpuPercent: number;
 }
@@ -62,6 +65,8 @@ export function summarize(runs: RunRecord[], jobs: string[], servers: ServerName
         iops: med((r) => r.iops),
         mibPerSecond: med((r) => r.mibPerSecond),
         p99Micros: med((r) => r.p99Micros),
+        flushP50Micros: median(ok.flatMap((r) => r.flushP50Micros ?? [])),
+        flushP99Micros: median(ok.flatMap((r) => r.flushP99Micros ?? [])),
         serverCpuPercent: med((r) => r.serverCpuPercent),
         fioCpuPercent: med((r) => r.fioCpuPercent),
       });
@@ -106,8 +111,12 @@ export function formatReport(
   peakRss: Partial<Record<ServerName, number>>,
 ): string {
   const lines: string[] = [];
-  const header = ['job', 'server', 'IOPS', 'MiB/s', 'p99 us', 'srv CPU%', 'fio CPU%', 'runs'];
-  const widths = [24, 22, 10, 9, 9, 9, 9, 6];
+  // The FLUSH columns appear when a durable-write job ran; '-' on the other jobs' rows.
+  const showFlush = summaries.some((s) => Number.isFinite(s.flushP99Micros));
+  const flushHeader = showFlush ? ['flush p50 us', 'flush p99 us'] : [];
+  const header = ['job', 'server', 'IOPS', 'MiB/s', 'p99 us', ...flushHeader];
+  header.push('srv CPU%', 'fio CPU%', 'runs');
+  const widths = [26, 22, 10, 9, 9, ...flushHeader.map(() => 12), 9, 9, 6];
   const row = (cells: string[]) =>
     cells
       .map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
@@ -124,6 +133,7 @@ export function formatReport(
         number(s.iops),
         number(s.mibPerSecond, 1),
         number(s.p99Micros),
+        ...(showFlush ? [number(s.flushP50Micros), number(s.flushP99Micros)] : []),
         number(s.serverCpuPercent),
         number(s.fioCpuPercent),
         runs,

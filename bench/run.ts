@@ -24,8 +24,9 @@ import {
   type FioSettings,
   type JobSpec,
 } from './fio.js';
+import { findMemoryController, MemoryCgroupError } from './memory-cgroup.js';
 import {
-  EXPORT_BYTES,
+  exportBytesFor,
   USAGE,
   UsageError,
   parseBenchOptions,
@@ -40,7 +41,14 @@ import {
   treeRssBytes,
 } from './processes.js';
 import { formatReport, ratios, summarize, type RunRecord } from './report.js';
-import { SERVER_TOOLS, startServer, type BenchServer, type ServerName } from './servers.js';
+import {
+  SERVER_TOOLS,
+  startServer,
+  torusCacheBytes,
+  type BenchServer,
+  type ServerName,
+  type ServerOptions,
+} from './servers.js';
 
 /** How often memory is sampled during a run; a per-connection child lives only as long as fio's connection. */
 const RSS_SAMPLE_MS = 250;
@@ -143,6 +151,30 @@ async function benchmark(options: BenchOptions): Promise<number> {
     `bench: ${version}, ${options.runtimeSeconds} s + ${options.rampSeconds} s ramp per run, ${options.repeats} repeats, region ${options.regionBytes / 2 ** 20} MiB, temp ${workRoot}\n`,
   );
 
+  let memory: ServerOptions['memory'];
+  const budget = options.memoryBudgetBytes;
+  if (budget !== undefined) {
+    const controller = findMemoryController();
+    if (!controller) {
+      process.stderr.write(
+        'bench: --memory-budget: no cgroup memory controller found under /sys/fs/cgroup (v2 memory.max or v1 memory.limit_in_bytes)\n',
+      );
+      return 1;
+    }
+    memory = { controller, budgetBytes: budget };
+    process.stderr.write(
+      `bench: same-memory mode: every server in a cgroup ${controller.version} of ${budget / 2 ** 20} MiB (${controller.root}), torus --cache-size ${torusCacheBytes(budget) / 2 ** 20} MiB\n`,
+    );
+    if (options.regionBytes < 2 * budget)
+      process.stderr.write(
+        `bench: warning: region ${options.regionBytes / 2 ** 20} MiB is not several times the budget; the page cache may hold it all\n`,
+      );
+    if (options.servers.includes('nbdkit'))
+      process.stderr.write(
+        'bench: warning: nbdkit (memory plugin) keeps the export in RAM and cannot live within a budget smaller than it; use nbdkit-file\n',
+      );
+  }
+
   const trackers: Tracker[] = [];
   try {
     for (const name of options.servers) {
@@ -150,9 +182,10 @@ async function benchmark(options: BenchOptions): Promise<number> {
       mkdirSync(workDir);
       const server = await startServer(name, {
         workDir,
-        exportBytes: EXPORT_BYTES,
+        exportBytes: exportBytesFor(options),
         encrypt: options.encrypt,
         blockSize: options.blockSize,
+        memory,
       });
       trackers.push({ server, peakTreeRss: 0 });
       process.stderr.write(
@@ -160,6 +193,10 @@ async function benchmark(options: BenchOptions): Promise<number> {
       );
     }
   } catch (err) {
+    if (err instanceof MemoryCgroupError) {
+      process.stderr.write(`bench: ${err.message}\n`);
+      return 1;
+    }
     process.stderr.write(
       `bench: ${(err as Error).message}\n(compare the others with --servers, e.g. --servers nbd-server,nbdkit)\n`,
     );
@@ -178,8 +215,12 @@ async function benchmark(options: BenchOptions): Promise<number> {
           fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }),
         );
       } catch (err) {
+        const hits = (server.cgroups ?? []).map((c) => c.limitHits() ?? 0);
+        const oom = hits.some((n) => n > 0)
+          ? ` (its memory cgroup hit the limit ${hits.join('+')} times: killed by the OOM killer? see dmesg; give a larger --memory-budget)`
+          : '';
         process.stderr.write(
-          `bench: prefilling ${server.name} failed: ${(err as Error).message}\n`,
+          `bench: prefilling ${server.name} failed: ${(err as Error).message}${oom}\n`,
         );
         return 1;
       }
@@ -229,7 +270,11 @@ async function benchmark(options: BenchOptions): Promise<number> {
         runs.push(record);
         const r = record.result;
         const line = r
-          ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, server CPU ${r.serverCpuPercent.toFixed(0)}%`
+          ? `${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us, ` +
+            (r.flushP99Micros === undefined
+              ? ''
+              : `${r.flushCount} flushes p50 ${r.flushP50Micros!.toFixed(0)} us p99 ${r.flushP99Micros.toFixed(0)} us, `) +
+            `server CPU ${r.serverCpuPercent.toFixed(0)}%`
           : `ERROR ${record.error}`;
         const waited =
           record.settledSeconds! >= 1 ? ` (after ${record.settledSeconds} s settling)` : '';
@@ -243,6 +288,16 @@ async function benchmark(options: BenchOptions): Promise<number> {
   const peakRss: Partial<Record<ServerName, number>> = {};
   for (const t of trackers)
     peakRss[t.server.name] = Math.max(t.peakTreeRss, peakRssBytes(t.server.pid));
+  // Read before stop() removes the cgroups: proof the budget was reached (page cache included) and held.
+  const cgroupUse = trackers.flatMap(({ server }) =>
+    (server.cgroups ?? []).map((cgroup) => ({
+      server: server.name,
+      cgroup: cgroup.path,
+      limitBytes: cgroup.limitBytes,
+      peakBytes: cgroup.peakBytes(),
+      limitHits: cgroup.limitHits(),
+    })),
+  );
   for (const { server } of trackers) await server.stop();
 
   const summaries = summarize(
@@ -258,7 +313,20 @@ async function benchmark(options: BenchOptions): Promise<number> {
   process.stdout.write(
     `# medians over repeats; CPU% = user+sys of the server's (or fio's) processes over fio's wall time, 100 = one core\n`,
   );
+  if (budget !== undefined)
+    process.stdout.write(
+      `# same memory: every server (each cluster node and nbdserve; not etcd) in a ${budget / 2 ** 20} MiB memory cgroup, page cache included; torus --cache-size ${torusCacheBytes(budget) / 2 ** 20} MiB\n`,
+    );
   process.stdout.write(formatReport(summaries, ratioList, peakRss) + '\n');
+  if (cgroupUse.length > 0)
+    process.stdout.write(
+      `memory cgroups (peak use of the limit, times the limit was hit): ${cgroupUse
+        .map(
+          (c) =>
+            `${c.cgroup.split('/').at(-1)} ${c.peakBytes === undefined ? '?' : (c.peakBytes / 2 ** 20).toFixed(0)}/${c.limitBytes / 2 ** 20} MiB, ${c.limitHits ?? '?'}×`,
+        )
+        .join('; ')}\n`,
+    );
 
   if (options.jsonFile) {
     const settings = { ...options, jobs: options.jobs.map((j) => j.name) };
@@ -281,6 +349,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
           summaries,
           ratios: ratioList,
           peakRssBytes: peakRss,
+          memoryCgroups: cgroupUse,
         },
         null,
         2,

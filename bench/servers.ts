@@ -6,6 +6,9 @@
  * torus       our torusd serving volume "bench" from a fresh data dir
  * nbd-server  Debian's reference server exporting a preallocated file
  * nbdkit      nbdkit's memory plugin: a RAM disk, the ceiling for the protocol path
+ * nbdkit-file nbdkit's file plugin over a preallocated file: a second C server
+ *             on the same footing as nbd-server (the one to use with --memory-budget,
+ *             where a RAM disk cannot live within the limit)
  * torus-cluster  etcd and three torusd nodes on loopback, replication 2, the
  *             volume served (and written) through node 1: the cluster mode
  * torus-cluster-cold  the same with every node's cache at CLUSTER_COLD_CACHE,
@@ -14,14 +17,29 @@
  * torus-cluster-degraded  torus-cluster-cold with node 2 killed (SIGKILL)
  *             once the region is prefilled: only read jobs run on it, and
  *             its figures are reported against torus-cluster-cold's
+ * torus-client  `torusblk nbdserve` in front of three storage nodes
+ *             (replication 2, default caches): fio talks to the store-less
+ *             client, so every block crosses the client path
+ *
+ * With a memory budget (--memory-budget) each server, and each node and the
+ * nbdserve of a cluster mode (not etcd), starts inside a memory cgroup of that
+ * size (memory-cgroup.ts), and torus's --cache-size is half of it.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { killQuietly, onCleanup } from './cleanup.js';
-import { LOOPBACK, freePort, isAlive, processTree, waitForListener } from './processes.js';
+import { onCleanup } from './cleanup.js';
+import { LOOPBACK, freePort, isAlive, waitForListener } from './processes.js';
+import {
+  STARTUP_TIMEOUT_MS,
+  launch,
+  runToCompletion,
+  signalTree,
+  stopTree,
+} from './server-launch.js';
+import { createMemoryCgroup, type MemoryCgroup, type MemoryController } from './memory-cgroup.js';
 
 export const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -29,9 +47,11 @@ export const SERVER_NAMES = [
   'torus',
   'nbd-server',
   'nbdkit',
+  'nbdkit-file',
   'torus-cluster',
   'torus-cluster-cold',
   'torus-cluster-degraded',
+  'torus-client',
 ] as const;
 export type ServerName = (typeof SERVER_NAMES)[number];
 /** What `npm run bench` compares unless told otherwise: the single node against the C peers. */
@@ -43,8 +63,10 @@ export const SERVER_TOOLS: Record<ServerName, Record<string, string>> = {
   'torus-cluster': { etcd: 'etcd-server' },
   'torus-cluster-cold': { etcd: 'etcd-server' },
   'torus-cluster-degraded': { etcd: 'etcd-server' },
+  'torus-client': { etcd: 'etcd-server' },
   'nbd-server': { 'nbd-server': 'nbd-server', fallocate: 'util-linux' },
   nbdkit: { nbdkit: 'nbdkit' },
+  'nbdkit-file': { nbdkit: 'nbdkit', fallocate: 'util-linux' },
 };
 
 export interface ServerOptions {
@@ -56,6 +78,8 @@ export interface ServerOptions {
   encrypt: boolean;
   /** torus only: store block size (e.g. "64KiB"), passed through to torusctl init. */
   blockSize?: string;
+  /** Same-memory mode: run every server process in a memory cgroup of budgetBytes. */
+  memory?: { controller: MemoryController; budgetBytes: number };
 }
 
 export interface BenchServer {
@@ -69,6 +93,8 @@ export interface BenchServer {
   afterPrefill?(): Promise<string>;
   /** Only read-only jobs run on it (a degraded cluster is measured for reads). */
   readJobsOnly?: boolean;
+  /** Same-memory mode: the cgroups it runs in (one per node of a cluster). */
+  cgroups?: MemoryCgroup[];
   stop(): Promise<void>;
 }
 
@@ -80,94 +106,35 @@ export const BASELINE: Partial<Record<ServerName, ServerName>> = {
 /** Every node's --cache-size in the cold cluster modes: an eighth of the default 512 MiB region. */
 export const CLUSTER_COLD_CACHE = '64MiB';
 
-const STARTUP_TIMEOUT_MS = 60_000;
-const STOP_GRACE_MS = 10_000;
-
-/** Signal a server's process group and every descendant (some servers leave their group). */
-function signalTree(pid: number, signal: NodeJS.Signals): void {
-  const members = processTree(pid);
-  killQuietly(-pid, signal);
-  for (const p of members) killQuietly(p.pid, signal);
-}
-
-async function stopTree(pid: number): Promise<void> {
-  signalTree(pid, 'SIGTERM');
-  const deadline = Date.now() + STOP_GRACE_MS;
-  while (isAlive(pid) && Date.now() < deadline) await sleep(100);
-  signalTree(pid, 'SIGKILL');
+/**
+ * torus's --cache-size in same-memory mode: half the budget. The other half
+ * is for what the kernel charges the cgroup besides the cache: the Node
+ * heaps of the main thread and the pool workers (about 100 MiB at rest) and
+ * the page cache of the store files, which every pread and write goes through.
+ */
+export function torusCacheBytes(budgetBytes: number): number {
+  return Math.floor(budgetBytes / 2 / 2 ** 20) * 2 ** 20;
 }
 
 /**
- * Run a foreground server in its own process group (so a terminal's Ctrl-C
- * reaches us first and we stop it in order), output to a log file whose tail
- * explains a failed start.
+ * torusd's --size: four times the export, as the default bench has always
+ * run (4 GiB for 1 GiB). Old versions hold space until GC; with twice the
+ * export a 2 GiB region ran out after about 4 GiB of writes (2026-12-05:
+ * reads failed with ENOSPC while spilling dirty blocks to make room).
  */
-async function launch(
-  name: ServerName,
-  argv: string[],
-  port: number,
-  uri: string,
-  workDir: string,
-): Promise<BenchServer> {
-  const logPath = join(workDir, `${name}.log`);
-  const log = openSync(logPath, 'a');
-  const child: ChildProcess = spawn(argv[0], argv.slice(1), {
-    cwd: workDir,
-    stdio: ['ignore', log, log],
-    detached: true,
-  });
-  closeSync(log);
-  const pid = child.pid!;
-  const forget = onCleanup(() => signalTree(pid, 'SIGKILL'));
-  let exited: string | undefined;
-  child.once('exit', (code, signal) => (exited = `exited with ${code ?? signal}`));
-  child.once('error', (err) => (exited = err.message));
-  try {
-    await waitForListener(
-      port,
-      name,
-      STARTUP_TIMEOUT_MS,
-      () => exited && `${exited}; last output:\n${tail(logPath)}`,
-    );
-  } catch (err) {
-    forget();
-    throw err;
-  }
-  return {
-    name,
-    uri,
-    pid,
-    commandLine: argv.join(' '),
-    async stop() {
-      if (exited === undefined) await stopTree(pid);
-      forget();
-    },
-  };
+export function torusStoreBytes(exportBytes: number): number {
+  return 4 * exportBytes;
 }
 
-function tail(path: string, lines = 20): string {
-  try {
-    return readFileSync(path, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no output)';
-  }
-}
-
-function runToCompletion(argv: string[], what: string): void {
-  const r = spawnSync(argv[0], argv.slice(1), {
-    encoding: 'utf8',
-    timeout: 120_000,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  if (r.status !== 0) {
-    throw new Error(
-      `${what} failed (${r.error?.message ?? `exit ${r.status ?? r.signal}`}): ${argv.join(' ')}\n${r.stdout}${r.stderr}`,
-    );
-  }
+/** A fresh memory cgroup for one server process in same-memory mode, else undefined. */
+function cgroupFor(options: ServerOptions, name: string): MemoryCgroup | undefined {
+  return (
+    options.memory &&
+    createMemoryCgroup(options.memory.controller, name, options.memory.budgetBytes)
+  );
 }
 
 export const TORUS_VOLUME = 'bench';
-const TORUS_STORE_SIZE = '4GiB';
 
 /**
  * Create the bench volume in a fresh data dir and return the torusd command
@@ -203,7 +170,16 @@ export function prepareTorus(
     'torusctl volume create-block',
   );
   return {
-    argv: [...bin('torusd'), '--size', TORUS_STORE_SIZE, '--nbd', `${LOOPBACK}:${port}`],
+    argv: [
+      ...bin('torusd'),
+      '--size',
+      String(torusStoreBytes(options.exportBytes)),
+      '--nbd',
+      `${LOOPBACK}:${port}`,
+      ...(options.memory
+        ? ['--cache-size', String(torusCacheBytes(options.memory.budgetBytes))]
+        : []),
+    ],
     uri: `nbd://${LOOPBACK}:${port}/${TORUS_VOLUME}`,
   };
 }
@@ -211,7 +187,15 @@ export function prepareTorus(
 async function startTorus(options: ServerOptions): Promise<BenchServer> {
   const port = await freePort();
   const { argv, uri } = prepareTorus(options, port);
-  return launch('torus', argv, port, uri, options.workDir);
+  const cgroup = cgroupFor(options, 'torus');
+  return launch(
+    'torus',
+    cgroup ? cgroup.wrap(argv) : argv,
+    port,
+    uri,
+    options.workDir,
+    cgroup ? [cgroup] : [],
+  );
 }
 
 /**
@@ -221,12 +205,7 @@ async function startTorus(options: ServerOptions): Promise<BenchServer> {
  */
 async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
   const port = await freePort();
-  const image = join(options.workDir, 'export.img');
-  // Preallocated so writes measure the server, not the filesystem growing a sparse file.
-  runToCompletion(
-    ['fallocate', '-l', String(options.exportBytes), image],
-    'preallocating the nbd-server export',
-  );
+  const image = preallocatedImage(options, 'nbd-server');
   const config = join(options.workDir, 'nbd-server.conf');
   const pidFile = join(options.workDir, 'nbd-server.pid');
   writeFileSync(
@@ -238,11 +217,17 @@ async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
       '',
       `[${TORUS_VOLUME}]`,
       `exportname = ${image}`,
+      // Advertise FLUSH (off by default in nbd-server): without it the
+      // durable-write jobs' fsyncs fail, as they should on a server that
+      // cannot make writes durable. It answers FLUSH with fsync of the file.
+      'flush = true',
       '',
     ].join('\n'),
   );
   const argv = ['nbd-server', '-C', config, '-p', pidFile];
-  runToCompletion(argv, 'nbd-server');
+  // The daemon it forks, and each per-connection child, stay in the cgroup.
+  const cgroup = cgroupFor(options, 'nbd-server');
+  runToCompletion(cgroup ? cgroup.wrap(argv) : argv, 'nbd-server');
   let pid = 0;
   const deadline = Date.now() + STARTUP_TIMEOUT_MS;
   while (!pid) {
@@ -261,18 +246,57 @@ async function startNbdServer(options: ServerOptions): Promise<BenchServer> {
     );
   } catch (err) {
     forget();
+    cgroup?.remove();
     throw err;
   }
   return {
     name: 'nbd-server',
     uri: `nbd://${LOOPBACK}:${port}/${TORUS_VOLUME}`,
     pid: daemon,
-    commandLine: `${argv.join(' ')}   # config: [generic] port, listenaddr; [${TORUS_VOLUME}] exportname = preallocated file`,
+    commandLine: `${argv.join(' ')}   # config: [generic] port, listenaddr; [${TORUS_VOLUME}] exportname = preallocated file, flush = true`,
+    cgroups: cgroup ? [cgroup] : [],
     async stop() {
       await stopTree(daemon);
       forget();
+      cgroup?.remove();
     },
   };
+}
+
+/** The export file of a C server, preallocated so writes measure the server, not the filesystem growing a sparse file. */
+function preallocatedImage(options: ServerOptions, server: string): string {
+  const image = join(options.workDir, 'export.img');
+  runToCompletion(
+    ['fallocate', '-l', String(options.exportBytes), image],
+    `preallocating the ${server} export`,
+  );
+  return image;
+}
+
+/** nbdkit's file plugin: reads and writes with pread/pwrite, FLUSH as fdatasync, like nbd-server. */
+async function startNbdkitFile(options: ServerOptions): Promise<BenchServer> {
+  const port = await freePort();
+  const image = preallocatedImage(options, 'nbdkit-file');
+  const argv = [
+    'nbdkit',
+    '--foreground',
+    '--exit-with-parent',
+    '--ipaddr',
+    LOOPBACK,
+    '--port',
+    String(port),
+    'file',
+    `file=${image}`,
+  ];
+  const cgroup = cgroupFor(options, 'nbdkit-file');
+  return launch(
+    'nbdkit-file',
+    cgroup ? cgroup.wrap(argv) : argv,
+    port,
+    `nbd://${LOOPBACK}:${port}/`,
+    options.workDir,
+    cgroup ? [cgroup] : [],
+  );
 }
 
 async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
@@ -288,7 +312,16 @@ async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
     'memory',
     `size=${options.exportBytes}`,
   ];
-  return launch('nbdkit', argv, port, `nbd://${LOOPBACK}:${port}/`, options.workDir);
+  // A RAM disk cannot honour a memory budget smaller than its export: use nbdkit-file there.
+  const cgroup = cgroupFor(options, 'nbdkit');
+  return launch(
+    'nbdkit',
+    cgroup ? cgroup.wrap(argv) : argv,
+    port,
+    `nbd://${LOOPBACK}:${port}/`,
+    options.workDir,
+    cgroup ? [cgroup] : [],
+  );
 }
 
 /**
@@ -296,13 +329,15 @@ async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
  * replication 2, all children of one shell so the measured process tree
  * (CPU, RSS) is the whole cluster. fio talks to node 1, which writes the
  * volume; each block goes to the two nodes the ring names for it.
- * cacheSize: every node's --cache-size (default: torusd's). killNode2: after
- * the prefill, SIGKILL node 2 and wait until the cluster lists it DOWN.
+ * cacheSize: every node's --cache-size (default: torusd's; in same-memory
+ * mode half the budget). killNode2: after the prefill, SIGKILL node 2 and
+ * wait until the cluster lists it DOWN. client: fio talks to `torusblk
+ * nbdserve` instead, which holds the volume and stores nothing itself.
  */
 async function startTorusCluster(
   name: ServerName,
   options: ServerOptions,
-  variant: { cacheSize?: string; killNode2?: boolean } = {},
+  variant: { cacheSize?: string; killNode2?: boolean; client?: boolean } = {},
 ): Promise<BenchServer> {
   const [etcdClient, etcdPeer, nbd, ...peerPorts] = await Promise.all(
     Array.from({ length: 6 }, () => freePort()),
@@ -311,38 +346,72 @@ async function startTorusCluster(
   const node = (bin: string) =>
     `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
   const dir = options.workDir;
-  const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''}`;
-  // Node 1 keeps the volume (its write lock and cache) open between fio's
-  // connections, as it would for a client attached for days: with the default
-  // 5 s linger, whether a run found the cache warm depended on how long the
-  // other servers' runs took. It still commits each run's writes when the
-  // connection closes, while the bench waits for quiet (run.ts settle).
+  const q = JSON.stringify;
+  const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + q(join(dir, 'master.key')) : ''}`;
+  const cacheSize = options.memory
+    ? String(torusCacheBytes(options.memory.budgetBytes))
+    : variant.cacheSize;
+  const cacheFlag = cacheSize ? ` --cache-size ${cacheSize}` : '';
+  const keyFlag = options.encrypt ? ' --key-file ' + q(join(dir, 'master.key')) : '';
+  const cgroups: MemoryCgroup[] = [];
+  // In same-memory mode each process starts in its own cgroup before it allocates anything.
+  const inCgroup = (cgroupName: string, command: string) => {
+    const cgroup = cgroupFor(options, `${name}-${cgroupName}`);
+    if (!cgroup) return command;
+    cgroups.push(cgroup);
+    return cgroup.wrapShell(command);
+  };
+  // Whoever serves fio keeps the volume (its write lock and cache) open
+  // between fio's connections, as it would for a client attached for days:
+  // with the default 5 s linger, whether a run found the cache warm depended
+  // on how long the other servers' runs took. It still commits each run's
+  // writes when the connection closes, while the bench waits for quiet
+  // (run.ts settle).
+  const linger = ' --lock-linger 3600';
   const torusd = (i: number, nbdPort: string) =>
-    `${node('torusd')} --etcd ${endpoint} --data-dir ${JSON.stringify(join(dir, `node${i}`))} --size ${TORUS_STORE_SIZE} --nbd ${nbdPort}${i === 1 ? ' --lock-linger 3600' : ''} ` +
-    `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${variant.cacheSize ? ` --cache-size ${variant.cacheSize}` : ''}` +
-    `${options.encrypt ? ' --key-file ' + JSON.stringify(join(dir, 'master.key')) : ''} > ${JSON.stringify(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${JSON.stringify(join(dir, `node${i}.pid`))}`;
+    inCgroup(
+      `node${i}`,
+      `${node('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 && !variant.client ? linger : ''} ` +
+        `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${cacheFlag}${keyFlag}`,
+    ) + ` > ${q(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${q(join(dir, `node${i}.pid`))}`;
+  const waitForMembers = (count: number) =>
+    `for i in $(seq 1 100); do [ "$(${node('torusctl')} -C ${endpoint} list-peers -o json | grep -o '"member": *"OK"' | wc -l)" -ge ${count} ] && break; sleep 0.2; done`;
+  // The client's cache is its own default unless the budget sets it.
+  const nbdserve = () =>
+    inCgroup(
+      'nbdserve',
+      `${node('torusblk')} nbdserve -C ${endpoint} --listen ${LOOPBACK}:${nbd} --scratch-dir ${q(dir)}${linger}` +
+        `${options.memory ? cacheFlag : ''}${keyFlag}`,
+    ) + ` > ${q(join(dir, 'nbdserve.log'))} 2>&1 &`;
   const script = [
     'set -e',
-    `etcd --name bench --data-dir ${JSON.stringify(join(dir, 'etcd'))} --listen-client-urls http://${endpoint} --advertise-client-urls http://${endpoint} ` +
+    `etcd --name bench --data-dir ${q(join(dir, 'etcd'))} --listen-client-urls http://${endpoint} --advertise-client-urls http://${endpoint} ` +
       `--listen-peer-urls http://${LOOPBACK}:${etcdPeer} --initial-advertise-peer-urls http://${LOOPBACK}:${etcdPeer} ` +
-      `--initial-cluster bench=http://${LOOPBACK}:${etcdPeer} > ${JSON.stringify(join(dir, 'etcd.log'))} 2>&1 &`,
+      `--initial-cluster bench=http://${LOOPBACK}:${etcdPeer} > ${q(join(dir, 'etcd.log'))} 2>&1 &`,
     `for i in $(seq 1 100); do ${node('torusctl')} -C ${endpoint} init --replication 2${options.blockSize ? ` --block-size ${options.blockSize}` : ''} > /dev/null 2>&1 && break; sleep 0.2; done`,
-    // Nodes 2 and 3 first and before the volume exists: they only store
-    // copies. Node 1 then loads the volume, takes its write lock and serves it.
+    // Storage-only nodes first and before the volume exists: they only store
+    // copies. Then node 1 (or the client) loads the volume, takes its write lock and serves it.
     torusd(2, `${LOOPBACK}:${await freePort()}`),
     torusd(3, `${LOOPBACK}:${await freePort()}`),
-    `for i in $(seq 1 100); do [ "$(${node('torusctl')} -C ${endpoint} list-peers -o json | grep -o '"member": *"OK"' | wc -l)" -ge 2 ] && break; sleep 0.2; done`,
-    create,
-    torusd(1, `${LOOPBACK}:${nbd}`),
+    ...(variant.client
+      ? [torusd(1, `${LOOPBACK}:${await freePort()}`), waitForMembers(3), create, nbdserve()]
+      : [waitForMembers(2), create, torusd(1, `${LOOPBACK}:${nbd}`)]),
     'wait',
   ].join('\n');
-  const server = await launch(
-    name,
-    ['bash', '-c', script],
-    nbd,
-    `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`,
-    options.workDir,
-  );
+  let server: BenchServer;
+  try {
+    server = await launch(
+      name,
+      ['bash', '-c', script],
+      nbd,
+      `nbd://${LOOPBACK}:${nbd}/${TORUS_VOLUME}`,
+      options.workDir,
+      cgroups,
+    );
+  } catch (err) {
+    for (const cgroup of cgroups) cgroup.remove();
+    throw err;
+  }
   if (!variant.killNode2) return server;
   return {
     ...server,
@@ -378,11 +447,15 @@ export function startServer(name: ServerName, options: ServerOptions): Promise<B
       return startTorusCluster(name, options, { cacheSize: CLUSTER_COLD_CACHE });
     case 'torus-cluster-degraded':
       return startTorusCluster(name, options, { cacheSize: CLUSTER_COLD_CACHE, killNode2: true });
+    case 'torus-client':
+      return startTorusCluster(name, options, { client: true });
     case 'torus':
       return startTorus(options);
     case 'nbd-server':
       return startNbdServer(options);
     case 'nbdkit':
       return startNbdkit(options);
+    case 'nbdkit-file':
+      return startNbdkitFile(options);
   }
 }

@@ -10,6 +10,7 @@
 import { tmpdir } from 'node:os';
 import { logger } from '../common/log.js';
 import { formatSize } from '../common/size.js';
+import { cacheSizeOf, CLIENT_CACHE } from '../common/memory-budget.js';
 import { NbdServer } from '../dataplane/nbd/server.js';
 import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
@@ -37,7 +38,10 @@ export const nbdserveFlags: Record<string, FlagSpec> = {
     help: 'also serve NBD on this unix socket (nbd+unix://; torusblk nbd uses one)',
   },
   ...nbdLimitFlags,
-  'cache-size': { type: 'size', help: 'block cache size', default: '256MiB' },
+  'cache-size': {
+    type: 'size',
+    help: 'block cache size (default: 1/16 of memory, or of the cgroup limit when lower; 64MiB to 256MiB)',
+  },
   'scratch-size': {
     type: 'size',
     help: 'local scratch store for map pages being committed',
@@ -100,7 +104,7 @@ export async function startNbdServe(
       label: 'torusblk',
       scratchDir: v['scratch-dir'] as string,
       scratchBytes: v['scratch-size'] as number,
-      cacheBytes: v['cache-size'] as number,
+      cacheBytes: cacheSizeOf(v['cache-size'] as number | undefined, CLIENT_CACHE, log),
       workers: (v.workers as number | undefined) || undefined,
       keyFile: v['key-file'] as string | undefined,
       metrics,

@@ -32,7 +32,8 @@ import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { nbdLimitFlags, nbdLimitOptions } from './nbd-limit-flags.js';
-import { DEFAULT_BLOCK_SIZE, DEFAULT_CACHE_BYTES, StorageNode } from '../node/storage-node.js';
+import { DEFAULT_BLOCK_SIZE, StorageNode } from '../node/storage-node.js';
+import { cacheSizeOf, STORAGE_NODE_CACHE } from '../common/memory-budget.js';
 import {
   ArgumentError,
   helpText,
@@ -101,7 +102,7 @@ const spec: CommandSpec = {
     },
     'cache-size': {
       type: 'size',
-      help: `shared block cache size (default ${formatSize(DEFAULT_CACHE_BYTES)})`,
+      help: 'shared block cache size (default: 25 % of memory, or of the cgroup limit when lower; 64MiB to 4GiB)',
       env: 'TORUS_CACHE_SIZE',
     },
     workers: {
@@ -203,7 +204,7 @@ export async function main(argv: string[]): Promise<number> {
       dataDir,
       capacityBytes: v.size as number | undefined,
       blockSize: v['block-size'] as number | undefined,
-      cacheBytes: v['cache-size'] as number | undefined,
+      cacheBytes: cacheSizeOf(v['cache-size'] as number | undefined, STORAGE_NODE_CACHE, log),
       workers: (v.workers as number | undefined) || undefined,
       keyFile: v['key-file'] as string | undefined,
       metrics,
