@@ -21,7 +21,7 @@ import { makeDataDir, removeDir, startTorusd, type TorusdProcess } from './torus
 import { missing } from './tools.js';
 
 const ROUNDS = 20;
-const CASES_PER_ROUND = 40;
+const CASES_PER_ROUND = 24;
 const CHUNK = 1024 * 1024;
 const FUZZ_BYTES = 64 * 1024 * 1024;
 
