@@ -145,7 +145,8 @@ function reportOf(d: Damage): DamageReport {
 /**
  * Zero the damaged records salvage did not reuse, so a second run finds the
  * table clean. A slot salvage allocated has a fresh record in memory (and on
- * disk): left alone. torusd already reads the rest as free.
+ * disk): left alone. torusd sets the others aside until then (never reusing a
+ * slot whose block fsck might still find by hash); zeroed, they are free.
  */
 async function clearDamagedRecords(
   store: LocalSlotStore,
@@ -155,7 +156,10 @@ async function clearDamagedRecords(
   const file = await open(store.slotsPath, 'r+');
   try {
     for (const { slot, recordOffset } of damaged) {
-      if (store.record(slot).getUint32(OFF_STATE, true) !== SLOT_FREE) continue;
+      // Set aside by the store (its record damaged), or free: zeroed. A slot
+      // salvage allocated holds a fresh intact record: left alone.
+      const free = store.record(slot).getUint32(OFF_STATE, true) === SLOT_FREE;
+      if (!store.isSetAside(slot) && !free) continue;
       await file.write(zeros, 0, RECORD_SIZE, recordOffset);
     }
     await file.datasync();

@@ -33,6 +33,11 @@ export async function openLocalStore(
     await LocalSlotStore.create(storeDir, { blockSize, capacityBytes });
   }
   const store = await LocalSlotStore.open(storeDir);
+  if (store.setAsideSlots > 0)
+    log.warn(
+      { dir: storeDir, slots: store.setAsideSlots },
+      'slot records fail their checksum: those slots are set aside, not reused, until `torusctl fsck --salvage` (with torusd stopped) has recovered what it can from them',
+    );
   if (capacityBytes && Math.floor(capacityBytes / store.blockSize) !== store.slotCount) {
     log.warn(
       {

@@ -1,7 +1,7 @@
 /**
  * LocalSlotStore on its own: the allocator, ref binding, and rebuilding the
- * index from the slot table after a reopen (a restart), including a torn
- * record; and its invariants: a slot bound only when allocated, given back
+ * index from the slot table after a reopen (a restart), including a
+ * damaged record (set aside, never reused, until fsck); and its invariants: a slot bound only when allocated, given back
  * only when allocated and unbound.
  */
 import assert from 'node:assert/strict';
@@ -46,7 +46,7 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     );
   });
 
-  test('written blocks are found again after a reopen; released and torn ones are free', async () => {
+  test('written blocks are found again after a reopen; released ones are free, damaged ones set aside', async () => {
     const dir = join(root, 'reopen');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 64 * BS });
     const store = await LocalSlotStore.open(dir);
@@ -60,7 +60,7 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     store.release(refs[1]);
     await store.sync();
     await store.close();
-    // Tear the third record: a crash mid-write of the slot table.
+    // Damage the third record (a flipped byte: a 64-byte record cannot be torn by a crash).
     const file = await open(join(dir, 'slots'), 'r+');
     await file.write(Buffer.from([0xab]), 0, 1, slots[2] * RECORD_SIZE + 10);
     await file.close();
@@ -68,9 +68,19 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     const again = await LocalSlotStore.open(dir);
     assert.equal(again.lookup(9, 3, 0), slots[0]);
     assert.equal(again.lookup(9, 3, 1), undefined, 'released');
-    assert.equal(again.lookup(9, 3, 2), undefined, 'a torn record reads as free');
+    assert.equal(again.lookup(9, 3, 2), undefined, 'a damaged record binds no ref');
     assert.equal(again.usedSlots, 1);
-    assert.equal(again.freeSlots, 63);
+    assert.equal(again.setAsideSlots, 1);
+    assert.ok(again.isSetAside(slots[2]));
+    assert.equal(
+      again.freeSlots,
+      62,
+      'the damaged slot is not free: fsck may still recover its block',
+    );
+    const handedOut: number[] = [];
+    for (let i = 0; i < 62; i++) handedOut.push(again.allocate());
+    assert.ok(!handedOut.includes(slots[2]), 'a set-aside slot is never allocated');
+    for (const slot of handedOut) again.unallocate(slot);
     const back = Buffer.alloc(BS);
     const digest = await again.readBlock(slots[0], back);
     assert.ok(back.equals(Buffer.alloc(BS, 1)));

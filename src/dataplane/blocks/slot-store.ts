@@ -72,9 +72,15 @@ const enum SlotUse {
   Bound = 2,
   /** Released; its free record is being written, then it goes back on the free stack. */
   Releasing = 3,
+  /**
+   * Its record is neither free nor intact: on-disk damage (a record is 64
+   * bytes inside one sector, so a crash cannot tear one). Never reused, so
+   * `torusctl fsck --salvage` can still find its block by hash; fsck frees it.
+   */
+  SetAside = 4,
 }
 
-const USE_NAMES = ['free', 'allocated', 'bound', 'being released'];
+const USE_NAMES = ['free', 'allocated', 'bound', 'being released', 'set aside (damaged record)'];
 
 export interface StoreLayout {
   format: number;
@@ -103,6 +109,7 @@ export class LocalSlotStore {
   private readonly uses: Uint8Array;
   private allocatedCount = 0;
   private releasingCount = 0;
+  private setAsideCount = 0;
   /** Released slots whose free record is not yet on disk: not reusable until it is (see release). */
   private pendingRelease: number[] = [];
   private releaseWrite: Promise<void> | undefined;
@@ -276,8 +283,10 @@ export class LocalSlotStore {
         }
         this.refToSlot.set(key, slot);
         this.uses[slot] = SlotUse.Bound;
+      } else if (record.getUint32(OFF_STATE, true) !== SLOT_FREE) {
+        this.uses[slot] = SlotUse.SetAside;
+        this.setAsideCount++;
       } else {
-        if (record.getUint32(OFF_STATE, true) !== SLOT_FREE) this.clearRecord(slot);
         this.freeStack[this.freeTop++] = slot;
       }
     }
@@ -287,12 +296,16 @@ export class LocalSlotStore {
   /** Every slot is counted once: free, allocated, bound (in the ref index) or being released. */
   private assertAccounted(): void {
     if (
-      this.freeTop + this.allocatedCount + this.refToSlot.size + this.releasingCount !==
+      this.freeTop +
+        this.allocatedCount +
+        this.refToSlot.size +
+        this.releasingCount +
+        this.setAsideCount !==
       this.slotCount
     ) {
       invariantBroken(
         `slot counts disagree: ${this.freeTop} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
-          `${this.releasingCount} releasing != ${this.slotCount}`,
+          `${this.releasingCount} releasing + ${this.setAsideCount} set aside != ${this.slotCount}`,
       );
     }
   }
@@ -327,6 +340,15 @@ export class LocalSlotStore {
 
   get usedSlots(): number {
     return this.refToSlot.size;
+  }
+
+  /** Slots whose records are damaged: kept out of use until `torusctl fsck` has looked (see SlotUse.SetAside). */
+  get setAsideSlots(): number {
+    return this.setAsideCount;
+  }
+
+  isSetAside(slot: number): boolean {
+    return this.uses[slot] === SlotUse.SetAside;
   }
 
   /** Take a free slot; throws StoreFullError when none is left. */
