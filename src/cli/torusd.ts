@@ -30,6 +30,7 @@ import { NbdServer } from '../dataplane/nbd/server.js';
 import { startAdminApi } from '../node/admin-api.js';
 import { startHttpServer } from '../node/http-server.js';
 import { NodeMetrics } from '../node/metrics.js';
+import { startMemoryReport } from '../common/memory-report.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { nbdLimitFlags, nbdLimitOptions } from './nbd-limit-flags.js';
 import { DEFAULT_BLOCK_SIZE, StorageNode } from '../node/storage-node.js';
@@ -191,6 +192,7 @@ export async function main(argv: string[]): Promise<number> {
   const keyFile = (v['key-file'] as string | undefined) ?? join(dataDir, 'master.key');
   await checkKeyFileMode(resolve(keyFile), Boolean(v['allow-exposed-key']), log);
   const metrics = new NodeMetrics();
+  startMemoryReport('main');
 
   // Closed in reverse order: the cluster store and the directory lock last.
   const closers = new Closers(log);

@@ -4,7 +4,7 @@
  * syscalls — blocking here is the point: the main thread never does.
  */
 import { openSync, readSync, writeSync } from 'node:fs';
-import { workerData } from 'node:worker_threads';
+import { threadId, workerData } from 'node:worker_threads';
 import { hasher, isAllZero, type Hasher } from '../blocks/hash.js';
 import {
   OFF_NONCE,
@@ -18,6 +18,7 @@ import {
 import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '../peer/errors.js';
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
+import { memoryReporter } from '../../common/memory-report.js';
 import { HedgedRead } from './hedged-read.js';
 import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
@@ -38,6 +39,7 @@ import {
 
 const setup = workerData as WorkerSetup;
 const log = logger('pool-worker');
+const reportMemory = memoryReporter(`worker-${threadId}`);
 /**
  * xxhash-wasm compiles asynchronously, but this module must not await at its
  * top level: piscina loads a task file with require() first, and on Node
@@ -88,6 +90,7 @@ export default function handle(
   task: PoolTask,
 ): WriteBatchResult | ReadBatchResult | Promise<WriteBatchResult | ReadBatchResult> {
   if (!hashLoaded) return hasherReady.then(() => handle(task));
+  reportMemory();
   if (task.op === 'write')
     return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
   return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);

@@ -12,6 +12,7 @@
  * the keys of the map.
  */
 import { assert } from '../../../common/assert.js';
+import { ownedCopy } from '../../../common/owned-copy.js';
 import { compareKeys } from '../keys.js';
 import { leaseIdOf, type Compare, type KeyValue, type TxnOp, type TxnOpResult } from '../store.js';
 import type { LoggedMutation, TxnRecord } from './record.js';
@@ -131,11 +132,12 @@ export class KeySpace {
         return { type: 'get', kvs: keys.map((k) => toKeyValue(k, this.entries.get(k)!)) };
       }
       case 'put': {
-        // Copied: the caller may reuse its buffer once put() returns.
+        // Copied: the caller may reuse its buffer once put() returns. Into
+        // memory of its own: the entry and the watch history keep it (owned-copy.ts).
         const mutation: LoggedMutation = {
           kind: 'put',
           key: op.key,
-          value: Buffer.from(op.value),
+          value: ownedCopy(op.value),
           lease: leaseIdOf(op.lease),
         };
         this.applyMutation(mutation, revision);

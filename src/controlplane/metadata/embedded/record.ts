@@ -21,6 +21,7 @@
  * real record has, so it is a torn tail as well.
  */
 import { crc32 } from 'node:zlib';
+import { ownedCopy } from '../../../common/owned-copy.js';
 
 export const FRAME_HEADER_BYTES = 8;
 /** Bigger than any real record (values ≤ 1 MiB, ≤ 128 ops); a sanity bound for garbage lengths. */
@@ -128,7 +129,9 @@ function decodePayload(payload: Buffer): TxnRecord {
     } else if (kind === KIND_PUT) {
       const valueLength = payload.readUInt32LE(at);
       at += 4;
-      const value = take(payload, at, valueLength);
+      // Owned, not a view: a replayed value is kept in the key space and the
+      // watch history, and a view would keep the whole log segment alive.
+      const value = ownedCopy(take(payload, at, valueLength));
       at += valueLength;
       const leaseLength = payload.readUInt16LE(at);
       at += 2;

@@ -19,6 +19,7 @@
  */
 import { open, readFile, rename } from 'node:fs/promises';
 import { crc32 } from 'node:zlib';
+import { ownedCopy } from '../../../common/owned-copy.js';
 import { MetadataCorruptError } from '../errors.js';
 import { pathIn, SNAPSHOT_FILE, SNAPSHOT_TEMP_FILE, syncDirectory } from './files.js';
 
@@ -93,7 +94,7 @@ export function decodeSnapshot(buf: Buffer, path: string): Snapshot {
       const valueLength = buf.readUInt32LE(at);
       at += 4;
       // A copy, so the whole file's buffer is not kept alive by one value.
-      const value = Buffer.from(buf.subarray(at, at + valueLength));
+      const value = ownedCopy(buf.subarray(at, at + valueLength));
       at += valueLength;
       const createRevision = Number(buf.readBigUInt64LE(at));
       const modRevision = Number(buf.readBigUInt64LE(at + 8));
