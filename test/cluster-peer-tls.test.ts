@@ -9,7 +9,7 @@
  * nbdserve with its own certificate reads the volume.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,7 +19,8 @@ import { after, before, describe, test } from 'node:test';
 import { Cluster, freePort, sha256, until, type ClusterNode } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { missing, run, runOk, toolEnv } from './tools.js';
-import { BIN, runCli } from './torusd-process.js';
+import { runCli } from './torusd-process.js';
+import { startNbdserve } from './support/nbdserve-process.js';
 
 const opensslMissing =
   spawnSync('sh', ['-c', 'command -v openssl'], { stdio: 'ignore' }).status === 0
@@ -211,35 +212,15 @@ describe(
       const port = await freePort();
       const scratchDir = join(scratch, 'nbdserve');
       await mkdir(scratchDir);
-      nbdserve = spawn(
-        process.execPath,
-        [
-          join(BIN, 'torusblk'),
-          '-C',
-          cluster.endpoint,
-          'nbdserve',
-          '-l',
-          `127.0.0.1:${port}`,
-          '--scratch-dir',
+      nbdserve = (
+        await startNbdserve({
+          etcdEndpoint: cluster.endpoint,
+          port,
           scratchDir,
-          '--cache-size',
-          '16MiB',
-          '--workers',
-          '1',
-          '--peer-tls-dir',
-          join(certs, 'client'),
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      let output = '';
-      nbdserve.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      nbdserve.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      await until(
-        'torusblk nbdserve to listen',
-        async () => (output.includes('torusblk serving') ? true : undefined),
-        30_000,
-        () => output,
-      );
+          cacheSize: '16MiB',
+          args: ['--workers', '1', '--peer-tls-dir', join(certs, 'client')],
+        })
+      ).child;
       const out = join(scratch, 'out-nbdserve.bin');
       await runOk('nbdcopy', [`nbd://127.0.0.1:${port}/vol`, out], {
         timeoutMs: 60_000,

@@ -6,6 +6,7 @@
  * them. Real etcd, real torusd processes, real NBD clients.
  */
 import assert from 'node:assert/strict';
+import { startNbdserve } from './support/nbdserve-process.js';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
@@ -16,7 +17,6 @@ import { freePort, sha256, until } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
 import {
-  BIN,
   makeDataDir,
   removeDir,
   runCli,
@@ -167,37 +167,18 @@ describe(
       const port = await freePort();
       const scratchDir = await makeDataDir('nbdserve-scratch');
       dirs.push(scratchDir);
-      const client = spawn(
-        process.execPath,
-        [
-          join(BIN, 'torusblk'),
-          '-C',
-          etcd.endpoint,
-          'nbdserve',
-          '-l',
-          `127.0.0.1:${port}`,
-          '--scratch-dir',
-          scratchDir,
-          '--cache-size',
-          '16MiB',
-          '--workers',
-          '1',
-        ],
-        {
-          stdio: ['ignore', 'pipe', 'pipe'],
-        },
-      );
-      let output = '';
-      client.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
-      client.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+      const served = await startNbdserve({
+        etcdEndpoint: etcd.endpoint,
+        port,
+        scratchDir,
+        cacheSize: '16MiB',
+        args: ['--workers', '1'],
+        startTimeoutMs: 20_000,
+      });
+      const client = served.child;
       try {
-        await until(
-          'torusblk nbdserve to listen',
-          async () => (output.includes('torusblk serving') ? true : undefined),
-          20_000,
-        );
         assert.match(
-          output,
+          served.output(),
           /serving nbd:\/\/127\.0\.0\.1:\d+\/late/,
           'it lists the volumes of the cluster',
         );

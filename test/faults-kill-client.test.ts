@@ -15,16 +15,16 @@
  * (cluster-etcd.test.ts), a partitioned node (cluster-fencing.test.ts).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { Cluster, freePort, until } from './cluster-fixture.js';
+import { Cluster, freePort } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { runFlushTrackingWriter } from './flush-tracking-writer.js';
 import { missing, run, toolEnv } from './tools.js';
-import { BIN, makeDataDir, removeDir } from './torusd-process.js';
+import { makeDataDir, removeDir } from './torusd-process.js';
+import { startNbdserve } from './support/nbdserve-process.js';
 
 const MiB = 1024 * 1024;
 const WRITE_SECONDS = 16;
@@ -53,33 +53,8 @@ describe(
       await removeDir(scratch);
     });
 
-    async function startNbdserve(port: number): Promise<ChildProcess> {
-      const child = spawn(
-        process.execPath,
-        [
-          join(BIN, 'torusblk'),
-          '-C',
-          cluster.endpoint,
-          'nbdserve',
-          '-l',
-          `127.0.0.1:${port}`,
-          '--scratch-dir',
-          scratch,
-          '--cache-size',
-          '32MiB',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      );
-      let output = '';
-      child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-      child.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-      await until(
-        'torusblk nbdserve to listen',
-        async () => (output.includes('torusblk serving') ? true : undefined),
-        20_000,
-      );
-      return child;
-    }
+    const nbdserveOn = async (port: number): Promise<ChildProcess> =>
+      (await startNbdserve({ etcdEndpoint: cluster.endpoint, port, scratchDir: scratch })).child;
 
     test('flushed data survives, and writes go on through the restarted nbdserve', async (t) => {
       for (const volume of ['tracked', 'load']) {
@@ -87,7 +62,7 @@ describe(
         assert.equal(created.code, 0, created.stderr);
       }
       const port = await freePort();
-      server = await startNbdserve(port);
+      server = await nbdserveOn(port);
       const seed = randomInt(2 ** 31);
       const uri = (volume: string) => `nbd://127.0.0.1:${port}/${volume}`;
       const writing = runFlushTrackingWriter({
@@ -126,7 +101,7 @@ describe(
       server.kill('SIGKILL');
       await new Promise((resolve) => server!.once('exit', resolve));
       await sleep(RESTART_AFTER_MS);
-      server = await startNbdserve(port);
+      server = await nbdserveOn(port);
       const restartedAt = Date.now() / 1000;
 
       const [{ summary, events, result }] = await Promise.all([writing, fio]);
