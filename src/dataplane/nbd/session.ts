@@ -39,6 +39,8 @@ import {
   type ConnectionLimits,
 } from '../transport/served-connection.js';
 import {
+  COMMAND_FLAGS_ALLOWED,
+  commandLabel,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
   NBD_CMD_DISC,
@@ -100,20 +102,6 @@ export type RequestObserver = (
   seconds: number,
   errno: Errno | undefined,
 ) => void;
-
-const COMMAND_FLAGS_ALLOWED: Record<number, number> = {
-  [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
-  [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
-  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
-  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
-};
-
-function commandLabel(type: number): string {
-  return type in COMMAND_FLAGS_ALLOWED ? commandName(type) : 'NBD_CMD_UNKNOWN';
-}
 
 export class Session extends ServedConnection {
   private readonly exp: NbdExport;

@@ -557,3 +557,19 @@ export function encodeBlockStatusChunk(
 export class NbdFramingError extends Error {
   override name = 'NbdFramingError';
 }
+
+/** The flags each command may carry (the spec's per-command flags); a command not listed is unknown. */
+export const COMMAND_FLAGS_ALLOWED: Record<number, number> = {
+  [NBD_CMD_READ]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
+  [NBD_CMD_WRITE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_FLUSH]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_TRIM]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_CACHE]: NBD_CMD_FLAG_FUA,
+  [NBD_CMD_WRITE_ZEROES]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+  [NBD_CMD_BLOCK_STATUS]: NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
+};
+
+/** A command's NBD_CMD_* name for metrics; unknown ones collapse to NBD_CMD_UNKNOWN so label sets stay bounded. */
+export function commandLabel(type: number): string {
+  return type in COMMAND_FLAGS_ALLOWED ? commandName(type) : 'NBD_CMD_UNKNOWN';
+}
