@@ -24,13 +24,22 @@
  * CI never hangs on a wedged server or client.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import {
+  accessSync,
+  constants,
+  existsSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { delimiter, dirname, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const PROJECT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const SOURCE_DIRS = ['src', 'test', 'bench'];
-const RUN_LIMIT_MS = 20 * 60_000;
+// TORUS_TEST_RUN_LIMIT_S shortens it, to try the watchdog itself.
+const RUN_LIMIT_MS = Number(process.env.TORUS_TEST_RUN_LIMIT_S ?? 20 * 60) * 1000;
 const FAST_RUN_LIMIT_MS = 5 * 60_000;
 /** The fast tier's files, by compiled path relative to the project. */
 const FAST_TIER = [join('dist', 'src', ''), join('dist', 'test', 'inproc-')];
@@ -227,6 +236,7 @@ function runTests(nodeFlags, files, fast) {
   runner.on('exit', (code, signal) => {
     clearTimeout(watchdog);
     if (timedOut) {
+      sweepSlowDisks();
       console.log(
         `test: the whole run exceeded ${runLimitMs / 60_000} minutes and was killed; a test or a process it started hangs`,
       );
@@ -234,6 +244,43 @@ function runTests(nodeFlags, files, fast) {
     }
     process.exit(code ?? 128 + (signal === 'SIGINT' ? 2 : 15));
   });
+}
+
+/**
+ * After the watchdog killed a run: the slow-disk fault test (test/support/
+ * slow-disk.ts) mounts ext4 on a loop device over an nbdfuse file under
+ * TMPDIR/torus-slow-disk-*; a killed test never unmounts it, and mounts and
+ * loop devices outlive their processes. Undo them here, innermost first.
+ */
+function sweepSlowDisks() {
+  const marker = `${sep}torus-slow-disk-`;
+  const mounts = existsSync('/proc/mounts')
+    ? readFileSync('/proc/mounts', 'utf8')
+        .split('\n')
+        .map((line) => line.split(' ')[1])
+        .filter((point) => point && point.includes(marker))
+    : [];
+  if (mounts.length === 0) return;
+  const loops = [];
+  for (const name of existsSync('/sys/block') ? readdirSync('/sys/block') : []) {
+    const backing = join('/sys/block', name, 'loop', 'backing_file');
+    if (existsSync(backing) && readFileSync(backing, 'utf8').includes(marker))
+      loops.push(join('/dev', name));
+  }
+  const quiet = (command, args) => spawnSync(command, args, { stdio: 'ignore', timeout: 30_000 });
+  const [filesystems, fuse] = [
+    mounts.filter((m) => !m.endsWith(`${sep}fuse`)),
+    mounts.filter((m) => m.endsWith(`${sep}fuse`)),
+  ];
+  for (const point of filesystems) quiet('umount', ['-l', point]);
+  for (const loop of loops) quiet('losetup', ['-d', loop]);
+  for (const point of fuse) quiet('umount', ['-l', point]);
+  quiet('pkill', ['-f', 'nbdfuse .*torus-slow-disk-']);
+  for (const root of new Set(mounts.map((point) => dirname(point))))
+    rmSync(root, { recursive: true, force: true });
+  console.log(
+    `test: removed what the killed slow-disk test left mounted: ${mounts.join(', ')}${loops.length ? `; ${loops.join(', ')}` : ''}`,
+  );
 }
 
 function main(argv) {
