@@ -3,7 +3,7 @@
  * server is measured through the same client with no kernel nbd module.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import { killQuietly, onCleanup } from './cleanup.js';
 
 export interface JobSpec {
@@ -229,6 +229,31 @@ export function parseFioJson(text: string): FioResult {
   };
 }
 
+/** Every process below `root` (by parent pid in /proc), synchronously: it also runs from a signal handler. */
+function descendantsOf(root: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      // The parent pid is the second field after the parenthesised command name.
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      children.set(parent, [...(children.get(parent) ?? []), Number(name)]);
+    } catch {
+      // gone while we looked
+    }
+  }
+  const found: number[] = [];
+  const walk = (pid: number) => {
+    for (const child of children.get(pid) ?? []) {
+      found.push(child);
+      walk(child);
+    }
+  };
+  walk(root);
+  return found;
+}
+
 /** Beyond ramp+runtime, how long a fio run may take before it counts as hung. */
 const FIO_SLACK_MS = 60_000;
 
@@ -240,7 +265,13 @@ export function runFio(args: string[], timeoutMs: number): Promise<void> {
     // whole runtime). Killing the group takes them all.
     const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const killAll = () => {
-      if (child.pid !== undefined) killQuietly(-child.pid, 'SIGKILL');
+      if (child.pid !== undefined) {
+        // fio's job processes may leave its process group (seen: a job with
+        // its own session, orphaned in a futex wait for 40 minutes after the
+        // group was killed), so they are found by parentage first.
+        for (const pid of descendantsOf(child.pid)) killQuietly(pid, 'SIGKILL');
+        killQuietly(-child.pid, 'SIGKILL');
+      }
       child.kill('SIGKILL');
     };
     const forget = onCleanup(killAll);
