@@ -274,32 +274,22 @@ function preallocatedImage(options: ServerOptions, server: string): string {
 }
 
 /** nbdkit's file plugin: reads and writes with pread/pwrite, FLUSH as fdatasync, like nbd-server. */
-async function startNbdkitFile(options: ServerOptions): Promise<BenchServer> {
-  const port = await freePort();
+function startNbdkitFile(options: ServerOptions): Promise<BenchServer> {
   const image = preallocatedImage(options, 'nbdkit-file');
-  const argv = [
-    'nbdkit',
-    '--foreground',
-    '--exit-with-parent',
-    '--ipaddr',
-    LOOPBACK,
-    '--port',
-    String(port),
-    'file',
-    `file=${image}`,
-  ];
-  const cgroup = cgroupFor(options, 'nbdkit-file');
-  return launch(
-    'nbdkit-file',
-    cgroup ? cgroup.wrap(argv) : argv,
-    port,
-    `nbd://${LOOPBACK}:${port}/`,
-    options.workDir,
-    cgroup ? [cgroup] : [],
-  );
+  return startNbdkitPlugin(options, 'nbdkit-file', ['file', `file=${image}`]);
 }
 
-async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
+// A RAM disk cannot honour a memory budget smaller than its export: use nbdkit-file there.
+function startNbdkit(options: ServerOptions): Promise<BenchServer> {
+  return startNbdkitPlugin(options, 'nbdkit', ['memory', `size=${options.exportBytes}`]);
+}
+
+/** nbdkit on a free loopback port with `plugin` (its name and parameters), in its memory cgroup if any. */
+async function startNbdkitPlugin(
+  options: ServerOptions,
+  name: 'nbdkit' | 'nbdkit-file',
+  plugin: string[],
+): Promise<BenchServer> {
   const port = await freePort();
   const argv = [
     'nbdkit',
@@ -309,13 +299,11 @@ async function startNbdkit(options: ServerOptions): Promise<BenchServer> {
     LOOPBACK,
     '--port',
     String(port),
-    'memory',
-    `size=${options.exportBytes}`,
+    ...plugin,
   ];
-  // A RAM disk cannot honour a memory budget smaller than its export: use nbdkit-file there.
-  const cgroup = cgroupFor(options, 'nbdkit');
+  const cgroup = cgroupFor(options, name);
   return launch(
-    'nbdkit',
+    name,
     cgroup ? cgroup.wrap(argv) : argv,
     port,
     `nbd://${LOOPBACK}:${port}/`,

@@ -48,7 +48,7 @@ export interface FsckReport {
   dataDir: string;
   blockSize: number;
   slotCount: number;
-  /** Slot records that are neither free nor intact (their slot's data is treated as free by torusd). */
+  /** Slot records that are neither free nor intact (torusd sets their slots aside until fsck has looked). */
   damagedSlots: { slot: number; recordOffset: number }[];
   volumes: VolumeReport[];
   clean: boolean;
