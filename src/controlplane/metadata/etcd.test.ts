@@ -75,8 +75,10 @@ describe('etcd metadata store: faults', { skip, concurrency: true }, () => {
   it(
     'a frozen etcd makes calls fail within the deadline, loses the lease, and recovers on thaw',
     { timeout: 20_000 },
-    async () => {
+    async (t) => {
       const etcd = await startEtcd();
+      // If the test times out, finally never runs: do not leave etcd stopped.
+      t.signal.addEventListener('abort', () => void etcd.stop());
       const store = await open(etcd.endpoint, { callTimeoutMs: 500 });
       try {
         await store.put('before', b('1'));
@@ -100,7 +102,12 @@ describe('etcd metadata store: faults', { skip, concurrency: true }, () => {
           const took = Date.now() - started;
           assert.ok(took < 1500, `failed after ${took} ms, deadline 500 ms`);
         }
-        await lost;
+        // The 1 s TTL ran out during the three calls above, or soon after.
+        const lostWithin = await Promise.race([
+          lost.then(() => true),
+          new Promise<boolean>((resolve) => setTimeout(resolve, 3000, false)),
+        ]);
+        assert.ok(lostWithin, `lease still ${lease.state} 3 s after the calls failed`);
         assert.equal(lease.state, 'lost');
 
         etcd.thaw();

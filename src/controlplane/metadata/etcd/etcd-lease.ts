@@ -65,12 +65,24 @@ export class EtcdLease extends LeaseStateMachine {
     const until = sentAt + this.ttlSeconds * 1000;
     if (until <= this.confirmedUntil) return;
     this.confirmedUntil = until;
+    this.armExpiryTimer();
+  }
+
+  private armExpiryTimer(): void {
     clearTimeout(this.expiryTimer);
-    this.expiryTimer = setTimeout(() => this.checkExpiry(), Math.max(0, until - Date.now()));
+    this.expiryTimer = setTimeout(
+      () => this.checkExpiry(),
+      Math.max(0, this.confirmedUntil - Date.now()),
+    );
   }
 
   private checkExpiry(): void {
-    if (this.ended || Date.now() < this.confirmedUntil) return;
+    if (this.ended) return;
+    // Timers run on libuv's monotonic millisecond clock, Date.now() on the
+    // wall clock: the timer can fire a millisecond before confirmedUntil by
+    // Date.now(). Re-arm rather than return, or the lease is never declared
+    // lost (seen: a frozen etcd left a lease 'alive' for 15 s, 1 run in 6).
+    if (Date.now() < this.confirmedUntil) return this.armExpiryTimer();
     this.lose(
       new LeaseLostError(
         this.id,
