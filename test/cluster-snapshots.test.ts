@@ -9,6 +9,7 @@
  * held, counted in the nodes' used bytes.
  */
 import assert from 'node:assert/strict';
+import { createInterface } from 'node:readline';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -23,6 +24,16 @@ import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
 import { BIN, makeDataDir, removeDir } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
+
+/** The next whole line a child prints: a pipe may deliver "open\n" as "open" then "\n". */
+function lineReader(stream: NodeJS.ReadableStream): () => Promise<string> {
+  const lines = createInterface({ input: stream })[Symbol.asyncIterator]();
+  return async () => {
+    const { value, done } = await lines.next();
+    assert.ok(!done, 'the nbdsh child exited');
+    return (value as string).trim();
+  };
+}
 const VOLUME = 8 * MiB;
 
 /** Holds a session: each line "OFFSET FILE" on stdin is written and flushed, answered "ok". */
@@ -56,6 +67,7 @@ describe(
     let cluster: Cluster;
     let work: string;
     let session: ChildProcessWithoutNullStreams | undefined;
+    let sessionLine: (() => Promise<string>) | undefined;
     let image: Buffer;
 
     before(async () => {
@@ -88,16 +100,16 @@ describe(
     async function sessionWrite(offset: number, bytes: Buffer): Promise<void> {
       const file = join(work, `chunk-${offset}`);
       await writeFile(file, bytes);
-      const answered = new Promise((done) => session!.stdout.once('data', done));
       session!.stdin.write(`${offset} ${file}\n`);
-      await answered;
+      assert.equal(await sessionLine!(), 'ok');
     }
 
     test('a snapshot taken while another node writes reads back what was flushed before it', async () => {
       session = spawn(SYSTEM_PYTHON, ['-c', SESSION, cluster.nodes[0].uri('vol')], {
         env: { ...process.env, ...toolEnv },
       });
-      await new Promise((done) => session!.stdout.once('data', done));
+      sessionLine = lineReader(session.stdout);
+      assert.equal(await sessionLine(), 'open');
       image = randomBytes(VOLUME);
       await sessionWrite(0, image);
       assert.match(
@@ -164,12 +176,12 @@ describe(
       const reader = spawn(SYSTEM_PYTHON, ['-c', READER, cluster.nodes[2].uri('vol@two')], {
         env: { ...process.env, ...toolEnv },
       });
+      const nextLine = lineReader(reader.stdout);
       try {
-        await new Promise((done) => reader.stdout.once('data', done));
+        assert.equal(await nextLine(), 'open');
         const readAll = async () => {
-          const answered = new Promise<Buffer>((done) => reader.stdout.once('data', done));
           reader.stdin.write('read\n');
-          return (await answered).toString().trim();
+          return nextLine();
         };
         assert.equal(await readAll(), expected);
         const refused = await cluster.ctl('block', 'snapshot', 'delete', 'vol@two');
