@@ -85,7 +85,7 @@ export async function salvageVolume(
   } else {
     for (let level = 0; level < draft.height; level++) {
       for (const page of draft.pagesToWrite(level)) {
-        const slot = store.allocate();
+        const slot = store.allocate('map-page');
         const digest = await store.writeBlock(slot, page.ref, page.bytes, RECORD_MAP_PAGE);
         const top = draft.pageWritten(level, page.pageNo, digest.lo, digest.hi);
         if (top) root = top;

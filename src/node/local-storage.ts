@@ -33,6 +33,7 @@ export async function openLocalStore(
     await LocalSlotStore.create(storeDir, { blockSize, capacityBytes });
   }
   const store = await LocalSlotStore.open(storeDir);
+  store.reservedSlots = store.defaultMapPageReserve; // so a full store can still commit, freeing space
   if (store.setAsideSlots > 0)
     log.warn(
       { dir: storeDir, slots: store.setAsideSlots },

@@ -351,11 +351,29 @@ export class LocalSlotStore {
     return this.uses[slot] === SlotUse.SetAside;
   }
 
-  /** Take a free slot; throws StoreFullError when none is left. */
-  allocate(): number {
-    if (this.freeTop === 0) {
+  /**
+   * Slots only map pages may take (0 unless set; a node sets
+   * `defaultMapPageReserve`). A commit is what releases the blocks a version
+   * replaced, and a commit writes map pages: were data allowed the last
+   * slot, a store full of spilled blocks could never commit, so never free
+   * anything again.
+   */
+  reservedSlots = 0;
+
+  /** The reserve a node keeps: 1/256 of the store, at least 16 slots, at most an eighth. */
+  get defaultMapPageReserve(): number {
+    return Math.min(Math.max(16, Math.ceil(this.slotCount / 256)), Math.floor(this.slotCount / 8));
+  }
+
+  /**
+   * Take a free slot; throws StoreFullError when none is left — for data,
+   * when only the map pages' reserve is left.
+   */
+  allocate(purpose: 'data' | 'map-page' = 'data'): number {
+    if (this.freeTop <= (purpose === 'data' ? this.reservedSlots : 0)) {
       throw new StoreFullError(
-        `local store ${this.dir} is full (${this.slotCount} blocks of ${this.blockSize} bytes in use or awaiting release)`,
+        `local store ${this.dir} is full (${this.slotCount} blocks of ${this.blockSize} bytes in use, ` +
+          `awaiting release or kept for map pages): trim or delete data, delete snapshots, or add capacity`,
       );
     }
     const slot = this.freeStack[--this.freeTop];
@@ -385,6 +403,11 @@ export class LocalSlotStore {
 
   lookup(volumeId: number, generation: number, index: number): number | undefined {
     return this.refToSlot.get(refKey(volumeId, generation, index));
+  }
+
+  /** Resolves once every slot released so far can be allocated again. */
+  async whenReleased(): Promise<void> {
+    while (this.releaseWrite) await this.releaseWrite;
   }
 
   /** Drop a block. Call only once no committed version references it. */

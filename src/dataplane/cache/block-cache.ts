@@ -15,6 +15,10 @@
  * never evicted. When no slot can be had, acquire() returns -1 and the caller
  * waits with whenSlotFreed() while its volume writes back.
  *
+ * Reads keep a share of the cache (`readReserve` slots) that writes may not
+ * make dirty (`mayDirty()`): when write-back cannot make progress (a full
+ * store), writers wait or fail, and reads still find slots.
+ *
  * Invariants, asserted (src/common/assert.ts) because a slot in the wrong
  * state means two writers on one byte range or a block lost from the cache:
  * - setState() makes only the transitions in ALLOWED_NEXT; a slot becomes
@@ -78,6 +82,9 @@ export class BlockCache {
   private freeCount: number;
   private hand = 0;
   private dirty = 0;
+  private flushing = 0;
+  /** Slots writes leave to reads: dirty + flushing stays below slotCount - readReserve. */
+  readonly readReserve: number;
   private spaceWaiters: (() => void)[] = [];
   private readonly registered = new Set<CacheOwner>();
   /**
@@ -97,6 +104,7 @@ export class BlockCache {
   ) {
     this.slotCount = Math.max(64, Math.floor(capacityBytes / blockSize));
     this.buffer = new SharedArrayBuffer(this.slotCount * blockSize);
+    this.readReserve = Math.max(4, Math.floor(this.slotCount / 16));
     this.state = new Uint8Array(this.slotCount);
     this.referenced = new Uint8Array(this.slotCount);
     this.pins = new Uint16Array(this.slotCount);
@@ -121,6 +129,11 @@ export class BlockCache {
 
   get freeSlots(): number {
     return this.freeCount;
+  }
+
+  /** May a write make one more slot dirty (a new slot, or a clean one)? Not past the reads' share. */
+  mayDirty(): boolean {
+    return this.dirty + this.flushing < this.slotCount - this.readReserve;
   }
 
   /**
@@ -185,7 +198,9 @@ export class BlockCache {
       );
     }
     if (previous === SlotState.Dirty) this.dirty--;
+    else if (previous === SlotState.Flushing) this.flushing--;
     if (next === SlotState.Dirty) this.dirty++;
+    else if (next === SlotState.Flushing) this.flushing++;
     this.state[slot] = next;
     if (next === SlotState.Clean) this.wakeWaiters();
   }
@@ -195,6 +210,7 @@ export class BlockCache {
     const state = this.state[slot];
     if (state === SlotState.Free) invariantBroken(`slot ${slot} freed twice`);
     if (state === SlotState.Dirty) this.dirty--;
+    else if (state === SlotState.Flushing) this.flushing--;
     this.state[slot] = SlotState.Free;
     this.slotOwners[slot] = undefined;
     if (this.pins[slot] !== 0) {

@@ -32,6 +32,7 @@ import { errnoOf, type Errno } from '../../common/errors.js';
 import type { Extent, NbdExport } from './export.js';
 import type { Negotiated } from './handshake.js';
 import type { Inbound } from './inbound.js';
+import { RateLimitedLog } from '../transport/rate-limited-log.js';
 import { replyBuffers } from './reply-buffers.js';
 import {
   connectionLimits,
@@ -122,6 +123,8 @@ export class Session extends ServedConnection {
     | undefined;
   private corked = false;
   private exportClosed = false;
+  /** Failed requests, logged at most once a second per errno. */
+  private failureLog: RateLimitedLog | undefined;
 
   /** `finished` resolves once the socket is closed and the export has been closed. */
   constructor(
@@ -491,7 +494,10 @@ export class Session extends ServedConnection {
     err: unknown,
     errno: Errno,
   ): void {
-    this.log.warn({ command: commandName(type), offset, length, errno, err }, 'request failed');
+    // One line per errno a second, or a client retrying on a full store writes one per request.
+    const fields = { command: commandName(type), offset, length, errno, err };
+    this.failureLog ??= new RateLimitedLog(this.log);
+    this.failureLog.note('warn', `request failed: ${errno}`, fields);
   }
 
   // ---------------------------------------------------------------- replies
@@ -581,6 +587,7 @@ export class Session extends ServedConnection {
   private async closeExport(): Promise<void> {
     if (this.exportClosed) return;
     this.exportClosed = true;
+    this.failureLog?.dispose();
     try {
       await this.exp.close();
     } catch (err) {

@@ -11,9 +11,17 @@ import { type MapRoot } from '../../model/map-root.js';
 import { storeDirty } from './dirty-blocks.js';
 import type { VolumeState } from './volume-state.js';
 
-/** Commit a new version: spill what is dirty, write the map pages, sync, CAS the root. Nothing to commit: a no-op. */
-export async function commitVersion(state: VolumeState): Promise<void> {
-  await storeDirty(state, [...state.dirty]);
+/**
+ * Commit a new version: spill what is dirty, write the map pages, sync, CAS
+ * the root. Nothing to commit: a no-op. With `storeDirtyFirst: false` only
+ * what is already spilled or trimmed is committed (to make room in a full
+ * store: see write-back.ts).
+ */
+export async function commitVersion(
+  state: VolumeState,
+  options: { storeDirtyFirst?: boolean } = {},
+): Promise<void> {
+  if (options.storeDirtyFirst !== false) await storeDirty(state, [...state.dirty]);
   if (state.spilled.size === 0 && state.pendingHoles.size === 0) return;
   const started = process.hrtime.bigint();
   const { store } = state.services;
@@ -39,7 +47,7 @@ export async function commitVersion(state: VolumeState): Promise<void> {
     let root: MapRoot | undefined = map.root;
     for (let level = 0; level < draft.height; level++) {
       for (const page of draft.pagesToWrite(level)) {
-        const slot = store.allocate();
+        const slot = store.allocate('map-page');
         let digest;
         try {
           digest = await store.writeBlock(slot, page.ref, page.bytes, RECORD_MAP_PAGE);

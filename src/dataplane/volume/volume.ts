@@ -369,6 +369,7 @@ export class Volume implements CacheOwner {
     if (slot !== undefined) {
       const state = cache.state[slot];
       if (state === SlotState.Loading) return false;
+      if (state !== SlotState.Dirty && !cache.mayDirty()) return false;
       if (state === SlotState.Flushing) {
         // The flush is reading this slot: give the new data a slot of its own.
         const copy = cache.acquire(this, index, SlotState.Dirty);
@@ -383,6 +384,7 @@ export class Volume implements CacheOwner {
       const whole = within === 0 && n === this.blockSize;
       const hole = this.state.isHole(index);
       if (!whole && !hole) return false; // read-modify-write of a stored block
+      if (!cache.mayDirty()) return false;
       slot = cache.acquire(this, index, SlotState.Dirty);
       if (slot < 0) return false;
       this.table.set(index, slot);
@@ -414,17 +416,30 @@ export class Volume implements CacheOwner {
         await this.loads.get(index);
       }
       if (this.writeFast(index, within, data, from, n)) return;
-      await this.waitForCacheSpace();
+      await this.waitForDirtyRoom();
     }
   }
 
   /**
-   * Every cache slot is dirty or busy: write back and wait. If write-back
-   * itself fails (a full store), fail the request rather than wait forever.
+   * A read found every cache slot dirty, loading or pinned: wait for one.
+   * Writes leave reads a share of the cache (BlockCache.mayDirty), so this
+   * waits on other reads' loads and on write-back, never on a full store.
    */
   private async waitForCacheSpace(): Promise<void> {
     const { cache } = this.services;
     if (cache.freeSlots > 0) return;
+    cache.pressure();
+    await cache.whenSlotFreed();
+  }
+
+  /**
+   * A write may dirty no more of the cache: write back and wait. If
+   * write-back is failing (a full store), fail the write rather than wait
+   * forever; reads go on meanwhile.
+   */
+  private async waitForDirtyRoom(): Promise<void> {
+    const { cache } = this.services;
+    if (cache.mayDirty() && cache.freeSlots > 0) return;
     const failure = this.rounds.failure;
     if (failure) throw failure;
     cache.pressure();
@@ -572,6 +587,7 @@ export class Volume implements CacheOwner {
     if (this.commitTimer) clearTimeout(this.commitTimer);
     await this.flush();
     this.closed = true;
+    this.rounds.dispose();
     this.services.cache.removeOwner(this);
     for (const slot of this.table.values()) this.services.cache.free(slot);
     this.table.clear();

@@ -4,6 +4,7 @@
  * that serialisation is what the bookkeeping in VolumeState relies on.
  * Commits (someone waits) go before spills (memory waits).
  */
+import { StoreFullError } from '../../common/errors.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import { storeDirty } from './dirty-blocks.js';
 import { commitVersion } from './version-commit.js';
@@ -13,6 +14,8 @@ import type { VolumeState } from './volume-state.js';
 const DIRTY_LOW_WATER = 0.4;
 /** Most blocks one spill round writes, so a FLUSH never waits long behind one. */
 const SPILL_ROUND_BLOCKS = 1024;
+/** After a spill that could not make room, the next is tried this much later (not at once: see runRounds). */
+const SPILL_RETRY_MS = 1000;
 
 interface FlushWaiter {
   ticket: number;
@@ -31,12 +34,20 @@ export class WriteBackRounds {
   private loop: Promise<void> | undefined;
   /** Why the last round failed, until one succeeds: writers waiting for cache space see it. */
   private lastFailure: unknown;
+  /** Spills failed to make room: none is tried before this time (Date.now()); 0 when they work. */
+  private spillRetryAt = 0;
+  private spillRetryTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly state: VolumeState) {}
 
-  /** The last round's failure, once no round runs (a round under way may yet succeed). */
+  /**
+   * Why write-back cannot make room, for writers waiting on it: the failure
+   * that paused spills, while the pause lasts. Once it is over a writer asks
+   * for a spill again (space may have been freed meanwhile: a snapshot
+   * deleted, blocks trimmed) and fails only if that one fails too.
+   */
   get failure(): unknown {
-    return this.loop ? undefined : this.lastFailure;
+    return Date.now() < this.spillRetryAt ? this.lastFailure : undefined;
   }
 
   /** Resolves once every write completed before the call is committed. */
@@ -52,7 +63,22 @@ export class WriteBackRounds {
   /** Cache pressure: spill dirty blocks in rounds until the cache is below the low water mark. */
   spill(): void {
     this.spillRequested = true;
+    const wait = this.spillRetryAt - Date.now();
+    if (wait > 0) {
+      // Paused after a failure: try again when the pause ends, not once per waiting writer.
+      this.spillRetryTimer ??= setTimeout(() => {
+        this.spillRetryTimer = undefined;
+        this.loop ??= this.runRounds();
+      }, wait).unref();
+      return;
+    }
     this.loop ??= this.runRounds();
+  }
+
+  /** Stop the retry timer (the volume is closing). */
+  dispose(): void {
+    clearTimeout(this.spillRetryTimer);
+    this.spillRetryTimer = undefined;
   }
 
   /** A spilled block of the next version was trimmed: release it now, or after the round under way (which may be committing it). */
@@ -66,7 +92,8 @@ export class WriteBackRounds {
     for (;;) {
       if (this.flushedTicket < this.flushTicket) {
         const covering = this.flushTicket;
-        const failure = await this.round(() => commitVersion(this.state));
+        const failure = await this.round(() => this.commitMakingRoom());
+        if (!failure) this.spillRetryAt = 0; // a commit released what it replaced: room again, maybe
         this.flushedTicket = covering;
         const waiters = this.flushWaiters;
         this.flushWaiters = [];
@@ -75,20 +102,38 @@ export class WriteBackRounds {
           else if (failure) w.reject(failure);
           else w.resolve();
         }
-      } else if (this.spillRequested) {
+      } else if (this.spillRequested && Date.now() >= this.spillRetryAt) {
         this.spillRequested = false;
         let spilled = 0;
-        const failure = await this.round(async () => {
+        let failure = await this.round(async () => {
           spilled = await this.spillOnce();
         });
+        if (failure instanceof StoreFullError && this.hasUncommitted()) {
+          // The store holds both the committed blocks and the spilled ones
+          // that replace them: committing the spilled ones releases the old.
+          failure = await this.round(() => this.commitSpilled());
+          if (!failure) this.spillRequested = true;
+        }
         const { cache, log } = this.state.services;
-        if (failure)
-          log.warn(
-            { volume: this.state.name, err: String(failure) },
-            'spilling dirty blocks failed; they stay cached',
-          );
-        if (!failure && spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER)
-          this.spillRequested = true;
+        if (failure) {
+          // Waiting writers are woken by every round; were the next spill
+          // tried at once, they would ask for it again and the rounds would
+          // spin. Pause spills, and let the writers fail meanwhile.
+          if (this.spillRetryAt === 0)
+            log.warn(
+              { volume: this.state.name, err: String(failure) },
+              `spilling dirty blocks failed; they stay cached, writes needing cache space fail, retried every ${SPILL_RETRY_MS / 1000} s`,
+            );
+          this.spillRetryAt = Date.now() + SPILL_RETRY_MS;
+          if (this.spillRequested) this.spill();
+          cache.wakeWaiters();
+        } else {
+          if (this.spillRetryAt !== 0)
+            log.info({ volume: this.state.name }, 'spilling dirty blocks works again');
+          this.spillRetryAt = 0;
+          if (spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER)
+            this.spillRequested = true;
+        }
       } else {
         break;
       }
@@ -122,6 +167,31 @@ export class WriteBackRounds {
       if (map.lookup(ref.index)?.generation === ref.generation) continue; // now part of the committed version
       if (ref.generation === this.state.generation + 1 && spilled.has(ref.index)) continue; // spilled again since
       this.state.services.store.release(ref);
+    }
+  }
+
+  private hasUncommitted(): boolean {
+    return this.state.spilled.size > 0 || this.state.pendingHoles.size > 0;
+  }
+
+  /** Commit what is already spilled (and trimmed), storing no dirty block: frees what it replaces. */
+  private async commitSpilled(): Promise<void> {
+    await commitVersion(this.state, { storeDirtyFirst: false });
+    await this.state.services.store.whenReleased();
+  }
+
+  /**
+   * A commit of everything written. If the store is too full to take the
+   * dirty blocks, commit the spilled ones first (releasing what they
+   * replace), then try again.
+   */
+  private async commitMakingRoom(): Promise<void> {
+    try {
+      await commitVersion(this.state);
+    } catch (err) {
+      if (!(err instanceof StoreFullError) || !this.hasUncommitted()) throw err;
+      await this.commitSpilled();
+      await commitVersion(this.state);
     }
   }
 
