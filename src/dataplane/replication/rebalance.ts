@@ -55,6 +55,12 @@ const CHUNK_BLOCKS = 256;
 const COPY_BATCH = 16;
 /** Wait after the last change before starting, so a burst of changes makes one run. */
 const SETTLE_MS = 500;
+/**
+ * A run some copies failed in (a peer slow or briefly gone) runs again this
+ * much later, not only at the next change or period (a minute by default):
+ * until then those blocks have fewer than R copies.
+ */
+const RETRY_AFTER_FAILURES_MS = 5000;
 /** The pre-scan of volume ids yields after this many blocks. */
 const SCAN_SLICE = 8192;
 
@@ -144,6 +150,7 @@ export class Rebalancer {
   private readonly chunkBlocks: number;
   /** Work seen by the run in progress (it sets `rebalancing` before the run ends). */
   private runFoundWork = false;
+  private retryTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly options: RebalancerOptions) {
     this.placement = options.placement;
@@ -197,6 +204,7 @@ export class Rebalancer {
 
   /** Ends a run in progress between batches (a throttled wait included) and waits for it. */
   close(): Promise<void> {
+    clearTimeout(this.retryTimer);
     return this.job.close();
   }
 
@@ -251,6 +259,12 @@ export class Rebalancer {
         failed: run.failed,
       };
       if (finished) stats.pendingBlocks = run.pending;
+      if (run.failed > 0 && !this.closed && !this.retryTimer) {
+        this.retryTimer = setTimeout(() => {
+          this.retryTimer = undefined;
+          if (!this.closed) this.job.schedule();
+        }, RETRY_AFTER_FAILURES_MS).unref();
+      }
       if (run.copied + run.dropped + run.garbageFreed + run.failed > 0) {
         this.log.info(
           { ...stats.last, pending: run.pending, seconds: stats.lastSeconds.toFixed(1) },
