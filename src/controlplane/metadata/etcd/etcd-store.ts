@@ -52,6 +52,7 @@ import { CallTimedOutError, toMetadataError } from './convert.js';
 import { loadTlsCredentials, parseEndpoints, type EtcdTlsFiles } from './endpoints.js';
 import { EtcdLease } from './etcd-lease.js';
 import { EtcdWatcher } from './etcd-watcher.js';
+import { ownedCopy } from '../../../common/owned-copy.js';
 
 /**
  * grpc-js gives the endpoint's host as the TLS server name even when it is
@@ -157,7 +158,8 @@ export class EtcdMetadataStore implements MetadataStore {
   private toKeyValue(raw: IKeyValue): KeyValue {
     const kv: KeyValue = {
       key: this.keyOf(raw.key),
-      value: raw.value,
+      // A subarray of the whole gRPC response: a value kept would keep it all.
+      value: ownedCopy(raw.value),
       createRevision: Number(raw.create_revision),
       modRevision: Number(raw.mod_revision),
       version: Number(raw.version),

@@ -17,6 +17,7 @@ import type { WatchEvent, Watcher } from '../store.js';
 import { CallTimedOutError, toMetadataError } from './convert.js';
 import { closeStream } from './etcd-lease.js';
 import type { EtcdMetadataStore } from './etcd-store.js';
+import { ownedCopy } from '../../../common/owned-copy.js';
 
 type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
 
@@ -131,7 +132,7 @@ export class EtcdWatcher implements Watcher {
       const event: WatchEvent = {
         type,
         key: this.store.keyOf(ev.kv.key),
-        value: type === 'put' ? ev.kv.value : Buffer.alloc(0),
+        value: type === 'put' ? ownedCopy(ev.kv.value) : Buffer.alloc(0), // not a view of the whole response
         modRevision,
       };
       try {
