@@ -21,17 +21,7 @@
  * the ref index names is bound.
  */
 import { spawnSync } from 'node:child_process';
-import {
-  open,
-  readFile,
-  rename,
-  rm,
-  rmdir,
-  stat,
-  statfs,
-  writeFile,
-  type FileHandle,
-} from 'node:fs/promises';
+import { open, readFile, rm, rmdir, stat, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariantBroken } from '../../common/assert.js';
 import { ensureDirectory } from '../../common/dirs.js';
@@ -56,8 +46,18 @@ import {
   join64,
 } from './record.js';
 import { refKey, type BlockRef } from '../../model/block-ref.js';
+import {
+  createSubsumsFile,
+  layoutPath,
+  readLayoutForOpen,
+  STORE_FORMAT,
+  subsumsPath,
+  writeLayout,
+  type StoreLayout,
+} from './store-format.js';
+import { encodeSubsums, subsumsEntrySize } from './sub-sums.js';
 
-export const STORE_FORMAT = 1;
+export { STORE_FORMAT, type StoreLayout } from './store-format.js';
 
 /** Room create() asks for beyond the data file and slot table: store.json and its rename. */
 const LAYOUT_SLACK_BYTES = 64 * 1024;
@@ -82,13 +82,6 @@ const enum SlotUse {
 
 const USE_NAMES = ['free', 'allocated', 'bound', 'being released', 'set aside (damaged record)'];
 
-export interface StoreLayout {
-  format: number;
-  blockSize: number;
-  slotCount: number;
-  createdAt: string;
-}
-
 export interface StoreFiles {
   dataPath: string;
   slotsPath: string;
@@ -99,6 +92,9 @@ export class LocalSlotStore {
   readonly slotCount: number;
   readonly dataPath: string;
   readonly slotsPath: string;
+  /** The sub-block checksum table (sub-sums.ts), written by pool workers and writeReceivedBlock. */
+  readonly subsumsPath: string;
+  readonly subsumsEntrySize: number;
   /** The slot table, shared with pool workers. */
   readonly records: SharedArrayBuffer;
   private readonly recordView: DataView;
@@ -120,6 +116,7 @@ export class LocalSlotStore {
     layout: StoreLayout,
     private readonly dataFile: FileHandle,
     private readonly slotsFile: FileHandle,
+    private readonly subsumsFile: FileHandle,
     records: SharedArrayBuffer,
     private readonly hash: Hasher,
   ) {
@@ -127,6 +124,8 @@ export class LocalSlotStore {
     this.slotCount = layout.slotCount;
     this.dataPath = join(dir, 'data');
     this.slotsPath = join(dir, 'slots');
+    this.subsumsPath = subsumsPath(dir);
+    this.subsumsEntrySize = subsumsEntrySize(layout.blockSize);
     this.records = records;
     this.recordView = new DataView(records);
     this.freeStack = new Int32Array(layout.slotCount);
@@ -134,7 +133,7 @@ export class LocalSlotStore {
   }
 
   static layoutPath(dir: string): string {
-    return join(dir, 'store.json');
+    return layoutPath(dir);
   }
 
   /**
@@ -179,7 +178,8 @@ export class LocalSlotStore {
     made: string[],
   ): Promise<void> {
     const dataBytes = slotCount * blockSize;
-    const needed = dataBytes + slotCount * RECORD_SIZE + LAYOUT_SLACK_BYTES;
+    const needed =
+      dataBytes + slotCount * (RECORD_SIZE + subsumsEntrySize(blockSize)) + LAYOUT_SLACK_BYTES;
     const fsStats = await statfs(dir);
     const free = fsStats.bavail * fsStats.bsize;
     if (needed > free) {
@@ -216,23 +216,15 @@ export class LocalSlotStore {
     await slots.truncate(slotCount * RECORD_SIZE);
     await slots.sync();
     await slots.close();
+    made.push(subsumsPath(dir));
+    await createSubsumsFile(dir, blockSize, slotCount);
     const layout: StoreLayout = {
       format: STORE_FORMAT,
       blockSize,
       slotCount,
       createdAt: new Date().toISOString(),
     };
-    const tmp = join(dir, 'store.json.tmp');
-    made.push(tmp);
-    await writeFile(tmp, JSON.stringify(layout, null, 2) + '\n');
-    const handle = await open(tmp, 'r');
-    await handle.sync();
-    await handle.close();
-    made.push(LocalSlotStore.layoutPath(dir));
-    await rename(tmp, LocalSlotStore.layoutPath(dir));
-    const dirHandle = await open(dir, 'r');
-    await dirHandle.sync();
-    await dirHandle.close();
+    await writeLayout(dir, layout, made);
   }
 
   static async exists(dir: string): Promise<boolean> {
@@ -244,15 +236,15 @@ export class LocalSlotStore {
     }
   }
 
-  /** Open an existing store and rebuild its index from the slot table. */
+  /**
+   * Open an existing store and rebuild its index from the slot table. A
+   * format 1 store is upgraded to format 2 first (store-format.ts).
+   */
   static async open(dir: string): Promise<LocalSlotStore> {
-    const layout = JSON.parse(
-      await readFile(LocalSlotStore.layoutPath(dir), 'utf8'),
-    ) as StoreLayout;
-    if (layout.format !== STORE_FORMAT)
-      throw new Error(`${dir}: unsupported store format ${layout.format}`);
+    const layout = await readLayoutForOpen(dir);
     const dataFile = await open(join(dir, 'data'), 'r+');
     const slotsFile = await open(join(dir, 'slots'), 'r+');
+    const subsumsFile = await open(subsumsPath(dir), 'r+');
     const records = new SharedArrayBuffer(layout.slotCount * RECORD_SIZE);
     const bytes = new Uint8Array(records);
     let done = 0;
@@ -261,7 +253,15 @@ export class LocalSlotStore {
       if (bytesRead === 0) break; // a short slots file reads as free slots
       done += bytesRead;
     }
-    const store = new LocalSlotStore(dir, layout, dataFile, slotsFile, records, await hasher());
+    const store = new LocalSlotStore(
+      dir,
+      layout,
+      dataFile,
+      slotsFile,
+      subsumsFile,
+      records,
+      await hasher(),
+    );
     store.rebuildIndex();
     return store;
   }
@@ -520,6 +520,11 @@ export class LocalSlotStore {
       } else {
         nonceBytes.fill(0);
         tagBytes.fill(0);
+        // Sealed blocks are always read whole (the AEAD tag covers the block), so only plain ones get sums.
+        // One entry per call: calls overlap (several peers' puts), and the write reads the buffer later.
+        const entry = new Uint8Array(this.subsumsEntrySize);
+        encodeSubsums(entry, bytes, hash.lo, hash.hi, this.hash);
+        await this.subsumsFile.write(entry, 0, entry.length, slot * this.subsumsEntrySize);
       }
       this.hash.stampRecord(record);
       await this.slotsFile.write(
@@ -571,5 +576,6 @@ export class LocalSlotStore {
     this.closed = true;
     await this.dataFile.close();
     await this.slotsFile.close();
+    await this.subsumsFile.close();
   }
 }

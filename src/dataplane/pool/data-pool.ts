@@ -39,8 +39,13 @@ export interface ReadRequest {
   hashHi: number;
   /** Peers to fetch from when there is no good local copy (storeSlot -1 for none); the placement's readRemote. */
   remote?: ReadRemote;
-  /** localBad: this node's copy failed its check and a peer's served instead (cluster). */
-  done(status: number, reason: string, localBad?: boolean): void;
+  /** Only these 4 KiB sub-blocks (a mask, see ReadBatchTask.subBlocks); absent: the whole block. */
+  subBlocks?: number;
+  /**
+   * localBad: this node's copy failed its check and a peer's served instead
+   * (cluster); whole: the whole block was read, though sub-blocks were asked.
+   */
+  done(status: number, reason: string, localBad?: boolean, whole?: boolean): void;
 }
 
 /** Cluster counters of the data path, summed over every task (torus_replication_* material). */
@@ -231,6 +236,7 @@ export class DataPool {
       task.indices[i] = r.index;
       task.hashes[2 * i] = r.hashLo;
       task.hashes[2 * i + 1] = r.hashHi;
+      if (r.subBlocks !== undefined) (task.subBlocks ??= new Uint32Array(n))[i] = r.subBlocks;
     }
     const remote = batch[0].remote;
     if (remote)
@@ -247,7 +253,12 @@ export class DataPool {
         stats.hedgedReads += result.hedges ?? 0;
         stats.replicaRepairs += result.repairs ?? 0;
         for (let i = 0; i < n; i++)
-          batch[i].done(result.status[i], result.reasons[i], result.localBad?.[i] === 1);
+          batch[i].done(
+            result.status[i],
+            result.reasons[i],
+            result.localBad?.[i] === 1,
+            result.whole?.[i] === 1,
+          );
       },
       (err: Error) => {
         for (const r of batch) r.done(3, `pool task failed: ${err.message}`);

@@ -4,6 +4,7 @@
  * syscalls — blocking here is the point: the main thread never does.
  */
 import { openSync, readSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { threadId, workerData } from 'node:worker_threads';
 import { hasher, isAllZero, type Hasher } from '../blocks/hash.js';
 import {
@@ -15,6 +16,14 @@ import {
   TAG_SIZE,
   fillRecord,
 } from '../blocks/record.js';
+import {
+  encodeSubsums,
+  SUB_BLOCK_SIZE,
+  SUBSUMS_FILE,
+  subSum,
+  subsumsEntrySize,
+  subsumsMatch,
+} from '../blocks/sub-sums.js';
 import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '../peer/errors.js';
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
@@ -60,6 +69,15 @@ const cache = new Uint8Array(setup.cache);
 const records = new Uint8Array(setup.records);
 const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
+/**
+ * The sub-block checksum table beside the data file (every store opened by
+ * this version has one: format 2). Without it (-1) nothing is lost: blocks
+ * are written without sub-sums and sub-block reads fall back to whole ones.
+ */
+const subsumsFd = openSubsums(join(dirname(setup.dataPath), SUBSUMS_FILE));
+const subsumsSize = subsumsEntrySize(blockSize);
+/** One entry, reused: a worker runs a local task from start to end without yielding. */
+const subsumsEntry = new Uint8Array(subsumsSize);
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 const hashOut = new Uint32Array(2);
@@ -94,6 +112,14 @@ export default function handle(
   if (task.op === 'write')
     return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
   return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);
+}
+
+function openSubsums(path: string): number {
+  try {
+    return openSync(path, 'r+');
+  } catch {
+    return -1;
+  }
 }
 
 function cacheBlock(slot: number): Uint8Array {
@@ -336,6 +362,11 @@ function storeLocally(
 ): void {
   const base = slot * RECORD_SIZE;
   pwriteAll(dataFd, stored, slot * blockSize);
+  // Sealed blocks are read whole (the AEAD tag covers the block): only plain ones get sub-sums.
+  if (!sealed && subsumsFd >= 0) {
+    encodeSubsums(subsumsEntry, stored, hashes[2 * i], hashes[2 * i + 1], hash);
+    pwriteAll(subsumsFd, subsumsEntry, slot * subsumsSize);
+  }
   if (sealed && nonce && tag) {
     records.set(nonce, base + OFF_NONCE);
     records.set(tag, base + OFF_TAG);
@@ -395,6 +426,7 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
   const status = new Uint8Array(n);
   const reasons: string[] = new Array(n).fill('');
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
+  let whole: Uint8Array | undefined;
   for (let i = 0; i < n; i++) {
     const slot = task.storeSlots[i];
     if (slot < 0) {
@@ -403,6 +435,12 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
       continue;
     }
     const dest = cacheBlock(task.cacheSlots[i]);
+    const wanted = task.subBlocks?.[i] ?? 0;
+    if (wanted !== 0 && !sealer) {
+      if (readSubBlocks(task, i, slot, dest, wanted, status, reasons))
+        (whole ??= new Uint8Array(n))[i] = 1;
+      continue;
+    }
     const landing = sealer ? scratch : dest;
     try {
       preadAll(dataFd, landing, slot * blockSize);
@@ -437,7 +475,79 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     }
     status[i] = READ_OK;
   }
-  return { status, reasons };
+  return whole ? { status, reasons, whole } : { status, reasons };
+}
+
+/**
+ * Read the sub-blocks in `wanted` of block i into dest and check each
+ * against its sub-sum; the entry is used only if it was made for the hash
+ * the map expects (sub-sums.ts). Otherwise the whole block is read into
+ * scratch, checked against its xxh64, copied whole (result.whole) and its
+ * entry written, so the next sub-block read of it is cheap. Nothing outside
+ * `wanted` is written to dest except that verified whole copy. Returns
+ * true when the block was read whole.
+ */
+function readSubBlocks(
+  task: ReadBatchTask,
+  i: number,
+  slot: number,
+  dest: Uint8Array,
+  wanted: number,
+  status: Uint8Array,
+  reasons: string[],
+): boolean {
+  const hashLo = task.hashes[2 * i];
+  const hashHi = task.hashes[2 * i + 1];
+  try {
+    let usable = false;
+    if (subsumsFd >= 0) {
+      // A short read (a table shorter than the store) is simply no entry.
+      usable =
+        readSync(subsumsFd, subsumsEntry, 0, subsumsSize, slot * subsumsSize) === subsumsSize &&
+        subsumsMatch(subsumsEntry, hashLo, hashHi, hash);
+    }
+    if (!usable) {
+      preadAll(dataFd, scratch, slot * blockSize);
+      hash.hash64Into(scratch, hashOut, 0);
+      if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
+        status[i] = READ_CHECKSUM_MISMATCH;
+        reasons[i] = `stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
+        return false;
+      }
+      dest.set(scratch);
+      if (subsumsFd >= 0) {
+        encodeSubsums(subsumsEntry, scratch, hashLo, hashHi, hash);
+        pwriteAll(subsumsFd, subsumsEntry, slot * subsumsSize);
+      }
+      status[i] = READ_OK;
+      return true;
+    }
+    // One pread per run of consecutive wanted sub-blocks.
+    for (let first = 0; first < 32; first++) {
+      if ((wanted & (1 << first)) === 0) continue;
+      let end = first + 1;
+      while (end < 32 && (wanted & (1 << end)) !== 0) end++;
+      const from = first * SUB_BLOCK_SIZE;
+      const to = end * SUB_BLOCK_SIZE;
+      preadAll(dataFd, dest.subarray(from, to), slot * blockSize + from);
+      for (let k = first; k < end; k++) {
+        const sum = hash.hash32(dest.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE));
+        if (sum !== subSum(subsumsEntry, k)) {
+          status[i] = READ_CHECKSUM_MISMATCH;
+          reasons[i] =
+            `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) stored xxh32 ` +
+            `${sum.toString(16).padStart(8, '0')}, expected ${subSum(subsumsEntry, k).toString(16).padStart(8, '0')}`;
+          return false;
+        }
+      }
+      first = end;
+    }
+    status[i] = READ_OK;
+  } catch (err) {
+    status[i] = READ_IO_ERROR;
+    reasons[i] = (err as Error).message;
+  }
+  return false;
 }
 
 function hex(hi: number, lo: number): string {
