@@ -481,11 +481,12 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
 /**
  * Read the sub-blocks in `wanted` of block i into dest and check each
  * against its sub-sum; the entry is used only if it was made for the hash
- * the map expects (sub-sums.ts). Otherwise the whole block is read into
- * scratch, checked against its xxh64, copied whole (result.whole) and its
- * entry written, so the next sub-block read of it is cheap. Nothing outside
- * `wanted` is written to dest except that verified whole copy. Returns
- * true when the block was read whole.
+ * the map expects (sub-sums.ts). Without a usable entry, or when a sub-block
+ * fails its sum, the whole block is read and checked against its xxh64
+ * (readWhole): so only the map's hash decides that a block is bad, and a
+ * wrong entry can cost a whole read, never a false EIO. Nothing outside
+ * `wanted` is written to dest except a verified whole copy. Returns true
+ * when the block was read whole.
  */
 function readSubBlocks(
   task: ReadBatchTask,
@@ -499,45 +500,24 @@ function readSubBlocks(
   const hashLo = task.hashes[2 * i];
   const hashHi = task.hashes[2 * i + 1];
   try {
-    let usable = false;
-    if (subsumsFd >= 0) {
-      // A short read (a table shorter than the store) is simply no entry.
-      usable =
-        readSync(subsumsFd, subsumsEntry, 0, subsumsSize, slot * subsumsSize) === subsumsSize &&
-        subsumsMatch(subsumsEntry, hashLo, hashHi, hash);
-    }
-    if (!usable) {
-      preadAll(dataFd, scratch, slot * blockSize);
-      hash.hash64Into(scratch, hashOut, 0);
-      if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
-        status[i] = READ_CHECKSUM_MISMATCH;
-        reasons[i] = `stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
-        return false;
-      }
-      dest.set(scratch);
-      if (subsumsFd >= 0) {
-        encodeSubsums(subsumsEntry, scratch, hashLo, hashHi, hash);
-        pwriteAll(subsumsFd, subsumsEntry, slot * subsumsSize);
-      }
-      status[i] = READ_OK;
-      return true;
-    }
+    // A short read (a table shorter than the store) is simply no entry.
+    const usable =
+      subsumsFd >= 0 &&
+      readSync(subsumsFd, subsumsEntry, 0, subsumsSize, slot * subsumsSize) === subsumsSize &&
+      subsumsMatch(subsumsEntry, hashLo, hashHi, hash);
+    if (!usable) return readWhole(i, slot, dest, hashLo, hashHi, status, reasons, '');
     // One pread per run of consecutive wanted sub-blocks.
     for (let first = 0; first < 32; first++) {
       if ((wanted & (1 << first)) === 0) continue;
       let end = first + 1;
       while (end < 32 && (wanted & (1 << end)) !== 0) end++;
       const from = first * SUB_BLOCK_SIZE;
-      const to = end * SUB_BLOCK_SIZE;
-      preadAll(dataFd, dest.subarray(from, to), slot * blockSize + from);
+      preadAll(dataFd, dest.subarray(from, end * SUB_BLOCK_SIZE), slot * blockSize + from);
       for (let k = first; k < end; k++) {
         const sum = hash.hash32(dest.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE));
         if (sum !== subSum(subsumsEntry, k)) {
-          status[i] = READ_CHECKSUM_MISMATCH;
-          reasons[i] =
-            `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) stored xxh32 ` +
-            `${sum.toString(16).padStart(8, '0')}, expected ${subSum(subsumsEntry, k).toString(16).padStart(8, '0')}`;
-          return false;
+          const what = `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) fails its xxh32; `;
+          return readWhole(i, slot, dest, hashLo, hashHi, status, reasons, what);
         }
       }
       first = end;
@@ -548,6 +528,39 @@ function readSubBlocks(
     reasons[i] = (err as Error).message;
   }
   return false;
+}
+
+/**
+ * readSubBlocks' fallback: the whole block into scratch, checked against
+ * the map's xxh64, then copied into dest and its sub-sums entry (re)written
+ * so the next sub-block read of it is cheap. `why` prefixes the reason of a
+ * mismatch. True when the block was served whole.
+ */
+function readWhole(
+  i: number,
+  slot: number,
+  dest: Uint8Array,
+  hashLo: number,
+  hashHi: number,
+  status: Uint8Array,
+  reasons: string[],
+  why: string,
+): boolean {
+  preadAll(dataFd, scratch, slot * blockSize);
+  hash.hash64Into(scratch, hashOut, 0);
+  if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
+    status[i] = READ_CHECKSUM_MISMATCH;
+    reasons[i] =
+      `${why}stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
+    return false;
+  }
+  dest.set(scratch);
+  if (subsumsFd >= 0) {
+    encodeSubsums(subsumsEntry, scratch, hashLo, hashHi, hash);
+    pwriteAll(subsumsFd, subsumsEntry, slot * subsumsSize);
+  }
+  status[i] = READ_OK;
+  return true;
 }
 
 function hex(hi: number, lo: number): string {

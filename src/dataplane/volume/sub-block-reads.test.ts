@@ -2,7 +2,8 @@
  * Sub-block reads over the real store, cache and pool: a cold 4 KiB read
  * loads that 4 KiB only; a damaged 4 KiB is an error for reads touching it
  * and not for the rest of its block; a sequential reader gets the rest of
- * the block at once; a write into a partly loaded block keeps every byte;
+ * the block at once; a wrong sub-sums entry costs a whole read, not an
+ * error; a write into a partly loaded block keeps every byte;
  * blocks of a format 1 store (no sub-sums) read back, and sub-block reads
  * work for them after a first whole read.
  */
@@ -15,7 +16,9 @@ import { after, before, describe, test } from 'node:test';
 import { ChecksumError } from '../../common/errors.js';
 import { logger } from '../../common/log.js';
 import { LocalSlotStore } from '../blocks/slot-store.js';
-import { SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
+import { hasher } from '../blocks/hash.js';
+import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
+import { encodeSubsums, SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
 import { BlockCache } from '../cache/block-cache.js';
 import { DataPool } from '../pool/data-pool.js';
 import { SingleNodePlacement } from '../replication/single-node.js';
@@ -179,6 +182,32 @@ describe('sub-block reads', { timeout: 60_000 }, () => {
     // A read of the whole block touches it too.
     await assert.rejects(read(v, 2 * BS, BS), ChecksumError);
     assert.deepEqual(errors, [2, 2, 2]);
+    await v.close();
+    await closeRig(r);
+  });
+
+  test('a wrong sub-sums entry costs a whole read, never a false EIO', async () => {
+    const { dir, data, r, v } = await written('wrong-entry');
+    const slot = r.store.lookup(identity.id, r.committed.generation, 1)!;
+    const record = r.store.record(slot);
+    // Intact, made for this block's hash, but with the sums of other bytes.
+    const hash = await hasher();
+    const entry = new Uint8Array(r.store.subsumsEntrySize);
+    encodeSubsums(
+      entry,
+      randomBytes(BS),
+      record.getUint32(OFF_HASH_LO, true),
+      record.getUint32(OFF_HASH_HI, true),
+      hash,
+    );
+    const table = await open(join(dir, SUBSUMS_FILE), 'r+');
+    await table.write(entry, 0, entry.length, slot * entry.length);
+    await table.close();
+    const errors: number[] = [];
+    r.services.onChecksumError = (_volume, block) => errors.push(block);
+    assert.ok((await read(v, BS + 6 * SUB, SUB)).equals(data.subarray(BS + 6 * SUB, BS + 7 * SUB)));
+    assert.deepEqual(errors, []);
+    assert.deepEqual(masks(r.cache), [0xffff]);
     await v.close();
     await closeRig(r);
   });
