@@ -3,8 +3,7 @@
  * between the shared cache and the local store files with plain blocking
  * syscalls — blocking here is the point: the main thread never does.
  */
-import { openSync, readSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { openSync } from 'node:fs';
 import { threadId, workerData } from 'node:worker_threads';
 import { hasher, isAllZero, type Hasher } from '../blocks/hash.js';
 import {
@@ -16,22 +15,16 @@ import {
   TAG_SIZE,
   fillRecord,
 } from '../blocks/record.js';
-import {
-  encodeSubsums,
-  SUB_BLOCK_SIZE,
-  SUBSUMS_FILE,
-  subSum,
-  subsumsEntrySize,
-  subsumsMatch,
-} from '../blocks/sub-sums.js';
 import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '../peer/errors.js';
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
+import { preadAll, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
 import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
+import { SubBlockIo } from './sub-block-io.js';
 import {
   READ_CHECKSUM_MISMATCH,
   READ_IO_ERROR,
@@ -62,6 +55,7 @@ let hash!: Hasher;
 let hashLoaded = false;
 const hasherReady = hasher().then((loaded) => {
   hash = loaded;
+  subBlocks = new SubBlockIo(setup.dataPath, dataFd, blockSize, hash, scratch);
   hashLoaded = true;
 });
 const blockSize = setup.blockSize;
@@ -69,18 +63,11 @@ const cache = new Uint8Array(setup.cache);
 const records = new Uint8Array(setup.records);
 const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
-/**
- * The sub-block checksum table beside the data file (every store opened by
- * this version has one: format 2). Without it (-1) nothing is lost: blocks
- * are written without sub-sums and sub-block reads fall back to whole ones.
- */
-const subsumsFd = openSubsums(join(dirname(setup.dataPath), SUBSUMS_FILE));
-const subsumsSize = subsumsEntrySize(blockSize);
-/** One entry, reused: a worker runs a local task from start to end without yielding. */
-const subsumsEntry = new Uint8Array(subsumsSize);
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 const hashOut = new Uint32Array(2);
+/** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
+let subBlocks!: SubBlockIo;
 /**
  * Sealed bytes, nonces and tags of a batch while its copies are in flight to
  * peers. Replicated tasks wait on the network, so a worker runs several at
@@ -114,31 +101,8 @@ export default function handle(
   return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);
 }
 
-function openSubsums(path: string): number {
-  try {
-    return openSync(path, 'r+');
-  } catch {
-    return -1;
-  }
-}
-
 function cacheBlock(slot: number): Uint8Array {
   return cache.subarray(slot * blockSize, (slot + 1) * blockSize);
-}
-
-function pwriteAll(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length)
-    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
-}
-
-function preadAll(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length) {
-    const n = readSync(fd, bytes, done, bytes.length - done, position + done);
-    if (n === 0) throw new Error(`short read at ${position + done}`);
-    done += n;
-  }
 }
 
 function writeBatch(task: WriteBatchTask): WriteBatchResult {
@@ -363,10 +327,7 @@ function storeLocally(
   const base = slot * RECORD_SIZE;
   pwriteAll(dataFd, stored, slot * blockSize);
   // Sealed blocks are read whole (the AEAD tag covers the block): only plain ones get sub-sums.
-  if (!sealed && subsumsFd >= 0) {
-    encodeSubsums(subsumsEntry, stored, hashes[2 * i], hashes[2 * i + 1], hash);
-    pwriteAll(subsumsFd, subsumsEntry, slot * subsumsSize);
-  }
+  if (!sealed) subBlocks.writeSums(slot, stored, hashes[2 * i], hashes[2 * i + 1]);
   if (sealed && nonce && tag) {
     records.set(nonce, base + OFF_NONCE);
     records.set(tag, base + OFF_TAG);
@@ -437,8 +398,9 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     const dest = cacheBlock(task.cacheSlots[i]);
     const wanted = task.subBlocks?.[i] ?? 0;
     if (wanted !== 0 && !sealer) {
-      if (readSubBlocks(task, i, slot, dest, wanted, status, reasons))
-        (whole ??= new Uint8Array(n))[i] = 1;
+      status[i] = subBlocks.read(slot, dest, wanted, task.hashes[2 * i], task.hashes[2 * i + 1]);
+      reasons[i] = subBlocks.reason;
+      if (subBlocks.readWhole) (whole ??= new Uint8Array(n))[i] = 1;
       continue;
     }
     const landing = sealer ? scratch : dest;
@@ -476,91 +438,6 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     status[i] = READ_OK;
   }
   return whole ? { status, reasons, whole } : { status, reasons };
-}
-
-/**
- * Read the sub-blocks in `wanted` of block i into dest and check each
- * against its sub-sum; the entry is used only if it was made for the hash
- * the map expects (sub-sums.ts). Without a usable entry, or when a sub-block
- * fails its sum, the whole block is read and checked against its xxh64
- * (readWhole): so only the map's hash decides that a block is bad, and a
- * wrong entry can cost a whole read, never a false EIO. Nothing outside
- * `wanted` is written to dest except a verified whole copy. Returns true
- * when the block was read whole.
- */
-function readSubBlocks(
-  task: ReadBatchTask,
-  i: number,
-  slot: number,
-  dest: Uint8Array,
-  wanted: number,
-  status: Uint8Array,
-  reasons: string[],
-): boolean {
-  const hashLo = task.hashes[2 * i];
-  const hashHi = task.hashes[2 * i + 1];
-  try {
-    // A short read (a table shorter than the store) is simply no entry.
-    const usable =
-      subsumsFd >= 0 &&
-      readSync(subsumsFd, subsumsEntry, 0, subsumsSize, slot * subsumsSize) === subsumsSize &&
-      subsumsMatch(subsumsEntry, hashLo, hashHi, hash);
-    if (!usable) return readWhole(i, slot, dest, hashLo, hashHi, status, reasons, '');
-    // One pread per run of consecutive wanted sub-blocks.
-    for (let first = 0; first < 32; first++) {
-      if ((wanted & (1 << first)) === 0) continue;
-      let end = first + 1;
-      while (end < 32 && (wanted & (1 << end)) !== 0) end++;
-      const from = first * SUB_BLOCK_SIZE;
-      preadAll(dataFd, dest.subarray(from, end * SUB_BLOCK_SIZE), slot * blockSize + from);
-      for (let k = first; k < end; k++) {
-        const sum = hash.hash32(dest.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE));
-        if (sum !== subSum(subsumsEntry, k)) {
-          const what = `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) fails its xxh32; `;
-          return readWhole(i, slot, dest, hashLo, hashHi, status, reasons, what);
-        }
-      }
-      first = end;
-    }
-    status[i] = READ_OK;
-  } catch (err) {
-    status[i] = READ_IO_ERROR;
-    reasons[i] = (err as Error).message;
-  }
-  return false;
-}
-
-/**
- * readSubBlocks' fallback: the whole block into scratch, checked against
- * the map's xxh64, then copied into dest and its sub-sums entry (re)written
- * so the next sub-block read of it is cheap. `why` prefixes the reason of a
- * mismatch. True when the block was served whole.
- */
-function readWhole(
-  i: number,
-  slot: number,
-  dest: Uint8Array,
-  hashLo: number,
-  hashHi: number,
-  status: Uint8Array,
-  reasons: string[],
-  why: string,
-): boolean {
-  preadAll(dataFd, scratch, slot * blockSize);
-  hash.hash64Into(scratch, hashOut, 0);
-  if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
-    status[i] = READ_CHECKSUM_MISMATCH;
-    reasons[i] =
-      `${why}stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
-    return false;
-  }
-  dest.set(scratch);
-  if (subsumsFd >= 0) {
-    encodeSubsums(subsumsEntry, scratch, hashLo, hashHi, hash);
-    pwriteAll(subsumsFd, subsumsEntry, slot * subsumsSize);
-  }
-  status[i] = READ_OK;
-  return true;
 }
 
 function hex(hi: number, lo: number): string {
