@@ -116,7 +116,8 @@ export class LocalSlotStore {
     layout: StoreLayout,
     private readonly dataFile: FileHandle,
     private readonly slotsFile: FileHandle,
-    private readonly subsumsFile: FileHandle,
+    /** Absent when opened without upgrading a store that has none (fsck's check). */
+    private readonly subsumsFile: FileHandle | undefined,
     records: SharedArrayBuffer,
     private readonly hash: Hasher,
   ) {
@@ -238,13 +239,18 @@ export class LocalSlotStore {
 
   /**
    * Open an existing store and rebuild its index from the slot table. A
-   * format 1 store is upgraded to format 2 first (store-format.ts).
+   * format 1 store is upgraded to format 2 first (store-format.ts), unless
+   * `upgrade` is false (fsck's check, which writes nothing): then a store
+   * without a sub-sums table is opened as it is.
    */
-  static async open(dir: string): Promise<LocalSlotStore> {
-    const layout = await readLayoutForOpen(dir);
+  static async open(dir: string, options: { upgrade?: boolean } = {}): Promise<LocalSlotStore> {
+    const layout = await readLayoutForOpen(dir, options.upgrade ?? true);
     const dataFile = await open(join(dir, 'data'), 'r+');
     const slotsFile = await open(join(dir, 'slots'), 'r+');
-    const subsumsFile = await open(subsumsPath(dir), 'r+');
+    const subsumsFile = await open(subsumsPath(dir), 'r+').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' && options.upgrade === false) return undefined;
+      throw err;
+    });
     const records = new SharedArrayBuffer(layout.slotCount * RECORD_SIZE);
     const bytes = new Uint8Array(records);
     let done = 0;
@@ -522,9 +528,11 @@ export class LocalSlotStore {
         tagBytes.fill(0);
         // Sealed blocks are always read whole (the AEAD tag covers the block), so only plain ones get sums.
         // One entry per call: calls overlap (several peers' puts), and the write reads the buffer later.
-        const entry = new Uint8Array(this.subsumsEntrySize);
-        encodeSubsums(entry, bytes, hash.lo, hash.hi, this.hash);
-        await this.subsumsFile.write(entry, 0, entry.length, slot * this.subsumsEntrySize);
+        if (this.subsumsFile) {
+          const entry = new Uint8Array(this.subsumsEntrySize);
+          encodeSubsums(entry, bytes, hash.lo, hash.hi, this.hash);
+          await this.subsumsFile.write(entry, 0, entry.length, slot * this.subsumsEntrySize);
+        }
       }
       this.hash.stampRecord(record);
       await this.slotsFile.write(
@@ -576,6 +584,6 @@ export class LocalSlotStore {
     this.closed = true;
     await this.dataFile.close();
     await this.slotsFile.close();
-    await this.subsumsFile.close();
+    await this.subsumsFile?.close();
   }
 }

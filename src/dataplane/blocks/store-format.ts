@@ -74,15 +74,18 @@ export async function createSubsumsFile(
 /**
  * Read store.json for opening: a format 1 store is upgraded to format 2
  * first (see above); a format 2 store whose `subsums` is gone gets an empty
- * one (its entries are hints, never needed for correctness). Any other
- * format is refused: it was written by a newer torus.
+ * one (its entries are hints, never needed for correctness). With `upgrade`
+ * false (fsck's check, which writes nothing) neither happens: the layout is
+ * returned as found. Any other format is refused: it was written by a newer
+ * torus.
  */
-export async function readLayoutForOpen(dir: string): Promise<StoreLayout> {
+export async function readLayoutForOpen(dir: string, upgrade = true): Promise<StoreLayout> {
   const layout = JSON.parse(await readFile(layoutPath(dir), 'utf8')) as StoreLayout;
   if (layout.format !== STORE_FORMAT && layout.format !== STORE_FORMAT_WHOLE_BLOCK_SUMS)
     throw new Error(
       `${dir}: unsupported store format ${layout.format} (this torus reads formats ${STORE_FORMAT_WHOLE_BLOCK_SUMS} and ${STORE_FORMAT}); run a newer torus`,
     );
+  if (!upgrade) return layout;
   const present = await stat(subsumsPath(dir)).catch(() => undefined);
   if (layout.format === STORE_FORMAT_WHOLE_BLOCK_SUMS || !present)
     await createSubsumsFile(dir, layout.blockSize, layout.slotCount);

@@ -84,7 +84,7 @@ describe('store formats', { timeout: 30_000 }, () => {
     assert.equal((await stat(join(dir, SUBSUMS_FILE))).size, 32 * subsumsEntrySize(BS));
   });
 
-  test('a format 1 store is upgraded in place at open and keeps its blocks', async () => {
+  test('a format 1 store is upgraded in place at open (not by fsck) and keeps its blocks', async () => {
     const dir = join(root, 'old');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 32 * BS });
     let store = await LocalSlotStore.open(dir);
@@ -100,6 +100,12 @@ describe('store formats', { timeout: 30_000 }, () => {
       join(dir, 'store.json'),
       JSON.stringify({ ...layout, format: STORE_FORMAT_WHOLE_BLOCK_SUMS }),
     );
+    // fsck's check opens it as found: nothing written.
+    store = await LocalSlotStore.open(dir, { upgrade: false });
+    assert.equal(store.lookup(3, 1, 7), slot);
+    await store.close();
+    assert.equal((await layoutOf(dir)).format, STORE_FORMAT_WHOLE_BLOCK_SUMS);
+    await assert.rejects(stat(join(dir, SUBSUMS_FILE)), { code: 'ENOENT' });
     store = await LocalSlotStore.open(dir);
     assert.equal((await layoutOf(dir)).format, STORE_FORMAT);
     assert.equal((await stat(join(dir, SUBSUMS_FILE))).size, 32 * subsumsEntrySize(BS));
