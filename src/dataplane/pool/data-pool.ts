@@ -75,6 +75,7 @@ export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
+  private readonly threadCount: number;
   readonly replicationStats: PoolReplicationStats = {
     remoteReads: 0,
     hedgedReads: 0,
@@ -95,6 +96,7 @@ export class DataPool {
     threads = Math.max(1, Math.min(4, availableParallelism())),
     tasksPerWorker = 1,
   ) {
+    this.threadCount = threads;
     this.pool = new Piscina({
       filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
       workerData: setup,
@@ -210,9 +212,14 @@ export class DataPool {
       if (!list) byVolume.set(group, (list = []));
       list.push(r);
     }
+    // A task's reads are one worker's blocking preads, one after another: spread
+    // the tick's misses over every worker so their reads reach the disk at once
+    // (a 4 KiB miss is mostly waiting on the disk), but no finer than that, and
+    // at most BATCH a task (each task is a round trip).
     for (const list of byVolume.values()) {
-      for (let start = 0; start < list.length; start += BATCH)
-        this.runReads(list.slice(start, start + BATCH));
+      const size = Math.max(1, Math.min(BATCH, Math.ceil(list.length / this.threadCount)));
+      for (let start = 0; start < list.length; start += size)
+        this.runReads(list.slice(start, start + size));
     }
   }
 
