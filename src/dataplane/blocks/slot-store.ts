@@ -20,13 +20,11 @@
  * anyone holds it. The counts of the four add up to slotCount, and every slot
  * the ref index names is bound.
  */
-import { spawnSync } from 'node:child_process';
-import { open, readFile, rm, rmdir, stat, statfs, type FileHandle } from 'node:fs/promises';
+import { open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariantBroken } from '../../common/assert.js';
 import { ensureDirectory } from '../../common/dirs.js';
-import { IoError, StoreFullError } from '../../common/errors.js';
-import { formatSize } from '../../common/size.js';
+import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
   fillRecord,
@@ -47,20 +45,15 @@ import {
 } from './record.js';
 import { refKey, type BlockRef } from '../../model/block-ref.js';
 import {
-  createSubsumsFile,
+  createStoreFiles,
   layoutPath,
   readLayoutForOpen,
-  STORE_FORMAT,
   subsumsPath,
-  writeLayout,
   type StoreLayout,
 } from './store-format.js';
 import { encodeSubsums, subsumsEntrySize } from './sub-sums.js';
 
 export { STORE_FORMAT, type StoreLayout } from './store-format.js';
-
-/** Room create() asks for beyond the data file and slot table: store.json and its rename. */
-const LAYOUT_SLACK_BYTES = 64 * 1024;
 
 /** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
 const enum SlotUse {
@@ -162,70 +155,13 @@ export class LocalSlotStore {
     await ensureDirectory(dir, 'block store directory');
     const made: string[] = [];
     try {
-      await LocalSlotStore.createFiles(dir, blockSize, slotCount, made);
+      await createStoreFiles(dir, blockSize, slotCount, made);
     } catch (err) {
       // Leave the directory as it was: a partial store would be opened next time.
       for (const path of made.reverse()) await rm(path, { force: true }).catch(() => undefined);
       if (madeDir) await rmdir(dir).catch(() => undefined);
       throw err;
     }
-  }
-
-  /** create()'s work, each file's path pushed to `made` before it is created. */
-  private static async createFiles(
-    dir: string,
-    blockSize: number,
-    slotCount: number,
-    made: string[],
-  ): Promise<void> {
-    const dataBytes = slotCount * blockSize;
-    const needed =
-      dataBytes + slotCount * (RECORD_SIZE + subsumsEntrySize(blockSize)) + LAYOUT_SLACK_BYTES;
-    const fsStats = await statfs(dir);
-    const free = fsStats.bavail * fsStats.bsize;
-    if (needed > free) {
-      throw new IoError(
-        'ENOSPC',
-        `cannot create a ${formatSize(dataBytes)} block store in ${dir}: it needs ${formatSize(needed)} with its slot table, and the filesystem has ${formatSize(free)} free`,
-      );
-    }
-    const dataPath = join(dir, 'data');
-    // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
-    // flush months later. fallocate(1) is util-linux, present on every Linux we
-    // target; where it is missing or the filesystem can't, fall back to a sparse
-    // file. A full filesystem is not "can't": that is an error, never a sparse file.
-    made.push(dataPath);
-    const file = await open(dataPath, 'w');
-    await file.close();
-    const fallocate = spawnSync('fallocate', ['-l', String(dataBytes), dataPath], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      encoding: 'utf8',
-    });
-    if (fallocate.status !== 0) {
-      if (/no space left/i.test(fallocate.stderr ?? ''))
-        throw new IoError(
-          'ENOSPC',
-          `cannot preallocate ${formatSize(dataBytes)} for ${dataPath}: the filesystem is full`,
-        );
-      const sparse = await open(dataPath, 'r+');
-      await sparse.truncate(dataBytes);
-      await sparse.close();
-    }
-    const slotsPath = join(dir, 'slots');
-    made.push(slotsPath);
-    const slots = await open(slotsPath, 'w');
-    await slots.truncate(slotCount * RECORD_SIZE);
-    await slots.sync();
-    await slots.close();
-    made.push(subsumsPath(dir));
-    await createSubsumsFile(dir, blockSize, slotCount);
-    const layout: StoreLayout = {
-      format: STORE_FORMAT,
-      blockSize,
-      slotCount,
-      createdAt: new Date().toISOString(),
-    };
-    await writeLayout(dir, layout, made);
   }
 
   static async exists(dir: string): Promise<boolean> {

@@ -1,5 +1,6 @@
 /**
- * The store's layout file (`store.json`) and its format versions.
+ * The store's files on disk: their creation, the layout file (`store.json`)
+ * and its format versions.
  *
  * - Format 1: `data` (block-size slots) and `slots` (64-byte records,
  *   record.ts). Every read checks a whole block against its xxh64.
@@ -13,9 +14,16 @@
  * open recreates. Code that knows only format 1 refuses a format 2 store
  * (its open checks the number), so nothing reads the new files wrongly.
  */
-import { open, readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { open, readFile, rename, stat, statfs, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { IoError } from '../../common/errors.js';
+import { formatSize } from '../../common/size.js';
+import { RECORD_SIZE } from './record.js';
 import { SUBSUMS_FILE, subsumsEntrySize } from './sub-sums.js';
+
+/** Room create() asks for beyond the data file and the tables: store.json and its rename. */
+const LAYOUT_SLACK_BYTES = 64 * 1024;
 
 /** The format create() writes and open() upgrades to. */
 export const STORE_FORMAT = 2;
@@ -95,4 +103,64 @@ export async function readLayoutForOpen(dir: string, upgrade = true): Promise<St
     return upgraded;
   }
   return layout;
+}
+
+/**
+ * LocalSlotStore.create()'s work: data (preallocated), slots, subsums and
+ * store.json, each file's path pushed to `made` before it is created.
+ */
+export async function createStoreFiles(
+  dir: string,
+  blockSize: number,
+  slotCount: number,
+  made: string[],
+): Promise<void> {
+  const dataBytes = slotCount * blockSize;
+  const needed =
+    dataBytes + slotCount * (RECORD_SIZE + subsumsEntrySize(blockSize)) + LAYOUT_SLACK_BYTES;
+  const fsStats = await statfs(dir);
+  const free = fsStats.bavail * fsStats.bsize;
+  if (needed > free) {
+    throw new IoError(
+      'ENOSPC',
+      `cannot create a ${formatSize(dataBytes)} block store in ${dir}: it needs ${formatSize(needed)} with its slot table, and the filesystem has ${formatSize(free)} free`,
+    );
+  }
+  const dataPath = join(dir, 'data');
+  // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
+  // flush months later. fallocate(1) is util-linux, present on every Linux we
+  // target; where it is missing or the filesystem can't, fall back to a sparse
+  // file. A full filesystem is not "can't": that is an error, never a sparse file.
+  made.push(dataPath);
+  const file = await open(dataPath, 'w');
+  await file.close();
+  const fallocate = spawnSync('fallocate', ['-l', String(dataBytes), dataPath], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    encoding: 'utf8',
+  });
+  if (fallocate.status !== 0) {
+    if (/no space left/i.test(fallocate.stderr ?? ''))
+      throw new IoError(
+        'ENOSPC',
+        `cannot preallocate ${formatSize(dataBytes)} for ${dataPath}: the filesystem is full`,
+      );
+    const sparse = await open(dataPath, 'r+');
+    await sparse.truncate(dataBytes);
+    await sparse.close();
+  }
+  const slotsPath = join(dir, 'slots');
+  made.push(slotsPath);
+  const slots = await open(slotsPath, 'w');
+  await slots.truncate(slotCount * RECORD_SIZE);
+  await slots.sync();
+  await slots.close();
+  made.push(subsumsPath(dir));
+  await createSubsumsFile(dir, blockSize, slotCount);
+  const layout: StoreLayout = {
+    format: STORE_FORMAT,
+    blockSize,
+    slotCount,
+    createdAt: new Date().toISOString(),
+  };
+  await writeLayout(dir, layout, made);
 }
