@@ -77,7 +77,8 @@ export async function fsck(dataDir: string, options: { salvage: boolean }): Prom
       await readFile(LocalSlotStore.layoutPath(blocksDir), 'utf8'),
     ) as StoreLayout;
     const damagedSlots = await scanSlotTable(blocksDir, layout.slotCount, layout.blockSize);
-    const store = await LocalSlotStore.open(blocksDir);
+    // Opened as found: a format 1 store is upgraded by torusd's next start, not by a check that writes nothing.
+    const store = await LocalSlotStore.open(blocksDir, { upgrade: false });
     const report: FsckReport = {
       dataDir,
       blockSize: store.blockSize,

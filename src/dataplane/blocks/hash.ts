@@ -10,6 +10,8 @@ export interface Hasher {
   /** xxh64 of bytes, written as [lo, hi] into out at outIndex. */
   hash64Into(bytes: Uint8Array, out: Uint32Array, outIndex: number): void;
   hash64(bytes: Uint8Array): { lo: number; hi: number };
+  /** xxh32 (seed 0) of bytes: the sub-block checksums (sub-sums.ts). */
+  hash32(bytes: Uint8Array): number;
   /** Seal a slot record: store the xxh32 of its first 60 bytes in its last 4. */
   stampRecord(record: DataView): void;
   recordIsIntact(record: DataView): boolean;
@@ -31,6 +33,9 @@ export function hasher(): Promise<Hasher> {
       hash64(bytes) {
         const h = api.h64Raw(bytes);
         return { lo: Number(h & MASK), hi: Number(h >> 32n) };
+      },
+      hash32(bytes) {
+        return api.h32Raw(bytes);
       },
       stampRecord(record) {
         record.setUint32(OFF_CHECK, api.h32Raw(view(record)), true);

@@ -20,23 +20,11 @@
  * anyone holds it. The counts of the four add up to slotCount, and every slot
  * the ref index names is bound.
  */
-import { spawnSync } from 'node:child_process';
-import {
-  open,
-  readFile,
-  rename,
-  rm,
-  rmdir,
-  stat,
-  statfs,
-  writeFile,
-  type FileHandle,
-} from 'node:fs/promises';
+import { open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { invariantBroken } from '../../common/assert.js';
 import { ensureDirectory } from '../../common/dirs.js';
-import { IoError, StoreFullError } from '../../common/errors.js';
-import { formatSize } from '../../common/size.js';
+import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
   fillRecord,
@@ -56,11 +44,16 @@ import {
   join64,
 } from './record.js';
 import { refKey, type BlockRef } from '../../model/block-ref.js';
+import {
+  createStoreFiles,
+  layoutPath,
+  readLayoutForOpen,
+  subsumsPath,
+  type StoreLayout,
+} from './store-format.js';
+import { encodeSubsums, subsumsEntrySize } from './sub-sums.js';
 
-export const STORE_FORMAT = 1;
-
-/** Room create() asks for beyond the data file and slot table: store.json and its rename. */
-const LAYOUT_SLACK_BYTES = 64 * 1024;
+export { STORE_FORMAT, type StoreLayout } from './store-format.js';
 
 /** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
 const enum SlotUse {
@@ -82,13 +75,6 @@ const enum SlotUse {
 
 const USE_NAMES = ['free', 'allocated', 'bound', 'being released', 'set aside (damaged record)'];
 
-export interface StoreLayout {
-  format: number;
-  blockSize: number;
-  slotCount: number;
-  createdAt: string;
-}
-
 export interface StoreFiles {
   dataPath: string;
   slotsPath: string;
@@ -99,6 +85,9 @@ export class LocalSlotStore {
   readonly slotCount: number;
   readonly dataPath: string;
   readonly slotsPath: string;
+  /** The sub-block checksum table (sub-sums.ts), written by pool workers and writeReceivedBlock. */
+  readonly subsumsPath: string;
+  readonly subsumsEntrySize: number;
   /** The slot table, shared with pool workers. */
   readonly records: SharedArrayBuffer;
   private readonly recordView: DataView;
@@ -120,6 +109,8 @@ export class LocalSlotStore {
     layout: StoreLayout,
     private readonly dataFile: FileHandle,
     private readonly slotsFile: FileHandle,
+    /** Absent when opened without upgrading a store that has none (fsck's check). */
+    private readonly subsumsFile: FileHandle | undefined,
     records: SharedArrayBuffer,
     private readonly hash: Hasher,
   ) {
@@ -127,6 +118,8 @@ export class LocalSlotStore {
     this.slotCount = layout.slotCount;
     this.dataPath = join(dir, 'data');
     this.slotsPath = join(dir, 'slots');
+    this.subsumsPath = subsumsPath(dir);
+    this.subsumsEntrySize = subsumsEntrySize(layout.blockSize);
     this.records = records;
     this.recordView = new DataView(records);
     this.freeStack = new Int32Array(layout.slotCount);
@@ -134,7 +127,7 @@ export class LocalSlotStore {
   }
 
   static layoutPath(dir: string): string {
-    return join(dir, 'store.json');
+    return layoutPath(dir);
   }
 
   /**
@@ -162,77 +155,13 @@ export class LocalSlotStore {
     await ensureDirectory(dir, 'block store directory');
     const made: string[] = [];
     try {
-      await LocalSlotStore.createFiles(dir, blockSize, slotCount, made);
+      await createStoreFiles(dir, blockSize, slotCount, made);
     } catch (err) {
       // Leave the directory as it was: a partial store would be opened next time.
       for (const path of made.reverse()) await rm(path, { force: true }).catch(() => undefined);
       if (madeDir) await rmdir(dir).catch(() => undefined);
       throw err;
     }
-  }
-
-  /** create()'s work, each file's path pushed to `made` before it is created. */
-  private static async createFiles(
-    dir: string,
-    blockSize: number,
-    slotCount: number,
-    made: string[],
-  ): Promise<void> {
-    const dataBytes = slotCount * blockSize;
-    const needed = dataBytes + slotCount * RECORD_SIZE + LAYOUT_SLACK_BYTES;
-    const fsStats = await statfs(dir);
-    const free = fsStats.bavail * fsStats.bsize;
-    if (needed > free) {
-      throw new IoError(
-        'ENOSPC',
-        `cannot create a ${formatSize(dataBytes)} block store in ${dir}: it needs ${formatSize(needed)} with its slot table, and the filesystem has ${formatSize(free)} free`,
-      );
-    }
-    const dataPath = join(dir, 'data');
-    // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
-    // flush months later. fallocate(1) is util-linux, present on every Linux we
-    // target; where it is missing or the filesystem can't, fall back to a sparse
-    // file. A full filesystem is not "can't": that is an error, never a sparse file.
-    made.push(dataPath);
-    const file = await open(dataPath, 'w');
-    await file.close();
-    const fallocate = spawnSync('fallocate', ['-l', String(dataBytes), dataPath], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      encoding: 'utf8',
-    });
-    if (fallocate.status !== 0) {
-      if (/no space left/i.test(fallocate.stderr ?? ''))
-        throw new IoError(
-          'ENOSPC',
-          `cannot preallocate ${formatSize(dataBytes)} for ${dataPath}: the filesystem is full`,
-        );
-      const sparse = await open(dataPath, 'r+');
-      await sparse.truncate(dataBytes);
-      await sparse.close();
-    }
-    const slotsPath = join(dir, 'slots');
-    made.push(slotsPath);
-    const slots = await open(slotsPath, 'w');
-    await slots.truncate(slotCount * RECORD_SIZE);
-    await slots.sync();
-    await slots.close();
-    const layout: StoreLayout = {
-      format: STORE_FORMAT,
-      blockSize,
-      slotCount,
-      createdAt: new Date().toISOString(),
-    };
-    const tmp = join(dir, 'store.json.tmp');
-    made.push(tmp);
-    await writeFile(tmp, JSON.stringify(layout, null, 2) + '\n');
-    const handle = await open(tmp, 'r');
-    await handle.sync();
-    await handle.close();
-    made.push(LocalSlotStore.layoutPath(dir));
-    await rename(tmp, LocalSlotStore.layoutPath(dir));
-    const dirHandle = await open(dir, 'r');
-    await dirHandle.sync();
-    await dirHandle.close();
   }
 
   static async exists(dir: string): Promise<boolean> {
@@ -244,15 +173,20 @@ export class LocalSlotStore {
     }
   }
 
-  /** Open an existing store and rebuild its index from the slot table. */
-  static async open(dir: string): Promise<LocalSlotStore> {
-    const layout = JSON.parse(
-      await readFile(LocalSlotStore.layoutPath(dir), 'utf8'),
-    ) as StoreLayout;
-    if (layout.format !== STORE_FORMAT)
-      throw new Error(`${dir}: unsupported store format ${layout.format}`);
+  /**
+   * Open an existing store and rebuild its index from the slot table. A
+   * format 1 store is upgraded to format 2 first (store-format.ts), unless
+   * `upgrade` is false (fsck's check, which writes nothing): then a store
+   * without a sub-sums table is opened as it is.
+   */
+  static async open(dir: string, options: { upgrade?: boolean } = {}): Promise<LocalSlotStore> {
+    const layout = await readLayoutForOpen(dir, options.upgrade ?? true);
     const dataFile = await open(join(dir, 'data'), 'r+');
     const slotsFile = await open(join(dir, 'slots'), 'r+');
+    const subsumsFile = await open(subsumsPath(dir), 'r+').catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT' && options.upgrade === false) return undefined;
+      throw err;
+    });
     const records = new SharedArrayBuffer(layout.slotCount * RECORD_SIZE);
     const bytes = new Uint8Array(records);
     let done = 0;
@@ -261,7 +195,15 @@ export class LocalSlotStore {
       if (bytesRead === 0) break; // a short slots file reads as free slots
       done += bytesRead;
     }
-    const store = new LocalSlotStore(dir, layout, dataFile, slotsFile, records, await hasher());
+    const store = new LocalSlotStore(
+      dir,
+      layout,
+      dataFile,
+      slotsFile,
+      subsumsFile,
+      records,
+      await hasher(),
+    );
     store.rebuildIndex();
     return store;
   }
@@ -543,6 +485,13 @@ export class LocalSlotStore {
       } else {
         nonceBytes.fill(0);
         tagBytes.fill(0);
+        // Sealed blocks are always read whole (the AEAD tag covers the block), so only plain ones get sums.
+        // One entry per call: calls overlap (several peers' puts), and the write reads the buffer later.
+        if (this.subsumsFile) {
+          const entry = new Uint8Array(this.subsumsEntrySize);
+          encodeSubsums(entry, bytes, hash.lo, hash.hi, this.hash);
+          await this.subsumsFile.write(entry, 0, entry.length, slot * this.subsumsEntrySize);
+        }
       }
       this.hash.stampRecord(record);
       await this.slotsFile.write(
@@ -594,5 +543,6 @@ export class LocalSlotStore {
     this.closed = true;
     await this.dataFile.close();
     await this.slotsFile.close();
+    await this.subsumsFile?.close();
   }
 }

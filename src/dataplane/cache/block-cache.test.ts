@@ -75,7 +75,7 @@ test('the transitions volumes make are allowed, from every state a slot can be f
   assert.equal(cache.freeSlots, 63);
 });
 
-test('a slot never leaves Loading except to Clean, never goes to Free or Loading by setState, never moves once free', () => {
+test('a slot never leaves Loading except to Clean, never goes to Free by setState, to Loading only from Clean, never moves once free', () => {
   const cache = new BlockCache(4096, 64 * 4096);
   const o = owner();
   const loading = cache.acquire(o, 0, SlotState.Loading);
@@ -133,4 +133,43 @@ test('a slot on the free list that is in use, and an owner that changes a slot i
     () => full.acquire(meddler, 99, SlotState.Dirty),
     broken(/evicted\(\) changed the slot/),
   );
+});
+
+test('valid masks: a range maps to the sub-blocks it touches; only a whole slot may be written', () => {
+  const cache = new BlockCache(64 * 1024, 64 * 64 * 1024);
+  assert.equal(cache.subBlocks, 16);
+  assert.equal(cache.wholeMask, 0xffff);
+  assert.equal(cache.maskOf(0, 4096), 0b1);
+  assert.equal(cache.maskOf(4095, 2), 0b11);
+  assert.equal(cache.maskOf(5 * 4096 + 10, 100), 1 << 5);
+  assert.equal(cache.maskOf(0, 64 * 1024), 0xffff);
+  assert.equal(cache.maskOf(15 * 4096, 4096), 0x8000);
+  const o = owner();
+  // A fresh slot is whole until its filler says otherwise.
+  const slot = cache.acquire(o, 0, SlotState.Loading);
+  assert.ok(cache.isWhole(slot));
+  cache.setValid(slot, 1 << 5);
+  cache.setState(slot, SlotState.Clean);
+  assert.ok(cache.covers(slot, cache.maskOf(5 * 4096, 4096)));
+  assert.equal(cache.covers(slot, cache.maskOf(5 * 4096, 4097)), false);
+  // Filled further in place: Clean → Loading → Clean.
+  cache.setState(slot, SlotState.Loading);
+  cache.setValid(slot, (1 << 5) | (1 << 6));
+  cache.setState(slot, SlotState.Clean);
+  assert.ok(cache.covers(slot, cache.maskOf(5 * 4096, 8192)));
+  assert.throws(() => cache.setState(slot, SlotState.Dirty), broken(/partly loaded slot/));
+  assert.throws(() => cache.setState(slot, SlotState.Flushing), broken(/partly loaded slot/));
+  assert.throws(() => cache.setValid(slot, 1 << 16), broken(/sub-blocks of the block/));
+  cache.setValid(slot, cache.wholeMask);
+  cache.setState(slot, SlotState.Dirty);
+  assert.equal(cache.dirtySlots, 1);
+});
+
+test('blocks of more than 32 sub-blocks are always whole', () => {
+  const cache = new BlockCache(256 * 1024, 64 * 256 * 1024);
+  assert.equal(cache.subBlocks, 0);
+  assert.equal(cache.maskOf(4096, 4096), 0);
+  const slot = cache.acquire(owner(), 0, SlotState.Loading);
+  assert.ok(cache.covers(slot, cache.maskOf(4096, 4096)));
+  assert.ok(cache.isWhole(slot));
 });

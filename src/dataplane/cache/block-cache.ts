@@ -31,8 +31,20 @@
  * - pin counts never go below zero (or past 0xffff).
  * Each is an integer compare on the hot path: messages are constants, or
  * built only once the check has failed.
+ *
+ * Partly loaded slots: a slot holds a mask of its valid 4 KiB sub-blocks, so a
+ * 4 KiB miss loads 4 KiB (blocks/sub-sums.ts). Only a Clean slot may be
+ * partial: Dirty and Flushing slots are always whole (a write first loads the
+ * rest; the store writes blocks whole). A partial slot is filled further by
+ * Clean → Loading → Clean, the worker writing only sub-blocks not yet valid,
+ * so pinned views of valid ones are undisturbed. Blocks of more than 32
+ * sub-blocks (above 128 KiB) are always whole: the mask is one u32.
  */
 import { assert, invariantBroken } from '../../common/assert.js';
+import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
+
+/** Most sub-blocks a slot tracks: its valid mask is a u32. */
+export const MAX_SUB_BLOCKS = 32;
 
 export const enum SlotState {
   Free = 0,
@@ -46,15 +58,16 @@ export const enum SlotState {
  * Bit (1 << next) is set in ALLOWED_NEXT[previous] when setState() may move a
  * slot from `previous` to `next`. Volumes use Loading → Clean (filled),
  * Clean → Dirty (written), Dirty → Flushing (written back), Flushing → Dirty
- * or Clean (write-back failed or stored); Dirty → Clean and Clean → Flushing
+ * or Clean (write-back failed or stored), Clean → Loading (more sub-blocks of
+ * a partly loaded slot are being filled); Dirty → Clean and Clean → Flushing
  * are harmless and allowed. Never from Free (the slot has no owner), never to
- * Free (free() keeps the free list) or Loading (only acquire() makes a
- * worker's fill target), never from Loading to Dirty or Flushing (main would
- * write bytes the worker is still filling).
+ * Free (free() keeps the free list), to Loading only from Clean (a worker
+ * never fills a slot with unwritten changes), never from Loading to Dirty or
+ * Flushing (main would write bytes the worker is still filling).
  */
 const ALLOWED_NEXT = Uint8Array.of(
   0,
-  (1 << SlotState.Dirty) | (1 << SlotState.Flushing),
+  (1 << SlotState.Dirty) | (1 << SlotState.Flushing) | (1 << SlotState.Loading),
   (1 << SlotState.Clean) | (1 << SlotState.Flushing),
   1 << SlotState.Clean,
   (1 << SlotState.Dirty) | (1 << SlotState.Clean),
@@ -94,6 +107,12 @@ export class BlockCache {
    */
   private readonly pins: Uint16Array;
   private readonly freeWhenUnpinned: Uint8Array;
+  /** Per slot, bit i set when sub-block i holds the block's data (see the header). */
+  private readonly valid: Uint32Array;
+  /** Sub-blocks per block, or 0 when slots are always whole (blocks above MAX_SUB_BLOCKS sub-blocks). */
+  readonly subBlocks: number;
+  /** The mask of a whole slot (0 when subBlocks is 0: every range is then covered). */
+  readonly wholeMask: number;
   hits = 0;
   misses = 0;
   evictions = 0;
@@ -109,6 +128,10 @@ export class BlockCache {
     this.referenced = new Uint8Array(this.slotCount);
     this.pins = new Uint16Array(this.slotCount);
     this.freeWhenUnpinned = new Uint8Array(this.slotCount);
+    const subBlocks = blockSize / SUB_BLOCK_SIZE;
+    this.subBlocks = Number.isInteger(subBlocks) && subBlocks <= MAX_SUB_BLOCKS ? subBlocks : 0;
+    this.wholeMask = this.subBlocks === 0 ? 0 : (0xffff_ffff >>> (32 - this.subBlocks)) >>> 0;
+    this.valid = new Uint32Array(this.slotCount);
     this.slotOwners = new Array(this.slotCount).fill(undefined);
     this.ownerIndex = new Float64Array(this.slotCount);
     this.views = Array.from({ length: this.slotCount }, (_, slot) =>
@@ -156,8 +179,40 @@ export class BlockCache {
     this.ownerIndex[slot] = index;
     this.referenced[slot] = 1;
     this.state[slot] = initial;
+    // Whole unless its filler says otherwise (setValid) before the slot leaves Loading: a
+    // write fills a Dirty slot whole, and no one reads a Loading slot's mask.
+    this.valid[slot] = this.wholeMask;
     if (initial === SlotState.Dirty) this.dirty++;
     return slot;
+  }
+
+  /** The sub-blocks that bytes [start, start + length) of a block touch, as a mask (0 when slots are always whole). */
+  maskOf(start: number, length: number): number {
+    if (this.subBlocks === 0) return 0;
+    const first = Math.floor(start / SUB_BLOCK_SIZE);
+    const end = Math.ceil((start + length) / SUB_BLOCK_SIZE);
+    if (end <= first) return 0;
+    return ((0xffff_ffff >>> (32 - (end - first))) << first) >>> 0;
+  }
+
+  /** True when every sub-block in `mask` of the slot holds data. */
+  covers(slot: number, mask: number): boolean {
+    return (this.valid[slot] & mask) >>> 0 === mask;
+  }
+
+  /** True when the whole slot holds data (always, for Dirty and Flushing slots). */
+  isWhole(slot: number): boolean {
+    return this.valid[slot] === this.wholeMask;
+  }
+
+  validMask(slot: number): number {
+    return this.valid[slot];
+  }
+
+  /** After a fill: `mask` is what the slot now holds. A Dirty or Flushing slot is whole, always. */
+  setValid(slot: number, mask: number): void {
+    assert((mask & ~this.wholeMask) === 0, 'a valid mask names only sub-blocks of the block');
+    this.valid[slot] = mask >>> 0;
   }
 
   /** CLOCK: sweep at most two rounds for a clean slot not recently used. */
@@ -197,6 +252,8 @@ export class BlockCache {
         `slot ${slot} may not go from ${STATE_NAMES[previous]} to ${STATE_NAMES[next]}`,
       );
     }
+    if (next === SlotState.Dirty || next === SlotState.Flushing)
+      assert(this.valid[slot] === this.wholeMask, 'a partly loaded slot was written');
     if (previous === SlotState.Dirty) this.dirty--;
     else if (previous === SlotState.Flushing) this.flushing--;
     if (next === SlotState.Dirty) this.dirty++;

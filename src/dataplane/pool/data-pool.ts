@@ -39,8 +39,13 @@ export interface ReadRequest {
   hashHi: number;
   /** Peers to fetch from when there is no good local copy (storeSlot -1 for none); the placement's readRemote. */
   remote?: ReadRemote;
-  /** localBad: this node's copy failed its check and a peer's served instead (cluster). */
-  done(status: number, reason: string, localBad?: boolean): void;
+  /** Only these 4 KiB sub-blocks (a mask, see ReadBatchTask.subBlocks); absent: the whole block. */
+  subBlocks?: number;
+  /**
+   * localBad: this node's copy failed its check and a peer's served instead
+   * (cluster); whole: the whole block was read, though sub-blocks were asked.
+   */
+  done(status: number, reason: string, localBad?: boolean, whole?: boolean): void;
 }
 
 /** Cluster counters of the data path, summed over every task (torus_replication_* material). */
@@ -70,6 +75,7 @@ export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
+  private readonly threadCount: number;
   readonly replicationStats: PoolReplicationStats = {
     remoteReads: 0,
     hedgedReads: 0,
@@ -90,6 +96,7 @@ export class DataPool {
     threads = Math.max(1, Math.min(4, availableParallelism())),
     tasksPerWorker = 1,
   ) {
+    this.threadCount = threads;
     this.pool = new Piscina({
       filename: fileURLToPath(new URL('./worker.js', import.meta.url)),
       workerData: setup,
@@ -205,9 +212,14 @@ export class DataPool {
       if (!list) byVolume.set(group, (list = []));
       list.push(r);
     }
+    // A task's reads are one worker's blocking preads, one after another: spread
+    // the tick's misses over every worker so their reads reach the disk at once
+    // (a 4 KiB miss is mostly waiting on the disk), but no finer than that, and
+    // at most BATCH a task (each task is a round trip).
     for (const list of byVolume.values()) {
-      for (let start = 0; start < list.length; start += BATCH)
-        this.runReads(list.slice(start, start + BATCH));
+      const size = Math.max(1, Math.min(BATCH, Math.ceil(list.length / this.threadCount)));
+      for (let start = 0; start < list.length; start += size)
+        this.runReads(list.slice(start, start + size));
     }
   }
 
@@ -231,6 +243,7 @@ export class DataPool {
       task.indices[i] = r.index;
       task.hashes[2 * i] = r.hashLo;
       task.hashes[2 * i + 1] = r.hashHi;
+      if (r.subBlocks !== undefined) (task.subBlocks ??= new Uint32Array(n))[i] = r.subBlocks;
     }
     const remote = batch[0].remote;
     if (remote)
@@ -247,7 +260,12 @@ export class DataPool {
         stats.hedgedReads += result.hedges ?? 0;
         stats.replicaRepairs += result.repairs ?? 0;
         for (let i = 0; i < n; i++)
-          batch[i].done(result.status[i], result.reasons[i], result.localBad?.[i] === 1);
+          batch[i].done(
+            result.status[i],
+            result.reasons[i],
+            result.localBad?.[i] === 1,
+            result.whole?.[i] === 1,
+          );
       },
       (err: Error) => {
         for (const r of batch) r.done(3, `pool task failed: ${err.message}`);

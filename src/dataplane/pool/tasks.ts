@@ -78,6 +78,14 @@ export interface ReadBatchTask {
   hashes: Uint32Array;
   /** Cluster: peers to fetch from, in order, where the local slot is -1 or fails. */
   remote?: RemoteTargets;
+  /**
+   * Per block, a mask of the 4 KiB sub-blocks to read (bit i: bytes
+   * [4096 i, 4096 (i + 1))), each checked against its sub-sum
+   * (blocks/sub-sums.ts); 0 reads the whole block. Only for local reads of
+   * plain blocks: never with `key` or `remote`. The worker writes nothing
+   * of the cache slot outside the mask unless it reads the block whole.
+   */
+  subBlocks?: Uint32Array;
 }
 
 export const READ_OK = 0;
@@ -95,6 +103,11 @@ export interface ReadBatchResult {
   repairs?: number;
   /** Cluster reads: 1 where this node's own copy failed its check and a peer's good copy was served instead. */
   localBad?: Uint8Array;
+  /**
+   * Sub-block reads: 1 where the whole block was read and checked instead
+   * (its sub-sums entry was missing or stale) and copied whole into the slot.
+   */
+  whole?: Uint8Array;
 }
 
 export type PoolTask = WriteBatchTask | ReadBatchTask;

@@ -3,7 +3,7 @@
  * between the shared cache and the local store files with plain blocking
  * syscalls — blocking here is the point: the main thread never does.
  */
-import { openSync, readSync, writeSync } from 'node:fs';
+import { openSync } from 'node:fs';
 import { threadId, workerData } from 'node:worker_threads';
 import { hasher, isAllZero, type Hasher } from '../blocks/hash.js';
 import {
@@ -19,10 +19,12 @@ import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '..
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
+import { preadAll, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
 import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
+import { SubBlockIo } from './sub-block-io.js';
 import {
   READ_CHECKSUM_MISMATCH,
   READ_IO_ERROR,
@@ -53,6 +55,7 @@ let hash!: Hasher;
 let hashLoaded = false;
 const hasherReady = hasher().then((loaded) => {
   hash = loaded;
+  subBlocks = new SubBlockIo(setup.dataPath, dataFd, blockSize, hash, scratch);
   hashLoaded = true;
 });
 const blockSize = setup.blockSize;
@@ -63,6 +66,8 @@ const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 const hashOut = new Uint32Array(2);
+/** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
+let subBlocks!: SubBlockIo;
 /**
  * Sealed bytes, nonces and tags of a batch while its copies are in flight to
  * peers. Replicated tasks wait on the network, so a worker runs several at
@@ -98,21 +103,6 @@ export default function handle(
 
 function cacheBlock(slot: number): Uint8Array {
   return cache.subarray(slot * blockSize, (slot + 1) * blockSize);
-}
-
-function pwriteAll(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length)
-    done += writeSync(fd, bytes, done, bytes.length - done, position + done);
-}
-
-function preadAll(fd: number, bytes: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < bytes.length) {
-    const n = readSync(fd, bytes, done, bytes.length - done, position + done);
-    if (n === 0) throw new Error(`short read at ${position + done}`);
-    done += n;
-  }
 }
 
 function writeBatch(task: WriteBatchTask): WriteBatchResult {
@@ -336,6 +326,8 @@ function storeLocally(
 ): void {
   const base = slot * RECORD_SIZE;
   pwriteAll(dataFd, stored, slot * blockSize);
+  // Sealed blocks are read whole (the AEAD tag covers the block): only plain ones get sub-sums.
+  if (!sealed) subBlocks.writeSums(slot, stored, hashes[2 * i], hashes[2 * i + 1]);
   if (sealed && nonce && tag) {
     records.set(nonce, base + OFF_NONCE);
     records.set(tag, base + OFF_TAG);
@@ -395,6 +387,7 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
   const status = new Uint8Array(n);
   const reasons: string[] = new Array(n).fill('');
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
+  let whole: Uint8Array | undefined;
   for (let i = 0; i < n; i++) {
     const slot = task.storeSlots[i];
     if (slot < 0) {
@@ -403,6 +396,13 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
       continue;
     }
     const dest = cacheBlock(task.cacheSlots[i]);
+    const wanted = task.subBlocks?.[i] ?? 0;
+    if (wanted !== 0 && !sealer) {
+      status[i] = subBlocks.read(slot, dest, wanted, task.hashes[2 * i], task.hashes[2 * i + 1]);
+      reasons[i] = subBlocks.reason;
+      if (subBlocks.readWhole) (whole ??= new Uint8Array(n))[i] = 1;
+      continue;
+    }
     const landing = sealer ? scratch : dest;
     try {
       preadAll(dataFd, landing, slot * blockSize);
@@ -437,7 +437,7 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     }
     status[i] = READ_OK;
   }
-  return { status, reasons };
+  return whole ? { status, reasons, whole } : { status, reasons };
 }
 
 function hex(hi: number, lo: number): string {

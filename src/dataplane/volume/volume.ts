@@ -26,11 +26,11 @@
  * - All store-writing work (spills and commits) runs one round at a time
  *   (WriteBackRounds); that serialisation is what the bookkeeping relies on.
  */
-import { ChecksumError, IoError } from '../../common/errors.js';
+import { IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
-import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
-import { BlockMap, ENTRY_SEALED } from './block-map.js';
+import { BlockLoads } from './block-loads.js';
+import { BlockMap } from './block-map.js';
 import { loadCommittedMap } from './map-load.js';
 import { type MapRoot } from '../../model/map-root.js';
 import {
@@ -74,8 +74,12 @@ export class Volume implements CacheOwner {
   private readonly dirty: Set<number>;
   private readonly pendingHoles: Set<number>;
   private readonly spilled: Map<number, SpilledBlock>;
-  /** In-flight cache fills, by block index. */
-  private readonly loads = new Map<number, Promise<void>>();
+  /** Cache misses and their fills (block-loads.ts). */
+  private readonly blockLoads: BlockLoads;
+  /** In-flight cache fills, by block index (the BlockLoads' own map). */
+  private readonly loads: Map<number, Promise<void>>;
+  /** Where the last read ended: a read starting there is sequential and its miss reads to the block's end. */
+  private readCursor = -1;
   private commitTimer: NodeJS.Timeout | undefined;
   private closed = false;
   openSessions = 0;
@@ -101,6 +105,8 @@ export class Volume implements CacheOwner {
     this.dirty = state.dirty;
     this.pendingHoles = state.pendingHoles;
     this.spilled = state.spilled;
+    this.blockLoads = new BlockLoads(state, this, () => this.waitForCacheSpace());
+    this.loads = this.blockLoads.inFlight;
     state.services.cache.addOwner(this);
   }
 
@@ -178,20 +184,26 @@ export class Volume implements CacheOwner {
     const { cache } = this.services;
     let pending: Promise<void>[] | undefined;
     let done = 0;
+    const sequential = offset === this.readCursor;
+    this.readCursor = offset + dest.length;
     while (done < dest.length) {
       const position = offset + done;
       const index = Math.floor(position / bs);
       const within = position - index * bs;
       const n = Math.min(bs - within, dest.length - done);
       const slot = this.table.get(index);
-      if (slot !== undefined && cache.state[slot] !== SlotState.Loading) {
+      if (
+        slot !== undefined &&
+        cache.state[slot] !== SlotState.Loading &&
+        cache.covers(slot, cache.maskOf(within, n))
+      ) {
         cache.view(slot).copy(dest, done, within, within + n);
         cache.touch(slot);
         cache.hits++;
       } else if (slot === undefined && this.state.isHole(index)) {
         dest.fill(0, done, done + n);
       } else {
-        (pending ??= []).push(this.readSlow(index, within, dest, done, n));
+        (pending ??= []).push(this.readSlow(index, within, dest, done, n, sequential));
       }
       done += n;
     }
@@ -212,7 +224,13 @@ export class Volume implements CacheOwner {
     for (let position = offset; position < end; position = (Math.floor(position / bs) + 1) * bs) {
       const index = Math.floor(position / bs);
       const slot = this.table.get(index);
-      if (slot === undefined ? !this.state.isHole(index) : cache.state[slot] === SlotState.Loading)
+      const within = position - index * bs;
+      if (
+        slot === undefined
+          ? !this.state.isHole(index)
+          : cache.state[slot] === SlotState.Loading ||
+            !cache.covers(slot, cache.maskOf(within, Math.min(bs - within, end - position)))
+      )
         return undefined;
     }
     const buffers: Buffer[] = [];
@@ -247,98 +265,16 @@ export class Volume implements CacheOwner {
     dest: Buffer,
     destOffset: number,
     n: number,
+    sequential: boolean,
   ): Promise<void> {
-    const slot = await this.loaded(index);
+    // A sequential reader will want the rest of the block next: read it now, in the same task.
+    const slot = await this.blockLoads.loaded(
+      index,
+      within,
+      sequential ? this.blockSize - within : n,
+    );
     if (slot < 0) dest.fill(0, destOffset, destOffset + n);
     else this.services.cache.view(slot).copy(dest, destOffset, within, within + n);
-  }
-
-  /**
-   * A cache slot holding the current data of block `index`, or -1 if the block
-   * is a hole. When this resolves the slot is valid until the caller yields.
-   */
-  private async loaded(index: number): Promise<number> {
-    const { cache, store, pool } = this.services;
-    for (;;) {
-      const slot = this.table.get(index);
-      if (slot !== undefined) {
-        if (cache.state[slot] !== SlotState.Loading) return slot;
-        await this.loads.get(index);
-        continue;
-      }
-      if (this.state.isHole(index)) return -1;
-      const spilled = this.spilled.get(index);
-      const entry = spilled
-        ? {
-            generation: this.state.generation + 1,
-            flags: this.key ? ENTRY_SEALED : 0,
-            hashLo: spilled.hashLo,
-            hashHi: spilled.hashHi,
-          }
-        : this.map.lookup(index)!;
-      // A clone's older entries name its ancestors' blocks: read those under their owner's id.
-      const owner = spilled ? this.id : this.map.ownerOf(entry.generation);
-      const remote = this.state.placement.readRemote(owner, index);
-      const storeSlot = store.lookup(owner, entry.generation, index) ?? -1;
-      if (storeSlot < 0 && !remote) {
-        throw new IoError(
-          'EIO',
-          `volume ${this.name}: block ${index} (gen ${entry.generation}) is missing from the local store`,
-        );
-      }
-      const cacheSlot = cache.acquire(this, index, SlotState.Loading);
-      if (cacheSlot < 0) {
-        await this.waitForCacheSpace();
-        continue;
-      }
-      cache.misses++;
-      this.table.set(index, cacheSlot);
-      const load = new Promise<void>((resolve, reject) => {
-        pool.read({
-          volumeId: owner,
-          key: entry.flags & ENTRY_SEALED ? this.key : null,
-          cacheSlot,
-          storeSlot,
-          generation: entry.generation,
-          index,
-          hashLo: entry.hashLo,
-          hashHi: entry.hashHi,
-          remote,
-          done: (status, reason, localBad) => {
-            this.loads.delete(index);
-            if (localBad && !spilled) this.dropBadLocalCopy(owner, index, entry.generation, reason);
-            if (status === READ_OK) {
-              cache.setState(cacheSlot, SlotState.Clean);
-              resolve();
-              return;
-            }
-            if (this.table.get(index) === cacheSlot) this.table.delete(index);
-            cache.free(cacheSlot);
-            if (status === READ_CHECKSUM_MISMATCH || status === READ_OPEN_FAILED) {
-              const what =
-                status === READ_CHECKSUM_MISMATCH ? 'checksum mismatch' : 'authentication failed';
-              this.services.log.error(
-                { volume: this.name, block: index, generation: entry.generation, reason },
-                `${what}: block not served`,
-              );
-              this.services.onChecksumError?.(this.name, index, reason);
-              reject(
-                new ChecksumError(this.name, index, `volume ${this.name} block ${index}: ${what}`),
-              );
-            } else {
-              this.services.log.error(
-                { volume: this.name, block: index, reason },
-                'block read failed',
-              );
-              reject(new IoError('EIO', `volume ${this.name} block ${index}: ${reason}`));
-            }
-          },
-        });
-      });
-      this.loads.set(index, load);
-      await load;
-      return cacheSlot;
-    }
   }
 
   // --------------------------------------------------------------- writes
@@ -368,7 +304,8 @@ export class Volume implements CacheOwner {
     let slot = this.table.get(index);
     if (slot !== undefined) {
       const state = cache.state[slot];
-      if (state === SlotState.Loading) return false;
+      // A partly loaded slot is made whole first (writeSlow): the store writes blocks whole.
+      if (state === SlotState.Loading || !cache.isWhole(slot)) return false;
       if (state !== SlotState.Dirty && !cache.mayDirty()) return false;
       if (state === SlotState.Flushing) {
         // The flush is reading this slot: give the new data a slot of its own.
@@ -411,9 +348,11 @@ export class Volume implements CacheOwner {
         !(within === 0 && n === this.blockSize) &&
         !this.state.isHole(index)
       ) {
-        await this.loaded(index); // bring the stored block in, then modify it
+        await this.blockLoads.loaded(index); // bring the stored block in, then modify it
       } else if (slot !== undefined && this.services.cache.state[slot] === SlotState.Loading) {
         await this.loads.get(index);
+      } else if (slot !== undefined && !this.services.cache.isWhole(slot)) {
+        await this.blockLoads.loaded(index); // the rest of a partly loaded block, then modify it
       }
       if (this.writeFast(index, within, data, from, n)) return;
       await this.waitForDirtyRoom();
@@ -562,23 +501,8 @@ export class Volume implements CacheOwner {
     const first = Math.floor(offset / this.blockSize);
     const last = Math.min(Math.ceil((offset + length) / this.blockSize), first + PREFETCH_LIMIT);
     const loads: Promise<number>[] = [];
-    for (let index = first; index < last; index++) loads.push(this.loaded(index));
+    for (let index = first; index < last; index++) loads.push(this.blockLoads.loaded(index));
     await Promise.all(loads);
-  }
-
-  /**
-   * Cluster: this node's copy of a block failed its check and a replica's
-   * good one was served. Drop ours: a node holding a good copy finds this
-   * node lacking it at its next rebalance run and puts it back (rewriting
-   * the slot here, from a worker, could race with the slot's reuse).
-   */
-  private dropBadLocalCopy(owner: number, index: number, generation: number, reason: string): void {
-    this.services.log.error(
-      { volume: this.name, block: index, generation, reason },
-      'local copy failed its checksum; served from a replica, dropping the bad copy for rebalance to replace',
-    );
-    this.services.onChecksumError?.(this.name, index, reason);
-    this.services.store.release({ volumeId: owner, generation, index });
   }
 
   /** Flush what is dirty, then drop this volume's cache slots. */

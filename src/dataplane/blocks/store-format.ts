@@ -1,0 +1,166 @@
+/**
+ * The store's files on disk: their creation, the layout file (`store.json`)
+ * and its format versions.
+ *
+ * - Format 1: `data` (block-size slots) and `slots` (64-byte records,
+ *   record.ts). Every read checks a whole block against its xxh64.
+ * - Format 2: the same two files, byte for byte, plus `subsums` (sub-sums.ts):
+ *   a 4 KiB sub-block can be read and checked on its own.
+ *
+ * A format 1 store is upgraded in place when it is opened: `subsums` is
+ * created all zeros (no entry is valid, so its blocks are read whole, as
+ * before, until rewritten), synced, and only then does store.json say 2. A
+ * crash between the two leaves format 1 and a spare file, which the next
+ * open recreates. Code that knows only format 1 refuses a format 2 store
+ * (its open checks the number), so nothing reads the new files wrongly.
+ */
+import { spawnSync } from 'node:child_process';
+import { open, readFile, rename, stat, statfs, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { IoError } from '../../common/errors.js';
+import { formatSize } from '../../common/size.js';
+import { RECORD_SIZE } from './record.js';
+import { SUBSUMS_FILE, subsumsEntrySize } from './sub-sums.js';
+
+/** Room create() asks for beyond the data file and the tables: store.json and its rename. */
+const LAYOUT_SLACK_BYTES = 64 * 1024;
+
+/** The format create() writes and open() upgrades to. */
+export const STORE_FORMAT = 2;
+/** The first format: no sub-block checksums. Still opened (and upgraded). */
+export const STORE_FORMAT_WHOLE_BLOCK_SUMS = 1;
+
+export interface StoreLayout {
+  format: number;
+  blockSize: number;
+  slotCount: number;
+  createdAt: string;
+}
+
+export function layoutPath(dir: string): string {
+  return join(dir, 'store.json');
+}
+
+export function subsumsPath(dir: string): string {
+  return join(dir, SUBSUMS_FILE);
+}
+
+/** Write store.json atomically (temp file, fsync, rename, directory fsync); `made` gets each path before it exists. */
+export async function writeLayout(
+  dir: string,
+  layout: StoreLayout,
+  made: string[] = [],
+): Promise<void> {
+  const tmp = join(dir, 'store.json.tmp');
+  made.push(tmp);
+  await writeFile(tmp, JSON.stringify(layout, null, 2) + '\n');
+  const handle = await open(tmp, 'r');
+  await handle.sync();
+  await handle.close();
+  made.push(layoutPath(dir));
+  await rename(tmp, layoutPath(dir));
+  const dirHandle = await open(dir, 'r');
+  await dirHandle.sync();
+  await dirHandle.close();
+}
+
+/** Create (or recreate) an all-zero sub-sums table: every entry invalid. */
+export async function createSubsumsFile(
+  dir: string,
+  blockSize: number,
+  slotCount: number,
+): Promise<void> {
+  const file = await open(subsumsPath(dir), 'w');
+  try {
+    await file.truncate(slotCount * subsumsEntrySize(blockSize));
+    await file.sync();
+  } finally {
+    await file.close();
+  }
+}
+
+/**
+ * Read store.json for opening: a format 1 store is upgraded to format 2
+ * first (see above); a format 2 store whose `subsums` is gone gets an empty
+ * one (its entries are hints, never needed for correctness). With `upgrade`
+ * false (fsck's check, which writes nothing) neither happens: the layout is
+ * returned as found. Any other format is refused: it was written by a newer
+ * torus.
+ */
+export async function readLayoutForOpen(dir: string, upgrade = true): Promise<StoreLayout> {
+  const layout = JSON.parse(await readFile(layoutPath(dir), 'utf8')) as StoreLayout;
+  if (layout.format !== STORE_FORMAT && layout.format !== STORE_FORMAT_WHOLE_BLOCK_SUMS)
+    throw new Error(
+      `${dir}: unsupported store format ${layout.format} (this torus reads formats ${STORE_FORMAT_WHOLE_BLOCK_SUMS} and ${STORE_FORMAT}); run a newer torus`,
+    );
+  if (!upgrade) return layout;
+  const present = await stat(subsumsPath(dir)).catch(() => undefined);
+  if (layout.format === STORE_FORMAT_WHOLE_BLOCK_SUMS || !present)
+    await createSubsumsFile(dir, layout.blockSize, layout.slotCount);
+  if (layout.format === STORE_FORMAT_WHOLE_BLOCK_SUMS) {
+    const upgraded = { ...layout, format: STORE_FORMAT };
+    await writeLayout(dir, upgraded);
+    return upgraded;
+  }
+  return layout;
+}
+
+/**
+ * LocalSlotStore.create()'s work: data (preallocated), slots, subsums and
+ * store.json, each file's path pushed to `made` before it is created.
+ */
+export async function createStoreFiles(
+  dir: string,
+  blockSize: number,
+  slotCount: number,
+  made: string[],
+): Promise<void> {
+  const dataBytes = slotCount * blockSize;
+  const needed =
+    dataBytes + slotCount * (RECORD_SIZE + subsumsEntrySize(blockSize)) + LAYOUT_SLACK_BYTES;
+  const fsStats = await statfs(dir);
+  const free = fsStats.bavail * fsStats.bsize;
+  if (needed > free) {
+    throw new IoError(
+      'ENOSPC',
+      `cannot create a ${formatSize(dataBytes)} block store in ${dir}: it needs ${formatSize(needed)} with its slot table, and the filesystem has ${formatSize(free)} free`,
+    );
+  }
+  const dataPath = join(dir, 'data');
+  // Preallocate so a full disk shows up now, not as ENOSPC in the middle of a
+  // flush months later. fallocate(1) is util-linux, present on every Linux we
+  // target; where it is missing or the filesystem can't, fall back to a sparse
+  // file. A full filesystem is not "can't": that is an error, never a sparse file.
+  made.push(dataPath);
+  const file = await open(dataPath, 'w');
+  await file.close();
+  const fallocate = spawnSync('fallocate', ['-l', String(dataBytes), dataPath], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    encoding: 'utf8',
+  });
+  if (fallocate.status !== 0) {
+    if (/no space left/i.test(fallocate.stderr ?? ''))
+      throw new IoError(
+        'ENOSPC',
+        `cannot preallocate ${formatSize(dataBytes)} for ${dataPath}: the filesystem is full`,
+      );
+    const sparse = await open(dataPath, 'r+');
+    await sparse.truncate(dataBytes);
+    await sparse.close();
+  }
+  const slotsPath = join(dir, 'slots');
+  made.push(slotsPath);
+  const slots = await open(slotsPath, 'w');
+  await slots.truncate(slotCount * RECORD_SIZE);
+  await slots.sync();
+  await slots.close();
+  made.push(subsumsPath(dir));
+  await createSubsumsFile(dir, blockSize, slotCount);
+  const layout: StoreLayout = {
+    format: STORE_FORMAT,
+    blockSize,
+    slotCount,
+    createdAt: new Date().toISOString(),
+  };
+  await writeLayout(dir, layout, made);
+}

@@ -1,0 +1,139 @@
+/**
+ * SubBlockIo: a pool worker's side of the sub-block checksum table
+ * (blocks/sub-sums.ts) — writing a block's entry when the block is stored,
+ * and reading only the 4 KiB sub-blocks a cache miss wants.
+ *
+ * Contract
+ * - An entry is used only if intact and made for the hash the map expects;
+ *   otherwise, and when a sub-block fails its sum, the whole block is read
+ *   and judged by its xxh64 (the map's hash). So only the map's hash ever
+ *   makes a block bad: a wrong entry costs a whole read, never a false EIO.
+ * - Nothing of the destination outside the wanted sub-blocks is written,
+ *   except a whole copy already checked against the xxh64 (readWhole true).
+ * - A whole read rewrites the block's entry, so the next miss on it is cheap
+ *   (blocks of a format 1 store get theirs this way).
+ * - One instance per worker; a call runs to its end without yielding, so the
+ *   entry buffer and the scratch block are reused with no allocation.
+ */
+import { openSync, readSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { Hasher } from '../blocks/hash.js';
+import {
+  SUB_BLOCK_SIZE,
+  SUBSUMS_FILE,
+  encodeSubsums,
+  subSum,
+  subsumsEntrySize,
+  subsumsMatch,
+} from '../blocks/sub-sums.js';
+import { preadAll, pwriteAll } from './file-io.js';
+import { READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK } from './tasks.js';
+
+export class SubBlockIo {
+  /** The table's descriptor, or -1 without one: blocks are then stored without sums and read whole. */
+  private readonly subsumsFd: number;
+  private readonly entrySize: number;
+  private readonly entry: Uint8Array;
+  private readonly hashOut = new Uint32Array(2);
+  /** After read(): why it failed ('' when it did not). */
+  reason = '';
+  /** After read(): the whole block was read (and checked) instead of the wanted sub-blocks. */
+  readWhole = false;
+
+  /**
+   * dataPath: the store's data file, whose directory holds the table (every
+   * store opened by this version has one: format 2). scratch: a block-sized
+   * buffer the worker lends between tasks.
+   */
+  constructor(
+    dataPath: string,
+    private readonly dataFd: number,
+    private readonly blockSize: number,
+    private readonly hash: Hasher,
+    private readonly scratch: Uint8Array,
+  ) {
+    this.subsumsFd = openIfPresent(join(dirname(dataPath), SUBSUMS_FILE));
+    this.entrySize = subsumsEntrySize(blockSize);
+    this.entry = new Uint8Array(this.entrySize);
+  }
+
+  /** Write the entry of `stored` (the block's bytes as stored, xxh64 hashLo/hashHi) for `slot`. */
+  writeSums(slot: number, stored: Uint8Array, hashLo: number, hashHi: number): void {
+    if (this.subsumsFd < 0) return;
+    encodeSubsums(this.entry, stored, hashLo, hashHi, this.hash);
+    pwriteAll(this.subsumsFd, this.entry, slot * this.entrySize);
+  }
+
+  /**
+   * Read the sub-blocks in `wanted` (bit i: sub-block i) of the block in
+   * `slot` into `dest` (the block's cache slot), checked. Returns a READ_*
+   * status; sets `reason` and `readWhole`.
+   */
+  read(slot: number, dest: Uint8Array, wanted: number, hashLo: number, hashHi: number): number {
+    this.reason = '';
+    this.readWhole = false;
+    try {
+      // A short read (a table shorter than the store) is simply no entry.
+      const usable =
+        this.subsumsFd >= 0 &&
+        readSync(this.subsumsFd, this.entry, 0, this.entrySize, slot * this.entrySize) ===
+          this.entrySize &&
+        subsumsMatch(this.entry, hashLo, hashHi, this.hash);
+      if (!usable) return this.readWholeBlock(slot, dest, hashLo, hashHi, '');
+      const base = slot * this.blockSize;
+      // One pread per run of consecutive wanted sub-blocks.
+      for (let first = 0; first < 32; first++) {
+        if ((wanted & (1 << first)) === 0) continue;
+        let end = first + 1;
+        while (end < 32 && (wanted & (1 << end)) !== 0) end++;
+        const from = first * SUB_BLOCK_SIZE;
+        preadAll(this.dataFd, dest.subarray(from, end * SUB_BLOCK_SIZE), base + from);
+        for (let k = first; k < end; k++) {
+          const bytes = dest.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE);
+          if (this.hash.hash32(bytes) !== subSum(this.entry, k)) {
+            const why = `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) fails its xxh32; `;
+            return this.readWholeBlock(slot, dest, hashLo, hashHi, why);
+          }
+        }
+        first = end;
+      }
+      return READ_OK;
+    } catch (err) {
+      this.reason = (err as Error).message;
+      return READ_IO_ERROR;
+    }
+  }
+
+  /** The fallback: the whole block into scratch, checked against the map's xxh64, copied to dest, its entry rewritten. */
+  private readWholeBlock(
+    slot: number,
+    dest: Uint8Array,
+    hashLo: number,
+    hashHi: number,
+    why: string,
+  ): number {
+    const { scratch, hashOut } = this;
+    preadAll(this.dataFd, scratch, slot * this.blockSize);
+    this.hash.hash64Into(scratch, hashOut, 0);
+    if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
+      this.reason = `${why}stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
+      return READ_CHECKSUM_MISMATCH;
+    }
+    dest.set(scratch);
+    this.writeSums(slot, scratch, hashLo, hashHi);
+    this.readWhole = true;
+    return READ_OK;
+  }
+}
+
+function openIfPresent(path: string): number {
+  try {
+    return openSync(path, 'r+');
+  } catch {
+    return -1;
+  }
+}
+
+function hex(hi: number, lo: number): string {
+  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
+}

@@ -1,0 +1,205 @@
+/**
+ * BlockLoads: how a volume's cache misses are filled — a slot taken (or a
+ * partly loaded one reused), the read handed to the pool, the slot Clean
+ * with what it now holds, or freed and a typed error on failure.
+ *
+ * Sub-block reads (single node, plain blocks): a miss reads only the 4 KiB
+ * sub-blocks the request touches (blocks/sub-sums.ts), each checked against
+ * its own xxh32, which is checked against the block's xxh64 in the map; a
+ * sequential reader gets the rest of the block in the same read. The slot
+ * records what it holds (cache/block-cache.ts, valid masks); a later miss
+ * on the same block fills only what is missing. Sealed blocks and cluster
+ * reads are whole: the AEAD tag, and a peer's copy, cover the whole block.
+ */
+import { assert } from '../../common/assert.js';
+import { ChecksumError, IoError } from '../../common/errors.js';
+import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
+import { SlotState, type CacheOwner } from '../cache/block-cache.js';
+import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
+import type { ReadRemote } from '../replication/block-placement.js';
+import { ENTRY_SEALED } from './block-map.js';
+import type { VolumeState } from './volume-state.js';
+
+/** Where a block's stored copy is, for a fill. */
+interface BlockSource {
+  /** The volume id the block is stored under (a clone's ancestor for inherited blocks). */
+  owner: number;
+  entry: { generation: number; flags: number; hashLo: number; hashHi: number };
+  /** This node's store slot, or -1. */
+  storeSlot: number;
+  remote: ReadRemote | undefined;
+  /** Written for the next version (not yet committed). */
+  spilled: boolean;
+}
+
+export class BlockLoads {
+  /** In-flight cache fills, by block index: a request meeting a Loading slot waits on its fill. */
+  readonly inFlight = new Map<number, Promise<void>>();
+
+  constructor(
+    private readonly state: VolumeState,
+    /** The volume, which the cache tells of evictions. */
+    private readonly owner: CacheOwner,
+    /** Wait for a cache slot (write back, or fail with the write-back's error). */
+    private readonly waitForCacheSpace: () => Promise<void>,
+  ) {}
+
+  /**
+   * A cache slot holding the current data of bytes [within, within + length)
+   * of block `index` (the whole block by default), or -1 if the block is a
+   * hole. When this resolves the slot is valid until the caller yields. A
+   * miss reads only the 4 KiB sub-blocks the range touches, from the local
+   * store of a single node, for a plain block; a sealed block or a cluster's
+   * read is whole (the AEAD tag, and a peer's copy, cover the whole block).
+   */
+  async loaded(index: number, within = 0, length = this.state.blockSize): Promise<number> {
+    const { cache, store } = this.state.services;
+    const wanted = cache.maskOf(within, length);
+    for (;;) {
+      let cacheSlot = this.state.table.get(index);
+      let previous = 0;
+      if (cacheSlot !== undefined) {
+        if (cache.state[cacheSlot] === SlotState.Loading) {
+          await this.inFlight.get(index);
+          continue;
+        }
+        if (cache.covers(cacheSlot, wanted)) return cacheSlot;
+        // Clean and partly loaded (Dirty and Flushing slots are whole): fill the rest of the range in place.
+        previous = cache.validMask(cacheSlot);
+      } else if (this.state.isHole(index)) {
+        return -1;
+      }
+      const spilled = this.state.spilled.get(index);
+      const entry = spilled
+        ? {
+            generation: this.state.generation + 1,
+            flags: this.state.key ? ENTRY_SEALED : 0,
+            hashLo: spilled.hashLo,
+            hashHi: spilled.hashHi,
+          }
+        : this.state.map.lookup(index)!;
+      // A clone's older entries name its ancestors' blocks: read those under their owner's id.
+      const owner = spilled ? this.state.id : this.state.map.ownerOf(entry.generation);
+      const remote = this.state.placement.readRemote(owner, index);
+      const storeSlot = store.lookup(owner, entry.generation, index) ?? -1;
+      if (storeSlot < 0 && !remote) {
+        throw new IoError(
+          'EIO',
+          `volume ${this.state.name}: block ${index} (gen ${entry.generation}) is missing from the local store`,
+        );
+      }
+      if (cacheSlot === undefined) {
+        cacheSlot = cache.acquire(this.owner, index, SlotState.Loading);
+        if (cacheSlot < 0) {
+          await this.waitForCacheSpace();
+          continue;
+        }
+        this.state.table.set(index, cacheSlot);
+      } else {
+        cache.setState(cacheSlot, SlotState.Loading);
+      }
+      cache.misses++;
+      const sealed = (entry.flags & ENTRY_SEALED) !== 0;
+      const whole = sealed || remote !== undefined || cache.subBlocks === 0;
+      // A fill continuing from the sub-block before it is sequential too: read to the block's end.
+      const first = Math.floor(within / SUB_BLOCK_SIZE);
+      const sequential = first > 0 && (previous & (1 << (first - 1))) !== 0;
+      const toRead = whole
+        ? cache.wholeMask
+        : ((sequential ? cache.maskOf(within, this.state.blockSize - within) : wanted) &
+            ~previous) >>>
+          0;
+      // A whole read lands straight in the slot: it must not hold sub-blocks already served from it.
+      assert(!whole || previous === 0, 'a partly loaded slot is filled whole');
+      await this.fill(
+        index,
+        cacheSlot,
+        { owner, entry, storeSlot, remote, spilled: !!spilled },
+        toRead,
+        previous,
+      );
+      return cacheSlot;
+    }
+  }
+
+  /**
+   * Read sub-blocks `toRead` of block `index` into cacheSlot (Loading) in the
+   * pool; `previous`: the sub-blocks it held already. Resolves with the slot
+   * Clean, or rejects with it freed (ChecksumError, IoError).
+   */
+  private fill(
+    index: number,
+    cacheSlot: number,
+    source: BlockSource,
+    toRead: number,
+    previous: number,
+  ): Promise<void> {
+    const { cache, pool } = this.state.services;
+    const { owner, entry, storeSlot, remote, spilled } = source;
+    const load = new Promise<void>((resolve, reject) => {
+      pool.read({
+        volumeId: owner,
+        key: entry.flags & ENTRY_SEALED ? this.state.key : null,
+        cacheSlot,
+        storeSlot,
+        generation: entry.generation,
+        index,
+        hashLo: entry.hashLo,
+        hashHi: entry.hashHi,
+        remote,
+        subBlocks: toRead === cache.wholeMask ? undefined : toRead,
+        done: (status, reason, localBad, whole) => {
+          this.inFlight.delete(index);
+          if (localBad && !spilled) this.dropBadLocalCopy(owner, index, entry.generation, reason);
+          if (status === READ_OK) {
+            cache.setValid(cacheSlot, whole ? cache.wholeMask : (previous | toRead) >>> 0);
+            cache.setState(cacheSlot, SlotState.Clean);
+            resolve();
+            return;
+          }
+          if (this.state.table.get(index) === cacheSlot) this.state.table.delete(index);
+          cache.free(cacheSlot);
+          if (status === READ_CHECKSUM_MISMATCH || status === READ_OPEN_FAILED) {
+            const what =
+              status === READ_CHECKSUM_MISMATCH ? 'checksum mismatch' : 'authentication failed';
+            this.state.services.log.error(
+              { volume: this.state.name, block: index, generation: entry.generation, reason },
+              `${what}: block not served`,
+            );
+            this.state.services.onChecksumError?.(this.state.name, index, reason);
+            reject(
+              new ChecksumError(
+                this.state.name,
+                index,
+                `volume ${this.state.name} block ${index}: ${what}`,
+              ),
+            );
+          } else {
+            this.state.services.log.error(
+              { volume: this.state.name, block: index, reason },
+              'block read failed',
+            );
+            reject(new IoError('EIO', `volume ${this.state.name} block ${index}: ${reason}`));
+          }
+        },
+      });
+    });
+    this.inFlight.set(index, load);
+    return load;
+  }
+
+  /**
+   * Cluster: this node's copy of a block failed its check and a replica's
+   * good one was served. Drop ours: a node holding a good copy finds this
+   * node lacking it at its next rebalance run and puts it back (rewriting
+   * the slot here, from a worker, could race with the slot's reuse).
+   */
+  private dropBadLocalCopy(owner: number, index: number, generation: number, reason: string): void {
+    this.state.services.log.error(
+      { volume: this.state.name, block: index, generation, reason },
+      'local copy failed its checksum; served from a replica, dropping the bad copy for rebalance to replace',
+    );
+    this.state.services.onChecksumError?.(this.state.name, index, reason);
+    this.state.services.store.release({ volumeId: owner, generation, index });
+  }
+}
