@@ -206,10 +206,11 @@ export class NbdServer {
     const tls = this.options.tls;
     const startTls = async (): Promise<Socket> => {
       // The TLS socket reads and writes from now on; the plain one's 'close' still ends the connection.
-      const upgrade = upgradeToTls(socket, tls!);
+      const upgrade = upgradeToTls(socket, tls!, (chunk, transient) =>
+        inbound.push(chunk, transient),
+      );
       socket = conn.socket = upgrade.socket;
       inbound.switchSource(socket);
-      socket.on('data', (chunk: Buffer) => inbound.push(chunk));
       socket.on('end', () => inbound.fail(new Error('client closed the connection')));
       socket.on('error', (err) => log.debug({ err: err.message }, 'TLS socket error'));
       await upgrade.secured;

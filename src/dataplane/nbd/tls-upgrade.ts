@@ -7,10 +7,12 @@
  *   which takes over the socket's reads synchronously here, sees every byte
  *   of the TLS handshake. Plaintext the client sent after STARTTLS is the
  *   handshake's business to refuse (handshake.ts), never passed on.
- * - Decrypted bytes arrive as 'data' chunks the TLS socket owns: the plain
- *   socket's reused read buffer (transport/read-buffer.ts) only ever saw the
- *   clear-text greeting and options; a TLSSocket has no `onread` of its own
- *   when it wraps an existing socket.
+ * - Decrypted bytes go to `onBytes(chunk, transient)`. Where Node allows it
+ *   they land in a read buffer of the TLS socket's own, reused for every
+ *   record (`transient`: the chunk is valid only during the call, as on the
+ *   plain socket; transport/read-buffer.ts readTlsIntoBuffer); elsewhere as
+ *   'data' chunks the TLS socket owns. The plain socket's read buffer only
+ *   ever saw the clear-text greeting and options.
  * - `secured` resolves once the TLS handshake is done (the client's
  *   certificate checked when the server asks for one) and rejects with a
  *   message saying why when it fails or the connection ends first; the
@@ -20,6 +22,7 @@
  */
 import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
+import { readTlsIntoBuffer } from '../transport/read-buffer.js';
 import type { NbdServerTls } from './tls-config.js';
 
 export interface TlsUpgrade {
@@ -27,8 +30,15 @@ export interface TlsUpgrade {
   secured: Promise<void>;
 }
 
-export function upgradeToTls(plain: Socket, tls: NbdServerTls): TlsUpgrade {
+export function upgradeToTls(
+  plain: Socket,
+  tls: NbdServerTls,
+  onBytes: (chunk: Buffer, transient: boolean) => void,
+): TlsUpgrade {
   const socket = new TLSSocket(plain, tls.socketOptions);
+  // Before the first read, which Node starts on the next tick.
+  if (!readTlsIntoBuffer(socket, (view) => onBytes(view, true)))
+    socket.on('data', (chunk: Buffer) => onBytes(chunk, false));
   const secured = new Promise<void>((resolve, reject) => {
     const fail = (why: string) => {
       cleanup();
