@@ -16,12 +16,17 @@
  * each timed as a whole command, process start included. Prints medians
  * and ratios (nbdcopy's time / ours: above 1 is faster than nbdcopy).
  *
+ * Before each timed command the bench waits for torusd to go quiet: deleting
+ * the volume a load filled frees its blocks in the background, seconds of
+ * torusd CPU that otherwise land on whichever command runs next. The load
+ * average at start and end is printed with the table.
+ *
  * Writes nothing under the repository; its files go in the temp dir.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, openSync, readFileSync, rmSync, writeSync, closeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/common/size.js';
@@ -52,6 +57,27 @@ function timed(command: string): number {
   const r = spawnSync('sh', ['-c', command], { encoding: 'utf8', maxBuffer: 16 << 20 });
   if (r.status !== 0) throw new Error(`${command}: exit ${r.status}\n${r.stderr}`);
   return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+/** CPU seconds `pid` has used (user + system), from /proc; undefined where there is no /proc. */
+function cpuSeconds(pid: number): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after "pid (comm) ".
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Wait (at most 30 s) until `pid` used under 5 % of a core over half a second. */
+async function settle(pid: number): Promise<void> {
+  for (let waited = 0; waited < 30_000; waited += 500) {
+    const before = cpuSeconds(pid);
+    await new Promise((done) => setTimeout(done, 500));
+    const after = cpuSeconds(pid);
+    if (before === undefined || after === undefined || after - before < 0.025) return;
+  }
 }
 
 /** A file of `bytes`: random 1 MiB runs, every other one a hole when `half`. */
@@ -95,6 +121,7 @@ async function main(): Promise<void> {
     const socket = join(data, 'nbd.sock');
     const uri = (volume: string) => `'nbd+unix:///${volume}?socket=${socket}'`;
     const rows: string[] = [];
+    const loadAtStart = loadavg()[0];
     for (const [label, half] of [
       [`${sizeText}, half written`, true],
       [`${sizeText}, fully written`, false],
@@ -152,8 +179,10 @@ async function main(): Promise<void> {
         ],
       ];
       for (let r = 0; r < repeats; r++)
-        for (const [name, step] of r % 2 === 0 ? steps : [...steps].reverse())
+        for (const [name, step] of r % 2 === 0 ? steps : [...steps].reverse()) {
+          await settle(torusd.pid!);
           times[name].push(step());
+        }
       const m = Object.fromEntries(Object.entries(times).map(([k, v]) => [k, median(v)]));
       const x = (a: number, b: number) => `${(a / b).toFixed(2)}×`;
       rows.push(
@@ -169,7 +198,7 @@ async function main(): Promise<void> {
         '| volume | way | nbdcopy | nbdcopy + sha256sum | torusctl (with its sha256) | vs nbdcopy | vs nbdcopy + sha256sum | torusctl --no-checksum | vs nbdcopy |',
         '|---|---|---|---|---|---|---|---|---|',
         ...rows,
-        `(medians of ${repeats}, whole commands, alternating order; one torusd, its unix socket)`,
+        `(medians of ${repeats}, whole commands, alternating order; one torusd, its unix socket; load average ${loadAtStart.toFixed(1)} at start, ${loadavg()[0].toFixed(1)} at end)`,
         '',
       ].join('\n'),
     );

@@ -26,6 +26,7 @@ import { torusFor } from './torus-client.js';
 import { TransferProgress } from './transfer-progress.js';
 import { clientTlsFilesOf, nbdClientTlsFlags } from './tls-flags.js';
 import type { NbdAddress } from '../dataplane/nbd-client/client.js';
+import { contentHash } from './background-hash.js';
 import { dumpVolume, fileSink, streamSink, type TransferResult } from './volume-dump.js';
 import { fileSource, loadVolume, streamSource } from './volume-load.js';
 
@@ -139,9 +140,14 @@ export function dumpLoadCommands(): Command[] {
         const toStdout = target === '-';
         const problem = toStdout ? dumpOutputProblem(process.stdout) : undefined;
         if (problem) throw new ArgumentError(problem);
-        const reach = await reachOf(args);
+        // Started before connecting: the hashing thread starts up meanwhile.
+        const hash = contentHash(!args.values['no-checksum']);
         let file: FileHandle | undefined;
         let result: TransferResult;
+        const reach = await reachOf(args).catch(async (err: unknown) => {
+          await hash.close();
+          throw err;
+        });
         try {
           const handle = await openOn(reach, volume, true);
           const progress = new TransferProgress(`dump ${volume}`, handle.size);
@@ -151,7 +157,7 @@ export function dumpLoadCommands(): Command[] {
               handle,
               file ? fileSink(file) : streamSink(process.stdout),
               (d) => progress.update(d),
-              { checksum: !args.values['no-checksum'] },
+              { hash },
             );
             await file?.close();
           } catch (err) {
@@ -165,6 +171,7 @@ export function dumpLoadCommands(): Command[] {
             await handle.close().catch(() => undefined);
           }
         } finally {
+          await hash.close();
           await reach.torus.close();
         }
         const summary = {
@@ -218,6 +225,8 @@ export function dumpLoadCommands(): Command[] {
         let created = false;
         let handle: VolumeHandle | undefined;
         let reach: Reach | undefined;
+        // Started before connecting: the hashing thread starts up meanwhile.
+        const hash = contentHash(!args.values['no-checksum']);
         try {
           if (wanted !== undefined && inputSize !== undefined && inputSize > wanted)
             throw new UsageError(
@@ -256,7 +265,7 @@ export function dumpLoadCommands(): Command[] {
             result = await loadVolume(
               handle,
               file ? fileSource(file) : streamSource(process.stdin),
-              { fresh: created, checksum: !args.values['no-checksum'] },
+              { fresh: created, hash },
               (d) => progress.update(d),
             );
           } finally {
@@ -285,6 +294,7 @@ export function dumpLoadCommands(): Command[] {
           if (created && reach) await deleteWhenClosed(reach.torus, volume);
           throw err;
         } finally {
+          await hash.close();
           await file?.close();
           await reach?.torus.close();
         }

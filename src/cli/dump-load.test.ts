@@ -1,6 +1,8 @@
 /** The parts of block dump / load that need no server: input checks and the progress line. */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { BackgroundHash, sharedBuffers } from './background-hash.js';
 import { dumpOutputProblem, pipedInputProblem } from './dump-load-commands.js';
 import { TransferProgress, formatDuration } from './transfer-progress.js';
 
@@ -14,6 +16,34 @@ describe('block dump / load: input checks', () => {
   it('refuses - as output when stdout is a terminal', () => {
     assert.match(dumpOutputProblem({ isTTY: true }) ?? '', /stdout is a terminal/);
     assert.equal(dumpOutputProblem({}), undefined);
+  });
+});
+
+describe('block dump / load: the background sha256', () => {
+  it('hashes views of two memories and zero runs in call order, as one sha256', async () => {
+    // Two sets of shared buffers: the thread must switch memory when an update names a new one.
+    const [a, b] = sharedBuffers(2, 4096);
+    const [c] = sharedBuffers(1, 8192);
+    const expected = createHash('sha256');
+    const hash = new BackgroundHash();
+    const feed = async (view: Buffer) => {
+      randomBytes(view.length).copy(view);
+      expected.update(view);
+      await hash.update(view);
+    };
+    await feed(a);
+    await feed(b.subarray(100, 3000));
+    hash.zeros(3 * 1024 * 1024 + 5);
+    expected.update(Buffer.alloc(3 * 1024 * 1024 + 5));
+    await feed(c);
+    await feed(a.subarray(0, 1));
+    assert.equal(await hash.digest(), expected.digest('hex'));
+  });
+
+  it('refuses a buffer the thread cannot see', async () => {
+    const hash = new BackgroundHash();
+    await assert.rejects(hash.update(Buffer.alloc(16)), TypeError);
+    await hash.close();
   });
 });
 

@@ -16,7 +16,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import type { VolumeHandle } from '../library/volume-handle.js';
-import { contentHash, sharedBuffers } from './background-hash.js';
+import { contentHash, sharedBuffers, type ContentHash } from './background-hash.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
 export const DEPTH = 8;
@@ -101,14 +101,20 @@ async function* pieces(volume: VolumeHandle, chunk: number): AsyncGenerator<Piec
   }
 }
 
+/** How a transfer hashes: `hash` (started early by the caller, ended here), else contentHash(checksum). */
+export interface HashOptions {
+  checksum?: boolean;
+  hash?: ContentHash;
+}
+
 export async function dumpVolume(
   volume: VolumeHandle,
   sink: DumpSink,
   onProgress: (done: number) => void = () => undefined,
-  options: { checksum?: boolean } = {},
+  options: HashOptions = {},
 ): Promise<TransferResult> {
   const started = performance.now();
-  const hash = contentHash(options.checksum ?? true);
+  const hash = options.hash ?? contentHash(options.checksum ?? true);
   const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
   // When the hash and the sink are done with each buffer (it is then free to be read into again).
   const hashed: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());

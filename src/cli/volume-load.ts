@@ -8,8 +8,11 @@
  * are not stored: into a fresh volume (nothing to cover) they are skipped;
  * into an existing one they are trimmed (holes that read as zeros), and so
  * is everything past the end of the input, so no old content shows through.
- * A buffer is read into again only once every write from it has settled.
- * FLUSH at the end: when loadVolume resolves, the content is durable.
+ * A buffer is read into again only once every write from it has settled
+ * and the hash is done with it. FLUSH at the end: when loadVolume resolves,
+ * the content is durable. The hash runs behind the writes (it is the slower
+ * of the two on a sparse input): the FLUSH goes out as soon as the last
+ * write settled, and the hash's tail overlaps it.
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
@@ -17,7 +20,7 @@ import { UsageError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
 import type { VolumeHandle } from '../library/volume-handle.js';
 import { contentHash, sharedBuffers } from './background-hash.js';
-import { CHUNK_BYTES, DEPTH, ZEROS, type TransferResult } from './volume-dump.js';
+import { CHUNK_BYTES, DEPTH, ZEROS, type HashOptions, type TransferResult } from './volume-dump.js';
 
 export interface LoadSource {
   /** Fill `buffer` as far as the input goes; fewer bytes only at its end, 0 after it. */
@@ -73,19 +76,19 @@ export interface LoadResult extends TransferResult {
 export async function loadVolume(
   volume: VolumeHandle,
   source: LoadSource,
-  options: { fresh: boolean; checksum?: boolean },
+  options: { fresh: boolean } & HashOptions,
   onProgress: (done: number) => void = () => undefined,
 ): Promise<LoadResult> {
   const started = performance.now();
   // sha256 on a thread of its own; a buffer is read into again once its writes and its hash are done.
-  const hash = contentHash(options.checksum ?? true);
+  const hash = options.hash ?? contentHash(options.checksum ?? true);
   const grain = Math.min(Math.max(volume.blockSize, 4096), ZEROS.length);
   const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
   const writing: Promise<unknown>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
+  const hashing: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
   let offset = 0;
   let dataBytes = 0;
   let zeroBytes = 0;
-  const settleAll = () => Promise.all(writing);
   const zeroRange = (at: number, length: number): Promise<void> | undefined => {
     zeroBytes += length;
     return options.fresh ? undefined : volume.trim(at, length);
@@ -95,6 +98,7 @@ export async function loadVolume(
     for (let piece = 0; ; piece++) {
       const slot = piece % DEPTH;
       await writing[slot];
+      await hashing[slot];
       const buffer = buffers[slot];
       let n = await source.read(buffer);
       if (n === 0) break;
@@ -102,7 +106,8 @@ export async function loadVolume(
         throw new UsageError(
           `the input is larger than the volume (${formatSize(volume.size)}); ${formatSize(offset)} were loaded before that showed (load into a larger volume)`,
         );
-      const hashing = hash.update(buffer.subarray(0, n));
+      hashing[slot] = hash.update(buffer.subarray(0, n));
+      hashing[slot].catch(() => undefined); // awaited before the buffer is reused, and at the end
       const length = n;
       // A server with a minimum block size gets a last piece padded with zeros to it.
       const unaligned = n % volume.alignment;
@@ -134,21 +139,22 @@ export async function loadVolume(
         }
       }
       endRun(n);
-      const all = Promise.all([...writes, hashing]);
+      const all = Promise.all(writes);
       all.catch(() => undefined); // awaited before the buffer is reused, and at the end
       writing[slot] = all;
       offset += length;
       onProgress(offset);
     }
-    await settleAll();
+    await Promise.all(writing);
     const tail = Math.ceil(offset / volume.alignment) * volume.alignment;
     if (!options.fresh && tail < volume.size) await volume.trim(tail, volume.size - tail);
-    await volume.flush();
+    // The FLUSH does not wait for the hash: the two overlap.
+    await Promise.all([volume.flush(), ...hashing]);
   } catch (err) {
     await hash.close();
     throw err;
   } finally {
-    await Promise.allSettled(writing);
+    await Promise.allSettled([...writing, ...hashing]);
   }
   return {
     bytes: offset,

@@ -168,14 +168,20 @@ export class NbdClient {
     const where = 'path' in address ? address.path : `${address.host}:${address.port}`;
     const input = new HandshakeInput();
     let client: NbdClient | undefined;
-    // Every read lands in one reused buffer: the handshake copies what it
-    // needs, transmission copies READ data straight into callers' buffers.
+    // Reads land in one reused buffer: the handshake copies what it needs,
+    // transmission copies replies out of it. Except READ data: when at least
+    // a read buffer's worth of it is still to come, the next read goes
+    // straight into the caller's buffer (no copy). Not under TLS, whose
+    // reads are its own.
+    const readBuffer = newReadBuffer();
+    const tls = options.tls ?? (address.tls && loadClientTls(address.tls));
     const onread = {
-      buffer: newReadBuffer(),
+      buffer: (): Uint8Array =>
+        (!tls && client?.receiver.dataTarget(readBuffer.length)) || readBuffer,
       callback: (bytes: number, buf: Uint8Array) => {
-        const view = (buf as Buffer).subarray(0, bytes);
-        if (client) client.receiver.receive(view);
-        else input.push(view);
+        if (client && buf !== readBuffer) client.receiver.landed(bytes);
+        else if (client) client.receiver.receive(readBuffer.subarray(0, bytes));
+        else input.push(readBuffer.subarray(0, bytes));
         return true;
       },
     };
@@ -197,7 +203,6 @@ export class NbdClient {
       input.fail(new NbdConnectionError(`${where} closed the connection during the handshake`));
     socket.on('error', onError);
     socket.on('close', onClose);
-    const tls = options.tls ?? (address.tls && loadClientTls(address.tls));
     // TLS takes over the plain socket's reads; decrypted bytes come as 'data' chunks.
     const startTls = async (): Promise<void> => {
       const plain = socket;

@@ -176,6 +176,29 @@ describe('nbd client: request table and reply receiver', () => {
     ]);
   });
 
+  it('lets READ data land in place: dataTarget names the rest of it, landed counts it in', async () => {
+    const h = harness();
+    const dest = Buffer.alloc(12);
+    const read = h.submit(w.NBD_CMD_READ, 0, 12, dest);
+    assert.equal(h.receiver.dataTarget(1), undefined); // no reply header yet
+    h.feed(Buffer.concat([simpleReply(h.sent[0], 0), Buffer.from('abcd')]), false);
+    assert.equal(h.receiver.dataTarget(9), undefined); // 8 left: under the minimum asked
+    const target = h.receiver.dataTarget(8)!;
+    assert.equal(target.length, 8);
+    assert.equal(target.byteOffset, dest.byteOffset + 4); // a view of the caller's buffer
+    Buffer.from('efg').copy(target);
+    h.receiver.landed(3);
+    const rest = h.receiver.dataTarget(1)!;
+    assert.equal(rest.length, 5);
+    Buffer.from('hijkl').copy(rest);
+    h.receiver.landed(5);
+    await read.promise;
+    assert.equal(dest.toString(), 'abcdefghijkl');
+    assert.equal(h.receiver.dataTarget(1), undefined);
+    assert.throws(() => h.receiver.landed(1), /landed in a READ's buffer/);
+    assert.deepEqual(h.protocolErrors, []);
+  });
+
   it('calls a reply to a slot no longer in flight (stale generation) a protocol error, once', async () => {
     const h = harness();
     const flush = h.submit(w.NBD_CMD_FLUSH, 0, 0);

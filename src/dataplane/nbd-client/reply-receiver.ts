@@ -20,6 +20,10 @@
  *   receiver's, reused (scratch grows to the largest chunk payload seen).
  *   BLOCK_STATUS extents are the exception, being the answer.
  * - After `stop()` (the connection failed) nothing more is consumed.
+ * - Bytes may also land in place: `dataTarget(min)` names the rest of the
+ *   READ data being received (when at least `min` bytes of it remain), the
+ *   socket reads straight into it, and `landed(n)` says how many came. That
+ *   saves a copy of every READ byte (a third of a dump's main thread).
  */
 import {
   chunkFlags,
@@ -94,6 +98,25 @@ export class ReplyReceiver {
   /** Consume nothing more: the connection has failed. */
   stop(): void {
     this.stopped = true;
+  }
+
+  /**
+   * Where the next socket read may go directly: the rest of the READ data
+   * coming in, when at least `min` bytes of it remain; else undefined.
+   */
+  dataTarget(min: number): Buffer | undefined {
+    if (this.stopped || this.state !== Receive.Data || this.remaining < min) return undefined;
+    return this.current!.dest!.subarray(this.destAt, this.destAt + this.remaining);
+  }
+
+  /** `bytes` of READ data were read straight into the buffer dataTarget() gave. */
+  landed(bytes: number): void {
+    if (this.stopped) return;
+    if (this.state !== Receive.Data || bytes > this.remaining || bytes <= 0)
+      throw new Error(`${bytes} bytes landed in a READ's buffer with ${this.remaining} expected`);
+    this.destAt += bytes;
+    this.remaining -= bytes;
+    if (this.remaining === 0) this.endChunk();
   }
 
   /** Bytes from the socket; `view` is only valid during this call. */
