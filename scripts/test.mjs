@@ -235,6 +235,7 @@ function runTests(nodeFlags, files, fast) {
   for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => killGroup(signal));
   runner.on('exit', (code, signal) => {
     clearTimeout(watchdog);
+    killLeftovers(runner.pid);
     if (timedOut) {
       sweepSlowDisks();
       console.log(
@@ -244,6 +245,27 @@ function runTests(nodeFlags, files, fast) {
     }
     process.exit(code ?? 128 + (signal === 'SIGINT' ? 2 : 15));
   });
+}
+
+/**
+ * Processes of the run's group still alive once the runner is gone: a test
+ * file killed at its time limit never runs its `after` hooks, so the servers
+ * it started (torusd, etcd) outlive it, orphaned but still in the group.
+ * Name them (a test leaks them) and kill them.
+ */
+function killLeftovers(group) {
+  const found = spawnSync('pgrep', ['-a', '-g', String(group)], {
+    encoding: 'utf8',
+    timeout: 10_000,
+  });
+  const leftovers = (found.stdout ?? '').trim();
+  if (!leftovers) return;
+  console.log(`test: killing what tests left running:\n${leftovers}`);
+  try {
+    process.kill(-group, 'SIGKILL');
+  } catch {
+    // gone meanwhile
+  }
 }
 
 /**
