@@ -14,16 +14,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ChecksumError } from '../../common/errors.js';
-import { logger } from '../../common/log.js';
-import { LocalSlotStore } from '../blocks/slot-store.js';
 import { hasher } from '../blocks/hash.js';
 import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 import { encodeSubsums, SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
 import { BlockCache } from '../cache/block-cache.js';
-import { DataPool } from '../pool/data-pool.js';
-import { SingleNodePlacement } from '../replication/single-node.js';
-import type { MapRoot } from '../../model/map-root.js';
-import { Volume, type VolumeIdentity, type VolumeServices } from './volume.js';
+import { closeVolumeRig, volumeRig, type VolumeRig } from '../../../test/support/volume-rig.js';
+import { Volume, type VolumeIdentity } from './volume.js';
 
 const BS = 64 * 1024;
 const SUB = SUB_BLOCK_SIZE;
@@ -35,50 +31,20 @@ const identity: VolumeIdentity = {
   encrypted: false,
 };
 
-interface Rig {
-  store: LocalSlotStore;
-  cache: BlockCache;
-  pool: DataPool;
-  services: VolumeServices;
-  committed: { generation: number; root: MapRoot | undefined };
+type Rig = VolumeRig;
+
+/** A 16 MiB store, an 8 MiB cache, one worker; `committed` reopens what an earlier rig committed. */
+function rig(dir: string, committed?: Rig['committed']) {
+  return volumeRig(dir, {
+    blockSize: BS,
+    capacityBytes: 16 * 1024 * 1024,
+    cacheBytes: 8 * 1024 * 1024,
+    workers: 1,
+    committed,
+  });
 }
 
-async function rig(
-  dir: string,
-  committed = { generation: 0, root: undefined as MapRoot | undefined },
-): Promise<Rig> {
-  if (!(await LocalSlotStore.exists(dir)))
-    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * 1024 * 1024 });
-  const store = await LocalSlotStore.open(dir);
-  const cache = new BlockCache(BS, 8 * 1024 * 1024);
-  const pool = new DataPool(
-    {
-      cache: cache.buffer,
-      blockSize: BS,
-      records: store.records,
-      dataPath: store.dataPath,
-      slotsPath: store.slotsPath,
-    },
-    1,
-  );
-  const services: VolumeServices = {
-    store,
-    cache,
-    pool,
-    placement: new SingleNodePlacement(),
-    log: logger('test'),
-    async commit(_identity, generation, root) {
-      committed.generation = generation;
-      committed.root = root;
-    },
-  };
-  return { store, cache, pool, services, committed };
-}
-
-async function closeRig(r: Rig): Promise<void> {
-  await r.pool.close();
-  await r.store.close();
-}
+const closeRig = closeVolumeRig;
 
 /** The valid masks of the cache's slots in use. */
 function masks(cache: BlockCache): number[] {

@@ -3,7 +3,6 @@
  * reads, flushes, reopen from the committed root (a restart), trims, a
  * corrupted block, a full store.
  */
-import { SingleNodePlacement } from '../replication/single-node.js';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm } from 'node:fs/promises';
@@ -12,62 +11,17 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
 import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
-import { logger } from '../../common/log.js';
-import { LocalSlotStore } from '../blocks/slot-store.js';
-import { BlockCache } from '../cache/block-cache.js';
-import { DataPool } from '../pool/data-pool.js';
-import type { MapRoot } from '../../model/map-root.js';
-import { Volume, type VolumeIdentity, type VolumeServices } from './volume.js';
+import { closeVolumeRig, volumeRig } from '../../../test/support/volume-rig.js';
+import { Volume, type VolumeIdentity } from './volume.js';
 
 const BS = 64 * 1024;
 
-interface Rig {
-  dir: string;
-  store: LocalSlotStore;
-  cache: BlockCache;
-  pool: DataPool;
-  committed: { generation: number; root: MapRoot | undefined };
-  services: VolumeServices;
+/** Defaults: a 64 MiB store, a 16 MiB cache, two workers. */
+function rig(dir: string, capacityBytes = 64 * 1024 * 1024, cacheBytes = 16 * 1024 * 1024) {
+  return volumeRig(dir, { blockSize: BS, capacityBytes, cacheBytes, workers: 2 });
 }
 
-async function rig(
-  dir: string,
-  capacity = 64 * 1024 * 1024,
-  cacheBytes = 16 * 1024 * 1024,
-): Promise<Rig> {
-  if (!(await LocalSlotStore.exists(dir)))
-    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: capacity });
-  const store = await LocalSlotStore.open(dir);
-  const cache = new BlockCache(BS, cacheBytes);
-  const pool = new DataPool(
-    {
-      cache: cache.buffer,
-      blockSize: BS,
-      records: store.records,
-      dataPath: store.dataPath,
-      slotsPath: store.slotsPath,
-    },
-    2,
-  );
-  const committed = { generation: 0, root: undefined as MapRoot | undefined };
-  const services: VolumeServices = {
-    store,
-    cache,
-    pool,
-    placement: new SingleNodePlacement(),
-    log: logger('test'),
-    async commit(_identity, generation, root) {
-      committed.generation = generation;
-      committed.root = root;
-    },
-  };
-  return { dir, store, cache, pool, committed, services };
-}
-
-async function closeRig(r: Rig) {
-  await r.pool.close();
-  await r.store.close();
-}
+const closeRig = closeVolumeRig;
 
 const identity: VolumeIdentity = {
   id: 42,
