@@ -1,0 +1,211 @@
+/**
+ * VolumeIntents: one volume's side of the intent log. It notes the byte
+ * ranges written or zeroed since they were last logged; a FLUSH logs their
+ * current content (sealed for an encrypted volume) and waits for the
+ * log's group fdatasync — not for a version commit, which follows in the
+ * background (the periodic commit, cache pressure, or the log filling up).
+ *
+ * Why current content and not each write's bytes: replay applies records in
+ * log order, so the last record over a byte decides it; a data record holds
+ * what the volume reads there when the flush captured it, a zeros record
+ * says the range was trimmed or zeroed. Either way the last record over a
+ * byte gives what a read saw at the capture, and no write has to be copied
+ * on the write path (the ranges are all it keeps).
+ *
+ * Which version holds a record's bytes (its coveredBy): every write done
+ * before a commit round starts is in that round's version. No commit
+ * running at the capture: the next one (committed generation + 1). One
+ * running: it may have started before the capture, so the one after
+ * (generation + 2). Replay applies a record only to an older version.
+ */
+import { assert } from '../../common/assert.js';
+import type { IntentLog } from './intent-log.js';
+import {
+  FLAG_SEALED,
+  FLAG_ZEROS,
+  MAX_RECORD_LENGTH,
+  RECORD_HEADER_BYTES,
+  encodeRecordHeader,
+  recordBytes,
+  sealAad,
+} from './record.js';
+import { IntentSealer } from './seal.js';
+import type { VolumeState } from '../volume/volume-state.js';
+
+/** A flush logging more than this commits a version instead: whole blocks cost no more than the log then. */
+export const MAX_LOGGED_BYTES_PER_FLUSH = 8 * 1024 * 1024;
+/** Most ranges kept between flushes; more and the next flush commits a version. */
+const MAX_RANGES = 4096;
+
+/** What VolumeIntents needs of its volume besides its state. */
+export interface IntentSource {
+  /** The volume's current content at `offset` (what a client read would see). */
+  read(offset: number, dest: Buffer): Promise<void>;
+  /** Commit a version holding every write completed before the call. */
+  commit(): Promise<void>;
+}
+
+const DONE = Promise.resolve();
+
+export class VolumeIntents {
+  // Ranges noted since the last capture: parallel arrays, no object per write.
+  private offsets: number[] = [];
+  private lengths: number[] = [];
+  private zeros: boolean[] = [];
+  private dataBytes = 0;
+  private overflow = false;
+  /** Captures made; a commit covers every capture made before it started. */
+  private captures = 0;
+  private staging: Promise<unknown> = DONE;
+  private lastDurable: Promise<void> = DONE;
+  private scratch = Buffer.alloc(0);
+  private readonly sealer: IntentSealer | undefined;
+  private readonly log: IntentLog;
+  private readonly id: number;
+
+  constructor(
+    private readonly state: VolumeState,
+    private readonly source: IntentSource,
+  ) {
+    const log = state.services.intentLog;
+    assert(log !== undefined, 'VolumeIntents without an intent log');
+    this.log = log;
+    this.id = state.id;
+    this.sealer = state.key ? new IntentSealer(state.key) : undefined;
+    log.register(state.id, () => {
+      source.commit().catch(() => undefined); // its failure is the commit's to report, retried later
+    });
+  }
+
+  /** Bytes [offset, offset + length) were written. */
+  noteWrite(offset: number, length: number): void {
+    this.note(offset, length, false);
+  }
+
+  /** Bytes [offset, offset + length) now read as zeros (trim, write-zeroes). */
+  noteZeros(offset: number, length: number): void {
+    this.note(offset, length, true);
+  }
+
+  /** How many captures there were: a commit started after this covers them. */
+  get captured(): number {
+    return this.captures;
+  }
+
+  /** A commit started when `captured` was `capture` has landed. */
+  committed(capture: number): void {
+    this.log.settled(this.id, capture);
+  }
+
+  close(): void {
+    this.log.unregister(this.id);
+  }
+
+  /**
+   * Resolves once every write completed before the call is durable: in the
+   * log (one group fdatasync), or — when the log can't take it — committed.
+   */
+  flush(): Promise<void> {
+    const durable = this.staging.then(() => this.capture());
+    this.staging = durable.catch(() => undefined);
+    return durable;
+  }
+
+  private note(offset: number, length: number, zeros: boolean): void {
+    if (length === 0 || this.overflow) return;
+    const last = this.offsets.length - 1;
+    if (last >= 0 && this.zeros[last] === zeros) {
+      const end = this.offsets[last] + this.lengths[last];
+      // Contained in, or extending, the last range: one range (a rewrite, a sequential run).
+      if (offset >= this.offsets[last] && offset <= end) {
+        const grow = Math.max(0, offset + length - end);
+        this.lengths[last] += grow;
+        if (!zeros) this.dataBytes += grow;
+        this.checkLimits();
+        return;
+      }
+    }
+    this.offsets.push(offset);
+    this.lengths.push(length);
+    this.zeros.push(zeros);
+    if (!zeros) this.dataBytes += length;
+    this.checkLimits();
+  }
+
+  private checkLimits(): void {
+    if (this.dataBytes > MAX_LOGGED_BYTES_PER_FLUSH || this.offsets.length > MAX_RANGES) {
+      this.overflow = true;
+      this.clearRanges();
+    }
+  }
+
+  private clearRanges(): void {
+    this.offsets.length = 0;
+    this.lengths.length = 0;
+    this.zeros.length = 0;
+    this.dataBytes = 0;
+  }
+
+  /** Log the noted ranges' content (runs one at a time per volume); resolves when durable. */
+  private async capture(): Promise<void> {
+    const { log, source } = this;
+    if (!log.usable || this.overflow) {
+      this.overflow = false;
+      this.clearRanges();
+      return source.commit();
+    }
+    if (this.offsets.length === 0) return this.lastDurable; // nothing new: the last records may still be syncing
+    const offsets = this.offsets;
+    const lengths = this.lengths;
+    const zeros = this.zeros;
+    const dataBytes = this.dataBytes;
+    this.offsets = [];
+    this.lengths = [];
+    this.zeros = [];
+    this.dataBytes = 0;
+    const coveredBy = this.state.generation + (this.state.committing ? 2 : 1);
+    const capture = ++this.captures;
+    // Read the content first (a read may wait for a block to load), then stage without yielding.
+    if (this.scratch.length < dataBytes)
+      this.scratch = Buffer.alloc(Math.max(dataBytes, 64 * 1024));
+    let total = 0;
+    let at = 0;
+    const reads: Promise<void>[] = [];
+    for (let i = 0; i < offsets.length; i++) {
+      for (let done = 0; done < lengths[i]; done += MAX_RECORD_LENGTH) {
+        const n = Math.min(MAX_RECORD_LENGTH, lengths[i] - done);
+        const flags = zeros[i] ? FLAG_ZEROS : this.sealer ? FLAG_SEALED : 0;
+        total += recordBytes(flags, n);
+      }
+      if (!zeros[i]) {
+        reads.push(source.read(offsets[i], this.scratch.subarray(at, at + lengths[i])));
+        at += lengths[i];
+      }
+    }
+    await Promise.all(reads);
+    if (!log.usable || !log.fits(total)) return source.commit();
+    at = 0;
+    for (let i = 0; i < offsets.length; i++) {
+      for (let done = 0; done < lengths[i]; done += MAX_RECORD_LENGTH) {
+        const n = Math.min(MAX_RECORD_LENGTH, lengths[i] - done);
+        const flags = zeros[i] ? FLAG_ZEROS : this.sealer ? FLAG_SEALED : 0;
+        const { buffer, at: where } = log.stage(recordBytes(flags, n));
+        encodeRecordHeader(
+          { flags, volumeId: this.id, coveredBy, offset: offsets[i] + done, length: n },
+          buffer,
+          where,
+        );
+        if (!zeros[i]) {
+          const plain = this.scratch.subarray(at, at + n);
+          const payloadAt = where + RECORD_HEADER_BYTES;
+          if (this.sealer) this.sealer.seal(plain, buffer, payloadAt, sealAad(buffer, where));
+          else plain.copy(buffer, payloadAt);
+          at += n;
+        }
+      }
+    }
+    assert(at === dataBytes, 'intent log: staged data differs from the bytes read');
+    this.lastDurable = log.durable(this.id, capture);
+    return this.lastDurable;
+  }
+}
