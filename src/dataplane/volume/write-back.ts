@@ -66,7 +66,12 @@ export class WriteBackRounds {
     for (;;) {
       if (this.flushedTicket < this.flushTicket) {
         const covering = this.flushTicket;
+        // Every capture logged before the round starts holds writes the version takes (volume-intents.ts).
+        const captured = this.state.intents?.captured ?? 0;
+        this.state.committing = true;
         const failure = await this.round(() => commitVersion(this.state));
+        this.state.committing = false;
+        if (!failure) this.state.intents?.committed(captured);
         this.flushedTicket = covering;
         const waiters = this.flushWaiters;
         this.flushWaiters = [];
