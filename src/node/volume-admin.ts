@@ -141,6 +141,8 @@ export class VolumeAdmin {
 
   async createSnapshot(volume: string, snapshot: string): Promise<SnapshotStatus> {
     const started = process.hrtime.bigint();
+    // A FLUSHed write may be only in the intent log: the snapshot takes the committed version.
+    await this.commitOpen(volume);
     const record = await this.exclusive(() => this.parts.snapshots.create(volume, snapshot));
     this.parts.log.info(
       {
@@ -225,6 +227,7 @@ export class VolumeAdmin {
     options: { size?: number } = {},
   ): Promise<VolumeStatus> {
     const { catalog, snapshots, host } = this.parts;
+    if (!source.includes('@')) await this.commitOpen(source);
     const record = await this.exclusive(async () => {
       const created = await cloneVolume(catalog, snapshots, source, name, options);
       await host.created(name);
@@ -272,15 +275,20 @@ export class VolumeAdmin {
   async flushVolume(name: string): Promise<void> {
     const volume = this.parts.host.volumes.get(name);
     if (!volume) throw new NotFoundError(`no volume named "${name}"`);
-    await volume.flush();
+    await volume.commit();
   }
 
-  /** Flush every volume (best effort, each on its own). */
+  /** Commit volume `name` if it is open here (what the intent log holds becomes its committed version). */
+  private async commitOpen(name: string): Promise<void> {
+    await this.parts.host.volumes.get(name)?.commit();
+  }
+
+  /** Commit every volume (best effort, each on its own). */
   async flushAll(): Promise<void> {
     await Promise.all(
       [...this.parts.host.volumes.values()].map((v) =>
         v
-          .flush()
+          .commit()
           .catch((err) =>
             this.parts.log.error(
               { volume: v.name, err: (err as Error).message },
