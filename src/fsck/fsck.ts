@@ -15,6 +15,7 @@ import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/ind
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
 import { VolumeCatalog, type VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { INTENT_LOG_FILE, IntentLog } from '../dataplane/intent-log/intent-log.js';
+import { recordsToReplay } from '../dataplane/intent-log/replay.js';
 import { RECORD_SIZE, SLOT_FREE, OFF_STATE } from '../dataplane/blocks/record.js';
 import { LocalSlotStore, type StoreLayout } from '../dataplane/blocks/slot-store.js';
 import { salvageVolume, type SalvageResult } from './salvage.js';
@@ -152,7 +153,7 @@ async function pendingIntentsOf(
   const records = await IntentLog.peek(join(dataDir, INTENT_LOG_FILE));
   const pending: FsckReport['pendingIntents'] = [];
   for (const volume of volumes) {
-    const n = records.filter((r) => r.volumeId === volume.id && r.coveredBy > volume.generation);
+    const n = recordsToReplay(records, volume.id, volume.generation);
     if (n.length > 0) pending.push({ volume: volume.name, records: n.length });
   }
   return pending;

@@ -256,6 +256,11 @@ export class IntentLog {
    */
   durable(volumeId: number, capture: number): Promise<void> {
     this.live.set(volumeId, capture);
+    return this.syncStaged();
+  }
+
+  /** Resolves once what is staged so far is on disk; marks no volume live (commit markers). */
+  syncStaged(): Promise<void> {
     this.batch ??= newBatch();
     const { promise } = this.batch;
     if (!this.writing) void this.writeBatches();

@@ -1,13 +1,14 @@
 /**
  * The intent log's record and file-header codecs, byte by byte: where each
  * field sits, what the checksum covers, and that damaged or foreign bytes
- * never decode as a record.
+ * never decode as a record; and which records a replay applies.
  */
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import { hasher, type Hasher } from '../blocks/hash.js';
 import {
   FILE_HEADER_BYTES,
+  FLAG_COMMITTED,
   FLAG_SEALED,
   FLAG_ZEROS,
   RECORD_HEADER_BYTES,
@@ -21,6 +22,7 @@ import {
   sealAad,
   stampRecord,
 } from './record.js';
+import { recordsToReplay } from './replay.js';
 import { IntentSealer } from './seal.js';
 
 describe('intent-log record codec', () => {
@@ -165,5 +167,56 @@ describe('intent-log record codec', () => {
     moved.writeUInt32LE(16384, 48); // another offset
     assert.throws(() => sealer.open(payload, sealAad(moved, 0), 'test'), /authentication/);
     assert.throws(() => new IntentSealer(Buffer.alloc(32, 1)).open(payload, sealAad(out, 0), 't'));
+  });
+});
+
+describe('which records replay', () => {
+  const rec = (volumeId: number, coveredBy: number, flags = 0, offset = 0) => ({
+    flags,
+    epoch: 1,
+    payloadBytes: 0,
+    seq: 0,
+    volumeId,
+    coveredBy,
+    offset,
+    length: flags & FLAG_COMMITTED ? 0 : 4096,
+  });
+
+  test("a volume's records above its committed generation, in log order; other volumes' never", () => {
+    const log = [rec(1, 3, 0, 1), rec(2, 9, 0, 2), rec(1, 4, 0, 3), rec(1, 4, FLAG_ZEROS, 4)];
+    assert.deepEqual(
+      recordsToReplay(log, 1, 3).map((r) => r.offset),
+      [3, 4],
+    );
+    assert.deepEqual(recordsToReplay(log, 1, 4), []);
+    assert.deepEqual(
+      recordsToReplay(log, 2, 0).map((r) => r.offset),
+      [2],
+    );
+  });
+
+  test('nothing before the last commit marker the version reaches, whatever its coveredBy', () => {
+    // Captured while a commit that failed ran (coveredBy ran ahead to 5), then a flush committed
+    // version 4 instead of logging: the marker says version 4 holds the record before it.
+    const log = [rec(1, 5, 0, 1), rec(1, 4, FLAG_COMMITTED), rec(1, 5, 0, 2)];
+    assert.deepEqual(
+      recordsToReplay(log, 1, 4).map((r) => r.offset),
+      [2],
+    );
+    // A marker the committed version does not reach (its commit was lost) cuts nothing.
+    assert.deepEqual(
+      recordsToReplay(log, 1, 3).map((r) => r.offset),
+      [1, 2],
+    );
+  });
+
+  test('a commit marker encodes with no payload and length 0, and nothing else may', () => {
+    const out = Buffer.alloc(RECORD_HEADER_BYTES);
+    const fields = { flags: FLAG_COMMITTED, volumeId: 1, coveredBy: 4, offset: 0, length: 0 };
+    assert.equal(encodeRecordHeader(fields, out, 0), 0);
+    assert.throws(() => encodeRecordHeader({ ...fields, length: 4096 }, out, 0));
+    assert.throws(() =>
+      encodeRecordHeader({ ...fields, flags: FLAG_COMMITTED | FLAG_ZEROS }, out, 0),
+    );
   });
 });

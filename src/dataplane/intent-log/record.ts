@@ -20,7 +20,9 @@
  *   8   u32  RECORD_MAGIC "TILR"
  *   12  u16  FORMAT_VERSION
  *   14  u16  flags: FLAG_ZEROS (the range reads as zeros, no payload),
- *                   FLAG_SEALED (payload = nonce | AES-256-GCM ciphertext | tag)
+ *                   FLAG_SEALED (payload = nonce | AES-256-GCM ciphertext | tag),
+ *                   FLAG_COMMITTED (a marker, no payload, offset and length 0:
+ *                   version coveredBy holds every earlier record of the volume)
  *   16  u32  epoch (the file header's)
  *   20  u32  payloadBytes
  *   24  u64  seq: the epoch's records are numbered firstSeq, firstSeq+1, …
@@ -46,7 +48,7 @@ export const RECORDS_START = 4096;
 export const RECORD_HEADER_BYTES = 64;
 export const FLAG_ZEROS = 1;
 export const FLAG_SEALED = 2;
-const KNOWN_FLAGS = FLAG_ZEROS | FLAG_SEALED;
+export const FLAG_COMMITTED = 4;
 /** AES-GCM nonce and tag around a sealed payload. */
 export const SEAL_NONCE_BYTES = 12;
 export const SEAL_TAG_BYTES = 16;
@@ -119,9 +121,16 @@ export function decodeFileHeader(bytes: Buffer, hash: Hasher): FileHeader | unde
   };
 }
 
+/** Whether flags and length make a record: one of the three kinds, a length only for data and zeros. */
+function validShape(flags: number, length: number): boolean {
+  if (flags === FLAG_COMMITTED) return length === 0;
+  if (flags !== 0 && flags !== FLAG_ZEROS && flags !== FLAG_SEALED) return false;
+  return Number.isInteger(length) && length > 0 && length <= MAX_RECORD_LENGTH;
+}
+
 /** Bytes a record takes on disk, header included. */
 export function recordBytes(flags: number, length: number): number {
-  if (flags & FLAG_ZEROS) return RECORD_HEADER_BYTES;
+  if (flags & (FLAG_ZEROS | FLAG_COMMITTED)) return RECORD_HEADER_BYTES;
   return RECORD_HEADER_BYTES + length + (flags & FLAG_SEALED ? SEAL_OVERHEAD : 0);
 }
 
@@ -135,13 +144,10 @@ export function encodeRecordHeader(
   out: Buffer,
   at: number,
 ): number {
-  if (
-    (fields.flags & ~KNOWN_FLAGS) !== 0 ||
-    (fields.flags & FLAG_ZEROS && fields.flags & FLAG_SEALED)
-  )
-    throw new RangeError(`intent log: record flags ${fields.flags} are not a valid combination`);
-  if (!Number.isInteger(fields.length) || fields.length <= 0 || fields.length > MAX_RECORD_LENGTH)
-    throw new RangeError(`intent log: record length ${fields.length} out of range`);
+  if (!validShape(fields.flags, fields.length))
+    throw new RangeError(
+      `intent log: flags ${fields.flags} with length ${fields.length} are not a record`,
+    );
   const payloadBytes = recordBytes(fields.flags, fields.length) - RECORD_HEADER_BYTES;
   out.fill(0, at, at + RECORD_HEADER_BYTES);
   out.writeUInt32LE(RECORD_MAGIC, at + 8);
@@ -183,8 +189,7 @@ export function decodeRecordHeader(bytes: Buffer, at: number): RecordHeader | un
   const flags = bytes.readUInt16LE(at + 14);
   const length = bytes.readUInt32LE(at + 56);
   const payloadBytes = bytes.readUInt32LE(at + 20);
-  if ((flags & ~KNOWN_FLAGS) !== 0 || (flags & FLAG_ZEROS && flags & FLAG_SEALED)) return undefined;
-  if (length === 0 || length > MAX_RECORD_LENGTH) return undefined;
+  if (!validShape(flags, length)) return undefined;
   if (payloadBytes !== recordBytes(flags, length) - RECORD_HEADER_BYTES) return undefined;
   return {
     flags,

@@ -1,7 +1,8 @@
 /**
  * Replay: at start-up, before a volume is served, apply the records the
- * log holds for it that its committed version does not (coveredBy greater
- * than its generation), in log order, then commit. Idempotent: a record
+ * log holds for it that its committed version does not — after the last
+ * commit marker that version reaches, coveredBy greater than its
+ * generation — in log order, then commit. Idempotent: a record
  * sets bytes to what they were at its capture, so replaying twice (a kill
  * during replay) ends where replaying once does; once the commit lands the
  * records are older than the version and are skipped.
@@ -9,7 +10,7 @@
 import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import type { RecoveredRecord } from './intent-log.js';
-import { FLAG_SEALED, FLAG_ZEROS } from './record.js';
+import { FLAG_COMMITTED, FLAG_SEALED, FLAG_ZEROS, type RecordHeader } from './record.js';
 import { IntentSealer } from './seal.js';
 
 /** What replay needs of a volume. */
@@ -26,6 +27,29 @@ export interface ReplayTarget {
   commit(): Promise<void>;
 }
 
+/**
+ * The data records of volume `volumeId` a version of `generation` lacks, in
+ * log order: after the last commit marker that version reaches (it holds
+ * everything before), those whose coveredBy is above it.
+ */
+export function recordsToReplay<R extends RecordHeader>(
+  records: readonly R[],
+  volumeId: number,
+  generation: number,
+): R[] {
+  let from = 0;
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i];
+    if (r.volumeId === volumeId && r.flags & FLAG_COMMITTED && r.coveredBy <= generation)
+      from = i + 1;
+  }
+  return records
+    .slice(from)
+    .filter(
+      (r) => r.volumeId === volumeId && !(r.flags & FLAG_COMMITTED) && r.coveredBy > generation,
+    );
+}
+
 /** Apply `records` (the whole log's, in order) to `target` and commit; returns how many applied. */
 export async function replayInto(
   target: ReplayTarget,
@@ -34,8 +58,7 @@ export async function replayInto(
 ): Promise<number> {
   let applied = 0;
   let sealer: IntentSealer | undefined;
-  for (const record of records) {
-    if (record.volumeId !== target.id || record.coveredBy <= target.committedGeneration) continue;
+  for (const record of recordsToReplay(records, target.id, target.committedGeneration)) {
     if (record.offset + record.length > target.size) {
       // Only a shrink can put a logged range past the end, and a shrink commits first.
       log.warn(

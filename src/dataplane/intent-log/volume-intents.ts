@@ -16,11 +16,18 @@
  * before a commit round starts is in that round's version. No commit
  * running at the capture: the next one (committed generation + 1). One
  * running: it may have started before the capture, so the one after
- * (generation + 2). Replay applies a record only to an older version.
+ * (generation + 2). Never less than the previous capture's: a running
+ * commit that fails leaves generation + 1 for the next, and a later record
+ * marked covered by it while an earlier one is not would let replay put the
+ * earlier one's older bytes over data the later one flushed. Monotonic per
+ * volume, the records replay picks (coveredBy above the committed
+ * generation) are a suffix of the volume's records, applied in order over a
+ * version holding everything captured before them.
  */
 import { assert } from '../../common/assert.js';
 import type { IntentLog } from './intent-log.js';
 import {
+  FLAG_COMMITTED,
   FLAG_SEALED,
   FLAG_ZEROS,
   MAX_RECORD_LENGTH,
@@ -56,8 +63,11 @@ export class VolumeIntents {
   private overflow = false;
   /** Captures made; a commit covers every capture made before it started. */
   private captures = 0;
+  private lastCoveredBy = 0;
   private staging: Promise<unknown> = DONE;
   private lastDurable: Promise<void> = DONE;
+  /** The last commit marker's durability (see committed()). */
+  private lastMarker: Promise<void> = DONE;
   private scratch = Buffer.alloc(0);
   private readonly sealer: IntentSealer | undefined;
   private readonly log: IntentLog;
@@ -92,9 +102,25 @@ export class VolumeIntents {
     return this.captures;
   }
 
-  /** A commit started when `captured` was `capture` has landed. */
-  committed(capture: number): void {
-    this.log.settled(this.id, capture);
+  /**
+   * A commit started when `captured` was `capture` has landed as version
+   * `generation`. Once the volume has logged anything, a marker record says
+   * so: replay starts after the last marker the committed version reaches.
+   * Without it a record whose coveredBy ran ahead (captured while a commit
+   * that then failed was running) could replay older bytes over data a
+   * flush made durable by committing (the fallback, which waits for it).
+   */
+  committed(capture: number, generation: number): void {
+    const { log } = this;
+    log.settled(this.id, capture);
+    if (this.lastCoveredBy === 0 || !log.usable || !log.fits(RECORD_HEADER_BYTES)) return;
+    const { buffer, at } = log.stage(RECORD_HEADER_BYTES);
+    encodeRecordHeader(
+      { flags: FLAG_COMMITTED, volumeId: this.id, coveredBy: generation, offset: 0, length: 0 },
+      buffer,
+      at,
+    );
+    this.lastMarker = log.syncStaged();
   }
 
   close(): void {
@@ -146,13 +172,19 @@ export class VolumeIntents {
     this.dataBytes = 0;
   }
 
+  /** A flush the log can't take: commit, then wait for that commit's marker (committed()). */
+  private async commitInstead(): Promise<void> {
+    await this.source.commit();
+    await this.lastMarker;
+  }
+
   /** Log the noted ranges' content (runs one at a time per volume); resolves when durable. */
   private async capture(): Promise<void> {
     const { log, source } = this;
     if (!log.usable || this.overflow) {
       this.overflow = false;
       this.clearRanges();
-      return source.commit();
+      return this.commitInstead();
     }
     if (this.offsets.length === 0) return this.lastDurable; // nothing new: the last records may still be syncing
     const offsets = this.offsets;
@@ -163,7 +195,11 @@ export class VolumeIntents {
     this.lengths = [];
     this.zeros = [];
     this.dataBytes = 0;
-    const coveredBy = this.state.generation + (this.state.committing ? 2 : 1);
+    const coveredBy = Math.max(
+      this.lastCoveredBy,
+      this.state.generation + (this.state.committing ? 2 : 1),
+    );
+    this.lastCoveredBy = coveredBy;
     const capture = ++this.captures;
     // Read the content first (a read may wait for a block to load), then stage without yielding.
     if (this.scratch.length < dataBytes)
@@ -183,7 +219,7 @@ export class VolumeIntents {
       }
     }
     await Promise.all(reads);
-    if (!log.usable || !log.fits(total)) return source.commit();
+    if (!log.usable || !log.fits(total)) return this.commitInstead();
     at = 0;
     for (let i = 0; i < offsets.length; i++) {
       for (let done = 0; done < lengths[i]; done += MAX_RECORD_LENGTH) {

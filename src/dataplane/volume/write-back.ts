@@ -71,7 +71,7 @@ export class WriteBackRounds {
         this.state.committing = true;
         const failure = await this.round(() => commitVersion(this.state));
         this.state.committing = false;
-        if (!failure) this.state.intents?.committed(captured);
+        if (!failure) this.state.intents?.committed(captured, this.state.generation);
         this.flushedTicket = covering;
         const waiters = this.flushWaiters;
         this.flushWaiters = [];
