@@ -156,6 +156,8 @@ export class VolumeAdmin {
   }
 
   async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
+    // What only the snapshots hold is judged against the live volume's committed version.
+    if (this.parts.gc) await this.commitOpen(volume);
     const records = await this.parts.snapshots.list(volume);
     const exclusive = this.parts.gc
       ? await this.parts.gc.exclusiveBlocks(records.map((r) => [r]))
@@ -239,8 +241,10 @@ export class VolumeAdmin {
 
   /** Every volume; on a single node with its snapshots' count and the space only they hold. */
   async listVolumes(): Promise<VolumeStatus[]> {
-    const rows = (await this.parts.catalog.list()).map((record) => this.volumeStatus(record));
     const { gc } = this.parts;
+    // Single node: the space figures are the committed versions', FLUSHed data included.
+    if (gc) await this.flushAll();
+    const rows = (await this.parts.catalog.list()).map((record) => this.volumeStatus(record));
     if (!gc) return rows;
     const snapshots = await this.parts.snapshots.listAll();
     const groups = rows.map((row) => snapshots.filter((s) => s.volume === row.name));
@@ -292,7 +296,7 @@ export class VolumeAdmin {
           .catch((err) =>
             this.parts.log.error(
               { volume: v.name, err: (err as Error).message },
-              'flush at shutdown failed',
+              'commit failed; its data stays in the cache (and in the intent log when FLUSHed)',
             ),
           ),
       ),
