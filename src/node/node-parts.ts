@@ -9,7 +9,8 @@
  */
 import { join } from 'node:path';
 import { ensureDirectory } from '../common/dirs.js';
-import { ConflictError } from '../common/errors.js';
+import { ConflictError, UsageError } from '../common/errors.js';
+import { formatSize } from '../common/size.js';
 import { logger, type Logger } from '../common/log.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
@@ -25,6 +26,7 @@ import {
   DEFAULT_INTENT_LOG_BYTES,
   INTENT_LOG_FILE,
   IntentLog,
+  MIN_INTENT_LOG_BYTES,
 } from '../dataplane/intent-log/intent-log.js';
 import { openClusterBlocks, type ClusterIdentity } from './cluster-blocks.js';
 import { openLocalStore } from './local-storage.js';
@@ -152,6 +154,10 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       ? await openClusterBlocks(meta, options.cluster, log)
       : undefined;
     const logBytes = options.intentLogBytes ?? DEFAULT_INTENT_LOG_BYTES;
+    if (logBytes !== 0 && !(logBytes >= MIN_INTENT_LOG_BYTES))
+      throw new UsageError(
+        `intent log size must be 0 (none) or at least ${formatSize(MIN_INTENT_LOG_BYTES)}, got ${logBytes} bytes`,
+      );
     const intentLog =
       cluster || logBytes === 0
         ? undefined
