@@ -76,11 +76,16 @@ async function writeAndKill(
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let acked = -1;
+  let firstAck!: () => void;
+  const acking = new Promise<void>((r) => (firstAck = r));
   writer.stdout.on('data', (d: Buffer) => {
     for (const m of d.toString().matchAll(/acked (\d+)/g)) acked = Math.max(acked, Number(m[1]));
+    if (acked >= 0) firstAck();
   });
   const writerDone = new Promise((r) => writer.once('exit', r));
   try {
+    // The kill comes while acknowledgements flow: timed from the first one (a loaded machine starts slowly).
+    await Promise.race([acking, writerDone, sleep(60_000)]);
     await sleep(killAfterMs);
     process.kill(node.pid, 'SIGKILL');
     await node.stop('SIGKILL');
