@@ -86,6 +86,8 @@ export class IntentLog {
   private spareStarts: number[] = [];
   private batch: Batch | undefined;
   private writing = false;
+  /** The batch loop while it runs (close() waits for it). */
+  private writer: Promise<void> | undefined;
   private resetPending = false;
   private accepting = false;
   private failed: unknown;
@@ -263,7 +265,7 @@ export class IntentLog {
   syncStaged(): Promise<void> {
     this.batch ??= newBatch();
     const { promise } = this.batch;
-    if (!this.writing) void this.writeBatches();
+    if (!this.writing) this.writer = this.writeBatches();
     return promise;
   }
 
@@ -280,7 +282,8 @@ export class IntentLog {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    while (this.writing) await this.batch?.promise.catch(() => undefined);
+    // The loop, not a batch's promise: the batch being written is no longer this.batch.
+    await this.writer;
     await this.file.close();
   }
 
