@@ -141,8 +141,8 @@ export class VolumeAdmin {
 
   async createSnapshot(volume: string, snapshot: string): Promise<SnapshotStatus> {
     const started = process.hrtime.bigint();
-    // A FLUSHed write may be only in the intent log: the snapshot takes the committed version.
-    await this.commitOpen(volume);
+    // Single node: a FLUSHed write may be only in the intent log, the snapshot takes the committed version.
+    if (this.parts.gc) await this.commitOpen(volume);
     const record = await this.exclusive(() => this.parts.snapshots.create(volume, snapshot));
     this.parts.log.info(
       {
@@ -229,7 +229,7 @@ export class VolumeAdmin {
     options: { size?: number } = {},
   ): Promise<VolumeStatus> {
     const { catalog, snapshots, host } = this.parts;
-    if (!source.includes('@')) await this.commitOpen(source);
+    if (this.parts.gc && !source.includes('@')) await this.commitOpen(source);
     const record = await this.exclusive(async () => {
       const created = await cloneVolume(catalog, snapshots, source, name, options);
       await host.created(name);
