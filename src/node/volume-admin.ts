@@ -156,8 +156,8 @@ export class VolumeAdmin {
   }
 
   async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
-    // What only the snapshots hold is judged against the live volume's committed version.
-    if (this.parts.gc) await this.commitOpen(volume);
+    // What only the snapshots hold is judged against every volume's committed version (a clone's too).
+    if (this.parts.gc) await this.flushAll();
     const records = await this.parts.snapshots.list(volume);
     const exclusive = this.parts.gc
       ? await this.parts.gc.exclusiveBlocks(records.map((r) => [r]))
