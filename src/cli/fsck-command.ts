@@ -90,6 +90,11 @@ function human(report: FsckReport): string {
       `${report.damagedSlots.length} damaged slot record(s) in ${report.dataDir}/blocks/slots: slot ${shown.join(', ')}${report.damagedSlots.length > shown.length ? ', …' : ''}${report.salvaged ? ' (cleared)' : ''}`,
     );
   }
+  for (const p of report.pendingIntents)
+    lines.push(
+      '',
+      `${p.volume}: ${p.records} FLUSHed record(s) in the intent log, not yet committed: starting torusd replays them`,
+    );
   lines.push('');
   if (report.clean) lines.push(`${report.dataDir}: clean`);
   else if (report.salvaged)

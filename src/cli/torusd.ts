@@ -145,6 +145,11 @@ const spec: CommandSpec = {
       help: 'cluster: seconds between rebalance and GC runs, besides those on every ring or membership change (default 60; 0 only on changes)',
       ...SECONDS_RANGE,
     },
+    'intent-log-size': {
+      type: 'size',
+      help: 'single node: size of the intent log a FLUSH is made durable in (default 64MiB, at least 16MiB; 0: none, every FLUSH commits a version)',
+      env: 'TORUS_INTENT_LOG_SIZE',
+    },
     'scrub-rate': {
       type: 'size',
       help: 'bytes per second the background scrub re-reads the local store against its checksums (default 16MiB)',
@@ -221,6 +226,7 @@ export async function main(argv: string[]): Promise<number> {
       lockLingerMs:
         v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
       scrubRate: v['scrub-rate'] as number | undefined,
+      intentLogBytes: v['intent-log-size'] as number | undefined,
       scrubIntervalMs:
         v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
     });

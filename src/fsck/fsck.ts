@@ -13,7 +13,9 @@ import { join } from 'node:path';
 import { UsageError } from '../common/errors.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import { readClusterBinding } from '../controlplane/membership/node-identity.js';
-import { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import { VolumeCatalog, type VolumeRecord } from '../controlplane/volumes/catalog.js';
+import { INTENT_LOG_FILE, IntentLog } from '../dataplane/intent-log/intent-log.js';
+import { recordsToReplay } from '../dataplane/intent-log/replay.js';
 import { RECORD_SIZE, SLOT_FREE, OFF_STATE } from '../dataplane/blocks/record.js';
 import { LocalSlotStore, type StoreLayout } from '../dataplane/blocks/slot-store.js';
 import { salvageVolume, type SalvageResult } from './salvage.js';
@@ -53,6 +55,11 @@ export interface FsckReport {
   volumes: VolumeReport[];
   clean: boolean;
   salvaged: boolean;
+  /**
+   * Volumes with FLUSHed data still only in the intent log (records newer
+   * than their committed version): starting torusd replays and commits it.
+   */
+  pendingIntents: { volume: string; records: number }[];
   /** With salvage: the JSON file in DIR where this report was written. */
   reportFile?: string;
 }
@@ -76,6 +83,11 @@ export async function fsck(dataDir: string, options: { salvage: boolean }): Prom
     const layout = JSON.parse(
       await readFile(LocalSlotStore.layoutPath(blocksDir), 'utf8'),
     ) as StoreLayout;
+    const pendingIntents = await pendingIntentsOf(dataDir, await new VolumeCatalog(meta).list());
+    if (options.salvage && pendingIntents.length > 0)
+      throw new UsageError(
+        `${dataDir}: the intent log holds FLUSHed data not yet committed (${pendingIntents.map((p) => `${p.volume}: ${p.records} record(s)`).join(', ')}); start torusd once to replay it, stop it, then salvage`,
+      );
     const damagedSlots = await scanSlotTable(blocksDir, layout.slotCount, layout.blockSize);
     // Opened as found: a format 1 store is upgraded by torusd's next start, not by a check that writes nothing.
     const store = await LocalSlotStore.open(blocksDir, { upgrade: false });
@@ -84,6 +96,7 @@ export async function fsck(dataDir: string, options: { salvage: boolean }): Prom
       blockSize: store.blockSize,
       slotCount: store.slotCount,
       damagedSlots: damagedSlots.map(({ slot, recordOffset }) => ({ slot, recordOffset })),
+      pendingIntents,
       volumes: [],
       clean: true,
       salvaged: false,
@@ -131,6 +144,20 @@ export async function fsck(dataDir: string, options: { salvage: boolean }): Prom
   } finally {
     await meta.close();
   }
+}
+
+/** Per volume, the intent-log records a start would replay (salvage would commit past them). */
+async function pendingIntentsOf(
+  dataDir: string,
+  volumes: readonly VolumeRecord[],
+): Promise<FsckReport['pendingIntents']> {
+  const records = await IntentLog.peek(join(dataDir, INTENT_LOG_FILE));
+  const pending: FsckReport['pendingIntents'] = [];
+  for (const volume of volumes) {
+    const n = recordsToReplay(records, volume.id, volume.generation);
+    if (n.length > 0) pending.push({ volume: volume.name, records: n.length });
+  }
+  return pending;
 }
 
 function reportOf(d: Damage): DamageReport {

@@ -85,7 +85,11 @@ async function handle(node: StorageNode, req: IncomingMessage, res: ServerRespon
   if (parts[0] !== 'v1')
     return reply(res, 404, { error: `no such endpoint ${url.pathname}`, kind: 'NotFoundError' });
   const [, resource, name, action, snapshot, snapshotAction] = parts;
-  if (resource === 'status' && req.method === 'GET') return reply(res, 200, node.status());
+  if (resource === 'status' && req.method === 'GET') {
+    // Space used is the store's: a single node commits what its intent log holds first.
+    if (!node.cluster) await node.commitAndCollect();
+    return reply(res, 200, node.status());
+  }
   if (resource === 'clones' && !name && req.method === 'POST') {
     const body = await readJson(req);
     if (typeof body.source !== 'string' || typeof body.name !== 'string')

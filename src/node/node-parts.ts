@@ -9,7 +9,8 @@
  */
 import { join } from 'node:path';
 import { ensureDirectory } from '../common/dirs.js';
-import { ConflictError } from '../common/errors.js';
+import { ConflictError, UsageError } from '../common/errors.js';
+import { formatSize } from '../common/size.js';
 import { logger, type Logger } from '../common/log.js';
 import { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
@@ -21,6 +22,12 @@ import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { DataPool } from '../dataplane/pool/data-pool.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
+import {
+  DEFAULT_INTENT_LOG_BYTES,
+  INTENT_LOG_FILE,
+  IntentLog,
+  MIN_INTENT_LOG_BYTES,
+} from '../dataplane/intent-log/intent-log.js';
 import { openClusterBlocks, type ClusterIdentity } from './cluster-blocks.js';
 import { openLocalStore } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
@@ -67,6 +74,12 @@ export interface StorageNodeOptions {
   rebalanceRate?: number;
   /** Cluster mode: a rebalance and GC run every this many ms besides those on ring changes (default 60 s; 0 none). */
   rebalanceIntervalMs?: number;
+  /**
+   * Single node: size of the intent log FLUSH writes to (<data-dir>/intent.log,
+   * default 64 MiB); 0: none, a FLUSH commits a whole version. A cluster
+   * member has none (the log is single-node for now).
+   */
+  intentLogBytes?: number;
   /** Bytes/s a scrub pass reads from the local store (default 16 MiB/s). */
   scrubRate?: number;
   /** A scrub pass every this many ms, the first this long after start (default 24 h; 0 none). */
@@ -89,6 +102,8 @@ export interface NodeParts {
   pool: DataPool;
   keys: KeyRing;
   cluster: ClusterBlocks | undefined;
+  /** Single node: the intent log (replayed by the hosting at start); undefined in a cluster or when turned off. */
+  intentLog: IntentLog | undefined;
   metrics: NodeMetrics | undefined;
   log: Logger;
 }
@@ -138,6 +153,15 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
     const cluster = options.cluster
       ? await openClusterBlocks(meta, options.cluster, log)
       : undefined;
+    const logBytes = options.intentLogBytes ?? DEFAULT_INTENT_LOG_BYTES;
+    if (logBytes !== 0 && !(logBytes >= MIN_INTENT_LOG_BYTES))
+      throw new UsageError(
+        `intent log size must be 0 (none) or at least ${formatSize(MIN_INTENT_LOG_BYTES)}, got ${logBytes} bytes`,
+      );
+    const intentLog =
+      cluster || logBytes === 0
+        ? undefined
+        : await IntentLog.open(join(options.dataDir, INTENT_LOG_FILE), logBytes, log);
     return {
       dataDir: options.dataDir,
       settings,
@@ -150,6 +174,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       pool,
       keys,
       cluster,
+      intentLog,
       metrics: options.metrics,
       log,
     };
@@ -163,6 +188,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
 export async function closeNodeParts(parts: NodeParts): Promise<void> {
   await parts.cluster?.close();
   await parts.pool.close();
+  await parts.intentLog?.close();
   await parts.store.close();
   if (parts.ownsMeta) await parts.meta.close();
 }

@@ -115,8 +115,10 @@ export class SnapshotExports {
   }
 
   private async openPinned(exportName: string, record: SnapshotRecord): Promise<Volume> {
+    // No intent log: a snapshot is never written, and its id is its volume's (the log's key).
+    const { intentLog: _log, ...shared } = this.services;
     const services: VolumeServices = {
-      ...this.services,
+      ...shared,
       commit: () =>
         Promise.reject(new IoError('EPERM', `${exportName} is a snapshot: it is never written`)),
     };

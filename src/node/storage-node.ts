@@ -95,6 +95,7 @@ export class StorageNode implements ExportProvider {
       log,
       cluster,
       ownership: this.ownership,
+      intentLog: parts.intentLog,
       metrics,
     });
     // The one decision between a single node and a cluster member's hosting.
@@ -105,7 +106,7 @@ export class StorageNode implements ExportProvider {
           return new OnDemandHosting(host, catalog, cluster.placement, lockLingerMs, log);
         // A single node collects its own garbage; a cluster's rebalancer does (BackgroundServices).
         this.gc = new LocalGc(host, snapshots, store, log.child({ component: 'gc' }));
-        return new EveryVolumeHosting(host, catalog, this.gc, log);
+        return new EveryVolumeHosting(host, catalog, this.gc, log, parts.intentLog);
       },
     );
     const clustered = cluster !== undefined;
@@ -231,6 +232,11 @@ export class StorageNode implements ExportProvider {
   /** Flush every volume (best effort, each on its own). */
   flushAll(): Promise<void> {
     return this.admin.flushAll();
+  }
+
+  /** Single node: commit every volume and collect what those commits left for GC (before space figures). */
+  commitAndCollect(): Promise<void> {
+    return this.admin.commitAndCollect();
   }
 
   status() {

@@ -141,6 +141,8 @@ export class VolumeAdmin {
 
   async createSnapshot(volume: string, snapshot: string): Promise<SnapshotStatus> {
     const started = process.hrtime.bigint();
+    // Single node: a FLUSHed write may be only in the intent log, the snapshot takes the committed version.
+    if (this.parts.gc) await this.commitOpen(volume);
     const record = await this.exclusive(() => this.parts.snapshots.create(volume, snapshot));
     this.parts.log.info(
       {
@@ -154,6 +156,8 @@ export class VolumeAdmin {
   }
 
   async listSnapshots(volume: string): Promise<SnapshotStatus[]> {
+    // What only the snapshots hold is judged against every volume's committed version (a clone's too).
+    if (this.parts.gc) await this.commitAndCollect();
     const records = await this.parts.snapshots.list(volume);
     const exclusive = this.parts.gc
       ? await this.parts.gc.exclusiveBlocks(records.map((r) => [r]))
@@ -225,6 +229,7 @@ export class VolumeAdmin {
     options: { size?: number } = {},
   ): Promise<VolumeStatus> {
     const { catalog, snapshots, host } = this.parts;
+    if (this.parts.gc && !source.includes('@')) await this.commitOpen(source);
     const record = await this.exclusive(async () => {
       const created = await cloneVolume(catalog, snapshots, source, name, options);
       await host.created(name);
@@ -236,8 +241,10 @@ export class VolumeAdmin {
 
   /** Every volume; on a single node with its snapshots' count and the space only they hold. */
   async listVolumes(): Promise<VolumeStatus[]> {
-    const rows = (await this.parts.catalog.list()).map((record) => this.volumeStatus(record));
     const { gc } = this.parts;
+    // Single node: the space figures are the committed versions', FLUSHed data included.
+    if (gc) await this.commitAndCollect();
+    const rows = (await this.parts.catalog.list()).map((record) => this.volumeStatus(record));
     if (!gc) return rows;
     const snapshots = await this.parts.snapshots.listAll();
     const groups = rows.map((row) => snapshots.filter((s) => s.volume === row.name));
@@ -272,19 +279,39 @@ export class VolumeAdmin {
   async flushVolume(name: string): Promise<void> {
     const volume = this.parts.host.volumes.get(name);
     if (!volume) throw new NotFoundError(`no volume named "${name}"`);
-    await volume.flush();
+    await volume.commit();
   }
 
-  /** Flush every volume (best effort, each on its own). */
+  /** Commit volume `name` if it is open here (what the intent log holds becomes its committed version). */
+  private async commitOpen(name: string): Promise<void> {
+    await this.parts.host.volumes.get(name)?.commit();
+  }
+
+  /**
+   * Single node, before space figures: commit every volume, then, if a
+   * commit landed, a GC run. A commit leaves to GC what it superseded but a
+   * snapshot or clone may hold (a clone's commit, an ancestor's map page it
+   * no longer reads); with the intent log commits land here rather than at
+   * FLUSH, and the figures would count that garbage until the next run.
+   */
+  async commitAndCollect(): Promise<void> {
+    const generations = () =>
+      [...this.parts.host.volumes.values()].map((v) => `${v.id}:${v.committedGeneration}`).join();
+    const before = generations();
+    await this.flushAll();
+    if (generations() !== before) await this.collect();
+  }
+
+  /** Commit every volume (best effort, each on its own). */
   async flushAll(): Promise<void> {
     await Promise.all(
       [...this.parts.host.volumes.values()].map((v) =>
         v
-          .flush()
+          .commit()
           .catch((err) =>
             this.parts.log.error(
               { volume: v.name, err: (err as Error).message },
-              'flush at shutdown failed',
+              'commit failed; its data stays in the cache (and in the intent log when FLUSHed)',
             ),
           ),
       ),

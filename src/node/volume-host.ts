@@ -98,6 +98,12 @@ export class VolumeHost implements ExportProvider {
     return openVersion(versioned.record, this.parts.keys, this.parts.services);
   }
 
+  /** The data key of an encrypted volume's record (null when not encrypted). */
+  dataKey(versioned: VersionedRecord): Promise<Uint8Array | null> {
+    const { record } = versioned;
+    return record.encrypted ? this.parts.keys.unwrap(record) : Promise.resolve(null);
+  }
+
   /**
    * Run fn after every earlier call for the same volume settled, so opens and
    * unloads of one volume never interleave (two clients connecting at once

@@ -9,6 +9,7 @@ import type { VolumeOwnership } from '../controlplane/volumes/ownership.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { BlockCache } from '../dataplane/cache/block-cache.js';
 import type { DataPool } from '../dataplane/pool/data-pool.js';
+import type { IntentLog } from '../dataplane/intent-log/intent-log.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { SingleNodePlacement } from '../dataplane/replication/single-node.js';
 import type { VolumeServices } from '../dataplane/volume/volume.js';
@@ -22,6 +23,8 @@ export interface VolumeServiceParts {
   /** Placement and peer copies; undefined on a single node. */
   cluster: ClusterBlocks | undefined;
   ownership: VolumeOwnership;
+  /** A single node's intent log: FLUSH is logged there, the version committed in the background. */
+  intentLog: IntentLog | undefined;
   metrics: NodeMetrics | undefined;
 }
 
@@ -34,6 +37,7 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
     log: parts.log,
     // A single node is the degenerate placement: every block here, no peers.
     placement: parts.cluster ?? new SingleNodePlacement(),
+    ...(parts.intentLog ? { intentLog: parts.intentLog } : {}),
     commit: (identity, generation, root, mapHeight) =>
       ownership.commit(identity.name, generation, root ?? null, mapHeight),
     onChecksumError: (volume) => metrics?.checksumErrors.inc({ volume }),

@@ -10,6 +10,8 @@ import type { BlockCache } from '../cache/block-cache.js';
 import type { DataPool } from '../pool/data-pool.js';
 import type { BlockPlacement } from '../replication/block-placement.js';
 import type { BlockCopies } from '../replication/durability.js';
+import type { IntentLog } from '../intent-log/intent-log.js';
+import type { VolumeIntents } from '../intent-log/volume-intents.js';
 import type { BlockMap } from './block-map.js';
 import type { Ancestor } from '../../model/lineage.js';
 import type { MapRoot } from '../../model/map-root.js';
@@ -48,6 +50,12 @@ export interface VolumeServices {
     root: MapRoot | undefined,
     mapHeight: number,
   ): Promise<number | void>;
+  /**
+   * A single node's intent log: a FLUSH is made durable there and the
+   * version committed in the background. Absent (a cluster): a FLUSH
+   * commits a version.
+   */
+  intentLog?: IntentLog;
   onChecksumError?(volume: string, block: number, reason: string): void;
   onFlush?(volume: string, blocks: number, seconds: number): void;
 }
@@ -76,6 +84,10 @@ export class VolumeState {
    * yet committed, by index. Never holds an index that is also in pendingHoles.
    */
   readonly spilled = new Map<number, SpilledBlock>();
+  /** A single node's intent log, this volume's side (volume.ts sets it); a commit settles its captures. */
+  intents: VolumeIntents | undefined;
+  /** A commit round runs (write-back.ts); it may have taken its dirty blocks already. */
+  committing = false;
 
   constructor(
     readonly identity: VolumeIdentity,

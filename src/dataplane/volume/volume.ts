@@ -10,9 +10,8 @@
  *
  * Consistency model
  * - Reads see every write that completed before them, on any connection.
- * - A FLUSH (or a FUA write) commits a new version: it waits until every write
- *   that completed before it is stored, synced, and the version's root is
- *   committed to metadata. Only then is it acknowledged.
+ * - A FLUSH (or a FUA write) is acknowledged once every write completed before
+ *   it is durable: logged (single node, ../intent-log) or committed (cluster).
  * - A version is committed atomically (one compare-and-swap of the volume
  *   record); a crash before that leaves the previous version, complete.
  * - Writes that arrive while a flush runs are not blocked: a block being
@@ -20,7 +19,7 @@
  *   to the next version.
  * - Under cache pressure dirty blocks are *spilled*: written to the local
  *   store for the next version without a sync or a commit, so their cache
- *   slots can be reused. The next FLUSH commits them with everything else and
+ *   slots can be reused. The next commit takes them with everything else and
  *   one fdatasync. A crash loses spilled blocks exactly as it loses cached
  *   ones (the start-up sweep frees them); it never exposes them.
  * - All store-writing work (spills and commits) runs one round at a time
@@ -40,6 +39,7 @@ import {
   type VolumeServices,
 } from './volume-state.js';
 import { VolumeResize } from './volume-resize.js';
+import { VolumeIntents } from '../intent-log/volume-intents.js';
 import { WriteBackRounds } from './write-back.js';
 
 export type { VolumeIdentity, VolumeServices } from './volume-state.js';
@@ -96,7 +96,7 @@ export class Volume implements CacheOwner {
       openSessions: () => this.openSessions,
       writeZeros: (offset, length) => this.write(offset, zeroBuffer(length), false),
       dropBlock: (index) => this.dropBlock(index),
-      flush: () => this.flush(),
+      flush: () => this.commit(),
     });
     this.services = state.services;
     this.map = state.map;
@@ -108,6 +108,7 @@ export class Volume implements CacheOwner {
     this.blockLoads = new BlockLoads(state, this, () => this.waitForCacheSpace());
     this.loads = this.blockLoads.inFlight;
     state.services.cache.addOwner(this);
+    state.intents = state.services.intentLog && new VolumeIntents(state, this);
   }
 
   /**
@@ -294,8 +295,14 @@ export class Volume implements CacheOwner {
       done += n;
     }
     this.afterWrite();
-    if (fua) return pending ? Promise.all(pending).then(() => this.flush()) : this.flush();
-    return pending ? Promise.all(pending).then(() => undefined) : DONE;
+    if (pending) return Promise.all(pending).then(() => this.written(offset, data.length, fua));
+    return this.written(offset, data.length, fua);
+  }
+
+  /** A write completed: noted for the intent log only now (a flush before need not log it, and must not drop its range). */
+  private written(offset: number, length: number, fua: boolean): Promise<void> {
+    this.state.intents?.noteWrite(offset, length);
+    return fua ? this.flush() : DONE;
   }
 
   /** Copy into the cache if that needs no waiting; false if it must wait. */
@@ -392,7 +399,7 @@ export class Volume implements CacheOwner {
       this.commitTimer = setTimeout(() => {
         this.commitTimer = undefined;
         if (!this.closed) {
-          this.flush().catch((err) =>
+          this.commit().catch((err) =>
             this.services.log.warn(
               { volume: this.name, err: String(err) },
               'periodic commit failed; the data stays cached and is retried',
@@ -427,6 +434,7 @@ export class Volume implements CacheOwner {
       if (endWhole * bs < end)
         partial.push(this.write(endWhole * bs, zeroBuffer(end - endWhole * bs), false));
       for (let index = firstWhole; index < endWhole; index++) await this.dropBlock(index);
+      this.state.intents?.noteZeros(firstWhole * bs, (endWhole - firstWhole) * bs);
     }
     await Promise.all(partial);
     if (fua) await this.flush();
@@ -451,11 +459,16 @@ export class Volume implements CacheOwner {
 
   // ---------------------------------------------------------------- flush
 
-  /** Resolves once every write completed before the call is committed. */
+  /** Resolves once every write completed before the call is durable: logged (intent log) or committed. */
   flush(): Promise<void> {
+    return this.commit(this.state.intents);
+  }
+
+  /** Resolves once every write completed before the call is committed (snapshots, clones, close read that); logged in `log`. */
+  commit(log?: VolumeIntents): Promise<void> {
     if (this.closed)
       return Promise.reject(new IoError('ESHUTDOWN', `volume ${this.name} is closed`));
-    return this.rounds.flush();
+    return log ? log.flush() : this.rounds.flush();
   }
 
   // --------------------------------------------------------------- resize
@@ -509,7 +522,8 @@ export class Volume implements CacheOwner {
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearTimeout(this.commitTimer);
-    await this.flush();
+    await this.commit();
+    this.state.intents?.close();
     this.closed = true;
     this.rounds.dispose();
     this.services.cache.removeOwner(this);

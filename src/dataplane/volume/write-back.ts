@@ -92,8 +92,13 @@ export class WriteBackRounds {
     for (;;) {
       if (this.flushedTicket < this.flushTicket) {
         const covering = this.flushTicket;
+        // Every capture logged before the round starts holds writes the version takes (volume-intents.ts).
+        const started = this.state.intents?.commitStarting();
         const failure = await this.round(() => this.commitMakingRoom());
-        if (!failure) this.spillRetryAt = 0; // a commit released what it replaced: room again, maybe
+        if (!failure) {
+          this.spillRetryAt = 0; // a commit released what it replaced: room again, maybe
+          if (started) this.state.intents?.committed(started, this.state.generation);
+        }
         this.flushedTicket = covering;
         const waiters = this.flushWaiters;
         this.flushWaiters = [];
@@ -143,12 +148,15 @@ export class WriteBackRounds {
 
   private async round(work: () => Promise<void>): Promise<unknown> {
     this.roundRunning = true;
+    // Spills too: a capture meanwhile cannot know whether this round commits (volume-intents.ts).
+    this.state.committing = true;
     let failure: unknown;
     try {
       await work();
     } catch (err) {
       failure = err;
     }
+    this.state.committing = false;
     this.roundRunning = false;
     this.releaseOrphans();
     this.lastFailure = failure;
@@ -174,8 +182,13 @@ export class WriteBackRounds {
     return this.state.spilled.size > 0 || this.state.pendingHoles.size > 0;
   }
 
-  /** Commit what is already spilled (and trimmed), storing no dirty block: frees what it replaces. */
+  /**
+   * Commit what is already spilled (and trimmed), storing no dirty block:
+   * frees what it replaces. Such a version may lack bytes the intent log
+   * holds as covered by it: the log says so first (a partial marker).
+   */
   private async commitSpilled(): Promise<void> {
+    await this.state.intents?.beforePartialCommit(this.state.generation + 1);
     await commitVersion(this.state, { storeDirtyFirst: false });
     await this.state.services.store.whenReleased();
   }
