@@ -136,7 +136,8 @@ for (const kind of testStores()) {
       { timeout: 15_000 },
       withStore(kind, async (meta) => {
         const catalog = await createVolume(meta, 'vol');
-        const lease = await meta.grantLease(1, { keepAlive: false });
+        // 3 s: A's first commit must land before the lease lapses, on a loaded machine too.
+        const lease = await meta.grantLease(3, { keepAlive: false });
         const a = await acquireVolumeLock(meta, 'vol', { holder: A, lease });
         // A commits while it holds the lock.
         const a1 = await catalog.commitVersion(
