@@ -207,6 +207,7 @@ export class Volume implements CacheOwner {
       }
       done += n;
     }
+    this.blockLoads.readAhead.note(offset, dest.length); // after this read's own misses: they go first
     return pending ? Promise.all(pending).then(() => undefined) : DONE;
   }
 
@@ -251,6 +252,7 @@ export class Volume implements CacheOwner {
       }
       position += n;
     }
+    this.blockLoads.readAhead.note(offset, length);
     return {
       buffers,
       release: () => {
