@@ -212,8 +212,12 @@ export class DiskPeerBackend implements PeerBlockBackend {
       const data = Buffer.allocUnsafe(length);
       const block = this.fromRecord(ref, slot, data);
       // No table, or the slot rebound while we read (the bytes may be another block's): answer whole.
-      if (!(await store.readSubsums(slot, entry))) return undefined;
-      await store.readPart(slot, offset, data);
+      // Both at once: each is a round trip through the libuv pool.
+      const [hasEntry] = await Promise.all([
+        store.readSubsums(slot, entry),
+        store.readPart(slot, offset, data),
+      ]);
+      if (!hasEntry) return undefined;
       if (store.lookup(ref.volumeId, ref.generation, ref.index) !== slot) return undefined;
       return { offset, entry, block };
     }).then((reply) => reply ?? whole());
