@@ -270,7 +270,8 @@ export class HedgedRead {
       this.get(i, peer, GET_TIMEOUT_MS);
       return;
     }
-    const part = this.partOf[i];
+    // The task's mask, not partOf: a hedge's range may answer after an entry that did not fit reset partOf.
+    const part = this.task.subBlocks![i];
     const data = reply.block.data;
     for (let j = 0; j < 32; j++) {
       if ((part & (1 << j)) === 0) continue;
