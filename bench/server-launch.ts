@@ -23,9 +23,13 @@ export function signalTree(pid: number, signal: NodeJS.Signals): void {
 }
 
 export async function stopTree(pid: number): Promise<void> {
+  // Every member is waited for, not only the root: a cluster's shell dies at
+  // once, while its nodes are still closing (and writing --cpu-prof profiles).
+  const members = processTree(pid);
   signalTree(pid, 'SIGTERM');
   const deadline = Date.now() + STOP_GRACE_MS;
-  while (isAlive(pid) && Date.now() < deadline) await sleep(100);
+  const anyAlive = () => isAlive(pid) || members.some((p) => isAlive(p.pid));
+  while (anyAlive() && Date.now() < deadline) await sleep(100);
   signalTree(pid, 'SIGKILL');
 }
 

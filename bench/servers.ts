@@ -333,6 +333,11 @@ async function startTorusCluster(
   const endpoint = `${LOOPBACK}:${etcdClient}`;
   const node = (bin: string) =>
     `${JSON.stringify(process.execPath)} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
+  // Node flags for the long-lived processes only (the nodes, nbdserve), e.g. to profile them:
+  // TORUS_BENCH_NODE_FLAGS='--cpu-prof --cpu-prof-dir=DIR' (Node refuses --cpu-prof in NODE_OPTIONS).
+  const nodeFlags = process.env.TORUS_BENCH_NODE_FLAGS ?? '';
+  const daemon = (bin: string) =>
+    `${JSON.stringify(process.execPath)} ${nodeFlags} ${JSON.stringify(join(PROJECT, 'bin', bin))}`;
   const dir = options.workDir;
   const q = JSON.stringify;
   const create = `${node('torusctl')} -C ${endpoint} volume create-block ${TORUS_VOLUME} ${options.exportBytes}${options.encrypt ? ' --encrypt --key-file ' + q(join(dir, 'master.key')) : ''}`;
@@ -359,7 +364,7 @@ async function startTorusCluster(
   const torusd = (i: number, nbdPort: string) =>
     inCgroup(
       `node${i}`,
-      `${node('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 && !variant.client ? linger : ''} ` +
+      `${daemon('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 && !variant.client ? linger : ''} ` +
         `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${cacheFlag}${keyFlag}`,
     ) + ` > ${q(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${q(join(dir, `node${i}.pid`))}`;
   const waitForMembers = (count: number) =>
@@ -368,7 +373,7 @@ async function startTorusCluster(
   const nbdserve = () =>
     inCgroup(
       'nbdserve',
-      `${node('torusblk')} nbdserve -C ${endpoint} --listen ${LOOPBACK}:${nbd} --scratch-dir ${q(dir)}${linger}` +
+      `${daemon('torusblk')} nbdserve -C ${endpoint} --listen ${LOOPBACK}:${nbd} --scratch-dir ${q(dir)}${linger}` +
         `${options.memory ? cacheFlag : ''}${keyFlag}`,
     ) + ` > ${q(join(dir, 'nbdserve.log'))} 2>&1 &`;
   const script = [

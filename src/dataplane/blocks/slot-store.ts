@@ -22,7 +22,7 @@
  */
 import { open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { invariantBroken } from '../../common/assert.js';
+import { assert, invariantBroken } from '../../common/assert.js';
 import { ensureDirectory } from '../../common/dirs.js';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
@@ -505,6 +505,26 @@ export class LocalSlotStore {
       throw err;
     }
     this.bind(slot, ref);
+  }
+
+  /** Read bytes [within, within + dest.length) of a slot's block from the main thread (a peer's GET_RANGE). */
+  async readPart(slot: number, within: number, dest: Uint8Array): Promise<void> {
+    assert(within >= 0 && within + dest.length <= this.blockSize, 'a part lies within its block');
+    let done = 0;
+    while (done < dest.length) {
+      const at = slot * this.blockSize + within + done;
+      const { bytesRead } = await this.dataFile.read(dest, done, dest.length - done, at);
+      if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
+      done += bytesRead;
+    }
+  }
+
+  /** A slot's sub-sums entry as stored into `entry` (subsumsEntrySize bytes); false when this store has no table. */
+  async readSubsums(slot: number, entry: Uint8Array): Promise<boolean> {
+    assert(entry.length === this.subsumsEntrySize, 'an entry buffer is sized for this store');
+    if (!this.subsumsFile) return false;
+    const { bytesRead } = await this.subsumsFile.read(entry, 0, entry.length, slot * entry.length);
+    return bytesRead === entry.length;
   }
 
   /** Read a block from the main thread into dest and return its hash. */

@@ -14,7 +14,7 @@
 import { ChecksumError } from '../../common/errors.js';
 import type { Hasher } from '../blocks/hash.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
-import type { ListedBlock, WireBlock } from './wire.js';
+import type { BlockRange, ListedBlock, RangeReply, WireBlock } from './wire.js';
 
 export type { ListedBlock, WireBlock };
 
@@ -63,6 +63,18 @@ export interface PeerBlockStore {
    * memory copies into a fresh buffer first.
    */
   getBlock(ref: BlockRef): Promise<WireBlock | undefined>;
+
+  /**
+   * Optional: bytes [offset, offset + length) of a block and its sub-sums
+   * entry as stored (GET_RANGE, wire-ranges.ts; the range is whole 4 KiB
+   * sub-blocks, and past the block size it is an IoError EINVAL), or the
+   * whole block with `entry` undefined when the backend has no entry for it
+   * or the block is sealed; undefined when not held. Not verified on the way
+   * out: the receiver checks the entry against the block's xxh64 and each
+   * sub-block against its sum. A backend without it serves GET_RANGE whole
+   * from getBlock.
+   */
+  getRange?(range: BlockRange): Promise<RangeReply | undefined>;
 
   /** One answer per ref, in order: is the block held. */
   hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]>;

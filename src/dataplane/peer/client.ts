@@ -46,6 +46,7 @@ import type { PeerBlockStore } from './backend.js';
 import {
   PeerProtocolError,
   PeerTimeoutError,
+  PeerStatusError,
   PeerUnavailableError,
   type PeerError,
   statusError,
@@ -70,11 +71,13 @@ import {
   MAX_BATCH_REFS,
   OP_DELETE_BLOCKS,
   OP_GET_BLOCK,
+  OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_HELLO,
   OP_PING,
   OP_PUT_BLOCKS,
   OP_SYNC,
+  STATUS_BAD_REQUEST,
   STATUS_NOT_FOUND,
   STATUS_OK,
   checkFrameHeader,
@@ -86,6 +89,8 @@ import {
   headerRequestId,
   headerStatus,
   opName,
+  type BlockRange,
+  type RangeReply,
   type WireBlock,
 } from './wire.js';
 
@@ -133,6 +138,9 @@ export class PeerClient implements PeerBlockStore {
   private suspect = false;
   private probeOut = false;
 
+  /** The connection whose peer answered GET_RANGE with BAD_REQUEST (a node from before it): whole blocks only. */
+  private wholeOnly: Connection | undefined;
+
   /** The peer's HELLO on the current connection. */
   identity: PeerIdentity | undefined;
   /** Replies that came after their request had timed out (dropped). */
@@ -172,6 +180,39 @@ export class PeerClient implements PeerBlockStore {
   /** The block, or undefined when the peer does not hold it. Its bytes may be a view into a larger received buffer: copy them to keep them long. */
   getBlock(ref: BlockRef, options: RequestOptions = {}): Promise<WireBlock | undefined> {
     return this.request(OP_GET_BLOCK, ref, options.timeoutMs ?? this.settings.getTimeoutMs);
+  }
+
+  /**
+   * Bytes [offset, offset + length) of a block with its sub-sums entry
+   * (GET_RANGE, wire-ranges.ts), or the whole block (`entry` undefined) when
+   * the peer has no usable entry; undefined when it does not hold the block.
+   * A peer from before GET_RANGE answers BAD_REQUEST: that connection is
+   * then asked GET_BLOCK instead, this request included.
+   */
+  getRange(range: BlockRange, options: RequestOptions = {}): Promise<RangeReply | undefined> {
+    const timeoutMs = options.timeoutMs ?? this.settings.getTimeoutMs;
+    if (this.conn !== undefined && this.conn === this.wholeOnly)
+      return this.rangeOfWhole(range.ref, timeoutMs);
+    return this.request<RangeReply | undefined>(OP_GET_RANGE, range, timeoutMs).catch(
+      (err: PeerError) => {
+        if (!(err instanceof PeerStatusError) || err.status !== STATUS_BAD_REQUEST) throw err;
+        // The reply came on the current connection (a lost one rejects otherwise).
+        if (this.conn && this.wholeOnly !== this.conn) {
+          this.wholeOnly = this.conn;
+          this.log.info(
+            { reason: err.message },
+            'peer does not serve GET_RANGE (a node from before it): asking it for whole blocks',
+          );
+        }
+        return this.rangeOfWhole(range.ref, timeoutMs);
+      },
+    );
+  }
+
+  private rangeOfWhole(ref: BlockRef, timeoutMs: number): Promise<RangeReply | undefined> {
+    return this.request<WireBlock | undefined>(OP_GET_BLOCK, ref, timeoutMs).then((block) =>
+      block ? { offset: 0, entry: undefined, block } : undefined,
+    );
   }
 
   hasBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<boolean[]> {
@@ -421,7 +462,11 @@ export class PeerClient implements PeerBlockStore {
       let payload = reader.takeFrame(length);
       // A block goes to the caller, who keeps it: it must not stay a view of the read buffer.
       // (Other replies are decoded into numbers and booleans right here.)
-      if (reader.payloadTransient && opcode === OP_GET_BLOCK && status === STATUS_OK) {
+      if (
+        reader.payloadTransient &&
+        (opcode === OP_GET_BLOCK || opcode === OP_GET_RANGE) &&
+        status === STATUS_OK
+      ) {
         const owned = this.allocate(length);
         payload.copy(owned);
         payload = owned;
@@ -462,7 +507,7 @@ export class PeerClient implements PeerBlockStore {
       );
     this.pending.delete(p);
     if (status !== STATUS_OK) {
-      if (status === STATUS_NOT_FOUND && opcode === OP_GET_BLOCK)
+      if (status === STATUS_NOT_FOUND && (opcode === OP_GET_BLOCK || opcode === OP_GET_RANGE))
         return p.resolve(undefined as never);
       return p.reject(statusError(this.peer, opName(opcode), status, decodeErrorMessage(payload)));
     }

@@ -9,7 +9,7 @@
  *   (PeerProtocolError), another cluster (PeerWrongClusterError), another
  *   node than the ring said (PeerIdentityError).
  * - `decodeReply` returns the value of an OK reply to a request of opcode
- *   `op` with argument `arg` (a block, a bitmap as booleans, a count, or
+ *   `op` with argument `arg` (a block, a range of one, a bitmap as booleans, a count, or
  *   undefined), or throws a plain Error saying what is wrong with it; the
  *   client makes that a PeerProtocolError and closes the connection. A block
  *   is a view of `payload`, which the caller then keeps.
@@ -24,6 +24,7 @@ import {
 import {
   OP_DELETE_BLOCKS,
   OP_GET_BLOCK,
+  OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_PING,
   OP_PUT_BLOCKS,
@@ -35,6 +36,8 @@ import {
   decodeCountReply,
   decodeErrorMessage,
   decodeHello,
+  decodeRangeReply,
+  type BlockRange,
 } from './wire.js';
 
 /** What the peer said in its HELLO. */
@@ -97,6 +100,8 @@ export function decodeReply(op: number, arg: unknown, payload: Buffer): unknown 
       }
       return block;
     }
+    case OP_GET_RANGE:
+      return decodeRangeReply(payload, arg as BlockRange);
     case OP_HAS_BLOCKS:
       return decodeBitmapReply(payload, (arg as BlockRef[]).length);
     case OP_DELETE_BLOCKS:

@@ -12,9 +12,11 @@ import type { Outbound } from './outbound.js';
 import {
   BLOCK_DESCRIPTOR_SIZE,
   GET_BLOCK_FRAME_SIZE,
+  GET_RANGE_FRAME_SIZE,
   HEADER_SIZE,
   OP_DELETE_BLOCKS,
   OP_GET_BLOCK,
+  OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_PING,
   OP_PUT_BLOCKS,
@@ -24,8 +26,10 @@ import {
   encodeBlockDescriptor,
   encodeEmptyFrame,
   encodeGetBlock,
+  encodeGetRange,
   encodePutBlocksHead,
   encodeRefsFrame,
+  type BlockRange,
   type WireBlock,
 } from './wire.js';
 
@@ -36,6 +40,12 @@ export function encodeRequest(out: Outbound, op: number, id: number, arg: unknow
       const at = out.claim(GET_BLOCK_FRAME_SIZE);
       encodeGetBlock(out.slab, at, id, arg as BlockRef);
       out.commit(GET_BLOCK_FRAME_SIZE);
+      break;
+    }
+    case OP_GET_RANGE: {
+      const at = out.claim(GET_RANGE_FRAME_SIZE);
+      encodeGetRange(out.slab, at, id, arg as BlockRange);
+      out.commit(GET_RANGE_FRAME_SIZE);
       break;
     }
     case OP_PUT_BLOCKS: {

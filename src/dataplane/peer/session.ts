@@ -37,11 +37,16 @@ import { FrameReader, slabAllocator } from './frame-reader.js';
 import { Outbound } from './outbound.js';
 import {
   BLOCK_REPLY_HEAD_SIZE,
+  decodeGetRange,
+  encodeRangeReplyHead,
+  rangeReplyHeadSize,
+  type RangeReply,
   COUNT_REPLY_SIZE,
   FLAG_REPLY,
   HEADER_SIZE,
   OP_DELETE_BLOCKS,
   OP_GET_BLOCK,
+  OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_HELLO,
   OP_PING,
@@ -307,6 +312,38 @@ export class PeerSession extends ServedConnection {
           this.out.write(block.data);
           this.noteQueued();
           moved = block.data.length;
+          break;
+        }
+        case OP_GET_RANGE: {
+          const range = decodeGetRange(payload);
+          const reply: RangeReply | undefined = this.backend.getRange
+            ? await this.backend.getRange(range)
+            : await this.backend
+                .getBlock(range.ref)
+                .then((block) => (block ? { offset: 0, entry: undefined, block } : undefined));
+          const ref = range.ref;
+          if (!reply) {
+            status = STATUS_NOT_FOUND;
+            this.send(
+              encodeErrorReply(OP_GET_RANGE, id, STATUS_NOT_FOUND, `${formatRef(ref)} not held`),
+            );
+            break;
+          }
+          const got = reply.block.ref;
+          if (
+            got.volumeId !== ref.volumeId ||
+            got.generation !== ref.generation ||
+            got.index !== ref.index
+          )
+            throw new Error(`backend answered ${formatRef(ref)} with ${formatRef(got)}`);
+          if (!this.writable()) break;
+          const head = rangeReplyHeadSize(reply);
+          const at = this.out.claim(head);
+          encodeRangeReplyHead(this.out.slab, at, id, reply);
+          this.out.commit(head);
+          this.out.write(reply.block.data);
+          this.noteQueued();
+          moved = reply.block.data.length;
           break;
         }
         case OP_HAS_BLOCKS: {

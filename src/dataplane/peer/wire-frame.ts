@@ -69,6 +69,12 @@ export const OP_PING = 6;
  * was sent; puts still in flight alongside it may or may not be.
  */
 export const OP_SYNC = 7;
+/**
+ * Part of a block and its sub-sums entry (wire-ranges.ts). Added after the
+ * others without a new header version: a node that predates it answers
+ * BAD_REQUEST (unknown opcode) and the client asks it for whole blocks.
+ */
+export const OP_GET_RANGE = 8;
 
 // ---------------------------------------------------------------- statuses
 
@@ -112,6 +118,7 @@ const OP_NAMES = nameTable({
   OP_DELETE_BLOCKS,
   OP_PING,
   OP_SYNC,
+  OP_GET_RANGE,
 });
 const STATUS_NAMES = nameTable({
   STATUS_OK,

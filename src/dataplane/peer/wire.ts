@@ -29,9 +29,11 @@
  *   wire-frame.ts     header, opcodes, statuses, limits, name tables, errors
  *   wire-blocks.ts    refs and block descriptors
  *   wire-messages.ts  HELLO, PUT_BLOCKS, GET_BLOCK, HAS/DELETE_BLOCKS, empty frames, error replies
+ *   wire-ranges.ts    GET_RANGE: part of a block with its sub-sums entry
  *   wire-listing.ts   the gRPC service's listings and frameless payloads
  */
 export * from './wire-frame.js';
 export * from './wire-blocks.js';
 export * from './wire-messages.js';
+export * from './wire-ranges.js';
 export * from './wire-listing.js';

@@ -6,7 +6,9 @@
  *   - Its candidates (ring order, live first, from the task) are reordered
  *     by this worker's view of each peer (peer-health.ts): healthy ones
  *     first, then those answering more than twice as slowly as the fastest,
- *     then penalized ones (recent failures or hedges); ring order within each.
+ *     then penalized ones (recent failures or hedges); within each, ring
+ *     order rotated by the block's index, so a run of blocks is spread over
+ *     every copy instead of queueing on the first.
  *   - One get goes to the first. If no good answer has come within that
  *     peer's hedge delay, the next candidate is asked too (a hedge); a
  *     failure (error, not held, bad checksum) asks the next one at once.
@@ -28,10 +30,11 @@
  * into the cache slot.
  */
 import type { Hasher } from '../blocks/hash.js';
+import { SUB_BLOCK_SIZE, subSum, subsumsMatch } from '../blocks/sub-sums.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
 import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
-import type { WireBlock } from '../peer/wire.js';
+import type { RangeReply, WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';
 import { GET_TIMEOUT_MS, peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
@@ -84,6 +87,13 @@ export class HedgedRead {
   private readonly timedOut: (number[] | undefined)[];
   /** 1 once block i's patient round has been sent. */
   private readonly patient: Uint8Array;
+  /**
+   * Per block, the sub-blocks wanted when only part of it is (a plain
+   * block's 4 KiB miss: GET_RANGE); 0 asks for the whole block (GET_BLOCK).
+   * Set to 0 when a peer's sub-sums entry did not fit the block's hash: the
+   * entry, not the data, may be stale, so the block is then asked whole.
+   */
+  private readonly partOf: Uint32Array;
   private open = 0;
   private readonly repairing: Promise<void>[] = [];
   private timer: NodeJS.Timeout | undefined;
@@ -114,6 +124,8 @@ export class HedgedRead {
     this.good = new Array(this.n);
     this.timedOut = new Array(this.n);
     this.patient = new Uint8Array(this.n);
+    this.partOf = new Uint32Array(this.n);
+    if (task.subBlocks && !deps.sealer) this.partOf.set(task.subBlocks);
   }
 
   /** Resolves once every block the local store could not serve has a good copy or has run out of candidates, and repairs are done. */
@@ -150,15 +162,37 @@ export class HedgedRead {
     return rank;
   }
 
+  /**
+   * Block i's candidates by rank; within a rank the ring order is rotated by
+   * the block's index, so consecutive blocks (a sequential reader, read-ahead)
+   * start on different replicas and every copy serves its share, not the
+   * first replica all of them.
+   */
   private orderCandidates(i: number, rank: Uint8Array): void {
     const base = i * this.stride;
     let k = 0;
     for (let r = 0; r <= 2; r++) {
+      let count = 0;
       for (let t = 0; t < this.stride; t++) {
         const peer = this.remote.targets[base + t];
         if (peer < 0) break;
-        if (rank[peer] === r) this.order[base + k++] = peer;
+        if (rank[peer] === r) count++;
       }
+      if (count === 0) continue;
+      let skip = this.task.indices[i] % count;
+      const start = k;
+      for (let t = 0; t < this.stride; t++) {
+        const peer = this.remote.targets[base + t];
+        if (peer < 0) break;
+        if (rank[peer] !== r) continue;
+        // The first `skip` of this rank go after the rest.
+        if (skip > 0) {
+          this.order[base + start + count - skip--] = peer;
+          continue;
+        }
+        this.order[base + k++] = peer;
+      }
+      k = start + count;
     }
   }
 
@@ -190,12 +224,74 @@ export class HedgedRead {
 
   private get(i: number, peer: number, timeoutMs: number): void {
     const sent = performance.now();
-    peerClient(this.remote.identity, this.remote.peers[peer])
-      .getBlock(this.ref(i), { timeoutMs })
-      .then(
+    const client = peerClient(this.remote.identity, this.remote.peers[peer]);
+    const part = this.partOf[i];
+    if (part === 0) {
+      client.getBlock(this.ref(i), { timeoutMs }).then(
         (block) => this.onAnswer(i, peer, sent, block),
         (err: PeerError) => this.onFailure(i, peer, err),
       );
+      return;
+    }
+    // The span from the first wanted sub-block to the last; only the wanted ones are copied.
+    const first = 31 - Math.clz32(part & -part);
+    const last = 31 - Math.clz32(part);
+    const range = {
+      ref: this.ref(i),
+      offset: first * SUB_BLOCK_SIZE,
+      length: (last - first + 1) * SUB_BLOCK_SIZE,
+    };
+    client.getRange(range, { timeoutMs }).then(
+      (reply) =>
+        reply?.entry
+          ? this.onRange(i, peer, sent, reply)
+          : this.onAnswer(i, peer, sent, reply?.block),
+      (err: PeerError) => this.onFailure(i, peer, err),
+    );
+  }
+
+  /**
+   * A range-form GET_RANGE answer: the entry must be the one for the map's
+   * xxh64, and each wanted sub-block must match its sum in it. Only the
+   * wanted sub-blocks are copied into the slot.
+   */
+  private onRange(i: number, peer: number, sent: number, reply: RangeReply): void {
+    this.inFlight[i]--;
+    this.health[peer].answered(performance.now() - sent);
+    if (this.settled[i]) return;
+    const target = this.remote.peers[peer];
+    const { hash } = this.deps;
+    const entry = reply.entry!;
+    if (!subsumsMatch(entry, this.task.hashes[2 * i], this.task.hashes[2 * i + 1], hash)) {
+      // A stale or damaged entry says nothing about the data: ask the same peer for the whole block.
+      this.note(i, `${target.uuid}: sub-sums entry does not fit the block's hash`);
+      this.partOf[i] = 0;
+      this.inFlight[i]++;
+      this.get(i, peer, GET_TIMEOUT_MS);
+      return;
+    }
+    // The task's mask, not partOf: a hedge's range may answer after an entry that did not fit reset partOf.
+    const part = this.task.subBlocks![i];
+    const data = reply.block.data;
+    for (let j = 0; j < 32; j++) {
+      if ((part & (1 << j)) === 0) continue;
+      const at = j * SUB_BLOCK_SIZE - reply.offset;
+      if (hash.hash32(data.subarray(at, at + SUB_BLOCK_SIZE)) !== subSum(entry, j)) {
+        this.note(i, `${target.uuid}: sub-block ${j} does not match its sum`);
+        (this.bad[i] ??= []).push(peer);
+        return this.moveOn(i);
+      }
+    }
+    const dest = this.deps.dest(i);
+    for (let j = 0; j < 32; j++) {
+      if ((part & (1 << j)) === 0) continue;
+      const at = j * SUB_BLOCK_SIZE - reply.offset;
+      dest.set(data.subarray(at, at + SUB_BLOCK_SIZE), j * SUB_BLOCK_SIZE);
+    }
+    this.result.status[i] = READ_OK;
+    this.result.reasons[i] = '';
+    this.fromPeers++;
+    this.settle(i);
   }
 
   private onAnswer(i: number, peer: number, sent: number, block: WireBlock | undefined): void {
@@ -238,6 +334,8 @@ export class HedgedRead {
     } else {
       dest.set(block.data);
     }
+    // Asked for part of it, given all of it: the whole slot now holds checked bytes.
+    if (this.task.subBlocks?.[i]) (this.result.whole ??= new Uint8Array(this.n))[i] = 1;
     this.result.status[i] = READ_OK;
     this.result.reasons[i] = '';
     this.fromPeers++;

@@ -81,9 +81,10 @@ export interface ReadBatchTask {
   /**
    * Per block, a mask of the 4 KiB sub-blocks to read (bit i: bytes
    * [4096 i, 4096 (i + 1))), each checked against its sub-sum
-   * (blocks/sub-sums.ts); 0 reads the whole block. Only for local reads of
-   * plain blocks: never with `key` or `remote`. The worker writes nothing
-   * of the cache slot outside the mask unless it reads the block whole.
+   * (blocks/sub-sums.ts); 0 reads the whole block. Only for plain blocks
+   * (never with `key`): from the local store, or from a peer with GET_RANGE
+   * (hedged-read.ts). The worker writes nothing of the cache slot outside
+   * the mask unless it reads the block whole (then `whole` says so).
    */
   subBlocks?: Uint32Array;
 }

@@ -24,6 +24,7 @@ import {
   OFF_HASH_LO,
   OFF_NONCE,
   OFF_TAG,
+  RECORD_SEALED,
   RECORD_SIZE,
   TAG_SIZE,
 } from '../blocks/record.js';
@@ -36,7 +37,7 @@ import {
   type PeerBlockBackend,
   type PeerNodeInfo,
 } from '../peer/backend.js';
-import type { ListedBlock, WireBlock } from '../peer/wire.js';
+import type { BlockRange, ListedBlock, RangeReply, WireBlock } from '../peer/wire.js';
 import { RateMeter } from './rate.js';
 
 /** A read that finds its slot rebound this many times in a row gives up (INTERNAL); each retry is a fresh lookup. */
@@ -185,6 +186,41 @@ export class DiskPeerBackend implements PeerBlockBackend {
         `${formatRef(ref)} moved to another slot ${READ_ATTEMPTS} times while being read`,
       );
     });
+  }
+
+  /**
+   * GET_RANGE: the range's bytes and the slot's sub-sums entry, read as
+   * stored and not checked here (the reader checks both against the map's
+   * xxh64). A sealed block, or a store without the table, answers whole.
+   */
+  getRange(range: BlockRange): Promise<RangeReply | undefined> {
+    const { store } = this;
+    const { ref, offset, length } = range;
+    if (offset + length > store.blockSize)
+      return Promise.reject(
+        new IoError('EINVAL', `range ${offset}+${length} of a ${store.blockSize}-byte block`),
+      );
+    const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
+    if (slot === undefined) return Promise.resolve(undefined);
+    const whole = (): Promise<RangeReply | undefined> =>
+      this.getBlock(ref).then((block) =>
+        block ? { offset: 0, entry: undefined, block } : undefined,
+      );
+    if (store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED) return whole();
+    return this.track(async (): Promise<RangeReply | undefined> => {
+      const entry = new Uint8Array(store.subsumsEntrySize);
+      const data = Buffer.allocUnsafe(length);
+      const block = this.fromRecord(ref, slot, data);
+      // No table, or the slot rebound while we read (the bytes may be another block's): answer whole.
+      // Both at once: each is a round trip through the libuv pool.
+      const [hasEntry] = await Promise.all([
+        store.readSubsums(slot, entry),
+        store.readPart(slot, offset, data),
+      ]);
+      if (!hasEntry) return undefined;
+      if (store.lookup(ref.volumeId, ref.generation, ref.index) !== slot) return undefined;
+      return { offset, entry, block };
+    }).then((reply) => reply ?? whole());
   }
 
   hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {

@@ -3,13 +3,16 @@
  * partly loaded one reused), the read handed to the pool, the slot Clean
  * with what it now holds, or freed and a typed error on failure.
  *
- * Sub-block reads (single node, plain blocks): a miss reads only the 4 KiB
- * sub-blocks the request touches (blocks/sub-sums.ts), each checked against
- * its own xxh32, which is checked against the block's xxh64 in the map; a
- * sequential reader gets the rest of the block in the same read. The slot
- * records what it holds (cache/block-cache.ts, valid masks); a later miss
- * on the same block fills only what is missing. Sealed blocks and cluster
- * reads are whole: the AEAD tag, and a peer's copy, cover the whole block.
+ * Sub-block reads (plain blocks): a miss reads only the 4 KiB sub-blocks
+ * the request touches (blocks/sub-sums.ts), each checked against its own
+ * xxh32, which is checked against the block's xxh64 in the map — from the
+ * local store, or from a replica (GET_RANGE on the peer wire, which sends
+ * the entry with the bytes); a sequential reader gets the rest of the
+ * block in the same read. The slot records what it holds
+ * (cache/block-cache.ts, valid masks); a later miss on the same block fills
+ * only what is missing. Sealed blocks are whole: the AEAD tag covers the
+ * whole block. Cluster reads by a sequential reader also fetch the blocks
+ * after it ahead of time (read-ahead.ts), whole.
  */
 import { assert } from '../../common/assert.js';
 import { ChecksumError, IoError } from '../../common/errors.js';
@@ -18,6 +21,7 @@ import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import { READ_CHECKSUM_MISMATCH, READ_OK, READ_OPEN_FAILED } from '../pool/tasks.js';
 import type { ReadRemote } from '../replication/block-placement.js';
 import { ENTRY_SEALED } from './block-map.js';
+import { ReadAhead } from './read-ahead.js';
 import type { VolumeState } from './volume-state.js';
 
 /** Where a block's stored copy is, for a fill. */
@@ -35,6 +39,12 @@ interface BlockSource {
 export class BlockLoads {
   /** In-flight cache fills, by block index: a request meeting a Loading slot waits on its fill. */
   readonly inFlight = new Map<number, Promise<void>>();
+  /**
+   * Sequential readers of blocks that come from peers get the next blocks
+   * fetched ahead (read-ahead.ts); the volume tells it of every read. Off
+   * on a single node, whose misses are local preads.
+   */
+  readonly readAhead: ReadAhead;
 
   constructor(
     private readonly state: VolumeState,
@@ -42,15 +52,29 @@ export class BlockLoads {
     private readonly owner: CacheOwner,
     /** Wait for a cache slot (write back, or fail with the write-back's error). */
     private readonly waitForCacheSpace: () => Promise<void>,
-  ) {}
+  ) {
+    this.readAhead = new ReadAhead(
+      state.blockSize,
+      () => state.map.blockCount,
+      () => state.placement.readRemote(state.id, 0) !== undefined,
+      (index) => this.fetchAhead(index),
+    );
+  }
+
+  /** Read-ahead's fetch: block `index` whole into the cache unless it is there, coming, or a hole. */
+  private fetchAhead(index: number): void {
+    if (this.state.table.has(index) || this.state.isHole(index)) return;
+    // A failed fetch is the reader's to see, when (and if) it asks for the block itself.
+    this.loaded(index).catch(() => undefined);
+  }
 
   /**
    * A cache slot holding the current data of bytes [within, within + length)
    * of block `index` (the whole block by default), or -1 if the block is a
    * hole. When this resolves the slot is valid until the caller yields. A
-   * miss reads only the 4 KiB sub-blocks the range touches, from the local
-   * store of a single node, for a plain block; a sealed block or a cluster's
-   * read is whole (the AEAD tag, and a peer's copy, cover the whole block).
+   * miss of a plain block reads only the 4 KiB sub-blocks the range touches,
+   * from the local store or a replica; a sealed block is read whole (the
+   * AEAD tag covers the whole block).
    */
   async loaded(index: number, within = 0, length = this.state.blockSize): Promise<number> {
     const { cache, store } = this.state.services;
@@ -100,7 +124,8 @@ export class BlockLoads {
       }
       cache.misses++;
       const sealed = (entry.flags & ENTRY_SEALED) !== 0;
-      const whole = sealed || remote !== undefined || cache.subBlocks === 0;
+      // A replica serves part of a plain block too (GET_RANGE, with its sub-sums entry).
+      const whole = sealed || cache.subBlocks === 0;
       // A fill continuing from the sub-block before it is sequential too: read to the block's end.
       const first = Math.floor(within / SUB_BLOCK_SIZE);
       const sequential = first > 0 && (previous & (1 << (first - 1))) !== 0;

@@ -208,6 +208,7 @@ export class Volume implements CacheOwner {
       }
       done += n;
     }
+    this.blockLoads.readAhead.note(offset, dest.length); // after this read's own misses: they go first
     return pending ? Promise.all(pending).then(() => undefined) : DONE;
   }
 
@@ -252,6 +253,7 @@ export class Volume implements CacheOwner {
       }
       position += n;
     }
+    this.blockLoads.readAhead.note(offset, length);
     return {
       buffers,
       release: () => {
