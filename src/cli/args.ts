@@ -5,7 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../common/size.js';
-import { MAX_TARGETS } from '../dataplane/replication/placement.js';
+import { MAX_REPLICATION } from '../model/replication.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean' | 'size' | 'address' | 'integer';
@@ -34,8 +34,12 @@ export const SECONDS_RANGE = { min: 0, max: Math.floor((2 ** 31 - 1) / 1000) } a
 
 /** Data-plane worker threads; 0 picks the default (one per core, at most 4). */
 export const WORKERS_RANGE = { min: 0, max: 64 } as const;
-/** Copies of each block: placement finds at most MAX_TARGETS nodes for one. */
-export const REPLICATION_RANGE = { min: 1, max: MAX_TARGETS } as const;
+/**
+ * Copies of each block: at most MAX_REPLICATION (placement's MAX_TARGETS is
+ * it). From the model, not from placement: every torusctl command parses
+ * flags, and placement brings the ring's modules with it.
+ */
+export const REPLICATION_RANGE = { min: 1, max: MAX_REPLICATION } as const;
 
 /** A token that is a negative number ("-5", "-1GiB"), never a flag: no flag is a digit. */
 const NEGATIVE = /^-\d/;

@@ -14,14 +14,11 @@ export interface Command {
   run(args: Parsed): Promise<number | void>;
 }
 
-export async function dispatch(
-  program: string,
-  summary: string,
-  commands: Command[],
-  argv: string[],
-): Promise<number> {
-  // First pass, permissive, only to find the command words: value-taking flags
-  // of every command are declared so their values are not taken for words.
+/**
+ * The words of `argv` (its positionals, found permissively): value-taking
+ * flags of every command are declared so their values are not taken for words.
+ */
+export function commandWords(commands: Command[], argv: string[]): string[] {
   const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {};
   for (const c of commands) {
     for (const [name, flag] of Object.entries(c.spec.flags)) {
@@ -31,12 +28,29 @@ export async function dispatch(
       };
     }
   }
-  const loose = parseArgs({ args: argv, options, allowPositionals: true, strict: false });
-  const words = loose.positionals;
-  const match = commands
+  return parseArgs({ args: argv, options, allowPositionals: true, strict: false }).positionals;
+}
+
+/** The command these words name (the longest match of its words or an alias), or undefined. */
+export function findCommand(
+  commands: Command[],
+  words: string[],
+): { c: Command; w: string[] } | undefined {
+  return commands
     .flatMap((c) => [c.words, ...(c.aliases ?? [])].map((w) => ({ c, w })))
     .filter(({ w }) => w.every((word, i) => words[i] === word))
     .sort((a, b) => b.w.length - a.w.length)[0];
+}
+
+export async function dispatch(
+  program: string,
+  summary: string,
+  commands: Command[],
+  argv: string[],
+): Promise<number> {
+  // First pass, permissive, only to find the command words.
+  const words = commandWords(commands, argv);
+  const match = findCommand(commands, words);
   if (!match) {
     if (words.length === 0 || words[0] === 'help') {
       const asked = words[0] === 'help' || argv.includes('--help') || argv.includes('-h');

@@ -27,6 +27,7 @@ import { TransferProgress } from './transfer-progress.js';
 import { clientTlsFilesOf, nbdClientTlsFlags } from './tls-flags.js';
 import type { NbdAddress } from '../dataplane/nbd-client/client.js';
 import { contentHash } from './background-hash.js';
+import { openOutputFile, type OutputFile } from './direct-file.js';
 import { dumpVolume, fileSink, streamSink, type TransferResult } from './volume-dump.js';
 import { fileSource, loadVolume, streamSource } from './volume-load.js';
 
@@ -142,7 +143,7 @@ export function dumpLoadCommands(): Command[] {
         if (problem) throw new ArgumentError(problem);
         // Started before connecting: the hashing thread starts up meanwhile.
         const hash = contentHash(!args.values['no-checksum']);
-        let file: FileHandle | undefined;
+        let output: OutputFile | undefined;
         let result: TransferResult;
         const reach = await reachOf(args).catch(async (err: unknown) => {
           await hash.close();
@@ -152,17 +153,19 @@ export function dumpLoadCommands(): Command[] {
           const handle = await openOn(reach, volume, true);
           const progress = new TransferProgress(`dump ${volume}`, handle.size);
           try {
-            file = toStdout ? undefined : await open(target, 'w');
+            output = toStdout ? undefined : await openOutputFile(target);
             result = await dumpVolume(
               handle,
-              file ? fileSink(file) : streamSink(process.stdout),
+              output ? fileSink(output) : streamSink(process.stdout),
               (d) => progress.update(d),
               { hash },
             );
-            await file?.close();
+            await output?.direct?.close();
+            await output?.file.close();
           } catch (err) {
-            if (file) {
-              await file.close().catch(() => undefined);
+            if (output) {
+              await output.direct?.close().catch(() => undefined);
+              await output.file.close().catch(() => undefined);
               await rm(target, { force: true });
             }
             throw err;

@@ -2,7 +2,18 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { BackgroundHash, sharedBuffers } from './background-hash.js';
+import {
+  DIRECT_ALIGNMENT,
+  DIRECT_MIN_BYTES,
+  directWritable,
+  openOutputFile,
+  pageAlignedSharedBuffers,
+} from './direct-file.js';
+import { fileSink } from './volume-dump.js';
 import { dumpOutputProblem, pipedInputProblem } from './dump-load-commands.js';
 import { TransferProgress, formatDuration } from './transfer-progress.js';
 
@@ -40,10 +51,80 @@ describe('block dump / load: the background sha256', () => {
     assert.equal(await hash.digest(), expected.digest('hex'));
   });
 
+  it('keeps order past a full command ring (the backlog), with page-aligned memory', async () => {
+    // 600 commands in one go: more than the ring holds, so most wait on this side.
+    const [a, b] = pageAlignedSharedBuffers(2, 64 * 1024);
+    randomBytes(a.length).copy(a);
+    randomBytes(b.length).copy(b);
+    const expected = createHash('sha256');
+    const hash = new BackgroundHash();
+    const updates: Promise<void>[] = [];
+    for (let i = 0; i < 300; i++) {
+      const view = (i % 2 ? a : b).subarray(i, i + 1000);
+      expected.update(view);
+      updates.push(hash.update(view));
+      hash.zeros(i + 1);
+      expected.update(Buffer.alloc(i + 1));
+    }
+    await Promise.all(updates);
+    assert.equal(await hash.digest(), expected.digest('hex'));
+  });
+
   it('refuses a buffer the thread cannot see', async () => {
     const hash = new BackgroundHash();
     await assert.rejects(hash.update(Buffer.alloc(16)), TypeError);
     await hash.close();
+  });
+});
+
+describe('block dump: the output file', () => {
+  it('goes around the page cache only for whole aligned chunks of its own buffers', () => {
+    const [chunk] = pageAlignedSharedBuffers(1, DIRECT_MIN_BYTES);
+    assert.ok(chunk.buffer instanceof SharedArrayBuffer);
+    assert.equal(directWritable(chunk, 0), true);
+    assert.equal(directWritable(chunk, 3 * DIRECT_MIN_BYTES), true);
+    assert.equal(directWritable(chunk, 512), false, 'offset not aligned');
+    assert.equal(directWritable(chunk.subarray(0, DIRECT_MIN_BYTES / 4), 0), false, 'short');
+    assert.equal(directWritable(chunk.subarray(16), 0), false, 'memory not aligned');
+    assert.equal(
+      directWritable(chunk.subarray(0, DIRECT_MIN_BYTES - DIRECT_ALIGNMENT / 2), 0),
+      false,
+      'length not aligned',
+    );
+    assert.throws(() => pageAlignedSharedBuffers(1, 1000), RangeError);
+  });
+
+  it('holds the bytes written at their offsets, direct or not, and stays sparse', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'torus-dumpfile-'));
+    try {
+      const path = join(dir, 'out');
+      const output = await openOutputFile(path);
+      const sink = fileSink(output);
+      const [whole, small] = sink.buffers!(2, DIRECT_MIN_BYTES)!;
+      randomBytes(whole.length).copy(whole);
+      randomBytes(small.length).copy(small);
+      const size = 64 * 1024 * 1024;
+      const expected = Buffer.alloc(size);
+      const put = async (data: Buffer, offset: number) => {
+        data.copy(expected, offset);
+        await sink.data(data, offset);
+      };
+      await put(whole, 8 * 1024 * 1024); // direct where the file system allows
+      await put(small.subarray(0, 1024 * 1024), 20 * 1024 * 1024); // short: through the cache
+      await put(small.subarray(100, 5000), 30 * 1024 * 1024 + 7); // unaligned
+      await sink.finish(size);
+      await output.direct?.close();
+      await output.file.close();
+      assert.ok((await readFile(path)).equals(expected));
+      const info = await stat(path);
+      assert.equal(info.size, size);
+      assert.ok(
+        info.blocks * 512 < 16 * 1024 * 1024,
+        `sparse: ${info.blocks * 512} bytes allocated`,
+      );
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 

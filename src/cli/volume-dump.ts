@@ -12,11 +12,19 @@
  * order; a pipe too). The hash runs on a thread of its own (background-hash.ts)
  * and the sink's writes overlap (a file's pwrites run in the thread pool): a
  * buffer is read into again once both the sink and the hash are done with it.
+ * A file sink given an O_DIRECT handle writes around the page cache, from
+ * page-aligned buffers it hands out (direct-file.ts).
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import type { VolumeHandle } from '../library/volume-handle.js';
 import { contentHash, sharedBuffers, type ContentHash } from './background-hash.js';
+import {
+  DIRECT_ALIGNMENT,
+  directWritable,
+  pageAlignedSharedBuffers,
+  type OutputFile,
+} from './direct-file.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
 export const DEPTH = 8;
@@ -26,6 +34,11 @@ const STATUS_SPAN = 1024 * 1024 * 1024;
 export const ZEROS = Buffer.alloc(1024 * 1024);
 
 export interface DumpSink {
+  /**
+   * `count` shared buffers of `size` bytes it writes fastest from, or
+   * undefined (dumpVolume makes its own).
+   */
+  buffers?(count: number, size: number): Buffer[] | undefined;
   /** `data` belongs to offset; it is reused once the promise settles. */
   data(data: Buffer, offset: number): Promise<void>;
   /** `length` zero bytes at offset. */
@@ -44,11 +57,37 @@ export interface TransferResult {
   seconds: number;
 }
 
-/** A file: data written at its offset, zeros skipped, size set at the end (sparse). */
-export function fileSink(file: FileHandle): DumpSink {
+/**
+ * A file: data written at its offset, zeros skipped, size set at the end
+ * (sparse). Given an OutputFile with an O_DIRECT handle, data from the
+ * page-aligned buffers it hands out goes around the page cache where
+ * aligned (direct-file.ts), the rest through the ordinary handle.
+ */
+export function fileSink(output: FileHandle | OutputFile): DumpSink {
+  const { file, direct } = 'direct' in output ? output : { file: output, direct: undefined };
+  /** The memory of the buffers handed out for direct writes. */
+  let aligned: ArrayBufferLike | undefined;
   return {
+    buffers(count, size) {
+      if (!direct) return undefined;
+      const buffers = pageAlignedSharedBuffers(count, size);
+      aligned = buffers[0].buffer;
+      return buffers;
+    },
     async data(data, offset) {
       let done = 0;
+      if (direct && data.buffer === aligned && directWritable(data, offset))
+        while (done < data.length) {
+          const { bytesWritten } = await direct.write(
+            data,
+            done,
+            data.length - done,
+            offset + done,
+          );
+          done += bytesWritten;
+          // A short direct write leaves an unaligned rest: the page cache takes it.
+          if (bytesWritten === 0 || bytesWritten % DIRECT_ALIGNMENT !== 0) break;
+        }
       while (done < data.length) {
         const { bytesWritten } = await file.write(data, done, data.length - done, offset + done);
         done += bytesWritten;
@@ -115,7 +154,7 @@ export async function dumpVolume(
 ): Promise<TransferResult> {
   const started = performance.now();
   const hash = options.hash ?? contentHash(options.checksum ?? true);
-  const buffers = sharedBuffers(DEPTH, CHUNK_BYTES);
+  const buffers = sink.buffers?.(DEPTH, CHUNK_BYTES) ?? sharedBuffers(DEPTH, CHUNK_BYTES);
   // When the hash and the sink are done with each buffer (it is then free to be read into again).
   const hashed: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
   const written: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());

@@ -29,7 +29,7 @@ import type { StorageNode } from '../node/storage-node.js';
 import type { PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import type { BlockDevice } from './block-device.js';
 import type { ClientNode } from './client-node.js';
-import { openClusterStore, type EtcdConfig } from './cluster-store.js';
+import type { EtcdConfig } from './cluster-store.js';
 import { ExportDevice } from './export-device.js';
 import { NbdDevice } from './nbd-device.js';
 import { VolumeHandle, type OpenVolumeOptions } from './volume-handle.js';
@@ -216,6 +216,7 @@ export class Torus extends VolumeOperations {
     this.clientOpening ??= (async () => {
       const etcd = this.etcd!;
       // On its own thread: the write locks' keepalives must not wait behind the caller's work.
+      const { openClusterStore } = await import('./cluster-store.js');
       const meta = await openClusterStore(etcd);
       try {
         const { openClientNode } = await import('./client-node.js');
