@@ -34,7 +34,6 @@ import type { Negotiated } from './handshake.js';
 import type { Inbound } from './inbound.js';
 import { RateLimitedLog } from '../transport/rate-limited-log.js';
 import { replyBuffers } from './reply-buffers.js';
-import { ReplyWriter } from './reply-writer.js';
 import {
   connectionLimits,
   ServedConnection,
@@ -122,7 +121,7 @@ export class Session extends ServedConnection {
         refusal: { errno: Errno; message: string };
       }
     | undefined;
-  private readonly replies: ReplyWriter;
+  private corked = false;
   private exportClosed = false;
   /** Failed requests, logged at most once a second per errno. */
   private failureLog: RateLimitedLog | undefined;
@@ -141,7 +140,6 @@ export class Session extends ServedConnection {
     this.structured = negotiated.structuredReplies;
     this.allocationContextId = negotiated.allocationContextId;
     this.maxPayload = Math.min(this.exp.maximumPayload, MAX_BUFFERED_PAYLOAD);
-    this.replies = new ReplyWriter(socket, () => this.noteQueued());
   }
 
   /** Begin serving: bytes already buffered after the handshake are parsed now. */
@@ -392,8 +390,7 @@ export class Session extends ServedConnection {
     const dataAt = this.structured ? STRUCTURED_READ_DATA_AT : SIMPLE_READ_DATA_AT;
     // Zero copy when the export has the whole range at hand: a small header,
     // then the export's own buffers (the socket gathers them into one writev).
-    // Not over TLS: it would join them into one fresh buffer anyway (reply-writer.ts).
-    const views = this.replies.encrypted ? undefined : this.exp.readViews?.(offset, length);
+    const views = this.exp.readViews?.(offset, length);
     if (views) {
       const header = Buffer.allocUnsafe(dataAt);
       if (this.structured)
@@ -527,12 +524,28 @@ export class Session extends ServedConnection {
     else this.sendSimple(error, cookieHigh, cookieLow);
   }
 
-  /** Queue a reply (ReplyWriter). Returns false when the socket is gone and nothing was queued (`written` will not be called). */
+  /**
+   * Queue a reply. Replies settled in the same tick are corked together so a
+   * burst of small ones costs one syscall. Reading stops while too much waits
+   * in the socket.
+   */
+  /** Returns false when the socket is gone and nothing was queued (`written` will not be called). */
   private send(buf: Buffer, written?: (err?: Error | null) => void): boolean {
-    if (this.socketClosed || !this.socket.writable) return false;
-    this.replies.write(buf, written);
+    const socket = this.socket;
+    if (this.socketClosed || !socket.writable) return false;
+    if (!this.corked) {
+      this.corked = true;
+      socket.cork();
+      process.nextTick(this.uncork);
+    }
+    if (!socket.write(buf, written)) this.noteQueued();
     return true;
   }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   // -------------------------------------------------------------- lifecycle
 
