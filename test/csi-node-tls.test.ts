@@ -19,7 +19,7 @@ import {
   forceCleanup,
   helpersUnder,
   loopsUnder,
-  mountCapability,
+  kubeletCalls,
   mountsUnder,
 } from './support/csi-node-kit.js';
 import { makeTestPki, type TestPki } from './tls-pki.js';
@@ -59,35 +59,15 @@ describe(
         nbdTls,
       });
       services.push(service);
+      current = service;
       return service;
     };
-    const staging = (volume: string) =>
-      join(kubeletDir, 'plugins/kubernetes.io/csi/pv', volume, 'globalmount');
-    const target = (pod: string, volume: string) =>
-      join(kubeletDir, 'pods', pod, 'volumes/kubernetes.io~csi', volume, 'mount');
-    const stage = async (service: NodeService, volume: string) => {
-      await mkdir(staging(volume), { recursive: true });
-      return service.NodeStageVolume!({
-        volume_id: volume,
-        staging_target_path: staging(volume),
-        volume_capability: mountCapability(),
-        volume_context: {},
-      });
-    };
-    const publish = async (service: NodeService, volume: string, pod: string) => {
-      await mkdir(join(target(pod, volume), '..'), { recursive: true });
-      return service.NodePublishVolume!({
-        volume_id: volume,
-        staging_target_path: staging(volume),
-        target_path: target(pod, volume),
-        volume_capability: mountCapability(),
-        readonly: false,
-      });
-    };
-    const unpublish = (service: NodeService, volume: string, pod: string) =>
-      service.NodeUnpublishVolume!({ volume_id: volume, target_path: target(pod, volume) });
-    const unstage = (service: NodeService, volume: string) =>
-      service.NodeUnstageVolume!({ volume_id: volume, staging_target_path: staging(volume) });
+    // The TLS service, or the plain one of the refusal test.
+    let current: NodeService;
+    const { target, stage, publish, unpublish, unstage } = kubeletCalls(
+      () => current,
+      () => kubeletDir,
+    );
 
     before(async () => {
       work = await mkdtemp(join(tmpdir(), 'torus-csi-tls-'));
@@ -123,27 +103,27 @@ describe(
     });
 
     test('stage (mkfs over TLS) → publish → files → unstage → stage again: files intact', async () => {
-      const service = newService({ certificates: pki.client });
-      await stage(service, 'secure');
-      await publish(service, 'secure', 'pod1');
+      newService({ certificates: pki.client });
+      await stage('secure');
+      await publish('secure', 'pod1');
       const content = randomBytes(2 * MiB);
       await writeFile(join(target('pod1', 'secure'), 'data.bin'), content);
-      await unpublish(service, 'secure', 'pod1');
-      await unstage(service, 'secure');
+      await unpublish('secure', 'pod1');
+      await unstage('secure');
       assert.deepEqual(await loopsUnder(stateDir), []);
 
-      await stage(service, 'secure');
-      await publish(service, 'secure', 'pod2');
+      await stage('secure');
+      await publish('secure', 'pod2');
       assert.deepEqual(await readFile(join(target('pod2', 'secure'), 'data.bin')), content);
-      await unpublish(service, 'secure', 'pod2');
-      await unstage(service, 'secure');
+      await unpublish('secure', 'pod2');
+      await unstage('secure');
       assert.deepEqual(await mountsUnder(kubeletDir, stateDir), []);
       assert.deepEqual(helpersUnder(stateDir), []);
     });
 
     test('a node service without TLS is refused, says why, and leaves nothing attached', async () => {
-      const plain = newService(undefined);
-      await assert.rejects(stage(plain, 'secure'), (err: Error) => {
+      newService(undefined);
+      await assert.rejects(stage('secure'), (err: Error) => {
         console.log(`# refused: ${err.message}`);
         assert.match(err.message, /TLS/i, err.message);
         return true;

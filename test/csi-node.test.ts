@@ -25,6 +25,7 @@ import {
   helpersUnder,
   loopsUnder,
   mountCapability,
+  kubeletCalls,
   mountsUnder,
 } from './support/csi-node-kit.js';
 import { waitFor } from '../src/csi/node/poll.js';
@@ -85,38 +86,10 @@ describe(
         attachMode: 'auto',
         kernelNbd: { nbdModule: false, nbdClient: false },
       });
-    const staging = (volume: string) =>
-      join(kubeletDir, 'plugins/kubernetes.io/csi/pv', volume, 'globalmount');
-    const target = (pod: string, volume: string) =>
-      join(kubeletDir, 'pods', pod, 'volumes/kubernetes.io~csi', volume, 'mount');
-    const stage = async (volume: string, capability: object = mountCapability()) => {
-      await mkdir(staging(volume), { recursive: true }); // kubelet makes it
-      return service.NodeStageVolume!({
-        volume_id: volume,
-        staging_target_path: staging(volume),
-        volume_capability: capability,
-        volume_context: {},
-      });
-    };
-    const publish = async (
-      volume: string,
-      pod: string,
-      readonly = false,
-      capability: object = mountCapability(),
-    ) => {
-      await mkdir(join(target(pod, volume), '..'), { recursive: true }); // kubelet makes the parent
-      return service.NodePublishVolume!({
-        volume_id: volume,
-        staging_target_path: staging(volume),
-        target_path: target(pod, volume),
-        volume_capability: capability,
-        readonly,
-      });
-    };
-    const unpublish = (volume: string, pod: string) =>
-      service.NodeUnpublishVolume!({ volume_id: volume, target_path: target(pod, volume) });
-    const unstage = (volume: string) =>
-      service.NodeUnstageVolume!({ volume_id: volume, staging_target_path: staging(volume) });
+    const { staging, target, stage, publish, unpublish, unstage } = kubeletCalls(
+      () => service,
+      () => kubeletDir,
+    );
     const code = (status: GrpcStatus) => ({ code: status });
 
     before(async () => {

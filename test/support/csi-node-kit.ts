@@ -4,9 +4,11 @@
  * machine (mounts, loop devices, volume file helpers) under a directory.
  */
 import { readFileSync, readdirSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { runCommand } from '../../src/csi/node/command.js';
 import { readMounts } from '../../src/csi/node/mounts.js';
+import type { NodeService } from '../../src/csi/node/node-service.js';
 
 export function mountCapability(
   fsType = '',
@@ -22,6 +24,51 @@ export function mountCapability(
 
 export function blockCapability(mode = 'SINGLE_NODE_WRITER') {
   return { access_mode: { mode }, block: {}, access_type: 'block' };
+}
+
+/**
+ * The node calls as kubelet makes them, under `kubeletDir()`: the paths it
+ * uses (the staging directory and a pod's target) and the requests, each
+ * making the directories kubelet would make first. Both getters are asked
+ * at each call: tests set them up in `before`, and may replace the service.
+ */
+export function kubeletCalls(service: () => NodeService, kubeletDir: () => string) {
+  const staging = (volume: string) =>
+    join(kubeletDir(), 'plugins/kubernetes.io/csi/pv', volume, 'globalmount');
+  const target = (pod: string, volume: string) =>
+    join(kubeletDir(), 'pods', pod, 'volumes/kubernetes.io~csi', volume, 'mount');
+  return {
+    staging,
+    target,
+    async stage(volume: string, capability: object = mountCapability()) {
+      await mkdir(staging(volume), { recursive: true }); // kubelet makes it
+      return service().NodeStageVolume!({
+        volume_id: volume,
+        staging_target_path: staging(volume),
+        volume_capability: capability,
+        volume_context: {},
+      });
+    },
+    async publish(
+      volume: string,
+      pod: string,
+      readonly = false,
+      capability: object = mountCapability(),
+    ) {
+      await mkdir(join(target(pod, volume), '..'), { recursive: true }); // kubelet makes the parent
+      return service().NodePublishVolume!({
+        volume_id: volume,
+        staging_target_path: staging(volume),
+        target_path: target(pod, volume),
+        volume_capability: capability,
+        readonly,
+      });
+    },
+    unpublish: (volume: string, pod: string) =>
+      service().NodeUnpublishVolume!({ volume_id: volume, target_path: target(pod, volume) }),
+    unstage: (volume: string) =>
+      service().NodeUnstageVolume!({ volume_id: volume, staging_target_path: staging(volume) }),
+  };
 }
 
 /** Mount points at or under any of the directories, deepest (last mounted) first. */
