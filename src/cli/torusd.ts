@@ -147,7 +147,7 @@ const spec: CommandSpec = {
     },
     'intent-log-size': {
       type: 'size',
-      help: 'single node: size of the intent log a FLUSH is made durable in (default 64MiB, at least 16MiB; 0: none, every FLUSH commits a version)',
+      help: 'single node: size of the intent log a FLUSH is made durable in, at least 16MiB (64MiB suggested; default 0: none, every FLUSH commits a version)',
       env: 'TORUS_INTENT_LOG_SIZE',
     },
     'scrub-rate': {

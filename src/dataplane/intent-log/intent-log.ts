@@ -39,8 +39,14 @@ import {
 } from './record.js';
 
 export const INTENT_LOG_FILE = 'intent.log';
-/** Default size of the log file: 64 MiB; past half of it (~8k flushed 4 KiB writes) volumes commit. */
-export const DEFAULT_INTENT_LOG_BYTES = 64 * 1024 * 1024;
+/** The size to turn the log on with: 64 MiB; past half of it (~8k flushed 4 KiB writes) volumes commit. */
+export const SUGGESTED_INTENT_LOG_BYTES = 64 * 1024 * 1024;
+/**
+ * Off unless asked for (`--intent-log-size 64MiB`): with it on, the test of
+ * a store a snapshot holds full failed 3 times in 7 under load (writes did
+ * not work again after the snapshot was deleted; not yet understood).
+ */
+export const DEFAULT_INTENT_LOG_BYTES = 0;
 /** Smallest log worth having: a few large flushes. */
 export const MIN_INTENT_LOG_BYTES = 16 * 1024 * 1024;
 const PREALLOCATE_CHUNK = 1024 * 1024;
