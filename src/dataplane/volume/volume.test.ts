@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
 import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
@@ -201,6 +202,31 @@ describe('volume', { timeout: 60_000 }, () => {
     const back = Buffer.alloc(BS);
     await v.read(15 * BS, back);
     assert.ok(back.some((b) => b !== 0));
+    await closeRig(r);
+  });
+
+  test('write-back goes on after a spill retry timer fires before its time by Date.now()', async (t) => {
+    // Timers run on the event loop's clock, which a busy turn leaves behind
+    // Date.now(): a retry could find the pause not over, return at once, and
+    // (before the fix) leave write-back looking busy for good, so no flush
+    // or spill ever ran again. A frozen Date.now() makes that certain here.
+    const r = await rig(join(root, 'early-timer'), 16 * BS, 4 * 1024 * 1024);
+    const v = await Volume.open({ ...identity, size: 64 * BS }, 0, undefined, null, r.services);
+    const frozen = Date.now();
+    const clock = t.mock.method(Date, 'now', () => frozen);
+    let refused: unknown;
+    for (let i = 0; i < 64 && !refused; i++)
+      await v.write(i * BS, randomBytes(BS), false).catch((err: unknown) => (refused = err));
+    assert.ok(refused instanceof IoError && refused.errno === 'ENOSPC', String(refused));
+    v.writeBack(); // spills are paused: this arms their retry timer
+    await sleep(1500); // it fired, with Date.now() still before the pause's end
+    clock.mock.restore();
+    await v.zeroRange(0, 64 * BS, false);
+    const settled = await Promise.race([
+      v.flush().then(() => 'flushed'),
+      sleep(10_000).then(() => 'still waiting'),
+    ]);
+    assert.equal(settled, 'flushed');
     await closeRig(r);
   });
 

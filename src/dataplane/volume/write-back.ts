@@ -31,7 +31,13 @@ export class WriteBackRounds {
   private flushTicket = 0;
   private flushedTicket = 0;
   private flushWaiters: FlushWaiter[] = [];
-  private loop: Promise<void> | undefined;
+  /**
+   * A runRounds() call is under way. A flag set before the call and cleared
+   * in its `finally`, not the call's promise: a call with nothing to do
+   * returns without awaiting, and a promise stored after that return would
+   * say "running" forever, so no round would ever run again.
+   */
+  private running = false;
   /** Why the last round failed, until one succeeds: writers waiting for cache space see it. */
   private lastFailure: unknown;
   /** Spills failed to make room: none is tried before this time (Date.now()); 0 when they work. */
@@ -56,7 +62,7 @@ export class WriteBackRounds {
     const waiter = new Promise<void>((resolve, reject) =>
       this.flushWaiters.push({ ticket, resolve, reject }),
     );
-    this.loop ??= this.runRounds();
+    this.startRounds();
     return waiter;
   }
 
@@ -68,11 +74,11 @@ export class WriteBackRounds {
       // Paused after a failure: try again when the pause ends, not once per waiting writer.
       this.spillRetryTimer ??= setTimeout(() => {
         this.spillRetryTimer = undefined;
-        this.loop ??= this.runRounds();
+        this.startRounds();
       }, wait).unref();
       return;
     }
-    this.loop ??= this.runRounds();
+    this.startRounds();
   }
 
   /** Stop the retry timer (the volume is closing). */
@@ -88,62 +94,88 @@ export class WriteBackRounds {
     else this.state.services.store.release(ref);
   }
 
+  private startRounds(): void {
+    if (this.running) return;
+    this.running = true;
+    void this.runRounds();
+  }
+
+  /**
+   * Rounds while any is wanted. `running` is cleared in the same step as the
+   * last look at what is wanted (not a step later, after an await): a flush
+   * asked for in between would otherwise find it set and wait forever.
+   */
   private async runRounds(): Promise<void> {
-    for (;;) {
-      if (this.flushedTicket < this.flushTicket) {
-        const covering = this.flushTicket;
-        // Every capture logged before the round starts holds writes the version takes (volume-intents.ts).
-        const started = this.state.intents?.commitStarting();
-        const failure = await this.round(() => this.commitMakingRoom());
-        if (!failure) {
-          this.spillRetryAt = 0; // a commit released what it replaced: room again, maybe
-          if (started) this.state.intents?.committed(started, this.state.generation);
-        }
-        this.flushedTicket = covering;
-        const waiters = this.flushWaiters;
-        this.flushWaiters = [];
-        for (const w of waiters) {
-          if (w.ticket > covering) this.flushWaiters.push(w);
-          else if (failure) w.reject(failure);
-          else w.resolve();
-        }
-      } else if (this.spillRequested && Date.now() >= this.spillRetryAt) {
-        this.spillRequested = false;
-        let spilled = 0;
-        let failure = await this.round(async () => {
-          spilled = await this.spillOnce();
-        });
-        if (failure instanceof StoreFullError && this.hasUncommitted()) {
-          // The store holds both the committed blocks and the spilled ones
-          // that replace them: committing the spilled ones releases the old.
-          failure = await this.round(() => this.commitSpilled());
-          if (!failure) this.spillRequested = true;
-        }
-        const { cache, log } = this.state.services;
-        if (failure) {
-          // Waiting writers are woken by every round; were the next spill
-          // tried at once, they would ask for it again and the rounds would
-          // spin. Pause spills, and let the writers fail meanwhile.
-          if (this.spillRetryAt === 0)
-            log.warn(
-              { volume: this.state.name, err: String(failure) },
-              `spilling dirty blocks failed; they stay cached, writes needing cache space fail, retried every ${SPILL_RETRY_MS / 1000} s`,
-            );
-          this.spillRetryAt = Date.now() + SPILL_RETRY_MS;
+    try {
+      for (;;) {
+        if (this.flushedTicket < this.flushTicket) await this.commitRound();
+        else if (this.spillRequested && Date.now() >= this.spillRetryAt) await this.spillRound();
+        else {
+          // A spill still wanted is paused: its retry timer may have fired a
+          // moment before spillRetryAt by Date.now() (timers run on the event
+          // loop's clock, read at the start of a busy turn). Arm it again.
           if (this.spillRequested) this.spill();
-          cache.wakeWaiters();
-        } else {
-          if (this.spillRetryAt !== 0)
-            log.info({ volume: this.state.name }, 'spilling dirty blocks works again');
-          this.spillRetryAt = 0;
-          if (spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER)
-            this.spillRequested = true;
+          return;
         }
-      } else {
-        break;
       }
+    } finally {
+      this.running = false;
     }
-    this.loop = undefined;
+  }
+
+  /** Commit everything written before the last flush() call; settle its waiters. */
+  private async commitRound(): Promise<void> {
+    const covering = this.flushTicket;
+    // Every capture logged before the round starts holds writes the version takes (volume-intents.ts).
+    const started = this.state.intents?.commitStarting();
+    const failure = await this.round(() => this.commitMakingRoom());
+    if (!failure) {
+      this.spillRetryAt = 0; // a commit released what it replaced: room again, maybe
+      if (started) this.state.intents?.committed(started, this.state.generation);
+    }
+    this.flushedTicket = covering;
+    const waiters = this.flushWaiters;
+    this.flushWaiters = [];
+    for (const w of waiters) {
+      if (w.ticket > covering) this.flushWaiters.push(w);
+      else if (failure) w.reject(failure);
+      else w.resolve();
+    }
+  }
+
+  /** Spill one round's worth of dirty blocks; on failure pause spills (see SPILL_RETRY_MS). */
+  private async spillRound(): Promise<void> {
+    this.spillRequested = false;
+    let spilled = 0;
+    let failure = await this.round(async () => {
+      spilled = await this.spillOnce();
+    });
+    if (failure instanceof StoreFullError && this.hasUncommitted()) {
+      // The store holds both the committed blocks and the spilled ones
+      // that replace them: committing the spilled ones releases the old.
+      failure = await this.round(() => this.commitSpilled());
+      if (!failure) this.spillRequested = true;
+    }
+    const { cache, log } = this.state.services;
+    if (failure) {
+      // Waiting writers are woken by every round; were the next spill
+      // tried at once, they would ask for it again and the rounds would
+      // spin. Pause spills, and let the writers fail meanwhile.
+      if (this.spillRetryAt === 0)
+        log.warn(
+          { volume: this.state.name, err: String(failure) },
+          `spilling dirty blocks failed; they stay cached, writes needing cache space fail, retried every ${SPILL_RETRY_MS / 1000} s`,
+        );
+      this.spillRetryAt = Date.now() + SPILL_RETRY_MS;
+      if (this.spillRequested) this.spill();
+      cache.wakeWaiters();
+    } else {
+      if (this.spillRetryAt !== 0)
+        log.info({ volume: this.state.name }, 'spilling dirty blocks works again');
+      this.spillRetryAt = 0;
+      if (spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER)
+        this.spillRequested = true;
+    }
   }
 
   private async round(work: () => Promise<void>): Promise<unknown> {
