@@ -260,6 +260,10 @@ export class WriteAheadLog {
     if (this.flushing) return;
     this.flushing = this.flushLoop().finally(() => {
       this.flushing = undefined;
+      // A record queued after the loop's last look at the queue, before this
+      // step (a caller resumed by the loop's last resolve() appending again),
+      // found `flushing` still set: start again for it.
+      if (this.queue.length > 0 && !this.failure) this.kick();
     });
   }
 
