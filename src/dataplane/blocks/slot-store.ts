@@ -373,7 +373,9 @@ export class LocalSlotStore {
     this.releasingCount++;
     this.clearRecord(slot);
     this.pendingRelease.push(slot);
-    if (!this.releaseWrite) this.releaseWrite = this.writeReleased();
+    // Not once closed: writeReleased() would return at once, before this
+    // assignment, leaving a settled promise whenReleased() would loop on.
+    if (!this.releaseWrite && !this.closed) this.releaseWrite = this.writeReleased();
   }
 
   private clearRecord(slot: number): void {
