@@ -25,8 +25,7 @@ import {
 import { SYSTEM_PYTHON, missing, python } from './tools.js';
 
 const skip = missing('nbdsh');
-// The intent log is opt-in (off by default): every torusd of this file turns it on, as a user would.
-process.env.TORUS_INTENT_LOG_SIZE = '64MiB';
+// The intent log is on by default; durability.test.ts checks the path without it (--intent-log-size 0).
 const KiB4 = 4096;
 /** Region the writers touch: write i goes to a slot of it no other write of the run uses. */
 const SLOTS = 4096;

@@ -2,7 +2,9 @@
  * What a FLUSH promises, checked with kill -9: data acknowledged by FLUSH or
  * by a FUA write survives the death of torusd at any moment; data written
  * after the last flush may be lost; metadata is never corrupt (the node
- * restarts and serves every volume).
+ * restarts and serves every volume). Without the intent log (on by default,
+ * tested in durability-intent-log.test.ts): every FLUSH commits a whole
+ * version here, as it does in a cluster.
  */
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -17,6 +19,8 @@ import {
 import { SYSTEM_PYTHON, missing, python } from './tools.js';
 
 const skip = missing('nbdsh');
+// Every torusd of this file: FLUSH commits a version (the log's own file tests the default).
+process.env.TORUS_INTENT_LOG_SIZE = '0';
 
 /**
  * Writes region i (1 MiB of a pattern derived from i and a seed) and

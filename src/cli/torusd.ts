@@ -147,7 +147,7 @@ const spec: CommandSpec = {
     },
     'intent-log-size': {
       type: 'size',
-      help: 'single node: size of the intent log a FLUSH is made durable in, at least 16MiB (64MiB suggested; default 0: none, every FLUSH commits a version)',
+      help: 'single node: size of the intent log a FLUSH is made durable in, at least 16MiB (default 64MiB; 0: none, every FLUSH commits a whole version)',
       env: 'TORUS_INTENT_LOG_SIZE',
     },
     'scrub-rate': {

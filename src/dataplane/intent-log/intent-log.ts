@@ -41,12 +41,8 @@ import {
 export const INTENT_LOG_FILE = 'intent.log';
 /** The size to turn the log on with: 64 MiB; past half of it (~8k flushed 4 KiB writes) volumes commit. */
 export const SUGGESTED_INTENT_LOG_BYTES = 64 * 1024 * 1024;
-/**
- * Off unless asked for (`--intent-log-size 64MiB`) until it has been through
- * more full test runs. (It was turned off when a full-store fault test
- * failed with it on; that test then failed with it off too.)
- */
-export const DEFAULT_INTENT_LOG_BYTES = 0;
+/** A single node has one unless told otherwise (`--intent-log-size 0`: every FLUSH commits a version). */
+export const DEFAULT_INTENT_LOG_BYTES = SUGGESTED_INTENT_LOG_BYTES;
 /** Smallest log worth having: a few large flushes. */
 export const MIN_INTENT_LOG_BYTES = 16 * 1024 * 1024;
 const PREALLOCATE_CHUNK = 1024 * 1024;
