@@ -22,6 +22,7 @@ import type { PeerBlockBackend } from '../peer/backend.js';
 import { ClusterPlacement, type PeerTarget } from '../replication/placement.js';
 import { DataPool, type ReadRequest } from './data-pool.js';
 import { HEDGE_MAX_MS, HEDGE_MIN_MS, PeerHealth } from './peer-health.js';
+import { GET_TIMEOUT_MS } from './peer-links.js';
 import { READ_OK } from './tasks.js';
 
 const BS = 64 * 1024;
@@ -269,12 +270,17 @@ describe(
     test('a replica that returns a bad copy is skipped, and sent the good one', async () => {
       const damaged = [3, 100, 255];
       const bad = await startPeer();
-      // The good copies of damaged blocks come late, so the bad ones are seen even on a loaded machine (where a hedge may ask both at once).
+      // The good copies of damaged blocks come late, so the bad ones are seen even on a loaded
+      // machine: a get of a block asked of the good replica first (the first replica asked turns
+      // with the block index) is hedged to the bad one by HEDGE_MAX_MS at the latest, and the
+      // good answer still lands within the get deadline (GET_TIMEOUT_MS).
+      const late = HEDGE_MAX_MS + 200;
+      assert.ok(late < GET_TIMEOUT_MS);
       const good = await startPeer({
         wrap: (b) =>
           Object.assign(new FaultLayer(b), {
             delay: (op: string, ref?: { index: number }) =>
-              op === 'get' && damaged.includes(ref!.index) ? 200 : 0,
+              op === 'get' && damaged.includes(ref!.index) ? late : 0,
           }),
       });
       await fill(bad);
