@@ -43,6 +43,25 @@ export class StoreFullError extends IoError {
   }
 }
 
+/**
+ * A version commit whose compare-and-swap may or may not have landed, and
+ * whose fate could not be learned (the node stopped while the metadata store
+ * was away). Its generation must never be written again by this volume
+ * object, or the blocks and map pages a landed version references would be
+ * overwritten: the volume refuses writes until it is opened afresh.
+ */
+export class CommitOutcomeUnknownError extends IoError {
+  override name = 'CommitOutcomeUnknownError';
+  constructor(volume: string, generation: number, options?: { cause?: unknown }) {
+    super(
+      'EIO',
+      `volume ${volume}: whether version ${generation} was committed is not known (the metadata store did not answer); ` +
+        'this volume takes no more writes until it is opened again',
+      options,
+    );
+  }
+}
+
 /** A user-facing error with a message meant to be printed as is (CLI, API). */
 export class UsageError extends Error {
   override name = 'UsageError';

@@ -2,12 +2,15 @@
  * Volume ownership against both metadata stores: a node takes a volume for
  * writing (lock and a reserved generation) or read-only (a pin, naming the
  * writer); its commits are fenced by the lock; a commit whose reply was lost
- * is recognised; a lost lock is won back only if nobody wrote meanwhile; a
+ * is recognised, also after the store was away (waited for, never taken as a
+ * failure); a lost lock is won back only if nobody wrote meanwhile; a
  * lock this very process had given up on is removed.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CommitOutcomeUnknownError } from '../../common/errors.js';
 import { quietLogger } from '../../../test/support/peer-helpers.js';
 import {
   acquireVolumeLock,
@@ -169,6 +172,50 @@ for (const kind of testStores()) {
           4,
           'later commits go on top of the recognised one',
         );
+        await a.releaseAll();
+      }),
+    );
+
+    it(
+      'a commit whose reply was lost while the store stays away is waited out, never counted as failed',
+      { timeout: 10_000 },
+      withStore(kind, async (meta) => {
+        const catalog = await catalogWith(meta, 'vol');
+        const a = ownership(meta, catalog, 'node-a');
+        await a.take('vol');
+        const commitVersion = catalog.commitVersionHolding.bind(catalog);
+        const get = catalog.get.bind(catalog);
+        let away = true;
+        catalog.commitVersionHolding = async (...args) => {
+          await commitVersion(...args);
+          throw new Error('the reply was lost');
+        };
+        catalog.get = async (name) => {
+          if (away) throw new Error('etcd is away');
+          return get(name);
+        };
+        // Counted as failed, version 3 would be made again with other pages
+        // under the same generation, over those the landed one references.
+        let settled = false;
+        const committing = a.commit('vol', 3, root(3)).finally(() => (settled = true));
+        await sleep(500);
+        assert.equal(settled, false, 'the commit waits while the store is away');
+        away = false;
+        await committing;
+        catalog.commitVersionHolding = commitVersion;
+        await a.commit('vol', 4, root(4));
+        assert.equal((await catalog.get('vol')).record.generation, 4);
+
+        // The node stops before the store answers: the outcome is unknown, and said so.
+        catalog.commitVersionHolding = async () => {
+          throw new Error('the reply was lost');
+        };
+        away = true;
+        const unknown = a.commit('vol', 5, root(5));
+        await sleep(300);
+        a.stopRecovering();
+        await assert.rejects(unknown, CommitOutcomeUnknownError);
+        away = false;
         await a.releaseAll();
       }),
     );

@@ -21,7 +21,7 @@
  * version to commit on top of, and commits are compare-and-swaps on that
  * record alone (the catalog still refuses them while anyone holds the lock).
  */
-import { ConflictError, NotFoundError } from '../../common/errors.js';
+import { CommitOutcomeUnknownError, ConflictError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import {
@@ -38,6 +38,7 @@ import {
 import type { MetadataStore, Watcher } from '../metadata/store.js';
 import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js';
 import { assertNoReaders, pinCurrentVersion, type ReadPin } from './read-pins.js';
+import { commitOutcome } from './commit-outcome.js';
 import { requestLockHandover, watchLockHandovers } from './lock-handover.js';
 import { assertNoSnapshotReaders, pinSnapshot } from './snapshot-pins.js';
 import type { SnapshotCatalog, SnapshotRecord } from './snapshots.js';
@@ -193,9 +194,17 @@ export class VolumeOwnership {
         this.records.set(name, committed.versioned);
         return committed.heldThrough;
       } catch (err) {
-        const landed = lock
-          ? await this.commitLanded(name, current, generation, root, lock)
-          : undefined;
+        const outcome = lock
+          ? await commitOutcome(
+              { catalog: this.catalog, meta: this.meta, node: this.options.node, log: this.log },
+              { name, before: current, generation, root, lock },
+              () => this.recovering,
+              this.retryMs,
+            )
+          : 'not landed';
+        if (outcome === 'unknown')
+          throw new CommitOutcomeUnknownError(name, generation, { cause: err });
+        const landed = outcome === 'not landed' ? undefined : outcome;
         if (landed) {
           this.log.warn(
             { volume: name, generation, err: (err as Error).message },
@@ -548,38 +557,6 @@ export class VolumeOwnership {
   ): Promise<VersionedRecord> {
     const { record } = versioned;
     return this.catalog.commitVersion(versioned, record.generation + 1, record.root ?? null, lock);
-  }
-
-  /**
-   * After a commit failed: did it land anyway? A txn whose reply was lost
-   * (etcd died mid-call) may have been applied; not recognising our own
-   * commit would leave every later one conflicting on a stale revision. It
-   * landed if the record now holds exactly that generation and root and the
-   * lock is still ours at the same epoch (a new writer's reserving commit can
-   * look the same, but it takes the lock first).
-   */
-  private async commitLanded(
-    name: string,
-    before: VersionedRecord,
-    generation: number,
-    root: MapRoot | null,
-    lock: VolumeLock,
-  ): Promise<VersionedRecord | undefined> {
-    try {
-      const now = await this.catalog.get(name);
-      const held = await readVolumeLock(this.meta, name);
-      const same = now.record.generation === generation && sameMapRoot(now.record.root, root);
-      if (
-        same &&
-        now.modRevision > before.modRevision &&
-        held?.epoch === lock.epoch &&
-        held.holder.node === this.options.node
-      )
-        return now;
-    } catch {
-      // Still unreachable: the caller reports the original failure.
-    }
-    return undefined;
   }
 }
 

@@ -22,6 +22,7 @@ import type { SpilledBlock, VolumeState } from './volume-state.js';
  */
 export async function storeDirty(state: VolumeState, indices: number[]): Promise<void> {
   if (indices.length === 0) return;
+  if (state.storeRefused) throw state.storeRefused;
   const { cache, store, pool } = state.services;
   const { placement } = state;
   const generation = state.generation + 1;

@@ -4,6 +4,7 @@
  * new root into metadata. Runs inside a write-back round (write-back.ts).
  */
 import { invariantBroken } from '../../common/assert.js';
+import { CommitOutcomeUnknownError } from '../../common/errors.js';
 import { RECORD_MAP_PAGE } from '../blocks/record.js';
 import { VersionCopies } from '../replication/durability.js';
 import { ENTRY_SEALED } from './block-map.js';
@@ -21,6 +22,7 @@ export async function commitVersion(
   state: VolumeState,
   options: { storeDirtyFirst?: boolean } = {},
 ): Promise<void> {
+  if (state.storeRefused) throw state.storeRefused;
   if (options.storeDirtyFirst !== false) await storeDirty(state, [...state.dirty]);
   if (state.spilled.size === 0 && state.pendingHoles.size === 0) return;
   const started = process.hrtime.bigint();
@@ -81,6 +83,12 @@ export async function commitVersion(
       Number(process.hrtime.bigint() - started) / 1e9,
     );
   } catch (err) {
+    if (err instanceof CommitOutcomeUnknownError) {
+      // The version may have landed: its pages and blocks stay (GC frees them if it did not), and
+      // this volume object stores nothing more, lest it write over them under the same generation.
+      state.storeRefused = err;
+      throw err;
+    }
     for (const index of writtenPages) store.release({ volumeId: state.id, generation, index });
     for (const index of holes)
       if (!state.table.has(index) && !state.spilled.has(index)) state.pendingHoles.add(index);

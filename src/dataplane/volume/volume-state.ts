@@ -88,6 +88,13 @@ export class VolumeState {
   intents: VolumeIntents | undefined;
   /** A commit round runs (write-back.ts); it may have taken its dirty blocks already. */
   committing = false;
+  /**
+   * Set when a commit's fate is unknown (CommitOutcomeUnknownError): the
+   * version may have landed, so nothing more is stored under its generation
+   * (or any: every spill and commit fails with this) until the volume is
+   * opened again from what the metadata store holds.
+   */
+  storeRefused: Error | undefined;
 
   constructor(
     readonly identity: VolumeIdentity,

@@ -11,7 +11,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
-import { ChecksumError, ConflictError, IoError } from '../../common/errors.js';
+import {
+  ChecksumError,
+  CommitOutcomeUnknownError,
+  ConflictError,
+  IoError,
+} from '../../common/errors.js';
 import { closeVolumeRig, volumeRig } from '../../../test/support/volume-rig.js';
 import { Volume, type VolumeIdentity } from './volume.js';
 
@@ -227,6 +232,24 @@ describe('volume', { timeout: 60_000 }, () => {
       sleep(10_000).then(() => 'still waiting'),
     ]);
     assert.equal(settled, 'flushed');
+    await closeRig(r);
+  });
+
+  test('a commit whose fate is unknown keeps what it wrote and stores nothing more', async () => {
+    const r = await rig(join(root, 'outcome-unknown'));
+    const v = await Volume.open(identity, 0, undefined, null, r.services);
+    await v.write(0, randomBytes(2 * BS), false);
+    r.services.commit = async (volume, generation) => {
+      throw new CommitOutcomeUnknownError(volume.name, generation);
+    };
+    await assert.rejects(v.flush(), CommitOutcomeUnknownError);
+    const kept = r.store.usedSlots;
+    assert.equal(kept, 3, 'two blocks and the map page stay: the version may have landed');
+    await v.write(4 * BS, randomBytes(BS), false); // into the cache: fine
+    await assert.rejects(v.flush(), CommitOutcomeUnknownError, 'nothing more is stored');
+    assert.equal(r.store.usedSlots, kept);
+    const back = Buffer.alloc(BS);
+    await v.read(0, back); // reads go on
     await closeRig(r);
   });
 
