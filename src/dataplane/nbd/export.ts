@@ -64,6 +64,12 @@ export interface NbdExport {
    * release() exactly once, after the socket has taken every buffer.
    */
   readViews?(offset: number, length: number): ReadViews | undefined;
+  /**
+   * Zero copy for a range readViews() could not serve at once: resolves with
+   * views once what was missing is loaded, pinned the same way, or undefined
+   * (then, as without it, the session reads into a reply buffer of its own).
+   */
+  loadViews?(offset: number, length: number): Promise<ReadViews | undefined>;
   /** Write data at offset. data is only valid until the promise settles: copy it, do not keep it. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** Make every completed write durable. */

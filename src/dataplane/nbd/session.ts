@@ -29,7 +29,7 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../../common/log.js';
 import { errnoOf, type Errno } from '../../common/errors.js';
-import type { Extent, NbdExport } from './export.js';
+import type { Extent, NbdExport, ReadViews } from './export.js';
 import type { Negotiated } from './handshake.js';
 import type { Inbound } from './inbound.js';
 import { RateLimitedLog } from '../transport/rate-limited-log.js';
@@ -65,7 +65,7 @@ import {
   commandName,
   encodeBlockStatusChunk,
   encodeErrorChunk,
-  encodeOffsetDataHeader,
+  encodeReadReplyHeader,
   encodeSimpleReply,
   errnoToNbd,
   requestCookieHigh,
@@ -377,9 +377,11 @@ export class Session extends ServedConnection {
   }
 
   /**
-   * One allocation per READ: reply header and data share a buffer, the export
-   * fills the data part in place, and one write sends it. Returns the errno
-   * when the export failed (the error reply is already sent).
+   * A READ reply. Zero copy when the export has the range's bytes at hand, or
+   * once it has loaded them: a small header, then the export's own buffers
+   * (the socket gathers them into one writev). Otherwise one allocation:
+   * header and data share a pooled buffer the export fills in place. Returns
+   * the errno when the export failed (the error reply is already sent).
    */
   private async read(
     cookieHigh: number,
@@ -388,34 +390,16 @@ export class Session extends ServedConnection {
     length: number,
   ): Promise<Errno | undefined> {
     const dataAt = this.structured ? STRUCTURED_READ_DATA_AT : SIMPLE_READ_DATA_AT;
-    // Zero copy when the export has the whole range at hand: a small header,
-    // then the export's own buffers (the socket gathers them into one writev).
-    const views = this.exp.readViews?.(offset, length);
-    if (views) {
-      const header = Buffer.allocUnsafe(dataAt);
-      if (this.structured)
-        encodeOffsetDataHeader(
-          header,
-          0,
-          NBD_REPLY_FLAG_DONE,
-          cookieHigh,
-          cookieLow,
-          offset,
-          length,
-        );
-      else encodeSimpleReply(header, 0, 0, cookieHigh, cookieLow);
-      this.send(header);
-      const last = views.buffers.length - 1;
-      for (let i = 0; i < last; i++) this.send(views.buffers[i]);
-      // Callbacks run in write order, so the last one means all are taken.
-      if (!this.send(views.buffers[last], () => views.release())) views.release();
-      return undefined;
-    }
-    const reply = replyBuffers.acquire(dataAt + length);
+    let views: ReadViews | undefined;
+    let reply: Buffer | undefined;
     try {
-      await this.exp.read(offset, reply.subarray(dataAt));
+      views = this.exp.readViews?.(offset, length) ?? (await this.exp.loadViews?.(offset, length));
+      if (!views) {
+        reply = replyBuffers.acquire(dataAt + length);
+        await this.exp.read(offset, reply.subarray(dataAt));
+      }
     } catch (err) {
-      replyBuffers.release(reply);
+      if (reply) replyBuffers.release(reply);
       const errno = errnoOf(err);
       this.exportFailed(NBD_CMD_READ, offset, length, err, errno);
       // Nothing was sent for this request yet, so the error is the whole reply;
@@ -423,10 +407,20 @@ export class Session extends ServedConnection {
       this.sendError(cookieHigh, cookieLow, errno, (err as Error)?.message ?? String(err), offset);
       return errno;
     }
-    if (this.structured)
-      encodeOffsetDataHeader(reply, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
-    else encodeSimpleReply(reply, 0, 0, cookieHigh, cookieLow);
-    this.send(reply, () => replyBuffers.release(reply));
+    if (views) {
+      const { buffers, release } = views;
+      const header = Buffer.allocUnsafe(dataAt);
+      encodeReadReplyHeader(header, this.structured, cookieHigh, cookieLow, offset, length);
+      this.send(header);
+      const last = buffers.length - 1;
+      for (let i = 0; i < last; i++) this.send(buffers[i]);
+      // Callbacks run in write order, so the last one means all are taken.
+      if (!this.send(buffers[last], () => release())) release();
+    } else {
+      const data = reply!;
+      encodeReadReplyHeader(data, this.structured, cookieHigh, cookieLow, offset, length);
+      this.send(data, () => replyBuffers.release(data));
+    }
     return undefined;
   }
 

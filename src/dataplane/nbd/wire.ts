@@ -489,6 +489,23 @@ export function encodeOffsetDataHeader(
   writeU64(buf, at + STRUCTURED_REPLY_HEADER_SIZE, offset);
 }
 
+/**
+ * The header of a successful READ reply whose `length` data bytes follow at
+ * readDataAt(structured): a simple reply, or one OFFSET_DATA chunk flagged DONE.
+ */
+export function encodeReadReplyHeader(
+  buf: Buffer,
+  structured: boolean,
+  cookieHigh: number,
+  cookieLow: number,
+  offset: number,
+  length: number,
+): void {
+  if (structured)
+    encodeOffsetDataHeader(buf, 0, NBD_REPLY_FLAG_DONE, cookieHigh, cookieLow, offset, length);
+  else encodeSimpleReply(buf, 0, 0, cookieHigh, cookieLow);
+}
+
 /** Longest error message we put in an error chunk (the spec's string limit is 4096 bytes). */
 export const MAX_ERROR_MESSAGE_BYTES = 1024;
 

@@ -48,6 +48,10 @@ export class VolumeExport implements NbdExport {
     return this.volume.readViews(offset, length);
   }
 
+  loadViews(offset: number, length: number): Promise<ReadViews | undefined> {
+    return this.volume.loadViews(offset, length);
+  }
+
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     return this.volume.write(offset, data, fua);
   }

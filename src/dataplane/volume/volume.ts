@@ -29,6 +29,7 @@ import { IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
 import { BlockLoads } from './block-loads.js';
+import { loadViews, readViews, zeroBuffer } from './cache-views.js';
 import { BlockMap } from './block-map.js';
 import { loadCommittedMap } from './map-load.js';
 import { type MapRoot } from '../../model/map-root.js';
@@ -212,54 +213,16 @@ export class Volume implements CacheOwner {
     return pending ? Promise.all(pending).then(() => undefined) : DONE;
   }
 
-  /**
-   * Zero-copy read when every block of the range is cached or a hole: views
-   * of the cache slots, pinned until release() (see NbdExport.readViews). The
-   * bytes of a pinned slot may still be overwritten by a concurrent write
-   * (as any overlapping requests may race), but the slot is never reused for
-   * another block while pinned.
-   */
+  /** Zero copy when every block of the range is cached or a hole (cache-views.ts). */
   readViews(offset: number, length: number): ReadViews | undefined {
-    const bs = this.blockSize;
-    const { cache } = this.services;
-    const end = offset + length;
-    for (let position = offset; position < end; position = (Math.floor(position / bs) + 1) * bs) {
-      const index = Math.floor(position / bs);
-      const slot = this.table.get(index);
-      const within = position - index * bs;
-      if (
-        slot === undefined
-          ? !this.state.isHole(index)
-          : cache.state[slot] === SlotState.Loading ||
-            !cache.covers(slot, cache.maskOf(within, Math.min(bs - within, end - position)))
-      )
-        return undefined;
-    }
-    const buffers: Buffer[] = [];
-    const pinned: number[] = [];
-    for (let position = offset; position < end;) {
-      const index = Math.floor(position / bs);
-      const within = position - index * bs;
-      const n = Math.min(bs - within, end - position);
-      const slot = this.table.get(index);
-      if (slot === undefined) {
-        buffers.push(zeroBuffer(n));
-      } else {
-        cache.pin(slot);
-        pinned.push(slot);
-        cache.touch(slot);
-        cache.hits++;
-        buffers.push(cache.view(slot).subarray(within, within + n));
-      }
-      position += n;
-    }
-    this.blockLoads.readAhead.note(offset, length);
-    return {
-      buffers,
-      release: () => {
-        for (const slot of pinned) cache.unpin(slot);
-      },
-    };
+    return readViews(this.state, this.blockLoads, offset, length);
+  }
+
+  /** Zero copy once what is missing is loaded (cache-views.ts). */
+  loadViews(offset: number, length: number): Promise<ReadViews | undefined> {
+    const sequential = offset === this.readCursor;
+    this.readCursor = offset + length;
+    return loadViews(this.state, this.blockLoads, offset, length, sequential);
   }
 
   private async readSlow(
@@ -532,11 +495,4 @@ export class Volume implements CacheOwner {
     for (const slot of this.table.values()) this.services.cache.free(slot);
     this.table.clear();
   }
-}
-
-let zeros = Buffer.alloc(0);
-/** A shared all-zero buffer of at least n bytes (never written to). */
-function zeroBuffer(n: number): Buffer {
-  if (zeros.length < n) zeros = Buffer.alloc(Math.max(n, 1 << 20));
-  return zeros.subarray(0, n);
 }
