@@ -129,6 +129,18 @@ describe('nbd wire: transmission', () => {
     );
   });
 
+  it('encodes a READ reply header, simple or structured, ahead of its data', () => {
+    const simple = Buffer.alloc(w.SIMPLE_READ_DATA_AT);
+    w.encodeReadReplyHeader(simple, false, 1, 2, 4096, 3);
+    assert.deepEqual(simple, hex('67446698 00000000 0000000100000002'));
+    const structured = Buffer.alloc(w.STRUCTURED_READ_DATA_AT);
+    w.encodeReadReplyHeader(structured, true, 0, 7, 4096, 3);
+    assert.deepEqual(
+      structured,
+      hex('668e33ef 0001 0001 0000000000000007 0000000b 0000000000001000'),
+    );
+  });
+
   it('encodes error chunks, with and without an offset', () => {
     assert.deepEqual(
       w.encodeErrorChunk(w.NBD_REPLY_FLAG_DONE, 0, 9, w.NBD_EIO, 'bad'),
