@@ -36,6 +36,16 @@ async function catalogWith(meta: MetadataStore, name: string): Promise<VolumeCat
   return catalog;
 }
 
+/** The catalog's commits land but fail as if their reply was lost; returns the real commit. */
+function loseCommitReplies(catalog: VolumeCatalog): VolumeCatalog['commitVersionHolding'] {
+  const commitVersion = catalog.commitVersionHolding.bind(catalog);
+  catalog.commitVersionHolding = async (...args) => {
+    await commitVersion(...args);
+    throw new Error('the reply was lost');
+  };
+  return commitVersion;
+}
+
 type Options = Partial<VolumeOwnershipOptions>;
 
 function ownership(
@@ -151,11 +161,7 @@ for (const kind of testStores()) {
         const catalog = await catalogWith(meta, 'vol');
         const a = ownership(meta, catalog, 'node-a');
         await a.take('vol');
-        const commitVersion = catalog.commitVersionHolding.bind(catalog);
-        catalog.commitVersionHolding = async (...args) => {
-          await commitVersion(...args);
-          throw new Error('the reply was lost');
-        };
+        const commitVersion = loseCommitReplies(catalog);
         await a.commit('vol', 3, root(3));
         catalog.commitVersionHolding = async () => {
           throw new Error('etcd is away');
@@ -183,13 +189,9 @@ for (const kind of testStores()) {
         const catalog = await catalogWith(meta, 'vol');
         const a = ownership(meta, catalog, 'node-a');
         await a.take('vol');
-        const commitVersion = catalog.commitVersionHolding.bind(catalog);
+        const commitVersion = loseCommitReplies(catalog);
         const get = catalog.get.bind(catalog);
         let away = true;
-        catalog.commitVersionHolding = async (...args) => {
-          await commitVersion(...args);
-          throw new Error('the reply was lost');
-        };
         catalog.get = async (name) => {
           if (away) throw new Error('etcd is away');
           return get(name);
