@@ -204,13 +204,12 @@ export class VolumeOwnership {
           : 'not landed';
         if (outcome === 'unknown')
           throw new CommitOutcomeUnknownError(name, generation, { cause: err });
-        const landed = outcome === 'not landed' ? undefined : outcome;
-        if (landed) {
+        if (outcome !== 'not landed') {
           this.log.warn(
             { volume: name, generation, err: (err as Error).message },
             "the commit's reply was lost but the commit landed: carrying on from it",
           );
-          this.records.set(name, landed);
+          this.records.set(name, outcome);
           // Which snapshots and clones hold what went with the lost reply: keep everything, GC sorts it out.
           return Infinity;
         }
