@@ -10,20 +10,20 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Cluster, freePort } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
-import { startNbdserve } from './support/nbdserve-process.js';
+import { startNbdserve, type NbdserveProcess } from './support/nbdserve-process.js';
 import { SYSTEM_PYTHON, missing, run, toolEnv } from './tools.js';
 import { makeDataDir, removeDir } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
 const VOLUME_BYTES = 48 * MiB;
 const VOLUME = 'reads';
+const STOP_TIMEOUT_MS = 45_000;
 
 /** rchar of a process: bytes its read syscalls returned, sockets included. */
 function bytesRead(pid: number): number {
@@ -55,7 +55,7 @@ describe(
   () => {
     let cluster: Cluster;
     let work: string;
-    let server: ChildProcess | undefined;
+    let served: NbdserveProcess | undefined;
     let image: Buffer;
     let imageFile: string;
 
@@ -74,27 +74,48 @@ describe(
       await writeFile(imageFile, image);
     });
     after(async () => {
-      server?.kill('SIGKILL');
+      served?.child.kill('SIGKILL');
       await cluster?.stop();
       if (work) await removeDir(work);
     });
 
-    /** A fresh nbdserve (empty 16 MiB cache) on a new port, the previous one stopped first (SIGTERM: it commits and lets go of the lock). */
+    /**
+     * A fresh nbdserve (empty 16 MiB cache) on a new port, the previous one
+     * stopped first (SIGTERM: it commits and lets go of the lock). One that
+     * exited on its own, or does not finish stopping, fails the test with
+     * what it logged (its shutdown names the step it waits in).
+     */
     async function freshNbdserve(): Promise<string> {
-      if (server) {
-        const exited = new Promise((resolve) => server!.once('exit', resolve));
-        server.kill('SIGTERM');
-        await exited;
+      if (served) {
+        const { child, output } = served;
+        // An nbdserve that exited on its own crashed: no 'exit' will come again.
+        if (child.exitCode !== null || child.signalCode !== null)
+          assert.fail(
+            `nbdserve exited on its own (${child.exitCode ?? child.signalCode}):\n${output()}\n${cluster.diagnostics()}`,
+          );
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGTERM');
+        let timer: NodeJS.Timeout | undefined;
+        const late = new Promise<'late'>((resolve) => {
+          timer = setTimeout(() => resolve('late'), STOP_TIMEOUT_MS);
+        });
+        const outcome = await Promise.race([exited, late]);
+        clearTimeout(timer);
+        if (outcome === 'late') {
+          child.kill('SIGKILL');
+          assert.fail(
+            `nbdserve did not stop within ${STOP_TIMEOUT_MS} ms of SIGTERM:\n${output()}\n${cluster.diagnostics()}`,
+          );
+        }
       }
       const port = await freePort();
-      const started = await startNbdserve({
+      served = await startNbdserve({
         etcdEndpoint: cluster.endpoint,
         port,
         scratchDir: work,
         cacheSize: '16MiB',
         args: ['--lock-linger', '0'],
       });
-      server = started.child;
       return `nbd://127.0.0.1:${port}/${VOLUME}`;
     }
 
@@ -129,7 +150,7 @@ describe(
 
       // Random 4 KiB reads from an empty cache; a replica dies while they run.
       const randomUri = await freshNbdserve();
-      const receivedBefore = bytesRead(server!.pid!);
+      const receivedBefore = bytesRead(served!.child.pid!);
       const reads = run(SYSTEM_PYTHON, ['-c', RANDOM_READS, randomUri, imageFile, '6000', '13'], {
         timeoutMs: 180_000,
         env: toolEnv,
@@ -147,7 +168,7 @@ describe(
       // 64 KiB block: what nbdserve read (sockets included) per 4 KiB read.
       // Whole blocks would be over 40 KiB a read (a 16 MiB cache holds a
       // third of the 48 MiB at best).
-      const perRead = (bytesRead(server!.pid!) - receivedBefore) / 6000;
+      const perRead = (bytesRead(served!.child.pid!) - receivedBefore) / 6000;
       t.diagnostic(`nbdserve read ${perRead.toFixed(0)} bytes per random 4 KiB read`);
       assert.ok(perRead < 24 * 1024, `${perRead} bytes read per 4 KiB read: whole blocks fetched?`);
 

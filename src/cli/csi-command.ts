@@ -185,7 +185,7 @@ export const csiCommand: Command = {
         torus,
         canEncrypt: etcd ? keyFile !== undefined : true,
       });
-      closers.push(() => controller!.close());
+      closers.push('CSI controller', () => controller!.close());
       probe = async () => {
         const space = await torus.poolSpace();
         return space.nodes > 0 && space.capacity > 0;
@@ -209,7 +209,7 @@ export const csiCommand: Command = {
         if (err instanceof AttachModeError) throw new ArgumentError(`--attach: ${err.message}`);
         throw err;
       }
-      closers.push(() => node!.close());
+      closers.push('CSI node service', () => node!.close());
       const nbdAddress = parseNbdAddress(values['nbd-address'] as string);
       const controllerProbe = probe;
       // Ready when the storage this machine attaches through answers (and the controller's, if here).
@@ -219,7 +219,10 @@ export const csiCommand: Command = {
     if (metrics) {
       const { host, port } = values.metrics as Address;
       const server = await metrics.serve(host, port);
-      closers.push(() => new Promise<void>((done) => server.close(() => done())));
+      closers.push(
+        'readiness server',
+        () => new Promise<void>((done) => server.close(() => done())),
+      );
     }
     const server = await startCsiServer({
       endpoint: values.endpoint as string,
@@ -229,7 +232,7 @@ export const csiCommand: Command = {
       metrics,
       log,
     });
-    closers.push(() => server.close());
+    closers.push('CSI gRPC server', () => server.close());
     await closers.untilSignalled('finishing CSI calls in flight, removing the socket');
     log.info('stopped');
     return 0;

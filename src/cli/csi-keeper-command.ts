@@ -42,7 +42,7 @@ export const csiKeeperCommand: Command = {
     const log = logger('csi-keeper');
     const closers = new Closers(log);
     const keeper = await startKeeper({ socketPath, stateDir, log });
-    closers.push(async () => {
+    closers.push('mount keeper', async () => {
       await keeper.close();
       const running = keeper.running();
       // In a container the helpers end with this process (the pid namespace goes);

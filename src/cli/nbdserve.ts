@@ -96,7 +96,7 @@ export async function startNbdServe(
   const closers = new Closers(log);
   try {
     const meta = await openClusterStore(etcd);
-    closers.push(() => meta.close());
+    closers.push('metadata store', () => meta.close());
     const metrics = new NodeMetrics();
     const client = await openClientNode({
       meta,
@@ -112,7 +112,7 @@ export async function startNbdServe(
       lockLingerMs: (v['lock-linger'] as number) * 1000,
       peerTls,
     });
-    closers.push(() => client.close());
+    closers.push('client node (commit, release locks)', () => client.close());
     const { node, settings, uuid } = client;
 
     const nbd = new NbdServer(node, {
@@ -121,7 +121,7 @@ export async function startNbdServe(
       ...nbdLimitOptions(v),
       tls,
     });
-    closers.push(() => nbd.close({ drainMs: 3000 }));
+    closers.push('NBD server (drain)', () => nbd.close({ drainMs: 3000 }));
     const listen = v.listen as Address;
     const bound = await nbd.listenTcp(listen.host, listen.port);
     const unixPath = options.unixPath ?? (v.unix as string | undefined);
@@ -132,6 +132,7 @@ export async function startNbdServe(
         detail: node.status(),
       }));
       closers.push(
+        'HTTP server',
         () =>
           new Promise<void>((resolve) => {
             http.close(() => resolve());

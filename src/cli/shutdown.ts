@@ -5,9 +5,10 @@
  * second signal exits at once.
  */
 import type { Logger } from '../common/log.js';
+import { reportIfSlow } from '../common/slow-step.js';
 
 export class Closers {
-  private readonly steps: (() => Promise<void>)[] = [];
+  private readonly steps: { name: string; close: () => Promise<void> }[] = [];
 
   /** The first signal, when one came before untilSignalled() was waiting for it. */
   private early: string | undefined;
@@ -30,16 +31,22 @@ export class Closers {
     process.on('SIGINT', () => take('SIGINT'));
   }
 
-  /** Run `close` at shutdown, before everything pushed earlier. */
-  push(close: () => Promise<void>): void {
-    this.steps.push(close);
+  /** Run `close` at shutdown, before everything pushed earlier; `name` says what it is in the log. */
+  push(name: string, close: () => Promise<void>): void {
+    this.steps.push({ name, close });
   }
 
-  /** Every step, latest first; one failing does not stop the rest. */
+  /**
+   * Every step, latest first; one failing does not stop the rest. A step is
+   * never cut short (it may be committing acknowledged writes), but one that
+   * takes long is named in the log, so a shutdown that hangs says where.
+   */
   async closeAll(): Promise<void> {
     while (this.steps.length > 0) {
-      const close = this.steps.pop()!;
-      await close().catch((err) => this.log.error({ err: String(err) }, 'shutdown step failed'));
+      const { name, close } = this.steps.pop()!;
+      await reportIfSlow(this.log, `shutdown: ${name}`, close).catch((err) =>
+        this.log.error({ step: name, err: String(err) }, 'shutdown step failed'),
+      );
     }
   }
 

@@ -71,7 +71,9 @@ const commands: Command[] = [
         await rm(socketDir, { recursive: true, force: true });
         throw err;
       }
-      serving.closers.push(() => rm(socketDir, { recursive: true, force: true }));
+      serving.closers.push('unix socket dir', () =>
+        rm(socketDir, { recursive: true, force: true }),
+      );
       const attach = spawnSync(
         'nbd-client',
         ['-unix', unixPath, device, '-N', volume, '-b', '4096'],
@@ -83,7 +85,7 @@ const commands: Command[] = [
           `nbd-client could not attach ${volume} to ${device}: ${(attach.stderr || attach.stdout || String(attach.error)).trim()}`,
         );
       }
-      serving.closers.push(async () => {
+      serving.closers.push('nbd-client detach', async () => {
         // First to run at shutdown: the kernel lets go before the server drains.
         const detach = spawnSync('nbd-client', ['-d', device], { encoding: 'utf8' });
         if (detach.status !== 0)

@@ -234,7 +234,7 @@ export async function main(argv: string[]): Promise<number> {
     await closeAll();
     throw err;
   }
-  closers.push(() => node.close());
+  closers.push('storage node (commit, close stores)', () => node.close());
   try {
     const existing = new Set((await node.listVolumes()).map((vol) => vol.name));
     for (const { name, size } of ensure)
@@ -245,7 +245,7 @@ export async function main(argv: string[]): Promise<number> {
       ...nbdLimitOptions(v),
       tls: nbdTls,
     });
-    closers.push(() => nbd.close({ drainMs: 3000 }));
+    closers.push('NBD server (drain)', () => nbd.close({ drainMs: 3000 }));
     const { bound, tcpUnavailable } = await listenNbdTcp(
       nbd,
       nbdAddress,
@@ -260,21 +260,21 @@ export async function main(argv: string[]): Promise<number> {
       ...(unixPath ? { unix: unixPath } : {}),
     };
     const admin = await startAdminApi(node, join(dataDir, 'torusd.sock'));
-    closers.push(() => closeServer(admin));
+    closers.push('admin API', () => closeServer(admin));
     let http: Server | undefined;
     if (v.port !== undefined) {
       http = await startHttpServer(v.host as string, v.port as number, metrics, () => ({
         ok: true,
         detail: node.status(),
       }));
-      closers.push(() => closeServer(http!));
+      closers.push('HTTP server', () => closeServer(http!));
     }
     let member: ClusterMember | undefined;
     let peerListen: string | undefined;
     if (cluster && etcd) {
       // Listening before registering: a peer that sees this node in etcd can reach it.
       const peers = await servePeers(node, peerAddress, { ...cluster, peerTls });
-      closers.push(() => node.stopServingPeers()); // after leaving the cluster, before the store closes
+      closers.push('peer service', () => node.stopServingPeers()); // after leaving the cluster, before the store closes
       peerListen = `${formatHost(peers.address.address)}:${peers.address.port}`;
       member = await ClusterMember.join({
         meta: cluster.meta,
@@ -291,7 +291,7 @@ export async function main(argv: string[]): Promise<number> {
       });
       const joined = member;
       node.followMembership(joined.peers);
-      closers.push(() => joined.stop()); // first to run: the node leaves the cluster before it drains
+      closers.push('cluster membership (leave)', () => joined.stop()); // first to run: the node leaves the cluster before it drains
       node.clusterStatus = () => ({ etcd: etcd.endpoints, peerListen, ...joined.status() });
     }
     const volumes = await node.list();
@@ -359,9 +359,9 @@ async function openCluster(etcd: EtcdConfig, dataDir: string, closers: Closers) 
   await ensureDirectory(dataDir, 'data directory');
   await ensureDirectory(lockDir, 'metadata directory');
   const meta = await openClusterStore(etcd);
-  closers.push(() => meta.close());
+  closers.push('metadata store', () => meta.close());
   const lock = await DirectoryLock.acquire(lockDir, logger('torusd'));
-  closers.push(() => lock.release());
+  closers.push('data dir lock', () => lock.release());
   const prepared = await prepareClusterDataDir(meta, dataDir, etcd.endpoints);
   return { meta, ...prepared };
 }

@@ -38,6 +38,7 @@ export type { SnapshotStatus } from './volume-admin.js';
 import { VolumeHost, type ExportDescription } from './volume-host.js';
 import { VolumeResizer, type ResizeOptions, type ResizeResult } from './volume-resize.js';
 import { volumeServices } from './volume-services.js';
+import { reportIfSlow } from '../common/slow-step.js';
 
 export { DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SCRUB_RATE } from './background-services.js';
 export {
@@ -312,16 +313,18 @@ export class StorageNode implements ExportProvider {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    const step = <T>(name: string, run: () => Promise<T>) =>
+      reportIfSlow(this.parts.log, `node close: ${name}`, run);
     this.host.beginClose();
-    await this.host.settle();
+    await step('settle volume opens and closes', () => this.host.settle());
     this.ownership.stopRecovering();
     // Background copying ends before the peer service it uses for this store does.
-    await this.background.close();
-    await this.stopServingPeers();
-    await this.flushAll();
-    await this.host.closeVolumes();
+    await step('background services', () => this.background.close());
+    await step('peer service', () => this.stopServingPeers());
+    await step('flush volumes', () => this.flushAll());
+    await step('close volumes', () => this.host.closeVolumes());
     // After the last commit: release, so another node may take over at once.
-    await this.ownership.releaseAll();
-    await closeNodeParts(this.parts);
+    await step('release write locks', () => this.ownership.releaseAll());
+    await step('close stores and workers', () => closeNodeParts(this.parts));
   }
 }

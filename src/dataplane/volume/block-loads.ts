@@ -45,6 +45,8 @@ export class BlockLoads {
    * on a single node, whose misses are local preads.
    */
   readonly readAhead: ReadAhead;
+  /** Set by stop(): the volume is closing, no fill starts any more. */
+  private stopped = false;
 
   constructor(
     private readonly state: VolumeState,
@@ -61,9 +63,21 @@ export class BlockLoads {
     );
   }
 
+  /**
+   * The volume is closing: no fill starts from now on (a load waiting for a
+   * slot fails with ESHUTDOWN), and this resolves once those in flight have
+   * answered. Until then a worker may still write their slots and mark them
+   * Clean: the volume may free its slots only after this, or a fill landing
+   * late would write into a slot another block (another volume's) holds.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight.values()]);
+  }
+
   /** Read-ahead's fetch: block `index` whole into the cache unless it is there, coming, or a hole. */
   private fetchAhead(index: number): void {
-    if (this.state.table.has(index) || this.state.isHole(index)) return;
+    if (this.stopped || this.state.table.has(index) || this.state.isHole(index)) return;
     // A failed fetch is the reader's to see, when (and if) it asks for the block itself.
     this.loaded(index).catch(() => undefined);
   }
@@ -80,6 +94,11 @@ export class BlockLoads {
     const { cache, store } = this.state.services;
     const wanted = cache.maskOf(within, length);
     for (;;) {
+      if (this.stopped)
+        throw new IoError(
+          'ESHUTDOWN',
+          `volume ${this.state.name} is closing: block ${index} not read`,
+        );
       let cacheSlot = this.state.table.get(index);
       let previous = 0;
       if (cacheSlot !== undefined) {

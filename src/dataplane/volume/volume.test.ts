@@ -375,4 +375,51 @@ describe('volume', { timeout: 60_000 }, () => {
     await v.close();
     await closeRig(r);
   });
+
+  test('close waits for cache fills in flight (read-ahead, prefetch) before it frees their slots', async () => {
+    const r = await rig(join(root, 'close-while-loading'));
+    const written = await Volume.open(identity, 0, undefined, null, r.services);
+    const data = randomBytes(8 * BS);
+    await written.write(0, data, false);
+    await written.close();
+    // A fresh volume object on the committed version: its cache is empty, every read is a fill.
+    const v = await Volume.open(
+      identity,
+      r.committed.generation,
+      r.committed.root,
+      null,
+      r.services,
+    );
+    // Fills finish late: the pool's answers are held back 150 ms.
+    const pool = r.services.pool;
+    const read = pool.read.bind(pool);
+    const failures: unknown[] = [];
+    let answered = 0;
+    pool.read = (request) =>
+      read({
+        ...request,
+        done: (...outcome) =>
+          setTimeout(() => {
+            answered++;
+            try {
+              request.done(...outcome);
+            } catch (err) {
+              failures.push(err);
+            }
+          }, 150),
+      });
+    const prefetching = v.prefetch(0, 8 * BS).catch(() => undefined);
+    await sleep(20);
+    await v.close();
+    assert.equal(answered, 8, 'close returned only once every fill had answered');
+    assert.deepEqual(failures, [], "a fill's answer found its slot freed");
+    await prefetching;
+    pool.read = read;
+    assert.equal(
+      r.services.cache.freeSlots,
+      r.services.cache.slotCount,
+      'every slot is free again',
+    );
+    await closeRig(r);
+  });
 });

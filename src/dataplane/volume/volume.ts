@@ -25,6 +25,7 @@
  * - All store-writing work (spills and commits) runs one round at a time
  *   (WriteBackRounds); that serialisation is what the bookkeeping relies on.
  */
+import { assert } from '../../common/assert.js';
 import { IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
 import type { Extent, ReadViews } from '../nbd/export.js';
@@ -491,8 +492,14 @@ export class Volume implements CacheOwner {
     this.state.intents?.close();
     this.closed = true;
     this.rounds.dispose();
-    this.services.cache.removeOwner(this);
-    for (const slot of this.table.values()) this.services.cache.free(slot);
+    // Fills still in flight (read-ahead past a reader's last request, a prefetch) own their slots until they answer.
+    await this.blockLoads.stop();
+    const { cache } = this.services;
+    cache.removeOwner(this);
+    for (const slot of this.table.values()) {
+      assert(cache.state[slot] !== SlotState.Loading, 'a closing volume frees a slot being filled');
+      cache.free(slot);
+    }
     this.table.clear();
   }
 }
