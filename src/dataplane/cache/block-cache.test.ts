@@ -135,7 +135,7 @@ test('a slot on the free list that is in use, and an owner that changes a slot i
   );
 });
 
-test('valid masks: a range maps to the sub-blocks it touches; only a whole slot may be written', () => {
+test('valid masks: a range maps to the sub-blocks it touches; only a whole slot may be written back', () => {
   const cache = new BlockCache(64 * 1024, 64 * 64 * 1024);
   assert.equal(cache.subBlocks, 16);
   assert.equal(cache.wholeMask, 0xffff);
@@ -157,12 +157,27 @@ test('valid masks: a range maps to the sub-blocks it touches; only a whole slot 
   cache.setValid(slot, (1 << 5) | (1 << 6));
   cache.setState(slot, SlotState.Clean);
   assert.ok(cache.covers(slot, cache.maskOf(5 * 4096, 8192)));
-  assert.throws(() => cache.setState(slot, SlotState.Dirty), broken(/partly loaded slot/));
-  assert.throws(() => cache.setState(slot, SlotState.Flushing), broken(/partly loaded slot/));
+  assert.throws(() => cache.setState(slot, SlotState.Flushing), broken(/partly valid slot/));
   assert.throws(() => cache.setValid(slot, 1 << 16), broken(/sub-blocks of the block/));
-  cache.setValid(slot, cache.wholeMask);
+  // Written in part: Dirty, still partial; written back only once whole.
   cache.setState(slot, SlotState.Dirty);
   assert.equal(cache.dirtySlots, 1);
+  assert.equal(cache.isWhole(slot), false);
+  assert.throws(() => cache.setState(slot, SlotState.Flushing), broken(/partly valid slot/));
+  cache.setValid(slot, cache.wholeMask);
+  cache.setState(slot, SlotState.Flushing);
+  assert.equal(cache.dirtySlots, 0);
+});
+
+test('whole sub-blocks of a range: only a range of exactly whole 4 KiB sub-blocks has them', () => {
+  const cache = new BlockCache(64 * 1024, 64 * 64 * 1024);
+  assert.equal(cache.wholeSubBlocksOf(0, 4096), 0b1);
+  assert.equal(cache.wholeSubBlocksOf(8192, 8192), 0b1100);
+  assert.equal(cache.wholeSubBlocksOf(0, 64 * 1024), 0xffff);
+  assert.equal(cache.wholeSubBlocksOf(512, 4096), 0, 'unaligned start');
+  assert.equal(cache.wholeSubBlocksOf(4096, 512), 0, 'part of a sub-block');
+  assert.equal(cache.wholeSubBlocksOf(4096, 0), 0, 'nothing');
+  assert.equal(new BlockCache(256 * 1024, 64 * 256 * 1024).wholeSubBlocksOf(0, 4096), 0);
 });
 
 test('blocks of more than 32 sub-blocks are always whole', () => {

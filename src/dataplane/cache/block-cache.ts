@@ -32,13 +32,19 @@
  * Each is an integer compare on the hot path: messages are constants, or
  * built only once the check has failed.
  *
- * Partly loaded slots: a slot holds a mask of its valid 4 KiB sub-blocks, so a
- * 4 KiB miss loads 4 KiB (blocks/sub-sums.ts). Only a Clean slot may be
- * partial: Dirty and Flushing slots are always whole (a write first loads the
- * rest; the store writes blocks whole). A partial slot is filled further by
- * Clean → Loading → Clean, the worker writing only sub-blocks not yet valid,
- * so pinned views of valid ones are undisturbed. Blocks of more than 32
- * sub-blocks (above 128 KiB) are always whole: the mask is one u32.
+ * Partly valid slots: a slot holds a mask of its valid 4 KiB sub-blocks, so a
+ * 4 KiB miss loads 4 KiB (blocks/sub-sums.ts) and a 4 KiB write to a block
+ * not in the cache writes 4 KiB without reading the rest first. A Clean slot
+ * may be partial (partly loaded), and so may a Dirty one (written in whole
+ * sub-blocks over a stored block: its invalid sub-blocks are the stored
+ * copy's). Flushing slots are always whole: the store writes blocks whole,
+ * so a partial Dirty slot is completed before it is written back — the rest
+ * loaded into another slot by a worker, then copied in by main
+ * (volume/block-loads.ts), so the ownership rule above holds. A partial
+ * Clean slot is filled further by Clean → Loading → Clean, the worker
+ * writing only sub-blocks not yet valid, so pinned views of valid ones are
+ * undisturbed. Blocks of more than 32 sub-blocks (above 128 KiB) are always
+ * whole: the mask is one u32.
  */
 import { assert, invariantBroken } from '../../common/assert.js';
 import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
@@ -179,11 +185,23 @@ export class BlockCache {
     this.ownerIndex[slot] = index;
     this.referenced[slot] = 1;
     this.state[slot] = initial;
-    // Whole unless its filler says otherwise (setValid) before the slot leaves Loading: a
-    // write fills a Dirty slot whole, and no one reads a Loading slot's mask.
+    // Whole unless its filler or writer says otherwise (setValid): before the slot leaves
+    // Loading, or before a Dirty one is written in part; no one reads a Loading slot's mask.
     this.valid[slot] = this.wholeMask;
     if (initial === SlotState.Dirty) this.dirty++;
     return slot;
+  }
+
+  /**
+   * The sub-blocks that bytes [start, start + length) of a block cover
+   * entirely, when the range is exactly whole sub-blocks; 0 otherwise (or
+   * when slots are always whole). A write of such a range needs nothing of
+   * what the block held before.
+   */
+  wholeSubBlocksOf(start: number, length: number): number {
+    if (this.subBlocks === 0 || start % SUB_BLOCK_SIZE !== 0 || length % SUB_BLOCK_SIZE !== 0)
+      return 0;
+    return this.maskOf(start, length);
   }
 
   /** The sub-blocks that bytes [start, start + length) of a block touch, as a mask (0 when slots are always whole). */
@@ -200,7 +218,7 @@ export class BlockCache {
     return (this.valid[slot] & mask) >>> 0 === mask;
   }
 
-  /** True when the whole slot holds data (always, for Dirty and Flushing slots). */
+  /** True when the whole slot holds data (always, for a Flushing slot). */
   isWhole(slot: number): boolean {
     return this.valid[slot] === this.wholeMask;
   }
@@ -209,7 +227,7 @@ export class BlockCache {
     return this.valid[slot];
   }
 
-  /** After a fill: `mask` is what the slot now holds. A Dirty or Flushing slot is whole, always. */
+  /** After a fill or a partial write: `mask` is what the slot now holds. A Flushing slot is whole, always. */
   setValid(slot: number, mask: number): void {
     assert((mask & ~this.wholeMask) === 0, 'a valid mask names only sub-blocks of the block');
     this.valid[slot] = mask >>> 0;
@@ -252,8 +270,8 @@ export class BlockCache {
         `slot ${slot} may not go from ${STATE_NAMES[previous]} to ${STATE_NAMES[next]}`,
       );
     }
-    if (next === SlotState.Dirty || next === SlotState.Flushing)
-      assert(this.valid[slot] === this.wholeMask, 'a partly loaded slot was written');
+    if (next === SlotState.Flushing)
+      assert(this.valid[slot] === this.wholeMask, 'a partly valid slot is being written back');
     if (previous === SlotState.Dirty) this.dirty--;
     else if (previous === SlotState.Flushing) this.flushing--;
     if (next === SlotState.Dirty) this.dirty++;

@@ -13,6 +13,13 @@
  * only what is missing. Sealed blocks are whole: the AEAD tag covers the
  * whole block. Cluster reads by a sequential reader also fetch the blocks
  * after it ahead of time (read-ahead.ts), whole.
+ *
+ * Completing partly written blocks: a write of whole sub-blocks to a block
+ * not in the cache leaves a Dirty slot holding only those (volume.ts). The
+ * rest is the stored copy's, loaded when something needs the whole block —
+ * its write-back (dirty-blocks.ts), a read of a sub-block not written — into
+ * a slot of its own by a worker, then copied into the Dirty slot by main,
+ * sub-blocks written meanwhile kept (complete()).
  */
 import { assert } from '../../common/assert.js';
 import { ChecksumError, IoError } from '../../common/errors.js';
@@ -36,6 +43,9 @@ interface BlockSource {
   spilled: boolean;
 }
 
+/** Partly written blocks completed at once by a write-back (each holds a cache slot for its load). */
+const COMPLETIONS_AT_ONCE = 32;
+
 export class BlockLoads {
   /** In-flight cache fills, by block index: a request meeting a Loading slot waits on its fill. */
   readonly inFlight = new Map<number, Promise<void>>();
@@ -47,6 +57,8 @@ export class BlockLoads {
   readonly readAhead: ReadAhead;
   /** Set by stop(): the volume is closing, no fill starts any more. */
   private stopped = false;
+  /** Partly written blocks being completed, by index (complete()). */
+  private readonly completing = new Map<number, Promise<void>>();
 
   constructor(
     private readonly state: VolumeState,
@@ -72,7 +84,8 @@ export class BlockLoads {
    */
   async stop(): Promise<void> {
     this.stopped = true;
-    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight.values()]);
+    while (this.inFlight.size > 0 || this.completing.size > 0)
+      await Promise.allSettled([...this.inFlight.values(), ...this.completing.values()]);
   }
 
   /** Read-ahead's fetch: block `index` whole into the cache unless it is there, coming, or a hole. */
@@ -91,7 +104,7 @@ export class BlockLoads {
    * AEAD tag covers the whole block).
    */
   async loaded(index: number, within = 0, length = this.state.blockSize): Promise<number> {
-    const { cache, store } = this.state.services;
+    const { cache } = this.state.services;
     const wanted = cache.maskOf(within, length);
     for (;;) {
       if (this.stopped)
@@ -107,30 +120,18 @@ export class BlockLoads {
           continue;
         }
         if (cache.covers(cacheSlot, wanted)) return cacheSlot;
-        // Clean and partly loaded (Dirty and Flushing slots are whole): fill the rest of the range in place.
+        if (cache.state[cacheSlot] === SlotState.Dirty) {
+          // Written in part: its other sub-blocks come from the stored copy, copied in by main.
+          await this.complete(index);
+          continue;
+        }
+        // Clean and partly loaded (Flushing slots are whole): fill the rest of the range in place.
         previous = cache.validMask(cacheSlot);
       } else if (this.state.isHole(index)) {
         return -1;
       }
-      const spilled = this.state.spilled.get(index);
-      const entry = spilled
-        ? {
-            generation: this.state.generation + 1,
-            flags: this.state.key ? ENTRY_SEALED : 0,
-            hashLo: spilled.hashLo,
-            hashHi: spilled.hashHi,
-          }
-        : this.state.map.lookup(index)!;
-      // A clone's older entries name its ancestors' blocks: read those under their owner's id.
-      const owner = spilled ? this.state.id : this.state.map.ownerOf(entry.generation);
-      const remote = this.state.placement.readRemote(owner, index);
-      const storeSlot = store.lookup(owner, entry.generation, index) ?? -1;
-      if (storeSlot < 0 && !remote) {
-        throw new IoError(
-          'EIO',
-          `volume ${this.state.name}: block ${index} (gen ${entry.generation}) is missing from the local store`,
-        );
-      }
+      const source = this.sourceOf(index);
+      const { entry } = source;
       if (cacheSlot === undefined) {
         cacheSlot = cache.acquire(this.owner, index, SlotState.Loading);
         if (cacheSlot < 0) {
@@ -155,15 +156,136 @@ export class BlockLoads {
           0;
       // A whole read lands straight in the slot: it must not hold sub-blocks already served from it.
       assert(!whole || previous === 0, 'a partly loaded slot is filled whole');
-      await this.fill(
-        index,
-        cacheSlot,
-        { owner, entry, storeSlot, remote, spilled: !!spilled },
-        toRead,
-        previous,
-      );
+      await this.fill(index, cacheSlot, source, toRead, previous);
       return cacheSlot;
     }
+  }
+
+  /** Where block `index`'s stored copy is (it is not a hole): spilled for the next version, or committed. */
+  private sourceOf(index: number): BlockSource {
+    const spilled = this.state.spilled.get(index);
+    const entry = spilled
+      ? {
+          generation: this.state.generation + 1,
+          flags: this.state.key ? ENTRY_SEALED : 0,
+          hashLo: spilled.hashLo,
+          hashHi: spilled.hashHi,
+        }
+      : this.state.map.lookup(index)!;
+    // A clone's older entries name its ancestors' blocks: read those under their owner's id.
+    const owner = spilled ? this.state.id : this.state.map.ownerOf(entry.generation);
+    const remote = this.state.placement.readRemote(owner, index);
+    const storeSlot = this.state.services.store.lookup(owner, entry.generation, index) ?? -1;
+    if (storeSlot < 0 && !remote) {
+      throw new IoError(
+        'EIO',
+        `volume ${this.state.name}: block ${index} (gen ${entry.generation}) is missing from the local store`,
+      );
+    }
+    return { owner, entry, storeSlot, remote, spilled: !!spilled };
+  }
+
+  /**
+   * Make block `index`'s Dirty slot whole if it was written in part: its
+   * sub-blocks not written are loaded from the stored copy into a slot of
+   * their own (the worker never touches the Dirty slot), then copied in by
+   * main, skipping any written while the load ran. Resolves at once when
+   * the slot is whole, or not Dirty, or gone (trimmed meanwhile). One
+   * completion per block at a time.
+   */
+  complete(index: number): Promise<void> {
+    let running = this.completing.get(index);
+    if (!running) {
+      running = this.completeOnce(index).finally(() => this.completing.delete(index));
+      this.completing.set(index, running);
+    }
+    return running;
+  }
+
+  /** complete() of every block in `indices` that needs it, a bounded number at a time. */
+  async completeAll(indices: readonly number[]): Promise<void> {
+    const { cache } = this.state.services;
+    const partial = indices.filter((index) => {
+      const slot = this.state.table.get(index);
+      return slot !== undefined && cache.state[slot] === SlotState.Dirty && !cache.isWhole(slot);
+    });
+    for (let at = 0; at < partial.length; at += COMPLETIONS_AT_ONCE)
+      await Promise.all(
+        partial.slice(at, at + COMPLETIONS_AT_ONCE).map((index) => this.complete(index)),
+      );
+  }
+
+  private async completeOnce(index: number): Promise<void> {
+    const { cache } = this.state.services;
+    for (;;) {
+      const dirtySlot = this.state.table.get(index);
+      if (
+        dirtySlot === undefined ||
+        cache.state[dirtySlot] !== SlotState.Dirty ||
+        cache.isWhole(dirtySlot)
+      )
+        return;
+      if (this.stopped)
+        throw new IoError(
+          'ESHUTDOWN',
+          `volume ${this.state.name} is closing: block ${index} not completed`,
+        );
+      // Only a stored block is written in part (a hole's slot starts as zeros, whole).
+      assert(!this.state.isHole(index), 'a partly written block has no stored copy');
+      const source = this.sourceOf(index);
+      const rest = cache.acquire(this.owner, index, SlotState.Loading);
+      if (rest < 0) {
+        await this.waitForCacheSpace();
+        continue;
+      }
+      cache.misses++;
+      const sealed = (source.entry.flags & ENTRY_SEALED) !== 0;
+      const missing = (cache.wholeMask & ~cache.validMask(dirtySlot)) >>> 0;
+      await new Promise<void>((resolve, reject) => {
+        this.state.services.pool.read({
+          volumeId: source.owner,
+          key: sealed ? this.state.key : null,
+          cacheSlot: rest,
+          storeSlot: source.storeSlot,
+          generation: source.entry.generation,
+          index,
+          hashLo: source.entry.hashLo,
+          hashHi: source.entry.hashHi,
+          remote: source.remote,
+          subBlocks: sealed ? undefined : missing,
+          done: (status, reason, localBad) => {
+            if (localBad && !source.spilled)
+              this.dropBadLocalCopy(source.owner, index, source.entry.generation, reason);
+            if (status === READ_OK) {
+              // Still the same Dirty slot (not trimmed, not rewritten whole): copy in what is still missing.
+              if (
+                this.state.table.get(index) === dirtySlot &&
+                cache.state[dirtySlot] === SlotState.Dirty
+              )
+                this.mergeInto(dirtySlot, rest);
+              cache.free(rest);
+              resolve();
+              return;
+            }
+            cache.free(rest);
+            reject(this.readFailure(status, index, source.entry.generation, reason));
+          },
+        });
+      });
+    }
+  }
+
+  /** Copy the sub-blocks `dirty` does not hold from `rest` (which holds at least those); `dirty` is whole after. */
+  private mergeInto(dirty: number, rest: number): void {
+    const { cache } = this.state.services;
+    const missing = (cache.wholeMask & ~cache.validMask(dirty)) >>> 0;
+    const from = cache.view(rest);
+    const to = cache.view(dirty);
+    for (let j = 0; j < cache.subBlocks; j++) {
+      if ((missing & (1 << j)) === 0) continue;
+      from.copy(to, j * SUB_BLOCK_SIZE, j * SUB_BLOCK_SIZE, (j + 1) * SUB_BLOCK_SIZE);
+    }
+    cache.setValid(dirty, cache.wholeMask);
   }
 
   /**
@@ -203,33 +325,33 @@ export class BlockLoads {
           }
           if (this.state.table.get(index) === cacheSlot) this.state.table.delete(index);
           cache.free(cacheSlot);
-          if (status === READ_CHECKSUM_MISMATCH || status === READ_OPEN_FAILED) {
-            const what =
-              status === READ_CHECKSUM_MISMATCH ? 'checksum mismatch' : 'authentication failed';
-            this.state.services.log.error(
-              { volume: this.state.name, block: index, generation: entry.generation, reason },
-              `${what}: block not served`,
-            );
-            this.state.services.onChecksumError?.(this.state.name, index, reason);
-            reject(
-              new ChecksumError(
-                this.state.name,
-                index,
-                `volume ${this.state.name} block ${index}: ${what}`,
-              ),
-            );
-          } else {
-            this.state.services.log.error(
-              { volume: this.state.name, block: index, reason },
-              'block read failed',
-            );
-            reject(new IoError('EIO', `volume ${this.state.name} block ${index}: ${reason}`));
-          }
+          reject(this.readFailure(status, index, entry.generation, reason));
         },
       });
     });
     this.inFlight.set(index, load);
     return load;
+  }
+
+  /** A failed read of block `index`, logged, as the error its reader gets. */
+  private readFailure(status: number, index: number, generation: number, reason: string): Error {
+    const { log, onChecksumError } = this.state.services;
+    if (status === READ_CHECKSUM_MISMATCH || status === READ_OPEN_FAILED) {
+      const what =
+        status === READ_CHECKSUM_MISMATCH ? 'checksum mismatch' : 'authentication failed';
+      log.error(
+        { volume: this.state.name, block: index, generation, reason },
+        `${what}: block not served`,
+      );
+      onChecksumError?.(this.state.name, index, reason);
+      return new ChecksumError(
+        this.state.name,
+        index,
+        `volume ${this.state.name} block ${index}: ${what}`,
+      );
+    }
+    log.error({ volume: this.state.name, block: index, reason }, 'block read failed');
+    return new IoError('EIO', `volume ${this.state.name} block ${index}: ${reason}`);
   }
 
   /**

@@ -20,10 +20,24 @@ import type { SpilledBlock, VolumeState } from './volume-state.js';
  * they are dirty again and nothing was recorded; a block stored nowhere
  * stays dirty and fails the call after the others are recorded.
  */
-export async function storeDirty(state: VolumeState, indices: number[]): Promise<void> {
-  if (indices.length === 0) return;
+export async function storeDirty(state: VolumeState, chosen: number[]): Promise<void> {
+  if (chosen.length === 0) return;
   if (state.storeRefused) throw state.storeRefused;
   const { cache, store, pool } = state.services;
+  // Blocks written in part are completed first (nothing yields when none
+  // is). A block trimmed meanwhile is no longer dirty; one trimmed and
+  // written in part again is completed again.
+  const whole = (index: number) => {
+    const slot = state.table.get(index);
+    return slot === undefined || cache.isWhole(slot);
+  };
+  let indices = chosen;
+  while (!indices.every(whole)) {
+    await state.completeBlocks(indices);
+    indices = indices.filter((index) => state.dirty.has(index));
+  }
+  // From here to Flushing nothing yields: no write can make one of them partial again.
+  if (indices.length === 0) return;
   const { placement } = state;
   const generation = state.generation + 1;
   const cacheSlots = indices.map((index) => state.table.get(index)!);

@@ -84,6 +84,12 @@ export class VolumeState {
    * yet committed, by index. Never holds an index that is also in pendingHoles.
    */
   readonly spilled = new Map<number, SpilledBlock>();
+  /**
+   * Make the Dirty slots of these blocks whole where they were written in
+   * part (block-loads.ts complete()); volume.ts sets it. The write-back
+   * calls it before storing: the store writes blocks whole.
+   */
+  completeBlocks: (indices: readonly number[]) => Promise<void> = async () => undefined;
   /** A single node's intent log, this volume's side (volume.ts sets it); a commit settles its captures. */
   intents: VolumeIntents | undefined;
   /** A commit round runs (write-back.ts); it may have taken its dirty blocks already. */

@@ -422,4 +422,118 @@ describe('volume', { timeout: 60_000 }, () => {
     );
     await closeRig(r);
   });
+
+  /** Counts the pool's reads; `holdMs` holds each answer back that long (a load in flight). */
+  function countReads(r: Awaited<ReturnType<typeof rig>>, holdMs = 0) {
+    const pool = r.services.pool;
+    const read = pool.read.bind(pool);
+    const counter = { reads: 0, restore: () => void (pool.read = read) };
+    pool.read = (request) => {
+      counter.reads++;
+      read(
+        holdMs === 0
+          ? request
+          : {
+              ...request,
+              done: (...outcome) => setTimeout(() => request.done(...outcome), holdMs),
+            },
+      );
+    };
+    return counter;
+  }
+
+  /** A volume of `blocks` random blocks, committed, reopened with nothing of it in the cache. */
+  async function storedVolume(dir: string, blocks: number, key: Uint8Array | null = null) {
+    const r = await rig(dir);
+    const named = key ? { ...identity, encrypted: true } : identity;
+    const writer = await Volume.open(named, 0, undefined, key, r.services);
+    const data = randomBytes(blocks * BS);
+    await writer.write(0, data, false);
+    await writer.close();
+    const v = await Volume.open(named, r.committed.generation, r.committed.root, key, r.services);
+    return { r, v, data, named };
+  }
+
+  for (const sealed of [false, true]) {
+    test(`a write of whole 4 KiB sub-blocks into a stored block reads nothing first; the rest comes in when needed${sealed ? ' (encrypted)' : ''}`, async () => {
+      const key = sealed ? randomBytes(32) : null;
+      const { r, v, data, named } = await storedVolume(join(root, `partial-${sealed}`), 3, key);
+      const expected = Buffer.from(data);
+      const counter = countReads(r);
+      const patch = (offset: number, length: number) => {
+        const bytes = randomBytes(length);
+        bytes.copy(expected, offset);
+        return v.write(offset, bytes, false);
+      };
+      await patch(BS + 2 * 4096, 4096);
+      await patch(2 * BS, 8192);
+      await patch(2 * BS + 15 * 4096, 4096);
+      assert.equal(counter.reads, 0, 'whole sub-blocks need nothing of the stored block');
+      // A read of the written sub-block alone needs nothing either; one of the rest completes the block.
+      const written = Buffer.alloc(4096);
+      await v.read(BS + 2 * 4096, written);
+      assert.deepEqual(written, expected.subarray(BS + 2 * 4096, BS + 3 * 4096));
+      assert.equal(counter.reads, 0);
+      const all = Buffer.alloc(3 * BS);
+      await v.read(0, all);
+      assert.ok(all.equals(expected), 'reads see the writes over the stored copy');
+      assert.ok(counter.reads > 0);
+      // Not whole sub-blocks: the stored block is read first, as before.
+      await patch(BS / 2 + 100, 10);
+      // A commit completes what is still partial (block 2) and writes whole blocks.
+      await v.commit();
+      await v.close();
+      counter.restore();
+      const again = await Volume.open(
+        named,
+        r.committed.generation,
+        r.committed.root,
+        key,
+        r.services,
+      );
+      const back = Buffer.alloc(3 * BS);
+      await again.read(0, back);
+      assert.ok(back.equals(expected), 'committed whole and read back');
+      await again.close();
+      await closeRig(r);
+    });
+  }
+
+  test('sub-blocks written while the rest of their block loads are kept, not overwritten by the stored copy', async () => {
+    const { r, v, data } = await storedVolume(join(root, 'partial-race'), 2);
+    const expected = Buffer.from(data);
+    const first = randomBytes(4096);
+    await v.write(BS + 4096, first, false);
+    first.copy(expected, BS + 4096);
+    const counter = countReads(r, 100);
+    // A read of a sub-block not written starts the load of the rest ...
+    const reading = Buffer.alloc(BS);
+    const read = v.read(BS, reading);
+    await sleep(20);
+    assert.equal(counter.reads, 1);
+    // ... while sub-blocks it is loading are written, and a trim drops block 0 meanwhile.
+    const second = randomBytes(2 * 4096);
+    await v.write(BS + 8 * 4096, second, false);
+    second.copy(expected, BS + 8 * 4096);
+    await v.zeroRange(0, BS, false);
+    expected.fill(0, 0, BS);
+    await read;
+    counter.restore();
+    const back = Buffer.alloc(2 * BS);
+    await v.read(0, back);
+    assert.ok(back.equals(expected), 'every write kept, the rest from the stored copy');
+    await v.commit();
+    await v.close();
+    const again = await Volume.open(
+      identity,
+      r.committed.generation,
+      r.committed.root,
+      null,
+      r.services,
+    );
+    await again.read(0, back);
+    assert.ok(back.equals(expected), 'and so committed');
+    await again.close();
+    await closeRig(r);
+  });
 });

@@ -111,6 +111,7 @@ export class Volume implements CacheOwner {
     this.loads = this.blockLoads.inFlight;
     state.services.cache.addOwner(this);
     state.intents = state.services.intentLog && new VolumeIntents(state, this);
+    state.completeBlocks = (indices) => this.blockLoads.completeAll(indices);
   }
 
   /**
@@ -271,15 +272,29 @@ export class Volume implements CacheOwner {
     return fua ? this.flush() : DONE;
   }
 
-  /** Copy into the cache if that needs no waiting; false if it must wait. */
+  /**
+   * Copy into the cache if that needs no waiting; false if it must wait.
+   * A write of whole 4 KiB sub-blocks needs nothing of the block's stored
+   * copy: into a block not in the cache, or one partly loaded or written,
+   * it marks just those sub-blocks valid, and the rest is read when the
+   * whole block is needed (BlockLoads.complete()). Any other write to a
+   * stored block reads the rest of it first (writeSlow).
+   */
   private writeFast(index: number, within: number, data: Buffer, from: number, n: number): boolean {
     const { cache } = this.services;
     let slot = this.table.get(index);
     if (slot !== undefined) {
       const state = cache.state[slot];
-      // A partly loaded slot is made whole first (writeSlow): the store writes blocks whole.
-      if (state === SlotState.Loading || !cache.isWhole(slot)) return false;
+      if (state === SlotState.Loading) return false;
       if (state !== SlotState.Dirty && !cache.mayDirty()) return false;
+      if (!cache.isWhole(slot)) {
+        // Partly loaded (Clean) or partly written (Dirty): only whole sub-blocks go in as they are.
+        const covered = cache.wholeSubBlocksOf(within, n);
+        if (covered === 0) return false;
+        if (state === SlotState.Clean) cache.setState(slot, SlotState.Dirty);
+        cache.setValid(slot, (cache.validMask(slot) | covered) >>> 0);
+        return this.copyIn(index, slot, within, data, from, n);
+      }
       if (state === SlotState.Flushing) {
         // The flush is reading this slot: give the new data a slot of its own.
         const copy = cache.acquire(this, index, SlotState.Dirty);
@@ -293,13 +308,28 @@ export class Volume implements CacheOwner {
     } else {
       const whole = within === 0 && n === this.blockSize;
       const hole = this.state.isHole(index);
-      if (!whole && !hole) return false; // read-modify-write of a stored block
+      // A stored block written in whole sub-blocks: the slot holds just those.
+      const covered = whole || hole ? 0 : cache.wholeSubBlocksOf(within, n);
+      if (!whole && !hole && covered === 0) return false; // read-modify-write of a stored block
       if (!cache.mayDirty()) return false;
       slot = cache.acquire(this, index, SlotState.Dirty);
       if (slot < 0) return false;
       this.table.set(index, slot);
-      if (!whole) cache.view(slot).fill(0);
+      if (covered !== 0) cache.setValid(slot, covered);
+      else if (!whole) cache.view(slot).fill(0);
     }
+    return this.copyIn(index, slot, within, data, from, n);
+  }
+
+  private copyIn(
+    index: number,
+    slot: number,
+    within: number,
+    data: Buffer,
+    from: number,
+    n: number,
+  ): true {
+    const { cache } = this.services;
     data.copy(cache.view(slot), within, from, from + n);
     cache.touch(slot);
     this.dirty.add(index);
@@ -325,7 +355,7 @@ export class Volume implements CacheOwner {
       } else if (slot !== undefined && this.services.cache.state[slot] === SlotState.Loading) {
         await this.loads.get(index);
       } else if (slot !== undefined && !this.services.cache.isWhole(slot)) {
-        await this.blockLoads.loaded(index); // the rest of a partly loaded block, then modify it
+        await this.blockLoads.loaded(index); // the rest of a partly loaded or written block, then modify it
       }
       if (this.writeFast(index, within, data, from, n)) return;
       await this.waitForDirtyRoom();
