@@ -257,10 +257,12 @@ export class BlockLoads {
             if (localBad && !source.spilled)
               this.dropBadLocalCopy(source.owner, index, source.entry.generation, reason);
             if (status === READ_OK) {
-              // Still the same Dirty slot (not trimmed, not rewritten whole): copy in what is still missing.
+              // Copy in what is still missing, if it is still the same Dirty slot over the same
+              // stored copy: a block trimmed and written again meanwhile may have its slot back.
               if (
                 this.state.table.get(index) === dirtySlot &&
-                cache.state[dirtySlot] === SlotState.Dirty
+                cache.state[dirtySlot] === SlotState.Dirty &&
+                this.storedCopyIs(index, source.entry)
               )
                 this.mergeInto(dirtySlot, rest);
               cache.free(rest);
@@ -273,6 +275,13 @@ export class BlockLoads {
         });
       });
     }
+  }
+
+  /** Is `entry`'s content still what block `index` holds in the store (spilled, or committed)? */
+  private storedCopyIs(index: number, entry: { hashLo: number; hashHi: number }): boolean {
+    if (this.state.pendingHoles.has(index)) return false;
+    const now = this.state.spilled.get(index) ?? this.state.map.lookup(index);
+    return now !== undefined && now.hashLo === entry.hashLo && now.hashHi === entry.hashHi;
   }
 
   /** Copy the sub-blocks `dirty` does not hold from `rest` (which holds at least those); `dirty` is whole after. */
