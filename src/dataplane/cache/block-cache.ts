@@ -39,8 +39,9 @@
  * sub-blocks over a stored block: its invalid sub-blocks are the stored
  * copy's). Flushing slots are always whole: the store writes blocks whole,
  * so a partial Dirty slot is completed before it is written back — the rest
- * loaded into another slot by a worker, then copied in by main
- * (volume/block-loads.ts), so the ownership rule above holds. A partial
+ * loaded into another slot by a worker, which main then gives the written
+ * sub-blocks and makes the block's Dirty slot (volume/block-loads.ts), so
+ * the ownership rule above holds. A partial
  * Clean slot is filled further by Clean → Loading → Clean, the worker
  * writing only sub-blocks not yet valid, so pinned views of valid ones are
  * undisturbed. Blocks of more than 32 sub-blocks (above 128 KiB) are always

@@ -18,8 +18,9 @@
  * not in the cache leaves a Dirty slot holding only those (volume.ts). The
  * rest is the stored copy's, loaded when something needs the whole block —
  * its write-back (dirty-blocks.ts), a read of a sub-block not written — into
- * a slot of its own by a worker, then copied into the Dirty slot by main,
- * sub-blocks written meanwhile kept (complete()).
+ * a slot of its own by a worker; main then copies the sub-blocks written
+ * (those written meanwhile too) into that slot, which becomes the block's
+ * Dirty slot, whole (complete()).
  */
 import { assert } from '../../common/assert.js';
 import { ChecksumError, IoError } from '../../common/errors.js';
@@ -188,8 +189,9 @@ export class BlockLoads {
   /**
    * Make block `index`'s Dirty slot whole if it was written in part: its
    * sub-blocks not written are loaded from the stored copy into a slot of
-   * their own (the worker never touches the Dirty slot), then copied in by
-   * main, skipping any written while the load ran. Resolves at once when
+   * their own (the worker never touches the Dirty slot), and that slot takes
+   * the written ones, those written while the load ran too (adopt()).
+   * Resolves at once when
    * the slot is whole, or not Dirty, or gone (trimmed meanwhile). One
    * completion per block at a time.
    */
@@ -264,8 +266,8 @@ export class BlockLoads {
                 cache.state[dirtySlot] === SlotState.Dirty &&
                 this.storedCopyIs(index, source.entry)
               )
-                this.mergeInto(dirtySlot, rest);
-              cache.free(rest);
+                this.adopt(index, dirtySlot, rest);
+              else cache.free(rest);
               resolve();
               return;
             }
@@ -284,17 +286,35 @@ export class BlockLoads {
     return now !== undefined && now.hashLo === entry.hashLo && now.hashHi === entry.hashHi;
   }
 
-  /** Copy the sub-blocks `dirty` does not hold from `rest` (which holds at least those); `dirty` is whole after. */
-  private mergeInto(dirty: number, rest: number): void {
+  /**
+   * `rest` (Loading, filled with at least the sub-blocks `dirty` lacks)
+   * becomes block `index`'s Dirty slot, whole: the sub-blocks written go
+   * into it — usually a few KiB, where copying the stored ones the other
+   * way would be most of the block — and `dirty` is freed (once unpinned,
+   * if a reply is still sending from it).
+   */
+  private adopt(index: number, dirty: number, rest: number): void {
     const { cache } = this.state.services;
-    const missing = (cache.wholeMask & ~cache.validMask(dirty)) >>> 0;
-    const from = cache.view(rest);
-    const to = cache.view(dirty);
-    for (let j = 0; j < cache.subBlocks; j++) {
-      if ((missing & (1 << j)) === 0) continue;
-      from.copy(to, j * SUB_BLOCK_SIZE, j * SUB_BLOCK_SIZE, (j + 1) * SUB_BLOCK_SIZE);
+    const written = cache.validMask(dirty);
+    const from = cache.view(dirty);
+    const to = cache.view(rest);
+    // Runs of consecutive written sub-blocks, one copy each.
+    for (let j = 0; j < cache.subBlocks;) {
+      if ((written & (1 << j)) === 0) {
+        j++;
+        continue;
+      }
+      let end = j + 1;
+      while (end < cache.subBlocks && (written & (1 << end)) !== 0) end++;
+      from.copy(to, j * SUB_BLOCK_SIZE, j * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE);
+      j = end;
     }
-    cache.setValid(dirty, cache.wholeMask);
+    cache.setValid(rest, cache.wholeMask);
+    cache.setState(rest, SlotState.Clean);
+    cache.setState(rest, SlotState.Dirty);
+    cache.touch(rest);
+    this.state.table.set(index, rest);
+    cache.free(dirty);
   }
 
   /**
