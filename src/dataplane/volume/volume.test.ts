@@ -377,19 +377,8 @@ describe('volume', { timeout: 60_000 }, () => {
   });
 
   test('close waits for cache fills in flight (read-ahead, prefetch) before it frees their slots', async () => {
-    const r = await rig(join(root, 'close-while-loading'));
-    const written = await Volume.open(identity, 0, undefined, null, r.services);
-    const data = randomBytes(8 * BS);
-    await written.write(0, data, false);
-    await written.close();
-    // A fresh volume object on the committed version: its cache is empty, every read is a fill.
-    const v = await Volume.open(
-      identity,
-      r.committed.generation,
-      r.committed.root,
-      null,
-      r.services,
-    );
+    // Its cache is empty: every read is a fill.
+    const { r, v } = await storedVolume(join(root, 'close-while-loading'), 8);
     // Fills finish late: the pool's answers are held back 150 ms.
     const pool = r.services.pool;
     const read = pool.read.bind(pool);
