@@ -19,6 +19,7 @@ import { etcdMissing } from './etcd-server.js';
 import { startNbdserve, type NbdserveProcess } from './support/nbdserve-process.js';
 import { SYSTEM_PYTHON, missing, run, toolEnv } from './tools.js';
 import { makeDataDir, removeDir } from './torusd-process.js';
+import { exitOf } from './support/child-exit.js';
 
 const MiB = 1024 * 1024;
 const VOLUME_BYTES = 48 * MiB;
@@ -88,25 +89,16 @@ describe(
     async function freshNbdserve(): Promise<string> {
       if (served) {
         const { child, output } = served;
-        // An nbdserve that exited on its own crashed: no 'exit' will come again.
+        // An nbdserve that exited on its own crashed.
         if (child.exitCode !== null || child.signalCode !== null)
           assert.fail(
             `nbdserve exited on its own (${child.exitCode ?? child.signalCode}):\n${output()}\n${cluster.diagnostics()}`,
           );
-        const exited = new Promise((resolve) => child.once('exit', resolve));
         child.kill('SIGTERM');
-        let timer: NodeJS.Timeout | undefined;
-        const late = new Promise<'late'>((resolve) => {
-          timer = setTimeout(() => resolve('late'), STOP_TIMEOUT_MS);
-        });
-        const outcome = await Promise.race([exited, late]);
-        clearTimeout(timer);
-        if (outcome === 'late') {
+        await exitOf(child, 'nbdserve after SIGTERM', STOP_TIMEOUT_MS).catch((err: Error) => {
           child.kill('SIGKILL');
-          assert.fail(
-            `nbdserve did not stop within ${STOP_TIMEOUT_MS} ms of SIGTERM:\n${output()}\n${cluster.diagnostics()}`,
-          );
-        }
+          assert.fail(`${err.message}:\n${output()}\n${cluster.diagnostics()}`);
+        });
       }
       const port = await freePort();
       served = await startNbdserve({

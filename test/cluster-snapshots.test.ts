@@ -22,6 +22,7 @@ import { Cluster, sha256, until } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { missing, runOk, SYSTEM_PYTHON, toolEnv } from './tools.js';
 import { BIN, makeDataDir, removeDir } from './torusd-process.js';
+import { exitOf } from './support/child-exit.js';
 
 const MiB = 1024 * 1024;
 
@@ -161,7 +162,7 @@ describe(
         );
         await new Promise((done) => setTimeout(done, delayMs));
         child.kill('SIGKILL');
-        await new Promise((done) => child.once('exit', done));
+        await exitOf(child, 'killed writer');
         const list = JSON.parse(await ctlOk('volume', 'list', '-o', 'json')) as { name: string }[];
         if (list.some((v) => v.name === name)) {
           assert.equal(sha256(await read(2, name)), expected, `clone ${name} is whole`);
@@ -206,7 +207,7 @@ describe(
         const usedWhileRead = await settle();
         assert.equal(await readAll(), expected, 'the deleted snapshot still reads whole');
         reader.kill('SIGKILL');
-        await new Promise((done) => reader.once('exit', done));
+        await exitOf(reader, 'killed reader');
         // The node lets go of the pin when its last client goes; GC frees then.
         // At least MiB 1-3 ('newer') were only the deleted snapshot's: R = 2 copies.
         const freed = await until(

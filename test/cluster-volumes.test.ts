@@ -23,6 +23,7 @@ import {
   startTorusd,
   type TorusdProcess,
 } from './torusd-process.js';
+import { exitOf } from './support/child-exit.js';
 
 const MiB = 1024 * 1024;
 
@@ -191,7 +192,7 @@ describe(
           env: toolEnv,
         });
         client.kill('SIGKILL');
-        await new Promise((resolve) => client.once('exit', resolve));
+        await exitOf(client, 'killed client');
         // R=2 with two storage nodes: both hold a copy of everything.
         await until('the copies to show in list-peers', async () =>
           (await storedBytes()) >= usedBefore + 2 * 32 * MiB ? true : undefined,

@@ -25,6 +25,7 @@ import { runFlushTrackingWriter } from './flush-tracking-writer.js';
 import { missing, run, toolEnv } from './tools.js';
 import { makeDataDir, removeDir } from './torusd-process.js';
 import { startNbdserve } from './support/nbdserve-process.js';
+import { exitOf } from './support/child-exit.js';
 
 const MiB = 1024 * 1024;
 const WRITE_SECONDS = 16;
@@ -99,7 +100,7 @@ describe(
 
       await sleep(KILL_AT_MS);
       server.kill('SIGKILL');
-      await new Promise((resolve) => server!.once('exit', resolve));
+      await exitOf(server!, 'killed torusd');
       await sleep(RESTART_AFTER_MS);
       server = await nbdserveOn(port);
       const restartedAt = Date.now() / 1000;

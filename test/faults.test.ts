@@ -18,6 +18,7 @@ import {
   type TorusdProcess,
 } from './torusd-process.js';
 import { SYSTEM_PYTHON, missing, python } from './tools.js';
+import { exitOf } from './support/child-exit.js';
 
 const skip = missing('nbdsh');
 
@@ -181,7 +182,7 @@ sys.stdin.read()
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /volume "busy" is in use/);
     holder.stdin.end();
-    await new Promise((r) => holder.once('exit', r));
+    await exitOf(holder, 'nbdsh holder');
     await sleep(200);
     const deleted = await runCli('torusctl', ['volume', 'delete', 'busy'], env);
     assert.equal(deleted.code, 0, deleted.stderr);

@@ -22,6 +22,7 @@ import {
   startTorusd,
   type TorusdProcess,
 } from './torusd-process.js';
+import { exitOf } from './support/child-exit.js';
 
 const MiB = 1024 * 1024;
 const VOLUME = 16 * MiB;
@@ -175,7 +176,7 @@ describe(
         assert.match(refused.stderr, /in use by 1 NBD connection\(s\) on this node/);
       } finally {
         holder.stdin.end();
-        await new Promise((done) => holder.once('exit', done));
+        await exitOf(holder, 'nbdsh holder');
       }
       const snapshotImage = await read('vol@before');
       assert.match(
