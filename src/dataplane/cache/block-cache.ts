@@ -41,11 +41,10 @@
  * so a partial Dirty slot is completed before it is written back — the rest
  * loaded into another slot by a worker, which main then gives the written
  * sub-blocks and makes the block's Dirty slot (volume/block-loads.ts), so
- * the ownership rule above holds. A partial
- * Clean slot is filled further by Clean → Loading → Clean, the worker
- * writing only sub-blocks not yet valid, so pinned views of valid ones are
- * undisturbed. Blocks of more than 32 sub-blocks (above 128 KiB) are always
- * whole: the mask is one u32.
+ * the ownership rule above holds. A partial Clean slot is filled further by
+ * Clean → Loading → Clean, the worker writing only sub-blocks not yet valid,
+ * so pinned views of valid ones are undisturbed. Blocks of more than 32
+ * sub-blocks (above 128 KiB) are always whole: the mask is one u32.
  */
 import { assert, invariantBroken } from '../../common/assert.js';
 import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';

@@ -108,11 +108,7 @@ export class BlockLoads {
     const { cache } = this.state.services;
     const wanted = cache.maskOf(within, length);
     for (;;) {
-      if (this.stopped)
-        throw new IoError(
-          'ESHUTDOWN',
-          `volume ${this.state.name} is closing: block ${index} not read`,
-        );
+      if (this.stopped) throw this.closing(index);
       let cacheSlot = this.state.table.get(index);
       let previous = 0;
       if (cacheSlot !== undefined) {
@@ -122,7 +118,7 @@ export class BlockLoads {
         }
         if (cache.covers(cacheSlot, wanted)) return cacheSlot;
         if (cache.state[cacheSlot] === SlotState.Dirty) {
-          // Written in part: its other sub-blocks come from the stored copy, copied in by main.
+          // Written in part: the rest comes from the stored copy first (complete()).
           await this.complete(index);
           continue;
         }
@@ -191,9 +187,8 @@ export class BlockLoads {
    * sub-blocks not written are loaded from the stored copy into a slot of
    * their own (the worker never touches the Dirty slot), and that slot takes
    * the written ones, those written while the load ran too (adopt()).
-   * Resolves at once when
-   * the slot is whole, or not Dirty, or gone (trimmed meanwhile). One
-   * completion per block at a time.
+   * Resolves at once when the slot is whole, or not Dirty, or gone (trimmed
+   * meanwhile). One completion per block at a time.
    */
   complete(index: number): Promise<void> {
     let running = this.completing.get(index);
@@ -227,11 +222,7 @@ export class BlockLoads {
         cache.isWhole(dirtySlot)
       )
         return;
-      if (this.stopped)
-        throw new IoError(
-          'ESHUTDOWN',
-          `volume ${this.state.name} is closing: block ${index} not completed`,
-        );
+      if (this.stopped) throw this.closing(index);
       // Only a stored block is written in part (a hole's slot starts as zeros, whole).
       assert(!this.state.isHole(index), 'a partly written block has no stored copy');
       const source = this.sourceOf(index);
@@ -241,39 +232,24 @@ export class BlockLoads {
         continue;
       }
       cache.misses++;
-      const sealed = (source.entry.flags & ENTRY_SEALED) !== 0;
       const missing = (cache.wholeMask & ~cache.validMask(dirtySlot)) >>> 0;
       await new Promise<void>((resolve, reject) => {
-        this.state.services.pool.read({
-          volumeId: source.owner,
-          key: sealed ? this.state.key : null,
-          cacheSlot: rest,
-          storeSlot: source.storeSlot,
-          generation: source.entry.generation,
-          index,
-          hashLo: source.entry.hashLo,
-          hashHi: source.entry.hashHi,
-          remote: source.remote,
-          subBlocks: sealed ? undefined : missing,
-          done: (status, reason, localBad) => {
-            if (localBad && !source.spilled)
-              this.dropBadLocalCopy(source.owner, index, source.entry.generation, reason);
-            if (status === READ_OK) {
-              // Copy in what is still missing, if it is still the same Dirty slot over the same
-              // stored copy: a block trimmed and written again meanwhile may have its slot back.
-              if (
-                this.state.table.get(index) === dirtySlot &&
-                cache.state[dirtySlot] === SlotState.Dirty &&
-                this.storedCopyIs(index, source.entry)
-              )
-                this.adopt(index, dirtySlot, rest);
-              else cache.free(rest);
-              resolve();
-              return;
-            }
-            cache.free(rest);
-            reject(this.readFailure(status, index, source.entry.generation, reason));
-          },
+        this.readSource(index, rest, source, missing, (status, reason) => {
+          if (status === READ_OK) {
+            // Only if it is still the same Dirty slot over the same stored copy: a block
+            // trimmed and written again meanwhile may have its slot number back.
+            if (
+              this.state.table.get(index) === dirtySlot &&
+              cache.state[dirtySlot] === SlotState.Dirty &&
+              this.storedCopyIs(index, source.entry)
+            )
+              this.adopt(index, dirtySlot, rest);
+            else cache.free(rest);
+            resolve();
+            return;
+          }
+          cache.free(rest);
+          reject(this.readFailure(status, index, source.entry.generation, reason));
         });
       });
     }
@@ -329,37 +305,64 @@ export class BlockLoads {
     toRead: number,
     previous: number,
   ): Promise<void> {
-    const { cache, pool } = this.state.services;
-    const { owner, entry, storeSlot, remote, spilled } = source;
+    const { cache } = this.state.services;
     const load = new Promise<void>((resolve, reject) => {
-      pool.read({
-        volumeId: owner,
-        key: entry.flags & ENTRY_SEALED ? this.state.key : null,
-        cacheSlot,
-        storeSlot,
-        generation: entry.generation,
-        index,
-        hashLo: entry.hashLo,
-        hashHi: entry.hashHi,
-        remote,
-        subBlocks: toRead === cache.wholeMask ? undefined : toRead,
-        done: (status, reason, localBad, whole) => {
-          this.inFlight.delete(index);
-          if (localBad && !spilled) this.dropBadLocalCopy(owner, index, entry.generation, reason);
-          if (status === READ_OK) {
-            cache.setValid(cacheSlot, whole ? cache.wholeMask : (previous | toRead) >>> 0);
-            cache.setState(cacheSlot, SlotState.Clean);
-            resolve();
-            return;
-          }
-          if (this.state.table.get(index) === cacheSlot) this.state.table.delete(index);
-          cache.free(cacheSlot);
-          reject(this.readFailure(status, index, entry.generation, reason));
-        },
+      this.readSource(index, cacheSlot, source, toRead, (status, reason, whole) => {
+        this.inFlight.delete(index);
+        if (status === READ_OK) {
+          cache.setValid(cacheSlot, whole ? cache.wholeMask : (previous | toRead) >>> 0);
+          cache.setState(cacheSlot, SlotState.Clean);
+          resolve();
+          return;
+        }
+        if (this.state.table.get(index) === cacheSlot) this.state.table.delete(index);
+        cache.free(cacheSlot);
+        reject(this.readFailure(status, index, source.entry.generation, reason));
       });
     });
     this.inFlight.set(index, load);
     return load;
+  }
+
+  /**
+   * Hand the pool a read of sub-blocks `subBlocks` of block `index`'s stored
+   * copy into cacheSlot (Loading); sealed blocks are read whole (their tag
+   * covers the whole block). A bad local copy served from a replica instead
+   * is dropped before `done` runs.
+   */
+  private readSource(
+    index: number,
+    cacheSlot: number,
+    source: BlockSource,
+    subBlocks: number,
+    done: (status: number, reason: string, whole: boolean) => void,
+  ): void {
+    const { cache, pool } = this.state.services;
+    const { owner, entry, spilled } = source;
+    const sealed = (entry.flags & ENTRY_SEALED) !== 0;
+    pool.read({
+      volumeId: owner,
+      key: sealed ? this.state.key : null,
+      cacheSlot,
+      storeSlot: source.storeSlot,
+      generation: entry.generation,
+      index,
+      hashLo: entry.hashLo,
+      hashHi: entry.hashHi,
+      remote: source.remote,
+      subBlocks: sealed || subBlocks === cache.wholeMask ? undefined : subBlocks,
+      done: (status, reason, localBad, whole) => {
+        if (localBad && !spilled) this.dropBadLocalCopy(owner, index, entry.generation, reason);
+        done(status, reason, !!whole);
+      },
+    });
+  }
+
+  private closing(index: number): IoError {
+    return new IoError(
+      'ESHUTDOWN',
+      `volume ${this.state.name} is closing: block ${index} not read`,
+    );
   }
 
   /** A failed read of block `index`, logged, as the error its reader gets. */
