@@ -6,8 +6,13 @@
  * (serializeError); a bug's keeps its stack.
  *
  * Logs go to stderr so that CLI output on stdout stays machine-readable.
+ *
+ * pino is loaded on the first logger, not on import: its ~25 modules are
+ * 30-40 ms of start-up, and a torusctl command that logs nothing (a dump, a
+ * load, a list) never needs them.
  */
-import { pino, type Logger, type DestinationStream } from 'pino';
+import { createRequire } from 'node:module';
+import type { Logger, DestinationStream } from 'pino';
 import { isExpectedError } from './errors.js';
 
 export type { Logger };
@@ -50,7 +55,7 @@ function prettyDestination(out: NodeJS.WriteStream): DestinationStream {
  * message does not; any other error with its stack, as pino prints it.
  */
 export function serializeError(err: unknown): unknown {
-  if (!isExpectedError(err)) return pino.stdSerializers.err(err as Error);
+  if (!isExpectedError(err)) return pino().stdSerializers.err(err as Error);
   const e = err as NodeJS.ErrnoException & { errno?: unknown };
   const code = e.code ?? (typeof e.errno === 'string' ? e.errno : undefined);
   return {
@@ -59,6 +64,15 @@ export function serializeError(err: unknown): unknown {
     ...(code !== undefined ? { code } : {}),
     ...(e.cause !== undefined ? { cause: serializeError(e.cause) } : {}),
   };
+}
+
+type Pino = typeof import('pino').pino;
+let loaded: Pino | undefined;
+
+/** pino itself, loaded on first use (a CommonJS package: require is synchronous). */
+function pino(): Pino {
+  loaded ??= (createRequire(import.meta.url)('pino') as { pino: Pino }).pino;
+  return loaded;
 }
 
 let root: Logger | undefined;
@@ -80,13 +94,13 @@ export function rootLogger(): Logger {
   const options = {
     level,
     base: { pid: process.pid },
-    timestamp: pino.stdTimeFunctions.epochTime,
+    timestamp: pino().stdTimeFunctions.epochTime,
     serializers: { err: serializeError },
   };
   root =
     format === 'pretty'
-      ? pino(options, prettyDestination(process.stderr))
-      : pino(options, pino.destination({ fd: 2, sync: true }));
+      ? pino()(options, prettyDestination(process.stderr))
+      : pino()(options, pino().destination({ fd: 2, sync: true }));
   return root;
 }
 
