@@ -247,7 +247,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
   }
 
   /**
-   * Make everything stored so far durable (LocalSlotStore.sync: data, then
+   * Make everything stored so far durable (LocalSlotStore.sync: data and
    * records). One sync at a time: a caller that comes while one runs waits
    * for the next, which it shares with everyone else who came meanwhile — the
    * running one may have started before that caller's puts had finished.
