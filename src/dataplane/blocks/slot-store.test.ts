@@ -154,4 +154,28 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     assert.equal(store.usedSlots, 0);
     await store.close();
   });
+
+  test('after a reopen the free slots below the last used one go first, lowest first, then the untouched rest', async () => {
+    const dir = join(root, 'holes');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 4096 * BS });
+    const store = await LocalSlotStore.open(dir);
+    // A new store hands out slots in order: 0..99 used, then every other one
+    // of 0..9 and slot 50 released: holes below the last used slot.
+    for (let index = 0; index < 100; index++) {
+      const slot = store.allocate();
+      assert.equal(slot, index);
+      await store.writeBlock(slot, { volumeId: 1, generation: 1, index }, Buffer.alloc(BS, 1), 0);
+    }
+    const released = [0, 2, 4, 6, 8, 50];
+    for (const index of released) store.release({ volumeId: 1, generation: 1, index });
+    await store.sync();
+    await store.close();
+
+    const again = await LocalSlotStore.open(dir);
+    assert.equal(again.usedSlots, 94);
+    assert.equal(again.freeSlots, 4096 - 94);
+    const order = Array.from({ length: 8 }, () => again.allocate());
+    assert.deepEqual(order, [...released, 100, 101]);
+    await again.close();
+  });
 });

@@ -48,16 +48,18 @@ import {
   createStoreFiles,
   layoutPath,
   readLayoutForOpen,
+  readUsedRecords,
   subsumsPath,
   type StoreLayout,
 } from './store-format.js';
+import { FreeSlots } from './free-slots.js';
 import { encodeSubsums, subsumsEntrySize } from './sub-sums.js';
 
 export { STORE_FORMAT, type StoreLayout } from './store-format.js';
 
 /** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
 const enum SlotUse {
-  /** On the free stack. */
+  /** Free (FreeSlots holds it, or it is past its frontier). */
   Free = 0,
   /** Handed out by allocate(); a worker may be writing it; not yet bound. */
   Allocated = 1,
@@ -92,8 +94,7 @@ export class LocalSlotStore {
   readonly records: SharedArrayBuffer;
   private readonly recordView: DataView;
   private readonly refToSlot = new Map<string, number>();
-  private readonly freeStack: Int32Array;
-  private freeTop = 0;
+  private readonly free: FreeSlots;
   /** SlotUse of each slot, and how many are allocated and releasing (the rest are free or in refToSlot). */
   private readonly uses: Uint8Array;
   private allocatedCount = 0;
@@ -112,6 +113,8 @@ export class LocalSlotStore {
     /** Absent when opened without upgrading a store that has none (fsck's check). */
     private readonly subsumsFile: FileHandle | undefined,
     records: SharedArrayBuffer,
+    /** One past the last slot whose record was not all zeros at open. */
+    private readonly usedEnd: number,
     private readonly hash: Hasher,
   ) {
     this.blockSize = layout.blockSize;
@@ -122,7 +125,7 @@ export class LocalSlotStore {
     this.subsumsEntrySize = subsumsEntrySize(layout.blockSize);
     this.records = records;
     this.recordView = new DataView(records);
-    this.freeStack = new Int32Array(layout.slotCount);
+    this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new Uint8Array(layout.slotCount);
   }
 
@@ -188,13 +191,7 @@ export class LocalSlotStore {
       throw err;
     });
     const records = new SharedArrayBuffer(layout.slotCount * RECORD_SIZE);
-    const bytes = new Uint8Array(records);
-    let done = 0;
-    while (done < bytes.length) {
-      const { bytesRead } = await slotsFile.read(bytes, done, bytes.length - done, done);
-      if (bytesRead === 0) break; // a short slots file reads as free slots
-      done += bytesRead;
-    }
+    const usedEnd = await readUsedRecords(slotsFile, records);
     const store = new LocalSlotStore(
       dir,
       layout,
@@ -202,14 +199,16 @@ export class LocalSlotStore {
       slotsFile,
       subsumsFile,
       records,
+      usedEnd,
       await hasher(),
     );
     store.rebuildIndex();
     return store;
   }
 
+  /** Slots from usedEnd on are free (all-zero records) and stay with FreeSlots' frontier. */
   private rebuildIndex(): void {
-    for (let slot = this.slotCount - 1; slot >= 0; slot--) {
+    for (let slot = this.usedEnd - 1; slot >= 0; slot--) {
       const record = this.record(slot);
       if (record.getUint32(OFF_STATE, true) === SLOT_USED && this.hash.recordIsIntact(record)) {
         const ref = this.refOf(slot);
@@ -221,7 +220,7 @@ export class LocalSlotStore {
         if (previous !== undefined) {
           this.clearRecord(previous);
           this.uses[previous] = SlotUse.Free;
-          this.freeStack[this.freeTop++] = previous;
+          this.free.put(previous);
         }
         this.refToSlot.set(key, slot);
         this.uses[slot] = SlotUse.Bound;
@@ -229,7 +228,7 @@ export class LocalSlotStore {
         this.uses[slot] = SlotUse.SetAside;
         this.setAsideCount++;
       } else {
-        this.freeStack[this.freeTop++] = slot;
+        this.free.put(slot);
       }
     }
     this.assertAccounted();
@@ -238,7 +237,7 @@ export class LocalSlotStore {
   /** Every slot is counted once: free, allocated, bound (in the ref index) or being released. */
   private assertAccounted(): void {
     if (
-      this.freeTop +
+      this.free.count +
         this.allocatedCount +
         this.refToSlot.size +
         this.releasingCount +
@@ -246,7 +245,7 @@ export class LocalSlotStore {
       this.slotCount
     ) {
       invariantBroken(
-        `slot counts disagree: ${this.freeTop} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
+        `slot counts disagree: ${this.free.count} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
           `${this.releasingCount} releasing + ${this.setAsideCount} set aside != ${this.slotCount}`,
       );
     }
@@ -277,7 +276,7 @@ export class LocalSlotStore {
   }
 
   get freeSlots(): number {
-    return this.freeTop + this.pendingRelease.length;
+    return this.free.count + this.pendingRelease.length;
   }
 
   get usedSlots(): number {
@@ -312,13 +311,13 @@ export class LocalSlotStore {
    * when only the map pages' reserve is left.
    */
   allocate(purpose: 'data' | 'map-page' = 'data'): number {
-    if (this.freeTop <= (purpose === 'data' ? this.reservedSlots : 0)) {
+    if (this.free.count <= (purpose === 'data' ? this.reservedSlots : 0)) {
       throw new StoreFullError(
         `local store ${this.dir} is full (${this.slotCount} blocks of ${this.blockSize} bytes in use, ` +
           `awaiting release or kept for map pages): trim or delete data, delete snapshots, or add capacity`,
       );
     }
-    const slot = this.freeStack[--this.freeTop];
+    const slot = this.free.take();
     this.moveUse(slot, SlotUse.Free, SlotUse.Allocated, 'the free stack held');
     this.allocatedCount++;
     return slot;
@@ -328,7 +327,7 @@ export class LocalSlotStore {
   unallocate(slot: number): void {
     this.moveUse(slot, SlotUse.Allocated, SlotUse.Free, 'unallocate() of');
     this.allocatedCount--;
-    this.freeStack[this.freeTop++] = slot;
+    this.free.put(slot);
     this.assertAccounted();
   }
 
@@ -399,7 +398,7 @@ export class LocalSlotStore {
         for (const slot of batch) {
           this.moveUse(slot, SlotUse.Releasing, SlotUse.Free, 'the release batch held');
           this.releasingCount--;
-          this.freeStack[this.freeTop++] = slot;
+          this.free.put(slot);
         }
       }
     }

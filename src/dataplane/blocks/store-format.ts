@@ -15,7 +15,7 @@
  * (its open checks the number), so nothing reads the new files wrongly.
  */
 import { spawnSync } from 'node:child_process';
-import { open, readFile, rename, stat, statfs, writeFile } from 'node:fs/promises';
+import { open, readFile, rename, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IoError } from '../../common/errors.js';
 import { formatSize } from '../../common/size.js';
@@ -163,4 +163,46 @@ export async function createStoreFiles(
     createdAt: new Date().toISOString(),
   };
   await writeLayout(dir, layout, made);
+}
+
+/** How much of the slot table open reads at a time. */
+const RECORDS_READ_CHUNK = 1024 * 1024;
+/** The unit copied or skipped: a memory page (x86-64). */
+const RECORDS_PAGE = 4096;
+const ZERO_PAGE = Buffer.alloc(RECORDS_PAGE);
+
+/**
+ * Read the slot table into `records` (all zeros when made), copying only
+ * the pages that hold something: the rest of the table are free records,
+ * all zeros, and their pages of `records` are never touched, so they take
+ * no memory. A store then costs memory for the part of it in use, not its
+ * capacity (64 bytes a slot: 1 GiB per TB of 64 KiB blocks). A short
+ * slots file reads as free slots. Returns one past the last slot whose
+ * record is not all zeros (0 for an empty table).
+ */
+export async function readUsedRecords(
+  slotsFile: FileHandle,
+  records: SharedArrayBuffer,
+): Promise<number> {
+  const table = new Uint8Array(records);
+  const chunk = Buffer.alloc(Math.min(RECORDS_READ_CHUNK, table.length));
+  let usedBytes = 0;
+  for (let at = 0; at < table.length;) {
+    const { bytesRead } = await slotsFile.read(
+      chunk,
+      0,
+      Math.min(chunk.length, table.length - at),
+      at,
+    );
+    if (bytesRead === 0) break;
+    for (let page = 0; page < bytesRead; page += RECORDS_PAGE) {
+      const end = Math.min(page + RECORDS_PAGE, bytesRead);
+      if (chunk.compare(ZERO_PAGE, 0, end - page, page, end) !== 0) {
+        table.set(chunk.subarray(page, end), at + page);
+        usedBytes = at + end;
+      }
+    }
+    at += bytesRead;
+  }
+  return Math.ceil(usedBytes / RECORD_SIZE);
 }
