@@ -43,7 +43,7 @@ import {
   TAG_SIZE,
   join64,
 } from './record.js';
-import { refKey, type BlockRef } from '../../model/block-ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
 import {
   createStoreFiles,
   layoutPath,
@@ -53,6 +53,7 @@ import {
   type StoreLayout,
 } from './store-format.js';
 import { FreeSlots } from './free-slots.js';
+import { RefIndex } from './ref-index.js';
 import { encodeSubsums, subsumsEntrySize } from './sub-sums.js';
 
 export { STORE_FORMAT, type StoreLayout } from './store-format.js';
@@ -93,7 +94,7 @@ export class LocalSlotStore {
   /** The slot table, shared with pool workers. */
   readonly records: SharedArrayBuffer;
   private readonly recordView: DataView;
-  private readonly refToSlot = new Map<string, number>();
+  private readonly refToSlot = new RefIndex();
   private readonly free: FreeSlots;
   /** SlotUse of each slot, and how many are allocated and releasing (the rest are free or in refToSlot). */
   private readonly uses: Uint8Array;
@@ -212,8 +213,7 @@ export class LocalSlotStore {
       const record = this.record(slot);
       if (record.getUint32(OFF_STATE, true) === SLOT_USED && this.hash.recordIsIntact(record)) {
         const ref = this.refOf(slot);
-        const key = refKey(ref.volumeId, ref.generation, ref.index);
-        const previous = this.refToSlot.get(key);
+        const previous = this.refToSlot.set(ref.volumeId, ref.generation, ref.index, slot);
         // Two slots claiming one ref: the same block spilled twice for a
         // version that never committed (sync() writes free records before any
         // commit), so neither is referenced; keep one, the sweep frees it.
@@ -222,7 +222,6 @@ export class LocalSlotStore {
           this.uses[previous] = SlotUse.Free;
           this.free.put(previous);
         }
-        this.refToSlot.set(key, slot);
         this.uses[slot] = SlotUse.Bound;
       } else if (record.getUint32(OFF_STATE, true) !== SLOT_FREE) {
         this.uses[slot] = SlotUse.SetAside;
@@ -335,15 +334,13 @@ export class LocalSlotStore {
   bind(slot: number, ref: BlockRef): void {
     this.moveUse(slot, SlotUse.Allocated, SlotUse.Bound, 'bind() of');
     this.allocatedCount--;
-    const key = refKey(ref.volumeId, ref.generation, ref.index);
-    const previous = this.refToSlot.get(key);
-    this.refToSlot.set(key, slot);
+    const previous = this.refToSlot.set(ref.volumeId, ref.generation, ref.index, slot);
     if (previous !== undefined && previous !== slot) this.releaseSlot(previous);
     this.assertAccounted();
   }
 
   lookup(volumeId: number, generation: number, index: number): number | undefined {
-    return this.refToSlot.get(refKey(volumeId, generation, index));
+    return this.refToSlot.get(volumeId, generation, index);
   }
 
   /** Resolves once every slot released so far can be allocated again. */
@@ -353,10 +350,8 @@ export class LocalSlotStore {
 
   /** Drop a block. Call only once no committed version references it. */
   release(ref: BlockRef): void {
-    const key = refKey(ref.volumeId, ref.generation, ref.index);
-    const slot = this.refToSlot.get(key);
+    const slot = this.refToSlot.delete(ref.volumeId, ref.generation, ref.index);
     if (slot === undefined) return;
-    this.refToSlot.delete(key);
     this.releaseSlot(slot);
     this.assertAccounted();
   }
@@ -414,7 +409,7 @@ export class LocalSlotStore {
 
   /** Iterate every bound block (for the start-up sweep and volume deletion). */
   *blocks(): IterableIterator<[BlockRef, number]> {
-    for (const slot of this.refToSlot.values()) yield [this.refOf(slot), slot];
+    for (const slot of this.refToSlot.slots()) yield [this.refOf(slot), slot];
   }
 
   /**

@@ -273,7 +273,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
 
   /**
    * Every block held (or those of one volume), as the store's index has them
-   * when each is reached: the index is a Map, so blocks bound or dropped
+   * when each is reached (RefIndex): blocks bound or dropped
    * during the listing may or may not appear and the rest appear once.
    */
   async *listBlocks(filter: ListBlocksFilter): AsyncIterable<ListedBlock> {
