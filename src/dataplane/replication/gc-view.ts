@@ -41,7 +41,8 @@
  * too (gc-catalog.ts), so their blocks are 'referenced' here. Snapshots,
  * once they exist, are the same case.
  */
-import { refKey, type BlockRef } from '../../model/block-ref.js';
+import type { BlockRef } from '../../model/block-ref.js';
+import { RefIndex } from '../blocks/ref-index.js';
 
 /** One volume of the catalog, as listed for a GC run. */
 export interface GcVolume {
@@ -93,21 +94,20 @@ export function isGarbage(verdict: BlockVerdict): boolean {
 
 /**
  * A GcView from listed volumes and the refs each references (e.g.
- * `volume.referencedRefs()` of each loaded version). Keeps one string per
- * referenced ref, as the single-node start-up sweep does: about 60 bytes a
- * block, so ~1 GiB of keys per 1 TiB of 64 KiB blocks — fine for now; a
- * caller with big volumes can answer isReferenced from the loaded maps
- * instead.
+ * `volume.referencedRefs()` of each loaded version). Keeps an entry per
+ * referenced ref in a RefIndex (maps of numbers): about 30 bytes a block,
+ * ~0.5 GiB per TiB of 64 KiB blocks; a caller with big volumes can answer
+ * isReferenced from the loaded maps instead.
  */
 export function gcViewOf(volumes: Iterable<GcVolume & { refs: Iterable<BlockRef> }>): GcView {
   const byId = new Map<number, GcVolume>();
-  const referenced = new Set<string>();
+  const referenced = new RefIndex();
   for (const volume of volumes) {
     byId.set(volume.id, { id: volume.id, generation: volume.generation });
-    for (const ref of volume.refs) referenced.add(refKey(ref.volumeId, ref.generation, ref.index));
+    for (const ref of volume.refs) referenced.set(ref.volumeId, ref.generation, ref.index, 0);
   }
   return {
     volumes: byId,
-    isReferenced: (ref) => referenced.has(refKey(ref.volumeId, ref.generation, ref.index)),
+    isReferenced: (ref) => referenced.get(ref.volumeId, ref.generation, ref.index) !== undefined,
   };
 }
