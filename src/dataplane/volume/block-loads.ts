@@ -201,11 +201,7 @@ export class BlockLoads {
 
   /** complete() of every block in `indices` that needs it, a bounded number at a time. */
   async completeAll(indices: readonly number[]): Promise<void> {
-    const { cache } = this.state.services;
-    const partial = indices.filter((index) => {
-      const slot = this.state.table.get(index);
-      return slot !== undefined && cache.state[slot] === SlotState.Dirty && !cache.isWhole(slot);
-    });
+    const partial = indices.filter((index) => this.partlyWritten(index) !== undefined);
     for (let at = 0; at < partial.length; at += COMPLETIONS_AT_ONCE)
       await Promise.all(
         partial.slice(at, at + COMPLETIONS_AT_ONCE).map((index) => this.complete(index)),
@@ -215,13 +211,8 @@ export class BlockLoads {
   private async completeOnce(index: number): Promise<void> {
     const { cache } = this.state.services;
     for (;;) {
-      const dirtySlot = this.state.table.get(index);
-      if (
-        dirtySlot === undefined ||
-        cache.state[dirtySlot] !== SlotState.Dirty ||
-        cache.isWhole(dirtySlot)
-      )
-        return;
+      const dirtySlot = this.partlyWritten(index);
+      if (dirtySlot === undefined) return;
       if (this.stopped) throw this.closing(index);
       // Only a stored block is written in part (a hole's slot starts as zeros, whole).
       assert(!this.state.isHole(index), 'a partly written block has no stored copy');
@@ -253,6 +244,15 @@ export class BlockLoads {
         });
       });
     }
+  }
+
+  /** Block `index`'s Dirty slot when it holds only some sub-blocks (complete() makes it whole); else undefined. */
+  private partlyWritten(index: number): number | undefined {
+    const { cache } = this.state.services;
+    const slot = this.state.table.get(index);
+    return slot !== undefined && cache.state[slot] === SlotState.Dirty && !cache.isWhole(slot)
+      ? slot
+      : undefined;
   }
 
   /** Is `entry`'s content still what block `index` holds in the store (spilled, or committed)? */
