@@ -28,14 +28,18 @@ import { open, type FileHandle } from 'node:fs/promises';
 /** Offsets, lengths and memory of direct writes are multiples of this (the largest logical block in use). */
 export const DIRECT_ALIGNMENT = 4096;
 /**
- * Shorter writes go through the page cache. A direct write waits for the
- * device, and ext4 runs direct writes that allocate (into a new file, all of
- * them) one at a time: a half-written volume's 1 MiB runs took longer around
- * the cache (2.6-6.2 s for 512 of them) than through it (1.8-3.9 s), whole
- * 4 MiB chunks much less (4.5-5.6 s for 1 GiB against 6.7-11.9 s, with a
- * quarter of the system CPU). Measured on the shared 2-core VM at load 9.
+ * Shorter writes go through the page cache (a direct write pays the
+ * device's latency whole). ext4 still runs direct writes that allocate one
+ * at a time, even into a file already sized, but the dump keeps its hash
+ * fed from a ring of buffers meanwhile (volume-dump.ts), and the page cache
+ * costs CPU the hash needs: on the 2-core VM of docs/benchmarks.md, with
+ * 1 MiB runs written direct, a half-written 1 GiB volume dumped in 1.16-
+ * 1.27 s against 1.70-1.87 s through the cache (4 GiB: 3.6-4.4 s against
+ * 5.2-6.1 s; --no-checksum 0.59-0.81 s against 1.21-1.31 s), alternating.
+ * Freshly allocated cache pages are dear on that VM (docs/benchmarks.md),
+ * and each dump's are new.
  */
-export const DIRECT_MIN_BYTES = 4 * 1024 * 1024;
+export const DIRECT_MIN_BYTES = 64 * 1024;
 /** A WebAssembly page. */
 const WASM_PAGE = 65536;
 

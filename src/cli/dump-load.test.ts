@@ -14,6 +14,7 @@ import {
   pageAlignedSharedBuffers,
 } from './direct-file.js';
 import { fileSink } from './volume-dump.js';
+import { BufferRing } from './buffer-ring.js';
 import { dumpOutputProblem, pipedInputProblem } from './dump-load-commands.js';
 import { TransferProgress, formatDuration } from './transfer-progress.js';
 
@@ -78,7 +79,7 @@ describe('block dump / load: the background sha256', () => {
 });
 
 describe('block dump: the output file', () => {
-  it('goes around the page cache only for whole aligned chunks of its own buffers', () => {
+  it('goes around the page cache only for long aligned runs of its own memory', () => {
     const [chunk] = pageAlignedSharedBuffers(1, DIRECT_MIN_BYTES);
     assert.ok(chunk.buffer instanceof SharedArrayBuffer);
     assert.equal(directWritable(chunk, 0), true);
@@ -100,17 +101,20 @@ describe('block dump: the output file', () => {
       const path = join(dir, 'out');
       const output = await openOutputFile(path);
       const sink = fileSink(output);
-      const [whole, small] = sink.buffers!(2, DIRECT_MIN_BYTES)!;
+      const memory = sink.buffer!(2 * DIRECT_MIN_BYTES)!;
+      const whole = memory.subarray(0, DIRECT_MIN_BYTES);
+      const small = memory.subarray(DIRECT_MIN_BYTES);
       randomBytes(whole.length).copy(whole);
       randomBytes(small.length).copy(small);
       const size = 64 * 1024 * 1024;
+      await sink.start!(size);
       const expected = Buffer.alloc(size);
       const put = async (data: Buffer, offset: number) => {
         data.copy(expected, offset);
         await sink.data(data, offset);
       };
       await put(whole, 8 * 1024 * 1024); // direct where the file system allows
-      await put(small.subarray(0, 1024 * 1024), 20 * 1024 * 1024); // short: through the cache
+      await put(small.subarray(0, DIRECT_MIN_BYTES / 2), 20 * 1024 * 1024); // short: through the cache
       await put(small.subarray(100, 5000), 30 * 1024 * 1024 + 7); // unaligned
       await sink.finish(size);
       await output.direct?.close();
@@ -125,6 +129,45 @@ describe('block dump: the output file', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('block dump: the ring of buffer memory', () => {
+  const KiB = 1024;
+  const offsetOf = (ring: BufferRing, piece: Buffer) => piece.byteOffset - ring.buffer.byteOffset;
+
+  it('hands out aligned pieces in order, wraps, and waits for the oldest when full', () => {
+    const ring = new BufferRing(Buffer.alloc(64 * KiB), 4 * KiB);
+    const a = ring.take(20 * KiB)!; // [0, 20)
+    const b = ring.take(30 * KiB + 1)!; // [20, 52): rounded up to 4 KiB
+    assert.deepEqual([offsetOf(ring, a), a.length], [0, 20 * KiB]);
+    assert.deepEqual([offsetOf(ring, b), b.length], [20 * KiB, 30 * KiB + 1]);
+    assert.equal(ring.take(16 * KiB), undefined, '12 KiB left at the end, the start held');
+    const c = ring.take(12 * KiB)!; // [52, 64)
+    assert.equal(offsetOf(ring, c), 52 * KiB);
+    assert.equal(ring.take(4 * KiB), undefined, 'full');
+    ring.giveBack(); // a
+    assert.equal(ring.take(24 * KiB), undefined, 'only 20 KiB free, before b');
+    const d = ring.take(20 * KiB)!; // wraps to [0, 20)
+    assert.equal(offsetOf(ring, d), 0);
+    assert.equal(ring.take(4 * KiB), undefined, 'b follows at once');
+    ring.giveBack(); // b
+    const e = ring.take(32 * KiB)!; // [20, 52)
+    assert.equal(offsetOf(ring, e), 20 * KiB);
+    assert.equal(ring.count, 3);
+    ring.giveBack(); // c
+    ring.giveBack(); // d
+    ring.giveBack(); // e
+    assert.equal(ring.count, 0);
+    assert.equal(offsetOf(ring, ring.take(64 * KiB)!), 0, 'empty: the whole ring');
+  });
+
+  it('refuses what can never fit, a giveBack with nothing out, and unaligned memory', () => {
+    const ring = new BufferRing(Buffer.alloc(8 * KiB), 4 * KiB);
+    assert.throws(() => ring.take(8 * KiB + 1), RangeError);
+    assert.throws(() => ring.take(0), RangeError);
+    assert.throws(() => ring.giveBack(), /nothing to give back/);
+    assert.throws(() => new BufferRing(Buffer.alloc(6 * KiB), 4 * KiB), RangeError);
   });
 });
 

@@ -1,24 +1,28 @@
 /**
  * Dump: copy a whole volume out through a library VolumeHandle (in this
- * process, or over NBD), driven by its extents, into a sink (a file, kept sparse, or a stream), hashing the
- * content with sha256 on the way.
+ * process, or over NBD), driven by its extents, into a sink (a file, kept
+ * sparse, or a stream), hashing the content with sha256 on the way.
  *
  * Ranges that read as zeros (NBD_STATE_ZERO: holes, trimmed or never
- * written) are not read: a file sink skips them (it is truncated to the
- * export's size at the end, so they stay holes), a stream sink writes zeros;
- * the hash covers them as zeros from one shared zero buffer. Data is read in
- * CHUNK_BYTES pieces with up to DEPTH reads in flight into DEPTH buffers made
- * once, and handed to the hash and the sink strictly in order (the hash needs
- * order; a pipe too). The hash runs on a thread of its own (background-hash.ts)
- * and the sink's writes overlap (a file's pwrites run in the thread pool): a
- * buffer is read into again once both the sink and the hash are done with it.
- * A file sink given an O_DIRECT handle writes around the page cache, from
- * page-aligned buffers it hands out (direct-file.ts).
+ * written) are not read: a file sink skips them (the file is sized first,
+ * so they stay holes), a stream sink writes zeros; the hash covers them as
+ * zeros from one shared zero buffer. Data is read in pieces of at most
+ * CHUNK_BYTES, up to READS_IN_FLIGHT at once, into a ring of buffer memory
+ * (buffer-ring.ts), and each piece goes to the hash and the sink as soon as
+ * it and every piece before it are in: strictly in order (the hash needs
+ * order; a pipe too). The hash runs on a thread of its own
+ * (background-hash.ts) and is the slowest step on two cores, so what
+ * matters is that it always has work queued; the sink's writes overlap (a
+ * file's pwrites run in the thread pool). A piece's memory is read into
+ * again once both the sink and the hash are done with it. A file sink given
+ * an O_DIRECT handle writes around the page cache, from the page-aligned
+ * memory it hands out (direct-file.ts).
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import type { VolumeHandle } from '../library/volume-handle.js';
 import { contentHash, sharedBuffers, type ContentHash } from './background-hash.js';
+import { BufferRing } from './buffer-ring.js';
 import {
   DIRECT_ALIGNMENT,
   directWritable,
@@ -27,18 +31,27 @@ import {
 } from './direct-file.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
+/** Buffers a load reads its input into (volume-load.ts). */
 export const DEPTH = 8;
+/**
+ * A dump's buffer memory: READS_IN_FLIGHT pieces being read, and a backlog
+ * for the hash and the writes behind them.
+ */
+const RING_BYTES = 32 * 1024 * 1024;
+/** NBD reads a dump keeps in flight. */
+const READS_IN_FLIGHT = 8;
+/** Most pieces (zero runs included) between the reads and the hash. */
+const WINDOW_PIECES = 64;
 /** How much one extents() call asks about. */
 const STATUS_SPAN = 1024 * 1024 * 1024;
 /** Shared, never written: hashing and streaming zeros allocates nothing per hole. */
 export const ZEROS = Buffer.alloc(1024 * 1024);
 
 export interface DumpSink {
-  /**
-   * `count` shared buffers of `size` bytes it writes fastest from, or
-   * undefined (dumpVolume makes its own).
-   */
-  buffers?(count: number, size: number): Buffer[] | undefined;
+  /** One shared buffer of `bytes` it writes fastest from, or undefined (dumpVolume makes its own). */
+  buffer?(bytes: number): Buffer | undefined;
+  /** Before any data: the export's size. */
+  start?(size: number): Promise<void>;
   /** `data` belongs to offset; it is reused once the promise settles. */
   data(data: Buffer, offset: number): Promise<void>;
   /** `length` zero bytes at offset. */
@@ -65,14 +78,19 @@ export interface TransferResult {
  */
 export function fileSink(output: FileHandle | OutputFile): DumpSink {
   const { file, direct } = 'direct' in output ? output : { file: output, direct: undefined };
-  /** The memory of the buffers handed out for direct writes. */
+  /** The memory handed out for direct writes. */
   let aligned: ArrayBufferLike | undefined;
   return {
-    buffers(count, size) {
+    buffer(bytes) {
       if (!direct) return undefined;
-      const buffers = pageAlignedSharedBuffers(count, size);
-      aligned = buffers[0].buffer;
-      return buffers;
+      const [buffer] = pageAlignedSharedBuffers(1, bytes);
+      aligned = buffer.buffer;
+      return buffer;
+    },
+    // Sized first, so no write extends the file: ext4 serialises direct
+    // writes that extend a file (each updates its size in the journal).
+    async start(size) {
+      await file.truncate(size);
     },
     async data(data, offset) {
       let done = 0;
@@ -119,9 +137,11 @@ interface Piece {
   length: number;
   zero: boolean;
   buffer?: Buffer;
-  /** Which of the DEPTH buffers it is read into. */
-  slot?: number;
+  /** Its read: settled, and `arrived` set, once the data is in the buffer. */
   done?: Promise<void>;
+  arrived?: boolean;
+  /** Set once consumed: settles when the hash and the sink are done with the buffer. */
+  finished?: Promise<unknown>;
 }
 
 /** The volume in order, as zero runs and data pieces of at most chunk bytes, from its extents. */
@@ -154,60 +174,80 @@ export async function dumpVolume(
 ): Promise<TransferResult> {
   const started = performance.now();
   const hash = options.hash ?? contentHash(options.checksum ?? true);
-  const buffers = sink.buffers?.(DEPTH, CHUNK_BYTES) ?? sharedBuffers(DEPTH, CHUNK_BYTES);
-  // When the hash and the sink are done with each buffer (it is then free to be read into again).
-  const hashed: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
-  const written: Promise<void>[] = Array.from({ length: DEPTH }, () => Promise.resolve());
+  const ring = new BufferRing(
+    sink.buffer?.(RING_BYTES) ?? sharedBuffers(1, RING_BYTES)[0],
+    DIRECT_ALIGNMENT,
+  );
+  /** Pieces not yet handed to the hash and the sink, in volume order. */
   const window: Piece[] = [];
+  /** Data pieces holding ring space, oldest first (consumed or not). */
+  const holding: Piece[] = [];
   let reading = 0;
-  let readsStarted = 0;
   let done = 0;
   let dataBytes = 0;
 
-  // Hand the oldest piece to the hash and the sink. Returns 1 for a data piece (one read fewer in flight).
-  const consume = async (): Promise<number> => {
+  // Hand the oldest piece to the hash and the sink (its read awaited first).
+  const consume = async (): Promise<void> => {
     const piece = window.shift()!;
     if (piece.zero) {
       hash.zeros(piece.length);
       await sink.zeros(piece.offset, piece.length);
     } else {
       await piece.done;
-      hashed[piece.slot!] = hash.update(piece.buffer!);
-      // Not awaited here: up to DEPTH writes overlap (a file's pwrites go to
-      // the thread pool; a stream queues them in call order). Awaited before
-      // the buffer is read into again, and all of them at the end.
-      written[piece.slot!] = sink.data(piece.buffer!, piece.offset);
-      written[piece.slot!].catch(() => undefined);
+      reading--;
+      const hashed = hash.update(piece.buffer!);
+      // Not awaited here: writes overlap (a file's pwrites go to the thread
+      // pool; a stream queues them in call order). Awaited before the
+      // buffer is read into again, and all of them at the end.
+      const written = sink.data(piece.buffer!, piece.offset);
+      piece.finished = Promise.all([hashed, written]);
+      piece.finished.catch(() => undefined);
       dataBytes += piece.length;
     }
     done += piece.length;
     onProgress(done);
-    return piece.zero ? 0 : 1;
+  };
+
+  // Ring space for a piece: the oldest holders are consumed and waited out until it fits.
+  const space = async (length: number): Promise<Buffer> => {
+    for (;;) {
+      const buffer = ring.take(length);
+      if (buffer) return buffer;
+      const oldest = holding.shift()!;
+      while (oldest.finished === undefined) await consume();
+      await oldest.finished;
+      ring.giveBack();
+    }
   };
 
   try {
+    await sink.start?.(volume.size);
     for await (const piece of pieces(volume, CHUNK_BYTES)) {
       if (!piece.zero) {
-        // Piece k reuses buffer k % DEPTH: piece k - DEPTH has been consumed (reading < DEPTH).
-        piece.slot = readsStarted++ % DEPTH;
-        await hashed[piece.slot];
-        await written[piece.slot];
-        piece.buffer = buffers[piece.slot].subarray(0, piece.length);
-        piece.done = volume.read(piece.buffer, piece.offset).then(() => undefined);
+        piece.buffer = await space(piece.length);
+        holding.push(piece);
+        piece.done = volume.read(piece.buffer, piece.offset).then(() => {
+          piece.arrived = true;
+        });
         piece.done.catch(() => undefined); // awaited in order by consume(); not unhandled meanwhile
         reading++;
       }
       window.push(piece);
-      while (reading >= DEPTH || window.length > 4 * DEPTH) reading -= await consume();
+      // Everything whose data is in goes on at once: the hash (the slowest
+      // step, and strictly in order) is fed as early as it can be, so its
+      // backlog absorbs the reads' and the writes' jitter. Waiting for a
+      // read only once READS_IN_FLIGHT are out.
+      while (window.length > 0 && (window[0].zero || window[0].arrived)) await consume();
+      while (reading >= READS_IN_FLIGHT || window.length > WINDOW_PIECES) await consume();
     }
     while (window.length > 0) await consume();
-    await Promise.all(written);
+    await Promise.all(holding.map((p) => p.finished));
   } catch (err) {
     await hash.close();
     throw err;
   } finally {
     // On failure, let reads and writes still in flight land before their buffers go.
-    await Promise.allSettled([...window.map((p) => p.done), ...written]);
+    await Promise.allSettled(holding.flatMap((p) => [p.done, p.finished]));
   }
   await sink.finish(volume.size);
   return {
