@@ -28,18 +28,24 @@ import { open, type FileHandle } from 'node:fs/promises';
 /** Offsets, lengths and memory of direct writes are multiples of this (the largest logical block in use). */
 export const DIRECT_ALIGNMENT = 4096;
 /**
- * Shorter writes go through the page cache (a direct write pays the
- * device's latency whole). ext4 still runs direct writes that allocate one
- * at a time, even into a file already sized, but the dump keeps its hash
- * fed from a ring of buffers meanwhile (volume-dump.ts), and the page cache
- * costs CPU the hash needs: on the 2-core VM of docs/benchmarks.md, with
- * 1 MiB runs written direct, a half-written 1 GiB volume dumped in 1.16-
- * 1.27 s against 1.70-1.87 s through the cache (4 GiB: 3.6-4.4 s against
- * 5.2-6.1 s; --no-checksum 0.59-0.81 s against 1.21-1.31 s), alternating.
- * Freshly allocated cache pages are dear on that VM (docs/benchmarks.md),
- * and each dump's are new.
+ * Shorter writes go through the page cache: a direct write pays the
+ * device's latency whole, and ext4 runs direct writes that allocate one at a
+ * time, even into a file already sized (1 MiB: ~1.1 ms each here, 4 MiB:
+ * ~2.1 ms). Through the cache, writes overlap in the thread pool but cost
+ * CPU for the copy. Which wins depends on what else wants the CPU, so the
+ * threshold depends on whether the dump hashes. Measured on the 2-core VM of
+ * docs/benchmarks.md, a half-written volume (1 MiB runs), alternating builds:
+ * - without the hash, the CPU is free and overlapping wins: 1 GiB in
+ *   0.49-0.66 s through the cache, 0.58-0.75 s direct;
+ * - with it, the hash (one core, the slowest step) needs the CPU the copies
+ *   take: 1 GiB in 1.16-1.27 s direct, 1.70-1.87 s through the cache;
+ *   4 GiB in 3.6-4.4 s against 5.2-6.1 s.
+ * Whole 4 MiB chunks go direct either way (4.5-5.6 s for 1 GiB against
+ * 6.7-11.9 s, with a quarter of the system CPU, at load 9).
  */
-export const DIRECT_MIN_BYTES = 64 * 1024;
+export const DIRECT_MIN_BYTES = 4 * 1024 * 1024;
+/** …and when the dump hashes its content (the hash needs the CPU the page cache takes). */
+export const DIRECT_MIN_BYTES_HASHING = 64 * 1024;
 /** A WebAssembly page. */
 const WASM_PAGE = 65536;
 
@@ -72,10 +78,14 @@ export function pageAlignedSharedBuffers(count: number, size: number): Buffer[] 
 }
 
 /** Whether `data` (a view of pageAlignedSharedBuffers' memory) goes to `offset` through O_DIRECT. */
-export function directWritable(data: Buffer, offset: number): boolean {
+export function directWritable(
+  data: Buffer,
+  offset: number,
+  minBytes: number = DIRECT_MIN_BYTES,
+): boolean {
   return (
     offset % DIRECT_ALIGNMENT === 0 &&
-    data.length >= DIRECT_MIN_BYTES &&
+    data.length >= minBytes &&
     data.length % DIRECT_ALIGNMENT === 0 &&
     data.byteOffset % DIRECT_ALIGNMENT === 0
   );

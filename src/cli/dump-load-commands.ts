@@ -27,7 +27,12 @@ import { TransferProgress } from './transfer-progress.js';
 import { clientTlsFilesOf, nbdClientTlsFlags } from './tls-flags.js';
 import type { NbdAddress } from '../dataplane/nbd-client/client.js';
 import { contentHash } from './background-hash.js';
-import { openOutputFile, type OutputFile } from './direct-file.js';
+import {
+  DIRECT_MIN_BYTES,
+  DIRECT_MIN_BYTES_HASHING,
+  openOutputFile,
+  type OutputFile,
+} from './direct-file.js';
 import { dumpVolume, fileSink, streamSink, type TransferResult } from './volume-dump.js';
 import { fileSource, loadVolume, streamSource } from './volume-load.js';
 
@@ -156,7 +161,12 @@ export function dumpLoadCommands(): Command[] {
             output = toStdout ? undefined : await openOutputFile(target);
             result = await dumpVolume(
               handle,
-              output ? fileSink(output) : streamSink(process.stdout),
+              output
+                ? fileSink(
+                    output,
+                    args.values['no-checksum'] ? DIRECT_MIN_BYTES : DIRECT_MIN_BYTES_HASHING,
+                  )
+                : streamSink(process.stdout),
               (d) => progress.update(d),
               { hash },
             );

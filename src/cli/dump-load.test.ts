@@ -9,6 +9,7 @@ import { BackgroundHash, sharedBuffers } from './background-hash.js';
 import {
   DIRECT_ALIGNMENT,
   DIRECT_MIN_BYTES,
+  DIRECT_MIN_BYTES_HASHING,
   directWritable,
   openOutputFile,
   pageAlignedSharedBuffers,
@@ -92,6 +93,9 @@ describe('block dump: the output file', () => {
       false,
       'length not aligned',
     );
+    const run = chunk.subarray(0, DIRECT_MIN_BYTES_HASHING);
+    assert.equal(directWritable(run, 0), false, 'a run shorter than a chunk, by default');
+    assert.equal(directWritable(run, 0, DIRECT_MIN_BYTES_HASHING), true, 'while hashing');
     assert.throws(() => pageAlignedSharedBuffers(1, 1000), RangeError);
   });
 

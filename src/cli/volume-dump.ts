@@ -25,6 +25,7 @@ import { contentHash, sharedBuffers, type ContentHash } from './background-hash.
 import { BufferRing } from './buffer-ring.js';
 import {
   DIRECT_ALIGNMENT,
+  DIRECT_MIN_BYTES,
   directWritable,
   pageAlignedSharedBuffers,
   type OutputFile,
@@ -71,12 +72,16 @@ export interface TransferResult {
 }
 
 /**
- * A file: data written at its offset, zeros skipped, size set at the end
- * (sparse). Given an OutputFile with an O_DIRECT handle, data from the
- * page-aligned buffers it hands out goes around the page cache where
- * aligned (direct-file.ts), the rest through the ordinary handle.
+ * A file: sized first, data written at its offset, zeros skipped (sparse).
+ * Given an OutputFile with an O_DIRECT handle, data from the page-aligned
+ * memory it hands out goes around the page cache where aligned and at least
+ * `directMinBytes` long (direct-file.ts says which length suits), the rest
+ * through the ordinary handle.
  */
-export function fileSink(output: FileHandle | OutputFile): DumpSink {
+export function fileSink(
+  output: FileHandle | OutputFile,
+  directMinBytes: number = DIRECT_MIN_BYTES,
+): DumpSink {
   const { file, direct } = 'direct' in output ? output : { file: output, direct: undefined };
   /** The memory handed out for direct writes. */
   let aligned: ArrayBufferLike | undefined;
@@ -87,14 +92,14 @@ export function fileSink(output: FileHandle | OutputFile): DumpSink {
       aligned = buffer.buffer;
       return buffer;
     },
-    // Sized first, so no write extends the file: ext4 serialises direct
-    // writes that extend a file (each updates its size in the journal).
+    // Sized first, so no write extends the file (an extending direct write
+    // also has the size updated in the journal).
     async start(size) {
       await file.truncate(size);
     },
     async data(data, offset) {
       let done = 0;
-      if (direct && data.buffer === aligned && directWritable(data, offset))
+      if (direct && data.buffer === aligned && directWritable(data, offset, directMinBytes))
         while (done < data.length) {
           const { bytesWritten } = await direct.write(
             data,
