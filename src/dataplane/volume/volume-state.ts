@@ -56,6 +56,8 @@ export interface VolumeServices {
    * commits a version.
    */
   intentLog?: IntentLog;
+  /** Spilled blocks past which a spill round commits them (write-back.ts SPILLED_COMMIT_BLOCKS; tests set fewer). */
+  spilledCommitBlocks?: number;
   onChecksumError?(volume: string, block: number, reason: string): void;
   onFlush?(volume: string, blocks: number, seconds: number): void;
 }

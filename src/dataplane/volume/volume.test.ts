@@ -290,6 +290,36 @@ describe('volume', { timeout: 60_000 }, () => {
     await closeRig(again);
   });
 
+  test('a writer that never flushes has its spilled blocks committed past a bound, not held in memory', async () => {
+    const dir = join(root, 'many-spilled');
+    const r = await rig(dir, 64 * 1024 * 1024, 4 * 1024 * 1024); // a 64-slot cache
+    r.services.spilledCommitBlocks = 32;
+    const big: VolumeIdentity = { ...identity, size: 1024 * BS };
+    const v = await Volume.open(big, 0, undefined, null, r.services);
+    const spilled = (v as unknown as { state: { spilled: Map<number, unknown> } }).state.spilled;
+    const data = randomBytes(300 * BS);
+    let most = 0;
+    for (let off = 0; off < data.length; off += 8 * BS) {
+      await v.write(off, data.subarray(off, off + 8 * BS), false);
+      most = Math.max(most, spilled.size);
+    }
+    assert.ok(r.committed.generation >= 1, 'committed without a FLUSH');
+    assert.ok(most < 32 + 64, `spilled blocks held at once: ${most}`);
+    const back = Buffer.alloc(data.length);
+    await v.read(0, back);
+    assert.ok(back.equals(data), 'reads back across the commits');
+    await v.flush();
+    assert.equal(r.store.usedSlots, 300 + 1, 'what each commit replaced is freed');
+    const generation = r.committed.generation;
+    await closeRig(r);
+    const again = await rig(dir, 64 * 1024 * 1024, 4 * 1024 * 1024);
+    const reopened = await Volume.open(big, generation, r.committed.root, null, again.services);
+    const after = Buffer.alloc(data.length);
+    await reopened.read(0, after);
+    assert.ok(after.equals(data));
+    await closeRig(again);
+  });
+
   test('writes during a flush land in the next version', async () => {
     const r = await rig(join(root, 'concurrent'));
     const v = await Volume.open(identity, 0, undefined, null, r.services);

@@ -16,6 +16,24 @@ const DIRTY_LOW_WATER = 0.4;
 const SPILL_ROUND_BLOCKS = 1024;
 /** After a spill that could not make room, the next is tried this much later (not at once: see runRounds). */
 const SPILL_RETRY_MS = 1000;
+/**
+ * Once this many blocks are spilled and not committed, a spill round
+ * commits them (commitSpilled: no dirty block stored, what they replace
+ * freed). Until a commit, each spilled block is held in memory as an entry
+ * of `spilled` (~150 bytes: a Map entry, an object, boxed numbers), where
+ * the committed map keeps 16 bytes of a page; a writer that never flushes
+ * (or flushes through the intent log, which commits every 30 s) otherwise
+ * grows the heap with everything it writes past the cache: 166 MB of heap
+ * after 2 GiB of 4 KiB blocks written, and the node killed in a 512 MiB
+ * memory budget (docs/benchmarks.md). 131,072 entries is ~20 MB (at 64 KiB
+ * blocks, 8 GiB written). Each such commit rewrites most map pages of a
+ * randomly written volume: at 65,536, 4 KiB random writes in the budget
+ * lost 15 % (20.5-21.9k IOPS against 25.1-25.6k without); at 131,072 they
+ * did 23.4-25.9k.
+ */
+export const SPILLED_COMMIT_BLOCKS = 131_072;
+/** After such a commit failed (etcd away, a fenced writer), the next is tried no sooner than this. */
+const SPILLED_COMMIT_RETRY_MS = 10_000;
 
 interface FlushWaiter {
   ticket: number;
@@ -43,6 +61,8 @@ export class WriteBackRounds {
   /** Spills failed to make room: none is tried before this time (Date.now()); 0 when they work. */
   private spillRetryAt = 0;
   private spillRetryTimer: NodeJS.Timeout | undefined;
+  /** A commit of spilled blocks failed: none is tried before this time (Date.now()). */
+  private spilledCommitRetryAt = 0;
 
   constructor(private readonly state: VolumeState) {}
 
@@ -175,7 +195,22 @@ export class WriteBackRounds {
       this.spillRetryAt = 0;
       if (spilled > 0 && cache.dirtySlots > cache.slotCount * DIRTY_LOW_WATER)
         this.spillRequested = true;
+      await this.commitManySpilled();
     }
+  }
+
+  /** Past SPILLED_COMMIT_BLOCKS spilled blocks, commit them (see there). */
+  private async commitManySpilled(): Promise<void> {
+    const limit = this.state.services.spilledCommitBlocks ?? SPILLED_COMMIT_BLOCKS;
+    if (this.state.spilled.size < limit || Date.now() < this.spilledCommitRetryAt) return;
+    const failure = await this.round(() => this.commitSpilled());
+    if (!failure) return;
+    // The blocks stay spilled, as without this commit; a FLUSH or the periodic commit will try again too.
+    this.spilledCommitRetryAt = Date.now() + SPILLED_COMMIT_RETRY_MS;
+    this.state.services.log.warn(
+      { volume: this.state.name, spilled: this.state.spilled.size, err: String(failure) },
+      `committing spilled blocks failed; retried in ${SPILLED_COMMIT_RETRY_MS / 1000} s`,
+    );
   }
 
   private async round(work: () => Promise<void>): Promise<unknown> {
