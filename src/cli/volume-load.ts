@@ -9,10 +9,10 @@
  * into an existing one they are trimmed (holes that read as zeros), and so
  * is everything past the end of the input, so no old content shows through.
  * A buffer is read into again only once every write from it has settled
- * and the hash is done with it. A FLUSH every FLUSH_EVERY_BYTES of data,
- * and one at the end: when loadVolume resolves, the content is durable. The hash runs behind the writes (it is the slower
- * of the two on a sparse input): the FLUSH goes out as soon as the last
- * write settled, and the hash's tail overlaps it.
+ * and the hash is done with it. A FLUSH goes out every FLUSH_EVERY_BYTES of
+ * data, and one at the end: when loadVolume resolves, the content is
+ * durable. The hash is the slower side: the last FLUSH goes out as soon as
+ * the last write settled, and the hash's tail overlaps it.
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
