@@ -14,7 +14,8 @@ import {
   openOutputFile,
   pageAlignedSharedBuffers,
 } from './direct-file.js';
-import { fileSink } from './volume-dump.js';
+import { dumpVolume, fileSink, type DumpSink } from './volume-dump.js';
+import type { VolumeHandle } from '../library/volume-handle.js';
 import { BufferRing } from './buffer-ring.js';
 import { dumpOutputProblem, pipedInputProblem } from './dump-load-commands.js';
 import { TransferProgress, formatDuration } from './transfer-progress.js';
@@ -133,6 +134,73 @@ describe('block dump: the output file', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('block dump: the pipeline (a volume in memory, a slow sink)', () => {
+  const MiB = 1024 * 1024;
+  /** A volume of `runs` 1 MiB runs, data and zeros alternating; reads fail from `failAt` on. */
+  function fakeVolume(runs: number, failAt = Infinity) {
+    const content = Buffer.alloc(runs * MiB);
+    for (let r = 0; r < runs; r += 2) randomBytes(MiB).copy(content, r * MiB);
+    const volume = {
+      size: content.length,
+      async extents(position: number, length: number) {
+        const out = [];
+        for (let at = position; at < position + length; at += MiB)
+          out.push({ offset: at, length: MiB, zero: (at / MiB) % 2 === 1 });
+        return out;
+      },
+      async read(buffer: Buffer, position: number) {
+        await new Promise((done) => setImmediate(done));
+        if (position >= failAt) throw new Error(`read failed at ${position}`);
+        content.copy(buffer, 0, position, position + buffer.length);
+        return buffer.length;
+      },
+    };
+    return { content, volume: volume as unknown as VolumeHandle };
+  }
+  /**
+   * Collects what it is given, copying each piece only when its write
+   * lands: writes wait and land together every 20 ms, so the ring fills and
+   * a piece's memory read into again too soon would show in what it got.
+   */
+  function memorySink(size: number) {
+    const got = Buffer.alloc(size);
+    const waiting: { data: Buffer; offset: number; landed: () => void }[] = [];
+    let timer: NodeJS.Timeout | undefined;
+    const land = () => {
+      timer = undefined;
+      for (const w of waiting.splice(0)) {
+        w.data.copy(got, w.offset);
+        w.landed();
+      }
+    };
+    const sink: DumpSink = {
+      data(data, offset) {
+        timer ??= setTimeout(land, 20);
+        return new Promise<void>((landed) => waiting.push({ data, offset, landed }));
+      },
+      async zeros() {},
+      async finish() {},
+    };
+    return { got, sink };
+  }
+
+  it('hands every piece over whole and in order, the ring wrapping many times', async () => {
+    const { content, volume } = fakeVolume(160); // 80 data runs through a 32 MiB ring
+    const { got, sink } = memorySink(content.length);
+    const result = await dumpVolume(volume, sink);
+    assert.ok(got.equals(content));
+    assert.equal(result.sha256, createHash('sha256').update(content).digest('hex'));
+    assert.equal(result.dataBytes, 80 * MiB);
+    assert.equal(result.bytes, content.length);
+  });
+
+  it('a failed read fails the dump, after the reads and writes in flight have settled', async () => {
+    const { volume } = fakeVolume(160, 50 * MiB);
+    const { sink } = memorySink(160 * MiB);
+    await assert.rejects(dumpVolume(volume, sink), /read failed at 52428800/);
   });
 });
 
