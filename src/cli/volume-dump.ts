@@ -32,8 +32,6 @@ import {
 } from './direct-file.js';
 
 export const CHUNK_BYTES = 4 * 1024 * 1024;
-/** Buffers a load reads its input into (volume-load.ts). */
-export const DEPTH = 8;
 /**
  * A dump's buffer memory: READS_IN_FLIGHT pieces being read, and a backlog
  * for the hash and the writes behind them.

@@ -20,7 +20,10 @@ import { UsageError } from '../common/errors.js';
 import { formatSize } from '../common/size.js';
 import type { VolumeHandle } from '../library/volume-handle.js';
 import { contentHash, sharedBuffers } from './background-hash.js';
-import { CHUNK_BYTES, DEPTH, ZEROS, type HashOptions, type TransferResult } from './volume-dump.js';
+import { CHUNK_BYTES, ZEROS, type HashOptions, type TransferResult } from './volume-dump.js';
+
+/** Buffers of CHUNK_BYTES the input is read into, each reused once its writes and its hash are done. */
+const DEPTH = 8;
 
 /**
  * A FLUSH goes out (one at a time, not awaited) each time this much more
