@@ -55,8 +55,6 @@ export interface DumpSink {
   data(data: Buffer, offset: number): Promise<void>;
   /** `length` zero bytes at offset. */
   zeros(offset: number, length: number): Promise<void>;
-  /** Everything is through; `size` is the export's. */
-  finish(size: number): Promise<void>;
 }
 
 export interface TransferResult {
@@ -115,9 +113,6 @@ export function fileSink(
       }
     },
     async zeros() {},
-    async finish(size) {
-      await file.truncate(size);
-    },
   };
 }
 
@@ -131,7 +126,6 @@ export function streamSink(stream: Writable): DumpSink {
       for (let left = length; left > 0; left -= ZEROS.length)
         await write(left >= ZEROS.length ? ZEROS : ZEROS.subarray(0, left));
     },
-    async finish() {},
   };
 }
 
@@ -252,7 +246,6 @@ export async function dumpVolume(
     // On failure, let reads and writes still in flight land before their buffers go.
     await Promise.allSettled(holding.flatMap((p) => [p.done, p.finished]));
   }
-  await sink.finish(volume.size);
   return {
     bytes: done,
     dataBytes,
