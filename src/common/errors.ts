@@ -77,6 +77,15 @@ export class ConflictError extends Error {
   override name = 'ConflictError';
 }
 
+/**
+ * Refused because a newer writer of the volume has taken over: the request
+ * came under a lock epoch below one the receiver has already seen sealed
+ * (an intent-log holder after INTENT_SEAL). The sender has lost its lock.
+ */
+export class StaleTokenError extends ConflictError {
+  override name = 'StaleTokenError';
+}
+
 /** Set (through markExpected) on the prototypes of the operating-error classes. */
 const EXPECTED = Symbol('torus.expectedError');
 

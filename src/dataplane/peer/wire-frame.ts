@@ -2,7 +2,13 @@
  * The TBP frame header, opcodes, statuses, limits, name tables and the two tiers of protocol error.
  * Part of wire.ts (see there for the protocol's rules); import from wire.ts.
  */
-import { ChecksumError, IoError, NotFoundError, StoreFullError } from '../../common/errors.js';
+import {
+  ChecksumError,
+  IoError,
+  NotFoundError,
+  StaleTokenError,
+  StoreFullError,
+} from '../../common/errors.js';
 
 // ------------------------------------------------------------------ header
 
@@ -75,6 +81,15 @@ export const OP_SYNC = 7;
  * BAD_REQUEST (unknown opcode) and the client asks it for whole blocks.
  */
 export const OP_GET_RANGE = 8;
+/**
+ * The replicated intent log (wire-intents.ts): append a flush's records to a
+ * holder, seal a volume's log at a holder and read it back, drop what a
+ * commit holds. Added like GET_RANGE: a node without them answers
+ * BAD_REQUEST, and the writer commits a version per FLUSH instead.
+ */
+export const OP_INTENT_APPEND = 9;
+export const OP_INTENT_SEAL = 10;
+export const OP_INTENT_COVERED = 11;
 
 // ---------------------------------------------------------------- statuses
 
@@ -90,6 +105,8 @@ export const STATUS_INTERNAL = 5;
 export const STATUS_WRONG_CLUSTER = 6;
 /** The server is closing: nothing new is started. Retry elsewhere or later. */
 export const STATUS_SHUTTING_DOWN = 7;
+/** An intent append under a lock epoch below the volume's seal: a newer writer has taken over. */
+export const STATUS_FENCED = 8;
 
 // ------------------------------------------------------------------ limits
 
@@ -119,6 +136,9 @@ const OP_NAMES = nameTable({
   OP_PING,
   OP_SYNC,
   OP_GET_RANGE,
+  OP_INTENT_APPEND,
+  OP_INTENT_SEAL,
+  OP_INTENT_COVERED,
 });
 const STATUS_NAMES = nameTable({
   STATUS_OK,
@@ -129,6 +149,7 @@ const STATUS_NAMES = nameTable({
   STATUS_INTERNAL,
   STATUS_WRONG_CLUSTER,
   STATUS_SHUTTING_DOWN,
+  STATUS_FENCED,
 });
 
 /** 'OP_GET_BLOCK', or 'OP(99)' for a value we do not know (so logs and metric labels stay readable). */
@@ -197,6 +218,7 @@ export function statusOfError(err: unknown): number {
   if (err instanceof StoreFullError) return STATUS_NO_SPACE;
   if (err instanceof NotFoundError) return STATUS_NOT_FOUND;
   if (err instanceof TbpPayloadError) return STATUS_BAD_REQUEST;
+  if (err instanceof StaleTokenError) return STATUS_FENCED;
   if (err instanceof IoError) {
     if (err.errno === 'ENOSPC') return STATUS_NO_SPACE;
     if (err.errno === 'EINVAL') return STATUS_BAD_REQUEST;

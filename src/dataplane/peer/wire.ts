@@ -31,9 +31,11 @@
  *   wire-messages.ts  HELLO, PUT_BLOCKS, GET_BLOCK, HAS/DELETE_BLOCKS, empty frames, error replies
  *   wire-ranges.ts    GET_RANGE: part of a block with its sub-sums entry
  *   wire-listing.ts   the gRPC service's listings and frameless payloads
+ *   wire-intents.ts   the replicated intent log: INTENT_APPEND, INTENT_SEAL, INTENT_COVERED
  */
 export * from './wire-frame.js';
 export * from './wire-blocks.js';
 export * from './wire-messages.js';
 export * from './wire-ranges.js';
 export * from './wire-listing.js';
+export * from './wire-intents.js';

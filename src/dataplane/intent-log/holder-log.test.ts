@@ -1,0 +1,255 @@
+/**
+ * HolderLog on a real file: records held across restarts until covered,
+ * seals that refuse older writers and outlive restarts and epochs, a seal
+ * that waits for appends already staged, a torn batch never followed by a
+ * stale record, paging, full logs, retries; and holder-record's bytes.
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, open, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ChecksumError, IoError, StaleTokenError } from '../../common/errors.js';
+import { logger } from '../../common/log.js';
+import { hasher, type Hasher } from '../blocks/hash.js';
+import * as w from '../peer/wire.js';
+import { HOLDER_LOG_FILE, HolderLog, MIN_HOLDER_LOG_BYTES } from './holder-log.js';
+import {
+  HOLDER_FRAME_BYTES,
+  HOLDER_RECORDS_START,
+  KIND_INTENT,
+  decodeHolderFrame,
+  decodeHolderHeader,
+  encodeHolderFrame,
+  encodeHolderHeader,
+  holderFrameIntact,
+} from './holder-record.js';
+
+const log = logger('holder-log-test');
+const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
+let hash: Hasher;
+
+/** A stamped plain intent record of `length` bytes of `fill`. */
+function intent(
+  volumeId: number,
+  token: number,
+  seq: number,
+  length = 4096,
+  fill = seq,
+): w.IntentRecord {
+  const bytes = Buffer.alloc(w.INTENT_RECORD_HEADER_BYTES + length);
+  w.encodeIntentHeader(bytes, 0, { volumeId, flags: 0, token, seq, offset: seq * length, length });
+  bytes.fill(fill & 0xff, w.INTENT_RECORD_HEADER_BYTES);
+  w.stampIntentRecord(bytes, 0, hash);
+  return w.decodeIntentRecord(bytes, 0, bytes.length);
+}
+
+/** Every record a seal at `token` answers, all pages, as (token, seq) pairs; checked intact. */
+async function sealAll(holder: HolderLog, volumeId: number, token: number): Promise<string[]> {
+  const got: string[] = [];
+  for (let skip = 0; ;) {
+    const page = await holder.seal({ volumeId, token, skip });
+    for (const bytes of page.records) {
+      const r = w.decodeIntentRecord(bytes, 0, bytes.length);
+      assert.ok(w.intentRecordIntact(r, hash), 'a held record comes back intact');
+      got.push(`${r.token}/${r.seq}`);
+    }
+    skip += page.records.length;
+    if (!page.more) return got;
+  }
+}
+
+describe('holder-record bytes', () => {
+  before(async () => {
+    hash = await hasher();
+  });
+
+  test('the file header is laid out as the table says', () => {
+    const out = Buffer.alloc(64);
+    encodeHolderHeader({ epoch: 3, firstSeq: 2 ** 32 + 1, fileBytes: 64 << 20 }, out, hash);
+    const rest = hex(
+      '54484c48 0001 0000 00000003 00000000 00000001 00000001 00000000 04000000' + '00'.repeat(24),
+    );
+    const { lo, hi } = hash.hash64(rest);
+    assert.deepEqual(out.subarray(8), rest);
+    assert.deepEqual([out.readUInt32BE(0), out.readUInt32BE(4)], [hi, lo]);
+    assert.deepEqual(decodeHolderHeader(out, hash), {
+      epoch: 3,
+      firstSeq: 2 ** 32 + 1,
+      fileBytes: 64 << 20,
+    });
+    out[20] = 1;
+    assert.equal(decodeHolderHeader(out, hash), undefined);
+  });
+
+  test('a frame checksums itself and the body’s first 48 bytes only', () => {
+    const body = intent(7, 3, 1, 100).bytes;
+    const frame = Buffer.alloc(HOLDER_FRAME_BYTES);
+    encodeHolderFrame(frame, KIND_INTENT, 2, 9, body, hash);
+    assert.deepEqual(
+      frame.subarray(8),
+      hex('54484c52 01 000000 00000002 00000094 00000000 00000009'),
+    );
+    const { lo, hi } = hash.hash64(Buffer.concat([frame.subarray(8), body.subarray(0, 48)]));
+    assert.deepEqual([frame.readUInt32BE(0), frame.readUInt32BE(4)], [hi, lo]);
+    assert.deepEqual(decodeHolderFrame(frame), { kind: 1, epoch: 2, bodyBytes: 148, seq: 9 });
+    body[120] ^= 1; // payload: the intent record's own checksum notices, not the frame's
+    assert.ok(holderFrameIntact(frame, body, hash));
+    body[20] ^= 1;
+    assert.ok(!holderFrameIntact(frame, body, hash));
+    frame[12] = 3;
+    assert.equal(decodeHolderFrame(frame), undefined, 'unknown kind');
+  });
+});
+
+describe('HolderLog', { timeout: 60_000 }, () => {
+  let root: string;
+  let n = 0;
+  const dir = async () => {
+    const d = join(root, `h${n++}`);
+    await rm(d, { recursive: true, force: true });
+    await import('node:fs/promises').then((fs) => fs.mkdir(d));
+    return d;
+  };
+  before(async () => {
+    hash = await hasher();
+    root = await mkdtemp(join(tmpdir(), 'torus-holder-'));
+  });
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  test('records are held across a restart, in append order, until covered', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await holder.append([intent(7, 3, 1), intent(7, 3, 2)]);
+    await holder.append([intent(8, 1, 1)]);
+    await holder.append([intent(7, 3, 3, 100)]);
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.equal(holder.stats.liveRecords, 4);
+    await holder.covered({ volumeId: 7, token: 3, seq: 2 });
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/2', '3/3']);
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/2', '3/3'], 'the COVERED note was logged');
+    assert.deepEqual(await sealAll(holder, 8, 2), ['1/1']);
+    await holder.close();
+  });
+
+  test('a seal refuses older writers from then on, across restarts, and answers only below it', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await holder.append([intent(7, 3, 1)]);
+    assert.deepEqual(await sealAll(holder, 7, 5), ['3/1']);
+    await assert.rejects(holder.append([intent(7, 4, 1)]), StaleTokenError);
+    await holder.append([intent(7, 5, 1)]); // the new writer itself
+    assert.deepEqual(
+      await sealAll(holder, 7, 5),
+      ['3/1'],
+      'the sealer’s own records are not answered',
+    );
+    await holder.append([intent(9, 1, 1)]); // other volumes are not sealed
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await assert.rejects(holder.append([intent(7, 3, 2)]), StaleTokenError);
+    assert.deepEqual(await sealAll(holder, 7, 6), ['3/1', '5/1']);
+    await holder.close();
+  });
+
+  test('a seal waits for appends staged before it, and answers them', async () => {
+    const d = await dir();
+    const holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    // Large enough that writing it takes longer than the seal's own small synced file.
+    const big = w.MAX_INTENT_LENGTH;
+    const pending = holder.append([
+      intent(7, 3, 1, big),
+      intent(7, 3, 2, big),
+      intent(7, 3, 3, big),
+    ]);
+    const sealed = sealAll(holder, 7, 4);
+    await pending;
+    assert.deepEqual(await sealed, ['3/1', '3/2', '3/3']);
+    await holder.close();
+  });
+
+  test('a retried append is held once; a record that does not match its checksum is refused', async () => {
+    const d = await dir();
+    const holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await holder.append([intent(7, 3, 1), intent(7, 3, 2)]);
+    await holder.append([intent(7, 3, 1), intent(7, 3, 2), intent(7, 3, 3)]);
+    const bad = intent(7, 3, 4);
+    bad.payload[0] ^= 1;
+    await assert.rejects(holder.append([bad]), ChecksumError);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/1', '3/2', '3/3']);
+    await holder.close();
+  });
+
+  test('once everything is covered the log starts over under a new epoch', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await holder.append([intent(7, 3, 1), intent(7, 3, 2)]);
+    await holder.covered({ volumeId: 7, token: 3, seq: 3 });
+    assert.equal(holder.stats.liveRecords, 0);
+    await holder.append([intent(7, 3, 3)]);
+    assert.equal(
+      holder.stats.usedBytes,
+      HOLDER_FRAME_BYTES + 48 + 4096,
+      'written from the start again',
+    );
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/3']);
+    await holder.close();
+  });
+
+  test('a torn batch: what followed it is never read after new records land there', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await holder.append([intent(7, 3, 1)]);
+    // Two records in one batch: tear the first, leave the second intact, as a crash mid-write can.
+    await holder.append([intent(7, 3, 2), intent(7, 3, 3)]);
+    await holder.close();
+    const file = await open(join(d, HOLDER_LOG_FILE), 'r+');
+    const recordBytes = HOLDER_FRAME_BYTES + 48 + 4096;
+    await file.write(Buffer.from([0xff]), 0, 1, HOLDER_RECORDS_START + recordBytes + 40);
+    await file.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/1']);
+    // A new record of the same size lands where the torn one was; the old third must not follow it.
+    await holder.append([intent(9, 1, 1)]);
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/1']);
+    assert.deepEqual(await sealAll(holder, 9, 2), ['1/1']);
+    await holder.close();
+  });
+
+  test('a seal’s answer comes in pages within a frame', async () => {
+    const d = await dir();
+    const holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    const big = w.MAX_INTENT_LENGTH;
+    for (let seq = 1; seq <= 5; seq++) await holder.append([intent(7, 3, seq, big)]);
+    const first = await holder.seal({ volumeId: 7, token: 4, skip: 0 });
+    assert.equal(first.records.length, 3);
+    assert.equal(first.more, true);
+    assert.ok(w.sealReplyPayloadBytes(first.records) <= w.MAX_PAYLOAD_BYTES);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/1', '3/2', '3/3', '3/4', '3/5']);
+    await holder.close();
+  });
+
+  test('a full log refuses appends with ENOSPC, keeping what it holds', async () => {
+    const d = await dir();
+    const holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    let seq = 0;
+    let refused: unknown;
+    while (!refused && seq < 20) {
+      await holder
+        .append([intent(7, 3, ++seq, w.MAX_INTENT_LENGTH)])
+        .catch((err: unknown) => (refused = err));
+    }
+    assert.ok(refused instanceof IoError && refused.errno === 'ENOSPC', String(refused));
+    assert.equal((await sealAll(holder, 7, 4)).length, seq - 1);
+    await holder.close();
+  });
+});
