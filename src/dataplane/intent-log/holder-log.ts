@@ -32,6 +32,7 @@ import { assert } from '../../common/assert.js';
 import { ChecksumError, IoError, StaleTokenError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { hasher, type Hasher } from '../blocks/hash.js';
+import type { IntentHolder } from '../peer/backend.js';
 import {
   HEADER_SIZE,
   MAX_PAYLOAD_BYTES,
@@ -66,16 +67,6 @@ const MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024;
 /** Smallest log: room for two of the largest batches. */
 export const MIN_HOLDER_LOG_BYTES = 2 * MAX_BATCH_BYTES + HOLDER_RECORDS_START;
 const ZERO_CHUNK = 1024 * 1024;
-
-/** What the peer server asks of a node that holds intent records (peer/backend.ts). */
-export interface IntentHolder {
-  /** Keep the records (one volume, one token) durably; `pressure`: past half full, commit soon. */
-  append(records: readonly IntentRecord[]): Promise<{ pressure: boolean }>;
-  /** Refuse appends below `token` from now on (durably); a page of what is held below it. */
-  seal(request: IntentSealRequest): Promise<IntentSealPage>;
-  /** What a committed version holds may go. */
-  covered(covered: IntentCovered): Promise<void>;
-}
 
 /** One record held: where its body is, and whose it is. */
 interface Held {

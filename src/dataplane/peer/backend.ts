@@ -14,7 +14,16 @@
 import { ChecksumError } from '../../common/errors.js';
 import type { Hasher } from '../blocks/hash.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
-import type { BlockRange, ListedBlock, RangeReply, WireBlock } from './wire.js';
+import type {
+  BlockRange,
+  IntentCovered,
+  IntentRecord,
+  IntentSealPage,
+  IntentSealRequest,
+  ListedBlock,
+  RangeReply,
+  WireBlock,
+} from './wire.js';
 
 export type { ListedBlock, WireBlock };
 
@@ -116,4 +125,30 @@ export interface PeerBlockBackend extends PeerBlockStore {
    * each held block that stays held throughout appears exactly once.
    */
   listBlocks(filter: ListBlocksFilter): AsyncIterable<ListedBlock>;
+  /**
+   * Where the node keeps other writers' intent records (the replicated
+   * intent log: wire-intents.ts, ../intent-log/holder-log.ts); absent: the
+   * INTENT_* requests are answered BAD_REQUEST, and writers commit versions.
+   */
+  intents?: IntentHolder;
+}
+
+/** What the peer server asks of a node that holds intent records. */
+export interface IntentHolder {
+  /**
+   * Keep the records (one volume, one token; each checked against its
+   * checksum first: ChecksumError) durably; resolves once they are, with
+   * `pressure` when the log is past half full. A token below the volume's
+   * seal: StaleTokenError (FENCED). Full: IoError ENOSPC. Records are views
+   * into the received frame until the promise settles.
+   */
+  append(records: readonly IntentRecord[]): Promise<{ pressure: boolean }>;
+  /**
+   * Refuse appends below `token` from now on, durably, once every append
+   * staged before the call has settled; then a page of the records held for
+   * the volume below `token`, in the order appended, from the skip-th on.
+   */
+  seal(request: IntentSealRequest): Promise<IntentSealPage>;
+  /** What a committed version holds may go (INTENT_COVERED). */
+  covered(covered: IntentCovered): Promise<void>;
 }

@@ -62,11 +62,18 @@ import {
   type RequestOptions,
 } from './client-options.js';
 import { ReconnectBackoff } from './reconnect-backoff.js';
-import { connectTls, describeTlsFailure, loadPeerTls, type PeerTls } from './peer-tls.js';
+import {
+  connectTls,
+  describeTlsFailure,
+  loadPeerTls,
+  looksLikeTls,
+  type PeerTls,
+} from './peer-tls.js';
 import { RefusalLog } from './refusal-log.js';
 import { acceptHello, decodeReply, type PeerIdentity } from './reply-decoder.js';
 import { RequestTable, type PendingRequest } from './request-table.js';
 import {
+  APPEND_PRESSURE,
   HEADER_SIZE,
   MAX_BATCH_REFS,
   OP_DELETE_BLOCKS,
@@ -74,6 +81,9 @@ import {
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_HELLO,
+  OP_INTENT_APPEND,
+  OP_INTENT_COVERED,
+  OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
   OP_SYNC,
@@ -92,6 +102,9 @@ import {
   type BlockRange,
   type RangeReply,
   type WireBlock,
+  type IntentCovered,
+  type IntentSealReply,
+  type IntentSealRequest,
 } from './wire.js';
 
 export type { PeerClientOptions, RequestOptions } from './client-options.js';
@@ -99,11 +112,6 @@ export type { PeerIdentity } from './reply-decoder.js';
 
 /** One per thread: every client's refused handshakes, logged once per peer. */
 const refusals = new RefusalLog();
-
-/** The first byte of a TLS record (handshake 0x16, alert 0x15): a TLS peer answering a plaintext client. */
-function looksLikeTls(firstByte: number): boolean {
-  return firstByte === 0x15 || firstByte === 0x16;
-}
 
 interface Connection {
   socket: Socket;
@@ -242,6 +250,25 @@ export class PeerClient implements PeerBlockStore {
    */
   sync(options: RequestOptions = {}): Promise<void> {
     return this.request(OP_SYNC, undefined, options.timeoutMs ?? this.settings.syncTimeoutMs);
+  }
+
+  /** A flush's intent records (wire-intents.ts) durably on the peer; `pressure`: its log is past half full. */
+  appendIntents(records: Buffer[], options: RequestOptions = {}): Promise<{ pressure: boolean }> {
+    const timeoutMs = options.timeoutMs ?? this.settings.putTimeoutMs;
+    return this.request<number>(OP_INTENT_APPEND, records, timeoutMs).then((flags) => ({
+      pressure: (flags & APPEND_PRESSURE) !== 0,
+    }));
+  }
+
+  /** Seal the volume's intent log on the peer at `token`; one page of what it holds below it. */
+  sealIntents(request: IntentSealRequest, options: RequestOptions = {}): Promise<IntentSealReply> {
+    const timeoutMs = options.timeoutMs ?? this.settings.syncTimeoutMs;
+    return this.request(OP_INTENT_SEAL, request, timeoutMs);
+  }
+
+  /** A committed version holds the volume's records below (token, seq): the peer may drop them. */
+  intentsCovered(covered: IntentCovered, options: RequestOptions = {}): Promise<void> {
+    return this.request(OP_INTENT_COVERED, covered, options.timeoutMs ?? this.settings.timeoutMs);
   }
 
   /** A round trip that touches no storage; resolves with its time in ms. */
@@ -464,7 +491,7 @@ export class PeerClient implements PeerBlockStore {
       // (Other replies are decoded into numbers and booleans right here.)
       if (
         reader.payloadTransient &&
-        (opcode === OP_GET_BLOCK || opcode === OP_GET_RANGE) &&
+        (opcode === OP_GET_BLOCK || opcode === OP_GET_RANGE || opcode === OP_INTENT_SEAL) &&
         status === STATUS_OK
       ) {
         const owned = this.allocate(length);

@@ -193,3 +193,8 @@ export function describeTlsFailure(err: Error | string): string {
     return `the peer refused our certificate (${message})`;
   return message || code;
 }
+
+/** The first byte of a TLS record (handshake 0x16, alert 0x15): a TLS peer answering a plaintext client. */
+export function looksLikeTls(firstByte: number): boolean {
+  return firstByte === 0x15 || firstByte === 0x16;
+}

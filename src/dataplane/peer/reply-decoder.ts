@@ -26,6 +26,9 @@ import {
   OP_GET_BLOCK,
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
+  OP_INTENT_APPEND,
+  OP_INTENT_COVERED,
+  OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
   OP_SYNC,
@@ -36,6 +39,8 @@ import {
   decodeCountReply,
   decodeErrorMessage,
   decodeHello,
+  decodeIntentAppendReply,
+  decodeIntentSealReply,
   decodeRangeReply,
   type BlockRange,
 } from './wire.js';
@@ -106,9 +111,14 @@ export function decodeReply(op: number, arg: unknown, payload: Buffer): unknown 
       return decodeBitmapReply(payload, (arg as BlockRef[]).length);
     case OP_DELETE_BLOCKS:
       return decodeCountReply(payload);
+    case OP_INTENT_APPEND:
+      return decodeIntentAppendReply(payload);
+    case OP_INTENT_SEAL:
+      return decodeIntentSealReply(payload);
     case OP_PUT_BLOCKS:
     case OP_PING:
     case OP_SYNC:
+    case OP_INTENT_COVERED:
       if (payload.length !== 0) throw new Error(`${payload.length}-byte payload on an empty reply`);
       return undefined;
   }

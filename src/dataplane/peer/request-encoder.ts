@@ -18,6 +18,9 @@ import {
   OP_GET_BLOCK,
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
+  OP_INTENT_APPEND,
+  OP_INTENT_COVERED,
+  OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
   OP_SYNC,
@@ -27,9 +30,14 @@ import {
   encodeEmptyFrame,
   encodeGetBlock,
   encodeGetRange,
+  encodeIntentAppendFrame,
+  encodeIntentCovered,
+  encodeIntentSeal,
   encodePutBlocksHead,
   encodeRefsFrame,
   type BlockRange,
+  type IntentCovered,
+  type IntentSealRequest,
   type WireBlock,
 } from './wire.js';
 
@@ -68,6 +76,19 @@ export function encodeRequest(out: Outbound, op: number, id: number, arg: unknow
       out.writeFrame(encodeRefsFrame(op, id, arg as BlockRef[]));
       break;
     }
+    case OP_INTENT_APPEND: {
+      // Checked whole when the request was made (PeerClient.appendIntents): this does not throw.
+      const [head, ...records] = encodeIntentAppendFrame(id, arg as Buffer[]);
+      out.writeFrame(head);
+      for (const record of records) out.write(record);
+      break;
+    }
+    case OP_INTENT_SEAL:
+      out.writeFrame(encodeIntentSeal(id, arg as IntentSealRequest));
+      break;
+    case OP_INTENT_COVERED:
+      out.writeFrame(encodeIntentCovered(id, arg as IntentCovered));
+      break;
     case OP_PING:
     case OP_SYNC: {
       const at = out.claim(HEADER_SIZE);

@@ -32,7 +32,7 @@ import {
   endGracefully,
   type ConnectionLimits,
 } from '../transport/served-connection.js';
-import type { PeerBlockBackend } from './backend.js';
+import type { IntentHolder, PeerBlockBackend } from './backend.js';
 import { FrameReader, slabAllocator } from './frame-reader.js';
 import { Outbound } from './outbound.js';
 import {
@@ -49,6 +49,9 @@ import {
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_HELLO,
+  OP_INTENT_APPEND,
+  OP_INTENT_COVERED,
+  OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
   OP_SYNC,
@@ -62,6 +65,9 @@ import {
   checkFrameHeader,
   decodeGetBlock,
   decodeHello,
+  decodeIntentAppend,
+  decodeIntentCovered,
+  decodeIntentSeal,
   decodePutBlocks,
   decodeRefs,
   encodeBitmapReply,
@@ -70,6 +76,11 @@ import {
   encodeEmptyFrame,
   encodeErrorReply,
   encodeHelloReply,
+  encodeIntentAppendReply,
+  encodeIntentSealReply,
+  APPEND_PRESSURE,
+  INTENT_APPEND_REPLY_SIZE,
+  TbpPayloadError,
   headerFlags,
   headerOpcode,
   headerPayloadLength,
@@ -190,7 +201,7 @@ export class PeerSession extends ServedConnection {
       let payload = reader.takeFrame(length);
       // Every other request is decoded before its first await; a PUT's
       // blocks are views the backend uses later, so they need memory of their own.
-      if (reader.payloadTransient && opcode === OP_PUT_BLOCKS) {
+      if (reader.payloadTransient && (opcode === OP_PUT_BLOCKS || opcode === OP_INTENT_APPEND)) {
         const owned = this.allocate(length);
         payload.copy(owned);
         payload = owned;
@@ -361,6 +372,31 @@ export class PeerSession extends ServedConnection {
           this.commitIfOpen(COUNT_REPLY_SIZE);
           break;
         }
+        case OP_INTENT_APPEND: {
+          const records = decodeIntentAppend(payload);
+          const { pressure } = await this.holder().append(records);
+          const at = this.out.claim(INTENT_APPEND_REPLY_SIZE);
+          encodeIntentAppendReply(this.out.slab, at, id, pressure ? APPEND_PRESSURE : 0);
+          this.commitIfOpen(INTENT_APPEND_REPLY_SIZE);
+          moved = cost;
+          break;
+        }
+        case OP_INTENT_SEAL: {
+          const page = await this.holder().seal(decodeIntentSeal(payload));
+          if (!this.writable()) break;
+          const [head, ...records] = encodeIntentSealReply(id, page);
+          this.out.writeFrame(head);
+          for (const record of records) this.out.write(record);
+          this.noteQueued();
+          break;
+        }
+        case OP_INTENT_COVERED: {
+          await this.holder().covered(decodeIntentCovered(payload));
+          const at = this.out.claim(HEADER_SIZE);
+          encodeEmptyFrame(this.out.slab, at, OP_INTENT_COVERED, FLAG_REPLY, id);
+          this.commitIfOpen(HEADER_SIZE);
+          break;
+        }
         case OP_SYNC: {
           // Covers whatever any connection stored before now: the backend
           // syncs its whole store, not this session's writes.
@@ -394,6 +430,13 @@ export class PeerSession extends ServedConnection {
       );
       this.settled();
     }
+  }
+
+  /** The node's intent holder; a node without one refuses INTENT_* as a request it does not serve. */
+  private holder(): IntentHolder {
+    if (!this.backend.intents)
+      throw new TbpPayloadError('this node holds no intent logs (started without one)');
+    return this.backend.intents;
   }
 
   private refuse(

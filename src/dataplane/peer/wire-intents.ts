@@ -332,11 +332,13 @@ export function encodeIntentSealReply(requestId: number, page: IntentSealPage): 
   return [head, ...page.records];
 }
 
-/** The records of a seal reply, decoded (views into the payload); checksums are the caller's to check. */
-export function decodeIntentSealReply(payload: Buffer): {
+/** A seal reply, decoded: its records (views into the payload; checksums unchecked) and `more`. */
+export interface IntentSealReply {
   records: IntentRecord[];
   more: boolean;
-} {
+}
+
+export function decodeIntentSealReply(payload: Buffer): IntentSealReply {
   if (payload.length < SEAL_REPLY_HEAD_BYTES)
     throw new TbpPayloadError('INTENT_SEAL reply cut short');
   const count = payload.readUInt32BE(0);
