@@ -147,7 +147,7 @@ const spec: CommandSpec = {
     },
     'intent-log-size': {
       type: 'size',
-      help: 'single node: size of the intent log a FLUSH is made durable in, at least 16MiB (default 64MiB; 0: none, every FLUSH commits a whole version)',
+      help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default 64MiB; 0: none, every FLUSH commits a whole version); in a cluster with --replicated-flush, of the holder log (at least 34MiB)',
       env: 'TORUS_INTENT_LOG_SIZE',
     },
     'scrub-rate': {
@@ -164,6 +164,11 @@ const spec: CommandSpec = {
     'auto-join': {
       type: 'boolean',
       help: 'add this node to the ring at start if it is not a member (needs --etcd)',
+    },
+    'replicated-flush': {
+      type: 'boolean',
+      help: 'cluster: make a FLUSH durable on the replicated intent log (this node and R - 1 peers) instead of committing a version; every node of the cluster should have it (experimental, docs/cluster-flush.md)',
+      env: 'TORUS_REPLICATED_FLUSH',
     },
   },
 };
@@ -227,6 +232,7 @@ export async function main(argv: string[]): Promise<number> {
         v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
       scrubRate: v['scrub-rate'] as number | undefined,
       intentLogBytes: v['intent-log-size'] as number | undefined,
+      replicatedFlush: v['replicated-flush'] === true,
       scrubIntervalMs:
         v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
     });

@@ -28,6 +28,7 @@ import {
   IntentLog,
   MIN_INTENT_LOG_BYTES,
 } from '../dataplane/intent-log/intent-log.js';
+import { HolderLog, MIN_HOLDER_LOG_BYTES } from '../dataplane/intent-log/holder-log.js';
 import { openClusterBlocks, type ClusterIdentity } from './cluster-blocks.js';
 import { openLocalStore } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
@@ -77,9 +78,15 @@ export interface StorageNodeOptions {
   /**
    * Single node: size of the intent log FLUSH writes to (<data-dir>/intent.log,
    * default 64 MiB); 0: none, a FLUSH commits a whole version. A cluster
-   * member has none (the log is single-node for now).
+   * member with replicatedFlush: size of its holder log
+   * (<data-dir>/intent-holder.log; 0: none).
    */
   intentLogBytes?: number;
+  /**
+   * Cluster: a FLUSH is made durable on the replicated intent log (R holder
+   * logs, docs/cluster-flush.md) instead of by a commit. Default off.
+   */
+  replicatedFlush?: boolean;
   /** Bytes/s a scrub pass reads from the local store (default 16 MiB/s). */
   scrubRate?: number;
   /** A scrub pass every this many ms, the first this long after start (default 24 h; 0 none). */
@@ -104,6 +111,8 @@ export interface NodeParts {
   cluster: ClusterBlocks | undefined;
   /** Single node: the intent log (replayed by the hosting at start); undefined in a cluster or when turned off. */
   intentLog: IntentLog | undefined;
+  /** Cluster with replicatedFlush: this node's holder log (its own writers' records and its peers'). */
+  holderLog: HolderLog | undefined;
   metrics: NodeMetrics | undefined;
   log: Logger;
 }
@@ -162,6 +171,10 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       cluster || logBytes === 0
         ? undefined
         : await IntentLog.open(join(options.dataDir, INTENT_LOG_FILE), logBytes, log);
+    const holderLog =
+      cluster && options.replicatedFlush && logBytes !== 0
+        ? await HolderLog.open(options.dataDir, Math.max(logBytes, MIN_HOLDER_LOG_BYTES), log)
+        : undefined;
     return {
       dataDir: options.dataDir,
       settings,
@@ -175,6 +188,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       keys,
       cluster,
       intentLog,
+      holderLog,
       metrics: options.metrics,
       log,
     };
@@ -189,6 +203,7 @@ export async function closeNodeParts(parts: NodeParts): Promise<void> {
   await parts.cluster?.close();
   await parts.pool.close();
   await parts.intentLog?.close();
+  await parts.holderLog?.close();
   await parts.store.close();
   if (parts.ownsMeta) await parts.meta.close();
 }

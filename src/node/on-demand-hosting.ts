@@ -20,6 +20,7 @@ import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalo
 import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { ClusterPlacement } from '../dataplane/replication/placement.js';
 import type { Volume } from '../dataplane/volume/volume.js';
+import type { IntentReplication } from './intent-replication.js';
 import { MAX_PAYLOAD } from '../dataplane/volume/volume-export.js';
 import {
   exportDescription,
@@ -40,6 +41,8 @@ export class OnDemandHosting implements HostingMode {
     private readonly placement: ClusterPlacement,
     private readonly lockLingerMs: number,
     private readonly log: Logger,
+    /** Present: a FLUSH of a volume written here goes to the replicated intent log. */
+    private readonly intents?: IntentReplication,
   ) {}
 
   async start(): Promise<void> {
@@ -80,6 +83,20 @@ export class OnDemandHosting implements HostingMode {
         const { record } = taken.versioned;
         this.placement.setVolumeReplication(record.id, record.replication);
         const volume = await host.openVolume(taken.versioned);
+        const epoch = host.ownership.lockEpoch(name);
+        if (this.intents && epoch !== undefined && host.ownership.writing(name)) {
+          try {
+            await this.intents.takeOver(
+              volume,
+              epoch,
+              record.intent,
+              await host.dataKey(taken.versioned),
+            );
+          } catch (err) {
+            await volume.close().catch(() => undefined);
+            throw err;
+          }
+        }
         host.volumes.set(name, volume);
         host.unavailable.delete(name);
         return volume;

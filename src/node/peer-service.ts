@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from '../common/log.js';
 import { hasher } from '../dataplane/blocks/hash.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
+import type { IntentHolder } from '../dataplane/peer/backend.js';
 import { PeerServer } from '../dataplane/peer/server.js';
 import { loadPeerTls, type PeerTlsFiles } from '../dataplane/peer/peer-tls.js';
 import { DiskPeerBackend } from '../dataplane/replication/disk-backend.js';
@@ -41,6 +42,8 @@ export class PeerServing {
   constructor(
     private readonly store: LocalSlotStore,
     private readonly log: Logger,
+    /** This node's holder log, served to writers' INTENT_* requests (replicated FLUSH). */
+    private readonly intents?: IntentHolder,
   ) {}
 
   /** The running peer service, if any. */
@@ -53,6 +56,7 @@ export class PeerServing {
     if (this.peers) throw new Error(`already serving peers on port ${this.peers.address.port}`);
     const log = options.log ?? this.log.child({ component: 'peer' });
     const backend = new DiskPeerBackend(this.store, options.nodeId, log, await hasher());
+    if (this.intents) backend.intents = this.intents;
     const server = new PeerServer(backend, {
       clusterId: options.clusterId,
       nodeId: options.nodeId,

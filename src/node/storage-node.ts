@@ -39,6 +39,7 @@ import { VolumeHost, type ExportDescription } from './volume-host.js';
 import { VolumeResizer, type ResizeOptions, type ResizeResult } from './volume-resize.js';
 import { volumeServices } from './volume-services.js';
 import { reportIfSlow } from '../common/slow-step.js';
+import { IntentReplication } from './intent-replication.js';
 
 export { DEFAULT_SCRUB_INTERVAL_MS, DEFAULT_SCRUB_RATE } from './background-services.js';
 export {
@@ -104,7 +105,21 @@ export class StorageNode implements ExportProvider {
       { ownership: this.ownership, snapshots, keys, services, log },
       (host) => {
         if (cluster)
-          return new OnDemandHosting(host, catalog, cluster.placement, lockLingerMs, log);
+          return new OnDemandHosting(
+            host,
+            catalog,
+            cluster.placement,
+            lockLingerMs,
+            log,
+            parts.holderLog &&
+              new IntentReplication({
+                self: cluster.placement.localUuid,
+                holder: parts.holderLog,
+                cluster,
+                hash: parts.holderLog.hasher,
+                log,
+              }),
+          );
         // A single node collects its own garbage; a cluster's rebalancer does (BackgroundServices).
         this.gc = new LocalGc(host, snapshots, store, log.child({ component: 'gc' }));
         return new EveryVolumeHosting(host, catalog, this.gc, log, parts.intentLog);
@@ -131,7 +146,7 @@ export class StorageNode implements ExportProvider {
       clustered,
       log,
     });
-    this.peers = new PeerServing(store, log);
+    this.peers = new PeerServing(store, log, parts.holderLog);
   }
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {

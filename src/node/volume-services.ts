@@ -38,8 +38,8 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
     // A single node is the degenerate placement: every block here, no peers.
     placement: parts.cluster ?? new SingleNodePlacement(),
     ...(parts.intentLog ? { intentLog: parts.intentLog } : {}),
-    commit: (identity, generation, root, mapHeight) =>
-      ownership.commit(identity.name, generation, root ?? null, mapHeight),
+    commit: (identity, generation, root, mapHeight, intent) =>
+      ownership.commit(identity.name, generation, root ?? null, mapHeight, intent),
     onChecksumError: (volume) => metrics?.checksumErrors.inc({ volume }),
     onFlush: (_volume, blocks, seconds) => {
       metrics?.flushSeconds.observe(seconds);

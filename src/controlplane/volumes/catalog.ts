@@ -31,10 +31,11 @@ import { assert } from '../../common/assert.js';
 import { blockSizeProblem } from '../../common/block-size.js';
 import { ConflictError, NotFoundError, UsageError } from '../../common/errors.js';
 import type { Ancestor } from '../../model/lineage.js';
+import type { IntentState } from '../../model/intent-state.js';
 import { mapHeightFor, type MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
 import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
-import { decodeLock, volumeLockKey } from '../locks/lock-record.js';
+import { decodeLock, volumeEpochKey, volumeLockKey } from '../locks/lock-record.js';
 import {
   keyAbsent,
   unchangedSince,
@@ -79,6 +80,12 @@ export interface VolumeRecord {
    * (shrunk) than the new size needs.
    */
   mapHeight?: number;
+  /**
+   * Cluster: where the replicated intent log stands (model/intent-state.ts):
+   * which FLUSHed records this version holds, and which nodes hold the
+   * rest. Absent: no writer of this volume logged a FLUSH.
+   */
+  intent?: IntentState;
 }
 
 export interface VersionedRecord {
@@ -327,6 +334,7 @@ export class VolumeCatalog {
     root: MapRoot | null,
     fence?: VolumeFence,
     mapHeight?: number,
+    intent?: IntentState,
   ): Promise<CommittedVersion> {
     // Generations only go up: block refs are (volume, generation, index), so a
     // commit at or below the committed generation would name blocks that an
@@ -342,6 +350,7 @@ export class VolumeCatalog {
       generation,
       root,
       ...(mapHeight !== undefined ? { mapHeight } : {}),
+      ...(intent !== undefined ? { intent } : {}),
     };
     const key = VOLUMES + record.name;
     const refused = `version ${generation} not committed`;
@@ -510,6 +519,11 @@ export class VolumeCatalog {
    * the snapshot's map and size): one compare-and-swap, so a crash leaves
    * either the old version or the snapshot's, never a mix. Refused while
    * anyone holds the write lock (naming the holder) or either record moved.
+   *
+   * Records of the replicated intent log its writers left (a writer killed
+   * before its last commit) hold the old content: the restored version says
+   * it holds every record of every lock epoch handed out so far, so none is
+   * ever replayed onto the snapshot's content.
    */
   async restore(
     expected: VersionedRecord,
@@ -520,9 +534,12 @@ export class VolumeCatalog {
     },
   ): Promise<VersionedRecord> {
     const { name } = expected.record;
-    const { mapHeight: _current, ...rest } = expected.record;
+    const { mapHeight: _current, intent, ...rest } = expected.record;
+    const epochs = await this.meta.get(volumeEpochKey(name));
+    const lastEpoch = epochs ? Number(epochs.value.toString()) : 0;
     const record: VolumeRecord = {
       ...rest,
+      ...(intent ? { intent: { epoch: lastEpoch + 1, seq: 1, holders: intent.holders } } : {}),
       generation: expected.record.generation + 1,
       root: snapshot.record.root,
       size: snapshot.record.size,
@@ -536,6 +553,8 @@ export class VolumeCatalog {
       [
         unchangedSince(VOLUMES + name, expected.modRevision),
         unchangedSince(snapshot.key, snapshot.modRevision),
+        // No lock taken since the epoch was read: its epoch would be below the bound.
+        unchangedSince(volumeEpochKey(name), epochs?.modRevision ?? 0),
       ],
       [{ type: 'put', key: VOLUMES + name, value: encode(record) }],
     );

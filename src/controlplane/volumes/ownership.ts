@@ -23,6 +23,7 @@
  */
 import { CommitOutcomeUnknownError, ConflictError, NotFoundError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
+import type { IntentState } from '../../model/intent-state.js';
 import { sameMapRoot, type MapRoot } from '../../model/map-root.js';
 import {
   acquireVolumeLock,
@@ -113,6 +114,11 @@ export class VolumeOwnership {
     return this.locks.get(name)?.state === 'held';
   }
 
+  /** The epoch of the write lock this node holds on the volume, if it holds one. */
+  lockEpoch(name: string): number | undefined {
+    return this.locks.get(name)?.epoch;
+  }
+
   /** Why the volume is served read-only here, when it is. */
   readOnlyReason(name: string): string | undefined {
     return this.readOnlyBecause.get(name);
@@ -178,6 +184,7 @@ export class VolumeOwnership {
     generation: number,
     root: MapRoot | null,
     mapHeight?: number,
+    intent?: IntentState,
   ): Promise<number> {
     for (let attempt = 1; ; attempt++) {
       const current = this.records.get(name);
@@ -190,6 +197,7 @@ export class VolumeOwnership {
           root,
           lock,
           mapHeight,
+          intent,
         );
         this.records.set(name, committed.versioned);
         return committed.heldThrough;

@@ -198,6 +198,11 @@ export class HolderLog implements IntentHolder {
     }
   }
 
+  /** The xxh64 it checks records with, for the writer's side on this node. */
+  get hasher(): Hasher {
+    return this.hash;
+  }
+
   get stats(): HolderLogStats {
     return {
       fileBytes: this.fileBytes,

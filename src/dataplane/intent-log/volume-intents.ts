@@ -39,12 +39,13 @@ import {
   sealAad,
 } from './record.js';
 import { IntentSealer } from './seal.js';
+import { WrittenRanges, readContent } from './written-ranges.js';
 import type { VolumeState } from '../volume/volume-state.js';
 
 /** A flush logging more than this commits a version instead: whole blocks cost no more than the log then. */
 export const MAX_LOGGED_BYTES_PER_FLUSH = 8 * 1024 * 1024;
 /** Most ranges kept between flushes; more and the next flush commits a version. */
-const MAX_RANGES = 4096;
+export const MAX_LOGGED_RANGES = 4096;
 
 /** What VolumeIntents needs of its volume besides its state. */
 export interface IntentSource {
@@ -65,13 +66,29 @@ export interface CommitStart {
   nextSeq: number;
 }
 
-export class VolumeIntents {
-  // Ranges noted since the last capture: parallel arrays, no object per write.
-  private offsets: number[] = [];
-  private lengths: number[] = [];
-  private zeros: boolean[] = [];
-  private dataBytes = 0;
-  private overflow = false;
+/**
+ * A volume's fast FLUSH, as the volume and its write-back use it: a single
+ * node's log (VolumeIntents) or a cluster's replicated one
+ * (replicated-intents.ts).
+ */
+export interface FlushLog {
+  /** How many captures there were: a commit started after this covers them. */
+  readonly captured: number;
+  noteWrite(offset: number, length: number): void;
+  noteZeros(offset: number, length: number): void;
+  /** Resolves once every write completed before the call is durable (logged, or committed). */
+  flush(): Promise<void>;
+  /** A full commit round starts; what it will hold, for committed(). */
+  commitStarting(): CommitStart;
+  /** That round's version `generation` landed. */
+  committed(start: CommitStart, generation: number): void;
+  /** A commit of spilled blocks only (which may lack logged bytes) is about to run. */
+  beforePartialCommit(generation: number): Promise<void>;
+  close(): void;
+}
+
+export class VolumeIntents implements FlushLog {
+  private readonly ranges = new WrittenRanges(MAX_LOGGED_BYTES_PER_FLUSH, MAX_LOGGED_RANGES);
   /** Captures made; a commit covers every capture made before it started. */
   private captures = 0;
   private lastCoveredBy = 0;
@@ -79,7 +96,7 @@ export class VolumeIntents {
   private lastDurable: Promise<void> = DONE;
   /** The last commit marker's durability (see committed()). */
   private lastMarker: Promise<void> = DONE;
-  private scratch = Buffer.alloc(0);
+  private scratch: Buffer = Buffer.alloc(0);
   private readonly sealer: IntentSealer | undefined;
   private readonly log: IntentLog;
   private readonly id: number;
@@ -100,12 +117,12 @@ export class VolumeIntents {
 
   /** Bytes [offset, offset + length) were written. */
   noteWrite(offset: number, length: number): void {
-    this.note(offset, length, false);
+    this.ranges.note(offset, length, false);
   }
 
   /** Bytes [offset, offset + length) now read as zeros (trim, write-zeroes). */
   noteZeros(offset: number, length: number): void {
-    this.note(offset, length, true);
+    this.ranges.note(offset, length, true);
   }
 
   /** How many captures there were: a commit started after this covers them. */
@@ -179,41 +196,6 @@ export class VolumeIntents {
     return durable;
   }
 
-  private note(offset: number, length: number, zeros: boolean): void {
-    if (length === 0 || this.overflow) return;
-    const last = this.offsets.length - 1;
-    if (last >= 0 && this.zeros[last] === zeros) {
-      const end = this.offsets[last] + this.lengths[last];
-      // Contained in, or extending, the last range: one range (a rewrite, a sequential run).
-      if (offset >= this.offsets[last] && offset <= end) {
-        const grow = Math.max(0, offset + length - end);
-        this.lengths[last] += grow;
-        if (!zeros) this.dataBytes += grow;
-        this.checkLimits();
-        return;
-      }
-    }
-    this.offsets.push(offset);
-    this.lengths.push(length);
-    this.zeros.push(zeros);
-    if (!zeros) this.dataBytes += length;
-    this.checkLimits();
-  }
-
-  private checkLimits(): void {
-    if (this.dataBytes > MAX_LOGGED_BYTES_PER_FLUSH || this.offsets.length > MAX_RANGES) {
-      this.overflow = true;
-      this.clearRanges();
-    }
-  }
-
-  private clearRanges(): void {
-    this.offsets.length = 0;
-    this.lengths.length = 0;
-    this.zeros.length = 0;
-    this.dataBytes = 0;
-  }
-
   /** A flush the log can't take: commit, then wait for that commit's marker (committed()). */
   private async commitInstead(): Promise<void> {
     await this.source.commit();
@@ -223,20 +205,13 @@ export class VolumeIntents {
   /** Log the noted ranges' content (runs one at a time per volume); resolves when durable. */
   private async capture(): Promise<void> {
     const { log, source } = this;
-    if (!log.usable || this.overflow) {
-      this.overflow = false;
-      this.clearRanges();
+    if (!log.usable || this.ranges.overflow) {
+      this.ranges.reset();
       return this.commitInstead();
     }
-    if (this.offsets.length === 0) return this.lastDurable; // nothing new: the last records may still be syncing
-    const offsets = this.offsets;
-    const lengths = this.lengths;
-    const zeros = this.zeros;
-    const dataBytes = this.dataBytes;
-    this.offsets = [];
-    this.lengths = [];
-    this.zeros = [];
-    this.dataBytes = 0;
+    if (this.ranges.empty) return this.lastDurable; // nothing new: the last records may still be syncing
+    const taken = this.ranges.take();
+    const { offsets, lengths, zeros, dataBytes } = taken;
     const coveredBy = Math.max(
       this.lastCoveredBy,
       this.state.generation + (this.state.committing ? 2 : 1),
@@ -244,25 +219,17 @@ export class VolumeIntents {
     this.lastCoveredBy = coveredBy;
     const capture = ++this.captures;
     // Read the content first (a read may wait for a block to load), then stage without yielding.
-    if (this.scratch.length < dataBytes)
-      this.scratch = Buffer.alloc(Math.max(dataBytes, 64 * 1024));
+    this.scratch = await readContent(source, taken, this.scratch);
     let total = 0;
-    let at = 0;
-    const reads: Promise<void>[] = [];
     for (let i = 0; i < offsets.length; i++) {
       for (let done = 0; done < lengths[i]; done += MAX_RECORD_LENGTH) {
         const n = Math.min(MAX_RECORD_LENGTH, lengths[i] - done);
         const flags = zeros[i] ? FLAG_ZEROS : this.sealer ? FLAG_SEALED : 0;
         total += recordBytes(flags, n);
       }
-      if (!zeros[i]) {
-        reads.push(source.read(offsets[i], this.scratch.subarray(at, at + lengths[i])));
-        at += lengths[i];
-      }
     }
-    await Promise.all(reads);
     if (!log.usable || !log.fits(total + MARKER_HEADROOM)) return this.commitInstead();
-    at = 0;
+    let at = 0;
     for (let i = 0; i < offsets.length; i++) {
       for (let done = 0; done < lengths[i]; done += MAX_RECORD_LENGTH) {
         const n = Math.min(MAX_RECORD_LENGTH, lengths[i] - done);

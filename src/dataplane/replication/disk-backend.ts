@@ -33,6 +33,7 @@ import type { LocalSlotStore } from '../blocks/slot-store.js';
 import {
   checkReceived,
   formatHash,
+  type IntentHolder,
   type ListBlocksFilter,
   type PeerBlockBackend,
   type PeerNodeInfo,
@@ -51,6 +52,8 @@ export class DiskPeerBackend implements PeerBlockBackend {
    * copies rebalance or repair moved here): the node's replication rate.
    */
   readonly received = new RateMeter();
+  /** The node's holder log, when it takes part in the replicated intent log (peer/backend.ts). */
+  intents: IntentHolder | undefined;
   /** The sync now running, and the one queued behind it for callers that came after it began. */
   private syncRunning: Promise<void> | undefined;
   private syncQueued: Promise<void> | undefined;

@@ -24,7 +24,7 @@ export async function commitVersion(
 ): Promise<void> {
   if (state.storeRefused) throw state.storeRefused;
   if (options.storeDirtyFirst !== false) await storeDirty(state, [...state.dirty]);
-  if (state.spilled.size === 0 && state.pendingHoles.size === 0) return;
+  if (state.spilled.size === 0 && state.pendingHoles.size === 0 && !state.intentPending) return;
   const started = process.hrtime.bigint();
   const { store } = state.services;
   const { map } = state;
@@ -67,7 +67,13 @@ export async function commitVersion(
     const superseded = draft.supersededRefs();
     await copies.sync(store, entries);
     const heldThrough =
-      (await state.services.commit(state.identity, generation, root, draft.height)) ?? 0;
+      (await state.services.commit(
+        state.identity,
+        generation,
+        root,
+        draft.height,
+        state.intentState,
+      )) ?? 0;
     draft.commit(root);
     state.generation = generation;
     for (const [index, e] of entries)

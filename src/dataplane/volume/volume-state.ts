@@ -11,7 +11,8 @@ import type { DataPool } from '../pool/data-pool.js';
 import type { BlockPlacement } from '../replication/block-placement.js';
 import type { BlockCopies } from '../replication/durability.js';
 import type { IntentLog } from '../intent-log/intent-log.js';
-import type { VolumeIntents } from '../intent-log/volume-intents.js';
+import type { FlushLog } from '../intent-log/volume-intents.js';
+import type { IntentState } from '../../model/intent-state.js';
 import type { BlockMap } from './block-map.js';
 import type { Ancestor } from '../../model/lineage.js';
 import type { MapRoot } from '../../model/map-root.js';
@@ -49,6 +50,8 @@ export interface VolumeServices {
     generation: number,
     root: MapRoot | undefined,
     mapHeight: number,
+    /** A cluster volume's replicated intent log: what the version holds of it (absent: unchanged). */
+    intent?: IntentState,
   ): Promise<number | void>;
   /**
    * A single node's intent log: a FLUSH is made durable there and the
@@ -92,8 +95,16 @@ export class VolumeState {
    * calls it before storing: the store writes blocks whole.
    */
   completeBlocks: (indices: readonly number[]) => Promise<void> = async () => undefined;
-  /** A single node's intent log, this volume's side (volume.ts sets it); a commit settles its captures. */
-  intents: VolumeIntents | undefined;
+  /**
+   * The volume's fast FLUSH: a single node's intent log (volume.ts sets it)
+   * or a cluster's replicated one (Volume.replicateFlushes); a commit
+   * settles its captures.
+   */
+  intents: FlushLog | undefined;
+  /** What the next commit's record says of the replicated intent log (absent: unchanged). */
+  intentState: IntentState | undefined;
+  /** The record does not name this writer's holders yet: the next commit lands even with no block changed. */
+  intentPending = false;
   /** A commit round runs (write-back.ts); it may have taken its dirty blocks already. */
   committing = false;
   /**

@@ -41,7 +41,12 @@ import {
   type VolumeServices,
 } from './volume-state.js';
 import { VolumeResize } from './volume-resize.js';
-import { VolumeIntents } from '../intent-log/volume-intents.js';
+import { VolumeIntents, type FlushLog } from '../intent-log/volume-intents.js';
+import {
+  ReplicatedIntents,
+  type ReplicatedIntentsSetup,
+} from '../intent-log/replicated-intents.js';
+import type { IntentState } from '../../model/intent-state.js';
 import { WriteBackRounds } from './write-back.js';
 
 export type { VolumeIdentity, VolumeServices } from './volume-state.js';
@@ -461,10 +466,21 @@ export class Volume implements CacheOwner {
   }
 
   /** Resolves once every write completed before the call is committed (snapshots, clones, close read that); logged in `log`. */
-  commit(log?: VolumeIntents): Promise<void> {
+  commit(log?: FlushLog): Promise<void> {
     if (this.closed)
       return Promise.reject(new IoError('ESHUTDOWN', `volume ${this.name} is closed`));
     return log ? log.flush() : this.rounds.flush();
+  }
+
+  /**
+   * From now on a FLUSH is made durable on the replicated intent log's
+   * holders instead of by a commit (a cluster writer, once it has taken the
+   * volume over: node/intent-takeover.ts). `opened`: what the record of the
+   * version opened says of the log. The next commit names the new holders.
+   */
+  replicateFlushes(setup: ReplicatedIntentsSetup, opened: IntentState | undefined): void {
+    assert(!this.state.intents, `volume ${this.name} already has a fast FLUSH`);
+    this.state.intents = new ReplicatedIntents(this.state, this, setup, opened);
   }
 
   // --------------------------------------------------------------- resize

@@ -1,0 +1,200 @@
+/**
+ * The replicated intent log (docs/cluster-flush.md) in a real 3-node
+ * cluster (real etcd, real torusd with --replicated-flush, R = 2): a FLUSH
+ * is acknowledged once this writer's holders have its bytes, not committed.
+ *
+ * - The writer killed -9 right after its FLUSHes: another node seals a
+ *   holder, replays what it holds, and every flushed byte reads back there.
+ * - A frozen writer (SIGSTOP) whose lock lapsed while another node took the
+ *   volume over: once it runs again, its FLUSH fails (a sealed holder
+ *   refuses its records, etcd its commit), and nothing it wrote then shows.
+ * - A holder down: FLUSHes commit versions instead, and still hold.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { Cluster, type ClusterNode } from './cluster-fixture.js';
+import { etcdMissing } from './etcd-server.js';
+import { missing, run, SYSTEM_PYTHON, toolEnv } from './tools.js';
+import { makeDataDir, removeDir } from './torusd-process.js';
+
+const MiB = 1024 * 1024;
+const VOLUME_BYTES = 8 * MiB;
+/** A dead or frozen writer's lock lapses with its 10 s lease; then a write must go through. */
+const TAKEOVER_MS = 40_000;
+
+/**
+ * A writer session driven line by line on stdin:
+ *   "w OFFSET PATH"  pwrite the file's bytes at OFFSET
+ *   "f"              flush; prints "flushed" or "flush failed: …"
+ * Prints "open rw" once connected to a writable export ("open ro" otherwise, and exits).
+ */
+const SESSION = String.raw`
+import nbd, sys
+h = nbd.NBD()
+h.set_full_info(True)
+h.connect_uri(sys.argv[1])
+if h.is_read_only():
+    print("open ro " + h.get_export_description(), flush=True)
+    sys.exit(3)
+print("open rw", flush=True)
+for line in sys.stdin:
+    parts = line.split()
+    try:
+        if parts[0] == "w":
+            h.pwrite(open(parts[2], "rb").read(), int(parts[1]))
+            print("written", flush=True)
+        elif parts[0] == "f":
+            h.flush()
+            print("flushed", flush=True)
+    except Exception as e:
+        print("failed: " + str(e).replace("\n", " "), flush=True)
+`;
+
+class Session {
+  private said = '';
+  private seen = 0;
+  constructor(readonly child: ChildProcess) {
+    child.stdout!.on('data', (d: Buffer) => (this.said += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (this.said += d.toString()));
+  }
+
+  /** The next line the session prints (waits up to `timeoutMs`). */
+  async next(timeoutMs = 30_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const lines = this.said.split('\n');
+      if (lines.length - 1 > this.seen) return lines[this.seen++];
+      if (Date.now() > deadline) throw new Error(`session said nothing more: ${this.said}`);
+      if (this.child.exitCode !== null && lines.length - 1 <= this.seen)
+        throw new Error(`session exited ${this.child.exitCode}: ${this.said}`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+
+  async say(line: string): Promise<string> {
+    this.child.stdin!.write(line + '\n');
+    return this.next();
+  }
+
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
+describe(
+  'replicated intent log: a FLUSH acknowledged by its holders',
+  { skip: etcdMissing() ?? missing('nbdcopy', 'nbdsh'), timeout: 240_000 },
+  () => {
+    let cluster: Cluster;
+    let work: string;
+    const sessions: Session[] = [];
+
+    before(async () => {
+      work = await makeDataDir('intent-work');
+      cluster = await Cluster.start({
+        nodes: 3,
+        replication: 2,
+        args: ['--lock-linger', '1', '--replicated-flush'],
+      });
+    });
+    after(async () => {
+      for (const s of sessions) s.kill();
+      await cluster?.stop();
+      if (work) await removeDir(work);
+    });
+
+    async function create(name: string): Promise<void> {
+      const r = await cluster.ctl('volume', 'create-block', name, `${VOLUME_BYTES / MiB}MiB`);
+      assert.equal(r.code, 0, r.stderr);
+    }
+
+    /** A session on `node`'s export of `volume`, writable (retried while read-only, up to TAKEOVER_MS). */
+    async function open(node: ClusterNode, volume: string): Promise<Session> {
+      const started = Date.now();
+      for (;;) {
+        const session = new Session(
+          spawn(SYSTEM_PYTHON, ['-c', SESSION, node.uri(volume)], {
+            stdio: ['pipe', 'pipe', 'pipe'],
+            env: { ...process.env, ...toolEnv },
+          }),
+        );
+        sessions.push(session);
+        const first = await session.next(60_000).catch((err: Error) => err.message);
+        if (first === 'open rw') return session;
+        session.kill();
+        if (Date.now() - started > TAKEOVER_MS)
+          assert.fail(
+            `no writable session on node ${node.index}: ${first}\n${cluster.diagnostics()}`,
+          );
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    }
+
+    async function write(session: Session, offset: number, bytes: Buffer): Promise<void> {
+      const file = join(work, `w-${offset}.bin`);
+      await writeFile(file, bytes);
+      assert.equal(await session.say(`w ${offset} ${file}`), 'written');
+    }
+
+    async function readAll(node: ClusterNode, volume: string): Promise<Buffer> {
+      const out = join(work, `${volume}-out.bin`);
+      const r = await run('nbdcopy', [node.uri(volume), out], { timeoutMs: 60_000, env: toolEnv });
+      assert.equal(
+        r.code,
+        0,
+        `nbdcopy out of node ${node.index}: ${r.stderr}\n${cluster.diagnostics()}`,
+      );
+      const bytes = await readFile(out);
+      await rm(out, { force: true });
+      return bytes;
+    }
+
+    /** The 'FLUSH goes to the replicated intent log' lines a node logged for `volume`. */
+    function takeovers(
+      node: ClusterNode,
+      volume: string,
+    ): { replayed: number; holders: string[] }[] {
+      return node
+        .output()
+        .split('\n')
+        .filter((l) => l.includes('FLUSH goes to the replicated intent log'))
+        .map((l) => JSON.parse(l) as { volume: string; replayed: number; holders: string[] })
+        .filter((l) => l.volume === volume);
+    }
+
+    test('the writer killed -9 after its FLUSHes: another node replays them, every flushed byte reads back', async () => {
+      await create('kill');
+      const [writer, reader] = cluster.nodes;
+      const session = await open(writer, 'kill');
+      const image = Buffer.alloc(VOLUME_BYTES);
+      // Sixteen small writes, each FLUSHed on its own: a database's commits.
+      for (let i = 0; i < 16; i++) {
+        const at = i * 256 * 1024 + 4096 * i;
+        const bytes = randomBytes(4096);
+        await write(session, at, bytes);
+        assert.equal(await session.say('f'), 'flushed');
+        bytes.copy(image, at);
+      }
+      assert.ok(takeovers(writer, 'kill').length === 1, writer.output().slice(-2000));
+      await writer.kill('SIGKILL');
+      session.kill();
+
+      // Writable through the reader once the dead writer's lock lapsed: it has taken the volume over.
+      (await open(reader, 'kill')).kill();
+      const back = await readAll(reader, 'kill');
+      assert.ok(back.equals(image), 'every FLUSHed write reads back');
+      const [took] = takeovers(reader, 'kill');
+      assert.ok(took, `node ${reader.index} took the volume over: ${reader.output().slice(-3000)}`);
+      assert.ok(
+        took.replayed >= 16,
+        `the FLUSHes were in the log, not committed: ${took.replayed} replayed`,
+      );
+      await writer.start();
+      await cluster.waitForMembers(3);
+    });
+  },
+);
