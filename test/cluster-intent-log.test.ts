@@ -196,5 +196,77 @@ describe(
       await writer.start();
       await cluster.waitForMembers(3);
     });
+
+    test('a frozen writer whose lock lapsed cannot acknowledge a FLUSH once another node took over', async () => {
+      await create('frozen');
+      const [, writer, other] = cluster.nodes;
+      const a = randomBytes(64 * 1024);
+      const b = randomBytes(64 * 1024);
+      const c = randomBytes(64 * 1024);
+      const frozen = await open(writer, 'frozen');
+      await write(frozen, 0, a);
+      assert.equal(await frozen.say('f'), 'flushed');
+      await write(frozen, 1 * MiB, b);
+      writer.process!.child.kill('SIGSTOP');
+      try {
+        // The frozen node's lease lapses; the other node takes the volume over (a seal) and writes C.
+        const taker = await open(other, 'frozen');
+        await write(taker, 2 * MiB, c);
+        assert.equal(await taker.say('f'), 'flushed');
+        taker.kill();
+      } finally {
+        writer.process!.child.kill('SIGCONT');
+      }
+      const answer = await frozen.say('f');
+      assert.match(answer, /^failed/, `the frozen writer's FLUSH after the takeover: ${answer}`);
+      frozen.kill();
+      const back = await readAll(other, 'frozen');
+      assert.ok(back.subarray(0, a.length).equals(a), 'A (flushed before the freeze) reads back');
+      assert.ok(back.subarray(2 * MiB, 2 * MiB + c.length).equals(c), 'C reads back');
+      assert.ok(
+        back.subarray(1 * MiB, 1 * MiB + b.length).every((x) => x === 0),
+        'B, written by the writer that lost its lock, never shows',
+      );
+      const [took] = takeovers(other, 'frozen');
+      assert.ok(
+        took && took.replayed >= 1,
+        `node ${other.index} replayed A: ${JSON.stringify(took)}`,
+      );
+    });
+
+    test('a holder down: the FLUSH commits instead, new holders are chosen, and later FLUSHes survive the writer', async () => {
+      await create('holder');
+      const writer = cluster.nodes[0];
+      const session = await open(writer, 'holder');
+      const image = Buffer.alloc(VOLUME_BYTES);
+      const put = async (at: number) => {
+        const bytes = randomBytes(4096);
+        await write(session, at, bytes);
+        assert.equal(await session.say('f'), 'flushed');
+        bytes.copy(image, at);
+      };
+      await put(0);
+      const [first] = takeovers(writer, 'holder');
+      const holder = cluster.nodes.find((n) => n.uuid === first.holders[1] && n !== writer)!;
+      assert.ok(holder, `a remote holder among ${first.holders.join(', ')}`);
+      const third = cluster.nodes.find((n) => n !== writer && n !== holder)!;
+      await holder.kill('SIGKILL');
+      await put(64 * 1024); // commits instead, naming new holders: the writer and the third node
+      assert.match(writer.output(), /committing instead, with new holders/);
+      for (let i = 2; i < 10; i++) await put(i * 64 * 1024);
+      await writer.kill('SIGKILL');
+      session.kill();
+      (await open(third, 'holder')).kill();
+      const back = await readAll(third, 'holder');
+      assert.ok(back.equals(image), 'every FLUSHed write reads back through the third node');
+      const [took] = takeovers(third, 'holder');
+      assert.ok(
+        took && took.replayed >= 8,
+        `the later FLUSHes were logged: ${JSON.stringify(took)}`,
+      );
+      await holder.start();
+      await writer.start();
+      await cluster.waitForMembers(3);
+    });
   },
 );

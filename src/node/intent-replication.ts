@@ -80,7 +80,13 @@ export class IntentReplication {
     }
     const holders = this.chooseHolders(volume.id);
     volume.replicateFlushes(
-      { token, holders, hash: this.parts.hash, log: log.child({ component: 'intents' }) },
+      {
+        token,
+        holders,
+        rechoose: (failed) => this.chooseHolders(volume.id, failed),
+        hash: this.parts.hash,
+        log: log.child({ component: 'intents' }),
+      },
       opened,
     );
     await volume.commit();
@@ -97,14 +103,20 @@ export class IntentReplication {
           .catch(() => undefined);
   }
 
-  /** A channel to every holder the volume's writer appends to: this node first, then R − 1 live peers. */
-  private chooseHolders(volumeId: number): IntentChannel[] {
+  /**
+   * A channel to every holder the volume's writer appends to: this node
+   * first, then R − 1 live peers in the ring's order for the volume (its
+   * spares when one of those is `exclude`, a holder that just failed).
+   */
+  private chooseHolders(volumeId: number, exclude?: string): IntentChannel[] {
     const { placement } = this.parts.cluster;
     const wanted = placement.replicationOf(volumeId);
     const channels: IntentChannel[] = [this.localChannel()];
-    for (const at of placement.writeTargets(volumeId, 0).remote) {
+    const targets = placement.writeTargets(volumeId, 0);
+    for (const at of [...targets.remote, ...targets.spare]) {
       if (channels.length >= wanted) break;
-      channels.push(this.peerChannel(placement.peers[at].uuid, at));
+      const uuid = placement.peers[at].uuid;
+      if (uuid !== exclude) channels.push(this.peerChannel(uuid, at));
     }
     return channels;
   }

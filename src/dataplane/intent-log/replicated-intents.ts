@@ -14,9 +14,13 @@
  * order; one capture at a time per volume, so holders receive them in
  * order. A FLUSH whose append any holder refuses or does not answer in time
  * commits a version instead (today's path: a dead holder costs speed, not
- * safety); the holder is then skipped — every FLUSH commits — for
- * HOLDER_BACKOFF_MS. A writer that lost its lock is refused by a sealed
- * holder (FENCED), and its commit by etcd: the FLUSH fails, as before.
+ * safety), and the writer chooses its holders again without the one that
+ * failed: the commit names the new set, and no record is appended to it
+ * before that commit has landed (a writer that dies meanwhile is taken over
+ * from the holders the record names). With no other node to choose, FLUSHes
+ * commit for HOLDER_BACKOFF_MS before trying the same holders again. A writer
+ * that lost its lock is refused by a sealed holder (FENCED), and its commit
+ * by etcd: the FLUSH fails, as before.
  */
 import { assert } from '../../common/assert.js';
 import type { Logger } from '../../common/log.js';
@@ -57,6 +61,8 @@ export interface ReplicatedIntentsSetup {
   token: number;
   /** Every holder, this node's first. */
   holders: IntentChannel[];
+  /** Holders chosen again without `failed` (live nodes only); the same set when there is no other. */
+  rechoose?: (failed: string) => IntentChannel[];
   hash: Hasher;
   log: Logger;
 }
@@ -66,8 +72,13 @@ const DONE = Promise.resolve();
 export class ReplicatedIntents implements FlushLog {
   private readonly ranges = new WrittenRanges(MAX_LOGGED_BYTES_PER_FLUSH, MAX_LOGGED_RANGES);
   private readonly token: number;
-  private readonly holders: IntentChannel[];
-  private readonly nodes: string[];
+  private holders: IntentChannel[];
+  private nodes: string[];
+  private readonly rechoose: ((failed: string) => IntentChannel[]) | undefined;
+  /** The holders commitStarting() wrote into the record being committed. */
+  private committingNodes: string[] | undefined;
+  /** The record does not name the current holders yet: FLUSHes commit until a commit that does lands. */
+  private awaitingRecord = true;
   private readonly hash: Hasher;
   private readonly log: Logger;
   private readonly sealer: IntentSealer | undefined;
@@ -93,6 +104,7 @@ export class ReplicatedIntents implements FlushLog {
     this.token = setup.token;
     this.holders = setup.holders;
     this.nodes = setup.holders.map((h) => h.node);
+    this.rechoose = setup.rechoose;
     this.hash = setup.hash;
     this.log = setup.log.child({ volume: state.name });
     this.sealer = state.key ? new IntentSealer(state.key) : undefined;
@@ -123,13 +135,18 @@ export class ReplicatedIntents implements FlushLog {
   /** A full commit starts: it holds every record numbered so far (their content was read before it). */
   commitStarting(): CommitStart {
     this.state.intentState = this.stateAt(this.nextSeq);
+    this.committingNodes = this.nodes;
     return { capture: this.captures, nextSeq: this.nextSeq };
   }
 
   /** The commit that started at `start` landed: holders may drop what it holds. */
   committed(start: CommitStart): void {
-    this.committedState = this.stateAt(start.nextSeq);
-    this.state.intentPending = false;
+    const named = this.committingNodes ?? this.nodes;
+    this.committedState = { epoch: this.token, seq: start.nextSeq, holders: named };
+    if (named === this.nodes) {
+      this.state.intentPending = false;
+      this.awaitingRecord = false;
+    }
     const covered = { volumeId: this.state.id, token: this.token, seq: start.nextSeq };
     for (const holder of this.holders)
       holder
@@ -157,7 +174,7 @@ export class ReplicatedIntents implements FlushLog {
 
   /** Log the noted ranges' content on every holder (one capture at a time); resolves when durable. */
   private async capture(): Promise<void> {
-    if (this.ranges.overflow || Date.now() < this.skipUntil) {
+    if (this.ranges.overflow || this.awaitingRecord || Date.now() < this.skipUntil) {
       this.ranges.reset();
       return this.commitInstead();
     }
@@ -221,10 +238,23 @@ export class ReplicatedIntents implements FlushLog {
     const failed = answers.findIndex((a) => a.status === 'rejected');
     if (failed >= 0) {
       const reason = (answers[failed] as PromiseRejectedResult).reason as Error;
-      this.skipUntil = Date.now() + HOLDER_BACKOFF_MS;
+      const node = this.holders[failed].node;
+      const next = this.rechoose?.(node) ?? this.holders;
+      const changed = next.map((h) => h.node).join() !== this.nodes.join();
+      if (changed) {
+        // The commit below names the new holders; nothing is appended to them before it lands.
+        this.holders = next;
+        this.nodes = next.map((h) => h.node);
+        this.awaitingRecord = true;
+        this.state.intentPending = true;
+      } else {
+        this.skipUntil = Date.now() + HOLDER_BACKOFF_MS;
+      }
       this.log.warn(
-        { holder: this.holders[failed].node, err: reason?.message ?? String(reason) },
-        `intent holder did not take a FLUSH's records: FLUSHes commit versions for ${HOLDER_BACKOFF_MS / 1000} s`,
+        { holder: node, err: reason?.message ?? String(reason), holders: this.nodes },
+        changed
+          ? "intent holder did not take a FLUSH's records: committing instead, with new holders"
+          : `intent holder did not take a FLUSH's records: FLUSHes commit versions for ${HOLDER_BACKOFF_MS / 1000} s`,
       );
       return this.commitInstead();
     }
