@@ -44,6 +44,8 @@ import {
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import type { Volume } from '../dataplane/volume/volume.js';
 
+/** How long a reader waits for the writer's commit before serving the last committed version. */
+const COMMIT_ASK_TIMEOUT_MS = 5_000;
 /** A seal's deadline per holder page: an fdatasync of the seals file and a read of what is held. */
 const SEAL_TIMEOUT_MS = 10_000;
 
@@ -101,6 +103,29 @@ export class IntentReplication {
         this.channelFor(node)
           ?.covered(covered)
           .catch(() => undefined);
+  }
+
+  /**
+   * Ask `writer` (another node, holding the volume's lock) to commit what it
+   * has FLUSHed, before this node serves the volume read-only: with the
+   * replicated log a FLUSH is not a commit, and a reader elsewhere sees
+   * committed versions only. False when it did not answer in time (the
+   * reader then serves the last committed version, which may lack the
+   * writer's latest FLUSHes: logged).
+   */
+  async askCommit(writer: string, volumeId: number): Promise<boolean> {
+    const at = this.parts.cluster.placement.peerIndex(writer);
+    if (at === undefined) return false;
+    try {
+      await this.client(at).commitVolume(volumeId, { timeoutMs: COMMIT_ASK_TIMEOUT_MS });
+      return true;
+    } catch (err) {
+      this.parts.log.warn(
+        { volumeId, writer, err: (err as Error).message },
+        "the volume's writer did not commit for this reader: serving its last committed version, which may lack its latest FLUSHes",
+      );
+      return false;
+    }
   }
 
   /**

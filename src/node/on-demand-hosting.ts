@@ -78,8 +78,15 @@ export class OnDemandHosting implements HostingMode {
         await host.unload(name);
       }
       try {
-        const taken = await host.ownership.take(name);
+        let taken = await host.ownership.take(name);
         if (!taken) return undefined;
+        // Read-only: the writer's FLUSHed writes may be in its intent log only. Have it commit them.
+        const { writer } = taken;
+        if (writer && (await this.intents?.askCommit(writer, taken.versioned.record.id))) {
+          await host.ownership.abandon(name);
+          taken = await host.ownership.take(name);
+          if (!taken) return undefined;
+        }
         const { record } = taken.versioned;
         this.placement.setVolumeReplication(record.id, record.replication);
         const volume = await host.openVolume(taken.versioned);

@@ -44,6 +44,8 @@ export class PeerServing {
     private readonly log: Logger,
     /** This node's holder log, served to writers' INTENT_* requests (replicated FLUSH). */
     private readonly intents?: IntentHolder,
+    /** Commit a volume written here, for a peer about to serve it read-only (COMMIT_VOLUME). */
+    private readonly commitVolume?: (volumeId: number) => Promise<void>,
   ) {}
 
   /** The running peer service, if any. */
@@ -57,6 +59,7 @@ export class PeerServing {
     const log = options.log ?? this.log.child({ component: 'peer' });
     const backend = new DiskPeerBackend(this.store, options.nodeId, log, await hasher());
     if (this.intents) backend.intents = this.intents;
+    if (this.commitVolume) backend.commitVolume = this.commitVolume;
     const server = new PeerServer(backend, {
       clusterId: options.clusterId,
       nodeId: options.nodeId,

@@ -146,7 +146,9 @@ export class StorageNode implements ExportProvider {
       clustered,
       log,
     });
-    this.peers = new PeerServing(store, log, parts.holderLog);
+    this.peers = new PeerServing(store, log, parts.holderLog, (volumeId) =>
+      this.commitWritten(volumeId),
+    );
   }
 
   static async open(options: StorageNodeOptions): Promise<StorageNode> {
@@ -292,6 +294,12 @@ export class StorageNode implements ExportProvider {
    * (cluster mode): a PeerServer on host:port over a DiskPeerBackend. Rejects
    * with the listen error (EADDRINUSE, …), leaving nothing running.
    */
+  /** Commit volume `volumeId` if this node writes it (a peer asks before serving it read-only). */
+  private async commitWritten(volumeId: number): Promise<void> {
+    for (const volume of this.host.volumes.values())
+      if (volume.id === volumeId && this.ownership.writing(volume.name)) await volume.commit();
+  }
+
   async servePeers(options: PeerServiceOptions): Promise<PeerService> {
     if (this.closing) throw new Error('storage node is closing');
     return this.peers.serve(options);

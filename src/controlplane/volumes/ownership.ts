@@ -78,6 +78,8 @@ export interface TakenVolume {
   versioned: VersionedRecord;
   /** Set when another node writes the volume: "written by node … (lock epoch N)". */
   readOnly?: string;
+  /** That node's uuid. */
+  writer?: string;
 }
 
 export class VolumeOwnership {
@@ -87,6 +89,8 @@ export class VolumeOwnership {
   private readonly readPins = new Map<string, ReadPin>();
   /** Why a volume is read-only here (another node holds its lock). */
   private readonly readOnlyBecause = new Map<string, string>();
+  /** The node that writes a volume served read-only here (its lock's holder, when last looked). */
+  private readonly writerOf = new Map<string, string>();
   /** The version each volume's next commit goes on top of. */
   private readonly records = new Map<string, VersionedRecord>();
   private recovering = true;
@@ -152,7 +156,12 @@ export class VolumeOwnership {
         : await this.pinForReading(name, node);
       this.records.set(name, versioned);
       const readOnly = this.readOnlyBecause.get(name);
-      return { versioned, ...(readOnly !== undefined ? { readOnly } : {}) };
+      const writer = this.writerOf.get(name);
+      return {
+        versioned,
+        ...(readOnly !== undefined ? { readOnly } : {}),
+        ...(readOnly !== undefined && writer !== undefined ? { writer } : {}),
+      };
     } catch (err) {
       await this.abandon(name);
       throw err;
@@ -399,6 +408,7 @@ export class VolumeOwnership {
       if (!(err instanceof VolumeLockedError)) throw err;
       const why = writtenBy(err.lock);
       this.readOnlyBecause.set(name, why);
+      this.writerOf.set(name, err.lock.holder.node);
       requestLockHandover(this.meta, name, node, this.log);
       this.log.info(
         { volume: name, holder: err.lock.holder.node },

@@ -131,6 +131,12 @@ export interface PeerBlockBackend extends PeerBlockStore {
    * INTENT_* requests are answered BAD_REQUEST, and writers commit versions.
    */
   intents?: IntentHolder;
+  /**
+   * Commit what the writer of volume `volumeId` on this node has FLUSHed
+   * (COMMIT_VOLUME); resolves at once when this node does not write it.
+   * Absent: BAD_REQUEST.
+   */
+  commitVolume?(volumeId: number): Promise<void>;
 }
 
 /** What the peer server asks of a node that holds intent records. */

@@ -22,21 +22,9 @@
  *   just silence) is found this way, by time, not by TCP.
  * - Errors are PeerError subclasses (errors.ts) with a `retryable` marker.
  *
- * Hot path: small frames (GET, HAS, DELETE, PING, PUT descriptors) are
- * encoded into the connection's outbound slab (request-encoder.ts, outbound.ts), so a GET costs
- * no buffer of its own and every request made in one tick leaves in one
- * writev; block data is sent from the caller's buffers, never copied. The
- * caller must not change a block's bytes until its put settles (if it does
- * anyway, the peer's hash check refuses the block with CHECKSUM). Deadlines
- * are checked by one timer per client (request-table.ts), not one per request.
- *
- * With `tls` (peer-tls.ts) the connection is mutual TLS: the peer's
- * certificate must be signed by the cluster CA, ours is presented; connect
- * timeout covers the handshake. A handshake that fails, or a peer that
- * closes before answering HELLO (how a TLS 1.3 server refuses our
- * certificate), is logged once per peer (refusal-log.ts) and backed off like
- * any failed attempt. TLS replies are read the default way (Node reads TLS
- * into buffers of its own), not into the reused read buffer.
+ * Hot path (small frames encoded into a slab, block data never copied, one
+ * deadline timer per client) and mutual TLS: README.md, "Hot-path choices"
+ * and "Mutual TLS".
  */
 import { connect, type Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
@@ -81,6 +69,7 @@ import {
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_HELLO,
+  OP_COMMIT_VOLUME,
   OP_INTENT_APPEND,
   OP_INTENT_COVERED,
   OP_INTENT_SEAL,
@@ -264,6 +253,15 @@ export class PeerClient implements PeerBlockStore {
   sealIntents(request: IntentSealRequest, options: RequestOptions = {}): Promise<IntentSealReply> {
     const timeoutMs = options.timeoutMs ?? this.settings.syncTimeoutMs;
     return this.request(OP_INTENT_SEAL, request, timeoutMs);
+  }
+
+  /** The peer commits what its writer of the volume has FLUSHed (COMMIT_VOLUME). Deadline: syncTimeoutMs. */
+  commitVolume(volumeId: number, options: RequestOptions = {}): Promise<void> {
+    return this.request(
+      OP_COMMIT_VOLUME,
+      volumeId,
+      options.timeoutMs ?? this.settings.syncTimeoutMs,
+    );
   }
 
   /** A committed version holds the volume's records below (token, seq): the peer may drop them. */

@@ -26,6 +26,7 @@ import {
   OP_GET_BLOCK,
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
+  OP_COMMIT_VOLUME,
   OP_INTENT_APPEND,
   OP_INTENT_COVERED,
   OP_INTENT_SEAL,
@@ -119,6 +120,7 @@ export function decodeReply(op: number, arg: unknown, payload: Buffer): unknown 
     case OP_PING:
     case OP_SYNC:
     case OP_INTENT_COVERED:
+    case OP_COMMIT_VOLUME:
       if (payload.length !== 0) throw new Error(`${payload.length}-byte payload on an empty reply`);
       return undefined;
   }

@@ -18,6 +18,7 @@ import {
   OP_GET_BLOCK,
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
+  OP_COMMIT_VOLUME,
   OP_INTENT_APPEND,
   OP_INTENT_COVERED,
   OP_INTENT_SEAL,
@@ -30,6 +31,7 @@ import {
   encodeEmptyFrame,
   encodeGetBlock,
   encodeGetRange,
+  encodeCommitVolume,
   encodeIntentAppendFrame,
   encodeIntentCovered,
   encodeIntentSeal,
@@ -88,6 +90,9 @@ export function encodeRequest(out: Outbound, op: number, id: number, arg: unknow
       break;
     case OP_INTENT_COVERED:
       out.writeFrame(encodeIntentCovered(id, arg as IntentCovered));
+      break;
+    case OP_COMMIT_VOLUME:
+      out.writeFrame(encodeCommitVolume(id, arg as number));
       break;
     case OP_PING:
     case OP_SYNC: {

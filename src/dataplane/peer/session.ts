@@ -49,6 +49,7 @@ import {
   OP_GET_RANGE,
   OP_HAS_BLOCKS,
   OP_HELLO,
+  OP_COMMIT_VOLUME,
   OP_INTENT_APPEND,
   OP_INTENT_COVERED,
   OP_INTENT_SEAL,
@@ -65,6 +66,7 @@ import {
   checkFrameHeader,
   decodeGetBlock,
   decodeHello,
+  decodeCommitVolume,
   decodeIntentAppend,
   decodeIntentCovered,
   decodeIntentSeal,
@@ -388,6 +390,16 @@ export class PeerSession extends ServedConnection {
           this.out.writeFrame(head);
           for (const record of records) this.out.write(record);
           this.noteQueued();
+          break;
+        }
+        case OP_COMMIT_VOLUME: {
+          const volumeId = decodeCommitVolume(payload);
+          if (!this.backend.commitVolume)
+            throw new TbpPayloadError('this node does not commit volumes for its peers');
+          await this.backend.commitVolume(volumeId);
+          const at = this.out.claim(HEADER_SIZE);
+          encodeEmptyFrame(this.out.slab, at, OP_COMMIT_VOLUME, FLAG_REPLY, id);
+          this.commitIfOpen(HEADER_SIZE);
           break;
         }
         case OP_INTENT_COVERED: {

@@ -90,6 +90,12 @@ export const OP_GET_RANGE = 8;
 export const OP_INTENT_APPEND = 9;
 export const OP_INTENT_SEAL = 10;
 export const OP_INTENT_COVERED = 11;
+/**
+ * volumeId u32; reply empty: commit what the volume's writer here has
+ * FLUSHed, then answer (a node about to serve the volume read-only asks its
+ * writer, so it sees every acknowledged FLUSH). Not written here: OK at once.
+ */
+export const OP_COMMIT_VOLUME = 12;
 
 // ---------------------------------------------------------------- statuses
 
@@ -139,6 +145,7 @@ const OP_NAMES = nameTable({
   OP_INTENT_APPEND,
   OP_INTENT_SEAL,
   OP_INTENT_COVERED,
+  OP_COMMIT_VOLUME,
 });
 const STATUS_NAMES = nameTable({
   STATUS_OK,

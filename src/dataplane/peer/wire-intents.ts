@@ -52,6 +52,7 @@ import {
   FLAG_REPLY,
   HEADER_SIZE,
   MAX_PAYLOAD_BYTES,
+  OP_COMMIT_VOLUME,
   OP_INTENT_APPEND,
   OP_INTENT_COVERED,
   OP_INTENT_SEAL,
@@ -349,6 +350,25 @@ export function decodeIntentSealReply(payload: Buffer): IntentSealReply {
     records: decodeRecordRun(payload, SEAL_REPLY_HEAD_BYTES, payload.length, count),
     more: more === 1,
   };
+}
+
+// ------------------------------------------------------------ COMMIT_VOLUME
+
+export const COMMIT_VOLUME_REQUEST_BYTES = 4;
+
+export function encodeCommitVolume(requestId: number, volumeId: number): Buffer {
+  const buf = Buffer.allocUnsafe(HEADER_SIZE + COMMIT_VOLUME_REQUEST_BYTES);
+  encodeHeader(buf, 0, OP_COMMIT_VOLUME, 0, STATUS_OK, requestId, COMMIT_VOLUME_REQUEST_BYTES);
+  buf.writeUInt32BE(volumeId, HEADER_SIZE);
+  return buf;
+}
+
+export function decodeCommitVolume(payload: Buffer): number {
+  if (payload.length !== COMMIT_VOLUME_REQUEST_BYTES)
+    throw new TbpPayloadError(
+      `COMMIT_VOLUME payload of ${payload.length} bytes, expected ${COMMIT_VOLUME_REQUEST_BYTES}`,
+    );
+  return payload.readUInt32BE(0);
 }
 
 // ----------------------------------------------------------- INTENT_COVERED

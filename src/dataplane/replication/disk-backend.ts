@@ -54,6 +54,8 @@ export class DiskPeerBackend implements PeerBlockBackend {
   readonly received = new RateMeter();
   /** The node's holder log, when it takes part in the replicated intent log (peer/backend.ts). */
   intents: IntentHolder | undefined;
+  /** The node's commit of a volume it writes, for peers about to read it (peer/backend.ts). */
+  commitVolume: ((volumeId: number) => Promise<void>) | undefined;
   /** The sync now running, and the one queued behind it for callers that came after it began. */
   private syncRunning: Promise<void> | undefined;
   private syncQueued: Promise<void> | undefined;
