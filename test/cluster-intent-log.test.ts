@@ -268,5 +268,24 @@ describe(
       await writer.start();
       await cluster.waitForMembers(3);
     });
+
+    test('a reader on another node and a snapshot both see what the writer FLUSHed (it commits for them)', async () => {
+      await create('seen');
+      const [writer, , reader] = cluster.nodes;
+      const session = await open(writer, 'seen');
+      const bytes = randomBytes(64 * 1024);
+      await write(session, 3 * MiB, bytes);
+      assert.equal(await session.say('f'), 'flushed');
+      const back = await readAll(reader, 'seen');
+      assert.ok(back.subarray(3 * MiB, 3 * MiB + bytes.length).equals(bytes), 'read-only reader');
+      const later = randomBytes(64 * 1024);
+      await write(session, 5 * MiB, later);
+      assert.equal(await session.say('f'), 'flushed');
+      const snap = await cluster.ctl('snapshot', 'create', 'seen@s1');
+      assert.equal(snap.code, 0, snap.stderr);
+      const snapped = await readAll(reader, 'seen@s1');
+      assert.ok(snapped.subarray(5 * MiB, 5 * MiB + later.length).equals(later), 'snapshot');
+      session.kill();
+    });
   },
 );

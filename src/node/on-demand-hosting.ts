@@ -20,6 +20,7 @@ import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalo
 import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { ClusterPlacement } from '../dataplane/replication/placement.js';
 import type { Volume } from '../dataplane/volume/volume.js';
+import type { TakenVolume } from '../controlplane/volumes/ownership.js';
 import type { IntentReplication } from './intent-replication.js';
 import { MAX_PAYLOAD } from '../dataplane/volume/volume-export.js';
 import {
@@ -29,11 +30,20 @@ import {
   type VolumeHost,
 } from './volume-host.js';
 
+/**
+ * How long a node that would serve a volume read-only waits for a writer
+ * that does not answer to let go (a dead writer's lock lapses with its 10 s
+ * lease), before serving the last committed version.
+ */
+const READER_WAIT_MS = 15_000;
+
 export class OnDemandHosting implements HostingMode {
   /** Volumes whose last session closed, waiting lockLingerMs before letting go. */
   private readonly lingering = new Map<string, { timer: NodeJS.Timeout; volume: Volume }>();
   /** Other nodes asking for locks this node holds (VolumeOwnership.watchHandoverRequests). */
   private handoverWatch: Watcher | undefined;
+  /** Snapshots and clones asking this node to commit a volume it writes (replicated FLUSH only). */
+  private commitWatch: Watcher | undefined;
 
   constructor(
     private readonly host: VolumeHost,
@@ -48,6 +58,13 @@ export class OnDemandHosting implements HostingMode {
   async start(): Promise<void> {
     this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
     // A lingering volume another node's client now wants is let go at once.
+    if (this.intents)
+      this.commitWatch = await this.host.ownership.watchCommitRequests(async (name) => {
+        const volume = this.host.volumes.get(name);
+        if (!volume) throw new Error('not open here');
+        await volume.commit();
+        return volume.committedGeneration;
+      });
     this.handoverWatch = await this.host.ownership.watchHandoverRequests((name) => {
       const lingering = this.lingering.get(name);
       if (!lingering) return;
@@ -78,15 +95,8 @@ export class OnDemandHosting implements HostingMode {
         await host.unload(name);
       }
       try {
-        let taken = await host.ownership.take(name);
+        const taken = await this.takeSeeingFlushes(name);
         if (!taken) return undefined;
-        // Read-only: the writer's FLUSHed writes may be in its intent log only. Have it commit them.
-        const { writer } = taken;
-        if (writer && (await this.intents?.askCommit(writer, taken.versioned.record.id))) {
-          await host.ownership.abandon(name);
-          taken = await host.ownership.take(name);
-          if (!taken) return undefined;
-        }
         const { record } = taken.versioned;
         this.placement.setVolumeReplication(record.id, record.replication);
         const volume = await host.openVolume(taken.versioned);
@@ -113,6 +123,38 @@ export class OnDemandHosting implements HostingMode {
         throw err;
       }
     });
+  }
+
+  /**
+   * Take the volume (ownership.take), and when that makes this node a
+   * reader of a volume whose writer logs its FLUSHes (replicated intent
+   * log), make the version read show every FLUSH the writer acknowledged:
+   * ask the writer to commit; if it does not answer (dead, cut off), wait
+   * for its lock to lapse and take the volume over (replaying its log);
+   * past READER_WAIT_MS serve the last committed version, saying so.
+   */
+  private async takeSeeingFlushes(name: string): Promise<TakenVolume | undefined> {
+    const { ownership } = this.host;
+    let taken = await ownership.take(name);
+    const intents = this.intents;
+    if (!taken?.writer || !intents || !taken.versioned.record.intent) return taken;
+    const id = taken.versioned.record.id;
+    if (await intents.askCommit(taken.writer, id)) {
+      await ownership.abandon(name);
+      return ownership.take(name);
+    }
+    const deadline = Date.now() + READER_WAIT_MS;
+    while (taken?.readOnly && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      await ownership.abandon(name);
+      taken = await ownership.take(name);
+    }
+    if (taken?.readOnly)
+      this.log.warn(
+        { volume: name, writer: taken.writer },
+        "serving the volume read-only at its last committed version: its writer neither committed nor let go, so this may lack the writer's latest FLUSHes",
+      );
+    return taken;
   }
 
   /**
@@ -222,6 +264,8 @@ export class OnDemandHosting implements HostingMode {
       // The node is closing: no more handovers.
       void this.handoverWatch?.close().catch(() => undefined);
       this.handoverWatch = undefined;
+      void this.commitWatch?.close().catch(() => undefined);
+      this.commitWatch = undefined;
     }
   }
 }

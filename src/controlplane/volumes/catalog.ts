@@ -36,6 +36,8 @@ import { mapHeightFor, type MapRoot } from '../../model/map-root.js';
 import { FencedError, VolumeLockedError } from '../locks/errors.js';
 import { checkFenceLocally, fenceCompares, fenceHolds, type VolumeFence } from '../locks/fence.js';
 import { decodeLock, volumeEpochKey, volumeLockKey } from '../locks/lock-record.js';
+import { commitBeforeReading } from './commit-requests.js';
+import { logger, type Logger } from '../../common/log.js';
 import {
   keyAbsent,
   unchangedSince,
@@ -200,6 +202,17 @@ function encode(value: unknown): Buffer {
 
 export class VolumeCatalog {
   constructor(private readonly meta: MetadataStore) {}
+
+  /**
+   * The volume's record, after its writer committed what it has FLUSHed
+   * when it logs FLUSHes instead of committing them (commit-requests.ts):
+   * what a snapshot or a clone of a live volume takes.
+   */
+  async getCommitted(name: string): Promise<VersionedRecord> {
+    const current = await this.get(name);
+    const asked = await commitBeforeReading(this.meta, current.record, commitLog());
+    return asked === 'committed' ? this.get(name) : current;
+  }
 
   async settings(): Promise<ClusterSettings | undefined> {
     const kv = await this.meta.get(SETTINGS);
@@ -564,4 +577,10 @@ export class VolumeCatalog {
       );
     return { record, modRevision: result.revision };
   }
+}
+
+let commitLogger: Logger | undefined;
+/** A logger only when a commit request is made (most catalog users never make one). */
+function commitLog(): Logger {
+  return (commitLogger ??= logger('commit-request'));
 }

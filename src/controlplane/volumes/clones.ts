@@ -58,7 +58,7 @@ export async function cloneVolume(
     stillThere = unchangedSince(taken.key, taken.modRevision);
     replication = (await catalog.get(volume).catch(() => undefined))?.record.replication;
   } else {
-    const { record, modRevision } = await catalog.get(source);
+    const { record, modRevision } = await catalog.getCommitted(source);
     version = record;
     stillThere = unchangedSince(volumeKey(source), modRevision);
     replication = record.replication;

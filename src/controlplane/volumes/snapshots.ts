@@ -129,7 +129,10 @@ export class SnapshotCatalog {
     checkSnapshotName(snapshot);
     const key = snapshotKey(volume, snapshot);
     for (let attempt = 0; attempt < MAX_CREATE_ATTEMPTS; attempt++) {
-      const { record, modRevision } = await this.catalog.get(volume);
+      // Everything FLUSHed before the call, even when the writer has only logged it.
+      const { record, modRevision } = await (attempt === 0
+        ? this.catalog.getCommitted(volume)
+        : this.catalog.get(volume));
       const taken = snapshotOf(record, snapshot);
       const result = await this.meta.txn({
         compare: [
