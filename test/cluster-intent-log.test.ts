@@ -251,6 +251,8 @@ describe(
       assert.ok(holder, `a remote holder among ${first.holders.join(', ')}`);
       const third = cluster.nodes.find((n) => n !== writer && n !== holder)!;
       await holder.kill('SIGKILL');
+      // Known down first, so that the commit below places its pages on live nodes (one fault at a time).
+      await cluster.waitForStatus(holder.uuid, 'DOWN', 30_000);
       await put(64 * 1024); // commits instead, naming new holders: the writer and the third node
       assert.match(writer.output(), /committing instead, with new holders/);
       for (let i = 2; i < 10; i++) await put(i * 64 * 1024);

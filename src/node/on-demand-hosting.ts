@@ -13,7 +13,7 @@
  * view of committed maps could destroy them; cluster GC (replication/) does
  * it safely.
  */
-import { NotFoundError } from '../common/errors.js';
+import { ConflictError, NotFoundError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import type { Watcher } from '../controlplane/metadata/store.js';
 import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalog.js';
@@ -32,10 +32,11 @@ import {
 
 /**
  * How long a node that would serve a volume read-only waits for a writer
- * that does not answer to let go (a dead writer's lock lapses with its 10 s
- * lease), before serving the last committed version.
+ * that does not answer to let go (a dead writer's lock lapses within its
+ * 10 s lease) before refusing the open: under the NBD handshake's 10 s
+ * deadline, so the client hears why.
  */
-const READER_WAIT_MS = 15_000;
+const READER_WAIT_MS = 8_000;
 
 export class OnDemandHosting implements HostingMode {
   /** Volumes whose last session closed, waiting lockLingerMs before letting go. */
@@ -130,8 +131,10 @@ export class OnDemandHosting implements HostingMode {
    * reader of a volume whose writer logs its FLUSHes (replicated intent
    * log), make the version read show every FLUSH the writer acknowledged:
    * ask the writer to commit; if it does not answer (dead, cut off), wait
-   * for its lock to lapse and take the volume over (replaying its log);
-   * past READER_WAIT_MS serve the last committed version, saying so.
+   * for its lock to lapse and take the volume over (replaying its log).
+   * Past READER_WAIT_MS the open is refused, saying why: the last committed
+   * version may lack acknowledged FLUSHes, and a reader is never served
+   * older data than the writer acknowledged.
    */
   private async takeSeeingFlushes(name: string): Promise<TakenVolume | undefined> {
     const { ownership } = this.host;
@@ -149,11 +152,13 @@ export class OnDemandHosting implements HostingMode {
       await ownership.abandon(name);
       taken = await ownership.take(name);
     }
-    if (taken?.readOnly)
-      this.log.warn(
-        { volume: name, writer: taken.writer },
-        "serving the volume read-only at its last committed version: its writer neither committed nor let go, so this may lack the writer's latest FLUSHes",
+    if (taken?.readOnly) {
+      const writer = taken.writer;
+      await ownership.abandon(name);
+      throw new ConflictError(
+        `volume "${name}": its writer (node ${writer}) neither commits nor lets go of its lock, so what it last FLUSHed cannot be shown here yet; retry in a few seconds (a dead writer's lock lapses within 10 s)`,
       );
+    }
     return taken;
   }
 
