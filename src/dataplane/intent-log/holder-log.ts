@@ -25,7 +25,6 @@
  * seal waits until every append staged before it has settled and answers
  * with those records too.
  */
-import { closeSync, constants, openSync } from 'node:fs';
 import { open, rename, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../common/assert.js';
@@ -58,6 +57,7 @@ import {
   encodeHolderHeader,
   holderFrameIntact,
 } from './holder-record.js';
+import { openLogFile, writeZeros } from './log-file.js';
 
 export const HOLDER_LOG_FILE = 'intent-holder.log';
 export const HOLDER_SEALS_FILE = 'intent-seals.json';
@@ -66,7 +66,6 @@ export const DEFAULT_HOLDER_LOG_BYTES = 64 * 1024 * 1024;
 const MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024;
 /** Smallest log: room for two of the largest batches. */
 export const MIN_HOLDER_LOG_BYTES = 2 * MAX_BATCH_BYTES + HOLDER_RECORDS_START;
-const ZERO_CHUNK = 1024 * 1024;
 
 /** One record held: where its body is, and whose it is. */
 interface Held {
@@ -152,19 +151,9 @@ export class HolderLog implements IntentHolder {
     const sealsPath = join(dir, HOLDER_SEALS_FILE);
     const hash = await hasher();
     const seals = await readSeals(sealsPath);
-    let created = false;
+    const { file, created, head, size } = await openLogFile(path, HOLDER_HEADER_BYTES);
     try {
-      closeSync(openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600));
-      created = true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    const file = await open(path, constants.O_RDWR | constants.O_DSYNC);
-    try {
-      const head = Buffer.alloc(HOLDER_HEADER_BYTES);
-      await file.read(head, 0, HOLDER_HEADER_BYTES, 0);
       const header = created ? undefined : decodeHolderHeader(head, hash);
-      const size = (await file.stat()).size;
       if (!header) {
         if (!created && size > 0)
           log.warn({ path }, 'intent holder log header unreadable: starting it afresh');
@@ -469,12 +458,6 @@ async function readSeals(path: string): Promise<Map<number, number>> {
   } finally {
     await file.close();
   }
-}
-
-async function writeZeros(file: FileHandle, from: number, to: number): Promise<void> {
-  const zeros = Buffer.alloc(Math.min(ZERO_CHUNK, Math.max(0, to - from)));
-  for (let at = from; at < to; at += ZERO_CHUNK)
-    await file.write(zeros, 0, Math.min(ZERO_CHUNK, to - at), at);
 }
 
 interface Scanned {

@@ -21,7 +21,6 @@
  *
  * Format: record.ts. Replay at start-up: replay.ts and the node's hosting.
  */
-import { closeSync, constants, openSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { assert } from '../../common/assert.js';
 import type { Logger } from '../../common/log.js';
@@ -38,6 +37,7 @@ import {
   stampRecord,
   type RecordHeader,
 } from './record.js';
+import { openLogFile, writeZeros } from './log-file.js';
 
 export const INTENT_LOG_FILE = 'intent.log';
 /** The size to turn the log on with: 64 MiB; past half of it (~8k flushed 4 KiB writes) volumes commit. */
@@ -46,7 +46,6 @@ export const SUGGESTED_INTENT_LOG_BYTES = 64 * 1024 * 1024;
 export const DEFAULT_INTENT_LOG_BYTES = SUGGESTED_INTENT_LOG_BYTES;
 /** Smallest log worth having: a few large flushes. */
 export const MIN_INTENT_LOG_BYTES = 16 * 1024 * 1024;
-const PREALLOCATE_CHUNK = 1024 * 1024;
 const INITIAL_STAGING = 1024 * 1024;
 
 /** A record found intact by the start-up scan, with what replay needs. */
@@ -123,26 +122,15 @@ export class IntentLog {
   static async open(path: string, fileBytes: number, log: Logger): Promise<IntentLog> {
     assert(fileBytes >= MIN_INTENT_LOG_BYTES, 'intent log below its minimum size');
     const hash = await hasher();
-    let created = false;
+    const { file, created, head, size } = await openLogFile(path, FILE_HEADER_BYTES);
     try {
-      closeSync(openSync(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600));
-      created = true;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    }
-    // O_DSYNC: a batch's write returns once its bytes are durable, the fdatasync
-    // in the same system call (one trip through the thread pool per batch, not two).
-    const file = await open(path, constants.O_RDWR | constants.O_DSYNC);
-    try {
-      const head = Buffer.alloc(FILE_HEADER_BYTES);
-      await file.read(head, 0, FILE_HEADER_BYTES, 0);
       const header = created ? undefined : decodeFileHeader(head, hash);
-      const size = (await file.stat()).size;
       if (!header) {
         if (!created && size > 0)
           log.warn({ path }, 'intent log header unreadable: starting the log afresh');
         const bytes = Math.max(fileBytes, size);
-        await preallocate(file, bytes);
+        await writeZeros(file, 0, bytes);
+        await file.sync();
         const fresh = new IntentLog(path, file, bytes, hash, log, 1, 1, []);
         await fresh.writeHeader(1, 1);
         return fresh;
@@ -362,14 +350,6 @@ export class IntentLog {
     await this.file.write(this.headerBuffer, 0, FILE_HEADER_BYTES, 0);
     await this.file.datasync();
   }
-}
-
-/** Write zeros over the whole file, so later writes land on allocated blocks; then sync it. */
-async function preallocate(file: FileHandle, bytes: number): Promise<void> {
-  const zeros = Buffer.alloc(PREALLOCATE_CHUNK);
-  for (let at = 0; at < bytes; at += PREALLOCATE_CHUNK)
-    await file.write(zeros, 0, Math.min(PREALLOCATE_CHUNK, bytes - at), at);
-  await file.sync();
 }
 
 /** The epoch's intact records from RECORDS_START, in order, up to the first that is not. */
