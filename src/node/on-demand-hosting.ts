@@ -58,7 +58,6 @@ export class OnDemandHosting implements HostingMode {
 
   async start(): Promise<void> {
     this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
-    // A lingering volume another node's client now wants is let go at once.
     if (this.intents)
       this.commitWatch = await this.host.ownership.watchCommitRequests(async (name) => {
         const volume = this.host.volumes.get(name);
@@ -66,6 +65,7 @@ export class OnDemandHosting implements HostingMode {
         await volume.commit();
         return volume.committedGeneration;
       });
+    // A lingering volume another node's client now wants is let go at once.
     this.handoverWatch = await this.host.ownership.watchHandoverRequests((name) => {
       const lingering = this.lingering.get(name);
       if (!lingering) return;
