@@ -150,10 +150,14 @@ describe('HolderLog', { timeout: 60_000 }, () => {
       'the sealer’s own records are not answered',
     );
     await holder.append([intent(9, 1, 1)]); // other volumes are not sealed
+    await holder.append([intent(9, 3, 1)]);
+    // No seal for volume 9, but a newer writer appends there: the older one is refused all the same.
+    await assert.rejects(holder.append([intent(9, 1, 2)]), StaleTokenError);
     await holder.close();
     holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
     await assert.rejects(holder.append([intent(7, 3, 2)]), StaleTokenError);
     assert.deepEqual(await sealAll(holder, 7, 6), ['3/1', '5/1']);
+    assert.deepEqual(await sealAll(holder, 9, 4), ['1/1', '3/1']);
     await holder.close();
   });
 

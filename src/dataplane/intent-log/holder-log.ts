@@ -214,6 +214,11 @@ export class HolderLog implements IntentHolder {
         `volume ${volumeId}: intent log sealed at lock epoch ${sealedAt}; an append under ${token} is refused (a newer writer took over)`,
       );
     const newest = this.newest.get(volumeId);
+    // A newer writer already appends here: this one lost its lock, whether or not a seal says so yet.
+    if (newest && newest.token > token)
+      throw new StaleTokenError(
+        `volume ${volumeId}: records under lock epoch ${newest.token} are held here; an append under ${token} is refused`,
+      );
     const fresh: IntentRecord[] = [];
     let bytes = 0;
     for (const r of records) {
@@ -225,7 +230,6 @@ export class HolderLog implements IntentHolder {
           `intent record ${token}/${r.seq} of volume ${volumeId} does not match its checksum`,
         );
       if (newest && newest.token === token && r.seq <= newest.seq) continue; // a retry: held already
-      if (newest && newest.token > token) continue; // an older stream's straggler: a newer one is held
       fresh.push(r);
       bytes += HOLDER_FRAME_BYTES + r.bytes.length;
     }
