@@ -59,7 +59,7 @@ export class OnDemandHosting implements HostingMode {
   async start(): Promise<void> {
     this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
     if (this.intents)
-      this.commitWatch = await this.host.ownership.watchCommitRequests(async (name) => {
+      this.commitWatch = await this.host.ownership.serveCommitRequests(async (name) => {
         const volume = this.host.volumes.get(name);
         if (!volume) throw new Error('not open here');
         await volume.commit();

@@ -60,28 +60,30 @@ export async function commitBeforeReading(
   return 'no answer';
 }
 
-/** Call `onRequest(name, nonce)` for each request for a volume `writes(name)` says this node writes. */
-export function watchCommitRequests(
+/**
+ * For each request about a volume `writes(name)` says this node writes:
+ * `commit(name)` (resolving with the generation committed), then the answer.
+ * A failure is logged; the asker times out and goes on.
+ */
+export function serveCommitRequests(
   meta: MetadataStore,
   writes: (name: string) => boolean,
-  onRequest: (name: string, nonce: string) => void,
+  commit: (name: string) => Promise<number>,
+  log: Logger,
 ): Promise<Watcher> {
   return meta.watchPrefix(REQUESTS, {}, (event) => {
     if (event.type !== 'put') return;
     const name = event.key.slice(REQUESTS.length);
     const nonce = parseNonce(event.value);
-    if (nonce !== undefined && writes(name)) onRequest(name, nonce);
+    if (nonce === undefined || !writes(name)) return;
+    commit(name)
+      .then((generation) =>
+        meta.put(DONE + name, Buffer.from(JSON.stringify({ nonce, generation }))),
+      )
+      .catch((err: unknown) =>
+        log.warn({ volume: name, err: String(err) }, 'commit request not answered'),
+      );
   });
-}
-
-/** The writer committed for request `nonce`. */
-export async function answerCommitRequest(
-  meta: MetadataStore,
-  name: string,
-  nonce: string,
-  generation: number,
-): Promise<void> {
-  await meta.put(DONE + name, Buffer.from(JSON.stringify({ nonce, generation })));
 }
 
 function parseNonce(value: Buffer): string | undefined {

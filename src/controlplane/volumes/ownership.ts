@@ -41,7 +41,7 @@ import type { VersionedRecord, VolumeCatalog, VolumeRecord } from './catalog.js'
 import { assertNoReaders, pinCurrentVersion, type ReadPin } from './read-pins.js';
 import { commitOutcome } from './commit-outcome.js';
 import { requestLockHandover, watchLockHandovers } from './lock-handover.js';
-import { answerCommitRequest, watchCommitRequests } from './commit-requests.js';
+import { serveCommitRequests } from './commit-requests.js';
 import { assertNoSnapshotReaders, pinSnapshot } from './snapshot-pins.js';
 import type { SnapshotCatalog, SnapshotRecord } from './snapshots.js';
 
@@ -423,23 +423,9 @@ export class VolumeOwnership {
    * volume this node holds (lock-handover.ts); the caller lets go if the
    * volume is idle here. Undefined on a single node.
    */
-  /**
-   * Commit requests (commit-requests.ts) for volumes this node writes:
-   * `commit(name)` commits and resolves with the generation, then the asker
-   * is answered. Failures are logged (the asker times out and goes on).
-   */
-  watchCommitRequests(commit: (name: string) => Promise<number>): Promise<Watcher> {
-    return watchCommitRequests(
-      this.meta,
-      (name) => this.writing(name),
-      (name, nonce) => {
-        commit(name)
-          .then((generation) => answerCommitRequest(this.meta, name, nonce, generation))
-          .catch((err: unknown) =>
-            this.log.warn({ volume: name, err: String(err) }, 'commit request not answered'),
-          );
-      },
-    );
+  /** Answer commit requests (commit-requests.ts) for the volumes this node writes with `commit`. */
+  serveCommitRequests(commit: (name: string) => Promise<number>): Promise<Watcher> {
+    return serveCommitRequests(this.meta, (name) => this.writing(name), commit, this.log);
   }
 
   async watchHandoverRequests(onRequest: (name: string) => void): Promise<Watcher | undefined> {
