@@ -156,7 +156,7 @@ export class IntentReplication {
     const { holder, self } = this.parts;
     return {
       node: self,
-      append: (records) => holder.append(records.map((r) => decodeIntentRecord(r, 0, r.length))),
+      append: (records) => holder.append(records, { checked: true }),
       covered: (covered) => holder.covered(covered),
     };
   }
@@ -165,7 +165,11 @@ export class IntentReplication {
     const client = this.client(at);
     return {
       node,
-      append: (records, timeoutMs) => client.appendIntents(records, { timeoutMs }),
+      append: (records, timeoutMs) =>
+        client.appendIntents(
+          records.map((r) => r.bytes),
+          { timeoutMs },
+        ),
       covered: (covered: IntentCovered) => client.intentsCovered(covered),
     };
   }
@@ -265,7 +269,7 @@ export class IntentReplication {
         );
         await volume.write(r.offset, plain, false);
       } else {
-        await volume.write(r.offset, Buffer.from(r.payload), false);
+        await volume.write(r.offset, r.payload, false);
       }
     }
     return wanted.length;

@@ -125,12 +125,14 @@ export function encodeHolderFrame(
   frame.writeUInt32BE(lo, 4);
 }
 
+/** What a frame checksum covers, gathered in one place (no buffer per record: one thread, used at once). */
+const checkedBytes = Buffer.alloc(HOLDER_FRAME_BYTES - 8 + BODY_BYTES_CHECKED);
+
 function frameChecksum(frame: Buffer, body: Buffer, hash: Hasher): { lo: number; hi: number } {
   const checked = Math.min(body.length, BODY_BYTES_CHECKED);
-  const bytes = Buffer.allocUnsafe(HOLDER_FRAME_BYTES - 8 + checked);
-  frame.copy(bytes, 0, 8, HOLDER_FRAME_BYTES);
-  body.copy(bytes, HOLDER_FRAME_BYTES - 8, 0, checked);
-  return hash.hash64(bytes);
+  frame.copy(checkedBytes, 0, 8, HOLDER_FRAME_BYTES);
+  body.copy(checkedBytes, HOLDER_FRAME_BYTES - 8, 0, checked);
+  return hash.hash64(checkedBytes.subarray(0, HOLDER_FRAME_BYTES - 8 + checked));
 }
 
 /** A frame's fields if its magic and kind are right (its checksum needs the body: holderFrameIntact). */

@@ -26,7 +26,7 @@ import { assert } from '../../common/assert.js';
 import type { Logger } from '../../common/log.js';
 import type { IntentState } from '../../model/intent-state.js';
 import type { Hasher } from '../blocks/hash.js';
-import type { IntentCovered } from '../peer/wire.js';
+import type { IntentCovered, IntentRecord } from '../peer/wire.js';
 import {
   INTENT_RECORD_HEADER_BYTES,
   INTENT_SEALED,
@@ -52,7 +52,8 @@ export const APPEND_TIMEOUT_MS = 1_000;
 export interface IntentChannel {
   /** The holder's node uuid. */
   readonly node: string;
-  append(records: Buffer[], timeoutMs: number): Promise<{ pressure: boolean }>;
+  /** Records made by this process (their checksums right); a peer is sent their bytes. */
+  append(records: IntentRecord[], timeoutMs: number): Promise<{ pressure: boolean }>;
   covered(covered: IntentCovered): Promise<void>;
 }
 
@@ -77,8 +78,6 @@ export class ReplicatedIntents implements FlushLog {
   private readonly rechoose: ((failed: string) => IntentChannel[]) | undefined;
   /** The holders commitStarting() wrote into the record being committed. */
   private committingNodes: string[] | undefined;
-  /** The record does not name the current holders yet: FLUSHes commit until a commit that does lands. */
-  private awaitingRecord = true;
   private readonly hash: Hasher;
   private readonly log: Logger;
   private readonly sealer: IntentSealer | undefined;
@@ -145,7 +144,6 @@ export class ReplicatedIntents implements FlushLog {
     this.committedState = { epoch: this.token, seq: start.nextSeq, holders: named };
     if (named === this.nodes) {
       this.state.intentPending = false;
-      this.awaitingRecord = false;
     }
     const covered = { volumeId: this.state.id, token: this.token, seq: start.nextSeq };
     for (const holder of this.holders)
@@ -174,7 +172,8 @@ export class ReplicatedIntents implements FlushLog {
 
   /** Log the noted ranges' content on every holder (one capture at a time); resolves when durable. */
   private async capture(): Promise<void> {
-    if (this.ranges.overflow || this.awaitingRecord || Date.now() < this.skipUntil) {
+    // intentPending: the record does not name the current holders yet, so nothing is appended to them.
+    if (this.ranges.overflow || this.state.intentPending || Date.now() < this.skipUntil) {
       this.ranges.reset();
       return this.commitInstead();
     }
@@ -189,7 +188,7 @@ export class ReplicatedIntents implements FlushLog {
   }
 
   /** The records of one capture, each its own view into one buffer, numbered from nextSeq. */
-  private encode(offsets: number[], lengths: number[], zeros: boolean[]): Buffer[] {
+  private encode(offsets: number[], lengths: number[], zeros: boolean[]): IntentRecord[] {
     const flagsOf = (i: number) => (zeros[i] ? INTENT_ZEROS : this.sealer ? INTENT_SEALED : 0);
     let total = 0;
     for (let i = 0; i < offsets.length; i++)
@@ -198,7 +197,7 @@ export class ReplicatedIntents implements FlushLog {
           INTENT_RECORD_HEADER_BYTES +
           intentPayloadBytes(flagsOf(i), Math.min(MAX_INTENT_LENGTH, lengths[i] - done));
     const out = Buffer.allocUnsafe(total);
-    const records: Buffer[] = [];
+    const records: IntentRecord[] = [];
     let at = 0;
     let data = 0;
     for (let i = 0; i < offsets.length; i++) {
@@ -222,7 +221,11 @@ export class ReplicatedIntents implements FlushLog {
           data += length;
         }
         stampIntentRecord(out, at, this.hash);
-        records.push(out.subarray(at, at + size));
+        records.push({
+          ...fields,
+          bytes: out.subarray(at, at + size),
+          payload: out.subarray(at + INTENT_RECORD_HEADER_BYTES, at + size),
+        });
         at += size;
       }
     }
@@ -231,7 +234,7 @@ export class ReplicatedIntents implements FlushLog {
   }
 
   /** Every holder has the records on disk; if one does not, a commit holds them instead. */
-  private async append(records: Buffer[]): Promise<void> {
+  private async append(records: IntentRecord[]): Promise<void> {
     const answers = await Promise.allSettled(
       this.holders.map((h) => h.append(records, APPEND_TIMEOUT_MS)),
     );
@@ -245,7 +248,6 @@ export class ReplicatedIntents implements FlushLog {
         // The commit below names the new holders; nothing is appended to them before it lands.
         this.holders = next;
         this.nodes = next.map((h) => h.node);
-        this.awaitingRecord = true;
         this.state.intentPending = true;
       } else {
         this.skipUntil = Date.now() + HOLDER_BACKOFF_MS;

@@ -143,12 +143,16 @@ export interface PeerBlockBackend extends PeerBlockStore {
 export interface IntentHolder {
   /**
    * Keep the records (one volume, one token; each checked against its
-   * checksum first: ChecksumError) durably; resolves once they are, with
+   * checksum first: ChecksumError, unless `checked`: made in this very
+   * process, as this node's own writer's are) durably; resolves once they are, with
    * `pressure` when the log is past half full. A token below the volume's
    * seal: StaleTokenError (FENCED). Full: IoError ENOSPC. Records are views
    * into the received frame until the promise settles.
    */
-  append(records: readonly IntentRecord[]): Promise<{ pressure: boolean }>;
+  append(
+    records: readonly IntentRecord[],
+    options?: { checked?: boolean },
+  ): Promise<{ pressure: boolean }>;
   /**
    * Refuse appends below `token` from now on, durably, once every append
    * staged before the call has settled; then a page of the records held for
