@@ -14,6 +14,7 @@ import { pino } from 'pino';
 import { IoError, type Errno } from '../src/common/errors.js';
 import { MemoryExport, MemoryExportProvider } from './support/memory-export.js';
 import { NbdServer, type NbdServerOptions } from '../src/dataplane/nbd/server.js';
+import { NbdClient } from '../src/dataplane/nbd-client/client.js';
 import type { ExportProvider, NbdExport } from '../src/dataplane/nbd/export.js';
 import { RawClient, nbdClientSuite } from './nbd-clients.js';
 import { NBD_CMD_FLUSH, NBD_ESHUTDOWN } from '../src/dataplane/nbd/wire.js';
@@ -239,6 +240,29 @@ h.shutdown()`,
         const third = await open();
         await a.closed; // shed at once to admit the third
         await Promise.all([b.closed, third.closed]); // silent: closed by the handshake deadline
+      } finally {
+        await s.stop();
+      }
+    },
+  );
+
+  it(
+    'the handshake deadline stops while the server opens the export (a cluster may wait out a dead writer)',
+    { timeout: 30_000 },
+    async () => {
+      const provider = new MemoryExportProvider([new MemoryExport({ name: 'm', size: MiB })]);
+      provider.open = async (name) => {
+        await new Promise((r) => setTimeout(r, 900));
+        return MemoryExportProvider.prototype.open.call(provider, name);
+      };
+      const s = await serve(provider, { handshakeTimeoutMs: 300 });
+      try {
+        const client = await NbdClient.connect({ host: '127.0.0.1', port: s.port }, 'm');
+        try {
+          assert.equal(client.size, MiB, 'served after an open three times the deadline');
+        } finally {
+          await client.close();
+        }
       } finally {
         await s.stop();
       }

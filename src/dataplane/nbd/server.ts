@@ -196,12 +196,12 @@ export class NbdServer {
     socket.on('end', () => inbound.fail(new Error('client closed the connection')));
     const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
     void closed.then(() => inbound.fail(new Error('connection closed')));
-    const timer = setTimeout(() => {
+    const deadline = new HandshakeDeadline(this.handshakeTimeoutMs, () => {
       log.debug({ timeoutMs: this.handshakeTimeoutMs }, 'handshake timed out: closing connection');
       this.admission.release(ticket);
       this.options.metrics?.onDropped?.('handshake-timeout');
       socket.destroy();
-    }, this.handshakeTimeoutMs);
+    });
 
     const tls = this.options.tls;
     const startTls = async (): Promise<Socket> => {
@@ -225,7 +225,7 @@ export class NbdServer {
         negotiated = await negotiate(
           socket,
           inbound,
-          this.provider,
+          deadline.pausedDuring(this.provider),
           log,
           tls && { required: tls.required, start: startTls },
         );
@@ -235,7 +235,7 @@ export class NbdServer {
         socket.destroy();
         return;
       } finally {
-        clearTimeout(timer);
+        deadline.clear();
       }
       if (!negotiated) {
         log.debug('client aborted the handshake');
@@ -271,5 +271,65 @@ export class NbdServer {
         log.debug('connection closed');
         finished();
       });
+  }
+}
+
+/**
+ * The handshake's deadline bounds the client's part of it (a slow or idle
+ * client holds a handshake slot): it stops while the server itself opens or
+ * describes an export, which in a cluster may wait out a dead writer's lock
+ * (node/on-demand-hosting.ts), and runs on with the time it had left.
+ */
+class HandshakeDeadline {
+  private timer: NodeJS.Timeout | undefined;
+  private left: number;
+  private startedAt = 0;
+  private busy = 0;
+  private cleared = false;
+
+  constructor(
+    timeoutMs: number,
+    private readonly expired: () => void,
+  ) {
+    this.left = timeoutMs;
+    this.run();
+  }
+
+  /** `provider`, its open() and describe() not counted against the deadline. */
+  pausedDuring(provider: ExportProvider): ExportProvider {
+    const paused = async <T>(work: () => Promise<T>): Promise<T> => {
+      this.pause();
+      try {
+        return await work();
+      } finally {
+        this.resume();
+      }
+    };
+    return {
+      list: () => provider.list(),
+      open: (name) => paused(() => provider.open(name)),
+      describe: (name) => paused(() => provider.describe(name)),
+    };
+  }
+
+  clear(): void {
+    this.cleared = true;
+    clearTimeout(this.timer);
+  }
+
+  private run(): void {
+    this.startedAt = performance.now();
+    this.timer = setTimeout(this.expired, Math.max(0, this.left));
+  }
+
+  private pause(): void {
+    if (this.busy++ > 0 || this.cleared) return;
+    clearTimeout(this.timer);
+    this.left -= performance.now() - this.startedAt;
+  }
+
+  private resume(): void {
+    if (--this.busy > 0 || this.cleared) return;
+    this.run();
   }
 }
