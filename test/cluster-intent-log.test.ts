@@ -98,7 +98,7 @@ describe(
       cluster = await Cluster.start({
         nodes: 3,
         replication: 2,
-        args: ['--lock-linger', '1', '--replicated-flush'],
+        args: ['--lock-linger', '1'],
       });
     });
     after(async () => {
@@ -288,6 +288,64 @@ describe(
       const snapped = await readAll(reader, 'seen@s1');
       assert.ok(snapped.subarray(5 * MiB, 5 * MiB + later.length).equals(later), 'snapshot');
       session.kill();
+    });
+
+    test('a node that commits every FLUSH takes a logged volume over: it replays the records, and no later writer replays them again over newer data', async () => {
+      await create('mixed');
+      const logger = cluster.nodes[0];
+      const first = await open(logger, 'mixed');
+      const logged = Buffer.alloc(VOLUME_BYTES);
+      for (let i = 0; i < 4; i++) {
+        const bytes = randomBytes(4096);
+        await write(first, i * 64 * 1024, bytes);
+        assert.equal(await first.say('f'), 'flushed');
+        bytes.copy(logged, i * 64 * 1024);
+      }
+      // The logger's other holder turns into a node that commits every FLUSH;
+      // the third node, which holds nothing, writes last.
+      const [took] = takeovers(logger, 'mixed');
+      const committer = cluster.nodes.find((n) => n !== logger && took.holders.includes(n.uuid))!;
+      const later = cluster.nodes.find((n) => n !== logger && n !== committer)!;
+      assert.ok(committer && later, `holders ${took.holders.join(', ')}`);
+      committer.options.args = ['--commit-every-flush'];
+      try {
+        await committer.kill('SIGTERM');
+        await committer.start();
+        await cluster.waitForMembers(3);
+        await logger.kill('SIGKILL');
+        first.kill();
+
+        // The committing node takes over: the logged FLUSHes are replayed there.
+        const second = await open(committer, 'mixed');
+        assert.match(
+          committer.output(),
+          /intent records replayed; FLUSH commits a version here/,
+          'the committing node replayed the logged records',
+        );
+        assert.ok((await readAll(committer, 'mixed')).equals(logged), 'every logged FLUSH is back');
+        // Newer data over the same bytes, committed by its FLUSH; then the client leaves.
+        const newer = Buffer.alloc(VOLUME_BYTES);
+        for (let i = 0; i < 4; i++) {
+          const bytes = randomBytes(4096);
+          await write(second, i * 64 * 1024, bytes);
+          bytes.copy(newer, i * 64 * 1024);
+        }
+        assert.equal(await second.say('f'), 'flushed');
+        second.kill();
+        // The logger comes back still holding its records (it was down when
+        // they were covered), and it is the first holder a seal would ask.
+        await logger.start();
+        await cluster.waitForMembers(3);
+
+        (await open(later, 'mixed')).kill();
+        const back = await readAll(later, 'mixed');
+        assert.ok(back.equals(newer), 'the newer data, not the old records replayed over it');
+      } finally {
+        committer.options.args = [];
+        await committer.kill('SIGTERM');
+        await committer.start();
+        await cluster.waitForMembers(3);
+      }
     });
   },
 );

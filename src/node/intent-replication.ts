@@ -13,15 +13,23 @@
  *   2. Replay, in (epoch, seq) order, the records the version does not hold.
  *   3. Choose this writer's holders: this node and the next R − 1 live
  *      nodes of the ring for the volume; FLUSHes append there from now on.
+ *      A node that does not log its FLUSHes (--commit-every-flush, or no
+ *      holder log) chooses none: each of its FLUSHes commits.
  *   4. Commit: the record says the new holders and that it holds every
  *      record below epoch T (a commit even with nothing replayed). Only
  *      then is the volume served. Old holders drop what they held.
+ *
+ * Steps 1, 2 and 4 run on every cluster node, whether or not it logs its
+ * own FLUSHes: a node that took a volume over without replaying would lose
+ * acknowledged FLUSHes, and one that committed without moving the bound
+ * would leave old records for a later writer to replay over newer data.
  *
  * A crash anywhere before 4 leaves the record as it was: the next writer
  * seals the same holders again (sealing is idempotent) and replays again
  * (records set bytes to what they were at capture: replaying twice is
  * replaying once).
  */
+import { assert } from '../common/assert.js';
 import { IoError } from '../common/errors.js';
 import type { Logger } from '../common/log.js';
 import { heldByVersion, type IntentState } from '../model/intent-state.js';
@@ -44,7 +52,7 @@ import {
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import type { Volume } from '../dataplane/volume/volume.js';
 
-/** How long a reader waits for the writer's commit before serving the last committed version. */
+/** How long a reader waits for the writer's commit before waiting for its lock to lapse instead. */
 const COMMIT_ASK_TIMEOUT_MS = 5_000;
 /** A seal's deadline per holder page: an fdatasync of the seals file and a read of what is held. */
 const SEAL_TIMEOUT_MS = 10_000;
@@ -52,8 +60,10 @@ const SEAL_TIMEOUT_MS = 10_000;
 export interface IntentReplicationParts {
   /** This node's uuid. */
   self: string;
-  /** This node's holder log: its own records and other writers'. */
-  holder: HolderLog;
+  /** This node's holder log: its own records and other writers'; undefined with no intent log. */
+  holder: HolderLog | undefined;
+  /** Whether this node's writers log their FLUSHes (holders chosen) or commit each (none). */
+  logFlushes: boolean;
   cluster: ClusterBlocks;
   hash: Hasher;
   log: Logger;
@@ -76,26 +86,35 @@ export class IntentReplication {
   ): Promise<void> {
     const { log } = this.parts;
     let replayed = 0;
-    if (opened) {
+    // No holders named: the last writer committed every FLUSH, nothing is logged.
+    if (opened && opened.holders.length > 0) {
       const records = await this.sealAny(opened, volume.id, token);
       replayed = await this.replay(volume, records, opened, dataKey);
     }
-    const holders = this.chooseHolders(volume.id);
-    volume.replicateFlushes(
-      {
-        token,
-        holders,
-        rechoose: (failed) => this.chooseHolders(volume.id, failed),
-        hash: this.parts.hash,
-        log: log.child({ component: 'intents' }),
-      },
-      opened,
-    );
+    const logging = this.parts.logFlushes && this.parts.holder !== undefined;
+    const holders = logging ? this.chooseHolders(volume.id) : [];
+    if (logging) {
+      volume.replicateFlushes(
+        {
+          token,
+          holders,
+          rechoose: (failed) => this.chooseHolders(volume.id, failed),
+          hash: this.parts.hash,
+          log: log.child({ component: 'intents' }),
+        },
+        opened,
+      );
+    } else if (opened) {
+      volume.holdIntentsBelow(token);
+    }
     await volume.commit();
-    log.info(
-      { volume: volume.name, epoch: token, holders: holders.map((h) => h.node), replayed },
-      'FLUSH goes to the replicated intent log',
-    );
+    if (logging || replayed > 0)
+      log.info(
+        { volume: volume.name, epoch: token, holders: holders.map((h) => h.node), replayed },
+        logging
+          ? 'FLUSH goes to the replicated intent log'
+          : 'intent records replayed; FLUSH commits a version here (--commit-every-flush)',
+      );
     // What the old holders kept is all in the version now (best effort: it only costs them space).
     const covered = { volumeId: volume.id, token, seq: 1 };
     for (const node of opened?.holders ?? [])
@@ -110,8 +129,8 @@ export class IntentReplication {
    * has FLUSHed, before this node serves the volume read-only: with the
    * replicated log a FLUSH is not a commit, and a reader elsewhere sees
    * committed versions only. False when it did not answer in time (the
-   * reader then serves the last committed version, which may lack the
-   * writer's latest FLUSHes: logged).
+   * reader then waits for the writer's lock to lapse and takes the volume
+   * over: node/on-demand-hosting.ts).
    */
   async askCommit(writer: string, volumeId: number): Promise<boolean> {
     const at = this.parts.cluster.placement.peerIndex(writer);
@@ -122,7 +141,7 @@ export class IntentReplication {
     } catch (err) {
       this.parts.log.warn(
         { volumeId, writer, err: (err as Error).message },
-        "the volume's writer did not commit for this reader: serving its last committed version, which may lack its latest FLUSHes",
+        "the volume's writer did not commit for this reader: waiting for its lock to lapse (a dead writer's) to take its log over",
       );
       return false;
     }
@@ -147,13 +166,14 @@ export class IntentReplication {
   }
 
   private channelFor(node: string): IntentChannel | undefined {
-    if (node === this.parts.self) return this.localChannel();
+    if (node === this.parts.self) return this.parts.holder ? this.localChannel() : undefined;
     const at = this.parts.cluster.placement.peerIndex(node);
     return at === undefined ? undefined : this.peerChannel(node, at);
   }
 
   private localChannel(): IntentChannel {
     const { holder, self } = this.parts;
+    assert(holder !== undefined, 'a local intent channel without a holder log');
     return {
       node: self,
       append: (records) => holder.append(records, { checked: true }),
@@ -215,6 +235,7 @@ export class IntentReplication {
     const { holder, self, cluster } = this.parts;
     let page: (skip: number) => Promise<IntentSealReply>;
     if (node === self) {
+      if (!holder) throw new Error('no holder log on this node (--intent-log-size 0)');
       page = async (skip) => decodePage(await holder.seal({ volumeId, token, skip }));
     } else {
       const at = cluster.placement.peerIndex(node);

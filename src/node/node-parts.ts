@@ -29,6 +29,7 @@ import {
   MIN_INTENT_LOG_BYTES,
 } from '../dataplane/intent-log/intent-log.js';
 import { HolderLog, MIN_HOLDER_LOG_BYTES } from '../dataplane/intent-log/holder-log.js';
+import { hasher, type Hasher } from '../dataplane/blocks/hash.js';
 import { openClusterBlocks, type ClusterIdentity } from './cluster-blocks.js';
 import { openLocalStore } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
@@ -78,13 +79,16 @@ export interface StorageNodeOptions {
   /**
    * Single node: size of the intent log FLUSH writes to (<data-dir>/intent.log,
    * default 64 MiB); 0: none, a FLUSH commits a whole version. A cluster
-   * member with replicatedFlush: size of its holder log
-   * (<data-dir>/intent-holder.log; 0: none).
+   * member: size of its holder log (<data-dir>/intent-holder.log; 0: none,
+   * and its writers commit every FLUSH).
    */
   intentLogBytes?: number;
   /**
-   * Cluster: a FLUSH is made durable on the replicated intent log (R holder
-   * logs, docs/cluster-flush.md) instead of by a commit. Default off.
+   * Cluster: a FLUSH of a volume written here is made durable on the
+   * replicated intent log (R holder logs, docs/cluster-flush.md) instead of
+   * by a commit. Default on. Off, this node still holds its peers' records
+   * and replays a volume's records when it takes the volume over: nodes
+   * with it off and on mix safely.
    */
   replicatedFlush?: boolean;
   /** Bytes/s a scrub pass reads from the local store (default 16 MiB/s). */
@@ -111,8 +115,12 @@ export interface NodeParts {
   cluster: ClusterBlocks | undefined;
   /** Single node: the intent log (replayed by the hosting at start); undefined in a cluster or when turned off. */
   intentLog: IntentLog | undefined;
-  /** Cluster with replicatedFlush: this node's holder log (its own writers' records and its peers'). */
+  /** Cluster: this node's holder log (its own writers' records and its peers'); undefined with no intent log. */
   holderLog: HolderLog | undefined;
+  /** Cluster: whether this node's writers log their FLUSHes (StorageNodeOptions.replicatedFlush, default on). */
+  replicatedFlush: boolean;
+  /** xxh64 on this thread (intent records' checksums). */
+  hasher: Hasher;
   metrics: NodeMetrics | undefined;
   log: Logger;
 }
@@ -172,7 +180,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
         ? undefined
         : await IntentLog.open(join(options.dataDir, INTENT_LOG_FILE), logBytes, log);
     const holderLog =
-      cluster && options.replicatedFlush && logBytes !== 0
+      cluster && logBytes !== 0
         ? await HolderLog.open(options.dataDir, Math.max(logBytes, MIN_HOLDER_LOG_BYTES), log)
         : undefined;
     return {
@@ -189,6 +197,8 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       cluster,
       intentLog,
       holderLog,
+      replicatedFlush: options.replicatedFlush ?? true,
+      hasher: await hasher(),
       metrics: options.metrics,
       log,
     };

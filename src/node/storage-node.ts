@@ -111,14 +111,14 @@ export class StorageNode implements ExportProvider {
             cluster.placement,
             lockLingerMs,
             log,
-            parts.holderLog &&
-              new IntentReplication({
-                self: cluster.placement.localUuid,
-                holder: parts.holderLog,
-                cluster,
-                hash: parts.holderLog.hasher,
-                log,
-              }),
+            new IntentReplication({
+              self: cluster.placement.localUuid,
+              holder: parts.holderLog,
+              logFlushes: parts.replicatedFlush,
+              cluster,
+              hash: parts.hasher,
+              log,
+            }),
           );
         // A single node collects its own garbage; a cluster's rebalancer does (BackgroundServices).
         this.gc = new LocalGc(host, snapshots, store, log.child({ component: 'gc' }));

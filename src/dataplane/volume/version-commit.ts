@@ -76,6 +76,9 @@ export async function commitVersion(
       )) ?? 0;
     draft.commit(root);
     state.generation = generation;
+    // The record says what intentState says now. A replicated log clears this
+    // itself, once the holders the record names are its current ones.
+    if (!state.intents) state.intentPending = false;
     for (const [index, e] of entries)
       if (state.spilled.get(index) === e) state.spilled.delete(index);
     // Released now only if nothing else can need it: blocks of an ancestor

@@ -483,6 +483,19 @@ export class Volume implements CacheOwner {
     this.state.intents = new ReplicatedIntents(this.state, this, setup, opened);
   }
 
+  /**
+   * A writer that commits every FLUSH took the volume over at lock epoch
+   * `token` and replayed the records the record did not hold: its next
+   * commit (forced, even with no block changed) says it holds every record
+   * below `token` and names no holders, so no later writer replays them
+   * again over newer data (node/intent-replication.ts).
+   */
+  holdIntentsBelow(token: number): void {
+    assert(!this.state.intents, `volume ${this.name} logs its FLUSHes: its log moves the bound`);
+    this.state.intentState = { epoch: token, seq: 1, holders: [] };
+    this.state.intentPending = true;
+  }
+
   // --------------------------------------------------------------- resize
 
   /**
