@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
+import { MAX_LOGGED_BYTES_PER_FLUSH } from '../src/dataplane/intent-log/volume-intents.js';
 import { Cluster, sha256 } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { NbdSession } from './nbd-session.js';
@@ -15,7 +16,11 @@ import { missing } from './tools.js';
 import { runCli } from './torusd-process.js';
 
 const MiB = 1024 * 1024;
-const DATA = 8 * MiB;
+/**
+ * More than a FLUSH logs (MAX_LOGGED_BYTES_PER_FLUSH): each FLUSH of DATA
+ * commits a version, which is what this test needs to pile up.
+ */
+const DATA = 12 * MiB;
 
 interface NodeGc {
   used: number;
@@ -61,6 +66,7 @@ describe(
       states.reduce((sum, s) => sum + s[field], 0);
 
     test('the reader reads its version after three newer commits and GC runs; its blocks go once it lets go', async () => {
+      assert.ok(DATA > MAX_LOGGED_BYTES_PER_FLUSH, 'each FLUSH commits (see DATA)');
       const [writerNode, readerNode] = cluster.nodes;
       const writer = await NbdSession.open(writerNode.uri('pinned'));
       sessions.push(writer);

@@ -63,7 +63,21 @@ describe(
       sessions.push(writer);
       assert.deepEqual(await writer.write(0, data), { ok: true });
       assert.deepEqual(await writer.flush(), { ok: true });
+      // The FLUSH went to the replicated intent log; the writer's last client
+      // leaving commits a version, which puts the block copies on the replicas.
       await writer.close();
+
+      // Node 0 lets go of the lock (--lock-linger 0) once that commit landed.
+      await until(
+        'node 0 to commit and let go of the volume after its client left',
+        async () => {
+          const listed = await cluster.ctl('volume', 'list', '-o', 'json');
+          const rows = JSON.parse(listed.stdout) as { name: string; lockedBy?: string }[];
+          return rows.find((r) => r.name === 'rot')?.lockedBy === undefined ? true : undefined;
+        },
+        20_000,
+        () => cluster.diagnostics(),
+      );
 
       // Every block node 1 stores (its slot records say which), damaged on disk.
       const store = join(cluster.nodes[1].dataDir, 'blocks');

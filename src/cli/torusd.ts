@@ -147,7 +147,7 @@ const spec: CommandSpec = {
     },
     'intent-log-size': {
       type: 'size',
-      help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default 64MiB; 0: none, every FLUSH commits a whole version); in a cluster with --replicated-flush, of the holder log (at least 34MiB)',
+      help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default 64MiB; 0: none, every FLUSH commits a whole version); in a cluster, of the holder log that keeps FLUSHed records (at least 34MiB)',
       env: 'TORUS_INTENT_LOG_SIZE',
     },
     'scrub-rate': {
@@ -165,9 +165,14 @@ const spec: CommandSpec = {
       type: 'boolean',
       help: 'add this node to the ring at start if it is not a member (needs --etcd)',
     },
+    'commit-every-flush': {
+      type: 'boolean',
+      help: 'cluster: every FLUSH of a volume written here commits a whole version (7-10 ms) instead of going to the replicated intent log, this node and R - 1 peers (under 1 ms; docs/cluster-flush.md); the two mix safely across nodes',
+      env: 'TORUS_COMMIT_EVERY_FLUSH',
+    },
     'replicated-flush': {
       type: 'boolean',
-      help: 'cluster: make a FLUSH durable on the replicated intent log (this node and R - 1 peers) instead of committing a version; every node of the cluster should have it (experimental, docs/cluster-flush.md)',
+      help: 'cluster: the default (kept for old command lines); TORUS_REPLICATED_FLUSH=0 is the same as --commit-every-flush',
       env: 'TORUS_REPLICATED_FLUSH',
     },
   },
@@ -232,7 +237,7 @@ export async function main(argv: string[]): Promise<number> {
         v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
       scrubRate: v['scrub-rate'] as number | undefined,
       intentLogBytes: v['intent-log-size'] as number | undefined,
-      replicatedFlush: v['replicated-flush'] === true,
+      replicatedFlush: v['replicated-flush'] !== false && v['commit-every-flush'] !== true,
       scrubIntervalMs:
         v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
     });

@@ -20,7 +20,7 @@ import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalo
 import type { ExportInfo } from '../dataplane/nbd/export.js';
 import type { ClusterPlacement } from '../dataplane/replication/placement.js';
 import type { Volume } from '../dataplane/volume/volume.js';
-import type { TakenVolume } from '../controlplane/volumes/ownership.js';
+import { LOCK_TTL_SECONDS, type TakenVolume } from '../controlplane/volumes/ownership.js';
 import type { IntentReplication } from './intent-replication.js';
 import { MAX_PAYLOAD } from '../dataplane/volume/volume-export.js';
 import {
@@ -32,11 +32,13 @@ import {
 
 /**
  * How long a node that would serve a volume read-only waits for a writer
- * that does not answer to let go (a dead writer's lock lapses within its
- * 10 s lease) before refusing the open: under the NBD handshake's 10 s
- * deadline, so the client hears why.
+ * that does not answer to let go before refusing the open: a dead writer's
+ * lock lapses within its lease (LOCK_TTL_SECONDS), and the reader then takes
+ * the volume over, so a client arriving just after a writer's death is
+ * served, late, rather than refused. The NBD handshake's deadline does not
+ * run while the server opens an export (dataplane/nbd/server.ts).
  */
-const READER_WAIT_MS = 8_000;
+const READER_WAIT_MS = LOCK_TTL_SECONDS * 1000 + 5_000;
 
 export class OnDemandHosting implements HostingMode {
   /** Volumes whose last session closed, waiting lockLingerMs before letting go. */
@@ -140,7 +142,8 @@ export class OnDemandHosting implements HostingMode {
     const { ownership } = this.host;
     let taken = await ownership.take(name);
     const intents = this.intents;
-    if (!taken?.writer || !intents || !taken.versioned.record.intent) return taken;
+    // No holders named: the writer commits every FLUSH (or has not logged one yet).
+    if (!taken?.writer || !intents || !taken.versioned.record.intent?.holders.length) return taken;
     const id = taken.versioned.record.id;
     if (await intents.askCommit(taken.writer, id)) {
       await ownership.abandon(name);
@@ -156,7 +159,7 @@ export class OnDemandHosting implements HostingMode {
       const writer = taken.writer;
       await ownership.abandon(name);
       throw new ConflictError(
-        `volume "${name}": its writer (node ${writer}) neither commits nor lets go of its lock, so what it last FLUSHed cannot be shown here yet; retry in a few seconds (a dead writer's lock lapses within 10 s)`,
+        `volume "${name}": its writer (node ${writer}) neither commits nor lets go of its lock after ${READER_WAIT_MS / 1000} s, so what it last FLUSHed cannot be shown here; retry, or stop that node's clients`,
       );
     }
     return taken;
@@ -187,8 +190,11 @@ export class OnDemandHosting implements HostingMode {
     const { host } = this;
     if (host.closing || volume.openSessions > 0 || host.volumes.get(name) !== volume) return;
     if (host.ownership.writes(name)) {
+      // A commit, not a FLUSH: with the replicated log a FLUSH is not a
+      // version, and a writer's clients gone is when readers and replicas
+      // should see what it wrote.
       volume
-        .flush()
+        .commit()
         .catch((err) =>
           this.log.warn(
             { volume: name, err: (err as Error).message },
