@@ -21,7 +21,7 @@ import { NbdClient } from '../../dataplane/nbd-client/client.js';
 import type { AttachedDevice, Attacher, AttachmentProblem } from './attach.js';
 import { blockDeviceSize } from './block-device.js';
 import { runChecked, runCommand } from './command.js';
-import type { NbdAddress } from './nbd-address.js';
+import { NBD_HANDSHAKE_TIMEOUT_MS, type NbdAddress } from './nbd-address.js';
 
 export class KernelGrowUnsupportedError extends Error {
   override name = 'KernelGrowUnsupportedError';
@@ -37,7 +37,9 @@ export class KernelNbdAttacher implements Attacher {
 
   async attach(exportName: string, readOnly: boolean): Promise<AttachedDevice> {
     // The handshake tells an unknown export (NotFoundError) apart from other failures.
-    const probe = await NbdClient.connect(this.nbd, exportName, { handshakeTimeoutMs: 10_000 });
+    const probe = await NbdClient.connect(this.nbd, exportName, {
+      handshakeTimeoutMs: NBD_HANDSHAKE_TIMEOUT_MS,
+    });
     await probe.close();
     const server =
       'path' in this.nbd ? ['-unix', this.nbd.path] : [this.nbd.host, String(this.nbd.port)];

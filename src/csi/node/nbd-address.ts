@@ -7,6 +7,14 @@ import type { NbdAddress } from '../../dataplane/nbd-client/client.js';
 
 export type { NbdAddress };
 
+/**
+ * How long the plugin's own NBD connections give the handshake. Above the
+ * 15 s a storage node may take to open a volume whose writer just died (it
+ * waits out the writer's lock, then replays its log: docs/cluster-flush.md),
+ * so a pod moving off a dead node attaches at the first try.
+ */
+export const NBD_HANDSHAKE_TIMEOUT_MS = 30_000;
+
 export function parseNbdAddress(text: string): NbdAddress {
   if (text.startsWith('unix:')) {
     const path = text.slice('unix:'.length);

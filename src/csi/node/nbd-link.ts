@@ -17,6 +17,7 @@ import { IoError } from '../../common/errors.js';
 import { NbdClient, type NbdAddress } from '../../dataplane/nbd-client/client.js';
 import { NbdConnectionError } from '../../dataplane/nbd-client/errors.js';
 import type { Logger } from '../../common/log.js';
+import { NBD_HANDSHAKE_TIMEOUT_MS } from './nbd-address.js';
 
 interface Connection {
   client: NbdClient;
@@ -157,7 +158,7 @@ export class NbdLink {
       for (;;) {
         try {
           const client = await NbdClient.connect(this.address, this.exportName, {
-            handshakeTimeoutMs: 10_000,
+            handshakeTimeoutMs: NBD_HANDSHAKE_TIMEOUT_MS,
           });
           this.current = { client, acked: 0, flushed: 0 };
           this.log.info({ export: this.exportName }, 'NBD connection restored');

@@ -16,6 +16,7 @@
  */
 import { NbdClient, type NbdAddress } from '../../dataplane/nbd-client/client.js';
 import { failedPrecondition } from '../csi-error.js';
+import { NBD_HANDSHAKE_TIMEOUT_MS } from './nbd-address.js';
 
 /** torusd's default --lock-linger (5 s) plus room for a loaded machine. */
 export const WRITABLE_WAIT_MS = 8000;
@@ -36,7 +37,9 @@ export async function waitUntilWritable(
     throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
   const deadline = Date.now() + waitMs;
   for (;;) {
-    const probe = await NbdClient.connect(nbd, exportName, { handshakeTimeoutMs: 10_000 });
+    const probe = await NbdClient.connect(nbd, exportName, {
+      handshakeTimeoutMs: NBD_HANDSHAKE_TIMEOUT_MS,
+    });
     const readOnly = probe.readOnly;
     await probe.close();
     if (!readOnly) return;
