@@ -199,6 +199,10 @@ describe(
         const over = randomBytes(VOLUME);
         await sessionWrite(0, over);
         over.copy(image, 0);
+        // A reader on another node has the writer commit (its FLUSH went to the
+        // replicated intent log): the overwrite's blocks are then stored before
+        // the space is measured.
+        assert.equal(sha256(await read(1, 'vol')), sha256(image), 'the overwrite reads back');
         const settle = async () => {
           await cluster.waitForRebalance(Date.now(), 60_000);
           await cluster.waitForRebalance(Date.now(), 60_000);

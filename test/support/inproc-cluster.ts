@@ -137,6 +137,11 @@ export class InProcessCluster {
       lockLingerMs: this.options.lockLingerMs,
       rebalanceIntervalMs: this.options.rebalanceIntervalMs,
       scrubIntervalMs: 0,
+      // The tests on this harness count copies and versions right after a
+      // FLUSH (placement, rebalance, GC): each FLUSH commits here. The
+      // replicated intent log is tested on real processes
+      // (test/cluster-intent-log.test.ts and the cluster suites).
+      replicatedFlush: false,
     });
     try {
       // Listening before registering, as torusd: a peer that sees this node registered can reach it.
