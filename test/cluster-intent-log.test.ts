@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { Torus, type VolumeHandle } from 'torus';
 import { Cluster, type ClusterNode } from './cluster-fixture.js';
 import { etcdMissing } from './etcd-server.js';
 import { missing, run, SYSTEM_PYTHON, toolEnv } from './tools.js';
@@ -346,6 +347,54 @@ describe(
         await committer.start();
         await cluster.waitForMembers(3);
       }
+    });
+
+    test('a store-less client (the library, as torusblk nbdserve) takes a logged volume over: every FLUSH reads back', async () => {
+      await create('client');
+      const writer = cluster.nodes[1];
+      const session = await open(writer, 'client');
+      const image = Buffer.alloc(VOLUME_BYTES);
+      for (let i = 0; i < 8; i++) {
+        const at = i * 128 * 1024;
+        const bytes = randomBytes(4096);
+        await write(session, at, bytes);
+        assert.equal(await session.say('f'), 'flushed');
+        bytes.copy(image, at);
+      }
+      await writer.kill('SIGKILL');
+      session.kill();
+      const torus = await Torus.connect({
+        etcd: { endpoints: cluster.endpoint },
+        cacheSize: 16 * MiB,
+        workers: 1,
+      });
+      try {
+        // Writable once the dead writer's lock lapsed; the client seals a holder and replays.
+        const started = Date.now();
+        let volume: VolumeHandle | undefined;
+        while (!volume) {
+          try {
+            volume = await torus.openVolume('client');
+          } catch (err) {
+            if (Date.now() - started > TAKEOVER_MS) throw err;
+            await new Promise((resolve) => setTimeout(resolve, 500));
+          }
+        }
+        const back = Buffer.alloc(VOLUME_BYTES);
+        await volume.read(back, 0);
+        assert.ok(back.equals(image), 'every FLUSHed write reads back through the client');
+        // Its own FLUSH commits (it has no holder log): a node reads it at once.
+        const more = randomBytes(4096);
+        await volume.write(more, 2 * MiB);
+        await volume.flush();
+        more.copy(image, 2 * MiB);
+        await volume.close();
+      } finally {
+        await torus.close();
+      }
+      assert.ok((await readAll(cluster.nodes[2], 'client')).equals(image), 'through a node');
+      await writer.start();
+      await cluster.waitForMembers(3);
     });
   },
 );

@@ -179,8 +179,12 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       cluster || logBytes === 0
         ? undefined
         : await IntentLog.open(join(options.dataDir, INTENT_LOG_FILE), logBytes, log);
+    // A store-less node (torusblk nbdserve, the library's cluster client) is no
+    // ring member: no peer can reach a log of its, and its scratch dir goes
+    // with it. It holds nothing and its writers commit every FLUSH.
+    const storeless = options.cluster?.holdsCopies === false;
     const holderLog =
-      cluster && logBytes !== 0
+      cluster && !storeless && logBytes !== 0
         ? await HolderLog.open(options.dataDir, Math.max(logBytes, MIN_HOLDER_LOG_BYTES), log)
         : undefined;
     return {
@@ -197,7 +201,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       cluster,
       intentLog,
       holderLog,
-      replicatedFlush: options.replicatedFlush ?? true,
+      replicatedFlush: !storeless && (options.replicatedFlush ?? true),
       hasher: await hasher(),
       metrics: options.metrics,
       log,
