@@ -396,5 +396,51 @@ describe(
       await writer.start();
       await cluster.waitForMembers(3);
     });
+
+    test('every holder of the log gone: the volume is refused, naming them, until forget-log, which serves the last committed version', async () => {
+      await create('lost');
+      const writer = cluster.nodes[0];
+      const session = await open(writer, 'lost');
+      for (let i = 0; i < 2; i++) {
+        await write(session, i * 64 * 1024, randomBytes(4096));
+        assert.equal(await session.say('f'), 'flushed');
+      }
+      const [took] = takeovers(writer, 'lost');
+      const holder = cluster.nodes.find((n) => n !== writer && took.holders.includes(n.uuid))!;
+      const survivor = cluster.nodes.find((n) => n !== writer && n !== holder)!;
+      await writer.kill('SIGKILL');
+      await holder.kill('SIGKILL');
+      session.kill();
+      try {
+        const refused = await run('nbdcopy', [survivor.uri('lost'), join(work, 'lost.bin')], {
+          timeoutMs: 60_000,
+          env: toolEnv,
+        });
+        assert.notEqual(refused.code, 0, 'no holder answers: not served');
+        assert.match(survivor.output(), /none of which answered.*volume forget-log lost/);
+        const without = await cluster.ctl('volume', 'forget-log', 'lost');
+        assert.equal(without.code, 2, 'the loss must be said');
+        // Refused while the dead writer's lock has not lapsed yet; then done.
+        const started = Date.now();
+        for (;;) {
+          const r = await cluster.ctl('volume', 'forget-log', 'lost', '--lose-flushed-writes');
+          if (r.code === 0) {
+            assert.match(r.stdout, /no longer waits for its intent log holders/);
+            break;
+          }
+          assert.ok(Date.now() - started < TAKEOVER_MS, `forget-log: ${r.stderr}`);
+          await new Promise((resolve) => setTimeout(resolve, 500));
+        }
+        const back = await readAll(survivor, 'lost');
+        assert.ok(back.equals(Buffer.alloc(VOLUME_BYTES)), 'the last committed version: empty');
+      } finally {
+        await writer.start();
+        await holder.start();
+        await cluster.waitForMembers(3);
+      }
+      // The writer is back with its records: a later writer still does not replay them.
+      (await open(writer, 'lost')).kill();
+      assert.ok((await readAll(writer, 'lost')).equals(Buffer.alloc(VOLUME_BYTES)), 'not replayed');
+    });
   },
 );

@@ -184,6 +184,36 @@ export function volumeCommands(createWord: string): Command[] {
         );
       },
     },
+    {
+      words: ['volume', 'forget-log'],
+      spec: {
+        usage: 'volume forget-log NAME --lose-flushed-writes',
+        summary:
+          "cluster: serve a volume again whose intent log's every holder is gone for good; what its dead writer FLUSHed after its last commit is lost",
+        positionals: ['NAME'],
+        flags: {
+          'data-dir': dataDirFlag,
+          'lose-flushed-writes': {
+            type: 'boolean',
+            help: 'say that the writes those holders kept may be lost (required)',
+          },
+          ...etcdFlags,
+        },
+      },
+      async run(args) {
+        const [name] = args.positionals;
+        if (!args.values['lose-flushed-writes'])
+          throw new ArgumentError(
+            `volume forget-log drops the FLUSHed writes of ${name} that only its intent log holders kept; give --lose-flushed-writes to go on (first try to bring one of them back)`,
+          );
+        const { holders } = await (await client(args)).forgetIntentLog(name);
+        process.stdout.write(
+          holders.length === 0
+            ? `volume ${name} names no intent log holders: nothing was waiting on them\n`
+            : `volume ${name} no longer waits for its intent log holders (${holders.join(', ')}): the next node to open it serves its last committed version\n`,
+        );
+      },
+    },
     resizeCommand(),
   ];
 }

@@ -13,6 +13,7 @@ export { DEFAULT_REPLICATION, initRing, readRing } from '../controlplane/members
 export { openEmbeddedMetadataStore } from '../controlplane/metadata/embedded/index.js';
 export { VolumeCatalog } from '../controlplane/volumes/catalog.js';
 export { cloneVolume } from '../controlplane/volumes/clones.js';
+export { forgetIntentLog } from '../controlplane/volumes/intent-forget.js';
 export { assertNoReaders, listReadPins } from '../controlplane/volumes/read-pins.js';
 export { assertNoSnapshotReaders } from '../controlplane/volumes/snapshot-pins.js';
 export { SnapshotCatalog, snapshotStatus } from '../controlplane/volumes/snapshots.js';

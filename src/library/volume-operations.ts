@@ -397,6 +397,18 @@ export class VolumeOperations {
     });
   }
 
+  /**
+   * Cluster: forget volume `name`'s replicated intent log when every node
+   * holding it is gone for good (controlplane/volumes/intent-forget.ts): the
+   * FLUSHes its dead writer acknowledged after the last commit are lost.
+   * Refused while anyone holds the write lock.
+   */
+  async forgetIntentLog(name: string): Promise<{ holders: string[]; epoch: number }> {
+    if (!this.etcd)
+      throw new UsageError('a single node keeps no replicated intent log: nothing to forget');
+    return this.offline((catalog, meta, lib) => lib.forgetIntentLog(meta, catalog, name));
+  }
+
   /** Create volume `name` sharing every block of `source` (VOL or VOL@SNAP) copy-on-write; instant. */
   async cloneVolume(
     source: string,

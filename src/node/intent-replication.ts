@@ -88,7 +88,7 @@ export class IntentReplication {
     let replayed = 0;
     // No holders named: the last writer committed every FLUSH, nothing is logged.
     if (opened && opened.holders.length > 0) {
-      const records = await this.sealAny(opened, volume.id, token);
+      const records = await this.sealAny(opened, volume, token);
       replayed = await this.replay(volume, records, opened, dataKey);
     }
     const logging = this.parts.logFlushes && this.parts.holder !== undefined;
@@ -202,10 +202,11 @@ export class IntentReplication {
   /** Seal the holders of `opened` at `token`, in turn, until one answers with records that check. */
   private async sealAny(
     opened: IntentState,
-    volumeId: number,
+    volume: Volume,
     token: number,
   ): Promise<IntentRecord[]> {
     const { self, log } = this.parts;
+    const volumeId = volume.id;
     // Ourselves first (no network), then the others in the record's order.
     const order = [...opened.holders].sort((a, b) => Number(b === self) - Number(a === self));
     const failures: string[] = [];
@@ -226,7 +227,7 @@ export class IntentReplication {
     }
     throw new IoError(
       'EIO',
-      `volume ${volumeId}: its last FLUSHed writes are on the intent holders ${opened.holders.join(', ')}, none of which answered (${failures.join('; ')}); not served until one does`,
+      `volume ${volume.name}: its last FLUSHed writes are on the intent holders ${opened.holders.join(', ')}, none of which answered (${failures.join('; ')}); not served until one does (if they are gone for good: torusctl volume forget-log ${volume.name} --lose-flushed-writes)`,
     );
   }
 
