@@ -188,3 +188,31 @@ test('blocks of more than 32 sub-blocks are always whole', () => {
   assert.ok(cache.covers(slot, cache.maskOf(4096, 4096)));
   assert.ok(cache.isWhole(slot));
 });
+
+test('acquireZeroed hands out zeros, whether the slot is fresh, freed or evicted', () => {
+  const cache = new BlockCache(4096, 64 * 4096);
+  const o = owner();
+  const isZero = (slot: number) => cache.view(slot).every((byte) => byte === 0);
+  // Every slot once, through the zeroing path or not, each left holding data.
+  const slots: number[] = [];
+  for (let i = 0; i < 64; i++) {
+    const slot = i % 2 === 0 ? cache.acquireZeroed(o, i) : cache.acquire(o, i, SlotState.Dirty);
+    assert.ok(slot >= 0);
+    if (i % 2 === 0) assert.ok(isZero(slot), 'a fresh slot is zero');
+    assert.equal(cache.state[slot], SlotState.Dirty);
+    cache.view(slot).fill(0xab);
+    slots.push(slot);
+  }
+  // Freed: it comes back from the free list, filled again.
+  cache.free(slots[3]);
+  const reused = cache.acquireZeroed(o, 100);
+  assert.equal(reused, slots[3]);
+  assert.ok(isZero(reused), 'a freed slot that held data is zeroed');
+  // Evicted: no free slot left, a clean one is taken, filled again.
+  cache.view(reused).fill(0xcd);
+  for (const slot of slots) cache.setState(slot, SlotState.Clean);
+  const evicted = cache.acquireZeroed(o, 101);
+  assert.ok(evicted >= 0);
+  assert.equal(o.evictions.length, 1);
+  assert.ok(isZero(evicted), 'an evicted slot that held data is zeroed');
+});

@@ -115,6 +115,14 @@ export class BlockCache {
   private readonly freeWhenUnpinned: Uint8Array;
   /** Per slot, bit i set when sub-block i holds the block's data (see the header). */
   private readonly valid: Uint32Array;
+  /**
+   * Per slot, 1 once it has been handed out. A SharedArrayBuffer starts
+   * zeroed, so a slot never handed out still holds zeros: acquireZeroed()
+   * fills only slots that held data. Besides the fill itself, this spares a
+   * fresh process the first touch of 64 KiB of its cache for a 4 KiB write
+   * into a hole (about 3 ms per MiB on a VM; docs/benchmarks.md).
+   */
+  private readonly handedOut: Uint8Array;
   /** Sub-blocks per block, or 0 when slots are always whole (blocks above MAX_SUB_BLOCKS sub-blocks). */
   readonly subBlocks: number;
   /** The mask of a whole slot (0 when subBlocks is 0: every range is then covered). */
@@ -138,6 +146,7 @@ export class BlockCache {
     this.subBlocks = Number.isInteger(subBlocks) && subBlocks <= MAX_SUB_BLOCKS ? subBlocks : 0;
     this.wholeMask = this.subBlocks === 0 ? 0 : (0xffff_ffff >>> (32 - this.subBlocks)) >>> 0;
     this.valid = new Uint32Array(this.slotCount);
+    this.handedOut = new Uint8Array(this.slotCount);
     this.slotOwners = new Array(this.slotCount).fill(undefined);
     this.ownerIndex = new Float64Array(this.slotCount);
     this.views = Array.from({ length: this.slotCount }, (_, slot) =>
@@ -183,12 +192,27 @@ export class BlockCache {
     }
     this.slotOwners[slot] = owner;
     this.ownerIndex[slot] = index;
+    this.handedOut[slot] = 1;
     this.referenced[slot] = 1;
     this.state[slot] = initial;
     // Whole unless its filler or writer says otherwise (setValid): before the slot leaves
     // Loading, or before a Dirty one is written in part; no one reads a Loading slot's mask.
     this.valid[slot] = this.wholeMask;
     if (initial === SlotState.Dirty) this.dirty++;
+    return slot;
+  }
+
+  /**
+   * A Dirty slot for (owner, index) whose bytes are all zero (a block of a
+   * hole about to be written in part), or -1 as acquire(). Only a slot that
+   * has held data before is filled.
+   */
+  acquireZeroed(owner: CacheOwner, index: number): number {
+    let slot = -1;
+    if (this.freeCount > 0) slot = this.freeList[this.freeCount - 1];
+    const zeroAlready = slot >= 0 && this.handedOut[slot] === 0;
+    slot = this.acquire(owner, index, SlotState.Dirty);
+    if (slot >= 0 && !zeroAlready) this.views[slot].fill(0);
     return slot;
   }
 

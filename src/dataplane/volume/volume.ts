@@ -317,11 +317,14 @@ export class Volume implements CacheOwner {
       const covered = whole || hole ? 0 : cache.wholeSubBlocksOf(within, n);
       if (!whole && !hole && covered === 0) return false; // read-modify-write of a stored block
       if (!cache.mayDirty()) return false;
-      slot = cache.acquire(this, index, SlotState.Dirty);
+      // Part of a hole: the rest of the block is zeros.
+      slot =
+        whole || !hole
+          ? cache.acquire(this, index, SlotState.Dirty)
+          : cache.acquireZeroed(this, index);
       if (slot < 0) return false;
       this.table.set(index, slot);
       if (covered !== 0) cache.setValid(slot, covered);
-      else if (!whole) cache.view(slot).fill(0);
     }
     return this.copyIn(index, slot, within, data, from, n);
   }
