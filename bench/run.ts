@@ -19,7 +19,6 @@ import {
   prefillArgs,
   readFioResult,
   readOnly,
-  readsData,
   runFio,
   type FioSettings,
   type JobSpec,
@@ -203,27 +202,28 @@ async function benchmark(options: BenchOptions): Promise<number> {
     return 1;
   }
 
-  if (options.jobs.some(readsData)) {
-    for (const { server } of trackers) {
-      process.stderr.write(
-        `bench: prefilling ${options.regionBytes / 2 ** 20} MiB of ${server.name}\n`,
+  // Every job runs over a written region, as --help says: reads find data, and
+  // writes land on allocated storage (a database's files are, and so is
+  // nbd-server's preallocated file) whether a job runs alone or in the full set.
+  for (const { server } of trackers) {
+    process.stderr.write(
+      `bench: prefilling ${options.regionBytes / 2 ** 20} MiB of ${server.name}\n`,
+    );
+    const outputFile = join(workRoot, `prefill-${server.name}.json`);
+    try {
+      await runFio(
+        prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }),
+        fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }),
       );
-      const outputFile = join(workRoot, `prefill-${server.name}.json`);
-      try {
-        await runFio(
-          prefillArgs({ uri: server.uri, regionBytes: options.regionBytes, outputFile }),
-          fioTimeoutMs({ runtimeSeconds: 600, rampSeconds: 0 }),
-        );
-      } catch (err) {
-        const hits = (server.cgroups ?? []).map((c) => c.limitHits() ?? 0);
-        const oom = hits.some((n) => n > 0)
-          ? ` (its memory cgroup hit the limit ${hits.join('+')} times: killed by the OOM killer? see dmesg; give a larger --memory-budget)`
-          : '';
-        process.stderr.write(
-          `bench: prefilling ${server.name} failed: ${(err as Error).message}${oom}\n`,
-        );
-        return 1;
-      }
+    } catch (err) {
+      const hits = (server.cgroups ?? []).map((c) => c.limitHits() ?? 0);
+      const oom = hits.some((n) => n > 0)
+        ? ` (its memory cgroup hit the limit ${hits.join('+')} times: killed by the OOM killer? see dmesg; give a larger --memory-budget)`
+        : '';
+      process.stderr.write(
+        `bench: prefilling ${server.name} failed: ${(err as Error).message}${oom}\n`,
+      );
+      return 1;
     }
   }
   for (const { server } of trackers) {

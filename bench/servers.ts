@@ -186,7 +186,11 @@ export function prepareTorus(
 
 async function startTorus(options: ServerOptions): Promise<BenchServer> {
   const port = await freePort();
-  const { argv, uri } = prepareTorus(options, port);
+  const prepared = prepareTorus(options, port);
+  const { uri } = prepared;
+  // The cluster modes' profiling knob (TORUS_BENCH_NODE_FLAGS, see startCluster) for the single node too.
+  const nodeFlags = (process.env.TORUS_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const argv = [prepared.argv[0], ...nodeFlags, ...prepared.argv.slice(1)];
   const cgroup = cgroupFor(options, 'torus');
   return launch(
     'torus',
