@@ -1,0 +1,45 @@
+/**
+ * InlineWrites: which log batches are written on the event loop's thread,
+ * and writevFullySync on a real file.
+ */
+import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { INLINE_MAX_BYTES, INLINE_MAX_MS, InlineWrites, writevFullySync } from './log-file.js';
+
+test('small batches go inline while the disk is fast, through the pool once it is slow', () => {
+  const policy = new InlineWrites();
+  assert.ok(policy.inline(4096), 'a fresh log: inline');
+  assert.ok(!policy.inline(INLINE_MAX_BYTES + 1), 'a large batch never holds up the loop');
+  for (let i = 0; i < 20; i++) policy.took(0.2);
+  assert.ok(policy.inline(4096), 'fast writes: inline');
+  for (let i = 0; i < 20; i++) policy.took(10 * INLINE_MAX_MS);
+  assert.ok(!policy.inline(4096), 'slow writes: through the pool');
+  for (let i = 0; i < 40; i++) policy.took(0.2);
+  assert.ok(policy.inline(4096), 'the disk fast again: inline again');
+});
+
+test('one slow write among fast ones does not send batches to the pool', () => {
+  const policy = new InlineWrites();
+  for (let i = 0; i < 20; i++) policy.took(0.2);
+  policy.took(5 * INLINE_MAX_MS);
+  assert.ok(policy.inline(4096));
+});
+
+test('writevFullySync writes every chunk in order at the position', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'torus-logfile-'));
+  try {
+    const path = join(dir, 'f');
+    const fd = openSync(path, 'w+');
+    try {
+      writevFullySync(fd, [Buffer.from('abc'), Buffer.alloc(0), Buffer.from('defg')], 2);
+    } finally {
+      closeSync(fd);
+    }
+    assert.deepEqual(readFileSync(path), Buffer.from('\0\0abcdefg'));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
