@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { InvariantError } from '../../common/assert.js';
 import { StoreFullError } from '../../common/errors.js';
-import { RECORD_SIZE } from './record.js';
-import { LocalSlotStore } from './slot-store.js';
+import { hasher } from './hash.js';
+import { OFF_FLAGS, OFF_NONCE, RECORD_SEALED, RECORD_SIZE } from './record.js';
+import { LocalSlotStore, receivedRuns, type ReceivedBlock } from './slot-store.js';
 
 const BS = 4096;
 
@@ -177,5 +178,79 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     const order = Array.from({ length: 8 }, () => again.allocate());
     assert.deepEqual(order, [...released, 100, 101]);
     await again.close();
+  });
+  test('a received batch shares writes over consecutive slots; each block lands whole, with its record', async () => {
+    const dir = join(root, 'received');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 64 * BS });
+    const store = await LocalSlotStore.open(dir);
+    const hash = await hasher();
+    const slots = Array.from({ length: 7 }, () => store.allocate());
+    const gap = slots.splice(3, 1)[0]; // not in the batch: two runs around it
+    const blocks: ReceivedBlock[] = slots.map((slot, k) => {
+      const bytes = Buffer.alloc(BS, 0x10 + k);
+      const sealed = k === 5; // the last one sealed: a run of its own
+      return {
+        slot,
+        ref: { volumeId: 4, generation: 2, index: k },
+        bytes,
+        flags: sealed ? RECORD_SEALED : 0,
+        hash: hash.hash64(bytes),
+        nonce: Buffer.alloc(12, sealed ? 0xee : 0),
+        tag: Buffer.alloc(16, sealed ? 0xdd : 0),
+      };
+    });
+    // Given out of order: runs follow the slots, not the batch.
+    const shuffled = [blocks[4], blocks[0], blocks[5], blocks[2], blocks[1], blocks[3]];
+    assert.deepEqual(
+      receivedRuns(shuffled).map((run) => run.map((i) => shuffled[i].ref.index)),
+      [[0, 1, 2], [3, 4], [5]],
+    );
+    assert.deepEqual(await store.writeReceivedBlocks(shuffled), new Array(6).fill(undefined));
+    store.unallocate(gap);
+    await store.sync();
+    await store.close();
+
+    const again = await LocalSlotStore.open(dir);
+    for (const [k, block] of blocks.entries()) {
+      assert.equal(again.lookup(4, 2, k), block.slot, `block ${k} bound after a reopen`);
+      const back = Buffer.alloc(BS);
+      const digest = await again.readBlock(block.slot, back);
+      assert.ok(back.equals(block.bytes), `block ${k} whole`);
+      assert.deepEqual(digest, block.hash);
+      const record = again.record(block.slot);
+      assert.equal(record.getUint32(OFF_FLAGS, true), block.flags);
+      assert.equal(record.getUint8(OFF_NONCE), k === 5 ? 0xee : 0);
+      const entry = new Uint8Array(again.subsumsEntrySize);
+      if (k !== 5) {
+        assert.ok(await again.readSubsums(block.slot, entry));
+        assert.ok(
+          entry.some((b) => b !== 0),
+          `block ${k}: its sub-sums entry is written`,
+        );
+      }
+    }
+    await again.close();
+  });
+
+  test('a received batch with a block of the wrong size is refused before anything is written', async () => {
+    const dir = join(root, 'received-bad');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
+    const store = await LocalSlotStore.open(dir);
+    const block = (slot: number, size: number): ReceivedBlock => ({
+      slot,
+      ref: { volumeId: 1, generation: 1, index: slot },
+      bytes: Buffer.alloc(size, 1),
+      flags: 0,
+      hash: { lo: 0, hi: 0 },
+      nonce: Buffer.alloc(12),
+      tag: Buffer.alloc(16),
+    });
+    const a = store.allocate();
+    const b = store.allocate();
+    await assert.rejects(store.writeReceivedBlocks([block(a, BS), block(b, BS - 1)]), RangeError);
+    assert.equal(store.lookup(1, 1, a), undefined);
+    store.unallocate(a);
+    store.unallocate(b);
+    await store.close();
   });
 });

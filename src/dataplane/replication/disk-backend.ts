@@ -116,28 +116,29 @@ export class DiskPeerBackend implements PeerBlockBackend {
         while (slots.length > 0) store.unallocate(slots.pop()!);
         throw err;
       }
-      // All at once (the libuv pool runs several pwrites), and every one
-      // settled before we return: the blocks are views into a frame that is
-      // reused as soon as this promise settles.
-      const results = await Promise.allSettled(
-        blocks.map((block, i) =>
-          store.writeReceivedBlock(
-            slots[i],
-            block.ref,
-            block.data,
-            block.flags,
-            { lo: block.hashLo, hi: block.hashHi },
-            block.nonce,
-            block.tag,
-          ),
-        ),
+      // All at once, consecutive slots sharing writes (LocalSlotStore.writeReceivedBlocks), and
+      // every one settled before we return: the blocks are views into a frame that is reused as
+      // soon as this promise settles.
+      const received = store.writeReceivedBlocks(
+        blocks.map((block, i) => ({
+          slot: slots[i],
+          ref: block.ref,
+          bytes: block.data,
+          flags: block.flags,
+          hash: { lo: block.hashLo, hi: block.hashHi },
+          nonce: block.nonce,
+          tag: block.tag,
+        })),
       );
+      const results = await received.catch((err: unknown) => {
+        for (const slot of slots) store.unallocate(slot); // refused before any write
+        throw err;
+      });
       const failures: unknown[] = [];
       for (let i = 0; i < results.length; i++) {
-        const result = results[i];
-        if (result.status === 'fulfilled') continue;
+        if (results[i] === undefined) continue;
         store.unallocate(slots[i]);
-        failures.push(result.reason);
+        failures.push(results[i]);
       }
       this.received.add((blocks.length - failures.length) * store.blockSize);
       if (failures.length > 0) {
