@@ -253,4 +253,23 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     store.unallocate(b);
     await store.close();
   });
+  test('released slots, consecutive or not, read as free after a reopen; the others stay bound', async () => {
+    const dir = join(root, 'released-runs');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
+    const store = await LocalSlotStore.open(dir);
+    const refs = Array.from({ length: 8 }, (_, index) => ({ volumeId: 2, generation: 1, index }));
+    for (const ref of refs) await store.writeBlock(store.allocate(), ref, Buffer.alloc(BS, 7), 0);
+    const released = [1, 2, 3, 5, 7];
+    for (const index of [5, 2, 7, 1, 3]) store.release(refs[index]); // out of order
+    await store.whenReleased();
+    await store.sync();
+    await store.close();
+    const again = await LocalSlotStore.open(dir);
+    for (const ref of refs) {
+      const bound = again.lookup(2, 1, ref.index) !== undefined;
+      assert.equal(bound, !released.includes(ref.index), `block ${ref.index}`);
+    }
+    assert.equal(again.usedSlots, 3);
+    await again.close();
+  });
 });
