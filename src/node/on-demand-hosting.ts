@@ -54,19 +54,18 @@ export class OnDemandHosting implements HostingMode {
     private readonly placement: ClusterPlacement,
     private readonly lockLingerMs: number,
     private readonly log: Logger,
-    /** Present: a FLUSH of a volume written here goes to the replicated intent log. */
-    private readonly intents?: IntentReplication,
+    /** A volume's replicated intent log: taken over when a volume is, and FLUSHes of one written here. */
+    private readonly intents: IntentReplication,
   ) {}
 
   async start(): Promise<void> {
     this.log.info('cluster mode: volumes open when an NBD client asks for one; no start-up sweep');
-    if (this.intents)
-      this.commitWatch = await this.host.ownership.serveCommitRequests(async (name) => {
-        const volume = this.host.volumes.get(name);
-        if (!volume) throw new Error('not open here');
-        await volume.commit();
-        return volume.committedGeneration;
-      });
+    this.commitWatch = await this.host.ownership.serveCommitRequests(async (name) => {
+      const volume = this.host.volumes.get(name);
+      if (!volume) throw new Error('not open here');
+      await volume.commit();
+      return volume.committedGeneration;
+    });
     // A lingering volume another node's client now wants is let go at once.
     this.handoverWatch = await this.host.ownership.watchHandoverRequests((name) => {
       const lingering = this.lingering.get(name);
@@ -104,7 +103,7 @@ export class OnDemandHosting implements HostingMode {
         this.placement.setVolumeReplication(record.id, record.replication);
         const volume = await host.openVolume(taken.versioned);
         const epoch = host.ownership.lockEpoch(name);
-        if (this.intents && epoch !== undefined && host.ownership.writing(name)) {
+        if (epoch !== undefined && host.ownership.writing(name)) {
           try {
             await this.intents.takeOver(
               volume,
@@ -141,9 +140,9 @@ export class OnDemandHosting implements HostingMode {
   private async takeSeeingFlushes(name: string): Promise<TakenVolume | undefined> {
     const { ownership } = this.host;
     let taken = await ownership.take(name);
-    const intents = this.intents;
+    const { intents } = this;
     // No holders named: the writer commits every FLUSH (or has not logged one yet).
-    if (!taken?.writer || !intents || !taken.versioned.record.intent?.holders.length) return taken;
+    if (!taken?.writer || !taken.versioned.record.intent?.holders.length) return taken;
     const id = taken.versioned.record.id;
     if (await intents.askCommit(taken.writer, id)) {
       await ownership.abandon(name);
