@@ -13,7 +13,8 @@ import { InvariantError } from '../../common/assert.js';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher } from './hash.js';
 import { OFF_FLAGS, OFF_NONCE, RECORD_SEALED, RECORD_SIZE } from './record.js';
-import { LocalSlotStore, receivedRuns, type ReceivedBlock } from './slot-store.js';
+import { receivedRuns, type ReceivedBlock } from './received-blocks.js';
+import { LocalSlotStore } from './slot-store.js';
 
 const BS = 4096;
 

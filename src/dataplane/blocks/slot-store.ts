@@ -32,11 +32,8 @@ import {
   OFF_GENERATION,
   OFF_INDEX_HI,
   OFF_INDEX_LO,
-  OFF_NONCE,
   OFF_STATE,
-  OFF_TAG,
   OFF_VOLUME,
-  RECORD_SEALED,
   RECORD_SIZE,
   SLOT_FREE,
   SLOT_USED,
@@ -54,7 +51,14 @@ import {
 } from './store-format.js';
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
-import { encodeSubsums, subsumsEntrySize } from './sub-sums.js';
+import { subsumsEntrySize } from './sub-sums.js';
+import {
+  receivedRuns,
+  writeReceivedRun,
+  type ReceivedBlock,
+  type ReceivedFiles,
+} from './received-blocks.js';
+
 
 export { STORE_FORMAT, type StoreLayout } from './store-format.js';
 
@@ -105,6 +109,8 @@ export class LocalSlotStore {
   private pendingRelease: number[] = [];
   private releaseWrite: Promise<void> | undefined;
   private closed = false;
+  /** What writeReceivedRun writes into. */
+  private readonly receivedFiles: ReceivedFiles;
 
   private constructor(
     readonly dir: string,
@@ -128,6 +134,16 @@ export class LocalSlotStore {
     this.recordView = new DataView(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new Uint8Array(layout.slotCount);
+    this.receivedFiles = {
+      dataFile,
+      slotsFile,
+      subsumsFile,
+      records,
+      blockSize: this.blockSize,
+      subsumsEntrySize: this.subsumsEntrySize,
+      dataPath: this.dataPath,
+      hash,
+    };
   }
 
   static layoutPath(dir: string): string {
@@ -491,7 +507,7 @@ export class LocalSlotStore {
     await Promise.all(
       receivedRuns(blocks).map(async (run) => {
         try {
-          await this.writeReceivedRun(blocks, run);
+          await writeReceivedRun(this.receivedFiles, blocks, run);
         } catch (err) {
           for (const i of run) {
             this.clearRecord(blocks[i].slot);
@@ -503,67 +519,6 @@ export class LocalSlotStore {
       }),
     );
     return failures;
-  }
-
-  /** Blocks `run` of `blocks`, in consecutive slots and all sealed or all plain: data and sums, then records. */
-  private async writeReceivedRun(blocks: readonly ReceivedBlock[], run: number[]): Promise<void> {
-    const first = blocks[run[0]].slot;
-    const sealed = (blocks[run[0]].flags & RECORD_SEALED) !== 0;
-    const dataBytes = this.blockSize * run.length;
-    const writes: Promise<unknown>[] = [
-      this.dataFile
-        .writev(
-          run.map((i) => blocks[i].bytes),
-          first * this.blockSize,
-        )
-        .then(({ bytesWritten }) => {
-          if (bytesWritten !== dataBytes)
-            throw new Error(
-              `short write of ${bytesWritten} of ${dataBytes} bytes in ${this.dataPath}`,
-            );
-        }),
-    ];
-    // Sealed blocks are always read whole (the AEAD tag covers the block), so only plain ones get sums.
-    // A buffer per run: runs overlap (several peers' puts), and the write reads it later.
-    if (!sealed && this.subsumsFile) {
-      const size = this.subsumsEntrySize;
-      const entries = new Uint8Array(size * run.length);
-      run.forEach((i, k) => {
-        const { bytes, hash } = blocks[i];
-        encodeSubsums(
-          entries.subarray(k * size, (k + 1) * size),
-          bytes,
-          hash.lo,
-          hash.hi,
-          this.hash,
-        );
-      });
-      writes.push(this.subsumsFile.write(entries, 0, entries.length, first * size));
-    }
-    await Promise.all(writes);
-    // Records after data, as in writeBlock: each slot stays free in the table until its bytes are written.
-    for (const i of run) {
-      const { slot, ref, flags, hash, nonce, tag } = blocks[i];
-      fillRecord(this.record(slot), ref, flags, hash.lo, hash.hi);
-      const base = slot * RECORD_SIZE;
-      const nonceBytes = new Uint8Array(this.records, base + OFF_NONCE, NONCE_SIZE);
-      const tagBytes = new Uint8Array(this.records, base + OFF_TAG, TAG_SIZE);
-      if (sealed) {
-        nonceBytes.set(nonce);
-        tagBytes.set(tag);
-      } else {
-        nonceBytes.fill(0);
-        tagBytes.fill(0);
-      }
-      this.hash.stampRecord(this.record(slot));
-    }
-    const base = first * RECORD_SIZE;
-    await this.slotsFile.write(
-      new Uint8Array(this.records, base, RECORD_SIZE * run.length),
-      0,
-      RECORD_SIZE * run.length,
-      base,
-    );
   }
 
   /** Read bytes [within, within + dest.length) of a slot's block from the main thread (a peer's GET_RANGE). */
@@ -630,40 +585,4 @@ export class LocalSlotStore {
     await this.slotsFile.close();
     await this.subsumsFile?.close();
   }
-}
-
-/** A block received from a peer, for writeReceivedBlocks. */
-export interface ReceivedBlock {
-  slot: number;
-  ref: BlockRef;
-  bytes: Uint8Array;
-  flags: number;
-  hash: { lo: number; hi: number };
-  nonce: Uint8Array;
-  tag: Uint8Array;
-}
-
-/** Most blocks one run of writeReceivedBlocks writes (a writev takes at most 1024 buffers). */
-const MAX_RECEIVED_RUN = 256;
-
-/** Indexes of `blocks` grouped into runs of consecutive slots, each all sealed or all plain. */
-export function receivedRuns(blocks: readonly ReceivedBlock[]): number[][] {
-  const order = blocks.map((_, i) => i).sort((a, b) => blocks[a].slot - blocks[b].slot);
-  const runs: number[][] = [];
-  let run: number[] = [];
-  for (const i of order) {
-    const last = run.length > 0 ? blocks[run[run.length - 1]] : undefined;
-    const joins =
-      last !== undefined &&
-      blocks[i].slot === last.slot + 1 &&
-      (blocks[i].flags & RECORD_SEALED) === (last.flags & RECORD_SEALED) &&
-      run.length < MAX_RECEIVED_RUN;
-    if (!joins && run.length > 0) {
-      runs.push(run);
-      run = [];
-    }
-    run.push(i);
-  }
-  if (run.length > 0) runs.push(run);
-  return runs;
 }
