@@ -59,7 +59,6 @@ import {
   type ReceivedFiles,
 } from './received-blocks.js';
 
-
 export { STORE_FORMAT, type StoreLayout } from './store-format.js';
 
 /** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
@@ -511,7 +510,7 @@ export class LocalSlotStore {
         } catch (err) {
           for (const i of run) {
             this.clearRecord(blocks[i].slot);
-            failures[i] = err;
+            failures[i] = err ?? new Error('a received block write failed');
           }
           return;
         }

@@ -391,10 +391,11 @@ export class HolderLog implements IntentHolder {
         assert(at <= this.fileBytes, 'intent holder batch past the end of its file');
         this.position = at;
         // O_DSYNC: durable on return, inline or not (log-file.ts, InlineWrites).
-        const started = performance.now();
-        if (this.inlineWrites.inline(at - start)) writevFullySync(this.file.fd, chunks, start);
-        else await this.file.writev(chunks, start);
-        this.inlineWrites.took(performance.now() - started);
+        await this.inlineWrites.write(
+          at - start,
+          () => writevFullySync(this.file.fd, chunks, start),
+          () => this.file.writev(chunks, start),
+        );
         for (const item of items) {
           if (item.kind === KIND_INTENT) this.indexHeld(item.volumeId, item.held);
           item.resolve();

@@ -331,16 +331,18 @@ export class IntentLog {
           );
         }
         // O_DSYNC: durable on return, inline or not.
-        const started = performance.now();
-        if (this.inlineWrites.inline(bytes)) {
-          if (headerChanged)
-            writeFullySync(this.file.fd, this.headerBuffer, 0, FILE_HEADER_BYTES, 0);
-          writeFullySync(this.file.fd, buffer, 0, bytes, position);
-        } else {
-          if (headerChanged) await this.file.write(this.headerBuffer, 0, FILE_HEADER_BYTES, 0);
-          await this.file.write(buffer, 0, bytes, position);
-        }
-        this.inlineWrites.took(performance.now() - started);
+        const { fd } = this.file;
+        await this.inlineWrites.write(
+          bytes,
+          () => {
+            if (headerChanged) writeFullySync(fd, this.headerBuffer, 0, FILE_HEADER_BYTES, 0);
+            writeFullySync(fd, buffer, 0, bytes, position);
+          },
+          async () => {
+            if (headerChanged) await this.file.write(this.headerBuffer, 0, FILE_HEADER_BYTES, 0);
+            await this.file.write(buffer, 0, bytes, position);
+          },
+        );
         batch.resolve();
       } catch (err) {
         // Where the file stands is unknown now: no more appends this run (flushes commit versions).

@@ -74,6 +74,14 @@ export class InlineWrites {
   took(ms: number): void {
     this.smoothedMs += (ms - this.smoothedMs) / 8;
   }
+
+  /** Write a batch of `bytes`: `inline` on this thread if inline() says so, else `pooled`; timed. */
+  async write(bytes: number, inline: () => void, pooled: () => Promise<unknown>): Promise<void> {
+    const started = performance.now();
+    if (this.inline(bytes)) inline();
+    else await pooled();
+    this.took(performance.now() - started);
+  }
 }
 
 /** Bytes [from, from + length) of `buffer` at `position` of `fd`, on this thread; a short write goes on from where it stopped. */
