@@ -141,6 +141,12 @@ describe(
       assert.equal(await session.say(`w ${offset} ${file}`), 'written');
     }
 
+    /** A write, then a FLUSH that must be acknowledged. */
+    async function writeFlushed(session: Session, offset: number, bytes: Buffer): Promise<void> {
+      await write(session, offset, bytes);
+      assert.equal(await session.say('f'), 'flushed');
+    }
+
     async function readAll(node: ClusterNode, volume: string): Promise<Buffer> {
       const out = join(work, `${volume}-out.bin`);
       const r = await run('nbdcopy', [node.uri(volume), out], { timeoutMs: 60_000, env: toolEnv });
@@ -176,8 +182,7 @@ describe(
       for (let i = 0; i < 16; i++) {
         const at = i * 256 * 1024 + 4096 * i;
         const bytes = randomBytes(4096);
-        await write(session, at, bytes);
-        assert.equal(await session.say('f'), 'flushed');
+        await writeFlushed(session, at, bytes);
         bytes.copy(image, at);
       }
       assert.ok(takeovers(writer, 'kill').length === 1, writer.output().slice(-2000));
@@ -205,15 +210,13 @@ describe(
       const b = randomBytes(64 * 1024);
       const c = randomBytes(64 * 1024);
       const frozen = await open(writer, 'frozen');
-      await write(frozen, 0, a);
-      assert.equal(await frozen.say('f'), 'flushed');
+      await writeFlushed(frozen, 0, a);
       await write(frozen, 1 * MiB, b);
       writer.process!.child.kill('SIGSTOP');
       try {
         // The frozen node's lease lapses; the other node takes the volume over (a seal) and writes C.
         const taker = await open(other, 'frozen');
-        await write(taker, 2 * MiB, c);
-        assert.equal(await taker.say('f'), 'flushed');
+        await writeFlushed(taker, 2 * MiB, c);
         taker.kill();
       } finally {
         writer.process!.child.kill('SIGCONT');
@@ -242,8 +245,7 @@ describe(
       const image = Buffer.alloc(VOLUME_BYTES);
       const put = async (at: number) => {
         const bytes = randomBytes(4096);
-        await write(session, at, bytes);
-        assert.equal(await session.say('f'), 'flushed');
+        await writeFlushed(session, at, bytes);
         bytes.copy(image, at);
       };
       await put(0);
@@ -277,13 +279,11 @@ describe(
       const [writer, , reader] = cluster.nodes;
       const session = await open(writer, 'seen');
       const bytes = randomBytes(64 * 1024);
-      await write(session, 3 * MiB, bytes);
-      assert.equal(await session.say('f'), 'flushed');
+      await writeFlushed(session, 3 * MiB, bytes);
       const back = await readAll(reader, 'seen');
       assert.ok(back.subarray(3 * MiB, 3 * MiB + bytes.length).equals(bytes), 'read-only reader');
       const later = randomBytes(64 * 1024);
-      await write(session, 5 * MiB, later);
-      assert.equal(await session.say('f'), 'flushed');
+      await writeFlushed(session, 5 * MiB, later);
       const snap = await cluster.ctl('snapshot', 'create', 'seen@s1');
       assert.equal(snap.code, 0, snap.stderr);
       const snapped = await readAll(reader, 'seen@s1');
@@ -298,8 +298,7 @@ describe(
       const logged = Buffer.alloc(VOLUME_BYTES);
       for (let i = 0; i < 4; i++) {
         const bytes = randomBytes(4096);
-        await write(first, i * 64 * 1024, bytes);
-        assert.equal(await first.say('f'), 'flushed');
+        await writeFlushed(first, i * 64 * 1024, bytes);
         bytes.copy(logged, i * 64 * 1024);
       }
       // The logger's other holder turns into a node that commits every FLUSH;
@@ -357,8 +356,7 @@ describe(
       for (let i = 0; i < 8; i++) {
         const at = i * 128 * 1024;
         const bytes = randomBytes(4096);
-        await write(session, at, bytes);
-        assert.equal(await session.say('f'), 'flushed');
+        await writeFlushed(session, at, bytes);
         bytes.copy(image, at);
       }
       await writer.kill('SIGKILL');
@@ -402,8 +400,7 @@ describe(
       const writer = cluster.nodes[0];
       const session = await open(writer, 'lost');
       for (let i = 0; i < 2; i++) {
-        await write(session, i * 64 * 1024, randomBytes(4096));
-        assert.equal(await session.say('f'), 'flushed');
+        await writeFlushed(session, i * 64 * 1024, randomBytes(4096));
       }
       const [took] = takeovers(writer, 'lost');
       const holder = cluster.nodes.find((n) => n !== writer && took.holders.includes(n.uuid))!;
