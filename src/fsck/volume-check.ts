@@ -175,8 +175,9 @@ export class VolumeChecker {
   ): Promise<{ kind: 'missing-block' | 'bad-block'; recoverableFrom?: number } | undefined> {
     const where = this.locate(ref, hashLo, hashHi, sealed);
     if (!where) return { kind: 'missing-block' };
-    const digest = await this.store.readBlock(where.slot, this.buffer);
-    const intact = digest.lo === hashLo && digest.hi === hashHi;
+    // A patch whose base is gone cannot be read: as bad as a copy that fails its hash.
+    const digest = await this.store.readBlock(where.slot, this.buffer).catch(() => undefined);
+    const intact = digest !== undefined && digest.lo === hashLo && digest.hi === hashHi;
     if (!where.orphan) return intact ? undefined : { kind: 'bad-block' };
     return intact
       ? { kind: 'missing-block', recoverableFrom: where.slot }

@@ -14,11 +14,17 @@
  * - A full store throws StoreFullError (ENOSPC); nothing is overwritten.
  *
  * Invariants, asserted (src/common/assert.ts): each slot is in exactly one
- * of four uses (SlotUse), and moves only free → allocated → bound →
+ * use (SlotUse), and moves only free → allocated → bound → (held →)
  * releasing → free, or allocated → free (unallocate); so a slot is never
  * bound while in use, never given back twice, never on the free stack while
- * anyone holds it. The counts of the four add up to slotCount, and every slot
- * the ref index names is bound.
+ * anyone holds it. The counts add up to slotCount, and every slot the ref
+ * index names is bound.
+ *
+ * Patches (patches.ts): a slot bound as a patch keeps its base (another
+ * slot) from being freed. A base released while patches over it are stored
+ * is held: out of the ref index, its slot and record kept until the last
+ * patch over it goes. Which slots are patches' bases is in memory only,
+ * rebuilt at open from the patches' records.
  */
 import { open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -51,7 +57,8 @@ import {
 } from './store-format.js';
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
-import { subsumsEntrySize } from './sub-sums.js';
+import { forEachSourceRun, isPatchRecord, patchBaseOf, patchPresent } from './patches.js';
+import { SUB_BLOCK_SIZE, setSubSum, subsumsEntrySize, treeHashInto } from './sub-sums.js';
 import {
   receivedRuns,
   writeReceivedRun,
@@ -77,9 +84,18 @@ const enum SlotUse {
    * `torusctl fsck --salvage` can still find its block by hash; fsck frees it.
    */
   SetAside = 4,
+  /** Released, but the base of a patch still stored: freed with the last such patch. */
+  Held = 5,
 }
 
-const USE_NAMES = ['free', 'allocated', 'bound', 'being released', 'set aside (damaged record)'];
+const USE_NAMES = [
+  'free',
+  'allocated',
+  'bound',
+  'being released',
+  'set aside (damaged record)',
+  'held (a base of patches)',
+];
 
 export interface StoreFiles {
   dataPath: string;
@@ -97,6 +113,7 @@ export class LocalSlotStore {
   /** The slot table, shared with pool workers. */
   readonly records: SharedArrayBuffer;
   private readonly recordView: DataView;
+  private readonly recordBytes: Uint8Array;
   private readonly refToSlot = new RefIndex();
   private readonly free: FreeSlots;
   /** SlotUse of each slot, and how many are allocated and releasing (the rest are free or in refToSlot). */
@@ -104,6 +121,13 @@ export class LocalSlotStore {
   private allocatedCount = 0;
   private releasingCount = 0;
   private setAsideCount = 0;
+  private heldCount = 0;
+  /** Patch slot → its base's slot (patches whose base was found). */
+  private readonly patchBase = new Map<number, number>();
+  /** Base slot → patches over it, bound or being written (pinBase). */
+  private readonly patchesOn = new Map<number, number>();
+  /** Patches whose record names a base this store did not have at open: their reads fail. */
+  patchesWithoutBase = 0;
   /** Released slots whose free record is not yet on disk: not reusable until it is (see release). */
   private pendingRelease: number[] = [];
   private releaseWrite: Promise<void> | undefined;
@@ -131,6 +155,7 @@ export class LocalSlotStore {
     this.subsumsEntrySize = subsumsEntrySize(layout.blockSize);
     this.records = records;
     this.recordView = new DataView(records);
+    this.recordBytes = new Uint8Array(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new Uint8Array(layout.slotCount);
     this.receivedFiles = {
@@ -245,6 +270,18 @@ export class LocalSlotStore {
         this.free.put(slot);
       }
     }
+    // Bases after every record is in the index: a patch may come before its base.
+    for (const slot of this.refToSlot.slots()) {
+      if (!isPatchRecord(this.recordBytes, slot)) continue;
+      const base = patchBaseOf(this.recordBytes, slot);
+      const baseSlot = this.refToSlot.get(base.volumeId, base.generation, this.refOf(slot).index);
+      if (baseSlot === undefined || isPatchRecord(this.recordBytes, baseSlot)) {
+        this.patchesWithoutBase++;
+        continue;
+      }
+      this.pinBase(baseSlot);
+      this.patchBase.set(slot, baseSlot);
+    }
     this.assertAccounted();
   }
 
@@ -255,12 +292,13 @@ export class LocalSlotStore {
         this.allocatedCount +
         this.refToSlot.size +
         this.releasingCount +
-        this.setAsideCount !==
+        this.setAsideCount +
+        this.heldCount !==
       this.slotCount
     ) {
       invariantBroken(
         `slot counts disagree: ${this.free.count} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
-          `${this.releasingCount} releasing + ${this.setAsideCount} set aside != ${this.slotCount}`,
+          `${this.releasingCount} releasing + ${this.setAsideCount} set aside + ${this.heldCount} held != ${this.slotCount}`,
       );
     }
   }
@@ -345,13 +383,67 @@ export class LocalSlotStore {
     this.assertAccounted();
   }
 
-  /** Record that slot now durably-to-be holds ref (after a worker wrote it). */
-  bind(slot: number, ref: BlockRef): void {
+  /**
+   * Record that slot now durably-to-be holds ref (after a worker wrote it).
+   * `baseSlot`: the slot holds a patch over that base, which pinBase()
+   * pinned for it (the pin becomes the patch's).
+   */
+  bind(slot: number, ref: BlockRef, baseSlot?: number): void {
     this.moveUse(slot, SlotUse.Allocated, SlotUse.Bound, 'bind() of');
     this.allocatedCount--;
+    if (baseSlot !== undefined) {
+      assert(this.patchesOn.has(baseSlot), 'a patch is bound over a pinned base');
+      this.patchBase.set(slot, baseSlot);
+    }
     const previous = this.refToSlot.set(ref.volumeId, ref.generation, ref.index, slot);
-    if (previous !== undefined && previous !== slot) this.releaseSlot(previous);
+    if (previous !== undefined && previous !== slot) this.dropSlot(previous);
     this.assertAccounted();
+  }
+
+  /**
+   * Keep `slot` (bound, or held) stored while a patch over it is written;
+   * bind() hands the pin to the patch, unpinBase() gives it back.
+   */
+  pinBase(slot: number): void {
+    const use = this.uses[slot];
+    if (use !== SlotUse.Bound && use !== SlotUse.Held)
+      invariantBroken(`pinning slot ${slot} as a base, which is ${USE_NAMES[use]}`);
+    this.patchesOn.set(slot, (this.patchesOn.get(slot) ?? 0) + 1);
+  }
+
+  /** A pin from pinBase() no patch took (its write failed): a held base with no patch left is freed. */
+  unpinBase(slot: number): void {
+    const count = this.patchesOn.get(slot);
+    if (count === undefined) invariantBroken(`unpinning slot ${slot}, which no patch pins`);
+    if (count > 1) {
+      this.patchesOn.set(slot, count - 1);
+      return;
+    }
+    this.patchesOn.delete(slot);
+    if (this.uses[slot] === SlotUse.Held) {
+      this.heldCount--;
+      this.releaseSlot(slot, SlotUse.Held);
+    }
+  }
+
+  /** The base slot of the patch in `slot`, or -1 when it is a whole block (or a patch whose base is missing). */
+  baseOf(slot: number): number {
+    return this.patchBase.get(slot) ?? -1;
+  }
+
+  /** Is `slot` a patch (its record says so)? */
+  isPatch(slot: number): boolean {
+    return isPatchRecord(this.recordBytes, slot);
+  }
+
+  /** The sub-blocks the patch in `slot` holds itself (its record's present mask). */
+  presentOf(slot: number): number {
+    return patchPresent(this.recordBytes, slot);
+  }
+
+  /** Slots held only as bases of patches. */
+  get heldSlots(): number {
+    return this.heldCount;
   }
 
   lookup(volumeId: number, generation: number, index: number): number | undefined {
@@ -367,8 +459,18 @@ export class LocalSlotStore {
   release(ref: BlockRef): void {
     const slot = this.refToSlot.delete(ref.volumeId, ref.generation, ref.index);
     if (slot === undefined) return;
-    this.releaseSlot(slot);
+    this.dropSlot(slot);
     this.assertAccounted();
+  }
+
+  /** A bound slot out of the ref index: held while patches are over it, else released. */
+  private dropSlot(slot: number): void {
+    if (this.patchesOn.has(slot)) {
+      this.moveUse(slot, SlotUse.Bound, SlotUse.Held, 'holding');
+      this.heldCount++;
+      return;
+    }
+    this.releaseSlot(slot);
   }
 
   /**
@@ -377,9 +479,14 @@ export class LocalSlotStore {
    * out again until that write has happened: a racing write of the old record
    * could otherwise land after the new owner's record and tear it.
    */
-  private releaseSlot(slot: number): void {
-    this.moveUse(slot, SlotUse.Bound, SlotUse.Releasing, 'releasing');
+  private releaseSlot(slot: number, from = SlotUse.Bound): void {
+    this.moveUse(slot, from, SlotUse.Releasing, 'releasing');
     this.releasingCount++;
+    const base = this.patchBase.get(slot);
+    if (base !== undefined) {
+      this.patchBase.delete(slot);
+      this.unpinBase(base);
+    }
     this.clearRecord(slot);
     this.pendingRelease.push(slot);
     // Not once closed: writeReleased() would return at once, before this
@@ -523,13 +630,8 @@ export class LocalSlotStore {
   /** Read bytes [within, within + dest.length) of a slot's block from the main thread (a peer's GET_RANGE). */
   async readPart(slot: number, within: number, dest: Uint8Array): Promise<void> {
     assert(within >= 0 && within + dest.length <= this.blockSize, 'a part lies within its block');
-    let done = 0;
-    while (done < dest.length) {
-      const at = slot * this.blockSize + within + done;
-      const { bytesRead } = await this.dataFile.read(dest, done, dest.length - done, at);
-      if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
-      done += bytesRead;
-    }
+    assert(!this.isPatch(slot), 'a peer reads whole blocks, never patches');
+    await this.readSpan(slot, within, dest);
   }
 
   /** A slot's sub-sums entry as stored into `entry` (subsumsEntrySize bytes); false when this store has no table. */
@@ -540,20 +642,51 @@ export class LocalSlotStore {
     return bytesRead === entry.length;
   }
 
-  /** Read a block from the main thread into dest and return its hash. */
+  /**
+   * Read a block from the main thread into dest and return its hash: the
+   * xxh64 of the bytes, or for a patch the tree hash of the whole block
+   * (its own sub-blocks and its base's), as its record has it.
+   */
   async readBlock(slot: number, dest: Uint8Array): Promise<{ lo: number; hi: number }> {
-    let done = 0;
-    while (done < this.blockSize) {
-      const { bytesRead } = await this.dataFile.read(
-        dest,
-        done,
-        this.blockSize - done,
-        slot * this.blockSize + done,
+    if (!this.isPatch(slot)) {
+      await this.readSpan(slot, 0, dest);
+      return this.hash.hash64(dest);
+    }
+    const base = this.baseOf(slot);
+    if (base < 0)
+      throw new Error(`slot ${slot} holds a patch whose base block is missing from ${this.dir}`);
+    const runs: [number, number, boolean][] = [];
+    const subBlocks = this.blockSize / SUB_BLOCK_SIZE;
+    forEachSourceRun(patchPresent(this.recordBytes, slot), subBlocks, (first, end, inPatch) =>
+      runs.push([first, end, inPatch]),
+    );
+    for (const [first, end, inPatch] of runs)
+      await this.readSpan(
+        inPatch ? slot : base,
+        first * SUB_BLOCK_SIZE,
+        dest.subarray(first * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE),
       );
+    const sums = new Uint8Array(this.subsumsEntrySize);
+    for (let i = 0; i < subBlocks; i++)
+      setSubSum(
+        sums,
+        i,
+        this.hash.hash32(dest.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE)),
+      );
+    const out = new Uint32Array(2);
+    treeHashInto(sums, this.hash, out);
+    return { lo: out[0], hi: out[1] };
+  }
+
+  /** Bytes [within, within + dest.length) of a slot into dest. */
+  private async readSpan(slot: number, within: number, dest: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < dest.length) {
+      const at = slot * this.blockSize + within + done;
+      const { bytesRead } = await this.dataFile.read(dest, done, dest.length - done, at);
       if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
       done += bytesRead;
     }
-    return this.hash.hash64(dest);
   }
 
   /**

@@ -6,13 +6,18 @@
  *   record.ts). Every read checks a whole block against its xxh64.
  * - Format 2: the same two files, byte for byte, plus `subsums` (sub-sums.ts):
  *   a 4 KiB sub-block can be read and checked on its own.
+ * - Format 3: the same files; a record may be a patch's (RECORD_PATCH,
+ *   patches.ts): a block whose slot holds only some sub-blocks, the rest
+ *   being its base's, and whose hash is a tree hash.
  *
- * A format 1 store is upgraded in place when it is opened: `subsums` is
- * created all zeros (no entry is valid, so its blocks are read whole, as
- * before, until rewritten), synced, and only then does store.json say 2. A
- * crash between the two leaves format 1 and a spare file, which the next
- * open recreates. Code that knows only format 1 refuses a format 2 store
- * (its open checks the number), so nothing reads the new files wrongly.
+ * An older store is upgraded in place when it is opened. From format 1,
+ * `subsums` is created all zeros (no entry is valid, so its blocks are read
+ * whole, as before, until rewritten) and synced; then store.json says 3
+ * (from format 2 that is all: its records are all whole blocks, which
+ * format 3 reads as they are). A crash between the two leaves the old
+ * format and a spare file, which the next open recreates. Code that knows
+ * only an older format refuses a newer store (its open checks the number),
+ * so nothing reads a patch as a whole block.
  */
 import { spawnSync } from 'node:child_process';
 import { open, readFile, rename, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
@@ -26,9 +31,12 @@ import { SUBSUMS_FILE, subsumsEntrySize } from './sub-sums.js';
 const LAYOUT_SLACK_BYTES = 64 * 1024;
 
 /** The format create() writes and open() upgrades to. */
-export const STORE_FORMAT = 2;
+export const STORE_FORMAT = 3;
 /** The first format: no sub-block checksums. Still opened (and upgraded). */
 export const STORE_FORMAT_WHOLE_BLOCK_SUMS = 1;
+/** Sub-block checksums, whole blocks only. Still opened (and upgraded). */
+export const STORE_FORMAT_WHOLE_BLOCKS = 2;
+const FORMATS_READ = [STORE_FORMAT_WHOLE_BLOCK_SUMS, STORE_FORMAT_WHOLE_BLOCKS, STORE_FORMAT];
 
 export interface StoreLayout {
   format: number;
@@ -80,8 +88,8 @@ export async function createSubsumsFile(
 }
 
 /**
- * Read store.json for opening: a format 1 store is upgraded to format 2
- * first (see above); a format 2 store whose `subsums` is gone gets an empty
+ * Read store.json for opening: an older store is upgraded to the current
+ * format first (see above); a store whose `subsums` is gone gets an empty
  * one (its entries are hints, never needed for correctness). With `upgrade`
  * false (fsck's check, which writes nothing) neither happens: the layout is
  * returned as found. Any other format is refused: it was written by a newer
@@ -89,15 +97,15 @@ export async function createSubsumsFile(
  */
 export async function readLayoutForOpen(dir: string, upgrade = true): Promise<StoreLayout> {
   const layout = JSON.parse(await readFile(layoutPath(dir), 'utf8')) as StoreLayout;
-  if (layout.format !== STORE_FORMAT && layout.format !== STORE_FORMAT_WHOLE_BLOCK_SUMS)
+  if (!FORMATS_READ.includes(layout.format))
     throw new Error(
-      `${dir}: unsupported store format ${layout.format} (this torus reads formats ${STORE_FORMAT_WHOLE_BLOCK_SUMS} and ${STORE_FORMAT}); run a newer torus`,
+      `${dir}: unsupported store format ${layout.format} (this torus reads formats ${FORMATS_READ.join(', ')}); run a newer torus`,
     );
   if (!upgrade) return layout;
   const present = await stat(subsumsPath(dir)).catch(() => undefined);
   if (layout.format === STORE_FORMAT_WHOLE_BLOCK_SUMS || !present)
     await createSubsumsFile(dir, layout.blockSize, layout.slotCount);
-  if (layout.format === STORE_FORMAT_WHOLE_BLOCK_SUMS) {
+  if (layout.format !== STORE_FORMAT) {
     const upgraded = { ...layout, format: STORE_FORMAT };
     await writeLayout(dir, upgraded);
     return upgraded;

@@ -11,7 +11,11 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { hasher } from './hash.js';
 import { LocalSlotStore } from './slot-store.js';
-import { STORE_FORMAT, STORE_FORMAT_WHOLE_BLOCK_SUMS } from './store-format.js';
+import {
+  STORE_FORMAT,
+  STORE_FORMAT_WHOLE_BLOCK_SUMS,
+  STORE_FORMAT_WHOLE_BLOCKS,
+} from './store-format.js';
 import {
   SUB_BLOCK_SIZE,
   SUBSUMS_FILE,
@@ -76,11 +80,11 @@ describe('store formats', { timeout: 30_000 }, () => {
   const layoutOf = async (dir: string) =>
     JSON.parse(await readFile(join(dir, 'store.json'), 'utf8')) as { format: number };
 
-  test('a new store is format 2 with a sub-sums table of one entry per slot', async () => {
+  test('a new store is format 3 with a sub-sums table of one entry per slot', async () => {
     const dir = join(root, 'new');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 32 * BS });
     assert.equal((await layoutOf(dir)).format, STORE_FORMAT);
-    assert.equal(STORE_FORMAT, 2);
+    assert.equal(STORE_FORMAT, 3);
     assert.equal((await stat(join(dir, SUBSUMS_FILE))).size, 32 * subsumsEntrySize(BS));
   });
 
@@ -116,7 +120,28 @@ describe('store formats', { timeout: 30_000 }, () => {
     await store.close();
   });
 
-  test('a format 2 store whose table is gone gets an empty one; a newer format is refused', async () => {
+  test('a format 2 store is format 3 once opened, its blocks as they were', async () => {
+    const dir = join(root, 'two');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 32 * BS });
+    let store = await LocalSlotStore.open(dir);
+    const slot = store.allocate();
+    await store.writeBlock(slot, { volumeId: 3, generation: 1, index: 2 }, Buffer.alloc(BS, 7), 0);
+    await store.sync();
+    await store.close();
+    await writeFile(
+      join(dir, 'store.json'),
+      JSON.stringify({ ...(await layoutOf(dir)), format: STORE_FORMAT_WHOLE_BLOCKS }),
+    );
+    store = await LocalSlotStore.open(dir, { upgrade: false });
+    await store.close();
+    assert.equal((await layoutOf(dir)).format, STORE_FORMAT_WHOLE_BLOCKS, 'fsck writes nothing');
+    store = await LocalSlotStore.open(dir);
+    assert.equal((await layoutOf(dir)).format, STORE_FORMAT);
+    assert.equal(store.lookup(3, 1, 2), slot);
+    await store.close();
+  });
+
+  test('a store whose table is gone gets an empty one; a newer format is refused', async () => {
     const dir = join(root, 'lost');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 32 * BS });
     await rm(join(dir, SUBSUMS_FILE));
@@ -124,7 +149,7 @@ describe('store formats', { timeout: 30_000 }, () => {
     await store.close();
     assert.equal((await stat(join(dir, SUBSUMS_FILE))).size, 32 * subsumsEntrySize(BS));
     const layout = await layoutOf(dir);
-    await writeFile(join(dir, 'store.json'), JSON.stringify({ ...layout, format: 3 }));
-    await assert.rejects(LocalSlotStore.open(dir), /unsupported store format 3.*newer torus/);
+    await writeFile(join(dir, 'store.json'), JSON.stringify({ ...layout, format: 4 }));
+    await assert.rejects(LocalSlotStore.open(dir), /unsupported store format 4.*newer torus/);
   });
 });

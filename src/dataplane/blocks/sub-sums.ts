@@ -84,15 +84,37 @@ export function encodeSubsums(
 ): void {
   const n = subBlocksPer(block.length);
   assert(entry.length === 16 + 4 * n, 'a sub-sums entry is sized for its block');
+  for (let i = 0; i < n; i++)
+    setSubSum(entry, i, hash.hash32(block.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE)));
+  sealSubsums(entry, hashLo, hashHi, hash);
+}
+
+/** Set the sum of sub-block `i` in an entry being made (sealSubsums finishes it). */
+export function setSubSum(entry: Uint8Array, i: number, sum: number): void {
+  setU32(entry, OFF_SUMS + 4 * i, sum);
+}
+
+/** Finish an entry whose sums are set: the magic, the block hash it is for, its own check. */
+export function sealSubsums(entry: Uint8Array, hashLo: number, hashHi: number, hash: Hasher): void {
   setU32(entry, OFF_MAGIC, SUBSUMS_MAGIC);
   setU32(entry, OFF_HASH_LO, hashLo);
   setU32(entry, OFF_HASH_HI, hashHi);
-  for (let i = 0; i < n; i++) {
-    const sum = hash.hash32(block.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE));
-    setU32(entry, OFF_SUMS + 4 * i, sum);
-  }
-  const checked = OFF_SUMS + 4 * n;
+  const checked = entry.length - 4;
   setU32(entry, checked, hash.hash32(entry.subarray(0, checked)));
+}
+
+/**
+ * The tree hash of a block whose sub-block sums `entry` holds: the xxh64 of
+ * the sums (4 bytes each, little-endian, in order) — the hash of a patch
+ * (patches.ts). A patch is written without reading the sub-blocks it does
+ * not hold: their sums come from its base's entry, so its hash can be
+ * computed where an xxh64 of the whole block would need the whole block.
+ * Any reader holding the whole block can check it the same way (sum each
+ * sub-block, hash the sums); one holding the entry checks each sub-block
+ * on its own, the entry being bound to the hash by construction.
+ */
+export function treeHashInto(entry: Uint8Array, hash: Hasher, out: Uint32Array): void {
+  hash.hash64Into(entry.subarray(OFF_SUMS, entry.length - 4), out, 0);
 }
 
 /**

@@ -37,11 +37,12 @@
  * not in the cache writes 4 KiB without reading the rest first. A Clean slot
  * may be partial (partly loaded), and so may a Dirty one (written in whole
  * sub-blocks over a stored block: its invalid sub-blocks are the stored
- * copy's). Flushing slots are always whole: the store writes blocks whole,
- * so a partial Dirty slot is completed before it is written back — the rest
- * loaded into another slot by a worker, which main then gives the written
- * sub-blocks and makes the block's Dirty slot (volume/block-loads.ts), so
- * the ownership rule above holds. A partial Clean slot is filled further by
+ * copy's). A partial Dirty slot is written back as it is when the store
+ * keeps it as a patch (blocks/patches.ts), so a Flushing slot may be partial
+ * too; otherwise it is completed first — the rest loaded into another slot
+ * by a worker, which main then gives the written sub-blocks and makes the
+ * block's Dirty slot (volume/block-loads.ts), so the ownership rule above
+ * holds. A partial Clean slot is filled further by
  * Clean → Loading → Clean, the worker writing only sub-blocks not yet valid,
  * so pinned views of valid ones are undisturbed. Blocks of more than 32
  * sub-blocks (above 128 KiB) are always whole: the mask is one u32.
@@ -242,7 +243,7 @@ export class BlockCache {
     return (this.valid[slot] & mask) >>> 0 === mask;
   }
 
-  /** True when the whole slot holds data (always, for a Flushing slot). */
+  /** True when the whole slot holds data. */
   isWhole(slot: number): boolean {
     return this.valid[slot] === this.wholeMask;
   }
@@ -251,7 +252,7 @@ export class BlockCache {
     return this.valid[slot];
   }
 
-  /** After a fill or a partial write: `mask` is what the slot now holds. A Flushing slot is whole, always. */
+  /** After a fill or a partial write: `mask` is what the slot now holds. */
   setValid(slot: number, mask: number): void {
     assert((mask & ~this.wholeMask) === 0, 'a valid mask names only sub-blocks of the block');
     this.valid[slot] = mask >>> 0;
@@ -294,8 +295,6 @@ export class BlockCache {
         `slot ${slot} may not go from ${STATE_NAMES[previous]} to ${STATE_NAMES[next]}`,
       );
     }
-    if (next === SlotState.Flushing)
-      assert(this.valid[slot] === this.wholeMask, 'a partly valid slot is being written back');
     if (previous === SlotState.Dirty) this.dirty--;
     else if (previous === SlotState.Flushing) this.flushing--;
     if (next === SlotState.Dirty) this.dirty++;

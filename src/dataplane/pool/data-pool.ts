@@ -25,8 +25,41 @@ import {
   type WorkerSetup,
   type WriteBatchResult,
   type WriteBatchTask,
+  type PatchTargets,
 } from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
+
+/** A block to store as a patch (tasks.ts PatchTargets, one block's worth). */
+export interface PatchSource {
+  written: number;
+  baseSlot: number;
+  baseVolume: number;
+  baseGeneration: number;
+  olderSlot: number;
+}
+
+/** The batch's patches as a task carries them; undefined when none of its blocks is one. */
+function patchTargets(batch: readonly (PatchSource | undefined)[]): PatchTargets | undefined {
+  if (!batch.some((p) => p !== undefined)) return undefined;
+  const n = batch.length;
+  const targets: PatchTargets = {
+    written: new Uint32Array(n),
+    baseSlots: new Int32Array(n).fill(-1),
+    baseVolumes: new Uint32Array(n),
+    baseGenerations: new Uint32Array(n),
+    olderSlots: new Int32Array(n).fill(-1),
+  };
+  for (let i = 0; i < n; i++) {
+    const p = batch[i];
+    if (!p) continue;
+    targets.written[i] = p.written;
+    targets.baseSlots[i] = p.baseSlot;
+    targets.baseVolumes[i] = p.baseVolume;
+    targets.baseGenerations[i] = p.baseGeneration;
+    targets.olderSlots[i] = p.olderSlot;
+  }
+  return targets;
+}
 
 export interface ReadRequest {
   volumeId: number;
@@ -41,6 +74,8 @@ export interface ReadRequest {
   remote?: ReadRemote;
   /** Only these 4 KiB sub-blocks (a mask, see ReadBatchTask.subBlocks); absent: the whole block. */
   subBlocks?: number;
+  /** storeSlot holds a patch: its base's slot (LocalSlotStore.baseOf). */
+  baseSlot?: number;
   /**
    * localBad: this node's copy failed its check and a peer's served instead
    * (cluster); whole: the whole block was read, though sub-blocks were asked.
@@ -134,6 +169,7 @@ export class DataPool {
     storeSlots: readonly number[],
     indices: readonly number[],
     remote?: WriteRemote,
+    patches?: readonly (PatchSource | undefined)[],
   ): Promise<WrittenBlocks> {
     const tasks: WriteBatchTask[] = [];
     const runs: Promise<WriteBatchResult>[] = [];
@@ -148,6 +184,8 @@ export class DataPool {
         storeSlots: Int32Array.from(storeSlots.slice(start, end)),
         indices: Float64Array.from(indices.slice(start, end)),
       };
+      const patched = patches && patchTargets(patches.slice(start, end));
+      if (patched) task.patches = patched;
       if (remote) {
         const where = remote.targets.slice(start, end);
         task.remote = remoteTargets(
@@ -244,6 +282,8 @@ export class DataPool {
       task.hashes[2 * i] = r.hashLo;
       task.hashes[2 * i + 1] = r.hashHi;
       if (r.subBlocks !== undefined) (task.subBlocks ??= new Uint32Array(n))[i] = r.subBlocks;
+      if (r.baseSlot !== undefined && r.baseSlot >= 0)
+        (task.baseSlots ??= new Int32Array(n).fill(-1))[i] = r.baseSlot;
     }
     const remote = batch[0].remote;
     if (remote)

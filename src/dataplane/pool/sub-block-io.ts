@@ -12,19 +12,28 @@
  *   except a whole copy already checked against the xxh64 (readWhole true).
  * - A whole read rewrites the block's entry, so the next miss on it is cheap
  *   (blocks of a format 1 store get theirs this way).
+ * - Patches (blocks/patches.ts): the same, each sub-block read from the
+ *   patch's slot or its base's as the patch's present mask says; the entry
+ *   is the patch's (bound to its tree hash), and a whole read assembles the
+ *   block from both and judges it by the tree hash. Writing one takes its
+ *   sums from its base's entry (and an older patch's), never its bytes.
  * - One instance per worker; a call runs to its end without yielding, so the
  *   entry buffer and the scratch block are reused with no allocation.
  */
 import { openSync, readSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Hasher } from '../blocks/hash.js';
+import { forEachSourceRun } from '../blocks/patches.js';
 import {
   SUB_BLOCK_SIZE,
   SUBSUMS_FILE,
   encodeSubsums,
+  sealSubsums,
+  setSubSum,
   subSum,
   subsumsEntrySize,
   subsumsMatch,
+  treeHashInto,
 } from '../blocks/sub-sums.js';
 import { preadAll, pwriteAll } from './file-io.js';
 import { READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK } from './tasks.js';
@@ -64,38 +73,68 @@ export class SubBlockIo {
     pwriteAll(this.subsumsFd, this.entry, slot * this.entrySize);
   }
 
+  /** Read `slot`'s entry into `entry`: true when it is intact and made for (hashLo, hashHi). */
+  readEntry(slot: number, entry: Uint8Array, hashLo: number, hashHi: number): boolean {
+    // A short read (a table shorter than the store) is simply no entry.
+    return (
+      this.subsumsFd >= 0 &&
+      readSync(this.subsumsFd, entry, 0, this.entrySize, slot * this.entrySize) ===
+        this.entrySize &&
+      subsumsMatch(entry, hashLo, hashHi, this.hash)
+    );
+  }
+
+  /** Store `entry` (sealed) as `slot`'s. */
+  writeEntry(slot: number, entry: Uint8Array): void {
+    if (this.subsumsFd >= 0) pwriteAll(this.subsumsFd, entry, slot * this.entrySize);
+  }
+
   /**
    * Read the sub-blocks in `wanted` (bit i: sub-block i) of the block in
-   * `slot` into `dest` (the block's cache slot), checked. Returns a READ_*
-   * status; sets `reason` and `readWhole`.
+   * `slot` into `dest` (the block's cache slot), checked. For a patch,
+   * `baseSlot` is its base's slot and `present` the sub-blocks its own slot
+   * holds. Returns a READ_* status; sets `reason` and `readWhole`.
    */
-  read(slot: number, dest: Uint8Array, wanted: number, hashLo: number, hashHi: number): number {
+  read(
+    slot: number,
+    dest: Uint8Array,
+    wanted: number,
+    hashLo: number,
+    hashHi: number,
+    baseSlot = -1,
+    present = 0xffff_ffff,
+  ): number {
     this.reason = '';
     this.readWhole = false;
     try {
-      // A short read (a table shorter than the store) is simply no entry.
-      const usable =
-        this.subsumsFd >= 0 &&
-        readSync(this.subsumsFd, this.entry, 0, this.entrySize, slot * this.entrySize) ===
-          this.entrySize &&
-        subsumsMatch(this.entry, hashLo, hashHi, this.hash);
-      if (!usable) return this.readWholeBlock(slot, dest, hashLo, hashHi, '');
-      const base = slot * this.blockSize;
-      // One pread per run of consecutive wanted sub-blocks.
+      if (!this.readEntry(slot, this.entry, hashLo, hashHi))
+        return this.readWholeBlock(slot, dest, hashLo, hashHi, '', baseSlot, present);
+      // One pread per run of consecutive wanted sub-blocks from one slot.
       for (let first = 0; first < 32; first++) {
         if ((wanted & (1 << first)) === 0) continue;
+        const inPatch = (present & (1 << first)) !== 0;
         let end = first + 1;
-        while (end < 32 && (wanted & (1 << end)) !== 0) end++;
+        while (
+          end < 32 &&
+          (wanted & (1 << end)) !== 0 &&
+          ((present & (1 << end)) !== 0) === inPatch
+        )
+          end++;
         const from = first * SUB_BLOCK_SIZE;
-        preadAll(this.dataFd, dest.subarray(from, end * SUB_BLOCK_SIZE), base + from);
+        const source = inPatch ? slot : baseSlot;
+        preadAll(
+          this.dataFd,
+          dest.subarray(from, end * SUB_BLOCK_SIZE),
+          source * this.blockSize + from,
+        );
         for (let k = first; k < end; k++) {
           const bytes = dest.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE);
           if (this.hash.hash32(bytes) !== subSum(this.entry, k)) {
             const why = `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) fails its xxh32; `;
-            return this.readWholeBlock(slot, dest, hashLo, hashHi, why);
+            return this.readWholeBlock(slot, dest, hashLo, hashHi, why, baseSlot, present);
           }
         }
-        first = end;
+        first = end - 1;
       }
       return READ_OK;
     } catch (err) {
@@ -104,23 +143,54 @@ export class SubBlockIo {
     }
   }
 
-  /** The fallback: the whole block into scratch, checked against the map's xxh64, copied to dest, its entry rewritten. */
-  private readWholeBlock(
+  /**
+   * The whole block into scratch — for a patch, assembled from its slot and
+   * its base's and judged by the tree hash — checked against the map's
+   * hash, copied to dest, its entry rewritten. Returns a READ_* status.
+   */
+  readWholeBlock(
     slot: number,
     dest: Uint8Array,
     hashLo: number,
     hashHi: number,
     why: string,
+    baseSlot = -1,
+    present = 0xffff_ffff,
   ): number {
-    const { scratch, hashOut } = this;
-    preadAll(this.dataFd, scratch, slot * this.blockSize);
-    this.hash.hash64Into(scratch, hashOut, 0);
+    const { scratch, hashOut, entry } = this;
+    const patch = baseSlot >= 0;
+    if (!patch) {
+      preadAll(this.dataFd, scratch, slot * this.blockSize);
+      this.hash.hash64Into(scratch, hashOut, 0);
+    } else {
+      forEachSourceRun(present, this.blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) => {
+        const from = first * SUB_BLOCK_SIZE;
+        preadAll(
+          this.dataFd,
+          scratch.subarray(from, end * SUB_BLOCK_SIZE),
+          (inPatch ? slot : baseSlot) * this.blockSize + from,
+        );
+      });
+      for (let k = 0; k * SUB_BLOCK_SIZE < this.blockSize; k++)
+        setSubSum(
+          entry,
+          k,
+          this.hash.hash32(scratch.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE)),
+        );
+      treeHashInto(entry, this.hash, hashOut);
+    }
     if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
-      this.reason = `${why}stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
+      const kind = patch ? 'tree hash' : 'xxh64';
+      this.reason = `${why}stored ${kind} ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
       return READ_CHECKSUM_MISMATCH;
     }
     dest.set(scratch);
-    this.writeSums(slot, scratch, hashLo, hashHi);
+    if (patch) {
+      sealSubsums(entry, hashLo, hashHi, this.hash);
+      this.writeEntry(slot, entry);
+    } else {
+      this.writeSums(slot, scratch, hashLo, hashHi);
+    }
     this.readWhole = true;
     return READ_OK;
   }

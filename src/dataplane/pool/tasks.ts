@@ -31,6 +31,23 @@ export interface WriteBatchTask {
   indices: Float64Array;
   /** Cluster: the peers that also get a copy of each block. */
   remote?: RemoteTargets;
+  /** Single node: blocks to store as patches (blocks/patches.ts). */
+  patches?: PatchTargets;
+}
+
+/**
+ * Per block of a write task: store it as a patch — only the sub-blocks its
+ * cache slot holds — over a base in this node's store. Blocks whose
+ * `written` is 0 are stored whole.
+ */
+export interface PatchTargets {
+  /** Sub-blocks the cache slot holds (bit i: sub-block i); 0: not a patch. */
+  written: Uint32Array;
+  baseSlots: Int32Array;
+  baseVolumes: Uint32Array;
+  baseGenerations: Uint32Array;
+  /** An older patch over the same base that the new one replaces and takes the other sub-blocks of, or -1. */
+  olderSlots: Int32Array;
 }
 
 /**
@@ -63,6 +80,12 @@ export interface WriteBatchResult {
   placedOn?: Int16Array;
   /** Peers that refused a put with NO_SPACE in this batch (uuids). */
   fullPeers?: string[];
+  /**
+   * Patches: 1 where a block could not be stored as a patch (a sub-sums
+   * entry it needs missing or stale): nothing was written for it; the
+   * volume stores it whole instead.
+   */
+  refused?: Uint8Array;
 }
 
 /** Read stored blocks into cache slots, verifying (and opening) each. */
@@ -87,6 +110,11 @@ export interface ReadBatchTask {
    * the mask unless it reads the block whole (then `whole` says so).
    */
   subBlocks?: Uint32Array;
+  /**
+   * Per block, the slot of the base of a patch (blocks/patches.ts), -1 for
+   * a whole block; absent: every block is whole. Local reads only.
+   */
+  baseSlots?: Int32Array;
 }
 
 export const READ_OK = 0;

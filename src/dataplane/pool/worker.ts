@@ -25,6 +25,8 @@ import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import { SubBlockIo } from './sub-block-io.js';
+import { PatchWriter } from './patch-write.js';
+import { isPatchRecord, patchPresent } from '../blocks/patches.js';
 import {
   READ_CHECKSUM_MISMATCH,
   READ_IO_ERROR,
@@ -37,6 +39,7 @@ import {
   type WorkerSetup,
   type WriteBatchResult,
   type WriteBatchTask,
+  type PatchTargets,
 } from './tasks.js';
 
 const setup = workerData as WorkerSetup;
@@ -56,6 +59,7 @@ let hashLoaded = false;
 const hasherReady = hasher().then((loaded) => {
   hash = loaded;
   subBlocks = new SubBlockIo(setup.dataPath, dataFd, blockSize, hash, scratch);
+  patches = new PatchWriter(dataFd, slotsFd, setup.records, blockSize, hash, subBlocks, scratch);
   hashLoaded = true;
 });
 const blockSize = setup.blockSize;
@@ -68,6 +72,8 @@ const scratch = new Uint8Array(blockSize);
 const hashOut = new Uint32Array(2);
 /** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
 let subBlocks!: SubBlockIo;
+/** Writes of blocks as patches (patch-write.ts); made once the hasher has loaded. */
+let patches!: PatchWriter;
 /**
  * Sealed bytes, nonces and tags of a batch while its copies are in flight to
  * peers. Replicated tasks wait on the network, so a worker runs several at
@@ -110,13 +116,21 @@ function writeBatch(task: WriteBatchTask): WriteBatchResult {
   const zero = new Uint8Array(n);
   const hashes = new Uint32Array(2 * n);
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
+  let refused: Uint8Array | undefined;
   for (let i = 0; i < n; i++) {
     const plain = cacheBlock(task.cacheSlots[i]);
+    const slot = task.storeSlots[i];
+    const written = task.patches?.written[i] ?? 0;
+    if (written !== 0) {
+      // Never judged all zeros: the cache slot holds only the written sub-blocks.
+      if (!writePatch(task, task.patches!, i, slot, plain, written, hashes))
+        (refused ??= new Uint8Array(n))[i] = 1;
+      continue;
+    }
     if (isAllZero(plain)) {
       zero[i] = 1;
       continue;
     }
-    const slot = task.storeSlots[i];
     const base = slot * RECORD_SIZE;
     let stored = plain;
     if (sealer) {
@@ -134,7 +148,36 @@ function writeBatch(task: WriteBatchTask): WriteBatchResult {
     // The sealer wrote nonce and tag into the record already.
     storeLocally(task, i, slot, stored, sealer !== undefined, hashes);
   }
-  return { zero, hashes };
+  return refused ? { zero, hashes, refused } : { zero, hashes };
+}
+
+function writePatch(
+  task: WriteBatchTask,
+  targets: PatchTargets,
+  i: number,
+  slot: number,
+  plain: Uint8Array,
+  written: number,
+  hashes: Uint32Array,
+): boolean {
+  const stored = patches.write(
+    {
+      volumeId: task.volumeId,
+      generation: task.generation,
+      index: task.indices[i],
+      written,
+      baseSlot: targets.baseSlots[i],
+      baseVolume: targets.baseVolumes[i],
+      baseGeneration: targets.baseGenerations[i],
+      olderSlot: targets.olderSlots[i],
+    },
+    slot,
+    plain,
+    hashes,
+    2 * i,
+  );
+  if (!stored) log.debug({ index: task.indices[i], reason: patches.reason }, 'patch refused');
+  return stored;
 }
 
 /**
@@ -397,6 +440,12 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     }
     const dest = cacheBlock(task.cacheSlots[i]);
     const wanted = task.subBlocks?.[i] ?? 0;
+    if (isPatchRecord(records, slot)) {
+      status[i] = readPatch(task, i, slot, dest, wanted);
+      reasons[i] = subBlocks.reason;
+      if (subBlocks.readWhole) (whole ??= new Uint8Array(n))[i] = 1;
+      continue;
+    }
     if (wanted !== 0 && !sealer) {
       status[i] = subBlocks.read(slot, dest, wanted, task.hashes[2 * i], task.hashes[2 * i + 1]);
       reasons[i] = subBlocks.reason;
@@ -438,6 +487,36 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     status[i] = READ_OK;
   }
   return whole ? { status, reasons, whole } : { status, reasons };
+}
+
+/** A patch's sub-blocks `wanted` (0: all) into dest, each from its slot or its base's (sub-block-io.ts). */
+function readPatch(
+  task: ReadBatchTask,
+  i: number,
+  slot: number,
+  dest: Uint8Array,
+  wanted: number,
+): number {
+  const baseSlot = task.baseSlots?.[i] ?? -1;
+  if (baseSlot < 0) {
+    subBlocks.reason = `slot ${slot} holds a patch whose base block is missing`;
+    subBlocks.readWhole = false;
+    return READ_IO_ERROR;
+  }
+  const present = patchPresent(records, slot);
+  const hashLo = task.hashes[2 * i];
+  const hashHi = task.hashes[2 * i + 1];
+  if (wanted !== 0) return subBlocks.read(slot, dest, wanted, hashLo, hashHi, baseSlot, present);
+  subBlocks.reason = '';
+  subBlocks.readWhole = false;
+  try {
+    const status = subBlocks.readWholeBlock(slot, dest, hashLo, hashHi, '', baseSlot, present);
+    subBlocks.readWhole = false; // asked whole: nothing to tell
+    return status;
+  } catch (err) {
+    subBlocks.reason = (err as Error).message;
+    return READ_IO_ERROR;
+  }
 }
 
 function hex(hi: number, lo: number): string {

@@ -31,6 +31,11 @@ export class WrittenBlocks {
     return this.batches[Math.floor(i / BATCH)].zero[i % BATCH] === 1;
   }
 
+  /** Block i was to be a patch and could not be (nothing stored): it must be stored whole. */
+  isRefused(i: number): boolean {
+    return this.batches[Math.floor(i / BATCH)].refused?.[i % BATCH] === 1;
+  }
+
   hashLo(i: number): number {
     return this.batches[Math.floor(i / BATCH)].hashes[2 * (i % BATCH)];
   }

@@ -42,6 +42,12 @@ export interface WriteRemote {
 export interface BlockPlacement {
   /** False for a store-less client (torusblk nbdserve), whose own copy of a map page is scratch. */
   readonly holdsCopies: boolean;
+  /**
+   * True when every copy of every block is in this node's store (a single
+   * node): only then may a block be stored as a patch over an earlier one
+   * (blocks/patches.ts); the peer wire carries whole blocks.
+   */
+  readonly storesPatches?: boolean;
   readonly stats: ReplicationStats;
   /** Copies each block of this volume should have. */
   replicationOf(volumeId: number): number;

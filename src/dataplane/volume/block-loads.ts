@@ -117,12 +117,20 @@ export class BlockLoads {
           continue;
         }
         if (cache.covers(cacheSlot, wanted)) return cacheSlot;
+        if (cache.state[cacheSlot] === SlotState.Flushing) {
+          // Part of a block being stored as a patch: the rest reads from it once stored
+          // (or, if storing fails, from the stored copy, the slot being Dirty again).
+          const storing = this.state.storing;
+          if (storing) await storing.catch(() => undefined);
+          else await new Promise((resolve) => setImmediate(resolve));
+          continue;
+        }
         if (cache.state[cacheSlot] === SlotState.Dirty) {
           // Written in part: the rest comes from the stored copy first (complete()).
           await this.complete(index);
           continue;
         }
-        // Clean and partly loaded (Flushing slots are whole): fill the rest of the range in place.
+        // Clean and partly loaded: fill the rest of the range in place.
         previous = cache.validMask(cacheSlot);
       } else if (this.state.isHole(index)) {
         return -1;
@@ -345,6 +353,7 @@ export class BlockLoads {
       key: sealed ? this.state.key : null,
       cacheSlot,
       storeSlot: source.storeSlot,
+      baseSlot: this.state.services.store.baseOf(source.storeSlot),
       generation: entry.generation,
       index,
       hashLo: entry.hashLo,

@@ -12,6 +12,7 @@ import {
   notePeerWriteFailures,
   storedAnywhere,
 } from '../replication/durability.js';
+import { planPatch } from './patch-plan.js';
 import type { SpilledBlock, VolumeState } from './volume-state.js';
 
 /**
@@ -25,29 +26,36 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
   if (state.storeRefused) throw state.storeRefused;
   const { cache, store, pool } = state.services;
   // Blocks written in part are completed first (nothing yields when none
-  // is). A block trimmed meanwhile is no longer dirty; one trimmed and
-  // written in part again is completed again.
-  const whole = (index: number) => {
+  // is), unless they are stored as patches (patch-plan.ts). A block trimmed
+  // meanwhile is no longer dirty; one trimmed and written in part again is
+  // completed again.
+  const ready = (index: number) => {
     const slot = state.table.get(index);
-    return slot === undefined || cache.isWhole(slot);
+    return slot === undefined || cache.isWhole(slot) || !!planPatch(state, index, slot);
   };
   let indices = chosen;
-  while (!indices.every(whole)) {
-    await state.completeBlocks(indices);
+  while (!indices.every(ready)) {
+    await state.completeBlocks(indices.filter((index) => !ready(index)));
     indices = indices.filter((index) => state.dirty.has(index));
   }
-  // From here to Flushing nothing yields: no write can make one of them partial again.
+  // From here to Flushing nothing yields: no write can change what each block is stored as.
   if (indices.length === 0) return;
   const { placement } = state;
   const generation = state.generation + 1;
   const cacheSlots = indices.map((index) => state.table.get(index)!);
+  const patches = indices.map((index, i) =>
+    cache.isWhole(cacheSlots[i]) ? undefined : planPatch(state, index, cacheSlots[i]),
+  );
+  const anyPatch = patches.some((p) => p !== undefined);
   for (const index of indices) state.dirty.delete(index);
   for (const slot of cacheSlots) cache.setState(slot, SlotState.Flushing);
+  // A base stays stored while its patch is written, whatever commits or GC release meanwhile.
+  for (const p of patches) if (p) store.pinBase(p.baseSlot);
   const storeSlots: number[] = [];
   let written: WrittenBlocks;
   try {
     const remote = placement.placeWrites(store, state.id, indices, storeSlots);
-    written = await pool.writeBlocks(
+    const storing = pool.writeBlocks(
       state.id,
       generation,
       state.key,
@@ -55,8 +63,13 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
       storeSlots,
       indices,
       remote,
+      anyPatch ? patches : undefined,
     );
+    state.storing = storing;
+    written = await storing;
   } catch (err) {
+    state.storing = undefined;
+    for (const p of patches) if (p) store.unpinBase(p.baseSlot);
     for (const slot of storeSlots) if (slot >= 0) store.unallocate(slot);
     for (let i = 0; i < indices.length; i++) {
       if (state.table.get(indices[i]) === cacheSlots[i]) {
@@ -68,12 +81,30 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
     }
     throw err;
   }
+  state.storing = undefined;
   const unstored: string[] = [];
+  const refused: number[] = [];
   for (let i = 0; i < indices.length; i++) {
     const index = indices[i];
     const current = state.table.get(index) === cacheSlots[i];
     const ref = { volumeId: state.id, generation, index };
     const local = storeSlots[i] >= 0;
+    const patch = patches[i];
+    if (patch && written.isRefused(i)) {
+      // Nothing was written: stored whole by the call below, after its completion.
+      store.unpinBase(patch.baseSlot);
+      store.unallocate(storeSlots[i]);
+      state.patchRefused.add(index);
+      if (current) {
+        cache.setState(cacheSlots[i], SlotState.Dirty);
+        state.dirty.add(index);
+        refused.push(index);
+      } else {
+        cache.free(cacheSlots[i]);
+      }
+      continue;
+    }
+    if (!patch) state.patchRefused.delete(index);
     if (written.isZero(i)) {
       if (local) store.unallocate(storeSlots[i]);
       if (state.spilled.delete(index)) store.release(ref); // an earlier spill of this block
@@ -91,7 +122,8 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
         }
         continue;
       }
-      if (local) store.bind(storeSlots[i], ref); // replaces (and releases) an earlier spill of this block
+      // Replaces (and releases) an earlier spill of this block; a patch's pin on its base becomes the patch's.
+      if (local) store.bind(storeSlots[i], ref, patch?.baseSlot);
       // Trimmed while it was being written: a hole pending over a committed
       // block, or — for a block no version has — no slot in the table any
       // more (a flushing slot is never evicted; only a trim, zeroing or
@@ -114,6 +146,8 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
     else cache.free(cacheSlots[i]); // rewritten or trimmed meanwhile
   }
   notePeerWriteFailures(placement, state.services.log, state.name, written.failures);
+  // Blocks that could not be patches: completed and stored whole now.
+  if (refused.length > 0) await storeDirty(state, refused);
   if (unstored.length > 0) {
     const first = unstored.slice(0, 4).join(' | ');
     throw new IoError(

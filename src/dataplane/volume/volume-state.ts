@@ -105,6 +105,17 @@ export class VolumeState {
   intentState: IntentState | undefined;
   /** The record does not name this writer's holders yet: the next commit lands even with no block changed. */
   intentPending = false;
+  /**
+   * Blocks a worker could not store as patches (a sub-sums entry missing or
+   * stale): stored whole until then (patch-plan.ts), forgotten once they are.
+   */
+  readonly patchRefused = new Set<number>();
+  /**
+   * The pool write of a store round while it runs (dirty-blocks.ts): a read
+   * that finds a partly written slot Flushing waits for it, then reads the
+   * rest from what was stored.
+   */
+  storing: Promise<unknown> | undefined;
   /** A commit round runs (write-back.ts); it may have taken its dirty blocks already. */
   committing = false;
   /**

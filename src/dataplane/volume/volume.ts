@@ -289,9 +289,19 @@ export class Volume implements CacheOwner {
     const { cache } = this.services;
     let slot = this.table.get(index);
     if (slot !== undefined) {
-      const state = cache.state[slot];
+      let state = cache.state[slot];
       if (state === SlotState.Loading) return false;
       if (state !== SlotState.Dirty && !cache.mayDirty()) return false;
+      if (state === SlotState.Flushing) {
+        // The flush is reading this slot: give the new data a slot of its own.
+        const copy = cache.acquire(this, index, SlotState.Dirty);
+        if (copy < 0) return false;
+        cache.view(slot).copy(cache.view(copy));
+        cache.setValid(copy, cache.validMask(slot)); // a patch being stored holds part of its block
+        this.table.set(index, copy);
+        slot = copy;
+        state = SlotState.Dirty;
+      }
       if (!cache.isWhole(slot)) {
         // Partly loaded (Clean) or partly written (Dirty): only whole sub-blocks go in as they are.
         const covered = cache.wholeSubBlocksOf(within, n);
@@ -300,14 +310,7 @@ export class Volume implements CacheOwner {
         cache.setValid(slot, (cache.validMask(slot) | covered) >>> 0);
         return this.copyIn(index, slot, within, data, from, n);
       }
-      if (state === SlotState.Flushing) {
-        // The flush is reading this slot: give the new data a slot of its own.
-        const copy = cache.acquire(this, index, SlotState.Dirty);
-        if (copy < 0) return false;
-        cache.view(slot).copy(cache.view(copy));
-        this.table.set(index, copy);
-        slot = copy;
-      } else if (state === SlotState.Clean) {
+      if (state === SlotState.Clean) {
         cache.setState(slot, SlotState.Dirty);
       }
     } else {

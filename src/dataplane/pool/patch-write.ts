@@ -1,0 +1,160 @@
+/**
+ * PatchWriter: a pool worker's write of a block as a patch
+ * (blocks/patches.ts) — only its written sub-blocks, over a base that
+ * supplies the rest.
+ *
+ * What it reads: the base's sub-sums entry (for the sums of the sub-blocks
+ * it does not hold), and, when it replaces an older patch over the same
+ * base, that patch's entry and those of its sub-blocks not written again
+ * (each checked against its sum: they are copied into the new patch). It
+ * never reads the base's bytes. When an entry is missing or stale (a store
+ * upgraded, a crash before the entry was written) or a copied sub-block
+ * fails its sum, it writes nothing and says so: the volume then writes the
+ * block whole, as it would without patches.
+ *
+ * What it writes, in order: the patch's sub-blocks, its entry (sums of the
+ * whole block, bound to the tree hash), then its record — so a record never
+ * names bytes not yet written, as for whole blocks.
+ */
+import type { Hasher } from '../blocks/hash.js';
+import { fillPatchFields, patchPresent } from '../blocks/patches.js';
+import {
+  OFF_HASH_HI,
+  OFF_HASH_LO,
+  RECORD_PATCH,
+  RECORD_SIZE,
+  fillRecord,
+} from '../blocks/record.js';
+import {
+  SUB_BLOCK_SIZE,
+  sealSubsums,
+  setSubSum,
+  subSum,
+  subsumsEntrySize,
+  treeHashInto,
+} from '../blocks/sub-sums.js';
+import { preadAll, pwriteAll } from './file-io.js';
+import type { SubBlockIo } from './sub-block-io.js';
+
+/** One block's patch, as the task describes it. */
+export interface PatchWrite {
+  volumeId: number;
+  generation: number;
+  index: number;
+  /** The sub-blocks the cache slot holds (written). */
+  written: number;
+  baseSlot: number;
+  baseVolume: number;
+  baseGeneration: number;
+  /** An older patch over the same base this one replaces (its other sub-blocks are kept), or -1. */
+  olderSlot: number;
+}
+
+export class PatchWriter {
+  private readonly subBlocks: number;
+  private readonly baseEntry: Uint8Array;
+  private readonly olderEntry: Uint8Array;
+  private readonly entry: Uint8Array;
+  private readonly records: Uint8Array;
+  private readonly recordView: DataView;
+  /** After a write that returned false: why. */
+  reason = '';
+
+  constructor(
+    private readonly dataFd: number,
+    private readonly slotsFd: number,
+    recordsBuffer: SharedArrayBuffer,
+    private readonly blockSize: number,
+    private readonly hash: Hasher,
+    private readonly sums: SubBlockIo,
+    /** A block-sized buffer the worker lends between tasks. */
+    private readonly scratch: Uint8Array,
+  ) {
+    this.subBlocks = blockSize / SUB_BLOCK_SIZE;
+    const size = subsumsEntrySize(blockSize);
+    this.baseEntry = new Uint8Array(size);
+    this.olderEntry = new Uint8Array(size);
+    this.entry = new Uint8Array(size);
+    this.records = new Uint8Array(recordsBuffer);
+    this.recordView = new DataView(recordsBuffer);
+  }
+
+  /**
+   * Store the cache block `plain` (only its `written` sub-blocks are
+   * meaningful) in `slot` as a patch; its tree hash into hashes[at],
+   * hashes[at + 1]. False, with nothing written, when the sums it needs are
+   * not at hand (see the file comment).
+   */
+  write(p: PatchWrite, slot: number, plain: Uint8Array, hashes: Uint32Array, at: number): boolean {
+    const { entry, baseEntry, olderEntry, scratch } = this;
+    if (!this.sums.readEntry(p.baseSlot, baseEntry, ...this.recordHash(p.baseSlot)))
+      return this.refuse(`the base's sub-sums entry (slot ${p.baseSlot}) is missing or stale`);
+    let kept = 0;
+    if (p.olderSlot >= 0) {
+      if (!this.sums.readEntry(p.olderSlot, olderEntry, ...this.recordHash(p.olderSlot)))
+        return this.refuse(
+          `the older patch's sub-sums entry (slot ${p.olderSlot}) is missing or stale`,
+        );
+      kept = (patchPresent(this.records, p.olderSlot) & ~p.written) >>> 0;
+    }
+    for (let k = 0; k < this.subBlocks; k++) {
+      const bit = 1 << k;
+      const from = k * SUB_BLOCK_SIZE;
+      const to = from + SUB_BLOCK_SIZE;
+      let sum: number;
+      if (p.written & bit) {
+        scratch.set(plain.subarray(from, to), from);
+        sum = this.hash.hash32(scratch.subarray(from, to));
+      } else if (kept & bit) {
+        preadAll(this.dataFd, scratch.subarray(from, to), p.olderSlot * this.blockSize + from);
+        sum = subSum(olderEntry, k);
+        if (this.hash.hash32(scratch.subarray(from, to)) !== sum)
+          return this.refuse(
+            `sub-block ${k} of the older patch (slot ${p.olderSlot}) fails its xxh32`,
+          );
+      } else {
+        sum = subSum(baseEntry, k);
+      }
+      setSubSum(entry, k, sum);
+    }
+    const hashOut = hashes.subarray(at, at + 2);
+    treeHashInto(entry, this.hash, hashOut);
+    const present = (p.written | kept) >>> 0;
+    // One write per run of consecutive sub-blocks the patch holds.
+    for (let first = 0; first < this.subBlocks; first++) {
+      if ((present & (1 << first)) === 0) continue;
+      let end = first + 1;
+      while (end < this.subBlocks && (present & (1 << end)) !== 0) end++;
+      const from = first * SUB_BLOCK_SIZE;
+      pwriteAll(
+        this.dataFd,
+        scratch.subarray(from, end * SUB_BLOCK_SIZE),
+        slot * this.blockSize + from,
+      );
+      first = end;
+    }
+    sealSubsums(entry, hashOut[0], hashOut[1], this.hash);
+    this.sums.writeEntry(slot, entry);
+    const base = slot * RECORD_SIZE;
+    const record = new DataView(this.records.buffer, base, RECORD_SIZE);
+    fillRecord(record, p, RECORD_PATCH, hashOut[0], hashOut[1]);
+    fillPatchFields(record, { volumeId: p.baseVolume, generation: p.baseGeneration }, present);
+    this.hash.stampRecord(record);
+    pwriteAll(this.slotsFd, this.records.subarray(base, base + RECORD_SIZE), base);
+    return true;
+  }
+
+  /** The hash a slot's record holds. */
+  private recordHash(slot: number): [number, number] {
+    const base = slot * RECORD_SIZE;
+    return [
+      this.recordView.getUint32(base + OFF_HASH_LO, true),
+      this.recordView.getUint32(base + OFF_HASH_HI, true),
+    ];
+  }
+
+  private refuse(reason: string): false {
+    this.reason = reason;
+    return false;
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * Patches over the real store, cache and pool (blocks/patches.ts): a 4 KiB
+ * write into a stored block is written back as that 4 KiB over the old
+ * block, reads back after a commit and a restart (whole and by sub-block),
+ * replaces an older patch keeping its sub-blocks, and lets its base go only
+ * with its last patch; a block written in more than half, a missing
+ * sub-sums entry and an encrypted volume get whole blocks; a damaged patch
+ * or base is an error, never data.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ChecksumError } from '../../common/errors.js';
+import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
+import { SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
+import { closeVolumeRig, volumeRig, type VolumeRig } from '../../../test/support/volume-rig.js';
+import { Volume, type VolumeIdentity } from './volume.js';
+
+const BS = 64 * 1024;
+const SUB = SUB_BLOCK_SIZE;
+const BLOCKS = 8;
+const identity: VolumeIdentity = {
+  id: 9,
+  name: 'patched',
+  size: BLOCKS * BS,
+  blockSize: BS,
+  encrypted: false,
+};
+
+function rig(dir: string, committed?: VolumeRig['committed']) {
+  return volumeRig(dir, {
+    blockSize: BS,
+    capacityBytes: 16 * 1024 * 1024,
+    cacheBytes: 8 * 1024 * 1024,
+    workers: 1,
+    committed,
+  });
+}
+
+/** The slot holding block `index` of the committed version, and whether it is a patch. */
+function stored(r: VolumeRig, v: Volume, index: number) {
+  const entry = v.committedMap.lookup(index)!;
+  const slot = r.store.lookup(identity.id, entry.generation, index)!;
+  assert.notEqual(slot, undefined, `block ${index} is stored`);
+  return {
+    slot,
+    patch: r.store.isPatch(slot),
+    present: r.store.presentOf(slot),
+    base: r.store.baseOf(slot),
+  };
+}
+
+async function readAll(v: Volume): Promise<Buffer> {
+  const back = Buffer.alloc(BLOCKS * BS);
+  await v.read(0, back);
+  return back;
+}
+
+describe('patches', { timeout: 60_000 }, () => {
+  let root: string;
+  before(async () => {
+    root = await mkdtemp(join(tmpdir(), 'torus-patches-'));
+  });
+  after(async () => {
+    await rm(root, { recursive: true, force: true });
+  });
+
+  /** A volume of random blocks, committed, reopened with a cold cache; `expected` follows every write made through `put`. */
+  async function storedVolume(name: string, key: Uint8Array | null = null) {
+    const dir = join(root, name);
+    let r = await rig(dir);
+    const named = key ? { ...identity, encrypted: true } : identity;
+    const writer = await Volume.open(named, 0, undefined, key, r.services);
+    const expected = randomBytes(BLOCKS * BS);
+    await writer.write(0, expected, false);
+    await writer.close();
+    let v = await Volume.open(named, r.committed.generation, r.committed.root, key, r.services);
+    const put = async (offset: number, length: number) => {
+      const bytes = randomBytes(length);
+      bytes.copy(expected, offset);
+      await v.write(offset, bytes, false);
+    };
+    /** Close everything and open it again from disk: a restart. */
+    const restart = async () => {
+      await v.close();
+      await closeVolumeRig(r);
+      r = await rig(dir, r.committed);
+      v = await Volume.open(named, r.committed.generation, r.committed.root, key, r.services);
+    };
+    return {
+      dir,
+      expected,
+      put,
+      restart,
+      get r() {
+        return r;
+      },
+      get v() {
+        return v;
+      },
+    };
+  }
+
+  test('a 4 KiB write is stored as that 4 KiB over the old block, and reads back after a restart', async () => {
+    const t = await storedVolume('basic');
+    const before = stored(t.r, t.v, 1);
+    assert.equal(before.patch, false);
+    await t.put(BS + 2 * SUB, SUB);
+    await t.put(3 * BS + 15 * SUB, SUB);
+    await t.put(5 * BS, 2 * SUB);
+    await t.v.commit();
+    const one = stored(t.r, t.v, 1);
+    assert.ok(one.patch, 'block 1 is a patch');
+    assert.equal(one.present, 1 << 2);
+    assert.equal(one.base, before.slot, 'over the block it replaced');
+    assert.equal(stored(t.r, t.v, 3).present, 1 << 15);
+    assert.equal(stored(t.r, t.v, 5).present, 0b11);
+    assert.equal(t.r.store.heldSlots, 3, 'the three old blocks are kept as bases');
+    assert.ok((await readAll(t.v)).equals(t.expected), 'read back from the cache');
+
+    await t.restart();
+    const again = stored(t.r, t.v, 1);
+    assert.equal(again.base, before.slot, 'the base found again from the records');
+    // Sub-block reads, from the patch's own slot and from its base's, cold.
+    const part = Buffer.alloc(2 * SUB);
+    await t.v.read(BS + 2 * SUB, part);
+    assert.ok(part.equals(t.expected.subarray(BS + 2 * SUB, BS + 4 * SUB)));
+    await t.v.read(5 * BS + SUB, part);
+    assert.ok(part.equals(t.expected.subarray(5 * BS + SUB, 5 * BS + 3 * SUB)));
+    assert.ok((await readAll(t.v)).equals(t.expected), 'whole blocks read back after a restart');
+    // The store's own reader (scrub, fsck) checks a patch by its tree hash.
+    const record = t.r.store.record(again.slot);
+    const buffer = Buffer.alloc(BS);
+    assert.deepEqual(await t.r.store.readBlock(again.slot, buffer), {
+      lo: record.getUint32(OFF_HASH_LO, true),
+      hi: record.getUint32(OFF_HASH_HI, true),
+    });
+    assert.ok(buffer.equals(t.expected.subarray(BS, 2 * BS)));
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+
+  test("a patch over a patch takes the older one's sub-blocks and base; a whole write frees both", async () => {
+    const t = await storedVolume('layers');
+    const original = stored(t.r, t.v, 2).slot;
+    await t.put(2 * BS + 4 * SUB, SUB);
+    await t.v.commit();
+    const first = stored(t.r, t.v, 2);
+    await t.restart(); // cold: the older patch's sub-block comes from the store
+    // Open finds the base as any block; the node's start-up GC releases it (no map names it): held.
+    t.r.store.release(t.r.store.refOf(original));
+    assert.equal(t.r.store.heldSlots, 1);
+    await t.put(2 * BS + 9 * SUB, SUB);
+    await t.v.commit();
+    const second = stored(t.r, t.v, 2);
+    assert.ok(second.patch);
+    assert.equal(second.present, (1 << 4) | (1 << 9));
+    assert.equal(second.base, original, 'the same base, not the older patch');
+    assert.notEqual(second.slot, first.slot);
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    const free = t.r.store.freeSlots;
+    await t.put(2 * BS, BS);
+    await t.v.commit();
+    await t.r.store.whenReleased();
+    assert.equal(stored(t.r, t.v, 2).patch, false);
+    // The patch and its base go; one whole block comes.
+    assert.equal(t.r.store.freeSlots, free + 1, 'patch and base freed, one slot taken');
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+
+  test("writes into more than half a block, or with the base's sub-sums lost, are stored whole", async () => {
+    const t = await storedVolume('whole');
+    await t.put(0, 9 * SUB);
+    await t.v.commit();
+    assert.equal(stored(t.r, t.v, 0).patch, false, 'more than half: whole');
+    // Lose every sub-sums entry (a crash may; they are never synced): the patch is refused, the block completed.
+    await t.restart();
+    await truncate(join(t.dir, SUBSUMS_FILE), 0);
+    await t.put(BS + 3 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(stored(t.r, t.v, 1).patch, false, 'no entry for the base: whole');
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+
+  test('an encrypted volume stores whole blocks', async () => {
+    const t = await storedVolume('sealed', randomBytes(32));
+    await t.put(BS + 2 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(stored(t.r, t.v, 1).patch, false);
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+
+  test('a damaged sub-block of a patch or of its base is an error for the reads that touch it', async () => {
+    const t = await storedVolume('damaged');
+    await t.put(BS + 2 * SUB, SUB);
+    await t.v.commit();
+    const { slot, base } = stored(t.r, t.v, 1);
+    await t.v.close();
+    const data = await open(join(t.dir, 'data'), 'r+');
+    await data.write(Buffer.from('rot'), 0, 3, slot * BS + 2 * SUB + 100);
+    await data.write(Buffer.from('rot'), 0, 3, base * BS + 7 * SUB + 100);
+    await data.close();
+    await t.restart();
+    const sub = Buffer.alloc(SUB);
+    await assert.rejects(t.v.read(BS + 2 * SUB, sub), ChecksumError);
+    await assert.rejects(t.v.read(BS + 7 * SUB, sub), ChecksumError);
+    await t.v.read(BS + 3 * SUB, sub);
+    assert.ok(sub.equals(t.expected.subarray(BS + 3 * SUB, BS + 4 * SUB)), 'the rest still reads');
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+});
