@@ -57,8 +57,9 @@ import {
 } from './store-format.js';
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
+import { PatchBases } from './patch-bases.js';
 import { forEachSourceRun, isPatchRecord, patchBaseOf, patchPresent } from './patches.js';
-import { SUB_BLOCK_SIZE, setSubSum, subsumsEntrySize, treeHashInto } from './sub-sums.js';
+import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from './sub-sums.js';
 import {
   receivedRuns,
   writeReceivedRun,
@@ -122,10 +123,8 @@ export class LocalSlotStore {
   private releasingCount = 0;
   private setAsideCount = 0;
   private heldCount = 0;
-  /** Patch slot → its base's slot (patches whose base was found). */
-  private readonly patchBase = new Map<number, number>();
-  /** Base slot → patches over it, bound or being written (pinBase). */
-  private readonly patchesOn = new Map<number, number>();
+  /** Patches' bases, and the pins that keep them (patch-bases.ts). */
+  private readonly bases = new PatchBases();
   /** Patches whose record names a base this store did not have at open: their reads fail. */
   patchesWithoutBase = 0;
   /** Released slots whose free record is not yet on disk: not reusable until it is (see release). */
@@ -280,7 +279,7 @@ export class LocalSlotStore {
         continue;
       }
       this.pinBase(baseSlot);
-      this.patchBase.set(slot, baseSlot);
+      this.bases.attach(slot, baseSlot);
     }
     this.assertAccounted();
   }
@@ -391,10 +390,7 @@ export class LocalSlotStore {
   bind(slot: number, ref: BlockRef, baseSlot?: number): void {
     this.moveUse(slot, SlotUse.Allocated, SlotUse.Bound, 'bind() of');
     this.allocatedCount--;
-    if (baseSlot !== undefined) {
-      assert(this.patchesOn.has(baseSlot), 'a patch is bound over a pinned base');
-      this.patchBase.set(slot, baseSlot);
-    }
+    if (baseSlot !== undefined) this.bases.attach(slot, baseSlot);
     const previous = this.refToSlot.set(ref.volumeId, ref.generation, ref.index, slot);
     if (previous !== undefined && previous !== slot) this.dropSlot(previous);
     this.assertAccounted();
@@ -408,19 +404,12 @@ export class LocalSlotStore {
     const use = this.uses[slot];
     if (use !== SlotUse.Bound && use !== SlotUse.Held)
       invariantBroken(`pinning slot ${slot} as a base, which is ${USE_NAMES[use]}`);
-    this.patchesOn.set(slot, (this.patchesOn.get(slot) ?? 0) + 1);
+    this.bases.pin(slot);
   }
 
   /** A pin from pinBase() no patch took (its write failed): a held base with no patch left is freed. */
   unpinBase(slot: number): void {
-    const count = this.patchesOn.get(slot);
-    if (count === undefined) invariantBroken(`unpinning slot ${slot}, which no patch pins`);
-    if (count > 1) {
-      this.patchesOn.set(slot, count - 1);
-      return;
-    }
-    this.patchesOn.delete(slot);
-    if (this.uses[slot] === SlotUse.Held) {
+    if (this.bases.unpin(slot) && this.uses[slot] === SlotUse.Held) {
       this.heldCount--;
       this.releaseSlot(slot, SlotUse.Held);
     }
@@ -428,7 +417,7 @@ export class LocalSlotStore {
 
   /** The base slot of the patch in `slot`, or -1 when it is a whole block (or a patch whose base is missing). */
   baseOf(slot: number): number {
-    return this.patchBase.get(slot) ?? -1;
+    return this.bases.baseOf(slot);
   }
 
   /** Is `slot` a patch (its record says so)? */
@@ -465,7 +454,7 @@ export class LocalSlotStore {
 
   /** A bound slot out of the ref index: held while patches are over it, else released. */
   private dropSlot(slot: number): void {
-    if (this.patchesOn.has(slot)) {
+    if (this.bases.isPinned(slot)) {
       this.moveUse(slot, SlotUse.Bound, SlotUse.Held, 'holding');
       this.heldCount++;
       return;
@@ -482,11 +471,8 @@ export class LocalSlotStore {
   private releaseSlot(slot: number, from = SlotUse.Bound): void {
     this.moveUse(slot, from, SlotUse.Releasing, 'releasing');
     this.releasingCount++;
-    const base = this.patchBase.get(slot);
-    if (base !== undefined) {
-      this.patchBase.delete(slot);
-      this.unpinBase(base);
-    }
+    const base = this.bases.detach(slot);
+    if (base !== undefined) this.unpinBase(base);
     this.clearRecord(slot);
     this.pendingRelease.push(slot);
     // Not once closed: writeReleased() would return at once, before this
@@ -666,15 +652,8 @@ export class LocalSlotStore {
         first * SUB_BLOCK_SIZE,
         dest.subarray(first * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE),
       );
-    const sums = new Uint8Array(this.subsumsEntrySize);
-    for (let i = 0; i < subBlocks; i++)
-      setSubSum(
-        sums,
-        i,
-        this.hash.hash32(dest.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE)),
-      );
     const out = new Uint32Array(2);
-    treeHashInto(sums, this.hash, out);
+    blockTreeHashInto(dest, new Uint8Array(this.subsumsEntrySize), this.hash, out);
     return { lo: out[0], hi: out[1] };
   }
 

@@ -117,6 +117,20 @@ export function treeHashInto(entry: Uint8Array, hash: Hasher, out: Uint32Array):
   hash.hash64Into(entry.subarray(OFF_SUMS, entry.length - 4), out, 0);
 }
 
+/** The tree hash of a whole block's bytes into `out`, its sums set in `entry` on the way (seal it to store it). */
+export function blockTreeHashInto(
+  block: Uint8Array,
+  entry: Uint8Array,
+  hash: Hasher,
+  out: Uint32Array,
+): void {
+  const n = subBlocksPer(block.length);
+  assert(entry.length === 16 + 4 * n, 'a sub-sums entry is sized for its block');
+  for (let i = 0; i < n; i++)
+    setSubSum(entry, i, hash.hash32(block.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE)));
+  treeHashInto(entry, hash, out);
+}
+
 /**
  * True when `entry` is intact and was computed for the block whose xxh64 is
  * (hashLo, hashHi): only then may its sums check that block's sub-blocks.

@@ -29,11 +29,10 @@ import {
   SUBSUMS_FILE,
   encodeSubsums,
   sealSubsums,
-  setSubSum,
   subSum,
   subsumsEntrySize,
   subsumsMatch,
-  treeHashInto,
+  blockTreeHashInto,
 } from '../blocks/sub-sums.js';
 import { preadAll, pwriteAll } from './file-io.js';
 import { READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK } from './tasks.js';
@@ -171,13 +170,7 @@ export class SubBlockIo {
           (inPatch ? slot : baseSlot) * this.blockSize + from,
         );
       });
-      for (let k = 0; k * SUB_BLOCK_SIZE < this.blockSize; k++)
-        setSubSum(
-          entry,
-          k,
-          this.hash.hash32(scratch.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE)),
-        );
-      treeHashInto(entry, this.hash, hashOut);
+      blockTreeHashInto(scratch, entry, this.hash, hashOut);
     }
     if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
       const kind = patch ? 'tree hash' : 'xxh64';
