@@ -36,6 +36,8 @@ export interface PatchSource {
   baseVolume: number;
   baseGeneration: number;
   olderSlot: number;
+  /** Written into olderSlot itself (a patch of the same version), not into a new slot. */
+  inPlace: boolean;
 }
 
 /** The batch's patches as a task carries them; undefined when none of its blocks is one. */

@@ -7,7 +7,10 @@
  * it does not hold), and, when it replaces an older patch over the same
  * base, that patch's entry and those of its sub-blocks not written again
  * (each checked against its sum: they are copied into the new patch). It
- * never reads the base's bytes. When an entry is missing or stale (a store
+ * never reads the base's bytes. Written in place (the slot is the older
+ * patch's own, a patch of the version being written), nothing is copied:
+ * only the new sub-blocks are written, and the record and entry rewritten
+ * with the union. When an entry is missing or stale (a store
  * upgraded, a crash before the entry was written) or a copied sub-block
  * fails its sum, it writes nothing and says so: the volume then writes the
  * block whole, as it would without patches.
@@ -52,8 +55,8 @@ export interface PatchWrite {
 
 export class PatchWriter {
   private readonly subBlocks: number;
-  private readonly baseEntry: Uint8Array;
-  private readonly olderEntry: Uint8Array;
+  /** The sub-sums entry the patch's other sums come from (its base's, or the older patch's). */
+  private readonly known: Uint8Array;
   private readonly entry: Uint8Array;
   private readonly records: Uint8Array;
   private readonly recordView: DataView;
@@ -72,8 +75,7 @@ export class PatchWriter {
   ) {
     this.subBlocks = blockSize / SUB_BLOCK_SIZE;
     const size = subsumsEntrySize(blockSize);
-    this.baseEntry = new Uint8Array(size);
-    this.olderEntry = new Uint8Array(size);
+    this.known = new Uint8Array(size);
     this.entry = new Uint8Array(size);
     this.records = new Uint8Array(recordsBuffer);
     this.recordView = new DataView(recordsBuffer);
@@ -86,17 +88,14 @@ export class PatchWriter {
    * not at hand (see the file comment).
    */
   write(p: PatchWrite, slot: number, plain: Uint8Array, hashes: Uint32Array, at: number): boolean {
-    const { entry, baseEntry, olderEntry, scratch } = this;
-    if (!this.sums.readEntry(p.baseSlot, baseEntry, ...this.recordHash(p.baseSlot)))
-      return this.refuse(`the base's sub-sums entry (slot ${p.baseSlot}) is missing or stale`);
-    let kept = 0;
-    if (p.olderSlot >= 0) {
-      if (!this.sums.readEntry(p.olderSlot, olderEntry, ...this.recordHash(p.olderSlot)))
-        return this.refuse(
-          `the older patch's sub-sums entry (slot ${p.olderSlot}) is missing or stale`,
-        );
-      kept = (patchPresent(this.records, p.olderSlot) & ~p.written) >>> 0;
-    }
+    const { entry, known, scratch } = this;
+    // The sums of the sub-blocks not written: an older patch's entry covers its whole block; else the base's.
+    const source = p.olderSlot >= 0 ? p.olderSlot : p.baseSlot;
+    if (!this.sums.readEntry(source, known, ...this.recordHash(source)))
+      return this.refuse(`the sub-sums entry of slot ${source} is missing or stale`);
+    const kept =
+      p.olderSlot >= 0 ? (patchPresent(this.records, p.olderSlot) & ~p.written) >>> 0 : 0;
+    const inPlace = slot === p.olderSlot;
     for (let k = 0; k < this.subBlocks; k++) {
       const bit = 1 << k;
       const from = k * SUB_BLOCK_SIZE;
@@ -105,26 +104,27 @@ export class PatchWriter {
       if (p.written & bit) {
         scratch.set(plain.subarray(from, to), from);
         sum = this.hash.hash32(scratch.subarray(from, to));
-      } else if (kept & bit) {
+      } else if (inPlace || !(kept & bit)) {
+        sum = subSum(known, k); // unchanged (the base's, or already in the slot)
+      } else {
         preadAll(this.dataFd, scratch.subarray(from, to), p.olderSlot * this.blockSize + from);
-        sum = subSum(olderEntry, k);
+        sum = subSum(known, k);
         if (this.hash.hash32(scratch.subarray(from, to)) !== sum)
           return this.refuse(
             `sub-block ${k} of the older patch (slot ${p.olderSlot}) fails its xxh32`,
           );
-      } else {
-        sum = subSum(baseEntry, k);
       }
       setSubSum(entry, k, sum);
     }
     const hashOut = hashes.subarray(at, at + 2);
     treeHashInto(entry, this.hash, hashOut);
     const present = (p.written | kept) >>> 0;
-    // One write per run of consecutive sub-blocks the patch holds.
+    const toWrite = inPlace ? p.written : present;
+    // One write per run of consecutive sub-blocks to write.
     for (let first = 0; first < this.subBlocks; first++) {
-      if ((present & (1 << first)) === 0) continue;
+      if ((toWrite & (1 << first)) === 0) continue;
       let end = first + 1;
-      while (end < this.subBlocks && (present & (1 << end)) !== 0) end++;
+      while (end < this.subBlocks && (toWrite & (1 << end)) !== 0) end++;
       const from = first * SUB_BLOCK_SIZE;
       pwriteAll(
         this.dataFd,

@@ -207,6 +207,11 @@ export class BlockLoads {
     return running;
   }
 
+  /** Is a complete() of block `index` under way (reading its stored copy)? */
+  isCompleting(index: number): boolean {
+    return this.completing.has(index);
+  }
+
   /** complete() of every block in `indices` that needs it, a bounded number at a time. */
   async completeAll(indices: readonly number[]): Promise<void> {
     const partial = indices.filter((index) => this.partlyWritten(index) !== undefined);

@@ -6,7 +6,10 @@
  */
 import { IoError } from '../../common/errors.js';
 import { SlotState } from '../cache/block-cache.js';
+import type { PatchSource } from '../pool/data-pool.js';
 import type { WrittenBlocks } from '../pool/written-blocks.js';
+import type { WriteRemote } from '../replication/block-placement.js';
+import { assert } from '../../common/assert.js';
 import {
   countShortfall,
   notePeerWriteFailures,
@@ -14,6 +17,30 @@ import {
 } from '../replication/durability.js';
 import { planPatch } from './patch-plan.js';
 import type { SpilledBlock, VolumeState } from './volume-state.js';
+
+/**
+ * A store slot for each block (placement's; a patch written in place keeps
+ * its own), onto `storeSlots`, and placement's remote targets. Patches are
+ * single-node only, so remote targets always cover every block.
+ */
+function placeInto(
+  state: VolumeState,
+  indices: number[],
+  patches: readonly (PatchSource | undefined)[],
+  storeSlots: number[],
+): WriteRemote | undefined {
+  const fresh = indices.filter((_, i) => !patches[i]?.inPlace);
+  const freshSlots: number[] = [];
+  try {
+    const remote = state.placement.placeWrites(state.services.store, state.id, fresh, freshSlots);
+    assert(!remote || fresh.length === indices.length, 'patches are never replicated');
+    return remote;
+  } finally {
+    let next = 0;
+    for (let i = 0; i < indices.length; i++)
+      storeSlots.push(patches[i]?.inPlace ? patches[i]!.olderSlot : (freshSlots[next++] ?? -1));
+  }
+}
 
 /**
  * Store the given dirty blocks for the next version: afterwards they are in
@@ -49,12 +76,12 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
   const anyPatch = patches.some((p) => p !== undefined);
   for (const index of indices) state.dirty.delete(index);
   for (const slot of cacheSlots) cache.setState(slot, SlotState.Flushing);
-  // A base stays stored while its patch is written, whatever commits or GC release meanwhile.
-  for (const p of patches) if (p) store.pinBase(p.baseSlot);
+  // A base stays stored while a new patch over it is written, whatever commits or GC release meanwhile.
+  for (const p of patches) if (p && !p.inPlace) store.pinBase(p.baseSlot);
   const storeSlots: number[] = [];
   let written: WrittenBlocks;
   try {
-    const remote = placement.placeWrites(store, state.id, indices, storeSlots);
+    const remote = placeInto(state, indices, patches, storeSlots);
     const storing = pool.writeBlocks(
       state.id,
       generation,
@@ -69,8 +96,11 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
     written = await storing;
   } catch (err) {
     state.storing = undefined;
-    for (const p of patches) if (p) store.unpinBase(p.baseSlot);
-    for (const slot of storeSlots) if (slot >= 0) store.unallocate(slot);
+    for (let i = 0; i < indices.length; i++) {
+      if (patches[i]?.inPlace) continue; // the spilled patch's slot, not ours to give back
+      if (patches[i]) store.unpinBase(patches[i]!.baseSlot);
+      if (storeSlots[i] >= 0) store.unallocate(storeSlots[i]);
+    }
     for (let i = 0; i < indices.length; i++) {
       if (state.table.get(indices[i]) === cacheSlots[i]) {
         cache.setState(cacheSlots[i], SlotState.Dirty);
@@ -92,8 +122,10 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
     const patch = patches[i];
     if (patch && written.isRefused(i)) {
       // Nothing was written: stored whole by the call below, after its completion.
-      store.unpinBase(patch.baseSlot);
-      store.unallocate(storeSlots[i]);
+      if (!patch.inPlace) {
+        store.unpinBase(patch.baseSlot);
+        store.unallocate(storeSlots[i]);
+      }
       state.patchRefused.add(index);
       if (current) {
         cache.setState(cacheSlots[i], SlotState.Dirty);
@@ -123,7 +155,7 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
         continue;
       }
       // Replaces (and releases) an earlier spill of this block; a patch's pin on its base becomes the patch's.
-      if (local) store.bind(storeSlots[i], ref, patch?.baseSlot);
+      if (local && !patch?.inPlace) store.bind(storeSlots[i], ref, patch?.baseSlot);
       // Trimmed while it was being written: a hole pending over a committed
       // block, or — for a block no version has — no slot in the table any
       // more (a flushing slot is never evicted; only a trim, zeroing or

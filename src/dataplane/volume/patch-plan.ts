@@ -7,14 +7,19 @@
  * when every copy is in this node's store (the placement says so), the
  * volume is not encrypted (a sealed block's tag covers the whole block), and
  * the block's current copy is:
- * - a whole block of an earlier generation: the patch goes over it;
- * - a patch (committed, or spilled for the next version): the new one goes
- *   over the same base and takes the older patch's sub-blocks not written
- *   again.
+ * - a patch spilled for the next version (written since the last commit):
+ *   written into in place — only the new sub-blocks, its record and sub-sums
+ *   entry rewritten. It belongs to no version yet, so nothing else can need
+ *   its old content; what could read it is the block's own completion
+ *   (block-loads.ts), so a block being completed is not patched;
+ * - a whole block of an earlier generation: a new patch goes over it;
+ * - a patch of an earlier generation: a new one goes over the same base and
+ *   copies the older patch's sub-blocks not written again. When the two
+ *   would hold more than half the block, it is completed instead: the copy
+ *   would cost about what the whole block does, and every whole read of a
+ *   patch costs a second read range.
  * A whole block spilled for the next version has the patch's own ref, so it
- * cannot be a base; such a block is completed. So is one whose patch would
- * hold more than half the block: past that a patch saves little on the
- * write and costs a second read range on every whole read.
+ * cannot be a base; such a block is completed.
  */
 import { PATCH_MAX_SUB_BLOCKS, subBlockCount } from '../blocks/patches.js';
 import type { PatchSource } from '../pool/data-pool.js';
@@ -33,10 +38,22 @@ export function planPatch(
   if (state.patchRefused.has(index) || state.pendingHoles.has(index)) return undefined;
   const written = cache.validMask(cacheSlot);
   if (written === cache.wholeMask) return undefined;
+  if (state.isCompleting(index)) return undefined;
   let current: number | undefined;
   if (state.spilled.has(index)) {
     current = store.lookup(state.id, state.generation + 1, index);
     if (current === undefined || !store.isPatch(current)) return undefined;
+    const baseSlot = store.baseOf(current);
+    if (baseSlot < 0) return undefined;
+    const base = store.refOf(baseSlot);
+    return {
+      written,
+      baseSlot,
+      baseVolume: base.volumeId,
+      baseGeneration: base.generation,
+      olderSlot: current,
+      inPlace: true,
+    };
   } else {
     const entry = state.map.lookup(index);
     if (!entry || (entry.flags & ENTRY_SEALED) !== 0) return undefined;
@@ -55,5 +72,6 @@ export function planPatch(
     baseVolume: base.volumeId,
     baseGeneration: base.generation,
     olderSlot: older,
+    inPlace: false,
   };
 }

@@ -13,6 +13,7 @@ import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { ChecksumError } from '../../common/errors.js';
 import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 import { SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
@@ -161,6 +162,7 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.equal(second.base, original, 'the same base, not the older patch');
     assert.notEqual(second.slot, first.slot);
     assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.r.store.whenReleased(); // freeSlots leaves out a release batch being written
     const free = t.r.store.freeSlots;
     await t.put(2 * BS, BS);
     await t.v.commit();
@@ -170,6 +172,36 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.equal(t.r.store.freeSlots, free + 1, 'patch and base freed, one slot taken');
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+
+  test('a patch not yet committed is written into in place: only the new sub-blocks', async () => {
+    const t = await storedVolume('in-place');
+    const original = stored(t.r, t.v, 4).slot;
+    const next = () => t.r.store.lookup(identity.id, t.r.committed.generation + 1, 4);
+    /** Spill (store for the next version, no commit) what is dirty. */
+    const spill = async () => {
+      t.v.writeBack();
+      while (t.v.dirtyBlocks > 0 || next() === undefined) await sleep(5);
+      await sleep(20); // the round's bookkeeping after its last block
+    };
+    await t.put(4 * BS + 1 * SUB, SUB);
+    await spill();
+    const spilled = next()!;
+    assert.ok(t.r.store.isPatch(spilled));
+    // Written again before any commit, in more than half of the block all told.
+    for (const k of [3, 5, 7, 9, 11, 13, 15]) await t.put(4 * BS + k * SUB, SUB);
+    await spill();
+    assert.equal(next(), spilled, 'the same slot');
+    await t.v.commit();
+    const now = stored(t.r, t.v, 4);
+    assert.equal(now.slot, spilled);
+    assert.equal(now.present, 0b1010_1010_1010_1010);
+    assert.equal(now.base, original);
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected), 'after a restart');
     await t.v.close();
     await closeVolumeRig(t.r);
   });
@@ -197,6 +229,34 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.equal(stored(t.r, t.v, 1).patch, false);
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.v.close();
+    await closeVolumeRig(t.r);
+  });
+
+  test('reads and writes of a block while its patch is being stored see every write', async () => {
+    const t = await storedVolume('racing');
+    await t.put(BS + 2 * SUB, SUB);
+    // Hold the pool's writes back, so the patch's cache slot stays Flushing a while.
+    const pool = t.r.services.pool;
+    const writeBlocks = pool.writeBlocks.bind(pool);
+    pool.writeBlocks = async (...args) => {
+      await sleep(100);
+      return writeBlocks(...args);
+    };
+    const committing = t.v.commit();
+    await sleep(20);
+    const sub = Buffer.alloc(SUB);
+    const reading = t.v.read(BS + 5 * SUB, sub); // a sub-block the Flushing slot lacks: waits
+    await t.put(BS + 7 * SUB, SUB); // whole sub-block: into a copy of the slot
+    await t.put(BS + 9 * SUB + 100, 10); // part of one: the rest is read first
+    await reading;
+    assert.ok(sub.equals(t.expected.subarray(BS + 5 * SUB, BS + 6 * SUB)));
+    await committing;
+    pool.writeBlocks = writeBlocks;
+    assert.ok((await readAll(t.v)).equals(t.expected), 'from the cache');
+    await t.v.commit();
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected), 'after a restart');
     await t.v.close();
     await closeVolumeRig(t.r);
   });

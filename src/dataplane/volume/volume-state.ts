@@ -95,6 +95,8 @@ export class VolumeState {
    * calls it before storing: the store writes blocks whole.
    */
   completeBlocks: (indices: readonly number[]) => Promise<void> = async () => undefined;
+  /** Is block `index`'s completion (a read of its stored copy) under way? volume.ts sets it. */
+  isCompleting: (index: number) => boolean = () => false;
   /**
    * The volume's fast FLUSH: a single node's intent log (volume.ts sets it)
    * or a cluster's replicated one (Volume.replicateFlushes); a commit

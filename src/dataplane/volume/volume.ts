@@ -117,6 +117,7 @@ export class Volume implements CacheOwner {
     state.services.cache.addOwner(this);
     state.intents = state.services.intentLog && new VolumeIntents(state, this);
     state.completeBlocks = (indices) => this.blockLoads.completeAll(indices);
+    state.isCompleting = (index) => this.blockLoads.isCompleting(index);
   }
 
   /**
@@ -299,6 +300,9 @@ export class Volume implements CacheOwner {
         cache.view(slot).copy(cache.view(copy));
         cache.setValid(copy, cache.validMask(slot)); // a patch being stored holds part of its block
         this.table.set(index, copy);
+        // Dirty from now on, even if this write must wait (below): should the flush fail,
+        // this copy is all that holds what it was writing.
+        this.dirty.add(index);
         slot = copy;
         state = SlotState.Dirty;
       }
