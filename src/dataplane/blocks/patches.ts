@@ -6,10 +6,14 @@
  * writing all of them (16× for 64 KiB blocks).
  *
  * Rules (the slot store and the volume keep them; format 3, store-format.ts):
- * - A base is a whole block (never a patch, never sealed, never a map page)
- *   of an earlier generation than its patch, so the two never claim the
- *   same ref: a patch over a patch takes the older one's base, and the
- *   sub-blocks it held that were not written again.
+ * - A base is a whole block (never sealed, never a map page) of an earlier
+ *   generation than its patch, so the two never claim the same ref: a patch
+ *   over a patch takes the older one's base, and the sub-blocks it held
+ *   that were not written again.
+ * - A block of the version being written (spilled, not committed) is
+ *   written into in place instead (patch-write.ts): a patch gains the new
+ *   sub-blocks; a whole block becomes a patch holding every sub-block, with
+ *   no base — a whole block with a tree hash, itself a base later.
  * - A patch's hash is the tree hash of the whole block (sub-sums.ts), so it
  *   is computed from the written sub-blocks and the base's sub-sums entry,
  *   never from the base's bytes.
@@ -46,6 +50,14 @@ function u32(records: Uint8Array, at: number): number {
 /** Is the record of `slot` in a slot table (bytes) a patch's? */
 export function isPatchRecord(records: Uint8Array, slot: number): boolean {
   return (u32(records, slot * RECORD_SIZE + OFF_FLAGS) & RECORD_PATCH) !== 0;
+}
+
+/**
+ * Does the block in `slot` need a base — a patch holding only some of its
+ * `wholeMask` sub-blocks? A whole block, or a patch holding them all, does not.
+ */
+export function needsBase(records: Uint8Array, slot: number, wholeMask: number): boolean {
+  return isPatchRecord(records, slot) && patchPresent(records, slot) !== wholeMask;
 }
 
 /** The sub-blocks a patch's own slot holds (its record's present mask). */

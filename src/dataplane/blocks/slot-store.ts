@@ -58,7 +58,13 @@ import {
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
-import { forEachSourceRun, isPatchRecord, patchBaseOf, patchPresent } from './patches.js';
+import {
+  forEachSourceRun,
+  isPatchRecord,
+  needsBase,
+  patchBaseOf,
+  patchPresent,
+} from './patches.js';
 import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from './sub-sums.js';
 import {
   receivedRuns,
@@ -111,6 +117,8 @@ export class LocalSlotStore {
   /** The sub-block checksum table (sub-sums.ts), written by pool workers and writeReceivedBlock. */
   readonly subsumsPath: string;
   readonly subsumsEntrySize: number;
+  /** The present mask of a patch holding its whole block (patches.ts needsBase). */
+  readonly wholeMask: number;
   /** The slot table, shared with pool workers. */
   readonly records: SharedArrayBuffer;
   private readonly recordView: DataView;
@@ -152,6 +160,7 @@ export class LocalSlotStore {
     this.slotsPath = join(dir, 'slots');
     this.subsumsPath = subsumsPath(dir);
     this.subsumsEntrySize = subsumsEntrySize(layout.blockSize);
+    this.wholeMask = (2 ** Math.min(32, layout.blockSize / SUB_BLOCK_SIZE) - 1) >>> 0;
     this.records = records;
     this.recordView = new DataView(records);
     this.recordBytes = new Uint8Array(records);
@@ -271,10 +280,10 @@ export class LocalSlotStore {
     }
     // Bases after every record is in the index: a patch may come before its base.
     for (const slot of this.refToSlot.slots()) {
-      if (!isPatchRecord(this.recordBytes, slot)) continue;
+      if (!needsBase(this.recordBytes, slot, this.wholeMask)) continue;
       const base = patchBaseOf(this.recordBytes, slot);
       const baseSlot = this.refToSlot.get(base.volumeId, base.generation, this.refOf(slot).index);
-      if (baseSlot === undefined || isPatchRecord(this.recordBytes, baseSlot)) {
+      if (baseSlot === undefined || needsBase(this.recordBytes, baseSlot, this.wholeMask)) {
         this.patchesWithoutBase++;
         continue;
       }
@@ -418,6 +427,11 @@ export class LocalSlotStore {
   /** The base slot of the patch in `slot`, or -1 when it is a whole block (or a patch whose base is missing). */
   baseOf(slot: number): number {
     return this.bases.baseOf(slot);
+  }
+
+  /** Does the block in `slot` need a base (a patch holding only part of its block)? */
+  needsBase(slot: number): boolean {
+    return needsBase(this.recordBytes, slot, this.wholeMask);
   }
 
   /** Is `slot` a patch (its record says so)? */
@@ -639,7 +653,7 @@ export class LocalSlotStore {
       return this.hash.hash64(dest);
     }
     const base = this.baseOf(slot);
-    if (base < 0)
+    if (base < 0 && needsBase(this.recordBytes, slot, this.wholeMask))
       throw new Error(`slot ${slot} holds a patch whose base block is missing from ${this.dir}`);
     const runs: [number, number, boolean][] = [];
     const subBlocks = this.blockSize / SUB_BLOCK_SIZE;

@@ -20,7 +20,7 @@
  * names bytes not yet written, as for whole blocks.
  */
 import type { Hasher } from '../blocks/hash.js';
-import { fillPatchFields, patchPresent } from '../blocks/patches.js';
+import { fillPatchFields, isPatchRecord, patchPresent } from '../blocks/patches.js';
 import {
   OFF_HASH_HI,
   OFF_HASH_LO,
@@ -55,6 +55,7 @@ export interface PatchWrite {
 
 export class PatchWriter {
   private readonly subBlocks: number;
+  private readonly wholeMask: number;
   /** The sub-sums entry the patch's other sums come from (its base's, or the older patch's). */
   private readonly known: Uint8Array;
   private readonly entry: Uint8Array;
@@ -74,6 +75,7 @@ export class PatchWriter {
     private readonly scratch: Uint8Array,
   ) {
     this.subBlocks = blockSize / SUB_BLOCK_SIZE;
+    this.wholeMask = (2 ** Math.min(32, this.subBlocks) - 1) >>> 0;
     const size = subsumsEntrySize(blockSize);
     this.known = new Uint8Array(size);
     this.entry = new Uint8Array(size);
@@ -93,8 +95,14 @@ export class PatchWriter {
     const source = p.olderSlot >= 0 ? p.olderSlot : p.baseSlot;
     if (!this.sums.readEntry(source, known, ...this.recordHash(source)))
       return this.refuse(`the sub-sums entry of slot ${source} is missing or stale`);
-    const kept =
-      p.olderSlot >= 0 ? (patchPresent(this.records, p.olderSlot) & ~p.written) >>> 0 : 0;
+    // What the older block holds: a patch its present sub-blocks, a whole block (written in place) all.
+    const olderHolds =
+      p.olderSlot < 0
+        ? 0
+        : isPatchRecord(this.records, p.olderSlot)
+          ? patchPresent(this.records, p.olderSlot)
+          : this.wholeMask;
+    const kept = (olderHolds & ~p.written) >>> 0;
     const inPlace = slot === p.olderSlot;
     for (let k = 0; k < this.subBlocks; k++) {
       const bit = 1 << k;

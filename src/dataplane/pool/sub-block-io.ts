@@ -37,6 +37,15 @@ import {
 import { preadAll, pwriteAll } from './file-io.js';
 import { READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK } from './tasks.js';
 
+/**
+ * Where a patch's sub-blocks are: its own slot for those in `present`, its
+ * base's for the rest (-1: none, the patch holds them all).
+ */
+export interface PatchLayout {
+  baseSlot: number;
+  present: number;
+}
+
 export class SubBlockIo {
   /** The table's descriptor, or -1 without one: blocks are then stored without sums and read whole. */
   private readonly subsumsFd: number;
@@ -91,8 +100,8 @@ export class SubBlockIo {
   /**
    * Read the sub-blocks in `wanted` (bit i: sub-block i) of the block in
    * `slot` into `dest` (the block's cache slot), checked. For a patch,
-   * `baseSlot` is its base's slot and `present` the sub-blocks its own slot
-   * holds. Returns a READ_* status; sets `reason` and `readWhole`.
+   * `patch` says where its sub-blocks are. Returns a READ_* status; sets
+   * `reason` and `readWhole`.
    */
   read(
     slot: number,
@@ -100,14 +109,15 @@ export class SubBlockIo {
     wanted: number,
     hashLo: number,
     hashHi: number,
-    baseSlot = -1,
-    present = 0xffff_ffff,
+    patch?: PatchLayout,
   ): number {
+    const present = patch ? patch.present : 0xffff_ffff;
+    const baseSlot = patch ? patch.baseSlot : -1;
     this.reason = '';
     this.readWhole = false;
     try {
       if (!this.readEntry(slot, this.entry, hashLo, hashHi))
-        return this.readWholeBlock(slot, dest, hashLo, hashHi, '', baseSlot, present);
+        return this.readWholeBlock(slot, dest, hashLo, hashHi, '', patch);
       // One pread per run of consecutive wanted sub-blocks from one slot.
       for (let first = 0; first < 32; first++) {
         if ((wanted & (1 << first)) === 0) continue;
@@ -130,7 +140,7 @@ export class SubBlockIo {
           const bytes = dest.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE);
           if (this.hash.hash32(bytes) !== subSum(this.entry, k)) {
             const why = `sub-block ${k} (bytes ${k * SUB_BLOCK_SIZE}–${(k + 1) * SUB_BLOCK_SIZE - 1}) fails its xxh32; `;
-            return this.readWholeBlock(slot, dest, hashLo, hashHi, why, baseSlot, present);
+            return this.readWholeBlock(slot, dest, hashLo, hashHi, why, patch);
           }
         }
         first = end - 1;
@@ -143,9 +153,10 @@ export class SubBlockIo {
   }
 
   /**
-   * The whole block into scratch — for a patch, assembled from its slot and
-   * its base's and judged by the tree hash — checked against the map's
-   * hash, copied to dest, its entry rewritten. Returns a READ_* status.
+   * The whole block into scratch — for a patch, its base's bytes overlaid
+   * with its own (one read each, and one per run of its sub-blocks) and
+   * judged by the tree hash — checked against the map's hash, copied to
+   * dest, its entry rewritten. Returns a READ_* status.
    */
   readWholeBlock(
     slot: number,
@@ -153,25 +164,25 @@ export class SubBlockIo {
     hashLo: number,
     hashHi: number,
     why: string,
-    baseSlot = -1,
-    present = 0xffff_ffff,
+    patch?: PatchLayout,
   ): number {
     const { scratch, hashOut, entry } = this;
-    const patch = baseSlot >= 0;
-    if (!patch) {
+    if (!patch || patch.baseSlot < 0) {
       preadAll(this.dataFd, scratch, slot * this.blockSize);
-      this.hash.hash64Into(scratch, hashOut, 0);
     } else {
-      forEachSourceRun(present, this.blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) => {
+      preadAll(this.dataFd, scratch, patch.baseSlot * this.blockSize);
+      forEachSourceRun(patch.present, this.blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) => {
+        if (!inPatch) return;
         const from = first * SUB_BLOCK_SIZE;
         preadAll(
           this.dataFd,
           scratch.subarray(from, end * SUB_BLOCK_SIZE),
-          (inPatch ? slot : baseSlot) * this.blockSize + from,
+          slot * this.blockSize + from,
         );
       });
-      blockTreeHashInto(scratch, entry, this.hash, hashOut);
     }
+    if (patch) blockTreeHashInto(scratch, entry, this.hash, hashOut);
+    else this.hash.hash64Into(scratch, hashOut, 0);
     if (hashOut[0] !== hashLo || hashOut[1] !== hashHi) {
       const kind = patch ? 'tree hash' : 'xxh64';
       this.reason = `${why}stored ${kind} ${hex(hashOut[1], hashOut[0])}, expected ${hex(hashHi, hashLo)}`;

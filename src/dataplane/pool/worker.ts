@@ -24,7 +24,7 @@ import { HedgedRead } from './hedged-read.js';
 import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
-import { SubBlockIo } from './sub-block-io.js';
+import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
 import { PatchWriter } from './patch-write.js';
 import { isPatchRecord, patchPresent } from '../blocks/patches.js';
 import {
@@ -69,6 +69,10 @@ const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
+/** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
+const patchLayout: PatchLayout = { baseSlot: -1, present: 0 };
+/** The present mask of a patch holding its whole block (no base). */
+const wholeMask = (2 ** Math.min(32, blockSize / 4096) - 1) >>> 0;
 const hashOut = new Uint32Array(2);
 /** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
 let subBlocks!: SubBlockIo;
@@ -497,20 +501,20 @@ function readPatch(
   dest: Uint8Array,
   wanted: number,
 ): number {
-  const baseSlot = task.baseSlots?.[i] ?? -1;
-  if (baseSlot < 0) {
+  patchLayout.baseSlot = task.baseSlots?.[i] ?? -1;
+  patchLayout.present = patchPresent(records, slot);
+  if (patchLayout.baseSlot < 0 && patchLayout.present !== wholeMask) {
     subBlocks.reason = `slot ${slot} holds a patch whose base block is missing`;
     subBlocks.readWhole = false;
     return READ_IO_ERROR;
   }
-  const present = patchPresent(records, slot);
   const hashLo = task.hashes[2 * i];
   const hashHi = task.hashes[2 * i + 1];
-  if (wanted !== 0) return subBlocks.read(slot, dest, wanted, hashLo, hashHi, baseSlot, present);
+  if (wanted !== 0) return subBlocks.read(slot, dest, wanted, hashLo, hashHi, patchLayout);
   subBlocks.reason = '';
   subBlocks.readWhole = false;
   try {
-    const status = subBlocks.readWholeBlock(slot, dest, hashLo, hashHi, '', baseSlot, present);
+    const status = subBlocks.readWholeBlock(slot, dest, hashLo, hashHi, '', patchLayout);
     subBlocks.readWhole = false; // asked whole: nothing to tell
     return status;
   } catch (err) {

@@ -7,24 +7,27 @@
  * when every copy is in this node's store (the placement says so), the
  * volume is not encrypted (a sealed block's tag covers the whole block), and
  * the block's current copy is:
- * - a patch spilled for the next version (written since the last commit):
- *   written into in place — only the new sub-blocks, its record and sub-sums
- *   entry rewritten. It belongs to no version yet, so nothing else can need
- *   its old content; what could read it is the block's own completion
- *   (block-loads.ts), so a block being completed is not patched;
+ * - a block spilled for the next version (written since the last commit),
+ *   patch or whole: written into in place — only the new sub-blocks, its
+ *   record and sub-sums entry rewritten (a whole block becomes a patch
+ *   holding every sub-block, with no base). It belongs to no version yet,
+ *   so nothing else can need its old content; what could read it is the
+ *   block's own completion (block-loads.ts), so a block being completed is
+ *   not patched;
  * - a whole block of an earlier generation: a new patch goes over it;
  * - a patch of an earlier generation: a new one goes over the same base and
  *   copies the older patch's sub-blocks not written again. When the two
  *   would hold more than half the block, it is completed instead: the copy
  *   would cost about what the whole block does, and every whole read of a
  *   patch costs a second read range.
- * A whole block spilled for the next version has the patch's own ref, so it
- * cannot be a base; such a block is completed.
  */
 import { PATCH_MAX_SUB_BLOCKS, subBlockCount } from '../blocks/patches.js';
 import type { PatchSource } from '../pool/data-pool.js';
 import { ENTRY_SEALED } from './block-map.js';
 import type { VolumeState } from './volume-state.js';
+
+/** The base fields of a patch that holds its whole block. */
+const NO_BASE = { volumeId: 0, generation: 0 };
 
 /** How block `index`'s Dirty slot `cacheSlot` (written in part) is stored as a patch, or undefined: whole. */
 export function planPatch(
@@ -42,10 +45,10 @@ export function planPatch(
   let current: number | undefined;
   if (state.spilled.has(index)) {
     current = store.lookup(state.id, state.generation + 1, index);
-    if (current === undefined || !store.isPatch(current)) return undefined;
+    if (current === undefined) return undefined;
     const baseSlot = store.baseOf(current);
-    if (baseSlot < 0) return undefined;
-    const base = store.refOf(baseSlot);
+    if (baseSlot < 0 && store.needsBase(current)) return undefined; // its base is missing
+    const base = baseSlot >= 0 ? store.refOf(baseSlot) : NO_BASE;
     return {
       written,
       baseSlot,
@@ -60,7 +63,7 @@ export function planPatch(
     current = store.lookup(state.map.ownerOf(entry.generation), entry.generation, index);
     if (current === undefined) return undefined;
   }
-  const older = store.isPatch(current) ? current : -1;
+  const older = store.needsBase(current) ? current : -1;
   const baseSlot = older >= 0 ? store.baseOf(older) : current;
   if (baseSlot < 0) return undefined;
   const held = older >= 0 ? store.presentOf(older) : 0;

@@ -202,6 +202,42 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.ok((await readAll(t.v)).equals(t.expected));
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected), 'after a restart');
+
+    // A whole block of the version being written, written into: a patch of every sub-block, no base.
+    const six = () => t.r.store.lookup(identity.id, t.r.committed.generation + 1, 6);
+    await t.put(6 * BS, BS);
+    t.v.writeBack();
+    while (t.v.dirtyBlocks > 0 || six() === undefined) await sleep(5);
+    await sleep(20);
+    const whole = six()!;
+    assert.equal(t.r.store.isPatch(whole), false);
+    // Evicted from the cache, as the cache's sweep would once it is clean.
+    const { cache } = t.r;
+    const block6 = t.expected.subarray(6 * BS, 7 * BS);
+    let cached = -1;
+    for (let slot = 0; slot < cache.slotCount; slot++)
+      if (cache.state[slot] !== 0 && cache.view(slot).equals(block6)) cached = slot;
+    assert.ok(cached >= 0);
+    t.v.evicted(6, cached);
+    cache.free(cached);
+    await t.put(6 * BS + 8 * SUB, SUB);
+    await t.v.commit();
+    const wholePatch = stored(t.r, t.v, 6);
+    assert.equal(wholePatch.slot, whole, 'written in place');
+    assert.ok(wholePatch.patch);
+    assert.equal(wholePatch.present, 0xffff);
+    assert.equal(wholePatch.base, -1);
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected), 'a whole patch reads back after a restart');
+    // And it is a base like any whole block (once out of the cache again).
+    await t.restart();
+    await t.put(6 * BS + 3 * SUB, SUB);
+    await t.v.commit();
+    const over = stored(t.r, t.v, 6);
+    assert.equal(over.base, whole);
+    assert.equal(over.present, 1 << 3);
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected));
     await t.v.close();
     await closeVolumeRig(t.r);
   });
