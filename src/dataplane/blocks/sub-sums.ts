@@ -82,11 +82,16 @@ export function encodeSubsums(
   hashHi: number,
   hash: Hasher,
 ): void {
+  setSumsOf(entry, block, hash);
+  sealSubsums(entry, hashLo, hashHi, hash);
+}
+
+/** Set the sum of every sub-block of `block` in `entry`. */
+function setSumsOf(entry: Uint8Array, block: Uint8Array, hash: Hasher): void {
   const n = subBlocksPer(block.length);
   assert(entry.length === 16 + 4 * n, 'a sub-sums entry is sized for its block');
   for (let i = 0; i < n; i++)
     setSubSum(entry, i, hash.hash32(block.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE)));
-  sealSubsums(entry, hashLo, hashHi, hash);
 }
 
 /** Set the sum of sub-block `i` in an entry being made (sealSubsums finishes it). */
@@ -124,10 +129,7 @@ export function blockTreeHashInto(
   hash: Hasher,
   out: Uint32Array,
 ): void {
-  const n = subBlocksPer(block.length);
-  assert(entry.length === 16 + 4 * n, 'a sub-sums entry is sized for its block');
-  for (let i = 0; i < n; i++)
-    setSubSum(entry, i, hash.hash32(block.subarray(i * SUB_BLOCK_SIZE, (i + 1) * SUB_BLOCK_SIZE)));
+  setSumsOf(entry, block, hash);
   treeHashInto(entry, hash, out);
 }
 

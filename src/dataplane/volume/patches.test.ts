@@ -84,10 +84,13 @@ describe('patches', { timeout: 60_000 }, () => {
       bytes.copy(expected, offset);
       await v.write(offset, bytes, false);
     };
-    /** Close everything and open it again from disk: a restart. */
-    const restart = async () => {
+    const close = async () => {
       await v.close();
       await closeVolumeRig(r);
+    };
+    /** Close everything and open it again from disk: a restart. */
+    const restart = async () => {
+      await close();
       r = await rig(dir, r.committed);
       v = await Volume.open(named, r.committed.generation, r.committed.root, key, r.services);
     };
@@ -96,6 +99,7 @@ describe('patches', { timeout: 60_000 }, () => {
       expected,
       put,
       restart,
+      close,
       get r() {
         return r;
       },
@@ -140,8 +144,7 @@ describe('patches', { timeout: 60_000 }, () => {
       hi: record.getUint32(OFF_HASH_HI, true),
     });
     assert.ok(buffer.equals(t.expected.subarray(BS, 2 * BS)));
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 
   test("a patch over a patch takes the older one's sub-blocks and base; a whole write frees both", async () => {
@@ -172,8 +175,7 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.equal(t.r.store.freeSlots, free + 1, 'patch and base freed, one slot taken');
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected));
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 
   test('a patch not yet committed is written into in place: only the new sub-blocks', async () => {
@@ -238,8 +240,7 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.equal(over.present, 1 << 3);
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected));
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 
   test("writes into more than half a block, or with the base's sub-sums lost, are stored whole", async () => {
@@ -254,8 +255,7 @@ describe('patches', { timeout: 60_000 }, () => {
     await t.v.commit();
     assert.equal(stored(t.r, t.v, 1).patch, false, 'no entry for the base: whole');
     assert.ok((await readAll(t.v)).equals(t.expected));
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 
   test('an encrypted volume stores whole blocks', async () => {
@@ -265,8 +265,7 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.equal(stored(t.r, t.v, 1).patch, false);
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected));
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 
   test('reads and writes of a block while its patch is being stored see every write', async () => {
@@ -293,8 +292,7 @@ describe('patches', { timeout: 60_000 }, () => {
     await t.v.commit();
     await t.restart();
     assert.ok((await readAll(t.v)).equals(t.expected), 'after a restart');
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 
   test('a damaged sub-block of a patch or of its base is an error for the reads that touch it', async () => {
@@ -313,7 +311,6 @@ describe('patches', { timeout: 60_000 }, () => {
     await assert.rejects(t.v.read(BS + 7 * SUB, sub), ChecksumError);
     await t.v.read(BS + 3 * SUB, sub);
     assert.ok(sub.equals(t.expected.subarray(BS + 3 * SUB, BS + 4 * SUB)), 'the rest still reads');
-    await t.v.close();
-    await closeVolumeRig(t.r);
+    await t.close();
   });
 });
