@@ -14,7 +14,12 @@
  *   start-up sweep.
  */
 import type { VersionedRecord, VolumeCatalog } from '../controlplane/volumes/catalog.js';
-import { RECORD_MAP_PAGE } from '../dataplane/blocks/record.js';
+import {
+  OFF_NONCE,
+  OFF_PATCH_PRESENT,
+  RECORD_MAP_PAGE,
+  RECORD_PATCH,
+} from '../dataplane/blocks/record.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { MapRoot } from '../model/map-root.js';
 import type { Damage, VolumeCheck } from './volume-check.js';
@@ -29,6 +34,13 @@ export interface SalvageResult {
 }
 
 const NO_NONCE = new Uint8Array(12);
+
+/** A record's nonce bytes for a patch of every sub-block: no base, all present (record.ts). */
+function wholePatchFields(wholeMask: number): Uint8Array {
+  const fields = new Uint8Array(12);
+  new DataView(fields.buffer).setUint32(OFF_PATCH_PRESENT - OFF_NONCE, wholeMask, true);
+  return fields;
+}
 const NO_TAG = new Uint8Array(16);
 
 /** Salvage one checked volume in `store` (open, this process holding the data directory's lock). */
@@ -44,20 +56,21 @@ export async function salvageVolume(
   const copies: { damage: Damage; bytes: Buffer }[] = [];
   for (const damage of recoverable) {
     const bytes = Buffer.alloc(store.blockSize);
-    const digest = await store.readBlock(damage.recoverableFrom!, bytes);
+    const digest = await store.readOrphan(damage.recoverableFrom!, bytes, !!damage.treeHashed);
     if (digest.lo === damage.hashLo && digest.hi === damage.hashHi) copies.push({ damage, bytes });
     else lost.push(damage); // changed since the check: nothing else writes here, but never trust it
   }
   for (const { damage, bytes } of copies) {
     const slot = store.allocate();
-    const flags = damage.page ? RECORD_MAP_PAGE : 0;
+    // A tree-hashed block goes back as what it was: a patch holding every sub-block, no base.
+    const flags = damage.page ? RECORD_MAP_PAGE : damage.treeHashed ? RECORD_PATCH : 0;
     await store.writeReceivedBlock(
       slot,
       damage.ref,
       bytes,
       flags,
       { lo: damage.hashLo, hi: damage.hashHi },
-      NO_NONCE,
+      damage.treeHashed ? wholePatchFields(store.wholeMask) : NO_NONCE,
       NO_TAG,
     );
   }

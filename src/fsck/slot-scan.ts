@@ -1,14 +1,18 @@
 /**
  * The slot table read as it is on disk, before LocalSlotStore.open() treats
  * every record it cannot trust as free: which records are damaged (neither
- * free nor a used record whose own checksum holds), and the xxh64 of the
- * data each damaged slot still holds, so a block whose record alone was lost
- * can be found again by the hash its map entry records.
+ * free nor a used record whose own checksum holds), and the xxh64 and the
+ * tree hash (a whole block written into in place, dataplane/blocks/patches.ts)
+ * of the data each damaged slot still holds, so a block whose record alone
+ * was lost can be found again by the hash its map entry records. (A patch
+ * holding only part of its block cannot: its base was named by the lost
+ * record.)
  */
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hasher } from '../dataplane/blocks/hash.js';
 import { OFF_STATE, RECORD_SIZE, SLOT_FREE, SLOT_USED } from '../dataplane/blocks/record.js';
+import { blockTreeHashInto, subsumsEntrySize } from '../dataplane/blocks/sub-sums.js';
 
 /** A slot whose record is damaged, and what its data hashes to now. */
 export interface DamagedSlot {
@@ -17,6 +21,8 @@ export interface DamagedSlot {
   recordOffset: number;
   hashLo: number;
   hashHi: number;
+  treeLo: number;
+  treeHi: number;
 }
 
 /**
@@ -53,13 +59,26 @@ export async function scanSlotTable(
   const data = await open(join(blocksDir, 'data'), 'r');
   try {
     const block = Buffer.alloc(blockSize);
+    const sums = new Uint8Array(subsumsEntrySize(blockSize));
+    const tree = new Uint32Array(2);
     for (const slot of damaged) {
       let digest = { lo: 0, hi: 0 };
+      tree.fill(0);
       if (out.length < MAX_HASHED_DAMAGED_SLOTS) {
         const { bytesRead } = await data.read(block, 0, blockSize, slot * blockSize);
-        if (bytesRead === blockSize) digest = hash.hash64(block);
+        if (bytesRead === blockSize) {
+          digest = hash.hash64(block);
+          blockTreeHashInto(block, sums, hash, tree);
+        }
       }
-      out.push({ slot, recordOffset: slot * RECORD_SIZE, hashLo: digest.lo, hashHi: digest.hi });
+      out.push({
+        slot,
+        recordOffset: slot * RECORD_SIZE,
+        hashLo: digest.lo,
+        hashHi: digest.hi,
+        treeLo: tree[0],
+        treeHi: tree[1],
+      });
     }
   } finally {
     await data.close();

@@ -31,6 +31,8 @@ export interface Damage {
   length: number;
   /** Found intact in this slot, whose record is damaged: salvage gives it a new record. */
   recoverableFrom?: number;
+  /** …found by its tree hash: a whole block written into in place, re-homed as such (patches.ts). */
+  treeHashed?: boolean;
   /** The map entry's hash, for salvage to check the copy it re-homes. */
   hashLo: number;
   hashHi: number;
@@ -54,17 +56,22 @@ export interface VolumeCheck {
 interface Located {
   slot: number;
   orphan: boolean;
+  /** An orphan found by its tree hash: a whole block written into in place (patches.ts). */
+  tree?: boolean;
 }
 
 export class VolumeChecker {
-  private readonly orphans = new Map<string, number>();
+  private readonly orphans = new Map<string, { slot: number; tree: boolean }>();
   private readonly buffer: Buffer;
 
   constructor(
     private readonly store: LocalSlotStore,
     damagedSlots: readonly DamagedSlot[],
   ) {
-    for (const d of damagedSlots) this.orphans.set(hashKey(d.hashLo, d.hashHi), d.slot);
+    for (const d of damagedSlots) {
+      this.orphans.set(hashKey(d.hashLo, d.hashHi), { slot: d.slot, tree: false });
+      this.orphans.set(hashKey(d.treeLo, d.treeHi), { slot: d.slot, tree: true });
+    }
     this.buffer = Buffer.alloc(store.blockSize);
   }
 
@@ -172,16 +179,22 @@ export class VolumeChecker {
     hashLo: number,
     hashHi: number,
     sealed: boolean,
-  ): Promise<{ kind: 'missing-block' | 'bad-block'; recoverableFrom?: number } | undefined> {
+  ): Promise<
+    | { kind: 'missing-block' | 'bad-block'; recoverableFrom?: number; treeHashed?: boolean }
+    | undefined
+  > {
     const where = this.locate(ref, hashLo, hashHi, sealed);
     if (!where) return { kind: 'missing-block' };
     // A patch whose base is gone cannot be read: as bad as a copy that fails its hash.
-    const digest = await this.store.readBlock(where.slot, this.buffer).catch(() => undefined);
+    const digest = where.orphan
+      ? await this.store.readOrphan(where.slot, this.buffer, !!where.tree)
+      : await this.store.readBlock(where.slot, this.buffer).catch(() => undefined);
     const intact = digest !== undefined && digest.lo === hashLo && digest.hi === hashHi;
     if (!where.orphan) return intact ? undefined : { kind: 'bad-block' };
-    return intact
-      ? { kind: 'missing-block', recoverableFrom: where.slot }
-      : { kind: 'missing-block' };
+    if (!intact) return { kind: 'missing-block' };
+    return where.tree
+      ? { kind: 'missing-block', recoverableFrom: where.slot, treeHashed: true }
+      : { kind: 'missing-block', recoverableFrom: where.slot };
   }
 
   private locate(
@@ -194,7 +207,9 @@ export class VolumeChecker {
     if (slot !== undefined) return { slot, orphan: false };
     // A sealed block's nonce and tag were in the lost record: its bytes alone cannot be opened.
     const orphan = sealed ? undefined : this.orphans.get(hashKey(hashLo, hashHi));
-    return orphan === undefined ? undefined : { slot: orphan, orphan: true };
+    return orphan === undefined
+      ? undefined
+      : { slot: orphan.slot, orphan: true, tree: orphan.tree };
   }
 }
 

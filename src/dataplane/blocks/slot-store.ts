@@ -671,6 +671,22 @@ export class LocalSlotStore {
     return { lo: out[0], hi: out[1] };
   }
 
+  /**
+   * A slot's bytes whatever its record says (fsck: a slot whose record is
+   * damaged), and their hash: the tree hash when `tree`, else the xxh64.
+   */
+  async readOrphan(
+    slot: number,
+    dest: Uint8Array,
+    tree: boolean,
+  ): Promise<{ lo: number; hi: number }> {
+    await this.readSpan(slot, 0, dest);
+    if (!tree) return this.hash.hash64(dest);
+    const out = new Uint32Array(2);
+    blockTreeHashInto(dest, new Uint8Array(this.subsumsEntrySize), this.hash, out);
+    return { lo: out[0], hi: out[1] };
+  }
+
   /** Bytes [within, within + dest.length) of a slot into dest. */
   private async readSpan(slot: number, within: number, dest: Uint8Array): Promise<void> {
     let done = 0;
