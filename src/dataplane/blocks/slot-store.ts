@@ -58,14 +58,9 @@ import {
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
-import {
-  forEachSourceRun,
-  isPatchRecord,
-  needsBase,
-  patchBaseOf,
-  patchPresent,
-} from './patches.js';
-import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from './sub-sums.js';
+import { SlotReads } from './slot-reads.js';
+import { isPatchRecord, needsBase, patchBaseOf, patchPresent } from './patches.js';
+import { SUB_BLOCK_SIZE, subsumsEntrySize } from './sub-sums.js';
 import {
   receivedRuns,
   writeReceivedRun,
@@ -139,6 +134,8 @@ export class LocalSlotStore {
   private pendingRelease: number[] = [];
   private releaseWrite: Promise<void> | undefined;
   private closed = false;
+  /** Reads of the data file from the main thread (slot-reads.ts). */
+  private readonly reads: SlotReads;
   /** What writeReceivedRun writes into. */
   private readonly receivedFiles: ReceivedFiles;
 
@@ -166,6 +163,7 @@ export class LocalSlotStore {
     this.recordBytes = new Uint8Array(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new Uint8Array(layout.slotCount);
+    this.reads = new SlotReads(dataFile, this.dataPath, this.blockSize, hash);
     this.receivedFiles = {
       dataFile,
       slotsFile,
@@ -631,7 +629,7 @@ export class LocalSlotStore {
   async readPart(slot: number, within: number, dest: Uint8Array): Promise<void> {
     assert(within >= 0 && within + dest.length <= this.blockSize, 'a part lies within its block');
     assert(!this.isPatch(slot), 'a peer reads whole blocks, never patches');
-    await this.readSpan(slot, within, dest);
+    await this.reads.span(slot, within, dest);
   }
 
   /** A slot's sub-sums entry as stored into `entry` (subsumsEntrySize bytes); false when this store has no table. */
@@ -648,54 +646,19 @@ export class LocalSlotStore {
    * (its own sub-blocks and its base's), as its record has it.
    */
   async readBlock(slot: number, dest: Uint8Array): Promise<{ lo: number; hi: number }> {
-    if (!this.isPatch(slot)) {
-      await this.readSpan(slot, 0, dest);
-      return this.hash.hash64(dest);
-    }
+    if (!this.isPatch(slot)) return this.reads.whole(slot, dest, false);
     const base = this.baseOf(slot);
-    if (base < 0 && needsBase(this.recordBytes, slot, this.wholeMask))
+    if (base < 0 && this.needsBase(slot))
       throw new Error(`slot ${slot} holds a patch whose base block is missing from ${this.dir}`);
-    const runs: [number, number, boolean][] = [];
-    const subBlocks = this.blockSize / SUB_BLOCK_SIZE;
-    forEachSourceRun(patchPresent(this.recordBytes, slot), subBlocks, (first, end, inPatch) =>
-      runs.push([first, end, inPatch]),
-    );
-    for (const [first, end, inPatch] of runs)
-      await this.readSpan(
-        inPatch ? slot : base,
-        first * SUB_BLOCK_SIZE,
-        dest.subarray(first * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE),
-      );
-    const out = new Uint32Array(2);
-    blockTreeHashInto(dest, new Uint8Array(this.subsumsEntrySize), this.hash, out);
-    return { lo: out[0], hi: out[1] };
+    return this.reads.patch(slot, base, this.presentOf(slot), dest);
   }
 
   /**
    * A slot's bytes whatever its record says (fsck: a slot whose record is
    * damaged), and their hash: the tree hash when `tree`, else the xxh64.
    */
-  async readOrphan(
-    slot: number,
-    dest: Uint8Array,
-    tree: boolean,
-  ): Promise<{ lo: number; hi: number }> {
-    await this.readSpan(slot, 0, dest);
-    if (!tree) return this.hash.hash64(dest);
-    const out = new Uint32Array(2);
-    blockTreeHashInto(dest, new Uint8Array(this.subsumsEntrySize), this.hash, out);
-    return { lo: out[0], hi: out[1] };
-  }
-
-  /** Bytes [within, within + dest.length) of a slot into dest. */
-  private async readSpan(slot: number, within: number, dest: Uint8Array): Promise<void> {
-    let done = 0;
-    while (done < dest.length) {
-      const at = slot * this.blockSize + within + done;
-      const { bytesRead } = await this.dataFile.read(dest, done, dest.length - done, at);
-      if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
-      done += bytesRead;
-    }
+  readOrphan(slot: number, dest: Uint8Array, tree: boolean): Promise<{ lo: number; hi: number }> {
+    return this.reads.whole(slot, dest, tree);
   }
 
   /**

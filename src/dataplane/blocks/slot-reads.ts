@@ -1,0 +1,63 @@
+/**
+ * SlotReads: the store's data read from the main thread — by scrub, fsck,
+ * a peer's GET — as spans, whole blocks, or patches assembled from their
+ * own slot and their base's (patches.ts), each with the hash its kind is
+ * checked by. Pool workers read on their own (pool/sub-block-io.ts).
+ */
+import type { FileHandle } from 'node:fs/promises';
+import type { Hasher } from './hash.js';
+import { forEachSourceRun } from './patches.js';
+import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from './sub-sums.js';
+
+export class SlotReads {
+  constructor(
+    private readonly dataFile: FileHandle,
+    private readonly dataPath: string,
+    private readonly blockSize: number,
+    private readonly hash: Hasher,
+  ) {}
+
+  /** Bytes [within, within + dest.length) of a slot into dest. */
+  async span(slot: number, within: number, dest: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < dest.length) {
+      const at = slot * this.blockSize + within + done;
+      const { bytesRead } = await this.dataFile.read(dest, done, dest.length - done, at);
+      if (bytesRead === 0) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
+      done += bytesRead;
+    }
+  }
+
+  /** A slot's bytes into dest, and their hash: the tree hash when `tree`, else the xxh64. */
+  async whole(slot: number, dest: Uint8Array, tree: boolean): Promise<{ lo: number; hi: number }> {
+    await this.span(slot, 0, dest);
+    return this.hashOf(dest, tree);
+  }
+
+  /** A patch's block into dest — its `present` sub-blocks from `slot`, the rest from `base` — and its tree hash. */
+  async patch(
+    slot: number,
+    base: number,
+    present: number,
+    dest: Uint8Array,
+  ): Promise<{ lo: number; hi: number }> {
+    const runs: [number, number, boolean][] = [];
+    forEachSourceRun(present, this.blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) =>
+      runs.push([first, end, inPatch]),
+    );
+    for (const [first, end, inPatch] of runs)
+      await this.span(
+        inPatch ? slot : base,
+        first * SUB_BLOCK_SIZE,
+        dest.subarray(first * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE),
+      );
+    return this.hashOf(dest, true);
+  }
+
+  private hashOf(bytes: Uint8Array, tree: boolean): { lo: number; hi: number } {
+    if (!tree) return this.hash.hash64(bytes);
+    const out = new Uint32Array(2);
+    blockTreeHashInto(bytes, new Uint8Array(subsumsEntrySize(this.blockSize)), this.hash, out);
+    return { lo: out[0], hi: out[1] };
+  }
+}
