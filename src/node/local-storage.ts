@@ -39,6 +39,11 @@ export async function openLocalStore(
       { dir: storeDir, slots: store.setAsideSlots },
       'slot records fail their checksum: those slots are set aside, not reused, until `torusctl fsck --salvage` (with torusd stopped) has recovered what it can from them',
     );
+  if (store.patchesWithoutBase > 0)
+    log.warn(
+      { dir: storeDir, patches: store.patchesWithoutBase },
+      'stored patches name a base block the store no longer has: the blocks they hold fail to read (EIO); `torusctl fsck` (with torusd stopped) names the volumes and ranges',
+    );
   if (capacityBytes && Math.floor(capacityBytes / store.blockSize) !== store.slotCount) {
     log.warn(
       {
