@@ -23,6 +23,7 @@
  * - Only where every copy is in one store (a single node): the peer wire
  *   carries whole blocks only (its flags refuse RECORD_PATCH).
  */
+import { SUB_BLOCK_SIZE } from './sub-sums.js';
 import {
   OFF_BASE_GENERATION,
   OFF_BASE_VOLUME,
@@ -98,6 +99,11 @@ export function forEachSourceRun(
     visit(first, end, inPatch);
     first = end;
   }
+}
+
+/** The present mask of a patch holding every sub-block of a `blockSize` block (the mask is a u32). */
+export function wholeMaskOf(blockSize: number): number {
+  return (2 ** Math.min(PATCH_MAX_SUB_BLOCKS, blockSize / SUB_BLOCK_SIZE) - 1) >>> 0;
 }
 
 /** How many sub-blocks a mask names. */

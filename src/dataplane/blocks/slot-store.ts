@@ -59,8 +59,8 @@ import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
 import { SlotReads } from './slot-reads.js';
-import { isPatchRecord, needsBase, patchBaseOf, patchPresent } from './patches.js';
-import { SUB_BLOCK_SIZE, subsumsEntrySize } from './sub-sums.js';
+import { isPatchRecord, needsBase, patchBaseOf, patchPresent, wholeMaskOf } from './patches.js';
+import { subsumsEntrySize } from './sub-sums.js';
 import {
   receivedRuns,
   writeReceivedRun,
@@ -157,7 +157,7 @@ export class LocalSlotStore {
     this.slotsPath = join(dir, 'slots');
     this.subsumsPath = subsumsPath(dir);
     this.subsumsEntrySize = subsumsEntrySize(layout.blockSize);
-    this.wholeMask = (2 ** Math.min(32, layout.blockSize / SUB_BLOCK_SIZE) - 1) >>> 0;
+    this.wholeMask = wholeMaskOf(layout.blockSize);
     this.records = records;
     this.recordView = new DataView(records);
     this.recordBytes = new Uint8Array(records);

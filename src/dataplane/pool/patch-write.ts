@@ -20,7 +20,7 @@
  * names bytes not yet written, as for whole blocks.
  */
 import type { Hasher } from '../blocks/hash.js';
-import { fillPatchFields, isPatchRecord, patchPresent } from '../blocks/patches.js';
+import { fillPatchFields, isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
 import {
   OFF_HASH_HI,
   OFF_HASH_LO,
@@ -75,7 +75,7 @@ export class PatchWriter {
     private readonly scratch: Uint8Array,
   ) {
     this.subBlocks = blockSize / SUB_BLOCK_SIZE;
-    this.wholeMask = (2 ** Math.min(32, this.subBlocks) - 1) >>> 0;
+    this.wholeMask = wholeMaskOf(blockSize);
     const size = subsumsEntrySize(blockSize);
     this.known = new Uint8Array(size);
     this.entry = new Uint8Array(size);

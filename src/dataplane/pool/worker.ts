@@ -26,7 +26,7 @@ import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
 import { PatchWriter } from './patch-write.js';
-import { isPatchRecord, patchPresent } from '../blocks/patches.js';
+import { isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
 import {
   READ_CHECKSUM_MISMATCH,
   READ_IO_ERROR,
@@ -72,7 +72,7 @@ const scratch = new Uint8Array(blockSize);
 /** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
 const patchLayout: PatchLayout = { baseSlot: -1, present: 0 };
 /** The present mask of a patch holding its whole block (no base). */
-const wholeMask = (2 ** Math.min(32, blockSize / 4096) - 1) >>> 0;
+const wholeMask = wholeMaskOf(blockSize);
 const hashOut = new Uint32Array(2);
 /** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
 let subBlocks!: SubBlockIo;
