@@ -6,6 +6,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Hasher } from './hash.js';
+import type { InlineReads } from './inline-reads.js';
 import { forEachSourceRun } from './patches.js';
 import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from './sub-sums.js';
 
@@ -15,11 +16,18 @@ export class SlotReads {
     private readonly dataPath: string,
     private readonly blockSize: number,
     private readonly hash: Hasher,
+    private readonly inlineReads: InlineReads,
   ) {}
 
-  /** Bytes [within, within + dest.length) of a slot into dest. */
+  /** Bytes [within, within + dest.length) of a slot into dest: inline while InlineReads says so, else through the pool. */
   async span(slot: number, within: number, dest: Uint8Array): Promise<void> {
     let done = 0;
+    if (this.inlineReads.inline(dest.length)) {
+      const at = slot * this.blockSize + within;
+      done = this.inlineReads.readFully(this.dataFile.fd, dest, 0, dest.length, at);
+      if (done < dest.length) throw new Error(`short read of slot ${slot} in ${this.dataPath}`);
+      return;
+    }
     while (done < dest.length) {
       const at = slot * this.blockSize + within + done;
       const { bytesRead } = await this.dataFile.read(dest, done, dest.length - done, at);

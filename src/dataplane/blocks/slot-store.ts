@@ -58,6 +58,7 @@ import {
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
+import { InlineReads } from './inline-reads.js';
 import { SlotReads } from './slot-reads.js';
 import { isPatchRecord, needsBase, patchBaseOf, patchPresent, wholeMaskOf } from './patches.js';
 import { subsumsEntrySize } from './sub-sums.js';
@@ -136,6 +137,8 @@ export class LocalSlotStore {
   private closed = false;
   /** Reads of the data file from the main thread (slot-reads.ts). */
   private readonly reads: SlotReads;
+  /** Whether the main thread's reads (a peer's GET, scrub, fsck) are made inline (inline-reads.ts). */
+  private readonly inlineReads = new InlineReads();
   /** What writeReceivedRun writes into. */
   private readonly receivedFiles: ReceivedFiles;
 
@@ -163,7 +166,7 @@ export class LocalSlotStore {
     this.recordBytes = new Uint8Array(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new Uint8Array(layout.slotCount);
-    this.reads = new SlotReads(dataFile, this.dataPath, this.blockSize, hash);
+    this.reads = new SlotReads(dataFile, this.dataPath, this.blockSize, hash, this.inlineReads);
     this.receivedFiles = {
       dataFile,
       slotsFile,
@@ -636,7 +639,10 @@ export class LocalSlotStore {
   async readSubsums(slot: number, entry: Uint8Array): Promise<boolean> {
     assert(entry.length === this.subsumsEntrySize, 'an entry buffer is sized for this store');
     if (!this.subsumsFile) return false;
-    const { bytesRead } = await this.subsumsFile.read(entry, 0, entry.length, slot * entry.length);
+    const at = slot * entry.length;
+    const bytesRead = this.inlineReads.inline(entry.length)
+      ? this.inlineReads.readFully(this.subsumsFile.fd, entry, 0, entry.length, at)
+      : (await this.subsumsFile.read(entry, 0, entry.length, at)).bytesRead;
     return bytesRead === entry.length;
   }
 

@@ -218,7 +218,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
       const data = Buffer.allocUnsafe(length);
       const block = this.fromRecord(ref, slot, data);
       // No table, or the slot rebound while we read (the bytes may be another block's): answer whole.
-      // Both at once: each is a round trip through the libuv pool.
+      // Both at once: either may be a round trip through the libuv pool (InlineReads).
       const [hasEntry] = await Promise.all([
         store.readSubsums(slot, entry),
         store.readPart(slot, offset, data),
