@@ -252,12 +252,19 @@ export class DataPool {
       if (!list) byVolume.set(group, (list = []));
       list.push(r);
     }
-    // A task's reads are one worker's blocking preads, one after another: spread
-    // the tick's misses over every worker so their reads reach the disk at once
-    // (a 4 KiB miss is mostly waiting on the disk), but no finer than that, and
-    // at most BATCH a task (each task is a round trip).
+    // A task's local reads are one worker's blocking preads, one after another:
+    // spread the tick's misses over every worker so their reads reach the disk
+    // at once (a 4 KiB miss is mostly waiting on the disk), but no finer than
+    // that, and at most BATCH a task (each task is a round trip). Reads only
+    // from peers (nbdserve, a node holding no copy) wait on the network, not
+    // on a worker: kept in one task, each peer gets the tick's requests in one
+    // write and answers them in one, where split they cost a write, a read
+    // and a wake-up per peer per task (docs/benchmarks.md, session 19).
     for (const list of byVolume.values()) {
-      const size = Math.max(1, Math.min(BATCH, Math.ceil(list.length / this.threadCount)));
+      const peersOnly = list.every((r) => r.storeSlot < 0 && r.remote !== undefined);
+      const size = peersOnly
+        ? BATCH
+        : Math.max(1, Math.min(BATCH, Math.ceil(list.length / this.threadCount)));
       for (let start = 0; start < list.length; start += size)
         this.runReads(list.slice(start, start + size));
     }
