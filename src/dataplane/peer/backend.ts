@@ -118,6 +118,18 @@ export interface ListBlocksFilter {
 
 /** What a PeerServer serves from: the block operations, plus what only the local node can answer. */
 export interface PeerBlockBackend extends PeerBlockStore {
+  /**
+   * As PeerBlockStore's; `allocate`, when given, is where to put the bytes:
+   * the session's pool, which takes the buffer back once the socket has it
+   * (a fresh 64 KiB buffer per block served kept storage nodes' garbage
+   * collectors busy; docs/benchmarks.md, session 19).
+   */
+  getBlock(ref: BlockRef, allocate?: (size: number) => Buffer): Promise<WireBlock | undefined>;
+  /** As PeerBlockStore's; `allocate` as for getBlock. */
+  getRange?(
+    range: BlockRange,
+    allocate?: (size: number) => Buffer,
+  ): Promise<RangeReply | undefined>;
   info(): PeerNodeInfo;
   /**
    * Every held block (or every block of one volume), for rebalance and GC.

@@ -50,13 +50,18 @@ export class Outbound {
 
   /**
    * Send `buf` as it is, after everything committed so far. The caller must
-   * not change it until the socket has taken it (or is gone).
+   * not change it until the socket has taken it (or is gone): `taken`, when
+   * given, is called then — written, failed, or never sent.
    */
-  write(buf: Uint8Array): void {
-    if (this.socket.destroyed) return;
+  write(buf: Uint8Array, taken?: () => void): void {
+    if (this.socket.destroyed) {
+      taken?.();
+      return;
+    }
     this.begin();
     this.handOver();
-    this.socket.write(buf);
+    if (taken) this.socket.write(buf, taken);
+    else this.socket.write(buf);
   }
 
   /** A whole encoded frame: copied into the slab when small (SLAB_SIZE / 4 at most), else written as it is. */

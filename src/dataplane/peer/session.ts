@@ -303,7 +303,7 @@ export class PeerSession extends ServedConnection {
         }
         case OP_GET_BLOCK: {
           const ref = decodeGetBlock(payload);
-          const block = await this.backend.getBlock(ref);
+          const block = await this.backend.getBlock(ref, this.acquireReply);
           if (!block) {
             status = STATUS_NOT_FOUND;
             this.send(
@@ -322,17 +322,16 @@ export class PeerSession extends ServedConnection {
           const at = this.out.claim(BLOCK_REPLY_HEAD_SIZE);
           encodeBlockReplyHead(this.out.slab, at, id, block);
           this.out.commit(BLOCK_REPLY_HEAD_SIZE);
-          this.out.write(block.data);
-          this.noteQueued();
+          this.writeReply(block.data);
           moved = block.data.length;
           break;
         }
         case OP_GET_RANGE: {
           const range = decodeGetRange(payload);
           const reply: RangeReply | undefined = this.backend.getRange
-            ? await this.backend.getRange(range)
+            ? await this.backend.getRange(range, this.acquireReply)
             : await this.backend
-                .getBlock(range.ref)
+                .getBlock(range.ref, this.acquireReply)
                 .then((block) => (block ? { offset: 0, entry: undefined, block } : undefined));
           const ref = range.ref;
           if (!reply) {
@@ -354,8 +353,7 @@ export class PeerSession extends ServedConnection {
           const at = this.out.claim(head);
           encodeRangeReplyHead(this.out.slab, at, id, reply);
           this.out.commit(head);
-          this.out.write(reply.block.data);
-          this.noteQueued();
+          this.writeReply(reply.block.data);
           moved = reply.block.data.length;
           break;
         }
@@ -471,6 +469,16 @@ export class PeerSession extends ServedConnection {
 
   private writable(): boolean {
     return !this.socketClosed && this.socket.writable && this.phase !== 'closed';
+  }
+
+  /** Memory for a block or range the backend reads for a GET: the pool's, given back by writeReply. */
+  private readonly acquireReply = (size: number): Buffer => this.pool.acquire(size);
+
+  /** Send a GET's bytes after the head just committed; the pool takes them back once the socket has them. */
+  private writeReply(data: Uint8Array): void {
+    const { pool } = this;
+    this.out.write(data, () => pool.release(data as Buffer));
+    this.noteQueued();
   }
 
   private send(buf: Buffer): void {

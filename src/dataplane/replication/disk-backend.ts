@@ -161,7 +161,10 @@ export class DiskPeerBackend implements PeerBlockBackend {
    * tag of its record. Not verified on the way out (the receiver checks the
    * hash), though a mismatch seen here is logged: the local copy is damaged.
    */
-  getBlock(ref: BlockRef): Promise<WireBlock | undefined> {
+  getBlock(
+    ref: BlockRef,
+    allocate: (size: number) => Buffer = Buffer.allocUnsafe,
+  ): Promise<WireBlock | undefined> {
     return this.track(async () => {
       const { store } = this;
       for (let attempt = 0; attempt < READ_ATTEMPTS; attempt++) {
@@ -171,7 +174,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
         // replaced or dropped while we read, its slot may be freed and
         // rewritten with another block under us, which the lookup after the
         // read notices.
-        const block = this.fromRecord(ref, slot, Buffer.allocUnsafe(store.blockSize));
+        const block = this.fromRecord(ref, slot, allocate(store.blockSize));
         const digest = await store.readBlock(slot, block.data);
         if (store.lookup(ref.volumeId, ref.generation, ref.index) !== slot) continue;
         if (digest.lo !== block.hashLo || digest.hi !== block.hashHi) {
@@ -199,7 +202,10 @@ export class DiskPeerBackend implements PeerBlockBackend {
    * stored and not checked here (the reader checks both against the map's
    * xxh64). A sealed block, or a store without the table, answers whole.
    */
-  getRange(range: BlockRange): Promise<RangeReply | undefined> {
+  getRange(
+    range: BlockRange,
+    allocate: (size: number) => Buffer = Buffer.allocUnsafe,
+  ): Promise<RangeReply | undefined> {
     const { store } = this;
     const { ref, offset, length } = range;
     if (offset + length > store.blockSize)
@@ -209,13 +215,13 @@ export class DiskPeerBackend implements PeerBlockBackend {
     const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
     if (slot === undefined) return Promise.resolve(undefined);
     const whole = (): Promise<RangeReply | undefined> =>
-      this.getBlock(ref).then((block) =>
+      this.getBlock(ref, allocate).then((block) =>
         block ? { offset: 0, entry: undefined, block } : undefined,
       );
     if (store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED) return whole();
     return this.track(async (): Promise<RangeReply | undefined> => {
       const entry = new Uint8Array(store.subsumsEntrySize);
-      const data = Buffer.allocUnsafe(length);
+      const data = allocate(length);
       const block = this.fromRecord(ref, slot, data);
       // No table, or the slot rebound while we read (the bytes may be another block's): answer whole.
       // Both at once: either may be a round trip through the libuv pool (InlineReads).

@@ -9,12 +9,13 @@
  * plus the garbage collector's share. Reusing buffers keeps them warm.
  *
  * Buffers are pooled by power-of-two capacity from MIN_POOLED up; smaller
- * requests are ordinary allocations (Node's own slab handles those well). A
+ * requests are ordinary allocations (Node's own slab handles those well, but
+ * only those under 4 KiB: a 4 KiB read's reply was a fresh ArrayBuffer). A
  * buffer goes back to the pool only when its user says it is done with it
  * (the socket has taken a reply, the export has settled a write); the pool
  * holds at most maxPooledBytes, so an idle server keeps little.
  */
-const MIN_POOLED = 32 * 1024;
+const MIN_POOLED = 4 * 1024;
 
 export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
