@@ -27,12 +27,16 @@
  *
  * Allocation: typed arrays per batch, one closure pair per get; the bytes
  * are hashed from the client's reply buffer and copied (or opened) straight
- * into the cache slot.
+ * into the cache slot. A whole block's reply buffer goes back to the
+ * client's pool (recycleReceived) once nothing needs it: at once when it is
+ * not taken, at the end of the batch when it is, never when a repair put
+ * was sent from it (a put that timed out may still be in the socket).
  */
 import type { Hasher } from '../blocks/hash.js';
 import { SUB_BLOCK_SIZE, subSum, subsumsMatch } from '../blocks/sub-sums.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
+import { recycleReceived } from '../peer/client.js';
 import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
 import type { RangeReply, WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';
@@ -83,6 +87,8 @@ export class HedgedRead {
   private readonly bad: (number[] | undefined)[];
   /** Per block, the good copy taken (kept while the batch runs, to repair a bad copy that arrives late). */
   private readonly good: (WireBlock | undefined)[];
+  /** 1 where good[i]'s bytes were sent to a repair: not recycled. */
+  private readonly lent: Uint8Array;
   /** Per block, peers whose get missed its deadline (asked again, patiently, before the block fails). */
   private readonly timedOut: (number[] | undefined)[];
   /** 1 once block i's patient round has been sent. */
@@ -122,6 +128,7 @@ export class HedgedRead {
     this.tried = new Array(this.n);
     this.bad = new Array(this.n);
     this.good = new Array(this.n);
+    this.lent = new Uint8Array(this.n);
     this.timedOut = new Array(this.n);
     this.patient = new Uint8Array(this.n);
     this.partOf = new Uint32Array(this.n);
@@ -302,6 +309,7 @@ export class HedgedRead {
       // A loser of the race. If it sent a bad copy and the batch is still running, it is repaired all the same.
       const good = this.good[i];
       if (block && good && this.open > 0 && !this.matches(i, block)) this.repair(i, peer, good);
+      if (block) recycleReceived(block.data);
       return;
     }
     if (!block) {
@@ -312,6 +320,7 @@ export class HedgedRead {
     if (!this.matches(i, block)) {
       this.note(i, `${target.uuid}: checksum mismatch`);
       (this.bad[i] ??= []).push(peer);
+      recycleReceived(block.data);
       return this.moveOn(i);
     }
     const dest = this.deps.dest(i);
@@ -329,6 +338,7 @@ export class HedgedRead {
       } catch (err) {
         this.note(i, `${target.uuid}: ${(err as Error).message}`);
         this.result.status[i] = READ_OPEN_FAILED;
+        recycleReceived(block.data);
         return this.moveOn(i);
       }
     } else {
@@ -391,6 +401,12 @@ export class HedgedRead {
     if (--this.open === 0) {
       clearTimeout(this.timer);
       this.timer = undefined;
+      // Every block has its answer; a late loser is no longer repaired, so the good copies not lent to a repair are free.
+      for (let b = 0; b < this.n; b++) {
+        const good = this.good[b];
+        if (good && !this.lent[b]) recycleReceived(good.data);
+        this.good[b] = undefined;
+      }
       if (this.repairing.length === 0) this.finish!();
       else void Promise.all(this.repairing).then(this.finish);
     }
@@ -429,6 +445,7 @@ export class HedgedRead {
    * round trip, only when a replica was found bad, at most REPAIR_TIMEOUT_MS.
    */
   private repair(i: number, peer: number, good: WireBlock): void {
+    this.lent[i] = 1;
     const target: PeerTarget = this.remote.peers[peer];
     const copy: WireBlock = {
       ref: this.ref(i),
