@@ -32,6 +32,18 @@ export interface ReceivedBlock {
   tag: Uint8Array;
 }
 
+/** Every block is one block's bytes, with a nonce and a tag of their sizes; a RangeError names the first that is not. */
+export function checkReceivedBlocks(blocks: readonly ReceivedBlock[], blockSize: number): void {
+  for (const b of blocks) {
+    if (b.bytes.length !== blockSize)
+      throw new RangeError(`block write of ${b.bytes.length} bytes, expected ${blockSize}`);
+    if (b.nonce.length !== NONCE_SIZE || b.tag.length !== TAG_SIZE)
+      throw new RangeError(
+        `nonce/tag of ${b.nonce.length}/${b.tag.length} bytes, expected ${NONCE_SIZE}/${TAG_SIZE}`,
+      );
+  }
+}
+
 /** The store's files and slot table, as writeReceivedRun writes them. */
 export interface ReceivedFiles {
   dataFile: FileHandle;

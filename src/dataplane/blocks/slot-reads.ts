@@ -2,7 +2,9 @@
  * SlotReads: the store's data read from the main thread — by scrub, fsck,
  * a peer's GET — as spans, whole blocks, or patches assembled from their
  * own slot and their base's (patches.ts), each with the hash its kind is
- * checked by. Pool workers read on their own (pool/sub-block-io.ts).
+ * checked by; and sub-sums entries (a peer's GET_RANGE). Inline or through
+ * libuv's pool as InlineReads says (inline-reads.ts). Pool workers read on
+ * their own (pool/sub-block-io.ts).
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { Hasher } from './hash.js';
@@ -11,13 +13,30 @@ import { forEachSourceRun } from './patches.js';
 import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from './sub-sums.js';
 
 export class SlotReads {
+  private readonly dataFile: FileHandle;
+  private readonly dataPath: string;
+
   constructor(
-    private readonly dataFile: FileHandle,
-    private readonly dataPath: string,
+    data: { file: FileHandle; path: string },
+    /** Absent in a store opened without its table (fsck's check of an older format). */
+    private readonly subsumsFile: FileHandle | undefined,
     private readonly blockSize: number,
     private readonly hash: Hasher,
     private readonly inlineReads: InlineReads,
-  ) {}
+  ) {
+    this.dataFile = data.file;
+    this.dataPath = data.path;
+  }
+
+  /** A slot's sub-sums entry as stored into `entry` (its exact size); false when there is no table. */
+  async entry(slot: number, entry: Uint8Array): Promise<boolean> {
+    if (!this.subsumsFile) return false;
+    const at = slot * entry.length;
+    const bytesRead = this.inlineReads.inline(entry.length)
+      ? this.inlineReads.readFully(this.subsumsFile.fd, entry, 0, entry.length, at)
+      : (await this.subsumsFile.read(entry, 0, entry.length, at)).bytesRead;
+    return bytesRead === entry.length;
+  }
 
   /** Bytes [within, within + dest.length) of a slot into dest: inline while InlineReads says so, else through the pool. */
   async span(slot: number, within: number, dest: Uint8Array): Promise<void> {

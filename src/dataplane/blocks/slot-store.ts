@@ -26,15 +26,13 @@
  * patch over it goes. Which slots are patches' bases is in memory only,
  * rebuilt at open from the patches' records.
  */
-import { open, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert, invariantBroken } from '../../common/assert.js';
-import { ensureDirectory } from '../../common/dirs.js';
 import { StoreFullError } from '../../common/errors.js';
 import { hasher, type Hasher } from './hash.js';
 import {
   fillRecord,
-  NONCE_SIZE,
   OFF_GENERATION,
   OFF_INDEX_HI,
   OFF_INDEX_LO,
@@ -43,15 +41,15 @@ import {
   RECORD_SIZE,
   SLOT_FREE,
   SLOT_USED,
-  TAG_SIZE,
   join64,
 } from './record.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import {
-  createStoreFiles,
+  createStore,
   layoutPath,
   readLayoutForOpen,
   readUsedRecords,
+  storeExists,
   subsumsPath,
   type StoreLayout,
 } from './store-format.js';
@@ -63,6 +61,7 @@ import { SlotReads } from './slot-reads.js';
 import { isPatchRecord, needsBase, patchBaseOf, patchPresent, wholeMaskOf } from './patches.js';
 import { subsumsEntrySize } from './sub-sums.js';
 import {
+  checkReceivedBlocks,
   receivedRuns,
   writeReceivedRun,
   type ReceivedBlock,
@@ -166,7 +165,13 @@ export class LocalSlotStore {
     this.recordBytes = new Uint8Array(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new Uint8Array(layout.slotCount);
-    this.reads = new SlotReads(dataFile, this.dataPath, this.blockSize, hash, this.inlineReads);
+    this.reads = new SlotReads(
+      { file: dataFile, path: this.dataPath },
+      subsumsFile,
+      this.blockSize,
+      hash,
+      this.inlineReads,
+    );
     this.receivedFiles = {
       dataFile,
       slotsFile,
@@ -184,46 +189,16 @@ export class LocalSlotStore {
   }
 
   /**
-   * Create the files of a new store; capacity is rounded down to whole slots.
-   * Checks the filesystem's free space first (IoError ENOSPC naming the
-   * directory, the size and the space free); if creation fails anyway, the
-   * files it made, and the directory if it made it, are removed again.
+   * Create the files of a new store; capacity is rounded down to whole
+   * slots (store-format.ts, createStore: space checked first, nothing left
+   * behind on failure).
    */
-  static async create(
-    dir: string,
-    options: { blockSize: number; capacityBytes: number },
-  ): Promise<void> {
-    const { blockSize, capacityBytes } = options;
-    if (!Number.isInteger(blockSize) || blockSize < 4096 || (blockSize & (blockSize - 1)) !== 0) {
-      throw new RangeError(
-        `block size must be a power of two of at least 4096 bytes, got ${blockSize}`,
-      );
-    }
-    const slotCount = Math.floor(capacityBytes / blockSize);
-    if (slotCount < 16)
-      throw new RangeError(
-        `capacity ${capacityBytes} holds fewer than 16 blocks of ${blockSize} bytes`,
-      );
-    const madeDir = !(await stat(dir).catch(() => undefined));
-    await ensureDirectory(dir, 'block store directory');
-    const made: string[] = [];
-    try {
-      await createStoreFiles(dir, blockSize, slotCount, made);
-    } catch (err) {
-      // Leave the directory as it was: a partial store would be opened next time.
-      for (const path of made.reverse()) await rm(path, { force: true }).catch(() => undefined);
-      if (madeDir) await rmdir(dir).catch(() => undefined);
-      throw err;
-    }
+  static create(dir: string, options: { blockSize: number; capacityBytes: number }): Promise<void> {
+    return createStore(dir, options);
   }
 
-  static async exists(dir: string): Promise<boolean> {
-    try {
-      await readFile(LocalSlotStore.layoutPath(dir));
-      return true;
-    } catch {
-      return false;
-    }
+  static exists(dir: string): Promise<boolean> {
+    return storeExists(dir);
   }
 
   /**
@@ -602,14 +577,7 @@ export class LocalSlotStore {
    * the loop. A failed write fails the blocks of its run only.
    */
   async writeReceivedBlocks(blocks: readonly ReceivedBlock[]): Promise<(unknown | undefined)[]> {
-    for (const b of blocks) {
-      if (b.bytes.length !== this.blockSize)
-        throw new RangeError(`block write of ${b.bytes.length} bytes, expected ${this.blockSize}`);
-      if (b.nonce.length !== NONCE_SIZE || b.tag.length !== TAG_SIZE)
-        throw new RangeError(
-          `nonce/tag of ${b.nonce.length}/${b.tag.length} bytes, expected ${NONCE_SIZE}/${TAG_SIZE}`,
-        );
-    }
+    checkReceivedBlocks(blocks, this.blockSize);
     const failures: (unknown | undefined)[] = new Array(blocks.length).fill(undefined);
     await Promise.all(
       receivedRuns(blocks).map(async (run) => {
@@ -638,12 +606,7 @@ export class LocalSlotStore {
   /** A slot's sub-sums entry as stored into `entry` (subsumsEntrySize bytes); false when this store has no table. */
   async readSubsums(slot: number, entry: Uint8Array): Promise<boolean> {
     assert(entry.length === this.subsumsEntrySize, 'an entry buffer is sized for this store');
-    if (!this.subsumsFile) return false;
-    const at = slot * entry.length;
-    const bytesRead = this.inlineReads.inline(entry.length)
-      ? this.inlineReads.readFully(this.subsumsFile.fd, entry, 0, entry.length, at)
-      : (await this.subsumsFile.read(entry, 0, entry.length, at)).bytesRead;
-    return bytesRead === entry.length;
+    return this.reads.entry(slot, entry);
   }
 
   /**

@@ -20,8 +20,19 @@
  * so nothing reads a patch as a whole block.
  */
 import { spawnSync } from 'node:child_process';
-import { open, readFile, rename, stat, statfs, writeFile, type FileHandle } from 'node:fs/promises';
+import {
+  open,
+  readFile,
+  rename,
+  rm,
+  rmdir,
+  stat,
+  statfs,
+  writeFile,
+  type FileHandle,
+} from 'node:fs/promises';
 import { join } from 'node:path';
+import { ensureDirectory } from '../../common/dirs.js';
 import { IoError } from '../../common/errors.js';
 import { formatSize } from '../../common/size.js';
 import { RECORD_SIZE } from './record.js';
@@ -114,8 +125,52 @@ export async function readLayoutForOpen(dir: string, upgrade = true): Promise<St
 }
 
 /**
- * LocalSlotStore.create()'s work: data (preallocated), slots, subsums and
- * store.json, each file's path pushed to `made` before it is created.
+ * Create the files of a new store; capacity is rounded down to whole slots.
+ * Checks the filesystem's free space first (IoError ENOSPC naming the
+ * directory, the size and the space free); if creation fails anyway, the
+ * files it made, and the directory if it made it, are removed again.
+ */
+export async function createStore(
+  dir: string,
+  options: { blockSize: number; capacityBytes: number },
+): Promise<void> {
+  const { blockSize, capacityBytes } = options;
+  if (!Number.isInteger(blockSize) || blockSize < 4096 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new RangeError(
+      `block size must be a power of two of at least 4096 bytes, got ${blockSize}`,
+    );
+  }
+  const slotCount = Math.floor(capacityBytes / blockSize);
+  if (slotCount < 16)
+    throw new RangeError(
+      `capacity ${capacityBytes} holds fewer than 16 blocks of ${blockSize} bytes`,
+    );
+  const madeDir = !(await stat(dir).catch(() => undefined));
+  await ensureDirectory(dir, 'block store directory');
+  const made: string[] = [];
+  try {
+    await createStoreFiles(dir, blockSize, slotCount, made);
+  } catch (err) {
+    // Leave the directory as it was: a partial store would be opened next time.
+    for (const path of made.reverse()) await rm(path, { force: true }).catch(() => undefined);
+    if (madeDir) await rmdir(dir).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Whether `dir` holds a store (its store.json can be read). */
+export async function storeExists(dir: string): Promise<boolean> {
+  try {
+    await readFile(layoutPath(dir));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * createStore()'s work: data (preallocated), slots, subsums and store.json,
+ * each file's path pushed to `made` before it is created.
  */
 export async function createStoreFiles(
   dir: string,
