@@ -39,9 +39,9 @@ import {
   type PeerError,
   statusError,
 } from './errors.js';
-import { BufferPool } from '../transport/buffer-pool.js';
 import { newReadBuffer } from '../transport/read-buffer.js';
-import { FrameReader, slabAllocator } from './frame-reader.js';
+import { FrameReader } from './frame-reader.js';
+import { replyAllocator } from './reply-memory.js';
 import { encodeRequest } from './request-encoder.js';
 import { Outbound } from './outbound.js';
 import {
@@ -100,23 +100,6 @@ import {
 export type { PeerClientOptions, RequestOptions } from './client-options.js';
 export type { PeerIdentity } from './reply-decoder.js';
 
-/**
- * Whole blocks received by this thread's clients, reused: a fresh 64 KiB
- * ArrayBuffer per block read kept the garbage collector busy (nbdserve's
- * sequential reads, docs/benchmarks.md, session 19).
- */
-const receivedBlocks = new BufferPool(8 * 1024 * 1024);
-
-/**
- * Give back a received block's bytes (WireBlock.data from getBlock) once
- * nothing uses them any more: not a view of them, not a put still sending
- * them. Bytes the pool did not make (small replies, carved from slabs) are
- * ignored.
- */
-export function recycleReceived(data: Uint8Array): void {
-  receivedBlocks.release(data as Buffer);
-}
-
 /** One per thread: every client's refused handshakes, logged once per peer. */
 const refusals = new RefusalLog();
 
@@ -145,12 +128,8 @@ export class PeerClient implements PeerBlockStore {
   private closed = false;
   private closing: Promise<void> | undefined;
 
-  /**
-   * Memory for replies the caller keeps (blocks): small ones carved from
-   * slabs, large ones from this thread's receivedBlocks pool (a caller done
-   * with a block may give it back: recycleReceived).
-   */
-  private readonly allocate = slabAllocator((size) => receivedBlocks.acquire(size));
+  /** Memory for replies the caller keeps (blocks): reply-memory.ts. */
+  private readonly allocate = replyAllocator();
 
   private lastHeardAt = 0;
   /** A request timed out with nothing heard since it was sent. */

@@ -36,7 +36,7 @@ import type { Hasher } from '../blocks/hash.js';
 import { SUB_BLOCK_SIZE, subSum, subsumsMatch } from '../blocks/sub-sums.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
-import { recycleReceived } from '../peer/client.js';
+import { recycleReceived } from '../peer/reply-memory.js';
 import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
 import type { RangeReply, WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';
