@@ -27,10 +27,11 @@
  *
  * Allocation: typed arrays per batch, one closure pair per get; the bytes
  * are hashed from the client's reply buffer and copied (or opened) straight
- * into the cache slot. A whole block's reply buffer goes back to the
- * client's pool (recycleReceived) once nothing needs it: at once when it is
- * not taken, at the end of the batch when it is, never when a repair put
- * was sent from it (a put that timed out may still be in the socket).
+ * into the cache slot. A reply's buffer goes back to the client's pool
+ * (recycleReceived) once nothing needs it: a range's once copied or
+ * refused; a whole block's at once when it is not taken, at the end of the
+ * batch when it is, never when a repair put was sent from it (a put that
+ * timed out may still be in the socket).
  */
 import type { Hasher } from '../blocks/hash.js';
 import { SUB_BLOCK_SIZE, subSum, subsumsMatch } from '../blocks/sub-sums.js';
@@ -265,7 +266,9 @@ export class HedgedRead {
   private onRange(i: number, peer: number, sent: number, reply: RangeReply): void {
     this.inFlight[i]--;
     this.health[peer].answered(performance.now() - sent);
-    if (this.settled[i]) return;
+    // A range is never lent to a repair: its bytes are free once copied, or refused.
+    const data = reply.block.data;
+    if (this.settled[i]) return recycleReceived(data);
     const target = this.remote.peers[peer];
     const { hash } = this.deps;
     const entry = reply.entry!;
@@ -275,17 +278,17 @@ export class HedgedRead {
       this.partOf[i] = 0;
       this.inFlight[i]++;
       this.get(i, peer, GET_TIMEOUT_MS);
-      return;
+      return recycleReceived(data);
     }
     // The task's mask, not partOf: a hedge's range may answer after an entry that did not fit reset partOf.
     const part = this.task.subBlocks![i];
-    const data = reply.block.data;
     for (let j = 0; j < 32; j++) {
       if ((part & (1 << j)) === 0) continue;
       const at = j * SUB_BLOCK_SIZE - reply.offset;
       if (hash.hash32(data.subarray(at, at + SUB_BLOCK_SIZE)) !== subSum(entry, j)) {
         this.note(i, `${target.uuid}: sub-block ${j} does not match its sum`);
         (this.bad[i] ??= []).push(peer);
+        recycleReceived(data);
         return this.moveOn(i);
       }
     }
@@ -295,6 +298,7 @@ export class HedgedRead {
       const at = j * SUB_BLOCK_SIZE - reply.offset;
       dest.set(data.subarray(at, at + SUB_BLOCK_SIZE), j * SUB_BLOCK_SIZE);
     }
+    recycleReceived(data);
     this.result.status[i] = READ_OK;
     this.result.reasons[i] = '';
     this.fromPeers++;
