@@ -25,6 +25,7 @@
  * - All store-writing work (spills and commits) runs one round at a time
  *   (WriteBackRounds); that serialisation is what the bookkeeping relies on.
  */
+import { settleAll } from '../../common/settle-all.js';
 import { assert } from '../../common/assert.js';
 import { IoError } from '../../common/errors.js';
 import { SlotState, type CacheOwner } from '../cache/block-cache.js';
@@ -218,7 +219,8 @@ export class Volume implements CacheOwner {
       done += n;
     }
     this.blockLoads.readAhead.note(offset, dest.length); // after this read's own misses: they go first
-    return pending ? Promise.all(pending).then(() => undefined) : DONE;
+    // settleAll, not Promise.all: dest goes back to the session's pool once this settles.
+    return pending ? settleAll(pending) : DONE;
   }
 
   /** Zero copy when every block of the range is cached or a hole (cache-views.ts). */
@@ -268,7 +270,8 @@ export class Volume implements CacheOwner {
       done += n;
     }
     this.afterWrite();
-    if (pending) return Promise.all(pending).then(() => this.written(offset, data.length, fua));
+    // settleAll, not Promise.all: the payload goes back to the session's pool once this settles.
+    if (pending) return settleAll(pending).then(() => this.written(offset, data.length, fua));
     return this.written(offset, data.length, fua);
   }
 
