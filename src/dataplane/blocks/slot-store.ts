@@ -14,11 +14,11 @@
  * - A full store throws StoreFullError (ENOSPC); nothing is overwritten.
  *
  * Invariants, asserted (src/common/assert.ts): each slot is in exactly one
- * use (SlotUse), and moves only free → allocated → bound → (held →)
- * releasing → free, or allocated → free (unallocate); so a slot is never
- * bound while in use, never given back twice, never on the free stack while
- * anyone holds it. The counts add up to slotCount, and every slot the ref
- * index names is bound.
+ * use (SlotUse, slot-uses.ts), and moves only free → allocated → bound →
+ * (held →) releasing → free, or allocated → free (unallocate); so a slot is
+ * never bound while in use, never given back twice, never on the free stack
+ * while anyone holds it. The free count is the free stack's, and the bound
+ * count the ref index's.
  *
  * Patches (patches.ts): a slot bound as a patch keeps its base (another
  * slot) from being freed. A base released while patches over it are stored
@@ -56,6 +56,7 @@ import {
 import { FreeSlots } from './free-slots.js';
 import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
+import { SlotUse, SlotUses, nameOf } from './slot-uses.js';
 import { InlineReads } from './inline-reads.js';
 import { SlotReads } from './slot-reads.js';
 import { isPatchRecord, needsBase, patchBaseOf, patchPresent, wholeMaskOf } from './patches.js';
@@ -69,35 +70,6 @@ import {
 } from './received-blocks.js';
 
 export { STORE_FORMAT, type StoreLayout } from './store-format.js';
-
-/** Where a slot is in its life, in memory only (the slot table on disk knows free and used). */
-const enum SlotUse {
-  /** Free (FreeSlots holds it, or it is past its frontier). */
-  Free = 0,
-  /** Handed out by allocate(); a worker may be writing it; not yet bound. */
-  Allocated = 1,
-  /** Holds a ref: the ref index names it. */
-  Bound = 2,
-  /** Released; its free record is being written, then it goes back on the free stack. */
-  Releasing = 3,
-  /**
-   * Its record is neither free nor intact: on-disk damage (a record is 64
-   * bytes inside one sector, so a crash cannot tear one). Never reused, so
-   * `torusctl fsck --salvage` can still find its block by hash; fsck frees it.
-   */
-  SetAside = 4,
-  /** Released, but the base of a patch still stored: freed with the last such patch. */
-  Held = 5,
-}
-
-const USE_NAMES = [
-  'free',
-  'allocated',
-  'bound',
-  'being released',
-  'set aside (damaged record)',
-  'held (a base of patches)',
-];
 
 export interface StoreFiles {
   dataPath: string;
@@ -120,12 +92,8 @@ export class LocalSlotStore {
   private readonly recordBytes: Uint8Array;
   private readonly refToSlot = new RefIndex();
   private readonly free: FreeSlots;
-  /** SlotUse of each slot, and how many are allocated and releasing (the rest are free or in refToSlot). */
-  private readonly uses: Uint8Array;
-  private allocatedCount = 0;
-  private releasingCount = 0;
-  private setAsideCount = 0;
-  private heldCount = 0;
+  /** Each slot's SlotUse, and how many are in each. */
+  private readonly uses: SlotUses;
   /** Patches' bases, and the pins that keep them (patch-bases.ts). */
   private readonly bases = new PatchBases();
   /** Patches whose record names a base this store did not have at open: their reads fail. */
@@ -164,7 +132,7 @@ export class LocalSlotStore {
     this.recordView = new DataView(records);
     this.recordBytes = new Uint8Array(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
-    this.uses = new Uint8Array(layout.slotCount);
+    this.uses = new SlotUses(layout.slotCount);
     this.reads = new SlotReads(
       { file: dataFile, path: this.dataPath },
       subsumsFile,
@@ -243,13 +211,12 @@ export class LocalSlotStore {
         // commit), so neither is referenced; keep one, the sweep frees it.
         if (previous !== undefined) {
           this.clearRecord(previous);
-          this.uses[previous] = SlotUse.Free;
+          this.uses.move(previous, SlotUse.Bound, SlotUse.Free, 'the index rebuild found');
           this.free.put(previous);
         }
-        this.uses[slot] = SlotUse.Bound;
+        this.uses.move(slot, SlotUse.Free, SlotUse.Bound, 'the index rebuild found');
       } else if (record.getUint32(OFF_STATE, true) !== SLOT_FREE) {
-        this.uses[slot] = SlotUse.SetAside;
-        this.setAsideCount++;
+        this.uses.move(slot, SlotUse.Free, SlotUse.SetAside, 'the index rebuild found');
       } else {
         this.free.put(slot);
       }
@@ -269,32 +236,9 @@ export class LocalSlotStore {
     this.assertAccounted();
   }
 
-  /** Every slot is counted once: free, allocated, bound (in the ref index) or being released. */
+  /** The use counts agree with the free stack and the ref index. */
   private assertAccounted(): void {
-    if (
-      this.free.count +
-        this.allocatedCount +
-        this.refToSlot.size +
-        this.releasingCount +
-        this.setAsideCount +
-        this.heldCount !==
-      this.slotCount
-    ) {
-      invariantBroken(
-        `slot counts disagree: ${this.free.count} free + ${this.allocatedCount} allocated + ${this.refToSlot.size} bound + ` +
-          `${this.releasingCount} releasing + ${this.setAsideCount} set aside + ${this.heldCount} held != ${this.slotCount}`,
-      );
-    }
-  }
-
-  /** Move `slot` from use `from` to `to`, or fail naming what `what` found. */
-  private moveUse(slot: number, from: SlotUse, to: SlotUse, what: string): void {
-    const use = this.uses[slot];
-    if (use !== from)
-      invariantBroken(
-        `${what} slot ${slot}, which is ${USE_NAMES[use] ?? 'out of range'}, not ${USE_NAMES[from]}`,
-      );
-    this.uses[slot] = to;
+    this.uses.assertAccounted(this.free.count, this.refToSlot.size);
   }
 
   record(slot: number): DataView {
@@ -321,11 +265,11 @@ export class LocalSlotStore {
 
   /** Slots whose records are damaged: kept out of use until `torusctl fsck` has looked (see SlotUse.SetAside). */
   get setAsideSlots(): number {
-    return this.setAsideCount;
+    return this.uses.count(SlotUse.SetAside);
   }
 
   isSetAside(slot: number): boolean {
-    return this.uses[slot] === SlotUse.SetAside;
+    return this.uses.of(slot) === SlotUse.SetAside;
   }
 
   /**
@@ -354,15 +298,13 @@ export class LocalSlotStore {
       );
     }
     const slot = this.free.take();
-    this.moveUse(slot, SlotUse.Free, SlotUse.Allocated, 'the free stack held');
-    this.allocatedCount++;
+    this.uses.move(slot, SlotUse.Free, SlotUse.Allocated, 'the free stack held');
     return slot;
   }
 
   /** Give back a slot that was allocated but never bound (a failed write). */
   unallocate(slot: number): void {
-    this.moveUse(slot, SlotUse.Allocated, SlotUse.Free, 'unallocate() of');
-    this.allocatedCount--;
+    this.uses.move(slot, SlotUse.Allocated, SlotUse.Free, 'unallocate() of');
     this.free.put(slot);
     this.assertAccounted();
   }
@@ -373,8 +315,7 @@ export class LocalSlotStore {
    * pinned for it (the pin becomes the patch's).
    */
   bind(slot: number, ref: BlockRef, baseSlot?: number): void {
-    this.moveUse(slot, SlotUse.Allocated, SlotUse.Bound, 'bind() of');
-    this.allocatedCount--;
+    this.uses.move(slot, SlotUse.Allocated, SlotUse.Bound, 'bind() of');
     if (baseSlot !== undefined) this.bases.attach(slot, baseSlot);
     const previous = this.refToSlot.set(ref.volumeId, ref.generation, ref.index, slot);
     if (previous !== undefined && previous !== slot) this.dropSlot(previous);
@@ -386,18 +327,16 @@ export class LocalSlotStore {
    * bind() hands the pin to the patch, unpinBase() gives it back.
    */
   pinBase(slot: number): void {
-    const use = this.uses[slot];
+    const use = this.uses.of(slot);
     if (use !== SlotUse.Bound && use !== SlotUse.Held)
-      invariantBroken(`pinning slot ${slot} as a base, which is ${USE_NAMES[use]}`);
+      invariantBroken(`pinning slot ${slot} as a base, which is ${nameOf(use)}`);
     this.bases.pin(slot);
   }
 
   /** A pin from pinBase() no patch took (its write failed): a held base with no patch left is freed. */
   unpinBase(slot: number): void {
-    if (this.bases.unpin(slot) && this.uses[slot] === SlotUse.Held) {
-      this.heldCount--;
+    if (this.bases.unpin(slot) && this.uses.of(slot) === SlotUse.Held)
       this.releaseSlot(slot, SlotUse.Held);
-    }
   }
 
   /** The base slot of the patch in `slot`, or -1 when it is a whole block (or a patch whose base is missing). */
@@ -422,7 +361,7 @@ export class LocalSlotStore {
 
   /** Slots held only as bases of patches. */
   get heldSlots(): number {
-    return this.heldCount;
+    return this.uses.count(SlotUse.Held);
   }
 
   lookup(volumeId: number, generation: number, index: number): number | undefined {
@@ -445,8 +384,7 @@ export class LocalSlotStore {
   /** A bound slot out of the ref index: held while patches are over it, else released. */
   private dropSlot(slot: number): void {
     if (this.bases.isPinned(slot)) {
-      this.moveUse(slot, SlotUse.Bound, SlotUse.Held, 'holding');
-      this.heldCount++;
+      this.uses.move(slot, SlotUse.Bound, SlotUse.Held, 'holding');
       return;
     }
     this.releaseSlot(slot);
@@ -459,8 +397,7 @@ export class LocalSlotStore {
    * could otherwise land after the new owner's record and tear it.
    */
   private releaseSlot(slot: number, from = SlotUse.Bound): void {
-    this.moveUse(slot, from, SlotUse.Releasing, 'releasing');
-    this.releasingCount++;
+    this.uses.move(slot, from, SlotUse.Releasing, 'releasing');
     const base = this.bases.detach(slot);
     if (base !== undefined) this.unpinBase(base);
     this.clearRecord(slot);
@@ -491,8 +428,7 @@ export class LocalSlotStore {
         }
       } finally {
         for (const slot of batch) {
-          this.moveUse(slot, SlotUse.Releasing, SlotUse.Free, 'the release batch held');
-          this.releasingCount--;
+          this.uses.move(slot, SlotUse.Releasing, SlotUse.Free, 'the release batch held');
           this.free.put(slot);
         }
       }
