@@ -3,12 +3,15 @@
  * makes it worth using. One pool round trip costs 25–75 µs here, more than
  * hashing a 64 KiB block inline, so work is always handed over in batches of
  * up to BATCH blocks: writes are cut into batches by the flush that makes
- * them, and cache misses that arrive in the same tick share a task.
+ * them, and cache misses that arrive in the same tick share a task. Small
+ * misses of plain local blocks are read on the main thread instead while
+ * the disk answers fast (inline-misses.ts).
  */
 import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { logger } from '../../common/log.js';
+import { hasher } from '../blocks/hash.js';
 import type { ReadRemote, WriteRemote } from '../replication/block-placement.js';
 import {
   MAX_TARGETS,
@@ -28,6 +31,7 @@ import {
   type PatchTargets,
 } from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
+import { InlineMisses } from './inline-misses.js';
 
 /** A block to store as a patch (tasks.ts PatchTargets, one block's worth). */
 export interface PatchSource {
@@ -113,6 +117,9 @@ export class DataPool {
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
   private readonly threadCount: number;
+  /** Main-thread reads of small local misses (inline-misses.ts); set once the hasher has loaded. */
+  private inlineMisses: InlineMisses | undefined;
+  private closed = false;
   readonly replicationStats: PoolReplicationStats = {
     remoteReads: 0,
     hedgedReads: 0,
@@ -152,6 +159,19 @@ export class DataPool {
       // cleanly and Piscina falls back to import().
       execArgv: [...process.execArgv, ...NO_REQUIRE_ESM],
     });
+    // Until it has loaded (at start-up, before any volume is open), every miss goes to the pool.
+    hasher()
+      .then((hash) => {
+        if (!this.closed) this.inlineMisses = new InlineMisses(setup, hash);
+      })
+      .catch((err: Error) =>
+        log.warn({ err: err.message }, 'cache misses are read in the pool only'),
+      );
+  }
+
+  /** Misses read on the main thread, and those sent to the pool because the disk was slow. */
+  get inlineMissCounts(): { inline: number; pooled: number } {
+    return { inline: this.inlineMisses?.inline ?? 0, pooled: this.inlineMisses?.pooled ?? 0 };
   }
 
   get threads(): number {
@@ -239,8 +259,10 @@ export class DataPool {
 
   private dispatchReads(): void {
     this.readScheduled = false;
-    const all = this.pendingReads;
+    let all = this.pendingReads;
     this.pendingReads = [];
+    const inline = this.inlineMisses;
+    if (inline) all = all.filter((r) => !inline.tryRead(r));
     // A task serves one volume (one key) and one peer table; group, then cut into batches.
     const byVolume = new Map<unknown, ReadRequest[]>();
     const tables = new Map<readonly PeerTarget[] | undefined, number>();
@@ -323,6 +345,9 @@ export class DataPool {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.inlineMisses?.close();
+    this.inlineMisses = undefined;
     await this.pool.close();
   }
 }

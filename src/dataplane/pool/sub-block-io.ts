@@ -20,7 +20,7 @@
  * - One instance per worker; a call runs to its end without yielding, so the
  *   entry buffer and the scratch block are reused with no allocation.
  */
-import { openSync, readSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Hasher } from '../blocks/hash.js';
 import { forEachSourceRun } from '../blocks/patches.js';
@@ -72,6 +72,11 @@ export class SubBlockIo {
     this.subsumsFd = openIfPresent(join(dirname(dataPath), SUBSUMS_FILE));
     this.entrySize = subsumsEntrySize(blockSize);
     this.entry = new Uint8Array(this.entrySize);
+  }
+
+  /** Close the table's descriptor (the data file's is the caller's). */
+  close(): void {
+    if (this.subsumsFd >= 0) closeSync(this.subsumsFd);
   }
 
   /** Write the entry of `stored` (the block's bytes as stored, xxh64 hashLo/hashHi) for `slot`. */

@@ -5,7 +5,9 @@
  * the block at once; a wrong sub-sums entry costs a whole read, not an
  * error; a write into a partly loaded block keeps every byte;
  * blocks of a format 1 store (no sub-sums) read back, and sub-block reads
- * work for them after a first whole read.
+ * work for them after a first whole read. Small misses are read on the
+ * main thread (pool/inline-misses.ts); one that fails goes to the pool,
+ * which reports it as before.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -104,6 +106,8 @@ describe('sub-block reads', { timeout: 60_000 }, () => {
       ),
     );
     assert.deepEqual(masks(r.cache), [(1 << 5) | (1 << 9)]);
+    // Both small misses were read on the main thread, not in a pool task.
+    assert.deepEqual(r.pool.inlineMissCounts, { inline: 2, pooled: 0 });
     // Reading on from where the last read ended: to the block's end in one go.
     assert.ok(
       (await read(v, 3 * BS + 9 * SUB + 100, SUB)).equals(
@@ -148,6 +152,8 @@ describe('sub-block reads', { timeout: 60_000 }, () => {
     // A read of the whole block touches it too.
     await assert.rejects(read(v, 2 * BS, BS), ChecksumError);
     assert.deepEqual(errors, [2, 2, 2]);
+    // The two good small reads were inline; the damaged ones went to the pool, which reported them.
+    assert.equal(r.pool.inlineMissCounts.inline, 2);
     await v.close();
     await closeRig(r);
   });
