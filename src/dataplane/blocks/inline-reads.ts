@@ -48,6 +48,11 @@ export class InlineReads {
     this.smoothedMs += (ms - this.smoothedMs) / 8;
   }
 
+  /** The smoothed time of inline reads, in ms. */
+  get averageMs(): number {
+    return this.smoothedMs;
+  }
+
   /** Whether reads are inline now (for tests and status). */
   get fast(): boolean {
     return this.smoothedMs <= INLINE_READ_MAX_MS;

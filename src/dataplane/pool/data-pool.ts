@@ -262,7 +262,27 @@ export class DataPool {
     let all = this.pendingReads;
     this.pendingReads = [];
     const inline = this.inlineMisses;
-    if (inline) all = all.filter((r) => !inline.tryRead(r));
+    // Small local misses are read here (inline-misses.ts): all of them while
+    // the data answers from memory, else this thread's share of the tick's,
+    // the rest posted to the workers first so the disk sees their preads and
+    // this thread's at once.
+    let here: ReadRequest[] | undefined;
+    if (inline) {
+      const share = inline.fromMemory ? all.length : Math.ceil(all.length / (this.threadCount + 1));
+      const rest: ReadRequest[] = [];
+      for (const r of all) {
+        if ((here?.length ?? 0) < share && inline.qualifies(r)) (here ??= []).push(r);
+        else rest.push(r);
+      }
+      all = rest;
+    }
+    this.dispatchToWorkers(all);
+    if (here) this.dispatchToWorkers(here.filter((r) => !inline!.read(r)));
+  }
+
+  /** Cut misses into tasks for the workers (grouped by volume and peer table). */
+  private dispatchToWorkers(all: ReadRequest[]): void {
+    if (all.length === 0) return;
     // A task serves one volume (one key) and one peer table; group, then cut into batches.
     const byVolume = new Map<unknown, ReadRequest[]>();
     const tables = new Map<readonly PeerTarget[] | undefined, number>();

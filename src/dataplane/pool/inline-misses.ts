@@ -17,6 +17,14 @@
  * blocks (sequential readers) stay in the pool, where two workers hash them
  * in parallel with the loop.
  *
+ * How much of a burst: all of it while misses take under INLINE_MISS_ALL_MS
+ * (the data is in memory: on this project's VM a miss inline takes ~50 µs,
+ * and handing part of a burst to the workers cost 30 % more CPU for no more
+ * IOPS, docs/benchmarks.md session 20). Slower, the main thread reads only
+ * its share (one part in threads + 1) and the rest go to the workers first,
+ * so a real disk sees reads side by side; a lone miss (a reader at queue
+ * depth 1) is read here either way.
+ *
  * Only a read that succeeds is answered here. Anything else — an entry
  * missing, a sub-block failing its sum after a whole read, an I/O error —
  * goes to the pool as before, which reads again and reports it (and in a
@@ -37,6 +45,13 @@ import { READ_OK, type WorkerSetup } from './tasks.js';
 
 /** The largest miss read inline: a few sub-blocks; a whole block's hash is a worker's. */
 export const INLINE_MISS_MAX_BYTES = 16 * 1024;
+/**
+ * Below this smoothed time a miss is answered from memory (the page cache,
+ * or a host's): reading every one here costs less than handing any over.
+ * Above it the disk is the wait, and only the main thread's share is read
+ * here so the workers' preads overlap it (DataPool.dispatchReads).
+ */
+export const INLINE_MISS_ALL_MS = 0.1;
 
 /** What a read needs to be tried inline (a subset of DataPool's ReadRequest). */
 export interface MissRead {
@@ -78,17 +93,28 @@ export class InlineMisses {
     );
   }
 
-  /** Read `r` here if it qualifies and succeeds (its done() called); false: the pool must take it. */
-  tryRead(r: MissRead): boolean {
+  /** Is the disk answering as fast as memory (take every miss here, not a share)? */
+  get fromMemory(): boolean {
+    return this.policy.averageMs <= INLINE_MISS_ALL_MS;
+  }
+
+  /** May `r` be read here (a small plain local miss, and the disk answering fast)? */
+  qualifies(r: MissRead): boolean {
     const wanted = r.subBlocks ?? 0;
     if (r.key !== null || r.storeSlot < 0 || wanted === 0 || wanted === this.wholeMask)
       return false;
-    const bytes = popcount(wanted) * SUB_BLOCK_SIZE;
-    if (bytes > INLINE_MISS_MAX_BYTES) return false;
-    if (!this.policy.inline(bytes)) {
-      this.pooled++;
-      return false;
-    }
+    if (popcount(wanted) * SUB_BLOCK_SIZE > INLINE_MISS_MAX_BYTES) return false;
+    if (this.policy.inline(INLINE_MISS_MAX_BYTES)) return true;
+    this.pooled++;
+    return false;
+  }
+
+  /**
+   * Read `r`, which qualifies(), here: true when it succeeded (its done()
+   * called); false: the pool must take it.
+   */
+  read(r: MissRead): boolean {
+    const wanted = r.subBlocks!;
     const slot = r.storeSlot;
     let patch: PatchLayout | undefined;
     if (isPatchRecord(this.records, slot)) {
