@@ -157,6 +157,28 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     await store.close();
   });
 
+  test('slots released together are taken again lowest first, so a rewrite lands in ascending order', async () => {
+    const dir = join(root, 'release-order');
+    await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
+    const store = await LocalSlotStore.open(dir);
+    const slots: number[] = [];
+    for (let index = 0; index < 7; index++) {
+      const slot = store.allocate();
+      const ref = { volumeId: 3, generation: 1, index };
+      await store.writeBlock(slot, ref, Buffer.alloc(BS, index), 0);
+      slots.push(slot);
+    }
+    // The first release starts a write of its own; the next six, out of order,
+    // are one batch behind it (what a commit does with what it replaced).
+    for (const index of [6, 4, 1, 5, 0, 3, 2]) store.release({ volumeId: 3, generation: 1, index });
+    await store.whenReleased();
+    assert.deepEqual(
+      Array.from({ length: 7 }, () => store.allocate()),
+      [...slots.slice(0, 6).sort((x, y) => x - y), slots[6]],
+    );
+    await store.close();
+  });
+
   test('after a reopen the free slots below the last used one go first, lowest first, then the untouched rest', async () => {
     const dir = join(root, 'holes');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 4096 * BS });

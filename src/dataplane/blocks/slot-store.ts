@@ -427,9 +427,12 @@ export class LocalSlotStore {
           i = end;
         }
       } finally {
-        for (const slot of batch) {
-          this.uses.move(slot, SlotUse.Releasing, SlotUse.Free, 'the release batch held');
-          this.free.put(slot);
+        // Highest first, so the lowest is on top of the stack and taken first: a sequential
+        // writer reusing a version's slots gets them in ascending order, and its reader reads
+        // forward through the file (the kernel's read-ahead follows only that direction).
+        for (let i = batch.length - 1; i >= 0; i--) {
+          this.uses.move(batch[i], SlotUse.Releasing, SlotUse.Free, 'the release batch held');
+          this.free.put(batch[i]);
         }
       }
     }
