@@ -72,13 +72,17 @@ export class InlineMisses {
   private readonly records: Uint8Array;
   private readonly blockSize: number;
   private readonly wholeMask: number;
-  private readonly policy = new InlineReads();
   private readonly patch: PatchLayout = { baseSlot: -1, present: 0 };
   /** Misses answered here, and those handed to the pool though eligible (the disk was slow). */
   inline = 0;
   pooled = 0;
 
-  constructor(setup: WorkerSetup, hash: Hasher) {
+  constructor(
+    setup: WorkerSetup,
+    hash: Hasher,
+    /** Whether misses go inline, from their times (the tests drive it). */
+    private readonly policy = new InlineReads(),
+  ) {
     this.blockSize = setup.blockSize;
     this.wholeMask = wholeMaskOf(setup.blockSize);
     this.cache = new Uint8Array(setup.cache);
