@@ -38,7 +38,7 @@ import { closeSync, openSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import type { Hasher } from '../blocks/hash.js';
 import { InlineReads } from '../blocks/inline-reads.js';
-import { isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
+import { isPatchRecord, patchPresent, subBlockCount, wholeMaskOf } from '../blocks/patches.js';
 import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
 import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
 import { READ_OK, type WorkerSetup } from './tasks.js';
@@ -107,7 +107,7 @@ export class InlineMisses {
     const wanted = r.subBlocks ?? 0;
     if (r.key !== null || r.storeSlot < 0 || wanted === 0 || wanted === this.wholeMask)
       return false;
-    if (popcount(wanted) * SUB_BLOCK_SIZE > INLINE_MISS_MAX_BYTES) return false;
+    if (subBlockCount(wanted) * SUB_BLOCK_SIZE > INLINE_MISS_MAX_BYTES) return false;
     if (this.policy.inline(INLINE_MISS_MAX_BYTES)) return true;
     this.pooled++;
     return false;
@@ -144,10 +144,4 @@ export class InlineMisses {
     this.io.close();
     closeSync(this.dataFd);
   }
-}
-
-function popcount(mask: number): number {
-  let n = 0;
-  for (let m = mask >>> 0; m !== 0; m &= m - 1) n++;
-  return n;
 }

@@ -17,7 +17,8 @@
  *   is the patch's (bound to its tree hash), and a whole read assembles the
  *   block from both and judges it by the tree hash. Writing one takes its
  *   sums from its base's entry (and an older patch's), never its bytes.
- * - One instance per worker; a call runs to its end without yielding, so the
+ * - One instance per thread (each worker's, and the main thread's in
+ *   inline-misses.ts); a call runs to its end without yielding, so the
  *   entry buffer and the scratch block are reused with no allocation.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
