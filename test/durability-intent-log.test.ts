@@ -3,8 +3,9 @@
  * acknowledged once its bytes are in the log, so data acknowledged that way
  * must come back after a kill at any moment — replayed at start-up — also
  * when the log's tail is torn, when torusd is killed again during the
- * replay, and for an encrypted volume (whose bytes never reach the log in
- * clear). A snapshot taken right after a FLUSH holds the flushed data.
+ * replay, for an encrypted volume (whose bytes never reach the log in
+ * clear), and once the log has wrapped over records already committed, lap
+ * after lap. A snapshot taken right after a FLUSH holds the flushed data.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -13,7 +14,13 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { IntentLog } from '../src/dataplane/intent-log/intent-log.js';
-import { FLAG_SEALED, RECORD_HEADER_BYTES } from '../src/dataplane/intent-log/record.js';
+import { hasher } from '../src/dataplane/blocks/hash.js';
+import {
+  FILE_HEADER_BYTES,
+  FLAG_SEALED,
+  RECORD_HEADER_BYTES,
+  decodeFileHeader,
+} from '../src/dataplane/intent-log/record.js';
 import {
   BIN,
   makeDataDir,
@@ -27,6 +34,7 @@ import { SYSTEM_PYTHON, missing, python } from './tools.js';
 const skip = missing('nbdsh');
 // The intent log is on by default; durability.test.ts checks the path without it (--intent-log-size 0).
 const KiB4 = 4096;
+const MiB = 1024 * 1024;
 /** Region the writers touch: write i goes to a slot of it no other write of the run uses. */
 const SLOTS = 4096;
 
@@ -34,59 +42,63 @@ const SLOTS = 4096;
  * 4 KiB writes at scattered offsets, each acknowledged by FLUSH (even i) or
  * FUA (odd i), "acked i" printed after each; unacknowledged noise after.
  */
-function writerScript(uri: string, seed: number, count: number): string {
+function writerScript(uri: string, seed: number, count: number, bytes = KiB4): string {
   return `
 import nbd, hashlib
 h = nbd.NBD()
 h.connect_uri(${JSON.stringify(uri)})
 for i in range(${count}):
-    data = hashlib.sha256(b"%d-%d" % (${seed}, i)).digest() * 128
-    offset = (i * 2053 % ${SLOTS}) * 4096
+    data = hashlib.sha256(b"%d-%d" % (${seed}, i)).digest() * ${bytes / 32}
+    offset = (i * 2053 % ${SLOTS}) * ${bytes}
     if i % 2 == 0:
         h.pwrite(data, offset)
         h.flush()
     else:
         h.pwrite(data, offset, nbd.CMD_FLAG_FUA)
-    h.pwrite(b"\\xee" * 512, ${SLOTS * KiB4} + (i % 64) * 4096)
+    h.pwrite(b"\\xee" * 512, ${SLOTS * bytes} + (i % 64) * 4096)
     print("acked", i, flush=True)
 `;
 }
 
-function checkScript(uri: string, seed: number, upTo: number): string {
+function checkScript(uri: string, seed: number, upTo: number, bytes = KiB4): string {
   return `
 import nbd, hashlib
 h = nbd.NBD()
 h.connect_uri(${JSON.stringify(uri)})
 bad = []
 for i in range(${upTo} + 1):
-    data = hashlib.sha256(b"%d-%d" % (${seed}, i)).digest() * 128
-    if h.pread(4096, (i * 2053 % ${SLOTS}) * 4096) != data:
+    data = hashlib.sha256(b"%d-%d" % (${seed}, i)).digest() * ${bytes / 32}
+    if h.pread(${bytes}, (i * 2053 % ${SLOTS}) * ${bytes}) != data:
         bad.append(i)
 print("bad", bad)
 `;
 }
 
-/** Run the writer against `node` and kill -9 torusd after `killAfterMs`; the highest write acknowledged. */
+/**
+ * Run the writer against `node` and kill -9 torusd `killAfterMs` after the
+ * `fromAck`th acknowledgement (the first by default); the highest write
+ * acknowledged. Writes are 4 KiB unless `bytes` says otherwise.
+ */
 async function writeAndKill(
   node: TorusdProcess,
   volume: string,
   seed: number,
   killAfterMs: number,
+  { fromAck = 0, bytes = KiB4 } = {},
 ): Promise<number> {
-  const writer = spawn(SYSTEM_PYTHON, ['-c', writerScript(node.uri(volume), seed, SLOTS)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const script = writerScript(node.uri(volume), seed, SLOTS, bytes);
+  const writer = spawn(SYSTEM_PYTHON, ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
   let acked = -1;
   let firstAck!: () => void;
   const acking = new Promise<void>((r) => (firstAck = r));
   writer.stdout.on('data', (d: Buffer) => {
     for (const m of d.toString().matchAll(/acked (\d+)/g)) acked = Math.max(acked, Number(m[1]));
-    if (acked >= 0) firstAck();
+    if (acked >= fromAck) firstAck();
   });
   const writerDone = new Promise((r) => writer.once('exit', r));
   try {
-    // The kill comes while acknowledgements flow: timed from the first one (a loaded machine starts slowly).
-    await Promise.race([acking, writerDone, sleep(60_000)]);
+    // The kill comes while acknowledgements flow: timed from one of them (a loaded machine starts slowly).
+    await Promise.race([acking, writerDone, sleep(120_000, undefined, { ref: false })]);
     await sleep(killAfterMs);
     process.kill(node.pid, 'SIGKILL');
     await node.stop('SIGKILL');
@@ -96,8 +108,14 @@ async function writeAndKill(
   return acked;
 }
 
-async function lostWrites(node: TorusdProcess, volume: string, seed: number, upTo: number) {
-  const check = await python(checkScript(node.uri(volume), seed, upTo));
+async function lostWrites(
+  node: TorusdProcess,
+  volume: string,
+  seed: number,
+  upTo: number,
+  bytes = KiB4,
+) {
+  const check = await python(checkScript(node.uri(volume), seed, upTo, bytes));
   assert.equal(check.code, 0, check.stderr);
   return (/bad \[(.*)\]/.exec(check.stdout)?.[1] ?? '').split(',').filter((x) => x.trim());
 }
@@ -209,6 +227,37 @@ describe('intent log under kill -9', { skip, timeout: 300_000 }, () => {
       [],
       'a clean stop leaves nothing to replay',
     );
+  });
+
+  test('after the log wrapped lap after lap, flushed data survives kill -9', async () => {
+    // 64 KiB flushes into the smallest log: a lap every ~250; past half full the volume commits.
+    const bytes = 64 * 1024;
+    node = await startTorusd({
+      dataDir: dir,
+      size: '1GiB',
+      args: [
+        '--ensure-volume',
+        `laps=${(SLOTS * bytes) / MiB + 1}MiB`,
+        '--intent-log-size',
+        '16MiB',
+      ],
+    });
+    const acked = await writeAndKill(node, 'laps', 31, Math.random() * 300, {
+      fromAck: 700,
+      bytes,
+    });
+    node = undefined;
+    assert.ok(acked >= 700, `only ${acked + 1} writes acknowledged`);
+    const head = Buffer.alloc(FILE_HEADER_BYTES);
+    const file = await open(join(dir, 'intent.log'), 'r');
+    await file.read(head, 0, FILE_HEADER_BYTES, 0);
+    await file.close();
+    const header = decodeFileHeader(head, await hasher());
+    assert.ok(header && header.firstSeq > 1, 'the log wrapped: its tail moved');
+    node = await startTorusd({ dataDir: dir, size: '1GiB' });
+    assert.deepEqual(await lostWrites(node, 'laps', 31, acked, bytes), []);
+    assert.equal(await node.stop('SIGTERM'), 0);
+    node = undefined;
   });
 
   test('an encrypted volume: flushed data comes back, and the log never holds it in clear', async () => {

@@ -8,6 +8,7 @@ import type { Logger } from '../common/log.js';
 import { formatSize } from '../common/size.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { BlockCache } from '../dataplane/cache/block-cache.js';
+import type { IntentLog } from '../dataplane/intent-log/intent-log.js';
 import type { NodeMetrics } from './metrics.js';
 
 /**
@@ -79,4 +80,23 @@ export function registerStorageGauges(
   );
   metrics.gauge('torus_cache_hits_total', 'Block cache hits', () => cache.hits);
   metrics.gauge('torus_cache_misses_total', 'Block cache misses', () => cache.misses);
+}
+
+export function registerIntentLogGauges(metrics: NodeMetrics, log: IntentLog): void {
+  metrics.gauge('torus_intent_log_bytes', 'Intent log file size', () => log.fileBytes);
+  metrics.gauge(
+    'torus_intent_log_used_bytes',
+    'Intent log bytes holding records not yet in a committed version',
+    () => log.usedBytes(),
+  );
+  metrics.gauge(
+    'torus_intent_log_wraps_total',
+    'Times the intent log went back to its start over records already committed',
+    () => log.wraps,
+  );
+  metrics.gauge(
+    'torus_intent_log_full_total',
+    'FLUSHes the intent log could not take (a whole version committed instead): a sign the log is small for the load',
+    () => log.refusals,
+  );
 }

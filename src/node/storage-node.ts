@@ -22,7 +22,7 @@ import { BackgroundServices } from './background-services.js';
 import { registerReplicationGauges } from './cluster-blocks.js';
 import { EveryVolumeHosting } from './every-volume-hosting.js';
 import { LocalGc, registerGcGauges } from './local-gc.js';
-import { registerStorageGauges } from './local-storage.js';
+import { registerIntentLogGauges, registerStorageGauges } from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
 import {
   closeNodeParts,
@@ -195,6 +195,7 @@ export class StorageNode implements ExportProvider {
   /** Each group of gauges is registered by the module that owns what it measures. */
   private registerGauges(metrics: NodeMetrics): void {
     registerStorageGauges(metrics, this.store, this.cache);
+    if (this.parts.intentLog) registerIntentLogGauges(metrics, this.parts.intentLog);
     this.host.registerGauges(metrics);
     this.background.registerScrubGauges(metrics);
     if (this.gc) registerGcGauges(metrics, this.gc, this.store.blockSize);

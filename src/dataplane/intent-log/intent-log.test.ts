@@ -1,7 +1,7 @@
 /**
  * IntentLog on a real file: what a start-up scan finds after appends, after
- * a torn tail, after the log started over (a new epoch), and that a volume
- * stays live until a commit covers its last capture.
+ * a torn tail, after the log wrapped (laps over settled records, never over
+ * a needed one), and when it asks its volumes to commit.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, open, rm } from 'node:fs/promises';
@@ -13,6 +13,7 @@ import { IntentLog, MIN_INTENT_LOG_BYTES } from './intent-log.js';
 import { RECORD_HEADER_BYTES, RECORDS_START, encodeRecordHeader, recordBytes } from './record.js';
 
 const log = logger('intent-log-test');
+const MiB = 1024 * 1024;
 
 /** Stage one plain record of `fill` bytes for `volumeId` at `offset`. */
 function put(intents: IntentLog, volumeId: number, offset: number, length: number, fill: number) {
@@ -38,9 +39,9 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     await first.startAfterReplay();
     put(first, 1, 0, 4096, 0xa1);
     put(first, 2, 8192, 100, 0xa2);
-    await first.durable(2, 1);
+    await first.durable(2);
     put(first, 1, 4096, 4096, 0xa3);
-    await first.durable(1, 1);
+    await first.durable(1);
     await first.close();
     const handle = await open(path, 'r');
     assert.equal((await handle.stat()).size, MIN_INTENT_LOG_BYTES);
@@ -70,7 +71,7 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     const waits: Promise<void>[] = [];
     for (let i = 0; i < 50; i++) {
       put(intents, 1 + (i % 3), i * 4096, 4096, i);
-      waits.push(intents.durable(1 + (i % 3), i));
+      waits.push(intents.durable(1 + (i % 3)));
     }
     await Promise.all(waits);
     // At most two batches: the first record's, and everything staged while it synced.
@@ -85,7 +86,7 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     await intents.startAfterReplay();
     for (let i = 0; i < 3; i++) {
       put(intents, 1, i * 4096, 4096, 0x10 + i);
-      await intents.durable(1, i);
+      await intents.durable(1);
     }
     await intents.close();
     const handle = await open(path, 'r+');
@@ -99,27 +100,99 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     );
   });
 
-  test('once no volume is live the log starts over; older records are never read again', async () => {
-    const path = join(root, 'epochs.log');
+  test('the log wraps over settled records; a scan finds every needed one, in order', async () => {
+    const path = join(root, 'wrap.log');
     const intents = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
     await intents.startAfterReplay();
-    for (let i = 0; i < 4; i++) put(intents, 1, i * 65536, 65536, 0x20 + i);
-    await intents.durable(1, 1);
-    intents.settled(1, 0);
-    put(intents, 2, 0, 4096, 0x30);
-    await intents.durable(2, 1);
-    assert.equal((await IntentLog.peek(path)).length, 5, 'volume 1 still live: no reset');
-    intents.settled(1, 1);
-    intents.settled(2, 1);
-    put(intents, 3, 0, 100, 0x40);
-    await intents.durable(3, 1);
+    const record = recordBytes(0, MiB);
+    const perLap = Math.floor((MIN_INTENT_LOG_BYTES - RECORDS_START) / record);
+    // Volume 1 writes and commits steadily for two and a half laps; volume 2
+    // logs one record two laps in and never commits.
+    let volume2Seq = -1;
+    for (let i = 0; i < (perLap * 5) / 2; i++) {
+      if (i === perLap * 2) {
+        volume2Seq = intents.nextSeqToStage;
+        put(intents, 2, 0, 4096, 0xb2);
+        await intents.durable(2);
+      }
+      const seq = intents.nextSeqToStage;
+      assert.ok(intents.fits(record), `record ${i} fits`);
+      put(intents, 1, i * MiB, MiB, i & 0xff);
+      await intents.durable(1);
+      intents.settled(1, seq + 1);
+    }
     await intents.close();
-    // The new epoch's one record overwrote the start; the old ones after it are stale.
+    const found = await IntentLog.peek(path);
+    const seqs = found.map((r) => r.seq);
+    assert.deepEqual(
+      seqs,
+      seqs.map((_, i) => seqs[0] + i),
+      'consecutive',
+    );
+    assert.equal(seqs.at(-1), intents.nextSeqToStage - 1, 'up to the last one written');
+    assert.ok(seqs[0] <= volume2Seq, 'from the oldest needed record or before it');
+    assert.ok(found.length < (perLap * 5) / 2, 'not the whole history: the file was written over');
+    assert.deepEqual(
+      found.filter((r) => r.volumeId === 2).map((r) => r.payload[0]),
+      [0xb2],
+    );
+  });
+
+  test('a needed record holds the tail: the log fills, and has room again once it is settled', async () => {
+    const path = join(root, 'held.log');
+    const intents = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+    await intents.startAfterReplay();
+    let asked = 0;
+    intents.register(2, () => asked++);
+    put(intents, 2, 0, 4096, 0xc2);
+    await intents.durable(2);
+    const record = recordBytes(0, MiB);
+    let written = 0;
+    while (intents.fits(record)) {
+      const seq = intents.nextSeqToStage;
+      put(intents, 1, written * MiB, MiB, 0xc1);
+      await intents.durable(1);
+      intents.settled(1, seq + 1);
+      written++;
+      assert.ok(written < 100, 'the log never fills');
+    }
+    assert.equal(written, Math.floor((MIN_INTENT_LOG_BYTES - RECORDS_START - 4160) / record));
+    assert.ok(asked >= 1, 'volume 2 was asked to commit');
+    intents.settled(2, intents.nextSeqToStage);
+    assert.ok(intents.fits(record), 'room again');
+    assert.equal(intents.usedBytes(), 0);
+    put(intents, 1, 0, MiB, 0xc3);
+    await intents.durable(1);
+    await intents.close();
+    // The wrapped batch moved the header's tail to itself: it is all a scan finds.
     const found = await IntentLog.peek(path);
     assert.deepEqual(
       found.map((r) => [r.volumeId, r.payload[0]]),
-      [[3, 0x40]],
+      [[1, 0xc3]],
     );
+  });
+
+  test('past half full the live volumes are asked to commit, again after each commit lands', async () => {
+    const path = join(root, 'press.log');
+    const intents = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+    await intents.startAfterReplay();
+    let asked = 0;
+    intents.register(1, () => asked++);
+    const record = recordBytes(0, MiB);
+    const half = Math.ceil((MIN_INTENT_LOG_BYTES - RECORDS_START) / 2 / record);
+    for (let i = 0; i < half - 1; i++) {
+      assert.ok(intents.fits(record));
+      put(intents, 1, i * MiB, MiB, 1);
+      await intents.durable(1);
+    }
+    assert.equal(asked, 0, 'below half: nobody asked');
+    intents.fits(record);
+    intents.fits(record);
+    assert.equal(asked, 1, 'past half: asked once');
+    intents.settled(1, 1); // a commit that holds none of them
+    intents.fits(record);
+    assert.equal(asked, 2, 'asked again after a commit landed');
+    await intents.close();
   });
 
   test('fits() says no past the end of the file', async () => {

@@ -8,16 +8,29 @@
  * of them (the file is open O_DSYNC: the write returns once its bytes are
  * durable), whatever connection or volume they came from.
  *
- * Space comes back by epochs. A volume is live in the log from the moment
- * it stages a record until a commit covering that record lands
- * (settled()). When no volume is live every record in the file is held by
- * a committed version too; the next batch then starts the file over at
- * RECORDS_START under a new epoch, writing the file header (epoch,
- * firstSeq) just before its records. A scan reads from
- * RECORDS_START while records are intact, of the header's epoch and
- * numbered firstSeq, firstSeq + 1, …: whatever follows a torn or stale
- * record is ignored. Above half full the log asks its live volumes to
- * commit (the committers registered with it).
+ * Space comes back as commits land: the file is a ring. A record is needed
+ * until a committed version holds it: settled(volume, seq) says every
+ * record of the volume numbered below seq is. The oldest batch still
+ * holding a needed record is the live tail; batches are written from the
+ * head on, and wrap to RECORDS_START when the next does not fit before the
+ * end of the file, never over the live tail (fits() says no first: the
+ * flush then commits a version instead). The file header says where a scan
+ * starts (tailPosition, and the seq found there); it is rewritten, in the
+ * batch's own write sequence and before its records, only when a batch
+ * would overwrite the records from that position on, and then says the
+ * live tail. So a steady stream of flushes never waits for the log to
+ * empty, as it did when the log could only start over once no volume had a
+ * record in it.
+ *
+ * A scan reads from the header's tail while records are intact, of the
+ * header's epoch and numbered firstSeq, firstSeq + 1, …; where the next is
+ * not found it looks once at RECORDS_START (the writer wrapped there): a
+ * sequence number is written at one place only, so what it finds there is
+ * the next record or a stale one, never a wrong one. Whatever follows a
+ * torn or stale record is ignored. Epochs change at each start (after
+ * replay), so no record of an earlier run is read as one of this run's.
+ * Above half full the log asks its live volumes to commit (the committers
+ * registered with it), again after each commit lands while it stays so.
  *
  * Format: record.ts. Replay at start-up: replay.ts and the node's hosting.
  */
@@ -35,6 +48,7 @@ import {
   recordIsIntact,
   sealAad,
   stampRecord,
+  type FileHeader,
   type RecordHeader,
 } from './record.js';
 import { InlineWrites, openLogFile, writeFullySync, writeZeros } from './log-file.js';
@@ -55,6 +69,24 @@ export interface RecoveredRecord extends RecordHeader {
   /** The aad its payload was sealed with. */
   aad: Buffer;
 }
+
+/** A written batch: where it lies, and the volumes whose records in it are needed until settled. */
+interface Segment {
+  start: number;
+  end: number;
+  firstSeq: number;
+  /** Flat pairs: a volume id, the seq of that volume's last data record in the batch. */
+  volumes: number[];
+}
+
+/** A record position and the seq a scan expects there. */
+interface LogPoint {
+  position: number;
+  seq: number;
+}
+
+/** Compact the segment queue once this many have been dropped from its front. */
+const SEGMENT_COMPACT = 1024;
 
 interface Batch {
   promise: Promise<void>;
@@ -77,6 +109,10 @@ function newBatch(): Batch {
 export class IntentLog {
   /** Records the start-up scan found, in log order; emptied by startAfterReplay(). */
   recovered: RecoveredRecord[];
+  /** Times a batch went back to RECORDS_START (for /metrics). */
+  wraps = 0;
+  /** Times fits() said no: a flush committed a version instead (for /metrics: the log is small for the load). */
+  refusals = 0;
   private epoch: number;
   private nextSeq: number;
   /** Where the next batch is written. */
@@ -87,15 +123,23 @@ export class IntentLog {
   private stagedBytes = 0;
   private recordStarts: number[] = [];
   private spareStarts: number[] = [];
+  /** The volumes that staged data records into the batch being staged (Segment.volumes). */
+  private stagedVolumes: number[] = [];
   private batch: Batch | undefined;
   private writing = false;
   /** The batch loop while it runs (close() waits for it). */
   private writer: Promise<void> | undefined;
-  private resetPending = false;
   private accepting = false;
   private failed: unknown;
-  /** Volume id → the last capture it staged; absent: nothing of it is needed any more. */
+  /** Batches written this run, oldest first from `firstSegment`; dropped once settled. */
+  private segments: Segment[] = [];
+  private firstSegment = 0;
+  /** Where the file header on disk says a scan starts. */
+  private diskTail: LogPoint = { position: RECORDS_START, seq: 1 };
+  /** Volume id → the seq of its last data record staged; absent: nothing of it is needed any more. */
   private readonly live = new Map<number, number>();
+  /** Volume id → every record of it numbered below this is in a committed version. */
+  private readonly settledBelow = new Map<number, number>();
   private readonly committers = new Map<number, () => void>();
   private pressing = false;
   private readonly headerBuffer = Buffer.alloc(FILE_HEADER_BYTES);
@@ -137,7 +181,7 @@ export class IntentLog {
         return fresh;
       }
       const bytes = Math.min(header.fileBytes, size);
-      const recovered = await scan(file, bytes, header.epoch, header.firstSeq, hash);
+      const recovered = await scan(file, bytes, header, hash);
       const last = recovered.at(-1);
       return new IntentLog(
         path,
@@ -172,13 +216,7 @@ export class IntentLog {
       const header = decodeFileHeader(head, hash);
       if (!header) return [];
       const size = (await file.stat()).size;
-      return await scan(
-        file,
-        Math.min(header.fileBytes, size),
-        header.epoch,
-        header.firstSeq,
-        hash,
-      );
+      return await scan(file, Math.min(header.fileBytes, size), header, hash);
     } finally {
       await file.close();
     }
@@ -196,6 +234,8 @@ export class IntentLog {
   async startAfterReplay(): Promise<void> {
     this.epoch++;
     this.position = RECORDS_START;
+    this.segments = [];
+    this.firstSegment = 0;
     await this.writeHeader(this.epoch, this.nextSeq);
     this.recovered = [];
     this.accepting = true;
@@ -224,11 +264,22 @@ export class IntentLog {
     return this.nextSeq + this.recordStarts.length;
   }
 
-  /** Whether `bytes` more bytes of records fit before the end of the file. */
+  /**
+   * Whether `bytes` more bytes of records fit in the batch being staged:
+   * the batch, placed at the head or wrapped to RECORDS_START, clear of
+   * every record still needed. Past half full (or full), live volumes are
+   * asked to commit.
+   */
   fits(bytes: number): boolean {
-    const from = this.resetPending && !this.writing ? RECORDS_START : this.position;
-    const fits = from + this.stagedBytes + bytes <= this.fileBytes;
-    if (!fits || from + this.stagedBytes + bytes > this.fileBytes / 2) this.press();
+    const total = this.stagedBytes + bytes;
+    const capacity = this.fileBytes - RECORDS_START;
+    this.dropSettled();
+    const start = this.placement(total);
+    const tail = this.liveTail();
+    const fits =
+      total <= capacity && (tail === undefined || !this.overlapsFrom(tail.position, start, total));
+    if (!fits) this.refusals++;
+    if (!fits || this.usedBytes() + total > capacity / 2) this.press();
     return fits;
   }
 
@@ -255,8 +306,11 @@ export class IntentLog {
    * `capture`: the volume is live until settled() covers it. Resolves once
    * they are on disk (the batch's O_DSYNC write returned).
    */
-  durable(volumeId: number, capture: number): Promise<void> {
-    this.live.set(volumeId, capture);
+  durable(volumeId: number): Promise<void> {
+    const last = this.nextSeqToStage - 1;
+    assert(last >= this.nextSeq, 'intent log: durable() with no record staged');
+    this.live.set(volumeId, last);
+    this.stagedVolumes.push(volumeId, last);
     return this.syncStaged();
   }
 
@@ -268,14 +322,25 @@ export class IntentLog {
     return promise;
   }
 
-  /** A commit of the volume landed holding every capture up to `capture`. */
-  settled(volumeId: number, capture: number): void {
+  /**
+   * A commit of the volume landed holding every record of it numbered
+   * below `belowSeq` (nextSeqToStage when the commit started). Their space
+   * is written again once every record before them is settled too.
+   */
+  settled(volumeId: number, belowSeq: number): void {
+    if (belowSeq > (this.settledBelow.get(volumeId) ?? 0))
+      this.settledBelow.set(volumeId, belowSeq);
     const last = this.live.get(volumeId);
-    if (last !== undefined && last <= capture) this.live.delete(volumeId);
-    if (this.live.size === 0 && this.position > RECORDS_START) {
-      this.resetPending = true;
-      this.pressing = false;
-    }
+    if (last !== undefined && last < belowSeq) this.live.delete(volumeId);
+    this.pressing = false; // a commit landed: ask again if the log is still past half
+  }
+
+  /** Bytes from the live tail to the head: what the records still needed take. */
+  usedBytes(): number {
+    const tail = this.liveTail();
+    if (tail === undefined) return 0;
+    if (tail.position < this.position) return this.position - tail.position;
+    return this.fileBytes - tail.position + (this.position - RECORDS_START);
   }
 
   async close(): Promise<void> {
@@ -286,7 +351,7 @@ export class IntentLog {
     await this.file.close();
   }
 
-  /** Half full: ask every live volume to commit, once until the log starts over. */
+  /** Past half full: ask every live volume to commit, once until a commit lands. */
   private press(): void {
     if (this.pressing) return;
     this.pressing = true;
@@ -310,26 +375,38 @@ export class IntentLog {
       this.spareStarts = starts;
       this.stagedBytes = 0;
       this.batch = undefined;
+      const volumes = this.stagedVolumes;
+      this.stagedVolumes = [];
       try {
-        let headerChanged = false;
-        if (this.resetPending) {
-          this.resetPending = false;
-          this.epoch++;
-          this.position = RECORDS_START;
-          headerChanged = true;
-        }
-        const firstSeq = this.nextSeq;
-        for (const at of starts) stampRecord(buffer, at, this.epoch, this.nextSeq++, this.hash);
-        const position = this.position;
-        assert(position + bytes <= this.fileBytes, 'intent log batch past the end of its file');
-        this.position += bytes;
+        this.dropSettled();
+        const position = this.placement(bytes);
+        const tail = this.liveTail();
+        assert(
+          tail === undefined || !this.overlapsFrom(tail.position, position, bytes),
+          'intent log batch over records still needed',
+        );
+        // The header's tail is about to be overwritten: point it at the live tail (or at this batch) first.
+        const headerChanged =
+          this.diskTail.seq < this.nextSeq &&
+          this.overlapsFrom(this.diskTail.position, position, bytes);
         if (headerChanged) {
+          this.diskTail = tail ?? { position, seq: this.nextSeq };
           encodeFileHeader(
-            { epoch: this.epoch, firstSeq, fileBytes: this.fileBytes },
+            {
+              epoch: this.epoch,
+              firstSeq: this.diskTail.seq,
+              fileBytes: this.fileBytes,
+              tailPosition: this.diskTail.position,
+            },
             this.headerBuffer,
             this.hash,
           );
         }
+        if (position < this.position) this.wraps++;
+        const firstSeq = this.nextSeq;
+        for (const at of starts) stampRecord(buffer, at, this.epoch, this.nextSeq++, this.hash);
+        this.segments.push({ start: position, end: position + bytes, firstSeq, volumes });
+        this.position = position + bytes;
         // O_DSYNC: durable on return, inline or not.
         const { fd } = this.file;
         await this.inlineWrites.write(
@@ -361,47 +438,108 @@ export class IntentLog {
     this.writing = false;
   }
 
+  /** A header whose scan starts at RECORDS_START with `firstSeq` (a fresh log, a new run). */
   private async writeHeader(epoch: number, firstSeq: number): Promise<void> {
-    encodeFileHeader({ epoch, firstSeq, fileBytes: this.fileBytes }, this.headerBuffer, this.hash);
+    this.diskTail = { position: RECORDS_START, seq: firstSeq };
+    encodeFileHeader(
+      { epoch, firstSeq, fileBytes: this.fileBytes, tailPosition: RECORDS_START },
+      this.headerBuffer,
+      this.hash,
+    );
     await this.file.write(this.headerBuffer, 0, FILE_HEADER_BYTES, 0);
     await this.file.datasync();
   }
+
+  /** Where a batch of `bytes` goes: at the head, or at RECORDS_START when it would pass the end. */
+  private placement(bytes: number): number {
+    return this.position + bytes <= this.fileBytes ? this.position : RECORDS_START;
+  }
+
+  /** The oldest batch with a record still needed, or none. */
+  private liveTail(): LogPoint | undefined {
+    const segment = this.segments[this.firstSegment];
+    return segment && { position: segment.start, seq: segment.firstSeq };
+  }
+
+  /**
+   * Whether bytes [start, start + bytes) meet the records from `tail` to
+   * the head (a non-empty run, wrapped when the tail is not below the head).
+   */
+  private overlapsFrom(tail: number, start: number, bytes: number): boolean {
+    const end = start + bytes;
+    if (tail < this.position) return start < this.position && end > tail;
+    return end > tail || start < this.position;
+  }
+
+  /** Drop the batches from the front whose every needed record is settled. */
+  private dropSettled(): void {
+    const { segments } = this;
+    while (this.firstSegment < segments.length && this.isSettled(segments[this.firstSegment]))
+      this.firstSegment++;
+    if (this.firstSegment >= SEGMENT_COMPACT && this.firstSegment * 2 >= segments.length) {
+      this.segments = segments.slice(this.firstSegment);
+      this.firstSegment = 0;
+    }
+  }
+
+  private isSettled(segment: Segment): boolean {
+    const { volumes } = segment;
+    for (let i = 0; i < volumes.length; i += 2)
+      if ((this.settledBelow.get(volumes[i]) ?? 0) <= volumes[i + 1]) return false;
+    return true;
+  }
 }
 
-/** The epoch's intact records from RECORDS_START, in order, up to the first that is not. */
+/**
+ * The epoch's intact records from the header's tail, in order, up to the
+ * first that is not there or not intact; where the next is not found, it is
+ * looked for once at RECORDS_START (the writer wrapped).
+ */
 async function scan(
   file: FileHandle,
   fileBytes: number,
-  epoch: number,
-  firstSeq: number,
+  header: FileHeader,
   hash: Hasher,
 ): Promise<RecoveredRecord[]> {
   const records: RecoveredRecord[] = [];
+  let position = header.tailPosition;
+  let seq = header.firstSeq;
+  let wrapped = position === RECORDS_START;
   const head = Buffer.alloc(RECORD_HEADER_BYTES);
-  let position = RECORDS_START;
-  let seq = firstSeq;
-  while (position + RECORD_HEADER_BYTES <= fileBytes) {
-    await file.read(head, 0, RECORD_HEADER_BYTES, position);
-    const header = decodeRecordHeader(head, 0);
-    if (!header || header.epoch !== epoch || header.seq !== seq) break;
-    const end = position + RECORD_HEADER_BYTES + header.payloadBytes;
-    if (end > fileBytes) break;
-    const whole = Buffer.alloc(RECORD_HEADER_BYTES + header.payloadBytes);
-    head.copy(whole);
-    await file.read(
-      whole,
-      RECORD_HEADER_BYTES,
-      header.payloadBytes,
-      position + RECORD_HEADER_BYTES,
-    );
-    if (!recordIsIntact(whole, 0, header, hash)) break;
-    records.push({
-      ...header,
-      payload: whole.subarray(RECORD_HEADER_BYTES),
-      aad: sealAad(whole, 0),
-    });
-    position = end;
+  for (;;) {
+    const record = await readRecord(file, fileBytes, position, header.epoch, seq, head, hash);
+    if (!record) {
+      if (wrapped) break;
+      wrapped = true;
+      position = RECORDS_START;
+      continue;
+    }
+    records.push(record);
+    position += RECORD_HEADER_BYTES + record.payloadBytes;
     seq++;
   }
   return records;
+}
+
+/** The record at `position` when it is intact and the one expected there (epoch, seq); else undefined. */
+async function readRecord(
+  file: FileHandle,
+  fileBytes: number,
+  position: number,
+  epoch: number,
+  seq: number,
+  head: Buffer,
+  hash: Hasher,
+): Promise<RecoveredRecord | undefined> {
+  if (position + RECORD_HEADER_BYTES > fileBytes) return undefined;
+  await file.read(head, 0, RECORD_HEADER_BYTES, position);
+  const header = decodeRecordHeader(head, 0);
+  if (!header || header.epoch !== epoch || header.seq !== seq) return undefined;
+  const end = position + RECORD_HEADER_BYTES + header.payloadBytes;
+  if (end > fileBytes) return undefined;
+  const whole = Buffer.alloc(RECORD_HEADER_BYTES + header.payloadBytes);
+  head.copy(whole);
+  await file.read(whole, RECORD_HEADER_BYTES, header.payloadBytes, position + RECORD_HEADER_BYTES);
+  if (!recordIsIntact(whole, 0, header, hash)) return undefined;
+  return { ...header, payload: whole.subarray(RECORD_HEADER_BYTES), aad: sealAad(whole, 0) };
 }

@@ -13,6 +13,7 @@ import {
   FLAG_SEALED,
   FLAG_ZEROS,
   RECORD_HEADER_BYTES,
+  RECORDS_START,
   SEAL_OVERHEAD,
   decodeFileHeader,
   decodeRecordHeader,
@@ -131,21 +132,41 @@ describe('intent-log record codec', () => {
 
   test('file header: fields, checksum, and damage', () => {
     const out = Buffer.alloc(FILE_HEADER_BYTES);
-    encodeFileHeader({ epoch: 3, firstSeq: 0x1_0000_0002, fileBytes: 64 << 20 }, out, hash);
+    const header = {
+      epoch: 3,
+      firstSeq: 0x1_0000_0002,
+      fileBytes: 64 << 20,
+      tailPosition: 0x10_2000,
+    };
+    encodeFileHeader(header, out, hash);
     assert.equal(out.toString('latin1', 8, 12), 'TILH');
     assert.equal(out.readUInt16LE(12), 1);
     assert.equal(out.readUInt32LE(16), 3);
     assert.deepEqual([out.readUInt32LE(24), out.readUInt32LE(28)], [2, 1]);
     assert.equal(out.readUInt32LE(32), 64 << 20);
-    assert.deepEqual(decodeFileHeader(out, hash), {
-      epoch: 3,
-      firstSeq: 0x1_0000_0002,
-      fileBytes: 64 << 20,
-    });
+    assert.deepEqual([out.readUInt32LE(40), out.readUInt32LE(44)], [0x10_2000, 0]);
+    assert.ok(out.subarray(48).every((b) => b === 0));
+    assert.deepEqual(decodeFileHeader(out, hash), header);
     for (let i = 0; i < FILE_HEADER_BYTES; i++) {
       const bad = Buffer.from(out);
       bad[i] ^= 1;
       assert.equal(decodeFileHeader(bad, hash), undefined, `byte ${i}`);
+    }
+  });
+
+  test('file header: a tail at RECORDS_START is written as 0, as logs that never wrapped have it', () => {
+    const out = Buffer.alloc(FILE_HEADER_BYTES);
+    const header = { epoch: 1, firstSeq: 1, fileBytes: 16 << 20, tailPosition: RECORDS_START };
+    encodeFileHeader(header, out, hash);
+    assert.deepEqual([out.readUInt32LE(40), out.readUInt32LE(44)], [0, 0]);
+    assert.deepEqual(decodeFileHeader(out, hash), header);
+  });
+
+  test('file header: a tail outside the records area does not decode', () => {
+    const out = Buffer.alloc(FILE_HEADER_BYTES);
+    for (const tailPosition of [100, 16 << 20, (16 << 20) + 4096]) {
+      encodeFileHeader({ epoch: 1, firstSeq: 1, fileBytes: 16 << 20, tailPosition }, out, hash);
+      assert.equal(decodeFileHeader(out, hash), undefined, `tail ${tailPosition}`);
     }
   });
 

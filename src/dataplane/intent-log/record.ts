@@ -11,9 +11,11 @@
  *   14  u16  0
  *   16  u32  epoch: records of any other epoch are stale
  *   20  u32  0
- *   24  u64  firstSeq: the sequence number of the epoch's first record
+ *   24  u64  firstSeq: the sequence number of the record at tailPosition
  *   32  u64  fileBytes: the file's preallocated size
- *   40  24B  zeros
+ *   40  u64  tailPosition: where the scan starts (0, as logs written before
+ *            the log wrapped say: RECORDS_START)
+ *   48  16B  zeros
  *
  * Record (RECORD_HEADER_BYTES, then payloadBytes of payload):
  *   0   u64  checksum: xxh64 of bytes [8, RECORD_HEADER_BYTES + payloadBytes)
@@ -68,6 +70,8 @@ export interface FileHeader {
   epoch: number;
   firstSeq: number;
   fileBytes: number;
+  /** Where the oldest record a scan must read lies (numbered firstSeq). */
+  tailPosition: number;
 }
 
 export interface RecordHeader {
@@ -111,6 +115,7 @@ export function encodeFileHeader(header: FileHeader, out: Buffer, hash: Hasher):
   out.writeUInt32LE(header.epoch, 16);
   putU64(out, 24, header.firstSeq);
   putU64(out, 32, header.fileBytes);
+  putU64(out, 40, header.tailPosition === RECORDS_START ? 0 : header.tailPosition);
   putChecksum(out, 0, FILE_HEADER_BYTES, hash);
 }
 
@@ -120,10 +125,15 @@ export function decodeFileHeader(bytes: Buffer, hash: Hasher): FileHeader | unde
   if (bytes.readUInt32LE(8) !== FILE_MAGIC || bytes.readUInt16LE(12) !== FORMAT_VERSION)
     return undefined;
   if (!checksumHolds(bytes, 0, FILE_HEADER_BYTES, hash)) return undefined;
+  const fileBytes = getU64(bytes, 32);
+  const tail = getU64(bytes, 40);
+  const tailPosition = tail === 0 ? RECORDS_START : tail;
+  if (tailPosition < RECORDS_START || tailPosition >= fileBytes) return undefined;
   return {
     epoch: bytes.readUInt32LE(16),
     firstSeq: getU64(bytes, 24),
-    fileBytes: getU64(bytes, 32),
+    fileBytes,
+    tailPosition,
   };
 }
 

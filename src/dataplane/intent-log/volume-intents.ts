@@ -153,7 +153,7 @@ export class VolumeIntents implements FlushLog {
    */
   committed(start: CommitStart, generation: number): void {
     const { log } = this;
-    log.settled(this.id, start.capture);
+    log.settled(this.id, start.nextSeq);
     if (this.lastCoveredBy === 0 || !log.usable || !log.fits(RECORD_HEADER_BYTES)) return;
     this.stageMarker(FLAG_COMMITTED, generation, start.nextSeq);
     this.lastMarker = log.syncStaged();
@@ -217,7 +217,7 @@ export class VolumeIntents implements FlushLog {
       this.state.generation + (this.state.committing ? 2 : 1),
     );
     this.lastCoveredBy = coveredBy;
-    const capture = ++this.captures;
+    this.captures++;
     // Read the content first (a read may wait for a block to load), then stage without yielding.
     this.scratch = await readContent(source, taken, this.scratch);
     let total = 0;
@@ -250,7 +250,7 @@ export class VolumeIntents implements FlushLog {
       }
     }
     assert(at === dataBytes, 'intent log: staged data differs from the bytes read');
-    this.lastDurable = log.durable(this.id, capture);
+    this.lastDurable = log.durable(this.id);
     return this.lastDurable;
   }
 }
