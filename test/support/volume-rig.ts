@@ -7,6 +7,7 @@
 import { logger } from '../../src/common/log.js';
 import { LocalSlotStore } from '../../src/dataplane/blocks/slot-store.js';
 import { BlockCache } from '../../src/dataplane/cache/block-cache.js';
+import { InlineReads } from '../../src/dataplane/blocks/inline-reads.js';
 import { DataPool } from '../../src/dataplane/pool/data-pool.js';
 import { SingleNodePlacement } from '../../src/dataplane/replication/single-node.js';
 import type { VolumeServices } from '../../src/dataplane/volume/volume.js';
@@ -30,6 +31,8 @@ export async function volumeRig(
     cacheBytes: number;
     workers: number;
     committed?: VolumeRig['committed'];
+    /** Small misses always read on the main thread, however slow a loaded machine makes them (tests that count them). */
+    inlineMissesAlways?: boolean;
   },
 ): Promise<VolumeRig> {
   const { blockSize } = options;
@@ -46,6 +49,8 @@ export async function volumeRig(
       slotsPath: store.slotsPath,
     },
     options.workers,
+    1,
+    options.inlineMissesAlways ? () => new InlineReads(Infinity) : undefined,
   );
   const committed = options.committed ?? { generation: 0, root: undefined };
   const services: VolumeServices = {

@@ -34,10 +34,13 @@ export class InlineReads {
   private smoothedMs = 0;
   private pooledSinceProbe = 0;
 
+  /** maxMs: the smoothed time past which reads are pooled (tests that must see reads inline pass Infinity). */
+  constructor(private readonly maxMs = INLINE_READ_MAX_MS) {}
+
   /** Read `bytes` inline? */
   inline(bytes: number): boolean {
     if (bytes > INLINE_READ_MAX_BYTES) return false;
-    if (this.smoothedMs <= INLINE_READ_MAX_MS) return true;
+    if (this.smoothedMs <= this.maxMs) return true;
     if (++this.pooledSinceProbe < PROBE_EVERY) return false;
     this.pooledSinceProbe = 0;
     return true;
@@ -55,7 +58,7 @@ export class InlineReads {
 
   /** Whether reads are inline now (for tests and status). */
   get fast(): boolean {
-    return this.smoothedMs <= INLINE_READ_MAX_MS;
+    return this.smoothedMs <= this.maxMs;
   }
 
   /**

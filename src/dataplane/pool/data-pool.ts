@@ -31,6 +31,7 @@ import {
   type PatchTargets,
 } from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
+import { InlineReads } from '../blocks/inline-reads.js';
 import { InlineMisses } from './inline-misses.js';
 
 /** A block to store as a patch (tasks.ts PatchTargets, one block's worth). */
@@ -139,6 +140,8 @@ export class DataPool {
     setup: WorkerSetup,
     threads = Math.max(1, Math.min(4, availableParallelism())),
     tasksPerWorker = 1,
+    /** The policy for misses read on this thread (tests that must see them inline pass one that never pools). */
+    inlinePolicy: () => InlineReads = () => new InlineReads(),
   ) {
     this.threadCount = threads;
     this.pool = new Piscina({
@@ -162,7 +165,7 @@ export class DataPool {
     // Until it has loaded (at start-up, before any volume is open), every miss goes to the pool.
     hasher()
       .then((hash) => {
-        if (!this.closed) this.inlineMisses = new InlineMisses(setup, hash);
+        if (!this.closed) this.inlineMisses = new InlineMisses(setup, hash, inlinePolicy());
       })
       .catch((err: Error) =>
         log.warn({ err: err.message }, 'cache misses are read in the pool only'),
