@@ -37,6 +37,7 @@ import {
   treeHashInto,
 } from '../blocks/sub-sums.js';
 import { preadAll, pwriteAll } from './file-io.js';
+import type { HeldWrites } from './held-writes.js';
 import type { SubBlockIo } from './sub-block-io.js';
 
 /** One block's patch, as the task describes it. */
@@ -66,7 +67,8 @@ export class PatchWriter {
 
   constructor(
     private readonly dataFd: number,
-    private readonly slotsFd: number,
+    /** The slot table's writes (held for the end of the batch: held-writes.ts). */
+    private readonly recordWrites: HeldWrites,
     recordsBuffer: SharedArrayBuffer,
     private readonly blockSize: number,
     private readonly hash: Hasher,
@@ -148,7 +150,7 @@ export class PatchWriter {
     fillRecord(record, p, RECORD_PATCH, hashOut[0], hashOut[1]);
     fillPatchFields(record, { volumeId: p.baseVolume, generation: p.baseGeneration }, present);
     this.hash.stampRecord(record);
-    pwriteAll(this.slotsFd, this.records.subarray(base, base + RECORD_SIZE), base);
+    this.recordWrites.put(slot);
     return true;
   }
 

@@ -35,7 +35,8 @@ import {
   subsumsMatch,
   blockTreeHashInto,
 } from '../blocks/sub-sums.js';
-import { preadAll, pwriteAll } from './file-io.js';
+import { preadAll } from './file-io.js';
+import { HeldWrites } from './held-writes.js';
 import { READ_CHECKSUM_MISMATCH, READ_IO_ERROR, READ_OK } from './tasks.js';
 
 /**
@@ -53,6 +54,11 @@ export class SubBlockIo {
   private readonly entrySize: number;
   private readonly entry: Uint8Array;
   private readonly hashOut = new Uint32Array(2);
+  /**
+   * Entry writes, held for the end of a write batch while `entries.holding`
+   * (the worker's writeBatch: held-writes.ts); undefined without a table.
+   */
+  readonly entries: HeldWrites | undefined;
   /** After read(): why it failed ('' when it did not). */
   reason = '';
   /** After read(): the whole block was read (and checked) instead of the wanted sub-blocks. */
@@ -73,6 +79,7 @@ export class SubBlockIo {
     this.subsumsFd = openIfPresent(join(dirname(dataPath), SUBSUMS_FILE));
     this.entrySize = subsumsEntrySize(blockSize);
     this.entry = new Uint8Array(this.entrySize);
+    this.entries = this.subsumsFd >= 0 ? new HeldWrites(this.subsumsFd, this.entrySize) : undefined;
   }
 
   /** Close the table's descriptor (the data file's is the caller's). */
@@ -82,13 +89,18 @@ export class SubBlockIo {
 
   /** Write the entry of `stored` (the block's bytes as stored, xxh64 hashLo/hashHi) for `slot`. */
   writeSums(slot: number, stored: Uint8Array, hashLo: number, hashHi: number): void {
-    if (this.subsumsFd < 0) return;
+    if (!this.entries) return;
     encodeSubsums(this.entry, stored, hashLo, hashHi, this.hash);
-    pwriteAll(this.subsumsFd, this.entry, slot * this.entrySize);
+    this.entries.put(slot, this.entry);
   }
 
   /** Read `slot`'s entry into `entry`: true when it is intact and made for (hashLo, hashHi). */
   readEntry(slot: number, entry: Uint8Array, hashLo: number, hashHi: number): boolean {
+    const held = this.entries?.holding ? this.entries.held(slot) : undefined;
+    if (held) {
+      entry.set(held);
+      return subsumsMatch(entry, hashLo, hashHi, this.hash);
+    }
     // A short read (a table shorter than the store) is simply no entry.
     return (
       this.subsumsFd >= 0 &&
@@ -100,7 +112,7 @@ export class SubBlockIo {
 
   /** Store `entry` (sealed) as `slot`'s. */
   writeEntry(slot: number, entry: Uint8Array): void {
-    if (this.subsumsFd >= 0) pwriteAll(this.subsumsFd, entry, slot * this.entrySize);
+    this.entries?.put(slot, entry);
   }
 
   /**

@@ -21,6 +21,7 @@ import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
 import { preadAll, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
+import { HeldWrites } from './held-writes.js';
 import { peerClient } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
@@ -59,7 +60,15 @@ let hashLoaded = false;
 const hasherReady = hasher().then((loaded) => {
   hash = loaded;
   subBlocks = new SubBlockIo(setup.dataPath, dataFd, blockSize, hash, scratch);
-  patches = new PatchWriter(dataFd, slotsFd, setup.records, blockSize, hash, subBlocks, scratch);
+  patches = new PatchWriter(
+    dataFd,
+    recordWrites,
+    setup.records,
+    blockSize,
+    hash,
+    subBlocks,
+    scratch,
+  );
   hashLoaded = true;
 });
 const blockSize = setup.blockSize;
@@ -67,6 +76,8 @@ const cache = new Uint8Array(setup.cache);
 const records = new Uint8Array(setup.records);
 const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
+/** Slot records written (held for the end of a write batch: held-writes.ts). */
+const recordWrites = new HeldWrites(slotsFd, RECORD_SIZE, records);
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 /** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
@@ -115,7 +126,28 @@ function cacheBlock(slot: number): Uint8Array {
   return cache.subarray(slot * blockSize, (slot + 1) * blockSize);
 }
 
+/**
+ * A single node's batch: each block's bytes written as it comes, its
+ * sub-sums entry and record held and written at the end, a run of
+ * consecutive slots per call (held-writes.ts). It never yields, so no other
+ * task of this worker runs in between.
+ */
 function writeBatch(task: WriteBatchTask): WriteBatchResult {
+  const entries = subBlocks.entries;
+  entries?.hold();
+  recordWrites.hold();
+  try {
+    const result = storeBatch(task);
+    entries?.write();
+    recordWrites.write();
+    return result;
+  } finally {
+    entries?.discard();
+    recordWrites.discard();
+  }
+}
+
+function storeBatch(task: WriteBatchTask): WriteBatchResult {
   const n = task.cacheSlots.length;
   const zero = new Uint8Array(n);
   const hashes = new Uint32Array(2 * n);
@@ -388,7 +420,7 @@ function storeLocally(
     hashes[2 * i + 1],
   );
   hash.stampRecord(record);
-  pwriteAll(slotsFd, records.subarray(base, base + RECORD_SIZE), base);
+  recordWrites.put(slot);
 }
 
 /**
