@@ -92,6 +92,22 @@ describe('HeldWrites', () => {
     closeSync(fd);
   });
 
+  test('blocks by reference: the items themselves are written, in runs, as they are at write()', () => {
+    const fd = fresh();
+    const held = new HeldWrites(fd, ITEM, undefined, true);
+    const a = item(0xa0);
+    const b = item(0xb0);
+    held.hold();
+    held.put(21, b);
+    held.put(20, a);
+    a.fill(0xa1); // a reference, not a copy
+    held.write();
+    const file = readFileSync(path);
+    assert.deepEqual(slotOf(file, 20), [...item(0xa1)]);
+    assert.deepEqual(slotOf(file, 21), [...item(0xb0)]);
+    closeSync(fd);
+  });
+
   test('records mode: the slots named are written from the source table, in runs', () => {
     const fd = fresh();
     const table = new Uint8Array(ITEM * SLOTS);

@@ -1,16 +1,17 @@
 /**
- * HeldWrites: a pool worker's small per-slot writes of one write batch —
- * sub-sums entries or slot records, fixed-size items at slot × itemSize in
- * their file — kept while the batch stores its blocks' bytes and written at
- * its end, one system call per run of consecutive slots instead of one per
- * block. A write-back batch is mostly consecutive slots (the store hands out
+ * HeldWrites: a pool worker's per-slot writes of one write batch —
+ * blocks' bytes, sub-sums entries or slot records, fixed-size items at
+ * slot × itemSize in their file — kept and written at the batch's end, one
+ * system call per run of consecutive slots instead of one per block. A write-back batch is mostly consecutive slots (the store hands out
  * its free slots lowest first), so a 4 KiB patch goes from four system calls
  * (a read of its base's entry, its bytes, its entry, its record) to about
  * two.
  *
  * Order is what it was: every block's bytes, then every entry, then every
- * record (the caller writes entries before records), so a record never names
- * bytes or an entry not yet written. Nothing is durable before the store's
+ * record (the caller writes them in that order), so a record never names
+ * bytes or an entry not yet written. Blocks are held by reference (their
+ * cache slots, which nothing writes while a task stores them), entries
+ * copied, records named (they are in the slot table already). Nothing is durable before the store's
  * sync() either way.
  *
  * A slot held twice keeps its last item. `held(slot)` answers a read of an
@@ -28,6 +29,8 @@ export class HeldWrites {
   private slots: number[] = [];
   /** Item i's bytes at i × itemSize (entries); unused for records, which live in `source`. */
   private bytes: Uint8Array;
+  /** Item i itself (blocks, held by reference). */
+  private readonly refs: Uint8Array[] = [];
   private order: number[] = [];
   private readonly iovecs: Uint8Array[] = [];
   /** Whether items are held (between hold() and write()); otherwise written at once. */
@@ -35,14 +38,16 @@ export class HeldWrites {
 
   /**
    * fd: the file the items go to. source: where the items already are
-   * (the shared slot table), or undefined when each is copied in by put().
+   * (the shared slot table), or undefined when put() passes each. byReference:
+   * keep put()'s item itself, not a copy (it must not change until write()).
    */
   constructor(
     private readonly fd: number,
     private readonly itemSize: number,
     private readonly source?: Uint8Array,
+    private readonly byReference = false,
   ) {
-    this.bytes = new Uint8Array(source ? 0 : itemSize * 64);
+    this.bytes = new Uint8Array(source || byReference ? 0 : itemSize * 64);
   }
 
   /** From now until write(), items are held. */
@@ -56,7 +61,9 @@ export class HeldWrites {
       pwriteAll(this.fd, item ?? this.sourceItem(slot), slot * this.itemSize);
       return;
     }
-    if (item) {
+    if (item && this.byReference) {
+      this.refs.push(item);
+    } else if (item) {
       const at = this.slots.length * this.itemSize;
       if (at + this.itemSize > this.bytes.length) {
         const grown = new Uint8Array(this.bytes.length * 2);
@@ -97,15 +104,15 @@ export class HeldWrites {
         this.writeRun(first, next);
       }
     } finally {
-      this.slots.length = 0;
-      this.iovecs.length = 0;
-      this.holding = false;
+      this.discard();
     }
   }
 
   /** Drop what is held (a batch that failed) and stop holding. */
   discard(): void {
     this.slots.length = 0;
+    this.refs.length = 0;
+    this.iovecs.length = 0;
     this.holding = false;
   }
 
@@ -129,6 +136,7 @@ export class HeldWrites {
 
   private itemAt(i: number): Uint8Array {
     if (this.source) return this.sourceItem(this.slots[i]);
+    if (this.byReference) return this.refs[i];
     return this.bytes.subarray(i * this.itemSize, (i + 1) * this.itemSize);
   }
 

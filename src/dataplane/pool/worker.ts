@@ -78,6 +78,8 @@ const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Slot records written (held for the end of a write batch: held-writes.ts). */
 const recordWrites = new HeldWrites(slotsFd, RECORD_SIZE, records);
+/** Plain blocks' bytes written (held, by reference to their cache slots, for the end of a write batch). */
+const blockWrites = new HeldWrites(dataFd, blockSize, undefined, true);
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 /** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
@@ -127,21 +129,26 @@ function cacheBlock(slot: number): Uint8Array {
 }
 
 /**
- * A single node's batch: each block's bytes written as it comes, its
- * sub-sums entry and record held and written at the end, a run of
- * consecutive slots per call (held-writes.ts). It never yields, so no other
- * task of this worker runs in between.
+ * A single node's batch: plain blocks' bytes, sub-sums entries and
+ * records are held and written at the end — bytes, then entries, then
+ * records — a run of consecutive slots per call (held-writes.ts); a sealed
+ * block's bytes and a patch's go out as they come. It never yields, so no
+ * other task of this worker runs in between, and a block index is in a
+ * batch once, so nothing it reads is held.
  */
 function writeBatch(task: WriteBatchTask): WriteBatchResult {
   const entries = subBlocks.entries;
+  blockWrites.hold();
   entries?.hold();
   recordWrites.hold();
   try {
     const result = storeBatch(task);
+    blockWrites.write();
     entries?.write();
     recordWrites.write();
     return result;
   } finally {
+    blockWrites.discard();
     entries?.discard();
     recordWrites.discard();
   }
@@ -404,7 +411,9 @@ function storeLocally(
   tag?: Uint8Array,
 ): void {
   const base = slot * RECORD_SIZE;
-  pwriteAll(dataFd, stored, slot * blockSize);
+  // A sealed block's bytes are in a buffer the next block reuses: written now.
+  if (sealed) pwriteAll(dataFd, stored, slot * blockSize);
+  else blockWrites.put(slot, stored);
   // Sealed blocks are read whole (the AEAD tag covers the block): only plain ones get sub-sums.
   if (!sealed) subBlocks.writeSums(slot, stored, hashes[2 * i], hashes[2 * i + 1]);
   if (sealed && nonce && tag) {
