@@ -73,7 +73,6 @@ export interface RecoveredRecord extends RecordHeader {
 /** A written batch: where it lies, and the volumes whose records in it are needed until settled. */
 interface Segment {
   start: number;
-  end: number;
   firstSeq: number;
   /** Flat pairs: a volume id, the seq of that volume's last data record in the batch. */
   volumes: number[];
@@ -111,7 +110,7 @@ export class IntentLog {
   recovered: RecoveredRecord[];
   /** Times a batch went back to RECORDS_START (for /metrics). */
   wraps = 0;
-  /** Times fits() said no: a flush committed a version instead (for /metrics: the log is small for the load). */
+  /** Times fits() said no: a flush (or a commit marker) found no room (for /metrics: the log is small for the load). */
   refusals = 0;
   private epoch: number;
   private nextSeq: number;
@@ -302,9 +301,9 @@ export class IntentLog {
   }
 
   /**
-   * The records staged so far belong to volume `volumeId`'s capture
-   * `capture`: the volume is live until settled() covers it. Resolves once
-   * they are on disk (the batch's O_DSYNC write returned).
+   * The records staged since the last call are volume `volumeId`'s: needed
+   * until settled() covers the last of them. Resolves once they are on disk
+   * (the batch's O_DSYNC write returned).
    */
   durable(volumeId: number): Promise<void> {
     const last = this.nextSeqToStage - 1;
@@ -405,7 +404,7 @@ export class IntentLog {
         if (position < this.position) this.wraps++;
         const firstSeq = this.nextSeq;
         for (const at of starts) stampRecord(buffer, at, this.epoch, this.nextSeq++, this.hash);
-        this.segments.push({ start: position, end: position + bytes, firstSeq, volumes });
+        this.segments.push({ start: position, firstSeq, volumes });
         this.position = position + bytes;
         // O_DSYNC: durable on return, inline or not.
         const { fd } = this.file;
