@@ -5,6 +5,7 @@
  */
 import type { FioResult } from './fio.js';
 import { BASELINE, type ServerName } from './servers.js';
+import type { ServerCounters } from './server-counters.js';
 
 export interface RunRecord {
   job: string;
@@ -13,6 +14,8 @@ export interface RunRecord {
   /** Seconds spent waiting for the servers to go quiet before the run. */
   settledSeconds?: number;
   result?: FioResult & { serverCpuPercent: number; fioCpuPercent: number };
+  /** torus: what its serving node's /metrics counted during the run. */
+  serverCounters?: ServerCounters;
   error?: string;
 }
 

@@ -40,6 +40,7 @@ import {
   treeRssBytes,
 } from './processes.js';
 import { formatReport, ratios, summarize, type RunRecord } from './report.js';
+import { counterDeltas, formatCounters, scrapeCounters } from './server-counters.js';
 import {
   SERVER_TOOLS,
   startServer,
@@ -84,8 +85,9 @@ async function measure(
   job: JobSpec,
   tracker: Tracker,
   settings: FioSettings,
-): Promise<RunRecord['result']> {
-  const { pid } = tracker.server;
+): Promise<Pick<RunRecord, 'result' | 'serverCounters'>> {
+  const { pid, metricsUrl } = tracker.server;
+  const countersBefore = metricsUrl && (await scrapeCounters(metricsUrl));
   const sample = () => (tracker.peakTreeRss = Math.max(tracker.peakTreeRss, treeRssBytes(pid)));
   const ticksBefore = treeCpuTicks(pid);
   const fioTicksBefore = ownReapedChildTicks();
@@ -101,10 +103,16 @@ async function measure(
   await sleep(REAP_SETTLE_MS);
   if (!isAlive(pid)) throw new Error(`${tracker.server.name} died during the run`);
   const serverCpuSeconds = (treeCpuTicks(pid) - ticksBefore) / CLOCK_TICKS_PER_SECOND;
+  const countersAfter = countersBefore && (await scrapeCounters(metricsUrl));
   return {
-    ...readFioResult(settings.outputFile),
-    serverCpuPercent: (100 * serverCpuSeconds) / wallSeconds,
-    fioCpuPercent: (100 * fioCpuSeconds) / wallSeconds,
+    result: {
+      ...readFioResult(settings.outputFile),
+      serverCpuPercent: (100 * serverCpuSeconds) / wallSeconds,
+      fioCpuPercent: (100 * fioCpuSeconds) / wallSeconds,
+    },
+    ...(countersBefore && countersAfter
+      ? { serverCounters: counterDeltas(countersBefore, countersAfter) }
+      : {}),
   };
 }
 
@@ -263,7 +271,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
             `bench: servers still busy after --settle ${options.settleSeconds} s; running ${job.name} on ${name} anyway\n`,
           );
         try {
-          record.result = await measure(job, tracker, settings);
+          Object.assign(record, await measure(job, tracker, settings));
         } catch (err) {
           record.error = (err as Error).message;
         }
@@ -274,7 +282,8 @@ async function benchmark(options: BenchOptions): Promise<number> {
             (r.flushP99Micros === undefined
               ? ''
               : `${r.flushCount} flushes p50 ${r.flushP50Micros!.toFixed(0)} us p99 ${r.flushP99Micros.toFixed(0)} us, `) +
-            `server CPU ${r.serverCpuPercent.toFixed(0)}%`
+            `server CPU ${r.serverCpuPercent.toFixed(0)}%` +
+            (record.serverCounters ? `; ${formatCounters(record.serverCounters)}` : '')
           : `ERROR ${record.error}`;
         const waited =
           record.settledSeconds! >= 1 ? ` (after ${record.settledSeconds} s settling)` : '';

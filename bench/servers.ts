@@ -95,6 +95,8 @@ export interface BenchServer {
   readJobsOnly?: boolean;
   /** Same-memory mode: the cgroups it runs in (one per node of a cluster). */
   cgroups?: MemoryCgroup[];
+  /** torus: the serving node's /metrics, scraped around each run (server-counters.ts). */
+  metricsUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -144,6 +146,7 @@ export const TORUS_VOLUME = 'bench';
 export function prepareTorus(
   options: ServerOptions,
   port: number,
+  metricsPort?: number,
 ): { argv: string[]; uri: string } {
   const dataDir = join(options.workDir, 'torus-data');
   mkdirSync(dataDir, { recursive: true });
@@ -176,6 +179,7 @@ export function prepareTorus(
       String(torusStoreBytes(options.exportBytes)),
       '--nbd',
       `${LOOPBACK}:${port}`,
+      ...(metricsPort ? ['--port', String(metricsPort)] : []),
       ...(options.memory
         ? ['--cache-size', String(torusCacheBytes(options.memory.budgetBytes))]
         : []),
@@ -185,14 +189,14 @@ export function prepareTorus(
 }
 
 async function startTorus(options: ServerOptions): Promise<BenchServer> {
-  const port = await freePort();
-  const prepared = prepareTorus(options, port);
+  const [port, metricsPort] = await Promise.all([freePort(), freePort()]);
+  const prepared = prepareTorus(options, port, metricsPort);
   const { uri } = prepared;
   // The cluster modes' profiling knob (TORUS_BENCH_NODE_FLAGS, see startCluster) for the single node too.
   const nodeFlags = (process.env.TORUS_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const argv = [prepared.argv[0], ...nodeFlags, ...prepared.argv.slice(1)];
   const cgroup = cgroupFor(options, 'torus');
-  return launch(
+  const server = await launch(
     'torus',
     cgroup ? cgroup.wrap(argv) : argv,
     port,
@@ -200,6 +204,7 @@ async function startTorus(options: ServerOptions): Promise<BenchServer> {
     options.workDir,
     cgroup ? [cgroup] : [],
   );
+  return { ...server, metricsUrl: `http://${LOOPBACK}:${metricsPort}/metrics` };
 }
 
 /**
@@ -331,8 +336,8 @@ async function startTorusCluster(
   options: ServerOptions,
   variant: { cacheSize?: string; killNode2?: boolean; client?: boolean } = {},
 ): Promise<BenchServer> {
-  const [etcdClient, etcdPeer, nbd, ...peerPorts] = await Promise.all(
-    Array.from({ length: 6 }, () => freePort()),
+  const [etcdClient, etcdPeer, nbd, metricsPort, ...peerPorts] = await Promise.all(
+    Array.from({ length: 7 }, () => freePort()),
   );
   const endpoint = `${LOOPBACK}:${etcdClient}`;
   const node = (bin: string) =>
@@ -368,7 +373,7 @@ async function startTorusCluster(
   const torusd = (i: number, nbdPort: string) =>
     inCgroup(
       `node${i}`,
-      `${daemon('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 && !variant.client ? linger : ''} ` +
+      `${daemon('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 ? ` --port ${metricsPort}` : ''}${i === 1 && !variant.client ? linger : ''} ` +
         `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${cacheFlag}${keyFlag}`,
     ) + ` > ${q(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${q(join(dir, `node${i}.pid`))}`;
   const waitForMembers = (count: number) =>
@@ -395,9 +400,9 @@ async function startTorusCluster(
       : [waitForMembers(2), create, torusd(1, `${LOOPBACK}:${nbd}`)]),
     'wait',
   ].join('\n');
-  let server: BenchServer;
+  let launched: BenchServer;
   try {
-    server = await launch(
+    launched = await launch(
       name,
       ['bash', '-c', script],
       nbd,
@@ -409,6 +414,8 @@ async function startTorusCluster(
     for (const cgroup of cgroups) cgroup.remove();
     throw err;
   }
+  // Node 1's: the writer, or in client mode one of the three storage nodes.
+  const server = { ...launched, metricsUrl: `http://${LOOPBACK}:${metricsPort}/metrics` };
   if (!variant.killNode2) return server;
   return {
     ...server,
