@@ -147,7 +147,7 @@ const spec: CommandSpec = {
     },
     'intent-log-size': {
       type: 'size',
-      help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default 64MiB; 0: none, every FLUSH commits a whole version); in a cluster, of the holder log that keeps FLUSHed records (at least 34MiB)',
+      help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default a sixteenth of --size, 64MiB to 256MiB; 0: none, every FLUSH commits a whole version); in a cluster, of the holder log that keeps FLUSHed records (default 64MiB, at least 34MiB)',
       env: 'TORUS_INTENT_LOG_SIZE',
     },
     'scrub-rate': {

@@ -109,7 +109,12 @@ export class EveryVolumeHosting implements HostingMode {
         zeroRange: (offset: number, length: number) => volume.zeroRange(offset, length, false),
         commit: () => volume.commit(),
       };
-      applied += await replayInto(target, intentLog.recovered, this.log);
+      applied += await replayInto(
+        target,
+        intentLog.recovered,
+        (r) => intentLog.recordContent(r),
+        this.log,
+      );
     }
     if (applied > 0)
       this.log.info(

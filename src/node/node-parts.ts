@@ -24,6 +24,7 @@ import { DataPool } from '../dataplane/pool/data-pool.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import {
   DEFAULT_INTENT_LOG_BYTES,
+  defaultIntentLogBytes,
   INTENT_LOG_FILE,
   IntentLog,
   MIN_INTENT_LOG_BYTES,
@@ -170,7 +171,11 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
     const cluster = options.cluster
       ? await openClusterBlocks(meta, options.cluster, log)
       : undefined;
-    const logBytes = options.intentLogBytes ?? DEFAULT_INTENT_LOG_BYTES;
+    const logBytes =
+      options.intentLogBytes ??
+      (options.cluster
+        ? DEFAULT_INTENT_LOG_BYTES
+        : defaultIntentLogBytes(store.slotCount * store.blockSize));
     if (logBytes !== 0 && !(logBytes >= MIN_INTENT_LOG_BYTES))
       throw new UsageError(
         `intent log size must be 0 (none) or at least ${formatSize(MIN_INTENT_LOG_BYTES)}, got ${logBytes} bytes`,

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { logger } from '../../common/log.js';
-import { IntentLog, MIN_INTENT_LOG_BYTES } from './intent-log.js';
+import { IntentLog, MIN_INTENT_LOG_BYTES, defaultIntentLogBytes } from './intent-log.js';
 import { RECORD_HEADER_BYTES, RECORDS_START, encodeRecordHeader, recordBytes } from './record.js';
 
 const log = logger('intent-log-test');
@@ -20,6 +20,19 @@ function put(intents: IntentLog, volumeId: number, offset: number, length: numbe
   const { buffer, at } = intents.stage(recordBytes(0, length));
   encodeRecordHeader({ flags: 0, volumeId, coveredBy: 1, offset, length }, buffer, at);
   buffer.fill(fill, at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + length);
+}
+
+/** What a start would replay from the log at `path`: each record's volume and first payload byte, read again as replay reads it. */
+async function replayable(path: string): Promise<[number, number][]> {
+  const reopened = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+  try {
+    const found: [number, number][] = [];
+    for (const r of reopened.recovered)
+      found.push([r.volumeId, (await reopened.recordContent(r)).payload[0]]);
+    return found;
+  } finally {
+    await reopened.close();
+  }
 }
 
 describe('IntentLog', { timeout: 60_000 }, () => {
@@ -48,7 +61,9 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     await handle.close();
 
     const again = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
-    const found = again.recovered.map((r) => [r.volumeId, r.offset, r.length, r.payload[0]]);
+    const found = [];
+    for (const r of again.recovered)
+      found.push([r.volumeId, r.offset, r.length, (await again.recordContent(r)).payload[0]]);
     assert.deepEqual(found, [
       [1, 0, 4096, 0xa1],
       [2, 8192, 100, 0xa2],
@@ -80,6 +95,47 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     assert.equal((await IntentLog.peek(path)).length, 50);
   });
 
+  test('the default size is a sixteenth of the store, from 64 MiB to 256 MiB', () => {
+    assert.equal(defaultIntentLogBytes(256 * MiB), 64 * MiB);
+    assert.equal(defaultIntentLogBytes(1024 * MiB), 64 * MiB);
+    assert.equal(defaultIntentLogBytes(2048 * MiB), 128 * MiB);
+    assert.equal(defaultIntentLogBytes(3072 * MiB + 12345), 192 * MiB);
+    assert.equal(defaultIntentLogBytes(8192 * MiB), 256 * MiB);
+    assert.equal(defaultIntentLogBytes(2 ** 50), 256 * MiB);
+  });
+
+  test('a log smaller than asked for is replayed at its size, then grows; a larger one stays', async () => {
+    const path = join(root, 'grow.log');
+    const small = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+    await small.startAfterReplay();
+    put(small, 1, 0, 4096, 0x31);
+    await small.durable(1);
+    await small.close();
+
+    const grown = await IntentLog.open(path, 2 * MIN_INTENT_LOG_BYTES, log);
+    assert.equal(grown.fileBytes, MIN_INTENT_LOG_BYTES, 'the old size until replay is done');
+    assert.deepEqual(
+      grown.recovered.map((r) => r.offset),
+      [0],
+    );
+    await grown.startAfterReplay();
+    assert.equal(grown.fileBytes, 2 * MIN_INTENT_LOG_BYTES);
+    put(grown, 1, 4096, 4096, 0x32);
+    await grown.durable(1);
+    await grown.close();
+    const handle = await open(path, 'r');
+    assert.equal((await handle.stat()).size, 2 * MIN_INTENT_LOG_BYTES);
+    await handle.close();
+
+    const again = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+    assert.equal(again.fileBytes, 2 * MIN_INTENT_LOG_BYTES, 'never shrunk');
+    assert.deepEqual(
+      again.recovered.map((r) => r.offset),
+      [4096],
+    );
+    await again.close();
+  });
+
   test('a torn or damaged tail ends the scan; what came before it stands', async () => {
     const path = join(root, 'torn.log');
     const intents = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
@@ -93,11 +149,36 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     const third = RECORDS_START + 2 * recordBytes(0, 4096);
     await handle.write(Buffer.from([0xff]), 0, 1, third + RECORD_HEADER_BYTES + 100);
     await handle.close();
-    const found = await IntentLog.peek(path);
     assert.deepEqual(
-      found.map((r) => r.payload[0]),
+      (await replayable(path)).map(([, first]) => first),
       [0x10, 0x11],
     );
+  });
+
+  test('a record is read again for replay, not kept from the scan; one damaged since is refused', async () => {
+    const path = join(root, 'reread.log');
+    const intents = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+    await intents.startAfterReplay();
+    put(intents, 1, 0, 4096, 0x21);
+    put(intents, 1, 4096, 4096, 0x22);
+    await intents.durable(1);
+    await intents.close();
+    const reopened = await IntentLog.open(path, MIN_INTENT_LOG_BYTES, log);
+    try {
+      const [first, second] = reopened.recovered;
+      assert.equal(first.position, RECORDS_START);
+      assert.equal(second.position, RECORDS_START + recordBytes(0, 4096));
+      assert.ok(!('payload' in first), 'the scan keeps no payload');
+      const handle = await open(path, 'r+');
+      await handle.write(Buffer.from([0xff]), 0, 1, second.position + RECORD_HEADER_BYTES + 7);
+      await handle.close();
+      const content = await reopened.recordContent(first);
+      assert.equal(content.payload.length, 4096);
+      assert.ok(content.payload.every((b) => b === 0x21));
+      await assert.rejects(reopened.recordContent(second), /changed since the scan/);
+    } finally {
+      await reopened.close();
+    }
   });
 
   test('the log wraps over settled records; a scan finds every needed one, in order', async () => {
@@ -133,7 +214,7 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     assert.ok(seqs[0] <= volume2Seq, 'from the oldest needed record or before it');
     assert.ok(found.length < (perLap * 5) / 2, 'not the whole history: the file was written over');
     assert.deepEqual(
-      found.filter((r) => r.volumeId === 2).map((r) => r.payload[0]),
+      (await replayable(path)).filter(([volume]) => volume === 2).map(([, first]) => first),
       [0xb2],
     );
   });
@@ -165,11 +246,7 @@ describe('IntentLog', { timeout: 60_000 }, () => {
     await intents.durable(1);
     await intents.close();
     // The wrapped batch moved the header's tail to itself: it is all a scan finds.
-    const found = await IntentLog.peek(path);
-    assert.deepEqual(
-      found.map((r) => [r.volumeId, r.payload[0]]),
-      [[1, 0xc3]],
-    );
+    assert.deepEqual(await replayable(path), [[1, 0xc3]]);
   });
 
   test('past half full the live volumes are asked to commit, again after each commit lands', async () => {

@@ -36,6 +36,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { assert } from '../../common/assert.js';
+import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
 import { hasher, type Hasher } from '../blocks/hash.js';
 import {
@@ -54,19 +55,44 @@ import {
 import { InlineWrites, openLogFile, writeFullySync, writeZeros } from './log-file.js';
 
 export const INTENT_LOG_FILE = 'intent.log';
-/** The size to turn the log on with: 64 MiB; past half of it (~8k flushed 4 KiB writes) volumes commit. */
-export const SUGGESTED_INTENT_LOG_BYTES = 64 * 1024 * 1024;
-/** A single node has one unless told otherwise (`--intent-log-size 0`: every FLUSH commits a version). */
-export const DEFAULT_INTENT_LOG_BYTES = SUGGESTED_INTENT_LOG_BYTES;
+/** What a node with a store of 1 GiB or less gets, and the cluster's holder log. */
+export const DEFAULT_INTENT_LOG_BYTES = 64 * 1024 * 1024;
+/** What a node with a store of 4 GiB or more gets. */
+export const LARGEST_DEFAULT_INTENT_LOG_BYTES = 256 * 1024 * 1024;
+
+/**
+ * A single node's log unless told otherwise: a sixteenth of its store,
+ * from 64 MiB to 256 MiB. Past half full the log asks for a commit, and the
+ * other half must take what arrives while that commit stores the dirty
+ * blocks: in a 512 MiB memory budget, 64 KiB writes FLUSHed every 16 at
+ * 250-290 MiB/s filled a 64 MiB log 16-20 times in 6 s (a FLUSH that finds
+ * it full commits instead, ~100 ms), 256 MiB once in 20 s (FLUSH p99 92 ms
+ * → 10 ms; docs/benchmarks.md, session 22). From the store, so a node with
+ * little disk (a test's, a laptop's) does not give a quarter GiB to it.
+ */
+export function defaultIntentLogBytes(storeBytes: number): number {
+  const share = Math.floor(storeBytes / 16 / 2 ** 20) * 2 ** 20;
+  return Math.min(LARGEST_DEFAULT_INTENT_LOG_BYTES, Math.max(DEFAULT_INTENT_LOG_BYTES, share));
+}
+
 /** Smallest log worth having: a few large flushes. */
 export const MIN_INTENT_LOG_BYTES = 16 * 1024 * 1024;
 const INITIAL_STAGING = 1024 * 1024;
 
-/** A record found intact by the start-up scan, with what replay needs. */
+/**
+ * A record found intact by the start-up scan: its header and where it lies.
+ * Its payload is not kept (a log of 256 MiB would be that much heap at
+ * start, beside a cache filling up with what replay writes): replay reads it
+ * again with recordContent().
+ */
 export interface RecoveredRecord extends RecordHeader {
-  /** Payload as logged (sealed when FLAG_SEALED); empty for FLAG_ZEROS. */
+  /** Where the record starts in the file. */
+  position: number;
+}
+
+/** A recovered record's payload as logged (sealed when FLAG_SEALED; empty for FLAG_ZEROS) and the aad it was sealed with. */
+export interface RecordContent {
   payload: Buffer;
-  /** The aad its payload was sealed with. */
   aad: Buffer;
 }
 
@@ -108,6 +134,8 @@ function newBatch(): Batch {
 export class IntentLog {
   /** Records the start-up scan found, in log order; emptied by startAfterReplay(). */
   recovered: RecoveredRecord[];
+  /** The file's size: records lie in [RECORDS_START, fileBytes). */
+  fileBytes: number;
   /** Times a batch went back to RECORDS_START (for /metrics). */
   wraps = 0;
   /** Times fits() said no: a flush (or a commit marker) found no room (for /metrics: the log is small for the load). */
@@ -147,13 +175,16 @@ export class IntentLog {
   private constructor(
     readonly path: string,
     private readonly file: FileHandle,
-    readonly fileBytes: number,
+    fileBytes: number,
     private readonly hash: Hasher,
     private readonly log: Logger,
     epoch: number,
     nextSeq: number,
     recovered: RecoveredRecord[],
+    /** The size asked for: an older, smaller log grows to it at startAfterReplay(). */
+    private readonly requestedBytes = fileBytes,
   ) {
+    this.fileBytes = fileBytes;
     this.epoch = epoch;
     this.nextSeq = nextSeq;
     this.recovered = recovered;
@@ -191,6 +222,7 @@ export class IntentLog {
         header.epoch,
         last ? last.seq + 1 : header.firstSeq,
         recovered,
+        fileBytes,
       );
     } catch (err) {
       await file.close();
@@ -221,6 +253,29 @@ export class IntentLog {
     }
   }
 
+  /**
+   * A recovered record's content, read again from the file and checked as
+   * the scan checked it. Only before startAfterReplay(): appends write over
+   * recovered records.
+   */
+  async recordContent(record: RecoveredRecord): Promise<RecordContent> {
+    assert(!this.accepting, 'intent log: a recovered record read after appends started');
+    const head = Buffer.alloc(RECORD_HEADER_BYTES);
+    const { position, epoch, seq } = record;
+    const whole = await readRecord(
+      this.file,
+      this.fileBytes,
+      position,
+      epoch,
+      seq,
+      head,
+      this.hash,
+    );
+    if (!whole)
+      throw new IoError('EIO', `${this.path}: record ${seq} at ${position} changed since the scan`);
+    return { payload: whole.subarray(RECORD_HEADER_BYTES), aad: sealAad(whole, 0) };
+  }
+
   /** Whether flushes may append now (after replay, until a write fails or the log closes). */
   get usable(): boolean {
     return this.accepting && this.failed === undefined && !this.closed;
@@ -231,6 +286,13 @@ export class IntentLog {
    * resolves), so nothing recovered is read again, and accept appends.
    */
   async startAfterReplay(): Promise<void> {
+    // Nothing in the file is needed any more: a log smaller than asked for
+    // (made by an older default) grows now. Zeros first, then the header
+    // saying the new size; a crash between leaves the old size in force.
+    if (this.requestedBytes > this.fileBytes) {
+      await writeZeros(this.file, this.fileBytes, this.requestedBytes);
+      this.fileBytes = this.requestedBytes;
+    }
     this.epoch++;
     this.position = RECORDS_START;
     this.segments = [];
@@ -506,21 +568,22 @@ async function scan(
   let wrapped = position === RECORDS_START;
   const head = Buffer.alloc(RECORD_HEADER_BYTES);
   for (;;) {
-    const record = await readRecord(file, fileBytes, position, header.epoch, seq, head, hash);
-    if (!record) {
+    const whole = await readRecord(file, fileBytes, position, header.epoch, seq, head, hash);
+    if (!whole) {
       if (wrapped) break;
       wrapped = true;
       position = RECORDS_START;
       continue;
     }
-    records.push(record);
-    position += RECORD_HEADER_BYTES + record.payloadBytes;
+    const record = decodeRecordHeader(whole, 0)!;
+    records.push({ ...record, position });
+    position += whole.length;
     seq++;
   }
   return records;
 }
 
-/** The record at `position` when it is intact and the one expected there (epoch, seq); else undefined. */
+/** The whole record at `position` (header and payload) when it is intact and the one expected there (epoch, seq); else undefined. */
 async function readRecord(
   file: FileHandle,
   fileBytes: number,
@@ -529,7 +592,7 @@ async function readRecord(
   seq: number,
   head: Buffer,
   hash: Hasher,
-): Promise<RecoveredRecord | undefined> {
+): Promise<Buffer | undefined> {
   if (position + RECORD_HEADER_BYTES > fileBytes) return undefined;
   await file.read(head, 0, RECORD_HEADER_BYTES, position);
   const header = decodeRecordHeader(head, 0);
@@ -539,6 +602,5 @@ async function readRecord(
   const whole = Buffer.alloc(RECORD_HEADER_BYTES + header.payloadBytes);
   head.copy(whole);
   await file.read(whole, RECORD_HEADER_BYTES, header.payloadBytes, position + RECORD_HEADER_BYTES);
-  if (!recordIsIntact(whole, 0, header, hash)) return undefined;
-  return { ...header, payload: whole.subarray(RECORD_HEADER_BYTES), aad: sealAad(whole, 0) };
+  return recordIsIntact(whole, 0, header, hash) ? whole : undefined;
 }

@@ -8,7 +8,7 @@
  */
 import { IoError } from '../../common/errors.js';
 import type { Logger } from '../../common/log.js';
-import type { RecoveredRecord } from './intent-log.js';
+import type { RecordContent, RecoveredRecord } from './intent-log.js';
 import {
   FLAG_COMMITTED,
   FLAG_PARTIAL,
@@ -67,10 +67,15 @@ export function recordsToReplay<R extends RecordHeader>(
   );
 }
 
-/** Apply `records` (the whole log's, in order) to `target` and commit; returns how many applied. */
+/**
+ * Apply `records` (the whole log's, in order) to `target` and commit;
+ * returns how many applied. `content` reads a record's payload (one at a
+ * time: replay holds no more than one record's bytes).
+ */
 export async function replayInto(
   target: ReplayTarget,
   records: readonly RecoveredRecord[],
+  content: (record: RecoveredRecord) => Promise<RecordContent>,
   log: Logger,
 ): Promise<number> {
   let applied = 0;
@@ -94,9 +99,10 @@ export async function replayInto(
         );
       sealer ??= new IntentSealer(target.dataKey);
       const what = `volume ${target.name} offset ${record.offset}`;
-      await target.write(record.offset, sealer.open(record.payload, record.aad, what), false);
+      const { payload, aad } = await content(record);
+      await target.write(record.offset, sealer.open(payload, aad, what), false);
     } else {
-      await target.write(record.offset, record.payload, false);
+      await target.write(record.offset, (await content(record)).payload, false);
     }
     applied++;
   }
