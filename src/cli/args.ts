@@ -32,7 +32,7 @@ export const PORT_RANGE = { min: 0, max: 65535 } as const;
  */
 export const SECONDS_RANGE = { min: 0, max: Math.floor((2 ** 31 - 1) / 1000) } as const;
 
-/** Data-plane worker threads; 0 picks the default (one per core, at most 4). */
+/** Data-plane worker threads; 0 picks the default (two per core on a single node, one in a cluster; at most 4). */
 export const WORKERS_RANGE = { min: 0, max: 64 } as const;
 /**
  * Copies of each block: at most MAX_REPLICATION (placement's MAX_TARGETS is

@@ -108,7 +108,7 @@ const spec: CommandSpec = {
     },
     workers: {
       type: 'integer',
-      help: 'data-plane worker threads (default: one per core, at most 4)',
+      help: 'data-plane worker threads (default: two per core on a single node, as they also wait on the disk; one per core in a cluster; at most 4)',
       ...WORKERS_RANGE,
     },
     'key-file': keyFileFlag,

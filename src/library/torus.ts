@@ -51,7 +51,7 @@ export interface CommonOptions {
   keyFile?: string;
   /** Bytes of block cache of the node this process runs for handles (default 256 MiB). */
   cacheSize?: number;
-  /** Data-plane worker threads of that node (default: one per core, at most 4). */
+  /** Data-plane worker threads of that node (default: two per core on a single node, one in a cluster; at most 4). */
   workers?: number;
   /** Log level of that node (pino's: 'info', 'warn', …; default TORUS_LOG_LEVEL, else 'warn'); logs go to stderr. */
   logLevel?: string;

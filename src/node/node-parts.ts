@@ -20,7 +20,7 @@ import { SnapshotCatalog } from '../controlplane/volumes/snapshots.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
-import { DataPool } from '../dataplane/pool/data-pool.js';
+import { DataPool, defaultWorkerThreads } from '../dataplane/pool/data-pool.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import {
   DEFAULT_INTENT_LOG_BYTES,
@@ -159,7 +159,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
         dataPath: store.dataPath,
         slotsPath: store.slotsPath,
       },
-      options.workers,
+      options.workers ?? defaultWorkerThreads(options.cluster ? 'cluster' : 'single-node'),
       options.cluster ? 4 : 1,
     );
     const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'), (path) =>

@@ -113,6 +113,27 @@ const NO_REQUIRE_ESM = process.allowedNodeEnvironmentFlags.has('--experimental-r
   ? ['--no-experimental-require-module']
   : [];
 
+/**
+ * Workers unless told otherwise: on a single node two per core, at most 4;
+ * in a cluster (and in tests' pools) one per core, at most 4. A single
+ * node's worker reads and writes synchronously, so with one per core a
+ * 2-core node had two disk reads in flight at most, and past the page
+ * cache (data larger than memory) its workers sat in pread while the cores
+ * idled (38 % idle during 1 MiB sequential reads of a randomly rewritten
+ * volume). Within a 512 MiB budget, 4 workers on 2 cores: sequential reads
+ * 642-784 → 866-1,093 MiB/s, 64 KiB random read/write +15-35 %, sequential
+ * writes +18-39 %, cached work the same. A cluster's tasks wait on peers
+ * without holding a worker (several share one), and there the extra
+ * threads only competed for the cores: the cold cluster's 4 KiB random
+ * reads fell 28.2k → 22.8k IOPS (docs/benchmarks.md, session 22).
+ */
+export function defaultWorkerThreads(
+  role: 'single-node' | 'cluster' = 'cluster',
+  cores = availableParallelism(),
+): number {
+  return Math.max(1, Math.min(4, role === 'single-node' ? 2 * cores : cores));
+}
+
 export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
@@ -138,7 +159,7 @@ export class DataPool {
    */
   constructor(
     setup: WorkerSetup,
-    threads = Math.max(1, Math.min(4, availableParallelism())),
+    threads = defaultWorkerThreads(),
     tasksPerWorker = 1,
     /** The policy for misses read on this thread (tests that must see them inline pass one that never pools). */
     inlinePolicy: () => InlineReads = () => new InlineReads(),
