@@ -49,9 +49,9 @@ import {
   stampRecord,
 } from './record.js';
 import { readRecord, scan, type RecordContent, type RecoveredRecord } from './log-scan.js';
+import { InlineWrites, openLogFile, writeFullySync, writeZeros } from './log-file.js';
 
 export type { RecordContent, RecoveredRecord } from './log-scan.js';
-import { InlineWrites, openLogFile, writeFullySync, writeZeros } from './log-file.js';
 
 export const INTENT_LOG_FILE = 'intent.log';
 /** What a node with a store of 1 GiB or less gets, and the cluster's holder log. */
@@ -65,8 +65,8 @@ export const LARGEST_DEFAULT_INTENT_LOG_BYTES = 256 * 1024 * 1024;
  * other half must take what arrives while that commit stores the dirty
  * blocks: in a 512 MiB memory budget, 64 KiB writes FLUSHed every 16 at
  * 250-290 MiB/s filled a 64 MiB log 16-20 times in 6 s (a FLUSH that finds
- * it full commits instead, ~100 ms), 256 MiB once in 20 s (FLUSH p99 92 ms
- * → 10 ms; docs/benchmarks.md, session 22). From the store, so a node with
+ * it full commits instead, ~100 ms), 256 MiB 13 times in 20 s, out of
+ * ~5,800 FLUSHes (FLUSH p99 92 ms → 10 ms; docs/benchmarks.md, session 22). From the store, so a node with
  * little disk (a test's, a laptop's) does not give a quarter GiB to it.
  */
 export function defaultIntentLogBytes(storeBytes: number): number {
