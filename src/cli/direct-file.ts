@@ -24,6 +24,7 @@
  */
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { pageAlignedSharedMemory } from '../common/aligned-memory.js';
 
 /** Offsets, lengths and memory of direct writes are multiples of this (the largest logical block in use). */
 export const DIRECT_ALIGNMENT = 4096;
@@ -46,9 +47,6 @@ export const DIRECT_ALIGNMENT = 4096;
 export const DIRECT_MIN_BYTES = 4 * 1024 * 1024;
 /** …and when the dump hashes its content (the hash needs the CPU the page cache takes). */
 export const DIRECT_MIN_BYTES_HASHING = 64 * 1024;
-/** A WebAssembly page. */
-const WASM_PAGE = 65536;
-
 /** The output file's handles: `file` always; `direct` (O_DIRECT) when the system allows it. */
 export interface OutputFile {
   file: FileHandle;
@@ -72,9 +70,9 @@ export async function openOutputFile(path: string): Promise<OutputFile> {
 export function pageAlignedSharedBuffers(count: number, size: number): Buffer[] {
   if (size % DIRECT_ALIGNMENT !== 0)
     throw new RangeError(`aligned buffers: size ${size} is not a multiple of ${DIRECT_ALIGNMENT}`);
-  const pages = Math.ceil((count * size) / WASM_PAGE);
-  const memory = new WebAssembly.Memory({ initial: pages, maximum: pages, shared: true });
-  return Array.from({ length: count }, (_, i) => Buffer.from(memory.buffer, i * size, size));
+  const memory = pageAlignedSharedMemory(count * size);
+  if (!memory) throw new RangeError(`aligned buffers: ${count} × ${size} bytes is past 4 GiB`);
+  return Array.from({ length: count }, (_, i) => Buffer.from(memory, i * size, size));
 }
 
 /** Whether `data` (a view of pageAlignedSharedBuffers' memory) goes to `offset` through O_DIRECT. */

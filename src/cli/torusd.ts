@@ -34,7 +34,12 @@ import { startMemoryReport } from '../common/memory-report.js';
 import { nbdMetricsHooks } from '../node/nbd-metrics.js';
 import { nbdLimitFlags, nbdLimitOptions } from './nbd-limit-flags.js';
 import { DEFAULT_BLOCK_SIZE, StorageNode } from '../node/storage-node.js';
-import { cacheSizeOf, STORAGE_NODE_CACHE } from '../common/memory-budget.js';
+import {
+  cacheSizeOf,
+  DIRECT_WRITE_MODES,
+  STORAGE_NODE_CACHE,
+  type DirectWriteMode,
+} from '../common/memory-budget.js';
 import {
   ArgumentError,
   helpText,
@@ -150,6 +155,12 @@ const spec: CommandSpec = {
       help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default a sixteenth of --size, 64MiB to 256MiB; 0: none, every FLUSH commits a whole version); in a cluster, of the holder log that keeps FLUSHed records (default 64MiB, at least 34MiB)',
       env: 'TORUS_INTENT_LOG_SIZE',
     },
+    'direct-writes': {
+      type: 'string',
+      help: 'write blocks around the page cache (O_DIRECT): auto (when a cgroup memory limit holds the node, where the page cache is small and each write through it reclaims a page), on or off',
+      default: 'auto',
+      env: 'TORUS_DIRECT_WRITES',
+    },
     'scrub-rate': {
       type: 'size',
       help: 'bytes per second the background scrub re-reads the local store against its checksums (default 16MiB)',
@@ -194,6 +205,10 @@ export async function main(argv: string[]): Promise<number> {
   const peerTls = peerTlsOf(v);
   if (v['auto-join'] && !etcd)
     throw new ArgumentError('--auto-join needs --etcd (a single node has no ring)');
+  if (!(DIRECT_WRITE_MODES as readonly string[]).includes(v['direct-writes'] as string))
+    throw new ArgumentError(
+      `--direct-writes: expected ${DIRECT_WRITE_MODES.join(', ')}, got "${String(v['direct-writes'])}"`,
+    );
   for (const flag of ['rebalance-rate', 'scrub-rate'] as const) {
     if (v[flag] !== undefined && !((v[flag] as number) > 0))
       throw new ArgumentError(
@@ -237,6 +252,7 @@ export async function main(argv: string[]): Promise<number> {
         v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
       scrubRate: v['scrub-rate'] as number | undefined,
       intentLogBytes: v['intent-log-size'] as number | undefined,
+      directWrites: v['direct-writes'] as DirectWriteMode,
       replicatedFlush: v['replicated-flush'] !== false && v['commit-every-flush'] !== true,
       scrubIntervalMs:
         v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,

@@ -9,6 +9,7 @@ import {
   CLIENT_CACHE,
   STORAGE_NODE_CACHE,
   cgroupMemoryLimit,
+  directWritesWanted,
   readMemoryFacts,
   sizeCache,
 } from './memory-budget.js';
@@ -113,5 +114,31 @@ describe('cgroupMemoryLimit', () => {
     const facts = readMemoryFacts();
     assert.ok(facts.totalBytes > 0);
     if (facts.cgroupLimitBytes !== undefined) assert.ok(facts.cgroupLimitBytes > 0);
+  });
+});
+
+describe('directWritesWanted', () => {
+  test('auto: around the page cache under a cgroup limit below the machine, through it otherwise', () => {
+    assert.deepEqual(
+      directWritesWanted('auto', { totalBytes: 24 * GiB, cgroupLimitBytes: 512 * MiB }),
+      { on: true, reason: 'a 512 MiB cgroup limit' },
+    );
+    assert.equal(directWritesWanted('auto', { totalBytes: 24 * GiB }).on, false);
+    // A limit above the machine's memory limits nothing.
+    assert.equal(
+      directWritesWanted('auto', { totalBytes: 2 * GiB, cgroupLimitBytes: 64 * GiB }).on,
+      false,
+    );
+  });
+
+  test('on and off are what the operator said, limit or not', () => {
+    assert.deepEqual(directWritesWanted('on', { totalBytes: 24 * GiB }), {
+      on: true,
+      reason: '--direct-writes on',
+    });
+    assert.equal(
+      directWritesWanted('off', { totalBytes: 24 * GiB, cgroupLimitBytes: 512 * MiB }).on,
+      false,
+    );
   });
 });

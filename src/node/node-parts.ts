@@ -21,6 +21,12 @@ import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import { BlockCache } from '../dataplane/cache/block-cache.js';
 import { KeyRing } from '../dataplane/crypto/key-ring.js';
 import { DataPool, defaultWorkerThreads } from '../dataplane/pool/data-pool.js';
+import { directWritesPossible } from '../dataplane/pool/file-io.js';
+import {
+  directWritesWanted,
+  readMemoryFacts,
+  type DirectWriteMode,
+} from '../common/memory-budget.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import {
   DEFAULT_INTENT_LOG_BYTES,
@@ -92,6 +98,8 @@ export interface StorageNodeOptions {
    * with it off and on mix safely.
    */
   replicatedFlush?: boolean;
+  /** Block writes around the page cache (O_DIRECT): memory-budget.ts directWritesWanted (default auto). */
+  directWrites?: DirectWriteMode;
   /** Bytes/s a scrub pass reads from the local store (default 16 MiB/s). */
   scrubRate?: number;
   /** A scrub pass every this many ms, the first this long after start (default 24 h; 0 none). */
@@ -99,6 +107,26 @@ export interface StorageNodeOptions {
 }
 
 export const DEFAULT_LOCK_LINGER_MS = 5000;
+
+/** Whether the pool writes blocks around the page cache (see directWritesWanted), logged with why. */
+function decideDirectWrites(
+  mode: DirectWriteMode,
+  cache: BlockCache,
+  dataPath: string,
+  log: Logger,
+): boolean {
+  const wanted = directWritesWanted(mode, readMemoryFacts());
+  let on = wanted.on;
+  let why = wanted.reason;
+  if (on && !cache.pageAligned) [on, why] = [false, 'the cache is past 4 GiB (not page aligned)'];
+  else if (on && !directWritesPossible(dataPath))
+    [on, why] = [false, 'the store’s file system refuses O_DIRECT'];
+  log.info(
+    { directWrites: on, reason: why },
+    on ? 'blocks are written around the page cache' : 'blocks are written through the page cache',
+  );
+  return on;
+}
 
 /** The node's parts, as openNodeParts() assembles them. */
 export interface NodeParts {
@@ -158,6 +186,12 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
         records: store.records,
         dataPath: store.dataPath,
         slotsPath: store.slotsPath,
+        directWrites: decideDirectWrites(
+          options.directWrites ?? 'auto',
+          cache,
+          store.dataPath,
+          log,
+        ),
       },
       options.workers ?? defaultWorkerThreads(options.cluster ? 'cluster' : 'single-node'),
       options.cluster ? 4 : 1,

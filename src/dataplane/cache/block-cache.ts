@@ -47,6 +47,7 @@
  * so pinned views of valid ones are undisturbed. Blocks of more than 32
  * sub-blocks (above 128 KiB) are always whole: the mask is one u32.
  */
+import { pageAlignedSharedMemory } from '../../common/aligned-memory.js';
 import { assert, invariantBroken } from '../../common/assert.js';
 import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
 
@@ -91,6 +92,8 @@ export interface CacheOwner {
 
 export class BlockCache {
   readonly buffer: SharedArrayBuffer;
+  /** The buffer starts on a page (as O_DIRECT wants: the pool's direct block writes); false past 4 GiB. */
+  readonly pageAligned: boolean;
   readonly slotCount: number;
   readonly state: Uint8Array;
   private readonly referenced: Uint8Array;
@@ -137,7 +140,9 @@ export class BlockCache {
     capacityBytes: number,
   ) {
     this.slotCount = Math.max(64, Math.floor(capacityBytes / blockSize));
-    this.buffer = new SharedArrayBuffer(this.slotCount * blockSize);
+    const aligned = pageAlignedSharedMemory(this.slotCount * blockSize);
+    this.buffer = aligned ?? new SharedArrayBuffer(this.slotCount * blockSize);
+    this.pageAligned = aligned !== undefined;
     this.readReserve = Math.max(4, Math.floor(this.slotCount / 16));
     this.state = new Uint8Array(this.slotCount);
     this.referenced = new Uint8Array(this.slotCount);

@@ -1,5 +1,5 @@
 /** Whole-buffer positional reads and writes for the pool workers (blocking: a worker's I/O is meant to block). */
-import { readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
 
 export function pwriteAll(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
@@ -15,4 +15,22 @@ export function preadAll(fd: number, bytes: Uint8Array, position: number): void 
     if (n === 0) throw new Error(`short read at ${position + done}`);
     done += n;
   }
+}
+
+/** `path` opened for writing around the page cache (O_DIRECT), or undefined where the system will not (tmpfs, no such flag). */
+export function openDirect(path: string): number | undefined {
+  if (constants.O_DIRECT === undefined) return undefined;
+  try {
+    return openSync(path, constants.O_WRONLY | constants.O_DIRECT);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `path` can be written around the page cache here. */
+export function directWritesPossible(path: string): boolean {
+  const fd = openDirect(path);
+  if (fd === undefined) return false;
+  closeSync(fd);
+  return true;
 }

@@ -3,7 +3,9 @@
  * last of a slot held twice wins, a held item is read back before it is
  * written, nothing is written before write() (or ever, after discard()),
  * and items not held are written at once. Records mode writes ranges of
- * the source table.
+ * the source table. Around the page cache (O_DIRECT, where the system
+ * allows it): page-aligned blocks go there, and a write the kernel refuses
+ * (memory not aligned) lands through the fallback handle, as do the later ones.
  */
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs';
@@ -11,6 +13,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { pageAlignedSharedMemory } from '../../common/aligned-memory.js';
+import { openDirect } from './file-io.js';
 import { HeldWrites } from './held-writes.js';
 
 const ITEM = 8;
@@ -123,5 +127,65 @@ describe('HeldWrites', () => {
     for (const slot of [10, 11, 12, 40]) assert.deepEqual(slotOf(file, slot), [...item(slot)]);
     assert.deepEqual(slotOf(file, 13), [...item(0)]);
     closeSync(fd);
+  });
+
+  describe('around the page cache', () => {
+    const BLOCK = 65536;
+    function freshBlocks(count: number): { fd: number; direct: number | undefined } {
+      writeFileSync(path, new Uint8Array(BLOCK * count));
+      return { fd: openSync(path, 'r+'), direct: openDirect(path) };
+    }
+
+    test('page-aligned blocks go to the direct handle; the fallback is not used', (t) => {
+      const { fd, direct } = freshBlocks(4);
+      if (direct === undefined) {
+        closeSync(fd);
+        t.skip(`${tmpdir()} does not take O_DIRECT`);
+        return;
+      }
+      const memory = new Uint8Array(pageAlignedSharedMemory(3 * BLOCK)!);
+      const blocks = [0, 1, 2].map((i) => memory.subarray(i * BLOCK, (i + 1) * BLOCK).fill(i + 1));
+      const held = new HeldWrites(direct, BLOCK, undefined, true, fd);
+      held.hold();
+      held.put(2, blocks[1]);
+      held.put(1, blocks[0]);
+      held.put(3, blocks[2]);
+      held.write();
+      assert.equal(held.fellBack, false);
+      const file = readFileSync(path);
+      for (const [slot, fill] of [
+        [0, 0],
+        [1, 1],
+        [2, 2],
+        [3, 3],
+      ])
+        assert.ok(
+          file.subarray(slot * BLOCK, (slot + 1) * BLOCK).every((b) => b === fill),
+          `slot ${slot}`,
+        );
+      closeSync(direct);
+      closeSync(fd);
+    });
+
+    test('a write refused there (memory not aligned) lands through the fallback, and so do the next', () => {
+      const { fd, direct } = freshBlocks(4);
+      // A Buffer from Node's allocator, one byte in: never aligned for O_DIRECT.
+      const unaligned = Buffer.alloc(2 * BLOCK + 1).subarray(1);
+      const first = unaligned.subarray(0, BLOCK).fill(0x11);
+      const second = unaligned.subarray(BLOCK, 2 * BLOCK).fill(0x22);
+      // Without O_DIRECT here the "direct" handle is the ordinary one: nothing to refuse.
+      const held = new HeldWrites(direct ?? fd, BLOCK, undefined, true, fd);
+      held.hold();
+      held.put(1, first);
+      held.write();
+      held.put(3, second); // not holding: written at once
+      if (direct !== undefined) assert.equal(held.fellBack, true);
+      const file = readFileSync(path);
+      assert.ok(file.subarray(BLOCK, 2 * BLOCK).every((b) => b === 0x11));
+      assert.ok(file.subarray(3 * BLOCK, 4 * BLOCK).every((b) => b === 0x22));
+      assert.ok(file.subarray(0, BLOCK).every((b) => b === 0));
+      if (direct !== undefined) closeSync(direct);
+      closeSync(fd);
+    });
   });
 });

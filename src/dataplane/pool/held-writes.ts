@@ -14,6 +14,12 @@
  * copied, records named (they are in the slot table already). Nothing is durable before the store's
  * sync() either way.
  *
+ * Around the page cache: blocks' bytes may go to a handle opened O_DIRECT
+ * (worker.ts says when), with the ordinary handle as `fallbackFd`. A write
+ * the kernel refuses there (EINVAL: memory or offset not aligned, a file
+ * system that checks only at write time) is written again through the
+ * fallback, which every later write then uses.
+ *
  * A slot held twice keeps its last item. `held(slot)` answers a read of an
  * item not yet written (a patch over a block stored earlier in the same
  * batch reads that block's entry).
@@ -42,10 +48,11 @@ export class HeldWrites {
    * keep put()'s item itself, not a copy (it must not change until write()).
    */
   constructor(
-    private readonly fd: number,
+    private fd: number,
     private readonly itemSize: number,
     private readonly source?: Uint8Array,
     private readonly byReference = false,
+    private fallbackFd?: number,
   ) {
     this.bytes = new Uint8Array(source || byReference ? 0 : itemSize * 64);
   }
@@ -58,7 +65,8 @@ export class HeldWrites {
   /** `slot`'s item: written at once, or held until write(). `item` is copied (entries); records pass none. */
   put(slot: number, item?: Uint8Array): void {
     if (!this.holding) {
-      pwriteAll(this.fd, item ?? this.sourceItem(slot), slot * this.itemSize);
+      const bytes = item ?? this.sourceItem(slot);
+      this.withFallback(() => pwriteAll(this.fd, bytes, slot * this.itemSize));
       return;
     }
     if (item && this.byReference) {
@@ -101,7 +109,7 @@ export class HeldWrites {
           k++;
           while (k < order.length && slots[order[k]] === next - 1) k++; // older items of that slot
         }
-        this.writeRun(first, next);
+        this.withFallback(() => this.writeRun(first, next));
       }
     } finally {
       this.discard();
@@ -114,6 +122,23 @@ export class HeldWrites {
     this.refs.length = 0;
     this.iovecs.length = 0;
     this.holding = false;
+  }
+
+  /** Writes went to `fallbackFd` since one was refused on the handle given first. */
+  fellBack = false;
+
+  /** Run `write`; refused with EINVAL where a fallback handle is left, run it again there. */
+  private withFallback(write: () => void): void {
+    try {
+      write();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EINVAL' || this.fallbackFd === undefined)
+        throw err;
+      this.fd = this.fallbackFd;
+      this.fallbackFd = undefined;
+      this.fellBack = true;
+      write();
+    }
   }
 
   private writeRun(first: number, end: number): void {

@@ -16,6 +16,12 @@ export interface WorkerSetup {
   records: SharedArrayBuffer;
   dataPath: string;
   slotsPath: string;
+  /**
+   * Plain blocks' bytes go to the data file around the page cache (O_DIRECT)
+   * from the cache, which must then start on a page (BlockCache.pageAligned);
+   * node-parts.ts says when (directWritesWanted).
+   */
+  directWrites?: boolean;
 }
 
 /** Seal (if keyed), hash and store cache slots as blocks of one volume version. */

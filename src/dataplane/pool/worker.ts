@@ -19,7 +19,7 @@ import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '..
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
-import { preadAll, pwriteAll } from './file-io.js';
+import { openDirect, preadAll, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
 import { HeldWrites } from './held-writes.js';
 import { peerClient } from './peer-links.js';
@@ -78,8 +78,18 @@ const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Slot records written (held for the end of a write batch: held-writes.ts). */
 const recordWrites = new HeldWrites(slotsFd, RECORD_SIZE, records);
-/** Plain blocks' bytes written (held, by reference to their cache slots, for the end of a write batch). */
-const blockWrites = new HeldWrites(dataFd, blockSize, undefined, true);
+/**
+ * Plain blocks' bytes written (held, by reference to their cache slots, for
+ * the end of a write batch): around the page cache when asked for, with the
+ * ordinary handle for what the kernel refuses there. Patches' sub-blocks and
+ * sealed blocks' ciphertext (from a scratch buffer not page aligned) go
+ * through the page cache on dataFd.
+ */
+const directFd = setup.directWrites ? openDirect(setup.dataPath) : undefined;
+const blockWrites =
+  directFd === undefined
+    ? new HeldWrites(dataFd, blockSize, undefined, true)
+    : new HeldWrites(directFd, blockSize, undefined, true, dataFd);
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 /** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
