@@ -5,11 +5,13 @@
  * replaces an older patch keeping its sub-blocks, and lets its base go only
  * with its last patch; a block written in more than half, a missing
  * sub-sums entry and an encrypted volume get whole blocks; a damaged patch
- * or base is an error, never data.
+ * or base is an error, never data, read whole or in part. A patch read
+ * whole is checked by its entry, which stays as it was (it used to be
+ * rewritten by every such read).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, rm, truncate } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -311,6 +313,24 @@ describe('patches', { timeout: 60_000 }, () => {
     await assert.rejects(t.v.read(BS + 7 * SUB, sub), ChecksumError);
     await t.v.read(BS + 3 * SUB, sub);
     assert.ok(sub.equals(t.expected.subarray(BS + 3 * SUB, BS + 4 * SUB)), 'the rest still reads');
+    await t.restart();
+    await assert.rejects(t.v.read(BS, Buffer.alloc(BS)), ChecksumError, 'read whole, too');
+    await t.close();
+  });
+
+  test('a patch read whole reads back right and leaves its sub-sums entry as it was', async () => {
+    const t = await storedVolume('whole');
+    await t.put(BS + 5 * SUB, SUB);
+    await t.put(3 * BS + 15 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(stored(t.r, t.v, 1).patch, true);
+    await t.restart();
+    const sums = join(t.dir, SUBSUMS_FILE);
+    const before = { bytes: await readFile(sums), mtime: (await stat(sums)).mtimeMs };
+    const back = await readAll(t.v);
+    assert.ok(back.equals(t.expected), 'every block, patched or not, reads back');
+    assert.ok((await readFile(sums)).equals(before.bytes));
+    assert.equal((await stat(sums)).mtimeMs, before.mtime, 'nothing was written to the sub-sums');
     await t.close();
   });
 });
