@@ -33,6 +33,8 @@ export async function volumeRig(
     committed?: VolumeRig['committed'];
     /** Small misses always read on the main thread, however slow a loaded machine makes them (tests that count them). */
     inlineMissesAlways?: boolean;
+    /** Plain blocks written around the page cache (WorkerSetup.directWrites). */
+    directWrites?: boolean;
   },
 ): Promise<VolumeRig> {
   const { blockSize } = options;
@@ -47,6 +49,7 @@ export async function volumeRig(
       records: store.records,
       dataPath: store.dataPath,
       slotsPath: store.slotsPath,
+      directWrites: options.directWrites && cache.pageAligned,
     },
     options.workers,
     1,

@@ -22,31 +22,33 @@ export class WrittenBlocks {
   constructor(
     readonly count: number,
     private readonly remote: WriteRemote | undefined,
+    /** Blocks per task the request was cut into (the last task may have fewer). */
+    private readonly batch: number = BATCH,
   ) {
-    this.batches = new Array(Math.ceil(count / BATCH));
+    this.batches = new Array(Math.ceil(count / batch));
     this.holders = remote ? new Array(count) : undefined;
   }
 
   isZero(i: number): boolean {
-    return this.batches[Math.floor(i / BATCH)].zero[i % BATCH] === 1;
+    return this.batches[Math.floor(i / this.batch)].zero[i % this.batch] === 1;
   }
 
   /** Block i was to be a patch and could not be (nothing stored): it must be stored whole. */
   isRefused(i: number): boolean {
-    return this.batches[Math.floor(i / BATCH)].refused?.[i % BATCH] === 1;
+    return this.batches[Math.floor(i / this.batch)].refused?.[i % this.batch] === 1;
   }
 
   hashLo(i: number): number {
-    return this.batches[Math.floor(i / BATCH)].hashes[2 * (i % BATCH)];
+    return this.batches[Math.floor(i / this.batch)].hashes[2 * (i % this.batch)];
   }
 
   hashHi(i: number): number {
-    return this.batches[Math.floor(i / BATCH)].hashes[2 * (i % BATCH) + 1];
+    return this.batches[Math.floor(i / this.batch)].hashes[2 * (i % this.batch) + 1];
   }
 
   /** The failed peer writes of the batch block i went in. */
   failuresOf(i: number): readonly string[] {
-    return this.batches[Math.floor(i / BATCH)].failures ?? NO_PEERS;
+    return this.batches[Math.floor(i / this.batch)].failures ?? NO_PEERS;
   }
 
   /** The peers holding block i (uuids): none on a single node. */
@@ -60,14 +62,14 @@ export class WrittenBlocks {
    * Returns how many copies went to a node placement did not choose.
    */
   record(start: number, result: WriteBatchResult, sent: RemoteTargets | undefined): number {
-    this.batches[start / BATCH] = result;
+    this.batches[start / this.batch] = result;
     if (result.failures) for (const failure of result.failures) this.failures.push(failure);
     if (!sent || !this.remote || !this.holders) return 0;
     const { peers, targets } = this.remote;
     const acked = result.acked!;
     const placed = result.placedOn;
     let elsewhere = 0;
-    const n = Math.min(BATCH, this.count - start);
+    const n = Math.min(this.batch, this.count - start);
     for (let at = 0; at < n; at++) {
       const holders: string[] = [];
       const chosen = targets[start + at].remote.length;
