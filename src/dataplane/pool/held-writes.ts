@@ -41,6 +41,8 @@ export class HeldWrites {
   private readonly iovecs: Uint8Array[] = [];
   /** Whether items are held (between hold() and write()); otherwise written at once. */
   holding = false;
+  /** Writes went to `fallbackFd` since one was refused on the handle given first. */
+  fellBack = false;
 
   /**
    * fd: the file the items go to. source: where the items already are
@@ -66,7 +68,12 @@ export class HeldWrites {
   put(slot: number, item?: Uint8Array): void {
     if (!this.holding) {
       const bytes = item ?? this.sourceItem(slot);
-      this.withFallback(() => pwriteAll(this.fd, bytes, slot * this.itemSize));
+      try {
+        pwriteAll(this.fd, bytes, slot * this.itemSize);
+      } catch (err) {
+        if (!this.fallBack(err)) throw err;
+        pwriteAll(this.fd, bytes, slot * this.itemSize);
+      }
       return;
     }
     if (item && this.byReference) {
@@ -109,7 +116,12 @@ export class HeldWrites {
           k++;
           while (k < order.length && slots[order[k]] === next - 1) k++; // older items of that slot
         }
-        this.withFallback(() => this.writeRun(first, next));
+        try {
+          this.writeRun(first, next);
+        } catch (err) {
+          if (!this.fallBack(err)) throw err;
+          this.writeRun(first, next); // the run's iovecs are still set
+        }
       }
     } finally {
       this.discard();
@@ -124,21 +136,14 @@ export class HeldWrites {
     this.holding = false;
   }
 
-  /** Writes went to `fallbackFd` since one was refused on the handle given first. */
-  fellBack = false;
-
-  /** Run `write`; refused with EINVAL where a fallback handle is left, run it again there. */
-  private withFallback(write: () => void): void {
-    try {
-      write();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL' || this.fallbackFd === undefined)
-        throw err;
-      this.fd = this.fallbackFd;
-      this.fallbackFd = undefined;
-      this.fellBack = true;
-      write();
-    }
+  /** A write failed with `err`: if the handle refused it (EINVAL) and a fallback is left, use that from now on (true: write again). */
+  private fallBack(err: unknown): boolean {
+    if ((err as NodeJS.ErrnoException).code !== 'EINVAL' || this.fallbackFd === undefined)
+      return false;
+    this.fd = this.fallbackFd;
+    this.fallbackFd = undefined;
+    this.fellBack = true;
+    return true;
   }
 
   private writeRun(first: number, end: number): void {
