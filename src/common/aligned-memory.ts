@@ -5,7 +5,7 @@
  * direct write from it fails (EINVAL); a shared WebAssembly.Memory's buffer
  * starts on one. wasm32 memory stops at 65,536 pages of 64 KiB (4 GiB).
  */
-export const WASM_PAGE = 65536;
+const WASM_PAGE = 65536;
 const MAX_WASM_PAGES = 65536;
 
 /** `bytes` (rounded up to a 64 KiB page) of zeroed shared memory starting on a page, or undefined past 4 GiB. */
