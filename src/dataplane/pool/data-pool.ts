@@ -33,7 +33,7 @@ import {
 } from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
 import { InlineReads } from '../blocks/inline-reads.js';
-import { InlineMisses } from './inline-misses.js';
+import { INLINE_MISS_SYNC_MS, InlineMisses } from './inline-misses.js';
 
 /** A block to store as a patch (tasks.ts PatchTargets, one block's worth). */
 export interface PatchSource {
@@ -185,7 +185,7 @@ export class DataPool {
     threads = defaultWorkerThreads(),
     tasksPerWorker = 1,
     /** The policy for misses read on this thread (tests that must see them inline pass one that never pools). */
-    inlinePolicy: () => InlineReads = () => new InlineReads(),
+    inlinePolicy: () => InlineReads = () => new InlineReads(INLINE_MISS_SYNC_MS),
   ) {
     this.threadCount = threads;
     this.pool = new Piscina({
@@ -209,16 +209,22 @@ export class DataPool {
     // Until it has loaded (at start-up, before any volume is open), every miss goes to the pool.
     hasher()
       .then((hash) => {
-        if (!this.closed) this.inlineMisses = new InlineMisses(setup, hash, inlinePolicy());
+        if (this.closed) return;
+        this.inlineMisses = new InlineMisses(
+          setup,
+          hash,
+          (r) => this.dispatchToWorkers([r as ReadRequest]),
+          inlinePolicy(),
+        );
       })
       .catch((err: Error) =>
         log.warn({ err: err.message }, 'cache misses are read in the pool only'),
       );
   }
 
-  /** Misses read on the main thread, and those sent to the pool because the disk was slow. */
-  get inlineMissCounts(): { inline: number; pooled: number } {
-    return { inline: this.inlineMisses?.inline ?? 0, pooled: this.inlineMisses?.pooled ?? 0 };
+  /** Misses read on the main thread synchronously, and those it started in libuv's pool. */
+  get inlineMissCounts(): { inline: number; async: number } {
+    return { inline: this.inlineMisses?.inline ?? 0, async: this.inlineMisses?.async ?? 0 };
   }
 
   get threads(): number {
@@ -310,17 +316,17 @@ export class DataPool {
     let all = this.pendingReads;
     this.pendingReads = [];
     const inline = this.inlineMisses;
-    // Small local misses are read here (inline-misses.ts): all of them while
-    // the data answers from memory, else this thread's share of the tick's,
-    // the rest posted to the workers first so the disk sees their preads and
-    // this thread's at once.
+    // Small local misses are this thread's (inline-misses.ts): read here now
+    // while the store answers from memory, else started in libuv's pool. The
+    // rest are posted to the workers first, so their preads and this
+    // thread's overlap.
     let here: ReadRequest[] | undefined;
     if (inline) {
-      const share = inline.fromMemory ? all.length : Math.ceil(all.length / (this.threadCount + 1));
       const rest: ReadRequest[] = [];
       for (const r of all) {
-        if ((here?.length ?? 0) < share && inline.qualifies(r)) (here ??= []).push(r);
-        else rest.push(r);
+        if (!inline.qualifies(r)) rest.push(r);
+        else if (inline.synchronously()) (here ??= []).push(r);
+        else if (!inline.start(r)) rest.push(r);
       }
       all = rest;
     }

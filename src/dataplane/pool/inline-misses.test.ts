@@ -2,8 +2,8 @@
  * InlineMisses over a real store and cache: a small plain miss is read and
  * checked on the calling thread; a damaged one is left to the pool (false,
  * nothing answered); what does not qualify (sealed, whole, too large, no
- * local copy) never is; and a slow disk turns "every miss of a burst" into
- * "a share", then into none.
+ * local copy) never is; and a slow disk turns synchronous reads into reads
+ * in libuv's pool (one probe in 32 still here), checked the same way.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -12,13 +12,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { hasher } from '../blocks/hash.js';
-import { InlineReads, INLINE_READ_MAX_MS } from '../blocks/inline-reads.js';
+import { InlineReads } from '../blocks/inline-reads.js';
 import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
 import { SlotState } from '../cache/block-cache.js';
 import { Volume, type VolumeIdentity } from '../volume/volume.js';
 import { closeVolumeRig, volumeRig, type VolumeRig } from '../../../test/support/volume-rig.js';
-import { INLINE_MISS_ALL_MS, InlineMisses, type MissRead } from './inline-misses.js';
+import { INLINE_MISS_SYNC_MS, InlineMisses, type MissRead } from './inline-misses.js';
 import { READ_OK } from './tasks.js';
 
 const BS = 64 * 1024;
@@ -53,6 +53,7 @@ describe('inline misses', { timeout: 30_000 }, () => {
     await rm(root, { recursive: true, force: true });
   });
 
+  const toWorkers = () => assert.fail('nothing here goes to the workers');
   const setup = () => ({
     cache: r.cache.buffer,
     blockSize: BS,
@@ -91,7 +92,7 @@ describe('inline misses', { timeout: 30_000 }, () => {
   }
 
   test('a small plain miss is read and checked here; a damaged one is left to the pool', async () => {
-    const inline = new InlineMisses(setup(), await hasher());
+    const inline = new InlineMisses(setup(), await hasher(), toWorkers);
     const good = miss(1, 0b100, {}, true);
     assert.ok(inline.qualifies(good.read));
     assert.ok(inline.read(good.read));
@@ -118,7 +119,7 @@ describe('inline misses', { timeout: 30_000 }, () => {
   });
 
   test('sealed, whole, larger than 16 KiB or not stored here: never inline', async () => {
-    const inline = new InlineMisses(setup(), await hasher());
+    const inline = new InlineMisses(setup(), await hasher(), toWorkers);
     assert.equal(inline.qualifies(miss(0, 1, { key: new Uint8Array(32) }).read), false);
     assert.equal(inline.qualifies(miss(0, r.cache.wholeMask).read), false);
     assert.equal(inline.qualifies(miss(0, 0b11111).read), false, '20 KiB');
@@ -127,22 +128,39 @@ describe('inline misses', { timeout: 30_000 }, () => {
     inline.close();
   });
 
-  test('a slower disk takes a share of a burst, then none but a probe', async () => {
-    const policy = new InlineReads();
-    const inline = new InlineMisses(setup(), await hasher(), policy);
+  test("a slower disk: misses are read in libuv's pool and checked; one in 32 is still read here", async () => {
+    const policy = new InlineReads(INLINE_MISS_SYNC_MS);
+    let sentToWorkers: (m: MissRead) => void = () => assert.fail('sent to the workers early');
+    const inline = new InlineMisses(setup(), await hasher(), (m) => sentToWorkers(m), policy);
     assert.ok(inline.fromMemory);
-    for (let i = 0; i < 32; i++) policy.took(INLINE_MISS_ALL_MS * 2);
-    assert.equal(
-      inline.fromMemory,
-      false,
-      'a disk, not memory: the main thread reads only its share',
+    assert.ok(inline.synchronously());
+    for (let i = 0; i < 32; i++) policy.took(INLINE_MISS_SYNC_MS * 4);
+    assert.equal(inline.fromMemory, false, 'a disk, not memory');
+    let here = 0;
+    for (let i = 0; i < 64; i++) if (inline.synchronously()) here++;
+    assert.equal(here, 2, 'one probe in 32');
+
+    // Two sub-blocks of block 1: answered once their pread is back, and right.
+    const good = miss(1, 0b0110, {}, true);
+    assert.ok(inline.qualifies(good.read));
+    const answered = new Promise<number>((resolve) => (good.read.done = resolve));
+    assert.ok(inline.start(good.read));
+    assert.equal(await answered, READ_OK);
+    assert.ok(
+      r.cache
+        .view(good.cacheSlot)
+        .subarray(SUB, 3 * SUB)
+        .equals(data.subarray(BS + SUB, BS + 3 * SUB)),
     );
-    assert.ok(inline.qualifies(miss(3, 1).read));
-    for (let i = 0; i < 32; i++) policy.took(INLINE_READ_MAX_MS * 4);
-    let taken = 0;
-    for (let i = 0; i < 64; i++) if (inline.qualifies(miss(3, 1).read)) taken++;
-    assert.equal(taken, 2, 'one probe in 32');
-    assert.equal(inline.pooled, 62);
+    assert.equal(inline.async, 1);
+
+    // Block 2's sub-block 3 was damaged by the first test: the workers get it, unanswered.
+    const bad = miss(2, 0b1000, {}, true);
+    const toWorkers = new Promise<MissRead>((resolve) => (sentToWorkers = resolve));
+    assert.ok(inline.start(bad.read));
+    assert.equal(await toWorkers, bad.read);
+    assert.deepEqual(bad.answers, []);
+    assert.equal(inline.async, 1);
     inline.close();
   });
 });

@@ -11,19 +11,16 @@
  *
  * What goes inline: a read of some sub-blocks (not the whole block) of a
  * plain block (not sealed: opening needs the whole block) in this node's
- * store, at most INLINE_MISS_MAX_BYTES, while the smoothed time of inline
- * misses says the disk answers fast (blocks/inline-reads.ts: past 0.25 ms
- * they go back to the pool, one in 32 still inline to measure again). Whole
- * blocks (sequential readers) stay in the pool, where two workers hash them
- * in parallel with the loop.
+ * store, at most INLINE_MISS_MAX_BYTES. Whole blocks (sequential readers)
+ * stay in the pool, where the workers hash them in parallel with the loop.
  *
- * How much of a burst: all of it while misses take under INLINE_MISS_ALL_MS
- * (the data is in memory: on this project's VM a miss inline takes ~50 µs,
- * and handing part of a burst to the workers cost 30 % more CPU for no more
- * IOPS, docs/benchmarks.md session 20). Slower, the main thread reads only
- * its share (one part in threads + 1) and the rest go to the workers first,
- * so a real disk sees reads side by side; a lone miss (a reader at queue
- * depth 1) is read here either way.
+ * How: synchronously, while the smoothed time of these reads says the data
+ * answers from memory (at most INLINE_MISS_SYNC_MS: ~6 µs on this project's
+ * VM with the store in the page cache, 60-70 µs under a 512 MiB memory
+ * limit where most come from the disk). Slower, each is handed to libuv's
+ * thread pool (async-misses.ts) so a burst's preads overlap and the loop
+ * never waits on the disk; one in PROBE_EVERY is still read here, timed, to
+ * notice when memory answers again.
  *
  * Only a read that succeeds is answered here. Anything else — an entry
  * missing, a sub-block failing its sum after a whole read, an I/O error —
@@ -40,18 +37,20 @@ import type { Hasher } from '../blocks/hash.js';
 import { InlineReads } from '../blocks/inline-reads.js';
 import { isPatchRecord, patchPresent, subBlockCount, wholeMaskOf } from '../blocks/patches.js';
 import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
+import { AsyncMisses } from './async-misses.js';
 import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
 import { READ_OK, type WorkerSetup } from './tasks.js';
 
 /** The largest miss read inline: a few sub-blocks; a whole block's hash is a worker's. */
 export const INLINE_MISS_MAX_BYTES = 16 * 1024;
 /**
- * Below this smoothed time a miss is answered from memory (the page cache,
- * or a host's): reading every one here costs less than handing any over.
- * Above it the disk is the wait, and only the main thread's share is read
- * here so the workers' preads overlap it (DataPool.dispatchReads).
+ * At or below this smoothed time a miss is answered from memory (the page
+ * cache, or a host's) and read synchronously: a pooled read's wake-ups cost
+ * more than the read (67k 4 KiB random reads a second synchronously, 20-25k
+ * pooled, docs/benchmarks.md session 24). Above it the disk is the wait,
+ * and misses are read by libuv's pool.
  */
-export const INLINE_MISS_ALL_MS = 0.1;
+export const INLINE_MISS_SYNC_MS = 0.02;
 
 /** What a read needs to be tried inline (a subset of DataPool's ReadRequest). */
 export interface MissRead {
@@ -73,15 +72,17 @@ export class InlineMisses {
   private readonly blockSize: number;
   private readonly wholeMask: number;
   private readonly patch: PatchLayout = { baseSlot: -1, present: 0 };
-  /** Misses answered here, and those handed to the pool though eligible (the disk was slow). */
+  private readonly overlapped: AsyncMisses;
+  /** Misses answered here synchronously. */
   inline = 0;
-  pooled = 0;
 
   constructor(
     setup: WorkerSetup,
     hash: Hasher,
-    /** Whether misses go inline, from their times (the tests drive it). */
-    private readonly policy = new InlineReads(),
+    /** Where a miss goes that cannot be answered here: the pool's workers. */
+    toWorkers: (r: MissRead) => void,
+    /** Whether misses are read synchronously, from their times (the tests drive it). */
+    private readonly policy = new InlineReads(INLINE_MISS_SYNC_MS),
   ) {
     this.blockSize = setup.blockSize;
     this.wholeMask = wholeMaskOf(setup.blockSize);
@@ -95,22 +96,51 @@ export class InlineMisses {
       hash,
       new Uint8Array(setup.blockSize),
     );
+    this.overlapped = new AsyncMisses(
+      this.dataFd,
+      this.io,
+      this.cache,
+      this.records,
+      this.blockSize,
+      hash,
+      toWorkers,
+      () => this.closeFiles(),
+    );
   }
 
-  /** Is the disk answering as fast as memory (take every miss here, not a share)? */
+  /** Misses answered from libuv's pool. */
+  get async(): number {
+    return this.overlapped.answered;
+  }
+
+  /** Is the store answering as fast as memory (misses read synchronously)? */
   get fromMemory(): boolean {
-    return this.policy.averageMs <= INLINE_MISS_ALL_MS;
+    return this.policy.averageMs <= INLINE_MISS_SYNC_MS;
   }
 
-  /** May `r` be read here (a small plain local miss, and the disk answering fast)? */
+  /** May `r` be read by this thread (a small plain local miss)? */
   qualifies(r: MissRead): boolean {
     const wanted = r.subBlocks ?? 0;
     if (r.key !== null || r.storeSlot < 0 || wanted === 0 || wanted === this.wholeMask)
       return false;
-    if (subBlockCount(wanted) * SUB_BLOCK_SIZE > INLINE_MISS_MAX_BYTES) return false;
-    if (this.policy.inline(INLINE_MISS_MAX_BYTES)) return true;
-    this.pooled++;
-    return false;
+    return subBlockCount(wanted) * SUB_BLOCK_SIZE <= INLINE_MISS_MAX_BYTES;
+  }
+
+  /**
+   * Read `r`, which qualifies(), synchronously now (true) or leave it to
+   * start() (false), as the times of the reads say (and one probe in
+   * PROBE_EVERY while they are slow).
+   */
+  synchronously(): boolean {
+    return this.policy.inline(INLINE_MISS_MAX_BYTES);
+  }
+
+  /**
+   * Start reading `r`, which qualifies(), in libuv's pool: true when started
+   * (done() or the workers follow); false: the workers must take it.
+   */
+  start(r: MissRead): boolean {
+    return this.overlapped.start(r);
   }
 
   /**
@@ -140,7 +170,12 @@ export class InlineMisses {
     return true;
   }
 
+  /** No more misses; the files close once the last one in libuv's pool is answered. */
   close(): void {
+    this.overlapped.close();
+  }
+
+  private closeFiles(): void {
     this.io.close();
     closeSync(this.dataFd);
   }
