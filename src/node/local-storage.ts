@@ -9,6 +9,7 @@ import { formatSize } from '../common/size.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { BlockCache } from '../dataplane/cache/block-cache.js';
 import type { IntentLog } from '../dataplane/intent-log/intent-log.js';
+import type { DataPool } from '../dataplane/pool/data-pool.js';
 import type { NodeMetrics } from './metrics.js';
 
 /**
@@ -61,6 +62,7 @@ export function registerStorageGauges(
   metrics: NodeMetrics,
   store: LocalSlotStore,
   cache: BlockCache,
+  pool: DataPool,
 ): void {
   metrics.gauge(
     'torus_store_capacity_bytes',
@@ -80,6 +82,16 @@ export function registerStorageGauges(
   );
   metrics.gauge('torus_cache_hits_total', 'Block cache hits', () => cache.hits);
   metrics.gauge('torus_cache_misses_total', 'Block cache misses', () => cache.misses);
+  metrics.gauge(
+    'torus_cache_misses_read_inline_total',
+    'Small cache misses read on the event loop: the store answered from memory',
+    () => pool.inlineMissCounts.inline,
+  );
+  metrics.gauge(
+    'torus_cache_misses_read_async_total',
+    "Small cache misses read in libuv's thread pool: the store answered from the disk",
+    () => pool.inlineMissCounts.async,
+  );
 }
 
 export function registerIntentLogGauges(metrics: NodeMetrics, log: IntentLog): void {

@@ -194,7 +194,7 @@ export class StorageNode implements ExportProvider {
 
   /** Each group of gauges is registered by the module that owns what it measures. */
   private registerGauges(metrics: NodeMetrics): void {
-    registerStorageGauges(metrics, this.store, this.cache);
+    registerStorageGauges(metrics, this.store, this.cache, this.parts.pool);
     if (this.parts.intentLog) registerIntentLogGauges(metrics, this.parts.intentLog);
     this.host.registerGauges(metrics);
     this.background.registerScrubGauges(metrics);
