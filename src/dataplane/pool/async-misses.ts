@@ -104,7 +104,7 @@ export class AsyncMisses {
       if (baseSlot < 0 && present !== this.wholeMask) return false;
     }
     const miss = this.free.pop() ?? new AsyncMiss(this.entrySize, this);
-    if (!this.io.readEntry(slot, miss.entry, r.hashLo, r.hashHi)) {
+    if (!this.entryRead(slot, miss.entry, r)) {
       this.free.push(miss);
       return false;
     }
@@ -140,6 +140,15 @@ export class AsyncMisses {
     }
     if (--miss.pending === 0) this.completed(miss);
     return true;
+  }
+
+  /** `slot`'s sub-sums entry, intact and made for r's hash; false for none, or an I/O error (the workers read it again and report it). */
+  private entryRead(slot: number, entry: Uint8Array, r: MissRead): boolean {
+    try {
+      return this.io.readEntry(slot, entry, r.hashLo, r.hashHi);
+    } catch {
+      return false;
+    }
   }
 
   /** Every pread of `miss` is back: answer it with the others back by the end of this poll. */
