@@ -19,7 +19,7 @@ import {
 } from '../src/dataplane/peer/errors.js';
 import { blockBytes, makeBlock, quietLogger } from './support/peer-helpers.js';
 import { STATUS_BAD_REQUEST } from '../src/dataplane/peer/wire.js';
-import { freePorts } from './cluster-fixture.js';
+import { freePorts, until } from './cluster-fixture.js';
 import { etcdMissing, startEtcd, type EtcdServer } from './etcd-server.js';
 import {
   makeDataDir,
@@ -131,11 +131,13 @@ describe(
       clusterId = (
         JSON.parse(await readFile(join(one.dataDir, 'cluster'), 'utf8')) as { clusterId: string }
       ).clusterId;
-      assert.match(
-        one.output(),
-        new RegExp(
-          `peer protocol \\(TBP\\) listening on 127\\.0\\.0\\.1:${ports[0]} for cluster ${clusterId.replace(/[.]/g, '\\.')}`,
-        ),
+      // torusd prints this line after "torusd listening" (which startTorusd
+      // waits for), in a write of its own: it may arrive a moment later.
+      const listening = new RegExp(
+        `peer protocol \\(TBP\\) listening on 127\\.0\\.0\\.1:${ports[0]} for cluster ${clusterId.replace(/[.]/g, '\\.')}`,
+      );
+      await until('the TBP listening line', async () =>
+        listening.test(one!.output()) ? true : undefined,
       );
 
       for (const [i, port] of ports.entries()) {
