@@ -184,7 +184,7 @@ export class DataPool {
     setup: WorkerSetup,
     threads = defaultWorkerThreads(),
     tasksPerWorker = 1,
-    /** The policy for misses read on this thread (tests that must see them inline pass one that never pools). */
+    /** When misses are read on this thread synchronously (tests that must see them so pass one that always says so). */
     inlinePolicy: () => InlineReads = () => new InlineReads(INLINE_MISS_SYNC_MS),
   ) {
     this.threadCount = threads;

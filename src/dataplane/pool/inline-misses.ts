@@ -127,9 +127,9 @@ export class InlineMisses {
   }
 
   /**
-   * Read `r`, which qualifies(), synchronously now (true) or leave it to
-   * start() (false), as the times of the reads say (and one probe in
-   * PROBE_EVERY while they are slow).
+   * Is the next miss that qualifies() read synchronously (true: read()) or
+   * started in libuv's pool (false: start())? As the times of the
+   * synchronous reads say, with one probe in PROBE_EVERY while they are slow.
    */
   synchronously(): boolean {
     return this.policy.inline(INLINE_MISS_MAX_BYTES);
