@@ -19,6 +19,7 @@ import {
   patchBaseOf,
   patchPresent,
   subBlockCount,
+  wantedRunEnd,
 } from './patches.js';
 import { RECORD_PATCH, RECORD_SIZE, fillRecord } from './record.js';
 import { LocalSlotStore } from './slot-store.js';
@@ -37,6 +38,27 @@ test('runs by source: one run per stretch of sub-blocks from the patch or from i
   assert.equal(subBlockCount(0), 0);
   assert.equal(subBlockCount(0b1011), 3);
   assert.equal(subBlockCount(0xffff_ffff), 32);
+});
+
+test('a run of wanted sub-blocks ends where one is not wanted or comes from the other place', () => {
+  // Wanted 1–6; the patch holds 3–4 and 6, the base the rest.
+  const wanted = 0b111_1110;
+  const present = 0b101_1000;
+  const runs: number[][] = [];
+  for (let first = 0; first < 32; first++) {
+    if ((wanted & (1 << first)) === 0) continue;
+    const end = wantedRunEnd(wanted, present, first);
+    runs.push([first, end]);
+    first = end - 1;
+  }
+  assert.deepEqual(runs, [
+    [1, 3],
+    [3, 5],
+    [5, 6],
+    [6, 7],
+  ]);
+  assert.equal(wantedRunEnd(0xffff_ffff, 0xffff_ffff, 0), 32, 'a whole mask is one run to the end');
+  assert.equal(wantedRunEnd(0b1, 0, 0), 1);
 });
 
 test('a patch record: flag, base and present mask where record.ts says', () => {

@@ -82,6 +82,21 @@ export function fillPatchFields(record: DataView, base: PatchBase, present: numb
 }
 
 /**
+ * Where the run of wanted sub-blocks that starts at `first` (a bit of
+ * `wanted`) ends: the first sub-block past it that is not wanted, or that
+ * comes from the other place (`present`: the patch's own slot; not: its
+ * base). One pread per run is what reading some sub-blocks costs. No
+ * callback, so a per-miss loop over the runs allocates nothing.
+ */
+export function wantedRunEnd(wanted: number, present: number, first: number): number {
+  const inPatch = (present & (1 << first)) !== 0;
+  let end = first + 1;
+  while (end < 32 && (wanted & (1 << end)) !== 0 && ((present & (1 << end)) !== 0) === inPatch)
+    end++;
+  return end;
+}
+
+/**
  * Visit the runs of consecutive sub-blocks of a block of `subBlocks`
  * sub-blocks that come from one place: `inPatch` true for a run the patch
  * holds (bits of `present`), false for one its base supplies. One read per

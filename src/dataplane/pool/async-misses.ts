@@ -30,7 +30,7 @@
  */
 import { read as readFile } from 'node:fs';
 import type { Hasher } from '../blocks/hash.js';
-import { isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
+import { isPatchRecord, patchPresent, wantedRunEnd, wholeMaskOf } from '../blocks/patches.js';
 import { SUB_BLOCK_SIZE, subSum, subsumsEntrySize } from '../blocks/sub-sums.js';
 import type { MissRead } from './inline-misses.js';
 import type { SubBlockIo } from './sub-block-io.js';
@@ -119,13 +119,10 @@ export class AsyncMisses {
     // One pread per run of consecutive wanted sub-blocks from one slot.
     for (let first = 0; first < 32; first++) {
       if ((wanted & (1 << first)) === 0) continue;
-      const inPatch = (present & (1 << first)) !== 0;
-      let end = first + 1;
-      while (end < 32 && (wanted & (1 << end)) !== 0 && ((present & (1 << end)) !== 0) === inPatch)
-        end++;
+      const end = wantedRunEnd(wanted, present, first);
       const from = first * SUB_BLOCK_SIZE;
       const length = (end - first) * SUB_BLOCK_SIZE;
-      const source = inPatch ? slot : baseSlot;
+      const source = (present & (1 << first)) !== 0 ? slot : baseSlot;
       miss.pending++;
       miss.asked += length;
       readFile(

@@ -24,7 +24,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Hasher } from '../blocks/hash.js';
-import { forEachSourceRun } from '../blocks/patches.js';
+import { forEachSourceRun, wantedRunEnd } from '../blocks/patches.js';
 import {
   SUB_BLOCK_SIZE,
   SUBSUMS_FILE,
@@ -140,13 +140,7 @@ export class SubBlockIo {
       for (let first = 0; first < 32; first++) {
         if ((wanted & (1 << first)) === 0) continue;
         const inPatch = (present & (1 << first)) !== 0;
-        let end = first + 1;
-        while (
-          end < 32 &&
-          (wanted & (1 << end)) !== 0 &&
-          ((present & (1 << end)) !== 0) === inPatch
-        )
-          end++;
+        const end = wantedRunEnd(wanted, present, first);
         const from = first * SUB_BLOCK_SIZE;
         const source = inPatch ? slot : baseSlot;
         preadAll(
