@@ -66,20 +66,40 @@ describe('holder-record bytes', () => {
 
   test('the file header is laid out as the table says', () => {
     const out = Buffer.alloc(64);
-    encodeHolderHeader({ epoch: 3, firstSeq: 2 ** 32 + 1, fileBytes: 64 << 20 }, out, hash);
+    const header = { epoch: 3, firstSeq: 2 ** 32 + 1, fileBytes: 64 << 20, tailPosition: 0x12345 };
+    encodeHolderHeader(header, out, hash);
     const rest = hex(
-      '54484c48 0001 0000 00000003 00000000 00000001 00000001 00000000 04000000' + '00'.repeat(24),
+      '54484c48 0001 0000 00000003 00000000 00000001 00000001 00000000 04000000' +
+        '00000000 00012345' +
+        '00'.repeat(16),
     );
     const { lo, hi } = hash.hash64(rest);
     assert.deepEqual(out.subarray(8), rest);
     assert.deepEqual([out.readUInt32BE(0), out.readUInt32BE(4)], [hi, lo]);
-    assert.deepEqual(decodeHolderHeader(out, hash), {
-      epoch: 3,
-      firstSeq: 2 ** 32 + 1,
-      fileBytes: 64 << 20,
-    });
+    assert.deepEqual(decodeHolderHeader(out, hash), header);
     out[20] = 1;
     assert.equal(decodeHolderHeader(out, hash), undefined);
+  });
+
+  test('a tail at the start of the records is written as 0, as headers from before the ring were', () => {
+    const out = Buffer.alloc(64);
+    const header = {
+      epoch: 1,
+      firstSeq: 5,
+      fileBytes: 1 << 24,
+      tailPosition: HOLDER_RECORDS_START,
+    };
+    encodeHolderHeader(header, out, hash);
+    assert.deepEqual(out.subarray(40, 64), Buffer.alloc(24));
+    assert.deepEqual(decodeHolderHeader(out, hash), header);
+  });
+
+  test('a header whose tail is past the file or inside the header page is refused', () => {
+    const out = Buffer.alloc(64);
+    for (const tailPosition of [1 << 24, (1 << 24) + 4096, 100]) {
+      encodeHolderHeader({ epoch: 1, firstSeq: 1, fileBytes: 1 << 24, tailPosition }, out, hash);
+      assert.equal(decodeHolderHeader(out, hash), undefined, String(tailPosition));
+    }
   });
 
   test('a frame checksums itself and the body’s first 48 bytes only', () => {
@@ -189,21 +209,67 @@ describe('HolderLog', { timeout: 60_000 }, () => {
     await holder.close();
   });
 
-  test('once everything is covered the log starts over under a new epoch', async () => {
+  test('records covered no longer count as used, and stay covered across a restart', async () => {
     const d = await dir();
     let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
     await holder.append([intent(7, 3, 1), intent(7, 3, 2)]);
     await holder.covered({ volumeId: 7, token: 3, seq: 3 });
     assert.equal(holder.stats.liveRecords, 0);
     await holder.append([intent(7, 3, 3)]);
-    assert.equal(
-      holder.stats.usedBytes,
-      HOLDER_FRAME_BYTES + 48 + 4096,
-      'written from the start again',
-    );
+    // The live record's batch: the COVERED note staged before it, and it.
+    const note = HOLDER_FRAME_BYTES + 20;
+    assert.equal(holder.stats.usedBytes, note + HOLDER_FRAME_BYTES + 48 + 4096);
     await holder.close();
     holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
     assert.deepEqual(await sealAll(holder, 7, 4), ['3/3']);
+    await holder.close();
+  });
+
+  test('a writer that appends and is covered steadily goes round the ring, never full, across restarts', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    const big = w.MAX_INTENT_LENGTH;
+    // Each append is an eighth of the file; a commit covers all but the newest two records,
+    // as one that started before the last FLUSH would.
+    let seq = 0;
+    let wraps = 0;
+    for (let round = 0; round < 30; round++) {
+      await holder.append([intent(7, 3, ++seq, big, round)]);
+      await holder.covered({ volumeId: 7, token: 3, seq: seq - 1 });
+      if (round % 5 === 4) {
+        wraps += holder.stats.wraps;
+        await holder.close();
+        holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+        assert.equal(holder.stats.liveRecords, 2, `round ${round}: the two newest, found again`);
+      }
+    }
+    wraps += holder.stats.wraps;
+    assert.ok(wraps >= 3, `went round the ring (${wraps} times)`);
+    assert.deepEqual(await sealAll(holder, 7, 4), [`3/${seq - 1}`, `3/${seq}`]);
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(await sealAll(holder, 7, 4), [`3/${seq - 1}`, `3/${seq}`]);
+    await holder.close();
+  });
+
+  test('a record held at the tail stops the ring: ENOSPC, then room again once it is covered', async () => {
+    const d = await dir();
+    const holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    const big = w.MAX_INTENT_LENGTH;
+    await holder.append([intent(8, 1, 1)]); // volume 8's record stays live: the tail
+    let seq = 0;
+    let refused: unknown;
+    while (!refused && seq < 40) {
+      await holder.append([intent(7, 3, ++seq, big)]).catch((err: unknown) => (refused = err));
+      if (!refused) await holder.covered({ volumeId: 7, token: 3, seq: seq + 1 });
+    }
+    assert.ok(refused instanceof IoError && refused.errno === 'ENOSPC', String(refused));
+    await holder.covered({ volumeId: 8, token: 1, seq: 2 });
+    // The refused record was not taken for held: the same append goes through now.
+    await holder.append([intent(7, 3, seq, big)]);
+    assert.ok(holder.stats.wraps >= 1, 'written at the start again');
+    assert.deepEqual(await sealAll(holder, 7, 4), [`3/${seq}`]);
+    assert.deepEqual(await sealAll(holder, 8, 2), []);
     await holder.close();
   });
 
@@ -226,6 +292,44 @@ describe('HolderLog', { timeout: 60_000 }, () => {
     holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
     assert.deepEqual(await sealAll(holder, 7, 4), ['3/1']);
     assert.deepEqual(await sealAll(holder, 9, 2), ['1/1']);
+    await holder.close();
+  });
+
+  test('a torn batch that wrapped to the start: what followed it there is never read after new records land', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    const big = w.MAX_INTENT_LENGTH;
+    // Eight large records, each covered once the next is held: the head ends near the file's end.
+    let seq = 0;
+    for (let i = 0; i < 8; i++) {
+      await holder.append([intent(7, 3, ++seq, big)]);
+      await holder.covered({ volumeId: 7, token: 3, seq });
+    }
+    // Closed and opened again so that the last COVERED note is written now, not in the next batch.
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    const large = 2 << 20; // more than is left before the end
+    // Two records in one batch, too large for what is left: written at the start.
+    await holder.append([intent(7, 3, 9, large), intent(7, 3, 10)]);
+    assert.equal(holder.stats.wraps, 1);
+    await holder.close();
+    // Tear the first of them, leave the second intact, as a crash mid-write can.
+    const file = await open(join(d, HOLDER_LOG_FILE), 'r+');
+    await file.write(Buffer.from([0xff]), 0, 1, HOLDER_RECORDS_START + 40);
+    await file.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.equal(holder.stats.liveRecords, 1, 'the eighth; neither after the torn one');
+    // A record of the same size lands at the start again, numbered as the torn one was.
+    await holder.append([intent(9, 1, 1, large)]);
+    assert.equal(holder.stats.wraps, 1);
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(await sealAll(holder, 9, 2), ['1/1']);
+    assert.deepEqual(
+      await sealAll(holder, 7, 4),
+      ['3/8'],
+      'the stale second one does not follow it',
+    );
     await holder.close();
   });
 

@@ -9,12 +9,26 @@
  *
  * On disk, as the single node's log (intent-log.ts): one preallocated file
  * open O_DSYNC, records appended in groups (one write for every append that
- * arrived while the last was being written), space back by epochs — when
- * nothing held is live the next batch starts the file over under a new
- * epoch. Unlike it, a holder never replays: records stay until covered, a
- * restart included (the scan rebuilds the index and appending goes on after
- * the last intact record; the bytes a torn batch may have left beyond it are
- * zeroed first, so nothing stale can follow a new record).
+ * arrived while the last was being written), and a ring: a batch goes at the
+ * head, or at HOLDER_RECORDS_START when it would pass the end, never over
+ * the oldest batch still holding a live record (the live tail; an append
+ * that would is refused with ENOSPC, and its writer commits a version
+ * instead). The header says where a scan starts (tailPosition, and the
+ * holder seq found there); it is rewritten, before the batch's records,
+ * only when a batch would overwrite what a scan from there walks, and then
+ * names the live tail. So a writer that flushes steadily never waits for
+ * the log to empty, as it had to when the log could only start over once
+ * nothing in it was live: with commits landing while appends go on, that
+ * moment rarely came, the log filled, and every FLUSH committed a version
+ * (docs/benchmarks.md, session 25).
+ *
+ * Unlike the single node's log, a holder never replays: records stay until
+ * covered, a restart included. The scan follows holder seqs from the
+ * header's tail, looks once at HOLDER_RECORDS_START where the next is not
+ * found (a holder seq is written at one place only), and rebuilds the index;
+ * appending goes on after the last intact record. The free bytes a torn
+ * batch may have left there (or at HOLDER_RECORDS_START, where a batch that
+ * wrapped goes) are zeroed first, so nothing stale can follow a new record.
  *
  * Seals live in their own small file (HOLDER_SEALS_FILE, replaced whole
  * and synced): they must outlive every epoch, since a sealed-out writer
@@ -25,7 +39,7 @@
  * seal waits until every append staged before it has settled and answers
  * with those records too.
  */
-import { open, rename, writeFile, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { assert } from '../../common/assert.js';
 import { ChecksumError, IoError, StaleTokenError } from '../../common/errors.js';
@@ -36,9 +50,7 @@ import {
   HEADER_SIZE,
   MAX_PAYLOAD_BYTES,
   SEAL_REPLY_HEAD_BYTES,
-  decodeIntentCovered,
   encodeIntentCovered,
-  decodeIntentRecord,
   intentRecordIntact,
   type IntentCovered,
   type IntentRecord,
@@ -51,12 +63,20 @@ import {
   HOLDER_RECORDS_START,
   KIND_COVERED,
   KIND_INTENT,
-  decodeHolderFrame,
   decodeHolderHeader,
   encodeHolderFrame,
   encodeHolderHeader,
-  holderFrameIntact,
 } from './holder-record.js';
+import {
+  dropCovered,
+  emptyScan,
+  scan,
+  type Held,
+  type LogPoint,
+  type Scanned,
+  type Segment,
+} from './holder-scan.js';
+import { readSeals, writeSeals } from './holder-seals.js';
 import { InlineWrites, openLogFile, writevFullySync, writeZeros } from './log-file.js';
 
 export const HOLDER_LOG_FILE = 'intent-holder.log';
@@ -67,13 +87,8 @@ const MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024;
 /** Smallest log: room for two of the largest batches. */
 export const MIN_HOLDER_LOG_BYTES = 2 * MAX_BATCH_BYTES + HOLDER_RECORDS_START;
 
-/** One record held: where its body is, and whose it is. */
-interface Held {
-  token: number;
-  seq: number;
-  position: number;
-  bodyBytes: number;
-}
+/** Drop the segments from the front of the list once this many are dead and they are half of it. */
+const SEGMENT_COMPACT = 1024;
 
 /** A record body to write, and for an intent record whose it is. */
 interface Body {
@@ -97,17 +112,26 @@ interface Staged {
 
 export interface HolderLogStats {
   fileBytes: number;
+  /** From the live tail to the head, and what is staged: what a full log is full of. */
   usedBytes: number;
   liveRecords: number;
   volumes: number;
   seals: number;
+  /** Batches written at the start again since open. */
+  wraps: number;
 }
 
 export class HolderLog implements IntentHolder {
-  private epoch: number;
+  private readonly epoch: number;
   private nextSeq: number;
+  /** The head: where the next batch goes if it fits before the end. */
   private position: number;
-  private resetPending: boolean;
+  /** Batches with records held, oldest first from firstSegment (dead ones dropped from the front). */
+  private segments: Segment[];
+  private firstSegment = 0;
+  /** Where the header on disk says a scan starts. */
+  private diskTail: LogPoint;
+  private wraps = 0;
   private readonly index = new Map<number, Held[]>();
   private liveRecords = 0;
   /** Per volume, the newest (token, seq) staged: a retried append's records are not written twice. */
@@ -136,13 +160,14 @@ export class HolderLog implements IntentHolder {
     this.epoch = scanned.epoch;
     this.nextSeq = scanned.nextSeq;
     this.position = scanned.position;
+    this.diskTail = scanned.tail;
+    this.segments = scanned.segments.filter((segment) => segment.live > 0);
     for (const [volumeId, held] of scanned.index) {
       this.index.set(volumeId, held);
       this.liveRecords += held.length;
       const last = held.at(-1);
       if (last) this.newest.set(volumeId, { token: last.token, seq: last.seq });
     }
-    this.resetPending = this.liveRecords === 0 && this.position > HOLDER_RECORDS_START;
   }
 
   /** Open (creating and preallocating when absent) the holder log in `dir`, and scan it. */
@@ -166,16 +191,15 @@ export class HolderLog implements IntentHolder {
         return fresh;
       }
       const bytes = Math.min(header.fileBytes, size);
-      const scanned = await scan(file, bytes, header.epoch, header.firstSeq, hash);
-      // A torn batch may have left intact-looking records past the last intact one: zero them, so
-      // that none can follow the records appended from here on.
-      if (scanned.position > HOLDER_RECORDS_START)
-        await writeZeros(
-          file,
-          scanned.position,
-          Math.min(bytes, scanned.position + MAX_BATCH_BYTES),
-        );
+      if (header.tailPosition >= bytes)
+        throw new Error(`${path}: header's tail past the file's end`);
+      const scanned = await scan(file, bytes, header, hash);
       const holder = new HolderLog(path, sealsPath, file, bytes, hash, log, seals, scanned);
+      // A torn batch may have left intact-looking records past the last intact one, at the head
+      // or at the start (where a batch that wrapped went): zero the free bytes there, so that none
+      // can follow the records appended from here on.
+      await holder.zeroFree(scanned.position, MAX_BATCH_BYTES);
+      await holder.zeroFree(HOLDER_RECORDS_START, MAX_BATCH_BYTES);
       if (holder.liveRecords > 0)
         log.info(
           { path, records: holder.liveRecords, volumes: holder.index.size },
@@ -196,10 +220,11 @@ export class HolderLog implements IntentHolder {
   get stats(): HolderLogStats {
     return {
       fileBytes: this.fileBytes,
-      usedBytes: this.position - HOLDER_RECORDS_START + this.queuedBytes,
+      usedBytes: this.usedBytes() + this.queuedBytes,
       liveRecords: this.liveRecords,
       volumes: this.index.size,
       seals: this.seals.size,
+      wraps: this.wraps,
     };
   }
 
@@ -244,13 +269,23 @@ export class HolderLog implements IntentHolder {
     }
     if (!this.fits(bytes))
       throw new IoError('ENOSPC', `intent holder log full (${this.fileBytes} bytes)`);
-    this.newest.set(volumeId, { token, seq: fresh.at(-1)!.seq });
-    await this.stage(
-      KIND_INTENT,
-      volumeId,
-      fresh.map((r) => ({ bytes: r.bytes, token, seq: r.seq })),
-      bytes,
-    );
+    const mine = { token, seq: fresh.at(-1)!.seq };
+    this.newest.set(volumeId, mine);
+    try {
+      await this.stage(
+        KIND_INTENT,
+        volumeId,
+        fresh.map((r) => ({ bytes: r.bytes, token, seq: r.seq })),
+        bytes,
+      );
+    } catch (err) {
+      // Refused for room when its batch was placed: not held, so a retry must not be taken for one.
+      if (err instanceof IoError && err.errno === 'ENOSPC' && this.newest.get(volumeId) === mine) {
+        if (newest) this.newest.set(volumeId, newest);
+        else this.newest.delete(volumeId);
+      }
+      throw err;
+    }
     return pressure();
   }
 
@@ -279,7 +314,8 @@ export class HolderLog implements IntentHolder {
   covered(covered: IntentCovered): Promise<void> {
     this.checkOpen();
     const dropped = this.drop(covered);
-    if (dropped > 0 && this.liveRecords > 0) {
+    // Logged even when nothing is left live: the dropped records stay on a later scan's path.
+    if (dropped > 0) {
       // The body is INTENT_COVERED's payload, as it came.
       const body = encodeIntentCovered(0, covered).subarray(HEADER_SIZE);
       // Not waited for: losing it costs space until the next commit says it again, never data.
@@ -288,7 +324,6 @@ export class HolderLog implements IntentHolder {
         () => undefined,
       );
     }
-    this.maybeReset();
     return Promise.resolve();
   }
 
@@ -308,12 +343,86 @@ export class HolderLog implements IntentHolder {
   }
 
   private pastHalf(): boolean {
-    return this.position + this.queuedBytes > this.fileBytes / 2;
+    return this.usedBytes() + this.queuedBytes > (this.fileBytes - HOLDER_RECORDS_START) / 2;
   }
 
+  /**
+   * Whether `bytes` more, after what is staged, fit: all of it placed at
+   * the head or wrapped to the start, clear of every record held. (Staged
+   * appends are written in batches of up to MAX_BATCH_BYTES, each placed on
+   * its own; a batch that finds no room then is refused the same way.)
+   */
   private fits(bytes: number): boolean {
-    const from = this.resetPending && !this.inFlight ? HOLDER_RECORDS_START : this.position;
-    return from + this.queuedBytes + bytes <= this.fileBytes;
+    const total = this.queuedBytes + bytes;
+    if (total > this.fileBytes - HOLDER_RECORDS_START) return false;
+    return this.clearOfLive(this.placement(total), total);
+  }
+
+  /** Where a batch of `bytes` goes: at the head, or at the start when it would pass the end. */
+  private placement(bytes: number): number {
+    return this.position + bytes <= this.fileBytes ? this.position : HOLDER_RECORDS_START;
+  }
+
+  /** Whether bytes [start, start + bytes) miss every record still held. */
+  private clearOfLive(start: number, bytes: number): boolean {
+    const tail = this.liveTail();
+    return tail === undefined || !this.overlapsFrom(tail.position, start, bytes);
+  }
+
+  /** The oldest batch with a record still held, or none. */
+  private liveTail(): LogPoint | undefined {
+    const { segments } = this;
+    while (this.firstSegment < segments.length && segments[this.firstSegment].live === 0)
+      this.firstSegment++;
+    if (this.firstSegment >= SEGMENT_COMPACT && this.firstSegment * 2 >= segments.length) {
+      this.segments = segments.slice(this.firstSegment);
+      this.firstSegment = 0;
+    }
+    const segment = this.segments[this.firstSegment];
+    return segment && { position: segment.start, seq: segment.firstSeq };
+  }
+
+  /** Bytes from the live tail to the head: what the records still held take. */
+  private usedBytes(): number {
+    const tail = this.liveTail();
+    if (tail === undefined) return 0;
+    if (tail.position < this.position) return this.position - tail.position;
+    return this.fileBytes - tail.position + (this.position - HOLDER_RECORDS_START);
+  }
+
+  /**
+   * Whether bytes [start, start + bytes) meet the bytes from `tail` to the
+   * head (a non-empty run, wrapped when the tail is not below the head).
+   */
+  private overlapsFrom(tail: number, start: number, bytes: number): boolean {
+    const end = start + bytes;
+    if (tail < this.position) return start < this.position && end > tail;
+    return end > tail || start < this.position;
+  }
+
+  /**
+   * Zero up to `bytes` from `from` (the head, or the start) on, short of the
+   * end of the file and of the records a scan walks (from the header's tail
+   * to the head: zeroing a dead one there could make a later scan stop
+   * early and number new records as old ones were).
+   */
+  async zeroFree(from: number, bytes: number): Promise<void> {
+    const tail = this.diskTail.position;
+    const head = this.position;
+    let end = Math.min(from + bytes, this.fileBytes);
+    if (this.diskTail.seq < this.nextSeq) {
+      // The path holds records (none: everything is free).
+      if (tail >= head) {
+        // It wraps, or goes once round (tail = head): free is [head, tail).
+        if (from < head) return;
+        end = Math.min(end, tail);
+      } else if (from < head) {
+        // It is [tail, head); below it, [start, tail) is free.
+        if (from >= tail) return;
+        end = Math.min(end, tail);
+      }
+    }
+    if (end > from) await writeZeros(this.file, from, end);
   }
 
   /** Records held below (token, seq) of the volume are gone; how many were dropped. */
@@ -321,12 +430,6 @@ export class HolderLog implements IntentHolder {
     const dropped = dropCovered(this.index, covered);
     this.liveRecords -= dropped;
     return dropped;
-  }
-
-  /** Nothing held and nothing being written: the next batch may start the file over. */
-  private maybeReset(): void {
-    if (this.liveRecords === 0 && !this.inFlight && this.position > HOLDER_RECORDS_START)
-      this.resetPending = true;
   }
 
   private stage(kind: number, volumeId: number, bodies: Body[], bytes: number): Promise<void> {
@@ -357,19 +460,26 @@ export class HolderLog implements IntentHolder {
         bytes += this.queue[take++].bytes;
       const items = this.queue.splice(0, take);
       this.queuedBytes -= bytes;
+      const start = this.placement(bytes);
+      if (!this.clearOfLive(start, bytes)) {
+        // fits() counted on room that batching did not leave: these appends commit instead.
+        const full = new IoError('ENOSPC', `intent holder log full (${this.fileBytes} bytes)`);
+        for (const item of items) item.reject(full);
+        continue;
+      }
       this.inFlight = true;
       try {
-        if (this.resetPending) {
-          this.resetPending = false;
-          this.epoch++;
-          this.position = HOLDER_RECORDS_START;
-          await this.writeHeader();
-        }
         const chunks: Buffer[] = [];
         const frames = Buffer.alloc(
           HOLDER_FRAME_BYTES * items.reduce((n, s) => n + s.bodies.length, 0),
         );
-        const start = this.position;
+        // The header's tail is about to be overwritten: point it at the live tail (or at this batch) first.
+        const headerChanged =
+          this.diskTail.seq < this.nextSeq &&
+          this.overlapsFrom(this.diskTail.position, start, bytes);
+        if (headerChanged)
+          this.diskTail = this.liveTail() ?? { position: start, seq: this.nextSeq };
+        const segment: Segment = { start, firstSeq: this.nextSeq, live: 0 };
         let at = start;
         let f = 0;
         for (const item of items) {
@@ -378,23 +488,36 @@ export class HolderLog implements IntentHolder {
             f += HOLDER_FRAME_BYTES;
             encodeHolderFrame(frame, item.kind, this.epoch, this.nextSeq++, body.bytes, this.hash);
             chunks.push(frame, body.bytes);
+            // Counted live from layout on: liveTail() must never step past a batch being written.
+            if (item.kind === KIND_INTENT) segment.live++;
             if (item.kind === KIND_INTENT)
               item.held.push({
                 token: body.token,
                 seq: body.seq,
                 position: at + HOLDER_FRAME_BYTES,
                 bodyBytes: body.bytes.length,
+                segment,
               });
             at += HOLDER_FRAME_BYTES + body.bytes.length;
           }
         }
         assert(at <= this.fileBytes, 'intent holder batch past the end of its file');
+        assert(at - start === bytes, 'intent holder batch of another size than staged');
+        if (start < this.position) this.wraps++;
+        this.segments.push(segment);
         this.position = at;
-        // O_DSYNC: durable on return, inline or not (log-file.ts, InlineWrites).
+        if (headerChanged) this.encodeHeader();
+        // O_DSYNC: durable on return, inline or not (log-file.ts, InlineWrites); the header first.
         await this.inlineWrites.write(
-          at - start,
-          () => writevFullySync(this.file.fd, chunks, start),
-          () => this.file.writev(chunks, start),
+          bytes,
+          () => {
+            if (headerChanged) writevFullySync(this.file.fd, [this.headerBuffer], 0);
+            writevFullySync(this.file.fd, chunks, start);
+          },
+          async () => {
+            if (headerChanged) await this.file.write(this.headerBuffer, 0, HOLDER_HEADER_BYTES, 0);
+            await this.file.writev(chunks, start);
+          },
         );
         for (const item of items) {
           if (item.kind === KIND_INTENT) this.indexHeld(item.volumeId, item.held);
@@ -411,7 +534,6 @@ export class HolderLog implements IntentHolder {
         this.queuedBytes = 0;
       }
       this.inFlight = false;
-      this.maybeReset();
     }
     this.writer = undefined;
   }
@@ -423,107 +545,25 @@ export class HolderLog implements IntentHolder {
     this.liveRecords += held.length;
   }
 
-  private async writeHeader(): Promise<void> {
+  private encodeHeader(): void {
     encodeHolderHeader(
-      { epoch: this.epoch, firstSeq: this.nextSeq, fileBytes: this.fileBytes },
+      {
+        epoch: this.epoch,
+        firstSeq: this.diskTail.seq,
+        fileBytes: this.fileBytes,
+        tailPosition: this.diskTail.position,
+      },
       this.headerBuffer,
       this.hash,
     );
+  }
+
+  private async writeHeader(): Promise<void> {
+    this.encodeHeader();
     await this.file.write(this.headerBuffer, 0, HOLDER_HEADER_BYTES, 0);
   }
 
-  private async writeSeals(): Promise<void> {
-    const json = JSON.stringify({ version: 1, seals: Object.fromEntries(this.seals) });
-    const temp = `${this.sealsPath}.tmp`;
-    await writeFile(temp, json, { mode: 0o600, flush: true });
-    await rename(temp, this.sealsPath);
-    const dir = await open(join(this.sealsPath, '..'), 'r');
-    try {
-      await dir.sync();
-    } finally {
-      await dir.close();
-    }
+  private writeSeals(): Promise<void> {
+    return writeSeals(this.sealsPath, this.seals);
   }
-}
-
-/** Drop the records a COVERED says a committed version holds; how many went. */
-function dropCovered(index: Map<number, Held[]>, { volumeId, token, seq }: IntentCovered): number {
-  const held = index.get(volumeId);
-  if (!held) return 0;
-  const kept = held.filter((h) => h.token > token || (h.token === token && h.seq >= seq));
-  if (kept.length === 0) index.delete(volumeId);
-  else index.set(volumeId, kept);
-  return held.length - kept.length;
-}
-
-async function readSeals(path: string): Promise<Map<number, number>> {
-  const file = await open(path, 'r').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
-  if (!file) return new Map();
-  try {
-    const parsed = JSON.parse(await file.readFile('utf8')) as { seals?: Record<string, number> };
-    const seals = new Map<number, number>();
-    for (const [id, token] of Object.entries(parsed.seals ?? {})) {
-      if (!Number.isSafeInteger(token) || token < 1 || !/^\d+$/.test(id))
-        throw new Error(`${path}: seal ${id} → ${token} is not a volume id and a lock epoch`);
-      seals.set(Number(id), token);
-    }
-    return seals;
-  } finally {
-    await file.close();
-  }
-}
-
-interface Scanned {
-  epoch: number;
-  nextSeq: number;
-  position: number;
-  index: Map<number, Held[]>;
-}
-
-function emptyScan(): Scanned {
-  return { epoch: 1, nextSeq: 1, position: HOLDER_RECORDS_START, index: new Map() };
-}
-
-/** The epoch's intact records from HOLDER_RECORDS_START, up to the first that is not; COVERED applied. */
-async function scan(
-  file: FileHandle,
-  fileBytes: number,
-  epoch: number,
-  firstSeq: number,
-  hash: Hasher,
-): Promise<Scanned> {
-  const index = new Map<number, Held[]>();
-  const frame = Buffer.alloc(HOLDER_FRAME_BYTES);
-  let position = HOLDER_RECORDS_START;
-  let seq = firstSeq;
-  while (position + HOLDER_FRAME_BYTES <= fileBytes) {
-    await file.read(frame, 0, HOLDER_FRAME_BYTES, position);
-    const f = decodeHolderFrame(frame);
-    if (!f || f.epoch !== epoch || f.seq !== seq) break;
-    const bodyAt = position + HOLDER_FRAME_BYTES;
-    if (bodyAt + f.bodyBytes > fileBytes) break;
-    const body = Buffer.alloc(f.bodyBytes);
-    await file.read(body, 0, f.bodyBytes, bodyAt);
-    if (!holderFrameIntact(frame, body, hash)) break;
-    if (f.kind === KIND_INTENT) {
-      let r: IntentRecord;
-      try {
-        r = decodeIntentRecord(body, 0, body.length);
-      } catch {
-        break;
-      }
-      if (r.bytes.length !== body.length || !intentRecordIntact(r, hash)) break;
-      let list = index.get(r.volumeId);
-      if (!list) index.set(r.volumeId, (list = []));
-      list.push({ token: r.token, seq: r.seq, position: bodyAt, bodyBytes: f.bodyBytes });
-    } else {
-      dropCovered(index, decodeIntentCovered(body));
-    }
-    position = bodyAt + f.bodyBytes;
-    seq++;
-  }
-  return { epoch, nextSeq: seq, position, index };
 }

@@ -11,9 +11,11 @@
  *   14  u16  0
  *   16  u32  epoch: records of any other epoch are stale
  *   20  u32  0
- *   24  u64  firstSeq: the holder sequence number of the epoch's first record
+ *   24  u64  firstSeq: the holder sequence number of the record at tailPosition
  *   32  u64  fileBytes: the file's preallocated size
- *   40  24B  zeros
+ *   40  u64  tailPosition: where a scan starts (0, as logs written before
+ *            the log became a ring say: HOLDER_RECORDS_START)
+ *   48  16B  zeros
  *
  * Record (HOLDER_FRAME_BYTES, then bodyBytes of body):
  *   0   u64  xxh64 of bytes [8, 32 + min(bodyBytes, 48)), high half first:
@@ -49,6 +51,8 @@ export interface HolderFileHeader {
   epoch: number;
   firstSeq: number;
   fileBytes: number;
+  /** Where the record numbered firstSeq lies: a scan starts there. */
+  tailPosition: number;
 }
 
 export interface HolderFrame {
@@ -80,6 +84,8 @@ export function encodeHolderHeader(header: HolderFileHeader, out: Buffer, hash: 
   out.writeUInt32BE(header.epoch, 16);
   putU64(out, 24, header.firstSeq);
   putU64(out, 32, header.fileBytes);
+  // Written as 0 at the start of the records, so a log that never wrapped reads as it did before.
+  putU64(out, 40, header.tailPosition === HOLDER_RECORDS_START ? 0 : header.tailPosition);
   const { lo, hi } = checksumOf(out.subarray(8, HOLDER_HEADER_BYTES), hash);
   out.writeUInt32BE(hi, 0);
   out.writeUInt32BE(lo, 4);
@@ -95,10 +101,15 @@ export function decodeHolderHeader(bytes: Buffer, hash: Hasher): HolderFileHeade
     return undefined;
   const { lo, hi } = checksumOf(bytes.subarray(8, HOLDER_HEADER_BYTES), hash);
   if (bytes.readUInt32BE(0) !== hi || bytes.readUInt32BE(4) !== lo) return undefined;
+  const tailPosition = getU64(bytes, 40);
+  const fileBytes = getU64(bytes, 32);
+  if (tailPosition !== 0 && (tailPosition < HOLDER_RECORDS_START || tailPosition >= fileBytes))
+    return undefined;
   return {
     epoch: bytes.readUInt32BE(16),
     firstSeq: getU64(bytes, 24),
-    fileBytes: getU64(bytes, 32),
+    fileBytes,
+    tailPosition: tailPosition === 0 ? HOLDER_RECORDS_START : tailPosition,
   };
 }
 
