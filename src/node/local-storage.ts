@@ -9,6 +9,7 @@ import { formatSize } from '../common/size.js';
 import { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { BlockCache } from '../dataplane/cache/block-cache.js';
 import type { IntentLog } from '../dataplane/intent-log/intent-log.js';
+import type { HolderLog } from '../dataplane/intent-log/holder-log.js';
 import type { DataPool } from '../dataplane/pool/data-pool.js';
 import type { NodeMetrics } from './metrics.js';
 
@@ -110,5 +111,33 @@ export function registerIntentLogGauges(metrics: NodeMetrics, log: IntentLog): v
     'torus_intent_log_full_total',
     'FLUSHes the intent log could not take (a whole version committed instead): a sign the log is small for the load',
     () => log.refusals,
+  );
+}
+
+export function registerHolderLogGauges(metrics: NodeMetrics, log: HolderLog): void {
+  metrics.gauge(
+    'torus_intent_holder_log_bytes',
+    'Intent holder log file size',
+    () => log.fileBytes,
+  );
+  metrics.gauge(
+    'torus_intent_holder_log_used_bytes',
+    "Intent holder log bytes from the oldest record still held to the newest: writers' FLUSHed records not yet in a committed version",
+    () => log.stats.usedBytes,
+  );
+  metrics.gauge(
+    'torus_intent_holder_log_records',
+    'Intent records held for writers until a committed version holds them',
+    () => log.stats.liveRecords,
+  );
+  metrics.gauge(
+    'torus_intent_holder_log_wraps_total',
+    'Times the intent holder log went back to its start over records no longer held',
+    () => log.stats.wraps,
+  );
+  metrics.gauge(
+    'torus_intent_holder_log_full_total',
+    "Appends the intent holder log refused for room (their writers' FLUSHes committed versions instead): a sign the log is small for the load, or records of a volume nobody commits any more",
+    () => log.stats.refusals,
   );
 }

@@ -22,7 +22,11 @@ import { BackgroundServices } from './background-services.js';
 import { registerReplicationGauges } from './cluster-blocks.js';
 import { EveryVolumeHosting } from './every-volume-hosting.js';
 import { LocalGc, registerGcGauges } from './local-gc.js';
-import { registerIntentLogGauges, registerStorageGauges } from './local-storage.js';
+import {
+  registerHolderLogGauges,
+  registerIntentLogGauges,
+  registerStorageGauges,
+} from './local-storage.js';
 import type { NodeMetrics } from './metrics.js';
 import {
   closeNodeParts,
@@ -196,6 +200,7 @@ export class StorageNode implements ExportProvider {
   private registerGauges(metrics: NodeMetrics): void {
     registerStorageGauges(metrics, this.store, this.cache, this.parts.pool);
     if (this.parts.intentLog) registerIntentLogGauges(metrics, this.parts.intentLog);
+    if (this.parts.holderLog) registerHolderLogGauges(metrics, this.parts.holderLog);
     this.host.registerGauges(metrics);
     this.background.registerScrubGauges(metrics);
     if (this.gc) registerGcGauges(metrics, this.gc, this.store.blockSize);

@@ -357,6 +357,7 @@ describe('HolderLog', { timeout: 60_000 }, () => {
         .catch((err: unknown) => (refused = err));
     }
     assert.ok(refused instanceof IoError && refused.errno === 'ENOSPC', String(refused));
+    assert.equal(holder.stats.refusals, 1);
     assert.equal((await sealAll(holder, 7, 4)).length, seq - 1);
     await holder.close();
   });

@@ -119,6 +119,8 @@ export interface HolderLogStats {
   seals: number;
   /** Batches written at the start again since open. */
   wraps: number;
+  /** Appends refused since open because the log was full (their writers committed instead). */
+  refusals: number;
 }
 
 export class HolderLog implements IntentHolder {
@@ -132,6 +134,7 @@ export class HolderLog implements IntentHolder {
   /** Where the header on disk says a scan starts. */
   private diskTail: LogPoint;
   private wraps = 0;
+  private refusals = 0;
   private readonly index = new Map<number, Held[]>();
   private liveRecords = 0;
   /** Per volume, the newest (token, seq) staged: a retried append's records are not written twice. */
@@ -225,6 +228,7 @@ export class HolderLog implements IntentHolder {
       volumes: this.index.size,
       seals: this.seals.size,
       wraps: this.wraps,
+      refusals: this.refusals,
     };
   }
 
@@ -267,8 +271,10 @@ export class HolderLog implements IntentHolder {
       await this.lastStaged;
       return pressure();
     }
-    if (!this.fits(bytes))
+    if (!this.fits(bytes)) {
+      this.refusals++;
       throw new IoError('ENOSPC', `intent holder log full (${this.fileBytes} bytes)`);
+    }
     const mine = { token, seq: fresh.at(-1)!.seq };
     this.newest.set(volumeId, mine);
     try {
@@ -280,6 +286,7 @@ export class HolderLog implements IntentHolder {
       );
     } catch (err) {
       // Refused for room when its batch was placed: not held, so a retry must not be taken for one.
+      if (err instanceof IoError && err.errno === 'ENOSPC') this.refusals++;
       if (err instanceof IoError && err.errno === 'ENOSPC' && this.newest.get(volumeId) === mine) {
         if (newest) this.newest.set(volumeId, newest);
         else this.newest.delete(volumeId);
