@@ -274,6 +274,36 @@ describe(
       await cluster.waitForMembers(3);
     });
 
+    test('a volume deleted after its writer died: its holders drop the records nobody will commit', async () => {
+      await create('gone');
+      const writer = cluster.nodes[1];
+      const session = await open(writer, 'gone');
+      for (let i = 0; i < 4; i++) await writeFlushed(session, i * 4096, randomBytes(4096));
+      const [took] = takeovers(writer, 'gone');
+      assert.ok(took, writer.output().slice(-2000));
+      await writer.kill('SIGKILL');
+      session.kill();
+      // Refused while the dead writer's lock lasts; then the records are of a volume that is gone.
+      const started = Date.now();
+      for (;;) {
+        const r = await cluster.ctl('volume', 'delete', 'gone');
+        if (r.code === 0) break;
+        if (Date.now() - started > TAKEOVER_MS) assert.fail(`volume delete: ${r.stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+      // The restart is a membership change: every storage node runs its GC, which lists the volumes.
+      await writer.start();
+      await cluster.waitForMembers(3);
+      const remote = cluster.nodes.find((n) => n.uuid === took.holders[1])!;
+      assert.ok(remote, `a remote holder among ${took.holders.join(', ')}`);
+      const until = Date.now() + 30_000;
+      while (!remote.output().includes('dropped the records of deleted volumes')) {
+        if (Date.now() > until)
+          assert.fail(`holder ${remote.index} kept the records: ${remote.output().slice(-3000)}`);
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+    });
+
     test('a reader on another node and a snapshot both see what the writer FLUSHed (it commits for them)', async () => {
       await create('seen');
       const [writer, , reader] = cluster.nodes;

@@ -9,7 +9,7 @@ import type { Logger } from '../common/log.js';
 import type { NodeRates } from '../controlplane/membership/registration.js';
 import type { PeerTable } from '../controlplane/membership/peer-table.js';
 import type { MetadataStore } from '../controlplane/metadata/store.js';
-import type { VolumeCatalog } from '../controlplane/volumes/catalog.js';
+import type { VolumeCatalog, VolumeRecord } from '../controlplane/volumes/catalog.js';
 import { listReadPins } from '../controlplane/volumes/read-pins.js';
 import { listSnapshotPins } from '../controlplane/volumes/snapshot-pins.js';
 import {
@@ -21,6 +21,7 @@ import { Scrubber } from '../dataplane/blocks/scrub.js';
 import type { LocalSlotStore } from '../dataplane/blocks/slot-store.js';
 import type { ClusterBlocks } from '../dataplane/replication/cluster-blocks.js';
 import { CatalogGcViews } from '../dataplane/replication/gc-catalog.js';
+import type { HolderLog } from '../dataplane/intent-log/holder-log.js';
 import { Rebalancer } from '../dataplane/replication/rebalance.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PeerServing } from './peer-service.js';
@@ -39,6 +40,8 @@ export interface BackgroundServiceParts {
   /** Placement and peer copies; undefined on a single node (scrub only). */
   cluster: ClusterBlocks | undefined;
   peers: PeerServing;
+  /** This node's intent holder log (a cluster member's); its deleted volumes' records are dropped after each GC listing. */
+  holderLog?: HolderLog;
   log: Logger;
   /** Bytes/s a scrub pass reads (default DEFAULT_SCRUB_RATE); ms between passes (default DEFAULT_SCRUB_INTERVAL_MS; 0 none). */
   scrub: { rate?: number; intervalMs?: number };
@@ -112,7 +115,10 @@ export class BackgroundServices {
       peerStore: (peer) => cluster.clientFor(peer),
       local: backend,
       gcView: async () => {
+        // Volumes with records held here before the listing: one the listing lacks was deleted.
+        const held = this.parts.holderLog?.heldVolumes() ?? [];
         const { records, snapshots } = await this.parts.snapshots.listVersions();
+        this.forgetDeletedVolumes(held, records);
         // Pins after the catalog: the order read-pins.ts's protocol relies on.
         const pins = await listReadPins(meta);
         const snapshotPins = await listSnapshotPins(meta);
@@ -127,6 +133,37 @@ export class BackgroundServices {
       rateBytesPerSecond: this.parts.rebalance.rate,
       intervalMs: this.parts.rebalance.intervalMs,
     });
+  }
+
+  /**
+   * Drop the holder log's records of volumes deleted since they were
+   * appended: no writer will commit them, and left alone they would stop
+   * the log's ring once it came round to them (every FLUSH of every writer
+   * using this holder would then commit). `held` was read before the
+   * listing `records`, and ids are never reused, so a volume in one and not
+   * the other is gone, not new.
+   */
+  private forgetDeletedVolumes(held: number[], records: readonly VolumeRecord[]): void {
+    const holder = this.parts.holderLog;
+    if (!holder || held.length === 0) return;
+    const listed = new Set(records.map((r) => r.id));
+    const deleted = held.filter((id) => !listed.has(id));
+    if (deleted.length === 0) return;
+    let dropped: number;
+    try {
+      dropped = holder.forgetVolumes(deleted);
+    } catch (err) {
+      // A closed or failed log: the node is stopping, or its appends are refused anyway.
+      this.parts.log.warn(
+        { err: (err as Error).message },
+        'intent holder log: records of deleted volumes not dropped',
+      );
+      return;
+    }
+    this.parts.log.info(
+      { volumes: deleted, records: dropped },
+      'intent holder log: dropped the records of deleted volumes',
+    );
   }
 
   private lastSpace = { at: 0, value: '' };

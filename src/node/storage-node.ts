@@ -173,6 +173,7 @@ export class StorageNode implements ExportProvider {
         snapshots,
         cluster,
         peers: node.peers,
+        holderLog: parts.holderLog,
         log,
         scrub: { rate: options.scrubRate, intervalMs: options.scrubIntervalMs },
         rebalance: { rate: options.rebalanceRate, intervalMs: options.rebalanceIntervalMs },

@@ -333,6 +333,28 @@ describe('HolderLog', { timeout: 60_000 }, () => {
     await holder.close();
   });
 
+  test('a deleted volume’s records are forgotten, across a restart, and no longer stop the ring', async () => {
+    const d = await dir();
+    let holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    await holder.append([intent(8, 1, 1), intent(8, 1, 2)]); // volume 8: its writer is gone, then it is deleted
+    await holder.append([intent(7, 3, 1)]);
+    assert.deepEqual(holder.heldVolumes().sort(), [7, 8]);
+    assert.equal(holder.forgetVolumes([8, 9]), 2, 'volume 9 had nothing here');
+    assert.deepEqual(holder.heldVolumes(), [7]);
+    await holder.close();
+    holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);
+    assert.deepEqual(holder.heldVolumes(), [7], 'the forgetting was logged');
+    // Volume 7 appends and is covered steadily: the ring goes round past where volume 8's records were.
+    const big = w.MAX_INTENT_LENGTH;
+    for (let seq = 2; seq <= 20; seq++) {
+      await holder.append([intent(7, 3, seq, big)]);
+      await holder.covered({ volumeId: 7, token: 3, seq });
+    }
+    assert.equal(holder.stats.refusals, 0);
+    assert.deepEqual(await sealAll(holder, 7, 4), ['3/20']);
+    await holder.close();
+  });
+
   test('a seal’s answer comes in pages within a frame', async () => {
     const d = await dir();
     const holder = await HolderLog.open(d, MIN_HOLDER_LOG_BYTES, log);

@@ -77,7 +77,7 @@ import {
   type Segment,
 } from './holder-scan.js';
 import { readSeals, writeSeals } from './holder-seals.js';
-import { InlineWrites, openLogFile, writevFullySync, writeZeros } from './log-file.js';
+import { InlineWrites, openLogFile, overlapsRun, writevFullySync, writeZeros } from './log-file.js';
 
 export const HOLDER_LOG_FILE = 'intent-holder.log';
 export const HOLDER_SEALS_FILE = 'intent-seals.json';
@@ -86,6 +86,9 @@ export const DEFAULT_HOLDER_LOG_BYTES = 64 * 1024 * 1024;
 const MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024;
 /** Smallest log: room for two of the largest batches. */
 export const MIN_HOLDER_LOG_BYTES = 2 * MAX_BATCH_BYTES + HOLDER_RECORDS_START;
+
+/** The (token, seq) of a COVERED note that covers every record of its volume (forgetVolumes). */
+const FORGET_ALL = Number.MAX_SAFE_INTEGER;
 
 /** Drop the segments from the front of the list once this many are dead and they are half of it. */
 const SEGMENT_COMPACT = 1024;
@@ -320,18 +323,36 @@ export class HolderLog implements IntentHolder {
 
   covered(covered: IntentCovered): Promise<void> {
     this.checkOpen();
-    const dropped = this.drop(covered);
     // Logged even when nothing is left live: the dropped records stay on a later scan's path.
-    if (dropped > 0) {
-      // The body is INTENT_COVERED's payload, as it came.
-      const body = encodeIntentCovered(0, covered).subarray(HEADER_SIZE);
-      // Not waited for: losing it costs space until the next commit says it again, never data.
-      const note = { bytes: body, token: covered.token, seq: covered.seq };
-      this.stage(KIND_COVERED, covered.volumeId, [note], HOLDER_FRAME_BYTES + body.length).catch(
-        () => undefined,
-      );
-    }
+    if (this.drop(covered) > 0) this.logCovered(covered);
     return Promise.resolve();
+  }
+
+  /** The volumes this log holds records of now. */
+  heldVolumes(): number[] {
+    return [...this.index.keys()];
+  }
+
+  /**
+   * Drop every record held of these volumes — deleted ones: no writer will
+   * commit them, and a record nobody covers would stop the ring for good
+   * once it came round to it. The caller knows them deleted (they had
+   * records here before a catalog listing that lacks them: ids are never
+   * reused). Logged as a COVERED note of everything, so a restart does not
+   * find them again. Returns how many records went.
+   */
+  forgetVolumes(volumeIds: Iterable<number>): number {
+    this.checkOpen();
+    let dropped = 0;
+    for (const volumeId of volumeIds) {
+      const everything = { volumeId, token: FORGET_ALL, seq: FORGET_ALL };
+      const went = this.drop(everything);
+      if (went === 0) continue;
+      dropped += went;
+      this.newest.delete(volumeId);
+      this.logCovered(everything);
+    }
+    return dropped;
   }
 
   async close(): Promise<void> {
@@ -373,7 +394,7 @@ export class HolderLog implements IntentHolder {
   /** Whether bytes [start, start + bytes) miss every record still held. */
   private clearOfLive(start: number, bytes: number): boolean {
     const tail = this.liveTail();
-    return tail === undefined || !this.overlapsFrom(tail.position, start, bytes);
+    return tail === undefined || !overlapsRun(tail.position, this.position, start, bytes);
   }
 
   /** The oldest batch with a record still held, or none. */
@@ -395,16 +416,6 @@ export class HolderLog implements IntentHolder {
     if (tail === undefined) return 0;
     if (tail.position < this.position) return this.position - tail.position;
     return this.fileBytes - tail.position + (this.position - HOLDER_RECORDS_START);
-  }
-
-  /**
-   * Whether bytes [start, start + bytes) meet the bytes from `tail` to the
-   * head (a non-empty run, wrapped when the tail is not below the head).
-   */
-  private overlapsFrom(tail: number, start: number, bytes: number): boolean {
-    const end = start + bytes;
-    if (tail < this.position) return start < this.position && end > tail;
-    return end > tail || start < this.position;
   }
 
   /**
@@ -430,6 +441,16 @@ export class HolderLog implements IntentHolder {
       }
     }
     if (end > from) await writeZeros(this.file, from, end);
+  }
+
+  /** Stage a COVERED note (the body INTENT_COVERED's payload) so a restart's scan drops the same records. */
+  private logCovered(covered: IntentCovered): void {
+    const body = encodeIntentCovered(0, covered).subarray(HEADER_SIZE);
+    const note = { bytes: body, token: covered.token, seq: covered.seq };
+    // Not waited for: losing it costs space until the next commit says it again, never data.
+    this.stage(KIND_COVERED, covered.volumeId, [note], HOLDER_FRAME_BYTES + body.length).catch(
+      () => undefined,
+    );
   }
 
   /** Records held below (token, seq) of the volume are gone; how many were dropped. */
@@ -483,7 +504,7 @@ export class HolderLog implements IntentHolder {
         // The header's tail is about to be overwritten: point it at the live tail (or at this batch) first.
         const headerChanged =
           this.diskTail.seq < this.nextSeq &&
-          this.overlapsFrom(this.diskTail.position, start, bytes);
+          overlapsRun(this.diskTail.position, this.position, start, bytes);
         if (headerChanged)
           this.diskTail = this.liveTail() ?? { position: start, seq: this.nextSeq };
         const segment: Segment = { start, firstSeq: this.nextSeq, live: 0 };

@@ -49,7 +49,7 @@ import {
   stampRecord,
 } from './record.js';
 import { readRecord, scan, type RecordContent, type RecoveredRecord } from './log-scan.js';
-import { InlineWrites, openLogFile, writeFullySync, writeZeros } from './log-file.js';
+import { InlineWrites, openLogFile, overlapsRun, writeFullySync, writeZeros } from './log-file.js';
 
 export type { RecordContent, RecoveredRecord } from './log-scan.js';
 
@@ -320,7 +320,8 @@ export class IntentLog {
     const start = this.placement(total);
     const tail = this.liveTail();
     const fits =
-      total <= capacity && (tail === undefined || !this.overlapsFrom(tail.position, start, total));
+      total <= capacity &&
+      (tail === undefined || !overlapsRun(tail.position, this.position, start, total));
     if (!fits) this.refusals++;
     if (!fits || this.usedBytes() + total > capacity / 2) this.press();
     return fits;
@@ -425,13 +426,13 @@ export class IntentLog {
         const position = this.placement(bytes);
         const tail = this.liveTail();
         assert(
-          tail === undefined || !this.overlapsFrom(tail.position, position, bytes),
+          tail === undefined || !overlapsRun(tail.position, this.position, position, bytes),
           'intent log batch over records still needed',
         );
         // The header's tail is about to be overwritten: point it at the live tail (or at this batch) first.
         const headerChanged =
           this.diskTail.seq < this.nextSeq &&
-          this.overlapsFrom(this.diskTail.position, position, bytes);
+          overlapsRun(this.diskTail.position, this.position, position, bytes);
         if (headerChanged) {
           this.diskTail = tail ?? { position, seq: this.nextSeq };
           encodeFileHeader(
@@ -502,16 +503,6 @@ export class IntentLog {
   private liveTail(): LogPoint | undefined {
     const segment = this.segments[this.firstSegment];
     return segment && { position: segment.start, seq: segment.firstSeq };
-  }
-
-  /**
-   * Whether bytes [start, start + bytes) meet the records from `tail` to
-   * the head (a non-empty run, wrapped when the tail is not below the head).
-   */
-  private overlapsFrom(tail: number, start: number, bytes: number): boolean {
-    const end = start + bytes;
-    if (tail < this.position) return start < this.position && end > tail;
-    return end > tail || start < this.position;
   }
 
   /** Drop the batches from the front whose every needed record is settled. */

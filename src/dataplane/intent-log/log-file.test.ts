@@ -7,7 +7,13 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { INLINE_MAX_BYTES, INLINE_MAX_MS, InlineWrites, writevFullySync } from './log-file.js';
+import {
+  INLINE_MAX_BYTES,
+  INLINE_MAX_MS,
+  InlineWrites,
+  overlapsRun,
+  writevFullySync,
+} from './log-file.js';
 
 test('small batches go inline while the disk is fast, through the pool once it is slow', () => {
   const policy = new InlineWrites();
@@ -42,4 +48,20 @@ test('writevFullySync writes every chunk in order at the position', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('overlapsRun: a batch against the run from the tail to the head, wrapped or not', () => {
+  // Run [100, 200): before it, touching it, inside, across its end, after it.
+  assert.equal(overlapsRun(100, 200, 50, 50), false);
+  assert.equal(overlapsRun(100, 200, 50, 51), true);
+  assert.equal(overlapsRun(100, 200, 150, 10), true);
+  assert.equal(overlapsRun(100, 200, 199, 10), true);
+  assert.equal(overlapsRun(100, 200, 200, 10), false);
+  // Wrapped run: [300, end of file) and [start, 100); free is [100, 300).
+  assert.equal(overlapsRun(300, 100, 100, 200), false);
+  assert.equal(overlapsRun(300, 100, 100, 201), true);
+  assert.equal(overlapsRun(300, 100, 99, 1), true);
+  assert.equal(overlapsRun(300, 100, 400, 10), true);
+  // Tail at the head: the run is the whole ring.
+  assert.equal(overlapsRun(100, 100, 100, 1), true);
 });

@@ -116,3 +116,14 @@ export function writevFullySync(fd: number, chunks: readonly Buffer[], position:
     skip = 0;
   }
 }
+
+/**
+ * In a log file used as a ring: whether bytes [start, start + bytes) meet
+ * the run from `tail` to `head` (non-empty; it wraps at the end of the file
+ * when the tail is not below the head).
+ */
+export function overlapsRun(tail: number, head: number, start: number, bytes: number): boolean {
+  const end = start + bytes;
+  if (tail < head) return start < head && end > tail;
+  return end > tail || start < head;
+}
