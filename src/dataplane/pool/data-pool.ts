@@ -32,6 +32,7 @@ import {
   type PatchTargets,
 } from './tasks.js';
 import { WrittenBlocks } from './written-blocks.js';
+import { workerExecArgv } from '../../common/worker-exec-argv.js';
 import { InlineReads } from '../blocks/inline-reads.js';
 import { INLINE_MISS_SYNC_MS, InlineMisses } from './inline-misses.js';
 
@@ -203,8 +204,10 @@ export class DataPool {
       // Piscina loads the worker with require() first; on Node 20 that is
       // require(esm), which has aborted the whole process in its module
       // linking (a V8/Node assertion, seen once in CI). Off, require() fails
-      // cleanly and Piscina falls back to import().
-      execArgv: [...process.execArgv, ...NO_REQUIRE_ESM],
+      // cleanly and Piscina falls back to import(). V8's per-process flags
+      // (node --perf-basic-prof …) hold for the workers already and a Worker
+      // refuses them: left out (common/worker-exec-argv.ts).
+      execArgv: [...workerExecArgv(), ...NO_REQUIRE_ESM],
     });
     // Until it has loaded (at start-up, before any volume is open), every miss goes to the pool.
     hasher()
