@@ -7,5 +7,9 @@ test('per-process V8 flags are left out of a worker thread’s flags; node flags
     workerExecArgv(['--perf-basic-prof', '--cpu-prof', '--expose-gc', '--max-old-space-size=512']),
     ['--cpu-prof'],
   );
+  assert.deepEqual(workerExecArgv(['--cpu-prof', '--cpu-prof-dir=/tmp']), [
+    '--cpu-prof',
+    '--cpu-prof-dir=/tmp',
+  ]);
   assert.deepEqual(workerExecArgv([]), []);
 });

@@ -20,15 +20,17 @@ let cached: string[] | undefined;
 /** process.execArgv without the flags a worker thread refuses. */
 export function workerExecArgv(execArgv: readonly string[] = process.execArgv): string[] {
   if (execArgv === process.execArgv && cached) return cached;
-  const kept = execArgv.filter(acceptedByWorkers);
+  // Each tried after those kept before it: some only go with another (--cpu-prof-dir with --cpu-prof).
+  const kept: string[] = [];
+  for (const flag of execArgv) if (acceptedByWorkers([...kept, flag])) kept.push(flag);
   if (execArgv === process.execArgv) cached = kept;
   return kept;
 }
 
-function acceptedByWorkers(flag: string): boolean {
+function acceptedByWorkers(execArgv: string[]): boolean {
   let probe: Worker;
   try {
-    probe = new Worker('', { eval: true, execArgv: [flag], stdout: true, stderr: true });
+    probe = new Worker('', { eval: true, execArgv, stdout: true, stderr: true });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ERR_WORKER_INVALID_EXEC_ARGV') return false;
     throw err;
