@@ -81,7 +81,6 @@ import { InlineWrites, openLogFile, overlapsRun, writevFullySync, writeZeros } f
 
 export const HOLDER_LOG_FILE = 'intent-holder.log';
 export const HOLDER_SEALS_FILE = 'intent-seals.json';
-export const DEFAULT_HOLDER_LOG_BYTES = 64 * 1024 * 1024;
 /** Largest batch: one whole INTENT_APPEND and its frames; a torn batch is never longer. */
 const MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES + 1024 * 1024;
 /** Smallest log: room for two of the largest batches. */
@@ -144,7 +143,6 @@ export class HolderLog implements IntentHolder {
   private readonly newest = new Map<number, { token: number; seq: number }>();
   private queue: Staged[] = [];
   private queuedBytes = 0;
-  private inFlight = false;
   private writer: Promise<void> | undefined;
   /** The last staged item's settling: a seal waits for it (and so for all before it). */
   private lastStaged: Promise<void> = Promise.resolve();
@@ -495,7 +493,6 @@ export class HolderLog implements IntentHolder {
         for (const item of items) item.reject(full);
         continue;
       }
-      this.inFlight = true;
       try {
         const chunks: Buffer[] = [];
         const frames = Buffer.alloc(
@@ -561,7 +558,6 @@ export class HolderLog implements IntentHolder {
         this.queue = [];
         this.queuedBytes = 0;
       }
-      this.inFlight = false;
     }
     this.writer = undefined;
   }
