@@ -287,10 +287,12 @@ export class HolderLog implements IntentHolder {
       );
     } catch (err) {
       // Refused for room when its batch was placed: not held, so a retry must not be taken for one.
-      if (err instanceof IoError && err.errno === 'ENOSPC') this.refusals++;
-      if (err instanceof IoError && err.errno === 'ENOSPC' && this.newest.get(volumeId) === mine) {
-        if (newest) this.newest.set(volumeId, newest);
-        else this.newest.delete(volumeId);
+      if (err instanceof IoError && err.errno === 'ENOSPC') {
+        this.refusals++;
+        if (this.newest.get(volumeId) === mine) {
+          if (newest) this.newest.set(volumeId, newest);
+          else this.newest.delete(volumeId);
+        }
       }
       throw err;
     }
@@ -422,7 +424,7 @@ export class HolderLog implements IntentHolder {
    * to the head: zeroing a dead one there could make a later scan stop
    * early and number new records as old ones were).
    */
-  async zeroFree(from: number, bytes: number): Promise<void> {
+  private async zeroFree(from: number, bytes: number): Promise<void> {
     const tail = this.diskTail.position;
     const head = this.position;
     let end = Math.min(from + bytes, this.fileBytes);
