@@ -93,6 +93,11 @@ export function registerStorageGauges(
     "Small cache misses read in libuv's thread pool: the store answered from the disk",
     () => pool.inlineMissCounts.async,
   );
+  metrics.gauge(
+    'torus_cache_misses_read_from_peers_inline_total',
+    'Small cache misses with no local copy fetched from replicas by the event loop, not a pool worker',
+    () => pool.inlineMissCounts.remote,
+  );
 }
 
 export function registerIntentLogGauges(metrics: NodeMetrics, log: IntentLog): void {

@@ -35,6 +35,7 @@ import { WrittenBlocks } from './written-blocks.js';
 import { workerExecArgv } from '../../common/worker-exec-argv.js';
 import { InlineReads } from '../blocks/inline-reads.js';
 import { INLINE_MISS_SYNC_MS, InlineMisses } from './inline-misses.js';
+import { InlineRemoteMisses } from './inline-remote-misses.js';
 
 /** A block to store as a patch (tasks.ts PatchTargets, one block's worth). */
 export interface PatchSource {
@@ -165,6 +166,8 @@ export class DataPool {
   private readonly threadCount: number;
   /** Main-thread reads of small local misses (inline-misses.ts); set once the hasher has loaded. */
   private inlineMisses: InlineMisses | undefined;
+  /** Main-thread fetches of small misses from peers (inline-remote-misses.ts); set once the hasher has loaded. */
+  private remoteMisses: InlineRemoteMisses | undefined;
   private closed = false;
   readonly replicationStats: PoolReplicationStats = {
     remoteReads: 0,
@@ -219,15 +222,20 @@ export class DataPool {
           (r) => this.dispatchToWorkers([r as ReadRequest]),
           inlinePolicy(),
         );
+        this.remoteMisses = new InlineRemoteMisses(setup, hash);
       })
       .catch((err: Error) =>
         log.warn({ err: err.message }, 'cache misses are read in the pool only'),
       );
   }
 
-  /** Misses read on the main thread synchronously, and those it started in libuv's pool. */
-  get inlineMissCounts(): { inline: number; async: number } {
-    return { inline: this.inlineMisses?.inline ?? 0, async: this.inlineMisses?.async ?? 0 };
+  /** Misses read on the main thread synchronously, those it started in libuv's pool, and those it fetched from peers. */
+  get inlineMissCounts(): { inline: number; async: number; remote: number } {
+    return {
+      inline: this.inlineMisses?.inline ?? 0,
+      async: this.inlineMisses?.async ?? 0,
+      remote: this.remoteMisses?.answered ?? 0,
+    };
   }
 
   get threads(): number {
@@ -333,24 +341,22 @@ export class DataPool {
       }
       all = rest;
     }
+    // Small misses with only peers to ask are fetched by this thread too (inline-remote-misses.ts).
+    const remote = this.remoteMisses;
+    let fromPeers: ReadRequest[] | undefined;
+    if (remote) {
+      const rest: ReadRequest[] = [];
+      for (const r of all) (remote.qualifies(r) ? (fromPeers ??= []) : rest).push(r);
+      all = rest;
+    }
     this.dispatchToWorkers(all);
+    if (fromPeers) for (const batch of groupReads(fromPeers)) this.runReads(batch, remote);
     if (here) this.dispatchToWorkers(here.filter((r) => !inline!.read(r)));
   }
 
   /** Cut misses into tasks for the workers (grouped by volume and peer table). */
   private dispatchToWorkers(all: ReadRequest[]): void {
     if (all.length === 0) return;
-    // A task serves one volume (one key) and one peer table; group, then cut into batches.
-    const byVolume = new Map<unknown, ReadRequest[]>();
-    const tables = new Map<readonly PeerTarget[] | undefined, number>();
-    for (const r of all) {
-      const table = r.remote?.peers;
-      if (!tables.has(table)) tables.set(table, tables.size);
-      const group = `${r.volumeId}/${tables.get(table)}`;
-      let list = byVolume.get(group);
-      if (!list) byVolume.set(group, (list = []));
-      list.push(r);
-    }
     // A task's local reads are one worker's blocking preads, one after another:
     // spread the tick's misses over every worker so their reads reach the disk
     // at once (a 4 KiB miss is mostly waiting on the disk), but no finer than
@@ -359,7 +365,7 @@ export class DataPool {
     // on a worker: kept in one task, each peer gets the tick's requests in one
     // write and answers them in one, where split they cost a write, a read
     // and a wake-up per peer per task (docs/benchmarks.md, session 19).
-    for (const list of byVolume.values()) {
+    for (const list of groupReads(all)) {
       const peersOnly = list.every((r) => r.storeSlot < 0 && r.remote !== undefined);
       const size = peersOnly
         ? BATCH
@@ -369,7 +375,8 @@ export class DataPool {
     }
   }
 
-  private runReads(batch: ReadRequest[]): void {
+  /** Run a batch of misses as one task: in the pool, or on this thread when `here` takes it. */
+  private runReads(batch: ReadRequest[], here?: InlineRemoteMisses): void {
     const n = batch.length;
     const task: ReadBatchTask = {
       op: 'read',
@@ -401,7 +408,8 @@ export class DataPool {
         READ_STRIDE,
         batch.map((r) => r.remote!.candidates),
       );
-    this.pool.run(task).then(
+    const run: Promise<ReadBatchResult> = here ? here.run(task) : this.pool.run(task);
+    run.then(
       (result: ReadBatchResult) => {
         const stats = this.replicationStats;
         stats.remoteReads += result.fromPeers ?? 0;
@@ -425,8 +433,26 @@ export class DataPool {
     this.closed = true;
     this.inlineMisses?.close();
     this.inlineMisses = undefined;
+    const remote = this.remoteMisses;
+    this.remoteMisses = undefined;
+    await remote?.close();
     await this.pool.close();
   }
+}
+
+/** Misses grouped as tasks need them: one volume (one key) and one peer table a task. */
+function groupReads(all: readonly ReadRequest[]): ReadRequest[][] {
+  const groups = new Map<string, ReadRequest[]>();
+  const tables = new Map<readonly PeerTarget[] | undefined, number>();
+  for (const r of all) {
+    const table = r.remote?.peers;
+    if (!tables.has(table)) tables.set(table, tables.size);
+    const group = `${r.volumeId}/${tables.get(table)}`;
+    let list = groups.get(group);
+    if (!list) groups.set(group, (list = []));
+    list.push(r);
+  }
+  return [...groups.values()];
 }
 
 function remoteTargets(

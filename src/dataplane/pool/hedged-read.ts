@@ -41,7 +41,7 @@ import { recycleReceived } from '../peer/reply-memory.js';
 import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
 import type { RangeReply, WireBlock } from '../peer/wire.js';
 import type { PeerTarget } from '../replication/placement.js';
-import { GET_TIMEOUT_MS, peerClient } from './peer-links.js';
+import { GET_TIMEOUT_MS, type PeerLinks } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { refAad, type WorkerSealer } from './sealing.js';
 import {
@@ -61,6 +61,8 @@ export interface HedgedReadDeps {
   sealer: WorkerSealer | undefined;
   /** Where a failed repair is reported. */
   warn(message: string): void;
+  /** This thread's connections to peers (a worker's, or the main thread's own). */
+  links: PeerLinks;
 }
 
 const hashOut = new Uint32Array(2);
@@ -232,7 +234,7 @@ export class HedgedRead {
 
   private get(i: number, peer: number, timeoutMs: number): void {
     const sent = performance.now();
-    const client = peerClient(this.remote.identity, this.remote.peers[peer]);
+    const client = this.deps.links.client(this.remote.identity, this.remote.peers[peer]);
     const part = this.partOf[i];
     if (part === 0) {
       client.getBlock(this.ref(i), { timeoutMs }).then(
@@ -461,7 +463,8 @@ export class HedgedRead {
       data: good.data,
     };
     this.repairing.push(
-      peerClient(this.remote.identity, target)
+      this.deps.links
+        .client(this.remote.identity, target)
         .putBlocks([copy], { timeoutMs: REPAIR_TIMEOUT_MS })
         .then(
           () => void this.repairs++,

@@ -1,14 +1,14 @@
 /**
- * A worker's own connections to peers, one PeerClient per peer address,
+ * A thread's own connections to peers, one PeerClient per peer address,
  * opened on first use and kept: replication runs in the pool workers (the
  * design card), so each worker talks to peers directly instead of funnelling
- * block bytes back through the main thread.
+ * block bytes back through the main thread. The main thread has links of
+ * its own for small reads from peers (inline-remote-misses.ts).
  */
 import { logger } from '../../common/log.js';
 import { PeerClient } from '../peer/client.js';
 import type { PeerIdentityForTasks, PeerTarget } from '../replication/placement.js';
 
-const clients = new Map<string, PeerClient>();
 const log = logger('pool-peer');
 
 /**
@@ -20,24 +20,43 @@ const log = logger('pool-peer');
 export const GET_TIMEOUT_MS = 600;
 export const PUT_TIMEOUT_MS = 5000;
 
-export function peerClient(identity: PeerIdentityForTasks, peer: PeerTarget): PeerClient {
-  const key = `${peer.uuid}@${peer.host}:${peer.port}`;
-  let client = clients.get(key);
-  if (!client) {
-    client = new PeerClient({
-      host: peer.host,
-      port: peer.port,
-      clusterId: identity.clusterId,
-      nodeId: identity.nodeId,
-      expectedNodeId: peer.uuid,
-      getTimeoutMs: GET_TIMEOUT_MS,
-      putTimeoutMs: PUT_TIMEOUT_MS,
-      connectTimeoutMs: 500,
-      deadAfterMs: 1000,
-      log,
-      tls: identity.tls,
-    });
-    clients.set(key, client);
+export class PeerLinks {
+  private readonly clients = new Map<string, PeerClient>();
+
+  /** The connection to `peer`, opened on first use and kept. */
+  client(identity: PeerIdentityForTasks, peer: PeerTarget): PeerClient {
+    const key = `${peer.uuid}@${peer.host}:${peer.port}`;
+    let client = this.clients.get(key);
+    if (!client) {
+      client = new PeerClient({
+        host: peer.host,
+        port: peer.port,
+        clusterId: identity.clusterId,
+        nodeId: identity.nodeId,
+        expectedNodeId: peer.uuid,
+        getTimeoutMs: GET_TIMEOUT_MS,
+        putTimeoutMs: PUT_TIMEOUT_MS,
+        connectTimeoutMs: 500,
+        deadAfterMs: 1000,
+        log,
+        tls: identity.tls,
+      });
+      this.clients.set(key, client);
+    }
+    return client;
   }
-  return client;
+
+  /** Close every connection (the main thread's, at the pool's close; a worker's end with it). */
+  async close(): Promise<void> {
+    const open = [...this.clients.values()];
+    this.clients.clear();
+    await Promise.all(open.map((c) => c.close()));
+  }
+}
+
+/** A worker's links: one set per thread, living as long as it. */
+export const workerLinks = new PeerLinks();
+
+export function peerClient(identity: PeerIdentityForTasks, peer: PeerTarget): PeerClient {
+  return workerLinks.client(identity, peer);
 }

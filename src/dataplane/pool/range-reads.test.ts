@@ -4,7 +4,9 @@
  * sub-blocks land in the cache slot, each checked; a replica whose range
  * fails its sum is passed over for the next; a replica whose sub-sums entry
  * does not fit the block's hash is asked for the whole block, which lands
- * whole (`whole` reported).
+ * whole (`whole` reported). Small misses (a span of at most 16 KiB) are
+ * fetched by the main thread (inline-remote-misses.ts) with the same
+ * HedgedRead: the same cases hold there.
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -31,8 +33,10 @@ const CLUSTER = 'range-test-cluster';
 const VOLUME = 5;
 const quiet = logger('range-reads-test');
 const identity = { clusterId: CLUSTER, nodeId: randomUUID() };
-/** Sub-blocks 2, 3 and 9 of each block. */
+/** Sub-blocks 2, 3 and 9 of each block: a 32 KiB span, read by the workers. */
 const MASK = (1 << 2) | (1 << 3) | (1 << 9);
+/** Sub-blocks 5 and 6: an 8 KiB span, fetched by the main thread. */
+const SMALL = (1 << 5) | (1 << 6);
 
 /** The disk backend with its GET_RANGE answers changed by `tamper`. */
 function tampered(inner: DiskPeerBackend, tamper: (reply: RangeReply) => void): PeerBlockBackend {
@@ -75,7 +79,7 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
     name: string,
     wrap?: (b: DiskPeerBackend) => PeerBlockBackend,
   ): Promise<PeerTarget> {
-    const dir = join(root, name);
+    const dir = join(root, `${name}-${cleanups.length}`);
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
     const store = await LocalSlotStore.open(dir);
     const uuid = randomUUID();
@@ -105,8 +109,14 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
     return { uuid, host: '127.0.0.1', port };
   }
 
-  /** Read every block's MASK sub-blocks into slot = index from `peers` in that order. */
-  async function readParts(peers: PeerTarget[]): Promise<{ status: number; whole: boolean }[]> {
+  interface Parts {
+    results: { status: number; whole: boolean }[];
+    /** Misses the main thread fetched itself. */
+    onMain: number;
+  }
+
+  /** Read every block's `mask` sub-blocks into slot = index from `peers` in that order. */
+  async function readParts(peers: PeerTarget[], mask = MASK): Promise<Parts> {
     new Uint8Array(cache).fill(0xee);
     const pool = new DataPool(
       {
@@ -120,7 +130,7 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
       4,
     );
     try {
-      return await Promise.all(
+      const results = await Promise.all(
         data.map(
           (_, i) =>
             new Promise<{ status: number; whole: boolean }>((resolve) =>
@@ -135,23 +145,24 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
                 hashHi: hashes[i].hi,
                 // Block i's candidates start at peer i % n (the pool rotates them), so every peer is asked first for some.
                 remote: { identity, peers, candidates: peers.map((_, k) => k) },
-                subBlocks: MASK,
+                subBlocks: mask,
                 done: (status, _reason, _localBad, whole) => resolve({ status, whole: !!whole }),
               }),
             ),
         ),
       );
+      return { results, onMain: pool.inlineMissCounts.remote };
     } finally {
       await pool.close();
     }
   }
 
-  function assertParts(i: number, whole: boolean): void {
+  function assertParts(i: number, whole: boolean, mask = MASK): void {
     const slot = Buffer.from(cache, i * BS, BS);
     for (let j = 0; j < BS / SUB_BLOCK_SIZE; j++) {
       const got = slot.subarray(j * SUB_BLOCK_SIZE, (j + 1) * SUB_BLOCK_SIZE);
       const want = data[i].subarray(j * SUB_BLOCK_SIZE, (j + 1) * SUB_BLOCK_SIZE);
-      if (whole || MASK & (1 << j)) assert.ok(got.equals(want), `block ${i} sub-block ${j}`);
+      if (whole || mask & (1 << j)) assert.ok(got.equals(want), `block ${i} sub-block ${j}`);
       else
         assert.ok(
           got.every((b) => b === 0xee),
@@ -160,36 +171,45 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
     }
   }
 
-  test('only the wanted sub-blocks land, checked', async () => {
-    const results = await readParts([await peer('a'), await peer('b')]);
-    results.forEach(({ status, whole }, i) => {
-      assert.equal(status, READ_OK, `block ${i}`);
-      assert.equal(whole, false);
-      assertParts(i, false);
-    });
-  });
+  for (const [mask, where] of [
+    [MASK, 'workers'],
+    [SMALL, 'main thread'],
+  ] as const) {
+    const expectOnMain = where === 'main thread' ? BLOCKS : 0;
 
-  test('a replica whose bytes fail their sum is passed over; one whose entry does not fit is asked whole', async () => {
-    const flipped = await peer('flipped', (b) =>
-      tampered(b, (reply) => {
-        const copy = Buffer.from(reply.block.data);
-        copy[10] ^= 0xff;
-        reply.block = { ...reply.block, data: copy };
-      }),
-    );
-    const stale = await peer('stale', (b) =>
-      tampered(b, (reply) => {
-        const entry = Uint8Array.from(reply.entry!);
-        entry[5] ^= 0xff; // the block hash it names
-        reply.entry = entry;
-      }),
-    );
-    // Only the flipped and the stale replica: each block needs the stale one's whole copy.
-    const results = await readParts([flipped, stale]);
-    results.forEach(({ status, whole }, i) => {
-      assert.equal(status, READ_OK, `block ${i}`);
-      assert.equal(whole, true, `block ${i} came whole from the replica with the stale entry`);
-      assertParts(i, true);
+    test(`${where}: only the wanted sub-blocks land, checked`, async () => {
+      const { results, onMain } = await readParts([await peer('a'), await peer('b')], mask);
+      results.forEach(({ status, whole }, i) => {
+        assert.equal(status, READ_OK, `block ${i}`);
+        assert.equal(whole, false);
+        assertParts(i, false, mask);
+      });
+      assert.equal(onMain, expectOnMain);
     });
-  });
+
+    test(`${where}: a replica whose bytes fail their sum is passed over; one whose entry does not fit is asked whole`, async () => {
+      const flipped = await peer('flipped', (b) =>
+        tampered(b, (reply) => {
+          const copy = Buffer.from(reply.block.data);
+          copy[10] ^= 0xff; // in the first wanted sub-block (the range starts there)
+          reply.block = { ...reply.block, data: copy };
+        }),
+      );
+      const stale = await peer('stale', (b) =>
+        tampered(b, (reply) => {
+          const entry = Uint8Array.from(reply.entry!);
+          entry[5] ^= 0xff; // the block hash it names
+          reply.entry = entry;
+        }),
+      );
+      // Only the flipped and the stale replica: each block needs the stale one's whole copy.
+      const { results, onMain } = await readParts([flipped, stale], mask);
+      results.forEach(({ status, whole }, i) => {
+        assert.equal(status, READ_OK, `block ${i}`);
+        assert.equal(whole, true, `block ${i} came whole from the replica with the stale entry`);
+        assertParts(i, true, mask);
+      });
+      assert.equal(onMain, expectOnMain);
+    });
+  }
 });

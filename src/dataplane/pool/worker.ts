@@ -22,7 +22,7 @@ import { memoryReporter } from '../../common/memory-report.js';
 import { openDirect, preadAll, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
 import { HeldWrites } from './held-writes.js';
-import { peerClient } from './peer-links.js';
+import { peerClient, workerLinks } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
@@ -468,6 +468,7 @@ async function readBatchReplicated(
     sealer,
     dest: (i) => cacheBlock(task.cacheSlots[i]),
     warn: (message) => log.warn(message),
+    links: workerLinks,
   });
   await read.run();
   result.fromPeers = read.fromPeers;

@@ -112,7 +112,7 @@ describe('sub-block reads', { timeout: 60_000 }, () => {
     );
     assert.deepEqual(masks(r.cache), [(1 << 5) | (1 << 9)]);
     // Both small misses were read on the main thread, not in a pool task.
-    assert.deepEqual(r.pool.inlineMissCounts, { inline: 2, async: 0 });
+    assert.deepEqual(r.pool.inlineMissCounts, { inline: 2, async: 0, remote: 0 });
     // Reading on from where the last read ended: to the block's end in one go.
     assert.ok(
       (await read(v, 3 * BS + 9 * SUB + 100, SUB)).equals(
