@@ -160,19 +160,21 @@ const CARVE_SLAB_BYTES = 64 * 1024;
  * freed by the GC once nothing refers to any part of it (so a caller keeping
  * one small block for long keeps its slab: copy it if that matters). Larger
  * sizes go to `large`. Offsets are 8-byte aligned, so word-wise scans of
- * block data (blocks/hash.ts isAllZero) keep their fast path.
+ * block data (blocks/hash.ts isAllZero) keep their fast path; plus `skew`
+ * bytes, for memory whose interesting part starts `8 - skew` bytes in
+ * (reply-memory.ts).
  */
-export function slabAllocator(large: (size: number) => Buffer): (size: number) => Buffer {
+export function slabAllocator(large: (size: number) => Buffer, skew = 0): (size: number) => Buffer {
   let slab = Buffer.allocUnsafeSlow(CARVE_SLAB_BYTES);
   let used = 0;
   return (size) => {
     if (size > MAX_CARVED_BYTES) return large(size);
-    if (used + size > slab.length) {
+    if (used + skew + size > slab.length) {
       slab = Buffer.allocUnsafeSlow(CARVE_SLAB_BYTES);
       used = 0;
     }
-    const out = slab.subarray(used, used + size);
-    used = (used + size + 7) & ~7;
+    const out = slab.subarray(used + skew, used + skew + size);
+    used = (used + skew + size + 7) & ~7;
     return out;
   };
 }
