@@ -9,6 +9,8 @@
  *   volume over: once it runs again, its FLUSH fails (a sealed holder
  *   refuses its records, etcd its commit), and nothing it wrote then shows.
  * - A holder down: FLUSHes commit versions instead, and still hold.
+ * - A dead writer's volume nobody reopens: its remote holder takes it over
+ *   and commits it (the records would otherwise stay in its log for good).
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -99,7 +101,9 @@ describe(
       cluster = await Cluster.start({
         nodes: 3,
         replication: 2,
-        args: ['--lock-linger', '1'],
+        // GC runs every 5 s, and a holder takes over a volume whose writer is gone after
+        // 15 s: long after the tests that reopen such a volume have (within 0.5 s of its lock lapsing).
+        args: ['--lock-linger', '1', '--rebalance-interval', '5', '--adopt-orphans-after', '15'],
       });
     });
     after(async () => {
@@ -302,6 +306,49 @@ describe(
           assert.fail(`holder ${remote.index} kept the records: ${remote.output().slice(-3000)}`);
         await new Promise((resolve) => setTimeout(resolve, 500));
       }
+    });
+
+    test('a volume whose writer died and that nobody reopens: its remote holder takes it over, commits its FLUSHes and lets it go', async () => {
+      await create('orphan');
+      const writer = cluster.nodes[1];
+      const session = await open(writer, 'orphan');
+      const image = Buffer.alloc(VOLUME_BYTES);
+      for (let i = 0; i < 4; i++) {
+        const bytes = randomBytes(4096);
+        await writeFlushed(session, i * MiB, bytes);
+        bytes.copy(image, i * MiB);
+      }
+      const [took] = takeovers(writer, 'orphan');
+      assert.ok(took, writer.output().slice(-2000));
+      const holder = cluster.nodes.find((n) => n.uuid === took.holders[1])!;
+      assert.ok(holder && holder !== writer, `a remote holder among ${took.holders.join(', ')}`);
+      await writer.kill('SIGKILL');
+      session.kill();
+      // The lock lapses in 10 s; 15 s later a GC run (every 5 s) on the holder adopts the volume.
+      const until = Date.now() + 60_000;
+      while (!holder.output().includes('volume committed for its gone writer')) {
+        if (Date.now() > until)
+          assert.fail(
+            `holder ${holder.index} did not take the volume over: ${holder.output().slice(-3000)}`,
+          );
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      const [adopted] = takeovers(holder, 'orphan');
+      assert.ok(
+        adopted && adopted.replayed >= 4,
+        `the holder replayed the FLUSHes: ${JSON.stringify(adopted)}`,
+      );
+      // Committed: a node that holds none of its records opens it with nothing to replay, every byte there.
+      const reader = cluster.nodes.find((n) => n !== writer && n !== holder)!;
+      (await open(reader, 'orphan')).kill();
+      assert.ok((await readAll(reader, 'orphan')).equals(image), 'every FLUSHed write reads back');
+      const [opened] = takeovers(reader, 'orphan');
+      assert.ok(
+        opened && opened.replayed === 0,
+        `nothing left to replay: ${JSON.stringify(opened)}`,
+      );
+      await writer.start();
+      await cluster.waitForMembers(3);
     });
 
     test('a reader on another node and a snapshot both see what the writer FLUSHed (it commits for them)', async () => {

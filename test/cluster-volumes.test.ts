@@ -178,10 +178,12 @@ describe(
       });
       const client = served.child;
       try {
-        assert.match(
-          served.output(),
-          /serving nbd:\/\/127\.0\.0\.1:\d+\/late/,
-          'it lists the volumes of the cluster',
+        // The volume lines follow the log line startNbdserve waits for, on another pipe: wait for them too.
+        await until(
+          'nbdserve to list the volumes of the cluster',
+          async () => /serving nbd:\/\/127\.0\.0\.1:\d+\/late/.test(served.output()) || undefined,
+          10_000,
+          () => served.output(),
         );
         const uri = `nbd://127.0.0.1:${port}/late`;
         const usedBefore = await storedBytes();

@@ -150,6 +150,12 @@ const spec: CommandSpec = {
       help: 'cluster: seconds between rebalance and GC runs, besides those on every ring or membership change (default 60; 0 only on changes)',
       ...SECONDS_RANGE,
     },
+    'adopt-orphans-after': {
+      type: 'integer',
+      help: "cluster: seconds a volume whose writer is gone (no node holds its lock) may keep FLUSHed records in this node's holder log before this node takes it over and commits them (default 300; checked at GC runs)",
+      env: 'TORUS_ADOPT_ORPHANS_AFTER',
+      ...SECONDS_RANGE,
+    },
     'intent-log-size': {
       type: 'size',
       help: 'size of the intent log a FLUSH is made durable in, at least 16MiB (default a sixteenth of --size, 64MiB to 256MiB; 0: none, every FLUSH commits a whole version); in a cluster, of the holder log that keeps FLUSHed records (default 64MiB, at least 34MiB)',
@@ -250,6 +256,10 @@ export async function main(argv: string[]): Promise<number> {
           : (v['rebalance-interval'] as number) * 1000,
       lockLingerMs:
         v['lock-linger'] === undefined ? undefined : (v['lock-linger'] as number) * 1000,
+      orphanAdoptAfterMs:
+        v['adopt-orphans-after'] === undefined
+          ? undefined
+          : (v['adopt-orphans-after'] as number) * 1000,
       scrubRate: v['scrub-rate'] as number | undefined,
       intentLogBytes: v['intent-log-size'] as number | undefined,
       directWrites: v['direct-writes'] as DirectWriteMode,

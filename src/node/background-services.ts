@@ -42,6 +42,12 @@ export interface BackgroundServiceParts {
   peers: PeerServing;
   /** This node's intent holder log (a cluster member's); its deleted volumes' records are dropped after each GC listing. */
   holderLog?: HolderLog;
+  /**
+   * Called after each GC listing with the volumes the holder log keeps
+   * records of that still exist: those whose writer is gone are taken over
+   * and committed (OnDemandHosting.adoptOrphans). Not awaited.
+   */
+  adoptOrphans?: (names: readonly string[]) => Promise<void>;
   log: Logger;
   /** Bytes/s a scrub pass reads (default DEFAULT_SCRUB_RATE); ms between passes (default DEFAULT_SCRUB_INTERVAL_MS; 0 none). */
   scrub: { rate?: number; intervalMs?: number };
@@ -119,6 +125,7 @@ export class BackgroundServices {
         const held = this.parts.holderLog?.heldVolumes() ?? [];
         const { records, snapshots } = await this.parts.snapshots.listVersions();
         this.forgetDeletedVolumes(held, records);
+        this.adoptOrphans(held, records);
         // Pins after the catalog: the order read-pins.ts's protocol relies on.
         const pins = await listReadPins(meta);
         const snapshotPins = await listSnapshotPins(meta);
@@ -164,6 +171,15 @@ export class BackgroundServices {
       { volumes: deleted, records: dropped },
       'intent holder log: dropped the records of deleted volumes',
     );
+  }
+
+  /** Hand the volumes still listed whose records the holder log keeps to adoptOrphans (in the background). */
+  private adoptOrphans(held: number[], records: readonly VolumeRecord[]): void {
+    const adopt = this.parts.adoptOrphans;
+    if (!adopt || held.length === 0) return;
+    const ids = new Set(held);
+    const names = records.filter((r) => ids.has(r.id)).map((r) => r.name);
+    if (names.length > 0) void adopt(names);
   }
 
   private lastSpace = { at: 0, value: '' };

@@ -84,6 +84,12 @@ export interface StorageNodeOptions {
   /** Cluster mode: a rebalance and GC run every this many ms besides those on ring changes (default 60 s; 0 none). */
   rebalanceIntervalMs?: number;
   /**
+   * Cluster mode: how long a volume whose writer is gone (no node holds its
+   * lock) may keep FLUSHed records in this node's holder log before this
+   * node takes it over and commits them (default 5 min; seen at GC runs).
+   */
+  orphanAdoptAfterMs?: number;
+  /**
    * Single node: size of the intent log FLUSH writes to (<data-dir>/intent.log,
    * default 64 MiB); 0: none, a FLUSH commits a whole version. A cluster
    * member: size of its holder log (<data-dir>/intent-holder.log; 0: none,
@@ -107,6 +113,12 @@ export interface StorageNodeOptions {
 }
 
 export const DEFAULT_LOCK_LINGER_MS = 5000;
+/**
+ * A volume's writer gone this long with its records still on this holder:
+ * long enough that a client moving to another node (a pod rescheduled)
+ * reopens it first, which replays the records anyway.
+ */
+export const DEFAULT_ORPHAN_ADOPT_AFTER_MS = 5 * 60_000;
 
 /** Whether the pool writes blocks around the page cache (see directWritesWanted), logged with why. */
 function decideDirectWrites(

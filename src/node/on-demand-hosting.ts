@@ -47,6 +47,10 @@ export class OnDemandHosting implements HostingMode {
   private handoverWatch: Watcher | undefined;
   /** Snapshots and clones asking this node to commit a volume it writes (replicated FLUSH only). */
   private commitWatch: Watcher | undefined;
+  /** A pass of adoptOrphans under way. */
+  private adopting: Promise<void> | undefined;
+  /** Volumes held here whose lock was free at a GC run, since when (adoptOrphans). */
+  private readonly orphanedSince = new Map<string, number>();
 
   constructor(
     private readonly host: VolumeHost,
@@ -223,6 +227,60 @@ export class OnDemandHosting implements HostingMode {
           'could not close an idle volume',
         ),
       );
+  }
+
+  /**
+   * Volumes whose FLUSHed records this node's holder log keeps, named by a
+   * GC listing: one whose write lock no node has held for `afterMs` — its
+   * writer died and nobody opened it since — is taken over here, as an NBD
+   * client's open would (its holders' records replayed and committed:
+   * volumeFor), and let go at once. Left alone, its records stay live in
+   * the holder log, and once the log's ring comes round to them every FLUSH
+   * through this holder commits a version instead (docs/cluster-flush.md).
+   * Orphaned "since" the first GC run that saw the lock free, so a client
+   * reopening the volume elsewhere within `afterMs` gets there first. One
+   * volume at a time, one pass at a time; a failure is logged and the
+   * volume tried again at a later GC run.
+   */
+  adoptOrphans(names: readonly string[], afterMs: number): Promise<void> {
+    if (this.adopting) return this.adopting;
+    this.adopting = this.adoptEach(names, afterMs).finally(() => (this.adopting = undefined));
+    return this.adopting;
+  }
+
+  private async adoptEach(names: readonly string[], afterMs: number): Promise<void> {
+    const { host } = this;
+    // Volumes no longer held here are no longer anyone's orphans.
+    for (const name of this.orphanedSince.keys())
+      if (!names.includes(name)) this.orphanedSince.delete(name);
+    for (const name of names) {
+      if (host.closing) return;
+      try {
+        // Open here (this node writes or reads it), or its lock held: its writer lives.
+        if (host.volumes.has(name) || (await host.ownership.writtenElsewhere(name)) !== undefined) {
+          this.orphanedSince.delete(name);
+          continue;
+        }
+        const since = this.orphanedSince.get(name) ?? Date.now();
+        this.orphanedSince.set(name, since);
+        if (Date.now() - since < afterMs) continue;
+        this.orphanedSince.delete(name);
+        this.log.info(
+          { volume: name, orphanedForS: Math.round((Date.now() - since) / 1000) },
+          'taking over a volume whose writer is gone, to commit the FLUSHes this node holds of it',
+        );
+        const volume = await this.volumeFor(name);
+        if (volume && volume.openSessions === 0 && !this.lingering.has(name)) {
+          this.log.info({ volume: name }, 'volume committed for its gone writer: letting it go');
+          this.letGo(name, volume);
+        }
+      } catch (err) {
+        this.log.warn(
+          { volume: name, err: (err as Error).message },
+          'could not take over a volume whose writer is gone: tried again at a later GC run',
+        );
+      }
+    }
   }
 
   async created(): Promise<void> {

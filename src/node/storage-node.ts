@@ -31,6 +31,7 @@ import type { NodeMetrics } from './metrics.js';
 import {
   closeNodeParts,
   DEFAULT_LOCK_LINGER_MS,
+  DEFAULT_ORPHAN_ADOPT_AFTER_MS,
   openNodeParts,
   type NodeParts,
   type StorageNodeOptions,
@@ -174,6 +175,11 @@ export class StorageNode implements ExportProvider {
         cluster,
         peers: node.peers,
         holderLog: parts.holderLog,
+        adoptOrphans: (names) =>
+          node.host.adoptOrphans(
+            names,
+            options.orphanAdoptAfterMs ?? DEFAULT_ORPHAN_ADOPT_AFTER_MS,
+          ),
         log,
         scrub: { rate: options.scrubRate, intervalMs: options.scrubIntervalMs },
         rebalance: { rate: options.rebalanceRate, intervalMs: options.rebalanceIntervalMs },

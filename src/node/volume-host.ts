@@ -41,6 +41,12 @@ export interface HostingMode {
   describeUnopened(name: string): Promise<ExportDescription | undefined>;
   /** Nothing is let go of on a timer any more (the node is closing, or deleting `name` when given). */
   stopLingering(name?: string): void;
+  /**
+   * Volumes this node's intent holder log keeps FLUSHed records of (a
+   * cluster member's): take over, commit and let go of those whose writer
+   * has been gone for `afterMs`. Never rejects.
+   */
+  adoptOrphans?(names: readonly string[], afterMs: number): Promise<void>;
 }
 
 export interface VolumeHostParts {
@@ -91,6 +97,11 @@ export class VolumeHost implements ExportProvider {
 
   created(name: string): Promise<void> {
     return this.mode.created(name);
+  }
+
+  /** See HostingMode.adoptOrphans; nothing on a single node. */
+  adoptOrphans(names: readonly string[], afterMs: number): Promise<void> {
+    return this.mode.adoptOrphans?.(names, afterMs) ?? Promise.resolve();
   }
 
   /** Open the version `versioned` names (its key unwrapped when encrypted). */
