@@ -171,6 +171,9 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
   const log = options.log ?? logger('node');
   await ensureDirectory(options.dataDir, 'data directory');
   const meta = options.meta ?? (await openEmbeddedMetadataStore(join(options.dataDir, 'meta')));
+  // What is open so far: closed, last first, when a later step fails (a bad
+  // option, etcd unreachable), so a refused open leaves no file or worker behind.
+  const opened: { close(): Promise<void> }[] = [];
   try {
     if (!options.meta) await refuseClusterDataDir(options.dataDir);
     const catalog = new VolumeCatalog(meta);
@@ -190,6 +193,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       options.capacityBytes,
       log,
     );
+    opened.push(store);
     const cache = new BlockCache(settings.blockSize, options.cacheBytes ?? DEFAULT_CACHE_BYTES);
     const pool = new DataPool(
       {
@@ -208,6 +212,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       options.workers ?? defaultWorkerThreads(options.cluster ? 'cluster' : 'single-node'),
       options.cluster ? 4 : 1,
     );
+    opened.push(pool);
     const keys = new KeyRing(options.keyFile ?? join(options.dataDir, 'master.key'), (path) =>
       log.warn(
         { keyFile: path },
@@ -217,6 +222,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
     const cluster = options.cluster
       ? await openClusterBlocks(meta, options.cluster, log)
       : undefined;
+    if (cluster) opened.push(cluster);
     const logBytes =
       options.intentLogBytes ??
       (options.cluster
@@ -230,6 +236,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       cluster || logBytes === 0
         ? undefined
         : await IntentLog.open(join(options.dataDir, INTENT_LOG_FILE), logBytes, log);
+    if (intentLog) opened.push(intentLog);
     // A store-less node (torusblk nbdserve, the library's cluster client) is no
     // ring member: no peer can reach a log of its, and its scratch dir goes
     // with it. It holds nothing and its writers commit every FLUSH.
@@ -238,6 +245,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       cluster && !storeless && logBytes !== 0
         ? await HolderLog.open(options.dataDir, Math.max(logBytes, MIN_HOLDER_LOG_BYTES), log)
         : undefined;
+    if (holderLog) opened.push(holderLog);
     return {
       dataDir: options.dataDir,
       settings,
@@ -258,6 +266,7 @@ export async function openNodeParts(options: StorageNodeOptions): Promise<NodePa
       log,
     };
   } catch (err) {
+    for (const part of opened.reverse()) await part.close().catch(() => undefined);
     if (!options.meta) await meta.close();
     throw err;
   }
