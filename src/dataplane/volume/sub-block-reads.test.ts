@@ -133,6 +133,27 @@ describe('sub-block reads', { timeout: 60_000 }, () => {
     await closeRig(r);
   });
 
+  test('a fill after two cached sub-blocks reads to the block end; after one, only what it wants', async () => {
+    const { data, r, v } = await written('runs');
+    const at = (k: number) => 3 * BS + k * SUB;
+    const check = async (k: number) =>
+      assert.ok(
+        (await read(v, at(k), SUB)).equals(data.subarray(at(k), at(k) + SUB)),
+        `sub-block ${k}`,
+      );
+    await check(4);
+    await check(9);
+    // Sub-block 4 before it, 3 not: a random reader's slot collects such pairs by chance.
+    await check(5);
+    assert.deepEqual(masks(r.cache), [(1 << 4) | (1 << 5) | (1 << 9)]);
+    await check(0); // elsewhere, so the next read does not continue the last one
+    // 4 and 5 before it: a reader going through the block, whatever the cursor says.
+    await check(6);
+    assert.deepEqual(masks(r.cache), [1 | (0xffff & ~0xf)]);
+    await v.close();
+    await closeRig(r);
+  });
+
   test('a damaged 4 KiB is EIO for reads touching it, not for the rest of its block', async () => {
     const { dir, data, r, v } = await written('damaged');
     const slot = r.store.lookup(identity.id, r.committed.generation, 2)!;
