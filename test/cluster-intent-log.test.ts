@@ -151,6 +151,17 @@ describe(
       assert.equal(await session.say('f'), 'flushed');
     }
 
+    /** 4 KiB of random bytes written and FLUSHed at each offset: what the volume must then read back. */
+    async function flushedAt(session: Session, offsets: number[]): Promise<Buffer> {
+      const image = Buffer.alloc(VOLUME_BYTES);
+      for (const at of offsets) {
+        const bytes = randomBytes(4096);
+        await writeFlushed(session, at, bytes);
+        bytes.copy(image, at);
+      }
+      return image;
+    }
+
     async function readAll(node: ClusterNode, volume: string): Promise<Buffer> {
       const out = join(work, `${volume}-out.bin`);
       const r = await run('nbdcopy', [node.uri(volume), out], { timeoutMs: 60_000, env: toolEnv });
@@ -181,14 +192,11 @@ describe(
       await create('kill');
       const [writer, reader] = cluster.nodes;
       const session = await open(writer, 'kill');
-      const image = Buffer.alloc(VOLUME_BYTES);
       // Sixteen small writes, each FLUSHed on its own: a database's commits.
-      for (let i = 0; i < 16; i++) {
-        const at = i * 256 * 1024 + 4096 * i;
-        const bytes = randomBytes(4096);
-        await writeFlushed(session, at, bytes);
-        bytes.copy(image, at);
-      }
+      const image = await flushedAt(
+        session,
+        Array.from({ length: 16 }, (_, i) => i * 256 * 1024 + 4096 * i),
+      );
       assert.ok(takeovers(writer, 'kill').length === 1, writer.output().slice(-2000));
       await writer.kill('SIGKILL');
       session.kill();
@@ -312,12 +320,10 @@ describe(
       await create('orphan');
       const writer = cluster.nodes[1];
       const session = await open(writer, 'orphan');
-      const image = Buffer.alloc(VOLUME_BYTES);
-      for (let i = 0; i < 4; i++) {
-        const bytes = randomBytes(4096);
-        await writeFlushed(session, i * MiB, bytes);
-        bytes.copy(image, i * MiB);
-      }
+      const image = await flushedAt(
+        session,
+        [0, 1, 2, 3].map((i) => i * MiB),
+      );
       const [took] = takeovers(writer, 'orphan');
       assert.ok(took, writer.output().slice(-2000));
       const holder = cluster.nodes.find((n) => n.uuid === took.holders[1])!;
@@ -372,12 +378,10 @@ describe(
       await create('mixed');
       const logger = cluster.nodes[0];
       const first = await open(logger, 'mixed');
-      const logged = Buffer.alloc(VOLUME_BYTES);
-      for (let i = 0; i < 4; i++) {
-        const bytes = randomBytes(4096);
-        await writeFlushed(first, i * 64 * 1024, bytes);
-        bytes.copy(logged, i * 64 * 1024);
-      }
+      const logged = await flushedAt(
+        first,
+        [0, 1, 2, 3].map((i) => i * 64 * 1024),
+      );
       // The logger's other holder turns into a node that commits every FLUSH;
       // the third node, which holds nothing, writes last.
       const [took] = takeovers(logger, 'mixed');
