@@ -79,7 +79,8 @@ export class InlineRemoteMisses {
 
   /**
    * Fetch a task's blocks (every one qualifies(), one volume, one peer
-   * table) from the peers; resolves as a worker's task would, never rejects.
+   * table) from the peers; resolves as a worker's task would (a block no
+   * peer served has its status and reasons, as there).
    */
   async run(task: ReadBatchTask): Promise<ReadBatchResult> {
     const n = task.cacheSlots.length;
