@@ -54,7 +54,6 @@ export class InlineRemoteMisses {
   private readonly blockSize: number;
   private readonly wholeMask: number;
   private readonly links = new PeerLinks();
-  private closed = false;
   /** Misses answered here (each counted once, whatever it took). */
   answered = 0;
 
@@ -70,7 +69,7 @@ export class InlineRemoteMisses {
   /** May `r` be fetched by this thread (a small plain miss with only peers to ask)? */
   qualifies(r: RemoteMissRead): boolean {
     const wanted = r.subBlocks ?? 0;
-    if (this.closed || r.key !== null || r.storeSlot >= 0 || r.remote === undefined) return false;
+    if (r.key !== null || r.storeSlot >= 0 || r.remote === undefined) return false;
     if (wanted === 0 || wanted === this.wholeMask) return false;
     const first = 31 - Math.clz32(wanted & -wanted);
     const last = 31 - Math.clz32(wanted);
@@ -107,9 +106,8 @@ export class InlineRemoteMisses {
     return result;
   }
 
-  /** Close this thread's peer connections; later misses go to the pool. */
+  /** Close this thread's peer connections (the pool stops handing misses here first). */
   async close(): Promise<void> {
-    this.closed = true;
     await this.links.close();
   }
 }
