@@ -5,23 +5,38 @@
  * the run's bytes and one write of its sub-sums entries, then one write of
  * its records, so a record never names bytes not yet written. A peer's batch
  * of 256 blocks costs a few trips through the thread pool instead of 768,
- * each of which wakes a pool thread and then the event loop.
+ * each of which wakes a pool thread and then the event loop. A block sent
+ * as a patch (writeReceivedPatch) goes the same way: its sub-blocks and
+ * entry, then its record.
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockRef } from '../../model/block-ref.js';
 import type { Hasher } from './hash.js';
 import {
+  PATCH_MAX_SUB_BLOCKS,
+  fillPatchFields,
+  forEachSourceRun,
+  wholeMaskOf,
+  type PatchBase,
+} from './patches.js';
+import {
   NONCE_SIZE,
   OFF_NONCE,
   OFF_TAG,
+  RECORD_PATCH,
   RECORD_SEALED,
   RECORD_SIZE,
   TAG_SIZE,
   fillRecord,
 } from './record.js';
-import { encodeSubsums } from './sub-sums.js';
+import { SUB_BLOCK_SIZE, encodeSubsums } from './sub-sums.js';
 
-/** A block received from a peer, in the slot allocated for it. */
+/**
+ * A block received from a peer, in the slot allocated for it. RECORD_PATCH in
+ * `flags`: its hash is its tree hash (a block some node stores as a patch,
+ * sent whole: peer/wire-blocks.ts BLOCK_TREE_HASH), and it is stored as a
+ * patch holding every sub-block, with no base.
+ */
 export interface ReceivedBlock {
   slot: number;
   ref: BlockRef;
@@ -41,6 +56,10 @@ export function checkReceivedBlocks(blocks: readonly ReceivedBlock[], blockSize:
       throw new RangeError(
         `nonce/tag of ${b.nonce.length}/${b.tag.length} bytes, expected ${NONCE_SIZE}/${TAG_SIZE}`,
       );
+    if (b.flags & RECORD_PATCH && blockSize / SUB_BLOCK_SIZE > PATCH_MAX_SUB_BLOCKS)
+      throw new RangeError(
+        `a tree-hashed block, but blocks of ${blockSize} bytes are never patches`,
+      );
   }
 }
 
@@ -56,6 +75,9 @@ export interface ReceivedFiles {
   dataPath: string;
   hash: Hasher;
 }
+
+/** The base fields of a patch that holds its whole block. */
+const NO_BASE = { volumeId: 0, generation: 0 };
 
 /** Most blocks in one run (a writev takes at most 1024 buffers). */
 const MAX_RUN = 256;
@@ -131,10 +153,63 @@ export async function writeReceivedRun(
     } else {
       nonceBytes.fill(0);
       tagBytes.fill(0);
+      if (flags & RECORD_PATCH) fillPatchFields(record, NO_BASE, wholeMaskOf(blockSize));
     }
     hasher.stampRecord(record);
   }
   const base = first * RECORD_SIZE;
   const bytes = RECORD_SIZE * run.length;
   await files.slotsFile.write(new Uint8Array(records, base, bytes), 0, bytes, base);
+}
+
+/** A block a peer sent as a patch (peer/wire-patches.ts), checked, in the slot allocated for it. */
+export interface ReceivedPatch {
+  slot: number;
+  ref: BlockRef;
+  base: PatchBase;
+  /** The sub-blocks `data` holds, in order. */
+  present: number;
+  /** Its sub-sums entry, sealed with `hash` (its tree hash). */
+  entry: Uint8Array;
+  data: Uint8Array;
+  hash: { lo: number; hi: number };
+}
+
+/**
+ * A received patch into its slot: its sub-blocks (one write per run of
+ * consecutive ones) and its sub-sums entry, then its record — so, as for
+ * whole blocks, a record never names bytes not yet written.
+ */
+export async function writeReceivedPatch(
+  files: ReceivedFiles,
+  patch: ReceivedPatch,
+): Promise<void> {
+  const { blockSize, records, hash: hasher } = files;
+  const { slot, data } = patch;
+  const writes: Promise<unknown>[] = [];
+  let from = 0;
+  forEachSourceRun(patch.present, blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) => {
+    if (!inPatch) return;
+    const bytes = (end - first) * SUB_BLOCK_SIZE;
+    const at = slot * blockSize + first * SUB_BLOCK_SIZE;
+    writes.push(
+      files.dataFile.write(data, from, bytes, at).then(({ bytesWritten }) => {
+        if (bytesWritten !== bytes)
+          throw new Error(`short write of ${bytesWritten} of ${bytes} bytes in ${files.dataPath}`);
+      }),
+    );
+    from += bytes;
+  });
+  if (files.subsumsFile) {
+    const size = files.subsumsEntrySize;
+    writes.push(files.subsumsFile.write(patch.entry, 0, size, slot * size));
+  }
+  await Promise.all(writes);
+  const base = slot * RECORD_SIZE;
+  const record = new DataView(records, base, RECORD_SIZE);
+  new Uint8Array(records, base, RECORD_SIZE).fill(0);
+  fillRecord(record, patch.ref, RECORD_PATCH, patch.hash.lo, patch.hash.hi);
+  fillPatchFields(record, patch.base, patch.present);
+  hasher.stampRecord(record);
+  await files.slotsFile.write(new Uint8Array(records, base, RECORD_SIZE), 0, RECORD_SIZE, base);
 }

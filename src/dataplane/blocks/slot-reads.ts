@@ -7,6 +7,7 @@
  * their own (pool/sub-block-io.ts).
  */
 import type { FileHandle } from 'node:fs/promises';
+import { assert } from '../../common/assert.js';
 import type { Hasher } from './hash.js';
 import type { InlineReads } from './inline-reads.js';
 import { forEachSourceRun } from './patches.js';
@@ -79,6 +80,36 @@ export class SlotReads {
         dest.subarray(first * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE),
       );
     return this.hashOf(dest, true);
+  }
+
+  /**
+   * Bytes [within, within + dest.length) of a patch's block (whole
+   * sub-blocks): its `present` sub-blocks from `slot`, the rest from `base`.
+   */
+  async patchPart(
+    slot: number,
+    base: number,
+    present: number,
+    within: number,
+    dest: Uint8Array,
+  ): Promise<void> {
+    const first = within / SUB_BLOCK_SIZE;
+    const count = dest.length / SUB_BLOCK_SIZE;
+    assert(
+      Number.isInteger(first) && Number.isInteger(count),
+      'a patch is read in whole sub-blocks',
+    );
+    // The part's own sub-blocks, shifted to bit 0, are runs like a block's.
+    const runs: [number, number, boolean][] = [];
+    forEachSourceRun(present >>> first, count, (from, end, inPatch) =>
+      runs.push([from, end, inPatch]),
+    );
+    for (const [from, end, inPatch] of runs)
+      await this.span(
+        inPatch ? slot : base,
+        within + from * SUB_BLOCK_SIZE,
+        dest.subarray(from * SUB_BLOCK_SIZE, end * SUB_BLOCK_SIZE),
+      );
   }
 
   private hashOf(bytes: Uint8Array, tree: boolean): { lo: number; hi: number } {

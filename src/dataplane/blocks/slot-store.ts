@@ -64,8 +64,10 @@ import { subsumsEntrySize } from './sub-sums.js';
 import {
   checkReceivedBlocks,
   receivedRuns,
+  writeReceivedPatch,
   writeReceivedRun,
   type ReceivedBlock,
+  type ReceivedPatch,
   type ReceivedFiles,
 } from './received-blocks.js';
 
@@ -479,17 +481,12 @@ export class LocalSlotStore {
   }
 
   /**
-   * Write a block received from a peer (replication, repair) into a slot
-   * from allocate(): its bytes as given, and a record with the hash, flags,
-   * and — when RECORD_SEALED — nonce and tag the sender gave; then bind the
-   * ref, releasing an earlier copy of it. Unlike writeBlock this does not
-   * hash: the caller has checked `hash` against `bytes` already (the
-   * receiving side's one verification). Nothing of `bytes`, `nonce` or `tag`
-   * is kept after it resolves, so views into a reused buffer are fine as long
-   * as they stay unchanged until then. Durable only after sync().
-   *
-   * On a failed write the slot is not bound and its in-memory record is
-   * cleared; the caller gives the slot back with unallocate().
+   * A block received from a peer (replication, repair) into a slot from
+   * allocate(): its bytes, and a record with the sender's hash, flags and —
+   * sealed — nonce and tag; then bound, releasing an earlier copy of the
+   * ref. Not hashed here: the receiver checked `hash` already. Nothing given
+   * is kept once it resolves. On a failed write the slot is not bound and
+   * its record cleared; the caller unallocates. Durable only after sync().
    */
   async writeReceivedBlock(
     slot: number,
@@ -506,15 +503,7 @@ export class LocalSlotStore {
     if (failure !== undefined) throw failure;
   }
 
-  /**
-   * writeReceivedBlock for a batch: what each block's write failed with, in
-   * order (undefined for each stored and bound). Blocks in consecutive slots
-   * (allocate() hands them out so, mostly) share their writes: one writev
-   * of their bytes, one of their sub-sums entries, then one of their
-   * records. A peer's batch of 256 blocks costs a few trips through the
-   * thread pool instead of 768, each of which wakes a pool thread and then
-   * the loop. A failed write fails the blocks of its run only.
-   */
+  /** writeReceivedBlock for a batch, a run of consecutive slots per write (received-blocks.ts): each block's failure, in order. */
   async writeReceivedBlocks(blocks: readonly ReceivedBlock[]): Promise<(unknown | undefined)[]> {
     checkReceivedBlocks(blocks, this.blockSize);
     const failures: (unknown | undefined)[] = new Array(blocks.length).fill(undefined);
@@ -535,11 +524,25 @@ export class LocalSlotStore {
     return failures;
   }
 
-  /** Read bytes [within, within + dest.length) of a slot's block from the main thread (a peer's GET_RANGE). */
+  /** writeReceivedBlock for a patch, checked by the caller, over `baseSlot` (pinned: the pin becomes the patch's); the caller also unpins on failure. */
+  async writeReceivedPatch(patch: ReceivedPatch, baseSlot: number): Promise<void> {
+    try {
+      await writeReceivedPatch(this.receivedFiles, patch);
+    } catch (err) {
+      this.clearRecord(patch.slot);
+      throw err;
+    }
+    this.bind(patch.slot, patch.ref, baseSlot);
+  }
+
+  /** Bytes [within, within + dest.length) of a slot's block, from the main thread (a peer's GET_RANGE); of a patch, from its slot and its base's. */
   async readPart(slot: number, within: number, dest: Uint8Array): Promise<void> {
     assert(within >= 0 && within + dest.length <= this.blockSize, 'a part lies within its block');
-    assert(!this.isPatch(slot), 'a peer reads whole blocks, never patches');
-    await this.reads.span(slot, within, dest);
+    if (!this.needsBase(slot)) return this.reads.span(slot, within, dest);
+    const base = this.baseOf(slot);
+    if (base < 0)
+      throw new Error(`slot ${slot} holds a patch whose base block is missing from ${this.dir}`);
+    await this.reads.patchPart(slot, base, this.presentOf(slot), within, dest);
   }
 
   /** A slot's sub-sums entry as stored into `entry` (subsumsEntrySize bytes); false when this store has no table. */
@@ -548,11 +551,7 @@ export class LocalSlotStore {
     return this.reads.entry(slot, entry);
   }
 
-  /**
-   * Read a block from the main thread into dest and return its hash: the
-   * xxh64 of the bytes, or for a patch the tree hash of the whole block
-   * (its own sub-blocks and its base's), as its record has it.
-   */
+  /** A block into dest, from the main thread, and its hash as its record has it: xxh64, or a patch's tree hash. */
   async readBlock(slot: number, dest: Uint8Array): Promise<{ lo: number; hi: number }> {
     if (!this.isPatch(slot)) return this.reads.whole(slot, dest, false);
     const base = this.baseOf(slot);
@@ -561,10 +560,7 @@ export class LocalSlotStore {
     return this.reads.patch(slot, base, this.presentOf(slot), dest);
   }
 
-  /**
-   * A slot's bytes whatever its record says (fsck: a slot whose record is
-   * damaged), and their hash: the tree hash when `tree`, else the xxh64.
-   */
+  /** A slot's bytes whatever its record says (fsck), and their hash: the tree hash when `tree`, else the xxh64. */
   readOrphan(slot: number, dest: Uint8Array, tree: boolean): Promise<{ lo: number; hi: number }> {
     return this.reads.whole(slot, dest, tree);
   }

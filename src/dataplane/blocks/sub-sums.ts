@@ -153,6 +153,11 @@ export function subsumsMatch(
 }
 
 /** The xxh32 stored for sub-block `i` (check subsumsMatch first). */
+/** The block hash an entry says it was made for (whether or not it is intact: check with subsumsMatch). */
+export function sealedHashOf(entry: Uint8Array): { lo: number; hi: number } {
+  return { lo: getU32(entry, OFF_HASH_LO), hi: getU32(entry, OFF_HASH_HI) };
+}
+
 export function subSum(entry: Uint8Array, i: number): number {
   return getU32(entry, OFF_SUMS + 4 * i);
 }

@@ -13,6 +13,7 @@
  */
 import { ChecksumError } from '../../common/errors.js';
 import type { Hasher } from '../blocks/hash.js';
+import { SUB_BLOCK_SIZE, blockTreeHashInto, subsumsEntrySize } from '../blocks/sub-sums.js';
 import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type {
   BlockRange,
@@ -23,7 +24,9 @@ import type {
   ListedBlock,
   RangeReply,
   WireBlock,
+  WirePatch,
 } from './wire.js';
+import { BLOCK_TREE_HASH } from './wire-blocks.js';
 
 export type { ListedBlock, WireBlock };
 
@@ -32,14 +35,40 @@ export function formatHash(hi: number, lo: number): string {
   return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
 }
 
+/**
+ * The hash a block that travelled is checked by, into out[at], out[at + 1]:
+ * its tree hash when it carries BLOCK_TREE_HASH (wire-blocks.ts), else the
+ * xxh64 of its bytes. False, with out untouched, for a tree-hashed block
+ * that is not whole sub-blocks (no tree hash exists: nothing can match).
+ */
+export function wireHashInto(hash: Hasher, block: WireBlock, out: Uint32Array, at = 0): boolean {
+  const { data } = block;
+  if ((block.flags & BLOCK_TREE_HASH) === 0) {
+    hash.hash64Into(data, out, at);
+    return true;
+  }
+  if (data.length === 0 || data.length % SUB_BLOCK_SIZE !== 0) return false;
+  blockTreeHashInto(data, new Uint8Array(subsumsEntrySize(data.length)), hash, out.subarray(at));
+  return true;
+}
+
+/** Does a block that travelled hash (wireHashInto) to lo, hi? */
+export function wireHashMatches(hash: Hasher, block: WireBlock, lo: number, hi: number): boolean {
+  const digest = new Uint32Array(2);
+  return wireHashInto(hash, block, digest) && digest[0] === lo >>> 0 && digest[1] === hi >>> 0;
+}
+
 /** A received copy must hash to what its sender said: ChecksumError (the sender is told) otherwise. Every backend's put checks this. */
 export function checkReceived(hash: Hasher, block: WireBlock): void {
-  const digest = hash.hash64(block.data);
-  if (digest.lo !== block.hashLo >>> 0 || digest.hi !== block.hashHi >>> 0) {
+  const digest = new Uint32Array(2);
+  const hashed = wireHashInto(hash, block, digest);
+  if (!hashed || digest[0] !== block.hashLo >>> 0 || digest[1] !== block.hashHi >>> 0) {
+    const kind = block.flags & BLOCK_TREE_HASH ? 'tree hash' : 'xxh64';
+    const got = hashed ? formatHash(digest[1], digest[0]) : 'nothing (not whole sub-blocks)';
     throw new ChecksumError(
       String(block.ref.volumeId),
       block.ref.index,
-      `checksum mismatch for ${formatRef(block.ref)}: received bytes hash to ${formatHash(digest.hi, digest.lo)}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
+      `checksum mismatch for ${formatRef(block.ref)}: received bytes' ${kind} is ${got}, sender said ${formatHash(block.hashHi >>> 0, block.hashLo >>> 0)}`,
     );
   }
 }
@@ -130,6 +159,15 @@ export interface PeerBlockBackend extends PeerBlockStore {
     range: BlockRange,
     allocate?: (size: number) => Buffer,
   ): Promise<RangeReply | undefined>;
+  /**
+   * Optional: store blocks as patches over bases this node holds
+   * (PUT_PATCHES, wire-patches.ts): a status per patch — STATUS_OK,
+   * STATUS_NOT_FOUND (no such base), STATUS_CHECKSUM (a sub-block, the
+   * entry or the base's sums disagree: nothing of it stored). Storing a ref
+   * already held replaces it, as putBlocks does. Byte fields are views into
+   * the frame, valid until the promise settles. Absent: BAD_REQUEST.
+   */
+  putPatches?(patches: readonly WirePatch[]): Promise<Uint8Array>;
   info(): PeerNodeInfo;
   /**
    * Every held block (or every block of one volume), for rebalance and GC.

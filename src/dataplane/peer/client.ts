@@ -42,7 +42,7 @@ import {
 import { newReadBuffer } from '../transport/read-buffer.js';
 import { FrameReader } from './frame-reader.js';
 import { replyAllocator } from './reply-memory.js';
-import { encodeRequest } from './request-encoder.js';
+import { checkRequest, encodeRequest } from './request-encoder.js';
 import { Outbound } from './outbound.js';
 import {
   clientSettings,
@@ -64,7 +64,6 @@ import { RequestTable, type PendingRequest } from './request-table.js';
 import {
   APPEND_PRESSURE,
   HEADER_SIZE,
-  MAX_BATCH_REFS,
   OP_DELETE_BLOCKS,
   OP_GET_BLOCK,
   OP_GET_RANGE,
@@ -76,12 +75,12 @@ import {
   OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
+  OP_PUT_PATCHES,
   OP_SYNC,
   STATUS_BAD_REQUEST,
   STATUS_NOT_FOUND,
   STATUS_OK,
   checkFrameHeader,
-  checkPutBatch,
   decodeErrorMessage,
   encodeHello,
   headerOpcode,
@@ -92,6 +91,7 @@ import {
   type BlockRange,
   type RangeReply,
   type WireBlock,
+  type WirePatch,
   type IntentCovered,
   type IntentSealReply,
   type IntentSealRequest,
@@ -167,12 +167,16 @@ export class PeerClient implements PeerBlockStore {
 
   putBlocks(blocks: readonly WireBlock[], options: RequestOptions = {}): Promise<void> {
     if (blocks.length === 0) return Promise.resolve();
-    try {
-      checkPutBatch(blocks);
-    } catch (err) {
-      return Promise.reject(err);
-    }
     return this.request(OP_PUT_BLOCKS, blocks, options.timeoutMs ?? this.settings.putTimeoutMs);
+  }
+
+  /**
+   * Store blocks as patches over bases the peer holds (PUT_PATCHES,
+   * wire-patches.ts): per patch STATUS_OK, STATUS_NOT_FOUND (no base there)
+   * or STATUS_CHECKSUM. A peer from before it rejects with BAD_REQUEST.
+   */
+  putPatches(patches: readonly WirePatch[], options: RequestOptions = {}): Promise<Uint8Array> {
+    return this.request(OP_PUT_PATCHES, patches, options.timeoutMs ?? this.settings.putTimeoutMs);
   }
 
   /** The block, or undefined when the peer does not hold it. Its bytes may be a view into a larger received buffer: copy them to keep them long. */
@@ -215,19 +219,11 @@ export class PeerClient implements PeerBlockStore {
 
   hasBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<boolean[]> {
     if (refs.length === 0) return Promise.resolve([]);
-    if (refs.length > MAX_BATCH_REFS)
-      return Promise.reject(
-        new RangeError(`hasBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`),
-      );
     return this.request(OP_HAS_BLOCKS, refs, options.timeoutMs ?? this.settings.timeoutMs);
   }
 
   deleteBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<number> {
     if (refs.length === 0) return Promise.resolve(0);
-    if (refs.length > MAX_BATCH_REFS)
-      return Promise.reject(
-        new RangeError(`deleteBlocks of ${refs.length} refs (max ${MAX_BATCH_REFS})`),
-      );
     return this.request(OP_DELETE_BLOCKS, refs, options.timeoutMs ?? this.settings.timeoutMs);
   }
 
@@ -299,8 +295,14 @@ export class PeerClient implements PeerBlockStore {
     return this.closing;
   }
 
+  /** Send a request (a batch over the limits rejects at once, with nothing sent: checkRequest). */
   private request<T>(op: number, arg: unknown, timeoutMs: number): Promise<T> {
     if (this.closed) return Promise.reject(new PeerUnavailableError(this.peer, 'client is closed'));
+    try {
+      checkRequest(op, arg);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const now = performance.now();
     let conn = this.conn;
     if (!conn) {

@@ -32,6 +32,8 @@ import {
   OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
+  OP_PUT_PATCHES,
+  decodePutPatchesReply,
   OP_SYNC,
   STATUS_OK,
   STATUS_WRONG_CLUSTER,
@@ -116,6 +118,8 @@ export function decodeReply(op: number, arg: unknown, payload: Buffer): unknown 
       return decodeIntentAppendReply(payload);
     case OP_INTENT_SEAL:
       return decodeIntentSealReply(payload);
+    case OP_PUT_PATCHES:
+      return decodePutPatchesReply(payload, (arg as unknown[]).length);
     case OP_PUT_BLOCKS:
     case OP_PING:
     case OP_SYNC:

@@ -24,9 +24,13 @@ import {
   OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
+  OP_PUT_PATCHES,
   OP_SYNC,
   PUT_BLOCKS_HEAD_SIZE,
   checkPutBatch,
+  checkPatchBatch,
+  MAX_BATCH_REFS,
+  opName,
   encodeBlockDescriptor,
   encodeEmptyFrame,
   encodeGetBlock,
@@ -36,12 +40,31 @@ import {
   encodeIntentCovered,
   encodeIntentSeal,
   encodePutBlocksHead,
+  encodePutPatchesFrame,
   encodeRefsFrame,
   type BlockRange,
   type IntentCovered,
   type IntentSealRequest,
   type WireBlock,
+  type WirePatch,
 } from './wire.js';
+
+/**
+ * Throws RangeError for a request that may not be sent as it is (a batch
+ * over the protocol's limits, a malformed block or patch), before anything
+ * of it is queued or encoded.
+ */
+export function checkRequest(op: number, arg: unknown): void {
+  if (op === OP_PUT_BLOCKS) checkPutBatch(arg as WireBlock[]);
+  else if (op === OP_PUT_PATCHES) checkPatchBatch(arg as WirePatch[]);
+  else if (
+    (op === OP_HAS_BLOCKS || op === OP_DELETE_BLOCKS) &&
+    (arg as BlockRef[]).length > MAX_BATCH_REFS
+  )
+    throw new RangeError(
+      `${opName(op)} of ${(arg as BlockRef[]).length} refs (max ${MAX_BATCH_REFS})`,
+    );
+}
 
 /** Encode request `id` of opcode `op` with its argument (a ref, refs, blocks, or nothing) into `out`. */
 export function encodeRequest(out: Outbound, op: number, id: number, arg: unknown): void {
@@ -71,6 +94,13 @@ export function encodeRequest(out: Outbound, op: number, id: number, arg: unknow
         out.commit(BLOCK_DESCRIPTOR_SIZE);
         out.write(block.data);
       }
+      break;
+    }
+    case OP_PUT_PATCHES: {
+      // Checked whole when the request was made (PeerClient.putPatches): this does not throw.
+      const [head, ...rest] = encodePutPatchesFrame(id, arg as WirePatch[]);
+      out.writeFrame(head as Buffer);
+      for (const chunk of rest) out.write(chunk);
       break;
     }
     case OP_HAS_BLOCKS:

@@ -55,6 +55,9 @@ import {
   OP_INTENT_SEAL,
   OP_PING,
   OP_PUT_BLOCKS,
+  OP_PUT_PATCHES,
+  decodePutPatches,
+  encodePutPatchesReply,
   OP_SYNC,
   REQUEST_FLAGS_ALLOWED,
   STATUS_BAD_REQUEST,
@@ -203,7 +206,10 @@ export class PeerSession extends ServedConnection {
       let payload = reader.takeFrame(length);
       // Every other request is decoded before its first await; a PUT's
       // blocks are views the backend uses later, so they need memory of their own.
-      if (reader.payloadTransient && (opcode === OP_PUT_BLOCKS || opcode === OP_INTENT_APPEND)) {
+      if (
+        reader.payloadTransient &&
+        (opcode === OP_PUT_BLOCKS || opcode === OP_PUT_PATCHES || opcode === OP_INTENT_APPEND)
+      ) {
         const owned = this.allocate(length);
         payload.copy(owned);
         payload = owned;
@@ -387,6 +393,16 @@ export class PeerSession extends ServedConnection {
           const [head, ...records] = encodeIntentSealReply(id, page);
           this.out.writeFrame(head);
           for (const record of records) this.out.write(record);
+          this.noteQueued();
+          break;
+        }
+        case OP_PUT_PATCHES: {
+          const patches = decodePutPatches(payload);
+          if (!this.backend.putPatches)
+            throw new TbpPayloadError('this node does not store patches');
+          const statuses = await this.backend.putPatches(patches);
+          if (!this.writable()) break;
+          this.out.writeFrame(encodePutPatchesReply(id, statuses));
           this.noteQueued();
           break;
         }

@@ -4,6 +4,7 @@
  */
 import {
   RECORD_MAP_PAGE,
+  RECORD_PATCH,
   RECORD_SEALED,
   NONCE_SIZE,
   TAG_SIZE,
@@ -71,9 +72,12 @@ export function decodeRef(buf: Buffer, at: number): BlockRef {
  */
 export interface WireBlock {
   ref: BlockRef;
-  /** RECORD_SEALED, RECORD_MAP_PAGE (blocks/record.ts); RECORD_MAP_PAGE exactly when ref.index ≥ MAP_PAGE_BIT. */
+  /**
+   * RECORD_SEALED, RECORD_MAP_PAGE (blocks/record.ts; RECORD_MAP_PAGE exactly
+   * when ref.index ≥ MAP_PAGE_BIT), BLOCK_TREE_HASH (plain data blocks only).
+   */
   flags: number;
-  /** xxh64 of `data`, low and high u32 halves (as blocks/hash.ts returns them). */
+  /** xxh64 of `data` — or its tree hash under BLOCK_TREE_HASH — low and high u32 halves (as blocks/hash.ts returns them). */
   hashLo: number;
   hashHi: number;
   /** AEAD nonce, NONCE_SIZE (12) bytes; zeros when not sealed. */
@@ -84,7 +88,20 @@ export interface WireBlock {
   data: Uint8Array;
 }
 
-export const BLOCK_FLAGS_KNOWN = RECORD_SEALED | RECORD_MAP_PAGE;
+/**
+ * The block's hash is its tree hash (the xxh64 of its 4 KiB sub-blocks'
+ * xxh32s, blocks/sub-sums.ts), not the xxh64 of its bytes: a block stored
+ * as a patch somewhere (blocks/patches.ts), whose hash in the block map is
+ * the tree hash, travelling whole. The record flag's value: a node stores
+ * such a block as a patch holding every sub-block. Never with
+ * RECORD_SEALED or RECORD_MAP_PAGE. A node that predates it refuses the
+ * flag (a bad request, or a reply it cannot decode), so a writer makes
+ * such blocks only when every node says it knows them (membership's
+ * features).
+ */
+export const BLOCK_TREE_HASH = RECORD_PATCH;
+
+export const BLOCK_FLAGS_KNOWN = RECORD_SEALED | RECORD_MAP_PAGE | BLOCK_TREE_HASH;
 
 /**
  * A block's descriptor, 60 bytes, followed by its data:
@@ -110,6 +127,8 @@ export function assertBlock(block: WireBlock): void {
 function blockFlagsProblem(flags: number, index: number): string | undefined {
   if (flags & ~BLOCK_FLAGS_KNOWN)
     return `unknown block flags 0x${(flags & ~BLOCK_FLAGS_KNOWN).toString(16)}`;
+  if (flags & BLOCK_TREE_HASH && flags & (RECORD_SEALED | RECORD_MAP_PAGE))
+    return 'a tree hash on a sealed block or a map page';
   if (((flags & RECORD_MAP_PAGE) !== 0) !== index >= MAP_PAGE_BIT) {
     return flags & RECORD_MAP_PAGE
       ? `map-page flag on data index ${index}`

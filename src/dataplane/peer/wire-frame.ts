@@ -96,6 +96,12 @@ export const OP_INTENT_COVERED = 11;
  * writer, so it sees every acknowledged FLUSH). Not written here: OK at once.
  */
 export const OP_COMMIT_VOLUME = 12;
+/**
+ * Blocks as patches over bases the receiver holds (wire-patches.ts). Added
+ * like GET_RANGE: a node without it answers BAD_REQUEST, and the writer
+ * sends those blocks whole.
+ */
+export const OP_PUT_PATCHES = 13;
 
 // ---------------------------------------------------------------- statuses
 
@@ -146,6 +152,7 @@ const OP_NAMES = nameTable({
   OP_INTENT_SEAL,
   OP_INTENT_COVERED,
   OP_COMMIT_VOLUME,
+  OP_PUT_PATCHES,
 });
 const STATUS_NAMES = nameTable({
   STATUS_OK,

@@ -317,7 +317,7 @@ describe('peer wire: blocks and PUT_BLOCKS', () => {
       if (index !== undefined) w.encodeRef(copy, 4, { volumeId: 1, generation: 2, index });
       return copy;
     };
-    payloadError(() => w.decodePutBlocks(flags(4)), /unknown block flags 0x4/);
+    payloadError(() => w.decodePutBlocks(flags(8)), /unknown block flags 0x8/);
     payloadError(() => w.decodePutBlocks(flags(RECORD_MAP_PAGE)), /map-page flag on data index 3/);
     payloadError(() => w.decodePutBlocks(flags(0, MAP_PAGE_BIT)), /without the map-page flag/);
     assert.equal(

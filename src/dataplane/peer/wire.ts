@@ -32,6 +32,7 @@
  *   wire-ranges.ts    GET_RANGE: part of a block with its sub-sums entry
  *   wire-listing.ts   the gRPC service's listings and frameless payloads
  *   wire-intents.ts   the replicated intent log: INTENT_APPEND, INTENT_SEAL, INTENT_COVERED
+ *   wire-patches.ts   PUT_PATCHES: blocks as only their changed sub-blocks
  */
 export * from './wire-frame.js';
 export * from './wire-blocks.js';
@@ -39,3 +40,4 @@ export * from './wire-messages.js';
 export * from './wire-ranges.js';
 export * from './wire-listing.js';
 export * from './wire-intents.js';
+export * from './wire-patches.js';

@@ -37,6 +37,7 @@ import type { Hasher } from '../blocks/hash.js';
 import { SUB_BLOCK_SIZE, subSum, subsumsMatch } from '../blocks/sub-sums.js';
 import type { BlockRef } from '../../model/block-ref.js';
 import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
+import { wireHashInto } from '../peer/backend.js';
 import { recycleReceived } from '../peer/reply-memory.js';
 import { PeerTimeoutError, type PeerError } from '../peer/errors.js';
 import type { RangeReply, WireBlock } from '../peer/wire.js';
@@ -361,10 +362,10 @@ export class HedgedRead {
     this.settle(i);
   }
 
-  /** The copy is whole and hashes to what the block map says. */
+  /** The copy is whole and hashes (its xxh64, or its tree hash when it says so) to what the block map says. */
   private matches(i: number, block: WireBlock): boolean {
     if (block.data.length !== this.deps.blockSize) return false;
-    this.deps.hash.hash64Into(block.data, hashOut, 0);
+    if (!wireHashInto(this.deps.hash, block, hashOut)) return false;
     return hashOut[0] === this.task.hashes[2 * i] && hashOut[1] === this.task.hashes[2 * i + 1];
   }
 

@@ -14,6 +14,7 @@ import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import { PeerClient } from '../peer/client.js';
 import { PeerTimeoutError } from '../peer/errors.js';
+import { wireHashMatches } from '../peer/backend.js';
 import { PATIENT_GET_TIMEOUT_MS } from '../peer/client-options.js';
 import type {
   BlockPlacement,
@@ -185,8 +186,10 @@ export class ClusterBlocks implements BlockPlacement {
         tried.push(`${peer.uuid}: not held`);
         return false;
       }
-      const digest = this.hasher.hash64(block.data);
-      if (digest.lo !== hashLo || digest.hi !== hashHi || block.data.length !== dest.length) {
+      if (
+        block.data.length !== dest.length ||
+        !wireHashMatches(this.hasher, block, hashLo, hashHi)
+      ) {
         tried.push(`${peer.uuid}: checksum mismatch`);
         return false;
       }

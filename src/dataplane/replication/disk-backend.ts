@@ -28,7 +28,7 @@ import {
   RECORD_SIZE,
   TAG_SIZE,
 } from '../blocks/record.js';
-import { formatRef, type BlockRef } from '../../model/block-ref.js';
+import { MAP_PAGE_BIT, formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import {
   checkReceived,
@@ -38,7 +38,24 @@ import {
   type PeerBlockBackend,
   type PeerNodeInfo,
 } from '../peer/backend.js';
-import type { BlockRange, ListedBlock, RangeReply, WireBlock } from '../peer/wire.js';
+import {
+  STATUS_CHECKSUM,
+  STATUS_NOT_FOUND,
+  STATUS_OK,
+  type BlockRange,
+  type ListedBlock,
+  type RangeReply,
+  type WireBlock,
+  type WirePatch,
+} from '../peer/wire.js';
+import { PATCH_MAX_SUB_BLOCKS, wholeMaskOf } from '../blocks/patches.js';
+import {
+  SUB_BLOCK_SIZE,
+  sealedHashOf,
+  subSum,
+  subsumsMatch,
+  treeHashInto,
+} from '../blocks/sub-sums.js';
 import { RateMeter } from './rate.js';
 
 /** A read that finds its slot rebound this many times in a row gives up (INTERNAL); each retry is a fresh lookup. */
@@ -233,6 +250,137 @@ export class DiskPeerBackend implements PeerBlockBackend {
       if (store.lookup(ref.volumeId, ref.generation, ref.index) !== slot) return undefined;
       return { offset, entry, block };
     }).then((reply) => reply ?? whole());
+  }
+
+  /**
+   * PUT_PATCHES (peer/wire-patches.ts): each patch checked against its base
+   * here before anything of it is stored — the entry intact and its tree
+   * hash that of its sums, each sent sub-block its sum, every other sum the
+   * base's own (the base's entry intact for the base's hash) — then written
+   * into a fresh slot over the base (pinned from the lookup on, so GC or a
+   * commit releasing it meanwhile only makes it held). A batch with a patch
+   * this store can never hold (entry size, index, mask) is refused whole
+   * (EINVAL → BAD_REQUEST); a full store refuses what is left (NO_SPACE).
+   */
+  putPatches(patches: readonly WirePatch[]): Promise<Uint8Array> {
+    return this.track(async () => {
+      const { store } = this;
+      const wholeMask = wholeMaskOf(store.blockSize);
+      for (const p of patches) {
+        const problem =
+          store.blockSize / SUB_BLOCK_SIZE > PATCH_MAX_SUB_BLOCKS
+            ? `blocks of ${store.blockSize} bytes are never patches`
+            : p.entry.length !== store.subsumsEntrySize
+              ? `a sub-sums entry of ${p.entry.length} bytes; this node's are ${store.subsumsEntrySize}`
+              : (p.present & ~wholeMask) !== 0 || p.ref.index >= MAP_PAGE_BIT
+                ? `${formatRef(p.ref)}: sub-blocks 0x${(p.present >>> 0).toString(16)} of a block of ${store.blockSize} bytes`
+                : undefined;
+        if (problem) throw new IoError('EINVAL', problem);
+      }
+      const statuses = new Uint8Array(patches.length);
+      await Promise.all(
+        patches.map(async (patch, i) => {
+          statuses[i] = await this.putPatch(patch);
+        }),
+      );
+      this.received.add(
+        patches.reduce((sum, p, i) => sum + (statuses[i] === STATUS_OK ? p.data.length : 0), 0),
+      );
+      return statuses;
+    });
+  }
+
+  /** One patch of a PUT_PATCHES: its status. */
+  private async putPatch(patch: WirePatch): Promise<number> {
+    const { store } = this;
+    const baseSlot = this.baseFor(patch);
+    if (baseSlot < 0) return STATUS_NOT_FOUND;
+    store.pinBase(baseSlot); // before anything yields
+    let slot = -1;
+    let stored = false;
+    try {
+      const status = await this.checkPatch(patch, baseSlot);
+      if (status !== STATUS_OK) return status;
+      slot = store.allocate();
+      const { volumeId, generation } = patch.base;
+      const hash = sealedHashOf(patch.entry);
+      await store.writeReceivedPatch(
+        { ...patch, slot, base: { volumeId, generation }, hash },
+        baseSlot,
+      );
+      stored = true; // bound: the pin is the patch's now
+      return STATUS_OK;
+    } finally {
+      if (!stored) {
+        if (slot >= 0) store.unallocate(slot);
+        store.unpinBase(baseSlot);
+      }
+    }
+  }
+
+  /**
+   * The slot of a patch's base here, or -1: the ref itself, or — a base
+   * every version let go of is held for its patches, out of the index — the
+   * base of the older patch it replaces. Only a plain whole block (or a
+   * patch holding every sub-block) can be a base.
+   */
+  private baseFor(patch: WirePatch): number {
+    const { store } = this;
+    const { base, older, ref } = patch;
+    let slot = store.lookup(base.volumeId, base.generation, ref.index);
+    if (slot === undefined && older.generation !== 0) {
+      const olderSlot = store.lookup(older.volumeId, older.generation, ref.index);
+      const held = olderSlot === undefined ? -1 : store.baseOf(olderSlot);
+      if (held >= 0) {
+        const heldRef = store.refOf(held);
+        if (heldRef.volumeId === base.volumeId && heldRef.generation === base.generation)
+          slot = held;
+      }
+    }
+    if (slot === undefined || store.needsBase(slot)) return -1;
+    return store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED ? -1 : slot;
+  }
+
+  /**
+   * Does the patch hold together, and with its base here? STATUS_OK, or
+   * STATUS_CHECKSUM (it does not), or STATUS_NOT_FOUND (the base's entry is
+   * missing or stale: its sums cannot be compared, so it cannot be a base).
+   */
+  private async checkPatch(patch: WirePatch, baseSlot: number): Promise<number> {
+    const { store, hash } = this;
+    const { entry, present, data } = patch;
+    const tree = sealedHashOf(entry);
+    const treeHash = new Uint32Array(2);
+    treeHashInto(entry, hash, treeHash);
+    if (
+      !subsumsMatch(entry, tree.lo, tree.hi, hash) ||
+      treeHash[0] !== tree.lo ||
+      treeHash[1] !== tree.hi
+    )
+      return STATUS_CHECKSUM;
+    const baseEntry = new Uint8Array(store.subsumsEntrySize);
+    const record = store.record(baseSlot);
+    if (
+      !(await store.readSubsums(baseSlot, baseEntry)) ||
+      !subsumsMatch(
+        baseEntry,
+        record.getUint32(OFF_HASH_LO, true),
+        record.getUint32(OFF_HASH_HI, true),
+        hash,
+      )
+    )
+      return STATUS_NOT_FOUND;
+    let at = 0;
+    for (let k = 0; k < store.blockSize / SUB_BLOCK_SIZE; k++) {
+      if (present & (1 << k)) {
+        const sum = hash.hash32(data.subarray(at, at + SUB_BLOCK_SIZE));
+        at += SUB_BLOCK_SIZE;
+        if (sum !== subSum(entry, k)) return STATUS_CHECKSUM;
+      } else if (subSum(baseEntry, k) !== subSum(entry, k)) {
+        return STATUS_CHECKSUM;
+      }
+    }
+    return STATUS_OK;
   }
 
   hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
