@@ -86,4 +86,14 @@ export function registerReplicationGauges(
     'Copies a full peer refused',
     () => workers.fullRefusals,
   );
+  metrics.gauge(
+    'torus_replication_patch_copies_total',
+    'Copies sent to replicas as patches: only the 4 KiB sub-blocks written',
+    () => workers.patchCopiesSent,
+  );
+  metrics.gauge(
+    'torus_replication_patch_copies_refused_total',
+    'Patch copies a replica did not store (no base there): the block was then sent whole',
+    () => workers.patchCopiesRefused,
+  );
 }

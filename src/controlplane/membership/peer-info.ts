@@ -36,6 +36,8 @@ export interface PeerInfo {
   rebalancePending?: number;
   /** torusd's version (package.json). */
   version: string;
+  /** What its peer protocol understands beyond the first nodes' (model/node-features.ts); absent: nothing. */
+  features?: string[];
 }
 
 export class PeerInfoFormatError extends Error {
@@ -85,6 +87,11 @@ function checkPeerInfo(info: PeerInfo, where = 'registration'): void {
     if (!Number.isSafeInteger(info[field]) || info[field] < 0) throw bad(field);
   }
   if (typeof info.rebalancing !== 'boolean') throw bad('rebalancing');
+  if (
+    info.features !== undefined &&
+    (!Array.isArray(info.features) || info.features.some((f) => typeof f !== 'string'))
+  )
+    throw bad('features');
   if (
     info.rebalancePending !== undefined &&
     (!Number.isSafeInteger(info.rebalancePending) || info.rebalancePending < 0)

@@ -26,6 +26,7 @@ import { EventEmitter } from 'node:events';
 import { hostname as osHostname } from 'node:os';
 import { ConflictError } from '../../common/errors.js';
 import { logger, type Logger } from '../../common/log.js';
+import { NODE_FEATURES } from '../../model/node-features.js';
 import type { Lease, MetadataStore } from '../metadata/store.js';
 import {
   decodePeerInfo,
@@ -155,6 +156,7 @@ export class NodeRegistration extends EventEmitter {
         ? { rebalancePending: bytes(rates.rebalancePending) }
         : {}),
       version: this.options.version,
+      features: [...NODE_FEATURES],
     };
   }
 

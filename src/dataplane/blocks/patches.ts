@@ -20,8 +20,10 @@
  * - The store keeps a base for as long as any patch over it is stored:
  *   released by every version (its owner's commit, GC), it is held, not
  *   freed, and freed with its last patch (slot-store.ts, SlotUse.Held).
- * - Only where every copy is in one store (a single node): the peer wire
- *   carries whole blocks only (its flags refuse RECORD_PATCH).
+ * - In a cluster, a patch goes to the replicas as a patch over their own
+ *   copy of the base (PUT_PATCHES, peer/wire-patches.ts), never in place;
+ *   a patch read whole travels with its tree hash (BLOCK_TREE_HASH), and a
+ *   node stores such a block as a patch holding every sub-block.
  */
 import { SUB_BLOCK_SIZE } from './sub-sums.js';
 import {

@@ -311,6 +311,12 @@ export class LocalSlotStore {
     this.assertAccounted();
   }
 
+  /** Give back an allocated slot a worker wrote, record and all, that is not to be bound: released as a bound one is. */
+  discardWritten(slot: number): void {
+    this.releaseSlot(slot, SlotUse.Allocated);
+    this.assertAccounted();
+  }
+
   /**
    * Record that slot now durably-to-be holds ref (after a worker wrote it).
    * `baseSlot`: the slot holds a patch over that base, which pinBase()
@@ -324,10 +330,7 @@ export class LocalSlotStore {
     this.assertAccounted();
   }
 
-  /**
-   * Keep `slot` (bound, or held) stored while a patch over it is written;
-   * bind() hands the pin to the patch, unpinBase() gives it back.
-   */
+  /** Keep `slot` (bound, or held) stored while a patch over it is written; bind() hands the pin to the patch, unpinBase() gives it back. */
   pinBase(slot: number): void {
     const use = this.uses.of(slot);
     if (use !== SlotUse.Bound && use !== SlotUse.Held)

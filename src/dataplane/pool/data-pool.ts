@@ -105,6 +105,9 @@ export interface PoolReplicationStats {
   placedElsewhere: number;
   /** Peer puts refused with NO_SPACE. */
   fullRefusals: number;
+  /** Blocks' copies sent to replicas as patches (PUT_PATCHES), and those a replica did not store (then sent whole). */
+  patchCopiesSent: number;
+  patchCopiesRefused: number;
 }
 
 const log = logger('data-pool');
@@ -175,6 +178,8 @@ export class DataPool {
     replicaRepairs: 0,
     placedElsewhere: 0,
     fullRefusals: 0,
+    patchCopiesSent: 0,
+    patchCopiesRefused: 0,
   };
   /** Peers already logged as full (once per peer, not per block or batch). */
   private readonly loggedFull = new Set<string>();
@@ -295,6 +300,11 @@ export class DataPool {
         tasks[b].remote,
       );
       this.noteFullPeers(results[b].fullPeers);
+      const patchCopies = results[b].patchCopies;
+      if (patchCopies) {
+        this.replicationStats.patchCopiesSent += patchCopies.sent;
+        this.replicationStats.patchCopiesRefused += patchCopies.refused;
+      }
     }
     return written;
   }

@@ -19,8 +19,15 @@
  * whole block, bound to the tree hash), then its record — so a record never
  * names bytes not yet written, as for whole blocks.
  */
+import { assert } from '../../common/assert.js';
 import type { Hasher } from '../blocks/hash.js';
-import { fillPatchFields, isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
+import {
+  fillPatchFields,
+  isPatchRecord,
+  patchPresent,
+  subBlockCount,
+  wholeMaskOf,
+} from '../blocks/patches.js';
 import {
   OFF_HASH_HI,
   OFF_HASH_LO,
@@ -64,6 +71,9 @@ export class PatchWriter {
   private readonly recordView: DataView;
   /** After a write that returned false: why. */
   reason = '';
+  /** After a write that returned true: the sub-blocks the patch's slot holds. */
+  present = 0;
+  private wroteInPlace = false;
 
   constructor(
     private readonly dataFd: number,
@@ -145,6 +155,8 @@ export class PatchWriter {
     }
     sealSubsums(entry, hashOut[0], hashOut[1], this.hash);
     this.sums.writeEntry(slot, entry);
+    this.present = present;
+    this.wroteInPlace = inPlace;
     const base = slot * RECORD_SIZE;
     const record = new DataView(this.records.buffer, base, RECORD_SIZE);
     fillRecord(record, p, RECORD_PATCH, hashOut[0], hashOut[1]);
@@ -152,6 +164,24 @@ export class PatchWriter {
     this.hash.stampRecord(record);
     this.recordWrites.put(slot);
     return true;
+  }
+
+  /**
+   * The last patch written, as a replica is sent it (pool/patch-copies.ts):
+   * a copy of its sealed entry, and of its present sub-blocks in order
+   * (from the scratch buffer, which holds them until the next write).
+   */
+  lastForReplicas(): { entry: Uint8Array; data: Uint8Array } {
+    // Written in place, the scratch buffer holds only the new sub-blocks.
+    assert(!this.wroteInPlace, 'a patch written in place is never sent to replicas');
+    const data = new Uint8Array(subBlockCount(this.present) * SUB_BLOCK_SIZE);
+    let at = 0;
+    for (let k = 0; k < this.subBlocks; k++) {
+      if ((this.present & (1 << k)) === 0) continue;
+      data.set(this.scratch.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE), at);
+      at += SUB_BLOCK_SIZE;
+    }
+    return { entry: this.entry.slice(), data };
   }
 
   /** The hash a slot's record holds. */

@@ -37,7 +37,11 @@ export interface WriteBatchTask {
   indices: Float64Array;
   /** Cluster: the peers that also get a copy of each block. */
   remote?: RemoteTargets;
-  /** Single node: blocks to store as patches (blocks/patches.ts). */
+  /**
+   * Blocks to store as patches (blocks/patches.ts): on a single node; in a
+   * cluster over a base in this node's store, sent to the remote targets
+   * as patches too (PUT_PATCHES).
+   */
   patches?: PatchTargets;
 }
 
@@ -87,12 +91,20 @@ export interface WriteBatchResult {
   /** Peers that refused a put with NO_SPACE in this batch (uuids). */
   fullPeers?: string[];
   /**
-   * Patches: 1 where a block could not be stored as a patch (a sub-sums
-   * entry it needs missing or stale): nothing was written for it; the
-   * volume stores it whole instead.
+   * Patches: PATCH_REFUSED where a block could not be stored as a patch (a
+   * sub-sums entry it needs missing or stale; in a cluster, no local copy
+   * to write it over): nothing was written for it. PATCH_REFUSED_STORED
+   * where this node stored it but a replica did not take it (no base
+   * there, an older node, no answer): the volume releases the local patch.
+   * Either way the volume stores the block whole instead.
    */
   refused?: Uint8Array;
+  /** Cluster: patches sent to replicas, and those a replica did not store. */
+  patchCopies?: { sent: number; refused: number };
 }
+
+export const PATCH_REFUSED = 1;
+export const PATCH_REFUSED_STORED = 2;
 
 /** Read stored blocks into cache slots, verifying (and opening) each. */
 export interface ReadBatchTask {

@@ -27,10 +27,12 @@ import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
 import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
 import { PatchWriter } from './patch-write.js';
+import { PatchCopies } from './patch-copies.js';
 import { isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
 import {
   READ_CHECKSUM_MISMATCH,
   READ_IO_ERROR,
+  PATCH_REFUSED,
   READ_OK,
   READ_OPEN_FAILED,
   type PoolTask,
@@ -47,13 +49,10 @@ const setup = workerData as WorkerSetup;
 const log = logger('pool-worker');
 const reportMemory = memoryReporter(`worker-${threadId}`);
 /**
- * xxhash-wasm compiles asynchronously, but this module must not await at its
- * top level: piscina loads a task file with require() first, and on Node
- * 20.19+ require() of an ES module whose graph awaits takes the require(esm)
- * path, where a second load racing the first (piscina's warm-up and the first
- * task) aborted the whole process (V8 fatal error "IsGraphAsync must be used
- * on an instantiated module", seen in a test run). Without a top-level await
- * the module loads synchronously and once; the first task waits for the hasher.
+ * No top-level await here (xxhash-wasm compiles asynchronously): piscina
+ * require()s a task file, and on Node 20.19+ a second load of a module whose
+ * graph awaits, racing the first, aborted the process (V8 "IsGraphAsync must
+ * be used on an instantiated module"). The first task waits for the hasher.
  */
 let hash!: Hasher;
 let hashLoaded = false;
@@ -74,6 +73,7 @@ const hasherReady = hasher().then((loaded) => {
 const blockSize = setup.blockSize;
 const cache = new Uint8Array(setup.cache);
 const records = new Uint8Array(setup.records);
+const recordView = new DataView(setup.records);
 const dataFd = openSync(setup.dataPath, 'r+');
 const slotsFd = openSync(setup.slotsPath, 'r+');
 /** Slot records written (held for the end of a write batch: held-writes.ts). */
@@ -139,12 +139,10 @@ function cacheBlock(slot: number): Uint8Array {
 }
 
 /**
- * A single node's batch: plain blocks' bytes, sub-sums entries and
- * records are held and written at the end — bytes, then entries, then
- * records — a run of consecutive slots per call (held-writes.ts); a sealed
- * block's bytes and a patch's go out as they come. It never yields, so no
- * other task of this worker runs in between, and a block index is in a
- * batch once, so nothing it reads is held.
+ * A single node's batch: plain blocks' bytes, sub-sums entries and records
+ * held and written at the end, in that order, a run of consecutive slots per
+ * call (held-writes.ts); sealed blocks' and patches' bytes as they come. It
+ * never yields, and a block index is in a batch once: nothing it reads is held.
  */
 function writeBatch(task: WriteBatchTask): WriteBatchResult {
   const entries = subBlocks.entries;
@@ -177,7 +175,7 @@ function storeBatch(task: WriteBatchTask): WriteBatchResult {
     if (written !== 0) {
       // Never judged all zeros: the cache slot holds only the written sub-blocks.
       if (!writePatch(task, task.patches!, i, slot, plain, written, hashes))
-        (refused ??= new Uint8Array(n))[i] = 1;
+        (refused ??= new Uint8Array(n))[i] = PATCH_REFUSED;
       continue;
     }
     if (isAllZero(plain)) {
@@ -269,8 +267,21 @@ async function replicate(
   /** Per block: copies refused for lack of space (or meant for a peer known full) that a spare should take. */
   const owed = new Uint8Array(n);
   let perPeer: PerPeer = new Map();
+  const copies = task.patches && new PatchCopies(remote);
+  const refused = task.patches && new Uint8Array(n);
+  const isUnwritable = (peer: number) => unwritable(healthOf(remote.peers[peer]), now);
   for (let i = 0; i < n; i++) {
     const plain = cacheBlock(task.cacheSlots[i]);
+    const written = task.patches?.written[i] ?? 0;
+    if (written !== 0) {
+      // Over this node's copy of the base, or not at all (then whole: no copy may miss it).
+      const slot = task.storeSlots[i];
+      const ok = slot >= 0 && copies!.writable(i, isUnwritable);
+      if (ok && writePatch(task, task.patches!, i, slot, plain, written, hashes))
+        copies!.addWritten(task, i, patches, recordView);
+      else refused![i] = PATCH_REFUSED;
+      continue;
+    }
     if (isAllZero(plain)) {
       zero[i] = 1;
       continue;
@@ -318,6 +329,7 @@ async function replicate(
   const fullPeers: string[] = [];
   const unreachable: string[] = [];
   const placedOn = spares ? new Int16Array(spares.length).fill(-1) : undefined;
+  const patchSends = copies?.send(acked, refused!);
   const nextSpare = new Uint8Array(n);
   // Round 0 goes to the targets; each later round sends the copies refused for space to the blocks' next spares.
   for (let round = 0; ; round++) {
@@ -376,6 +388,7 @@ async function replicate(
     }
     if (perPeer.size === 0) break;
   }
+  await patchSends;
   let unplaced = 0;
   for (let i = 0; i < n; i++) unplaced += owed[i];
   if (unplaced > 0) {
@@ -385,6 +398,8 @@ async function replicate(
     );
   }
   const result: WriteBatchResult = { zero, hashes, acked, failures };
+  if (copies)
+    Object.assign(result, { refused, patchCopies: { sent: copies.sent, refused: copies.refused } });
   if (placedOn) result.placedOn = placedOn;
   if (fullPeers.length > 0) result.fullPeers = [...new Set(fullPeers)];
   return result;

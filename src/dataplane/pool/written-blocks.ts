@@ -10,7 +10,7 @@
  */
 import { NO_PEERS, type WriteRemote } from '../replication/block-placement.js';
 import { MAX_TARGETS, SPARE_CANDIDATES } from '../replication/placement.js';
-import { BATCH, type RemoteTargets, type WriteBatchResult } from './tasks.js';
+import { BATCH, PATCH_REFUSED_STORED, type RemoteTargets, type WriteBatchResult } from './tasks.js';
 
 export class WrittenBlocks {
   private readonly batches: WriteBatchResult[];
@@ -33,9 +33,16 @@ export class WrittenBlocks {
     return this.batches[Math.floor(i / this.batch)].zero[i % this.batch] === 1;
   }
 
-  /** Block i was to be a patch and could not be (nothing stored): it must be stored whole. */
+  /** Block i was to be a patch and could not be: it must be stored whole. */
   isRefused(i: number): boolean {
-    return this.batches[Math.floor(i / this.batch)].refused?.[i % this.batch] === 1;
+    return (this.batches[Math.floor(i / this.batch)].refused?.[i % this.batch] ?? 0) !== 0;
+  }
+
+  /** Refused, but this node's store holds it as a patch (a replica did not take it): the volume releases that. */
+  refusedAfterStoring(i: number): boolean {
+    return (
+      this.batches[Math.floor(i / this.batch)].refused?.[i % this.batch] === PATCH_REFUSED_STORED
+    );
   }
 
   hashLo(i: number): number {

@@ -43,11 +43,13 @@ export interface BlockPlacement {
   /** False for a store-less client (torusblk nbdserve), whose own copy of a map page is scratch. */
   readonly holdsCopies: boolean;
   /**
-   * True when every copy of every block is in this node's store (a single
-   * node): only then may a block be stored as a patch over an earlier one
-   * (blocks/patches.ts); the peer wire carries whole blocks.
+   * May a block be stored as a patch over an earlier one (blocks/patches.ts)?
+   * 'local': every copy is in this node's store (a single node), so also
+   * in place, into a block of the version being written. 'replicated': a
+   * cluster whose every live node takes patches (PUT_PATCHES) — over a base
+   * in this node's store, never in place. Undefined: whole blocks only.
    */
-  readonly storesPatches?: boolean;
+  readonly patches?: 'local' | 'replicated';
   readonly stats: ReplicationStats;
   /** Copies each block of this volume should have. */
   replicationOf(volumeId: number): number;

@@ -43,8 +43,23 @@ export class ClusterBlocks implements BlockPlacement {
     private readonly log: Logger,
   ) {}
 
+  /** Off: every block is written whole (the peer wire as before patches; a benchmark's baseline). */
+  patchesEnabled = true;
+
   get holdsCopies(): boolean {
     return this.placement.holdsCopies;
+  }
+
+  /**
+   * Patches over this node's copy of a base, sent to the replicas as
+   * patches (BlockPlacement.patches), once every live node takes them. A
+   * store-less client never holds a base.
+   */
+  get patches(): 'replicated' | undefined {
+    const { placement } = this;
+    return this.patchesEnabled && placement.holdsCopies && placement.livePeersTakePatches
+      ? 'replicated'
+      : undefined;
   }
 
   replicationOf(volumeId: number): number {

@@ -24,6 +24,7 @@
  * set changes); tasks for the pool carry that table and per-block indexes
  * into it, so a worker can open its own connections without knowing the ring.
  */
+import { FEATURE_PATCHES } from '../../model/node-features.js';
 import { MAX_REPLICATION } from '../../model/replication.js';
 import { buildRing, type IndexedRing, type RingDescription } from '../../model/ring/index.js';
 import type { PeerTlsFiles } from '../peer/peer-tls.js';
@@ -74,6 +75,8 @@ export class ClusterPlacement {
   private readonly volumeReplication = new Map<number, number>();
   /** Bumped on every change: tasks built under an old version still work (the table travels with them). */
   version = 0;
+  /** Every live node takes patches (model/node-features.ts FEATURE_PATCHES). */
+  livePeersTakePatches = false;
 
   constructor(
     readonly localUuid: string,
@@ -89,7 +92,7 @@ export class ClusterPlacement {
   /** The ring or the set of live nodes changed. `addresses`: every node's peer address, live or not. */
   update(
     description: RingDescription | undefined,
-    live: Iterable<{ uuid: string; address: string }>,
+    live: Iterable<{ uuid: string; address: string; features?: readonly string[] }>,
     addresses: Iterable<{ uuid: string; address: string }> = [],
   ): void {
     if (description && description !== this.description) {
@@ -97,8 +100,13 @@ export class ClusterPlacement {
       this.ring = buildRing(description);
     }
     this.live = new Map();
-    for (const node of live)
+    let takePatches = true;
+    for (const node of live) {
       this.live.set(node.uuid, { uuid: node.uuid, ...parsePeerAddress(node.address) });
+      if (node.uuid !== this.localUuid && !node.features?.includes(FEATURE_PATCHES))
+        takePatches = false;
+    }
+    this.livePeersTakePatches = takePatches;
     for (const node of addresses)
       this.known.set(node.uuid, { uuid: node.uuid, ...parsePeerAddress(node.address) });
     for (const [uuid, target] of this.live) this.known.set(uuid, target);

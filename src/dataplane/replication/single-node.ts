@@ -21,7 +21,7 @@ const NO_PAGE_COPIES: Promise<readonly string[]> = Promise.resolve(NO_PEERS);
 
 export class SingleNodePlacement implements BlockPlacement {
   readonly holdsCopies = true;
-  readonly storesPatches = true;
+  readonly patches = 'local';
   /** Always zero: one copy is all a single node is asked for. */
   readonly stats: ReplicationStats = {
     underReplicatedBlocks: 0,

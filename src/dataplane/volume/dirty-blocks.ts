@@ -20,8 +20,8 @@ import type { SpilledBlock, VolumeState } from './volume-state.js';
 
 /**
  * A store slot for each block (placement's; a patch written in place keeps
- * its own), onto `storeSlots`, and placement's remote targets. Patches are
- * single-node only, so remote targets always cover every block.
+ * its own), onto `storeSlots`, and placement's remote targets. Only a
+ * single node writes patches in place, so remote targets cover every block.
  */
 function placeInto(
   state: VolumeState,
@@ -33,7 +33,10 @@ function placeInto(
   const freshSlots: number[] = [];
   try {
     const remote = state.placement.placeWrites(state.services.store, state.id, fresh, freshSlots);
-    assert(!remote || fresh.length === indices.length, 'patches are never replicated');
+    assert(
+      !remote || fresh.length === indices.length,
+      'patches written in place are never replicated',
+    );
     return remote;
   } finally {
     let next = 0;
@@ -121,10 +124,12 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
     const local = storeSlots[i] >= 0;
     const patch = patches[i];
     if (patch && written.isRefused(i)) {
-      // Nothing was written: stored whole by the call below, after its completion.
+      // Stored whole by the call below, after its completion; what this
+      // node stored of it (a replica did not take the patch) is let go.
       if (!patch.inPlace) {
+        if (written.refusedAfterStoring(i)) store.discardWritten(storeSlots[i]);
+        else if (storeSlots[i] >= 0) store.unallocate(storeSlots[i]);
         store.unpinBase(patch.baseSlot);
-        store.unallocate(storeSlots[i]);
       }
       state.patchRefused.add(index);
       if (current) {

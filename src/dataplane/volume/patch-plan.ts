@@ -4,11 +4,12 @@
  * complete(): read the rest, write the whole).
  *
  * A Dirty slot holding some sub-blocks of a stored block becomes a patch
- * when every copy is in this node's store (the placement says so), the
- * volume is not encrypted (a sealed block's tag covers the whole block), and
- * the block's current copy is:
- * - a block spilled for the next version (written since the last commit),
- *   patch or whole: written into in place — only the new sub-blocks, its
+ * when the placement allows it (a single node; a cluster whose nodes all
+ * take patches: the patch is sent to the replicas as it is), the volume is
+ * not encrypted (a sealed block's tag covers the whole block), and the
+ * block's current copy in this node's store is:
+ * - on a single node only, a block spilled for the next version (written
+ *   since the last commit), patch or whole: written into in place — only the new sub-blocks, its
  *   record and sub-sums entry rewritten (a whole block becomes a patch
  *   holding every sub-block, with no base). It belongs to no version yet,
  *   so nothing else can need its old content; what could read it is the
@@ -36,7 +37,8 @@ export function planPatch(
   cacheSlot: number,
 ): PatchSource | undefined {
   const { cache, store } = state.services;
-  if (!state.placement.storesPatches || state.key) return undefined;
+  const allowed = state.placement.patches;
+  if (!allowed || state.key) return undefined;
   if (cache.subBlocks === 0 || cache.subBlocks > PATCH_MAX_SUB_BLOCKS) return undefined;
   if (state.patchRefused.has(index) || state.pendingHoles.has(index)) return undefined;
   const written = cache.validMask(cacheSlot);
@@ -44,6 +46,8 @@ export function planPatch(
   if (state.isCompleting(index)) return undefined;
   let current: number | undefined;
   if (state.spilled.has(index)) {
+    // Replicas hold the spilled block too; rewriting it in place is this node's alone.
+    if (allowed !== 'local') return undefined;
     current = store.lookup(state.id, state.generation + 1, index);
     if (current === undefined) return undefined;
     const baseSlot = store.baseOf(current);
