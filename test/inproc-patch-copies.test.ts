@@ -39,6 +39,55 @@ describe('in-process cluster: patches between nodes', { timeout: 60_000 }, () =>
     return counts;
   }
 
+  test('a block spilled as a patch and written again is replaced by a patch on every copy', async () => {
+    const [writer, second, third] = cluster.nodes;
+    // 320 blocks: a 4 KiB write into each fills the 16 MiB caches past the point where they spill.
+    const blocks = 320;
+    const volume = await writer.node.createVolume('respilled', blocks * BLOCK);
+    const expected = randomBytes(blocks * BLOCK);
+    await cluster.withExport(third, 'respilled', async (exp) => {
+      await exp.write(0, expected, false);
+      await exp.flush();
+    });
+    await cluster.withExport(writer, 'respilled', async (exp) => {
+      for (const sub of [3, 11])
+        for (let index = 0; index < blocks; index++) {
+          const offset = index * BLOCK + sub * 4 * KiB;
+          const bytes = randomBytes(4 * KiB);
+          bytes.copy(expected, offset);
+          await exp.write(offset, bytes, false);
+        }
+      await exp.flush();
+    });
+    // Every copy of the newest version that the writer could patch is a patch of the two sub-blocks written.
+    const held = new Map<number, { patches: number; all: number }>();
+    let newest = 0;
+    for (const n of cluster.nodes)
+      for await (const b of n.peers.backend.listBlocks({ volumeId: volume.id }))
+        if (b.ref.index < blocks) newest = Math.max(newest, b.ref.generation);
+    for (const n of cluster.nodes) {
+      const c = { patches: 0, all: 0 };
+      for await (const b of n.peers.backend.listBlocks({ volumeId: volume.id })) {
+        if (b.ref.index >= blocks || b.ref.generation !== newest) continue;
+        c.all++;
+        if (b.flags & RECORD_PATCH) c.patches++;
+      }
+      held.set(n.index, c);
+    }
+    const mine = held.get(writer.index)!;
+    const summary = JSON.stringify([...held]);
+    assert.ok(
+      mine.all > blocks / 2,
+      `the writer holds ${mine.all} of ${blocks} blocks: ${summary}`,
+    );
+    assert.ok(mine.patches >= mine.all * 0.9, `the writer's copies are patches: ${summary}`);
+    const elsewhere = held.get(second.index)!.patches + held.get(third.index)!.patches;
+    assert.ok(elsewhere >= mine.patches * 0.9, `each writer patch has a replica patch: ${summary}`);
+    const back = Buffer.alloc(expected.length);
+    await cluster.withExport(second, 'respilled', (exp) => exp.read(0, back));
+    assert.ok(back.equals(expected), 'the data read back through another node differs');
+  });
+
   test('4 KiB writes travel as patches and read back everywhere', async () => {
     const [writer, second, third] = cluster.nodes;
     const volume = await writer.node.createVolume('patched', 4 * MiB);

@@ -8,19 +8,20 @@
  * take patches: the patch is sent to the replicas as it is), the volume is
  * not encrypted (a sealed block's tag covers the whole block), and the
  * block's current copy in this node's store is:
- * - on a single node only, a block spilled for the next version (written
- *   since the last commit), patch or whole: written into in place — only the new sub-blocks, its
- *   record and sub-sums entry rewritten (a whole block becomes a patch
- *   holding every sub-block, with no base). It belongs to no version yet,
- *   so nothing else can need its old content; what could read it is the
- *   block's own completion (block-loads.ts), so a block being completed is
- *   not patched;
+ * - on a single node, a block spilled for the next version (written since
+ *   the last commit), patch or whole: written into in place — only the new
+ *   sub-blocks, its record and sub-sums entry rewritten (a whole block
+ *   becomes a patch holding every sub-block, with no base). It belongs to
+ *   no version yet, so nothing else can need its old content; what could
+ *   read it is the block's own completion (block-loads.ts), so a block
+ *   being completed is not patched;
  * - a whole block of an earlier generation: a new patch goes over it;
- * - a patch of an earlier generation: a new one goes over the same base and
- *   copies the older patch's sub-blocks not written again. When the two
- *   would hold more than half the block, it is completed instead: the copy
- *   would cost about what the whole block does, and every whole read of a
- *   patch costs a second read range.
+ * - a patch of an earlier generation, or in a cluster one spilled for the
+ *   next version (which the new one replaces on every copy): a new one goes
+ *   over the same base and copies the older patch's sub-blocks not written
+ *   again. When the two would hold more than half the block, it is
+ *   completed instead: the copy would cost about what the whole block
+ *   does, and every whole read of a patch costs a second read range.
  */
 import { PATCH_MAX_SUB_BLOCKS, subBlockCount } from '../blocks/patches.js';
 import type { PatchSource } from '../pool/data-pool.js';
@@ -46,21 +47,17 @@ export function planPatch(
   if (state.isCompleting(index)) return undefined;
   let current: number | undefined;
   if (state.spilled.has(index)) {
-    // Replicas hold the spilled block too; rewriting it in place is this node's alone.
-    if (allowed !== 'local') return undefined;
     current = store.lookup(state.id, state.generation + 1, index);
     if (current === undefined) return undefined;
-    const baseSlot = store.baseOf(current);
-    if (baseSlot < 0 && store.needsBase(current)) return undefined; // its base is missing
-    const base = baseSlot >= 0 ? store.refOf(baseSlot) : NO_BASE;
-    return {
-      written,
-      baseSlot,
-      baseVolume: base.volumeId,
-      baseGeneration: base.generation,
-      olderSlot: current,
-      inPlace: true,
-    };
+    // In a cluster the replicas hold the spilled block too, so it is not
+    // rewritten in place (only this node's copy would change): a spilled
+    // patch is replaced by a new one over the same base (below), on every
+    // copy; a spilled whole block, no base for its own ref, is completed.
+    if (allowed !== 'local') {
+      if (!store.needsBase(current)) return undefined;
+    } else {
+      return inPlace(state, current, written);
+    }
   } else {
     const entry = state.map.lookup(index);
     if (!entry || (entry.flags & ENTRY_SEALED) !== 0) return undefined;
@@ -80,5 +77,21 @@ export function planPatch(
     baseGeneration: base.generation,
     olderSlot: older,
     inPlace: false,
+  };
+}
+
+/** A single node's spilled block (slot `current`) written into in place. */
+function inPlace(state: VolumeState, current: number, written: number): PatchSource | undefined {
+  const { store } = state.services;
+  const baseSlot = store.baseOf(current);
+  if (baseSlot < 0 && store.needsBase(current)) return undefined; // its base is missing
+  const base = baseSlot >= 0 ? store.refOf(baseSlot) : NO_BASE;
+  return {
+    written,
+    baseSlot,
+    baseVolume: base.volumeId,
+    baseGeneration: base.generation,
+    olderSlot: current,
+    inPlace: true,
   };
 }
