@@ -82,7 +82,7 @@ test('PUT_PATCHES: what a sender may not send and a decoder refuses', () => {
   };
   refusedBoth(patch({ present: 0 }), /no sub-blocks/);
   refusedBoth(patch({ present: 0b111 }), /3 sub-blocks with 8192 bytes/);
-  refusedBoth(patch({ base: { volumeId: 7, generation: 9 } }), /base of generation 9/);
+  refusedBoth(patch({ base: { volumeId: 7, generation: 10 } }), /base of generation 10/);
   assert.throws(() => encodePutPatchesFrame(1, []), RangeError);
   const payload = frameOf(encodePutPatchesFrame(1, [patch()])).subarray(HEADER_SIZE);
   assert.throws(() => decodePutPatches(payload.subarray(0, 100)), TbpPayloadError);

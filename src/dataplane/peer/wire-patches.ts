@@ -9,8 +9,12 @@
  *   0 ref (16) | 16 base volume u32 | 20 base generation u32 |
  *   24 older volume u32 | 28 older generation u32 | 32 present u32 |
  *   36 entry length u32 | 40 entry | data length u32 | data
- * - base: the whole block of the same index whose sub-blocks the patch
- *   does not hold;
+ * - base: the block of the same index and an earlier generation whose
+ *   sub-blocks the patch does not hold; when that is itself a patch (a
+ *   writer without a copy knows only the block map's ref) the receiver
+ *   goes over its base and keeps its other sub-blocks. The same generation
+ *   names the patch of this very ref the writer spilled earlier, which the
+ *   new one replaces (over its base, keeping its other sub-blocks);
  * - older: the patch this one replaces over the same base (0, 0: none) —
  *   a base every version has let go of is held only for its patches, out
  *   of the receiver's index, and found through the older patch;
@@ -73,7 +77,7 @@ function patchProblem(patch: WirePatch): string | undefined {
     return `a patch of ${popcount(patch.present)} sub-blocks with ${patch.data.length} bytes`;
   if (patch.entry.length < 20 || patch.entry.length > MAX_PATCH_ENTRY_BYTES)
     return `a sub-sums entry of ${patch.entry.length} bytes`;
-  if (patch.base.generation >= patch.ref.generation)
+  if (patch.base.generation > patch.ref.generation)
     return `a base of generation ${patch.base.generation} under generation ${patch.ref.generation}`;
   return undefined;
 }

@@ -40,9 +40,13 @@ import { InlineRemoteMisses } from './inline-remote-misses.js';
 /** A block to store as a patch (tasks.ts PatchTargets, one block's worth). */
 export interface PatchSource {
   written: number;
+  /** The base's slot in this node's store; -1: the base is on the block's targets only (pool/patch-copies.ts). */
   baseSlot: number;
   baseVolume: number;
   baseGeneration: number;
+  /** The base's hash (the block map's), when it is not in this node's store: its entry is fetched and checked by it. */
+  baseHashLo?: number;
+  baseHashHi?: number;
   olderSlot: number;
   /** Written into olderSlot itself (a patch of the same version), not into a new slot. */
   inPlace: boolean;
@@ -58,6 +62,7 @@ function patchTargets(batch: readonly (PatchSource | undefined)[]): PatchTargets
     baseVolumes: new Uint32Array(n),
     baseGenerations: new Uint32Array(n),
     olderSlots: new Int32Array(n).fill(-1),
+    baseHashes: new Uint32Array(2 * n),
   };
   for (let i = 0; i < n; i++) {
     const p = batch[i];
@@ -67,6 +72,8 @@ function patchTargets(batch: readonly (PatchSource | undefined)[]): PatchTargets
     targets.baseVolumes[i] = p.baseVolume;
     targets.baseGenerations[i] = p.baseGeneration;
     targets.olderSlots[i] = p.olderSlot;
+    targets.baseHashes[2 * i] = p.baseHashLo ?? 0;
+    targets.baseHashes[2 * i + 1] = p.baseHashHi ?? 0;
   }
   return targets;
 }

@@ -24,17 +24,42 @@ import { healthOf } from './peer-health.js';
 import { peerClient } from './peer-links.js';
 import { OFF_GENERATION, OFF_VOLUME, RECORD_SIZE } from '../blocks/record.js';
 import type { PatchWriter } from './patch-write.js';
-import { PATCH_REFUSED_STORED, type RemoteTargets, type WriteBatchTask } from './tasks.js';
+import type { Hasher } from '../blocks/hash.js';
+import { subBlockCount } from '../blocks/patches.js';
+import {
+  SUB_BLOCK_SIZE,
+  sealSubsums,
+  setSubSum,
+  subSum,
+  subsumsMatch,
+  treeHashInto,
+} from '../blocks/sub-sums.js';
+import { recycleReceived } from '../peer/reply-memory.js';
+import {
+  PATCH_REFUSED,
+  PATCH_REFUSED_STORED,
+  type RemoteTargets,
+  type WriteBatchTask,
+} from './tasks.js';
 
 const NO_OLDER = { volumeId: 0, generation: 0 };
 
 export class PatchCopies {
   /** Per peer (index into the task's table): its patches, and each one's place in `acked`. */
   private readonly perPeer = new Map<number, { patches: WirePatch[]; items: number[] }>();
+  /** Blocks whose base only their targets hold, with their cache slots' bytes. */
+  private readonly remoteBased: { i: number; plain: Uint8Array }[] = [];
+  /** Per block: PATCH_REFUSED or PATCH_REFUSED_STORED where it must be stored whole (tasks.ts). */
+  readonly refused: Uint8Array;
   sent = 0;
-  refused = 0;
+  refusals = 0;
 
-  constructor(private readonly remote: RemoteTargets) {}
+  constructor(
+    private readonly task: WriteBatchTask,
+    private readonly remote: RemoteTargets,
+  ) {
+    this.refused = new Uint8Array(task.cacheSlots.length);
+  }
 
   /** Can block `i`'s copies go as patches: are all its targets writable now? */
   writable(i: number, unwritable: (peer: number) => boolean): boolean {
@@ -45,6 +70,94 @@ export class PatchCopies {
       if (unwritable(peer)) return false;
     }
     return true;
+  }
+
+  /**
+   * Block `i` whose base only its targets hold (a store-less client; a node
+   * not among the base's holders): a patch over their copies, made once
+   * fetchBases() has the base's entry. Not when this node is to keep a copy
+   * too: it has no base to write it over.
+   */
+  addRemoteBased(i: number, plain: Uint8Array): void {
+    if (this.task.storeSlots[i] >= 0) this.refused[i] = PATCH_REFUSED;
+    else this.remoteBased.push({ i, plain });
+  }
+
+  /**
+   * The entries of the remote-based blocks' bases, one GET_RANGE of their
+   * first sub-block each (from their targets in order, until one answers
+   * with an entry sealed with the map's hash for the base), and from each
+   * the block's patch: its entry (the base's sums, the written sub-blocks'
+   * own), its tree hash into hashes[2i], hashes[2i + 1]. No entry: the
+   * block is refused (PATCH_REFUSED: nothing stored), to be stored whole.
+   */
+  async fetchBases(hash: Hasher, hashes: Uint32Array): Promise<void> {
+    const targets = this.task.patches!;
+    await Promise.all(
+      this.remoteBased.map(async ({ i, plain }) => {
+        const base = await this.baseEntry(i, hash);
+        if (!base) {
+          this.refused[i] = PATCH_REFUSED;
+          return;
+        }
+        const written = targets.written[i];
+        const entry = new Uint8Array(base.length);
+        const data = new Uint8Array(subBlockCount(written) * SUB_BLOCK_SIZE);
+        let at = 0;
+        for (let k = 0; k < plain.length / SUB_BLOCK_SIZE; k++) {
+          if ((written & (1 << k)) === 0) {
+            setSubSum(entry, k, subSum(base, k));
+            continue;
+          }
+          const bytes = plain.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE);
+          setSubSum(entry, k, hash.hash32(bytes));
+          data.set(bytes, at);
+          at += SUB_BLOCK_SIZE;
+        }
+        const tree = hashes.subarray(2 * i, 2 * i + 2);
+        treeHashInto(entry, hash, tree);
+        sealSubsums(entry, tree[0], tree[1], hash);
+        this.add(i, {
+          ref: this.refOf(i, this.task.volumeId, this.task.generation),
+          base: { volumeId: targets.baseVolumes[i], generation: targets.baseGenerations[i] },
+          older: NO_OLDER,
+          present: written,
+          entry,
+          data,
+        });
+      }),
+    );
+  }
+
+  /** The base's sub-sums entry of block `i`, checked by the map's hash, from the first target that has it. */
+  private async baseEntry(i: number, hash: Hasher): Promise<Uint8Array | undefined> {
+    const { stride, targets, peers, identity } = this.remote;
+    const patches = this.task.patches!;
+    const ref = this.refOf(i, patches.baseVolumes[i], patches.baseGenerations[i]);
+    const [lo, hi] = [patches.baseHashes[2 * i], patches.baseHashes[2 * i + 1]];
+    for (let t = 0; t < stride; t++) {
+      const peer = targets[i * stride + t];
+      if (peer < 0) break;
+      try {
+        const reply = await peerClient(identity, peers[peer]).getRange({
+          ref,
+          offset: 0,
+          length: SUB_BLOCK_SIZE,
+        });
+        if (!reply) continue;
+        const entry =
+          reply.entry && subsumsMatch(reply.entry, lo, hi, hash) ? reply.entry.slice() : undefined;
+        recycleReceived(reply.block.data);
+        if (entry) return entry;
+      } catch {
+        // The next target; none: the block goes whole.
+      }
+    }
+    return undefined;
+  }
+
+  private refOf(i: number, volumeId: number, generation: number) {
+    return { volumeId, generation, index: this.task.indices[i] };
   }
 
   /** Block `i` of `task`, just stored here as a patch by `writer`: its copies go as the same patch. */
@@ -87,7 +200,7 @@ export class PatchCopies {
    * Never rejects, and reports no failure: the whole copies that follow
    * do, if the peer fails them too.
    */
-  async send(acked: Uint8Array, refused: Uint8Array): Promise<void> {
+  async send(acked: Uint8Array): Promise<void> {
     const { stride, peers, identity } = this.remote;
     await Promise.all(
       [...this.perPeer].map(async ([peer, batch]) => {
@@ -106,8 +219,12 @@ export class PatchCopies {
           if (statuses?.[k] === STATUS_OK) {
             acked[item] = 1;
           } else {
-            refused[Math.floor(item / stride)] = PATCH_REFUSED_STORED;
-            this.refused++;
+            // Stored here (over a local base) or not, the block goes whole everywhere.
+            const i = Math.floor(item / stride);
+            if (this.refused[i] === 0)
+              this.refused[i] =
+                this.task.patches!.baseSlots[i] >= 0 ? PATCH_REFUSED_STORED : PATCH_REFUSED;
+            this.refusals++;
           }
         }
       }),

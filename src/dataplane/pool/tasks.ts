@@ -58,6 +58,12 @@ export interface PatchTargets {
   baseGenerations: Uint32Array;
   /** An older patch over the same base that the new one replaces and takes the other sub-blocks of, or -1. */
   olderSlots: Int32Array;
+  /**
+   * Where baseSlots is -1 (a cluster, the base on the block's targets only):
+   * the base's hash [lo, hi], which the base's sub-sums entry, fetched from
+   * a target, must be sealed with.
+   */
+  baseHashes: Uint32Array;
 }
 
 /**

@@ -232,10 +232,9 @@ function writePatch(
 }
 
 /**
- * writeBatch for a cluster: each block is sealed (if keyed) and hashed once,
- * stored locally where its store slot is ≥ 0, and sent to its remote targets,
- * one putBlocks per peer for the whole batch. `acked` says where each block
- * landed; the volume decides what is enough.
+ * writeBatch for a cluster: each block sealed (if keyed) and hashed once, stored here where its
+ * store slot is ≥ 0 and sent to its targets (patches as patches: patch-copies.ts), one put per
+ * peer for the batch. `acked` says where each block landed; the volume decides what is enough.
  */
 async function writeBatchReplicated(
   task: WriteBatchTask,
@@ -267,19 +266,19 @@ async function replicate(
   /** Per block: copies refused for lack of space (or meant for a peer known full) that a spare should take. */
   const owed = new Uint8Array(n);
   let perPeer: PerPeer = new Map();
-  const copies = task.patches && new PatchCopies(remote);
-  const refused = task.patches && new Uint8Array(n);
+  const copies = task.patches && new PatchCopies(task, remote);
   const isUnwritable = (peer: number) => unwritable(healthOf(remote.peers[peer]), now);
   for (let i = 0; i < n; i++) {
     const plain = cacheBlock(task.cacheSlots[i]);
     const written = task.patches?.written[i] ?? 0;
     if (written !== 0) {
-      // Over this node's copy of the base, or not at all (then whole: no copy may miss it).
+      // Over this node's copy of the base, or the targets' own, or not at all (whole: no copy may miss it).
       const slot = task.storeSlots[i];
-      const ok = slot >= 0 && copies!.writable(i, isUnwritable);
-      if (ok && writePatch(task, task.patches!, i, slot, plain, written, hashes))
+      if (!copies!.writable(i, isUnwritable)) copies!.refused[i] = PATCH_REFUSED;
+      else if (task.patches!.baseSlots[i] < 0) copies!.addRemoteBased(i, plain);
+      else if (slot >= 0 && writePatch(task, task.patches!, i, slot, plain, written, hashes))
         copies!.addWritten(task, i, patches, recordView);
-      else refused![i] = PATCH_REFUSED;
+      else copies!.refused[i] = PATCH_REFUSED;
       continue;
     }
     if (isAllZero(plain)) {
@@ -329,7 +328,7 @@ async function replicate(
   const fullPeers: string[] = [];
   const unreachable: string[] = [];
   const placedOn = spares ? new Int16Array(spares.length).fill(-1) : undefined;
-  const patchSends = copies?.send(acked, refused!);
+  const patchSends = copies?.fetchBases(hash, hashes).then(() => copies.send(acked));
   const nextSpare = new Uint8Array(n);
   // Round 0 goes to the targets; each later round sends the copies refused for space to the blocks' next spares.
   for (let round = 0; ; round++) {
@@ -398,8 +397,10 @@ async function replicate(
     );
   }
   const result: WriteBatchResult = { zero, hashes, acked, failures };
-  if (copies)
-    Object.assign(result, { refused, patchCopies: { sent: copies.sent, refused: copies.refused } });
+  if (copies) {
+    result.refused = copies.refused;
+    result.patchCopies = { sent: copies.sent, refused: copies.refusals };
+  }
   if (placedOn) result.placedOn = placedOn;
   if (fullPeers.length > 0) result.fullPeers = [...new Set(fullPeers)];
   return result;

@@ -51,15 +51,12 @@ export class ClusterBlocks implements BlockPlacement {
   }
 
   /**
-   * Patches over this node's copy of a base, sent to the replicas as
-   * patches (BlockPlacement.patches), once every live node takes them. A
-   * store-less client never holds a base.
+   * Patches sent to the replicas as patches (BlockPlacement.patches), over
+   * this node's copy of the base or the targets' own, once every live node
+   * takes them.
    */
   get patches(): 'replicated' | undefined {
-    const { placement } = this;
-    return this.patchesEnabled && placement.holdsCopies && placement.livePeersTakePatches
-      ? 'replicated'
-      : undefined;
+    return this.patchesEnabled && this.placement.livePeersTakePatches ? 'replicated' : undefined;
   }
 
   replicationOf(volumeId: number): number {

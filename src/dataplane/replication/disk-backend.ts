@@ -48,7 +48,7 @@ import {
   type WireBlock,
   type WirePatch,
 } from '../peer/wire.js';
-import { PATCH_MAX_SUB_BLOCKS, wholeMaskOf } from '../blocks/patches.js';
+import { PATCH_MAX_SUB_BLOCKS, subBlockCount, wholeMaskOf } from '../blocks/patches.js';
 import {
   SUB_BLOCK_SIZE,
   sealedHashOf,
@@ -291,19 +291,22 @@ export class DiskPeerBackend implements PeerBlockBackend {
   }
 
   /** One patch of a PUT_PATCHES: its status. */
-  private async putPatch(patch: WirePatch): Promise<number> {
+  private async putPatch(sent: WirePatch): Promise<number> {
     const { store } = this;
-    const baseSlot = this.baseFor(patch);
-    if (baseSlot < 0) return STATUS_NOT_FOUND;
+    const found = this.baseFor(sent);
+    if (!found) return STATUS_NOT_FOUND;
+    const { base: baseSlot, via } = found;
     store.pinBase(baseSlot); // before anything yields
     let slot = -1;
     let stored = false;
     try {
+      const patch = via < 0 ? sent : await this.keeping(sent, via);
+      if (!patch) return STATUS_NOT_FOUND;
       const status = await this.checkPatch(patch, baseSlot);
       if (status !== STATUS_OK) return status;
       slot = store.allocate();
-      const { volumeId, generation } = patch.base;
       const hash = sealedHashOf(patch.entry);
+      const { volumeId, generation } = store.refOf(baseSlot);
       await store.writeReceivedPatch(
         { ...patch, slot, base: { volumeId, generation }, hash },
         baseSlot,
@@ -319,12 +322,14 @@ export class DiskPeerBackend implements PeerBlockBackend {
   }
 
   /**
-   * The slot of a patch's base here, or -1: the ref itself, or — a base
-   * every version let go of is held for its patches, out of the index — the
-   * base of the older patch it replaces. Only a plain whole block (or a
-   * patch holding every sub-block) can be a base.
+   * Where a patch goes here: over `base`, and — when the base it names is
+   * itself a patch (a writer without a copy knows only the map's ref) —
+   * keeping that patch's other sub-blocks (`via`). The named base is found
+   * by ref, or, let go by every version and held for its patches (out of the
+   * index), as the base of the older patch the new one replaces. Only a
+   * plain whole block (or a patch holding every sub-block) is a base.
    */
-  private baseFor(patch: WirePatch): number {
+  private baseFor(patch: WirePatch): { base: number; via: number } | undefined {
     const { store } = this;
     const { base, older, ref } = patch;
     let slot = store.lookup(base.volumeId, base.generation, ref.index);
@@ -337,8 +342,48 @@ export class DiskPeerBackend implements PeerBlockBackend {
           slot = held;
       }
     }
-    if (slot === undefined || store.needsBase(slot)) return -1;
-    return store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED ? -1 : slot;
+    if (slot === undefined) return undefined;
+    let via = -1;
+    if (store.needsBase(slot)) {
+      via = slot;
+      slot = store.baseOf(via);
+      if (slot < 0) return undefined;
+    } else if (base.generation === ref.generation) {
+      return undefined; // a whole block spilled for this very ref is no base for it
+    }
+    if (store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED) return undefined;
+    return { base: slot, via };
+  }
+
+  /**
+   * The patch as stored over `via`'s base: the sent sub-blocks, and those of
+   * `via` not sent again, read here (checked with the rest by checkPatch);
+   * undefined when `via` went meanwhile.
+   */
+  private async keeping(patch: WirePatch, via: number): Promise<WirePatch | undefined> {
+    const { store } = this;
+    const kept = (store.presentOf(via) & ~patch.present) >>> 0;
+    if (kept === 0) return patch;
+    const present = (patch.present | kept) >>> 0;
+    const data = new Uint8Array(subBlockCount(present) * SUB_BLOCK_SIZE);
+    let from = 0;
+    let at = 0;
+    try {
+      for (let k = 0; k < store.blockSize / SUB_BLOCK_SIZE; k++) {
+        if ((present & (1 << k)) === 0) continue;
+        const dest = data.subarray(at, at + SUB_BLOCK_SIZE);
+        if (patch.present & (1 << k)) {
+          dest.set(patch.data.subarray(from, from + SUB_BLOCK_SIZE));
+          from += SUB_BLOCK_SIZE;
+        } else {
+          await store.readPart(via, k * SUB_BLOCK_SIZE, dest);
+        }
+        at += SUB_BLOCK_SIZE;
+      }
+    } catch {
+      return undefined; // released and reused while read
+    }
+    return { ...patch, present, data };
   }
 
   /**

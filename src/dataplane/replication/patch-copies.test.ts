@@ -4,8 +4,10 @@
  * its tree hash (GET) and in part (GET_RANGE); every disagreement with the
  * base stores nothing; a tree-hashed whole block travels to a node without
  * the base (PUT_BLOCKS with BLOCK_TREE_HASH); a base every version let go
- * of is held for its patches and found through the older one; all of it
- * over TBP too, and after a reopen.
+ * of is held for its patches and found through the older one; a base that
+ * is itself a patch (or the spilled patch of the same ref) is gone over to
+ * its own base, keeping its other sub-blocks; all of it over TBP too, and
+ * after a reopen.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -208,6 +210,53 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     await a.store.whenReleased();
     assert.equal(a.store.heldSlots, 0);
     assert.equal(a.store.usedSlots, 0);
+  });
+
+  it('a patch naming a patch as its base goes over that one’s base, keeping its other sub-blocks', async (t) => {
+    const hash = await hasher();
+    const a = await node(t, 'a');
+    const baseBytes = blockBytes(1, BS);
+    await a.backend.putBlocks([await makeBlock(baseRef, baseBytes)]);
+    const v2 = written(baseBytes, 0b11, 0x12);
+    await a.backend.putPatches([patchOf(hash, v2, 2, 0b11)]);
+    // A writer without a copy: the map names generation 2, and only sub-block 1 is sent.
+    const v3 = written(v2, 0b10, 0x13);
+    const p3 = { ...patchOf(hash, v3, 3, 0b10), base: { volumeId: 3, generation: 2 } };
+    assert.deepEqual([...(await a.backend.putPatches([p3]))], [STATUS_OK]);
+    const slot = a.store.lookup(3, 3, INDEX)!;
+    assert.equal(a.store.presentOf(slot), 0b11, 'sub-block 0 kept from generation 2');
+    assert.equal(a.store.baseOf(slot), a.store.lookup(3, 1, INDEX), 'over generation 1, whole');
+    assert.ok(Buffer.from((await a.backend.getBlock(p3.ref))!.data).equals(v3));
+    // A sub-block the sender changed but did not send: the kept one disagrees with the entry.
+    const v4 = written(v2, 0b11, 0x14);
+    const lying = { ...patchOf(hash, v4, 4, 0b11), base: { volumeId: 3, generation: 2 } };
+    lying.present = 0b10;
+    lying.data = lying.data.subarray(SUB_BLOCK_SIZE);
+    assert.deepEqual([...(await a.backend.putPatches([lying]))], [STATUS_CHECKSUM]);
+  });
+
+  it('a patch of the same generation as its base replaces that spilled patch; never a whole block', async (t) => {
+    const hash = await hasher();
+    const a = await node(t, 'a');
+    const baseBytes = blockBytes(1, BS);
+    await a.backend.putBlocks([await makeBlock(baseRef, baseBytes)]);
+    const spilled = written(baseBytes, 0b100, 0x21);
+    await a.backend.putPatches([patchOf(hash, spilled, 2, 0b100)]);
+    const first = a.store.lookup(3, 2, INDEX)!;
+    // Written again before the commit, by a writer holding no copy: over "generation 2" itself.
+    const again = written(spilled, 0b1000, 0x22);
+    const p = { ...patchOf(hash, again, 2, 0b1000), base: { volumeId: 3, generation: 2 } };
+    assert.deepEqual([...(await a.backend.putPatches([p]))], [STATUS_OK]);
+    const now = a.store.lookup(3, 2, INDEX)!;
+    assert.notEqual(now, first, 'a new slot replaced the spilled patch');
+    assert.equal(a.store.presentOf(now), 0b1100);
+    assert.ok(Buffer.from((await a.backend.getBlock(p.ref))!.data).equals(again));
+    await a.store.whenReleased();
+    assert.equal(a.store.usedSlots, 2, 'the base and the new patch');
+    // A whole block of generation 5 is no base for generation 5.
+    await a.backend.putBlocks([await makeBlock(refAt(5), baseBytes)]);
+    const self = { ...patchOf(hash, again, 5, 0b1000), base: { volumeId: 3, generation: 5 } };
+    assert.deepEqual([...(await a.backend.putPatches([self]))], [STATUS_NOT_FOUND]);
   });
 
   it('over TBP, and after a reopen; a node without patches answers BAD_REQUEST', async (t) => {

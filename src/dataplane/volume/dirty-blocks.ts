@@ -80,7 +80,7 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
   for (const index of indices) state.dirty.delete(index);
   for (const slot of cacheSlots) cache.setState(slot, SlotState.Flushing);
   // A base stays stored while a new patch over it is written, whatever commits or GC release meanwhile.
-  for (const p of patches) if (p && !p.inPlace) store.pinBase(p.baseSlot);
+  for (const p of patches) if (p && p.baseSlot >= 0 && !p.inPlace) store.pinBase(p.baseSlot);
   const storeSlots: number[] = [];
   let written: WrittenBlocks;
   try {
@@ -101,7 +101,7 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
     state.storing = undefined;
     for (let i = 0; i < indices.length; i++) {
       if (patches[i]?.inPlace) continue; // the spilled patch's slot, not ours to give back
-      if (patches[i]) store.unpinBase(patches[i]!.baseSlot);
+      if (patches[i] && patches[i]!.baseSlot >= 0) store.unpinBase(patches[i]!.baseSlot);
       if (storeSlots[i] >= 0) store.unallocate(storeSlots[i]);
     }
     for (let i = 0; i < indices.length; i++) {
@@ -129,7 +129,7 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
       if (!patch.inPlace) {
         if (written.refusedAfterStoring(i)) store.discardWritten(storeSlots[i]);
         else if (storeSlots[i] >= 0) store.unallocate(storeSlots[i]);
-        store.unpinBase(patch.baseSlot);
+        if (patch.baseSlot >= 0) store.unpinBase(patch.baseSlot);
       }
       state.patchRefused.add(index);
       if (current) {
@@ -160,7 +160,8 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
         continue;
       }
       // Replaces (and releases) an earlier spill of this block; a patch's pin on its base becomes the patch's.
-      if (local && !patch?.inPlace) store.bind(storeSlots[i], ref, patch?.baseSlot);
+      if (local && !patch?.inPlace)
+        store.bind(storeSlots[i], ref, patch && patch.baseSlot >= 0 ? patch.baseSlot : undefined);
       // Trimmed while it was being written: a hole pending over a committed
       // block, or — for a block no version has — no slot in the table any
       // more (a flushing slot is never evicted; only a trim, zeroing or

@@ -15,7 +15,8 @@
  *   no version yet, so nothing else can need its old content; what could
  *   read it is the block's own completion (block-loads.ts), so a block
  *   being completed is not patched;
- * - a whole block of an earlier generation: a new patch goes over it;
+ * - a whole block of an earlier generation: a new patch goes over it (in
+ *   a cluster also when only the block's targets hold it);
  * - a patch of an earlier generation, or in a cluster one spilled for the
  *   next version (which the new one replaces on every copy): a new one goes
  *   over the same base and copies the older patch's sub-blocks not written
@@ -46,9 +47,15 @@ export function planPatch(
   if (written === cache.wholeMask) return undefined;
   if (state.isCompleting(index)) return undefined;
   let current: number | undefined;
-  if (state.spilled.has(index)) {
+  const spilled = state.spilled.get(index);
+  if (spilled) {
     current = store.lookup(state.id, state.generation + 1, index);
-    if (current === undefined) return undefined;
+    if (current === undefined) {
+      // Spilled to the targets only: a patch over what they hold of this
+      // very ref, which it replaces there (peer/wire-patches.ts).
+      if (allowed === 'local' || subBlockCount(written) * 2 > cache.subBlocks) return undefined;
+      return remoteBased(written, state.id, state.generation + 1, spilled);
+    }
     // In a cluster the replicas hold the spilled block too, so it is not
     // rewritten in place (only this node's copy would change): a spilled
     // patch is replaced by a new one over the same base (below), on every
@@ -61,8 +68,15 @@ export function planPatch(
   } else {
     const entry = state.map.lookup(index);
     if (!entry || (entry.flags & ENTRY_SEALED) !== 0) return undefined;
-    current = store.lookup(state.map.ownerOf(entry.generation), entry.generation, index);
-    if (current === undefined) return undefined;
+    const owner = state.map.ownerOf(entry.generation);
+    current = store.lookup(owner, entry.generation, index);
+    if (current === undefined) {
+      // Not in this node's store (a store-less client never has it): in a
+      // cluster, a patch over the copies the block's targets hold, whose
+      // entry the worker fetches and checks by the map's hash.
+      if (allowed === 'local' || subBlockCount(written) * 2 > cache.subBlocks) return undefined;
+      return remoteBased(written, owner, entry.generation, entry);
+    }
   }
   const older = store.needsBase(current) ? current : -1;
   const baseSlot = older >= 0 ? store.baseOf(older) : current;
@@ -76,6 +90,25 @@ export function planPatch(
     baseVolume: base.volumeId,
     baseGeneration: base.generation,
     olderSlot: older,
+    inPlace: false,
+  };
+}
+
+/** A patch over a base only the block's targets hold: (volumeId, generation), of `hash`. */
+function remoteBased(
+  written: number,
+  volumeId: number,
+  generation: number,
+  hash: { hashLo: number; hashHi: number },
+): PatchSource {
+  return {
+    written,
+    baseSlot: -1,
+    baseVolume: volumeId,
+    baseGeneration: generation,
+    baseHashLo: hash.hashLo,
+    baseHashHi: hash.hashHi,
+    olderSlot: -1,
     inPlace: false,
   };
 }
