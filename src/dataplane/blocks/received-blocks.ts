@@ -11,6 +11,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockRef } from '../../model/block-ref.js';
+import { InlineWrites, writeFullySync } from '../../common/inline-writes.js';
 import type { Hasher } from './hash.js';
 import {
   PATCH_MAX_SUB_BLOCKS,
@@ -74,6 +75,8 @@ export interface ReceivedFiles {
   subsumsEntrySize: number;
   dataPath: string;
   hash: Hasher;
+  /** Whether a received patch is written on the event loop's thread (writeReceivedPatch). */
+  patchWrites: InlineWrites;
 }
 
 /** The base fields of a patch that holds its whole block. */
@@ -176,40 +179,92 @@ export interface ReceivedPatch {
 }
 
 /**
- * A received patch into its slot: its sub-blocks (one write per run of
- * consecutive ones) and its sub-sums entry, then its record — so, as for
- * whole blocks, a record never names bytes not yet written.
+ * Received patches into their slots: each one's sub-blocks (a write per run
+ * of consecutive ones), then their sub-sums entries and then their records,
+ * one write per run of consecutive slots — so, as for whole blocks, a record
+ * never names bytes not yet written. Small page-cache writes: made on the
+ * calling thread while such writes are fast (InlineWrites), where a trip
+ * through the pool per write cost each patch several wake-ups of a pool
+ * thread and the loop; else through the pool.
  */
-export async function writeReceivedPatch(
+export async function writeReceivedPatches(
   files: ReceivedFiles,
-  patch: ReceivedPatch,
+  patches: readonly ReceivedPatch[],
 ): Promise<void> {
-  const { blockSize, records, hash: hasher } = files;
-  const { slot, data } = patch;
-  const writes: Promise<unknown>[] = [];
-  let from = 0;
-  forEachSourceRun(patch.present, blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) => {
-    if (!inPatch) return;
-    const bytes = (end - first) * SUB_BLOCK_SIZE;
-    const at = slot * blockSize + first * SUB_BLOCK_SIZE;
-    writes.push(
-      files.dataFile.write(data, from, bytes, at).then(({ bytesWritten }) => {
-        if (bytesWritten !== bytes)
-          throw new Error(`short write of ${bytesWritten} of ${bytes} bytes in ${files.dataPath}`);
-      }),
-    );
-    from += bytes;
-  });
-  if (files.subsumsFile) {
-    const size = files.subsumsEntrySize;
-    writes.push(files.subsumsFile.write(patch.entry, 0, size, slot * size));
+  const { blockSize } = files;
+  const writes: { file: FileHandle; bytes: Uint8Array; at: number }[] = [];
+  let total = 0;
+  for (const { slot, data, present } of patches) {
+    let from = 0;
+    forEachSourceRun(present, blockSize / SUB_BLOCK_SIZE, (first, end, inPatch) => {
+      if (!inPatch) return;
+      const bytes = (end - first) * SUB_BLOCK_SIZE;
+      const at = slot * blockSize + first * SUB_BLOCK_SIZE;
+      writes.push({ file: files.dataFile, bytes: data.subarray(from, from + bytes), at });
+      from += bytes;
+    });
+    total += data.length + files.subsumsEntrySize + RECORD_SIZE;
   }
-  await Promise.all(writes);
-  const base = slot * RECORD_SIZE;
-  const record = new DataView(records, base, RECORD_SIZE);
-  new Uint8Array(records, base, RECORD_SIZE).fill(0);
+  const order = [...patches].sort((x, y) => x.slot - y.slot);
+  const runs = slotRuns(order);
+  const size = files.subsumsEntrySize;
+  if (files.subsumsFile) {
+    for (const run of runs) {
+      const entries = new Uint8Array(size * run.length);
+      run.forEach((p, k) => entries.set(p.entry.subarray(0, size), k * size));
+      writes.push({ file: files.subsumsFile, bytes: entries, at: run[0].slot * size });
+    }
+  }
+  const recordWrites = runs.map((run) => ({
+    file: files.slotsFile,
+    bytes: new Uint8Array(files.records, run[0].slot * RECORD_SIZE, run.length * RECORD_SIZE),
+    at: run[0].slot * RECORD_SIZE,
+  }));
+  const fillRecords = () => {
+    for (const patch of patches) fillPatchRecord(files, patch);
+  };
+  await files.patchWrites.write(
+    total,
+    () => {
+      for (const w of writes) writeFullySync(w.file.fd, w.bytes, 0, w.bytes.length, w.at);
+      fillRecords();
+      for (const w of recordWrites) writeFullySync(w.file.fd, w.bytes, 0, w.bytes.length, w.at);
+    },
+    async () => {
+      const all = async (list: typeof writes) =>
+        Promise.all(
+          list.map(async (w) => {
+            const { bytesWritten } = await w.file.write(w.bytes, 0, w.bytes.length, w.at);
+            if (bytesWritten !== w.bytes.length)
+              throw new Error(
+                `short write of ${bytesWritten} of ${w.bytes.length} bytes in ${files.dataPath}`,
+              );
+          }),
+        );
+      await all(writes);
+      fillRecords();
+      await all(recordWrites);
+    },
+  );
+}
+
+/** Patches (sorted by slot) in runs of consecutive slots. */
+function slotRuns(sorted: readonly ReceivedPatch[]): ReceivedPatch[][] {
+  const runs: ReceivedPatch[][] = [];
+  for (const patch of sorted) {
+    const last = runs[runs.length - 1];
+    if (last && last[last.length - 1].slot === patch.slot - 1) last.push(patch);
+    else runs.push([patch]);
+  }
+  return runs;
+}
+
+/** A received patch's record, in the shared slot table. */
+function fillPatchRecord(files: ReceivedFiles, patch: ReceivedPatch): void {
+  const base = patch.slot * RECORD_SIZE;
+  new Uint8Array(files.records, base, RECORD_SIZE).fill(0);
+  const record = new DataView(files.records, base, RECORD_SIZE);
   fillRecord(record, patch.ref, RECORD_PATCH, patch.hash.lo, patch.hash.hi);
   fillPatchFields(record, patch.base, patch.present);
-  hasher.stampRecord(record);
-  await files.slotsFile.write(new Uint8Array(records, base, RECORD_SIZE), 0, RECORD_SIZE, base);
+  files.hash.stampRecord(record);
 }

@@ -58,13 +58,14 @@ import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
 import { SlotUse, SlotUses, nameOf } from './slot-uses.js';
 import { InlineReads } from './inline-reads.js';
+import { InlineWrites } from '../../common/inline-writes.js';
 import { SlotReads } from './slot-reads.js';
 import { isPatchRecord, needsBase, patchBaseOf, patchPresent, wholeMaskOf } from './patches.js';
 import { subsumsEntrySize } from './sub-sums.js';
 import {
   checkReceivedBlocks,
   receivedRuns,
-  writeReceivedPatch,
+  writeReceivedPatches,
   writeReceivedRun,
   type ReceivedBlock,
   type ReceivedPatch,
@@ -151,6 +152,7 @@ export class LocalSlotStore {
       subsumsEntrySize: this.subsumsEntrySize,
       dataPath: this.dataPath,
       hash,
+      patchWrites: new InlineWrites(),
     };
   }
 
@@ -527,15 +529,15 @@ export class LocalSlotStore {
     return failures;
   }
 
-  /** writeReceivedBlock for a patch, checked by the caller, over `baseSlot` (pinned: the pin becomes the patch's); the caller also unpins on failure. */
-  async writeReceivedPatch(patch: ReceivedPatch, baseSlot: number): Promise<void> {
+  /** Received patches, checked by the caller, each over baseSlots[i] (pinned: the pin becomes the patch's); the caller unpins on failure. */
+  async writeReceivedPatches(patches: ReceivedPatch[], baseSlots: number[]): Promise<void> {
     try {
-      await writeReceivedPatch(this.receivedFiles, patch);
+      await writeReceivedPatches(this.receivedFiles, patches);
     } catch (err) {
-      this.clearRecord(patch.slot);
+      for (const patch of patches) this.clearRecord(patch.slot);
       throw err;
     }
-    this.bind(patch.slot, patch.ref, baseSlot);
+    patches.forEach((patch, i) => this.bind(patch.slot, patch.ref, baseSlots[i]));
   }
 
   /** Bytes [within, within + dest.length) of a slot's block, from the main thread (a peer's GET_RANGE); of a patch, from its slot and its base's. */
@@ -563,7 +565,7 @@ export class LocalSlotStore {
     return this.reads.patch(slot, base, this.presentOf(slot), dest);
   }
 
-  /** A slot's bytes whatever its record says (fsck), and their hash: the tree hash when `tree`, else the xxh64. */
+  /** A slot's bytes whatever its record says (fsck), and their hash: tree hash when `tree`, else xxh64. */
   readOrphan(slot: number, dest: Uint8Array, tree: boolean): Promise<{ lo: number; hi: number }> {
     return this.reads.whole(slot, dest, tree);
   }
@@ -577,11 +579,9 @@ export class LocalSlotStore {
    * slots claiming one committed ref, and the wrong one might be picked.
    *
    * The two files are synced side by side, not data first: their order only
-   * matters for a crash during sync(), and what a record made durable then
-   * names belongs to a version not yet committed (a commit waits for the
-   * whole sync), which the start-up sweep frees whatever its data holds.
-   * Side by side, one FLUSH in a 3-node cluster committed in 7.3-8.7 ms
-   * instead of 8.2-9.2 (docs/benchmarks.md).
+   * matters for a crash during sync(), and a record made durable then names
+   * a block of a version not yet committed, which the start-up sweep frees.
+   * (One 3-node FLUSH: 7.3-8.7 ms instead of 8.2-9.2, docs/benchmarks.md.)
    */
   async sync(): Promise<void> {
     while (this.releaseWrite) await this.releaseWrite;

@@ -77,7 +77,8 @@ import {
   type Segment,
 } from './holder-scan.js';
 import { readSeals, writeSeals } from './holder-seals.js';
-import { InlineWrites, openLogFile, overlapsRun, writevFullySync, writeZeros } from './log-file.js';
+import { InlineWrites, writevFullySync } from '../../common/inline-writes.js';
+import { openLogFile, overlapsRun, writeZeros } from './log-file.js';
 
 export const HOLDER_LOG_FILE = 'intent-holder.log';
 export const HOLDER_SEALS_FILE = 'intent-seals.json';

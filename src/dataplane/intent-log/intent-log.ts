@@ -49,7 +49,8 @@ import {
   stampRecord,
 } from './record.js';
 import { readRecord, scan, type RecordContent, type RecoveredRecord } from './log-scan.js';
-import { InlineWrites, openLogFile, overlapsRun, writeFullySync, writeZeros } from './log-file.js';
+import { InlineWrites, writeFullySync } from '../../common/inline-writes.js';
+import { openLogFile, overlapsRun, writeZeros } from './log-file.js';
 
 export type { RecordContent, RecoveredRecord } from './log-scan.js';
 

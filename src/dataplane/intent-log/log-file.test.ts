@@ -11,9 +11,9 @@ import {
   INLINE_MAX_BYTES,
   INLINE_MAX_MS,
   InlineWrites,
-  overlapsRun,
   writevFullySync,
-} from './log-file.js';
+} from '../../common/inline-writes.js';
+import { overlapsRun } from './log-file.js';
 
 test('small batches go inline while the disk is fast, through the pool once it is slow', () => {
   const policy = new InlineWrites();

@@ -6,7 +6,7 @@
  * trip through the thread pool: InlineWrites) — and preallocated with zeros, so later writes land on
  * allocated blocks and an fdatasync of them needs no metadata journal.
  */
-import { closeSync, constants, openSync, writeSync, writevSync } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
 const ZERO_CHUNK = 1024 * 1024;
@@ -44,77 +44,6 @@ export async function writeZeros(file: FileHandle, from: number, to: number): Pr
   const zeros = Buffer.alloc(Math.min(ZERO_CHUNK, Math.max(0, to - from)));
   for (let at = from; at < to; at += ZERO_CHUNK)
     await file.write(zeros, 0, Math.min(ZERO_CHUNK, to - at), at);
-}
-
-/** Largest batch written on the calling thread (InlineWrites). */
-export const INLINE_MAX_BYTES = 128 * 1024;
-/** Smoothed write time above which batches go through the thread pool again (InlineWrites). */
-export const INLINE_MAX_MS = 1;
-
-/**
- * Whether a log's next batch is written on the event loop's own thread (a
- * synchronous O_DSYNC write) or through libuv's thread pool. A trip through
- * the pool wakes a pool thread and then the loop: on this project's VMs
- * about 50 µs of latency and 60 µs of CPU on top of a ~190 µs O_DSYNC 4 KiB
- * write (docs/benchmarks.md, session 17), which a FLUSH at queue depth 1
- * pays whole. But a synchronous write holds up every other request the loop
- * serves, so only small batches go inline, and only while the disk answers
- * fast: once the smoothed time of writes (inline or not) passes
- * INLINE_MAX_MS, batches go through the pool until it falls back under.
- */
-export class InlineWrites {
-  private smoothedMs = 0;
-
-  /** Write a batch of `bytes` inline? */
-  inline(bytes: number): boolean {
-    return bytes <= INLINE_MAX_BYTES && this.smoothedMs <= INLINE_MAX_MS;
-  }
-
-  /** A batch's write took `ms` (inline or through the pool). */
-  took(ms: number): void {
-    this.smoothedMs += (ms - this.smoothedMs) / 8;
-  }
-
-  /** Write a batch of `bytes`: `inline` on this thread if inline() says so, else `pooled`; timed. */
-  async write(bytes: number, inline: () => void, pooled: () => Promise<unknown>): Promise<void> {
-    const started = performance.now();
-    if (this.inline(bytes)) inline();
-    else await pooled();
-    this.took(performance.now() - started);
-  }
-}
-
-/** Bytes [from, from + length) of `buffer` at `position` of `fd`, on this thread; a short write goes on from where it stopped. */
-export function writeFullySync(
-  fd: number,
-  buffer: Buffer,
-  from: number,
-  length: number,
-  position: number,
-): void {
-  for (let done = 0; done < length;) {
-    const n = writeSync(fd, buffer, from + done, length - done, position + done);
-    if (n <= 0) throw new Error(`log write of ${length} bytes stopped after ${done}`);
-    done += n;
-  }
-}
-
-/** `chunks` one after the other at `position` of `fd`, on this thread; a short write goes on from where it stopped. */
-export function writevFullySync(fd: number, chunks: readonly Buffer[], position: number): void {
-  const total = chunks.reduce((n, c) => n + c.length, 0);
-  let done = writevSync(fd, chunks as Buffer[], position);
-  if (done === total) return;
-  // Rare (a regular file writes whole unless it fails): the rest a chunk at a time.
-  let skip = done;
-  for (const chunk of chunks) {
-    if (skip >= chunk.length) {
-      skip -= chunk.length;
-      continue;
-    }
-    writeFullySync(fd, chunk, skip, chunk.length - skip, position + done);
-    done += chunk.length - skip;
-    skip = 0;
-  }
 }
 
 /**

@@ -63,6 +63,13 @@ const READ_ATTEMPTS = 3;
 /** A filtered listing yields to the event loop after skipping this many blocks, so a big store never stalls the node. */
 const LIST_SCAN_SLICE = 8192;
 
+/** A patch of a PUT_PATCHES after its checks: with `patch` (as stored) and its pinned `baseSlot` when OK. */
+interface CheckedPatch {
+  status: number;
+  patch?: WirePatch;
+  baseSlot?: number;
+}
+
 export class DiskPeerBackend implements PeerBlockBackend {
   /**
    * Bytes of copies stored for peers (their writes replicated here, and
@@ -277,47 +284,51 @@ export class DiskPeerBackend implements PeerBlockBackend {
                 : undefined;
         if (problem) throw new IoError('EINVAL', problem);
       }
-      const statuses = new Uint8Array(patches.length);
-      await Promise.all(
-        patches.map(async (patch, i) => {
-          statuses[i] = await this.putPatch(patch);
-        }),
-      );
-      this.received.add(
-        patches.reduce((sum, p, i) => sum + (statuses[i] === STATUS_OK ? p.data.length : 0), 0),
-      );
+      const settled = await Promise.allSettled(patches.map((patch) => this.checkedPatch(patch)));
+      const checked = settled.map((r) => (r.status === 'fulfilled' ? r.value : undefined));
+      const ok = checked.filter((c) => c?.status === STATUS_OK) as Required<CheckedPatch>[];
+      const failed = settled.find((r) => r.status === 'rejected');
+      if (failed) {
+        for (const c of ok) store.unpinBase(c.baseSlot);
+        throw (failed as PromiseRejectedResult).reason;
+      }
+      const statuses = Uint8Array.from(checked, (c) => c!.status);
+      const slots: number[] = [];
+      try {
+        for (let k = 0; k < ok.length; k++) slots.push(store.allocate());
+        await store.writeReceivedPatches(
+          ok.map(({ patch, baseSlot }, k) => {
+            const { volumeId, generation } = store.refOf(baseSlot);
+            const hash = sealedHashOf(patch.entry);
+            return { ...patch, slot: slots[k], base: { volumeId, generation }, hash };
+          }),
+          ok.map((c) => c.baseSlot),
+        );
+      } catch (err) {
+        for (const slot of slots) store.unallocate(slot);
+        for (const c of ok) store.unpinBase(c.baseSlot);
+        throw err;
+      }
+      this.received.add(ok.reduce((sum, c) => sum + c.patch.data.length, 0));
       return statuses;
     });
   }
 
-  /** One patch of a PUT_PATCHES: its status. */
-  private async putPatch(sent: WirePatch): Promise<number> {
+  /** A patch checked against its base here: OK with the patch as it is to be stored (base pinned), or why not. */
+  private async checkedPatch(sent: WirePatch): Promise<CheckedPatch> {
     const { store } = this;
     const found = this.baseFor(sent);
-    if (!found) return STATUS_NOT_FOUND;
+    if (!found) return { status: STATUS_NOT_FOUND };
     const { base: baseSlot, via } = found;
-    store.pinBase(baseSlot); // before anything yields
-    let slot = -1;
-    let stored = false;
+    store.pinBase(baseSlot); // before anything yields; kept for the write when OK
+    let status = STATUS_NOT_FOUND;
     try {
       const patch = via < 0 ? sent : await this.keeping(sent, via);
-      if (!patch) return STATUS_NOT_FOUND;
-      const status = await this.checkPatch(patch, baseSlot);
-      if (status !== STATUS_OK) return status;
-      slot = store.allocate();
-      const hash = sealedHashOf(patch.entry);
-      const { volumeId, generation } = store.refOf(baseSlot);
-      await store.writeReceivedPatch(
-        { ...patch, slot, base: { volumeId, generation }, hash },
-        baseSlot,
-      );
-      stored = true; // bound: the pin is the patch's now
-      return STATUS_OK;
+      if (!patch) return { status };
+      status = await this.checkPatch(patch, baseSlot);
+      return status === STATUS_OK ? { status, patch, baseSlot } : { status };
     } finally {
-      if (!stored) {
-        if (slot >= 0) store.unallocate(slot);
-        store.unpinBase(baseSlot);
-      }
+      if (status !== STATUS_OK) store.unpinBase(baseSlot);
     }
   }
 
