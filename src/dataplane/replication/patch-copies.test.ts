@@ -36,7 +36,10 @@ import {
   type WirePatch,
 } from '../peer/wire.js';
 import { CLUSTER, blockBytes, makeBlock, quietLogger } from '../../../test/support/peer-helpers.js';
+import { FEATURE_PATCHES } from '../../model/node-features.js';
+import { ClusterBlocks } from './cluster-blocks.js';
 import { DiskPeerBackend } from './disk-backend.js';
+import { ClusterPlacement } from './placement.js';
 
 const BS = 64 * 1024;
 const INDEX = 6;
@@ -316,5 +319,27 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     });
     t.after(() => oldClient.close());
     await assert.rejects(oldClient.putPatches([p]), /does not store patches/);
+  });
+
+  it('a cluster writes patches only while every live node says it takes them', async () => {
+    const self = '00000000-0000-4000-8000-000000000001';
+    const peer = (n: number, features?: string[]) => ({
+      uuid: `00000000-0000-4000-8000-00000000000${n}`,
+      address: `127.0.0.1:${40000 + n}`,
+      ...(features ? { features } : {}),
+    });
+    const placement = new ClusterPlacement(self, { clusterId: CLUSTER, nodeId: self });
+    const cluster = new ClusterBlocks(placement, await hasher(), quietLogger());
+    placement.update(undefined, [peer(1), peer(2, [FEATURE_PATCHES]), peer(3, [FEATURE_PATCHES])]);
+    assert.equal(cluster.patches, 'replicated', 'this node’s own record does not count');
+    placement.update(undefined, [peer(1), peer(2, [FEATURE_PATCHES]), peer(3)]);
+    assert.equal(cluster.patches, undefined, 'a node from before patches is live');
+    placement.update(undefined, [
+      peer(2, [FEATURE_PATCHES]),
+      peer(3, ['something-else', FEATURE_PATCHES]),
+    ]);
+    assert.equal(cluster.patches, 'replicated', 'it left');
+    cluster.patchesEnabled = false;
+    assert.equal(cluster.patches, undefined);
   });
 });
