@@ -23,6 +23,7 @@ describe('in-process cluster: patches between nodes', { timeout: 60_000 }, () =>
   let cluster: InProcessCluster;
   before(async () => {
     cluster = await createCluster(3, { replication: 2 });
+    for (const n of cluster.nodes) n.node.cluster!.patchesEnabled = true; // off by default for now
   });
   after(() => cluster?.close());
 

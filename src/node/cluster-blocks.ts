@@ -40,7 +40,14 @@ export async function openClusterBlocks(
     snapshot.ring?.description,
     [...snapshot.peers.values()].map((p) => p.info),
   );
-  return new ClusterBlocks(placement, await hasher(), log.child({ component: 'replication' }));
+  const cluster = new ClusterBlocks(
+    placement,
+    await hasher(),
+    log.child({ component: 'replication' }),
+  );
+  // Experimental until the race ClusterBlocks.patchesEnabled describes is found.
+  cluster.patchesEnabled = process.env.TORUS_CLUSTER_PATCHES === 'on';
+  return cluster;
 }
 
 /** The main thread's replication counts (cluster) and the workers' (pool). */
