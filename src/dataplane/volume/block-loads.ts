@@ -235,6 +235,15 @@ export class BlockLoads {
       // Only a stored block is written in part (a hole's slot starts as zeros, whole).
       assert(!this.state.isHole(index), 'a partly written block has no stored copy');
       const source = this.sourceOf(index);
+      // Its spilled copy may be being replaced right now (a patch of the
+      // round in flight, cluster: the same ref on every copy): read it once
+      // the round is over. Read meanwhile, a replica already holding the new
+      // one looks damaged, and the read "repairs" it with the old.
+      const storing = this.state.storing;
+      if (source.spilled && storing) {
+        await storing.catch(() => undefined);
+        continue;
+      }
       const rest = cache.acquire(this.owner, index, SlotState.Loading);
       if (rest < 0) {
         await this.waitForCacheSpace();
