@@ -45,10 +45,12 @@ export class ClusterBlocks implements BlockPlacement {
 
   /**
    * Cluster patches are off by default (node/cluster-blocks.ts: on with
-   * TORUS_CLUSTER_PATCHES=on): with them on, a fio verify of 4 KiB random
-   * writes through `torusblk nbdserve` read some blocks back as checksum
-   * mismatches (both copies agree with each other, not with the map) in 2
-   * runs of 3 — a race not found yet (docs/benchmarks.md, session 27).
+   * TORUS_CLUSTER_PATCHES=on). With them on, a fio verify of 4 KiB random
+   * writes read some blocks back as checksum mismatches in 3 runs of 4: a
+   * completion read a spilled patch while its round replaced it, and
+   * "repaired" the new copies with the old (fixed: block-loads.ts; 7 of 7
+   * clean since). On once a longer soak agrees and reads of uncommitted
+   * blocks no longer repair replicas (docs/benchmarks.md, session 27).
    * Off: every block is written whole, as before patches.
    */
   patchesEnabled = false;
