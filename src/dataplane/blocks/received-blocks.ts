@@ -6,7 +6,7 @@
  * its records, so a record never names bytes not yet written. A peer's batch
  * of 256 blocks costs a few trips through the thread pool instead of 768,
  * each of which wakes a pool thread and then the event loop. A block sent
- * as a patch (writeReceivedPatch) goes the same way: its sub-blocks and
+ * as a patch (writeReceivedPatches) goes the same way: its sub-blocks and
  * entry, then its record.
  */
 import type { FileHandle } from 'node:fs/promises';
@@ -75,7 +75,7 @@ export interface ReceivedFiles {
   subsumsEntrySize: number;
   dataPath: string;
   hash: Hasher;
-  /** Whether a received patch is written on the event loop's thread (writeReceivedPatch). */
+  /** Whether a received patch is written on the event loop's thread (writeReceivedPatches). */
   patchWrites: InlineWrites;
 }
 
