@@ -94,6 +94,12 @@ export interface ReadRequest {
   /** storeSlot holds a patch: its base's slot (LocalSlotStore.baseOf). */
   baseSlot?: number;
   /**
+   * A block of the version being written (spilled): a replica's copy that
+   * disagrees with the hash may be newer (the same ref rewritten by a round
+   * in flight), not damaged, so it is never "repaired" with this one.
+   */
+  noRepair?: boolean;
+  /**
    * localBad: this node's copy failed its check and a peer's served instead
    * (cluster); whole: the whole block was read, though sub-blocks were asked.
    */
@@ -416,6 +422,7 @@ export class DataPool {
       if (r.subBlocks !== undefined) (task.subBlocks ??= new Uint32Array(n))[i] = r.subBlocks;
       if (r.baseSlot !== undefined && r.baseSlot >= 0)
         (task.baseSlots ??= new Int32Array(n).fill(-1))[i] = r.baseSlot;
+      if (r.noRepair) (task.noRepair ??= new Uint8Array(n))[i] = 1;
     }
     const remote = batch[0].remote;
     if (remote)

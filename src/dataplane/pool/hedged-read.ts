@@ -452,6 +452,7 @@ export class HedgedRead {
    * round trip, only when a replica was found bad, at most REPAIR_TIMEOUT_MS.
    */
   private repair(i: number, peer: number, good: WireBlock): void {
+    if (this.task.noRepair?.[i]) return; // a newer copy of an uncommitted block is not damage
     this.lent[i] = 1;
     const target: PeerTarget = this.remote.peers[peer];
     const copy: WireBlock = {

@@ -139,6 +139,8 @@ export interface ReadBatchTask {
    * a whole block; absent: every block is whole. Local reads only.
    */
   baseSlots?: Int32Array;
+  /** Per block, 1: a copy of the version being written, whose bad-looking replicas are not repaired (ReadRequest.noRepair). */
+  noRepair?: Uint8Array;
 }
 
 export const READ_OK = 0;

@@ -378,6 +378,7 @@ export class BlockLoads {
       hashLo: entry.hashLo,
       hashHi: entry.hashHi,
       remote: source.remote,
+      noRepair: spilled,
       subBlocks: sealed || subBlocks === cache.wholeMask ? undefined : subBlocks,
       done: (status, reason, localBad, whole) => {
         if (localBad && !spilled) this.dropBadLocalCopy(owner, index, entry.generation, reason);
