@@ -44,6 +44,9 @@ export interface PatchBase {
   generation: number;
 }
 
+/** The base fields of a patch that holds its whole block (it has none). */
+export const NO_BASE: PatchBase = Object.freeze({ volumeId: 0, generation: 0 });
+
 function u32(records: Uint8Array, at: number): number {
   return (
     (records[at] | (records[at + 1] << 8) | (records[at + 2] << 16) | (records[at + 3] << 24)) >>> 0

@@ -14,6 +14,7 @@ import type { BlockRef } from '../../model/block-ref.js';
 import { InlineWrites, writeFullySync } from '../../common/inline-writes.js';
 import type { Hasher } from './hash.js';
 import {
+  NO_BASE,
   PATCH_MAX_SUB_BLOCKS,
   fillPatchFields,
   forEachSourceRun,
@@ -78,9 +79,6 @@ export interface ReceivedFiles {
   /** Whether a received patch is written on the event loop's thread (writeReceivedPatches). */
   patchWrites: InlineWrites;
 }
-
-/** The base fields of a patch that holds its whole block. */
-const NO_BASE = { volumeId: 0, generation: 0 };
 
 /** Most blocks in one run (a writev takes at most 1024 buffers). */
 const MAX_RUN = 256;

@@ -29,6 +29,8 @@
  * those blocks whole.
  */
 import type { BlockRef } from '../../model/block-ref.js';
+import { subBlockCount } from '../blocks/patches.js';
+import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
 import { REF_SIZE, decodeRef, encodeRef } from './wire-blocks.js';
 import {
   FLAG_REPLY,
@@ -43,7 +45,6 @@ import {
   encodeHeader,
 } from './wire-frame.js';
 
-const SUB_BLOCK_BYTES = 4096;
 /** Largest sub-sums entry: 16 bytes and a sum for each of a patch's at most 32 sub-blocks. */
 export const MAX_PATCH_ENTRY_BYTES = 16 + 4 * 32;
 
@@ -64,17 +65,11 @@ export interface WirePatch {
 /** A patch's fixed fields before its entry: ref, base, older, present, entry length. */
 const PATCH_HEAD_SIZE = REF_SIZE + 24;
 
-function popcount(mask: number): number {
-  let count = 0;
-  for (let m = mask >>> 0; m !== 0; m = (m & (m - 1)) >>> 0) count++;
-  return count;
-}
-
 /** What is wrong with a patch (as a sender must not send it), or undefined. */
 function patchProblem(patch: WirePatch): string | undefined {
   if (patch.present >>> 0 === 0) return 'a patch of no sub-blocks';
-  if (patch.data.length !== popcount(patch.present) * SUB_BLOCK_BYTES)
-    return `a patch of ${popcount(patch.present)} sub-blocks with ${patch.data.length} bytes`;
+  if (patch.data.length !== subBlockCount(patch.present) * SUB_BLOCK_SIZE)
+    return `a patch of ${subBlockCount(patch.present)} sub-blocks with ${patch.data.length} bytes`;
   if (patch.entry.length < 20 || patch.entry.length > MAX_PATCH_ENTRY_BYTES)
     return `a sub-sums entry of ${patch.entry.length} bytes`;
   if (patch.base.generation > patch.ref.generation)

@@ -24,13 +24,10 @@
  *   completed instead: the copy would cost about what the whole block
  *   does, and every whole read of a patch costs a second read range.
  */
-import { PATCH_MAX_SUB_BLOCKS, subBlockCount } from '../blocks/patches.js';
+import { NO_BASE, PATCH_MAX_SUB_BLOCKS, subBlockCount } from '../blocks/patches.js';
 import type { PatchSource } from '../pool/data-pool.js';
 import { ENTRY_SEALED } from './block-map.js';
 import type { VolumeState } from './volume-state.js';
-
-/** The base fields of a patch that holds its whole block. */
-const NO_BASE = { volumeId: 0, generation: 0 };
 
 /** How block `index`'s Dirty slot `cacheSlot` (written in part) is stored as a patch, or undefined: whole. */
 export function planPatch(
