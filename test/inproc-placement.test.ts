@@ -59,4 +59,64 @@ describe('in-process cluster: placement', { timeout: 30_000 }, () => {
     await cluster.withExport(reader, 'placed', (exp) => exp.read(MiB, back));
     assert.ok(back.equals(data), 'the data read back through another node differs');
   });
+
+  test('a block spilled twice in one version, the second time not on the writer: the writer keeps no copy of the first', async () => {
+    const [writer, filler] = cluster.nodes;
+    // 320 blocks over the writer's 16 MiB cache: each pass spills most of them before the FLUSH commits.
+    const blocks = 320;
+    const BLOCK = 64 * 1024;
+    const volume = await writer.node.createVolume('respill', blocks * BLOCK);
+    await cluster.withExport(filler, 'respill', async (exp) => {
+      await exp.write(0, randomBytes(blocks * BLOCK), false);
+      await exp.flush();
+    });
+    // The writer's store nearly full: the first pass's spills of some blocks are kept on it, the
+    // second pass's go to other nodes only (a full node's copies go to the next node on the ring).
+    const { store } = writer.node;
+    const taken: number[] = [];
+    while (store.freeSlots > 40) taken.push(store.allocate());
+    const expected = Buffer.alloc(blocks * BLOCK);
+    try {
+      await cluster.withExport(writer, 'respill', async (exp) => {
+        for (let pass = 0; pass < 2; pass++) {
+          randomBytes(blocks * BLOCK).copy(expected);
+          for (let index = 0; index < blocks; index++)
+            await exp.write(
+              index * BLOCK,
+              expected.subarray(index * BLOCK, (index + 1) * BLOCK),
+              false,
+            );
+        }
+        await exp.flush();
+      });
+    } finally {
+      for (const slot of taken) store.unallocate(slot);
+    }
+    // Every copy a node holds of the newest version is what was written last: at once on the
+    // writer (it let its first copy go), after a GC run on the others (a copy with a hash the
+    // committed version does not reference is superseded).
+    let newest = 0;
+    for (const n of cluster.nodes)
+      for await (const b of n.peers.backend.listBlocks({ volumeId: volume.id }))
+        if (b.ref.index < blocks) newest = Math.max(newest, b.ref.generation);
+    const staleOn = async (nodes: typeof cluster.nodes) => {
+      const stale: string[] = [];
+      for (const n of nodes)
+        for await (const b of n.peers.backend.listBlocks({ volumeId: volume.id })) {
+          if (b.ref.index >= blocks || b.ref.generation !== newest) continue;
+          const held = await n.peers.backend.getBlock(b.ref);
+          const want = expected.subarray(b.ref.index * BLOCK, (b.ref.index + 1) * BLOCK);
+          if (held && !Buffer.from(held.data).equals(want))
+            stale.push(`node ${n.index} block ${b.ref.index}`);
+        }
+      return stale;
+    };
+    assert.deepEqual(await staleOn([writer]), [], 'the writer kept its first copies');
+    await settles(async () => {
+      const stale = await staleOn(cluster.nodes);
+      return stale.length > 0
+        ? `${stale.length} stale copies: ${stale.slice(0, 4).join(', ')}`
+        : undefined;
+    });
+  });
 });

@@ -23,6 +23,7 @@ import type { MapRoot } from '../../model/map-root.js';
 import { Volume, type VolumeIdentity, type VolumeServices } from '../volume/volume.js';
 import { CatalogGcViews } from './gc-catalog.js';
 import { references } from './map-index.js';
+import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 
 const BS = 4096; // 256 entries a page: 1024 blocks make a two-level map
 const identity: VolumeIdentity = {
@@ -113,12 +114,26 @@ describe('CatalogGcViews', { timeout: 60_000 }, () => {
         const now = new Set(
           [...volume.referencedRefs()].map((r) => refKey(r.volumeId, r.generation, r.index)),
         );
-        for (const [ref] of store.blocks())
+        for (const [ref, slot] of store.blocks()) {
+          const referenced = now.has(refKey(ref.volumeId, ref.generation, ref.index));
+          assert.equal(view.isReferenced(ref), referenced, `store block ${JSON.stringify(ref)}`);
+          // With the copy's hash (data blocks, pages and the root alike); another hash is another copy.
+          const record = store.record(slot);
+          const hash = {
+            lo: record.getUint32(OFF_HASH_LO, true),
+            hi: record.getUint32(OFF_HASH_HI, true),
+          };
           assert.equal(
-            view.isReferenced(ref),
-            now.has(refKey(ref.volumeId, ref.generation, ref.index)),
-            `store block ${JSON.stringify(ref)}`,
+            view.isReferenced(ref, hash),
+            referenced,
+            `with its hash: ${JSON.stringify(ref)}`,
           );
+          assert.equal(
+            view.isReferenced(ref, { lo: hash.lo ^ 1, hi: hash.hi }),
+            false,
+            `with another hash: ${JSON.stringify(ref)}`,
+          );
+        }
         for (const key of [...gen1, ...now]) {
           const [volumeId, generation, index] = key.split('/').map(Number);
           assert.equal(

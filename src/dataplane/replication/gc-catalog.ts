@@ -177,7 +177,7 @@ export class CatalogGcViews {
     for (const id of this.maps.keys()) if (!volumes.has(id)) this.maps.delete(id);
     for (const key of this.pinnedMaps.keys()) if (!kept.has(key)) this.pinnedMaps.delete(key);
     this.last = { versions, snapshots: snapshotMaps };
-    return { volumes, isReferenced: (ref) => index.isReferenced(ref) };
+    return { volumes, isReferenced: (ref, hash) => index.isReferenced(ref, undefined, hash) };
   }
 
   /**

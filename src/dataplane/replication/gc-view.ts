@@ -43,6 +43,7 @@
  */
 import type { BlockRef } from '../../model/block-ref.js';
 import { RefIndex } from '../blocks/ref-index.js';
+import type { CopyHash } from './map-index.js';
 
 /** One volume of the catalog, as listed for a GC run. */
 export interface GcVolume {
@@ -58,9 +59,11 @@ export interface GcView {
   /**
    * Does some listed volume's committed version (or one of its snapshots)
    * reference this ref? Across volumes: a clone referencing another
-   * volume's blocks keeps them.
+   * volume's blocks keeps them. With `hash` (a stored copy's), only if it
+   * references the ref with that hash, when the view knows hashes: a copy
+   * of an earlier write of the block for the same version is not.
    */
-  isReferenced(ref: BlockRef): boolean;
+  isReferenced(ref: BlockRef, hash?: CopyHash): boolean;
 }
 
 export type BlockVerdict =
@@ -75,14 +78,17 @@ export type BlockVerdict =
 
 /**
  * What `ref` is under `view`. `presentBefore`: the volume ids this store
- * held blocks of before the view was asked for.
+ * held blocks of before the view was asked for. `hash`: the stored copy's —
+ * a copy of a committed generation whose hash the version does not
+ * reference is superseded (written again for that version, stored elsewhere).
  */
 export function classifyBlock(
   ref: BlockRef,
   view: GcView,
   presentBefore: ReadonlySet<number>,
+  hash?: CopyHash,
 ): BlockVerdict {
-  if (view.isReferenced(ref)) return 'referenced';
+  if (view.isReferenced(ref, hash)) return 'referenced';
   const volume = view.volumes.get(ref.volumeId);
   if (!volume) return presentBefore.has(ref.volumeId) ? 'deleted' : 'unknown';
   return ref.generation <= volume.generation ? 'superseded' : 'unknown';
@@ -97,7 +103,7 @@ export function isGarbage(verdict: BlockVerdict): boolean {
  * `volume.referencedRefs()` of each loaded version). Keeps an entry per
  * referenced ref in a RefIndex (maps of numbers): about 30 bytes a block,
  * ~0.5 GiB per TiB of 64 KiB blocks; a caller with big volumes can answer
- * isReferenced from the loaded maps instead.
+ * isReferenced from the loaded maps instead. It knows no hashes.
  */
 export function gcViewOf(volumes: Iterable<GcVolume & { refs: Iterable<BlockRef> }>): GcView {
   const byId = new Map<number, GcVolume>();

@@ -26,27 +26,55 @@ export class MapIndex {
     else this.byOwner.set(owner, [map]);
   }
 
-  /** Does some map (other than `except`) hold `ref` for its volume? */
-  isReferenced(ref: BlockRef, except?: BlockMap): boolean {
+  /** Does some map (other than `except`) hold `ref` for its volume — with `hash`, when given? */
+  isReferenced(ref: BlockRef, except?: BlockMap, hash?: CopyHash): boolean {
     const maps = this.byOwner.get(ref.volumeId);
     if (!maps) return false;
     for (const map of maps) {
       if (map === except) continue;
-      if (map.ownerOf(ref.generation) === ref.volumeId && references(map, ref)) return true;
+      if (map.ownerOf(ref.generation) === ref.volumeId && references(map, ref, hash)) return true;
     }
     return false;
   }
 }
 
-/** Does the loaded map reference `ref`: a data block whose entry has its generation, or a page whose parent's entry (or the root) does. */
-export function references(map: BlockMap | undefined, ref: BlockRef): boolean {
+/**
+ * A stored copy's hash. A block written twice for one version (spilled, then
+ * written and spilled again before the commit) keeps its ref; a node the
+ * second copy did not go to may still hold the first, under that ref with
+ * another hash. Asked with the copy's hash, such a copy is not referenced.
+ */
+export interface CopyHash {
+  lo: number;
+  hi: number;
+}
+
+/**
+ * Does the loaded map reference `ref`: a data block whose entry has its
+ * generation, or a page whose parent's entry (or the root) does — and, when
+ * `hash` is given, that entry's hash.
+ */
+export function references(map: BlockMap | undefined, ref: BlockRef, hash?: CopyHash): boolean {
   if (!map) return false;
-  if (ref.index < MAP_PAGE_BIT) return map.entryWords(0, ref.index)?.[0] === ref.generation;
+  if (ref.index < MAP_PAGE_BIT) return holds(map.entryWords(0, ref.index), ref.generation, hash);
   const within = ref.index - MAP_PAGE_BIT;
   const level = Math.floor(within / LEVEL_SPAN);
   const pageNo = within - level * LEVEL_SPAN;
   // Levels above the root's are not stored yet (a grow not committed since).
-  if (level === map.rootLevel) return pageNo === 0 && map.root?.generation === ref.generation;
+  if (level === map.rootLevel) {
+    const root = map.root;
+    return (
+      pageNo === 0 &&
+      root?.generation === ref.generation &&
+      (!hash || (root.hashLo >>> 0 === hash.lo >>> 0 && root.hashHi >>> 0 === hash.hi >>> 0))
+    );
+  }
   if (level > map.rootLevel) return false;
-  return map.entryWords(level + 1, pageNo)?.[0] === ref.generation;
+  return holds(map.entryWords(level + 1, pageNo), ref.generation, hash);
+}
+
+/** An entry (generation, flags, hash lo, hash hi) naming this generation, and this hash when given. */
+function holds(entry: Uint32Array | undefined, generation: number, hash?: CopyHash): boolean {
+  if (entry?.[0] !== generation) return false;
+  return !hash || (entry[2] === hash.lo >>> 0 && entry[3] === hash.hi >>> 0);
 }

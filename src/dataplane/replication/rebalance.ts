@@ -4,7 +4,9 @@
  * Each node walks its own local store (LocalSlotStore.blocks()) in chunks,
  * and for every block it holds:
  *   1. garbage (gc-view.ts: of a deleted volume, or superseded by a committed
- *      version) → released here. Every node frees its own garbage, so no
+ *      version — a copy of a committed generation with a hash its version
+ *      does not reference included: a block written again for that version
+ *      and stored elsewhere) → released here. Every node frees its own garbage, so no
  *      DELETE goes over the wire and a node that is down when a volume is
  *      deleted frees that volume's blocks at its next run after it is back.
  *   2. otherwise its current write targets (placement: the first R live ring
@@ -43,6 +45,8 @@ import { formatRef, type BlockRef } from '../../model/block-ref.js';
 import type { LocalSlotStore } from '../blocks/slot-store.js';
 import type { PeerBlockStore, WireBlock } from '../peer/backend.js';
 import { classifyBlock, isGarbage, type BlockVerdict, type GcView } from './gc-view.js';
+import type { CopyHash } from './map-index.js';
+import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 import type { ClusterPlacement, PeerTarget } from './placement.js';
 import { BackgroundJob } from '../jobs/background-job.js';
 import { RateMeter } from './rate.js';
@@ -311,7 +315,9 @@ export class Rebalancer {
     const items: Item[] = [];
     const garbage: BlockRef[] = [];
     for (const ref of refs) {
-      const verdict: BlockVerdict = view ? classifyBlock(ref, view, presentBefore) : 'unknown';
+      const verdict: BlockVerdict = view
+        ? classifyBlock(ref, view, presentBefore, this.copyHash(ref))
+        : 'unknown';
       if (isGarbage(verdict)) {
         garbage.push(ref);
         continue;
@@ -495,6 +501,15 @@ export class Rebalancer {
     this.stats.failed += n;
     run.failed += n;
     this.runFoundWork = true;
+  }
+
+  /** The hash of this node's copy of `ref` (GC frees a copy its version does not reference with that hash), if held. */
+  private copyHash(ref: BlockRef): CopyHash | undefined {
+    const { store } = this.local;
+    const slot = store.lookup(ref.volumeId, ref.generation, ref.index);
+    if (slot === undefined) return undefined;
+    const record = store.record(slot);
+    return { lo: record.getUint32(OFF_HASH_LO, true), hi: record.getUint32(OFF_HASH_HI, true) };
   }
 
   private storeOf(uuid: string): PeerBlockStore {

@@ -162,6 +162,9 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
       // Replaces (and releases) an earlier spill of this block; a patch's pin on its base becomes the patch's.
       if (local && !patch?.inPlace)
         store.bind(storeSlots[i], ref, patch && patch.baseSlot >= 0 ? patch.baseSlot : undefined);
+      // Stored elsewhere only (this node's store full or not a target now): an earlier spill of
+      // this block kept here holds older bytes under the same ref, and a read here would find it.
+      else if (!local) store.release(ref);
       // Trimmed while it was being written: a hole pending over a committed
       // block, or — for a block no version has — no slot in the table any
       // more (a flushing slot is never evicted; only a trim, zeroing or
