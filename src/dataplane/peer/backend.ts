@@ -25,6 +25,7 @@ import type {
   RangeReply,
   WireBlock,
   WirePatch,
+  PatchResults,
 } from './wire.js';
 import { BLOCK_TREE_HASH } from './wire-blocks.js';
 
@@ -161,13 +162,13 @@ export interface PeerBlockBackend extends PeerBlockStore {
   ): Promise<RangeReply | undefined>;
   /**
    * Optional: store blocks as patches over bases this node holds
-   * (PUT_PATCHES, wire-patches.ts): a status per patch — STATUS_OK,
+   * (PUT_PATCHES, wire-patches.ts): a status and a tree hash per patch — STATUS_OK,
    * STATUS_NOT_FOUND (no such base), STATUS_CHECKSUM (a sub-block, the
    * entry or the base's sums disagree: nothing of it stored). Storing a ref
    * already held replaces it, as putBlocks does. Byte fields are views into
    * the frame, valid until the promise settles. Absent: BAD_REQUEST.
    */
-  putPatches?(patches: readonly WirePatch[]): Promise<Uint8Array>;
+  putPatches?(patches: readonly WirePatch[]): Promise<PatchResults>;
   info(): PeerNodeInfo;
   /**
    * Every held block (or every block of one volume), for rebalance and GC.

@@ -92,6 +92,7 @@ import {
   type RangeReply,
   type WireBlock,
   type WirePatch,
+  type PatchResults,
   type IntentCovered,
   type IntentSealReply,
   type IntentSealRequest,
@@ -173,9 +174,10 @@ export class PeerClient implements PeerBlockStore {
   /**
    * Store blocks as patches over bases the peer holds (PUT_PATCHES,
    * wire-patches.ts): per patch STATUS_OK, STATUS_NOT_FOUND (no base there)
-   * or STATUS_CHECKSUM. A peer from before it rejects with BAD_REQUEST.
+   * or STATUS_CHECKSUM, and the tree hash stored. A peer from before it
+   * rejects with BAD_REQUEST.
    */
-  putPatches(patches: readonly WirePatch[], options: RequestOptions = {}): Promise<Uint8Array> {
+  putPatches(patches: readonly WirePatch[], options: RequestOptions = {}): Promise<PatchResults> {
     return this.request(OP_PUT_PATCHES, patches, options.timeoutMs ?? this.settings.putTimeoutMs);
   }
 

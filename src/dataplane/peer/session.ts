@@ -400,9 +400,9 @@ export class PeerSession extends ServedConnection {
           const patches = decodePutPatches(payload);
           if (!this.backend.putPatches)
             throw new TbpPayloadError('this node does not store patches');
-          const statuses = await this.backend.putPatches(patches);
+          const results = await this.backend.putPatches(patches);
           if (!this.writable()) break;
-          this.out.writeFrame(encodePutPatchesReply(id, statuses));
+          this.out.writeFrame(encodePutPatchesReply(id, results));
           this.noteQueued();
           break;
         }

@@ -22,6 +22,9 @@ import {
   headerOpcode,
   headerPayloadLength,
   isKnownOpcode,
+  carriesSums,
+  encodePatchSums,
+  patchSums,
   type WirePatch,
 } from './wire.js';
 import { MAP_PAGE_BIT } from '../../model/block-ref.js';
@@ -95,16 +98,38 @@ test('PUT_PATCHES: what a sender may not send and a decoder refuses', () => {
   assert.throws(() => decodePutPatches(none), /0 patches/);
 });
 
-test('PUT_PATCHES reply: a status byte per patch, only the three a patch can have', () => {
+test('PUT_PATCHES reply: a status byte per patch, only the three a patch can have, then the tree hashes', () => {
   const statuses = Uint8Array.from([STATUS_OK, STATUS_NOT_FOUND, STATUS_CHECKSUM]);
-  const frame = encodePutPatchesReply(5, statuses);
+  const hashes = Uint32Array.from([0x0403_0201, 0x0807_0605, 0, 0, 0, 0]);
+  const frame = encodePutPatchesReply(5, { statuses, hashes });
   const payload = frame.subarray(HEADER_SIZE);
-  assert.deepEqual([...payload], [0, 0, 0, 3, 0, 1, 2]);
-  assert.deepEqual([...decodePutPatchesReply(payload, 3)], [0, 1, 2]);
+  assert.deepEqual(
+    [...payload],
+    [0, 0, 0, 3, 0, 1, 2, 8, 7, 6, 5, 4, 3, 2, 1, ...new Array(16).fill(0)],
+    'count, statuses, then each hash high half first',
+  );
+  const back = decodePutPatchesReply(payload, 3);
+  assert.deepEqual([...back.statuses], [0, 1, 2]);
+  assert.deepEqual([...back.hashes], [...hashes]);
   assert.throws(() => decodePutPatchesReply(payload, 2), TbpPayloadError);
   const odd = Buffer.from(payload);
   odd[6] = 4;
   assert.throws(() => decodePutPatchesReply(odd, 3), /status 4/);
+});
+
+test('PUT_PATCHES from a writer without the base: the base hash and the sent sums, never mistaken for an entry', () => {
+  const sums = encodePatchSums(0x1111_2222, 0x3333_4444, [0xaabb_ccdd, 7]);
+  assert.deepEqual([...sums.subarray(0, 8)], [0x33, 0x33, 0x44, 0x44, 0x11, 0x11, 0x22, 0x22]);
+  const p = patch({ entry: sums });
+  assert.ok(carriesSums(p));
+  assert.ok(!carriesSums(patch()), 'a whole entry (16 + 4n bytes) is never 8 + 4 per sub-block');
+  const read = patchSums(sums);
+  assert.deepEqual(
+    [read.baseHashLo, read.baseHashHi, read.sum(0), read.sum(1)],
+    [0x1111_2222, 0x3333_4444, 0xaabb_ccdd, 7],
+  );
+  const [decoded] = decodePutPatches(frameOf(encodePutPatchesFrame(1, [p])).subarray(HEADER_SIZE));
+  assert.ok(carriesSums(decoded));
 });
 
 test('BLOCK_TREE_HASH travels on plain data blocks only', () => {

@@ -20,11 +20,19 @@
  *   of the receiver's index, and found through the older patch;
  * - present: the sub-blocks `data` holds, in order (present ≠ 0, data
  *   exactly 4 KiB per bit);
- * - entry: the block's sub-sums entry (blocks/sub-sums.ts) sealed with its
- *   tree hash — the hash the block map records.
- * Reply payload: count u32, then one status byte per patch: STATUS_OK
+ * - entry: either the block's sub-sums entry (blocks/sub-sums.ts, 16 + 4n
+ *   bytes) sealed with its tree hash — the hash the block map records —
+ *   from a writer that holds the base; or, from one that does not, 8 + 4c
+ *   bytes (c present sub-blocks; the two lengths never meet): the base's
+ *   hash as the block map has it (u64, high half first) and each present
+ *   sub-block's xxh32 (u32 each): the receiver checks its base has that
+ *   hash, makes the entry from its base's and these sums, and answers the
+ *   tree hash — the writer compares the replicas' answers.
+ * Reply payload: count u32, one status byte per patch — STATUS_OK
  * (stored), STATUS_NOT_FOUND (no such base here: send it whole),
- * STATUS_CHECKSUM (a sub-block, the entry, or the base's sums disagree).
+ * STATUS_CHECKSUM (a sub-block, the entry, or the base's sums disagree) —
+ * then per patch the tree hash it was stored with (u64, high half first;
+ * 0 when not stored).
  * A node that predates the opcode answers BAD_REQUEST: the writer sends
  * those blocks whole.
  */
@@ -62,6 +70,38 @@ export interface WirePatch {
   data: Uint8Array;
 }
 
+/** The entry field of a patch from a writer without the base: the base's hash and the present sub-blocks' sums. */
+export function encodePatchSums(
+  baseHashLo: number,
+  baseHashHi: number,
+  sums: readonly number[],
+): Buffer {
+  const out = Buffer.allocUnsafe(8 + 4 * sums.length);
+  out.writeUInt32BE(baseHashHi >>> 0, 0);
+  out.writeUInt32BE(baseHashLo >>> 0, 4);
+  sums.forEach((sum, k) => out.writeUInt32BE(sum >>> 0, 8 + 4 * k));
+  return out;
+}
+
+/** Does the patch carry sums (encodePatchSums) rather than a whole entry? */
+export function carriesSums(patch: Pick<WirePatch, 'entry' | 'present'>): boolean {
+  return patch.entry.length === 8 + 4 * subBlockCount(patch.present);
+}
+
+/** The base hash and the k-th present sub-block's sum of a patch that carriesSums(). */
+export function patchSums(entry: Uint8Array): {
+  baseHashLo: number;
+  baseHashHi: number;
+  sum: (k: number) => number;
+} {
+  const view = new DataView(entry.buffer, entry.byteOffset, entry.byteLength);
+  return {
+    baseHashHi: view.getUint32(0),
+    baseHashLo: view.getUint32(4),
+    sum: (k) => view.getUint32(8 + 4 * k),
+  };
+}
+
 /** A patch's fixed fields before its entry: ref, base, older, present, entry length. */
 const PATCH_HEAD_SIZE = REF_SIZE + 24;
 
@@ -70,9 +110,13 @@ function patchProblem(patch: WirePatch): string | undefined {
   if (patch.present >>> 0 === 0) return 'a patch of no sub-blocks';
   if (patch.data.length !== subBlockCount(patch.present) * SUB_BLOCK_SIZE)
     return `a patch of ${subBlockCount(patch.present)} sub-blocks with ${patch.data.length} bytes`;
-  if (patch.entry.length < 20 || patch.entry.length > MAX_PATCH_ENTRY_BYTES)
+  if (
+    !carriesSums(patch) &&
+    (patch.entry.length < 20 || patch.entry.length > MAX_PATCH_ENTRY_BYTES)
+  )
     return `a sub-sums entry of ${patch.entry.length} bytes`;
-  if (patch.base.generation > patch.ref.generation)
+  // A clone's base is its ancestor's, whose generations are its own.
+  if (patch.base.volumeId === patch.ref.volumeId && patch.base.generation > patch.ref.generation)
     return `a base of generation ${patch.base.generation} under generation ${patch.ref.generation}`;
   return undefined;
 }
@@ -174,22 +218,41 @@ export function decodePutPatches(payload: Buffer): WirePatch[] {
 
 const PATCH_STATUSES = new Set([STATUS_OK, STATUS_NOT_FOUND, STATUS_CHECKSUM]);
 
-/** The OK reply: count u32 and a status byte per patch. */
-export function encodePutPatchesReply(requestId: number, statuses: Uint8Array): Buffer {
-  const buf = Buffer.allocUnsafe(HEADER_SIZE + 4 + statuses.length);
-  encodeHeader(buf, 0, OP_PUT_PATCHES, FLAG_REPLY, STATUS_OK, requestId, 4 + statuses.length);
-  buf.writeUInt32BE(statuses.length, HEADER_SIZE);
-  buf.set(statuses, HEADER_SIZE + 4);
+/** What a PUT_PATCHES stored: per patch a status, and the tree hash [lo, hi] at 2i (0, 0 when not stored). */
+export interface PatchResults {
+  statuses: Uint8Array;
+  hashes: Uint32Array;
+}
+
+/** The OK reply: count u32, a status byte per patch, then a tree hash per patch. */
+export function encodePutPatchesReply(requestId: number, results: PatchResults): Buffer {
+  const n = results.statuses.length;
+  const payload = 4 + 9 * n;
+  const buf = Buffer.allocUnsafe(HEADER_SIZE + payload);
+  encodeHeader(buf, 0, OP_PUT_PATCHES, FLAG_REPLY, STATUS_OK, requestId, payload);
+  buf.writeUInt32BE(n, HEADER_SIZE);
+  buf.set(results.statuses, HEADER_SIZE + 4);
+  for (let i = 0; i < n; i++) {
+    const at = HEADER_SIZE + 4 + n + 8 * i;
+    buf.writeUInt32BE(results.hashes[2 * i + 1] >>> 0, at);
+    buf.writeUInt32BE(results.hashes[2 * i] >>> 0, at + 4);
+  }
   return buf;
 }
 
-/** The status of each of `count` patches, from an OK reply's payload. */
-export function decodePutPatchesReply(payload: Buffer, count: number): Uint8Array {
-  if (payload.length !== 4 + count || payload.readUInt32BE(0) !== count)
+/** The results of `count` patches, from an OK reply's payload. */
+export function decodePutPatchesReply(payload: Buffer, count: number): PatchResults {
+  if (payload.length !== 4 + 9 * count || payload.readUInt32BE(0) !== count)
     throw new TbpPayloadError(`PUT_PATCHES reply of ${payload.length} bytes for ${count} patches`);
-  const statuses = new Uint8Array(payload.subarray(4));
+  const statuses = new Uint8Array(payload.subarray(4, 4 + count));
   for (const status of statuses)
     if (!PATCH_STATUSES.has(status))
       throw new TbpPayloadError(`PUT_PATCHES reply with patch status ${status}`);
-  return statuses;
+  const hashes = new Uint32Array(2 * count);
+  for (let i = 0; i < count; i++) {
+    const at = 4 + count + 8 * i;
+    hashes[2 * i + 1] = payload.readUInt32BE(at);
+    hashes[2 * i] = payload.readUInt32BE(at + 4);
+  }
+  return { statuses, hashes };
 }

@@ -14,27 +14,26 @@
  * never counts a copy that is not there, and never commits a block whose
  * copies disagree.
  *
+ * A writer with no copy of the base (a store-less client; a node not
+ * among the base's holders) cannot make the entry: it sends the written
+ * sub-blocks with their sums and the base's hash as its map has it; each
+ * target makes the entry from its own base and answers the tree hash, and
+ * the block's hash is that answer if every target gave the same one (else
+ * the block goes whole). One message per target, as for a whole block.
+ *
  * Patches go to the chosen targets only: a spare has no base. A block one
  * of whose targets is known full or unreachable is not sent as a patch at
  * all (refused at once), so its whole copy can go to a spare.
  */
 import { PeerTimeoutError, PeerUnavailableError } from '../peer/errors.js';
-import { STATUS_OK, type WirePatch } from '../peer/wire.js';
+import { STATUS_OK, encodePatchSums, type PatchResults, type WirePatch } from '../peer/wire.js';
 import { healthOf } from './peer-health.js';
 import { peerClient } from './peer-links.js';
 import { OFF_GENERATION, OFF_VOLUME, RECORD_SIZE } from '../blocks/record.js';
 import type { PatchWriter } from './patch-write.js';
 import type { Hasher } from '../blocks/hash.js';
 import { subBlockCount } from '../blocks/patches.js';
-import {
-  SUB_BLOCK_SIZE,
-  sealSubsums,
-  setSubSum,
-  subSum,
-  subsumsMatch,
-  treeHashInto,
-} from '../blocks/sub-sums.js';
-import { recycleReceived } from '../peer/reply-memory.js';
+import { SUB_BLOCK_SIZE } from '../blocks/sub-sums.js';
 import {
   PATCH_REFUSED,
   PATCH_REFUSED_STORED,
@@ -47,8 +46,10 @@ const NO_OLDER = { volumeId: 0, generation: 0 };
 export class PatchCopies {
   /** Per peer (index into the task's table): its patches, and each one's place in `acked`. */
   private readonly perPeer = new Map<number, { patches: WirePatch[]; items: number[] }>();
-  /** Blocks whose base only their targets hold, with their cache slots' bytes. */
-  private readonly remoteBased: { i: number; plain: Uint8Array }[] = [];
+  /** Blocks whose base only their targets hold: their tree hash is what the targets answer. */
+  private readonly remoteBased = new Set<number>();
+  /** Per remote-based block: a target's answer is in `hashes` already. */
+  private readonly answered: Uint8Array;
   /** Per block: PATCH_REFUSED or PATCH_REFUSED_STORED where it must be stored whole (tasks.ts). */
   readonly refused: Uint8Array;
   sent = 0;
@@ -59,6 +60,7 @@ export class PatchCopies {
     private readonly remote: RemoteTargets,
   ) {
     this.refused = new Uint8Array(task.cacheSlots.length);
+    this.answered = new Uint8Array(task.cacheSlots.length);
   }
 
   /** Can block `i`'s copies go as patches: are all its targets writable now? */
@@ -74,86 +76,53 @@ export class PatchCopies {
 
   /**
    * Block `i` whose base only its targets hold (a store-less client; a node
-   * not among the base's holders): a patch over their copies, made once
-   * fetchBases() has the base's entry. Not when this node is to keep a copy
-   * too: it has no base to write it over.
+   * not among the base's holders): sent as its written sub-blocks with
+   * their sums and the base's hash as the map has it; each target makes the
+   * entry from its own copy of the base and answers the tree hash, which
+   * send() checks the targets agree on. Not when this node is to keep a
+   * copy too: it has no base to write it over.
    */
-  addRemoteBased(i: number, plain: Uint8Array): void {
-    if (this.task.storeSlots[i] >= 0) this.refused[i] = PATCH_REFUSED;
-    else this.remoteBased.push({ i, plain });
+  addRemoteBased(i: number, plain: Uint8Array, hash: Hasher): void {
+    if (this.task.storeSlots[i] >= 0) {
+      this.refused[i] = PATCH_REFUSED;
+      return;
+    }
+    const targets = this.task.patches!;
+    const written = targets.written[i];
+    const data = new Uint8Array(subBlockCount(written) * SUB_BLOCK_SIZE);
+    const sums: number[] = [];
+    for (let k = 0; k < plain.length / SUB_BLOCK_SIZE; k++) {
+      if ((written & (1 << k)) === 0) continue;
+      const bytes = plain.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE);
+      data.set(bytes, sums.length * SUB_BLOCK_SIZE);
+      sums.push(hash.hash32(bytes));
+    }
+    this.remoteBased.add(i);
+    this.add(i, {
+      ref: this.refOf(i, this.task.volumeId, this.task.generation),
+      base: { volumeId: targets.baseVolumes[i], generation: targets.baseGenerations[i] },
+      older: NO_OLDER,
+      present: written,
+      entry: encodePatchSums(targets.baseHashes[2 * i], targets.baseHashes[2 * i + 1], sums),
+      data,
+    });
   }
 
   /**
-   * The entries of the remote-based blocks' bases, one GET_RANGE of their
-   * first sub-block each (from their targets in order, until one answers
-   * with an entry sealed with the map's hash for the base), and from each
-   * the block's patch: its entry (the base's sums, the written sub-blocks'
-   * own), its tree hash into hashes[2i], hashes[2i + 1]. No entry: the
-   * block is refused (PATCH_REFUSED: nothing stored), to be stored whole.
+   * A target stored block `i` with tree hash `answers[2k..]`: for a block
+   * over the targets' bases, the first answer is its hash and every other
+   * must be the same (copies that disagree: the block goes whole); a block
+   * over this node's base has its hash already, which the answer repeats.
    */
-  async fetchBases(hash: Hasher, hashes: Uint32Array): Promise<void> {
-    const targets = this.task.patches!;
-    await Promise.all(
-      this.remoteBased.map(async ({ i, plain }) => {
-        const base = await this.baseEntry(i, hash);
-        if (!base) {
-          this.refused[i] = PATCH_REFUSED;
-          return;
-        }
-        const written = targets.written[i];
-        const entry = new Uint8Array(base.length);
-        const data = new Uint8Array(subBlockCount(written) * SUB_BLOCK_SIZE);
-        let at = 0;
-        for (let k = 0; k < plain.length / SUB_BLOCK_SIZE; k++) {
-          if ((written & (1 << k)) === 0) {
-            setSubSum(entry, k, subSum(base, k));
-            continue;
-          }
-          const bytes = plain.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE);
-          setSubSum(entry, k, hash.hash32(bytes));
-          data.set(bytes, at);
-          at += SUB_BLOCK_SIZE;
-        }
-        const tree = hashes.subarray(2 * i, 2 * i + 2);
-        treeHashInto(entry, hash, tree);
-        sealSubsums(entry, tree[0], tree[1], hash);
-        this.add(i, {
-          ref: this.refOf(i, this.task.volumeId, this.task.generation),
-          base: { volumeId: targets.baseVolumes[i], generation: targets.baseGenerations[i] },
-          older: NO_OLDER,
-          present: written,
-          entry,
-          data,
-        });
-      }),
-    );
-  }
-
-  /** The base's sub-sums entry of block `i`, checked by the map's hash, from the first target that has it. */
-  private async baseEntry(i: number, hash: Hasher): Promise<Uint8Array | undefined> {
-    const { stride, targets, peers, identity } = this.remote;
-    const patches = this.task.patches!;
-    const ref = this.refOf(i, patches.baseVolumes[i], patches.baseGenerations[i]);
-    const [lo, hi] = [patches.baseHashes[2 * i], patches.baseHashes[2 * i + 1]];
-    for (let t = 0; t < stride; t++) {
-      const peer = targets[i * stride + t];
-      if (peer < 0) break;
-      try {
-        const reply = await peerClient(identity, peers[peer]).getRange({
-          ref,
-          offset: 0,
-          length: SUB_BLOCK_SIZE,
-        });
-        if (!reply) continue;
-        const entry =
-          reply.entry && subsumsMatch(reply.entry, lo, hi, hash) ? reply.entry.slice() : undefined;
-        recycleReceived(reply.block.data);
-        if (entry) return entry;
-      } catch {
-        // The next target; none: the block goes whole.
-      }
+  private agrees(i: number, answers: Uint32Array, k: number, hashes: Uint32Array): boolean {
+    const [lo, hi] = [answers[2 * k], answers[2 * k + 1]];
+    if (this.remoteBased.has(i) && !this.answered[i]) {
+      this.answered[i] = 1;
+      hashes[2 * i] = lo;
+      hashes[2 * i + 1] = hi;
+      return true;
     }
-    return undefined;
+    return hashes[2 * i] === lo && hashes[2 * i + 1] === hi;
   }
 
   private refOf(i: number, volumeId: number, generation: number) {
@@ -200,15 +169,15 @@ export class PatchCopies {
    * Never rejects, and reports no failure: the whole copies that follow
    * do, if the peer fails them too.
    */
-  async send(acked: Uint8Array): Promise<void> {
+  async send(acked: Uint8Array, hashes: Uint32Array): Promise<void> {
     const { stride, peers, identity } = this.remote;
     await Promise.all(
       [...this.perPeer].map(async ([peer, batch]) => {
         const target = peers[peer];
         this.sent += batch.patches.length;
-        let statuses: Uint8Array | undefined;
+        let results: PatchResults | undefined;
         try {
-          statuses = await peerClient(identity, target).putPatches(batch.patches);
+          results = await peerClient(identity, target).putPatches(batch.patches);
         } catch (err) {
           // Dead or silent: its whole copies go straight to a spare.
           if (err instanceof PeerUnavailableError || err instanceof PeerTimeoutError)
@@ -216,11 +185,11 @@ export class PatchCopies {
         }
         for (let k = 0; k < batch.items.length; k++) {
           const item = batch.items[k];
-          if (statuses?.[k] === STATUS_OK) {
+          const i = Math.floor(item / stride);
+          if (results?.statuses[k] === STATUS_OK && this.agrees(i, results.hashes, k, hashes)) {
             acked[item] = 1;
           } else {
             // Stored here (over a local base) or not, the block goes whole everywhere.
-            const i = Math.floor(item / stride);
             if (this.refused[i] === 0)
               this.refused[i] =
                 this.task.patches!.baseSlots[i] >= 0 ? PATCH_REFUSED_STORED : PATCH_REFUSED;

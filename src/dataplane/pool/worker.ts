@@ -275,7 +275,7 @@ async function replicate(
       // Over this node's copy of the base, or the targets' own, or not at all (whole: no copy may miss it).
       const slot = task.storeSlots[i];
       if (!copies!.writable(i, isUnwritable)) copies!.refused[i] = PATCH_REFUSED;
-      else if (task.patches!.baseSlots[i] < 0) copies!.addRemoteBased(i, plain);
+      else if (task.patches!.baseSlots[i] < 0) copies!.addRemoteBased(i, plain, hash);
       else if (slot >= 0 && writePatch(task, task.patches!, i, slot, plain, written, hashes))
         copies!.addWritten(task, i, patches, recordView);
       else copies!.refused[i] = PATCH_REFUSED;
@@ -328,7 +328,7 @@ async function replicate(
   const fullPeers: string[] = [];
   const unreachable: string[] = [];
   const placedOn = spares ? new Int16Array(spares.length).fill(-1) : undefined;
-  const patchSends = copies?.fetchBases(hash, hashes).then(() => copies.send(acked));
+  const patchSends = copies?.send(acked, hashes);
   const nextSpare = new Uint8Array(n);
   // Round 0 goes to the targets; each later round sends the copies refused for space to the blocks' next spares.
   for (let round = 0; ; round++) {

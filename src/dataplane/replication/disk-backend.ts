@@ -46,12 +46,17 @@ import {
   type ListedBlock,
   type RangeReply,
   type WireBlock,
+  carriesSums,
+  patchSums,
+  type PatchResults,
   type WirePatch,
 } from '../peer/wire.js';
 import { PATCH_MAX_SUB_BLOCKS, subBlockCount, wholeMaskOf } from '../blocks/patches.js';
 import {
   SUB_BLOCK_SIZE,
+  sealSubsums,
   sealedHashOf,
+  setSubSum,
   subSum,
   subsumsMatch,
   treeHashInto,
@@ -269,7 +274,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
    * this store can never hold (entry size, index, mask) is refused whole
    * (EINVAL → BAD_REQUEST); a full store refuses what is left (NO_SPACE).
    */
-  putPatches(patches: readonly WirePatch[]): Promise<Uint8Array> {
+  putPatches(patches: readonly WirePatch[]): Promise<PatchResults> {
     return this.track(async () => {
       const { store } = this;
       const wholeMask = wholeMaskOf(store.blockSize);
@@ -277,7 +282,7 @@ export class DiskPeerBackend implements PeerBlockBackend {
         const problem =
           store.blockSize / SUB_BLOCK_SIZE > PATCH_MAX_SUB_BLOCKS
             ? `blocks of ${store.blockSize} bytes are never patches`
-            : p.entry.length !== store.subsumsEntrySize
+            : !carriesSums(p) && p.entry.length !== store.subsumsEntrySize
               ? `a sub-sums entry of ${p.entry.length} bytes; this node's are ${store.subsumsEntrySize}`
               : (p.present & ~wholeMask) !== 0 || p.ref.index >= MAP_PAGE_BIT
                 ? `${formatRef(p.ref)}: sub-blocks 0x${(p.present >>> 0).toString(16)} of a block of ${store.blockSize} bytes`
@@ -310,7 +315,14 @@ export class DiskPeerBackend implements PeerBlockBackend {
         throw err;
       }
       this.received.add(ok.reduce((sum, c) => sum + c.patch.data.length, 0));
-      return statuses;
+      const hashes = new Uint32Array(2 * patches.length);
+      checked.forEach((c, i) => {
+        if (c!.status !== STATUS_OK) return;
+        const { lo, hi } = sealedHashOf(c!.patch!.entry);
+        hashes[2 * i] = lo;
+        hashes[2 * i + 1] = hi;
+      });
+      return { statuses, hashes };
     });
   }
 
@@ -323,7 +335,9 @@ export class DiskPeerBackend implements PeerBlockBackend {
     store.pinBase(baseSlot); // before anything yields; kept for the write when OK
     let status = STATUS_NOT_FOUND;
     try {
-      const patch = via < 0 ? sent : await this.keeping(sent, via);
+      // From a writer without the base: its entry made here, from the named base's.
+      let patch = carriesSums(sent) ? await this.withEntry(sent, via < 0 ? baseSlot : via) : sent;
+      if (patch && via >= 0) patch = await this.keeping(patch, via);
       if (!patch) return { status };
       status = await this.checkPatch(patch, baseSlot);
       return status === STATUS_OK ? { status, patch, baseSlot } : { status };
@@ -359,11 +373,42 @@ export class DiskPeerBackend implements PeerBlockBackend {
       via = slot;
       slot = store.baseOf(via);
       if (slot < 0) return undefined;
-    } else if (base.generation === ref.generation) {
+    } else if (base.volumeId === ref.volumeId && base.generation === ref.generation) {
       return undefined; // a whole block spilled for this very ref is no base for it
     }
     if (store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED) return undefined;
     return { base: slot, via };
+  }
+
+  /**
+   * A patch that carries sums (wire-patches.ts) with its whole entry: the
+   * named base's sums, the sent ones for its sub-blocks, sealed with their
+   * tree hash; undefined when the named base here is not the one the
+   * writer's map names (another hash) or its entry is unusable.
+   */
+  private async withEntry(sent: WirePatch, named: number): Promise<WirePatch | undefined> {
+    const { store, hash } = this;
+    const { baseHashLo, baseHashHi, sum } = patchSums(sent.entry);
+    const record = store.record(named);
+    if (
+      record.getUint32(OFF_HASH_LO, true) !== baseHashLo ||
+      record.getUint32(OFF_HASH_HI, true) !== baseHashHi
+    )
+      return undefined;
+    const namedEntry = new Uint8Array(store.subsumsEntrySize);
+    if (
+      !(await store.readSubsums(named, namedEntry)) ||
+      !subsumsMatch(namedEntry, baseHashLo, baseHashHi, hash)
+    )
+      return undefined;
+    const entry = new Uint8Array(store.subsumsEntrySize);
+    let sentAt = 0;
+    for (let k = 0; k < store.blockSize / SUB_BLOCK_SIZE; k++)
+      setSubSum(entry, k, sent.present & (1 << k) ? sum(sentAt++) : subSum(namedEntry, k));
+    const tree = new Uint32Array(2);
+    treeHashInto(entry, hash, tree);
+    sealSubsums(entry, tree[0], tree[1], hash);
+    return { ...sent, entry };
   }
 
   /**

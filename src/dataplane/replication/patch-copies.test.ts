@@ -33,6 +33,7 @@ import {
   STATUS_CHECKSUM,
   STATUS_NOT_FOUND,
   STATUS_OK,
+  encodePatchSums,
   type WirePatch,
 } from '../peer/wire.js';
 import { CLUSTER, blockBytes, makeBlock, quietLogger } from '../../../test/support/peer-helpers.js';
@@ -108,7 +109,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     const v2 = written(baseBytes, 0b10_0100, 0x22);
     const p = patchOf(hash, v2, 2, 0b10_0100);
     const used = a.store.usedSlots;
-    assert.deepEqual([...(await a.backend.putPatches([p]))], [STATUS_OK]);
+    assert.deepEqual([...(await a.backend.putPatches([p])).statuses], [STATUS_OK]);
     assert.equal(a.store.usedSlots, used + 1, 'one slot, holding two sub-blocks');
 
     const whole = (await a.backend.getBlock(p.ref))!;
@@ -139,7 +140,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     badSeal.entry[20] ^= 1; // a sum: the entry's own check fails
     const elsewhere = { ...good, base: { volumeId: 3, generation: 0 }, ref: refAt(1) };
     const used = a.store.usedSlots;
-    const statuses = await a.backend.putPatches([flipped, unsent, badSeal, elsewhere]);
+    const { statuses } = await a.backend.putPatches([flipped, unsent, badSeal, elsewhere]);
     assert.deepEqual(
       [...statuses],
       [STATUS_CHECKSUM, STATUS_CHECKSUM, STATUS_CHECKSUM, STATUS_NOT_FOUND],
@@ -186,7 +187,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     // And a patch over it: a whole-present patch is a base like a whole block.
     const v3 = written(v2, 0b1, 0x55);
     const p3 = { ...patchOf(hash, v3, 3, 0b1), base: { volumeId: 3, generation: 2 } };
-    assert.deepEqual([...(await b.backend.putPatches([p3]))], [STATUS_OK]);
+    assert.deepEqual([...(await b.backend.putPatches([p3])).statuses], [STATUS_OK]);
     assert.ok(Buffer.from((await b.backend.getBlock(p3.ref))!.data).equals(v3));
   });
 
@@ -203,9 +204,9 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     // Generation 3 over the same base, holding the older patch's sub-block and a new one.
     const v3 = written(v2, 0b100, 0x77);
     const without = patchOf(hash, v3, 3, 0b101);
-    assert.deepEqual([...(await a.backend.putPatches([without]))], [STATUS_NOT_FOUND]);
+    assert.deepEqual([...(await a.backend.putPatches([without])).statuses], [STATUS_NOT_FOUND]);
     const via = patchOf(hash, v3, 3, 0b101, { volumeId: 3, generation: 2 });
-    assert.deepEqual([...(await a.backend.putPatches([via]))], [STATUS_OK]);
+    assert.deepEqual([...(await a.backend.putPatches([via])).statuses], [STATUS_OK]);
     await a.backend.deleteBlocks([refAt(2)]);
     assert.ok(Buffer.from((await a.backend.getBlock(refAt(3)))!.data).equals(v3));
     assert.equal(a.store.heldSlots, 1, 'still the base of generation 3');
@@ -225,7 +226,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     // A writer without a copy: the map names generation 2, and only sub-block 1 is sent.
     const v3 = written(v2, 0b10, 0x13);
     const p3 = { ...patchOf(hash, v3, 3, 0b10), base: { volumeId: 3, generation: 2 } };
-    assert.deepEqual([...(await a.backend.putPatches([p3]))], [STATUS_OK]);
+    assert.deepEqual([...(await a.backend.putPatches([p3])).statuses], [STATUS_OK]);
     const slot = a.store.lookup(3, 3, INDEX)!;
     assert.equal(a.store.presentOf(slot), 0b11, 'sub-block 0 kept from generation 2');
     assert.equal(a.store.baseOf(slot), a.store.lookup(3, 1, INDEX), 'over generation 1, whole');
@@ -235,7 +236,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     const lying = { ...patchOf(hash, v4, 4, 0b11), base: { volumeId: 3, generation: 2 } };
     lying.present = 0b10;
     lying.data = lying.data.subarray(SUB_BLOCK_SIZE);
-    assert.deepEqual([...(await a.backend.putPatches([lying]))], [STATUS_CHECKSUM]);
+    assert.deepEqual([...(await a.backend.putPatches([lying])).statuses], [STATUS_CHECKSUM]);
   });
 
   it('a patch of the same generation as its base replaces that spilled patch; never a whole block', async (t) => {
@@ -249,7 +250,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     // Written again before the commit, by a writer holding no copy: over "generation 2" itself.
     const again = written(spilled, 0b1000, 0x22);
     const p = { ...patchOf(hash, again, 2, 0b1000), base: { volumeId: 3, generation: 2 } };
-    assert.deepEqual([...(await a.backend.putPatches([p]))], [STATUS_OK]);
+    assert.deepEqual([...(await a.backend.putPatches([p])).statuses], [STATUS_OK]);
     const now = a.store.lookup(3, 2, INDEX)!;
     assert.notEqual(now, first, 'a new slot replaced the spilled patch');
     assert.equal(a.store.presentOf(now), 0b1100);
@@ -259,7 +260,64 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     // A whole block of generation 5 is no base for generation 5.
     await a.backend.putBlocks([await makeBlock(refAt(5), baseBytes)]);
     const self = { ...patchOf(hash, again, 5, 0b1000), base: { volumeId: 3, generation: 5 } };
-    assert.deepEqual([...(await a.backend.putPatches([self]))], [STATUS_NOT_FOUND]);
+    assert.deepEqual([...(await a.backend.putPatches([self])).statuses], [STATUS_NOT_FOUND]);
+  });
+
+  it('from a writer without the base: the receiver makes the entry from its own, and answers the tree hash', async (t) => {
+    const hash = await hasher();
+    const a = await node(t, 'a');
+    const baseBytes = blockBytes(1, BS);
+    const base = await makeBlock(baseRef, baseBytes);
+    await a.backend.putBlocks([base]);
+    /** What such a writer sends: sub-blocks `mask` of `block`, their sums, the base's hash as its map has it. */
+    const sumsPatch = (
+      block: Buffer,
+      generation: number,
+      mask: number,
+      baseGeneration: number,
+      baseHash: { hashLo: number; hashHi: number },
+    ) => {
+      const full = patchOf(hash, block, generation, mask);
+      const sums: number[] = [];
+      for (let k = 0; k < 16; k++)
+        if (mask & (1 << k))
+          sums.push(hash.hash32(block.subarray(k * SUB_BLOCK_SIZE, (k + 1) * SUB_BLOCK_SIZE)));
+      return {
+        patch: {
+          ...full,
+          base: { volumeId: 3, generation: baseGeneration },
+          entry: encodePatchSums(baseHash.hashLo, baseHash.hashHi, sums),
+        },
+        tree: full.tree,
+      };
+    };
+    const v2 = written(baseBytes, 0b110, 0x31);
+    const two = sumsPatch(v2, 2, 0b110, 1, base);
+    const stale = sumsPatch(v2, 2, 0b110, 1, { hashLo: base.hashLo ^ 1, hashHi: base.hashHi });
+    const flipped = sumsPatch(v2, 2, 0b110, 1, base);
+    flipped.patch.data = Buffer.from(flipped.patch.data);
+    flipped.patch.data[5] ^= 1;
+    const refused = await a.backend.putPatches([stale.patch, flipped.patch]);
+    assert.deepEqual(
+      [...refused.statuses],
+      [STATUS_NOT_FOUND, STATUS_CHECKSUM],
+      'another base; a damaged sub-block',
+    );
+    const stored = await a.backend.putPatches([two.patch]);
+    assert.deepEqual([...stored.statuses], [STATUS_OK]);
+    assert.deepEqual(
+      [...stored.hashes],
+      [two.tree.lo, two.tree.hi],
+      'the tree hash the writer would have made',
+    );
+    assert.ok(Buffer.from((await a.backend.getBlock(refAt(2)))!.data).equals(v2));
+    // Over that patch as the map names it (generation 2, its tree hash): kept sub-blocks stay.
+    const v3 = written(v2, 0b1_0000, 0x32);
+    const three = sumsPatch(v3, 3, 0b1_0000, 2, { hashLo: two.tree.lo, hashHi: two.tree.hi });
+    const over = await a.backend.putPatches([three.patch]);
+    assert.deepEqual([...over.hashes], [three.tree.lo, three.tree.hi]);
+    assert.equal(a.store.presentOf(a.store.lookup(3, 3, INDEX)!), 0b1_0110);
+    assert.ok(Buffer.from((await a.backend.getBlock(refAt(3)))!.data).equals(v3));
   });
 
   it('over TBP, and after a reopen; a node without patches answers BAD_REQUEST', async (t) => {
@@ -285,7 +343,10 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     const v2 = written(baseBytes, 0b11_0000_0000, 0x88);
     const p = patchOf(hash, v2, 2, 0b11_0000_0000);
     const missing = { ...p, ref: { ...p.ref, index: INDEX + 1 } };
-    assert.deepEqual([...(await client.putPatches([p, missing]))], [STATUS_OK, STATUS_NOT_FOUND]);
+    assert.deepEqual(
+      [...(await client.putPatches([p, missing])).statuses],
+      [STATUS_OK, STATUS_NOT_FOUND],
+    );
     await client.sync();
     const got = (await client.getBlock(p.ref))!;
     assert.equal(got.flags, BLOCK_TREE_HASH);
