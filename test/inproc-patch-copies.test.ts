@@ -2,7 +2,7 @@
  * Patches in a cluster (in-process, 3 nodes, R = 2): 4 KiB writes into
  * committed blocks are stored as patches on every copy (PUT_PATCHES), not
  * as whole blocks — over the writer's own copy of the base, or over the
- * targets' (its entry fetched first) — also when written again after a
+ * targets' (each making the entry from its own) — also when written again after a
  * spill; the data reads back through the other
  * nodes (whole blocks with their tree hash, or sub-blocks with GET_RANGE),
  * after a patch over a patch, after GC has let the old versions go (bases
@@ -32,7 +32,6 @@ describe('in-process cluster: patches between nodes', { timeout: 60_000 }, () =>
   let cluster: InProcessCluster;
   before(async () => {
     cluster = await createCluster(3, { replication: 2, capacityBytes: 256 * MiB });
-    for (const n of cluster.nodes) n.node.cluster!.patchesEnabled = true; // off by default for now
   });
   after(() => cluster?.close());
 
@@ -182,7 +181,7 @@ describe('in-process cluster: patches between nodes', { timeout: 60_000 }, () =>
     const g2 = await round(writer, (index) => index % 16);
     const copies = await copiesOf(volume.id, g2);
     // Every copy, the writer's (over its own copy of the base) and the others' (over theirs, its
-    // entry fetched by the writer: GET_RANGE), is a patch.
+    // entry made by each of them from the sums the writer sent), is a patch.
     const patches = [...copies.values()].reduce((sum, c) => sum + c.patches, 0);
     assert.equal(patches, 2 * BLOCKS, `copies: ${JSON.stringify([...copies])}`);
     const total = [...copies.values()].reduce((sum, c) => sum + c.all, 0);

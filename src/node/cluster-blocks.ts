@@ -45,8 +45,8 @@ export async function openClusterBlocks(
     await hasher(),
     log.child({ component: 'replication' }),
   );
-  // Experimental until the race ClusterBlocks.patchesEnabled describes is found.
-  cluster.patchesEnabled = process.env.TORUS_CLUSTER_PATCHES === 'on';
+  // The way back to whole blocks only, should patches misbehave somewhere.
+  cluster.patchesEnabled = process.env.TORUS_CLUSTER_PATCHES !== 'off';
   return cluster;
 }
 

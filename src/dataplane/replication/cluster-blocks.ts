@@ -44,16 +44,12 @@ export class ClusterBlocks implements BlockPlacement {
   ) {}
 
   /**
-   * Cluster patches are off by default (node/cluster-blocks.ts: on with
-   * TORUS_CLUSTER_PATCHES=on). With them on, a fio verify of 4 KiB random
-   * writes read some blocks back as checksum mismatches in 3 runs of 4: a
-   * completion read a spilled patch while its round replaced it, and
-   * "repaired" the new copies with the old (fixed: block-loads.ts, and
-   * reads of uncommitted blocks repair nothing); 9 of 9 verify runs clean
-   * since. On by default after a longer soak (docs/benchmarks.md, session 27).
-   * Off: every block is written whole, as before patches.
+   * Cluster patches, on unless TORUS_CLUSTER_PATCHES=off
+   * (node/cluster-blocks.ts). Off: every block is written whole, as before
+   * patches — the way back should a fault be found in them; on, they are
+   * used only while every live node takes them (`patches`).
    */
-  patchesEnabled = false;
+  patchesEnabled = true;
 
   get holdsCopies(): boolean {
     return this.placement.holdsCopies;

@@ -391,8 +391,7 @@ describe('patches between nodes', { timeout: 30_000 }, () => {
     });
     const placement = new ClusterPlacement(self, { clusterId: CLUSTER, nodeId: self });
     const cluster = new ClusterBlocks(placement, await hasher(), quietLogger());
-    assert.equal(cluster.patchesEnabled, false, 'off by default for now');
-    cluster.patchesEnabled = true;
+    assert.equal(cluster.patchesEnabled, true, 'on by default');
     placement.update(undefined, [peer(1), peer(2, [FEATURE_PATCHES]), peer(3, [FEATURE_PATCHES])]);
     assert.equal(cluster.patches, 'replicated', 'this node’s own record does not count');
     placement.update(undefined, [peer(1), peer(2, [FEATURE_PATCHES]), peer(3)]);
