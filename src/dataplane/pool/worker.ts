@@ -105,22 +105,21 @@ let patches!: PatchWriter;
  * Sealed bytes, nonces and tags of a batch while its copies are in flight to
  * peers. Replicated tasks wait on the network, so a worker runs several at
  * once (DataPool's concurrentTasksPerWorker): each takes a set of its own
- * from this free list and gives it back when its puts are answered.
+ * from this free list (grown to its task's size), given back when its puts
+ * are answered.
  */
-interface Staging {
-  ciphertext: Uint8Array;
-  nonces: Uint8Array;
-  tags: Uint8Array;
-}
+type Staging = Record<'ciphertext' | 'nonces' | 'tags', Uint8Array>;
 const freeStaging: Staging[] = [];
 function takeStaging(blocks: number, sealed: boolean): Staging {
-  const staging = freeStaging.pop() ?? {
-    ciphertext: new Uint8Array(0),
-    nonces: new Uint8Array(64 * NONCE_SIZE),
-    tags: new Uint8Array(64 * TAG_SIZE),
-  };
+  const none = new Uint8Array(0);
+  const staging = freeStaging.pop() ?? { ciphertext: none, nonces: none, tags: none };
   if (sealed && staging.ciphertext.length < blocks * blockSize)
     staging.ciphertext = new Uint8Array(blocks * blockSize);
+  if (staging.nonces.length < blocks * NONCE_SIZE)
+    [staging.nonces, staging.tags] = [
+      new Uint8Array(blocks * NONCE_SIZE),
+      new Uint8Array(blocks * TAG_SIZE),
+    ];
   return staging;
 }
 

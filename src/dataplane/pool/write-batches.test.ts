@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { closeVolumeRig, volumeRig } from '../../../test/support/volume-rig.js';
 import { Volume, type VolumeIdentity } from '../volume/volume.js';
-import { LOCAL_WRITE_BATCH_MAX, writeBatchSize } from './data-pool.js';
+import { LOCAL_WRITE_BATCH_MAX, REPLICATED_WRITE_BATCH_MAX, writeBatchSize } from './data-pool.js';
 import { BATCH } from './tasks.js';
 
 describe('writeBatchSize', () => {
@@ -24,8 +24,16 @@ describe('writeBatchSize', () => {
     assert.equal(writeBatchSize(40, 0, false), 40, 'no worker count: one task');
   });
 
-  test('copies to peers keep BATCH a task', () => {
-    assert.equal(writeBatchSize(512, 4, true), BATCH);
+  test('copies to peers: an even share up to REPLICATED_WRITE_BATCH_MAX, within 8 MiB a task', () => {
+    assert.equal(writeBatchSize(8, 2, true), BATCH);
+    assert.equal(writeBatchSize(100, 2, true), 50);
+    assert.equal(writeBatchSize(1024, 2, true), REPLICATED_WRITE_BATCH_MAX);
+    assert.equal(writeBatchSize(1024, 2, true, 1024 * 1024), 8, '1 MiB blocks: 8 MiB a task');
+    assert.equal(
+      writeBatchSize(1024, 2, true, 8 * 1024 * 1024),
+      1,
+      'the largest blocks: one a task',
+    );
   });
 });
 
