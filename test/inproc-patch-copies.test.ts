@@ -135,6 +135,32 @@ describe('in-process cluster: patches between nodes', { timeout: 60_000 }, () =>
     }
   });
 
+  test('a block spilled whole, then written in part before the FLUSH: completed and stored whole, no patch sent for targets to refuse', async () => {
+    const [writer, second] = cluster.nodes;
+    // 320 blocks over a 16 MiB cache: most are spilled whole (this version's) before the 4 KiB writes.
+    const blocks = 320;
+    await writer.node.createVolume('whole-first', blocks * BLOCK);
+    const expected = randomBytes(blocks * BLOCK);
+    const refusedBefore = writer.node.status().replication!.workers.patchCopiesRefused;
+    await cluster.withExport(writer, 'whole-first', async (exp) => {
+      await exp.write(0, expected, false);
+      for (let index = 0; index < blocks; index++) {
+        const bytes = randomBytes(4 * KiB);
+        bytes.copy(expected, index * BLOCK + 5 * 4 * KiB);
+        await exp.write(index * BLOCK + 5 * 4 * KiB, bytes, false);
+      }
+      await exp.flush();
+    });
+    assert.equal(
+      writer.node.status().replication!.workers.patchCopiesRefused - refusedBefore,
+      0,
+      'patch copies refused',
+    );
+    const back = Buffer.alloc(expected.length);
+    await cluster.withExport(second, 'whole-first', (exp) => exp.read(0, back));
+    assert.equal(firstDifference(back, expected), -1);
+  });
+
   test('4 KiB writes travel as patches and read back everywhere', async () => {
     const [writer, second, third] = cluster.nodes;
     const volume = await writer.node.createVolume('patched', 4 * MiB);

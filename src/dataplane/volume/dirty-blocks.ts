@@ -178,6 +178,7 @@ export async function storeDirty(state: VolumeState, chosen: number[]): Promise<
           hashHi: written.hashHi(i),
           local,
           peers,
+          patch: patch !== undefined,
         };
         countShortfall(placement, state.id, entry);
         state.spilled.set(index, entry);

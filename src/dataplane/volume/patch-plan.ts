@@ -49,8 +49,11 @@ export function planPatch(
     current = store.lookup(state.id, state.generation + 1, index);
     if (current === undefined) {
       // Spilled to the targets only: a patch over what they hold of this
-      // very ref, which it replaces there (peer/wire-patches.ts).
-      if (allowed === 'local' || subBlockCount(written) * 2 > cache.subBlocks) return undefined;
+      // very ref, which it replaces there (peer/wire-patches.ts) — if that
+      // is a patch: a whole block is no base for its own ref, and every
+      // target would refuse it (8 % of patch copies through a node, by hand).
+      if (allowed === 'local' || !spilled.patch) return undefined;
+      if (subBlockCount(written) * 2 > cache.subBlocks) return undefined;
       return remoteBased(written, state.id, state.generation + 1, spilled);
     }
     // In a cluster the replicas hold the spilled block too, so it is not

@@ -69,6 +69,8 @@ export interface VolumeServices {
 export interface SpilledBlock extends BlockCopies {
   hashLo: number;
   hashHi: number;
+  /** Stored as a patch (else whole: no base for a patch of its own ref, patch-plan.ts). */
+  patch?: boolean;
 }
 
 export class VolumeState {
