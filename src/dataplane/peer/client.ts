@@ -172,10 +172,8 @@ export class PeerClient implements PeerBlockStore {
   }
 
   /**
-   * Store blocks as patches over bases the peer holds (PUT_PATCHES,
-   * wire-patches.ts): per patch STATUS_OK, STATUS_NOT_FOUND (no base there)
-   * or STATUS_CHECKSUM, and the tree hash stored. A peer from before it
-   * rejects with BAD_REQUEST.
+   * Store blocks as patches over bases the peer holds (PUT_PATCHES, wire-patches.ts): per patch
+   * a status and the tree hash stored. A peer from before it rejects with BAD_REQUEST.
    */
   putPatches(patches: readonly WirePatch[], options: RequestOptions = {}): Promise<PatchResults> {
     return this.request(OP_PUT_PATCHES, patches, options.timeoutMs ?? this.settings.putTimeoutMs);
