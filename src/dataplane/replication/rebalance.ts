@@ -6,8 +6,8 @@
  *   1. garbage (gc-view.ts: of a deleted volume, or superseded by a committed
  *      version — a copy of a committed generation with a hash its version
  *      does not reference included: a block written again for that version
- *      and stored elsewhere) → released here. Every node frees its own garbage, so no
- *      DELETE goes over the wire and a node that is down when a volume is
+ *      and stored elsewhere) → released here. Every node frees its own
+ *      garbage, so no DELETE goes over the wire and a node that is down when a volume is
  *      deleted frees that volume's blocks at its next run after it is back.
  *   2. otherwise its current write targets (placement: the first R live ring
  *      nodes) are asked which hold it (HAS_BLOCKS, one request per target per
