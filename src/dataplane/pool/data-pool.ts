@@ -453,13 +453,15 @@ export class DataPool {
       if (r.noRepair) (task.noRepair ??= new Uint8Array(n))[i] = 1;
     }
     const remote = batch[0].remote;
-    if (remote)
+    if (remote) {
       task.remote = remoteTargets(
         remote.identity,
         remote.peers,
         READ_STRIDE,
         batch.map((r) => r.remote!.candidates),
       );
+      task.remote.likely = Uint8Array.from(batch, (r) => r.remote!.likely);
+    }
     const run: Promise<ReadBatchResult> = here ? here.run(task) : this.pool.run(task);
     run.then(
       (result: ReadBatchResult) => {

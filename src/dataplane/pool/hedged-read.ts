@@ -6,9 +6,10 @@
  *   - Its candidates (ring order, live first, from the task) are reordered
  *     by this worker's view of each peer (peer-health.ts): healthy ones
  *     first, then those answering more than twice as slowly as the fastest,
- *     then penalized ones (recent failures or hedges); within each, ring
- *     order rotated by the block's index, so a run of blocks is spread over
- *     every copy instead of queueing on the first.
+ *     then penalized ones (recent failures or hedges); within each, the
+ *     likely holders (the task's `likely`) before spares, each group in
+ *     ring order rotated by the block's index, so a run of blocks is spread
+ *     over every copy instead of queueing on the first.
  *   - One get goes to the first. If no good answer has come within that
  *     peer's hedge delay, the next candidate is asked too (a hedge); a
  *     failure (error, not held, bad checksum) asks the next one at once.
@@ -174,37 +175,54 @@ export class HedgedRead {
   }
 
   /**
-   * Block i's candidates by rank; within a rank the ring order is rotated by
-   * the block's index, so consecutive blocks (a sequential reader, read-ahead)
-   * start on different replicas and every copy serves its share, not the
-   * first replica all of them.
+   * Block i's candidates by rank; within a rank, the likely holders (the
+   * targets a write would choose now) before the rest, and each of those
+   * two groups in ring order rotated by the block's index, so consecutive
+   * blocks (a sequential reader, read-ahead) start on different replicas and
+   * every copy serves its share, not the first replica all of them. Rotating
+   * over a spare too would send a third of first asks (3 nodes, R = 2) to a
+   * node that holds no copy: a NOT_FOUND round trip each.
    */
   private orderCandidates(i: number, rank: Uint8Array): void {
-    const base = i * this.stride;
-    let k = 0;
+    const likely = this.remote.likely?.[i] ?? this.stride;
+    let k = i * this.stride;
     for (let r = 0; r <= 2; r++) {
-      let count = 0;
-      for (let t = 0; t < this.stride; t++) {
-        const peer = this.remote.targets[base + t];
-        if (peer < 0) break;
-        if (rank[peer] === r) count++;
-      }
-      if (count === 0) continue;
-      let skip = this.task.indices[i] % count;
-      const start = k;
-      for (let t = 0; t < this.stride; t++) {
-        const peer = this.remote.targets[base + t];
-        if (peer < 0) break;
-        if (rank[peer] !== r) continue;
-        // The first `skip` of this rank go after the rest.
-        if (skip > 0) {
-          this.order[base + start + count - skip--] = peer;
-          continue;
-        }
-        this.order[base + k++] = peer;
-      }
-      k = start + count;
+      k = this.placeRotated(i, k, rank, r, 0, likely);
+      k = this.placeRotated(i, k, rank, r, likely, this.stride);
     }
+  }
+
+  /** Block i's targets at positions [from, to) of rank r into `order` from k on, rotated by its index; returns the next free position. */
+  private placeRotated(
+    i: number,
+    k: number,
+    rank: Uint8Array,
+    r: number,
+    from: number,
+    to: number,
+  ): number {
+    const base = i * this.stride;
+    let count = 0;
+    for (let t = from; t < to; t++) {
+      const peer = this.remote.targets[base + t];
+      if (peer < 0) break;
+      if (rank[peer] === r) count++;
+    }
+    if (count === 0) return k;
+    let skip = this.task.indices[i] % count;
+    const start = k;
+    for (let t = from; t < to; t++) {
+      const peer = this.remote.targets[base + t];
+      if (peer < 0) break;
+      if (rank[peer] !== r) continue;
+      // The first `skip` of this group go after the rest.
+      if (skip > 0) {
+        this.order[start + count - skip--] = peer;
+        continue;
+      }
+      this.order[k++] = peer;
+    }
+    return start + count;
   }
 
   private note(i: number, what: string): void {

@@ -115,8 +115,12 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
     onMain: number;
   }
 
-  /** Read every block's `mask` sub-blocks into slot = index from `peers` in that order. */
-  async function readParts(peers: PeerTarget[], mask = MASK): Promise<Parts> {
+  /** Read every block's `mask` sub-blocks into slot = index from `peers` in that order, the first `likely` of them its holders. */
+  async function readParts(
+    peers: PeerTarget[],
+    mask = MASK,
+    likely = peers.length,
+  ): Promise<Parts> {
     new Uint8Array(cache).fill(0xee);
     const pool = new DataPool(
       {
@@ -143,8 +147,8 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
                 index: i,
                 hashLo: hashes[i].lo,
                 hashHi: hashes[i].hi,
-                // Block i's candidates start at peer i % n (the pool rotates them), so every peer is asked first for some.
-                remote: { identity, peers, candidates: peers.map((_, k) => k) },
+                // Block i's candidates start at peer i % likely (the pool rotates them), so every holder is asked first for some.
+                remote: { identity, peers, candidates: peers.map((_, k) => k), likely },
                 subBlocks: mask,
                 done: (status, _reason, _localBad, whole) => resolve({ status, whole: !!whole }),
               }),
@@ -210,6 +214,34 @@ describe('pool workers: sub-block reads from replicas (GET_RANGE)', { timeout: 6
         assertParts(i, true, mask);
       });
       assert.equal(onMain, expectOnMain);
+    });
+
+    test(`${where}: a spare (a candidate past the likely holders) is asked only when no holder answers`, async () => {
+      let spareAsked = 0;
+      // Holds nothing, as a spare after a write with every target up.
+      const spare = await peer('spare', (b) =>
+        Object.assign(Object.create(b) as DiskPeerBackend, {
+          getRange() {
+            spareAsked++;
+            return Promise.resolve(undefined);
+          },
+          getBlock: () => Promise.resolve(undefined),
+        }),
+      );
+      const holders = [await peer('a'), await peer('b')];
+      const { results } = await readParts([...holders, spare], mask, 2);
+      results.forEach(({ status }, i) => assert.equal(status, READ_OK, `block ${i}`));
+      assert.equal(spareAsked, 0, 'no first ask went to the spare');
+      // The spare stays a candidate: with no holder left it is asked.
+      const empty = await peer('empty', (b) =>
+        Object.assign(Object.create(b) as DiskPeerBackend, {
+          getRange: () => Promise.resolve(undefined),
+          getBlock: () => Promise.resolve(undefined),
+        }),
+      );
+      const alone = await readParts([empty, spare], mask, 1);
+      alone.results.forEach(({ status }, i) => assert.notEqual(status, READ_OK, `block ${i}`));
+      assert.equal(spareAsked, BLOCKS, 'each block asked the spare once its holder had nothing');
     });
   }
 });

@@ -161,7 +161,12 @@ describe(
                 index: i,
                 hashLo: hashes[i].lo,
                 hashHi: hashes[i].hi,
-                remote: { identity, peers, candidates: peers.map((_, k) => k) },
+                remote: {
+                  identity,
+                  peers,
+                  candidates: peers.map((_, k) => k),
+                  likely: peers.length,
+                },
                 noRepair,
                 done: (status) => resolve(status),
               };
@@ -388,7 +393,7 @@ describe(
             index,
             hashLo: hashes[index].lo,
             hashHi: hashes[index].hi,
-            remote: { identity, peers: [good.target], candidates: [0] },
+            remote: { identity, peers: [good.target], candidates: [0], likely: 1 },
             done: (status, _reason, localBad) => resolve({ status, localBad }),
           }),
         );

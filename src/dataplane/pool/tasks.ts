@@ -81,6 +81,11 @@ export interface RemoteTargets {
    * copy goes to the next spare instead.
    */
   spares?: Int16Array;
+  /**
+   * Reads: per block, how many of its first targets should hold a copy (a
+   * write's targets now); the rest are asked only after them. Absent: all.
+   */
+  likely?: Uint8Array;
 }
 
 export interface WriteBatchResult {

@@ -28,6 +28,8 @@ export interface ReadRemote {
   /** The placement's peer table when the request was made; candidates index into it. */
   peers: readonly PeerTarget[];
   candidates: number[];
+  /** How many leading candidates should hold a copy (a write's targets now); reads spread over those first. */
+  likely: number;
 }
 
 /** Where each block of a write round also goes, besides this node's store. */

@@ -69,9 +69,9 @@ export class ClusterBlocks implements BlockPlacement {
   }
 
   readRemote(volumeId: number, index: number): ReadRemote | undefined {
-    const candidates = this.placement.readCandidates(volumeId, index).remote;
+    const { remote: candidates, likely } = this.placement.readCandidates(volumeId, index);
     return candidates.length > 0
-      ? { identity: this.placement.identity, peers: this.placement.peers, candidates }
+      ? { identity: this.placement.identity, peers: this.placement.peers, candidates, likely }
       : undefined;
   }
 

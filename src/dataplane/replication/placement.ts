@@ -11,7 +11,10 @@
  *     fewer copies than there are live nodes to take them.
  *   - A read tries this node first if it holds the block, then the live
  *     candidates in ring order, then DOWN ones (a node may be back before its
- *     lease says so).
+ *     lease says so). The leading live ones that a write would choose now
+ *     (`likely`) are where a copy should be; a reader spreads its first asks
+ *     over those only, since a spare holds a copy only after a target was
+ *     down or full (asking one first costs a NOT_FOUND round trip).
  *   - Candidates are the first R + SPARE_CANDIDATES nodes of the ring: enough
  *     to find a block written while up to SPARE_CANDIDATES preferred nodes
  *     were down or full.
@@ -53,6 +56,11 @@ export interface BlockTargets {
   local: boolean;
   /** Remote peers, as indexes into `peers`, most preferred first. */
   remote: number[];
+}
+
+export interface ReadTargets extends BlockTargets {
+  /** How many of `remote`'s first entries are among the R live nodes a write would choose now. */
+  likely: number;
 }
 
 export interface WriteTargets extends BlockTargets {
@@ -183,29 +191,37 @@ export class ClusterPlacement {
   }
 
   /** Where to look for block (volumeId, index): live candidates first, then the rest, in ring order. */
-  readCandidates(volumeId: number, index: number): BlockTargets {
+  readCandidates(volumeId: number, index: number): ReadTargets {
     const ring = this.ring;
-    if (!ring || ring.members.length === 0) return { local: true, remote: [] };
+    if (!ring || ring.members.length === 0) return { local: true, remote: [], likely: 0 };
+    const r = this.replicationOf(volumeId);
     const n = ring.placeInto(
       volumeId,
       index,
-      Math.min(this.replicationOf(volumeId) + SPARE_CANDIDATES, this.scratch.length),
+      Math.min(r + SPARE_CANDIDATES, this.scratch.length),
       this.scratch,
     );
     let local = false;
+    let likely = 0;
+    // Live members counted as targets() counts them: the first R make a write's copies.
+    let chosen = 0;
     const alive: number[] = [];
     const down: number[] = [];
     for (let i = 0; i < n; i++) {
       const uuid = ring.members[this.scratch[i]];
       if (uuid === this.localUuid) {
         local = true;
+        chosen++;
         continue;
       }
       const at = this.tableIndex.get(uuid);
       if (at === undefined) continue;
-      (this.live.has(uuid) ? alive : down).push(at);
+      if (this.live.has(uuid)) {
+        alive.push(at);
+        if (chosen++ < r) likely++;
+      } else down.push(at);
     }
-    return { local, remote: alive.concat(down) };
+    return { local, remote: alive.concat(down), likely };
   }
 }
 
