@@ -26,6 +26,7 @@ import {
   isPatchRecord,
   patchPresent,
   subBlockCount,
+  wantedRunEnd,
   wholeMaskOf,
 } from '../blocks/patches.js';
 import {
@@ -116,6 +117,16 @@ export class PatchWriter {
           : this.wholeMask;
     const kept = (olderHolds & ~p.written) >>> 0;
     const inPlace = slot === p.olderSlot;
+    // The older patch's kept sub-blocks, one pread per run of them (checked below).
+    if (!inPlace)
+      for (let first = 0; first < this.subBlocks; first++) {
+        if ((kept & (1 << first)) === 0) continue;
+        const end = wantedRunEnd(kept, kept, first);
+        const from = first * SUB_BLOCK_SIZE;
+        const to = end * SUB_BLOCK_SIZE;
+        preadAll(this.dataFd, scratch.subarray(from, to), p.olderSlot * this.blockSize + from);
+        first = end;
+      }
     for (let k = 0; k < this.subBlocks; k++) {
       const bit = 1 << k;
       const from = k * SUB_BLOCK_SIZE;
@@ -127,7 +138,6 @@ export class PatchWriter {
       } else if (inPlace || !(kept & bit)) {
         sum = subSum(known, k); // unchanged (the base's, or already in the slot)
       } else {
-        preadAll(this.dataFd, scratch.subarray(from, to), p.olderSlot * this.blockSize + from);
         sum = subSum(known, k);
         if (this.hash.hash32(scratch.subarray(from, to)) !== sum)
           return this.refuse(

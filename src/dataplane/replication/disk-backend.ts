@@ -39,7 +39,6 @@ import {
   type PeerNodeInfo,
 } from '../peer/backend.js';
 import {
-  STATUS_CHECKSUM,
   STATUS_NOT_FOUND,
   STATUS_OK,
   type BlockRange,
@@ -47,20 +46,12 @@ import {
   type RangeReply,
   type WireBlock,
   carriesSums,
-  patchSums,
   type PatchResults,
   type WirePatch,
 } from '../peer/wire.js';
-import { PATCH_MAX_SUB_BLOCKS, subBlockCount, wholeMaskOf } from '../blocks/patches.js';
-import {
-  SUB_BLOCK_SIZE,
-  sealSubsums,
-  sealedHashOf,
-  setSubSum,
-  subSum,
-  subsumsMatch,
-  treeHashInto,
-} from '../blocks/sub-sums.js';
+import { PATCH_MAX_SUB_BLOCKS, wholeMaskOf } from '../blocks/patches.js';
+import { SUB_BLOCK_SIZE, sealedHashOf } from '../blocks/sub-sums.js';
+import { PatchChecks } from './patch-checks.js';
 import { RateMeter } from './rate.js';
 
 /** A read that finds its slot rebound this many times in a row gives up (INTERNAL); each retry is a fresh lookup. */
@@ -98,12 +89,17 @@ export class DiskPeerBackend implements PeerBlockBackend {
    * @param uuid the node's uuid, as in the ring (info(), HELLO)
    * @param hash a loaded hasher (`await hasher()` from blocks/hash.ts)
    */
+  /** What a received patch is checked against before it is written. */
+  private readonly checks: PatchChecks;
+
   constructor(
     readonly store: LocalSlotStore,
     readonly uuid: string,
     private readonly log: Logger,
     private readonly hash: Hasher,
-  ) {}
+  ) {
+    this.checks = new PatchChecks(store, hash);
+  }
 
   info(): PeerNodeInfo {
     const { store } = this;
@@ -328,160 +324,28 @@ export class DiskPeerBackend implements PeerBlockBackend {
 
   /** A patch checked against its base here: OK with the patch as it is to be stored (base pinned), or why not. */
   private async checkedPatch(sent: WirePatch): Promise<CheckedPatch> {
-    const { store } = this;
-    const found = this.baseFor(sent);
+    const { store, checks } = this;
+    const found = checks.baseFor(sent);
     if (!found) return { status: STATUS_NOT_FOUND };
     const { base: baseSlot, via } = found;
     store.pinBase(baseSlot); // before anything yields; kept for the write when OK
     let status = STATUS_NOT_FOUND;
     try {
       // From a writer without the base: its entry made here, from the named base's.
-      let patch = carriesSums(sent) ? await this.withEntry(sent, via < 0 ? baseSlot : via) : sent;
-      if (patch && via >= 0) patch = await this.keeping(patch, via);
+      let patch: WirePatch | undefined = sent;
+      let baseEntry: Uint8Array | undefined;
+      if (carriesSums(sent)) {
+        const made = await checks.withEntry(sent, via < 0 ? baseSlot : via);
+        patch = made?.patch;
+        if (via < 0) baseEntry = made?.namedEntry;
+      }
+      if (patch && via >= 0) patch = await checks.keeping(patch, via);
       if (!patch) return { status };
-      status = await this.checkPatch(patch, baseSlot);
+      status = await checks.check(patch, baseSlot, baseEntry);
       return status === STATUS_OK ? { status, patch, baseSlot } : { status };
     } finally {
       if (status !== STATUS_OK) store.unpinBase(baseSlot);
     }
-  }
-
-  /**
-   * Where a patch goes here: over `base`, and — when the base it names is
-   * itself a patch (a writer without a copy knows only the map's ref) —
-   * keeping that patch's other sub-blocks (`via`). The named base is found
-   * by ref, or, let go by every version and held for its patches (out of the
-   * index), as the base of the older patch the new one replaces. Only a
-   * plain whole block (or a patch holding every sub-block) is a base.
-   */
-  private baseFor(patch: WirePatch): { base: number; via: number } | undefined {
-    const { store } = this;
-    const { base, older, ref } = patch;
-    let slot = store.lookup(base.volumeId, base.generation, ref.index);
-    if (slot === undefined && older.generation !== 0) {
-      const olderSlot = store.lookup(older.volumeId, older.generation, ref.index);
-      const held = olderSlot === undefined ? -1 : store.baseOf(olderSlot);
-      if (held >= 0) {
-        const heldRef = store.refOf(held);
-        if (heldRef.volumeId === base.volumeId && heldRef.generation === base.generation)
-          slot = held;
-      }
-    }
-    if (slot === undefined) return undefined;
-    let via = -1;
-    if (store.needsBase(slot)) {
-      via = slot;
-      slot = store.baseOf(via);
-      if (slot < 0) return undefined;
-    } else if (base.volumeId === ref.volumeId && base.generation === ref.generation) {
-      return undefined; // a whole block spilled for this very ref is no base for it
-    }
-    if (store.record(slot).getUint32(OFF_FLAGS, true) & RECORD_SEALED) return undefined;
-    return { base: slot, via };
-  }
-
-  /**
-   * A patch that carries sums (wire-patches.ts) with its whole entry: the
-   * named base's sums, the sent ones for its sub-blocks, sealed with their
-   * tree hash; undefined when the named base here is not the one the
-   * writer's map names (another hash) or its entry is unusable.
-   */
-  private async withEntry(sent: WirePatch, named: number): Promise<WirePatch | undefined> {
-    const { store, hash } = this;
-    const { baseHashLo, baseHashHi, sum } = patchSums(sent.entry);
-    const record = store.record(named);
-    if (
-      record.getUint32(OFF_HASH_LO, true) !== baseHashLo ||
-      record.getUint32(OFF_HASH_HI, true) !== baseHashHi
-    )
-      return undefined;
-    const namedEntry = new Uint8Array(store.subsumsEntrySize);
-    if (
-      !(await store.readSubsums(named, namedEntry)) ||
-      !subsumsMatch(namedEntry, baseHashLo, baseHashHi, hash)
-    )
-      return undefined;
-    const entry = new Uint8Array(store.subsumsEntrySize);
-    let sentAt = 0;
-    for (let k = 0; k < store.blockSize / SUB_BLOCK_SIZE; k++)
-      setSubSum(entry, k, sent.present & (1 << k) ? sum(sentAt++) : subSum(namedEntry, k));
-    const tree = new Uint32Array(2);
-    treeHashInto(entry, hash, tree);
-    sealSubsums(entry, tree[0], tree[1], hash);
-    return { ...sent, entry };
-  }
-
-  /**
-   * The patch as stored over `via`'s base: the sent sub-blocks, and those of
-   * `via` not sent again, read here (checked with the rest by checkPatch);
-   * undefined when `via` went meanwhile.
-   */
-  private async keeping(patch: WirePatch, via: number): Promise<WirePatch | undefined> {
-    const { store } = this;
-    const kept = (store.presentOf(via) & ~patch.present) >>> 0;
-    if (kept === 0) return patch;
-    const present = (patch.present | kept) >>> 0;
-    const data = new Uint8Array(subBlockCount(present) * SUB_BLOCK_SIZE);
-    let from = 0;
-    let at = 0;
-    try {
-      for (let k = 0; k < store.blockSize / SUB_BLOCK_SIZE; k++) {
-        if ((present & (1 << k)) === 0) continue;
-        const dest = data.subarray(at, at + SUB_BLOCK_SIZE);
-        if (patch.present & (1 << k)) {
-          dest.set(patch.data.subarray(from, from + SUB_BLOCK_SIZE));
-          from += SUB_BLOCK_SIZE;
-        } else {
-          await store.readPart(via, k * SUB_BLOCK_SIZE, dest);
-        }
-        at += SUB_BLOCK_SIZE;
-      }
-    } catch {
-      return undefined; // released and reused while read
-    }
-    return { ...patch, present, data };
-  }
-
-  /**
-   * Does the patch hold together, and with its base here? STATUS_OK, or
-   * STATUS_CHECKSUM (it does not), or STATUS_NOT_FOUND (the base's entry is
-   * missing or stale: its sums cannot be compared, so it cannot be a base).
-   */
-  private async checkPatch(patch: WirePatch, baseSlot: number): Promise<number> {
-    const { store, hash } = this;
-    const { entry, present, data } = patch;
-    const tree = sealedHashOf(entry);
-    const treeHash = new Uint32Array(2);
-    treeHashInto(entry, hash, treeHash);
-    if (
-      !subsumsMatch(entry, tree.lo, tree.hi, hash) ||
-      treeHash[0] !== tree.lo ||
-      treeHash[1] !== tree.hi
-    )
-      return STATUS_CHECKSUM;
-    const baseEntry = new Uint8Array(store.subsumsEntrySize);
-    const record = store.record(baseSlot);
-    if (
-      !(await store.readSubsums(baseSlot, baseEntry)) ||
-      !subsumsMatch(
-        baseEntry,
-        record.getUint32(OFF_HASH_LO, true),
-        record.getUint32(OFF_HASH_HI, true),
-        hash,
-      )
-    )
-      return STATUS_NOT_FOUND;
-    let at = 0;
-    for (let k = 0; k < store.blockSize / SUB_BLOCK_SIZE; k++) {
-      if (present & (1 << k)) {
-        const sum = hash.hash32(data.subarray(at, at + SUB_BLOCK_SIZE));
-        at += SUB_BLOCK_SIZE;
-        if (sum !== subSum(entry, k)) return STATUS_CHECKSUM;
-      } else if (subSum(baseEntry, k) !== subSum(entry, k)) {
-        return STATUS_CHECKSUM;
-      }
-    }
-    return STATUS_OK;
   }
 
   hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
