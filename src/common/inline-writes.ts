@@ -1,7 +1,7 @@
 /**
  * Writes on the event loop's own thread, and when to make them there: the
  * intent logs' O_DSYNC batches (intent-log/), a peer's patches into the
- * block store (blocks/received-blocks.ts).
+ * block store (blocks/received-blocks.ts, PATCH_WRITES).
  */
 import { writeSync, writevSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
@@ -10,6 +10,43 @@ import { performance } from 'node:perf_hooks';
 export const INLINE_MAX_BYTES = 128 * 1024;
 /** Smoothed write time above which batches go through the thread pool again (InlineWrites). */
 export const INLINE_MAX_MS = 1;
+/** While batches are pooled with `probe`, one in this many is written inline to measure again. */
+export const PROBE_EVERY = 32;
+
+export interface InlineWritesOptions {
+  /** The smoothed batch time past which batches are pooled. */
+  maxMs: number;
+  /** The largest batch written inline. */
+  maxBytes: number;
+  /**
+   * Time only inline batches, and while pooled write one in PROBE_EVERY
+   * inline anyway (InlineReads' rule): for writes into the page cache, whose
+   * time through the pool is mostly the wait for a busy loop, not the disk —
+   * timed too, one slow spell would keep them pooled for good.
+   */
+  probe: boolean;
+}
+
+/**
+ * A peer's patches (blocks/received-blocks.ts): page-cache writes of a few
+ * KiB each, a PUT_PATCHES of up to 64 blocks in one batch. Through the pool
+ * every one is a trip of its own (a pool thread woken, then the loop): on a
+ * 3-node cluster under 4 KiB random writes, 53–57k context switches a second
+ * and 6.1–6.4k IOPS; inline, 32–41k and 6.6–7.0k (docs/benchmarks.md,
+ * session 29). A batch of 1 MiB writes in about 1 ms; a disk that makes it
+ * slower (dirty-page throttling) sends batches to the pool.
+ */
+export const PATCH_WRITES: InlineWritesOptions = {
+  maxMs: 4,
+  maxBytes: 4 * 1024 * 1024,
+  probe: true,
+};
+
+const INTENT_LOG_WRITES: InlineWritesOptions = {
+  maxMs: INLINE_MAX_MS,
+  maxBytes: INLINE_MAX_BYTES,
+  probe: false,
+};
 
 /**
  * Whether a log's next batch is written on the event loop's own thread (a
@@ -24,25 +61,34 @@ export const INLINE_MAX_MS = 1;
  */
 export class InlineWrites {
   private smoothedMs = 0;
+  private pooledSinceProbe = 0;
 
-  /** maxMs: the smoothed time past which writes are pooled (page-cache writes: less than O_DSYNC ones). */
-  constructor(private readonly maxMs = INLINE_MAX_MS) {}
+  /** Defaults: the intent logs' O_DSYNC batches (every batch timed). */
+  constructor(private readonly options: InlineWritesOptions = INTENT_LOG_WRITES) {}
 
   /** Write a batch of `bytes` inline? */
   inline(bytes: number): boolean {
-    return bytes <= INLINE_MAX_BYTES && this.smoothedMs <= this.maxMs;
+    if (bytes > this.options.maxBytes) return false;
+    if (this.smoothedMs <= this.options.maxMs) return true;
+    if (!this.options.probe || ++this.pooledSinceProbe < PROBE_EVERY) return false;
+    this.pooledSinceProbe = 0;
+    return true;
   }
 
-  /** A batch's write took `ms` (inline or through the pool). */
+  /** A batch's write took `ms`. */
   took(ms: number): void {
     this.smoothedMs += (ms - this.smoothedMs) / 8;
   }
 
-  /** Write a batch of `bytes`: `inline` on this thread if inline() says so, else `pooled`; timed. */
+  /** Write a batch of `bytes`: `inline` on this thread if inline() says so, else `pooled`; timed as the options say. */
   async write(bytes: number, inline: () => void, pooled: () => Promise<unknown>): Promise<void> {
     const started = performance.now();
-    if (this.inline(bytes)) inline();
-    else await pooled();
+    if (this.inline(bytes)) {
+      inline();
+    } else {
+      await pooled();
+      if (this.options.probe) return;
+    }
     this.took(performance.now() - started);
   }
 }

@@ -58,7 +58,7 @@ import { RefIndex } from './ref-index.js';
 import { PatchBases } from './patch-bases.js';
 import { SlotUse, SlotUses, nameOf } from './slot-uses.js';
 import { InlineReads } from './inline-reads.js';
-import { InlineWrites } from '../../common/inline-writes.js';
+import { InlineWrites, PATCH_WRITES } from '../../common/inline-writes.js';
 import { SlotReads } from './slot-reads.js';
 import { isPatchRecord, needsBase, patchBaseOf, patchPresent, wholeMaskOf } from './patches.js';
 import { subsumsEntrySize } from './sub-sums.js';
@@ -152,7 +152,7 @@ export class LocalSlotStore {
       subsumsEntrySize: this.subsumsEntrySize,
       dataPath: this.dataPath,
       hash,
-      patchWrites: new InlineWrites(),
+      patchWrites: new InlineWrites(PATCH_WRITES),
     };
   }
 

@@ -11,6 +11,8 @@ import {
   INLINE_MAX_BYTES,
   INLINE_MAX_MS,
   InlineWrites,
+  PATCH_WRITES,
+  PROBE_EVERY,
   writevFullySync,
 } from '../../common/inline-writes.js';
 import { overlapsRun } from './log-file.js';
@@ -32,6 +34,29 @@ test('one slow write among fast ones does not send batches to the pool', () => {
   for (let i = 0; i < 20; i++) policy.took(0.2);
   policy.took(5 * INLINE_MAX_MS);
   assert.ok(policy.inline(4096));
+});
+
+test('patch batches: large ones inline; once slow, pooled (untimed) with one probe in PROBE_EVERY', async () => {
+  const policy = new InlineWrites(PATCH_WRITES);
+  assert.ok(policy.inline(1024 * 1024), 'a PUT_PATCHES of 1 MiB: inline');
+  assert.ok(!policy.inline(PATCH_WRITES.maxBytes + 1));
+  for (let i = 0; i < 20; i++) policy.took(10 * PATCH_WRITES.maxMs);
+  let inline = 0;
+  let pooled = 0;
+  for (let i = 0; i < 2 * PROBE_EVERY; i++)
+    await policy.write(
+      4096,
+      () => inline++,
+      async () => {
+        pooled++;
+        // A pooled batch's time is the loop's wait: never counted.
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      },
+    );
+  assert.equal(inline, 2, 'one probe in PROBE_EVERY');
+  assert.equal(pooled, 2 * PROBE_EVERY - 2);
+  for (let i = 0; i < 40; i++) policy.took(0.5);
+  assert.ok(policy.inline(4096), 'fast probes bring batches back inline');
 });
 
 test('writevFullySync writes every chunk in order at the position', () => {
