@@ -90,8 +90,12 @@ export class MemoryPeerBackend implements PeerBlockBackend {
     return this.blocks.get(key(ref));
   }
 
-  async hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
-    return refs.map((ref) => this.blocks.has(key(ref)));
+  async hasBlocks(refs: readonly BlockRef[], hashes?: Uint32Array): Promise<boolean[]> {
+    return refs.map((ref, i) => {
+      const block = this.blocks.get(key(ref));
+      if (!block || !hashes) return block !== undefined;
+      return block.hashLo === hashes[2 * i] && block.hashHi === hashes[2 * i + 1];
+    });
   }
 
   async deleteBlocks(refs: readonly BlockRef[]): Promise<number> {

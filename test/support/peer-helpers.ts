@@ -106,8 +106,8 @@ export class FaultLayer implements PeerBlockBackend {
   getBlock(ref: BlockRef): Promise<WireBlock | undefined> {
     return this.enter('get', ref, () => this.inner.getBlock(ref));
   }
-  hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
-    return this.enter('has', refs[0], () => this.inner.hasBlocks(refs));
+  hasBlocks(refs: readonly BlockRef[], hashes?: Uint32Array): Promise<boolean[]> {
+    return this.enter('has', refs[0], () => this.inner.hasBlocks(refs, hashes));
   }
   deleteBlocks(refs: readonly BlockRef[]): Promise<number> {
     return this.enter('delete', refs[0], () => this.inner.deleteBlocks(refs));

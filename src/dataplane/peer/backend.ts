@@ -115,8 +115,12 @@ export interface PeerBlockStore {
    */
   getRange?(range: BlockRange): Promise<RangeReply | undefined>;
 
-  /** One answer per ref, in order: is the block held. */
-  hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]>;
+  /**
+   * One answer per ref, in order: is the block held. With `hashes` ([lo, hi]
+   * per ref): held with that hash in its record (a block's xxh64, a patch's
+   * tree hash), so a stale copy under the same ref answers false.
+   */
+  hasBlocks(refs: readonly BlockRef[], hashes?: Uint32Array): Promise<boolean[]>;
 
   /** Drop the blocks (GC, rebalance); refs not held are ignored. Resolves with how many were dropped. */
   deleteBlocks(refs: readonly BlockRef[]): Promise<number>;

@@ -34,7 +34,6 @@ import type { PeerBlockStore } from './backend.js';
 import {
   PeerProtocolError,
   PeerTimeoutError,
-  PeerStatusError,
   PeerUnavailableError,
   type PeerError,
   statusError,
@@ -59,6 +58,7 @@ import {
   type PeerTls,
 } from './peer-tls.js';
 import { RefusalLog } from './refusal-log.js';
+import { OlderForms } from './older-forms.js';
 import { acceptHello, decodeReply, type PeerIdentity } from './reply-decoder.js';
 import { RequestTable, type PendingRequest } from './request-table.js';
 import {
@@ -77,7 +77,6 @@ import {
   OP_PUT_BLOCKS,
   OP_PUT_PATCHES,
   OP_SYNC,
-  STATUS_BAD_REQUEST,
   STATUS_NOT_FOUND,
   STATUS_OK,
   checkFrameHeader,
@@ -137,8 +136,8 @@ export class PeerClient implements PeerBlockStore {
   private suspect = false;
   private probeOut = false;
 
-  /** The connection whose peer answered GET_RANGE with BAD_REQUEST (a node from before it): whole blocks only. */
-  private wholeOnly: Connection | undefined;
+  /** Request forms (GET_RANGE, HAS by hash) the peer on a connection refused: asked the older way there. */
+  private readonly olderForms: OlderForms<Connection>;
 
   /** The peer's HELLO on the current connection. */
   identity: PeerIdentity | undefined;
@@ -148,6 +147,7 @@ export class PeerClient implements PeerBlockStore {
   constructor(private readonly options: PeerClientOptions) {
     this.peer = `${options.host}:${options.port}`;
     this.log = (options.log ?? logger('peer-client')).child({ peer: this.peer });
+    this.olderForms = new OlderForms(() => this.conn, this.log);
     this.settings = clientSettings(options);
     this.backoff = new ReconnectBackoff(this.settings.reconnectBackoffMs);
     this.tls = options.tls ? loadPeerTls(options.tls) : undefined;
@@ -193,33 +193,24 @@ export class PeerClient implements PeerBlockStore {
    */
   getRange(range: BlockRange, options: RequestOptions = {}): Promise<RangeReply | undefined> {
     const timeoutMs = options.timeoutMs ?? this.settings.getTimeoutMs;
-    if (this.conn !== undefined && this.conn === this.wholeOnly)
-      return this.rangeOfWhole(range.ref, timeoutMs);
-    return this.request<RangeReply | undefined>(OP_GET_RANGE, range, timeoutMs).catch(
-      (err: PeerError) => {
-        if (!(err instanceof PeerStatusError) || err.status !== STATUS_BAD_REQUEST) throw err;
-        // The reply came on the current connection (a lost one rejects otherwise).
-        if (this.conn && this.wholeOnly !== this.conn) {
-          this.wholeOnly = this.conn;
-          this.log.info(
-            { reason: err.message },
-            'peer does not serve GET_RANGE (a node from before it): asking it for whole blocks',
-          );
-        }
-        return this.rangeOfWhole(range.ref, timeoutMs);
-      },
+    return this.olderForms.ask(
+      'GET_RANGE',
+      () => this.request<RangeReply | undefined>(OP_GET_RANGE, range, timeoutMs),
+      () =>
+        this.request<WireBlock | undefined>(OP_GET_BLOCK, range.ref, timeoutMs).then((block) =>
+          block ? { offset: 0, entry: undefined, block } : undefined,
+        ),
     );
   }
 
-  private rangeOfWhole(ref: BlockRef, timeoutMs: number): Promise<RangeReply | undefined> {
-    return this.request<WireBlock | undefined>(OP_GET_BLOCK, ref, timeoutMs).then((block) =>
-      block ? { offset: 0, entry: undefined, block } : undefined,
-    );
-  }
-
-  hasBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<boolean[]> {
+  /** With `hashes` ([lo, hi] per ref), held means held with that hash; a peer from before them is asked by ref. */
+  hasBlocks(refs: readonly BlockRef[], hashes?: Uint32Array, options: RequestOptions = {}) {
     if (refs.length === 0) return Promise.resolve([]);
-    return this.request(OP_HAS_BLOCKS, refs, options.timeoutMs ?? this.settings.timeoutMs);
+    const timeoutMs = options.timeoutMs ?? this.settings.timeoutMs;
+    const byRef = () => this.request<boolean[]>(OP_HAS_BLOCKS, { refs }, timeoutMs);
+    if (!hashes) return byRef();
+    const byHash = () => this.request<boolean[]>(OP_HAS_BLOCKS, { refs, hashes }, timeoutMs);
+    return this.olderForms.ask('HAS_BLOCKS by hash', byHash, byRef);
   }
 
   deleteBlocks(refs: readonly BlockRef[], options: RequestOptions = {}): Promise<number> {

@@ -153,12 +153,33 @@ describe('peer GET_RANGE', { timeout: 30_000 }, () => {
     }
     assert.deepEqual(opcodes, [w.OP_HELLO, w.OP_GET_RANGE, w.OP_GET_BLOCK, w.OP_GET_BLOCK]);
   });
+
+  it('asks a node from before copy hashes HAS_BLOCKS by ref instead, after its first refusal', async (t) => {
+    const block = await makeBlock(REF, blockBytes(5, BS));
+    const opcodes: number[] = [];
+    const sockets: Socket[] = [];
+    const old = createServer((socket) => {
+      sockets.push(socket);
+      speakTbp1(socket, block, opcodes);
+    });
+    await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
+    t.after(() => {
+      for (const socket of sockets) socket.destroy();
+      old.close();
+    });
+    const peer = client(t, (old.address() as { port: number }).port);
+    const hashes = Uint32Array.from([block.hashLo, block.hashHi]);
+    for (let i = 0; i < 2; i++) assert.deepEqual(await peer.hasBlocks([REF], hashes), [true]);
+    // Refused once by hash, then asked by ref: the refused request and the next.
+    assert.deepEqual(opcodes, [w.OP_HELLO, w.OP_HAS_BLOCKS, w.OP_HAS_BLOCKS, w.OP_HAS_BLOCKS]);
+  });
 });
 
 /**
  * A TBP 1 node from before GET_RANGE, reduced to what the test needs: HELLO,
- * GET_BLOCK of the one block, and BAD_REQUEST "unknown opcode" for anything
- * else (session.ts's answer to an opcode it does not know).
+ * GET_BLOCK of the one block, HAS_BLOCKS by ref (every ref held), and
+ * BAD_REQUEST "unknown opcode" for anything else (session.ts's answer to an
+ * opcode it does not know).
  */
 function speakTbp1(socket: Socket, block: w.WireBlock, opcodes: number[]): void {
   let buffered = Buffer.alloc(0);
@@ -170,6 +191,7 @@ function speakTbp1(socket: Socket, block: w.WireBlock, opcodes: number[]): void 
       if (buffered.length < w.HEADER_SIZE + length) return;
       const op = w.headerOpcode(buffered, 0);
       const id = w.headerRequestId(buffered, 0);
+      const payload = buffered.subarray(w.HEADER_SIZE, w.HEADER_SIZE + length);
       buffered = buffered.subarray(w.HEADER_SIZE + length);
       opcodes.push(op);
       if (op === w.OP_HELLO) {
@@ -178,6 +200,18 @@ function speakTbp1(socket: Socket, block: w.WireBlock, opcodes: number[]): void 
         const head = Buffer.alloc(w.BLOCK_REPLY_HEAD_SIZE);
         w.encodeBlockReplyHead(head, 0, id, block);
         socket.write(Buffer.concat([head, block.data]));
+      } else if (op === w.OP_HAS_BLOCKS) {
+        // Refs only: a longer payload (copy hashes) is a mis-sized ref list to it.
+        try {
+          socket.write(
+            w.encodeBitmapReply(
+              id,
+              w.decodeRefs(payload).map(() => true),
+            ),
+          );
+        } catch (err) {
+          socket.write(w.encodeErrorReply(op, id, w.STATUS_BAD_REQUEST, (err as Error).message));
+        }
       } else {
         socket.write(w.encodeErrorReply(op, id, w.STATUS_BAD_REQUEST, `unknown opcode ${op}`));
       }

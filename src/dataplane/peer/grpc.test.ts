@@ -60,10 +60,8 @@ const ref = (index: number, volumeId = 1): BlockRef => ({ volumeId, generation: 
 describe('peer gRPC service', () => {
   it('says who the node is and what it holds', { timeout: 10_000 }, async (t) => {
     const backend = new MemoryPeerBackend({ uuid: 'node-a', capacityBytes: 1 << 20 });
-    await backend.putBlocks([
-      await makeBlock(ref(1), blockBytes(1, 4096)),
-      await makeBlock(ref(2), blockBytes(2, 4096)),
-    ]);
+    const one = await makeBlock(ref(1), blockBytes(1, 4096));
+    await backend.putBlocks([one, await makeBlock(ref(2), blockBytes(2, 4096))]);
     const c = grpcClient(t, await startGrpc(t, backend));
     assert.deepEqual(await c.info(), {
       uuid: 'node-a',
@@ -79,6 +77,9 @@ describe('peer gRPC service', () => {
       false,
     ]);
     assert.deepEqual(await c.hasBlocks([]), []);
+    // By hash: held with that hash only.
+    const hashes = Uint32Array.from([one.hashLo, one.hashHi, one.hashLo, one.hashHi]);
+    assert.deepEqual(await c.hasBlocks([ref(1), ref(2)], hashes), [true, false]);
   });
 
   it(

@@ -58,6 +58,7 @@ import {
   decodeGetBlock,
   decodeListing,
   decodePutBlocks,
+  decodeHasRequest,
   decodeRefs,
   encodeBitmap,
   encodeBlockDescriptor,
@@ -160,8 +161,8 @@ export class PeerGrpcService {
         return Buffer.from(JSON.stringify(info));
       }),
       hasBlocks: this.unary('HasBlocks', async (request) => {
-        const refs = decodeRefs(request);
-        const bits = await this.backend.hasBlocks(refs);
+        const { refs, hashes } = decodeHasRequest(request);
+        const bits = await this.backend.hasBlocks(refs, hashes);
         if (bits.length !== refs.length)
           throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
         return encodeBitmap(bits);
@@ -409,9 +410,13 @@ export class PeerGrpcClient {
     return this.decoded('Info', decodeInfo, await this.call('info', 'Info', EMPTY, options));
   }
 
-  async hasBlocks(refs: readonly BlockRef[], options: CallOptions = {}): Promise<boolean[]> {
+  async hasBlocks(
+    refs: readonly BlockRef[],
+    hashes?: Uint32Array,
+    options: CallOptions = {},
+  ): Promise<boolean[]> {
     if (refs.length === 0) return [];
-    const reply = await this.call('hasBlocks', 'HasBlocks', encodeRefList(refs), options);
+    const reply = await this.call('hasBlocks', 'HasBlocks', encodeRefList(refs, hashes), options);
     return this.decoded('HasBlocks', (r) => decodeBitmapReply(r, refs.length), reply);
   }
 

@@ -15,6 +15,7 @@
  *   is a view of `payload`, which the caller then keeps.
  */
 import type { BlockRef } from '../../model/block-ref.js';
+import type { HasRequest } from './request-encoder.js';
 import {
   PeerIdentityError,
   PeerProtocolError,
@@ -111,7 +112,7 @@ export function decodeReply(op: number, arg: unknown, payload: Buffer): unknown 
     case OP_GET_RANGE:
       return decodeRangeReply(payload, arg as BlockRange);
     case OP_HAS_BLOCKS:
-      return decodeBitmapReply(payload, (arg as BlockRef[]).length);
+      return decodeBitmapReply(payload, (arg as HasRequest).refs.length);
     case OP_DELETE_BLOCKS:
       return decodeCountReply(payload);
     case OP_INTENT_APPEND:

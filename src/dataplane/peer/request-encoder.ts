@@ -54,16 +54,20 @@ import {
  * over the protocol's limits, a malformed block or patch), before anything
  * of it is queued or encoded.
  */
+/** A HAS_BLOCKS request's argument: refs, and their copy hashes ([lo, hi] each) when asked by hash. */
+export interface HasRequest {
+  refs: readonly BlockRef[];
+  hashes?: Uint32Array;
+}
+
 export function checkRequest(op: number, arg: unknown): void {
   if (op === OP_PUT_BLOCKS) checkPutBatch(arg as WireBlock[]);
   else if (op === OP_PUT_PATCHES) checkPatchBatch(arg as WirePatch[]);
-  else if (
-    (op === OP_HAS_BLOCKS || op === OP_DELETE_BLOCKS) &&
-    (arg as BlockRef[]).length > MAX_BATCH_REFS
-  )
-    throw new RangeError(
-      `${opName(op)} of ${(arg as BlockRef[]).length} refs (max ${MAX_BATCH_REFS})`,
-    );
+  else if (op === OP_HAS_BLOCKS || op === OP_DELETE_BLOCKS) {
+    const refs = op === OP_HAS_BLOCKS ? (arg as HasRequest).refs : (arg as BlockRef[]);
+    if (refs.length > MAX_BATCH_REFS)
+      throw new RangeError(`${opName(op)} of ${refs.length} refs (max ${MAX_BATCH_REFS})`);
+  }
 }
 
 /** Encode request `id` of opcode `op` with its argument (a ref, refs, blocks, or nothing) into `out`. */
@@ -103,7 +107,11 @@ export function encodeRequest(out: Outbound, op: number, id: number, arg: unknow
       for (const chunk of rest) out.write(chunk);
       break;
     }
-    case OP_HAS_BLOCKS:
+    case OP_HAS_BLOCKS: {
+      const { refs, hashes } = arg as HasRequest;
+      out.writeFrame(encodeRefsFrame(op, id, refs, hashes));
+      break;
+    }
     case OP_DELETE_BLOCKS: {
       out.writeFrame(encodeRefsFrame(op, id, arg as BlockRef[]));
       break;

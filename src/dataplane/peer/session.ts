@@ -74,6 +74,7 @@ import {
   decodeIntentCovered,
   decodeIntentSeal,
   decodePutBlocks,
+  decodeHasRequest,
   decodeRefs,
   encodeBitmapReply,
   encodeBlockReplyHead,
@@ -364,8 +365,8 @@ export class PeerSession extends ServedConnection {
           break;
         }
         case OP_HAS_BLOCKS: {
-          const refs = decodeRefs(payload);
-          const bits = await this.backend.hasBlocks(refs);
+          const { refs, hashes } = decodeHasRequest(payload);
+          const bits = await this.backend.hasBlocks(refs, hashes);
           if (bits.length !== refs.length)
             throw new Error(`backend answered ${bits.length} of ${refs.length} refs`);
           this.send(encodeBitmapReply(id, bits));

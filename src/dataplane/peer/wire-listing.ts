@@ -63,9 +63,9 @@ export function decodeListing(buf: Buffer): ListedBlock[] {
   return entries;
 }
 
-/** A ref list without a frame (gRPC HasBlocks/DeleteBlocks request): count u32, refs. */
-export function encodeRefList(refs: readonly BlockRef[]): Buffer {
-  const frame = encodeRefsFrame(OP_HAS_BLOCKS, 0, refs);
+/** A ref list without a frame (gRPC HasBlocks/DeleteBlocks request): count u32, refs (and, for HasBlocks, copy hashes). */
+export function encodeRefList(refs: readonly BlockRef[], hashes?: Uint32Array): Buffer {
+  const frame = encodeRefsFrame(OP_HAS_BLOCKS, 0, refs, hashes);
   return frame.subarray(HEADER_SIZE);
 }
 

@@ -224,15 +224,24 @@ export function decodeBlockReply(payload: Buffer): WireBlock {
 
 // ---------------------------------------------- HAS_BLOCKS, DELETE_BLOCKS
 
-/** A HAS_BLOCKS or DELETE_BLOCKS frame: count u32, then the refs. */
+/**
+ * A HAS_BLOCKS or DELETE_BLOCKS frame: count u32, then the refs. A
+ * HAS_BLOCKS may add each ref's copy hash after them (u32 hi, u32 lo each):
+ * "held" then means a copy with that hash (a stale copy under the same ref
+ * is not the one asked about). A node that predates it refuses the longer
+ * payload (BAD_REQUEST); the asker then asks by ref alone.
+ */
 export function encodeRefsFrame(
   opcode: typeof OP_HAS_BLOCKS | typeof OP_DELETE_BLOCKS,
   requestId: number,
   refs: readonly BlockRef[],
+  hashes?: Uint32Array,
 ): Buffer {
   if (refs.length === 0 || refs.length > MAX_BATCH_REFS)
     throw new RangeError(`${opName(opcode)} of ${refs.length} refs (1..${MAX_BATCH_REFS})`);
-  const payload = 4 + refs.length * REF_SIZE;
+  if (hashes && (opcode !== OP_HAS_BLOCKS || hashes.length !== 2 * refs.length))
+    throw new RangeError(`${opName(opcode)}: ${hashes.length / 2} hashes for ${refs.length} refs`);
+  const payload = 4 + refs.length * REF_SIZE + (hashes ? refs.length * COPY_HASH_SIZE : 0);
   const buf = Buffer.allocUnsafe(HEADER_SIZE + payload);
   encodeHeader(buf, 0, opcode, 0, STATUS_OK, requestId, payload);
   buf.writeUInt32BE(refs.length, HEADER_SIZE);
@@ -241,7 +250,30 @@ export function encodeRefsFrame(
     encodeRef(buf, at, ref);
     at += REF_SIZE;
   }
+  if (hashes)
+    for (let i = 0; i < refs.length; i++, at += COPY_HASH_SIZE) {
+      buf.writeUInt32BE(hashes[2 * i + 1], at);
+      buf.writeUInt32BE(hashes[2 * i], at + 4);
+    }
   return buf;
+}
+
+/** Bytes of one copy hash in a HAS_BLOCKS request (hi, lo). */
+export const COPY_HASH_SIZE = 8;
+
+/** A HAS_BLOCKS request: its refs, and their copy hashes as [lo, hi] pairs when it carries them. */
+export function decodeHasRequest(payload: Buffer): { refs: BlockRef[]; hashes?: Uint32Array } {
+  const count = payload.length >= 4 ? payload.readUInt32BE(0) : 0;
+  const plain = 4 + count * REF_SIZE;
+  if (count === 0 || payload.length !== plain + count * COPY_HASH_SIZE)
+    return { refs: decodeRefs(payload) };
+  const refs = decodeRefs(payload.subarray(0, plain));
+  const hashes = new Uint32Array(2 * count);
+  for (let i = 0, at = plain; i < count; i++, at += COPY_HASH_SIZE) {
+    hashes[2 * i + 1] = payload.readUInt32BE(at);
+    hashes[2 * i] = payload.readUInt32BE(at + 4);
+  }
+  return { refs, hashes };
 }
 
 export function decodeRefs(payload: Buffer): BlockRef[] {

@@ -430,6 +430,37 @@ describe('peer wire: HAS_BLOCKS, DELETE_BLOCKS, PING, SYNC', () => {
     assert.deepEqual(w.encodeRefList([r1]), hex('00000001 00000001 00000002 00000000 00000003'));
   });
 
+  it("HAS_BLOCKS by hash: each ref's copy hash after the refs (hi, lo); plain lists decode without", () => {
+    const hashes = Uint32Array.from([0x0a0b0c0d, 0x01020304, 0xfffffffe, 0x7f000001]);
+    const frame = w.encodeRefsFrame(w.OP_HAS_BLOCKS, 3, [r1, r2], hashes);
+    assert.deepEqual(
+      frame,
+      hex(
+        '54425021 01 04 00 00 00000003 00000034  00000002  00000001 00000002 00000000 00000003  00000004 00000005 00000001 00000000  01020304 0a0b0c0d  7f000001 fffffffe',
+      ),
+    );
+    const decoded = w.decodeHasRequest(frame.subarray(w.HEADER_SIZE));
+    assert.deepEqual(decoded.refs, [r1, r2]);
+    assert.deepEqual(decoded.hashes, hashes);
+    const plain = w.decodeHasRequest(w.encodeRefList([r1, r2]));
+    assert.deepEqual(plain, { refs: [r1, r2] });
+    assert.deepEqual(
+      w.encodeRefList([r1], hashes.subarray(0, 2)),
+      hex('00000001 00000001 00000002 00000000 00000003 01020304 0a0b0c0d'),
+    );
+    // A node from before hashes reads the longer payload as a mis-sized ref list (BAD_REQUEST).
+    payloadError(() => w.decodeRefs(frame.subarray(w.HEADER_SIZE)), /2 refs in 52 bytes/);
+    payloadError(
+      () => w.decodeHasRequest(hex('00000002 00000001 00000002 00000000 00000003')),
+      /expected 36/,
+    );
+    assert.throws(() => w.encodeRefsFrame(w.OP_HAS_BLOCKS, 1, [r1], hashes), RangeError);
+    assert.throws(
+      () => w.encodeRefsFrame(w.OP_DELETE_BLOCKS, 1, [r1], hashes.subarray(0, 2)),
+      RangeError,
+    );
+  });
+
   it('rejects empty, oversized and mis-sized ref lists', () => {
     payloadError(() => w.decodeRefs(hex('0000')), /without a count/);
     payloadError(() => w.decodeRefs(hex('00000000')), /0 refs/);

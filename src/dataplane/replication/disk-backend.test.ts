@@ -441,6 +441,12 @@ describe('DiskPeerBackend behind a PeerServer (TBP)', () => {
       for (const block of blocks) assertSameBlock(await client.getBlock(block.ref), block);
       assert.equal(await client.getBlock(ref(9, 4, 2)), undefined);
       assert.deepEqual(await client.hasBlocks([ref(0, 4, 2), ref(9, 4, 2)]), [true, false]);
+      // By hash: held only with the hash its record has (a stale copy under the same ref is not).
+      const [, plain] = blocks;
+      const byHash = (lo: number, hi: number) =>
+        client.hasBlocks([plain.ref, ref(9, 4, 2)], Uint32Array.from([lo, hi, lo, hi]));
+      assert.deepEqual(await byHash(plain.hashLo, plain.hashHi), [true, false]);
+      assert.deepEqual(await byHash(plain.hashLo, plain.hashHi ^ 1), [false, false]);
       await client.sync();
 
       // Refusals come back as statuses, and nothing of them is stored.

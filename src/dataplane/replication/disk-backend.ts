@@ -348,9 +348,18 @@ export class DiskPeerBackend implements PeerBlockBackend {
     }
   }
 
-  hasBlocks(refs: readonly BlockRef[]): Promise<boolean[]> {
+  hasBlocks(refs: readonly BlockRef[], hashes?: Uint32Array): Promise<boolean[]> {
     return this.track(async () =>
-      refs.map((ref) => this.store.lookup(ref.volumeId, ref.generation, ref.index) !== undefined),
+      refs.map((ref, i) => {
+        const slot = this.store.lookup(ref.volumeId, ref.generation, ref.index);
+        if (slot === undefined) return false;
+        if (!hashes) return true;
+        const record = this.store.record(slot);
+        return (
+          record.getUint32(OFF_HASH_LO, true) === hashes[2 * i] &&
+          record.getUint32(OFF_HASH_HI, true) === hashes[2 * i + 1]
+        );
+      }),
     );
   }
 

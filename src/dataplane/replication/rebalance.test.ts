@@ -44,9 +44,9 @@ class Flaky implements PeerBlockStore {
     this.check('get');
     return this.inner.getBlock(ref);
   }
-  async hasBlocks(refs: readonly BlockRef[]) {
+  async hasBlocks(refs: readonly BlockRef[], hashes?: Uint32Array) {
     this.check('has');
-    return this.inner.hasBlocks(refs);
+    return this.inner.hasBlocks(refs, hashes);
   }
   async deleteBlocks(refs: readonly BlockRef[]) {
     this.check('delete');
@@ -208,6 +208,41 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     await runOnce(r);
     assert.equal(r.stats.copied, copied);
     assert.equal(r.stats.last?.dropped, 0);
+    await c.close();
+  });
+
+  test("a target's stale copy (the same ref, other bytes) is not a copy: ours goes over it before ours is dropped", async () => {
+    const c = await cluster('stale', 2);
+    const [b, n] = [...c.peers.keys()];
+    c.setRing([c.a, b], 1);
+    const refs = Array.from({ length: 60 }, (_, index) => ({ volumeId: 8, generation: 1, index }));
+    await seed(c, refs, [b]);
+    const good = new Map<number, { hashLo: number; hashHi: number }>();
+    for (const ref of refs) good.set(ref.index, (await c.local.getBlock(ref))!);
+    // N holds an older write of every block under the same refs (a spill its version replaced).
+    for (const ref of refs)
+      await c.peers
+        .get(n)!
+        .backend.putBlocks([await makeBlock(ref, blockBytes(ref.index + 5000, BS))]);
+    c.setRing([c.a, b, n], 2); // N joins
+    const onN = refs.filter((ref) =>
+      c.placement
+        .writeTargets(ref.volumeId, ref.index)
+        .remote.some((at) => c.placement.peers[at].uuid === n),
+    );
+    assert.ok(onN.length > 5, 'the join gives N a share (ring sanity)');
+    const r = c.rebalancer({ gcView: async () => gcViewOf([{ id: 8, generation: 1, refs }]) });
+    await runOnce(r);
+    for (const ref of onN) {
+      const held = await c.peers.get(n)!.backend.getBlock(ref);
+      const want = good.get(ref.index)!;
+      assert.ok(
+        held && held.hashLo === want.hashLo && held.hashHi === want.hashHi,
+        `N holds the committed bytes of ${ref.index}`,
+      );
+    }
+    assert.equal(r.stats.copied, onN.length, 'each stale copy replaced');
+    assert.equal(r.stats.failed, 0);
     await c.close();
   });
 

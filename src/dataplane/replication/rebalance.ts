@@ -129,6 +129,8 @@ interface Item {
   confirmed: Set<string>;
   /** A target could not be asked or given a copy. */
   failed: boolean;
+  /** This node's copy's hash: a target holds the block only with the same (HAS asks by it). */
+  hash: CopyHash | undefined;
 }
 
 export class Rebalancer {
@@ -315,8 +317,9 @@ export class Rebalancer {
     const items: Item[] = [];
     const garbage: BlockRef[] = [];
     for (const ref of refs) {
+      const hash = this.copyHash(ref);
       const verdict: BlockVerdict = view
-        ? classifyBlock(ref, view, presentBefore, this.copyHash(ref))
+        ? classifyBlock(ref, view, presentBefore, hash)
         : 'unknown';
       if (isGarbage(verdict)) {
         garbage.push(ref);
@@ -330,6 +333,7 @@ export class Rebalancer {
         local: where.local,
         confirmed: new Set(),
         failed: false,
+        hash,
       });
     }
     if (garbage.length > 0) {
@@ -339,20 +343,33 @@ export class Rebalancer {
       this.runFoundWork = true;
     }
 
-    // 2. Ask each target which of its blocks it holds.
+    // 2. Ask each target which of its blocks it holds: a committed block by
+    // this copy's hash (the version's, as GC checked), so a stale copy there
+    // — an older write under the same ref, until its GC frees it — is not
+    // counted as one; a block not committed yet by ref (ours may be the stale one).
     const byTarget = new Map<string, Item[]>();
     for (const item of items) {
       for (const uuid of item.targets) {
-        let list = byTarget.get(uuid);
-        if (!list) byTarget.set(uuid, (list = []));
+        const key = `${uuid}/${item.verdict === 'referenced' && item.hash ? 'hash' : 'ref'}`;
+        let list = byTarget.get(key);
+        if (!list) byTarget.set(key, (list = []));
         list.push(item);
       }
     }
     const missing = new Map<Item, string[]>();
     await Promise.all(
-      [...byTarget].map(async ([uuid, list]) => {
+      [...byTarget].map(async ([key, list]) => {
+        const [uuid, by] = key.split('/');
         try {
-          const has = await this.storeOf(uuid).hasBlocks(list.map((item) => item.ref));
+          let hashes: Uint32Array | undefined;
+          if (by === 'hash') {
+            hashes = new Uint32Array(2 * list.length);
+            list.forEach(({ hash }, k) => hashes!.set([hash!.lo, hash!.hi], 2 * k));
+          }
+          const has = await this.storeOf(uuid).hasBlocks(
+            list.map((item) => item.ref),
+            hashes,
+          );
           list.forEach((item, k) => {
             if (has[k]) item.confirmed.add(uuid);
             else missing.set(item, [...(missing.get(item) ?? []), uuid]);
