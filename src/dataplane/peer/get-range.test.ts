@@ -133,18 +133,7 @@ describe('peer GET_RANGE', { timeout: 30_000 }, () => {
 
   it('asks a node from before GET_RANGE for whole blocks instead, after its first refusal', async (t) => {
     const block = await makeBlock(REF, blockBytes(4, BS));
-    const opcodes: number[] = [];
-    const sockets: Socket[] = [];
-    const old = createServer((socket) => {
-      sockets.push(socket);
-      speakTbp1(socket, block, opcodes);
-    });
-    await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
-    t.after(() => {
-      for (const socket of sockets) socket.destroy();
-      old.close();
-    });
-    const peer = client(t, (old.address() as { port: number }).port);
+    const { peer, opcodes } = await oldNode(t, block);
 
     for (let i = 0; i < 2; i++) {
       const reply = await peer.getRange({ ref: REF, offset: 0, length: 4096 });
@@ -156,24 +145,29 @@ describe('peer GET_RANGE', { timeout: 30_000 }, () => {
 
   it('asks a node from before copy hashes HAS_BLOCKS by ref instead, after its first refusal', async (t) => {
     const block = await makeBlock(REF, blockBytes(5, BS));
-    const opcodes: number[] = [];
-    const sockets: Socket[] = [];
-    const old = createServer((socket) => {
-      sockets.push(socket);
-      speakTbp1(socket, block, opcodes);
-    });
-    await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
-    t.after(() => {
-      for (const socket of sockets) socket.destroy();
-      old.close();
-    });
-    const peer = client(t, (old.address() as { port: number }).port);
+    const { peer, opcodes } = await oldNode(t, block);
     const hashes = Uint32Array.from([block.hashLo, block.hashHi]);
     for (let i = 0; i < 2; i++) assert.deepEqual(await peer.hasBlocks([REF], hashes), [true]);
     // Refused once by hash, then asked by ref: the refused request and the next.
     assert.deepEqual(opcodes, [w.OP_HELLO, w.OP_HAS_BLOCKS, w.OP_HAS_BLOCKS, w.OP_HAS_BLOCKS]);
   });
 });
+
+/** A client of a TBP 1 node (speakTbp1) serving `block`, and the opcodes that node was sent. */
+async function oldNode(t: TestContext, block: w.WireBlock) {
+  const opcodes: number[] = [];
+  const sockets: Socket[] = [];
+  const old = createServer((socket) => {
+    sockets.push(socket);
+    speakTbp1(socket, block, opcodes);
+  });
+  await new Promise<void>((resolve) => old.listen(0, '127.0.0.1', resolve));
+  t.after(() => {
+    for (const socket of sockets) socket.destroy();
+    old.close();
+  });
+  return { peer: client(t, (old.address() as { port: number }).port), opcodes };
+}
 
 /**
  * A TBP 1 node from before GET_RANGE, reduced to what the test needs: HELLO,
