@@ -347,22 +347,23 @@ export class Rebalancer {
     // this copy's hash (the version's, as GC checked), so a stale copy there
     // — an older write under the same ref, until its GC frees it — is not
     // counted as one; a block not committed yet by ref (ours may be the stale one).
-    const byTarget = new Map<string, Item[]>();
+    // One ask per target and kind (by hash or by ref).
+    const asks = new Map<string, { uuid: string; byHash: boolean; items: Item[] }>();
     for (const item of items) {
+      const byHash = item.verdict === 'referenced' && item.hash !== undefined;
       for (const uuid of item.targets) {
-        const key = `${uuid}/${item.verdict === 'referenced' && item.hash ? 'hash' : 'ref'}`;
-        let list = byTarget.get(key);
-        if (!list) byTarget.set(key, (list = []));
-        list.push(item);
+        const key = `${byHash ? 'hash' : 'ref'} ${uuid}`;
+        let ask = asks.get(key);
+        if (!ask) asks.set(key, (ask = { uuid, byHash, items: [] }));
+        ask.items.push(item);
       }
     }
     const missing = new Map<Item, string[]>();
     await Promise.all(
-      [...byTarget].map(async ([key, list]) => {
-        const [uuid, by] = key.split('/');
+      [...asks.values()].map(async ({ uuid, byHash, items: list }) => {
         try {
           let hashes: Uint32Array | undefined;
-          if (by === 'hash') {
+          if (byHash) {
             hashes = new Uint32Array(2 * list.length);
             list.forEach(({ hash }, k) => hashes!.set([hash!.lo, hash!.hi], 2 * k));
           }
