@@ -42,14 +42,18 @@ import {
 } from './tasks.js';
 
 const NO_OLDER = { volumeId: 0, generation: 0 };
+/** PatchCopies.remoteBased: a block over its targets' base, awaiting / past its first answer. */
+const REMOTE_BASED = 1;
+const ANSWERED = 2;
 
 export class PatchCopies {
   /** Per peer (index into the task's table): its patches, and each one's place in `acked`. */
   private readonly perPeer = new Map<number, { patches: WirePatch[]; items: number[] }>();
-  /** Blocks whose base only their targets hold: their tree hash is what the targets answer. */
-  private readonly remoteBased = new Set<number>();
-  /** Per remote-based block: a target's answer is in `hashes` already. */
-  private readonly answered: Uint8Array;
+  /**
+   * Per block: REMOTE_BASED when only its targets hold its base (its tree
+   * hash is what they answer), ANSWERED once the first answer is in `hashes`.
+   */
+  private readonly remoteBased: Uint8Array;
   /** Per block: PATCH_REFUSED or PATCH_REFUSED_STORED where it must be stored whole (tasks.ts). */
   readonly refused: Uint8Array;
   sent = 0;
@@ -60,7 +64,7 @@ export class PatchCopies {
     private readonly remote: RemoteTargets,
   ) {
     this.refused = new Uint8Array(task.cacheSlots.length);
-    this.answered = new Uint8Array(task.cacheSlots.length);
+    this.remoteBased = new Uint8Array(task.cacheSlots.length);
   }
 
   /** Can block `i`'s copies go as patches: are all its targets writable now? */
@@ -97,7 +101,7 @@ export class PatchCopies {
       data.set(bytes, sums.length * SUB_BLOCK_SIZE);
       sums.push(hash.hash32(bytes));
     }
-    this.remoteBased.add(i);
+    this.remoteBased[i] = REMOTE_BASED;
     this.add(i, {
       ref: this.refOf(i, this.task.volumeId, this.task.generation),
       base: { volumeId: targets.baseVolumes[i], generation: targets.baseGenerations[i] },
@@ -116,8 +120,8 @@ export class PatchCopies {
    */
   private agrees(i: number, answers: Uint32Array, k: number, hashes: Uint32Array): boolean {
     const [lo, hi] = [answers[2 * k], answers[2 * k + 1]];
-    if (this.remoteBased.has(i) && !this.answered[i]) {
-      this.answered[i] = 1;
+    if (this.remoteBased[i] === REMOTE_BASED) {
+      this.remoteBased[i] = ANSWERED;
       hashes[2 * i] = lo;
       hashes[2 * i + 1] = hi;
       return true;
