@@ -95,7 +95,7 @@ export interface BenchServer {
   readJobsOnly?: boolean;
   /** Same-memory mode: the cgroups it runs in (one per node of a cluster). */
   cgroups?: MemoryCgroup[];
-  /** torus: the serving node's /metrics, scraped around each run (server-counters.ts). */
+  /** torus: the serving process's /metrics, scraped around each run (server-counters.ts) and read by the settling before it (run.ts). */
   metricsUrl?: string;
   stop(): Promise<void>;
 }
@@ -373,7 +373,7 @@ async function startTorusCluster(
   const torusd = (i: number, nbdPort: string) =>
     inCgroup(
       `node${i}`,
-      `${daemon('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 ? ` --port ${metricsPort}` : ''}${i === 1 && !variant.client ? linger : ''} ` +
+      `${daemon('torusd')} --etcd ${endpoint} --data-dir ${q(join(dir, `node${i}`))} --size ${torusStoreBytes(options.exportBytes)} --nbd ${nbdPort}${i === 1 && !variant.client ? ` --port ${metricsPort}${linger}` : ''} ` +
         `--peer-address ${LOOPBACK}:${peerPorts[i - 1]} --auto-join${cacheFlag}${keyFlag}`,
     ) + ` > ${q(join(dir, `node${i}.log`))} 2>&1 & echo $! > ${q(join(dir, `node${i}.pid`))}`;
   const waitForMembers = (count: number) =>
@@ -382,7 +382,7 @@ async function startTorusCluster(
   const nbdserve = () =>
     inCgroup(
       'nbdserve',
-      `${daemon('torusblk')} nbdserve -C ${endpoint} --listen ${LOOPBACK}:${nbd} --scratch-dir ${q(dir)}${linger}` +
+      `${daemon('torusblk')} nbdserve -C ${endpoint} --listen ${LOOPBACK}:${nbd} --port ${metricsPort} --scratch-dir ${q(dir)}${linger}` +
         `${options.memory ? cacheFlag : ''}${keyFlag}`,
     ) + ` > ${q(join(dir, 'nbdserve.log'))} 2>&1 &`;
   const script = [
@@ -414,7 +414,7 @@ async function startTorusCluster(
     for (const cgroup of cgroups) cgroup.remove();
     throw err;
   }
-  // Node 1's: the writer, or in client mode one of the three storage nodes.
+  // The serving process's: node 1, the writer, or in client mode nbdserve (its cache, its commits).
   const server = { ...launched, metricsUrl: `http://${LOOPBACK}:${metricsPort}/metrics` };
   if (!variant.killNode2) return server;
   return {
