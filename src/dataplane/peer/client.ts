@@ -38,8 +38,8 @@ import {
   type PeerError,
   statusError,
 } from './errors.js';
-import { newReadBuffer } from '../transport/read-buffer.js';
-import { FrameReader } from './frame-reader.js';
+import { onreadOptions } from '../transport/read-buffer.js';
+import { FrameReader, IN_PLACE_MIN_BYTES } from './frame-reader.js';
 import { replyAllocator } from './reply-memory.js';
 import { checkRequest, encodeRequest } from './request-encoder.js';
 import { Outbound } from './outbound.js';
@@ -340,13 +340,10 @@ export class PeerClient implements PeerBlockStore {
           host,
           port,
           noDelay: true,
-          onread: {
-            buffer: newReadBuffer(),
-            callback: (bytes, buf) => (
-              this.onRead(conn, (buf as Buffer).subarray(0, bytes), true),
-              true
-            ),
-          },
+          onread: onreadOptions(
+            (view, inPlace) => this.onRead(conn, view, !inPlace, inPlace),
+            () => conn?.reader.inPlaceTarget(IN_PLACE_MIN_BYTES),
+          ),
         });
     if (this.tls) {
       socket.setNoDelay(true);
@@ -450,11 +447,12 @@ export class PeerClient implements PeerBlockStore {
   // -------------------------------------------------------------- replies
 
   /** A read's bytes: a view of the reused read buffer, valid only during this call. */
-  private onRead(conn: Connection, view: Buffer, transient: boolean): void {
+  private onRead(conn: Connection, view: Buffer, transient: boolean, inPlace = false): void {
     if (this.conn !== conn) return;
     this.lastHeardAt = performance.now();
     this.suspect = false;
-    conn.reader.push(view, transient);
+    if (inPlace) conn.reader.filledInPlace(view.length);
+    else conn.reader.push(view, transient);
     this.parse(conn);
     conn.reader.settle();
   }

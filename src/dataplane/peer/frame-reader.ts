@@ -14,7 +14,9 @@
  * A frame that has not fully arrived when a read ends is moved into one
  * buffer of exactly its size (from `allocate`: the server's pool) and filled
  * in place by the following reads, so a 64 KiB block is copied once on its
- * way in, whatever the read sizes. A payload spanning owned chunks is
+ * way in, whatever the read sizes; while much of it is still to come, the
+ * socket reads straight into it (inPlaceTarget), and those bytes are copied
+ * only by the kernel. A payload spanning owned chunks is
  * gathered once into `allocate` memory. A header spanning chunks is copied
  * into a fixed 16-byte scratch buffer, so peeking never allocates.
  *
@@ -23,8 +25,16 @@
  * done. The reader never reads the socket itself: the owner pushes chunks
  * and decides when to pause.
  */
+import { assert } from '../../common/assert.js';
 import { ByteQueue } from '../transport/byte-queue.js';
 import { HEADER_SIZE, MAX_PAYLOAD_BYTES, headerPayloadLength } from './wire.js';
+
+/**
+ * The least of a frame still to come for the next read to land in it
+ * directly (inPlaceTarget): a read that stops at the frame's end costs a
+ * system call more per frame, which outweighs copying a few KiB.
+ */
+export const IN_PLACE_MIN_BYTES = 16 * 1024;
 
 export class FrameReader extends ByteQueue {
   private readonly scratch = Buffer.allocUnsafe(HEADER_SIZE);
@@ -51,17 +61,46 @@ export class FrameReader extends ByteQueue {
     if (this.frame) {
       const take = Math.min(this.frame.length - this.filled, chunk.length);
       chunk.copy(this.frame, this.filled, 0, take);
-      this.filled += take;
-      if (this.filled < this.frame.length) return;
-      // The frame is whole: it is now an ordinary owned chunk (chunks was empty while filling).
-      this.chunks.push(this.frame);
-      this.buffered = this.frame.length;
-      this.frame = undefined;
-      this.filled = 0;
+      this.fillFrame(take);
       chunk = chunk.subarray(take);
     }
     if (chunk.length === 0) return;
     this.append(chunk, transient);
+  }
+
+  /**
+   * Where the next read may land: the rest of a frame being filled in place,
+   * when at least `min` bytes of it are still to come (else undefined: read
+   * into the read buffer and push()). The socket then copies a large frame's
+   * bytes once, into the frame, instead of into the read buffer and again
+   * from there; a read into it never takes bytes of the next frame. Valid
+   * until the next call into the reader.
+   */
+  inPlaceTarget(min: number): Buffer | undefined {
+    const frame = this.frame;
+    if (frame === undefined || frame.length - this.filled < min) return undefined;
+    return frame.subarray(this.filled);
+  }
+
+  /** `bytes` were read into the memory inPlaceTarget() returned. */
+  filledInPlace(bytes: number): void {
+    assert(
+      this.frame !== undefined && bytes <= this.frame.length - this.filled,
+      'bytes read in place past the frame being filled',
+    );
+    this.fillFrame(bytes);
+  }
+
+  /** `bytes` more of the frame being filled have arrived; once whole it is an ordinary owned chunk. */
+  private fillFrame(bytes: number): void {
+    const frame = this.frame!;
+    this.filled += bytes;
+    if (this.filled < frame.length) return;
+    // chunks was empty while filling.
+    this.chunks.push(frame);
+    this.buffered = frame.length;
+    this.frame = undefined;
+    this.filled = 0;
   }
 
   /**

@@ -143,9 +143,14 @@ export class PeerServer {
     const adopted =
       this.options.reuseReadBuffer === false || tls
         ? undefined
-        : adoptWithReadBuffer(accepted, (view) => box.session?.onRead(view, true), {
-            allowHalfOpen: true,
-          });
+        : adoptWithReadBuffer(
+            accepted,
+            (view, inPlace) => box.session?.onRead(view, !inPlace, inPlace),
+            {
+              allowHalfOpen: true,
+              target: () => box.session?.readTarget(),
+            },
+          );
     const plain = adopted ?? accepted;
     const remote = `${plain.remoteAddress}:${plain.remotePort}`;
     const log = this.log.child({ conn: this.listeners.connectionId(), remote });

@@ -33,7 +33,7 @@ import {
   type ConnectionLimits,
 } from '../transport/served-connection.js';
 import type { IntentHolder, PeerBlockBackend } from './backend.js';
-import { FrameReader, slabAllocator } from './frame-reader.js';
+import { FrameReader, IN_PLACE_MIN_BYTES, slabAllocator } from './frame-reader.js';
 import { Outbound } from './outbound.js';
 import {
   BLOCK_REPLY_HEAD_SIZE,
@@ -176,11 +176,18 @@ export class PeerSession extends ServedConnection {
   // ---------------------------------------------------------------- reading
 
   /** Bytes received; `transient`: a view of the reused read buffer, valid only during this call. */
-  onRead(chunk: Buffer, transient: boolean): void {
+  /** inPlace: the bytes were read into readTarget()'s memory, already in the frame. */
+  onRead(chunk: Buffer, transient: boolean, inPlace = false): void {
     if (this.phase === 'closed' || this.phase === 'draining') return;
-    this.reader.push(chunk, transient);
+    if (inPlace) this.reader.filledInPlace(chunk.length);
+    else this.reader.push(chunk, transient);
     this.pump();
     this.reader.settle();
+  }
+
+  /** Where the socket's next read may land directly: the rest of a large frame being received. */
+  readTarget(): Buffer | undefined {
+    return this.reader.inPlaceTarget(IN_PLACE_MIN_BYTES);
   }
 
   /** Decode and start every complete frame buffered, until a limit says stop. */

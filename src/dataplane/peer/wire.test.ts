@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { ChecksumError, IoError, NotFoundError, StoreFullError } from '../../common/errors.js';
 import { MAP_PAGE_BIT } from '../../model/block-ref.js';
 import { RECORD_MAP_PAGE, RECORD_SEALED } from '../blocks/record.js';
-import { FrameReader } from './frame-reader.js';
+import { FrameReader, IN_PLACE_MIN_BYTES } from './frame-reader.js';
 import * as w from './wire.js';
 import { MAX_BLOCK_SIZE } from '../../common/block-size.js';
 
@@ -681,6 +681,71 @@ describe('peer frame reader', () => {
     );
     assert.equal(got[1].byteOffset, w.HEADER_SIZE, 'the payload is a view of that frame buffer');
     assert.equal(got[2].toString(), 'cd');
+  });
+
+  it('lets reads land in a large frame being filled, never past its end', () => {
+    // As a socket with an onread buffer function: each read goes where
+    // inPlaceTarget() says, else into the reused read buffer.
+    const payload = Buffer.alloc(200_000);
+    for (let i = 0; i < payload.length; i++) payload[i] = i % 253;
+    const small = Buffer.alloc(IN_PLACE_MIN_BYTES - 1, 7);
+    const stream = Buffer.concat([
+      frame(1, Buffer.from('ab')),
+      frame(2, payload),
+      frame(3, small),
+      frame(4, Buffer.from('cd')),
+    ]);
+    for (const readSize of [4096, 65536, 100_000]) {
+      const allocations: number[] = [];
+      const reader = new FrameReader((size) => (allocations.push(size), Buffer.alloc(size)));
+      const readBuf = Buffer.alloc(readSize);
+      const got: Buffer[] = [];
+      let inPlaceBytes = 0;
+      for (let at = 0; at < stream.length;) {
+        const target = reader.inPlaceTarget(IN_PLACE_MIN_BYTES) ?? readBuf;
+        const n = stream.copy(target, 0, at, at + Math.min(readSize, target.length));
+        at += n;
+        if (target === readBuf) reader.push(readBuf.subarray(0, n), true);
+        else {
+          reader.filledInPlace(n);
+          inPlaceBytes += n;
+        }
+        while (reader.peekHeader()) {
+          const length = w.headerPayloadLength(reader.headerBuf, reader.headerAt);
+          if (reader.available < w.HEADER_SIZE + length) break;
+          const p = reader.takeFrame(length);
+          got.push(reader.payloadTransient ? Buffer.from(p) : p);
+        }
+        reader.settle();
+        readBuf.fill(0xee);
+      }
+      const what = `reads of ${readSize}`;
+      assert.deepEqual(
+        got.map((g) => g.length),
+        [2, payload.length, small.length, 2],
+        what,
+      );
+      assert.ok(got[1].equals(payload), what);
+      assert.ok(got[2].equals(small), what);
+      assert.equal(got[3].toString(), 'cd', what);
+      assert.ok(
+        inPlaceBytes >= payload.length - readSize - IN_PLACE_MIN_BYTES,
+        `${what}: ${inPlaceBytes} bytes in place`,
+      );
+      assert.equal(allocations.filter((a) => a === w.HEADER_SIZE + payload.length).length, 1);
+      assert.equal(reader.pending, 0);
+    }
+  });
+
+  it('refuses bytes read in place past the frame being filled', () => {
+    const reader = new FrameReader((size) => Buffer.alloc(size));
+    assert.equal(reader.inPlaceTarget(1), undefined, 'no frame being filled');
+    const big = frame(1, Buffer.alloc(100_000));
+    reader.push(big.subarray(0, 1000), true);
+    reader.settle();
+    const target = reader.inPlaceTarget(IN_PLACE_MIN_BYTES)!;
+    assert.equal(target.length, big.length - 1000);
+    assert.throws(() => reader.filledInPlace(target.length + 1), /past the frame/);
   });
 
   it('does not allocate for a header that claims more than the limit', () => {

@@ -41,16 +41,50 @@ interface HandleOwner {
 }
 
 /**
+ * Memory the reader wants the next read to fill directly (the rest of a
+ * large frame being received, peer/frame-reader.ts inPlaceTarget), or
+ * undefined for the connection's read buffer. Asked before every read.
+ */
+export type ReadTarget = () => Buffer | undefined;
+
+/**
+ * A received chunk: `view` is valid only during the call; `inPlace` when it
+ * landed in memory the ReadTarget named (already where the reader wants it)
+ * rather than in the read buffer.
+ */
+export type OnRead = (view: Buffer, inPlace: boolean) => void;
+
+/**
+ * `onread` options for a socket read into a read buffer of its own, or, with
+ * `target`, into what it names when it names something: Node asks the
+ * buffer function for the next read's memory after every read. Measured
+ * (docs/benchmarks.md, session 30): a 64 KiB block reply then crosses from
+ * the kernel into the frame once instead of twice.
+ */
+export function onreadOptions(
+  onRead: OnRead,
+  target?: ReadTarget,
+): { buffer: Buffer | (() => Buffer); callback: (bytes: number, buf: Uint8Array) => boolean } {
+  const readBuffer = newReadBuffer();
+  return {
+    buffer: target ? () => target() ?? readBuffer : readBuffer,
+    callback: (bytes, buf) => {
+      onRead((buf as Buffer).subarray(0, bytes), buf !== readBuffer);
+      return true;
+    },
+  };
+}
+
+/**
  * Re-create `accepted` (paused, from a server with pauseOnConnect) so that
- * each read lands in a read buffer of its own and is passed to
- * `onRead(view)`; the view is valid only during that call. Returns the socket
- * to use from now on, or undefined if this Node does not allow it (then use
- * `accepted` as usual).
+ * each read lands in a read buffer of its own (or where `target` says) and
+ * is passed to `onRead`. Returns the socket to use from now on, or undefined
+ * if this Node does not allow it (then use `accepted` as usual).
  */
 export function adoptWithReadBuffer(
   accepted: Socket,
-  onRead: (view: Buffer) => void,
-  options: { allowHalfOpen: boolean },
+  onRead: OnRead,
+  options: { allowHalfOpen: boolean; target?: ReadTarget },
 ): Socket | undefined {
   const owner = accepted as unknown as HandleOwner;
   const handle = owner._handle;
@@ -62,12 +96,7 @@ export function adoptWithReadBuffer(
   return new Socket({
     handle,
     allowHalfOpen: options.allowHalfOpen,
-    onread: {
-      buffer: newReadBuffer(),
-      callback: (bytes: number, buf: Uint8Array) => {
-        onRead((buf as Buffer).subarray(0, bytes));
-      },
-    },
+    onread: onreadOptions(onRead, options.target),
   } as ConstructorParameters<typeof Socket>[0]);
 }
 
