@@ -14,9 +14,9 @@
  * A frame that has not fully arrived when a read ends is moved into one
  * buffer of exactly its size (from `allocate`: the server's pool) and filled
  * in place by the following reads, so a 64 KiB block is copied once on its
- * way in, whatever the read sizes; while much of it is still to come, the
- * socket reads straight into it (inPlaceTarget), and those bytes are copied
- * only by the kernel. A payload spanning owned chunks is
+ * way in, whatever the read sizes; while much of it is still to come (a
+ * batch of blocks), the socket reads straight into it (inPlaceTarget), and
+ * those bytes are copied only by the kernel. A payload spanning owned chunks is
  * gathered once into `allocate` memory. A header spanning chunks is copied
  * into a fixed 16-byte scratch buffer, so peeking never allocates.
  *

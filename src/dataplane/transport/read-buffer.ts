@@ -57,9 +57,11 @@ export type OnRead = (view: Buffer, inPlace: boolean) => void;
 /**
  * `onread` options for a socket read into a read buffer of its own, or, with
  * `target`, into what it names when it names something: Node asks the
- * buffer function for the next read's memory after every read. Measured
- * (docs/benchmarks.md, session 30): a 64 KiB block reply then crosses from
- * the kernel into the frame once instead of twice.
+ * buffer function for the next read's memory after every read. A frame much
+ * longer than a read (a PUT_PATCHES or PUT_BLOCKS batch of up to a few MiB)
+ * then crosses from the kernel once instead of twice; one about a read long
+ * (a 64 KiB block reply) mostly arrives with its header and is copied as
+ * before (docs/benchmarks.md, session 30).
  */
 export function onreadOptions(
   onRead: OnRead,
