@@ -62,9 +62,8 @@ alternating servers run by run, and prints per-job medians and ratios.
   --encrypt            create the torus volume encrypted
   --block-size SIZE    torus store block size (passed to torusctl init)
   --settle SECONDS     before each run, sync and wait up to this long until no
-                       server uses more than 5% of a core and no torus cache holds
-                       dirty blocks (default 60; 0: don't), so one run's
-                       write-back is not billed to the next
+                       server uses more than 5% of a core (default 60; 0: don't),
+                       so one run's write-back is not billed to the next
   -h, --help           this text`;
 
 export class UsageError extends Error {}

@@ -40,12 +40,7 @@ import {
   treeRssBytes,
 } from './processes.js';
 import { formatReport, ratios, summarize, type RunRecord } from './report.js';
-import {
-  counterDeltas,
-  formatCounters,
-  scrapeCounters,
-  scrapeDirtyBytes,
-} from './server-counters.js';
+import { counterDeltas, formatCounters, scrapeCounters } from './server-counters.js';
 import {
   SERVER_TOOLS,
   startServer,
@@ -126,38 +121,29 @@ async function measure(
  * quiet, so work a previous run left behind — a cluster replicating and
  * committing what the last write job wrote, nbd-server's file in kernel
  * write-back — is not measured as part of the next run of whichever server
- * comes next. Quiet is both: no server busy, and no torus cache holding
- * dirty blocks (a write-back waits for its commit timer, idle meanwhile, and
- * would otherwise run inside the next job). Returns the seconds waited,
- * whether the limit was hit and, if so, what was still pending.
+ * comes next. Returns the seconds waited, and whether the limit was hit.
  */
 async function settle(
   trackers: readonly Tracker[],
   limitSeconds: number,
-): Promise<{ seconds: number; timedOut: boolean; pending?: string }> {
+): Promise<{ seconds: number; timedOut: boolean }> {
   const started = performance.now();
   if (limitSeconds === 0) return { seconds: 0, timedOut: false };
   spawnSync('sync', { stdio: 'ignore' });
-  const busy = async (): Promise<string | undefined> => {
+  const busiest = async () => {
     const before = trackers.map((t) => treeCpuTicks(t.server.pid));
     await sleep(QUIET_SAMPLE_MS);
-    for (const [i, t] of trackers.entries()) {
-      const share =
+    const shares = trackers.map(
+      (t, i) =>
         (treeCpuTicks(t.server.pid) - before[i]) /
         CLOCK_TICKS_PER_SECOND /
-        (QUIET_SAMPLE_MS / 1000);
-      if (share >= QUIET_CORE_SHARE) return `${t.server.name} at ${Math.round(100 * share)}% CPU`;
-    }
-    for (const t of trackers) {
-      if (!t.server.metricsUrl) continue;
-      const dirty = await scrapeDirtyBytes(t.server.metricsUrl);
-      if (dirty) return `${t.server.name} with ${(dirty / 2 ** 20).toFixed(0)} MiB dirty`;
-    }
-    return undefined;
+        (QUIET_SAMPLE_MS / 1000),
+    );
+    return Math.max(0, ...shares);
   };
-  for (let pending = await busy(); pending !== undefined; pending = await busy()) {
+  while ((await busiest()) >= QUIET_CORE_SHARE) {
     if (performance.now() - started > limitSeconds * 1000)
-      return { seconds: (performance.now() - started) / 1000, timedOut: true, pending };
+      return { seconds: (performance.now() - started) / 1000, timedOut: true };
   }
   return { seconds: (performance.now() - started) / 1000, timedOut: false };
 }
@@ -282,7 +268,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
         record.settledSeconds = Math.round(settled.seconds * 10) / 10;
         if (settled.timedOut)
           process.stderr.write(
-            `bench: servers still busy after --settle ${options.settleSeconds} s (${settled.pending}); running ${job.name} on ${name} anyway\n`,
+            `bench: servers still busy after --settle ${options.settleSeconds} s; running ${job.name} on ${name} anyway\n`,
           );
         try {
           Object.assign(record, await measure(job, tracker, settings));

@@ -1,12 +1,7 @@
 /** The run's counters from /metrics text: summed over labels, differenced, printed. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import {
-  counterDeltas,
-  formatCounters,
-  parseCounters,
-  parseDirtyBytes,
-} from './server-counters.js';
+import { counterDeltas, formatCounters, parseCounters } from './server-counters.js';
 
 const exposition = (commits: number, seconds: number, full: number) =>
   [
@@ -54,11 +49,5 @@ describe('server counters', () => {
   test('no commits: no mean', () => {
     const same = parseCounters(exposition(4, 0.2, 2));
     assert.equal(formatCounters(counterDeltas(same, same)), '0 commits, log full 0, wraps 0');
-  });
-
-  test("the cache's dirty bytes: a gauge read from the same text, 0 when absent", () => {
-    const text = 'torus_cache_bytes 268435456\ntorus_cache_dirty_bytes 119537664\n';
-    assert.equal(parseDirtyBytes(text), 119537664);
-    assert.equal(parseDirtyBytes(exposition(4, 0.2, 2)), 0);
   });
 });

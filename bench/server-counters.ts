@@ -32,16 +32,8 @@ export interface ServerCounters {
  * set; a counter absent from the text (no intent log, say) reads 0.
  */
 export function parseCounters(text: string): CounterSample {
-  return sumSeries(text, COUNTERS);
-}
-
-/** Each named series in Prometheus text exposition, summed over its label sets (0 when absent). */
-function sumSeries<Name extends string>(
-  text: string,
-  names: readonly Name[],
-): Record<Name, number> {
-  const sums = Object.fromEntries(names.map((name) => [name, 0])) as Record<Name, number>;
-  const wanted = new Set<string>(names);
+  const sample = Object.fromEntries(COUNTERS.map((name) => [name, 0])) as CounterSample;
+  const wanted = new Set<string>(COUNTERS);
   for (const line of text.split('\n')) {
     if (line === '' || line.startsWith('#')) continue;
     const nameEnd = line.search(/[{ ]/);
@@ -49,17 +41,9 @@ function sumSeries<Name extends string>(
     const name = line.slice(0, nameEnd);
     if (!wanted.has(name)) continue;
     const value = Number(line.slice(line.lastIndexOf(' ') + 1));
-    if (Number.isFinite(value)) sums[name as Name] += value;
+    if (Number.isFinite(value)) sample[name as CounterName] += value;
   }
-  return sums;
-}
-
-/**
- * Bytes a torus process's cache holds written but not yet stored (the
- * `torus_cache_dirty_bytes` gauge): its write-back still to come.
- */
-export function parseDirtyBytes(text: string): number {
-  return sumSeries(text, ['torus_cache_dirty_bytes'] as const).torus_cache_dirty_bytes;
+  return sample;
 }
 
 export function counterDeltas(before: CounterSample, after: CounterSample): ServerCounters {
@@ -82,20 +66,10 @@ export function formatCounters(c: ServerCounters): string {
 
 /** A scrape of url, or undefined when it cannot be read (the run is still measured). */
 export async function scrapeCounters(url: string): Promise<CounterSample | undefined> {
-  const text = await scrape(url);
-  return text === undefined ? undefined : parseCounters(text);
-}
-
-/** The dirty bytes at url, or undefined when it cannot be read. */
-export async function scrapeDirtyBytes(url: string): Promise<number | undefined> {
-  const text = await scrape(url);
-  return text === undefined ? undefined : parseDirtyBytes(text);
-}
-
-async function scrape(url: string): Promise<string | undefined> {
   try {
     const response = await fetch(url, { signal: AbortSignal.timeout(5_000) });
-    return response.ok ? await response.text() : undefined;
+    if (!response.ok) return undefined;
+    return parseCounters(await response.text());
   } catch {
     return undefined;
   }

@@ -95,7 +95,7 @@ export interface BenchServer {
   readJobsOnly?: boolean;
   /** Same-memory mode: the cgroups it runs in (one per node of a cluster). */
   cgroups?: MemoryCgroup[];
-  /** torus: the serving process's /metrics, scraped around each run (server-counters.ts) and read by the settling before it (run.ts). */
+  /** torus: the serving process's /metrics, scraped around each run (server-counters.ts). */
   metricsUrl?: string;
   stop(): Promise<void>;
 }
