@@ -2,6 +2,7 @@
  * The single node's intent log under kill -9: a FLUSH (or FUA write) is
  * acknowledged once its bytes are in the log, so data acknowledged that way
  * must come back after a kill at any moment — replayed at start-up — also
+ * with FLUSHes and writes in flight together (a client at queue depth 8),
  * when the log's tail is torn, when torusd is killed again during the
  * replay, for an encrypted volume (whose bytes never reach the log in
  * clear), and once the log has wrapped over records already committed, lap
@@ -120,6 +121,78 @@ async function lostWrites(
   return (/bad \[(.*)\]/.exec(check.stdout)?.[1] ?? '').split(',').filter((x) => x.trim());
 }
 
+/**
+ * Writes and FLUSHes `depth` at a time (libnbd's asynchronous calls), a
+ * FLUSH after every `every` writes, each write to a slot of its own (of
+ * `count`: 2053 is prime). Prints
+ * "done i" as write i completes and "flushed n" as a FLUSH completes, n the
+ * number of writes that had completed when it was sent: those are the ones
+ * it acknowledges.
+ */
+function pipelinedWriterScript(
+  uri: string,
+  seed: number,
+  { count, bytes, every, depth }: { count: number; bytes: number; every: number; depth: number },
+): string {
+  return `
+import nbd, hashlib, sys
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(uri)})
+done = 0
+def wrote(i):
+    def cb(err):
+        global done
+        if err: sys.exit("write %d failed: %d" % (i, err))
+        done += 1
+        print("done", i, flush=True)
+        return 1
+    return cb
+def flushed(n):
+    def cb(err):
+        if err: sys.exit("flush failed: %d" % err)
+        print("flushed", n, flush=True)
+        return 1
+    return cb
+i = 0
+sent = 0
+while i < ${count}:
+    while h.aio_in_flight() < ${depth} and i < ${count}:
+        if sent % ${every + 1} == ${every}:
+            h.aio_flush(completion=flushed(done))
+        else:
+            data = hashlib.sha256(b"%d-%d" % (${seed}, i)).digest() * ${bytes / 32}
+            h.aio_pwrite(data, (i * 2053 % ${count}) * ${bytes}, completion=wrote(i))
+            i += 1
+        sent += 1
+    h.poll(-1)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+`;
+}
+
+/** Which of `writes` (seed, slot and size as the pipelined writer's) read back wrong. */
+async function wrongWrites(
+  node: TorusdProcess,
+  volume: string,
+  seed: number,
+  writes: number[],
+  { bytes, slots }: { bytes: number; slots: number },
+) {
+  const check = await python(`
+import nbd, hashlib
+h = nbd.NBD()
+h.connect_uri(${JSON.stringify(node.uri(volume))})
+bad = []
+for i in ${JSON.stringify(writes)}:
+    data = hashlib.sha256(b"%d-%d" % (${seed}, i)).digest() * ${bytes / 32}
+    if h.pread(${bytes}, (i * 2053 % ${slots}) * ${bytes}) != data:
+        bad.append(i)
+print("bad", bad)
+`);
+  assert.equal(check.code, 0, check.stderr);
+  return (/bad \[(.*)\]/.exec(check.stdout)?.[1] ?? '').split(',').filter((x) => x.trim());
+}
+
 describe('intent log under kill -9', { skip, timeout: 300_000 }, () => {
   let dir: string;
   let node: TorusdProcess | undefined;
@@ -153,6 +226,77 @@ describe('intent log under kill -9', { skip, timeout: 300_000 }, () => {
     t.diagnostic(
       `fault-row | kill -9 single-node torusd right after FLUSH/FUA acks (4 KiB, intent log) | ${rounds} | bytes lost ${lost * KiB4} | -`,
     );
+  });
+
+  test('FLUSHes in flight together, on the log and past it, acknowledge what they cover through kill -9', async (t) => {
+    // 8 requests in flight: FLUSHes wait behind one another's captures
+    // while writes keep completing, and each must cover exactly the writes
+    // completed before it was sent. 4 KiB writes, a FLUSH every 3, go to the
+    // log; 1 MiB writes, a FLUSH every 12 (more than the 8 MiB a capture
+    // logs), commit versions instead.
+    for (const [round, { bytes, every, count }] of [
+      { bytes: KiB4, every: 3, count: SLOTS },
+      { bytes: MiB, every: 12, count: 512 },
+    ].entries()) {
+      const volume = `pipelined${round}`;
+      node = await startTorusd({
+        dataDir: dir,
+        size: '1GiB',
+        args: ['--ensure-volume', `${volume}=${(count * bytes) / MiB}MiB`],
+      });
+      const seed = 300 + round;
+      const script = pipelinedWriterScript(node.uri(volume), seed, {
+        count,
+        bytes,
+        every,
+        depth: 8,
+      });
+      const writer = spawn(SYSTEM_PYTHON, ['-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const completed: number[] = [];
+      let flushedUpTo = 0;
+      let stderr = '';
+      let firstFlush!: () => void;
+      const flushing = new Promise<void>((r) => (firstFlush = r));
+      let pending = '';
+      writer.stdout.on('data', (d: Buffer) => {
+        const lines = (pending + d.toString()).split('\n');
+        pending = lines.pop()!;
+        for (const line of lines) {
+          const [what, n] = line.split(' ');
+          if (what === 'done') completed.push(Number(n));
+          else if (what === 'flushed') {
+            flushedUpTo = Math.max(flushedUpTo, Number(n));
+            if (flushedUpTo > 0) firstFlush();
+          }
+        }
+      });
+      writer.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const writerDone = new Promise((r) => writer.once('exit', r));
+      try {
+        await Promise.race([flushing, writerDone, sleep(120_000, undefined, { ref: false })]);
+        await sleep(300 + Math.random() * 700);
+        process.kill(node.pid, 'SIGKILL');
+        await node.stop('SIGKILL');
+      } finally {
+        await writerDone;
+      }
+      assert.ok(
+        flushedUpTo > 0,
+        `round ${round}: a FLUSH acknowledged writes before the kill ${stderr}`,
+      );
+      node = await startTorusd({ dataDir: dir, size: '1GiB' });
+      const acknowledged = completed.slice(0, flushedUpTo);
+      t.diagnostic(
+        `round ${round}: ${acknowledged.length} of ${completed.length} completed writes acknowledged by FLUSHes before the kill`,
+      );
+      assert.deepEqual(
+        await wrongWrites(node, volume, seed, acknowledged, { bytes, slots: count }),
+        [],
+        `round ${round}: ${acknowledged.length} writes were acknowledged by FLUSHes`,
+      );
+      assert.equal(await node.stop('SIGTERM'), 0);
+      node = undefined;
+    }
   });
 
   test('a torn last record is ignored; everything before it is replayed', async () => {
