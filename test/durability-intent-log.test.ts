@@ -229,11 +229,12 @@ describe('intent log under kill -9', { skip, timeout: 300_000 }, () => {
   });
 
   test('FLUSHes in flight together, on the log and past it, acknowledge what they cover through kill -9', async (t) => {
-    // 8 requests in flight: FLUSHes wait behind one another's captures
-    // while writes keep completing, and each must cover exactly the writes
-    // completed before it was sent. 4 KiB writes, a FLUSH every 3, go to the
-    // log; 1 MiB writes, a FLUSH every 12 (more than the 8 MiB a capture
-    // logs), commit versions instead.
+    // 8 requests in flight: FLUSHes wait behind one another's captures, or
+    // join the one waiting to start (capture-queue.ts), while writes keep
+    // completing, and each must cover exactly the writes completed before it
+    // was sent. 4 KiB writes, a FLUSH every 3, go to the log; 1 MiB writes, a
+    // FLUSH every 12 (more than the 8 MiB a capture logs), commit versions
+    // instead.
     for (const [round, { bytes, every, count }] of [
       { bytes: KiB4, every: 3, count: SLOTS },
       { bytes: MiB, every: 12, count: 512 },

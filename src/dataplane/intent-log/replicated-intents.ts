@@ -22,6 +22,7 @@
  * that lost its lock is refused by a sealed holder (FENCED), and its commit
  * by etcd: the FLUSH fails, as before.
  */
+import { CaptureQueue } from './capture-queue.js';
 import { assert } from '../../common/assert.js';
 import type { Logger } from '../../common/log.js';
 import type { IntentState } from '../../model/intent-state.js';
@@ -83,7 +84,8 @@ export class ReplicatedIntents implements FlushLog {
   private readonly sealer: IntentSealer | undefined;
   private nextSeq = 1;
   private captures = 0;
-  private staging: Promise<unknown> = DONE;
+  /** FLUSHes captured one at a time; one arriving while a capture waits joins it. */
+  private readonly captureQueue = new CaptureQueue(() => this.capture());
   private lastDurable: Promise<void> = DONE;
   private scratch: Buffer = Buffer.alloc(0);
   /** What the record of the last version that landed says (the state before this writer, at first). */
@@ -126,9 +128,7 @@ export class ReplicatedIntents implements FlushLog {
   }
 
   flush(): Promise<void> {
-    const durable = this.staging.then(() => this.capture());
-    this.staging = durable.catch(() => undefined);
-    return durable;
+    return this.captureQueue.flush();
   }
 
   /** A full commit starts: it holds every record numbered so far (their content was read before it). */

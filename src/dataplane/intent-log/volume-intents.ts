@@ -24,6 +24,7 @@
  * generation) are a suffix of the volume's records, applied in order over a
  * version holding everything captured before them.
  */
+import { CaptureQueue } from './capture-queue.js';
 import { assert } from '../../common/assert.js';
 import { IoError } from '../../common/errors.js';
 import type { IntentLog } from './intent-log.js';
@@ -92,7 +93,8 @@ export class VolumeIntents implements FlushLog {
   /** Captures made; a commit covers every capture made before it started. */
   private captures = 0;
   private lastCoveredBy = 0;
-  private staging: Promise<unknown> = DONE;
+  /** FLUSHes captured one at a time; one arriving while a capture waits joins it. */
+  private readonly captureQueue = new CaptureQueue(() => this.capture());
   private lastDurable: Promise<void> = DONE;
   /** The last commit marker's durability (see committed()). */
   private lastMarker: Promise<void> = DONE;
@@ -191,9 +193,7 @@ export class VolumeIntents implements FlushLog {
    * log (one group fdatasync), or — when the log can't take it — committed.
    */
   flush(): Promise<void> {
-    const durable = this.staging.then(() => this.capture());
-    this.staging = durable.catch(() => undefined);
-    return durable;
+    return this.captureQueue.flush();
   }
 
   /** A flush the log can't take: commit, then wait for that commit's marker (committed()). */
