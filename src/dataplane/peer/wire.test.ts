@@ -648,6 +648,16 @@ describe('peer frame reader', () => {
     }
   });
 
+  /** Every whole frame buffered, its payload copied when it lies in the read buffer, onto `got`. */
+  function takeWholeFrames(reader: FrameReader, got: Buffer[]): void {
+    while (reader.peekHeader()) {
+      const length = w.headerPayloadLength(reader.headerBuf, reader.headerAt);
+      if (reader.available < w.HEADER_SIZE + length) break;
+      const p = reader.takeFrame(length);
+      got.push(reader.payloadTransient ? Buffer.from(p) : p);
+    }
+  }
+
   it('fills a frame that spans reads in place: one allocation of exactly its size', () => {
     const payload = Buffer.alloc(200_000);
     for (let i = 0; i < payload.length; i++) payload[i] = i % 251;
@@ -663,12 +673,7 @@ describe('peer frame reader', () => {
     for (let at = 0; at < stream.length; at += readBuf.length) {
       const n = stream.copy(readBuf, 0, at, at + readBuf.length);
       reader.push(readBuf.subarray(0, n), true);
-      while (reader.peekHeader()) {
-        const length = w.headerPayloadLength(reader.headerBuf, reader.headerAt);
-        if (reader.available < w.HEADER_SIZE + length) break;
-        const p = reader.takeFrame(length);
-        got.push(reader.payloadTransient ? Buffer.from(p) : p);
-      }
+      takeWholeFrames(reader, got);
       reader.settle();
       readBuf.fill(0xee);
     }
@@ -710,12 +715,7 @@ describe('peer frame reader', () => {
           reader.filledInPlace(n);
           inPlaceBytes += n;
         }
-        while (reader.peekHeader()) {
-          const length = w.headerPayloadLength(reader.headerBuf, reader.headerAt);
-          if (reader.available < w.HEADER_SIZE + length) break;
-          const p = reader.takeFrame(length);
-          got.push(reader.payloadTransient ? Buffer.from(p) : p);
-        }
+        takeWholeFrames(reader, got);
         reader.settle();
         readBuf.fill(0xee);
       }
