@@ -175,8 +175,11 @@ export class PeerSession extends ServedConnection {
 
   // ---------------------------------------------------------------- reading
 
-  /** Bytes received; `transient`: a view of the reused read buffer, valid only during this call. */
-  /** inPlace: the bytes were read into readTarget()'s memory, already in the frame. */
+  /**
+   * Bytes received; `transient`: a view of the reused read buffer, valid
+   * only during this call; `inPlace`: read into readTarget()'s memory, so
+   * already in the frame.
+   */
   onRead(chunk: Buffer, transient: boolean, inPlace = false): void {
     if (this.phase === 'closed' || this.phase === 'draining') return;
     if (inPlace) this.reader.filledInPlace(chunk.length);
