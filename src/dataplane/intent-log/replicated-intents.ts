@@ -22,7 +22,6 @@
  * that lost its lock is refused by a sealed holder (FENCED), and its commit
  * by etcd: the FLUSH fails, as before.
  */
-import { CaptureQueue } from './capture-queue.js';
 import { assert } from '../../common/assert.js';
 import type { Logger } from '../../common/log.js';
 import type { IntentState } from '../../model/intent-state.js';
@@ -39,6 +38,7 @@ import {
   stampIntentRecord,
 } from '../peer/wire.js';
 import type { VolumeState } from '../volume/volume-state.js';
+import { CaptureQueue } from './capture-queue.js';
 import { IntentSealer } from './seal.js';
 import type { CommitStart, FlushLog, IntentSource } from './volume-intents.js';
 import { MAX_LOGGED_BYTES_PER_FLUSH, MAX_LOGGED_RANGES } from './volume-intents.js';

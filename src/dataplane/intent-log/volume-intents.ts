@@ -24,9 +24,9 @@
  * generation) are a suffix of the volume's records, applied in order over a
  * version holding everything captured before them.
  */
-import { CaptureQueue } from './capture-queue.js';
 import { assert } from '../../common/assert.js';
 import { IoError } from '../../common/errors.js';
+import { CaptureQueue } from './capture-queue.js';
 import type { IntentLog } from './intent-log.js';
 import {
   FLAG_COMMITTED,
