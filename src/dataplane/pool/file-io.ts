@@ -1,5 +1,5 @@
 /** Whole-buffer positional reads and writes for the pool workers (blocking: a worker's I/O is meant to block). */
-import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, readSync, readvSync, writeSync } from 'node:fs';
 
 export function pwriteAll(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
@@ -14,6 +14,23 @@ export function preadAll(fd: number, bytes: Uint8Array, position: number): void 
     const n = readSync(fd, bytes, done, bytes.length - done, position + done);
     if (n === 0) throw new Error(`short read at ${position + done}`);
     done += n;
+  }
+}
+
+/**
+ * Fill `buffers`, one after the other, from `position` on: one readv unless
+ * the kernel returns short. A short file is an error naming where it ended.
+ */
+export function preadvAll(fd: number, buffers: readonly Uint8Array[], position: number): void {
+  let pending = buffers;
+  for (;;) {
+    let n = readvSync(fd, pending, position);
+    if (n === 0) throw new Error(`short read at ${position}`);
+    position += n;
+    let filled = 0;
+    while (filled < pending.length && n >= pending[filled].length) n -= pending[filled++].length;
+    if (filled === pending.length) return;
+    pending = [pending[filled].subarray(n), ...pending.slice(filled + 1)];
   }
 }
 

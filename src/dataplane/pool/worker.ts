@@ -19,7 +19,7 @@ import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '..
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
-import { openDirect, preadAll, pwriteAll } from './file-io.js';
+import { openDirect, preadAll, preadvAll, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
 import { HeldWrites } from './held-writes.js';
 import { peerClient, workerLinks } from './peer-links.js';
@@ -502,6 +502,8 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
   const reasons: string[] = new Array(n).fill('');
   const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
   let whole: Uint8Array | undefined;
+  // Blocks before this index were read already, by one readv of their run.
+  let readUntil = 0;
   for (let i = 0; i < n; i++) {
     const slot = task.storeSlots[i];
     if (slot < 0) {
@@ -524,8 +526,9 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
       continue;
     }
     const landing = sealer ? scratch : dest;
+    if (!sealer && i >= readUntil) readUntil = readRun(task, i);
     try {
-      preadAll(dataFd, landing, slot * blockSize);
+      if (i >= readUntil) preadAll(dataFd, landing, slot * blockSize);
     } catch (err) {
       status[i] = READ_IO_ERROR;
       reasons[i] = (err as Error).message;
@@ -558,6 +561,39 @@ function readBatch(task: ReadBatchTask): ReadBatchResult {
     status[i] = READ_OK;
   }
   return whole ? { status, reasons, whole } : { status, reasons };
+}
+
+/**
+ * Whole plain blocks from `first` on whose slots follow one another in the
+ * store read by one readv into their cache slots (a sequential reader's
+ * blocks were mostly stored in order): one system call, and one request the
+ * kernel's read-ahead sees whole, instead of one per block. Returns the end
+ * of the run read, or `first` when there is no run or the readv failed (each
+ * block is then read, and fails, on its own).
+ */
+/** Most blocks one readv reads (a read task carries BATCH; far below the kernel's 1024 buffers a call). */
+const RUN_MAX_BLOCKS = 64;
+
+function readRun(task: ReadBatchTask, first: number): number {
+  const { storeSlots, cacheSlots, subBlocks: wanted } = task;
+  let end = first + 1;
+  while (
+    end < storeSlots.length &&
+    end - first < RUN_MAX_BLOCKS &&
+    storeSlots[end] === storeSlots[end - 1] + 1 &&
+    (wanted?.[end] ?? 0) === 0 &&
+    !isPatchRecord(records, storeSlots[end])
+  )
+    end++;
+  if (end === first + 1) return first;
+  const dests: Uint8Array[] = [];
+  for (let i = first; i < end; i++) dests.push(cacheBlock(cacheSlots[i]));
+  try {
+    preadvAll(dataFd, dests, storeSlots[first] * blockSize);
+  } catch {
+    return first;
+  }
+  return end;
 }
 
 /**
