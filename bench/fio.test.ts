@@ -142,14 +142,16 @@ describe('fio command lines', () => {
         'randwrite-4k-qd1-fsync1',
         'randwrite-64k-qd4-fsync16',
         'seqwrite-1m-qd8-fsync32',
+        'seqwrite-1m-qd8-flush32',
       ],
     );
     assert.deepEqual(
-      JOBS.filter(flushes).map((j) => [j.name, j.iodepth, j.extra]),
+      JOBS.filter(flushes).map((j) => [j.name, j.iodepth, j.extra, j.flushEvery]),
       [
-        ['randwrite-4k-qd1-fsync1', 1, ['--fsync=1']],
-        ['randwrite-64k-qd4-fsync16', 4, ['--fsync=16']],
-        ['seqwrite-1m-qd8-fsync32', 8, ['--fsync=32']],
+        ['randwrite-4k-qd1-fsync1', 1, ['--fsync=1'], undefined],
+        ['randwrite-64k-qd4-fsync16', 4, ['--fsync=16'], undefined],
+        ['seqwrite-1m-qd8-fsync32', 8, ['--fsync=32'], undefined],
+        ['seqwrite-1m-qd8-flush32', 8, [], 32],
       ],
     );
     assert.deepEqual(

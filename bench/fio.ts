@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { killQuietly, onCleanup } from './cleanup.js';
+import { runFlushCadence } from './flush-cadence.js';
 
 export interface JobSpec {
   name: string;
@@ -14,6 +15,12 @@ export interface JobSpec {
   /** fio processes, each with its own NBD connection */
   connections: number;
   extra: string[];
+  /**
+   * A FLUSH after exactly every this many writes, sent by the libnbd driver
+   * (flush-cadence.ts) instead of fio, which at a queue depth above 1 does
+   * not keep to its --fsync=N.
+   */
+  flushEvery?: number;
 }
 
 export const JOBS: readonly JobSpec[] = [
@@ -86,11 +93,22 @@ export const JOBS: readonly JobSpec[] = [
     connections: 1,
     extra: ['--fsync=32'],
   },
+  // The same with a FLUSH after exactly every 32 writes (flush-cadence.ts):
+  // 32 MiB to make durable each time, the workload fio's job above names.
+  {
+    name: 'seqwrite-1m-qd8-flush32',
+    rw: 'write',
+    blockSize: '1m',
+    iodepth: 8,
+    connections: 1,
+    extra: [],
+    flushEvery: 32,
+  },
 ];
 
-/** Jobs that send FLUSH (fio --fsync=N), whose flush latency the report shows. */
+/** Jobs that send FLUSH (fio --fsync=N, or the libnbd driver), whose flush latency the report shows. */
 export function flushes(job: JobSpec): boolean {
-  return job.extra.some((flag) => flag.startsWith('--fsync='));
+  return job.flushEvery !== undefined || job.extra.some((flag) => flag.startsWith('--fsync='));
 }
 
 /** Reads only: what a degraded cluster is measured with. */
@@ -304,6 +322,36 @@ export function runFio(args: string[], timeoutMs: number): Promise<void> {
         );
     });
   });
+}
+
+/** A job's block size in bytes ('4k', '64k', '1m'). */
+export function blockBytes(job: JobSpec): number {
+  const match = /^(\d+)([km])$/.exec(job.blockSize);
+  if (!match) throw new Error(`block size ${job.blockSize}: expected a number of k or m`);
+  return Number(match[1]) * (match[2] === 'k' ? 1024 : 1024 * 1024);
+}
+
+/** Run one timed job: fio, or the libnbd driver for a job with `flushEvery`; its JSON lands in settings.outputFile. */
+export function runJob(job: JobSpec, settings: FioSettings): Promise<void> {
+  if (job.flushEvery === undefined) return runFio(fioArgs(job, settings), fioTimeoutMs(settings));
+  if (job.rw !== 'write' && job.rw !== 'randwrite')
+    throw new Error(`${job.name}: the flush-cadence driver writes only`);
+  if (job.connections !== 1)
+    throw new Error(`${job.name}: the flush-cadence driver uses one connection`);
+  return runFlushCadence(
+    {
+      uri: settings.uri,
+      rw: job.rw,
+      blockSize: blockBytes(job),
+      iodepth: job.iodepth,
+      flushEvery: job.flushEvery,
+      regionBytes: settings.regionBytes,
+      runtimeSeconds: settings.runtimeSeconds,
+      rampSeconds: settings.rampSeconds,
+    },
+    settings.outputFile,
+    fioTimeoutMs(settings),
+  );
 }
 
 export function fioTimeoutMs(s: Pick<FioSettings, 'runtimeSeconds' | 'rampSeconds'>): number {

@@ -20,13 +20,13 @@ import { parseSize } from '../src/common/size.js';
 import { cleanupAll, killQuietly, onCleanup, removeDirLater } from './cleanup.js';
 import {
   JOBS,
-  fioArgs,
   fioHasNbdEngine,
   fioTimeoutMs,
   prefillArgs,
   readFioResult,
   readsData,
   runFio,
+  runJob,
 } from './fio.js';
 import { EXPORT_BYTES } from './options.js';
 import { LOOPBACK, freePort, waitForListener } from './processes.js';
@@ -146,7 +146,7 @@ async function main(argv: string[]): Promise<number> {
       rampSeconds: 0,
       outputFile: join(workDir, `${job.name}.json`),
     };
-    await runFio(fioArgs(job, settings), fioTimeoutMs(settings));
+    await runJob(job, settings);
     const r = readFioResult(settings.outputFile);
     process.stderr.write(
       `profile: ${job.name}: ${r.iops.toFixed(0)} IOPS, ${r.mibPerSecond.toFixed(1)} MiB/s, p99 ${r.p99Micros.toFixed(0)} us (under the profiler)\n`,

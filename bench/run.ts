@@ -12,7 +12,6 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cleanupAll, removeDirLater } from './cleanup.js';
 import {
-  fioArgs,
   fioHasNbdEngine,
   fioTimeoutMs,
   fioVersion,
@@ -20,6 +19,7 @@ import {
   readFioResult,
   readOnly,
   runFio,
+  runJob,
   type FioSettings,
   type JobSpec,
 } from './fio.js';
@@ -94,7 +94,7 @@ async function measure(
   const started = performance.now();
   const sampler = setInterval(sample, RSS_SAMPLE_MS);
   try {
-    await runFio(fioArgs(job, settings), fioTimeoutMs(settings));
+    await runJob(job, settings);
   } finally {
     clearInterval(sampler);
   }
