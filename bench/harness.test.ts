@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { findMemoryController } from './memory-cgroup.js';
+import { libnbdPython } from './flush-cadence.js';
 import { freePort, waitForListener } from './processes.js';
 
 const PROJECT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -120,6 +121,39 @@ describe(
       assert.ok(!existsSync(temp), `${temp} left behind`);
       assert.deepEqual(processesMentioning(temp), []);
     });
+
+    test(
+      'the flush-cadence job sends a FLUSH after exactly every 32 writes',
+      { skip: !libnbdPython() && 'python3 cannot import nbd: apt-get install python3-libnbd' },
+      async () => {
+        const jsonFile = join(scratch, 'cadence.json');
+        const run = start('run.js', [
+          '--servers',
+          'nbd-server',
+          '--jobs',
+          'seqwrite-1m-qd8-flush32',
+          '--runtime',
+          '2',
+          '--ramp',
+          '0',
+          '--repeats',
+          '1',
+          '--region',
+          '16MiB',
+          '--json',
+          jsonFile,
+        ]);
+        const r = await run.finished;
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stdout, /seqwrite-1m-qd8-flush32\s+nbd-server\s+\d+/);
+        const [{ result }] = JSON.parse(readFileSync(jsonFile, 'utf8')).runs;
+        const writes = result.writeIops * 2;
+        assert.ok(writes >= 64, `${writes} writes in 2 s`);
+        // Writes and FLUSHes count when sent and answered within the 2 s: the edges may differ by one each.
+        assert.ok(Math.abs(result.flushCount - writes / 32) <= 2, JSON.stringify(result));
+        assert.ok(result.flushP50Micros > 0 && result.flushP99Micros >= result.flushP50Micros);
+      },
+    );
 
     test('Ctrl-C mid-run stops every server and fio and removes the temp dir', async () => {
       const run = start('run.js', [

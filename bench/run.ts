@@ -11,6 +11,7 @@ import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cleanupAll, removeDirLater } from './cleanup.js';
+import { libnbdPython } from './flush-cadence.js';
 import {
   fioHasNbdEngine,
   fioTimeoutMs,
@@ -58,8 +59,13 @@ const REAP_SETTLE_MS = 300;
 const QUIET_CORE_SHARE = 0.05;
 const QUIET_SAMPLE_MS = 500;
 
-function missingTools(servers: ServerName[]): string[] {
+function missingTools(servers: ServerName[], jobs: readonly JobSpec[]): string[] {
   const problems: string[] = [];
+  const driven = jobs.filter((job) => job.flushEvery !== undefined);
+  if (driven.length > 0 && !libnbdPython())
+    problems.push(
+      `python3 cannot import nbd (for ${driven.map((j) => j.name).join(', ')}): apt-get install python3-libnbd`,
+    );
   const have = (tool: string) =>
     spawnSync('sh', ['-c', 'command -v "$1"', 'sh', tool], { stdio: 'ignore' }).status === 0;
   if (!have('fio')) problems.push('fio not found: apt-get install fio');
@@ -382,7 +388,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE + '\n');
     return 0;
   }
-  const problems = missingTools(options.servers);
+  const problems = missingTools(options.servers, options.jobs);
   if (problems.length > 0) {
     for (const p of problems) process.stderr.write(`bench: ${p}\n`);
     return 1;
