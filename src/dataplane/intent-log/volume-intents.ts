@@ -43,7 +43,12 @@ import { IntentSealer } from './seal.js';
 import { WrittenRanges, readContent } from './written-ranges.js';
 import type { VolumeState } from '../volume/volume-state.js';
 
-/** A flush logging more than this commits a version instead: whole blocks cost no more than the log then. */
+/**
+ * A flush logging more than this commits a version instead: whole blocks cost
+ * no more than the log then. It also bounds memory: a capture holds its bytes
+ * until they are logged (64 MiB, with 1 MiB writes FLUSHed every 32, had the
+ * cgroup's OOM killer stop a node in a 512 MiB limit: docs/benchmarks.md, session 31).
+ */
 export const MAX_LOGGED_BYTES_PER_FLUSH = 8 * 1024 * 1024;
 /** Most ranges kept between flushes; more and the next flush commits a version. */
 export const MAX_LOGGED_RANGES = 4096;
