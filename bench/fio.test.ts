@@ -4,7 +4,16 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { JOBS, fioArgs, flushes, parseFioJson, prefillArgs, readsData } from './fio.js';
+import {
+  JOBS,
+  fioArgs,
+  flushes,
+  jobBefore,
+  parseFioJson,
+  prefillArgs,
+  readOnly,
+  readsData,
+} from './fio.js';
 
 function direction(iops: number, bwBytes: number, p99Nanos?: number) {
   return {
@@ -142,8 +151,13 @@ describe('fio command lines', () => {
         'randwrite-4k-qd1-fsync1',
         'randwrite-64k-qd4-fsync16',
         'seqwrite-1m-qd8-fsync32',
+        'seqread-1m-qd8-after-randwrite',
         'seqwrite-1m-qd8-flush32',
       ],
+    );
+    assert.deepEqual(
+      JOBS.filter((j) => j.after !== undefined).map((j) => [j.name, jobBefore(j)?.name]),
+      [['seqread-1m-qd8-after-randwrite', 'randwrite-4k-qd32']],
     );
     assert.deepEqual(
       JOBS.filter(flushes).map((j) => [j.name, j.iodepth, j.extra, j.flushEvery]),
@@ -156,7 +170,17 @@ describe('fio command lines', () => {
     );
     assert.deepEqual(
       JOBS.filter(readsData).map((j) => j.name),
-      ['randread-4k-qd32', 'randrw70-64k-qd16', 'seqread-1m-qd8', 'randread-4k-qd32-4conn'],
+      [
+        'randread-4k-qd32',
+        'randrw70-64k-qd16',
+        'seqread-1m-qd8',
+        'randread-4k-qd32-4conn',
+        'seqread-1m-qd8-after-randwrite',
+      ],
+    );
+    assert.ok(
+      !readOnly(JOBS.find((j) => j.name === 'seqread-1m-qd8-after-randwrite')!),
+      'a read after writes is no job for a degraded cluster',
     );
   });
 

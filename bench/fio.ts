@@ -21,6 +21,11 @@ export interface JobSpec {
    * not keep to its --fsync=N.
    */
   flushEvery?: number;
+  /**
+   * Another job (by name) run first, not measured, before every measured run
+   * of this one on each server: the state a user's workload leaves behind.
+   */
+  after?: string;
 }
 
 export const JOBS: readonly JobSpec[] = [
@@ -93,6 +98,17 @@ export const JOBS: readonly JobSpec[] = [
     connections: 1,
     extra: ['--fsync=32'],
   },
+  // A backup or a scan after a database's random writes: the bench's other
+  // sequential reads follow a sequential write, which rewrites the region whole.
+  {
+    name: 'seqread-1m-qd8-after-randwrite',
+    rw: 'read',
+    blockSize: '1m',
+    iodepth: 8,
+    connections: 1,
+    extra: [],
+    after: 'randwrite-4k-qd32',
+  },
   // The same with a FLUSH after exactly every 32 writes (flush-cadence.ts):
   // 32 MiB to make durable each time, the workload fio's job above names.
   {
@@ -106,6 +122,14 @@ export const JOBS: readonly JobSpec[] = [
   },
 ];
 
+/** The job a job runs after (JobSpec.after), or undefined. */
+export function jobBefore(job: JobSpec): JobSpec | undefined {
+  if (job.after === undefined) return undefined;
+  const before = JOBS.find((j) => j.name === job.after);
+  if (!before) throw new Error(`${job.name} runs after ${job.after}, which is no job`);
+  return before;
+}
+
 /** Jobs that send FLUSH (fio --fsync=N, or the libnbd driver), whose flush latency the report shows. */
 export function flushes(job: JobSpec): boolean {
   return job.flushEvery !== undefined || job.extra.some((flag) => flag.startsWith('--fsync='));
@@ -113,7 +137,8 @@ export function flushes(job: JobSpec): boolean {
 
 /** Reads only: what a degraded cluster is measured with. */
 export function readOnly(job: JobSpec): boolean {
-  return job.rw === 'randread' || job.rw === 'read';
+  const before = jobBefore(job);
+  return (job.rw === 'randread' || job.rw === 'read') && (!before || readOnly(before));
 }
 
 export function readsData(job: JobSpec): boolean {

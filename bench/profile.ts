@@ -22,6 +22,7 @@ import {
   JOBS,
   fioHasNbdEngine,
   fioTimeoutMs,
+  jobBefore,
   prefillArgs,
   readFioResult,
   readsData,
@@ -146,6 +147,8 @@ async function main(argv: string[]): Promise<number> {
       rampSeconds: 0,
       outputFile: join(workDir, `${job.name}.json`),
     };
+    const before = jobBefore(job);
+    if (before) await runJob(before, { ...settings, outputFile: `${settings.outputFile}.before` });
     await runJob(job, settings);
     const r = readFioResult(settings.outputFile);
     process.stderr.write(

@@ -16,6 +16,7 @@ import {
   fioHasNbdEngine,
   fioTimeoutMs,
   fioVersion,
+  jobBefore,
   prefillArgs,
   readFioResult,
   readOnly,
@@ -270,6 +271,14 @@ async function benchmark(options: BenchOptions): Promise<number> {
           outputFile: join(workRoot, `${job.name}-${name}-${repeat}.json`),
         };
         const record: RunRecord = { job: job.name, server: name, repeat };
+        const before = jobBefore(job);
+        if (before) {
+          try {
+            await runJob(before, { ...settings, outputFile: `${settings.outputFile}.before` });
+          } catch (err) {
+            record.error = `${before.name}, run first: ${(err as Error).message}`;
+          }
+        }
         const settled = await settle(trackers, options.settleSeconds);
         record.settledSeconds = Math.round(settled.seconds * 10) / 10;
         if (settled.timedOut)
@@ -277,7 +286,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
             `bench: servers still busy after --settle ${options.settleSeconds} s; running ${job.name} on ${name} anyway\n`,
           );
         try {
-          Object.assign(record, await measure(job, tracker, settings));
+          if (!record.error) Object.assign(record, await measure(job, tracker, settings));
         } catch (err) {
           record.error = (err as Error).message;
         }
