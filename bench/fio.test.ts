@@ -151,8 +151,8 @@ describe('fio command lines', () => {
         'randwrite-4k-qd1-fsync1',
         'randwrite-64k-qd4-fsync16',
         'seqwrite-1m-qd8-fsync32',
-        'seqread-1m-qd8-after-randwrite',
         'seqwrite-1m-qd8-flush32',
+        'seqread-1m-qd8-after-randwrite',
       ],
     );
     assert.deepEqual(
