@@ -19,19 +19,18 @@ import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '..
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
-import { openDirect, preadAll, preadvAll, pwriteAll } from './file-io.js';
+import { openDirect, pwriteAll } from './file-io.js';
 import { HedgedRead } from './hedged-read.js';
 import { HeldWrites } from './held-writes.js';
 import { peerClient, workerLinks } from './peer-links.js';
 import { healthOf, type PeerHealth } from './peer-health.js';
 import { blockSealerFor, refAad } from './sealing.js';
-import { SubBlockIo, type PatchLayout } from './sub-block-io.js';
+import { SubBlockIo } from './sub-block-io.js';
+import { LocalReads } from './local-reads.js';
 import { PatchWriter } from './patch-write.js';
 import { PatchCopies } from './patch-copies.js';
-import { isPatchRecord, patchPresent, wholeMaskOf } from '../blocks/patches.js';
 import {
   READ_CHECKSUM_MISMATCH,
-  READ_IO_ERROR,
   PATCH_REFUSED,
   READ_OK,
   READ_OPEN_FAILED,
@@ -59,6 +58,15 @@ let hashLoaded = false;
 const hasherReady = hasher().then((loaded) => {
   hash = loaded;
   subBlocks = new SubBlockIo(setup.dataPath, dataFd, blockSize, hash, scratch);
+  localReads = new LocalReads({
+    blockSize,
+    dataFd,
+    records,
+    hash,
+    subBlocks,
+    scratch,
+    cacheBlock,
+  });
   patches = new PatchWriter(
     dataFd,
     recordWrites,
@@ -93,12 +101,11 @@ const blockWrites =
 /** Ciphertext staging for sealed volumes: one block, reused by every task. */
 const scratch = new Uint8Array(blockSize);
 /** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
-const patchLayout: PatchLayout = { baseSlot: -1, present: 0 };
 /** The present mask of a patch holding its whole block (no base). */
-const wholeMask = wholeMaskOf(blockSize);
-const hashOut = new Uint32Array(2);
 /** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
 let subBlocks!: SubBlockIo;
+/** Reads of the local store (local-reads.ts); made once the hasher has loaded. */
+let localReads!: LocalReads;
 /** Writes of blocks as patches (patch-write.ts); made once the hasher has loaded. */
 let patches!: PatchWriter;
 /**
@@ -130,7 +137,7 @@ export default function handle(
   reportMemory();
   if (task.op === 'write')
     return task.remote ? writeBatchReplicated(task, task.remote) : writeBatch(task);
-  return task.remote ? readBatchReplicated(task, task.remote) : readBatch(task);
+  return task.remote ? readBatchReplicated(task, task.remote) : localReads.read(task);
 }
 
 function cacheBlock(slot: number): Uint8Array {
@@ -458,7 +465,7 @@ function storeLocally(
 }
 
 /**
- * readBatch for a cluster: the local copy first where there is one, then
+ * A read task in a cluster: the local copy first where there is one, then
  * the peers, hedged (hedged-read.ts): a dead, frozen or slow replica costs
  * one hedge delay for the batch, and is tried last by the next batches.
  */
@@ -466,7 +473,7 @@ async function readBatchReplicated(
   task: ReadBatchTask,
   remote: RemoteTargets,
 ): Promise<ReadBatchResult> {
-  const result = readBatch(task);
+  const result = localReads.read(task);
   // Local copies that failed their check: if a peer serves a good one, ours is bad.
   let suspect: Uint8Array | undefined;
   for (let i = 0; i < result.status.length; i++) {
@@ -494,141 +501,4 @@ async function readBatchReplicated(
     result.localBad = suspect;
   }
   return result;
-}
-
-function readBatch(task: ReadBatchTask): ReadBatchResult {
-  const n = task.cacheSlots.length;
-  const status = new Uint8Array(n);
-  const reasons: string[] = new Array(n).fill('');
-  const sealer = task.key ? blockSealerFor(task.volumeId, task.key) : undefined;
-  let whole: Uint8Array | undefined;
-  // Blocks before this index were read already, by one readv of their run.
-  let readUntil = 0;
-  for (let i = 0; i < n; i++) {
-    const slot = task.storeSlots[i];
-    if (slot < 0) {
-      status[i] = READ_IO_ERROR;
-      reasons[i] = 'no local copy';
-      continue;
-    }
-    const dest = cacheBlock(task.cacheSlots[i]);
-    const wanted = task.subBlocks?.[i] ?? 0;
-    if (isPatchRecord(records, slot)) {
-      status[i] = readPatch(task, i, slot, dest, wanted);
-      reasons[i] = subBlocks.reason;
-      if (subBlocks.readWhole) (whole ??= new Uint8Array(n))[i] = 1;
-      continue;
-    }
-    if (wanted !== 0 && !sealer) {
-      status[i] = subBlocks.read(slot, dest, wanted, task.hashes[2 * i], task.hashes[2 * i + 1]);
-      reasons[i] = subBlocks.reason;
-      if (subBlocks.readWhole) (whole ??= new Uint8Array(n))[i] = 1;
-      continue;
-    }
-    const landing = sealer ? scratch : dest;
-    if (!sealer && i >= readUntil) readUntil = readRun(task, i);
-    try {
-      if (i >= readUntil) preadAll(dataFd, landing, slot * blockSize);
-    } catch (err) {
-      status[i] = READ_IO_ERROR;
-      reasons[i] = (err as Error).message;
-      continue;
-    }
-    hash.hash64Into(landing, hashOut, 0);
-    if (hashOut[0] !== task.hashes[2 * i] || hashOut[1] !== task.hashes[2 * i + 1]) {
-      status[i] = READ_CHECKSUM_MISMATCH;
-      reasons[i] =
-        `stored xxh64 ${hex(hashOut[1], hashOut[0])}, expected ${hex(task.hashes[2 * i + 1], task.hashes[2 * i])}`;
-      continue;
-    }
-    if (sealer) {
-      const base = slot * RECORD_SIZE;
-      try {
-        sealer.open(
-          landing,
-          dest,
-          records.subarray(base + OFF_NONCE, base + OFF_NONCE + NONCE_SIZE),
-          records.subarray(base + OFF_TAG, base + OFF_TAG + TAG_SIZE),
-          refAad(task.volumeId, task.generations[i], task.indices[i]),
-          task.generations[i],
-        );
-      } catch (err) {
-        status[i] = READ_OPEN_FAILED;
-        reasons[i] = (err as Error).message;
-        continue;
-      }
-    }
-    status[i] = READ_OK;
-  }
-  return whole ? { status, reasons, whole } : { status, reasons };
-}
-
-/**
- * Whole plain blocks from `first` on whose slots follow one another in the
- * store read by one readv into their cache slots (a sequential reader's
- * blocks were mostly stored in order): one system call, and one request the
- * kernel's read-ahead sees whole, instead of one per block. Returns the end
- * of the run read, or `first` when there is no run or the readv failed (each
- * block is then read, and fails, on its own).
- */
-/** Most blocks one readv reads (a read task carries BATCH; far below the kernel's 1024 buffers a call). */
-const RUN_MAX_BLOCKS = 64;
-
-function readRun(task: ReadBatchTask, first: number): number {
-  const { storeSlots, cacheSlots, subBlocks: wanted } = task;
-  let end = first + 1;
-  while (
-    end < storeSlots.length &&
-    end - first < RUN_MAX_BLOCKS &&
-    storeSlots[end] === storeSlots[end - 1] + 1 &&
-    (wanted?.[end] ?? 0) === 0 &&
-    !isPatchRecord(records, storeSlots[end])
-  )
-    end++;
-  if (end === first + 1) return first;
-  const dests: Uint8Array[] = [];
-  for (let i = first; i < end; i++) dests.push(cacheBlock(cacheSlots[i]));
-  try {
-    preadvAll(dataFd, dests, storeSlots[first] * blockSize);
-  } catch {
-    return first;
-  }
-  return end;
-}
-
-/**
- * A patch's sub-blocks `wanted` (0: all) into dest, each from its slot or
- * its base's, checked against the patch's sub-sums entry (sub-block-io.ts).
- * Asked whole too: read whole by the tree hash, the entry would be
- * rewritten on every read (a sequential reader of patched blocks spent a
- * fifth of each worker's time writing entries it had just checked).
- */
-function readPatch(
-  task: ReadBatchTask,
-  i: number,
-  slot: number,
-  dest: Uint8Array,
-  wanted: number,
-): number {
-  patchLayout.baseSlot = task.baseSlots?.[i] ?? -1;
-  patchLayout.present = patchPresent(records, slot);
-  if (patchLayout.baseSlot < 0 && patchLayout.present !== wholeMask) {
-    subBlocks.reason = `slot ${slot} holds a patch whose base block is missing`;
-    subBlocks.readWhole = false;
-    return READ_IO_ERROR;
-  }
-  const status = subBlocks.read(
-    slot,
-    dest,
-    wanted === 0 ? wholeMask : wanted,
-    task.hashes[2 * i],
-    task.hashes[2 * i + 1],
-    patchLayout,
-  );
-  if (wanted === 0) subBlocks.readWhole = false; // asked whole: nothing to tell
-  return status;
-}
-
-function hex(hi: number, lo: number): string {
-  return hi.toString(16).padStart(8, '0') + lo.toString(16).padStart(8, '0');
 }
