@@ -2,10 +2,10 @@
  * The fio workloads, run through fio's userspace nbd engine (libnbd), so every
  * server is measured through the same client with no kernel nbd module.
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
-import { killQuietly, onCleanup } from './cleanup.js';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { runFlushCadence } from './flush-cadence.js';
+import { runTool } from './tool-run.js';
 
 export interface JobSpec {
   name: string;
@@ -278,76 +278,12 @@ export function parseFioJson(text: string): FioResult {
   };
 }
 
-/** Every process below `root` (by parent pid in /proc), synchronously: it also runs from a signal handler. */
-function descendantsOf(root: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      // The parent pid is the second field after the parenthesised command name.
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      const parent = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      children.set(parent, [...(children.get(parent) ?? []), Number(name)]);
-    } catch {
-      // gone while we looked
-    }
-  }
-  const found: number[] = [];
-  const walk = (pid: number) => {
-    for (const child of children.get(pid) ?? []) {
-      found.push(child);
-      walk(child);
-    }
-  };
-  walk(root);
-  return found;
-}
-
 /** Beyond ramp+runtime, how long a fio run may take before it counts as hung. */
 const FIO_SLACK_MS = 60_000;
 
 /** Run fio to completion (killed if it hangs); throws with fio's output on failure. */
-export function runFio(args: string[], timeoutMs: number): Promise<void> {
-  return new Promise((done, fail) => {
-    // Its own process group: fio forks a process per job, which a kill of
-    // fio alone leaves running (seen: a job process outliving Ctrl-C by its
-    // whole runtime). Killing the group takes them all.
-    const child = spawn('fio', args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    const killAll = () => {
-      if (child.pid !== undefined) {
-        // fio's job processes may leave its process group (seen: a job with
-        // its own session, orphaned in a futex wait for 40 minutes after the
-        // group was killed), so they are found by parentage first.
-        for (const pid of descendantsOf(child.pid)) killQuietly(pid, 'SIGKILL');
-        killQuietly(-child.pid, 'SIGKILL');
-      }
-      child.kill('SIGKILL');
-    };
-    const forget = onCleanup(killAll);
-    let output = '';
-    child.stdout.on('data', (d: Buffer) => (output += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (output += d.toString()));
-    const timer = setTimeout(() => {
-      output += `\n[fio killed after ${timeoutMs / 1000} s]`;
-      killAll();
-    }, timeoutMs);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      forget();
-      fail(err);
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      forget();
-      if (code === 0) done();
-      else
-        fail(
-          new Error(
-            `fio exited with ${code ?? signal}: ${output.trim().split('\n').slice(-5).join(' | ')}`,
-          ),
-        );
-    });
-  });
+export async function runFio(args: string[], timeoutMs: number): Promise<void> {
+  await runTool('fio', args, timeoutMs);
 }
 
 /** A job's block size in bytes ('4k', '64k', '1m'). */

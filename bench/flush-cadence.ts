@@ -13,9 +13,9 @@
  * iops, bw_bytes and completion-latency p99, the FLUSHes as fio's "sync" —
  * so the bench reads both the same way (fio.ts parseFioJson).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
-import { killQuietly, onCleanup } from './cleanup.js';
+import { runTool } from './tool-run.js';
 
 /** The driver; its one argument is the JSON of DriverParameters. */
 const DRIVER = String.raw`
@@ -100,42 +100,13 @@ export function libnbdPython(): string | undefined {
  * Run the driver to completion (killed past `timeoutMs`) and write its
  * fio-shaped JSON to `outputFile`; throws with its output on failure.
  */
-export function runFlushCadence(
+export async function runFlushCadence(
   parameters: DriverParameters,
   outputFile: string,
   timeoutMs: number,
 ): Promise<void> {
   const python = libnbdPython();
-  if (!python)
-    return Promise.reject(new Error('python3 cannot import nbd: apt-get install python3-libnbd'));
-  return new Promise((done, fail) => {
-    const child = spawn(python, ['-c', DRIVER, JSON.stringify(parameters)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const forget = onCleanup(() => child.pid !== undefined && killQuietly(child.pid, 'SIGKILL'));
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      stderr += `\n[driver killed after ${timeoutMs / 1000} s]`;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      forget();
-      fail(err);
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      forget();
-      if (code !== 0) {
-        const tail = stderr.trim().split('\n').slice(-3).join(' | ');
-        fail(new Error(`the flush-cadence driver exited with ${code ?? signal}: ${tail}`));
-        return;
-      }
-      writeFileSync(outputFile, stdout);
-      done();
-    });
-  });
+  if (!python) throw new Error('python3 cannot import nbd: apt-get install python3-libnbd');
+  const json = await runTool(python, ['-c', DRIVER, JSON.stringify(parameters)], timeoutMs);
+  writeFileSync(outputFile, json);
 }
