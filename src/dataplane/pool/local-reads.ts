@@ -66,8 +66,9 @@ export class LocalReads {
       }
       const dest = this.io.cacheBlock(task.cacheSlots[i]);
       const wanted = task.subBlocks?.[i] ?? 0;
+      if (!sealer && i >= readUntil) readUntil = this.readRun(task, i);
       if (isPatchRecord(this.io.records, slot)) {
-        status[i] = this.readPatch(task, i, slot, dest, wanted);
+        status[i] = this.readPatch(task, i, slot, dest, wanted, i < readUntil);
         reasons[i] = this.io.subBlocks.reason;
         if (this.io.subBlocks.readWhole) (whole ??= new Uint8Array(n))[i] = 1;
         continue;
@@ -85,7 +86,6 @@ export class LocalReads {
         continue;
       }
       const landing = sealer ? this.io.scratch : dest;
-      if (!sealer && i >= readUntil) readUntil = this.readRun(task, i);
       try {
         if (i >= readUntil) preadAll(this.io.dataFd, landing, slot * this.io.blockSize);
       } catch (err) {
@@ -123,29 +123,31 @@ export class LocalReads {
   }
 
   /**
-   * Whole plain blocks from `first` on whose slots follow one another in the
-   * store read by one readv into their cache slots (a sequential reader's
-   * blocks were mostly stored in order): one system call, and one request the
-   * kernel's read-ahead sees whole, instead of one per block. Returns the end
-   * of the run read, or `first` when there is no run or the readv failed (each
-   * block is then read, and fails, on its own).
+   * Blocks asked whole from `first` on whose first reads follow one another
+   * in the store — a plain block's slot, a patch's base — read by one readv
+   * into their cache slots: one system call, and one request the kernel's
+   * read-ahead sees whole, instead of one per block. A sequential reader's
+   * blocks were mostly stored in order, and so were the bases of the patches
+   * random writes left over them. Returns the end of the run read, or
+   * `first` when there is no run or the readv failed (each block is then
+   * read, and fails, on its own).
    */
   private readRun(task: ReadBatchTask, first: number): number {
-    const { storeSlots, cacheSlots, subBlocks: wanted } = task;
+    const { cacheSlots } = task;
+    let from = this.firstRead(task, first);
+    if (from < 0) return first;
     let end = first + 1;
-    while (
-      end < storeSlots.length &&
-      end - first < RUN_MAX_BLOCKS &&
-      storeSlots[end] === storeSlots[end - 1] + 1 &&
-      (wanted?.[end] ?? 0) === 0 &&
-      !isPatchRecord(this.io.records, storeSlots[end])
-    )
+    while (end < cacheSlots.length && end - first < RUN_MAX_BLOCKS) {
+      const next = this.firstRead(task, end);
+      if (next !== from + 1) break;
+      from = next;
       end++;
+    }
     if (end === first + 1) return first;
     const dests: Uint8Array[] = [];
     for (let i = first; i < end; i++) dests.push(this.io.cacheBlock(cacheSlots[i]));
     try {
-      preadvAll(this.io.dataFd, dests, storeSlots[first] * this.io.blockSize);
+      preadvAll(this.io.dataFd, dests, this.firstRead(task, first) * this.io.blockSize);
     } catch {
       return first;
     }
@@ -153,11 +155,23 @@ export class LocalReads {
   }
 
   /**
-   * A patch's sub-blocks `wanted` (0: all) into dest, each from its slot or
-   * its base's, checked against the patch's sub-sums entry (sub-block-io.ts).
-   * Asked whole too: read whole by the tree hash, the entry would be
-   * rewritten on every read (a sequential reader of patched blocks spent a
-   * fifth of each worker's time writing entries it had just checked).
+   * The store slot whose whole block block `i` of an unsealed task reads
+   * first — its own, or a patch's base's — or -1 when it is not read whole
+   * from one slot (sub-blocks wanted, no local copy, a patch with no base).
+   */
+  private firstRead(task: ReadBatchTask, i: number): number {
+    const slot = task.storeSlots[i];
+    if (slot < 0 || (task.subBlocks?.[i] ?? 0) !== 0) return -1;
+    if (!isPatchRecord(this.io.records, slot)) return slot;
+    if (patchPresent(this.io.records, slot) === this.wholeMask) return slot;
+    return task.baseSlots?.[i] ?? -1;
+  }
+
+  /**
+   * A patch's sub-blocks `wanted` into dest, each from its slot or its
+   * base's, checked against the patch's sub-sums entry; asked whole (0), its
+   * base and its span read whole and judged by the tree hash
+   * (sub-block-io.ts).
    */
   private readPatch(
     task: ReadBatchTask,
@@ -165,6 +179,7 @@ export class LocalReads {
     slot: number,
     dest: Uint8Array,
     wanted: number,
+    firstReadDone: boolean,
   ): number {
     this.patchLayout.baseSlot = task.baseSlots?.[i] ?? -1;
     this.patchLayout.present = patchPresent(this.io.records, slot);
@@ -173,16 +188,23 @@ export class LocalReads {
       this.io.subBlocks.readWhole = false;
       return READ_IO_ERROR;
     }
-    const status = this.io.subBlocks.read(
+    if (wanted === 0)
+      return this.io.subBlocks.readPatchWhole(
+        slot,
+        dest,
+        task.hashes[2 * i],
+        task.hashes[2 * i + 1],
+        this.patchLayout,
+        firstReadDone,
+      );
+    return this.io.subBlocks.read(
       slot,
       dest,
-      wanted === 0 ? this.wholeMask : wanted,
+      wanted,
       task.hashes[2 * i],
       task.hashes[2 * i + 1],
       this.patchLayout,
     );
-    if (wanted === 0) this.io.subBlocks.readWhole = false; // asked whole: nothing to tell
-    return status;
   }
 }
 

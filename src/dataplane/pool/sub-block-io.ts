@@ -24,7 +24,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Hasher } from '../blocks/hash.js';
-import { forEachSourceRun, wantedRunEnd } from '../blocks/patches.js';
+import { forEachSourceRun, wantedRunEnd, wholeMaskOf } from '../blocks/patches.js';
 import {
   SUB_BLOCK_SIZE,
   SUBSUMS_FILE,
@@ -54,6 +54,8 @@ export class SubBlockIo {
   private readonly entrySize: number;
   private readonly entry: Uint8Array;
   private readonly hashOut = new Uint32Array(2);
+  /** The present mask of a patch holding its whole block. */
+  private readonly wholeMask: number;
   /**
    * Entry writes, held for the end of a write batch while `entries.holding`
    * (the worker's writeBatch: held-writes.ts); undefined without a table.
@@ -79,6 +81,7 @@ export class SubBlockIo {
     this.subsumsFd = openIfPresent(join(dirname(dataPath), SUBSUMS_FILE));
     this.entrySize = subsumsEntrySize(blockSize);
     this.entry = new Uint8Array(this.entrySize);
+    this.wholeMask = wholeMaskOf(blockSize);
     this.entries = this.subsumsFd >= 0 ? new HeldWrites(this.subsumsFd, this.entrySize) : undefined;
   }
 
@@ -161,6 +164,73 @@ export class SubBlockIo {
     } catch (err) {
       this.reason = (err as Error).message;
       return READ_IO_ERROR;
+    }
+  }
+
+  /**
+   * A patch asked for whole, into dest (a fresh cache slot: nothing in it is
+   * served yet): its base read whole, then its own sub-blocks over it (one
+   * read of the span they lie in), judged by the tree hash. Two reads
+   * whatever the patch's shape; going by its entry instead costs one read
+   * of the entry and one per run (4-5 small reads a block after random
+   * writes). `firstReadDone`: dest holds what the first read would give
+   * already (a readv of several, local-reads.ts): its base's block, or its
+   * own when it holds every sub-block. The entry is not rewritten: nothing
+   * was learnt.
+   */
+  readPatchWhole(
+    slot: number,
+    dest: Uint8Array,
+    hashLo: number,
+    hashHi: number,
+    patch: PatchLayout,
+    firstReadDone = false,
+  ): number {
+    this.reason = '';
+    this.readWhole = false;
+    try {
+      if (patch.baseSlot < 0 || patch.present === this.wholeMask) {
+        if (!firstReadDone) preadAll(this.dataFd, dest, slot * this.blockSize);
+      } else {
+        if (!firstReadDone) preadAll(this.dataFd, dest, patch.baseSlot * this.blockSize);
+        this.overlayPresent(slot, patch.present, dest);
+      }
+    } catch (err) {
+      this.reason = (err as Error).message;
+      return READ_IO_ERROR;
+    }
+    blockTreeHashInto(dest, this.entry, this.hash, this.hashOut);
+    if (this.hashOut[0] !== hashLo || this.hashOut[1] !== hashHi) {
+      this.reason = `stored tree hash ${hex(this.hashOut[1], this.hashOut[0])}, expected ${hex(hashHi, hashLo)}`;
+      return READ_CHECKSUM_MISMATCH;
+    }
+    return READ_OK;
+  }
+
+  /**
+   * The sub-blocks a patch in `slot` holds (`present`) over `block`: one read
+   * of the span from the first to the last, straight into `block` when they
+   * are one run, else into scratch and copied run by run.
+   */
+  private overlayPresent(slot: number, present: number, block: Uint8Array): void {
+    if (present === 0) return;
+    const first = 31 - Math.clz32(present & -present);
+    const end = 32 - Math.clz32(present);
+    const from = first * SUB_BLOCK_SIZE;
+    const to = end * SUB_BLOCK_SIZE;
+    const at = slot * this.blockSize + from;
+    const oneRun = ((present >>> first) & ((present >>> first) + 1)) === 0;
+    if (oneRun) return preadAll(this.dataFd, block.subarray(from, to), at);
+    const span = this.scratch.subarray(from, to);
+    preadAll(this.dataFd, span, at);
+    for (let k = first; k < end; k++) {
+      if ((present & (1 << k)) === 0) continue;
+      const runEnd = wantedRunEnd(present, present, k);
+      block.set(
+        this.scratch.subarray(k * SUB_BLOCK_SIZE, runEnd * SUB_BLOCK_SIZE),
+        k * SUB_BLOCK_SIZE,
+      );
+      k = runEnd - 1;
     }
   }
 

@@ -6,8 +6,8 @@
  * with its last patch; a block written in more than half, a missing
  * sub-sums entry and an encrypted volume get whole blocks; a damaged patch
  * or base is an error, never data, read whole or in part. A patch read
- * whole is checked by its entry, which stays as it was (it used to be
- * rewritten by every such read).
+ * whole is checked by its tree hash and leaves its entry as it was (it
+ * used to be rewritten by every such read).
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
