@@ -44,6 +44,21 @@ export function openDirect(path: string): number | undefined {
   }
 }
 
+/**
+ * `path` opened for reading around the page cache (O_DIRECT), or undefined
+ * where the system will not. Every read through it must be aligned — offset,
+ * length and memory — to the device's logical block (4 KiB sub-blocks and a
+ * page-aligned cache are).
+ */
+export function openDirectForReading(path: string): number | undefined {
+  if (constants.O_DIRECT === undefined) return undefined;
+  try {
+    return openSync(path, constants.O_RDONLY | constants.O_DIRECT);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether `path` can be written around the page cache here. */
 export function directWritesPossible(path: string): boolean {
   const fd = openDirect(path);

@@ -19,7 +19,8 @@ import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '..
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
-import { openDirect, pwriteAll } from './file-io.js';
+import { openDirect, openDirectForReading, pwriteAll } from './file-io.js';
+import { pageAlignedSharedMemory } from '../../common/aligned-memory.js';
 import { HedgedRead } from './hedged-read.js';
 import { HeldWrites } from './held-writes.js';
 import { peerClient, workerLinks } from './peer-links.js';
@@ -57,10 +58,10 @@ let hash!: Hasher;
 let hashLoaded = false;
 const hasherReady = hasher().then((loaded) => {
   hash = loaded;
-  subBlocks = new SubBlockIo(setup.dataPath, dataFd, blockSize, hash, scratch);
+  subBlocks = new SubBlockIo(setup.dataPath, readFd, blockSize, hash, scratch);
   localReads = new LocalReads({
     blockSize,
-    dataFd,
+    dataFd: readFd,
     records,
     hash,
     subBlocks,
@@ -98,10 +99,23 @@ const blockWrites =
   directFd === undefined
     ? new HeldWrites(dataFd, blockSize, undefined, true)
     : new HeldWrites(directFd, blockSize, undefined, true, dataFd);
-/** Ciphertext staging for sealed volumes: one block, reused by every task. */
-const scratch = new Uint8Array(blockSize);
-/** Where the patch being read keeps its sub-blocks (one, reused: a read runs to its end without yielding). */
-/** The present mask of a patch holding its whole block (no base). */
+/**
+ * Where a task reads the store: around the page cache too when it writes
+ * around it. The node's block cache is then the only cache of its data; read
+ * through the page cache, every block read past memory made the kernel
+ * reclaim another's page within the container's limit first (a sequential
+ * reader of a randomly rewritten volume spent ~4 CPU-s per GiB; see
+ * docs/benchmarks.md, session 32). Reads must then be aligned: cache slots
+ * are, and so is the scratch block below.
+ */
+const directReadFd = directFd === undefined ? undefined : openDirectForReading(setup.dataPath);
+const readFd = directReadFd ?? dataFd;
+/** Staging for sealed volumes' ciphertext and a patch's span: one block, reused by every task; page aligned for direct reads. */
+const scratch = new Uint8Array(
+  pageAlignedSharedMemory(blockSize) ?? new ArrayBuffer(blockSize),
+  0,
+  blockSize,
+);
 /** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
 let subBlocks!: SubBlockIo;
 /** Reads of the local store (local-reads.ts); made once the hasher has loaded. */
