@@ -163,7 +163,7 @@ const spec: CommandSpec = {
     },
     'direct-writes': {
       type: 'string',
-      help: 'write blocks around the page cache (O_DIRECT): auto (when a cgroup memory limit holds the node, where the page cache is small and each write through it reclaims a page), on or off',
+      help: 'write blocks, and read them in the data-plane workers, around the page cache (O_DIRECT): auto (when a cgroup memory limit holds the node, where the page cache is small and each block through it reclaims a page), on or off',
       default: 'auto',
       env: 'TORUS_DIRECT_WRITES',
     },
