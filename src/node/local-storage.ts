@@ -75,6 +75,16 @@ export function registerStorageGauges(
     'Local block store bytes in use',
     () => store.usedSlots * store.blockSize,
   );
+  metrics.gauge(
+    'torus_store_held_bytes',
+    'Local block store bytes kept only as the base of patches: not in used bytes, freed with the last patch over them',
+    () => store.heldSlots * store.blockSize,
+  );
+  metrics.gauge(
+    'torus_store_patches',
+    'Blocks stored as patches (the 4 KiB sub-blocks written since their base, which supplies the rest)',
+    () => store.patchSlots,
+  );
   metrics.gauge('torus_cache_bytes', 'Block cache size', () => cache.slotCount * cache.blockSize);
   metrics.gauge(
     'torus_cache_dirty_bytes',

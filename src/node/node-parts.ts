@@ -135,7 +135,9 @@ function decideDirectWrites(
     [on, why] = [false, 'the store’s file system refuses O_DIRECT'];
   log.info(
     { directWrites: on, reason: why },
-    on ? 'blocks are written around the page cache' : 'blocks are written through the page cache',
+    on
+      ? 'blocks are written and read around the page cache'
+      : 'blocks are written and read through the page cache',
   );
   return on;
 }

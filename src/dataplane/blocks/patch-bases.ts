@@ -45,6 +45,11 @@ export class PatchBases {
     return base;
   }
 
+  /** Patches over a base (bound, or held as a base themselves). */
+  get patchCount(): number {
+    return this.baseOfPatch.size;
+  }
+
   /** The base of the patch in `slot`, or -1. */
   baseOf(slot: number): number {
     return this.baseOfPatch.get(slot) ?? -1;

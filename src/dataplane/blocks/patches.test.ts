@@ -114,6 +114,7 @@ describe('patches in the slot store', { timeout: 30_000 }, () => {
     bindPatch(store, base, 3);
     assert.equal(store.baseOf(first), base);
     assert.equal(store.baseOf(base), -1);
+    assert.equal(store.patchSlots, 2);
     store.release(baseRef);
     assert.equal(store.heldSlots, 1);
     assert.equal(store.lookup(1, 1, 6), undefined, 'no version can find a held base');
@@ -121,9 +122,11 @@ describe('patches in the slot store', { timeout: 30_000 }, () => {
     store.release(patchRef(2));
     await store.whenReleased();
     assert.equal(store.heldSlots, 1, 'one patch is left');
+    assert.equal(store.patchSlots, 1);
     store.release(patchRef(3));
     await store.whenReleased();
     assert.equal(store.heldSlots, 0);
+    assert.equal(store.patchSlots, 0);
     assert.equal(store.freeSlots, free + 1, 'base and both patches free');
     await store.close();
   });

@@ -136,13 +136,8 @@ export class LocalSlotStore {
     this.recordBytes = new Uint8Array(records);
     this.free = new FreeSlots(layout.slotCount, usedEnd);
     this.uses = new SlotUses(layout.slotCount);
-    this.reads = new SlotReads(
-      { file: dataFile, path: this.dataPath },
-      subsumsFile,
-      this.blockSize,
-      hash,
-      this.inlineReads,
-    );
+    const data = { file: dataFile, path: this.dataPath };
+    this.reads = new SlotReads(data, subsumsFile, this.blockSize, hash, this.inlineReads);
     this.receivedFiles = {
       dataFile,
       slotsFile,
@@ -366,9 +361,12 @@ export class LocalSlotStore {
     return patchPresent(this.recordBytes, slot);
   }
 
-  /** Slots held only as bases of patches. */
+  /** Slots held only as bases of patches (not in usedSlots), and patches over a base. */
   get heldSlots(): number {
     return this.uses.count(SlotUse.Held);
+  }
+  get patchSlots(): number {
+    return this.bases.patchCount;
   }
 
   lookup(volumeId: number, generation: number, index: number): number | undefined {
