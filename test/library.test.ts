@@ -264,8 +264,15 @@ describe('library: a single node with torusd running', { timeout: 120_000 }, () 
     try {
       await scenario(torus, 'remote');
       // torusd served it: its status counts the volume.
-      const status = (await torus.status()) as { volumes: number };
+      const status = (await torus.status()) as {
+        volumes: number;
+        used: number;
+        heldAsBases: number;
+        patches: number;
+      };
       assert.ok(status.volumes >= 1);
+      for (const field of ['used', 'heldAsBases', 'patches'] as const)
+        assert.ok(Number.isInteger(status[field]) && status[field] >= 0, `status.${field}`);
     } finally {
       await torus.close();
     }

@@ -277,6 +277,9 @@ export class StorageNode implements ExportProvider {
       blockSize: this.settings.blockSize,
       capacity: store.slotCount * store.blockSize,
       used: store.usedSlots * store.blockSize,
+      // Slots kept only as patches' bases: not in `used`, still not free.
+      heldAsBases: store.heldSlots * store.blockSize,
+      patches: store.patchSlots,
       cache: {
         size: cache.slotCount * cache.blockSize,
         dirty: cache.dirtySlots * cache.blockSize,
