@@ -134,8 +134,9 @@ export class LocalReads {
    */
   private readRun(task: ReadBatchTask, first: number): number {
     const { cacheSlots } = task;
-    let from = this.firstRead(task, first);
-    if (from < 0) return first;
+    const start = this.firstRead(task, first);
+    if (start < 0) return first;
+    let from = start;
     let end = first + 1;
     while (end < cacheSlots.length && end - first < RUN_MAX_BLOCKS) {
       const next = this.firstRead(task, end);
@@ -147,7 +148,7 @@ export class LocalReads {
     const dests: Uint8Array[] = [];
     for (let i = first; i < end; i++) dests.push(this.io.cacheBlock(cacheSlots[i]));
     try {
-      preadvAll(this.io.dataFd, dests, this.firstRead(task, first) * this.io.blockSize);
+      preadvAll(this.io.dataFd, dests, start * this.io.blockSize);
     } catch {
       return first;
     }
