@@ -51,6 +51,17 @@ export class NodeMetrics {
     help: 'Blocks written to the local store by flushes',
     registers: [this.registry],
   });
+  readonly spillSeconds = new Histogram({
+    name: 'torus_spill_seconds',
+    help: 'Time to spill a round of dirty blocks to the store under cache pressure (writers wait for room meanwhile once the cache is full of dirty blocks)',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly spilledBlocks = new Counter({
+    name: 'torus_spilled_blocks_total',
+    help: 'Dirty blocks spilled to the store for the next version under cache pressure',
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'torus_process_' });

@@ -45,5 +45,9 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
       metrics?.flushSeconds.observe(seconds);
       metrics?.flushedBlocks.inc(blocks);
     },
+    onSpill: (_volume, blocks, seconds) => {
+      metrics?.spillSeconds.observe(seconds);
+      metrics?.spilledBlocks.inc(blocks);
+    },
   };
 }

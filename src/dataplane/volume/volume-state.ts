@@ -63,6 +63,8 @@ export interface VolumeServices {
   spilledCommitBlocks?: number;
   onChecksumError?(volume: string, block: number, reason: string): void;
   onFlush?(volume: string, blocks: number, seconds: number): void;
+  /** A spill round stored `blocks` dirty blocks in `seconds` (write-back.ts). */
+  onSpill?(volume: string, blocks: number, seconds: number): void;
 }
 
 /** A block stored for the next version and not yet committed: its hash, and where its copies are. */

@@ -167,9 +167,12 @@ export class WriteBackRounds {
   private async spillRound(): Promise<void> {
     this.spillRequested = false;
     let spilled = 0;
+    const started = performance.now();
     let failure = await this.round(async () => {
       spilled = await this.spillOnce();
     });
+    if (!failure && spilled > 0)
+      this.state.services.onSpill?.(this.state.name, spilled, (performance.now() - started) / 1000);
     if (failure instanceof StoreFullError && this.hasUncommitted()) {
       // The store holds both the committed blocks and the spilled ones
       // that replace them: committing the spilled ones releases the old.
