@@ -29,6 +29,17 @@ import type { PatchSource } from '../pool/data-pool.js';
 import { ENTRY_SEALED } from './block-map.js';
 import type { VolumeState } from './volume-state.js';
 
+/**
+ * The share of a node's store that must be free for a write-back to make a
+ * new patch over a committed block. A patch costs a slot of its own, and
+ * its base stays held until the last patch over it goes: random writes
+ * over a volume made nearly every block two slots, and a 2 GiB volume in a
+ * 4 GiB store was full after 10 s of 4 KiB random writes (its periodic
+ * commit failing with ENOSPC; docs/benchmarks.md, session 32). Writes into
+ * blocks already spilled for the next version are in place and cost none.
+ */
+export const PATCH_MIN_FREE_SHARE = 1 / 8;
+
 /** How block `index`'s Dirty slot `cacheSlot` (written in part) is stored as a patch, or undefined: whole. */
 export function planPatch(
   state: VolumeState,
@@ -78,6 +89,10 @@ export function planPatch(
       return remoteBased(written, owner, entry.generation, entry);
     }
   }
+  // A new patch takes a slot and keeps its base's: while a store runs short,
+  // blocks are stored whole, so each commit frees the patches it replaces
+  // and their bases instead of holding more.
+  if (store.freeSlots < store.slotCount * PATCH_MIN_FREE_SHARE) return undefined;
   const older = store.needsBase(current) ? current : -1;
   const baseSlot = older >= 0 ? store.baseOf(older) : current;
   if (baseSlot < 0) return undefined;

@@ -4,7 +4,8 @@
  * block, reads back after a commit and a restart (whole and by sub-block),
  * replaces an older patch keeping its sub-blocks, and lets its base go only
  * with its last patch; a block written in more than half, a missing
- * sub-sums entry and an encrypted volume get whole blocks; a damaged patch
+ * sub-sums entry, a store short of room and an encrypted volume get whole
+ * blocks; a damaged patch
  * or base is an error, never data, read whole or in part. A patch read
  * whole is checked by its tree hash and leaves its entry as it was (it
  * used to be rewritten by every such read).
@@ -20,6 +21,7 @@ import { ChecksumError } from '../../common/errors.js';
 import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 import { SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
 import { closeVolumeRig, volumeRig, type VolumeRig } from '../../../test/support/volume-rig.js';
+import { PATCH_MIN_FREE_SHARE } from './patch-plan.js';
 import { Volume, type VolumeIdentity } from './volume.js';
 
 const BS = 64 * 1024;
@@ -257,6 +259,28 @@ describe('patches', { timeout: 60_000 }, () => {
     await t.v.commit();
     assert.equal(stored(t.r, t.v, 1).patch, false, 'no entry for the base: whole');
     assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.close();
+  });
+
+  test('a store short of room gets whole blocks, which free the patches and bases they replace', async () => {
+    const t = await storedVolume('short');
+    await t.put(BS + 2 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(stored(t.r, t.v, 1).patch, true, 'room enough: a patch');
+    assert.equal(t.r.store.heldSlots, 1);
+    // Take slots until less than an eighth of the store is free.
+    const taken: number[] = [];
+    while (t.r.store.freeSlots >= t.r.store.slotCount * PATCH_MIN_FREE_SHARE)
+      taken.push(t.r.store.allocate('map-page'));
+    await t.put(3 * BS + 5 * SUB, SUB);
+    await t.put(BS + 7 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(stored(t.r, t.v, 3).patch, false, 'short of room: whole');
+    assert.equal(stored(t.r, t.v, 1).patch, false, 'a patch written again: whole');
+    await t.r.store.whenReleased();
+    assert.equal(t.r.store.heldSlots, 0, "the replaced patch's base is freed with it");
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    for (const slot of taken) t.r.store.unallocate(slot);
     await t.close();
   });
 
