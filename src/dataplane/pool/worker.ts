@@ -106,16 +106,17 @@ const blockWrites =
  * reclaim another's page within the container's limit first (a sequential
  * reader of a randomly rewritten volume spent ~4 CPU-s per GiB; see
  * docs/benchmarks.md, session 32). Reads must then be aligned: cache slots
- * are, and so is the scratch block below.
+ * are (direct writes are on only for a page-aligned cache), and so is the
+ * scratch block below — without one, reads stay in the page cache.
  */
-const directReadFd = directFd === undefined ? undefined : openDirectForReading(setup.dataPath);
+const alignedScratch = pageAlignedSharedMemory(blockSize);
+const directReadFd =
+  directFd === undefined || alignedScratch === undefined
+    ? undefined
+    : openDirectForReading(setup.dataPath);
 const readFd = directReadFd ?? dataFd;
-/** Staging for sealed volumes' ciphertext and a patch's span: one block, reused by every task; page aligned for direct reads. */
-const scratch = new Uint8Array(
-  pageAlignedSharedMemory(blockSize) ?? new ArrayBuffer(blockSize),
-  0,
-  blockSize,
-);
+/** Staging for sealed volumes' ciphertext and a patch's span: one block, reused by every task. */
+const scratch = new Uint8Array(alignedScratch ?? new ArrayBuffer(blockSize), 0, blockSize);
 /** Sub-block checksums and reads (sub-block-io.ts); made once the hasher has loaded. */
 let subBlocks!: SubBlockIo;
 /** Reads of the local store (local-reads.ts); made once the hasher has loaded. */
