@@ -10,18 +10,12 @@ import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { NbdClient } from '../src/dataplane/nbd-client/client.js';
 import { freePort } from './cluster-fixture.js';
+import { metricValue } from './support/metrics-scrape.js';
 import { makeDataDir, removeDir, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const VOLUME = 'misses';
 const MiB = 2 ** 20;
 const BLOCK = 64 * 1024;
-
-async function counter(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+)`, 'm').exec(text);
-  assert.ok(m, `${name} in /metrics`);
-  return Number(m[1]);
-}
 
 describe('small cache misses after a restart', { timeout: 60_000 }, () => {
   test('are read on the event loop or in the thread pool, counted, and right', async () => {
@@ -54,8 +48,8 @@ describe('small cache misses after a restart', { timeout: 60_000 }, () => {
       pieces.forEach((at, i) =>
         assert.ok(back[i].equals(data.subarray(at, at + 4096)), `4 KiB at ${at}`),
       );
-      const inline = await counter(metricsPort, 'torus_cache_misses_read_inline_total');
-      const pooled = await counter(metricsPort, 'torus_cache_misses_read_async_total');
+      const inline = await metricValue(metricsPort, 'torus_cache_misses_read_inline_total');
+      const pooled = await metricValue(metricsPort, 'torus_cache_misses_read_async_total');
       assert.ok(
         inline + pooled >= reads,
         `${inline} read on the event loop and ${pooled} in the pool, for ${reads} misses`,

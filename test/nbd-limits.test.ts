@@ -22,6 +22,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { freePort, until } from './cluster-fixture.js';
+import { scrapeMetric } from './support/metrics-scrape.js';
 import { missing, python } from './tools.js';
 import { makeDataDir, removeDir, startTorusd, type TorusdProcess } from './torusd-process.js';
 
@@ -193,12 +194,7 @@ async function goodClient(port: number): Promise<number> {
 }
 
 async function metric(port: number, reason: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const m = new RegExp(
-    `^torus_nbd_connections_dropped_total\\{reason="${reason}"\\} (\\d+)`,
-    'm',
-  ).exec(text);
-  return m ? Number(m[1]) : 0;
+  return (await scrapeMetric(port, `torus_nbd_connections_dropped_total{reason="${reason}"}`)) ?? 0;
 }
 
 /** Every post-GO connection still answers a READ (none was timed out or displaced). */

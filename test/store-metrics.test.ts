@@ -10,18 +10,12 @@ import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { NbdClient } from '../src/dataplane/nbd-client/client.js';
 import { freePort } from './cluster-fixture.js';
+import { metricValue } from './support/metrics-scrape.js';
 import { makeDataDir, removeDir, startTorusd, type TorusdProcess } from './torusd-process.js';
 
 const VOLUME = 'space';
 const MiB = 2 ** 20;
 const BLOCK = 64 * 1024;
-
-async function metric(port: number, name: string): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\d+(?:\\.\\d+)?(?:e[-+]?\\d+)?)$`, 'm').exec(text);
-  assert.ok(m, `${name} in /metrics`);
-  return Number(m[1]);
-}
 
 describe('store and write-back metrics', { timeout: 60_000 }, () => {
   test('spill rounds are counted; patches and held bases are shown apart from used', async () => {
@@ -41,21 +35,24 @@ describe('store and write-back metrics', { timeout: 60_000 }, () => {
       // 16 MiB, four times the cache: dirty blocks must be spilled before the FLUSH.
       for (let at = 0; at < 16 * MiB; at += MiB) await client.write(randomBytes(MiB), at);
       await client.flush();
-      assert.ok((await metric(port, 'torus_spilled_blocks_total')) > 0, 'blocks were spilled');
-      assert.ok((await metric(port, 'torus_spill_seconds_count')) > 0, 'spill rounds were timed');
-      const used = await metric(port, 'torus_store_used_bytes');
-      assert.equal(await metric(port, 'torus_store_patches'), 0);
-      assert.equal(await metric(port, 'torus_store_held_bytes'), 0);
+      assert.ok((await metricValue(port, 'torus_spilled_blocks_total')) > 0, 'blocks were spilled');
+      assert.ok(
+        (await metricValue(port, 'torus_spill_seconds_count')) > 0,
+        'spill rounds were timed',
+      );
+      const used = await metricValue(port, 'torus_store_used_bytes');
+      assert.equal(await metricValue(port, 'torus_store_patches'), 0);
+      assert.equal(await metricValue(port, 'torus_store_held_bytes'), 0);
 
       // 4 KiB into each of 8 committed blocks, committed: 8 patches over 8 held bases.
       for (let block = 0; block < 8; block++)
         await client.write(randomBytes(4096), block * 4 * BLOCK + 4096);
       await client.flush();
       await client.close();
-      assert.equal(await metric(port, 'torus_store_patches'), 8);
-      assert.equal(await metric(port, 'torus_store_held_bytes'), 8 * BLOCK);
+      assert.equal(await metricValue(port, 'torus_store_patches'), 8);
+      assert.equal(await metricValue(port, 'torus_store_held_bytes'), 8 * BLOCK);
       // Each patch takes its block's place in the index, the block it replaced is held: used stays.
-      assert.equal(await metric(port, 'torus_store_used_bytes'), used);
+      assert.equal(await metricValue(port, 'torus_store_used_bytes'), used);
     } finally {
       await node?.stop();
       await removeDir(dir);

@@ -34,26 +34,17 @@ export function preadvAll(fd: number, buffers: readonly Uint8Array[], position: 
   }
 }
 
-/** `path` opened for writing around the page cache (O_DIRECT), or undefined where the system will not (tmpfs, no such flag). */
-export function openDirect(path: string): number | undefined {
-  if (constants.O_DIRECT === undefined) return undefined;
-  try {
-    return openSync(path, constants.O_WRONLY | constants.O_DIRECT);
-  } catch {
-    return undefined;
-  }
-}
-
 /**
- * `path` opened for reading around the page cache (O_DIRECT), or undefined
- * where the system will not. Every read through it must be aligned — offset,
- * length and memory — to the device's logical block (4 KiB sub-blocks and a
- * page-aligned cache are).
+ * `path` opened around the page cache (O_DIRECT) for writing or for reading,
+ * or undefined where the system will not (tmpfs, no such flag). Every I/O
+ * through it must be aligned — offset, length and memory — to the device's
+ * logical block (4 KiB sub-blocks and a page-aligned cache are).
  */
-export function openDirectForReading(path: string): number | undefined {
+export function openDirect(path: string, access: 'write' | 'read' = 'write'): number | undefined {
   if (constants.O_DIRECT === undefined) return undefined;
   try {
-    return openSync(path, constants.O_RDONLY | constants.O_DIRECT);
+    const mode = access === 'write' ? constants.O_WRONLY : constants.O_RDONLY;
+    return openSync(path, mode | constants.O_DIRECT);
   } catch {
     return undefined;
   }

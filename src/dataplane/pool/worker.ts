@@ -19,7 +19,7 @@ import { PeerTimeoutError, PeerUnavailableError, type PeerStatusError } from '..
 import { STATUS_NO_SPACE, type WireBlock } from '../peer/wire.js';
 import { logger } from '../../common/log.js';
 import { memoryReporter } from '../../common/memory-report.js';
-import { openDirect, openDirectForReading, pwriteAll } from './file-io.js';
+import { openDirect, pwriteAll } from './file-io.js';
 import { pageAlignedSharedMemory } from '../../common/aligned-memory.js';
 import { HedgedRead } from './hedged-read.js';
 import { HeldWrites } from './held-writes.js';
@@ -113,7 +113,7 @@ const alignedScratch = pageAlignedSharedMemory(blockSize);
 const directReadFd =
   directFd === undefined || alignedScratch === undefined
     ? undefined
-    : openDirectForReading(setup.dataPath);
+    : openDirect(setup.dataPath, 'read');
 const readFd = directReadFd ?? dataFd;
 /** Staging for sealed volumes' ciphertext and a patch's span: one block, reused by every task. */
 const scratch = new Uint8Array(alignedScratch ?? new ArrayBuffer(blockSize), 0, blockSize);
