@@ -178,6 +178,12 @@ const spec: CommandSpec = {
       env: 'TORUS_SCRUB_INTERVAL',
       ...SECONDS_RANGE,
     },
+    'fold-patches-after': {
+      type: 'integer',
+      help: 'seconds a volume goes without a request before the patches its small writes left are rewritten as whole blocks, freeing the space they hold and making reads whole again (default 5; 0 never)',
+      env: 'TORUS_FOLD_PATCHES_AFTER',
+      ...SECONDS_RANGE,
+    },
     'auto-join': {
       type: 'boolean',
       help: 'add this node to the ring at start if it is not a member (needs --etcd)',
@@ -266,6 +272,10 @@ export async function main(argv: string[]): Promise<number> {
       replicatedFlush: v['replicated-flush'] !== false && v['commit-every-flush'] !== true,
       scrubIntervalMs:
         v['scrub-interval'] === undefined ? undefined : (v['scrub-interval'] as number) * 1000,
+      foldQuietMs:
+        v['fold-patches-after'] === undefined
+          ? undefined
+          : (v['fold-patches-after'] as number) * 1000,
     });
   } catch (err) {
     await closeAll();

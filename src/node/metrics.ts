@@ -62,6 +62,11 @@ export class NodeMetrics {
     help: 'Dirty blocks spilled to the store for the next version under cache pressure',
     registers: [this.registry],
   });
+  readonly foldedBlocks = new Counter({
+    name: 'torus_folded_blocks_total',
+    help: 'Patches rewritten as whole blocks once their volume was quiet (each frees the patch and, with its last patch, its base)',
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'torus_process_' });

@@ -110,6 +110,8 @@ export interface StorageNodeOptions {
   scrubRate?: number;
   /** A scrub pass every this many ms, the first this long after start (default 24 h; 0 none). */
   scrubIntervalMs?: number;
+  /** A volume's patches are rewritten whole after this many ms without a request (patch-folds.ts; default 5 s; 0 never). */
+  foldQuietMs?: number;
 }
 
 export const DEFAULT_LOCK_LINGER_MS = 5000;

@@ -42,6 +42,7 @@ import { VolumeAdmin, type VolumeStatus } from './volume-admin.js';
 export type { SnapshotStatus } from './volume-admin.js';
 import { VolumeHost, type ExportDescription } from './volume-host.js';
 import { VolumeResizer, type ResizeOptions, type ResizeResult } from './volume-resize.js';
+import { FOLD_QUIET_MS } from '../dataplane/volume/patch-folds.js';
 import { volumeServices } from './volume-services.js';
 import { reportIfSlow } from '../common/slow-step.js';
 import { IntentReplication } from './intent-replication.js';
@@ -82,6 +83,7 @@ export class StorageNode implements ExportProvider {
   private constructor(
     private readonly parts: NodeParts,
     lockLingerMs: number,
+    foldQuietMs: number,
   ) {
     const { meta, catalog, snapshots, store, cache, pool, keys, cluster, metrics, log } = parts;
     this.dataDir = parts.dataDir;
@@ -104,6 +106,7 @@ export class StorageNode implements ExportProvider {
       ownership: this.ownership,
       intentLog: parts.intentLog,
       metrics,
+      foldQuietMs,
     });
     // The one decision between a single node and a cluster member's hosting.
     this.host = new VolumeHost(
@@ -165,7 +168,7 @@ export class StorageNode implements ExportProvider {
     const parts = await openNodeParts(options);
     const { store, meta, catalog, snapshots, cluster, cache, pool, log } = parts;
     try {
-      const node = new StorageNode(parts, lockLingerMs);
+      const node = new StorageNode(parts, lockLingerMs, options.foldQuietMs ?? FOLD_QUIET_MS);
       await node.host.start();
       node.background = new BackgroundServices({
         store,

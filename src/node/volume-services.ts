@@ -26,6 +26,8 @@ export interface VolumeServiceParts {
   /** A single node's intent log: FLUSH is logged there, the version committed in the background. */
   intentLog: IntentLog | undefined;
   metrics: NodeMetrics | undefined;
+  /** VolumeServices.foldQuietMs. */
+  foldQuietMs: number;
 }
 
 export function volumeServices(parts: VolumeServiceParts): VolumeServices {
@@ -38,6 +40,7 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
     // A single node is the degenerate placement: every block here, no peers.
     placement: parts.cluster ?? new SingleNodePlacement(),
     ...(parts.intentLog ? { intentLog: parts.intentLog } : {}),
+    foldQuietMs: parts.foldQuietMs,
     commit: (identity, generation, root, mapHeight, intent) =>
       ownership.commit(identity.name, generation, root ?? null, mapHeight, intent),
     onChecksumError: (volume) => metrics?.checksumErrors.inc({ volume }),
@@ -49,5 +52,6 @@ export function volumeServices(parts: VolumeServiceParts): VolumeServices {
       metrics?.spillSeconds.observe(seconds);
       metrics?.spilledBlocks.inc(blocks);
     },
+    onFold: (_volume, blocks) => metrics?.foldedBlocks.inc(blocks),
   };
 }

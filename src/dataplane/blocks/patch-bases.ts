@@ -45,6 +45,11 @@ export class PatchBases {
     return base;
   }
 
+  /** The slots of patches over a base. */
+  patches(): IterableIterator<number> {
+    return this.baseOfPatch.keys();
+  }
+
   /** Patches over a base (bound, or held as a base themselves). */
   get patchCount(): number {
     return this.baseOfPatch.size;

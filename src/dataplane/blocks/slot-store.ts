@@ -51,6 +51,7 @@ import {
   readUsedRecords,
   storeExists,
   subsumsPath,
+  writeRecordRuns,
   type StoreLayout,
 } from './store-format.js';
 import { FreeSlots } from './free-slots.js';
@@ -361,6 +362,11 @@ export class LocalSlotStore {
     return patchPresent(this.recordBytes, slot);
   }
 
+  /** Every bound or held slot holding a patch over a base (not whole patches). */
+  patchesOverBases(): IterableIterator<number> {
+    return this.bases.patches();
+  }
+
   /** Slots held only as bases of patches (not in usedSlots), and patches over a base. */
   get heldSlots(): number {
     return this.uses.count(SlotUse.Held);
@@ -423,14 +429,7 @@ export class LocalSlotStore {
       try {
         // Consecutive slots' records in one write: a commit releases what it replaced by the thousand.
         batch.sort((a, b) => a - b);
-        for (let i = 0; i < batch.length;) {
-          let end = i + 1;
-          while (end < batch.length && batch[end] === batch[end - 1] + 1) end++;
-          const base = batch[i] * RECORD_SIZE;
-          const bytes = (end - i) * RECORD_SIZE;
-          await this.slotsFile.write(new Uint8Array(this.records, base, bytes), 0, bytes, base);
-          i = end;
-        }
+        await writeRecordRuns(this.slotsFile, this.records, batch);
       } finally {
         // Highest first, so the lowest is on top of the stack and taken first: a sequential
         // writer reusing a version's slots gets them in ascending order, and its reader reads

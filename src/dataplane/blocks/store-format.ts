@@ -269,3 +269,19 @@ export async function readUsedRecords(
   }
   return Math.ceil(usedBytes / RECORD_SIZE);
 }
+
+/** Write the records of `slots` (ascending) from `records` to the slot table, one write per run of consecutive slots. */
+export async function writeRecordRuns(
+  slotsFile: FileHandle,
+  records: SharedArrayBuffer,
+  slots: readonly number[],
+): Promise<void> {
+  for (let i = 0; i < slots.length;) {
+    let end = i + 1;
+    while (end < slots.length && slots[end] === slots[end - 1] + 1) end++;
+    const at = slots[i] * RECORD_SIZE;
+    const bytes = (end - i) * RECORD_SIZE;
+    await slotsFile.write(new Uint8Array(records, at, bytes), 0, bytes, at);
+    i = end;
+  }
+}

@@ -22,7 +22,7 @@ import { OFF_HASH_HI, OFF_HASH_LO } from '../blocks/record.js';
 import { SUB_BLOCK_SIZE, SUBSUMS_FILE } from '../blocks/sub-sums.js';
 import { closeVolumeRig, volumeRig, type VolumeRig } from '../../../test/support/volume-rig.js';
 import { PATCH_MIN_FREE_SHARE } from './patch-plan.js';
-import { Volume, type VolumeIdentity } from './volume.js';
+import { Volume, type VolumeIdentity, type VolumeServices } from './volume.js';
 
 const BS = 64 * 1024;
 const SUB = SUB_BLOCK_SIZE;
@@ -74,9 +74,14 @@ describe('patches', { timeout: 60_000 }, () => {
   });
 
   /** A volume of random blocks, committed, reopened with a cold cache; `expected` follows every write made through `put`. */
-  async function storedVolume(name: string, key: Uint8Array | null = null) {
+  async function storedVolume(
+    name: string,
+    key: Uint8Array | null = null,
+    services: Partial<VolumeServices> = {},
+  ) {
     const dir = join(root, name);
     let r = await rig(dir);
+    Object.assign(r.services, services);
     const named = key ? { ...identity, encrypted: true } : identity;
     const writer = await Volume.open(named, 0, undefined, key, r.services);
     const expected = randomBytes(BLOCKS * BS);
@@ -96,6 +101,7 @@ describe('patches', { timeout: 60_000 }, () => {
     const restart = async () => {
       await close();
       r = await rig(dir, r.committed);
+      Object.assign(r.services, services);
       v = await Volume.open(named, r.committed.generation, r.committed.root, key, r.services);
     };
     return {
@@ -355,6 +361,98 @@ describe('patches', { timeout: 60_000 }, () => {
     assert.ok(back.equals(t.expected), 'every block, patched or not, reads back');
     assert.ok((await readFile(sums)).equals(before.bytes));
     assert.equal((await stat(sums)).mtimeMs, before.mtime, 'nothing was written to the sub-sums');
+    await t.close();
+  });
+
+  test('patches folded into whole blocks free their slots and their bases, and read the same', async () => {
+    const t = await storedVolume('fold');
+    await t.put(BS + 2 * SUB, SUB);
+    await t.put(3 * BS + 15 * SUB, SUB);
+    await t.put(5 * BS, 2 * SUB);
+    await t.v.commit();
+    assert.equal(t.r.store.patchSlots, 3);
+    assert.equal(t.r.store.heldSlots, 3);
+    await t.r.store.whenReleased();
+    const free = t.r.store.freeSlots;
+    // The patches' cache slots hold only what was written: the fold reads the rest from the store.
+    assert.equal(await t.v.foldPatches(), 3);
+    await t.r.store.whenReleased();
+    for (const index of [1, 3, 5]) assert.equal(stored(t.r, t.v, index).patch, false);
+    assert.equal(t.r.store.patchSlots, 0);
+    assert.equal(t.r.store.heldSlots, 0, 'the bases went with their patches');
+    assert.equal(t.r.store.freeSlots, free + 3, 'six slots freed, three taken');
+    assert.ok((await readAll(t.v)).equals(t.expected), 'from the cache');
+    assert.equal(await t.v.foldPatches(), 0, 'nothing left to fold');
+    await t.restart();
+    assert.equal(t.r.store.patchSlots, 0);
+    assert.ok((await readAll(t.v)).equals(t.expected), 'after a restart');
+    await t.close();
+  });
+
+  test('a quiet volume folds its patches on its own; a busy one waits', async () => {
+    const t = await storedVolume('quiet', null, { foldQuietMs: 300 });
+    await t.put(2 * BS + 6 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(t.r.store.patchSlots, 1);
+    const sub = Buffer.alloc(SUB);
+    for (let i = 0; i < 20; i++) {
+      await t.v.read(7 * BS, sub); // a request every 50 ms: never quiet for 300
+      await sleep(50);
+    }
+    assert.equal(t.r.store.patchSlots, 1, 'not folded while requests come');
+    const deadline = Date.now() + 10_000;
+    while (t.r.store.patchSlots > 0 && Date.now() < deadline) await sleep(50);
+    assert.equal(t.r.store.patchSlots, 0, 'folded once quiet');
+    assert.equal(stored(t.r, t.v, 2).patch, false);
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.close();
+  });
+
+  test('patches a snapshot holds are not folded: the fold would only add slots', async () => {
+    const t = await storedVolume('held');
+    const commit = t.r.services.commit;
+    // As a node's commit says when a snapshot holds every generation so far.
+    t.r.services.commit = async (identity, generation, ...rest) => {
+      await commit(identity, generation, ...rest);
+      return generation;
+    };
+    await t.put(4 * BS + 3 * SUB, SUB);
+    await t.v.commit();
+    assert.equal(t.r.store.patchSlots, 1);
+    assert.equal(await t.v.foldPatches(), 0);
+    assert.equal(stored(t.r, t.v, 4).patch, true);
+    await t.close();
+  });
+
+  test('reads and writes while patches are folded see every write', async () => {
+    const t = await storedVolume('fold-racing');
+    for (let index = 0; index < BLOCKS; index++) await t.put(index * BS + index * SUB, SUB);
+    await t.v.commit();
+    await t.restart(); // a cold cache: the fold and the reads below both load from the store
+    await t.put(6 * BS + 12 * SUB, SUB); // a commit here, so the fold knows what is held
+    await t.v.commit();
+    assert.equal(t.r.store.patchSlots, BLOCKS);
+    const folding = t.v.foldPatches();
+    const reading = readAll(t.v);
+    await t.put(3 * BS + 9 * SUB, SUB); // into a block the fold may have loaded: not folded then
+    await t.put(BS + 100, 50); // part of a sub-block: loaded first
+    const back = await reading;
+    await folding;
+    // What the read saw is what was there before the two writes, or after.
+    for (let index = 0; index < BLOCKS; index++) {
+      if (index === 1 || index === 3) continue;
+      assert.ok(
+        back
+          .subarray(index * BS, (index + 1) * BS)
+          .equals(t.expected.subarray(index * BS, (index + 1) * BS)),
+      );
+    }
+    assert.ok((await readAll(t.v)).equals(t.expected), 'every write after the fold');
+    await t.v.commit();
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected), 'after a restart');
+    assert.ok(t.r.store.patchSlots <= 2, 'all but the blocks written meanwhile folded');
     await t.close();
   });
 });

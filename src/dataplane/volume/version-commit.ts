@@ -76,6 +76,7 @@ export async function commitVersion(
       )) ?? 0;
     draft.commit(root);
     state.generation = generation;
+    state.heldThrough = heldThrough;
     // The record says what intentState says now. A replicated log clears this
     // itself, once the holders the record names are its current ones.
     if (!state.intents) state.intentPending = false;

@@ -65,6 +65,10 @@ export interface VolumeServices {
   onFlush?(volume: string, blocks: number, seconds: number): void;
   /** A spill round stored `blocks` dirty blocks in `seconds` (write-back.ts). */
   onSpill?(volume: string, blocks: number, seconds: number): void;
+  /** How long a volume must go without a request before its patches are folded (a node's: patch-folds.ts FOLD_QUIET_MS; 0 or absent: only when asked). */
+  foldQuietMs?: number;
+  /** Patches folded into `blocks` whole blocks in `seconds` (patch-folds.ts). */
+  onFold?(volume: string, blocks: number, seconds: number): void;
 }
 
 /** A block stored for the next version and not yet committed: its hash, and where its copies are. */
@@ -122,6 +126,12 @@ export class VolumeState {
    * rest from what was stored.
    */
   storing: Promise<unknown> | undefined;
+  /**
+   * The highest generation a snapshot or clone held when this volume last
+   * committed (its own blocks at or below it stay for them); undefined
+   * before its first commit here.
+   */
+  heldThrough: number | undefined;
   /** A commit round runs (write-back.ts); it may have taken its dirty blocks already. */
   committing = false;
   /**

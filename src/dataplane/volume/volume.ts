@@ -49,6 +49,7 @@ import {
 } from '../intent-log/replicated-intents.js';
 import type { IntentState } from '../../model/intent-state.js';
 import { WriteBackRounds } from './write-back.js';
+import { PatchFolds } from './patch-folds.js';
 
 export type { VolumeIdentity, VolumeServices } from './volume-state.js';
 
@@ -89,6 +90,11 @@ export class Volume implements CacheOwner {
   /** Where the last read ended: a read starting there is sequential and its miss reads to the block's end. */
   private readCursor = -1;
   private commitTimer: NodeJS.Timeout | undefined;
+  /** Patches rewritten whole once the volume is quiet (patch-folds.ts). */
+  private readonly folds: PatchFolds;
+  /** Reads and writes served: a fold waits for this to stand still. */
+  private requests = 0;
+  private closing = false;
   private closed = false;
   openSessions = 0;
 
@@ -119,6 +125,12 @@ export class Volume implements CacheOwner {
     state.intents = state.services.intentLog && new VolumeIntents(state, this);
     state.completeBlocks = (indices) => this.blockLoads.completeAll(indices);
     state.isCompleting = (index) => this.blockLoads.isCompleting(index);
+    this.folds = new PatchFolds(state, {
+      loaded: (index) => this.blockLoads.loaded(index),
+      requests: () => this.requests,
+      commit: () => this.commit(),
+      closed: () => this.closing,
+    });
   }
 
   /**
@@ -191,6 +203,7 @@ export class Volume implements CacheOwner {
   // ---------------------------------------------------------------- reads
 
   read(offset: number, dest: Buffer): Promise<void> {
+    this.requests++;
     const bs = this.blockSize;
     const { cache } = this.services;
     let pending: Promise<void>[] | undefined;
@@ -225,6 +238,7 @@ export class Volume implements CacheOwner {
 
   /** Zero copy when every block of the range is cached or a hole (cache-views.ts). */
   readViews(offset: number, length: number): ReadViews | undefined {
+    this.requests++;
     return readViews(this.state, this.blockLoads, offset, length);
   }
 
@@ -256,6 +270,7 @@ export class Volume implements CacheOwner {
   // --------------------------------------------------------------- writes
 
   write(offset: number, data: Buffer, fua: boolean): Promise<void> {
+    this.requests++;
     const bs = this.blockSize;
     let pending: Promise<void>[] | undefined;
     let done = 0;
@@ -408,6 +423,7 @@ export class Volume implements CacheOwner {
 
   private afterWrite(): void {
     const { cache } = this.services;
+    this.folds.noteWrite();
     if (cache.dirtySlots > cache.slotCount * DIRTY_HIGH_WATER) cache.pressure();
     if (!this.commitTimer && this.dirty.size > 0) {
       this.commitTimer = setTimeout(() => {
@@ -556,10 +572,17 @@ export class Volume implements CacheOwner {
     await Promise.all(loads);
   }
 
+  /** Rewrite the committed patches whole now, busy or not (patch-folds.ts; on its own once quiet): how many. */
+  foldPatches(): Promise<number> {
+    return this.folds.foldAll();
+  }
+
   /** Flush what is dirty, then drop this volume's cache slots. */
   async close(): Promise<void> {
     if (this.closed) return;
     if (this.commitTimer) clearTimeout(this.commitTimer);
+    this.closing = true;
+    await this.folds.stop();
     await this.commit();
     this.state.intents?.close();
     this.closed = true;

@@ -1,0 +1,201 @@
+/**
+ * PatchFolds: a volume's committed patches (../blocks/patches.ts) rewritten
+ * as whole blocks once the volume is quiet.
+ *
+ * Why: a patch takes a slot of its own and keeps its base's, and a whole
+ * read of it is two reads at two places. Random 4 KiB writes leave most
+ * blocks of a volume patched: a 2 GiB volume held 1.85 GiB more as
+ * patches' bases, and sequential reads after random writes ran at
+ * 0.24-0.32x nbd-server (docs/benchmarks.md, session 32).
+ *
+ * How: a patched block is loaded whole into the cache (its base read whole
+ * and its own span, judged by its tree hash) and marked dirty with nothing
+ * changed, so the write-back stores it whole in a fresh slot and the
+ * commit after the batch releases the patch — and, with its last patch,
+ * its base. A fold is a write of the block's own bytes: it goes through the
+ * cache and a version like any write, so nothing about readers or crashes
+ * changes (a read of the patch in flight is a Loading cache slot the fold
+ * waits on; a crash before the commit leaves the patch, as it was). A
+ * batch is taken in index order, so on a store whose free slots are
+ * ascending the folded blocks land in order too: a sequential reader reads
+ * them in runs.
+ *
+ * When: QUIET_MS after the volume's last request, a batch of
+ * FOLD_BATCH_BLOCKS at a time, until none is left or a request arrives
+ * (which arms the wait again). A volume that is never quiet is not folded:
+ * its writer would patch the blocks again.
+ *
+ * Not folded: a block some snapshot or clone may hold (generation at or
+ * below what the last commit said is held: the patch stays for it, so a
+ * fold would only add a slot), a block inherited by a clone (stored under
+ * an ancestor's id), and a block cached other than Clean, spilled, or
+ * trimmed (the write-back stores it anyway). A fold commits what was
+ * written first: patches are made over committed blocks, so right after a
+ * burst of writes most are in the version not yet committed (and what
+ * snapshots hold is known only from a commit). A volume with nothing
+ * written since it was opened is not folded (nothing commits to say).
+ */
+import { SlotState } from '../cache/block-cache.js';
+import type { VolumeState } from './volume-state.js';
+
+/** A node's volumes are quiet after this long without a request, and their patches folded (node/volume-services.ts). */
+export const FOLD_QUIET_MS = 5_000;
+/** Blocks folded per commit (16 MiB at 64 KiB blocks): a request waits at most about one batch. */
+export const FOLD_BATCH_BLOCKS = 256;
+
+export interface FoldAccess {
+  /** Block `index` loaded whole into the cache: its cache slot (-1: a hole). */
+  loaded(index: number): Promise<number>;
+  /** Requests the volume has served so far (any that arrives ends quiet). */
+  requests(): number;
+  /** Commit what is dirty (the folded blocks). */
+  commit(): Promise<void>;
+  closed(): boolean;
+}
+
+export class PatchFolds {
+  private timer: NodeJS.Timeout | undefined;
+  /** The request count when the quiet wait was armed. */
+  private armedAt = 0;
+  private running: Promise<number> | undefined;
+
+  /** How long without a request makes the volume quiet (VolumeServices.foldQuietMs; 0 or absent: never). */
+  private readonly quietMs: number;
+
+  constructor(
+    private readonly state: VolumeState,
+    private readonly access: FoldAccess,
+  ) {
+    this.quietMs = state.services.foldQuietMs ?? 0;
+  }
+
+  /** The volume was written: fold once it has been quiet for quietMs (if its store holds patches then). */
+  noteWrite(): void {
+    if (this.timer || this.quietMs <= 0) return;
+    this.arm();
+  }
+
+  private arm(): void {
+    this.armedAt = this.access.requests();
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      if (this.access.closed()) return;
+      if (this.access.requests() !== this.armedAt) this.arm();
+      else void this.foldAll(true);
+    }, this.quietMs);
+    this.timer.unref();
+  }
+
+  /** No fold starts from now on (the access says closed); resolves once one under way has stopped at its batch's end. */
+  async stop(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.running;
+  }
+
+  /**
+   * Fold batches until no patch is left to fold; with `whileQuiet`, also
+   * until a request arrives (the wait is armed again). One run at a time (a
+   * call meanwhile joins it). Resolves with the blocks folded; a failure is
+   * logged, and the next write arms a new run.
+   */
+  foldAll(whileQuiet = false): Promise<number> {
+    this.running ??= this.run(whileQuiet).finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async run(whileQuiet: boolean): Promise<number> {
+    const { services, name } = this.state;
+    let folded = 0;
+    const started = performance.now();
+    try {
+      if (services.store.patchSlots === 0) return 0;
+      // Patches are made over committed blocks, so after a burst of writes most are in the
+      // version not yet committed: commit it first (a quiet volume's periodic commit, early).
+      if (this.uncommitted()) await this.access.commit();
+      for (;;) {
+        if (this.access.closed()) break;
+        if (whileQuiet && this.access.requests() !== this.armedAt) {
+          this.noteWrite();
+          break;
+        }
+        // Each batch is looked for afresh: the last one's commit moved the version on.
+        const batch = this.candidates(FOLD_BATCH_BLOCKS);
+        if (batch.length === 0) break;
+        const marked = await this.markDirty(batch);
+        if (marked === 0) break;
+        await this.access.commit();
+        folded += marked;
+      }
+    } catch (err) {
+      services.log.warn(
+        { volume: name, folded, err: String(err) },
+        'folding patches into whole blocks failed; the patches stay, the next write tries again',
+      );
+    }
+    if (folded > 0) {
+      const seconds = (performance.now() - started) / 1000;
+      services.log.info(
+        { volume: name, blocks: folded, seconds },
+        'patches folded into whole blocks',
+      );
+      services.onFold?.(name, folded, seconds);
+    }
+    return folded;
+  }
+
+  /** Written since the last commit, or not committed since opened (what snapshots hold is not known). */
+  private uncommitted(): boolean {
+    const { dirty, spilled, pendingHoles, heldThrough } = this.state;
+    return dirty.size > 0 || spilled.size > 0 || pendingHoles.size > 0 || heldThrough === undefined;
+  }
+
+  /** Up to `limit` indexes of this volume's committed blocks stored here as patches over a base, in order. */
+  private candidates(limit: number): number[] {
+    const { store, cache } = this.state.services;
+    const { map, table, spilled, pendingHoles, dirty, id } = this.state;
+    const heldThrough = this.state.heldThrough;
+    if (heldThrough === undefined) return [];
+    const found: number[] = [];
+    for (const slot of store.patchesOverBases()) {
+      const ref = store.refOf(slot);
+      if (ref.volumeId !== id || ref.generation <= heldThrough) continue;
+      if (store.lookup(id, ref.generation, ref.index) !== slot) continue; // held, not bound
+      if (map.lookup(ref.index)?.generation !== ref.generation) continue; // replaced since
+      if (spilled.has(ref.index) || pendingHoles.has(ref.index) || dirty.has(ref.index)) continue;
+      const cached = table.get(ref.index);
+      if (cached !== undefined && cache.state[cached] !== SlotState.Clean) continue;
+      found.push(ref.index);
+    }
+    // The lowest first: each batch's blocks take the lowest free slots, in order.
+    found.sort((a, b) => a - b);
+    return found.length > limit ? found.slice(0, limit) : found;
+  }
+
+  /** Load each block whole and mark it Dirty unchanged, while the cache may take dirty blocks; how many were marked. */
+  private async markDirty(indices: readonly number[]): Promise<number> {
+    const { cache } = this.state.services;
+    const { map, table, dirty, spilled, pendingHoles } = this.state;
+    const generations = indices.map((index) => map.lookup(index)!.generation);
+    // A block that fails to load (its read logged and counted) is left as it is.
+    const slots = await Promise.all(
+      indices.map((index) => this.access.loaded(index).catch(() => -1)),
+    );
+    let marked = 0;
+    for (let i = 0; i < indices.length; i++) {
+      const index = indices[i];
+      const slot = slots[i];
+      // Only what is still the committed block, loaded whole and untouched since.
+      if (slot < 0 || table.get(index) !== slot) continue;
+      if (cache.state[slot] !== SlotState.Clean || !cache.isWhole(slot)) continue;
+      if (map.lookup(index)?.generation !== generations[i]) continue;
+      if (dirty.has(index) || spilled.has(index) || pendingHoles.has(index)) continue;
+      if (!cache.mayDirty()) break;
+      cache.setState(slot, SlotState.Dirty);
+      cache.touch(slot);
+      dirty.add(index);
+      marked++;
+    }
+    return marked;
+  }
+}
