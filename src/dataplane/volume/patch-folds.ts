@@ -113,17 +113,20 @@ export class PatchFolds {
       // Patches are made over committed blocks, so after a burst of writes most are in the
       // version not yet committed: commit it first (a quiet volume's periodic commit, early).
       if (this.uncommitted()) await this.access.commit();
-      for (;;) {
+      // Where the patches are, looked up once (a store may hold millions); each batch is
+      // checked again as it is taken: the last one's commit moved the version on.
+      const patched = this.patchedBlocks();
+      for (let from = 0; from < patched.length;) {
         if (this.access.closed()) break;
         if (whileQuiet && this.access.requests() !== this.armedAt) {
           this.noteWrite();
           break;
         }
-        // Each batch is looked for afresh: the last one's commit moved the version on.
-        const batch = this.candidates(FOLD_BATCH_BLOCKS);
-        if (batch.length === 0) break;
+        const { batch, next } = this.nextBatch(patched, from, FOLD_BATCH_BLOCKS);
+        from = next;
+        if (batch.length === 0) continue;
         const marked = await this.markDirty(batch);
-        if (marked === 0) break;
+        if (marked === 0) break; // the cache takes no more dirty blocks now
         await this.access.commit();
         folded += marked;
       }
@@ -150,26 +153,49 @@ export class PatchFolds {
     return dirty.size > 0 || spilled.size > 0 || pendingHoles.size > 0 || heldThrough === undefined;
   }
 
-  /** Up to `limit` indexes of this volume's committed blocks stored here as patches over a base, in order. */
-  private candidates(limit: number): number[] {
-    const { store, cache } = this.state.services;
-    const { map, table, spilled, pendingHoles, dirty, id } = this.state;
-    const heldThrough = this.state.heldThrough;
-    if (heldThrough === undefined) return [];
-    const found: number[] = [];
+  /** The indexes of this volume's blocks stored here as patches over a base, ascending, once each. */
+  private patchedBlocks(): number[] {
+    const { store } = this.state.services;
+    const indexes: number[] = [];
     for (const slot of store.patchesOverBases()) {
       const ref = store.refOf(slot);
-      if (ref.volumeId !== id || ref.generation <= heldThrough) continue;
-      if (store.lookup(id, ref.generation, ref.index) !== slot) continue; // held, not bound
-      if (map.lookup(ref.index)?.generation !== ref.generation) continue; // replaced since
-      if (spilled.has(ref.index) || pendingHoles.has(ref.index) || dirty.has(ref.index)) continue;
-      const cached = table.get(ref.index);
-      if (cached !== undefined && cache.state[cached] !== SlotState.Clean) continue;
-      found.push(ref.index);
+      if (ref.volumeId === this.state.id) indexes.push(ref.index);
     }
-    // The lowest first: each batch's blocks take the lowest free slots, in order.
-    found.sort((a, b) => a - b);
-    return found.length > limit ? found.slice(0, limit) : found;
+    indexes.sort((a, b) => a - b);
+    return indexes.filter((index, i) => i === 0 || indexes[i - 1] !== index);
+  }
+
+  /** The next batch to fold from patched[from] on: up to `limit` patches still there and foldable; and where the batch after it starts. */
+  private nextBatch(
+    patched: readonly number[],
+    from: number,
+    limit: number,
+  ): { batch: number[]; next: number } {
+    const { store } = this.state.services;
+    const batch: number[] = [];
+    let j = from;
+    for (; j < patched.length && batch.length < limit; j++) {
+      const slot = this.foldableSlot(patched[j]);
+      if (slot !== undefined && store.needsBase(slot)) batch.push(patched[j]);
+    }
+    return { batch, next: j };
+  }
+
+  /**
+   * The store slot of block `index`'s committed copy if a fold may rewrite
+   * it: stored here under this volume's id (not an ancestor's), held by no
+   * snapshot or clone, not written since, and in the cache only Clean if at
+   * all; else undefined.
+   */
+  private foldableSlot(index: number): number | undefined {
+    const { cache, store } = this.state.services;
+    const { map, table, spilled, pendingHoles, dirty, heldThrough } = this.state;
+    const entry = map.lookup(index);
+    if (!entry || heldThrough === undefined || entry.generation <= heldThrough) return undefined;
+    if (spilled.has(index) || pendingHoles.has(index) || dirty.has(index)) return undefined;
+    const cached = table.get(index);
+    if (cached !== undefined && cache.state[cached] !== SlotState.Clean) return undefined;
+    return store.lookup(this.state.id, entry.generation, index);
   }
 
   /** Load each block whole and mark it Dirty unchanged, while the cache may take dirty blocks; how many were marked. */
