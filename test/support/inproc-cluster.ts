@@ -41,6 +41,8 @@ export interface InProcessClusterOptions {
   lockLingerMs?: number;
   /** Periodic rebalance and GC runs (default every 1 s; besides those on every ring change). */
   rebalanceIntervalMs?: number;
+  /** A volume's patches are folded after this long without a request (default 0: never, as the tests count copies and versions). */
+  foldQuietMs?: number;
   /** Logs at this level and above (default TORUS_LOG_LEVEL, else error: the tests' own failures say enough). */
   logLevel?: string;
 }
@@ -97,6 +99,7 @@ export class InProcessCluster {
           blockSize: settings.blockSize,
           lockLingerMs: options.lockLingerMs ?? 0,
           rebalanceIntervalMs: options.rebalanceIntervalMs ?? 1000,
+          foldQuietMs: options.foldQuietMs ?? 0,
         },
         log,
       );
@@ -142,6 +145,7 @@ export class InProcessCluster {
       // replicated intent log is tested on real processes
       // (test/cluster-intent-log.test.ts and the cluster suites).
       replicatedFlush: false,
+      foldQuietMs: this.options.foldQuietMs,
     });
     try {
       // Listening before registering, as torusd: a peer that sees this node registered can reach it.
