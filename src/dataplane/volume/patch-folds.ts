@@ -16,11 +16,16 @@
  * cache and a version like any write, so nothing about readers or crashes
  * changes (a read of the patch in flight is a Loading cache slot the fold
  * waits on; a crash before the commit leaves the patch, as it was). A
- * batch is taken in index order, so on a store whose free slots are
- * ascending the folded blocks land in order too: a sequential reader reads
- * them in runs.
+ * batch is taken in index order and its blocks take the lowest free slots
+ * in that order: in runs of consecutive slots only where those free slots
+ * are consecutive, which after random writes they mostly are not
+ * (docs/benchmarks.md, session 33).
  *
- * When: QUIET_MS after the volume's last request, a batch of
+ * Where: the patches are found in this node's store, so in a cluster only
+ * blocks the writer holds a copy of are folded (about R of N); a folded
+ * block's new version goes to every target whole, as any write does.
+ *
+ * When: FOLD_QUIET_MS (a node's) after the volume's last request, a batch of
  * FOLD_BATCH_BLOCKS at a time, until none is left or a request arrives
  * (which arms the wait again). A volume that is never quiet is not folded:
  * its writer would patch the blocks again.
