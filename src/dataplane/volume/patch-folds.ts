@@ -114,7 +114,7 @@ export class PatchFolds {
     let folded = 0;
     const started = performance.now();
     try {
-      if (services.store.patchSlots === 0) return 0;
+      if (this.access.closed() || services.store.patchSlots === 0) return 0;
       // Patches are made over committed blocks, so after a burst of writes most are in the
       // version not yet committed: commit it first (a quiet volume's periodic commit, early).
       if (this.uncommitted()) await this.access.commit();
@@ -131,7 +131,7 @@ export class PatchFolds {
         from = next;
         if (batch.length === 0) continue;
         const marked = await this.markDirty(batch);
-        if (marked === 0) break; // the cache takes no more dirty blocks now
+        if (marked === 0) break; // the cache takes no dirty block now, or no load worked: after the next write
         await this.access.commit();
         folded += marked;
       }
