@@ -114,10 +114,13 @@ export class PatchFolds {
     let folded = 0;
     const started = performance.now();
     try {
-      if (this.access.closed() || services.store.patchSlots === 0) return 0;
+      if (this.access.closed()) return 0;
       // Patches are made over committed blocks, so after a burst of writes most are in the
-      // version not yet committed: commit it first (a quiet volume's periodic commit, early).
-      if (this.uncommitted()) await this.access.commit();
+      // version not yet committed — spilled, or (a cache larger than what was written) still
+      // dirty slots holding part of their block: commit it first (the periodic commit, early).
+      if (this.uncommitted() && (services.store.patchSlots > 0 || this.partlyDirty()))
+        await this.access.commit();
+      if (services.store.patchSlots === 0) return 0;
       // Where the patches are, looked up once (a store may hold millions); each batch is
       // checked again as it is taken: the last one's commit moved the version on.
       const patched = this.patchedBlocks();
@@ -156,6 +159,16 @@ export class PatchFolds {
   private uncommitted(): boolean {
     const { dirty, spilled, pendingHoles, heldThrough } = this.state;
     return dirty.size > 0 || spilled.size > 0 || pendingHoles.size > 0 || heldThrough === undefined;
+  }
+
+  /** Does a dirty block hold only part of its block (a commit may store it as a patch)? */
+  private partlyDirty(): boolean {
+    const { cache } = this.state.services;
+    for (const index of this.state.dirty) {
+      const slot = this.state.table.get(index);
+      if (slot !== undefined && !cache.isWhole(slot)) return true;
+    }
+    return false;
   }
 
   /** The indexes of this volume's blocks stored here as patches over a base, ascending, once each. */

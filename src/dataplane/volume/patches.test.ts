@@ -409,6 +409,26 @@ describe('patches', { timeout: 60_000 }, () => {
     await t.close();
   });
 
+  test('4 KiB writes still in the cache when the volume goes quiet are committed as patches, then folded', async () => {
+    let folded = 0;
+    const t = await storedVolume('quiet-cached', null, {
+      foldQuietMs: 300,
+      onFold: (_volume, blocks) => (folded += blocks),
+    });
+    const generation = t.v.committedGeneration;
+    await t.put(3 * BS + 9 * SUB, SUB); // no commit: a dirty slot holding one sub-block
+    assert.equal(t.r.store.patchSlots, 0);
+    const deadline = Date.now() + 10_000;
+    while (folded === 0 && Date.now() < deadline) await sleep(50);
+    assert.equal(folded, 1, 'committed as a patch, then folded');
+    assert.equal(t.v.committedGeneration, generation + 2);
+    assert.equal(stored(t.r, t.v, 3).patch, false);
+    assert.equal(t.r.store.patchSlots, 0);
+    await t.restart();
+    assert.ok((await readAll(t.v)).equals(t.expected));
+    await t.close();
+  });
+
   test('patches a snapshot holds are not folded: the fold would only add slots', async () => {
     const t = await storedVolume('held');
     const commit = t.r.services.commit;
