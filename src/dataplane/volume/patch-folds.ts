@@ -219,7 +219,7 @@ export class PatchFolds {
   /** Load each block whole and mark it Dirty unchanged, while the cache may take dirty blocks; how many were marked. */
   private async markDirty(indices: readonly number[]): Promise<number> {
     const { cache } = this.state.services;
-    const { map, table, dirty, spilled, pendingHoles } = this.state;
+    const { map, table, dirty } = this.state;
     const generations = indices.map((index) => map.lookup(index)!.generation);
     // A block that fails to load (its read logged and counted) is left as it is.
     const slots = await Promise.all(
@@ -229,11 +229,10 @@ export class PatchFolds {
     for (let i = 0; i < indices.length; i++) {
       const index = indices[i];
       const slot = slots[i];
-      // Only what is still the committed block, loaded whole and untouched since.
-      if (slot < 0 || table.get(index) !== slot) continue;
-      if (cache.state[slot] !== SlotState.Clean || !cache.isWhole(slot)) continue;
-      if (map.lookup(index)?.generation !== generations[i]) continue;
-      if (dirty.has(index) || spilled.has(index) || pendingHoles.has(index)) continue;
+      // Only what is still the committed block, foldable, loaded whole and untouched since.
+      if (slot < 0 || table.get(index) !== slot || !cache.isWhole(slot)) continue;
+      if (this.foldableSlot(index) === undefined) continue;
+      if (map.lookup(index)!.generation !== generations[i]) continue;
       if (!cache.mayDirty()) break;
       cache.setState(slot, SlotState.Dirty);
       cache.touch(slot);
