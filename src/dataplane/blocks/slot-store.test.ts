@@ -157,7 +157,7 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     await store.close();
   });
 
-  test('slots released together are taken again lowest first, so a rewrite lands in ascending order', async () => {
+  test('slots released together are taken again in ascending order, once the allocation comes back round to them', async () => {
     const dir = join(root, 'release-order');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 16 * BS });
     const store = await LocalSlotStore.open(dir);
@@ -172,14 +172,16 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     // are one batch behind it (what a commit does with what it replaced).
     for (const index of [6, 4, 1, 5, 0, 3, 2]) store.release({ volumeId: 3, generation: 1, index });
     await store.whenReleased();
+    assert.deepEqual(slots, [0, 1, 2, 3, 4, 5, 6]);
     assert.deepEqual(
-      Array.from({ length: 7 }, () => store.allocate()),
-      [...slots.slice(0, 6).sort((x, y) => x - y), slots[6]],
+      Array.from({ length: 16 }, () => store.allocate()),
+      [7, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6],
+      'the rest of the store first, in order, then the released slots from the start, in order',
     );
     await store.close();
   });
 
-  test('after a reopen the free slots below the last used one go first, lowest first, then the untouched rest', async () => {
+  test('after a reopen the untouched rest of the store goes first, as one run; scattered holes wait', async () => {
     const dir = join(root, 'holes');
     await LocalSlotStore.create(dir, { blockSize: BS, capacityBytes: 4096 * BS });
     const store = await LocalSlotStore.open(dir);
@@ -199,7 +201,7 @@ describe('LocalSlotStore', { timeout: 30_000 }, () => {
     assert.equal(again.usedSlots, 94);
     assert.equal(again.freeSlots, 4096 - 94);
     const order = Array.from({ length: 8 }, () => again.allocate());
-    assert.deepEqual(order, [...released, 100, 101]);
+    assert.deepEqual(order, [100, 101, 102, 103, 104, 105, 106, 107]);
     await again.close();
   });
   test('a received batch shares writes over consecutive slots; each block lands whole, with its record', async () => {

@@ -16,8 +16,8 @@
  * Invariants, asserted (src/common/assert.ts): each slot is in exactly one
  * use (SlotUse, slot-uses.ts), and moves only free → allocated → bound →
  * (held →) releasing → free, or allocated → free (unallocate); so a slot is
- * never bound while in use, never given back twice, never on the free stack
- * while anyone holds it. The free count is the free stack's, and the bound
+ * never bound while in use, never given back twice, never among the free slots
+ * while anyone holds it. The free count is FreeSlots', and the bound
  * count the ref index's.
  *
  * Patches (patches.ts): a slot bound as a patch keeps its base (another
@@ -236,7 +236,7 @@ export class LocalSlotStore {
     this.assertAccounted();
   }
 
-  /** The use counts agree with the free stack and the ref index. */
+  /** The use counts agree with the free slots and the ref index. */
   private assertAccounted(): void {
     this.uses.assertAccounted(this.free.count, this.refToSlot.size);
   }
@@ -298,7 +298,7 @@ export class LocalSlotStore {
       );
     }
     const slot = this.free.take();
-    this.uses.move(slot, SlotUse.Free, SlotUse.Allocated, 'the free stack held');
+    this.uses.move(slot, SlotUse.Free, SlotUse.Allocated, 'the free slots held');
     return slot;
   }
 
@@ -431,10 +431,7 @@ export class LocalSlotStore {
         batch.sort((a, b) => a - b);
         await writeRecordRuns(this.slotsFile, this.records, batch);
       } finally {
-        // Highest first, so the lowest is on top of the stack and taken first: a sequential
-        // writer reusing a version's slots gets them in ascending order, and its reader reads
-        // forward through the file (the kernel's read-ahead follows only that direction).
-        for (let i = batch.length - 1; i >= 0; i--) {
+        for (let i = 0; i < batch.length; i++) {
           this.uses.move(batch[i], SlotUse.Releasing, SlotUse.Free, 'the release batch held');
           this.free.put(batch[i]);
         }

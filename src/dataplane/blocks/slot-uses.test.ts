@@ -29,7 +29,7 @@ test('a move from the wrong use fails, naming what the slot is, and changes noth
   assert.equal(uses.count(SlotUse.Releasing), 0);
 });
 
-test('counts that disagree with the free stack or the ref index fail', () => {
+test('counts that disagree with the free slots or the ref index fail', () => {
   const uses = new SlotUses(3);
   uses.move(0, SlotUse.Free, SlotUse.Bound, 'binding');
   assert.throws(() => uses.assertAccounted(3, 1), InvariantError);

@@ -3,7 +3,7 @@
  * slot table on disk knows free and used), and how many slots are in each
  * use. The counts are kept by move() itself, so no caller keeps one by hand
  * beside it; LocalSlotStore checks them against the structures that hold the
- * slots (its free stack, its ref index) after every change.
+ * slots (its free slots, its ref index) after every change.
  */
 import { invariantBroken } from '../../common/assert.js';
 
@@ -14,7 +14,7 @@ export const enum SlotUse {
   Allocated = 1,
   /** Holds a ref: the ref index names it. */
   Bound = 2,
-  /** Released; its free record is being written, then it goes back on the free stack. */
+  /** Released; its free record is being written, then it goes back among the free slots. */
   Releasing = 3,
   /**
    * Its record is neither free nor intact: on-disk damage (a record is 64
@@ -65,13 +65,13 @@ export class SlotUses {
 
   /**
    * The counts agree with the structures that hold the slots: `free` slots
-   * on the free stack (or past its frontier), `bound` in the ref index.
+   * among the free slots, `bound` in the ref index.
    */
   assertAccounted(free: number, bound: number): void {
     const { counts } = this;
     if (counts[SlotUse.Free] !== free || counts[SlotUse.Bound] !== bound)
       invariantBroken(
-        `slot counts disagree: ${free} on the free stack against ${counts[SlotUse.Free]} free, ` +
+        `slot counts disagree: ${free} among the free slots against ${counts[SlotUse.Free]} free, ` +
           `${bound} in the ref index against ${counts[SlotUse.Bound]} bound ` +
           `(${counts.map((n, use) => `${n} ${USE_NAMES[use]}`).join(', ')}; ${this.slotCount} slots)`,
       );

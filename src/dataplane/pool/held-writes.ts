@@ -3,7 +3,7 @@
  * blocks' bytes, sub-sums entries or slot records, fixed-size items at
  * slot × itemSize in their file — kept and written at the batch's end, one
  * system call per run of consecutive slots instead of one per block. A write-back batch is mostly consecutive slots (the store hands out
- * its free slots lowest first), so a 4 KiB patch goes from four system calls
+ * its free slots in runs, free-slots.ts), so a 4 KiB patch goes from four system calls
  * (a read of its base's entry, its bytes, its entry, its record) to about
  * two.
  *
