@@ -64,7 +64,7 @@ export class NodeMetrics {
   });
   readonly foldedBlocks = new Counter({
     name: 'torus_folded_blocks_total',
-    help: 'Patches rewritten as whole blocks once their volume was quiet (each frees the patch and, with its last patch, its base)',
+    help: 'Blocks rewritten whole by folds once their volume was quiet: patches (each frees the patch and, with its last patch, its base) and whole blocks in short gaps between them',
     registers: [this.registry],
   });
 

@@ -16,10 +16,13 @@
  * cache and a version like any write, so nothing about readers or crashes
  * changes (a read of the patch in flight is a Loading cache slot the fold
  * waits on; a crash before the commit leaves the patch, as it was). A
- * batch is taken in index order and its blocks take the lowest free slots
- * in that order: in runs of consecutive slots only where those free slots
- * are consecutive, which after random writes they mostly are not
- * (docs/benchmarks.md, session 33).
+ * batch is taken in index order, whole blocks in short gaps between
+ * patches included, and its blocks take free slots in that order, in runs
+ * of consecutive slots wherever the store has runs (free-slots.ts), so a
+ * folded stretch reads back as one stretch of the data file. After heavy
+ * random writes into a nearly full store the free slots are scattered
+ * among blocks of other stretches, and runs stay short (docs/benchmarks.md,
+ * session 34): contiguity there would need a compaction that moves those.
  *
  * Where: the patches are found in this node's store, so in a cluster only
  * blocks the writer holds a copy of are folded (about R of N); a folded
@@ -47,6 +50,14 @@ import type { VolumeState } from './volume-state.js';
 export const FOLD_QUIET_MS = 5_000;
 /** Blocks folded per commit (16 MiB at 64 KiB blocks): a request waits at most about one batch. */
 export const FOLD_BATCH_BLOCKS = 256;
+/**
+ * Whole blocks between two patches at most this many apart are folded too
+ * (rewritten where they are): the batch then takes one run of free slots
+ * for a whole stretch of the volume, and a sequential reader reads it as
+ * one stretch of the data file. Without them, a stretch stayed split
+ * between new slots and old ones (docs/benchmarks.md, session 34).
+ */
+export const FOLD_GAP_BLOCKS = 8;
 
 export interface FoldAccess {
   /** Block `index` loaded whole into the cache: its cache slot (-1: a hole). */
@@ -193,8 +204,17 @@ export class PatchFolds {
     const batch: number[] = [];
     let j = from;
     for (; j < patched.length && batch.length < limit; j++) {
-      const slot = this.foldableSlot(patched[j]);
-      if (slot !== undefined && store.needsBase(slot)) batch.push(patched[j]);
+      const index = patched[j];
+      const slot = this.foldableSlot(index);
+      if (slot === undefined || !store.needsBase(slot)) continue;
+      // The whole blocks in a short gap since the last patch go too, so the stretch lands as one run.
+      const last = batch.length > 0 ? batch[batch.length - 1] : index;
+      if (index - last <= FOLD_GAP_BLOCKS + 1) {
+        for (let gap = last + 1; gap < index && batch.length < limit - 1; gap++) {
+          if (this.foldableSlot(gap) !== undefined) batch.push(gap);
+        }
+      }
+      batch.push(index);
     }
     return { batch, next: j };
   }
