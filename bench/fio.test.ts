@@ -153,11 +153,19 @@ describe('fio command lines', () => {
         'seqwrite-1m-qd8-fsync32',
         'seqwrite-1m-qd8-flush32',
         'seqread-1m-qd8-after-randwrite',
+        'seqread-1m-qd8-after-randwrite-idle',
       ],
     );
     assert.deepEqual(
-      JOBS.filter((j) => j.after !== undefined).map((j) => [j.name, jobBefore(j)?.name]),
-      [['seqread-1m-qd8-after-randwrite', 'randwrite-4k-qd32']],
+      JOBS.filter((j) => j.after !== undefined).map((j) => [
+        j.name,
+        jobBefore(j)?.name,
+        j.idleSeconds,
+      ]),
+      [
+        ['seqread-1m-qd8-after-randwrite', 'randwrite-4k-qd32', undefined],
+        ['seqread-1m-qd8-after-randwrite-idle', 'randwrite-4k-qd32', 30],
+      ],
     );
     assert.deepEqual(
       JOBS.filter(flushes).map((j) => [j.name, j.iodepth, j.extra, j.flushEvery]),
@@ -176,6 +184,7 @@ describe('fio command lines', () => {
         'seqread-1m-qd8',
         'randread-4k-qd32-4conn',
         'seqread-1m-qd8-after-randwrite',
+        'seqread-1m-qd8-after-randwrite-idle',
       ],
     );
     assert.ok(

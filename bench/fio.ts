@@ -26,6 +26,12 @@ export interface JobSpec {
    * of this one on each server: the state a user's workload leaves behind.
    */
   after?: string;
+  /**
+   * Seconds with no I/O between the job run first (`after`) and this one,
+   * on every server alike: a scan some time after the writes, when a server
+   * may have tidied up what they left (torus folds a quiet volume's patches).
+   */
+  idleSeconds?: number;
 }
 
 export const JOBS: readonly JobSpec[] = [
@@ -120,6 +126,18 @@ export const JOBS: readonly JobSpec[] = [
     connections: 1,
     extra: [],
     after: 'randwrite-4k-qd32',
+  },
+  // The same scan 30 s after the writes (a nightly backup after a day's
+  // writes): the immediate one above stays, this is beside it.
+  {
+    name: 'seqread-1m-qd8-after-randwrite-idle',
+    rw: 'read',
+    blockSize: '1m',
+    iodepth: 8,
+    connections: 1,
+    extra: [],
+    after: 'randwrite-4k-qd32',
+    idleSeconds: 30,
   },
 ];
 

@@ -278,6 +278,7 @@ async function benchmark(options: BenchOptions): Promise<number> {
           } catch (err) {
             record.error = `${before.name}, run first: ${(err as Error).message}`;
           }
+          if (job.idleSeconds) await sleep(job.idleSeconds * 1000);
         }
         const settled = await settle(trackers, options.settleSeconds);
         record.settledSeconds = Math.round(settled.seconds * 10) / 10;
