@@ -121,7 +121,7 @@ describe('bench flags', () => {
     assert.equal(o.runtimeSeconds, 10);
     assert.equal(o.rampSeconds, 2);
     assert.equal(o.repeats, 3);
-    assert.equal(o.jobs.length, 11);
+    assert.equal(o.jobs.length, 12);
     assert.deepEqual(o.servers, ['torus', 'nbd-server', 'nbdkit']);
     assert.equal(o.regionBytes, 512 * 2 ** 20);
     assert.equal(o.encrypt, false);
