@@ -67,10 +67,14 @@ export class FreeSlots {
     this.started = true;
     const slot = this.cursor;
     if (slot >= this.frontier) {
-      // Slots between the old frontier and this one stay free, now in the bitmap.
-      this.growTo(slot + 1);
-      for (let s = this.frontier; s < slot; s++) this.setFree(s);
+      // A run reaching past the frontier starts at or below it (backToRunStart), so a take
+      // there is the frontier itself: nothing between the old frontier and it to record.
+      assert(
+        slot === this.frontier,
+        () => `free slots: took ${slot} past the frontier ${this.frontier}`,
+      );
       this.frontier = slot + 1;
+      this.growTo(this.frontier);
     } else {
       const w = slot >>> 5;
       if (this.words[w] === FULL_WORD) this.fullWords--;
