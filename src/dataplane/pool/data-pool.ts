@@ -200,6 +200,8 @@ export class DataPool {
   private readonly pool: Piscina;
   private pendingReads: ReadRequest[] = [];
   private readScheduled = false;
+  /** Read tasks posted to the pool and not yet answered: a tick's misses are spread only over the idle workers. */
+  private readTasksInFlight = 0;
   private readonly threadCount: number;
   private readonly blockSize: number;
   /** Main-thread reads of small local misses (inline-misses.ts); set once the hasher has loaded. */
@@ -408,19 +410,16 @@ export class DataPool {
   /** Cut misses into tasks for the workers (grouped by volume and peer table). */
   private dispatchToWorkers(all: ReadRequest[]): void {
     if (all.length === 0) return;
-    // A task's local reads are one worker's blocking preads, one after another:
-    // spread the tick's misses over every worker so their reads reach the disk
-    // at once (a 4 KiB miss is mostly waiting on the disk), but no finer than
-    // that, and at most BATCH a task (each task is a round trip). Reads only
-    // from peers (nbdserve, a node holding no copy) wait on the network, not
-    // on a worker: kept in one task, each peer gets the tick's requests in one
-    // write and answers them in one, where split they cost a write, a read
-    // and a wake-up per peer per task (docs/benchmarks.md, session 19).
+    // Reads only from peers (nbdserve, a node holding no copy) wait on the
+    // network, not on a worker: kept in one task, each peer gets the tick's
+    // requests in one write and answers them in one, where split they cost a
+    // write, a read and a wake-up per peer per task (docs/benchmarks.md,
+    // session 19). Local reads: readTaskSize.
     for (const list of groupReads(all)) {
       const peersOnly = list.every((r) => r.storeSlot < 0 && r.remote !== undefined);
       const size = peersOnly
         ? BATCH
-        : Math.max(1, Math.min(BATCH, Math.ceil(list.length / this.threadCount)));
+        : readTaskSize(list.length, this.threadCount, this.readTasksInFlight);
       for (let start = 0; start < list.length; start += size)
         this.runReads(list.slice(start, start + size));
     }
@@ -463,8 +462,10 @@ export class DataPool {
       task.remote.likely = Uint8Array.from(batch, (r) => r.remote!.likely);
     }
     const run: Promise<ReadBatchResult> = here ? here.run(task) : this.pool.run(task);
+    if (!here) this.readTasksInFlight++;
     run.then(
       (result: ReadBatchResult) => {
+        if (!here) this.readTasksInFlight--;
         const stats = this.replicationStats;
         stats.remoteReads += result.fromPeers ?? 0;
         stats.hedgedReads += result.hedges ?? 0;
@@ -478,6 +479,7 @@ export class DataPool {
           );
       },
       (err: Error) => {
+        if (!here) this.readTasksInFlight--;
         for (const r of batch) r.done(3, `pool task failed: ${err.message}`);
       },
     );
@@ -520,6 +522,22 @@ function remoteTargets(
     for (let t = 0; t < Math.min(stride, list.length); t++) targets[i * stride + t] = list[t];
   });
   return { identity, peers: peers as PeerTarget[], stride, targets };
+}
+
+/**
+ * Blocks a task of `count` local misses carries. A task's local reads are one
+ * worker's blocking preads, one after another: the misses are spread over the
+ * workers with no read task in flight, so their reads reach the disk at once
+ * (a 4 KiB miss is mostly waiting on the disk), but no finer, and at most
+ * BATCH a task. With every worker busy they stay in one task: a further split
+ * only queues behind the busy workers and costs a pool round trip (two
+ * messages and two wake-ups, 50-60 µs of CPU here) per piece. A sequential
+ * reader at depth 8 then costs one task per 1 MiB read instead of four
+ * (docs/benchmarks.md, session 35).
+ */
+export function readTaskSize(count: number, threads: number, tasksInFlight: number): number {
+  const idle = Math.max(1, threads - tasksInFlight);
+  return Math.max(1, Math.min(BATCH, Math.ceil(count / idle)));
 }
 
 /**
