@@ -108,6 +108,26 @@ export function registerStorageGauges(
     'Small cache misses with no local copy fetched from replicas by the event loop, not a pool worker',
     () => pool.inlineMissCounts.remote,
   );
+  metrics.gauge(
+    'torus_pool_read_tasks_total',
+    'Cache-miss read tasks posted to the data-plane workers (each costs a round trip of two messages)',
+    () => pool.taskCounts.reads,
+  );
+  metrics.gauge(
+    'torus_pool_read_task_blocks_total',
+    'Blocks read by those tasks: blocks over tasks is the mean task size',
+    () => pool.taskCounts.readBlocks,
+  );
+  metrics.gauge(
+    'torus_pool_write_tasks_total',
+    'Write-back tasks posted to the data-plane workers',
+    () => pool.taskCounts.writes,
+  );
+  metrics.gauge(
+    'torus_pool_write_task_blocks_total',
+    'Blocks stored by those tasks',
+    () => pool.taskCounts.writeBlocks,
+  );
 }
 
 export function registerIntentLogGauges(metrics: NodeMetrics, log: IntentLog): void {

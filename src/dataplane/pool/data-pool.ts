@@ -202,6 +202,8 @@ export class DataPool {
   private readScheduled = false;
   /** Read tasks posted to the pool and not yet answered: a tick's misses are spread only over the idle workers. */
   private readTasksInFlight = 0;
+  /** Tasks posted to the workers since start, and the blocks they carried (torus_pool_* metrics). */
+  readonly taskCounts = { reads: 0, readBlocks: 0, writes: 0, writeBlocks: 0 };
   private readonly threadCount: number;
   private readonly blockSize: number;
   /** Main-thread reads of small local misses (inline-misses.ts); set once the hasher has loaded. */
@@ -333,6 +335,8 @@ export class DataPool {
       }
       tasks.push(task);
       runs.push(this.pool.run(task));
+      this.taskCounts.writes++;
+      this.taskCounts.writeBlocks += end - start;
     }
     const results = await Promise.all(runs);
     const written = new WrittenBlocks(cacheSlots.length, remote, batch);
@@ -462,7 +466,11 @@ export class DataPool {
       task.remote.likely = Uint8Array.from(batch, (r) => r.remote!.likely);
     }
     const run: Promise<ReadBatchResult> = here ? here.run(task) : this.pool.run(task);
-    if (!here) this.readTasksInFlight++;
+    if (!here) {
+      this.readTasksInFlight++;
+      this.taskCounts.reads++;
+      this.taskCounts.readBlocks += n;
+    }
     run.then(
       (result: ReadBatchResult) => {
         if (!here) this.readTasksInFlight--;
