@@ -224,9 +224,12 @@ export class DataPool {
   private readonly loggedFull = new Set<string>();
 
   /**
-   * tasksPerWorker: 1 on a single node (every task blocks its worker, and an
-   * idle worker should take the next one); more in a cluster, where
-   * replicated tasks wait on peers and several should share a worker.
+   * tasksPerWorker: how many tasks Piscina posts to a worker at once. A
+   * single node's tasks never yield, so they still run one at a time; a
+   * second posted waits in the worker's port and starts as soon as the first
+   * ends (torusd gives 2). In a cluster replicated tasks wait on peers and
+   * several share a worker (torusd gives 4). The default, 1, keeps a worker
+   * idle until the event loop hands it the next task.
    */
   constructor(
     setup: WorkerSetup,
