@@ -317,6 +317,27 @@ describe('Rebalancer', { timeout: 60_000 }, () => {
     await c.close();
   });
 
+  test('a block in flight is not copied: its writer may spill the same ref again; once committed it is', async () => {
+    const c = await cluster('inflight', 1);
+    const [b] = [...c.peers.keys()];
+    c.setRing([c.a, b], 2);
+    const v3 = (generation: number, index: number) => ({ volumeId: 3, generation, index });
+    const committed = [v3(1, 0), v3(1, 1)];
+    const inFlight = [v3(2, 2), v3(2, 3)];
+    await seed(c, [...committed, ...inFlight]); // on this node only
+    let view = gcViewOf([{ id: 3, generation: 1, refs: committed }]);
+    const r = c.rebalancer({ gcView: async () => view });
+    await runOnce(r);
+    for (const ref of committed) assert.ok(await peerHolds(c, b, ref), `copied ${ref.index}`);
+    for (const ref of inFlight) assert.ok(!(await peerHolds(c, b, ref)), `not copied ${ref.index}`);
+    assert.ok(r.stats.pendingBlocks >= inFlight.length, 'blocks in flight count as still to move');
+    view = gcViewOf([{ id: 3, generation: 2, refs: [...committed, ...inFlight] }]);
+    await runOnce(r);
+    for (const ref of inFlight)
+      assert.ok(await peerHolds(c, b, ref), `copied once committed ${ref.index}`);
+    await c.close();
+  });
+
   test('no GC view (a volume could not be loaded): copies are still made, nothing is freed or dropped', async () => {
     const c = await cluster('noview', 2);
     const [b, n] = [...c.peers.keys()];

@@ -9,7 +9,8 @@
  *      and stored elsewhere) → released here. Every node frees its own
  *      garbage, so no DELETE goes over the wire and a node that is down when a volume is
  *      deleted frees that volume's blocks at its next run after it is back.
- *   2. otherwise its current write targets (placement: the first R live ring
+ *   2. otherwise, once committed (in flight, it is its writer's to place),
+ *      its current write targets (placement: the first R live ring
  *      nodes) are asked which hold it (HAS_BLOCKS, one request per target per
  *      chunk); the missing copies are PUT from the local copy (the receiver
  *      re-checks the checksum) and those targets are SYNCed.
@@ -346,10 +347,19 @@ export class Rebalancer {
     // 2. Ask each target which of its blocks it holds: a committed block by
     // this copy's hash (the version's, as GC checked), so a stale copy there
     // — an older write under the same ref, until its GC frees it — is not
-    // counted as one; a block not committed yet by ref (ours may be the stale one).
-    // One ask per target and kind (by hash or by ref).
+    // counted as one; without a view, by ref.
+    // One ask per target and kind (by hash or by ref). A block the view says
+    // is in flight (a generation its writer has not committed) is the
+    // writer's business: it may spill the same ref again, elsewhere, and a
+    // copy pushed from here could land on a target after the newer one, or
+    // on the writer after it let its own go (seen: a block spilled twice
+    // while its writer's store was full, the first copy pushed back onto
+    // it). It is copied once committed, asked by hash. With no view at
+    // all, every block is asked by ref and copied, as re-replication must
+    // go on while a volume's map cannot be loaded.
     const asks = new Map<string, { uuid: string; byHash: boolean; items: Item[] }>();
     for (const item of items) {
+      if (view && item.verdict !== 'referenced') continue;
       const byHash = item.verdict === 'referenced' && item.hash !== undefined;
       for (const uuid of item.targets) {
         const key = `${byHash ? 'hash' : 'ref'} ${uuid}`;
