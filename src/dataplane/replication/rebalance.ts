@@ -357,9 +357,10 @@ export class Rebalancer {
     // it). It is copied once committed, asked by hash. With no view at
     // all, every block is asked by ref and copied, as re-replication must
     // go on while a volume's map cannot be loaded.
+    const inFlight = (item: Item) => view !== undefined && item.verdict !== 'referenced';
     const asks = new Map<string, { uuid: string; byHash: boolean; items: Item[] }>();
     for (const item of items) {
-      if (view && item.verdict !== 'referenced') continue;
+      if (inFlight(item)) continue;
       const byHash = item.verdict === 'referenced' && item.hash !== undefined;
       for (const uuid of item.targets) {
         const key = `${byHash ? 'hash' : 'ref'} ${uuid}`;
@@ -444,7 +445,8 @@ export class Rebalancer {
     }
     const dropped = new Set(drop);
     for (const item of items) {
-      const lacking = item.targets.some((uuid) => !item.confirmed.has(uuid));
+      // Whether a block in flight lacks copies is not asked: its writer's to place, not left to move.
+      const lacking = !inFlight(item) && item.targets.some((uuid) => !item.confirmed.has(uuid));
       if (lacking || (!item.local && !dropped.has(item))) run.pending++;
     }
   }
